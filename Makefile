@@ -1,0 +1,31 @@
+# Every target runs inside the project's own virtual environment (.venv).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test test-fast bench lint example clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+test:
+	$(BIN)/pytest -q
+
+# The same suite without the slow soak and fault tests.
+test-fast:
+	$(BIN)/pytest -q -m "not slow"
+
+bench:
+	$(BIN)/python benchmarks/run.py
+
+lint:
+	$(BIN)/ruff check sitq tests examples benchmarks
+	$(BIN)/ruff format --check sitq tests examples benchmarks
+
+example:
+	cd examples && ../$(BIN)/python batch_processing.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,217 @@
+"""The storage contract every backend honours.
+
+A backend stores tasks as bytes and knows nothing of serialization or of the
+worker. All times are unix seconds (floats) on the backend's clock.
+
+Guarantees a backend must give (the conformance suite in ``tests/backends``
+checks them on every backend):
+
+- ``enqueue`` of many tasks is one transaction.
+- ``claim`` is atomic: no two claimers ever hold the same task at once. It takes
+  ready tasks by priority (high first), then ``available_at``, then enqueue
+  order, and also takes back tasks whose lease expired.
+- ``finish`` and ``release`` apply only while the caller still holds the lease
+  (same worker, same attempt, still running), so a late or duplicate finisher
+  cannot overwrite a result, and a task never ends both succeeded and failed.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+WakeKind = Literal["tasks", "results"]
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A task ready to be stored."""
+
+    id: str
+    queue: str
+    func_name: str
+    payload: bytes
+    priority: int
+    enqueued_at: float
+    available_at: float
+    max_retries: int
+    retry_backoff: float
+    timeout: float | None
+    unique_key: str | None
+    result_ttl: float | None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Proof that a worker holds a task: who claimed it, and for which attempt."""
+
+    task_id: str
+    worker_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """A task a worker has just claimed."""
+
+    id: str
+    queue: str
+    func_name: str
+    payload: bytes
+    attempts: int
+    max_retries: int
+    retry_backoff: float
+    timeout: float | None
+    enqueued_at: float
+    started_at: float
+    lease: Lease
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended. ``status`` is succeeded, failed or cancelled; or queued
+    with ``retry_at`` set, to run again after a failure."""
+
+    status: str
+    result: bytes | None = None
+    error: str | None = None
+    traceback: str | None = None
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """Everything stored about one task."""
+
+    id: str
+    queue: str
+    func_name: str
+    status: str
+    priority: int
+    attempts: int
+    max_retries: int
+    enqueued_at: float
+    available_at: float
+    started_at: float | None
+    finished_at: float | None
+    worker_id: str | None
+    result: bytes | None
+    error: str | None
+    traceback: str | None
+    payload: bytes | None = None
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A worker process as the backend knows it."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    started_at: float
+    heartbeat_at: float
+    stopped_at: float | None
+
+    def alive(self, now: float, stale_after: float) -> bool:
+        """Running and heard from within ``stale_after`` seconds."""
+        return self.stopped_at is None and now - self.heartbeat_at <= stale_after
+
+
+class Backend(abc.ABC):
+    """Where tasks and results live. Subclasses implement every abstract method."""
+
+    #: Seconds a finished task is kept when it has no result_ttl of its own.
+    default_result_ttl: float = 7 * 24 * 3600.0
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the store, creating or migrating its schema. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        """Store ``tasks`` in one transaction and wake waiting workers."""
+
+    @abc.abstractmethod
+    async def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[ClaimedTask]:
+        """Atomically take up to ``limit`` ready tasks (or expired leases)."""
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self, worker_id: str, leases: Sequence[Lease], lease_seconds: float
+    ) -> set[str]:
+        """Renew the worker's liveness and its leases; return ids asked to cancel."""
+
+    @abc.abstractmethod
+    async def finish(self, items: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
+        """Record outcomes in one transaction; each applies only if its lease holds."""
+
+    @abc.abstractmethod
+    async def release(self, leases: Sequence[Lease]) -> int:
+        """Give tasks back to the queue without counting the attempt."""
+
+    @abc.abstractmethod
+    async def get_tasks(
+        self, task_ids: Sequence[str], *, with_payload: bool = False
+    ) -> dict[str, TaskRecord]:
+        """The stored records of the given ids; unknown ids are absent."""
+
+    @abc.abstractmethod
+    async def cancel(self, task_id: str) -> str | None:
+        """Cancel a task. Returns 'cancelled' (was queued), 'requested' (was running:
+        its worker will stop it), the final status if it had already finished, or
+        None if no such task exists."""
+
+    @abc.abstractmethod
+    async def retry(self, task_ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        """Queue failed or cancelled tasks again (all failed ones when ``task_ids`` is None)."""
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[tuple[str, str], int]:
+        """Number of tasks per (queue, status)."""
+
+    @abc.abstractmethod
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        """Record a worker that has started."""
+
+    @abc.abstractmethod
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Mark a worker stopped."""
+
+    @abc.abstractmethod
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Every known worker, newest first."""
+
+    @abc.abstractmethod
+    async def prune(self) -> int:
+        """Delete finished tasks whose retention has ended; return how many."""
+
+    @abc.abstractmethod
+    async def purge(
+        self, statuses: Sequence[str], queue: str | None = None, older_than: float | None = None
+    ) -> int:
+        """Delete tasks in ``statuses`` (finished ``older_than`` seconds ago, if given)."""
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """The backend's clock, unix seconds."""
+
+    async def wait_for_change(self, kind: WakeKind, timeout: float) -> None:
+        """Return when ``kind`` ("tasks" enqueued or "results" written) may have
+        changed, or after ``timeout`` seconds. A hint only: callers re-check."""
+        import asyncio
+
+        await asyncio.sleep(timeout)
+
+    def describe(self) -> str:
+        """Where this backend stores data, for messages (never includes secrets)."""
+        return type(self).__name__

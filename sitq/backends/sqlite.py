@@ -1,0 +1,623 @@
+"""The embedded default backend: one SQLite file, shared by any number of processes.
+
+Writes take the database lock up front (single statements, or ``BEGIN
+IMMEDIATE`` for multi-statement transactions), so a writer never has to
+upgrade a read snapshot and fail with "database is locked"; a busy database is
+waited for and retried, never reported to the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from sitq.backends import sqlite_schema as q
+from sitq.backends.base import (
+    Backend,
+    ClaimedTask,
+    Lease,
+    NewTask,
+    Outcome,
+    TaskRecord,
+    WakeKind,
+    WorkerRecord,
+)
+from sitq.backends.wakeup import WakeupChannel, wake_directory
+from sitq.errors import (
+    DatabaseError,
+    NotASitqDatabase,
+    NotConnected,
+    SchemaVersionError,
+)
+
+T = TypeVar("T")
+
+#: How long a busy database is retried before giving up with a clear error.
+LOCKED_DEADLINE = 120.0
+#: A task whose worker was lost this many times beyond its retries is failed.
+LOST_LEASE_LIMIT = 3
+#: Expired leases are looked for at most this often per backend instance.
+RECLAIM_INTERVAL = 1.0
+_ID_CHUNK = 500  # stays below SQLite's limit on bound parameters
+
+
+class SQLiteBackend(Backend):
+    """Tasks in a single SQLite file (WAL mode).
+
+    :param path: the database file; created owner-only (0600) if missing.
+    :param create: create the file if it is missing (the CLI passes False so a
+        mistyped path is an error rather than a new empty queue).
+    :param durable: ``synchronous=FULL``, so every commit survives power loss, at
+        the cost of an fsync per commit. The default (NORMAL) survives any
+        process crash.
+    :param busy_timeout: seconds SQLite itself waits on a lock before sitq retries.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        durable: bool = False,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.create = create
+        self.durable = durable
+        self.busy_timeout = busy_timeout
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._wakeup = WakeupChannel(wake_directory(self.path))
+        self._next_reclaim = 0.0
+        self._users = 0
+
+    def describe(self) -> str:
+        """The database file's path."""
+        return f"sqlite database {self.path}"
+
+    def now(self) -> float:
+        """Unix seconds."""
+        return time.time()
+
+    # -- connection -------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open (and if allowed create) the database and bring its schema up to date.
+
+        Reference-counted: a backend shared by a queue and workers in one process
+        is opened once and closed by the last ``close()``.
+        """
+        self._users += 1
+        if self._conn is not None:
+            return
+        try:
+            self._prepare_file()
+            conn = await aiosqlite.connect(
+                self.path, isolation_level=None, timeout=self.busy_timeout
+            )
+        except sqlite3.Error as exc:
+            self._users -= 1
+            raise DatabaseError(f"cannot open {self.describe()}: {exc}") from exc
+        except BaseException:
+            self._users -= 1
+            raise
+        self._conn = conn
+        try:
+            await self._configure()
+            await self._migrate()
+        except BaseException:
+            self._conn = None
+            self._users -= 1
+            await conn.close()
+            raise
+
+    def _prepare_file(self) -> None:
+        path = Path(self.path)
+        if path.exists():
+            if path.is_dir():
+                raise DatabaseError(f"{self.path} is a directory, not a database file")
+            return
+        if not path.parent.is_dir():
+            raise DatabaseError(
+                f"cannot create {self.describe()}: directory {path.parent} does not exist; "
+                "create it first or choose another path"
+            )
+        if not self.create:
+            raise DatabaseError(
+                f"no sitq database at {self.path}: check --db / $SITQ_DB, or create it "
+                f"with `sitq init --db {self.path}`"
+            )
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return  # another process created it first
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot create {self.describe()}: {exc.strerror}; choose a writable "
+                "directory or fix its permissions"
+            ) from exc
+        os.close(fd)
+
+    async def _configure(self) -> None:
+        conn = self._connection()
+        await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        try:
+            mode = await self._retry_locked(
+                lambda: conn.execute_fetchall("PRAGMA journal_mode = WAL")
+            )
+        except sqlite3.DatabaseError as exc:
+            raise self._open_error(exc) from exc
+        if not mode or str(next(iter(mode))[0]).lower() != "wal":
+            raise DatabaseError(
+                f"cannot switch {self.describe()} to WAL mode (got {mode!r}); "
+                "it must be on a local file system that supports shared memory"
+            )
+        await conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
+
+    def _open_error(self, exc: sqlite3.Error) -> DatabaseError:
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            return NotASitqDatabase(
+                f"{self.path} is not a sitq database ({text}); point --db / $SITQ_DB "
+                "at a sitq database or at a new file"
+            )
+        if "readonly" in text or "read-only" in text or "unable to open" in text:
+            return DatabaseError(
+                f"cannot write {self.describe()} ({text}); sitq needs write access to the "
+                "file and its directory (for the -wal and -shm files)"
+            )
+        return DatabaseError(f"cannot use {self.describe()}: {text}")
+
+    async def _migrate(self) -> None:
+        conn = self._connection()
+
+        async def read_version() -> int | None:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'sitq_meta'"
+                )
+            )
+            if not rows:
+                others = list(
+                    await conn.execute_fetchall(
+                        "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+                    )
+                )
+                if others[0][0]:
+                    raise NotASitqDatabase(
+                        f"{self.path} holds tables that are not sitq's; point --db / $SITQ_DB "
+                        "at a sitq database or at a new file"
+                    )
+                return None
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT value FROM sitq_meta WHERE key = 'schema_version'"
+                )
+            )
+            return int(rows[0][0]) if rows else None
+
+        async def upgrade() -> None:
+            version = await read_version() or 0
+            if version > q.SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.path} has sitq schema version {version}, but this sitq "
+                    f"understands up to {q.SCHEMA_VERSION}: upgrade sitq to use it"
+                )
+            for target in range(version + 1, q.SCHEMA_VERSION + 1):
+                for statement in q.MIGRATIONS[target]:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT OR REPLACE INTO sitq_meta (key, value) VALUES ('schema_version', ?)",
+                    (str(target),),
+                )
+
+        try:
+            version = await read_version()
+            if version is not None and version > q.SCHEMA_VERSION:
+                await upgrade()  # raises the clear error, without taking a write lock
+            if version != q.SCHEMA_VERSION:
+                await self._transaction(upgrade)
+        except sqlite3.Error as exc:
+            raise self._open_error(exc) from exc
+
+    async def close(self) -> None:
+        """Close the connection once the last user has closed."""
+        self._users = max(0, self._users - 1)
+        if self._users or self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        self._wakeup.close()
+        await conn.close()
+
+    def _connection(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise NotConnected(
+                f"{self.describe()} is not connected: call `await connect()` first "
+                "(or use `async with`)"
+            )
+        return self._conn
+
+    # -- plumbing ---------------------------------------------------------
+
+    async def _retry_locked(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation``, retrying while the database is locked by another process."""
+        deadline = time.monotonic() + LOCKED_DEADLINE
+        pause = 0.001
+        while True:
+            try:
+                return await operation()
+            except sqlite3.OperationalError as exc:
+                text = str(exc)
+                if "locked" not in text and "busy" not in text:
+                    raise
+                if time.monotonic() > deadline:
+                    raise DatabaseError(
+                        f"{self.describe()} stayed locked for {LOCKED_DEADLINE:.0f} s; another "
+                        "process holds a long write transaction (a backup or a stuck client?)"
+                    ) from exc
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.05)
+
+    async def _write(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """One single-statement write: atomic on its own, retried while locked."""
+        self._connection()
+        return await asyncio.shield(self._locked(operation))
+
+    async def _locked(self, operation: Callable[[], Awaitable[T]]) -> T:
+        # The lock is taken inside the shield, so a cancelled caller never lets
+        # another coroutine in while this connection is mid-transaction.
+        async with self._lock:
+            return await self._retry_locked(operation)
+
+    async def _transaction(self, body: Callable[[], Awaitable[T]]) -> T:
+        """``body`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, retried while locked.
+
+        Shielded: a caller cancelled mid-way does not leave the connection inside
+        an open transaction.
+        """
+        conn = self._connection()
+
+        async def attempt() -> T:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                value = await body()
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+            return value
+
+        return await asyncio.shield(self._locked(attempt))
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        conn = self._connection()
+        async with self._lock:
+            return list(await self._retry_locked(lambda: conn.execute_fetchall(sql, params)))
+
+    # -- producer side ----------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        """Insert ``tasks`` in one transaction and wake the workers."""
+        if not tasks:
+            return
+        conn = self._connection()
+        rows = [
+            (
+                t.id,
+                t.queue,
+                t.func_name,
+                t.payload,
+                t.priority,
+                t.enqueued_at,
+                t.available_at,
+                t.max_retries,
+                t.retry_backoff,
+                t.timeout,
+                t.unique_key,
+                t.result_ttl,
+            )
+            for t in tasks
+        ]
+        if len(rows) == 1:
+            await self._write(lambda: conn.execute(q.INSERT_TASK, rows[0]))
+        else:
+
+            async def insert_all() -> None:
+                await conn.executemany(q.INSERT_TASK, rows)
+
+            await self._transaction(insert_all)
+        self._wakeup.notify("tasks")
+
+    async def get_tasks(
+        self, task_ids: Sequence[str], *, with_payload: bool = False
+    ) -> dict[str, TaskRecord]:
+        """Stored records of ``task_ids``, many per query."""
+        columns = q.TASK_COLUMNS + (", payload" if with_payload else "")
+        found: dict[str, TaskRecord] = {}
+        unique = list(dict.fromkeys(task_ids))
+        for start in range(0, len(unique), _ID_CHUNK):
+            chunk = unique[start : start + _ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._read(
+                f"SELECT {columns} FROM sitq_tasks WHERE id IN ({marks})", chunk
+            )
+            for row in rows:
+                found[row[0]] = TaskRecord(*row)
+        return found
+
+    async def cancel(self, task_id: str) -> str | None:
+        """Cancel a queued task now, or ask a running task's worker to stop it."""
+        conn = self._connection()
+        now = self.now()
+
+        async def body() -> str | None:
+            cursor = await conn.execute(
+                q.CANCEL_QUEUED, {"id": task_id, "now": now, "ttl": self.default_result_ttl}
+            )
+            if cursor.rowcount:
+                return "cancelled"
+            cursor = await conn.execute(q.REQUEST_CANCEL, (task_id,))
+            if cursor.rowcount:
+                return "requested"
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT status FROM sitq_tasks WHERE id = ?", (task_id,)
+                )
+            )
+            return str(rows[0][0]) if rows else None
+
+        outcome = await self._transaction(body)
+        if outcome == "cancelled":
+            self._wakeup.notify("results")
+        return outcome
+
+    async def retry(self, task_ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        """Queue failed or cancelled tasks again, with a fresh attempt count."""
+        conn = self._connection()
+        now = self.now()
+        if task_ids is not None:
+            ids = list(task_ids)
+            if not ids:
+                return 0
+
+            async def body() -> int:
+                total = 0
+                for start in range(0, len(ids), _ID_CHUNK):
+                    chunk = ids[start : start + _ID_CHUNK]
+                    where = f"id IN ({','.join('?' * len(chunk))})"
+                    cursor = await conn.execute(q.RETRY.format(where=where), [now, *chunk])
+                    total += cursor.rowcount
+                return total
+
+        else:
+            where = "status = 'failed'" + (" AND queue = ?" if queue is not None else "")
+            params = [now] + ([queue] if queue is not None else [])
+
+            async def body() -> int:
+                cursor = await conn.execute(q.RETRY.format(where=where), params)
+                return cursor.rowcount
+
+        count = await self._transaction(body)
+        if count:
+            self._wakeup.notify("tasks")
+        return count
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        """Tasks per (queue, status)."""
+        rows = await self._read(q.COUNTS)
+        return {(row[0], row[1]): int(row[2]) for row in rows}
+
+    # -- worker side ------------------------------------------------------
+
+    async def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[ClaimedTask]:
+        """Take up to ``limit`` ready tasks in one statement; reclaim expired leases first."""
+        if limit <= 0:
+            return []
+        conn = self._connection()
+        now = self.now()
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + RECLAIM_INTERVAL
+            await self._reclaim_expired(now)
+        sql = q.CLAIM.format(queues=",".join("?" * len(queues)))
+        params = [worker_id, now, now + lease_seconds, *queues, now, limit]
+        rows = await self._write(lambda: conn.execute_fetchall(sql, params))
+        if not rows:
+            return []
+        # RETURNING gives no order: restore the claim order.
+        ordered = sorted(rows, key=lambda r: (-r[9], r[10], r[11]))
+        return [
+            ClaimedTask(
+                id=r[0],
+                queue=r[1],
+                func_name=r[2],
+                payload=r[3],
+                attempts=r[4],
+                max_retries=r[5],
+                retry_backoff=r[6],
+                timeout=r[7],
+                enqueued_at=r[8],
+                started_at=now,
+                lease=Lease(r[0], worker_id, r[4]),
+            )
+            for r in ordered
+        ]
+
+    async def _reclaim_expired(self, now: float) -> None:
+        conn = self._connection()
+        params = {"now": now, "lost_limit": LOST_LEASE_LIMIT, "ttl": self.default_result_ttl}
+        cursor = await self._write(lambda: conn.execute(q.RECLAIM_EXPIRED, params))
+        if cursor.rowcount:
+            self._wakeup.notify("results")
+
+    async def heartbeat(
+        self, worker_id: str, leases: Sequence[Lease], lease_seconds: float
+    ) -> set[str]:
+        """Renew every lease the worker holds and its own liveness, in one transaction."""
+        conn = self._connection()
+        now = self.now()
+
+        async def body() -> list[Any]:
+            await conn.execute(q.TOUCH_WORKER, (now, worker_id))
+            if not leases:
+                return []
+            return list(
+                await conn.execute_fetchall(q.RENEW_LEASES, (now + lease_seconds, worker_id))
+            )
+
+        rows = await self._transaction(body)
+        return {row[0] for row in rows if row[1]}
+
+    async def finish(self, items: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
+        """Record outcomes; each applies only if the lease is still held."""
+        if not items:
+            return []
+        conn = self._connection()
+        now = self.now()
+        params = [
+            {
+                "id": lease.task_id,
+                "worker_id": lease.worker_id,
+                "attempt": lease.attempt,
+                "status": outcome.status,
+                "result": outcome.result,
+                "error": outcome.error,
+                "traceback": outcome.traceback,
+                "retry_at": outcome.retry_at,
+                "now": now,
+                "ttl": self.default_result_ttl,
+            }
+            for lease, outcome in items
+        ]
+        if len(params) == 1:
+            cursor = await self._write(lambda: conn.execute(q.FINISH, params[0]))
+            applied = [cursor.rowcount == 1]
+        else:
+
+            async def body() -> Any:
+                return await conn.executemany(q.FINISH, params)
+
+            cursor = await self._transaction(body)
+            if cursor.rowcount == len(params):
+                applied = [True] * len(params)
+            else:
+                applied = await self._finished_by(items)
+        if any(outcome.status != "queued" for _, outcome in items):
+            self._wakeup.notify("results")
+        if any(outcome.status == "queued" for _, outcome in items):
+            self._wakeup.notify("tasks")
+        return applied
+
+    async def _finished_by(self, items: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
+        """After a partial batch: which items' writes are the ones now stored."""
+        records = await self.get_tasks([lease.task_id for lease, _ in items])
+        applied = []
+        for lease, outcome in items:
+            record = records.get(lease.task_id)
+            applied.append(
+                record is not None
+                and record.worker_id == lease.worker_id
+                and record.attempts == lease.attempt
+                and record.status != "running"
+                and (outcome.status != "queued" or record.status in ("queued", "cancelled"))
+            )
+        return applied
+
+    async def release(self, leases: Sequence[Lease]) -> int:
+        """Give the tasks back without counting the attempt."""
+        if not leases:
+            return 0
+        conn = self._connection()
+        params = [(lease.task_id, lease.worker_id, lease.attempt) for lease in leases]
+
+        async def body() -> Any:
+            return await conn.executemany(q.RELEASE, params)
+
+        cursor = await self._transaction(body)
+        self._wakeup.notify("tasks")
+        return int(cursor.rowcount)
+
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        """Record a started worker."""
+        conn = self._connection()
+        row = (
+            worker.id,
+            worker.hostname,
+            worker.pid,
+            ",".join(worker.queues),
+            worker.concurrency,
+            worker.started_at,
+            worker.heartbeat_at,
+        )
+        await self._write(lambda: conn.execute(q.UPSERT_WORKER, row))
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Mark a worker stopped."""
+        conn = self._connection()
+        now = self.now()
+        await self._write(lambda: conn.execute(q.STOP_WORKER, (now, worker_id)))
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Every known worker, newest first."""
+        rows = await self._read(q.LIST_WORKERS)
+        return [
+            WorkerRecord(
+                id=r[0],
+                hostname=r[1],
+                pid=int(r[2]),
+                queues=tuple(r[3].split(",")),
+                concurrency=int(r[4]),
+                started_at=r[5],
+                heartbeat_at=r[6],
+                stopped_at=r[7],
+            )
+            for r in rows
+        ]
+
+    async def prune(self) -> int:
+        """Delete finished tasks past their retention, and workers gone for a day."""
+        conn = self._connection()
+        now = self.now()
+
+        async def body() -> int:
+            cursor = await conn.execute(q.PRUNE_TASKS, (now,))
+            await conn.execute(q.PRUNE_WORKERS, (now - 86400.0,))
+            return int(cursor.rowcount)
+
+        return await self._transaction(body)
+
+    async def purge(
+        self, statuses: Sequence[str], queue: str | None = None, older_than: float | None = None
+    ) -> int:
+        """Delete tasks in ``statuses``, optionally of one queue and finished long ago."""
+        if not statuses:
+            return 0
+        conn = self._connection()
+        clauses = [f"status IN ({','.join('?' * len(statuses))})"]
+        params: list[Any] = list(statuses)
+        if queue is not None:
+            clauses.append("queue = ?")
+            params.append(queue)
+        if older_than is not None:
+            clauses.append("COALESCE(finished_at, enqueued_at) < ?")
+            params.append(self.now() - older_than)
+        sql = f"DELETE FROM sitq_tasks WHERE {' AND '.join(clauses)}"
+        cursor = await self._write(lambda: conn.execute(sql, params))
+        return int(cursor.rowcount)
+
+    async def wait_for_change(self, kind: WakeKind, timeout: float) -> None:
+        """Wait for a wake-up from any process on this database, or ``timeout``."""
+        self._connection()
+        with contextlib.suppress(RuntimeError):
+            await self._wakeup.wait(kind, timeout)
+            return
+        await asyncio.sleep(timeout)

@@ -1,0 +1,193 @@
+"""The SQLite schema, its versions, and the named queries the backend runs.
+
+Kept apart from the backend's logic so the SQL can be read in one place.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+# Each entry upgrades the schema from version (key - 1) to version key.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """
+        CREATE TABLE IF NOT EXISTS sitq_meta (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE sitq_tasks (
+            id TEXT PRIMARY KEY,
+            queue TEXT NOT NULL,
+            func_name TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            status TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            enqueued_at REAL NOT NULL,
+            available_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_retries INTEGER NOT NULL DEFAULT 0,
+            retry_backoff REAL NOT NULL DEFAULT 1.0,
+            timeout REAL,
+            unique_key TEXT,
+            result_ttl REAL,
+            worker_id TEXT,
+            lease_expires_at REAL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            started_at REAL,
+            finished_at REAL,
+            expires_at REAL,
+            result BLOB,
+            error TEXT,
+            traceback TEXT
+        )
+        """,
+        # Serves the claim: ready tasks of a queue in priority, time, enqueue order.
+        """
+        CREATE INDEX sitq_tasks_ready ON sitq_tasks (queue, priority DESC, available_at)
+        WHERE status = 'queued'
+        """,
+        # Serves lease renewal and the reclaim of expired leases (few rows).
+        """
+        CREATE INDEX sitq_tasks_running ON sitq_tasks (lease_expires_at)
+        WHERE status = 'running'
+        """,
+        """
+        CREATE INDEX sitq_tasks_expiry ON sitq_tasks (expires_at)
+        WHERE expires_at IS NOT NULL
+        """,
+        """
+        CREATE TABLE sitq_workers (
+            id TEXT PRIMARY KEY,
+            hostname TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            queues TEXT NOT NULL,
+            concurrency INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            stopped_at REAL
+        )
+        """,
+    ),
+}
+
+TASK_COLUMNS = (
+    "id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, "
+    "available_at, started_at, finished_at, worker_id, result, error, traceback"
+)
+
+INSERT_TASK = """
+INSERT INTO sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
+    available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl)
+VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+# {queues} is filled with one placeholder per queue name.
+CLAIM = """
+UPDATE sitq_tasks
+SET status = 'running', worker_id = ?, attempts = attempts + 1,
+    started_at = ?, lease_expires_at = ?
+WHERE rowid IN (
+    SELECT rowid FROM sitq_tasks
+    WHERE status = 'queued' AND queue IN ({queues}) AND available_at <= ?
+    ORDER BY priority DESC, available_at, rowid
+    LIMIT ?
+)
+RETURNING id, queue, func_name, payload, attempts, max_retries, retry_backoff, timeout,
+    enqueued_at, priority, available_at, rowid
+"""
+
+# A running task whose lease ran out lost its worker. It runs again, unless it
+# was asked to cancel, or it has already been lost too often (a task that kills
+# its worker every time must not loop forever).
+RECLAIM_EXPIRED = """
+UPDATE sitq_tasks
+SET status = CASE
+        WHEN cancel_requested = 1 THEN 'cancelled'
+        WHEN attempts >= max_retries + 1 + :lost_limit THEN 'failed'
+        ELSE 'queued' END,
+    error = CASE
+        WHEN cancel_requested = 1 THEN 'cancelled while its worker was lost'
+        WHEN attempts >= max_retries + 1 + :lost_limit
+            THEN 'WorkerLost: the worker running this task died ' || attempts || ' times'
+        ELSE error END,
+    finished_at = CASE
+        WHEN cancel_requested = 1 OR attempts >= max_retries + 1 + :lost_limit THEN :now
+        ELSE NULL END,
+    expires_at = CASE
+        WHEN cancel_requested = 1 OR attempts >= max_retries + 1 + :lost_limit
+            THEN :now + COALESCE(result_ttl, :ttl)
+        ELSE NULL END,
+    lease_expires_at = NULL
+WHERE status = 'running' AND lease_expires_at < :now
+"""
+
+RENEW_LEASES = """
+UPDATE sitq_tasks SET lease_expires_at = ?
+WHERE status = 'running' AND worker_id = ?
+RETURNING id, cancel_requested
+"""
+
+TOUCH_WORKER = "UPDATE sitq_workers SET heartbeat_at = ? WHERE id = ?"
+
+# One statement for every outcome. :status 'queued' with :retry_at means "run
+# again later", unless a cancel was asked for meanwhile.
+FINISH = """
+UPDATE sitq_tasks
+SET status = CASE WHEN :status = 'queued' AND cancel_requested = 1 THEN 'cancelled'
+                  ELSE :status END,
+    result = :result, error = :error, traceback = :traceback,
+    available_at = COALESCE(:retry_at, available_at),
+    finished_at = CASE WHEN :status = 'queued' AND cancel_requested = 0 THEN NULL
+                       ELSE :now END,
+    expires_at = CASE WHEN :status = 'queued' AND cancel_requested = 0 THEN NULL
+                      ELSE :now + COALESCE(result_ttl, :ttl) END,
+    lease_expires_at = NULL
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'running'
+"""
+
+RELEASE = """
+UPDATE sitq_tasks
+SET status = 'queued', attempts = attempts - 1, worker_id = NULL,
+    lease_expires_at = NULL, started_at = NULL
+WHERE id = ? AND worker_id = ? AND attempts = ? AND status = 'running'
+"""
+
+CANCEL_QUEUED = """
+UPDATE sitq_tasks
+SET status = 'cancelled', finished_at = :now, error = 'cancelled before it started',
+    expires_at = :now + COALESCE(result_ttl, :ttl)
+WHERE id = :id AND status = 'queued'
+"""
+
+REQUEST_CANCEL = """
+UPDATE sitq_tasks SET cancel_requested = 1 WHERE id = ? AND status = 'running'
+"""
+
+# {where} selects the tasks to queue again.
+RETRY = """
+UPDATE sitq_tasks
+SET status = 'queued', attempts = 0, available_at = ?, result = NULL, error = NULL,
+    traceback = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,
+    worker_id = NULL, lease_expires_at = NULL, cancel_requested = 0
+WHERE status IN ('failed', 'cancelled') AND {where}
+"""
+
+COUNTS = "SELECT queue, status, COUNT(*) FROM sitq_tasks GROUP BY queue, status"
+
+UPSERT_WORKER = """
+INSERT OR REPLACE INTO sitq_workers
+    (id, hostname, pid, queues, concurrency, started_at, heartbeat_at, stopped_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, NULL)
+"""
+
+STOP_WORKER = "UPDATE sitq_workers SET stopped_at = ? WHERE id = ?"
+
+LIST_WORKERS = """
+SELECT id, hostname, pid, queues, concurrency, started_at, heartbeat_at, stopped_at
+FROM sitq_workers ORDER BY started_at DESC
+"""
+
+PRUNE_TASKS = "DELETE FROM sitq_tasks WHERE expires_at < ?"
+PRUNE_WORKERS = "DELETE FROM sitq_workers WHERE heartbeat_at < ?"

@@ -1,0 +1,138 @@
+"""Cross-process wake-up hints for the SQLite backend.
+
+SQLite has no LISTEN/NOTIFY, so each process that waits (a worker for tasks, a
+producer for results) binds a Unix datagram socket in a per-database folder,
+and each writer sends one byte to every socket there after it commits. A lost
+or late datagram costs only latency: every waiter also polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+from sitq.backends.base import WakeKind
+
+_KINDS: tuple[WakeKind, ...] = ("tasks", "results")
+
+
+def wake_directory(database_path: str) -> Path:
+    """A short, private folder for one database's sockets (socket paths are limited
+    to about 100 bytes, so it lives in the temp dir, keyed by the database's path)."""
+    digest = hashlib.sha256(os.path.realpath(database_path).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"sitq-{os.getuid()}" / digest
+
+
+class WakeupChannel:
+    """Sends and receives wake-up hints between processes sharing one database."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._sender: socket.socket | None = None
+        self._peers: dict[WakeKind, tuple[int, list[str]]] = {}
+        self._listeners: dict[WakeKind, socket.socket] = {}
+        self._own_paths: set[str] = set()
+        self._events: dict[WakeKind, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._broken = False
+
+    def _kind_dir(self, kind: WakeKind) -> Path:
+        return self._directory / kind[0]
+
+    def notify(self, kind: WakeKind) -> None:
+        """Wake every process waiting for ``kind``, this one included. Never raises."""
+        self._wake_local(kind)
+        if self._broken:
+            return
+        try:
+            if self._sender is None:
+                self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sender.setblocking(False)
+            for path in self._peer_paths(kind):
+                if path in self._own_paths:
+                    continue
+                try:
+                    self._sender.sendto(b"!", path)
+                except (ConnectionRefusedError, FileNotFoundError):
+                    # Its process is gone: tidy the stale socket away.
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                except (BlockingIOError, OSError):
+                    pass  # its buffer is full, so it has a wake-up pending already
+        except OSError:
+            self._broken = True
+
+    def _peer_paths(self, kind: WakeKind) -> list[str]:
+        directory = self._kind_dir(kind)
+        try:
+            mtime = directory.stat().st_mtime_ns
+        except FileNotFoundError:
+            return []
+        cached = self._peers.get(kind)
+        if cached is None or cached[0] != mtime:
+            paths = [str(directory / name) for name in os.listdir(directory)]
+            cached = (mtime, paths)
+            self._peers[kind] = cached
+        return cached[1]
+
+    async def wait(self, kind: WakeKind, timeout: float) -> None:
+        """Return on a wake-up for ``kind`` or after ``timeout`` seconds."""
+        event = self._events.get(kind)
+        if event is None:
+            event = self._events[kind] = asyncio.Event()
+            self._listen(kind)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def _wake_local(self, kind: WakeKind) -> None:
+        event = self._events.get(kind)
+        if event is not None:
+            # Replace before setting: current waiters wake, later ones wait afresh.
+            self._events[kind] = asyncio.Event()
+            event.set()
+
+    def _listen(self, kind: WakeKind) -> None:
+        if self._broken or kind in self._listeners:
+            return
+        try:
+            directory = self._kind_dir(kind)
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = str(directory / f"{os.getpid()}-{os.urandom(4).hex()}")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.bind(path)
+        except OSError:
+            self._broken = True  # polling alone still works
+            return
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._on_readable, kind, sock)
+        self._listeners[kind] = sock
+        self._own_paths.add(path)
+
+    def _on_readable(self, kind: WakeKind, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while sock.recv(64):
+                pass
+        self._wake_local(kind)
+
+    def close(self) -> None:
+        """Stop listening and remove this process's sockets."""
+        for sock in self._listeners.values():
+            if self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(sock.fileno())
+            sock.close()
+        for path in self._own_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        if self._sender is not None:
+            self._sender.close()
+        self._listeners.clear()
+        self._own_paths.clear()
+        self._events.clear()
+        self._sender = None

@@ -1,0 +1,75 @@
+"""The exceptions sitq raises. Every one derives from :class:`SitqError`.
+
+Each message says what was wrong and, where there is one, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class SitqError(Exception):
+    """Base class of every error sitq raises."""
+
+
+class ConfigurationError(SitqError, ValueError):
+    """An option, URL or argument that sitq cannot use."""
+
+
+class DatabaseError(SitqError):
+    """The database cannot be opened, created or used."""
+
+
+class SchemaVersionError(DatabaseError):
+    """The database was written by a sitq with an incompatible schema version."""
+
+
+class NotASitqDatabase(DatabaseError):
+    """The file exists but is not a sitq database."""
+
+
+class SerializationError(SitqError):
+    """A callable, argument, return value or stored payload could not be (de)serialized."""
+
+
+class TaskNotFound(SitqError, KeyError):
+    """No task has the given id (it never existed, or its result was pruned)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        return (
+            f"no task with id {self.task_id!r}: check the id, or its result may have "
+            "been pruned after its result_ttl"
+        )
+
+
+class TaskFailed(SitqError):
+    """A task ended failed or cancelled; carries the remote error and traceback."""
+
+    def __init__(
+        self,
+        task_id: str,
+        error: str | None,
+        traceback: str | None = None,
+        status: str = "failed",
+    ) -> None:
+        super().__init__(task_id, error)
+        self.task_id = task_id
+        self.error = error
+        self.traceback = traceback
+        self.status = status
+
+    def __str__(self) -> str:
+        text = f"task {self.task_id} {self.status}: {self.error}"
+        if self.traceback:
+            text += "\n\nRemote traceback:\n" + self.traceback.rstrip()
+        return text
+
+
+class NotConnected(SitqError, RuntimeError):
+    """A queue or backend was used before ``connect()`` or after ``close()``."""
+
+
+class InvalidTask(SitqError, TypeError):
+    """What was passed as a task cannot be one (for example, it is not callable)."""

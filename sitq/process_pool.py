@@ -1,0 +1,187 @@
+"""A small pool of child processes that run one task at a time each.
+
+Unlike ``concurrent.futures.ProcessPoolExecutor`` it can kill and replace a
+single child (on a task timeout or cancel) without disturbing the others,
+replaces a child after ``max_tasks_per_child`` tasks, and reports a child that
+died (a segfault, ``os._exit``) as that task's failure only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import multiprocessing
+import multiprocessing.connection
+import pickle
+import signal
+import sys
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from sitq.serialization import Serializer
+
+
+class ChildDied(Exception):
+    """The child process running a task exited before answering."""
+
+
+@dataclass
+class _Child:
+    process: multiprocessing.process.BaseProcess
+    conn: multiprocessing.connection.Connection
+    tasks_run: int = 0
+    broken: bool = field(default=False)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "the process running the task died"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the process running the task was killed by {name}"
+    return f"the process running the task exited with status {code}"
+
+
+def _child_main(
+    conn: multiprocessing.connection.Connection,
+    serializer_bytes: bytes,
+    sys_path: list[str],
+    imports: list[str],
+) -> None:
+    """Loop in the child: receive a payload, run it, send back a tagged reply."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent worker decides on shutdown
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.path[:] = sys_path
+    for module in imports:
+        importlib.import_module(module)
+    serializer: Serializer = pickle.loads(serializer_bytes)
+    while True:
+        try:
+            payload = conn.recv()
+        except (EOFError, OSError):
+            return
+        if payload is None:
+            return
+        conn.send(_run_payload(serializer, payload))
+
+
+def _run_payload(serializer: Serializer, payload: bytes) -> tuple[Any, ...]:
+    try:
+        fn, args, kwargs = serializer.loads(payload)
+    except BaseException as exc:
+        return ("load_error", f"{type(exc).__name__}: {exc}")
+    try:
+        value = fn(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = asyncio.run(_await(value))
+    except BaseException as exc:
+        return ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    try:
+        return ("ok", serializer.dumps(value))
+    except BaseException as exc:
+        return ("dump_error", f"{type(exc).__name__}: {exc}", type(value).__name__)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+class ProcessPool:
+    """``size`` child processes (spawned, so the worker's threads are not forked)."""
+
+    def __init__(
+        self,
+        size: int,
+        serializer: Serializer,
+        *,
+        max_tasks_per_child: int | None = None,
+        imports: tuple[str, ...] = (),
+    ) -> None:
+        self.size = size
+        self.max_tasks_per_child = max_tasks_per_child
+        self._serializer_bytes = pickle.dumps(serializer)
+        self._imports = list(imports)
+        self._context = multiprocessing.get_context("spawn")
+        self._idle: asyncio.Queue[_Child] | None = None
+        self._children: set[_Child] = set()
+        self._io = ThreadPoolExecutor(max_workers=size + 1, thread_name_prefix="sitq-pool-io")
+        self._closed = False
+
+    async def start(self) -> None:
+        """Start every child (in parallel, off the event loop)."""
+        self._idle = asyncio.Queue()
+        children = await asyncio.gather(*(self._spawn() for _ in range(self.size)))
+        for child in children:
+            self._idle.put_nowait(child)
+
+    async def _spawn(self) -> _Child:
+        loop = asyncio.get_running_loop()
+        parent_conn, child_conn = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_child_main,
+            args=(child_conn, self._serializer_bytes, list(sys.path), self._imports),
+            name="sitq-pool-child",
+            daemon=True,
+        )
+        await loop.run_in_executor(self._io, process.start)
+        child_conn.close()
+        child = _Child(process, parent_conn)
+        self._children.add(child)
+        return child
+
+    async def run(self, payload: bytes) -> tuple[Any, ...]:
+        """Run one payload in a child. Returns the child's tagged reply.
+
+        Cancelling the call kills the child (and starts a replacement); a child
+        that dies while running it raises ``ChildDied``.
+        """
+        assert self._idle is not None, "ProcessPool.start() was not awaited"
+        loop = asyncio.get_running_loop()
+        child = await self._idle.get()
+        # "kill" unless the child answered: it may still be running the task.
+        disposal = "kill"
+        try:
+            child.conn.send(payload)
+            reply: tuple[Any, ...] = await loop.run_in_executor(self._io, child.conn.recv)
+            child.tasks_run += 1
+            limit = self.max_tasks_per_child
+            disposal = "retire" if limit and child.tasks_run >= limit else "keep"
+            return reply
+        except (EOFError, OSError) as exc:
+            await loop.run_in_executor(self._io, child.process.join, 5)
+            raise ChildDied(_describe_exit(child.process.exitcode)) from exc
+        finally:
+            if disposal == "keep":
+                self._idle.put_nowait(child)
+            else:
+                await self._replace(child, kill=disposal == "kill")
+
+    async def _replace(self, child: _Child, *, kill: bool) -> None:
+        await self._retire(child, kill=kill)
+        if not self._closed and self._idle is not None:
+            self._idle.put_nowait(await self._spawn())
+
+    async def _retire(self, child: _Child, *, kill: bool = False) -> None:
+        self._children.discard(child)
+        loop = asyncio.get_running_loop()
+        if not kill and child.process.is_alive():
+            with contextlib.suppress(OSError):
+                child.conn.send(None)  # a clean exit: it is idle
+            await loop.run_in_executor(self._io, child.process.join, 2)
+        if child.process.is_alive():
+            child.process.kill()
+            await loop.run_in_executor(self._io, child.process.join)
+        child.conn.close()
+
+    async def close(self) -> None:
+        """Stop every child (killing any still running a task)."""
+        self._closed = True
+        await asyncio.gather(*(self._retire(child, kill=True) for child in list(self._children)))
+        self._io.shutdown(wait=False)

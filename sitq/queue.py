@@ -1,0 +1,402 @@
+"""The producer API: TaskQueue (async) and SyncTaskQueue."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from sitq.backends import open_backend
+from sitq.backends.base import Backend, NewTask, TaskRecord
+from sitq.errors import InvalidTask, SerializationError, TaskNotFound
+from sitq.serialization import CloudpickleSerializer, Serializer, loads_checked
+from sitq.task import Result, TaskOptions, TaskStatus, _to_datetime, new_task_id
+
+T = TypeVar("T")
+
+#: The longest a waiter sleeps between checks when no wake-up arrives.
+POLL_INTERVAL = 0.05
+
+
+def task_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of a callable, for display."""
+    module = getattr(fn, "__module__", None) or "?"
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return f"{module}.{name}" if name else repr(fn)
+
+
+def _check_callable(fn: Any) -> None:
+    if not callable(fn):
+        raise InvalidTask(
+            f"a task must be a callable (a function or coroutine function), got "
+            f"{type(fn).__name__} {fn!r:.80}; pass the function itself, not its result"
+        )
+
+
+def _explain_unpicklable(serializer: Serializer, fn: Any, args: tuple, kwargs: dict) -> str:
+    """Name the first part of a call that will not serialize."""
+    parts: list[tuple[str, Any]] = [(f"the callable {task_name(fn)}", fn)]
+    parts += [(f"argument {i + 1}", arg) for i, arg in enumerate(args)]
+    parts += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
+    for label, value in parts:
+        try:
+            serializer.dumps(value)
+        except Exception as exc:
+            return f"{label} ({type(value).__name__}) cannot be serialized: {exc}"
+    return "the call cannot be serialized"
+
+
+def record_to_result(record: TaskRecord, serializer: Serializer) -> Result:
+    """A Result from a finished task's stored record."""
+    value = None
+    if record.result is not None:
+        value = loads_checked(serializer, record.result, f"the result of task {record.id}")
+    return Result(
+        task_id=record.id,
+        status=TaskStatus(record.status),
+        value=value,
+        error=record.error,
+        traceback=record.traceback,
+        attempts=record.attempts,
+        enqueued_at=_to_datetime(record.enqueued_at),
+        started_at=_to_datetime(record.started_at),
+        finished_at=_to_datetime(record.finished_at),
+        worker_id=record.worker_id,
+        func_name=record.func_name,
+    )
+
+
+class _Enqueuer:
+    """``enqueue`` and ``enqueue_many`` with a fixed set of options."""
+
+    def __init__(self, queue: TaskQueue, options: TaskOptions) -> None:
+        self._queue = queue
+        self.options = options
+
+    def with_options(self, **options: Any) -> _Enqueuer:
+        """The same queue with further options (see :class:`TaskOptions`)."""
+        return _Enqueuer(self._queue, self.options.merged(**options))
+
+    async def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Store a call of ``fn(*args, **kwargs)``; return its task id once committed.
+
+        Every keyword argument goes to ``fn``: set options with ``with_options``.
+        """
+        task = self._queue._new_task(self.options, fn, args, kwargs, self._queue.backend.now())
+        await self._queue._backend_checked().enqueue([task])
+        return task.id
+
+    async def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
+        """Store one call of ``fn`` per item in one transaction; return their ids in order.
+
+        Each item is a tuple of positional arguments, or a single argument.
+        """
+        now = self._queue.backend.now()
+        tasks = [
+            self._queue._new_task(
+                self.options, fn, item if isinstance(item, tuple) else (item,), {}, now
+            )
+            for item in items
+        ]
+        await self._queue._backend_checked().enqueue(tasks)
+        return [task.id for task in tasks]
+
+
+class TaskQueue:
+    """The async producer API.
+
+    :param backend: a Backend, a database URL or path (``"tasks.db"``,
+        ``"sqlite:///tasks.db"``), or None for ``$SITQ_DB`` else ``sitq.db``.
+    :param serializer: how calls and results become bytes (cloudpickle by default).
+
+    Use ``await queue.connect()`` / ``await queue.close()``, or ``async with``.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | str | os.PathLike[str] | None = None,
+        serializer: Serializer | None = None,
+    ) -> None:
+        self.backend = open_backend(backend)
+        self.serializer: Serializer = serializer or CloudpickleSerializer()
+        self._default = _Enqueuer(self, TaskOptions())
+        self._connected = False
+
+    async def connect(self) -> None:
+        """Open the backend (creating the database if needed)."""
+        if not self._connected:
+            await self.backend.connect()
+            self._connected = True
+
+    async def close(self) -> None:
+        """Close the backend connection this queue opened."""
+        if self._connected:
+            self._connected = False
+            await self.backend.close()
+
+    async def __aenter__(self) -> TaskQueue:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _backend_checked(self) -> Backend:
+        if not self._connected:
+            from sitq.errors import NotConnected
+
+            raise NotConnected(
+                "the queue is not connected: call `await queue.connect()` first, "
+                "or use `async with TaskQueue(...) as queue:`"
+            )
+        return self.backend
+
+    def _new_task(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        now: float,
+    ) -> NewTask:
+        _check_callable(fn)
+        try:
+            payload = self.serializer.dumps((fn, args, kwargs))
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot enqueue {task_name(fn)}: "
+                f"{_explain_unpicklable(self.serializer, fn, args, kwargs)}; pass only "
+                "picklable values (no open files, sockets, locks or connections)"
+            ) from exc
+        return NewTask(
+            id=new_task_id(),
+            queue=options.queue,
+            func_name=task_name(fn),
+            payload=payload,
+            priority=options.priority,
+            enqueued_at=now,
+            available_at=options.available_at(now),
+            max_retries=options.max_retries,
+            retry_backoff=float(options.retry_backoff),
+            timeout=None if options.timeout is None else float(options.timeout),
+            unique_key=options.unique_key,
+            result_ttl=None if options.result_ttl is None else float(options.result_ttl),
+        )
+
+    # -- enqueueing -------------------------------------------------------
+
+    def with_options(self, **options: Any) -> _Enqueuer:
+        """An object with ``enqueue``/``enqueue_many`` that apply these options:
+        ``queue, priority, delay, eta, max_retries, retry_backoff, timeout,
+        unique_key, result_ttl`` (see :class:`TaskOptions`)."""
+        return self._default.with_options(**options)
+
+    async def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Store a call of ``fn(*args, **kwargs)`` and return its task id once committed.
+
+        Every keyword argument goes to ``fn``; set options with ``with_options``.
+        """
+        return await self._default.enqueue(fn, *args, **kwargs)
+
+    async def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
+        """One call of ``fn`` per item, in one transaction; ids in item order.
+
+        Each item is a tuple of positional arguments, or a single argument.
+        """
+        return await self._default.enqueue_many(fn, items)
+
+    # -- results and control ----------------------------------------------
+
+    async def get_result(self, task_id: str, timeout: float | None = None) -> Result | None:
+        """The task's Result once it has finished (succeeded, failed or cancelled).
+
+        Returns None if it has not finished within ``timeout`` seconds; with
+        ``timeout=None`` waits as long as it takes. Unknown ids raise TaskNotFound.
+        """
+        backend = self._backend_checked()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = (await backend.get_tasks([task_id])).get(task_id)
+            if record is None:
+                raise TaskNotFound(task_id)
+            if TaskStatus(record.status).finished:
+                return record_to_result(record, self.serializer)
+            wait = POLL_INTERVAL
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                wait = min(wait, remaining)
+            await backend.wait_for_change("results", wait)
+
+    async def get_results(self, task_ids: Sequence[str]) -> dict[str, Result]:
+        """Results of those of ``task_ids`` that have finished, checked in bulk (no waiting)."""
+        records = await self._backend_checked().get_tasks(task_ids)
+        return {
+            task_id: record_to_result(record, self.serializer)
+            for task_id, record in records.items()
+            if TaskStatus(record.status).finished
+        }
+
+    async def status(self, task_id: str) -> TaskStatus:
+        """Where the task is now; unknown ids raise TaskNotFound."""
+        record = (await self._backend_checked().get_tasks([task_id])).get(task_id)
+        if record is None:
+            raise TaskNotFound(task_id)
+        return TaskStatus(record.status)
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a task. A queued task is cancelled at once; a running one is
+        stopped by its worker as soon as it can (best effort). Returns False if the
+        task had already finished."""
+        outcome = await self._backend_checked().cancel(task_id)
+        if outcome is None:
+            raise TaskNotFound(task_id)
+        return outcome in ("cancelled", "requested")
+
+    async def retry(self, task_id: str) -> bool:
+        """Queue a failed or cancelled task again; False if it is not in such a state."""
+        backend = self._backend_checked()
+        if await backend.retry([task_id]):
+            return True
+        if not await backend.get_tasks([task_id]):
+            raise TaskNotFound(task_id)
+        return False
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts of tasks by status, overall and per queue, and of live workers."""
+        from sitq.worker import WORKER_STALE_AFTER
+
+        backend = self._backend_checked()
+        counts = await backend.counts()
+        totals = {status.value: 0 for status in TaskStatus}
+        queues: dict[str, dict[str, int]] = {}
+        for (queue, status), count in counts.items():
+            queues.setdefault(queue, {s.value: 0 for s in TaskStatus})[status] = count
+            totals[status] = totals.get(status, 0) + count
+        workers = await backend.list_workers()
+        now = backend.now()
+        alive = sum(1 for w in workers if w.alive(now, WORKER_STALE_AFTER))
+        return {"totals": totals, "queues": queues, "workers_alive": alive}
+
+
+class SyncTaskQueue:
+    """The producer API for code that is not async.
+
+    Runs a private event loop on a background thread; every method blocks until
+    done. Accepts the same arguments as :class:`TaskQueue` and connects on first use.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | str | os.PathLike[str] | None = None,
+        serializer: Serializer | None = None,
+    ) -> None:
+        self._queue = TaskQueue(backend, serializer)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="sitq-sync-queue", daemon=True
+        )
+        self._thread.start()
+        self._connect_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def backend(self) -> Backend:
+        """The backend this queue stores tasks in."""
+        return self._queue.backend
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            from sitq.errors import NotConnected
+
+            raise NotConnected("this SyncTaskQueue is closed")
+        if not self._queue._connected:
+            with self._connect_lock:
+                if not self._queue._connected:
+                    self._submit(self._queue.connect()).result()
+        return self._submit(coro).result()
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def connect(self) -> None:
+        """Open the backend now (otherwise the first call does)."""
+        self._run(asyncio.sleep(0))
+
+    def close(self) -> None:
+        """Close the backend and stop the background loop."""
+        if self._closed:
+            return
+        self._closed = True
+        self._submit(self._queue.close()).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> SyncTaskQueue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def with_options(self, **options: Any) -> _SyncEnqueuer:
+        """Like :meth:`TaskQueue.with_options`."""
+        return _SyncEnqueuer(self, self._queue.with_options(**options))
+
+    def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Like :meth:`TaskQueue.enqueue`."""
+        return self._run(self._queue.enqueue(fn, *args, **kwargs))
+
+    def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
+        """Like :meth:`TaskQueue.enqueue_many`."""
+        return self._run(self._queue.enqueue_many(fn, list(items)))
+
+    def get_result(self, task_id: str, timeout: float | None = None) -> Result | None:
+        """Like :meth:`TaskQueue.get_result`."""
+        return self._run(self._queue.get_result(task_id, timeout))
+
+    def get_results(self, task_ids: Sequence[str]) -> dict[str, Result]:
+        """Like :meth:`TaskQueue.get_results`."""
+        return self._run(self._queue.get_results(task_ids))
+
+    def status(self, task_id: str) -> TaskStatus:
+        """Like :meth:`TaskQueue.status`."""
+        return self._run(self._queue.status(task_id))
+
+    def cancel(self, task_id: str) -> bool:
+        """Like :meth:`TaskQueue.cancel`."""
+        return self._run(self._queue.cancel(task_id))
+
+    def retry(self, task_id: str) -> bool:
+        """Like :meth:`TaskQueue.retry`."""
+        return self._run(self._queue.retry(task_id))
+
+    def stats(self) -> dict[str, Any]:
+        """Like :meth:`TaskQueue.stats`."""
+        return self._run(self._queue.stats())
+
+
+class _SyncEnqueuer:
+    """The blocking face of a queue with options."""
+
+    def __init__(self, owner: SyncTaskQueue, enqueuer: _Enqueuer) -> None:
+        self._owner = owner
+        self._enqueuer = enqueuer
+
+    def with_options(self, **options: Any) -> _SyncEnqueuer:
+        """Further options."""
+        return _SyncEnqueuer(self._owner, self._enqueuer.with_options(**options))
+
+    def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Like :meth:`TaskQueue.enqueue`, with these options."""
+        return self._owner._run(self._enqueuer.enqueue(fn, *args, **kwargs))
+
+    def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
+        """Like :meth:`TaskQueue.enqueue_many`, with these options."""
+        return self._owner._run(self._enqueuer.enqueue_many(fn, list(items)))

@@ -1,0 +1,171 @@
+"""What a task is: its status, its enqueue options, and its Result."""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from sitq.errors import ConfigurationError, TaskFailed
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task is in its life.
+
+    A task waiting for its ``eta`` or for its next retry is ``QUEUED``.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        """True once the task will not run again on its own."""
+        return self in FINISHED_STATUSES
+
+
+FINISHED_STATUSES = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+DEFAULT_RETRY_BACKOFF = 1.0
+"""Seconds before the first retry; each further retry doubles it (with jitter)."""
+MAX_RETRY_DELAY = 3600.0
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """How a task is enqueued. Every field has a documented default.
+
+    - ``queue``: the queue's name; workers claim from the queues they serve.
+    - ``priority``: higher runs first among ready tasks of a queue.
+    - ``delay``: seconds from now before the task may start (>= 0).
+    - ``eta``: a timezone-aware datetime before which the task may not start.
+    - ``max_retries``: how many times a task that raises is run again.
+    - ``retry_backoff``: seconds before the first retry, doubled per retry, jittered.
+    - ``timeout``: seconds a single run may take before it is stopped and failed.
+    - ``unique_key``: reserved for unique jobs (stored with the task).
+    - ``result_ttl``: seconds the finished task's Result is kept (None: backend default).
+    """
+
+    queue: str = "default"
+    priority: int = 0
+    delay: float | None = None
+    eta: datetime | None = None
+    max_retries: int = 0
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    timeout: float | None = None
+    unique_key: str | None = None
+    result_ttl: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.queue, str) or not self.queue:
+            raise ConfigurationError(f"queue must be a non-empty string, got {self.queue!r}")
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            raise ConfigurationError(f"priority must be an int, got {self.priority!r}")
+        if self.delay is not None and self.eta is not None:
+            raise ConfigurationError("give either delay or eta, not both")
+        if self.delay is not None:
+            delay = _as_float("delay", self.delay)
+            if delay < 0:
+                raise ConfigurationError(
+                    f"delay must be >= 0 seconds, got {self.delay!r}; "
+                    "use delay=0 (or omit it) to run as soon as possible"
+                )
+        if self.eta is not None:
+            if not isinstance(self.eta, datetime):
+                raise ConfigurationError(f"eta must be a datetime, got {self.eta!r}")
+            if self.eta.tzinfo is None or self.eta.utcoffset() is None:
+                raise ConfigurationError(
+                    f"eta {self.eta.isoformat()} is naive: give a timezone-aware datetime, "
+                    "e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
+                )
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ConfigurationError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+        if _as_float("retry_backoff", self.retry_backoff) < 0:
+            raise ConfigurationError(f"retry_backoff must be >= 0, got {self.retry_backoff!r}")
+        if self.timeout is not None and _as_float("timeout", self.timeout) <= 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.result_ttl is not None and _as_float("result_ttl", self.result_ttl) < 0:
+            raise ConfigurationError(f"result_ttl must be >= 0 seconds, got {self.result_ttl!r}")
+
+    def merged(self, **changes: Any) -> TaskOptions:
+        """A copy with ``changes`` applied (validated); unknown names are an error."""
+        unknown = set(changes) - set(self.__dataclass_fields__)
+        if unknown:
+            known = ", ".join(sorted(self.__dataclass_fields__))
+            raise ConfigurationError(
+                f"unknown task option(s) {', '.join(sorted(unknown))}; known options: {known}"
+            )
+        return replace(self, **changes)
+
+    def available_at(self, now: float) -> float:
+        """The unix time from which the task may start."""
+        if self.eta is not None:
+            return self.eta.timestamp()
+        return now + (self.delay or 0.0)
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
+    return float(value)
+
+
+def retry_delay(base: float, attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based): exponential, jittered.
+
+    Jitter spreads retries of tasks that failed together (e.g. on one outage) so
+    they do not all come back at once; the delay stays within [base/2, base] * 2**(n-1).
+    """
+    if base <= 0:
+        return 0.0
+    ceiling = min(base * 2 ** (attempt - 1), MAX_RETRY_DELAY)
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+def new_task_id() -> str:
+    """A 32-hex-digit id whose leading digits grow with time (cheap, index-friendly)."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+def _to_datetime(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+@dataclass
+class Result:
+    """The outcome of a finished task (succeeded, failed or cancelled).
+
+    ``value`` is the deserialized return value (None unless succeeded); ``error``
+    and ``traceback`` describe a failure. Times are timezone-aware UTC datetimes.
+    """
+
+    task_id: str
+    status: TaskStatus
+    value: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    attempts: int = 0
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker_id: str | None = None
+    func_name: str | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True if the task succeeded."""
+        return self.status is TaskStatus.SUCCEEDED
+
+    def unwrap(self) -> Any:
+        """The value if the task succeeded; otherwise raise :class:`TaskFailed`."""
+        if self.ok:
+            return self.value
+        raise TaskFailed(self.task_id, self.error, self.traceback, status=self.status.value)

@@ -1,0 +1,588 @@
+"""The Worker: claim tasks, run them, report their outcomes.
+
+One worker is one asyncio loop with ``concurrency`` slots. It claims only as
+many tasks as it has free slots (bounded prefetch), holds each by a lease that a
+heartbeat renews, and writes outcomes in small group commits. Whatever happens
+to one task (it raises, hangs, returns something unpicklable, kills its child
+process) becomes that task's outcome; the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sitq.backends import open_backend
+from sitq.backends.base import Backend, ClaimedTask, Lease, Outcome, WorkerRecord
+from sitq.errors import ConfigurationError, SerializationError
+from sitq.process_pool import ChildDied, ProcessPool
+from sitq.serialization import CloudpickleSerializer, Serializer, dumps_checked, loads_checked
+from sitq.task import retry_delay
+
+logger = logging.getLogger("sitq.worker")
+
+#: A worker not heard from for this long is shown as dead.
+WORKER_STALE_AFTER = 30.0
+POOLS = ("auto", "thread", "process")
+
+
+class _Stop(Exception):
+    """A run was interrupted by a cancel request or by shutdown."""
+
+
+class _TimedOut(Exception):
+    """A run exceeded its task's timeout (distinct from a TimeoutError the task raised)."""
+
+
+async def _with_timeout(awaitable: Any, timeout: float | None) -> Any:
+    """Await ``awaitable``; after ``timeout`` seconds cancel it and raise _TimedOut."""
+    if timeout is None:
+        return await awaitable
+    future = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait([future], timeout=timeout)
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    if done:
+        return future.result()
+    future.cancel()
+    await asyncio.wait([future], timeout=1.0)  # let it clean up, briefly
+    raise _TimedOut()
+
+
+@dataclass
+class _Running:
+    """A task this worker holds, and how it is being run."""
+
+    task: ClaimedTask
+    runner: asyncio.Task[None] | None = None
+    invocation: asyncio.Future[Any] | None = None
+    interrupt: str | None = None  # "cancel" or "shutdown" once asked to stop
+
+
+class Worker:
+    """Runs tasks from one or more queues.
+
+    :param backend: a Backend, or a database URL/path (as for TaskQueue).
+    :param serializer: must match the producers' (cloudpickle by default).
+    :param concurrency: how many tasks run at once (>= 1).
+    :param queues: the queues to serve.
+    :param pool: ``"auto"`` runs coroutine functions on the event loop and plain
+        functions in threads; ``"thread"`` runs both in threads (a coroutine
+        function gets an event loop of its own); ``"process"`` runs both in a
+        pool of ``concurrency`` child processes.
+    :param max_tasks_per_child: replace a process-pool child after this many tasks.
+    :param lease_seconds: how long a claim holds without renewal; a task whose
+        worker died runs again after at most this long.
+    :param grace_period: seconds ``stop()`` waits for running tasks by default.
+    :param poll_interval: the longest an idle worker waits between looks at the
+        queue when no wake-up arrives (at most 0.05 s).
+    :param imports: modules to import in process-pool children.
+
+    A thread task that times out or is cancelled cannot be stopped: its outcome
+    is recorded and its slot freed, but the thread runs on to its end.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | str | os.PathLike[str] | None = None,
+        serializer: Serializer | None = None,
+        *,
+        concurrency: int = 1,
+        queues: Sequence[str] = ("default",),
+        pool: str = "auto",
+        max_tasks_per_child: int | None = None,
+        lease_seconds: float = 30.0,
+        grace_period: float = 30.0,
+        poll_interval: float = 0.05,
+        imports: Sequence[str] = (),
+        name: str | None = None,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(
+                f"concurrency must be an int >= 1, got {concurrency!r}: it is how many "
+                "tasks the worker runs at once"
+            )
+        if isinstance(queues, str):
+            queues = (queues,)
+        if not queues or not all(isinstance(q, str) and q for q in queues):
+            raise ConfigurationError(f"queues must be non-empty queue names, got {queues!r}")
+        if pool not in POOLS:
+            raise ConfigurationError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        if max_tasks_per_child is not None and (
+            not isinstance(max_tasks_per_child, int) or max_tasks_per_child < 1
+        ):
+            raise ConfigurationError(
+                f"max_tasks_per_child must be an int >= 1 or None, got {max_tasks_per_child!r}"
+            )
+        if lease_seconds <= 0 or grace_period < 0 or poll_interval <= 0:
+            raise ConfigurationError(
+                "lease_seconds and poll_interval must be > 0 and grace_period >= 0"
+            )
+        self.backend = open_backend(backend)
+        self.serializer: Serializer = serializer or CloudpickleSerializer()
+        self.concurrency = concurrency
+        self.queues = tuple(dict.fromkeys(queues))
+        self.pool = pool
+        self.max_tasks_per_child = max_tasks_per_child
+        self.lease_seconds = float(lease_seconds)
+        self.heartbeat_interval = min(self.lease_seconds / 3, 10.0)
+        self.grace_period = float(grace_period)
+        self.poll_interval = min(float(poll_interval), 0.05)
+        self.imports = tuple(imports)
+        self.id = name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.tasks_done = 0
+        self._running: dict[str, _Running] = {}
+        self._threads: ThreadPoolExecutor | None = None
+        self._abandoned_threads: list[ThreadPoolExecutor] = []
+        self._processes: ProcessPool | None = None
+        self._writer: _OutcomeWriter | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._force: asyncio.Event | None = None
+        self._slot_free: asyncio.Event | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._stopped: asyncio.Event | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and the end of ``stop()``."""
+        return self._main is not None and self._stopped is not None and not self._stopped.is_set()
+
+    async def start(self) -> None:
+        """Connect, register, and start claiming. Returns once the worker runs."""
+        if self._main is not None:
+            return
+        self._stop_requested = asyncio.Event()
+        self._force = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stopped = asyncio.Event()
+        await self.backend.connect()
+        try:
+            if self.pool == "process":
+                self._processes = ProcessPool(
+                    self.concurrency,
+                    self.serializer,
+                    max_tasks_per_child=self.max_tasks_per_child,
+                    imports=self.imports,
+                )
+                await self._processes.start()
+            else:
+                self._threads = self._new_thread_pool()
+            now = self.backend.now()
+            await self.backend.register_worker(
+                WorkerRecord(
+                    id=self.id,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    queues=self.queues,
+                    concurrency=self.concurrency,
+                    started_at=now,
+                    heartbeat_at=now,
+                    stopped_at=None,
+                )
+            )
+        except BaseException:
+            if self._processes is not None:
+                await self._processes.close()
+            await self.backend.close()
+            raise
+        self._writer = _OutcomeWriter(self.backend)
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.id}-heartbeat")
+        self._main = asyncio.create_task(self._claim_loop(), name=f"{self.id}-claim")
+        logger.info(
+            "worker %s started: queues=%s concurrency=%d pool=%s",
+            self.id,
+            ",".join(self.queues),
+            self.concurrency,
+            self.pool,
+        )
+
+    def _new_thread_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sitq-task")
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully: claim nothing more, let running tasks finish within
+        ``timeout`` seconds (default: ``grace_period``), then release the rest back
+        to the queue without counting the attempt. Safe to call more than once."""
+        if self._main is None or self._stopped is None:
+            return
+        if self._stopping is None:
+            grace = self.grace_period if timeout is None else max(0.0, timeout)
+            self._stopping = asyncio.create_task(self._shutdown(grace))
+        await asyncio.shield(self._stopping)
+
+    def stop_now(self) -> None:
+        """Ask a stop in progress to stop waiting for running tasks (releasing them)."""
+        if self._force is not None:
+            self._force.set()
+        if self._stopping is None and self._main is not None:
+            self._stopping = asyncio.ensure_future(self._shutdown(0.0))
+
+    async def run(self) -> None:
+        """Start if needed, and run until stopped or signalled.
+
+        The first SIGTERM or SIGINT stops gracefully; a second one stops at once,
+        still releasing what runs back to the queue.
+        """
+        await self.start()
+        assert self._stopped is not None
+        loop = asyncio.get_running_loop()
+        installed = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, self._on_signal, signum)
+                installed.append(signum)
+        try:
+            await self._stopped.wait()
+            if self._stopping is not None:
+                await self._stopping
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._stopping is None:
+            logger.info(
+                "worker %s: %s received, draining (%d running; again to stop at once)",
+                self.id,
+                name,
+                len(self._running),
+            )
+            self._stopping = asyncio.ensure_future(self._shutdown(self.grace_period))
+        else:
+            logger.warning("worker %s: %s received again, stopping at once", self.id, name)
+            self.stop_now()
+
+    async def _shutdown(self, grace: float) -> None:
+        assert self._stop_requested and self._force and self._stopped and self._main
+        self._stop_requested.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._main
+        runners = [r.runner for r in self._running.values() if r.runner is not None]
+        if runners and grace > 0 and not self._force.is_set():
+            all_done = asyncio.ensure_future(asyncio.wait(runners))
+            await self._wait_any(all_done, grace, also=self._force)
+        for running in list(self._running.values()):
+            self._interrupt(running, "shutdown")
+        leftovers = [r.runner for r in self._running.values() if r.runner is not None]
+        if leftovers:
+            await asyncio.gather(*leftovers, return_exceptions=True)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        if self._writer is not None:
+            await self._writer.close()
+        try:
+            await self.backend.unregister_worker(self.id)
+        except Exception:
+            logger.exception("worker %s: could not record its stop", self.id)
+        if self._processes is not None:
+            await self._processes.close()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)
+        await self.backend.close()
+        logger.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
+        self._stopped.set()
+
+    @staticmethod
+    def stuck_threads() -> int:
+        """How many task threads are still alive (after a stop: those that timed
+        out or were abandoned and run on, which would hold the process open)."""
+        return sum(1 for t in threading.enumerate() if t.name.startswith("sitq-task"))
+
+    # -- claiming -----------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        assert self._stop_requested and self._slot_free
+        failures = 0
+        while not self._stop_requested.is_set():
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._wait_any(self._slot_free.wait(), None)
+                continue
+            try:
+                claimed = await self.backend.claim(
+                    self.id, self.queues, free, self.lease_seconds
+                )
+                failures = 0
+            except Exception:
+                failures += 1
+                logger.exception("worker %s: claim failed (attempt %d)", self.id, failures)
+                await self._wait_any(asyncio.sleep(min(0.05 * 2**failures, 5.0)), None)
+                continue
+            for task in claimed:
+                running = _Running(task)
+                self._running[task.id] = running
+                running.runner = asyncio.create_task(self._run_task(running), name=task.id)
+            if len(claimed) < free:
+                # The queue had no more ready work: wait for a wake-up or the poll.
+                await self._wait_any(
+                    self.backend.wait_for_change("tasks", self.poll_interval), None
+                )
+
+    async def _wait_any(
+        self, awaitable: Any, timeout: float | None, also: asyncio.Event | None = None
+    ) -> None:
+        """Wait for ``awaitable`` or for the event ``also`` (default: a stop request),
+        whichever comes first, for at most ``timeout`` seconds."""
+        assert self._stop_requested
+        first = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future((also or self._stop_requested).wait())
+        try:
+            await asyncio.wait([first, stop], timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            for future in (first, stop):
+                if not future.done():
+                    future.cancel()
+
+    # -- running ------------------------------------------------------------
+
+    async def _run_task(self, running: _Running) -> None:
+        task = running.task
+        try:
+            outcome = await self._execute(running)
+            if outcome is None:  # interrupted by shutdown: hand the task back
+                await self.backend.release([task.lease])
+                return
+            assert self._writer is not None
+            applied = await self._writer.write(task.lease, outcome)
+            if not applied:
+                logger.warning(
+                    "worker %s: lost the lease of task %s (attempt %d); its outcome was "
+                    "discarded because another worker took it over",
+                    self.id,
+                    task.id,
+                    task.attempts,
+                )
+            self.tasks_done += 1
+        except Exception:
+            # Could not store the outcome: the lease will expire and the task runs again.
+            logger.exception("worker %s: could not record the outcome of task %s", self.id, task.id)
+        finally:
+            self._running.pop(task.id, None)
+            assert self._slot_free is not None
+            self._slot_free.set()
+
+    async def _execute(self, running: _Running) -> Outcome | None:
+        """Run the task; its Outcome, or None if shutdown interrupted it."""
+        task = running.task
+        started = time.monotonic()
+        try:
+            if self._processes is not None:
+                reply = await self._invoke(
+                    running, _with_timeout(self._processes.run(task.payload), task.timeout)
+                )
+                return self._outcome_from_child(task, reply)
+            fn, args, kwargs = loads_checked(
+                self.serializer, task.payload, f"task {task.id} ({task.func_name})"
+            )
+            value = await self._invoke(running, self._call(fn, args, kwargs, task.timeout))
+            data = dumps_checked(
+                self.serializer, value, f"the return value of task {task.id} ({task.func_name})"
+            )
+            return Outcome("succeeded", result=data)
+        except SerializationError as exc:
+            # Deterministic: running it again would fail the same way.
+            return Outcome("failed", error=f"SerializationError: {exc}", traceback=_format_tb(exc))
+        except _Stop:
+            return None if running.interrupt == "shutdown" else self._cancelled(task)
+        except _TimedOut:
+            elapsed = time.monotonic() - started
+            error = (
+                f"TimeoutError: task exceeded its timeout of {task.timeout:g} s "
+                f"(stopped after {elapsed:.2f} s)"
+            )
+            return self._failure(task, error, None)
+        except ChildDied as exc:
+            return self._failure(task, f"ChildDied: {exc}", None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            return self._failure(task, f"{type(exc).__name__}: {exc}", _format_tb(exc))
+
+    async def _invoke(self, running: _Running, coro: Any) -> Any:
+        """Await ``coro`` as a future that cancel and shutdown can interrupt."""
+        invocation = asyncio.ensure_future(coro)
+        running.invocation = invocation
+        if running.interrupt is not None:
+            invocation.cancel()
+        try:
+            return await invocation
+        except asyncio.CancelledError:
+            if running.interrupt is not None:
+                raise _Stop() from None
+            raise
+
+    async def _call(
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        if self.pool == "auto" and _is_async(fn):
+            return await _with_timeout(fn(*args, **kwargs), timeout)
+        loop = asyncio.get_running_loop()
+        assert self._threads is not None
+        future = loop.run_in_executor(self._threads, _call_in_thread, fn, args, kwargs)
+        try:
+            return await _with_timeout(future, timeout)
+        except (_TimedOut, asyncio.CancelledError):
+            self._abandon_thread()
+            raise
+
+    def _abandon_thread(self) -> None:
+        """A thread task can't be stopped: give later tasks a fresh pool meanwhile."""
+        if self._threads is not None:
+            self._abandoned_threads.append(self._threads)
+            self._threads.shutdown(wait=False)
+            self._threads = self._new_thread_pool()
+
+    def _outcome_from_child(self, task: ClaimedTask, reply: tuple[Any, ...]) -> Outcome:
+        kind = reply[0]
+        if kind == "ok":
+            return Outcome("succeeded", result=reply[1])
+        if kind == "load_error":
+            return Outcome(
+                "failed",
+                error=f"SerializationError: task {task.id} ({task.func_name}) could not be "
+                f"loaded in the worker's child process ({reply[1]}); start the worker with "
+                "`--import MODULE` or from the directory holding the module",
+            )
+        if kind == "dump_error":
+            return Outcome(
+                "failed",
+                error=f"SerializationError: the return value of task {task.id} "
+                f"({task.func_name}), a {reply[2]}, could not be serialized ({reply[1]})",
+            )
+        return self._failure(task, reply[1], reply[2])
+
+    def _failure(self, task: ClaimedTask, error: str, tb: str | None) -> Outcome:
+        if task.attempts <= task.max_retries:
+            delay = retry_delay(task.retry_backoff, task.attempts)
+            return Outcome(
+                "queued", error=error, traceback=tb, retry_at=self.backend.now() + delay
+            )
+        return Outcome("failed", error=error, traceback=tb)
+
+    def _cancelled(self, task: ClaimedTask) -> Outcome:
+        return Outcome("cancelled", error="cancelled while running")
+
+    def _interrupt(self, running: _Running, reason: str) -> None:
+        if running.interrupt is None:
+            running.interrupt = reason
+            if running.invocation is not None:
+                running.invocation.cancel()
+
+    # -- heartbeat ----------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        next_prune = 0.0
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                leases = [r.task.lease for r in self._running.values()]
+                cancel_ids = await self.backend.heartbeat(self.id, leases, self.lease_seconds)
+                for task_id in cancel_ids:
+                    running = self._running.get(task_id)
+                    if running is not None:
+                        logger.info("worker %s: cancelling running task %s", self.id, task_id)
+                        self._interrupt(running, "cancel")
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + 60.0
+                    pruned = await self.backend.prune()
+                    if pruned:
+                        logger.info("worker %s: pruned %d expired results", self.id, pruned)
+            except Exception:
+                logger.exception("worker %s: heartbeat failed; will try again", self.id)
+
+
+class _OutcomeWriter:
+    """Writes outcomes in group commits: all that arrive while one write is in
+    flight go together in the next, so many slots finishing cost one transaction."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._pending: list[tuple[Lease, Outcome, asyncio.Future[bool]]] = []
+        self._ready = asyncio.Event()
+        self._task = asyncio.create_task(self._loop())
+
+    async def write(self, lease: Lease, outcome: Outcome) -> bool:
+        """Store ``outcome``; True if this worker still held the lease."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((lease, outcome, future))
+        self._ready.set()
+        return await future
+
+    async def _loop(self) -> None:
+        failures = 0
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                applied = await self._backend.finish([(lease, out) for lease, out, _ in batch])
+            except Exception as exc:
+                failures += 1
+                if failures >= 5:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    failures = 0
+                else:
+                    self._pending[:0] = batch  # keep order; try again shortly
+                    self._ready.set()
+                    await asyncio.sleep(0.05 * 2**failures)
+                continue
+            failures = 0
+            for (_, _, future), ok in zip(batch, applied, strict=True):
+                if not future.done():
+                    future.set_result(ok)
+
+    async def close(self) -> None:
+        """Stop after every pending outcome is written (or has failed)."""
+        while self._pending:
+            await asyncio.sleep(0.001)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def _is_async(fn: Any) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    return inspect.iscoroutinefunction(call)
+
+
+def _call_in_thread(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    value = fn(*args, **kwargs)
+    if inspect.isawaitable(value):
+        return asyncio.run(_await(value))
+    return value
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _format_tb(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
