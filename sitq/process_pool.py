@@ -29,7 +29,7 @@ class ChildDied(Exception):
     """The child process running a task exited before answering."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Child:
     process: multiprocessing.process.BaseProcess
     conn: multiprocessing.connection.Connection

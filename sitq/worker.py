@@ -321,9 +321,7 @@ class Worker:
                 await self._wait_any(self._slot_free.wait(), None)
                 continue
             try:
-                claimed = await self.backend.claim(
-                    self.id, self.queues, free, self.lease_seconds
-                )
+                claimed = await self.backend.claim(self.id, self.queues, free, self.lease_seconds)
                 failures = 0
             except Exception:
                 failures += 1
@@ -476,9 +474,7 @@ class Worker:
     def _failure(self, task: ClaimedTask, error: str, tb: str | None) -> Outcome:
         if task.attempts <= task.max_retries:
             delay = retry_delay(task.retry_backoff, task.attempts)
-            return Outcome(
-                "queued", error=error, traceback=tb, retry_at=self.backend.now() + delay
-            )
+            return Outcome("queued", error=error, traceback=tb, retry_at=self.backend.now() + delay)
         return Outcome("failed", error=error, traceback=tb)
 
     def _cancelled(self, task: ClaimedTask) -> Outcome:

@@ -168,8 +168,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def cancel(self, task_id: str) -> str | None:
         """Cancel a task. Returns 'cancelled' (was queued), 'requested' (was running:
-        its worker will stop it), the final status if it had already finished, or
-        None if no such task exists."""
+        its worker will stop it), 'finished' (too late), or None (no such task)."""
 
     @abc.abstractmethod
     async def retry(self, task_ids: Sequence[str] | None = None, queue: str | None = None) -> int:

@@ -368,11 +368,9 @@ class SQLiteBackend(Backend):
             if cursor.rowcount:
                 return "requested"
             rows = list(
-                await conn.execute_fetchall(
-                    "SELECT status FROM sitq_tasks WHERE id = ?", (task_id,)
-                )
+                await conn.execute_fetchall("SELECT 1 FROM sitq_tasks WHERE id = ?", (task_id,))
             )
-            return str(rows[0][0]) if rows else None
+            return "finished" if rows else None
 
         outcome = await self._transaction(body)
         if outcome == "cancelled":

@@ -1,0 +1,371 @@
+"""The ``sitq`` command: run workers and look after the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import click
+
+from sitq.backends import open_backend
+from sitq.backends.base import Backend
+from sitq.errors import SitqError
+from sitq.queue import record_to_result
+from sitq.serialization import CloudpickleSerializer
+from sitq.task import FINISHED_STATUSES, TaskStatus
+from sitq.worker import POOLS, WORKER_STALE_AFTER, Worker
+
+T = TypeVar("T")
+
+db_option = click.option(
+    "--db",
+    envvar="SITQ_DB",
+    default="sitq.db",
+    show_default=True,
+    help="Database path or URL (defaults to $SITQ_DB, else sitq.db).",
+)
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+def _run(coro_fn: Callable[[Backend], Awaitable[T]], db: str, *, create: bool = False) -> T:
+    """Open the database, run ``coro_fn`` against it, close it; SitqErrors become one line."""
+
+    async def main() -> T:
+        backend = open_backend(db, create=create)
+        await backend.connect()
+        try:
+            return await coro_fn(backend)
+        finally:
+            await backend.close()
+
+    try:
+        return asyncio.run(main())
+    except SitqError as exc:
+        _fail(str(exc))
+        raise AssertionError("unreachable") from exc
+
+
+@click.group()
+@click.version_option(package_name="sitq")
+def main() -> None:
+    """sitq: a crash-safe task queue on SQLite."""
+
+
+@main.command()
+@db_option
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Tasks run at once.",
+)
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    default=("default",),
+    show_default=True,
+    help="Queue to serve (repeatable).",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(POOLS),
+    default="auto",
+    show_default=True,
+    help="auto: coroutines on the loop, functions in threads; thread; process.",
+)
+@click.option(
+    "--max-tasks-per-child",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Replace a process-pool child after this many tasks.",
+)
+@click.option(
+    "--import",
+    "-i",
+    "imports",
+    multiple=True,
+    metavar="MODULE",
+    help="Module to import first, so its tasks resolve (repeatable).",
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=0.5),
+    default=30.0,
+    show_default=True,
+    help="Seconds before a dead worker's task runs elsewhere.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds SIGTERM waits for running tasks before releasing them.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def worker(
+    db: str,
+    concurrency: int,
+    queues: tuple[str, ...],
+    pool: str,
+    max_tasks_per_child: int | None,
+    imports: tuple[str, ...],
+    lease: float,
+    grace: float,
+    log_level: str,
+) -> None:
+    """Run a worker until SIGTERM/SIGINT (a second signal stops at once)."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    _import_modules(imports)
+    try:
+        backend = open_backend(db, create=False)
+        the_worker = Worker(
+            backend,
+            concurrency=concurrency,
+            queues=queues,
+            pool=pool,
+            max_tasks_per_child=max_tasks_per_child,
+            lease_seconds=lease,
+            grace_period=grace,
+            imports=imports,
+        )
+        asyncio.run(the_worker.run())
+    except SitqError as exc:
+        _fail(str(exc))
+    if Worker.stuck_threads():
+        # A timed-out thread task still runs; it must not hold the process open.
+        logging.getLogger("sitq.worker").warning(
+            "exiting with %d task thread(s) still running", Worker.stuck_threads()
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _import_modules(modules: tuple[str, ...]) -> None:
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            _fail(
+                f"cannot import module {name!r} ({type(exc).__name__}: {exc}); check "
+                "--import and that the worker runs where the module can be found"
+            )
+
+
+@main.command()
+@db_option
+def init(db: str) -> None:
+    """Create the database (owner-only) if it does not exist."""
+
+    async def noop(backend: Backend) -> None:
+        return None
+
+    _run(noop, db, create=True)
+    click.echo(f"sitq database ready at {db}")
+
+
+@main.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def status(db: str, as_json: bool) -> None:
+    """Show tasks per queue and status, and the workers."""
+
+    async def gather(backend: Backend) -> tuple[Any, Any, float]:
+        return await backend.counts(), await backend.list_workers(), backend.now()
+
+    counts, workers, now = _run(gather, db)
+    statuses = [s.value for s in TaskStatus]
+    queues: dict[str, dict[str, int]] = {}
+    for (queue, state), count in counts.items():
+        queues.setdefault(queue, dict.fromkeys(statuses, 0))[state] = count
+    worker_rows = [
+        {
+            "id": w.id,
+            "host": w.hostname,
+            "pid": w.pid,
+            "queues": list(w.queues),
+            "concurrency": w.concurrency,
+            "heartbeat_age": round(now - w.heartbeat_at, 1),
+            "state": "stopped"
+            if w.stopped_at
+            else ("alive" if w.alive(now, WORKER_STALE_AFTER) else "dead"),
+        }
+        for w in workers
+    ]
+    if as_json:
+        click.echo(json.dumps({"queues": queues, "workers": worker_rows}, indent=2))
+        return
+    header = f"{'queue':<20}" + "".join(f"{s:>11}" for s in statuses)
+    click.echo(header)
+    for queue in sorted(queues):
+        click.echo(f"{queue:<20}" + "".join(f"{queues[queue][s]:>11}" for s in statuses))
+    if not queues:
+        click.echo("(no tasks)")
+    live = [w for w in worker_rows if w["state"] != "stopped"]
+    click.echo(
+        f"\nworkers: {sum(w['state'] == 'alive' for w in live)} alive, "
+        f"{sum(w['state'] == 'dead' for w in live)} dead"
+    )
+    for w in live:
+        click.echo(
+            f"  {w['id']:<32} {w['state']:<6} pid {w['pid']:<8} concurrency {w['concurrency']:<3}"
+            f" queues {','.join(w['queues'])}  heartbeat {w['heartbeat_age']}s ago"
+        )
+
+
+def _when(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _bounded(value: Any, limit: int = 500) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
+@main.command()
+@db_option
+@click.argument("task_id")
+def inspect(db: str, task_id: str) -> None:
+    """Show one task: its call, attempts, timings, result or error."""
+
+    async def fetch(backend: Backend) -> Any:
+        return (await backend.get_tasks([task_id], with_payload=True)).get(task_id)
+
+    record = _run(fetch, db)
+    if record is None:
+        _fail(f"no task with id {task_id!r} in {db}")
+    serializer = CloudpickleSerializer()
+    try:
+        _, args, kwargs = serializer.loads(record.payload)
+        call = f"{record.func_name}(*{_bounded(args)}, **{_bounded(kwargs)})"
+    except Exception as exc:
+        call = f"{record.func_name} (arguments not readable here: {type(exc).__name__}: {exc})"
+    lines = [
+        ("id", record.id),
+        ("call", call),
+        ("queue", record.queue),
+        ("status", record.status),
+        ("priority", record.priority),
+        ("attempts", f"{record.attempts} (max retries {record.max_retries})"),
+        ("enqueued", _when(record.enqueued_at)),
+        ("available", _when(record.available_at)),
+        ("started", _when(record.started_at)),
+        ("finished", _when(record.finished_at)),
+        ("worker", record.worker_id or "-"),
+    ]
+    if TaskStatus(record.status) in FINISHED_STATUSES and record.result is not None:
+        try:
+            lines.append(("result", _bounded(record_to_result(record, serializer).value)))
+        except SitqError as exc:
+            lines.append(("result", f"(not readable here: {exc})"))
+    if record.error:
+        lines.append(("error", record.error))
+    for label, value in lines:
+        click.echo(f"{label:>10}: {value}")
+    if record.traceback:
+        click.echo("\n" + record.traceback.rstrip())
+
+
+@main.command()
+@db_option
+@click.argument("task_id", required=False)
+@click.option("--failed", "all_failed", is_flag=True, help="Retry every failed task.")
+@click.option("--queue", default=None, help="With --failed: only this queue.")
+def retry(db: str, task_id: str | None, all_failed: bool, queue: str | None) -> None:
+    """Queue a failed or cancelled task again (or every failed task with --failed)."""
+    if bool(task_id) == all_failed:
+        raise click.UsageError("give either a TASK_ID or --failed")
+
+    async def requeue(backend: Backend) -> tuple[int, bool]:
+        if all_failed:
+            return await backend.retry(None, queue=queue), True
+        count = await backend.retry([task_id or ""])
+        return count, bool(count or await backend.get_tasks([task_id or ""]))
+
+    count, exists = _run(requeue, db)
+    if not exists:
+        _fail(f"no task with id {task_id!r} in {db}")
+    if task_id and not count:
+        _fail(f"task {task_id} is not failed or cancelled; only those can be retried")
+    click.echo(f"queued {count} task(s) again")
+
+
+@main.command()
+@db_option
+@click.argument("task_id")
+def cancel(db: str, task_id: str) -> None:
+    """Cancel a queued task, or ask a running task's worker to stop it."""
+
+    async def do_cancel(backend: Backend) -> str | None:
+        return await backend.cancel(task_id)
+
+    outcome = _run(do_cancel, db)
+    if outcome is None:
+        _fail(f"no task with id {task_id!r} in {db}")
+    messages = {
+        "cancelled": f"task {task_id} cancelled",
+        "requested": f"task {task_id} is running: its worker was asked to stop it",
+    }
+    if outcome not in messages:
+        _fail(f"task {task_id} has already finished; nothing to cancel")
+    click.echo(messages[str(outcome)])
+
+
+@main.command()
+@db_option
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["succeeded", "failed", "cancelled", "queued"]),
+    help="Statuses to delete (repeatable; default: every finished status).",
+)
+@click.option("--queue", default=None, help="Only this queue.")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Only tasks finished more than this many seconds ago.",
+)
+def purge(db: str, statuses: tuple[str, ...], queue: str | None, older_than: float | None) -> None:
+    """Delete tasks (by default: every finished task and its result)."""
+    chosen = statuses or ("succeeded", "failed", "cancelled")
+
+    async def do_purge(backend: Backend) -> int:
+        return await backend.purge(chosen, queue=queue, older_than=older_than)
+
+    started = time.monotonic()
+    count = _run(do_purge, db)
+    click.echo(f"deleted {count} task(s) in {time.monotonic() - started:.2f}s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

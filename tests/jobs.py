@@ -1,0 +1,98 @@
+"""Task functions the tests enqueue; importable by `sitq worker` subprocesses
+(the tests put this folder on their PYTHONPATH)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+
+def noop() -> None:
+    return None
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def async_add(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    return a + b
+
+
+def echo_kwargs(*args: object, **kwargs: object) -> dict[str, object]:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+def append_line(path: str, line: str) -> None:
+    """One atomic append (O_APPEND, one write) so concurrent writers never interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+async def record(log: str, marker: str, seconds: float = 0.0) -> str:
+    """Log 'S marker pid' at start and 'D marker pid' at the end."""
+    append_line(log, f"S {marker} {os.getpid()}")
+    if seconds:
+        await asyncio.sleep(seconds)
+    append_line(log, f"D {marker} {os.getpid()}")
+    return marker
+
+
+def record_sync(log: str, marker: str, seconds: float = 0.0) -> str:
+    append_line(log, f"S {marker} {os.getpid()}")
+    if seconds:
+        time.sleep(seconds)
+    append_line(log, f"D {marker} {os.getpid()}")
+    return marker
+
+
+def flaky(counter: str, failures: int) -> int:
+    """Raise on the first ``failures`` calls (counted in a file), then succeed."""
+    path = Path(counter)
+    count = int(path.read_text()) if path.exists() else 0
+    path.write_text(str(count + 1))
+    if count < failures:
+        raise RuntimeError(f"flaky failure number {count + 1}")
+    return count + 1
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+async def async_sleep(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+def sync_sleep(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+def getpid() -> int:
+    return os.getpid()
+
+
+def thread_name() -> str:
+    return threading.current_thread().name
+
+
+def segfault() -> None:
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def unpicklable_result() -> object:
+    return threading.Lock()
+
+
+def raise_timeout_error() -> None:
+    raise TimeoutError("the task's own timeout, not sitq's")

@@ -1,0 +1,290 @@
+"""The producer API (PRODUCT.md section 4) against a real SQLite file, with
+in-process workers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import jobs
+import pytest
+
+from sitq import (
+    Result,
+    SyncTaskQueue,
+    TaskFailed,
+    TaskNotFound,
+    TaskQueue,
+    TaskStatus,
+    Worker,
+)
+from sitq.backends.sqlite import SQLiteBackend
+from sitq.errors import NotConnected
+from sitq.serialization import CloudpickleSerializer
+
+
+@pytest.fixture
+async def worker(db_path: Path) -> AsyncIterator[Worker]:
+    w = Worker(db_path, concurrency=4, lease_seconds=5)
+    await w.start()
+    yield w
+    await w.stop(timeout=5)
+
+
+async def test_seed_tutorial_flow_runs_as_written(db_path: Path) -> None:
+    async def process_item(item_id: int, data: dict) -> dict:
+        await asyncio.sleep(0.01)
+        return {"item_id": item_id, "processed_value": data["value"] * 2}
+
+    backend = SQLiteBackend(str(db_path))
+    serializer = CloudpickleSerializer()
+    queue = TaskQueue(backend, serializer)
+    await queue.connect()
+    workers = [
+        Worker(backend, serializer, concurrency=3),
+        Worker(backend, serializer, concurrency=2),
+    ]
+    await asyncio.gather(*[w.start() for w in workers])
+    task_id = await queue.enqueue(process_item, 7, {"value": 2})
+    assert isinstance(task_id, str)
+    result = await queue.get_result(task_id, timeout=5.0)
+    assert isinstance(result, Result)
+    assert result.value == {"item_id": 7, "processed_value": 4}
+    await asyncio.gather(*[w.stop() for w in workers])
+    await queue.close()
+
+
+async def test_every_kwarg_goes_to_the_function(queue: TaskQueue, worker: Worker) -> None:
+    task_id = await queue.enqueue(
+        jobs.echo_kwargs, 1, queue="q", priority=9, delay=3, timeout=1, fn="f", task_id="t"
+    )
+    result = await queue.get_result(task_id, timeout=10)
+    assert result is not None and result.ok
+    assert result.value == {
+        "args": [1],
+        "kwargs": {
+            "queue": "q",
+            "priority": 9,
+            "delay": 3,
+            "timeout": 1,
+            "fn": "f",
+            "task_id": "t",
+        },
+    }
+
+
+async def test_result_fields_for_a_success(queue: TaskQueue, worker: Worker) -> None:
+    before = datetime.now(timezone.utc)
+    task_id = await queue.enqueue(jobs.async_add, 2, 3)
+    result = await queue.get_result(task_id, timeout=10)
+    assert result is not None
+    assert result.task_id == task_id
+    assert result.status is TaskStatus.SUCCEEDED and result.ok
+    assert result.value == 5 and result.unwrap() == 5
+    assert result.error is None and result.traceback is None
+    assert result.attempts == 1
+    assert result.worker_id == worker.id
+    assert result.enqueued_at and result.started_at and result.finished_at
+    assert before - timedelta(seconds=1) <= result.enqueued_at <= result.started_at
+    assert result.started_at <= result.finished_at
+
+
+async def test_failed_task_keeps_error_and_unwrap_raises(queue: TaskQueue, worker: Worker) -> None:
+    task_id = await queue.enqueue(jobs.fail, "boom")
+    result = await queue.get_result(task_id, timeout=10)
+    assert result is not None and result.status is TaskStatus.FAILED and not result.ok
+    assert result.error == "ValueError: boom"
+    assert (
+        result.traceback
+        and "jobs.py" in result.traceback
+        and "ValueError: boom" in result.traceback
+    )
+    with pytest.raises(TaskFailed) as info:
+        result.unwrap()
+    assert info.value.task_id == task_id
+    assert "Remote traceback" in str(info.value) and "ValueError: boom" in str(info.value)
+
+
+async def test_sync_functions_run_in_threads_async_on_loop(
+    queue: TaskQueue, worker: Worker
+) -> None:
+    sync_id = await queue.enqueue(jobs.thread_name)
+    result = await queue.get_result(sync_id, timeout=10)
+    assert result is not None and result.value.startswith("sitq-task")
+
+
+async def test_get_result_returns_none_on_timeout_and_waits_without_one(
+    queue: TaskQueue, db_path: Path
+) -> None:
+    task_id = await queue.enqueue(jobs.add, 1, 1)
+    started = time.monotonic()
+    assert await queue.get_result(task_id, timeout=0.2) is None
+    assert 0.2 <= time.monotonic() - started < 2
+    assert await queue.status(task_id) is TaskStatus.QUEUED
+
+    waiter = asyncio.create_task(queue.get_result(task_id, timeout=None))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    w = Worker(db_path)
+    await w.start()
+    try:
+        result = await asyncio.wait_for(waiter, 10)
+    finally:
+        await w.stop()
+    assert result is not None and result.value == 2
+
+
+async def test_enqueue_many_returns_ids_in_order(queue: TaskQueue, worker: Worker) -> None:
+    ids = await queue.enqueue_many(jobs.add, [(1, 2), (3, 4), (5, 6)])
+    assert len(ids) == 3 and len(set(ids)) == 3
+    values = [(await queue.get_result(i, timeout=10)).value for i in ids]  # type: ignore[union-attr]
+    assert values == [3, 7, 11]
+
+
+async def test_enqueue_many_single_args_and_options(queue: TaskQueue) -> None:
+    ids = await queue.with_options(queue="other", priority=3).enqueue_many(jobs.noop, [])
+    assert ids == []
+    ids = await queue.with_options(queue="other").enqueue_many(jobs.getpid, [(), ()])
+    stats = await queue.stats()
+    assert stats["queues"]["other"]["queued"] == 2
+    assert len(ids) == 2
+
+
+async def test_enqueue_many_is_one_transaction(queue: TaskQueue, db_path: Path) -> None:
+    """A bad item rejects the whole call: nothing is stored."""
+    import threading
+
+    with pytest.raises(Exception, match="argument 1"):
+        await queue.enqueue_many(jobs.add, [(1, 2), (threading.Lock(), 1)])
+    assert (await queue.stats())["totals"]["queued"] == 0
+
+
+async def test_status_and_stats(queue: TaskQueue, worker: Worker) -> None:
+    ok = await queue.enqueue(jobs.add, 1, 2)
+    bad = await queue.enqueue(jobs.fail, "x")
+    await queue.get_result(ok, timeout=10)
+    await queue.get_result(bad, timeout=10)
+    assert await queue.status(ok) is TaskStatus.SUCCEEDED
+    assert await queue.status(bad) is TaskStatus.FAILED
+    stats = await queue.stats()
+    assert stats["totals"]["succeeded"] == 1 and stats["totals"]["failed"] == 1
+    assert stats["queues"]["default"]["failed"] == 1
+    assert stats["workers_alive"] == 1
+
+
+async def test_cancel_queued_task(queue: TaskQueue) -> None:
+    task_id = await queue.with_options(delay=60).enqueue(jobs.noop)
+    assert await queue.status(task_id) is TaskStatus.QUEUED
+    assert await queue.cancel(task_id) is True
+    result = await queue.get_result(task_id, timeout=1)
+    assert result is not None and result.status is TaskStatus.CANCELLED
+    assert await queue.cancel(task_id) is False
+    with pytest.raises(TaskFailed, match="cancelled"):
+        result.unwrap()
+
+
+async def test_cancel_running_async_task(db_path: Path, queue: TaskQueue) -> None:
+    w = Worker(db_path, lease_seconds=0.6)  # heartbeat every 0.2 s
+    await w.start()
+    try:
+        task_id = await queue.enqueue(jobs.async_sleep, 30)
+
+        async def running() -> bool:
+            return await queue.status(task_id) is TaskStatus.RUNNING
+
+        from conftest import await_until
+
+        await await_until(running, 10, "the task to start")
+        assert await queue.cancel(task_id) is True
+        result = await queue.get_result(task_id, timeout=10)
+        assert result is not None and result.status is TaskStatus.CANCELLED
+        # The worker keeps serving.
+        follow = await queue.enqueue(jobs.add, 2, 2)
+        assert (await queue.get_result(follow, timeout=10)).value == 4  # type: ignore[union-attr]
+    finally:
+        await w.stop(timeout=5)
+
+
+async def test_retry_a_failed_task(queue: TaskQueue, worker: Worker, tmp_path: Path) -> None:
+    counter = str(tmp_path / "count")
+    task_id = await queue.enqueue(jobs.flaky, counter, 1)
+    first = await queue.get_result(task_id, timeout=10)
+    assert first is not None and first.status is TaskStatus.FAILED
+    assert await queue.retry(task_id) is True
+    await asyncio.sleep(0)
+
+    async def done() -> bool:
+        return (await queue.status(task_id)).finished
+
+    from conftest import await_until
+
+    await await_until(done, 10, "the retried task")
+    again = await queue.get_result(task_id, timeout=1)
+    assert again is not None and again.ok and again.value == 2
+    assert await queue.retry(task_id) is False
+
+
+async def test_unknown_ids_raise_task_not_found(queue: TaskQueue) -> None:
+    for call in (
+        queue.get_result("nope", timeout=0.1),
+        queue.status("nope"),
+        queue.cancel("nope"),
+        queue.retry("nope"),
+    ):
+        with pytest.raises(TaskNotFound, match="no task with id 'nope'"):
+            await call
+
+
+async def test_queue_from_url_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with TaskQueue(f"sqlite:///{tmp_path}/a.db") as q:
+        await q.enqueue(jobs.noop)
+    assert (tmp_path / "a.db").exists()
+    monkeypatch.setenv("SITQ_DB", str(tmp_path / "env.db"))
+    async with TaskQueue() as q:
+        await q.enqueue(jobs.noop)
+    assert (tmp_path / "env.db").exists()
+    monkeypatch.delenv("SITQ_DB")
+    monkeypatch.chdir(tmp_path)
+    async with TaskQueue() as q:
+        await q.enqueue(jobs.noop)
+    assert (tmp_path / "sitq.db").exists()
+
+
+async def test_database_file_is_owner_only(db_path: Path, queue: TaskQueue) -> None:
+    assert db_path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_using_a_closed_queue_says_what_to_do(db_path: Path) -> None:
+    q = TaskQueue(db_path)
+    with pytest.raises(NotConnected, match="connect"):
+        await q.enqueue(jobs.noop)
+
+
+def test_sync_task_queue(db_path: Path) -> None:
+    async def serve_one() -> None:
+        w = Worker(db_path, concurrency=2)
+        await w.start()
+        try:
+            from conftest import await_until
+
+            async def drained() -> bool:
+                async with TaskQueue(db_path) as q:
+                    return (await q.stats())["totals"]["queued"] == 0
+
+            await await_until(drained, 10, "the queue to drain")
+        finally:
+            await w.stop()
+
+    with SyncTaskQueue(db_path) as q:
+        task_id = q.enqueue(jobs.add, 20, 22)
+        ids = q.with_options(priority=1).enqueue_many(jobs.add, [(1, 1), (2, 2)])
+        assert q.status(task_id) is TaskStatus.QUEUED
+        asyncio.run(serve_one())
+        assert q.get_result(task_id, timeout=5).value == 42  # type: ignore[union-attr]
+        assert [q.get_result(i).value for i in ids] == [2, 4]  # type: ignore[union-attr]
+        assert q.stats()["totals"]["succeeded"] == 3
+        with pytest.raises(TaskNotFound):
+            q.status("missing")

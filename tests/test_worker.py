@@ -1,0 +1,245 @@
+"""The Worker in-process: retries, timeouts, pools, order, time, leases, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import jobs
+import pytest
+from conftest import await_until
+
+from sitq import TaskQueue, TaskStatus, Worker
+from sitq.errors import ConfigurationError
+
+
+@pytest.fixture
+async def worker(db_path: Path) -> AsyncIterator[Worker]:
+    w = Worker(db_path, concurrency=2, lease_seconds=5)
+    await w.start()
+    yield w
+    await w.stop(timeout=5)
+
+
+def read_log(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def test_retries_until_success(queue: TaskQueue, worker: Worker, tmp_path: Path) -> None:
+    counter = str(tmp_path / "count")
+    task_id = await queue.with_options(max_retries=2, retry_backoff=0.05).enqueue(
+        jobs.flaky, counter, 2
+    )
+    result = await queue.get_result(task_id, timeout=20)
+    assert result is not None and result.status is TaskStatus.SUCCEEDED
+    assert result.attempts == 3 and result.value == 3
+
+
+async def test_retries_exhausted_keep_the_last_traceback(
+    queue: TaskQueue, worker: Worker, tmp_path: Path
+) -> None:
+    counter = str(tmp_path / "count")
+    task_id = await queue.with_options(max_retries=1, retry_backoff=0.05).enqueue(
+        jobs.flaky, counter, 2
+    )
+    result = await queue.get_result(task_id, timeout=20)
+    assert result is not None and result.status is TaskStatus.FAILED
+    assert result.attempts == 2
+    assert result.error == "RuntimeError: flaky failure number 2"
+    assert result.traceback and "flaky failure number 2" in result.traceback
+
+
+async def test_retry_waits_for_its_backoff(
+    queue: TaskQueue, worker: Worker, tmp_path: Path
+) -> None:
+    counter = str(tmp_path / "count")
+    task_id = await queue.with_options(max_retries=1, retry_backoff=1.0).enqueue(
+        jobs.flaky, counter, 1
+    )
+
+    async def waiting_for_retry() -> bool:
+        record = (await queue.backend.get_tasks([task_id]))[task_id]
+        return record.status == "queued" and record.error is not None
+
+    await await_until(waiting_for_retry, 10, "the first attempt to fail")
+    first_failure = time.monotonic()
+    result = await queue.get_result(task_id, timeout=10)
+    assert result is not None and result.ok
+    # Jitter keeps the delay within [0.5, 1.0] x backoff.
+    assert time.monotonic() - first_failure >= 0.45
+
+
+@pytest.mark.parametrize("fn", [jobs.async_sleep, jobs.sync_sleep], ids=["async", "thread"])
+async def test_timeout_fails_the_task_and_worker_serves_on(
+    queue: TaskQueue, worker: Worker, fn: object
+) -> None:
+    started = time.monotonic()
+    task_id = await queue.with_options(timeout=0.3).enqueue(fn, 5)  # type: ignore[arg-type]
+    result = await queue.get_result(task_id, timeout=10)
+    assert result is not None and result.status is TaskStatus.FAILED
+    assert result.error and result.error.startswith("TimeoutError: task exceeded its timeout")
+    assert time.monotonic() - started < 4
+    follow = await queue.enqueue(jobs.add, 1, 2)
+    assert (await queue.get_result(follow, timeout=10)).value == 3  # type: ignore[union-attr]
+
+
+async def test_a_tasks_own_timeout_error_is_not_reported_as_sitqs(
+    queue: TaskQueue, worker: Worker
+) -> None:
+    task_id = await queue.with_options(timeout=5).enqueue(jobs.raise_timeout_error)
+    result = await queue.get_result(task_id, timeout=10)
+    assert result is not None and result.error == "TimeoutError: the task's own timeout, not sitq's"
+
+
+async def test_delayed_task_never_starts_early(queue: TaskQueue, worker: Worker) -> None:
+    delayed = await queue.with_options(delay=0.6).enqueue(jobs.noop)
+    eta = datetime.now(timezone.utc) + timedelta(seconds=0.4)
+    at_eta = await queue.with_options(eta=eta).enqueue(jobs.noop)
+    r1 = await queue.get_result(delayed, timeout=10)
+    r2 = await queue.get_result(at_eta, timeout=10)
+    assert r1 is not None and r1.started_at and r1.enqueued_at
+    assert r1.started_at - r1.enqueued_at >= timedelta(seconds=0.6)
+    assert r1.started_at - r1.enqueued_at < timedelta(seconds=2)
+    assert r2 is not None and r2.started_at and r2.started_at >= eta
+
+
+async def test_higher_priority_overtakes_queued_tasks(db_path: Path, tmp_path: Path) -> None:
+    log = tmp_path / "order.log"
+    async with TaskQueue(db_path) as queue:
+        low = await queue.enqueue_many(jobs.record, [(str(log), f"low{i}") for i in range(10)])
+        high = await queue.with_options(priority=10).enqueue(jobs.record, str(log), "high")
+        mid = await queue.with_options(priority=5).enqueue(jobs.record, str(log), "mid")
+        w = Worker(db_path, concurrency=1)
+        await w.start()
+        try:
+            for task_id in [*low, high, mid]:
+                await queue.get_result(task_id, timeout=10)
+        finally:
+            await w.stop()
+    starts = [line.split()[1] for line in read_log(log) if line.startswith("S ")]
+    assert starts == ["high", "mid"] + [f"low{i}" for i in range(10)]
+
+
+async def test_other_queues_are_left_alone(queue: TaskQueue, worker: Worker) -> None:
+    other = await queue.with_options(queue="reports").enqueue(jobs.noop)
+    mine = await queue.enqueue(jobs.noop)
+    assert await queue.get_result(mine, timeout=10) is not None
+    assert await queue.status(other) is TaskStatus.QUEUED
+
+
+async def test_heartbeat_keeps_a_long_task_from_being_stolen(
+    db_path: Path, queue: TaskQueue, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    first = Worker(db_path, lease_seconds=0.6)
+    second = Worker(db_path, lease_seconds=0.6)
+    await first.start()
+    try:
+        task_id = await queue.enqueue(jobs.record, str(log), "long", 2.0)
+
+        async def started() -> bool:
+            return await queue.status(task_id) is TaskStatus.RUNNING
+
+        await await_until(started, 10, "the long task to start")
+        await second.start()  # idle and claiming the whole time
+        result = await queue.get_result(task_id, timeout=10)
+    finally:
+        await second.stop(timeout=5)
+        await first.stop(timeout=5)
+    assert result is not None and result.ok and result.attempts == 1
+    assert [line for line in read_log(log) if line.startswith("S ")] == [
+        f"S long {line.split()[2]}" for line in read_log(log)[:1]
+    ]
+
+
+async def test_stop_releases_what_cannot_finish_without_counting_it(
+    db_path: Path, queue: TaskQueue
+) -> None:
+    w = Worker(db_path)
+    await w.start()
+    task_id = await queue.enqueue(jobs.async_sleep, 30)
+
+    async def running() -> bool:
+        return await queue.status(task_id) is TaskStatus.RUNNING
+
+    await await_until(running, 10, "the task to start")
+    started = time.monotonic()
+    await w.stop(timeout=0.2)
+    assert time.monotonic() - started < 3
+    assert await queue.status(task_id) is TaskStatus.QUEUED
+    record = (await queue.backend.get_tasks([task_id]))[task_id]
+    assert record.attempts == 0
+
+
+async def test_results_are_pruned_after_their_ttl(queue: TaskQueue, worker: Worker) -> None:
+    short = await queue.with_options(result_ttl=0).enqueue(jobs.noop)
+    kept = await queue.enqueue(jobs.noop)
+    assert await queue.get_result(short, timeout=10) is not None
+    assert await queue.get_result(kept, timeout=10) is not None
+    await asyncio.sleep(0.01)
+    assert await queue.backend.prune() == 1
+    assert await queue.get_results([short, kept]) == {kept: await queue.get_result(kept)}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"concurrency": 0}, "concurrency must be an int >= 1"),
+        ({"concurrency": -2}, "concurrency must be an int >= 1"),
+        ({"pool": "fork"}, "pool must be one of"),
+        ({"queues": ()}, "queues must be"),
+        ({"max_tasks_per_child": 0}, "max_tasks_per_child"),
+    ],
+)
+def test_bad_worker_options(db_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Worker(db_path, **kwargs)
+
+
+class TestProcessPool:
+    async def test_runs_functions_in_child_processes(self, db_path: Path) -> None:
+        import os
+
+        async with TaskQueue(db_path) as queue:
+            w = Worker(db_path, concurrency=2, pool="process", max_tasks_per_child=2)
+            await w.start()
+            try:
+                ids = await queue.enqueue_many(jobs.getpid, [() for _ in range(6)])
+                pids = [(await queue.get_result(i, timeout=30)).value for i in ids]  # type: ignore[union-attr]
+                async_id = await queue.enqueue(jobs.async_add, 1, 2)
+                async_result = await queue.get_result(async_id, timeout=30)
+            finally:
+                await w.stop(timeout=5)
+        assert os.getpid() not in pids
+        # Each child runs at most 2 tasks before it is replaced.
+        assert all(pids.count(pid) <= 2 for pid in pids)
+        assert len(set(pids)) >= 3
+        assert async_result is not None and async_result.value == 3
+
+    async def test_timeout_kills_the_child_and_a_segfault_fails_only_its_task(
+        self, db_path: Path
+    ) -> None:
+        async with TaskQueue(db_path) as queue:
+            w = Worker(db_path, concurrency=1, pool="process")
+            await w.start()
+            try:
+                slow = await queue.with_options(timeout=0.5).enqueue(jobs.sync_sleep, 30)
+                crash = await queue.enqueue(jobs.segfault)
+                bad_return = await queue.enqueue(jobs.unpicklable_result)
+                fine = await queue.enqueue(jobs.add, 2, 3)
+                r_slow = await queue.get_result(slow, timeout=30)
+                r_crash = await queue.get_result(crash, timeout=30)
+                r_bad = await queue.get_result(bad_return, timeout=30)
+                r_fine = await queue.get_result(fine, timeout=30)
+            finally:
+                await w.stop(timeout=5)
+        assert r_slow is not None and r_slow.status is TaskStatus.FAILED
+        assert r_slow.error and "timeout of 0.5 s" in r_slow.error
+        assert r_crash is not None and r_crash.status is TaskStatus.FAILED
+        assert r_crash.error and "SIGSEGV" in r_crash.error
+        assert r_bad is not None and r_bad.status is TaskStatus.FAILED
+        assert r_bad.error and "could not be serialized" in r_bad.error
+        assert r_fine is not None and r_fine.value == 5
