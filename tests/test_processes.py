@@ -1,0 +1,195 @@
+"""Real `sitq worker` processes, real signals: crash, drain and contention."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import jobs
+import pytest
+from conftest import TESTS_DIR, WorkerProcess, await_until, subprocess_env, wait_until
+
+from sitq import TaskQueue, TaskStatus
+
+
+def parse_log(path: Path) -> tuple[Counter[str], dict[str, set[int]]]:
+    """Start counts per marker, and the pids that started each marker."""
+    starts: Counter[str] = Counter()
+    pids: dict[str, set[int]] = {}
+    for line in path.read_text().splitlines():
+        kind, marker, pid = line.split()
+        if kind == "S":
+            starts[marker] += 1
+            pids.setdefault(marker, set()).add(int(pid))
+    return starts, pids
+
+
+async def finished_count(queue: TaskQueue) -> int:
+    totals = (await queue.stats())["totals"]
+    return totals["succeeded"] + totals["failed"] + totals["cancelled"]
+
+
+@pytest.mark.slow
+async def test_sigkill_loses_nothing_and_reruns_only_in_flight_tasks(
+    db_path: Path, tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    log = tmp_path / "runs.log"
+    count = 2000
+    async with TaskQueue(db_path) as queue:
+        ids = await queue.enqueue_many(
+            jobs.record, [(str(log), f"t{i}", 0.005) for i in range(count)]
+        )
+        workers = [spawn_worker("--concurrency", "4", "--lease", "2") for _ in range(3)]
+        for worker in workers:
+            worker.wait_started()
+
+        async def some_done() -> bool:
+            return await finished_count(queue) >= 300
+
+        await await_until(some_done, 60, "300 tasks to finish")
+        victim = workers[0]
+        victim.send(signal.SIGKILL)
+        assert victim.wait(10) == -signal.SIGKILL
+
+        async def all_done() -> bool:
+            return await finished_count(queue) == count
+
+        await await_until(all_done, 120, "every task to finish")
+        results = await queue.get_results(ids)
+    assert len(results) == count
+    assert all(r.ok for r in results.values()), [r.error for r in results.values() if not r.ok]
+    starts, pids = parse_log(log)
+    assert set(starts) == {f"t{i}" for i in range(count)}
+    reran = {marker for marker, n in starts.items() if n > 1}
+    # Only tasks the killed worker had started can have run twice, and it held
+    # at most its 4 slots.
+    assert all(victim.pid in pids[marker] for marker in reran), reran
+    assert len(reran) <= 4
+    assert any(victim.pid in p for p in pids.values()), "the victim ran nothing before its kill"
+
+
+@pytest.mark.slow
+async def test_sigterm_lets_a_running_task_finish_and_exits_zero(
+    db_path: Path, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    async with TaskQueue(db_path) as queue:
+        worker = spawn_worker("--grace", "10").wait_started()
+        task_id = await queue.enqueue(jobs.record, str(log), "two-seconds", 2.0)
+
+        async def running() -> bool:
+            return await queue.status(task_id) is TaskStatus.RUNNING
+
+        await await_until(running, 15, "the task to start")
+        worker.send(signal.SIGTERM)
+        assert worker.wait(20) == 0, worker.output()
+        result = await queue.get_result(task_id, timeout=0)
+        assert result is not None and result.ok and result.attempts == 1
+        assert "draining" in worker.output()
+        stats = await queue.stats()
+        assert stats["workers_alive"] == 0
+
+
+@pytest.mark.slow
+async def test_sigterm_releases_a_task_longer_than_the_grace_period(
+    db_path: Path, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    async with TaskQueue(db_path) as queue:
+        first = spawn_worker("--grace", "0.5").wait_started()
+        task_id = await queue.enqueue(jobs.record, str(log), "long", 3.0)
+
+        async def running() -> bool:
+            return await queue.status(task_id) is TaskStatus.RUNNING
+
+        await await_until(running, 15, "the task to start")
+        started = time.monotonic()
+        first.send(signal.SIGTERM)
+        assert first.wait(20) == 0, first.output()
+        assert time.monotonic() - started < 5
+        assert await queue.status(task_id) is TaskStatus.QUEUED
+        second = spawn_worker().wait_started()
+        result = await queue.get_result(task_id, timeout=20)
+        assert result is not None and result.ok
+        assert result.attempts == 1  # the released run was not counted
+        assert str(second.pid) in (result.worker_id or "")
+
+
+@pytest.mark.slow
+async def test_second_signal_stops_at_once_and_still_releases(
+    db_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    async with TaskQueue(db_path) as queue:
+        worker = spawn_worker("--grace", "60").wait_started()
+        task_id = await queue.enqueue(jobs.async_sleep, 60)
+
+        async def running() -> bool:
+            return await queue.status(task_id) is TaskStatus.RUNNING
+
+        await await_until(running, 15, "the task to start")
+        worker.send(signal.SIGINT)
+        wait_until(lambda: "draining" in worker.output(), 10, "the drain to begin")
+        started = time.monotonic()
+        worker.send(signal.SIGINT)
+        assert worker.wait(20) == 0, worker.output()
+        assert time.monotonic() - started < 5
+        assert await queue.status(task_id) is TaskStatus.QUEUED
+
+
+@pytest.mark.slow
+async def test_contention_four_workers_two_producers_each_task_once(
+    db_path: Path, tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    log = tmp_path / "runs.log"
+    per_producer = 2500
+    async with TaskQueue(db_path):
+        pass  # create the database before the workers look for it
+    workers = [spawn_worker("--concurrency", "4") for _ in range(4)]
+    for worker in workers:
+        worker.wait_started()
+    producers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(TESTS_DIR / "producer_process.py"),
+                str(db_path),
+                prefix,
+                str(per_producer),
+                str(log),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(),
+        )
+        for prefix in ("a", "b")
+    ]
+    outputs = []
+    for producer in producers:
+        out, _ = producer.communicate(timeout=180)
+        outputs.append(out.decode())
+        assert producer.returncode == 0, out.decode()
+    async with TaskQueue(db_path) as queue:
+
+        async def all_done() -> bool:
+            return await finished_count(queue) == 2 * per_producer
+
+        await await_until(all_done, 180, "every task to finish")
+        totals = (await queue.stats())["totals"]
+    assert totals["succeeded"] == 2 * per_producer
+    starts, _ = parse_log(log)
+    assert len(starts) == 2 * per_producer
+    assert set(starts.values()) == {1}, "some task ran more than once"
+    everything = "\n".join(outputs + [w.output() for w in workers])
+    assert "locked" not in everything.lower()
+    assert "Traceback" not in everything
+    for worker in workers:
+        worker.send(signal.SIGTERM)
+    for worker in workers:
+        assert worker.wait(30) == 0
+    await asyncio.sleep(0)
