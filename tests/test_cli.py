@@ -1,0 +1,188 @@
+"""The `sitq` command, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import jobs
+import pytest
+from conftest import SITQ, WorkerProcess, subprocess_env
+
+from sitq import SyncTaskQueue, TaskStatus
+
+
+def sitq(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SITQ, *args],
+        capture_output=True,
+        text=True,
+        env=env or subprocess_env(),
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def filled_db(db_path: Path) -> dict[str, str]:
+    """A database with one queued, one failed and one succeeded task."""
+    with SyncTaskQueue(db_path) as queue:
+        ids = {
+            "queued": queue.with_options(queue="mail", delay=3600).enqueue(jobs.add, 1, 2),
+            "failed": queue.enqueue(jobs.fail, "broken"),
+            "ok": queue.enqueue(jobs.add, 2, 3),
+        }
+    with sqlite3.connect(db_path) as conn:  # finish two of them by hand, as a worker would
+        conn.execute(
+            "UPDATE sitq_tasks SET status='failed', attempts=1, error='ValueError: broken', "
+            "traceback='Traceback (most recent call last):\nValueError: broken', finished_at=1 "
+            "WHERE id=?",
+            (ids["failed"],),
+        )
+    return ids
+
+
+def test_status_shows_counts_and_workers(db_path: Path, filled_db: dict[str, str]) -> None:
+    run = sitq("status", "--db", str(db_path))
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].split() == ["queue", "queued", "running", "succeeded", "failed", "cancelled"]
+    assert lines[1].split() == ["default", "1", "0", "0", "1", "0"]
+    assert lines[2].split() == ["mail", "1", "0", "0", "0", "0"]
+    assert "workers: 0 alive" in run.stdout
+    as_json = json.loads(sitq("status", "--db", str(db_path), "--json").stdout)
+    assert as_json["queues"]["mail"]["queued"] == 1
+
+
+def test_status_lists_a_live_worker(
+    db_path: Path, filled_db: dict[str, str], spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    worker = spawn_worker("--concurrency", "3").wait_started()
+    run = sitq("status", "--db", str(db_path))
+    assert "workers: 1 alive" in run.stdout
+    assert f"pid {worker.pid}" in run.stdout and "concurrency 3" in run.stdout
+
+
+def test_db_from_environment(db_path: Path, filled_db: dict[str, str], tmp_path: Path) -> None:
+    run = sitq("status", env=subprocess_env(SITQ_DB=str(db_path)), cwd=tmp_path)
+    assert run.returncode == 0 and "mail" in run.stdout
+
+
+def test_inspect_shows_call_error_and_traceback(db_path: Path, filled_db: dict[str, str]) -> None:
+    run = sitq("inspect", "--db", str(db_path), filled_db["failed"])
+    assert run.returncode == 0, run.stderr
+    assert "jobs.fail(*('broken',), **{})" in run.stdout
+    assert "status: failed" in run.stdout
+    assert "ValueError: broken" in run.stdout and "Traceback" in run.stdout
+
+
+def test_retry_cancel_and_purge(db_path: Path, filled_db: dict[str, str]) -> None:
+    db = str(db_path)
+    run = sitq("retry", "--db", db, filled_db["failed"])
+    assert run.returncode == 0 and "queued 1 task(s) again" in run.stdout
+    run = sitq("retry", "--db", db, filled_db["failed"])
+    assert run.returncode == 1 and "is not failed or cancelled" in run.stderr
+    run = sitq("cancel", "--db", db, filled_db["queued"])
+    assert run.returncode == 0 and "cancelled" in run.stdout
+    run = sitq("cancel", "--db", db, filled_db["queued"])
+    assert run.returncode == 1 and "already finished" in run.stderr
+    run = sitq("retry", "--db", db, "--failed")
+    assert run.returncode == 0 and "queued 0 task(s)" in run.stdout
+    run = sitq("purge", "--db", db)
+    assert run.returncode == 0 and "deleted 1 task(s)" in run.stdout
+    with SyncTaskQueue(db_path) as queue:
+        assert queue.status(filled_db["failed"]) is TaskStatus.QUEUED
+        assert queue.stats()["totals"]["cancelled"] == 0
+
+
+@pytest.mark.parametrize("command", ["inspect", "cancel", "retry"])
+def test_unknown_task_id(db_path: Path, filled_db: dict[str, str], command: str) -> None:
+    run = sitq(command, "--db", str(db_path), "no-such-id")
+    assert run.returncode == 1
+    assert "no task with id 'no-such-id'" in run.stderr
+
+
+def test_missing_database_is_one_clear_line(tmp_path: Path) -> None:
+    for command in (["status"], ["worker"], ["inspect", "x"]):
+        run = sitq(*command, "--db", str(tmp_path / "missing.db"))
+        assert run.returncode == 1
+        assert run.stderr.strip().splitlines() == [
+            f"Error: no sitq database at {tmp_path / 'missing.db'}: check --db / $SITQ_DB, "
+            f"or create it with `sitq init --db {tmp_path / 'missing.db'}`"
+        ]
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_init_creates_an_owner_only_database(tmp_path: Path) -> None:
+    target = tmp_path / "new.db"
+    run = sitq("init", "--db", str(target))
+    assert run.returncode == 0 and target.stat().st_mode & 0o777 == 0o600
+
+
+def test_non_sitq_database(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    other.write_text("hello")
+    run = sitq("worker", "--db", str(other))
+    assert run.returncode == 1 and "is not a sitq database" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_incompatible_schema_on_the_command_line(db_path: Path, filled_db: dict[str, str]) -> None:
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE sitq_meta SET value='7' WHERE key='schema_version'")
+    run = sitq("status", "--db", str(db_path))
+    assert run.returncode == 1 and "upgrade sitq" in run.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--concurrency", "0"], "Invalid value for '--concurrency'"),
+        (["--pool", "fork"], "Invalid value for '--pool'"),
+        (["--bogus"], "No such option"),
+    ],
+)
+def test_bad_worker_options(
+    db_path: Path, filled_db: dict[str, str], args: list[str], message: str
+) -> None:
+    run = sitq("worker", "--db", str(db_path), *args)
+    assert run.returncode == 2 and message in run.stderr
+
+
+def test_module_that_will_not_import(
+    db_path: Path, filled_db: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "broken_tasks.py").write_text("raise RuntimeError('import-time failure')\n")
+    run = sitq("worker", "--db", str(db_path), "--import", "broken_tasks", cwd=tmp_path)
+    assert run.returncode == 1
+    assert "cannot import module 'broken_tasks'" in run.stderr
+    assert "import-time failure" in run.stderr
+    run = sitq("worker", "--db", str(db_path), "--import", "nope_nope", cwd=tmp_path)
+    assert run.returncode == 1 and "No module named 'nope_nope'" in run.stderr
+
+
+def test_worker_imports_modules_from_the_current_directory(
+    db_path: Path, tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "app_tasks.py").write_text("def triple(x):\n    return 3 * x\n")
+    import sys
+
+    sys.path.insert(0, str(app))
+    try:
+        import app_tasks  # type: ignore[import-not-found]
+
+        with SyncTaskQueue(db_path) as queue:
+            task_id = queue.enqueue(app_tasks.triple, 14)
+            spawn_worker("--import", "app_tasks", cwd=app).wait_started()
+            result = queue.get_result(task_id, timeout=20)
+    finally:
+        sys.path.remove(str(app))
+        sys.modules.pop("app_tasks", None)
+    assert result is not None and result.value == 42
