@@ -25,7 +25,7 @@ lint:
 	$(BIN)/ruff format --check sitq tests examples benchmarks
 
 example:
-	cd examples && ../$(BIN)/python batch_processing.py
+	$(BIN)/python examples/quickstart.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
