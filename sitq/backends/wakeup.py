@@ -81,19 +81,23 @@ class WakeupChannel:
         return cached[1]
 
     async def wait(self, kind: WakeKind, timeout: float) -> None:
-        """Return on a wake-up for ``kind`` or after ``timeout`` seconds."""
+        """Return on a wake-up for ``kind`` or after ``timeout`` seconds.
+
+        A wake-up that arrives while no one waits is kept for the next waiter,
+        so one that lands between a caller's check and its wait is not lost.
+        """
         event = self._events.get(kind)
         if event is None:
             event = self._events[kind] = asyncio.Event()
             self._listen(kind)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
+        # Every coroutine waiting now has been woken; later waiters start afresh.
+        event.clear()
 
     def _wake_local(self, kind: WakeKind) -> None:
         event = self._events.get(kind)
         if event is not None:
-            # Replace before setting: current waiters wake, later ones wait afresh.
-            self._events[kind] = asyncio.Event()
             event.set()
 
     def _listen(self, kind: WakeKind) -> None:
