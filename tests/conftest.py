@@ -126,3 +126,41 @@ def sigkill_on_teardown() -> Iterator[list[subprocess.Popen[bytes]]]:
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             process.wait(10)
+
+
+class ServingWorker:
+    """A worker serving ``db_path`` for a test, in this process or as `sitq worker`."""
+
+    def __init__(self, kind: str, in_process: object = None, process: WorkerProcess | None = None):
+        self.kind = kind
+        self.in_process = in_process
+        self.process = process
+
+    def ran(self, worker_id: str | None) -> bool:
+        """True if ``worker_id`` (from a Result) is this worker."""
+        if self.process is not None:
+            return f"-{self.process.pid}-" in (worker_id or "")
+        return worker_id == getattr(self.in_process, "id", None)
+
+
+@pytest.fixture(params=["in-process", "sitq-worker"])
+async def worker(
+    request: pytest.FixtureRequest,
+    db_path: Path,
+    spawn_worker: Callable[..., WorkerProcess],
+) -> AsyncIterator[ServingWorker]:
+    """The contract's tests run twice: with an in-process Worker, and with a real
+    `sitq worker` process (concurrency 4, 5 s lease) on the same file."""
+    from sitq import Worker
+
+    if request.param == "in-process":
+        w = Worker(db_path, concurrency=4, lease_seconds=5)
+        await w.start()
+        yield ServingWorker("in-process", in_process=w)
+        await w.stop(timeout=5)
+    else:
+        async with TaskQueue(db_path):
+            pass  # the worker needs the database to exist
+        yield ServingWorker(
+            "sitq-worker", process=spawn_worker("--concurrency", "4", "--lease", "5").wait_started()
+        )

@@ -7,13 +7,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import jobs
 import pytest
-from conftest import WorkerProcess
+from conftest import ServingWorker, WorkerProcess
 
 from sitq import TaskQueue, TaskStatus, Worker
 from sitq.errors import (
@@ -24,14 +24,6 @@ from sitq.errors import (
     SchemaVersionError,
     SerializationError,
 )
-
-
-@pytest.fixture
-async def worker(db_path: Path) -> AsyncIterator[Worker]:
-    w = Worker(db_path, concurrency=2)
-    await w.start()
-    yield w
-    await w.stop(timeout=5)
 
 
 async def assert_worker_still_serves(queue: TaskQueue) -> None:
@@ -56,7 +48,7 @@ async def test_unpicklable_argument_is_named(queue: TaskQueue) -> None:
 
 
 async def test_unpicklable_return_value_fails_only_that_task(
-    queue: TaskQueue, worker: Worker
+    queue: TaskQueue, worker: ServingWorker
 ) -> None:
     task_id = await queue.enqueue(jobs.unpicklable_result)
     result = await queue.get_result(task_id, timeout=10)

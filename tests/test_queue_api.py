@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import jobs
 import pytest
+from conftest import ServingWorker
 
 from sitq import (
     Result,
@@ -24,14 +24,6 @@ from sitq import (
 from sitq.backends.sqlite import SQLiteBackend
 from sitq.errors import NotConnected
 from sitq.serialization import CloudpickleSerializer
-
-
-@pytest.fixture
-async def worker(db_path: Path) -> AsyncIterator[Worker]:
-    w = Worker(db_path, concurrency=4, lease_seconds=5)
-    await w.start()
-    yield w
-    await w.stop(timeout=5)
 
 
 async def test_seed_tutorial_flow_runs_as_written(db_path: Path) -> None:
@@ -57,7 +49,7 @@ async def test_seed_tutorial_flow_runs_as_written(db_path: Path) -> None:
     await queue.close()
 
 
-async def test_every_kwarg_goes_to_the_function(queue: TaskQueue, worker: Worker) -> None:
+async def test_every_kwarg_goes_to_the_function(queue: TaskQueue, worker: ServingWorker) -> None:
     task_id = await queue.enqueue(
         jobs.echo_kwargs, 1, queue="q", priority=9, delay=3, timeout=1, fn="f", task_id="t"
     )
@@ -76,7 +68,7 @@ async def test_every_kwarg_goes_to_the_function(queue: TaskQueue, worker: Worker
     }
 
 
-async def test_result_fields_for_a_success(queue: TaskQueue, worker: Worker) -> None:
+async def test_result_fields_for_a_success(queue: TaskQueue, worker: ServingWorker) -> None:
     before = datetime.now(timezone.utc)
     task_id = await queue.enqueue(jobs.async_add, 2, 3)
     result = await queue.get_result(task_id, timeout=10)
@@ -86,13 +78,15 @@ async def test_result_fields_for_a_success(queue: TaskQueue, worker: Worker) -> 
     assert result.value == 5 and result.unwrap() == 5
     assert result.error is None and result.traceback is None
     assert result.attempts == 1
-    assert result.worker_id == worker.id
+    assert worker.ran(result.worker_id)
     assert result.enqueued_at and result.started_at and result.finished_at
     assert before - timedelta(seconds=1) <= result.enqueued_at <= result.started_at
     assert result.started_at <= result.finished_at
 
 
-async def test_failed_task_keeps_error_and_unwrap_raises(queue: TaskQueue, worker: Worker) -> None:
+async def test_failed_task_keeps_error_and_unwrap_raises(
+    queue: TaskQueue, worker: ServingWorker
+) -> None:
     task_id = await queue.enqueue(jobs.fail, "boom")
     result = await queue.get_result(task_id, timeout=10)
     assert result is not None and result.status is TaskStatus.FAILED and not result.ok
@@ -109,7 +103,7 @@ async def test_failed_task_keeps_error_and_unwrap_raises(queue: TaskQueue, worke
 
 
 async def test_sync_functions_run_in_threads_async_on_loop(
-    queue: TaskQueue, worker: Worker
+    queue: TaskQueue, worker: ServingWorker
 ) -> None:
     sync_id = await queue.enqueue(jobs.thread_name)
     result = await queue.get_result(sync_id, timeout=10)
@@ -137,7 +131,7 @@ async def test_get_result_returns_none_on_timeout_and_waits_without_one(
     assert result is not None and result.value == 2
 
 
-async def test_enqueue_many_returns_ids_in_order(queue: TaskQueue, worker: Worker) -> None:
+async def test_enqueue_many_returns_ids_in_order(queue: TaskQueue, worker: ServingWorker) -> None:
     ids = await queue.enqueue_many(jobs.add, [(1, 2), (3, 4), (5, 6)])
     assert len(ids) == 3 and len(set(ids)) == 3
     values = [(await queue.get_result(i, timeout=10)).value for i in ids]  # type: ignore[union-attr]
@@ -162,7 +156,7 @@ async def test_enqueue_many_is_one_transaction(queue: TaskQueue, db_path: Path) 
     assert (await queue.stats())["totals"]["queued"] == 0
 
 
-async def test_status_and_stats(queue: TaskQueue, worker: Worker) -> None:
+async def test_status_and_stats(queue: TaskQueue, worker: ServingWorker) -> None:
     ok = await queue.enqueue(jobs.add, 1, 2)
     bad = await queue.enqueue(jobs.fail, "x")
     await queue.get_result(ok, timeout=10)
@@ -208,7 +202,7 @@ async def test_cancel_running_async_task(db_path: Path, queue: TaskQueue) -> Non
         await w.stop(timeout=5)
 
 
-async def test_retry_a_failed_task(queue: TaskQueue, worker: Worker, tmp_path: Path) -> None:
+async def test_retry_a_failed_task(queue: TaskQueue, worker: ServingWorker, tmp_path: Path) -> None:
     counter = str(tmp_path / "count")
     task_id = await queue.enqueue(jobs.flaky, counter, 1)
     first = await queue.get_result(task_id, timeout=10)

@@ -4,31 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import jobs
 import pytest
-from conftest import await_until
+from conftest import ServingWorker, await_until
 
 from sitq import TaskQueue, TaskStatus, Worker
 from sitq.errors import ConfigurationError
-
-
-@pytest.fixture
-async def worker(db_path: Path) -> AsyncIterator[Worker]:
-    w = Worker(db_path, concurrency=2, lease_seconds=5)
-    await w.start()
-    yield w
-    await w.stop(timeout=5)
 
 
 def read_log(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-async def test_retries_until_success(queue: TaskQueue, worker: Worker, tmp_path: Path) -> None:
+async def test_retries_until_success(
+    queue: TaskQueue, worker: ServingWorker, tmp_path: Path
+) -> None:
     counter = str(tmp_path / "count")
     task_id = await queue.with_options(max_retries=2, retry_backoff=0.05).enqueue(
         jobs.flaky, counter, 2
@@ -39,7 +32,7 @@ async def test_retries_until_success(queue: TaskQueue, worker: Worker, tmp_path:
 
 
 async def test_retries_exhausted_keep_the_last_traceback(
-    queue: TaskQueue, worker: Worker, tmp_path: Path
+    queue: TaskQueue, worker: ServingWorker, tmp_path: Path
 ) -> None:
     counter = str(tmp_path / "count")
     task_id = await queue.with_options(max_retries=1, retry_backoff=0.05).enqueue(
@@ -53,7 +46,7 @@ async def test_retries_exhausted_keep_the_last_traceback(
 
 
 async def test_retry_waits_for_its_backoff(
-    queue: TaskQueue, worker: Worker, tmp_path: Path
+    queue: TaskQueue, worker: ServingWorker, tmp_path: Path
 ) -> None:
     counter = str(tmp_path / "count")
     task_id = await queue.with_options(max_retries=1, retry_backoff=1.0).enqueue(
@@ -74,7 +67,7 @@ async def test_retry_waits_for_its_backoff(
 
 @pytest.mark.parametrize("fn", [jobs.async_sleep, jobs.sync_sleep], ids=["async", "thread"])
 async def test_timeout_fails_the_task_and_worker_serves_on(
-    queue: TaskQueue, worker: Worker, fn: object
+    queue: TaskQueue, worker: ServingWorker, fn: object
 ) -> None:
     started = time.monotonic()
     task_id = await queue.with_options(timeout=0.3).enqueue(fn, 5)  # type: ignore[arg-type]
@@ -87,14 +80,14 @@ async def test_timeout_fails_the_task_and_worker_serves_on(
 
 
 async def test_a_tasks_own_timeout_error_is_not_reported_as_sitqs(
-    queue: TaskQueue, worker: Worker
+    queue: TaskQueue, worker: ServingWorker
 ) -> None:
     task_id = await queue.with_options(timeout=5).enqueue(jobs.raise_timeout_error)
     result = await queue.get_result(task_id, timeout=10)
     assert result is not None and result.error == "TimeoutError: the task's own timeout, not sitq's"
 
 
-async def test_delayed_task_never_starts_early(queue: TaskQueue, worker: Worker) -> None:
+async def test_delayed_task_never_starts_early(queue: TaskQueue, worker: ServingWorker) -> None:
     delayed = await queue.with_options(delay=0.6).enqueue(jobs.noop)
     eta = datetime.now(timezone.utc) + timedelta(seconds=0.4)
     at_eta = await queue.with_options(eta=eta).enqueue(jobs.noop)
@@ -123,7 +116,7 @@ async def test_higher_priority_overtakes_queued_tasks(db_path: Path, tmp_path: P
     assert starts == ["high", "mid"] + [f"low{i}" for i in range(10)]
 
 
-async def test_other_queues_are_left_alone(queue: TaskQueue, worker: Worker) -> None:
+async def test_other_queues_are_left_alone(queue: TaskQueue, worker: ServingWorker) -> None:
     other = await queue.with_options(queue="reports").enqueue(jobs.noop)
     mine = await queue.enqueue(jobs.noop)
     assert await queue.get_result(mine, timeout=10) is not None
@@ -174,7 +167,7 @@ async def test_stop_releases_what_cannot_finish_without_counting_it(
     assert record.attempts == 0
 
 
-async def test_results_are_pruned_after_their_ttl(queue: TaskQueue, worker: Worker) -> None:
+async def test_results_are_pruned_after_their_ttl(queue: TaskQueue, worker: ServingWorker) -> None:
     short = await queue.with_options(result_ttl=0).enqueue(jobs.noop)
     kept = await queue.enqueue(jobs.noop)
     assert await queue.get_result(short, timeout=10) is not None

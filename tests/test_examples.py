@@ -1,0 +1,262 @@
+"""The examples run as written, as real processes, and leave nothing behind.
+
+Each example runs with this interpreter in a temporary working directory, so a
+stray database would land there (and be caught) rather than in the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+WORKERS = ROOT / "workers"
+
+#: Generous limits: these bound a hang, they are not expected durations.
+EXAMPLE_TIMEOUT = 120.0
+WORKER_START_TIMEOUT = 30.0
+WORKER_STOP_TIMEOUT = 30.0
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("SITQ_DB", None)
+    # The examples' temporary directories go under tmp_path, so a leftover is seen.
+    temp = tmp_path / "tmp"
+    temp.mkdir(exist_ok=True)
+    env["TMPDIR"] = str(temp)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def _run_example(script: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    work = tmp_path / "cwd"
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=work,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=EXAMPLE_TIMEOUT,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _database_files(*roots: Path) -> list[Path]:
+    return [p for root in roots for p in root.rglob("*") if re.search(r"\.db(-wal|-shm)?$", p.name)]
+
+
+def _sitq(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sitq.cli", *args]
+
+
+def test_batch_processing_example(tmp_path: Path) -> None:
+    before = set(_database_files(EXAMPLES))
+    proc = _run_example(EXAMPLES / "batch_processing.py", tmp_path)
+    out = proc.stdout
+    assert "=== Batch Processing Example ===" in out
+    assert "Enqueued 20 validation tasks" in out
+    assert "Validation complete: 12 valid users out of 20" in out
+    assert "Enqueued 12 processing tasks" in out
+    assert "'valid_users': 12" in out
+    assert "Processed 15 batches" in out
+    assert "Enqueued 100 tasks" in out
+    assert re.search(r"Collected 100 results in \d+\.\d+s", out), out
+    assert "total_tasks: 135" in out
+    assert "error_rate: 0.0" in out
+    assert out.rstrip().splitlines()[-1] == "Batch processing example completed!"
+    # No mojibake left over from the tutorial's emoji.
+    assert "\u00f0" not in out and "\u00e2" not in out
+    # Its database was temporary: nothing left in its cwd, its temp dir or the repo.
+    assert _database_files(tmp_path) == []
+    assert set(_database_files(EXAMPLES)) == before
+
+
+def test_quickstart_example(tmp_path: Path) -> None:
+    proc = _run_example(EXAMPLES / "quickstart.py", tmp_path)
+    out = proc.stdout
+    assert "add(2, 3) -> 5 (succeeded)" in out
+    assert "word_count(...) -> 4" in out
+    # max_retries=2: the first run and two retries, then failed for good.
+    assert "always_fails(7) -> failed after 3 attempts" in out
+    assert "error: ValueError: cannot handle 7" in out
+    assert "unwrap() raised TaskFailed: ValueError: cannot handle 7" in out
+    assert out.rstrip().splitlines()[-1] == "Quickstart completed!"
+    assert _database_files(tmp_path) == []
+
+
+def _wait_for_worker(db: Path, env: dict[str, str], worker: subprocess.Popen[bytes]) -> None:
+    """Poll ``sitq status --json`` until the worker has registered (or died)."""
+    deadline = time.monotonic() + WORKER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        assert worker.poll() is None, f"worker exited early with {worker.returncode}"
+        status = subprocess.run(
+            _sitq("status", "--json", "--db", str(db)),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=EXAMPLE_TIMEOUT,
+        )
+        assert status.returncode == 0, status.stderr
+        if any(w["state"] == "alive" for w in json.loads(status.stdout)["workers"]):
+            return
+        time.sleep(0.05)  # polling interval, not synchronization
+    pytest.fail(f"worker did not register within {WORKER_START_TIMEOUT}s")
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_worker_daemon_example(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    shutil.copytree(EXAMPLES / "worker_daemon", app, ignore=shutil.ignore_patterns("__pycache__"))
+    db = tmp_path / "data" / "queue.db"
+    db.parent.mkdir()
+    env = _env(tmp_path, SITQ_DB=str(db))
+
+    init = subprocess.run(
+        _sitq("init"), cwd=app, env=env, capture_output=True, text=True, timeout=EXAMPLE_TIMEOUT
+    )
+    assert init.returncode == 0, init.stderr
+    assert db.exists()
+    assert db.stat().st_mode & 0o077 == 0, "the database must be owner-only"
+
+    log_path = tmp_path / "worker.log"
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        with open(log_path, "wb") as log:
+            worker = subprocess.Popen(
+                _sitq("worker", "--import", "tasks", "--concurrency", "3"),
+                cwd=app,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        _wait_for_worker(db, env, worker)
+
+        producer = subprocess.run(
+            [sys.executable, "producer.py"],
+            cwd=app,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=EXAMPLE_TIMEOUT,
+        )
+        assert producer.returncode == 0, f"{producer.stdout}\n{producer.stderr}"
+        assert "enqueued 20 tasks" in producer.stdout
+        assert "squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in producer.stdout
+        assert "summary: 20 succeeded, 0 failed, 0 unfinished" in producer.stdout
+        assert "all tasks succeeded" in producer.stdout
+
+        # SIGTERM drains and exits 0.
+        worker.send_signal(signal.SIGTERM)
+        code = _wait_exit(worker, WORKER_STOP_TIMEOUT)
+        log_text = log_path.read_text(errors="replace")
+        assert code is not None, f"worker still running {WORKER_STOP_TIMEOUT}s after SIGTERM"
+        assert code == 0, f"worker exited {code}\n{log_text}"
+        assert "SIGTERM received, draining" in log_text, log_text
+        assert "stopped after 20 tasks" in log_text, log_text
+
+        status = subprocess.run(
+            _sitq("status", "--json"),
+            cwd=app,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=EXAMPLE_TIMEOUT,
+        )
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        assert report["queues"]["default"]["succeeded"] == 20
+        assert [w["state"] for w in report["workers"]] == ["stopped"]
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=WORKER_STOP_TIMEOUT)
+    # Everything went to $SITQ_DB: nothing written next to the code.
+    assert _database_files(app) == []
+
+
+def _unit_variables(text: str) -> set[str]:
+    exec_start = re.search(r"^ExecStart=(.*?)(?<!\\)$", text, re.M | re.S)
+    assert exec_start, "no ExecStart"
+    return set(re.findall(r"\$\{?([A-Z_]+)\}?", exec_start.group(1)))
+
+
+def test_worker_unit_matches_its_env_file() -> None:
+    unit = (WORKERS / "sitq-worker@.service").read_text()
+    used = _unit_variables(unit)
+    assert {"SITQ_DB", "SITQ_CONCURRENCY", "SITQ_IMPORTS"} <= used
+    exec_start = " ".join(unit.split("ExecStart=", 1)[1].split("\n\n", 1)[0].split())
+    for expected in (
+        "sitq worker",
+        "--db ${SITQ_DB}",
+        "--queue %i",
+        "--concurrency ${SITQ_CONCURRENCY}",
+        "--import ${SITQ_IMPORTS}",
+    ):
+        assert expected in exec_start, expected
+    settings = dict(re.findall(r"^(\w+)=(.*)$", unit, re.M))
+    assert settings["KillSignal"] == "SIGTERM"
+    assert settings["KillMode"] == "mixed"
+    assert settings["Restart"] == "on-failure"
+    assert settings["UMask"] == "0077"
+    assert settings["NoNewPrivileges"] == "yes"
+    assert settings["ProtectSystem"] == "strict"
+    assert settings["User"] not in ("", "root")
+    env_file = dict(re.findall(r"^(\w+)=(.*)$", (WORKERS / "sitq-worker.env").read_text(), re.M))
+    defaults = dict(re.findall(r"^Environment=(\w+)=(.*)$", unit, re.M))
+    assert used <= set(env_file), f"undocumented: {used - set(env_file)}"
+    assert used <= set(defaults), f"no default in the unit: {used - set(defaults)}"
+    for name in used:
+        assert env_file[name] == defaults[name], name
+    # The stop timeout leaves room for the grace period plus releasing tasks.
+    assert float(settings["TimeoutStopSec"]) >= float(env_file["SITQ_GRACE"]) + 10
+    db_dir = str(Path(env_file["SITQ_DB"]).parent)
+    assert db_dir in settings["ReadWritePaths"].split()
+
+
+def test_worker_unit_verifies(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    system_units = Path("/lib/systemd/system")
+    if analyze is None or not (system_units / "sysinit.target").exists():
+        pytest.skip("systemd-analyze (with systemd's own units) is not available")
+    # An image root holding the unit, systemd's units and a stand-in for the venv's
+    # sitq, so verify checks the unit itself and not this machine's installation.
+    root = tmp_path / "root"
+    shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
+    unit_dir = root / "etc/systemd/system"
+    unit_dir.mkdir(parents=True)
+    shutil.copy(WORKERS / "sitq-worker@.service", unit_dir)
+    unit = (WORKERS / "sitq-worker@.service").read_text()
+    executable = re.search(r"^ExecStart=(\S+)", unit, re.M).group(1)  # type: ignore[union-attr]
+    stand_in = root / executable.lstrip("/")
+    stand_in.parent.mkdir(parents=True)
+    stand_in.write_text("#!/bin/sh\n")
+    stand_in.chmod(0o755)
+    proc = subprocess.run(
+        [analyze, "verify", f"--root={root}", "sitq-worker@emails.service"],
+        capture_output=True,
+        text=True,
+        timeout=EXAMPLE_TIMEOUT,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "sitq-worker@" not in output, output
