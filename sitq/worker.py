@@ -272,7 +272,14 @@ class Worker:
             self.stop_now()
 
     async def _shutdown(self, grace: float) -> None:
-        assert self._stop_requested and self._force and self._stopped and self._main
+        assert self._stopped is not None
+        try:
+            await self._drain_and_close(grace)
+        finally:
+            self._stopped.set()
+
+    async def _drain_and_close(self, grace: float) -> None:
+        assert self._stop_requested and self._force and self._main
         self._stop_requested.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._main
@@ -301,7 +308,6 @@ class Worker:
             self._threads.shutdown(wait=False)
         await self.backend.close()
         logger.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
-        self._stopped.set()
 
     @staticmethod
     def stuck_threads() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 import time
@@ -468,8 +469,9 @@ class SQLiteBackend(Backend):
             await conn.execute(q.TOUCH_WORKER, (now, worker_id))
             if not leases:
                 return []
+            ids = json.dumps([lease.task_id for lease in leases])
             return list(
-                await conn.execute_fetchall(q.RENEW_LEASES, (now + lease_seconds, worker_id))
+                await conn.execute_fetchall(q.RENEW_LEASES, (now + lease_seconds, worker_id, ids))
             )
 
         rows = await self._transaction(body)

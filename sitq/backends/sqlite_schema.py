@@ -123,9 +123,11 @@ SET status = CASE
 WHERE status = 'running' AND lease_expires_at < :now
 """
 
+# Only the tasks the worker still runs: one whose outcome it failed to store
+# must be left to expire and run again.
 RENEW_LEASES = """
 UPDATE sitq_tasks SET lease_expires_at = ?
-WHERE status = 'running' AND worker_id = ?
+WHERE status = 'running' AND worker_id = ? AND id IN (SELECT value FROM json_each(?))
 RETURNING id, cancel_requested
 """
 
