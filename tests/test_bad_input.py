@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jobs
 import pytest
-from conftest import ServingWorker, WorkerProcess
+from support import ServingWorker, WorkerProcess
 
 from sitq import TaskQueue, TaskStatus, Worker
 from sitq.errors import (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jobs
 import pytest
-from conftest import SITQ, WorkerProcess, subprocess_env
+from support import SITQ, WorkerProcess, subprocess_env
 
 from sitq import SyncTaskQueue, TaskStatus
 

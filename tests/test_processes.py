@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jobs
 import pytest
-from conftest import TESTS_DIR, WorkerProcess, await_until, subprocess_env, wait_until
+from support import TESTS_DIR, WorkerProcess, await_until, subprocess_env, wait_until
 
 from sitq import TaskQueue, TaskStatus
 

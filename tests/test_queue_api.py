@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jobs
 import pytest
-from conftest import ServingWorker
+from support import ServingWorker
 
 from sitq import (
     Result,
@@ -189,7 +189,7 @@ async def test_cancel_running_async_task(db_path: Path, queue: TaskQueue) -> Non
         async def running() -> bool:
             return await queue.status(task_id) is TaskStatus.RUNNING
 
-        from conftest import await_until
+        from support import await_until
 
         await await_until(running, 10, "the task to start")
         assert await queue.cancel(task_id) is True
@@ -213,7 +213,7 @@ async def test_retry_a_failed_task(queue: TaskQueue, worker: ServingWorker, tmp_
     async def done() -> bool:
         return (await queue.status(task_id)).finished
 
-    from conftest import await_until
+    from support import await_until
 
     await await_until(done, 10, "the retried task")
     again = await queue.get_result(task_id, timeout=1)
@@ -262,7 +262,7 @@ def test_sync_task_queue(db_path: Path) -> None:
         w = Worker(db_path, concurrency=2)
         await w.start()
         try:
-            from conftest import await_until
+            from support import await_until
 
             async def drained() -> bool:
                 async with TaskQueue(db_path) as q:

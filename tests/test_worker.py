@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jobs
 import pytest
-from conftest import ServingWorker, await_until
+from support import ServingWorker, await_until
 
 from sitq import TaskQueue, TaskStatus, Worker
 from sitq.errors import ConfigurationError

@@ -352,12 +352,15 @@ async def test_finish_of_a_batch_applies_each_item_on_its_own_lease(backend):
     assert (await record(backend, bad.id)).status == "running"
 
 
-@pytest.mark.xfail(
+BATCH_FINISH_BUG = pytest.mark.xfail(
     strict=True,
-    reason="SQLiteBackend.finish: a batch where some item's UPDATE matched no row falls back "
-    "to _finished_by, which reports True for an item whose lease was already finished "
-    "(same worker and attempt, status no longer running) although its write was refused",
+    reason="SQLiteBackend.finish: when a batch's UPDATEs do not all apply, _finished_by "
+    "guesses from the stored row and reports True for an item whose write was refused if "
+    "the row still names the same worker and attempt and is no longer running",
 )
+
+
+@BATCH_FINISH_BUG
 async def test_finish_of_a_batch_refuses_an_already_finished_lease(backend):
     done, fresh = await start(backend), await start(backend)
     assert await backend.finish([(done.lease, SUCCEEDED)]) == [True]
@@ -435,6 +438,21 @@ async def test_old_holder_cannot_finish_after_its_lease_was_taken_back(
     assert (await record(backend, lost.id)).status == "succeeded"
 
 
+@BATCH_FINISH_BUG
+async def test_finish_of_a_batch_refuses_a_lease_that_expired(backend, reclaim_immediately):
+    lost = await start(backend, worker="w1", lease=SHORT_LEASE)
+    fresh = await start(backend, worker="w1")
+
+    async def requeued() -> bool:
+        await backend.claim("w2", ["elsewhere"], 1, LONG_LEASE)  # looks for expired leases
+        return (await record(backend, lost.id)).status == "queued"
+
+    await eventually(requeued)
+    results = await backend.finish([(fresh.lease, SUCCEEDED), (lost.lease, SUCCEEDED)])
+    assert (await record(backend, lost.id)).status == "queued"
+    assert results == [True, False]
+
+
 async def test_task_lost_too_often_ends_failed_with_worker_lost(backend, reclaim_immediately):
     max_retries = 1
     limit = max_retries + 1 + LOST_LEASE_LIMIT
@@ -483,6 +501,19 @@ async def test_heartbeat_does_not_renew_another_workers_lease(backend, reclaim_i
 
     [again] = await eventually(heartbeat_then_claim)
     assert again.lease == Lease(theirs.id, "w3", 2)
+
+
+async def test_heartbeat_renews_only_the_leases_it_is_given(backend, reclaim_immediately):
+    dropped = await start(backend, worker="w1", lease=SHORT_LEASE)
+    kept = await start(backend, worker="w1", lease=SHORT_LEASE)
+
+    async def heartbeat_then_claim() -> list[ClaimedTask]:
+        await backend.heartbeat("w1", [kept.lease], LONG_LEASE)
+        return await backend.claim("w2", [kept.queue, dropped.queue], 2, LONG_LEASE)
+
+    [again] = await eventually(heartbeat_then_claim)
+    assert again.lease == Lease(dropped.id, "w2", 2)
+    assert (await record(backend, kept.id)).worker_id == "w1"
 
 
 async def test_heartbeat_returns_the_held_tasks_asked_to_cancel(backend):

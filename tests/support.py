@@ -1,0 +1,101 @@
+"""Helpers the tests share: real `sitq worker` processes, and polling with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+TESTS_DIR = Path(__file__).resolve().parent
+SITQ = str(Path(sys.executable).with_name("sitq"))
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for child processes: `jobs` importable, unbuffered output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
+    """Poll ``predicate`` until true; fail the test with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+async def await_until(
+    predicate: Callable[[], Awaitable[object]], timeout: float = 15.0, what: str = ""
+) -> None:
+    """Async ``wait_until``."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
+
+
+class WorkerProcess:
+    """A real `sitq worker` process, started the way users start it."""
+
+    def __init__(self, db: Path, log_dir: Path, *args: str, cwd: Path | None = None) -> None:
+        self.log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [SITQ, "worker", "--db", str(db), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(),
+            cwd=cwd or log_dir,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_started(self, timeout: float = 20.0) -> WorkerProcess:
+        wait_until(
+            lambda: " started: " in self.output() or self.process.poll() is not None,
+            timeout,
+            "the worker to start",
+        )
+        assert self.process.poll() is None, f"worker exited early:\n{self.output()}"
+        return self
+
+    def send(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
+
+
+class ServingWorker:
+    """A worker serving ``db_path`` for a test, in this process or as `sitq worker`."""
+
+    def __init__(self, kind: str, in_process: object = None, process: WorkerProcess | None = None):
+        self.kind = kind
+        self.in_process = in_process
+        self.process = process
+
+    def ran(self, worker_id: str | None) -> bool:
+        """True if ``worker_id`` (from a Result) is this worker."""
+        if self.process is not None:
+            return f"-{self.process.pid}-" in (worker_id or "")
+        return worker_id == getattr(self.in_process, "id", None)
