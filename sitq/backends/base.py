@@ -172,7 +172,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def retry(self, task_ids: Sequence[str] | None = None, queue: str | None = None) -> int:
-        """Queue failed or cancelled tasks again (all failed ones when ``task_ids`` is None)."""
+        """Queue failed or cancelled tasks again: those of ``task_ids``, or every
+        failed one when it is None; only of ``queue`` if given."""
 
     @abc.abstractmethod
     async def counts(self) -> dict[tuple[str, str], int]:

@@ -392,7 +392,11 @@ class SQLiteBackend(Backend):
                 for start in range(0, len(ids), _ID_CHUNK):
                     chunk = ids[start : start + _ID_CHUNK]
                     where = f"id IN ({','.join('?' * len(chunk))})"
-                    cursor = await conn.execute(q.RETRY.format(where=where), [now, *chunk])
+                    params: list[Any] = [now, *chunk]
+                    if queue is not None:
+                        where += " AND queue = ?"
+                        params.append(queue)
+                    cursor = await conn.execute(q.RETRY.format(where=where), params)
                     total += cursor.rowcount
                 return total
 
@@ -510,26 +514,37 @@ class SQLiteBackend(Backend):
             if cursor.rowcount == len(params):
                 applied = [True] * len(params)
             else:
-                applied = await self._finished_by(items)
+                applied = await self._finished_by(items, now)
         if any(outcome.status != "queued" for _, outcome in items):
             self._wakeup.notify("results")
         if any(outcome.status == "queued" for _, outcome in items):
             self._wakeup.notify("tasks")
         return applied
 
-    async def _finished_by(self, items: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
-        """After a partial batch: which items' writes are the ones now stored."""
+    async def _finished_by(self, items: Sequence[tuple[Lease, Outcome]], now: float) -> list[bool]:
+        """After a batch in which some writes were refused: which were applied.
+
+        A refused write changed nothing, so an item applied exactly when its row
+        now holds what that item wrote: its lease, and the ``finished_at`` (or, for
+        a retry, the ``available_at``) stamped by this very batch.
+        """
         records = await self.get_tasks([lease.task_id for lease, _ in items])
         applied = []
         for lease, outcome in items:
             record = records.get(lease.task_id)
-            applied.append(
-                record is not None
-                and record.worker_id == lease.worker_id
-                and record.attempts == lease.attempt
-                and record.status != "running"
-                and (outcome.status != "queued" or record.status in ("queued", "cancelled"))
-            )
+            if (
+                record is None
+                or record.worker_id != lease.worker_id
+                or record.attempts != lease.attempt
+            ):
+                applied.append(False)
+            elif outcome.status == "queued":
+                applied.append(
+                    (record.status == "queued" and record.available_at == outcome.retry_at)
+                    or (record.status == "cancelled" and record.finished_at == now)
+                )
+            else:
+                applied.append(record.status == outcome.status and record.finished_at == now)
         return applied
 
     async def release(self, leases: Sequence[Lease]) -> int:
@@ -553,7 +568,7 @@ class SQLiteBackend(Backend):
             worker.id,
             worker.hostname,
             worker.pid,
-            ",".join(worker.queues),
+            json.dumps(list(worker.queues)),
             worker.concurrency,
             worker.started_at,
             worker.heartbeat_at,
@@ -574,7 +589,7 @@ class SQLiteBackend(Backend):
                 id=r[0],
                 hostname=r[1],
                 pid=int(r[2]),
-                queues=tuple(r[3].split(",")),
+                queues=tuple(json.loads(r[3])),
                 concurrency=int(r[4]),
                 started_at=r[5],
                 heartbeat_at=r[6],

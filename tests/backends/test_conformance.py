@@ -352,15 +352,6 @@ async def test_finish_of_a_batch_applies_each_item_on_its_own_lease(backend):
     assert (await record(backend, bad.id)).status == "running"
 
 
-BATCH_FINISH_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="SQLiteBackend.finish: when a batch's UPDATEs do not all apply, _finished_by "
-    "guesses from the stored row and reports True for an item whose write was refused if "
-    "the row still names the same worker and attempt and is no longer running",
-)
-
-
-@BATCH_FINISH_BUG
 async def test_finish_of_a_batch_refuses_an_already_finished_lease(backend):
     done, fresh = await start(backend), await start(backend)
     assert await backend.finish([(done.lease, SUCCEEDED)]) == [True]
@@ -438,7 +429,6 @@ async def test_old_holder_cannot_finish_after_its_lease_was_taken_back(
     assert (await record(backend, lost.id)).status == "succeeded"
 
 
-@BATCH_FINISH_BUG
 async def test_finish_of_a_batch_refuses_a_lease_that_expired(backend, reclaim_immediately):
     lost = await start(backend, worker="w1", lease=SHORT_LEASE)
     fresh = await start(backend, worker="w1")
