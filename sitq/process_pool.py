@@ -56,8 +56,10 @@ def _child_main(
     imports: list[str],
 ) -> None:
     """Loop in the child: receive a payload, run it, send back a tagged reply."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent worker decides on shutdown
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # The parent worker decides on shutdown (drain, then release or kill): a
+    # SIGINT or SIGTERM sent to the whole process group must not kill a task.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.path[:] = sys_path
     for module in imports:
         importlib.import_module(module)

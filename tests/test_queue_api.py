@@ -282,3 +282,23 @@ def test_sync_task_queue(db_path: Path) -> None:
         assert q.stats()["totals"]["succeeded"] == 3
         with pytest.raises(TaskNotFound):
             q.status("missing")
+
+
+def test_a_program_that_never_closes_its_queue_still_exits(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio\n"
+        "from sitq import TaskQueue, Worker\n"
+        "async def main():\n"
+        "    q = TaskQueue('left-open.db')\n"
+        "    await q.connect()\n"
+        "    await Worker('left-open.db').start()\n"
+        "    raise RuntimeError('crashed without closing')\n"
+        "asyncio.run(main())\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 1 and "crashed without closing" in run.stderr

@@ -101,9 +101,12 @@ class SQLiteBackend(Backend):
             return
         try:
             self._prepare_file()
-            conn = await aiosqlite.connect(
-                self.path, isolation_level=None, timeout=self.busy_timeout
-            )
+            pending = aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
+            # aiosqlite >= 0.22 runs each connection on a non-daemon thread, so a
+            # program that ends without closing its queue would hang at exit. A
+            # daemon thread is safe: SQLite survives a process ending mid-commit.
+            getattr(pending, "_thread", pending).daemon = True
+            conn = await pending
         except sqlite3.Error as exc:
             self._users -= 1
             raise DatabaseError(f"cannot open {self.describe()}: {exc}") from exc

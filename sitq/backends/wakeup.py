@@ -134,6 +134,11 @@ class WakeupChannel:
         for path in self._own_paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        for kind in _KINDS:  # tidy the folders once the last listener has gone
+            with contextlib.suppress(OSError):
+                self._kind_dir(kind).rmdir()
+        with contextlib.suppress(OSError):
+            self._directory.rmdir()
         if self._sender is not None:
             self._sender.close()
         self._listeners.clear()
