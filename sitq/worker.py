@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class _Running:
     """A task this worker holds, and how it is being run."""
 
     task: ClaimedTask
-    runner: asyncio.Task[None] | None = None
+    runner: asyncio.Task[None] | None = None  # None while prefetched, not yet started
     invocation: asyncio.Future[Any] | None = None
     interrupt: str | None = None  # "cancel" or "shutdown" once asked to stop
 
@@ -85,6 +86,9 @@ class Worker:
         function gets an event loop of its own); ``"process"`` runs both in a
         pool of ``concurrency`` child processes.
     :param max_tasks_per_child: replace a process-pool child after this many tasks.
+    :param prefetch: how many tasks to claim beyond the free slots, so a slot
+        never waits for the database (default: ``concurrency``). Prefetched
+        tasks hold leases; a stop releases them at once.
     :param lease_seconds: how long a claim holds without renewal; a task whose
         worker died runs again after at most this long.
     :param grace_period: seconds ``stop()`` waits for running tasks by default.
@@ -105,6 +109,7 @@ class Worker:
         queues: Sequence[str] = ("default",),
         pool: str = "auto",
         max_tasks_per_child: int | None = None,
+        prefetch: int | None = None,
         lease_seconds: float = 30.0,
         grace_period: float = 30.0,
         poll_interval: float = 0.05,
@@ -128,6 +133,8 @@ class Worker:
             raise ConfigurationError(
                 f"max_tasks_per_child must be an int >= 1 or None, got {max_tasks_per_child!r}"
             )
+        if prefetch is not None and (not isinstance(prefetch, int) or prefetch < 0):
+            raise ConfigurationError(f"prefetch must be an int >= 0 or None, got {prefetch!r}")
         if lease_seconds <= 0 or grace_period < 0 or poll_interval <= 0:
             raise ConfigurationError(
                 "lease_seconds and poll_interval must be > 0 and grace_period >= 0"
@@ -138,6 +145,7 @@ class Worker:
         self.queues = tuple(dict.fromkeys(queues))
         self.pool = pool
         self.max_tasks_per_child = max_tasks_per_child
+        self.prefetch = concurrency if prefetch is None else prefetch
         self.lease_seconds = float(lease_seconds)
         self.heartbeat_interval = min(self.lease_seconds / 3, 10.0)
         self.grace_period = float(grace_period)
@@ -145,7 +153,9 @@ class Worker:
         self.imports = tuple(imports)
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.tasks_done = 0
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, _Running] = {}  # every task held: prefetched, run, writing
+        self._ready: deque[_Running] = deque()  # prefetched, waiting for a slot
+        self._executing = 0
         self._threads: ThreadPoolExecutor | None = None
         self._abandoned_threads: list[ThreadPoolExecutor] = []
         self._processes: ProcessPool | None = None
@@ -154,7 +164,7 @@ class Worker:
         self._heartbeat: asyncio.Task[None] | None = None
         self._stop_requested: asyncio.Event | None = None
         self._force: asyncio.Event | None = None
-        self._slot_free: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None  # set when a held task starts or leaves
         self._stopping: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
 
@@ -171,7 +181,7 @@ class Worker:
             return
         self._stop_requested = asyncio.Event()
         self._force = asyncio.Event()
-        self._slot_free = asyncio.Event()
+        self._room = asyncio.Event()
         self._stopped = asyncio.Event()
         await self.backend.connect()
         try:
@@ -283,6 +293,7 @@ class Worker:
         self._stop_requested.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._main
+        await self._release_prefetched()
         runners = [r.runner for r in self._running.values() if r.runner is not None]
         if runners and grace > 0 and not self._force.is_set():
             all_done = asyncio.ensure_future(asyncio.wait(runners))
@@ -318,16 +329,19 @@ class Worker:
     # -- claiming -----------------------------------------------------------
 
     async def _claim_loop(self) -> None:
-        assert self._stop_requested and self._slot_free
+        assert self._stop_requested and self._room
+        capacity = self.concurrency + self.prefetch
         failures = 0
         while not self._stop_requested.is_set():
-            free = self.concurrency - len(self._running)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._wait_any(self._slot_free.wait(), None)
+            room = capacity - len(self._running)
+            busy = self._executing >= self.concurrency
+            if room <= 0 or (busy and len(self._ready) > self.prefetch // 2):
+                # Enough in hand: claim again once a slot frees or the buffer runs low.
+                self._room.clear()
+                await self._wait_any(self._room.wait(), None)
                 continue
             try:
-                claimed = await self.backend.claim(self.id, self.queues, free, self.lease_seconds)
+                claimed = await self.backend.claim(self.id, self.queues, room, self.lease_seconds)
                 failures = 0
             except Exception:
                 failures += 1
@@ -337,12 +351,41 @@ class Worker:
             for task in claimed:
                 running = _Running(task)
                 self._running[task.id] = running
-                running.runner = asyncio.create_task(self._run_task(running), name=task.id)
-            if len(claimed) < free:
+                self._ready.append(running)
+            self._dispatch()
+            if len(claimed) < room:
                 # The queue had no more ready work: wait for a wake-up or the poll.
                 await self._wait_any(
                     self.backend.wait_for_change("tasks", self.poll_interval), None
                 )
+
+    def _dispatch(self) -> None:
+        """Start prefetched tasks, in claim order, while slots are free."""
+        assert self._stop_requested is not None
+        while self._ready and self._executing < self.concurrency:
+            if self._stop_requested.is_set():
+                return  # draining: what has not started is released instead
+            running = self._ready.popleft()
+            self._executing += 1
+            running.runner = asyncio.create_task(self._run_task(running), name=running.task.id)
+
+    def _forget(self, running: _Running) -> None:
+        self._running.pop(running.task.id, None)
+        assert self._room is not None
+        self._room.set()
+
+    async def _release_prefetched(self) -> None:
+        """Hand every task that has not started back to the queue, in one write."""
+        waiting = list(self._ready)
+        self._ready.clear()
+        if not waiting:
+            return
+        try:
+            await self.backend.release([r.task.lease for r in waiting])
+        except Exception:
+            logger.exception("worker %s: could not release prefetched tasks", self.id)
+        for running in waiting:
+            self._forget(running)
 
     async def _wait_any(
         self, awaitable: Any, timeout: float | None, also: asyncio.Event | None = None
@@ -363,29 +406,39 @@ class Worker:
 
     async def _run_task(self, running: _Running) -> None:
         task = running.task
+        assert self._room is not None
         try:
-            outcome = await self._execute(running)
+            try:
+                if running.interrupt == "cancel":
+                    outcome: Outcome | None = self._cancelled(task)
+                else:
+                    outcome = await self._execute(running)
+            finally:
+                self._executing -= 1
+                self._room.set()
+                self._dispatch()
             if outcome is None:  # interrupted by shutdown: hand the task back
                 await self.backend.release([task.lease])
-                return
-            assert self._writer is not None
-            applied = await self._writer.write(task.lease, outcome)
-            if not applied:
-                logger.warning(
-                    "worker %s: lost the lease of task %s (attempt %d); its outcome was "
-                    "discarded because another worker took it over",
-                    self.id,
-                    task.id,
-                    task.attempts,
-                )
-            self.tasks_done += 1
+            else:
+                await self._record(task, outcome)
         except Exception:
             # Could not store the outcome: the lease will expire and the task runs again.
             logger.exception("worker %s: could not record the outcome of task %s", self.id, task.id)
         finally:
-            self._running.pop(task.id, None)
-            assert self._slot_free is not None
-            self._slot_free.set()
+            self._forget(running)
+
+    async def _record(self, task: ClaimedTask, outcome: Outcome) -> None:
+        assert self._writer is not None
+        applied = await self._writer.write(task.lease, outcome)
+        if not applied:
+            logger.warning(
+                "worker %s: lost the lease of task %s (attempt %d); its outcome was "
+                "discarded because another worker took it over",
+                self.id,
+                task.id,
+                task.attempts,
+            )
+        self.tasks_done += 1
 
     async def _execute(self, running: _Running) -> Outcome | None:
         """Run the task; its Outcome, or None if shutdown interrupted it."""
@@ -504,8 +557,12 @@ class Worker:
                 for task_id in cancel_ids:
                     running = self._running.get(task_id)
                     if running is not None:
-                        logger.info("worker %s: cancelling running task %s", self.id, task_id)
+                        logger.info("worker %s: cancelling task %s", self.id, task_id)
                         self._interrupt(running, "cancel")
+                        if running in self._ready:  # prefetched: start it only to record
+                            self._ready.remove(running)
+                            self._ready.appendleft(running)
+                            self._dispatch()
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + 60.0
                     pruned = await self.backend.prune()

@@ -157,7 +157,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def release(self, leases: Sequence[Lease]) -> int:
-        """Give tasks back to the queue without counting the attempt."""
+        """Give tasks back to the queue without counting the attempt (a task
+        asked to cancel meanwhile ends cancelled instead)."""
 
     @abc.abstractmethod
     async def get_tasks(

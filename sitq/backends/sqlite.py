@@ -555,13 +555,24 @@ class SQLiteBackend(Backend):
         if not leases:
             return 0
         conn = self._connection()
-        params = [(lease.task_id, lease.worker_id, lease.attempt) for lease in leases]
+        now = self.now()
+        params = [
+            {
+                "id": lease.task_id,
+                "worker_id": lease.worker_id,
+                "attempt": lease.attempt,
+                "now": now,
+                "ttl": self.default_result_ttl,
+            }
+            for lease in leases
+        ]
 
         async def body() -> Any:
             return await conn.executemany(q.RELEASE, params)
 
         cursor = await self._transaction(body)
         self._wakeup.notify("tasks")
+        self._wakeup.notify("results")
         return int(cursor.rowcount)
 
     async def register_worker(self, worker: WorkerRecord) -> None:

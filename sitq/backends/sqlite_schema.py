@@ -149,11 +149,16 @@ SET status = CASE WHEN :status = 'queued' AND cancel_requested = 1 THEN 'cancell
 WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'running'
 """
 
+# Back to the queue, the attempt not counted; but a task asked to cancel meanwhile
+# is cancelled rather than run again.
 RELEASE = """
 UPDATE sitq_tasks
-SET status = 'queued', attempts = attempts - 1, worker_id = NULL,
-    lease_expires_at = NULL, started_at = NULL
-WHERE id = ? AND worker_id = ? AND attempts = ? AND status = 'running'
+SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END,
+    attempts = attempts - 1, worker_id = NULL, lease_expires_at = NULL, started_at = NULL,
+    finished_at = CASE WHEN cancel_requested = 1 THEN :now END,
+    expires_at = CASE WHEN cancel_requested = 1 THEN :now + COALESCE(result_ttl, :ttl) END,
+    error = CASE WHEN cancel_requested = 1 THEN 'cancelled before it started' ELSE error END
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'running'
 """
 
 CANCEL_QUEUED = """
