@@ -155,14 +155,6 @@ def worker(
         asyncio.run(the_worker.run())
     except SitqError as exc:
         _fail(str(exc))
-    if Worker.stuck_threads():
-        # A timed-out thread task still runs; it must not hold the process open.
-        logging.getLogger("sitq.worker").warning(
-            "exiting with %d task thread(s) still running", Worker.stuck_threads()
-        )
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
 
 
 def _import_modules(modules: tuple[str, ...]) -> None:

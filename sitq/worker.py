@@ -16,12 +16,10 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,16 +29,13 @@ from sitq.errors import ConfigurationError, SerializationError
 from sitq.process_pool import ChildDied, ProcessPool
 from sitq.serialization import CloudpickleSerializer, Serializer, dumps_checked, loads_checked
 from sitq.task import retry_delay
+from sitq.thread_slots import ThreadSlots
 
 logger = logging.getLogger("sitq.worker")
 
 #: A worker not heard from for this long is shown as dead.
 WORKER_STALE_AFTER = 30.0
 POOLS = ("auto", "thread", "process")
-
-
-class _Stop(Exception):
-    """A run was interrupted by a cancel request or by shutdown."""
 
 
 class _TimedOut(Exception):
@@ -64,14 +59,16 @@ async def _with_timeout(awaitable: Any, timeout: float | None) -> Any:
     raise _TimedOut()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Running:
     """A task this worker holds, and how it is being run."""
 
     task: ClaimedTask
-    runner: asyncio.Task[None] | None = None  # None while prefetched, not yet started
-    invocation: asyncio.Future[Any] | None = None
+    runner: asyncio.Task[None] | None = None  # an async or process-pool run
+    in_thread: bool = False  # a sync run on a ThreadSlots thread
+    timer: asyncio.TimerHandle | None = None  # a thread run's timeout
     interrupt: str | None = None  # "cancel" or "shutdown" once asked to stop
+    done: bool = False  # its outcome is decided (the thread may still run on)
 
 
 class Worker:
@@ -97,7 +94,8 @@ class Worker:
     :param imports: modules to import in process-pool children.
 
     A thread task that times out or is cancelled cannot be stopped: its outcome
-    is recorded and its slot freed, but the thread runs on to its end.
+    is recorded and its slot given to a fresh thread, but the thread runs on to
+    its end (task threads are daemons, so they never hold the process open).
     """
 
     def __init__(
@@ -156,8 +154,7 @@ class Worker:
         self._running: dict[str, _Running] = {}  # every task held: prefetched, run, writing
         self._ready: deque[_Running] = deque()  # prefetched, waiting for a slot
         self._executing = 0
-        self._threads: ThreadPoolExecutor | None = None
-        self._abandoned_threads: list[ThreadPoolExecutor] = []
+        self._threads: ThreadSlots | None = None
         self._processes: ProcessPool | None = None
         self._writer: _OutcomeWriter | None = None
         self._main: asyncio.Task[None] | None = None
@@ -165,6 +162,8 @@ class Worker:
         self._stop_requested: asyncio.Event | None = None
         self._force: asyncio.Event | None = None
         self._room: asyncio.Event | None = None  # set when a held task starts or leaves
+        self._idle: asyncio.Event | None = None  # set while no task is executing
+        self._to_release: list[Lease] = []
         self._stopping: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
 
@@ -182,6 +181,8 @@ class Worker:
         self._stop_requested = asyncio.Event()
         self._force = asyncio.Event()
         self._room = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._stopped = asyncio.Event()
         await self.backend.connect()
         try:
@@ -194,7 +195,12 @@ class Worker:
                 )
                 await self._processes.start()
             else:
-                self._threads = self._new_thread_pool()
+                self._threads = ThreadSlots(
+                    self.concurrency,
+                    self.serializer,
+                    asyncio.get_running_loop(),
+                    self._thread_done,
+                )
             now = self.backend.now()
             await self.backend.register_worker(
                 WorkerRecord(
@@ -213,7 +219,7 @@ class Worker:
                 await self._processes.close()
             await self.backend.close()
             raise
-        self._writer = _OutcomeWriter(self.backend)
+        self._writer = _OutcomeWriter(self.backend, self._recorded)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.id}-heartbeat")
         self._main = asyncio.create_task(self._claim_loop(), name=f"{self.id}-claim")
         logger.info(
@@ -223,9 +229,6 @@ class Worker:
             self.concurrency,
             self.pool,
         )
-
-    def _new_thread_pool(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="sitq-task")
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: claim nothing more, let running tasks finish within
@@ -289,20 +292,24 @@ class Worker:
             self._stopped.set()
 
     async def _drain_and_close(self, grace: float) -> None:
-        assert self._stop_requested and self._force and self._main
+        assert self._stop_requested and self._force and self._main and self._idle
         self._stop_requested.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._main
-        await self._release_prefetched()
-        runners = [r.runner for r in self._running.values() if r.runner is not None]
-        if runners and grace > 0 and not self._force.is_set():
-            all_done = asyncio.ensure_future(asyncio.wait(runners))
-            await self._wait_any(all_done, grace, also=self._force)
+        # What has not started goes back at once; what runs gets the grace period.
+        for running in self._ready:
+            self._to_release.append(running.task.lease)
+            self._forget(running)
+        self._ready.clear()
+        if self._executing and grace > 0 and not self._force.is_set():
+            await self._wait_any(self._idle.wait(), grace, also=self._force)
         for running in list(self._running.values()):
-            self._interrupt(running, "shutdown")
-        leftovers = [r.runner for r in self._running.values() if r.runner is not None]
-        if leftovers:
-            await asyncio.gather(*leftovers, return_exceptions=True)
+            if not running.done:
+                self._interrupt(running, "shutdown")
+        runners = [r.runner for r in self._running.values() if r.runner is not None]
+        if runners:
+            await asyncio.gather(*runners, return_exceptions=True)
+        await self._release_pending()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -316,15 +323,20 @@ class Worker:
         if self._processes is not None:
             await self._processes.close()
         if self._threads is not None:
-            self._threads.shutdown(wait=False)
+            self._threads.close()
         await self.backend.close()
         logger.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
 
-    @staticmethod
-    def stuck_threads() -> int:
-        """How many task threads are still alive (after a stop: those that timed
-        out or were abandoned and run on, which would hold the process open)."""
-        return sum(1 for t in threading.enumerate() if t.name.startswith("sitq-task"))
+    async def _release_pending(self) -> None:
+        """Hand back, in one write, every task stopped before it could finish."""
+        leases, self._to_release = self._to_release, []
+        if not leases:
+            return
+        try:
+            await self.backend.release(leases)
+        except Exception:
+            # Their leases will expire and they will run again: nothing is lost.
+            logger.exception("worker %s: could not release %d tasks", self.id, len(leases))
 
     # -- claiming -----------------------------------------------------------
 
@@ -361,31 +373,19 @@ class Worker:
 
     def _dispatch(self) -> None:
         """Start prefetched tasks, in claim order, while slots are free."""
-        assert self._stop_requested is not None
+        assert self._stop_requested is not None and self._idle is not None
         while self._ready and self._executing < self.concurrency:
             if self._stop_requested.is_set():
                 return  # draining: what has not started is released instead
             running = self._ready.popleft()
             self._executing += 1
-            running.runner = asyncio.create_task(self._run_task(running), name=running.task.id)
+            self._idle.clear()
+            self._start(running)
 
     def _forget(self, running: _Running) -> None:
         self._running.pop(running.task.id, None)
         assert self._room is not None
         self._room.set()
-
-    async def _release_prefetched(self) -> None:
-        """Hand every task that has not started back to the queue, in one write."""
-        waiting = list(self._ready)
-        self._ready.clear()
-        if not waiting:
-            return
-        try:
-            await self.backend.release([r.task.lease for r in waiting])
-        except Exception:
-            logger.exception("worker %s: could not release prefetched tasks", self.id)
-        for running in waiting:
-            self._forget(running)
 
     async def _wait_any(
         self, awaitable: Any, timeout: float | None, also: asyncio.Event | None = None
@@ -404,33 +404,110 @@ class Worker:
 
     # -- running ------------------------------------------------------------
 
-    async def _run_task(self, running: _Running) -> None:
+    def _start(self, running: _Running) -> None:
+        """Begin one task: on a thread, on the loop, or in a child process."""
         task = running.task
-        assert self._room is not None
+        if running.interrupt == "cancel":
+            self._done(running, self._cancelled())
+            return
+        if self._processes is not None:
+            pool = self._processes
+            running.runner = asyncio.create_task(
+                self._run_awaitable(running, lambda: pool.run(task.payload)), name=task.id
+            )
+            return
         try:
-            try:
-                if running.interrupt == "cancel":
-                    outcome: Outcome | None = self._cancelled(task)
-                else:
-                    outcome = await self._execute(running)
-            finally:
-                self._executing -= 1
-                self._room.set()
-                self._dispatch()
-            if outcome is None:  # interrupted by shutdown: hand the task back
-                await self.backend.release([task.lease])
-            else:
-                await self._record(task, outcome)
-        except Exception:
-            # Could not store the outcome: the lease will expire and the task runs again.
-            logger.exception("worker %s: could not record the outcome of task %s", self.id, task.id)
-        finally:
-            self._forget(running)
+            fn, args, kwargs = loads_checked(
+                self.serializer, task.payload, f"task {task.id} ({task.func_name})"
+            )
+        except SerializationError as exc:
+            # Deterministic: running it again would fail the same way.
+            self._done(running, Outcome("failed", error=f"SerializationError: {exc}"))
+            return
+        if self.pool == "auto" and _is_async(fn):
+            running.runner = asyncio.create_task(
+                self._run_awaitable(running, lambda: fn(*args, **kwargs)), name=task.id
+            )
+            return
+        assert self._threads is not None
+        running.in_thread = True
+        self._threads.submit(running, fn, args, kwargs)
+        if task.timeout is not None:
+            running.timer = asyncio.get_running_loop().call_later(
+                task.timeout, self._abandon_thread_run, running, "timeout"
+            )
 
-    async def _record(self, task: ClaimedTask, outcome: Outcome) -> None:
-        assert self._writer is not None
-        applied = await self._writer.write(task.lease, outcome)
-        if not applied:
+    async def _run_awaitable(self, running: _Running, make: Any) -> None:
+        """Run an async task on the loop, or a payload in a child process."""
+        task = running.task
+        started = time.monotonic()
+        try:
+            value = await _with_timeout(make(), task.timeout)
+            if self._processes is not None:
+                outcome: Outcome | None = self._outcome_from_reply(task, value)
+            else:
+                data = dumps_checked(
+                    self.serializer, value, f"the return value of task {task.id} ({task.func_name})"
+                )
+                outcome = Outcome("succeeded", result=data)
+        except asyncio.CancelledError:
+            if running.interrupt is None:
+                raise
+            outcome = None if running.interrupt == "shutdown" else self._cancelled()
+        except _TimedOut:
+            outcome = self._timed_out(task, time.monotonic() - started)
+        except SerializationError as exc:
+            outcome = Outcome("failed", error=f"SerializationError: {exc}")
+        except ChildDied as exc:
+            outcome = self._failure(task, f"ChildDied: {exc}", None)
+        except BaseException as exc:
+            outcome = self._failure(task, f"{type(exc).__name__}: {exc}", _format_tb(exc))
+        self._done(running, outcome)
+
+    def _thread_done(self, running: _Running, reply: tuple[Any, ...]) -> None:
+        """A thread finished a call (on the loop, via ThreadSlots)."""
+        if running.done:
+            return  # timed out or interrupted earlier: this late reply is dropped
+        self._done(running, self._outcome_from_reply(running.task, reply))
+
+    def _abandon_thread_run(self, running: _Running, reason: str) -> None:
+        """A thread run can't be stopped: decide its outcome now, and give the pool
+        a fresh thread while the stuck one runs on."""
+        if running.done:
+            return
+        assert self._threads is not None
+        self._threads.replace_one()
+        task = running.task
+        if reason == "timeout":
+            assert task.timeout is not None
+            self._done(running, self._timed_out(task, task.timeout))
+        else:
+            self._done(running, None if reason == "shutdown" else self._cancelled())
+
+    def _done(self, running: _Running, outcome: Outcome | None) -> None:
+        """A run ended: free its slot, then write the outcome (None: release it)."""
+        assert self._writer is not None and self._idle is not None
+        running.done = True
+        if running.timer is not None:
+            running.timer.cancel()
+        self._executing -= 1
+        if not self._executing:
+            self._idle.set()
+        if outcome is None:
+            self._to_release.append(running.task.lease)
+            self._forget(running)
+        else:
+            self._writer.submit(running, outcome)
+        self._dispatch()
+
+    def _recorded(self, running: _Running, applied: bool | None) -> None:
+        """The writer stored (True), lost the lease of (False), or could not write
+        (None) one outcome."""
+        task = running.task
+        if applied is None:
+            # The lease will expire and the task runs again: nothing is lost.
+            logger.error("worker %s: could not record the outcome of task %s", self.id, task.id)
+        elif not applied:
             logger.warning(
                 "worker %s: lost the lease of task %s (attempt %d); its outcome was "
                 "discarded because another worker took it over",
@@ -438,80 +515,11 @@ class Worker:
                 task.id,
                 task.attempts,
             )
-        self.tasks_done += 1
+        else:
+            self.tasks_done += 1
+        self._forget(running)
 
-    async def _execute(self, running: _Running) -> Outcome | None:
-        """Run the task; its Outcome, or None if shutdown interrupted it."""
-        task = running.task
-        started = time.monotonic()
-        try:
-            if self._processes is not None:
-                reply = await self._invoke(
-                    running, _with_timeout(self._processes.run(task.payload), task.timeout)
-                )
-                return self._outcome_from_child(task, reply)
-            fn, args, kwargs = loads_checked(
-                self.serializer, task.payload, f"task {task.id} ({task.func_name})"
-            )
-            value = await self._invoke(running, self._call(fn, args, kwargs, task.timeout))
-            data = dumps_checked(
-                self.serializer, value, f"the return value of task {task.id} ({task.func_name})"
-            )
-            return Outcome("succeeded", result=data)
-        except SerializationError as exc:
-            # Deterministic: running it again would fail the same way.
-            return Outcome("failed", error=f"SerializationError: {exc}", traceback=_format_tb(exc))
-        except _Stop:
-            return None if running.interrupt == "shutdown" else self._cancelled(task)
-        except _TimedOut:
-            elapsed = time.monotonic() - started
-            error = (
-                f"TimeoutError: task exceeded its timeout of {task.timeout:g} s "
-                f"(stopped after {elapsed:.2f} s)"
-            )
-            return self._failure(task, error, None)
-        except ChildDied as exc:
-            return self._failure(task, f"ChildDied: {exc}", None)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            return self._failure(task, f"{type(exc).__name__}: {exc}", _format_tb(exc))
-
-    async def _invoke(self, running: _Running, coro: Any) -> Any:
-        """Await ``coro`` as a future that cancel and shutdown can interrupt."""
-        invocation = asyncio.ensure_future(coro)
-        running.invocation = invocation
-        if running.interrupt is not None:
-            invocation.cancel()
-        try:
-            return await invocation
-        except asyncio.CancelledError:
-            if running.interrupt is not None:
-                raise _Stop() from None
-            raise
-
-    async def _call(
-        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
-    ) -> Any:
-        if self.pool == "auto" and _is_async(fn):
-            return await _with_timeout(fn(*args, **kwargs), timeout)
-        loop = asyncio.get_running_loop()
-        assert self._threads is not None
-        future = loop.run_in_executor(self._threads, _call_in_thread, fn, args, kwargs)
-        try:
-            return await _with_timeout(future, timeout)
-        except (_TimedOut, asyncio.CancelledError):
-            self._abandon_thread()
-            raise
-
-    def _abandon_thread(self) -> None:
-        """A thread task can't be stopped: give later tasks a fresh pool meanwhile."""
-        if self._threads is not None:
-            self._abandoned_threads.append(self._threads)
-            self._threads.shutdown(wait=False)
-            self._threads = self._new_thread_pool()
-
-    def _outcome_from_child(self, task: ClaimedTask, reply: tuple[Any, ...]) -> Outcome:
+    def _outcome_from_reply(self, task: ClaimedTask, reply: tuple[Any, ...]) -> Outcome:
         kind = reply[0]
         if kind == "ok":
             return Outcome("succeeded", result=reply[1])
@@ -530,20 +538,33 @@ class Worker:
             )
         return self._failure(task, reply[1], reply[2])
 
+    def _timed_out(self, task: ClaimedTask, elapsed: float) -> Outcome:
+        error = (
+            f"TimeoutError: task exceeded its timeout of {task.timeout:g} s "
+            f"(stopped after {elapsed:.2f} s)"
+        )
+        return self._failure(task, error, None)
+
     def _failure(self, task: ClaimedTask, error: str, tb: str | None) -> Outcome:
         if task.attempts <= task.max_retries:
             delay = retry_delay(task.retry_backoff, task.attempts)
             return Outcome("queued", error=error, traceback=tb, retry_at=self.backend.now() + delay)
         return Outcome("failed", error=error, traceback=tb)
 
-    def _cancelled(self, task: ClaimedTask) -> Outcome:
+    @staticmethod
+    def _cancelled() -> Outcome:
         return Outcome("cancelled", error="cancelled while running")
 
     def _interrupt(self, running: _Running, reason: str) -> None:
-        if running.interrupt is None:
-            running.interrupt = reason
-            if running.invocation is not None:
-                running.invocation.cancel()
+        """Stop a task: "cancel" (a user asked) or "shutdown" (release it)."""
+        if running.interrupt is not None or running.done:
+            return
+        running.interrupt = reason
+        if running.runner is not None:
+            running.runner.cancel()
+        elif running.in_thread:
+            self._abandon_thread_run(running, reason)
+        # Not started yet: _start sees the interrupt.
 
     # -- heartbeat ----------------------------------------------------------
 
@@ -559,10 +580,6 @@ class Worker:
                     if running is not None:
                         logger.info("worker %s: cancelling task %s", self.id, task_id)
                         self._interrupt(running, "cancel")
-                        if running in self._ready:  # prefetched: start it only to record
-                            self._ready.remove(running)
-                            self._ready.appendleft(running)
-                            self._dispatch()
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + 60.0
                     pruned = await self.backend.prune()
@@ -574,52 +591,55 @@ class Worker:
 
 class _OutcomeWriter:
     """Writes outcomes in group commits: all that arrive while one write is in
-    flight go together in the next, so many slots finishing cost one transaction."""
+    flight go together in the next, so many finishing tasks cost one transaction.
+    ``recorded(running, applied)`` is called for each once it is settled."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, recorded: Any) -> None:
         self._backend = backend
-        self._pending: list[tuple[Lease, Outcome, asyncio.Future[bool]]] = []
+        self._recorded = recorded
+        self._pending: list[tuple[_Running, Outcome]] = []
         self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._task = asyncio.create_task(self._loop())
 
-    async def write(self, lease: Lease, outcome: Outcome) -> bool:
-        """Store ``outcome``; True if this worker still held the lease."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((lease, outcome, future))
+    def submit(self, running: _Running, outcome: Outcome) -> None:
+        """Queue ``outcome`` for the next write."""
+        self._pending.append((running, outcome))
+        self._idle.clear()
         self._ready.set()
-        return await future
 
     async def _loop(self) -> None:
         failures = 0
         while True:
+            if not self._pending:
+                self._idle.set()
             await self._ready.wait()
             self._ready.clear()
             batch, self._pending = self._pending, []
             if not batch:
                 continue
             try:
-                applied = await self._backend.finish([(lease, out) for lease, out, _ in batch])
-            except Exception as exc:
+                applied = await self._backend.finish([(r.task.lease, o) for r, o in batch])
+            except Exception:
                 failures += 1
-                if failures >= 5:
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    failures = 0
-                else:
+                logger.exception("could not write %d outcomes (try %d)", len(batch), failures)
+                if failures < 5:
                     self._pending[:0] = batch  # keep order; try again shortly
                     self._ready.set()
                     await asyncio.sleep(0.05 * 2**failures)
+                else:
+                    failures = 0
+                    for running, _ in batch:
+                        self._recorded(running, None)
                 continue
             failures = 0
-            for (_, _, future), ok in zip(batch, applied, strict=True):
-                if not future.done():
-                    future.set_result(ok)
+            for (running, _), ok in zip(batch, applied, strict=True):
+                self._recorded(running, ok)
 
     async def close(self) -> None:
-        """Stop after every pending outcome is written (or has failed)."""
-        while self._pending:
-            await asyncio.sleep(0.001)
+        """Stop once every pending outcome is written (or given up on)."""
+        await self._idle.wait()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -630,17 +650,6 @@ def _is_async(fn: Any) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
     return inspect.iscoroutinefunction(call)
-
-
-def _call_in_thread(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    value = fn(*args, **kwargs)
-    if inspect.isawaitable(value):
-        return asyncio.run(_await(value))
-    return value
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
 
 
 def _format_tb(exc: BaseException) -> str:
