@@ -95,6 +95,12 @@ def main() -> None:
     help="Replace a process-pool child after this many tasks.",
 )
 @click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Tasks claimed beyond the free slots [default: see Worker].",
+)
+@click.option(
     "--import",
     "-i",
     "imports",
@@ -128,6 +134,7 @@ def worker(
     queues: tuple[str, ...],
     pool: str,
     max_tasks_per_child: int | None,
+    prefetch: int | None,
     imports: tuple[str, ...],
     lease: float,
     grace: float,
@@ -148,6 +155,7 @@ def worker(
             queues=queues,
             pool=pool,
             max_tasks_per_child=max_tasks_per_child,
+            prefetch=prefetch,
             lease_seconds=lease,
             grace_period=grace,
             imports=imports,

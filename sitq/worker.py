@@ -36,6 +36,10 @@ logger = logging.getLogger("sitq.worker")
 #: A worker not heard from for this long is shown as dead.
 WORKER_STALE_AFTER = 30.0
 POOLS = ("auto", "thread", "process")
+#: Adaptive prefetch holds about this many seconds of work per slot...
+PREFETCH_HORIZON = 0.05
+#: ...and never more than this many tasks beyond the free slots.
+MAX_PREFETCH = 128
 
 
 class _TimedOut(Exception):
@@ -69,6 +73,7 @@ class _Running:
     timer: asyncio.TimerHandle | None = None  # a thread run's timeout
     interrupt: str | None = None  # "cancel" or "shutdown" once asked to stop
     done: bool = False  # its outcome is decided (the thread may still run on)
+    started: float = 0.0  # time.monotonic() when it began to run
 
 
 class Worker:
@@ -84,8 +89,11 @@ class Worker:
         pool of ``concurrency`` child processes.
     :param max_tasks_per_child: replace a process-pool child after this many tasks.
     :param prefetch: how many tasks to claim beyond the free slots, so a slot
-        never waits for the database (default: ``concurrency``). Prefetched
-        tasks hold leases; a stop releases them at once.
+        never waits for the database. ``None`` (the default) adapts it to the
+        tasks' run time, holding about ``PREFETCH_HORIZON`` seconds of work
+        (at most ``MAX_PREFETCH`` tasks): many short tasks are claimed in large
+        batches, while long tasks are not hoarded away from other workers.
+        Prefetched tasks hold leases; a stop releases them at once.
     :param lease_seconds: how long a claim holds without renewal; a task whose
         worker died runs again after at most this long.
     :param grace_period: seconds ``stop()`` waits for running tasks by default.
@@ -143,7 +151,8 @@ class Worker:
         self.queues = tuple(dict.fromkeys(queues))
         self.pool = pool
         self.max_tasks_per_child = max_tasks_per_child
-        self.prefetch = concurrency if prefetch is None else prefetch
+        self.prefetch = prefetch  # None: adaptive, see _prefetch_now()
+        self._run_time = PREFETCH_HORIZON  # running mean of task run time, seconds
         self.lease_seconds = float(lease_seconds)
         self.heartbeat_interval = min(self.lease_seconds / 3, 10.0)
         self.grace_period = float(grace_period)
@@ -342,12 +351,12 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         assert self._stop_requested and self._room
-        capacity = self.concurrency + self.prefetch
         failures = 0
         while not self._stop_requested.is_set():
-            room = capacity - len(self._running)
+            prefetch = self._prefetch_now()
+            room = self.concurrency + prefetch - len(self._running)
             busy = self._executing >= self.concurrency
-            if room <= 0 or (busy and len(self._ready) > self.prefetch // 2):
+            if room <= 0 or (busy and len(self._ready) > prefetch // 2):
                 # Enough in hand: claim again once a slot frees or the buffer runs low.
                 self._room.clear()
                 await self._wait_any(self._room.wait(), None)
@@ -371,6 +380,12 @@ class Worker:
                     self.backend.wait_for_change("tasks", self.poll_interval), None
                 )
 
+    def _prefetch_now(self) -> int:
+        if self.prefetch is not None:
+            return self.prefetch
+        per_slot = PREFETCH_HORIZON / max(self._run_time, 1e-5)
+        return max(1, min(MAX_PREFETCH, int(per_slot * self.concurrency)))
+
     def _dispatch(self) -> None:
         """Start prefetched tasks, in claim order, while slots are free."""
         assert self._stop_requested is not None and self._idle is not None
@@ -378,6 +393,7 @@ class Worker:
             if self._stop_requested.is_set():
                 return  # draining: what has not started is released instead
             running = self._ready.popleft()
+            running.started = time.monotonic()
             self._executing += 1
             self._idle.clear()
             self._start(running)
@@ -490,6 +506,8 @@ class Worker:
         running.done = True
         if running.timer is not None:
             running.timer.cancel()
+        elapsed = time.monotonic() - running.started
+        self._run_time += (elapsed - self._run_time) * 0.05
         self._executing -= 1
         if not self._executing:
             self._idle.set()
