@@ -67,10 +67,10 @@ async def test_sigkill_loses_nothing_and_reruns_only_in_flight_tasks(
     starts, pids = parse_log(log)
     assert set(starts) == {f"t{i}" for i in range(count)}
     reran = {marker for marker, n in starts.items() if n > 1}
-    # Only tasks the killed worker had started can have run twice; it held at most
-    # concurrency + prefetch (4 + 4) tasks: running, or run with the outcome unwritten.
+    # Only tasks the killed worker had started can have run twice: its 4 running
+    # ones, and those whose outcome was still waiting for its group commit.
     assert all(victim.pid in pids[marker] for marker in reran), reran
-    assert len(reran) <= 8
+    assert len(reran) <= 16
     assert any(victim.pid in p for p in pids.values()), "the victim ran nothing before its kill"
 
 
