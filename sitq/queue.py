@@ -50,6 +50,20 @@ def _explain_unpicklable(serializer: Serializer, fn: Any, args: tuple, kwargs: d
     return "the call cannot be serialized"
 
 
+def _serializes(serializer: Serializer, value: Any) -> bool:
+    try:
+        serializer.dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+def _as_calls(items: Iterable[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """enqueue_many's items as calls: a tuple is the arguments, anything else one argument."""
+    empty: dict[str, Any] = {}
+    return [(item if isinstance(item, tuple) else (item,), empty) for item in items]
+
+
 def record_to_result(record: TaskRecord, serializer: Serializer) -> Result:
     """A Result from a finished task's stored record."""
     value = None
@@ -86,23 +100,19 @@ class _Enqueuer:
 
         Every keyword argument goes to ``fn``: set options with ``with_options``.
         """
-        task = self._queue._new_task(self.options, fn, args, kwargs, self._queue.backend.now())
-        await self._queue._backend_checked().enqueue([task])
-        return task.id
+        backend = self._queue._backend_checked()
+        tasks = self._queue._new_tasks(self.options, fn, [(args, kwargs)], backend.now())
+        await backend.enqueue(tasks)
+        return tasks[0].id
 
     async def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
         """Store one call of ``fn`` per item in one transaction; return their ids in order.
 
         Each item is a tuple of positional arguments, or a single argument.
         """
-        now = self._queue.backend.now()
-        tasks = [
-            self._queue._new_task(
-                self.options, fn, item if isinstance(item, tuple) else (item,), {}, now
-            )
-            for item in items
-        ]
-        await self._queue._backend_checked().enqueue(tasks)
+        backend = self._queue._backend_checked()
+        tasks = self._queue._new_tasks(self.options, fn, _as_calls(items), backend.now())
+        await backend.enqueue(tasks)
         return [task.id for task in tasks]
 
 
@@ -155,37 +165,49 @@ class TaskQueue:
             )
         return self.backend
 
-    def _new_task(
+    def _new_tasks(
         self,
         options: TaskOptions,
         fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
         now: float,
-    ) -> NewTask:
+    ) -> list[NewTask]:
+        """Serialize each call of ``fn``; what is the same for every call is done once."""
         _check_callable(fn)
+        name = task_name(fn)
+        available_at = options.available_at(now)
+        retry_backoff = float(options.retry_backoff)
+        timeout = None if options.timeout is None else float(options.timeout)
+        result_ttl = None if options.result_ttl is None else float(options.result_ttl)
+        dumps = self.serializer.dumps
         try:
-            payload = self.serializer.dumps((fn, args, kwargs))
+            payloads = [dumps((fn, args, kwargs)) for args, kwargs in calls]
         except Exception as exc:
+            bad = next(c for c in calls if not _serializes(self.serializer, (fn, *c)))
             raise SerializationError(
-                f"cannot enqueue {task_name(fn)}: "
-                f"{_explain_unpicklable(self.serializer, fn, args, kwargs)}; pass only "
+                f"cannot enqueue {name}: "
+                f"{_explain_unpicklable(self.serializer, fn, bad[0], bad[1])}; pass only "
                 "picklable values (no open files, sockets, locks or connections)"
             ) from exc
-        return NewTask(
-            id=new_task_id(),
-            queue=options.queue,
-            func_name=task_name(fn),
-            payload=payload,
-            priority=options.priority,
-            enqueued_at=now,
-            available_at=options.available_at(now),
-            max_retries=options.max_retries,
-            retry_backoff=float(options.retry_backoff),
-            timeout=None if options.timeout is None else float(options.timeout),
-            unique_key=options.unique_key,
-            result_ttl=None if options.result_ttl is None else float(options.result_ttl),
-        )
+        queue, priority, unique_key = options.queue, options.priority, options.unique_key
+        max_retries = options.max_retries
+        return [
+            NewTask(
+                new_task_id(),
+                queue,
+                name,
+                payload,
+                priority,
+                now,
+                available_at,
+                max_retries,
+                retry_backoff,
+                timeout,
+                unique_key,
+                result_ttl,
+            )
+            for payload in payloads
+        ]
 
     # -- enqueueing -------------------------------------------------------
 
@@ -310,9 +332,8 @@ class SyncTaskQueue:
         """The backend this queue stores tasks in."""
         return self._queue.backend
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _ensure_connected(self) -> None:
         if self._closed:
-            coro.close()
             from sitq.errors import NotConnected
 
             raise NotConnected("this SyncTaskQueue is closed")
@@ -320,6 +341,13 @@ class SyncTaskQueue:
             with self._connect_lock:
                 if not self._queue._connected:
                     self._submit(self._queue.connect()).result()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            self._ensure_connected()
+        except BaseException:
+            coro.close()
+            raise
         return self._submit(coro).result()
 
     def _submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
@@ -351,11 +379,25 @@ class SyncTaskQueue:
 
     def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
         """Like :meth:`TaskQueue.enqueue`."""
-        return self._run(self._queue.enqueue(fn, *args, **kwargs))
+        return self._enqueue(self._queue._default, fn, [(args, kwargs)])[0]
 
     def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
         """Like :meth:`TaskQueue.enqueue_many`."""
-        return self._run(self._queue.enqueue_many(fn, list(items)))
+        return self._enqueue(self._queue._default, fn, _as_calls(items))
+
+    def _enqueue(
+        self,
+        enqueuer: _Enqueuer,
+        fn: Callable[..., Any],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> list[str]:
+        """Build the tasks on this thread and store them directly when the backend
+        allows it (no trip through the background loop), else through the loop."""
+        self._ensure_connected()
+        tasks = self._queue._new_tasks(enqueuer.options, fn, calls, self.backend.now())
+        if not self.backend.enqueue_blocking(tasks):
+            self._run(self.backend.enqueue(tasks))
+        return [task.id for task in tasks]
 
     def get_result(self, task_id: str, timeout: float | None = None) -> Result | None:
         """Like :meth:`TaskQueue.get_result`."""
@@ -395,8 +437,8 @@ class _SyncEnqueuer:
 
     def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
         """Like :meth:`TaskQueue.enqueue`, with these options."""
-        return self._owner._run(self._enqueuer.enqueue(fn, *args, **kwargs))
+        return self._owner._enqueue(self._enqueuer, fn, [(args, kwargs)])[0]
 
     def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
         """Like :meth:`TaskQueue.enqueue_many`, with these options."""
-        return self._owner._run(self._enqueuer.enqueue_many(fn, list(items)))
+        return self._owner._enqueue(self._enqueuer, fn, _as_calls(items))

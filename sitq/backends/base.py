@@ -20,14 +20,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 WakeKind = Literal["tasks", "results"]
 
 
-@dataclass(frozen=True)
-class NewTask:
-    """A task ready to be stored."""
+class NewTask(NamedTuple):
+    """A task ready to be stored (a tuple, so a backend can bind it as a row as is)."""
 
     id: str
     queue: str
@@ -138,6 +137,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:
         """Store ``tasks`` in one transaction and wake waiting workers."""
+
+    def enqueue_blocking(self, tasks: Sequence[NewTask]) -> bool:
+        """Optionally store ``tasks`` synchronously from plain code (for
+        SyncTaskQueue); return False if this backend has no such path."""
+        return False
 
     @abc.abstractmethod
     async def claim(

@@ -31,6 +31,7 @@ from sitq.backends.base import (
     WakeKind,
     WorkerRecord,
 )
+from sitq.backends.sqlite_enqueue import BlockingInserter, EnqueueBatcher
 from sitq.backends.wakeup import WakeupChannel, wake_directory
 from sitq.errors import (
     DatabaseError,
@@ -79,6 +80,8 @@ class SQLiteBackend(Backend):
         self._wakeup = WakeupChannel(wake_directory(self.path))
         self._next_reclaim = 0.0
         self._users = 0
+        self._batcher: EnqueueBatcher | None = None
+        self._blocking: BlockingInserter | None = None
 
     def describe(self) -> str:
         """The database file's path."""
@@ -117,6 +120,13 @@ class SQLiteBackend(Backend):
         try:
             await self._configure()
             await self._migrate()
+            self._batcher = EnqueueBatcher(
+                self.path,
+                self._enqueue_in_thread,
+                self._checkpoint,
+                lambda: self._wakeup.notify("tasks"),
+                fast=not self.durable,
+            )
         except BaseException:
             self._conn = None
             self._users -= 1
@@ -237,6 +247,12 @@ class SQLiteBackend(Backend):
         self._users = max(0, self._users - 1)
         if self._users or self._conn is None:
             return
+        if self._batcher is not None:
+            await self._batcher.close()
+            self._batcher = None
+        if self._blocking is not None:
+            self._blocking.close()
+            self._blocking = None
         conn, self._conn = self._conn, None
         self._wakeup.close()
         await conn.close()
@@ -309,36 +325,48 @@ class SQLiteBackend(Backend):
     # -- producer side ----------------------------------------------------
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:
-        """Insert ``tasks`` in one transaction and wake the workers."""
+        """Insert ``tasks`` in one transaction and wake the workers.
+
+        Concurrent calls are committed together (see ``sqlite_enqueue``).
+        """
         if not tasks:
             return
-        conn = self._connection()
-        rows = [
-            (
-                t.id,
-                t.queue,
-                t.func_name,
-                t.payload,
-                t.priority,
-                t.enqueued_at,
-                t.available_at,
-                t.max_retries,
-                t.retry_backoff,
-                t.timeout,
-                t.unique_key,
-                t.result_ttl,
+        self._connection()
+        assert self._batcher is not None
+        await self._batcher.enqueue(list(tasks))  # NewTask rows bind as they are
+
+    def enqueue_blocking(self, tasks: Sequence[NewTask]) -> bool:
+        """Insert ``tasks`` from plain code, on the calling thread; True when done."""
+        if not tasks:
+            return True
+        self._connection()
+        if self._blocking is None:
+            self._blocking = BlockingInserter(
+                self.path, self.busy_timeout, "FULL" if self.durable else "NORMAL"
             )
-            for t in tasks
-        ]
+        try:
+            self._blocking.insert(tasks, time.monotonic() + LOCKED_DEADLINE)
+        except sqlite3.OperationalError as exc:
+            raise DatabaseError(f"cannot enqueue into {self.describe()}: {exc}") from exc
+        self._wakeup.notify_threadsafe("tasks")
+        return True
+
+    async def _enqueue_in_thread(self, rows: list[tuple[Any, ...]]) -> None:
+        conn = self._connection()
         if len(rows) == 1:
             await self._write(lambda: conn.execute(q.INSERT_TASK, rows[0]))
-        else:
+            return
 
-            async def insert_all() -> None:
-                await conn.executemany(q.INSERT_TASK, rows)
+        async def insert_all() -> None:
+            await conn.executemany(q.INSERT_TASK, rows)
 
-            await self._transaction(insert_all)
-        self._wakeup.notify("tasks")
+        await self._transaction(insert_all)
+
+    async def _checkpoint(self) -> None:
+        conn = self._connection()
+        # On failure the next one will do; the WAL only grows a little meanwhile.
+        with contextlib.suppress(sqlite3.Error):
+            await self._write(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
 
     async def get_tasks(
         self, task_ids: Sequence[str], *, with_payload: bool = False

@@ -77,6 +77,7 @@ TASK_COLUMNS = (
     "available_at, started_at, finished_at, worker_id, result, error, traceback"
 )
 
+# Column order is NewTask's field order, so a NewTask binds as the row.
 INSERT_TASK = """
 INSERT INTO sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
     available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl)

@@ -47,6 +47,17 @@ class WakeupChannel:
     def notify(self, kind: WakeKind) -> None:
         """Wake every process waiting for ``kind``, this one included. Never raises."""
         self._wake_local(kind)
+        self._send_to_peers(kind)
+
+    def notify_threadsafe(self, kind: WakeKind) -> None:
+        """``notify`` from a thread other than the event loop's."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._wake_local, kind)
+        self._send_to_peers(kind)
+
+    def _send_to_peers(self, kind: WakeKind) -> None:
         if self._broken:
             return
         try:

@@ -229,7 +229,7 @@ async def test_claim_takes_by_priority_then_available_at_then_enqueue_order(back
         d: new_task(backend, task_id=d, priority=0, delay=-10.0),
         c: new_task(backend, task_id=c, priority=5, delay=-5.0),
     }
-    tasks[d] = replace(tasks[d], available_at=tasks[a].available_at)  # a tie, broken by order
+    tasks[d] = tasks[d]._replace(available_at=tasks[a].available_at)  # a tie, broken by order
     assert all(t.available_at < now for t in tasks.values())
     await backend.enqueue(list(tasks.values()))
     taken = [claimed_ids(await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)) for _ in tasks]
@@ -240,7 +240,7 @@ async def test_claim_takes_equal_tasks_in_enqueue_order_not_id_order(backend):
     ids = sorted((new_task_id() for _ in range(5)), reverse=True)
     now = backend.now()
     for task_id in ids:
-        await backend.enqueue([replace(new_task(backend, task_id=task_id), available_at=now)])
+        await backend.enqueue([new_task(backend, task_id=task_id)._replace(available_at=now)])
     assert claimed_ids(await backend.claim("w1", [DEFAULT], 5, LONG_LEASE)) == ids
 
 
