@@ -14,7 +14,7 @@ from sitq.backends import open_backend
 from sitq.backends.base import Backend, NewTask, TaskRecord
 from sitq.errors import InvalidTask, SerializationError, TaskNotFound
 from sitq.serialization import CloudpickleSerializer, Serializer, loads_checked
-from sitq.task import Result, TaskOptions, TaskStatus, _to_datetime, new_task_id
+from sitq.task import Result, TaskOptions, TaskStatus, _to_datetime, new_task_ids
 
 T = TypeVar("T")
 
@@ -193,7 +193,7 @@ class TaskQueue:
         max_retries = options.max_retries
         return [
             NewTask(
-                new_task_id(),
+                task_id,
                 queue,
                 name,
                 payload,
@@ -206,7 +206,7 @@ class TaskQueue:
                 unique_key,
                 result_ttl,
             )
-            for payload in payloads
+            for task_id, payload in zip(new_task_ids(len(payloads)), payloads, strict=True)
         ]
 
     # -- enqueueing -------------------------------------------------------

@@ -34,13 +34,26 @@ class CloudpickleSerializer:
 
     Functions importable by module are sent by reference (the worker imports the
     module); functions defined in ``__main__`` or interactively are sent by value.
+    Calls that hold only data and importable functions (the usual case) are
+    written by the standard C pickler, which then gives the same bytes as
+    cloudpickle, several times faster; anything else goes through cloudpickle.
     """
 
     def __init__(self, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
         self.protocol = protocol
 
     def dumps(self, obj: Any) -> bytes:
-        """Serialize ``obj`` with cloudpickle."""
+        """Serialize ``obj``."""
+        if not cloudpickle.list_registry_pickle_by_value():
+            try:
+                data = pickle.dumps(obj, protocol=self.protocol)
+            except Exception:
+                pass  # lambdas, local functions, ...: cloudpickle's job
+            else:
+                # The C pickler refers to __main__ code by name, which a worker
+                # cannot import; cloudpickle sends such code by value instead.
+                if b"__main__" not in data:
+                    return data
         return cloudpickle.dumps(obj, protocol=self.protocol)
 
     def loads(self, data: bytes) -> Any:

@@ -40,9 +40,14 @@ class WakeupChannel:
         self._events: dict[WakeKind, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._broken = False
+        self._dir_strings: dict[WakeKind, str] = {}
 
     def _kind_dir(self, kind: WakeKind) -> Path:
         return self._directory / kind[0]
+
+    def _kind_dir_str(self, kind: WakeKind) -> str:
+        # notify() runs per commit: a plain string spares it pathlib's cost.
+        return self._dir_strings.setdefault(kind, str(self._kind_dir(kind)))
 
     def notify(self, kind: WakeKind) -> None:
         """Wake every process waiting for ``kind``, this one included. Never raises."""
@@ -79,14 +84,14 @@ class WakeupChannel:
             self._broken = True
 
     def _peer_paths(self, kind: WakeKind) -> list[str]:
-        directory = self._kind_dir(kind)
+        directory = self._kind_dir_str(kind)
         try:
-            mtime = directory.stat().st_mtime_ns
+            mtime = os.stat(directory).st_mtime_ns
         except FileNotFoundError:
             return []
         cached = self._peers.get(kind)
         if cached is None or cached[0] != mtime:
-            paths = [str(directory / name) for name in os.listdir(directory)]
+            paths = [os.path.join(directory, name) for name in os.listdir(directory)]
             cached = (mtime, paths)
             self._peers[kind] = cached
         return cached[1]
