@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -664,10 +665,21 @@ class _OutcomeWriter:
 
 
 def _is_async(fn: Any) -> bool:
+    """True for coroutine functions and objects with an async ``__call__``."""
+    try:
+        return _is_async_cached(fn)
+    except TypeError:  # an unhashable callable object
+        return _check_async(fn)
+
+
+def _check_async(fn: Any) -> bool:
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
     return inspect.iscoroutinefunction(call)
+
+
+_is_async_cached = functools.lru_cache(maxsize=1024)(_check_async)
 
 
 def _format_tb(exc: BaseException) -> str:

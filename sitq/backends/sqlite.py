@@ -51,6 +51,11 @@ RECLAIM_INTERVAL = 1.0
 _ID_CHUNK = 500  # stays below SQLite's limit on bound parameters
 
 
+def lease_key(lease: Lease) -> tuple[str, str, int]:
+    """The WHERE values that prove a lease: task, worker, attempt."""
+    return (lease.task_id, lease.worker_id, lease.attempt)
+
+
 class SQLiteBackend(Backend):
     """Tasks in a single SQLite file (WAL mode).
 
@@ -518,32 +523,44 @@ class SQLiteBackend(Backend):
             return []
         conn = self._connection()
         now = self.now()
-        params = [
+        ttl = self.default_result_ttl
+        final = [
+            (o.status, o.result, o.error, o.traceback, now, now, ttl, *lease_key(lease))
+            for lease, o in items
+            if o.status != "queued"
+        ]
+        retries = [
             {
                 "id": lease.task_id,
                 "worker_id": lease.worker_id,
                 "attempt": lease.attempt,
-                "status": outcome.status,
-                "result": outcome.result,
-                "error": outcome.error,
-                "traceback": outcome.traceback,
-                "retry_at": outcome.retry_at,
+                "status": o.status,
+                "result": o.result,
+                "error": o.error,
+                "traceback": o.traceback,
+                "retry_at": o.retry_at,
                 "now": now,
-                "ttl": self.default_result_ttl,
+                "ttl": ttl,
             }
-            for lease, outcome in items
+            for lease, o in items
+            if o.status == "queued"
         ]
-        if len(params) == 1:
-            cursor = await self._write(lambda: conn.execute(q.FINISH, params[0]))
+        if len(items) == 1:
+            sql, row = (q.FINISH, final[0]) if final else (q.FINISH_OR_RETRY, retries[0])
+            cursor = await self._write(lambda: conn.execute(sql, row))
             applied = [cursor.rowcount == 1]
         else:
 
-            async def body() -> Any:
-                return await conn.executemany(q.FINISH, params)
+            async def body() -> int:
+                count = 0
+                if final:
+                    count += (await conn.executemany(q.FINISH, final)).rowcount
+                if retries:
+                    count += (await conn.executemany(q.FINISH_OR_RETRY, retries)).rowcount
+                return count
 
-            cursor = await self._transaction(body)
-            if cursor.rowcount == len(params):
-                applied = [True] * len(params)
+            if await self._transaction(body) == len(items):
+                applied = [True] * len(items)
             else:
                 applied = await self._finished_by(items, now)
         if any(outcome.status != "queued" for _, outcome in items):

@@ -134,9 +134,17 @@ RETURNING id, cancel_requested
 
 TOUCH_WORKER = "UPDATE sitq_workers SET heartbeat_at = ? WHERE id = ?"
 
-# One statement for every outcome. :status 'queued' with :retry_at means "run
-# again later", unless a cancel was asked for meanwhile.
+# A final outcome (succeeded, failed, cancelled): the hot path, kept lean.
 FINISH = """
+UPDATE sitq_tasks
+SET status = ?, result = ?, error = ?, traceback = ?, finished_at = ?,
+    expires_at = ? + COALESCE(result_ttl, ?), lease_expires_at = NULL
+WHERE id = ? AND worker_id = ? AND attempts = ? AND status = 'running'
+"""
+
+# :status 'queued' with :retry_at means "run again later", unless a cancel was
+# asked for meanwhile.
+FINISH_OR_RETRY = """
 UPDATE sitq_tasks
 SET status = CASE WHEN :status = 'queued' AND cancel_requested = 1 THEN 'cancelled'
                   ELSE :status END,
