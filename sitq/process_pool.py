@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import inspect
 import multiprocessing
 import multiprocessing.connection
 import pickle
 import signal
 import sys
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from sitq.calls import call_payload
 from sitq.serialization import Serializer
 
 
@@ -71,28 +70,7 @@ def _child_main(
             return
         if payload is None:
             return
-        conn.send(_run_payload(serializer, payload))
-
-
-def _run_payload(serializer: Serializer, payload: bytes) -> tuple[Any, ...]:
-    try:
-        fn, args, kwargs = serializer.loads(payload)
-    except BaseException as exc:
-        return ("load_error", f"{type(exc).__name__}: {exc}")
-    try:
-        value = fn(*args, **kwargs)
-        if inspect.isawaitable(value):
-            value = asyncio.run(_await(value))
-    except BaseException as exc:
-        return ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
-    try:
-        return ("ok", serializer.dumps(value))
-    except BaseException as exc:
-        return ("dump_error", f"{type(exc).__name__}: {exc}", type(value).__name__)
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
+        conn.send(call_payload(serializer, payload))
 
 
 class ProcessPool:

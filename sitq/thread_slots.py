@@ -11,20 +11,15 @@ thread to finish a call retires in its place.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import queue
 import threading
-import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from sitq.calls import Reply, call_function
 from sitq.serialization import Serializer
-
-#: What a thread hands back: ("ok", result bytes), ("error", text, traceback),
-#: or ("dump_error", text, type name of the unserializable value).
-Reply = tuple[Any, ...]
 
 _numbers = itertools.count(1)
 
@@ -81,7 +76,7 @@ class ThreadSlots:
             if item is None:
                 break
             token, fn, args, kwargs = item
-            reply = self._run(fn, args, kwargs)
+            reply = call_function(self._serializer, fn, args, kwargs)
             self._replies.append((token, reply))
             if not self._signalled:
                 self._signalled = True
@@ -95,18 +90,6 @@ class ThreadSlots:
                     break
         self._threads.discard(threading.current_thread())
 
-    def _run(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Reply:
-        try:
-            value = fn(*args, **kwargs)
-            if inspect.isawaitable(value):
-                value = asyncio.run(_await(value))
-        except BaseException as exc:
-            return ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        try:
-            return ("ok", self._serializer.dumps(value))
-        except Exception as exc:
-            return ("dump_error", f"{type(exc).__name__}: {exc}", type(value).__name__)
-
     def _deliver(self) -> None:
         # Clear the flag before draining, so a reply appended after the drain
         # schedules another delivery.
@@ -114,7 +97,3 @@ class ThreadSlots:
         while self._replies:
             token, reply = self._replies.popleft()
             self._on_done(token, reply)
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable

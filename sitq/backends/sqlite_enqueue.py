@@ -113,9 +113,7 @@ class EnqueueBatcher:
             _fail(waiters, exc)
             return
         self._committed()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        _succeed(waiters)
         self._fast_commits += 1
         if self._fast_commits % CHECKPOINT_EVERY == 0:
             self._spawn(self._checkpoint())
@@ -127,9 +125,7 @@ class EnqueueBatcher:
             _fail(waiters, exc)
             return
         self._committed()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        _succeed(waiters)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -145,6 +141,12 @@ class EnqueueBatcher:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _succeed(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 def _fail(waiters: list[asyncio.Future[None]], exc: BaseException) -> None:

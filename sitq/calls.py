@@ -1,0 +1,52 @@
+"""Running one call of a task function off the event loop, as a tagged reply.
+
+Shared by the task threads and the process-pool children, so a task behaves
+the same wherever it runs. A reply is one of:
+
+- ``("ok", result_bytes)``
+- ``("error", "ExcType: message", traceback_text)``
+- ``("load_error", "ExcType: message")``: the payload would not deserialize
+- ``("dump_error", "ExcType: message", type_name)``: the return value would not serialize
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from sitq.serialization import Serializer
+
+Reply = tuple[Any, ...]
+
+
+def call_function(
+    serializer: Serializer, fn: Callable[..., Any], args: tuple, kwargs: dict
+) -> Reply:
+    """Call ``fn`` (running it to completion if it returns an awaitable) and
+    serialize its return value."""
+    try:
+        value = fn(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = asyncio.run(_await(value))
+    except BaseException as exc:
+        return ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    try:
+        return ("ok", serializer.dumps(value))
+    except Exception as exc:
+        return ("dump_error", f"{type(exc).__name__}: {exc}", type(value).__name__)
+
+
+def call_payload(serializer: Serializer, payload: bytes) -> Reply:
+    """Deserialize a stored ``(fn, args, kwargs)`` payload and call it."""
+    try:
+        fn, args, kwargs = serializer.loads(payload)
+    except BaseException as exc:
+        return ("load_error", f"{type(exc).__name__}: {exc}")
+    return call_function(serializer, fn, args, kwargs)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
