@@ -4,8 +4,8 @@ Each thread takes calls from one shared queue, runs them, serializes the return
 value itself (keeping that work off the event loop), and hands the outcome back
 to the loop in batches: one wake-up of the loop per burst of completions, not
 one future per task. A thread stuck in a task that timed out cannot be stopped;
-``replace_one`` starts a fresh thread so the pool keeps its size, and the next
-thread to finish a call retires in its place.
+``abandon`` starts a fresh thread so the pool keeps its size, and the stuck one
+exits when its call returns.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class ThreadSlots:
         self._replies: deque[tuple[Any, Reply]] = deque()
         self._signalled = False
         self._lock = threading.Lock()
-        self._to_retire = 0
+        self._abandoned: set[int] = set()  # id() of tokens whose thread must retire
         self._threads: set[threading.Thread] = set()
         for _ in range(size):
             self._start_thread()
@@ -59,10 +59,11 @@ class ThreadSlots:
         """Run ``fn(*args, **kwargs)`` on a free thread; ``on_done(token, reply)`` follows."""
         self._calls.put((token, fn, args, kwargs))
 
-    def replace_one(self) -> None:
-        """A thread is stuck in an abandoned call: add one, and retire one later."""
+    def abandon(self, token: Any) -> None:
+        """The call for ``token`` is stuck: start a thread in its place now; the
+        stuck thread exits when (if ever) that call returns, and its reply is dropped."""
         with self._lock:
-            self._to_retire += 1
+            self._abandoned.add(id(token))
         self._start_thread()
 
     def close(self) -> None:
@@ -77,6 +78,10 @@ class ThreadSlots:
                 break
             token, fn, args, kwargs = item
             reply = call_function(self._serializer, fn, args, kwargs)
+            with self._lock:
+                if id(token) in self._abandoned:
+                    self._abandoned.discard(id(token))
+                    break  # a replacement already serves in this thread's place
             self._replies.append((token, reply))
             if not self._signalled:
                 self._signalled = True
@@ -84,10 +89,6 @@ class ThreadSlots:
                     self._loop.call_soon_threadsafe(self._deliver)
                 except RuntimeError:
                     break  # the loop is closed: the worker is gone
-            with self._lock:
-                if self._to_retire:
-                    self._to_retire -= 1
-                    break
         self._threads.discard(threading.current_thread())
 
     def _deliver(self) -> None:

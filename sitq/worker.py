@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import logging
 import os
@@ -41,6 +40,8 @@ POOLS = ("auto", "thread", "process")
 PREFETCH_HORIZON = 0.05
 #: ...and never more than this many tasks beyond the free slots.
 MAX_PREFETCH = 128
+#: Seconds an interrupted async task may take to honour its cancellation.
+CANCEL_GRACE = 5.0
 
 
 class _TimedOut(Exception):
@@ -174,6 +175,7 @@ class Worker:
         self._room: asyncio.Event | None = None  # set when a held task starts or leaves
         self._idle: asyncio.Event | None = None  # set while no task is executing
         self._to_release: list[Lease] = []
+        self._background: set[asyncio.Future[None]] = set()
         self._stopping: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
 
@@ -311,14 +313,26 @@ class Worker:
             self._to_release.append(running.task.lease)
             self._forget(running)
         self._ready.clear()
+        await self._release_pending()
         if self._executing and grace > 0 and not self._force.is_set():
             await self._wait_any(self._idle.wait(), grace, also=self._force)
         for running in list(self._running.values()):
             if not running.done:
                 self._interrupt(running, "shutdown")
-        runners = [r.runner for r in self._running.values() if r.runner is not None]
+        runners = [r.runner for r in self._running.values() if r.runner and not r.runner.done()]
         if runners:
-            await asyncio.gather(*runners, return_exceptions=True)
+            # A task that ignores cancellation gets a few seconds, then its lease
+            # is released anyway (it may run on, detached, until the process exits).
+            limit = 0.5 if self._force.is_set() else CANCEL_GRACE
+            _, stubborn = await asyncio.wait(runners, timeout=limit)
+            for running in list(self._running.values()):
+                if running.runner in stubborn and not running.done:
+                    logger.warning(
+                        "worker %s: task %s ignores cancellation; releasing it",
+                        self.id,
+                        running.task.id,
+                    )
+                    self._done(running, None)
         await self._release_pending()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
@@ -400,7 +414,10 @@ class Worker:
             self._start(running)
 
     def _forget(self, running: _Running) -> None:
-        self._running.pop(running.task.id, None)
+        # Only this run: a task reclaimed by this same worker (its lease expired
+        # while the loop was blocked) may already be held again under a new attempt.
+        if self._running.get(running.task.id) is running:
+            del self._running[running.task.id]
         assert self._room is not None
         self._room.set()
 
@@ -429,9 +446,7 @@ class Worker:
             return
         if self._processes is not None:
             pool = self._processes
-            running.runner = asyncio.create_task(
-                self._run_awaitable(running, lambda: pool.run(task.payload)), name=task.id
-            )
+            self._start_runner(running, lambda: pool.run(task.payload))
             return
         try:
             fn, args, kwargs = loads_checked(
@@ -442,9 +457,7 @@ class Worker:
             self._done(running, Outcome("failed", error=f"SerializationError: {exc}"))
             return
         if self.pool == "auto" and _is_async(fn):
-            running.runner = asyncio.create_task(
-                self._run_awaitable(running, lambda: fn(*args, **kwargs)), name=task.id
-            )
+            self._start_runner(running, lambda: fn(*args, **kwargs))
             return
         assert self._threads is not None
         running.in_thread = True
@@ -453,6 +466,17 @@ class Worker:
             running.timer = asyncio.get_running_loop().call_later(
                 task.timeout, self._abandon_thread_run, running, "timeout"
             )
+
+    def _start_runner(self, running: _Running, make: Any) -> None:
+        runner = asyncio.create_task(self._run_awaitable(running, make), name=running.task.id)
+        runner.add_done_callback(lambda _: self._runner_ended(running))
+        running.runner = runner
+
+    def _runner_ended(self, running: _Running) -> None:
+        # A runner cancelled before its first step never runs its body: settle
+        # its task here, so a slot is never lost.
+        if not running.done:
+            self._done(running, None if running.interrupt != "cancel" else self._cancelled())
 
     async def _run_awaitable(self, running: _Running, make: Any) -> None:
         """Run an async task on the loop, or a payload in a child process."""
@@ -468,9 +492,10 @@ class Worker:
                 )
                 outcome = Outcome("succeeded", result=data)
         except asyncio.CancelledError:
-            if running.interrupt is None:
-                raise
-            outcome = None if running.interrupt == "shutdown" else self._cancelled()
+            if running.interrupt is None:  # the task's own code cancelled something
+                outcome = self._failure(task, "CancelledError: the task was cancelled", None)
+            else:
+                outcome = None if running.interrupt == "shutdown" else self._cancelled()
         except _TimedOut:
             outcome = self._timed_out(task, time.monotonic() - started)
         except SerializationError as exc:
@@ -493,7 +518,7 @@ class Worker:
         if running.done:
             return
         assert self._threads is not None
-        self._threads.replace_one()
+        self._threads.abandon(running)
         task = running.task
         if reason == "timeout":
             assert task.timeout is not None
@@ -515,6 +540,11 @@ class Worker:
         if outcome is None:
             self._to_release.append(running.task.lease)
             self._forget(running)
+            assert self._stop_requested is not None
+            if not self._stop_requested.is_set():  # not a shutdown: hand it back now
+                release = asyncio.ensure_future(self._release_pending())
+                self._background.add(release)
+                release.add_done_callback(self._background.discard)
         else:
             self._writer.submit(running, outcome)
         self._dispatch()
@@ -666,20 +696,13 @@ class _OutcomeWriter:
 
 def _is_async(fn: Any) -> bool:
     """True for coroutine functions and objects with an async ``__call__``."""
-    try:
-        return _is_async_cached(fn)
-    except TypeError:  # an unhashable callable object
-        return _check_async(fn)
-
-
-def _check_async(fn: Any) -> bool:
+    code = getattr(fn, "__code__", None)
+    if code is not None and code.co_flags & inspect.CO_COROUTINE:
+        return True  # the common case, without inspect's unwrapping
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
     return inspect.iscoroutinefunction(call)
-
-
-_is_async_cached = functools.lru_cache(maxsize=1024)(_check_async)
 
 
 def _format_tb(exc: BaseException) -> str:

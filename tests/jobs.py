@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -96,3 +97,19 @@ def unpicklable_result() -> object:
 
 def raise_timeout_error() -> None:
     raise TimeoutError("the task's own timeout, not sitq's")
+
+
+async def raise_cancelled() -> None:
+    """Await a future someone cancelled: CancelledError from the task's own code."""
+    future = asyncio.get_running_loop().create_future()
+    future.cancel()
+    await future
+
+
+async def ignore_cancellation(seconds: float) -> str:
+    """Keep running when cancelled (misbehaving code the worker must survive)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.05)
+    return "finished anyway"

@@ -236,3 +236,98 @@ class TestProcessPool:
         assert r_bad is not None and r_bad.status is TaskStatus.FAILED
         assert r_bad.error and "could not be serialized" in r_bad.error
         assert r_fine is not None and r_fine.value == 5
+
+
+class TestMisbehavingTasks:
+    """Regressions found in review: none of these may cost a slot or a task."""
+
+    async def test_a_timed_out_thread_does_not_shrink_the_pool(self, db_path: Path) -> None:
+        async with TaskQueue(db_path) as queue:
+            w = Worker(db_path, concurrency=1)
+            await w.start()
+            try:
+                stuck = await queue.with_options(timeout=0.3).enqueue(jobs.sync_sleep, 20)
+                first = await queue.enqueue(jobs.add, 1, 1)
+                second = await queue.enqueue(jobs.add, 2, 2)
+                r_stuck = await queue.get_result(stuck, timeout=10)
+                r_first = await queue.get_result(first, timeout=10)
+                r_second = await queue.get_result(second, timeout=10)
+            finally:
+                await w.stop(timeout=1)
+        assert r_stuck is not None and r_stuck.status is TaskStatus.FAILED
+        assert r_first is not None and r_first.value == 2
+        assert r_second is not None and r_second.value == 4
+
+    async def test_a_task_raising_cancelled_error_fails_and_frees_its_slot(
+        self, db_path: Path
+    ) -> None:
+        async with TaskQueue(db_path) as queue:
+            w = Worker(db_path, concurrency=1)
+            await w.start()
+            try:
+                bad = await queue.enqueue(jobs.raise_cancelled)
+                after = await queue.enqueue(jobs.add, 3, 3)
+                r_bad = await queue.get_result(bad, timeout=10)
+                r_after = await queue.get_result(after, timeout=10)
+            finally:
+                await w.stop(timeout=1)
+        assert r_bad is not None and r_bad.status is TaskStatus.FAILED
+        assert r_bad.error and "CancelledError" in r_bad.error
+        assert r_after is not None and r_after.value == 6
+
+    async def test_stop_releases_prefetched_tasks_before_the_grace_period_ends(
+        self, db_path: Path
+    ) -> None:
+        async with TaskQueue(db_path) as queue:
+            w = Worker(db_path, concurrency=1, prefetch=2)
+            await w.start()
+            long = await queue.enqueue(jobs.async_sleep, 2)
+            waiting = await queue.enqueue_many(jobs.noop, [(), ()])
+
+            async def all_held() -> bool:
+                records = await queue.backend.get_tasks([long, *waiting])
+                return all(r.status == "running" for r in records.values())
+
+            await await_until(all_held, 10, "the worker to hold all three")
+            stopping = asyncio.create_task(w.stop(timeout=10))
+
+            async def released() -> bool:
+                statuses = [await queue.status(i) for i in waiting]
+                return all(status is TaskStatus.QUEUED for status in statuses)
+
+            await await_until(released, 1.5, "the prefetched tasks to be released")
+            assert not stopping.done()  # still inside the grace period
+            await stopping
+            result = await queue.get_result(long, timeout=0)
+        assert result is not None and result.ok
+
+    async def test_stop_does_not_wait_forever_for_a_task_that_ignores_cancellation(
+        self, db_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("sitq.worker.CANCEL_GRACE", 0.5)
+        async with TaskQueue(db_path) as queue:
+            w = Worker(db_path, concurrency=1)
+            await w.start()
+            task_id = await queue.enqueue(jobs.ignore_cancellation, 3)
+
+            async def running() -> bool:
+                return await queue.status(task_id) is TaskStatus.RUNNING
+
+            await await_until(running, 10, "the task to start")
+            started = time.monotonic()
+            await w.stop(timeout=0.2)
+            assert time.monotonic() - started < 2.5  # well before the task's own end
+            assert await queue.status(task_id) is TaskStatus.QUEUED
+
+
+async def test_closing_with_an_enqueue_in_flight_is_clean(db_path: Path) -> None:
+    errors: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    queue = TaskQueue(db_path)
+    await queue.connect()
+    pending = asyncio.ensure_future(queue.enqueue(jobs.noop))
+    await asyncio.sleep(0)  # the enqueue is waiting for its group commit
+    await queue.close()
+    await asyncio.sleep(0.05)
+    assert pending.done()
+    assert errors == []

@@ -82,6 +82,7 @@ class SQLiteBackend(Backend):
         self.busy_timeout = busy_timeout
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._open_lock = asyncio.Lock()
         self._wakeup = WakeupChannel(wake_directory(self.path))
         self._next_reclaim = 0.0
         self._users = 0
@@ -104,6 +105,10 @@ class SQLiteBackend(Backend):
         Reference-counted: a backend shared by a queue and workers in one process
         is opened once and closed by the last ``close()``.
         """
+        async with self._open_lock:  # a queue and a worker may connect at once
+            await self._open()
+
+    async def _open(self) -> None:
         self._users += 1
         if self._conn is not None:
             return
@@ -249,6 +254,10 @@ class SQLiteBackend(Backend):
 
     async def close(self) -> None:
         """Close the connection once the last user has closed."""
+        async with self._open_lock:
+            await self._shut()
+
+    async def _shut(self) -> None:
         self._users = max(0, self._users - 1)
         if self._users or self._conn is None:
             return

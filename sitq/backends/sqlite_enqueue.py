@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sitq.backends import sqlite_schema as q
+from sitq.errors import NotConnected
 
 Row = tuple[Any, ...]
 
@@ -75,6 +76,7 @@ class EnqueueBatcher:
             self._conn.execute("PRAGMA busy_timeout = 0")
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._closed = False
         self._rows: list[Row] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
@@ -83,6 +85,8 @@ class EnqueueBatcher:
 
     async def enqueue(self, rows: list[Row]) -> None:
         """Return once ``rows`` are committed (with whatever else is pending)."""
+        if self._closed:
+            raise NotConnected("the queue is closed: connect it again to enqueue")
         if self._conn is None or len(rows) > FAST_PATH_MAX_ROWS:
             await self._slow_path(rows)
             self._committed()
@@ -100,7 +104,11 @@ class EnqueueBatcher:
         self._scheduled = False
         rows, self._rows = self._rows, []
         waiters, self._waiters = self._waiters, []
-        assert self._conn is not None
+        if not rows:
+            return
+        if self._conn is None:  # closed meanwhile
+            _fail(waiters, NotConnected("the queue was closed before this enqueue was stored"))
+            return
         try:
             insert_rows(self._conn, rows)
         except sqlite3.OperationalError as exc:
@@ -134,6 +142,7 @@ class EnqueueBatcher:
 
     async def close(self) -> None:
         """Finish what is in flight and close the loop-thread connection."""
+        self._closed = True
         if self._rows:
             self._flush()
         if self._background:

@@ -39,7 +39,8 @@ class WakeupChannel:
         self._own_paths: set[str] = set()
         self._events: dict[WakeKind, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._broken = False
+        self._broken = False  # cannot send (no sockets at all here)
+        self._cannot_listen = False
         self._dir_strings: dict[WakeKind, str] = {}
 
     def _kind_dir(self, kind: WakeKind) -> Path:
@@ -65,33 +66,35 @@ class WakeupChannel:
     def _send_to_peers(self, kind: WakeKind) -> None:
         if self._broken:
             return
-        try:
-            if self._sender is None:
+        if self._sender is None:
+            try:
                 self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sender.setblocking(False)
-            for path in self._peer_paths(kind):
-                if path in self._own_paths:
-                    continue
-                try:
-                    self._sender.sendto(b"!", path)
-                except (ConnectionRefusedError, FileNotFoundError):
-                    # Its process is gone: tidy the stale socket away.
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
-                except (BlockingIOError, OSError):
-                    pass  # its buffer is full, so it has a wake-up pending already
-        except OSError:
-            self._broken = True
+            except OSError:
+                self._broken = True  # no Unix sockets here: waiters poll
+                return
+        for path in self._peer_paths(kind):
+            if path in self._own_paths:
+                continue
+            try:
+                self._sender.sendto(b"!", path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                # Its process is gone: tidy the stale socket away.
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            except OSError:
+                pass  # e.g. its buffer is full: it has a wake-up pending already
 
     def _peer_paths(self, kind: WakeKind) -> list[str]:
         directory = self._kind_dir_str(kind)
         try:
             mtime = os.stat(directory).st_mtime_ns
-        except FileNotFoundError:
+            cached = self._peers.get(kind)
+            names = os.listdir(directory) if cached is None or cached[0] != mtime else None
+        except OSError:  # not there (yet, or any more): no one to wake
             return []
-        cached = self._peers.get(kind)
-        if cached is None or cached[0] != mtime:
-            paths = [os.path.join(directory, name) for name in os.listdir(directory)]
+        if names is not None:
+            paths = [os.path.join(directory, name) for name in names]
             cached = (mtime, paths)
             self._peers[kind] = cached
         return cached[1]
@@ -117,22 +120,37 @@ class WakeupChannel:
             event.set()
 
     def _listen(self, kind: WakeKind) -> None:
-        if self._broken or kind in self._listeners:
+        if self._cannot_listen or kind in self._listeners:
             return
-        try:
-            directory = self._kind_dir(kind)
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path = str(directory / f"{os.getpid()}-{os.urandom(4).hex()}")
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            sock.bind(path)
-        except OSError:
-            self._broken = True  # polling alone still works
+        sock = None
+        for _ in range(3):  # another process may remove the empty folder meanwhile
+            try:
+                sock = self._bind(kind)
+                break
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break
+        if sock is None:
+            self._cannot_listen = True  # polling alone still works
             return
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._on_readable, kind, sock)
         self._listeners[kind] = sock
+
+    def _bind(self, kind: WakeKind) -> socket.socket:
+        directory = self._kind_dir(kind)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = str(directory / f"{os.getpid()}-{os.urandom(4).hex()}")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            sock.bind(path)
+        except OSError:
+            sock.close()
+            raise
         self._own_paths.add(path)
+        return sock
 
     def _on_readable(self, kind: WakeKind, sock: socket.socket) -> None:
         with contextlib.suppress(OSError):
