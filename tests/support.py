@@ -99,3 +99,39 @@ class ServingWorker:
         if self.process is not None:
             return f"-{self.process.pid}-" in (worker_id or "")
         return worker_id == getattr(self.in_process, "id", None)
+
+
+POSTGRES_URL = os.environ.get("SITQ_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_available() -> str | None:
+    """None if the test PostgreSQL answers, else why not. In CI its absence is an
+    error, not a reason to skip: Postgres tests must run there."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(POSTGRES_URL)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), 2).close()
+    except OSError as exc:
+        reason = f"PostgreSQL at {parts.hostname}:{parts.port} is not reachable ({exc})"
+        if os.environ.get("CI"):
+            raise RuntimeError(f"{reason}; CI must run the PostgreSQL tests") from exc
+        return reason + "; set SITQ_TEST_POSTGRES to run these tests"
+    return None
+
+
+def postgres_url(schema: str) -> str:
+    """The test server's URL with sitq's tables in ``schema``."""
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{separator}sitq_schema={schema}"
+
+
+async def drop_postgres_schema(schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()

@@ -33,10 +33,10 @@ def open_backend(target: Backend | str | os.PathLike[str] | None, **options: Any
         )
     text = os.fspath(target)
     if text.startswith(("postgresql://", "postgres://")):
-        raise ConfigurationError(
-            "the PostgreSQL backend is not available in this version of sitq; "
-            "use an SQLite path such as 'tasks.db'"
-        )
+        # Imported only here: the embedded default never needs asyncpg.
+        from sitq.backends.postgres import PostgresBackend
+
+        return PostgresBackend(text, **options)
     if text.startswith("sqlite://"):
         text = text[len("sqlite://") :]
         if text.startswith("/"):

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from support import drop_postgres_schema, postgres_available, postgres_url
 
 from sitq.backends.base import Backend
 from sitq.backends.sqlite import SQLiteBackend
 
-# The backends the conformance suite runs on. To add one (e.g. "postgres"), add its
-# name here and a branch in `_new_backend` that opens a fresh, empty store for it, and
-# one in `reclaim_immediately` if it throttles its search for expired leases.
-BACKENDS = ["sqlite"]
+# The backends the conformance suite runs on. To add one, add its name here and a
+# branch in `_new_backend` that opens a fresh, empty store for it, and one in
+# `reclaim_immediately` if it throttles its search for expired leases.
+BACKENDS = ["sqlite", "postgres"]
 
 OpenPeer = Callable[[], Awaitable[Backend]]
 
@@ -22,7 +24,16 @@ def _new_backend(kind: str, tmp_path: Path) -> Backend:
     """An unconnected backend on this test's store; every call opens the same store."""
     if kind == "sqlite":
         return SQLiteBackend(tmp_path / "tasks.db")
+    if kind == "postgres":
+        from sitq.backends.postgres import PostgresBackend
+
+        return PostgresBackend(postgres_url(_schema_for(tmp_path)))
     raise ValueError(f"unknown backend {kind!r}")
+
+
+def _schema_for(tmp_path: Path) -> str:
+    """One PostgreSQL schema per test (tmp_path is unique per test)."""
+    return "t_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
 
 
 def _kind(request: pytest.FixtureRequest) -> str:
@@ -32,10 +43,17 @@ def _kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """A connected backend on a fresh, empty store."""
+    if request.param == "postgres":
+        reason = postgres_available()
+        if reason:
+            pytest.skip(reason)
+        await drop_postgres_schema(_schema_for(tmp_path))
     store = _new_backend(request.param, tmp_path)
     await store.connect()
     yield store
     await store.close()
+    if request.param == "postgres":
+        await drop_postgres_schema(_schema_for(tmp_path))
 
 
 @pytest.fixture
@@ -61,3 +79,5 @@ def reclaim_immediately(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
     """Make every claim look for expired leases (SQLite does so at most once a second)."""
     if _kind(request) == "sqlite":
         monkeypatch.setattr("sitq.backends.sqlite.RECLAIM_INTERVAL", 0.0)
+    if _kind(request) == "postgres":
+        monkeypatch.setattr("sitq.backends.postgres.RECLAIM_INTERVAL", 0.0)

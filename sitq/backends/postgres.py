@@ -1,0 +1,504 @@
+"""Scale-out backend: PostgreSQL through asyncpg (``pip install 'sitq[postgres]'``).
+
+Same contract as the SQLite backend, for workers on many hosts: claims take
+rows with ``FOR UPDATE SKIP LOCKED`` (claimers never wait on each other),
+batches are single statements over arrays, and wake-ups travel by
+LISTEN/NOTIFY on a connection of their own that reconnects by itself, always
+backed by polling. Times are unix seconds from each process's clock, so keep
+hosts' clocks in sync (NTP): a lease is judged by the claiming host's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+try:
+    import asyncpg
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    from sitq.errors import ConfigurationError
+
+    raise ConfigurationError(
+        "the PostgreSQL backend needs asyncpg: pip install 'sitq[postgres]'"
+    ) from exc
+
+from sitq.backends import postgres_schema as q
+from sitq.backends.base import (
+    Backend,
+    ClaimedTask,
+    Lease,
+    NewTask,
+    Outcome,
+    TaskRecord,
+    WakeKind,
+    WorkerRecord,
+)
+from sitq.errors import ConfigurationError, DatabaseError, NotConnected, SchemaVersionError
+
+logger = logging.getLogger("sitq.postgres")
+
+#: A task whose worker was lost this many times beyond its retries is failed.
+LOST_LEASE_LIMIT = 3
+#: Expired leases are looked for at most this often per backend instance.
+RECLAIM_INTERVAL = 1.0
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,50}$")
+_MIGRATION_LOCK = 0x5171_0001  # pg_advisory_xact_lock key: one migrator at a time
+
+
+class PostgresBackend(Backend):
+    """Tasks in a PostgreSQL database.
+
+    :param dsn: ``postgresql://user:password@host:port/database``; a
+        ``sitq_schema=NAME`` query parameter sets ``schema``.
+    :param schema: the schema holding sitq's tables (created if missing), so
+        several apps can share one server.
+    :param create: create the schema and tables if missing (the CLI passes False
+        so a wrong URL is an error rather than a new empty queue).
+    :param min_size, max_size: the connection pool's bounds.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        create: bool = True,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> None:
+        parts = urlsplit(dsn)
+        query = dict(parse_qsl(parts.query))
+        schema = schema or query.pop("sitq_schema", None) or "sitq"
+        if not _SCHEMA_NAME.match(schema):
+            raise ConfigurationError(
+                f"schema name {schema!r} is not allowed: use letters, digits and _ "
+                "(starting with a letter or _)"
+            )
+        self._dsn = urlunsplit(parts._replace(query=urlencode(query)))
+        self.schema = schema
+        self.create = create
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or 5432
+        self._user = parts.username or ""
+        self._database = parts.path.lstrip("/") or self._user
+        self._min_size, self._max_size = min_size, max_size
+        self._channel = f"sitq_{schema}"
+        self._sql: dict[str, str] = {}
+        self._pool: asyncpg.Pool | None = None
+        self._users = 0
+        self._open_lock = asyncio.Lock()
+        self._next_reclaim = 0.0
+        self._events: dict[WakeKind, asyncio.Event] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self.listener_connected = asyncio.Event()
+
+    def describe(self) -> str:
+        """Where the data lives, without the password."""
+        return (
+            f"PostgreSQL database {self._database!r} at {self._host}:{self._port} "
+            f"(schema {self.schema})"
+        )
+
+    def now(self) -> float:
+        """Unix seconds (this host's clock)."""
+        return time.time()
+
+    def _q(self, template: str) -> str:
+        sql = self._sql.get(template)
+        if sql is None:
+            sql = self._sql[template] = template.format(s=f'"{self.schema}"')
+        return sql
+
+    # -- connection -------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the pool and create or migrate the schema. Reference-counted."""
+        async with self._open_lock:
+            self._users += 1
+            if self._pool is not None:
+                return
+            try:
+                self._pool = await self._create_pool()
+                await self._migrate()
+            except BaseException:
+                self._users -= 1
+                if self._pool is not None:
+                    await self._pool.close()
+                    self._pool = None
+                raise
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        where = f"{self._host}:{self._port}"
+        try:
+            return await asyncpg.create_pool(
+                self._dsn, min_size=self._min_size, max_size=self._max_size, timeout=10
+            )
+        except (
+            asyncpg.InvalidPasswordError,
+            asyncpg.InvalidAuthorizationSpecificationError,
+        ) as exc:
+            raise DatabaseError(
+                f"PostgreSQL at {where} refused user {self._user!r} ({exc}); check the "
+                "user and password in the URL"
+            ) from exc
+        except asyncpg.InvalidCatalogNameError as exc:
+            raise DatabaseError(
+                f"PostgreSQL at {where} has no database {self._database!r}; create it or "
+                "fix the URL"
+            ) from exc
+        except (OSError, asyncio.TimeoutError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise DatabaseError(
+                f"cannot reach PostgreSQL at {where} ({reason}); check that the server "
+                "runs and that the URL's host and port are right"
+            ) from exc
+        except asyncpg.PostgresError as exc:
+            raise DatabaseError(f"cannot use {self.describe()}: {exc}") from exc
+
+    async def _migrate(self) -> None:
+        async with self._acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            has_meta = await conn.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", f'"{self.schema}".sitq_meta'
+            )
+            version = 0
+            if has_meta:
+                value = await conn.fetchval(
+                    self._q("SELECT value FROM {s}.sitq_meta WHERE key = 'schema_version'")
+                )
+                version = int(value) if value else 0
+            elif not self.create:
+                raise DatabaseError(
+                    f"no sitq schema in {self.describe()}: check --db / $SITQ_DB, or create "
+                    "it with `sitq init --db URL`"
+                )
+            if version > q.SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.describe()} has sitq schema version {version}, but this sitq "
+                    f"understands up to {q.SCHEMA_VERSION}: upgrade sitq to use it"
+                )
+            if version < q.SCHEMA_VERSION:
+                await conn.execute(self._q("CREATE SCHEMA IF NOT EXISTS {s}"))
+            for target in range(version + 1, q.SCHEMA_VERSION + 1):
+                for statement in q.MIGRATIONS[target]:
+                    await conn.execute(self._q(statement))
+                await conn.execute(
+                    self._q(
+                        "INSERT INTO {s}.sitq_meta (key, value) VALUES ('schema_version', $1) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+                    ),
+                    str(target),
+                )
+
+    async def close(self) -> None:
+        """Close the pool and the listener once the last user has closed."""
+        async with self._open_lock:
+            self._users = max(0, self._users - 1)
+            if self._users or self._pool is None:
+                return
+            if self._listener is not None:
+                self._listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._listener
+                self._listener = None
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    def _acquire(self) -> Any:
+        if self._pool is None:
+            raise NotConnected(
+                f"{self.describe()} is not connected: call `await connect()` first "
+                "(or use `async with`)"
+            )
+        return self._pool.acquire()
+
+    async def _notify(self, conn: Any, kind: WakeKind) -> None:
+        await conn.execute("SELECT pg_notify($1, $2)", self._channel, kind)
+
+    # -- producer side ----------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        """Insert ``tasks`` in one statement and wake the workers."""
+        if not tasks:
+            return
+        columns = [list(column) for column in zip(*tasks, strict=True)]
+        async with self._acquire() as conn, conn.transaction():
+            await conn.execute(self._q(q.INSERT_TASKS), *columns)
+            await self._notify(conn, "tasks")
+
+    async def get_tasks(
+        self, task_ids: Sequence[str], *, with_payload: bool = False
+    ) -> dict[str, TaskRecord]:
+        """Stored records of ``task_ids``, in one query."""
+        columns = q.TASK_COLUMNS + (", payload" if with_payload else "")
+        sql = self._q(f"SELECT {columns} FROM {{s}}.sitq_tasks WHERE id = ANY($1::text[])")
+        async with self._acquire() as conn:
+            rows = await conn.fetch(sql, list(dict.fromkeys(task_ids)))
+        return {row[0]: _record(row) for row in rows}
+
+    async def cancel(self, task_id: str) -> str | None:
+        """Cancel a queued task now, or ask a running task's worker to stop it."""
+        now = self.now()
+        async with self._acquire() as conn, conn.transaction():
+            if await conn.fetchval(self._q(q.CANCEL_QUEUED), task_id, now, self.default_result_ttl):
+                await self._notify(conn, "results")
+                return "cancelled"
+            if await conn.fetchval(self._q(q.REQUEST_CANCEL), task_id):
+                return "requested"
+            exists = await conn.fetchval(
+                self._q("SELECT 1 FROM {s}.sitq_tasks WHERE id = $1"), task_id
+            )
+            return "finished" if exists else None
+
+    async def retry(self, task_ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        """Queue failed or cancelled tasks again, with a fresh attempt count."""
+        params: list[Any] = [self.now()]
+        if task_ids is not None:
+            where = "id = ANY($2::text[])"
+            params.append(list(task_ids))
+        else:
+            where = "status = 'failed'"
+        if queue is not None:
+            where += f" AND queue = ${len(params) + 1}"
+            params.append(queue)
+        async with self._acquire() as conn, conn.transaction():
+            status = await conn.execute(self._q(q.RETRY.replace("{where}", where)), *params)
+            count = int(status.split()[-1])
+            if count:
+                await self._notify(conn, "tasks")
+        return count
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        """Tasks per (queue, status)."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.COUNTS))
+        return {(row[0], row[1]): int(row[2]) for row in rows}
+
+    # -- worker side ------------------------------------------------------
+
+    async def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[ClaimedTask]:
+        """Take up to ``limit`` ready tasks; reclaim expired leases first (at most 1/s)."""
+        if limit <= 0:
+            return []
+        now = self.now()
+        async with self._acquire() as conn:
+            if now >= self._next_reclaim:
+                self._next_reclaim = now + RECLAIM_INTERVAL
+                status = await conn.execute(
+                    self._q(q.RECLAIM_EXPIRED), now, LOST_LEASE_LIMIT, self.default_result_ttl
+                )
+                if status != "UPDATE 0":
+                    await self._notify(conn, "results")
+            rows = await conn.fetch(
+                self._q(q.CLAIM), worker_id, now, now + lease_seconds, list(queues), limit
+            )
+        rows = sorted(rows, key=lambda r: (-r[9], r[10], r[11]))
+        return [
+            ClaimedTask(
+                id=r[0],
+                queue=r[1],
+                func_name=r[2],
+                payload=bytes(r[3]),
+                attempts=r[4],
+                max_retries=r[5],
+                retry_backoff=r[6],
+                timeout=r[7],
+                enqueued_at=r[8],
+                started_at=now,
+                lease=Lease(r[0], worker_id, r[4]),
+            )
+            for r in rows
+        ]
+
+    async def heartbeat(
+        self, worker_id: str, leases: Sequence[Lease], lease_seconds: float
+    ) -> set[str]:
+        """Renew the worker's liveness and its leases; return ids asked to cancel."""
+        now = self.now()
+        async with self._acquire() as conn, conn.transaction():
+            await conn.execute(self._q(q.TOUCH_WORKER), now, worker_id)
+            if not leases:
+                return set()
+            rows = await conn.fetch(
+                self._q(q.RENEW_LEASES),
+                now + lease_seconds,
+                worker_id,
+                [lease.task_id for lease in leases],
+            )
+        return {row[0] for row in rows if row[1]}
+
+    async def finish(self, items: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
+        """Record outcomes in one statement; each applies only if its lease holds."""
+        if not items:
+            return []
+        now = self.now()
+        leases = [lease for lease, _ in items]
+        outcomes = [outcome for _, outcome in items]
+        async with self._acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                self._q(q.FINISH),
+                now,
+                self.default_result_ttl,
+                [lease.task_id for lease in leases],
+                [lease.worker_id for lease in leases],
+                [lease.attempt for lease in leases],
+                [o.status for o in outcomes],
+                [o.result for o in outcomes],
+                [o.error for o in outcomes],
+                [o.traceback for o in outcomes],
+                [o.retry_at for o in outcomes],
+            )
+            if any(o.status != "queued" for o in outcomes):
+                await self._notify(conn, "results")
+            if any(o.status == "queued" for o in outcomes):
+                await self._notify(conn, "tasks")
+        applied = {row[0] for row in rows}
+        return [lease.task_id in applied for lease in leases]
+
+    async def release(self, leases: Sequence[Lease]) -> int:
+        """Give tasks back without counting the attempt (cancel-requested ones end cancelled)."""
+        if not leases:
+            return 0
+        async with self._acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                self._q(q.RELEASE),
+                self.now(),
+                self.default_result_ttl,
+                [lease.task_id for lease in leases],
+                [lease.worker_id for lease in leases],
+                [lease.attempt for lease in leases],
+            )
+            await self._notify(conn, "tasks")
+            await self._notify(conn, "results")
+        return len(rows)
+
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        """Record a started worker."""
+        async with self._acquire() as conn:
+            await conn.execute(
+                self._q(q.UPSERT_WORKER),
+                worker.id,
+                worker.hostname,
+                worker.pid,
+                list(worker.queues),
+                worker.concurrency,
+                worker.started_at,
+                worker.heartbeat_at,
+            )
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Mark a worker stopped."""
+        async with self._acquire() as conn:
+            await conn.execute(self._q(q.STOP_WORKER), self.now(), worker_id)
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Every known worker, newest first."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.LIST_WORKERS))
+        return [
+            WorkerRecord(
+                id=r[0],
+                hostname=r[1],
+                pid=int(r[2]),
+                queues=tuple(r[3]),
+                concurrency=int(r[4]),
+                started_at=r[5],
+                heartbeat_at=r[6],
+                stopped_at=r[7],
+            )
+            for r in rows
+        ]
+
+    async def prune(self) -> int:
+        """Delete finished tasks past their retention, and workers gone for a day."""
+        now = self.now()
+        async with self._acquire() as conn, conn.transaction():
+            status = await conn.execute(self._q(q.PRUNE_TASKS), now)
+            await conn.execute(self._q(q.PRUNE_WORKERS), now - 86400.0)
+        return int(status.split()[-1])
+
+    async def purge(
+        self, statuses: Sequence[str], queue: str | None = None, older_than: float | None = None
+    ) -> int:
+        """Delete tasks in ``statuses``, optionally of one queue and finished long ago."""
+        if not statuses:
+            return 0
+        clauses = ["status = ANY($1::text[])"]
+        params: list[Any] = [list(statuses)]
+        if queue is not None:
+            params.append(queue)
+            clauses.append(f"queue = ${len(params)}")
+        if older_than is not None:
+            params.append(self.now() - older_than)
+            clauses.append(f"COALESCE(finished_at, enqueued_at) < ${len(params)}")
+        sql = self._q("DELETE FROM {s}.sitq_tasks WHERE " + " AND ".join(clauses))
+        async with self._acquire() as conn:
+            status = await conn.execute(sql, *params)
+        return int(status.split()[-1])
+
+    # -- wake-ups -----------------------------------------------------------
+
+    async def wait_for_change(self, kind: WakeKind, timeout: float) -> None:
+        """Wait for a NOTIFY about ``kind`` from any process, or ``timeout``."""
+        if self._pool is None:
+            raise NotConnected(f"{self.describe()} is not connected")
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen_forever())
+        event = self._events.setdefault(kind, asyncio.Event())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        event.clear()
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        event = self._events.get(payload)  # type: ignore[call-overload]
+        if event is not None:
+            event.set()
+
+    async def _listen_forever(self) -> None:
+        """Keep one LISTEN connection open, reconnecting after any loss."""
+        pause = 0.1
+        reconnecting = False
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=10)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _, lost=lost: lost.set())
+                await conn.add_listener(self._channel, self._on_notify)
+                self.listener_connected.set()
+                pause = 0.1
+                if reconnecting:
+                    for event in self._events.values():
+                        event.set()  # anything may have happened while we were deaf
+                reconnecting = True
+                while not lost.is_set():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 5.0)
+                    if not lost.is_set():
+                        await conn.fetchval("SELECT 1")  # a silent loss shows here
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.info("LISTEN connection to %s lost (%s); reconnecting", self.describe(), exc)
+            finally:
+                self.listener_connected.clear()
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def _record(row: Any) -> TaskRecord:
+    values = list(row)
+    for index in (12,) + ((15,) if len(values) > 15 else ()):
+        if values[index] is not None:
+            values[index] = bytes(values[index])
+    return TaskRecord(*values)

@@ -1,0 +1,205 @@
+"""The PostgreSQL schema, its versions, and the named queries of the backend.
+
+``{s}`` is the schema name (quoted identifier), so several apps can share one
+server. Times are unix seconds (``double precision``), as in SQLite.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "CREATE TABLE IF NOT EXISTS {s}.sitq_meta (key text PRIMARY KEY, value text NOT NULL)",
+        """
+        CREATE TABLE {s}.sitq_tasks (
+            id text PRIMARY KEY,
+            queue text NOT NULL,
+            func_name text NOT NULL,
+            payload bytea NOT NULL,
+            status text NOT NULL,
+            priority integer NOT NULL DEFAULT 0,
+            enqueued_at double precision NOT NULL,
+            available_at double precision NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            max_retries integer NOT NULL DEFAULT 0,
+            retry_backoff double precision NOT NULL DEFAULT 1.0,
+            timeout double precision,
+            unique_key text,
+            result_ttl double precision,
+            worker_id text,
+            lease_expires_at double precision,
+            cancel_requested boolean NOT NULL DEFAULT false,
+            started_at double precision,
+            finished_at double precision,
+            expires_at double precision,
+            result bytea,
+            error text,
+            traceback text,
+            seq bigserial NOT NULL
+        )
+        """,
+        # Serves the claim: ready tasks of a queue in priority, time, enqueue order.
+        """
+        CREATE INDEX sitq_tasks_ready ON {s}.sitq_tasks (queue, priority DESC, available_at, seq)
+        WHERE status = 'queued'
+        """,
+        """
+        CREATE INDEX sitq_tasks_running ON {s}.sitq_tasks (lease_expires_at)
+        WHERE status = 'running'
+        """,
+        """
+        CREATE INDEX sitq_tasks_expiry ON {s}.sitq_tasks (expires_at)
+        WHERE expires_at IS NOT NULL
+        """,
+        """
+        CREATE TABLE {s}.sitq_workers (
+            id text PRIMARY KEY,
+            hostname text NOT NULL,
+            pid integer NOT NULL,
+            queues text[] NOT NULL,
+            concurrency integer NOT NULL,
+            started_at double precision NOT NULL,
+            heartbeat_at double precision NOT NULL,
+            stopped_at double precision
+        )
+        """,
+    ),
+}
+
+TASK_COLUMNS = (
+    "id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, "
+    "available_at, started_at, finished_at, worker_id, result, error, traceback"
+)
+
+# One statement for a whole batch: arrays in NewTask's field order.
+INSERT_TASKS = """
+INSERT INTO {s}.sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
+    available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl)
+SELECT id, queue, func_name, payload, 'queued', priority, enqueued_at, available_at,
+    max_retries, retry_backoff, timeout, unique_key, result_ttl
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int[], $6::float8[],
+    $7::float8[], $8::int[], $9::float8[], $10::float8[], $11::text[], $12::float8[])
+    AS t(id, queue, func_name, payload, priority, enqueued_at, available_at, max_retries,
+         retry_backoff, timeout, unique_key, result_ttl)
+"""
+
+# SKIP LOCKED: concurrent claimers each take different rows, never waiting.
+CLAIM = """
+WITH picked AS (
+    SELECT id FROM {s}.sitq_tasks
+    WHERE status = 'queued' AND queue = ANY($4::text[]) AND available_at <= $2
+    ORDER BY priority DESC, available_at, seq
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.sitq_tasks t
+SET status = 'running', worker_id = $1, attempts = t.attempts + 1,
+    started_at = $2, lease_expires_at = $3
+FROM picked WHERE t.id = picked.id
+RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.retry_backoff,
+    t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq
+"""
+
+RECLAIM_EXPIRED = """
+UPDATE {s}.sitq_tasks
+SET status = CASE
+        WHEN cancel_requested THEN 'cancelled'
+        WHEN attempts >= max_retries + 1 + $2 THEN 'failed'
+        ELSE 'queued' END,
+    error = CASE
+        WHEN cancel_requested THEN 'cancelled while its worker was lost'
+        WHEN attempts >= max_retries + 1 + $2
+            THEN 'WorkerLost: the worker running this task died ' || attempts || ' times'
+        ELSE error END,
+    finished_at = CASE WHEN cancel_requested OR attempts >= max_retries + 1 + $2
+        THEN $1::float8 ELSE NULL END,
+    expires_at = CASE WHEN cancel_requested OR attempts >= max_retries + 1 + $2
+        THEN $1::float8 + COALESCE(result_ttl, $3::float8) ELSE NULL END,
+    lease_expires_at = NULL
+WHERE status = 'running' AND lease_expires_at < $1::float8
+"""
+
+RENEW_LEASES = """
+UPDATE {s}.sitq_tasks SET lease_expires_at = $1
+WHERE status = 'running' AND worker_id = $2 AND id = ANY($3::text[])
+RETURNING id, cancel_requested
+"""
+
+TOUCH_WORKER = "UPDATE {s}.sitq_workers SET heartbeat_at = $1 WHERE id = $2"
+
+FINISH = """
+UPDATE {s}.sitq_tasks t
+SET status = CASE WHEN v.status = 'queued' AND t.cancel_requested THEN 'cancelled'
+                  ELSE v.status END,
+    result = v.result, error = v.error, traceback = v.traceback,
+    available_at = COALESCE(v.retry_at, t.available_at),
+    finished_at = CASE WHEN v.status = 'queued' AND NOT t.cancel_requested THEN NULL
+                       ELSE $1::float8 END,
+    expires_at = CASE WHEN v.status = 'queued' AND NOT t.cancel_requested THEN NULL
+                      ELSE $1::float8 + COALESCE(t.result_ttl, $2::float8) END,
+    lease_expires_at = NULL
+FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::bytea[], $8::text[],
+    $9::text[], $10::float8[])
+    AS v(id, worker_id, attempt, status, result, error, traceback, retry_at)
+WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
+    AND t.status = 'running'
+RETURNING t.id
+"""
+
+RELEASE = """
+UPDATE {s}.sitq_tasks t
+SET status = CASE WHEN t.cancel_requested THEN 'cancelled' ELSE 'queued' END,
+    attempts = t.attempts - 1, worker_id = NULL, lease_expires_at = NULL, started_at = NULL,
+    finished_at = CASE WHEN t.cancel_requested THEN $1::float8 END,
+    expires_at = CASE WHEN t.cancel_requested
+        THEN $1::float8 + COALESCE(t.result_ttl, $2::float8) END,
+    error = CASE WHEN t.cancel_requested THEN 'cancelled before it started' ELSE t.error END
+FROM unnest($3::text[], $4::text[], $5::int[]) AS v(id, worker_id, attempt)
+WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
+    AND t.status = 'running'
+RETURNING t.id
+"""
+
+CANCEL_QUEUED = """
+UPDATE {s}.sitq_tasks
+SET status = 'cancelled', finished_at = $2::float8, error = 'cancelled before it started',
+    expires_at = $2::float8 + COALESCE(result_ttl, $3::float8)
+WHERE id = $1 AND status = 'queued'
+RETURNING id
+"""
+
+REQUEST_CANCEL = """
+UPDATE {s}.sitq_tasks SET cancel_requested = true WHERE id = $1 AND status = 'running'
+RETURNING id
+"""
+
+# {where} selects the tasks to queue again; $1 is now.
+RETRY = """
+UPDATE {s}.sitq_tasks
+SET status = 'queued', attempts = 0, available_at = $1::float8, result = NULL, error = NULL,
+    traceback = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,
+    worker_id = NULL, lease_expires_at = NULL, cancel_requested = false
+WHERE status IN ('failed', 'cancelled') AND {where}
+"""
+
+COUNTS = "SELECT queue, status, count(*) FROM {s}.sitq_tasks GROUP BY queue, status"
+
+UPSERT_WORKER = """
+INSERT INTO {s}.sitq_workers
+    (id, hostname, pid, queues, concurrency, started_at, heartbeat_at, stopped_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)
+ON CONFLICT (id) DO UPDATE SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid,
+    queues = EXCLUDED.queues, concurrency = EXCLUDED.concurrency,
+    started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, stopped_at = NULL
+"""
+
+STOP_WORKER = "UPDATE {s}.sitq_workers SET stopped_at = $1 WHERE id = $2"
+
+LIST_WORKERS = """
+SELECT id, hostname, pid, queues, concurrency, started_at, heartbeat_at, stopped_at
+FROM {s}.sitq_workers ORDER BY started_at DESC
+"""
+
+PRUNE_TASKS = "DELETE FROM {s}.sitq_tasks WHERE expires_at < $1"
+PRUNE_WORKERS = "DELETE FROM {s}.sitq_workers WHERE heartbeat_at < $1"
