@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import ServingWorker, WorkerProcess
+from support import (
+    ServingWorker,
+    WorkerProcess,
+    drop_postgres_schema,
+    postgres_available,
+    postgres_url,
+)
 
 from sitq import TaskQueue
 
@@ -16,6 +23,21 @@ from sitq import TaskQueue
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "tasks.db"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh database on each backend: an SQLite file, or a PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "tasks.db")
+        return
+    reason = postgres_available()
+    if reason:
+        pytest.skip(reason)
+    schema = "t_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
+    await drop_postgres_schema(schema)
+    yield postgres_url(schema)
+    await drop_postgres_schema(schema)
 
 
 @pytest.fixture
@@ -29,7 +51,7 @@ def spawn_worker(db_path: Path, tmp_path: Path) -> Iterator[Callable[..., Worker
     """Start `sitq worker` processes on ``db_path``; all are killed at teardown."""
     started: list[WorkerProcess] = []
 
-    def spawn(*args: str, db: Path | None = None, cwd: Path | None = None) -> WorkerProcess:
+    def spawn(*args: str, db: Path | str | None = None, cwd: Path | None = None) -> WorkerProcess:
         worker = WorkerProcess(db or db_path, tmp_path, *args, cwd=cwd)
         started.append(worker)
         return worker

@@ -46,7 +46,7 @@ async def await_until(
 class WorkerProcess:
     """A real `sitq worker` process, started the way users start it."""
 
-    def __init__(self, db: Path, log_dir: Path, *args: str, cwd: Path | None = None) -> None:
+    def __init__(self, db: Path | str, log_dir: Path, *args: str, cwd: Path | None = None) -> None:
         self.log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(

@@ -37,15 +37,15 @@ async def finished_count(queue: TaskQueue) -> int:
 
 @pytest.mark.slow
 async def test_sigkill_loses_nothing_and_reruns_only_in_flight_tasks(
-    db_path: Path, tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
+    db_url: str, tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
     log = tmp_path / "runs.log"
     count = 2000
-    async with TaskQueue(db_path) as queue:
+    async with TaskQueue(db_url) as queue:
         ids = await queue.enqueue_many(
             jobs.record, [(str(log), f"t{i}", 0.005) for i in range(count)]
         )
-        workers = [spawn_worker("--concurrency", "4", "--lease", "2") for _ in range(3)]
+        workers = [spawn_worker("--concurrency", "4", "--lease", "2", db=db_url) for _ in range(3)]
         for worker in workers:
             worker.wait_started()
 
@@ -76,11 +76,11 @@ async def test_sigkill_loses_nothing_and_reruns_only_in_flight_tasks(
 
 @pytest.mark.slow
 async def test_sigterm_lets_a_running_task_finish_and_exits_zero(
-    db_path: Path, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path
+    db_url: str, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
     log = tmp_path / "runs.log"
-    async with TaskQueue(db_path) as queue:
-        worker = spawn_worker("--grace", "10").wait_started()
+    async with TaskQueue(db_url) as queue:
+        worker = spawn_worker("--grace", "10", db=db_url).wait_started()
         task_id = await queue.enqueue(jobs.record, str(log), "two-seconds", 2.0)
 
         async def running() -> bool:
@@ -98,11 +98,11 @@ async def test_sigterm_lets_a_running_task_finish_and_exits_zero(
 
 @pytest.mark.slow
 async def test_sigterm_releases_a_task_longer_than_the_grace_period(
-    db_path: Path, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path
+    db_url: str, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
     log = tmp_path / "runs.log"
-    async with TaskQueue(db_path) as queue:
-        first = spawn_worker("--grace", "0.5").wait_started()
+    async with TaskQueue(db_url) as queue:
+        first = spawn_worker("--grace", "0.5", db=db_url).wait_started()
         task_id = await queue.enqueue(jobs.record, str(log), "long", 3.0)
 
         async def running() -> bool:
@@ -114,7 +114,7 @@ async def test_sigterm_releases_a_task_longer_than_the_grace_period(
         assert first.wait(20) == 0, first.output()
         assert time.monotonic() - started < 5
         assert await queue.status(task_id) is TaskStatus.QUEUED
-        second = spawn_worker().wait_started()
+        second = spawn_worker(db=db_url).wait_started()
         result = await queue.get_result(task_id, timeout=20)
         assert result is not None and result.ok
         assert result.attempts == 1  # the released run was not counted
@@ -123,10 +123,10 @@ async def test_sigterm_releases_a_task_longer_than_the_grace_period(
 
 @pytest.mark.slow
 async def test_second_signal_stops_at_once_and_still_releases(
-    db_path: Path, spawn_worker: Callable[..., WorkerProcess]
+    db_url: str, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
-    async with TaskQueue(db_path) as queue:
-        worker = spawn_worker("--grace", "60").wait_started()
+    async with TaskQueue(db_url) as queue:
+        worker = spawn_worker("--grace", "60", db=db_url).wait_started()
         task_id = await queue.enqueue(jobs.async_sleep, 60)
 
         async def running() -> bool:
@@ -144,13 +144,13 @@ async def test_second_signal_stops_at_once_and_still_releases(
 
 @pytest.mark.slow
 async def test_contention_four_workers_two_producers_each_task_once(
-    db_path: Path, tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
+    db_url: str, tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
     log = tmp_path / "runs.log"
     per_producer = 2500
-    async with TaskQueue(db_path):
+    async with TaskQueue(db_url):
         pass  # create the database before the workers look for it
-    workers = [spawn_worker("--concurrency", "4") for _ in range(4)]
+    workers = [spawn_worker("--concurrency", "4", db=db_url) for _ in range(4)]
     for worker in workers:
         worker.wait_started()
     producers = [
@@ -158,7 +158,7 @@ async def test_contention_four_workers_two_producers_each_task_once(
             [
                 sys.executable,
                 str(TESTS_DIR / "producer_process.py"),
-                str(db_path),
+                db_url,
                 prefix,
                 str(per_producer),
                 str(log),
@@ -174,7 +174,7 @@ async def test_contention_four_workers_two_producers_each_task_once(
         out, _ = producer.communicate(timeout=180)
         outputs.append(out.decode())
         assert producer.returncode == 0, out.decode()
-    async with TaskQueue(db_path) as queue:
+    async with TaskQueue(db_url) as queue:
 
         async def all_done() -> bool:
             return await finished_count(queue) == 2 * per_producer

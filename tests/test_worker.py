@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import jobs
 import pytest
@@ -19,26 +22,39 @@ def read_log(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-async def test_retries_until_success(
-    queue: TaskQueue, worker: ServingWorker, tmp_path: Path
-) -> None:
+@contextlib.asynccontextmanager
+async def serving(db_url: str, **options: Any) -> AsyncIterator[TaskQueue]:
+    """A connected queue on ``db_url`` with an in-process worker serving it."""
+    async with TaskQueue(db_url) as queue:
+        worker = Worker(db_url, **options)
+        await worker.start()
+        try:
+            yield queue
+        finally:
+            await worker.stop(timeout=5)
+
+
+# Retries, delays and priorities run on every backend (db_url: SQLite, PostgreSQL).
+
+
+async def test_retries_until_success(db_url: str, tmp_path: Path) -> None:
     counter = str(tmp_path / "count")
-    task_id = await queue.with_options(max_retries=2, retry_backoff=0.05).enqueue(
-        jobs.flaky, counter, 2
-    )
-    result = await queue.get_result(task_id, timeout=20)
+    async with serving(db_url, concurrency=2) as queue:
+        task_id = await queue.with_options(max_retries=2, retry_backoff=0.05).enqueue(
+            jobs.flaky, counter, 2
+        )
+        result = await queue.get_result(task_id, timeout=20)
     assert result is not None and result.status is TaskStatus.SUCCEEDED
     assert result.attempts == 3 and result.value == 3
 
 
-async def test_retries_exhausted_keep_the_last_traceback(
-    queue: TaskQueue, worker: ServingWorker, tmp_path: Path
-) -> None:
+async def test_retries_exhausted_keep_the_last_traceback(db_url: str, tmp_path: Path) -> None:
     counter = str(tmp_path / "count")
-    task_id = await queue.with_options(max_retries=1, retry_backoff=0.05).enqueue(
-        jobs.flaky, counter, 2
-    )
-    result = await queue.get_result(task_id, timeout=20)
+    async with serving(db_url, concurrency=2) as queue:
+        task_id = await queue.with_options(max_retries=1, retry_backoff=0.05).enqueue(
+            jobs.flaky, counter, 2
+        )
+        result = await queue.get_result(task_id, timeout=20)
     assert result is not None and result.status is TaskStatus.FAILED
     assert result.attempts == 2
     assert result.error == "RuntimeError: flaky failure number 2"
@@ -87,25 +103,26 @@ async def test_a_tasks_own_timeout_error_is_not_reported_as_sitqs(
     assert result is not None and result.error == "TimeoutError: the task's own timeout, not sitq's"
 
 
-async def test_delayed_task_never_starts_early(queue: TaskQueue, worker: ServingWorker) -> None:
-    delayed = await queue.with_options(delay=0.6).enqueue(jobs.noop)
-    eta = datetime.now(timezone.utc) + timedelta(seconds=0.4)
-    at_eta = await queue.with_options(eta=eta).enqueue(jobs.noop)
-    r1 = await queue.get_result(delayed, timeout=10)
-    r2 = await queue.get_result(at_eta, timeout=10)
+async def test_delayed_task_never_starts_early(db_url: str) -> None:
+    async with serving(db_url, concurrency=2) as queue:
+        delayed = await queue.with_options(delay=0.6).enqueue(jobs.noop)
+        eta = datetime.now(timezone.utc) + timedelta(seconds=0.4)
+        at_eta = await queue.with_options(eta=eta).enqueue(jobs.noop)
+        r1 = await queue.get_result(delayed, timeout=10)
+        r2 = await queue.get_result(at_eta, timeout=10)
     assert r1 is not None and r1.started_at and r1.enqueued_at
     assert r1.started_at - r1.enqueued_at >= timedelta(seconds=0.6)
     assert r1.started_at - r1.enqueued_at < timedelta(seconds=2)
     assert r2 is not None and r2.started_at and r2.started_at >= eta
 
 
-async def test_higher_priority_overtakes_queued_tasks(db_path: Path, tmp_path: Path) -> None:
+async def test_higher_priority_overtakes_queued_tasks(db_url: str, tmp_path: Path) -> None:
     log = tmp_path / "order.log"
-    async with TaskQueue(db_path) as queue:
+    async with TaskQueue(db_url) as queue:
         low = await queue.enqueue_many(jobs.record, [(str(log), f"low{i}") for i in range(10)])
         high = await queue.with_options(priority=10).enqueue(jobs.record, str(log), "high")
         mid = await queue.with_options(priority=5).enqueue(jobs.record, str(log), "mid")
-        w = Worker(db_path, concurrency=1)
+        w = Worker(db_url, concurrency=1)
         await w.start()
         try:
             for task_id in [*low, high, mid]:

@@ -89,6 +89,8 @@ class PostgresBackend(Backend):
         self._database = parts.path.lstrip("/") or self._user
         self._min_size, self._max_size = min_size, max_size
         self._channel = f"sitq_{schema}"
+        #: The LISTEN connection's application_name, to find it in pg_stat_activity.
+        self.listener_name = f"sitq-listen-{schema}"
         self._sql: dict[str, str] = {}
         self._pool: asyncpg.Pool | None = None
         self._users = 0
@@ -469,7 +471,11 @@ class PostgresBackend(Backend):
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=10)
+                conn = await asyncpg.connect(
+                    self._dsn,
+                    timeout=10,
+                    server_settings={"application_name": self.listener_name},
+                )
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _, lost=lost: lost.set())
                 await conn.add_listener(self._channel, self._on_notify)
