@@ -230,9 +230,8 @@ class PostgresBackend(Backend):
         if not tasks:
             return
         columns = [list(column) for column in zip(*tasks, strict=True)]
-        async with self._acquire() as conn, conn.transaction():
-            await conn.execute(self._q(q.INSERT_TASKS), *columns)
-            await self._notify(conn, "tasks")
+        async with self._acquire() as conn:
+            await conn.execute(self._q(q.INSERT_TASKS), *columns, self._channel)
 
     async def get_tasks(
         self, task_ids: Sequence[str], *, with_payload: bool = False

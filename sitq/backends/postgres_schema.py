@@ -72,16 +72,20 @@ TASK_COLUMNS = (
     "available_at, started_at, finished_at, worker_id, result, error, traceback"
 )
 
-# One statement for a whole batch: arrays in NewTask's field order.
+# One statement (one round trip, its own transaction) for a whole batch: arrays
+# in NewTask's field order, and one NOTIFY, delivered when it commits.
 INSERT_TASKS = """
-INSERT INTO {s}.sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
-    available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl)
-SELECT id, queue, func_name, payload, 'queued', priority, enqueued_at, available_at,
-    max_retries, retry_backoff, timeout, unique_key, result_ttl
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int[], $6::float8[],
-    $7::float8[], $8::int[], $9::float8[], $10::float8[], $11::text[], $12::float8[])
-    AS t(id, queue, func_name, payload, priority, enqueued_at, available_at, max_retries,
-         retry_backoff, timeout, unique_key, result_ttl)
+WITH inserted AS (
+    INSERT INTO {s}.sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
+        available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl)
+    SELECT id, queue, func_name, payload, 'queued', priority, enqueued_at, available_at,
+        max_retries, retry_backoff, timeout, unique_key, result_ttl
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int[], $6::float8[],
+        $7::float8[], $8::int[], $9::float8[], $10::float8[], $11::text[], $12::float8[])
+        AS t(id, queue, func_name, payload, priority, enqueued_at, available_at, max_retries,
+             retry_backoff, timeout, unique_key, result_ttl)
+)
+SELECT pg_notify($13, 'tasks')
 """
 
 # SKIP LOCKED: concurrent claimers each take different rows, never waiting.
