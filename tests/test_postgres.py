@@ -6,10 +6,12 @@ take ``db_url``.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import jobs
@@ -17,6 +19,7 @@ import pytest
 from support import (
     POSTGRES_URL,
     SITQ,
+    TESTS_DIR,
     await_until,
     drop_postgres_schema,
     postgres_available,
@@ -152,3 +155,68 @@ async def test_listener_reconnects_after_its_connection_is_killed(schema: str) -
             assert result is not None and result.value == 4
         finally:
             await worker.stop(timeout=5)
+
+
+@pytest.mark.slow
+async def test_many_hosts_simulated_one_worker_killed(
+    schema: str, tmp_path: Path, spawn_worker: Any
+) -> None:
+    """4 worker processes (each its own pool, as on separate hosts) and 2 producers
+    on one server; one worker is SIGKILLed mid-run. Nothing is lost, every task has
+    exactly one result, and only tasks the killed worker had started ran twice."""
+    url = postgres_url(schema)
+    log = tmp_path / "runs.log"
+    per_producer = 5000
+    async with TaskQueue(url):
+        pass  # create the schema before the workers look for it
+    workers = [spawn_worker("--concurrency", "4", "--lease", "2", db=url) for _ in range(4)]
+    for worker in workers:
+        worker.wait_started()
+    producers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(TESTS_DIR / "producer_process.py"),
+                url,
+                prefix,
+                str(per_producer),
+                str(log),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(),
+        )
+        for prefix in ("a", "b")
+    ]
+    try:
+        async with TaskQueue(url) as queue:
+
+            async def some_done() -> bool:
+                return (await queue.stats())["totals"]["succeeded"] >= 1500
+
+            await await_until(some_done, 60, "1,500 tasks to finish")
+            victim = workers[0]
+            victim.send(signal.SIGKILL)
+            assert victim.wait(10) == -signal.SIGKILL
+            for producer in producers:
+                out, _ = producer.communicate(timeout=180)
+                assert producer.returncode == 0, out.decode()
+
+            async def all_done() -> bool:
+                return (await queue.stats())["totals"]["succeeded"] == 2 * per_producer
+
+            await await_until(all_done, 180, "every task to succeed")
+            totals = (await queue.stats())["totals"]
+    finally:
+        for producer in producers:
+            if producer.poll() is None:
+                producer.kill()
+    assert totals["failed"] == 0 and totals["queued"] == 0 and totals["running"] == 0
+    starts: dict[str, list[int]] = {}
+    for line in log.read_text().splitlines():
+        kind, marker, pid = line.split()
+        if kind == "S":
+            starts.setdefault(marker, []).append(int(pid))
+    assert len(starts) == 2 * per_producer
+    reran = {marker for marker, pids in starts.items() if len(pids) > 1}
+    assert all(victim.pid in starts[marker] for marker in reran), reran
