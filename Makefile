@@ -18,6 +18,7 @@ test-fast:
 	$(BIN)/pytest -q -m "not slow"
 
 bench:
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/run.py
 
 lint:

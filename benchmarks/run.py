@@ -424,12 +424,21 @@ def bench_backlog(tmp: Path, reps: int, quick: bool) -> Table:
     return table
 
 
+def bench_postgres(tmp: Path, reps: int, quick: bool) -> Table:
+    # The PostgreSQL backend against pgqueuer and Procrastinate (postgres_drain.py).
+    import postgres_drain
+
+    n = 5000 if quick else 20_000
+    return asyncio.run(postgres_drain.bench(postgres_drain.DEFAULT_DB, reps, n))
+
+
 SCENARIOS = {
     "enqueue": bench_enqueue,
     "drain": bench_drain,
     "latency": bench_latency,
     "memory": bench_memory,
     "backlog": bench_backlog,
+    "postgres": bench_postgres,
 }
 
 
