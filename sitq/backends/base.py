@@ -20,9 +20,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 WakeKind = Literal["tasks", "results"]
+
+#: A task whose worker was lost this many times beyond its retries is failed,
+#: so a task that kills its worker every time cannot loop forever.
+LOST_LEASE_LIMIT = 3
+#: Expired leases are looked for at most this often per backend instance.
+RECLAIM_INTERVAL = 1.0
 
 
 class NewTask(NamedTuple):
@@ -118,6 +124,47 @@ class WorkerRecord:
     def alive(self, now: float, stale_after: float) -> bool:
         """Running and heard from within ``stale_after`` seconds."""
         return self.stopped_at is None and now - self.heartbeat_at <= stale_after
+
+
+def claimed_tasks(rows: Sequence[Sequence[Any]], worker_id: str, now: float) -> list[ClaimedTask]:
+    """ClaimedTasks from a claim's rows, in claim order.
+
+    A row is (id, queue, func_name, payload, attempts, max_retries, retry_backoff,
+    timeout, enqueued_at, priority, available_at, enqueue sequence): an UPDATE's
+    RETURNING has no order of its own, so the order is restored here.
+    """
+    ordered = sorted(rows, key=lambda r: (-r[9], r[10], r[11]))
+    return [
+        ClaimedTask(
+            id=r[0],
+            queue=r[1],
+            func_name=r[2],
+            payload=bytes(r[3]),
+            attempts=r[4],
+            max_retries=r[5],
+            retry_backoff=r[6],
+            timeout=r[7],
+            enqueued_at=r[8],
+            started_at=now,
+            lease=Lease(r[0], worker_id, r[4]),
+        )
+        for r in ordered
+    ]
+
+
+def worker_record(row: Sequence[Any], queues: Sequence[str]) -> WorkerRecord:
+    """A WorkerRecord from a row (id, hostname, pid, -, concurrency, started_at,
+    heartbeat_at, stopped_at) and its decoded queue names."""
+    return WorkerRecord(
+        id=row[0],
+        hostname=row[1],
+        pid=int(row[2]),
+        queues=tuple(queues),
+        concurrency=int(row[4]),
+        started_at=row[5],
+        heartbeat_at=row[6],
+        stopped_at=row[7],
+    )
 
 
 class Backend(abc.ABC):

@@ -30,6 +30,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
 from sitq.backends import postgres_schema as q
 from sitq.backends.base import (
+    LOST_LEASE_LIMIT,
+    RECLAIM_INTERVAL,
     Backend,
     ClaimedTask,
     Lease,
@@ -38,15 +40,13 @@ from sitq.backends.base import (
     TaskRecord,
     WakeKind,
     WorkerRecord,
+    claimed_tasks,
+    worker_record,
 )
 from sitq.errors import ConfigurationError, DatabaseError, NotConnected, SchemaVersionError
 
 logger = logging.getLogger("sitq.postgres")
 
-#: A task whose worker was lost this many times beyond its retries is failed.
-LOST_LEASE_LIMIT = 3
-#: Expired leases are looked for at most this often per backend instance.
-RECLAIM_INTERVAL = 1.0
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,50}$")
 _MIGRATION_LOCK = 0x5171_0001  # pg_advisory_xact_lock key: one migrator at a time
 
@@ -301,23 +301,7 @@ class PostgresBackend(Backend):
             rows = await conn.fetch(
                 self._q(q.CLAIM), worker_id, now, now + lease_seconds, list(queues), limit
             )
-        rows = sorted(rows, key=lambda r: (-r[9], r[10], r[11]))
-        return [
-            ClaimedTask(
-                id=r[0],
-                queue=r[1],
-                func_name=r[2],
-                payload=bytes(r[3]),
-                attempts=r[4],
-                max_retries=r[5],
-                retry_backoff=r[6],
-                timeout=r[7],
-                enqueued_at=r[8],
-                started_at=now,
-                lease=Lease(r[0], worker_id, r[4]),
-            )
-            for r in rows
-        ]
+        return claimed_tasks(rows, worker_id, now)
 
     async def heartbeat(
         self, worker_id: str, leases: Sequence[Lease], lease_seconds: float
@@ -404,19 +388,7 @@ class PostgresBackend(Backend):
         """Every known worker, newest first."""
         async with self._acquire() as conn:
             rows = await conn.fetch(self._q(q.LIST_WORKERS))
-        return [
-            WorkerRecord(
-                id=r[0],
-                hostname=r[1],
-                pid=int(r[2]),
-                queues=tuple(r[3]),
-                concurrency=int(r[4]),
-                started_at=r[5],
-                heartbeat_at=r[6],
-                stopped_at=r[7],
-            )
-            for r in rows
-        ]
+        return [worker_record(r, r[3]) for r in rows]
 
     async def prune(self) -> int:
         """Delete finished tasks past their retention, and workers gone for a day."""

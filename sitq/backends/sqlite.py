@@ -22,6 +22,8 @@ import aiosqlite
 
 from sitq.backends import sqlite_schema as q
 from sitq.backends.base import (
+    LOST_LEASE_LIMIT,
+    RECLAIM_INTERVAL,
     Backend,
     ClaimedTask,
     Lease,
@@ -30,6 +32,8 @@ from sitq.backends.base import (
     TaskRecord,
     WakeKind,
     WorkerRecord,
+    claimed_tasks,
+    worker_record,
 )
 from sitq.backends.sqlite_enqueue import BlockingInserter, EnqueueBatcher
 from sitq.backends.wakeup import WakeupChannel, wake_directory
@@ -44,10 +48,6 @@ T = TypeVar("T")
 
 #: How long a busy database is retried before giving up with a clear error.
 LOCKED_DEADLINE = 120.0
-#: A task whose worker was lost this many times beyond its retries is failed.
-LOST_LEASE_LIMIT = 3
-#: Expired leases are looked for at most this often per backend instance.
-RECLAIM_INTERVAL = 1.0
 _ID_CHUNK = 500  # stays below SQLite's limit on bound parameters
 
 
@@ -481,24 +481,7 @@ class SQLiteBackend(Backend):
         rows = await self._write(lambda: conn.execute_fetchall(sql, params))
         if not rows:
             return []
-        # RETURNING gives no order: restore the claim order.
-        ordered = sorted(rows, key=lambda r: (-r[9], r[10], r[11]))
-        return [
-            ClaimedTask(
-                id=r[0],
-                queue=r[1],
-                func_name=r[2],
-                payload=r[3],
-                attempts=r[4],
-                max_retries=r[5],
-                retry_backoff=r[6],
-                timeout=r[7],
-                enqueued_at=r[8],
-                started_at=now,
-                lease=Lease(r[0], worker_id, r[4]),
-            )
-            for r in ordered
-        ]
+        return claimed_tasks(rows, worker_id, now)
 
     async def _reclaim_expired(self, now: float) -> None:
         conn = self._connection()
@@ -652,19 +635,7 @@ class SQLiteBackend(Backend):
     async def list_workers(self) -> list[WorkerRecord]:
         """Every known worker, newest first."""
         rows = await self._read(q.LIST_WORKERS)
-        return [
-            WorkerRecord(
-                id=r[0],
-                hostname=r[1],
-                pid=int(r[2]),
-                queues=tuple(json.loads(r[3])),
-                concurrency=int(r[4]),
-                started_at=r[5],
-                heartbeat_at=r[6],
-                stopped_at=r[7],
-            )
-            for r in rows
-        ]
+        return [worker_record(r, json.loads(r[3])) for r in rows]
 
     async def prune(self) -> int:
         """Delete finished tasks past their retention, and workers gone for a day."""

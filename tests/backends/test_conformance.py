@@ -14,6 +14,7 @@ from typing import TypeVar
 import pytest
 
 from sitq.backends.base import (
+    LOST_LEASE_LIMIT,
     Backend,
     ClaimedTask,
     Lease,
@@ -22,9 +23,6 @@ from sitq.backends.base import (
     TaskRecord,
     WorkerRecord,
 )
-
-# The SQLite backend's limit; a backend added later is expected to use the same one.
-from sitq.backends.sqlite import LOST_LEASE_LIMIT
 from sitq.task import new_task_id
 
 T = TypeVar("T")
