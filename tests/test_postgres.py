@@ -78,6 +78,24 @@ def test_bad_schema_name_is_refused() -> None:
         PostgresBackend("postgresql://localhost/test?sitq_schema=x;drop")
 
 
+@pytest.mark.parametrize(
+    "url", ["postgresql://bob:s3cr/et@localhost/test", "postgresql://bob:1234/s3cret@localhost/t"]
+)
+def test_unencoded_password_is_an_error_that_does_not_show_it(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="percent-encode") as info:
+        PostgresBackend(url)
+    assert "s3cr" not in str(info.value)
+
+
+async def test_schema_argument_wins_over_the_url_parameter(schema: str) -> None:
+    backend = PostgresBackend(postgres_url("ignored_schema"), schema=schema)
+    await backend.connect()
+    try:
+        assert backend.schema == schema
+    finally:
+        await backend.close()
+
+
 async def test_schemas_keep_apps_apart(schema: str) -> None:
     other = schema + "_b"
     await drop_postgres_schema(other)

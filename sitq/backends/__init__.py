@@ -32,7 +32,7 @@ def open_backend(target: Backend | str | os.PathLike[str] | None, **options: Any
             f"backend must be a Backend, a database URL or a path, got {type(target).__name__}"
         )
     text = os.fspath(target)
-    if text.startswith(("postgresql://", "postgres://")):
+    if text.lower().startswith(("postgresql://", "postgres://")):
         # Imported only here: the embedded default never needs asyncpg.
         from sitq.backends.postgres import PostgresBackend
 

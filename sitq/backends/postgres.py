@@ -73,8 +73,22 @@ class PostgresBackend(Backend):
         max_size: int = 10,
     ) -> None:
         parts = urlsplit(dsn)
-        query = dict(parse_qsl(parts.query))
-        schema = schema or query.pop("sitq_schema", None) or "sitq"
+        if "@" in parts.path:
+            raise ConfigurationError(
+                "the PostgreSQL URL cannot be read: percent-encode special characters "
+                "in the password (for example / as %2F, @ as %40)"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigurationError(
+                "the PostgreSQL URL's port is not a number (if the password holds / ? or #, "
+                "percent-encode them)"
+            ) from None
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        url_schema = next((value for key, value in query if key == "sitq_schema"), None)
+        query = [(key, value) for key, value in query if key != "sitq_schema"]
+        schema = schema or url_schema or "sitq"
         if not _SCHEMA_NAME.match(schema):
             raise ConfigurationError(
                 f"schema name {schema!r} is not allowed: use letters, digits and _ "
@@ -84,7 +98,7 @@ class PostgresBackend(Backend):
         self.schema = schema
         self.create = create
         self._host = parts.hostname or "localhost"
-        self._port = parts.port or 5432
+        self._port = port or 5432
         self._user = parts.username or ""
         self._database = parts.path.lstrip("/") or self._user
         self._min_size, self._max_size = min_size, max_size
@@ -127,7 +141,10 @@ class PostgresBackend(Backend):
                 return
             try:
                 self._pool = await self._create_pool()
-                await self._migrate()
+                try:
+                    await self._migrate()
+                except asyncpg.PostgresError as exc:
+                    raise DatabaseError(f"cannot set up {self.describe()}: {exc}") from exc
             except BaseException:
                 self._users -= 1
                 if self._pool is not None:
@@ -247,15 +264,21 @@ class PostgresBackend(Backend):
         """Cancel a queued task now, or ask a running task's worker to stop it."""
         now = self.now()
         async with self._acquire() as conn, conn.transaction():
-            if await conn.fetchval(self._q(q.CANCEL_QUEUED), task_id, now, self.default_result_ttl):
+            # Lock the row first: a worker's finish or retry cannot slip in between
+            # reading the status and acting on it.
+            status = await conn.fetchval(
+                self._q("SELECT status FROM {s}.sitq_tasks WHERE id = $1 FOR UPDATE"), task_id
+            )
+            if status is None:
+                return None
+            if status == "queued":
+                await conn.execute(self._q(q.CANCEL_QUEUED), task_id, now, self.default_result_ttl)
                 await self._notify(conn, "results")
                 return "cancelled"
-            if await conn.fetchval(self._q(q.REQUEST_CANCEL), task_id):
+            if status == "running":
+                await conn.execute(self._q(q.REQUEST_CANCEL), task_id)
                 return "requested"
-            exists = await conn.fetchval(
-                self._q("SELECT 1 FROM {s}.sitq_tasks WHERE id = $1"), task_id
-            )
-            return "finished" if exists else None
+            return "finished"
 
     async def retry(self, task_ids: Sequence[str] | None = None, queue: str | None = None) -> int:
         """Queue failed or cancelled tasks again, with a fresh attempt count."""
@@ -345,8 +368,8 @@ class PostgresBackend(Backend):
                 await self._notify(conn, "results")
             if any(o.status == "queued" for o in outcomes):
                 await self._notify(conn, "tasks")
-        applied = {row[0] for row in rows}
-        return [lease.task_id in applied for lease in leases]
+        applied = {(row[0], row[1], row[2]) for row in rows}
+        return [(lease.task_id, lease.worker_id, lease.attempt) in applied for lease in leases]
 
     async def release(self, leases: Sequence[Lease]) -> int:
         """Give tasks back without counting the attempt (cancel-requested ones end cancelled)."""
@@ -438,6 +461,7 @@ class PostgresBackend(Backend):
     async def _listen_forever(self) -> None:
         """Keep one LISTEN connection open, reconnecting after any loss."""
         pause = 0.1
+        failures = 0
         reconnecting = False
         while True:
             conn = None
@@ -451,7 +475,7 @@ class PostgresBackend(Backend):
                 conn.add_termination_listener(lambda _, lost=lost: lost.set())
                 await conn.add_listener(self._channel, self._on_notify)
                 self.listener_connected.set()
-                pause = 0.1
+                pause, failures = 0.1, 0
                 if reconnecting:
                     for event in self._events.values():
                         event.set()  # anything may have happened while we were deaf
@@ -460,11 +484,13 @@ class PostgresBackend(Backend):
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(lost.wait(), 5.0)
                     if not lost.is_set():
-                        await conn.fetchval("SELECT 1")  # a silent loss shows here
+                        await conn.fetchval("SELECT 1", timeout=5)  # a silent loss shows here
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.info("LISTEN connection to %s lost (%s); reconnecting", self.describe(), exc)
+                failures += 1
+                log = logger.warning if failures >= 3 else logger.info
+                log("LISTEN connection to %s lost (%s); reconnecting", self.describe(), exc)
             finally:
                 self.listener_connected.clear()
                 if conn is not None and not conn.is_closed():

@@ -148,7 +148,7 @@ FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::bytea[], $8::text
     AS v(id, worker_id, attempt, status, result, error, traceback, retry_at)
 WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
     AND t.status = 'running'
-RETURNING t.id
+RETURNING t.id, t.worker_id, t.attempts
 """
 
 RELEASE = """

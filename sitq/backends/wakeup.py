@@ -14,11 +14,15 @@ import hashlib
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 from sitq.backends.base import WakeKind
 
 _KINDS: tuple[WakeKind, ...] = ("tasks", "results")
+#: Seconds between looks at who is listening (a new listener's first wake-up
+#: may wait for its own poll, at most 50 ms, meanwhile).
+PEER_REFRESH = 0.05
 
 
 def wake_directory(database_path: str) -> Path:
@@ -34,7 +38,7 @@ class WakeupChannel:
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self._sender: socket.socket | None = None
-        self._peers: dict[WakeKind, tuple[int, list[str]]] = {}
+        self._peers: dict[WakeKind, tuple[float, int, list[str]]] = {}
         self._listeners: dict[WakeKind, socket.socket] = {}
         self._own_paths: set[str] = set()
         self._events: dict[WakeKind, asyncio.Event] = {}
@@ -48,7 +52,10 @@ class WakeupChannel:
 
     def _kind_dir_str(self, kind: WakeKind) -> str:
         # notify() runs per commit: a plain string spares it pathlib's cost.
-        return self._dir_strings.setdefault(kind, str(self._kind_dir(kind)))
+        path = self._dir_strings.get(kind)
+        if path is None:
+            path = self._dir_strings[kind] = str(self._kind_dir(kind))
+        return path
 
     def notify(self, kind: WakeKind) -> None:
         """Wake every process waiting for ``kind``, this one included. Never raises."""
@@ -86,18 +93,23 @@ class WakeupChannel:
                 pass  # e.g. its buffer is full: it has a wake-up pending already
 
     def _peer_paths(self, kind: WakeKind) -> list[str]:
+        # The folder is looked at again at most every PEER_REFRESH seconds: a
+        # process that starts listening meanwhile is woken by its poll instead.
+        now = time.monotonic()
+        cached = self._peers.get(kind)
+        if cached is not None and now - cached[0] < PEER_REFRESH:
+            return cached[2]
         directory = self._kind_dir_str(kind)
         try:
             mtime = os.stat(directory).st_mtime_ns
-            cached = self._peers.get(kind)
-            names = os.listdir(directory) if cached is None or cached[0] != mtime else None
+            if cached is not None and cached[1] == mtime:
+                paths = cached[2]
+            else:
+                paths = [os.path.join(directory, name) for name in os.listdir(directory)]
         except OSError:  # not there (yet, or any more): no one to wake
-            return []
-        if names is not None:
-            paths = [os.path.join(directory, name) for name in names]
-            cached = (mtime, paths)
-            self._peers[kind] = cached
-        return cached[1]
+            paths, mtime = [], 0
+        self._peers[kind] = (now, mtime, paths)
+        return paths
 
     async def wait(self, kind: WakeKind, timeout: float) -> None:
         """Return on a wake-up for ``kind`` or after ``timeout`` seconds.

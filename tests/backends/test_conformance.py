@@ -427,6 +427,20 @@ async def test_old_holder_cannot_finish_after_its_lease_was_taken_back(
     assert (await record(backend, lost.id)).status == "succeeded"
 
 
+async def test_batch_with_a_stale_and_a_fresh_lease_of_one_task_applies_only_the_fresh(
+    backend, reclaim_immediately
+):
+    # The same worker lost its lease (its loop was blocked) and took the task back.
+    stale = await start(backend, worker="w1", lease=SHORT_LEASE)
+    fresh = await take_over(backend, stale.queue, "w1")
+    assert fresh.id == stale.id and fresh.attempts == stale.attempts + 1
+    assert await backend.finish([(stale.lease, FAILED), (fresh.lease, SUCCEEDED)]) == [
+        False,
+        True,
+    ]
+    assert (await record(backend, stale.id)).status == "succeeded"
+
+
 async def test_finish_of_a_batch_refuses_a_lease_that_expired(backend, reclaim_immediately):
     lost = await start(backend, worker="w1", lease=SHORT_LEASE)
     fresh = await start(backend, worker="w1")
