@@ -4,3 +4,8 @@
 def noop() -> None:
     """Does nothing: the benchmarks measure the queue, not the work."""
     return None
+
+
+async def async_noop() -> None:
+    """Does nothing, on the worker's event loop (as the PostgreSQL baselines' jobs do)."""
+    return None
