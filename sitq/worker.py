@@ -504,7 +504,8 @@ class Worker:
             outcome = self._failure(task, f"ChildDied: {exc}", None)
         except BaseException as exc:
             outcome = self._failure(task, f"{type(exc).__name__}: {exc}", _format_tb(exc))
-        self._done(running, outcome)
+        if not running.done:  # a stop may have given up on it and released it already
+            self._done(running, outcome)
 
     def _thread_done(self, running: _Running, reply: tuple[Any, ...]) -> None:
         """A thread finished a call (on the loop, via ThreadSlots)."""
