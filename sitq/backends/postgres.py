@@ -350,7 +350,12 @@ class PostgresBackend(Backend):
         now = self.now()
         leases = [lease for lease, _ in items]
         outcomes = [outcome for _, outcome in items]
-        async with self._acquire() as conn, conn.transaction():
+        kinds = []
+        if any(o.status != "queued" for o in outcomes):
+            kinds.append("results")
+        if any(o.status == "queued" for o in outcomes):
+            kinds.append("tasks")
+        async with self._acquire() as conn:
             rows = await conn.fetch(
                 self._q(q.FINISH),
                 now,
@@ -363,11 +368,9 @@ class PostgresBackend(Backend):
                 [o.error for o in outcomes],
                 [o.traceback for o in outcomes],
                 [o.retry_at for o in outcomes],
+                kinds,
+                self._channel,
             )
-            if any(o.status != "queued" for o in outcomes):
-                await self._notify(conn, "results")
-            if any(o.status == "queued" for o in outcomes):
-                await self._notify(conn, "tasks")
         applied = {(row[0], row[1], row[2]) for row in rows}
         return [(lease.task_id, lease.worker_id, lease.attempt) in applied for lease in leases]
 

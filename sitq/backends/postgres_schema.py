@@ -132,7 +132,10 @@ RETURNING id, cancel_requested
 
 TOUCH_WORKER = "UPDATE {s}.sitq_workers SET heartbeat_at = $1 WHERE id = $2"
 
+# One statement (one round trip): the update, and a NOTIFY of each kind in $11
+# once anything was applied (delivered at commit).
 FINISH = """
+WITH done AS (
 UPDATE {s}.sitq_tasks t
 SET status = CASE WHEN v.status = 'queued' AND t.cancel_requested THEN 'cancelled'
                   ELSE v.status END,
@@ -149,6 +152,9 @@ FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::bytea[], $8::text
 WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
     AND t.status = 'running'
 RETURNING t.id, t.worker_id, t.attempts
+),
+woken AS (SELECT pg_notify($12, kind) FROM unnest($11::text[]) AS k(kind))
+SELECT id, worker_id, attempts, (SELECT count(*) FROM woken) FROM done
 """
 
 RELEASE = """
