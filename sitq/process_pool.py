@@ -17,7 +17,7 @@ import pickle
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sitq.calls import call_payload
@@ -33,7 +33,6 @@ class _Child:
     process: multiprocessing.process.BaseProcess
     conn: multiprocessing.connection.Connection
     tasks_run: int = 0
-    broken: bool = field(default=False)
 
 
 def _describe_exit(code: int | None) -> str:
