@@ -375,9 +375,7 @@ def bench_memory(tmp: Path, reps: int, quick: bool) -> Table:
             wait_for(lambda log=log: " started: " in log.read_text(), 60)
             starts.append(_rss_mb(worker.pid, "VmRSS"))
             wait_for(
-                lambda db=db: (
-                    count(db, "SELECT count(*) FROM sitq_tasks WHERE status='succeeded'") >= n
-                ),
+                lambda db=db: count(db, SUCCEEDED) >= n,
                 600,
                 0.2,
             )

@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 import click
 
 from sitq.backends import open_backend
-from sitq.backends.base import Backend
+from sitq.backends.base import WORKER_STALE_AFTER, Backend
 from sitq.errors import SitqError
 from sitq.queue import record_to_result
 from sitq.serialization import CloudpickleSerializer
 from sitq.task import FINISHED_STATUSES, TaskStatus
-from sitq.worker import POOLS, WORKER_STALE_AFTER, Worker
+from sitq.worker import POOLS, Worker
 
 T = TypeVar("T")
 

@@ -11,8 +11,8 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from sitq.backends import open_backend
-from sitq.backends.base import Backend, NewTask, TaskRecord
-from sitq.errors import InvalidTask, SerializationError, TaskNotFound
+from sitq.backends.base import WORKER_STALE_AFTER, Backend, NewTask, TaskRecord
+from sitq.errors import InvalidTask, NotConnected, SerializationError, TaskNotFound
 from sitq.serialization import CloudpickleSerializer, Serializer, loads_checked
 from sitq.task import Result, TaskOptions, TaskStatus, _to_datetime, new_task_ids
 
@@ -157,8 +157,6 @@ class TaskQueue:
 
     def _backend_checked(self) -> Backend:
         if not self._connected:
-            from sitq.errors import NotConnected
-
             raise NotConnected(
                 "the queue is not connected: call `await queue.connect()` first, "
                 "or use `async with TaskQueue(...) as queue:`"
@@ -291,8 +289,6 @@ class TaskQueue:
 
     async def stats(self) -> dict[str, Any]:
         """Counts of tasks by status, overall and per queue, and of live workers."""
-        from sitq.worker import WORKER_STALE_AFTER
-
         backend = self._backend_checked()
         counts = await backend.counts()
         totals = {status.value: 0 for status in TaskStatus}
@@ -334,8 +330,6 @@ class SyncTaskQueue:
 
     def _ensure_connected(self) -> None:
         if self._closed:
-            from sitq.errors import NotConnected
-
             raise NotConnected("this SyncTaskQueue is closed")
         if not self._queue._connected:
             with self._connect_lock:

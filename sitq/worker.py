@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sitq.backends import open_backend
-from sitq.backends.base import Backend, ClaimedTask, Lease, Outcome, WorkerRecord
+from sitq.backends.base import (
+    Backend,
+    ClaimedTask,
+    Lease,
+    Outcome,
+    WorkerRecord,
+)
 from sitq.errors import ConfigurationError, SerializationError
 from sitq.process_pool import ChildDied, ProcessPool
 from sitq.serialization import CloudpickleSerializer, Serializer, dumps_checked, loads_checked
@@ -33,8 +39,6 @@ from sitq.thread_slots import ThreadSlots
 
 logger = logging.getLogger("sitq.worker")
 
-#: A worker not heard from for this long is shown as dead.
-WORKER_STALE_AFTER = 30.0
 POOLS = ("auto", "thread", "process")
 #: Adaptive prefetch holds about this many seconds of work per slot...
 PREFETCH_HORIZON = 0.05

@@ -18,6 +18,7 @@ checks them on every backend):
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -29,6 +30,9 @@ WakeKind = Literal["tasks", "results"]
 LOST_LEASE_LIMIT = 3
 #: Expired leases are looked for at most this often per backend instance.
 RECLAIM_INTERVAL = 1.0
+#: A worker not heard from for this long is shown as dead (workers beat every
+#: 10 s at most).
+WORKER_STALE_AFTER = 30.0
 
 
 class NewTask(NamedTuple):
@@ -260,8 +264,6 @@ class Backend(abc.ABC):
     async def wait_for_change(self, kind: WakeKind, timeout: float) -> None:
         """Return when ``kind`` ("tasks" enqueued or "results" written) may have
         changed, or after ``timeout`` seconds. A hint only: callers re-check."""
-        import asyncio
-
         await asyncio.sleep(timeout)
 
     def describe(self) -> str:
