@@ -20,6 +20,8 @@ test-fast:
 bench:
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/batch_bench.py
+	$(BIN)/python benchmarks/adaptive_bench.py
 
 lint:
 	$(BIN)/ruff check sitq tests examples benchmarks
