@@ -18,8 +18,9 @@ import click
 from sitq.backends import open_backend
 from sitq.backends.base import WORKER_STALE_AFTER, Backend
 from sitq.errors import SitqError
+from sitq.headers import unwrap as unwrap_headers
 from sitq.queue import record_to_result
-from sitq.serialization import CloudpickleSerializer
+from sitq.serialization import default_serializer
 from sitq.task import FINISHED_STATUSES, TaskStatus
 from sitq.worker import POOLS, Worker
 
@@ -262,9 +263,9 @@ def inspect(db: str, task_id: str) -> None:
     record = _run(fetch, db)
     if record is None:
         _fail(f"no task with id {task_id!r} in {db}")
-    serializer = CloudpickleSerializer()
+    serializer = default_serializer()
     try:
-        _, args, kwargs = serializer.loads(record.payload)
+        _, args, kwargs = serializer.loads(unwrap_headers(record.payload)[1])
         call = f"{record.func_name}(*{_bounded(args)}, **{_bounded(kwargs)})"
     except Exception as exc:
         call = f"{record.func_name} (arguments not readable here: {type(exc).__name__}: {exc})"

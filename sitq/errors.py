@@ -30,6 +30,13 @@ class SerializationError(SitqError):
     """A callable, argument, return value or stored payload could not be (de)serialized."""
 
 
+class PayloadRejected(SerializationError):
+    """A signed serializer refused bytes that are unsigned or fail their signature.
+
+    The bytes were never deserialized.
+    """
+
+
 class TaskNotFound(SitqError, KeyError):
     """No task has the given id (it never existed, or its result was pruned)."""
 

@@ -10,10 +10,13 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from sitq import signals, telemetry
 from sitq.backends import open_backend
 from sitq.backends.base import WORKER_STALE_AFTER, Backend, NewTask, TaskRecord
 from sitq.errors import InvalidTask, NotConnected, SerializationError, TaskNotFound
-from sitq.serialization import CloudpickleSerializer, Serializer, loads_checked
+from sitq.headers import wrap as wrap_headers
+from sitq.serialization import Serializer, default_serializer, loads_checked
+from sitq.signals import TaskEvent
 from sitq.task import Result, TaskOptions, TaskStatus, _to_datetime, new_task_ids
 
 T = TypeVar("T")
@@ -84,6 +87,22 @@ def record_to_result(record: TaskRecord, serializer: Serializer) -> Result:
     )
 
 
+def _observed() -> bool:
+    """True when anyone listens: a tracer or meter provider, or a signal receiver."""
+    return (
+        signals.task_enqueued.has_receivers
+        or signals.task_cancelled.has_receivers
+        or telemetry.tracing_on()
+        or telemetry.metrics_on()
+    )
+
+
+def _announce_enqueued(tasks: Sequence[NewTask]) -> None:
+    if signals.task_enqueued.has_receivers:
+        for task in tasks:
+            signals.task_enqueued.send_nowait(TaskEvent(task.id, task.func_name, task.queue))
+
+
 class _Enqueuer:
     """``enqueue`` and ``enqueue_many`` with a fixed set of options."""
 
@@ -101,6 +120,8 @@ class _Enqueuer:
         Every keyword argument goes to ``fn``: set options with ``with_options``.
         """
         backend = self._queue._backend_checked()
+        if _observed():
+            return (await self._enqueue_observed(backend, fn, [(args, kwargs)]))[0]
         tasks = self._queue._new_tasks(self.options, fn, [(args, kwargs)], backend.now())
         await backend.enqueue(tasks)
         return tasks[0].id
@@ -111,9 +132,27 @@ class _Enqueuer:
         Each item is a tuple of positional arguments, or a single argument.
         """
         backend = self._queue._backend_checked()
+        if _observed():
+            return await self._enqueue_observed(backend, fn, _as_calls(items))
         tasks = self._queue._new_tasks(self.options, fn, _as_calls(items), backend.now())
         await backend.enqueue(tasks)
         return [task.id for task in tasks]
+
+    async def _enqueue_observed(
+        self,
+        backend: Backend,
+        fn: Callable[..., Any],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> list[str]:
+        """The enqueue path with a span, metrics and the task_enqueued signal."""
+        _check_callable(fn)
+        with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
+            tasks = self._queue._new_tasks(self.options, fn, calls, backend.now(), scope.headers)
+            await backend.enqueue(tasks)
+            ids = [task.id for task in tasks]
+            scope.committed(ids)
+        _announce_enqueued(tasks)
+        return ids
 
 
 class TaskQueue:
@@ -132,7 +171,7 @@ class TaskQueue:
         serializer: Serializer | None = None,
     ) -> None:
         self.backend = open_backend(backend)
-        self.serializer: Serializer = serializer or CloudpickleSerializer()
+        self.serializer: Serializer = serializer or default_serializer()
         self._default = _Enqueuer(self, TaskOptions())
         self._connected = False
 
@@ -169,8 +208,11 @@ class TaskQueue:
         fn: Callable[..., Any],
         calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
         now: float,
+        headers: dict[str, str] | None = None,
     ) -> list[NewTask]:
-        """Serialize each call of ``fn``; what is the same for every call is done once."""
+        """Serialize each call of ``fn``; what is the same for every call is done once.
+
+        ``headers`` (trace context) are framed in front of each payload."""
         _check_callable(fn)
         name = task_name(fn)
         available_at = options.available_at(now)
@@ -180,6 +222,8 @@ class TaskQueue:
         dumps = self.serializer.dumps
         try:
             payloads = [dumps((fn, args, kwargs)) for args, kwargs in calls]
+            if headers:
+                payloads = [wrap_headers(payload, headers) for payload in payloads]
         except Exception as exc:
             bad = next(c for c in calls if not _serializes(self.serializer, (fn, *c)))
             raise SerializationError(
@@ -273,9 +317,18 @@ class TaskQueue:
         """Cancel a task. A queued task is cancelled at once; a running one is
         stopped by its worker as soon as it can (best effort). Returns False if the
         task had already finished."""
-        outcome = await self._backend_checked().cancel(task_id)
+        backend = self._backend_checked()
+        outcome = await backend.cancel(task_id)
         if outcome is None:
             raise TaskNotFound(task_id)
+        if outcome == "cancelled" and _observed():
+            # Cancelled before it ran (a running one is reported by its worker).
+            record = (await backend.get_tasks([task_id])).get(task_id)
+            if record is not None:
+                telemetry.cancelled(record.queue, record.func_name)
+                signals.task_cancelled.send_nowait(
+                    TaskEvent(record.id, record.func_name, record.queue, record.attempts)
+                )
         return outcome in ("cancelled", "requested")
 
     async def retry(self, task_id: str) -> bool:
@@ -388,6 +441,8 @@ class SyncTaskQueue:
         """Build the tasks on this thread and store them directly when the backend
         allows it (no trip through the background loop), else through the loop."""
         self._ensure_connected()
+        if _observed():
+            return self._run(enqueuer._enqueue_observed(self.backend, fn, calls))
         tasks = self._queue._new_tasks(enqueuer.options, fn, calls, self.backend.now())
         if not self.backend.enqueue_blocking(tasks):
             self._run(self.backend.enqueue(tasks))

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sitq import signals, telemetry
 from sitq.backends import open_backend
 from sitq.backends.base import (
     Backend,
@@ -32,8 +33,10 @@ from sitq.backends.base import (
     WorkerRecord,
 )
 from sitq.errors import ConfigurationError, SerializationError
+from sitq.headers import unwrap as unwrap_headers
 from sitq.process_pool import ChildDied, ProcessPool
-from sitq.serialization import CloudpickleSerializer, Serializer, dumps_checked, loads_checked
+from sitq.serialization import Serializer, default_serializer, dumps_checked, loads_checked
+from sitq.signals import TaskEvent, WorkerEvent
 from sitq.task import retry_delay
 from sitq.thread_slots import ThreadSlots
 
@@ -80,6 +83,9 @@ class _Running:
     interrupt: str | None = None  # "cancel" or "shutdown" once asked to stop
     done: bool = False  # its outcome is decided (the thread may still run on)
     started: float = 0.0  # time.monotonic() when it began to run
+    span: Any = None  # its CONSUMER span, when tracing is on
+    outcome: Outcome | None = None  # as decided, kept for the signals once recorded
+    run_time: float = 0.0  # seconds it ran
 
 
 class Worker:
@@ -152,7 +158,7 @@ class Worker:
                 "lease_seconds and poll_interval must be > 0 and grace_period >= 0"
             )
         self.backend = open_backend(backend)
-        self.serializer: Serializer = serializer or CloudpickleSerializer()
+        self.serializer: Serializer = serializer or default_serializer()
         self.concurrency = concurrency
         self.queues = tuple(dict.fromkeys(queues))
         self.pool = pool
@@ -238,6 +244,8 @@ class Worker:
         self._writer = _OutcomeWriter(self.backend, self._recorded)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.id}-heartbeat")
         self._main = asyncio.create_task(self._claim_loop(), name=f"{self.id}-claim")
+        if signals.worker_started.has_receivers:
+            signals.worker_started.send_nowait(self._event())
         logger.info(
             "worker %s started: queues=%s concurrency=%d pool=%s",
             self.id,
@@ -310,6 +318,8 @@ class Worker:
     async def _drain_and_close(self, grace: float) -> None:
         assert self._stop_requested and self._force and self._main and self._idle
         self._stop_requested.set()
+        if signals.worker_stopping.has_receivers:
+            await signals.worker_stopping.send(self._event())
         with contextlib.suppress(asyncio.CancelledError):
             await self._main
         # What has not started goes back at once; what runs gets the grace period.
@@ -354,6 +364,9 @@ class Worker:
             self._threads.close()
         await self.backend.close()
         logger.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
+
+    def _event(self) -> WorkerEvent:
+        return WorkerEvent(self.id, self.queues, self.concurrency)
 
     async def _release_pending(self) -> None:
         """Hand back, in one write, every task stopped before it could finish."""
@@ -448,24 +461,38 @@ class Worker:
         if running.interrupt == "cancel":
             self._done(running, self._cancelled())
             return
+        headers, body = unwrap_headers(task.payload)
+        if _observed():
+            running.span = telemetry.start_run(
+                task.id,
+                task.queue,
+                task.func_name,
+                task.attempts,
+                headers,
+                task.started_at - task.enqueued_at,
+            )
+            if signals.task_started.has_receivers:
+                signals.task_started.send_nowait(
+                    TaskEvent(task.id, task.func_name, task.queue, task.attempts, self.id)
+                )
         if self._processes is not None:
             pool = self._processes
-            self._start_runner(running, lambda: pool.run(task.payload))
+            self._start_runner(running, lambda: pool.run(body))
             return
         try:
             fn, args, kwargs = loads_checked(
-                self.serializer, task.payload, f"task {task.id} ({task.func_name})"
+                self.serializer, body, f"task {task.id} ({task.func_name})"
             )
         except SerializationError as exc:
             # Deterministic: running it again would fail the same way.
-            self._done(running, Outcome("failed", error=f"SerializationError: {exc}"))
+            self._done(running, Outcome("failed", error=f"{type(exc).__name__}: {exc}"))
             return
         if self.pool == "auto" and _is_async(fn):
             self._start_runner(running, lambda: fn(*args, **kwargs))
             return
         assert self._threads is not None
         running.in_thread = True
-        self._threads.submit(running, fn, args, kwargs)
+        self._threads.submit(running, telemetry.run_in_span(running.span, fn), args, kwargs)
         if task.timeout is not None:
             running.timer = asyncio.get_running_loop().call_later(
                 task.timeout, self._abandon_thread_run, running, "timeout"
@@ -486,6 +513,8 @@ class Worker:
         """Run an async task on the loop, or a payload in a child process."""
         task = running.task
         started = time.monotonic()
+        if running.span is not None:  # this runner's own context: spans it opens nest
+            telemetry.otel_context.attach(telemetry.trace.set_span_in_context(running.span))
         try:
             value = await _with_timeout(make(), task.timeout)
             if self._processes is not None:
@@ -539,6 +568,10 @@ class Worker:
             running.timer.cancel()
         elapsed = time.monotonic() - running.started
         self._run_time += (elapsed - self._run_time) * 0.05
+        running.outcome = outcome
+        running.run_time = elapsed
+        if running.span is not None or _observed():
+            _end_run(running, outcome, elapsed)
         self._executing -= 1
         if not self._executing:
             self._idle.set()
@@ -571,12 +604,45 @@ class Worker:
             )
         else:
             self.tasks_done += 1
+            if running.outcome is not None:
+                self._announce_outcome(running)
         self._forget(running)
+
+    def _announce_outcome(self, running: _Running) -> None:
+        """Fire the signal for an outcome that is now stored."""
+        outcome = running.outcome
+        assert outcome is not None
+        signal = _SIGNALS[_outcome_name(outcome)]
+        if not signal.has_receivers:
+            return
+        task = running.task
+        value = None
+        if outcome.status == "succeeded" and outcome.result is not None:
+            try:
+                value = self.serializer.loads(outcome.result)
+            except Exception:
+                logger.exception("task %s: could not load its result for task_completed", task.id)
+        signal.send_nowait(
+            TaskEvent(
+                task.id,
+                task.func_name,
+                task.queue,
+                task.attempts,
+                self.id,
+                value=value,
+                error=outcome.error,
+                traceback=outcome.traceback,
+                retry_at=outcome.retry_at,
+                duration=running.run_time,
+            )
+        )
 
     def _outcome_from_reply(self, task: ClaimedTask, reply: tuple[Any, ...]) -> Outcome:
         kind = reply[0]
         if kind == "ok":
             return Outcome("succeeded", result=reply[1])
+        if kind == "load_error" and reply[1].startswith("PayloadRejected"):
+            return Outcome("failed", error=f"{reply[1]} (task {task.id}, {task.func_name})")
         if kind == "load_error":
             return Outcome(
                 "failed",
@@ -634,6 +700,8 @@ class Worker:
                     if running is not None:
                         logger.info("worker %s: cancelling task %s", self.id, task_id)
                         self._interrupt(running, "cancel")
+                if telemetry.metrics_on():
+                    telemetry.set_queue_depth(await self.backend.counts())
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + 60.0
                     pruned = await self.backend.prune()
@@ -697,6 +765,50 @@ class _OutcomeWriter:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+def _observed() -> bool:
+    """True when anyone listens to runs: tracing, metrics or a signal receiver."""
+    return (
+        telemetry.tracing_on()
+        or telemetry.metrics_on()
+        or signals.task_started.has_receivers
+        or signals.task_completed.has_receivers
+        or signals.task_failed.has_receivers
+        or signals.task_retrying.has_receivers
+        or signals.task_cancelled.has_receivers
+    )
+
+
+_OUTCOME_NAMES = {"succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
+
+
+def _outcome_name(outcome: Outcome | None) -> str:
+    if outcome is None:
+        return "released"
+    return _OUTCOME_NAMES.get(outcome.status, "retried")
+
+
+def _end_run(running: _Running, outcome: Outcome | None, elapsed: float) -> None:
+    task = running.task
+    telemetry.end_run(
+        running.span,
+        task.queue,
+        task.func_name,
+        _outcome_name(outcome),
+        elapsed,
+        None if outcome is None else outcome.error,
+        None if outcome is None else outcome.traceback,
+    )
+    running.span = None
+
+
+_SIGNALS = {
+    "succeeded": signals.task_completed,
+    "failed": signals.task_failed,
+    "retried": signals.task_retrying,
+    "cancelled": signals.task_cancelled,
+}
 
 
 def _is_async(fn: Any) -> bool:
