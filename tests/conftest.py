@@ -51,8 +51,13 @@ def spawn_worker(db_path: Path, tmp_path: Path) -> Iterator[Callable[..., Worker
     """Start `sitq worker` processes on ``db_path``; all are killed at teardown."""
     started: list[WorkerProcess] = []
 
-    def spawn(*args: str, db: Path | str | None = None, cwd: Path | None = None) -> WorkerProcess:
-        worker = WorkerProcess(db or db_path, tmp_path, *args, cwd=cwd)
+    def spawn(
+        *args: str,
+        db: Path | str | None = None,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
+        worker = WorkerProcess(db or db_path, tmp_path, *args, cwd=cwd, env=env)
         started.append(worker)
         return worker
 

@@ -46,14 +46,21 @@ async def await_until(
 class WorkerProcess:
     """A real `sitq worker` process, started the way users start it."""
 
-    def __init__(self, db: Path | str, log_dir: Path, *args: str, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        db: Path | str,
+        log_dir: Path,
+        *args: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [SITQ, "worker", "--db", str(db), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=subprocess_env(),
+            env=subprocess_env(**(env or {})),
             cwd=cwd or log_dir,
         )
 
