@@ -113,3 +113,20 @@ async def ignore_cancellation(seconds: float) -> str:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0.05)
     return "finished anyway"
+
+
+def fail_first_attempt(marker: str) -> str:
+    """Raises the first time (creating ``marker``), succeeds on the retry."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        raise RuntimeError("first attempt fails")
+    return "second attempt"
+
+
+async def traced_child_span() -> str:
+    """Opens a span of its own, which must nest under the worker's CONSUMER span."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("jobs").start_as_current_span("inside the task"):
+        await asyncio.sleep(0)
+    return "traced"

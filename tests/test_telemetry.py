@@ -1,0 +1,228 @@
+"""OpenTelemetry: spans linked from enqueue to execution (across a real worker
+process), retries in the same trace, exceptions recorded, and the metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import jobs
+import pytest
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from support import await_until, subprocess_env, wait_until
+
+from sitq import TaskQueue, TaskStatus, Worker, telemetry
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.reader = InMemoryMetricReader()
+
+    def finished(self, kind: SpanKind | None = None) -> list:
+        return [s for s in self.spans.get_finished_spans() if kind is None or s.kind == kind]
+
+    def metric_points(self) -> dict[str, list]:
+        data = self.reader.get_metrics_data()
+        points: dict[str, list] = {}
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    points.setdefault(metric.name, []).extend(metric.data.data_points)
+        return points
+
+    def counter(self, name: str) -> int:
+        return sum(p.value for p in self.metric_points().get(name, []))
+
+
+@pytest.fixture(scope="module")
+def installed() -> Iterator[Telemetry]:
+    """SDK providers for this module only (the rest of the suite runs unobserved)."""
+    observed = Telemetry()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(observed.spans))
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[observed.reader]))
+    assert telemetry.tracing_on() and telemetry.metrics_on()
+    yield observed
+    # The API allows one provider per process; tests put the unset state back.
+    trace._TRACER_PROVIDER = None
+    trace._TRACER_PROVIDER_SET_ONCE._done = False
+    metrics._internal._METER_PROVIDER = None
+    metrics._internal._METER_PROVIDER_SET_ONCE._done = False
+    assert not telemetry.tracing_on() and not telemetry.metrics_on()
+
+
+@pytest.fixture
+def observed(installed: Telemetry) -> Telemetry:
+    installed.spans.clear()
+    return installed
+
+
+def _attributes(span: object) -> dict:
+    return dict(span.attributes or {})  # type: ignore[attr-defined]
+
+
+async def test_trace_context_reaches_a_worker_process(
+    observed: Telemetry, queue: TaskQueue, spawn_worker, tmp_path: Path
+) -> None:
+    spans_file = tmp_path / "worker-spans.jsonl"
+    spawn_worker(
+        "--import", "telemetry_setup", env={"SITQ_TEST_SPANS": str(spans_file)}
+    ).wait_started()
+    with trace.get_tracer("app").start_as_current_span("request") as request:
+        task_id = await queue.enqueue(jobs.add, 2, 3)
+    assert (await queue.get_result(task_id, timeout=30)).value == 5
+
+    producer = observed.finished(SpanKind.PRODUCER)
+    assert len(producer) == 1
+    send = producer[0]
+    assert send.name == "send default"
+    assert send.parent.span_id == request.get_span_context().span_id
+    assert _attributes(send) == {
+        "messaging.system": "sitq",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "enqueue",
+        "messaging.destination.name": "default",
+        "messaging.message.id": task_id,
+        "sitq.task.name": "jobs.add",
+    }
+
+    def consumer_spans() -> list[dict]:
+        if not spans_file.exists():
+            return []
+        lines = spans_file.read_text().splitlines()
+        return [s for s in map(json.loads, lines) if s["kind"] == "CONSUMER"]
+
+    wait_until(consumer_spans, 15, "the worker's CONSUMER span")
+    (process,) = consumer_spans()
+    assert process["name"] == "process default"
+    assert process["trace_id"] == format(request.get_span_context().trace_id, "032x")
+    assert process["parent_id"] == format(send.get_span_context().span_id, "016x")
+    assert process["attributes"]["messaging.message.id"] == task_id
+    assert process["attributes"]["messaging.operation.type"] == "process"
+    assert process["attributes"]["sitq.task.attempt"] == 1
+    assert process["attributes"]["sitq.task.outcome"] == "succeeded"
+
+
+async def test_retries_share_the_trace_and_record_the_exception(
+    observed: Telemetry, queue: TaskQueue, db_path: Path, tmp_path: Path
+) -> None:
+    worker = Worker(db_path, concurrency=2)
+    await worker.start()
+    try:
+        retried = queue.with_options(max_retries=1, retry_backoff=0.01)
+        task_id = await retried.enqueue(jobs.fail_first_attempt, str(tmp_path / "marker"))
+        failing = await queue.enqueue(jobs.fail, "always")
+        nested = await queue.enqueue(jobs.traced_child_span)
+        assert (await queue.get_result(task_id, timeout=30)).value == "second attempt"
+        assert (await queue.get_result(failing, timeout=30)).status is TaskStatus.FAILED
+        assert (await queue.get_result(nested, timeout=30)).value == "traced"
+    finally:
+        await worker.stop()
+
+    send = {_attributes(s)["messaging.message.id"]: s for s in observed.finished(SpanKind.PRODUCER)}
+    runs = observed.finished(SpanKind.CONSUMER)
+    attempts = [s for s in runs if _attributes(s)["messaging.message.id"] == task_id]
+    attempts.sort(key=lambda s: _attributes(s)["sitq.task.attempt"])
+    assert [_attributes(s)["sitq.task.outcome"] for s in attempts] == ["retried", "succeeded"]
+    for span in attempts:
+        assert span.context.trace_id == send[task_id].context.trace_id
+        assert span.parent.span_id == send[task_id].context.span_id
+    first = attempts[0]
+    assert first.status.status_code is StatusCode.ERROR
+    (event,) = first.events
+    assert event.name == "exception"
+    assert event.attributes["exception.type"] == "RuntimeError"
+    assert event.attributes["exception.message"] == "first attempt fails"
+    assert "fail_first_attempt" in event.attributes["exception.stacktrace"]
+
+    (failed,) = [s for s in runs if _attributes(s)["messaging.message.id"] == failing]
+    assert _attributes(failed)["sitq.task.outcome"] == "failed"
+    assert failed.status.status_code is StatusCode.ERROR
+
+    (inner,) = [s for s in observed.finished() if s.name == "inside the task"]
+    (run,) = [s for s in runs if _attributes(s)["messaging.message.id"] == nested]
+    assert inner.parent.span_id == run.context.span_id
+
+
+async def test_metrics_count_every_outcome(
+    observed: Telemetry, queue: TaskQueue, db_path: Path
+) -> None:
+    before = {
+        name: observed.counter(f"sitq.tasks.{name}")
+        for name in ("enqueued", "started", "succeeded", "failed", "cancelled")
+    }
+    await queue.enqueue_many(jobs.add, [(1, 1), (2, 2), (3, 3)])
+    failing = await queue.enqueue(jobs.fail, "no")
+    cancelled = await queue.with_options(delay=3600).enqueue(jobs.noop)
+    assert await queue.cancel(cancelled)
+    worker = Worker(db_path, concurrency=2, lease_seconds=0.3)  # heartbeat every 0.1 s
+    await worker.start()
+    try:
+        assert (await queue.get_result(failing, timeout=30)).status is TaskStatus.FAILED
+
+        def delta(name: str) -> int:
+            return observed.counter(f"sitq.tasks.{name}") - before[name]
+
+        async def all_succeeded() -> bool:
+            return delta("succeeded") == 3
+
+        await await_until(all_succeeded, 15, "3 successes counted")
+        assert delta("enqueued") == 5
+        assert delta("started") == 4
+        assert delta("failed") == 1
+        assert delta("cancelled") == 1
+
+        async def depth_reported() -> bool:
+            points = observed.metric_points().get("sitq.queue.depth", [])
+            depth = {p.attributes["sitq.task.status"]: p.value for p in points}
+            return depth.get("succeeded", 0) >= 3
+
+        await await_until(depth_reported, 15, "the depth gauge")
+        points = observed.metric_points()
+        run_time = points["sitq.task.run_time"]
+        assert sum(p.count for p in run_time) >= 4
+        assert {p.attributes["sitq.task.outcome"] for p in run_time} >= {"succeeded", "failed"}
+        assert sum(p.count for p in points["sitq.task.queue_wait"]) >= 4
+    finally:
+        await worker.stop()
+
+
+def test_nothing_breaks_without_the_sdk(tmp_path: Path) -> None:
+    """sitq needs only the API: with the SDK unimportable, a full round trip works."""
+    script = """
+import asyncio, sys
+sys.modules["opentelemetry.sdk"] = None  # as if opentelemetry-sdk were not installed
+from sitq import TaskQueue, Worker
+import jobs
+
+async def main():
+    async with TaskQueue("tasks.db") as queue:
+        worker = Worker("tasks.db")
+        await worker.start()
+        result = await queue.get_result(await queue.enqueue(jobs.add, 20, 22), timeout=30)
+        await worker.stop()
+        print(result.value)
+
+asyncio.run(main())
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "42"
