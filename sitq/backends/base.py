@@ -269,3 +269,65 @@ class Backend(abc.ABC):
     def describe(self) -> str:
         """Where this backend stores data, for messages (never includes secrets)."""
         return type(self).__name__
+
+    # -- named batches and bulk status ---------------------------------------
+    #
+    # A named batch is an ordered list of task ids that outlives the producer.
+    # Membership is stored in the same transaction as the tasks. A task that is
+    # pruned or purged leaves its batches (the batch's ``size`` still counts it,
+    # so it shows as missing); deleting a batch never deletes its tasks.
+
+    @abc.abstractmethod
+    async def create_batch(self, batch_id: str) -> bool:
+        """Record a new, empty batch; False (and no change) if it exists already."""
+
+    @abc.abstractmethod
+    async def enqueue_in_batch(self, batch_id: str, tasks: Sequence[NewTask]) -> int:
+        """Store ``tasks`` as ``enqueue`` does and append them to the batch (created
+        if missing), all in one transaction; return the position of the first one."""
+
+    @abc.abstractmethod
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        """The batch's record, or None if there is no such batch."""
+
+    @abc.abstractmethod
+    async def list_batches(self) -> list[BatchRecord]:
+        """Every batch, newest first."""
+
+    @abc.abstractmethod
+    async def batch_task_ids(self, batch_id: str) -> list[str]:
+        """The ids of the batch's tasks still stored, in position order."""
+
+    @abc.abstractmethod
+    async def count_batch_statuses(self, batch_id: str) -> dict[str, int]:
+        """Number of the batch's stored tasks per status, in one query."""
+
+    @abc.abstractmethod
+    async def delete_batch(self, batch_id: str) -> bool:
+        """Forget the batch (its tasks stay); False if there was no such batch."""
+
+    @abc.abstractmethod
+    async def count_statuses(self, task_ids: Sequence[str]) -> dict[str, int]:
+        """Number of the given (distinct) tasks per status, in one query; unknown
+        ids are not counted."""
+
+    @abc.abstractmethod
+    async def task_statuses(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """The status of each given task, in one query; unknown ids are absent."""
+
+    @abc.abstractmethod
+    async def cancel_queued(self, task_ids: Sequence[str]) -> list[str]:
+        """Cancel those of the tasks that are still queued (running and finished ones
+        are left alone), in one statement; return the ids cancelled."""
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A named batch as the backend knows it.
+
+    ``size`` counts every task ever added, including any pruned since.
+    """
+
+    id: str
+    created_at: float
+    size: int

@@ -33,6 +33,7 @@ from sitq.backends.base import (
     LOST_LEASE_LIMIT,
     RECLAIM_INTERVAL,
     Backend,
+    BatchRecord,
     ClaimedTask,
     Lease,
     NewTask,
@@ -500,6 +501,81 @@ class PostgresBackend(Backend):
                     conn.terminate()
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
+
+    # -- named batches and bulk status ----------------------------------------
+
+    async def create_batch(self, batch_id: str) -> bool:
+        """Record a new, empty batch; False if it exists already."""
+        async with self._acquire() as conn:
+            created = await conn.fetchval(self._q(q.CREATE_BATCH), batch_id, self.now())
+        return created is not None
+
+    async def enqueue_in_batch(self, batch_id: str, tasks: Sequence[NewTask]) -> int:
+        """Insert ``tasks`` and their membership of the batch in one transaction."""
+        rows = list(tasks)
+        async with self._acquire() as conn, conn.transaction():
+            start = await conn.fetchval(
+                self._q(q.RESERVE_BATCH_POSITIONS), batch_id, self.now(), len(rows)
+            )
+            if rows:
+                columns = [list(column) for column in zip(*rows, strict=True)]
+                await conn.execute(self._q(q.INSERT_TASKS), *columns, self._channel)
+                await conn.execute(self._q(q.INSERT_BATCH_TASKS), batch_id, start, columns[0])
+        return int(start)
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        """The batch's record, or None."""
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(self._q(q.GET_BATCH), batch_id)
+        return None if row is None else BatchRecord(row[0], row[1], int(row[2]))
+
+    async def list_batches(self) -> list[BatchRecord]:
+        """Every batch, newest first."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.LIST_BATCHES))
+        return [BatchRecord(row[0], row[1], int(row[2])) for row in rows]
+
+    async def batch_task_ids(self, batch_id: str) -> list[str]:
+        """The batch's stored task ids in order."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.BATCH_TASK_IDS), batch_id)
+        return [row[0] for row in rows]
+
+    async def count_batch_statuses(self, batch_id: str) -> dict[str, int]:
+        """The batch's stored tasks per status."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.COUNT_BATCH_STATUSES), batch_id)
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def delete_batch(self, batch_id: str) -> bool:
+        """Forget the batch (its membership goes by cascade); its tasks stay."""
+        async with self._acquire() as conn:
+            status = await conn.execute(self._q(q.DELETE_BATCH), batch_id)
+        return status != "DELETE 0"
+
+    async def count_statuses(self, task_ids: Sequence[str]) -> dict[str, int]:
+        """The given tasks per status."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.COUNT_STATUSES), list(dict.fromkeys(task_ids)))
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def task_statuses(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """Each given task's status."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.TASK_STATUSES), list(task_ids))
+        return {row[0]: row[1] for row in rows}
+
+    async def cancel_queued(self, task_ids: Sequence[str]) -> list[str]:
+        """Cancel the still-queued ones of ``task_ids`` in one statement."""
+        if not task_ids:
+            return []
+        async with self._acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                self._q(q.CANCEL_QUEUED_MANY), list(task_ids), self.now(), self.default_result_ttl
+            )
+            if rows:
+                await self._notify(conn, "results")
+        return [row[0] for row in rows]
 
 
 def _record(row: Any) -> TaskRecord:

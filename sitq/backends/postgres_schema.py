@@ -6,7 +6,7 @@ server. Times are unix seconds (``double precision``), as in SQLite.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -64,6 +64,28 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             stopped_at double precision
         )
         """,
+    ),
+    # Named batches: which tasks belong to a batch, in input order. ``size``
+    # counts every task ever added, so tasks pruned since show up as missing.
+    # A pruned or purged task leaves its batches (cascade); deleting a batch
+    # deletes its membership, never its tasks.
+    2: (
+        """
+        CREATE TABLE {s}.sitq_batches (
+            id text PRIMARY KEY,
+            created_at double precision NOT NULL,
+            size integer NOT NULL DEFAULT 0
+        )
+        """,
+        """
+        CREATE TABLE {s}.sitq_batch_tasks (
+            batch_id text NOT NULL REFERENCES {s}.sitq_batches (id) ON DELETE CASCADE,
+            position integer NOT NULL,
+            task_id text NOT NULL REFERENCES {s}.sitq_tasks (id) ON DELETE CASCADE,
+            PRIMARY KEY (batch_id, position)
+        )
+        """,
+        "CREATE INDEX sitq_batch_tasks_task ON {s}.sitq_batch_tasks (task_id)",
     ),
 }
 
@@ -213,3 +235,51 @@ FROM {s}.sitq_workers ORDER BY started_at DESC
 
 PRUNE_TASKS = "DELETE FROM {s}.sitq_tasks WHERE expires_at < $1"
 PRUNE_WORKERS = "DELETE FROM {s}.sitq_workers WHERE heartbeat_at < $1"
+
+# -- named batches ----------------------------------------------------------
+
+CREATE_BATCH = """
+INSERT INTO {s}.sitq_batches (id, created_at, size) VALUES ($1, $2, 0)
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+# Reserve positions for $3 new members (creating the batch if missing); the
+# row lock serializes producers appending to one batch. Returns the first one.
+RESERVE_BATCH_POSITIONS = """
+INSERT INTO {s}.sitq_batches AS b (id, created_at, size) VALUES ($1, $2, $3)
+ON CONFLICT (id) DO UPDATE SET size = b.size + EXCLUDED.size
+RETURNING b.size - $3
+"""
+
+INSERT_BATCH_TASKS = """
+INSERT INTO {s}.sitq_batch_tasks (batch_id, position, task_id)
+SELECT $1, $2 + t.ord - 1, t.id FROM unnest($3::text[]) WITH ORDINALITY AS t(id, ord)
+"""
+
+GET_BATCH = "SELECT id, created_at, size FROM {s}.sitq_batches WHERE id = $1"
+
+LIST_BATCHES = "SELECT id, created_at, size FROM {s}.sitq_batches ORDER BY created_at DESC, id"
+
+BATCH_TASK_IDS = "SELECT task_id FROM {s}.sitq_batch_tasks WHERE batch_id = $1 ORDER BY position"
+
+COUNT_BATCH_STATUSES = """
+SELECT t.status, count(*) FROM {s}.sitq_batch_tasks b JOIN {s}.sitq_tasks t ON t.id = b.task_id
+WHERE b.batch_id = $1 GROUP BY t.status
+"""
+
+DELETE_BATCH = "DELETE FROM {s}.sitq_batches WHERE id = $1"
+
+COUNT_STATUSES = """
+SELECT status, count(*) FROM {s}.sitq_tasks WHERE id = ANY($1::text[]) GROUP BY status
+"""
+
+TASK_STATUSES = "SELECT id, status FROM {s}.sitq_tasks WHERE id = ANY($1::text[])"
+
+CANCEL_QUEUED_MANY = """
+UPDATE {s}.sitq_tasks
+SET status = 'cancelled', finished_at = $2::float8, error = 'cancelled before it started',
+    expires_at = $2::float8 + COALESCE(result_ttl, $3::float8)
+WHERE status = 'queued' AND id = ANY($1::text[])
+RETURNING id
+"""

@@ -25,6 +25,7 @@ from sitq.backends.base import (
     LOST_LEASE_LIMIT,
     RECLAIM_INTERVAL,
     Backend,
+    BatchRecord,
     ClaimedTask,
     Lease,
     NewTask,
@@ -675,3 +676,86 @@ class SQLiteBackend(Backend):
             await self._wakeup.wait(kind, timeout)
             return
         await asyncio.sleep(timeout)
+
+    # -- named batches and bulk status ----------------------------------------
+
+    async def create_batch(self, batch_id: str) -> bool:
+        """Record a new, empty batch; False if it exists already."""
+        conn = self._connection()
+        now = self.now()
+        cursor = await self._write(lambda: conn.execute(q.CREATE_BATCH, (batch_id, now)))
+        return cursor.rowcount == 1
+
+    async def enqueue_in_batch(self, batch_id: str, tasks: Sequence[NewTask]) -> int:
+        """Insert ``tasks`` and their membership of the batch in one transaction."""
+        conn = self._connection()
+        rows = list(tasks)
+        ids = json.dumps([task.id for task in rows])
+        reserve = {"id": batch_id, "now": self.now(), "count": len(rows)}
+
+        async def body() -> int:
+            reserved = await conn.execute_fetchall(q.RESERVE_BATCH_POSITIONS, reserve)
+            start = int(next(iter(reserved))[0])
+            if rows:
+                await conn.executemany(q.INSERT_TASK, rows)
+                await conn.execute(q.INSERT_BATCH_TASKS, (batch_id, start, ids))
+            return start
+
+        start = await self._transaction(body)
+        if rows:
+            self._wakeup.notify("tasks")
+        return start
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        """The batch's record, or None."""
+        rows = await self._read(q.GET_BATCH, (batch_id,))
+        return BatchRecord(rows[0][0], rows[0][1], int(rows[0][2])) if rows else None
+
+    async def list_batches(self) -> list[BatchRecord]:
+        """Every batch, newest first."""
+        rows = await self._read(q.LIST_BATCHES)
+        return [BatchRecord(row[0], row[1], int(row[2])) for row in rows]
+
+    async def batch_task_ids(self, batch_id: str) -> list[str]:
+        """The batch's stored task ids in order."""
+        return [row[0] for row in await self._read(q.BATCH_TASK_IDS, (batch_id,))]
+
+    async def count_batch_statuses(self, batch_id: str) -> dict[str, int]:
+        """The batch's stored tasks per status."""
+        rows = await self._read(q.COUNT_BATCH_STATUSES, (batch_id,))
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def delete_batch(self, batch_id: str) -> bool:
+        """Forget the batch; its tasks stay."""
+        conn = self._connection()
+
+        async def body() -> int:
+            await conn.execute(q.DELETE_BATCH_TASKS, (batch_id,))
+            return int((await conn.execute(q.DELETE_BATCH, (batch_id,))).rowcount)
+
+        return await self._transaction(body) == 1
+
+    async def count_statuses(self, task_ids: Sequence[str]) -> dict[str, int]:
+        """The given tasks per status (ids passed as one JSON array)."""
+        rows = await self._read(q.COUNT_STATUSES, (json.dumps(list(task_ids)),))
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def task_statuses(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """Each given task's status (ids passed as one JSON array)."""
+        rows = await self._read(q.TASK_STATUSES, (json.dumps(list(task_ids)),))
+        return {row[0]: row[1] for row in rows}
+
+    async def cancel_queued(self, task_ids: Sequence[str]) -> list[str]:
+        """Cancel the still-queued ones of ``task_ids`` in one statement."""
+        if not task_ids:
+            return []
+        conn = self._connection()
+        params = {
+            "ids": json.dumps(list(task_ids)),
+            "now": self.now(),
+            "ttl": self.default_result_ttl,
+        }
+        rows = await self._write(lambda: conn.execute_fetchall(q.CANCEL_QUEUED_MANY, params))
+        if rows:
+            self._wakeup.notify("results")
+        return [row[0] for row in rows]

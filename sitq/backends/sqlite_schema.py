@@ -5,7 +5,7 @@ Kept apart from the backend's logic so the SQL can be read in one place.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry upgrades the schema from version (key - 1) to version key.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -68,6 +68,34 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             heartbeat_at REAL NOT NULL,
             stopped_at REAL
         )
+        """,
+    ),
+    # Named batches: which tasks belong to a batch, in input order. ``size``
+    # counts every task ever added, so tasks pruned since show up as missing.
+    2: (
+        """
+        CREATE TABLE sitq_batches (
+            id TEXT PRIMARY KEY,
+            created_at REAL NOT NULL,
+            size INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        """
+        CREATE TABLE sitq_batch_tasks (
+            batch_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            task_id TEXT NOT NULL,
+            PRIMARY KEY (batch_id, position)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX sitq_batch_tasks_task ON sitq_batch_tasks (task_id)",
+        # A task that is pruned or purged leaves its batches too (SQLite's foreign
+        # keys are off unless every connection turns them on, so a trigger).
+        """
+        CREATE TRIGGER sitq_tasks_leave_batches AFTER DELETE ON sitq_tasks
+        BEGIN
+            DELETE FROM sitq_batch_tasks WHERE task_id = OLD.id;
+        END
         """,
     ),
 }
@@ -207,3 +235,56 @@ FROM sitq_workers ORDER BY started_at DESC
 
 PRUNE_TASKS = "DELETE FROM sitq_tasks WHERE expires_at < ?"
 PRUNE_WORKERS = "DELETE FROM sitq_workers WHERE heartbeat_at < ?"
+
+# -- named batches ----------------------------------------------------------
+
+CREATE_BATCH = """
+INSERT INTO sitq_batches (id, created_at, size) VALUES (?, ?, 0)
+ON CONFLICT (id) DO NOTHING
+"""
+
+# Reserve positions for :count new members (creating the batch if missing);
+# returns the first reserved position. Run inside the enqueue's transaction.
+RESERVE_BATCH_POSITIONS = """
+INSERT INTO sitq_batches (id, created_at, size) VALUES (:id, :now, :count)
+ON CONFLICT (id) DO UPDATE SET size = size + excluded.size
+RETURNING size - :count
+"""
+
+# The members as a JSON array of ids; json_each's key is the 0-based index.
+INSERT_BATCH_TASKS = """
+INSERT INTO sitq_batch_tasks (batch_id, position, task_id)
+SELECT ?, ? + key, value FROM json_each(?)
+"""
+
+GET_BATCH = "SELECT id, created_at, size FROM sitq_batches WHERE id = ?"
+
+LIST_BATCHES = "SELECT id, created_at, size FROM sitq_batches ORDER BY created_at DESC, id"
+
+BATCH_TASK_IDS = "SELECT task_id FROM sitq_batch_tasks WHERE batch_id = ? ORDER BY position"
+
+COUNT_BATCH_STATUSES = """
+SELECT t.status, COUNT(*) FROM sitq_batch_tasks b JOIN sitq_tasks t ON t.id = b.task_id
+WHERE b.batch_id = ? GROUP BY t.status
+"""
+
+DELETE_BATCH_TASKS = "DELETE FROM sitq_batch_tasks WHERE batch_id = ?"
+DELETE_BATCH = "DELETE FROM sitq_batches WHERE id = ?"
+
+# Any number of ids in one query: a JSON array parameter.
+COUNT_STATUSES = """
+SELECT status, COUNT(*) FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
+GROUP BY status
+"""
+
+TASK_STATUSES = """
+SELECT id, status FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
+"""
+
+CANCEL_QUEUED_MANY = """
+UPDATE sitq_tasks
+SET status = 'cancelled', finished_at = :now, error = 'cancelled before it started',
+    expires_at = :now + COALESCE(result_ttl, :ttl)
+WHERE status = 'queued' AND id IN (SELECT value FROM json_each(:ids))
+RETURNING id
+"""
