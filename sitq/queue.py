@@ -12,8 +12,14 @@ from typing import Any, TypeVar
 
 from sitq import signals, telemetry
 from sitq.backends import open_backend
-from sitq.backends.base import WORKER_STALE_AFTER, Backend, NewTask, TaskRecord
-from sitq.errors import InvalidTask, NotConnected, SerializationError, TaskNotFound
+from sitq.backends.base import WORKER_STALE_AFTER, Backend, BatchRecord, NewTask, TaskRecord
+from sitq.errors import (
+    ConfigurationError,
+    InvalidTask,
+    NotConnected,
+    SerializationError,
+    TaskNotFound,
+)
 from sitq.headers import wrap as wrap_headers
 from sitq.serialization import Serializer, default_serializer, loads_checked
 from sitq.signals import TaskEvent
@@ -149,6 +155,27 @@ class _Enqueuer:
         with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
             tasks = self._queue._new_tasks(self.options, fn, calls, backend.now(), scope.headers)
             await backend.enqueue(tasks)
+            ids = [task.id for task in tasks]
+            scope.committed(ids)
+        _announce_enqueued(tasks)
+        return ids
+
+    async def enqueue_in_batch(
+        self, batch_id: str, fn: Callable[..., Any], items: Iterable[Any], /
+    ) -> list[str]:
+        """Like ``enqueue_many``, and append the tasks to the named batch (created if
+        missing) in the same transaction: the batch outlives this process."""
+        check_batch_id(batch_id)
+        backend = self._queue._backend_checked()
+        calls = _as_calls(items)
+        if not _observed():
+            tasks = self._queue._new_tasks(self.options, fn, calls, backend.now())
+            await backend.enqueue_in_batch(batch_id, tasks)
+            return [task.id for task in tasks]
+        _check_callable(fn)
+        with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
+            tasks = self._queue._new_tasks(self.options, fn, calls, backend.now(), scope.headers)
+            await backend.enqueue_in_batch(batch_id, tasks)
             ids = [task.id for task in tasks]
             scope.committed(ids)
         _announce_enqueued(tasks)
@@ -354,6 +381,82 @@ class TaskQueue:
         alive = sum(1 for w in workers if w.alive(now, WORKER_STALE_AFTER))
         return {"totals": totals, "queues": queues, "workers_alive": alive}
 
+    # -- named batches and bulk status -------------------------------------
+    #
+    # A named batch is an ordered list of task ids stored in the database, so
+    # another process (or this one after a restart) can find its tasks again.
+    # A task pruned after its result_ttl, or purged, leaves its batch; the
+    # batch's size still counts it. Deleting a batch never deletes its tasks.
+
+    async def enqueue_in_batch(
+        self, batch_id: str, fn: Callable[..., Any], items: Iterable[Any], /
+    ) -> list[str]:
+        """Like :meth:`enqueue_many`, and append the tasks to batch ``batch_id``
+        (created if missing) in the same transaction; ids in item order."""
+        return await self._default.enqueue_in_batch(batch_id, fn, items)
+
+    async def create_batch(self, batch_id: str) -> bool:
+        """Record a new, empty batch; False (nothing changed) if it exists already."""
+        check_batch_id(batch_id)
+        return await self._backend_checked().create_batch(batch_id)
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        """The batch's id, creation time (unix seconds) and size, or None if unknown."""
+        return await self._backend_checked().get_batch(batch_id)
+
+    async def list_batches(self) -> list[BatchRecord]:
+        """Every named batch, newest first."""
+        return await self._backend_checked().list_batches()
+
+    async def batch_task_ids(self, batch_id: str) -> list[str]:
+        """The ids of the batch's stored tasks, in the order they were added."""
+        return await self._backend_checked().batch_task_ids(batch_id)
+
+    async def batch_status_counts(self, batch_id: str) -> dict[str, int]:
+        """How many of the batch's stored tasks are in each status (every
+        :class:`TaskStatus` value is a key), in one query."""
+        counts = await self._backend_checked().count_batch_statuses(batch_id)
+        return {status.value: counts.get(status.value, 0) for status in TaskStatus}
+
+    async def delete_batch(self, batch_id: str) -> bool:
+        """Forget the batch (its tasks and results stay); False if it was unknown."""
+        return await self._backend_checked().delete_batch(batch_id)
+
+    async def status_counts(self, task_ids: Sequence[str]) -> dict[str, int]:
+        """How many of the (distinct) tasks are in each status (every
+        :class:`TaskStatus` value is a key), in one query; unknown ids are not counted."""
+        counts = await self._backend_checked().count_statuses(task_ids)
+        return {status.value: counts.get(status.value, 0) for status in TaskStatus}
+
+    async def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        """Each task's status, in one query; unknown ids are absent."""
+        found = await self._backend_checked().task_statuses(task_ids)
+        return {task_id: TaskStatus(status) for task_id, status in found.items()}
+
+    async def retry_many(self, task_ids: Sequence[str]) -> int:
+        """Queue those of the tasks that failed or were cancelled again, in one
+        transaction; return how many."""
+        ids = list(task_ids)
+        return await self._backend_checked().retry(ids) if ids else 0
+
+    async def cancel_many(self, task_ids: Sequence[str]) -> list[str]:
+        """Cancel those of the tasks that have not started, in one statement (running
+        and finished ones are left alone); return the ids cancelled."""
+        backend = self._backend_checked()
+        cancelled = await backend.cancel_queued(list(task_ids))
+        if cancelled and _observed():
+            for record in (await backend.get_tasks(cancelled)).values():
+                telemetry.cancelled(record.queue, record.func_name)
+                signals.task_cancelled.send_nowait(
+                    TaskEvent(record.id, record.func_name, record.queue, record.attempts)
+                )
+        return cancelled
+
+    async def wait_for_results(self, timeout: float) -> None:
+        """Return when results may have been written (by any process), or after
+        ``timeout`` seconds. A hint for pollers: check again after it returns."""
+        await self._backend_checked().wait_for_change("results", timeout)
+
 
 class SyncTaskQueue:
     """The producer API for code that is not async.
@@ -472,6 +575,58 @@ class SyncTaskQueue:
         """Like :meth:`TaskQueue.stats`."""
         return self._run(self._queue.stats())
 
+    # -- named batches and bulk status (see TaskQueue) ---------------------
+
+    def enqueue_in_batch(
+        self, batch_id: str, fn: Callable[..., Any], items: Iterable[Any], /
+    ) -> list[str]:
+        """Like :meth:`TaskQueue.enqueue_in_batch`."""
+        return self._run(self._queue.enqueue_in_batch(batch_id, fn, items))
+
+    def create_batch(self, batch_id: str) -> bool:
+        """Like :meth:`TaskQueue.create_batch`."""
+        return self._run(self._queue.create_batch(batch_id))
+
+    def get_batch(self, batch_id: str) -> BatchRecord | None:
+        """Like :meth:`TaskQueue.get_batch`."""
+        return self._run(self._queue.get_batch(batch_id))
+
+    def list_batches(self) -> list[BatchRecord]:
+        """Like :meth:`TaskQueue.list_batches`."""
+        return self._run(self._queue.list_batches())
+
+    def batch_task_ids(self, batch_id: str) -> list[str]:
+        """Like :meth:`TaskQueue.batch_task_ids`."""
+        return self._run(self._queue.batch_task_ids(batch_id))
+
+    def batch_status_counts(self, batch_id: str) -> dict[str, int]:
+        """Like :meth:`TaskQueue.batch_status_counts`."""
+        return self._run(self._queue.batch_status_counts(batch_id))
+
+    def delete_batch(self, batch_id: str) -> bool:
+        """Like :meth:`TaskQueue.delete_batch`."""
+        return self._run(self._queue.delete_batch(batch_id))
+
+    def status_counts(self, task_ids: Sequence[str]) -> dict[str, int]:
+        """Like :meth:`TaskQueue.status_counts`."""
+        return self._run(self._queue.status_counts(task_ids))
+
+    def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        """Like :meth:`TaskQueue.statuses`."""
+        return self._run(self._queue.statuses(task_ids))
+
+    def retry_many(self, task_ids: Sequence[str]) -> int:
+        """Like :meth:`TaskQueue.retry_many`."""
+        return self._run(self._queue.retry_many(task_ids))
+
+    def cancel_many(self, task_ids: Sequence[str]) -> list[str]:
+        """Like :meth:`TaskQueue.cancel_many`."""
+        return self._run(self._queue.cancel_many(task_ids))
+
+    def wait_for_results(self, timeout: float) -> None:
+        """Like :meth:`TaskQueue.wait_for_results` (blocks the calling thread)."""
+        self._run(self._queue.wait_for_results(timeout))
+
 
 class _SyncEnqueuer:
     """The blocking face of a queue with options."""
@@ -491,3 +646,27 @@ class _SyncEnqueuer:
     def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
         """Like :meth:`TaskQueue.enqueue_many`, with these options."""
         return self._owner._enqueue(self._enqueuer, fn, _as_calls(items))
+
+    def enqueue_in_batch(
+        self, batch_id: str, fn: Callable[..., Any], items: Iterable[Any], /
+    ) -> list[str]:
+        """Like :meth:`TaskQueue.enqueue_in_batch`, with these options."""
+        return self._owner._run(self._enqueuer.enqueue_in_batch(batch_id, fn, items))
+
+
+#: The longest batch id accepted.
+MAX_BATCH_ID_LENGTH = 200
+
+
+def check_batch_id(batch_id: Any) -> None:
+    """Refuse a batch id that is not a non-empty string of at most 200 characters."""
+    if not isinstance(batch_id, str) or not batch_id.strip():
+        raise ConfigurationError(
+            f"a batch id must be a non-empty string, got {batch_id!r}; name it, e.g. "
+            'batch_id="nightly-2024-05-01"'
+        )
+    if len(batch_id) > MAX_BATCH_ID_LENGTH:
+        raise ConfigurationError(
+            f"batch id {batch_id[:40]!r}... is {len(batch_id)} characters long; use at most "
+            f"{MAX_BATCH_ID_LENGTH}"
+        )
