@@ -1,0 +1,413 @@
+"""``BatchPipeline``: run one template instance per batch of the inputs, in parallel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+from sitq import SyncTaskQueue, TaskQueue
+from sitq.pipeline import batching, telemetry
+from sitq.pipeline.errors import InstanceFailed, PipelineDefinitionError
+from sitq.pipeline.fields import InputDataField
+from sitq.pipeline.runners import PoolRunner, QueueRunner
+from sitq.pipeline.signal import BatchEvent, InstanceEvent, SoftSignal
+from sitq.pipeline.template import Pipeline, validate_inputs
+
+__all__ = ["BatchPipeline"]
+
+logger = logging.getLogger("sitq.pipeline")
+
+#: Instances in flight on a queue unless ``max_in_flight`` says otherwise.
+DEFAULT_QUEUE_IN_FLIGHT = 64
+
+
+class BatchPipeline:
+    """Split the inputs of a :class:`Pipeline` template into batches and run an
+    instance per batch, in parallel.
+
+    ::
+
+        class SimpleBatch(BatchPipeline):
+            pipeline_template = Simple
+            listen_to_signals = [SoftSignal("task_completed"), SoftSignal("task_failed")]
+
+            def name_batch(self, data, batch_size):      # optional: replaces the default
+                for i in range(0, len(data), batch_size or 1):
+                    yield data[i:i + batch_size]
+
+        outcomes = SimpleBatch(name=names, book="book.txt").execute()
+
+    ``{field}_batch(self, data, size)`` methods must be generators; a file
+    field's method gets the open stream. See :mod:`sitq.pipeline.batching`
+    for how batches become instances, and :mod:`sitq.pipeline.signal` for the
+    signals.
+
+    Class attributes ``max_workers`` and ``max_tasks_per_child`` set defaults
+    for the local process pool.
+    """
+
+    #: The Pipeline subclass each instance is made from.
+    pipeline_template: ClassVar[type[Pipeline] | None] = None
+    #: The signals this batch pipeline sends (SoftSignal objects, or their names).
+    listen_to_signals: ClassVar[list[SoftSignal]] = []
+    #: Local pool size (default: the number of CPUs).
+    max_workers: ClassVar[int | None] = None
+    #: Replace a local pool process after this many instances (default: never).
+    max_tasks_per_child: ClassVar[int | None] = None
+
+    _batchers: ClassVar[dict[str, batching.Batcher]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        template = cls.pipeline_template
+        if template is not None and not (
+            isinstance(template, type) and issubclass(template, Pipeline)
+        ):
+            raise PipelineDefinitionError(
+                f"{cls.__name__}.pipeline_template must be a Pipeline subclass, got "
+                f"{template!r}; set it to the template class itself"
+            )
+        if "listen_to_signals" in vars(cls):
+            cls.listen_to_signals = _signals(cls.__name__, cls.listen_to_signals)
+        cls._batchers = _batchers(cls, template) if template is not None else {}
+
+    def __init__(self, **values: Any) -> None:
+        """Give the template's fields their whole inputs by name; validated now."""
+        template = type(self).pipeline_template
+        if template is None:
+            raise PipelineDefinitionError(
+                f"{type(self).__name__} has no pipeline_template: set "
+                "`pipeline_template = YourPipeline` on the class"
+            )
+        self.template: type[Pipeline] = template
+        self.inputs = validate_inputs(template, values)
+        for name, field in template.fields.items():
+            if isinstance(field, InputDataField) and field.size and name not in self._batchers:
+                field.check_batchable(self.inputs[name])
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self.template.__name__}>"
+
+    # -- signals ----------------------------------------------------------------
+
+    @classmethod
+    def signal(cls, name: str) -> SoftSignal:
+        """The SoftSignal called ``name`` in this class's ``listen_to_signals``."""
+        for signal in cls.listen_to_signals:
+            if signal.name == name:
+                return signal
+        SoftSignal(name)  # an unknown name gets the error that lists the known ones
+        raise PipelineDefinitionError(
+            f"{cls.__name__} does not send {name!r}: add SoftSignal({name!r}) to its "
+            "listen_to_signals"
+        )
+
+    @classmethod
+    def connect(cls, name: str, receiver: Callable[[Any], Any] | None = None) -> Any:
+        """Call ``receiver(event)`` each time this class sends signal ``name``; returns
+        the receiver. Without ``receiver``, returns a decorator."""
+        signal = cls.signal(name)
+        return signal.connect if receiver is None else signal.connect(receiver)
+
+    @classmethod
+    def disconnect(cls, name: str, receiver: Callable[[Any], Any]) -> bool:
+        """Stop calling ``receiver`` for signal ``name``; returns whether it was connected."""
+        return cls.signal(name).disconnect(receiver)
+
+    async def _send(self, name: str, event: Any) -> None:
+        signal = next((s for s in self.listen_to_signals if s.name == name), None)
+        if signal is None:
+            return
+        await signal.send(event)
+        reaction = getattr(self, f"on_{name}", None)
+        if reaction is not None:
+            try:
+                outcome = reaction(event)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                logger.exception("%s.on_%s raised", type(self).__name__, name)
+
+    # -- running ----------------------------------------------------------------
+
+    def instances(self) -> Iterator[Pipeline]:
+        """The template instances ``execute()`` runs, made lazily as they are needed.
+
+        Close the generator (or exhaust it) to close the files it opened.
+        """
+        return batching.instances(self, self.template, self.inputs, self._batchers)
+
+    def execute(
+        self,
+        queue: TaskQueue | SyncTaskQueue | str | os.PathLike[str] | None = None,
+        *,
+        max_workers: int | None = None,
+        max_tasks_per_child: int | None = None,
+        mp_context: Any = None,
+        max_in_flight: int | None = None,
+        task_options: dict[str, Any] | None = None,
+    ) -> list[Any]:
+        """Run every instance and return their outcomes in batch order: the value
+        each returned, or an :class:`InstanceFailed` for each that failed.
+
+        :param queue: run each instance as a task on sitq workers: a
+            ``SyncTaskQueue``, a ``TaskQueue`` (connected for the run and
+            closed after it), or a database URL/path. None runs instances in a
+            local process pool.
+        :param max_workers: local pool size (default: the class attribute, else
+            the number of CPUs).
+        :param max_tasks_per_child: replace a pool process after this many instances.
+        :param mp_context: the pool's multiprocessing context or start method
+            name (default: the platform's). With "spawn" or "forkserver" the
+            script needs an ``if __name__ == "__main__":`` guard.
+        :param max_in_flight: most instances submitted but unfinished (default:
+            twice the pool size; 64 on a queue). Bounds memory on large inputs.
+        :param task_options: ``with_options`` for the tasks on a queue (``queue``,
+            ``priority``, ``max_retries``, ``timeout``, ...).
+
+        Inside a running event loop use ``await execute_async()``; called from
+        one anyway (a notebook), this runs the pipeline on a helper thread.
+        """
+        close = isinstance(queue, (str, os.PathLike, TaskQueue))
+        if isinstance(queue, (str, os.PathLike)):
+            queue = TaskQueue(queue)
+        run = self._run(
+            queue, max_workers, max_tasks_per_child, mp_context, max_in_flight, task_options, close
+        )
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(run)
+        with ThreadPoolExecutor(1, thread_name_prefix="sitq-pipeline") as helper:
+            return helper.submit(asyncio.run, run).result()
+
+    async def execute_async(
+        self,
+        queue: TaskQueue | SyncTaskQueue | None = None,
+        *,
+        max_workers: int | None = None,
+        max_tasks_per_child: int | None = None,
+        mp_context: Any = None,
+        max_in_flight: int | None = None,
+        task_options: dict[str, Any] | None = None,
+    ) -> list[Any]:
+        """:meth:`execute` for async code. A ``TaskQueue`` is connected if it is
+        not, and left open."""
+        return await self._run(
+            queue, max_workers, max_tasks_per_child, mp_context, max_in_flight, task_options, False
+        )
+
+    def _runner(
+        self,
+        queue: Any,
+        max_workers: int | None,
+        max_tasks_per_child: int | None,
+        mp_context: Any,
+        max_in_flight: int | None,
+        task_options: dict[str, Any] | None,
+        close: bool,
+    ) -> PoolRunner | QueueRunner:
+        _check_count("max_in_flight", max_in_flight, "instances submitted and unfinished")
+        if queue is not None:
+            if not isinstance(queue, (TaskQueue, SyncTaskQueue)):
+                raise TypeError(
+                    f"queue must be a TaskQueue, a SyncTaskQueue or a database URL, got "
+                    f"{type(queue).__name__}; pass None to run in a local process pool"
+                )
+            if task_options is not None and not isinstance(task_options, dict):
+                raise TypeError(
+                    f"task_options must be a dict of with_options(), got {task_options!r}"
+                )
+            return QueueRunner(
+                queue, max_in_flight or DEFAULT_QUEUE_IN_FLIGHT, task_options, close=close
+            )
+        if task_options:
+            raise TypeError("task_options apply to tasks on a queue; pass a queue, or drop them")
+        workers = max_workers or self.max_workers or os.cpu_count() or 1
+        per_child = max_tasks_per_child or self.max_tasks_per_child
+        _check_count("max_workers", workers, "processes in the local pool")
+        _check_count("max_tasks_per_child", per_child, "instances a pool process runs")
+        runner = PoolRunner(workers, per_child, mp_context)
+        if max_in_flight:
+            runner.limit = max_in_flight
+        return runner
+
+    async def _run(self, queue: Any, *options: Any) -> list[Any]:
+        try:
+            runner = self._runner(queue, *options)
+        except BaseException:
+            if options[-1] and isinstance(queue, TaskQueue):
+                await queue.close()
+            raise
+        name = type(self).__qualname__
+        outcomes: list[Any] = []
+        counts = {"completed": 0, "failed": 0}
+        start = time.monotonic()
+        tel = telemetry.current
+        with tel.run_span(
+            name,
+            **{
+                "sitq.pipeline.template": self.template.__qualname__,
+                "sitq.pipeline.runner": runner.kind,
+            },
+        ) as span:
+            await self._send("batch_started", BatchEvent("batch_started", self))
+            async with runner:
+                with contextlib.closing(self.instances()) as instances:
+                    await self._drive(runner, instances, outcomes, counts, span)
+            span.set_attribute("sitq.pipeline.instances", len(outcomes))
+            span.set_attribute("sitq.pipeline.completed", counts["completed"])
+            span.set_attribute("sitq.pipeline.failed", counts["failed"])
+            await self._send(
+                "batch_finished",
+                BatchEvent(
+                    "batch_finished",
+                    self,
+                    len(outcomes),
+                    counts["completed"],
+                    counts["failed"],
+                    time.monotonic() - start,
+                ),
+            )
+        return outcomes
+
+    async def _drive(
+        self,
+        runner: PoolRunner | QueueRunner,
+        instances: Iterator[Pipeline],
+        outcomes: list[Any],
+        counts: dict[str, int],
+        span: Any,
+    ) -> None:
+        """Keep up to ``runner.limit`` instances in flight; settle each outcome once."""
+        name = self.template.__qualname__
+        pending: dict[Any, Pipeline] = {}
+        traces: dict[int, telemetry.InstanceTrace] = {}
+        exhausted = False
+
+        async def settle(instance: Pipeline, ok: bool, value: Any) -> None:
+            index = instance.batch_index or 0
+            outcomes[index] = value
+            trace = traces.pop(index)
+            if ok:
+                counts["completed"] += 1
+                trace.completed()
+                event = InstanceEvent("task_completed", self, instance, index, result=value)
+            else:
+                counts["failed"] += 1
+                trace.failed(value, getattr(value, "error", None))
+                event = InstanceEvent("task_failed", self, instance, index, exception=value)
+            await self._send(event.signal, _with_duration(event, trace.elapsed))
+
+        try:
+            while True:
+                while not exhausted and len(pending) < runner.limit:
+                    room = min(runner.group, runner.limit - len(pending))
+                    group = list(itertools.islice(instances, room))
+                    if len(group) < room:
+                        exhausted = True
+                    if not group:
+                        break
+                    for instance in group:
+                        outcomes.append(None)
+                        traces[instance.batch_index or 0] = tel_start(name, instance, span)
+                    handles = await runner.submit(group)
+                    for instance, handle in zip(group, handles, strict=True):
+                        if isinstance(handle, InstanceFailed):
+                            await settle(instance, False, handle)
+                        else:
+                            pending[handle] = instance
+                if not pending:
+                    return
+                for handle, (ok, value) in await runner.wait(pending):
+                    await settle(pending.pop(handle), ok, value)
+        finally:
+            for trace in traces.values():  # the run was interrupted
+                trace.failed(RuntimeError("the pipeline run stopped before this instance ended"))
+            if pending and isinstance(runner, QueueRunner):
+                await _cancel_quietly(runner, list(pending))
+
+
+def tel_start(name: str, instance: Pipeline, parent: Any) -> telemetry.InstanceTrace:
+    """Start an instance's span under the run's span."""
+    return telemetry.current.start_instance(name, instance.batch_index, parent)
+
+
+def _with_duration(event: InstanceEvent, duration: float) -> InstanceEvent:
+    return InstanceEvent(
+        event.signal,
+        event.batch,
+        event.instance,
+        event.index,
+        event.result,
+        event.exception,
+        duration,
+    )
+
+
+async def _cancel_quietly(runner: QueueRunner, task_ids: list[str]) -> None:
+    """Best effort: the run stopped, so its unfinished tasks need not run."""
+    for task_id in task_ids:
+        try:
+            await runner._call("cancel", task_id)
+        except Exception:
+            logger.warning("could not cancel pipeline task %s", task_id, exc_info=True)
+
+
+def _check_count(name: str, value: Any, what: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be an int >= 1 ({what}), got {value!r}")
+
+
+def _signals(owner: str, declared: Any) -> list[SoftSignal]:
+    if not isinstance(declared, (list, tuple)):
+        raise PipelineDefinitionError(
+            f"{owner}.listen_to_signals must be a list of SoftSignal, got {declared!r}"
+        )
+    signals: list[SoftSignal] = []
+    for item in declared:
+        signal = SoftSignal(item) if isinstance(item, str) else item
+        if not isinstance(signal, SoftSignal):
+            raise PipelineDefinitionError(
+                f"{owner}.listen_to_signals holds {item!r}; list SoftSignal('task_completed') "
+                "and the like"
+            )
+        if any(s.name == signal.name for s in signals):
+            raise PipelineDefinitionError(
+                f"{owner}.listen_to_signals lists {signal.name!r} twice; list it once"
+            )
+        signals.append(signal)
+    return signals
+
+
+def _batchers(cls: type[BatchPipeline], template: type[Pipeline]) -> dict[str, batching.Batcher]:
+    """The class's ``{field}_batch`` methods, checked: a generator per known field."""
+    found: dict[str, batching.Batcher] = {}
+    for attr in dir(cls):
+        if not attr.endswith("_batch") or attr.startswith("_") or hasattr(BatchPipeline, attr):
+            continue
+        method = inspect.getattr_static(cls, attr)
+        if isinstance(method, (staticmethod, classmethod)) or not callable(method):
+            continue
+        field = attr[: -len("_batch")]
+        if field not in template.fields:
+            raise PipelineDefinitionError(
+                f"{cls.__name__}.{attr} matches no field of {template.__name__} (its fields: "
+                f"{', '.join(template.fields) or 'none'}); name it after a field, "
+                "as `{field}_batch`"
+            )
+        if not inspect.isgeneratorfunction(inspect.unwrap(method)):
+            raise PipelineDefinitionError(
+                f"{cls.__name__}.{attr} must be a generator function (use `yield` to give "
+                f"each batch of {field!r}), with the signature (self, data, batch_size)"
+            )
+        found[field] = method
+    return found

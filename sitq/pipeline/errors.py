@@ -1,0 +1,57 @@
+"""The exceptions of the pipeline layer; each derives from :class:`sitq.SitqError`."""
+
+from __future__ import annotations
+
+from sitq.errors import SitqError
+
+
+class PipelineError(SitqError):
+    """Base class of the pipeline layer's errors."""
+
+
+class PipelineDefinitionError(PipelineError, TypeError):
+    """A ``Pipeline`` or ``BatchPipeline`` class is declared in a way that cannot work."""
+
+
+class FieldError(PipelineError, ValueError):
+    """A value given for a pipeline field is missing or unusable; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class FieldTypeError(FieldError, TypeError):
+    """A value given for a pipeline field has the wrong type."""
+
+
+class InstanceFailed(PipelineError):
+    """The outcome of a pipeline instance that raised (or could not run).
+
+    It is the same wherever the instance ran: ``error`` is ``"ExcType: message"``,
+    ``traceback`` the text of the traceback where it ran. In the local process
+    pool the original exception comes back too, as ``exception`` (and
+    ``__cause__``) when it could be pickled; on sitq workers only its text is
+    stored, and ``task_id`` names the task.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        error: str,
+        traceback: str | None = None,
+        *,
+        exception: BaseException | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+        self.traceback = traceback
+        self.exception = exception
+        self.task_id = task_id
+        self.__cause__ = exception
+
+    def __str__(self) -> str:
+        where = f" (task {self.task_id})" if self.task_id else ""
+        return f"pipeline instance {self.index}{where} failed: {self.error}"

@@ -1,0 +1,316 @@
+"""Where pipeline instances run: a local process pool, or sitq workers via a queue.
+
+A runner submits instances and reports finished ones; ``BatchPipeline``
+keeps at most ``runner.limit`` in flight, so a large input streams through
+in bounded memory. Either way an outcome is ``(True, value)`` or
+``(False, InstanceFailed)``, with the same error text wherever it ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import multiprocessing
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import cloudpickle
+
+from sitq import Result, SerializationError, SyncTaskQueue, TaskQueue
+from sitq.pipeline.errors import InstanceFailed
+from sitq.pipeline.template import Pipeline
+
+__all__ = ["PoolRunner", "QueueRunner", "run_instance", "run_instance_async", "run_pickled"]
+
+Outcome = tuple[bool, Any]
+
+#: ProcessPoolExecutor(max_tasks_per_child=) exists from Python 3.11.
+NATIVE_MAX_TASKS_PER_CHILD = sys.version_info >= (3, 11)
+
+
+def _error_text(exc: BaseException) -> str:
+    # The same "ExcType: message" a sitq worker records, so outcomes match.
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_instance(instance: Pipeline) -> Any:
+    """Run one instance's ``process`` to its result: the task a sitq worker runs."""
+    value = instance.process()
+    if inspect.isawaitable(value):
+        value = asyncio.run(_await(value))
+    return value
+
+
+async def run_instance_async(instance: Pipeline) -> Any:
+    """``run_instance`` for a coroutine ``process``, run on the worker's event loop."""
+    value = instance.process()
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def run_pickled(payload: bytes) -> bytes:
+    """In a pool child: load an instance, run it, and pickle a tagged reply.
+
+    The reply is ``("ok", value)`` or ``("error", text, traceback, exception)``
+    (the exception only if it pickles). cloudpickle carries classes defined in
+    ``__main__`` or inside functions both ways.
+    """
+    try:
+        instance = cloudpickle.loads(payload)
+    except BaseException as exc:
+        return cloudpickle.dumps(
+            (
+                "error",
+                f"SerializationError: the instance could not be loaded in a pool process "
+                f"({_error_text(exc)})",
+                traceback.format_exc(),
+                None,
+            )
+        )
+    try:
+        value = run_instance(instance)
+    except BaseException as exc:
+        text, tb = _error_text(exc), traceback.format_exc()
+        try:
+            return cloudpickle.dumps(("error", text, tb, exc))
+        except Exception:
+            return cloudpickle.dumps(("error", text, tb, None))
+    try:
+        return cloudpickle.dumps(("ok", value))
+    except Exception as exc:
+        return cloudpickle.dumps(
+            (
+                "error",
+                f"SerializationError: the result of {instance!r}, a {type(value).__name__}, "
+                f"could not be pickled ({_error_text(exc)})",
+                None,
+                None,
+            )
+        )
+
+
+class PoolRunner:
+    """Runs instances in a local ``ProcessPoolExecutor``.
+
+    ``max_tasks_per_child`` replaces a child after that many instances. Python
+    3.10's pool has no such option; there the whole pool is replaced after
+    every ``max_workers * max_tasks_per_child`` instances instead, which bounds
+    what children accumulate on average but not per child.
+    """
+
+    kind = "pool"
+
+    def __init__(
+        self,
+        max_workers: int,
+        max_tasks_per_child: int | None = None,
+        mp_context: Any = None,
+    ) -> None:
+        self.max_workers = max_workers
+        self.max_tasks_per_child = max_tasks_per_child
+        if isinstance(mp_context, str):
+            mp_context = multiprocessing.get_context(mp_context)
+        self.mp_context = mp_context
+        self.limit = 2 * max_workers  # one running and one queued per child
+        self.group = 1
+        self.native_max_tasks = NATIVE_MAX_TASKS_PER_CHILD
+        self._executor: ProcessPoolExecutor | None = None
+        self._generation = 0  # instances given to the current executor
+        self._retired: list[ProcessPoolExecutor] = []
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        kwargs: dict[str, Any] = {"max_workers": self.max_workers, "mp_context": self.mp_context}
+        if self.max_tasks_per_child is not None and self.native_max_tasks:
+            kwargs["max_tasks_per_child"] = self.max_tasks_per_child
+        return ProcessPoolExecutor(**kwargs)
+
+    def _executor_for_next(self) -> ProcessPoolExecutor:
+        if (
+            self._executor is not None
+            and self.max_tasks_per_child is not None
+            and not self.native_max_tasks
+            and self._generation >= self.max_workers * self.max_tasks_per_child
+        ):
+            self._retire()
+        if self._executor is None:
+            self._executor = self._new_executor()
+            self._generation = 0
+        self._generation += 1
+        return self._executor
+
+    def _retire(self) -> None:
+        # The old pool finishes what it was given, then its children exit.
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._retired.append(self._executor)
+            self._executor = None
+
+    async def __aenter__(self) -> PoolRunner:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        executors = [*self._retired, *([self._executor] if self._executor else [])]
+        self._executor, self._retired = None, []
+        for executor in executors:
+            # cancel_futures: after an error, queued instances are not run for nothing.
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+    async def submit(self, group: Sequence[Pipeline]) -> list[Any]:
+        """A future per instance, or an InstanceFailed if it cannot be sent."""
+        loop = asyncio.get_running_loop()
+        handles: list[Any] = []
+        for instance in group:
+            try:
+                payload = cloudpickle.dumps(instance)
+            except Exception as exc:
+                handles.append(_unpicklable(instance, exc))
+                continue
+            executor = self._executor_for_next()
+            try:
+                handles.append(loop.run_in_executor(executor, run_pickled, payload))
+            except BrokenProcessPool:
+                self._retire()  # a child died earlier: go on in a fresh pool
+                handles.append(
+                    loop.run_in_executor(self._executor_for_next(), run_pickled, payload)
+                )
+        return handles
+
+    async def wait(self, pending: Mapping[Any, Pipeline]) -> list[tuple[Any, Outcome]]:
+        """Wait until at least one instance finished; ``(handle, outcome)`` for each that did."""
+        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        return [(future, self._outcome(future, _index(pending[future]))) for future in done]
+
+    def _outcome(self, future: asyncio.Future[bytes], index: int) -> Outcome:
+        exc = future.exception()
+        if isinstance(exc, BrokenProcessPool):
+            self._retire()
+            return False, InstanceFailed(
+                index,
+                "BrokenProcessPool: a process of the local pool died abruptly while this "
+                "instance was running or waiting in it (a crash, os._exit or the OOM killer); "
+                "the rest of the run continues in a fresh pool",
+                exception=exc,
+            )
+        if exc is not None:
+            return False, InstanceFailed(index, _error_text(exc), exception=exc)
+        reply = cloudpickle.loads(future.result())
+        if reply[0] == "ok":
+            return True, reply[1]
+        _, text, tb, original = reply
+        return False, InstanceFailed(index, text, tb, exception=original)
+
+
+class QueueRunner:
+    """Runs each instance as one sitq task, on whatever workers serve the queue.
+
+    Instances are enqueued in groups (one transaction each) while fewer than
+    ``limit`` are unfinished; finished results are collected in bulk.
+    """
+
+    kind = "queue"
+
+    #: How often the unfinished tasks are checked in bulk while waiting on the oldest.
+    POLL = 0.05
+
+    def __init__(
+        self,
+        queue: TaskQueue | SyncTaskQueue,
+        limit: int,
+        task_options: dict[str, Any] | None = None,
+        close: bool = False,
+    ) -> None:
+        self.queue = queue
+        self.limit = limit
+        self.group = min(32, limit)
+        self.task_options = dict(task_options or {})
+        self._close = close
+        # Fail fast on a bad option, before anything is enqueued.
+        self._enqueuer: Any = queue.with_options(**self.task_options) if task_options else queue
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        if isinstance(self.queue, SyncTaskQueue):
+            return await asyncio.to_thread(getattr(self.queue, method), *args)
+        return await getattr(self.queue, method)(*args)
+
+    async def __aenter__(self) -> QueueRunner:
+        if isinstance(self.queue, TaskQueue):
+            await self.queue.connect()  # a no-op when it is connected
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._close and isinstance(self.queue, TaskQueue):
+            await self.queue.close()
+
+    async def _enqueue(self, fn: Any, instances: Sequence[Pipeline]) -> list[str]:
+        items = [(instance,) for instance in instances]
+        if isinstance(self.queue, SyncTaskQueue):
+            return await asyncio.to_thread(self._enqueuer.enqueue_many, fn, items)
+        return await self._enqueuer.enqueue_many(fn, items)
+
+    async def submit(self, group: Sequence[Pipeline]) -> list[Any]:
+        """A task id per instance, or an InstanceFailed if it cannot be stored."""
+        if not group:
+            return []
+        fn = (
+            run_instance_async
+            if inspect.iscoroutinefunction(type(group[0]).process)
+            else run_instance
+        )
+        try:
+            return list(await self._enqueue(fn, group))
+        except SerializationError:
+            pass
+        # Somebody's values would not pickle: find out whose, and send the others.
+        handles: list[Any] = []
+        for instance in group:
+            try:
+                handles.extend(await self._enqueue(fn, [instance]))
+            except SerializationError as exc:
+                handles.append(_unpicklable(instance, exc))
+        return handles
+
+    async def wait(self, pending: Mapping[str, Pipeline]) -> list[tuple[Any, Outcome]]:
+        """Wait until at least one task finished; ``(task_id, outcome)`` for each that did."""
+        task_ids = list(pending)
+        while True:
+            results: dict[str, Result] = await self._call("get_results", task_ids)
+            if results:
+                return [
+                    (task_id, _result_outcome(result, _index(pending[task_id])))
+                    for task_id, result in results.items()
+                ]
+            # Returns as soon as the oldest finishes, or after POLL to look at the rest.
+            await self._call("get_result", task_ids[0], self.POLL)
+
+
+def _result_outcome(result: Result, index: int) -> Outcome:
+    if result.ok:
+        return True, result.value
+    return False, InstanceFailed(
+        index,
+        result.error or f"the task ended {result.status.value}",
+        result.traceback,
+        task_id=result.task_id,
+    )
+
+
+def _index(instance: Pipeline) -> int:
+    return instance.batch_index or 0
+
+
+def _unpicklable(instance: Pipeline, exc: Exception) -> InstanceFailed:
+    return InstanceFailed(
+        _index(instance),
+        f"SerializationError: {instance!r} could not be pickled to send it to another "
+        f"process ({_error_text(exc)}); its field values and template must be picklable",
+        exception=exc,
+    )
