@@ -236,6 +236,19 @@ class Backend(abc.ABC):
         """Number of tasks per (queue, status)."""
 
     @abc.abstractmethod
+    async def running_tasks(self) -> list[TaskRecord]:
+        """Every task now running, longest-running first (for status displays)."""
+
+    @abc.abstractmethod
+    async def recent_failures(self, limit: int) -> list[TaskRecord]:
+        """The ``limit`` tasks that most recently ended FAILED, newest first."""
+
+    @abc.abstractmethod
+    async def oldest_waiting(self) -> dict[str, float]:
+        """Per queue, the ``available_at`` of the ready task that has waited longest
+        (queues with nothing due are absent)."""
+
+    @abc.abstractmethod
     async def register_worker(self, worker: WorkerRecord) -> None:
         """Record a worker that has started."""
 

@@ -305,6 +305,24 @@ class PostgresBackend(Backend):
             rows = await conn.fetch(self._q(q.COUNTS))
         return {(row[0], row[1]): int(row[2]) for row in rows}
 
+    async def running_tasks(self) -> list[TaskRecord]:
+        """Every running task, longest-running first."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.RUNNING_TASKS))
+        return [_record(row) for row in rows]
+
+    async def recent_failures(self, limit: int) -> list[TaskRecord]:
+        """The latest ``limit`` failed tasks, newest first."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.RECENT_FAILURES), limit)
+        return [_record(row) for row in rows]
+
+    async def oldest_waiting(self) -> dict[str, float]:
+        """Per queue, the ``available_at`` of the longest-waiting ready task."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.OLDEST_WAITING), self.now())
+        return {row[0]: float(row[1]) for row in rows}
+
     # -- worker side ------------------------------------------------------
 
     async def claim(

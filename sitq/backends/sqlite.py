@@ -464,6 +464,19 @@ class SQLiteBackend(Backend):
         rows = await self._read(q.COUNTS)
         return {(row[0], row[1]): int(row[2]) for row in rows}
 
+    async def running_tasks(self) -> list[TaskRecord]:
+        """Every running task, longest-running first."""
+        return [TaskRecord(*row) for row in await self._read(q.RUNNING_TASKS)]
+
+    async def recent_failures(self, limit: int) -> list[TaskRecord]:
+        """The latest ``limit`` failed tasks, newest first."""
+        return [TaskRecord(*row) for row in await self._read(q.RECENT_FAILURES, (limit,))]
+
+    async def oldest_waiting(self) -> dict[str, float]:
+        """Per queue, the ``available_at`` of the longest-waiting ready task."""
+        rows = await self._read(q.OLDEST_WAITING, (self.now(),))
+        return {row[0]: float(row[1]) for row in rows}
+
     # -- worker side ------------------------------------------------------
 
     async def claim(

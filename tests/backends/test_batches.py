@@ -262,7 +262,7 @@ async def test_a_version_1_store_migrates_in_place(kind: str, tmp_path: Path) ->
         ids = await into_batch(backend, "after-upgrade", 2)
         assert await backend.batch_task_ids("after-upgrade") == ids
         await backend.close()
-        # Opening again finds version 2 and changes nothing.
+        # Opening again finds the latest version and changes nothing.
         await backend.connect()
         assert await backend.batch_task_ids("after-upgrade") == ids
     finally:
@@ -272,5 +272,5 @@ async def test_a_version_1_store_migrates_in_place(kind: str, tmp_path: Path) ->
     if kind == "sqlite":
         conn = sqlite3.connect(path)
         version = conn.execute("SELECT value FROM sitq_meta WHERE key = 'schema_version'")
-        assert version.fetchone()[0] == str(sqlite_schema.SCHEMA_VERSION) == "2"
+        assert version.fetchone()[0] == str(sqlite_schema.SCHEMA_VERSION)
         conn.close()

@@ -645,6 +645,46 @@ async def test_counts_of_an_empty_store_is_empty(backend):
     assert await backend.counts() == {}
 
 
+async def test_running_tasks_lists_what_runs_longest_first(backend):
+    await enqueue_many(backend, 3)
+    first = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
+    second = await backend.claim("w2", [DEFAULT], 1, LONG_LEASE)
+    assert await backend.finish([(second[0].lease, SUCCEEDED)]) == [True]
+    third = await backend.claim("w2", [DEFAULT], 1, LONG_LEASE)
+    running = await backend.running_tasks()
+    assert [(r.id, r.worker_id, r.status) for r in running] == [
+        (first[0].id, "w1", "running"),
+        (third[0].id, "w2", "running"),
+    ]
+
+
+async def test_recent_failures_newest_first_up_to_the_limit(backend):
+    ids = await enqueue_many(backend, 4)
+    for index in range(4):
+        (claimed,) = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
+        outcome = FAILED if index != 2 else SUCCEEDED
+        assert await backend.finish([(claimed.lease, outcome)]) == [True]
+        await asyncio.sleep(0.002)  # distinct finish times, in order
+    failures = await backend.recent_failures(2)
+    assert [r.id for r in failures] == [ids[3], ids[1]]
+    assert failures[0].error == FAILED.error and failures[0].traceback == FAILED.traceback
+    assert [r.id for r in await backend.recent_failures(10)] == [ids[3], ids[1], ids[0]]
+
+
+async def test_oldest_waiting_per_queue_counts_only_due_tasks(backend):
+    now = backend.now()
+    await backend.enqueue(
+        [
+            new_task(backend, queue="a", delay=-30.0),
+            new_task(backend, queue="a"),
+            new_task(backend, queue="b", delay=3600),  # not due: not waiting yet
+        ]
+    )
+    waiting = await backend.oldest_waiting()
+    assert set(waiting) == {"a"}
+    assert waiting["a"] == pytest.approx(now - 30.0, abs=1.0)
+
+
 async def test_registered_workers_are_listed_newest_first(backend):
     now = backend.now()
     old = worker_record("w-old", now - 100.0, queues=(DEFAULT,), concurrency=1)
