@@ -1,0 +1,91 @@
+"""The waiting items: one Request per item, in FIFO or priority order.
+
+:class:`PendingQueue` is a plain data structure; the processor guards it with
+its own lock, which also guards the conditions that producers and the batch
+thread wait on.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from concurrent.futures import Future
+from typing import Any
+
+__all__ = ["PendingQueue", "Request"]
+
+
+class Request:
+    """One queued item, the future its caller waits on (None: fire and forget)."""
+
+    __slots__ = ("enqueued_at", "future", "item", "key", "priority", "rows", "taken")
+
+    def __init__(
+        self,
+        item: Any,
+        future: Future[Any] | None,
+        priority: int,
+        enqueued_at: float,
+        key: tuple[Any, ...] | None,
+        rows: int,
+    ) -> None:
+        self.item = item
+        self.future = future
+        self.priority = priority
+        self.enqueued_at = enqueued_at
+        #: None for a generic item; ("ndarray", row shape) for a numpy one.
+        self.key = key
+        #: The rows the item adds to a stacked numpy batch (1 for generic items).
+        self.rows = rows
+        self.taken = False
+
+
+class PendingQueue:
+    """Requests in arrival order, or by priority (then arrival) when ``prioritized``.
+
+    ``oldest_enqueued_at`` is the arrival time of the oldest request still
+    waiting, whichever order requests leave in.
+    """
+
+    def __init__(self, prioritized: bool) -> None:
+        self.prioritized = prioritized
+        self._arrivals: deque[Request] = deque()
+        self._heap: list[tuple[int, int, Request]] = []
+        self._seq = itertools.count()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def push(self, request: Request) -> None:
+        """Add one request."""
+        self._arrivals.append(request)
+        if self.prioritized:
+            heapq.heappush(self._heap, (-request.priority, next(self._seq), request))
+        self._count += 1
+
+    def pop_many(self, limit: int) -> list[Request]:
+        """Remove and return up to ``limit`` requests, in serving order."""
+        n = min(limit, self._count)
+        if self.prioritized:
+            batch = [heapq.heappop(self._heap)[2] for _ in range(n)]
+            for request in batch:
+                request.taken = True
+        else:
+            popleft = self._arrivals.popleft
+            batch = [popleft() for _ in range(n)]
+        self._count -= n
+        return batch
+
+    def oldest_enqueued_at(self) -> float | None:
+        """When the oldest waiting request arrived, or None if none waits."""
+        arrivals = self._arrivals
+        if self.prioritized:
+            while arrivals and arrivals[0].taken:
+                arrivals.popleft()
+        return arrivals[0].enqueued_at if arrivals else None
+
+    def pop_all(self) -> list[Request]:
+        """Remove and return every waiting request."""
+        return self.pop_many(self._count)

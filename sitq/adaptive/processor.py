@@ -1,0 +1,633 @@
+"""AdaptiveBatchProcessor: callers submit single items, one call processes a batch.
+
+Producers (any number of threads and coroutines) put items on a bounded queue.
+One batch thread takes a batch when the queue holds the current batch size,
+or when the oldest item has waited ``batch_timeout``, and never starts two
+batches closer than ``min_batch_interval``. It calls ``process_func`` once per
+batch (numpy rows stacked, other items as a list), hands each caller its own
+result, retries and then bisects failing batches, and adapts the batch size
+to measured processing times (see :mod:`sitq.adaptive.sizing`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import inspect
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from typing import Any
+
+from sitq.adaptive.config import AdaptiveBatchConfig, BatchPriority
+from sitq.adaptive.errors import BatchOutputError, ProcessorStoppedError, QueueFullError
+from sitq.adaptive.health import HealthMonitor
+from sitq.adaptive.pending import PendingQueue, Request
+from sitq.adaptive.sizing import BatchSizer
+from sitq.adaptive.stacking import Stacker, describe_item, group_requests
+from sitq.adaptive.stats import BatchRecord, BatchStats
+
+__all__ = ["AdaptiveBatchProcessor"]
+
+logger = logging.getLogger("sitq.adaptive")
+
+ProcessFunc = Callable[[Any], Any]
+
+_NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
+
+
+def _check_timeout(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {value!r}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0 seconds (or None to wait), got {value}")
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class AdaptiveBatchProcessor:
+    """Groups single items into adaptively sized batches for one batch function.
+
+    Create it with an :class:`AdaptiveBatchConfig` (or its fields as keywords),
+    ``start(process_func)``, then submit items from any thread or coroutine::
+
+        processor = AdaptiveBatchProcessor(batch_timeout=0.005, max_batch_size=128)
+        processor.start(model.predict)              # one call per batch
+        future = processor.enqueue_predict(row)     # concurrent.futures.Future
+        label = await processor.submit(row)         # from a coroutine
+        processor.stop(timeout=5.0)
+
+    ``process_func`` runs on the processor's batch thread and receives either a
+    numpy array (numpy items stacked like ``np.vstack``) or a list of items; it
+    returns one result per row or item, in order. Items may be queued before
+    ``start``. ``stop`` processes what is queued, then fails what is left.
+    """
+
+    def __init__(self, config: AdaptiveBatchConfig | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise TypeError("pass either an AdaptiveBatchConfig or keyword options, not both")
+        if config is None:
+            config = AdaptiveBatchConfig(**options)
+        elif not isinstance(config, AdaptiveBatchConfig):
+            raise TypeError(f"config must be an AdaptiveBatchConfig, not {type(config).__name__}")
+        self.config = config
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the batch thread waits for work
+        self._space = threading.Condition(self._lock)  # producer threads wait for room
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._queue = PendingQueue(config.enable_priority_queue)
+        self._sizer = BatchSizer(config)
+        self._stacker = Stacker(config.enable_memory_optimization)
+        self._stats = BatchStats(config.monitoring_window, config.enable_monitoring)
+        self._health = HealthMonitor(config, self) if config.enable_health_monitoring else None
+        self._state = _NEW
+        self._paused = False
+        self._closed_reason: str | None = None
+        self._abandoned = threading.Event()  # stop() stopped waiting for the batch thread
+        self._thread: threading.Thread | None = None
+        self._func: ProcessFunc | None = None
+        self._inflight: list[Request] = []
+        self._current_call: tuple[int, float, int] | None = None
+        self._last_batch_start = -math.inf
+        self._batch_ids = itertools.count(1)
+        self._counts = {
+            "total_enqueued": 0,
+            "total_unprocessed": 0,
+            "total_cancelled": 0,
+            "retries": 0,
+            "bisections": 0,
+            "gc_collections": 0,
+        }
+        self._items_since_gc = 0
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self, process_func: ProcessFunc) -> None:
+        """Start the batch thread (and the health thread) with ``process_func``."""
+        if not callable(process_func):
+            raise TypeError(f"process_func must be callable, not {process_func!r}")
+        if inspect.iscoroutinefunction(process_func):
+            raise TypeError(
+                "process_func must be a plain function: it runs on the processor's batch "
+                "thread; wrap async code with asyncio.run_coroutine_threadsafe if needed"
+            )
+        with self._lock:
+            if self._state != _NEW:
+                raise ProcessorStoppedError(
+                    f"this processor is already {self._state}: start() runs once; create a "
+                    "new AdaptiveBatchProcessor to start again"
+                )
+            self._func = process_func
+            self._state = _RUNNING
+            self._thread = threading.Thread(
+                target=self._wrapped_worker_loop, name="sitq-adaptive-batch", daemon=True
+            )
+            self._thread.start()
+        if self._health is not None:
+            self._health.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop: process what is queued (even if paused), within ``timeout`` seconds.
+
+        New items are refused at once. Whatever is still queued when the timeout
+        expires, and a batch still inside ``process_func`` then, fails with
+        :class:`ProcessorStoppedError` (the late result of that call is dropped;
+        the call itself cannot be interrupted). ``timeout=None`` waits for the
+        queue to drain however long it takes. Calling it again does nothing.
+        """
+        _check_timeout("timeout", timeout)
+        with self._lock:
+            if self._state in (_STOPPING, _STOPPED):
+                return
+            started = self._state == _RUNNING
+            self._state = _STOPPING
+            if self._closed_reason is None:
+                self._closed_reason = (
+                    "the processor was stopped: create and start a new "
+                    "AdaptiveBatchProcessor to process more items"
+                )
+            self._work.notify_all()
+            self._wake_all_producers()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        with self._lock:
+            drained = thread is not None and not thread.is_alive()
+            if not drained:
+                self._abandoned.set()
+                self._work.notify_all()
+            left = self._queue.pop_all()
+            inflight = [] if drained else list(self._inflight)
+            self._state = _STOPPED
+        if left or inflight:
+            why = "stop() was called before start()"
+            if started:
+                why = f"stop(timeout={timeout}) expired"
+            for request in left:
+                self._fail(request, ProcessorStoppedError(f"{why} before this item was processed"))
+            for request in inflight:
+                self._fail(
+                    request,
+                    ProcessorStoppedError(
+                        f"{why} while this item's batch was still in process_func; its result "
+                        "is dropped"
+                    ),
+                    log=False,
+                )
+            with self._lock:
+                self._counts["total_unprocessed"] += len(left) + len(inflight)
+            logger.warning(
+                "adaptive batch processor stopped: %s with %d items queued and %d in a running "
+                "batch; they failed with ProcessorStoppedError",
+                why,
+                len(left),
+                len(inflight),
+            )
+        if self._health is not None:
+            self._health.stop()
+
+    def pause(self) -> None:
+        """Send no new batches until :meth:`resume` (a running batch finishes)."""
+        with self._lock:
+            self._paused = True
+
+    def resume(self) -> None:
+        """Send batches again after :meth:`pause`."""
+        with self._lock:
+            self._paused = False
+            self._work.notify()
+
+    def __enter__(self) -> AdaptiveBatchProcessor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- producers --------------------------------------------------------------
+
+    def enqueue(
+        self,
+        item: Any,
+        timeout: float | None = None,
+        priority: BatchPriority | int = BatchPriority.NORMAL,
+    ) -> None:
+        """Queue ``item`` for processing without a result (failures are logged).
+
+        A full queue blocks up to ``timeout`` seconds (None: until there is room)
+        and then raises :class:`QueueFullError`; ``timeout=0`` never blocks.
+        """
+        _check_timeout("timeout", timeout)
+        self._put(self._request(item, None, priority), timeout)
+
+    def enqueue_predict(
+        self,
+        item: Any,
+        timeout: float | None = None,
+        priority: BatchPriority | int = BatchPriority.NORMAL,
+    ) -> Future[Any]:
+        """Queue ``item``; the returned future gets its result or its exception.
+
+        ``timeout`` bounds only the wait for room in the queue, as in :meth:`enqueue`.
+        Cancelling the future before its batch is taken skips the item.
+        """
+        _check_timeout("timeout", timeout)
+        future: Future[Any] = Future()
+        self._put(self._request(item, future, priority), timeout)
+        return future
+
+    async def submit(
+        self,
+        item: Any,
+        *,
+        priority: BatchPriority | int = BatchPriority.NORMAL,
+        timeout: float | None = None,
+    ) -> Any:
+        """Queue ``item`` and await its result, without blocking the event loop.
+
+        A full queue is waited for asynchronously, up to ``timeout`` seconds
+        (then :class:`QueueFullError`). Cancelling the awaiting task before the
+        item's batch is taken skips the item.
+        """
+        _check_timeout("timeout", timeout)
+        future: Future[Any] = Future()
+        request = self._request(item, future, priority)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            waiter = self._push_or_wait(request, loop)
+            if waiter is None:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            try:
+                if remaining is not None and remaining <= 0:
+                    raise asyncio.TimeoutError
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                self._forget_waiter(waiter)
+                raise self._full_error(timeout) from None
+            except BaseException:
+                self._forget_waiter(waiter)
+                raise
+        return await asyncio.wrap_future(future)
+
+    def _request(self, item: Any, future: Future[Any] | None, priority: object) -> Request:
+        level = BatchPriority.coerce(priority)
+        key, rows = describe_item(item)
+        return Request(item, future, int(level), 0.0, key, rows)
+
+    def _full_error(self, timeout: float | None) -> QueueFullError:
+        return QueueFullError(
+            f"the adaptive batch queue is full ({self.config.max_queue_size} items) and no "
+            f"room freed within timeout={timeout}s: process_func is falling behind the "
+            "producers; raise max_queue_size, pass a longer timeout, or slow the producers"
+        )
+
+    def _push_locked(self, request: Request) -> None:
+        request.enqueued_at = time.monotonic()
+        queue = self._queue
+        queue.push(request)
+        self._counts["total_enqueued"] += 1
+        n = len(queue)
+        # Wake the batch thread only when it has something new to decide.
+        if n == 1 or n >= self._sizer.target:
+            self._work.notify()
+
+    def _put(self, request: Request, timeout: float | None) -> None:
+        limit = self.config.max_queue_size
+        with self._lock:
+            if self._closed_reason is not None:
+                raise ProcessorStoppedError(self._closed_reason)
+            if len(self._queue) >= limit:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while len(self._queue) >= limit:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise self._full_error(timeout)
+                    self._space.wait(remaining)
+                    if self._closed_reason is not None:
+                        raise ProcessorStoppedError(self._closed_reason)
+            self._push_locked(request)
+
+    def _push_or_wait(
+        self, request: Request, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[None] | None:
+        """Push and return None, or register (under the lock: no lost wake-up) a waiter."""
+        with self._lock:
+            if self._closed_reason is not None:
+                raise ProcessorStoppedError(self._closed_reason)
+            if len(self._queue) < self.config.max_queue_size:
+                self._push_locked(request)
+                return None
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._async_waiters.append((loop, waiter))
+            return waiter
+
+    def _forget_waiter(self, waiter: asyncio.Future[None]) -> None:
+        with self._lock:
+            self._async_waiters = [(lp, w) for lp, w in self._async_waiters if w is not waiter]
+            # A wake-up this waiter consumed is passed on.
+            if self._async_waiters and len(self._queue) < self.config.max_queue_size:
+                self._wake_async_producers()
+
+    def _wake_async_producers(self) -> None:
+        waiters, self._async_waiters = self._async_waiters, []
+        for loop, waiter in waiters:
+            # A closed loop raises RuntimeError: nobody waits there any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_wake, waiter)
+
+    def _wake_all_producers(self) -> None:
+        self._space.notify_all()
+        self._wake_async_producers()
+
+    # -- control and statistics ---------------------------------------------------
+
+    def update_batch_size(self, new_size: int) -> None:
+        """Set the current batch size (adaptation continues from it)."""
+        if isinstance(new_size, bool) or not isinstance(new_size, int):
+            raise TypeError(f"new_size must be an int, not {new_size!r}")
+        cfg = self.config
+        if not cfg.min_batch_size <= new_size <= cfg.max_batch_size:
+            raise ValueError(
+                f"batch size {new_size} is outside [min_batch_size={cfg.min_batch_size}, "
+                f"max_batch_size={cfg.max_batch_size}]: pick a size in that range"
+            )
+        with self._lock:
+            self._sizer.set(new_size)
+            self._work.notify()
+
+    def get_stats(self) -> dict[str, Any]:
+        """Statistics: the seed's keys, plus counters and health findings.
+
+        Times are milliseconds. Window figures (averages, percentiles,
+        ``throughput`` in items/s, ``system_load`` = share of the window spent
+        in ``process_func``) cover the last ``monitoring_window`` batches and are
+        0 when ``enable_monitoring`` is off; ``error_rate`` is failed items per
+        processed item over the processor's life.
+        """
+        stats: dict[str, Any] = self._stats.get_stats()
+        with self._lock:
+            fit = self._sizer.model()
+            stats.update(self._counts)
+            stats.update(
+                current_batch_size=self._sizer.target,
+                latency_cap_batch_size=self._sizer.cap(),
+                fixed_cost_ms=fit[0] * 1000.0 if fit else None,
+                per_item_cost_ms=fit[1] * 1000.0 if fit else None,
+                active_batches=0 if self._current_call is None else 1,
+                queue_size=len(self._queue),
+                is_paused=self._paused,
+                is_stopping=self._state in (_STOPPING, _STOPPED),
+                state=self._state,
+            )
+        if self._health is not None:
+            stats.update(self._health.snapshot())
+        return stats
+
+    # -- health hooks (called by the health thread) ----------------------------------
+
+    def current_call(self) -> tuple[int, float, int] | None:
+        """(batch id, start, items) of the call in ``process_func`` now, if any."""
+        return self._current_call
+
+    def queue_length(self) -> int:
+        """Items waiting now."""
+        with self._lock:
+            return len(self._queue)
+
+    def on_memory_level(self, level: str, entering: bool) -> None:
+        """Shrink or hold the batch size under memory pressure."""
+        with self._lock:
+            self._sizer.memory_pressure(level, entering)
+
+    def on_queue_level(self, critical: bool) -> None:
+        """Grow the batch size while the backlog is critical."""
+        with self._lock:
+            self._sizer.queue_pressure(critical)
+            self._work.notify()
+
+    def count_gc(self) -> None:
+        """Count one garbage collection."""
+        with self._lock:
+            self._counts["gc_collections"] += 1
+
+    # -- the batch thread ---------------------------------------------------------------
+
+    def _wrapped_worker_loop(self) -> None:
+        try:
+            self._worker_loop()
+        except BaseException as exc:
+            logger.critical("adaptive batch thread died", exc_info=True)
+            reason = (
+                f"the adaptive batch thread died ({exc!r}): create a new AdaptiveBatchProcessor"
+            )
+            with self._lock:
+                self._closed_reason = reason
+                left = self._queue.pop_all() + self._inflight
+                self._counts["total_unprocessed"] += len(left)
+                self._wake_all_producers()
+            for request in left:
+                self._fail(request, ProcessorStoppedError(reason), log=False)
+
+    def _worker_loop(self) -> None:
+        while True:
+            taken = self._next_batch()
+            if taken is None:
+                return
+            batch, queue_length = taken
+            self._process_batch(batch, queue_length)
+            with self._lock:
+                self._inflight = []
+            if self.config.enable_memory_optimization:
+                self._items_since_gc += len(batch)
+                if self._items_since_gc >= self.config.gc_batch_threshold:
+                    self._items_since_gc = 0
+                    gc.collect(1)
+                    self.count_gc()
+
+    def _next_batch(self) -> tuple[list[Request], int] | None:
+        """Wait for the next batch to be due and take it; None when done."""
+        cfg = self.config
+        queue = self._queue
+        with self._lock:
+            while True:
+                if self._abandoned.is_set():
+                    return None
+                n = len(queue)
+                draining = self._state == _STOPPING
+                if n == 0:
+                    if draining:
+                        return None
+                    self._work.wait()
+                    continue
+                if self._paused and not draining:
+                    self._work.wait()
+                    continue
+                now = time.monotonic()
+                gap = self._last_batch_start + cfg.min_batch_interval - now
+                if gap > 0:
+                    self._work.wait(gap)
+                    continue
+                target = self._sizer.target
+                full = n >= target
+                if not full and not draining:
+                    due = queue.oldest_enqueued_at() + cfg.batch_timeout  # type: ignore[operator]
+                    if now < due:
+                        self._work.wait(due - now)
+                        continue
+                break
+            batch = queue.pop_many(target)
+            if not draining:
+                self._sizer.after_dispatch(len(batch), full, len(queue))
+            self._inflight = batch
+            self._space.notify(len(batch))
+            if self._async_waiters:
+                self._wake_async_producers()
+            return batch, n
+
+    def _process_batch(self, batch: list[Request], queue_length: int) -> None:
+        live = [r for r in batch if r.future is None or r.future.set_running_or_notify_cancel()]
+        if len(live) < len(batch):
+            with self._lock:
+                self._counts["total_cancelled"] += len(batch) - len(live)
+        if not live:
+            return
+        batch_id = next(self._batch_ids)
+        started = self._last_batch_start = time.monotonic()
+        monitoring = self.config.enable_monitoring
+        latencies: list[float] | None = [] if monitoring else None
+        errors = 0
+        for group in group_requests(live):
+            errors += self._process_group(group, batch_id, latencies)
+        finished = time.monotonic()
+        queue_times = [started - r.enqueued_at for r in live] if monitoring else []
+        record = BatchRecord(
+            size=len(live),
+            started=started,
+            finished=finished,
+            processing_time=finished - started,
+            queue_length=queue_length,
+            queue_times=queue_times,
+            latencies=latencies or [],
+        )
+        self._stats.update(record, errors)
+
+    def _call(self, group: list[Request], batch_id: int) -> list[Any]:
+        payload = self._stacker.combine(group)
+        self._current_call = (batch_id, time.monotonic(), len(group))
+        try:
+            output = self._func(payload)  # type: ignore[misc]
+        finally:
+            self._current_call = None
+        return self._stacker.split(group, output)
+
+    def _process_group(
+        self, group: list[Request], batch_id: int, latencies: list[float] | None
+    ) -> int:
+        """Process one group: call, retry, then bisect. Returns how many items failed."""
+        cfg = self.config
+        attempt = 0
+        while True:
+            begun = time.monotonic()
+            try:
+                results = self._call(group, batch_id)
+            except Exception as exc:
+                error = exc
+            else:
+                if attempt == 0:
+                    with self._lock:
+                        self._sizer.observe(len(group), time.monotonic() - begun)
+                self._settle(group, results, latencies)
+                return 0
+            # A wrong output shape is a contract error: retrying the same batch cannot help.
+            if isinstance(error, BatchOutputError) or attempt >= cfg.max_retries:
+                break
+            if self._abandoned.is_set():
+                return 0
+            attempt += 1
+            with self._lock:
+                self._counts["retries"] += 1
+            logger.warning(
+                "batch %d (%d items) failed with %r; retry %d of %d in %gs",
+                batch_id,
+                len(group),
+                error,
+                attempt,
+                cfg.max_retries,
+                cfg.retry_delay,
+            )
+            if self._abandoned.wait(cfg.retry_delay):
+                return 0
+        if len(group) == 1:
+            self._fail(group[0], error)
+            return 1
+        logger.warning(
+            "batch %d (%d items) failed with %r after %d retries: bisecting it to find the "
+            "failing items",
+            batch_id,
+            len(group),
+            error,
+            attempt,
+        )
+        with self._lock:
+            self._counts["bisections"] += 1
+        return self._bisect(group, batch_id, latencies)
+
+    def _bisect(self, group: list[Request], batch_id: int, latencies: list[float] | None) -> int:
+        """Split a failing group until each failing item is alone; the rest succeed."""
+        failed = 0
+        mid = len(group) // 2
+        stack = [group[mid:], group[:mid]]
+        while stack:
+            if self._abandoned.is_set():
+                return failed
+            part = stack.pop()
+            try:
+                results = self._call(part, batch_id)
+            except Exception as exc:
+                if len(part) == 1:
+                    self._fail(part[0], exc)
+                    failed += 1
+                else:
+                    mid = len(part) // 2
+                    stack.append(part[mid:])
+                    stack.append(part[:mid])
+            else:
+                self._settle(part, results, latencies)
+        return failed
+
+    @staticmethod
+    def _settle(group: list[Request], results: list[Any], latencies: list[float] | None) -> None:
+        for request, value in zip(group, results, strict=True):
+            future = request.future
+            if future is not None:
+                # InvalidStateError: stop(timeout) already failed it.
+                with contextlib.suppress(InvalidStateError):
+                    future.set_result(value)
+        if latencies is not None:
+            now = time.monotonic()
+            latencies.extend([now - r.enqueued_at for r in group])
+
+    @staticmethod
+    def _fail(request: Request, error: BaseException, log: bool = True) -> None:
+        future = request.future
+        if future is None:
+            if log:
+                logger.warning("an enqueued item (no future to report to) failed: %r", error)
+            return
+        try:
+            if future.done():
+                return
+            future.set_exception(error)
+        except InvalidStateError:
+            pass
