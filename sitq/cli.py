@@ -194,17 +194,71 @@ def init(db: str) -> None:
 @main.command()
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def status(db: str, as_json: bool) -> None:
-    """Show tasks per queue and status, and the workers."""
+@click.option("--watch", is_flag=True, help="Refresh in place until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
+@click.option(
+    "--failures",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="How many recent failures to list.",
+)
+def status(db: str, as_json: bool, watch: bool, interval: float, failures: int) -> None:
+    """Tasks per queue and status, live workers and what they run, the oldest
+    waiting task, and recent failures."""
+    if not watch:
+        report = _run(lambda backend: _status_report(backend, failures), db)
+        click.echo(json.dumps(report, indent=2) if as_json else _render_status(report))
+        return
+    try:
+        while True:
+            report = _run(lambda backend: _status_report(backend, failures), db)
+            text = json.dumps(report) if as_json else _render_status(report)
+            if as_json:
+                click.echo(text)
+            else:
+                # Home the cursor and clear the screen, then draw: refresh in place.
+                stamp = datetime.now().strftime("%H:%M:%S")
+                click.echo(f"\x1b[H\x1b[2J{text}\n\nrefreshed {stamp}, every {interval:g} s")
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
 
-    async def gather(backend: Backend) -> tuple[Any, Any, float]:
-        return await backend.counts(), await backend.list_workers(), backend.now()
 
-    counts, workers, now = _run(gather, db)
+async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
+    """Everything `sitq status` shows, as plain data (the --json output)."""
+    counts = await backend.counts()
+    workers = await backend.list_workers()
+    running = await backend.running_tasks()
+    oldest = await backend.oldest_waiting()
+    failed = await backend.recent_failures(failures) if failures else []
+    now = backend.now()
     statuses = [s.value for s in TaskStatus]
-    queues: dict[str, dict[str, int]] = {}
+    queues: dict[str, dict[str, Any]] = {}
     for (queue, state), count in counts.items():
         queues.setdefault(queue, dict.fromkeys(statuses, 0))[state] = count
+    for queue, row in queues.items():
+        available_at = oldest.get(queue)
+        row["oldest_waiting_seconds"] = (
+            None if available_at is None else round(max(0.0, now - available_at), 1)
+        )
+    by_worker: dict[str, list[dict[str, Any]]] = {}
+    for task in running:
+        by_worker.setdefault(task.worker_id or "?", []).append(
+            {
+                "id": task.id,
+                "task": task.func_name,
+                "queue": task.queue,
+                "attempt": task.attempts,
+                "running_seconds": round(now - (task.started_at or now), 1),
+            }
+        )
     worker_rows = [
         {
             "id": w.id,
@@ -216,28 +270,75 @@ def status(db: str, as_json: bool) -> None:
             "state": "stopped"
             if w.stopped_at
             else ("alive" if w.alive(now, WORKER_STALE_AFTER) else "dead"),
+            "running": by_worker.get(w.id, []),
         }
         for w in workers
     ]
-    if as_json:
-        click.echo(json.dumps({"queues": queues, "workers": worker_rows}, indent=2))
-        return
-    header = f"{'queue':<20}" + "".join(f"{s:>11}" for s in statuses)
-    click.echo(header)
+    failure_rows = [
+        {
+            "id": task.id,
+            "task": task.func_name,
+            "queue": task.queue,
+            "finished_at": _when(task.finished_at),
+            "attempts": task.attempts,
+            "error": _first_line(task.error),
+        }
+        for task in failed
+    ]
+    return {"queues": queues, "workers": worker_rows, "recent_failures": failure_rows}
+
+
+def _render_status(report: dict[str, Any]) -> str:
+    statuses = [s.value for s in TaskStatus]
+    queues = report["queues"]
+    lines = [f"{'queue':<20}" + "".join(f"{s:>11}" for s in statuses) + f"{'oldest wait':>13}"]
     for queue in sorted(queues):
-        click.echo(f"{queue:<20}" + "".join(f"{queues[queue][s]:>11}" for s in statuses))
+        row = queues[queue]
+        wait = row["oldest_waiting_seconds"]
+        lines.append(
+            f"{queue:<20}"
+            + "".join(f"{row[s]:>11}" for s in statuses)
+            + f"{'-' if wait is None else _age(wait):>13}"
+        )
     if not queues:
-        click.echo("(no tasks)")
-    live = [w for w in worker_rows if w["state"] != "stopped"]
-    click.echo(
+        lines.append("(no tasks)")
+    live = [w for w in report["workers"] if w["state"] != "stopped"]
+    lines.append(
         f"\nworkers: {sum(w['state'] == 'alive' for w in live)} alive, "
         f"{sum(w['state'] == 'dead' for w in live)} dead"
     )
     for w in live:
-        click.echo(
-            f"  {w['id']:<32} {w['state']:<6} pid {w['pid']:<8} concurrency {w['concurrency']:<3}"
-            f" queues {','.join(w['queues'])}  heartbeat {w['heartbeat_age']}s ago"
+        lines.append(
+            f"  {w['id']:<32} {w['state']:<6} {w['host']} pid {w['pid']:<8} concurrency "
+            f"{w['concurrency']:<3} queues {','.join(w['queues'])}  heartbeat "
+            f"{_age(w['heartbeat_age'])} ago"
         )
+        for task in w["running"]:
+            lines.append(
+                f"      running {task['id']} {task['task']} (attempt {task['attempt']}, "
+                f"for {_age(task['running_seconds'])})"
+            )
+    if report["recent_failures"]:
+        lines.append("\nrecent failures:")
+        for failure in report["recent_failures"]:
+            lines.append(
+                f"  {failure['finished_at']}  {failure['id']}  {failure['task']} "
+                f"[{failure['queue']}]: {failure['error']}"
+            )
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _first_line(text: str | None, limit: int = 160) -> str:
+    line = (text or "").strip().splitlines()[0] if text and text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _when(value: float | None) -> str:

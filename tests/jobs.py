@@ -130,3 +130,12 @@ async def traced_child_span() -> str:
     with trace.get_tracer("jobs").start_as_current_span("inside the task"):
         await asyncio.sleep(0)
     return "traced"
+
+
+async def wait_for_file(started: str, release: str, limit: float) -> str:
+    """Creates ``started``, then waits (at most ``limit`` s) until ``release`` exists."""
+    Path(started).touch()
+    deadline = time.monotonic() + limit
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return "released"

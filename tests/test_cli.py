@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import subprocess
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import jobs
 import pytest
-from support import SITQ, WorkerProcess, subprocess_env
+from support import SITQ, WorkerProcess, subprocess_env, wait_until
 
 from sitq import SyncTaskQueue, TaskStatus
 
@@ -51,12 +52,56 @@ def test_status_shows_counts_and_workers(db_path: Path, filled_db: dict[str, str
     run = sitq("status", "--db", str(db_path))
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0].split() == ["queue", "queued", "running", "succeeded", "failed", "cancelled"]
-    assert lines[1].split() == ["default", "1", "0", "0", "1", "0"]
-    assert lines[2].split() == ["mail", "1", "0", "0", "0", "0"]
+    assert lines[0].split() == [
+        "queue", "queued", "running", "succeeded", "failed", "cancelled", "oldest", "wait"
+    ]  # fmt: skip
+    default, mail = lines[1].split(), lines[2].split()
+    assert default[:6] == ["default", "1", "0", "0", "1", "0"]
+    assert default[6].endswith("s")  # the queued task is due: it has waited a moment
+    assert mail == ["mail", "1", "0", "0", "0", "0", "-"]  # delayed: not waiting yet
     assert "workers: 0 alive" in run.stdout
+    assert "recent failures:" in run.stdout
+    (failure,) = [line for line in lines if filled_db["failed"] in line]
+    assert "jobs.fail [default]: ValueError: broken" in failure
     as_json = json.loads(sitq("status", "--db", str(db_path), "--json").stdout)
     assert as_json["queues"]["mail"]["queued"] == 1
+    assert as_json["queues"]["mail"]["oldest_waiting_seconds"] is None
+    assert as_json["queues"]["default"]["oldest_waiting_seconds"] >= 0
+    assert [f["id"] for f in as_json["recent_failures"]] == [filled_db["failed"]]
+    assert as_json["recent_failures"][0]["error"] == "ValueError: broken"
+
+
+def test_status_shows_what_each_worker_runs(
+    db_path: Path, tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    started = tmp_path / "started"
+    with SyncTaskQueue(db_path) as queue:
+        task_id = queue.enqueue(jobs.wait_for_file, str(started), str(tmp_path / "never"), 60)
+    worker = spawn_worker().wait_started()
+    wait_until(started.exists, 30, "the task to start")
+    report = json.loads(sitq("status", "--db", str(db_path), "--json").stdout)
+    (row,) = [w for w in report["workers"] if w["pid"] == worker.pid]
+    assert [t["id"] for t in row["running"]] == [task_id]
+    assert row["running"][0]["task"] == "jobs.wait_for_file"
+    text = sitq("status", "--db", str(db_path)).stdout
+    assert f"running {task_id} jobs.wait_for_file (attempt 1" in text
+
+
+def test_status_watch_refreshes_until_interrupted(db_path: Path, filled_db: dict[str, str]) -> None:
+    proc = subprocess.Popen(
+        [SITQ, "status", "--db", str(db_path), "--watch", "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    assert proc.stdout is not None
+    refreshes = 0
+    while refreshes < 2:
+        line = proc.stdout.readline().decode()
+        assert line, "status --watch ended early"
+        refreshes += "refreshed" in line
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0
 
 
 def test_status_lists_a_live_worker(
