@@ -1,0 +1,61 @@
+"""The errors of the batch layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sitq.errors import SitqError
+
+
+class BatchExists(SitqError, ValueError):
+    """A new batch was asked for under a name that is already taken."""
+
+    def __init__(self, batch_id: str, size: int) -> None:
+        super().__init__(batch_id, size)
+        self.batch_id = batch_id
+        self.size = size
+
+    def __str__(self) -> str:
+        name = self.batch_id
+        return (
+            f"batch {name!r} already exists with {self.size} tasks: open it with "
+            f"bp.open({name!r}) to collect it, pass if_exists='resume' to enqueue only the "
+            "items it does not have yet, if_exists='append' to add these items to it, or "
+            f"forget it first with bp.delete({name!r})"
+        )
+
+
+class BatchNotFound(SitqError, KeyError):
+    """No batch has the given name (it never existed, or it was deleted)."""
+
+    def __init__(self, batch_id: str, known: list[str] | None = None) -> None:
+        super().__init__(batch_id)
+        self.batch_id = batch_id
+        self.known = known or []
+
+    def __str__(self) -> str:
+        text = f"no batch named {self.batch_id!r}"
+        if self.known:
+            text += f"; known batches include {', '.join(map(repr, self.known))}"
+        return text + " (bp.batches() lists them)"
+
+
+class BatchTimeout(SitqError, TimeoutError):
+    """Some tasks of a batch had not finished when the timeout ran out.
+
+    ``pending`` holds their ids and ``results`` the Results collected so far,
+    so nothing is lost: collect the rest later with ``collect_results``.
+    """
+
+    def __init__(self, pending: list[str], results: dict[str, Any], timeout: float) -> None:
+        super().__init__(len(pending), timeout)
+        self.pending = pending
+        self.results = results
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return (
+            f"{len(self.pending)} tasks had not finished after {self.timeout:g} s "
+            f"({len(self.results)} had); they keep running: collect them later with "
+            "bp.collect_results(...) or bp.gather(...), or give a longer timeout"
+        )

@@ -1,0 +1,464 @@
+"""BatchProcessor: fan a function out over many items, and collect what comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from sitq.batch.errors import BatchExists, BatchNotFound, BatchTimeout
+from sitq.batch.progress import BatchProgress, ProgressBar
+from sitq.batch.report import BatchReport, Monitor
+from sitq.errors import ConfigurationError, TaskNotFound
+from sitq.queue import SyncTaskQueue, TaskQueue
+from sitq.task import Result
+
+IfExists = Literal["error", "append", "resume"]
+
+#: The shortest pause between two polls of one collection: a burst of
+#: wake-ups (every finishing task sends one) must not turn into a busy loop.
+MIN_POLL_GAP = 0.01
+#: Polls are spaced at least this many times their own cost apart, so a big
+#: collection spends at most a fifth of its time asking.
+POLL_COST_FACTOR = 4.0
+
+
+@dataclass
+class Batch:
+    """A batch's task ids, in input order; ``name`` is set for named batches.
+
+    ``size`` counts every task the batch ever had: more than ``len(ids)`` when
+    some were pruned after their ``result_ttl``.
+    """
+
+    ids: list[str]
+    name: str | None = None
+    created_at: datetime | None = None
+    size: int = field(default=-1)
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = len(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Any:
+        return iter(self.ids)
+
+
+Target = Batch | str | Sequence[str]
+
+_EPOCH = datetime.fromtimestamp(0, tz=timezone.utc)
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _check_seconds(name: str, value: Any, *, allow_none: bool) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        hint = " (or None to wait as long as it takes)" if allow_none else ""
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0{hint}, got {value!r}")
+    return float(value)
+
+
+class BatchProcessor:
+    """Chunked enqueue, bulk result collection, progress and retries for many tasks.
+
+    :param queue: a connected :class:`~sitq.TaskQueue` (for plain code, use
+        :class:`~sitq.batch.SyncBatchProcessor` with a ``SyncTaskQueue``).
+    :param batch_size: items per enqueue transaction unless a call says otherwise.
+
+    Methods that take a ``target`` accept a :class:`Batch`, a batch name (str),
+    or a list of task ids; retry_failed and cancel default to the last batch
+    this processor enqueued.
+    """
+
+    def __init__(self, queue: TaskQueue, batch_size: int = 100) -> None:
+        if isinstance(queue, SyncTaskQueue):
+            raise TypeError(
+                "BatchProcessor needs an async TaskQueue; for a SyncTaskQueue use "
+                "sitq.batch.SyncBatchProcessor(queue)"
+            )
+        self.queue = queue
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.last: Batch | None = None
+        self._monitor = Monitor()
+
+    # -- enqueueing ---------------------------------------------------------
+
+    async def enqueue_batch(
+        self,
+        func: Callable[..., Any],
+        items: Iterable[Any],
+        batch_size: int | None = None,
+        *,
+        batch_id: str | None = None,
+        if_exists: IfExists = "error",
+        **options: Any,
+    ) -> list[str]:
+        """Enqueue one call of ``func`` per item, ``batch_size`` items per transaction.
+
+        Each item is a tuple of positional arguments, or a single argument.
+        ``options`` are task options (``queue``, ``priority``, ``max_retries``,
+        ``timeout``, ``result_ttl``, ...). Returns the task ids in item order.
+
+        With ``batch_id`` the batch is stored in the database with each chunk,
+        so :meth:`open` finds it from any process later. If a batch of that
+        name exists, ``if_exists`` decides: ``"error"`` raises
+        :class:`BatchExists`; ``"append"`` adds these items to it; ``"resume"``
+        skips as many items as the batch already has (a producer that stopped
+        half-way goes on from there, given the same items in the same order) and
+        returns the ids of the whole batch.
+        """
+        return (
+            await self.submit(
+                func,
+                items,
+                batch_size,
+                batch_id=batch_id,
+                if_exists=if_exists,
+                **options,
+            )
+        ).ids
+
+    async def submit(
+        self,
+        func: Callable[..., Any],
+        items: Iterable[Any],
+        batch_size: int | None = None,
+        *,
+        batch_id: str | None = None,
+        if_exists: IfExists = "error",
+        **options: Any,
+    ) -> Batch:
+        """Like :meth:`enqueue_batch`, returning the :class:`Batch`."""
+        size = _check_positive_int("batch_size", batch_size or self.batch_size)
+        if if_exists not in ("error", "append", "resume"):
+            raise ConfigurationError(
+                f"if_exists must be 'error', 'append' or 'resume', got {if_exists!r}"
+            )
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {type(func).__name__} {func!r:.60}")
+        enqueuer = self.queue.with_options(**options) if options else self.queue
+        ids: list[str] = []
+        source = iter(items)
+        started = time.time()
+        if batch_id is not None:
+            ids, source = await self._prepare_named(batch_id, if_exists, source)
+        run = self._monitor.start(batch_id, started)
+        self._monitor.enqueued(run, ids, 0.0)
+        stored = 0
+        while chunk := list(itertools.islice(source, size)):
+            began = time.perf_counter()
+            try:
+                if batch_id is None:
+                    new = await enqueuer.enqueue_many(func, chunk)
+                else:
+                    new = await enqueuer.enqueue_in_batch(batch_id, func, chunk)
+            except Exception as exc:
+                if stored:
+                    where = f" of batch {batch_id!r}" if batch_id else ""
+                    exc.add_note(
+                        f"{stored} items{where} were enqueued before this chunk failed; "
+                        "they will run"
+                        + (" (if_exists='resume' continues after them)" if batch_id else "")
+                    )
+                raise
+            self._monitor.enqueued(run, new, time.perf_counter() - began)
+            ids.extend(new)
+            stored += len(new)
+        self.last = Batch(ids, batch_id, _utc(started))
+        return self.last
+
+    async def _prepare_named(
+        self, batch_id: str, if_exists: IfExists, source: Iterable[Any]
+    ) -> tuple[list[str], Iterable[Any]]:
+        """Claim the name, or find the existing batch: its ids so far, and the items
+        still to enqueue."""
+        if if_exists == "error":
+            if not await self.queue.create_batch(batch_id):
+                record = await self.queue.get_batch(batch_id)
+                raise BatchExists(batch_id, record.size if record else 0)
+            return [], source
+        if if_exists == "append":
+            return [], source
+        record = await self.queue.get_batch(batch_id)
+        if record is None:
+            return [], source
+        existing = await self.queue.batch_task_ids(batch_id)
+        return existing, itertools.islice(source, record.size, None)
+
+    # -- finding batches ------------------------------------------------------
+
+    async def open(self, batch_id: str) -> Batch:
+        """The named batch as stored, from any process: its ids in input order.
+
+        Raises :class:`BatchNotFound` for an unknown name.
+        """
+        record = await self.queue.get_batch(batch_id)
+        if record is None:
+            known = [b.id for b in (await self.queue.list_batches())[:5]]
+            raise BatchNotFound(batch_id, known)
+        ids = await self.queue.batch_task_ids(batch_id)
+        batch = Batch(ids, batch_id, _utc(record.created_at), record.size)
+        run = self._monitor.start(batch_id, record.created_at)
+        self._monitor.enqueued(run, ids, 0.0)
+        self.last = batch
+        return batch
+
+    async def batches(self) -> list[Batch]:
+        """Every named batch, newest first (ids not loaded: use :meth:`open`)."""
+        return [
+            Batch([], record.id, _utc(record.created_at), record.size)
+            for record in await self.queue.list_batches()
+        ]
+
+    async def delete(self, batch_id: str) -> bool:
+        """Forget a named batch (its tasks and results stay); False if unknown.
+
+        The name can then be used for a new batch.
+        """
+        return await self.queue.delete_batch(batch_id)
+
+    async def _ids(self, target: Target | None) -> list[str]:
+        if target is None:
+            if self.last is None:
+                raise ConfigurationError(
+                    "no batch given and this processor has not enqueued one yet: pass a "
+                    "Batch, a batch name or a list of task ids"
+                )
+            return self.last.ids
+        if isinstance(target, Batch):
+            return target.ids
+        if isinstance(target, str):
+            return (await self.open(target)).ids
+        ids = list(target)
+        if not all(isinstance(task_id, str) for task_id in ids):
+            raise TypeError("task ids must be strings (as enqueue_batch returned them)")
+        return ids
+
+    # -- progress -------------------------------------------------------------
+
+    async def progress(self, target: Target | None = None) -> BatchProgress:
+        """Counts of total, queued, running, succeeded, failed, cancelled and missing
+        tasks, in one query (two for a named batch)."""
+        name = target.name if isinstance(target, Batch) else target
+        if isinstance(name, str):
+            record = await self.queue.get_batch(name)
+            if record is None:
+                raise BatchNotFound(name)
+            counts = await self.queue.batch_status_counts(name)
+            return BatchProgress.from_counts(record.size, counts)
+        ids = list(dict.fromkeys(await self._ids(target)))
+        return BatchProgress.from_counts(len(ids), await self.queue.status_counts(ids))
+
+    # -- collecting -------------------------------------------------------------
+
+    async def _watch(
+        self,
+        ids: Sequence[str],
+        timeout: float | None,
+        poll_interval: float,
+        progress: bool,
+        desc: str | None,
+    ) -> AsyncIterator[list[Result]]:
+        """Yield the Results of ``ids`` as they finish, a list per poll (in finishing
+        order), until all have finished or are gone, or ``timeout`` runs out.
+
+        Each poll is one status query for every pending id plus bulk reads of the
+        newly finished ones: never a query per id.
+        """
+        pending = list(dict.fromkeys(ids))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = ProgressBar(progress, len(pending), desc)
+        try:
+            while pending:
+                began = time.monotonic()
+                statuses = await self.queue.statuses(pending)
+                done = [i for i in pending if i in statuses and statuses[i].finished]
+                gone = {i for i in pending if i not in statuses}
+                results = list((await self.queue.get_results(done)).values()) if done else []
+                results.sort(key=lambda r: r.finished_at or _EPOCH)
+                finished = {result.task_id for result in results}
+                pending = [i for i in pending if i not in finished and i not in gone]
+                self._monitor.observe(results)
+                bar.advance(results)
+                if results:
+                    yield results
+                if not pending:
+                    return
+                now = time.monotonic()
+                remaining = float("inf") if deadline is None else deadline - now
+                if remaining <= 0:
+                    return
+                gap = min(poll_interval, max(MIN_POLL_GAP, POLL_COST_FACTOR * (now - began)))
+                await asyncio.sleep(min(gap, remaining))
+                rest = min(poll_interval - gap, remaining - gap)
+                if rest > 0:
+                    await self.queue.wait_for_results(rest)
+        finally:
+            bar.close()
+
+    async def collect_results(
+        self,
+        task_ids: Target | None = None,
+        timeout: float | None = 30.0,
+        poll_interval: float = 0.5,
+        progress: bool = False,
+    ) -> dict[str, Result]:
+        """Every finished task's Result (succeeded, failed or cancelled), by id.
+
+        Waits up to ``timeout`` seconds (None: until all have finished); ids not
+        finished by then are absent, as are ids no longer stored. Polls at most
+        every ``poll_interval`` seconds, sooner when results are written.
+        """
+        timeout = _check_seconds("timeout", timeout, allow_none=True)
+        interval = _check_seconds("poll_interval", poll_interval, allow_none=False)
+        ids = await self._ids(task_ids)
+        collected: dict[str, Result] = {}
+        async for results in self._watch(ids, timeout, interval or MIN_POLL_GAP, progress, None):
+            collected.update((result.task_id, result) for result in results)
+        return collected
+
+    async def as_completed(
+        self,
+        task_ids: Target | None = None,
+        timeout: float | None = None,
+        *,
+        poll_interval: float = 0.5,
+        progress: bool = False,
+    ) -> AsyncIterator[Result]:
+        """Yield each task's Result as it finishes (in finishing order).
+
+        Raises :class:`BatchTimeout` if some have not finished within ``timeout``.
+        Ids no longer stored are skipped.
+        """
+        timeout = _check_seconds("timeout", timeout, allow_none=True)
+        interval = _check_seconds("poll_interval", poll_interval, allow_none=False)
+        ids = await self._ids(task_ids)
+        seen: dict[str, Result] = {}
+        async for results in self._watch(ids, timeout, interval or MIN_POLL_GAP, progress, None):
+            for result in results:
+                seen[result.task_id] = result
+                yield result
+        await self._raise_if_unfinished(ids, seen, timeout)
+
+    async def _raise_if_unfinished(
+        self, ids: Sequence[str], seen: Mapping[str, Result], timeout: float | None
+    ) -> None:
+        unseen = [i for i in dict.fromkeys(ids) if i not in seen]
+        if not unseen:
+            return
+        statuses = await self.queue.statuses(unseen)
+        pending = [i for i in unseen if i in statuses and not statuses[i].finished]
+        if pending:
+            raise BatchTimeout(pending, dict(seen), timeout or 0.0)
+
+    async def gather(
+        self,
+        task_ids: Target | None = None,
+        *,
+        timeout: float | None = None,
+        progress: bool = True,
+        return_exceptions: bool = False,
+        poll_interval: float = 0.5,
+    ) -> list[Any]:
+        """The tasks' values in input order, waiting for all of them.
+
+        A failed or cancelled task raises its :class:`~sitq.TaskFailed` as soon as
+        it is seen (the other tasks keep running), unless ``return_exceptions``,
+        which puts the TaskFailed in its place. A task no longer stored gives
+        :class:`~sitq.TaskNotFound` the same way. Raises :class:`BatchTimeout`
+        if some have not finished within ``timeout``.
+        """
+        timeout = _check_seconds("timeout", timeout, allow_none=True)
+        interval = _check_seconds("poll_interval", poll_interval, allow_none=False)
+        ids = await self._ids(task_ids)
+        desc = task_ids.name if isinstance(task_ids, Batch) else None
+        seen: dict[str, Result] = {}
+        async for results in self._watch(ids, timeout, interval or MIN_POLL_GAP, progress, desc):
+            for result in results:
+                seen[result.task_id] = result
+                if not return_exceptions and not result.ok:
+                    result.unwrap()  # raises TaskFailed with the remote traceback
+        await self._raise_if_unfinished(ids, seen, timeout)
+        values: list[Any] = []
+        for task_id in ids:
+            result = seen.get(task_id)
+            if result is None:
+                if not return_exceptions:
+                    raise TaskNotFound(task_id)
+                values.append(TaskNotFound(task_id))
+            elif result.ok:
+                values.append(result.value)
+            else:
+                try:
+                    result.unwrap()
+                except Exception as exc:
+                    values.append(exc)
+        return values
+
+    async def map(
+        self,
+        func: Callable[..., Any],
+        items: Iterable[Any],
+        *,
+        batch_size: int | None = None,
+        timeout: float | None = None,
+        progress: bool = True,
+        return_exceptions: bool = False,
+        batch_id: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> list[Any]:
+        """Run ``func`` over ``items`` on the workers; the values in input order.
+
+        :meth:`enqueue_batch` then :meth:`gather`: a failed item raises its
+        TaskFailed, or with ``return_exceptions=True`` gives it in its place
+        (then :meth:`retry_failed` reruns just those). ``options`` are task
+        options (``{"max_retries": 2, "timeout": 60}``); ``timeout`` here bounds
+        the wait for the whole batch.
+        """
+        batch = await self.submit(func, items, batch_size, batch_id=batch_id, **dict(options or {}))
+        return await self.gather(
+            batch, timeout=timeout, progress=progress, return_exceptions=return_exceptions
+        )
+
+    # -- retry and cancel ---------------------------------------------------
+
+    async def retry_failed(self, task_ids: Target | None = None) -> list[str]:
+        """Queue the failed tasks of the batch again (succeeded, cancelled and
+        unfinished ones are left alone); return their ids. Their ids stay the
+        same, so collecting the batch again picks up their new results."""
+        ids = await self._ids(task_ids)
+        statuses = await self.queue.statuses(ids)
+        failed = [i for i in dict.fromkeys(ids) if statuses.get(i) == "failed"]
+        if failed:
+            self._monitor.retried(failed)
+            await self.queue.retry_many(failed)
+        return failed
+
+    async def cancel(self, task_ids: Target | None = None) -> list[str]:
+        """Cancel the tasks of the batch that have not started (running ones finish);
+        return the ids cancelled."""
+        return await self.queue.cancel_many(await self._ids(task_ids))
+
+    # -- report -------------------------------------------------------------
+
+    def report(self) -> BatchReport:
+        """Measured figures of this processor's batches: batches, tasks, wall time,
+        tasks/s, mean batch time, error rate (see :class:`BatchReport`)."""
+        return self._monitor.report()

@@ -1,0 +1,86 @@
+"""Progress of a batch: counts by status, and the progress bar."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sitq.task import Result, TaskStatus
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """How far a batch has come, counted by the database in one go.
+
+    ``missing`` counts tasks that are no longer stored (pruned after their
+    ``result_ttl``, purged) or ids that never existed.
+    """
+
+    total: int
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    missing: int = 0
+
+    @classmethod
+    def from_counts(cls, total: int, counts: dict[str, int]) -> BatchProgress:
+        """From a total and per-status counts; what is not counted is missing."""
+        known = {status.value: int(counts.get(status.value, 0)) for status in TaskStatus}
+        return cls(total=total, missing=max(0, total - sum(known.values())), **known)
+
+    @property
+    def finished(self) -> int:
+        """Tasks that will not run again on their own (succeeded, failed, cancelled)."""
+        return self.succeeded + self.failed + self.cancelled
+
+    @property
+    def done(self) -> bool:
+        """True when nothing is queued or running any more."""
+        return self.queued == 0 and self.running == 0
+
+    @property
+    def fraction(self) -> float:
+        """Finished tasks as a fraction of the total (1.0 for an empty batch)."""
+        return self.finished / self.total if self.total else 1.0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts as a plain dict."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        parts = [f"{self.finished}/{self.total} finished"]
+        parts += [
+            f"{count} {name}" for name, count in self.as_dict().items() if name != "total" and count
+        ]
+        return ", ".join(parts)
+
+
+class ProgressBar:
+    """A ``tqdm.auto`` bar (a widget in Jupyter, a bar in a terminal): done/total,
+    rate and ETA from tqdm, failures in the postfix. Disabled: does nothing."""
+
+    def __init__(self, enabled: bool, total: int, desc: str | None) -> None:
+        self._bar: Any = None
+        self._failed = 0
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=desc or "batch", unit="task", dynamic_ncols=True)
+
+    def advance(self, results: list[Result]) -> None:
+        """Count newly finished tasks."""
+        if self._bar is None or not results:
+            return
+        failed = sum(1 for result in results if not result.ok)
+        if failed:
+            self._failed += failed
+            self._bar.set_postfix(failed=self._failed, refresh=False)
+        self._bar.update(len(results))
+
+    def close(self) -> None:
+        """Finish the bar (it stays on screen)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
