@@ -20,7 +20,7 @@ from sitq.backends.base import WORKER_STALE_AFTER, Backend
 from sitq.errors import SitqError
 from sitq.headers import unwrap as unwrap_headers
 from sitq.queue import record_to_result
-from sitq.serialization import default_serializer
+from sitq.serialization import SignedSerializer, default_serializer
 from sitq.task import FINISHED_STATUSES, TaskStatus
 from sitq.worker import POOLS, Worker
 
@@ -129,6 +129,12 @@ def main() -> None:
     default="info",
     show_default=True,
 )
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Check the database, its schema, the --import modules and the secret key; "
+    "exit 0 if all is well (a pre-start check for service managers).",
+)
 def worker(
     db: str,
     concurrency: int,
@@ -140,6 +146,7 @@ def worker(
     lease: float,
     grace: float,
     log_level: str,
+    check: bool,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once)."""
     logging.basicConfig(
@@ -148,6 +155,9 @@ def worker(
         stream=sys.stderr,
     )
     _import_modules(imports)
+    if check:
+        _check_worker_setup(db, imports)
+        return
     try:
         backend = open_backend(db, create=False)
         the_worker = Worker(
@@ -164,6 +174,24 @@ def worker(
         asyncio.run(the_worker.run())
     except SitqError as exc:
         _fail(str(exc))
+
+
+def _check_worker_setup(db: str, imports: tuple[str, ...]) -> None:
+    """What `sitq worker --check` verifies, in the order a start would fail."""
+    try:
+        serializer = default_serializer()  # a malformed $SITQ_SECRET_KEY fails here
+    except SitqError as exc:
+        _fail(str(exc))
+
+    async def probe(backend: Backend) -> str:
+        return backend.describe()
+
+    where = _run(probe, db)  # opens it: missing database, wrong schema version, no server
+    signed = "signed payloads" if isinstance(serializer, SignedSerializer) else "unsigned payloads"
+    click.echo(
+        f"ok: {where} (schema version current); imports: {', '.join(imports) or 'none'}; "
+        f"{signed}"
+    )
 
 
 def _import_modules(modules: tuple[str, ...]) -> None:

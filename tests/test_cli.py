@@ -231,3 +231,50 @@ def test_worker_imports_modules_from_the_current_directory(
         sys.path.remove(str(app))
         sys.modules.pop("app_tasks", None)
     assert result is not None and result.value == 42
+
+
+def test_worker_check_passes_on_a_good_setup(db_path: Path, filled_db: dict[str, str]) -> None:
+    run = sitq("worker", "--db", str(db_path), "--import", "jobs", "--check")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"ok: sqlite database {db_path}")
+    assert "imports: jobs" in run.stdout and "unsigned payloads" in run.stdout
+    env = subprocess_env(SITQ_SECRET_KEY="k" * 32)
+    signed = sitq("worker", "--db", str(db_path), "--check", env=env)
+    assert signed.returncode == 0 and "signed payloads" in signed.stdout
+    assert "k" * 32 not in signed.stdout + signed.stderr
+
+
+@pytest.mark.parametrize(
+    ("problem", "expected"),
+    [
+        ("missing database", "no sitq database at"),
+        ("bad import", "cannot import module 'no_such_module_here'"),
+        ("newer schema", "schema version 99"),
+        ("short key", "secret key must be at least 16 bytes"),
+    ],
+)
+def test_worker_check_names_what_is_wrong(
+    db_path: Path, filled_db: dict[str, str], tmp_path: Path, problem: str, expected: str
+) -> None:
+    db, args, env = str(db_path), ["--check"], subprocess_env()
+    if problem == "missing database":
+        db = str(tmp_path / "typo.db")
+    elif problem == "bad import":
+        args += ["--import", "no_such_module_here"]
+    elif problem == "newer schema":
+        with sqlite3.connect(db_path) as conn:
+            conn.execute("UPDATE sitq_meta SET value = '99' WHERE key = 'schema_version'")
+    else:
+        env = subprocess_env(SITQ_SECRET_KEY="short")
+    run = sitq("worker", "--db", db, *args, env=env)
+    assert run.returncode == 1, run.stdout
+    assert expected in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_errors_never_show_a_database_password() -> None:
+    url = "postgresql://app:s3cret-pw@127.0.0.1:1/app"  # nothing listens on port 1
+    for command in (["worker", "--check"], ["status"]):
+        run = sitq(*command, "--db", url)
+        assert run.returncode == 1
+        assert "127.0.0.1:1" in run.stderr and "s3cret-pw" not in run.stderr + run.stdout
