@@ -1,0 +1,316 @@
+"""``sitq workflow run`` and ``sitq workflow status``: the click group ``workflow``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from sitq.errors import SitqError
+from sitq.workflow.executors import EXECUTORS
+from sitq.workflow.progress import LineReporter
+from sitq.workflow.runner import DEFAULT_MAX_PARALLEL, RunReport
+from sitq.workflow.spec import parse_workflow
+from sitq.workflow.state import ItemRecord, RunRecord, StateStore, StepRecord, preview
+from sitq.workflow.workflow import Workflow
+
+state_dir_option = click.option(
+    "--state-dir",
+    envvar="SITQ_WORKFLOW_DIR",
+    default=None,
+    help="Where runs are recorded [default: $SITQ_WORKFLOW_DIR, else .sitq/workflows].",
+)
+
+
+@click.group()
+def workflow() -> None:
+    """Run YAML workflows whose batch steps resume after a crash."""
+
+
+def load_param_file(path: str) -> Any:
+    """A ``--param key=@FILE`` value: JSON, YAML, CSV (a list of row mappings) or text."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror or exc}") from None
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".json":
+            return json.loads(text)
+        if suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{path} is not valid {suffix[1:].upper()}: {exc}") from None
+    if suffix == ".csv":
+        return [dict(row) for row in csv.DictReader(text.splitlines())]
+    return text
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``key=value``: the value as JSON when it parses (numbers, lists, true), else
+    as text; ``key=@FILE`` reads a JSON, YAML, CSV or text file."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="--param")
+    if value.startswith("@"):
+        return key.strip(), load_param_file(value[1:])
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def _rewrite_pairs(entries: tuple[str, ...]) -> list[tuple[str, str]] | None:
+    pairs = []
+    for entry in entries:
+        source, sep, target = entry.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{entry!r} is not FROM=TO", param_hint="--http-rewrite")
+        pairs.append((source, target))
+    return pairs or None
+
+
+@workflow.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A param: a JSON value, else text; @FILE reads JSON/YAML/CSV (repeatable).",
+)
+@click.option("--resume", metavar="RUN_ID", help="Continue this run; redo only what is unfinished.")
+@click.option(
+    "--db",
+    envvar="SITQ_DB",
+    default="sitq.db",
+    show_default=True,
+    help="sitq database whose workers run the items (defaults to $SITQ_DB).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    default="auto",
+    show_default=True,
+    help="auto: on workers when some are alive on --db, else in this process.",
+)
+@click.option("--queue", "-q", default="default", show_default=True, help="Queue for the items.")
+@click.option(
+    "--max-parallel",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PARALLEL,
+    show_default=True,
+    help="Items at once for `parallel: true` steps without max_parallel.",
+)
+@state_dir_option
+@click.option(
+    "--http-base",
+    envvar="SITQ_WORKFLOW_HTTP_BASE",
+    default=None,
+    help="Base URL for relative http_request URLs.",
+)
+@click.option(
+    "--http-rewrite",
+    multiple=True,
+    metavar="FROM=TO",
+    help="Send URLs starting with FROM to TO instead (repeatable).",
+)
+def run(
+    file: str,
+    params: tuple[str, ...],
+    resume: str | None,
+    db: str,
+    executor: str,
+    queue: str,
+    max_parallel: int,
+    state_dir: str | None,
+    http_base: str | None,
+    http_rewrite: tuple[str, ...],
+) -> None:
+    """Run the workflow in FILE, printing its run id and a progress line per step."""
+    values = dict(parse_param(p) for p in params)
+    try:
+        report = Workflow.from_yaml(file).run(
+            values,
+            resume=resume,
+            state_dir=state_dir,
+            db=db,
+            executor=executor,
+            queue=queue,
+            max_parallel=max_parallel,
+            http_base=http_base,
+            http_rewrite=_rewrite_pairs(http_rewrite),
+            reporter=LineReporter(sys.stdout),
+        )
+    except SitqError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_summary(report, file)
+    if not report.ok:
+        sys.exit(1)
+
+
+def _print_summary(report: RunReport, file: str) -> None:
+    for name, step in report.steps.items():
+        label = f"{name} (outputs: {step.outputs})" if step.outputs else name
+        if step.status != "failed":
+            click.echo(f"result of {label}: {preview(step.result)}")
+    for failure in report.failures[:20]:
+        click.echo(f"failed {failure['step']}[{failure['index']}] {failure['item']!r}: "
+                   f"{failure['error']}")  # fmt: skip
+    if len(report.failures) > 20:
+        click.echo(f"... and {len(report.failures) - 20} more failed items")
+    if report.ok:
+        click.echo(f"run {report.run_id} succeeded")
+        return
+    what = report.error or f"{len(report.failures)} items failed (continue_on_error)"
+    click.echo(
+        f"run {report.run_id} {report.status}: {what}\n"
+        f"fix the cause, then redo what failed or did not run with: "
+        f"sitq workflow run {file} --resume {report.run_id}"
+    )
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+def _when(value: float | None) -> str:
+    return "-" if value is None else datetime.fromtimestamp(value).isoformat(timespec="seconds")
+
+
+def _run_status(record: RunRecord) -> str:
+    if record.status == "running" and record.process_alive() is False:
+        return "interrupted (its process is gone; continue it with --resume)"
+    return record.status
+
+
+def _planned_steps(record: RunRecord) -> list[str]:
+    try:
+        return [s.name for s in parse_workflow(record.text, record.source).steps]
+    except SitqError:
+        return []
+
+
+def _step_json(store: StateStore, run_id: str, step: StepRecord, items: bool) -> dict[str, Any]:
+    records = store.items(run_id, step.name)
+    failed = sum(r.status == "failed" for r in records)
+    processed = sum(r.status in ("succeeded", "failed") for r in records)
+    data: dict[str, Any] = {
+        "name": step.name,
+        "status": step.status,
+        "processed": processed,
+        "failed": failed,
+        "total": step.total,
+        "percent": round(100.0 * processed / step.total, 1) if step.total else 100.0,
+        "result": step.result_preview,
+        "error": step.error,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+    }
+    if items:
+        data["items"] = [_item_json(r) for r in records]
+    return data
+
+
+def _item_json(record: ItemRecord) -> dict[str, Any]:
+    return {
+        "index": record.index,
+        "item": record.item_preview,
+        "status": record.status,
+        "attempts": record.attempts,
+        "result": record.result_preview,
+        "error": record.error,
+        "task_id": record.task_id,
+        "ran_on": record.ran_on,
+    }
+
+
+@workflow.command()
+@click.argument("run_id", required=False)
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--items/--no-items", default=True, show_default=True, help="List each item.")
+def status(run_id: str | None, state_dir: str | None, as_json: bool, items: bool) -> None:
+    """Show a run's steps and items (or, without RUN_ID, the recent runs)."""
+    try:
+        store = StateStore(state_dir)
+    except SitqError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        if run_id is None:
+            _list_runs(store, as_json)
+            return
+        try:
+            record = store.run(run_id)
+        except SitqError as exc:
+            raise click.ClickException(str(exc)) from None
+        started = {s.name: s for s in store.steps(run_id)}
+        names = _planned_steps(record) or list(started)
+        steps = [
+            _step_json(store, run_id, started[n], items)
+            if n in started
+            else {"name": n, "status": "pending", "processed": 0, "failed": 0, "total": None}
+            for n in names
+        ]
+        if as_json:
+            run_data = {
+                "id": record.id,
+                "file": record.source,
+                "status": record.status,
+                "process_alive": record.process_alive(),
+                "error": record.error,
+                "params": record.params_preview,
+                "created_at": record.created_at,
+                "finished_at": record.finished_at,
+            }
+            click.echo(json.dumps({"run": run_data, "steps": steps}, indent=2, default=str))
+            return
+        _print_run(record, steps)
+    finally:
+        store.close()
+
+
+def _list_runs(store: StateStore, as_json: bool) -> None:
+    runs = store.runs()
+    if as_json:
+        click.echo(json.dumps([{"id": r.id, "file": r.source, "status": r.status,
+                                "created_at": r.created_at} for r in runs], indent=2))  # fmt: skip
+        return
+    if not runs:
+        click.echo(f"no workflow runs recorded in {store.path}")
+    for r in runs:
+        click.echo(f"{r.id}  {_run_status(r):<12} {_when(r.created_at)}  {r.source}")
+
+
+def _print_run(record: RunRecord, steps: list[dict[str, Any]]) -> None:
+    click.echo(f"run {record.id}: {_run_status(record)}")
+    click.echo(f"  file {record.source}, started {_when(record.created_at)}, "
+               f"finished {_when(record.finished_at)}")  # fmt: skip
+    click.echo(f"  params {record.params_preview}")
+    if record.error:
+        click.echo(f"  error: {record.error}")
+    for step in steps:
+        if step["total"] is None:
+            click.echo(f"step {step['name']}: pending")
+            continue
+        click.echo(
+            f"step {step['name']}: {step['status']}, {step['processed']}/{step['total']} "
+            f"processed, {step['failed']} failed ({step['percent']:.0f}%)"
+        )
+        if step.get("error"):
+            click.echo(f"  error: {step['error']}")
+        for item in step.get("items", []):
+            label = f"[{item['index']}]" + (f" {item['item']}" if item["item"] is not None else "")
+            line = f"  {label}: {item['status']}, {item['attempts']} attempt(s)"
+            if item["status"] == "succeeded":
+                line += f" -> {item['result']}"
+            elif item["error"]:
+                line += f": {item['error'].splitlines()[0]}"
+            click.echo(line)

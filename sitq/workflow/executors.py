@@ -1,0 +1,226 @@
+"""Where items run: on sitq workers when some serve the database, else in this process.
+
+Both executors run :func:`sitq.workflow.kinds.run_item`, which does an item's
+retries itself, so an item's attempts are the same wherever it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from sitq import TaskNotFound, TaskQueue
+from sitq.backends.base import WORKER_STALE_AFTER
+from sitq.workflow.errors import WorkflowError
+from sitq.workflow.kinds import ItemCall, ItemOutcome, run_item
+
+EXECUTORS = ("auto", "local", "workers")
+#: Threads of the in-process executor (each step's own limit applies below it).
+LOCAL_THREADS = 64
+#: How often the worker executor looks for finished tasks.
+RESULT_POLL = 0.02
+
+
+class Executor(Protocol):
+    """Runs ItemCalls somewhere and returns their outcomes."""
+
+    name: str
+
+    async def run(
+        self,
+        call: ItemCall,
+        on_submitted: Callable[[str], None],
+        on_attempt: Callable[[int], None],
+    ) -> ItemOutcome:
+        """Run one item to its outcome."""
+        ...
+
+    async def adopt(self, task_id: str) -> ItemOutcome | None:
+        """The outcome of an item a killed run had already handed over, or None if it
+        must run again."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the executor holds."""
+        ...
+
+
+class LocalExecutor:
+    """Runs items in threads of this process."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(LOCAL_THREADS, thread_name_prefix="sitq-workflow")
+
+    async def run(
+        self,
+        call: ItemCall,
+        on_submitted: Callable[[str], None],
+        on_attempt: Callable[[int], None],
+    ) -> ItemOutcome:
+        """Run ``call`` in a thread, reporting each attempt on the loop."""
+        loop = asyncio.get_running_loop()
+
+        def attempt(n: int) -> None:
+            loop.call_soon_threadsafe(on_attempt, n)
+
+        return await loop.run_in_executor(self._pool, run_item, call, attempt)
+
+    async def adopt(self, task_id: str) -> ItemOutcome | None:
+        """Nothing survives this process: the item runs again."""
+        return None
+
+    async def close(self) -> None:
+        """Wait for the threads (a killed item's thread cannot be stopped)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class WorkerExecutor:
+    """Enqueues items as sitq tasks and collects their results.
+
+    Items submitted in the same turn of the event loop go in one
+    ``enqueue_many``; one poller collects the results of all pending tasks.
+    """
+
+    name = "workers"
+
+    def __init__(self, queue: TaskQueue, queue_name: str = "default") -> None:
+        self.queue = queue
+        self._enqueuer = queue.with_options(queue=queue_name)
+        self._to_submit: list[tuple[ItemCall, asyncio.Future[str]]] = []
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    async def run(
+        self,
+        call: ItemCall,
+        on_submitted: Callable[[str], None],
+        on_attempt: Callable[[int], None],
+    ) -> ItemOutcome:
+        """Enqueue ``call`` and wait for its task's result."""
+        loop = asyncio.get_running_loop()
+        submitted: asyncio.Future[str] = loop.create_future()
+        if not self._to_submit:
+            loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
+        self._to_submit.append((call, submitted))
+        task_id = await submitted
+        on_submitted(task_id)
+        return _outcome(await self._wait(task_id))
+
+    async def _flush(self) -> None:
+        batch, self._to_submit = self._to_submit, []
+        if not batch:
+            return
+        try:
+            ids = await self._enqueuer.enqueue_many(run_item, [call for call, _ in batch])
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), task_id in zip(batch, ids, strict=True):
+            if not future.done():
+                future.set_result(task_id)
+
+    async def _wait(self, task_id: str) -> Any:
+        future = self._waiting.get(task_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiting[task_id] = future
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.ensure_future(self._poll())
+        return await future
+
+    async def _poll(self) -> None:
+        while self._waiting:
+            try:
+                results = await self.queue.get_results(list(self._waiting))
+            except Exception as exc:
+                for future in self._waiting.values():
+                    if not future.done():
+                        future.set_exception(exc)
+                self._waiting.clear()
+                return
+            for task_id, result in results.items():
+                future = self._waiting.pop(task_id)
+                if not future.done():
+                    future.set_result(result)
+            if self._waiting:
+                await asyncio.sleep(RESULT_POLL)
+
+    async def adopt(self, task_id: str) -> ItemOutcome | None:
+        """Wait for a task a killed run enqueued; None if it is gone or did not succeed."""
+        try:
+            await self.queue.status(task_id)
+        except TaskNotFound:
+            return None
+        outcome = _outcome(await self._wait(task_id))
+        return outcome if outcome.ok else None
+
+    async def close(self) -> None:
+        """Stop polling and close the queue."""
+        if self._poller is not None:
+            self._poller.cancel()
+        await self.queue.close()
+
+
+def _outcome(result: Any) -> ItemOutcome:
+    """An item's outcome from its task's Result."""
+    if result.ok and isinstance(result.value, ItemOutcome):
+        return result.value
+    return ItemOutcome(
+        ok=False,
+        error=result.error or f"the task ended {result.status.value}",
+        traceback=result.traceback,
+        attempts=result.attempts,
+    )
+
+
+def _sqlite_file(db: str) -> str | None:
+    """The file of an SQLite database spec, or None for a server URL."""
+    if db.startswith("sqlite:///"):
+        return db[len("sqlite:///") :] or None
+    scheme = urlsplit(db).scheme
+    return None if scheme and len(scheme) > 1 else db
+
+
+async def live_workers(queue: TaskQueue, queue_name: str) -> int:
+    """How many live workers serve ``queue_name`` (as ``sitq status`` counts them)."""
+    backend = queue.backend
+    now = backend.now()
+    workers = await backend.list_workers()
+    return sum(1 for w in workers if w.alive(now, WORKER_STALE_AFTER) and queue_name in w.queues)
+
+
+async def open_executor(mode: str, db: str | None, queue_name: str = "default") -> Executor:
+    """The executor for ``mode``: ``workers`` (fails without live workers), ``local``,
+    or ``auto`` (workers when some serve ``queue_name`` on ``db``, else local)."""
+    if mode not in EXECUTORS:
+        raise WorkflowError(f"unknown executor {mode!r}; use one of {', '.join(EXECUTORS)}")
+    if mode == "local":
+        return LocalExecutor()
+    db = db or os.environ.get("SITQ_DB") or "sitq.db"
+    path = _sqlite_file(db)
+    if mode == "auto" and path is not None and not os.path.exists(path):
+        return LocalExecutor()  # no database, so no workers: do not create one
+    queue = TaskQueue(db)
+    await queue.connect()
+    try:
+        alive = await live_workers(queue, queue_name)
+    except BaseException:
+        await queue.close()
+        raise
+    if alive:
+        return WorkerExecutor(queue, queue_name)
+    await queue.close()
+    if mode == "workers":
+        raise WorkflowError(
+            f"no live sitq worker serves queue {queue_name!r} on {db}: start one with "
+            f"`sitq worker --db {db}`, or run the items here with --executor local"
+        )
+    return LocalExecutor()

@@ -1,0 +1,406 @@
+"""Running a workflow's steps in order, item by item, recording everything as it goes.
+
+A step has items: one (a plain step), one per element of ``for_each``, or one
+per element of a batch's ``items``. Items run in groups of ``batch_size`` (a
+group finishes before the next starts), at most ``max_parallel`` at once
+(``parallel: false`` runs them one by one). Each item's start, attempts and
+outcome are committed to the state store, so a resumed run skips what
+succeeded and redoes what failed or never finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sitq.workflow.errors import TemplateError, WorkflowError
+from sitq.workflow.executors import Executor, LocalExecutor
+from sitq.workflow.kinds import AttrDict, EnvView, ItemCall, ItemOutcome, RetryPolicy, run_item
+from sitq.workflow.progress import Reporter, StepProgress
+from sitq.workflow.spec import StepSpec, TaskSpec, WorkflowSpec
+from sitq.workflow.state import StateStore
+from sitq.workflow.templates import render
+
+#: Items a step runs at once when ``parallel: true`` names no ``max_parallel``.
+DEFAULT_MAX_PARALLEL = 4
+
+_NO_ITEM = object()
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run executes, beyond the workflow file itself."""
+
+    max_parallel: int = DEFAULT_MAX_PARALLEL
+    http_base: str | None = None
+    http_rewrite: tuple[tuple[str, str], ...] = ()
+    cwd: str = field(default_factory=os.getcwd)
+
+
+@dataclass
+class StepReport:
+    """How a step ended: its status, result and item counts, and its failures."""
+
+    name: str
+    status: str
+    result: Any = None
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    skipped: bool = False
+    outputs: str | None = None
+
+
+@dataclass
+class RunReport:
+    """How a run ended. ``status`` is succeeded, partial (items failed under
+    ``continue_on_error``) or failed; ``outputs`` maps each ``outputs:`` name to
+    its step's result."""
+
+    run_id: str
+    status: str
+    steps: dict[str, StepReport]
+    outputs: dict[str, Any]
+    executor: str
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every item of every step succeeded."""
+        return self.status == "succeeded"
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """Every failed item: ``step``, ``index``, ``item``, ``error``."""
+        return [{"step": s.name, **e} for s in self.steps.values() for e in s.errors]
+
+
+class Runner:
+    """Runs one run of a workflow (a new one, or the rest of a resumed one)."""
+
+    def __init__(
+        self,
+        spec: WorkflowSpec,
+        run_id: str,
+        params: dict[str, Any],
+        store: StateStore,
+        executor: Executor,
+        reporter: Reporter,
+        settings: RunSettings,
+    ) -> None:
+        self.spec = spec
+        self.run_id = run_id
+        self.params = params
+        self.store = store
+        self.executor = executor
+        self.reporter = reporter
+        self.settings = settings
+        self.env = EnvView(dict(os.environ))
+        self.steps_view: dict[str, AttrDict] = {}
+        self.outputs: dict[str, Any] = {}
+        self.reports: dict[str, StepReport] = {}
+        self._handler_executor: LocalExecutor | None = None
+        self._stop = False
+
+    async def run(self) -> RunReport:
+        """Run every step not finished yet; record and return how the run ended."""
+        status, error = "succeeded", None
+        try:
+            for step in self.spec.steps:
+                report = await self._step(step)
+                if report.status == "failed":
+                    status = "failed"
+                    error = f"step {step.name!r} failed: {self._step_error(step.name)}"
+                    break
+                if report.status == "partial":
+                    status = "partial"
+        finally:
+            if self._handler_executor is not None:
+                await self._handler_executor.close()
+        self.store.finish_run(self.run_id, status, error)
+        return RunReport(
+            run_id=self.run_id,
+            status=status,
+            steps=self.reports,
+            outputs=dict(self.outputs),
+            executor=self.executor.name,
+            error=error,
+        )
+
+    def _step_error(self, name: str) -> str | None:
+        record = self.store.step(self.run_id, name)
+        return record.error if record else None
+
+    # -- context ------------------------------------------------------------------------
+
+    def _context(self, item: Any = _NO_ITEM, index: int | None = None, error: Any = None) -> dict:
+        context: dict[str, Any] = {**self.params, **self.outputs}
+        context.update(params=AttrDict(self.params), steps=self.steps_view, env=self.env)
+        if item is not _NO_ITEM:
+            context.update(item=item, index=index)
+        if error is not None:
+            context["error"] = error
+        return context
+
+    def _remember(self, step: StepSpec, report: StepReport) -> None:
+        self.reports[step.name] = report
+        self.steps_view[step.name] = AttrDict(
+            result=report.result,
+            status=report.status,
+            errors=report.errors,
+            total=report.total,
+            succeeded=report.succeeded,
+            failed=report.failed,
+        )
+        if step.outputs:
+            self.outputs[step.outputs] = report.result
+
+    # -- steps --------------------------------------------------------------------------
+
+    async def _step(self, step: StepSpec) -> StepReport:
+        record = self.store.step(self.run_id, step.name)
+        if record is not None and record.status == "succeeded":
+            report = self._report(step, "succeeded", skipped=True)
+            self._remember(step, report)
+            self.reporter.step_skipped(step.name)
+            return report
+        try:
+            if record is None:
+                items = await self._items_of(step)
+                self.store.begin_step(self.run_id, step.name, step.position, items, step.has_items)
+            else:
+                items = self.store.step_items(self.run_id, step.name)
+                self.store.restart_step(self.run_id, step.name)
+        except (TemplateError, WorkflowError) as exc:
+            if record is None:
+                self.store.begin_step(self.run_id, step.name, step.position, [], step.has_items)
+            self.store.finish_step(self.run_id, step.name, "failed", None, str(exc))
+            self.reporter.step_finished(step.name, "failed", str(exc))
+            report = StepReport(step.name, "failed")
+            self._remember(step, report)
+            return report
+        await self._run_items(step, items)
+        return self._finish_step(step, items)
+
+    async def _items_of(self, step: StepSpec) -> list[Any]:
+        """The items a step runs over, fixed when it first starts."""
+        if step.batch is None and step.for_each is None:
+            return [None]
+        raw = step.batch.items if step.batch is not None else step.for_each
+        label = "items" if step.batch is not None else "for_each"
+        value = render(raw, self._context(), f"step {step.name!r}, field {label!r}")
+        if isinstance(value, str) and value.strip().startswith("$(") and step.batch is not None:
+            return await self._command_lines(step, value.strip()[2:-1])
+        if isinstance(value, tuple | range):
+            value = list(value)
+        if not isinstance(value, list):
+            raise WorkflowError(
+                f"step {step.name!r}: {label} must give a list, but gave "
+                f"{type(value).__name__} {value!r:.80}"
+            )
+        return value
+
+    async def _command_lines(self, step: StepSpec, command: str) -> list[str]:
+        """``items: $(command)``: the command's non-empty output lines."""
+        proc = await asyncio.create_subprocess_shell(
+            command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=self.settings.cwd,
+        )
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise WorkflowError(
+                f"step {step.name!r}: items command `{command}` exited with status "
+                f"{proc.returncode}: {err.decode(errors='replace').strip()[-500:]}"
+            )
+        return [line.strip() for line in out.decode().splitlines() if line.strip()]
+
+    def _limits(self, step: StepSpec, count: int) -> tuple[int, int]:
+        """(items at once, items per group) for ``step``."""
+        if step.batch is not None:
+            batch = step.batch
+            at_once = (batch.max_parallel or self.settings.max_parallel) if batch.parallel else 1
+            return at_once, batch.batch_size or max(count, 1)
+        return step.max_parallel or 1, max(count, 1)
+
+    async def _run_items(self, step: StepSpec, items: Sequence[Any]) -> None:
+        records = self.store.items(self.run_id, step.name)
+        todo = [r for r in records if r.status != "succeeded"]
+        at_once, group = self._limits(step, len(items))
+        self._stop = False
+        self._report_progress(step, final=False, force=True)
+        # Groups follow the item order, so a group is a batch of the original items.
+        groups: dict[int, list[Any]] = {}
+        for record in todo:
+            groups.setdefault(record.index // group, []).append(record)
+        for _, batch in sorted(groups.items()):
+            slots = asyncio.Semaphore(at_once)
+            await asyncio.gather(
+                *(self._item(step, items[r.index], r.index, r.task_id, slots) for r in batch)
+            )
+            if self._stop:
+                break
+
+    async def _item(
+        self, step: StepSpec, item: Any, index: int, task_id: str | None, slots: asyncio.Semaphore
+    ) -> None:
+        async with slots:
+            if self._stop:
+                return
+            task = step.item_task
+            outcome = await self.executor.adopt(task_id) if task_id else None
+            if outcome is None:
+                outcome = await self._execute(step, task, item, index)
+            self.store.item_finished(self.run_id, step.name, index, outcome)
+            self._report_progress(step)
+            if outcome.ok and task.kind == "echo":
+                self.reporter.message(f"{step.name}: {outcome.value}")
+            if not outcome.ok:
+                if not step.continue_on_error:
+                    self._stop = True
+                handler = step.batch.on_item_error if step.batch is not None else None
+                if handler is not None:
+                    await self._on_item_error(step, handler, item, index, outcome)
+
+    async def _execute(self, step: StepSpec, task: TaskSpec, item: Any, index: int) -> ItemOutcome:
+        try:
+            call = self._call(step, task, item, index)
+        except TemplateError as exc:
+            return ItemOutcome(ok=False, error=str(exc), attempts=0)
+        name, run_id = step.name, self.run_id
+        local = task.kind == "echo" or isinstance(self.executor, LocalExecutor)
+        self.store.item_started(run_id, name, index, "local" if local else self.executor.name)
+        if task.kind == "echo":
+            self.store.item_attempt(run_id, name, index, 1)
+            return run_item(call)
+        return await self.executor.run(
+            call,
+            on_submitted=lambda task_id: self.store.item_submitted(run_id, name, index, task_id),
+            on_attempt=lambda n: self.store.item_attempt(run_id, name, index, n),
+        )
+
+    def _call(
+        self, step: StepSpec, task: TaskSpec, item: Any, index: int, error: Any = None
+    ) -> ItemCall:
+        """Render ``task``'s fields for one item; TemplateError names step and field."""
+        with_item = step.has_items or error is not None
+        context = self._context(item, index, error) if with_item else self._context()
+        fields = {
+            key: render(value, context, f"step {step.name!r}, field {key!r}")
+            for key, value in task.fields.items()
+        }
+        namespace: dict[str, Any] = {}
+        if task.kind == "python":
+            namespace = {
+                "params": AttrDict(self.params),
+                "steps": self.steps_view,
+                "item": item if with_item else None,
+                "index": index if with_item else None,
+                "error": error,
+            }
+        return ItemCall(
+            step=step.name,
+            index=index if step.has_items else None,
+            kind=task.kind,
+            fields=fields,
+            retry=task.retry or step.retry or RetryPolicy(),
+            code=task.code,
+            namespace=namespace,
+            cwd=self.settings.cwd,
+            http_base=self.settings.http_base,
+            http_rewrite=self.settings.http_rewrite,
+        )
+
+    async def _on_item_error(
+        self, step: StepSpec, handler: TaskSpec, item: Any, index: int, failed: ItemOutcome
+    ) -> None:
+        """Run ``on_item_error`` in this process, once for a failed item."""
+        try:
+            call = self._call(step, handler, item, index, error=failed.error or "failed")
+        except TemplateError as exc:
+            self.reporter.message(f"{step.name}: on_item_error could not run: {exc}")
+            return
+        if handler.kind == "echo":
+            outcome = run_item(call)
+        else:
+            if self._handler_executor is None:
+                self._handler_executor = LocalExecutor()
+            outcome = await self._handler_executor.run(call, lambda _: None, lambda _: None)
+        if not outcome.ok:
+            self.reporter.message(f"{step.name}: on_item_error failed: {outcome.error}")
+        elif handler.kind == "echo":
+            self.reporter.message(f"{step.name}: {outcome.value}")
+
+    def _report_progress(self, step: StepSpec, final: bool = False, force: bool = False) -> None:
+        counts = self.store.counts(self.run_id, step.name)
+        total = sum(counts.values())
+        failed = counts.get("failed", 0)
+        processed = counts.get("succeeded", 0) + failed
+        self.reporter.progress(
+            StepProgress(step.name, processed, failed, total), final=final or force
+        )
+
+    def _finish_step(self, step: StepSpec, items: Sequence[Any]) -> StepReport:
+        count = len(items)
+        records = self.store.items(self.run_id, step.name)
+        failed = [r for r in records if r.status == "failed"]
+        unfinished = [r for r in records if r.status in ("pending", "running")]
+        if not failed and not unfinished:
+            status = "succeeded"
+        elif step.continue_on_error and not unfinished:
+            status = "partial"
+        else:
+            status = "failed"
+        error = None
+        if failed:
+            first = failed[0]
+            error = (
+                first.error
+                if not step.has_items
+                else f"{len(failed)} of {count} items failed; first, item {first.index}: "
+                f"{first.error}"
+            )
+        report = self._report(step, status, items=items)
+        self.store.finish_step(self.run_id, step.name, status, report.result, error)
+        self._report_progress(step, final=True)
+        self.reporter.step_finished(step.name, status, error)
+        self._remember(step, report)
+        return report
+
+    def _report(
+        self,
+        step: StepSpec,
+        status: str,
+        skipped: bool = False,
+        items: Sequence[Any] | None = None,
+    ) -> StepReport:
+        records = self.store.items(self.run_id, step.name)
+        values = self.store.item_values(self.run_id, step.name)
+        if step.has_items:
+            result: Any = [values.get(r.index) for r in records]
+        else:
+            result = values.get(0)
+        return StepReport(
+            name=step.name,
+            status=status,
+            result=result,
+            total=len(records),
+            succeeded=sum(r.status == "succeeded" for r in records),
+            failed=sum(r.status == "failed" for r in records),
+            errors=[
+                {
+                    "index": r.index,
+                    "item": items[r.index] if items is not None else r.item_preview,
+                    "error": r.error,
+                }
+                for r in records
+                if r.status == "failed"
+            ],
+            skipped=skipped,
+            outputs=step.outputs,
+        )

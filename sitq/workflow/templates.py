@@ -1,0 +1,116 @@
+"""Jinja2 templates in workflow fields: undefined names are errors.
+
+A field that is exactly one ``{{ expression }}`` renders to the expression's
+value itself (a list stays a list, so ``for_each: "{{ steps.a.result }}"``
+works); any other text renders to a string. Strings without ``{{``/``{%`` are
+left as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+from jinja2 import meta, nodes
+
+from sitq.workflow.errors import TemplateError
+
+_ONE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}|\{\{|\{%).)*)\}\}\s*$", re.S)
+
+_ENV = jinja2.Environment(
+    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+)
+# `{{ item | quote }}` makes a value safe to paste into a shell command.
+_ENV.filters["quote"] = lambda value: shlex.quote(str(value))
+# Plain JSON (Jinja's own tojson escapes HTML characters).
+_ENV.filters["json"] = json.dumps
+
+#: Names Jinja itself provides.
+JINJA_GLOBALS = frozenset(_ENV.globals)
+
+
+def is_template(value: Any) -> bool:
+    """True if ``value`` is a string holding template syntax."""
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+@lru_cache(maxsize=1024)
+def _compiled_expression(expr: str) -> Any:
+    return _ENV.compile_expression(expr, undefined_to_none=False)
+
+
+@lru_cache(maxsize=1024)
+def _compiled_template(text: str) -> jinja2.Template:
+    return _ENV.from_string(text)
+
+
+def render(value: Any, context: Mapping[str, Any], where: str) -> Any:
+    """Render every template in ``value`` (recursing into lists and mappings).
+
+    ``where`` ("step 'x', field 'url'") prefixes any error.
+    """
+    if isinstance(value, str):
+        return _render_text(value, context, where) if is_template(value) else value
+    if isinstance(value, list):
+        return [render(v, context, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: render(v, context, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def _render_text(text: str, context: Mapping[str, Any], where: str) -> Any:
+    try:
+        one = _ONE_EXPRESSION.match(text)
+        if one:
+            value = _compiled_expression(one.group("expr"))(**context)
+            if isinstance(value, jinja2.Undefined):
+                str(value)  # StrictUndefined raises, naming what was missing
+            return value
+        return _compiled_template(text).render(**context)
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(
+            f"{where}: undefined name in template {text.strip()!r}: {exc}"
+        ) from None
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"{where}: template {text.strip()!r} failed: {exc}") from None
+    except Exception as exc:
+        raise TemplateError(
+            f"{where}: template {text.strip()!r} raised {type(exc).__name__}: {exc}"
+        ) from None
+
+
+@dataclass
+class TemplateNames:
+    """What a template refers to: free names, ``steps.X`` and ``env.X`` references."""
+
+    free: set[str] = field(default_factory=set)
+    steps: set[str] = field(default_factory=set)
+    env: set[str] = field(default_factory=set)
+
+
+def analyse(text: str) -> TemplateNames:
+    """The names ``text`` refers to; a syntax error raises TemplateError."""
+    try:
+        tree = _ENV.parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error in {text.strip()!r}: {exc.message}") from None
+    names = TemplateNames(free=set(meta.find_undeclared_variables(tree)) - JINJA_GLOBALS)
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        target = node.node
+        if not isinstance(target, nodes.Name) or target.name not in ("steps", "env"):
+            continue
+        if isinstance(node, nodes.Getattr):
+            key: Any = node.attr
+        elif isinstance(node.arg, nodes.Const):
+            key = node.arg.value
+        else:
+            continue
+        if isinstance(key, str):
+            (names.steps if target.name == "steps" else names.env).add(key)
+    return names

@@ -1,0 +1,195 @@
+"""The Python face: ``Workflow.from_yaml(path).run(params)`` (and ``run_async``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sitq.workflow.errors import WorkflowError, WorkflowValidationError
+from sitq.workflow.executors import open_executor
+from sitq.workflow.progress import CallbackReporter, Reporter, StepProgress
+from sitq.workflow.runner import DEFAULT_MAX_PARALLEL, Runner, RunReport, RunSettings
+from sitq.workflow.spec import WorkflowSpec, check_names, parse_workflow
+from sitq.workflow.state import StateStore
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time: ``20250131-142501-3fa2c1``."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def _rewrites(value: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> tuple:
+    """URL rewrites from a mapping or pairs, else from ``$SITQ_WORKFLOW_HTTP_REWRITE``
+    (``FROM=TO`` entries separated by whitespace)."""
+    if value is None:
+        entries = os.environ.get("SITQ_WORKFLOW_HTTP_REWRITE", "").split()
+        pairs = []
+        for entry in entries:
+            source, sep, target = entry.partition("=")
+            if not sep:
+                raise WorkflowError(
+                    f"$SITQ_WORKFLOW_HTTP_REWRITE entry {entry!r} is not FROM=TO; separate "
+                    "entries with spaces"
+                )
+            pairs.append((source, target))
+        return tuple(pairs)
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple((str(a), str(b)) for a, b in items)
+
+
+class Workflow:
+    """A workflow read from YAML, checked and ready to run.
+
+    ``run(params)`` validates the params and every template name first, then runs
+    the steps, recording each run in the state directory so that
+    ``run(resume=run_id)`` continues it.
+    """
+
+    def __init__(self, spec: WorkflowSpec) -> None:
+        self.spec = spec
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Workflow:
+        """Read and check the workflow file at ``path``."""
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise WorkflowValidationError(
+                [f"cannot read workflow file {path}: {exc.strerror or exc}"]
+            ) from None
+        return cls(parse_workflow(text, str(path)))
+
+    @classmethod
+    def from_string(cls, text: str, source: str = "<string>") -> Workflow:
+        """Check a workflow given as YAML text (``source`` names it in errors)."""
+        return cls(parse_workflow(text, source))
+
+    @property
+    def name(self) -> str | None:
+        """The workflow's ``name:``, if it has one."""
+        return self.spec.name
+
+    @property
+    def step_names(self) -> list[str]:
+        """The steps, in the order they run."""
+        return [s.name for s in self.spec.steps]
+
+    def validate(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Check every template name against ``params`` (over the file's defaults) and
+        the environment; return the params a run would use."""
+        merged = {**self.spec.params, **(params or {})}
+        check_names(self.spec, merged, dict(os.environ))
+        return merged
+
+    def run(self, params: Mapping[str, Any] | None = None, **options: Any) -> RunReport:
+        """Run the workflow to its end and return its RunReport (see :meth:`run_async`
+        for the options). Not for use inside a running event loop: await
+        ``run_async`` there."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run_async(params, **options))
+        raise WorkflowError(
+            "Workflow.run() was called inside a running event loop; use "
+            "`await workflow.run_async(...)` there"
+        )
+
+    async def run_async(
+        self,
+        params: Mapping[str, Any] | None = None,
+        *,
+        resume: str | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        db: str | None = None,
+        executor: str = "auto",
+        queue: str = "default",
+        max_parallel: int = DEFAULT_MAX_PARALLEL,
+        http_base: str | None = None,
+        http_rewrite: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        reporter: Reporter | None = None,
+        on_progress: Callable[[StepProgress], None] | None = None,
+    ) -> RunReport:
+        """Run the workflow (or the rest of run ``resume``) and return its RunReport.
+
+        :param params: the run's params, over the file's ``params:`` defaults.
+        :param resume: a run id: skip its finished steps and items, redo the rest.
+        :param state_dir: where runs are recorded (``$SITQ_WORKFLOW_DIR``, else
+            ``.sitq/workflows``).
+        :param db: the sitq database whose workers run items (``$SITQ_DB``, else sitq.db).
+        :param executor: ``auto`` (workers if any are alive there, else this process),
+            ``workers`` or ``local``.
+        :param queue: the sitq queue items are enqueued on.
+        :param max_parallel: items at once for ``parallel: true`` without ``max_parallel``.
+        :param http_base: base URL for relative ``http_request`` URLs
+            (default ``$SITQ_WORKFLOW_HTTP_BASE``).
+        :param http_rewrite: URL prefix rewrites, e.g. ``{"https://api.example.com":
+            "http://127.0.0.1:8080"}`` (default ``$SITQ_WORKFLOW_HTTP_REWRITE``).
+        :param reporter: receives progress and output lines; or pass ``on_progress``.
+        """
+        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+            raise WorkflowError(f"max_parallel must be a whole number >= 1, not {max_parallel!r}")
+        reporter = reporter or (CallbackReporter(on_progress) if on_progress else Reporter())
+        settings = RunSettings(
+            max_parallel=max_parallel,
+            http_base=http_base or os.environ.get("SITQ_WORKFLOW_HTTP_BASE") or None,
+            http_rewrite=_rewrites(http_rewrite),
+        )
+        store = StateStore(state_dir)
+        try:
+            run_params = self._prepare(store, params, resume, reporter)
+            the_executor = await open_executor(executor, db, queue)
+            try:
+                run_id = resume or new_run_id()
+                if resume:
+                    store.take_over(run_id)
+                else:
+                    store.create_run(
+                        run_id, self.spec.source, self.spec.name, self.spec.text, run_params
+                    )
+                where = "on sitq workers" if the_executor.name == "workers" else "in this process"
+                reporter.run_started(run_id, where, resumed=resume is not None)
+                runner = Runner(
+                    self.spec, run_id, run_params, store, the_executor, reporter, settings
+                )
+                try:
+                    return await runner.run()
+                except BaseException as exc:
+                    store.finish_run(run_id, "interrupted", f"{type(exc).__name__}: {exc}")
+                    raise
+            finally:
+                await the_executor.close()
+        finally:
+            store.close()
+
+    def _prepare(
+        self,
+        store: StateStore,
+        params: Mapping[str, Any] | None,
+        resume: str | None,
+        reporter: Reporter,
+    ) -> dict[str, Any]:
+        """The run's params, validated; for a resume, the run's own."""
+        if resume is None:
+            return self.validate(params)
+        record = store.run(resume)
+        if record.status == "running" and record.process_alive():
+            raise WorkflowError(
+                f"run {resume} is still running (process {record.pid} on {record.host}); "
+                "wait for it to end or stop it before resuming"
+            )
+        if params:
+            raise WorkflowError(
+                f"a resumed run keeps the params it started with ({record.params_preview}); "
+                "drop --param, or start a new run"
+            )
+        if record.text != self.spec.text:
+            reporter.message(
+                f"note: {self.spec.source} changed since run {resume} started; steps and items "
+                "that finished keep their results"
+            )
+        return self.validate(record.params)
