@@ -226,17 +226,16 @@ class BatchPipeline:
                 raise TypeError(
                     f"task_options must be a dict of with_options(), got {task_options!r}"
                 )
-            return QueueRunner(
-                queue, max_in_flight or DEFAULT_QUEUE_IN_FLIGHT, task_options, close=close
-            )
+            limit = _first(max_in_flight, DEFAULT_QUEUE_IN_FLIGHT)
+            return QueueRunner(queue, limit, task_options, close=close)
         if task_options:
             raise TypeError("task_options apply to tasks on a queue; pass a queue, or drop them")
-        workers = max_workers or self.max_workers or os.cpu_count() or 1
-        per_child = max_tasks_per_child or self.max_tasks_per_child
+        workers = _first(max_workers, self.max_workers, os.cpu_count() or 1)
+        per_child = _first(max_tasks_per_child, self.max_tasks_per_child)
         _check_count("max_workers", workers, "processes in the local pool")
         _check_count("max_tasks_per_child", per_child, "instances a pool process runs")
         runner = PoolRunner(workers, per_child, mp_context)
-        if max_in_flight:
+        if max_in_flight is not None:
             runner.limit = max_in_flight
         return runner
 
@@ -360,6 +359,11 @@ async def _cancel_quietly(runner: QueueRunner, task_ids: list[str]) -> None:
             await runner._call("cancel", task_id)
         except Exception:
             logger.warning("could not cancel pipeline task %s", task_id, exc_info=True)
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not None (0 is a value, and an error later)."""
+    return next((v for v in values if v is not None), None)
 
 
 def _check_count(name: str, value: Any, what: str) -> None:

@@ -101,10 +101,12 @@ def run_pickled(payload: bytes) -> bytes:
 class PoolRunner:
     """Runs instances in a local ``ProcessPoolExecutor``.
 
-    ``max_tasks_per_child`` replaces a child after that many instances. Python
-    3.10's pool has no such option; there the whole pool is replaced after
-    every ``max_workers * max_tasks_per_child`` instances instead, which bounds
-    what children accumulate on average but not per child.
+    ``max_tasks_per_child`` replaces a child after that many instances; Python's
+    pool then starts children with "spawn" unless ``mp_context`` says otherwise
+    ("fork" cannot be combined with it). Python 3.10's pool has no such option;
+    there the whole pool is replaced after every ``max_workers *
+    max_tasks_per_child`` instances instead, which bounds what children
+    accumulate on average but not per child.
     """
 
     kind = "pool"
@@ -119,6 +121,16 @@ class PoolRunner:
         self.max_tasks_per_child = max_tasks_per_child
         if isinstance(mp_context, str):
             mp_context = multiprocessing.get_context(mp_context)
+        if (
+            max_tasks_per_child is not None
+            and NATIVE_MAX_TASKS_PER_CHILD
+            and mp_context is not None
+            and mp_context.get_start_method() == "fork"
+        ):
+            raise ValueError(
+                "max_tasks_per_child cannot replace forked pool processes: drop "
+                "mp_context='fork' (the pool then uses 'spawn') or max_tasks_per_child"
+            )
         self.mp_context = mp_context
         self.limit = 2 * max_workers  # one running and one queued per child
         self.group = 1
@@ -126,6 +138,7 @@ class PoolRunner:
         self._executor: ProcessPoolExecutor | None = None
         self._generation = 0  # instances given to the current executor
         self._retired: list[ProcessPoolExecutor] = []
+        self._owner: dict[asyncio.Future[bytes], ProcessPoolExecutor] = {}
 
     def _new_executor(self) -> ProcessPoolExecutor:
         kwargs: dict[str, Any] = {"max_workers": self.max_workers, "mp_context": self.mp_context}
@@ -176,12 +189,13 @@ class PoolRunner:
                 continue
             executor = self._executor_for_next()
             try:
-                handles.append(loop.run_in_executor(executor, run_pickled, payload))
+                future = loop.run_in_executor(executor, run_pickled, payload)
             except BrokenProcessPool:
                 self._retire()  # a child died earlier: go on in a fresh pool
-                handles.append(
-                    loop.run_in_executor(self._executor_for_next(), run_pickled, payload)
-                )
+                executor = self._executor_for_next()
+                future = loop.run_in_executor(executor, run_pickled, payload)
+            self._owner[future] = executor
+            handles.append(future)
         return handles
 
     async def wait(self, pending: Mapping[Any, Pipeline]) -> list[tuple[Any, Outcome]]:
@@ -191,8 +205,10 @@ class PoolRunner:
 
     def _outcome(self, future: asyncio.Future[bytes], index: int) -> Outcome:
         exc = future.exception()
+        owner = self._owner.pop(future, None)
         if isinstance(exc, BrokenProcessPool):
-            self._retire()
+            if owner is self._executor:  # not a pool already replaced for the same death
+                self._retire()
             return False, InstanceFailed(
                 index,
                 "BrokenProcessPool: a process of the local pool died abruptly while this "
