@@ -215,8 +215,7 @@ class BatchProcessor:
             raise BatchNotFound(batch_id, known)
         ids = await self.queue.batch_task_ids(batch_id)
         batch = Batch(ids, batch_id, _utc(record.created_at), record.size)
-        run = self._monitor.start(batch_id, record.created_at)
-        self._monitor.enqueued(run, ids, 0.0)
+        self._monitor.adopt(batch_id, record.created_at, ids)
         self.last = batch
         return batch
 

@@ -91,6 +91,13 @@ class Monitor:
         for task_id in ids:
             self._run_of[task_id] = run
 
+    def adopt(self, name: str | None, started_at: float, ids: list[str]) -> None:
+        """A batch found in the database: follow those of its tasks not followed yet
+        (opening a batch twice does not count it twice)."""
+        unknown = [task_id for task_id in ids if task_id not in self._run_of]
+        if unknown:
+            self.enqueued(self.start(name, started_at), unknown, 0.0)
+
     def retried(self, ids: list[str]) -> None:
         """These tasks run again: their next finish counts once more."""
         for task_id in ids:
