@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -230,6 +231,9 @@ def test_failing_instance_in_local_pool(record: Callable[..., dict[str, list[Any
     # In the pool the original exception travels back too.
     assert isinstance(outcomes[1].exception, ValueError)
     assert outcomes[1].__cause__ is outcomes[1].exception
+    copy = pickle.loads(pickle.dumps(outcomes[1]))
+    assert (copy.index, copy.error, copy.traceback) == (1, outcomes[1].error, outcomes[1].traceback)
+    assert str(copy) == "pipeline instance 1 failed: ValueError: boom in batch 1"
 
 
 async def test_in_process_workers(db_url: str, record: Callable[..., dict[str, list[Any]]]) -> None:

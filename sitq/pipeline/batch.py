@@ -330,7 +330,7 @@ class BatchPipeline:
                     await settle(pending.pop(handle), ok, value)
         finally:
             for trace in traces.values():  # the run was interrupted
-                trace.failed(RuntimeError("the pipeline run stopped before this instance ended"))
+                trace.abandoned()
             if pending and isinstance(runner, QueueRunner):
                 await _cancel_quietly(runner, list(pending))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sitq.errors import SitqError
 
 
@@ -51,6 +53,11 @@ class InstanceFailed(PipelineError):
         self.exception = exception
         self.task_id = task_id
         self.__cause__ = exception
+
+    def __reduce__(self) -> Any:
+        # Keep the fields through pickling; the original exception may not pickle.
+        state = {"task_id": self.task_id}
+        return (type(self), (self.index, self.error, self.traceback), state)
 
     def __str__(self) -> str:
         where = f" (task {self.task_id})" if self.task_id else ""

@@ -24,7 +24,8 @@ INDEX_ATTR = "sitq.pipeline.batch_index"
 
 
 class InstanceTrace:
-    """One instance's span and clock; call exactly one of ``completed``/``failed``."""
+    """One instance's span and clock; call exactly one of ``completed``, ``failed``
+    or ``abandoned``."""
 
     def __init__(self, telemetry: Telemetry, span: Span, name: str) -> None:
         self._telemetry = telemetry
@@ -52,6 +53,11 @@ class InstanceTrace:
         self._telemetry.duration.record(self.elapsed, {**attrs, "outcome": "failed"})
         self.span.record_exception(exc)
         self.span.set_status(Status(StatusCode.ERROR, error or f"{type(exc).__name__}: {exc}"))
+        self.span.end()
+
+    def abandoned(self) -> None:
+        """End the span of an instance whose outcome the run never saw (it stopped)."""
+        self.span.set_status(Status(StatusCode.ERROR, "the run stopped before its outcome"))
         self.span.end()
 
 
