@@ -70,13 +70,21 @@ def test_batch_processing_example(tmp_path: Path) -> None:
     assert "=== Batch Processing Example ===" in out
     assert "Enqueued 20 validation tasks" in out
     assert "Validation complete: 12 valid users out of 20" in out
-    assert "Enqueued 12 processing tasks" in out
-    assert "'valid_users': 12" in out
-    assert "Processed 15 batches" in out
+    assert "Processed 12 valid users" in out
+    assert "'valid_users': 12, 'processed_users': 12" in out
+    assert "Processed 15 batches; the first: {'count': 5, 'sum': 16.5, 'average': 3.3" in out
     assert "Enqueued 100 tasks" in out
+    assert re.search(r"Progress right after: \d+/100 finished", out), out
     assert re.search(r"Collected 100 results in \d+\.\d+s", out), out
-    assert "total_tasks: 135" in out
-    assert "error_rate: 0.0" in out
+    assert "Progress now: 100/100 finished, 100 succeeded" in out
+    # The measured report: 20 + 12 + 15 + 100 tasks in 4 batches, none failed.
+    report = dict(re.findall(r"^\s*(\w+): (.+)$", out.split("4. Performance Summary:")[1], re.M))
+    assert (report["batches"], report["tasks"], report["finished"]) == ("4", "147", "147")
+    assert (report["failed"], report["error_rate"]) == ("0", "0.0 %")
+    assert float(report["tasks_per_second"]) > 0
+    assert 0 < float(report["mean_batch_time"].split()[0]) <= float(report["wall_time"].split()[0])
+    # tqdm's bar for the named batch went to stderr.
+    assert "large: 100%" in proc.stderr and "100/100" in proc.stderr
     assert out.rstrip().splitlines()[-1] == "Batch processing example completed!"
     # No mojibake left over from the tutorial's emoji.
     assert "\u00f0" not in out and "\u00e2" not in out

@@ -56,6 +56,13 @@ Target = Batch | str | Sequence[str]
 _EPOCH = datetime.fromtimestamp(0, tz=timezone.utc)
 
 
+def _name_of(target: Target | None) -> str | None:
+    """The batch's name, for a progress bar."""
+    if isinstance(target, Batch):
+        return target.name
+    return target if isinstance(target, str) else None
+
+
 def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc)
 
@@ -327,9 +334,9 @@ class BatchProcessor:
         """
         timeout = _check_seconds("timeout", timeout, allow_none=True)
         interval = _check_seconds("poll_interval", poll_interval, allow_none=False)
-        ids = await self._ids(task_ids)
+        ids, desc = await self._ids(task_ids), _name_of(task_ids)
         collected: dict[str, Result] = {}
-        async for results in self._watch(ids, timeout, interval or MIN_POLL_GAP, progress, None):
+        async for results in self._watch(ids, timeout, interval or MIN_POLL_GAP, progress, desc):
             collected.update((result.task_id, result) for result in results)
         return collected
 
@@ -348,9 +355,9 @@ class BatchProcessor:
         """
         timeout = _check_seconds("timeout", timeout, allow_none=True)
         interval = _check_seconds("poll_interval", poll_interval, allow_none=False)
-        ids = await self._ids(task_ids)
+        ids, desc = await self._ids(task_ids), _name_of(task_ids)
         seen: dict[str, Result] = {}
-        async for results in self._watch(ids, timeout, interval or MIN_POLL_GAP, progress, None):
+        async for results in self._watch(ids, timeout, interval or MIN_POLL_GAP, progress, desc):
             for result in results:
                 seen[result.task_id] = result
                 yield result
@@ -386,8 +393,7 @@ class BatchProcessor:
         """
         timeout = _check_seconds("timeout", timeout, allow_none=True)
         interval = _check_seconds("poll_interval", poll_interval, allow_none=False)
-        ids = await self._ids(task_ids)
-        desc = task_ids.name if isinstance(task_ids, Batch) else None
+        ids, desc = await self._ids(task_ids), _name_of(task_ids)
         seen: dict[str, Result] = {}
         async for results in self._watch(ids, timeout, interval or MIN_POLL_GAP, progress, desc):
             for result in results:
