@@ -72,15 +72,28 @@ _meter.create_observable_gauge(
 
 _OFF_TRACER_PROVIDERS = (ProxyTracerProvider, NoOpTracerProvider)
 _OFF_METER_PROVIDERS = ("_ProxyMeterProvider", "NoOpMeterProvider")
+# The API's getters consult the environment on every call (about 1 us each),
+# which is most of what an unobserved task would pay for these hooks. A
+# provider can be installed only once per process, so reading the API's own
+# globals is enough; the getters remain the fallback should those names change.
+_metrics_api = getattr(metrics, "_internal", None)
+_FAST_TRACE = hasattr(trace, "_TRACER_PROVIDER")
+_FAST_METRICS = _metrics_api is not None and hasattr(_metrics_api, "_METER_PROVIDER")
 
 
 def tracing_on() -> bool:
     """True once an application installed a real tracer provider."""
+    if _FAST_TRACE:
+        provider = trace._TRACER_PROVIDER
+        return provider is not None and not isinstance(provider, _OFF_TRACER_PROVIDERS)
     return not isinstance(trace.get_tracer_provider(), _OFF_TRACER_PROVIDERS)
 
 
 def metrics_on() -> bool:
     """True once an application installed a real meter provider."""
+    if _FAST_METRICS:
+        provider = _metrics_api._METER_PROVIDER  # type: ignore[union-attr]
+        return provider is not None and type(provider).__name__ not in _OFF_METER_PROVIDERS
     return type(metrics.get_meter_provider()).__name__ not in _OFF_METER_PROVIDERS
 
 
