@@ -174,7 +174,7 @@ class AdaptiveBatchProcessor:
             if started:
                 why = f"stop(timeout={timeout}) expired"
             for request in left:
-                self._fail(request, ProcessorStoppedError(f"{why} before this item was processed"))
+                self._fail(request, ProcessorStoppedError(f"{why}: this item was never processed"))
             for request in inflight:
                 self._fail(
                     request,
@@ -281,7 +281,7 @@ class AdaptiveBatchProcessor:
         return await asyncio.wrap_future(future)
 
     def _request(self, item: Any, future: Future[Any] | None, priority: object) -> Request:
-        level = BatchPriority.coerce(priority)
+        level = priority if type(priority) is BatchPriority else BatchPriority.coerce(priority)
         key, rows = describe_item(item)
         return Request(item, future, int(level), 0.0, key, rows)
 
@@ -529,7 +529,7 @@ class AdaptiveBatchProcessor:
             output = self._func(payload)  # type: ignore[misc]
         finally:
             self._current_call = None
-        return self._stacker.split(group, output)
+        return self._stacker.split(group, output, payload)
 
     def _process_group(
         self, group: list[Request], batch_id: int, latencies: list[float] | None
@@ -611,9 +611,10 @@ class AdaptiveBatchProcessor:
         for request, value in zip(group, results, strict=True):
             future = request.future
             if future is not None:
-                # InvalidStateError: stop(timeout) already failed it.
-                with contextlib.suppress(InvalidStateError):
+                try:  # noqa: SIM105 - cheaper than suppress() on this per-item path
                     future.set_result(value)
+                except InvalidStateError:  # stop(timeout) already failed it
+                    pass
         if latencies is not None:
             now = time.monotonic()
             latencies.extend([now - r.enqueued_at for r in group])

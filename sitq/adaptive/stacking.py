@@ -3,7 +3,10 @@
 numpy items (at least one dimension) are stacked like ``np.vstack``: a 1-D
 item of shape ``(d,)`` is one row, an item of shape ``(k, d, ...)`` adds ``k``
 rows. The output's first dimension must match the stacked rows; a 1-D item
-gets ``output[i]``, a k-row item gets ``output[i:i + k]``. Items whose rows
+gets ``output[i]``, a k-row item gets ``output[i:i + k]`` (views into the
+batch's output, as numpy indexing gives: copy one to keep it apart from the
+rest of the batch; an output that shares the reused input buffer is copied
+first). Items whose rows
 have different shapes are never stacked together: they go to separate calls.
 Anything else is passed as a list, and the output must hold one result per item.
 
@@ -76,20 +79,17 @@ class Stacker:
         np.concatenate(arrays, axis=0, out=out)
         return out
 
-    @staticmethod
-    def split(group: list[Request], output: Any) -> list[Any]:
+    def split(self, group: list[Request], output: Any, payload: Any) -> list[Any]:
         """One result per request, or a BatchOutputError saying what did not fit."""
         if group[0].key is None:
             return _split_generic(group, output)
+        if self.reuse_buffers:
+            import numpy as np
+
+            # The next batch overwrites the buffer: results must not point into it.
+            if isinstance(output, np.ndarray) and np.may_share_memory(output, payload):
+                output = output.copy()
         return _split_rows(group, output)
-
-
-def _copy_if_array(value: Any) -> Any:
-    # A row view would keep the whole batch output (or a reused buffer) alive.
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(value, numpy.ndarray):
-        return value.copy()
-    return value
 
 
 def _split_generic(group: list[Request], output: Any) -> list[Any]:
@@ -98,7 +98,7 @@ def _split_generic(group: list[Request], output: Any) -> list[Any]:
         results = output
     else:
         try:
-            results = [_copy_if_array(v) for v in output]
+            results = list(output)
         except TypeError:
             raise BatchOutputError(
                 f"process_func returned {type(output).__name__} for a batch of {n} items; "
@@ -137,5 +137,5 @@ def _split_rows(group: list[Request], output: Any) -> list[Any]:
         else:
             value = output[offset : offset + request.rows]
             offset += request.rows
-        results.append(_copy_if_array(value))
+        results.append(value)
     return results
