@@ -196,7 +196,14 @@ async def test_collection_ending_at_its_timeout_returns_exactly_the_finished(
     ids = await bp.enqueue_batch(gated, [(key, key == "k4") for key in keys])
     for key in ("k1", "k3", "k4"):
         open_gate(key)
-    results = await bp.collect_results(ids, timeout=1.0, poll_interval=0.05)
+
+    async def three_finished() -> bool:
+        return (
+            db_counts(db_path, ids)["running"] == 3 and sum(db_counts(db_path, ids).values()) == 6
+        )
+
+    await await_until(three_finished, what="the three released tasks to finish")
+    results = await bp.collect_results(ids, timeout=0.5, poll_interval=0.05)
     assert set(results) == {ids[1], ids[3], ids[4]}
     assert [results[ids[1]].value, results[ids[3]].value] == ["k1", "k3"]
     assert results[ids[4]].status is TaskStatus.FAILED

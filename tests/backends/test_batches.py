@@ -227,7 +227,12 @@ async def test_a_version_1_store_migrates_in_place(kind: str, tmp_path: Path) ->
         for statement in sqlite_schema.MIGRATIONS[1]:
             conn.execute(statement)
         conn.execute("INSERT INTO sitq_meta VALUES ('schema_version', '1')")
-        conn.execute(sqlite_schema.INSERT_TASK, _v1_task_row(task_id))
+        conn.execute(
+            "INSERT INTO sitq_tasks (id, queue, func_name, payload, status, priority, "
+            "enqueued_at, available_at, max_retries, retry_backoff, timeout, unique_key, "
+            "result_ttl) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+            _v1_task_row(task_id),
+        )
         conn.close()
         backend: Backend = SQLiteBackend(path)
         schema = None
