@@ -1,11 +1,13 @@
 """Running a workflow's steps in order, item by item, recording everything as it goes.
 
 A step has items: one (a plain step), one per element of ``for_each``, or one
-per element of a batch's ``items``. Items run in groups of ``batch_size`` (a
-group finishes before the next starts), at most ``max_parallel`` at once
-(``parallel: false`` runs them one by one). Each item's start, attempts and
-outcome are committed to the state store, so a resumed run skips what
-succeeded and redoes what failed or never finished.
+per element of a batch's ``items``. A batch step splits its items into batches
+of ``batch_size`` consecutive items (default 1); with ``parallel: true`` up to
+``max_parallel`` batches run at once, otherwise one; a batch's items run one
+after another. A ``for_each`` step runs ``max_parallel`` items at once
+(default 1). Each item's start, attempts and outcome are committed to the state
+store, so a resumed run skips what succeeded and redoes what failed or never
+finished.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sitq.workflow.spec import StepSpec, TaskSpec, WorkflowSpec
 from sitq.workflow.state import StateStore
 from sitq.workflow.templates import render
 
-#: Items a step runs at once when ``parallel: true`` names no ``max_parallel``.
+#: Batches a step runs at once when ``parallel: true`` names no ``max_parallel``.
 DEFAULT_MAX_PARALLEL = 4
 
 _NO_ITEM = object()
@@ -220,52 +222,51 @@ class Runner:
             )
         return [line.strip() for line in out.decode().splitlines() if line.strip()]
 
-    def _limits(self, step: StepSpec, count: int) -> tuple[int, int]:
-        """(items at once, items per group) for ``step``."""
+    def _limits(self, step: StepSpec) -> tuple[int, int]:
+        """(batches at once, items per batch) for ``step``."""
         if step.batch is not None:
             batch = step.batch
             at_once = (batch.max_parallel or self.settings.max_parallel) if batch.parallel else 1
-            return at_once, batch.batch_size or max(count, 1)
-        return step.max_parallel or 1, max(count, 1)
+            return at_once, batch.batch_size or 1
+        return step.max_parallel or 1, 1
 
     async def _run_items(self, step: StepSpec, items: Sequence[Any]) -> None:
+        """Run the unfinished items: batches of consecutive items, up to ``at_once``
+        batches at a time, each batch's items one after another."""
         records = self.store.items(self.run_id, step.name)
-        todo = [r for r in records if r.status != "succeeded"]
-        at_once, group = self._limits(step, len(items))
+        at_once, size = self._limits(step)
+        batches: dict[int, list[Any]] = {}
+        for record in records:
+            if record.status != "succeeded":
+                batches.setdefault(record.index // size, []).append(record)
         self._stop = False
         self._report_progress(step, final=False, force=True)
-        # Groups follow the item order, so a group is a batch of the original items.
-        groups: dict[int, list[Any]] = {}
-        for record in todo:
-            groups.setdefault(record.index // group, []).append(record)
-        for _, batch in sorted(groups.items()):
-            slots = asyncio.Semaphore(at_once)
-            await asyncio.gather(
-                *(self._item(step, items[r.index], r.index, r.task_id, slots) for r in batch)
-            )
-            if self._stop:
-                break
+        slots = asyncio.Semaphore(at_once)
 
-    async def _item(
-        self, step: StepSpec, item: Any, index: int, task_id: str | None, slots: asyncio.Semaphore
-    ) -> None:
-        async with slots:
-            if self._stop:
-                return
-            task = step.item_task
-            outcome = await self.executor.adopt(task_id) if task_id else None
-            if outcome is None:
-                outcome = await self._execute(step, task, item, index)
-            self.store.item_finished(self.run_id, step.name, index, outcome)
-            self._report_progress(step)
-            if outcome.ok and task.kind == "echo":
-                self.reporter.message(f"{step.name}: {outcome.value}")
-            if not outcome.ok:
-                if not step.continue_on_error:
-                    self._stop = True
-                handler = step.batch.on_item_error if step.batch is not None else None
-                if handler is not None:
-                    await self._on_item_error(step, handler, item, index, outcome)
+        async def run_batch(batch: list[Any]) -> None:
+            async with slots:
+                for r in batch:
+                    if self._stop:
+                        return
+                    await self._item(step, items[r.index], r.index, r.task_id)
+
+        await asyncio.gather(*(run_batch(batch) for _, batch in sorted(batches.items())))
+
+    async def _item(self, step: StepSpec, item: Any, index: int, task_id: str | None) -> None:
+        task = step.item_task
+        outcome = await self.executor.adopt(task_id) if task_id else None
+        if outcome is None:
+            outcome = await self._execute(step, task, item, index)
+        self.store.item_finished(self.run_id, step.name, index, outcome)
+        self._report_progress(step)
+        if outcome.ok and task.kind == "echo":
+            self.reporter.message(f"{step.name}: {outcome.value}")
+        if not outcome.ok:
+            if not step.continue_on_error:
+                self._stop = True
+            handler = step.batch.on_item_error if step.batch is not None else None
+            if handler is not None:
+                await self._on_item_error(step, handler, item, index, outcome)
 
     async def _execute(self, step: StepSpec, task: TaskSpec, item: Any, index: int) -> ItemOutcome:
         try:

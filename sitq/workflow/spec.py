@@ -483,7 +483,7 @@ def _parse_batch(
     def where(key: str) -> int:
         return _line(inputs if key in inputs else body, key)
 
-    holder = {**body, **inputs}
+    holder = _overlay(body, inputs)
     items = merged.get("items")
     if "items" not in merged:
         problems.add(_line(body), step, "a batch step needs `items` (in inputs)")
@@ -522,6 +522,14 @@ def _parse_batch(
         continue_on_error=_flag(holder, "continue_on_error", step, problems),
         on_item_error=handler,
     )
+
+
+def _overlay(under: dict[str, Any], over: dict[str, Any]) -> YamlMap:
+    """``over`` on top of ``under``, keeping each key's line."""
+    merged = YamlMap({**under, **over})
+    merged.line = _line(under)
+    merged.key_lines = {k: _line(over if k in over else under, k) for k in merged}
+    return merged
 
 
 def _is_command(value: str) -> bool:

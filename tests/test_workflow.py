@@ -1,0 +1,799 @@
+"""sitq.workflow: the seed page's examples as written, crash and resume, errors, retries,
+validation, where items run, and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from support import POSTGRES_URL, postgres_available, wait_until
+from workflow_support import (
+    CLI_TIMEOUT,
+    WORKFLOW_EXAMPLES,
+    LocalHTTPServer,
+    items_of,
+    run_cli,
+    run_id_of,
+    status_json,
+    workflow_cmd,
+    workflow_env,
+)
+
+from sitq import TaskQueue
+from sitq.workflow import Workflow, WorkflowValidationError
+from sitq.workflow.cli import workflow as workflow_group
+from sitq.workflow.loader import quote_bare_templates
+
+EXAMPLE = WORKFLOW_EXAMPLES
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """The working directory a workflow runs in."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+# -- the seed page's examples, as written ------------------------------------------------
+
+
+def test_every_example_has_a_test() -> None:
+    names = {p.stem for p in EXAMPLE.glob("*.yaml")}
+    tested = {n[len("test_example_") :] for n in globals() if n.startswith("test_example_")}
+    assert names == tested
+
+
+def test_example_basic_usage(tmp_path: Path, work: Path) -> None:
+    env = workflow_env(tmp_path)
+    out = _ok(
+        run_cli(
+            "run",
+            str(EXAMPLE / "basic_usage.yaml"),
+            "-p",
+            "numbers=[1,2,3,4,5,6,7]",
+            "-p",
+            "batch_size=3",
+            cwd=work,
+            env=env,
+        )
+    )
+    assert "result of split_into_batches: [[1, 2, 3], [4, 5, 6], [7]]" in out
+    assert "result of process_batches: [[2, 4, 6], [8, 10, 12], [14]]" in out
+    assert "process_batches: 3/3 processed, 0 failed (100%)" in out
+    status = status_json(run_id_of(out), work, env)
+    assert [s["status"] for s in status["steps"]] == ["succeeded", "succeeded"]
+
+
+def test_example_batch_configuration(tmp_path: Path, work: Path) -> None:
+    out = _ok(
+        run_cli(
+            "run", str(EXAMPLE / "batch_configuration.yaml"), cwd=work, env=workflow_env(tmp_path)
+        )
+    )
+    expected = [f"Processing {c}" for c in "abcde"]
+    assert f"result of process_data: {expected!r}" in out
+
+
+def _category_csv(path: Path, rows: list[tuple[int, str, float]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["id", "category", "value"])
+        writer.writerows(rows)
+    return path
+
+
+def test_example_item_processing(tmp_path: Path, work: Path) -> None:
+    for n in (1, 2, 3):
+        _category_csv(work / f"file{n}.csv", [(1, "a", 10 * n), (2, "b", 5), (3, "a", 7)])
+    env = workflow_env(tmp_path)
+    out = _ok(run_cli("run", str(EXAMPLE / "item_processing.yaml"), cwd=work, env=env))
+    assert "(outputs: processing_results)" in out
+    results = [
+        i["result"] for i in items_of(status_json(run_id_of(out), work, env), "transform_data")
+    ]
+    for n in (1, 2, 3):
+        written = json.loads((work / f"file{n}.csv.result.json").read_text())
+        assert written == {"id": {"a": 4, "b": 2}, "value": {"a": 10 * n + 7, "b": 5}}
+        assert results[n - 1] == (
+            f"{{'input': 'file{n}.csv', 'output': 'file{n}.csv.result.json', 'rows': 3}}"
+        )
+
+
+def test_example_parallel_processing(tmp_path: Path, work: Path) -> None:
+    """max_parallel: 2 really runs two requests at once, and never more."""
+    in_flight, peak = [0], [0]
+    two_at_once = threading.Event()
+    lock = threading.Lock()
+
+    def respond(method: str, path: str, headers: dict, body: bytes) -> tuple[int, Any]:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+            if in_flight[0] >= 2:
+                two_at_once.set()
+        two_at_once.wait(10)  # the first request waits for a second one to arrive
+        with lock:
+            in_flight[0] -= 1
+        return 200, {"path": path}
+
+    with LocalHTTPServer(respond) as server:
+        out = _ok(
+            run_cli(
+                "run",
+                str(EXAMPLE / "parallel_processing.yaml"),
+                "--http-base",
+                server.url,
+                cwd=work,
+                env=workflow_env(tmp_path),
+            )
+        )
+    assert sorted(r["path"] for r in server.requests) == ["/url1", "/url2", "/url3", "/url4"]
+    assert peak[0] == 2
+    assert "parallel_process: 4/4 processed, 0 failed (100%)" in out
+    assert "'body': {'path': '/url1'}" in out
+
+
+def test_example_error_handling(tmp_path: Path, work: Path) -> None:
+    """continue_on_error: the other items finish; on_item_error echoes the failure."""
+    bin_dir = tmp_path / "bin"
+    script = _write(
+        bin_dir / "process_item.sh",
+        '#!/bin/sh\nif [ "$1" = item2 ]; then echo "cannot process $1" >&2; exit 3; fi\n'
+        'echo "processed $1"\n',
+    )
+    script.chmod(0o755)
+    env = workflow_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    proc = run_cli("run", str(EXAMPLE / "error_handling.yaml"), cwd=work, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert (
+        "process_with_errors: Failed to process item2: command exited with status 3: "
+        "process_item.sh item2\ncannot process item2"
+    ) in out
+    assert out.count("Failed to process") == 1
+    assert "process_with_errors: partial" in out
+    items = items_of(status_json(run_id_of(out), work, env), "process_with_errors")
+    assert [i["status"] for i in items] == ["succeeded", "failed", "succeeded"]
+    assert items[0]["result"] == "'processed item1'"
+
+
+def test_example_file_processing(tmp_path: Path, work: Path) -> None:
+    """items: $(ls data/*.csv), in batches of 5, in parallel."""
+    for n in range(7):
+        _category_csv(work / "data" / f"part{n}.csv", [(1, "x", n), (2, "y", 2), (3, "x", 4)])
+    env = workflow_env(tmp_path)
+    out = _ok(run_cli("run", str(EXAMPLE / "file_processing.yaml"), cwd=work, env=env))
+    assert "process_files: 7/7 processed, 0 failed (100%)" in out
+    results = [
+        i["result"] for i in items_of(status_json(run_id_of(out), work, env), "process_files")
+    ]
+    for n in range(7):
+        written = json.loads((work / "data" / f"part{n}.json").read_text())
+        assert written["('value', 'sum')"] == {"x": n + 4, "y": 2}
+        assert written["('value', 'count')"] == {"x": 2, "y": 1}
+        assert results[n] == (
+            f"{{'file': 'data/part{n}.csv', 'records': 3, 'output': 'data/part{n}.json'}}"
+        )
+
+
+def test_example_api_requests(tmp_path: Path, work: Path) -> None:
+    """The bearer token comes from env.API_TOKEN; a 503 is retried (delay 1 s)."""
+    failed_once: set[str] = set()
+
+    def respond(method: str, path: str, headers: dict, body: bytes) -> tuple[int, Any]:
+        if headers.get("Authorization") != "Bearer s3cret":
+            return 401, {"error": "bad token"}
+        user = path.rsplit("/", 1)[-1]
+        if user == "user2" and user not in failed_once:
+            failed_once.add(user)
+            return 503, {"error": "try again"}
+        return 200, {"id": user, "name": user.upper()}
+
+    with LocalHTTPServer(respond) as server:
+        env = workflow_env(tmp_path, API_TOKEN="s3cret")
+        out = _ok(
+            run_cli(
+                "run",
+                str(EXAMPLE / "api_requests.yaml"),
+                "--http-rewrite",
+                f"https://api.example.com={server.url}",
+                cwd=work,
+                env=env,
+            )
+        )
+        assert [r["path"] for r in server.requests].count("/users/user2") == 2
+        # Without the token, nothing is requested: the run does not start.
+        del env["API_TOKEN"]
+        before = len(server.requests)
+        proc = run_cli("run", str(EXAMPLE / "api_requests.yaml"), cwd=work, env=env)
+        assert len(server.requests) == before
+    assert "(outputs: user_data)" in out
+    items = items_of(status_json(run_id_of(out), work, workflow_env(tmp_path)), "fetch_data")
+    assert [i["attempts"] for i in items] == [1, 2, 1]
+    assert "'body': {'id': 'user3', 'name': 'USER3'}" in items[2]["result"]
+    assert proc.returncode == 1
+    assert "api_requests.yaml:" in proc.stderr and "step 'fetch_data'" in proc.stderr
+    assert "env.API_TOKEN" in proc.stderr and "not set" in proc.stderr
+
+
+def _records_file(work: Path, count: int, per_batch: int) -> Path:
+    """input_records: a list of record batches (the example's task transforms a batch)."""
+    records = [{"id": i, "name": f"user{i}", "score": str(80 + (i * 7) % 20)} for i in range(count)]
+    batches = [records[i : i + per_batch] for i in range(0, count, per_batch)]
+    return _write(work / "records.json", json.dumps(batches))
+
+
+def test_example_data_transformation(tmp_path: Path, work: Path) -> None:
+    path = _records_file(work, 10, 4)
+    env = workflow_env(tmp_path)
+    out = _ok(
+        run_cli(
+            "run",
+            str(EXAMPLE / "data_transformation.yaml"),
+            "-p",
+            f"input_records=@{path}",
+            cwd=work,
+            env=env,
+        )
+    )
+    assert "transform_records: 3/3 processed" in out
+    assert "'id': 0, 'name': 'USER0', 'score': 80.0, 'grade': 'B'" in out
+    assert "'id': 2, 'name': 'USER2', 'score': 94.0, 'grade': 'A'" in out
+    # Without the param, the run is refused before it starts, naming the name.
+    proc = run_cli("run", str(EXAMPLE / "data_transformation.yaml"), cwd=work, env=env)
+    assert proc.returncode == 1
+    assert "data_transformation.yaml:2: step 'transform_records'" in proc.stderr
+    assert "undefined template name 'input_records'" in proc.stderr
+
+
+def test_example_database_operations(tmp_path: Path, work: Path) -> None:
+    """Runs psycopg2 against the test PostgreSQL, in batches of records, one at a time."""
+    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is needed by this example")
+    reason = postgres_available()
+    if reason:
+        pytest.skip(reason)
+    schema = f"wf_{os.getpid()}_{time.monotonic_ns() % 10**6}"
+    conn = psycopg2.connect(POSTGRES_URL)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE SCHEMA {schema}")
+            cur.execute(
+                f"CREATE TABLE {schema}.users (id int PRIMARY KEY, status text, updated_at "
+                "timestamptz)"
+            )
+            cur.execute(
+                f"INSERT INTO {schema}.users SELECT g, 'new' FROM generate_series(0, 119) g"
+            )
+        updates = [{"id": i, "status": "active" if i % 2 else "inactive"} for i in range(120)]
+        batches = [updates[i : i + 50] for i in range(0, 120, 50)]
+        path = _write(work / "updates.json", json.dumps(batches))
+        sep = "&" if "?" in POSTGRES_URL else "?"
+        env = workflow_env(tmp_path, DB_URL=f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}")
+        out = _ok(
+            run_cli(
+                "run",
+                str(EXAMPLE / "database_operations.yaml"),
+                "-p",
+                f"records_to_update=@{path}",
+                cwd=work,
+                env=env,
+            )
+        )
+        assert "{'updated': 50, 'status': 'success'}" in out
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT status, count(*) FROM {schema}.users GROUP BY 1 ORDER BY 1")
+            assert cur.fetchall() == [("active", 60), ("inactive", 60)]
+            cur.execute(f"SELECT count(*) FROM {schema}.users WHERE updated_at IS NULL")
+            assert cur.fetchone() == (0,)
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.close()
+
+
+# -- crash and resume -----------------------------------------------------------------------
+
+CRASH_WORKFLOW = """
+steps:
+  - name: append
+    task: batch
+    inputs:
+      items: "{{ range(200) | list }}"
+      batch_size: 10
+      parallel: true
+      max_parallel: 4
+      task:
+        type: python
+        code: |
+          import time
+          with open(params['log'], 'a') as log:
+              log.write(f"{item}\\n")
+          time.sleep(0.03)
+          result = item * 2
+"""
+
+
+def _count(log: Path) -> int:
+    return len(log.read_text().split()) if log.exists() else 0
+
+
+def _kill_midway(
+    file: Path, log: Path, work: Path, env: dict[str, str], *extra: str
+) -> tuple[str, dict[str, set[int]]]:
+    """Start `sitq workflow run`, SIGKILL it once half the items are in the log, and
+    return the run id and the items' states as recorded at the kill."""
+    out_path = work / "run.out"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(
+            workflow_cmd("run", str(file), "-p", f"log={log}", *extra),
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(
+            lambda: _count(log) >= 100 or proc.poll() is not None,
+            timeout=60,
+            what="half the items to run",
+        )
+        assert proc.poll() is None, f"the run ended before the kill:\n{out_path.read_text()}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(CLI_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(CLI_TIMEOUT)
+    run_id = run_id_of(out_path.read_text())
+    status = status_json(run_id, work, env)
+    assert status["run"]["status"] == "running" and status["run"]["process_alive"] is False
+    states: dict[str, set[int]] = {"succeeded": set(), "running": set(), "pending": set()}
+    no_task = set()
+    for item in items_of(status, "append"):
+        states[item["status"]].add(item["index"])
+        if item["status"] == "running" and item["task_id"] is None:
+            no_task.add(item["index"])
+    states["running_without_task"] = no_task
+    return run_id, states
+
+
+def _check_resumed(log: Path, states: dict[str, set[int]], in_flight: set[int]) -> Counter:
+    seen = Counter(int(line) for line in log.read_text().split())
+    assert set(seen) == set(range(200)), "every item ran"
+    twice = {item for item, n in seen.items() if n > 1}
+    assert max(seen.values()) <= 2
+    assert twice <= in_flight, (
+        f"only items in flight at the kill ran twice, not {twice - in_flight}"
+    )
+    for item in states["succeeded"] | states["pending"]:
+        assert seen[item] == 1
+    return seen
+
+
+def test_crash_and_resume_in_process(tmp_path: Path, work: Path) -> None:
+    """SIGKILL `sitq workflow run` half way; --resume finishes without redoing finished items."""
+    file = _write(work / "crash.yaml", CRASH_WORKFLOW)
+    log = work / "log.txt"
+    env = workflow_env(tmp_path)
+    run_id, states = _kill_midway(file, log, work, env, "--executor", "local")
+    assert 0 < len(states["succeeded"]) < 200
+    assert len(states["running"]) <= 4  # max_parallel batches, one item each at a time
+
+    out = _ok(run_cli("run", str(file), "--resume", run_id, cwd=work, env=env))
+    assert f"resuming {run_id}" in out
+    seen = _check_resumed(log, states, states["running"])
+    assert sum(seen.values()) - 200 <= 4
+    status = status_json(run_id, work, env)
+    assert status["run"]["status"] == "succeeded"
+    items = items_of(status, "append")
+    assert all(i["status"] == "succeeded" and i["attempts"] == 1 for i in items)
+    assert [i["result"] for i in items] == [repr(2 * n) for n in range(200)]
+
+
+def test_crash_and_resume_on_workers(
+    tmp_path: Path, work: Path, db_path: Path, spawn_worker: Callable[..., Any]
+) -> None:
+    """With live workers the items are tasks: a resume waits for the tasks the killed
+    run had enqueued instead of running them again."""
+    asyncio.run(_create_db(db_path))
+    worker = spawn_worker("--concurrency", "4").wait_started()
+    file = _write(work / "crash.yaml", CRASH_WORKFLOW)
+    log = work / "log.txt"
+    env = workflow_env(tmp_path, SITQ_DB=str(db_path))
+    run_id, states = _kill_midway(file, log, work, env)
+    assert 0 < len(states["succeeded"]) < 200
+
+    out = _ok(run_cli("run", str(file), "--resume", run_id, cwd=work, env=env))
+    assert "(items run on sitq workers)" in out
+    _check_resumed(log, states, states["running_without_task"])
+    items = items_of(status_json(run_id, work, env), "append")
+    assert all(i["status"] == "succeeded" and i["ran_on"] == "workers" for i in items)
+    assert worker.process.poll() is None
+
+
+async def _create_db(path: Path) -> None:
+    async with TaskQueue(path):
+        pass
+
+
+# -- errors, retries, on_item_error ------------------------------------------------------
+
+ERRORS_WORKFLOW = """
+params:
+  continue: false
+steps:
+  - name: process
+    task: batch
+    inputs:
+      items: "{{ range(10) | list }}"
+      batch_size: 3
+      continue_on_error: CONTINUE
+      on_item_error:
+        type: python
+        code: |
+          import json
+          with open(params['handled'], 'a') as out:
+              out.write(json.dumps({'item': item, 'error': error}) + "\\n")
+      task:
+        type: python
+        code: |
+          import os
+          with open(params['log'], 'a') as log:
+              log.write(f"{item}\\n")
+          if item in params['bad'] and os.path.exists(params['flag']):
+              raise ValueError(f"item {item} is bad")
+          return item
+"""
+
+
+def _errors_workflow(work: Path, continue_on_error: bool) -> tuple[Workflow, dict[str, Any]]:
+    text = ERRORS_WORKFLOW.replace("CONTINUE", "true" if continue_on_error else "false")
+    flag = _write(work / "flag", "")
+    params = {
+        "log": str(work / "log.txt"),
+        "handled": str(work / "handled.jsonl"),
+        "flag": str(flag),
+    }
+    return Workflow.from_string(text, "errors.yaml"), params
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_continue_on_error_false_stops_at_first_failure_and_resume_redoes_the_rest(
+    tmp_path: Path, work: Path
+) -> None:
+    workflow, params = _errors_workflow(work, continue_on_error=False)
+    options = {"state_dir": tmp_path / "state", "executor": "local"}
+    report = workflow.run({**params, "bad": [3]}, **options)
+    assert report.status == "failed" and not report.ok
+    assert "1 of 10 items failed; first, item 3: ValueError: item 3 is bad" in report.error
+    assert _lines(work / "log.txt") == ["0", "1", "2", "3"]  # nothing after the failure
+    assert [f["index"] for f in report.failures] == [3]
+    handled = [json.loads(line) for line in (work / "handled.jsonl").read_text().splitlines()]
+    assert handled == [{"item": 3, "error": "ValueError: item 3 is bad"}]
+
+    (work / "flag").unlink()  # the cause is fixed
+    resumed = workflow.run(resume=report.run_id, **options)
+    assert resumed.ok
+    assert resumed.steps["process"].result == list(range(10))
+    # Items 0-2 succeeded before: not redone. 3 failed and 4-9 never ran: run now.
+    assert _lines(work / "log.txt") == [str(n) for n in [0, 1, 2, 3, *range(3, 10)]]
+
+
+def test_continue_on_error_true_finishes_and_reports_failures(tmp_path: Path, work: Path) -> None:
+    workflow, params = _errors_workflow(work, continue_on_error=True)
+    report = workflow.run({**params, "bad": [2, 5]}, state_dir=tmp_path / "state", executor="local")
+    assert report.status == "partial"
+    assert sorted(_lines(work / "log.txt"), key=int) == [str(n) for n in range(10)]
+    assert [(f["index"], f["item"], f["error"]) for f in report.failures] == [
+        (2, 2, "ValueError: item 2 is bad"),
+        (5, 5, "ValueError: item 5 is bad"),
+    ]
+    assert report.steps["process"].result == [0, 1, None, 3, 4, None, 6, 7, 8, 9]
+    handled = [json.loads(line) for line in (work / "handled.jsonl").read_text().splitlines()]
+    assert sorted(h["item"] for h in handled) == [2, 5]  # once per failed item
+    assert all(h["error"] == f"ValueError: item {h['item']} is bad" for h in handled)
+
+
+RETRY_WORKFLOW = """
+steps:
+  flaky:
+    type: python
+    retry: {max_attempts: ATTEMPTS, delay: 0.01, backoff: 2}
+    code: |
+      import os, pathlib
+      counter = pathlib.Path(params['counter'])
+      n = int(counter.read_text()) + 1 if counter.exists() else 1
+      counter.write_text(str(n))
+      if n < 3:
+          raise RuntimeError(f"attempt {n} fails")
+      result = {"attempt": n, "pid": os.getpid()}
+"""
+
+
+@pytest.mark.parametrize("where", ["local", "workers"])
+def test_item_succeeding_on_third_attempt_records_three_attempts(
+    tmp_path: Path, work: Path, db_path: Path, spawn_worker: Callable[..., Any], where: str
+) -> None:
+    worker = None
+    if where == "workers":
+        asyncio.run(_create_db(db_path))
+        worker = spawn_worker("--concurrency", "2").wait_started()
+    state = tmp_path / "state"
+    workflow = Workflow.from_string(RETRY_WORKFLOW.replace("ATTEMPTS", "3"), "retry.yaml")
+    report = workflow.run(
+        {"counter": str(work / "counter")}, state_dir=state, db=str(db_path), executor=where
+    )
+    assert report.ok and report.executor == where
+    result = report.steps["flaky"].result
+    assert result["attempt"] == 3
+    assert result["pid"] == (worker.pid if worker else os.getpid())
+    out = CliRunner().invoke(workflow_group, ["status", report.run_id, "--state-dir", str(state)])
+    assert "step flaky: succeeded, 1/1 processed, 0 failed (100%)" in out.output
+    assert "[0]: succeeded, 3 attempt(s)" in out.output
+
+    (work / "counter").unlink()
+    two = Workflow.from_string(RETRY_WORKFLOW.replace("ATTEMPTS", "2"), "retry.yaml")
+    failed = two.run({"counter": str(work / "counter")}, state_dir=state, executor="local")
+    assert failed.status == "failed"
+    assert failed.error == "step 'flaky' failed: RuntimeError: attempt 2 fails"
+    out = CliRunner().invoke(workflow_group, ["status", failed.run_id, "--state-dir", str(state)])
+    assert "[0]: failed, 2 attempt(s): RuntimeError: attempt 2 fails" in out.output
+
+
+# -- where items run ---------------------------------------------------------------------
+
+PIDS_WORKFLOW = """
+steps:
+  pids:
+    type: python
+    for_each: [1, 2, 3, 4, 5, 6]
+    max_parallel: 3
+    code: |
+      import os
+      result = [item, os.getpid()]
+"""
+
+
+def test_items_run_on_live_workers_and_in_process_without(
+    tmp_path: Path, work: Path, db_path: Path, spawn_worker: Callable[..., Any]
+) -> None:
+    workflow = Workflow.from_string(PIDS_WORKFLOW, "pids.yaml")
+    state = tmp_path / "state"
+    # No database yet: in this process, and no database is created.
+    alone = workflow.run(state_dir=state, db=str(db_path))
+    assert alone.executor == "local" and not db_path.exists()
+    assert alone.steps["pids"].result == [[n, os.getpid()] for n in range(1, 7)]
+
+    asyncio.run(_create_db(db_path))
+    first = spawn_worker("--concurrency", "2").wait_started()
+    second = spawn_worker("--concurrency", "2").wait_started()
+    spread = workflow.run(state_dir=state, db=str(db_path))
+    assert spread.executor == "workers"
+    pids = [pid for _, pid in spread.steps["pids"].result]
+    assert [n for n, _ in spread.steps["pids"].result] == list(range(1, 7))
+    assert set(pids) <= {first.pid, second.pid}
+
+
+# -- http_request, shell, templates ------------------------------------------------------
+
+
+def test_http_request_sends_method_headers_and_json_body(tmp_path: Path, work: Path) -> None:
+    def respond(method: str, path: str, headers: dict, body: bytes) -> tuple[int, Any]:
+        if path == "/missing":
+            return 404, {"error": "no such thing"}
+        return 201, {"got": json.loads(body), "method": method}
+
+    text = """
+steps:
+  - name: post
+    type: http_request
+    url: "{{ params.base }}/items"
+    method: POST
+    headers: {X-Run: "{{ params.tag }}"}
+    body: {name: "{{ params.tag }}", count: 3}
+  - name: missing
+    type: http_request
+    url: "{{ params.base }}/missing"
+"""
+    with LocalHTTPServer(respond) as server:
+        report = Workflow.from_string(text, "http.yaml").run(
+            {"base": server.url, "tag": "t1"}, state_dir=tmp_path / "state"
+        )
+    request = server.requests[0]
+    assert request["method"] == "POST" and request["headers"]["X-Run"] == "t1"
+    assert request["headers"]["Content-Type"] == "application/json"
+    post = report.steps["post"].result
+    assert post["status"] == 201
+    assert post["body"] == {"got": {"name": "t1", "count": 3}, "method": "POST"}
+    assert report.status == "failed"
+    assert report.error.startswith("step 'missing' failed: HTTP 404 Not Found from GET ")
+    assert '{"error": "no such thing"}' in report.error
+
+
+def test_templates_feed_lists_between_steps_and_command_items(tmp_path: Path, work: Path) -> None:
+    text = """
+params:
+  greeting: hello
+steps:
+  - name: names
+    type: shell
+    command: "printf 'ann\\nbob\\n'"
+  - name: listed
+    task: batch
+    inputs:
+      items: $(printf 'x y\\nz\\n\\n')
+      task: {type: echo, message: "{{ index }}:{{ item }}"}
+    outputs: listed_items
+  - name: greet
+    type: shell
+    for_each: "{{ steps.names.result.split() }}"
+    command: >-
+      echo {{ greeting }} {{ item | quote }} from {{ env.WF_USER }}
+      {{ listed_items | length }}
+"""
+    os.environ["WF_USER"] = "tester"
+    try:
+        report = Workflow.from_string(text, "t.yaml").run(state_dir=tmp_path / "state")
+    finally:
+        del os.environ["WF_USER"]
+    assert report.ok, report.error
+    assert report.outputs["listed_items"] == ["0:x y", "1:z"]
+    assert report.steps["greet"].result == ["hello ann from tester 2", "hello bob from tester 2"]
+
+
+def test_runtime_template_error_names_step_and_field(tmp_path: Path) -> None:
+    text = """
+steps:
+  show:
+    type: shell
+    for_each: [{a: 1}, {b: 2}]
+    continue_on_error: true
+    command: "echo {{ item.a }}"
+"""
+    report = Workflow.from_string(text, "t.yaml").run(state_dir=tmp_path / "state")
+    assert report.status == "partial"
+    assert report.steps["show"].result == ["1", None]
+    (failure,) = report.failures
+    assert failure["error"].startswith("step 'show', field 'command': undefined name in template")
+    assert "has no attribute 'a'" in failure["error"]
+
+
+# -- validation --------------------------------------------------------------------------
+
+BAD_WORKFLOWS = [
+    ("steps:\n  a:\n    type: shell\n    comand: echo hi\n",
+     "wf.yaml:4: step 'a': unknown key 'comand' for a shell step; did you mean 'command'?"),
+    ("steps:\n  a:\n    type: shel\n    command: echo\n",
+     "wf.yaml:3: step 'a': unknown step kind 'shel'; did you mean 'shell'?"),
+    ("steps:\n  - name: b\n    task: batch\n    inputs:\n      items: [1]\n      batch_size: ten\n"
+     "      task: {type: echo, message: hi}\n",
+     "wf.yaml:6: step 'b': batch_size must be a whole number >= 1, not 'ten'"),
+    ("steps:\n  a:\n    type: echo\n    for_each: 5\n    message: hi\n",
+     "wf.yaml:4: step 'a': for_each must be a list, or a template that gives one"),
+    ("steps:\n  a:\n    type: echo\n    message: '{{ nme }}'\n",
+     "wf.yaml:3: step 'a': field 'message': undefined template name 'nme'"),
+    ("steps:\n  a:\n    type: echo\n    message: '{{ steps.b.result }}'\n  b:\n    type: echo\n"
+     "    message: hi\n",
+     "wf.yaml:3: step 'a': field 'message': refers to steps.b, which runs later"),
+    ("steps:\n  a:\n    type: echo\n    message: '{{ steps.c.result }}'\n",
+     "wf.yaml:3: step 'a': field 'message': refers to steps.c, but there is no step 'c'"),
+    ("steps:\n  a:\n    type: echo\n    message: '{{ item }}'\n",
+     "wf.yaml:3: step 'a': field 'message': uses 'item', which is only defined in for_each"),
+    ("steps:\n  a:\n    type: python\n    code: |\n      x = 1\n      y = (\n",
+     "wf.yaml:6: step 'a': python syntax error"),
+    ("steps:\n  a:\n    type: echo\n    message: hi\n  a:\n    type: echo\n    message: again\n",
+     "wf.yaml:5: invalid YAML: key 'a' is given twice in this mapping (first on line 2)"),
+    ("steps:\n  a:\n    type: echo\n    message: hi\n    retry: {max_attempts: 0}\n",
+     "wf.yaml:5: step 'a': retry.max_attempts must be a whole number >= 1"),
+    ("stepz: {}\n", "wf.yaml:1: unknown top-level key 'stepz'; did you mean 'steps'?"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_WORKFLOWS)
+def test_validation_names_file_line_and_step(text: str, expected: str) -> None:
+    with pytest.raises(WorkflowValidationError) as caught:
+        Workflow.from_string(text, "wf.yaml").validate({})
+    assert expected in str(caught.value)
+
+
+def test_nothing_runs_when_validation_fails(tmp_path: Path, work: Path) -> None:
+    file = _write(
+        work / "wf.yaml",
+        "steps:\n  first:\n    type: shell\n    command: touch ran\n"
+        "  second:\n    type: echo\n    message: '{{ missing_param }}'\n",
+    )
+    result = CliRunner().invoke(
+        workflow_group, ["run", str(file), "--state-dir", str(tmp_path / "s")]
+    )
+    assert result.exit_code == 1
+    assert "wf.yaml:6: step 'second'" in result.output
+    assert not (work / "ran").exists() and not Path("ran").exists()
+    listing = CliRunner().invoke(workflow_group, ["status", "--state-dir", str(tmp_path / "s")])
+    assert "no workflow runs recorded" in listing.output
+
+
+def test_bare_templates_are_quoted_but_block_scalars_are_not() -> None:
+    text = "a: {{ x }}\nb:\n  - {{ y }}  # c\ncode: |\n  k: {{ z }}\nd: '{{ q }}'\n"
+    quoted = quote_bare_templates(text)
+    assert quoted.splitlines() == [
+        "a: '{{ x }}'",
+        "b:",
+        "  - '{{ y }}'  # c",
+        "code: |",
+        "  k: {{ z }}",
+        "d: '{{ q }}'",
+    ]
+
+
+# -- the Python face and the CLI ---------------------------------------------------------
+
+
+async def test_run_async_and_progress(tmp_path: Path) -> None:
+    seen = []
+    workflow = Workflow.from_string(PIDS_WORKFLOW, "pids.yaml")
+    report = await workflow.run_async(
+        state_dir=tmp_path / "state", executor="local", on_progress=seen.append
+    )
+    assert report.ok
+    assert [(p.processed, p.total) for p in seen][-1] == (6, 6)
+    assert seen[-1].percent == 100.0 and seen[-1].failed == 0
+    with pytest.raises(Exception, match="inside a running event loop"):
+        workflow.run(state_dir=tmp_path / "state")
+
+
+def test_cli_run_with_params_from_a_csv_file_and_status(tmp_path: Path, work: Path) -> None:
+    rows = _write(work / "rows.csv", "name,score\nann,3\nbob,4\n")
+    file = _write(
+        work / "wf.yaml",
+        "steps:\n  total:\n    type: python\n    outputs: total\n    code: |\n"
+        "      return sum(int(r['score']) for r in params['rows']) * params['factor']\n",
+    )
+    state = str(tmp_path / "state")
+    result = CliRunner().invoke(
+        workflow_group,
+        ["run", str(file), "-p", f"rows=@{rows}", "-p", "factor=10", "--state-dir", state],
+    )
+    assert result.exit_code == 0, result.output
+    assert "total: 1/1 processed, 0 failed (100%)" in result.output
+    assert "result of total (outputs: total): 70" in result.output
+    run_id = run_id_of(result.output)
+    shown = CliRunner().invoke(workflow_group, ["status", run_id, "--state-dir", state])
+    assert f"run {run_id}: succeeded" in shown.output
+    assert "step total: succeeded, 1/1 processed" in shown.output
+    listing = CliRunner().invoke(workflow_group, ["status", "--state-dir", state])
+    assert run_id in listing.output
+    again = CliRunner().invoke(
+        workflow_group, ["run", str(file), "--resume", run_id, "--state-dir", state]
+    )
+    assert "total: done in an earlier attempt, not run again" in again.output
+    unknown = CliRunner().invoke(workflow_group, ["status", "nope", "--state-dir", state])
+    assert unknown.exit_code == 1 and "no workflow run 'nope'" in unknown.output
