@@ -715,6 +715,8 @@ BAD_WORKFLOWS = [
     ("steps:\n  a:\n    type: echo\n    message: hi\n    retry: {max_attempts: 0}\n",
      "wf.yaml:5: step 'a': retry.max_attempts must be a whole number >= 1"),
     ("stepz: {}\n", "wf.yaml:1: unknown top-level key 'stepz'; did you mean 'steps'?"),
+    ("steps:\n  a:\n    type: python\n    code: |\n      x = steps['b']['result']\n",
+     "wf.yaml:5: step 'a': code uses steps['b'], but no step has that name"),
 ]  # fmt: skip
 
 

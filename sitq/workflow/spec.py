@@ -9,6 +9,7 @@ the file, the line and the step.
 
 from __future__ import annotations
 
+import ast
 import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -620,6 +621,35 @@ def _task_fields(step: StepSpec, task: TaskSpec, prefix: str, item: bool, error:
             yield _Field(step, label, text, task.line, item, error)
 
 
+def _tasks(step: StepSpec) -> list[TaskSpec]:
+    if step.batch is not None:
+        return [t for t in (step.batch.task, step.batch.on_item_error) if t is not None]
+    return [step.task] if step.task is not None else []
+
+
+def code_step_refs(code: str) -> set[str]:
+    """The step names python ``code`` reads as ``steps['x']`` or ``steps.x``."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    refs = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Subscript | ast.Attribute):
+            continue
+        if not (isinstance(node.value, ast.Name) and node.value.id == "steps"):
+            continue
+        if isinstance(node, ast.Attribute) and not hasattr(dict, node.attr):
+            refs.add(node.attr)
+        elif (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.slice.value, str)
+        ):
+            refs.add(node.slice.value)
+    return refs
+
+
 def template_fields(step: StepSpec) -> Iterator[_Field]:
     """Every templated value of ``step``, with whether ``item``/``error`` are defined there."""
     if step.for_each is not None:
@@ -651,6 +681,18 @@ def _check_templates(
     order = {s.name: s.position for s in spec.steps}
     outputs = {s.outputs: s for s in spec.steps if s.outputs}
     for step in spec.steps:
+        for task in _tasks(step):
+            if task.code is None:
+                continue
+            for ref in sorted(code_step_refs(task.code)):
+                if ref not in order or order[ref] >= step.position:
+                    problems.add(
+                        task.code_line,
+                        step.name,
+                        f"code uses steps[{ref!r}], but "
+                        + ("no step has that name" if ref not in order else "that step runs later")
+                        + "; a step can only use the steps before it",
+                    )
         for f in template_fields(step):
             add = _adder(problems, f)
             try:
