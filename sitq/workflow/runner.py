@@ -107,6 +107,7 @@ class Runner:
         self.reports: dict[str, StepReport] = {}
         self._handler_executor: LocalExecutor | None = None
         self._stop = False
+        self._counts = [0, 0, 0]  # processed, failed, total of the running step
 
     async def run(self) -> RunReport:
         """Run every step not finished yet; record and return how the run ended."""
@@ -240,6 +241,10 @@ class Runner:
             if record.status != "succeeded":
                 batches.setdefault(record.index // size, []).append(record)
         self._stop = False
+        # Kept in memory (not counted in the store per item): the items being
+        # redone count as unprocessed until they finish again.
+        done = sum(r.status == "succeeded" for r in records)
+        self._counts = [done, 0, len(records)]
         self._report_progress(step, final=False, force=True)
         slots = asyncio.Semaphore(at_once)
 
@@ -258,6 +263,8 @@ class Runner:
         if outcome is None:
             outcome = await self._execute(step, task, item, index)
         self.store.item_finished(self.run_id, step.name, index, outcome)
+        self._counts[0] += 1
+        self._counts[1] += not outcome.ok
         self._report_progress(step)
         if outcome.ok and task.kind == "echo":
             self.reporter.message(f"{step.name}: {outcome.value}")
@@ -338,10 +345,7 @@ class Runner:
             self.reporter.message(f"{step.name}: {outcome.value}")
 
     def _report_progress(self, step: StepSpec, final: bool = False, force: bool = False) -> None:
-        counts = self.store.counts(self.run_id, step.name)
-        total = sum(counts.values())
-        failed = counts.get("failed", 0)
-        processed = counts.get("succeeded", 0) + failed
+        processed, failed, total = self._counts
         self.reporter.progress(
             StepProgress(step.name, processed, failed, total), final=final or force
         )

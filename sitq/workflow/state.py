@@ -385,11 +385,3 @@ class StateStore:
              preview(outcome.value) if outcome.ok else None, outcome.error, outcome.traceback,
              time.time(), run_id, step, index),
         )  # fmt: skip
-
-    def counts(self, run_id: str, step: str) -> dict[str, int]:
-        """How many of a step's items are in each status."""
-        rows = self._db.execute(
-            "SELECT status, COUNT(*) FROM items WHERE run_id = ? AND step = ? GROUP BY status",
-            (run_id, step),
-        ).fetchall()
-        return dict(rows)
