@@ -7,6 +7,7 @@ retries itself, so an item's attempts are the same wherever it runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from sitq.workflow.kinds import ItemCall, ItemOutcome, run_item
 EXECUTORS = ("auto", "local", "workers")
 #: Threads of the in-process executor (each step's own limit applies below it).
 LOCAL_THREADS = 64
-#: How often the worker executor looks for finished tasks.
+#: The longest the worker executor waits before looking for finished tasks again.
 RESULT_POLL = 0.02
 
 
@@ -151,7 +152,10 @@ class WorkerExecutor:
                 if not future.done():
                     future.set_result(result)
             if self._waiting:
-                await asyncio.sleep(RESULT_POLL)
+                # Wake as soon as the oldest finishes (get_result listens for the
+                # backend's wake-ups), or after RESULT_POLL for the others.
+                with contextlib.suppress(TaskNotFound):
+                    await self.queue.get_result(next(iter(self._waiting)), timeout=RESULT_POLL)
 
     async def adopt(self, task_id: str) -> ItemOutcome | None:
         """Wait for a task a killed run enqueued; None if it is gone or did not succeed."""
