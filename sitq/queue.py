@@ -12,7 +12,16 @@ from typing import Any, TypeVar
 
 from sitq import signals, telemetry
 from sitq.backends import open_backend
-from sitq.backends.base import WORKER_STALE_AFTER, Backend, BatchRecord, NewTask, TaskRecord
+from sitq.backends.base import (
+    WORKER_STALE_AFTER,
+    Backend,
+    BatchRecord,
+    LimitRecord,
+    NewTask,
+    ScheduleRecord,
+    TaskPage,
+    TaskRecord,
+)
 from sitq.errors import (
     ConfigurationError,
     InvalidTask,
@@ -457,6 +466,31 @@ class TaskQueue:
         ``timeout`` seconds. A hint for pollers: check again after it returns."""
         await self._backend_checked().wait_for_change("results", timeout)
 
+    # -- listings (for dashboards) -------------------------------------------
+
+    async def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        status: TaskStatus | str | None = None,
+        batch_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> TaskPage:
+        """One page of tasks matching every filter given (their records, without
+        payload, result or traceback; ``get_result`` has those).
+
+        Newest first (failures: most recently failed first; a batch: in its order).
+        Pass the page's ``next_cursor`` as ``cursor`` for the next page; it is None
+        at the end. Each call examines a bounded number of tasks, so a page may hold
+        fewer than ``limit`` (even none) while more may follow.
+        """
+        check_listing(queue, status, batch_id, cursor, limit)
+        status_value = None if status is None else TaskStatus(status).value
+        return await self._backend_checked().list_tasks(
+            queue=queue, status=status_value, batch_id=batch_id, cursor=cursor, limit=limit
+        )
+
 
 class SyncTaskQueue:
     """The producer API for code that is not async.
@@ -627,6 +661,22 @@ class SyncTaskQueue:
         """Like :meth:`TaskQueue.wait_for_results` (blocks the calling thread)."""
         self._run(self._queue.wait_for_results(timeout))
 
+    def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        status: TaskStatus | str | None = None,
+        batch_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> TaskPage:
+        """Like :meth:`TaskQueue.list_tasks`."""
+        return self._run(
+            self._queue.list_tasks(
+                queue=queue, status=status, batch_id=batch_id, cursor=cursor, limit=limit
+            )
+        )
+
 
 class _SyncEnqueuer:
     """The blocking face of a queue with options."""
@@ -670,3 +720,24 @@ def check_batch_id(batch_id: Any) -> None:
             f"batch id {batch_id[:40]!r}... is {len(batch_id)} characters long; use at most "
             f"{MAX_BATCH_ID_LENGTH}"
         )
+
+
+#: The most tasks one listing page may hold.
+MAX_PAGE_SIZE = 1000
+
+
+def check_listing(queue: Any, status: Any, batch_id: Any, cursor: Any, limit: Any) -> None:
+    """Refuse listing filters that cannot match anything, with what to pass instead."""
+    for name, value in (("queue", queue), ("batch_id", batch_id), ("cursor", cursor)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigurationError(f"{name} must be a non-empty string or None, got {value!r}")
+    if status is not None:
+        try:
+            TaskStatus(status)
+        except ValueError:
+            known = ", ".join(s.value for s in TaskStatus)
+            raise ConfigurationError(
+                f"unknown status {status!r}; use one of {known}, or None for every status"
+            ) from None
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ConfigurationError(f"limit must be an int from 1 to {MAX_PAGE_SIZE}, got {limit!r}")

@@ -333,6 +333,28 @@ class Backend(abc.ABC):
         """Cancel those of the tasks that are still queued (running and finished ones
         are left alone), in one statement; return the ids cancelled."""
 
+    # -- listings for dashboards ------------------------------------------------
+
+    @abc.abstractmethod
+    async def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        status: str | None = None,
+        batch_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        scan_limit: int = 5000,
+    ) -> TaskPage:
+        """One page of tasks matching every filter given, without payload, result or
+        traceback. Order: newest enqueued first; ``status="failed"`` newest failure
+        first (from the failures index); with ``batch_id``, the batch's order.
+
+        Pages are keyset-paginated: pass the page's ``next_cursor`` (opaque) back as
+        ``cursor``. At most ``scan_limit`` tasks are examined per call, so a page is
+        fast however rare the matches: it may hold fewer than ``limit`` tasks (even
+        none) and still have a ``next_cursor``. ``next_cursor`` is None at the end."""
+
 
 @dataclass(frozen=True)
 class BatchRecord:
@@ -344,3 +366,78 @@ class BatchRecord:
     id: str
     created_at: float
     size: int
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """A page of a task listing: the tasks, and the cursor of the next page (None at
+    the end of the listing)."""
+
+    tasks: list[TaskRecord]
+    next_cursor: str | None
+
+
+def window_matches(
+    window: Sequence[tuple[str, str, str, str]],
+    queue: str | None,
+    status: str | None,
+    limit: int,
+    full: bool,
+) -> tuple[list[str], str | None]:
+    """Pick a listing page out of a scanned window of (cursor, id, queue, status) rows,
+    in listing order. ``full`` says the scan stopped at its bound (more rows may
+    follow). Returns the matching ids (at most ``limit``) and the next cursor."""
+    ids: list[str] = []
+    for key, task_id, task_queue, task_status in window:
+        if (queue is None or task_queue == queue) and (status is None or task_status == status):
+            ids.append(task_id)
+            if len(ids) == limit:
+                return ids, key
+    return ids, (window[-1][0] if full and window else None)
+
+
+#: Where a listing reads its rows from, by its filters: the batch's members, the
+#: failures index, the running index, or every task by id.
+ListingSource = Literal["batch", "failed", "running", "tasks"]
+
+
+def listing_source(status: str | None, batch_id: str | None) -> ListingSource:
+    """The indexed row source that serves a listing with these filters."""
+    if batch_id is not None:
+        return "batch"
+    if status in ("failed", "running"):
+        return status
+    return "tasks"
+
+
+def listing_position(source: ListingSource, cursor: str | None) -> tuple[Any, ...]:
+    """The keyset position a listing cursor names (the start when None): a task id,
+    (finished_at, id) for failures, or a batch position. A malformed cursor is an
+    error that says what to pass."""
+    try:
+        if source == "batch":
+            return (-1 if cursor is None else int(cursor),)
+        if source == "failed":
+            if cursor is None:
+                return (1e300, "~")
+            finished_at, task_id = cursor.split(":", 1)
+            return (float(finished_at), task_id)
+        if cursor is None:
+            return ("~",)  # sorts after every id (ids are lowercase hex)
+        if not cursor or len(cursor) > 64:
+            raise ValueError(cursor)
+        return (cursor,)
+    except ValueError as exc:
+        from sitq.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"invalid listing cursor {cursor!r}: pass the next_cursor of a previous page "
+            "of the same listing, or none for the first page"
+        ) from exc
+
+
+def listing_cursor(source: ListingSource, row_key: Any, finished_at: float | None = None) -> str:
+    """The cursor string for a row's keyset position (see ``listing_position``)."""
+    if source == "failed":
+        return f"{finished_at!r}:{row_key}"
+    return str(row_key)

@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "the PostgreSQL backend needs asyncpg: pip install 'sitq[postgres]'"
     ) from exc
 
+from sitq.backends import base
 from sitq.backends import postgres_schema as q
 from sitq.backends.base import (
     LOST_LEASE_LIMIT,
@@ -594,6 +595,45 @@ class PostgresBackend(Backend):
             if rows:
                 await self._notify(conn, "results")
         return [row[0] for row in rows]
+
+    # -- listings for dashboards --------------------------------------------------
+
+    async def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        status: str | None = None,
+        batch_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        scan_limit: int = 5000,
+    ) -> base.TaskPage:
+        """A bounded window of rows from the index that serves these filters, then
+        the matching tasks in one query (see :meth:`Backend.list_tasks`)."""
+        source = base.listing_source(status, batch_id)
+        position = base.listing_position(source, cursor)
+        # Without filters left to apply, the page is the window's first rows.
+        prefiltered = queue is None and (status is None or source in ("failed", "running"))
+        size = limit if prefiltered else max(limit, scan_limit)
+        async with self._acquire() as conn:
+            if source == "failed":
+                rows = await conn.fetch(self._q(q.LIST_WINDOW_FAILED), size, *position)
+                window = [(base.listing_cursor(source, r[0], r[1]), r[2], r[3], r[4]) for r in rows]
+            else:
+                if source == "batch":
+                    sql, args = q.LIST_WINDOW_BATCH, [batch_id, *position]
+                else:
+                    template = q.LIST_WINDOW_TASKS if source == "tasks" else q.LIST_WINDOW_RUNNING
+                    first = position[0] == "~"
+                    sql = template.format(after="" if first else "AND id < $2")
+                    args = [] if first else [position[0]]
+                rows = await conn.fetch(self._q(sql), size, *args)
+                window = [(str(r[0]), r[1], r[2], r[3]) for r in rows]
+            ids, next_cursor = base.window_matches(window, queue, status, limit, len(rows) == size)
+            found = await conn.fetch(self._q(q.LIST_TASKS_BY_ID), ids) if ids else []
+        records = {row[0]: _record(row) for row in found}
+        tasks = [records[task_id] for task_id in ids if task_id in records]
+        return base.TaskPage(tasks, next_cursor)
 
 
 def _record(row: Any) -> TaskRecord:

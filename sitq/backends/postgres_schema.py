@@ -310,3 +310,50 @@ SET status = 'cancelled', finished_at = $2::float8, error = 'cancelled before it
 WHERE status = 'queued' AND id = ANY($1::text[])
 RETURNING id
 """
+
+# -- listings for dashboards -------------------------------------------------
+#
+# A listing scans a bounded window of rows in keyset order from an index, then
+# loads the matching tasks: no index is added for it (each would slow the
+# enqueue and drain paths), and no page reads more than the window. The first
+# page of an id-ordered window has no bound: no string sorts after every id in
+# every collation.
+
+LIST_COLUMNS = (
+    "id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, "
+    "available_at, started_at, finished_at, worker_id, NULL::bytea, left(error, 1000), NULL"
+)
+
+# Every task, newest id first (the primary key's index). {after} is empty on the
+# first page, else "AND id < $2".
+LIST_WINDOW_TASKS = """
+SELECT id, id, queue, status FROM {{s}}.sitq_tasks WHERE true {after}
+ORDER BY id DESC LIMIT $1
+"""
+
+# Failures, newest first, from their partial index; keyset (finished_at, id).
+LIST_WINDOW_FAILED = """
+SELECT id, finished_at, id, queue, status FROM {s}.sitq_tasks
+WHERE status = 'failed' AND finished_at <= $2::float8
+    AND (finished_at < $2::float8 OR id < $3)
+ORDER BY finished_at DESC, id DESC LIMIT $1
+"""
+
+# Running tasks from their partial index (few rows).
+LIST_WINDOW_RUNNING = """
+SELECT id, id, queue, status FROM {{s}}.sitq_tasks
+WHERE status = 'running' AND lease_expires_at IS NOT NULL {after}
+ORDER BY id DESC LIMIT $1
+"""
+
+# A batch's stored members in batch order.
+LIST_WINDOW_BATCH = """
+SELECT b.position, t.id, t.queue, t.status
+FROM {s}.sitq_batch_tasks b JOIN {s}.sitq_tasks t ON t.id = b.task_id
+WHERE b.batch_id = $2 AND b.position > $3
+ORDER BY b.position LIMIT $1
+"""
+
+LIST_TASKS_BY_ID = f"""
+SELECT {LIST_COLUMNS} FROM {{s}}.sitq_tasks WHERE id = ANY($1::text[])
+"""

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from sitq.backends import base
 from sitq.backends import sqlite_schema as q
 from sitq.backends.base import (
     LOST_LEASE_LIMIT,
@@ -772,3 +773,42 @@ class SQLiteBackend(Backend):
         if rows:
             self._wakeup.notify("results")
         return [row[0] for row in rows]
+
+    # -- listings for dashboards --------------------------------------------------
+
+    async def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        status: str | None = None,
+        batch_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        scan_limit: int = 5000,
+    ) -> base.TaskPage:
+        """A bounded window of rows from the index that serves these filters, then
+        the matching tasks in one query (see :meth:`Backend.list_tasks`)."""
+        source = base.listing_source(status, batch_id)
+        position = base.listing_position(source, cursor)
+        # Without filters left to apply, the page is the window's first rows.
+        prefiltered = queue is None and (status is None or source in ("failed", "running"))
+        size = limit if prefiltered else max(limit, scan_limit)
+        window: list[tuple[str, str, str, str]]
+        if source == "failed":
+            params = {"finished_at": position[0], "id": position[1], "limit": size}
+            rows = await self._read(q.LIST_WINDOW_FAILED, params)
+            window = [(base.listing_cursor(source, r[0], r[1]), r[2], r[3], r[4]) for r in rows]
+        else:
+            sql = {
+                "batch": q.LIST_WINDOW_BATCH,
+                "running": q.LIST_WINDOW_RUNNING,
+                "tasks": q.LIST_WINDOW_TASKS,
+            }[source]
+            params_list = [batch_id, *position, size] if source == "batch" else [*position, size]
+            rows = await self._read(sql, params_list)
+            window = [(str(r[0]), r[1], r[2], r[3]) for r in rows]
+        ids, next_cursor = base.window_matches(window, queue, status, limit, len(rows) == size)
+        found = await self._read(q.LIST_TASKS_BY_ID, (json.dumps(ids),)) if ids else []
+        records = {row[0]: TaskRecord(*row) for row in found}
+        tasks = [records[task_id] for task_id in ids if task_id in records]
+        return base.TaskPage(tasks, next_cursor)

@@ -319,3 +319,47 @@ SET status = 'cancelled', finished_at = :now, error = 'cancelled before it start
 WHERE status = 'queued' AND id IN (SELECT value FROM json_each(:ids))
 RETURNING id
 """
+
+# -- listings for dashboards -------------------------------------------------
+#
+# A listing scans a bounded window of rows in keyset order from an index, then
+# loads the matching tasks: no index is added for it (each would slow the
+# enqueue and drain paths), and no page reads more than the window.
+
+LIST_COLUMNS = (
+    "id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, "
+    "available_at, started_at, finished_at, worker_id, NULL, substr(error, 1, 1000), NULL"
+)
+
+# Every task, newest id first (the primary key's index).
+LIST_WINDOW_TASKS = """
+SELECT id, id, queue, status FROM sitq_tasks WHERE id < ? ORDER BY id DESC LIMIT ?
+"""
+
+# Failures, newest first, from their partial index; keyset (finished_at, id).
+LIST_WINDOW_FAILED = """
+SELECT id, finished_at, id, queue, status FROM sitq_tasks
+WHERE status = 'failed' AND finished_at >= 0 AND finished_at <= :finished_at
+    AND (finished_at < :finished_at OR id < :id)
+ORDER BY finished_at DESC, id DESC LIMIT :limit
+"""
+
+# Running tasks from their partial index (few rows); '+id' keeps SQLite from
+# walking the primary key instead.
+LIST_WINDOW_RUNNING = """
+SELECT id, id, queue, status FROM sitq_tasks
+WHERE status = 'running' AND lease_expires_at >= 0 AND +id < ?
+ORDER BY +id DESC LIMIT ?
+"""
+
+# A batch's stored members in batch order.
+LIST_WINDOW_BATCH = """
+SELECT b.position, t.id, t.queue, t.status
+FROM sitq_batch_tasks b JOIN sitq_tasks t ON t.id = b.task_id
+WHERE b.batch_id = ? AND b.position > ?
+ORDER BY b.position LIMIT ?
+"""
+
+LIST_TASKS_BY_ID = f"""
+SELECT {LIST_COLUMNS} FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
+"""
