@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from sitq.registry import resolve
 from sitq.serialization import Serializer
 
 Reply = tuple[Any, ...]
@@ -43,6 +44,7 @@ def call_payload(serializer: Serializer, payload: bytes) -> Reply:
     """Deserialize a stored ``(fn, args, kwargs)`` payload and call it."""
     try:
         fn, args, kwargs = serializer.loads(payload)
+        fn = resolve(fn)
     except BaseException as exc:
         return ("load_error", f"{type(exc).__name__}: {exc}")
     return call_function(serializer, fn, args, kwargs)

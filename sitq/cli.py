@@ -130,6 +130,12 @@ def main() -> None:
     show_default=True,
 )
 @click.option(
+    "--burst",
+    is_flag=True,
+    help="Run until no task is ready and none runs, then exit: 0 if none failed, "
+    "1 otherwise (with a summary).",
+)
+@click.option(
     "--check",
     is_flag=True,
     help="Check the database, its schema, the --import modules and the secret key; "
@@ -146,6 +152,7 @@ def worker(
     lease: float,
     grace: float,
     log_level: str,
+    burst: bool,
     check: bool,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once)."""
@@ -170,10 +177,43 @@ def worker(
             lease_seconds=lease,
             grace_period=grace,
             imports=imports,
+            burst=burst,
         )
         asyncio.run(the_worker.run())
     except SitqError as exc:
         _fail(str(exc))
+    if burst:
+        counts = the_worker.outcomes
+        summary = ", ".join(f"{counts[k]} {k}" for k in ("succeeded", "failed", "cancelled"))
+        click.echo(f"burst done: {summary} ({counts['retried']} retried attempts)")
+        if counts["failed"]:
+            raise SystemExit(1)
+
+
+@main.command()
+@db_option
+@click.argument("queue")
+def pause(db: str, queue: str) -> None:
+    """Stop workers taking tasks from QUEUE (running ones finish; enqueue still works)."""
+
+    async def act(backend: Backend) -> None:
+        await backend.pause_queue(queue)
+
+    _run(act, db)
+    click.echo(f"paused queue {queue!r}; `sitq resume {queue}` to undo")
+
+
+@main.command()
+@db_option
+@click.argument("queue")
+def resume(db: str, queue: str) -> None:
+    """Let workers take tasks from QUEUE again."""
+
+    async def act(backend: Backend) -> bool:
+        return await backend.resume_queue(queue)
+
+    was_paused = _run(act, db)
+    click.echo(f"resumed queue {queue!r}" if was_paused else f"queue {queue!r} was not paused")
 
 
 def _check_worker_setup(db: str, imports: tuple[str, ...]) -> None:
@@ -189,8 +229,7 @@ def _check_worker_setup(db: str, imports: tuple[str, ...]) -> None:
     where = _run(probe, db)  # opens it: missing database, wrong schema version, no server
     signed = "signed payloads" if isinstance(serializer, SignedSerializer) else "unsigned payloads"
     click.echo(
-        f"ok: {where} (schema version current); imports: {', '.join(imports) or 'none'}; "
-        f"{signed}"
+        f"ok: {where} (schema version current); imports: {', '.join(imports) or 'none'}; {signed}"
     )
 
 
@@ -266,6 +305,9 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
     running = await backend.running_tasks()
     oldest = await backend.oldest_waiting()
     failed = await backend.recent_failures(failures) if failures else []
+    schedule_records = await backend.list_schedules()
+    paused = await backend.paused_queues()
+    limits = await backend.list_limits()
     now = backend.now()
     statuses = [s.value for s in TaskStatus]
     queues: dict[str, dict[str, Any]] = {}
@@ -313,7 +355,37 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
         }
         for task in failed
     ]
-    return {"queues": queues, "workers": worker_rows, "recent_failures": failure_rows}
+    for queue in paused:
+        queues.setdefault(queue, dict.fromkeys(statuses, 0)).setdefault(
+            "oldest_waiting_seconds", None
+        )
+    for queue, row in queues.items():
+        row["paused"] = queue in paused
+    schedule_rows = [
+        {
+            "name": record.name,
+            "spec": record.spec,
+            "last_run": _when(record.last_run_at),
+            "next_run": _when(record.next_run_at),
+        }
+        for record in schedule_records
+    ]
+    limit_rows = [
+        {
+            "key": limit.key,
+            "max_running": limit.max_running,
+            "max_starts": limit.max_starts,
+            "per_seconds": limit.per_seconds,
+        }
+        for limit in limits
+    ]
+    return {
+        "queues": queues,
+        "workers": worker_rows,
+        "recent_failures": failure_rows,
+        "schedules": schedule_rows,
+        "limits": limit_rows,
+    }
 
 
 def _render_status(report: dict[str, Any]) -> str:
@@ -327,6 +399,7 @@ def _render_status(report: dict[str, Any]) -> str:
             f"{queue:<20}"
             + "".join(f"{row[s]:>11}" for s in statuses)
             + f"{'-' if wait is None else _age(wait):>13}"
+            + ("  (paused)" if row["paused"] else "")
         )
     if not queues:
         lines.append("(no tasks)")
@@ -346,6 +419,22 @@ def _render_status(report: dict[str, Any]) -> str:
                 f"      running {task['id']} {task['task']} (attempt {task['attempt']}, "
                 f"for {_age(task['running_seconds'])})"
             )
+    if report["schedules"]:
+        lines.append("\nschedules:")
+        for schedule in report["schedules"]:
+            lines.append(
+                f"  {schedule['name']:<32} {schedule['spec']:<28} "
+                f"next {schedule['next_run']}  last {schedule['last_run']}"
+            )
+    if report["limits"]:
+        lines.append("\nlimits:")
+        for limit in report["limits"]:
+            parts = []
+            if limit["max_running"] is not None:
+                parts.append(f"at most {limit['max_running']} running")
+            if limit["max_starts"] is not None:
+                parts.append(f"{limit['max_starts']} starts per {limit['per_seconds']:g}s")
+            lines.append(f"  {limit['key']:<32} {', '.join(parts)}")
     if report["recent_failures"]:
         lines.append("\nrecent failures:")
         for failure in report["recent_failures"]:

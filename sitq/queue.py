@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from sitq import signals, telemetry
+from sitq import schedules, signals, telemetry
 from sitq.backends import open_backend
 from sitq.backends.base import (
     WORKER_STALE_AFTER,
@@ -30,18 +31,26 @@ from sitq.errors import (
     TaskNotFound,
 )
 from sitq.headers import wrap as wrap_headers
+from sitq.registry import TaskHandle, TaskRef, register
+from sitq.schedules import CatchUp, Schedule
 from sitq.serialization import Serializer, default_serializer, loads_checked
 from sitq.signals import TaskEvent
-from sitq.task import Result, TaskOptions, TaskStatus, _to_datetime, new_task_ids
+from sitq.task import Result, TaskId, TaskOptions, TaskStatus, _to_datetime, new_task_ids
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+logger = logging.getLogger("sitq.queue")
 
 #: The longest a waiter sleeps between checks when no wake-up arrives.
 POLL_INTERVAL = 0.05
 
 
 def task_name(fn: Callable[..., Any]) -> str:
-    """``module.qualname`` of a callable, for display."""
+    """``module.qualname`` of a callable, for display (a registered task's name)."""
+    if isinstance(fn, TaskRef):
+        return fn.name
     module = getattr(fn, "__module__", None) or "?"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     return f"{module}.{name}" if name else repr(fn)
@@ -133,8 +142,11 @@ class _Enqueuer:
         """Store a call of ``fn(*args, **kwargs)``; return its task id once committed.
 
         Every keyword argument goes to ``fn``: set options with ``with_options``.
+        With a ``unique_key``, the id is a :class:`TaskId` that says whether it is new.
         """
         backend = self._queue._backend_checked()
+        if self.options.unique_key is not None:
+            return await self._enqueue_unique(backend, fn, args, kwargs)
         if _observed():
             return (await self._enqueue_observed(backend, fn, [(args, kwargs)]))[0]
         tasks = self._queue._new_tasks(self.options, fn, [(args, kwargs)], backend.now())
@@ -147,11 +159,38 @@ class _Enqueuer:
         Each item is a tuple of positional arguments, or a single argument.
         """
         backend = self._queue._backend_checked()
+        self._refuse_unique("enqueue_many")
         if _observed():
             return await self._enqueue_observed(backend, fn, _as_calls(items))
         tasks = self._queue._new_tasks(self.options, fn, _as_calls(items), backend.now())
         await backend.enqueue(tasks)
         return [task.id for task in tasks]
+
+    def _refuse_unique(self, method: str) -> None:
+        if self.options.unique_key is not None:
+            raise ConfigurationError(
+                f"unique_key applies to one task at a time: use enqueue(), not {method}() "
+                "(every task of the call would share the key, so only one could exist)"
+            )
+
+    async def _enqueue_unique(
+        self, backend: Backend, fn: Callable[..., Any], args: tuple, kwargs: dict
+    ) -> TaskId:
+        """Enqueue unless a queued or running task holds the unique key."""
+        _check_callable(fn)
+        key = self.options.unique_key
+        with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
+            (task,) = self._queue._new_tasks(
+                self.options, fn, [(args, kwargs)], backend.now(), scope.headers
+            )
+            task_id, created = await backend.enqueue_unique(task)
+            if created:
+                scope.committed([task_id])
+        if created:
+            _announce_enqueued([task])
+            return TaskId(task_id)
+        logger.info("unique key %r is held by task %s: not enqueued again", key, task_id)
+        return TaskId.existing(task_id)
 
     async def _enqueue_observed(
         self,
@@ -176,6 +215,7 @@ class _Enqueuer:
         missing) in the same transaction: the batch outlives this process."""
         check_batch_id(batch_id)
         backend = self._queue._backend_checked()
+        self._refuse_unique("enqueue_in_batch")
         calls = _as_calls(items)
         if not _observed():
             tasks = self._queue._new_tasks(self.options, fn, calls, backend.now())
@@ -268,7 +308,7 @@ class TaskQueue:
                 "picklable values (no open files, sockets, locks or connections)"
             ) from exc
         queue, priority, unique_key = options.queue, options.priority, options.unique_key
-        max_retries = options.max_retries
+        max_retries, limit_key = options.max_retries, options.limit_key
         return [
             NewTask(
                 task_id,
@@ -283,6 +323,7 @@ class TaskQueue:
                 timeout,
                 unique_key,
                 result_ttl,
+                limit_key,
             )
             for task_id, payload in zip(new_task_ids(len(payloads)), payloads, strict=True)
         ]
@@ -389,6 +430,149 @@ class TaskQueue:
         now = backend.now()
         alive = sum(1 for w in workers if w.alive(now, WORKER_STALE_AFTER))
         return {"totals": totals, "queues": queues, "workers_alive": alive}
+
+    # -- registered and periodic tasks -------------------------------------
+
+    def task(
+        self, fn: Callable[P, R] | None = None, /, *, name: str | None = None, **options: Any
+    ) -> Any:
+        """Register a function as a task sent by name: ``@queue.task`` or
+        ``@queue.task(name=..., queue=..., max_retries=..., ...)``.
+
+        Returns a :class:`TaskHandle`: calling it runs the function here;
+        ``await handle.enqueue(...)`` queues it with these options (type-checked
+        against the function's signature); ``handle.with_options(...)`` overrides
+        them. Workers run their own imported code for it, found by name.
+        """
+        enqueuer = self._default.with_options(**options)
+
+        def decorate(function: Callable[P, R]) -> TaskHandle[P, R]:
+            _check_callable(function)
+            task = name or task_name(function)
+            register(task, function)
+            return TaskHandle(self, function, task, enqueuer)
+
+        return decorate if fn is None else decorate(fn)
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        every: float | None = None,
+        tz: str = "UTC",
+        name: str | None = None,
+        catch_up: CatchUp = "latest",
+        misfire_grace: float = 60.0,
+        **options: Any,
+    ) -> Callable[[Callable[P, R]], TaskHandle[P, R]]:
+        """Register a function as a task that workers run on a schedule:
+        ``@queue.periodic("*/5 * * * *", tz="Europe/Paris")`` or
+        ``@queue.periodic(every=30)``. Each due run is enqueued once across all
+        workers; ``catch_up`` says what happens to runs missed while no worker ran
+        ("latest", "all" or "skip", see :mod:`sitq.schedules`)."""
+
+        def decorate(function: Callable[P, R]) -> TaskHandle[P, R]:
+            handle = self.task(function, name=name, **options)
+            self.schedule(
+                handle,
+                cron=cron,
+                every=every,
+                tz=tz,
+                catch_up=catch_up,
+                misfire_grace=misfire_grace,
+            )
+            return handle
+
+        return decorate
+
+    def schedule(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        cron: str | None = None,
+        every: float | None = None,
+        tz: str = "UTC",
+        name: str | None = None,
+        catch_up: CatchUp = "latest",
+        misfire_grace: float = 60.0,
+        **kwargs: Any,
+    ) -> Schedule:
+        """Run ``fn(*args, **kwargs)`` on a schedule (cron or every seconds) from
+        every worker that registered it in the same way (e.g. at import). A
+        TaskHandle is sent by name with its options."""
+        options = self._default.options
+        target: Callable[..., Any] = fn
+        if isinstance(fn, TaskHandle):
+            options, target = fn.options, TaskRef(fn.name)
+        _check_callable(target)
+        return schedules.add(
+            Schedule(
+                name=name or task_name(target),
+                fn=target,
+                cron=cron,
+                every=every,
+                tz=tz,
+                catch_up=catch_up,
+                misfire_grace=misfire_grace,
+                options=options,
+                args=args,
+                kwargs=kwargs,
+            )
+        )
+
+    async def schedules(self) -> list[ScheduleRecord]:
+        """The schedules workers have run, with their last and next run times."""
+        return await self._backend_checked().list_schedules()
+
+    # -- limits and pausing ------------------------------------------------
+
+    async def set_limit(
+        self,
+        key: str,
+        *,
+        max_running: int | None = None,
+        max_starts: int | None = None,
+        per: float | None = None,
+    ) -> None:
+        """Limit the tasks enqueued with ``limit_key=key`` across every worker and
+        host: at most ``max_running`` at once, and at most ``max_starts`` starts
+        in any ``per`` seconds. Stored in the database; replaces an earlier one."""
+        if not isinstance(key, str) or not key:
+            raise ConfigurationError(f"a limit key must be a non-empty string, got {key!r}")
+        for label, value in (("max_running", max_running), ("max_starts", max_starts)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigurationError(f"{label} must be an int >= 1 or None, got {value!r}")
+        if (max_starts is None) != (per is None):
+            raise ConfigurationError("a rate limit needs both max_starts and per (seconds)")
+        if per is not None and not (isinstance(per, (int, float)) and per > 0):
+            raise ConfigurationError(f"per must be a number of seconds > 0, got {per!r}")
+        if max_running is None and max_starts is None:
+            raise ConfigurationError(
+                "give max_running, or max_starts with per; use remove_limit() to lift a limit"
+            )
+        await self._backend_checked().set_limit(
+            LimitRecord(key, max_running, max_starts, None if per is None else float(per))
+        )
+
+    async def remove_limit(self, key: str) -> bool:
+        """Lift the limit on ``key``; returns whether there was one."""
+        return await self._backend_checked().delete_limit(key)
+
+    async def limits(self) -> list[LimitRecord]:
+        """Every limit, by key."""
+        return await self._backend_checked().list_limits()
+
+    async def pause(self, queue: str) -> None:
+        """Workers stop taking tasks from ``queue`` (running ones finish)."""
+        await self._backend_checked().pause_queue(queue)
+
+    async def resume(self, queue: str) -> bool:
+        """Workers take from ``queue`` again; returns whether it was paused."""
+        return await self._backend_checked().resume_queue(queue)
+
+    async def paused(self) -> list[str]:
+        """The paused queues."""
+        return await self._backend_checked().paused_queues()
 
     # -- named batches and bulk status -------------------------------------
     #
@@ -578,6 +762,11 @@ class SyncTaskQueue:
         """Build the tasks on this thread and store them directly when the backend
         allows it (no trip through the background loop), else through the loop."""
         self._ensure_connected()
+        if enqueuer.options.unique_key is not None:
+            if len(calls) != 1:
+                enqueuer._refuse_unique("enqueue_many")
+            args, kwargs = calls[0]
+            return [self._run(enqueuer._enqueue_unique(self.backend, fn, args, kwargs))]
         if _observed():
             return self._run(enqueuer._enqueue_observed(self.backend, fn, calls))
         tasks = self._queue._new_tasks(enqueuer.options, fn, calls, self.backend.now())

@@ -51,8 +51,11 @@ class TaskOptions:
     - ``max_retries``: how many times a task that raises is run again.
     - ``retry_backoff``: seconds before the first retry, doubled per retry, jittered.
     - ``timeout``: seconds a single run may take before it is stopped and failed.
-    - ``unique_key``: reserved for unique jobs (stored with the task).
+    - ``unique_key``: while a task with this key is queued or running, enqueueing
+      another with it returns that task's id instead of adding one (see TaskId).
     - ``result_ttl``: seconds the finished task's Result is kept (None: backend default).
+    - ``limit_key``: the key of a limit set with ``TaskQueue.set_limit`` (at most N
+      running at once, or N starts per period, across every worker); None: unlimited.
     """
 
     queue: str = "default"
@@ -64,6 +67,7 @@ class TaskOptions:
     timeout: float | None = None
     unique_key: str | None = None
     result_ttl: float | None = None
+    limit_key: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.queue, str) or not self.queue:
@@ -93,6 +97,10 @@ class TaskOptions:
             raise ConfigurationError(f"retry_backoff must be >= 0, got {self.retry_backoff!r}")
         if self.timeout is not None and _as_float("timeout", self.timeout) <= 0:
             raise ConfigurationError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        for name in ("unique_key", "limit_key"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigurationError(f"{name} must be a non-empty string, got {value!r}")
         if self.result_ttl is not None and _as_float("result_ttl", self.result_ttl) < 0:
             raise ConfigurationError(f"result_ttl must be >= 0 seconds, got {self.result_ttl!r}")
 
@@ -111,6 +119,20 @@ class TaskOptions:
         if self.eta is not None:
             return self.eta.timestamp()
         return now + (self.delay or 0.0)
+
+
+class TaskId(str):
+    """The id an enqueue returns (a str). ``created`` is False when a task with
+    the same ``unique_key`` was already queued or running and this is its id."""
+
+    created: bool = True
+
+    @classmethod
+    def existing(cls, task_id: str) -> TaskId:
+        """The id of a task that was already there."""
+        value = cls(task_id)
+        value.created = False
+        return value
 
 
 def _as_float(name: str, value: Any) -> float:

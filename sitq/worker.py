@@ -35,6 +35,10 @@ from sitq.backends.base import (
 from sitq.errors import ConfigurationError, SerializationError
 from sitq.headers import unwrap as unwrap_headers
 from sitq.process_pool import ChildDied, ProcessPool
+from sitq.queue import TaskQueue
+from sitq.registry import UnknownTask, resolve
+from sitq.schedules import Schedule, Scheduler
+from sitq.schedules import registered as registered_schedules
 from sitq.serialization import Serializer, default_serializer, dumps_checked, loads_checked
 from sitq.signals import TaskEvent, WorkerEvent
 from sitq.task import retry_delay
@@ -112,6 +116,11 @@ class Worker:
     :param poll_interval: the longest an idle worker waits between looks at the
         queue when no wake-up arrives (at most 0.05 s).
     :param imports: modules to import in process-pool children.
+    :param schedules: the periodic tasks this worker enqueues when due (each run
+        once across all workers); None: every schedule registered in this process
+        (``@queue.periodic`` in the imported modules) when the worker starts.
+    :param burst: run until no task is ready and none runs, then stop (waiting
+        for retries this worker scheduled). ``outcomes`` then counts what ran.
 
     A thread task that times out or is cancelled cannot be stopped: its outcome
     is recorded and its slot given to a fresh thread, but the thread runs on to
@@ -133,6 +142,8 @@ class Worker:
         poll_interval: float = 0.05,
         imports: Sequence[str] = (),
         name: str | None = None,
+        schedules: Sequence[Schedule] | None = None,
+        burst: bool = False,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(
@@ -170,6 +181,14 @@ class Worker:
         self.grace_period = float(grace_period)
         self.poll_interval = min(float(poll_interval), 0.05)
         self.imports = tuple(imports)
+        self.schedules = None if schedules is None else list(schedules)
+        self.burst = burst
+        #: Recorded outcomes by kind: succeeded, failed, cancelled, retried.
+        self.outcomes: dict[str, int] = dict.fromkeys(
+            ("succeeded", "failed", "cancelled", "retried"), 0
+        )
+        self._retries_due = 0.0  # burst: a retry this worker scheduled runs by then
+        self._scheduler: asyncio.Task[None] | None = None
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.tasks_done = 0
         self._running: dict[str, _Running] = {}  # every task held: prefetched, run, writing
@@ -244,6 +263,13 @@ class Worker:
         self._writer = _OutcomeWriter(self.backend, self._recorded)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.id}-heartbeat")
         self._main = asyncio.create_task(self._claim_loop(), name=f"{self.id}-claim")
+        plan = registered_schedules() if self.schedules is None else self.schedules
+        if plan:
+            producer = TaskQueue(self.backend, self.serializer)
+            await producer.connect()
+            self._scheduler = asyncio.create_task(
+                self._run_scheduler(producer, plan), name=f"{self.id}-scheduler"
+            )
         if signals.worker_started.has_receivers:
             signals.worker_started.send_nowait(self._event())
         logger.info(
@@ -318,6 +344,9 @@ class Worker:
     async def _drain_and_close(self, grace: float) -> None:
         assert self._stop_requested and self._force and self._main and self._idle
         self._stop_requested.set()
+        if self._scheduler is not None:
+            with contextlib.suppress(Exception):
+                await self._scheduler
         if signals.worker_stopping.has_receivers:
             await signals.worker_stopping.send(self._event())
         with contextlib.suppress(asyncio.CancelledError):
@@ -365,6 +394,13 @@ class Worker:
         await self.backend.close()
         logger.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
 
+    async def _run_scheduler(self, producer: TaskQueue, plan: list[Schedule]) -> None:
+        assert self._stop_requested is not None
+        try:
+            await Scheduler(producer, plan).run(self._stop_requested)
+        finally:
+            await producer.close()
+
     def _event(self) -> WorkerEvent:
         return WorkerEvent(self.id, self.queues, self.concurrency)
 
@@ -407,6 +443,10 @@ class Worker:
                 self._ready.append(running)
             self._dispatch()
             if len(claimed) < room:
+                if self.burst and not self._running and time.time() >= self._retries_due:
+                    logger.info("worker %s: nothing left to run (burst mode)", self.id)
+                    self._stopping = asyncio.ensure_future(self._shutdown(self.grace_period))
+                    return
                 # The queue had no more ready work: wait for a wake-up or the poll.
                 await self._wait_any(
                     self.backend.wait_for_change("tasks", self.poll_interval), None
@@ -483,7 +523,8 @@ class Worker:
             fn, args, kwargs = loads_checked(
                 self.serializer, body, f"task {task.id} ({task.func_name})"
             )
-        except SerializationError as exc:
+            fn = resolve(fn)
+        except (SerializationError, UnknownTask) as exc:
             # Deterministic: running it again would fail the same way.
             self._done(running, Outcome("failed", error=f"{type(exc).__name__}: {exc}"))
             return
@@ -605,6 +646,10 @@ class Worker:
         else:
             self.tasks_done += 1
             if running.outcome is not None:
+                kind = _outcome_name(running.outcome)
+                self.outcomes[kind] += 1
+                if running.outcome.retry_at is not None:
+                    self._retries_due = max(self._retries_due, running.outcome.retry_at)
                 self._announce_outcome(running)
         self._forget(running)
 
@@ -641,7 +686,7 @@ class Worker:
         kind = reply[0]
         if kind == "ok":
             return Outcome("succeeded", result=reply[1])
-        if kind == "load_error" and reply[1].startswith("PayloadRejected"):
+        if kind == "load_error" and reply[1].startswith(("PayloadRejected", "UnknownTask")):
             return Outcome("failed", error=f"{reply[1]} (task {task.id}, {task.func_name})")
         if kind == "load_error":
             return Outcome(

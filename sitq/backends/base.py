@@ -50,6 +50,7 @@ class NewTask(NamedTuple):
     timeout: float | None
     unique_key: str | None
     result_ttl: float | None
+    limit_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,30 @@ class TaskRecord:
     error: str | None
     traceback: str | None
     payload: bytes | None = None
+
+
+@dataclass(frozen=True)
+class LimitRecord:
+    """A limit on the tasks whose ``limit_key`` is ``key``, across all workers:
+    at most ``max_running`` at once, and at most ``max_starts`` started in any
+    ``per_seconds`` window (None: that part is not limited)."""
+
+    key: str
+    max_running: int | None
+    max_starts: int | None
+    per_seconds: float | None
+
+
+@dataclass(frozen=True)
+class ScheduleRecord:
+    """A periodic schedule as stored: its spec, the due time of its latest run,
+    and when it runs next (as the last worker to run it computed)."""
+
+    name: str
+    spec: str
+    last_run_at: float
+    next_run_at: float | None
+    updated_at: float
 
 
 @dataclass(frozen=True)
@@ -269,6 +294,51 @@ class Backend(abc.ABC):
         self, statuses: Sequence[str], queue: str | None = None, older_than: float | None = None
     ) -> int:
         """Delete tasks in ``statuses`` (finished ``older_than`` seconds ago, if given)."""
+
+    # -- unique jobs, limits, pauses, schedules --------------------------------
+
+    @abc.abstractmethod
+    async def enqueue_unique(self, task: NewTask) -> tuple[str, bool]:
+        """Insert ``task`` (whose ``unique_key`` is set) unless a queued or running
+        task holds the key. Returns (id, True) if inserted, else (that task's id,
+        False)."""
+
+    @abc.abstractmethod
+    async def set_limit(self, limit: LimitRecord) -> None:
+        """Create or replace the limit for ``limit.key``; claims honour it at once."""
+
+    @abc.abstractmethod
+    async def delete_limit(self, key: str) -> bool:
+        """Remove a limit; returns whether there was one."""
+
+    @abc.abstractmethod
+    async def list_limits(self) -> list[LimitRecord]:
+        """Every limit, by key."""
+
+    @abc.abstractmethod
+    async def pause_queue(self, queue: str) -> None:
+        """Stop claims from ``queue`` (tasks can still be enqueued)."""
+
+    @abc.abstractmethod
+    async def resume_queue(self, queue: str) -> bool:
+        """Let claims take from ``queue`` again; returns whether it was paused."""
+
+    @abc.abstractmethod
+    async def paused_queues(self) -> list[str]:
+        """The paused queues, by name."""
+
+    @abc.abstractmethod
+    async def advance_schedule(
+        self, name: str, spec: str, due: float, next_run_at: float | None, task: NewTask | None
+    ) -> bool:
+        """Record the run of schedule ``name`` due at ``due`` and enqueue ``task``
+        for it, in one transaction, unless a run at or after ``due`` is already
+        recorded (then nothing changes and it returns False). With ``task`` None it
+        only records the time (a schedule's first sighting, or skipped runs)."""
+
+    @abc.abstractmethod
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule seen by a worker, by name."""
 
     @abc.abstractmethod
     def now(self) -> float:

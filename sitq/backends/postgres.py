@@ -37,8 +37,10 @@ from sitq.backends.base import (
     BatchRecord,
     ClaimedTask,
     Lease,
+    LimitRecord,
     NewTask,
     Outcome,
+    ScheduleRecord,
     TaskRecord,
     WakeKind,
     WorkerRecord,
@@ -112,6 +114,8 @@ class PostgresBackend(Backend):
         self._users = 0
         self._open_lock = asyncio.Lock()
         self._next_reclaim = 0.0
+        self._limits_known_until = 0.0  # _has_limits is re-read after this time
+        self._has_limits = False
         self._events: dict[WakeKind, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
         self.listener_connected = asyncio.Event()
@@ -126,6 +130,86 @@ class PostgresBackend(Backend):
     def now(self) -> float:
         """Unix seconds (this host's clock)."""
         return time.time()
+
+    # -- unique jobs, limits, pauses, schedules --------------------------------
+
+    async def enqueue_unique(self, task: NewTask) -> tuple[str, bool]:
+        """Insert ``task`` unless a queued or running task holds its unique key."""
+        async with self._acquire() as conn:
+            while True:
+                async with conn.transaction():
+                    inserted = await conn.fetchval(self._q(q.INSERT_UNIQUE_TASK), *task)
+                    if inserted is not None:
+                        await self._notify(conn, "tasks")
+                        return inserted, True
+                    existing = await conn.fetchval(self._q(q.EXISTING_UNIQUE), task.unique_key)
+                if existing is not None:
+                    return existing, False
+                # The holder finished between the two statements: try again.
+
+    async def set_limit(self, limit: LimitRecord) -> None:
+        """Create or replace a limit."""
+        async with self._acquire() as conn:
+            await conn.execute(
+                self._q(q.SET_LIMIT),
+                limit.key,
+                limit.max_running,
+                limit.max_starts,
+                limit.per_seconds,
+            )
+        self._limits_known_until = 0.0
+
+    async def delete_limit(self, key: str) -> bool:
+        """Remove a limit."""
+        async with self._acquire() as conn:
+            status = await conn.execute(self._q(q.DELETE_LIMIT), key)
+            await self._notify(conn, "tasks")
+        return status != "DELETE 0"
+
+    async def list_limits(self) -> list[LimitRecord]:
+        """Every limit, by key."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.LIST_LIMITS))
+        return [LimitRecord(*row) for row in rows]
+
+    async def pause_queue(self, queue: str) -> None:
+        """Stop claims from ``queue``."""
+        async with self._acquire() as conn:
+            await conn.execute(self._q(q.PAUSE_QUEUE), queue, self.now())
+
+    async def resume_queue(self, queue: str) -> bool:
+        """Let claims take from ``queue`` again, and wake the workers."""
+        async with self._acquire() as conn:
+            status = await conn.execute(self._q(q.RESUME_QUEUE), queue)
+            await self._notify(conn, "tasks")
+        return status != "DELETE 0"
+
+    async def paused_queues(self) -> list[str]:
+        """The paused queues."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.PAUSED_QUEUES))
+        return [row[0] for row in rows]
+
+    async def advance_schedule(
+        self, name: str, spec: str, due: float, next_run_at: float | None, task: NewTask | None
+    ) -> bool:
+        """Record the run due at ``due`` and enqueue ``task``, once across workers."""
+        async with self._acquire() as conn, conn.transaction():
+            advanced = await conn.fetchval(
+                self._q(q.ADVANCE_SCHEDULE), name, spec, due, next_run_at, self.now()
+            )
+            if advanced is None:
+                return False
+            if task is not None:
+                columns = [[value] for value in task]
+                await conn.execute(self._q(q.INSERT_TASKS), *columns, self._channel)
+        return True
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.LIST_SCHEDULES))
+        return [ScheduleRecord(*row) for row in rows]
 
     def _q(self, template: str) -> str:
         sql = self._sql.get(template)
@@ -344,7 +428,45 @@ class PostgresBackend(Backend):
             rows = await conn.fetch(
                 self._q(q.CLAIM), worker_id, now, now + lease_seconds, list(queues), limit
             )
+            if len(rows) < limit and await self._limits_exist(conn, now):
+                rows = list(rows) + await self._claim_limited(
+                    conn, worker_id, list(queues), limit - len(rows), now, now + lease_seconds
+                )
         return claimed_tasks(rows, worker_id, now)
+
+    async def _limits_exist(self, conn: Any, now: float) -> bool:
+        # Read at most once a second: the main claim already leaves limited tasks
+        # alone, so a new limit is honoured at once and only starts later.
+        if now >= self._limits_known_until:
+            self._limits_known_until = now + RECLAIM_INTERVAL
+            self._has_limits = bool(await conn.fetchval(self._q(q.LIST_LIMITS) + " LIMIT 1"))
+        return self._has_limits
+
+    async def _claim_limited(
+        self,
+        conn: Any,
+        worker_id: str,
+        queues: list[str],
+        room: int,
+        now: float,
+        expires: float,
+    ) -> list[Any]:
+        """Claim tasks under limits. The limit rows stay locked until commit, so
+        claimers on every host take turns and each counts what the last committed."""
+        taken: list[Any] = []
+        async with conn.transaction():
+            await conn.execute(self._q(q.LOCK_LIMITS))
+            for key, running_room, start_room in await conn.fetch(self._q(q.LIMIT_ROOM), now):
+                allowed = min(
+                    room - len(taken),
+                    room if running_room is None else running_room,
+                    room if start_room is None else start_room,
+                )
+                if allowed > 0:
+                    taken += await conn.fetch(
+                        self._q(q.CLAIM_LIMITED), worker_id, now, expires, queues, allowed, key
+                    )
+        return taken
 
     async def heartbeat(
         self, worker_id: str, leases: Sequence[Lease], lease_seconds: float

@@ -6,7 +6,7 @@ server. Times are unix seconds (``double precision``), as in SQLite.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -95,6 +95,50 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         WHERE status = 'failed'
         """,
     ),
+    # Unique jobs, limits, paused queues and schedules.
+    4: (
+        "ALTER TABLE {s}.sitq_tasks ADD COLUMN limit_key text",
+        # unique_key was stored but not enforced before: keep the oldest holder
+        # of a key among live tasks, so the unique index can be built.
+        """
+        UPDATE {s}.sitq_tasks SET unique_key = NULL
+        WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
+          AND seq NOT IN (
+            SELECT min(seq) FROM {s}.sitq_tasks
+            WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
+            GROUP BY unique_key)
+        """,
+        """
+        CREATE UNIQUE INDEX sitq_tasks_unique ON {s}.sitq_tasks (unique_key)
+        WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
+        """,
+        """
+        CREATE INDEX sitq_tasks_limited ON {s}.sitq_tasks (limit_key, started_at)
+        WHERE limit_key IS NOT NULL
+        """,
+        """
+        CREATE TABLE {s}.sitq_paused (
+            queue text PRIMARY KEY, paused_at double precision NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE {s}.sitq_limits (
+            key text PRIMARY KEY,
+            max_running integer,
+            max_starts integer,
+            per_seconds double precision
+        )
+        """,
+        """
+        CREATE TABLE {s}.sitq_schedules (
+            name text PRIMARY KEY,
+            spec text NOT NULL,
+            last_run_at double precision NOT NULL,
+            next_run_at double precision,
+            updated_at double precision NOT NULL
+        )
+        """,
+    ),
 }
 
 TASK_COLUMNS = (
@@ -107,15 +151,30 @@ TASK_COLUMNS = (
 INSERT_TASKS = """
 WITH inserted AS (
     INSERT INTO {s}.sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
-        available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl)
+        available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key)
     SELECT id, queue, func_name, payload, 'queued', priority, enqueued_at, available_at,
-        max_retries, retry_backoff, timeout, unique_key, result_ttl
+        max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key
     FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int[], $6::float8[],
-        $7::float8[], $8::int[], $9::float8[], $10::float8[], $11::text[], $12::float8[])
+        $7::float8[], $8::int[], $9::float8[], $10::float8[], $11::text[], $12::float8[],
+        $13::text[])
         AS t(id, queue, func_name, payload, priority, enqueued_at, available_at, max_retries,
-             retry_backoff, timeout, unique_key, result_ttl)
+             retry_backoff, timeout, unique_key, result_ttl, limit_key)
 )
-SELECT pg_notify($13, 'tasks')
+SELECT pg_notify($14, 'tasks')
+"""
+
+# One task with a unique key; no row comes back while another queued or
+# running task holds the key (then EXISTING_UNIQUE finds it).
+INSERT_UNIQUE_TASK = """
+INSERT INTO {s}.sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
+    available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key)
+VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+
+EXISTING_UNIQUE = """
+SELECT id FROM {s}.sitq_tasks WHERE unique_key = $1 AND status IN ('queued', 'running')
 """
 
 # SKIP LOCKED: concurrent claimers each take different rows, never waiting.
@@ -123,6 +182,8 @@ CLAIM = """
 WITH picked AS (
     SELECT id FROM {s}.sitq_tasks
     WHERE status = 'queued' AND queue = ANY($4::text[]) AND available_at <= $2
+      AND queue NOT IN (SELECT queue FROM {s}.sitq_paused)
+      AND (limit_key IS NULL OR limit_key NOT IN (SELECT key FROM {s}.sitq_limits))
     ORDER BY priority DESC, available_at, seq
     LIMIT $5
     FOR UPDATE SKIP LOCKED
@@ -221,6 +282,9 @@ SET status = 'queued', attempts = 0, available_at = $1::float8, result = NULL, e
     traceback = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,
     worker_id = NULL, lease_expires_at = NULL, cancel_requested = false
 WHERE status IN ('failed', 'cancelled') AND {where}
+  AND (unique_key IS NULL OR NOT EXISTS (
+    SELECT 1 FROM {s}.sitq_tasks live WHERE live.unique_key = {s}.sitq_tasks.unique_key
+      AND live.status IN ('queued', 'running')))
 """
 
 COUNTS = "SELECT queue, status, count(*) FROM {s}.sitq_tasks GROUP BY queue, status"
@@ -309,6 +373,68 @@ SET status = 'cancelled', finished_at = $2::float8, error = 'cancelled before it
     expires_at = $2::float8 + COALESCE(result_ttl, $3::float8)
 WHERE status = 'queued' AND id = ANY($1::text[])
 RETURNING id
+"""
+
+# -- limits, pauses, schedules ---------------------------------------------------
+
+LIST_LIMITS = "SELECT key, max_running, max_starts, per_seconds FROM {s}.sitq_limits ORDER BY key"
+
+SET_LIMIT = """
+INSERT INTO {s}.sitq_limits (key, max_running, max_starts, per_seconds) VALUES ($1, $2, $3, $4)
+ON CONFLICT (key) DO UPDATE SET max_running = EXCLUDED.max_running,
+    max_starts = EXCLUDED.max_starts, per_seconds = EXCLUDED.per_seconds
+"""
+
+DELETE_LIMIT = "DELETE FROM {s}.sitq_limits WHERE key = $1"
+
+# Locks every limit row, so limited claims on all hosts take turns: the counts
+# below then cannot change under this claimer until it commits.
+LOCK_LIMITS = "SELECT key FROM {s}.sitq_limits ORDER BY key FOR UPDATE"
+
+LIMIT_ROOM = """
+SELECT l.key,
+    l.max_running - (SELECT count(*) FROM {s}.sitq_tasks r
+                     WHERE r.limit_key = l.key AND r.status = 'running'),
+    l.max_starts - (SELECT count(*) FROM {s}.sitq_tasks r
+                    WHERE r.limit_key = l.key AND r.started_at > $1 - l.per_seconds)
+FROM {s}.sitq_limits l
+"""
+
+CLAIM_LIMITED = """
+WITH picked AS (
+    SELECT id FROM {s}.sitq_tasks
+    WHERE status = 'queued' AND limit_key = $6 AND queue = ANY($4::text[])
+      AND available_at <= $2
+      AND queue NOT IN (SELECT queue FROM {s}.sitq_paused)
+    ORDER BY priority DESC, available_at, seq
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.sitq_tasks t
+SET status = 'running', worker_id = $1, attempts = t.attempts + 1,
+    started_at = $2, lease_expires_at = $3
+FROM picked WHERE t.id = picked.id
+RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.retry_backoff,
+    t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq
+"""
+
+PAUSE_QUEUE = """
+INSERT INTO {s}.sitq_paused (queue, paused_at) VALUES ($1, $2) ON CONFLICT DO NOTHING
+"""
+RESUME_QUEUE = "DELETE FROM {s}.sitq_paused WHERE queue = $1"
+PAUSED_QUEUES = "SELECT queue FROM {s}.sitq_paused ORDER BY queue"
+
+ADVANCE_SCHEDULE = """
+INSERT INTO {s}.sitq_schedules (name, spec, last_run_at, next_run_at, updated_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, last_run_at = EXCLUDED.last_run_at,
+    next_run_at = EXCLUDED.next_run_at, updated_at = EXCLUDED.updated_at
+WHERE {s}.sitq_schedules.last_run_at < EXCLUDED.last_run_at
+RETURNING name
+"""
+
+LIST_SCHEDULES = """
+SELECT name, spec, last_run_at, next_run_at, updated_at FROM {s}.sitq_schedules ORDER BY name
 """
 
 # -- listings for dashboards -------------------------------------------------

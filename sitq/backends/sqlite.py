@@ -29,8 +29,10 @@ from sitq.backends.base import (
     BatchRecord,
     ClaimedTask,
     Lease,
+    LimitRecord,
     NewTask,
     Outcome,
+    ScheduleRecord,
     TaskRecord,
     WakeKind,
     WorkerRecord,
@@ -87,6 +89,8 @@ class SQLiteBackend(Backend):
         self._open_lock = asyncio.Lock()
         self._wakeup = WakeupChannel(wake_directory(self.path))
         self._next_reclaim = 0.0
+        self._limits_known_until = 0.0  # has_limits is re-read after this time
+        self._has_limits = False
         self._users = 0
         self._batcher: EnqueueBatcher | None = None
         self._blocking: BlockingInserter | None = None
@@ -98,6 +102,82 @@ class SQLiteBackend(Backend):
     def now(self) -> float:
         """Unix seconds."""
         return time.time()
+
+    # -- unique jobs, limits, pauses, schedules --------------------------------
+
+    async def enqueue_unique(self, task: NewTask) -> tuple[str, bool]:
+        """Insert ``task`` unless a queued or running task holds its unique key."""
+        conn = self._connection()
+
+        async def body() -> tuple[str, bool]:
+            cursor = await conn.execute(q.INSERT_UNIQUE_TASK, task)
+            if cursor.rowcount:
+                return task.id, True
+            rows = await conn.execute_fetchall(q.EXISTING_UNIQUE, (task.unique_key,))
+            return rows[0][0], False
+
+        task_id, created = await self._transaction(body)
+        if created:
+            self._wakeup.notify("tasks")
+        return task_id, created
+
+    async def set_limit(self, limit: LimitRecord) -> None:
+        """Create or replace a limit."""
+        conn = self._connection()
+        params = (limit.key, limit.max_running, limit.max_starts, limit.per_seconds)
+        await self._write(lambda: conn.execute(q.SET_LIMIT, params))
+        self._limits_known_until = 0.0
+
+    async def delete_limit(self, key: str) -> bool:
+        """Remove a limit."""
+        conn = self._connection()
+        cursor = await self._write(lambda: conn.execute(q.DELETE_LIMIT, (key,)))
+        self._wakeup.notify("tasks")  # its tasks are claimable by the main claim now
+        return bool(cursor.rowcount)
+
+    async def list_limits(self) -> list[LimitRecord]:
+        """Every limit, by key."""
+        return [LimitRecord(*row) for row in await self._read(q.LIST_LIMITS)]
+
+    async def pause_queue(self, queue: str) -> None:
+        """Stop claims from ``queue``."""
+        conn = self._connection()
+        await self._write(lambda: conn.execute(q.PAUSE_QUEUE, (queue, self.now())))
+
+    async def resume_queue(self, queue: str) -> bool:
+        """Let claims take from ``queue`` again, and wake the workers."""
+        conn = self._connection()
+        cursor = await self._write(lambda: conn.execute(q.RESUME_QUEUE, (queue,)))
+        self._wakeup.notify("tasks")
+        return bool(cursor.rowcount)
+
+    async def paused_queues(self) -> list[str]:
+        """The paused queues."""
+        return [row[0] for row in await self._read(q.PAUSED_QUEUES)]
+
+    async def advance_schedule(
+        self, name: str, spec: str, due: float, next_run_at: float | None, task: NewTask | None
+    ) -> bool:
+        """Record the run due at ``due`` and enqueue ``task``, once across workers."""
+        conn = self._connection()
+        params = {"name": name, "spec": spec, "due": due, "next": next_run_at, "now": self.now()}
+
+        async def body() -> bool:
+            cursor = await conn.execute(q.ADVANCE_SCHEDULE, params)
+            if not cursor.rowcount:
+                return False
+            if task is not None:
+                await conn.execute(q.INSERT_TASK, task)
+            return True
+
+        advanced = await self._transaction(body)
+        if advanced and task is not None:
+            self._wakeup.notify("tasks")
+        return advanced
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name."""
+        return [ScheduleRecord(*row) for row in await self._read(q.LIST_SCHEDULES)]
 
     # -- connection -------------------------------------------------------
 
@@ -491,12 +571,48 @@ class SQLiteBackend(Backend):
         if now >= self._next_reclaim:
             self._next_reclaim = now + RECLAIM_INTERVAL
             await self._reclaim_expired(now)
-        sql = q.CLAIM.format(queues=",".join("?" * len(queues)))
+        marks = ",".join("?" * len(queues))
+        sql = q.CLAIM.format(queues=marks)
         params = [worker_id, now, now + lease_seconds, *queues, now, limit]
-        rows = await self._write(lambda: conn.execute_fetchall(sql, params))
+        rows = list(await self._write(lambda: conn.execute_fetchall(sql, params)))
+        if len(rows) < limit and await self._limits_exist(now):
+            rows += await self._claim_limited(
+                worker_id, queues, limit - len(rows), now, now + lease_seconds
+            )
         if not rows:
             return []
         return claimed_tasks(rows, worker_id, now)
+
+    async def _limits_exist(self, now: float) -> bool:
+        # Read at most once a second: the main claim already leaves limited tasks
+        # alone, so a new limit is honoured at once and only starts later.
+        if now >= self._limits_known_until:
+            self._limits_known_until = now + RECLAIM_INTERVAL
+            self._has_limits = bool(await self._read("SELECT 1 FROM sitq_limits LIMIT 1"))
+        return self._has_limits
+
+    async def _claim_limited(
+        self, worker_id: str, queues: Sequence[str], room: int, now: float, expires: float
+    ) -> list[Any]:
+        """Claim tasks under limits: in one write transaction, so the room each
+        limit has left cannot change between counting it and claiming."""
+        conn = self._connection()
+        sql = q.CLAIM_LIMITED.format(queues=",".join("?" * len(queues)))
+
+        async def body() -> list[Any]:
+            taken: list[Any] = []
+            for key, running_room, start_room in await conn.execute_fetchall(q.LIMIT_ROOM, (now,)):
+                allowed = min(
+                    room - len(taken),
+                    room if running_room is None else running_room,
+                    room if start_room is None else start_room,
+                )
+                if allowed > 0:
+                    params = (worker_id, now, expires, key, *queues, now, allowed)
+                    taken += await conn.execute_fetchall(sql, params)
+            return taken
+
+        return await self._transaction(body)
 
     async def _reclaim_expired(self, now: float) -> None:
         conn = self._connection()

@@ -5,7 +5,7 @@ Kept apart from the backend's logic so the SQL can be read in one place.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each entry upgrades the schema from version (key - 1) to version key.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -108,6 +108,48 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         WHERE status = 'failed'
         """,
     ),
+    # Unique jobs, limits, paused queues and schedules.
+    4: (
+        "ALTER TABLE sitq_tasks ADD COLUMN limit_key TEXT",
+        # unique_key was stored but not enforced before: keep the oldest holder
+        # of a key among live tasks, so the unique index can be built.
+        """
+        UPDATE sitq_tasks SET unique_key = NULL
+        WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
+          AND rowid NOT IN (
+            SELECT MIN(rowid) FROM sitq_tasks
+            WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
+            GROUP BY unique_key)
+        """,
+        # At most one queued or running task per unique key.
+        """
+        CREATE UNIQUE INDEX sitq_tasks_unique ON sitq_tasks (unique_key)
+        WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
+        """,
+        # Running counts and recent starts per limit key; unlimited tasks never enter.
+        """
+        CREATE INDEX sitq_tasks_limited ON sitq_tasks (limit_key, started_at)
+        WHERE limit_key IS NOT NULL
+        """,
+        "CREATE TABLE sitq_paused (queue TEXT PRIMARY KEY, paused_at REAL NOT NULL)",
+        """
+        CREATE TABLE sitq_limits (
+            key TEXT PRIMARY KEY,
+            max_running INTEGER,
+            max_starts INTEGER,
+            per_seconds REAL
+        )
+        """,
+        """
+        CREATE TABLE sitq_schedules (
+            name TEXT PRIMARY KEY,
+            spec TEXT NOT NULL,
+            last_run_at REAL NOT NULL,
+            next_run_at REAL,
+            updated_at REAL NOT NULL
+        )
+        """,
+    ),
 }
 
 TASK_COLUMNS = (
@@ -118,8 +160,16 @@ TASK_COLUMNS = (
 # Column order is NewTask's field order, so a NewTask binds as the row.
 INSERT_TASK = """
 INSERT INTO sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
-    available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl)
-VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)
+    available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key)
+VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+# A task with a unique key: nothing is inserted while another queued or running
+# task holds the key (the unique index), and EXISTING_UNIQUE finds that one.
+INSERT_UNIQUE_TASK = INSERT_TASK.rstrip() + " ON CONFLICT DO NOTHING"
+
+EXISTING_UNIQUE = """
+SELECT id FROM sitq_tasks WHERE unique_key = ? AND status IN ('queued', 'running')
 """
 
 # {queues} is filled with one placeholder per queue name.
@@ -130,6 +180,8 @@ SET status = 'running', worker_id = ?, attempts = attempts + 1,
 WHERE rowid IN (
     SELECT rowid FROM sitq_tasks
     WHERE status = 'queued' AND queue IN ({queues}) AND available_at <= ?
+      AND queue NOT IN (SELECT queue FROM sitq_paused)
+      AND (limit_key IS NULL OR limit_key NOT IN (SELECT key FROM sitq_limits))
     ORDER BY priority DESC, available_at, rowid
     LIMIT ?
 )
@@ -226,6 +278,9 @@ SET status = 'queued', attempts = 0, available_at = ?, result = NULL, error = NU
     traceback = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,
     worker_id = NULL, lease_expires_at = NULL, cancel_requested = 0
 WHERE status IN ('failed', 'cancelled') AND {where}
+  AND (unique_key IS NULL OR NOT EXISTS (
+    SELECT 1 FROM sitq_tasks live WHERE live.unique_key = sitq_tasks.unique_key
+      AND live.status IN ('queued', 'running')))
 """
 
 COUNTS = "SELECT queue, status, COUNT(*) FROM sitq_tasks GROUP BY queue, status"
@@ -318,6 +373,62 @@ SET status = 'cancelled', finished_at = :now, error = 'cancelled before it start
     expires_at = :now + COALESCE(result_ttl, :ttl)
 WHERE status = 'queued' AND id IN (SELECT value FROM json_each(:ids))
 RETURNING id
+"""
+
+# -- limits, pauses, schedules ---------------------------------------------------
+
+LIST_LIMITS = "SELECT key, max_running, max_starts, per_seconds FROM sitq_limits ORDER BY key"
+
+SET_LIMIT = """
+INSERT INTO sitq_limits (key, max_running, max_starts, per_seconds) VALUES (?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET max_running = excluded.max_running,
+    max_starts = excluded.max_starts, per_seconds = excluded.per_seconds
+"""
+
+DELETE_LIMIT = "DELETE FROM sitq_limits WHERE key = ?"
+
+# How many more tasks of each limit key may start now: the concurrency room
+# and the starts left in the sliding window (NULL: that limit is not set).
+LIMIT_ROOM = """
+SELECT l.key,
+    l.max_running - (SELECT COUNT(*) FROM sitq_tasks r
+                     WHERE r.limit_key = l.key AND r.status = 'running'),
+    l.max_starts - (SELECT COUNT(*) FROM sitq_tasks r
+                    WHERE r.limit_key = l.key AND r.started_at > ? - l.per_seconds)
+FROM sitq_limits l
+"""
+
+# {queues} as in CLAIM; one limit key at a time.
+CLAIM_LIMITED = """
+UPDATE sitq_tasks
+SET status = 'running', worker_id = ?, attempts = attempts + 1,
+    started_at = ?, lease_expires_at = ?
+WHERE rowid IN (
+    SELECT rowid FROM sitq_tasks
+    WHERE status = 'queued' AND limit_key = ? AND queue IN ({queues}) AND available_at <= ?
+      AND queue NOT IN (SELECT queue FROM sitq_paused)
+    ORDER BY priority DESC, available_at, rowid
+    LIMIT ?
+)
+RETURNING id, queue, func_name, payload, attempts, max_retries, retry_backoff, timeout,
+    enqueued_at, priority, available_at, rowid
+"""
+
+PAUSE_QUEUE = "INSERT OR IGNORE INTO sitq_paused (queue, paused_at) VALUES (?, ?)"
+RESUME_QUEUE = "DELETE FROM sitq_paused WHERE queue = ?"
+PAUSED_QUEUES = "SELECT queue FROM sitq_paused ORDER BY queue"
+
+# Records the run of a schedule due at ? unless one at or after it is recorded.
+ADVANCE_SCHEDULE = """
+INSERT INTO sitq_schedules (name, spec, last_run_at, next_run_at, updated_at)
+VALUES (:name, :spec, :due, :next, :now)
+ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, last_run_at = excluded.last_run_at,
+    next_run_at = excluded.next_run_at, updated_at = excluded.updated_at
+WHERE sitq_schedules.last_run_at < excluded.last_run_at
+"""
+
+LIST_SCHEDULES = """
+SELECT name, spec, last_run_at, next_run_at, updated_at FROM sitq_schedules ORDER BY name
 """
 
 # -- listings for dashboards -------------------------------------------------

@@ -1,0 +1,137 @@
+"""The contract for unique keys, limits, paused queues and schedules, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from test_conformance import DEFAULT, LONG_LEASE, SUCCEEDED, new_task
+
+from sitq.backends.base import Backend, LimitRecord
+
+
+async def test_unique_key_returns_the_live_holder(backend: Backend) -> None:
+    first = replace(new_task(backend), unique_key="report:7")
+    assert await backend.enqueue_unique(first) == (first.id, True)
+    second = replace(new_task(backend), unique_key="report:7")
+    assert await backend.enqueue_unique(second) == (first.id, False)
+    assert set(await backend.get_tasks([first.id, second.id])) == {first.id}
+    other = replace(new_task(backend), unique_key="report:8")
+    assert await backend.enqueue_unique(other) == (other.id, True)
+
+
+async def test_unique_key_is_free_again_once_its_task_finished(backend: Backend) -> None:
+    first = replace(new_task(backend), unique_key="k")
+    await backend.enqueue_unique(first)
+    (claimed,) = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
+    again = replace(new_task(backend), unique_key="k")
+    assert await backend.enqueue_unique(again) == (first.id, False)  # running holds it too
+    assert await backend.finish([(claimed.lease, SUCCEEDED)]) == [True]
+    assert await backend.enqueue_unique(again) == (again.id, True)
+
+
+async def test_concurrent_unique_enqueues_create_one_task(backend: Backend, open_peer) -> None:
+    peers = [backend, await open_peer(), await open_peer()]
+    tasks = [replace(new_task(backend), unique_key="once") for _ in range(12)]
+    outcomes = await asyncio.gather(
+        *(peers[i % 3].enqueue_unique(task) for i, task in enumerate(tasks))
+    )
+    created = [task_id for task_id, was_created in outcomes if was_created]
+    assert len(created) == 1
+    assert {task_id for task_id, _ in outcomes} == set(created)
+
+
+async def test_retry_leaves_a_failed_task_whose_key_is_taken(backend: Backend) -> None:
+    failed = replace(new_task(backend), unique_key="k")
+    await backend.enqueue_unique(failed)
+    (claimed,) = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
+    from test_conformance import FAILED
+
+    await backend.finish([(claimed.lease, FAILED)])
+    holder = replace(new_task(backend), unique_key="k")
+    await backend.enqueue_unique(holder)
+    assert await backend.retry([failed.id]) == 0
+    assert (await backend.get_tasks([failed.id]))[failed.id].status == "failed"
+
+
+async def test_paused_queue_is_not_claimed_until_resumed(backend: Backend) -> None:
+    await backend.enqueue([new_task(backend), new_task(backend, queue="other")])
+    await backend.pause_queue(DEFAULT)
+    await backend.pause_queue(DEFAULT)  # pausing twice is fine
+    assert await backend.paused_queues() == [DEFAULT]
+    claimed = await backend.claim("w1", [DEFAULT, "other"], 10, LONG_LEASE)
+    assert [task.queue for task in claimed] == ["other"]
+    assert await backend.resume_queue(DEFAULT)
+    assert not await backend.resume_queue(DEFAULT)
+    assert await backend.paused_queues() == []
+    assert [t.queue for t in await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)] == [DEFAULT]
+
+
+async def test_concurrency_limit_caps_running_tasks_of_its_key(backend: Backend) -> None:
+    await backend.set_limit(LimitRecord("render", 2, None, None))
+    limited = [replace(new_task(backend), limit_key="render") for _ in range(5)]
+    free = [new_task(backend) for _ in range(2)]
+    await backend.enqueue([*limited, *free])
+    claimed = await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)
+    assert sorted(t.id for t in claimed) == sorted([*(t.id for t in free), *_ids(limited)[:2]])
+    assert await backend.claim("w2", [DEFAULT], 10, LONG_LEASE) == []
+    done = next(t for t in claimed if t.id == limited[0].id)
+    assert await backend.finish([(done.lease, SUCCEEDED)]) == [True]
+    (next_one,) = await backend.claim("w2", [DEFAULT], 10, LONG_LEASE)
+    assert next_one.id == limited[2].id
+
+
+async def test_rate_limit_caps_starts_per_window(backend: Backend) -> None:
+    await backend.set_limit(LimitRecord("api", None, 3, 0.5))
+    await backend.enqueue([replace(new_task(backend), limit_key="api") for _ in range(5)])
+    first = await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)
+    assert len(first) == 3
+    await backend.finish([(t.lease, SUCCEEDED) for t in first])
+    assert await backend.claim("w1", [DEFAULT], 10, LONG_LEASE) == []  # finished still count
+    await asyncio.sleep(0.6)
+    assert len(await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)) == 2
+
+
+async def test_limits_are_listed_replaced_and_deleted(backend: Backend) -> None:
+    await backend.set_limit(LimitRecord("b", 1, None, None))
+    await backend.set_limit(LimitRecord("a", None, 10, 1.0))
+    await backend.set_limit(LimitRecord("b", 4, None, None))
+    assert await backend.list_limits() == [
+        LimitRecord("a", None, 10, 1.0),
+        LimitRecord("b", 4, None, None),
+    ]
+    assert await backend.delete_limit("a") and not await backend.delete_limit("a")
+    # A key with no limit is an ordinary task.
+    task = replace(new_task(backend), limit_key="a")
+    await backend.enqueue([task])
+    assert [t.id for t in await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)] == [task.id]
+
+
+async def test_a_schedule_run_is_recorded_and_enqueued_once(backend: Backend, open_peer) -> None:
+    assert await backend.advance_schedule("nightly", "0 3 * * *", 100.0, 200.0, None)
+    peers = [backend, await open_peer(), await open_peer()]
+    tasks = [new_task(backend) for _ in peers]
+    won = await asyncio.gather(
+        *(peer.advance_schedule("nightly", "0 3 * * *", 200.0, 300.0, task)
+          for peer, task in zip(peers, tasks, strict=True))
+    )  # fmt: skip
+    assert sorted(won) == [False, False, True]
+    winner = tasks[won.index(True)]
+    assert set(await backend.get_tasks([t.id for t in tasks])) == {winner.id}
+    assert not await backend.advance_schedule("nightly", "0 3 * * *", 150.0, 300.0, None)
+    (record,) = await backend.list_schedules()
+    assert (record.name, record.spec, record.last_run_at, record.next_run_at) == (
+        "nightly",
+        "0 3 * * *",
+        200.0,
+        300.0,
+    )
+
+
+def replace(task: Any, **changes: Any) -> Any:
+    """A NewTask (a named tuple) with ``changes``."""
+    return task._replace(**changes)
+
+
+def _ids(tasks: list) -> list[str]:
+    return [task.id for task in tasks]
