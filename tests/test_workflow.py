@@ -334,7 +334,7 @@ steps:
           import time
           with open(params['log'], 'a') as log:
               log.write(f"{item}\\n")
-          time.sleep(0.03)
+          time.sleep(0.05)
           result = item * 2
 """
 
