@@ -216,6 +216,30 @@ def resume(db: str, queue: str) -> None:
     click.echo(f"resumed queue {queue!r}" if was_paused else f"queue {queue!r} was not paused")
 
 
+def _add_optional_commands() -> None:
+    """Commands from extras: present when installed, else a clear message."""
+    try:
+        from sitq.workflow.cli import workflow
+    except ImportError as exc:
+        missing = exc.name or "a dependency"
+
+        @main.command(
+            name="workflow",
+            context_settings={"ignore_unknown_options": True},
+            add_help_option=False,
+        )
+        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+        def workflow(args: tuple[str, ...]) -> None:
+            """Run YAML workflows (needs: pip install 'sitq[workflow]')."""
+            _fail(f"`sitq workflow` needs {missing}: pip install 'sitq[workflow]'")
+
+        return
+    main.add_command(workflow)
+
+
+_add_optional_commands()
+
+
 def _check_worker_setup(db: str, imports: tuple[str, ...]) -> None:
     """What `sitq worker --check` verifies, in the order a start would fail."""
     try:

@@ -202,8 +202,10 @@ class Scheduler:
             logger.info("schedule %s: skipped missed runs up to %s", schedule.name, due_times[-1])
             return due_times[-1]
         for due in due_times:
+            # The unique key names the run, so `sitq inspect` shows which one it is.
+            options = schedule.options.merged(unique_key=f"schedule:{schedule.name}@{due:.3f}")
             (task,) = self.queue._new_tasks(
-                schedule.options,
+                options,
                 schedule.fn,
                 [(schedule.args, schedule.kwargs)],
                 self.queue.backend.now(),
