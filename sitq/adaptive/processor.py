@@ -15,22 +15,22 @@ import asyncio
 import contextlib
 import gc
 import inspect
-import itertools
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from typing import Any
 
 from sitq.adaptive.config import AdaptiveBatchConfig, BatchPriority
-from sitq.adaptive.errors import BatchOutputError, ProcessorStoppedError, QueueFullError
+from sitq.adaptive.errors import ProcessorStoppedError, QueueFullError
 from sitq.adaptive.health import HealthMonitor
 from sitq.adaptive.pending import PendingQueue, Request
+from sitq.adaptive.runner import BatchRunner, fail_request
 from sitq.adaptive.sizing import BatchSizer
-from sitq.adaptive.stacking import Stacker, describe_item, group_requests
-from sitq.adaptive.stats import BatchRecord, BatchStats
+from sitq.adaptive.stacking import describe_item
+from sitq.adaptive.stats import BatchStats
 
 __all__ = ["AdaptiveBatchProcessor"]
 
@@ -87,7 +87,6 @@ class AdaptiveBatchProcessor:
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._queue = PendingQueue(config.enable_priority_queue)
         self._sizer = BatchSizer(config)
-        self._stacker = Stacker(config.enable_memory_optimization)
         self._stats = BatchStats(config.monitoring_window, config.enable_monitoring)
         self._health = HealthMonitor(config, self) if config.enable_health_monitoring else None
         self._state = _NEW
@@ -95,11 +94,8 @@ class AdaptiveBatchProcessor:
         self._closed_reason: str | None = None
         self._abandoned = threading.Event()  # stop() stopped waiting for the batch thread
         self._thread: threading.Thread | None = None
-        self._func: ProcessFunc | None = None
+        self._runner: BatchRunner | None = None
         self._inflight: list[Request] = []
-        self._current_call: tuple[int, float, int] | None = None
-        self._last_batch_start = -math.inf
-        self._batch_ids = itertools.count(1)
         self._counts = {
             "total_enqueued": 0,
             "total_unprocessed": 0,
@@ -127,7 +123,14 @@ class AdaptiveBatchProcessor:
                     f"this processor is already {self._state}: start() runs once; create a "
                     "new AdaptiveBatchProcessor to start again"
                 )
-            self._func = process_func
+            self._runner = BatchRunner(
+                self.config,
+                process_func,
+                self._stats,
+                self._observe,
+                self._count,
+                self._abandoned,
+            )
             self._state = _RUNNING
             self._thread = threading.Thread(
                 target=self._wrapped_worker_loop, name="sitq-adaptive-batch", daemon=True
@@ -146,6 +149,11 @@ class AdaptiveBatchProcessor:
         queue to drain however long it takes. Calling it again does nothing.
         """
         _check_timeout("timeout", timeout)
+        if self._thread is not None and threading.current_thread() is self._thread:
+            raise ProcessorStoppedError(
+                "stop() was called from process_func, which would wait for itself: call it "
+                "from another thread"
+            )
         with self._lock:
             if self._state in (_STOPPING, _STOPPED):
                 return
@@ -174,9 +182,11 @@ class AdaptiveBatchProcessor:
             if started:
                 why = f"stop(timeout={timeout}) expired"
             for request in left:
-                self._fail(request, ProcessorStoppedError(f"{why}: this item was never processed"))
+                fail_request(
+                    request, ProcessorStoppedError(f"{why}: this item was never processed")
+                )
             for request in inflight:
-                self._fail(
+                fail_request(
                     request,
                     ProcessorStoppedError(
                         f"{why} while this item's batch was still in process_func; its result "
@@ -308,6 +318,12 @@ class AdaptiveBatchProcessor:
             if self._closed_reason is not None:
                 raise ProcessorStoppedError(self._closed_reason)
             if len(self._queue) >= limit:
+                if threading.current_thread() is self._thread:
+                    # Only this thread frees room: waiting for it would never end.
+                    raise QueueFullError(
+                        f"the adaptive batch queue is full ({limit} items) and process_func "
+                        "itself is enqueueing: it cannot wait for room that only it frees"
+                    )
                 deadline = None if timeout is None else time.monotonic() + timeout
                 while len(self._queue) >= limit:
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -384,7 +400,7 @@ class AdaptiveBatchProcessor:
                 latency_cap_batch_size=self._sizer.cap(),
                 fixed_cost_ms=fit[0] * 1000.0 if fit else None,
                 per_item_cost_ms=fit[1] * 1000.0 if fit else None,
-                active_batches=0 if self._current_call is None else 1,
+                active_batches=0 if self.current_call() is None else 1,
                 queue_size=len(self._queue),
                 is_paused=self._paused,
                 is_stopping=self._state in (_STOPPING, _STOPPED),
@@ -398,7 +414,8 @@ class AdaptiveBatchProcessor:
 
     def current_call(self) -> tuple[int, float, int] | None:
         """(batch id, start, items) of the call in ``process_func`` now, if any."""
-        return self._current_call
+        runner = self._runner
+        return None if runner is None else runner.current_call
 
     def queue_length(self) -> int:
         """Items waiting now."""
@@ -418,8 +435,15 @@ class AdaptiveBatchProcessor:
 
     def count_gc(self) -> None:
         """Count one garbage collection."""
+        self._count("gc_collections", 1)
+
+    def _count(self, name: str, n: int) -> None:
         with self._lock:
-            self._counts["gc_collections"] += 1
+            self._counts[name] += n
+
+    def _observe(self, items: int, seconds: float) -> None:
+        with self._lock:
+            self._sizer.observe(items, seconds)
 
     # -- the batch thread ---------------------------------------------------------------
 
@@ -437,7 +461,7 @@ class AdaptiveBatchProcessor:
                 self._counts["total_unprocessed"] += len(left)
                 self._wake_all_producers()
             for request in left:
-                self._fail(request, ProcessorStoppedError(reason), log=False)
+                fail_request(request, ProcessorStoppedError(reason), log=False)
 
     def _worker_loop(self) -> None:
         while True:
@@ -445,7 +469,7 @@ class AdaptiveBatchProcessor:
             if taken is None:
                 return
             batch, queue_length = taken
-            self._process_batch(batch, queue_length)
+            self._runner.run(batch, queue_length)  # type: ignore[union-attr]
             with self._lock:
                 self._inflight = []
             if self.config.enable_memory_optimization:
@@ -474,7 +498,7 @@ class AdaptiveBatchProcessor:
                     self._work.wait()
                     continue
                 now = time.monotonic()
-                gap = self._last_batch_start + cfg.min_batch_interval - now
+                gap = self._runner.last_batch_start + cfg.min_batch_interval - now  # type: ignore[union-attr]
                 if gap > 0:
                     self._work.wait(gap)
                     continue
@@ -494,141 +518,3 @@ class AdaptiveBatchProcessor:
             if self._async_waiters:
                 self._wake_async_producers()
             return batch, n
-
-    def _process_batch(self, batch: list[Request], queue_length: int) -> None:
-        live = [r for r in batch if r.future is None or r.future.set_running_or_notify_cancel()]
-        if len(live) < len(batch):
-            with self._lock:
-                self._counts["total_cancelled"] += len(batch) - len(live)
-        if not live:
-            return
-        batch_id = next(self._batch_ids)
-        started = self._last_batch_start = time.monotonic()
-        monitoring = self.config.enable_monitoring
-        latencies: list[float] | None = [] if monitoring else None
-        errors = 0
-        for group in group_requests(live):
-            errors += self._process_group(group, batch_id, latencies)
-        finished = time.monotonic()
-        queue_times = [started - r.enqueued_at for r in live] if monitoring else []
-        record = BatchRecord(
-            size=len(live),
-            started=started,
-            finished=finished,
-            processing_time=finished - started,
-            queue_length=queue_length,
-            queue_times=queue_times,
-            latencies=latencies or [],
-        )
-        self._stats.update(record, errors)
-
-    def _call(self, group: list[Request], batch_id: int) -> list[Any]:
-        payload = self._stacker.combine(group)
-        self._current_call = (batch_id, time.monotonic(), len(group))
-        try:
-            output = self._func(payload)  # type: ignore[misc]
-        finally:
-            self._current_call = None
-        return self._stacker.split(group, output, payload)
-
-    def _process_group(
-        self, group: list[Request], batch_id: int, latencies: list[float] | None
-    ) -> int:
-        """Process one group: call, retry, then bisect. Returns how many items failed."""
-        cfg = self.config
-        attempt = 0
-        while True:
-            begun = time.monotonic()
-            try:
-                results = self._call(group, batch_id)
-            except Exception as exc:
-                error = exc
-            else:
-                if attempt == 0:
-                    with self._lock:
-                        self._sizer.observe(len(group), time.monotonic() - begun)
-                self._settle(group, results, latencies)
-                return 0
-            # A wrong output shape is a contract error: retrying the same batch cannot help.
-            if isinstance(error, BatchOutputError) or attempt >= cfg.max_retries:
-                break
-            if self._abandoned.is_set():
-                return 0
-            attempt += 1
-            with self._lock:
-                self._counts["retries"] += 1
-            logger.warning(
-                "batch %d (%d items) failed with %r; retry %d of %d in %gs",
-                batch_id,
-                len(group),
-                error,
-                attempt,
-                cfg.max_retries,
-                cfg.retry_delay,
-            )
-            if self._abandoned.wait(cfg.retry_delay):
-                return 0
-        if len(group) == 1:
-            self._fail(group[0], error)
-            return 1
-        logger.warning(
-            "batch %d (%d items) failed with %r after %d retries: bisecting it to find the "
-            "failing items",
-            batch_id,
-            len(group),
-            error,
-            attempt,
-        )
-        with self._lock:
-            self._counts["bisections"] += 1
-        return self._bisect(group, batch_id, latencies)
-
-    def _bisect(self, group: list[Request], batch_id: int, latencies: list[float] | None) -> int:
-        """Split a failing group until each failing item is alone; the rest succeed."""
-        failed = 0
-        mid = len(group) // 2
-        stack = [group[mid:], group[:mid]]
-        while stack:
-            if self._abandoned.is_set():
-                return failed
-            part = stack.pop()
-            try:
-                results = self._call(part, batch_id)
-            except Exception as exc:
-                if len(part) == 1:
-                    self._fail(part[0], exc)
-                    failed += 1
-                else:
-                    mid = len(part) // 2
-                    stack.append(part[mid:])
-                    stack.append(part[:mid])
-            else:
-                self._settle(part, results, latencies)
-        return failed
-
-    @staticmethod
-    def _settle(group: list[Request], results: list[Any], latencies: list[float] | None) -> None:
-        for request, value in zip(group, results, strict=True):
-            future = request.future
-            if future is not None:
-                try:  # noqa: SIM105 - cheaper than suppress() on this per-item path
-                    future.set_result(value)
-                except InvalidStateError:  # stop(timeout) already failed it
-                    pass
-        if latencies is not None:
-            now = time.monotonic()
-            latencies.extend([now - r.enqueued_at for r in group])
-
-    @staticmethod
-    def _fail(request: Request, error: BaseException, log: bool = True) -> None:
-        future = request.future
-        if future is None:
-            if log:
-                logger.warning("an enqueued item (no future to report to) failed: %r", error)
-            return
-        try:
-            if future.done():
-                return
-            future.set_exception(error)
-        except InvalidStateError:
-            pass

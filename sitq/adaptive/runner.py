@@ -1,0 +1,195 @@
+"""Running one taken batch: the calls, retries, bisection, results and statistics.
+
+A batch is split into groups that can share a call (see
+:mod:`sitq.adaptive.stacking`). Each group is called once; if it raises it is
+retried ``max_retries`` times after ``retry_delay``; if it still fails it is
+bisected, each half called once, until every failing item is alone, so every
+good item still gets its result and only the failing ones get the exception.
+A :class:`BatchOutputError` (output that cannot be split back) is a contract
+error and is not retried, only bisected.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import InvalidStateError
+from typing import Any
+
+from sitq.adaptive.config import AdaptiveBatchConfig
+from sitq.adaptive.errors import BatchOutputError
+from sitq.adaptive.pending import Request
+from sitq.adaptive.stacking import Stacker, group_requests
+from sitq.adaptive.stats import BatchRecord, BatchStats
+
+__all__ = ["BatchRunner", "fail_request"]
+
+logger = logging.getLogger("sitq.adaptive")
+
+
+def fail_request(request: Request, error: BaseException, log: bool = True) -> None:
+    """Give ``request`` its exception (log it when nobody waits for a result)."""
+    future = request.future
+    if future is None:
+        if log:
+            logger.warning("an enqueued item (no future to report to) failed: %r", error)
+        return
+    try:
+        if not future.done():
+            future.set_exception(error)
+    except InvalidStateError:  # settled meanwhile by another thread
+        pass
+
+
+class BatchRunner:
+    """Runs batches on the batch thread; the processor owns the queue and the lifecycle.
+
+    ``observe(items, seconds)`` feeds successful first-try calls to the batch
+    sizer; ``count(name, n)`` bumps a processor counter; ``abandoned`` is set
+    when ``stop(timeout)`` gave up waiting, which ends retries and bisection.
+    """
+
+    def __init__(
+        self,
+        config: AdaptiveBatchConfig,
+        func: Callable[[Any], Any],
+        stats: BatchStats,
+        observe: Callable[[int, float], None],
+        count: Callable[[str, int], None],
+        abandoned: threading.Event,
+    ) -> None:
+        self.config = config
+        self.func = func
+        self.stats = stats
+        self.observe = observe
+        self.count = count
+        self.abandoned = abandoned
+        self.stacker = Stacker(config.enable_memory_optimization)
+        self.batch_ids = itertools.count(1)
+        #: (batch id, monotonic start, items) while inside ``func``, for stuck detection.
+        self.current_call: tuple[int, float, int] | None = None
+        #: When the last batch started (``min_batch_interval`` counts from it).
+        self.last_batch_start = -math.inf
+
+    def run(self, batch: list[Request], queue_length: int) -> None:
+        """Process one batch taken from the queue (``queue_length`` items were waiting)."""
+        live = [r for r in batch if r.future is None or r.future.set_running_or_notify_cancel()]
+        if len(live) < len(batch):
+            self.count("total_cancelled", len(batch) - len(live))
+        if not live:
+            return
+        batch_id = next(self.batch_ids)
+        started = self.last_batch_start = time.monotonic()
+        monitoring = self.config.enable_monitoring
+        latencies: list[float] | None = [] if monitoring else None
+        errors = 0
+        for group in group_requests(live):
+            errors += self._group(group, batch_id, latencies)
+        finished = time.monotonic()
+        queue_times = [started - r.enqueued_at for r in live] if monitoring else []
+        record = BatchRecord(
+            size=len(live),
+            started=started,
+            finished=finished,
+            processing_time=finished - started,
+            queue_length=queue_length,
+            queue_times=queue_times,
+            latencies=latencies or [],
+        )
+        self.stats.update(record, errors)
+
+    def _call(self, group: list[Request], batch_id: int) -> list[Any]:
+        payload = self.stacker.combine(group)
+        self.current_call = (batch_id, time.monotonic(), len(group))
+        try:
+            output = self.func(payload)
+        finally:
+            self.current_call = None
+        return self.stacker.split(group, output, payload)
+
+    def _group(self, group: list[Request], batch_id: int, latencies: list[float] | None) -> int:
+        """Process one group: call, retry, then bisect. Returns how many items failed."""
+        cfg = self.config
+        attempt = 0
+        while True:
+            begun = time.monotonic()
+            try:
+                results = self._call(group, batch_id)
+            except Exception as exc:
+                error = exc
+            else:
+                if attempt == 0:
+                    self.observe(len(group), time.monotonic() - begun)
+                self._settle(group, results, latencies)
+                return 0
+            # A wrong output shape is a contract error: retrying the same batch cannot help.
+            if isinstance(error, BatchOutputError) or attempt >= cfg.max_retries:
+                break
+            if self.abandoned.is_set():
+                return 0
+            attempt += 1
+            self.count("retries", 1)
+            logger.warning(
+                "batch %d (%d items) failed with %r; retry %d of %d in %gs",
+                batch_id,
+                len(group),
+                error,
+                attempt,
+                cfg.max_retries,
+                cfg.retry_delay,
+            )
+            if self.abandoned.wait(cfg.retry_delay):
+                return 0
+        if len(group) == 1:
+            fail_request(group[0], error)
+            return 1
+        logger.warning(
+            "batch %d (%d items) failed with %r after %d retries: bisecting it to find the "
+            "failing items",
+            batch_id,
+            len(group),
+            error,
+            attempt,
+        )
+        self.count("bisections", 1)
+        return self._bisect(group, batch_id, latencies)
+
+    def _bisect(self, group: list[Request], batch_id: int, latencies: list[float] | None) -> int:
+        """Split a failing group until each failing item is alone; the rest succeed."""
+        failed = 0
+        mid = len(group) // 2
+        stack = [group[mid:], group[:mid]]
+        while stack:
+            if self.abandoned.is_set():
+                return failed
+            part = stack.pop()
+            try:
+                results = self._call(part, batch_id)
+            except Exception as exc:
+                if len(part) == 1:
+                    fail_request(part[0], exc)
+                    failed += 1
+                else:
+                    mid = len(part) // 2
+                    stack.append(part[mid:])
+                    stack.append(part[:mid])
+            else:
+                self._settle(part, results, latencies)
+        return failed
+
+    @staticmethod
+    def _settle(group: list[Request], results: list[Any], latencies: list[float] | None) -> None:
+        for request, value in zip(group, results, strict=True):
+            future = request.future
+            if future is not None:
+                try:  # noqa: SIM105 - cheaper than suppress() on this per-item path
+                    future.set_result(value)
+                except InvalidStateError:  # stop(timeout) already failed it
+                    pass
+        if latencies is not None:
+            now = time.monotonic()
+            latencies.extend([now - r.enqueued_at for r in group])
