@@ -139,3 +139,11 @@ async def wait_for_file(started: str, release: str, limit: float) -> str:
     while not os.path.exists(release) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     return "released"
+
+
+def record_times(log: str, marker: str, seconds: float) -> str:
+    """Log 'S marker time' at the start and 'D marker time' at the end."""
+    append_line(log, f"S {marker} {time.time():.6f}")
+    time.sleep(seconds)
+    append_line(log, f"D {marker} {time.time():.6f}")
+    return marker

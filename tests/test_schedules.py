@@ -3,7 +3,9 @@ and the test helper, with real `sitq worker` processes where the issue asks."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import sqlite3
 import subprocess
 import sys
@@ -13,8 +15,10 @@ import jobs
 import pytest
 from support import SITQ, subprocess_env, wait_until
 
-from sitq import TaskQueue, TaskStatus
+from sitq import SyncTaskQueue, TaskQueue, TaskStatus
 from sitq.errors import ConfigurationError
+from sitq.task import TaskId
+from sitq.testing import TemporaryQueue
 
 
 def _rows(db: Path, sql: str, *params: object) -> list[tuple]:
@@ -130,3 +134,173 @@ def test_schedule_definitions_are_checked() -> None:
         queue.schedule(jobs.noop)
     with pytest.raises(ConfigurationError, match="unknown time zone"):
         queue.schedule(jobs.noop, cron="0 3 * * *", tz="Mars/Olympus")
+
+
+# -- unique jobs -------------------------------------------------------------------
+
+UNIQUE_PRODUCER = """
+from sitq import SyncTaskQueue
+import jobs
+with SyncTaskQueue() as queue:
+    unique = queue.with_options(unique_key="nightly-report")
+    print(" ".join(unique.enqueue(jobs.noop) for _ in range(50)))
+"""
+
+
+def test_unique_key_holds_under_4_concurrent_producer_processes(db_path: Path) -> None:
+    _create(db_path)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", UNIQUE_PRODUCER],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(SITQ_DB=str(db_path)),
+        )
+        for _ in range(4)
+    ]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), [err for _, err in outputs]
+    ids = [task_id for out, _ in outputs for task_id in out.split()]
+    assert len(ids) == 200 and len(set(ids)) == 1  # every producer got the same task's id
+    assert _rows(db_path, "SELECT COUNT(*) FROM sitq_tasks") == [(1,)]
+
+
+async def test_unique_enqueue_says_whether_it_created_the_task(queue: TaskQueue) -> None:
+    unique = queue.with_options(unique_key="k")
+    first, second = await unique.enqueue(jobs.noop), await unique.enqueue(jobs.noop)
+    assert isinstance(first, TaskId) and first.created and not second.created
+    assert first == second
+    with pytest.raises(ConfigurationError, match="one task at a time"):
+        await unique.enqueue_many(jobs.noop, [(), ()])
+
+
+# -- limits ------------------------------------------------------------------------
+
+
+def _spans(log: Path) -> list[tuple[str, float, float]]:
+    """(marker, start, end) of each run recorded by jobs.record_times."""
+    starts, ends = {}, {}
+    for line in log.read_text().splitlines():
+        kind, marker, moment = line.split()
+        (starts if kind == "S" else ends)[marker] = float(moment)
+    return [(m, starts[m], ends[m]) for m in starts if m in ends]
+
+
+def _most_at_once(spans: list[tuple[str, float, float]]) -> int:
+    events = sorted([(s, 1) for _, s, _ in spans] + [(e, -1) for _, _, e in spans])
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
+async def test_a_global_limit_of_2_holds_across_3_worker_processes(
+    db_path: Path, tmp_path: Path, spawn_worker
+) -> None:
+    log = tmp_path / "runs.log"
+    async with TaskQueue(db_path) as queue:
+        await queue.set_limit("render", max_running=2)
+        limited = queue.with_options(limit_key="render")
+        ids = [await limited.enqueue(jobs.record_times, str(log), f"r{i}", 0.15) for i in range(12)]
+        free = [await queue.enqueue(jobs.record_times, str(log), f"f{i}", 0.15) for i in range(3)]
+        for _ in range(3):
+            spawn_worker("--concurrency", "4").wait_started()
+        for task_id in ids + free:
+            assert (await queue.get_result(task_id, timeout=60)).ok
+    spans = _spans(log)
+    limited_spans = [s for s in spans if s[0].startswith("r")]
+    assert len(limited_spans) == 12
+    assert _most_at_once(limited_spans) == 2  # reached, never passed
+    assert _most_at_once(spans) > 2  # unlimited tasks were not held back
+
+
+@pytest.mark.slow
+async def test_a_rate_limit_of_10_per_second_holds_over_5_seconds(
+    db_path: Path, spawn_worker
+) -> None:
+    async with TaskQueue(db_path) as queue:
+        await queue.set_limit("api", max_starts=10, per=1.0)
+        limited = queue.with_options(limit_key="api")
+        ids = await asyncio.gather(*(limited.enqueue(jobs.noop) for _ in range(55)))
+        for _ in range(2):
+            spawn_worker("--concurrency", "8").wait_started()
+        for task_id in ids:
+            assert (await queue.get_result(task_id, timeout=60)).ok
+    starts = sorted(t for (t,) in _rows(db_path, "SELECT started_at FROM sitq_tasks"))
+    window = max(sum(1 for t in starts[i:] if t < start + 1.0) for i, start in enumerate(starts))
+    assert window == 10  # any one-second window: at most 10 starts
+    assert starts[-1] - starts[0] >= 5.0 - 0.1  # 55 starts needed more than 5 windows
+
+
+# -- pausing, burst mode, the test helper --------------------------------------------
+
+
+def test_pause_and_resume_from_the_command_line(db_path: Path, spawn_worker) -> None:
+    _create(db_path)
+    spawn_worker().wait_started()
+    assert subprocess.run([SITQ, "pause", "default", "--db", str(db_path)]).returncode == 0
+    with SyncTaskQueue(db_path) as queue:
+        held = queue.enqueue(jobs.add, 1, 1)
+        other = queue.with_options(queue="other").enqueue(jobs.add, 2, 2)
+        status = json.loads(
+            subprocess.run(
+                [SITQ, "status", "--json", "--db", str(db_path)], capture_output=True, text=True
+            ).stdout
+        )
+        assert status["queues"]["default"]["paused"] is True
+        assert queue.get_result(held, timeout=0.5) is None  # a worker is there, but paused
+        resumed = subprocess.run(
+            [SITQ, "resume", "default", "--db", str(db_path)], capture_output=True, text=True
+        )
+        assert "resumed queue 'default'" in resumed.stdout
+        assert queue.get_result(held, timeout=30).value == 2
+        assert queue.status(other) is TaskStatus.QUEUED  # not served by this worker
+
+
+def test_burst_mode_runs_everything_then_exits_with_a_summary(db_path: Path) -> None:
+    _create(db_path)
+    with SyncTaskQueue(db_path) as queue:
+        ids = queue.enqueue_many(jobs.add, [(i, i) for i in range(20)])
+        retried = queue.with_options(max_retries=1, retry_backoff=0.2).enqueue(
+            jobs.flaky, str(db_path.parent / "count"), 1
+        )
+    ok = subprocess.run(
+        [SITQ, "worker", "--burst", "--concurrency", "4", "--db", str(db_path)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "burst done: 21 succeeded, 0 failed, 0 cancelled (1 retried attempts)" in ok.stdout
+    with SyncTaskQueue(db_path) as queue:
+        assert all(queue.status(task_id) is TaskStatus.SUCCEEDED for task_id in [*ids, retried])
+        queue.enqueue(jobs.fail, "broken")
+    failed = subprocess.run(
+        [SITQ, "worker", "--burst", "--db", str(db_path)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+    assert failed.returncode == 1
+    assert "burst done: 0 succeeded, 1 failed" in failed.stdout
+
+
+async def test_the_test_helper_runs_everything_due_in_order() -> None:
+    async with TemporaryQueue() as queue:
+        log = queue.path.parent / "order.log"
+        await queue.enqueue(jobs.record_sync, str(log), "low")
+        await queue.with_options(priority=5).enqueue(jobs.record_sync, str(log), "high")
+        failing = await queue.enqueue(jobs.fail, "expected")
+        later = await queue.with_options(delay=3600).enqueue(jobs.noop)
+        report = await queue.run_all()
+        assert (report.succeeded, report.failed, report.total) == (2, 1, 3)
+        markers = [line.split()[1] for line in log.read_text().splitlines()]
+        assert markers == ["high", "high", "low", "low"]  # one at a time, by priority
+        assert (await queue.get_result(failing)).error == "ValueError: expected"
+        assert await queue.status(later) is TaskStatus.QUEUED
+        path = queue.path
+    assert not path.exists()
