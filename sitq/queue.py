@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 from sitq import schedules, signals, telemetry
 from sitq.backends import open_backend
@@ -432,6 +432,14 @@ class TaskQueue:
         return {"totals": totals, "queues": queues, "workers_alive": alive}
 
     # -- registered and periodic tasks -------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> TaskHandle[P, R]: ...
+
+    @overload
+    def task(
+        self, fn: None = None, /, *, name: str | None = None, **options: Any
+    ) -> Callable[[Callable[P, R]], TaskHandle[P, R]]: ...
 
     def task(
         self, fn: Callable[P, R] | None = None, /, *, name: str | None = None, **options: Any
