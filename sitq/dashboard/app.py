@@ -1,0 +1,97 @@
+"""The dashboard's ASGI app: its configuration, its lifetime (one TaskQueue, opened
+at startup), and the wiring of routes, templates, static files and the guard."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from sitq.backends import open_backend
+from sitq.backends.base import Backend
+from sitq.dashboard import routes, views
+from sitq.dashboard.history import CountHistory
+from sitq.dashboard.security import Guard
+from sitq.queue import TaskQueue
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """How a dashboard runs.
+
+    - ``db``: the database URL or path (or a Backend), as for ``TaskQueue``.
+    - ``token``: the access token every request must carry; None allows only
+      loopback Host names (the CLI insists on a token off loopback).
+    - ``host`` and ``port``: where it listens, shown on the page.
+    - ``refresh_seconds``: how often open pages fetch fresh data.
+    """
+
+    db: str | Backend | None = None
+    token: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8765
+    refresh_seconds: float = 2.0
+
+
+def _templates() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    for name in ("age", "when", "polyline", "segments", "percent", "first_line"):
+        env.filters[name] = getattr(views, name)
+    env.globals.update(
+        chart_width=views.CHART_WIDTH, chart_height=views.CHART_HEIGHT, bar_width=views.BAR_WIDTH
+    )
+    return env
+
+
+def create_app(config: DashboardConfig) -> Starlette:
+    """The dashboard as an ASGI app; serve it with uvicorn (``sitq dashboard`` does)."""
+    csrf_token = secrets.token_urlsafe(32)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # create=False: a mistyped path is an error, not a new empty database.
+        queue = TaskQueue(open_backend(config.db, create=False))
+        await queue.connect()
+        app.state.queue = queue
+        app.state.history = CountHistory(queue.backend.counts)
+        try:
+            yield
+        finally:
+            await queue.close()
+
+    app = Starlette(
+        routes=[
+            Route("/", routes.overview_page),
+            Route("/live/overview", routes.overview_live),
+            Route("/tasks", routes.tasks_page),
+            Route("/live/tasks", routes.tasks_live),
+            Route("/tasks/{task_id}", routes.task_page),
+            Route("/live/tasks/{task_id}", routes.task_live),
+            Route("/tasks/{task_id}/retry", routes.retry_task, methods=["POST"]),
+            Route("/tasks/{task_id}/cancel", routes.cancel_task, methods=["POST"]),
+            Route("/queues/{queue}/retry-failed", routes.retry_queue, methods=["POST"]),
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        ],
+        middleware=[Middleware(Guard, token=config.token, csrf_token=csrf_token)],
+        exception_handlers=routes.EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.config = config
+    app.state.csrf_token = csrf_token
+    app.state.templates = _templates()
+    return app

@@ -1,0 +1,91 @@
+"""``sitq dashboard``: serve the dashboard with uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from sitq.dashboard.security import is_loopback, new_token
+
+TOKEN_ENV = "SITQ_DASHBOARD_TOKEN"
+
+
+@click.command()
+@click.option(
+    "--db",
+    envvar="SITQ_DB",
+    default="sitq.db",
+    show_default=True,
+    help="Database path or URL (defaults to $SITQ_DB, else sitq.db).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; anything but loopback needs a token.",
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port."
+)
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    default=None,
+    help=f"Access token every request must carry (or ${TOKEN_ENV}); 'generate' makes one.",
+)
+@click.option(
+    "--refresh",
+    type=click.FloatRange(min=0.5),
+    default=2.0,
+    show_default=True,
+    help="Seconds between live updates of an open page.",
+)
+def dashboard(db: str, host: str, port: int, token: str | None, refresh: float) -> None:
+    """Serve the web dashboard: queues, workers, failures, retry and cancel."""
+    try:
+        import uvicorn
+
+        from sitq.dashboard.app import DashboardConfig, create_app
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the dashboard needs its extra ({exc.name} is missing): pip install 'sitq[dashboard]'"
+        ) from exc
+    if token == "generate":
+        token = new_token()
+    if token is not None and len(token) < 16:
+        raise click.BadParameter("use at least 16 characters (or 'generate')", param_hint="--token")
+    if token is None and not is_loopback(host):
+        raise click.UsageError(
+            f"listening on {host} would let other machines in: give a token with --token "
+            f"(or ${TOKEN_ENV}; '--token generate' makes one), or keep --host 127.0.0.1"
+        )
+    _check_database(db)
+    config = DashboardConfig(db=db, token=token, host=host, port=port, refresh_seconds=refresh)
+    app = create_app(config)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    )
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    click.echo(f"sitq dashboard for {db} at {url}  (Ctrl-C to stop)", err=True)
+    asyncio.run(server.serve())
+    if not server.started:
+        raise click.ClickException(f"the dashboard could not start on {host}:{port} (see above)")
+
+
+def _check_database(db: str) -> None:
+    """Open the database once before serving, so a wrong path or URL is one clear
+    line rather than a failed startup."""
+    from sitq.backends import open_backend
+    from sitq.errors import SitqError
+
+    async def probe() -> None:
+        backend = open_backend(db, create=False)
+        await backend.connect()
+        await backend.close()
+
+    try:
+        asyncio.run(probe())
+    except SitqError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,204 @@
+"""The dashboard's pages, the fragments that keep them live, and its actions."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from sitq.dashboard import queries
+from sitq.dashboard.security import CSRF_FIELD, csrf_ok, is_loopback
+from sitq.errors import ConfigurationError, TaskNotFound
+from sitq.queue import TaskQueue
+
+#: Rows per page of a task listing.
+PAGE_SIZE = 50
+#: The largest form body an action accepts (it holds one CSRF token).
+MAX_FORM_BYTES = 4096
+#: What an action did, by the code it redirects with (fixed texts: nothing from
+#: the address bar is echoed into the page).
+NOTICES = {
+    "retried": "Queued again.",
+    "not-retried": "Not retried: only failed or cancelled tasks can be.",
+    "cancelled": "Cancelled.",
+    "cancel-requested": "Cancel requested: its worker will stop it.",
+    "not-cancelled": "Not cancelled: it had already finished.",
+    "retried-queue": "Failed tasks of the queue queued again.",
+}
+
+
+def _queue(request: Request) -> TaskQueue:
+    return request.app.state.queue  # type: ignore[no-any-return]
+
+
+def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
+    """A template rendered with what every page needs (config, CSRF token, access)."""
+    config = request.app.state.config
+    notice = NOTICES.get(request.query_params.get("done", ""))
+    page = request.app.state.templates.get_template(template).render(
+        request=request,
+        config=config,
+        csrf_field=CSRF_FIELD,
+        csrf_token=request.app.state.csrf_token,
+        local_only=config.token is None and is_loopback(config.host),
+        notice=notice,
+        statuses=queries.STATUSES,
+        **context,
+    )
+    return HTMLResponse(page, status_code=status_code)
+
+
+# -- overview -------------------------------------------------------------------
+
+
+async def _overview(request: Request) -> queries.Overview:
+    return await queries.overview(_queue(request), request.app.state.history, time.monotonic())
+
+
+async def overview_page(request: Request) -> Response:
+    """Queues, workers, recent failures and batches."""
+    return render(request, "overview.html", data=await _overview(request))
+
+
+async def overview_live(request: Request) -> Response:
+    """The overview's live part, fetched again every few seconds."""
+    return render(request, "_overview.html", data=await _overview(request))
+
+
+# -- task listings ----------------------------------------------------------------
+
+
+def _filters(request: Request) -> dict[str, str | None]:
+    """The listing's filters from the query string (empty means any)."""
+    params = request.query_params
+    return {
+        name: (params.get(key) or None)
+        for name, key in (("queue", "queue"), ("status", "status"), ("batch_id", "batch"))
+    }
+
+
+async def _listing(request: Request) -> dict[str, Any]:
+    filters = _filters(request)
+    cursor = request.query_params.get("cursor") or None
+    queue = _queue(request)
+    page = await queue.list_tasks(**filters, cursor=cursor, limit=PAGE_SIZE)
+    batch = None
+    if filters["batch_id"]:
+        record = await queue.get_batch(filters["batch_id"])
+        if record is not None:
+            counts = await queue.batch_status_counts(record.id)
+            batch = queries.BatchRow(record.id, record.created_at, record.size, counts)
+    kept = [(k, v) for k, v in parse_qsl(request.url.query) if k in ("queue", "status", "batch")]
+    next_url = None
+    if page.next_cursor is not None:
+        next_url = "/tasks?" + urlencode([*kept, ("cursor", page.next_cursor)])
+    return {
+        "page": page,
+        "filters": filters,
+        "batch": batch,
+        "next_url": next_url,
+        "first_url": "/tasks?" + urlencode(kept),
+        "paged": cursor is not None,
+        "live_url": "/live/tasks?" + request.url.query,
+        "now": queue.backend.now(),
+    }
+
+
+async def tasks_page(request: Request) -> Response:
+    """Tasks filtered by queue, status and batch, newest first, a page at a time."""
+    return render(request, "tasks.html", **await _listing(request))
+
+
+async def tasks_live(request: Request) -> Response:
+    """The listing's rows, fetched again every few seconds."""
+    return render(request, "_tasks.html", **await _listing(request))
+
+
+# -- one task ---------------------------------------------------------------------
+
+
+async def _detail(request: Request, with_call: bool) -> queries.TaskDetail:
+    task_id = request.path_params["task_id"]
+    detail = await queries.task_detail(_queue(request), task_id, with_call=with_call)
+    if detail is None:
+        raise HTTPException(404, f"no task with id {task_id!r} (it may have been pruned)")
+    return detail
+
+
+async def task_page(request: Request) -> Response:
+    """One task: its call, attempts, timings, result or error and traceback."""
+    detail = await _detail(request, with_call=True)
+    return render(request, "task.html", task=detail, now=_queue(request).backend.now())
+
+
+async def task_live(request: Request) -> Response:
+    """The task page's live part (everything but its call)."""
+    detail = await _detail(request, with_call=False)
+    return render(request, "_task.html", task=detail, now=_queue(request).backend.now())
+
+
+# -- actions ----------------------------------------------------------------------
+
+
+async def _check_csrf(request: Request) -> None:
+    """Refuse a POST whose form lacks this dashboard's CSRF token."""
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise HTTPException(413, "form too large")
+    form = dict(parse_qsl(body.decode("utf-8", "replace")))
+    if not csrf_ok(form.get(CSRF_FIELD), request.app.state.csrf_token):
+        raise HTTPException(
+            403, "refused: the form's CSRF token is missing or stale; reload the page and retry"
+        )
+
+
+async def retry_task(request: Request) -> Response:
+    """Queue a failed or cancelled task again."""
+    await _check_csrf(request)
+    task_id = request.path_params["task_id"]
+    try:
+        done = await _queue(request).retry(task_id)
+    except TaskNotFound as exc:
+        raise HTTPException(404, f"no task with id {task_id!r}") from exc
+    return _back_to_task(task_id, "retried" if done else "not-retried")
+
+
+async def cancel_task(request: Request) -> Response:
+    """Cancel a queued task, or ask a running task's worker to stop it."""
+    await _check_csrf(request)
+    task_id = request.path_params["task_id"]
+    outcome = await _queue(request).backend.cancel(task_id)
+    if outcome is None:
+        raise HTTPException(404, f"no task with id {task_id!r}")
+    code = {"cancelled": "cancelled", "requested": "cancel-requested"}.get(outcome)
+    return _back_to_task(task_id, code or "not-cancelled")
+
+
+async def retry_queue(request: Request) -> Response:
+    """Queue every failed task of a queue again."""
+    await _check_csrf(request)
+    await _queue(request).backend.retry(None, queue=request.path_params["queue"])
+    return RedirectResponse("/?done=retried-queue", status_code=303)
+
+
+def _back_to_task(task_id: str, code: str) -> Response:
+    return RedirectResponse(f"/tasks/{task_id}?" + urlencode({"done": code}), status_code=303)
+
+
+# -- errors -----------------------------------------------------------------------
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return render(request, "message.html", status_code=exc.status_code, message=exc.detail)
+
+
+async def _bad_input(request: Request, exc: Exception) -> Response:
+    return render(request, "message.html", status_code=400, message=str(exc))
+
+
+EXCEPTION_HANDLERS = {HTTPException: _http_error, ConfigurationError: _bad_input}

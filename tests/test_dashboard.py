@@ -1,0 +1,344 @@
+"""The dashboard over HTTP (Starlette's TestClient, no browser): pages, listings and
+their pagination, the task page, actions, tokens, CSRF and the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import jobs
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from sitq import TaskQueue
+from sitq.backends.base import Outcome
+from sitq.dashboard import DashboardConfig, create_app
+from sitq.dashboard.cli import dashboard
+from sitq.dashboard.security import COOKIE
+
+LOCAL = "http://127.0.0.1:8765"
+TOKEN = "s3cret-token-for-tests"
+TASK_LINK = re.compile(r'href="/tasks/([0-9a-f]{32})"')
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+async def enqueue(db: Path, fn, *args, queue: str = "default", **kwargs) -> str:  # type: ignore[no-untyped-def]
+    async with TaskQueue(db) as q:
+        return await q.with_options(queue=queue).enqueue(fn, *args, **kwargs)
+
+
+async def finish_next(db: Path, queue: str, outcome: Outcome) -> str:
+    """Claim the next task of ``queue`` and end it with ``outcome`` (as a worker would)."""
+    async with TaskQueue(db) as q:
+        [claimed] = await q.backend.claim("test-worker", [queue], 1, 60.0)
+        assert await q.backend.finish([(claimed.lease, outcome)]) == [True]
+        return claimed.id
+
+
+def failed(error: str = "ValueError: boom") -> Outcome:
+    return Outcome(
+        "failed",
+        error=error,
+        traceback='Traceback (most recent call last):\n  File "jobs.py", line 1\n' + error,
+    )
+
+
+def csrf(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, "no CSRF field on the page"
+    return found.group(1)
+
+
+@pytest.fixture
+def client(db_path: Path) -> Iterator[TestClient]:
+    """The dashboard on a fresh database, as a local (token-less) dashboard."""
+    run(TaskQueue(db_path).connect())
+    app = create_app(DashboardConfig(db=str(db_path)))
+    with TestClient(app, base_url=LOCAL) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def token_client(db_path: Path) -> Iterator[TestClient]:
+    """A dashboard that demands a token, listening beyond loopback."""
+    run(TaskQueue(db_path).connect())
+    app = create_app(DashboardConfig(db=str(db_path), token=TOKEN, host="0.0.0.0"))
+    with TestClient(app, base_url="http://dash.example:8765") as test_client:
+        yield test_client
+
+
+# -- pages ------------------------------------------------------------------------
+
+
+def test_overview_counts_queues_and_failures(client: TestClient, db_path: Path) -> None:
+    for _ in range(3):
+        run(enqueue(db_path, jobs.add, 1, 2, queue="mail"))
+    run(enqueue(db_path, jobs.add, 1, 2, queue="reports"))
+    failed_id = run(finish_next(db_path, "mail", failed("KeyError: 'user'")))
+    page = client.get("/")
+    assert page.status_code == 200
+    mail = re.search(r'<tr data-queue="mail">(.*?)</tr>', page.text, re.S)
+    assert mail is not None
+    counts = dict(re.findall(r'data-status="(\w+)"><a [^>]*>(\d+)</a>', mail.group(1)))
+    assert counts == {
+        "queued": "2",
+        "running": "0",
+        "succeeded": "0",
+        "failed": "1",
+        "cancelled": "0",
+    }
+    assert 'data-queue="reports"' in page.text
+    assert f'href="/tasks/{failed_id}"' in page.text and "KeyError: &#39;user&#39;" in page.text
+    assert "Local only" in page.text
+    live = client.get("/live/overview")
+    assert live.status_code == 200 and "<html" not in live.text and 'data-queue="mail"' in live.text
+
+
+def test_everything_is_escaped(client: TestClient, db_path: Path) -> None:
+    evil = "<script>alert(1)</script>"
+    run(enqueue(db_path, jobs.echo_kwargs, evil, queue=evil))
+    run(finish_next(db_path, evil, failed(f"ValueError: {evil}")))
+    for url in ("/", "/tasks?status=failed", "/tasks?queue=" + evil):
+        text = client.get(url).text
+        assert evil not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    task_id = TASK_LINK.search(client.get("/tasks").text).group(1)  # type: ignore[union-attr]
+    text = client.get(f"/tasks/{task_id}").text
+    assert evil not in text and "&lt;script&gt;" in text
+
+
+def test_security_headers(client: TestClient) -> None:
+    response = client.get("/")
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert response.headers["x-frame-options"] == "DENY"
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/app.css").status_code == 200
+
+
+def test_pages_need_no_outside_assets(client: TestClient, db_path: Path) -> None:
+    task_id = run(enqueue(db_path, jobs.add, 1, 2))
+    for url in ("/", "/tasks", f"/tasks/{task_id}"):
+        text = client.get(url).text
+        assert not re.search(r'(src|href)="(https?:)?//', text), url
+
+
+def test_task_page_shows_call_error_and_traceback(client: TestClient, db_path: Path) -> None:
+    task_id = run(enqueue(db_path, jobs.echo_kwargs, "x" * 10_000, list(range(500)), key={"a": 1}))
+    run(finish_next(db_path, "default", failed("ValueError: boom")))
+    text = client.get(f"/tasks/{task_id}").text
+    call = re.search(r'<pre class="call" id="call">(.*?)</pre>', text, re.S).group(1)  # type: ignore[union-attr]
+    assert call.startswith("jobs.echo_kwargs(&#39;xxx") and "key={&#39;a&#39;: 1}" in call
+    assert len(call) < 3000  # bounded: the 10,000-character argument is cut
+    assert "Traceback (most recent call last)" in text and "ValueError: boom" in text
+    assert 'action="/tasks/' + task_id + '/retry"' in text
+    assert "/cancel" not in text  # a failed task cannot be cancelled
+
+
+def test_task_page_shows_a_result(client: TestClient, db_path: Path) -> None:
+    task_id = run(enqueue(db_path, jobs.add, 1, 2))
+
+    async def succeed() -> None:
+        async with TaskQueue(db_path) as q:
+            [claimed] = await q.backend.claim("w", ["default"], 1, 60.0)
+            result = q.serializer.dumps(3)
+            await q.backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
+
+    run(succeed())
+    text = client.get(f"/live/tasks/{task_id}").text
+    assert re.search(r'<pre id="result">3</pre>', text)
+    assert "status-succeeded" in text
+
+
+def test_unknown_task_and_bad_filters(client: TestClient) -> None:
+    missing = client.get("/tasks/0123")
+    assert missing.status_code == 404 and "no task with id" in missing.text
+    bad = client.get("/tasks?status=done")
+    assert bad.status_code == 400 and "unknown status" in bad.text
+    cursor = client.get("/tasks?cursor=nonsense&status=failed")
+    assert cursor.status_code == 400 and "invalid listing cursor" in cursor.text
+
+
+# -- listings and pagination ------------------------------------------------------------
+
+
+def listed(client: TestClient, url: str) -> tuple[list[str], list[int]]:
+    """Every task id a listing shows, following its 'Older' links; and page sizes."""
+    ids: list[str] = []
+    sizes: list[int] = []
+    while url:
+        text = client.get(url).text
+        page = TASK_LINK.findall(text.split('<table class="tasks">', 1)[1])
+        ids += page
+        sizes.append(len(page))
+        older = re.search(r'<a href="([^"]+)" id="older">', text)
+        url = older.group(1).replace("&amp;", "&") if older else ""
+    return ids, sizes
+
+
+def test_listing_pages_through_every_task_once(client: TestClient, db_path: Path) -> None:
+    async def fill() -> list[str]:
+        async with TaskQueue(db_path) as q:
+            return await q.enqueue_many(jobs.add, [(i, i) for i in range(120)])
+
+    ids = run(fill())
+    shown, sizes = listed(client, "/tasks")
+    assert shown == ids[::-1]
+    assert sizes[:3] == [50, 50, 20]
+
+
+def test_listing_filters(client: TestClient, db_path: Path) -> None:
+    mail = [run(enqueue(db_path, jobs.add, i, i, queue="mail")) for i in range(3)]
+    other = run(enqueue(db_path, jobs.add, 0, 0, queue="other"))
+    failed_id = run(finish_next(db_path, "mail", failed()))
+    assert listed(client, "/tasks?queue=mail")[0] == mail[::-1]
+    assert listed(client, "/tasks?queue=mail&status=queued")[0] == mail[:0:-1]
+    assert listed(client, "/tasks?status=failed")[0] == [failed_id]
+    assert listed(client, "/tasks?queue=other&status=")[0] == [other]
+    assert listed(client, "/tasks?queue=nowhere")[0] == []
+
+
+def test_batch_listing_shows_progress_and_failed_items(client: TestClient, db_path: Path) -> None:
+    async def fill() -> list[str]:
+        async with TaskQueue(db_path) as q:
+            return await q.with_options(queue="b").enqueue_in_batch(
+                "nightly", jobs.add, [(i, i) for i in range(4)]
+            )
+
+    ids = run(fill())
+    failed_id = run(finish_next(db_path, "b", failed()))
+    text = client.get("/tasks?batch=nightly").text
+    assert "1 of 4 finished, 1 failed" in text and 'class="bar-failed"' in text
+    assert listed(client, "/tasks?batch=nightly")[0] == ids
+    assert listed(client, "/tasks?batch=nightly&status=failed")[0] == [failed_id]
+    overview = client.get("/").text
+    assert "nightly" in overview and "1 / 4" in overview
+
+
+# -- actions and CSRF ------------------------------------------------------------------
+
+
+def test_retry_needs_csrf_and_same_origin(client: TestClient, db_path: Path) -> None:
+    run(enqueue(db_path, jobs.add, 1, 2))
+    task_id = run(finish_next(db_path, "default", failed()))
+    token = csrf(client.get(f"/tasks/{task_id}").text)
+    url = f"/tasks/{task_id}/retry"
+    no_token = client.post(url, data={}, follow_redirects=False)
+    assert no_token.status_code == 403 and "CSRF" in no_token.text
+    wrong = client.post(url, data={"csrf": "guess"}, follow_redirects=False)
+    assert wrong.status_code == 403
+    cross = client.post(
+        url,
+        data={"csrf": token},
+        headers={"origin": "https://evil.example"},
+        follow_redirects=False,
+    )
+    assert cross.status_code == 403 and "another site" in cross.text
+    fetch_site = client.post(
+        url, data={"csrf": token}, headers={"sec-fetch-site": "cross-site"}, follow_redirects=False
+    )
+    assert fetch_site.status_code == 403
+    assert run(status_of(db_path, task_id)) == "failed"  # nothing was refused halfway
+    done = client.post(url, data={"csrf": token}, headers={"origin": LOCAL}, follow_redirects=False)
+    assert done.status_code == 303 and done.headers["location"] == f"/tasks/{task_id}?done=retried"
+    assert run(status_of(db_path, task_id)) == "queued"
+    assert "Queued again." in client.get(done.headers["location"]).text
+
+
+async def status_of(db: Path, task_id: str) -> str:
+    async with TaskQueue(db) as q:
+        return (await q.status(task_id)).value
+
+
+def test_cancel_a_queued_task(client: TestClient, db_path: Path) -> None:
+    task_id = run(enqueue(db_path, jobs.add, 1, 2))
+    page = client.get(f"/tasks/{task_id}").text
+    assert 'data-confirm="Cancel task' in page
+    done = client.post(f"/tasks/{task_id}/cancel", data={"csrf": csrf(page)})
+    assert done.status_code == 200 and "Cancelled." in done.text
+    assert run(status_of(db_path, task_id)) == "cancelled"
+    again = client.post(f"/tasks/{task_id}/cancel", data={"csrf": csrf(page)})
+    assert "Not cancelled: it had already finished." in again.text
+
+
+def test_retry_every_failure_of_a_queue(client: TestClient, db_path: Path) -> None:
+    for queue in ("mail", "mail", "other"):
+        run(enqueue(db_path, jobs.add, 1, 2, queue=queue))
+    mail = [run(finish_next(db_path, "mail", failed())) for _ in range(2)]
+    other = run(finish_next(db_path, "other", failed()))
+    page = client.get("/").text
+    assert 'action="/queues/mail/retry-failed"' in page
+    done = client.post("/queues/mail/retry-failed", data={"csrf": csrf(page)})
+    assert "Failed tasks of the queue queued again." in done.text
+    assert [run(status_of(db_path, t)) for t in mail] == ["queued", "queued"]
+    assert run(status_of(db_path, other)) == "failed"
+
+
+# -- tokens --------------------------------------------------------------------------
+
+
+def test_a_token_is_required_when_configured(token_client: TestClient) -> None:
+    refused = token_client.get("/")
+    assert refused.status_code == 401 and "access token" in refused.text
+    assert token_client.get("/live/overview").status_code == 401
+    assert token_client.get("/", headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert token_client.get("/?token=wrong").status_code == 401
+    bearer = token_client.get("/", headers={"authorization": f"Bearer {TOKEN}"})
+    assert bearer.status_code == 200 and "Token required" in bearer.text
+
+
+def test_the_token_in_the_url_becomes_a_cookie(token_client: TestClient) -> None:
+    first = token_client.get(f"/tasks?status=failed&token={TOKEN}", follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"] == "/tasks?status=failed"
+    cookie = first.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}=") and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert token_client.get("/").status_code == 200  # the cookie now carries it
+
+
+def test_posts_need_the_token_too(token_client: TestClient, db_path: Path) -> None:
+    task_id = run(enqueue(db_path, jobs.add, 1, 2))
+    page = token_client.get(f"/tasks/{task_id}", headers={"authorization": f"Bearer {TOKEN}"})
+    refused = token_client.post(f"/tasks/{task_id}/cancel", data={"csrf": csrf(page.text)})
+    assert refused.status_code == 401
+    assert run(status_of(db_path, task_id)) == "queued"
+
+
+def test_without_a_token_only_loopback_names_are_answered(client: TestClient) -> None:
+    rebound = client.get("/", headers={"host": "attacker.example:8765"})
+    assert rebound.status_code == 421 and "--token" in rebound.text
+    assert client.get("/", headers={"host": "localhost:8765"}).status_code == 200
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+def test_cli_refuses_a_public_address_without_a_token(db_path: Path) -> None:
+    result = CliRunner().invoke(dashboard, ["--db", str(db_path), "--host", "0.0.0.0"], env={})
+    assert result.exit_code == 2
+    assert "give a token with --token" in result.output
+
+
+def test_cli_refuses_a_short_token_and_a_missing_database(tmp_path: Path) -> None:
+    short = CliRunner().invoke(dashboard, ["--token", "abc"], env={})
+    assert short.exit_code == 2 and "at least 16 characters" in short.output
+    missing = CliRunner().invoke(dashboard, ["--db", str(tmp_path / "nope.db")], env={})
+    assert missing.exit_code == 1 and "nope.db" in missing.output
+
+
+def test_python_dash_m_serves_help() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "sitq.dashboard", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "--token" in out and "--host" in out and "--port" in out
