@@ -188,13 +188,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--producers", type=int, default=32)
-    parser.add_argument("--rows", type=int, default=3200, help="rows per adaptive run")
+    # Enough rows that the run's last moments (producers finishing one by one, so
+    # batches cannot fill and wait batch_timeout) stay under 1% of the items.
+    parser.add_argument("--rows", type=int, default=6400, help="rows per adaptive run")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--quick", action="store_true", help="2 repetitions, fewer rows")
     args = parser.parse_args()
     if args.quick:
-        args.reps, args.rows = 2, 1600
+        args.reps, args.rows = 2, 3200
     model = make_model(args.width, args.layers)
     rng = np.random.default_rng(1)
     rows = rng.standard_normal((args.rows, args.width)).astype(np.float32)
@@ -216,6 +218,7 @@ def main() -> int:
         add("thr_p50", pct(lat, 50) * 1e3)
         add("thr_p99", pct(lat, 99) * 1e3)
         add("thr_batch", stats["avg_batch_size"])
+        add("thr_inside99", stats["p99_latency_ms"])
         add("thr_proc99", stats["p99_processing_time_ms"])
         bound = BATCH_TIMEOUT * 1e3 + stats["p99_processing_time_ms"]
         add("thr_bound", bound)
@@ -225,6 +228,7 @@ def main() -> int:
         add("co_p50", pct(lat, 50) * 1e3)
         add("co_p99", pct(lat, 99) * 1e3)
         add("co_batch", stats["avg_batch_size"])
+        add("co_inside99", stats["p99_latency_ms"])
         add("co_proc99", stats["p99_processing_time_ms"])
         add("ident", overhead_threads(rows, args.producers))
         best_row = max(s["row1"][-1], s["rowP"][-1])
@@ -253,21 +257,25 @@ def main() -> int:
         f"Python {platform.python_version()}, numpy {np.__version__}, "
         f"{os.cpu_count()} CPUs. Median (min - max).",
         "",
-        "| what | rows/s | p50 ms | p99 ms | avg batch | p99 batch ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        f"| per row, 1 thread | {cell(s['row1'])} | | | 1 | |",
-        f"| per row, {p} threads | {cell(s['rowP'])} | | | 1 | |",
+        "| what | rows/s | p50 ms | p99 ms | p99 ms in processor | avg batch | p99 batch ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| per row, 1 thread | {cell(s['row1'])} | | | | 1 | |",
+        f"| per row, {p} threads | {cell(s['rowP'])} | | | | 1 | |",
         f"| adaptive, {p} threads | {cell(s['thr'])} | {cell(s['thr_p50'], 2)} "
-        f"| {cell(s['thr_p99'], 2)} | {cell(s['thr_batch'], 1)} | {cell(s['thr_proc99'], 2)} |",
+        f"| {cell(s['thr_p99'], 2)} | {cell(s['thr_inside99'], 2)} | {cell(s['thr_batch'], 1)} "
+        f"| {cell(s['thr_proc99'], 2)} |",
         f"| adaptive, {p} coroutines | {cell(s['co'])} | {cell(s['co_p50'], 2)} "
-        f"| {cell(s['co_p99'], 2)} | {cell(s['co_batch'], 1)} | {cell(s['co_proc99'], 2)} |",
-        f"| model alone on ready batches of {p} | {cell(s['ready'])} | | | {p} | |",
-        f"| processor alone (identity), {p} threads | {cell(s['ident'])} | | | | |",
+        f"| {cell(s['co_p99'], 2)} | {cell(s['co_inside99'], 2)} | {cell(s['co_batch'], 1)} "
+        f"| {cell(s['co_proc99'], 2)} |",
+        f"| model alone on ready batches of {p} | {cell(s['ready'])} | | | | {p} | |",
+        f"| processor alone (identity), {p} threads | {cell(s['ident'])} | | | | | |",
         "",
         f"- Speedup over the best per-row rate: threads {cell(s['speedup'], 1)}x, "
         f"coroutines {cell(s['speedup_co'], 1)}x (target >= 10x).",
-        f"- p99 latency <= batch_timeout + p99 batch processing time "
-        f"({cell(s['thr_bound'], 2)} ms): {sum(passed_p99)}/{len(passed_p99)} repetitions.",
+        f"- Threads' p99 latency (as the caller sees it) <= batch_timeout + p99 batch "
+        f"processing time ({cell(s['thr_bound'], 2)} ms): {sum(passed_p99)}/{len(passed_p99)} "
+        "repetitions. Latency is timed around each call by its producer; 'in processor' is "
+        "the processor's own p99 (enqueue to result set), without the producer's wake-up.",
         f"- Where the time goes per row: the model costs {t1:.0f} us called on one row and "
         f"{tb:.1f} us on a batch of {p}; the processor adds about {overhead:.0f} us per item "
         f"with {p} producer threads (identity function).",

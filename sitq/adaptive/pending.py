@@ -7,6 +7,7 @@ thread wait on.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 from collections import deque
@@ -17,21 +18,24 @@ __all__ = ["PendingQueue", "Request"]
 
 
 class Request:
-    """One queued item, the future its caller waits on (None: fire and forget)."""
+    """One queued item and the future its caller waits on (None: fire and forget)."""
 
-    __slots__ = ("enqueued_at", "future", "item", "key", "priority", "rows", "taken")
+    __slots__ = ("enqueued_at", "future", "item", "key", "loop", "priority", "rows", "taken")
 
     def __init__(
         self,
         item: Any,
-        future: Future[Any] | None,
+        future: Future[Any] | asyncio.Future[Any] | None,
         priority: int,
         enqueued_at: float,
         key: tuple[Any, ...] | None,
         rows: int,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.item = item
+        #: A concurrent future (threads), an asyncio future of ``loop`` (``submit``), or None.
         self.future = future
+        self.loop = loop
         self.priority = priority
         self.enqueued_at = enqueued_at
         #: None for a generic item; ("ndarray", row shape) for a numpy one.

@@ -103,6 +103,9 @@ class AdaptiveBatchProcessor:
             "retries": 0,
             "bisections": 0,
             "gc_collections": 0,
+            "batches_sent_full": 0,
+            "batches_sent_on_timeout": 0,
+            "batches_sent_on_stop": 0,
         }
         self._items_since_gc = 0
 
@@ -269,9 +272,9 @@ class AdaptiveBatchProcessor:
         item's batch is taken skips the item.
         """
         _check_timeout("timeout", timeout)
-        future: Future[Any] = Future()
-        request = self._request(item, future, priority)
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        request = self._request(item, future, priority, loop)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             waiter = self._push_or_wait(request, loop)
@@ -288,12 +291,18 @@ class AdaptiveBatchProcessor:
             except BaseException:
                 self._forget_waiter(waiter)
                 raise
-        return await asyncio.wrap_future(future)
+        return await future
 
-    def _request(self, item: Any, future: Future[Any] | None, priority: object) -> Request:
+    def _request(
+        self,
+        item: Any,
+        future: Future[Any] | asyncio.Future[Any] | None,
+        priority: object,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Request:
         level = priority if type(priority) is BatchPriority else BatchPriority.coerce(priority)
         key, rows = describe_item(item)
-        return Request(item, future, int(level), 0.0, key, rows)
+        return Request(item, future, int(level), 0.0, key, rows, loop)
 
     def _full_error(self, timeout: float | None) -> QueueFullError:
         return QueueFullError(
@@ -511,7 +520,10 @@ class AdaptiveBatchProcessor:
                         continue
                 break
             batch = queue.pop_many(target)
-            if not draining:
+            if draining:
+                self._counts["batches_sent_on_stop"] += 1
+            else:
+                self._counts["batches_sent_full" if full else "batches_sent_on_timeout"] += 1
                 self._sizer.after_dispatch(len(batch), full, len(queue))
             self._inflight = batch
             self._space.notify(len(batch))

@@ -11,6 +11,8 @@ error and is not retried, only bisected.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -38,11 +40,45 @@ def fail_request(request: Request, error: BaseException, log: bool = True) -> No
         if log:
             logger.warning("an enqueued item (no future to report to) failed: %r", error)
         return
+    if request.loop is not None:
+        _deliver_to_loop(request.loop, [(future, error, True)])
+        return
     try:
         if not future.done():
             future.set_exception(error)
     except InvalidStateError:  # settled meanwhile by another thread
         pass
+
+
+def _claim(request: Request) -> bool:
+    """Mark a taken request running; False if its caller cancelled it already."""
+    future = request.future
+    if future is None:
+        return True
+    if request.loop is None:
+        return future.set_running_or_notify_cancel()  # type: ignore[union-attr]
+    # An asyncio future is only read here; a cancel racing with this check is
+    # seen at delivery, which skips futures that are already done.
+    return not future.cancelled()
+
+
+Delivery = tuple["asyncio.Future[Any]", Any, bool]
+
+
+def _deliver(items: list[Delivery]) -> None:
+    """On the event loop: settle each future that is still waiting."""
+    for future, value, is_error in items:
+        if not future.done():
+            if is_error:
+                future.set_exception(value)
+            else:
+                future.set_result(value)
+
+
+def _deliver_to_loop(loop: asyncio.AbstractEventLoop, items: list[Delivery]) -> None:
+    # One wake-up of the loop per batch, not one per item.
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits these
+        loop.call_soon_threadsafe(_deliver, items)
 
 
 class BatchRunner:
@@ -77,7 +113,7 @@ class BatchRunner:
 
     def run(self, batch: list[Request], queue_length: int) -> None:
         """Process one batch taken from the queue (``queue_length`` items were waiting)."""
-        live = [r for r in batch if r.future is None or r.future.set_running_or_notify_cancel()]
+        live = [r for r in batch if _claim(r)]
         if len(live) < len(batch):
             self.count("total_cancelled", len(batch) - len(live))
         if not live:
@@ -183,13 +219,21 @@ class BatchRunner:
 
     @staticmethod
     def _settle(group: list[Request], results: list[Any], latencies: list[float] | None) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Delivery]] = {}
         for request, value in zip(group, results, strict=True):
             future = request.future
-            if future is not None:
-                try:  # noqa: SIM105 - cheaper than suppress() on this per-item path
-                    future.set_result(value)
-                except InvalidStateError:  # stop(timeout) already failed it
-                    pass
+            if future is None:
+                continue
+            if request.loop is not None:
+                deliveries = by_loop.setdefault(request.loop, [])
+                deliveries.append((future, value, False))  # type: ignore[arg-type]
+                continue
+            try:  # noqa: SIM105 - cheaper than suppress() on this per-item path
+                future.set_result(value)
+            except InvalidStateError:  # stop(timeout) already failed it
+                pass
+        for loop, items in by_loop.items():
+            _deliver_to_loop(loop, items)
         if latencies is not None:
             now = time.monotonic()
             latencies.extend([now - r.enqueued_at for r in group])

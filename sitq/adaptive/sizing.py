@@ -7,8 +7,11 @@ longer than the latency budget just being processed. Then, at each dispatch:
 
 - a batch sent because its oldest item timed out, not full, shows how much
   arrives within the budget: the size shrinks to what was sent;
-- a full batch that leaves items waiting shows the queue backing up: the size
-  grows by what is left waiting (at most doubling);
+- a full batch that leaves at least a quarter of a batch waiting shows the
+  queue backing up: the size grows by what is left waiting (at most
+  doubling). A few items left over do not count: with P producers each
+  waiting for its result, a size just under P keeps batches full without
+  ever waiting for the slowest producer;
 
 and the size is always clamped to ``[min_batch_size, cap]``. Memory pressure
 shrinks the size by a quarter and stops growth (warning) or halves
@@ -95,7 +98,7 @@ class BatchSizer:
         """Adapt to one dispatch: ``sent`` items, whether it was full, what still waits."""
         if not full:
             self.target = max(self.min, min(self.target, sent))
-        elif left_waiting > 0 and self.memory_level == "ok":
+        elif left_waiting >= max(1, self.target // 4) and self.memory_level == "ok":
             self.target += min(left_waiting, self.target)
         self._clamp()
 
