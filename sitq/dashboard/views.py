@@ -10,6 +10,8 @@ from sitq.dashboard.history import HISTORY_SECONDS
 CHART_WIDTH = 160
 CHART_HEIGHT = 28
 BAR_WIDTH = 240
+#: The shortest time span a trend chart spreads over its width.
+MIN_CHART_SECONDS = 10.0
 #: Progress bar segments, in drawing order, with their CSS class.
 SEGMENTS = ("succeeded", "failed", "cancelled", "running", "queued")
 
@@ -37,13 +39,15 @@ def when(value: float | None) -> str:
 
 def polyline(points: list[tuple[float, float]]) -> str:
     """SVG polyline points for (seconds ago, value) pairs: time runs left to right
-    over the history window, values are scaled to the chart's height."""
+    over the history kept so far (at least ``MIN_CHART_SECONDS``, at most the
+    history window), values are scaled to the chart's height."""
     if not points:
         return ""
     top = max(value for _, value in points) or 1.0
+    span = min(HISTORY_SECONDS, max(MIN_CHART_SECONDS, max(ago for ago, _ in points)))
     coords = []
     for ago, value in sorted(points, key=lambda p: -p[0]):
-        x = CHART_WIDTH * (1 - min(ago, HISTORY_SECONDS) / HISTORY_SECONDS)
+        x = CHART_WIDTH * (1 - min(ago, span) / span)
         y = CHART_HEIGHT - 2 - (CHART_HEIGHT - 4) * value / top
         coords.append(f"{x:.1f},{y:.1f}")
     return " ".join(coords)

@@ -1,0 +1,246 @@
+"""The dashboard in a real headless Chromium (Debian's package, driven by Playwright):
+counts change as a real `sitq worker` drains tasks, a failed task's traceback is
+shown, and its retry succeeds, all without reloading the page. The run saves the
+screenshots the README shows (docs/screenshots/).
+
+Without Chromium these tests skip with the reason, except under CI=true, where
+they fail: CI must run them (.ci/run installs Chromium).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jobs
+import pytest
+from support import TESTS_DIR, WorkerProcess, subprocess_env, wait_until
+
+from sitq import SyncTaskQueue
+
+CHROMIUM = os.environ.get("SITQ_TEST_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOTS = TESTS_DIR.parent / "docs" / "screenshots"
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: Generous: the machine is shared and may be loaded.
+DEADLINE_MS = 30_000
+
+
+def chromium_missing() -> str | None:
+    """None if Chromium and Playwright are here, else why not. Under CI=true their
+    absence is an error, not a reason to skip."""
+    reason = None
+    if not (os.access(CHROMIUM, os.X_OK) or shutil.which(CHROMIUM)):
+        reason = f"no Chromium at {CHROMIUM} (apt-get install chromium, or set SITQ_TEST_CHROMIUM)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            reason = "Playwright is not installed (pip install -e '.[dev]')"
+    if reason and os.environ.get("CI"):
+        raise RuntimeError(f"{reason}; CI must run the browser tests")
+    return reason
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    reason = chromium_missing()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, serve: Callable[[], str]) -> Iterator[Any]:
+    """A fresh browser tab, closed before the dashboard stops; it must log no error."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(DEADLINE_MS)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    yield tab
+    context.close()
+    assert not errors, f"the page logged errors: {errors}"
+
+
+def options(port: int) -> list[str]:
+    """The dashboard's options: this port, and quick refreshes."""
+    return ["--port", str(port), "--refresh", "0.5"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def serve(db_path: Path, tmp_path: Path) -> Iterator[Callable[[], str]]:
+    """Start `python -m sitq.dashboard` on ``db_path``; returns its URL once it answers."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> str:
+        port = free_port()
+        log = open(tmp_path / "dashboard.log", "wb")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sitq.dashboard", "--db", str(db_path), *options(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(),
+        )
+        started.append(process)
+        url = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            assert process.poll() is None, (tmp_path / "dashboard.log").read_text()
+            try:
+                with urllib.request.urlopen(url + "/", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        wait_until(answers, 30, "the dashboard to answer")
+        return url
+
+    yield start
+    for process in started:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.fixture
+def start_worker(db_path: Path, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start(*args: str) -> WorkerProcess:
+        worker = WorkerProcess(db_path, tmp_path, *args)
+        workers.append(worker)
+        return worker.wait_started()
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def queued_cell(page: Any, queue: str, status: str) -> Any:
+    return page.locator(f'tr[data-queue="{queue}"] td[data-status="{status}"]')
+
+
+def test_counts_change_as_a_worker_drains(
+    page: Any, db_path: Path, serve: Callable[[], str], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    from playwright.sync_api import expect
+
+    with SyncTaskQueue(db_path) as queue:
+        # 300 tasks of 30 ms on 4 slots: a drain of about two seconds, long
+        # enough for the trend chart to show it.
+        queue.enqueue_many(jobs.sync_sleep, [0.03] * 300)
+        mail = queue.with_options(queue="mail")
+        mail.enqueue_in_batch("newsletter", jobs.add, [(i, 1) for i in range(40)])
+        mail.enqueue_in_batch("newsletter", jobs.fail, ["mailbox full", "no such user"])
+    url = serve()
+    page.goto(url + "/")
+    expect(queued_cell(page, "default", "queued")).to_have_text("300")
+    expect(queued_cell(page, "default", "succeeded")).to_have_text("0")
+    expect(page.locator("#workers")).to_contain_text("No worker running")
+    page.evaluate("window.sitqSamePage = true")  # gone if the page reloads
+
+    start_worker("--queue", "default", "--queue", "mail", "--concurrency", "4")
+    expect(queued_cell(page, "default", "succeeded")).to_have_text("300")
+    expect(queued_cell(page, "default", "queued")).to_have_text("0")
+    expect(queued_cell(page, "mail", "failed")).to_have_text("2")
+    expect(page.locator("#workers .state-alive")).to_have_count(1)
+    expect(page.locator("#failures")).to_contain_text("mailbox full")
+    expect(page.locator("#batches")).to_contain_text("42 / 42")
+    assert page.evaluate("window.sitqSamePage") is True, "the page was reloaded"
+    expect(page.locator("#live-status")).to_contain_text("live, updated")
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
+
+
+def test_a_failed_task_shows_its_traceback_and_retry_succeeds(
+    page: Any,
+    db_path: Path,
+    tmp_path: Path,
+    serve: Callable[[], str],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    from playwright.sync_api import expect
+
+    counter = str(tmp_path / "counter")
+
+    with SyncTaskQueue(db_path) as queue:
+        task_id = queue.enqueue(jobs.flaky, counter, 1)  # fails once, then succeeds
+    start_worker()
+    url = serve()
+    page.goto(url + "/")
+    failure = page.locator("#failures a", has_text="jobs.flaky")
+    expect(failure).to_have_count(1)
+    failure.click()
+    expect(page).to_have_url(f"{url}/tasks/{task_id}")
+    expect(page.locator("#task-status")).to_have_text("failed")
+    expect(page.locator("#traceback")).to_contain_text("Traceback (most recent call last)")
+    expect(page.locator("#traceback")).to_contain_text("RuntimeError: flaky failure number 1")
+    expect(page.locator("#call")).to_contain_text(f"jobs.flaky('{counter}', 1)")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "failed-task.png"), full_page=True)
+
+    questions: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", answer)
+    page.get_by_role("button", name="Retry").click()
+    expect(page.locator("#notice")).to_have_text("Queued again.")
+    assert questions == [f"Run task {task_id} again?"]
+    page.evaluate("window.sitqSamePage = true")
+    expect(page.locator("#task-status")).to_have_text("succeeded")
+    expect(page.locator("#result")).to_have_text("2")
+    expect(page.locator("#traceback")).to_have_count(0)
+    assert page.evaluate("window.sitqSamePage") is True, "the page was reloaded"
+    assert Path(counter).read_text() == "2"
+
+
+def test_a_declined_confirmation_changes_nothing(
+    page: Any, db_path: Path, serve: Callable[[], str]
+) -> None:
+    from playwright.sync_api import expect
+
+    with SyncTaskQueue(db_path) as queue:
+        task_id = queue.enqueue(jobs.add, 1, 2)
+    url = serve()
+    page.goto(f"{url}/tasks/{task_id}")
+    page.on("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#task-status")).to_have_text("queued")
+    with SyncTaskQueue(db_path) as queue:
+        assert queue.status(task_id).value == "queued"
+    assert page.url == f"{url}/tasks/{task_id}"
+    expect(page.locator("#notice")).to_have_count(0)
