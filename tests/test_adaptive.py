@@ -31,6 +31,7 @@ from sitq.adaptive import (
     AdaptiveBatchProcessor,
     BatchOutputError,
     BatchPriority,
+    BatchStats,
     ProcessorStoppedError,
     QueueFullError,
 )
@@ -472,6 +473,42 @@ def test_numpy_bisection_restacks_the_halves(make: Callable[..., AdaptiveBatchPr
                 future.result(timeout=DEADLINE)
         else:
             assert future.result(timeout=DEADLINE) == 2.0 * i
+
+
+def test_a_size_related_failure_halves_the_batch_size(
+    make: Callable[..., AdaptiveBatchProcessor], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sitq.adaptive")
+
+    def small_batches_only(items: list[int]) -> list[int]:
+        if len(items) > 4:
+            raise MemoryError("batch too large for the device")
+        return items
+
+    processor = make(initial_batch_size=16, batch_timeout=5, max_retries=0)
+    processor.pause()
+    futures = [processor.enqueue_predict(i) for i in range(16)]
+    processor.start(small_batches_only)
+    processor.resume()
+    assert results(futures) == list(range(16))  # settled during the bisection...
+    # ...which then halves the size.
+    wait_until(lambda: processor.get_stats()["current_batch_size"] <= 8, DEADLINE, "halving")
+    wait_until(lambda: "size-related" in caplog.text, DEADLINE, "the halving logged")
+
+
+def test_batch_stats_take_the_seeds_update_arguments() -> None:
+    stats = BatchStats(window=10)
+    stats.update(0.010, 4, [0.001, 0.002, 0.003, 0.004], [0.011, 0.012, 0.013, 0.014], 7)
+    stats.update(0.030, 2, 0.005, 0.035, 2)
+    stats.record_error(1)
+    summary = stats.get_stats()
+    assert summary["batch_count"] == 2
+    assert summary["total_processed"] == 6
+    assert summary["max_batch_size"] == 4 and summary["min_batch_size"] == 2
+    assert summary["avg_processing_time_ms"] == pytest.approx(20.0)
+    assert summary["p99_latency_ms"] == pytest.approx(35.0)
+    assert summary["max_queue_length"] == 7
+    assert summary["error_rate"] == pytest.approx(1 / 6)
 
 
 def test_fire_and_forget_failures_are_logged(

@@ -133,6 +133,7 @@ class AdaptiveBatchProcessor:
                 self._observe,
                 self._count,
                 self._abandoned,
+                self._size_failed,
             )
             self._state = _RUNNING
             self._thread = threading.Thread(
@@ -449,6 +450,10 @@ class AdaptiveBatchProcessor:
     def _count(self, name: str, n: int) -> None:
         with self._lock:
             self._counts[name] += n
+
+    def _size_failed(self, items: int) -> None:
+        with self._lock:
+            self._sizer.size_failed(items)
 
     def _observe(self, items: int, seconds: float) -> None:
         with self._lock:

@@ -6,7 +6,8 @@ retried ``max_retries`` times after ``retry_delay``; if it still fails it is
 bisected, each half called once, until every failing item is alone, so every
 good item still gets its result and only the failing ones get the exception.
 A :class:`BatchOutputError` (output that cannot be split back) is a contract
-error and is not retried, only bisected.
+error and is not retried, only bisected. A batch whose halves all succeed
+failed because of its size: the batch size is halved.
 """
 
 from __future__ import annotations
@@ -85,8 +86,10 @@ class BatchRunner:
     """Runs batches on the batch thread; the processor owns the queue and the lifecycle.
 
     ``observe(items, seconds)`` feeds successful first-try calls to the batch
-    sizer; ``count(name, n)`` bumps a processor counter; ``abandoned`` is set
-    when ``stop(timeout)`` gave up waiting, which ends retries and bisection.
+    sizer; ``size_failed(items)`` reports a batch that failed whole but whose
+    parts all succeeded; ``count(name, n)`` bumps a processor counter;
+    ``abandoned`` is set when ``stop(timeout)`` gave up waiting, which ends
+    retries and bisection.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class BatchRunner:
         observe: Callable[[int, float], None],
         count: Callable[[str, int], None],
         abandoned: threading.Event,
+        size_failed: Callable[[int], None],
     ) -> None:
         self.config = config
         self.func = func
@@ -104,6 +108,7 @@ class BatchRunner:
         self.observe = observe
         self.count = count
         self.abandoned = abandoned
+        self.size_failed = size_failed
         self.stacker = Stacker(config.enable_memory_optimization)
         self.batch_ids = itertools.count(1)
         #: (batch id, monotonic start, items) while inside ``func``, for stuck detection.
@@ -136,7 +141,7 @@ class BatchRunner:
             queue_times=queue_times,
             latencies=latencies or [],
         )
-        self.stats.update(record, errors)
+        self.stats.add(record, errors)
 
     def _call(self, group: list[Request], batch_id: int) -> list[Any]:
         payload = self.stacker.combine(group)
@@ -192,7 +197,18 @@ class BatchRunner:
             attempt,
         )
         self.count("bisections", 1)
-        return self._bisect(group, batch_id, latencies)
+        failed = self._bisect(group, batch_id, latencies)
+        if failed == 0 and not self.abandoned.is_set():
+            # Every part succeeded on its own: the size itself failed (out of memory, a
+            # payload limit...). Smaller batches prevent the next such failure.
+            logger.warning(
+                "batch %d: all %d items succeeded in smaller batches, so the failure was "
+                "size-related; halving the batch size",
+                batch_id,
+                len(group),
+            )
+            self.size_failed(len(group))
+        return failed
 
     def _bisect(self, group: list[Request], batch_id: int, latencies: list[float] | None) -> int:
         """Split a failing group until each failing item is alone; the rest succeed."""

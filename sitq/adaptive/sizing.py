@@ -11,13 +11,15 @@ longer than the latency budget just being processed. Then, at each dispatch:
   queue backing up: the size grows by what is left waiting (at most
   doubling). A few items left over do not count: with P producers each
   waiting for its result, a size just under P keeps batches full without
-  ever waiting for the slowest producer;
+  ever waiting for the slowest producer.
 
-and the size is always clamped to ``[min_batch_size, cap]``. Memory pressure
-shrinks the size by a quarter and stops growth (warning) or halves
-the size at every check (critical); a critical queue
-backlog doubles it and lifts the cap, since waiting in the backlog already
-costs more than the budget.
+A batch that fails whole while its halves succeed (bisection found no
+failing item) failed because of its size: the size is halved below it.
+
+The size is always clamped to ``[min_batch_size, cap]``. Memory pressure
+shrinks the size by a quarter and stops growth (warning) or halves the size
+at every check (critical); a critical queue backlog doubles it and lifts the
+cap, since waiting in the backlog already costs more than the budget.
 
 Not thread-safe: the processor calls it under its lock.
 """
@@ -101,6 +103,10 @@ class BatchSizer:
         elif left_waiting >= max(1, self.target // 4) and self.memory_level == "ok":
             self.target += min(left_waiting, self.target)
         self._clamp()
+
+    def size_failed(self, items: int) -> None:
+        """A batch of ``items`` failed whole while its parts succeeded: halve below it."""
+        self.target = max(self.min, min(self.target, items) // 2)
 
     def set(self, size: int) -> None:
         """Set the size by hand (clamped to the cap only at the next measurement)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +55,38 @@ class BatchStats:
         self.total_processed = 0
         self.total_errors = 0
 
-    def update(self, record: BatchRecord, errors: int = 0) -> None:
-        """Record one processed batch (``errors`` of its items failed)."""
+    def update(
+        self,
+        processing_time: float,
+        batch_size: int,
+        queue_time: float | Sequence[float],
+        latency: float | Sequence[float],
+        queue_length: int,
+        *,
+        finished: float | None = None,
+        errors: int = 0,
+    ) -> None:
+        """Record one processed batch.
+
+        ``queue_time`` and ``latency`` (seconds) are one value for the batch or
+        one per item; ``queue_length`` is what was queued when it was taken;
+        ``finished`` (``time.monotonic()``) defaults to now; ``errors`` of its
+        items failed.
+        """
+        end = time.monotonic() if finished is None else finished
+        record = BatchRecord(
+            size=batch_size,
+            started=end - processing_time,
+            finished=end,
+            processing_time=processing_time,
+            queue_length=queue_length,
+            queue_times=[queue_time] if isinstance(queue_time, (int, float)) else list(queue_time),
+            latencies=[latency] if isinstance(latency, (int, float)) else list(latency),
+        )
+        self.add(record, errors)
+
+    def add(self, record: BatchRecord, errors: int = 0) -> None:
+        """Record one processed batch as a :class:`BatchRecord`."""
         with self._lock:
             self.batch_count += 1
             self.total_processed += record.size
