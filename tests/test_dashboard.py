@@ -342,3 +342,44 @@ def test_python_dash_m_serves_help() -> None:
         check=True,
     ).stdout
     assert "--token" in out and "--host" in out and "--port" in out
+
+
+def test_the_command_loads_without_the_extra(tmp_path: Path) -> None:
+    """`sitq` registers the command even where the extra is not installed: importing
+    it loads no web framework, and running it then says which extra to install."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "sys.modules['starlette'] = sys.modules['uvicorn'] = None  # as if not installed\n"
+        "from sitq.dashboard.cli import dashboard\n"
+        "dashboard(['--db', sys.argv[1]])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program, str(tmp_path / "tasks.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "pip install 'sitq[dashboard]'" in result.stderr
+
+
+async def test_every_page_on_both_backends(db_url: str) -> None:
+    """The pages read through the public API only, so PostgreSQL serves them too."""
+    async with TaskQueue(db_url) as queue:
+        ids = await queue.with_options(queue="pg").enqueue_many(jobs.add, [(1, 2), (3, 4)])
+        [claimed] = await queue.backend.claim("w", ["pg"], 1, 60.0)
+        await queue.backend.finish([(claimed.lease, failed("ValueError: on pg"))])
+    app = create_app(DashboardConfig(db=db_url))
+
+    def browse() -> None:
+        with TestClient(app, base_url=LOCAL) as test_client:
+            assert 'data-queue="pg"' in test_client.get("/").text
+            assert listed(test_client, "/tasks?queue=pg")[0] == ids[::-1]
+            assert listed(test_client, "/tasks?status=failed")[0] == [ids[0]]
+            page = test_client.get(f"/tasks/{ids[0]}").text
+            assert "ValueError: on pg" in page and "jobs.add(1, 2)" in page
+
+    await asyncio.to_thread(browse)

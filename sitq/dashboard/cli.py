@@ -6,7 +6,7 @@ import asyncio
 
 import click
 
-from sitq.dashboard.security import is_loopback, new_token
+from sitq.dashboard.access import is_loopback, new_token
 
 TOKEN_ENV = "SITQ_DASHBOARD_TOKEN"
 

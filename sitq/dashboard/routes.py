@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from sitq.dashboard import queries
-from sitq.dashboard.security import CSRF_FIELD, csrf_ok, is_loopback
+from sitq.dashboard.access import is_loopback
+from sitq.dashboard.security import CSRF_FIELD, csrf_ok
 from sitq.errors import ConfigurationError, TaskNotFound
 from sitq.queue import TaskQueue
 

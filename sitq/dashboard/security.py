@@ -14,13 +14,13 @@ every POST, and the headers that keep pages from being framed or scripted.
 from __future__ import annotations
 
 import hmac
-import ipaddress
-import secrets
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sitq.dashboard.access import is_loopback
 
 COOKIE = "sitq_dashboard_token"
 CSRF_FIELD = "csrf"
@@ -36,21 +36,6 @@ HEADERS = {
     "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (where only this machine connects)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def new_token() -> str:
-    """A fresh random token (what ``sitq dashboard --token generate`` uses)."""
-    return secrets.token_urlsafe(24)
 
 
 def _host_name(host_header: str) -> str:
