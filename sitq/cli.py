@@ -17,6 +17,7 @@ import click
 
 from sitq.backends import open_backend
 from sitq.backends.base import WORKER_STALE_AFTER, Backend
+from sitq.dashboard.cli import dashboard as dashboard_command
 from sitq.errors import SitqError
 from sitq.headers import unwrap as unwrap_headers
 from sitq.queue import record_to_result
@@ -235,6 +236,10 @@ def _add_optional_commands() -> None:
 
         return
     main.add_command(workflow)
+
+
+# Importing it loads no web framework: without the extra it says what to install.
+main.add_command(dashboard_command)
 
 
 _add_optional_commands()
