@@ -178,12 +178,14 @@ SELECT id FROM {s}.sitq_tasks WHERE unique_key = $1 AND status IN ('queued', 'ru
 """
 
 # SKIP LOCKED: concurrent claimers each take different rows, never waiting.
-CLAIM = """
+# @which picks the unlimited tasks (CLAIM) or those of one limit key ($6,
+# CLAIM_LIMITED).
+_CLAIM_SHAPE = """
 WITH picked AS (
     SELECT id FROM {s}.sitq_tasks
     WHERE status = 'queued' AND queue = ANY($4::text[]) AND available_at <= $2
       AND queue NOT IN (SELECT queue FROM {s}.sitq_paused)
-      AND (limit_key IS NULL OR limit_key NOT IN (SELECT key FROM {s}.sitq_limits))
+      AND @which
     ORDER BY priority DESC, available_at, seq
     LIMIT $5
     FOR UPDATE SKIP LOCKED
@@ -195,6 +197,10 @@ FROM picked WHERE t.id = picked.id
 RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.retry_backoff,
     t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq
 """
+
+CLAIM = _CLAIM_SHAPE.replace(
+    "@which", "(limit_key IS NULL OR limit_key NOT IN (SELECT key FROM {s}.sitq_limits))"
+)
 
 RECLAIM_EXPIRED = """
 UPDATE {s}.sitq_tasks
@@ -400,23 +406,7 @@ SELECT l.key,
 FROM {s}.sitq_limits l
 """
 
-CLAIM_LIMITED = """
-WITH picked AS (
-    SELECT id FROM {s}.sitq_tasks
-    WHERE status = 'queued' AND limit_key = $6 AND queue = ANY($4::text[])
-      AND available_at <= $2
-      AND queue NOT IN (SELECT queue FROM {s}.sitq_paused)
-    ORDER BY priority DESC, available_at, seq
-    LIMIT $5
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE {s}.sitq_tasks t
-SET status = 'running', worker_id = $1, attempts = t.attempts + 1,
-    started_at = $2, lease_expires_at = $3
-FROM picked WHERE t.id = picked.id
-RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.retry_backoff,
-    t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq
-"""
+CLAIM_LIMITED = _CLAIM_SHAPE.replace("@which", "limit_key = $6")
 
 PAUSE_QUEUE = """
 INSERT INTO {s}.sitq_paused (queue, paused_at) VALUES ($1, $2) ON CONFLICT DO NOTHING

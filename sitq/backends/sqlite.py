@@ -608,7 +608,7 @@ class SQLiteBackend(Backend):
                     room if start_room is None else start_room,
                 )
                 if allowed > 0:
-                    params = (worker_id, now, expires, key, *queues, now, allowed)
+                    params = (worker_id, now, expires, *queues, now, key, allowed)
                     taken += await conn.execute_fetchall(sql, params)
             return taken
 

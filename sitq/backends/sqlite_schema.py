@@ -172,8 +172,10 @@ EXISTING_UNIQUE = """
 SELECT id FROM sitq_tasks WHERE unique_key = ? AND status IN ('queued', 'running')
 """
 
-# {queues} is filled with one placeholder per queue name.
-CLAIM = """
+# {queues} is filled with one placeholder per queue name; @which picks the
+# unlimited tasks (CLAIM) or those of one limit key (CLAIM_LIMITED, one more
+# parameter after the time).
+_CLAIM_SHAPE = """
 UPDATE sitq_tasks
 SET status = 'running', worker_id = ?, attempts = attempts + 1,
     started_at = ?, lease_expires_at = ?
@@ -181,13 +183,17 @@ WHERE rowid IN (
     SELECT rowid FROM sitq_tasks
     WHERE status = 'queued' AND queue IN ({queues}) AND available_at <= ?
       AND queue NOT IN (SELECT queue FROM sitq_paused)
-      AND (limit_key IS NULL OR limit_key NOT IN (SELECT key FROM sitq_limits))
+      AND @which
     ORDER BY priority DESC, available_at, rowid
     LIMIT ?
 )
 RETURNING id, queue, func_name, payload, attempts, max_retries, retry_backoff, timeout,
     enqueued_at, priority, available_at, rowid
 """
+
+CLAIM = _CLAIM_SHAPE.replace(
+    "@which", "(limit_key IS NULL OR limit_key NOT IN (SELECT key FROM sitq_limits))"
+)
 
 # A running task whose lease ran out lost its worker. It runs again, unless it
 # was asked to cancel, or it has already been lost too often (a task that kills
@@ -398,21 +404,7 @@ SELECT l.key,
 FROM sitq_limits l
 """
 
-# {queues} as in CLAIM; one limit key at a time.
-CLAIM_LIMITED = """
-UPDATE sitq_tasks
-SET status = 'running', worker_id = ?, attempts = attempts + 1,
-    started_at = ?, lease_expires_at = ?
-WHERE rowid IN (
-    SELECT rowid FROM sitq_tasks
-    WHERE status = 'queued' AND limit_key = ? AND queue IN ({queues}) AND available_at <= ?
-      AND queue NOT IN (SELECT queue FROM sitq_paused)
-    ORDER BY priority DESC, available_at, rowid
-    LIMIT ?
-)
-RETURNING id, queue, func_name, payload, attempts, max_retries, retry_backoff, timeout,
-    enqueued_at, priority, available_at, rowid
-"""
+CLAIM_LIMITED = _CLAIM_SHAPE.replace("@which", "limit_key = ?")
 
 PAUSE_QUEUE = "INSERT OR IGNORE INTO sitq_paused (queue, paused_at) VALUES (?, ?)"
 RESUME_QUEUE = "DELETE FROM sitq_paused WHERE queue = ?"
