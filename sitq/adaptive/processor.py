@@ -179,7 +179,11 @@ class AdaptiveBatchProcessor:
                 self._abandoned.set()
                 self._work.notify_all()
             left = self._queue.pop_all()
-            inflight = [] if drained else list(self._inflight)
+            inflight = (
+                []
+                if drained
+                else [r for r in self._inflight if r.future is None or not r.future.done()]
+            )
             self._state = _STOPPED
         if left or inflight:
             why = "stop() was called before start()"
@@ -239,6 +243,8 @@ class AdaptiveBatchProcessor:
 
         A full queue blocks up to ``timeout`` seconds (None: until there is room)
         and then raises :class:`QueueFullError`; ``timeout=0`` never blocks.
+        ``priority`` orders items when ``enable_priority_queue`` is on (it is
+        checked, and otherwise ignored). Items may be queued before ``start``.
         """
         _check_timeout("timeout", timeout)
         self._put(self._request(item, None, priority), timeout)
