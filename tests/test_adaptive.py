@@ -716,6 +716,35 @@ async def test_submit_from_many_coroutines(make: Callable[..., AdaptiveBatchProc
     assert len(recorder.batches) < 100
 
 
+async def test_threads_and_coroutines_at_once(
+    make: Callable[..., AdaptiveBatchProcessor],
+) -> None:
+    processor = make(initial_batch_size=8, batch_timeout=0.01, max_queue_size=32,
+                     max_batch_size=32)  # fmt: skip
+    processor.start(lambda items: [(tag, n * 2) for tag, n in items])
+    thread_results: dict[int, list[Any]] = {}
+
+    def producer(t: int) -> None:
+        futures = [processor.enqueue_predict((f"t{t}", i)) for i in range(200)]
+        thread_results[t] = results(futures)
+
+    threads = [threading.Thread(target=producer, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+
+    async def coroutine(c: int) -> list[Any]:
+        return [await processor.submit((f"c{c}", i)) for i in range(20)]
+
+    coroutine_results = await asyncio.gather(*(coroutine(c) for c in range(40)))
+    for thread in threads:
+        await asyncio.to_thread(thread.join, DEADLINE)
+    for t in range(4):
+        assert thread_results[t] == [(f"t{t}", 2 * i) for i in range(200)]
+    for c in range(40):
+        assert coroutine_results[c] == [(f"c{c}", 2 * i) for i in range(20)]
+    assert processor.get_stats()["total_processed"] == 4 * 200 + 40 * 20
+
+
 async def test_submit_waits_for_room_without_blocking_the_loop(
     make: Callable[..., AdaptiveBatchProcessor],
 ) -> None:

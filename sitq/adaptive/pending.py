@@ -62,12 +62,13 @@ class PendingQueue:
     def __len__(self) -> int:
         return self._count
 
-    def push(self, request: Request) -> None:
-        """Add one request."""
+    def push(self, request: Request) -> int:
+        """Add one request; returns how many now wait."""
         self._arrivals.append(request)
         if self.prioritized:
             heapq.heappush(self._heap, (-request.priority, next(self._seq), request))
         self._count += 1
+        return self._count
 
     def pop_many(self, limit: int) -> list[Request]:
         """Remove and return up to ``limit`` requests, in serving order."""

@@ -320,10 +320,8 @@ class AdaptiveBatchProcessor:
 
     def _push_locked(self, request: Request) -> None:
         request.enqueued_at = time.monotonic()
-        queue = self._queue
-        queue.push(request)
+        n = self._queue.push(request)
         self._counts["total_enqueued"] += 1
-        n = len(queue)
         # Wake the batch thread only when it has something new to decide.
         if n == 1 or n >= self._sizer.target:
             self._work.notify()
