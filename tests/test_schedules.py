@@ -13,10 +13,11 @@ from pathlib import Path
 
 import jobs
 import pytest
-from support import SITQ, subprocess_env, wait_until
+from support import SITQ, await_until, subprocess_env, wait_until
 
-from sitq import SyncTaskQueue, TaskQueue, TaskStatus
+from sitq import SyncTaskQueue, TaskQueue, TaskStatus, Worker
 from sitq.errors import ConfigurationError
+from sitq.schedules import Schedule
 from sitq.task import TaskId
 from sitq.testing import TemporaryQueue
 
@@ -304,3 +305,30 @@ async def test_the_test_helper_runs_everything_due_in_order() -> None:
         assert await queue.status(later) is TaskStatus.QUEUED
         path = queue.path
     assert not path.exists()
+
+
+async def test_status_lists_schedules_and_limits(db_path: Path, tmp_path: Path) -> None:
+    async with TaskQueue(db_path) as queue:
+        await queue.set_limit("render", max_running=2)
+        await queue.set_limit("api", max_starts=10, per=1.0)
+        nightly = Schedule("nightly", jobs.noop, cron="0 3 * * *", tz="Europe/Paris")
+        worker = Worker(db_path, schedules=[nightly])
+        await worker.start()
+        try:
+
+            async def recorded() -> bool:
+                return bool(await queue.schedules())
+
+            await await_until(recorded, 15, "the scheduler's first sighting")
+        finally:
+            await worker.stop()
+        (record,) = await queue.schedules()
+        assert record.next_run_at is not None and record.next_run_at > record.last_run_at
+    run = subprocess.run(
+        [SITQ, "status", "--db", str(db_path)], capture_output=True, text=True, timeout=60
+    )
+    assert "schedules:" in run.stdout
+    (line,) = [line for line in run.stdout.splitlines() if line.strip().startswith("nightly")]
+    assert "cron 0 3 * * * (Europe/Paris)" in line and "next 20" in line
+    assert "render" in run.stdout and "at most 2 running" in run.stdout
+    assert "10 starts per 1s" in run.stdout
