@@ -386,6 +386,20 @@ def test_priorities_are_served_high_first(make: Callable[..., AdaptiveBatchProce
     assert recorder.batches == [["high-1", "high-2"], ["normal-1", "normal-2"], ["low-1", "low-2"]]
 
 
+def test_priority_queue_tracks_the_oldest_item_in_bounded_memory() -> None:
+    from sitq.adaptive.pending import PendingQueue, Request
+
+    queue = PendingQueue(prioritized=True)
+    queue.push(Request("old low", None, BatchPriority.LOW, 1.0, None, 1))
+    for i in range(10_000):  # high-priority traffic overtakes the low item
+        queue.push(Request(i, None, BatchPriority.HIGH, 2.0 + i, None, 1))
+        assert queue.pop_many(1)[0].item == i
+    assert queue.oldest_enqueued_at() == 1.0
+    assert len(queue._arrivals) < 200
+    assert queue.pop_many(5)[0].item == "old low"
+    assert queue.oldest_enqueued_at() is None
+
+
 def test_without_priority_queue_order_is_fifo(make: Callable[..., AdaptiveBatchProcessor]) -> None:
     recorder = Recorder()
     processor = make(initial_batch_size=6, min_batch_size=6, max_batch_size=6, batch_timeout=5)

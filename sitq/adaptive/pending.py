@@ -48,6 +48,7 @@ class Request:
 class PendingQueue:
     """Requests in arrival order, or by priority (then arrival) when ``prioritized``.
 
+    Priority is strict: under sustained overload lower priorities wait.
     ``oldest_enqueued_at`` is the arrival time of the oldest request still
     waiting, whichever order requests leave in.
     """
@@ -77,6 +78,10 @@ class PendingQueue:
             batch = [heapq.heappop(self._heap)[2] for _ in range(n)]
             for request in batch:
                 request.taken = True
+            if len(self._arrivals) > 2 * (self._count - n) + 64:
+                # Taken requests stuck behind a long-waiting one: drop them so the
+                # arrival order stays bounded by what waits.
+                self._arrivals = deque(r for r in self._arrivals if not r.taken)
         else:
             popleft = self._arrivals.popleft
             batch = [popleft() for _ in range(n)]
