@@ -16,7 +16,8 @@ from sitq.errors import (
     TaskFailed,
     TaskNotFound,
 )
-from sitq.queue import SyncTaskQueue, TaskQueue
+from sitq.queue import TaskQueue
+from sitq.sync_queue import SyncTaskQueue
 from sitq.task import Result, TaskOptions, TaskStatus
 from sitq.worker import Worker
 

@@ -14,7 +14,8 @@ from sitq.batch.errors import BatchExists, BatchNotFound, BatchTimeout
 from sitq.batch.progress import BatchProgress, ProgressBar
 from sitq.batch.report import BatchReport, Monitor
 from sitq.errors import ConfigurationError, TaskNotFound
-from sitq.queue import SyncTaskQueue, TaskQueue
+from sitq.queue import TaskQueue
+from sitq.sync_queue import SyncTaskQueue
 from sitq.task import Result
 
 IfExists = Literal["error", "append", "resume"]

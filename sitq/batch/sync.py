@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 from sitq.batch.processor import Batch, BatchProcessor, IfExists, Target
 from sitq.batch.progress import BatchProgress
 from sitq.batch.report import BatchReport
-from sitq.queue import SyncTaskQueue, TaskQueue
+from sitq.queue import TaskQueue
+from sitq.sync_queue import SyncTaskQueue
 from sitq.task import Result
 
 T = TypeVar("T")

@@ -1,0 +1,239 @@
+"""SyncTaskQueue: the producer API for code that is not async.
+
+It runs a TaskQueue on a private event loop in a background thread; enqueues
+on SQLite skip that loop and insert on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from sitq.backends.base import Backend, BatchRecord, TaskPage
+from sitq.errors import NotConnected
+from sitq.queue import TaskQueue, _as_calls, _Enqueuer, _observed
+from sitq.serialization import Serializer
+from sitq.task import Result, TaskStatus
+
+T = TypeVar("T")
+
+
+class SyncTaskQueue:
+    """The producer API for code that is not async.
+
+    Runs a private event loop on a background thread; every method blocks until
+    done. Accepts the same arguments as :class:`TaskQueue` and connects on first use.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | str | os.PathLike[str] | None = None,
+        serializer: Serializer | None = None,
+    ) -> None:
+        self._queue = TaskQueue(backend, serializer)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="sitq-sync-queue", daemon=True
+        )
+        self._thread.start()
+        self._connect_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def backend(self) -> Backend:
+        """The backend this queue stores tasks in."""
+        return self._queue.backend
+
+    def _ensure_connected(self) -> None:
+        if self._closed:
+            raise NotConnected("this SyncTaskQueue is closed")
+        if not self._queue._connected:
+            with self._connect_lock:
+                if not self._queue._connected:
+                    self._submit(self._queue.connect()).result()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            self._ensure_connected()
+        except BaseException:
+            coro.close()
+            raise
+        return self._submit(coro).result()
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def connect(self) -> None:
+        """Open the backend now (otherwise the first call does)."""
+        self._run(asyncio.sleep(0))
+
+    def close(self) -> None:
+        """Close the backend and stop the background loop."""
+        if self._closed:
+            return
+        self._closed = True
+        self._submit(self._queue.close()).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> SyncTaskQueue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def with_options(self, **options: Any) -> _SyncEnqueuer:
+        """Like :meth:`TaskQueue.with_options`."""
+        return _SyncEnqueuer(self, self._queue.with_options(**options))
+
+    def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Like :meth:`TaskQueue.enqueue`."""
+        return self._enqueue(self._queue._default, fn, [(args, kwargs)])[0]
+
+    def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
+        """Like :meth:`TaskQueue.enqueue_many`."""
+        return self._enqueue(self._queue._default, fn, _as_calls(items))
+
+    def _enqueue(
+        self,
+        enqueuer: _Enqueuer,
+        fn: Callable[..., Any],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    ) -> list[str]:
+        """Build the tasks on this thread and store them directly when the backend
+        allows it (no trip through the background loop), else through the loop."""
+        self._ensure_connected()
+        if enqueuer.options.unique_key is not None:
+            if len(calls) != 1:
+                enqueuer._refuse_unique("enqueue_many")
+            args, kwargs = calls[0]
+            return [self._run(enqueuer._enqueue_unique(self.backend, fn, args, kwargs))]
+        if _observed():
+            return self._run(enqueuer._enqueue_observed(self.backend, fn, calls))
+        tasks = self._queue._new_tasks(enqueuer.options, fn, calls, self.backend.now())
+        if not self.backend.enqueue_blocking(tasks):
+            self._run(self.backend.enqueue(tasks))
+        return [task.id for task in tasks]
+
+    def get_result(self, task_id: str, timeout: float | None = None) -> Result | None:
+        """Like :meth:`TaskQueue.get_result`."""
+        return self._run(self._queue.get_result(task_id, timeout))
+
+    def get_results(self, task_ids: Sequence[str]) -> dict[str, Result]:
+        """Like :meth:`TaskQueue.get_results`."""
+        return self._run(self._queue.get_results(task_ids))
+
+    def status(self, task_id: str) -> TaskStatus:
+        """Like :meth:`TaskQueue.status`."""
+        return self._run(self._queue.status(task_id))
+
+    def cancel(self, task_id: str) -> bool:
+        """Like :meth:`TaskQueue.cancel`."""
+        return self._run(self._queue.cancel(task_id))
+
+    def retry(self, task_id: str) -> bool:
+        """Like :meth:`TaskQueue.retry`."""
+        return self._run(self._queue.retry(task_id))
+
+    def stats(self) -> dict[str, Any]:
+        """Like :meth:`TaskQueue.stats`."""
+        return self._run(self._queue.stats())
+
+    # -- named batches and bulk status (see TaskQueue) ---------------------
+
+    def enqueue_in_batch(
+        self, batch_id: str, fn: Callable[..., Any], items: Iterable[Any], /
+    ) -> list[str]:
+        """Like :meth:`TaskQueue.enqueue_in_batch`."""
+        return self._run(self._queue.enqueue_in_batch(batch_id, fn, items))
+
+    def create_batch(self, batch_id: str) -> bool:
+        """Like :meth:`TaskQueue.create_batch`."""
+        return self._run(self._queue.create_batch(batch_id))
+
+    def get_batch(self, batch_id: str) -> BatchRecord | None:
+        """Like :meth:`TaskQueue.get_batch`."""
+        return self._run(self._queue.get_batch(batch_id))
+
+    def list_batches(self) -> list[BatchRecord]:
+        """Like :meth:`TaskQueue.list_batches`."""
+        return self._run(self._queue.list_batches())
+
+    def batch_task_ids(self, batch_id: str) -> list[str]:
+        """Like :meth:`TaskQueue.batch_task_ids`."""
+        return self._run(self._queue.batch_task_ids(batch_id))
+
+    def batch_status_counts(self, batch_id: str) -> dict[str, int]:
+        """Like :meth:`TaskQueue.batch_status_counts`."""
+        return self._run(self._queue.batch_status_counts(batch_id))
+
+    def delete_batch(self, batch_id: str) -> bool:
+        """Like :meth:`TaskQueue.delete_batch`."""
+        return self._run(self._queue.delete_batch(batch_id))
+
+    def status_counts(self, task_ids: Sequence[str]) -> dict[str, int]:
+        """Like :meth:`TaskQueue.status_counts`."""
+        return self._run(self._queue.status_counts(task_ids))
+
+    def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        """Like :meth:`TaskQueue.statuses`."""
+        return self._run(self._queue.statuses(task_ids))
+
+    def retry_many(self, task_ids: Sequence[str]) -> int:
+        """Like :meth:`TaskQueue.retry_many`."""
+        return self._run(self._queue.retry_many(task_ids))
+
+    def cancel_many(self, task_ids: Sequence[str]) -> list[str]:
+        """Like :meth:`TaskQueue.cancel_many`."""
+        return self._run(self._queue.cancel_many(task_ids))
+
+    def wait_for_results(self, timeout: float) -> None:
+        """Like :meth:`TaskQueue.wait_for_results` (blocks the calling thread)."""
+        self._run(self._queue.wait_for_results(timeout))
+
+    def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        status: TaskStatus | str | None = None,
+        batch_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> TaskPage:
+        """Like :meth:`TaskQueue.list_tasks`."""
+        return self._run(
+            self._queue.list_tasks(
+                queue=queue, status=status, batch_id=batch_id, cursor=cursor, limit=limit
+            )
+        )
+
+
+class _SyncEnqueuer:
+    """The blocking face of a queue with options."""
+
+    def __init__(self, owner: SyncTaskQueue, enqueuer: _Enqueuer) -> None:
+        self._owner = owner
+        self._enqueuer = enqueuer
+
+    def with_options(self, **options: Any) -> _SyncEnqueuer:
+        """Further options."""
+        return _SyncEnqueuer(self._owner, self._enqueuer.with_options(**options))
+
+    def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Like :meth:`TaskQueue.enqueue`, with these options."""
+        return self._owner._enqueue(self._enqueuer, fn, [(args, kwargs)])[0]
+
+    def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
+        """Like :meth:`TaskQueue.enqueue_many`, with these options."""
+        return self._owner._enqueue(self._enqueuer, fn, _as_calls(items))
+
+    def enqueue_in_batch(
+        self, batch_id: str, fn: Callable[..., Any], items: Iterable[Any], /
+    ) -> list[str]:
+        """Like :meth:`TaskQueue.enqueue_in_batch`, with these options."""
+        return self._owner._run(self._enqueuer.enqueue_in_batch(batch_id, fn, items))
