@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from sitq import schedules, signals, telemetry
-from sitq.backends import open_backend
+from sitq.backends import base, open_backend
 from sitq.backends.base import (
     WORKER_STALE_AFTER,
     Backend,
@@ -678,6 +678,125 @@ class TaskQueue:
         status_value = None if status is None else TaskStatus(status).value
         return await self._backend_checked().list_tasks(
             queue=queue, status=status_value, batch_id=batch_id, cursor=cursor, limit=limit
+        )
+
+    # -- workflow runs (sitq.workflow; see Backend for the contract) ----------
+    #
+    # The state of YAML workflow runs, kept in this database so a killed run
+    # resumes wherever the database is reachable. Values are bytes the caller
+    # serializes; every call is committed when it returns.
+
+    async def create_workflow_run(self, run: base.NewWorkflowRun) -> bool:
+        """Record a new workflow run (status running); False if the id is taken."""
+        return await self._backend_checked().create_workflow_run(run)
+
+    async def get_workflow_run(self, run_id: str) -> base.WorkflowRunRecord | None:
+        """A workflow run, or None if there is no such run."""
+        return await self._backend_checked().get_workflow_run(run_id)
+
+    async def list_workflow_runs(self, limit: int = 50) -> list[base.WorkflowRunRecord]:
+        """The ``limit`` most recent workflow runs, newest first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"limit must be an int >= 1, got {limit!r}")
+        return await self._backend_checked().list_workflow_runs(limit)
+
+    async def update_workflow_run(
+        self,
+        run_id: str,
+        status: str,
+        error: str | None = None,
+        *,
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> bool:
+        """Set a run's status and error (and its owner, if given); False if no such run."""
+        return await self._backend_checked().update_workflow_run(
+            run_id, status, error, host=host, pid=pid
+        )
+
+    async def begin_workflow_step(
+        self,
+        run_id: str,
+        name: str,
+        position: int,
+        items: bytes,
+        item_previews: Sequence[str | None],
+        has_items: bool,
+    ) -> bool:
+        """Record a step starting with one pending item per preview, atomically;
+        False if it was begun before."""
+        return await self._backend_checked().begin_workflow_step(
+            run_id, name, position, items, item_previews, has_items
+        )
+
+    async def update_workflow_step(
+        self,
+        run_id: str,
+        name: str,
+        status: str,
+        result: bytes | None = None,
+        result_preview: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Set a step's status, result and error; False if it has not begun."""
+        return await self._backend_checked().update_workflow_step(
+            run_id, name, status, result, result_preview, error
+        )
+
+    async def list_workflow_steps(self, run_id: str) -> list[base.WorkflowStepRecord]:
+        """A run's begun steps in order (without their items and result bytes)."""
+        return await self._backend_checked().list_workflow_steps(run_id)
+
+    async def get_workflow_step(self, run_id: str, name: str) -> base.WorkflowStepRecord | None:
+        """One begun step with its items and result bytes, or None."""
+        return await self._backend_checked().get_workflow_step(run_id, name)
+
+    async def list_workflow_items(
+        self, run_id: str, step: str, *, with_results: bool = False
+    ) -> list[base.WorkflowItemRecord]:
+        """A step's items by index (result bytes only ``with_results``)."""
+        return await self._backend_checked().list_workflow_items(
+            run_id, step, with_results=with_results
+        )
+
+    async def workflow_item_started(self, run_id: str, step: str, index: int, ran_on: str) -> None:
+        """A workflow item starts on ``ran_on``."""
+        await self._backend_checked().workflow_item_started(run_id, step, index, ran_on)
+
+    async def workflow_item_attempt(self, run_id: str, step: str, index: int, attempt: int) -> None:
+        """Attempt number ``attempt`` of a workflow item begins."""
+        await self._backend_checked().workflow_item_attempt(run_id, step, index, attempt)
+
+    async def workflow_item_submitted(
+        self, run_id: str, step: str, index: int, task_id: str
+    ) -> None:
+        """A workflow item became sitq task ``task_id``."""
+        await self._backend_checked().workflow_item_submitted(run_id, step, index, task_id)
+
+    async def workflow_item_finished(
+        self,
+        run_id: str,
+        step: str,
+        index: int,
+        status: str,
+        *,
+        attempts: int,
+        result: bytes | None = None,
+        result_preview: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        """A workflow item ended (succeeded or failed) after ``attempts`` attempts."""
+        await self._backend_checked().workflow_item_finished(
+            run_id,
+            step,
+            index,
+            status,
+            attempts=attempts,
+            result=result,
+            result_preview=result_preview,
+            error=error,
+            traceback=traceback,
         )
 
 

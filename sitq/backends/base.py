@@ -425,6 +425,113 @@ class Backend(abc.ABC):
         fast however rare the matches: it may hold fewer than ``limit`` tasks (even
         none) and still have a ``next_cursor``. ``next_cursor`` is None at the end."""
 
+    # -- workflow runs (sitq.workflow) -------------------------------------------
+    #
+    # A run, its steps, and each step's items with status, result, error and
+    # attempts. Values (params, a step's items, results) are bytes serialized by
+    # the layer above; previews are short texts to show without loading them.
+    # Every call is committed when it returns; each item change is one statement.
+
+    @abc.abstractmethod
+    async def create_workflow_run(self, run: NewWorkflowRun) -> bool:
+        """Record a new run, status 'running', created now; False (and no change) if
+        a run with this id exists."""
+
+    @abc.abstractmethod
+    async def get_workflow_run(self, run_id: str) -> WorkflowRunRecord | None:
+        """The run, or None if there is no such run."""
+
+    @abc.abstractmethod
+    async def list_workflow_runs(self, limit: int = 50) -> list[WorkflowRunRecord]:
+        """The ``limit`` most recently created runs, newest first."""
+
+    @abc.abstractmethod
+    async def update_workflow_run(
+        self,
+        run_id: str,
+        status: str,
+        error: str | None = None,
+        *,
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> bool:
+        """Set the run's status and error (its ``finished_at`` is now, or None when
+        ``status`` is 'running'); ``host`` and ``pid``, if given, name its new owner.
+        False if there is no such run."""
+
+    @abc.abstractmethod
+    async def begin_workflow_step(
+        self,
+        run_id: str,
+        name: str,
+        position: int,
+        items: bytes,
+        item_previews: Sequence[str | None],
+        has_items: bool,
+    ) -> bool:
+        """Record that a step starts (status 'running') over ``items``, with one
+        pending item per preview (indexes from 0), in one transaction. False (and no
+        change) if the step was begun before."""
+
+    @abc.abstractmethod
+    async def update_workflow_step(
+        self,
+        run_id: str,
+        name: str,
+        status: str,
+        result: bytes | None = None,
+        result_preview: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Set the step's status, result and error (its ``finished_at`` is now, or
+        None when ``status`` is 'running'); False if there is no such step."""
+
+    @abc.abstractmethod
+    async def list_workflow_steps(self, run_id: str) -> list[WorkflowStepRecord]:
+        """The run's begun steps by position, without their items and result bytes."""
+
+    @abc.abstractmethod
+    async def get_workflow_step(self, run_id: str, name: str) -> WorkflowStepRecord | None:
+        """One step with its items and result bytes, or None if it has not begun."""
+
+    @abc.abstractmethod
+    async def list_workflow_items(
+        self, run_id: str, step: str, *, with_results: bool = False
+    ) -> list[WorkflowItemRecord]:
+        """The step's items by index; their result bytes only ``with_results``."""
+
+    @abc.abstractmethod
+    async def workflow_item_started(self, run_id: str, step: str, index: int, ran_on: str) -> None:
+        """The item starts on ``ran_on``: status 'running', started now, its previous
+        error and finish cleared (attempts and result stay until it finishes)."""
+
+    @abc.abstractmethod
+    async def workflow_item_attempt(self, run_id: str, step: str, index: int, attempt: int) -> None:
+        """Attempt number ``attempt`` of the item begins."""
+
+    @abc.abstractmethod
+    async def workflow_item_submitted(
+        self, run_id: str, step: str, index: int, task_id: str
+    ) -> None:
+        """The item became sitq task ``task_id``."""
+
+    @abc.abstractmethod
+    async def workflow_item_finished(
+        self,
+        run_id: str,
+        step: str,
+        index: int,
+        status: str,
+        *,
+        attempts: int,
+        result: bytes | None = None,
+        result_preview: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        """The item ended (``status`` succeeded or failed) after ``attempts``
+        attempts, finished now."""
+
 
 @dataclass(frozen=True)
 class BatchRecord:
@@ -511,3 +618,74 @@ def listing_cursor(source: ListingSource, row_key: Any, finished_at: float | Non
     if source == "failed":
         return f"{finished_at!r}:{row_key}"
     return str(row_key)
+
+
+class NewWorkflowRun(NamedTuple):
+    """A workflow run to record: its id, the file it came from (path, ``name:``,
+    text), its params (bytes and a preview), and the host and pid that run it."""
+
+    id: str
+    source: str
+    name: str | None
+    text: str
+    params: bytes
+    params_preview: str
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class WorkflowRunRecord:
+    """A workflow run as stored. ``status``: running, succeeded, partial, failed or
+    interrupted (the layer above names them); ``finished_at`` None while running."""
+
+    id: str
+    source: str
+    name: str | None
+    text: str
+    params: bytes
+    params_preview: str
+    status: str
+    error: str | None
+    host: str
+    pid: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class WorkflowStepRecord:
+    """A begun step of a workflow run. ``items`` and ``result`` (bytes) are loaded
+    only by ``get_workflow_step``."""
+
+    name: str
+    position: int
+    status: str
+    total: int
+    has_items: bool
+    result_preview: str | None
+    error: str | None
+    started_at: float
+    finished_at: float | None
+    items: bytes | None = None
+    result: bytes | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowItemRecord:
+    """One item of a step: pending, running, succeeded or failed. ``result`` (bytes)
+    is loaded only when asked for."""
+
+    index: int
+    item_preview: str | None
+    status: str
+    attempts: int
+    result_preview: str | None
+    error: str | None
+    traceback: str | None
+    task_id: str | None
+    ran_on: str | None
+    started_at: float | None
+    finished_at: float | None
+    result: bytes | None = None

@@ -757,6 +757,161 @@ class PostgresBackend(Backend):
         tasks = [records[task_id] for task_id in ids if task_id in records]
         return base.TaskPage(tasks, next_cursor)
 
+    # -- workflow runs (sitq.workflow) --------------------------------------------
+
+    async def create_workflow_run(self, run: base.NewWorkflowRun) -> bool:
+        """Record a new run; False if the id exists."""
+        async with self._acquire() as conn:
+            created = await conn.fetchval(self._q(q.CREATE_WORKFLOW_RUN), *run, self.now())
+        return created is not None
+
+    async def get_workflow_run(self, run_id: str) -> base.WorkflowRunRecord | None:
+        """The run, or None."""
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(self._q(q.GET_WORKFLOW_RUN), run_id)
+        return None if row is None else base.WorkflowRunRecord(*row)
+
+    async def list_workflow_runs(self, limit: int = 50) -> list[base.WorkflowRunRecord]:
+        """The newest runs first."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.LIST_WORKFLOW_RUNS), limit)
+        return [base.WorkflowRunRecord(*row) for row in rows]
+
+    async def update_workflow_run(
+        self,
+        run_id: str,
+        status: str,
+        error: str | None = None,
+        *,
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> bool:
+        """Set the run's status, error and (if given) owner."""
+        async with self._acquire() as conn:
+            done = await conn.execute(
+                self._q(q.UPDATE_WORKFLOW_RUN), run_id, status, error, host, pid, self.now()
+            )
+        return done != "UPDATE 0"
+
+    async def begin_workflow_step(
+        self,
+        run_id: str,
+        name: str,
+        position: int,
+        items: bytes,
+        item_previews: Sequence[str | None],
+        has_items: bool,
+    ) -> bool:
+        """The step and its pending items in one transaction."""
+        previews = list(item_previews)
+        async with self._acquire() as conn, conn.transaction():
+            begun = await conn.fetchval(
+                self._q(q.BEGIN_WORKFLOW_STEP),
+                run_id,
+                name,
+                position,
+                len(previews),
+                has_items,
+                items,
+                self.now(),
+            )
+            if begun is None:
+                return False
+            await conn.execute(self._q(q.INSERT_WORKFLOW_ITEMS), run_id, name, previews)
+        return True
+
+    async def update_workflow_step(
+        self,
+        run_id: str,
+        name: str,
+        status: str,
+        result: bytes | None = None,
+        result_preview: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Set the step's status, result and error."""
+        async with self._acquire() as conn:
+            done = await conn.execute(
+                self._q(q.UPDATE_WORKFLOW_STEP),
+                run_id,
+                name,
+                status,
+                result,
+                result_preview,
+                error,
+                self.now(),
+            )
+        return done != "UPDATE 0"
+
+    async def list_workflow_steps(self, run_id: str) -> list[base.WorkflowStepRecord]:
+        """The run's begun steps, without bytes."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.LIST_WORKFLOW_STEPS), run_id)
+        return [base.WorkflowStepRecord(*row) for row in rows]
+
+    async def get_workflow_step(self, run_id: str, name: str) -> base.WorkflowStepRecord | None:
+        """One step with its bytes."""
+        async with self._acquire() as conn:
+            row = await conn.fetchrow(self._q(q.GET_WORKFLOW_STEP), run_id, name)
+        return None if row is None else base.WorkflowStepRecord(*row)
+
+    async def list_workflow_items(
+        self, run_id: str, step: str, *, with_results: bool = False
+    ) -> list[base.WorkflowItemRecord]:
+        """The step's items by index."""
+        sql = q.LIST_WORKFLOW_ITEMS_WITH_RESULTS if with_results else q.LIST_WORKFLOW_ITEMS
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(sql), run_id, step)
+        return [base.WorkflowItemRecord(*row) for row in rows]
+
+    async def workflow_item_started(self, run_id: str, step: str, index: int, ran_on: str) -> None:
+        """The item starts."""
+        async with self._acquire() as conn:
+            await conn.execute(
+                self._q(q.WORKFLOW_ITEM_STARTED), run_id, step, index, ran_on, self.now()
+            )
+
+    async def workflow_item_attempt(self, run_id: str, step: str, index: int, attempt: int) -> None:
+        """An attempt of the item begins."""
+        async with self._acquire() as conn:
+            await conn.execute(self._q(q.WORKFLOW_ITEM_ATTEMPT), run_id, step, index, attempt)
+
+    async def workflow_item_submitted(
+        self, run_id: str, step: str, index: int, task_id: str
+    ) -> None:
+        """The item became a task."""
+        async with self._acquire() as conn:
+            await conn.execute(self._q(q.WORKFLOW_ITEM_SUBMITTED), run_id, step, index, task_id)
+
+    async def workflow_item_finished(
+        self,
+        run_id: str,
+        step: str,
+        index: int,
+        status: str,
+        *,
+        attempts: int,
+        result: bytes | None = None,
+        result_preview: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        """The item ended."""
+        async with self._acquire() as conn:
+            await conn.execute(
+                self._q(q.WORKFLOW_ITEM_FINISHED),
+                run_id,
+                step,
+                index,
+                status,
+                attempts,
+                result,
+                result_preview,
+                error,
+                traceback,
+                self.now(),
+            )
+
 
 def _record(row: Any) -> TaskRecord:
     values = list(row)

@@ -6,7 +6,7 @@ server. Times are unix seconds (``double precision``), as in SQLite.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -136,6 +136,65 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             last_run_at double precision NOT NULL,
             next_run_at double precision,
             updated_at double precision NOT NULL
+        )
+        """,
+    ),
+    # Workflow runs (sitq.workflow): a run, its steps and each step's items,
+    # with status, result, error and attempts, so a killed run resumes from the
+    # same database its tasks live in. Results are serialized by the layer above.
+    5: (
+        """
+        CREATE TABLE {s}.sitq_workflow_runs (
+            id text PRIMARY KEY,
+            source text NOT NULL,
+            name text,
+            text text NOT NULL,
+            params bytea NOT NULL,
+            params_preview text NOT NULL,
+            status text NOT NULL,
+            error text,
+            host text NOT NULL,
+            pid integer NOT NULL,
+            created_at double precision NOT NULL,
+            updated_at double precision NOT NULL,
+            finished_at double precision
+        )
+        """,
+        "CREATE INDEX sitq_workflow_runs_created ON {s}.sitq_workflow_runs (created_at)",
+        """
+        CREATE TABLE {s}.sitq_workflow_steps (
+            run_id text NOT NULL,
+            name text NOT NULL,
+            position integer NOT NULL,
+            status text NOT NULL,
+            total integer NOT NULL,
+            has_items boolean NOT NULL,
+            items bytea,
+            result bytea,
+            result_preview text,
+            error text,
+            started_at double precision NOT NULL,
+            finished_at double precision,
+            PRIMARY KEY (run_id, name)
+        )
+        """,
+        """
+        CREATE TABLE {s}.sitq_workflow_items (
+            run_id text NOT NULL,
+            step text NOT NULL,
+            idx integer NOT NULL,
+            item_preview text,
+            status text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            result bytea,
+            result_preview text,
+            error text,
+            traceback text,
+            task_id text,
+            ran_on text,
+            started_at double precision,
+            finished_at double precision,
+            PRIMARY KEY (run_id, step, idx)
         )
         """,
     ),
@@ -472,4 +531,107 @@ ORDER BY b.position LIMIT $1
 
 LIST_TASKS_BY_ID = f"""
 SELECT {LIST_COLUMNS} FROM {{s}}.sitq_tasks WHERE id = ANY($1::text[])
+"""
+
+# -- workflow runs (sitq.workflow) ---------------------------------------------
+#
+# Each item change is one single-row UPDATE by primary key: a workflow of
+# thousands of items pays one cheap commit per change.
+
+WORKFLOW_RUN_COLUMNS = (
+    "id, source, name, text, params, params_preview, status, error, host, pid, "
+    "created_at, updated_at, finished_at"
+)
+
+CREATE_WORKFLOW_RUN = """
+INSERT INTO {s}.sitq_workflow_runs (id, source, name, text, params, params_preview, status,
+    host, pid, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $9)
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+GET_WORKFLOW_RUN = f"SELECT {WORKFLOW_RUN_COLUMNS} FROM {{s}}.sitq_workflow_runs WHERE id = $1"
+
+LIST_WORKFLOW_RUNS = f"""
+SELECT {WORKFLOW_RUN_COLUMNS} FROM {{s}}.sitq_workflow_runs
+ORDER BY created_at DESC, id DESC LIMIT $1
+"""
+
+# A run still 'running' has no finished_at; a new owner (host, pid) is kept
+# unless given.
+UPDATE_WORKFLOW_RUN = """
+UPDATE {s}.sitq_workflow_runs
+SET status = $2, error = $3, host = COALESCE($4, host), pid = COALESCE($5, pid),
+    updated_at = $6::float8,
+    finished_at = CASE WHEN $2 = 'running' THEN NULL ELSE $6::float8 END
+WHERE id = $1
+"""
+
+BEGIN_WORKFLOW_STEP = """
+INSERT INTO {s}.sitq_workflow_steps (run_id, name, position, status, total, has_items, items,
+    started_at)
+VALUES ($1, $2, $3, 'running', $4, $5, $6, $7)
+ON CONFLICT (run_id, name) DO NOTHING
+RETURNING name
+"""
+
+# The items' previews as an array (NULL: none); the index is 0-based.
+INSERT_WORKFLOW_ITEMS = """
+INSERT INTO {s}.sitq_workflow_items (run_id, step, idx, item_preview, status)
+SELECT $1, $2, u.i - 1, u.preview, 'pending'
+FROM unnest($3::text[]) WITH ORDINALITY AS u(preview, i)
+"""
+
+UPDATE_WORKFLOW_STEP = """
+UPDATE {s}.sitq_workflow_steps
+SET status = $3, result = $4, result_preview = $5, error = $6,
+    finished_at = CASE WHEN $3 = 'running' THEN NULL ELSE $7::float8 END
+WHERE run_id = $1 AND name = $2
+"""
+
+WORKFLOW_STEP_COLUMNS = (
+    "name, position, status, total, has_items, result_preview, error, started_at, finished_at"
+)
+
+LIST_WORKFLOW_STEPS = f"""
+SELECT {WORKFLOW_STEP_COLUMNS} FROM {{s}}.sitq_workflow_steps WHERE run_id = $1
+ORDER BY position
+"""
+
+GET_WORKFLOW_STEP = f"""
+SELECT {WORKFLOW_STEP_COLUMNS}, items, result FROM {{s}}.sitq_workflow_steps
+WHERE run_id = $1 AND name = $2
+"""
+
+_WORKFLOW_ITEMS_SHAPE = """
+SELECT idx, item_preview, status, attempts, result_preview, error, traceback, task_id, ran_on,
+    started_at, finished_at, @result
+FROM {s}.sitq_workflow_items WHERE run_id = $1 AND step = $2 ORDER BY idx
+"""
+
+# Results are loaded only when asked for.
+LIST_WORKFLOW_ITEMS = _WORKFLOW_ITEMS_SHAPE.replace("@result", "NULL::bytea")
+LIST_WORKFLOW_ITEMS_WITH_RESULTS = _WORKFLOW_ITEMS_SHAPE.replace("@result", "result")
+
+WORKFLOW_ITEM_STARTED = """
+UPDATE {s}.sitq_workflow_items
+SET status = 'running', ran_on = $4, error = NULL, traceback = NULL, started_at = $5,
+    finished_at = NULL
+WHERE run_id = $1 AND step = $2 AND idx = $3
+"""
+
+WORKFLOW_ITEM_ATTEMPT = """
+UPDATE {s}.sitq_workflow_items SET attempts = $4 WHERE run_id = $1 AND step = $2 AND idx = $3
+"""
+
+WORKFLOW_ITEM_SUBMITTED = """
+UPDATE {s}.sitq_workflow_items SET task_id = $4 WHERE run_id = $1 AND step = $2 AND idx = $3
+"""
+
+WORKFLOW_ITEM_FINISHED = """
+UPDATE {s}.sitq_workflow_items
+SET status = $4, attempts = $5, result = $6, result_preview = $7, error = $8, traceback = $9,
+    finished_at = $10
+WHERE run_id = $1 AND step = $2 AND idx = $3
 """

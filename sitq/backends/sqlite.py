@@ -928,3 +928,158 @@ class SQLiteBackend(Backend):
         records = {row[0]: TaskRecord(*row) for row in found}
         tasks = [records[task_id] for task_id in ids if task_id in records]
         return base.TaskPage(tasks, next_cursor)
+
+    # -- workflow runs (sitq.workflow) --------------------------------------------
+
+    async def create_workflow_run(self, run: base.NewWorkflowRun) -> bool:
+        """Record a new run; False if the id exists."""
+        conn = self._connection()
+        now = self.now()
+        params = (*run[:6], run.host, run.pid, now, now)
+        cursor = await self._write(lambda: conn.execute(q.CREATE_WORKFLOW_RUN, params))
+        return bool(cursor.rowcount)
+
+    async def get_workflow_run(self, run_id: str) -> base.WorkflowRunRecord | None:
+        """The run, or None."""
+        rows = await self._read(q.GET_WORKFLOW_RUN, (run_id,))
+        return _workflow_run(rows[0]) if rows else None
+
+    async def list_workflow_runs(self, limit: int = 50) -> list[base.WorkflowRunRecord]:
+        """The newest runs first."""
+        return [_workflow_run(row) for row in await self._read(q.LIST_WORKFLOW_RUNS, (limit,))]
+
+    async def update_workflow_run(
+        self,
+        run_id: str,
+        status: str,
+        error: str | None = None,
+        *,
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> bool:
+        """Set the run's status, error and (if given) owner."""
+        conn = self._connection()
+        params = {
+            "id": run_id,
+            "status": status,
+            "error": error,
+            "host": host,
+            "pid": pid,
+            "now": self.now(),
+        }
+        cursor = await self._write(lambda: conn.execute(q.UPDATE_WORKFLOW_RUN, params))
+        return bool(cursor.rowcount)
+
+    async def begin_workflow_step(
+        self,
+        run_id: str,
+        name: str,
+        position: int,
+        items: bytes,
+        item_previews: Sequence[str | None],
+        has_items: bool,
+    ) -> bool:
+        """The step and its pending items in one transaction."""
+        conn = self._connection()
+        step = (run_id, name, position, len(item_previews), int(has_items), items, self.now())
+        previews = json.dumps(list(item_previews))
+
+        async def body() -> bool:
+            cursor = await conn.execute(q.BEGIN_WORKFLOW_STEP, step)
+            if not cursor.rowcount:
+                return False
+            await conn.execute(q.INSERT_WORKFLOW_ITEMS, (run_id, name, previews))
+            return True
+
+        return await self._transaction(body)
+
+    async def update_workflow_step(
+        self,
+        run_id: str,
+        name: str,
+        status: str,
+        result: bytes | None = None,
+        result_preview: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Set the step's status, result and error."""
+        conn = self._connection()
+        params = {
+            "run_id": run_id,
+            "name": name,
+            "status": status,
+            "result": result,
+            "preview": result_preview,
+            "error": error,
+            "now": self.now(),
+        }
+        cursor = await self._write(lambda: conn.execute(q.UPDATE_WORKFLOW_STEP, params))
+        return bool(cursor.rowcount)
+
+    async def list_workflow_steps(self, run_id: str) -> list[base.WorkflowStepRecord]:
+        """The run's begun steps, without bytes."""
+        rows = await self._read(q.LIST_WORKFLOW_STEPS, (run_id,))
+        return [_workflow_step(row) for row in rows]
+
+    async def get_workflow_step(self, run_id: str, name: str) -> base.WorkflowStepRecord | None:
+        """One step with its bytes."""
+        rows = await self._read(q.GET_WORKFLOW_STEP, (run_id, name))
+        return _workflow_step(rows[0]) if rows else None
+
+    async def list_workflow_items(
+        self, run_id: str, step: str, *, with_results: bool = False
+    ) -> list[base.WorkflowItemRecord]:
+        """The step's items by index."""
+        sql = q.LIST_WORKFLOW_ITEMS_WITH_RESULTS if with_results else q.LIST_WORKFLOW_ITEMS
+        return [base.WorkflowItemRecord(*row) for row in await self._read(sql, (run_id, step))]
+
+    async def workflow_item_started(self, run_id: str, step: str, index: int, ran_on: str) -> None:
+        """The item starts."""
+        conn = self._connection()
+        params = (ran_on, self.now(), run_id, step, index)
+        await self._write(lambda: conn.execute(q.WORKFLOW_ITEM_STARTED, params))
+
+    async def workflow_item_attempt(self, run_id: str, step: str, index: int, attempt: int) -> None:
+        """An attempt of the item begins."""
+        conn = self._connection()
+        params = (attempt, run_id, step, index)
+        await self._write(lambda: conn.execute(q.WORKFLOW_ITEM_ATTEMPT, params))
+
+    async def workflow_item_submitted(
+        self, run_id: str, step: str, index: int, task_id: str
+    ) -> None:
+        """The item became a task."""
+        conn = self._connection()
+        params = (task_id, run_id, step, index)
+        await self._write(lambda: conn.execute(q.WORKFLOW_ITEM_SUBMITTED, params))
+
+    async def workflow_item_finished(
+        self,
+        run_id: str,
+        step: str,
+        index: int,
+        status: str,
+        *,
+        attempts: int,
+        result: bytes | None = None,
+        result_preview: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        """The item ended."""
+        conn = self._connection()
+        params = (status, attempts, result, result_preview, error, traceback, self.now(),
+                  run_id, step, index)  # fmt: skip
+        await self._write(lambda: conn.execute(q.WORKFLOW_ITEM_FINISHED, params))
+
+
+def _workflow_run(row: Sequence[Any]) -> base.WorkflowRunRecord:
+    values = list(row)
+    values[4] = bytes(values[4])
+    return base.WorkflowRunRecord(*values)
+
+
+def _workflow_step(row: Sequence[Any]) -> base.WorkflowStepRecord:
+    values = list(row)
+    values[4] = bool(values[4])
+    return base.WorkflowStepRecord(*values)

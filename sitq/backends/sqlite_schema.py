@@ -5,7 +5,7 @@ Kept apart from the backend's logic so the SQL can be read in one place.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Each entry upgrades the schema from version (key - 1) to version key.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -147,6 +147,65 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             last_run_at REAL NOT NULL,
             next_run_at REAL,
             updated_at REAL NOT NULL
+        )
+        """,
+    ),
+    # Workflow runs (sitq.workflow): a run, its steps and each step's items,
+    # with status, result, error and attempts, so a killed run resumes from the
+    # same database its tasks live in. Results are serialized by the layer above.
+    5: (
+        """
+        CREATE TABLE sitq_workflow_runs (
+            id TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            name TEXT,
+            text TEXT NOT NULL,
+            params BLOB NOT NULL,
+            params_preview TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error TEXT,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL
+        )
+        """,
+        "CREATE INDEX sitq_workflow_runs_created ON sitq_workflow_runs (created_at)",
+        """
+        CREATE TABLE sitq_workflow_steps (
+            run_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            total INTEGER NOT NULL,
+            has_items INTEGER NOT NULL,
+            items BLOB,
+            result BLOB,
+            result_preview TEXT,
+            error TEXT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            PRIMARY KEY (run_id, name)
+        )
+        """,
+        """
+        CREATE TABLE sitq_workflow_items (
+            run_id TEXT NOT NULL,
+            step TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            item_preview TEXT,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            result BLOB,
+            result_preview TEXT,
+            error TEXT,
+            traceback TEXT,
+            task_id TEXT,
+            ran_on TEXT,
+            started_at REAL,
+            finished_at REAL,
+            PRIMARY KEY (run_id, step, idx)
         )
         """,
     ),
@@ -465,4 +524,101 @@ ORDER BY b.position LIMIT ?
 
 LIST_TASKS_BY_ID = f"""
 SELECT {LIST_COLUMNS} FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
+"""
+
+# -- workflow runs (sitq.workflow) ---------------------------------------------
+#
+# Each item change is one single-row UPDATE by primary key: a workflow of
+# thousands of items pays one cheap commit per change.
+
+WORKFLOW_RUN_COLUMNS = (
+    "id, source, name, text, params, params_preview, status, error, host, pid, "
+    "created_at, updated_at, finished_at"
+)
+
+CREATE_WORKFLOW_RUN = """
+INSERT INTO sitq_workflow_runs (id, source, name, text, params, params_preview, status,
+    host, pid, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)
+ON CONFLICT (id) DO NOTHING
+"""
+
+GET_WORKFLOW_RUN = f"SELECT {WORKFLOW_RUN_COLUMNS} FROM sitq_workflow_runs WHERE id = ?"
+
+LIST_WORKFLOW_RUNS = f"""
+SELECT {WORKFLOW_RUN_COLUMNS} FROM sitq_workflow_runs ORDER BY created_at DESC, id DESC LIMIT ?
+"""
+
+# A run still 'running' has no finished_at; a new owner (host, pid) is kept
+# unless given.
+UPDATE_WORKFLOW_RUN = """
+UPDATE sitq_workflow_runs
+SET status = :status, error = :error, host = COALESCE(:host, host), pid = COALESCE(:pid, pid),
+    updated_at = :now, finished_at = CASE WHEN :status = 'running' THEN NULL ELSE :now END
+WHERE id = :id
+"""
+
+BEGIN_WORKFLOW_STEP = """
+INSERT INTO sitq_workflow_steps (run_id, name, position, status, total, has_items, items,
+    started_at)
+VALUES (?, ?, ?, 'running', ?, ?, ?, ?)
+ON CONFLICT (run_id, name) DO NOTHING
+"""
+
+# The items as a JSON array of previews (null: none); json_each's key is the index.
+INSERT_WORKFLOW_ITEMS = """
+INSERT INTO sitq_workflow_items (run_id, step, idx, item_preview, status)
+SELECT ?, ?, key, value, 'pending' FROM json_each(?)
+"""
+
+UPDATE_WORKFLOW_STEP = """
+UPDATE sitq_workflow_steps
+SET status = :status, result = :result, result_preview = :preview, error = :error,
+    finished_at = CASE WHEN :status = 'running' THEN NULL ELSE :now END
+WHERE run_id = :run_id AND name = :name
+"""
+
+WORKFLOW_STEP_COLUMNS = (
+    "name, position, status, total, has_items, result_preview, error, started_at, finished_at"
+)
+
+LIST_WORKFLOW_STEPS = f"""
+SELECT {WORKFLOW_STEP_COLUMNS} FROM sitq_workflow_steps WHERE run_id = ? ORDER BY position
+"""
+
+GET_WORKFLOW_STEP = f"""
+SELECT {WORKFLOW_STEP_COLUMNS}, items, result FROM sitq_workflow_steps
+WHERE run_id = ? AND name = ?
+"""
+
+_WORKFLOW_ITEMS_SHAPE = """
+SELECT idx, item_preview, status, attempts, result_preview, error, traceback, task_id, ran_on,
+    started_at, finished_at, @result
+FROM sitq_workflow_items WHERE run_id = ? AND step = ? ORDER BY idx
+"""
+
+# Results are loaded only when asked for.
+LIST_WORKFLOW_ITEMS = _WORKFLOW_ITEMS_SHAPE.replace("@result", "NULL")
+LIST_WORKFLOW_ITEMS_WITH_RESULTS = _WORKFLOW_ITEMS_SHAPE.replace("@result", "result")
+
+WORKFLOW_ITEM_STARTED = """
+UPDATE sitq_workflow_items
+SET status = 'running', ran_on = ?, error = NULL, traceback = NULL, started_at = ?,
+    finished_at = NULL
+WHERE run_id = ? AND step = ? AND idx = ?
+"""
+
+WORKFLOW_ITEM_ATTEMPT = """
+UPDATE sitq_workflow_items SET attempts = ? WHERE run_id = ? AND step = ? AND idx = ?
+"""
+
+WORKFLOW_ITEM_SUBMITTED = """
+UPDATE sitq_workflow_items SET task_id = ? WHERE run_id = ? AND step = ? AND idx = ?
+"""
+
+WORKFLOW_ITEM_FINISHED = """
+UPDATE sitq_workflow_items
+SET status = ?, attempts = ?, result = ?, result_preview = ?, error = ?, traceback = ?,
+    finished_at = ?
+WHERE run_id = ? AND step = ? AND idx = ?
 """

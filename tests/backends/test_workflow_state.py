@@ -1,0 +1,320 @@
+"""Workflow run state in the storage contract (schema version 5), on every backend.
+
+The `backend` fixture (tests/backends/conftest.py) runs each test once per backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from support import drop_postgres_schema, postgres_available, postgres_url
+
+from sitq.backends import postgres_schema, sqlite_schema
+from sitq.backends.base import Backend, NewTask, NewWorkflowRun
+from sitq.backends.sqlite import SQLiteBackend
+from sitq.task import new_task_id
+
+
+def new_run(run_id: str = "run-1", **changes: object) -> NewWorkflowRun:
+    run = NewWorkflowRun(
+        id=run_id,
+        source="flow.yaml",
+        name="flow",
+        text="steps: {}\n",
+        params=b"\x80params",
+        params_preview="{'x': 1}",
+        host="host-a",
+        pid=123,
+    )
+    return run._replace(**changes)
+
+
+async def begin(backend: Backend, run_id: str, step: str, count: int, position: int = 0) -> bool:
+    previews = [f"item {i}" for i in range(count)]
+    return await backend.begin_workflow_step(
+        run_id, step, position, b"items-bytes", previews, has_items=True
+    )
+
+
+# -- runs -------------------------------------------------------------------------
+
+
+async def test_a_run_is_recorded_once_and_read_back(backend: Backend) -> None:
+    before = backend.now()
+    assert await backend.create_workflow_run(new_run()) is True
+    assert await backend.create_workflow_run(new_run(source="other.yaml")) is False
+    run = await backend.get_workflow_run("run-1")
+    assert run is not None
+    assert (run.id, run.source, run.name, run.text) == ("run-1", "flow.yaml", "flow", "steps: {}\n")
+    assert run.params == b"\x80params" and isinstance(run.params, bytes)
+    assert (run.params_preview, run.status, run.error) == ("{'x': 1}", "running", None)
+    assert (run.host, run.pid, run.finished_at) == ("host-a", 123, None)
+    assert before <= run.created_at == run.updated_at <= backend.now()
+    assert await backend.get_workflow_run("nope") is None
+
+
+async def test_runs_are_listed_newest_first(backend: Backend) -> None:
+    for n in range(3):
+        await backend.create_workflow_run(new_run(f"run-{n}"))
+        await asyncio.sleep(0.002)
+    assert [r.id for r in await backend.list_workflow_runs()] == ["run-2", "run-1", "run-0"]
+    assert [r.id for r in await backend.list_workflow_runs(limit=2)] == ["run-2", "run-1"]
+
+
+async def test_a_run_finishes_and_is_taken_over(backend: Backend) -> None:
+    await backend.create_workflow_run(new_run())
+    assert await backend.update_workflow_run("run-1", "failed", "step 'a' failed") is True
+    run = await backend.get_workflow_run("run-1")
+    assert run is not None and (run.status, run.error) == ("failed", "step 'a' failed")
+    assert run.finished_at is not None and run.finished_at >= run.created_at
+    assert (run.host, run.pid) == ("host-a", 123)  # the owner stays unless given
+
+    assert await backend.update_workflow_run("run-1", "running", host="host-b", pid=456)
+    run = await backend.get_workflow_run("run-1")
+    assert run is not None and (run.status, run.error, run.finished_at) == ("running", None, None)
+    assert (run.host, run.pid) == ("host-b", 456)
+    assert await backend.update_workflow_run("nope", "failed") is False
+
+
+# -- steps ------------------------------------------------------------------------
+
+
+async def test_a_step_begins_with_its_items_pending_only_once(backend: Backend) -> None:
+    await backend.create_workflow_run(new_run())
+    assert await begin(backend, "run-1", "split", 3) is True
+    assert await begin(backend, "run-1", "split", 5) is False  # nothing changes
+    steps = await backend.list_workflow_steps("run-1")
+    assert [(s.name, s.position, s.status, s.total, s.has_items) for s in steps] == [
+        ("split", 0, "running", 3, True)
+    ]
+    assert steps[0].items is None and steps[0].result is None  # bytes only when asked for
+    step = await backend.get_workflow_step("run-1", "split")
+    assert step is not None and step.items == b"items-bytes" and step.finished_at is None
+    items = await backend.list_workflow_items("run-1", "split")
+    assert [(i.index, i.item_preview, i.status, i.attempts) for i in items] == [
+        (0, "item 0", "pending", 0),
+        (1, "item 1", "pending", 0),
+        (2, "item 2", "pending", 0),
+    ]
+    assert all(i.task_id is None and i.started_at is None for i in items)
+    assert await backend.get_workflow_step("run-1", "later") is None
+
+
+async def test_a_plain_step_has_one_item_without_preview(backend: Backend) -> None:
+    await backend.create_workflow_run(new_run())
+    await backend.begin_workflow_step("run-1", "only", 0, b"[None]", [None], has_items=False)
+    steps = await backend.list_workflow_steps("run-1")
+    assert [(s.total, s.has_items) for s in steps] == [(1, False)]
+    items = await backend.list_workflow_items("run-1", "only")
+    assert [(i.index, i.item_preview) for i in items] == [(0, None)]
+
+
+async def test_an_empty_step_has_no_items(backend: Backend) -> None:
+    await backend.create_workflow_run(new_run())
+    assert await begin(backend, "run-1", "empty", 0)
+    assert await backend.list_workflow_items("run-1", "empty") == []
+    assert [s.total for s in await backend.list_workflow_steps("run-1")] == [0]
+
+
+async def test_steps_are_listed_by_position_and_runs_are_apart(backend: Backend) -> None:
+    await backend.create_workflow_run(new_run())
+    await backend.create_workflow_run(new_run("run-2"))
+    await begin(backend, "run-1", "second", 1, position=1)
+    await begin(backend, "run-1", "first", 2, position=0)
+    await begin(backend, "run-2", "first", 4, position=0)
+    assert [s.name for s in await backend.list_workflow_steps("run-1")] == ["first", "second"]
+    assert len(await backend.list_workflow_items("run-1", "first")) == 2
+    assert len(await backend.list_workflow_items("run-2", "first")) == 4
+
+
+async def test_a_step_finishes_and_restarts(backend: Backend) -> None:
+    await backend.create_workflow_run(new_run())
+    await begin(backend, "run-1", "s", 2)
+    assert await backend.update_workflow_step("run-1", "s", "failed", b"res", "[1, None]", "boom")
+    step = await backend.get_workflow_step("run-1", "s")
+    assert step is not None
+    assert (step.status, step.result, step.result_preview, step.error) == (
+        "failed",
+        b"res",
+        "[1, None]",
+        "boom",
+    )
+    assert step.finished_at is not None and step.finished_at >= step.started_at
+    assert await backend.update_workflow_step("run-1", "s", "running")
+    step = await backend.get_workflow_step("run-1", "s")
+    assert step is not None and (step.status, step.error, step.finished_at) == (
+        "running",
+        None,
+        None,
+    )
+    assert step.items == b"items-bytes"  # fixed when it began
+    assert await backend.update_workflow_step("run-1", "nope", "failed") is False
+
+
+# -- items ------------------------------------------------------------------------
+
+
+async def test_an_item_is_started_attempted_submitted_and_finished(backend: Backend) -> None:
+    await backend.create_workflow_run(new_run())
+    await begin(backend, "run-1", "s", 2)
+    await backend.workflow_item_started("run-1", "s", 1, "workers")
+    await backend.workflow_item_attempt("run-1", "s", 1, 1)
+    await backend.workflow_item_submitted("run-1", "s", 1, "task-abc")
+    item = (await backend.list_workflow_items("run-1", "s"))[1]
+    assert (item.status, item.attempts, item.task_id, item.ran_on) == (
+        "running",
+        1,
+        "task-abc",
+        "workers",
+    )
+    assert item.started_at is not None and item.finished_at is None
+
+    await backend.workflow_item_finished(
+        "run-1", "s", 1, "succeeded", attempts=3, result=b"value", result_preview="42"
+    )
+    first, second = await backend.list_workflow_items("run-1", "s")
+    assert first.status == "pending"  # the other item is untouched
+    assert (second.status, second.attempts, second.result_preview, second.error) == (
+        "succeeded",
+        3,
+        "42",
+        None,
+    )
+    assert second.result is None  # results only when asked for
+    assert second.finished_at is not None and second.finished_at >= second.started_at
+    with_results = await backend.list_workflow_items("run-1", "s", with_results=True)
+    assert [i.result for i in with_results] == [None, b"value"]
+
+
+async def test_a_failed_item_keeps_its_error_until_it_starts_again(backend: Backend) -> None:
+    await backend.create_workflow_run(new_run())
+    await begin(backend, "run-1", "s", 1)
+    await backend.workflow_item_started("run-1", "s", 0, "local")
+    await backend.workflow_item_finished(
+        "run-1", "s", 0, "failed", attempts=2, error="ValueError: bad", traceback="Traceback..."
+    )
+    (item,) = await backend.list_workflow_items("run-1", "s")
+    assert (item.status, item.attempts, item.error, item.traceback, item.result_preview) == (
+        "failed",
+        2,
+        "ValueError: bad",
+        "Traceback...",
+        None,
+    )
+    await backend.workflow_item_started("run-1", "s", 0, "local")  # a resume redoes it
+    (item,) = await backend.list_workflow_items("run-1", "s")
+    assert (item.status, item.error, item.traceback, item.finished_at) == (
+        "running",
+        None,
+        None,
+        None,
+    )
+    assert item.attempts == 2  # until the next attempt is recorded
+
+
+async def test_every_change_is_visible_to_another_connection_at_once(
+    backend: Backend, open_peer
+) -> None:
+    """Committed when the call returns: a second connection (another process's view)
+    sees each change without waiting."""
+    peer = await open_peer()
+    await backend.create_workflow_run(new_run())
+    assert await peer.get_workflow_run("run-1") is not None
+    await begin(backend, "run-1", "s", 2)
+    assert len(await peer.list_workflow_items("run-1", "s")) == 2
+    await backend.workflow_item_started("run-1", "s", 0, "local")
+    await backend.workflow_item_attempt("run-1", "s", 0, 1)
+    await backend.workflow_item_submitted("run-1", "s", 0, "t1")
+    item = (await peer.list_workflow_items("run-1", "s"))[0]
+    assert (item.status, item.attempts, item.task_id) == ("running", 1, "t1")
+    await backend.workflow_item_finished("run-1", "s", 0, "succeeded", attempts=1, result=b"r")
+    item = (await peer.list_workflow_items("run-1", "s", with_results=True))[0]
+    assert (item.status, item.result) == ("succeeded", b"r")
+
+
+async def test_thousands_of_items_are_cheap(backend: Backend) -> None:
+    """A step of 5,000 items begins in one call, and an item change costs one
+    statement (bounds a regression, not a benchmark)."""
+    await backend.create_workflow_run(new_run())
+    started = time.perf_counter()
+    await begin(backend, "run-1", "big", 5000)
+    assert len(await backend.list_workflow_items("run-1", "big")) == 5000
+    for index in range(200):
+        await backend.workflow_item_started("run-1", "big", index, "local")
+        await backend.workflow_item_finished("run-1", "big", index, "succeeded", attempts=1)
+    assert time.perf_counter() - started < 10.0
+    items = await backend.list_workflow_items("run-1", "big")
+    assert sum(i.status == "succeeded" for i in items) == 200
+
+
+# -- schema version 5 migrates a version 4 store in place -------------------------------
+
+
+def _task(task_id: str) -> NewTask:
+    now = time.time()
+    return NewTask(task_id, "default", "f", b"payload", 0, now, now, 0, 1.0, None, None, None)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_version_4_store_migrates_in_place(kind: str, tmp_path: Path) -> None:
+    task_id = new_task_id()
+    schema = None
+    if kind == "sqlite":
+        path = tmp_path / "v4.db"
+        conn = sqlite3.connect(path, isolation_level=None)
+        for version in range(1, 5):
+            for statement in sqlite_schema.MIGRATIONS[version]:
+                conn.execute(statement)
+        conn.execute("INSERT INTO sitq_meta VALUES ('schema_version', '4')")
+        conn.execute(sqlite_schema.INSERT_TASK, _task(task_id))
+        conn.close()
+        backend: Backend = SQLiteBackend(path)
+    else:
+        reason = postgres_available()
+        if reason:
+            pytest.skip(reason)
+        import asyncpg
+
+        from sitq.backends.postgres import PostgresBackend
+
+        schema = "t_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
+        await drop_postgres_schema(schema)
+        pg = await asyncpg.connect(postgres_url(schema).split("?")[0])
+        try:
+            await pg.execute(f'CREATE SCHEMA "{schema}"')
+            for version in range(1, 5):
+                for statement in postgres_schema.MIGRATIONS[version]:
+                    await pg.execute(statement.format(s=f'"{schema}"'))
+            await pg.execute(f"INSERT INTO \"{schema}\".sitq_meta VALUES ('schema_version', '4')")
+            await pg.execute(
+                f'INSERT INTO "{schema}".sitq_tasks (id, queue, func_name, payload, status, '
+                "priority, enqueued_at, available_at) "
+                "VALUES ($1, 'default', 'f', 'payload', 'queued', 0, 1.0, 1.0)",
+                task_id,
+            )
+        finally:
+            await pg.close()
+        backend = PostgresBackend(postgres_url(schema))
+    try:
+        await backend.connect()
+        assert set(await backend.get_tasks([task_id])) == {task_id}  # the tasks stay
+        await backend.create_workflow_run(new_run())
+        await begin(backend, "run-1", "s", 2)
+        await backend.close()
+        # Opening again finds version 5 and changes nothing.
+        await backend.connect()
+        assert len(await backend.list_workflow_items("run-1", "s")) == 2
+    finally:
+        await backend.close()
+        if schema is not None:
+            await drop_postgres_schema(schema)
+    if kind == "sqlite":
+        conn = sqlite3.connect(path)
+        version = conn.execute("SELECT value FROM sitq_meta WHERE key = 'schema_version'")
+        assert version.fetchone()[0] == "5" == str(sqlite_schema.SCHEMA_VERSION)
+        conn.close()
