@@ -501,8 +501,18 @@ def _bounded(value: Any, limit: int = 500) -> str:
 @main.command()
 @db_option
 @click.argument("task_id")
-def inspect(db: str, task_id: str) -> None:
-    """Show one task: its call, attempts, timings, result or error."""
+@click.option(
+    "--show-args",
+    is_flag=True,
+    help="Load and show the call's arguments and result even though payloads are not "
+    "signed here (loading a pickle runs code from the database).",
+)
+def inspect(db: str, task_id: str, show_args: bool) -> None:
+    """Show one task: its call, attempts, timings, result or error.
+
+    Arguments and the result are loaded (unpickled) only when they are signed
+    and verified with $SITQ_SECRET_KEY, or with --show-args.
+    """
 
     async def fetch(backend: Backend) -> Any:
         return (await backend.get_tasks([task_id], with_payload=True)).get(task_id)
@@ -511,11 +521,18 @@ def inspect(db: str, task_id: str) -> None:
     if record is None:
         _fail(f"no task with id {task_id!r} in {db}")
     serializer = default_serializer()
-    try:
-        _, args, kwargs = serializer.loads(unwrap_headers(record.payload)[1])
-        call = f"{record.func_name}(*{_bounded(args)}, **{_bounded(kwargs)})"
-    except Exception as exc:
-        call = f"{record.func_name} (arguments not readable here: {type(exc).__name__}: {exc})"
+    loadable = show_args or isinstance(serializer, SignedSerializer)
+    if not loadable:
+        call = (
+            f"{record.func_name}(...) (arguments not loaded: unsigned payloads run code when "
+            "loaded; set $SITQ_SECRET_KEY, or pass --show-args for a database you trust)"
+        )
+    else:
+        try:
+            _, args, kwargs = serializer.loads(unwrap_headers(record.payload)[1])
+            call = f"{record.func_name}(*{_bounded(args)}, **{_bounded(kwargs)})"
+        except Exception as exc:
+            call = f"{record.func_name} (arguments not readable here: {type(exc).__name__}: {exc})"
     lines = [
         ("id", record.id),
         ("call", call),
@@ -530,10 +547,14 @@ def inspect(db: str, task_id: str) -> None:
         ("worker", record.worker_id or "-"),
     ]
     if TaskStatus(record.status) in FINISHED_STATUSES and record.result is not None:
-        try:
-            lines.append(("result", _bounded(record_to_result(record, serializer).value)))
-        except SitqError as exc:
-            lines.append(("result", f"(not readable here: {exc})"))
+        if not loadable:
+            lines.append(("result", "(not loaded: see the call line)"))
+        else:
+            try:
+                value = record_to_result(record, serializer).value
+                lines.append(("result", _bounded(value)))
+            except SitqError as exc:
+                lines.append(("result", f"(not readable here: {exc})"))
     if record.error:
         lines.append(("error", record.error))
     for label, value in lines:

@@ -15,6 +15,9 @@ strictly; malformed ones are ignored, so they cannot make a task fail.
 from __future__ import annotations
 
 import json
+import logging
+
+logger = logging.getLogger("sitq.headers")
 
 MAGIC = b"SQH1"
 #: Headers are small; anything larger is refused at enqueue and ignored at run.
@@ -23,14 +26,29 @@ MAX_HEADER_BYTES = 4096
 _PREFIX = len(MAGIC) + 4
 
 
-def wrap(body: bytes, headers: dict[str, str]) -> bytes:
-    """``body`` with ``headers`` framed in front (``body`` unchanged if none)."""
+def encode(headers: dict[str, str]) -> bytes | None:
+    """The frame prefix for ``headers``, or None when there are none to send.
+
+    Oversized headers (W3C baggage may legally reach 8 KB) are dropped with a
+    warning rather than failing the enqueue: they only link traces.
+    """
     if not headers:
-        return body
+        return None
     encoded = json.dumps(headers, separators=(",", ":")).encode()
     if len(encoded) > MAX_HEADER_BYTES:
-        raise ValueError(f"task headers are {len(encoded)} bytes; at most {MAX_HEADER_BYTES}")
-    return MAGIC + len(encoded).to_bytes(4, "big") + encoded + body
+        logger.warning(
+            "task headers are %d bytes (at most %d): sent without trace context",
+            len(encoded),
+            MAX_HEADER_BYTES,
+        )
+        return None
+    return MAGIC + len(encoded).to_bytes(4, "big") + encoded
+
+
+def wrap(body: bytes, headers: dict[str, str]) -> bytes:
+    """``body`` with ``headers`` framed in front (``body`` unchanged if none)."""
+    prefix = encode(headers)
+    return body if prefix is None else prefix + body
 
 
 def unwrap(payload: bytes) -> tuple[dict[str, str], bytes]:

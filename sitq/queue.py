@@ -27,7 +27,7 @@ from sitq.errors import (
     SerializationError,
     TaskNotFound,
 )
-from sitq.headers import wrap as wrap_headers
+from sitq.headers import encode as encode_headers
 from sitq.registry import TaskHandle, TaskRef, register
 from sitq.schedules import CatchUp, Schedule
 from sitq.serialization import Serializer, default_serializer, loads_checked
@@ -295,15 +295,20 @@ class TaskQueue:
         dumps = self.serializer.dumps
         try:
             payloads = [dumps((fn, args, kwargs)) for args, kwargs in calls]
-            if headers:
-                payloads = [wrap_headers(payload, headers) for payload in payloads]
         except Exception as exc:
-            bad = next(c for c in calls if not _serializes(self.serializer, (fn, *c)))
+            bad = next((c for c in calls if not _serializes(self.serializer, (fn, *c))), None)
+            if bad is None:  # it failed once but not again: report what it said
+                raise SerializationError(
+                    f"cannot enqueue {name}: {type(exc).__name__}: {exc}"
+                ) from exc
             raise SerializationError(
                 f"cannot enqueue {name}: "
                 f"{_explain_unpicklable(self.serializer, fn, bad[0], bad[1])}; pass only "
                 "picklable values (no open files, sockets, locks or connections)"
             ) from exc
+        prefix = encode_headers(headers) if headers else None
+        if prefix is not None:
+            payloads = [prefix + payload for payload in payloads]
         queue, priority, unique_key = options.queue, options.priority, options.unique_key
         max_retries, limit_key = options.max_retries, options.limit_key
         return [
@@ -759,9 +764,11 @@ class TaskQueue:
             run_id, step, with_results=with_results
         )
 
-    async def workflow_item_started(self, run_id: str, step: str, index: int, ran_on: str) -> None:
-        """A workflow item starts on ``ran_on``."""
-        await self._backend_checked().workflow_item_started(run_id, step, index, ran_on)
+    async def workflow_item_started(
+        self, run_id: str, step: str, index: int, ran_on: str, attempt: int | None = None
+    ) -> None:
+        """A workflow item starts on ``ran_on`` (as attempt ``attempt``, if given)."""
+        await self._backend_checked().workflow_item_started(run_id, step, index, ran_on, attempt)
 
     async def workflow_item_attempt(self, run_id: str, step: str, index: int, attempt: int) -> None:
         """Attempt number ``attempt`` of a workflow item begins."""

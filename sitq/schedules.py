@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -130,12 +129,17 @@ class Schedule:
             last_k = math.floor(until / self.every)
             first_k = max(round(first / self.every), last_k - limit + 1)
             return [k * self.every for k in range(first_k, last_k + 1)]
-        times: deque[float] = deque(maxlen=limit)
-        moment, steps = first, 0
-        while moment <= until and steps < 100_000:  # bounded even after years down
-            times.append(moment)
-            moment, steps = self.next_after(moment), steps + 1
-        return list(times)
+        # Walk back from `until`, so a long downtime costs at most `limit` steps.
+        assert self.cron is not None
+        newest_first: list[float] = []
+        walker = CronSim(self.cron, datetime.fromtimestamp(until + 1.0, self.zone), reverse=True)
+        for moment in walker:
+            stamp = moment.timestamp()
+            if stamp <= after or len(newest_first) >= limit:
+                break
+            if stamp <= until:
+                newest_first.append(stamp)
+        return newest_first[::-1]
 
 
 def add(schedule: Schedule) -> Schedule:

@@ -51,6 +51,8 @@ POOLS = ("auto", "thread", "process")
 PREFETCH_HORIZON = 0.05
 #: ...and never more than this many tasks beyond the free slots.
 MAX_PREFETCH = 128
+#: Seconds between refreshes of the sitq.queue.depth gauge (when metrics are on).
+DEPTH_INTERVAL = 30.0
 #: Seconds an interrupted async task may take to honour its cancellation.
 CANCEL_GRACE = 5.0
 
@@ -523,10 +525,16 @@ class Worker:
             fn, args, kwargs = loads_checked(
                 self.serializer, body, f"task {task.id} ({task.func_name})"
             )
-            fn = resolve(fn)
-        except (SerializationError, UnknownTask) as exc:
+        except SerializationError as exc:
             # Deterministic: running it again would fail the same way.
             self._done(running, Outcome("failed", error=f"{type(exc).__name__}: {exc}"))
+            return
+        try:
+            fn = resolve(fn)
+        except UnknownTask as exc:
+            # Maybe only this worker lacks the module (a deploy in progress):
+            # retries, if the task has any, may reach a worker that has it.
+            self._done(running, self._failure(task, f"UnknownTask: {exc}", None))
             return
         if self.pool == "auto" and _is_async(fn):
             self._start_runner(running, lambda: fn(*args, **kwargs))
@@ -686,7 +694,9 @@ class Worker:
         kind = reply[0]
         if kind == "ok":
             return Outcome("succeeded", result=reply[1])
-        if kind == "load_error" and reply[1].startswith(("PayloadRejected", "UnknownTask")):
+        if kind == "load_error" and reply[1].startswith("UnknownTask"):
+            return self._failure(task, reply[1], None)
+        if kind == "load_error" and reply[1].startswith("PayloadRejected"):
             return Outcome("failed", error=f"{reply[1]} (task {task.id}, {task.func_name})")
         if kind == "load_error":
             return Outcome(
@@ -734,7 +744,7 @@ class Worker:
     # -- heartbeat ----------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        next_prune = 0.0
+        next_prune = next_depth = 0.0
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             try:
@@ -745,7 +755,9 @@ class Worker:
                     if running is not None:
                         logger.info("worker %s: cancelling task %s", self.id, task_id)
                         self._interrupt(running, "cancel")
-                if telemetry.metrics_on():
+                if telemetry.metrics_on() and time.monotonic() >= next_depth:
+                    # Counting reads every row: at most twice a minute per worker.
+                    next_depth = time.monotonic() + DEPTH_INTERVAL
                     telemetry.set_queue_depth(await self.backend.counts())
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + 60.0

@@ -119,7 +119,7 @@ def test_db_from_environment(db_path: Path, filled_db: dict[str, str], tmp_path:
 
 
 def test_inspect_shows_call_error_and_traceback(db_path: Path, filled_db: dict[str, str]) -> None:
-    run = sitq("inspect", "--db", str(db_path), filled_db["failed"])
+    run = sitq("inspect", "--db", str(db_path), "--show-args", filled_db["failed"])
     assert run.returncode == 0, run.stderr
     assert "jobs.fail(*('broken',), **{})" in run.stdout
     assert "status: failed" in run.stdout
@@ -278,3 +278,22 @@ def test_errors_never_show_a_database_password() -> None:
         run = sitq(*command, "--db", url)
         assert run.returncode == 1
         assert "127.0.0.1:1" in run.stderr and "s3cret-pw" not in run.stderr + run.stdout
+
+
+def test_inspect_never_unpickles_an_unsigned_payload_unless_asked(
+    db_path: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    with SyncTaskQueue(db_path) as queue:
+        task_id = queue.enqueue(jobs.noop)
+    evil = b"cposix\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE sitq_tasks SET payload = ? WHERE id = ?", (evil, task_id))
+    run = sitq("inspect", "--db", str(db_path), task_id)
+    assert run.returncode == 0, run.stderr
+    assert "arguments not loaded" in run.stdout and "--show-args" in run.stdout
+    assert not marker.exists()
+    signed = sitq(
+        "inspect", "--db", str(db_path), task_id, env=subprocess_env(SITQ_SECRET_KEY="k" * 32)
+    )
+    assert "PayloadRejected" in signed.stdout and not marker.exists()

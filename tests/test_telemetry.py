@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jobs
 import pytest
-from opentelemetry import metrics, trace
+from opentelemetry import baggage, context, metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -155,9 +155,30 @@ async def test_retries_share_the_trace_and_record_the_exception(
     assert inner.parent.span_id == run.context.span_id
 
 
-async def test_metrics_count_every_outcome(
-    observed: Telemetry, queue: TaskQueue, db_path: Path
+async def test_oversized_trace_context_never_fails_an_enqueue(
+    observed: Telemetry, queue: TaskQueue, db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Two legal baggage entries (each under the propagator's 4 KB per entry),
+    # over sitq's 4 KB for all headers together.
+    ctx = baggage.set_baggage("first", "x" * 3000)
+    token = context.attach(baggage.set_baggage("second", "y" * 3000, context=ctx))
+    try:
+        task_id = await queue.enqueue(jobs.add, 1, 1)
+    finally:
+        context.detach(token)
+    assert "sent without trace context" in caplog.text
+    worker = Worker(db_path)
+    await worker.start()
+    try:
+        assert (await queue.get_result(task_id, timeout=30)).value == 2
+    finally:
+        await worker.stop()
+
+
+async def test_metrics_count_every_outcome(
+    observed: Telemetry, queue: TaskQueue, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sitq.worker.DEPTH_INTERVAL", 0.1)
     before = {
         name: observed.counter(f"sitq.tasks.{name}")
         for name in ("enqueued", "started", "succeeded", "failed", "cancelled")
