@@ -491,7 +491,7 @@ def test_continue_on_error_false_stops_at_first_failure_and_resume_redoes_the_re
     tmp_path: Path, work: Path
 ) -> None:
     workflow, params = _errors_workflow(work, continue_on_error=False)
-    options = {"state_dir": tmp_path / "state", "executor": "local"}
+    options = {"db": tmp_path / "state.db", "executor": "local"}
     report = workflow.run({**params, "bad": [3]}, **options)
     assert report.status == "failed" and not report.ok
     assert "1 of 10 items failed; first, item 3: ValueError: item 3 is bad" in report.error
@@ -510,7 +510,7 @@ def test_continue_on_error_false_stops_at_first_failure_and_resume_redoes_the_re
 
 def test_continue_on_error_true_finishes_and_reports_failures(tmp_path: Path, work: Path) -> None:
     workflow, params = _errors_workflow(work, continue_on_error=True)
-    report = workflow.run({**params, "bad": [2, 5]}, state_dir=tmp_path / "state", executor="local")
+    report = workflow.run({**params, "bad": [2, 5]}, db=tmp_path / "state.db", executor="local")
     assert report.status == "partial"
     assert sorted(_lines(work / "log.txt"), key=int) == [str(n) for n in range(10)]
     assert [(f["index"], f["item"], f["error"]) for f in report.failures] == [
@@ -547,25 +547,22 @@ def test_item_succeeding_on_third_attempt_records_three_attempts(
     if where == "workers":
         asyncio.run(_create_db(db_path))
         worker = spawn_worker("--concurrency", "2").wait_started()
-    state = tmp_path / "state"
     workflow = Workflow.from_string(RETRY_WORKFLOW.replace("ATTEMPTS", "3"), "retry.yaml")
-    report = workflow.run(
-        {"counter": str(work / "counter")}, state_dir=state, db=str(db_path), executor=where
-    )
+    report = workflow.run({"counter": str(work / "counter")}, db=str(db_path), executor=where)
     assert report.ok and report.executor == where
     result = report.steps["flaky"].result
     assert result["attempt"] == 3
     assert result["pid"] == (worker.pid if worker else os.getpid())
-    out = CliRunner().invoke(workflow_group, ["status", report.run_id, "--state-dir", str(state)])
+    out = CliRunner().invoke(workflow_group, ["status", report.run_id, "--db", str(db_path)])
     assert "step flaky: succeeded, 1/1 processed, 0 failed (100%)" in out.output
     assert "[0]: succeeded, 3 attempt(s)" in out.output
 
     (work / "counter").unlink()
     two = Workflow.from_string(RETRY_WORKFLOW.replace("ATTEMPTS", "2"), "retry.yaml")
-    failed = two.run({"counter": str(work / "counter")}, state_dir=state, executor="local")
+    failed = two.run({"counter": str(work / "counter")}, db=str(db_path), executor="local")
     assert failed.status == "failed"
     assert failed.error == "step 'flaky' failed: RuntimeError: attempt 2 fails"
-    out = CliRunner().invoke(workflow_group, ["status", failed.run_id, "--state-dir", str(state)])
+    out = CliRunner().invoke(workflow_group, ["status", failed.run_id, "--db", str(db_path)])
     assert "[0]: failed, 2 attempt(s): RuntimeError: attempt 2 fails" in out.output
 
 
@@ -587,16 +584,14 @@ def test_items_run_on_live_workers_and_in_process_without(
     tmp_path: Path, work: Path, db_path: Path, spawn_worker: Callable[..., Any]
 ) -> None:
     workflow = Workflow.from_string(PIDS_WORKFLOW, "pids.yaml")
-    state = tmp_path / "state"
-    # No database yet: in this process, and no database is created.
-    alone = workflow.run(state_dir=state, db=str(db_path))
-    assert alone.executor == "local" and not db_path.exists()
+    # No workers: in this process (the database is created to record the run).
+    alone = workflow.run(db=str(db_path))
+    assert alone.executor == "local" and db_path.exists()
     assert alone.steps["pids"].result == [[n, os.getpid()] for n in range(1, 7)]
 
-    asyncio.run(_create_db(db_path))
     first = spawn_worker("--concurrency", "2").wait_started()
     second = spawn_worker("--concurrency", "2").wait_started()
-    spread = workflow.run(state_dir=state, db=str(db_path))
+    spread = workflow.run(db=str(db_path))
     assert spread.executor == "workers"
     pids = [pid for _, pid in spread.steps["pids"].result]
     assert [n for n, _ in spread.steps["pids"].result] == list(range(1, 7))
@@ -626,7 +621,7 @@ steps:
 """
     with LocalHTTPServer(respond) as server:
         report = Workflow.from_string(text, "http.yaml").run(
-            {"base": server.url, "tag": "t1"}, state_dir=tmp_path / "state"
+            {"base": server.url, "tag": "t1"}, db=tmp_path / "state.db"
         )
     request = server.requests[0]
     assert request["method"] == "POST" and request["headers"]["X-Run"] == "t1"
@@ -662,7 +657,7 @@ steps:
 """
     os.environ["WF_USER"] = "tester"
     try:
-        report = Workflow.from_string(text, "t.yaml").run(state_dir=tmp_path / "state")
+        report = Workflow.from_string(text, "t.yaml").run(db=tmp_path / "state.db")
     finally:
         del os.environ["WF_USER"]
     assert report.ok, report.error
@@ -679,7 +674,7 @@ steps:
     continue_on_error: true
     command: "echo {{ item.a }}"
 """
-    report = Workflow.from_string(text, "t.yaml").run(state_dir=tmp_path / "state")
+    report = Workflow.from_string(text, "t.yaml").run(db=tmp_path / "state.db")
     assert report.status == "partial"
     assert report.steps["show"].result == ["1", None]
     (failure,) = report.failures
@@ -733,14 +728,14 @@ def test_nothing_runs_when_validation_fails(tmp_path: Path, work: Path) -> None:
         "steps:\n  first:\n    type: shell\n    command: touch ran\n"
         "  second:\n    type: echo\n    message: '{{ missing_param }}'\n",
     )
-    result = CliRunner().invoke(
-        workflow_group, ["run", str(file), "--state-dir", str(tmp_path / "s")]
-    )
+    db = str(tmp_path / "s.db")
+    result = CliRunner().invoke(workflow_group, ["run", str(file), "--db", db])
     assert result.exit_code == 1
     assert "wf.yaml:6: step 'second'" in result.output
     assert not (work / "ran").exists() and not Path("ran").exists()
-    listing = CliRunner().invoke(workflow_group, ["status", "--state-dir", str(tmp_path / "s")])
-    assert "no workflow runs recorded" in listing.output
+    assert not Path(db).exists()  # checked before the database is even opened
+    listing = CliRunner().invoke(workflow_group, ["status", "--db", db])
+    assert listing.exit_code == 1 and f"no sitq database at {db}" in listing.output
 
 
 def test_bare_templates_are_quoted_but_block_scalars_are_not() -> None:
@@ -763,13 +758,13 @@ async def test_run_async_and_progress(tmp_path: Path) -> None:
     seen = []
     workflow = Workflow.from_string(PIDS_WORKFLOW, "pids.yaml")
     report = await workflow.run_async(
-        state_dir=tmp_path / "state", executor="local", on_progress=seen.append
+        db=tmp_path / "state.db", executor="local", on_progress=seen.append
     )
     assert report.ok
     assert [(p.processed, p.total) for p in seen][-1] == (6, 6)
     assert seen[-1].percent == 100.0 and seen[-1].failed == 0
     with pytest.raises(Exception, match="inside a running event loop"):
-        workflow.run(state_dir=tmp_path / "state")
+        workflow.run(db=tmp_path / "state.db")
 
 
 def test_cli_run_with_params_from_a_csv_file_and_status(tmp_path: Path, work: Path) -> None:
@@ -779,23 +774,21 @@ def test_cli_run_with_params_from_a_csv_file_and_status(tmp_path: Path, work: Pa
         "steps:\n  total:\n    type: python\n    outputs: total\n    code: |\n"
         "      return sum(int(r['score']) for r in params['rows']) * params['factor']\n",
     )
-    state = str(tmp_path / "state")
+    db = str(tmp_path / "state.db")
     result = CliRunner().invoke(
         workflow_group,
-        ["run", str(file), "-p", f"rows=@{rows}", "-p", "factor=10", "--state-dir", state],
+        ["run", str(file), "-p", f"rows=@{rows}", "-p", "factor=10", "--db", db],
     )
     assert result.exit_code == 0, result.output
     assert "total: 1/1 processed, 0 failed (100%)" in result.output
     assert "result of total (outputs: total): 70" in result.output
     run_id = run_id_of(result.output)
-    shown = CliRunner().invoke(workflow_group, ["status", run_id, "--state-dir", state])
+    shown = CliRunner().invoke(workflow_group, ["status", run_id, "--db", db])
     assert f"run {run_id}: succeeded" in shown.output
     assert "step total: succeeded, 1/1 processed" in shown.output
-    listing = CliRunner().invoke(workflow_group, ["status", "--state-dir", state])
+    listing = CliRunner().invoke(workflow_group, ["status", "--db", db])
     assert run_id in listing.output
-    again = CliRunner().invoke(
-        workflow_group, ["run", str(file), "--resume", run_id, "--state-dir", state]
-    )
+    again = CliRunner().invoke(workflow_group, ["run", str(file), "--resume", run_id, "--db", db])
     assert "total: done in an earlier attempt, not run again" in again.output
-    unknown = CliRunner().invoke(workflow_group, ["status", "nope", "--state-dir", state])
+    unknown = CliRunner().invoke(workflow_group, ["status", "nope", "--db", db])
     assert unknown.exit_code == 1 and "no workflow run 'nope'" in unknown.output

@@ -26,11 +26,11 @@ HAVE_PANDAS = importlib.util.find_spec("pandas") is not None
 
 
 def workflow_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """The environment for `python -m sitq.workflow`: state under tmp_path, no $SITQ_DB,
-    and the pandas stand-in on the path when pandas is not installed."""
+    """The environment for `python -m sitq.workflow`: runs recorded in a fresh sitq
+    database under tmp_path ($SITQ_DB, unless ``extra`` names another), and the pandas
+    stand-in on the path when pandas is not installed."""
     env = subprocess_env()
-    env.pop("SITQ_DB", None)
-    env["SITQ_WORKFLOW_DIR"] = str(tmp_path / "state")
+    env["SITQ_DB"] = str(tmp_path / "sitq.db")
     if not HAVE_PANDAS:
         env["PYTHONPATH"] = os.pathsep.join([str(SHIMS), env["PYTHONPATH"]])
     env.update(extra)

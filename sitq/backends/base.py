@@ -501,9 +501,12 @@ class Backend(abc.ABC):
         """The step's items by index; their result bytes only ``with_results``."""
 
     @abc.abstractmethod
-    async def workflow_item_started(self, run_id: str, step: str, index: int, ran_on: str) -> None:
+    async def workflow_item_started(
+        self, run_id: str, step: str, index: int, ran_on: str, attempt: int | None = None
+    ) -> None:
         """The item starts on ``ran_on``: status 'running', started now, its previous
-        error and finish cleared (attempts and result stay until it finishes)."""
+        error and finish cleared; ``attempt``, if given, is its attempt number now
+        (else attempts stay until an attempt or the finish is recorded)."""
 
     @abc.abstractmethod
     async def workflow_item_attempt(self, run_id: str, step: str, index: int, attempt: int) -> None:

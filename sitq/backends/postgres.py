@@ -864,11 +864,13 @@ class PostgresBackend(Backend):
             rows = await conn.fetch(self._q(sql), run_id, step)
         return [base.WorkflowItemRecord(*row) for row in rows]
 
-    async def workflow_item_started(self, run_id: str, step: str, index: int, ran_on: str) -> None:
+    async def workflow_item_started(
+        self, run_id: str, step: str, index: int, ran_on: str, attempt: int | None = None
+    ) -> None:
         """The item starts."""
         async with self._acquire() as conn:
             await conn.execute(
-                self._q(q.WORKFLOW_ITEM_STARTED), run_id, step, index, ran_on, self.now()
+                self._q(q.WORKFLOW_ITEM_STARTED), run_id, step, index, ran_on, self.now(), attempt
             )
 
     async def workflow_item_attempt(self, run_id: str, step: str, index: int, attempt: int) -> None:

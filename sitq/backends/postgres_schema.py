@@ -616,8 +616,8 @@ LIST_WORKFLOW_ITEMS_WITH_RESULTS = _WORKFLOW_ITEMS_SHAPE.replace("@result", "res
 
 WORKFLOW_ITEM_STARTED = """
 UPDATE {s}.sitq_workflow_items
-SET status = 'running', ran_on = $4, error = NULL, traceback = NULL, started_at = $5,
-    finished_at = NULL
+SET status = 'running', ran_on = $4, attempts = COALESCE($6, attempts), error = NULL,
+    traceback = NULL, started_at = $5, finished_at = NULL
 WHERE run_id = $1 AND step = $2 AND idx = $3
 """
 

@@ -603,8 +603,8 @@ LIST_WORKFLOW_ITEMS_WITH_RESULTS = _WORKFLOW_ITEMS_SHAPE.replace("@result", "res
 
 WORKFLOW_ITEM_STARTED = """
 UPDATE sitq_workflow_items
-SET status = 'running', ran_on = ?, error = NULL, traceback = NULL, started_at = ?,
-    finished_at = NULL
+SET status = 'running', ran_on = ?, attempts = COALESCE(?, attempts), error = NULL,
+    traceback = NULL, started_at = ?, finished_at = NULL
 WHERE run_id = ? AND step = ? AND idx = ?
 """
 

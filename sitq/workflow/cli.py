@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ from typing import Any
 import click
 import yaml
 
+from sitq import TaskQueue
+from sitq.backends import open_backend
 from sitq.errors import SitqError
 from sitq.workflow.executors import EXECUTORS
 from sitq.workflow.progress import LineReporter
@@ -20,12 +24,12 @@ from sitq.workflow.spec import parse_workflow
 from sitq.workflow.state import ItemRecord, RunRecord, StateStore, StepRecord, preview
 from sitq.workflow.workflow import Workflow
 
-state_dir_option = click.option(
-    "--state-dir",
-    envvar="SITQ_WORKFLOW_DIR",
-    default=None,
-    help="Where runs are recorded [default: $SITQ_WORKFLOW_DIR, else .sitq/workflows].",
-)
+
+def db_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--db``: the sitq database, as everywhere in sitq ($SITQ_DB, else sitq.db)."""
+    return click.option(
+        "--db", envvar="SITQ_DB", default="sitq.db", show_default=True, help=help_text
+    )
 
 
 @click.group()
@@ -88,12 +92,9 @@ def _rewrite_pairs(entries: tuple[str, ...]) -> list[tuple[str, str]] | None:
     help="A param: a JSON value, else text; @FILE reads JSON/YAML/CSV (repeatable).",
 )
 @click.option("--resume", metavar="RUN_ID", help="Continue this run; redo only what is unfinished.")
-@click.option(
-    "--db",
-    envvar="SITQ_DB",
-    default="sitq.db",
-    show_default=True,
-    help="sitq database whose workers run the items (defaults to $SITQ_DB).",
+@db_option(
+    "sitq database that records the run and whose workers run the items, created if "
+    "missing (defaults to $SITQ_DB)."
 )
 @click.option(
     "--executor",
@@ -110,7 +111,6 @@ def _rewrite_pairs(entries: tuple[str, ...]) -> list[tuple[str, str]] | None:
     show_default=True,
     help="Items at once for `parallel: true` steps without max_parallel.",
 )
-@state_dir_option
 @click.option(
     "--http-base",
     envvar="SITQ_WORKFLOW_HTTP_BASE",
@@ -131,7 +131,6 @@ def run(
     executor: str,
     queue: str,
     max_parallel: int,
-    state_dir: str | None,
     http_base: str | None,
     http_rewrite: tuple[str, ...],
 ) -> None:
@@ -141,7 +140,6 @@ def run(
         report = Workflow.from_yaml(file).run(
             values,
             resume=resume,
-            state_dir=state_dir,
             db=db,
             executor=executor,
             queue=queue,
@@ -198,8 +196,8 @@ def _planned_steps(record: RunRecord) -> list[str]:
         return []
 
 
-def _step_json(store: StateStore, run_id: str, step: StepRecord, items: bool) -> dict[str, Any]:
-    records = store.items(run_id, step.name)
+def _step_json(step: StepRecord, records: list[ItemRecord] | None) -> dict[str, Any]:
+    records = records or []
     failed = sum(r.status == "failed" for r in records)
     processed = sum(r.status in ("succeeded", "failed") for r in records)
     data: dict[str, Any] = {
@@ -214,8 +212,6 @@ def _step_json(store: StateStore, run_id: str, step: StepRecord, items: bool) ->
         "started_at": step.started_at,
         "finished_at": step.finished_at,
     }
-    if items:
-        data["items"] = [_item_json(r) for r in records]
     return data
 
 
@@ -232,59 +228,74 @@ def _item_json(record: ItemRecord) -> dict[str, Any]:
     }
 
 
+async def _read_status(
+    db: str, run_id: str | None, items: bool
+) -> tuple[str, list[RunRecord], list[dict[str, Any]]]:
+    """(where, runs, steps): the recent runs without ``run_id``, else that run and its
+    steps as JSON-ready dicts. The database must exist already."""
+    queue = TaskQueue(open_backend(db, create=False))
+    await queue.connect()
+    try:
+        store = StateStore(queue)
+        if run_id is None:
+            return store.where, await store.runs(), []
+        record = await store.run(run_id)
+        started = {s.name: s for s in await store.steps(run_id)}
+        steps = []
+        for name in _planned_steps(record) or list(started):
+            if name not in started:
+                steps.append(
+                    {"name": name, "status": "pending", "processed": 0, "failed": 0, "total": None}
+                )
+                continue
+            records = await store.items(run_id, name)
+            data = _step_json(started[name], records)
+            if items:
+                data["items"] = [_item_json(r) for r in records]
+            steps.append(data)
+        return store.where, [record], steps
+    finally:
+        await queue.close()
+
+
 @workflow.command()
 @click.argument("run_id", required=False)
-@state_dir_option
+@db_option("sitq database the runs are recorded in (defaults to $SITQ_DB).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--items/--no-items", default=True, show_default=True, help="List each item.")
-def status(run_id: str | None, state_dir: str | None, as_json: bool, items: bool) -> None:
+def status(run_id: str | None, db: str, as_json: bool, items: bool) -> None:
     """Show a run's steps and items (or, without RUN_ID, the recent runs)."""
     try:
-        store = StateStore(state_dir)
+        where, runs, steps = asyncio.run(_read_status(db, run_id, items))
     except SitqError as exc:
         raise click.ClickException(str(exc)) from None
-    try:
-        if run_id is None:
-            _list_runs(store, as_json)
-            return
-        try:
-            record = store.run(run_id)
-        except SitqError as exc:
-            raise click.ClickException(str(exc)) from None
-        started = {s.name: s for s in store.steps(run_id)}
-        names = _planned_steps(record) or list(started)
-        steps = [
-            _step_json(store, run_id, started[n], items)
-            if n in started
-            else {"name": n, "status": "pending", "processed": 0, "failed": 0, "total": None}
-            for n in names
-        ]
-        if as_json:
-            run_data = {
-                "id": record.id,
-                "file": record.source,
-                "status": record.status,
-                "process_alive": record.process_alive(),
-                "error": record.error,
-                "params": record.params_preview,
-                "created_at": record.created_at,
-                "finished_at": record.finished_at,
-            }
-            click.echo(json.dumps({"run": run_data, "steps": steps}, indent=2, default=str))
-            return
-        _print_run(record, steps)
-    finally:
-        store.close()
+    if run_id is None:
+        _list_runs(where, runs, as_json)
+        return
+    record = runs[0]
+    if as_json:
+        run_data = {
+            "id": record.id,
+            "file": record.source,
+            "status": record.status,
+            "process_alive": record.process_alive(),
+            "error": record.error,
+            "params": record.params_preview,
+            "created_at": record.created_at,
+            "finished_at": record.finished_at,
+        }
+        click.echo(json.dumps({"run": run_data, "steps": steps}, indent=2, default=str))
+        return
+    _print_run(record, steps)
 
 
-def _list_runs(store: StateStore, as_json: bool) -> None:
-    runs = store.runs()
+def _list_runs(where: str, runs: list[RunRecord], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{"id": r.id, "file": r.source, "status": r.status,
                                 "created_at": r.created_at} for r in runs], indent=2))  # fmt: skip
         return
     if not runs:
-        click.echo(f"no workflow runs recorded in {store.path}")
+        click.echo(f"no workflow runs recorded in {where}")
     for r in runs:
         click.echo(f"{r.id}  {_run_status(r):<12} {_when(r.created_at)}  {r.source}")
 

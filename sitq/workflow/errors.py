@@ -31,7 +31,7 @@ class TemplateError(WorkflowError):
 
 
 class RunNotFound(WorkflowError, KeyError):
-    """No run with this id in the state directory."""
+    """No run with this id in the sitq database."""
 
     def __init__(self, run_id: str, where: str) -> None:
         super().__init__(run_id)
@@ -41,5 +41,5 @@ class RunNotFound(WorkflowError, KeyError):
     def __str__(self) -> str:
         return (
             f"no workflow run {self.run_id!r} in {self.where}; check the id "
-            "(`sitq workflow status` lists runs) and --state-dir / $SITQ_WORKFLOW_DIR"
+            "(`sitq workflow status` lists runs) and --db / $SITQ_DB"
         )

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from sitq import TaskNotFound, TaskQueue
 from sitq.backends.base import WORKER_STALE_AFTER
@@ -24,6 +22,8 @@ EXECUTORS = ("auto", "local", "workers")
 LOCAL_THREADS = 64
 #: The longest the worker executor waits before looking for finished tasks again.
 RESULT_POLL = 0.02
+#: Bounds how long an item's thread waits for its attempt to be recorded.
+ATTEMPT_RECORD_TIMEOUT = 300.0
 
 
 class Executor(Protocol):
@@ -34,10 +34,12 @@ class Executor(Protocol):
     async def run(
         self,
         call: ItemCall,
-        on_submitted: Callable[[str], None],
-        on_attempt: Callable[[int], None],
+        on_submitted: Callable[[str], Awaitable[None]],
+        on_attempt: Callable[[int], Awaitable[None]],
     ) -> ItemOutcome:
-        """Run one item to its outcome."""
+        """Run one item to its outcome. ``on_submitted(task_id)`` and ``on_attempt(n)``
+        (for attempts after the first, which is recorded with the item's start) are
+        awaited, since they record state, before the item goes on."""
         ...
 
     async def adopt(self, task_id: str) -> ItemOutcome | None:
@@ -61,14 +63,17 @@ class LocalExecutor:
     async def run(
         self,
         call: ItemCall,
-        on_submitted: Callable[[str], None],
-        on_attempt: Callable[[int], None],
+        on_submitted: Callable[[str], Awaitable[None]],
+        on_attempt: Callable[[int], Awaitable[None]],
     ) -> ItemOutcome:
-        """Run ``call`` in a thread, reporting each attempt on the loop."""
+        """Run ``call`` in a thread; each attempt starts once the loop has recorded it."""
         loop = asyncio.get_running_loop()
 
         def attempt(n: int) -> None:
-            loop.call_soon_threadsafe(on_attempt, n)
+            # Wait for the record: an attempt is never running unrecorded.
+            if n > 1:
+                recorded = asyncio.run_coroutine_threadsafe(on_attempt(n), loop)
+                recorded.result(ATTEMPT_RECORD_TIMEOUT)
 
         return await loop.run_in_executor(self._pool, run_item, call, attempt)
 
@@ -100,8 +105,8 @@ class WorkerExecutor:
     async def run(
         self,
         call: ItemCall,
-        on_submitted: Callable[[str], None],
-        on_attempt: Callable[[int], None],
+        on_submitted: Callable[[str], Awaitable[None]],
+        on_attempt: Callable[[int], Awaitable[None]],
     ) -> ItemOutcome:
         """Enqueue ``call`` and wait for its task's result."""
         loop = asyncio.get_running_loop()
@@ -110,7 +115,7 @@ class WorkerExecutor:
             loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
         self._to_submit.append((call, submitted))
         task_id = await submitted
-        on_submitted(task_id)
+        await on_submitted(task_id)
         return _outcome(await self._wait(task_id))
 
     async def _flush(self) -> None:
@@ -167,10 +172,9 @@ class WorkerExecutor:
         return outcome if outcome.ok else None
 
     async def close(self) -> None:
-        """Stop polling and close the queue."""
+        """Stop polling (the queue belongs to the caller)."""
         if self._poller is not None:
             self._poller.cancel()
-        await self.queue.close()
 
 
 def _outcome(result: Any) -> ItemOutcome:
@@ -185,14 +189,6 @@ def _outcome(result: Any) -> ItemOutcome:
     )
 
 
-def _sqlite_file(db: str) -> str | None:
-    """The file of an SQLite database spec, or None for a server URL."""
-    if db.startswith("sqlite:///"):
-        return db[len("sqlite:///") :] or None
-    scheme = urlsplit(db).scheme
-    return None if scheme and len(scheme) > 1 else db
-
-
 async def live_workers(queue: TaskQueue, queue_name: str) -> int:
     """How many live workers serve ``queue_name`` (as ``sitq status`` counts them)."""
     backend = queue.backend
@@ -201,30 +197,21 @@ async def live_workers(queue: TaskQueue, queue_name: str) -> int:
     return sum(1 for w in workers if w.alive(now, WORKER_STALE_AFTER) and queue_name in w.queues)
 
 
-async def open_executor(mode: str, db: str | None, queue_name: str = "default") -> Executor:
-    """The executor for ``mode``: ``workers`` (fails without live workers), ``local``,
-    or ``auto`` (workers when some serve ``queue_name`` on ``db``, else local)."""
+async def open_executor(mode: str, queue: TaskQueue, queue_name: str = "default") -> Executor:
+    """The executor for ``mode``: ``workers`` (fails without live workers on the
+    queue's database), ``local``, or ``auto`` (workers when some serve
+    ``queue_name``, else local). ``queue`` is connected and stays the caller's."""
     if mode not in EXECUTORS:
         raise WorkflowError(f"unknown executor {mode!r}; use one of {', '.join(EXECUTORS)}")
     if mode == "local":
         return LocalExecutor()
-    db = db or os.environ.get("SITQ_DB") or "sitq.db"
-    path = _sqlite_file(db)
-    if mode == "auto" and path is not None and not os.path.exists(path):
-        return LocalExecutor()  # no database, so no workers: do not create one
-    queue = TaskQueue(db)
-    await queue.connect()
-    try:
-        alive = await live_workers(queue, queue_name)
-    except BaseException:
-        await queue.close()
-        raise
-    if alive:
+    if await live_workers(queue, queue_name):
         return WorkerExecutor(queue, queue_name)
-    await queue.close()
     if mode == "workers":
+        where = queue.backend.describe()
         raise WorkflowError(
-            f"no live sitq worker serves queue {queue_name!r} on {db}: start one with "
-            f"`sitq worker --db {db}`, or run the items here with --executor local"
+            f"no live sitq worker serves queue {queue_name!r} on {where}: start one with "
+            "`sitq worker --db ...` on that database, or run the items here with "
+            "--executor local"
         )
     return LocalExecutor()

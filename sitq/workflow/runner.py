@@ -6,13 +6,14 @@ of ``batch_size`` consecutive items (default 1); with ``parallel: true`` up to
 ``max_parallel`` batches run at once, otherwise one; a batch's items run one
 after another. A ``for_each`` step runs ``max_parallel`` items at once
 (default 1). Each item's start, attempts and outcome are committed to the state
-store, so a resumed run skips what succeeded and redoes what failed or never
+store (in the sitq database), so a resumed run skips what succeeded and redoes what failed or never
 finished.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ from sitq.workflow.templates import render
 DEFAULT_MAX_PARALLEL = 4
 
 _NO_ITEM = object()
+
+
+async def _ignore(_: Any) -> None:
+    """An executor callback for runs that record nothing (on_item_error handlers)."""
 
 
 @dataclass(frozen=True)
@@ -117,14 +122,14 @@ class Runner:
                 report = await self._step(step)
                 if report.status == "failed":
                     status = "failed"
-                    error = f"step {step.name!r} failed: {self._step_error(step.name)}"
+                    error = f"step {step.name!r} failed: {await self._step_error(step.name)}"
                     break
                 if report.status == "partial":
                     status = "partial"
         finally:
             if self._handler_executor is not None:
                 await self._handler_executor.close()
-        self.store.finish_run(self.run_id, status, error)
+        await self.store.finish_run(self.run_id, status, error)
         return RunReport(
             run_id=self.run_id,
             status=status,
@@ -134,8 +139,8 @@ class Runner:
             error=error,
         )
 
-    def _step_error(self, name: str) -> str | None:
-        record = self.store.step(self.run_id, name)
+    async def _step_error(self, name: str) -> str | None:
+        record = await self.store.step(self.run_id, name)
         return record.error if record else None
 
     # -- context ------------------------------------------------------------------------
@@ -165,29 +170,33 @@ class Runner:
     # -- steps --------------------------------------------------------------------------
 
     async def _step(self, step: StepSpec) -> StepReport:
-        record = self.store.step(self.run_id, step.name)
+        record = await self.store.step(self.run_id, step.name)
         if record is not None and record.status == "succeeded":
-            report = self._report(step, "succeeded", skipped=True)
+            report = await self._report(step, "succeeded", skipped=True)
             self._remember(step, report)
             self.reporter.step_skipped(step.name)
             return report
         try:
             if record is None:
                 items = await self._items_of(step)
-                self.store.begin_step(self.run_id, step.name, step.position, items, step.has_items)
+                await self.store.begin_step(
+                    self.run_id, step.name, step.position, items, step.has_items
+                )
             else:
-                items = self.store.step_items(self.run_id, step.name)
-                self.store.restart_step(self.run_id, step.name)
+                items = await self.store.step_items(self.run_id, step.name)
+                await self.store.restart_step(self.run_id, step.name)
         except (TemplateError, WorkflowError) as exc:
             if record is None:
-                self.store.begin_step(self.run_id, step.name, step.position, [], step.has_items)
-            self.store.finish_step(self.run_id, step.name, "failed", None, str(exc))
+                await self.store.begin_step(
+                    self.run_id, step.name, step.position, [], step.has_items
+                )
+            await self.store.finish_step(self.run_id, step.name, "failed", None, str(exc))
             self.reporter.step_finished(step.name, "failed", str(exc))
             report = StepReport(step.name, "failed")
             self._remember(step, report)
             return report
         await self._run_items(step, items)
-        return self._finish_step(step, items)
+        return await self._finish_step(step, items)
 
     async def _items_of(self, step: StepSpec) -> list[Any]:
         """The items a step runs over, fixed when it first starts."""
@@ -234,7 +243,7 @@ class Runner:
     async def _run_items(self, step: StepSpec, items: Sequence[Any]) -> None:
         """Run the unfinished items: batches of consecutive items, up to ``at_once``
         batches at a time, each batch's items one after another."""
-        records = self.store.items(self.run_id, step.name)
+        records = await self.store.items(self.run_id, step.name)
         at_once, size = self._limits(step)
         batches: dict[int, list[Any]] = {}
         for record in records:
@@ -262,7 +271,7 @@ class Runner:
         outcome = await self.executor.adopt(task_id) if task_id else None
         if outcome is None:
             outcome = await self._execute(step, task, item, index)
-        self.store.item_finished(self.run_id, step.name, index, outcome)
+        await self.store.item_finished(self.run_id, step.name, index, outcome)
         self._counts[0] += 1
         self._counts[1] += not outcome.ok
         self._report_progress(step)
@@ -282,14 +291,16 @@ class Runner:
             return ItemOutcome(ok=False, error=str(exc), attempts=0)
         name, run_id = step.name, self.run_id
         local = task.kind == "echo" or isinstance(self.executor, LocalExecutor)
-        self.store.item_started(run_id, name, index, "local" if local else self.executor.name)
+        # An item run here starts its first attempt at once: one write for both.
+        await self.store.item_started(
+            run_id, name, index, "local" if local else self.executor.name, 1 if local else None
+        )
         if task.kind == "echo":
-            self.store.item_attempt(run_id, name, index, 1)
             return run_item(call)
         return await self.executor.run(
             call,
-            on_submitted=lambda task_id: self.store.item_submitted(run_id, name, index, task_id),
-            on_attempt=lambda n: self.store.item_attempt(run_id, name, index, n),
+            on_submitted=functools.partial(self.store.item_submitted, run_id, name, index),
+            on_attempt=functools.partial(self.store.item_attempt, run_id, name, index),
         )
 
     def _call(
@@ -338,7 +349,7 @@ class Runner:
         else:
             if self._handler_executor is None:
                 self._handler_executor = LocalExecutor()
-            outcome = await self._handler_executor.run(call, lambda _: None, lambda _: None)
+            outcome = await self._handler_executor.run(call, _ignore, _ignore)
         if not outcome.ok:
             self.reporter.message(f"{step.name}: on_item_error failed: {outcome.error}")
         elif handler.kind == "echo":
@@ -350,9 +361,9 @@ class Runner:
             StepProgress(step.name, processed, failed, total), final=final or force
         )
 
-    def _finish_step(self, step: StepSpec, items: Sequence[Any]) -> StepReport:
+    async def _finish_step(self, step: StepSpec, items: Sequence[Any]) -> StepReport:
         count = len(items)
-        records = self.store.items(self.run_id, step.name)
+        records = await self.store.items(self.run_id, step.name)
         failed = [r for r in records if r.status == "failed"]
         unfinished = [r for r in records if r.status in ("pending", "running")]
         if not failed and not unfinished:
@@ -370,22 +381,22 @@ class Runner:
                 else f"{len(failed)} of {count} items failed; first, item {first.index}: "
                 f"{first.error}"
             )
-        report = self._report(step, status, items=items)
-        self.store.finish_step(self.run_id, step.name, status, report.result, error)
+        report = await self._report(step, status, items=items)
+        await self.store.finish_step(self.run_id, step.name, status, report.result, error)
         self._report_progress(step, final=True)
         self.reporter.step_finished(step.name, status, error)
         self._remember(step, report)
         return report
 
-    def _report(
+    async def _report(
         self,
         step: StepSpec,
         status: str,
         skipped: bool = False,
         items: Sequence[Any] | None = None,
     ) -> StepReport:
-        records = self.store.items(self.run_id, step.name)
-        values = self.store.item_values(self.run_id, step.name)
+        records = await self.store.items(self.run_id, step.name)
+        values = await self.store.item_values(self.run_id, step.name)
         if step.has_items:
             result: Any = [values.get(r.index) for r in records]
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import time
@@ -10,8 +11,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sitq import TaskQueue
+from sitq.backends.base import Backend
 from sitq.workflow.errors import WorkflowError, WorkflowValidationError
-from sitq.workflow.executors import open_executor
+from sitq.workflow.executors import EXECUTORS, open_executor
 from sitq.workflow.progress import CallbackReporter, Reporter, StepProgress
 from sitq.workflow.runner import DEFAULT_MAX_PARALLEL, Runner, RunReport, RunSettings
 from sitq.workflow.spec import WorkflowSpec, check_names, parse_workflow
@@ -46,7 +49,7 @@ class Workflow:
     """A workflow read from YAML, checked and ready to run.
 
     ``run(params)`` validates the params and every template name first, then runs
-    the steps, recording each run in the state directory so that
+    the steps, recording each run in the sitq database (``db``) so that
     ``run(resume=run_id)`` continues it.
     """
 
@@ -104,8 +107,7 @@ class Workflow:
         params: Mapping[str, Any] | None = None,
         *,
         resume: str | None = None,
-        state_dir: str | os.PathLike[str] | None = None,
-        db: str | None = None,
+        db: str | os.PathLike[str] | Backend | None = None,
         executor: str = "auto",
         queue: str = "default",
         max_parallel: int = DEFAULT_MAX_PARALLEL,
@@ -118,9 +120,8 @@ class Workflow:
 
         :param params: the run's params, over the file's ``params:`` defaults.
         :param resume: a run id: skip its finished steps and items, redo the rest.
-        :param state_dir: where runs are recorded (``$SITQ_WORKFLOW_DIR``, else
-            ``.sitq/workflows``).
-        :param db: the sitq database whose workers run items (``$SITQ_DB``, else sitq.db).
+        :param db: the sitq database (path, URL or Backend) that records the run and
+            whose workers run the items (``$SITQ_DB``, else sitq.db; created if missing).
         :param executor: ``auto`` (workers if any are alive there, else this process),
             ``workers`` or ``local``.
         :param queue: the sitq queue items are enqueued on.
@@ -139,16 +140,26 @@ class Workflow:
             http_base=http_base or os.environ.get("SITQ_WORKFLOW_HTTP_BASE") or None,
             http_rewrite=_rewrites(http_rewrite),
         )
-        store = StateStore(state_dir)
+        if executor not in EXECUTORS:
+            raise WorkflowError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+        # A new run's params are checked before the database is even opened.
+        checked = self.validate(params) if resume is None else None
+        task_queue = TaskQueue(db)
+        await task_queue.connect()
+        store = StateStore(task_queue)
         try:
-            run_params = self._prepare(store, params, resume, reporter)
-            the_executor = await open_executor(executor, db, queue)
+            if resume is None:
+                assert checked is not None
+                run_params = checked
+            else:
+                run_params = await self._resumed_params(store, params, resume, reporter)
+            the_executor = await open_executor(executor, task_queue, queue)
             try:
                 run_id = resume or new_run_id()
                 if resume:
-                    store.take_over(run_id)
+                    await store.take_over(run_id)
                 else:
-                    store.create_run(
+                    await store.create_run(
                         run_id, self.spec.source, self.spec.name, self.spec.text, run_params
                     )
                 where = "on sitq workers" if the_executor.name == "workers" else "in this process"
@@ -159,24 +170,27 @@ class Workflow:
                 try:
                     return await runner.run()
                 except BaseException as exc:
-                    store.finish_run(run_id, "interrupted", f"{type(exc).__name__}: {exc}")
+                    # Best effort: a run whose database went away stays 'running',
+                    # which status shows as interrupted once this process is gone.
+                    with contextlib.suppress(Exception):
+                        await store.finish_run(
+                            run_id, "interrupted", f"{type(exc).__name__}: {exc}"
+                        )
                     raise
             finally:
                 await the_executor.close()
         finally:
-            store.close()
+            await task_queue.close()
 
-    def _prepare(
+    async def _resumed_params(
         self,
         store: StateStore,
         params: Mapping[str, Any] | None,
-        resume: str | None,
+        resume: str,
         reporter: Reporter,
     ) -> dict[str, Any]:
-        """The run's params, validated; for a resume, the run's own."""
-        if resume is None:
-            return self.validate(params)
-        record = store.run(resume)
+        """A resumed run's own params, validated (after checking it can be resumed)."""
+        record = await store.run(resume)
         if record.status == "running" and record.process_alive():
             raise WorkflowError(
                 f"run {resume} is still running (process {record.pid} on {record.host}); "
@@ -192,4 +206,4 @@ class Workflow:
                 f"note: {self.spec.source} changed since run {resume} started; steps and items "
                 "that finished keep their results"
             )
-        return self.validate(record.params)
+        return self.validate(store.params_of(record))
