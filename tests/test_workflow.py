@@ -396,11 +396,12 @@ def _check_resumed(log: Path, states: dict[str, set[int]], in_flight: set[int]) 
     return seen
 
 
-def test_crash_and_resume_in_process(tmp_path: Path, work: Path) -> None:
-    """SIGKILL `sitq workflow run` half way; --resume finishes without redoing finished items."""
+def test_crash_and_resume_in_process(tmp_path: Path, work: Path, db_url: str) -> None:
+    """SIGKILL `sitq workflow run` half way; --resume finishes without redoing finished
+    items. The state is in the sitq database: an SQLite file, or PostgreSQL."""
     file = _write(work / "crash.yaml", CRASH_WORKFLOW)
     log = work / "log.txt"
-    env = workflow_env(tmp_path)
+    env = workflow_env(tmp_path, SITQ_DB=db_url)
     run_id, states = _kill_midway(file, log, work, env, "--executor", "local")
     assert 0 < len(states["succeeded"]) < 200
     assert len(states["running"]) <= 4  # max_parallel batches, one item each at a time
@@ -417,15 +418,15 @@ def test_crash_and_resume_in_process(tmp_path: Path, work: Path) -> None:
 
 
 def test_crash_and_resume_on_workers(
-    tmp_path: Path, work: Path, db_path: Path, spawn_worker: Callable[..., Any]
+    tmp_path: Path, work: Path, db_url: str, spawn_worker: Callable[..., Any]
 ) -> None:
     """With live workers the items are tasks: a resume waits for the tasks the killed
-    run had enqueued instead of running them again."""
-    asyncio.run(_create_db(db_path))
-    worker = spawn_worker("--concurrency", "4").wait_started()
+    run had enqueued instead of running them again (tasks and run state in one database)."""
+    asyncio.run(_create_db(db_url))
+    worker = spawn_worker("--concurrency", "4", db=db_url).wait_started()
     file = _write(work / "crash.yaml", CRASH_WORKFLOW)
     log = work / "log.txt"
-    env = workflow_env(tmp_path, SITQ_DB=str(db_path))
+    env = workflow_env(tmp_path, SITQ_DB=db_url)
     run_id, states = _kill_midway(file, log, work, env)
     assert 0 < len(states["succeeded"]) < 200
 
@@ -437,9 +438,50 @@ def test_crash_and_resume_on_workers(
     assert worker.process.poll() is None
 
 
-async def _create_db(path: Path) -> None:
+async def _create_db(path: Path | str) -> None:
     async with TaskQueue(path):
         pass
+
+
+async def _recorded(db: str, run_id: str) -> tuple[Any, list[Any], list[Any]]:
+    """The run, its steps and its first step's items, read back through TaskQueue."""
+    async with TaskQueue(db) as queue:
+        run = await queue.get_workflow_run(run_id)
+        steps = await queue.list_workflow_steps(run_id)
+        items = await queue.list_workflow_items(run_id, steps[0].name, with_results=True)
+    return run, steps, items
+
+
+async def test_run_state_lives_in_the_sitq_database(
+    tmp_path: Path, work: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run, its steps and items are rows of the sitq database the tasks live in
+    (no state file), readable by any process through TaskQueue: on both backends."""
+    monkeypatch.chdir(work)
+    workflow, params = _errors_workflow(work, continue_on_error=True)
+    report = await workflow.run_async({**params, "bad": [4]}, db=db_url, executor="local")
+    assert report.status == "partial"
+    run, steps, items = await _recorded(db_url, report.run_id)
+    assert run.status == "partial" and run.source == "errors.yaml" and run.finished_at
+    assert [(s.name, s.status, s.total) for s in steps] == [("process", "partial", 10)]
+    assert [i.status for i in items] == ["failed" if n == 4 else "succeeded" for n in range(10)]
+    assert items[4].error == "ValueError: item 4 is bad" and items[4].attempts == 1
+    assert all(i.ran_on == "local" and i.attempts == 1 for i in items)
+    assert items[3].result_preview == "3" and items[3].result is not None
+    assert not (work / ".sitq").exists() and not (work / "sitq.db").exists()
+
+    (work / "flag").unlink()  # --resume redoes only the failed item, in the same database
+    resumed = await workflow.run_async(resume=report.run_id, db=db_url, executor="local")
+    assert resumed.ok and _lines(work / "log.txt").count("4") == 2
+    run, _, items = await _recorded(db_url, report.run_id)
+    assert run.status == "succeeded" and all(i.status == "succeeded" for i in items)
+
+
+def test_status_needs_an_existing_database(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    out = CliRunner().invoke(workflow_group, ["status", "--db", str(missing)])
+    assert out.exit_code == 1 and f"no sitq database at {missing}" in out.output
+    assert not missing.exists()
 
 
 # -- errors, retries, on_item_error ------------------------------------------------------
