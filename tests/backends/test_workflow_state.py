@@ -318,3 +318,42 @@ async def test_a_version_4_store_migrates_in_place(kind: str, tmp_path: Path) ->
         version = conn.execute("SELECT value FROM sitq_meta WHERE key = 'schema_version'")
         assert version.fetchone()[0] == "5" == str(sqlite_schema.SCHEMA_VERSION)
         conn.close()
+
+
+# -- SQLite: item writes are group-committed, and wait out another writer ---------------
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_sqlite_item_writes_wait_for_a_locked_database(tmp_path: Path, durable: bool) -> None:
+    """Another process holding the write lock delays an item write (it goes to the
+    database thread, which waits) but never loses or fails it; with ``durable`` every
+    write takes that path."""
+    backend = SQLiteBackend(tmp_path / "tasks.db", durable=durable)
+    await backend.connect()
+    try:
+        await backend.create_workflow_run(new_run())
+        await begin(backend, "run-1", "s", 20)
+        await asyncio.gather(
+            *(backend.workflow_item_started("run-1", "s", i, "local", 1) for i in range(10))
+        )
+        other = sqlite3.connect(tmp_path / "tasks.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+        writes = asyncio.gather(
+            *(backend.workflow_item_finished("run-1", "s", i, "succeeded", attempts=1)
+              for i in range(10))
+        )  # fmt: skip
+        await asyncio.sleep(0.2)
+        assert not writes.done()
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(writes, 30)
+        items = await backend.list_workflow_items("run-1", "s")
+        assert [i.status for i in items[:10]] == ["succeeded"] * 10
+        assert [i.attempts for i in items[:10]] == [1] * 10
+    finally:
+        await backend.close()
+    # Committed before close returned: a fresh connection sees every write.
+    rows = sqlite3.connect(tmp_path / "tasks.db").execute(
+        "SELECT count(*) FROM sitq_workflow_items WHERE status = 'succeeded'"
+    )
+    assert rows.fetchone()[0] == 10
