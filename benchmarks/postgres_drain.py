@@ -197,7 +197,8 @@ async def drain_sitq(admin: Admin, tmp: Path, db: str, schema: str, n: int) -> f
             # server would spend its CPU on, as with pgqueuer's shrinking table).
             left = await admin.count(
                 f"SELECT (SELECT count(*) FROM (SELECT 1 FROM {table} WHERE status = 'queued' "
-                f"LIMIT 1) AS q) + (SELECT count(*) FROM (SELECT 1 FROM {table} "
+                "AND limit_key IS NULL LIMIT 1) AS q) "
+                f"+ (SELECT count(*) FROM (SELECT 1 FROM {table} "
                 "WHERE status = 'running' LIMIT 1) AS r)"
             )
             return left == 0

@@ -80,7 +80,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
 # every 20 ms, where counting every finished row would load the machine that
 # does the draining. Each drain then checks once that every task succeeded.
 UNFINISHED = (
-    "SELECT (SELECT count(*) FROM (SELECT 1 FROM sitq_tasks WHERE status = 'queued' LIMIT 1))"
+    # (limit_key IS NULL: the benchmarks set no limits, and it matches the index)
+    "SELECT (SELECT count(*) FROM (SELECT 1 FROM sitq_tasks"
+    " WHERE status = 'queued' AND limit_key IS NULL LIMIT 1))"
     " + (SELECT count(*) FROM (SELECT 1 FROM sitq_tasks WHERE status = 'running' LIMIT 1))"
 )
 SUCCEEDED = "SELECT count(*) FROM sitq_tasks WHERE status = 'succeeded'"

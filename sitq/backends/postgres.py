@@ -162,7 +162,10 @@ class PostgresBackend(Backend):
     async def delete_limit(self, key: str) -> bool:
         """Remove a limit."""
         async with self._acquire() as conn:
-            status = await conn.execute(self._q(q.DELETE_LIMIT), key)
+            async with conn.transaction():
+                status = await conn.execute(self._q(q.DELETE_LIMIT), key)
+                await conn.execute(self._q(q.UNLIMIT_TASKS), key)
+                await conn.execute(self._q(q.DELETE_LIMIT_STARTS), key)
             await self._notify(conn, "tasks")
         return status != "DELETE 0"
 
@@ -377,8 +380,13 @@ class PostgresBackend(Backend):
         if queue is not None:
             where += f" AND queue = ${len(params) + 1}"
             params.append(queue)
-        async with self._acquire() as conn, conn.transaction():
-            status = await conn.execute(self._q(q.RETRY.replace("{where}", where)), *params)
+        sql = self._q(q.RETRY.replace("{where}", where))
+        async with self._acquire() as conn:
+            try:
+                status = await conn.execute(sql, *params)
+            except asyncpg.UniqueViolationError:
+                # A unique enqueue committed while this ran: a fresh snapshot sees it.
+                status = await conn.execute(sql, *params)
             count = int(status.split()[-1])
             if count:
                 await self._notify(conn, "tasks")
@@ -425,18 +433,27 @@ class PostgresBackend(Backend):
                 )
                 if status != "UPDATE 0":
                     await self._notify(conn, "results")
-            rows = await conn.fetch(
-                self._q(q.CLAIM), worker_id, now, now + lease_seconds, list(queues), limit
-            )
-            if len(rows) < limit and await self._limits_exist(conn, now):
-                rows = list(rows) + await self._claim_limited(
-                    conn, worker_id, list(queues), limit - len(rows), now, now + lease_seconds
+            rows: list[Any] = []
+            if await self._limits_exist(conn, now):
+                # Limited tasks first: they are few at a time by nature, and would
+                # otherwise wait for a lull in the unlimited ones.
+                rows += await self._claim_limited(
+                    conn, worker_id, list(queues), limit, now, now + lease_seconds
+                )
+            if len(rows) < limit:
+                rows += await conn.fetch(
+                    self._q(q.CLAIM),
+                    worker_id,
+                    now,
+                    now + lease_seconds,
+                    list(queues),
+                    limit - len(rows),
                 )
         return claimed_tasks(rows, worker_id, now)
 
     async def _limits_exist(self, conn: Any, now: float) -> bool:
-        # Read at most once a second: the main claim already leaves limited tasks
-        # alone, so a new limit is honoured at once and only starts later.
+        # Read at most once a second: a task enqueued under a new limit waits at
+        # most that long for its first claim.
         if now >= self._limits_known_until:
             self._limits_known_until = now + RECLAIM_INTERVAL
             self._has_limits = bool(await conn.fetchval(self._q(q.LIST_LIMITS) + " LIMIT 1"))
@@ -452,20 +469,25 @@ class PostgresBackend(Backend):
         expires: float,
     ) -> list[Any]:
         """Claim tasks under limits. The limit rows stay locked until commit, so
-        claimers on every host take turns and each counts what the last committed."""
+        claimers on every host take turns and each counts what the last committed.
+        A read first keeps that lock away while no limited task can start."""
+        if not any(_allowed(row, room) > 0 for row in await conn.fetch(self._q(q.LIMIT_ROOM), now)):
+            return []
         taken: list[Any] = []
         async with conn.transaction():
             await conn.execute(self._q(q.LOCK_LIMITS))
-            for key, running_room, start_room in await conn.fetch(self._q(q.LIMIT_ROOM), now):
-                allowed = min(
-                    room - len(taken),
-                    room if running_room is None else running_room,
-                    room if start_room is None else start_room,
+            for row in await conn.fetch(self._q(q.LIMIT_ROOM), now):
+                key, per_seconds = row[0], row[3]
+                allowed = min(room - len(taken), _allowed(row, room))
+                if allowed <= 0:
+                    continue
+                claimed = await conn.fetch(
+                    self._q(q.CLAIM_LIMITED), worker_id, now, expires, queues, allowed, key
                 )
-                if allowed > 0:
-                    taken += await conn.fetch(
-                        self._q(q.CLAIM_LIMITED), worker_id, now, expires, queues, allowed, key
-                    )
+                if claimed and per_seconds is not None:
+                    await conn.execute(self._q(q.RECORD_STARTS), key, len(claimed))
+                    await conn.execute(self._q(q.FORGET_STARTS), key, per_seconds)
+                taken += claimed
         return taken
 
     async def heartbeat(
@@ -921,3 +943,13 @@ def _record(row: Any) -> TaskRecord:
         if values[index] is not None:
             values[index] = bytes(values[index])
     return TaskRecord(*values)
+
+
+def _allowed(room_row: Any, room: int) -> int:
+    """How many tasks of one limit key may start now (a LIMIT_ROOM row)."""
+    running_room, start_room = room_row[1], room_row[2]
+    return min(
+        room,
+        room if running_room is None else running_room,
+        room if start_room is None else start_room,
+    )

@@ -112,9 +112,21 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         CREATE UNIQUE INDEX sitq_tasks_unique ON {s}.sitq_tasks (unique_key)
         WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
         """,
+        # Tasks under a limit are claimed apart, by key: the main claim's index
+        # leaves them out, so a backlog held back by its limit costs it nothing.
+        "DROP INDEX {s}.sitq_tasks_ready",
         """
-        CREATE INDEX sitq_tasks_limited ON {s}.sitq_tasks (limit_key, started_at)
-        WHERE limit_key IS NOT NULL
+        CREATE INDEX sitq_tasks_ready ON {s}.sitq_tasks (queue, priority DESC, available_at, seq)
+        WHERE status = 'queued' AND limit_key IS NULL
+        """,
+        """
+        CREATE INDEX sitq_tasks_limited_ready
+        ON {s}.sitq_tasks (limit_key, queue, priority DESC, available_at, seq)
+        WHERE status = 'queued' AND limit_key IS NOT NULL
+        """,
+        """
+        CREATE INDEX sitq_tasks_limited_running ON {s}.sitq_tasks (limit_key)
+        WHERE status = 'running' AND limit_key IS NOT NULL
         """,
         """
         CREATE TABLE {s}.sitq_paused (
@@ -129,6 +141,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             per_seconds double precision
         )
         """,
+        # Every start of a rate-limited task, in the database's clock (hosts'
+        # clocks differ), kept for its limit's window.
+        """
+        CREATE TABLE {s}.sitq_limit_starts (
+            key text NOT NULL, started_at double precision NOT NULL
+        )
+        """,
+        "CREATE INDEX sitq_limit_starts_key ON {s}.sitq_limit_starts (key, started_at)",
         """
         CREATE TABLE {s}.sitq_schedules (
             name text PRIMARY KEY,
@@ -212,7 +232,8 @@ WITH inserted AS (
     INSERT INTO {s}.sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
         available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key)
     SELECT id, queue, func_name, payload, 'queued', priority, enqueued_at, available_at,
-        max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key
+        max_retries, retry_backoff, timeout, unique_key, result_ttl,
+        (SELECT key FROM {s}.sitq_limits l WHERE l.key = t.limit_key)
     FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int[], $6::float8[],
         $7::float8[], $8::int[], $9::float8[], $10::float8[], $11::text[], $12::float8[],
         $13::text[])
@@ -227,7 +248,8 @@ SELECT pg_notify($14, 'tasks')
 INSERT_UNIQUE_TASK = """
 INSERT INTO {s}.sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
     available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key)
-VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12, $13)
+VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, $12,
+    (SELECT key FROM {s}.sitq_limits WHERE key = $13))
 ON CONFLICT DO NOTHING
 RETURNING id
 """
@@ -257,9 +279,7 @@ RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.re
     t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq
 """
 
-CLAIM = _CLAIM_SHAPE.replace(
-    "@which", "(limit_key IS NULL OR limit_key NOT IN (SELECT key FROM {s}.sitq_limits))"
-)
+CLAIM = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL")
 
 RECLAIM_EXPIRED = """
 UPDATE {s}.sitq_tasks
@@ -347,9 +367,14 @@ SET status = 'queued', attempts = 0, available_at = $1::float8, result = NULL, e
     traceback = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,
     worker_id = NULL, lease_expires_at = NULL, cancel_requested = false
 WHERE status IN ('failed', 'cancelled') AND {where}
-  AND (unique_key IS NULL OR NOT EXISTS (
-    SELECT 1 FROM {s}.sitq_tasks live WHERE live.unique_key = {s}.sitq_tasks.unique_key
-      AND live.status IN ('queued', 'running')))
+  AND (unique_key IS NULL OR (
+    NOT EXISTS (
+      SELECT 1 FROM {s}.sitq_tasks live WHERE live.unique_key = {s}.sitq_tasks.unique_key
+        AND live.status IN ('queued', 'running'))
+    -- of several finished tasks with one key, only one comes back
+    AND id = (
+      SELECT min(id) FROM {s}.sitq_tasks done WHERE done.unique_key = {s}.sitq_tasks.unique_key
+        AND done.status IN ('failed', 'cancelled'))))
 """
 
 COUNTS = "SELECT queue, status, count(*) FROM {s}.sitq_tasks GROUP BY queue, status"
@@ -368,8 +393,13 @@ LIMIT $1
 """
 
 OLDEST_WAITING = """
-SELECT queue, min(available_at) FROM {s}.sitq_tasks
-WHERE status = 'queued' AND available_at <= $1
+SELECT queue, min(available_at) FROM (
+    SELECT queue, available_at FROM {s}.sitq_tasks
+    WHERE status = 'queued' AND limit_key IS NULL AND available_at <= $1
+    UNION ALL
+    SELECT queue, available_at FROM {s}.sitq_tasks
+    WHERE status = 'queued' AND limit_key IS NOT NULL AND available_at <= $1
+) ready
 GROUP BY queue
 """
 
@@ -456,14 +486,34 @@ DELETE_LIMIT = "DELETE FROM {s}.sitq_limits WHERE key = $1"
 # below then cannot change under this claimer until it commits.
 LOCK_LIMITS = "SELECT key FROM {s}.sitq_limits ORDER BY key FOR UPDATE"
 
+# Per limit key with a ready task: the concurrency room and the starts left
+# in the sliding window (NULL: not limited that way), in the database's clock.
 LIMIT_ROOM = """
 SELECT l.key,
     l.max_running - (SELECT count(*) FROM {s}.sitq_tasks r
                      WHERE r.limit_key = l.key AND r.status = 'running'),
-    l.max_starts - (SELECT count(*) FROM {s}.sitq_tasks r
-                    WHERE r.limit_key = l.key AND r.started_at > $1 - l.per_seconds)
+    l.max_starts - (SELECT count(*) FROM {s}.sitq_limit_starts st
+                    WHERE st.key = l.key
+                      AND st.started_at > extract(epoch from clock_timestamp()) - l.per_seconds),
+    l.per_seconds
 FROM {s}.sitq_limits l
+WHERE EXISTS (SELECT 1 FROM {s}.sitq_tasks t
+              WHERE t.limit_key = l.key AND t.status = 'queued' AND t.available_at <= $1)
 """
+
+RECORD_STARTS = """
+INSERT INTO {s}.sitq_limit_starts (key, started_at)
+SELECT $1, extract(epoch from clock_timestamp()) FROM generate_series(1, $2)
+"""
+
+FORGET_STARTS = """
+DELETE FROM {s}.sitq_limit_starts
+WHERE key = $1 AND started_at <= extract(epoch from clock_timestamp()) - $2
+"""
+
+# A lifted limit's tasks become ordinary tasks (claimed by the main claim).
+UNLIMIT_TASKS = "UPDATE {s}.sitq_tasks SET limit_key = NULL WHERE limit_key = $1"
+DELETE_LIMIT_STARTS = "DELETE FROM {s}.sitq_limit_starts WHERE key = $1"
 
 CLAIM_LIMITED = _CLAIM_SHAPE.replace("@which", "limit_key = $6")
 

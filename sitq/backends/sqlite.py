@@ -136,9 +136,16 @@ class SQLiteBackend(Backend):
     async def delete_limit(self, key: str) -> bool:
         """Remove a limit."""
         conn = self._connection()
-        cursor = await self._write(lambda: conn.execute(q.DELETE_LIMIT, (key,)))
+
+        async def body() -> bool:
+            cursor = await conn.execute(q.DELETE_LIMIT, (key,))
+            await conn.execute(q.UNLIMIT_TASKS, (key,))
+            await conn.execute(q.DELETE_LIMIT_STARTS, (key,))
+            return bool(cursor.rowcount)
+
+        deleted = await self._transaction(body)
         self._wakeup.notify("tasks")  # its tasks are claimable by the main claim now
-        return bool(cursor.rowcount)
+        return deleted
 
     async def list_limits(self) -> list[LimitRecord]:
         """Every limit, by key."""
@@ -563,7 +570,7 @@ class SQLiteBackend(Backend):
 
     async def oldest_waiting(self) -> dict[str, float]:
         """Per queue, the ``available_at`` of the longest-waiting ready task."""
-        rows = await self._read(q.OLDEST_WAITING, (self.now(),))
+        rows = await self._read(q.OLDEST_WAITING, {"now": self.now()})
         return {row[0]: float(row[1]) for row in rows}
 
     # -- worker side ------------------------------------------------------
@@ -579,21 +586,22 @@ class SQLiteBackend(Backend):
         if now >= self._next_reclaim:
             self._next_reclaim = now + RECLAIM_INTERVAL
             await self._reclaim_expired(now)
-        marks = ",".join("?" * len(queues))
-        sql = q.CLAIM.format(queues=marks)
-        params = [worker_id, now, now + lease_seconds, *queues, now, limit]
-        rows = list(await self._write(lambda: conn.execute_fetchall(sql, params)))
-        if len(rows) < limit and await self._limits_exist(now):
-            rows += await self._claim_limited(
-                worker_id, queues, limit - len(rows), now, now + lease_seconds
-            )
+        rows: list[Any] = []
+        if await self._limits_exist(now):
+            # Limited tasks first: they are few at a time by nature, and would
+            # otherwise wait for a lull in the unlimited ones.
+            rows += await self._claim_limited(worker_id, queues, limit, now, now + lease_seconds)
+        if len(rows) < limit:
+            sql = q.CLAIM.format(queues=",".join("?" * len(queues)))
+            params = [worker_id, now, now + lease_seconds, *queues, now, limit - len(rows)]
+            rows += await self._write(lambda: conn.execute_fetchall(sql, params))
         if not rows:
             return []
         return claimed_tasks(rows, worker_id, now)
 
     async def _limits_exist(self, now: float) -> bool:
-        # Read at most once a second: the main claim already leaves limited tasks
-        # alone, so a new limit is honoured at once and only starts later.
+        # Read at most once a second: a task enqueued under a new limit waits at
+        # most that long for its first claim.
         if now >= self._limits_known_until:
             self._limits_known_until = now + RECLAIM_INTERVAL
             self._has_limits = bool(await self._read("SELECT 1 FROM sitq_limits LIMIT 1"))
@@ -602,22 +610,27 @@ class SQLiteBackend(Backend):
     async def _claim_limited(
         self, worker_id: str, queues: Sequence[str], room: int, now: float, expires: float
     ) -> list[Any]:
-        """Claim tasks under limits: in one write transaction, so the room each
-        limit has left cannot change between counting it and claiming."""
+        """Claim tasks under limits, in one write transaction, so the room each
+        limit has left cannot change between counting it and claiming. A read
+        first keeps that transaction away while no limited task can start."""
+        if not any(_allowed(row, room) > 0 for row in await self._read(q.LIMIT_ROOM, {"now": now})):
+            return []
         conn = self._connection()
         sql = q.CLAIM_LIMITED.format(queues=",".join("?" * len(queues)))
 
         async def body() -> list[Any]:
             taken: list[Any] = []
-            for key, running_room, start_room in await conn.execute_fetchall(q.LIMIT_ROOM, (now,)):
-                allowed = min(
-                    room - len(taken),
-                    room if running_room is None else running_room,
-                    room if start_room is None else start_room,
-                )
-                if allowed > 0:
-                    params = (worker_id, now, expires, *queues, now, key, allowed)
-                    taken += await conn.execute_fetchall(sql, params)
+            for row in await conn.execute_fetchall(q.LIMIT_ROOM, {"now": now}):
+                key, per_seconds = row[0], row[3]
+                allowed = min(room - len(taken), _allowed(row, room))
+                if allowed <= 0:
+                    continue
+                params = (worker_id, now, expires, *queues, now, key, allowed)
+                claimed = list(await conn.execute_fetchall(sql, params))
+                if claimed and per_seconds is not None:
+                    await conn.executemany(q.RECORD_START, [(key, now)] * len(claimed))
+                    await conn.execute(q.FORGET_STARTS, (key, now - per_seconds))
+                taken += claimed
             return taken
 
         return await self._transaction(body)
@@ -1205,3 +1218,13 @@ def _workflow_step(row: Sequence[Any]) -> base.WorkflowStepRecord:
     values = list(row)
     values[4] = bool(values[4])
     return base.WorkflowStepRecord(*values)
+
+
+def _allowed(room_row: Sequence[Any], room: int) -> int:
+    """How many tasks of one limit key may start now (a LIMIT_ROOM row)."""
+    running_room, start_room = room_row[1], room_row[2]
+    return min(
+        room,
+        room if running_room is None else running_room,
+        room if start_room is None else start_room,
+    )

@@ -126,10 +126,21 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         CREATE UNIQUE INDEX sitq_tasks_unique ON sitq_tasks (unique_key)
         WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
         """,
-        # Running counts and recent starts per limit key; unlimited tasks never enter.
+        # Tasks under a limit are claimed apart, by key: the main claim's index
+        # leaves them out, so a backlog held back by its limit costs it nothing.
+        "DROP INDEX sitq_tasks_ready",
         """
-        CREATE INDEX sitq_tasks_limited ON sitq_tasks (limit_key, started_at)
-        WHERE limit_key IS NOT NULL
+        CREATE INDEX sitq_tasks_ready ON sitq_tasks (queue, priority DESC, available_at)
+        WHERE status = 'queued' AND limit_key IS NULL
+        """,
+        """
+        CREATE INDEX sitq_tasks_limited_ready
+        ON sitq_tasks (limit_key, queue, priority DESC, available_at)
+        WHERE status = 'queued' AND limit_key IS NOT NULL
+        """,
+        """
+        CREATE INDEX sitq_tasks_limited_running ON sitq_tasks (limit_key)
+        WHERE status = 'running' AND limit_key IS NOT NULL
         """,
         "CREATE TABLE sitq_paused (queue TEXT PRIMARY KEY, paused_at REAL NOT NULL)",
         """
@@ -140,6 +151,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             per_seconds REAL
         )
         """,
+        # Every start of a rate-limited task, kept for its limit's window: a
+        # retry's start counts too (a task row only keeps its latest start).
+        "CREATE TABLE sitq_limit_starts (key TEXT NOT NULL, started_at REAL NOT NULL)",
+        "CREATE INDEX sitq_limit_starts_key ON sitq_limit_starts (key, started_at)",
         """
         CREATE TABLE sitq_schedules (
             name TEXT PRIMARY KEY,
@@ -220,7 +235,7 @@ TASK_COLUMNS = (
 INSERT_TASK = """
 INSERT INTO sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
     available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key)
-VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, (SELECT key FROM sitq_limits WHERE key = ?))
 """
 
 # A task with a unique key: nothing is inserted while another queued or running
@@ -250,9 +265,7 @@ RETURNING id, queue, func_name, payload, attempts, max_retries, retry_backoff, t
     enqueued_at, priority, available_at, rowid
 """
 
-CLAIM = _CLAIM_SHAPE.replace(
-    "@which", "(limit_key IS NULL OR limit_key NOT IN (SELECT key FROM sitq_limits))"
-)
+CLAIM = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL")
 
 # A running task whose lease ran out lost its worker. It runs again, unless it
 # was asked to cancel, or it has already been lost too often (a task that kills
@@ -343,9 +356,14 @@ SET status = 'queued', attempts = 0, available_at = ?, result = NULL, error = NU
     traceback = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,
     worker_id = NULL, lease_expires_at = NULL, cancel_requested = 0
 WHERE status IN ('failed', 'cancelled') AND {where}
-  AND (unique_key IS NULL OR NOT EXISTS (
-    SELECT 1 FROM sitq_tasks live WHERE live.unique_key = sitq_tasks.unique_key
-      AND live.status IN ('queued', 'running')))
+  AND (unique_key IS NULL OR (
+    NOT EXISTS (
+      SELECT 1 FROM sitq_tasks live WHERE live.unique_key = sitq_tasks.unique_key
+        AND live.status IN ('queued', 'running'))
+    -- of several finished tasks with one key, only one comes back
+    AND id = (
+      SELECT min(id) FROM sitq_tasks done WHERE done.unique_key = sitq_tasks.unique_key
+        AND done.status IN ('failed', 'cancelled'))))
 """
 
 COUNTS = "SELECT queue, status, COUNT(*) FROM sitq_tasks GROUP BY queue, status"
@@ -365,9 +383,15 @@ ORDER BY finished_at DESC
 LIMIT ?
 """
 
+# Two halves, one per index (ready tasks without and with a limit key).
 OLDEST_WAITING = """
-SELECT queue, MIN(available_at) FROM sitq_tasks
-WHERE status = 'queued' AND available_at <= ?
+SELECT queue, MIN(available_at) FROM (
+    SELECT queue, available_at FROM sitq_tasks
+    WHERE status = 'queued' AND limit_key IS NULL AND available_at <= :now
+    UNION ALL
+    SELECT queue, available_at FROM sitq_tasks
+    WHERE status = 'queued' AND limit_key IS NOT NULL AND available_at <= :now
+)
 GROUP BY queue
 """
 
@@ -453,15 +477,26 @@ ON CONFLICT (key) DO UPDATE SET max_running = excluded.max_running,
 DELETE_LIMIT = "DELETE FROM sitq_limits WHERE key = ?"
 
 # How many more tasks of each limit key may start now: the concurrency room
-# and the starts left in the sliding window (NULL: that limit is not set).
+# and the starts left in the sliding window (NULL: that limit is not set);
+# only keys with a ready task.
 LIMIT_ROOM = """
 SELECT l.key,
     l.max_running - (SELECT COUNT(*) FROM sitq_tasks r
                      WHERE r.limit_key = l.key AND r.status = 'running'),
-    l.max_starts - (SELECT COUNT(*) FROM sitq_tasks r
-                    WHERE r.limit_key = l.key AND r.started_at > ? - l.per_seconds)
+    l.max_starts - (SELECT COUNT(*) FROM sitq_limit_starts s
+                    WHERE s.key = l.key AND s.started_at > :now - l.per_seconds),
+    l.per_seconds
 FROM sitq_limits l
+WHERE EXISTS (SELECT 1 FROM sitq_tasks t
+              WHERE t.limit_key = l.key AND t.status = 'queued' AND t.available_at <= :now)
 """
+
+RECORD_START = "INSERT INTO sitq_limit_starts (key, started_at) VALUES (?, ?)"
+FORGET_STARTS = "DELETE FROM sitq_limit_starts WHERE key = ? AND started_at <= ?"
+
+# A lifted limit's tasks become ordinary tasks (claimed by the main claim).
+UNLIMIT_TASKS = "UPDATE sitq_tasks SET limit_key = NULL WHERE limit_key = ?"
+DELETE_LIMIT_STARTS = "DELETE FROM sitq_limit_starts WHERE key = ?"
 
 CLAIM_LIMITED = _CLAIM_SHAPE.replace("@which", "limit_key = ?")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from test_conformance import DEFAULT, LONG_LEASE, SUCCEEDED, new_task
+from test_conformance import DEFAULT, FAILED, LONG_LEASE, SUCCEEDED, new_task
 
-from sitq.backends.base import Backend, LimitRecord
+from sitq.backends.base import Backend, LimitRecord, Outcome
 
 
 async def test_unique_key_returns_the_live_holder(backend: Backend) -> None:
@@ -45,8 +45,6 @@ async def test_retry_leaves_a_failed_task_whose_key_is_taken(backend: Backend) -
     failed = replace(new_task(backend), unique_key="k")
     await backend.enqueue_unique(failed)
     (claimed,) = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
-    from test_conformance import FAILED
-
     await backend.finish([(claimed.lease, FAILED)])
     holder = replace(new_task(backend), unique_key="k")
     await backend.enqueue_unique(holder)
@@ -135,3 +133,50 @@ def replace(task: Any, **changes: Any) -> Any:
 
 def _ids(tasks: list) -> list[str]:
     return [task.id for task in tasks]
+
+
+async def test_a_retried_start_counts_against_the_rate_limit(backend: Backend) -> None:
+    await backend.set_limit(LimitRecord("api", None, 2, 10.0))
+    first = replace(new_task(backend), limit_key="api", max_retries=3)
+    await backend.enqueue([first])
+    (claimed,) = await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)
+    retry_now = Outcome("queued", error="E: again", retry_at=backend.now())
+    assert await backend.finish([(claimed.lease, retry_now)]) == [True]
+    (again,) = await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)  # start number 2
+    assert again.id == first.id
+    await backend.enqueue([replace(new_task(backend), limit_key="api")])
+    assert await backend.claim("w1", [DEFAULT], 10, LONG_LEASE) == []  # 2 starts in 10 s
+
+
+async def test_limited_tasks_are_not_starved_by_a_backlog_of_others(backend: Backend) -> None:
+    await backend.set_limit(LimitRecord("render", 5, None, None))
+    await backend.enqueue([new_task(backend) for _ in range(50)])
+    urgent = replace(new_task(backend, priority=10), limit_key="render")
+    await backend.enqueue([urgent])
+    claimed = await backend.claim("w1", [DEFAULT], 5, LONG_LEASE)
+    assert urgent.id in [task.id for task in claimed]
+
+
+async def test_lifting_a_limit_frees_its_waiting_tasks(backend: Backend) -> None:
+    await backend.set_limit(LimitRecord("render", 1, None, None))
+    tasks = [replace(new_task(backend), limit_key="render") for _ in range(3)]
+    await backend.enqueue(tasks)
+    assert len(await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)) == 1
+    assert await backend.delete_limit("render")
+    assert len(await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)) == 2
+
+
+async def test_retry_brings_back_one_of_several_finished_tasks_sharing_a_key(
+    backend: Backend,
+) -> None:
+    ids = []
+    for _ in range(2):
+        task = replace(new_task(backend), unique_key="k")
+        await backend.enqueue_unique(task)
+        (claimed,) = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
+        await backend.finish([(claimed.lease, FAILED)])
+        ids.append(task.id)
+    assert await backend.retry(ids) == 1
+    assert await backend.retry(None, queue=DEFAULT) == 0
+    statuses = sorted(r.status for r in (await backend.get_tasks(ids)).values())
+    assert statuses == ["failed", "queued"]
