@@ -245,7 +245,14 @@ class PostgresBackend(Backend):
         where = f"{self._host}:{self._port}"
         try:
             return await asyncpg.create_pool(
-                self._dsn, min_size=self._min_size, max_size=self._max_size, timeout=10
+                self._dsn,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                timeout=10,
+                # sitq's statements are short; JIT compiling one (which the planner
+                # may choose for the small, never-analyzed control tables) costs
+                # far more than running it.
+                server_settings={"jit": "off"},
             )
         except (
             asyncpg.InvalidPasswordError,
