@@ -449,7 +449,7 @@ class PostgresBackend(Backend):
                 )
             if len(rows) < limit:
                 rows += await conn.fetch(
-                    self._q(q.CLAIM),
+                    self._q(q.CLAIM_ONE_QUEUE if len(queues) == 1 else q.CLAIM),
                     worker_id,
                     now,
                     now + lease_seconds,

@@ -264,7 +264,7 @@ SELECT id FROM {s}.sitq_tasks WHERE unique_key = $1 AND status IN ('queued', 'ru
 _CLAIM_SHAPE = """
 WITH picked AS (
     SELECT id FROM {s}.sitq_tasks
-    WHERE status = 'queued' AND queue = ANY($4::text[]) AND available_at <= $2
+    WHERE status = 'queued' AND @queues AND available_at <= $2
       AND queue NOT IN (SELECT queue FROM {s}.sitq_paused)
       AND @which
     ORDER BY priority DESC, available_at, seq
@@ -279,7 +279,14 @@ RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.re
     t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq
 """
 
-CLAIM = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL")
+# With one queue (the usual case) the ready index hands rows over in claim
+# order, so the claim stops after LIMIT rows; `queue = ANY(...)` would make
+# PostgreSQL (before 17) read and sort every ready task of the queues instead.
+_ONE_QUEUE = "queue = ($4::text[])[1]"
+_QUEUES = "queue = ANY($4::text[])"
+
+CLAIM = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL").replace("@queues", _QUEUES)
+CLAIM_ONE_QUEUE = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL").replace("@queues", _ONE_QUEUE)
 
 RECLAIM_EXPIRED = """
 UPDATE {s}.sitq_tasks
@@ -497,8 +504,11 @@ SELECT l.key,
                       AND st.started_at > extract(epoch from clock_timestamp()) - l.per_seconds),
     l.per_seconds
 FROM {s}.sitq_limits l
-WHERE EXISTS (SELECT 1 FROM {s}.sitq_tasks t
-              WHERE t.limit_key = l.key AND t.status = 'queued' AND t.available_at <= $1)
+-- A per-key probe of the index (a scalar subquery): as an EXISTS, the planner
+-- may hash-join every waiting limited task instead.
+WHERE (SELECT true FROM {s}.sitq_tasks t
+       WHERE t.limit_key = l.key AND t.status = 'queued' AND t.available_at <= $1
+       LIMIT 1)
 """
 
 RECORD_STARTS = """
@@ -515,7 +525,7 @@ WHERE key = $1 AND started_at <= extract(epoch from clock_timestamp()) - $2
 UNLIMIT_TASKS = "UPDATE {s}.sitq_tasks SET limit_key = NULL WHERE limit_key = $1"
 DELETE_LIMIT_STARTS = "DELETE FROM {s}.sitq_limit_starts WHERE key = $1"
 
-CLAIM_LIMITED = _CLAIM_SHAPE.replace("@which", "limit_key = $6")
+CLAIM_LIMITED = _CLAIM_SHAPE.replace("@which", "limit_key = $6").replace("@queues", _QUEUES)
 
 PAUSE_QUEUE = """
 INSERT INTO {s}.sitq_paused (queue, paused_at) VALUES ($1, $2) ON CONFLICT DO NOTHING
