@@ -106,6 +106,7 @@ class Signal(Generic[E]):
             raise TypeError(f"{self.name}.connect() needs a callable, got {receiver!r}")
         if receiver not in self._receivers:
             self._receivers.append(receiver)
+            _connected[0] += 1
         return receiver
 
     def disconnect(self, receiver: Receiver[E]) -> bool:
@@ -114,6 +115,7 @@ class Signal(Generic[E]):
             self._receivers.remove(receiver)
         except ValueError:
             return False
+        _connected[0] -= 1
         return True
 
     async def send(self, event: E) -> None:
@@ -142,6 +144,13 @@ class Signal(Generic[E]):
 
 
 _pending: set[asyncio.Future[Any]] = set()
+#: Receivers connected to any signal: one check tells hot paths nobody listens.
+_connected = [0]
+
+
+def any_connected() -> bool:
+    """True when any signal has a receiver."""
+    return _connected[0] > 0
 
 
 def _finish_later(awaitable: Awaitable[Any], receiver: Any, name: str) -> None:

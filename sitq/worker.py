@@ -92,6 +92,7 @@ class _Running:
     span: Any = None  # its CONSUMER span, when tracing is on
     outcome: Outcome | None = None  # as decided, kept for the signals once recorded
     run_time: float = 0.0  # seconds it ran
+    observed: bool = False  # someone listens: spans, metrics, signals
 
 
 class Worker:
@@ -505,6 +506,7 @@ class Worker:
             return
         headers, body = unwrap_headers(task.payload)
         if _observed():
+            running.observed = True
             running.span = telemetry.start_run(
                 task.id,
                 task.queue,
@@ -618,8 +620,8 @@ class Worker:
         elapsed = time.monotonic() - running.started
         self._run_time += (elapsed - self._run_time) * 0.05
         running.outcome = outcome
-        running.run_time = elapsed
-        if running.span is not None or _observed():
+        if running.observed:
+            running.run_time = elapsed
             _end_run(running, outcome, elapsed)
         self._executing -= 1
         if not self._executing:
@@ -653,12 +655,13 @@ class Worker:
             )
         else:
             self.tasks_done += 1
-            if running.outcome is not None:
-                kind = _outcome_name(running.outcome)
-                self.outcomes[kind] += 1
-                if running.outcome.retry_at is not None:
-                    self._retries_due = max(self._retries_due, running.outcome.retry_at)
-                self._announce_outcome(running)
+            outcome = running.outcome
+            if outcome is not None:
+                self.outcomes[_outcome_name(outcome)] += 1
+                if outcome.retry_at is not None:
+                    self._retries_due = max(self._retries_due, outcome.retry_at)
+                if running.observed:
+                    self._announce_outcome(running)
         self._forget(running)
 
     def _announce_outcome(self, running: _Running) -> None:
@@ -826,15 +829,7 @@ class _OutcomeWriter:
 
 def _observed() -> bool:
     """True when anyone listens to runs: tracing, metrics or a signal receiver."""
-    return (
-        telemetry.tracing_on()
-        or telemetry.metrics_on()
-        or signals.task_started.has_receivers
-        or signals.task_completed.has_receivers
-        or signals.task_failed.has_receivers
-        or signals.task_retrying.has_receivers
-        or signals.task_cancelled.has_receivers
-    )
+    return signals.any_connected() or telemetry.tracing_on() or telemetry.metrics_on()
 
 
 _OUTCOME_NAMES = {"succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
