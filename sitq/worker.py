@@ -21,6 +21,7 @@ import traceback
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import FunctionType
 from typing import Any
 
 from sitq import signals, telemetry
@@ -868,6 +869,9 @@ def _is_async(fn: Any) -> bool:
     code = getattr(fn, "__code__", None)
     if code is not None and code.co_flags & inspect.CO_COROUTINE:
         return True  # the common case, without inspect's unwrapping
+    if type(fn) is FunctionType:
+        # A plain function: async only if marked so (inspect.markcoroutinefunction).
+        return getattr(fn, "_is_coroutine_marker", None) is not None
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
