@@ -4,9 +4,14 @@ their pagination, the task page, actions, tokens, CSRF and the command line."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import jobs
 import pytest
@@ -14,7 +19,7 @@ from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from sitq import TaskQueue
-from sitq.backends.base import Outcome
+from sitq.backends.base import NewWorkflowRun, Outcome
 from sitq.dashboard import DashboardConfig, create_app
 from sitq.dashboard.cli import dashboard
 from sitq.dashboard.security import COOKIE
@@ -383,3 +388,246 @@ async def test_every_page_on_both_backends(db_url: str) -> None:
             assert "ValueError: on pg" in page and "jobs.add(1, 2)" in page
 
     await asyncio.to_thread(browse)
+
+
+# -- workflow runs ----------------------------------------------------------------------
+
+
+async def record_run(
+    queue: TaskQueue,
+    run_id: str,
+    items: list[str],
+    failures: dict[int, str],
+    *,
+    name: str = "nightly etl",
+    step: str = "fetch",
+    finish: bool = True,
+) -> None:
+    """A workflow run recorded through TaskQueue's workflow methods, as sitq.workflow
+    records one: a step over ``items`` whose ``failures`` failed with their error; the
+    other items succeed, or (``finish=False``) stay pending in a running run."""
+    blob = queue.serializer.dumps({})
+    run = NewWorkflowRun(
+        run_id, "etl.yaml", name, "steps: []", blob, "{'day': 1}", socket.gethostname(), os.getpid()
+    )
+    assert await queue.create_workflow_run(run)
+    previews = [repr(item) for item in items]
+    blob = queue.serializer.dumps(items)
+    assert await queue.begin_workflow_step(run_id, step, 0, blob, previews, True)
+    for index in range(len(items)):
+        if index in failures:
+            await queue.workflow_item_finished(
+                run_id, step, index, "failed", attempts=2, error=failures[index]
+            )
+        elif finish:
+            await queue.workflow_item_finished(run_id, step, index, "succeeded", attempts=1)
+    if finish:
+        status = "partial" if failures else "succeeded"
+        await queue.update_workflow_step(run_id, step, status)
+        await queue.update_workflow_run(run_id, status)
+
+
+def step_cells(text: str, step: str) -> str:
+    found = re.search(rf'data-step="{step}">(.*?)</(tr|div)>', text, re.S)
+    assert found, f"no step {step!r} shown"
+    return found.group(1)
+
+
+async def test_workflow_runs_paused_queues_limits_and_schedules_on_both_backends(
+    db_url: str,
+) -> None:
+    """The overview lists runs with a bar per step, paused queues, limits and
+    schedules; the run page its steps and failed items: on SQLite and PostgreSQL."""
+    async with TaskQueue(db_url) as queue:
+        await queue.with_options(queue="mail").enqueue(jobs.add, 1, 2)
+        await record_run(queue, "run-1", ["x"], {})
+        await record_run(queue, "run-2", ["a", "b", "c", "d"], {2: "ValueError: c is bad"})
+        await queue.pause("mail")
+        await queue.pause("idle")  # paused, with no task at all
+        await queue.set_limit("api", max_running=2, max_starts=10, per=60)
+        now = queue.backend.now()
+        await queue.backend.advance_schedule("nightly-report", "0 3 * * *", now, now + 3600, None)
+    app = create_app(DashboardConfig(db=db_url))
+
+    def browse() -> None:
+        with TestClient(app, base_url=LOCAL) as test_client:
+            for url in ("/", "/live/overview"):
+                text = test_client.get(url).text
+                runs = text.split('id="runs"', 1)[1]
+                assert runs.index("run-2") < runs.index("run-1")  # newest first
+                assert "status-partial" in runs and "nightly etl" in runs
+                cells = step_cells(runs, "fetch")
+                assert "4 / 4" in cells and "1 failed" in cells and 'class="bar-failed"' in cells
+                assert re.search(r'<tr data-queue="mail" class="queue-paused" data-paused', text)
+                assert re.search(r'<tr data-queue="idle" class="queue-paused" data-paused', text)
+                assert 'action="/queues/mail/resume"' in text
+                assert "api" in text.split('id="limits"', 1)[1]
+                schedules = text.split('id="schedules"', 1)[1]
+                assert "nightly-report" in schedules and "0 3 * * *" in schedules
+                assert "(in 59m)" in schedules or "(in 60m)" in schedules
+            for url in ("/workflows/run-2", "/live/workflows/run-2"):
+                page = test_client.get(url)
+                assert page.status_code == 200
+                assert ("<html" in page.text) == (not url.startswith("/live"))
+                assert "status-partial" in page.text and "4 / 4" in step_cells(page.text, "fetch")
+                failed_items = page.text.split('id="failed-item-list"', 1)[1]
+                assert "ValueError: c is bad" in failed_items and "&#39;c&#39;" in failed_items
+                assert "&#39;a&#39;" not in failed_items  # only the failed ones
+            missing = test_client.get("/workflows/nope")
+            assert missing.status_code == 404 and "no workflow run" in missing.text
+
+    await asyncio.to_thread(browse)
+
+
+def test_a_running_run_shows_its_progress_live(client: TestClient, db_path: Path) -> None:
+    async def start() -> None:
+        async with TaskQueue(db_path) as queue:
+            await record_run(queue, "live-run", ["a", "b", "c"], {}, finish=False)
+
+    async def finish(index: int, status: str) -> None:
+        async with TaskQueue(db_path) as queue:
+            error = "OSError: disk full" if status == "failed" else None
+            await queue.workflow_item_finished(
+                "live-run", "fetch", index, status, attempts=1, error=error
+            )
+
+    run(start())
+    page = client.get("/workflows/live-run").text
+    assert 'data-live="/live/workflows/live-run"' in page
+    assert "status-running" in page and "0 / 3" in step_cells(page, "fetch")
+    assert "No failed items." in page
+    run(finish(0, "succeeded"))
+    run(finish(1, "failed"))
+    live = client.get("/live/workflows/live-run").text
+    assert "2 / 3" in step_cells(live, "fetch") and "OSError: disk full" in live
+    assert "1 failed" in step_cells(client.get("/live/overview").text, "fetch")
+
+
+def test_a_run_page_pages_through_its_failed_items(client: TestClient, db_path: Path) -> None:
+    count = 120
+
+    async def fill() -> None:
+        async with TaskQueue(db_path) as queue:
+            failures = {i: f"ValueError: item {i} failed" for i in range(count)}
+            await record_run(queue, "many", [f"v{i}" for i in range(count)], failures)
+
+    run(fill())
+    seen: list[int] = []
+    url = "/workflows/many"
+    pages = 0
+    while url:
+        text = client.get(url).text
+        rows = text.split('id="failed-item-list"', 1)[1].split("</table>", 1)[0]
+        seen += [int(i) for i in re.findall(r"ValueError: item (\d+) failed", rows)]
+        pages += 1
+        found = re.search(r'<a href="([^"]+)" id="next-failures">', text)
+        url = found.group(1) if found else ""
+    assert seen == list(range(count)) and pages == 3
+    assert "Page 3 of 3" in client.get("/workflows/many?page=9").text  # clamped
+    assert client.get("/workflows/many?page=x").status_code == 400
+
+
+def test_workflow_names_and_errors_are_escaped(client: TestClient, db_path: Path) -> None:
+    evil = "<script>alert(1)</script>"
+
+    async def fill() -> None:
+        async with TaskQueue(db_path) as queue:
+            await record_run(queue, evil, [evil], {0: f"ValueError: {evil}"}, name=evil, step=evil)
+
+    run(fill())
+    for url in ("/", "/live/overview", "/workflows/" + quote(evil, safe="")):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert (
+            evil not in response.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in response.text
+        )
+    assert 'href="/workflows/%3Cscript%3Ealert%281%29%3C%2Fscript%3E"' in client.get("/").text
+
+
+def test_step_counts_are_read_again_only_when_they_may_have_changed() -> None:
+    """A settled step's items are read once; a running one's again once due (ten
+    times what its last read took), never more often."""
+    from sitq.dashboard.workflows import WorkflowItems
+
+    reads: list[str] = []
+
+    class Queue:
+        async def list_workflow_items(self, run_id: str, step: str) -> list[Any]:
+            reads.append(step)
+            clock.now += 0.5  # each read "takes" half a second
+            return []
+
+    class Clock:
+        now = 100.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    items = WorkflowItems(clock=clock)
+    done_run = run_record("r1", "succeeded")
+    running_run = run_record("r2", "running")
+    done_step = step_record("a", "succeeded")
+    running_step = step_record("b", "running")
+    queue: Any = Queue()
+    for _ in range(3):
+        run(items.progress(queue, done_run, done_step))
+    assert reads == ["a"]
+    run(items.progress(queue, running_run, running_step))
+    run(items.progress(queue, running_run, running_step))  # not due: 0 s after a 0.5 s read
+    assert reads == ["a", "b"]
+    clock.now += 5.0
+    run(items.progress(queue, running_run, running_step))
+    assert reads == ["a", "b", "b"]
+    resumed = dataclasses.replace(done_step, status="running", finished_at=None)
+    run(items.progress(queue, dataclasses.replace(done_run, status="running"), resumed))
+    assert reads == ["a", "b", "b", "a"]  # a resume changes the stored state
+
+
+def run_record(run_id: str, status: str) -> Any:
+    from sitq.backends.base import WorkflowRunRecord
+
+    return WorkflowRunRecord(
+        run_id, "w.yaml", None, "", b"", "{}", status, None, "elsewhere", 1, 1.0, 1.0, None
+    )
+
+
+def step_record(name: str, status: str) -> Any:
+    from sitq.backends.base import WorkflowStepRecord
+
+    return WorkflowStepRecord(name, 0, status, 3, True, None, None, 1.0, None)
+
+
+# -- pausing queues ----------------------------------------------------------------------
+
+
+async def paused_queues(db: Path) -> list[str]:
+    async with TaskQueue(db) as q:
+        return await q.paused()
+
+
+def test_pause_and_resume_need_csrf(client: TestClient, db_path: Path) -> None:
+    run(enqueue(db_path, jobs.add, 1, 2, queue="mail/eu"))
+    page = client.get("/").text
+    assert (
+        'action="/queues/mail%2Feu/pause"' in page and 'data-confirm="Pause queue mail/eu?' in page
+    )
+    url = "/queues/mail%2Feu/pause"
+    assert client.post(url, data={}, follow_redirects=False).status_code == 403
+    assert client.post(url, data={"csrf": "guess"}, follow_redirects=False).status_code == 403
+    cross = client.post(url, data={"csrf": csrf(page)}, headers={"origin": "https://evil.example"})
+    assert cross.status_code == 403
+    assert run(paused_queues(db_path)) == []
+    done = client.post(url, data={"csrf": csrf(page)}, follow_redirects=False)
+    assert done.status_code == 303 and done.headers["location"] == "/?done=paused"
+    assert run(paused_queues(db_path)) == ["mail/eu"]
+    page = client.get("/?done=paused").text
+    assert "Paused: workers take no new tasks" in page
+    assert re.search(r'<tr data-queue="mail/eu" class="queue-paused"', page)
+    assert 'action="/queues/mail%2Feu/resume"' in page and "/pause" not in page
+    resume = "/queues/mail%2Feu/resume"
+    assert client.post(resume, data={}).status_code == 403
+    assert run(paused_queues(db_path)) == ["mail/eu"]
+    assert "Resumed" in client.post(resume, data={"csrf": csrf(page)}).text
+    assert run(paused_queues(db_path)) == []
+    assert "It was not paused." in client.post(resume, data={"csrf": csrf(page)}).text

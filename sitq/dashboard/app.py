@@ -20,6 +20,7 @@ from sitq.backends.base import Backend
 from sitq.dashboard import routes, views
 from sitq.dashboard.history import CountHistory
 from sitq.dashboard.security import Guard
+from sitq.dashboard.workflows import WorkflowItems
 from sitq.queue import TaskQueue
 
 HERE = Path(__file__).resolve().parent
@@ -50,7 +51,7 @@ def _templates() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    for name in ("age", "when", "polyline", "segments", "percent", "first_line"):
+    for name in ("age", "when", "polyline", "segments", "percent", "first_line", "path"):
         env.filters[name] = getattr(views, name)
     env.globals.update(
         chart_width=views.CHART_WIDTH, chart_height=views.CHART_HEIGHT, bar_width=views.BAR_WIDTH
@@ -69,6 +70,7 @@ def create_app(config: DashboardConfig) -> Starlette:
         await queue.connect()
         app.state.queue = queue
         app.state.history = CountHistory(queue.backend.counts)
+        app.state.workflows = WorkflowItems()
         try:
             yield
         finally:
@@ -84,7 +86,12 @@ def create_app(config: DashboardConfig) -> Starlette:
             Route("/live/tasks/{task_id}", routes.task_live),
             Route("/tasks/{task_id}/retry", routes.retry_task, methods=["POST"]),
             Route("/tasks/{task_id}/cancel", routes.cancel_task, methods=["POST"]),
-            Route("/queues/{queue}/retry-failed", routes.retry_queue, methods=["POST"]),
+            Route("/workflows/{run_id:path}", routes.workflow_page),
+            Route("/live/workflows/{run_id:path}", routes.workflow_live),
+            # {queue:path}: a queue's name may hold a slash.
+            Route("/queues/{queue:path}/retry-failed", routes.retry_queue, methods=["POST"]),
+            Route("/queues/{queue:path}/pause", routes.pause_queue, methods=["POST"]),
+            Route("/queues/{queue:path}/resume", routes.resume_queue, methods=["POST"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[Middleware(Guard, token=config.token, csrf_token=csrf_token)],

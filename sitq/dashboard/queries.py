@@ -7,8 +7,9 @@ import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sitq.backends.base import WORKER_STALE_AFTER, TaskRecord
+from sitq.backends.base import WORKER_STALE_AFTER, LimitRecord, ScheduleRecord, TaskRecord
 from sitq.dashboard.history import CountHistory, QueueTrend
+from sitq.dashboard.workflows import RunProgress, WorkflowItems
 from sitq.headers import unwrap as unwrap_headers
 from sitq.queue import TaskQueue, record_to_result
 from sitq.task import TaskStatus
@@ -19,6 +20,7 @@ REPR_LIMIT = 2000
 #: How many failures, batches and stopped workers the overview lists.
 RECENT_FAILURES = 10
 RECENT_BATCHES = 10
+RECENT_RUNS = 10
 
 
 @dataclass
@@ -29,6 +31,7 @@ class QueueRow:
     counts: dict[str, int]
     oldest_wait: float | None
     trend: QueueTrend
+    paused: bool = False
 
 
 @dataclass
@@ -78,16 +81,23 @@ class Overview:
     counted_ago: float
     count_interval: float
     now: float
+    runs: list[RunProgress] = field(default_factory=list)
+    limits: list[LimitRecord] = field(default_factory=list)
+    schedules: list[ScheduleRecord] = field(default_factory=list)
 
 
-async def overview(queue: TaskQueue, history: CountHistory, clock: float) -> Overview:
-    """The overview's data: counts (from the sampled history), workers and what they
-    run, the latest failures, and the newest batches' progress."""
+async def overview(
+    queue: TaskQueue, history: CountHistory, workflows: WorkflowItems, clock: float
+) -> Overview:
+    """The overview's data: counts (from the sampled history), paused queues, workers
+    and what they run, the latest failures, the newest batches' and workflow runs'
+    progress, limits and schedules."""
     backend = queue.backend
     sample = await history.latest()
     oldest = await backend.oldest_waiting()
+    paused = set(await queue.paused())
     now = backend.now()
-    names = sorted({name for name, _ in sample.counts} | set(oldest))
+    names = sorted({name for name, _ in sample.counts} | set(oldest) | paused)
     rows: list[QueueRow] = []
     totals = dict.fromkeys(STATUSES, 0)
     for name in names:
@@ -102,6 +112,7 @@ async def overview(queue: TaskQueue, history: CountHistory, clock: float) -> Ove
                 counts,
                 None if waited is None else max(0.0, now - waited),
                 history.trend(name),
+                name in paused,
             )
         )
     running = await backend.running_tasks()
@@ -142,6 +153,9 @@ async def overview(queue: TaskQueue, history: CountHistory, clock: float) -> Ove
         max(0.0, clock - sample.at),
         history.interval,
         now,
+        await workflows.recent(queue, RECENT_RUNS),
+        await queue.limits(),
+        await queue.schedules(),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -13,6 +13,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from sitq.dashboard import queries
 from sitq.dashboard.access import is_loopback
 from sitq.dashboard.security import CSRF_FIELD, csrf_ok
+from sitq.dashboard.workflows import MAX_FAILURES_KEPT
 from sitq.errors import ConfigurationError, TaskNotFound
 from sitq.queue import TaskQueue
 
@@ -29,7 +30,12 @@ NOTICES = {
     "cancel-requested": "Cancel requested: its worker will stop it.",
     "not-cancelled": "Not cancelled: it had already finished.",
     "retried-queue": "Failed tasks of the queue queued again.",
+    "paused": "Paused: workers take no new tasks from the queue (running ones finish).",
+    "resumed": "Resumed: workers take tasks from the queue again.",
+    "not-paused": "It was not paused.",
 }
+#: Failed workflow items per page of a run's page.
+FAILURES_PAGE_SIZE = 50
 
 
 def _queue(request: Request) -> TaskQueue:
@@ -57,7 +63,8 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
 
 
 async def _overview(request: Request) -> queries.Overview:
-    return await queries.overview(_queue(request), request.app.state.history, time.monotonic())
+    state = request.app.state
+    return await queries.overview(_queue(request), state.history, state.workflows, time.monotonic())
 
 
 async def overview_page(request: Request) -> Response:
@@ -142,6 +149,53 @@ async def task_live(request: Request) -> Response:
     return render(request, "_task.html", task=detail, now=_queue(request).backend.now())
 
 
+# -- workflow runs ----------------------------------------------------------------
+
+
+async def _run(request: Request) -> dict[str, Any]:
+    run_id = request.path_params["run_id"]
+    queue = _queue(request)
+    record = await queue.get_workflow_run(run_id)
+    if record is None:
+        raise HTTPException(404, f"no workflow run with id {run_id!r}")
+    run = await request.app.state.workflows.run(queue, record)
+    failures = run.failures
+    pages = max(1, -(-len(failures) // FAILURES_PAGE_SIZE))
+    try:
+        number = int(request.query_params.get("page") or 1)
+    except ValueError:
+        raise HTTPException(400, "page must be a whole number") from None
+    number = min(max(1, number), pages)
+    start = (number - 1) * FAILURES_PAGE_SIZE
+    base = "/workflows/" + quote(run_id, safe="")
+
+    def page_url(n: int) -> str:
+        return base + ("" if n == 1 else f"?page={n}")
+
+    return {
+        "run": run,
+        "failures": failures[start : start + FAILURES_PAGE_SIZE],
+        "failures_start": start,
+        "failures_page": number,
+        "failures_pages": pages,
+        "previous_url": page_url(number - 1) if number > 1 else None,
+        "next_url": page_url(number + 1) if number < pages else None,
+        "live_url": "/live" + page_url(number),
+        "max_failures": MAX_FAILURES_KEPT,
+        "now": queue.backend.now(),
+    }
+
+
+async def workflow_page(request: Request) -> Response:
+    """One workflow run: its steps' progress and its failed items, a page at a time."""
+    return render(request, "workflow.html", **await _run(request))
+
+
+async def workflow_live(request: Request) -> Response:
+    """The run page's live part, fetched again every few seconds."""
+    return render(request, "_workflow.html", **await _run(request))
+
+
 # -- actions ----------------------------------------------------------------------
 
 
@@ -184,6 +238,20 @@ async def retry_queue(request: Request) -> Response:
     await _check_csrf(request)
     await _queue(request).backend.retry(None, queue=request.path_params["queue"])
     return RedirectResponse("/?done=retried-queue", status_code=303)
+
+
+async def pause_queue(request: Request) -> Response:
+    """Stop workers taking new tasks from a queue."""
+    await _check_csrf(request)
+    await _queue(request).pause(request.path_params["queue"])
+    return RedirectResponse("/?done=paused", status_code=303)
+
+
+async def resume_queue(request: Request) -> Response:
+    """Let workers take tasks from a paused queue again."""
+    await _check_csrf(request)
+    resumed = await _queue(request).resume(request.path_params["queue"])
+    return RedirectResponse("/?done=" + ("resumed" if resumed else "not-paused"), status_code=303)
 
 
 def _back_to_task(task_id: str, code: str) -> Response:

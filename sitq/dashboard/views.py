@@ -4,6 +4,7 @@ the trend charts and progress bars (drawn as inline SVG, so no chart library).""
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 from sitq.dashboard.history import HISTORY_SECONDS
 
@@ -13,7 +14,7 @@ BAR_WIDTH = 240
 #: The shortest time span a trend chart spreads over its width.
 MIN_CHART_SECONDS = 10.0
 #: Progress bar segments, in drawing order, with their CSS class.
-SEGMENTS = ("succeeded", "failed", "cancelled", "running", "queued")
+SEGMENTS = ("succeeded", "failed", "cancelled", "running", "queued", "pending")
 
 
 def age(seconds: float | None) -> str:
@@ -54,7 +55,7 @@ def polyline(points: list[tuple[float, float]]) -> str:
 
 
 def segments(counts: dict[str, int], size: int) -> list[tuple[str, float, float, int]]:
-    """Progress bar pieces (status, x, width, count) for a batch of ``size`` tasks."""
+    """Progress bar pieces (status, x, width, count) for ``size`` tasks or items."""
     total = max(size, sum(counts.values()), 1)
     pieces = []
     x = 0.0
@@ -77,3 +78,9 @@ def first_line(text: str | None, limit: int = 160) -> str:
     lines = (text or "").strip().splitlines()
     line = lines[0] if lines else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def path(value: str) -> str:
+    """A name (a queue's, a run's) as one URL path segment: every reserved character,
+    the slash too, percent-encoded."""
+    return quote(str(value), safe="")
