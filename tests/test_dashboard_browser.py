@@ -9,13 +9,15 @@ they fail: CI must run them (.ci/run installs Chromium).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,8 @@ import jobs
 import pytest
 from support import TESTS_DIR, WorkerProcess, subprocess_env, wait_until
 
-from sitq import SyncTaskQueue
+from sitq import SyncTaskQueue, TaskQueue
+from sitq.workflow import Workflow
 
 CHROMIUM = os.environ.get("SITQ_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = TESTS_DIR.parent / "docs" / "screenshots"
@@ -146,6 +149,51 @@ def start_worker(db_path: Path, tmp_path: Path) -> Iterator[Callable[..., Worker
         worker.stop()
 
 
+#: A small workflow: six items, one of which fails (the others still run).
+IMPORT_WORKFLOW = """
+name: nightly import
+steps:
+  - name: load
+    task: batch
+    inputs:
+      items: "{{ range(6) | list }}"
+      batch_size: 3
+      continue_on_error: true
+      task:
+        type: python
+        code: |
+          if item == 4:
+              raise ValueError(f"item {item} is bad")
+          return item * 2
+"""
+
+
+def in_thread(function: Callable[[], Any]) -> Any:
+    """``function()`` in another thread: Playwright's sync API holds this thread's
+    event loop, so asyncio.run cannot be called here."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(function).result(timeout=60)
+
+
+def with_queue(db_path: Path, call: Callable[[TaskQueue], Awaitable[Any]]) -> Any:
+    """What ``await call(queue)`` returns, on a TaskQueue of ``db_path``."""
+
+    async def main() -> Any:
+        async with TaskQueue(db_path) as queue:
+            return await call(queue)
+
+    return in_thread(lambda: asyncio.run(main()))
+
+
+def run_workflow(db_path: Path) -> str:
+    """Run IMPORT_WORKFLOW to its end in this process, recorded in ``db_path``; its run
+    id."""
+    workflow = Workflow.from_string(IMPORT_WORKFLOW, "import.yaml")
+    report = in_thread(lambda: workflow.run(db=db_path, executor="local"))
+    assert report.status == "partial", report
+    return report.run_id
+
+
 def queued_cell(page: Any, queue: str, status: str) -> Any:
     return page.locator(f'tr[data-queue="{queue}"] td[data-status="{status}"]')
 
@@ -162,6 +210,8 @@ def test_counts_change_as_a_worker_drains(
         mail = queue.with_options(queue="mail")
         mail.enqueue_in_batch("newsletter", jobs.add, [(i, 1) for i in range(40)])
         mail.enqueue_in_batch("newsletter", jobs.fail, ["mailbox full", "no such user"])
+    with_queue(db_path, lambda q: q.set_limit("smtp", max_running=2, max_starts=100, per=60))
+    run_workflow(db_path)  # for the screenshot: a run with a failed item
     url = serve()
     page.goto(url + "/")
     expect(queued_cell(page, "default", "queued")).to_have_text("300")
@@ -244,3 +294,49 @@ def test_a_declined_confirmation_changes_nothing(
         assert queue.status(task_id).value == "queued"
     assert page.url == f"{url}/tasks/{task_id}"
     expect(page.locator("#notice")).to_have_count(0)
+
+
+def test_a_workflow_runs_progress_shows_and_pause_marks_the_queue(
+    page: Any, db_path: Path, serve: Callable[[], str]
+) -> None:
+    from playwright.sync_api import expect
+
+    with SyncTaskQueue(db_path) as queue:
+        queue.with_options(queue="mail").enqueue(jobs.add, 1, 2)
+    url = serve()
+    page.goto(url + "/")
+    expect(queued_cell(page, "mail", "queued")).to_have_text("1")
+    expect(page.locator("#runs")).to_have_count(0)
+    page.evaluate("window.sitqSamePage = true")
+
+    run_id = run_workflow(db_path)
+    step = page.locator(f'#runs tr[data-run="{run_id}"] [data-step="load"]')
+    expect(step).to_contain_text("6 / 6")  # appeared without a reload
+    expect(step).to_contain_text("1 failed")
+    expect(step.locator("rect.bar-failed")).to_have_count(1)
+    assert page.evaluate("window.sitqSamePage") is True, "the page was reloaded"
+
+    page.locator(f'#runs a[href="/workflows/{run_id}"]').click()
+    expect(page.locator("#run-status")).to_have_text("partial")
+    expect(page.locator('#steps [data-step="load"] .step-count')).to_have_text("6 / 6")
+    expect(page.locator("#failed-item-list")).to_contain_text("ValueError: item 4 is bad")
+    expect(page.locator("#failed-item-list tbody tr")).to_have_count(1)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "workflow-run.png"), full_page=True)
+
+    page.goto(url + "/")
+    questions: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", answer)
+    mail = page.locator('tr[data-queue="mail"]')
+    mail.get_by_role("button", name="Pause").click()
+    expect(page.locator("#notice")).to_contain_text("Paused")
+    expect(mail).to_have_class("queue-paused")
+    expect(mail.locator(".state-paused")).to_have_text("paused")
+    expect(mail.get_by_role("button", name="Resume")).to_have_count(1)
+    assert questions and questions[0].startswith("Pause queue mail?")
+    assert with_queue(db_path, lambda q: q.paused()) == ["mail"]
