@@ -8,6 +8,8 @@ import dataclasses
 import os
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -291,6 +293,8 @@ def test_a_token_is_required_when_configured(token_client: TestClient) -> None:
     refused = token_client.get("/")
     assert refused.status_code == 401 and "access token" in refused.text
     assert token_client.get("/live/overview").status_code == 401
+    assert token_client.get("/workflows/any").status_code == 401
+    assert token_client.get("/live/workflows/any").status_code == 401
     assert token_client.get("/", headers={"authorization": "Bearer wrong"}).status_code == 401
     assert token_client.get("/?token=wrong").status_code == 401
     bearer = token_client.get("/", headers={"authorization": f"Bearer {TOKEN}"})
@@ -311,6 +315,8 @@ def test_posts_need_the_token_too(token_client: TestClient, db_path: Path) -> No
     refused = token_client.post(f"/tasks/{task_id}/cancel", data={"csrf": csrf(page.text)})
     assert refused.status_code == 401
     assert run(status_of(db_path, task_id)) == "queued"
+    pause = token_client.post("/queues/default/pause", data={"csrf": csrf(page.text)})
+    assert pause.status_code == 401 and run(paused_queues(db_path)) == []
 
 
 def test_without_a_token_only_loopback_names_are_answered(client: TestClient) -> None:
@@ -402,13 +408,21 @@ async def record_run(
     name: str = "nightly etl",
     step: str = "fetch",
     finish: bool = True,
+    pid: int | None = None,
 ) -> None:
     """A workflow run recorded through TaskQueue's workflow methods, as sitq.workflow
     records one: a step over ``items`` whose ``failures`` failed with their error; the
     other items succeed, or (``finish=False``) stay pending in a running run."""
     blob = queue.serializer.dumps({})
     run = NewWorkflowRun(
-        run_id, "etl.yaml", name, "steps: []", blob, "{'day': 1}", socket.gethostname(), os.getpid()
+        run_id,
+        "etl.yaml",
+        name,
+        "steps: []",
+        blob,
+        "{'day': 1}",
+        socket.gethostname(),
+        pid or os.getpid(),
     )
     assert await queue.create_workflow_run(run)
     previews = [repr(item) for item in items]
@@ -501,6 +515,26 @@ def test_a_running_run_shows_its_progress_live(client: TestClient, db_path: Path
     live = client.get("/live/workflows/live-run").text
     assert "2 / 3" in step_cells(live, "fetch") and "OSError: disk full" in live
     assert "1 failed" in step_cells(client.get("/live/overview").text, "fetch")
+
+
+def test_a_run_whose_process_is_gone_shows_as_interrupted(
+    client: TestClient, db_path: Path
+) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(60)
+
+    async def start() -> None:
+        async with TaskQueue(db_path) as queue:
+            await record_run(queue, "killed", ["a"], {}, finish=False, pid=gone.pid)
+            await record_run(queue, "alive", ["a"], {}, finish=False)
+
+    run(start())
+    overview = client.get("/").text
+    killed = re.search(r'<tr data-run="killed">(.*?)</tr>', overview, re.S).group(1)  # type: ignore[union-attr]
+    alive = re.search(r'<tr data-run="alive">(.*?)</tr>', overview, re.S).group(1)  # type: ignore[union-attr]
+    assert "status-interrupted" in killed and "status-running" in alive
+    page = client.get("/workflows/killed").text
+    assert "sitq workflow run etl.yaml --resume killed" in page
 
 
 def test_a_run_page_pages_through_its_failed_items(client: TestClient, db_path: Path) -> None:
