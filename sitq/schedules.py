@@ -183,7 +183,12 @@ class Scheduler:
                 if record is None:
                     # First sighting: runs start from now, nothing is backfilled.
                     await backend.advance_schedule(
-                        schedule.name, schedule.spec, now, schedule.next_after(now), None
+                        schedule.name,
+                        schedule.spec,
+                        now,
+                        schedule.next_after(now),
+                        None,
+                        first=True,
                     )
                     last = now
                 else:

@@ -329,12 +329,20 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def advance_schedule(
-        self, name: str, spec: str, due: float, next_run_at: float | None, task: NewTask | None
+        self,
+        name: str,
+        spec: str,
+        due: float,
+        next_run_at: float | None,
+        task: NewTask | None,
+        *,
+        first: bool = False,
     ) -> bool:
         """Record the run of schedule ``name`` due at ``due`` and enqueue ``task``
         for it, in one transaction, unless a run at or after ``due`` is already
         recorded (then nothing changes and it returns False). With ``task`` None it
-        only records the time (a schedule's first sighting, or skipped runs)."""
+        only records the time (skipped runs). ``first``: record the schedule only
+        if no worker has yet (its first sighting; never moves a recorded time)."""
 
     @abc.abstractmethod
     async def list_schedules(self) -> list[ScheduleRecord]:

@@ -194,13 +194,19 @@ class PostgresBackend(Backend):
         return [row[0] for row in rows]
 
     async def advance_schedule(
-        self, name: str, spec: str, due: float, next_run_at: float | None, task: NewTask | None
+        self,
+        name: str,
+        spec: str,
+        due: float,
+        next_run_at: float | None,
+        task: NewTask | None,
+        *,
+        first: bool = False,
     ) -> bool:
         """Record the run due at ``due`` and enqueue ``task``, once across workers."""
+        sql = self._q(q.ADD_SCHEDULE if first else q.ADVANCE_SCHEDULE)
         async with self._acquire() as conn, conn.transaction():
-            advanced = await conn.fetchval(
-                self._q(q.ADVANCE_SCHEDULE), name, spec, due, next_run_at, self.now()
-            )
+            advanced = await conn.fetchval(sql, name, spec, due, next_run_at, self.now())
             if advanced is None:
                 return False
             if task is not None:

@@ -542,6 +542,14 @@ WHERE {s}.sitq_schedules.last_run_at < EXCLUDED.last_run_at
 RETURNING name
 """
 
+# A schedule's first sighting: recorded once, never moving a recorded time.
+ADD_SCHEDULE = """
+INSERT INTO {s}.sitq_schedules (name, spec, last_run_at, next_run_at, updated_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (name) DO NOTHING
+RETURNING name
+"""
+
 LIST_SCHEDULES = """
 SELECT name, spec, last_run_at, next_run_at, updated_at FROM {s}.sitq_schedules ORDER BY name
 """

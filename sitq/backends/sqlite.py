@@ -168,14 +168,22 @@ class SQLiteBackend(Backend):
         return [row[0] for row in await self._read(q.PAUSED_QUEUES)]
 
     async def advance_schedule(
-        self, name: str, spec: str, due: float, next_run_at: float | None, task: NewTask | None
+        self,
+        name: str,
+        spec: str,
+        due: float,
+        next_run_at: float | None,
+        task: NewTask | None,
+        *,
+        first: bool = False,
     ) -> bool:
         """Record the run due at ``due`` and enqueue ``task``, once across workers."""
         conn = self._connection()
         params = {"name": name, "spec": spec, "due": due, "next": next_run_at, "now": self.now()}
+        sql = q.ADD_SCHEDULE if first else q.ADVANCE_SCHEDULE
 
         async def body() -> bool:
-            cursor = await conn.execute(q.ADVANCE_SCHEDULE, params)
+            cursor = await conn.execute(sql, params)
             if not cursor.rowcount:
                 return False
             if task is not None:

@@ -513,6 +513,13 @@ ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, last_run_at = excluded.la
 WHERE sitq_schedules.last_run_at < excluded.last_run_at
 """
 
+# A schedule's first sighting: recorded once, never moving a recorded time.
+ADD_SCHEDULE = """
+INSERT INTO sitq_schedules (name, spec, last_run_at, next_run_at, updated_at)
+VALUES (:name, :spec, :due, :next, :now)
+ON CONFLICT (name) DO NOTHING
+"""
+
 LIST_SCHEDULES = """
 SELECT name, spec, last_run_at, next_run_at, updated_at FROM sitq_schedules ORDER BY name
 """
