@@ -84,6 +84,23 @@ class CrashBatch(BatchPipeline):
     pipeline_template = Crash
 
 
+class SlowCrash(Pipeline):
+    """Crash, but the others take a moment: the pool holds several when "die" dies."""
+
+    items = InputDataField(data_type=list, batch_size=1)
+
+    def process(self) -> str:
+        (item,) = self.items
+        if item == "die":
+            os._exit(3)
+        time.sleep(0.05)  # stands for work; nothing waits on it
+        return item
+
+
+class SlowCrashBatch(BatchPipeline):
+    pipeline_template = SlowCrash
+
+
 class ChunkLength(Pipeline):
     """The length of its chunk of a file."""
 

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_jobs import AsyncWordsBatch, CrashBatch, PidBatch, Words, WordsBatch
+from pipeline_jobs import (
+    AsyncWordsBatch,
+    CrashBatch,
+    PidBatch,
+    SlowCrashBatch,
+    Words,
+    WordsBatch,
+)
 from support import TESTS_DIR, WorkerProcess, subprocess_env
 
 from sitq import SyncTaskQueue, TaskQueue, Worker
@@ -355,6 +362,31 @@ def test_a_dying_pool_process_fails_only_what_it_took_down() -> None:
     assert isinstance(outcomes[1], InstanceFailed)
     assert outcomes[1].error.startswith("BrokenProcessPool")
     assert outcomes[2] == "c" or isinstance(outcomes[2], InstanceFailed)
+
+
+def test_one_crashing_instance_fails_alone_among_16_on_2_workers() -> None:
+    # Instance 3 kills its pool process every time; the instances the broken pool
+    # took down with it (running or only waiting) are rerun and succeed.
+    items = [f"item{i}" for i in range(16)]
+    items[3] = "die"
+    outcomes = SlowCrashBatch(items=items).execute(max_workers=2)
+    assert len(outcomes) == 16
+    failed = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, InstanceFailed)]
+    assert failed == [3], outcomes
+    assert outcomes[3].error.startswith("BrokenProcessPool")
+    assert "alone" in outcomes[3].error
+    assert [o for i, o in enumerate(outcomes) if i != 3] == [
+        item for i, item in enumerate(items) if i != 3
+    ]
+
+
+def test_two_crashing_instances_fail_alone_in_a_small_pool() -> None:
+    items = [f"item{i}" for i in range(12)]
+    items[0] = items[7] = "die"
+    outcomes = SlowCrashBatch(items=items).execute(max_workers=2, max_in_flight=6)
+    failed = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, InstanceFailed)]
+    assert failed == [0, 7], outcomes
+    assert all(outcomes[i] == items[i] for i in range(12) if i not in (0, 7))
 
 
 def test_unpicklable_values_fail_their_instance_only() -> None:

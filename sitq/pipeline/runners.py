@@ -13,6 +13,7 @@ import inspect
 import multiprocessing
 import sys
 import traceback
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -98,6 +99,22 @@ def run_pickled(payload: bytes) -> bytes:
         )
 
 
+class _Job:
+    """One instance in the local pool: a stable handle whose future may be replaced.
+
+    A job the broken pool took down is a *suspect*: it waits its turn to run
+    again alone, in a pool of its own.
+    """
+
+    __slots__ = ("future", "instance", "payload", "suspect")
+
+    def __init__(self, instance: Pipeline, payload: bytes) -> None:
+        self.instance = instance
+        self.payload = payload
+        self.future: asyncio.Future[bytes] | None = None
+        self.suspect = False
+
+
 class PoolRunner:
     """Runs instances in a local ``ProcessPoolExecutor``.
 
@@ -107,6 +124,13 @@ class PoolRunner:
     there the whole pool is replaced after every ``max_workers *
     max_tasks_per_child`` instances instead, which bounds what children
     accumulate on average but not per child.
+
+    When a child dies abruptly (a crash, ``os._exit``, the OOM killer) the pool
+    fails every instance it held, running or only waiting, and nothing tells
+    which one killed it. Those instances are rerun, one at a time, each alone in
+    a one-process pool of its own (the run goes on in a fresh main pool
+    meanwhile); an instance that kills its process again while alone is the one
+    that fails, with ``BrokenProcessPool``.
     """
 
     kind = "pool"
@@ -139,9 +163,16 @@ class PoolRunner:
         self._generation = 0  # instances given to the current executor
         self._retired: list[ProcessPoolExecutor] = []
         self._owner: dict[asyncio.Future[bytes], ProcessPoolExecutor] = {}
+        # Suspects waiting to run alone, the one running alone, and its pool.
+        self._suspects: deque[_Job] = deque()
+        self._alone: _Job | None = None
+        self._isolation: ProcessPoolExecutor | None = None
 
-    def _new_executor(self) -> ProcessPoolExecutor:
-        kwargs: dict[str, Any] = {"max_workers": self.max_workers, "mp_context": self.mp_context}
+    def _new_executor(self, max_workers: int | None = None) -> ProcessPoolExecutor:
+        kwargs: dict[str, Any] = {
+            "max_workers": max_workers or self.max_workers,
+            "mp_context": self.mp_context,
+        }
         if self.max_tasks_per_child is not None and self.native_max_tasks:
             kwargs["max_tasks_per_child"] = self.max_tasks_per_child
         return ProcessPoolExecutor(**kwargs)
@@ -171,15 +202,20 @@ class PoolRunner:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        executors = [*self._retired, *([self._executor] if self._executor else [])]
-        self._executor, self._retired = None, []
+        executors = [
+            *self._retired,
+            *([self._executor] if self._executor else []),
+            *([self._isolation] if self._isolation else []),
+        ]
+        self._executor, self._retired, self._isolation = None, [], None
+        self._suspects.clear()
+        self._alone = None
         for executor in executors:
             # cancel_futures: after an error, queued instances are not run for nothing.
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
     async def submit(self, group: Sequence[Pipeline]) -> list[Any]:
-        """A future per instance, or an InstanceFailed if it cannot be sent."""
-        loop = asyncio.get_running_loop()
+        """A handle per instance, or an InstanceFailed if it cannot be sent."""
         handles: list[Any] = []
         for instance in group:
             try:
@@ -187,35 +223,91 @@ class PoolRunner:
             except Exception as exc:
                 handles.append(_unpicklable(instance, exc))
                 continue
-            executor = self._executor_for_next()
-            try:
-                future = loop.run_in_executor(executor, run_pickled, payload)
-            except BrokenProcessPool:
-                self._retire()  # a child died earlier: go on in a fresh pool
-                executor = self._executor_for_next()
-                future = loop.run_in_executor(executor, run_pickled, payload)
-            self._owner[future] = executor
-            handles.append(future)
+            job = _Job(instance, payload)
+            self._start(job)
+            handles.append(job)
         return handles
 
-    async def wait(self, pending: Mapping[Any, Pipeline]) -> list[tuple[Any, Outcome]]:
-        """Wait until at least one instance finished; ``(handle, outcome)`` for each that did."""
-        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        return [(future, self._outcome(future, _index(pending[future]))) for future in done]
+    def _start(self, job: _Job) -> None:
+        loop = asyncio.get_running_loop()
+        executor = self._executor_for_next()
+        try:
+            future = loop.run_in_executor(executor, run_pickled, job.payload)
+        except BrokenProcessPool:
+            self._retire()  # a child died earlier: go on in a fresh pool
+            executor = self._executor_for_next()
+            future = loop.run_in_executor(executor, run_pickled, job.payload)
+        self._owner[future] = executor
+        job.future = future
 
-    def _outcome(self, future: asyncio.Future[bytes], index: int) -> Outcome:
+    def _run_next_suspect(self) -> None:
+        """Start the next suspect alone in the isolation pool, if none runs there."""
+        if self._alone is not None or not self._suspects:
+            return
+        job = self._suspects.popleft()
+        if self._isolation is None:
+            self._isolation = self._new_executor(max_workers=1)
+        try:
+            future = asyncio.get_running_loop().run_in_executor(
+                self._isolation, run_pickled, job.payload
+            )
+        except BrokenProcessPool:
+            self._isolation.shutdown(wait=False)
+            self._isolation = self._new_executor(max_workers=1)
+            future = asyncio.get_running_loop().run_in_executor(
+                self._isolation, run_pickled, job.payload
+            )
+        self._owner[future] = self._isolation
+        job.future = future
+        self._alone = job
+
+    async def wait(self, pending: Mapping[Any, Pipeline]) -> list[tuple[Any, Outcome]]:
+        """Wait until at least one instance finished; ``(handle, outcome)`` for each that did.
+
+        Instances a dying process took down are rerun (see the class) and only
+        reported once they have an outcome of their own.
+        """
+        while True:
+            self._run_next_suspect()
+            running = {job.future: job for job in pending if job.future is not None}
+            if not running:
+                raise RuntimeError("the local pool has nothing running for the pending instances")
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            finished: list[tuple[Any, Outcome]] = []
+            for future in done:
+                job = running[future]
+                outcome = self._outcome(job, future, _index(pending[job]))
+                if outcome is not None:
+                    finished.append((job, outcome))
+            if finished:
+                return finished
+
+    def _outcome(self, job: _Job, future: asyncio.Future[bytes], index: int) -> Outcome | None:
         exc = future.exception()
         owner = self._owner.pop(future, None)
+        job.future = None
+        alone = job is self._alone
+        if alone:
+            self._alone = None
         if isinstance(exc, BrokenProcessPool):
+            if alone:
+                # It killed its process with nothing else in the pool: the culprit.
+                if self._isolation is not None:
+                    self._isolation.shutdown(wait=False)
+                    self._retired.append(self._isolation)
+                    self._isolation = None
+                return False, InstanceFailed(
+                    index,
+                    "BrokenProcessPool: a process of the local pool died abruptly while "
+                    "running this instance (a crash, os._exit or the OOM killer), also when "
+                    "it was rerun alone; the rest of the run went on",
+                    exception=exc,
+                )
             if owner is self._executor:  # not a pool already replaced for the same death
                 self._retire()
-            return False, InstanceFailed(
-                index,
-                "BrokenProcessPool: a process of the local pool died abruptly while this "
-                "instance was running or waiting in it (a crash, os._exit or the OOM killer); "
-                "the rest of the run continues in a fresh pool",
-                exception=exc,
-            )
+            job.suspect = True
+            self._suspects.append(job)
+            return None
         if exc is not None:
             return False, InstanceFailed(index, _error_text(exc), exception=exc)
         reply = cloudpickle.loads(future.result())
