@@ -806,6 +806,11 @@ class TaskQueue:
             traceback=traceback,
         )
 
+    async def reset_workflow_step(self, run_id: str, name: str) -> bool:
+        """Forget a begun workflow step and its items, to begin it again; False if it
+        had not begun."""
+        return await self._backend_checked().reset_workflow_step(run_id, name)
+
 
 #: The longest batch id accepted.
 MAX_BATCH_ID_LENGTH = 200

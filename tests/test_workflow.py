@@ -834,3 +834,35 @@ def test_cli_run_with_params_from_a_csv_file_and_status(tmp_path: Path, work: Pa
     assert "total: done in an earlier attempt, not run again" in again.output
     unknown = CliRunner().invoke(workflow_group, ["status", "nope", "--db", db])
     assert unknown.exit_code == 1 and "no workflow run 'nope'" in unknown.output
+
+
+# -- resuming: what a resume must redo ---------------------------------------------------
+
+UNRENDERED_ITEMS_WORKFLOW = """
+steps:
+  - name: files
+    task: batch
+    inputs:
+      items: $(cat {{ params.list }})
+      task: {type: echo, message: "file {{ item }}"}
+  - name: after
+    type: python
+    code: |
+      return len(steps.files.result)
+"""
+
+
+def test_resume_renders_the_items_of_a_step_that_failed_before_it_had_any(
+    tmp_path: Path, work: Path
+) -> None:
+    listing = work / "list.txt"
+    workflow = Workflow.from_string(UNRENDERED_ITEMS_WORKFLOW, "items.yaml")
+    options = {"db": tmp_path / "state.db", "executor": "local"}
+    report = workflow.run({"list": str(listing)}, **options)
+    assert report.status == "failed" and "items command" in report.error
+
+    listing.write_text("a\nb\nc\n")  # the cause is fixed
+    resumed = workflow.run(resume=report.run_id, **options)
+    assert resumed.steps["files"].result == ["file a", "file b", "file c"]
+    assert resumed.ok, resumed.error
+    assert resumed.steps["after"].result == 3

@@ -543,6 +543,11 @@ class Backend(abc.ABC):
         """The item ended (``status`` succeeded or failed) after ``attempts``
         attempts, finished now."""
 
+    @abc.abstractmethod
+    async def reset_workflow_step(self, run_id: str, name: str) -> bool:
+        """Forget a begun step and its items (one transaction), so that it can be
+        begun again over new items; False if it had not begun."""
+
 
 @dataclass(frozen=True)
 class BatchRecord:

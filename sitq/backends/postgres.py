@@ -949,6 +949,21 @@ class PostgresBackend(Backend):
                 self.now(),
             )
 
+    async def reset_workflow_step(self, run_id: str, name: str) -> bool:
+        """Delete the step and its items in one transaction."""
+        async with self._acquire() as conn, conn.transaction():
+            await conn.execute(
+                self._q("DELETE FROM {s}.sitq_workflow_items WHERE run_id = $1 AND step = $2"),
+                run_id,
+                name,
+            )
+            done = await conn.execute(
+                self._q("DELETE FROM {s}.sitq_workflow_steps WHERE run_id = $1 AND name = $2"),
+                run_id,
+                name,
+            )
+        return done != "DELETE 0"
+
 
 def _record(row: Any) -> TaskRecord:
     values = list(row)

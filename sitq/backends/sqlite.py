@@ -1105,6 +1105,21 @@ class SQLiteBackend(Backend):
             writes = self.__dict__["_workflow_writes"] = _WorkflowWrites(self)
         await writes.write(sql, params)
 
+    async def reset_workflow_step(self, run_id: str, name: str) -> bool:
+        """Delete the step and its items in one transaction."""
+        conn = self._connection()
+
+        async def body() -> bool:
+            await conn.execute(
+                "DELETE FROM sitq_workflow_items WHERE run_id = ? AND step = ?", (run_id, name)
+            )
+            cursor = await conn.execute(
+                "DELETE FROM sitq_workflow_steps WHERE run_id = ? AND name = ?", (run_id, name)
+            )
+            return bool(cursor.rowcount)
+
+        return await self._transaction(body)
+
 
 class _WorkflowWrites:
     """Group commit of workflow item UPDATEs, on the loop thread when the lock is free.

@@ -107,7 +107,7 @@ class Runner:
         self.reporter = reporter
         self.settings = settings
         self.env = EnvView(dict(os.environ))
-        self.steps_view: dict[str, AttrDict] = {}
+        self.steps_view: dict[str, AttrDict] = AttrDict()
         self.outputs: dict[str, Any] = {}
         self.reports: dict[str, StepReport] = {}
         self._handler_executor: LocalExecutor | None = None
@@ -177,18 +177,26 @@ class Runner:
             self.reporter.step_skipped(step.name)
             return report
         try:
+            stored = None
+            if record is not None:
+                stored = await self.store.step_items(self.run_id, step.name)
+                if stored is None:
+                    # Its items never rendered (the step failed first): begin it afresh.
+                    await self.store.reset_step(self.run_id, step.name)
+                    record = None
             if record is None:
                 items = await self._items_of(step)
                 await self.store.begin_step(
                     self.run_id, step.name, step.position, items, step.has_items
                 )
             else:
-                items = await self.store.step_items(self.run_id, step.name)
+                assert stored is not None
+                items = stored
                 await self.store.restart_step(self.run_id, step.name)
         except (TemplateError, WorkflowError) as exc:
             if record is None:
                 await self.store.begin_step(
-                    self.run_id, step.name, step.position, [], step.has_items
+                    self.run_id, step.name, step.position, None, step.has_items
                 )
             await self.store.finish_step(self.run_id, step.name, "failed", None, str(exc))
             self.reporter.step_finished(step.name, "failed", str(exc))

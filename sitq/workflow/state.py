@@ -171,24 +171,34 @@ class StateStore:
         record = await self.queue.get_workflow_step(run_id, name)
         return self._loads(record.result) if record else None
 
-    async def step_items(self, run_id: str, name: str) -> list[Any]:
-        """The items a started step runs over (fixed when it first started)."""
+    async def step_items(self, run_id: str, name: str) -> list[Any] | None:
+        """The items a started step runs over (fixed when it first started); None when
+        they never rendered (the step failed before it had items)."""
         record = await self.queue.get_workflow_step(run_id, name)
-        return (self._loads(record.items) or []) if record else []
+        if record is None or record.items is None:
+            return None
+        items = self._loads(record.items)
+        return list(items) if isinstance(items, list | tuple) else None
 
     async def begin_step(
-        self, run_id: str, name: str, position: int, items: Sequence[Any], has_items: bool
+        self, run_id: str, name: str, position: int, items: Sequence[Any] | None, has_items: bool
     ) -> None:
-        """Record that a step starts over ``items``, all pending (one transaction)."""
-        previews = [preview(item) if has_items else None for item in items]
+        """Record that a step starts over ``items``, all pending (one transaction).
+        ``items`` None records a step whose items could not be rendered: it has none,
+        and a resume renders them again."""
+        previews = [preview(item) if has_items else None for item in items or []]
         # Items must load again on resume: one that cannot be stored fails the step.
         try:
-            blob = self._serializer.dumps(list(items))
+            blob = self._serializer.dumps(None if items is None else list(items))
         except Exception as exc:
             raise WorkflowError(
                 f"step {name!r}: its items cannot be stored for a resume ({exc})"
             ) from exc
         await self.queue.begin_workflow_step(run_id, name, position, blob, previews, has_items)
+
+    async def reset_step(self, run_id: str, name: str) -> None:
+        """Forget a begun step and its items, so that it begins again from scratch."""
+        await self.queue.reset_workflow_step(run_id, name)
 
     async def restart_step(self, run_id: str, name: str) -> None:
         """Mark a step that had started before as running again."""

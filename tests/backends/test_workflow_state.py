@@ -357,3 +357,19 @@ async def test_sqlite_item_writes_wait_for_a_locked_database(tmp_path: Path, dur
         "SELECT count(*) FROM sitq_workflow_items WHERE status = 'succeeded'"
     )
     assert rows.fetchone()[0] == 10
+
+
+async def test_a_step_is_reset_with_its_items_and_begins_again(backend: Backend) -> None:
+    await backend.create_workflow_run(new_run())
+    await backend.create_workflow_run(new_run("run-2"))
+    assert await begin(backend, "run-1", "a", 3)
+    assert await begin(backend, "run-2", "a", 2)
+    await backend.workflow_item_finished("run-1", "a", 0, "succeeded", attempts=1, result=b"r")
+    assert await backend.reset_workflow_step("run-1", "a") is True
+    assert await backend.get_workflow_step("run-1", "a") is None
+    assert await backend.list_workflow_items("run-1", "a") == []
+    assert await backend.reset_workflow_step("run-1", "a") is False
+    assert len(await backend.list_workflow_items("run-2", "a")) == 2  # other runs untouched
+    assert await begin(backend, "run-1", "a", 1)
+    (item,) = await backend.list_workflow_items("run-1", "a", with_results=True)
+    assert (item.status, item.attempts, item.result) == ("pending", 0, None)
