@@ -56,6 +56,13 @@ def failed(error: str = "ValueError: boom") -> Outcome:
     )
 
 
+async def create_db(db: Path) -> None:
+    """Create the database (and close it: a connection left open would be closed
+    by the garbage collector, on a loop that is gone)."""
+    async with TaskQueue(db):
+        pass
+
+
 def csrf(page: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', page)
     assert found, "no CSRF field on the page"
@@ -65,7 +72,7 @@ def csrf(page: str) -> str:
 @pytest.fixture
 def client(db_path: Path) -> Iterator[TestClient]:
     """The dashboard on a fresh database, as a local (token-less) dashboard."""
-    run(TaskQueue(db_path).connect())
+    run(create_db(db_path))
     app = create_app(DashboardConfig(db=str(db_path)))
     with TestClient(app, base_url=LOCAL) as test_client:
         yield test_client
@@ -74,7 +81,7 @@ def client(db_path: Path) -> Iterator[TestClient]:
 @pytest.fixture
 def token_client(db_path: Path) -> Iterator[TestClient]:
     """A dashboard that demands a token, listening beyond loopback."""
-    run(TaskQueue(db_path).connect())
+    run(create_db(db_path))
     app = create_app(DashboardConfig(db=str(db_path), token=TOKEN, host="0.0.0.0"))
     with TestClient(app, base_url="http://dash.example:8765") as test_client:
         yield test_client
