@@ -866,3 +866,55 @@ def test_resume_renders_the_items_of_a_step_that_failed_before_it_had_any(
     assert resumed.steps["files"].result == ["file a", "file b", "file c"]
     assert resumed.ok, resumed.error
     assert resumed.steps["after"].result == 3
+
+
+ADOPT_WORKFLOW = """
+steps:
+  - name: append
+    for_each: [0, 1, 2]
+    type: python
+    code: |
+      with open(params['log'], 'a') as log:
+          log.write(f"{item}\\n")
+      result = item * 10
+"""
+
+
+async def test_resume_without_workers_adopts_the_tasks_a_killed_run_enqueued(
+    tmp_path: Path, work: Path
+) -> None:
+    """A killed run had enqueued item 0 (its task succeeded since) and item 1 (still
+    queued); item 2 never started. Resumed without workers: 0 keeps its task's result,
+    1's task is cancelled and the item runs here, 2 runs here."""
+    from sitq import TaskStatus, Worker
+    from sitq.workflow.kinds import AttrDict, ItemCall, run_item
+    from sitq.workflow.state import StateStore
+
+    db = str(tmp_path / "state.db")
+    workflow = Workflow.from_string(ADOPT_WORKFLOW, "adopt.yaml")
+    params = {"log": str(work / "log.txt")}
+    code = workflow.spec.steps[0].item_task.code
+
+    def call(index: int) -> ItemCall:
+        namespace = {"params": AttrDict(params), "steps": {}, "item": index, "index": index}
+        return ItemCall(step="append", index=index, kind="python", fields={}, code=code,
+                        namespace={**namespace, "error": None})  # fmt: skip
+
+    async with TaskQueue(db) as queue:
+        store = StateStore(queue)
+        await store.create_run("killed", "adopt.yaml", None, workflow.spec.text, params)
+        await store.begin_step("killed", "append", 0, [0, 1, 2], True)
+        done = await queue.enqueue(run_item, call(0))
+        assert (await Worker(db, burst=True).run()) is None
+        assert (await queue.get_result(done, timeout=0)).ok
+        queued = await queue.enqueue(run_item, call(1))
+        for index, task_id in ((0, done), (1, queued)):
+            await store.item_started("killed", "append", index, "workers")
+            await store.item_submitted("killed", "append", index, task_id)
+        await store.finish_run("killed", "interrupted", "killed")
+
+        report = await workflow.run_async(resume="killed", db=db, executor="local")
+        assert report.ok, report.error
+        assert report.steps["append"].result == [0, 10, 20]
+        assert sorted(_lines(work / "log.txt")) == ["0", "1", "2"]  # each ran once
+        assert await queue.status(queued) == TaskStatus.CANCELLED

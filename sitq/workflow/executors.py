@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from sitq import TaskNotFound, TaskQueue
 from sitq.backends.base import WORKER_STALE_AFTER
+from sitq.task import TaskStatus
 from sitq.workflow.errors import WorkflowError
 from sitq.workflow.kinds import ItemCall, ItemOutcome, run_item
 
@@ -24,6 +25,8 @@ LOCAL_THREADS = 64
 RESULT_POLL = 0.02
 #: Bounds how long an item's thread waits for its attempt to be recorded.
 ATTEMPT_RECORD_TIMEOUT = 300.0
+#: How often a resume that waits for a running task of a killed run looks at it again.
+ADOPT_RECHECK = 5.0
 
 
 class Executor(Protocol):
@@ -52,12 +55,45 @@ class Executor(Protocol):
         ...
 
 
+async def adopt_task(
+    queue: TaskQueue, task_id: str, recheck: float = ADOPT_RECHECK
+) -> ItemOutcome | None:
+    """The outcome of an item a killed run had enqueued as task ``task_id``, for a
+    resume that runs items here; None when the item must run again.
+
+    A task that succeeded gives its outcome (an item that failed all its attempts,
+    or a task that failed, is redone with its retry policy); one still queued is
+    cancelled and redone here, unless a worker claims it first, which is then
+    waited for, as is a running one.
+    """
+    while True:
+        try:
+            status = await queue.status(task_id)
+            if status is TaskStatus.QUEUED:
+                if await queue.cancel_many([task_id]):
+                    return None  # it will not run: the item runs here
+                continue  # a worker took it meanwhile
+            if status.finished:
+                result = await queue.get_result(task_id, timeout=0)
+            else:
+                # Running: wait for it (looking again now and then, since a
+                # task whose worker died goes back to the queue).
+                result = await queue.get_result(task_id, timeout=recheck)
+        except TaskNotFound:
+            return None  # pruned or never committed
+        if result is not None:
+            outcome = _outcome(result)
+            return outcome if outcome.ok else None
+
+
 class LocalExecutor:
-    """Runs items in threads of this process."""
+    """Runs items in threads of this process. With ``queue`` (the run's database),
+    a resume adopts the tasks a killed run had enqueued (see :func:`adopt_task`)."""
 
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, queue: TaskQueue | None = None) -> None:
+        self._queue = queue
         self._pool = ThreadPoolExecutor(LOCAL_THREADS, thread_name_prefix="sitq-workflow")
 
     async def run(
@@ -78,8 +114,10 @@ class LocalExecutor:
         return await loop.run_in_executor(self._pool, run_item, call, attempt)
 
     async def adopt(self, task_id: str) -> ItemOutcome | None:
-        """Nothing survives this process: the item runs again."""
-        return None
+        """A succeeded task's outcome; a queued one is cancelled and runs here again."""
+        if self._queue is None:
+            return None
+        return await adopt_task(self._queue, task_id)
 
     async def close(self) -> None:
         """Wait for the threads (a killed item's thread cannot be stopped)."""
@@ -204,7 +242,7 @@ async def open_executor(mode: str, queue: TaskQueue, queue_name: str = "default"
     if mode not in EXECUTORS:
         raise WorkflowError(f"unknown executor {mode!r}; use one of {', '.join(EXECUTORS)}")
     if mode == "local":
-        return LocalExecutor()
+        return LocalExecutor(queue)
     if await live_workers(queue, queue_name):
         return WorkerExecutor(queue, queue_name)
     if mode == "workers":
@@ -214,4 +252,4 @@ async def open_executor(mode: str, queue: TaskQueue, queue_name: str = "default"
             "`sitq worker --db ...` on that database, or run the items here with "
             "--executor local"
         )
-    return LocalExecutor()
+    return LocalExecutor(queue)
