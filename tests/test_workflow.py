@@ -918,3 +918,74 @@ async def test_resume_without_workers_adopts_the_tasks_a_killed_run_enqueued(
         assert report.steps["append"].result == [0, 10, 20]
         assert sorted(_lines(work / "log.txt")) == ["0", "1", "2"]  # each ran once
         assert await queue.status(queued) == TaskStatus.CANCELLED
+
+
+DEPENDENT_WORKFLOW = """
+steps:
+  - name: process
+    for_each: [1, 2, 3]
+    continue_on_error: true
+    outputs: processed
+    type: python
+    code: |
+      import os
+      if item == 2 and os.path.exists(params['flag']):
+          raise ValueError("item 2 is bad")
+      return item
+  - name: doubled
+    for_each: "{{ processed }}"
+    type: python
+    code: |
+      return None if item is None else item * 2
+  - name: total
+    type: python
+    code: |
+      return sum(v for v in steps.doubled.result if v is not None)
+  - name: unrelated
+    type: shell
+    command: "echo once >> {{ params.log }}"
+"""
+
+
+def test_resume_that_redoes_items_runs_again_the_later_steps_that_use_them(
+    tmp_path: Path, work: Path
+) -> None:
+    flag = _write(work / "flag", "")
+    log = work / "log.txt"
+    workflow = Workflow.from_string(DEPENDENT_WORKFLOW, "dependent.yaml")
+    options = {"db": tmp_path / "state.db", "executor": "local"}
+    report = workflow.run({"flag": str(flag), "log": str(log)}, **options)
+    assert report.status == "partial"
+    assert report.steps["doubled"].result == [2, None, 6]
+    assert report.steps["total"].result == 8
+
+    flag.unlink()  # the cause is fixed: item 2 is redone, and what was built on it
+    resumed = workflow.run(resume=report.run_id, **options)
+    assert resumed.ok, resumed.error
+    assert resumed.steps["process"].result == [1, 2, 3]
+    assert resumed.steps["doubled"].result == [2, 4, 6]  # items rendered again
+    assert resumed.steps["total"].result == 12  # through doubled
+    assert resumed.steps["unrelated"].skipped and _lines(log) == ["once"]
+
+
+def test_step_dependencies_name_the_steps_a_step_uses() -> None:
+    from sitq.workflow.spec import step_dependencies
+
+    text = """
+steps:
+  a: {type: echo, message: hi, outputs: a_out}
+  b: {type: echo, message: "{{ a_out }}"}
+  c: {type: python, code: "return steps['b']['result']"}
+  d: {type: python, code: "return [s for s in steps]"}
+  e: {type: echo, message: "{% for s in steps %}{{ s }}{% endfor %}"}
+  f: {type: echo, message: "{{ params.x }}"}
+"""
+    deps = step_dependencies(Workflow.from_string(text, "d.yaml").spec)
+    assert deps == {
+        "a": frozenset(),
+        "b": {"a"},
+        "c": {"b"},
+        "d": {"a", "b", "c"},
+        "e": {"a", "b", "c", "d"},
+        "f": frozenset(),
+    }

@@ -23,7 +23,7 @@ from sitq.workflow.errors import TemplateError, WorkflowError
 from sitq.workflow.executors import Executor, LocalExecutor
 from sitq.workflow.kinds import AttrDict, EnvView, ItemCall, ItemOutcome, RetryPolicy, run_item
 from sitq.workflow.progress import Reporter, StepProgress
-from sitq.workflow.spec import StepSpec, TaskSpec, WorkflowSpec
+from sitq.workflow.spec import StepSpec, TaskSpec, WorkflowSpec, step_dependencies
 from sitq.workflow.state import StateStore
 from sitq.workflow.templates import render
 
@@ -113,6 +113,10 @@ class Runner:
         self._handler_executor: LocalExecutor | None = None
         self._stop = False
         self._counts = [0, 0, 0]  # processed, failed, total of the running step
+        self._deps = step_dependencies(spec)
+        # Steps that ran items in this process: a later step that had finished
+        # (or started) with their earlier results must begin again.
+        self._ran: set[str] = set()
 
     async def run(self) -> RunReport:
         """Run every step not finished yet; record and return how the run ended."""
@@ -171,6 +175,14 @@ class Runner:
 
     async def _step(self, step: StepSpec) -> StepReport:
         record = await self.store.step(self.run_id, step.name)
+        changed = self._deps[step.name] & self._ran
+        if record is not None and changed:
+            self.reporter.message(
+                f"{step.name}: runs again from the start, since {', '.join(sorted(changed))} "
+                "ran again"
+            )
+            await self.store.reset_step(self.run_id, step.name)
+            record = None
         if record is not None and record.status == "succeeded":
             report = await self._report(step, "succeeded", skipped=True)
             self._remember(step, report)
@@ -203,6 +215,8 @@ class Runner:
             report = StepReport(step.name, "failed")
             self._remember(step, report)
             return report
+        if record is None:
+            self._ran.add(step.name)
         await self._run_items(step, items)
         return await self._finish_step(step, items)
 
@@ -257,6 +271,8 @@ class Runner:
         for record in records:
             if record.status != "succeeded":
                 batches.setdefault(record.index // size, []).append(record)
+        if batches:
+            self._ran.add(step.name)
         self._stop = False
         # Kept in memory (not counted in the store per item): the items being
         # redone count as unprocessed until they finish again.

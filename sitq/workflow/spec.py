@@ -627,17 +627,20 @@ def _tasks(step: StepSpec) -> list[TaskSpec]:
     return [step.task] if step.task is not None else []
 
 
-def code_step_refs(code: str) -> set[str]:
-    """The step names python ``code`` reads as ``steps['x']`` or ``steps.x``."""
+def code_refs(code: str, root: str) -> set[str] | None:
+    """The keys python ``code`` reads from ``root`` (``steps`` or ``params``) as
+    ``root['x']`` or ``root.x``; None when it uses ``root`` any other way (passes it
+    on, loops over it, calls its methods), so that any key may be read."""
     try:
         tree = ast.parse(code)
     except SyntaxError:
         return set()
-    refs = set()
+    refs: set[str] = set()
+    covered: set[int] = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.Subscript | ast.Attribute):
             continue
-        if not (isinstance(node.value, ast.Name) and node.value.id == "steps"):
+        if not (isinstance(node.value, ast.Name) and node.value.id == root):
             continue
         if isinstance(node, ast.Attribute) and not hasattr(dict, node.attr):
             refs.add(node.attr)
@@ -647,7 +650,44 @@ def code_step_refs(code: str) -> set[str]:
             and isinstance(node.slice.value, str)
         ):
             refs.add(node.slice.value)
+        else:
+            continue
+        covered.add(id(node.value))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == root and id(node) not in covered:
+            return None
     return refs
+
+
+def code_step_refs(code: str) -> set[str]:
+    """The step names python ``code`` reads as ``steps['x']`` or ``steps.x``."""
+    return code_refs(code, "steps") or set()
+
+
+def step_dependencies(spec: WorkflowSpec) -> dict[str, frozenset[str]]:
+    """For each step, the earlier steps whose results it uses: through ``steps.X``
+    or an ``outputs:`` name in its templates, or ``steps`` in its code (all earlier
+    steps when it uses ``steps`` in a way that does not name them)."""
+    outputs = {s.outputs: s.name for s in spec.steps if s.outputs}
+    deps: dict[str, frozenset[str]] = {}
+    for step in spec.steps:
+        earlier = {s.name for s in spec.steps if s.position < step.position}
+        found: set[str] = set()
+        for task in _tasks(step):
+            if task.code is not None:
+                refs = code_refs(task.code, "steps")
+                found |= earlier if refs is None else refs
+        for f in template_fields(step):
+            try:
+                names = analyse(f.value)
+            except TemplateError:
+                continue
+            if "steps" in names.dynamic:
+                found |= earlier
+            found |= names.steps
+            found |= {outputs[name] for name in names.free if name in outputs}
+        deps[step.name] = frozenset(found & earlier)
+    return deps
 
 
 def template_fields(step: StepSpec) -> Iterator[_Field]:

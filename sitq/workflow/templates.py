@@ -92,6 +92,10 @@ class TemplateNames:
     free: set[str] = field(default_factory=set)
     steps: set[str] = field(default_factory=set)
     env: set[str] = field(default_factory=set)
+    params: set[str] = field(default_factory=set)
+    #: Of ``steps``, ``env`` and ``params``, those also used otherwise than as
+    #: ``name.key`` or ``name['key']`` (so which keys are read cannot be told).
+    dynamic: set[str] = field(default_factory=set)
 
 
 def analyse(text: str) -> TemplateNames:
@@ -101,9 +105,11 @@ def analyse(text: str) -> TemplateNames:
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error in {text.strip()!r}: {exc.message}") from None
     names = TemplateNames(free=set(meta.find_undeclared_variables(tree)) - JINJA_GLOBALS)
+    keyed = {"steps": names.steps, "env": names.env, "params": names.params}
+    covered: set[int] = set()
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         target = node.node
-        if not isinstance(target, nodes.Name) or target.name not in ("steps", "env"):
+        if not isinstance(target, nodes.Name) or target.name not in keyed:
             continue
         if isinstance(node, nodes.Getattr):
             key: Any = node.attr
@@ -112,5 +118,9 @@ def analyse(text: str) -> TemplateNames:
         else:
             continue
         if isinstance(key, str):
-            (names.steps if target.name == "steps" else names.env).add(key)
+            keyed[target.name].add(key)
+            covered.add(id(target))
+    for node in tree.find_all(nodes.Name):
+        if node.name in keyed and id(node) not in covered:
+            names.dynamic.add(node.name)
     return names
