@@ -206,22 +206,29 @@ class _Enqueuer:
         return ids
 
     async def enqueue_in_batch(
-        self, batch_id: str, fn: Callable[..., Any], items: Iterable[Any], /
+        self,
+        batch_id: str,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        /,
+        *,
+        expected_size: int | None = None,
     ) -> list[str]:
         """Like ``enqueue_many``, and append the tasks to the named batch (created if
         missing) in the same transaction: the batch outlives this process."""
         check_batch_id(batch_id)
+        _check_expected_size(expected_size)
         backend = self._queue._backend_checked()
         self._refuse_unique("enqueue_in_batch")
         calls = _as_calls(items)
         if not _observed():
             tasks = self._queue._new_tasks(self.options, fn, calls, backend.now())
-            await backend.enqueue_in_batch(batch_id, tasks)
+            await backend.enqueue_in_batch(batch_id, tasks, expected_size)
             return [task.id for task in tasks]
         _check_callable(fn)
         with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
             tasks = self._queue._new_tasks(self.options, fn, calls, backend.now(), scope.headers)
-            await backend.enqueue_in_batch(batch_id, tasks)
+            await backend.enqueue_in_batch(batch_id, tasks, expected_size)
             ids = [task.id for task in tasks]
             scope.committed(ids)
         _announce_enqueued(tasks)
@@ -592,11 +599,25 @@ class TaskQueue:
     # batch's size still counts it. Deleting a batch never deletes its tasks.
 
     async def enqueue_in_batch(
-        self, batch_id: str, fn: Callable[..., Any], items: Iterable[Any], /
+        self,
+        batch_id: str,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        /,
+        *,
+        expected_size: int | None = None,
     ) -> list[str]:
         """Like :meth:`enqueue_many`, and append the tasks to batch ``batch_id``
-        (created if missing) in the same transaction; ids in item order."""
-        return await self._default.enqueue_in_batch(batch_id, fn, items)
+        (created if missing) in the same transaction; ids in item order.
+
+        ``expected_size`` makes the append a compare-and-set: unless the batch
+        then has exactly that many tasks (0 if it does not exist), nothing is
+        stored and :class:`~sitq.backends.base.BatchSizeChanged` is raised, so
+        producers resuming one batch at once never enqueue an item twice.
+        """
+        return await self._default.enqueue_in_batch(
+            batch_id, fn, items, expected_size=expected_size
+        )
 
     async def create_batch(self, batch_id: str) -> bool:
         """Record a new, empty batch; False (nothing changed) if it exists already."""
@@ -814,6 +835,15 @@ class TaskQueue:
 
 #: The longest batch id accepted.
 MAX_BATCH_ID_LENGTH = 200
+
+
+def _check_expected_size(expected_size: Any) -> None:
+    if expected_size is not None and (
+        isinstance(expected_size, bool) or not isinstance(expected_size, int) or expected_size < 0
+    ):
+        raise ConfigurationError(
+            f"expected_size must be an int >= 0 (the batch's size), got {expected_size!r}"
+        )
 
 
 def check_batch_id(batch_id: Any) -> None:

@@ -147,10 +147,18 @@ class SyncTaskQueue:
     # -- named batches and bulk status (see TaskQueue) ---------------------
 
     def enqueue_in_batch(
-        self, batch_id: str, fn: Callable[..., Any], items: Iterable[Any], /
+        self,
+        batch_id: str,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        /,
+        *,
+        expected_size: int | None = None,
     ) -> list[str]:
         """Like :meth:`TaskQueue.enqueue_in_batch`."""
-        return self._run(self._queue.enqueue_in_batch(batch_id, fn, items))
+        return self._run(
+            self._queue.enqueue_in_batch(batch_id, fn, items, expected_size=expected_size)
+        )
 
     def create_batch(self, batch_id: str) -> bool:
         """Like :meth:`TaskQueue.create_batch`."""
@@ -233,7 +241,15 @@ class _SyncEnqueuer:
         return self._owner._enqueue(self._enqueuer, fn, _as_calls(items))
 
     def enqueue_in_batch(
-        self, batch_id: str, fn: Callable[..., Any], items: Iterable[Any], /
+        self,
+        batch_id: str,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        /,
+        *,
+        expected_size: int | None = None,
     ) -> list[str]:
         """Like :meth:`TaskQueue.enqueue_in_batch`, with these options."""
-        return self._owner._run(self._enqueuer.enqueue_in_batch(batch_id, fn, items))
+        return self._owner._run(
+            self._enqueuer.enqueue_in_batch(batch_id, fn, items, expected_size=expected_size)
+        )

@@ -8,6 +8,7 @@ and sync tests use `sitq worker` processes.
 from __future__ import annotations
 
 import asyncio
+import pickle
 import sqlite3
 import subprocess
 import sys
@@ -28,9 +29,11 @@ from sitq.batch import (
     BatchNotFound,
     BatchProcessor,
     BatchProgress,
+    BatchSizeChanged,
     BatchTimeout,
     SyncBatchProcessor,
 )
+from sitq.headers import unwrap
 
 # -- task functions (module level, so they pickle by reference) ----------------
 
@@ -377,6 +380,97 @@ async def test_resume_enqueues_only_the_items_a_batch_lacks(queue: TaskQueue) ->
     assert await bp.enqueue_batch(flaky_square, items, batch_id="big", if_exists="resume") == ids
     payloads = await queue.backend.get_tasks(ids)
     assert len(payloads) == 250
+
+
+async def test_enqueue_in_batch_with_expected_size(db_path: Path) -> None:
+    async with TaskQueue(db_path) as queue:
+        first = await queue.enqueue_in_batch("b", jobs.add, [(1, 2)], expected_size=0)
+        with pytest.raises(BatchSizeChanged, match="'b' no longer has 0 tasks"):
+            await queue.enqueue_in_batch("b", jobs.add, [(3, 4)], expected_size=0)
+        with pytest.raises(ConfigurationError, match="expected_size must be an int >= 0"):
+            await queue.enqueue_in_batch("b", jobs.add, [(3, 4)], expected_size=-1)
+        more = await queue.with_options(priority=1).enqueue_in_batch(
+            "b", jobs.add, [(3, 4)], expected_size=1
+        )
+        assert await queue.batch_task_ids("b") == first + more
+    with SyncTaskQueue(db_path) as sync:
+        with pytest.raises(BatchSizeChanged):
+            sync.enqueue_in_batch("b", jobs.add, [(5, 6)], expected_size=1)
+        last = sync.with_options(priority=2).enqueue_in_batch(
+            "b", jobs.add, [(5, 6)], expected_size=2
+        )
+        assert sync.batch_task_ids("b") == first + more + last
+
+
+RESUMER = """
+import asyncio, sys
+import jobs
+from sitq import TaskQueue
+from sitq.batch import BatchProcessor
+
+async def main(db, count):
+    async with TaskQueue(db) as queue:
+        bp = BatchProcessor(queue, batch_size=7)
+        await queue.get_batch("shared")  # connected: now line up with the other producer
+        print("ready", flush=True)
+        sys.stdin.readline()
+        ids = await bp.enqueue_batch(
+            jobs.add, [(i, 0) for i in range(count)], batch_id="shared", if_exists="resume"
+        )
+    print(len(ids), flush=True)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+async def test_two_producers_resuming_one_batch_enqueue_each_item_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    count = 1500
+    async with TaskQueue(db_url) as queue:
+        await queue.enqueue_in_batch("shared", jobs.add, [(i, 0) for i in range(40)])
+    script = tmp_path / "resumer.py"
+    script.write_text(RESUMER)
+    producers = [
+        subprocess.Popen(
+            [sys.executable, str(script), db_url, str(count)],
+            env=subprocess_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for producer in producers:  # both connected before either starts
+            assert producer.stdout is not None and producer.stdout.readline() == "ready\n"
+        for producer in producers:
+            assert producer.stdin is not None
+            producer.stdin.write("go\n")
+            producer.stdin.flush()
+        outputs = [producer.communicate(timeout=120) for producer in producers]
+    finally:
+        for producer in producers:
+            producer.kill()
+    for producer, (out, err) in zip(producers, outputs, strict=True):
+        assert producer.returncode == 0, err
+        assert out.split() == [str(count)]  # each returns the whole batch
+
+    async with TaskQueue(db_url) as queue:
+        record = await queue.get_batch("shared")
+        assert record is not None and record.size == count
+        ids = await queue.batch_task_ids("shared")
+        tasks = await queue.backend.get_tasks(ids, with_payload=True)
+        assert len(ids) == len(tasks) == count
+        assert sum((await queue.stats())["totals"].values()) == count
+        items = []
+        for task_id in ids:
+            payload = tasks[task_id].payload
+            assert payload is not None
+            _, args, _ = pickle.loads(unwrap(payload)[1])
+            items.append(args[0])
+        assert items == list(range(count))
 
 
 async def test_a_named_batch_survives_its_producer(

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from sitq.errors import SitqError
+
 WakeKind = Literal["tasks", "results"]
 
 #: A task whose worker was lost this many times beyond its retries is failed,
@@ -373,9 +375,16 @@ class Backend(abc.ABC):
         """Record a new, empty batch; False (and no change) if it exists already."""
 
     @abc.abstractmethod
-    async def enqueue_in_batch(self, batch_id: str, tasks: Sequence[NewTask]) -> int:
+    async def enqueue_in_batch(
+        self, batch_id: str, tasks: Sequence[NewTask], expected_size: int | None = None
+    ) -> int:
         """Store ``tasks`` as ``enqueue`` does and append them to the batch (created
-        if missing), all in one transaction; return the position of the first one."""
+        if missing), all in one transaction; return the position of the first one.
+
+        With ``expected_size``, a compare-and-set: if the batch's size is not
+        that (0 for a missing batch) at the moment of the append, nothing is
+        stored and :class:`BatchSizeChanged` is raised.
+        """
 
     @abc.abstractmethod
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
@@ -547,6 +556,22 @@ class Backend(abc.ABC):
     async def reset_workflow_step(self, run_id: str, name: str) -> bool:
         """Forget a begun step and its items (one transaction), so that it can be
         begun again over new items; False if it had not begun."""
+
+
+class BatchSizeChanged(SitqError):
+    """An append to a named batch expected a size the batch no longer has
+    (another producer appended first); nothing was stored."""
+
+    def __init__(self, batch_id: str, expected_size: int) -> None:
+        super().__init__(batch_id, expected_size)
+        self.batch_id = batch_id
+        self.expected_size = expected_size
+
+    def __str__(self) -> str:
+        return (
+            f"batch {self.batch_id!r} no longer has {self.expected_size} tasks: another "
+            "producer appended to it first; nothing was stored"
+        )
 
 
 @dataclass(frozen=True)

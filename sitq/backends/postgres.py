@@ -35,6 +35,7 @@ from sitq.backends.base import (
     RECLAIM_INTERVAL,
     Backend,
     BatchRecord,
+    BatchSizeChanged,
     ClaimedTask,
     Lease,
     LimitRecord,
@@ -686,13 +687,26 @@ class PostgresBackend(Backend):
             created = await conn.fetchval(self._q(q.CREATE_BATCH), batch_id, self.now())
         return created is not None
 
-    async def enqueue_in_batch(self, batch_id: str, tasks: Sequence[NewTask]) -> int:
+    async def enqueue_in_batch(
+        self, batch_id: str, tasks: Sequence[NewTask], expected_size: int | None = None
+    ) -> int:
         """Insert ``tasks`` and their membership of the batch in one transaction."""
         rows = list(tasks)
         async with self._acquire() as conn, conn.transaction():
-            start = await conn.fetchval(
-                self._q(q.RESERVE_BATCH_POSITIONS), batch_id, self.now(), len(rows)
-            )
+            if expected_size is None:
+                start = await conn.fetchval(
+                    self._q(q.RESERVE_BATCH_POSITIONS), batch_id, self.now(), len(rows)
+                )
+            elif expected_size == 0:
+                start = await conn.fetchval(
+                    self._q(q.RESERVE_BATCH_POSITIONS_IF_EMPTY), batch_id, self.now(), len(rows)
+                )
+            else:
+                start = await conn.fetchval(
+                    self._q(q.RESERVE_BATCH_POSITIONS_IF_SIZE), batch_id, len(rows), expected_size
+                )
+            if start is None:
+                raise BatchSizeChanged(batch_id, expected_size or 0)
             if rows:
                 columns = [list(column) for column in zip(*rows, strict=True)]
                 await conn.execute(self._q(q.INSERT_TASKS), *columns, self._channel)

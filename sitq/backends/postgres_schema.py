@@ -445,6 +445,18 @@ ON CONFLICT (id) DO UPDATE SET size = b.size + EXCLUDED.size
 RETURNING b.size - $3
 """
 
+# RESERVE_BATCH_POSITIONS as a compare-and-set: no row (so nothing reserved)
+# unless the batch has $4 members (a batch that does not exist has 0).
+RESERVE_BATCH_POSITIONS_IF_EMPTY = """
+INSERT INTO {s}.sitq_batches AS b (id, created_at, size) VALUES ($1, $2, $3)
+ON CONFLICT (id) DO UPDATE SET size = b.size + EXCLUDED.size WHERE b.size = 0
+RETURNING b.size - $3
+"""
+RESERVE_BATCH_POSITIONS_IF_SIZE = """
+UPDATE {s}.sitq_batches SET size = size + $2 WHERE id = $1 AND size = $3
+RETURNING size - $2
+"""
+
 INSERT_BATCH_TASKS = """
 INSERT INTO {s}.sitq_batch_tasks (batch_id, position, task_id)
 SELECT $1, $2 + t.ord - 1, t.id FROM unnest($3::text[]) WITH ORDINALITY AS t(id, ord)

@@ -27,6 +27,7 @@ from sitq.backends.base import (
     RECLAIM_INTERVAL,
     Backend,
     BatchRecord,
+    BatchSizeChanged,
     ClaimedTask,
     Lease,
     LimitRecord,
@@ -845,16 +846,26 @@ class SQLiteBackend(Backend):
         cursor = await self._write(lambda: conn.execute(q.CREATE_BATCH, (batch_id, now)))
         return cursor.rowcount == 1
 
-    async def enqueue_in_batch(self, batch_id: str, tasks: Sequence[NewTask]) -> int:
+    async def enqueue_in_batch(
+        self, batch_id: str, tasks: Sequence[NewTask], expected_size: int | None = None
+    ) -> int:
         """Insert ``tasks`` and their membership of the batch in one transaction."""
         conn = self._connection()
         rows = list(tasks)
         ids = json.dumps([task.id for task in rows])
-        reserve = {"id": batch_id, "now": self.now(), "count": len(rows)}
+        reserve: dict[str, Any] = {"id": batch_id, "now": self.now(), "count": len(rows)}
+        sql = q.RESERVE_BATCH_POSITIONS
+        if expected_size is not None:
+            sql = q.RESERVE_BATCH_POSITIONS_IF_SIZE
+            if expected_size == 0:
+                sql = q.RESERVE_BATCH_POSITIONS_IF_EMPTY
+            reserve["expected"] = expected_size
 
         async def body() -> int:
-            reserved = await conn.execute_fetchall(q.RESERVE_BATCH_POSITIONS, reserve)
-            start = int(next(iter(reserved))[0])
+            reserved = list(await conn.execute_fetchall(sql, reserve))
+            if not reserved:
+                raise BatchSizeChanged(batch_id, expected_size or 0)
+            start = int(reserved[0][0])
             if rows:
                 await conn.executemany(q.INSERT_TASK, rows)
                 await conn.execute(q.INSERT_BATCH_TASKS, (batch_id, start, ids))

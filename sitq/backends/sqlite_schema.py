@@ -426,6 +426,18 @@ ON CONFLICT (id) DO UPDATE SET size = size + excluded.size
 RETURNING size - :count
 """
 
+# RESERVE_BATCH_POSITIONS as a compare-and-set: no row (so nothing reserved)
+# unless the batch has :expected members (a batch that does not exist has 0).
+RESERVE_BATCH_POSITIONS_IF_EMPTY = """
+INSERT INTO sitq_batches (id, created_at, size) VALUES (:id, :now, :count)
+ON CONFLICT (id) DO UPDATE SET size = size + excluded.size WHERE size = 0
+RETURNING size - :count
+"""
+RESERVE_BATCH_POSITIONS_IF_SIZE = """
+UPDATE sitq_batches SET size = size + :count WHERE id = :id AND size = :expected
+RETURNING size - :count
+"""
+
 # The members as a JSON array of ids; json_each's key is the 0-based index.
 INSERT_BATCH_TASKS = """
 INSERT INTO sitq_batch_tasks (batch_id, position, task_id)

@@ -11,9 +11,12 @@ Named batches live in the database. A task pruned after its ``result_ttl``
 (or purged) leaves its batch; :class:`BatchProgress` counts it as missing.
 Enqueueing under a name that exists raises :class:`BatchExists` unless
 ``if_exists="append"`` or ``"resume"``; :meth:`BatchProcessor.delete` forgets
-a batch (never its tasks) so the name can be used again.
+a batch (never its tasks) so the name can be used again. Producers resuming
+one batch at once (``if_exists="resume"``) append with a compare-and-set on
+the batch's size, so each item is enqueued once whoever gets there first.
 """
 
+from sitq.backends.base import BatchSizeChanged
 from sitq.batch.errors import BatchExists, BatchNotFound, BatchTimeout
 from sitq.batch.processor import Batch, BatchProcessor
 from sitq.batch.progress import BatchProgress
@@ -27,6 +30,7 @@ __all__ = [
     "BatchProcessor",
     "BatchProgress",
     "BatchReport",
+    "BatchSizeChanged",
     "BatchTimeout",
     "SyncBatchProcessor",
 ]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from sitq.backends.base import BatchSizeChanged
 from sitq.batch.errors import BatchExists, BatchNotFound, BatchTimeout
 from sitq.batch.progress import BatchProgress, ProgressBar
 from sitq.batch.report import BatchReport, Monitor
@@ -165,8 +166,11 @@ class BatchProcessor:
         ids: list[str] = []
         source = iter(items)
         started = time.time()
+        # Resuming: the size the batch has, so that each append is a compare-and-set.
+        expected: int | None = None
+        raced = False  # another producer appended meanwhile
         if batch_id is not None:
-            ids, source = await self._prepare_named(batch_id, if_exists, source)
+            ids, source, expected = await self._prepare_named(batch_id, if_exists, source)
         run = self._monitor.start(batch_id, started)
         self._monitor.enqueued(run, ids, 0.0)
         stored = 0
@@ -175,8 +179,25 @@ class BatchProcessor:
             try:
                 if batch_id is None:
                     new = await enqueuer.enqueue_many(func, chunk)
-                else:
+                elif expected is None:
                     new = await enqueuer.enqueue_in_batch(batch_id, func, chunk)
+                else:
+                    while True:
+                        try:
+                            new = await enqueuer.enqueue_in_batch(
+                                batch_id, func, chunk, expected_size=expected
+                            )
+                        except BatchSizeChanged:
+                            # Another producer resumed the same batch: skip what it stored.
+                            raced = True
+                            chunk, expected = await self._skip_stored(
+                                batch_id, expected, chunk, source
+                            )
+                            if chunk:
+                                continue
+                            new = []
+                        break
+                    expected += len(new)
             except Exception as exc:
                 if stored:
                     where = f" of batch {batch_id!r}" if batch_id else ""
@@ -189,26 +210,46 @@ class BatchProcessor:
             self._monitor.enqueued(run, new, time.perf_counter() - began)
             ids.extend(new)
             stored += len(new)
+        if raced and batch_id is not None:
+            mine = set(ids)
+            ids = await self.queue.batch_task_ids(batch_id)
+            self._monitor.enqueued(run, [i for i in ids if i not in mine], 0.0)
         self.last = Batch(ids, batch_id, _utc(started))
         return self.last
 
     async def _prepare_named(
-        self, batch_id: str, if_exists: IfExists, source: Iterable[Any]
-    ) -> tuple[list[str], Iterable[Any]]:
-        """Claim the name, or find the existing batch: its ids so far, and the items
-        still to enqueue."""
+        self, batch_id: str, if_exists: IfExists, source: Iterator[Any]
+    ) -> tuple[list[str], Iterator[Any], int | None]:
+        """Claim the name, or find the existing batch: its ids so far, the items
+        still to enqueue and, when resuming, the batch's size they go after."""
         if if_exists == "error":
             if not await self.queue.create_batch(batch_id):
                 record = await self.queue.get_batch(batch_id)
                 raise BatchExists(batch_id, record.size if record else 0)
-            return [], source
+            return [], source, None
         if if_exists == "append":
-            return [], source
+            return [], source, None
         record = await self.queue.get_batch(batch_id)
         if record is None:
-            return [], source
+            return [], source, 0
         existing = await self.queue.batch_task_ids(batch_id)
-        return existing, itertools.islice(source, record.size, None)
+        return existing, itertools.islice(source, record.size, None), record.size
+
+    async def _skip_stored(
+        self, batch_id: str, expected: int, chunk: list[Any], source: Iterator[Any]
+    ) -> tuple[list[Any], int]:
+        """After a lost compare-and-set: the part of ``chunk`` the batch does not
+        have yet (items of ``source`` it has are skipped too), and its size now."""
+        record = await self.queue.get_batch(batch_id)
+        size = record.size if record is not None else 0
+        if size < expected:
+            raise BatchSizeChanged(batch_id, expected)  # deleted or recreated meanwhile
+        ahead = size - expected
+        if ahead >= len(chunk):
+            for _ in itertools.islice(source, ahead - len(chunk)):
+                pass
+            return [], size
+        return chunk[ahead:], size
 
     # -- finding batches ------------------------------------------------------
 

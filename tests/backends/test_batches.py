@@ -14,7 +14,7 @@ import pytest
 from support import drop_postgres_schema, postgres_available, postgres_url
 
 from sitq.backends import postgres_schema, sqlite_schema
-from sitq.backends.base import Backend, NewTask, Outcome
+from sitq.backends.base import Backend, BatchSizeChanged, NewTask, Outcome
 from sitq.backends.sqlite import SQLiteBackend
 from sitq.task import new_task_id
 
@@ -104,6 +104,50 @@ async def test_concurrent_appends_to_one_batch_get_distinct_positions(backend, o
     stored = await backend.batch_task_ids("shared")
     by_start = dict(zip(starts, chunks, strict=True))
     assert stored == [task.id for start in sorted(by_start) for task in by_start[start]]
+
+
+async def test_enqueue_in_batch_with_expected_size_is_a_compare_and_set(backend):
+    first = [new_task(backend) for _ in range(3)]
+    assert await backend.enqueue_in_batch("nightly", first, expected_size=0) == 0
+    stale = [new_task(backend) for _ in range(2)]
+    for expected in (0, 2, 5):  # not the size the batch has
+        with pytest.raises(BatchSizeChanged) as caught:
+            await backend.enqueue_in_batch("nightly", stale, expected_size=expected)
+        assert caught.value.expected_size == expected
+    record = await backend.get_batch("nightly")
+    assert record is not None and record.size == 3
+    assert await backend.batch_task_ids("nightly") == [task.id for task in first]
+    # The refused tasks were not stored either.
+    assert await backend.get_tasks([task.id for task in stale]) == {}
+    assert await backend.enqueue_in_batch("nightly", stale, expected_size=3) == 3
+    stored = await backend.batch_task_ids("nightly")
+    assert stored == [task.id for task in first + stale]
+    # A missing batch has size 0 only.
+    with pytest.raises(BatchSizeChanged):
+        await backend.enqueue_in_batch("gone", [new_task(backend)], expected_size=1)
+    assert await backend.get_batch("gone") is None
+
+
+async def test_concurrent_compare_and_set_appends_one_wins(backend, open_peer):
+    peer = await open_peer()
+    await backend.enqueue_in_batch("shared", [new_task(backend) for _ in range(4)])
+    chunks = [[new_task(backend) for _ in range(10)] for _ in range(6)]
+    outcomes = await asyncio.gather(
+        *(
+            (backend if i % 2 else peer).enqueue_in_batch("shared", chunk, expected_size=4)
+            for i, chunk in enumerate(chunks)
+        ),
+        return_exceptions=True,
+    )
+    won = [i for i, outcome in enumerate(outcomes) if outcome == 4]
+    assert len(won) == 1, outcomes
+    assert all(
+        isinstance(outcome, BatchSizeChanged) for i, outcome in enumerate(outcomes) if i != won[0]
+    )
+    record = await backend.get_batch("shared")
+    assert record is not None and record.size == 14
+    stored = await backend.batch_task_ids("shared")
+    assert stored[4:] == [task.id for task in chunks[won[0]]]
 
 
 async def test_create_batch_only_once(backend):
