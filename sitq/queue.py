@@ -636,6 +636,11 @@ class TaskQueue:
         """The ids of the batch's stored tasks, in the order they were added."""
         return await self._backend_checked().batch_task_ids(batch_id)
 
+    async def batch_members(self, batch_id: str) -> list[tuple[int, str]]:
+        """``(position, task_id)`` of the batch's stored tasks in order: a task
+        pruned after its ``result_ttl`` leaves a gap in the positions."""
+        return await self._backend_checked().batch_members(batch_id)
+
     async def batch_status_counts(self, batch_id: str) -> dict[str, int]:
         """How many of the batch's stored tasks are in each status (every
         :class:`TaskStatus` value is a key), in one query."""
@@ -831,6 +836,25 @@ class TaskQueue:
         """Forget a begun workflow step and its items, to begin it again; False if it
         had not begun."""
         return await self._backend_checked().reset_workflow_step(run_id, name)
+
+    async def heartbeat_workflow_run(self, run_id: str, host: str, pid: int) -> bool:
+        """Renew the lease of a workflow run this owner runs; False if it lost it."""
+        return await self._backend_checked().heartbeat_workflow_run(run_id, host, pid)
+
+    async def take_over_workflow_run(
+        self,
+        run_id: str,
+        host: str,
+        pid: int,
+        *,
+        stale_after: float | None,
+        dead_owner: tuple[str, int] | None = None,
+    ) -> bool:
+        """Own a workflow run if it is not running, its lease is older than
+        ``stale_after`` seconds, or its owner is ``dead_owner`` (None: in any case)."""
+        return await self._backend_checked().take_over_workflow_run(
+            run_id, host, pid, stale_after=stale_after, dead_owner=dead_owner
+        )
 
 
 #: The longest batch id accepted.

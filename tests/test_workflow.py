@@ -989,3 +989,55 @@ steps:
         "e": {"a", "b", "c", "d"},
         "f": frozenset(),
     }
+
+
+async def test_a_run_another_host_still_runs_is_resumed_only_with_force(
+    tmp_path: Path, work: Path
+) -> None:
+    from sitq.workflow.errors import WorkflowError
+    from sitq.workflow.state import StateStore
+
+    db = str(tmp_path / "state.db")
+    workflow = Workflow.from_string("steps:\n  a: {type: echo, message: hi}\n", "lease.yaml")
+    async with TaskQueue(db) as queue:
+        await StateStore(queue).create_run("elsewhere", "lease.yaml", None, workflow.spec.text, {})
+        # Its process runs on another host (its liveness cannot be checked here),
+        # and its lease is fresh.
+        await queue.update_workflow_run("elsewhere", "running", host="other-host", pid=1)
+        with pytest.raises(WorkflowError, match="still running .*other-host.*--force"):
+            await workflow.run_async(resume="elsewhere", db=db, executor="local")
+        assert (await queue.get_workflow_run("elsewhere")).host == "other-host"
+        report = await workflow.run_async(resume="elsewhere", db=db, executor="local", force=True)
+        assert report.ok
+        assert (await queue.get_workflow_run("elsewhere")).status == "succeeded"
+
+
+HEARTBEAT_WORKFLOW = """
+steps:
+  wait_for_heartbeat:
+    type: python
+    code: |
+      import sqlite3, time
+      deadline = time.monotonic() + 60
+      while True:
+          with sqlite3.connect(params['db']) as conn:
+              created, updated = conn.execute(
+                  "SELECT created_at, updated_at FROM sitq_workflow_runs").fetchone()
+          if updated > created:
+              break
+          if time.monotonic() > deadline:
+              raise TimeoutError("the run's lease was never renewed")
+          time.sleep(0.01)
+"""
+
+
+async def test_a_running_run_renews_its_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sitq.workflow import state
+
+    monkeypatch.setattr(state, "HEARTBEAT_INTERVAL", 0.05)
+    db = str(tmp_path / "state.db")
+    workflow = Workflow.from_string(HEARTBEAT_WORKFLOW, "beat.yaml")
+    report = await workflow.run_async({"db": db}, db=db, executor="local")
+    assert report.ok, report.error

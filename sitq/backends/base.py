@@ -399,6 +399,11 @@ class Backend(abc.ABC):
         """The ids of the batch's tasks still stored, in position order."""
 
     @abc.abstractmethod
+    async def batch_members(self, batch_id: str) -> list[tuple[int, str]]:
+        """``(position, task_id)`` of the batch's tasks still stored, in position
+        order; positions start at 0, and those of pruned tasks are absent."""
+
+    @abc.abstractmethod
     async def count_batch_statuses(self, batch_id: str) -> dict[str, int]:
         """Number of the batch's stored tasks per status, in one query."""
 
@@ -556,6 +561,27 @@ class Backend(abc.ABC):
     async def reset_workflow_step(self, run_id: str, name: str) -> bool:
         """Forget a begun step and its items (one transaction), so that it can be
         begun again over new items; False if it had not begun."""
+
+    @abc.abstractmethod
+    async def heartbeat_workflow_run(self, run_id: str, host: str, pid: int) -> bool:
+        """Renew the lease of a running run owned by ``host`` and ``pid`` (its
+        ``updated_at`` becomes now); False if it is not running or has another owner."""
+
+    @abc.abstractmethod
+    async def take_over_workflow_run(
+        self,
+        run_id: str,
+        host: str,
+        pid: int,
+        *,
+        stale_after: float | None,
+        dead_owner: tuple[str, int] | None = None,
+    ) -> bool:
+        """Make ``host``/``pid`` the owner of the run, status 'running' (error and
+        finish cleared), in one compare-and-set: only if it is not running, or its
+        lease is older than ``stale_after`` seconds, or its owner is ``dead_owner``
+        (known gone); ``stale_after`` None takes it whatever its state. False (and
+        no change) otherwise, or if there is no such run."""
 
 
 class BatchSizeChanged(SitqError):

@@ -731,6 +731,12 @@ class PostgresBackend(Backend):
             rows = await conn.fetch(self._q(q.BATCH_TASK_IDS), batch_id)
         return [row[0] for row in rows]
 
+    async def batch_members(self, batch_id: str) -> list[tuple[int, str]]:
+        """The batch's stored (position, task id) pairs in order."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.BATCH_MEMBERS), batch_id)
+        return [(int(row[0]), row[1]) for row in rows]
+
     async def count_batch_statuses(self, batch_id: str) -> dict[str, int]:
         """The batch's stored tasks per status."""
         async with self._acquire() as conn:
@@ -977,6 +983,41 @@ class PostgresBackend(Backend):
                 name,
             )
         return done != "DELETE 0"
+
+    async def heartbeat_workflow_run(self, run_id: str, host: str, pid: int) -> bool:
+        """Renew the run's lease if this owner still holds it."""
+        sql = (
+            "UPDATE {s}.sitq_workflow_runs SET updated_at = $4::float8 "
+            "WHERE id = $1 AND status = 'running' AND host = $2 AND pid = $3"
+        )
+        async with self._acquire() as conn:
+            done = await conn.execute(self._q(sql), run_id, host, pid, self.now())
+        return done != "UPDATE 0"
+
+    async def take_over_workflow_run(
+        self,
+        run_id: str,
+        host: str,
+        pid: int,
+        *,
+        stale_after: float | None,
+        dead_owner: tuple[str, int] | None = None,
+    ) -> bool:
+        """Take the run over if it is free (compare-and-set)."""
+        now = self.now()
+        dead_host, dead_pid = dead_owner or (None, None)
+        sql = """
+            UPDATE {s}.sitq_workflow_runs
+            SET status = 'running', error = NULL, finished_at = NULL, host = $2, pid = $3,
+                updated_at = $4::float8
+            WHERE id = $1 AND ($5::bool OR status <> 'running' OR updated_at < $6::float8
+                OR (host = $7::text AND pid = $8::int))
+        """
+        args = (run_id, host, pid, now, stale_after is None, now - (stale_after or 0.0),
+                dead_host, dead_pid)  # fmt: skip
+        async with self._acquire() as conn:
+            done = await conn.execute(self._q(sql), *args)
+        return done != "UPDATE 0"
 
 
 def _record(row: Any) -> TaskRecord:

@@ -890,6 +890,10 @@ class SQLiteBackend(Backend):
         """The batch's stored task ids in order."""
         return [row[0] for row in await self._read(q.BATCH_TASK_IDS, (batch_id,))]
 
+    async def batch_members(self, batch_id: str) -> list[tuple[int, str]]:
+        """The batch's stored (position, task id) pairs in order."""
+        return [(int(row[0]), row[1]) for row in await self._read(q.BATCH_MEMBERS, (batch_id,))]
+
     async def count_batch_statuses(self, batch_id: str) -> dict[str, int]:
         """The batch's stored tasks per status."""
         rows = await self._read(q.COUNT_BATCH_STATUSES, (batch_id,))
@@ -1130,6 +1134,45 @@ class SQLiteBackend(Backend):
             return bool(cursor.rowcount)
 
         return await self._transaction(body)
+
+    async def heartbeat_workflow_run(self, run_id: str, host: str, pid: int) -> bool:
+        """Renew the run's lease if this owner still holds it."""
+        conn = self._connection()
+        params = (self.now(), run_id, host, pid)
+        sql = (
+            "UPDATE sitq_workflow_runs SET updated_at = ? "
+            "WHERE id = ? AND status = 'running' AND host = ? AND pid = ?"
+        )
+        cursor = await self._write(lambda: conn.execute(sql, params))
+        return bool(cursor.rowcount)
+
+    async def take_over_workflow_run(
+        self,
+        run_id: str,
+        host: str,
+        pid: int,
+        *,
+        stale_after: float | None,
+        dead_owner: tuple[str, int] | None = None,
+    ) -> bool:
+        """Take the run over if it is free (compare-and-set)."""
+        conn = self._connection()
+        now = self.now()
+        force = stale_after is None
+        dead_host, dead_pid = dead_owner or (None, None)
+        params = {
+            "id": run_id, "host": host, "pid": pid, "now": now, "force": int(force),
+            "stale": now - (stale_after or 0.0), "dead_host": dead_host, "dead_pid": dead_pid,
+        }  # fmt: skip
+        sql = """
+            UPDATE sitq_workflow_runs
+            SET status = 'running', error = NULL, finished_at = NULL, host = :host,
+                pid = :pid, updated_at = :now
+            WHERE id = :id AND (:force OR status <> 'running' OR updated_at < :stale
+                OR (host = :dead_host AND pid = :dead_pid))
+        """
+        cursor = await self._write(lambda: conn.execute(sql, params))
+        return bool(cursor.rowcount)
 
 
 class _WorkflowWrites:

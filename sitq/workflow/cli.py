@@ -92,6 +92,11 @@ def _rewrite_pairs(entries: tuple[str, ...]) -> list[tuple[str, str]] | None:
     help="A param: a JSON value, else text; @FILE reads JSON/YAML/CSV (repeatable).",
 )
 @click.option("--resume", metavar="RUN_ID", help="Continue this run; redo only what is unfinished.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --resume: take the run over even if another process seems to run it.",
+)
 @db_option(
     "sitq database that records the run and whose workers run the items, created if "
     "missing (defaults to $SITQ_DB)."
@@ -127,6 +132,7 @@ def run(
     file: str,
     params: tuple[str, ...],
     resume: str | None,
+    force: bool,
     db: str,
     executor: str,
     queue: str,
@@ -140,6 +146,7 @@ def run(
         report = Workflow.from_yaml(file).run(
             values,
             resume=resume,
+            force=force,
             db=db,
             executor=executor,
             queue=queue,

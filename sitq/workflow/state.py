@@ -32,6 +32,11 @@ from sitq.workflow.errors import RunNotFound, WorkflowError
 from sitq.workflow.kinds import ItemOutcome
 
 PREVIEW_CHARS = 300
+#: Seconds a running run's lease lasts without a heartbeat: another process may
+#: resume it only once its lease is this old (or with ``--force``).
+RUN_LEASE = 60.0
+#: Seconds between a running run's heartbeats (renewals of its lease).
+HEARTBEAT_INTERVAL = 10.0
 
 #: A begun step as stored (without its items and result; see StateStore.step_items).
 StepRecord = WorkflowStepRecord
@@ -145,12 +150,36 @@ class StateStore:
         """A run's params (deserialized)."""
         return self._loads(record.params_blob) or {}
 
-    async def take_over(self, run_id: str) -> None:
-        """Mark a run as running in this process again (for a resume)."""
-        if not await self.queue.update_workflow_run(
-            run_id, "running", host=socket.gethostname(), pid=os.getpid()
+    async def take_over(
+        self,
+        run_id: str,
+        *,
+        force: bool = False,
+        dead_owner: tuple[str, int] | None = None,
+        lease: float = RUN_LEASE,
+    ) -> None:
+        """Own a run in this process (for a resume): only if it is not running, its
+        owner is ``dead_owner`` (known gone), or its lease expired, unless ``force``;
+        WorkflowError if another process holds it."""
+        if await self.queue.take_over_workflow_run(
+            run_id,
+            socket.gethostname(),
+            os.getpid(),
+            stale_after=None if force else lease,
+            dead_owner=dead_owner,
         ):
-            raise RunNotFound(run_id, self.where)
+            return
+        record = await self.run(run_id)  # RunNotFound if there is none
+        age = self.queue.backend.now() - record.updated_at
+        raise WorkflowError(
+            f"run {run_id} is still running (process {record.pid} on {record.host}, last "
+            f"heard of {age:.0f}s ago; its lease lasts {lease:.0f}s): wait for it to end, "
+            "or pass --force (force=True) if that process is gone"
+        )
+
+    async def heartbeat(self, run_id: str) -> bool:
+        """Renew this process's lease on a run; False if another process took it."""
+        return await self.queue.heartbeat_workflow_run(run_id, socket.gethostname(), os.getpid())
 
     async def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
         """Record how the run ended."""

@@ -115,6 +115,7 @@ class Workflow:
         http_rewrite: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         reporter: Reporter | None = None,
         on_progress: Callable[[StepProgress], None] | None = None,
+        force: bool = False,
     ) -> RunReport:
         """Run the workflow (or the rest of run ``resume``) and return its RunReport.
 
@@ -131,6 +132,8 @@ class Workflow:
         :param http_rewrite: URL prefix rewrites, e.g. ``{"https://api.example.com":
             "http://127.0.0.1:8080"}`` (default ``$SITQ_WORKFLOW_HTTP_REWRITE``).
         :param reporter: receives progress and output lines; or pass ``on_progress``.
+        :param force: resume run ``resume`` even if another process seems to run it
+            (its lease, renewed every HEARTBEAT_INTERVAL seconds, has not expired).
         """
         if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
             raise WorkflowError(f"max_parallel must be a whole number >= 1, not {max_parallel!r}")
@@ -152,12 +155,14 @@ class Workflow:
                 assert checked is not None
                 run_params = checked
             else:
-                run_params = await self._resumed_params(store, params, resume, reporter)
+                run_params, dead_owner = await self._resumed_params(
+                    store, params, resume, reporter, force
+                )
             the_executor = await open_executor(executor, task_queue, queue)
             try:
                 run_id = resume or new_run_id()
                 if resume:
-                    await store.take_over(run_id)
+                    await store.take_over(run_id, force=force, dead_owner=dead_owner)
                 else:
                     await store.create_run(
                         run_id, self.spec.source, self.spec.name, self.spec.text, run_params
@@ -167,9 +172,17 @@ class Workflow:
                 runner = Runner(
                     self.spec, run_id, run_params, store, the_executor, reporter, settings
                 )
+                lost: list[bool] = []
+                running = asyncio.ensure_future(runner.run())
+                beating = asyncio.ensure_future(_heartbeat(store, run_id, running, lost))
                 try:
-                    return await runner.run()
+                    return await running
                 except BaseException as exc:
+                    if lost:
+                        raise WorkflowError(
+                            f"run {run_id} was taken over by another process (--force): "
+                            "this one stopped"
+                        ) from None
                     # Best effort: a run whose database went away stays 'running',
                     # which status shows as interrupted once this process is gone.
                     with contextlib.suppress(Exception):
@@ -177,6 +190,11 @@ class Workflow:
                             run_id, "interrupted", f"{type(exc).__name__}: {exc}"
                         )
                     raise
+                finally:
+                    running.cancel()
+                    beating.cancel()
+                    with contextlib.suppress(BaseException):
+                        await beating
             finally:
                 await the_executor.close()
         finally:
@@ -188,14 +206,18 @@ class Workflow:
         params: Mapping[str, Any] | None,
         resume: str,
         reporter: Reporter,
-    ) -> dict[str, Any]:
-        """A resumed run's own params, validated (after checking it can be resumed)."""
+        force: bool,
+    ) -> tuple[dict[str, Any], tuple[str, int] | None]:
+        """A resumed run's own params, validated (after checking it can be resumed),
+        and its owner if that is known to be gone."""
         record = await store.run(resume)
-        if record.status == "running" and record.process_alive():
+        alive = record.process_alive() if record.status == "running" else None
+        if alive and not force:
             raise WorkflowError(
                 f"run {resume} is still running (process {record.pid} on {record.host}); "
                 "wait for it to end or stop it before resuming"
             )
+        dead_owner = (record.host, record.pid) if alive is False else None
         if params:
             raise WorkflowError(
                 f"a resumed run keeps the params it started with ({record.params_preview}); "
@@ -206,4 +228,23 @@ class Workflow:
                 f"note: {self.spec.source} changed since run {resume} started; steps and items "
                 "that finished keep their results"
             )
-        return self.validate(store.params_of(record))
+        return self.validate(store.params_of(record)), dead_owner
+
+
+async def _heartbeat(
+    store: StateStore, run_id: str, running: asyncio.Future[Any], lost: list[bool]
+) -> None:
+    """Renew the run's lease while it runs; if another process took it over
+    (``--force``), stop the run here."""
+    from sitq.workflow import state
+
+    while not running.done():
+        await asyncio.sleep(state.HEARTBEAT_INTERVAL)
+        try:
+            held = await store.heartbeat(run_id)
+        except Exception:
+            continue  # the database is away for a moment: the lease lasts a while
+        if not held and not running.done():
+            lost.append(True)
+            running.cancel()
+            return

@@ -373,3 +373,36 @@ async def test_a_step_is_reset_with_its_items_and_begins_again(backend: Backend)
     assert await begin(backend, "run-1", "a", 1)
     (item,) = await backend.list_workflow_items("run-1", "a", with_results=True)
     assert (item.status, item.attempts, item.result) == ("pending", 0, None)
+
+
+async def test_a_run_lease_is_renewed_only_by_its_owner(backend: Backend) -> None:
+    await backend.create_workflow_run(new_run())
+    created = (await backend.get_workflow_run("run-1")).updated_at
+    assert await backend.heartbeat_workflow_run("run-1", "host-a", 123) is True
+    assert (await backend.get_workflow_run("run-1")).updated_at >= created
+    assert await backend.heartbeat_workflow_run("run-1", "host-b", 123) is False
+    assert await backend.heartbeat_workflow_run("run-1", "host-a", 124) is False
+    assert await backend.heartbeat_workflow_run("nope", "host-a", 123) is False
+    await backend.update_workflow_run("run-1", "failed", "boom")
+    assert await backend.heartbeat_workflow_run("run-1", "host-a", 123) is False
+
+
+async def test_a_running_run_is_taken_over_only_once_its_lease_expired(backend: Backend) -> None:
+    await backend.create_workflow_run(new_run())
+    take = backend.take_over_workflow_run
+    assert await take("run-1", "host-b", 9, stale_after=3600) is False  # lease held
+    assert await take("run-1", "host-b", 9, stale_after=3600, dead_owner=("host-a", 1)) is False
+    run = await backend.get_workflow_run("run-1")
+    assert (run.status, run.host, run.pid) == ("running", "host-a", 123)
+    # Its owner is known gone, or its lease is older than stale_after, or forced.
+    assert await take("run-1", "host-b", 9, stale_after=3600, dead_owner=("host-a", 123))
+    assert await take("run-1", "host-c", 8, stale_after=-1.0)
+    assert await take("run-1", "host-d", 7, stale_after=None)
+    run = await backend.get_workflow_run("run-1")
+    assert (run.status, run.host, run.pid, run.finished_at) == ("running", "host-d", 7, None)
+    assert await backend.heartbeat_workflow_run("run-1", "host-c", 8) is False  # lost it
+    await backend.update_workflow_run("run-1", "interrupted", "killed")
+    assert await take("run-1", "host-e", 6, stale_after=3600)  # not running: free
+    run = await backend.get_workflow_run("run-1")
+    assert (run.status, run.error, run.host, run.pid) == ("running", None, "host-e", 6)
+    assert await take("nope", "host-e", 6, stale_after=None) is False
