@@ -176,6 +176,10 @@ class SyncTaskQueue:
         """Like :meth:`TaskQueue.batch_task_ids`."""
         return self._run(self._queue.batch_task_ids(batch_id))
 
+    def batch_members(self, batch_id: str) -> list[tuple[int, str]]:
+        """Like :meth:`TaskQueue.batch_members`."""
+        return self._run(self._queue.batch_members(batch_id))
+
     def batch_status_counts(self, batch_id: str) -> dict[str, int]:
         """Like :meth:`TaskQueue.batch_status_counts`."""
         return self._run(self._queue.batch_status_counts(batch_id))

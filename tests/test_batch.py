@@ -22,7 +22,15 @@ import jobs
 import pytest
 from support import WorkerProcess, await_until, subprocess_env
 
-from sitq import ConfigurationError, SyncTaskQueue, TaskFailed, TaskQueue, TaskStatus, Worker
+from sitq import (
+    ConfigurationError,
+    SyncTaskQueue,
+    TaskFailed,
+    TaskNotFound,
+    TaskQueue,
+    TaskStatus,
+    Worker,
+)
 from sitq.batch import (
     Batch,
     BatchExists,
@@ -32,6 +40,7 @@ from sitq.batch import (
     BatchSizeChanged,
     BatchTimeout,
     SyncBatchProcessor,
+    TaskExpired,
 )
 from sitq.headers import unwrap
 
@@ -535,6 +544,49 @@ async def test_pruned_tasks_show_as_missing(queue: TaskQueue, worker: Worker) ->
     assert await bp.collect_results(ids, timeout=1) == {}
     values = await bp.gather(ids, progress=False, return_exceptions=True)
     assert [type(v).__name__ for v in values] == ["TaskNotFound", "TaskNotFound"]
+
+
+async def test_gather_over_a_named_batch_keeps_positions_after_pruning(
+    queue: TaskQueue, worker: Worker
+) -> None:
+    bp = BatchProcessor(queue)
+    await bp.enqueue_batch(flaky_square, [0], batch_id="gaps")
+    await bp.enqueue_batch(flaky_square, [1, 2], batch_id="gaps", if_exists="append", result_ttl=0)
+    await bp.enqueue_batch(flaky_square, [3], batch_id="gaps", if_exists="append")
+    await bp.collect_results("gaps", timeout=30)
+    await await_until(queue.backend.prune, what="the results to expire")
+
+    batch = await bp.open("gaps")
+    assert (len(batch.ids), batch.size, batch.positions) == (2, 4, [0, 3])
+    assert batch.missing_positions == [1, 2]
+    values = await bp.gather("gaps", progress=False, return_exceptions=True)
+    assert len(values) == 4
+    assert (values[0], values[3]) == (0, 9)
+    for position in (1, 2):
+        assert isinstance(values[position], TaskExpired)
+        assert isinstance(values[position], TaskNotFound)
+        assert (values[position].batch_id, values[position].position) == ("gaps", position)
+    again = await bp.gather(batch, progress=False, return_exceptions=True)
+    assert [v if isinstance(v, int) else v.args for v in again] == [
+        0,
+        ("gaps", 1),
+        ("gaps", 2),
+        9,
+    ]
+    with pytest.raises(TaskExpired, match="position 1 of batch 'gaps'.*result_ttl"):
+        await bp.gather("gaps", progress=False)
+
+    # Resuming keeps positions too: the new item goes at position 4.
+    resumed = await bp.submit(flaky_square, range(5), batch_id="gaps", if_exists="resume")
+    assert (resumed.size, resumed.positions) == (5, [0, 3, 4])
+    values = await bp.gather(resumed, progress=False, return_exceptions=True)
+    assert [v if isinstance(v, int) else type(v).__name__ for v in values] == [
+        0,
+        "TaskExpired",
+        "TaskExpired",
+        9,
+        16,
+    ]
 
 
 # -- the sync face ----------------------------------------------------------------------

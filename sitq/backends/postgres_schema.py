@@ -468,6 +468,10 @@ LIST_BATCHES = "SELECT id, created_at, size FROM {s}.sitq_batches ORDER BY creat
 
 BATCH_TASK_IDS = "SELECT task_id FROM {s}.sitq_batch_tasks WHERE batch_id = $1 ORDER BY position"
 
+BATCH_MEMBERS = """
+SELECT position, task_id FROM {s}.sitq_batch_tasks WHERE batch_id = $1 ORDER BY position
+"""
+
 COUNT_BATCH_STATUSES = """
 SELECT t.status, count(*) FROM {s}.sitq_batch_tasks b JOIN {s}.sitq_tasks t ON t.id = b.task_id
 WHERE b.batch_id = $1 GROUP BY t.status

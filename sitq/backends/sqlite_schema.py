@@ -450,6 +450,10 @@ LIST_BATCHES = "SELECT id, created_at, size FROM sitq_batches ORDER BY created_a
 
 BATCH_TASK_IDS = "SELECT task_id FROM sitq_batch_tasks WHERE batch_id = ? ORDER BY position"
 
+BATCH_MEMBERS = """
+SELECT position, task_id FROM sitq_batch_tasks WHERE batch_id = ? ORDER BY position
+"""
+
 COUNT_BATCH_STATUSES = """
 SELECT t.status, COUNT(*) FROM sitq_batch_tasks b JOIN sitq_tasks t ON t.id = b.task_id
 WHERE b.batch_id = ? GROUP BY t.status

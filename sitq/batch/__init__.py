@@ -17,7 +17,7 @@ the batch's size, so each item is enqueued once whoever gets there first.
 """
 
 from sitq.backends.base import BatchSizeChanged
-from sitq.batch.errors import BatchExists, BatchNotFound, BatchTimeout
+from sitq.batch.errors import BatchExists, BatchNotFound, BatchTimeout, TaskExpired
 from sitq.batch.processor import Batch, BatchProcessor
 from sitq.batch.progress import BatchProgress
 from sitq.batch.report import BatchReport
@@ -33,4 +33,5 @@ __all__ = [
     "BatchSizeChanged",
     "BatchTimeout",
     "SyncBatchProcessor",
+    "TaskExpired",
 ]

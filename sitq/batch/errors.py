@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sitq.errors import SitqError
+from sitq.errors import SitqError, TaskNotFound
 
 
 class BatchExists(SitqError, ValueError):
@@ -38,6 +38,29 @@ class BatchNotFound(SitqError, KeyError):
         if self.known:
             text += f"; known batches include {', '.join(map(repr, self.known))}"
         return text + " (bp.batches() lists them)"
+
+
+class TaskExpired(TaskNotFound):
+    """The task at ``position`` of named batch ``batch_id`` is no longer stored (its
+    result was pruned after its ``result_ttl``, or it was purged), so neither its
+    id nor its result is known any more.
+
+    :meth:`BatchProcessor.gather` over a named batch puts one in each such
+    position (with ``return_exceptions=True``), so the values still line up
+    with the input items. A :class:`~sitq.TaskNotFound` with ``task_id`` "".
+    """
+
+    def __init__(self, batch_id: str, position: int) -> None:
+        super().__init__("")
+        self.args = (batch_id, position)
+        self.batch_id = batch_id
+        self.position = position
+
+    def __str__(self) -> str:
+        return (
+            f"the task at position {self.position} of batch {self.batch_id!r} is no longer "
+            "stored: its result was pruned after its result_ttl (or it was purged)"
+        )
 
 
 class BatchTimeout(SitqError, TimeoutError):

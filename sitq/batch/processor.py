@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from sitq.backends.base import BatchSizeChanged
-from sitq.batch.errors import BatchExists, BatchNotFound, BatchTimeout
+from sitq.batch.errors import BatchExists, BatchNotFound, BatchTimeout, TaskExpired
 from sitq.batch.progress import BatchProgress, ProgressBar
 from sitq.batch.report import BatchReport, Monitor
 from sitq.errors import ConfigurationError, TaskNotFound
@@ -34,17 +34,31 @@ class Batch:
     """A batch's task ids, in input order; ``name`` is set for named batches.
 
     ``size`` counts every task the batch ever had: more than ``len(ids)`` when
-    some were pruned after their ``result_ttl``.
+    some were pruned after their ``result_ttl``. ``positions`` (for a batch
+    read from the database) gives each id's position among the ``size``
+    items, so the gaps are the pruned ones; None when the ids are the items
+    in order. :meth:`BatchProcessor.gather` uses it to keep values in place.
     """
 
     ids: list[str]
     name: str | None = None
     created_at: datetime | None = None
     size: int = field(default=-1)
+    positions: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.size < 0:
             self.size = len(self.ids)
+        if self.positions is not None and len(self.positions) != len(self.ids):
+            raise ValueError("a Batch needs one position per id")
+
+    @property
+    def missing_positions(self) -> list[int]:
+        """The positions whose tasks are no longer stored (pruned or purged)."""
+        if self.positions is None:
+            return []
+        held = set(self.positions)
+        return [p for p in range(self.size) if p not in held]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -131,7 +145,9 @@ class BatchProcessor:
         :class:`BatchExists`; ``"append"`` adds these items to it; ``"resume"``
         skips as many items as the batch already has (a producer that stopped
         half-way goes on from there, given the same items in the same order) and
-        returns the ids of the whole batch.
+        returns the ids of the whole batch still stored. Producers resuming one
+        batch at once each enqueue only what it lacks (every append is a
+        compare-and-set on the batch's size), and each returns the whole batch.
         """
         return (
             await self.submit(
@@ -168,9 +184,13 @@ class BatchProcessor:
         started = time.time()
         # Resuming: the size the batch has, so that each append is a compare-and-set.
         expected: int | None = None
+        positions: list[int] | None = None  # resuming: where each id is in the batch
         raced = False  # another producer appended meanwhile
         if batch_id is not None:
-            ids, source, expected = await self._prepare_named(batch_id, if_exists, source)
+            members, source, expected = await self._prepare_named(batch_id, if_exists, source)
+            ids = [task_id for _, task_id in members]
+            if expected is not None:
+                positions = [position for position, _ in members]
         run = self._monitor.start(batch_id, started)
         self._monitor.enqueued(run, ids, 0.0)
         stored = 0
@@ -197,6 +217,8 @@ class BatchProcessor:
                                 continue
                             new = []
                         break
+                    if positions is not None:
+                        positions.extend(range(expected, expected + len(new)))
                     expected += len(new)
             except Exception as exc:
                 if stored:
@@ -210,18 +232,26 @@ class BatchProcessor:
             self._monitor.enqueued(run, new, time.perf_counter() - began)
             ids.extend(new)
             stored += len(new)
-        if raced and batch_id is not None:
-            mine = set(ids)
-            ids = await self.queue.batch_task_ids(batch_id)
-            self._monitor.enqueued(run, [i for i in ids if i not in mine], 0.0)
+        if expected is not None and batch_id is not None:  # resumed: as stored
+            if raced:
+                mine = set(ids)
+                members = await self.queue.batch_members(batch_id)
+                ids = [task_id for _, task_id in members]
+                positions = [position for position, _ in members]
+                self._monitor.enqueued(run, [i for i in ids if i not in mine], 0.0)
+                record = await self.queue.get_batch(batch_id)
+                expected = max(expected, record.size if record is not None else 0)
+            self.last = Batch(ids, batch_id, _utc(started), expected, positions)
+            return self.last
         self.last = Batch(ids, batch_id, _utc(started))
         return self.last
 
     async def _prepare_named(
         self, batch_id: str, if_exists: IfExists, source: Iterator[Any]
-    ) -> tuple[list[str], Iterator[Any], int | None]:
-        """Claim the name, or find the existing batch: its ids so far, the items
-        still to enqueue and, when resuming, the batch's size they go after."""
+    ) -> tuple[list[tuple[int, str]], Iterator[Any], int | None]:
+        """Claim the name, or find the existing batch: its (position, id) so far,
+        the items still to enqueue and, when resuming, the batch's size they go
+        after."""
         if if_exists == "error":
             if not await self.queue.create_batch(batch_id):
                 record = await self.queue.get_batch(batch_id)
@@ -232,7 +262,7 @@ class BatchProcessor:
         record = await self.queue.get_batch(batch_id)
         if record is None:
             return [], source, 0
-        existing = await self.queue.batch_task_ids(batch_id)
+        existing = await self.queue.batch_members(batch_id)
         return existing, itertools.islice(source, record.size, None), record.size
 
     async def _skip_stored(
@@ -256,14 +286,20 @@ class BatchProcessor:
     async def open(self, batch_id: str) -> Batch:
         """The named batch as stored, from any process: its ids in input order.
 
+        Tasks pruned after their ``result_ttl`` are no longer in ``ids``; the
+        batch's ``positions`` and ``size`` say where the gaps are, and
+        :meth:`gather` over it keeps each value at its item's position.
         Raises :class:`BatchNotFound` for an unknown name.
         """
         record = await self.queue.get_batch(batch_id)
         if record is None:
             known = [b.id for b in (await self.queue.list_batches())[:5]]
             raise BatchNotFound(batch_id, known)
-        ids = await self.queue.batch_task_ids(batch_id)
-        batch = Batch(ids, batch_id, _utc(record.created_at), record.size)
+        members = await self.queue.batch_members(batch_id)
+        ids = [task_id for _, task_id in members]
+        positions = [position for position, _ in members]
+        size = max(record.size, positions[-1] + 1 if positions else 0)
+        batch = Batch(ids, batch_id, _utc(record.created_at), size, positions)
         self._monitor.adopt(batch_id, record.created_at, ids)
         self.last = batch
         return batch
@@ -432,10 +468,25 @@ class BatchProcessor:
         which puts the TaskFailed in its place. A task no longer stored gives
         :class:`~sitq.TaskNotFound` the same way. Raises :class:`BatchTimeout`
         if some have not finished within ``timeout``.
+
+        Over a named batch (its name, or a :class:`Batch` from :meth:`open` or a
+        resume) the list has one entry per item the batch ever had, in input
+        order: a position whose task was pruned after its ``result_ttl`` holds a
+        :class:`~sitq.batch.TaskExpired` (a ``TaskNotFound``) with
+        ``return_exceptions``, and raises it at once without.
         """
         timeout = _check_seconds("timeout", timeout, allow_none=True)
         interval = _check_seconds("poll_interval", poll_interval, allow_none=False)
-        ids, desc = await self._ids(task_ids), _name_of(task_ids)
+        desc = _name_of(task_ids)
+        layout: Batch | None = None
+        if isinstance(task_ids, str):
+            layout = await self.open(task_ids)
+        elif isinstance(task_ids, Batch) and task_ids.positions is not None:
+            layout = task_ids
+        ids = layout.ids if layout is not None else await self._ids(task_ids)
+        expired = layout.missing_positions if layout is not None else []
+        if expired and not return_exceptions:
+            raise TaskExpired(layout.name or "", expired[0])  # type: ignore[union-attr]
         seen: dict[str, Result] = {}
         async for results in self._watch(ids, timeout, interval or MIN_POLL_GAP, progress, desc):
             for result in results:
@@ -457,7 +508,12 @@ class BatchProcessor:
                     result.unwrap()
                 except Exception as exc:
                     values.append(exc)
-        return values
+        if layout is None or layout.positions is None:
+            return values
+        placed: list[Any] = [TaskExpired(layout.name or "", p) for p in range(layout.size)]
+        for position, value in zip(layout.positions, values, strict=True):
+            placed[position] = value
+        return placed
 
     async def map(
         self,

@@ -195,6 +195,22 @@ async def test_purged_tasks_leave_their_batch_but_still_count_in_its_size(backen
     assert sum((await backend.count_batch_statuses("nightly")).values()) == 2
 
 
+async def test_batch_members_keep_their_positions_when_tasks_leave(backend):
+    ids = await into_batch(backend, "nightly", 3, queue="p")
+    more = await into_batch(backend, "nightly", 2, queue="q")
+    assert await backend.batch_members("nightly") == list(enumerate(ids + more))
+    done = await run_one(backend, "p", Outcome("failed", error="boom"))
+    assert done == ids[0]  # the oldest is claimed first
+    assert await backend.purge(["failed"]) == 1
+    assert await backend.batch_members("nightly") == [
+        (1, ids[1]),
+        (2, ids[2]),
+        (3, more[0]),
+        (4, more[1]),
+    ]
+    assert await backend.batch_members("nope") == []
+
+
 async def test_pruned_tasks_leave_their_batch(backend):
     tasks = [new_task(backend, "p")._replace(result_ttl=0.0) for _ in range(2)]
     await backend.enqueue_in_batch("nightly", tasks)
