@@ -1041,3 +1041,40 @@ async def test_a_running_run_renews_its_lease(
     workflow = Workflow.from_string(HEARTBEAT_WORKFLOW, "beat.yaml")
     report = await workflow.run_async({"db": db}, db=db, executor="local")
     assert report.ok, report.error
+
+
+PAYLOAD_WORKFLOW = """
+steps:
+  - name: first
+    type: echo
+    message: "{{ params.small }}"
+  - name: named
+    type: python
+    for_each: [1, 2, 3]
+    code: |
+      return f"{params.small}-{params['other']}-{steps.first.result}-{item}"
+  - name: dynamic
+    type: python
+    code: |
+      return sorted(params) + sorted(steps)
+"""
+
+
+def test_an_item_task_carries_only_the_params_and_steps_its_code_reads(
+    tmp_path: Path, db_path: Path, spawn_worker: Callable[..., Any]
+) -> None:
+    import sqlite3
+
+    asyncio.run(_create_db(db_path))
+    spawn_worker("--concurrency", "2").wait_started()
+    params = {"small": "s", "other": "o", "big": "x" * 200_000}
+    report = Workflow.from_string(PAYLOAD_WORKFLOW, "payload.yaml").run(params, db=str(db_path))
+    assert report.ok and report.executor == "workers", report.error
+    assert report.steps["named"].result == ["s-o-s-1", "s-o-s-2", "s-o-s-3"]
+    # Code that uses params and steps as a whole still sees all of them.
+    assert report.steps["dynamic"].result == ["big", "other", "small", "first", "named"]
+    with sqlite3.connect(db_path) as conn:
+        sizes = [n for (n,) in conn.execute("SELECT length(payload) FROM sitq_tasks")]
+    assert len(sizes) == 4
+    assert max(sorted(sizes)[:3]) < 5_000  # the three items of 'named'
+    assert max(sizes) > 200_000  # the dynamic step's task has every param

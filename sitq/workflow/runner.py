@@ -23,7 +23,7 @@ from sitq.workflow.errors import TemplateError, WorkflowError
 from sitq.workflow.executors import Executor, LocalExecutor
 from sitq.workflow.kinds import AttrDict, EnvView, ItemCall, ItemOutcome, RetryPolicy, run_item
 from sitq.workflow.progress import Reporter, StepProgress
-from sitq.workflow.spec import StepSpec, TaskSpec, WorkflowSpec, step_dependencies
+from sitq.workflow.spec import StepSpec, TaskSpec, WorkflowSpec, code_refs, step_dependencies
 from sitq.workflow.state import StateStore
 from sitq.workflow.templates import render
 
@@ -84,6 +84,23 @@ class RunReport:
     def failures(self) -> list[dict[str, Any]]:
         """Every failed item: ``step``, ``index``, ``item``, ``error``."""
         return [{"step": s.name, **e} for s in self.steps.values() for e in s.errors]
+
+
+@functools.lru_cache(maxsize=256)
+def _code_uses(code: str | None) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """The params and steps ``code`` reads by name; None for one it uses otherwise
+    (then all of it is passed). Code-less python steps (operations) read neither."""
+    if code is None:
+        return frozenset(), frozenset()
+    params, steps = code_refs(code, "params"), code_refs(code, "steps")
+    return (
+        None if params is None else frozenset(params),
+        None if steps is None else frozenset(steps),
+    )
+
+
+def _only(values: dict[str, Any], keys: frozenset[str] | None) -> dict[str, Any]:
+    return dict(values) if keys is None else {k: values[k] for k in keys if k in values}
 
 
 class Runner:
@@ -339,9 +356,11 @@ class Runner:
         }
         namespace: dict[str, Any] = {}
         if task.kind == "python":
+            # Only what the code reads travels with the item (a task holds it).
+            params_used, steps_used = _code_uses(task.code)
             namespace = {
-                "params": AttrDict(self.params),
-                "steps": self.steps_view,
+                "params": AttrDict(_only(self.params, params_used)),
+                "steps": AttrDict(_only(self.steps_view, steps_used)),
                 "item": item if with_item else None,
                 "index": index if with_item else None,
                 "error": error,
