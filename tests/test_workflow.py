@@ -1078,3 +1078,37 @@ def test_an_item_task_carries_only_the_params_and_steps_its_code_reads(
     assert len(sizes) == 4
     assert max(sorted(sizes)[:3]) < 5_000  # the three items of 'named'
     assert max(sizes) > 200_000  # the dynamic step's task has every param
+
+
+SECRET_WORKFLOW = """
+steps:
+  - name: call
+    type: shell
+    continue_on_error: true
+    command: "echo token $TOKEN_ECHO >&2; curl-nothing --token {{ env.WF_SECRET_TOKEN }}; exit 3"
+    env: {TOKEN_ECHO: "{{ env.WF_SECRET_TOKEN }}"}
+  - name: fetch
+    type: http_request
+    url: "{{ params.base }}/missing?key={{ env.WF_SECRET_TOKEN }}"
+"""
+
+
+def test_errors_quote_templates_and_never_the_secrets_they_render(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "s3cr3t-t0ken-value"
+    monkeypatch.setenv("WF_SECRET_TOKEN", secret)
+    with LocalHTTPServer(lambda *_: (404, {"error": "nope"})) as server:
+        report = Workflow.from_string(SECRET_WORKFLOW, "secret.yaml").run(
+            {"base": server.url}, db=tmp_path / "state.db", executor="local"
+        )
+    assert report.status == "failed"
+    shell, http = (f["error"] for f in report.failures)
+    assert "command exited with status 3: echo token" in shell
+    assert "{{ env.WF_SECRET_TOKEN }}" in shell and "token ***" in shell
+    assert "HTTP 404" in http and "key={{ env.WF_SECRET_TOKEN }}" in http
+    stored = CliRunner().invoke(
+        workflow_group, ["status", report.run_id, "--db", str(tmp_path / "state.db")]
+    )
+    assert "exit 3" in stored.output
+    assert secret not in stored.output + shell + http + str(report.error)

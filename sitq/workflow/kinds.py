@@ -111,6 +111,22 @@ class ItemCall:
     cwd: str | None = None
     http_base: str | None = None
     http_rewrite: tuple[tuple[str, str], ...] = ()
+    #: Fields as written (unrendered), quoted in errors instead of their values.
+    shown: dict[str, str] = field(default_factory=dict)
+    #: Values (of ``env.*``) masked in errors, so they never reach a stored error.
+    secrets: tuple[str, ...] = ()
+
+    def mask(self, text: str | None) -> str | None:
+        """``text`` with every secret value replaced by ``***``."""
+        if text is None:
+            return None
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def quoted(self, key: str) -> str:
+        """A field for an error: as written when it was a template, else its value."""
+        return self.shown.get(key, str(self.fields.get(key)))
 
     @property
     def label(self) -> str:
@@ -157,7 +173,9 @@ def run_item(call: ItemCall, on_attempt: Callable[[int], None] | None = None) ->
             trace = traceback.format_exc()
         else:
             return ItemOutcome(ok=True, value=value, attempts=attempt)
-    return ItemOutcome(ok=False, error=error, traceback=trace, attempts=attempt)
+    return ItemOutcome(
+        ok=False, error=call.mask(error), traceback=call.mask(trace), attempts=attempt
+    )
 
 
 def _run_once(call: ItemCall) -> Any:
@@ -264,10 +282,12 @@ def _run_shell(call: ItemCall) -> str:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise ItemFailure(f"command timed out after {timeout}s: {command}") from None
+        raise ItemFailure(f"command timed out after {timeout}s: {call.quoted('command')}") from None
     if proc.returncode != 0:
         stderr = proc.stderr.strip()[-ERROR_EXCERPT:] or "(nothing on stderr)"
-        raise ItemFailure(f"command exited with status {proc.returncode}: {command}\n{stderr}")
+        raise ItemFailure(
+            f"command exited with status {proc.returncode}: {call.quoted('command')}\n{stderr}"
+        )
     return proc.stdout.rstrip("\n")
 
 
@@ -314,9 +334,11 @@ def _run_http(call: ItemCall) -> dict[str, Any]:
             response_headers = dict(response.headers.items())
     except urllib.error.HTTPError as exc:
         excerpt = exc.read()[:ERROR_EXCERPT].decode(errors="replace")
-        raise ItemFailure(f"HTTP {exc.code} {exc.reason} from {method} {url}: {excerpt}") from None
+        raise ItemFailure(
+            f"HTTP {exc.code} {exc.reason} from {method} {call.quoted('url')}: {excerpt}"
+        ) from None
     except urllib.error.URLError as exc:
-        raise ItemFailure(f"{method} {url} failed: {exc.reason}") from None
+        raise ItemFailure(f"{method} {call.quoted('url')} failed: {exc.reason}") from None
     text = raw.decode(errors="replace")
     content_type = response_headers.get("Content-Type", "")
     parsed: Any = text

@@ -13,6 +13,7 @@ finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from sitq.workflow.kinds import AttrDict, EnvView, ItemCall, ItemOutcome, RetryP
 from sitq.workflow.progress import Reporter, StepProgress
 from sitq.workflow.spec import StepSpec, TaskSpec, WorkflowSpec, code_refs, step_dependencies
 from sitq.workflow.state import StateStore
-from sitq.workflow.templates import render
+from sitq.workflow.templates import analyse, is_template, render
 
 #: Batches a step runs at once when ``parallel: true`` names no ``max_parallel``.
 DEFAULT_MAX_PARALLEL = 4
@@ -99,6 +100,31 @@ def _code_uses(code: str | None) -> tuple[frozenset[str] | None, frozenset[str] 
     )
 
 
+#: Shorter values of env variables are not masked in errors (they would mangle them).
+MIN_SECRET_LENGTH = 4
+
+
+def _templates_of(task: TaskSpec) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The command/url of ``task`` as written when templated (errors quote that, not
+    the rendered value), and the env variables its fields use (masked in errors)."""
+    shown = {k: v for k in ("command", "url") if is_template(v := task.fields.get(k))}
+    env: set[str] = set()
+    pending: list[Any] = list(task.fields.values())
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif is_template(value):
+            with contextlib.suppress(TemplateError):
+                found = analyse(value)
+                env |= found.env
+                if "env" in found.dynamic:
+                    env |= set(os.environ)
+    return shown, tuple(sorted(env))
+
+
 def _only(values: dict[str, Any], keys: frozenset[str] | None) -> dict[str, Any]:
     return dict(values) if keys is None else {k: values[k] for k in keys if k in values}
 
@@ -134,6 +160,7 @@ class Runner:
         # Steps that ran items in this process: a later step that had finished
         # (or started) with their earlier results must begin again.
         self._ran: set[str] = set()
+        self._templates: dict[int, tuple[dict[str, str], tuple[str, ...]]] = {}
 
     async def run(self) -> RunReport:
         """Run every step not finished yet; record and return how the run ended."""
@@ -245,7 +272,7 @@ class Runner:
         label = "items" if step.batch is not None else "for_each"
         value = render(raw, self._context(), f"step {step.name!r}, field {label!r}")
         if isinstance(value, str) and value.strip().startswith("$(") and step.batch is not None:
-            return await self._command_lines(step, value.strip()[2:-1])
+            return await self._command_lines(step, value.strip()[2:-1], str(raw).strip())
         if isinstance(value, tuple | range):
             value = list(value)
         if not isinstance(value, list):
@@ -255,8 +282,9 @@ class Runner:
             )
         return value
 
-    async def _command_lines(self, step: StepSpec, command: str) -> list[str]:
-        """``items: $(command)``: the command's non-empty output lines."""
+    async def _command_lines(self, step: StepSpec, command: str, written: str) -> list[str]:
+        """``items: $(command)``: the command's non-empty output lines (an error quotes
+        ``written``, the field as written, not the rendered command)."""
         proc = await asyncio.create_subprocess_shell(
             command,
             stdout=asyncio.subprocess.PIPE,
@@ -266,7 +294,7 @@ class Runner:
         out, err = await proc.communicate()
         if proc.returncode != 0:
             raise WorkflowError(
-                f"step {step.name!r}: items command `{command}` exited with status "
+                f"step {step.name!r}: items command `{written}` exited with status "
                 f"{proc.returncode}: {err.decode(errors='replace').strip()[-500:]}"
             )
         return [line.strip() for line in out.decode().splitlines() if line.strip()]
@@ -365,11 +393,21 @@ class Runner:
                 "index": index if with_item else None,
                 "error": error,
             }
+        cached = self._templates.get(id(task))
+        if cached is None:
+            cached = self._templates[id(task)] = _templates_of(task)
+        shown, env_names = cached
         return ItemCall(
             step=step.name,
             index=index if step.has_items else None,
             kind=task.kind,
             fields=fields,
+            shown=shown,
+            secrets=tuple(
+                value
+                for name in env_names
+                if len(value := self.env.get(name) or "") >= MIN_SECRET_LENGTH
+            ),
             retry=task.retry or step.retry or RetryPolicy(),
             code=task.code,
             namespace=namespace,
