@@ -111,7 +111,7 @@ class ItemCall:
     cwd: str | None = None
     http_base: str | None = None
     http_rewrite: tuple[tuple[str, str], ...] = ()
-    #: Fields as written (unrendered), quoted in errors instead of their values.
+    #: Fields as written (unrendered) that render secrets, quoted in errors instead.
     shown: dict[str, str] = field(default_factory=dict)
     #: Values (of ``env.*``) masked in errors, so they never reach a stored error.
     secrets: tuple[str, ...] = ()

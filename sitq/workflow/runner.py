@@ -105,9 +105,12 @@ MIN_SECRET_LENGTH = 4
 
 
 def _templates_of(task: TaskSpec) -> tuple[dict[str, str], tuple[str, ...]]:
-    """The command/url of ``task`` as written when templated (errors quote that, not
-    the rendered value), and the env variables its fields use (masked in errors)."""
-    shown = {k: v for k in ("command", "url") if is_template(v := task.fields.get(k))}
+    """The command/url of ``task`` as written when its template reads ``env`` (errors
+    quote that, not the rendered value), and the env variables its fields use (their
+    values are masked in errors)."""
+    shown = {
+        k: v for k in ("command", "url") if is_template(v := task.fields.get(k)) and _reads_env(v)
+    }
     env: set[str] = set()
     pending: list[Any] = list(task.fields.values())
     while pending:
@@ -123,6 +126,14 @@ def _templates_of(task: TaskSpec) -> tuple[dict[str, str], tuple[str, ...]]:
                 if "env" in found.dynamic:
                     env |= set(os.environ)
     return shown, tuple(sorted(env))
+
+
+def _reads_env(text: str) -> bool:
+    try:
+        found = analyse(text)
+    except TemplateError:
+        return True
+    return bool(found.env) or "env" in found.dynamic
 
 
 def _only(values: dict[str, Any], keys: frozenset[str] | None) -> dict[str, Any]:
