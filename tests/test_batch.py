@@ -13,8 +13,10 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,9 @@ from sitq.batch import (
     SyncBatchProcessor,
     TaskExpired,
 )
+from sitq.batch.report import DEFAULT_TRACKED_TASKS, Monitor
 from sitq.headers import unwrap
+from sitq.task import Result
 
 # -- task functions (module level, so they pickle by reference) ----------------
 
@@ -112,6 +116,53 @@ def counts_of(progress: BatchProgress) -> dict[str, int]:
 
 
 # -- map, retry_failed, report ------------------------------------------------------
+
+
+def test_a_long_lived_monitor_stays_bounded() -> None:
+    """250,000 tasks in 250 batches: the figures are exact, memory stays bounded."""
+    assert Monitor().max_tasks == DEFAULT_TRACKED_TASKS
+    monitor = Monitor(max_tasks=20_000, max_batches=50)
+    finished_at = datetime.now(timezone.utc)
+    tracemalloc.start()
+    try:
+        for batch in range(250):
+            ids = [f"{batch:04d}-{i:04d}" + "0" * 23 for i in range(1000)]
+            run = monitor.start(f"b{batch}", finished_at.timestamp() - 2.0)
+            monitor.enqueued(run, ids, 0.01)
+            monitor.observe(
+                [
+                    Result(
+                        task_id,
+                        TaskStatus.FAILED if i % 100 == 0 else TaskStatus.SUCCEEDED,
+                        finished_at=finished_at,
+                    )
+                    for i, task_id in enumerate(ids)
+                ]
+            )
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (monitor.tracked, len(monitor._runs)) == (20_000, 50)
+    # 20,000 ids take about 5 MB; all 250,000 would take over 50 MB.
+    assert held < 10_000_000, held
+    report = monitor.report()
+    assert (report.batches, report.chunks, report.tasks) == (250, 250, 250_000)
+    assert (report.finished, report.failed) == (250_000, 2_500)
+    assert report.mean_batch_time == pytest.approx(2.0)
+    assert report.wall_time == pytest.approx(2.0)
+
+
+async def test_the_report_window_of_a_processor(queue: TaskQueue, worker: Worker) -> None:
+    with pytest.raises(ConfigurationError, match="max_tracked_tasks"):
+        BatchProcessor(queue, max_tracked_tasks=0)
+    bp = BatchProcessor(queue, batch_size=10, max_tracked_tasks=50)
+    for start in range(0, 120, 30):
+        values = await bp.map(flaky_square, range(start, start + 30), progress=False)
+        assert values == [i * i for i in range(start, start + 30)]
+        assert bp._monitor.tracked <= 50
+    report = bp.report()
+    assert (report.batches, report.tasks, report.finished) == (4, 120, 120)
+    assert report.mean_batch_time > 0
 
 
 async def test_map_of_10000_items_with_1_percent_failing(queue: TaskQueue, worker: Worker) -> None:

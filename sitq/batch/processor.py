@@ -13,7 +13,7 @@ from typing import Any, Literal
 from sitq.backends.base import BatchSizeChanged
 from sitq.batch.errors import BatchExists, BatchNotFound, BatchTimeout, TaskExpired
 from sitq.batch.progress import BatchProgress, ProgressBar
-from sitq.batch.report import BatchReport, Monitor
+from sitq.batch.report import DEFAULT_TRACKED_TASKS, BatchReport, Monitor
 from sitq.errors import ConfigurationError, TaskNotFound
 from sitq.queue import TaskQueue
 from sitq.sync_queue import SyncTaskQueue
@@ -104,13 +104,23 @@ class BatchProcessor:
     :param queue: a connected :class:`~sitq.TaskQueue` (for plain code, use
         :class:`~sitq.batch.SyncBatchProcessor` with a ``SyncTaskQueue``).
     :param batch_size: items per enqueue transaction unless a call says otherwise.
+    :param max_tracked_tasks: task ids the :meth:`report` follows at most (the
+        newest; about 200 bytes each), so a long-lived processor's memory stays
+        bounded. A result of a task no longer followed is not counted in the
+        report (collecting it works the same).
 
     Methods that take a ``target`` accept a :class:`Batch`, a batch name (str),
     or a list of task ids; retry_failed and cancel default to the last batch
     this processor enqueued.
     """
 
-    def __init__(self, queue: TaskQueue, batch_size: int = 100) -> None:
+    def __init__(
+        self,
+        queue: TaskQueue,
+        batch_size: int = 100,
+        *,
+        max_tracked_tasks: int = DEFAULT_TRACKED_TASKS,
+    ) -> None:
         if isinstance(queue, SyncTaskQueue):
             raise TypeError(
                 "BatchProcessor needs an async TaskQueue; for a SyncTaskQueue use "
@@ -119,7 +129,7 @@ class BatchProcessor:
         self.queue = queue
         self.batch_size = _check_positive_int("batch_size", batch_size)
         self.last: Batch | None = None
-        self._monitor = Monitor()
+        self._monitor = Monitor(_check_positive_int("max_tracked_tasks", max_tracked_tasks))
 
     # -- enqueueing ---------------------------------------------------------
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import asdict, dataclass, field
+import math
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sitq.task import Result
 
+#: Task ids a processor follows at most (about 200 bytes each): the most
+#: recently enqueued or opened ones. A result of a task no longer followed
+#: is not counted in the report.
+DEFAULT_TRACKED_TASKS = 100_000
+#: Batches a processor keeps figures of one by one; older ones are folded
+#: into totals (their figures still count, as a whole).
+DEFAULT_TRACKED_BATCHES = 1_000
+
 
 @dataclass
 class _Run:
-    """One batch as this processor saw it."""
+    """One batch as this processor saw it: aggregates, never ids."""
 
     name: str | None
     started_at: float  # unix seconds: when its enqueue began (or the batch was created)
@@ -21,7 +30,45 @@ class _Run:
     finished: int = 0
     failed: int = 0
     last_finished_at: float | None = None
-    seen: set[str] = field(default_factory=set)
+    settled: int = 0  # its tasks whose latest run has been collected
+
+    @property
+    def complete(self) -> bool:
+        return self.last_finished_at is not None and self.settled >= self.tasks
+
+
+@dataclass
+class _Folded:
+    """The figures of batches no longer kept one by one."""
+
+    batches: int = 0
+    chunks: int = 0
+    tasks: int = 0
+    finished: int = 0
+    failed: int = 0
+    enqueue_seconds: float = 0.0
+    enqueued: int = 0
+    first_start: float | None = None
+    last_finish: float | None = None
+    complete_times: float = 0.0
+    complete: int = 0
+
+    def add(self, run: _Run) -> None:
+        self.batches += 1
+        self.chunks += run.chunks
+        self.tasks += run.tasks
+        self.finished += run.finished
+        self.failed += run.failed
+        self.enqueue_seconds += run.enqueue_seconds
+        self.enqueued += run.tasks if run.enqueue_seconds else 0
+        if self.first_start is None or run.started_at < self.first_start:
+            self.first_start = run.started_at
+        end = run.last_finished_at
+        if end is not None and (self.last_finish is None or end > self.last_finish):
+            self.last_finish = end
+        if run.complete and end is not None:
+            self.complete_times += end - run.started_at
+            self.complete += 1
 
 
 @dataclass(frozen=True)
@@ -71,16 +118,37 @@ class BatchReport:
 
 
 class Monitor:
-    """Collects the figures behind :class:`BatchReport` as batches run."""
+    """Collects the figures behind :class:`BatchReport` as batches run.
 
-    def __init__(self) -> None:
-        self._runs: list[_Run] = []
-        self._run_of: dict[str, _Run] = {}
+    Memory is bounded however long the processor lives: it follows at most
+    ``max_tasks`` task ids (the newest; a result of an older one is not
+    counted) and keeps at most ``max_batches`` batches one by one, folding
+    older ones into totals.
+    """
+
+    def __init__(
+        self,
+        max_tasks: int = DEFAULT_TRACKED_TASKS,
+        max_batches: int = DEFAULT_TRACKED_BATCHES,
+    ) -> None:
+        self.max_tasks = max_tasks
+        self.max_batches = max_batches
+        self._runs: deque[_Run] = deque()
+        self._folded = _Folded()
+        # task id -> [its batch, whether its latest finish was counted]; oldest first.
+        self._tracked: OrderedDict[str, list[Any]] = OrderedDict()
+
+    @property
+    def tracked(self) -> int:
+        """How many task ids are followed now (at most ``max_tasks``)."""
+        return len(self._tracked)
 
     def start(self, name: str | None, started_at: float) -> _Run:
         """A new batch begins (its enqueue starts, or it was opened)."""
         run = _Run(name, started_at)
         self._runs.append(run)
+        while len(self._runs) > self.max_batches:
+            self._folded.add(self._runs.popleft())
         return run
 
     def enqueued(self, run: _Run, ids: list[str], seconds: float) -> None:
@@ -88,30 +156,39 @@ class Monitor:
         run.tasks += len(ids)
         run.chunks += 1 if seconds else 0
         run.enqueue_seconds += seconds
+        tracked = self._tracked
         for task_id in ids:
-            self._run_of[task_id] = run
+            if task_id in tracked:
+                tracked.move_to_end(task_id)
+            else:
+                tracked[task_id] = [run, False]
+        while len(tracked) > self.max_tasks:
+            tracked.popitem(last=False)
 
     def adopt(self, name: str | None, started_at: float, ids: list[str]) -> None:
         """A batch found in the database: follow those of its tasks not followed yet
         (opening a batch twice does not count it twice)."""
-        unknown = [task_id for task_id in ids if task_id not in self._run_of]
+        unknown = [task_id for task_id in ids if task_id not in self._tracked]
         if unknown:
             self.enqueued(self.start(name, started_at), unknown, 0.0)
 
     def retried(self, ids: list[str]) -> None:
         """These tasks run again: their next finish counts once more."""
         for task_id in ids:
-            run = self._run_of.get(task_id)
-            if run is not None:
-                run.seen.discard(task_id)
+            entry = self._tracked.get(task_id)
+            if entry is not None and entry[1]:
+                entry[1] = False
+                entry[0].settled -= 1
 
     def observe(self, results: list[Result]) -> None:
         """Results just collected (each finish is counted once)."""
         for result in results:
-            run = self._run_of.get(result.task_id)
-            if run is None or result.task_id in run.seen:
+            entry = self._tracked.get(result.task_id)
+            if entry is None or entry[1]:
                 continue
-            run.seen.add(result.task_id)
+            entry[1] = True
+            run: _Run = entry[0]
+            run.settled += 1
             run.finished += 1
             run.failed += 0 if result.ok else 1
             if result.finished_at is not None:
@@ -121,27 +198,34 @@ class Monitor:
 
     def report(self) -> BatchReport:
         """The figures so far."""
-        runs = self._runs
-        finished = sum(run.finished for run in runs)
-        failed = sum(run.failed for run in runs)
+        runs, folded = self._runs, self._folded
+        finished = folded.finished + sum(run.finished for run in runs)
+        failed = folded.failed + sum(run.failed for run in runs)
         ends = [run.last_finished_at for run in runs if run.last_finished_at is not None]
-        wall = max(ends) - min(run.started_at for run in runs) if ends else 0.0
+        if folded.last_finish is not None:
+            ends.append(folded.last_finish)
+        starts = [run.started_at for run in runs]
+        if folded.first_start is not None:
+            starts.append(folded.first_start)
+        wall = max(ends) - min(starts) if ends else 0.0
         complete = [
             run.last_finished_at - run.started_at
             for run in runs
-            if run.last_finished_at is not None and len(run.seen) >= run.tasks
+            if run.complete and run.last_finished_at is not None
         ]
-        enqueue_seconds = sum(run.enqueue_seconds for run in runs)
-        enqueued = sum(run.tasks for run in runs if run.enqueue_seconds)
+        complete_count = len(complete) + folded.complete
+        complete_total = math.fsum(complete) + folded.complete_times
+        enqueue_seconds = folded.enqueue_seconds + sum(run.enqueue_seconds for run in runs)
+        enqueued = folded.enqueued + sum(run.tasks for run in runs if run.enqueue_seconds)
         return BatchReport(
-            batches=len(runs),
-            chunks=sum(run.chunks for run in runs),
-            tasks=sum(run.tasks for run in runs),
+            batches=folded.batches + len(runs),
+            chunks=folded.chunks + sum(run.chunks for run in runs),
+            tasks=folded.tasks + sum(run.tasks for run in runs),
             finished=finished,
             failed=failed,
             wall_time=max(wall, 0.0),
             tasks_per_second=finished / wall if wall > 0 else 0.0,
-            mean_batch_time=statistics.fmean(complete) if complete else 0.0,
+            mean_batch_time=complete_total / complete_count if complete_count else 0.0,
             error_rate=100.0 * failed / finished if finished else 0.0,
             enqueue_rate=enqueued / enqueue_seconds if enqueue_seconds else 0.0,
         )

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from sitq.batch.processor import Batch, BatchProcessor, IfExists, Target
 from sitq.batch.progress import BatchProgress
-from sitq.batch.report import BatchReport
+from sitq.batch.report import DEFAULT_TRACKED_TASKS, BatchReport
 from sitq.queue import TaskQueue
 from sitq.sync_queue import SyncTaskQueue
 from sitq.task import Result
@@ -42,19 +42,30 @@ class SyncBatchProcessor:
 
     :param queue: a :class:`~sitq.SyncTaskQueue`.
     :param batch_size: items per enqueue transaction unless a call says otherwise.
+    :param max_tracked_tasks: as for :class:`BatchProcessor`.
 
     Runs the processor on a private event loop thread; call :meth:`close` (or use
     ``with``) when done. The queue is not closed: it belongs to the caller.
     """
 
-    def __init__(self, queue: SyncTaskQueue, batch_size: int = 100) -> None:
+    def __init__(
+        self,
+        queue: SyncTaskQueue,
+        batch_size: int = 100,
+        *,
+        max_tracked_tasks: int = DEFAULT_TRACKED_TASKS,
+    ) -> None:
         if isinstance(queue, TaskQueue):
             raise TypeError(
                 "SyncBatchProcessor needs a SyncTaskQueue; with an async TaskQueue use "
                 "sitq.batch.BatchProcessor(queue)"
             )
         self.queue = queue
-        self._processor = BatchProcessor(_AsyncFace(queue), batch_size)  # type: ignore[arg-type]
+        self._processor = BatchProcessor(
+            _AsyncFace(queue),  # type: ignore[arg-type]
+            batch_size,
+            max_tracked_tasks=max_tracked_tasks,
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="sitq-sync-batch", daemon=True
