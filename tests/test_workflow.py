@@ -1112,3 +1112,28 @@ def test_errors_quote_templates_and_never_the_secrets_they_render(
     )
     assert "exit 3" in stored.output
     assert secret not in stored.output + shell + http + str(report.error)
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return True
+
+
+def test_a_shell_timeout_kills_the_commands_children_too(tmp_path: Path, work: Path) -> None:
+    pidfile = work / "child.pid"
+    text = """
+steps:
+  slow:
+    type: shell
+    timeout: 0.5
+    command: "sleep 300 & echo $! > {{ params.pidfile }}; wait"
+"""
+    report = Workflow.from_string(text, "slow.yaml").run(
+        {"pidfile": str(pidfile)}, db=tmp_path / "state.db", executor="local"
+    )
+    assert report.status == "failed" and "command timed out after 0.5s" in report.error
+    child = int(pidfile.read_text())
+    wait_until(lambda: _process_gone(child), timeout=30, what="the timed-out command's child")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 import traceback
@@ -270,25 +272,33 @@ def _run_shell(call: ItemCall) -> str:
         cwd = None  # a worker on another host: run in its own directory
     extra_env = {str(k): str(v) for k, v in (fields.get("env") or {}).items()}
     timeout = fields.get("timeout")
+    # In a session of its own, so that a timeout kills the command's whole process
+    # group (the shell and whatever it started), not just /bin/sh.
+    proc = subprocess.Popen(
+        command,
+        shell=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **extra_env} if extra_env else None,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            command,
-            shell=True,
-            capture_output=True,
-            text=True,
-            cwd=cwd,
-            env={**os.environ, **extra_env} if extra_env else None,
-            timeout=None if timeout is None else float(timeout),
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
+        out, err = proc.communicate(timeout=None if timeout is None else float(timeout))
+    except BaseException as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        if not isinstance(exc, subprocess.TimeoutExpired):
+            raise
         raise ItemFailure(f"command timed out after {timeout}s: {call.quoted('command')}") from None
     if proc.returncode != 0:
-        stderr = proc.stderr.strip()[-ERROR_EXCERPT:] or "(nothing on stderr)"
+        stderr = err.strip()[-ERROR_EXCERPT:] or "(nothing on stderr)"
         raise ItemFailure(
             f"command exited with status {proc.returncode}: {call.quoted('command')}\n{stderr}"
         )
-    return proc.stdout.rstrip("\n")
+    return out.rstrip("\n")
 
 
 # -- http_request ---------------------------------------------------------------------
