@@ -101,6 +101,22 @@ class SlowCrashBatch(BatchPipeline):
     pipeline_template = SlowCrash
 
 
+class Hang(Pipeline):
+    """Item "hang" never finishes (a stuck instance); the others return their item."""
+
+    items = InputDataField(data_type=list, batch_size=1)
+
+    def process(self) -> str:
+        (item,) = self.items
+        if item == "hang":
+            time.sleep(3600)
+        return item
+
+
+class HangBatch(BatchPipeline):
+    pipeline_template = Hang
+
+
 class ChunkLength(Pipeline):
     """The length of its chunk of a file."""
 

@@ -7,6 +7,7 @@ import json
 import pickle
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from pipeline_jobs import (
     AsyncWordsBatch,
     CrashBatch,
+    HangBatch,
     PidBatch,
     SlowCrashBatch,
     Words,
@@ -30,6 +32,7 @@ from sitq.pipeline import (
     InstanceFailed,
     Pipeline,
     PipelineDefinitionError,
+    PipelineTimeout,
     runners,
     telemetry,
 )
@@ -387,6 +390,34 @@ def test_two_crashing_instances_fail_alone_in_a_small_pool() -> None:
     failed = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, InstanceFailed)]
     assert failed == [0, 7], outcomes
     assert all(outcomes[i] == items[i] for i in range(12) if i not in (0, 7))
+
+
+def test_timeout_on_a_queue_no_worker_serves(db_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(PipelineTimeout, match="within 0.5 s") as caught:
+        CrashBatch(items=["a", "b", "c"]).execute(str(db_path), timeout=0.5)
+    assert time.monotonic() - started < 10
+    assert (caught.value.outcomes, caught.value.unfinished) == ({}, [0, 1, 2])
+    with SyncTaskQueue(db_path) as queue:  # the unfinished tasks were cancelled
+        assert queue.stats()["totals"]["cancelled"] == 3
+
+
+async def test_timeout_of_execute_async_on_a_queue(db_path: Path) -> None:
+    async with TaskQueue(db_path) as queue:
+        with pytest.raises(PipelineTimeout):
+            await CrashBatch(items=["a"]).execute_async(queue, timeout=0.2)
+        assert (await queue.stats())["totals"]["cancelled"] == 1
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+        CrashBatch(items=["a"]).execute(timeout=0)
+
+
+def test_timeout_in_the_local_pool_stops_a_hung_instance() -> None:
+    started = time.monotonic()
+    with pytest.raises(PipelineTimeout) as caught:
+        HangBatch(items=["a", "hang", "c"]).execute(max_workers=2, timeout=3)
+    assert time.monotonic() - started < 30
+    assert caught.value.outcomes == {0: "a", 2: "c"}
+    assert caught.value.unfinished == [1]
 
 
 def test_unpicklable_values_fail_their_instance_only() -> None:

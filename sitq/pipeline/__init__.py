@@ -17,6 +17,7 @@ from sitq.pipeline.errors import (
     InstanceFailed,
     PipelineDefinitionError,
     PipelineError,
+    PipelineTimeout,
 )
 from sitq.pipeline.fields import FileInputDataField, InputDataField
 from sitq.pipeline.signal import BatchEvent, InstanceEvent, SoftSignal
@@ -34,5 +35,6 @@ __all__ = [
     "Pipeline",
     "PipelineDefinitionError",
     "PipelineError",
+    "PipelineTimeout",
     "SoftSignal",
 ]

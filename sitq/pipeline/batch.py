@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from sitq import SyncTaskQueue, TaskQueue
 from sitq.pipeline import batching, telemetry
-from sitq.pipeline.errors import InstanceFailed, PipelineDefinitionError
+from sitq.pipeline.errors import InstanceFailed, PipelineDefinitionError, PipelineTimeout
 from sitq.pipeline.fields import InputDataField
 from sitq.pipeline.runners import PoolRunner, QueueRunner
 from sitq.pipeline.signal import BatchEvent, InstanceEvent, SoftSignal
@@ -154,6 +154,7 @@ class BatchPipeline:
         mp_context: Any = None,
         max_in_flight: int | None = None,
         task_options: dict[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> list[Any]:
         """Run every instance and return their outcomes in batch order: the value
         each returned, or an :class:`InstanceFailed` for each that failed.
@@ -172,6 +173,11 @@ class BatchPipeline:
             twice the pool size; 64 on a queue). Bounds memory on large inputs.
         :param task_options: ``with_options`` for the tasks on a queue (``queue``,
             ``priority``, ``max_retries``, ``timeout``, ...).
+        :param timeout: most seconds the whole run may take (default: no limit).
+            When it runs out, :class:`PipelineTimeout` is raised with the outcomes
+            of the instances that finished; the unfinished tasks are cancelled (on
+            a queue) or their pool processes stopped. Without it, a run on a queue
+            that no live worker serves waits for one forever.
 
         Inside a running event loop use ``await execute_async()``; called from
         one anyway (a notebook), this runs the pipeline on a helper thread.
@@ -180,7 +186,14 @@ class BatchPipeline:
         if isinstance(queue, (str, os.PathLike)):
             queue = TaskQueue(queue)
         run = self._run(
-            queue, max_workers, max_tasks_per_child, mp_context, max_in_flight, task_options, close
+            queue,
+            timeout,
+            max_workers,
+            max_tasks_per_child,
+            mp_context,
+            max_in_flight,
+            task_options,
+            close,
         )
         try:
             asyncio.get_running_loop()
@@ -198,11 +211,19 @@ class BatchPipeline:
         mp_context: Any = None,
         max_in_flight: int | None = None,
         task_options: dict[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> list[Any]:
-        """:meth:`execute` for async code. A ``TaskQueue`` is connected if it is
-        not, and left open."""
+        """:meth:`execute` for async code (``timeout`` included). A ``TaskQueue`` is
+        connected if it is not, and left open."""
         return await self._run(
-            queue, max_workers, max_tasks_per_child, mp_context, max_in_flight, task_options, False
+            queue,
+            timeout,
+            max_workers,
+            max_tasks_per_child,
+            mp_context,
+            max_in_flight,
+            task_options,
+            False,
         )
 
     def _runner(
@@ -239,8 +260,14 @@ class BatchPipeline:
             runner.limit = max_in_flight
         return runner
 
-    async def _run(self, queue: Any, *options: Any) -> list[Any]:
+    async def _run(self, queue: Any, timeout: float | None, *options: Any) -> list[Any]:
         try:
+            if timeout is not None and (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, (int, float))
+                or not timeout > 0
+            ):
+                raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
             runner = self._runner(queue, *options)
         except BaseException:
             if options[-1] and isinstance(queue, TaskQueue):
@@ -261,7 +288,7 @@ class BatchPipeline:
             await self._send("batch_started", BatchEvent("batch_started", self))
             async with runner:
                 with contextlib.closing(self.instances()) as instances:
-                    await self._drive(runner, instances, outcomes, counts, span)
+                    await self._drive(runner, instances, outcomes, counts, span, timeout)
             span.set_attribute("sitq.pipeline.instances", len(outcomes))
             span.set_attribute("sitq.pipeline.completed", counts["completed"])
             span.set_attribute("sitq.pipeline.failed", counts["failed"])
@@ -285,9 +312,11 @@ class BatchPipeline:
         outcomes: list[Any],
         counts: dict[str, int],
         span: Any,
+        timeout: float | None = None,
     ) -> None:
         """Keep up to ``runner.limit`` instances in flight; settle each outcome once."""
         name = self.template.__qualname__
+        deadline = None if timeout is None else time.monotonic() + timeout
         pending: dict[Any, Pipeline] = {}
         traces: dict[int, telemetry.InstanceTrace] = {}
         exhausted = False
@@ -326,7 +355,15 @@ class BatchPipeline:
                             pending[handle] = instance
                 if not pending:
                     return
-                for handle, (ok, value) in await runner.wait(pending):
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                finished = await runner.wait(pending, left)
+                if not finished and deadline is not None and time.monotonic() >= deadline:
+                    runner.abandon()
+                    unfinished = sorted(instance.batch_index or 0 for instance in pending.values())
+                    waiting = set(unfinished)
+                    done = {i: outcome for i, outcome in enumerate(outcomes) if i not in waiting}
+                    raise PipelineTimeout(float(timeout or 0), done, unfinished)
+                for handle, (ok, value) in finished:
                     await settle(pending.pop(handle), ok, value)
         finally:
             for trace in traces.values():  # the run was interrupted

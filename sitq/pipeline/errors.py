@@ -27,6 +27,31 @@ class FieldTypeError(FieldError, TypeError):
     """A value given for a pipeline field has the wrong type."""
 
 
+class PipelineTimeout(PipelineError, TimeoutError):
+    """``execute(timeout=...)`` ran out before every instance finished (say, every
+    worker serving the queue died).
+
+    The unfinished instances' tasks were cancelled (or their pool processes
+    stopped). ``outcomes`` maps the index of each instance that did finish to
+    its outcome (a value or an :class:`InstanceFailed`); ``unfinished`` lists
+    the indices of the others that had started.
+    """
+
+    def __init__(self, timeout: float, outcomes: dict[int, Any], unfinished: list[int]) -> None:
+        super().__init__(timeout, len(outcomes), unfinished)
+        self.timeout = timeout
+        self.outcomes = outcomes
+        self.unfinished = unfinished
+
+    def __str__(self) -> str:
+        return (
+            f"the batch pipeline did not finish within {self.timeout:g} s: "
+            f"{len(self.outcomes)} instances finished, {len(self.unfinished)} were still "
+            "pending and were cancelled (are workers serving the queue?); the finished "
+            "outcomes are in .outcomes"
+        )
+
+
 class InstanceFailed(PipelineError):
     """The outcome of a pipeline instance that raised (or could not run).
 

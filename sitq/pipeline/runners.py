@@ -9,9 +9,11 @@ in bounded memory. Either way an outcome is ``(True, value)`` or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import multiprocessing
 import sys
+import time
 import traceback
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -167,6 +169,7 @@ class PoolRunner:
         self._suspects: deque[_Job] = deque()
         self._alone: _Job | None = None
         self._isolation: ProcessPoolExecutor | None = None
+        self._abandoned = False
 
     def _new_executor(self, max_workers: int | None = None) -> ProcessPoolExecutor:
         kwargs: dict[str, Any] = {
@@ -201,6 +204,10 @@ class PoolRunner:
     async def __aenter__(self) -> PoolRunner:
         return self
 
+    def abandon(self) -> None:
+        """The run gave up on its unfinished instances: stop the pool's processes on exit."""
+        self._abandoned = True
+
     async def __aexit__(self, *exc_info: object) -> None:
         executors = [
             *self._retired,
@@ -210,7 +217,16 @@ class PoolRunner:
         self._executor, self._retired, self._isolation = None, [], None
         self._suspects.clear()
         self._alone = None
+        if self._abandoned:
+            for future in self._owner:  # nobody waits on these any more
+                future.cancel()
+            self._owner.clear()
         for executor in executors:
+            if self._abandoned:  # a hung instance must not hold the run up
+                processes = dict(getattr(executor, "_processes", None) or {})
+                for process in processes.values():
+                    with contextlib.suppress(Exception):
+                        process.terminate()
             # cancel_futures: after an error, queued instances are not run for nothing.
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
@@ -261,18 +277,25 @@ class PoolRunner:
         job.future = future
         self._alone = job
 
-    async def wait(self, pending: Mapping[Any, Pipeline]) -> list[tuple[Any, Outcome]]:
-        """Wait until at least one instance finished; ``(handle, outcome)`` for each that did.
+    async def wait(
+        self, pending: Mapping[Any, Pipeline], timeout: float | None = None
+    ) -> list[tuple[Any, Outcome]]:
+        """Wait until at least one instance finished; ``(handle, outcome)`` for each that did
+        (none if ``timeout`` seconds passed first).
 
         Instances a dying process took down are rerun (see the class) and only
         reported once they have an outcome of their own.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._run_next_suspect()
             running = {job.future: job for job in pending if job.future is not None}
             if not running:
                 raise RuntimeError("the local pool has nothing running for the pending instances")
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = await asyncio.wait(running, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                return []
             finished: list[tuple[Any, Outcome]] = []
             for future in done:
                 job = running[future]
@@ -386,9 +409,16 @@ class QueueRunner:
                 handles.append(_unpicklable(instance, exc))
         return handles
 
-    async def wait(self, pending: Mapping[str, Pipeline]) -> list[tuple[Any, Outcome]]:
-        """Wait until at least one task finished; ``(task_id, outcome)`` for each that did."""
+    def abandon(self) -> None:
+        """The run gave up on its unfinished tasks (the caller cancels them)."""
+
+    async def wait(
+        self, pending: Mapping[str, Pipeline], timeout: float | None = None
+    ) -> list[tuple[Any, Outcome]]:
+        """Wait until at least one task finished; ``(task_id, outcome)`` for each that did
+        (none if ``timeout`` seconds passed first)."""
         task_ids = list(pending)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             results: dict[str, Result] = await self._call("get_results", task_ids)
             if results:
@@ -396,8 +426,13 @@ class QueueRunner:
                     (task_id, _result_outcome(result, _index(pending[task_id])))
                     for task_id, result in results.items()
                 ]
+            wait = self.POLL
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return []
             # Returns as soon as the oldest finishes, or after POLL to look at the rest.
-            await self._call("get_result", task_ids[0], self.POLL)
+            await self._call("get_result", task_ids[0], wait)
 
 
 def _result_outcome(result: Result, index: int) -> Outcome:
