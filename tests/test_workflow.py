@@ -1137,3 +1137,23 @@ steps:
     assert report.status == "failed" and "command timed out after 0.5s" in report.error
     child = int(pidfile.read_text())
     wait_until(lambda: _process_gone(child), timeout=30, what="the timed-out command's child")
+
+
+def test_a_missing_param_is_found_before_the_run_is_created(tmp_path: Path, work: Path) -> None:
+    text = """
+params:
+  count: 3
+steps:
+  show:
+    type: shell
+    command: "echo {{ params.cout }} {{ params['count'] }} {{ params.label | default('-') }}"
+"""
+    workflow = Workflow.from_string(text, "wf.yaml")
+    db = tmp_path / "state.db"
+    with pytest.raises(WorkflowValidationError) as caught:
+        workflow.run(db=db, executor="local")
+    assert "wf.yaml:6: step 'show': field 'command': uses params.cout, but there is no param " \
+        "'cout' (did you mean 'count'?" in str(caught.value)  # fmt: skip
+    assert not db.exists()  # nothing was recorded
+    report = workflow.run({"cout": "x"}, db=db, executor="local")
+    assert report.ok and report.steps["show"].result == "x 3 -"

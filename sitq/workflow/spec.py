@@ -762,6 +762,11 @@ def _check_templates(
                 elif names is not None and name not in names and name not in outputs:
                     add(f"undefined template name {name!r}: pass it with --param {name}=VALUE, "
                         "declare it under `params:`, or name a step's `outputs:`")  # fmt: skip
+            if names is not None:
+                for key in sorted(found.params - names):
+                    add(f"uses params.{key}, but there is no param {key!r} "
+                        f"({_suggest(key, sorted(names))}pass it with --param {key}=VALUE or "
+                        "declare it under `params:`)")  # fmt: skip
             if environ is not None:
                 for var in sorted(found.env):
                     if var not in environ:

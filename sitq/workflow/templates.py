@@ -107,6 +107,9 @@ def analyse(text: str) -> TemplateNames:
     names = TemplateNames(free=set(meta.find_undeclared_variables(tree)) - JINJA_GLOBALS)
     keyed = {"steps": names.steps, "env": names.env, "params": names.params}
     covered: set[int] = set()
+    # `params.x | default(...)` and `params.x is defined` may name a missing param.
+    guarded = {id(f.node) for f in tree.find_all(nodes.Filter) if f.name in ("default", "d")}
+    guarded |= {id(t.node) for t in tree.find_all(nodes.Test) if t.name in ("defined", "undefined")}
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         target = node.node
         if not isinstance(target, nodes.Name) or target.name not in keyed:
@@ -118,7 +121,8 @@ def analyse(text: str) -> TemplateNames:
         else:
             continue
         if isinstance(key, str):
-            keyed[target.name].add(key)
+            if not (target.name == "params" and id(node) in guarded):
+                keyed[target.name].add(key)
             covered.add(id(target))
     for node in tree.find_all(nodes.Name):
         if node.name in keyed and id(node) not in covered:
