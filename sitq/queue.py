@@ -856,6 +856,20 @@ class TaskQueue:
             run_id, host, pid, stale_after=stale_after, dead_owner=dead_owner
         )
 
+    # -- workers -----------------------------------------------------------
+
+    async def live_workers(self, queue: str | None = None) -> list[base.WorkerRecord]:
+        """The workers alive now (running, heard from within WORKER_STALE_AFTER
+        seconds), as ``stats()`` counts them; with ``queue``, only those serving it."""
+        backend = self._backend_checked()
+        workers = await backend.list_workers()
+        now = backend.now()
+        return [
+            w
+            for w in workers
+            if w.alive(now, WORKER_STALE_AFTER) and (queue is None or queue in w.queues)
+        ]
+
 
 #: The longest batch id accepted.
 MAX_BATCH_ID_LENGTH = 200

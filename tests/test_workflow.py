@@ -31,7 +31,7 @@ from workflow_support import (
     workflow_env,
 )
 
-from sitq import TaskQueue
+from sitq import TaskQueue, TaskStatus
 from sitq.workflow import Workflow, WorkflowValidationError
 from sitq.workflow.cli import workflow as workflow_group
 from sitq.workflow.loader import quote_bare_templates
@@ -1157,3 +1157,123 @@ steps:
     assert not db.exists()  # nothing was recorded
     report = workflow.run({"cout": "x"}, db=db, executor="local")
     assert report.ok and report.steps["show"].result == "x 3 -"
+
+
+STRANDED_WORKFLOW = """
+steps:
+  - name: wait
+    for_each: [0, 1]
+    max_parallel: 2
+    type: python
+    code: |
+      import os, time
+      with open(params['log'], 'a') as log:
+          log.write(f"start {item}\\n")
+      deadline = time.monotonic() + 60
+      while not os.path.exists(params['go']):
+          if time.monotonic() > deadline:
+              raise TimeoutError("the test never let the item finish")
+          time.sleep(0.01)
+      result = item * 10
+"""
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait (without blocking the event loop) until ``condition()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_items_whose_workers_all_died_fail_after_the_grace_period_and_a_resume_adopts_their_tasks(  # noqa: E501
+    tmp_path: Path,
+    work: Path,
+    db_path: Path,
+    spawn_worker: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The only worker on queue wq is SIGKILLed while it runs item 0 (item 1's task
+    waits in the queue): once no live worker has served wq for the grace period,
+    both items fail, saying how to go on; their tasks stay, and a resume with a
+    worker again waits for those same tasks instead of enqueueing new ones."""
+    monkeypatch.setenv("SITQ_WORKFLOW_NO_WORKER_GRACE", "1")
+    caplog.set_level("WARNING", logger="sitq.workflow")
+    log, go = work / "log.txt", work / "go"
+    workflow = Workflow.from_string(STRANDED_WORKFLOW, "stranded.yaml")
+    options: dict[str, Any] = {"db": db_path, "executor": "workers", "queue": "wq"}
+    async with TaskQueue(db_path):
+        pass  # the worker needs the database to exist
+    first = spawn_worker("--queue", "wq", "--concurrency", "1", "--lease", "2").wait_started()
+
+    running = asyncio.ensure_future(workflow.run_async({"log": str(log), "go": str(go)}, **options))
+    await _until(lambda: log.exists() and "start 0" in log.read_text(), "item 0 to start")
+    first.process.kill()
+    first.process.wait(10)
+    report = await asyncio.wait_for(running, 60)
+
+    assert report.status == "failed"
+    errors = [e["error"] for e in report.steps["wait"].errors]
+    assert len(errors) == 2, errors
+    for error in errors:
+        assert "no live sitq worker served queue 'wq'" in error
+        assert "sitq worker --queue wq" in error
+        assert f"--resume {report.run_id}" in error
+    assert "no live sitq worker serves queue 'wq'" in caplog.text
+    async with TaskQueue(db_path) as queue:
+        items = await queue.list_workflow_items(report.run_id, "wait")
+        task_ids = [r.task_id for r in items]
+        assert all(task_ids), items
+        statuses = await queue.statuses(task_ids)
+        # Held by the dead worker (item 0 ran, item 1 was prefetched) until their
+        # leases expire, or queued: neither was cancelled.
+        assert {statuses[t] for t in task_ids} <= {TaskStatus.RUNNING, TaskStatus.QUEUED}
+
+        go.touch()
+        spawn_worker("--queue", "wq", "--concurrency", "2").wait_started()
+        resumed = await asyncio.wait_for(workflow.run_async(resume=report.run_id, **options), 60)
+        assert resumed.ok, resumed.error
+        assert resumed.steps["wait"].result == [0, 10]
+        after = await queue.list_workflow_items(report.run_id, "wait")
+        assert [r.task_id for r in after] == task_ids  # the same tasks, adopted
+        assert sum((await queue.stats())["totals"].values()) == 2  # no task enqueued again
+    # Only item 0, in flight at the kill, ran twice.
+    assert Counter(log.read_text().splitlines()) == {"start 0": 2, "start 1": 1}
+
+
+async def test_a_resume_here_waiting_for_a_dead_workers_task_fails_after_the_grace_period(
+    tmp_path: Path, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed run's item task is held by a worker that is gone and no worker serves
+    its queue: a resume in this process does not wait for it forever."""
+    from sitq.workflow.kinds import AttrDict, ItemCall, run_item
+    from sitq.workflow.state import StateStore
+
+    monkeypatch.setenv("SITQ_WORKFLOW_NO_WORKER_GRACE", "0.5")
+    db = str(tmp_path / "state.db")
+    workflow = Workflow.from_string(ADOPT_WORKFLOW, "adopt.yaml")
+    params = {"log": str(work / "log.txt")}
+    namespace = {"params": AttrDict(params), "steps": {}, "item": 0, "index": 0, "error": None}
+    call = ItemCall(step="append", index=0, kind="python", fields={},
+                    code=workflow.spec.steps[0].item_task.code, namespace=namespace)  # fmt: skip
+    async with TaskQueue(db) as queue:
+        store = StateStore(queue)
+        await store.create_run("killed", "adopt.yaml", None, workflow.spec.text, params)
+        await store.begin_step("killed", "append", 0, [0, 1, 2], True)
+        task_id = await queue.with_options(queue="wq").enqueue(run_item, call)
+        # Claimed by a worker that never registered (as if killed long ago).
+        assert len(await queue.backend.claim("gone-worker", ["wq"], 1, 3600)) == 1
+        await store.item_started("killed", "append", 0, "workers")
+        await store.item_submitted("killed", "append", 0, task_id)
+        await store.finish_run("killed", "interrupted", "killed")
+
+        report = await asyncio.wait_for(
+            workflow.run_async(resume="killed", db=db, executor="local"), 60
+        )
+        assert report.status == "failed"
+        [failure] = report.steps["append"].errors
+        assert failure["index"] == 0
+        assert "sitq worker --queue wq" in failure["error"]
+        assert "--resume killed" in failure["error"]
+        assert await queue.status(task_id) == TaskStatus.RUNNING  # left for a worker

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
+import os
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from sitq import TaskNotFound, TaskQueue
-from sitq.backends.base import WORKER_STALE_AFTER
+from sitq.backends.base import WorkerRecord
 from sitq.task import TaskStatus
 from sitq.workflow.errors import WorkflowError
 from sitq.workflow.kinds import ItemCall, ItemOutcome, run_item
@@ -27,12 +32,112 @@ RESULT_POLL = 0.02
 ATTEMPT_RECORD_TIMEOUT = 300.0
 #: How often a resume that waits for a running task of a killed run looks at it again.
 ADOPT_RECHECK = 5.0
+#: Seconds items wait for their tasks while no live worker serves the tasks' queue
+#: before they fail (``$SITQ_WORKFLOW_NO_WORKER_GRACE`` overrides it). Their tasks
+#: stay in the queue: a resume once a worker serves it again waits for them.
+NO_WORKER_GRACE = 60.0
+#: The longest between two looks for live workers while items wait for tasks.
+WORKER_CHECK_INTERVAL = 5.0
+
+logger = logging.getLogger("sitq.workflow")
+
+
+def no_worker_grace() -> float:
+    """The grace period: ``$SITQ_WORKFLOW_NO_WORKER_GRACE`` seconds, else NO_WORKER_GRACE."""
+    raw = os.environ.get("SITQ_WORKFLOW_NO_WORKER_GRACE", "").strip()
+    if not raw:
+        return NO_WORKER_GRACE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise WorkflowError(
+            f"$SITQ_WORKFLOW_NO_WORKER_GRACE must be a number of seconds >= 0, not {raw!r}"
+        )
+    return value
+
+
+class WorkerWatch:
+    """Notices that no live worker serves a queue whose tasks items wait for.
+
+    :meth:`stranded` looks for live workers (at most every ``interval`` seconds),
+    warns once when there are none (``warn``, and the ``sitq.workflow`` logger), and
+    says True once there have been none for ``grace`` seconds: the waiting items
+    then fail with :meth:`error`, which tells how to continue.
+    """
+
+    def __init__(
+        self,
+        queue: TaskQueue,
+        grace: float | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.grace = no_worker_grace() if grace is None else grace
+        self.interval = min(WORKER_CHECK_INTERVAL, max(self.grace / 4, 0.05))
+        self.warn = warn
+        #: How the run is continued, for errors (set once the run id is known).
+        self.resume_command = "a resume of the run (--resume RUN_ID)"
+        self._checked: dict[str, float] = {}
+        self._none_since: dict[str, float] = {}
+
+    def _say(self, text: str, level: int = logging.WARNING) -> None:
+        logger.log(level, "%s", text)
+        if self.warn is not None:
+            self.warn(text)
+
+    async def stranded(self, queue_name: str) -> bool:
+        """True once no live worker has served ``queue_name`` for ``grace`` seconds."""
+        now = time.monotonic()
+        if now - self._checked.get(queue_name, -math.inf) >= self.interval:
+            self._checked[queue_name] = now
+            try:
+                alive = await live_workers(self.queue, queue_name)
+            except Exception:
+                alive = 1  # the database is away for a moment: assume nothing changed
+            if alive:
+                if self._none_since.pop(queue_name, None) is not None:
+                    self._say(f"a live sitq worker serves queue {queue_name!r} again", logging.INFO)
+                return False
+            if queue_name not in self._none_since:
+                self._none_since[queue_name] = now
+                self._say(
+                    f"warning: no live sitq worker serves queue {queue_name!r} on "
+                    f"{self.queue.backend.describe()}: workflow items wait for their tasks "
+                    f"there, and fail in {self.grace:.0f}s unless a worker starts "
+                    f"(`sitq worker --queue {queue_name}`)"
+                )
+        since = self._none_since.get(queue_name)
+        return since is not None and now - since >= self.grace
+
+    def error(self, queue_name: str, task_id: str) -> str:
+        """The error of an item whose task no worker will run."""
+        return (
+            f"no live sitq worker served queue {queue_name!r} on "
+            f"{self.queue.backend.describe()} for {self.grace:.0f}s, so task {task_id} of "
+            f"this item did not finish; the task stays in the queue: start "
+            f"`sitq worker --queue {queue_name}` on that database, then continue with "
+            f"{self.resume_command} (it waits for the task rather than run the item again)"
+        )
+
+    def outcome(self, queue_name: str, task_id: str) -> ItemOutcome:
+        """The failed outcome of such an item (it never ran here)."""
+        return ItemOutcome(ok=False, error=self.error(queue_name, task_id), attempts=0)
+
+
+async def _task_queue(queue: TaskQueue, task_id: str) -> str | None:
+    """The queue task ``task_id`` is on; None if it is gone."""
+    record = (await queue.backend.get_tasks([task_id])).get(task_id)
+    return None if record is None else record.queue
 
 
 class Executor(Protocol):
     """Runs ItemCalls somewhere and returns their outcomes."""
 
     name: str
+    #: Watches for live workers while items wait for tasks (None: never waits).
+    watch: WorkerWatch | None
 
     async def run(
         self,
@@ -56,7 +161,10 @@ class Executor(Protocol):
 
 
 async def adopt_task(
-    queue: TaskQueue, task_id: str, recheck: float = ADOPT_RECHECK
+    queue: TaskQueue,
+    task_id: str,
+    recheck: float = ADOPT_RECHECK,
+    watch: WorkerWatch | None = None,
 ) -> ItemOutcome | None:
     """The outcome of an item a killed run had enqueued as task ``task_id``, for a
     resume that runs items here; None when the item must run again.
@@ -64,8 +172,12 @@ async def adopt_task(
     A task that succeeded gives its outcome (an item that failed all its attempts,
     or a task that failed, is redone with its retry policy); one still queued is
     cancelled and redone here, unless a worker claims it first, which is then
-    waited for, as is a running one.
+    waited for, as is a running one. With ``watch``, a running task that no live
+    worker serves for its grace period gives a failed outcome (its task stays).
     """
+    if watch is not None:
+        recheck = min(recheck, watch.interval)
+    queue_name: str | None = None
     while True:
         try:
             status = await queue.status(task_id)
@@ -79,6 +191,10 @@ async def adopt_task(
                 # Running: wait for it (looking again now and then, since a
                 # task whose worker died goes back to the queue).
                 result = await queue.get_result(task_id, timeout=recheck)
+                if result is None and watch is not None:
+                    queue_name = queue_name or await _task_queue(queue, task_id)
+                    if queue_name is not None and await watch.stranded(queue_name):
+                        return watch.outcome(queue_name, task_id)
         except TaskNotFound:
             return None  # pruned or never committed
         if result is not None:
@@ -92,8 +208,14 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, queue: TaskQueue | None = None) -> None:
+    def __init__(
+        self,
+        queue: TaskQueue | None = None,
+        grace: float | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         self._queue = queue
+        self.watch = None if queue is None else WorkerWatch(queue, grace, warn)
         self._pool = ThreadPoolExecutor(LOCAL_THREADS, thread_name_prefix="sitq-workflow")
 
     async def run(
@@ -117,7 +239,7 @@ class LocalExecutor:
         """A succeeded task's outcome; a queued one is cancelled and runs here again."""
         if self._queue is None:
             return None
-        return await adopt_task(self._queue, task_id)
+        return await adopt_task(self._queue, task_id, watch=self.watch)
 
     async def close(self) -> None:
         """Wait for the threads (a killed item's thread cannot be stopped)."""
@@ -128,16 +250,28 @@ class WorkerExecutor:
     """Enqueues items as sitq tasks and collects their results.
 
     Items submitted in the same turn of the event loop go in one
-    ``enqueue_many``; one poller collects the results of all pending tasks.
+    ``enqueue_many``; one poller collects the results of all pending tasks. While
+    tasks wait, the poller watches for live workers on their queue: when none has
+    served it for the grace period (see WorkerWatch), the waiting items fail and
+    their tasks stay queued for a resume.
     """
 
     name = "workers"
 
-    def __init__(self, queue: TaskQueue, queue_name: str = "default") -> None:
+    def __init__(
+        self,
+        queue: TaskQueue,
+        queue_name: str = "default",
+        grace: float | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         self.queue = queue
+        self.queue_name = queue_name
+        self.watch = WorkerWatch(queue, grace, warn)
         self._enqueuer = queue.with_options(queue=queue_name)
         self._to_submit: list[tuple[ItemCall, asyncio.Future[str]]] = []
         self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._queue_of: dict[str, str] = {}  # a waiting task's queue
         self._poller: asyncio.Task[None] | None = None
 
     async def run(
@@ -154,7 +288,7 @@ class WorkerExecutor:
         self._to_submit.append((call, submitted))
         task_id = await submitted
         await on_submitted(task_id)
-        return _outcome(await self._wait(task_id))
+        return _outcome(await self._wait(task_id, self.queue_name))
 
     async def _flush(self) -> None:
         batch, self._to_submit = self._to_submit, []
@@ -171,11 +305,13 @@ class WorkerExecutor:
             if not future.done():
                 future.set_result(task_id)
 
-    async def _wait(self, task_id: str) -> Any:
+    async def _wait(self, task_id: str, queue_name: str) -> Any:
+        """The task's Result, or an ItemOutcome if no worker serves its queue."""
         future = self._waiting.get(task_id)
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._waiting[task_id] = future
+            self._queue_of[task_id] = queue_name
         if self._poller is None or self._poller.done():
             self._poller = asyncio.ensure_future(self._poll())
         return await future
@@ -191,22 +327,39 @@ class WorkerExecutor:
                 self._waiting.clear()
                 return
             for task_id, result in results.items():
-                future = self._waiting.pop(task_id)
-                if not future.done():
-                    future.set_result(result)
+                self._resolve(task_id, result)
+            if self._waiting:
+                await self._fail_stranded()
             if self._waiting:
                 # Wake as soon as the oldest finishes (get_result listens for the
                 # backend's wake-ups), or after RESULT_POLL for the others.
                 with contextlib.suppress(TaskNotFound):
                     await self.queue.get_result(next(iter(self._waiting)), timeout=RESULT_POLL)
 
+    def _resolve(self, task_id: str, value: Any) -> None:
+        future = self._waiting.pop(task_id)
+        self._queue_of.pop(task_id, None)
+        if not future.done():
+            future.set_result(value)
+
+    async def _fail_stranded(self) -> None:
+        """Fail the items waiting on a queue no live worker served for the grace period."""
+        for queue_name in set(self._queue_of.values()):
+            if await self.watch.stranded(queue_name):
+                for task_id, name in list(self._queue_of.items()):
+                    if name == queue_name:
+                        self._resolve(task_id, self.watch.outcome(queue_name, task_id))
+
     async def adopt(self, task_id: str) -> ItemOutcome | None:
-        """Wait for a task a killed run enqueued; None if it is gone or did not succeed."""
-        try:
-            await self.queue.status(task_id)
-        except TaskNotFound:
-            return None
-        outcome = _outcome(await self._wait(task_id))
+        """Wait for a task a killed run enqueued; None if it is gone or did not succeed
+        (the item runs again), a failed outcome if no worker serves its queue."""
+        queue_name = await _task_queue(self.queue, task_id)
+        if queue_name is None:
+            return None  # pruned or never committed
+        result = await self._wait(task_id, queue_name)
+        if isinstance(result, ItemOutcome):
+            return result  # no live worker: the item fails, its task stays queued
+        outcome = _outcome(result)
         return outcome if outcome.ok else None
 
     async def close(self) -> None:
@@ -216,7 +369,9 @@ class WorkerExecutor:
 
 
 def _outcome(result: Any) -> ItemOutcome:
-    """An item's outcome from its task's Result."""
+    """An item's outcome from its task's Result (or the outcome given instead)."""
+    if isinstance(result, ItemOutcome):
+        return result
     if result.ok and isinstance(result.value, ItemOutcome):
         return result.value
     return ItemOutcome(
@@ -227,24 +382,43 @@ def _outcome(result: Any) -> ItemOutcome:
     )
 
 
+def _known_dead(worker: WorkerRecord) -> bool:
+    """A worker of this host whose process is gone (killed before its heartbeat aged)."""
+    if worker.hostname != socket.gethostname():
+        return False
+    try:
+        os.kill(worker.pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
 async def live_workers(queue: TaskQueue, queue_name: str) -> int:
-    """How many live workers serve ``queue_name`` (as ``sitq status`` counts them)."""
-    backend = queue.backend
-    now = backend.now()
-    workers = await backend.list_workers()
-    return sum(1 for w in workers if w.alive(now, WORKER_STALE_AFTER) and queue_name in w.queues)
+    """How many live workers serve ``queue_name``: those ``TaskQueue.live_workers``
+    gives (heard from within WORKER_STALE_AFTER seconds), less the ones on this host
+    whose process is gone."""
+    return sum(1 for w in await queue.live_workers(queue_name) if not _known_dead(w))
 
 
-async def open_executor(mode: str, queue: TaskQueue, queue_name: str = "default") -> Executor:
+async def open_executor(
+    mode: str,
+    queue: TaskQueue,
+    queue_name: str = "default",
+    grace: float | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Executor:
     """The executor for ``mode``: ``workers`` (fails without live workers on the
     queue's database), ``local``, or ``auto`` (workers when some serve
-    ``queue_name``, else local). ``queue`` is connected and stays the caller's."""
+    ``queue_name``, else local). ``queue`` is connected and stays the caller's.
+    ``grace`` (default: no_worker_grace()) and ``warn`` go to its WorkerWatch."""
     if mode not in EXECUTORS:
         raise WorkflowError(f"unknown executor {mode!r}; use one of {', '.join(EXECUTORS)}")
     if mode == "local":
-        return LocalExecutor(queue)
+        return LocalExecutor(queue, grace, warn)
     if await live_workers(queue, queue_name):
-        return WorkerExecutor(queue, queue_name)
+        return WorkerExecutor(queue, queue_name, grace, warn)
     if mode == "workers":
         where = queue.backend.describe()
         raise WorkflowError(
@@ -252,4 +426,4 @@ async def open_executor(mode: str, queue: TaskQueue, queue_name: str = "default"
             "`sitq worker --db ...` on that database, or run the items here with "
             "--executor local"
         )
-    return LocalExecutor(queue)
+    return LocalExecutor(queue, grace, warn)

@@ -158,9 +158,13 @@ class Workflow:
                 run_params, dead_owner = await self._resumed_params(
                     store, params, resume, reporter, force
                 )
-            the_executor = await open_executor(executor, task_queue, queue)
+            the_executor = await open_executor(executor, task_queue, queue, warn=reporter.message)
             try:
                 run_id = resume or new_run_id()
+                if the_executor.watch is not None:
+                    the_executor.watch.resume_command = (
+                        f"`sitq workflow run {self.spec.source} --resume {run_id}`"
+                    )
                 if resume:
                     await store.take_over(run_id, force=force, dead_owner=dead_owner)
                 else:
