@@ -1277,3 +1277,46 @@ async def test_a_resume_here_waiting_for_a_dead_workers_task_fails_after_the_gra
         assert "sitq worker --queue wq" in failure["error"]
         assert "--resume killed" in failure["error"]
         assert await queue.status(task_id) == TaskStatus.RUNNING  # left for a worker
+
+
+def test_status_calls_a_run_on_another_host_interrupted_once_its_lease_expired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another host's process cannot be looked at: its run is interrupted once it has
+    not renewed its lease (heartbeat) for RUN_LEASE seconds, not before."""
+    from sitq.workflow.state import RUN_LEASE, StateStore
+
+    db = str(tmp_path / "state.db")
+    text = "steps:\n  a: {type: echo, message: hi}\n"
+
+    async def heartbeat(age: float) -> None:
+        """Record the run as running on another host, last heard of ``age`` s ago."""
+        async with TaskQueue(db) as queue:
+            if await queue.get_workflow_run("elsewhere") is None:
+                await StateStore(queue).create_run("elsewhere", "lease.yaml", None, text, {})
+                await queue.update_workflow_run("elsewhere", "running", host="other-host", pid=1)
+            real_now = queue.backend.now
+            with monkeypatch.context() as patch:
+                patch.setattr(queue.backend, "now", lambda: real_now() - age)
+                assert await queue.heartbeat_workflow_run("elsewhere", "other-host", 1)
+
+    def status(*args: str) -> str:
+        result = CliRunner().invoke(workflow_group, ["status", *args, "--db", db])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    asyncio.run(heartbeat(RUN_LEASE - 20))  # within its lease: it may well run
+    assert status("elsewhere").splitlines()[0] == "run elsewhere: running"
+    run = json.loads(status("elsewhere", "--json"))["run"]
+    assert run["status"] == "running" and run["interrupted"] is None
+    assert run["process_alive"] is None  # not looked at: another host
+    assert "interrupted" not in status()
+
+    asyncio.run(heartbeat(RUN_LEASE + 60))  # no heartbeat for two minutes
+    first = status("elsewhere").splitlines()[0]
+    assert first.startswith("run elsewhere: interrupted (no heartbeat from process 1 on ")
+    assert "other-host for 12" in first and "lease lasts 60s" in first and "--resume" in first
+    assert json.loads(status("elsewhere", "--json"))["run"]["interrupted"].startswith(
+        "no heartbeat"
+    )
+    assert "elsewhere  interrupted (no heartbeat" in status()

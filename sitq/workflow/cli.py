@@ -190,9 +190,12 @@ def _when(value: float | None) -> str:
     return "-" if value is None else datetime.fromtimestamp(value).isoformat(timespec="seconds")
 
 
-def _run_status(record: RunRecord) -> str:
-    if record.status == "running" and record.process_alive() is False:
-        return "interrupted (its process is gone; continue it with --resume)"
+def _run_status(record: RunRecord, now: float) -> str:
+    """The run's status, "interrupted" for a run recorded as running whose process is
+    gone (on this host) or whose lease expired (on another host)."""
+    why = record.interrupted(now)
+    if why is not None:
+        return f"interrupted ({why}; continue it with --resume)"
     return record.status
 
 
@@ -237,15 +240,17 @@ def _item_json(record: ItemRecord) -> dict[str, Any]:
 
 async def _read_status(
     db: str, run_id: str | None, items: bool
-) -> tuple[str, list[RunRecord], list[dict[str, Any]]]:
-    """(where, runs, steps): the recent runs without ``run_id``, else that run and its
-    steps as JSON-ready dicts. The database must exist already."""
+) -> tuple[str, float, list[RunRecord], list[dict[str, Any]]]:
+    """(where, now, runs, steps): the recent runs without ``run_id``, else that run and
+    its steps as JSON-ready dicts; ``now`` by the database's clock (that of the
+    leases). The database must exist already."""
     queue = TaskQueue(open_backend(db, create=False))
     await queue.connect()
     try:
         store = StateStore(queue)
+        now = queue.backend.now()
         if run_id is None:
-            return store.where, await store.runs(), []
+            return store.where, now, await store.runs(), []
         record = await store.run(run_id)
         started = {s.name: s for s in await store.steps(run_id)}
         steps = []
@@ -260,7 +265,7 @@ async def _read_status(
             if items:
                 data["items"] = [_item_json(r) for r in records]
             steps.append(data)
-        return store.where, [record], steps
+        return store.where, now, [record], steps
     finally:
         await queue.close()
 
@@ -273,11 +278,11 @@ async def _read_status(
 def status(run_id: str | None, db: str, as_json: bool, items: bool) -> None:
     """Show a run's steps and items (or, without RUN_ID, the recent runs)."""
     try:
-        where, runs, steps = asyncio.run(_read_status(db, run_id, items))
+        where, now, runs, steps = asyncio.run(_read_status(db, run_id, items))
     except SitqError as exc:
         raise click.ClickException(str(exc)) from None
     if run_id is None:
-        _list_runs(where, runs, as_json)
+        _list_runs(where, now, runs, as_json)
         return
     record = runs[0]
     if as_json:
@@ -286,6 +291,8 @@ def status(run_id: str | None, db: str, as_json: bool, items: bool) -> None:
             "file": record.source,
             "status": record.status,
             "process_alive": record.process_alive(),
+            "interrupted": record.interrupted(now),
+            "last_heartbeat_at": record.updated_at,
             "error": record.error,
             "params": record.params_preview,
             "created_at": record.created_at,
@@ -293,10 +300,10 @@ def status(run_id: str | None, db: str, as_json: bool, items: bool) -> None:
         }
         click.echo(json.dumps({"run": run_data, "steps": steps}, indent=2, default=str))
         return
-    _print_run(record, steps)
+    _print_run(record, now, steps)
 
 
-def _list_runs(where: str, runs: list[RunRecord], as_json: bool) -> None:
+def _list_runs(where: str, now: float, runs: list[RunRecord], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{"id": r.id, "file": r.source, "status": r.status,
                                 "created_at": r.created_at} for r in runs], indent=2))  # fmt: skip
@@ -304,11 +311,11 @@ def _list_runs(where: str, runs: list[RunRecord], as_json: bool) -> None:
     if not runs:
         click.echo(f"no workflow runs recorded in {where}")
     for r in runs:
-        click.echo(f"{r.id}  {_run_status(r):<12} {_when(r.created_at)}  {r.source}")
+        click.echo(f"{r.id}  {_run_status(r, now):<12} {_when(r.created_at)}  {r.source}")
 
 
-def _print_run(record: RunRecord, steps: list[dict[str, Any]]) -> None:
-    click.echo(f"run {record.id}: {_run_status(record)}")
+def _print_run(record: RunRecord, now: float, steps: list[dict[str, Any]]) -> None:
+    click.echo(f"run {record.id}: {_run_status(record, now)}")
     click.echo(f"  file {record.source}, started {_when(record.created_at)}, "
                f"finished {_when(record.finished_at)}")  # fmt: skip
     click.echo(f"  params {record.params_preview}")

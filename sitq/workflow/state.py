@@ -99,6 +99,23 @@ class RunRecord:
             return True
         return True
 
+    def interrupted(self, now: float, lease: float = RUN_LEASE) -> str | None:
+        """Why a run recorded as running is not running any more, or None if it may
+        be: on this host, its process is gone; on another host (whose processes
+        cannot be looked at), its lease expired: no heartbeat for ``lease`` seconds
+        by the database clock ``now``."""
+        if self.status != "running":
+            return None
+        alive = self.process_alive()
+        if alive is False:
+            return "its process is gone"
+        if alive is None and now - self.updated_at > lease:
+            return (
+                f"no heartbeat from process {self.pid} on {self.host} for "
+                f"{now - self.updated_at:.0f}s; its lease lasts {lease:.0f}s"
+            )
+        return None
+
 
 class StateStore:
     """The runs, steps and items of workflows, in the database of ``queue`` (connected;
