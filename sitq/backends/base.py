@@ -756,3 +756,14 @@ class WorkflowItemRecord:
     started_at: float | None
     finished_at: float | None
     result: bytes | None = None
+
+
+def limit_room_allowed(room_row: Sequence[Any], room: int) -> int:
+    """How many tasks of one limit key may start now, from a row of
+    (key, running room or None, starts room or None, ...), at most ``room``."""
+    running_room, start_room = room_row[1], room_row[2]
+    return min(
+        room,
+        room if running_room is None else running_room,
+        room if start_room is None else start_room,
+    )

@@ -485,14 +485,15 @@ class PostgresBackend(Backend):
         """Claim tasks under limits. The limit rows stay locked until commit, so
         claimers on every host take turns and each counts what the last committed.
         A read first keeps that lock away while no limited task can start."""
-        if not any(_allowed(row, room) > 0 for row in await conn.fetch(self._q(q.LIMIT_ROOM), now)):
+        rooms = await conn.fetch(self._q(q.LIMIT_ROOM), now)
+        if not any(base.limit_room_allowed(row, room) > 0 for row in rooms):
             return []
         taken: list[Any] = []
         async with conn.transaction():
             await conn.execute(self._q(q.LOCK_LIMITS))
             for row in await conn.fetch(self._q(q.LIMIT_ROOM), now):
                 key, per_seconds = row[0], row[3]
-                allowed = min(room - len(taken), _allowed(row, room))
+                allowed = min(room - len(taken), base.limit_room_allowed(row, room))
                 if allowed <= 0:
                     continue
                 claimed = await conn.fetch(
@@ -1026,13 +1027,3 @@ def _record(row: Any) -> TaskRecord:
         if values[index] is not None:
             values[index] = bytes(values[index])
     return TaskRecord(*values)
-
-
-def _allowed(room_row: Any, room: int) -> int:
-    """How many tasks of one limit key may start now (a LIMIT_ROOM row)."""
-    running_room, start_room = room_row[1], room_row[2]
-    return min(
-        room,
-        room if running_room is None else running_room,
-        room if start_room is None else start_room,
-    )

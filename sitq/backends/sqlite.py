@@ -622,7 +622,8 @@ class SQLiteBackend(Backend):
         """Claim tasks under limits, in one write transaction, so the room each
         limit has left cannot change between counting it and claiming. A read
         first keeps that transaction away while no limited task can start."""
-        if not any(_allowed(row, room) > 0 for row in await self._read(q.LIMIT_ROOM, {"now": now})):
+        rooms = await self._read(q.LIMIT_ROOM, {"now": now})
+        if not any(base.limit_room_allowed(row, room) > 0 for row in rooms):
             return []
         conn = self._connection()
         sql = q.CLAIM_LIMITED.format(queues=",".join("?" * len(queues)))
@@ -631,7 +632,7 @@ class SQLiteBackend(Backend):
             taken: list[Any] = []
             for row in await conn.execute_fetchall(q.LIMIT_ROOM, {"now": now}):
                 key, per_seconds = row[0], row[3]
-                allowed = min(room - len(taken), _allowed(row, room))
+                allowed = min(room - len(taken), base.limit_room_allowed(row, room))
                 if allowed <= 0:
                     continue
                 params = (worker_id, now, expires, *queues, now, key, allowed)
@@ -1295,13 +1296,3 @@ def _workflow_step(row: Sequence[Any]) -> base.WorkflowStepRecord:
     values = list(row)
     values[4] = bool(values[4])
     return base.WorkflowStepRecord(*values)
-
-
-def _allowed(room_row: Sequence[Any], room: int) -> int:
-    """How many tasks of one limit key may start now (a LIMIT_ROOM row)."""
-    running_room, start_room = room_row[1], room_row[2]
-    return min(
-        room,
-        room if running_room is None else running_room,
-        room if start_room is None else start_room,
-    )
