@@ -22,6 +22,7 @@ bench:
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/batch_bench.py
 	$(BIN)/python benchmarks/adaptive_bench.py
+	$(BIN)/python benchmarks/telemetry_overhead.py
 
 lint:
 	$(BIN)/ruff check sitq tests examples benchmarks
