@@ -502,12 +502,12 @@ class Worker:
     def _start(self, running: _Running) -> None:
         """Begin one task: on a thread, on the loop, or in a child process."""
         task = running.task
+        running.observed = _observed()
         if running.interrupt == "cancel":
             self._done(running, self._cancelled())
             return
         headers, body = unwrap_headers(task.payload)
-        if _observed():
-            running.observed = True
+        if running.observed:
             running.span = telemetry.start_run(
                 task.id,
                 task.queue,
