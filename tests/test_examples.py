@@ -268,3 +268,16 @@ def test_worker_unit_verifies(tmp_path: Path) -> None:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert "sitq-worker@" not in output, output
+
+
+def test_scheduled_tasks_example(tmp_path: Path) -> None:
+    proc = _run_example(EXAMPLES / "scheduled_tasks.py", tmp_path)
+    out = proc.stdout
+    assert "unique key: same task True, second one created: False" in out
+    assert "report for monday sent" in out
+    assert "render: 5 pages, at most 1 at once" in out
+    ticks = int(out.split("heartbeat ran ")[1].split()[0])
+    assert ticks >= 3
+    assert "schedule 'heartbeat': every 0.5s" in out
+    assert out.rstrip().splitlines()[-1] == "Scheduled tasks example completed!"
+    assert _database_files(tmp_path) == []
