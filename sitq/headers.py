@@ -45,12 +45,6 @@ def encode(headers: dict[str, str]) -> bytes | None:
     return MAGIC + len(encoded).to_bytes(4, "big") + encoded
 
 
-def wrap(body: bytes, headers: dict[str, str]) -> bytes:
-    """``body`` with ``headers`` framed in front (``body`` unchanged if none)."""
-    prefix = encode(headers)
-    return body if prefix is None else prefix + body
-
-
 def unwrap(payload: bytes) -> tuple[dict[str, str], bytes]:
     """Split a stored payload into its headers (maybe empty) and the serialized call."""
     if not payload.startswith(MAGIC):

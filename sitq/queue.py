@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from sitq import schedules, signals, telemetry
@@ -194,12 +194,14 @@ class _Enqueuer:
         backend: Backend,
         fn: Callable[..., Any],
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        store: Callable[[list[NewTask]], Awaitable[Any]] | None = None,
     ) -> list[str]:
-        """The enqueue path with a span, metrics and the task_enqueued signal."""
+        """The enqueue path with a span, metrics and the task_enqueued signal;
+        ``store`` writes the tasks (default: ``backend.enqueue``)."""
         _check_callable(fn)
         with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
             tasks = self._queue._new_tasks(self.options, fn, calls, backend.now(), scope.headers)
-            await backend.enqueue(tasks)
+            await (store or backend.enqueue)(tasks)
             ids = [task.id for task in tasks]
             scope.committed(ids)
         _announce_enqueued(tasks)
@@ -225,14 +227,11 @@ class _Enqueuer:
             tasks = self._queue._new_tasks(self.options, fn, calls, backend.now())
             await backend.enqueue_in_batch(batch_id, tasks, expected_size)
             return [task.id for task in tasks]
-        _check_callable(fn)
-        with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
-            tasks = self._queue._new_tasks(self.options, fn, calls, backend.now(), scope.headers)
+
+        async def store(tasks: list[NewTask]) -> None:
             await backend.enqueue_in_batch(batch_id, tasks, expected_size)
-            ids = [task.id for task in tasks]
-            scope.committed(ids)
-        _announce_enqueued(tasks)
-        return ids
+
+        return await self._enqueue_observed(backend, fn, calls, store)
 
 
 class TaskQueue:

@@ -70,11 +70,6 @@ def resolve(fn: Any) -> Any:
         ) from None
 
 
-def registered() -> dict[str, Callable[..., Any]]:
-    """A copy of the name -> function registry of this process."""
-    return dict(_registry)
-
-
 def _identity(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
@@ -120,8 +115,3 @@ class TaskHandle(Generic[P, R]):
     async def enqueue_many(self, items: Any) -> list[str]:
         """One run per item (a tuple of positional arguments, or one argument)."""
         return await self._enqueuer.enqueue_many(self._ref, items)
-
-
-def task_display_name(fn: Any) -> str | None:
-    """The registered name, for a TaskRef (what the task table shows)."""
-    return fn.name if isinstance(fn, TaskRef) else None
