@@ -18,12 +18,13 @@ import click
 from sitq.backends import open_backend
 from sitq.backends.base import WORKER_STALE_AFTER, Backend
 from sitq.dashboard.cli import dashboard as dashboard_command
+from sitq.display import redact, terminal_safe, terminal_safe_data
 from sitq.errors import SitqError
 from sitq.headers import unwrap as unwrap_headers
 from sitq.queue import record_to_result
 from sitq.serialization import SignedSerializer, default_serializer
 from sitq.task import FINISHED_STATUSES, TaskStatus
-from sitq.worker import POOLS, Worker
+from sitq.worker import MAX_PREFETCH, POOLS, PREFETCH_HORIZON, Worker
 
 T = TypeVar("T")
 
@@ -37,7 +38,16 @@ db_option = click.option(
 
 
 def _fail(message: str) -> None:
-    raise click.ClickException(message)
+    # Every error line passes here: a database URL in it never shows its password.
+    raise click.ClickException(redact(message))
+
+
+class _SafeFormatter(logging.Formatter):
+    """The worker's log lines without database passwords or terminal control
+    characters (a log may be read on a terminal; tracebacks keep their lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(redact(super().format(record)), keep_newlines=True)
 
 
 def _run(coro_fn: Callable[[Backend], Awaitable[T]], db: str, *, create: bool = False) -> T:
@@ -100,7 +110,9 @@ def main() -> None:
     "--prefetch",
     type=click.IntRange(min=0),
     default=None,
-    help="Tasks claimed beyond the free slots [default: see Worker].",
+    help="Tasks claimed beyond the free slots. Default: adaptive, about "
+    f"{PREFETCH_HORIZON * 1000:.0f} ms of work per slot, at least 1 and at most "
+    f"{MAX_PREFETCH} (short tasks are claimed in batches; long ones are not hoarded).",
 )
 @click.option(
     "--import",
@@ -157,11 +169,9 @@ def worker(
     check: bool,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once)."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=log_level.upper(), handlers=[handler])
     _import_modules(imports)
     if check:
         _check_worker_setup(db, imports)
@@ -284,7 +294,7 @@ def init(db: str) -> None:
         return None
 
     _run(noop, db, create=True)
-    click.echo(f"sitq database ready at {db}")
+    click.echo(f"sitq database ready at {redact(db)}")
 
 
 @main.command()
@@ -332,7 +342,7 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
     counts = await backend.counts()
     workers = await backend.list_workers()
     running = await backend.running_tasks()
-    oldest = await backend.oldest_waiting()
+    ready = await backend.ready_summary()
     failed = await backend.recent_failures(failures) if failures else []
     schedule_records = await backend.list_schedules()
     paused = await backend.paused_queues()
@@ -343,7 +353,9 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
     for (queue, state), count in counts.items():
         queues.setdefault(queue, dict.fromkeys(statuses, 0))[state] = count
     for queue, row in queues.items():
-        available_at = oldest.get(queue)
+        available_at, row["ready"] = ready.get(queue, (None, 0))
+        # Queued but not yet due: a delay, an eta or a retry's backoff.
+        row["delayed"] = max(0, row["queued"] - row["ready"])
         row["oldest_waiting_seconds"] = (
             None if available_at is None else round(max(0.0, now - available_at), 1)
         )
@@ -385,9 +397,10 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
         for task in failed
     ]
     for queue in paused:
-        queues.setdefault(queue, dict.fromkeys(statuses, 0)).setdefault(
-            "oldest_waiting_seconds", None
-        )
+        row = queues.setdefault(queue, dict.fromkeys(statuses, 0))
+        row.setdefault("oldest_waiting_seconds", None)
+        row.setdefault("ready", 0)
+        row.setdefault("delayed", 0)
     for queue, row in queues.items():
         row["paused"] = queue in paused
     schedule_rows = [
@@ -418,15 +431,22 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
 
 
 def _render_status(report: dict[str, Any]) -> str:
-    statuses = [s.value for s in TaskStatus]
+    # Stored names and errors could hold escape sequences: none reaches the terminal.
+    report = terminal_safe_data(report)
+    # Queued tasks in two columns: ready (due now) and delayed (waiting for their time).
+    columns = [
+        name
+        for status in TaskStatus
+        for name in (("ready", "delayed") if status is TaskStatus.QUEUED else (status.value,))
+    ]
     queues = report["queues"]
-    lines = [f"{'queue':<20}" + "".join(f"{s:>11}" for s in statuses) + f"{'oldest wait':>13}"]
+    lines = [f"{'queue':<20}" + "".join(f"{s:>11}" for s in columns) + f"{'oldest wait':>13}"]
     for queue in sorted(queues):
         row = queues[queue]
         wait = row["oldest_waiting_seconds"]
         lines.append(
             f"{queue:<20}"
-            + "".join(f"{row[s]:>11}" for s in statuses)
+            + "".join(f"{row[s]:>11}" for s in columns)
             + f"{'-' if wait is None else _age(wait):>13}"
             + ("  (paused)" if row["paused"] else "")
         )
@@ -507,12 +527,22 @@ def _bounded(value: Any, limit: int = 500) -> str:
     help="Load and show the call's arguments and result even though payloads are not "
     "signed here (loading a pickle runs code from the database).",
 )
-def inspect(db: str, task_id: str, show_args: bool) -> None:
+@click.option(
+    "--import",
+    "-i",
+    "imports",
+    multiple=True,
+    metavar="MODULE",
+    help="Module to import first, so the call's arguments and result load (repeatable).",
+)
+def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) -> None:
     """Show one task: its call, attempts, timings, result or error.
 
     Arguments and the result are loaded (unpickled) only when they are signed
-    and verified with $SITQ_SECRET_KEY, or with --show-args.
+    and verified with $SITQ_SECRET_KEY, or with --show-args. As for the worker,
+    the current directory is on the import path, so run it where your app runs.
     """
+    _import_modules(imports)  # the arguments may be instances of the app's classes
 
     async def fetch(backend: Backend) -> Any:
         return (await backend.get_tasks([task_id], with_payload=True)).get(task_id)
@@ -555,12 +585,13 @@ def inspect(db: str, task_id: str, show_args: bool) -> None:
                 lines.append(("result", _bounded(value)))
             except SitqError as exc:
                 lines.append(("result", f"(not readable here: {exc})"))
-    if record.error:
-        lines.append(("error", record.error))
     for label, value in lines:
-        click.echo(f"{label:>10}: {value}")
+        click.echo(f"{label:>10}: {terminal_safe(str(value))}")
+    # Stored text shown as it is but for control characters (tracebacks keep their lines).
+    if record.error:
+        click.echo(f"{'error':>10}: {terminal_safe(record.error, keep_newlines=True)}")
     if record.traceback:
-        click.echo("\n" + record.traceback.rstrip())
+        click.echo("\n" + terminal_safe(record.traceback.rstrip(), keep_newlines=True))
 
 
 @main.command()
@@ -593,19 +624,28 @@ def retry(db: str, task_id: str | None, all_failed: bool, queue: str | None) -> 
 def cancel(db: str, task_id: str) -> None:
     """Cancel a queued task, or ask a running task's worker to stop it."""
 
-    async def do_cancel(backend: Backend) -> str | None:
-        return await backend.cancel(task_id)
+    async def do_cancel(backend: Backend) -> tuple[str | None, str | None]:
+        outcome = await backend.cancel(task_id)
+        if outcome not in ("cancelled", "requested", None):
+            # Finished: say how, so "already cancelled" is not read as a failure.
+            record = (await backend.get_tasks([task_id])).get(task_id)
+            return outcome, record.status if record else None
+        return outcome, None
 
-    outcome = _run(do_cancel, db)
+    outcome, finished_as = _run(do_cancel, db)
     if outcome is None:
         _fail(f"no task with id {task_id!r} in {db}")
     messages = {
         "cancelled": f"task {task_id} cancelled",
         "requested": f"task {task_id} is running: its worker was asked to stop it",
     }
-    if outcome not in messages:
-        _fail(f"task {task_id} has already finished; nothing to cancel")
-    click.echo(messages[str(outcome)])
+    if outcome in messages:
+        click.echo(messages[str(outcome)])
+    elif finished_as == TaskStatus.CANCELLED.value:
+        click.echo(f"task {task_id} was already cancelled")
+    else:
+        how = f" as {finished_as}" if finished_as else ""
+        _fail(f"task {task_id} has already finished{how}; nothing to cancel")
 
 
 @main.command()

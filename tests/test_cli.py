@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -53,18 +54,20 @@ def test_status_shows_counts_and_workers(db_path: Path, filled_db: dict[str, str
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].split() == [
-        "queue", "queued", "running", "succeeded", "failed", "cancelled", "oldest", "wait"
+        "queue", "ready", "delayed", "running", "succeeded", "failed", "cancelled", "oldest",
+        "wait",
     ]  # fmt: skip
     default, mail = lines[1].split(), lines[2].split()
-    assert default[:6] == ["default", "1", "0", "0", "1", "0"]
-    assert default[6].endswith("s")  # the queued task is due: it has waited a moment
-    assert mail == ["mail", "1", "0", "0", "0", "0", "-"]  # delayed: not waiting yet
+    assert default[:7] == ["default", "1", "0", "0", "0", "1", "0"]
+    assert default[7].endswith("s")  # the queued task is due: it has waited a moment
+    assert mail == ["mail", "0", "1", "0", "0", "0", "0", "-"]  # delayed: not waiting yet
     assert "workers: 0 alive" in run.stdout
     assert "recent failures:" in run.stdout
     (failure,) = [line for line in lines if filled_db["failed"] in line]
     assert "jobs.fail [default]: ValueError: broken" in failure
     as_json = json.loads(sitq("status", "--db", str(db_path), "--json").stdout)
     assert as_json["queues"]["mail"]["queued"] == 1
+    assert (as_json["queues"]["mail"]["ready"], as_json["queues"]["mail"]["delayed"]) == (0, 1)
     assert as_json["queues"]["mail"]["oldest_waiting_seconds"] is None
     assert as_json["queues"]["default"]["oldest_waiting_seconds"] >= 0
     assert [f["id"] for f in as_json["recent_failures"]] == [filled_db["failed"]]
@@ -135,7 +138,7 @@ def test_retry_cancel_and_purge(db_path: Path, filled_db: dict[str, str]) -> Non
     run = sitq("cancel", "--db", db, filled_db["queued"])
     assert run.returncode == 0 and "cancelled" in run.stdout
     run = sitq("cancel", "--db", db, filled_db["queued"])
-    assert run.returncode == 1 and "already finished" in run.stderr
+    assert run.returncode == 0 and f"task {filled_db['queued']} was already cancelled" in run.stdout
     run = sitq("retry", "--db", db, "--failed")
     assert run.returncode == 0 and "queued 0 task(s)" in run.stdout
     run = sitq("purge", "--db", db)
@@ -297,3 +300,103 @@ def test_inspect_never_unpickles_an_unsigned_payload_unless_asked(
         "inspect", "--db", str(db_path), task_id, env=subprocess_env(SITQ_SECRET_KEY="k" * 32)
     )
     assert "PayloadRejected" in signed.stdout and not marker.exists()
+
+
+def test_cancel_says_how_a_task_already_finished(db_path: Path) -> None:
+    with SyncTaskQueue(db_path) as queue:
+        task_id = queue.enqueue(jobs.add, 1, 2)
+    assert sitq("worker", "--db", str(db_path), "--burst").returncode == 0
+    run = sitq("cancel", "--db", str(db_path), task_id)
+    assert run.returncode == 1
+    assert f"task {task_id} has already finished as succeeded; nothing to cancel" in run.stderr
+
+
+async def test_status_tells_ready_from_delayed_tasks(db_url: str) -> None:
+    from sitq import TaskQueue
+
+    async with TaskQueue(db_url) as queue:
+        await queue.enqueue(jobs.add, 1, 2)
+        await queue.enqueue(jobs.add, 3, 4)
+        await queue.with_options(delay=3600).enqueue(jobs.add, 5, 6)
+        await queue.with_options(queue="later", delay=3600).enqueue(jobs.add, 5, 6)
+    run = sitq("status", "--db", db_url, "--json")
+    assert run.returncode == 0, run.stderr
+    queues = json.loads(run.stdout)["queues"]
+    assert {name: (q["queued"], q["ready"], q["delayed"]) for name, q in queues.items()} == {
+        "default": (3, 2, 1),
+        "later": (1, 0, 1),
+    }
+    text = sitq("status", "--db", db_url).stdout.splitlines()
+    assert text[1].split()[:3] == ["default", "2", "1"] and text[2].split()[:3] == [
+        "later",
+        "0",
+        "1",
+    ]
+
+
+def test_worker_help_describes_the_default_prefetch() -> None:
+    text = " ".join(sitq("worker", "--help").stdout.split())
+    assert "see Worker" not in text
+    assert "Default: adaptive, about 50 ms of work per slot, at least 1 and at most 128" in text
+
+
+def test_inspect_loads_arguments_from_the_apps_own_directory(db_path: Path, tmp_path: Path) -> None:
+    """As the worker does: the current directory is on the import path, and
+    --import MODULE (repeatable) imports modules first."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "myapp.py").write_text(
+        "class Point:\n"
+        "    def __init__(self, x, y):\n"
+        "        self.x, self.y = x, y\n"
+        "    def __repr__(self):\n"
+        "        return f'Point({self.x}, {self.y})'\n"
+        "def area(p):\n"
+        "    return p.x * p.y\n"
+    )
+    (app / "myapp_setup.py").write_text("SETUP = True\n")
+    import sys
+
+    sys.path.insert(0, str(app))
+    try:
+        import myapp  # type: ignore[import-not-found]
+
+        with SyncTaskQueue(db_path) as queue:
+            task_id = queue.enqueue(myapp.area, myapp.Point(2, 3))
+    finally:
+        sys.path.remove(str(app))
+        sys.modules.pop("myapp", None)
+    db = str(db_path)
+    run = sitq("inspect", "--db", db, "--show-args", task_id, cwd=app)
+    assert run.returncode == 0, run.stderr
+    assert "call: myapp.area(*(Point(2, 3),), **{})" in run.stdout, run.stdout
+    run = sitq(
+        "inspect", "--db", db, "--show-args", "--import", "myapp", "-i", "myapp_setup", task_id,
+        cwd=app,
+    )  # fmt: skip
+    assert run.returncode == 0 and "call: myapp.area(*(Point(2, 3),), **{})" in run.stdout
+    run = sitq("inspect", "--db", db, "--import", "not_here_at_all", task_id, cwd=app)
+    assert run.returncode == 1 and "cannot import module 'not_here_at_all'" in run.stderr
+
+
+def _shape(line: str) -> list[str]:
+    """A status line's words with numbers, ages, worker ids and host names made
+    generic: what must match between the documented sample and a real run."""
+    words = line.split()
+    if len(words) > 3 and words[3] == "pid":  # a worker line: ID STATE HOST pid ...
+        words[0], words[2] = "ID", "HOST"
+    return [re.sub(r"^\d+(\.\d+)?[smh]?$", "N", word) for word in words]
+
+
+def test_worker_daemon_readme_status_sample_matches_real_output(
+    db_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    readme = (Path(__file__).parent.parent / "examples" / "worker_daemon" / "README.md").read_text()
+    sample = readme.split("$ sitq status\n", 1)[1].split("```", 1)[0].strip("\n").splitlines()
+    with SyncTaskQueue(db_path) as queue:
+        task_id = queue.enqueue(jobs.add, 1, 2)
+    spawn_worker("--concurrency", "3").wait_started()
+    with SyncTaskQueue(db_path) as queue:
+        assert queue.get_result(task_id, timeout=20) is not None
+    real = sitq("status", "--db", str(db_path)).stdout.strip("\n").splitlines()
+    assert [_shape(line) for line in real] == [_shape(line) for line in sample]

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from sitq.backends.base import Backend
+from sitq.display import redact
 from sitq.errors import ConfigurationError
 
 DEFAULT_DATABASE = "sitq.db"
@@ -36,7 +37,15 @@ def open_backend(target: Backend | str | os.PathLike[str] | None, **options: Any
         # Imported only here: the embedded default never needs asyncpg.
         from sitq.backends.postgres import PostgresBackend
 
-        return PostgresBackend(text, **options)
+        try:
+            return PostgresBackend(text, **options)
+        except ValueError as exc:
+            # urllib's messages can quote the URL's network location, password included.
+            raise ConfigurationError(
+                f"the PostgreSQL URL cannot be read ({redact(str(exc))}): check its form, "
+                "postgresql://USER:PASSWORD@HOST:PORT/DATABASE, percent-encoding special "
+                "characters in the password"
+            ) from None
     if text.startswith("sqlite://"):
         text = text[len("sqlite://") :]
         if text.startswith("/"):

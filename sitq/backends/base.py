@@ -276,6 +276,12 @@ class Backend(abc.ABC):
         (queues with nothing due are absent)."""
 
     @abc.abstractmethod
+    async def ready_summary(self) -> dict[str, tuple[float, int]]:
+        """Per queue, the ``available_at`` of the ready task that has waited longest
+        and the number of ready tasks (queued and due; the other queued tasks wait
+        for their time). One query: what `sitq status` shows."""
+
+    @abc.abstractmethod
     async def register_worker(self, worker: WorkerRecord) -> None:
         """Record a worker that has started."""
 

@@ -430,6 +430,12 @@ class PostgresBackend(Backend):
             rows = await conn.fetch(self._q(q.OLDEST_WAITING), self.now())
         return {row[0]: float(row[1]) for row in rows}
 
+    async def ready_summary(self) -> dict[str, tuple[float, int]]:
+        """Per queue, (the oldest ready task's ``available_at``, how many are ready)."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.OLDEST_WAITING), self.now())
+        return {row[0]: (float(row[1]), int(row[2])) for row in rows}
+
     # -- worker side ------------------------------------------------------
 
     async def claim(

@@ -400,7 +400,7 @@ LIMIT $1
 """
 
 OLDEST_WAITING = """
-SELECT queue, min(available_at) FROM (
+SELECT queue, min(available_at), count(*) FROM (
     SELECT queue, available_at FROM {s}.sitq_tasks
     WHERE status = 'queued' AND limit_key IS NULL AND available_at <= $1
     UNION ALL

@@ -582,6 +582,11 @@ class SQLiteBackend(Backend):
         rows = await self._read(q.OLDEST_WAITING, {"now": self.now()})
         return {row[0]: float(row[1]) for row in rows}
 
+    async def ready_summary(self) -> dict[str, tuple[float, int]]:
+        """Per queue, (the oldest ready task's ``available_at``, how many are ready)."""
+        rows = await self._read(q.OLDEST_WAITING, {"now": self.now()})
+        return {row[0]: (float(row[1]), int(row[2])) for row in rows}
+
     # -- worker side ------------------------------------------------------
 
     async def claim(

@@ -385,7 +385,7 @@ LIMIT ?
 
 # Two halves, one per index (ready tasks without and with a limit key).
 OLDEST_WAITING = """
-SELECT queue, MIN(available_at) FROM (
+SELECT queue, MIN(available_at), COUNT(*) FROM (
     SELECT queue, available_at FROM sitq_tasks
     WHERE status = 'queued' AND limit_key IS NULL AND available_at <= :now
     UNION ALL

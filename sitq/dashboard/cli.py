@@ -7,6 +7,7 @@ import asyncio
 import click
 
 from sitq.dashboard.access import is_loopback, new_token
+from sitq.display import redact
 
 TOKEN_ENV = "SITQ_DASHBOARD_TOKEN"
 
@@ -32,7 +33,8 @@ TOKEN_ENV = "SITQ_DASHBOARD_TOKEN"
     "--token",
     envvar=TOKEN_ENV,
     default=None,
-    help=f"Access token every request must carry (or ${TOKEN_ENV}); 'generate' makes one.",
+    help=f"Access token every request must carry (or ${TOKEN_ENV}), at least 16 characters; "
+    "'generate' makes one.",
 )
 @click.option(
     "--refresh",
@@ -68,7 +70,7 @@ def dashboard(db: str, host: str, port: int, token: str | None, refresh: float) 
     )
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
-    click.echo(f"sitq dashboard for {db} at {url}  (Ctrl-C to stop)", err=True)
+    click.echo(f"sitq dashboard for {redact(db)} at {url}  (Ctrl-C to stop)", err=True)
     asyncio.run(server.serve())
     if not server.started:
         raise click.ClickException(f"the dashboard could not start on {host}:{port} (see above)")

@@ -1,0 +1,63 @@
+"""Text made safe to show: no database passwords, no terminal control sequences.
+
+Every place that displays or logs a database URL goes through :func:`redact`,
+and every CLI line that shows stored text (task names, queue names, errors,
+tracebacks, worker ids) goes through :func:`terminal_safe`, so a task's error
+cannot move the cursor, clear the screen or retitle the terminal.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+#: ``scheme://user:PASSWORD@``: everything up to the last ``@`` on the line is
+#: treated as the password, so an unencoded ``@`` or ``/`` in it is hidden too
+#: (hiding a little too much is better than showing a password).
+_USERINFO_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^:/?#@\s]*):[^\n]*@")
+#: ``?password=...`` in a query string (libpq and asyncpg accept it).
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#\s]*")
+
+#: C0 controls but tab and newline, DEL, C1 controls, and the Unicode bidi
+#: overrides and isolates (which reorder what a terminal shows).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_OR_NEWLINE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every database URL in it replaced by ``***``."""
+    if "://" not in text and "password=" not in text.lower():
+        return text
+    text = _USERINFO_PASSWORD.sub(r"\1:***@", text)
+    return _QUERY_PASSWORD.sub(r"\1***", text)
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def terminal_safe(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with control characters shown as ``\\xNN`` escapes, so stored text
+    cannot drive the terminal. Tabs stay; newlines stay with ``keep_newlines``
+    (tracebacks), else they are escaped too (one value, one line)."""
+    pattern = _CONTROL if keep_newlines else _CONTROL_OR_NEWLINE
+    return pattern.sub(_escape, text)
+
+
+def terminal_safe_data(value: Any) -> Any:
+    """``value`` (plain data: dicts, lists, strings) with every string made
+    :func:`terminal_safe` on one line; other values are returned as they are."""
+    if isinstance(value, str):
+        return terminal_safe(value)
+    if isinstance(value, dict):
+        return {terminal_safe_data(k): terminal_safe_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [terminal_safe_data(v) for v in value]
+    return value
