@@ -334,6 +334,11 @@ async def test_status_tells_ready_from_delayed_tasks(db_url: str) -> None:
     ]
 
 
+def test_dashboard_help_states_the_token_minimum() -> None:
+    text = " ".join(sitq("dashboard", "--help").stdout.split())
+    assert "at least 16 characters" in text
+
+
 def test_worker_help_describes_the_default_prefetch() -> None:
     text = " ".join(sitq("worker", "--help").stdout.split())
     assert "see Worker" not in text
