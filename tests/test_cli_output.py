@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sqlite3
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -146,6 +148,17 @@ def test_stored_text_cannot_drive_the_terminal(db_path: Path) -> None:
         task_id = queue.with_options(queue=queue_name).enqueue(jobs.fail, NASTY)
     worker = sitq("worker", "--db", str(db_path), "--queue", queue_name, "--burst")
     assert worker.returncode == 1, worker.stderr  # the task failed, as it should
+    # Someone with write access to the database plants more: a task name, and a
+    # live-looking worker whose id and host name carry escape sequences.
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "UPDATE sitq_tasks SET func_name = 'jobs.fail\x1b[8m' WHERE id = ?", (task_id,)
+        )
+        conn.execute(
+            "UPDATE sitq_workers SET id = 'w\x1b[1A', hostname = 'host\x9d0;t\x9c', "
+            "stopped_at = NULL, heartbeat_at = ?",
+            (time.time(),),
+        )
     status = sitq("status", "--db", str(db_path))
     inspect = sitq("inspect", "--db", str(db_path), "--show-args", task_id)
     for run in (status, inspect, worker):
@@ -153,6 +166,8 @@ def test_stored_text_cannot_drive_the_terminal(db_path: Path) -> None:
     # Escaped, not dropped: what was stored can still be read.
     assert "boom\\x1b[2J\\x1b]0;owned\\x07 \\x9b31m" in status.stdout  # its first line
     assert "mail\\x1b[31m" in status.stdout
+    assert "jobs.fail\\x1b[8m" in status.stdout and "jobs.fail\\x1b[8m" in inspect.stdout
+    assert "w\\x1b[1A" in status.stdout and "host\\x9d0;t\\x9c" in status.stdout
     assert "ValueError: boom\\x1b[2J\\x1b]0;owned\\x07 \\x9b31m \\roverwritten" in inspect.stdout
     assert "\\u202etxt" in inspect.stdout
     # A traceback keeps its lines.
