@@ -107,6 +107,9 @@ def test_no_command_prints_the_database_password(
     run("pause", "default")
     run("resume", "default")
     run("purge")
+    workflows = sitq("workflow", "status", "--db", url)
+    assert workflows.returncode == 0, workflows.stderr
+    outputs["workflow status"] = workflows.stdout + workflows.stderr
     outputs["dashboard"] = _dashboard_start_line(url)
     assert "sitq dashboard for postgresql://" in outputs["dashboard"]
     # Failures before any server answers: nothing listens on port 1; a broken URL.
