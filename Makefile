@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-fast bench lint example clean
+.PHONY: install test test-fast bench lint example screenshots clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ bench:
 lint:
 	$(BIN)/ruff check sitq tests examples benchmarks
 	$(BIN)/ruff format --check sitq tests examples benchmarks
+
+# Refresh the committed docs/screenshots/ (the tests alone never write there).
+screenshots:
+	SITQ_REFRESH_SCREENSHOTS=1 $(BIN)/pytest -q tests/test_dashboard_browser.py
 
 example:
 	$(BIN)/python examples/quickstart.py

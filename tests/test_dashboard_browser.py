@@ -1,7 +1,9 @@
 """The dashboard in a real headless Chromium (Debian's package, driven by Playwright):
 counts change as a real `sitq worker` drains tasks, a failed task's traceback is
-shown, and its retry succeeds, all without reloading the page. The run saves the
-screenshots the README shows (docs/screenshots/).
+shown, and its retry succeeds, all without reloading the page. The run takes the
+screenshots the README shows: into a scratch folder, and into the committed
+docs/screenshots/ only with SITQ_REFRESH_SCREENSHOTS=1 (`make screenshots`), so
+testing leaves a checkout clean.
 
 Without Chromium these tests skip with the reason, except under CI=true, where
 they fail: CI must run them (.ci/run installs Chromium).
@@ -10,6 +12,7 @@ they fail: CI must run them (.ci/run installs Chromium).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import socket
@@ -29,7 +32,10 @@ from sitq import SyncTaskQueue, TaskQueue
 from sitq.workflow import Workflow
 
 CHROMIUM = os.environ.get("SITQ_TEST_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOTS = TESTS_DIR.parent / "docs" / "screenshots"
+#: The committed screenshots the README shows.
+DOCS_SCREENSHOTS = TESTS_DIR.parent / "docs" / "screenshots"
+#: Set to 1 to refresh them (`make screenshots`); otherwise they are left alone.
+REFRESH_ENV = "SITQ_REFRESH_SCREENSHOTS"
 LAUNCH_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -70,6 +76,29 @@ def browser() -> Iterator[Any]:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         yield chromium
         chromium.close()
+
+
+def committed_screenshots() -> dict[str, str]:
+    return {
+        shot.name: hashlib.sha256(shot.read_bytes()).hexdigest()
+        for shot in sorted(DOCS_SCREENSHOTS.glob("*.png"))
+    }
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where this run's screenshots go: docs/screenshots/ when refreshing on purpose,
+    else a scratch folder; and, unless refreshing, the committed ones must come out
+    of the tests unchanged."""
+    if os.environ.get(REFRESH_ENV) == "1":
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        yield DOCS_SCREENSHOTS
+        return
+    before = committed_screenshots()
+    yield tmp_path_factory.mktemp("screenshots")
+    assert committed_screenshots() == before, (
+        f"the browser tests changed docs/screenshots/ without {REFRESH_ENV}=1"
+    )
 
 
 @pytest.fixture
@@ -199,7 +228,11 @@ def queued_cell(page: Any, queue: str, status: str) -> Any:
 
 
 def test_counts_change_as_a_worker_drains(
-    page: Any, db_path: Path, serve: Callable[[], str], start_worker: Callable[..., WorkerProcess]
+    page: Any,
+    db_path: Path,
+    serve: Callable[[], str],
+    start_worker: Callable[..., WorkerProcess],
+    screenshots: Path,
 ) -> None:
     from playwright.sync_api import expect
 
@@ -229,8 +262,7 @@ def test_counts_change_as_a_worker_drains(
     assert page.evaluate("window.sitqSamePage") is True, "the page was reloaded"
     expect(page.locator("#live-status")).to_contain_text("live, updated")
 
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "overview.png"), full_page=True)
 
 
 def test_a_failed_task_shows_its_traceback_and_retry_succeeds(
@@ -239,6 +271,7 @@ def test_a_failed_task_shows_its_traceback_and_retry_succeeds(
     tmp_path: Path,
     serve: Callable[[], str],
     start_worker: Callable[..., WorkerProcess],
+    screenshots: Path,
 ) -> None:
     from playwright.sync_api import expect
 
@@ -257,8 +290,7 @@ def test_a_failed_task_shows_its_traceback_and_retry_succeeds(
     expect(page.locator("#traceback")).to_contain_text("Traceback (most recent call last)")
     expect(page.locator("#traceback")).to_contain_text("RuntimeError: flaky failure number 1")
     expect(page.locator("#call")).to_contain_text(f"jobs.flaky('{counter}', 1)")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "failed-task.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "failed-task.png"), full_page=True)
 
     questions: list[str] = []
 
@@ -297,7 +329,7 @@ def test_a_declined_confirmation_changes_nothing(
 
 
 def test_a_workflow_runs_progress_shows_and_pause_marks_the_queue(
-    page: Any, db_path: Path, serve: Callable[[], str]
+    page: Any, db_path: Path, serve: Callable[[], str], screenshots: Path
 ) -> None:
     from playwright.sync_api import expect
 
@@ -321,8 +353,7 @@ def test_a_workflow_runs_progress_shows_and_pause_marks_the_queue(
     expect(page.locator('#steps [data-step="load"] .step-count')).to_have_text("6 / 6")
     expect(page.locator("#failed-item-list")).to_contain_text("ValueError: item 4 is bad")
     expect(page.locator("#failed-item-list tbody tr")).to_have_count(1)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "workflow-run.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "workflow-run.png"), full_page=True)
 
     page.goto(url + "/")
     questions: list[str] = []
