@@ -7,9 +7,12 @@ import asyncio
 import dataclasses
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import jobs
 import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
+from support import SITQ, subprocess_env, wait_until
 
 from sitq import TaskQueue
 from sitq.backends.base import NewWorkflowRun, Outcome
@@ -672,3 +676,87 @@ def test_pause_and_resume_need_csrf(client: TestClient, db_path: Path) -> None:
     assert "Resumed" in client.post(resume, data={"csrf": csrf(page)}).text
     assert run(paused_queues(db_path)) == []
     assert "It was not paused." in client.post(resume, data={"csrf": csrf(page)}).text
+
+
+# -- the `sitq dashboard` process --------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class DashboardProcess:
+    """A real `sitq dashboard` process, started as users start it."""
+
+    def __init__(self, db: Path | str, log_dir: Path, *args: str, **popen: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"dashboard-{self.port}.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [SITQ, "dashboard", "--db", str(db), "--port", str(self.port), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=popen.pop("env", None) or subprocess_env(),
+                cwd=popen.pop("cwd", log_dir),
+                **popen,
+            )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, **headers: str) -> tuple[int, str]:
+        """Status and body of a GET (errors answer too)."""
+        request = urllib.request.Request(self.url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def wait_answering(self) -> DashboardProcess:
+        def answers() -> bool:
+            assert self.process.poll() is None, self.output()
+            try:
+                return self.get("/")[0] in (200, 401)
+            except OSError:
+                return False
+
+        wait_until(answers, 30, "the dashboard to answer")
+        return self
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def serve_dashboard(tmp_path: Path) -> Iterator[Any]:
+    """Start `sitq dashboard` processes; all are killed at teardown."""
+    started: list[DashboardProcess] = []
+
+    def start(db: Path | str, *args: str, **popen: Any) -> DashboardProcess:
+        process = DashboardProcess(db, tmp_path, *args, **popen)
+        started.append(process)
+        return process.wait_answering()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_stop_it_cleanly(
+    serve_dashboard: Any, db_path: Path, signum: int
+) -> None:
+    run(create_db(db_path))
+    dashboard_process = serve_dashboard(db_path)
+    assert "(Ctrl-C to stop)" in dashboard_process.output()
+    dashboard_process.process.send_signal(signum)
+    assert dashboard_process.process.wait(30) == 0, dashboard_process.output()
+    out = dashboard_process.output()
+    assert "Aborted!" not in out and "Traceback" not in out
+    assert out.rstrip().endswith("sitq dashboard stopped")

@@ -371,3 +371,47 @@ def test_a_workflow_runs_progress_shows_and_pause_marks_the_queue(
     expect(mail.get_by_role("button", name="Resume")).to_have_count(1)
     assert questions and questions[0].startswith("Pause queue mail?")
     assert with_queue(db_path, lambda q: q.paused()) == ["mail"]
+
+
+#: A workflow file's full path, as a run without ``name:`` records it.
+LONG_SOURCE = (
+    "/srv/deployments/acme-data-platform/releases/2025-06-01T12-00-00Z/pipelines/nightly/"
+    "ingestion/workflows/import_customer_orders_from_partner_sftp_and_reconcile_ledgers.yaml"
+)
+
+
+def test_a_run_without_a_name_fits_a_1400_pixel_window(
+    browser: Any, db_path: Path, serve: Callable[[], str]
+) -> None:
+    """The runs table shows a nameless run by its file, cut to fit: nothing overflows."""
+    from playwright.sync_api import expect
+
+    from sitq.backends.base import NewWorkflowRun
+
+    async def record(queue: TaskQueue) -> None:
+        blob = queue.serializer.dumps({})
+        run = NewWorkflowRun(
+            "20250601-120000-abcdef", LONG_SOURCE, None, "steps: []", blob, "{}", "h", 1
+        )
+        assert await queue.create_workflow_run(run)
+        items = queue.serializer.dumps(list(range(3)))
+        await queue.begin_workflow_step(run.id, "load", 0, items, ["0", "1", "2"], True)
+
+    with_queue(db_path, record)
+    url = serve()
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        tab = context.new_page()
+        tab.goto(url + "/")
+        runs = tab.locator("#runs")
+        expect(runs).to_contain_text("reconcile_ledgers.yaml")
+        overflow = tab.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, f"the page is {overflow}px wider than the window"
+        box = runs.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 1400
+        title = tab.locator("#runs .run-source").get_attribute("title")
+        assert title == LONG_SOURCE  # the full path is a hover away
+    finally:
+        context.close()

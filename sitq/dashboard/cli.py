@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import click
 
@@ -65,7 +70,7 @@ def dashboard(db: str, host: str, port: int, token: str | None, refresh: float) 
     _check_database(db)
     config = DashboardConfig(db=db, token=token, host=host, port=port, refresh_seconds=refresh)
     app = create_app(config)
-    server = uvicorn.Server(
+    server = _server_class(uvicorn.Server)(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     )
     shown = f"[{host}]" if ":" in host else host
@@ -74,6 +79,36 @@ def dashboard(db: str, host: str, port: int, token: str | None, refresh: float) 
     asyncio.run(server.serve())
     if not server.started:
         raise click.ClickException(f"the dashboard could not start on {host}:{port} (see above)")
+    click.echo("sitq dashboard stopped", err=True)
+
+
+#: The signals that stop the dashboard cleanly (exit status 0).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _server_class(base: Any) -> Any:
+    """uvicorn's Server, except that SIGINT and SIGTERM only stop it.
+
+    uvicorn shuts down on them and then raises the signal again, for a caller to
+    act on: Ctrl-C then ends in click's ``Aborted!`` and exit 1, and SIGTERM kills
+    the process without a word. The dashboard has no caller to tell, so it stops
+    and says so, with exit status 0 (a second Ctrl-C still forces the exit).
+    """
+
+    class Server(base):  # type: ignore[misc, valid-type]
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield  # signals reach only the main thread
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
 
 
 def _check_database(db: str) -> None:

@@ -84,3 +84,9 @@ def path(value: str) -> str:
     """A name (a queue's, a run's) as one URL path segment: every reserved character,
     the slash too, percent-encoded."""
     return quote(str(value), safe="")
+
+
+def file_name(source: str) -> str:
+    """A workflow file's name without its folders (a run without ``name:`` is shown
+    by it; the full path would widen the runs table past the window)."""
+    return source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or source
