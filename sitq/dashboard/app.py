@@ -51,7 +51,8 @@ def _templates() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    for name in ("age", "when", "polyline", "segments", "percent", "first_line", "path", "file_name"):
+    filters = ("age", "when", "polyline", "segments", "percent", "first_line", "path", "file_name")
+    for name in filters:
         env.filters[name] = getattr(views, name)
     env.globals.update(
         chart_width=views.CHART_WIDTH, chart_height=views.CHART_HEIGHT, bar_width=views.BAR_WIDTH
