@@ -126,8 +126,8 @@ def test_everything_is_escaped(client: TestClient, db_path: Path) -> None:
         text = client.get(url).text
         assert evil not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     task_id = TASK_LINK.search(client.get("/tasks").text).group(1)  # type: ignore[union-attr]
-    text = client.get(f"/tasks/{task_id}").text
-    assert evil not in text and "&lt;script&gt;" in text
+    for text in (client.get(f"/tasks/{task_id}").text, show(client, task_id).text):
+        assert evil not in text and "&lt;script&gt;" in text
 
 
 def test_security_headers(client: TestClient) -> None:
@@ -146,10 +146,20 @@ def test_pages_need_no_outside_assets(client: TestClient, db_path: Path) -> None
         assert not re.search(r'(src|href)="(https?:)?//', text), url
 
 
+def show(client: TestClient, task_id: str, **headers: str) -> Any:
+    """The task page with its call and result loaded on request (the POST its
+    "Show arguments and result" button sends)."""
+    token = csrf(client.get(f"/tasks/{task_id}", headers=headers).text)
+    return client.post(f"/tasks/{task_id}/show", data={"csrf": token}, headers=headers)
+
+
 def test_task_page_shows_call_error_and_traceback(client: TestClient, db_path: Path) -> None:
     task_id = run(enqueue(db_path, jobs.echo_kwargs, "x" * 10_000, list(range(500)), key={"a": 1}))
     run(finish_next(db_path, "default", failed("ValueError: boom")))
     text = client.get(f"/tasks/{task_id}").text
+    assert "Traceback (most recent call last)" in text and "ValueError: boom" in text
+    assert "Arguments not loaded: payloads are not signed here" in text
+    text = show(client, task_id).text
     call = re.search(r'<pre class="call" id="call">(.*?)</pre>', text, re.S).group(1)  # type: ignore[union-attr]
     assert call.startswith("jobs.echo_kwargs(&#39;xxx") and "key={&#39;a&#39;: 1}" in call
     assert len(call) < 3000  # bounded: the 10,000-character argument is cut
@@ -169,8 +179,85 @@ def test_task_page_shows_a_result(client: TestClient, db_path: Path) -> None:
 
     run(succeed())
     text = client.get(f"/live/tasks/{task_id}").text
-    assert re.search(r'<pre id="result">3</pre>', text)
-    assert "status-succeeded" in text
+    assert "status-succeeded" in text and 'id="result"' not in text  # unsigned: not loaded
+    assert re.search(r'<pre id="result">3</pre>', show(client, task_id).text)
+
+
+class Marker:
+    """Unpickling this creates the file ``path`` (as a hostile pickle could run any
+    code): the proof that something was unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.path,))
+
+
+async def marked_task(db: Path, call_marker: Path, result_marker: Path) -> str:
+    """A succeeded task whose payload and result each create a marker when unpickled."""
+    async with TaskQueue(db) as q:
+        task_id = await q.enqueue(jobs.echo_kwargs, Marker(call_marker))
+        [claimed] = await q.backend.claim("w", ["default"], 1, 60.0)
+        result = q.serializer.dumps(Marker(result_marker))
+        await q.backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
+    return task_id
+
+
+def test_unsigned_payloads_are_loaded_only_on_an_explicit_post(
+    token_client: TestClient, db_path: Path, tmp_path: Path
+) -> None:
+    """With signing off, no GET (the page, its auto-refreshing fragment: what a
+    cross-site <img> can request) unpickles a task's call or result; the "Show"
+    POST does, and only with the token, the CSRF token and from the same site."""
+    call_marker, result_marker = tmp_path / "call-unpickled", tmp_path / "result-unpickled"
+    task_id = run(marked_task(db_path, call_marker, result_marker))
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    for url in (f"/tasks/{task_id}", f"/live/tasks/{task_id}", "/", "/tasks", "/live/overview"):
+        response = token_client.get(url, headers=auth)
+        assert response.status_code == 200, url
+    assert not call_marker.exists() and not result_marker.exists()
+    page = token_client.get(f"/tasks/{task_id}", headers=auth).text
+    assert "Arguments not loaded: payloads are not signed here" in page
+    assert f'action="/tasks/{task_id}/show"' in page
+    url = f"/tasks/{task_id}/show"
+    refused = [
+        token_client.get(url, headers=auth),  # not a GET
+        token_client.post(url, data={"csrf": csrf(page)}),  # no access token
+        token_client.post(url, data={}, headers=auth),  # no CSRF token
+        token_client.post(url, data={"csrf": "guess"}, headers=auth),
+        token_client.post(
+            url, data={"csrf": csrf(page)}, headers={**auth, "origin": "https://evil.example"}
+        ),
+    ]
+    assert [r.status_code for r in refused] == [405, 401, 403, 403, 403]
+    assert not call_marker.exists() and not result_marker.exists()
+    shown = token_client.post(url, data={"csrf": csrf(page)}, headers=auth)
+    assert shown.status_code == 200 and 'id="call"' in shown.text and 'id="result"' in shown.text
+    assert call_marker.exists() and result_marker.exists()
+    assert 'id="revealed"' in shown.text and "data-live=" not in shown.text  # a snapshot
+
+
+def test_signed_tasks_show_their_call_and_result_at_once(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a key, payloads are verified before a byte is unpickled (as `sitq
+    inspect` shows them), so the page and its live part show them without asking."""
+    monkeypatch.setenv("SITQ_SECRET_KEY", "k" * 32)
+    task_id = run(enqueue(db_path, jobs.add, 1, 2))
+
+    async def succeed() -> None:
+        async with TaskQueue(db_path) as q:
+            [claimed] = await q.backend.claim("w", ["default"], 1, 60.0)
+            result = q.serializer.dumps(3)
+            await q.backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
+
+    run(succeed())
+    with TestClient(create_app(DashboardConfig(db=str(db_path))), base_url=LOCAL) as client:
+        page = client.get(f"/tasks/{task_id}").text
+        assert "jobs.add(1, 2)" in page and re.search(r'<pre id="result">3</pre>', page)
+        assert re.search(r'<pre id="result">3</pre>', client.get(f"/live/tasks/{task_id}").text)
+        assert "/show" not in page
 
 
 def test_unknown_task_and_bad_filters(client: TestClient) -> None:
@@ -401,8 +488,8 @@ async def test_every_page_on_both_backends(db_url: str) -> None:
             assert 'data-queue="pg"' in test_client.get("/").text
             assert listed(test_client, "/tasks?queue=pg")[0] == ids[::-1]
             assert listed(test_client, "/tasks?status=failed")[0] == [ids[0]]
-            page = test_client.get(f"/tasks/{ids[0]}").text
-            assert "ValueError: on pg" in page and "jobs.add(1, 2)" in page
+            assert "ValueError: on pg" in test_client.get(f"/tasks/{ids[0]}").text
+            assert "jobs.add(1, 2)" in show(test_client, ids[0]).text
 
     await asyncio.to_thread(browse)
 

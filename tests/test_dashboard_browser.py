@@ -289,6 +289,9 @@ def test_a_failed_task_shows_its_traceback_and_retry_succeeds(
     expect(page.locator("#task-status")).to_have_text("failed")
     expect(page.locator("#traceback")).to_contain_text("Traceback (most recent call last)")
     expect(page.locator("#traceback")).to_contain_text("RuntimeError: flaky failure number 1")
+    # Unsigned: the call is loaded (unpickled) only on request.
+    expect(page.locator("#call")).to_contain_text("not signed here")
+    page.get_by_role("button", name="Show arguments and result").click()
     expect(page.locator("#call")).to_contain_text(f"jobs.flaky('{counter}', 1)")
     page.screenshot(path=str(screenshots / "failed-task.png"), full_page=True)
 
@@ -304,9 +307,11 @@ def test_a_failed_task_shows_its_traceback_and_retry_succeeds(
     assert questions == [f"Run task {task_id} again?"]
     page.evaluate("window.sitqSamePage = true")
     expect(page.locator("#task-status")).to_have_text("succeeded")
-    expect(page.locator("#result")).to_have_text("2")
+    expect(page.locator("#result-not-loaded")).to_contain_text("not signed here")
     expect(page.locator("#traceback")).to_have_count(0)
     assert page.evaluate("window.sitqSamePage") is True, "the page was reloaded"
+    page.locator("#result-not-loaded + form button").click()
+    expect(page.locator("#result")).to_have_text("2")
     assert Path(counter).read_text() == "2"
 
 

@@ -95,7 +95,8 @@ class Outcome:
 
 @dataclass(frozen=True)
 class TaskRecord:
-    """Everything stored about one task."""
+    """Everything stored about one task. ``payload_size`` and ``result_size`` (bytes)
+    are filled by ``get_tasks`` only, which can tell them without loading either."""
 
     id: str
     queue: str
@@ -113,6 +114,8 @@ class TaskRecord:
     error: str | None
     traceback: str | None
     payload: bytes | None = None
+    payload_size: int | None = None
+    result_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -244,9 +247,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def get_tasks(
-        self, task_ids: Sequence[str], *, with_payload: bool = False
+        self, task_ids: Sequence[str], *, with_payload: bool = False, with_result: bool = True
     ) -> dict[str, TaskRecord]:
-        """The stored records of the given ids; unknown ids are absent."""
+        """The stored records of the given ids; unknown ids are absent. The payload is
+        loaded only ``with_payload``, the result unless ``with_result=False`` (the
+        dashboard reads a big one only when asked); their sizes always."""
 
     @abc.abstractmethod
     async def cancel(self, task_id: str) -> str | None:
@@ -397,8 +402,9 @@ class Backend(abc.ABC):
         """The batch's record, or None if there is no such batch."""
 
     @abc.abstractmethod
-    async def list_batches(self) -> list[BatchRecord]:
-        """Every batch, newest first."""
+    async def list_batches(self, limit: int | None = None, offset: int = 0) -> list[BatchRecord]:
+        """Every batch, newest first; or, with ``limit``, that many after skipping
+        ``offset`` (a page, for a dashboard)."""
 
     @abc.abstractmethod
     async def batch_task_ids(self, batch_id: str) -> list[str]:
@@ -762,6 +768,15 @@ class WorkflowItemRecord:
     started_at: float | None
     finished_at: float | None
     result: bytes | None = None
+
+
+def task_columns(columns: str, *, with_payload: bool, with_result: bool, length: str) -> str:
+    """``get_tasks``'s select list: ``columns`` (TASK_COLUMNS) with the result or NULL,
+    then the payload or NULL, then both sizes, read with the SQL function ``length``."""
+    if not with_result:
+        columns = columns.replace(" result,", " NULL,", 1)
+    payload = "payload" if with_payload else "NULL"
+    return f"{columns}, {payload}, {length}(payload), {length}(result)"
 
 
 def limit_room_allowed(room_row: Sequence[Any], room: int) -> int:

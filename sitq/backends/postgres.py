@@ -46,6 +46,7 @@ from sitq.backends.base import (
     WakeKind,
     WorkerRecord,
     claimed_tasks,
+    task_columns,
     worker_record,
 )
 from sitq.errors import ConfigurationError, DatabaseError, NotConnected, SchemaVersionError
@@ -354,10 +355,16 @@ class PostgresBackend(Backend):
             await conn.execute(self._q(q.INSERT_TASKS), *columns, self._channel)
 
     async def get_tasks(
-        self, task_ids: Sequence[str], *, with_payload: bool = False
+        self, task_ids: Sequence[str], *, with_payload: bool = False, with_result: bool = True
     ) -> dict[str, TaskRecord]:
         """Stored records of ``task_ids``, in one query."""
-        columns = q.TASK_COLUMNS + (", payload" if with_payload else "")
+        # octet_length() of a TOASTed value reads its pointer only, not the value.
+        columns = task_columns(
+            q.TASK_COLUMNS,
+            with_payload=with_payload,
+            with_result=with_result,
+            length="octet_length",
+        )
         sql = self._q(f"SELECT {columns} FROM {{s}}.sitq_tasks WHERE id = ANY($1::text[])")
         async with self._acquire() as conn:
             rows = await conn.fetch(sql, list(dict.fromkeys(task_ids)))
@@ -726,10 +733,10 @@ class PostgresBackend(Backend):
             row = await conn.fetchrow(self._q(q.GET_BATCH), batch_id)
         return None if row is None else BatchRecord(row[0], row[1], int(row[2]))
 
-    async def list_batches(self) -> list[BatchRecord]:
-        """Every batch, newest first."""
+    async def list_batches(self, limit: int | None = None, offset: int = 0) -> list[BatchRecord]:
+        """Every batch, newest first (or a page of them)."""
         async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.LIST_BATCHES))
+            rows = await conn.fetch(self._q(q.LIST_BATCHES_PAGE), limit, offset)
         return [BatchRecord(row[0], row[1], int(row[2])) for row in rows]
 
     async def batch_task_ids(self, batch_id: str) -> list[str]:

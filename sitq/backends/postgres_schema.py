@@ -465,6 +465,8 @@ SELECT $1, $2 + t.ord - 1, t.id FROM unnest($3::text[]) WITH ORDINALITY AS t(id,
 GET_BATCH = "SELECT id, created_at, size FROM {s}.sitq_batches WHERE id = $1"
 
 LIST_BATCHES = "SELECT id, created_at, size FROM {s}.sitq_batches ORDER BY created_at DESC, id"
+# A page of them (LIMIT NULL: all); a top-N sort keeps only the page.
+LIST_BATCHES_PAGE = LIST_BATCHES + " LIMIT $1::bigint OFFSET $2::bigint"
 
 BATCH_TASK_IDS = "SELECT task_id FROM {s}.sitq_batch_tasks WHERE batch_id = $1 ORDER BY position"
 

@@ -38,6 +38,7 @@ from sitq.backends.base import (
     WakeKind,
     WorkerRecord,
     claimed_tasks,
+    task_columns,
     worker_record,
 )
 from sitq.backends.sqlite_enqueue import (
@@ -489,10 +490,13 @@ class SQLiteBackend(Backend):
             await self._write(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
 
     async def get_tasks(
-        self, task_ids: Sequence[str], *, with_payload: bool = False
+        self, task_ids: Sequence[str], *, with_payload: bool = False, with_result: bool = True
     ) -> dict[str, TaskRecord]:
         """Stored records of ``task_ids``, many per query."""
-        columns = q.TASK_COLUMNS + (", payload" if with_payload else "")
+        # length() of a blob is read from its record header: a big result is not loaded.
+        columns = task_columns(
+            q.TASK_COLUMNS, with_payload=with_payload, with_result=with_result, length="length"
+        )
         found: dict[str, TaskRecord] = {}
         unique = list(dict.fromkeys(task_ids))
         for start in range(0, len(unique), _ID_CHUNK):
@@ -887,9 +891,9 @@ class SQLiteBackend(Backend):
         rows = await self._read(q.GET_BATCH, (batch_id,))
         return BatchRecord(rows[0][0], rows[0][1], int(rows[0][2])) if rows else None
 
-    async def list_batches(self) -> list[BatchRecord]:
-        """Every batch, newest first."""
-        rows = await self._read(q.LIST_BATCHES)
+    async def list_batches(self, limit: int | None = None, offset: int = 0) -> list[BatchRecord]:
+        """Every batch, newest first (or a page of them)."""
+        rows = await self._read(q.LIST_BATCHES_PAGE, (-1 if limit is None else limit, offset))
         return [BatchRecord(row[0], row[1], int(row[2])) for row in rows]
 
     async def batch_task_ids(self, batch_id: str) -> list[str]:

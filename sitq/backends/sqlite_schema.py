@@ -447,6 +447,8 @@ SELECT ?, ? + key, value FROM json_each(?)
 GET_BATCH = "SELECT id, created_at, size FROM sitq_batches WHERE id = ?"
 
 LIST_BATCHES = "SELECT id, created_at, size FROM sitq_batches ORDER BY created_at DESC, id"
+# A page of them (LIMIT -1: all); the sort keeps only the page, not every row.
+LIST_BATCHES_PAGE = LIST_BATCHES + " LIMIT ? OFFSET ?"
 
 BATCH_TASK_IDS = "SELECT task_id FROM sitq_batch_tasks WHERE batch_id = ? ORDER BY position"
 

@@ -17,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from sitq.backends import open_backend
 from sitq.backends.base import Backend
-from sitq.dashboard import routes, views
+from sitq.dashboard import queries, routes, views
 from sitq.dashboard.history import CountHistory
 from sitq.dashboard.security import Guard
 from sitq.dashboard.workflows import WorkflowItems
@@ -51,11 +51,24 @@ def _templates() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    filters = ("age", "when", "polyline", "segments", "percent", "first_line", "path", "file_name")
+    filters = (
+        "age",
+        "when",
+        "polyline",
+        "segments",
+        "percent",
+        "first_line",
+        "path",
+        "file_name",
+        "size",
+    )
     for name in filters:
         env.filters[name] = getattr(views, name)
     env.globals.update(
-        chart_width=views.CHART_WIDTH, chart_height=views.CHART_HEIGHT, bar_width=views.BAR_WIDTH
+        chart_width=views.CHART_WIDTH,
+        chart_height=views.CHART_HEIGHT,
+        bar_width=views.BAR_WIDTH,
+        load_limit=queries.LOAD_LIMIT,
     )
     return env
 
@@ -85,6 +98,7 @@ def create_app(config: DashboardConfig) -> Starlette:
             Route("/live/tasks", routes.tasks_live),
             Route("/tasks/{task_id}", routes.task_page),
             Route("/live/tasks/{task_id}", routes.task_live),
+            Route("/tasks/{task_id}/show", routes.show_task, methods=["POST"]),
             Route("/tasks/{task_id}/retry", routes.retry_task, methods=["POST"]),
             Route("/tasks/{task_id}/cancel", routes.cancel_task, methods=["POST"]),
             Route("/workflows/{run_id:path}", routes.workflow_page),

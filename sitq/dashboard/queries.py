@@ -12,11 +12,15 @@ from sitq.dashboard.history import CountHistory, QueueTrend
 from sitq.dashboard.workflows import RunProgress, WorkflowItems
 from sitq.headers import unwrap as unwrap_headers
 from sitq.queue import TaskQueue, record_to_result
+from sitq.serialization import SignedSerializer
 from sitq.task import TaskStatus
 
 STATUSES = [status.value for status in TaskStatus]
 #: The most characters of an argument or result repr a task page shows.
 REPR_LIMIT = 2000
+#: The largest payload or result (bytes) a page loads by itself; a bigger one is
+#: loaded only on request, and never by the live refresh.
+LOAD_LIMIT = 1_000_000
 #: How many failures, batches and stopped workers the overview lists.
 RECENT_FAILURES = 10
 RECENT_BATCHES = 10
@@ -161,13 +165,21 @@ async def overview(
 
 @dataclass
 class TaskDetail:
-    """Everything on a task's page."""
+    """Everything on a task's page.
+
+    The call and the result are loaded (unpickled) only when it is safe and cheap:
+    signed (verified before a byte is unpickled) and at most ``LOAD_LIMIT`` bytes;
+    else only on an explicit request (``revealed``: a POST with the page's CSRF
+    token), as ``sitq inspect --show-args`` asks for it.
+    """
 
     record: TaskRecord
-    call: str | None  # "name(args..., key=value...)", or None if not readable here
-    call_error: str | None
+    call: str | None  # "name(args..., key=value...)", or None if not loaded
+    call_error: str | None  # why it could not be loaded (when it was tried)
     result: str | None
     result_error: str | None
+    signed: bool = False  # payloads are signed with this dashboard's key
+    revealed: bool = False  # loaded on request
 
     @property
     def can_retry(self) -> bool:
@@ -178,6 +190,21 @@ class TaskDetail:
     def can_cancel(self) -> bool:
         """Queued tasks are cancelled at once; running ones are asked to stop."""
         return self.record.status in ("queued", "running")
+
+    @property
+    def has_result(self) -> bool:
+        """A succeeded task with a stored result."""
+        return self.record.status == "succeeded" and bool(self.record.result_size)
+
+    @property
+    def result_too_big(self) -> bool:
+        """Its result is over what a page loads by itself."""
+        return (self.record.result_size or 0) > LOAD_LIMIT
+
+    @property
+    def call_too_big(self) -> bool:
+        """Its payload is over what a page loads by itself."""
+        return (self.record.payload_size or 0) > LOAD_LIMIT
 
 
 def bounded_repr(value: Any, limit: int = REPR_LIMIT) -> str:
@@ -205,18 +232,38 @@ def describe_call(queue: TaskQueue, record: TaskRecord) -> tuple[str | None, str
     return f"{record.func_name}({', '.join(parts)})", None
 
 
-async def task_detail(queue: TaskQueue, task_id: str, *, with_call: bool) -> TaskDetail | None:
-    """A task's record with its call (if asked: it loads the payload) and its result
-    (for a succeeded task), each as a bounded repr; None for an unknown id."""
-    found = await queue.backend.get_tasks([task_id], with_payload=with_call)
-    record = found.get(task_id)
+def is_signed(queue: TaskQueue) -> bool:
+    """Whether this dashboard verifies payloads before unpickling them."""
+    return isinstance(queue.serializer, SignedSerializer)
+
+
+async def task_detail(
+    queue: TaskQueue, task_id: str, *, with_call: bool, reveal: bool = False
+) -> TaskDetail | None:
+    """A task's record, with its call (``with_call``) and its result (succeeded
+    tasks) as bounded reprs where they may be loaded (see :class:`TaskDetail`;
+    ``reveal``: on explicit request); None for an unknown id."""
+    backend = queue.backend
+    # First the record with the sizes only: nothing big is read until allowed.
+    record = (await backend.get_tasks([task_id], with_result=False)).get(task_id)
     if record is None:
         return None
-    call, call_error = describe_call(queue, record) if with_call else (None, None)
+    signed = is_signed(queue)
+    loadable = reveal or signed
+
+    def allowed(size: int | None) -> bool:
+        return loadable and size is not None and (reveal or size <= LOAD_LIMIT)
+
+    load_call = with_call and allowed(record.payload_size)
+    load_result = record.status == "succeeded" and allowed(record.result_size)
+    if load_call or load_result:
+        found = await backend.get_tasks([task_id], with_payload=load_call, with_result=load_result)
+        record = found.get(task_id, record)
+    call, call_error = describe_call(queue, record) if load_call else (None, None)
     result = result_error = None
-    if record.status == "succeeded" and record.result is not None:
+    if load_result and record.result is not None:
         try:
             result = bounded_repr(record_to_result(record, queue.serializer).value)
         except Exception as exc:
             result_error = f"{type(exc).__name__}: {exc}"
-    return TaskDetail(record, call, call_error, result, result_error)
+    return TaskDetail(record, call, call_error, result, result_error, signed, reveal)

@@ -129,24 +129,35 @@ async def tasks_live(request: Request) -> Response:
 # -- one task ---------------------------------------------------------------------
 
 
-async def _detail(request: Request, with_call: bool) -> queries.TaskDetail:
+async def _detail(request: Request, with_call: bool, reveal: bool = False) -> queries.TaskDetail:
     task_id = request.path_params["task_id"]
-    detail = await queries.task_detail(_queue(request), task_id, with_call=with_call)
+    detail = await queries.task_detail(_queue(request), task_id, with_call=with_call, reveal=reveal)
     if detail is None:
         raise HTTPException(404, f"no task with id {task_id!r} (it may have been pruned)")
     return detail
 
 
 async def task_page(request: Request) -> Response:
-    """One task: its call, attempts, timings, result or error and traceback."""
+    """One task: its call, attempts, timings, result or error and traceback. The
+    call and result show when signed and small; else on request (``show_task``)."""
     detail = await _detail(request, with_call=True)
     return render(request, "task.html", task=detail, now=_queue(request).backend.now())
 
 
 async def task_live(request: Request) -> Response:
-    """The task page's live part (everything but its call)."""
+    """The task page's live part (everything but its call; a result only when it
+    may be loaded without asking)."""
     detail = await _detail(request, with_call=False)
     return render(request, "_task.html", task=detail, now=_queue(request).backend.now())
+
+
+async def show_task(request: Request) -> Response:
+    """The task page with its call and result loaded, on explicit request: a POST
+    with the page's CSRF token, since loading an unsigned pickle runs code from the
+    database and a big one costs its size (a snapshot: it does not refresh)."""
+    await _check_csrf(request)
+    detail = await _detail(request, with_call=True, reveal=True)
+    return render(request, "task.html", task=detail, now=_queue(request).backend.now())
 
 
 # -- workflow runs ----------------------------------------------------------------

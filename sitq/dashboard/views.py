@@ -90,3 +90,13 @@ def file_name(source: str) -> str:
     """A workflow file's name without its folders (a run without ``name:`` is shown
     by it; the full path would widen the runs table past the window)."""
     return source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or source
+
+
+def size(value: int | None) -> str:
+    """A byte count as ``812 B``, ``3.4 KB``, ``200.0 MB`` (decimal units)."""
+    if value is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value} B"
