@@ -269,6 +269,117 @@ def test_unknown_task_and_bad_filters(client: TestClient) -> None:
     assert cursor.status_code == 400 and "invalid listing cursor" in cursor.text
 
 
+# -- bounded cost: what is not shown is not read -------------------------------------------
+
+
+def test_the_overview_shows_the_busiest_queues_and_links_to_all(
+    client: TestClient, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more queues than it shows, the overview lists the busiest (a paused one
+    first) with "and N more"; its totals count them all; /queues pages through all."""
+    from sitq.dashboard import queries
+
+    monkeypatch.setattr(queries, "QUEUES_SHOWN", 3)
+    monkeypatch.setattr(queries, "QUEUES_PAGE_SIZE", 4)
+
+    async def fill() -> None:
+        async with TaskQueue(db_path) as q:
+            for i in range(10):
+                for _ in range(1 + (i == 7) * 5 + (i == 2) * 3):  # q7 busiest, then q2
+                    await q.with_options(queue=f"q{i}").enqueue(jobs.add, 1, 2)
+            await q.pause("q9")
+
+    run(fill())
+    for url in ("/", "/live/overview"):
+        text = client.get(url).text
+        shown = re.findall(r'<tr data-queue="([^"]+)"', text)
+        assert shown == ["q2", "q7", "q9"], url  # paused, then most waiting; by name
+        assert "and 7 more queues" in text and 'href="/queues"' in text
+        footer = text.split("<tfoot>", 1)[1].split("</tfoot>", 1)[0]
+        assert re.findall(r"<td class=\"num\">(\d+)</td>", footer)[0] == "18"  # every queue
+    seen: list[str] = []
+    url = "/queues"
+    while url:
+        text = client.get(url).text
+        seen += re.findall(r'<tr data-queue="([^"]+)"', text)
+        found = re.search(r'<a href="([^"]+)" id="next-page">', text)
+        url = found.group(1) if found else ""
+    assert seen == [f"q{i}" for i in range(10)]
+    assert "page 3 of 3" in client.get("/queues?page=99").text  # clamped
+    assert client.get("/queues?page=x").status_code == 400
+
+
+def test_the_overview_reads_only_the_newest_batches(
+    client: TestClient, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overview asks the backend for the newest batches only (not all of them),
+    and links to /batches, which pages through every one, newest first."""
+    from sitq.dashboard import queries
+
+    monkeypatch.setattr(queries, "RECENT_BATCHES", 3)
+    monkeypatch.setattr(queries, "BATCHES_PAGE_SIZE", 2)
+
+    async def fill() -> None:
+        async with TaskQueue(db_path) as q:
+            for i in range(5):
+                await q.enqueue_in_batch(f"batch-{i}", jobs.add, [(i, i)])
+
+    run(fill())
+    backend = client.app.state.queue.backend  # type: ignore[attr-defined]
+    asked: list[int | None] = []
+    real = backend.list_batches
+
+    async def recording(limit: int | None = None, offset: int = 0) -> Any:
+        asked.append(limit)
+        return await real(limit=limit, offset=offset)
+
+    monkeypatch.setattr(backend, "list_batches", recording)
+    for url in ("/", "/live/overview"):
+        text = client.get(url).text.split('id="batches"', 1)[1]
+        assert re.findall(r">(batch-\d)</a>", text) == ["batch-4", "batch-3", "batch-2"]
+        assert 'href="/batches"' in text
+    assert asked and None not in asked  # never every batch
+    seen: list[str] = []
+    url = "/batches"
+    while url:
+        text = client.get(url).text
+        seen += re.findall(r">(batch-\d)</a>", text)
+        found = re.search(r'<a href="([^"]+)" id="next-page">', text)
+        url = found.group(1) if found else ""
+    assert seen == [f"batch-{i}" for i in (4, 3, 2, 1, 0)]
+    assert None not in asked
+
+
+def test_a_result_over_the_limit_is_loaded_only_on_request(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signed, a small result shows by itself; one over the load limit is not read
+    by the page nor its live refresh (its size shows), only by the explicit POST."""
+    from sitq.dashboard import queries
+
+    monkeypatch.setenv("SITQ_SECRET_KEY", "k" * 32)
+    marker = tmp_path / "result-unpickled"
+    big = (Marker(marker), b"x" * (queries.LOAD_LIMIT + 1))
+    task_id = run(enqueue(db_path, jobs.add, 1, 2))
+
+    async def succeed() -> None:
+        async with TaskQueue(db_path) as q:
+            [claimed] = await q.backend.claim("w", ["default"], 1, 60.0)
+            result = q.serializer.dumps(big)
+            await q.backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
+
+    run(succeed())
+    with TestClient(create_app(DashboardConfig(db=str(db_path))), base_url=LOCAL) as client:
+        for url in (f"/tasks/{task_id}", f"/live/tasks/{task_id}"):
+            text = client.get(url).text
+            assert 'id="result"' not in text and "1.0 MB stored, not loaded" in text, url
+            assert "over the 1.0 MB a page loads by itself" in text
+        assert not marker.exists()
+        assert "jobs.add(1, 2)" in client.get(f"/tasks/{task_id}").text  # the call is small
+        shown = show(client, task_id).text
+        assert marker.exists() and re.search(r'<pre id="result">\(.*xxx', shown)
+
+
 # -- listings and pagination ------------------------------------------------------------
 
 

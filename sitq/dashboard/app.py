@@ -94,6 +94,10 @@ def create_app(config: DashboardConfig) -> Starlette:
         routes=[
             Route("/", routes.overview_page),
             Route("/live/overview", routes.overview_live),
+            Route("/queues", routes.queues_page),
+            Route("/live/queues", routes.queues_live),
+            Route("/batches", routes.batches_page),
+            Route("/live/batches", routes.batches_live),
             Route("/tasks", routes.tasks_page),
             Route("/live/tasks", routes.tasks_live),
             Route("/tasks/{task_id}", routes.task_page),

@@ -15,7 +15,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: How far back trends reach.
 HISTORY_SECONDS = 600.0
@@ -36,10 +36,19 @@ class Sample:
 
     at: float
     counts: Counts
+    # The same counts grouped by queue once, so a queue's are a lookup (with
+    # thousands of queues, filtering every count per queue and sample added up).
+    by_queue: dict[str, dict[str, int]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        grouped: dict[str, dict[str, int]] = {}
+        for (queue, status), n in self.counts.items():
+            grouped.setdefault(queue, {})[status] = n
+        object.__setattr__(self, "by_queue", grouped)
 
     def queue(self, name: str) -> dict[str, int]:
         """This sample's counts of one queue, by status."""
-        return {status: n for (queue, status), n in self.counts.items() if queue == name}
+        return dict(self.by_queue.get(name, {}))
 
 
 @dataclass(frozen=True)

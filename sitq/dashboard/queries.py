@@ -25,6 +25,11 @@ LOAD_LIMIT = 1_000_000
 RECENT_FAILURES = 10
 RECENT_BATCHES = 10
 RECENT_RUNS = 10
+#: The most queues the overview shows (the busiest; /queues lists them all).
+QUEUES_SHOWN = 50
+#: Queues and batches per page of their full listings.
+QUEUES_PAGE_SIZE = 100
+BATCHES_PAGE_SIZE = 50
 
 
 @dataclass
@@ -88,37 +93,87 @@ class Overview:
     runs: list[RunProgress] = field(default_factory=list)
     limits: list[LimitRecord] = field(default_factory=list)
     schedules: list[ScheduleRecord] = field(default_factory=list)
+    hidden_queues: int = 0  # queues not among those shown
+    more_batches: bool = False  # batches beyond the newest shown
 
 
-async def overview(
-    queue: TaskQueue, history: CountHistory, workflows: WorkflowItems, clock: float
-) -> Overview:
-    """The overview's data: counts (from the sampled history), paused queues, workers
-    and what they run, the latest failures, the newest batches' and workflow runs'
-    progress, limits and schedules."""
+@dataclass
+class QueueTable:
+    """Some queues' rows (with their trends), and the totals over every queue."""
+
+    rows: list[QueueRow]
+    totals: dict[str, int]
+    counted_at: float  # monotonic time of the count sample
+
+
+async def queue_table(
+    queue: TaskQueue, history: CountHistory, *, shown: int | None = None, page: int = 1
+) -> tuple[QueueTable, int]:
+    """Queue rows from the sampled counts, the oldest waits and the paused queues,
+    with totals over every queue; and how many queues exist.
+
+    ``shown``: only the ``shown`` busiest (paused first, then most waiting, then
+    most failed), in name order; else page ``page`` of all queues by name.
+    Trends are computed for the returned rows only.
+    """
     backend = queue.backend
     sample = await history.latest()
     oldest = await backend.oldest_waiting()
     paused = set(await queue.paused())
     now = backend.now()
-    names = sorted({name for name, _ in sample.counts} | set(oldest) | paused)
-    rows: list[QueueRow] = []
+    names = sorted(set(sample.by_queue) | set(oldest) | paused)
     totals = dict.fromkeys(STATUSES, 0)
+    counts_of: dict[str, dict[str, int]] = {}
     for name in names:
         counts = dict.fromkeys(STATUSES, 0)
-        counts.update(sample.queue(name))
+        counts.update(sample.by_queue.get(name, {}))
         for status, n in counts.items():
             totals[status] = totals.get(status, 0) + n
+        counts_of[name] = counts
+    if shown is not None:
+
+        def busy(name: str) -> tuple[bool, int, int, str]:
+            c = counts_of[name]
+            return (name not in paused, -(c["queued"] + c["running"]), -c["failed"], name)
+
+        picked = sorted(sorted(names, key=busy)[:shown])
+    else:
+        start = (page - 1) * QUEUES_PAGE_SIZE
+        picked = names[start : start + QUEUES_PAGE_SIZE]
+    rows = []
+    for name in picked:
         waited = oldest.get(name)
         rows.append(
             QueueRow(
                 name,
-                counts,
+                counts_of[name],
                 None if waited is None else max(0.0, now - waited),
                 history.trend(name),
                 name in paused,
             )
         )
+    return QueueTable(rows, totals, sample.at), len(names)
+
+
+async def batch_rows(queue: TaskQueue, limit: int, offset: int = 0) -> list[BatchRow]:
+    """Up to ``limit`` named batches, newest first after ``offset``, with progress."""
+    return [
+        BatchRow(b.id, b.created_at, b.size, await queue.batch_status_counts(b.id))
+        for b in await queue.backend.list_batches(limit=limit, offset=offset)
+    ]
+
+
+async def overview(
+    queue: TaskQueue, history: CountHistory, workflows: WorkflowItems, clock: float
+) -> Overview:
+    """The overview's data: counts (from the sampled history) of the busiest queues,
+    workers and what they run, the latest failures, the newest batches' and
+    workflow runs' progress, limits and schedules. What it costs does not grow with
+    what it does not show: the queues beyond ``QUEUES_SHOWN`` cost a count each,
+    and batches beyond the newest are not read."""
+    backend = queue.backend
+    table, queue_count = await queue_table(queue, history, shown=QUEUES_SHOWN)
+    now = backend.now()
     running = await backend.running_tasks()
     by_worker: dict[str, list[TaskRecord]] = {}
     for task in running:
@@ -143,23 +198,23 @@ async def overview(
             )
         )
     failures = await backend.recent_failures(RECENT_FAILURES)
-    batches = [
-        BatchRow(b.id, b.created_at, b.size, await queue.batch_status_counts(b.id))
-        for b in (await queue.list_batches())[:RECENT_BATCHES]
-    ]
+    # One more than shown, to know whether to link to the full list.
+    batches = await batch_rows(queue, RECENT_BATCHES + 1)
     return Overview(
-        rows,
-        totals,
+        table.rows,
+        table.totals,
         workers,
         stopped,
         failures,
-        batches,
-        max(0.0, clock - sample.at),
+        batches[:RECENT_BATCHES],
+        max(0.0, clock - table.counted_at),
         history.interval,
         now,
         await workflows.recent(queue, RECENT_RUNS),
         await queue.limits(),
         await queue.schedules(),
+        hidden_queues=queue_count - len(table.rows),
+        more_batches=len(batches) > RECENT_BATCHES,
     )
 
 

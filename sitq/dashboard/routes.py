@@ -77,6 +77,76 @@ async def overview_live(request: Request) -> Response:
     return render(request, "_overview.html", data=await _overview(request))
 
 
+# -- every queue, every batch ---------------------------------------------------------
+
+
+def _page_number(request: Request) -> int:
+    """The ``page`` query parameter (1 if absent)."""
+    try:
+        number = int(request.query_params.get("page") or 1)
+    except ValueError:
+        raise HTTPException(400, "page must be a whole number") from None
+    return max(1, number)
+
+
+def _pager(path: str, number: int, has_next: bool) -> dict[str, Any]:
+    def url(n: int) -> str:
+        return path + ("" if n == 1 else f"?page={n}")
+
+    return {
+        "page_number": number,
+        "previous_url": url(number - 1) if number > 1 else None,
+        "next_url": url(number + 1) if has_next else None,
+        "live_url": "/live" + url(number),
+    }
+
+
+async def _queues(request: Request) -> dict[str, Any]:
+    number = _page_number(request)
+    table, count = await queries.queue_table(
+        _queue(request), request.app.state.history, page=number
+    )
+    pages = max(1, -(-count // queries.QUEUES_PAGE_SIZE))
+    if number > pages:
+        table, count = await queries.queue_table(
+            _queue(request), request.app.state.history, page=pages
+        )
+        number = pages
+    return {
+        "table": table,
+        "queue_count": count,
+        "pages": pages,
+        **_pager("/queues", number, number < pages),
+    }
+
+
+async def queues_page(request: Request) -> Response:
+    """Every queue by name, a page at a time (the overview shows the busiest)."""
+    return render(request, "queues.html", **await _queues(request))
+
+
+async def queues_live(request: Request) -> Response:
+    """A page of the queue list, fetched again every few seconds."""
+    return render(request, "_queues.html", **await _queues(request))
+
+
+async def _batches(request: Request) -> dict[str, Any]:
+    number = _page_number(request)
+    size = queries.BATCHES_PAGE_SIZE
+    rows = await queries.batch_rows(_queue(request), size + 1, (number - 1) * size)
+    return {"batches": rows[:size], **_pager("/batches", number, len(rows) > size)}
+
+
+async def batches_page(request: Request) -> Response:
+    """Every named batch, newest first, a page at a time."""
+    return render(request, "batches.html", **await _batches(request))
+
+
+async def batches_live(request: Request) -> Response:
+    """A page of the batch list, fetched again every few seconds."""
+    return render(request, "_batches.html", **await _batches(request))
+
+
 # -- task listings ----------------------------------------------------------------
 
 
