@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -958,3 +959,56 @@ def test_ctrl_c_and_sigterm_stop_it_cleanly(
     out = dashboard_process.output()
     assert "Aborted!" not in out and "Traceback" not in out
     assert out.rstrip().endswith("sitq dashboard stopped")
+
+
+APP_MODULE = """
+def greet(name):
+    return f"hello {name}"
+"""
+
+
+def test_task_pages_load_the_apps_modules_from_its_directory(
+    serve_dashboard: Any, tmp_path: Path
+) -> None:
+    """Run from the app's own directory (as `sitq worker` is), the dashboard can
+    load a call that names the app's module; --import names more, and a module
+    that cannot be imported is one clear line."""
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "myapp.py").write_text(APP_MODULE)
+    enqueue_call = (
+        "import myapp\n"
+        "from sitq import SyncTaskQueue\n"
+        "with SyncTaskQueue('tasks.db') as q:\n"
+        "    print(q.enqueue(myapp.greet, 'world'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SITQ_SECRET_KEY")}
+    task_id = subprocess.run(
+        [sys.executable, "-c", enqueue_call],
+        cwd=app_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    process = serve_dashboard("tasks.db", "--import", "myapp", cwd=app_dir, env=env)
+    status, page = process.get(f"/tasks/{task_id}")
+    assert status == 200
+    body = urllib.parse.urlencode({"csrf": csrf(page)}).encode()
+    request = urllib.request.Request(f"{process.url}/tasks/{task_id}/show", data=body)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        shown = response.read().decode()
+    assert "myapp.greet(&#39;world&#39;)" in shown, shown
+    assert "ModuleNotFoundError" not in shown
+    failed_start = subprocess.run(
+        [SITQ, "dashboard", "--db", "tasks.db", "--import", "nosuchmodule", "--port", "0"],
+        cwd=app_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert failed_start.returncode == 1
+    assert "cannot import module 'nosuchmodule'" in failed_start.stderr
+    assert "Traceback" not in failed_start.stderr

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -48,7 +51,18 @@ TOKEN_ENV = "SITQ_DASHBOARD_TOKEN"
     show_default=True,
     help="Seconds between live updates of an open page.",
 )
-def dashboard(db: str, host: str, port: int, token: str | None, refresh: float) -> None:
+@click.option(
+    "--import",
+    "-i",
+    "imports",
+    multiple=True,
+    metavar="MODULE",
+    help="Module to import first, so task pages can load the tasks' arguments and "
+    "results (repeatable); the current directory is importable, as for `sitq worker`.",
+)
+def dashboard(
+    db: str, host: str, port: int, token: str | None, refresh: float, imports: tuple[str, ...]
+) -> None:
     """Serve the web dashboard: queues, workers, failures, retry and cancel."""
     try:
         import uvicorn
@@ -67,6 +81,7 @@ def dashboard(db: str, host: str, port: int, token: str | None, refresh: float) 
             f"listening on {host} would let other machines in: give a token with --token "
             f"(or ${TOKEN_ENV}; '--token generate' makes one), or keep --host 127.0.0.1"
         )
+    _import_modules(imports)
     _check_database(db)
     config = DashboardConfig(db=db, token=token, host=host, port=port, refresh_seconds=refresh)
     app = create_app(config)
@@ -109,6 +124,22 @@ def _server_class(base: Any) -> Any:
                     signal.signal(sig, handler)
 
     return Server
+
+
+def _import_modules(modules: tuple[str, ...]) -> None:
+    """Put the current directory on the import path (a console script's path starts
+    at its own folder) and import ``modules``, as `sitq worker` does: a task page
+    unpickles calls that name the app's modules."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise click.ClickException(
+                f"cannot import module {name!r} ({type(exc).__name__}: {exc}); check "
+                "--import and that the dashboard runs where the module can be found"
+            ) from exc
 
 
 def _check_database(db: str) -> None:
