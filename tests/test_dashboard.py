@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,7 +24,7 @@ import jobs
 import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
-from support import SITQ, subprocess_env, wait_until
+from support import SITQ, WorkerProcess, subprocess_env, wait_until
 
 from sitq import TaskQueue
 from sitq.backends.base import NewWorkflowRun, Outcome
@@ -1012,3 +1013,90 @@ def test_task_pages_load_the_apps_modules_from_its_directory(
     assert failed_start.returncode == 1
     assert "cannot import module 'nosuchmodule'" in failed_start.stderr
     assert "Traceback" not in failed_start.stderr
+
+
+# -- Prometheus ---------------------------------------------------------------------------
+
+
+def scrape(
+    client: TestClient, **headers: str
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics parsed with prometheus_client's parser: value by (name, labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_match_the_database_on_both_backends(db_url: str, tmp_path: Path) -> None:
+    """Depth, oldest wait, failures, retries, running tasks and live workers, as a
+    Prometheus scrape reads them, match what was stored; one count sample serves
+    the overview and every scrape while it is fresh."""
+    from sitq.dashboard import history
+
+    began = time.time()
+    async with TaskQueue(db_url) as queue:
+        await queue.with_options(queue="mail").enqueue_many(jobs.add, [(1, 1)] * 3)
+        await queue.with_options(queue='re"ports').enqueue(jobs.add, 1, 2)
+        [first] = await queue.backend.claim("w", ["mail"], 1, 60.0)
+        await queue.backend.finish([(first.lease, failed("ValueError: boom"))])
+        [second] = await queue.backend.claim("w", ["mail"], 1, 60.0)
+        retry = Outcome("queued", error="ValueError: again", retry_at=queue.backend.now() + 3600)
+        await queue.backend.finish([(second.lease, retry)])
+        await queue.backend.claim("w", ['re"ports'], 1, 60.0)  # running
+    worker = WorkerProcess(db_url, tmp_path, "--queue", "idle").wait_started()
+    app = create_app(DashboardConfig(db=db_url))
+    counted: list[int] = []
+
+    def browse() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with TestClient(app, base_url=LOCAL) as client:
+            real = client.app.state.history._count  # type: ignore[attr-defined]
+
+            async def counting() -> Any:
+                counted.append(1)
+                return await real()
+
+            client.app.state.history._count = counting  # type: ignore[attr-defined]
+            assert 'data-queue="mail"' in client.get("/").text
+            scrape(client)
+            return scrape(client)
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(history, "MIN_INTERVAL", 3600.0)  # the sample stays fresh
+            values = await asyncio.to_thread(browse)
+    finally:
+        worker.stop()
+    assert counted == [1]  # the overview's sample served both scrapes
+
+    def value(name: str, **labels: str) -> float:
+        return values[(name, tuple(sorted(labels.items())))]
+
+    assert value("sitq_queue_tasks", queue="mail", status="queued") == 2
+    assert value("sitq_queue_tasks", queue="mail", status="failed") == 1
+    assert value("sitq_queue_tasks", queue='re"ports', status="running") == 1
+    assert value("sitq_queue_depth", queue="mail") == 2
+    assert value("sitq_queue_failed_tasks", queue="mail") == 1
+    assert value("sitq_queue_retrying_tasks", queue="mail") == 1
+    assert value("sitq_running_tasks", queue='re"ports') == 1
+    assert value("sitq_workers", state="alive") == 1
+    assert value("sitq_workers", state="dead") == 0
+    assert 0 <= value("sitq_queue_oldest_wait_seconds", queue="mail") <= time.time() - began + 1
+    assert ("sitq_queue_oldest_wait_seconds", (("queue", 're"ports'),)) not in values
+
+
+def test_metrics_follow_the_token_rules(token_client: TestClient, client: TestClient) -> None:
+    assert token_client.get("/metrics").status_code == 401
+    assert (
+        token_client.get("/metrics", headers={"authorization": "Bearer wrong"}).status_code == 401
+    )
+    assert scrape(token_client, authorization=f"Bearer {TOKEN}") is not None
+    rebound = client.get("/metrics", headers={"host": "attacker.example:8765"})
+    assert rebound.status_code == 421
+    assert ("sitq_workers", (("state", "alive"),)) in scrape(client)

@@ -268,6 +268,11 @@ class Backend(abc.ABC):
         """Number of tasks per (queue, status)."""
 
     @abc.abstractmethod
+    async def retrying_counts(self) -> dict[str, int]:
+        """Per queue, the queued tasks that ran before (``attempts > 0``): waiting to
+        be retried after a failure or a lost worker. Queues with none are absent."""
+
+    @abc.abstractmethod
     async def running_tasks(self) -> list[TaskRecord]:
         """Every task now running, longest-running first (for status displays)."""
 

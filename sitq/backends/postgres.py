@@ -419,6 +419,12 @@ class PostgresBackend(Backend):
             rows = await conn.fetch(self._q(q.COUNTS))
         return {(row[0], row[1]): int(row[2]) for row in rows}
 
+    async def retrying_counts(self) -> dict[str, int]:
+        """Queued tasks that ran before, per queue."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.RETRYING_COUNTS))
+        return {row[0]: int(row[1]) for row in rows}
+
     async def running_tasks(self) -> list[TaskRecord]:
         """Every running task, longest-running first."""
         async with self._acquire() as conn:

@@ -573,6 +573,10 @@ class SQLiteBackend(Backend):
         rows = await self._read(q.COUNTS)
         return {(row[0], row[1]): int(row[2]) for row in rows}
 
+    async def retrying_counts(self) -> dict[str, int]:
+        """Queued tasks that ran before, per queue."""
+        return {row[0]: int(row[1]) for row in await self._read(q.RETRYING_COUNTS)}
+
     async def running_tasks(self) -> list[TaskRecord]:
         """Every running task, longest-running first."""
         return [TaskRecord(*row) for row in await self._read(q.RUNNING_TASKS)]

@@ -368,6 +368,18 @@ WHERE status IN ('failed', 'cancelled') AND {where}
 
 COUNTS = "SELECT queue, status, COUNT(*) FROM sitq_tasks GROUP BY queue, status"
 
+# Queued tasks that ran before, per queue: both halves of the queued tasks (with
+# and without a limit key) are read from their partial indexes, not the table.
+RETRYING_COUNTS = """
+SELECT queue, COUNT(*) FROM (
+    SELECT queue, attempts FROM sitq_tasks WHERE status = 'queued' AND limit_key IS NULL
+    UNION ALL
+    SELECT queue, attempts FROM sitq_tasks WHERE status = 'queued' AND limit_key IS NOT NULL
+) queued
+WHERE attempts > 0
+GROUP BY queue
+"""
+
 # The range condition on lease_expires_at lets SQLite read running tasks from
 # their partial index instead of scanning the table.
 RUNNING_TASKS = f"""

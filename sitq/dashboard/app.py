@@ -83,7 +83,7 @@ def create_app(config: DashboardConfig) -> Starlette:
         queue = TaskQueue(open_backend(config.db, create=False))
         await queue.connect()
         app.state.queue = queue
-        app.state.history = CountHistory(queue.backend.counts)
+        app.state.history = CountHistory(queue.backend.counts, queue.backend.retrying_counts)
         app.state.workflows = WorkflowItems()
         try:
             yield
@@ -94,6 +94,7 @@ def create_app(config: DashboardConfig) -> Starlette:
         routes=[
             Route("/", routes.overview_page),
             Route("/live/overview", routes.overview_live),
+            Route("/metrics", routes.metrics_page),
             Route("/queues", routes.queues_page),
             Route("/live/queues", routes.queues_live),
             Route("/batches", routes.batches_page),

@@ -36,6 +36,7 @@ class Sample:
 
     at: float
     counts: Counts
+    retrying: dict[str, int] = field(default_factory=dict)  # queued again, per queue
     # The same counts grouped by queue once, so a queue's are a lookup (with
     # thousands of queues, filtering every count per queue and sample added up).
     by_queue: dict[str, dict[str, int]] = field(init=False, repr=False, compare=False)
@@ -64,8 +65,13 @@ class QueueTrend:
 class CountHistory:
     """Count samples of the last ``HISTORY_SECONDS``, refreshed on demand."""
 
-    def __init__(self, count: Callable[[], Awaitable[Counts]]) -> None:
+    def __init__(
+        self,
+        count: Callable[[], Awaitable[Counts]],
+        retrying: Callable[[], Awaitable[dict[str, int]]] | None = None,
+    ) -> None:
         self._count = count
+        self._retrying = retrying
         self._samples: deque[Sample] = deque()
         self._lock = asyncio.Lock()
         self._interval = MIN_INTERVAL
@@ -83,10 +89,11 @@ class CountHistory:
             if self._samples and now - self._samples[-1].at < self._interval:
                 return self._samples[-1]
             counts = await self._count()
+            retrying = await self._retrying() if self._retrying else {}
             done = time.monotonic()
             self.last_duration = done - now
             self._interval = min(MAX_INTERVAL, max(MIN_INTERVAL, self.last_duration / COUNT_SHARE))
-            self._samples.append(Sample(done, counts))
+            self._samples.append(Sample(done, counts, retrying))
             while self._samples and done - self._samples[0].at > HISTORY_SECONDS:
                 self._samples.popleft()
             return self._samples[-1]
@@ -108,6 +115,27 @@ class CountHistory:
             rates.append((now - t1, finished / max(t1 - t0, 1e-6)))
         throughput, failure_rate = self._last_minute(per_queue)
         return QueueTrend(waiting, rates, throughput, failure_rate)
+
+    def rates(self) -> dict[str, tuple[float | None, float | None]]:
+        """Per queue of the newest sample, what ``trend`` says of its last minute
+        (finished per minute, failed share), for every queue in one pass."""
+        samples = list(self._samples)
+        if not samples:
+            return {}
+        queues = samples[-1].by_queue
+        if len(samples) < 2:
+            return dict.fromkeys(queues, (None, None))
+        # The window depends on the samples' times only: the same for every queue.
+        end = samples[-1]
+        start = next((s for s in samples if end.at - s.at <= 60.0), samples[-2])
+        if end.at - start.at <= 0:
+            start = samples[-2]
+        return {
+            name: self._last_minute(
+                [(start.at, start.by_queue.get(name, {})), (end.at, end.by_queue[name])]
+            )
+            for name in queues
+        }
 
     @staticmethod
     def _last_minute(

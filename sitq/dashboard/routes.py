@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from sitq.dashboard import queries
+from sitq.dashboard import metrics, queries
 from sitq.dashboard.access import is_loopback
 from sitq.dashboard.security import CSRF_FIELD, csrf_ok
 from sitq.dashboard.workflows import MAX_FAILURES_KEPT
@@ -75,6 +75,15 @@ async def overview_page(request: Request) -> Response:
 async def overview_live(request: Request) -> Response:
     """The overview's live part, fetched again every few seconds."""
     return render(request, "_overview.html", data=await _overview(request))
+
+
+# -- Prometheus -------------------------------------------------------------------------
+
+
+async def metrics_page(request: Request) -> Response:
+    """The overview's figures in the Prometheus text format (see ``metrics``)."""
+    text = await metrics.exposition(_queue(request), request.app.state.history, time.monotonic())
+    return Response(text, media_type=metrics.CONTENT_TYPE)
 
 
 # -- every queue, every batch ---------------------------------------------------------
