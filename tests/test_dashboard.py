@@ -1100,3 +1100,24 @@ def test_metrics_follow_the_token_rules(token_client: TestClient, client: TestCl
     rebound = client.get("/metrics", headers={"host": "attacker.example:8765"})
     assert rebound.status_code == 421
     assert ("sitq_workers", (("state", "alive"),)) in scrape(client)
+
+
+async def test_what_the_dashboard_asks_of_both_backends(db_url: str) -> None:
+    """A page of batches, and a task's sizes without its result: on SQLite and
+    PostgreSQL alike."""
+    async with TaskQueue(db_url) as queue:
+        for i in range(5):
+            await queue.enqueue_in_batch(f"b{i}", jobs.add, [(i, i)])
+        backend = queue.backend
+        assert [b.id for b in await backend.list_batches()] == ["b4", "b3", "b2", "b1", "b0"]
+        page = await backend.list_batches(limit=2, offset=1)
+        assert [b.id for b in page] == ["b3", "b2"]
+        assert [b.id for b in await backend.list_batches(limit=9, offset=4)] == ["b0"]
+        [claimed] = await backend.claim("w", ["default"], 1, 60.0)
+        result = queue.serializer.dumps(b"r" * 5000)
+        await backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
+        light = (await backend.get_tasks([claimed.id], with_result=False))[claimed.id]
+        assert light.result is None and light.payload is None
+        assert light.result_size == len(result) and light.payload_size
+        full = (await backend.get_tasks([claimed.id], with_payload=True))[claimed.id]
+        assert full.result == result and full.payload_size == len(full.payload or b"")
