@@ -168,9 +168,9 @@ async def overview(
 ) -> Overview:
     """The overview's data: counts (from the sampled history) of the busiest queues,
     workers and what they run, the latest failures, the newest batches' and
-    workflow runs' progress, limits and schedules. What it costs does not grow with
-    what it does not show: the queues beyond ``QUEUES_SHOWN`` cost a count each,
-    and batches beyond the newest are not read."""
+    workflow runs' progress, limits and schedules. What it costs barely grows with
+    what it does not show: a queue beyond ``QUEUES_SHOWN`` costs a few dictionary
+    operations, and batches beyond the newest are not read."""
     backend = queue.backend
     table, queue_count = await queue_table(queue, history, shown=QUEUES_SHOWN)
     now = backend.now()
