@@ -50,6 +50,8 @@ class TaskSpec:
     code: str | None = None
     code_line: int = 0
     retry: RetryPolicy | None = None
+    #: The line each field is written on (for warnings).
+    field_lines: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -411,8 +413,15 @@ def _parse_task_fields(
         if required and required not in fields:
             problems.add(_line(body), step, f"a {kind} step needs `{required}`")
         _check_field_types(kind, fields, body, inputs, step, problems)
+    field_lines = {k: _line(inputs if k in inputs else body, k) for k in fields}
     return TaskSpec(
-        kind=kind, fields=fields, line=_line(body), code=code, code_line=code_line, retry=retry
+        kind=kind,
+        fields=fields,
+        line=_line(body),
+        code=code,
+        code_line=code_line,
+        retry=retry,
+        field_lines=field_lines,
     )
 
 
@@ -494,7 +503,7 @@ def _parse_batch(
             step,
             "items must be a list, a template that gives one, or $(command) for its output lines",
         )
-    elif isinstance(items, str) and not (is_template(items) or _is_command(items)):
+    elif isinstance(items, str) and not (is_template(items) or is_command(items)):
         problems.add(
             where("items"),
             step,
@@ -533,7 +542,10 @@ def _overlay(under: dict[str, Any], over: dict[str, Any]) -> YamlMap:
     return merged
 
 
-def _is_command(value: str) -> bool:
+def is_command(value: Any) -> bool:
+    """True for an ``items: $(command)`` field as written in the file."""
+    if not isinstance(value, str):
+        return False
     stripped = value.strip()
     return stripped.startswith("$(") and stripped.endswith(")")
 
