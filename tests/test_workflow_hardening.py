@@ -4,12 +4,16 @@ files, failed items as failed tasks, and the warnings validation gives."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from workflow_support import run_cli, run_id_of, workflow_env
 
+from sitq import TaskQueue, TaskStatus
 from sitq.workflow import Workflow
+from sitq.workflow.state import StateStore
 
 
 @pytest.fixture
@@ -144,3 +148,59 @@ steps:
     assert warning.startswith("wf.yaml:6: step 'a': python `code` is not a template")
     clean = text.replace('"{{ params.name }}"', "params['name']")
     assert Workflow.from_string(clean, "wf.yaml").warnings == []
+
+
+# -- 19.5: the task of a failed item ends FAILED -------------------------------------------
+
+FAILING_ITEM = """
+steps:
+  - name: check
+    for_each: [1, 2, 3]
+    max_parallel: 3
+    continue_on_error: true
+    retry: {max_attempts: 2}
+    type: python
+    code: |
+      import os
+      if item == 2 and os.path.exists(params['flag']):
+          raise ValueError(f"item {item} is bad")
+      return item * 10
+"""
+
+
+async def test_a_failed_items_task_ends_failed_and_a_resume_redoes_it(
+    tmp_path: Path, db_url: str, spawn_worker: Callable[..., Any]
+) -> None:
+    async with TaskQueue(db_url):
+        pass  # the database exists before the worker opens it
+    spawn_worker("--concurrency", "3", db=db_url).wait_started()
+    flag = tmp_path / "flag"
+    flag.write_text("")
+    workflow = Workflow.from_string(FAILING_ITEM, "wf.yaml")
+    report = await workflow.run_async({"flag": str(flag)}, db=db_url, executor="workers")
+    assert report.status == "partial" and report.executor == "workers"
+    (failure,) = report.failures
+    assert failure["error"] == "ValueError: item 2 is bad"
+
+    async with TaskQueue(db_url) as queue:
+        items = await StateStore(queue).items(report.run_id, "check")
+        assert [i.status for i in items] == ["succeeded", "failed", "succeeded"]
+        assert items[1].attempts == 2 and items[1].error == "ValueError: item 2 is bad"
+        assert items[1].traceback is not None and "File \"<workflow step 'check'>\"" in items[1].traceback
+        task_ids = [i.task_id for i in items]
+        assert all(task_ids)
+        statuses = [await queue.status(t) for t in task_ids]  # type: ignore[arg-type]
+        assert statuses == [TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SUCCEEDED]
+        failed = await queue.get_result(task_ids[1], timeout=0)  # type: ignore[arg-type]
+        assert failed is not None and failed.error is not None
+        assert failed.error.startswith("ItemFailed: ValueError: item 2 is bad")
+        assert (await queue.stats())["totals"]["failed"] == 1
+
+        # A resume does not take the failed task for a success: the item runs again.
+        flag.unlink()
+        resumed = await workflow.run_async(resume=report.run_id, db=db_url, executor="workers")
+        assert resumed.ok, resumed.error
+        assert resumed.steps["check"].result == [10, 20, 30]
+        again = await StateStore(queue).items(report.run_id, "check")
+        assert again[1].task_id not in (None, task_ids[1])
+        assert await queue.status(again[1].task_id) == TaskStatus.SUCCEEDED  # type: ignore[arg-type]
