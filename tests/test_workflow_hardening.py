@@ -3,17 +3,20 @@ files, failed items as failed tasks, and the warnings validation gives."""
 
 from __future__ import annotations
 
+import resource
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from workflow_support import run_cli, run_id_of, workflow_env
+from workflow_support import run_cli, run_id_of, workflow_cmd, workflow_env
 
 from sitq import TaskQueue, TaskStatus
-from sitq.workflow import Workflow
-from sitq.workflow.state import StateStore
+from sitq.workflow import Workflow, WorkflowValidationError
+from sitq.workflow.loader import MAX_BYTES
+from sitq.workflow.state import PREVIEW_CHARS, StateStore, preview
 
 
 @pytest.fixture
@@ -204,3 +207,129 @@ async def test_a_failed_items_task_ends_failed_and_a_resume_redoes_it(
         again = await StateStore(queue).items(report.run_id, "check")
         assert again[1].task_id not in (None, task_ids[1])
         assert await queue.status(again[1].task_id) == TaskStatus.SUCCEEDED  # type: ignore[arg-type]
+
+
+# -- 20.13: YAML that costs too much is refused --------------------------------------------
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """Nine lists of nine aliases of the one before: 9**9 strings from ~500 bytes."""
+    lines = ["params:", '  a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for n in range(1, levels):
+        lines.append(f"  a{n}: &a{n} [" + ",".join([f"*a{n - 1}"] * 9) + "]")
+    lines += ["steps:", "  s:", "    type: echo", "    message: hi"]
+    return "\n".join(lines) + "\n"
+
+
+def _limited(memory: int) -> Callable[[], None]:
+    """A preexec_fn capping the child's address space, so that a regression fails the
+    test (MemoryError) rather than take the machine down."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    return limit
+
+
+#: Bounds a regression; a refusal takes well under a second.
+BOMB_TIMEOUT = 60.0
+CHILD_MEMORY = 2 * 1024**3
+
+
+def _run_limited(work: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        workflow_cmd("run", *args),
+        cwd=work,
+        env=workflow_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=BOMB_TIMEOUT,
+        preexec_fn=_limited(CHILD_MEMORY),
+    )
+
+
+def test_an_alias_bomb_workflow_is_refused_quickly(tmp_path: Path, work: Path) -> None:
+    file = _write(work / "bomb.yaml", _alias_bomb())
+    assert file.stat().st_size < 1024
+    proc = _run_limited(work, tmp_path, str(file))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "MemoryError" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "bomb.yaml: invalid YAML: its aliases (*name) expand it to" in proc.stderr
+    assert not (tmp_path / "sitq.db").exists()  # refused before anything was recorded
+
+
+def test_an_alias_bomb_param_file_is_refused_quickly(tmp_path: Path, work: Path) -> None:
+    file = _write(work / "wf.yaml", PARAM_ITEMS)
+    data = _write(work / "data.yaml", _alias_bomb().split("steps:")[0].replace("params:", "x:"))
+    proc = _run_limited(work, tmp_path, str(file), "-p", f"files=@{data}")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "MemoryError" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "data.yaml: invalid YAML: its aliases (*name) expand it to" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("steps: &s\n  a: *s\n", "wf.yaml:1: invalid YAML: an alias refers to the list or mapping"),
+        ("x: " + "[" * 300 + "]" * 300 + "\nsteps: {}\n", "nest more than 200 deep"),
+    ],
+)
+def test_self_referring_and_deeply_nested_yaml_is_refused(text: str, expected: str) -> None:
+    with pytest.raises(WorkflowValidationError) as caught:
+        Workflow.from_string(text, "wf.yaml")
+    assert expected in str(caught.value)
+
+
+def test_a_huge_workflow_file_is_refused_unread_unless_the_limit_is_raised(
+    tmp_path: Path, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step = '  s{n}:\n    type: echo\n    message: "hello {n}"\n'
+    text = "steps:\n" + "".join(step.format(n=n) for n in range(120_000))
+    file = _write(work / "big.yaml", text)
+    assert file.stat().st_size > 4_000_000
+    with pytest.raises(WorkflowValidationError) as caught:
+        Workflow.from_yaml(file)
+    message = str(caught.value)
+    assert f"big.yaml: the workflow is {file.stat().st_size:,} bytes, more than" in message
+    assert "$SITQ_WORKFLOW_MAX_BYTES" in message and "--param NAME=@FILE" in message
+    with pytest.raises(WorkflowValidationError):
+        Workflow.from_string(text, "big.yaml")  # the same limit for text
+    small = _write(work / "small.yaml", "steps:\n" + step.format(n=0))
+    monkeypatch.setenv("SITQ_WORKFLOW_MAX_BYTES", "40")
+    with pytest.raises(WorkflowValidationError, match="more than the 40 sitq reads"):
+        Workflow.from_yaml(small)
+    monkeypatch.setenv("SITQ_WORKFLOW_MAX_BYTES", "1000")
+    assert Workflow.from_yaml(small).step_names == ["s0"]
+
+
+@pytest.mark.slow
+def test_a_workflow_file_at_the_size_limit_loads_within_bounds(tmp_path: Path, work: Path) -> None:
+    step = '  s{n}:\n    type: echo\n    message: "hello {n} {{{{ params.x | default(1) }}}}"\n'
+    text = "steps:\n" + "".join(step.format(n=n) for n in range(12_000))
+    file = _write(work / "wf.yaml", text)
+    assert 0.8 * MAX_BYTES < file.stat().st_size <= MAX_BYTES
+    check = f"from sitq.workflow import Workflow; print(len(Workflow.from_yaml({str(file)!r}).step_names))"
+    proc = subprocess.run(
+        [sys.executable, "-c", check],
+        env=workflow_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=BOMB_TIMEOUT,
+        preexec_fn=_limited(CHILD_MEMORY),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "12000"
+
+
+def test_previews_of_huge_values_are_bounded() -> None:
+    bomb: Any = ["lol"] * 9
+    for _ in range(12):
+        bomb = [bomb] * 9  # 9**13 strings, shared
+    text = preview({"x": bomb})
+    assert text.startswith("{'x': [[[[") and text.endswith("... (truncated)")
+    assert len(text) <= PREVIEW_CHARS + len("... (truncated)")
+    assert preview("y" * 10**7, 20) == "'" + "y" * 19 + "... (truncated)"
+    looped: list[Any] = []
+    looped.append(looped)
+    assert preview(looped) == "[" * 51 + "..." + "]" * 51  # depth-capped, no recursion
+    assert preview([[1, 2], {"a": (3,)}]) == "[[1, 2], {'a': (3,)}]"

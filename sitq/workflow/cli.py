@@ -17,7 +17,9 @@ import yaml
 from sitq import TaskQueue
 from sitq.backends import open_backend
 from sitq.errors import SitqError
+from sitq.workflow.errors import WorkflowValidationError
 from sitq.workflow.executors import EXECUTORS
+from sitq.workflow.loader import load_yaml
 from sitq.workflow.progress import LineReporter
 from sitq.workflow.runner import DEFAULT_MAX_PARALLEL, RunReport
 from sitq.workflow.spec import parse_workflow
@@ -49,7 +51,9 @@ def load_param_file(path: str) -> Any:
         if suffix == ".json":
             return json.loads(text)
         if suffix in (".yaml", ".yml"):
-            return yaml.safe_load(text)
+            return load_yaml(text, path, loader=yaml.SafeLoader)
+    except WorkflowValidationError as exc:
+        raise click.BadParameter(str(exc)) from None
     except ValueError as exc:
         raise click.BadParameter(f"{path} is not valid {suffix[1:].upper()}: {exc}") from None
     if suffix == ".csv":

@@ -17,7 +17,7 @@ from typing import Any
 
 from sitq.workflow.errors import TemplateError, WorkflowValidationError
 from sitq.workflow.kinds import CODE_NAMES, ITEM_KINDS, OPERATIONS, RetryPolicy, compile_code
-from sitq.workflow.loader import YamlMap, load_yaml
+from sitq.workflow.loader import YamlMap, check_size, load_yaml
 from sitq.workflow.templates import analyse, is_template
 
 TOP_KEYS = ("name", "description", "params", "steps")
@@ -144,6 +144,7 @@ def _line(mapping: Any, key: Any = None) -> int:
 def parse_workflow(text: str, source: str = "<string>") -> WorkflowSpec:
     """Check a workflow's text and build its model; raise WorkflowValidationError
     listing every problem."""
+    check_size(len(text.encode(errors="replace")), source)
     doc = load_yaml(text, source)
     problems = _Problems(source)
     if not isinstance(doc, dict):

@@ -98,8 +98,11 @@ class TemplateNames:
     dynamic: set[str] = field(default_factory=set)
 
 
+@lru_cache(maxsize=32768)
 def analyse(text: str) -> TemplateNames:
-    """The names ``text`` refers to; a syntax error raises TemplateError."""
+    """The names ``text`` refers to; a syntax error raises TemplateError. Cached
+    (validation, dependencies and runs each look at every template): callers must
+    not change what it returns."""
     try:
         tree = _ENV.parse(text)
     except jinja2.TemplateSyntaxError as exc:

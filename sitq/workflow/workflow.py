@@ -16,6 +16,7 @@ from sitq.backends.base import Backend
 from sitq.workflow.errors import WorkflowError, WorkflowValidationError
 from sitq.workflow.executors import EXECUTORS, open_executor
 from sitq.workflow.lint import workflow_warnings
+from sitq.workflow.loader import check_size
 from sitq.workflow.progress import CallbackReporter, Reporter, StepProgress
 from sitq.workflow.runner import DEFAULT_MAX_PARALLEL, Runner, RunReport, RunSettings
 from sitq.workflow.spec import WorkflowSpec, check_names, parse_workflow
@@ -64,6 +65,8 @@ class Workflow:
     def from_yaml(cls, path: str | os.PathLike[str]) -> Workflow:
         """Read and check the workflow file at ``path``."""
         try:
+            # Refused before it is read: a huge file costs nothing.
+            check_size(os.stat(path).st_size, str(path))
             text = Path(path).read_text()
         except OSError as exc:
             raise WorkflowValidationError(
