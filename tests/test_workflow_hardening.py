@@ -117,7 +117,7 @@ def test_an_item_cannot_inject_commands_into_a_quoted_shell_step(
     proc = _run(work, tmp_path, str(file), "-p", f"values={values}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not marker.exists(), "an item value ran as a command"
-    assert f"'a; touch {marker}'" in proc.stdout and "\"it's\"" in proc.stdout
+    assert f"'a; touch {marker}'" in proc.stdout and '"it\'s"' in proc.stdout
     assert "warning:" not in proc.stdout  # quoted: nothing to warn about
 
 
@@ -189,7 +189,10 @@ async def test_a_failed_items_task_ends_failed_and_a_resume_redoes_it(
         items = await StateStore(queue).items(report.run_id, "check")
         assert [i.status for i in items] == ["succeeded", "failed", "succeeded"]
         assert items[1].attempts == 2 and items[1].error == "ValueError: item 2 is bad"
-        assert items[1].traceback is not None and "File \"<workflow step 'check'>\"" in items[1].traceback
+        assert (
+            items[1].traceback is not None
+            and "File \"<workflow step 'check'>\"" in items[1].traceback
+        )
         task_ids = [i.task_id for i in items]
         assert all(task_ids)
         statuses = [await queue.status(t) for t in task_ids]  # type: ignore[arg-type]
@@ -308,7 +311,8 @@ def test_a_workflow_file_at_the_size_limit_loads_within_bounds(tmp_path: Path, w
     text = "steps:\n" + "".join(step.format(n=n) for n in range(12_000))
     file = _write(work / "wf.yaml", text)
     assert 0.8 * MAX_BYTES < file.stat().st_size <= MAX_BYTES
-    check = f"from sitq.workflow import Workflow; print(len(Workflow.from_yaml({str(file)!r}).step_names))"
+    load = f"Workflow.from_yaml({str(file)!r})"
+    check = f"from sitq.workflow import Workflow; print(len({load}.step_names))"
     proc = subprocess.run(
         [sys.executable, "-c", check],
         env=workflow_env(tmp_path),
@@ -333,3 +337,46 @@ def test_previews_of_huge_values_are_bounded() -> None:
     looped.append(looped)
     assert preview(looped) == "[" * 51 + "..." + "]" * 51  # depth-capped, no recursion
     assert preview([[1, 2], {"a": (3,)}]) == "[[1, 2], {'a': (3,)}]"
+
+
+# -- 19.3: a param python code reads is checked before the run; plain steps' failures ------
+
+CODE_PARAMS = """
+steps:
+  split:
+    type: python
+    code: |
+      numbers = params['numbers']
+      size = params.batch_size
+      return [numbers[i:i + size] for i in range(0, len(numbers), size)]
+"""
+
+
+def test_a_param_python_code_reads_is_checked_before_the_run(tmp_path: Path, work: Path) -> None:
+    file = _write(work / "wf.yaml", CODE_PARAMS)
+    proc = _run(work, tmp_path, str(file), "-p", "numbers=[1,2,3]")
+    assert proc.returncode == 1
+    assert (
+        "wf.yaml:6: step 'split': code uses params['batch_size'], but there is no param "
+        "'batch_size'" in proc.stderr
+    )
+    assert "--param batch_size=VALUE" in proc.stderr and "numbers" not in proc.stderr
+    assert not (tmp_path / "sitq.db").exists()  # refused before the run was recorded
+    done = _run(work, tmp_path, str(file), "-p", "numbers=[1,2,3]", "-p", "batch_size=2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "result of split: [[1, 2], [3]]" in done.stdout
+    # Code that reads params another way (get, in, a loop) is not second-guessed.
+    loose = CODE_PARAMS.replace("params.batch_size", "params.get('batch_size', 2)")
+    assert Workflow.from_string(loose, "wf.yaml").validate({"numbers": [1]})
+
+
+def test_a_failed_plain_step_is_reported_without_an_item(tmp_path: Path, work: Path) -> None:
+    text = "steps:\n  only:\n    type: python\n    code: |\n      raise ValueError('boom')\n"
+    proc = _run(work, tmp_path, str(_write(work / "wf.yaml", text)))
+    assert proc.returncode == 1
+    assert "failed only: ValueError: boom" in proc.stdout
+    assert "None" not in proc.stdout
+    report = Workflow.from_string(text, "wf.yaml").run(db=tmp_path / "s.db", executor="local")
+    assert report.failures == [
+        {"step": "only", "index": None, "item": None, "error": "ValueError: boom"}
+    ]

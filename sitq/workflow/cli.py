@@ -172,8 +172,7 @@ def _print_summary(report: RunReport, file: str) -> None:
         if step.status != "failed":
             click.echo(f"result of {label}: {preview(step.result)}")
     for failure in report.failures[:20]:
-        click.echo(f"failed {failure['step']}[{failure['index']}] {failure['item']!r}: "
-                   f"{failure['error']}")  # fmt: skip
+        click.echo(f"failed {_failed_item(failure)}: {failure['error']}")
     if len(report.failures) > 20:
         click.echo(f"... and {len(report.failures) - 20} more failed items")
     if report.ok:
@@ -185,6 +184,14 @@ def _print_summary(report: RunReport, file: str) -> None:
         f"fix the cause, then redo what failed or did not run with: "
         f"sitq workflow run {file} --resume {report.run_id}"
     )
+
+
+def _failed_item(failure: dict[str, Any]) -> str:
+    """``step[index] item`` for an item of a batch or for_each step; ``step`` alone
+    for a plain step (it has no item)."""
+    if failure["index"] is None:
+        return failure["step"]
+    return f"{failure['step']}[{failure['index']}] {preview(failure['item'], 80)}"
 
 
 # -- status ------------------------------------------------------------------------------

@@ -220,9 +220,7 @@ def failed_item_outcome(error: str, attempts: int) -> ItemOutcome | None:
     message, sep, item_traceback = text.rpartition(ITEM_TRACEBACK)
     if not sep:
         message, item_traceback = text, ""
-    return ItemOutcome(
-        ok=False, error=message, traceback=item_traceback or None, attempts=attempts
-    )
+    return ItemOutcome(ok=False, error=message, traceback=item_traceback or None, attempts=attempts)
 
 
 def _run_once(call: ItemCall) -> Any:

@@ -40,7 +40,11 @@ def workflow_warnings(spec: WorkflowSpec) -> list[str]:
             if isinstance(command, str):
                 exprs = unquoted_outputs(command)
                 if exprs:
-                    add(task.field_lines.get("command", task.line), step, _unquoted("command", exprs))
+                    add(
+                        task.field_lines.get("command", task.line),
+                        step,
+                        _unquoted("command", exprs),
+                    )
             if task.code is not None:
                 for line in _templated_strings(task.code):
                     add(task.code_line + line - 1, step, _CODE_TEMPLATE)

@@ -22,7 +22,6 @@ import yaml
 
 from sitq.workflow.errors import WorkflowValidationError
 
-
 #: The largest workflow file read by default, in bytes (``$SITQ_WORKFLOW_MAX_BYTES``).
 MAX_BYTES = 1024 * 1024
 #: The most nodes aliases may add to a document once expanded.

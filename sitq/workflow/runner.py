@@ -90,7 +90,8 @@ class RunReport:
 
     @property
     def failures(self) -> list[dict[str, Any]]:
-        """Every failed item: ``step``, ``index``, ``item``, ``error``."""
+        """Every failed item: ``step``, ``index``, ``item``, ``error`` (index and item
+        are None for a plain step, which has no items)."""
         return [{"step": s.name, **e} for s in self.steps.values() for e in s.errors]
 
 
@@ -511,8 +512,11 @@ class Runner:
             failed=sum(r.status == "failed" for r in records),
             errors=[
                 {
-                    "index": r.index,
-                    "item": items[r.index] if items is not None else r.item_preview,
+                    # A plain step has one run and no item: neither index nor item.
+                    "index": r.index if step.has_items else None,
+                    "item": (items[r.index] if items is not None else r.item_preview)
+                    if step.has_items
+                    else None,
                     "error": r.error,
                 }
                 for r in records

@@ -737,6 +737,15 @@ def _check_templates(
         for task in _tasks(step):
             if task.code is None:
                 continue
+            read = code_refs(task.code, "params") if names is not None else None
+            for key in sorted((read or set()) - (names or set())):
+                problems.add(
+                    task.code_line,
+                    step.name,
+                    f"code uses params[{key!r}], but there is no param {key!r} "
+                    f"({_suggest(key, sorted(names or ()))}pass it with --param {key}=VALUE "
+                    "or declare it under `params:`)",
+                )
             for ref in sorted(code_step_refs(task.code)):
                 if ref not in order or order[ref] >= step.position:
                     problems.add(
