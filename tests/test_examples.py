@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -281,3 +282,89 @@ def test_scheduled_tasks_example(tmp_path: Path) -> None:
     assert "schedule 'heartbeat': every 0.5s" in out
     assert out.rstrip().splitlines()[-1] == "Scheduled tasks example completed!"
     assert _database_files(tmp_path) == []
+
+
+# -- examples/workflows: every command of its README, as written -----------------------------
+
+WORKFLOWS = EXAMPLES / "workflows"
+#: Bounds the wait for a background command's first line (a server, a worker).
+BACKGROUND_START_TIMEOUT = 30.0
+
+
+def _readme_sections() -> dict[str, tuple[list[str], list[str]]]:
+    """Each `## ` section of examples/workflows/README.md holding commands: its
+    ```sh lines and the ```text lines its output must contain."""
+    text = (WORKFLOWS / "README.md").read_text()
+    sections = {}
+    for chunk in re.split(r"^## ", text, flags=re.M)[1:]:
+        title = chunk.splitlines()[0].strip()
+        blocks = re.findall(r"^```(sh|text)\n(.*?)^```", chunk, re.M | re.S)
+        commands = [line for kind, body in blocks if kind == "sh" for line in body.splitlines()]
+        expected = [line for kind, body in blocks if kind == "text" for line in body.splitlines()]
+        if commands:
+            sections[title] = ([c for c in commands if c.strip()], [e for e in expected if e])
+    return sections
+
+
+def test_every_workflow_example_is_in_its_readme() -> None:
+    titles = " ".join(_readme_sections())
+    shipped = sorted(p.name for p in WORKFLOWS.glob("*.yaml"))
+    assert shipped and [name for name in shipped if name not in titles] == []
+
+
+def _start_background(command: str, cwd: Path, env: dict[str, str], log: Path) -> Any:
+    """Start ``command &`` as the shell would, and wait for its first line of output."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", "exec " + command], cwd=cwd, env=env, stdout=out, stderr=out
+        )
+    deadline = time.monotonic() + BACKGROUND_START_TIMEOUT
+    while not log.read_text(errors="replace").strip():
+        assert proc.poll() is None, f"`{command}` exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"`{command}` printed nothing"
+        time.sleep(0.02)  # polling interval, not synchronization
+    assert proc.poll() is None, f"`{command}` exited:\n{log.read_text(errors='replace')}"
+    return proc
+
+
+@pytest.mark.parametrize("section", sorted(_readme_sections()))
+def test_workflow_example_runs_as_its_readme_shows(section: str, tmp_path: Path) -> None:
+    commands, expected = _readme_sections()[section]
+    work = tmp_path / "workflows"
+    shutil.copytree(WORKFLOWS, work, ignore=shutil.ignore_patterns("__pycache__"))
+    # `sitq` and `python` are this environment's, as after `pip install`.
+    bin_dir = str(Path(sys.executable).parent)
+    env = _env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    background: list[subprocess.Popen[bytes]] = []
+    output = ""
+    try:
+        for line in commands:
+            command, _, comment = line.partition("  #")
+            command = command.strip()
+            if command.endswith("&"):
+                log = tmp_path / f"background-{len(background)}.log"
+                background.append(_start_background(command[:-1].strip(), work, env, log))
+                continue
+            exits = re.search(r"exits (\d+)", comment)
+            proc = subprocess.run(
+                ["/bin/sh", "-c", command],
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=EXAMPLE_TIMEOUT,
+            )
+            output += proc.stdout + proc.stderr
+            want = int(exits.group(1)) if exits else 0
+            assert proc.returncode == want, f"`{command}`: exit {proc.returncode}\n{output}"
+            assert "Traceback" not in proc.stderr, proc.stderr
+    finally:
+        for proc in background:
+            proc.send_signal(signal.SIGTERM)
+            if _wait_exit(proc, WORKER_STOP_TIMEOUT) is None:
+                proc.kill()
+                proc.wait(WORKER_STOP_TIMEOUT)
+    for line in expected:
+        assert line in output, f"README says the output holds {line!r}; it was:\n{output}"
+    # A run never warns about an example: they quote what they give the shell.
+    assert "warning:" not in output

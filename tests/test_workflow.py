@@ -4,7 +4,6 @@ validation, where items run, and the CLI."""
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from support import POSTGRES_URL, postgres_available, wait_until
+from support import wait_until
 from workflow_support import (
     CLI_TIMEOUT,
     WORKFLOW_EXAMPLES,
@@ -58,13 +57,7 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> str:
     return proc.stdout
 
 
-# -- the seed page's examples, as written ------------------------------------------------
-
-
-def test_every_example_has_a_test() -> None:
-    names = {p.stem for p in EXAMPLE.glob("*.yaml")}
-    tested = {n[len("test_example_") :] for n in globals() if n.startswith("test_example_")}
-    assert names == tested
+# -- the seed page's examples (tests/test_examples.py runs each as its README shows) ----
 
 
 def test_example_basic_usage(tmp_path: Path, work: Path) -> None:
@@ -96,32 +89,6 @@ def test_example_batch_configuration(tmp_path: Path, work: Path) -> None:
     )
     expected = [f"Processing {c}" for c in "abcde"]
     assert f"result of process_data: {expected!r}" in out
-
-
-def _category_csv(path: Path, rows: list[tuple[int, str, float]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["id", "category", "value"])
-        writer.writerows(rows)
-    return path
-
-
-def test_example_item_processing(tmp_path: Path, work: Path) -> None:
-    for n in (1, 2, 3):
-        _category_csv(work / f"file{n}.csv", [(1, "a", 10 * n), (2, "b", 5), (3, "a", 7)])
-    env = workflow_env(tmp_path)
-    out = _ok(run_cli("run", str(EXAMPLE / "item_processing.yaml"), cwd=work, env=env))
-    assert "(outputs: processing_results)" in out
-    results = [
-        i["result"] for i in items_of(status_json(run_id_of(out), work, env), "transform_data")
-    ]
-    for n in (1, 2, 3):
-        written = json.loads((work / f"file{n}.csv.result.json").read_text())
-        assert written == {"id": {"a": 4, "b": 2}, "value": {"a": 10 * n + 7, "b": 5}}
-        assert results[n - 1] == (
-            f"{{'input': 'file{n}.csv', 'output': 'file{n}.csv.result.json', 'rows': 3}}"
-        )
 
 
 def test_example_parallel_processing(tmp_path: Path, work: Path) -> None:
@@ -156,49 +123,6 @@ def test_example_parallel_processing(tmp_path: Path, work: Path) -> None:
     assert peak[0] == 2
     assert "parallel_process: 4/4 processed, 0 failed (100%)" in out
     assert "'body': {'path': '/url1'}" in out
-
-
-def test_example_error_handling(tmp_path: Path, work: Path) -> None:
-    """continue_on_error: the other items finish; on_item_error echoes the failure."""
-    bin_dir = tmp_path / "bin"
-    script = _write(
-        bin_dir / "process_item.sh",
-        '#!/bin/sh\nif [ "$1" = item2 ]; then echo "cannot process $1" >&2; exit 3; fi\n'
-        'echo "processed $1"\n',
-    )
-    script.chmod(0o755)
-    env = workflow_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    proc = run_cli("run", str(EXAMPLE / "error_handling.yaml"), cwd=work, env=env)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    out = proc.stdout
-    assert (
-        "process_with_errors: Failed to process item2: command exited with status 3: "
-        "process_item.sh item2\ncannot process item2"
-    ) in out
-    assert out.count("Failed to process") == 1
-    assert "process_with_errors: partial" in out
-    items = items_of(status_json(run_id_of(out), work, env), "process_with_errors")
-    assert [i["status"] for i in items] == ["succeeded", "failed", "succeeded"]
-    assert items[0]["result"] == "'processed item1'"
-
-
-def test_example_file_processing(tmp_path: Path, work: Path) -> None:
-    """items: $(ls data/*.csv), in batches of 5, in parallel."""
-    for n in range(7):
-        _category_csv(work / "data" / f"part{n}.csv", [(1, "x", n), (2, "y", 2), (3, "x", 4)])
-    env = workflow_env(tmp_path)
-    out = _ok(run_cli("run", str(EXAMPLE / "file_processing.yaml"), cwd=work, env=env))
-    assert "process_files: 7/7 processed, 0 failed (100%)" in out
-    results = [
-        i["result"] for i in items_of(status_json(run_id_of(out), work, env), "process_files")
-    ]
-    for n in range(7):
-        written = json.loads((work / "data" / f"part{n}.json").read_text())
-        assert written["('value', 'sum')"] == {"x": n + 4, "y": 2}
-        assert written["('value', 'count')"] == {"x": 2, "y": 1}
-        assert results[n] == (
-            f"{{'file': 'data/part{n}.csv', 'records': 3, 'output': 'data/part{n}.json'}}"
-        )
 
 
 def test_example_api_requests(tmp_path: Path, work: Path) -> None:
@@ -269,52 +193,6 @@ def test_example_data_transformation(tmp_path: Path, work: Path) -> None:
     assert proc.returncode == 1
     assert "data_transformation.yaml:2: step 'transform_records'" in proc.stderr
     assert "undefined template name 'input_records'" in proc.stderr
-
-
-def test_example_database_operations(tmp_path: Path, work: Path) -> None:
-    """Runs psycopg2 against the test PostgreSQL, in batches of records, one at a time."""
-    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is needed by this example")
-    reason = postgres_available()
-    if reason:
-        pytest.skip(reason)
-    schema = f"wf_{os.getpid()}_{time.monotonic_ns() % 10**6}"
-    conn = psycopg2.connect(POSTGRES_URL)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE SCHEMA {schema}")
-            cur.execute(
-                f"CREATE TABLE {schema}.users (id int PRIMARY KEY, status text, updated_at "
-                "timestamptz)"
-            )
-            cur.execute(
-                f"INSERT INTO {schema}.users SELECT g, 'new' FROM generate_series(0, 119) g"
-            )
-        updates = [{"id": i, "status": "active" if i % 2 else "inactive"} for i in range(120)]
-        batches = [updates[i : i + 50] for i in range(0, 120, 50)]
-        path = _write(work / "updates.json", json.dumps(batches))
-        sep = "&" if "?" in POSTGRES_URL else "?"
-        env = workflow_env(tmp_path, DB_URL=f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}")
-        out = _ok(
-            run_cli(
-                "run",
-                str(EXAMPLE / "database_operations.yaml"),
-                "-p",
-                f"records_to_update=@{path}",
-                cwd=work,
-                env=env,
-            )
-        )
-        assert "{'updated': 50, 'status': 'success'}" in out
-        with conn.cursor() as cur:
-            cur.execute(f"SELECT status, count(*) FROM {schema}.users GROUP BY 1 ORDER BY 1")
-            assert cur.fetchall() == [("active", 60), ("inactive", 60)]
-            cur.execute(f"SELECT count(*) FROM {schema}.users WHERE updated_at IS NULL")
-            assert cur.fetchone() == (0,)
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        conn.close()
 
 
 # -- crash and resume -----------------------------------------------------------------------

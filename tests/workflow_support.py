@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,21 +16,15 @@ from support import TESTS_DIR, subprocess_env
 
 ROOT = TESTS_DIR.parent
 WORKFLOW_EXAMPLES = ROOT / "examples" / "workflows"
-SHIMS = TESTS_DIR / "workflow_shims"
 #: Bounds a hang; not an expected duration.
 CLI_TIMEOUT = 120.0
-
-HAVE_PANDAS = importlib.util.find_spec("pandas") is not None
 
 
 def workflow_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment for `python -m sitq.workflow`: runs recorded in a fresh sitq
-    database under tmp_path ($SITQ_DB, unless ``extra`` names another), and the pandas
-    stand-in on the path when pandas is not installed."""
+    database under tmp_path ($SITQ_DB, unless ``extra`` names another)."""
     env = subprocess_env()
     env["SITQ_DB"] = str(tmp_path / "sitq.db")
-    if not HAVE_PANDAS:
-        env["PYTHONPATH"] = os.pathsep.join([str(SHIMS), env["PYTHONPATH"]])
     env.update(extra)
     return env
 

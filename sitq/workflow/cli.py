@@ -17,7 +17,9 @@ import yaml
 from sitq import TaskQueue
 from sitq.backends import open_backend
 from sitq.errors import SitqError
+from sitq.workflow.errors import WorkflowValidationError
 from sitq.workflow.executors import EXECUTORS
+from sitq.workflow.loader import load_yaml
 from sitq.workflow.progress import LineReporter
 from sitq.workflow.runner import DEFAULT_MAX_PARALLEL, RunReport
 from sitq.workflow.spec import parse_workflow
@@ -49,7 +51,9 @@ def load_param_file(path: str) -> Any:
         if suffix == ".json":
             return json.loads(text)
         if suffix in (".yaml", ".yml"):
-            return yaml.safe_load(text)
+            return load_yaml(text, path, loader=yaml.SafeLoader)
+    except WorkflowValidationError as exc:
+        raise click.BadParameter(str(exc)) from None
     except ValueError as exc:
         raise click.BadParameter(f"{path} is not valid {suffix[1:].upper()}: {exc}") from None
     if suffix == ".csv":
@@ -168,8 +172,7 @@ def _print_summary(report: RunReport, file: str) -> None:
         if step.status != "failed":
             click.echo(f"result of {label}: {preview(step.result)}")
     for failure in report.failures[:20]:
-        click.echo(f"failed {failure['step']}[{failure['index']}] {failure['item']!r}: "
-                   f"{failure['error']}")  # fmt: skip
+        click.echo(f"failed {_failed_item(failure)}: {failure['error']}")
     if len(report.failures) > 20:
         click.echo(f"... and {len(report.failures) - 20} more failed items")
     if report.ok:
@@ -181,6 +184,14 @@ def _print_summary(report: RunReport, file: str) -> None:
         f"fix the cause, then redo what failed or did not run with: "
         f"sitq workflow run {file} --resume {report.run_id}"
     )
+
+
+def _failed_item(failure: dict[str, Any]) -> str:
+    """``step[index] item`` for an item of a batch or for_each step; ``step`` alone
+    for a plain step (it has no item)."""
+    if failure["index"] is None:
+        return failure["step"]
+    return f"{failure['step']}[{failure['index']}] {preview(failure['item'], 80)}"
 
 
 # -- status ------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Where items run: on sitq workers when some serve the database, else in this process.
 
 Both executors run :func:`sitq.workflow.kinds.run_item`, which does an item's
-retries itself, so an item's attempts are the same wherever it runs.
+retries itself, so an item's attempts are the same wherever it runs. Workers run
+it through :func:`~sitq.workflow.kinds.run_item_task`, so that the task of an
+item that failed ends FAILED with the item's error.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from sitq import TaskNotFound, TaskQueue
 from sitq.backends.base import WorkerRecord
 from sitq.task import TaskStatus
 from sitq.workflow.errors import WorkflowError
-from sitq.workflow.kinds import ItemCall, ItemOutcome, run_item
+from sitq.workflow.kinds import (
+    ItemCall,
+    ItemOutcome,
+    failed_item_outcome,
+    run_item,
+    run_item_task,
+)
 
 EXECUTORS = ("auto", "local", "workers")
 #: Threads of the in-process executor (each step's own limit applies below it).
@@ -288,14 +296,14 @@ class WorkerExecutor:
         self._to_submit.append((call, submitted))
         task_id = await submitted
         await on_submitted(task_id)
-        return _outcome(await self._wait(task_id, self.queue_name))
+        return _outcome(await self._wait(task_id, self.queue_name), call)
 
     async def _flush(self) -> None:
         batch, self._to_submit = self._to_submit, []
         if not batch:
             return
         try:
-            ids = await self._enqueuer.enqueue_many(run_item, [call for call, _ in batch])
+            ids = await self._enqueuer.enqueue_many(run_item_task, [call for call, _ in batch])
         except Exception as exc:
             for _, future in batch:
                 if not future.done():
@@ -368,12 +376,20 @@ class WorkerExecutor:
             self._poller.cancel()
 
 
-def _outcome(result: Any) -> ItemOutcome:
-    """An item's outcome from its task's Result (or the outcome given instead)."""
+def _outcome(result: Any, call: ItemCall | None = None) -> ItemOutcome:
+    """An item's outcome from its task's Result (or the outcome given instead).
+
+    A task of an item that failed ended FAILED through ItemFailed: its outcome is
+    the item's error, and (a failed item ran every attempt of ``call``'s policy)
+    its attempts."""
     if isinstance(result, ItemOutcome):
         return result
     if result.ok and isinstance(result.value, ItemOutcome):
         return result.value
+    attempts = result.attempts if call is None else max(1, call.retry.max_attempts)
+    item = failed_item_outcome(result.error or "", attempts)
+    if item is not None:
+        return item
     return ItemOutcome(
         ok=False,
         error=result.error or f"the task ended {result.status.value}",

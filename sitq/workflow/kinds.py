@@ -180,6 +180,49 @@ def run_item(call: ItemCall, on_attempt: Callable[[int], None] | None = None) ->
     )
 
 
+class ItemFailed(Exception):
+    """Raised by :func:`run_item_task` for an item that failed all its attempts, so
+    that its sitq task ends FAILED (seen by queue counts, the dashboard and
+    ``sitq retry --failed``) with the item's error as the task's."""
+
+    def __init__(self, outcome: ItemOutcome) -> None:
+        super().__init__(outcome.error)
+        self.outcome = outcome
+
+    def __str__(self) -> str:
+        text = self.outcome.error or "the item failed"
+        if self.outcome.traceback:
+            text += ITEM_TRACEBACK + self.outcome.traceback.rstrip("\n")
+        return text
+
+
+#: Separates an item's error from its own traceback in a failed task's error.
+ITEM_TRACEBACK = "\n--- the item's traceback ---\n"
+#: How a failed task's error of an ItemFailed starts (the worker writes "Type: text").
+ITEM_FAILED_PREFIX = f"{ItemFailed.__name__}: "
+
+
+def run_item_task(call: ItemCall) -> ItemOutcome:
+    """The task function workers run for an item: :func:`run_item`'s outcome when it
+    succeeded; an item that failed raises ItemFailed, so that its task fails too."""
+    outcome = run_item(call)
+    if not outcome.ok:
+        raise ItemFailed(outcome)
+    return outcome
+
+
+def failed_item_outcome(error: str, attempts: int) -> ItemOutcome | None:
+    """The outcome of an item from its failed task's ``error``, when ItemFailed
+    failed it (None for another failure: a timeout, a lost worker, ...)."""
+    if not error.startswith(ITEM_FAILED_PREFIX):
+        return None
+    text = error[len(ITEM_FAILED_PREFIX) :]
+    message, sep, item_traceback = text.rpartition(ITEM_TRACEBACK)
+    if not sep:
+        message, item_traceback = text, ""
+    return ItemOutcome(ok=False, error=message, traceback=item_traceback or None, attempts=attempts)
+
+
 def _run_once(call: ItemCall) -> Any:
     if call.kind == "python":
         return _run_python(call)

@@ -1,21 +1,62 @@
 """Reading a workflow's YAML, keeping the line of every mapping and key for errors.
 
-Two things differ from plain ``yaml.safe_load``:
+Three things differ from plain ``yaml.safe_load``:
 
 - a value written as a bare template (``items: {{ records }}``) is read as the
   string ``"{{ records }}"``: YAML would otherwise read it as a nested mapping,
   which is never what the author of a workflow meant;
-- a key given twice in one mapping is an error rather than silently the last one.
+- a key given twice in one mapping is an error rather than silently the last one;
+- what a document may cost is bounded: a workflow file is at most MAX_BYTES
+  (``$SITQ_WORKFLOW_MAX_BYTES`` raises it), and aliases (``*name``) may add at
+  most MAX_ALIAS_NODES nodes to what the text holds, so a kilobyte of nested
+  aliases (a "billion laughs") is refused before anything walks the values.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 import yaml
 
 from sitq.workflow.errors import WorkflowValidationError
+
+#: The largest workflow file read by default, in bytes (``$SITQ_WORKFLOW_MAX_BYTES``).
+MAX_BYTES = 1024 * 1024
+#: The most nodes aliases may add to a document once expanded.
+MAX_ALIAS_NODES = 100_000
+#: The deepest nesting of lists and mappings.
+MAX_DEPTH = 200
+
+
+def max_bytes() -> int:
+    """The workflow file size limit: ``$SITQ_WORKFLOW_MAX_BYTES``, else MAX_BYTES."""
+    raw = os.environ.get("SITQ_WORKFLOW_MAX_BYTES", "").strip()
+    if not raw:
+        return MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise WorkflowValidationError(
+            [f"$SITQ_WORKFLOW_MAX_BYTES must be a whole number of bytes >= 1, not {raw!r}"]
+        )
+    return value
+
+
+def check_size(size: int, source: str, limit: int | None = None) -> None:
+    """Refuse a workflow of ``size`` bytes over the limit, saying how to go on."""
+    limit = max_bytes() if limit is None else limit
+    if size > limit:
+        raise WorkflowValidationError(
+            [
+                f"{source}: the workflow is {size:,} bytes, more than the {limit:,} sitq reads; "
+                "keep large data out of the workflow file (pass it with --param NAME=@FILE), "
+                "or raise the limit with $SITQ_WORKFLOW_MAX_BYTES"
+            ]
+        )
 
 
 class YamlMap(dict):
@@ -73,7 +114,11 @@ def quote_bare_templates(text: str) -> str:
     return "".join(out)
 
 
-class _LineLoader(yaml.SafeLoader):
+#: libyaml's parser when PyYAML has it (several times faster), else the Python one.
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _LineLoader(_BaseLoader):  # type: ignore[misc,valid-type]
     """SafeLoader building YamlMap/YamlList with line numbers."""
 
 
@@ -119,11 +164,67 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_list)
 
 
-def load_yaml(text: str, source: str) -> Any:
-    """Parse a workflow's text; a YAML error becomes a WorkflowValidationError that
-    names ``source`` and the line."""
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Refuse a document whose aliases expand it by more than MAX_ALIAS_NODES nodes,
+    that refers to itself, or nests deeper than MAX_DEPTH (walked without recursion;
+    each distinct node once, as an alias is the very node of its anchor)."""
+    sizes: dict[int, int] = {}  # expanded size of each node done
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 0, False)]
+    on_path: set[int] = set()
+
+    def refuse(node: yaml.Node, what: str) -> WorkflowValidationError:
+        line = node.start_mark.line + 1
+        return WorkflowValidationError([f"{source}:{line}: invalid YAML: {what}"])
+
+    while stack:
+        node, depth, children_done = stack.pop()
+        key = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        if children_done:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise refuse(node, "an alias refers to the list or mapping it is in")
+        if depth > MAX_DEPTH:
+            raise refuse(node, f"lists and mappings nest more than {MAX_DEPTH} deep")
+        on_path.add(key)
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children)
+    expanded, written = sizes[id(root)], len(sizes)
+    if expanded - written > MAX_ALIAS_NODES:
+        raise WorkflowValidationError(
+            [
+                f"{source}: invalid YAML: its aliases (*name) expand it to {expanded:,} "
+                f"values from {written:,} written, more than the {MAX_ALIAS_NODES:,} extra "
+                "sitq allows; write the values out, or pass large data with --param NAME=@FILE"
+            ]
+        )
+
+
+def load_yaml(text: str, source: str, loader: type[yaml.SafeLoader] | None = None) -> Any:
+    """Parse a workflow's text; a YAML error (or a document whose aliases expand too
+    far) becomes a WorkflowValidationError that names ``source`` and the line.
+    ``loader`` (plain ``yaml.SafeLoader`` for data) replaces the workflow loader."""
+    if loader is None:
+        text = quote_bare_templates(text)
+    parser = (loader or _LineLoader)(text)
     try:
-        return yaml.load(quote_bare_templates(text), Loader=_LineLoader)
+        root = parser.get_single_node()
+        if root is None:
+            return None
+        _check_expansion(root, source)
+        return parser.construct_document(root)
+    except RecursionError:
+        raise WorkflowValidationError(
+            [f"{source}: invalid YAML: lists and mappings nest too deeply"]
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -133,3 +234,5 @@ def load_yaml(text: str, source: str) -> Any:
         raise WorkflowValidationError([f"{source}{line}: invalid YAML: {problem}"]) from None
     except yaml.YAMLError as exc:
         raise WorkflowValidationError([f"{source}: invalid YAML: {exc}"]) from None
+    finally:
+        parser.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -48,6 +49,11 @@ class Reporter:
 
     def message(self, text: str) -> None:
         """A line of output from the run (echo steps, on_item_error, notes)."""
+
+    def warning(self, text: str) -> None:
+        """A warning about the workflow (see sitq.workflow.lint), before it runs; this
+        base class logs it on the ``sitq.workflow`` logger."""
+        logging.getLogger("sitq.workflow").warning("%s", text)
 
 
 class CallbackReporter(Reporter):
@@ -114,3 +120,7 @@ class LineReporter(Reporter):
     def message(self, text: str) -> None:
         """Print a line of the run's output."""
         self._write(text)
+
+    def warning(self, text: str) -> None:
+        """Print the warning as a ``warning: ...`` line."""
+        self._write(f"warning: {text}")

@@ -24,7 +24,14 @@ from sitq.workflow.errors import TemplateError, WorkflowError
 from sitq.workflow.executors import Executor, LocalExecutor
 from sitq.workflow.kinds import AttrDict, EnvView, ItemCall, ItemOutcome, RetryPolicy, run_item
 from sitq.workflow.progress import Reporter, StepProgress
-from sitq.workflow.spec import StepSpec, TaskSpec, WorkflowSpec, code_refs, step_dependencies
+from sitq.workflow.spec import (
+    StepSpec,
+    TaskSpec,
+    WorkflowSpec,
+    code_refs,
+    is_command,
+    step_dependencies,
+)
 from sitq.workflow.state import StateStore
 from sitq.workflow.templates import analyse, is_template, render
 
@@ -83,7 +90,8 @@ class RunReport:
 
     @property
     def failures(self) -> list[dict[str, Any]]:
-        """Every failed item: ``step``, ``index``, ``item``, ``error``."""
+        """Every failed item: ``step``, ``index``, ``item``, ``error`` (index and item
+        are None for a plain step, which has no items)."""
         return [{"step": s.name, **e} for s in self.steps.values() for e in s.errors]
 
 
@@ -282,8 +290,10 @@ class Runner:
         raw = step.batch.items if step.batch is not None else step.for_each
         label = "items" if step.batch is not None else "for_each"
         value = render(raw, self._context(), f"step {step.name!r}, field {label!r}")
-        if isinstance(value, str) and value.strip().startswith("$(") and step.batch is not None:
-            return await self._command_lines(step, value.strip()[2:-1], str(raw).strip())
+        # Only `$(...)` written as such in the file is a command: a rendered value (a
+        # param, an earlier step's result) that looks like one is data, never run.
+        if step.batch is not None and is_command(raw):
+            return await self._command_lines(step, str(value).strip()[2:-1], str(raw).strip())
         if isinstance(value, tuple | range):
             value = list(value)
         if not isinstance(value, list):
@@ -502,8 +512,11 @@ class Runner:
             failed=sum(r.status == "failed" for r in records),
             errors=[
                 {
-                    "index": r.index,
-                    "item": items[r.index] if items is not None else r.item_preview,
+                    # A plain step has one run and no item: neither index nor item.
+                    "index": r.index if step.has_items else None,
+                    "item": (items[r.index] if items is not None else r.item_preview)
+                    if step.has_items
+                    else None,
                     "error": r.error,
                 }
                 for r in records

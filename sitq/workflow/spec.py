@@ -17,7 +17,7 @@ from typing import Any
 
 from sitq.workflow.errors import TemplateError, WorkflowValidationError
 from sitq.workflow.kinds import CODE_NAMES, ITEM_KINDS, OPERATIONS, RetryPolicy, compile_code
-from sitq.workflow.loader import YamlMap, load_yaml
+from sitq.workflow.loader import YamlMap, check_size, load_yaml
 from sitq.workflow.templates import analyse, is_template
 
 TOP_KEYS = ("name", "description", "params", "steps")
@@ -50,6 +50,8 @@ class TaskSpec:
     code: str | None = None
     code_line: int = 0
     retry: RetryPolicy | None = None
+    #: The line each field is written on (for warnings).
+    field_lines: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ def _line(mapping: Any, key: Any = None) -> int:
 def parse_workflow(text: str, source: str = "<string>") -> WorkflowSpec:
     """Check a workflow's text and build its model; raise WorkflowValidationError
     listing every problem."""
+    check_size(len(text.encode(errors="replace")), source)
     doc = load_yaml(text, source)
     problems = _Problems(source)
     if not isinstance(doc, dict):
@@ -411,8 +414,15 @@ def _parse_task_fields(
         if required and required not in fields:
             problems.add(_line(body), step, f"a {kind} step needs `{required}`")
         _check_field_types(kind, fields, body, inputs, step, problems)
+    field_lines = {k: _line(inputs if k in inputs else body, k) for k in fields}
     return TaskSpec(
-        kind=kind, fields=fields, line=_line(body), code=code, code_line=code_line, retry=retry
+        kind=kind,
+        fields=fields,
+        line=_line(body),
+        code=code,
+        code_line=code_line,
+        retry=retry,
+        field_lines=field_lines,
     )
 
 
@@ -494,7 +504,7 @@ def _parse_batch(
             step,
             "items must be a list, a template that gives one, or $(command) for its output lines",
         )
-    elif isinstance(items, str) and not (is_template(items) or _is_command(items)):
+    elif isinstance(items, str) and not (is_template(items) or is_command(items)):
         problems.add(
             where("items"),
             step,
@@ -533,7 +543,10 @@ def _overlay(under: dict[str, Any], over: dict[str, Any]) -> YamlMap:
     return merged
 
 
-def _is_command(value: str) -> bool:
+def is_command(value: Any) -> bool:
+    """True for an ``items: $(command)`` field as written in the file."""
+    if not isinstance(value, str):
+        return False
     stripped = value.strip()
     return stripped.startswith("$(") and stripped.endswith(")")
 
@@ -724,6 +737,15 @@ def _check_templates(
         for task in _tasks(step):
             if task.code is None:
                 continue
+            read = code_refs(task.code, "params") if names is not None else None
+            for key in sorted((read or set()) - (names or set())):
+                problems.add(
+                    task.code_line,
+                    step.name,
+                    f"code uses params[{key!r}], but there is no param {key!r} "
+                    f"({_suggest(key, sorted(names or ()))}pass it with --param {key}=VALUE "
+                    "or declare it under `params:`)",
+                )
             for ref in sorted(code_step_refs(task.code)):
                 if ref not in order or order[ref] >= step.position:
                     problems.add(

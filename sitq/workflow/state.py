@@ -45,9 +45,52 @@ ItemRecord = WorkflowItemRecord
 
 
 def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
-    """A bounded repr, for showing a value without loading it."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+    """A repr of ``value`` cut at ``limit`` characters, for showing a value without
+    loading it. Lists, tuples, dicts and strings are written only as far as the limit,
+    so a huge value (or one that YAML aliases repeat exponentially) costs no more
+    than its first ``limit`` characters."""
+    parts: list[str] = []
+    room = [limit + 1]  # one more than shown, to know whether it was cut
+
+    def emit(text: str) -> bool:
+        parts.append(text[: room[0]])
+        room[0] -= len(text)
+        return room[0] <= 0
+
+    def walk(item: Any, depth: int) -> bool:
+        """Write ``item``; True once the limit is reached."""
+        kind = type(item).__repr__
+        if depth > _PREVIEW_DEPTH and kind in _CONTAINERS:
+            return emit("...")
+        if kind is list.__repr__ or kind is tuple.__repr__:
+            is_list = kind is list.__repr__
+            if emit("[" if is_list else "("):
+                return True
+            for n, element in enumerate(item):
+                if (n and emit(", ")) or walk(element, depth + 1):
+                    return True
+            return emit("]" if is_list else ("," if len(item) == 1 else "") + ")")
+        if kind is dict.__repr__:
+            if emit("{"):
+                return True
+            for n, (key, element) in enumerate(item.items()):
+                if (n and emit(", ")) or walk(key, depth + 1) or emit(": "):
+                    return True
+                if walk(element, depth + 1):
+                    return True
+            return emit("}")
+        if isinstance(item, str | bytes):
+            return emit(repr(item[: room[0]]))
+        return emit(repr(item))
+
+    if not walk(value, 0):
+        return "".join(parts)
+    return "".join(parts)[:limit] + "... (truncated)"
+
+
+_CONTAINERS = (list.__repr__, tuple.__repr__, dict.__repr__)
+#: Containers nested deeper than this show as ``...`` (a deep value needs no stack).
+_PREVIEW_DEPTH = 50
 
 
 @dataclass(frozen=True)

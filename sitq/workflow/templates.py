@@ -98,8 +98,11 @@ class TemplateNames:
     dynamic: set[str] = field(default_factory=set)
 
 
+@lru_cache(maxsize=32768)
 def analyse(text: str) -> TemplateNames:
-    """The names ``text`` refers to; a syntax error raises TemplateError."""
+    """The names ``text`` refers to; a syntax error raises TemplateError. Cached
+    (validation, dependencies and runs each look at every template): callers must
+    not change what it returns."""
     try:
         tree = _ENV.parse(text)
     except jinja2.TemplateSyntaxError as exc:
@@ -128,3 +131,31 @@ def analyse(text: str) -> TemplateNames:
         if node.name in keyed and id(node) not in covered:
             names.dynamic.add(node.name)
     return names
+
+
+def unquoted_outputs(text: str) -> list[str]:
+    """The ``{{ ... }}`` expressions of ``text`` whose value is inserted as is, not
+    through a final ``| quote`` filter (in a shell command, each is a place where a
+    value can inject commands). A syntax error gives none (validation reports it)."""
+    try:
+        tree = _ENV.parse(text)
+    except jinja2.TemplateSyntaxError:
+        return []
+    found = []
+    for output in tree.find_all(nodes.Output):
+        for expr in output.nodes:
+            if isinstance(expr, nodes.TemplateData):
+                continue
+            if isinstance(expr, nodes.Filter) and expr.name == "quote":
+                continue
+            found.append(_source_of(expr))
+    return found
+
+
+def _source_of(expr: nodes.Node) -> str:
+    """A short form of an expression for messages: ``{{ item }}``, ``{{ params.x }}``."""
+    if isinstance(expr, nodes.Name):
+        return f"{{{{ {expr.name} }}}}"
+    if isinstance(expr, nodes.Getattr) and isinstance(expr.node, nodes.Name):
+        return f"{{{{ {expr.node.name}.{expr.attr} }}}}"
+    return "{{ ... }}"

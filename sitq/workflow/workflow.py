@@ -15,6 +15,8 @@ from sitq import TaskQueue
 from sitq.backends.base import Backend
 from sitq.workflow.errors import WorkflowError, WorkflowValidationError
 from sitq.workflow.executors import EXECUTORS, open_executor
+from sitq.workflow.lint import workflow_warnings
+from sitq.workflow.loader import check_size
 from sitq.workflow.progress import CallbackReporter, Reporter, StepProgress
 from sitq.workflow.runner import DEFAULT_MAX_PARALLEL, Runner, RunReport, RunSettings
 from sitq.workflow.spec import WorkflowSpec, check_names, parse_workflow
@@ -55,11 +57,16 @@ class Workflow:
 
     def __init__(self, spec: WorkflowSpec) -> None:
         self.spec = spec
+        #: Lines about things that run but likely not as meant (see sitq.workflow.lint);
+        #: a run reports each through its reporter and the ``sitq.workflow`` logger.
+        self.warnings: list[str] = workflow_warnings(spec)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> Workflow:
         """Read and check the workflow file at ``path``."""
         try:
+            # Refused before it is read: a huge file costs nothing.
+            check_size(os.stat(path).st_size, str(path))
             text = Path(path).read_text()
         except OSError as exc:
             raise WorkflowValidationError(
@@ -145,6 +152,8 @@ class Workflow:
         )
         if executor not in EXECUTORS:
             raise WorkflowError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+        for warning in self.warnings:
+            reporter.warning(warning)
         # A new run's params are checked before the database is even opened.
         checked = self.validate(params) if resume is None else None
         task_queue = TaskQueue(db)
