@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import jobs
 import pytest
-from support import POSTGRES_URL, SITQ, subprocess_env, wait_until
+from support import POSTGRES_URL, SITQ, await_until, subprocess_env, wait_until
 
 from sitq import SyncTaskQueue, TaskQueue, TaskStatus
 from sitq.errors import ConfigurationError, PayloadRejected, SitqError
@@ -235,12 +235,13 @@ async def _set(db: str, task_id: str, **values: object) -> None:
     )
 
 
+@pytest.mark.parametrize("pool", ["auto", "process"])
 async def test_a_payload_copied_moved_or_relabelled_is_refused_never_unpickled(
-    db_url: str, tmp_path: Path, spawn_worker
+    db_url: str, tmp_path: Path, spawn_worker, pool: str
 ) -> None:
     marker = tmp_path / "unpickled"
     async with TaskQueue(db_url, SignedSerializer(NEW_KEY)) as queue:
-        spawn_worker("--pool", "auto", db=db_url, env={"SITQ_SECRET_KEY": NEW_KEY}).wait_started()
+        spawn_worker("--pool", pool, db=db_url, env={"SITQ_SECRET_KEY": NEW_KEY}).wait_started()
         done = await queue.enqueue(jobs.add, 1, 2)
         assert (await queue.get_result(done, timeout=30)).value == 3
 
@@ -259,7 +260,8 @@ async def test_a_payload_copied_moved_or_relabelled_is_refused_never_unpickled(
         for task_id in (copied, relabelled, moved):
             result = await queue.get_result(task_id, timeout=30)
             assert result.status is TaskStatus.FAILED, task_id
-            assert result.error.startswith(f"PayloadRejected: task {task_id} "), result.error
+            assert result.error.startswith("PayloadRejected: "), result.error
+            assert task_id in result.error
             assert "signature does not match" in result.error
             assert "copied from another row" in result.error
             assert "enqueue the call again" in result.error
@@ -396,3 +398,31 @@ async def test_inspect_and_the_dashboard_load_signed_calls_only_in_their_own_row
         assert detail is not None and detail.call is None
         assert "signature does not match" in (detail.call_error or "")
         assert not marker.exists()
+
+
+async def test_task_completed_carries_the_signed_result(db_path: Path) -> None:
+    from sitq import Worker, signals
+
+    values: dict[str, object] = {}
+
+    def completed(event: signals.TaskEvent) -> None:
+        values[event.task_id] = event.value
+
+    async def both_reported() -> bool:
+        return len(values) == 2
+
+    receiver = signals.task_completed.connect(completed)
+    key = SignedSerializer(NEW_KEY)
+    worker = Worker(db_path, key, concurrency=2)
+    try:
+        async with TaskQueue(db_path, key) as queue:  # observed: the span/signal enqueue path
+            in_thread = await queue.enqueue(jobs.add, 1, 2)
+            on_loop = await queue.enqueue(jobs.async_add, 3, 4)
+            await worker.start()
+            for task_id in (in_thread, on_loop):
+                assert (await queue.get_result(task_id, timeout=30)).status is TaskStatus.SUCCEEDED
+            await await_until(both_reported, 15, "both task_completed signals")
+        assert values == {in_thread: 3, on_loop: 7}
+    finally:
+        await worker.stop()
+        assert signals.task_completed.disconnect(receiver)
