@@ -18,16 +18,20 @@ from collections.abc import Callable
 from typing import Any
 
 from sitq.registry import resolve
-from sitq.serialization import Serializer
+from sitq.serialization import Binding, Serializer, bound_dumps, bound_loads
 
 Reply = tuple[Any, ...]
 
 
 def call_function(
-    serializer: Serializer, fn: Callable[..., Any], args: tuple, kwargs: dict
+    serializer: Serializer,
+    fn: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
+    binding: Binding | None = None,
 ) -> Reply:
     """Call ``fn`` (running it to completion if it returns an awaitable) and
-    serialize its return value."""
+    serialize its return value, signed for ``binding`` when the serializer signs."""
     try:
         value = fn(*args, **kwargs)
         if inspect.isawaitable(value):
@@ -35,19 +39,24 @@ def call_function(
     except BaseException as exc:
         return ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
     try:
-        return ("ok", serializer.dumps(value))
+        return ("ok", bound_dumps(serializer, value, binding))
     except Exception as exc:
         return ("dump_error", f"{type(exc).__name__}: {exc}", type(value).__name__)
 
 
-def call_payload(serializer: Serializer, payload: bytes) -> Reply:
-    """Deserialize a stored ``(fn, args, kwargs)`` payload and call it."""
+def call_payload(
+    serializer: Serializer,
+    payload: bytes,
+    bindings: tuple[Binding | None, Binding | None] = (None, None),
+) -> Reply:
+    """Deserialize a stored ``(fn, args, kwargs)`` payload and call it; ``bindings``
+    are what the payload and the result are signed for (None: not signing)."""
     try:
-        fn, args, kwargs = serializer.loads(payload)
+        fn, args, kwargs = bound_loads(serializer, payload, bindings[0])
         fn = resolve(fn)
     except BaseException as exc:
         return ("load_error", f"{type(exc).__name__}: {exc}")
-    return call_function(serializer, fn, args, kwargs)
+    return call_function(serializer, fn, args, kwargs, bindings[1])
 
 
 async def _await(awaitable: Any) -> Any:

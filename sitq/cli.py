@@ -22,7 +22,12 @@ from sitq.display import redact, terminal_safe, terminal_safe_data
 from sitq.errors import SitqError
 from sitq.headers import unwrap as unwrap_headers
 from sitq.queue import record_to_result
-from sitq.serialization import SignedSerializer, default_serializer
+from sitq.serialization import (
+    SignedSerializer,
+    bound_loads,
+    default_serializer,
+    payload_binding,
+)
 from sitq.task import FINISHED_STATUSES, TaskStatus
 from sitq.worker import MAX_PREFETCH, POOLS, PREFETCH_HORIZON, Worker
 
@@ -559,7 +564,9 @@ def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) ->
         )
     else:
         try:
-            _, args, kwargs = serializer.loads(unwrap_headers(record.payload)[1])
+            body = unwrap_headers(record.payload)[1]
+            binding = payload_binding(record.id, record.func_name, record.queue)
+            _, args, kwargs = bound_loads(serializer, body, binding)
             call = f"{record.func_name}(*{_bounded(args)}, **{_bounded(kwargs)})"
         except Exception as exc:
             call = f"{record.func_name} (arguments not readable here: {type(exc).__name__}: {exc})"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sitq.calls import call_payload
-from sitq.serialization import Serializer
+from sitq.serialization import Binding, Serializer
 
 
 class ChildDied(Exception):
@@ -53,7 +53,8 @@ def _child_main(
     sys_path: list[str],
     imports: list[str],
 ) -> None:
-    """Loop in the child: receive a payload, run it, send back a tagged reply."""
+    """Loop in the child: receive a payload (and its signature bindings), run it,
+    send back a tagged reply."""
     # The parent worker decides on shutdown (drain, then release or kill): a
     # SIGINT or SIGTERM sent to the whole process group must not kill a task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -64,12 +65,13 @@ def _child_main(
     serializer: Serializer = pickle.loads(serializer_bytes)
     while True:
         try:
-            payload = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return
-        if payload is None:
+        if message is None:
             return
-        conn.send(call_payload(serializer, payload))
+        payload, bindings = message
+        conn.send(call_payload(serializer, payload, bindings))
 
 
 class ProcessPool:
@@ -115,8 +117,11 @@ class ProcessPool:
         self._children.add(child)
         return child
 
-    async def run(self, payload: bytes) -> tuple[Any, ...]:
-        """Run one payload in a child. Returns the child's tagged reply.
+    async def run(
+        self, payload: bytes, bindings: tuple[Binding | None, Binding | None] = (None, None)
+    ) -> tuple[Any, ...]:
+        """Run one payload in a child. Returns the child's tagged reply. ``bindings``:
+        what the payload and its result are signed for (see :func:`call_payload`).
 
         Cancelling the call kills the child (and starts a replacement); a child
         that dies while running it raises ``ChildDied``.
@@ -127,7 +132,7 @@ class ProcessPool:
         # "kill" unless the child answered: it may still be running the task.
         disposal = "kill"
         try:
-            child.conn.send(payload)
+            child.conn.send((payload, bindings))
             reply: tuple[Any, ...] = await loop.run_in_executor(self._io, child.conn.recv)
             child.tasks_run += 1
             limit = self.max_tasks_per_child

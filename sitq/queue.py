@@ -30,7 +30,13 @@ from sitq.errors import (
 from sitq.headers import encode as encode_headers
 from sitq.registry import TaskHandle, TaskRef, register
 from sitq.schedules import CatchUp, Schedule
-from sitq.serialization import Serializer, default_serializer, loads_checked
+from sitq.serialization import (
+    Serializer,
+    default_serializer,
+    loads_checked,
+    payload_binding,
+    result_binding,
+)
 from sitq.signals import TaskEvent
 from sitq.task import Result, TaskId, TaskOptions, TaskStatus, _to_datetime, new_task_ids
 
@@ -92,7 +98,12 @@ def record_to_result(record: TaskRecord, serializer: Serializer) -> Result:
     """A Result from a finished task's stored record."""
     value = None
     if record.result is not None:
-        value = loads_checked(serializer, record.result, f"the result of task {record.id}")
+        value = loads_checked(
+            serializer,
+            record.result,
+            f"the result of task {record.id}",
+            result_binding(record.id, record.func_name),
+        )
     return Result(
         task_id=record.id,
         status=TaskStatus(record.status),
@@ -298,9 +309,18 @@ class TaskQueue:
         retry_backoff = float(options.retry_backoff)
         timeout = None if options.timeout is None else float(options.timeout)
         result_ttl = None if options.result_ttl is None else float(options.result_ttl)
-        dumps = self.serializer.dumps
+        # Ids are made here, before signing: a signed payload is bound to its row.
+        ids = new_task_ids(len(calls))
+        bound = getattr(self.serializer, "dumps_bound", None)
         try:
-            payloads = [dumps((fn, args, kwargs)) for args, kwargs in calls]
+            if bound is None:  # not signing: nothing more per task than the pickling
+                dumps = self.serializer.dumps
+                payloads = [dumps((fn, args, kwargs)) for args, kwargs in calls]
+            else:
+                payloads = [
+                    bound((fn, args, kwargs), payload_binding(task_id, name, options.queue))
+                    for task_id, (args, kwargs) in zip(ids, calls, strict=True)
+                ]
         except Exception as exc:
             bad = next((c for c in calls if not _serializes(self.serializer, (fn, *c))), None)
             if bad is None:  # it failed once but not again: report what it said
@@ -333,7 +353,7 @@ class TaskQueue:
                 result_ttl,
                 limit_key,
             )
-            for task_id, payload in zip(new_task_ids(len(payloads)), payloads, strict=True)
+            for task_id, payload in zip(ids, payloads, strict=True)
         ]
 
     # -- enqueueing -------------------------------------------------------

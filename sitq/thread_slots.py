@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sitq.calls import Reply, call_function
-from sitq.serialization import Serializer
+from sitq.serialization import Binding, Serializer
 
 _numbers = itertools.count(1)
 
@@ -37,9 +37,9 @@ class ThreadSlots:
         self._serializer = serializer
         self._loop = loop
         self._on_done = on_done
-        self._calls: queue.SimpleQueue[tuple[Any, Callable[..., Any], tuple, dict] | None] = (
-            queue.SimpleQueue()
-        )
+        self._calls: queue.SimpleQueue[
+            tuple[Any, Callable[..., Any], tuple, dict, Binding | None] | None
+        ] = queue.SimpleQueue()
         self._replies: deque[tuple[Any, Reply]] = deque()
         self._signalled = False
         self._lock = threading.Lock()
@@ -55,9 +55,17 @@ class ThreadSlots:
         self._threads.add(thread)
         thread.start()
 
-    def submit(self, token: Any, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
-        """Run ``fn(*args, **kwargs)`` on a free thread; ``on_done(token, reply)`` follows."""
-        self._calls.put((token, fn, args, kwargs))
+    def submit(
+        self,
+        token: Any,
+        fn: Callable[..., Any],
+        args: tuple,
+        kwargs: dict,
+        binding: Binding | None = None,
+    ) -> None:
+        """Run ``fn(*args, **kwargs)`` on a free thread; ``on_done(token, reply)`` follows.
+        The result is signed for ``binding`` (see :func:`sitq.calls.call_function`)."""
+        self._calls.put((token, fn, args, kwargs, binding))
 
     def abandon(self, token: Any) -> None:
         """The call for ``token`` is stuck: start a thread in its place now; the
@@ -76,8 +84,8 @@ class ThreadSlots:
             item = self._calls.get()
             if item is None:
                 break
-            token, fn, args, kwargs = item
-            reply = call_function(self._serializer, fn, args, kwargs)
+            token, fn, args, kwargs, binding = item
+            reply = call_function(self._serializer, fn, args, kwargs, binding)
             with self._lock:
                 if id(token) in self._abandoned:
                     self._abandoned.discard(id(token))

@@ -40,7 +40,17 @@ from sitq.queue import TaskQueue
 from sitq.registry import UnknownTask, resolve
 from sitq.schedules import Schedule, Scheduler
 from sitq.schedules import registered as registered_schedules
-from sitq.serialization import Serializer, default_serializer, dumps_checked, loads_checked
+from sitq.serialization import (
+    Binding,
+    Serializer,
+    binds,
+    bound_loads,
+    default_serializer,
+    dumps_checked,
+    loads_checked,
+    payload_binding,
+    result_binding,
+)
 from sitq.signals import TaskEvent, WorkerEvent
 from sitq.task import retry_delay
 from sitq.thread_slots import ThreadSlots
@@ -174,6 +184,7 @@ class Worker:
             )
         self.backend = open_backend(backend)
         self.serializer: Serializer = serializer or default_serializer()
+        self._binds = binds(self.serializer)  # signs bound to the row: see _binding()
         self.concurrency = concurrency
         self.queues = tuple(dict.fromkeys(queues))
         self.pool = pool
@@ -522,11 +533,15 @@ class Worker:
                 )
         if self._processes is not None:
             pool = self._processes
-            self._start_runner(running, lambda: pool.run(body))
+            bindings = self._binding(task, "payload"), self._binding(task, "result")
+            self._start_runner(running, lambda: pool.run(body, bindings))
             return
         try:
             fn, args, kwargs = loads_checked(
-                self.serializer, body, f"task {task.id} ({task.func_name})"
+                self.serializer,
+                body,
+                f"task {task.id} ({task.func_name})",
+                self._binding(task, "payload"),
             )
         except SerializationError as exc:
             # Deterministic: running it again would fail the same way.
@@ -544,11 +559,25 @@ class Worker:
             return
         assert self._threads is not None
         running.in_thread = True
-        self._threads.submit(running, telemetry.run_in_span(running.span, fn), args, kwargs)
+        self._threads.submit(
+            running,
+            telemetry.run_in_span(running.span, fn),
+            args,
+            kwargs,
+            self._binding(task, "result"),
+        )
         if task.timeout is not None:
             running.timer = asyncio.get_running_loop().call_later(
                 task.timeout, self._abandon_thread_run, running, "timeout"
             )
+
+    def _binding(self, task: ClaimedTask, label: str) -> Binding | None:
+        """What the task's payload or result is signed for; None when not signing."""
+        if not self._binds:
+            return None
+        if label == "payload":
+            return payload_binding(task.id, task.func_name, task.queue)
+        return result_binding(task.id, task.func_name)
 
     def _start_runner(self, running: _Running, make: Any) -> None:
         runner = asyncio.create_task(self._run_awaitable(running, make), name=running.task.id)
@@ -573,7 +602,10 @@ class Worker:
                 outcome: Outcome | None = self._outcome_from_reply(task, value)
             else:
                 data = dumps_checked(
-                    self.serializer, value, f"the return value of task {task.id} ({task.func_name})"
+                    self.serializer,
+                    value,
+                    f"the return value of task {task.id} ({task.func_name})",
+                    self._binding(task, "result"),
                 )
                 outcome = Outcome("succeeded", result=data)
         except asyncio.CancelledError:
@@ -676,7 +708,7 @@ class Worker:
         value = None
         if outcome.status == "succeeded" and outcome.result is not None:
             try:
-                value = self.serializer.loads(outcome.result)
+                value = bound_loads(self.serializer, outcome.result, self._binding(task, "result"))
             except Exception:
                 logger.exception("task %s: could not load its result for task_completed", task.id)
         signal.send_nowait(

@@ -12,7 +12,7 @@ from sitq.dashboard.history import CountHistory, QueueTrend
 from sitq.dashboard.workflows import RunProgress, WorkflowItems
 from sitq.headers import unwrap as unwrap_headers
 from sitq.queue import TaskQueue, record_to_result
-from sitq.serialization import SignedSerializer
+from sitq.serialization import SignedSerializer, bound_loads, payload_binding
 from sitq.task import TaskStatus
 
 STATUSES = [status.value for status in TaskStatus]
@@ -279,7 +279,9 @@ def describe_call(queue: TaskQueue, record: TaskRecord) -> tuple[str | None, str
     if record.payload is None:
         return None, "the payload is not stored"
     try:
-        _, args, kwargs = queue.serializer.loads(unwrap_headers(record.payload)[1])
+        body = unwrap_headers(record.payload)[1]
+        binding = payload_binding(record.id, record.func_name, record.queue)
+        _, args, kwargs = bound_loads(queue.serializer, body, binding)
     except Exception as exc:
         return None, f"{type(exc).__name__}: {exc}"
     parts = [bounded_repr(arg) for arg in args]
