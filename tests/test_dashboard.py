@@ -31,6 +31,7 @@ from sitq.backends.base import NewWorkflowRun, Outcome
 from sitq.dashboard import DashboardConfig, create_app
 from sitq.dashboard.cli import dashboard
 from sitq.dashboard.security import COOKIE
+from sitq.serialization import bound_dumps, result_binding
 
 LOCAL = "http://127.0.0.1:8765"
 TOKEN = "s3cret-token-for-tests"
@@ -251,7 +252,7 @@ def test_signed_tasks_show_their_call_and_result_at_once(
     async def succeed() -> None:
         async with TaskQueue(db_path) as q:
             [claimed] = await q.backend.claim("w", ["default"], 1, 60.0)
-            result = q.serializer.dumps(3)
+            result = bound_dumps(q.serializer, 3, result_binding(task_id, claimed.func_name))
             await q.backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
 
     run(succeed())
@@ -367,7 +368,7 @@ def test_a_result_over_the_limit_is_loaded_only_on_request(
     async def succeed() -> None:
         async with TaskQueue(db_path) as q:
             [claimed] = await q.backend.claim("w", ["default"], 1, 60.0)
-            result = q.serializer.dumps(big)
+            result = bound_dumps(q.serializer, big, result_binding(task_id, claimed.func_name))
             await q.backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
 
     run(succeed())
