@@ -4,33 +4,47 @@ The producer API is :class:`TaskQueue` (async) and :class:`SyncTaskQueue`;
 :class:`Worker` runs tasks; ``sitq worker`` runs workers as a daemon.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from sitq.errors import (
     ConfigurationError,
+    CorruptRow,
     DatabaseError,
+    DatabaseUnavailable,
     InvalidTask,
     NotASitqDatabase,
     NotConnected,
     SchemaVersionError,
     SerializationError,
     SitqError,
+    StorageError,
     TaskFailed,
     TaskNotFound,
 )
 from sitq.queue import TaskQueue
+from sitq.serialization import CloudpickleSerializer
 from sitq.sync_queue import SyncTaskQueue
 from sitq.task import Result, TaskOptions, TaskStatus
 from sitq.worker import Worker
 
+if TYPE_CHECKING:
+    from sitq.backends.sqlite import SQLiteBackend
+
 __all__ = [
+    "CloudpickleSerializer",
     "ConfigurationError",
+    "CorruptRow",
     "DatabaseError",
+    "DatabaseUnavailable",
     "InvalidTask",
     "NotASitqDatabase",
     "NotConnected",
     "Result",
+    "SQLiteBackend",
     "SchemaVersionError",
     "SerializationError",
     "SitqError",
+    "StorageError",
     "SyncTaskQueue",
     "TaskFailed",
     "TaskNotFound",
@@ -41,3 +55,13 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # SQLiteBackend is imported on first use: `import sitq` stays free of aiosqlite
+    # for code that only talks to PostgreSQL.
+    if name == "SQLiteBackend":
+        from sitq.backends.sqlite import SQLiteBackend
+
+        return SQLiteBackend
+    raise AttributeError(f"module 'sitq' has no attribute {name!r}")

@@ -18,6 +18,20 @@ class DatabaseError(SitqError):
     """The database cannot be opened, created or used."""
 
 
+class StorageError(DatabaseError):
+    """A database operation failed (the disk is full, an I/O error, the server
+    refused the statement). The original error is the ``__cause__``."""
+
+
+class DatabaseUnavailable(StorageError):
+    """The database cannot be reached now (a server restart, a dropped
+    connection); the same call may succeed once it is back."""
+
+
+class CorruptRow(DatabaseError):
+    """A stored row holds a value sitq never writes (for example an unknown status)."""
+
+
 class SchemaVersionError(DatabaseError):
     """The database was written by a sitq with an incompatible schema version."""
 

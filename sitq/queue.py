@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import math
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from sitq import schedules, signals, telemetry
-from sitq.backends import base, open_backend
+from sitq import checks, schedules, signals, telemetry
+from sitq.backends import base, open_backend, translate_error
 from sitq.backends.base import (
     WORKER_STALE_AFTER,
     Backend,
@@ -22,9 +25,12 @@ from sitq.backends.base import (
 )
 from sitq.errors import (
     ConfigurationError,
+    CorruptRow,
+    DatabaseUnavailable,
     InvalidTask,
     NotConnected,
     SerializationError,
+    SitqError,
     TaskNotFound,
 )
 from sitq.headers import encode as encode_headers
@@ -39,8 +45,10 @@ from sitq.serialization import (
 )
 from sitq.signals import TaskEvent
 from sitq.task import Result, TaskId, TaskOptions, TaskStatus, _to_datetime, new_task_ids
+from sitq.waiters import ResultWaiters
 
 T = TypeVar("T")
+Q = TypeVar("Q")
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -90,8 +98,89 @@ def _serializes(serializer: Serializer, value: Any) -> bool:
 
 def _as_calls(items: Iterable[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     """enqueue_many's items as calls: a tuple is the arguments, anything else one argument."""
+    try:
+        iterator = iter(items)
+    except TypeError:
+        raise ConfigurationError(
+            f"enqueue_many needs an iterable of items (each a tuple of arguments, or one "
+            f"argument), got {type(items).__name__} {items!r:.80}; for a single call use "
+            "enqueue(fn, ...)"
+        ) from None
     empty: dict[str, Any] = {}
-    return [(item if isinstance(item, tuple) else (item,), empty) for item in items]
+    return [(item if isinstance(item, tuple) else (item,), empty) for item in iterator]
+
+
+#: The keywords that are enqueue options: passed to enqueue(), they go to the function.
+OPTION_NAMES = frozenset(TaskOptions.__dataclass_fields__)
+
+
+def _check_option_keywords(fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Refuse a keyword that names an enqueue option when ``fn`` cannot take it.
+
+    ``enqueue(fn, x, eta=...)`` passes ``eta`` to ``fn``, as every keyword is: if
+    ``fn`` has no such parameter (and no ``**kwargs``), the task could only fail
+    with a TypeError nobody sees, so it is refused here, pointing to with_options.
+    What binds is never changed."""
+    if isinstance(fn, TaskRef):
+        return  # the worker's own code decides; it is not known here
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return  # no signature to read (some builtins): let it be
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    takes = {
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    for name in OPTION_NAMES.intersection(kwargs).difference(takes):
+        raise ConfigurationError(
+            f"{task_name(fn)}() has no parameter {name!r}, and every keyword given to "
+            f"enqueue() goes to the function: to set the {name} option, use "
+            f"queue.with_options({name}=...).enqueue(fn, ...)"
+        )
+
+
+def _check_task_id(task_id: Any) -> None:
+    if not isinstance(task_id, str):
+        raise ConfigurationError(
+            f"a task id is a str (as enqueue returns it), got {type(task_id).__name__} "
+            f"{task_id!r:.80}"
+        )
+
+
+def _check_task_ids(task_ids: Sequence[Any]) -> None:
+    for task_id in task_ids:
+        _check_task_id(task_id)
+
+
+def task_status(record: TaskRecord) -> TaskStatus:
+    """The record's status; a value sitq never writes raises CorruptRow."""
+    return _stored_status(record.id, record.status)
+
+
+def _stored_status(task_id: str, status: str) -> TaskStatus:
+    try:
+        return TaskStatus(status)
+    except ValueError:
+        known = ", ".join(s.value for s in TaskStatus)
+        raise CorruptRow(
+            f"task {task_id} has status {status!r}, which sitq never writes (was the row "
+            f"edited by hand?): set it to one of {known}, or delete the task"
+        ) from None
+
+
+def _finished(record: TaskRecord) -> bool:
+    return task_status(record).finished
+
+
+def _raise_translated(exc: Exception, backend: Backend) -> None:
+    """Raise the SitqError for a raw database error (``exc`` chained as its cause);
+    return if ``exc`` is not one, for the caller to re-raise it unchanged."""
+    error = translate_error(exc, backend)
+    if error is not None and error is not exc:
+        raise error from exc
 
 
 def record_to_result(record: TaskRecord, serializer: Serializer) -> Result:
@@ -106,7 +195,7 @@ def record_to_result(record: TaskRecord, serializer: Serializer) -> Result:
         )
     return Result(
         task_id=record.id,
-        status=TaskStatus(record.status),
+        status=task_status(record),
         value=value,
         error=record.error,
         traceback=record.traceback,
@@ -153,12 +242,18 @@ class _Enqueuer:
         With a ``unique_key``, the id is a :class:`TaskId` that says whether it is new.
         """
         backend = self._queue._backend_checked()
-        if self.options.unique_key is not None:
-            return await self._enqueue_unique(backend, fn, args, kwargs)
-        if _observed():
-            return (await self._enqueue_observed(backend, fn, [(args, kwargs)]))[0]
-        tasks = self._queue._new_tasks(self.options, fn, [(args, kwargs)], backend.now())
-        await backend.enqueue(tasks)
+        try:
+            if self.options.unique_key is not None:
+                return await self._enqueue_unique(backend, fn, args, kwargs)
+            if _observed():
+                return (await self._enqueue_observed(backend, fn, [(args, kwargs)]))[0]
+            tasks = self._queue._new_tasks(self.options, fn, [(args, kwargs)], backend.now())
+            await backend.enqueue(tasks)
+        except SitqError:
+            raise
+        except Exception as exc:
+            _raise_translated(exc, backend)
+            raise
         return tasks[0].id
 
     async def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
@@ -168,10 +263,16 @@ class _Enqueuer:
         """
         backend = self._queue._backend_checked()
         self._refuse_unique("enqueue_many")
-        if _observed():
-            return await self._enqueue_observed(backend, fn, _as_calls(items))
-        tasks = self._queue._new_tasks(self.options, fn, _as_calls(items), backend.now())
-        await backend.enqueue(tasks)
+        try:
+            if _observed():
+                return await self._enqueue_observed(backend, fn, _as_calls(items))
+            tasks = self._queue._new_tasks(self.options, fn, _as_calls(items), backend.now())
+            await backend.enqueue(tasks)
+        except SitqError:
+            raise
+        except Exception as exc:
+            _raise_translated(exc, backend)
+            raise
         return [task.id for task in tasks]
 
     def _refuse_unique(self, method: str) -> None:
@@ -234,17 +335,53 @@ class _Enqueuer:
         backend = self._queue._backend_checked()
         self._refuse_unique("enqueue_in_batch")
         calls = _as_calls(items)
-        if not _observed():
-            tasks = self._queue._new_tasks(self.options, fn, calls, backend.now())
-            await backend.enqueue_in_batch(batch_id, tasks, expected_size)
-            return [task.id for task in tasks]
 
         async def store(tasks: list[NewTask]) -> None:
             await backend.enqueue_in_batch(batch_id, tasks, expected_size)
 
-        return await self._enqueue_observed(backend, fn, calls, store)
+        try:
+            if _observed():
+                return await self._enqueue_observed(backend, fn, calls, store)
+            tasks = self._queue._new_tasks(self.options, fn, calls, backend.now())
+            await store(tasks)
+        except SitqError:
+            raise
+        except Exception as exc:
+            _raise_translated(exc, backend)
+            raise
+        return [task.id for task in tasks]
 
 
+def _translating(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """``method`` raising the SitqError of a raw database error (the original as
+    its ``__cause__``), so a caller sees a disk full or a lost connection named."""
+
+    @functools.wraps(method)
+    async def call(self: TaskQueue, *args: Any, **kwargs: Any) -> T:
+        try:
+            return await method(self, *args, **kwargs)
+        except SitqError:
+            raise
+        except Exception as exc:
+            _raise_translated(exc, self.backend)
+            raise
+
+    return call
+
+
+#: Methods that translate database errors inline (the enqueue path: no extra coroutine).
+_TRANSLATED_INLINE = frozenset({"enqueue", "enqueue_many", "enqueue_in_batch"})
+
+
+def _storage_errors(cls: type[Q]) -> type[Q]:
+    """Class decorator: every async method of ``cls`` translates database errors."""
+    for name, method in list(vars(cls).items()):
+        if inspect.iscoroutinefunction(method) and name not in _TRANSLATED_INLINE:
+            setattr(cls, name, _translating(method))
+    return cls
+
+
+@_storage_errors
 class TaskQueue:
     """The async producer API.
 
@@ -264,6 +401,7 @@ class TaskQueue:
         self.serializer: Serializer = serializer or default_serializer()
         self._default = _Enqueuer(self, TaskOptions())
         self._connected = False
+        self._waiters = ResultWaiters(self.backend, _finished, POLL_INTERVAL)
 
     async def connect(self) -> None:
         """Open the backend (creating the database if needed)."""
@@ -304,6 +442,8 @@ class TaskQueue:
 
         ``headers`` (trace context) are framed in front of each payload."""
         _check_callable(fn)
+        if calls and calls[0][1] and not OPTION_NAMES.isdisjoint(calls[0][1]):
+            _check_option_keywords(fn, calls[0][1])  # only enqueue() passes keywords
         name = task_name(fn)
         available_at = options.available_at(now)
         retry_backoff = float(options.retry_backoff)
@@ -386,42 +526,56 @@ class TaskQueue:
         Returns None if it has not finished within ``timeout`` seconds; with
         ``timeout=None`` waits as long as it takes. Unknown ids raise TaskNotFound.
         """
+        _check_task_id(task_id)
+        if timeout is not None:
+            if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+                if math.isinf(timeout) and timeout > 0:
+                    timeout = None
+                elif timeout < 0:
+                    timeout = 0.0  # a deadline already past: look once
+            if timeout is not None:
+                timeout = checks.seconds("timeout", timeout, hint="; None waits for the result")
         backend = self._backend_checked()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+        try:
             record = (await backend.get_tasks([task_id])).get(task_id)
+        except Exception as exc:
+            if not isinstance(translate_error(exc, backend), DatabaseUnavailable):
+                raise
+            record = None  # unreachable for now: the poll loop keeps trying
+        else:
             if record is None:
                 raise TaskNotFound(task_id)
-            if TaskStatus(record.status).finished:
-                return record_to_result(record, self.serializer)
-            wait = POLL_INTERVAL
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                wait = min(wait, remaining)
-            await backend.wait_for_change("results", wait)
+        if record is None or not task_status(record).finished:
+            # One poll loop per queue looks for every waiting task at once.
+            found = await self._waiters.wait(task_id, timeout)
+            if found is None:
+                return None
+            record = found
+        return record_to_result(record, self.serializer)
 
     async def get_results(self, task_ids: Sequence[str]) -> dict[str, Result]:
         """Results of those of ``task_ids`` that have finished, checked in bulk (no waiting)."""
+        _check_task_ids(task_ids)
         records = await self._backend_checked().get_tasks(task_ids)
         return {
             task_id: record_to_result(record, self.serializer)
             for task_id, record in records.items()
-            if TaskStatus(record.status).finished
+            if task_status(record).finished
         }
 
     async def status(self, task_id: str) -> TaskStatus:
         """Where the task is now; unknown ids raise TaskNotFound."""
+        _check_task_id(task_id)
         record = (await self._backend_checked().get_tasks([task_id])).get(task_id)
         if record is None:
             raise TaskNotFound(task_id)
-        return TaskStatus(record.status)
+        return task_status(record)
 
     async def cancel(self, task_id: str) -> bool:
         """Cancel a task. A queued task is cancelled at once; a running one is
         stopped by its worker as soon as it can (best effort). Returns False if the
         task had already finished."""
+        _check_task_id(task_id)
         backend = self._backend_checked()
         outcome = await backend.cancel(task_id)
         if outcome is None:
@@ -438,6 +592,7 @@ class TaskQueue:
 
     async def retry(self, task_id: str) -> bool:
         """Queue a failed or cancelled task again; False if it is not in such a state."""
+        _check_task_id(task_id)
         backend = self._backend_checked()
         if await backend.retry([task_id]):
             return True
@@ -494,7 +649,7 @@ class TaskQueue:
         self,
         cron: str | None = None,
         *,
-        every: float | None = None,
+        every: float | timedelta | None = None,
         tz: str = "UTC",
         name: str | None = None,
         catch_up: CatchUp = "latest",
@@ -503,9 +658,10 @@ class TaskQueue:
     ) -> Callable[[Callable[P, R]], TaskHandle[P, R]]:
         """Register a function as a task that workers run on a schedule:
         ``@queue.periodic("*/5 * * * *", tz="Europe/Paris")`` or
-        ``@queue.periodic(every=30)``. Each due run is enqueued once across all
-        workers; ``catch_up`` says what happens to runs missed while no worker ran
-        ("latest", "all" or "skip", see :mod:`sitq.schedules`)."""
+        ``@queue.periodic(every=30)`` (seconds, or a timedelta). Each due run is
+        enqueued once across all workers; ``catch_up`` says what happens to runs
+        missed while no worker ran ("latest", "all" or "skip", see
+        :mod:`sitq.schedules`)."""
 
         def decorate(function: Callable[P, R]) -> TaskHandle[P, R]:
             handle = self.task(function, name=name, **options)
@@ -526,7 +682,7 @@ class TaskQueue:
         fn: Callable[..., Any],
         *args: Any,
         cron: str | None = None,
-        every: float | None = None,
+        every: float | timedelta | None = None,
         tz: str = "UTC",
         name: str | None = None,
         catch_up: CatchUp = "latest",
@@ -546,7 +702,7 @@ class TaskQueue:
                 name=name or task_name(target),
                 fn=target,
                 cron=cron,
-                every=every,
+                every=every.total_seconds() if isinstance(every, timedelta) else every,
                 tz=tz,
                 catch_up=catch_up,
                 misfire_grace=misfire_grace,
@@ -678,8 +834,9 @@ class TaskQueue:
 
     async def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         """Each task's status, in one query; unknown ids are absent."""
+        _check_task_ids(task_ids)
         found = await self._backend_checked().task_statuses(task_ids)
-        return {task_id: TaskStatus(status) for task_id, status in found.items()}
+        return {task_id: _stored_status(task_id, status) for task_id, status in found.items()}
 
     async def retry_many(self, task_ids: Sequence[str]) -> int:
         """Queue those of the tasks that failed or were cancelled again, in one

@@ -27,7 +27,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -67,6 +67,14 @@ class Schedule:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.cron is not None and not isinstance(self.cron, str):
+            raise ConfigurationError(
+                f"schedule {self.name!r}: when to run is a cron string, or every=SECONDS; "
+                f"got {self.cron!r} as the cron expression (for an interval write "
+                f"every={_seconds_hint(self.cron)})"
+            )
+        if isinstance(self.every, timedelta):  # frozen: set the normalized value once
+            object.__setattr__(self, "every", self.every.total_seconds())
         if (self.cron is None) == (self.every is None):
             raise ConfigurationError(
                 f"schedule {self.name!r}: give exactly one of cron='* * * * *' or every=SECONDS"
@@ -74,10 +82,12 @@ class Schedule:
         if self.every is not None and (
             isinstance(self.every, bool)
             or not isinstance(self.every, (int, float))
+            or not math.isfinite(self.every)
             or not self.every > 0
         ):
             raise ConfigurationError(
-                f"schedule {self.name!r}: every must be a number of seconds > 0, got {self.every!r}"
+                f"schedule {self.name!r}: every must be a finite number of seconds > 0 (or a "
+                f"timedelta), got {self.every!r}"
             )
         zone = self.zone  # validates tz
         if self.cron is not None:
@@ -140,6 +150,15 @@ class Schedule:
             if stamp <= until:
                 newest_first.append(stamp)
         return newest_first[::-1]
+
+
+def _seconds_hint(value: Any) -> str:
+    """``value`` as an every= argument, for a message."""
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return "SECONDS"
 
 
 def add(schedule: Schedule) -> Schedule:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import logging
 import os
 import pickle
+import sys
+from collections import ChainMap
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -64,6 +67,24 @@ class Serializer(Protocol):
         ...
 
 
+def _refuse_open_file(file: io.TextIOWrapper) -> Any:
+    if file in (sys.stdout, sys.stderr):
+        return getattr, (sys, "stdout" if file is sys.stdout else "stderr")
+    raise pickle.PicklingError(
+        f"an open file ({getattr(file, 'name', '?')!r}) cannot be sent to a worker: pass "
+        "its path (or its contents) instead"
+    )
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, except that an open text file is refused: cloudpickle would
+    read the whole file into the payload and hand the task a StringIO copy."""
+
+    dispatch_table = ChainMap(
+        {io.TextIOWrapper: _refuse_open_file}, cloudpickle.Pickler.dispatch_table
+    )
+
+
 class CloudpickleSerializer:
     """The default serializer: cloudpickle, so lambdas and closures travel too.
 
@@ -89,7 +110,9 @@ class CloudpickleSerializer:
                 # cannot import; cloudpickle sends such code by value instead.
                 if b"__main__" not in data:
                     return data
-        return cloudpickle.dumps(obj, protocol=self.protocol)
+        buffer = io.BytesIO()
+        _Pickler(buffer, protocol=self.protocol).dump(obj)
+        return buffer.getvalue()
 
     def loads(self, data: bytes) -> Any:
         """Unpickle ``data``."""

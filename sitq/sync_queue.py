@@ -14,8 +14,8 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from sitq.backends.base import Backend, BatchRecord, TaskPage
-from sitq.errors import NotConnected
-from sitq.queue import TaskQueue, _as_calls, _Enqueuer, _observed
+from sitq.errors import ConfigurationError, NotConnected, SitqError
+from sitq.queue import TaskQueue, _as_calls, _Enqueuer, _observed, _raise_translated
 from sitq.serialization import Serializer
 from sitq.task import Result, TaskStatus
 
@@ -49,6 +49,15 @@ class SyncTaskQueue:
         return self._queue.backend
 
     def _ensure_connected(self) -> None:
+        if asyncio._get_running_loop() is not None:
+            # Blocking here would stall that loop (and deadlock it if a result
+            # could only come from a task on it).
+            raise ConfigurationError(
+                "SyncTaskQueue blocks, and this thread runs an event loop: in async code "
+                "use TaskQueue (`async with TaskQueue(...) as queue: await "
+                "queue.enqueue(...)`), or call the SyncTaskQueue from a thread "
+                "(`await asyncio.to_thread(queue.enqueue, fn, ...)`)"
+            )
         if self._closed:
             raise NotConnected("this SyncTaskQueue is closed")
         if not self._queue._connected:
@@ -108,16 +117,22 @@ class SyncTaskQueue:
         """Build the tasks on this thread and store them directly when the backend
         allows it (no trip through the background loop), else through the loop."""
         self._ensure_connected()
-        if enqueuer.options.unique_key is not None:
-            if len(calls) != 1:
-                enqueuer._refuse_unique("enqueue_many")
-            args, kwargs = calls[0]
-            return [self._run(enqueuer._enqueue_unique(self.backend, fn, args, kwargs))]
-        if _observed():
-            return self._run(enqueuer._enqueue_observed(self.backend, fn, calls))
-        tasks = self._queue._new_tasks(enqueuer.options, fn, calls, self.backend.now())
-        if not self.backend.enqueue_blocking(tasks):
-            self._run(self.backend.enqueue(tasks))
+        try:
+            if enqueuer.options.unique_key is not None:
+                if len(calls) != 1:
+                    enqueuer._refuse_unique("enqueue_many")
+                args, kwargs = calls[0]
+                return [self._run(enqueuer._enqueue_unique(self.backend, fn, args, kwargs))]
+            if _observed():
+                return self._run(enqueuer._enqueue_observed(self.backend, fn, calls))
+            tasks = self._queue._new_tasks(enqueuer.options, fn, calls, self.backend.now())
+            if not self.backend.enqueue_blocking(tasks):
+                self._run(self.backend.enqueue(tasks))
+        except SitqError:
+            raise
+        except Exception as exc:
+            _raise_translated(exc, self.backend)
+            raise
         return [task.id for task in tasks]
 
     def get_result(self, task_id: str, timeout: float | None = None) -> Result | None:

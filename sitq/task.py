@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-import math
 import os
 import random
 import time
@@ -12,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from sitq import checks
 from sitq.errors import ConfigurationError, TaskFailed
 
 
@@ -38,6 +38,8 @@ FINISHED_STATUSES = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStat
 DEFAULT_RETRY_BACKOFF = 1.0
 """Seconds before the first retry; each further retry doubles it (with jitter)."""
 MAX_RETRY_DELAY = 3600.0
+#: The most retries a task may have (its attempt count must fit the database's int).
+MAX_RETRIES = checks.INT_MAX - 1
 
 
 @dataclass(frozen=True)
@@ -72,17 +74,13 @@ class TaskOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.queue, str) or not self.queue:
             raise ConfigurationError(f"queue must be a non-empty string, got {self.queue!r}")
-        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
-            raise ConfigurationError(f"priority must be an int, got {self.priority!r}")
+        checks.integer("priority", self.priority)
         if self.delay is not None and self.eta is not None:
             raise ConfigurationError("give either delay or eta, not both")
         if self.delay is not None:
-            delay = _as_float("delay", self.delay)
-            if delay < 0:
-                raise ConfigurationError(
-                    f"delay must be >= 0 seconds, got {self.delay!r}; "
-                    "use delay=0 (or omit it) to run as soon as possible"
-                )
+            checks.seconds(
+                "delay", self.delay, hint="; use delay=0 (or omit it) to run as soon as possible"
+            )
         if self.eta is not None:
             if not isinstance(self.eta, datetime):
                 raise ConfigurationError(f"eta must be a datetime, got {self.eta!r}")
@@ -91,18 +89,18 @@ class TaskOptions:
                     f"eta {self.eta.isoformat()} is naive: give a timezone-aware datetime, "
                     "e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
                 )
-        if not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ConfigurationError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
-        if _as_float("retry_backoff", self.retry_backoff) < 0:
-            raise ConfigurationError(f"retry_backoff must be >= 0, got {self.retry_backoff!r}")
-        if self.timeout is not None and _as_float("timeout", self.timeout) <= 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        checks.integer("max_retries", self.max_retries, minimum=0, maximum=MAX_RETRIES)
+        checks.seconds("retry_backoff", self.retry_backoff)
+        if self.timeout is not None:
+            checks.seconds("timeout", self.timeout, positive=True, hint="; use None for no limit")
         for name in ("unique_key", "limit_key"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigurationError(f"{name} must be a non-empty string, got {value!r}")
-        if self.result_ttl is not None and _as_float("result_ttl", self.result_ttl) < 0:
-            raise ConfigurationError(f"result_ttl must be >= 0 seconds, got {self.result_ttl!r}")
+        if self.result_ttl is not None:
+            checks.seconds(
+                "result_ttl", self.result_ttl, hint="; use None for the backend's default"
+            )
 
     def merged(self, **changes: Any) -> TaskOptions:
         """A copy with ``changes`` applied (validated); unknown names are an error."""
@@ -133,12 +131,6 @@ class TaskId(str):
         value = cls(task_id)
         value.created = False
         return value
-
-
-def _as_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
-    return float(value)
 
 
 def retry_delay(base: float, attempt: int) -> float:

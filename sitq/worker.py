@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import FunctionType
 from typing import Any
 
-from sitq import signals, telemetry
+from sitq import checks, signals, telemetry
 from sitq.backends import open_backend
 from sitq.backends.base import (
     Backend,
@@ -135,6 +135,8 @@ class Worker:
         (``@queue.periodic`` in the imported modules) when the worker starts.
     :param burst: run until no task is ready and none runs, then stop (waiting
         for retries this worker scheduled). ``outcomes`` then counts what ran.
+    :param max_concurrency: not an option: refused with a pointer to ``concurrency``
+        (the name other task queues use).
 
     A thread task that times out or is cancelled cannot be stopped: its outcome
     is recorded and its slot given to a fresh thread, but the thread runs on to
@@ -158,30 +160,29 @@ class Worker:
         name: str | None = None,
         schedules: Sequence[Schedule] | None = None,
         burst: bool = False,
+        max_concurrency: int | None = None,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        if max_concurrency is not None:
             raise ConfigurationError(
-                f"concurrency must be an int >= 1, got {concurrency!r}: it is how many "
-                "tasks the worker runs at once"
+                f"Worker has no max_concurrency option (got {max_concurrency!r}): pass "
+                "concurrency=N, how many tasks the worker runs at once"
             )
+        checks.integer(
+            "concurrency", concurrency, minimum=1, hint=": how many tasks the worker runs at once"
+        )
         if isinstance(queues, str):
             queues = (queues,)
         if not queues or not all(isinstance(q, str) and q for q in queues):
             raise ConfigurationError(f"queues must be non-empty queue names, got {queues!r}")
         if pool not in POOLS:
             raise ConfigurationError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        if max_tasks_per_child is not None and (
-            not isinstance(max_tasks_per_child, int) or max_tasks_per_child < 1
-        ):
-            raise ConfigurationError(
-                f"max_tasks_per_child must be an int >= 1 or None, got {max_tasks_per_child!r}"
-            )
-        if prefetch is not None and (not isinstance(prefetch, int) or prefetch < 0):
-            raise ConfigurationError(f"prefetch must be an int >= 0 or None, got {prefetch!r}")
-        if lease_seconds <= 0 or grace_period < 0 or poll_interval <= 0:
-            raise ConfigurationError(
-                "lease_seconds and poll_interval must be > 0 and grace_period >= 0"
-            )
+        if max_tasks_per_child is not None:
+            checks.integer("max_tasks_per_child", max_tasks_per_child, minimum=1)
+        if prefetch is not None:
+            checks.integer("prefetch", prefetch, minimum=0, hint="; None adapts it")
+        lease_seconds = checks.seconds("lease_seconds", lease_seconds, positive=True)
+        grace_period = checks.seconds("grace_period", grace_period)
+        poll_interval = checks.seconds("poll_interval", poll_interval, positive=True)
         self.backend = open_backend(backend)
         self.serializer: Serializer = serializer or default_serializer()
         self._binds = binds(self.serializer)  # signs bound to the row: see _binding()

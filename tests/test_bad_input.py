@@ -13,11 +13,12 @@ from pathlib import Path
 
 import jobs
 import pytest
-from support import ServingWorker, WorkerProcess
+from support import SITQ, ServingWorker, WorkerProcess
 
 from sitq import TaskQueue, TaskStatus, Worker
 from sitq.errors import (
     ConfigurationError,
+    CorruptRow,
     DatabaseError,
     InvalidTask,
     NotASitqDatabase,
@@ -174,3 +175,121 @@ async def test_a_file_that_is_not_a_sitq_database(tmp_path: Path) -> None:
 def test_unusable_urls(url: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         TaskQueue(url)
+
+
+# -- issue 20 item 16: numeric options, ids, rows and URLs ---------------------------
+
+
+async def test_an_open_file_as_an_argument_is_refused(queue: TaskQueue, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("secret contents\n")
+    with notes.open() as handle:
+        with pytest.raises(SerializationError, match=r"argument 1 \(TextIOWrapper\).*open file"):
+            await queue.enqueue(jobs.noop, handle)
+        with pytest.raises(SerializationError, match="pass its path"):
+            await queue.enqueue(lambda: handle.read())
+    assert (await queue.stats())["totals"]["queued"] == 0
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"priority": 2**70}, "priority must be at most 2147483647, got 1180591620717411303424"),
+        ({"priority": -(2**40)}, "priority must be an int from -2147483648"),
+        ({"priority": 1.5}, "priority must be an int"),
+        ({"max_retries": 2**40}, "max_retries must be at most"),
+        ({"delay": float("inf")}, "delay must be >= 0 seconds .*finite.*got inf"),
+        ({"delay": float("nan")}, "delay must be >= 0 seconds .*got nan"),
+        ({"delay": "5"}, "delay must be >= 0 seconds .*got '5'"),
+        ({"timeout": float("inf")}, "timeout must be > 0 seconds .*None for no limit"),
+        ({"retry_backoff": float("nan")}, "retry_backoff must be >= 0 seconds"),
+        ({"result_ttl": float("inf")}, "result_ttl must be >= 0 seconds"),
+    ],
+)
+async def test_numeric_task_options_are_checked_for_type_and_range(
+    queue: TaskQueue, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        queue.with_options(**options)
+
+
+async def test_enqueue_many_without_an_iterable_says_what_to_pass(queue: TaskQueue) -> None:
+    with pytest.raises(ConfigurationError, match=r"iterable of items.*got int 5.*enqueue\(fn"):
+        await queue.enqueue_many(jobs.add, 5)  # type: ignore[arg-type]
+    assert (await queue.stats())["totals"]["queued"] == 0
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"lease_seconds": float("nan")}, "lease_seconds must be > 0 seconds .*got nan"),
+        ({"lease_seconds": float("inf")}, "lease_seconds must be > 0 seconds .*got inf"),
+        ({"lease_seconds": "30"}, "lease_seconds must be > 0 seconds .*got '30'"),
+        ({"grace_period": float("nan")}, "grace_period must be >= 0 seconds .*got nan"),
+        ({"poll_interval": -1}, "poll_interval must be > 0 seconds .*got -1$"),
+        ({"concurrency": 2**40}, "concurrency must be at most"),
+        ({"prefetch": -1}, "prefetch must be an int >= 0, got -1"),
+        ({"max_concurrency": 4}, "no max_concurrency option .*concurrency=N"),
+    ],
+)
+def test_worker_options_are_checked_for_type_and_range(
+    db_path: Path, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Worker(db_path, **options)  # type: ignore[arg-type]
+
+
+async def test_worker_command_refuses_a_nan_lease(queue: TaskQueue, db_path: Path) -> None:
+    run = subprocess.run(
+        [SITQ, "worker", "--db", str(db_path), "--lease", "nan"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "lease_seconds must be > 0 seconds (a finite number), got nan" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_postgres_url_with_an_unencoded_at_in_the_password() -> None:
+    with pytest.raises(ConfigurationError, match="percent-encode an @ .* as %40"):
+        TaskQueue("postgresql://app:p@ss@db.example:5432/app")
+
+
+async def test_task_ids_must_be_strings_on_every_backend(db_url: str) -> None:
+    async with TaskQueue(db_url) as queue:
+        for call in (queue.get_result, queue.status, queue.cancel, queue.retry):
+            with pytest.raises(ConfigurationError, match="a task id is a str .*got int 12345"):
+                await call(12345)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="got int 7"):
+            await queue.get_results(["a", 7])  # type: ignore[list-item]
+
+
+async def test_a_row_with_an_unknown_status_is_named(db_url: str) -> None:
+    async with TaskQueue(db_url) as queue:
+        task_id = await queue.enqueue(jobs.noop)
+        await set_status(queue, db_url, task_id, "exploded")
+        for call in (queue.status, queue.get_result):
+            with pytest.raises(CorruptRow, match=f"task {task_id} has status 'exploded'"):
+                await call(task_id)
+        with pytest.raises(CorruptRow, match="'exploded'"):
+            await queue.statuses([task_id])
+
+
+async def set_status(queue: TaskQueue, db_url: str, task_id: str, status: str) -> None:
+    """Write a status sitq never writes, as a hand edit of the database would."""
+    if db_url.startswith("postgresql"):
+        import asyncpg
+        from support import POSTGRES_URL
+
+        schema = queue.backend.schema  # type: ignore[attr-defined]
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(
+                f'UPDATE "{schema}".sitq_tasks SET status = $1 WHERE id = $2', status, task_id
+            )
+        finally:
+            await conn.close()
+        return
+    with sqlite3.connect(db_url) as conn:
+        conn.execute("UPDATE sitq_tasks SET status = ? WHERE id = ?", (status, task_id))

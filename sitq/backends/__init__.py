@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from typing import Any
 
 from sitq.backends.base import Backend
 from sitq.display import redact
-from sitq.errors import ConfigurationError
+from sitq.errors import ConfigurationError, DatabaseUnavailable, SitqError, StorageError
 
 DEFAULT_DATABASE = "sitq.db"
 
@@ -63,3 +64,38 @@ def open_backend(target: Backend | str | os.PathLike[str] | None, **options: Any
     from sitq.backends.sqlite import SQLiteBackend
 
     return SQLiteBackend(text, **options)
+
+
+#: PostgreSQL error classes that mean "not reachable now" rather than "refused":
+#: connection exceptions (08...), shutdown and start-up (57P01-03), too many clients.
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def translate_error(exc: BaseException, backend: Backend) -> SitqError | None:
+    """The SitqError a caller should see for a raw database error, or None if
+    ``exc`` is not a database error (it is then raised as it is).
+
+    Known without importing any driver: sqlite3 errors, errors carrying a
+    PostgreSQL ``sqlstate``, lost connections, and the asyncpg driver's own.
+    """
+    if isinstance(exc, SitqError):
+        return exc
+    where = backend.describe()
+    if isinstance(exc, sqlite3.Error):
+        if getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL" or "disk is full" in str(exc):
+            return StorageError(
+                f"cannot write to {where}: the disk is full ({exc}); nothing of this call "
+                "was stored: free some space and try again"
+            )
+        return StorageError(f"{where} failed: {type(exc).__name__}: {exc}")
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(exc, (ConnectionError, TimeoutError)) or (
+        isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+    ):
+        return DatabaseUnavailable(
+            f"{where} is unreachable ({type(exc).__name__}: {exc}); it may be restarting: "
+            "try again once it is back"
+        )
+    if isinstance(sqlstate, str) or type(exc).__module__.startswith("asyncpg"):
+        return StorageError(f"{where} refused the operation: {type(exc).__name__}: {exc}")
+    return None

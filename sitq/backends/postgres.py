@@ -79,6 +79,13 @@ class PostgresBackend(Backend):
         max_size: int = 10,
     ) -> None:
         parts = urlsplit(dsn)
+        if parts.netloc.count("@") > 1:
+            # The driver splits at the first @ and would blame the host.
+            raise ConfigurationError(
+                "the PostgreSQL URL has more than one @ before the host: percent-encode "
+                "an @ in the user name or password as %40 (for example "
+                "postgresql://user:p%40ss@host/db)"
+            )
         if "@" in parts.path:
             raise ConfigurationError(
                 "the PostgreSQL URL cannot be read: percent-encode special characters "

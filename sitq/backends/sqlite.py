@@ -431,7 +431,8 @@ class SQLiteBackend(Backend):
             try:
                 value = await body()
             except BaseException:
-                await conn.execute("ROLLBACK")
+                if conn.in_transaction:  # not if SQLite rolled back itself (disk full)
+                    await conn.execute("ROLLBACK")
                 raise
             await conn.execute("COMMIT")
             return value
@@ -1241,7 +1242,8 @@ class _WorkflowWrites:
                     self._conn.execute(sql, params)
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # not if SQLite rolled back itself
+                    self._conn.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):

@@ -51,7 +51,10 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
         conn.executemany(q.INSERT_TASK, rows)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may have rolled back already (a full disk does): a second
+        # ROLLBACK would fail and hide the real error.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
 
 
