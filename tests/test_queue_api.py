@@ -4,6 +4,8 @@ in-process workers."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,9 +22,10 @@ from sitq import (
     TaskQueue,
     TaskStatus,
     Worker,
+    schedules,
 )
 from sitq.backends.sqlite import SQLiteBackend
-from sitq.errors import NotConnected
+from sitq.errors import ConfigurationError, NotConnected
 from sitq.serialization import CloudpickleSerializer
 
 
@@ -302,3 +305,90 @@ def test_a_program_that_never_closes_its_queue_still_exits(tmp_path: Path) -> No
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=30
     )
     assert run.returncode == 1 and "crashed without closing" in run.stderr
+
+
+# -- issue 19 items 11 to 13: options passed as arguments, schedules, migration ---------
+
+
+def takes_priority(x: int, priority: int = 0) -> int:
+    return x + priority
+
+
+async def test_an_option_keyword_the_function_cannot_take_is_refused(
+    queue: TaskQueue, db_path: Path
+) -> None:
+    when = datetime.now(timezone.utc) + timedelta(hours=1)
+    with pytest.raises(ConfigurationError, match=r"has no parameter 'eta'.*with_options\(eta="):
+        await queue.enqueue(jobs.add, 1, 2, eta=when)
+    with pytest.raises(ConfigurationError, match=r"with_options\(max_retries="):
+        await queue.with_options(queue="q").enqueue(jobs.add, 1, b=2, max_retries=3)
+
+    def sync_enqueue() -> None:
+        with SyncTaskQueue(db_path) as sync_queue:
+            sync_queue.enqueue(jobs.add, 1, 2, delay=5)
+
+    with pytest.raises(ConfigurationError, match=r"with_options\(delay="):
+        await asyncio.to_thread(sync_enqueue)
+    assert (await queue.stats())["totals"]["queued"] == 0
+    # What binds still goes to the function, as the contract says.
+    by_name = await queue.enqueue(takes_priority, 1, priority=5)
+    by_kwargs = await queue.enqueue(jobs.echo_kwargs, eta="x")
+    assert (await queue.stats())["totals"]["queued"] == 2
+    worker = Worker(db_path)
+    await worker.start()
+    try:
+        assert (await queue.get_result(by_name, timeout=10)).value == 6  # type: ignore[union-attr]
+        echoed = await queue.get_result(by_kwargs, timeout=10)
+        assert echoed is not None and echoed.value["kwargs"] == {"eta": "x"}
+    finally:
+        await worker.stop()
+
+
+def test_periodic_with_a_number_or_a_timedelta_says_what_to_write() -> None:
+    queue = TaskQueue("unused.db")
+    for when in (30, timedelta(seconds=1)):
+        with pytest.raises(ConfigurationError, match=r"a cron string, or every=SECONDS"):
+            queue.periodic(when)(jobs.noop)  # type: ignore[arg-type]
+    schedule = queue.schedule(jobs.add, 1, 2, every=timedelta(milliseconds=1500), name="t")
+    assert schedule.every == 1.5 and schedule.spec == "every 1.5s"
+    queue.periodic(every=timedelta(minutes=2), name="every-two")(jobs.noop)
+    try:
+        registered = {s.name: s for s in schedules.registered()}
+        assert registered["every-two"].every == 120.0
+    finally:
+        schedules.remove("t")
+        schedules.remove("every-two")
+
+
+def test_the_peer_names_import_from_sitq(tmp_path: Path) -> None:
+    code = (
+        "import sys, sitq\n"
+        "assert 'aiosqlite' not in sys.modules, 'import sitq loaded the SQLite backend'\n"
+        "from sitq import SQLiteBackend, CloudpickleSerializer\n"
+        "from sitq.backends.sqlite import SQLiteBackend as Direct\n"
+        "assert SQLiteBackend is Direct\n"
+        "print(CloudpickleSerializer.__module__)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "sitq.serialization"
+
+
+async def test_sync_task_queue_inside_a_running_loop_points_to_task_queue(
+    db_path: Path,
+) -> None:
+    sync_queue = SyncTaskQueue(db_path)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConfigurationError, match=r"runs an event loop.*use TaskQueue"):
+            sync_queue.enqueue(jobs.noop)
+        with pytest.raises(ConfigurationError, match="to_thread"):
+            sync_queue.get_result("0" * 32, timeout=5)
+        assert time.monotonic() - started < 1  # refused at once, the loop never blocked
+        # From a thread, as the message says, it works.
+        task_id = await asyncio.to_thread(sync_queue.enqueue, jobs.noop)
+        assert await asyncio.to_thread(sync_queue.status, task_id) is TaskStatus.QUEUED
+    finally:
+        await asyncio.to_thread(sync_queue.close)
