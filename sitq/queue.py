@@ -171,8 +171,8 @@ def _stored_status(task_id: str, status: str) -> TaskStatus:
         ) from None
 
 
-def _finished(record: TaskRecord) -> bool:
-    return task_status(record).finished
+def _finished(task_id: str, status: str) -> bool:
+    return _stored_status(task_id, status).finished
 
 
 def _raise_translated(exc: Exception, backend: Backend) -> None:

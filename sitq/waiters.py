@@ -2,11 +2,12 @@
 
 Each waiter used to look up its own task on every wake-up: 1,000 idle waiters
 made 20,000 queries a second. Here waiters park a future per task id, and one
-loop looks up every waited-for id in bulk (``Backend.get_tasks``) after each
-wake-up, or every ``interval`` seconds, and settles the futures of tasks that
-finished. While the database cannot be reached (a server restart), the loop
-keeps trying with a backoff instead of failing the waiters: each waiter
-decides at its own deadline.
+loop reads the status of every waited-for id in one query
+(``Backend.task_statuses``) after each wake-up, or every ``interval`` seconds,
+then loads the records of the tasks that finished and settles their futures.
+While the database cannot be reached (a server restart), the loop keeps trying
+with a backoff instead of failing the waiters: each waiter decides at its own
+deadline.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ class ResultWaiters:
     """Futures of finished task records, settled by one shared poll loop.
 
     :param backend: where tasks are looked up.
-    :param finished: whether a record's task has finished (raises for a corrupt row).
+    :param finished: whether a task of that id and stored status has finished
+        (raises a SitqError for a status sitq never writes).
     :param interval: the longest wait between looks when no wake-up arrives.
     """
 
     def __init__(
         self,
         backend: Backend,
-        finished: Callable[[TaskRecord], bool],
+        finished: Callable[[str, str], bool],
         interval: float,
     ) -> None:
         self._backend = backend
@@ -87,7 +89,9 @@ class ResultWaiters:
             try:
                 await self._backend.wait_for_change("results", pause)
                 ids = list(self._waiting)
-                records = await self._backend.get_tasks(ids)
+                statuses = await self._backend.task_statuses(ids)
+                done = [task_id for task_id in ids if self._done(task_id, statuses.get(task_id))]
+                records = await self._backend.get_tasks(done) if done else {}
             except Exception as exc:
                 error = translate_error(exc, self._backend) or exc
                 if isinstance(error, DatabaseUnavailable):
@@ -102,27 +106,29 @@ class ResultWaiters:
                 logger.info("waiting for results: the database is reachable again")
                 self.unavailable = None
             pause = self._interval
-            for task_id in ids:
-                self._settle(task_id, records.get(task_id))
+            for task_id in done:
+                record = records.get(task_id)
+                self._settle(task_id, record or TaskNotFound(task_id))
 
-    def _settle(self, task_id: str, record: TaskRecord | None) -> None:
-        futures = self._waiting.get(task_id)
-        if not futures:
-            return
+    def _done(self, task_id: str, status: str | None) -> bool:
+        """Whether the waiters of ``task_id`` can be settled now: it finished, or
+        it is gone (purged or pruned while waited for), or its row is corrupt."""
+        if status is None:
+            return True
         try:
-            if record is None:
-                raise TaskNotFound(task_id)  # purged or pruned while waited for
-            if not self._finished(record):
-                return
-        except SitqError as exc:
-            for future in futures:
-                if not future.done():
-                    future.set_exception(exc)
-        else:
-            for future in futures:
-                if not future.done():
-                    future.set_result(record)
-        del self._waiting[task_id]
+            return self._finished(task_id, status)
+        except SitqError:
+            return True  # its record raises the same error when settled
+
+    def _settle(self, task_id: str, outcome: TaskRecord | BaseException) -> None:
+        futures = self._waiting.pop(task_id, [])
+        for future in futures:
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
     def _fail_all(self, error: BaseException) -> None:
         waiting, self._waiting = self._waiting, {}

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from sitq.backends import base
+from sitq.backends import base, translate_error
 from sitq.backends import sqlite_schema as q
 from sitq.backends.base import (
     LOST_LEASE_LIMIT,
@@ -468,8 +468,9 @@ class SQLiteBackend(Backend):
             )
         try:
             self._blocking.insert(tasks, time.monotonic() + LOCKED_DEADLINE)
-        except sqlite3.OperationalError as exc:
-            raise DatabaseError(f"cannot enqueue into {self.describe()}: {exc}") from exc
+        except sqlite3.Error as exc:
+            error = translate_error(exc, self)  # a StorageError that names a full disk
+            raise (error or DatabaseError(f"cannot enqueue into {self.describe()}: {exc}")) from exc
         self._wakeup.notify_threadsafe("tasks")
         return True
 
