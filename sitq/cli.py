@@ -22,6 +22,7 @@ from sitq.display import redact, terminal_safe, terminal_safe_data
 from sitq.errors import SitqError
 from sitq.headers import unwrap as unwrap_headers
 from sitq.queue import record_to_result
+from sitq.schedules import has_run
 from sitq.serialization import (
     SignedSerializer,
     bound_loads,
@@ -412,7 +413,7 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
         {
             "name": record.name,
             "spec": record.spec,
-            "last_run": _when(record.last_run_at),
+            "last_run": _when(record.last_run_at if has_run(record) else None),
             "next_run": _when(record.next_run_at),
         }
         for record in schedule_records

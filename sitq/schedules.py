@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from sitq.backends.base import ScheduleRecord
 from sitq.errors import ConfigurationError
 from sitq.task import TaskOptions
 
@@ -120,7 +121,9 @@ class Schedule:
         """How `sitq status` shows when it runs."""
         if self.cron is not None:
             return f"cron {self.cron} ({self.tz})"
-        return f"every {self.every:g}s"
+        # Exact (``has_run`` reads the interval back from it), short when it can be.
+        short = f"{self.every:g}"
+        return f"every {short if float(short) == self.every else repr(self.every)}s"
 
     def next_after(self, moment: float) -> float:
         """The first due time strictly after ``moment`` (Unix seconds)."""
@@ -159,6 +162,27 @@ def _seconds_hint(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{value:g}"
     return "SECONDS"
+
+
+def has_run(record: ScheduleRecord) -> bool:
+    """Whether the schedule ``record`` describes has reached a due time (run or
+    skipped) rather than only been seen.
+
+    A schedule's first sighting records the moment a worker first saw it, to
+    start from; every later record is a due time: a multiple of the interval, or
+    a whole minute for cron. So a recorded time that is not a due time means the
+    schedule never ran. Specs this sitq does not write count as run.
+    """
+    at = record.last_run_at
+    if record.spec.startswith("cron "):
+        return float(at).is_integer() and int(at) % 60 == 0
+    if record.spec.startswith("every ") and record.spec.endswith("s"):
+        try:
+            every = float(record.spec[len("every ") : -1])
+        except ValueError:
+            return True
+        return every > 0 and round(at / every) * every == at
+    return True
 
 
 def add(schedule: Schedule) -> Schedule:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jobs
 import pytest
-from support import ServingWorker
+from support import SITQ, ServingWorker, await_until
 
 from sitq import (
     Result,
@@ -392,3 +392,31 @@ async def test_sync_task_queue_inside_a_running_loop_points_to_task_queue(
         assert await asyncio.to_thread(sync_queue.status, task_id) is TaskStatus.QUEUED
     finally:
         await asyncio.to_thread(sync_queue.close)
+
+
+async def test_status_shows_no_last_run_for_a_schedule_that_never_ran(db_path: Path) -> None:
+    nightly = schedules.Schedule("nightly", jobs.noop, cron="0 3 * * *", tz="Europe/Paris")
+    hourly = schedules.Schedule("hourly", jobs.noop, every=3600)
+    often = schedules.Schedule("often", jobs.noop, every=0.25)
+    async with TaskQueue(db_path) as queue:
+        worker = Worker(db_path, schedules=[nightly, hourly, often])
+        await worker.start()
+        try:
+
+            async def often_ran() -> bool:
+                record = {r.name: r for r in await queue.schedules()}.get("often")
+                if record is None:
+                    return False
+                return record.last_run_at != first_seen.setdefault("often", record.last_run_at)
+
+            first_seen: dict[str, float] = {}
+            await await_until(often_ran, 15, "a run of the 0.25 s schedule")
+        finally:
+            await worker.stop()
+    run = subprocess.run(
+        [SITQ, "status", "--db", str(db_path)], capture_output=True, text=True, timeout=60
+    )
+    lines = {line.split()[0]: line for line in run.stdout.splitlines() if "next" in line}
+    assert lines["nightly"].rstrip().endswith("last -"), lines["nightly"]
+    assert lines["hourly"].rstrip().endswith("last -"), lines["hourly"]
+    assert "last 20" in lines["often"]
