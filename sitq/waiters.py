@@ -24,6 +24,9 @@ logger = logging.getLogger("sitq.queue")
 
 #: The longest pause between tries while the database is unreachable.
 MAX_RETRY_PAUSE = 1.0
+#: Up to this many waited-for tasks, their whole records are read in one query;
+#: beyond it, their statuses first (most of them have not finished).
+READ_WHOLE_UP_TO = 16
 
 
 class ResultWaiters:
@@ -89,9 +92,14 @@ class ResultWaiters:
             try:
                 await self._backend.wait_for_change("results", pause)
                 ids = list(self._waiting)
-                statuses = await self._backend.task_statuses(ids)
-                done = [task_id for task_id in ids if self._done(task_id, statuses.get(task_id))]
-                records = await self._backend.get_tasks(done) if done else {}
+                if len(ids) <= READ_WHOLE_UP_TO:  # one query, as a lone waiter did
+                    records = await self._backend.get_tasks(ids)
+                    statuses = {i: r.status for i, r in records.items()}
+                    done = [i for i in ids if self._done(i, statuses.get(i))]
+                else:  # statuses only, then the records of those that finished
+                    statuses = await self._backend.task_statuses(ids)
+                    done = [i for i in ids if self._done(i, statuses.get(i))]
+                    records = await self._backend.get_tasks(done) if done else {}
             except Exception as exc:
                 error = translate_error(exc, self._backend) or exc
                 if isinstance(error, DatabaseUnavailable):
