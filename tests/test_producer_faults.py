@@ -178,8 +178,11 @@ async def test_get_result_waits_out_a_postgres_outage_within_its_timeout(
             assert not waiting.done(), waiting.exception()
             await asyncio.sleep(0.1)
         # Within the outage, a call without a wait names the cause.
-        with pytest.raises(DatabaseUnavailable, match="unreachable"):
+        with pytest.raises(DatabaseUnavailable, match="unreachable") as caught:
             await queue.status(task_id)
+        assert caught.value.__cause__ is not None
+        with pytest.raises(DatabaseUnavailable, match="try again once it is back"):
+            await queue.enqueue(jobs.noop)
         await proxy.start()
         worker = Worker(direct)
         await worker.start()
