@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future
@@ -20,6 +21,15 @@ from sitq.serialization import Serializer
 from sitq.task import Result, TaskStatus
 
 T = TypeVar("T")
+
+
+def _in_notebook() -> bool:
+    """True in a Jupyter/IPython kernel: its cells run on the kernel's event loop,
+    and a plain call in a cell blocks that loop whatever it does."""
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if get_ipython is not None else None
+    return shell is not None and "ZMQ" in type(shell).__name__
 
 
 class SyncTaskQueue:
@@ -49,7 +59,7 @@ class SyncTaskQueue:
         return self._queue.backend
 
     def _ensure_connected(self) -> None:
-        if asyncio._get_running_loop() is not None:
+        if asyncio._get_running_loop() is not None and not _in_notebook():
             # Blocking here would stall that loop (and deadlock it if a result
             # could only come from a task on it).
             raise ConfigurationError(

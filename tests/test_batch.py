@@ -453,13 +453,17 @@ async def test_enqueue_in_batch_with_expected_size(db_path: Path) -> None:
             "b", jobs.add, [(3, 4)], expected_size=1
         )
         assert await queue.batch_task_ids("b") == first + more
-    with SyncTaskQueue(db_path) as sync:
-        with pytest.raises(BatchSizeChanged):
-            sync.enqueue_in_batch("b", jobs.add, [(5, 6)], expected_size=1)
-        last = sync.with_options(priority=2).enqueue_in_batch(
-            "b", jobs.add, [(5, 6)], expected_size=2
-        )
-        assert sync.batch_task_ids("b") == first + more + last
+
+    def in_plain_code() -> None:  # a SyncTaskQueue refuses to block a running loop
+        with SyncTaskQueue(db_path) as sync:
+            with pytest.raises(BatchSizeChanged):
+                sync.enqueue_in_batch("b", jobs.add, [(5, 6)], expected_size=1)
+            last = sync.with_options(priority=2).enqueue_in_batch(
+                "b", jobs.add, [(5, 6)], expected_size=2
+            )
+            assert sync.batch_task_ids("b") == first + more + last
+
+    await asyncio.to_thread(in_plain_code)
 
 
 RESUMER = """

@@ -420,3 +420,34 @@ async def test_status_shows_no_last_run_for_a_schedule_that_never_ran(db_path: P
     assert lines["nightly"].rstrip().endswith("last -"), lines["nightly"]
     assert lines["hourly"].rstrip().endswith("last -"), lines["hourly"]
     assert "last 20" in lines["often"]
+
+
+def test_sync_task_queue_works_in_a_jupyter_kernel(tmp_path: Path) -> None:
+    """A notebook cell runs on the kernel's event loop; plain calls there block it
+    whatever they do, so SyncTaskQueue is not refused in a kernel."""
+    manager = pytest.importorskip("jupyter_client.manager")
+    pytest.importorskip("ipykernel")
+    kernel, client = manager.start_new_kernel()
+    code = (
+        f"import asyncio, sys\nsys.path.insert(0, {str(Path(jobs.__file__).parent)!r})\n"
+        "import jobs\nfrom sitq import SyncTaskQueue\nasyncio.get_running_loop()\n"
+        f"with SyncTaskQueue({str(tmp_path / 'tasks.db')!r}) as queue:\n"
+        "    print('enqueued', queue.status(queue.enqueue(jobs.noop)).value)\n"
+    )
+    try:
+        msg_id = client.execute(code)
+        output, errors = "", []
+        while True:
+            msg = client.get_iopub_msg(timeout=60)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                output += msg["content"]["text"]
+            elif msg["msg_type"] == "error":
+                errors.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+    finally:
+        client.stop_channels()
+        kernel.shutdown_kernel(now=True)
+    assert not errors and "enqueued queued" in output, (errors, output)
