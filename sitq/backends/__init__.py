@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import sqlite3
+import sys
 from typing import Any
 
 from sitq.backends.base import Backend
@@ -81,7 +81,8 @@ def translate_error(exc: BaseException, backend: Backend) -> SitqError | None:
     if isinstance(exc, SitqError):
         return exc
     where = backend.describe()
-    if isinstance(exc, sqlite3.Error):
+    sqlite3 = sys.modules.get("sqlite3")  # not imported: exc cannot be one of its errors
+    if sqlite3 is not None and isinstance(exc, sqlite3.Error):
         if getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL" or "disk is full" in str(exc):
             return StorageError(
                 f"cannot write to {where}: the disk is full ({exc}); nothing of this call "
