@@ -1,0 +1,163 @@
+"""SQLite backend safety: the wake-up folder in the shared temp dir, WAL growth,
+one event loop per backend, and inputs that must fail clearly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import jobs
+import pytest
+
+from sitq import TaskQueue, TaskStatus, Worker
+from sitq.backends.wakeup import wake_directory
+
+# -- the wake-up folder (issue 20.1) ------------------------------------------
+
+
+@pytest.fixture
+def temp_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private stand-in for the system temp dir, short enough for socket paths,
+    so these tests never touch the real ``/tmp/sitq-<uid>`` other tests use."""
+    root = Path(tempfile.mkdtemp(prefix="sq", dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    monkeypatch.setenv("TMPDIR", str(root))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _victim(path: Path) -> Path:
+    """A directory the sitq user can write, with files an attacker wants deleted,
+    one of them named like a sitq socket."""
+    path.mkdir()
+    for name in ("precious.txt", "1234-deadbeef"):
+        (path / name).write_text("keep me")
+    return path
+
+
+def _victim_files(path: Path) -> list[str]:
+    return sorted(os.listdir(path))
+
+
+async def _enqueue_and_run(db: Path) -> None:
+    """Enqueue, have a worker in this process run it, and wait for the result:
+    with the folder refused, wake-ups are off and polling still finds both."""
+    async with TaskQueue(db) as queue:
+        worker = Worker(db)
+        await worker.start()
+        try:
+            task_id = await queue.enqueue(jobs.add, 2, 3)
+            result = await queue.get_result(task_id, timeout=20)
+        finally:
+            await worker.stop(timeout=5)
+    assert result is not None and result.status is TaskStatus.SUCCEEDED
+    assert result.value == 5
+
+
+@pytest.mark.parametrize("level", ["top", "database", "kind"])
+async def test_a_symlinked_wake_folder_is_never_followed(
+    level: str, temp_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another user who made the predictable path first, as a symlink to a folder
+    the sitq user can write, must not get its files deleted (they were, by the
+    first enqueue), and sitq must keep working."""
+    db = tmp_path / "tasks.db"
+    victim = _victim(tmp_path / "victim")
+    kind_dir = wake_directory(str(db)) / "t"
+    planted = {"top": kind_dir.parent.parent, "database": kind_dir.parent, "kind": kind_dir}[level]
+    planted.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    planted.symlink_to(victim, target_is_directory=True)
+    caplog.set_level(logging.WARNING, "sitq.sqlite")
+
+    await _enqueue_and_run(db)
+
+    assert _victim_files(victim) == ["1234-deadbeef", "precious.txt"]
+    assert planted.is_symlink()
+    assert "wake-ups are off" in caplog.text and "symlink" in caplog.text
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770])
+async def test_a_wake_folder_others_can_write_is_refused(
+    mode: int, temp_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A top folder made before sitq by someone else, writable by others: whatever
+    was planted in it (here a kind folder that is a symlink to the victim, and a
+    plain file with a socket's name) stays, and nothing is sent into it."""
+    db = tmp_path / "tasks.db"
+    victim = _victim(tmp_path / "victim")
+    top = wake_directory(str(db)).parent
+    (top / wake_directory(str(db)).name).mkdir(parents=True)
+    top.chmod(mode)
+    (wake_directory(str(db)) / "t").symlink_to(victim, target_is_directory=True)
+    (wake_directory(str(db)) / "r").mkdir()
+    (wake_directory(str(db)) / "r" / "99-0badf00d").write_text("not a socket")
+    caplog.set_level(logging.WARNING, "sitq.sqlite")
+
+    await _enqueue_and_run(db)
+
+    assert _victim_files(victim) == ["1234-deadbeef", "precious.txt"]
+    assert (wake_directory(str(db)) / "r" / "99-0badf00d").read_text() == "not a socket"
+    assert stat.S_IMODE(top.stat().st_mode) == mode  # refused, not "repaired"
+    assert "writable by other users" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a folder of another user needs root")
+async def test_a_wake_folder_owned_by_another_user_is_refused(
+    temp_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "tasks.db"
+    top = wake_directory(str(db)).parent
+    top.mkdir(mode=0o700)
+    os.chown(top, 65534, 65534)
+    caplog.set_level(logging.WARNING, "sitq.sqlite")
+
+    await _enqueue_and_run(db)
+
+    assert os.listdir(top) == []
+    assert "owned by uid 65534" in caplog.text
+
+
+async def test_only_sitq_sockets_are_removed_from_the_wake_folder(
+    temp_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In sitq's own folder, a dead peer's socket is tidied away; plain files,
+    even with a socket's name, and foreign names are left alone."""
+    db = tmp_path / "tasks.db"
+    kind_dir = wake_directory(str(db)) / "t"
+    kind_dir.mkdir(parents=True, mode=0o700)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(str(kind_dir / "4242-0badf00d"))
+    dead.close()  # its process is gone: sending to it is refused
+    (kind_dir / "4243-deadbeef").write_text("a plain file")
+    (kind_dir / "notes.txt").write_text("not sitq's")
+    caplog.set_level(logging.WARNING, "sitq.sqlite")
+
+    async with TaskQueue(db) as queue:
+        await queue.enqueue(jobs.noop)
+
+    assert sorted(os.listdir(kind_dir)) == ["4243-deadbeef", "notes.txt"]
+    assert "wake-ups are off" not in caplog.text
+
+
+async def test_an_own_wake_folder_left_readable_is_made_private(
+    temp_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An older sitq made ``sitq-<uid>`` 0755: it is ours, so it is tightened to
+    0700 and used, with wake-ups on."""
+    db = tmp_path / "tasks.db"
+    top = wake_directory(str(db)).parent
+    top.mkdir()
+    top.chmod(0o755)
+    caplog.set_level(logging.WARNING, "sitq.sqlite")
+
+    await _enqueue_and_run(db)
+
+    assert stat.S_IMODE(top.stat().st_mode) == 0o700
+    assert "wake-ups are off" not in caplog.text
+    assert os.listdir(top) == []  # the last listener tidied its folders away
