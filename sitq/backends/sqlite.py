@@ -42,10 +42,11 @@ from sitq.backends.base import (
     worker_record,
 )
 from sitq.backends.sqlite_enqueue import (
-    CHECKPOINT_EVERY,
     FAST_PATH_MAX_ROWS,
+    JOURNAL_SIZE_LIMIT,
     BlockingInserter,
     EnqueueBatcher,
+    WalKeeper,
 )
 from sitq.backends.wakeup import WakeupChannel, wake_directory
 from sitq.errors import (
@@ -100,6 +101,7 @@ class SQLiteBackend(Backend):
         self._has_limits = False
         self._users = 0
         self._batcher: EnqueueBatcher | None = None
+        self._page_size = 4096
         self._blocking: BlockingInserter | None = None
 
     def describe(self) -> str:
@@ -289,6 +291,9 @@ class SQLiteBackend(Backend):
                 "it must be on a local file system that supports shared memory"
             )
         await conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
+        await conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        (page_size,) = next(iter(await conn.execute_fetchall("PRAGMA page_size")))
+        self._page_size = int(page_size)
 
     def _open_error(self, exc: sqlite3.Error) -> DatabaseError:
         text = str(exc)
@@ -483,11 +488,18 @@ class SQLiteBackend(Backend):
 
         await self._transaction(insert_all)
 
-    async def _checkpoint(self) -> None:
+    async def _checkpoint(self) -> int:
+        """One passive checkpoint (it waits for no reader or writer, and is not
+        retried: commits may be held back meanwhile, see ``WalKeeper``).
+        Returns the WAL's size in bytes, 0 if unknown."""
         conn = self._connection()
         # On failure the next one will do; the WAL only grows a little meanwhile.
         with contextlib.suppress(sqlite3.Error):
-            await self._write(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
+            async with self._lock:
+                rows = list(await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)"))
+            if rows and rows[0][1] > 0:
+                return int(rows[0][1]) * self._page_size
+        return 0
 
     async def get_tasks(
         self, task_ids: Sequence[str], *, with_payload: bool = False, with_result: bool = True
@@ -1207,11 +1219,12 @@ class _WorkflowWrites:
             self._conn = sqlite3.connect(backend.path, isolation_level=None, timeout=0)
             self._conn.execute("PRAGMA busy_timeout = 0")
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self._conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             self._conn.execute("PRAGMA synchronous = NORMAL")
         self._pending: list[tuple[str, Sequence[Any]]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
-        self._commits = 0
+        self._wal = WalKeeper(backend._checkpoint, self._resume)
         self._background: set[asyncio.Task[None]] = set()
 
     async def write(self, sql: str, params: Sequence[Any]) -> None:
@@ -1227,6 +1240,8 @@ class _WorkflowWrites:
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._wal.paused:
+            return  # kept in self._pending until the checkpoint is done (_resume)
         statements, self._pending = self._pending, []
         waiters, self._waiters = self._waiters, []
         if not statements:
@@ -1253,9 +1268,13 @@ class _WorkflowWrites:
             _settle(waiters, exc)
             return
         _settle(waiters, None)
-        self._commits += 1
-        if self._commits % CHECKPOINT_EVERY == 0:
-            self._spawn(self._backend._checkpoint())
+        blobs = sum(len(p) for _, params in statements for p in params if isinstance(p, bytes))
+        self._wal.committed(len(statements), blobs)
+
+    def _resume(self) -> None:
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _flush_slowly(
         self, statements: list[tuple[str, Sequence[Any]]], waiters: list[asyncio.Future[None]]
@@ -1280,6 +1299,7 @@ class _WorkflowWrites:
 
     async def close(self) -> None:
         """Finish what is in flight and close the loop-thread connection."""
+        await self._wal.close()  # it may hold writes back until it ends
         if self._pending:
             self._flush()
         if self._background:

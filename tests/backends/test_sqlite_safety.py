@@ -3,17 +3,20 @@ one event loop per backend, and inputs that must fail clearly."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
 import socket
 import stat
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jobs
 import pytest
+from support import WorkerProcess
 
 from sitq import TaskQueue, TaskStatus, Worker
 from sitq.backends.wakeup import wake_directory
@@ -161,3 +164,56 @@ async def test_an_own_wake_folder_left_readable_is_made_private(
     assert stat.S_IMODE(top.stat().st_mode) == 0o700
     assert "wake-ups are off" not in caplog.text
     assert os.listdir(top) == []  # the last listener tidied its folders away
+
+
+# -- the WAL stays bounded while a producer enqueues (issue 20.11) -------------
+
+
+async def test_the_wal_stays_bounded_while_a_producer_enqueues(
+    db_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """240 MB of payloads, enqueued by concurrent producers with a worker
+    connected (idle: it serves another queue). The loop-thread commits used to
+    outrun every checkpoint, so the WAL grew by all of it (10 GB of tasks left
+    a 10 GB WAL); now it starts over and stays far below the data."""
+    wal = Path(f"{db_path}-wal")
+    async with TaskQueue(db_path) as queue:
+        await queue.enqueue(jobs.noop)
+        spawn_worker("--queue", "elsewhere").wait_started()
+        bulk = queue.with_options(queue="bulk")
+        payload = os.urandom(100_000)
+        peak = 0
+        for _ in range(60):  # 40 concurrent enqueues of 100 kB, committed together
+            await asyncio.gather(*(bulk.enqueue(len, payload) for _ in range(40)))
+            peak = max(peak, wal.stat().st_size)
+        stats = await queue.stats()
+    assert peak < 100_000_000, f"the WAL grew to {peak / 1e6:.0f} MB"
+    assert stats["queues"]["bulk"]["queued"] == 2400
+
+
+async def test_enqueues_held_back_by_a_checkpoint_are_all_stored(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a checkpoint (and its pause) after every commit, enqueues that arrive
+    while commits are held back, up to the moment the queue closes, are stored."""
+    monkeypatch.setattr("sitq.backends.sqlite_enqueue.CHECKPOINT_BYTES", 1)
+    monkeypatch.setattr("sitq.backends.sqlite_enqueue.WAL_RESTART_BYTES", 0)
+    async with TaskQueue(db_path) as queue:
+        wal = queue.backend._batcher._wal  # type: ignore[attr-defined]
+        ids: list[str] = []
+        deadline = time.monotonic() + 15
+        while not wal.paused:  # each commit starts a checkpoint; wait for its pause
+            assert time.monotonic() < deadline, "no checkpoint ever held commits back"
+            ids.append(await queue.enqueue(jobs.add, len(ids), 0))
+            for _ in range(20):
+                if wal.paused:
+                    break
+                await asyncio.sleep(0.001)
+        pending = [asyncio.ensure_future(queue.enqueue(jobs.add, i, 0)) for i in range(300)]
+        await asyncio.sleep(0)  # they join the rows held back (if the pause lasts)
+        closing = asyncio.ensure_future(queue.close())
+        ids += await asyncio.gather(*pending)
+        await closing
+    async with TaskQueue(db_path) as queue:
+        stored = await queue.backend.get_tasks(ids)
+    assert len(stored) == len(ids) and len(ids) > 300
