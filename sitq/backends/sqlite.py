@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from sitq.backends import base
+from sitq.backends import LoopBinding, base, check_database_path
 from sitq.backends import sqlite_schema as q
 from sitq.backends.base import (
     LOST_LEASE_LIMIT,
@@ -89,12 +89,14 @@ class SQLiteBackend(Backend):
         busy_timeout: float = 5.0,
     ) -> None:
         self.path = os.fspath(path)
+        check_database_path(self.path)
         self.create = create
         self.durable = durable
         self.busy_timeout = busy_timeout
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
+        self._loop_binding = LoopBinding()
         self._wakeup = WakeupChannel(wake_directory(self.path))
         self._next_reclaim = 0.0
         self._limits_known_until = 0.0  # has_limits is re-read after this time
@@ -211,8 +213,15 @@ class SQLiteBackend(Backend):
         Reference-counted: a backend shared by a queue and workers in one process
         is opened once and closed by the last ``close()``.
         """
+        if self._loop_binding.bind(self.describe()):
+            self._lock = asyncio.Lock()  # asyncio locks belong to one loop
+            self._open_lock = asyncio.Lock()
         async with self._open_lock:  # a queue and a worker may connect at once
-            await self._open()
+            try:
+                await self._open()
+            finally:
+                if not self._users:
+                    self._loop_binding.release()
 
     async def _open(self) -> None:
         self._users += 1
@@ -295,6 +304,11 @@ class SQLiteBackend(Backend):
         (page_size,) = next(iter(await conn.execute_fetchall("PRAGMA page_size")))
         self._page_size = int(page_size)
 
+    def _write_error(self, exc: sqlite3.Error) -> Exception:
+        """A read-only database as the clear DatabaseError; other errors unchanged."""
+        text = str(exc)
+        return self._open_error(exc) if "readonly" in text or "read-only" in text else exc
+
     def _open_error(self, exc: sqlite3.Error) -> DatabaseError:
         text = str(exc)
         if "not a database" in text or "malformed" in text:
@@ -305,7 +319,8 @@ class SQLiteBackend(Backend):
         if "readonly" in text or "read-only" in text or "unable to open" in text:
             return DatabaseError(
                 f"cannot write {self.describe()} ({text}); sitq needs write access to the "
-                "file and its directory (for the -wal and -shm files)"
+                "file and its directory (for the -wal and -shm files): fix their owner or "
+                "mode, or run as the user who owns them"
             )
         return DatabaseError(f"cannot use {self.describe()}: {text}")
 
@@ -368,7 +383,15 @@ class SQLiteBackend(Backend):
 
     async def _shut(self) -> None:
         self._users = max(0, self._users - 1)
-        if self._users or self._conn is None:
+        if self._users:
+            return
+        try:
+            await self._close_connections()
+        finally:
+            self._loop_binding.release()  # only once closed: another loop may open it again
+
+    async def _close_connections(self) -> None:
+        if self._conn is None:
             return
         if self._batcher is not None:
             await self._batcher.close()
@@ -403,7 +426,7 @@ class SQLiteBackend(Backend):
             except sqlite3.OperationalError as exc:
                 text = str(exc)
                 if "locked" not in text and "busy" not in text:
-                    raise
+                    raise self._write_error(exc) from exc
                 if time.monotonic() > deadline:
                     raise DatabaseError(
                         f"{self.describe()} stayed locked for {LOCKED_DEADLINE:.0f} s; another "
@@ -459,7 +482,10 @@ class SQLiteBackend(Backend):
             return
         self._connection()
         assert self._batcher is not None
-        await self._batcher.enqueue(list(tasks))  # NewTask rows bind as they are
+        try:
+            await self._batcher.enqueue(list(tasks))  # NewTask rows bind as they are
+        except sqlite3.OperationalError as exc:
+            raise self._write_error(exc) from exc
 
     def enqueue_blocking(self, tasks: Sequence[NewTask]) -> bool:
         """Insert ``tasks`` from plain code, on the calling thread; True when done."""
@@ -473,7 +499,10 @@ class SQLiteBackend(Backend):
         try:
             self._blocking.insert(tasks, time.monotonic() + LOCKED_DEADLINE)
         except sqlite3.OperationalError as exc:
-            raise DatabaseError(f"cannot enqueue into {self.describe()}: {exc}") from exc
+            error = self._write_error(exc)
+            if error is exc:
+                error = DatabaseError(f"cannot enqueue into {self.describe()}: {exc}")
+            raise error from exc
         self._wakeup.notify_threadsafe("tasks")
         return True
 
@@ -1144,7 +1173,10 @@ class SQLiteBackend(Backend):
         writes = self.__dict__.get("_workflow_writes")
         if writes is None:
             writes = self.__dict__["_workflow_writes"] = _WorkflowWrites(self)
-        await writes.write(sql, params)
+        try:
+            await writes.write(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise self._write_error(exc) from exc
 
     async def reset_workflow_step(self, run_id: str, name: str) -> bool:
         """Delete the step and its items in one transaction."""

@@ -9,17 +9,23 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jobs
 import pytest
-from support import WorkerProcess
+from support import SITQ, WorkerProcess, subprocess_env
 
-from sitq import TaskQueue, TaskStatus, Worker
+from sitq import Result, SyncTaskQueue, TaskQueue, TaskStatus, Worker
+from sitq.backends import open_backend
+from sitq.backends.sqlite import SQLiteBackend
 from sitq.backends.wakeup import wake_directory
+from sitq.errors import ConfigurationError
 
 # -- the wake-up folder (issue 20.1) ------------------------------------------
 
@@ -217,3 +223,166 @@ async def test_enqueues_held_back_by_a_checkpoint_are_all_stored(
     async with TaskQueue(db_path) as queue:
         stored = await queue.backend.get_tasks(ids)
     assert len(stored) == len(ids) and len(ids) > 300
+
+
+# -- one event loop per backend object (issue 19.9), on both backends ---------------
+
+
+def test_a_worker_on_another_loop_is_refused_at_once(db_url: str) -> None:
+    """The peer's pattern: a SyncTaskQueue and a Worker in another thread sharing
+    one backend object. The worker used to log "claim failed" forever (a lock
+    bound to a different event loop) while get_result hung; now its start fails
+    at once with what to do, and the queue keeps working."""
+    backend = open_backend(db_url)
+    with SyncTaskQueue(backend) as queue:
+        task_id = queue.enqueue(jobs.add, 1, 2)
+        worker = Worker(backend)
+        failure: list[BaseException] = []
+
+        def run_worker() -> None:
+            try:
+                asyncio.run(worker.run())
+            except BaseException as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=run_worker)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "the worker kept running on a backend of another loop"
+        assert len(failure) == 1 and isinstance(failure[0], ConfigurationError)
+        assert "one backend object serves one event loop" in str(failure[0])
+        assert queue.status(task_id) is TaskStatus.QUEUED
+
+    # Given its own backend (the path or URL), the same worker setup serves it.
+    async def serve() -> Result | None:
+        async with TaskQueue(db_url) as queue:
+            own = Worker(db_url)
+            await own.start()
+            try:
+                return await queue.get_result(task_id, timeout=20)
+            finally:
+                await own.stop(timeout=5)
+
+    result = asyncio.run(serve())
+    assert result is not None and result.value == 3
+
+
+def test_a_queue_on_another_loop_than_its_worker_is_refused(db_url: str) -> None:
+    """The other order: a Worker connected the backend first; a SyncTaskQueue (its
+    own loop thread) on that same object is refused on first use."""
+    backend = open_backend(db_url)
+    started = threading.Event()
+    release = threading.Event()
+
+    async def serve() -> None:
+        worker = Worker(backend)
+        await worker.start()
+        started.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait)
+        await worker.stop(timeout=5)
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    try:
+        assert started.wait(20)
+        with SyncTaskQueue(backend) as queue, pytest.raises(ConfigurationError, match="one"):
+            queue.enqueue(jobs.add, 1, 2)
+    finally:
+        release.set()
+        thread.join(20)
+
+
+def test_a_backend_closed_on_one_loop_opens_on_the_next(db_url: str) -> None:
+    """Sequential use stays allowed: after every user closed, another loop may
+    connect the same object (its locks are made afresh for that loop)."""
+    backend = open_backend(db_url)
+
+    async def use() -> int:
+        async with TaskQueue(backend) as queue:
+            await asyncio.gather(*(queue.enqueue(jobs.add, i, 0) for i in range(20)))
+            stats = await queue.stats()
+        return int(stats["totals"]["queued"])
+
+    assert asyncio.run(use()) == 20
+    assert asyncio.run(use()) == 40
+
+
+# -- inputs that must fail clearly (issues 19.12, 20.16) ---------------------------
+
+
+@pytest.mark.parametrize("path", [":memory:", ""])
+def test_an_in_memory_database_is_refused_with_the_real_reason(
+    path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It used to fail later with a false reason (WAL, shared memory) and leave a
+    file named ':memory:' behind; now the constructor says why, as open_backend."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match="shared with its workers"):
+        SQLiteBackend(path)
+    assert os.listdir(tmp_path) == []
+
+
+def _without_root_powers() -> list[str]:
+    """A command prefix under which file modes bind (root ignores them)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to drop root's power to write read-only files")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+@pytest.fixture
+def read_only_db(db_path: Path) -> Path:
+    """A sitq database whose files the user may read but not write."""
+    subprocess.run([SITQ, "init", "--db", str(db_path)], check=True, capture_output=True)
+    for path in db_path.parent.glob(f"{db_path.name}*"):
+        path.chmod(0o444)
+    return db_path
+
+
+def test_a_worker_on_a_read_only_database_says_so_and_exits_non_zero(read_only_db: Path) -> None:
+    done = subprocess.run(
+        [*_without_root_powers(), SITQ, "worker", "--db", str(read_only_db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "Traceback" not in output
+    assert f"cannot write sqlite database {read_only_db}" in output
+    assert "write access" in output
+
+
+@pytest.mark.parametrize("api", ["TaskQueue", "SyncTaskQueue"])
+def test_enqueue_into_a_read_only_database_raises_a_sitq_error(
+    api: str, read_only_db: Path
+) -> None:
+    script = f"""
+import asyncio, sys
+from sitq import SyncTaskQueue, TaskQueue
+from sitq.errors import DatabaseError
+
+async def with_task_queue():
+    async with TaskQueue(sys.argv[1]) as queue:
+        await queue.enqueue(len, "x")
+
+def with_sync_queue():
+    with SyncTaskQueue(sys.argv[1]) as queue:
+        queue.enqueue(len, "x")
+
+try:
+    asyncio.run(with_task_queue()) if "{api}" == "TaskQueue" else with_sync_queue()
+except DatabaseError as exc:
+    print("DatabaseError:", exc)
+"""
+    done = subprocess.run(
+        [*_without_root_powers(), sys.executable, "-c", script, str(read_only_db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+    )
+    assert done.stdout.startswith("DatabaseError: cannot write sqlite database"), done.stderr
+    assert "write access" in done.stdout
