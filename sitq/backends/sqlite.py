@@ -60,6 +60,9 @@ T = TypeVar("T")
 
 #: How long a busy database is retried before giving up with a clear error.
 LOCKED_DEADLINE = 120.0
+#: How long a checkpoint that lets the WAL start over waits for its readers
+#: (holding other writers back meanwhile; it happens once per WAL_RESTART_BYTES).
+RESTART_WAIT = 0.1
 _ID_CHUNK = 500  # stays below SQLite's limit on bound parameters
 
 
@@ -517,17 +520,27 @@ class SQLiteBackend(Backend):
 
         await self._transaction(insert_all)
 
-    async def _checkpoint(self) -> int:
-        """One passive checkpoint (it waits for no reader or writer, and is not
-        retried: commits may be held back meanwhile, see ``WalKeeper``).
-        Returns the WAL's size in bytes, 0 if unknown."""
+    async def _checkpoint(self, restart: bool = False) -> int:
+        """One checkpoint; returns the WAL's size in bytes, 0 if unknown.
+
+        PASSIVE waits for no one. ``restart`` (RESTART, see ``WalKeeper``) also
+        waits, at most ``RESTART_WAIT`` seconds, for readers of the WAL to finish,
+        so that the next commit starts the WAL over. Neither is retried:
+        commits may be held back meanwhile, and the next round will do.
+        """
         conn = self._connection()
-        # On failure the next one will do; the WAL only grows a little meanwhile.
         with contextlib.suppress(sqlite3.Error):
             async with self._lock:
-                rows = list(await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)"))
-            if rows and rows[0][1] > 0:
-                return int(rows[0][1]) * self._page_size
+                if not restart:
+                    rows = await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+                else:
+                    await conn.execute(f"PRAGMA busy_timeout = {int(RESTART_WAIT * 1000)}")
+                    try:
+                        rows = await conn.execute_fetchall("PRAGMA wal_checkpoint(RESTART)")
+                    finally:
+                        await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            for _busy, frames, _copied in rows:
+                return max(0, int(frames)) * self._page_size
         return 0
 
     async def get_tasks(

@@ -74,14 +74,18 @@ class WalKeeper:
     ``CHECKPOINT_BYTES`` of commits, a passive checkpoint copies the bulk while
     commits go on; if the WAL is then larger than ``WAL_RESTART_BYTES``, the
     owner's commits are held (``paused``) for a second, short checkpoint of what
-    was added meanwhile, and its next commit starts the WAL over (unless another
-    process is reading from it right then: the next round will).
+    was added meanwhile, in RESTART mode (it waits a moment for other processes
+    still reading from the WAL), and the next commit starts the WAL over. If a
+    reader outlasts that wait, the next round tries again. Commits that outrun
+    a checkpoint by ``2 * CHECKPOINT_BYTES`` wait for it too, as they would with
+    SQLite's own automatic checkpoints.
     """
 
     def __init__(
-        self, checkpoint: Callable[[], Awaitable[int]], resume: Callable[[], None]
+        self, checkpoint: Callable[[bool], Awaitable[int]], resume: Callable[[], None]
     ) -> None:
-        #: one passive checkpoint, returning the WAL's size in bytes (0 if unknown)
+        #: one checkpoint, passive or (True) restarting, returning the WAL's size
+        #: in bytes (0 if unknown)
         self._checkpoint = checkpoint
         self._resume = resume  # commit what was held back
         self._written = 0
@@ -91,15 +95,18 @@ class WalKeeper:
     def committed(self, rows: int, payload_bytes: int) -> None:
         """Count one loop-thread commit; start a checkpoint when one is due."""
         self._written += _COMMIT_BYTES + rows * _ROW_BYTES + payload_bytes
-        if self._written >= CHECKPOINT_BYTES and self._task is None:
-            self._written = 0
-            self._task = asyncio.ensure_future(self._run())
+        if self._task is None:
+            if self._written >= CHECKPOINT_BYTES:
+                self._written = 0
+                self._task = asyncio.ensure_future(self._run())
+        elif self._written >= 2 * CHECKPOINT_BYTES:
+            self.paused = True  # faster than the disk can copy: wait for the checkpoint
 
     async def _run(self) -> None:
         try:
-            if await self._checkpoint() > WAL_RESTART_BYTES:
+            if await self._checkpoint(False) > WAL_RESTART_BYTES:
                 self.paused = True
-                await self._checkpoint()
+                await self._checkpoint(True)
         finally:
             self.paused = False
             self._task = None
@@ -118,7 +125,7 @@ class EnqueueBatcher:
         self,
         path: str,
         slow_path: Callable[[list[Row]], Awaitable[None]],
-        checkpoint: Callable[[], Awaitable[int]],
+        checkpoint: Callable[[bool], Awaitable[int]],
         committed: Callable[[], None],
         *,
         fast: bool,
