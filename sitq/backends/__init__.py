@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import threading
 from typing import Any
 
 from sitq.backends.base import Backend
@@ -11,6 +13,52 @@ from sitq.display import redact
 from sitq.errors import ConfigurationError, DatabaseUnavailable, SitqError, StorageError
 
 DEFAULT_DATABASE = "sitq.db"
+_MEMORY_DATABASE = (
+    "sitq needs a database file shared with its workers: give a path such as 'tasks.db'"
+)
+
+
+def check_database_path(text: str) -> None:
+    """Refuse an SQLite path no worker could share (empty, or ``:memory:``)."""
+    if not text or text == ":memory:":
+        raise ConfigurationError(_MEMORY_DATABASE)
+
+
+class LoopBinding:
+    """The one event loop a backend object serves.
+
+    Its connections, locks and wake-ups belong to the loop that connected it, so
+    a second loop (another thread, e.g. a Worker beside a SyncTaskQueue) is
+    refused at ``connect()`` with what to do, rather than failing later with
+    "bound to a different event loop" on every claim. Once every user has
+    closed, or that loop has closed, another loop may take the backend over.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._guard = threading.Lock()  # connect() may run in two threads at once
+
+    def bind(self, describe: str) -> bool:
+        """Bind to the running loop; True if that is a new loop (the caller then
+        makes its loop-bound locks and events afresh)."""
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            if self._loop is loop:
+                return False
+            if self._loop is not None and not self._loop.is_closed():
+                raise ConfigurationError(
+                    f"this backend object ({describe}) is in use by another event loop "
+                    "(another thread, or another asyncio.run): one backend object serves "
+                    "one event loop. Give each its own backend, e.g. pass the path or URL "
+                    "to the SyncTaskQueue and to the Worker instead of one backend object"
+                )
+            self._loop = loop
+            return True
+
+    def release(self) -> None:
+        """The last user closed: the next ``connect()`` may come from any loop."""
+        with self._guard:
+            self._loop = None
 
 
 def default_database() -> str:
@@ -57,10 +105,7 @@ def open_backend(target: Backend | str | os.PathLike[str] | None, **options: Any
             f"unknown database URL scheme {scheme!r}: use a path, 'sqlite:///PATH' "
             "or 'postgresql://...'"
         )
-    if not text or text == ":memory:":
-        raise ConfigurationError(
-            "sitq needs a database file shared with its workers: give a path such as 'tasks.db'"
-        )
+    check_database_path(text)
     from sitq.backends.sqlite import SQLiteBackend
 
     return SQLiteBackend(text, **options)

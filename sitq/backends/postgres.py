@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "the PostgreSQL backend needs asyncpg: pip install 'sitq[postgres]'"
     ) from exc
 
-from sitq.backends import base
+from sitq.backends import LoopBinding, base
 from sitq.backends import postgres_schema as q
 from sitq.backends.base import (
     LOST_LEASE_LIMIT,
@@ -122,6 +122,7 @@ class PostgresBackend(Backend):
         self._pool: asyncpg.Pool | None = None
         self._users = 0
         self._open_lock = asyncio.Lock()
+        self._loop_binding = LoopBinding()
         self._next_reclaim = 0.0
         self._limits_known_until = 0.0  # _has_limits is re-read after this time
         self._has_limits = False
@@ -238,7 +239,15 @@ class PostgresBackend(Backend):
     # -- connection -------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the pool and create or migrate the schema. Reference-counted."""
+        """Open the pool and create or migrate the schema. Reference-counted.
+
+        One event loop at a time: the pool, its lock and the wake-up events
+        belong to the loop that connected (see ``LoopBinding``).
+        """
+        if self._loop_binding.bind(self.describe()):
+            self._open_lock = asyncio.Lock()
+            self._events = {}
+            self.listener_connected = asyncio.Event()
         async with self._open_lock:
             self._users += 1
             if self._pool is not None:
@@ -254,6 +263,8 @@ class PostgresBackend(Backend):
                 if self._pool is not None:
                     await self._pool.close()
                     self._pool = None
+                if not self._users:
+                    self._loop_binding.release()
                 raise
 
     async def _create_pool(self) -> asyncpg.Pool:
@@ -330,15 +341,19 @@ class PostgresBackend(Backend):
         """Close the pool and the listener once the last user has closed."""
         async with self._open_lock:
             self._users = max(0, self._users - 1)
-            if self._users or self._pool is None:
+            if self._users:
                 return
-            if self._listener is not None:
-                self._listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._listener
-                self._listener = None
-            pool, self._pool = self._pool, None
-            await pool.close()
+            try:
+                if self._listener is not None:
+                    self._listener.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._listener
+                    self._listener = None
+                if self._pool is not None:
+                    pool, self._pool = self._pool, None
+                    await pool.close()
+            finally:
+                self._loop_binding.release()  # only once closed: another loop may open it again
 
     def _acquire(self) -> Any:
         if self._pool is None:

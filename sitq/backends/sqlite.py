@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from sitq.backends import base, translate_error
+from sitq.backends import LoopBinding, base, check_database_path, translate_error
 from sitq.backends import sqlite_schema as q
 from sitq.backends.base import (
     LOST_LEASE_LIMIT,
@@ -42,10 +42,11 @@ from sitq.backends.base import (
     worker_record,
 )
 from sitq.backends.sqlite_enqueue import (
-    CHECKPOINT_EVERY,
     FAST_PATH_MAX_ROWS,
+    JOURNAL_SIZE_LIMIT,
     BlockingInserter,
     EnqueueBatcher,
+    WalKeeper,
 )
 from sitq.backends.wakeup import WakeupChannel, wake_directory
 from sitq.errors import (
@@ -59,6 +60,9 @@ T = TypeVar("T")
 
 #: How long a busy database is retried before giving up with a clear error.
 LOCKED_DEADLINE = 120.0
+#: How long a checkpoint that lets the WAL start over waits for its readers
+#: (holding other writers back meanwhile; it happens once per WAL_RESTART_BYTES).
+RESTART_WAIT = 0.1
 _ID_CHUNK = 500  # stays below SQLite's limit on bound parameters
 
 
@@ -88,18 +92,21 @@ class SQLiteBackend(Backend):
         busy_timeout: float = 5.0,
     ) -> None:
         self.path = os.fspath(path)
+        check_database_path(self.path)
         self.create = create
         self.durable = durable
         self.busy_timeout = busy_timeout
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
+        self._loop_binding = LoopBinding()
         self._wakeup = WakeupChannel(wake_directory(self.path))
         self._next_reclaim = 0.0
         self._limits_known_until = 0.0  # has_limits is re-read after this time
         self._has_limits = False
         self._users = 0
         self._batcher: EnqueueBatcher | None = None
+        self._page_size = 4096
         self._blocking: BlockingInserter | None = None
 
     def describe(self) -> str:
@@ -209,8 +216,15 @@ class SQLiteBackend(Backend):
         Reference-counted: a backend shared by a queue and workers in one process
         is opened once and closed by the last ``close()``.
         """
+        if self._loop_binding.bind(self.describe()):
+            self._lock = asyncio.Lock()  # asyncio locks belong to one loop
+            self._open_lock = asyncio.Lock()
         async with self._open_lock:  # a queue and a worker may connect at once
-            await self._open()
+            try:
+                await self._open()
+            finally:
+                if not self._users:
+                    self._loop_binding.release()
 
     async def _open(self) -> None:
         self._users += 1
@@ -289,6 +303,14 @@ class SQLiteBackend(Backend):
                 "it must be on a local file system that supports shared memory"
             )
         await conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
+        await conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        (page_size,) = next(iter(await conn.execute_fetchall("PRAGMA page_size")))
+        self._page_size = int(page_size)
+
+    def _write_error(self, exc: sqlite3.Error) -> Exception:
+        """A read-only database as the clear DatabaseError; other errors unchanged."""
+        text = str(exc)
+        return self._open_error(exc) if "readonly" in text or "read-only" in text else exc
 
     def _open_error(self, exc: sqlite3.Error) -> DatabaseError:
         text = str(exc)
@@ -300,7 +322,8 @@ class SQLiteBackend(Backend):
         if "readonly" in text or "read-only" in text or "unable to open" in text:
             return DatabaseError(
                 f"cannot write {self.describe()} ({text}); sitq needs write access to the "
-                "file and its directory (for the -wal and -shm files)"
+                "file and its directory (for the -wal and -shm files): fix their owner or "
+                "mode, or run as the user who owns them"
             )
         return DatabaseError(f"cannot use {self.describe()}: {text}")
 
@@ -363,7 +386,15 @@ class SQLiteBackend(Backend):
 
     async def _shut(self) -> None:
         self._users = max(0, self._users - 1)
-        if self._users or self._conn is None:
+        if self._users:
+            return
+        try:
+            await self._close_connections()
+        finally:
+            self._loop_binding.release()  # only once closed: another loop may open it again
+
+    async def _close_connections(self) -> None:
+        if self._conn is None:
             return
         if self._batcher is not None:
             await self._batcher.close()
@@ -398,7 +429,7 @@ class SQLiteBackend(Backend):
             except sqlite3.OperationalError as exc:
                 text = str(exc)
                 if "locked" not in text and "busy" not in text:
-                    raise
+                    raise self._write_error(exc) from exc
                 if time.monotonic() > deadline:
                     raise DatabaseError(
                         f"{self.describe()} stayed locked for {LOCKED_DEADLINE:.0f} s; another "
@@ -455,7 +486,10 @@ class SQLiteBackend(Backend):
             return
         self._connection()
         assert self._batcher is not None
-        await self._batcher.enqueue(list(tasks))  # NewTask rows bind as they are
+        try:
+            await self._batcher.enqueue(list(tasks))  # NewTask rows bind as they are
+        except sqlite3.OperationalError as exc:
+            raise self._write_error(exc) from exc
 
     def enqueue_blocking(self, tasks: Sequence[NewTask]) -> bool:
         """Insert ``tasks`` from plain code, on the calling thread; True when done."""
@@ -469,8 +503,12 @@ class SQLiteBackend(Backend):
         try:
             self._blocking.insert(tasks, time.monotonic() + LOCKED_DEADLINE)
         except sqlite3.Error as exc:
-            error = translate_error(exc, self)  # a StorageError that names a full disk
-            raise (error or DatabaseError(f"cannot enqueue into {self.describe()}: {exc}")) from exc
+            error = self._write_error(exc)  # a read-only database, named as such
+            if error is exc:  # else a StorageError that names e.g. a full disk
+                error = translate_error(exc, self) or DatabaseError(
+                    f"cannot enqueue into {self.describe()}: {exc}"
+                )
+            raise error from exc
         self._wakeup.notify_threadsafe("tasks")
         return True
 
@@ -485,11 +523,28 @@ class SQLiteBackend(Backend):
 
         await self._transaction(insert_all)
 
-    async def _checkpoint(self) -> None:
+    async def _checkpoint(self, restart: bool = False) -> int:
+        """One checkpoint; returns the WAL's size in bytes, 0 if unknown.
+
+        PASSIVE waits for no one. ``restart`` (RESTART, see ``WalKeeper``) also
+        waits, at most ``RESTART_WAIT`` seconds, for readers of the WAL to finish,
+        so that the next commit starts the WAL over. Neither is retried:
+        commits may be held back meanwhile, and the next round will do.
+        """
         conn = self._connection()
-        # On failure the next one will do; the WAL only grows a little meanwhile.
         with contextlib.suppress(sqlite3.Error):
-            await self._write(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
+            async with self._lock:
+                if not restart:
+                    rows = await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+                else:
+                    await conn.execute(f"PRAGMA busy_timeout = {int(RESTART_WAIT * 1000)}")
+                    try:
+                        rows = await conn.execute_fetchall("PRAGMA wal_checkpoint(RESTART)")
+                    finally:
+                        await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            for _busy, frames, _copied in rows:
+                return max(0, int(frames)) * self._page_size
+        return 0
 
     async def get_tasks(
         self, task_ids: Sequence[str], *, with_payload: bool = False, with_result: bool = True
@@ -1134,7 +1189,10 @@ class SQLiteBackend(Backend):
         writes = self.__dict__.get("_workflow_writes")
         if writes is None:
             writes = self.__dict__["_workflow_writes"] = _WorkflowWrites(self)
-        await writes.write(sql, params)
+        try:
+            await writes.write(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise self._write_error(exc) from exc
 
     async def reset_workflow_step(self, run_id: str, name: str) -> bool:
         """Delete the step and its items in one transaction."""
@@ -1209,11 +1267,12 @@ class _WorkflowWrites:
             self._conn = sqlite3.connect(backend.path, isolation_level=None, timeout=0)
             self._conn.execute("PRAGMA busy_timeout = 0")
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self._conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             self._conn.execute("PRAGMA synchronous = NORMAL")
         self._pending: list[tuple[str, Sequence[Any]]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
-        self._commits = 0
+        self._wal = WalKeeper(backend._checkpoint, self._resume)
         self._background: set[asyncio.Task[None]] = set()
 
     async def write(self, sql: str, params: Sequence[Any]) -> None:
@@ -1229,6 +1288,8 @@ class _WorkflowWrites:
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._wal.paused:
+            return  # kept in self._pending until the checkpoint is done (_resume)
         statements, self._pending = self._pending, []
         waiters, self._waiters = self._waiters, []
         if not statements:
@@ -1256,9 +1317,13 @@ class _WorkflowWrites:
             _settle(waiters, exc)
             return
         _settle(waiters, None)
-        self._commits += 1
-        if self._commits % CHECKPOINT_EVERY == 0:
-            self._spawn(self._backend._checkpoint())
+        blobs = sum(len(p) for _, params in statements for p in params if isinstance(p, bytes))
+        self._wal.committed(len(statements), blobs)
+
+    def _resume(self) -> None:
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _flush_slowly(
         self, statements: list[tuple[str, Sequence[Any]]], waiters: list[asyncio.Future[None]]
@@ -1283,6 +1348,7 @@ class _WorkflowWrites:
 
     async def close(self) -> None:
         """Finish what is in flight and close the loop-thread connection."""
+        await self._wal.close()  # it may hold writes back until it ends
         if self._pending:
             self._flush()
         if self._background:

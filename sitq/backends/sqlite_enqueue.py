@@ -31,9 +31,18 @@ Row = tuple[Any, ...]
 
 #: Batches larger than this go to the database thread (the loop must not stall).
 FAST_PATH_MAX_ROWS = 256
-#: The loop-thread connection never checkpoints (that can fsync); after this
-#: many fast commits the database thread runs a passive checkpoint instead.
-CHECKPOINT_EVERY = 500
+#: The loop-thread connections never checkpoint (that can fsync). Each
+#: estimates what its commits add to the WAL, and after about this many bytes
+#: the database thread runs a checkpoint instead (see ``WalKeeper``).
+CHECKPOINT_BYTES = 8 << 20
+_COMMIT_BYTES = 12 << 10  # a commit rewrites a few pages: table, indexes
+_ROW_BYTES = 512  # a row's share of those pages, besides its payload
+#: Once the WAL holds more than this, a checkpoint holds the loop-thread
+#: commits back for a moment so that the WAL can start over.
+WAL_RESTART_BYTES = 32 << 20
+#: Every connection sets ``journal_size_limit``: when the WAL starts over, a
+#: file grown larger (by one huge transaction) shrinks to this.
+JOURNAL_SIZE_LIMIT = 64 << 20
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -58,6 +67,60 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
         raise
 
 
+class WalKeeper:
+    """Keeps the WAL bounded for a connection that never checkpoints itself.
+
+    SQLite reuses the WAL from its start only when a write begins with every
+    frame already copied into the database. A checkpoint on another thread
+    while the loop keeps committing never gets there, so the WAL grew by every
+    byte enqueued (10 GB of tasks, a 10 GB WAL). So after about
+    ``CHECKPOINT_BYTES`` of commits, a passive checkpoint copies the bulk while
+    commits go on; if the WAL is then larger than ``WAL_RESTART_BYTES``, the
+    owner's commits are held (``paused``) for a second, short checkpoint of what
+    was added meanwhile, in RESTART mode (it waits a moment for other processes
+    still reading from the WAL), and the next commit starts the WAL over. If a
+    reader outlasts that wait, the next round tries again. Commits that outrun
+    a checkpoint by ``2 * CHECKPOINT_BYTES`` wait for it too, as they would with
+    SQLite's own automatic checkpoints.
+    """
+
+    def __init__(
+        self, checkpoint: Callable[[bool], Awaitable[int]], resume: Callable[[], None]
+    ) -> None:
+        #: one checkpoint, passive or (True) restarting, returning the WAL's size
+        #: in bytes (0 if unknown)
+        self._checkpoint = checkpoint
+        self._resume = resume  # commit what was held back
+        self._written = 0
+        self._task: asyncio.Future[None] | None = None
+        self.paused = False
+
+    def committed(self, rows: int, payload_bytes: int) -> None:
+        """Count one loop-thread commit; start a checkpoint when one is due."""
+        self._written += _COMMIT_BYTES + rows * _ROW_BYTES + payload_bytes
+        if self._task is None:
+            if self._written >= CHECKPOINT_BYTES:
+                self._written = 0
+                self._task = asyncio.ensure_future(self._run())
+        elif self._written >= 2 * CHECKPOINT_BYTES:
+            self.paused = True  # faster than the disk can copy: wait for the checkpoint
+
+    async def _run(self) -> None:
+        try:
+            if await self._checkpoint(False) > WAL_RESTART_BYTES:
+                self.paused = True
+                await self._checkpoint(True)
+        finally:
+            self.paused = False
+            self._task = None
+            self._resume()
+
+    async def close(self) -> None:
+        """Wait for a running checkpoint (it may hold commits back)."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
 class EnqueueBatcher:
     """Group commit of enqueues, on the loop thread when the lock is free."""
 
@@ -65,25 +128,25 @@ class EnqueueBatcher:
         self,
         path: str,
         slow_path: Callable[[list[Row]], Awaitable[None]],
-        checkpoint: Callable[[], Awaitable[None]],
+        checkpoint: Callable[[bool], Awaitable[int]],
         committed: Callable[[], None],
         *,
         fast: bool,
     ) -> None:
         self._slow_path = slow_path
-        self._checkpoint = checkpoint
+        self._wal = WalKeeper(checkpoint, self._resume)
         self._committed = committed
         self._conn: sqlite3.Connection | None = None
         if fast:
             self._conn = sqlite3.connect(path, isolation_level=None, timeout=0)
             self._conn.execute("PRAGMA busy_timeout = 0")
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self._conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             self._conn.execute("PRAGMA synchronous = NORMAL")
         self._closed = False
         self._rows: list[Row] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
-        self._fast_commits = 0
         self._background: set[asyncio.Task[None]] = set()
 
     async def enqueue(self, rows: list[Row]) -> None:
@@ -105,6 +168,8 @@ class EnqueueBatcher:
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._wal.paused:
+            return  # kept in self._rows until the checkpoint is done (_resume)
         rows, self._rows = self._rows, []
         waiters, self._waiters = self._waiters, []
         if not rows:
@@ -125,9 +190,12 @@ class EnqueueBatcher:
             return
         self._committed()
         _succeed(waiters)
-        self._fast_commits += 1
-        if self._fast_commits % CHECKPOINT_EVERY == 0:
-            self._spawn(self._checkpoint())
+        self._wal.committed(len(rows), sum(len(row[3]) for row in rows))  # NewTask.payload
+
+    def _resume(self) -> None:
+        if self._rows and not self._scheduled and not self._closed:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _flush_slowly(self, rows: list[Row], waiters: list[asyncio.Future[None]]) -> None:
         try:
@@ -146,6 +214,7 @@ class EnqueueBatcher:
     async def close(self) -> None:
         """Finish what is in flight and close the loop-thread connection."""
         self._closed = True
+        await self._wal.close()  # it may hold rows back until it ends
         if self._rows:
             self._flush()
         if self._background:
@@ -190,6 +259,7 @@ class BlockingInserter:
                 check_same_thread=False,
             )
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

@@ -4,25 +4,46 @@ SQLite has no LISTEN/NOTIFY, so each process that waits (a worker for tasks, a
 producer for results) binds a Unix datagram socket in a per-database folder,
 and each writer sends one byte to every socket there after it commits. A lost
 or late datagram costs only latency: every waiter also polls.
+
+The folder lives in the temp dir, ``sitq-<uid>/<hash of the db path>/``, because
+a socket's path is limited to about 100 bytes (beside a database in a deep
+directory it would not fit). The temp dir is shared with other users, so the
+folder is trusted only if it is a real directory (never a symlink), owned by
+this user and writable by no one else; each level is opened with
+``O_NOFOLLOW`` and checked with ``fstat`` before anything in it is used. A
+folder that is not ours disables the wake-ups (with one warning): everything
+still works by polling. Only entries named like sitq's sockets and that are
+sockets owned by this user are ever removed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
+import logging
 import os
+import re
 import socket
+import stat
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from sitq.backends.base import WakeKind
+
+logger = logging.getLogger("sitq.sqlite")
 
 _KINDS: tuple[WakeKind, ...] = ("tasks", "results")
 #: Seconds between looks at who is listening (a new listener's first wake-up
 #: may wait for its own poll, at most 50 ms, meanwhile).
 PEER_REFRESH = 0.05
+#: The names sitq gives its sockets: ``<pid>-<8 hex digits>``.
+_SOCKET_NAME = re.compile(r"\A[0-9]+-[0-9a-f]{8}\Z")
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 
 def wake_directory(database_path: str) -> Path:
@@ -30,6 +51,56 @@ def wake_directory(database_path: str) -> Path:
     to about 100 bytes, so it lives in the temp dir, keyed by the database's path)."""
     digest = hashlib.sha256(os.path.realpath(database_path).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"sitq-{os.getuid()}" / digest
+
+
+class UnsafeWakeDirectory(OSError):
+    """A folder on the wake-up path is not a private directory of this user."""
+
+
+def _check_private(fd: int, path: str) -> None:
+    """Raise UnsafeWakeDirectory unless ``fd`` is a directory of ours that no one
+    else can write. Read/search bits for others (an older sitq made its top folder
+    0755) are taken away; write bits are refused: others may have planted files."""
+    info = os.fstat(fd)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeWakeDirectory(f"{path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise UnsafeWakeDirectory(f"{path} is owned by uid {info.st_uid}, not by this user")
+    if info.st_mode & 0o022:
+        raise UnsafeWakeDirectory(
+            f"{path} is writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
+        )
+    if info.st_mode & 0o077:
+        os.fchmod(fd, 0o700)
+
+
+@contextlib.contextmanager
+def _private_dir(path: Path, levels: int, *, create: bool = False) -> Iterator[int]:
+    """An fd of ``path`` whose last ``levels`` components were each opened without
+    following a symlink (and made, 0700, if ``create``) and checked as ours.
+
+    The components above them (the temp dir) are the system's and are trusted.
+    """
+    shown = path.parents[levels - 1]
+    fd = os.open(shown, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        for name in path.parts[-levels:]:
+            shown = shown / name
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o700, dir_fd=fd)
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafeWakeDirectory(f"{shown} is a symlink or not a directory") from exc
+                raise
+            os.close(fd)
+            fd = child
+            _check_private(fd, str(shown))
+        yield fd
+    finally:
+        os.close(fd)
 
 
 class WakeupChannel:
@@ -43,7 +114,7 @@ class WakeupChannel:
         self._own_paths: set[str] = set()
         self._events: dict[WakeKind, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._broken = False  # cannot send (no sockets at all here)
+        self._broken = False  # cannot send (no sockets here, or the folder is not ours)
         self._cannot_listen = False
         self._dir_strings: dict[WakeKind, str] = {}
 
@@ -56,6 +127,22 @@ class WakeupChannel:
         if path is None:
             path = self._dir_strings[kind] = str(self._kind_dir(kind))
         return path
+
+    def _kind_fd(self, kind: WakeKind, *, create: bool = False) -> AbstractContextManager[int]:
+        # sitq-<uid>, <digest> and the kind's folder are each checked.
+        return _private_dir(self._kind_dir(kind), 3, create=create)
+
+    def _refuse(self, exc: UnsafeWakeDirectory) -> None:
+        """Stop using the folder for good: waiters poll instead."""
+        if not (self._broken and self._cannot_listen):
+            logger.warning(
+                "sitq wake-ups are off for this database: %s. Tasks and results are "
+                "still found by polling, only later. Remove that path (sitq did not "
+                "make it) or point TMPDIR at a private directory.",
+                exc,
+            )
+        self._broken = self._cannot_listen = True
+        self._peers.clear()
 
     def notify(self, kind: WakeKind) -> None:
         """Wake every process waiting for ``kind``, this one included. Never raises."""
@@ -86,9 +173,7 @@ class WakeupChannel:
             try:
                 self._sender.sendto(b"!", path)
             except (ConnectionRefusedError, FileNotFoundError):
-                # Its process is gone: tidy the stale socket away.
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+                self._remove_stale(kind, os.path.basename(path))  # its process is gone
             except OSError:
                 pass  # e.g. its buffer is full: it has a wake-up pending already
 
@@ -100,16 +185,36 @@ class WakeupChannel:
         if cached is not None and now - cached[0] < PEER_REFRESH:
             return cached[2]
         directory = self._kind_dir_str(kind)
+        paths: list[str] = []
+        mtime = 0
         try:
-            mtime = os.stat(directory).st_mtime_ns
-            if cached is not None and cached[1] == mtime:
-                paths = cached[2]
-            else:
-                paths = [os.path.join(directory, name) for name in os.listdir(directory)]
+            with self._kind_fd(kind) as fd:
+                mtime = os.fstat(fd).st_mtime_ns
+                if cached is not None and cached[1] == mtime:
+                    paths = cached[2]
+                else:
+                    paths = [
+                        os.path.join(directory, name)
+                        for name in os.listdir(fd)
+                        if _SOCKET_NAME.match(name)
+                    ]
+        except UnsafeWakeDirectory as exc:
+            self._refuse(exc)
+            return []
         except OSError:  # not there (yet, or any more): no one to wake
-            paths, mtime = [], 0
+            pass
         self._peers[kind] = (now, mtime, paths)
         return paths
+
+    def _remove_stale(self, kind: WakeKind, name: str) -> None:
+        """Unlink a dead peer's socket: only a socket of ours with a sitq name, in
+        the checked folder (through its fd, so no symlink can redirect it)."""
+        if not _SOCKET_NAME.match(name):
+            return
+        with contextlib.suppress(OSError), self._kind_fd(kind) as fd:
+            info = os.lstat(name, dir_fd=fd)
+            if stat.S_ISSOCK(info.st_mode) and info.st_uid == os.geteuid():
+                os.unlink(name, dir_fd=fd)
 
     async def wait(self, kind: WakeKind, timeout: float) -> None:
         """Return on a wake-up for ``kind`` or after ``timeout`` seconds.
@@ -139,6 +244,9 @@ class WakeupChannel:
             try:
                 sock = self._bind(kind)
                 break
+            except UnsafeWakeDirectory as exc:
+                self._refuse(exc)
+                return
             except FileNotFoundError:
                 continue
             except OSError:
@@ -151,9 +259,11 @@ class WakeupChannel:
         self._listeners[kind] = sock
 
     def _bind(self, kind: WakeKind) -> socket.socket:
-        directory = self._kind_dir(kind)
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = str(directory / f"{os.getpid()}-{os.urandom(4).hex()}")
+        # Made and checked first; the checked folder stays ours (0700, and the
+        # temp dir's sticky bit keeps other users from renaming it).
+        with self._kind_fd(kind, create=True):
+            pass
+        path = os.path.join(self._kind_dir_str(kind), f"{os.getpid()}-{os.urandom(4).hex()}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
         try:
@@ -177,17 +287,25 @@ class WakeupChannel:
                 with contextlib.suppress(Exception):
                     self._loop.remove_reader(sock.fileno())
             sock.close()
-        for path in self._own_paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        for kind in _KINDS:  # tidy the folders once the last listener has gone
-            with contextlib.suppress(OSError):
-                self._kind_dir(kind).rmdir()
-        with contextlib.suppress(OSError):
-            self._directory.rmdir()
+        for kind in self._listeners:
+            self._tidy(kind)
+        if self._listeners:  # the database's folder, once its last listener has gone
+            with contextlib.suppress(OSError), _private_dir(self._directory, 2) as fd:
+                for kind in _KINDS:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(kind[0], dir_fd=fd)
+            with contextlib.suppress(OSError), _private_dir(self._directory.parent, 1) as fd:
+                os.rmdir(self._directory.name, dir_fd=fd)
         if self._sender is not None:
             self._sender.close()
         self._listeners.clear()
         self._own_paths.clear()
         self._events.clear()
         self._sender = None
+
+    def _tidy(self, kind: WakeKind) -> None:
+        """Unlink this process's own socket of ``kind``, through the checked folder."""
+        prefix = self._kind_dir_str(kind) + os.sep
+        for path in [p for p in self._own_paths if p.startswith(prefix)]:
+            with contextlib.suppress(OSError), self._kind_fd(kind) as fd:
+                os.unlink(path[len(prefix) :], dir_fd=fd)
