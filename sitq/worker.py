@@ -72,18 +72,44 @@ class _TimedOut(Exception):
     """A run exceeded its task's timeout (distinct from a TimeoutError the task raised)."""
 
 
+class _Raised(Exception):
+    """Carries a BaseException a task raised out of the asyncio Task that ran it."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(exc)
+        self.exc = exc
+
+
+async def _contained(awaitable: Any) -> Any:
+    """Await ``awaitable``, turning its SystemExit or KeyboardInterrupt into _Raised.
+
+    An asyncio Task re-raises those two out of the event loop itself, which would
+    end the worker's loop: a task's exceptions must fail that task only.
+    """
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _Raised(exc) from None
+
+
 async def _with_timeout(awaitable: Any, timeout: float | None) -> Any:
-    """Await ``awaitable``; after ``timeout`` seconds cancel it and raise _TimedOut."""
+    """Await ``awaitable``; after ``timeout`` seconds cancel it and raise _TimedOut.
+
+    A BaseException the task raises comes back as itself, never through the loop.
+    """
     if timeout is None:
         return await awaitable
-    future = asyncio.ensure_future(awaitable)
+    future = asyncio.ensure_future(_contained(awaitable))
     try:
         done, _ = await asyncio.wait([future], timeout=timeout)
     except asyncio.CancelledError:
         future.cancel()
         raise
     if done:
-        return future.result()
+        try:
+            return future.result()
+        except _Raised as raised:
+            raise raised.exc from None
     future.cancel()
     await asyncio.wait([future], timeout=1.0)  # let it clean up, briefly
     raise _TimedOut()
