@@ -33,7 +33,8 @@ from sitq.backends.base import (
     Outcome,
     WorkerRecord,
 )
-from sitq.errors import ConfigurationError, SerializationError
+from sitq.calls import unpack_call
+from sitq.errors import ConfigurationError, SerializationError, SitqError
 from sitq.headers import unwrap as unwrap_headers
 from sitq.process_pool import ChildDied, ProcessPool
 from sitq.queue import TaskQueue
@@ -66,6 +67,10 @@ MAX_PREFETCH = 128
 DEPTH_INTERVAL = 30.0
 #: Seconds an interrupted async task may take to honour its cancellation.
 CANCEL_GRACE = 5.0
+
+
+class WorkerCrashed(SitqError):
+    """A worker stopped by itself because an internal part of it failed."""
 
 
 class _TimedOut(Exception):
@@ -249,6 +254,7 @@ class Worker:
         self._background: set[asyncio.Future[None]] = set()
         self._stopping: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
+        self._crash: BaseException | None = None  # what ended the claim loop, if not a stop
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -305,6 +311,7 @@ class Worker:
         self._writer = _OutcomeWriter(self.backend, self._recorded)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.id}-heartbeat")
         self._main = asyncio.create_task(self._claim_loop(), name=f"{self.id}-claim")
+        self._main.add_done_callback(self._claim_loop_ended)
         plan = registered_schedules() if self.schedules is None else self.schedules
         if plan:
             producer = TaskQueue(self.backend, self.serializer)
@@ -321,6 +328,23 @@ class Worker:
             self.concurrency,
             self.pool,
         )
+
+    def _claim_loop_ended(self, main: asyncio.Task[None]) -> None:
+        """The claim loop must only end on a stop: if a defect ended it, stop the
+        worker (releasing what it holds) rather than heartbeat its tasks forever."""
+        if main.cancelled() or main.exception() is None:
+            return
+        exc = main.exception()
+        self._crash = exc
+        logger.critical(
+            "worker %s: its claim loop died (%s: %s); stopping the worker",
+            self.id,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._shutdown(self.grace_period))
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: claim nothing more, let running tasks finish within
@@ -361,6 +385,13 @@ class Worker:
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
+        if self._crash is not None:
+            raise WorkerCrashed(
+                f"worker {self.id} stopped because its claim loop died "
+                f"({type(self._crash).__name__}: {self._crash}); the tasks it held were "
+                "released or will run again; this is a bug in sitq, please report it "
+                "with the worker's log"
+            ) from self._crash
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -391,8 +422,8 @@ class Worker:
                 await self._scheduler
         if signals.worker_stopping.has_receivers:
             await signals.worker_stopping.send(self._event())
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._main
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await self._main  # a defect that ended it is logged by _claim_loop_ended
         # What has not started goes back at once; what runs gets the grace period.
         for running in self._ready:
             self._to_release.append(running.task.lease)
@@ -510,7 +541,15 @@ class Worker:
             running.started = time.monotonic()
             self._executing += 1
             self._idle.clear()
-            self._start(running)
+            try:
+                self._start(running)
+            except Exception as exc:
+                # A defect in starting this one task must not end the claim loop
+                # (which would leave every held task heartbeated forever).
+                logger.exception("worker %s: could not start task %s", self.id, running.task.id)
+                if not running.done:
+                    error = f"{type(exc).__name__} while the worker started the task: {exc}"
+                    self._done(running, self._failure(running.task, error, _format_tb(exc)))
 
     def _forget(self, running: _Running) -> None:
         # Only this run: a task reclaimed by this same worker (its lease expired
@@ -564,12 +603,9 @@ class Worker:
             self._start_runner(running, lambda: pool.run(body, bindings))
             return
         try:
-            fn, args, kwargs = loads_checked(
-                self.serializer,
-                body,
-                f"task {task.id} ({task.func_name})",
-                self._binding(task, "payload"),
-            )
+            what = f"task {task.id} ({task.func_name})"
+            call = loads_checked(self.serializer, body, what, self._binding(task, "payload"))
+            fn, args, kwargs = unpack_call(call, what)
         except SerializationError as exc:
             # Deterministic: running it again would fail the same way.
             self._done(running, Outcome("failed", error=f"{type(exc).__name__}: {exc}"))
@@ -759,7 +795,9 @@ class Worker:
             return Outcome("succeeded", result=reply[1])
         if kind == "load_error" and reply[1].startswith("UnknownTask"):
             return self._failure(task, reply[1], None)
-        if kind == "load_error" and reply[1].startswith("PayloadRejected"):
+        if kind == "bad_payload" or (
+            kind == "load_error" and reply[1].startswith("PayloadRejected")
+        ):
             return Outcome("failed", error=f"{reply[1]} (task {task.id}, {task.func_name})")
         if kind == "load_error":
             return Outcome(

@@ -3,15 +3,20 @@ worker's lifecycle (issue 19.10): real `sitq worker` processes, real faults."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import cloudpickle
 import fault_jobs
 import jobs
 import pytest
 from support import WorkerProcess
 
-from sitq import TaskQueue, TaskStatus
+from sitq import TaskQueue, TaskStatus, Worker
+from sitq.worker import WorkerCrashed
 
 
 @pytest.mark.parametrize("pool", ["auto", "thread"])
@@ -40,3 +45,56 @@ async def test_a_base_exception_fails_only_its_task(
         assert result is not None and result.status is TaskStatus.FAILED, worker.output()
         assert result.error and result.error.split(":")[0] in ("SystemExit", "KeyboardInterrupt")
     assert result_after is not None and result_after.value == 5
+
+
+def _overwrite_payloads(db_path: Path, payloads: dict[str, object]) -> None:
+    """Store ``payloads`` (task id -> value) as written outside sitq, with sqlite3."""
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+        for task_id, value in payloads.items():
+            conn.execute("UPDATE sitq_tasks SET payload = ? WHERE id = ?", (value, task_id))
+
+
+@pytest.mark.parametrize("pool", ["auto", "process"])
+async def test_a_payload_that_is_not_a_call_fails_only_its_task(
+    db_path: Path, spawn_worker: Callable[..., WorkerProcess], pool: str
+) -> None:
+    """A payload that unpickles to something else fails its task with a clear
+    error, and the worker keeps claiming (20.4)."""
+    shapes = [42, (jobs.add, (1, 2)), (jobs.add, [1, 2], {}), (5, (), {}), "text"]
+    async with TaskQueue(db_path) as queue:
+        bad = await queue.enqueue_many(jobs.noop, [() for _ in shapes])
+        _overwrite_payloads(
+            db_path, {i: cloudpickle.dumps(s) for i, s in zip(bad, shapes, strict=True)}
+        )
+        worker = spawn_worker("--pool", pool, "--concurrency", "2").wait_started()
+        results = [await queue.get_result(task_id, timeout=20) for task_id in bad]
+        after = await queue.enqueue(jobs.add, 2, 3)
+        result_after = await queue.get_result(after, timeout=20)
+        assert worker.process.poll() is None, worker.output()
+    for result in results:
+        assert result is not None and result.status is TaskStatus.FAILED, worker.output()
+        assert result.error and "SerializationError" in result.error, result.error
+        assert "not a call" in result.error, result.error
+    assert result_after is not None and result_after.value == 5
+
+
+async def test_a_dead_claim_loop_stops_the_worker_instead_of_hiding(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A defect that ends the claim loop stops the worker, logged, and run()
+    raises; its tasks are not heartbeated forever (20.4). The defect is injected:
+    the known ones are fixed, this guards against the next."""
+    async with TaskQueue(db_path) as queue:
+        task_id = await queue.enqueue(jobs.noop)
+        worker = Worker(db_path, prefetch=0)
+
+        def defect(self: Worker) -> int:
+            raise RuntimeError("an injected defect")
+
+        monkeypatch.setattr(Worker, "_prefetch_now", defect)
+        with pytest.raises(WorkerCrashed, match="claim loop died"):
+            await asyncio.wait_for(worker.run(), 10)
+        assert not worker.running
+        assert "its claim loop died (RuntimeError: an injected defect)" in caplog.text
+        assert (await queue.stats())["workers_alive"] == 0
+        assert await queue.status(task_id) is TaskStatus.QUEUED
