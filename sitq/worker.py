@@ -31,6 +31,7 @@ from sitq.backends.base import (
     ClaimedTask,
     Lease,
     Outcome,
+    UnreadablePayload,
     WorkerRecord,
 )
 from sitq.calls import unpack_call
@@ -582,6 +583,10 @@ class Worker:
         running.observed = _observed()
         if running.interrupt == "cancel":
             self._done(running, self._cancelled())
+            return
+        if type(task.payload) is UnreadablePayload:
+            error = f"SerializationError: task {task.id} ({task.func_name}): {task.payload.problem}"
+            self._done(running, Outcome("failed", error=error))
             return
         headers, body = unwrap_headers(task.payload)
         if running.observed:

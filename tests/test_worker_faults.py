@@ -98,3 +98,21 @@ async def test_a_dead_claim_loop_stops_the_worker_instead_of_hiding(
         assert "its claim loop died (RuntimeError: an injected defect)" in caplog.text
         assert (await queue.stats())["workers_alive"] == 0
         assert await queue.status(task_id) is TaskStatus.QUEUED
+
+
+async def test_a_payload_stored_as_text_fails_only_its_own_task(
+    db_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A payload stored with the wrong type (TEXT, with sqlite3) fails that task
+    with a clear error; the good tasks claimed in the same batch run (20.10)."""
+    async with TaskQueue(db_path) as queue:
+        ids = await queue.enqueue_many(jobs.add, [(i, 1) for i in range(4)])
+        _overwrite_payloads(db_path, {ids[1]: "not a pickle"})
+        worker = spawn_worker("--concurrency", "4").wait_started()
+        results = [await queue.get_result(task_id, timeout=5) for task_id in ids]
+        assert worker.process.poll() is None, worker.output()
+    bad = results.pop(1)
+    assert bad is not None and bad.status is TaskStatus.FAILED and bad.attempts == 1
+    assert bad.error and "stored payload is a str, not bytes" in bad.error, bad.error
+    for i, result in zip((0, 2, 3), results, strict=True):
+        assert result is not None and result.value == i + 1 and result.attempts == 1

@@ -160,6 +160,26 @@ class WorkerRecord:
         return self.stopped_at is None and now - self.heartbeat_at <= stale_after
 
 
+class UnreadablePayload(bytes):
+    """Stands for a stored payload that is not bytes (a row written outside sitq,
+    say a TEXT value in SQLite): the claim keeps going, and the worker fails just
+    that task with ``problem``."""
+
+    problem: str
+
+
+def stored_payload(value: Any) -> bytes:
+    """A claimed row's payload as bytes, or an UnreadablePayload saying why not."""
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    payload = UnreadablePayload()
+    payload.problem = (
+        f"the stored payload is a {type(value).__name__}, not bytes: the row was written "
+        "outside sitq (a payload must be the BLOB enqueue stores); enqueue the task again"
+    )
+    return payload
+
+
 def claimed_tasks(rows: Sequence[Sequence[Any]], worker_id: str, now: float) -> list[ClaimedTask]:
     """ClaimedTasks from a claim's rows, in claim order.
 
@@ -167,13 +187,16 @@ def claimed_tasks(rows: Sequence[Sequence[Any]], worker_id: str, now: float) -> 
     timeout, enqueued_at, priority, available_at, enqueue sequence): an UPDATE's
     RETURNING has no order of its own, so the order is restored here.
     """
-    ordered = sorted(rows, key=lambda r: (-r[9], r[10], r[11]))
+    try:
+        ordered = sorted(rows, key=lambda r: (-r[9], r[10], r[11]))
+    except TypeError:  # a column written outside sitq with the wrong type
+        ordered = list(rows)
     return [
         ClaimedTask(
             id=r[0],
             queue=r[1],
             func_name=r[2],
-            payload=bytes(r[3]),
+            payload=r[3] if type(r[3]) is bytes else stored_payload(r[3]),
             attempts=r[4],
             max_retries=r[5],
             retry_backoff=r[6],
