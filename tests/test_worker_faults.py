@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,7 @@ import cloudpickle
 import fault_jobs
 import jobs
 import pytest
-from support import WorkerProcess
+from support import WorkerProcess, wait_until
 
 from sitq import TaskQueue, TaskStatus, Worker
 from sitq.worker import WorkerCrashed
@@ -116,3 +118,34 @@ async def test_a_payload_stored_as_text_fails_only_its_own_task(
     assert bad.error and "stored payload is a str, not bytes" in bad.error, bad.error
     for i, result in zip((0, 2, 3), results, strict=True):
         assert result is not None and result.value == i + 1 and result.attempts == 1
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+async def test_pool_children_die_with_a_sigkilled_worker(
+    db_path: Path, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """A process-pool child running a task dies with its SIGKILLed worker (20.15)."""
+    pid_file = tmp_path / "child.pid"
+    async with TaskQueue(db_path) as queue:
+        worker = spawn_worker("--pool", "process", "--concurrency", "2").wait_started()
+        await queue.enqueue(fault_jobs.write_pid_and_sleep, str(pid_file), 60)
+        wait_until(pid_file.exists, 20, "the task to start in a child")
+        wait_until(lambda: pid_file.read_text().strip(), 5, "the pid to be written")
+        child = int(pid_file.read_text())
+        assert _alive(child)
+        worker.send(signal.SIGKILL)
+        assert worker.wait(10) == -signal.SIGKILL
+        try:
+            wait_until(lambda: not _alive(child), 5, "the orphaned child to die")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
