@@ -256,6 +256,7 @@ class Worker:
         self._stopping: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
         self._crash: BaseException | None = None  # what ended the claim loop, if not a stop
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -265,15 +266,24 @@ class Worker:
         return self._main is not None and self._stopped is not None and not self._stopped.is_set()
 
     async def start(self) -> None:
-        """Connect, register, and start claiming. Returns once the worker runs."""
+        """Connect, register, and start claiming. Returns once the worker runs.
+
+        Calling it while the worker runs does nothing; after ``stop()`` it starts
+        the worker again (waiting for a stop in progress to end first).
+        """
         if self._main is not None:
-            return
+            if self._stopping is not None:
+                await asyncio.shield(self._stopping)
+            if self._stopped is None or not self._stopped.is_set():
+                return  # running
+            self._reset()
         self._stop_requested = asyncio.Event()
         self._force = asyncio.Event()
         self._room = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopped = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         await self.backend.connect()
         try:
             if self.pool == "process":
@@ -330,6 +340,21 @@ class Worker:
             self.pool,
         )
 
+    def _reset(self) -> None:
+        """Forget a finished run's state, so ``start()`` can run the worker again."""
+        self._main = self._heartbeat = self._scheduler = None
+        self._writer = None
+        self._threads = None
+        self._processes = None
+        self._running = {}
+        self._ready = deque()
+        self._executing = 0
+        self._to_release = []
+        self._background = set()
+        self._stopping = None
+        self._stopped = None
+        self._crash = None
+
     def _claim_loop_ended(self, main: asyncio.Task[None]) -> None:
         """The claim loop must only end on a stop: if a defect ended it, stop the
         worker (releasing what it holds) rather than heartbeat its tasks forever."""
@@ -357,6 +382,21 @@ class Worker:
             grace = self.grace_period if timeout is None else max(0.0, timeout)
             self._stopping = asyncio.create_task(self._shutdown(grace))
         await asyncio.shield(self._stopping)
+
+    def request_stop(self, timeout: float | None = None) -> None:
+        """Ask the worker to stop as ``stop(timeout)`` does, from any thread, without
+        waiting: ``run()`` returns (or ``running`` turns False) once it has stopped.
+        Does nothing if the worker is not running."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._begin_stop, timeout)
+
+    def _begin_stop(self, timeout: float | None) -> None:
+        if self._main is not None and self._stopping is None:
+            grace = self.grace_period if timeout is None else max(0.0, timeout)
+            self._stopping = asyncio.ensure_future(self._shutdown(grace))
 
     def stop_now(self) -> None:
         """Ask a stop in progress to stop waiting for running tasks (releasing them)."""
@@ -492,6 +532,49 @@ class Worker:
     # -- claiming -----------------------------------------------------------
 
     async def _claim_loop(self) -> None:
+        try:
+            await self._claim_until_stopped()
+        except asyncio.CancelledError:
+            assert self._stop_requested is not None
+            if not self._stop_requested.is_set():
+                await self._loop_ending()
+            raise
+
+    async def _loop_ending(self) -> None:
+        """The claim loop was cancelled without a stop: its event loop is ending
+        (``asyncio.run(worker.start())`` returned). Hand back what is held and
+        unregister, so the worker is not counted alive with nothing running it."""
+        assert self._stop_requested is not None and self._stopped is not None
+        self._stop_requested.set()
+        if self._background:  # releases already under way
+            await asyncio.gather(*self._background, return_exceptions=True)
+        for running in self._running.values():
+            if not running.done:
+                running.done = True  # a thread may still finish it: its reply is dropped
+                self._to_release.append(running.task.lease)
+        self._ready.clear()
+        logger.warning(
+            "worker %s: its event loop is ending without stop(); releasing %d held tasks "
+            "and unregistering (await worker.stop() before the loop ends, or run the "
+            "worker with `await worker.run()`)",
+            self.id,
+            len(self._to_release),
+        )
+        try:
+            await self._release_pending()
+            await self.backend.unregister_worker(self.id)
+        except Exception:
+            logger.exception("worker %s: could not record its stop", self.id)
+        finally:
+            if self._processes is not None:
+                await self._processes.close()
+            if self._threads is not None:
+                self._threads.close()
+            with contextlib.suppress(Exception):
+                await self.backend.close()
+            self._stopped.set()
+
+    async def _claim_until_stopped(self) -> None:
         assert self._stop_requested and self._room
         failures = 0
         while not self._stop_requested.is_set():
@@ -677,6 +760,8 @@ class Worker:
                 )
                 outcome = Outcome("succeeded", result=data)
         except asyncio.CancelledError:
+            if running.interrupt is None and _cancelled_from_outside():
+                running.interrupt = "shutdown"  # the event loop is ending: hand it back
             if running.interrupt is None:  # the task's own code cancelled something
                 outcome = self._failure(task, "CancelledError: the task was cancelled", None)
             else:
@@ -928,6 +1013,14 @@ class _OutcomeWriter:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+def _cancelled_from_outside() -> bool:
+    """True when the current task was cancelled by someone's ``cancel()`` (on
+    Python 3.11+; 3.10 cannot tell, and says False)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling and cancelling())
 
 
 def _observed() -> bool:

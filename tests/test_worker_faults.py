@@ -8,6 +8,9 @@ import contextlib
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,9 +18,9 @@ import cloudpickle
 import fault_jobs
 import jobs
 import pytest
-from support import WorkerProcess, wait_until
+from support import WorkerProcess, subprocess_env, wait_until
 
-from sitq import TaskQueue, TaskStatus, Worker
+from sitq import SyncTaskQueue, TaskQueue, TaskStatus, Worker
 from sitq.worker import WorkerCrashed
 
 
@@ -149,3 +152,83 @@ async def test_pool_children_die_with_a_sigkilled_worker(
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
+
+
+async def test_start_after_stop_runs_the_worker_again(db_path: Path) -> None:
+    """start() after stop() restarts the worker; before, it did nothing (19.10)."""
+    async with TaskQueue(db_path) as queue:
+        worker = Worker(db_path)
+        await worker.start()
+        await worker.stop(timeout=1)
+        assert not worker.running
+        await worker.start()
+        try:
+            assert worker.running
+            task_id = await queue.enqueue(jobs.add, 1, 2)
+            result = await queue.get_result(task_id, timeout=10)
+            assert (await queue.stats())["workers_alive"] == 1
+        finally:
+            await worker.stop(timeout=1)
+    assert result is not None and result.value == 3
+
+
+_LOOP_ENDS = """
+import asyncio, logging, sys
+logging.basicConfig(level=logging.INFO)
+import jobs
+from sitq import SyncTaskQueue, TaskQueue, TaskStatus, Worker
+
+async def main():
+    worker = Worker(sys.argv[1])
+    async with TaskQueue(sys.argv[1]) as queue:
+        task_id = await queue.enqueue(jobs.async_sleep, 30)
+        await worker.start()
+        while await queue.status(task_id) is not TaskStatus.RUNNING:
+            await asyncio.sleep(0.01)
+    return worker  # the loop ends, the worker never stopped
+
+worker = asyncio.run(main())
+print("running after the loop ended:", worker.running)
+"""
+
+
+async def test_a_worker_whose_loop_ended_unregisters_and_releases(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """A worker whose event loop ends without stop() logs it, hands its task
+    back, and is no longer counted alive (19.10)."""
+    script = tmp_path / "loop_ends.py"
+    script.write_text(_LOOP_ENDS)
+    done = subprocess.run(
+        [sys.executable, str(script), str(db_path)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "running after the loop ended: False" in done.stdout
+    assert "its event loop is ending without stop(); releasing" in done.stderr
+    async with TaskQueue(db_path) as queue:
+        assert (await queue.stats())["workers_alive"] == 0
+        [task] = (await queue.list_tasks()).tasks
+        assert task.status == "queued" and task.attempts == 0
+
+
+def test_a_worker_runs_in_a_thread_and_stops_from_another(db_path: Path) -> None:
+    """The README's recipe: run() in a thread of its own, stopped from another (19.10)."""
+    worker = Worker(db_path)
+    thread = threading.Thread(target=asyncio.run, args=(worker.run(),))
+    thread.start()
+    try:
+        with SyncTaskQueue(db_path) as queue:
+            task_id = queue.enqueue(jobs.add, 2, 2)
+            result = queue.get_result(task_id, timeout=10)
+        assert result is not None and result.value == 4
+        worker.request_stop()
+        thread.join(10)
+        assert not thread.is_alive() and not worker.running
+    finally:
+        if thread.is_alive():
+            worker.request_stop(timeout=0)
+            thread.join(10)
