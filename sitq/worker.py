@@ -68,6 +68,8 @@ MAX_PREFETCH = 128
 DEPTH_INTERVAL = 30.0
 #: Seconds an interrupted async task may take to honour its cancellation.
 CANCEL_GRACE = 5.0
+#: The longest pause between tries to write outcomes while the database fails.
+RETRY_WRITE_MAX = 1.0
 
 
 class WorkerCrashed(SitqError):
@@ -136,6 +138,7 @@ class _Running:
     outcome: Outcome | None = None  # as decided, kept for the signals once recorded
     run_time: float = 0.0  # seconds it ran
     observed: bool = False  # someone listens: spans, metrics, signals
+    claimed_at: float = 0.0  # time.monotonic() just before the claim that took it
 
 
 class Worker:
@@ -257,6 +260,7 @@ class Worker:
         self._stopped: asyncio.Event | None = None
         self._crash: BaseException | None = None  # what ended the claim loop, if not a stop
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on
+        self._renewed_at = 0.0  # time.monotonic() just before the last heartbeat that worked
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -319,7 +323,7 @@ class Worker:
                 await self._processes.close()
             await self.backend.close()
             raise
-        self._writer = _OutcomeWriter(self.backend, self._recorded)
+        self._writer = _OutcomeWriter(self.backend, self._recorded, self._lease_until)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.id}-heartbeat")
         self._main = asyncio.create_task(self._claim_loop(), name=f"{self.id}-claim")
         self._main.add_done_callback(self._claim_loop_ended)
@@ -587,6 +591,7 @@ class Worker:
                 await self._wait_any(self._room.wait(), None)
                 continue
             try:
+                asked_at = time.monotonic()  # the leases run from no earlier than this
                 claimed = await self.backend.claim(self.id, self.queues, room, self.lease_seconds)
                 failures = 0
             except Exception:
@@ -595,7 +600,7 @@ class Worker:
                 await self._wait_any(asyncio.sleep(min(0.05 * 2**failures, 5.0)), None)
                 continue
             for task in claimed:
-                running = _Running(task)
+                running = _Running(task, claimed_at=asked_at)
                 self._running[task.id] = running
                 self._ready.append(running)
             self._dispatch()
@@ -824,6 +829,12 @@ class Worker:
             self._writer.submit(running, outcome)
         self._dispatch()
 
+    def _lease_until(self, running: _Running) -> float:
+        """When (time.monotonic()) the lease on ``running`` ends, as far as this
+        worker knows: its claim or the last heartbeat that renewed it, plus the
+        lease length."""
+        return max(running.claimed_at, self._renewed_at) + self.lease_seconds
+
     def _recorded(self, running: _Running, applied: bool | None) -> None:
         """The writer stored (True), lost the lease of (False), or could not write
         (None) one outcome."""
@@ -940,7 +951,9 @@ class Worker:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 leases = [r.task.lease for r in self._running.values()]
+                asked_at = time.monotonic()
                 cancel_ids = await self.backend.heartbeat(self.id, leases, self.lease_seconds)
+                self._renewed_at = asked_at
                 for task_id in cancel_ids:
                     running = self._running.get(task_id)
                     if running is not None:
@@ -962,11 +975,17 @@ class Worker:
 class _OutcomeWriter:
     """Writes outcomes in group commits: all that arrive while one write is in
     flight go together in the next, so many finishing tasks cost one transaction.
-    ``recorded(running, applied)`` is called for each once it is settled."""
+    ``recorded(running, applied)`` is called for each once it is settled.
 
-    def __init__(self, backend: Backend, recorded: Any) -> None:
+    A write that fails (the database is down or refuses writes) is tried again
+    for as long as the task's lease holds (``lease_until(running)``, monotonic):
+    giving up earlier would run a finished task again. Once the lease has run
+    out another worker may run it, and the outcome is given up."""
+
+    def __init__(self, backend: Backend, recorded: Any, lease_until: Any) -> None:
         self._backend = backend
         self._recorded = recorded
+        self._lease_until = lease_until
         self._pending: list[tuple[_Running, Outcome]] = []
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
@@ -991,17 +1010,27 @@ class _OutcomeWriter:
                 continue
             try:
                 applied = await self._backend.finish([(r.task.lease, o) for r, o in batch])
-            except Exception:
+            except Exception as exc:
                 failures += 1
-                logger.exception("could not write %d outcomes (try %d)", len(batch), failures)
-                if failures < 5:
+                if failures == 1:
+                    logger.exception("could not write %d outcomes (try 1)", len(batch))
+                else:
+                    logger.warning(
+                        "could not write %d outcomes (try %d): %s: %s",
+                        len(batch),
+                        failures,
+                        type(exc).__name__,
+                        exc,
+                    )
+                now = time.monotonic()
+                for running, _ in batch:
+                    if self._lease_until(running) <= now:
+                        self._recorded(running, None)  # another worker may run it now
+                batch = [(r, o) for r, o in batch if self._lease_until(r) > now]
+                if batch:
                     self._pending[:0] = batch  # keep order; try again shortly
                     self._ready.set()
-                    await asyncio.sleep(0.05 * 2**failures)
-                else:
-                    failures = 0
-                    for running, _ in batch:
-                        self._recorded(running, None)
+                    await asyncio.sleep(min(0.05 * 2**failures, RETRY_WRITE_MAX))
                 continue
             failures = 0
             for (running, _), ok in zip(batch, applied, strict=True):

@@ -18,7 +18,7 @@ import cloudpickle
 import fault_jobs
 import jobs
 import pytest
-from support import WorkerProcess, subprocess_env, wait_until
+from support import POSTGRES_URL, WorkerProcess, subprocess_env, wait_until
 
 from sitq import SyncTaskQueue, TaskQueue, TaskStatus, Worker
 from sitq.worker import WorkerCrashed
@@ -232,3 +232,64 @@ def test_a_worker_runs_in_a_thread_and_stops_from_another(db_path: Path) -> None
         if thread.is_alive():
             worker.request_stop(timeout=0)
             thread.join(10)
+
+
+# A real fault in the database itself: a trigger that refuses every write that
+# would finish a task (claims and lease renewals still pass), as a database that
+# fails writes for a while does. Dropping it ends the outage.
+_SQLITE_OUTAGE = """
+CREATE TRIGGER fault_outage BEFORE UPDATE ON sitq_tasks
+WHEN NEW.status <> 'running'
+BEGIN SELECT RAISE(ABORT, 'injected outage: writes refused'); END
+"""
+_POSTGRES_OUTAGE = """
+CREATE FUNCTION {schema}.fault_outage() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'injected outage: writes refused'; END $$;
+CREATE TRIGGER fault_outage BEFORE UPDATE ON {schema}.sitq_tasks
+FOR EACH ROW WHEN (NEW.status <> 'running') EXECUTE FUNCTION {schema}.fault_outage();
+"""
+
+
+async def _outage(db_url: str, on: bool) -> None:
+    """Start (``on``) or end the write outage on ``db_url``'s database."""
+    if "://" not in db_url:
+        with contextlib.closing(sqlite3.connect(db_url)) as conn, conn:
+            conn.execute(_SQLITE_OUTAGE if on else "DROP TRIGGER fault_outage")
+        return
+    import asyncpg
+
+    schema = db_url.split("sitq_schema=", 1)[1]
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        if on:
+            await conn.execute(_POSTGRES_OUTAGE.format(schema=schema))
+        else:
+            await conn.execute(f"DROP TRIGGER fault_outage ON {schema}.sitq_tasks")
+    finally:
+        await conn.close()
+
+
+async def test_an_outcome_is_written_after_an_outage_shorter_than_its_lease(
+    db_url: str, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """The outcome writer keeps trying while the lease holds: a finished task is
+    recorded once the database takes writes again, and never runs twice (20.8)."""
+    log = tmp_path / "runs.log"
+    async with TaskQueue(db_url) as queue:
+        worker = spawn_worker("--lease", "20", db=db_url).wait_started()
+        await _outage(db_url, on=True)
+        try:
+            task_id = await queue.enqueue(fault_jobs.note_and_sleep, str(log), "ran", 0)
+            # Past the point where the writer used to give up (5 tries, ~1.5 s).
+            wait_until(
+                lambda: "(try 6)" in worker.output() or "could not record" in worker.output(),
+                20,
+                "the outcome writer to fail 6 times",
+            )
+        finally:
+            await _outage(db_url, on=False)
+        result = await queue.get_result(task_id, timeout=10)
+        assert worker.process.poll() is None, worker.output()
+    assert "could not record" not in worker.output()
+    assert result is not None and result.ok and result.attempts == 1, worker.output()
+    assert log.read_text().splitlines() == ["ran"]
