@@ -139,6 +139,7 @@ class _Running:
     run_time: float = 0.0  # seconds it ran
     observed: bool = False  # someone listens: spans, metrics, signals
     claimed_at: float = 0.0  # time.monotonic() just before the claim that took it
+    start_recorded: bool = False  # its start is stored (see Backend.record_start)
 
 
 class Worker:
@@ -244,6 +245,7 @@ class Worker:
         self.tasks_done = 0
         self._running: dict[str, _Running] = {}  # every task held: prefetched, run, writing
         self._ready: deque[_Running] = deque()  # prefetched, waiting for a slot
+        self._solo: _Running | None = None  # a task that runs alone (see _dispatch)
         self._executing = 0
         self._threads: ThreadSlots | None = None
         self._processes: ProcessPool | None = None
@@ -352,6 +354,7 @@ class Worker:
         self._processes = None
         self._running = {}
         self._ready = deque()
+        self._solo = None
         self._executing = 0
         self._to_release = []
         self._background = set()
@@ -621,24 +624,38 @@ class Worker:
         return max(1, min(MAX_PREFETCH, int(per_slot * self.concurrency)))
 
     def _dispatch(self) -> None:
-        """Start prefetched tasks, in claim order, while slots are free."""
+        """Start prefetched tasks, in claim order, while slots are free.
+
+        A task once lost with its worker (``recorded_start``) runs alone: once the
+        other runs have ended, and with nothing else started until it ends. If it
+        is what kills workers, it alone is running (and charged) when it does so
+        again, and the tasks around it are not.
+        """
         assert self._stop_requested is not None and self._idle is not None
-        while self._ready and self._executing < self.concurrency:
+        while self._ready and self._executing < self.concurrency and self._solo is None:
             if self._stop_requested.is_set():
                 return  # draining: what has not started is released instead
+            if self._ready[0].task.recorded_start:
+                if self._executing:
+                    return  # started once the running tasks have ended
+                self._solo = self._ready[0]
             running = self._ready.popleft()
             running.started = time.monotonic()
             self._executing += 1
             self._idle.clear()
-            try:
-                self._start(running)
-            except Exception as exc:
-                # A defect in starting this one task must not end the claim loop
-                # (which would leave every held task heartbeated forever).
-                logger.exception("worker %s: could not start task %s", self.id, running.task.id)
-                if not running.done:
-                    error = f"{type(exc).__name__} while the worker started the task: {exc}"
-                    self._done(running, self._failure(running.task, error, _format_tb(exc)))
+            self._begin(running)
+
+    def _begin(self, running: _Running) -> None:
+        """``_start``, failing the task if starting it raises."""
+        try:
+            self._start(running)
+        except Exception as exc:
+            # A defect in starting this one task must not end the claim loop
+            # (which would leave every held task heartbeated forever).
+            logger.exception("worker %s: could not start task %s", self.id, running.task.id)
+            if not running.done:
+                error = f"{type(exc).__name__} while the worker started the task: {exc}"
+                self._done(running, self._failure(running.task, error, _format_tb(exc)))
 
     def _forget(self, running: _Running) -> None:
         # Only this run: a task reclaimed by this same worker (its lease expired
@@ -675,6 +692,13 @@ class Worker:
         if type(task.payload) is UnreadablePayload:
             error = f"SerializationError: task {task.id} ({task.func_name}): {task.payload.problem}"
             self._done(running, Outcome("failed", error=error))
+            return
+        if task.recorded_start and not running.start_recorded:
+            # Once lost by a worker before a known start (maybe it kills its
+            # worker at once): record the start first, so that a next loss counts.
+            step = asyncio.create_task(self._record_start(running), name=task.id)
+            running.runner = step
+            step.add_done_callback(lambda _: self._record_step_ended(running, step))
             return
         headers, body = unwrap_headers(task.payload)
         if running.observed:
@@ -734,6 +758,30 @@ class Worker:
         if label == "payload":
             return payload_binding(task.id, task.func_name, task.queue)
         return result_binding(task.id, task.func_name)
+
+    async def _record_start(self, running: _Running) -> None:
+        try:
+            held = await self.backend.record_start(running.task.lease)
+        except Exception:
+            logger.exception(
+                "worker %s: could not record the start of task %s; handing it back",
+                self.id,
+                running.task.id,
+            )
+            held = False
+        if running.done:
+            return
+        if not held:
+            self._done(running, None)  # release: it runs once its start can be recorded
+            return
+        running.runner = None
+        running.start_recorded = True
+        self._begin(running)
+
+    def _record_step_ended(self, running: _Running, step: asyncio.Task[None]) -> None:
+        # Interrupted (a cancel, a stop) before the task itself started.
+        if running.runner is step and not running.done:
+            self._done(running, None if running.interrupt != "cancel" else self._cancelled())
 
     def _start_runner(self, running: _Running, make: Any) -> None:
         runner = asyncio.create_task(self._run_awaitable(running, make), name=running.task.id)
@@ -817,6 +865,8 @@ class Worker:
         self._executing -= 1
         if not self._executing:
             self._idle.set()
+        if running is self._solo:
+            self._solo = None
         if outcome is None:
             self._to_release.append(running.task.lease)
             self._forget(running)

@@ -18,9 +18,10 @@ import cloudpickle
 import fault_jobs
 import jobs
 import pytest
-from support import POSTGRES_URL, WorkerProcess, subprocess_env, wait_until
+from support import POSTGRES_URL, WorkerProcess, await_until, subprocess_env, wait_until
 
 from sitq import SyncTaskQueue, TaskQueue, TaskStatus, Worker
+from sitq.backends.base import LOST_LEASE_LIMIT
 from sitq.worker import WorkerCrashed
 
 
@@ -177,6 +178,7 @@ import asyncio, logging, sys
 logging.basicConfig(level=logging.INFO)
 import jobs
 from sitq import SyncTaskQueue, TaskQueue, TaskStatus, Worker
+from sitq.backends.base import LOST_LEASE_LIMIT
 
 async def main():
     worker = Worker(sys.argv[1])
@@ -293,3 +295,40 @@ async def test_an_outcome_is_written_after_an_outage_shorter_than_its_lease(
     assert "could not record" not in worker.output()
     assert result is not None and result.ok and result.attempts == 1, worker.output()
     assert log.read_text().splitlines() == ["ran"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["exit", "sigkill"])
+async def test_a_task_that_kills_its_worker_fails_no_bystander(
+    db_url: str, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path, how: str
+) -> None:
+    """One task kills its worker (os._exit / SIGKILL of itself) beside 40 ordinary
+    tasks, with -c 8 and workers restarted as a service manager would: it ends
+    FAILED as WorkerLost, and not one ordinary task fails (20.5)."""
+    log = tmp_path / "runs.log"
+    async with TaskQueue(db_url) as queue:
+        ordinary = await queue.enqueue_many(
+            fault_jobs.note_and_sleep, [(str(log), f"t{i}", 0.2) for i in range(40)]
+        )
+        killer = await queue.enqueue(fault_jobs.kill_own_worker, how)
+        ordinary += await queue.enqueue_many(
+            fault_jobs.note_and_sleep, [(str(log), f"t{i}", 0.2) for i in range(40, 44)]
+        )
+        deaths = 0
+        worker = spawn_worker("--concurrency", "8", "--lease", "1", db=db_url)
+
+        async def all_done() -> bool:
+            nonlocal worker, deaths
+            if worker.process.poll() is not None:  # restarted, as systemd would
+                deaths += 1
+                worker = spawn_worker("--concurrency", "8", "--lease", "1", db=db_url)
+            statuses = await queue.backend.task_statuses([killer, *ordinary])
+            return all(status in ("succeeded", "failed") for status in statuses.values())
+
+        await await_until(all_done, 120, "every task to finish")
+        results = await queue.get_results([killer, *ordinary])
+    assert results[killer].status is TaskStatus.FAILED
+    assert results[killer].error and "WorkerLost" in results[killer].error
+    failed = [r.error for i, r in results.items() if i != killer and not r.ok]
+    assert failed == [], failed
+    assert deaths >= 1 + LOST_LEASE_LIMIT

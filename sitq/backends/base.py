@@ -79,6 +79,9 @@ class ClaimedTask:
     enqueued_at: float
     started_at: float
     lease: Lease
+    #: Nonzero once the task was lost by a worker without a known start: its
+    #: start must then be recorded (``record_start``) before it runs.
+    recorded_start: int = 0
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,7 @@ def claimed_tasks(rows: Sequence[Sequence[Any]], worker_id: str, now: float) -> 
             enqueued_at=r[8],
             started_at=now,
             lease=Lease(r[0], worker_id, r[4]),
+            recorded_start=r[12],
         )
         for r in ordered
     ]
@@ -262,6 +266,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def finish(self, items: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
         """Record outcomes in one transaction; each applies only if its lease holds."""
+
+    @abc.abstractmethod
+    async def record_start(self, lease: Lease) -> bool:
+        """Record, while ``lease`` holds, that its task is starting now: if its
+        worker is lost from here on, the attempt counts toward the task's limit.
+        A task whose worker is lost before any recorded start (prefetched, or
+        started unrecorded) goes back to the queue with its attempt not counted,
+        and its next claim says (``ClaimedTask.recorded_start``) to record its
+        start before running it. False if the lease no longer holds."""
 
     @abc.abstractmethod
     async def release(self, leases: Sequence[Lease]) -> int:
