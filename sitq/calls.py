@@ -6,6 +6,7 @@ the same wherever it runs. A reply is one of:
 - ``("ok", result_bytes)``
 - ``("error", "ExcType: message", traceback_text)``
 - ``("load_error", "ExcType: message")``: the payload would not deserialize
+- ``("bad_payload", "SerializationError: message")``: it did, but is not a call
 - ``("dump_error", "ExcType: message", type_name)``: the return value would not serialize
 """
 
@@ -17,10 +18,33 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from sitq.registry import resolve
+from sitq.errors import SerializationError
+from sitq.registry import TaskRef, resolve
 from sitq.serialization import Binding, Serializer, bound_dumps, bound_loads
 
 Reply = tuple[Any, ...]
+
+
+def unpack_call(call: Any, what: str) -> tuple[Any, tuple, dict]:
+    """``(fn, args, kwargs)`` from a deserialized payload, or a SerializationError
+    naming ``what`` when it is anything else (a row written outside sitq, a
+    result copied into a payload): a bad payload fails its task, never the worker."""
+    if (
+        type(call) is tuple
+        and len(call) == 3
+        and (callable(call[0]) or isinstance(call[0], TaskRef))
+        and isinstance(call[1], tuple)
+        and isinstance(call[2], dict)
+    ):
+        return call
+    shape = f"a {type(call).__name__}"
+    if isinstance(call, tuple):
+        shape += f" of {len(call)} items ({', '.join(type(item).__name__ for item in call[:4])})"
+    raise SerializationError(
+        f"the stored payload of {what} is {shape}, not a call (function, args tuple, "
+        "kwargs dict); it was not written by sitq's enqueue (a row edited by hand or "
+        "by another program?): enqueue the task again"
+    )
 
 
 def call_function(
@@ -52,7 +76,14 @@ def call_payload(
     """Deserialize a stored ``(fn, args, kwargs)`` payload and call it; ``bindings``
     are what the payload and the result are signed for (None: not signing)."""
     try:
-        fn, args, kwargs = bound_loads(serializer, payload, bindings[0])
+        call = bound_loads(serializer, payload, bindings[0])
+    except BaseException as exc:
+        return ("load_error", f"{type(exc).__name__}: {exc}")
+    try:
+        fn, args, kwargs = unpack_call(call, "this task")
+    except SerializationError as exc:
+        return ("bad_payload", f"SerializationError: {exc}")
+    try:
         fn = resolve(fn)
     except BaseException as exc:
         return ("load_error", f"{type(exc).__name__}: {exc}")

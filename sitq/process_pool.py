@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
 import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from sitq.calls import call_payload
 from sitq.serialization import Binding, Serializer
+
+#: prctl(2) option: the signal this process gets when its parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
 
 
 class ChildDied(Exception):
@@ -47,6 +53,34 @@ def _describe_exit(code: int | None) -> str:
     return f"the process running the task exited with status {code}"
 
 
+def _die_with_parent() -> None:
+    """End this child when the worker that started it dies (a SIGKILL, an OOM
+    kill), so a task never runs on, unaccounted for, while its lease expires and
+    another worker runs it again.
+
+    On Linux the kernel sends SIGKILL at once (PR_SET_PDEATHSIG), even while the
+    task holds the GIL. Everywhere, a thread also waits on the pipe the parent
+    holds open for the child's lifetime: it reads EOF when the parent is gone.
+    """
+    parent = multiprocessing.parent_process()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is None:
+        return
+    if parent.pid is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the parent died before the death signal was armed
+    threading.Thread(
+        target=_exit_when_ready, args=(parent.sentinel,), name="sitq-parent-watch", daemon=True
+    ).start()
+
+
+def _exit_when_ready(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
+
+
 def _child_main(
     conn: multiprocessing.connection.Connection,
     serializer_bytes: bytes,
@@ -59,6 +93,7 @@ def _child_main(
     # SIGINT or SIGTERM sent to the whole process group must not kill a task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
     sys.path[:] = sys_path
     for module in imports:
         importlib.import_module(module)

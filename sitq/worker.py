@@ -31,9 +31,11 @@ from sitq.backends.base import (
     ClaimedTask,
     Lease,
     Outcome,
+    UnreadablePayload,
     WorkerRecord,
 )
-from sitq.errors import ConfigurationError, SerializationError
+from sitq.calls import unpack_call
+from sitq.errors import ConfigurationError, SerializationError, SitqError
 from sitq.headers import unwrap as unwrap_headers
 from sitq.process_pool import ChildDied, ProcessPool
 from sitq.queue import TaskQueue
@@ -66,24 +68,56 @@ MAX_PREFETCH = 128
 DEPTH_INTERVAL = 30.0
 #: Seconds an interrupted async task may take to honour its cancellation.
 CANCEL_GRACE = 5.0
+#: The longest pause between tries to write outcomes while the database fails.
+RETRY_WRITE_MAX = 1.0
+
+
+class WorkerCrashed(SitqError):
+    """A worker stopped by itself because an internal part of it failed."""
 
 
 class _TimedOut(Exception):
     """A run exceeded its task's timeout (distinct from a TimeoutError the task raised)."""
 
 
+class _Raised(Exception):
+    """Carries a BaseException a task raised out of the asyncio Task that ran it."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(exc)
+        self.exc = exc
+
+
+async def _contained(awaitable: Any) -> Any:
+    """Await ``awaitable``, turning its SystemExit or KeyboardInterrupt into _Raised.
+
+    An asyncio Task re-raises those two out of the event loop itself, which would
+    end the worker's loop: a task's exceptions must fail that task only.
+    """
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _Raised(exc) from None
+
+
 async def _with_timeout(awaitable: Any, timeout: float | None) -> Any:
-    """Await ``awaitable``; after ``timeout`` seconds cancel it and raise _TimedOut."""
+    """Await ``awaitable``; after ``timeout`` seconds cancel it and raise _TimedOut.
+
+    A BaseException the task raises comes back as itself, never through the loop.
+    """
     if timeout is None:
         return await awaitable
-    future = asyncio.ensure_future(awaitable)
+    future = asyncio.ensure_future(_contained(awaitable))
     try:
         done, _ = await asyncio.wait([future], timeout=timeout)
     except asyncio.CancelledError:
         future.cancel()
         raise
     if done:
-        return future.result()
+        try:
+            return future.result()
+        except _Raised as raised:
+            raise raised.exc from None
     future.cancel()
     await asyncio.wait([future], timeout=1.0)  # let it clean up, briefly
     raise _TimedOut()
@@ -104,6 +138,8 @@ class _Running:
     outcome: Outcome | None = None  # as decided, kept for the signals once recorded
     run_time: float = 0.0  # seconds it ran
     observed: bool = False  # someone listens: spans, metrics, signals
+    claimed_at: float = 0.0  # time.monotonic() just before the claim that took it
+    start_recorded: bool = False  # its start is stored (see Backend.record_start)
 
 
 class Worker:
@@ -209,6 +245,7 @@ class Worker:
         self.tasks_done = 0
         self._running: dict[str, _Running] = {}  # every task held: prefetched, run, writing
         self._ready: deque[_Running] = deque()  # prefetched, waiting for a slot
+        self._solo: _Running | None = None  # a task that runs alone (see _dispatch)
         self._executing = 0
         self._threads: ThreadSlots | None = None
         self._processes: ProcessPool | None = None
@@ -223,6 +260,9 @@ class Worker:
         self._background: set[asyncio.Future[None]] = set()
         self._stopping: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
+        self._crash: BaseException | None = None  # what ended the claim loop, if not a stop
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on
+        self._renewed_at = 0.0  # time.monotonic() just before the last heartbeat that worked
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -232,15 +272,24 @@ class Worker:
         return self._main is not None and self._stopped is not None and not self._stopped.is_set()
 
     async def start(self) -> None:
-        """Connect, register, and start claiming. Returns once the worker runs."""
+        """Connect, register, and start claiming. Returns once the worker runs.
+
+        Calling it while the worker runs does nothing; after ``stop()`` it starts
+        the worker again (waiting for a stop in progress to end first).
+        """
         if self._main is not None:
-            return
+            if self._stopping is not None:
+                await asyncio.shield(self._stopping)
+            if self._stopped is None or not self._stopped.is_set():
+                return  # running
+            self._reset()
         self._stop_requested = asyncio.Event()
         self._force = asyncio.Event()
         self._room = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopped = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         await self.backend.connect()
         try:
             if self.pool == "process":
@@ -276,9 +325,10 @@ class Worker:
                 await self._processes.close()
             await self.backend.close()
             raise
-        self._writer = _OutcomeWriter(self.backend, self._recorded)
+        self._writer = _OutcomeWriter(self.backend, self._recorded, self._lease_until)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.id}-heartbeat")
         self._main = asyncio.create_task(self._claim_loop(), name=f"{self.id}-claim")
+        self._main.add_done_callback(self._claim_loop_ended)
         plan = registered_schedules() if self.schedules is None else self.schedules
         if plan:
             producer = TaskQueue(self.backend, self.serializer)
@@ -296,6 +346,39 @@ class Worker:
             self.pool,
         )
 
+    def _reset(self) -> None:
+        """Forget a finished run's state, so ``start()`` can run the worker again."""
+        self._main = self._heartbeat = self._scheduler = None
+        self._writer = None
+        self._threads = None
+        self._processes = None
+        self._running = {}
+        self._ready = deque()
+        self._solo = None
+        self._executing = 0
+        self._to_release = []
+        self._background = set()
+        self._stopping = None
+        self._stopped = None
+        self._crash = None
+
+    def _claim_loop_ended(self, main: asyncio.Task[None]) -> None:
+        """The claim loop must only end on a stop: if a defect ended it, stop the
+        worker (releasing what it holds) rather than heartbeat its tasks forever."""
+        if main.cancelled() or main.exception() is None:
+            return
+        exc = main.exception()
+        self._crash = exc
+        logger.critical(
+            "worker %s: its claim loop died (%s: %s); stopping the worker",
+            self.id,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._shutdown(self.grace_period))
+
     async def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: claim nothing more, let running tasks finish within
         ``timeout`` seconds (default: ``grace_period``), then release the rest back
@@ -306,6 +389,21 @@ class Worker:
             grace = self.grace_period if timeout is None else max(0.0, timeout)
             self._stopping = asyncio.create_task(self._shutdown(grace))
         await asyncio.shield(self._stopping)
+
+    def request_stop(self, timeout: float | None = None) -> None:
+        """Ask the worker to stop as ``stop(timeout)`` does, from any thread, without
+        waiting: ``run()`` returns (or ``running`` turns False) once it has stopped.
+        Does nothing if the worker is not running."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._begin_stop, timeout)
+
+    def _begin_stop(self, timeout: float | None) -> None:
+        if self._main is not None and self._stopping is None:
+            grace = self.grace_period if timeout is None else max(0.0, timeout)
+            self._stopping = asyncio.ensure_future(self._shutdown(grace))
 
     def stop_now(self) -> None:
         """Ask a stop in progress to stop waiting for running tasks (releasing them)."""
@@ -335,6 +433,13 @@ class Worker:
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
+        if self._crash is not None:
+            raise WorkerCrashed(
+                f"worker {self.id} stopped because its claim loop died "
+                f"({type(self._crash).__name__}: {self._crash}); the tasks it held were "
+                "released or will run again; this is a bug in sitq, please report it "
+                "with the worker's log"
+            ) from self._crash
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -365,8 +470,8 @@ class Worker:
                 await self._scheduler
         if signals.worker_stopping.has_receivers:
             await signals.worker_stopping.send(self._event())
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._main
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await self._main  # a defect that ended it is logged by _claim_loop_ended
         # What has not started goes back at once; what runs gets the grace period.
         for running in self._ready:
             self._to_release.append(running.task.lease)
@@ -434,6 +539,49 @@ class Worker:
     # -- claiming -----------------------------------------------------------
 
     async def _claim_loop(self) -> None:
+        try:
+            await self._claim_until_stopped()
+        except asyncio.CancelledError:
+            assert self._stop_requested is not None
+            if not self._stop_requested.is_set():
+                await self._loop_ending()
+            raise
+
+    async def _loop_ending(self) -> None:
+        """The claim loop was cancelled without a stop: its event loop is ending
+        (``asyncio.run(worker.start())`` returned). Hand back what is held and
+        unregister, so the worker is not counted alive with nothing running it."""
+        assert self._stop_requested is not None and self._stopped is not None
+        self._stop_requested.set()
+        if self._background:  # releases already under way
+            await asyncio.gather(*self._background, return_exceptions=True)
+        for running in self._running.values():
+            if not running.done:
+                running.done = True  # a thread may still finish it: its reply is dropped
+                self._to_release.append(running.task.lease)
+        self._ready.clear()
+        logger.warning(
+            "worker %s: its event loop is ending without stop(); releasing %d held tasks "
+            "and unregistering (await worker.stop() before the loop ends, or run the "
+            "worker with `await worker.run()`)",
+            self.id,
+            len(self._to_release),
+        )
+        try:
+            await self._release_pending()
+            await self.backend.unregister_worker(self.id)
+        except Exception:
+            logger.exception("worker %s: could not record its stop", self.id)
+        finally:
+            if self._processes is not None:
+                await self._processes.close()
+            if self._threads is not None:
+                self._threads.close()
+            with contextlib.suppress(Exception):
+                await self.backend.close()
+            self._stopped.set()
+
+    async def _claim_until_stopped(self) -> None:
         assert self._stop_requested and self._room
         failures = 0
         while not self._stop_requested.is_set():
@@ -446,6 +594,7 @@ class Worker:
                 await self._wait_any(self._room.wait(), None)
                 continue
             try:
+                asked_at = time.monotonic()  # the leases run from no earlier than this
                 claimed = await self.backend.claim(self.id, self.queues, room, self.lease_seconds)
                 failures = 0
             except Exception:
@@ -454,7 +603,7 @@ class Worker:
                 await self._wait_any(asyncio.sleep(min(0.05 * 2**failures, 5.0)), None)
                 continue
             for task in claimed:
-                running = _Running(task)
+                running = _Running(task, claimed_at=asked_at)
                 self._running[task.id] = running
                 self._ready.append(running)
             self._dispatch()
@@ -475,16 +624,38 @@ class Worker:
         return max(1, min(MAX_PREFETCH, int(per_slot * self.concurrency)))
 
     def _dispatch(self) -> None:
-        """Start prefetched tasks, in claim order, while slots are free."""
+        """Start prefetched tasks, in claim order, while slots are free.
+
+        A task once lost with its worker (``recorded_start``) runs alone: once the
+        other runs have ended, and with nothing else started until it ends. If it
+        is what kills workers, it alone is running (and charged) when it does so
+        again, and the tasks around it are not.
+        """
         assert self._stop_requested is not None and self._idle is not None
-        while self._ready and self._executing < self.concurrency:
+        while self._ready and self._executing < self.concurrency and self._solo is None:
             if self._stop_requested.is_set():
                 return  # draining: what has not started is released instead
+            if self._ready[0].task.recorded_start:
+                if self._executing:
+                    return  # started once the running tasks have ended
+                self._solo = self._ready[0]
             running = self._ready.popleft()
             running.started = time.monotonic()
             self._executing += 1
             self._idle.clear()
+            self._begin(running)
+
+    def _begin(self, running: _Running) -> None:
+        """``_start``, failing the task if starting it raises."""
+        try:
             self._start(running)
+        except Exception as exc:
+            # A defect in starting this one task must not end the claim loop
+            # (which would leave every held task heartbeated forever).
+            logger.exception("worker %s: could not start task %s", self.id, running.task.id)
+            if not running.done:
+                error = f"{type(exc).__name__} while the worker started the task: {exc}"
+                self._done(running, self._failure(running.task, error, _format_tb(exc)))
 
     def _forget(self, running: _Running) -> None:
         # Only this run: a task reclaimed by this same worker (its lease expired
@@ -518,6 +689,17 @@ class Worker:
         if running.interrupt == "cancel":
             self._done(running, self._cancelled())
             return
+        if type(task.payload) is UnreadablePayload:
+            error = f"SerializationError: task {task.id} ({task.func_name}): {task.payload.problem}"
+            self._done(running, Outcome("failed", error=error))
+            return
+        if task.recorded_start and not running.start_recorded:
+            # Once lost by a worker before a known start (maybe it kills its
+            # worker at once): record the start first, so that a next loss counts.
+            step = asyncio.create_task(self._record_start(running), name=task.id)
+            running.runner = step
+            step.add_done_callback(lambda _: self._record_step_ended(running, step))
+            return
         headers, body = unwrap_headers(task.payload)
         if running.observed:
             running.span = telemetry.start_run(
@@ -538,12 +720,9 @@ class Worker:
             self._start_runner(running, lambda: pool.run(body, bindings))
             return
         try:
-            fn, args, kwargs = loads_checked(
-                self.serializer,
-                body,
-                f"task {task.id} ({task.func_name})",
-                self._binding(task, "payload"),
-            )
+            what = f"task {task.id} ({task.func_name})"
+            call = loads_checked(self.serializer, body, what, self._binding(task, "payload"))
+            fn, args, kwargs = unpack_call(call, what)
         except SerializationError as exc:
             # Deterministic: running it again would fail the same way.
             self._done(running, Outcome("failed", error=f"{type(exc).__name__}: {exc}"))
@@ -580,6 +759,30 @@ class Worker:
             return payload_binding(task.id, task.func_name, task.queue)
         return result_binding(task.id, task.func_name)
 
+    async def _record_start(self, running: _Running) -> None:
+        try:
+            held = await self.backend.record_start(running.task.lease)
+        except Exception:
+            logger.exception(
+                "worker %s: could not record the start of task %s; handing it back",
+                self.id,
+                running.task.id,
+            )
+            held = False
+        if running.done:
+            return
+        if not held:
+            self._done(running, None)  # release: it runs once its start can be recorded
+            return
+        running.runner = None
+        running.start_recorded = True
+        self._begin(running)
+
+    def _record_step_ended(self, running: _Running, step: asyncio.Task[None]) -> None:
+        # Interrupted (a cancel, a stop) before the task itself started.
+        if running.runner is step and not running.done:
+            self._done(running, None if running.interrupt != "cancel" else self._cancelled())
+
     def _start_runner(self, running: _Running, make: Any) -> None:
         runner = asyncio.create_task(self._run_awaitable(running, make), name=running.task.id)
         runner.add_done_callback(lambda _: self._runner_ended(running))
@@ -610,6 +813,8 @@ class Worker:
                 )
                 outcome = Outcome("succeeded", result=data)
         except asyncio.CancelledError:
+            if running.interrupt is None and _cancelled_from_outside():
+                running.interrupt = "shutdown"  # the event loop is ending: hand it back
             if running.interrupt is None:  # the task's own code cancelled something
                 outcome = self._failure(task, "CancelledError: the task was cancelled", None)
             else:
@@ -660,6 +865,8 @@ class Worker:
         self._executing -= 1
         if not self._executing:
             self._idle.set()
+        if running is self._solo:
+            self._solo = None
         if outcome is None:
             self._to_release.append(running.task.lease)
             self._forget(running)
@@ -671,6 +878,12 @@ class Worker:
         else:
             self._writer.submit(running, outcome)
         self._dispatch()
+
+    def _lease_until(self, running: _Running) -> float:
+        """When (time.monotonic()) the lease on ``running`` ends, as far as this
+        worker knows: its claim or the last heartbeat that renewed it, plus the
+        lease length."""
+        return max(running.claimed_at, self._renewed_at) + self.lease_seconds
 
     def _recorded(self, running: _Running, applied: bool | None) -> None:
         """The writer stored (True), lost the lease of (False), or could not write
@@ -733,7 +946,9 @@ class Worker:
             return Outcome("succeeded", result=reply[1])
         if kind == "load_error" and reply[1].startswith("UnknownTask"):
             return self._failure(task, reply[1], None)
-        if kind == "load_error" and reply[1].startswith("PayloadRejected"):
+        if kind == "bad_payload" or (
+            kind == "load_error" and reply[1].startswith("PayloadRejected")
+        ):
             return Outcome("failed", error=f"{reply[1]} (task {task.id}, {task.func_name})")
         if kind == "load_error":
             return Outcome(
@@ -786,7 +1001,9 @@ class Worker:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 leases = [r.task.lease for r in self._running.values()]
+                asked_at = time.monotonic()
                 cancel_ids = await self.backend.heartbeat(self.id, leases, self.lease_seconds)
+                self._renewed_at = asked_at
                 for task_id in cancel_ids:
                     running = self._running.get(task_id)
                     if running is not None:
@@ -808,11 +1025,17 @@ class Worker:
 class _OutcomeWriter:
     """Writes outcomes in group commits: all that arrive while one write is in
     flight go together in the next, so many finishing tasks cost one transaction.
-    ``recorded(running, applied)`` is called for each once it is settled."""
+    ``recorded(running, applied)`` is called for each once it is settled.
 
-    def __init__(self, backend: Backend, recorded: Any) -> None:
+    A write that fails (the database is down or refuses writes) is tried again
+    for as long as the task's lease holds (``lease_until(running)``, monotonic):
+    giving up earlier would run a finished task again. Once the lease has run
+    out another worker may run it, and the outcome is given up."""
+
+    def __init__(self, backend: Backend, recorded: Any, lease_until: Any) -> None:
         self._backend = backend
         self._recorded = recorded
+        self._lease_until = lease_until
         self._pending: list[tuple[_Running, Outcome]] = []
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
@@ -837,17 +1060,27 @@ class _OutcomeWriter:
                 continue
             try:
                 applied = await self._backend.finish([(r.task.lease, o) for r, o in batch])
-            except Exception:
+            except Exception as exc:
                 failures += 1
-                logger.exception("could not write %d outcomes (try %d)", len(batch), failures)
-                if failures < 5:
+                if failures == 1:
+                    logger.exception("could not write %d outcomes (try 1)", len(batch))
+                else:
+                    logger.warning(
+                        "could not write %d outcomes (try %d): %s: %s",
+                        len(batch),
+                        failures,
+                        type(exc).__name__,
+                        exc,
+                    )
+                now = time.monotonic()
+                for running, _ in batch:
+                    if self._lease_until(running) <= now:
+                        self._recorded(running, None)  # another worker may run it now
+                batch = [(r, o) for r, o in batch if self._lease_until(r) > now]
+                if batch:
                     self._pending[:0] = batch  # keep order; try again shortly
                     self._ready.set()
-                    await asyncio.sleep(0.05 * 2**failures)
-                else:
-                    failures = 0
-                    for running, _ in batch:
-                        self._recorded(running, None)
+                    await asyncio.sleep(min(0.05 * 2**failures, RETRY_WRITE_MAX))
                 continue
             failures = 0
             for (running, _), ok in zip(batch, applied, strict=True):
@@ -859,6 +1092,14 @@ class _OutcomeWriter:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+def _cancelled_from_outside() -> bool:
+    """True when the current task was cancelled by someone's ``cancel()`` (on
+    Python 3.11+; 3.10 cannot tell, and says False)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling and cancelling())
 
 
 def _observed() -> bool:

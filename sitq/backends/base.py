@@ -79,6 +79,9 @@ class ClaimedTask:
     enqueued_at: float
     started_at: float
     lease: Lease
+    #: Nonzero once the task was lost by a worker without a known start: its
+    #: start must then be recorded (``record_start``) before it runs.
+    recorded_start: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,26 @@ class WorkerRecord:
         return self.stopped_at is None and now - self.heartbeat_at <= stale_after
 
 
+class UnreadablePayload(bytes):
+    """Stands for a stored payload that is not bytes (a row written outside sitq,
+    say a TEXT value in SQLite): the claim keeps going, and the worker fails just
+    that task with ``problem``."""
+
+    problem: str
+
+
+def stored_payload(value: Any) -> bytes:
+    """A claimed row's payload as bytes, or an UnreadablePayload saying why not."""
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    payload = UnreadablePayload()
+    payload.problem = (
+        f"the stored payload is a {type(value).__name__}, not bytes: the row was written "
+        "outside sitq (a payload must be the BLOB enqueue stores); enqueue the task again"
+    )
+    return payload
+
+
 def claimed_tasks(rows: Sequence[Sequence[Any]], worker_id: str, now: float) -> list[ClaimedTask]:
     """ClaimedTasks from a claim's rows, in claim order.
 
@@ -167,13 +190,16 @@ def claimed_tasks(rows: Sequence[Sequence[Any]], worker_id: str, now: float) -> 
     timeout, enqueued_at, priority, available_at, enqueue sequence): an UPDATE's
     RETURNING has no order of its own, so the order is restored here.
     """
-    ordered = sorted(rows, key=lambda r: (-r[9], r[10], r[11]))
+    try:
+        ordered = sorted(rows, key=lambda r: (-r[9], r[10], r[11]))
+    except TypeError:  # a column written outside sitq with the wrong type
+        ordered = list(rows)
     return [
         ClaimedTask(
             id=r[0],
             queue=r[1],
             func_name=r[2],
-            payload=bytes(r[3]),
+            payload=r[3] if type(r[3]) is bytes else stored_payload(r[3]),
             attempts=r[4],
             max_retries=r[5],
             retry_backoff=r[6],
@@ -181,6 +207,7 @@ def claimed_tasks(rows: Sequence[Sequence[Any]], worker_id: str, now: float) -> 
             enqueued_at=r[8],
             started_at=now,
             lease=Lease(r[0], worker_id, r[4]),
+            recorded_start=r[12],
         )
         for r in ordered
     ]
@@ -239,6 +266,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def finish(self, items: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
         """Record outcomes in one transaction; each applies only if its lease holds."""
+
+    @abc.abstractmethod
+    async def record_start(self, lease: Lease) -> bool:
+        """Record, while ``lease`` holds, that its task is starting now: if its
+        worker is lost from here on, the attempt counts toward the task's limit.
+        A task whose worker is lost before any recorded start (prefetched, or
+        started unrecorded) goes back to the queue with its attempt not counted,
+        and its next claim says (``ClaimedTask.recorded_start``) to record its
+        start before running it. False if the lease no longer holds."""
 
     @abc.abstractmethod
     async def release(self, leases: Sequence[Lease]) -> int:

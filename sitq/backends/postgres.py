@@ -594,6 +594,14 @@ class PostgresBackend(Backend):
         applied = {(row[0], row[1], row[2]) for row in rows}
         return [(lease.task_id, lease.worker_id, lease.attempt) in applied for lease in leases]
 
+    async def record_start(self, lease: Lease) -> bool:
+        """See Backend.record_start."""
+        async with self._acquire() as conn:
+            status = await conn.execute(
+                self._q(q.RECORD_TASK_START), lease.task_id, lease.worker_id, lease.attempt
+            )
+        return status == "UPDATE 1"
+
     async def release(self, leases: Sequence[Lease]) -> int:
         """Give tasks back without counting the attempt (cancel-requested ones end cancelled)."""
         if not leases:

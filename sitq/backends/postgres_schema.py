@@ -6,7 +6,7 @@ server. Times are unix seconds (``double precision``), as in SQLite.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -218,6 +218,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )
         """,
     ),
+    # Which tasks a dead worker had started (20.5): only those are charged an
+    # attempt when their lease expires. See RECLAIM_EXPIRED.
+    6: ("ALTER TABLE {s}.sitq_tasks ADD COLUMN recorded_start integer NOT NULL DEFAULT 0",),
 }
 
 TASK_COLUMNS = (
@@ -276,7 +279,7 @@ SET status = 'running', worker_id = $1, attempts = t.attempts + 1,
     started_at = $2, lease_expires_at = $3
 FROM picked WHERE t.id = picked.id
 RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.retry_backoff,
-    t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq
+    t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq, t.recorded_start
 """
 
 # With one queue (the usual case) the ready index hands rows over in claim
@@ -288,23 +291,36 @@ _QUEUES = "queue = ANY($4::text[])"
 CLAIM = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL").replace("@queues", _QUEUES)
 CLAIM_ONE_QUEUE = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL").replace("@queues", _ONE_QUEUE)
 
+# Only a task its worker is known to have started is charged the attempt; any
+# other goes back as if released, marked -1 (see sqlite_schema.RECLAIM_EXPIRED).
 RECLAIM_EXPIRED = """
 UPDATE {s}.sitq_tasks
 SET status = CASE
         WHEN cancel_requested THEN 'cancelled'
-        WHEN attempts >= max_retries + 1 + $2 THEN 'failed'
+        WHEN recorded_start = attempts AND attempts >= max_retries + 1 + $2 THEN 'failed'
         ELSE 'queued' END,
     error = CASE
         WHEN cancel_requested THEN 'cancelled while its worker was lost'
-        WHEN attempts >= max_retries + 1 + $2
+        WHEN recorded_start = attempts AND attempts >= max_retries + 1 + $2
             THEN 'WorkerLost: the worker running this task died ' || attempts || ' times'
         ELSE error END,
-    finished_at = CASE WHEN cancel_requested OR attempts >= max_retries + 1 + $2
+    finished_at = CASE WHEN cancel_requested
+            OR (recorded_start = attempts AND attempts >= max_retries + 1 + $2)
         THEN $1::float8 ELSE NULL END,
-    expires_at = CASE WHEN cancel_requested OR attempts >= max_retries + 1 + $2
+    expires_at = CASE WHEN cancel_requested
+            OR (recorded_start = attempts AND attempts >= max_retries + 1 + $2)
         THEN $1::float8 + COALESCE(result_ttl, $3::float8) ELSE NULL END,
+    attempts = CASE WHEN recorded_start = attempts THEN attempts ELSE attempts - 1 END,
+    recorded_start = -1,
     lease_expires_at = NULL
 WHERE status = 'running' AND lease_expires_at < $1::float8
+"""
+
+# The worker is about to run a held task that was once lost unstarted: if its
+# worker dies from here on, this attempt counts (see RECLAIM_EXPIRED).
+RECORD_TASK_START = """
+UPDATE {s}.sitq_tasks SET recorded_start = attempts
+WHERE id = $1 AND worker_id = $2 AND attempts = $3 AND status = 'running'
 """
 
 RENEW_LEASES = """

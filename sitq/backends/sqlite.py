@@ -819,6 +819,12 @@ class SQLiteBackend(Backend):
                 applied.append(record.status == outcome.status and record.finished_at == now)
         return applied
 
+    async def record_start(self, lease: Lease) -> bool:
+        """See Backend.record_start."""
+        conn = self._connection()
+        cursor = await self._write(lambda: conn.execute(q.RECORD_TASK_START, lease_key(lease)))
+        return cursor.rowcount == 1
+
     async def release(self, leases: Sequence[Lease]) -> int:
         """Give the tasks back without counting the attempt."""
         if not leases:

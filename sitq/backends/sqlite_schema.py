@@ -5,7 +5,7 @@ Kept apart from the backend's logic so the SQL can be read in one place.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Each entry upgrades the schema from version (key - 1) to version key.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -224,6 +224,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )
         """,
     ),
+    # Which tasks a dead worker had started (20.5): only those are charged an
+    # attempt when their lease expires. See RECLAIM_EXPIRED.
+    6: ("ALTER TABLE sitq_tasks ADD COLUMN recorded_start INTEGER NOT NULL DEFAULT 0",),
 }
 
 TASK_COLUMNS = (
@@ -262,7 +265,7 @@ WHERE rowid IN (
     LIMIT ?
 )
 RETURNING id, queue, func_name, payload, attempts, max_retries, retry_backoff, timeout,
-    enqueued_at, priority, available_at, rowid
+    enqueued_at, priority, available_at, rowid, recorded_start
 """
 
 CLAIM = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL")
@@ -270,26 +273,45 @@ CLAIM = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL")
 # A running task whose lease ran out lost its worker. It runs again, unless it
 # was asked to cancel, or it has already been lost too often (a task that kills
 # its worker every time must not loop forever).
+#
+# Only a task its worker is known to have started is charged the attempt
+# (recorded_start = attempts, see RECORD_TASK_START). Any other (prefetched, or
+# started without a record) goes back as if released, marked -1: whoever claims
+# it next records its start before running it, so a task that kills its worker
+# at once is charged from its second loss on, and bystanders never are.
 RECLAIM_EXPIRED = """
 UPDATE sitq_tasks
 SET status = CASE
         WHEN cancel_requested = 1 THEN 'cancelled'
-        WHEN attempts >= max_retries + 1 + :lost_limit THEN 'failed'
+        WHEN recorded_start = attempts AND attempts >= max_retries + 1 + :lost_limit
+            THEN 'failed'
         ELSE 'queued' END,
     error = CASE
         WHEN cancel_requested = 1 THEN 'cancelled while its worker was lost'
-        WHEN attempts >= max_retries + 1 + :lost_limit
+        WHEN recorded_start = attempts AND attempts >= max_retries + 1 + :lost_limit
             THEN 'WorkerLost: the worker running this task died ' || attempts || ' times'
         ELSE error END,
     finished_at = CASE
-        WHEN cancel_requested = 1 OR attempts >= max_retries + 1 + :lost_limit THEN :now
+        WHEN cancel_requested = 1
+            OR (recorded_start = attempts AND attempts >= max_retries + 1 + :lost_limit)
+            THEN :now
         ELSE NULL END,
     expires_at = CASE
-        WHEN cancel_requested = 1 OR attempts >= max_retries + 1 + :lost_limit
+        WHEN cancel_requested = 1
+            OR (recorded_start = attempts AND attempts >= max_retries + 1 + :lost_limit)
             THEN :now + COALESCE(result_ttl, :ttl)
         ELSE NULL END,
+    attempts = CASE WHEN recorded_start = attempts THEN attempts ELSE attempts - 1 END,
+    recorded_start = -1,
     lease_expires_at = NULL
 WHERE status = 'running' AND lease_expires_at < :now
+"""
+
+# The worker is about to run a held task that was once lost unstarted: if its
+# worker dies from here on, this attempt counts (see RECLAIM_EXPIRED).
+RECORD_TASK_START = """
+UPDATE sitq_tasks SET recorded_start = attempts
+WHERE id = ? AND worker_id = ? AND attempts = ? AND status = 'running'
 """
 
 # Only the tasks the worker still runs: one whose outcome it failed to store

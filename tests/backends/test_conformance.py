@@ -87,11 +87,13 @@ async def record(backend: Backend, task_id: str) -> TaskRecord:
 async def start(
     backend: Backend, *, worker: str = "w1", lease: float = LONG_LEASE, **options
 ) -> ClaimedTask:
-    """Enqueue one task (on a queue of its own unless given) and claim it."""
+    """Enqueue one task (on a queue of its own unless given), claim it and start
+    it (its start recorded: a lost lease then counts the attempt)."""
     options.setdefault("queue", f"solo-{new_task_id()}")
     task_id = await enqueue(backend, **options)
     [claimed] = await backend.claim(worker, [options["queue"]], 1, lease)
     assert claimed.id == task_id
+    assert await backend.record_start(claimed.lease)
     return claimed
 
 
@@ -461,6 +463,7 @@ async def test_task_lost_too_often_ends_failed_with_worker_lost(backend, reclaim
     claimed = await start(backend, worker="w1", lease=SHORT_LEASE, max_retries=max_retries)
     while claimed.attempts < limit:
         claimed = await take_over(backend, claimed.queue, f"w{claimed.attempts + 1}", SHORT_LEASE)
+        assert await backend.record_start(claimed.lease)
     stored = await settled(backend, claimed)
     assert (stored.status, stored.attempts) == ("failed", limit)
     assert "WorkerLost" in stored.error

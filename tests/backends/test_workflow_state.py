@@ -306,7 +306,7 @@ async def test_a_version_4_store_migrates_in_place(kind: str, tmp_path: Path) ->
         await backend.create_workflow_run(new_run())
         await begin(backend, "run-1", "s", 2)
         await backend.close()
-        # Opening again finds version 5 and changes nothing.
+        # Opening again finds the current version and changes nothing.
         await backend.connect()
         assert len(await backend.list_workflow_items("run-1", "s")) == 2
     finally:
@@ -316,7 +316,7 @@ async def test_a_version_4_store_migrates_in_place(kind: str, tmp_path: Path) ->
     if kind == "sqlite":
         conn = sqlite3.connect(path)
         version = conn.execute("SELECT value FROM sitq_meta WHERE key = 'schema_version'")
-        assert version.fetchone()[0] == "5" == str(sqlite_schema.SCHEMA_VERSION)
+        assert version.fetchone()[0] == str(sqlite_schema.SCHEMA_VERSION)
         conn.close()
 
 
