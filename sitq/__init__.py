@@ -20,6 +20,7 @@ from sitq.errors import (
     StorageError,
     TaskFailed,
     TaskNotFound,
+    WorkerCrashed,
 )
 from sitq.queue import TaskQueue
 from sitq.serialization import CloudpickleSerializer
@@ -52,6 +53,7 @@ __all__ = [
     "TaskQueue",
     "TaskStatus",
     "Worker",
+    "WorkerCrashed",
 ]
 
 __version__ = "0.1.0"

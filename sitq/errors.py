@@ -94,3 +94,8 @@ class NotConnected(SitqError, RuntimeError):
 
 class InvalidTask(SitqError, TypeError):
     """What was passed as a task cannot be one (for example, it is not callable)."""
+
+
+class WorkerCrashed(SitqError):
+    """A worker stopped by itself because an internal part of it failed (its
+    claimed tasks were released); the log says which part and why."""

@@ -35,7 +35,7 @@ from sitq.backends.base import (
     WorkerRecord,
 )
 from sitq.calls import unpack_call
-from sitq.errors import ConfigurationError, SerializationError, SitqError
+from sitq.errors import ConfigurationError, SerializationError, WorkerCrashed
 from sitq.headers import unwrap as unwrap_headers
 from sitq.process_pool import ChildDied, ProcessPool
 from sitq.queue import TaskQueue
@@ -70,10 +70,6 @@ DEPTH_INTERVAL = 30.0
 CANCEL_GRACE = 5.0
 #: The longest pause between tries to write outcomes while the database fails.
 RETRY_WRITE_MAX = 1.0
-
-
-class WorkerCrashed(SitqError):
-    """A worker stopped by itself because an internal part of it failed."""
 
 
 class _TimedOut(Exception):

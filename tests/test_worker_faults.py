@@ -20,9 +20,8 @@ import jobs
 import pytest
 from support import POSTGRES_URL, WorkerProcess, await_until, subprocess_env, wait_until
 
-from sitq import SyncTaskQueue, TaskQueue, TaskStatus, Worker
+from sitq import SyncTaskQueue, TaskQueue, TaskStatus, Worker, WorkerCrashed
 from sitq.backends.base import LOST_LEASE_LIMIT
-from sitq.worker import WorkerCrashed
 
 
 @pytest.mark.parametrize("pool", ["auto", "thread"])
