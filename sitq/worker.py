@@ -68,6 +68,10 @@ MAX_PREFETCH = 128
 DEPTH_INTERVAL = 30.0
 #: Seconds an interrupted async task may take to honour its cancellation.
 CANCEL_GRACE = 5.0
+#: A task still running this many seconds after its start has the start written
+#: (it reads as running from then on); a task that ends sooner has its start
+#: written with its outcome, so a short task costs no extra write.
+START_MARK_DELAY = 0.05
 #: The longest pause between tries to write outcomes while the database fails.
 RETRY_WRITE_MAX = 1.0
 
@@ -130,6 +134,7 @@ class _Running:
     interrupt: str | None = None  # "cancel" or "shutdown" once asked to stop
     done: bool = False  # its outcome is decided (the thread may still run on)
     started: float = 0.0  # time.monotonic() when it began to run
+    started_at: float | None = None  # the same on the backend's clock
     span: Any = None  # its CONSUMER span, when tracing is on
     outcome: Outcome | None = None  # as decided, kept for the signals once recorded
     run_time: float = 0.0  # seconds it ran
@@ -628,6 +633,8 @@ class Worker:
         again, and the tasks around it are not.
         """
         assert self._stop_requested is not None and self._idle is not None
+        assert self._writer is not None
+        now = None
         while self._ready and self._executing < self.concurrency and self._solo is None:
             if self._stop_requested.is_set():
                 return  # draining: what has not started is released instead
@@ -637,6 +644,10 @@ class Worker:
                 self._solo = self._ready[0]
             running = self._ready.popleft()
             running.started = time.monotonic()
+            if now is None:
+                now = self.backend.now()
+            running.started_at = now
+            self._writer.started(running)  # before _start, which may end it at once
             self._executing += 1
             self._idle.clear()
             self._begin(running)
@@ -683,6 +694,7 @@ class Worker:
         task = running.task
         running.observed = _observed()
         if running.interrupt == "cancel":
+            running.started_at = None  # it never ran
             self._done(running, self._cancelled())
             return
         if type(task.payload) is UnreadablePayload:
@@ -704,7 +716,7 @@ class Worker:
                 task.func_name,
                 task.attempts,
                 headers,
-                task.started_at - task.enqueued_at,
+                (running.started_at or task.claimed_at) - task.enqueued_at,
             )
             if signals.task_started.has_receivers:
                 signals.task_started.send_nowait(
@@ -864,6 +876,7 @@ class Worker:
         if running is self._solo:
             self._solo = None
         if outcome is None:
+            self._writer.unmark(running)
             self._to_release.append(running.task.lease)
             self._forget(running)
             assert self._stop_requested is not None
@@ -1026,23 +1039,70 @@ class _OutcomeWriter:
     A write that fails (the database is down or refuses writes) is tried again
     for as long as the task's lease holds (``lease_until(running)``, monotonic):
     giving up earlier would run a finished task again. Once the lease has run
-    out another worker may run it, and the outcome is given up."""
+    out another worker may run it, and the outcome is given up.
+
+    It also reports starts: an outcome carries its task's start time, and a task
+    still running ``START_MARK_DELAY`` after its start has the start written with
+    the next write (one is made for it if none is due), so a task reads as running
+    once it has run that long, at no cost to short tasks."""
 
     def __init__(self, backend: Backend, recorded: Any, lease_until: Any) -> None:
         self._backend = backend
         self._recorded = recorded
         self._lease_until = lease_until
         self._pending: list[tuple[_Running, Outcome]] = []
+        self._unmarked: dict[_Running, None] = {}  # started, start not written; in start order
+        self._mark_timer: asyncio.TimerHandle | None = None
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._task = asyncio.create_task(self._loop())
 
+    def started(self, running: _Running) -> None:
+        """``running`` began to run: write its start if it runs long enough."""
+        self._unmarked[running] = None
+        if self._mark_timer is None:
+            self._arm_marks()
+
+    def unmark(self, running: _Running) -> None:
+        """``running`` ends without an outcome (released): no start to write."""
+        self._unmarked.pop(running, None)
+
     def submit(self, running: _Running, outcome: Outcome) -> None:
-        """Queue ``outcome`` for the next write."""
+        """Queue ``outcome`` for the next write (with the task's start)."""
+        self._unmarked.pop(running, None)
         self._pending.append((running, outcome))
         self._idle.clear()
         self._ready.set()
+
+    def _arm_marks(self) -> None:
+        """Wake the writer when the oldest unwritten start is due."""
+        if not self._unmarked:
+            return
+        oldest = next(iter(self._unmarked))
+        delay = max(0.0, oldest.started + START_MARK_DELAY - time.monotonic())
+        self._mark_timer = asyncio.get_running_loop().call_later(delay, self._marks_due)
+
+    def _marks_due(self) -> None:
+        self._mark_timer = None
+        if self._unmarked:
+            self._ready.set()
+
+    def _take_due_marks(self) -> list[_Running]:
+        """The tasks that have run for START_MARK_DELAY with their start unwritten."""
+        if not self._unmarked:
+            return []
+        due_before = time.monotonic() - START_MARK_DELAY
+        due = []
+        for running in self._unmarked:
+            if running.started > due_before:
+                break  # in start order: the rest are younger
+            due.append(running)
+        for running in due:
+            del self._unmarked[running]
+        if self._mark_timer is None:
+            self._arm_marks()
+        return due
 
     async def _loop(self) -> None:
         failures = 0
@@ -1052,22 +1112,34 @@ class _OutcomeWriter:
             await self._ready.wait()
             self._ready.clear()
             batch, self._pending = self._pending, []
-            if not batch:
+            marks = self._take_due_marks()
+            if not batch and not marks:
                 continue
+            started = [
+                (r.task.lease, r.started_at) for r, _ in batch if r.started_at is not None
+            ] + [(r.task.lease, r.started_at) for r in marks if r.started_at is not None]
             try:
-                applied = await self._backend.finish([(r.task.lease, o) for r, o in batch])
+                applied = await self._backend.finish([(r.task.lease, o) for r, o in batch], started)
             except Exception as exc:
                 failures += 1
                 if failures == 1:
-                    logger.exception("could not write %d outcomes (try 1)", len(batch))
+                    logger.exception(
+                        "could not write %d outcomes, %d starts (try 1)", len(batch), len(marks)
+                    )
                 else:
                     logger.warning(
-                        "could not write %d outcomes (try %d): %s: %s",
+                        "could not write %d outcomes, %d starts (try %d): %s: %s",
                         len(batch),
+                        len(marks),
                         failures,
                         type(exc).__name__,
                         exc,
                     )
+                for running in marks:  # written with a later write
+                    if not running.done:
+                        self._unmarked[running] = None
+                if self._mark_timer is None:
+                    self._arm_marks()
                 now = time.monotonic()
                 for running, _ in batch:
                     if self._lease_until(running) <= now:
@@ -1076,7 +1148,7 @@ class _OutcomeWriter:
                 if batch:
                     self._pending[:0] = batch  # keep order; try again shortly
                     self._ready.set()
-                    await asyncio.sleep(min(0.05 * 2**failures, RETRY_WRITE_MAX))
+                await asyncio.sleep(min(0.05 * 2**failures, RETRY_WRITE_MAX))
                 continue
             failures = 0
             for (running, _), ok in zip(batch, applied, strict=True):
@@ -1085,6 +1157,8 @@ class _OutcomeWriter:
     async def close(self) -> None:
         """Stop once every pending outcome is written (or given up on)."""
         await self._idle.wait()
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

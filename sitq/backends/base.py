@@ -13,6 +13,11 @@ checks them on every backend):
 - ``finish`` and ``release`` apply only while the caller still holds the lease
   (same worker, same attempt, still running), so a late or duplicate finisher
   cannot overwrite a result, and a task never ends both succeeded and failed.
+- Claimed is not started. A claim stores the task as 'running' under its worker's
+  lease with no ``started_at``; the worker reports the start later (``finish``'s
+  ``started``). Until then every read reports the task as 'queued' with
+  ``TaskRecord.claimed`` set, and ``running_tasks`` leaves it out; leases,
+  expiry and reclaim treat it as any held task.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
 from sitq.errors import SitqError
@@ -77,7 +82,7 @@ class ClaimedTask:
     retry_backoff: float
     timeout: float | None
     enqueued_at: float
-    started_at: float
+    claimed_at: float  # not its start: a prefetched task may wait for a slot
     lease: Lease
     #: Nonzero once the task was lost by a worker without a known start: its
     #: start must then be recorded (``record_start``) before it runs.
@@ -119,6 +124,25 @@ class TaskRecord:
     payload: bytes | None = None
     payload_size: int | None = None
     result_size: int | None = None
+    #: Held by worker ``worker_id`` (prefetched), which has not started it yet:
+    #: ``status`` then reads 'queued'.
+    claimed: bool = False
+
+
+#: Where the status column and started_at column say "claimed, not started".
+CLAIMED_SQL = "status = 'running' AND started_at IS NULL"
+#: The status a task reports, as SQL: a claimed task that has not started is queued.
+STATUS_SQL = f"CASE WHEN {CLAIMED_SQL} THEN 'queued' ELSE status END"
+
+
+def task_record(row: Sequence[Any]) -> TaskRecord:
+    """A TaskRecord from a row of the task columns (id, queue, func_name, status,
+    ..., started_at at index 9, ..., traceback), optionally followed by the
+    payload and the sizes. A claimed task that has not started reads as queued, ``claimed``."""
+    record = TaskRecord(*row)
+    if record.status == "running" and record.started_at is None:
+        return replace(record, status="queued", claimed=True)
+    return record
 
 
 @dataclass(frozen=True)
@@ -205,7 +229,7 @@ def claimed_tasks(rows: Sequence[Sequence[Any]], worker_id: str, now: float) -> 
             retry_backoff=r[6],
             timeout=r[7],
             enqueued_at=r[8],
-            started_at=now,
+            claimed_at=now,
             lease=Lease(r[0], worker_id, r[4]),
             recorded_start=r[12],
         )
@@ -264,8 +288,22 @@ class Backend(abc.ABC):
         """Renew the worker's liveness and its leases; return ids asked to cancel."""
 
     @abc.abstractmethod
-    async def finish(self, items: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
-        """Record outcomes in one transaction; each applies only if its lease holds."""
+    async def finish(
+        self,
+        items: Sequence[tuple[Lease, Outcome]],
+        started: Sequence[tuple[Lease, float]] = (),
+    ) -> list[bool]:
+        """Record outcomes in one transaction; each applies only if its lease holds.
+
+        ``started`` holds start marks: when the function of a held task began. A
+        mark of a task among ``items`` is stored as its ``started_at`` with the
+        outcome; the others (tasks still running) are written in the same
+        transaction, each only while its lease holds, and make them read as
+        running. Returns, per item, whether its outcome applied."""
+
+    async def mark_started(self, marks: Sequence[tuple[Lease, float]]) -> None:
+        """Record that held tasks started (``finish`` with start marks only)."""
+        await self.finish((), marks)
 
     @abc.abstractmethod
     async def record_start(self, lease: Lease) -> bool:
@@ -301,7 +339,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def counts(self) -> dict[tuple[str, str], int]:
-        """Number of tasks per (queue, status)."""
+        """Number of tasks per (queue, status); a claimed task that has not started
+        counts as queued."""
 
     @abc.abstractmethod
     async def retrying_counts(self) -> dict[str, int]:
@@ -310,7 +349,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def running_tasks(self) -> list[TaskRecord]:
-        """Every task now running, longest-running first (for status displays)."""
+        """Every task now running (started, not merely claimed), longest-running
+        first (for status displays)."""
+
+    @abc.abstractmethod
+    async def claimed_counts(self) -> dict[tuple[str, str], int]:
+        """Per (queue, worker id), how many tasks a worker holds but has not
+        started (prefetched); ``counts`` counts them as queued."""
 
     @abc.abstractmethod
     async def recent_failures(self, limit: int) -> list[TaskRecord]:

@@ -47,6 +47,7 @@ from sitq.backends.base import (
     WorkerRecord,
     claimed_tasks,
     task_columns,
+    task_record,
     worker_record,
 )
 from sitq.errors import ConfigurationError, DatabaseError, NotConnected, SchemaVersionError
@@ -453,6 +454,12 @@ class PostgresBackend(Backend):
             rows = await conn.fetch(self._q(q.RUNNING_TASKS))
         return [_record(row) for row in rows]
 
+    async def claimed_counts(self) -> dict[tuple[str, str], int]:
+        """Tasks held but not started, per (queue, worker id)."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.CLAIMED_COUNTS))
+        return {(row[0], row[1]): int(row[2]) for row in rows}
+
     async def recent_failures(self, limit: int) -> list[TaskRecord]:
         """The latest ``limit`` failed tasks, newest first."""
         async with self._acquire() as conn:
@@ -563,19 +570,39 @@ class PostgresBackend(Backend):
             )
         return {row[0] for row in rows if row[1]}
 
-    async def finish(self, items: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
-        """Record outcomes in one statement; each applies only if its lease holds."""
-        if not items:
+    async def finish(
+        self,
+        items: Sequence[tuple[Lease, Outcome]],
+        started: Sequence[tuple[Lease, float]] = (),
+    ) -> list[bool]:
+        """Record outcomes in one statement (and start marks of tasks still running
+        in the same transaction); each applies only if its lease holds."""
+        if not items and not started:
             return []
         now = self.now()
         leases = [lease for lease, _ in items]
         outcomes = [outcome for _, outcome in items]
+        # Each outcome takes its task's start mark; what is left marks tasks still running.
+        starts = {lease.task_id: when for lease, when in started}
+        started_at = [starts.pop(lease.task_id, None) for lease in leases]
+        running = [mark for mark in started if mark[0].task_id in starts] if starts else []
         kinds = []
         if any(o.status != "queued" for o in outcomes):
             kinds.append("results")
         if any(o.status == "queued" for o in outcomes):
             kinds.append("tasks")
-        async with self._acquire() as conn:
+        async with self._acquire() as conn, contextlib.AsyncExitStack() as stack:
+            if running:
+                await stack.enter_async_context(conn.transaction())
+                await conn.execute(
+                    self._q(q.MARK_STARTED),
+                    [lease.task_id for lease, _ in running],
+                    [lease.worker_id for lease, _ in running],
+                    [lease.attempt for lease, _ in running],
+                    [when for _, when in running],
+                )
+            if not items:
+                return []
             rows = await conn.fetch(
                 self._q(q.FINISH),
                 now,
@@ -590,6 +617,7 @@ class PostgresBackend(Backend):
                 [o.retry_at for o in outcomes],
                 kinds,
                 self._channel,
+                started_at,
             )
         applied = {(row[0], row[1], row[2]) for row in rows}
         return [(lease.task_id, lease.worker_id, lease.attempt) in applied for lease in leases]
@@ -1075,4 +1103,4 @@ def _record(row: Any) -> TaskRecord:
     for index in (12,) + ((15,) if len(values) > 15 else ()):
         if values[index] is not None:
             values[index] = bytes(values[index])
-    return TaskRecord(*values)
+    return task_record(values)

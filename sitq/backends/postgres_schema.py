@@ -6,6 +6,8 @@ server. Times are unix seconds (``double precision``), as in SQLite.
 
 from __future__ import annotations
 
+from sitq.backends.base import CLAIMED_SQL, STATUS_SQL
+
 SCHEMA_VERSION = 6
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -261,7 +263,9 @@ EXISTING_UNIQUE = """
 SELECT id FROM {s}.sitq_tasks WHERE unique_key = $1 AND status IN ('queued', 'running')
 """
 
-# SKIP LOCKED: concurrent claimers each take different rows, never waiting.
+# SKIP LOCKED: concurrent claimers each take different rows, never waiting. A
+# claimed task has not started: its worker records the start later (FINISH's
+# started_at, or MARK_STARTED).
 # @which picks the unlimited tasks (CLAIM) or those of one limit key ($6,
 # CLAIM_LIMITED).
 _CLAIM_SHAPE = """
@@ -276,7 +280,7 @@ WITH picked AS (
 )
 UPDATE {s}.sitq_tasks t
 SET status = 'running', worker_id = $1, attempts = t.attempts + 1,
-    started_at = $2, lease_expires_at = $3
+    started_at = NULL, lease_expires_at = $3
 FROM picked WHERE t.id = picked.id
 RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.retry_backoff,
     t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq, t.recorded_start
@@ -332,7 +336,8 @@ RETURNING id, cancel_requested
 TOUCH_WORKER = "UPDATE {s}.sitq_workers SET heartbeat_at = $1 WHERE id = $2"
 
 # One statement (one round trip): the update, and a NOTIFY of each kind in $11
-# once anything was applied (delivered at commit).
+# once anything was applied (delivered at commit). $13 holds each run's start
+# (NULL: keep the stored one).
 FINISH = """
 WITH done AS (
 UPDATE {s}.sitq_tasks t
@@ -344,16 +349,25 @@ SET status = CASE WHEN v.status = 'queued' AND t.cancel_requested THEN 'cancelle
                        ELSE $1::float8 END,
     expires_at = CASE WHEN v.status = 'queued' AND NOT t.cancel_requested THEN NULL
                       ELSE $1::float8 + COALESCE(t.result_ttl, $2::float8) END,
-    lease_expires_at = NULL
+    lease_expires_at = NULL, started_at = COALESCE(v.started_at, t.started_at)
 FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::bytea[], $8::text[],
-    $9::text[], $10::float8[])
-    AS v(id, worker_id, attempt, status, result, error, traceback, retry_at)
+    $9::text[], $10::float8[], $13::float8[])
+    AS v(id, worker_id, attempt, status, result, error, traceback, retry_at, started_at)
 WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
     AND t.status = 'running'
 RETURNING t.id, t.worker_id, t.attempts
 ),
 woken AS (SELECT pg_notify($12, kind) FROM unnest($11::text[]) AS k(kind))
 SELECT id, worker_id, attempts, (SELECT count(*) FROM woken) FROM done
+"""
+
+# Start marks of tasks still running; each applies only while its lease holds.
+MARK_STARTED = """
+UPDATE {s}.sitq_tasks t SET started_at = v.started_at
+FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[])
+    AS v(id, worker_id, attempt, started_at)
+WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
+    AND t.status = 'running'
 """
 
 RELEASE = """
@@ -400,7 +414,10 @@ WHERE status IN ('failed', 'cancelled') AND {where}
         AND done.status IN ('failed', 'cancelled'))))
 """
 
-COUNTS = "SELECT queue, status, count(*) FROM {s}.sitq_tasks GROUP BY queue, status"
+# Claimed tasks that have not started count as queued.
+COUNTS = f"""
+SELECT queue, {STATUS_SQL} AS state, count(*) FROM {{s}}.sitq_tasks GROUP BY queue, state
+"""
 
 # Queued tasks that ran before, per queue: both halves of the queued tasks (with
 # and without a limit key) are read from their partial indexes, not the table.
@@ -416,8 +433,13 @@ GROUP BY queue
 
 RUNNING_TASKS = f"""
 SELECT {TASK_COLUMNS} FROM {{s}}.sitq_tasks
-WHERE status = 'running'
+WHERE status = 'running' AND started_at IS NOT NULL
 ORDER BY started_at
+"""
+
+CLAIMED_COUNTS = f"""
+SELECT queue, worker_id, count(*) FROM {{s}}.sitq_tasks WHERE {CLAIMED_SQL}
+GROUP BY queue, worker_id
 """
 
 RECENT_FAILURES = f"""
@@ -502,18 +524,20 @@ BATCH_MEMBERS = """
 SELECT position, task_id FROM {s}.sitq_batch_tasks WHERE batch_id = $1 ORDER BY position
 """
 
-COUNT_BATCH_STATUSES = """
-SELECT t.status, count(*) FROM {s}.sitq_batch_tasks b JOIN {s}.sitq_tasks t ON t.id = b.task_id
-WHERE b.batch_id = $1 GROUP BY t.status
+COUNT_BATCH_STATUSES = f"""
+SELECT {STATUS_SQL} AS state, count(*)
+FROM {{s}}.sitq_batch_tasks b JOIN {{s}}.sitq_tasks t ON t.id = b.task_id
+WHERE b.batch_id = $1 GROUP BY state
 """
 
 DELETE_BATCH = "DELETE FROM {s}.sitq_batches WHERE id = $1"
 
-COUNT_STATUSES = """
-SELECT status, count(*) FROM {s}.sitq_tasks WHERE id = ANY($1::text[]) GROUP BY status
+COUNT_STATUSES = f"""
+SELECT {STATUS_SQL} AS state, count(*) FROM {{s}}.sitq_tasks WHERE id = ANY($1::text[])
+GROUP BY state
 """
 
-TASK_STATUSES = "SELECT id, status FROM {s}.sitq_tasks WHERE id = ANY($1::text[])"
+TASK_STATUSES = f"SELECT id, {STATUS_SQL} FROM {{s}}.sitq_tasks WHERE id = ANY($1::text[])"
 
 CANCEL_QUEUED_MANY = """
 UPDATE {s}.sitq_tasks
@@ -615,8 +639,8 @@ LIST_COLUMNS = (
 
 # Every task, newest id first (the primary key's index). {after} is empty on the
 # first page, else "AND id < $2".
-LIST_WINDOW_TASKS = """
-SELECT id, id, queue, status FROM {{s}}.sitq_tasks WHERE true {after}
+LIST_WINDOW_TASKS = f"""
+SELECT id, id, queue, {STATUS_SQL} FROM {{{{s}}}}.sitq_tasks WHERE true {{after}}
 ORDER BY id DESC LIMIT $1
 """
 
@@ -631,14 +655,14 @@ ORDER BY finished_at DESC, id DESC LIMIT $1
 # Running tasks from their partial index (few rows).
 LIST_WINDOW_RUNNING = """
 SELECT id, id, queue, status FROM {{s}}.sitq_tasks
-WHERE status = 'running' AND lease_expires_at IS NOT NULL {after}
+WHERE status = 'running' AND lease_expires_at IS NOT NULL AND started_at IS NOT NULL {after}
 ORDER BY id DESC LIMIT $1
 """
 
 # A batch's stored members in batch order.
-LIST_WINDOW_BATCH = """
-SELECT b.position, t.id, t.queue, t.status
-FROM {s}.sitq_batch_tasks b JOIN {s}.sitq_tasks t ON t.id = b.task_id
+LIST_WINDOW_BATCH = f"""
+SELECT b.position, t.id, t.queue, {STATUS_SQL}
+FROM {{s}}.sitq_batch_tasks b JOIN {{s}}.sitq_tasks t ON t.id = b.task_id
 WHERE b.batch_id = $2 AND b.position > $3
 ORDER BY b.position LIMIT $1
 """

@@ -39,6 +39,7 @@ from sitq.backends.base import (
     WorkerRecord,
     claimed_tasks,
     task_columns,
+    task_record,
     worker_record,
 )
 from sitq.backends.sqlite_enqueue import (
@@ -563,7 +564,7 @@ class SQLiteBackend(Backend):
                 f"SELECT {columns} FROM sitq_tasks WHERE id IN ({marks})", chunk
             )
             for row in rows:
-                found[row[0]] = TaskRecord(*row)
+                found[row[0]] = task_record(row)
         return found
 
     async def cancel(self, task_id: str) -> str | None:
@@ -638,6 +639,10 @@ class SQLiteBackend(Backend):
         """Every running task, longest-running first."""
         return [TaskRecord(*row) for row in await self._read(q.RUNNING_TASKS)]
 
+    async def claimed_counts(self) -> dict[tuple[str, str], int]:
+        """Tasks held but not started, per (queue, worker id)."""
+        return {(row[0], row[1]): int(row[2]) for row in await self._read(q.CLAIMED_COUNTS)}
+
     async def recent_failures(self, limit: int) -> list[TaskRecord]:
         """The latest ``limit`` failed tasks, newest first."""
         return [TaskRecord(*row) for row in await self._read(q.RECENT_FAILURES, (limit,))]
@@ -672,7 +677,7 @@ class SQLiteBackend(Backend):
             rows += await self._claim_limited(worker_id, queues, limit, now, now + lease_seconds)
         if len(rows) < limit:
             sql = q.CLAIM.format(queues=",".join("?" * len(queues)))
-            params = [worker_id, now, now + lease_seconds, *queues, now, limit - len(rows)]
+            params = [worker_id, now + lease_seconds, *queues, now, limit - len(rows)]
             rows += await self._write(lambda: conn.execute_fetchall(sql, params))
         if not rows:
             return []
@@ -705,7 +710,7 @@ class SQLiteBackend(Backend):
                 allowed = min(room - len(taken), base.limit_room_allowed(row, room))
                 if allowed <= 0:
                     continue
-                params = (worker_id, now, expires, *queues, now, key, allowed)
+                params = (worker_id, expires, *queues, now, key, allowed)
                 claimed = list(await conn.execute_fetchall(sql, params))
                 if claimed and per_seconds is not None:
                     await conn.executemany(q.RECORD_START, [(key, now)] * len(claimed))
@@ -741,15 +746,33 @@ class SQLiteBackend(Backend):
         rows = await self._transaction(body)
         return {row[0] for row in rows if row[1]}
 
-    async def finish(self, items: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
-        """Record outcomes; each applies only if the lease is still held."""
+    async def finish(
+        self,
+        items: Sequence[tuple[Lease, Outcome]],
+        started: Sequence[tuple[Lease, float]] = (),
+    ) -> list[bool]:
+        """Record outcomes and start marks; each applies only if its lease is still held."""
         if not items:
+            if started:
+                await self._mark_started(started)
             return []
         conn = self._connection()
         now = self.now()
         ttl = self.default_result_ttl
+        # Each outcome takes its task's start mark; what is left marks tasks still running.
+        starts = {lease.task_id: when for lease, when in started}
         final = [
-            (o.status, o.result, o.error, o.traceback, now, now, ttl, *lease_key(lease))
+            (
+                o.status,
+                o.result,
+                o.error,
+                o.traceback,
+                now,
+                now,
+                ttl,
+                starts.pop(lease.task_id, None),
+                *lease_key(lease),
+            )
             for lease, o in items
             if o.status != "queued"
         ]
@@ -765,11 +788,13 @@ class SQLiteBackend(Backend):
                 "retry_at": o.retry_at,
                 "now": now,
                 "ttl": ttl,
+                "started_at": starts.pop(lease.task_id, None),
             }
             for lease, o in items
             if o.status == "queued"
         ]
-        if len(items) == 1:
+        running = _marks_json([m for m in started if m[0].task_id in starts]) if starts else None
+        if len(items) == 1 and running is None:
             sql, row = (q.FINISH, final[0]) if final else (q.FINISH_OR_RETRY, retries[0])
             cursor = await self._write(lambda: conn.execute(sql, row))
             applied = [cursor.rowcount == 1]
@@ -777,6 +802,8 @@ class SQLiteBackend(Backend):
 
             async def body() -> int:
                 count = 0
+                if running is not None:
+                    await conn.execute(q.MARK_STARTED, (running,))
                 if final:
                     count += (await conn.executemany(q.FINISH, final)).rowcount
                 if retries:
@@ -792,6 +819,11 @@ class SQLiteBackend(Backend):
         if any(outcome.status == "queued" for _, outcome in items):
             self._wakeup.notify("tasks")
         return applied
+
+    async def _mark_started(self, marks: Sequence[tuple[Lease, float]]) -> None:
+        conn = self._connection()
+        running = _marks_json(marks)
+        await self._write(lambda: conn.execute(q.MARK_STARTED, (running,)))
 
     async def _finished_by(self, items: Sequence[tuple[Lease, Outcome]], now: float) -> list[bool]:
         """After a batch in which some writes were refused: which were applied.
@@ -1046,7 +1078,7 @@ class SQLiteBackend(Backend):
             window = [(str(r[0]), r[1], r[2], r[3]) for r in rows]
         ids, next_cursor = base.window_matches(window, queue, status, limit, len(rows) == size)
         found = await self._read(q.LIST_TASKS_BY_ID, (json.dumps(ids),)) if ids else []
-        records = {row[0]: TaskRecord(*row) for row in found}
+        records = {row[0]: task_record(row) for row in found}
         tasks = [records[task_id] for task_id in ids if task_id in records]
         return base.TaskPage(tasks, next_cursor)
 
@@ -1362,6 +1394,11 @@ class _WorkflowWrites:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _marks_json(marks: Sequence[tuple[Lease, float]]) -> str:
+    """Start marks as MARK_STARTED's JSON array of [id, worker_id, attempt, started_at]."""
+    return json.dumps([[*lease_key(lease), when] for lease, when in marks])
 
 
 def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None) -> None:

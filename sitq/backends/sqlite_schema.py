@@ -5,6 +5,8 @@ Kept apart from the backend's logic so the SQL can be read in one place.
 
 from __future__ import annotations
 
+from sitq.backends.base import CLAIMED_SQL, STATUS_SQL
+
 SCHEMA_VERSION = 6
 
 # Each entry upgrades the schema from version (key - 1) to version key.
@@ -251,11 +253,12 @@ SELECT id FROM sitq_tasks WHERE unique_key = ? AND status IN ('queued', 'running
 
 # {queues} is filled with one placeholder per queue name; @which picks the
 # unlimited tasks (CLAIM) or those of one limit key (CLAIM_LIMITED, one more
-# parameter after the time).
+# parameter after the time). A claimed task has not started: its worker
+# records the start later (FINISH's started_at, or MARK_STARTED).
 _CLAIM_SHAPE = """
 UPDATE sitq_tasks
 SET status = 'running', worker_id = ?, attempts = attempts + 1,
-    started_at = ?, lease_expires_at = ?
+    started_at = NULL, lease_expires_at = ?
 WHERE rowid IN (
     SELECT rowid FROM sitq_tasks
     WHERE status = 'queued' AND queue IN ({queues}) AND available_at <= ?
@@ -324,11 +327,13 @@ RETURNING id, cancel_requested
 
 TOUCH_WORKER = "UPDATE sitq_workers SET heartbeat_at = ? WHERE id = ?"
 
-# A final outcome (succeeded, failed, cancelled): the hot path, kept lean.
+# A final outcome (succeeded, failed, cancelled): the hot path, kept lean. The
+# start time comes with it (NULL: keep the stored one).
 FINISH = """
 UPDATE sitq_tasks
 SET status = ?, result = ?, error = ?, traceback = ?, finished_at = ?,
-    expires_at = ? + COALESCE(result_ttl, ?), lease_expires_at = NULL
+    expires_at = ? + COALESCE(result_ttl, ?), lease_expires_at = NULL,
+    started_at = COALESCE(?, started_at)
 WHERE id = ? AND worker_id = ? AND attempts = ? AND status = 'running'
 """
 
@@ -340,12 +345,24 @@ SET status = CASE WHEN :status = 'queued' AND cancel_requested = 1 THEN 'cancell
                   ELSE :status END,
     result = :result, error = :error, traceback = :traceback,
     available_at = COALESCE(:retry_at, available_at),
+    started_at = COALESCE(:started_at, started_at),
     finished_at = CASE WHEN :status = 'queued' AND cancel_requested = 0 THEN NULL
                        ELSE :now END,
     expires_at = CASE WHEN :status = 'queued' AND cancel_requested = 0 THEN NULL
                       ELSE :now + COALESCE(result_ttl, :ttl) END,
     lease_expires_at = NULL
 WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'running'
+"""
+
+# Start marks of tasks still running, as a JSON array of
+# [id, worker_id, attempt, started_at]; each applies only while its lease holds.
+MARK_STARTED = """
+UPDATE sitq_tasks SET started_at = m.started_at
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS worker_id,
+             json_extract(value, '$[2]') AS attempt, json_extract(value, '$[3]') AS started_at
+      FROM json_each(?)) AS m
+WHERE sitq_tasks.id = m.id AND sitq_tasks.worker_id = m.worker_id
+    AND sitq_tasks.attempts = m.attempt AND sitq_tasks.status = 'running'
 """
 
 # Back to the queue, the attempt not counted; but a task asked to cancel meanwhile
@@ -388,7 +405,10 @@ WHERE status IN ('failed', 'cancelled') AND {where}
         AND done.status IN ('failed', 'cancelled'))))
 """
 
-COUNTS = "SELECT queue, status, COUNT(*) FROM sitq_tasks GROUP BY queue, status"
+# Claimed tasks that have not started count as queued.
+COUNTS = f"""
+SELECT queue, {STATUS_SQL} AS state, COUNT(*) FROM sitq_tasks GROUP BY queue, state
+"""
 
 # Queued tasks that ran before, per queue: both halves of the queued tasks (with
 # and without a limit key) are read from their partial indexes, not the table.
@@ -406,8 +426,14 @@ GROUP BY queue
 # their partial index instead of scanning the table.
 RUNNING_TASKS = f"""
 SELECT {TASK_COLUMNS} FROM sitq_tasks
-WHERE status = 'running' AND lease_expires_at >= 0
+WHERE status = 'running' AND lease_expires_at >= 0 AND started_at IS NOT NULL
 ORDER BY started_at
+"""
+
+CLAIMED_COUNTS = f"""
+SELECT queue, worker_id, COUNT(*) FROM sitq_tasks
+WHERE {CLAIMED_SQL} AND lease_expires_at >= 0
+GROUP BY queue, worker_id
 """
 
 RECENT_FAILURES = f"""
@@ -490,22 +516,24 @@ BATCH_MEMBERS = """
 SELECT position, task_id FROM sitq_batch_tasks WHERE batch_id = ? ORDER BY position
 """
 
-COUNT_BATCH_STATUSES = """
-SELECT t.status, COUNT(*) FROM sitq_batch_tasks b JOIN sitq_tasks t ON t.id = b.task_id
-WHERE b.batch_id = ? GROUP BY t.status
+COUNT_BATCH_STATUSES = f"""
+SELECT {STATUS_SQL} AS state, COUNT(*)
+FROM sitq_batch_tasks b JOIN sitq_tasks t ON t.id = b.task_id
+WHERE b.batch_id = ? GROUP BY state
 """
 
 DELETE_BATCH_TASKS = "DELETE FROM sitq_batch_tasks WHERE batch_id = ?"
 DELETE_BATCH = "DELETE FROM sitq_batches WHERE id = ?"
 
 # Any number of ids in one query: a JSON array parameter.
-COUNT_STATUSES = """
-SELECT status, COUNT(*) FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
-GROUP BY status
+COUNT_STATUSES = f"""
+SELECT {STATUS_SQL} AS state, COUNT(*) FROM sitq_tasks
+WHERE id IN (SELECT value FROM json_each(?))
+GROUP BY state
 """
 
-TASK_STATUSES = """
-SELECT id, status FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
+TASK_STATUSES = f"""
+SELECT id, {STATUS_SQL} FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
 """
 
 CANCEL_QUEUED_MANY = """
@@ -588,8 +616,8 @@ LIST_COLUMNS = (
 )
 
 # Every task, newest id first (the primary key's index).
-LIST_WINDOW_TASKS = """
-SELECT id, id, queue, status FROM sitq_tasks WHERE id < ? ORDER BY id DESC LIMIT ?
+LIST_WINDOW_TASKS = f"""
+SELECT id, id, queue, {STATUS_SQL} FROM sitq_tasks WHERE id < ? ORDER BY id DESC LIMIT ?
 """
 
 # Failures, newest first, from their partial index; keyset (finished_at, id).
@@ -604,13 +632,13 @@ ORDER BY finished_at DESC, id DESC LIMIT :limit
 # walking the primary key instead.
 LIST_WINDOW_RUNNING = """
 SELECT id, id, queue, status FROM sitq_tasks
-WHERE status = 'running' AND lease_expires_at >= 0 AND +id < ?
+WHERE status = 'running' AND lease_expires_at >= 0 AND started_at IS NOT NULL AND +id < ?
 ORDER BY +id DESC LIMIT ?
 """
 
 # A batch's stored members in batch order.
-LIST_WINDOW_BATCH = """
-SELECT b.position, t.id, t.queue, t.status
+LIST_WINDOW_BATCH = f"""
+SELECT b.position, t.id, t.queue, {STATUS_SQL}
 FROM sitq_batch_tasks b JOIN sitq_tasks t ON t.id = b.task_id
 WHERE b.batch_id = ? AND b.position > ?
 ORDER BY b.position LIMIT ?

@@ -88,12 +88,14 @@ async def start(
     backend: Backend, *, worker: str = "w1", lease: float = LONG_LEASE, **options
 ) -> ClaimedTask:
     """Enqueue one task (on a queue of its own unless given), claim it and start
-    it (its start recorded: a lost lease then counts the attempt)."""
+    it: its start recorded (a lost lease then counts the attempt) and marked (it
+    reads as running)."""
     options.setdefault("queue", f"solo-{new_task_id()}")
     task_id = await enqueue(backend, **options)
     [claimed] = await backend.claim(worker, [options["queue"]], 1, lease)
     assert claimed.id == task_id
     assert await backend.record_start(claimed.lease)
+    await backend.mark_started([(claimed.lease, backend.now())])
     return claimed
 
 
@@ -130,7 +132,7 @@ async def settled(backend: Backend, task: ClaimedTask) -> TaskRecord:
     async def probe() -> TaskRecord | None:
         await backend.claim("bystander", [task.queue], 1, LONG_LEASE)
         current = await record(backend, task.id)
-        return None if current.status == "running" else current
+        return None if current.status == "running" or current.claimed else current
 
     return await eventually(probe)
 
@@ -276,13 +278,104 @@ async def test_claimed_task_carries_its_data_and_lease(backend):
     assert claimed.lease == Lease(task.id, "w1", 1)
 
 
-async def test_claimed_task_is_stored_running_under_its_worker(backend):
+async def test_claimed_task_reads_queued_and_claimed_under_its_worker_until_it_starts(backend):
     task_id = await enqueue(backend)
     before = backend.now()
-    await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
+    [claimed] = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
+    assert before <= claimed.claimed_at <= backend.now()
     stored = await record(backend, task_id)
-    assert (stored.status, stored.worker_id, stored.attempts) == ("running", "w1", 1)
-    assert before <= stored.started_at <= backend.now()
+    assert (stored.status, stored.claimed, stored.worker_id, stored.attempts) == (
+        "queued",
+        True,
+        "w1",
+        1,
+    )
+    assert stored.started_at is None
+    assert await backend.task_statuses([task_id]) == {task_id: "queued"}
+    assert await backend.count_statuses([task_id]) == {"queued": 1}
+
+
+async def test_start_mark_makes_a_claimed_task_running_with_its_start_time(backend):
+    task_id = await enqueue(backend)
+    [claimed] = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
+    started_at = backend.now() + 0.5  # the worker's own reading of its clock
+    await backend.mark_started([(claimed.lease, started_at)])
+    stored = await record(backend, task_id)
+    assert (stored.status, stored.claimed, stored.started_at) == ("running", False, started_at)
+    assert await backend.task_statuses([task_id]) == {task_id: "running"}
+    assert [r.id for r in await backend.running_tasks()] == [task_id]
+    assert await backend.claimed_counts() == {}
+
+
+@wrong_lease
+async def test_start_mark_with_a_wrong_lease_changes_nothing(backend, spoil):
+    task_id = await enqueue(backend)
+    [claimed] = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
+    await backend.mark_started([(spoil(claimed.lease), backend.now())])
+    stored = await record(backend, task_id)
+    assert (stored.status, stored.claimed, stored.started_at) == ("queued", True, None)
+
+
+async def test_finish_stores_the_start_given_with_the_outcome(backend):
+    ids = await enqueue_many(backend, 2)
+    done, retried = await backend.claim("w1", [DEFAULT], 2, LONG_LEASE)
+    retry = Outcome("queued", error="E", retry_at=backend.now() + 60)
+    starts = [(done.lease, backend.now() + 1.0), (retried.lease, backend.now() + 2.0)]
+    assert await backend.finish([(done.lease, SUCCEEDED), (retried.lease, retry)], starts) == [
+        True,
+        True,
+    ]
+    records = await backend.get_tasks(ids)
+    assert (records[done.id].status, records[done.id].started_at) == ("succeeded", starts[0][1])
+    assert (records[retried.id].status, records[retried.id].started_at) == (
+        "queued",
+        starts[1][1],
+    )
+    assert not records[retried.id].claimed
+
+
+async def test_finish_writes_start_marks_of_tasks_still_running_with_the_outcomes(backend):
+    await enqueue_many(backend, 3)
+    done, running, waiting = await backend.claim("w1", [DEFAULT], 3, LONG_LEASE)
+    started_at = backend.now()
+    marks = [(done.lease, started_at), (running.lease, started_at + 0.25)]
+    assert await backend.finish([(done.lease, SUCCEEDED)], marks) == [True]
+    records = await backend.get_tasks([done.id, running.id, waiting.id])
+    assert (records[done.id].status, records[done.id].started_at) == ("succeeded", started_at)
+    assert (records[running.id].status, records[running.id].started_at) == (
+        "running",
+        started_at + 0.25,
+    )
+    assert (records[waiting.id].status, records[waiting.id].claimed) == ("queued", True)
+    assert await backend.claimed_counts() == {(DEFAULT, "w1"): 1}
+
+
+async def test_finish_without_a_start_keeps_the_stored_one(backend):
+    claimed = await start(backend)
+    stored_start = (await record(backend, claimed.id)).started_at
+    assert stored_start is not None
+    assert await backend.finish([(claimed.lease, SUCCEEDED)]) == [True]
+    assert (await record(backend, claimed.id)).started_at == stored_start
+
+
+async def test_claimed_task_of_a_lost_worker_goes_back_to_the_queue(backend, reclaim_immediately):
+    task_id = await enqueue(backend, queue="lost")
+    [lost] = await backend.claim("w1", ["lost"], 1, SHORT_LEASE)  # claimed, never started
+    again = await take_over(backend, "lost", "w2")
+    assert (again.id, again.attempts) == (task_id, 2)
+    assert await backend.finish([(lost.lease, SUCCEEDED)], [(lost.lease, 1.0)]) == [False]
+    await backend.mark_started([(lost.lease, 1.0)])  # the lost worker's late mark
+    stored = await record(backend, task_id)
+    assert (stored.status, stored.claimed, stored.worker_id) == ("queued", True, "w2")
+    assert stored.started_at is None
+
+
+async def test_release_of_a_claimed_task_queues_it_again(backend):
+    task_id = await enqueue(backend)
+    [claimed] = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
+    assert await backend.release([claimed.lease]) == 1
+    stored = await record(backend, task_id)
+    assert (stored.status, stored.claimed, stored.attempts) == ("queued", False, 0)
 
 
 async def test_claim_does_not_take_a_task_under_a_live_lease(backend, reclaim_immediately):
@@ -635,6 +728,7 @@ async def test_counts_tasks_per_queue_and_status(backend):
     await enqueue_many(backend, 3, queue="a")
     await enqueue(backend, queue="b")
     running = await backend.claim("w1", ["a"], 2, LONG_LEASE)
+    await backend.mark_started([(running[1].lease, backend.now())])
     assert await backend.finish([(running[0].lease, SUCCEEDED)]) == [True]
     assert await backend.counts() == {
         ("a", "queued"): 1,
@@ -642,6 +736,21 @@ async def test_counts_tasks_per_queue_and_status(backend):
         ("a", "succeeded"): 1,
         ("b", "queued"): 1,
     }
+
+
+async def test_counts_a_claimed_task_as_queued_and_claimed_counts_it_per_worker(backend):
+    await enqueue_many(backend, 4, queue="a")
+    first = await backend.claim("w1", ["a"], 2, LONG_LEASE)
+    second = await backend.claim("w2", ["a"], 1, LONG_LEASE)
+    await backend.mark_started([(first[0].lease, backend.now())])
+    assert await backend.counts() == {("a", "queued"): 3, ("a", "running"): 1}
+    assert await backend.claimed_counts() == {("a", "w1"): 1, ("a", "w2"): 1}
+    assert [r.id for r in await backend.running_tasks()] == [first[0].id]
+    page = await backend.list_tasks(status="running")
+    assert [t.id for t in page.tasks] == [first[0].id]
+    queued = await backend.list_tasks(status="queued")
+    claimed = {t.id for t in queued.tasks if t.claimed}
+    assert claimed == {first[1].id, second[0].id} and len(queued.tasks) == 3
 
 
 async def test_counts_of_an_empty_store_is_empty(backend):
@@ -654,6 +763,8 @@ async def test_running_tasks_lists_what_runs_longest_first(backend):
     second = await backend.claim("w2", [DEFAULT], 1, LONG_LEASE)
     assert await backend.finish([(second[0].lease, SUCCEEDED)]) == [True]
     third = await backend.claim("w2", [DEFAULT], 1, LONG_LEASE)
+    now = backend.now()
+    await backend.mark_started([(third[0].lease, now), (first[0].lease, now - 1)])
     running = await backend.running_tasks()
     assert [(r.id, r.worker_id, r.status) for r in running] == [
         (first[0].id, "w1", "running"),

@@ -35,7 +35,8 @@ async def run(backend: Backend, queue: str, outcomes: list[Outcome]) -> list[str
     ids = []
     for outcome in outcomes:
         [claimed] = await backend.claim("w1", [queue], 1, LEASE)
-        assert await backend.finish([(claimed.lease, outcome)]) == [True]
+        started = [(claimed.lease, backend.now())]
+        assert await backend.finish([(claimed.lease, outcome)], started) == [True]
         ids.append(claimed.id)
     return ids
 
@@ -150,6 +151,7 @@ async def test_running_tasks(backend: Backend) -> None:
     ids = await enqueue(backend, 4, "q")
     claimed = await backend.claim("w1", ["q"], 3, LEASE)
     assert [c.id for c in claimed] == ids[:3]
+    await backend.mark_started([(c.lease, backend.now()) for c in claimed])
     listed, _ = await every_page(backend, status="running", limit=2)
     assert listed == ids[2::-1]
     listed, _ = await every_page(backend, status="running", queue="other")
