@@ -349,6 +349,7 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
     workers = await backend.list_workers()
     running = await backend.running_tasks()
     ready = await backend.ready_summary()
+    claimed = await backend.claimed_counts()
     failed = await backend.recent_failures(failures) if failures else []
     schedule_records = await backend.list_schedules()
     paused = await backend.paused_queues()
@@ -358,6 +359,12 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
     queues: dict[str, dict[str, Any]] = {}
     for (queue, state), count in counts.items():
         queues.setdefault(queue, dict.fromkeys(statuses, 0))[state] = count
+    # Of the queued tasks, those a worker holds (prefetched) and has not started.
+    claimed_by: dict[str, int] = {}
+    for (queue, worker_id), count in claimed.items():
+        row = queues.setdefault(queue, dict.fromkeys(statuses, 0))
+        row["claimed"] = row.get("claimed", 0) + count
+        claimed_by[worker_id] = claimed_by.get(worker_id, 0) + count
     for queue, row in queues.items():
         available_at, row["ready"] = ready.get(queue, (None, 0))
         # Queued but not yet due: a delay, an eta or a retry's backoff.
@@ -388,6 +395,7 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
             if w.stopped_at
             else ("alive" if w.alive(now, WORKER_STALE_AFTER) else "dead"),
             "running": by_worker.get(w.id, []),
+            "claimed": claimed_by.get(w.id, 0),
         }
         for w in workers
     ]
@@ -409,6 +417,7 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
         row.setdefault("delayed", 0)
     for queue, row in queues.items():
         row["paused"] = queue in paused
+        row.setdefault("claimed", 0)
     schedule_rows = [
         {
             "name": record.name,
@@ -455,6 +464,7 @@ def _render_status(report: dict[str, Any]) -> str:
             + "".join(f"{row[s]:>11}" for s in columns)
             + f"{'-' if wait is None else _age(wait):>13}"
             + ("  (paused)" if row["paused"] else "")
+            + (f"  ({row['claimed']} queued claimed by workers)" if row.get("claimed") else "")
         )
     if not queues:
         lines.append("(no tasks)")
@@ -474,6 +484,8 @@ def _render_status(report: dict[str, Any]) -> str:
                 f"      running {task['id']} {task['task']} (attempt {task['attempt']}, "
                 f"for {_age(task['running_seconds'])})"
             )
+        if w["claimed"]:
+            lines.append(f"      holds {w['claimed']} claimed, not started yet")
     if report["schedules"]:
         lines.append("\nschedules:")
         for schedule in report["schedules"]:
@@ -575,7 +587,12 @@ def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) ->
         ("id", record.id),
         ("call", call),
         ("queue", record.queue),
-        ("status", record.status),
+        (
+            "status",
+            f"{record.status} (claimed by worker {record.worker_id}, not started)"
+            if record.claimed
+            else record.status,
+        ),
         ("priority", record.priority),
         ("attempts", f"{record.attempts} (max retries {record.max_retries})"),
         ("enqueued", _when(record.enqueued_at)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import jobs
 import pytest
-from support import TESTS_DIR, WorkerProcess, await_until, subprocess_env, wait_until
+from support import SITQ, TESTS_DIR, WorkerProcess, await_until, subprocess_env, wait_until
 
 from sitq import TaskQueue, TaskStatus
 
@@ -84,6 +85,7 @@ async def test_sigterm_lets_a_running_task_finish_and_exits_zero(
         task_id = await queue.enqueue(jobs.record, str(log), "two-seconds", 2.0)
 
         async def running() -> bool:
+            # RUNNING means its function started (a claim alone reads QUEUED).
             return await queue.status(task_id) is TaskStatus.RUNNING
 
         await await_until(running, 15, "the task to start")
@@ -94,6 +96,80 @@ async def test_sigterm_lets_a_running_task_finish_and_exits_zero(
         assert "draining" in worker.output()
         stats = await queue.stats()
         assert stats["workers_alive"] == 0
+
+
+def sitq_cli(*args: str) -> str:
+    """Run `sitq ARGS` as a user does; its output (it must succeed)."""
+    done = subprocess.run(
+        [SITQ, *args], capture_output=True, text=True, env=subprocess_env(), timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+async def test_a_prefetched_task_reads_queued_shows_as_claimed_and_sigterm_gives_it_back(
+    db_url: str, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    started, release, log = tmp_path / "started", tmp_path / "release", tmp_path / "runs.log"
+    async with TaskQueue(db_url) as queue:
+        worker = spawn_worker("--grace", "20", "--prefetch", "1", db=db_url).wait_started()
+        first = await queue.enqueue(jobs.wait_for_file, str(started), str(release), 30.0)
+        second = await queue.enqueue(jobs.record, str(log), "second")
+
+        async def first_runs_and_second_is_held() -> bool:
+            held = (await queue.backend.get_tasks([second]))[second].worker_id is not None
+            return started.exists() and held
+
+        await await_until(first_runs_and_second_is_held, 15, "a run and a prefetched task")
+        # The prefetched task has not started: it is not reported running.
+        assert await queue.status(second) is TaskStatus.QUEUED
+
+        async def first_reads_running() -> bool:
+            return await queue.status(first) is TaskStatus.RUNNING
+
+        await await_until(first_reads_running, 5, "the started task to read as running")
+        report = json.loads(sitq_cli("status", "--json", "--db", db_url))
+        row = report["queues"]["default"]
+        assert (row["queued"], row["running"], row["claimed"]) == (1, 1, 1)
+        [held_by] = [w for w in report["workers"] if w["state"] == "alive"]
+        assert held_by["claimed"] == 1 and [t["id"] for t in held_by["running"]] == [first]
+        assert "claimed by worker" in sitq_cli("inspect", second, "--db", db_url)
+        worker.send(signal.SIGTERM)
+        await await_until(lambda: _released(queue, second), 10, "the prefetched task back")
+        release.touch()
+        assert worker.wait(20) == 0, worker.output()
+        result = await queue.get_result(first, timeout=0)
+        assert result is not None and result.ok and result.attempts == 1
+        record = (await queue.backend.get_tasks([second]))[second]
+        assert (record.status, record.claimed, record.attempts) == ("queued", False, 0)
+        assert not log.exists()  # it never ran
+
+
+async def _released(queue: TaskQueue, task_id: str) -> bool:
+    record = (await queue.backend.get_tasks([task_id]))[task_id]
+    return record.worker_id is None and not record.claimed
+
+
+async def test_started_at_is_when_the_function_started_not_when_it_was_claimed(
+    db_url: str, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    log = tmp_path / "times.log"
+    async with TaskQueue(db_url) as queue:
+        spawn_worker("--concurrency", "1", "--prefetch", "1", db=db_url).wait_started()
+        first = await queue.enqueue(jobs.record_times, str(log), "first", 0.5)
+        second = await queue.enqueue(jobs.record_times, str(log), "second", 0.0)
+        one = await queue.get_result(first, timeout=20)
+        two = await queue.get_result(second, timeout=20)
+    assert one is not None and one.ok and two is not None and two.ok
+    times = {
+        tuple(line.split()[:2]): float(line.split()[2]) for line in log.read_text().splitlines()
+    }
+    assert one.started_at is not None and two.started_at is not None
+    # Each started_at is taken just before its function's first line ran...
+    assert one.started_at.timestamp() <= times["S", "first"] < one.started_at.timestamp() + 1
+    assert two.started_at.timestamp() <= times["S", "second"]
+    # ...so the second, claimed while the first ran, started after the first ended.
+    assert two.started_at.timestamp() >= times["D", "first"]
 
 
 @pytest.mark.slow

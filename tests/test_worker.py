@@ -303,14 +303,16 @@ class TestMisbehavingTasks:
 
             async def all_held() -> bool:
                 records = await queue.backend.get_tasks([long, *waiting])
-                return all(r.status == "running" for r in records.values())
+                return records[long].status == "running" and all(
+                    records[i].claimed for i in waiting
+                )
 
             await await_until(all_held, 10, "the worker to hold all three")
             stopping = asyncio.create_task(w.stop(timeout=10))
 
             async def released() -> bool:
-                statuses = [await queue.status(i) for i in waiting]
-                return all(status is TaskStatus.QUEUED for status in statuses)
+                records = await queue.backend.get_tasks(waiting)
+                return all(r.status == "queued" and not r.claimed for r in records.values())
 
             await await_until(released, 1.5, "the prefetched tasks to be released")
             assert not stopping.done()  # still inside the grace period

@@ -41,6 +41,7 @@ class QueueRow:
     oldest_wait: float | None
     trend: QueueTrend
     paused: bool = False
+    claimed: int = 0  # of the queued, held by a worker that has not started them
 
 
 @dataclass
@@ -55,6 +56,7 @@ class WorkerRow:
     heartbeat_age: float
     state: str  # alive, dead or stopped
     running: list[TaskRecord] = field(default_factory=list)
+    claimed: int = 0  # tasks it holds and has not started (prefetched)
 
 
 @dataclass
@@ -121,6 +123,9 @@ async def queue_table(
     oldest = await backend.oldest_waiting()
     paused = set(await queue.paused())
     now = backend.now()
+    claimed_in: dict[str, int] = {}
+    for (name, _), n in (await backend.claimed_counts()).items():
+        claimed_in[name] = claimed_in.get(name, 0) + n
     names = sorted(set(sample.by_queue) | set(oldest) | paused)
     totals = dict.fromkeys(STATUSES, 0)
     counts_of: dict[str, dict[str, int]] = {}
@@ -150,6 +155,7 @@ async def queue_table(
                 None if waited is None else max(0.0, now - waited),
                 history.trend(name),
                 name in paused,
+                claimed_in.get(name, 0),
             )
         )
     return QueueTable(rows, totals, sample.at), len(names)
@@ -178,6 +184,9 @@ async def overview(
     by_worker: dict[str, list[TaskRecord]] = {}
     for task in running:
         by_worker.setdefault(task.worker_id or "?", []).append(task)
+    claimed_by: dict[str, int] = {}  # tasks each worker holds and has not started
+    for (_, worker_id), n in (await backend.claimed_counts()).items():
+        claimed_by[worker_id] = claimed_by.get(worker_id, 0) + n
     workers: list[WorkerRow] = []
     stopped = 0
     for w in await backend.list_workers():
@@ -195,6 +204,7 @@ async def overview(
                 max(0.0, now - w.heartbeat_at),
                 state,
                 by_worker.get(w.id, []),
+                claimed_by.get(w.id, 0),
             )
         )
     failures = await backend.recent_failures(RECENT_FAILURES)
