@@ -33,6 +33,7 @@ from sitq import (
     TaskStatus,
     Worker,
 )
+from sitq.backends.base import STATUS_SQL
 from sitq.batch import (
     Batch,
     BatchExists,
@@ -99,12 +100,15 @@ async def worker(db_path: Path, queue: TaskQueue) -> AsyncIterator[Worker]:
 
 
 def db_counts(db_path: Path, ids: list[str]) -> dict[str, int]:
-    """The statuses of ``ids`` read straight from the database file."""
+    """The statuses of ``ids`` read straight from the database file (a task claimed
+    but not started is queued)."""
     conn = sqlite3.connect(db_path)
     try:
         marks = ",".join("?" * len(ids))
         rows = conn.execute(
-            f"SELECT status, count(*) FROM sitq_tasks WHERE id IN ({marks}) GROUP BY status", ids
+            f"SELECT {STATUS_SQL} AS state, count(*) FROM sitq_tasks WHERE id IN ({marks}) "
+            "GROUP BY state",
+            ids,
         ).fetchall()
     finally:
         conn.close()
@@ -374,6 +378,12 @@ async def test_progress_counts_match_the_database_at_each_step(
         )
         cancelled = await bp.cancel(batch)
         assert set(cancelled) <= set(ids[2:])
+
+        async def none_queued() -> bool:
+            # What the worker claimed before the cancel reads queued until it starts.
+            return (await bp.progress(batch)).queued == 0
+
+        await await_until(none_queued, what="the claimed tasks to start")
         await check(succeeded=1, failed=1)
         progress = await bp.progress(batch)
         assert progress.cancelled == len(cancelled) and progress.cancelled + progress.running == 8
