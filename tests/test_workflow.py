@@ -1154,7 +1154,9 @@ async def test_a_resume_here_waiting_for_a_dead_workers_task_fails_after_the_gra
         assert failure["index"] == 0
         assert "sitq worker --queue wq" in failure["error"]
         assert "--resume killed" in failure["error"]
-        assert await queue.status(task_id) == TaskStatus.RUNNING  # left for a worker
+        # Left for a worker: still held by the gone one (claimed, never started).
+        record = (await queue.backend.get_tasks([task_id]))[task_id]
+        assert (record.status, record.claimed) == ("queued", True)
 
 
 def test_status_calls_a_run_on_another_host_interrupted_once_its_lease_expired(

@@ -189,15 +189,14 @@ async def adopt_task(
     while True:
         try:
             status = await queue.status(task_id)
-            if status is TaskStatus.QUEUED:
-                if await queue.cancel_many([task_id]):
-                    return None  # it will not run: the item runs here
-                continue  # a worker took it meanwhile
+            if status is TaskStatus.QUEUED and await queue.cancel_many([task_id]):
+                return None  # it will not run: the item runs here
             if status.finished:
                 result = await queue.get_result(task_id, timeout=0)
             else:
-                # Running: wait for it (looking again now and then, since a
-                # task whose worker died goes back to the queue).
+                # Running, or held by a worker (a claimed task reads queued until it
+                # starts): wait for it (looking again now and then, since a task
+                # whose worker died goes back to the queue).
                 result = await queue.get_result(task_id, timeout=recheck)
                 if result is None and watch is not None:
                     queue_name = queue_name or await _task_queue(queue, task_id)
