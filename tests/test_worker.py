@@ -15,6 +15,7 @@ import pytest
 from support import ServingWorker, await_until
 
 from sitq import TaskQueue, TaskStatus, Worker
+from sitq.backends import open_backend
 from sitq.errors import ConfigurationError
 
 
@@ -350,3 +351,42 @@ async def test_closing_with_an_enqueue_in_flight_is_clean(db_path: Path) -> None
     await asyncio.sleep(0.05)
     assert pending.done()
     assert errors == []
+
+
+async def test_a_start_is_written_with_the_outcome_or_once_the_task_has_run_a_while(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Short tasks cost no write of their own for their start; a long one reads
+    running before it ends, from one start mark."""
+    backend = open_backend(db_url)
+    marks: list[int] = []  # per write: start marks of tasks still running
+    finish = backend.finish
+
+    async def counting_finish(items: Any, started: Any = ()) -> list[bool]:
+        ids = {lease.task_id for lease, _ in items}
+        marks.append(sum(lease.task_id not in ids for lease, _ in started))
+        return await finish(items, started)
+
+    backend.finish = counting_finish  # type: ignore[method-assign]
+    async with TaskQueue(backend) as queue:
+        worker = Worker(backend, concurrency=4)
+        await worker.start()
+        try:
+            ids = await queue.enqueue_many(jobs.async_add, [(i, 1) for i in range(200)])
+            for task_id in ids:
+                result = await queue.get_result(task_id, timeout=20)
+                assert result is not None and result.ok and result.started_at is not None
+            assert marks and sum(marks) == 0
+            started, release = tmp_path / "started", tmp_path / "release"
+            long = await queue.enqueue(jobs.wait_for_file, str(started), str(release), 30.0)
+
+            async def running() -> bool:
+                return await queue.status(long) is TaskStatus.RUNNING
+
+            await await_until(running, 10, "the long task to read as running")
+            assert started.exists() and sum(marks) == 1
+            release.touch()
+            result = await queue.get_result(long, timeout=20)
+            assert result is not None and result.ok and sum(marks) == 1
+        finally:
+            await worker.stop(timeout=5)
