@@ -367,8 +367,8 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
         claimed_by[worker_id] = claimed_by.get(worker_id, 0) + count
     for queue, row in queues.items():
         available_at, row["ready"] = ready.get(queue, (None, 0))
-        # Queued but not yet due: a delay, an eta or a retry's backoff.
-        row["delayed"] = max(0, row["queued"] - row["ready"])
+        # Queued but not yet due (a delay, an eta or a retry's backoff), nor held.
+        row["delayed"] = max(0, row["queued"] - row["ready"] - row.get("claimed", 0))
         row["oldest_waiting_seconds"] = (
             None if available_at is None else round(max(0.0, now - available_at), 1)
         )

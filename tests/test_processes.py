@@ -131,6 +131,7 @@ async def test_a_prefetched_task_reads_queued_shows_as_claimed_and_sigterm_gives
         report = json.loads(sitq_cli("status", "--json", "--db", db_url))
         row = report["queues"]["default"]
         assert (row["queued"], row["running"], row["claimed"]) == (1, 1, 1)
+        assert (row["ready"], row["delayed"]) == (0, 0)  # held, neither waiting nor due
         [held_by] = [w for w in report["workers"] if w["state"] == "alive"]
         assert held_by["claimed"] == 1 and [t["id"] for t in held_by["running"]] == [first]
         assert "claimed by worker" in sitq_cli("inspect", second, "--db", db_url)
