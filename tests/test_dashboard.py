@@ -1050,7 +1050,8 @@ async def test_metrics_match_the_database_on_both_backends(db_url: str, tmp_path
         [second] = await queue.backend.claim("w", ["mail"], 1, 60.0)
         retry = Outcome("queued", error="ValueError: again", retry_at=queue.backend.now() + 3600)
         await queue.backend.finish([(second.lease, retry)])
-        await queue.backend.claim("w", ['re"ports'], 1, 60.0)  # running
+        [third] = await queue.backend.claim("w", ['re"ports'], 1, 60.0)
+        await queue.backend.mark_started([(third.lease, queue.backend.now())])  # running
     worker = WorkerProcess(db_url, tmp_path, "--queue", "idle").wait_started()
     app = create_app(DashboardConfig(db=db_url))
     counted: list[int] = []
