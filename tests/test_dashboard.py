@@ -27,7 +27,7 @@ from starlette.testclient import TestClient
 from support import SITQ, WorkerProcess, subprocess_env, wait_until
 
 from sitq import TaskQueue
-from sitq.backends.base import NewWorkflowRun, Outcome
+from sitq.backends.base import NewWorkflowRun, Outcome, WorkerRecord
 from sitq.dashboard import DashboardConfig, create_app
 from sitq.dashboard.cli import dashboard
 from sitq.dashboard.security import COOKIE
@@ -604,6 +604,30 @@ async def test_every_page_on_both_backends(db_url: str) -> None:
             assert listed(test_client, "/tasks?status=failed")[0] == [ids[0]]
             assert "ValueError: on pg" in test_client.get(f"/tasks/{ids[0]}").text
             assert "jobs.add(1, 2)" in show(test_client, ids[0]).text
+
+    await asyncio.to_thread(browse)
+
+
+async def test_a_claimed_task_shows_as_queued_and_claimed(db_url: str) -> None:
+    """A task a worker holds but has not started is counted queued, with the claim
+    shown beside the count, on its worker's row and on its page."""
+    async with TaskQueue(db_url) as queue:
+        [task_id] = await queue.with_options(queue="held").enqueue_many(jobs.add, [(1, 2)])
+        now = queue.backend.now()
+        await queue.backend.register_worker(
+            WorkerRecord("w1", "host", 1, ("held",), 1, now, now, None)
+        )
+        await queue.backend.claim("w1", ["held"], 1, 60.0)
+    app = create_app(DashboardConfig(db=db_url))
+
+    def browse() -> None:
+        with TestClient(app, base_url=LOCAL) as test_client:
+            page = test_client.get("/").text
+            assert "(1 claimed)" in page and "1 claimed, not started" in page
+            text = test_client.get(f"/tasks/{task_id}").text
+            assert "claimed by worker w1, not started" in text
+            assert listed(test_client, "/tasks?status=queued")[0] == [task_id]
+            assert listed(test_client, "/tasks?status=running")[0] == []
 
     await asyncio.to_thread(browse)
 
