@@ -160,7 +160,8 @@ class Worker:
         tasks' run time, holding about ``PREFETCH_HORIZON`` seconds of work
         (at most ``MAX_PREFETCH`` tasks): many short tasks are claimed in large
         batches, while long tasks are not hoarded away from other workers.
-        Prefetched tasks hold leases; a stop releases them at once.
+        Prefetched tasks hold leases (they read as queued, claimed, until they
+        start); a stop releases them at once.
     :param lease_seconds: how long a claim holds without renewal; a task whose
         worker died runs again after at most this long.
     :param grace_period: seconds ``stop()`` waits for running tasks by default.
