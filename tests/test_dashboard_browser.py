@@ -204,6 +204,17 @@ def in_thread(function: Callable[[], Any]) -> Any:
         return pool.submit(function).result(timeout=60)
 
 
+def sync_queue(db_path: Path, call: Callable[[SyncTaskQueue], Any]) -> Any:
+    """What ``call(queue)`` returns, on a SyncTaskQueue of ``db_path`` used from
+    another thread (SyncTaskQueue refuses a thread whose event loop is running)."""
+
+    def main() -> Any:
+        with SyncTaskQueue(db_path) as queue:
+            return call(queue)
+
+    return in_thread(main)
+
+
 def with_queue(db_path: Path, call: Callable[[TaskQueue], Awaitable[Any]]) -> Any:
     """What ``await call(queue)`` returns, on a TaskQueue of ``db_path``."""
 
@@ -236,13 +247,16 @@ def test_counts_change_as_a_worker_drains(
 ) -> None:
     from playwright.sync_api import expect
 
-    with SyncTaskQueue(db_path) as queue:
-        # 300 tasks of 30 ms on 4 slots: a drain of about two seconds, long
-        # enough for the trend chart to show it.
-        queue.enqueue_many(jobs.sync_sleep, [0.03] * 300)
-        mail = queue.with_options(queue="mail")
-        mail.enqueue_in_batch("newsletter", jobs.add, [(i, 1) for i in range(40)])
-        mail.enqueue_in_batch("newsletter", jobs.fail, ["mailbox full", "no such user"])
+    def enqueue() -> None:
+        with SyncTaskQueue(db_path) as queue:
+            # 300 tasks of 30 ms on 4 slots: a drain of about two seconds, long
+            # enough for the trend chart to show it.
+            queue.enqueue_many(jobs.sync_sleep, [0.03] * 300)
+            mail = queue.with_options(queue="mail")
+            mail.enqueue_in_batch("newsletter", jobs.add, [(i, 1) for i in range(40)])
+            mail.enqueue_in_batch("newsletter", jobs.fail, ["mailbox full", "no such user"])
+
+    in_thread(enqueue)
     with_queue(db_path, lambda q: q.set_limit("smtp", max_running=2, max_starts=100, per=60))
     run_workflow(db_path)  # for the screenshot: a run with a failed item
     url = serve()
@@ -277,8 +291,7 @@ def test_a_failed_task_shows_its_traceback_and_retry_succeeds(
 
     counter = str(tmp_path / "counter")
 
-    with SyncTaskQueue(db_path) as queue:
-        task_id = queue.enqueue(jobs.flaky, counter, 1)  # fails once, then succeeds
+    task_id = sync_queue(db_path, lambda q: q.enqueue(jobs.flaky, counter, 1))  # fails once
     start_worker()
     url = serve()
     page.goto(url + "/")
@@ -320,15 +333,13 @@ def test_a_declined_confirmation_changes_nothing(
 ) -> None:
     from playwright.sync_api import expect
 
-    with SyncTaskQueue(db_path) as queue:
-        task_id = queue.enqueue(jobs.add, 1, 2)
+    task_id = sync_queue(db_path, lambda q: q.enqueue(jobs.add, 1, 2))
     url = serve()
     page.goto(f"{url}/tasks/{task_id}")
     page.on("dialog", lambda dialog: dialog.dismiss())
     page.get_by_role("button", name="Cancel").click()
     expect(page.locator("#task-status")).to_have_text("queued")
-    with SyncTaskQueue(db_path) as queue:
-        assert queue.status(task_id).value == "queued"
+    assert sync_queue(db_path, lambda q: q.status(task_id)).value == "queued"
     assert page.url == f"{url}/tasks/{task_id}"
     expect(page.locator("#notice")).to_have_count(0)
 
@@ -338,8 +349,7 @@ def test_a_workflow_runs_progress_shows_and_pause_marks_the_queue(
 ) -> None:
     from playwright.sync_api import expect
 
-    with SyncTaskQueue(db_path) as queue:
-        queue.with_options(queue="mail").enqueue(jobs.add, 1, 2)
+    sync_queue(db_path, lambda q: q.with_options(queue="mail").enqueue(jobs.add, 1, 2))
     url = serve()
     page.goto(url + "/")
     expect(queued_cell(page, "mail", "queued")).to_have_text("1")
