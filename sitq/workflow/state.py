@@ -10,7 +10,10 @@ committed when its call returns, so a run killed at any moment leaves a state
 
 Values (params, a step's items, results) are stored with the queue's
 serializer, as task results are: loading them can run code, so only load runs
-from a database you trust (or sign with ``SignedSerializer``).
+from a database you trust (or sign with ``SignedSerializer``). A signing
+serializer signs each value bound to where it is stored (its run, step and item
+index, see :func:`value_binding`), so a value copied into another run, step or
+item in the database is refused unread, as a task's payload copied between rows is.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from sitq.backends.base import (
     WorkflowRunRecord,
     WorkflowStepRecord,
 )
+from sitq.errors import PayloadRejected
+from sitq.serialization import ACCEPT_UNBOUND_ENV, Binding, bound_dumps, bound_loads
 from sitq.workflow.errors import RunNotFound, WorkflowError
 from sitq.workflow.kinds import ItemOutcome
 
@@ -89,6 +94,27 @@ def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
 
 
 _CONTAINERS = (list.__repr__, tuple.__repr__, dict.__repr__)
+
+
+def value_binding(kind: str, run_id: str, step: str = "", index: int | None = None) -> Binding:
+    """What a stored workflow value is signed for: its kind (``params``, ``items``,
+    ``step-result`` or ``item-result``), run, step and item index, so that a signed
+    value is valid only where it was written."""
+    return ("workflow-" + kind, run_id, step, "" if index is None else str(index))
+
+
+def _where(binding: Binding) -> str:
+    """The value a binding names, for messages."""
+    kind, run_id, step, index = binding
+    what = {
+        "workflow-params": "the params",
+        "workflow-items": f"the items of step {step!r}",
+        "workflow-step-result": f"the result of step {step!r}",
+        "workflow-item-result": f"the result of item {index} of step {step!r}",
+    }.get(kind, "a value")
+    return f"{what} of run {run_id}"
+
+
 #: Containers nested deeper than this show as ``...`` (a deep value needs no stack).
 _PREVIEW_DEPTH = 50
 
@@ -173,14 +199,33 @@ class StateStore:
         """The database, for messages (never includes secrets)."""
         return self.queue.backend.describe()
 
-    def _dumps(self, value: Any) -> bytes | None:
+    def _dumps(self, value: Any, binding: Binding) -> bytes | None:
         try:
-            return self._serializer.dumps(value)
+            return bound_dumps(self._serializer, value, binding)
         except Exception:
             return None  # kept as a preview only; a resumed run sees None
 
-    def _loads(self, blob: bytes | None) -> Any:
-        return None if blob is None else self._serializer.loads(blob)
+    def _loads(self, blob: bytes | None, binding: Binding) -> Any:
+        """Load a stored value, verified for ``binding`` when the serializer signs.
+
+        Values signed before they were bound (bound to nothing) are accepted only
+        while ``accept_unbound`` ($SITQ_ACCEPT_UNBOUND_SIGNATURES) is on, as old task
+        payloads are: without it they are refused like a copied value."""
+        if blob is None:
+            return None
+        try:
+            return bound_loads(self._serializer, blob, binding)
+        except PayloadRejected as exc:
+            if getattr(self._serializer, "accept_unbound", False):
+                try:
+                    return bound_loads(self._serializer, blob, ())
+                except PayloadRejected:
+                    pass
+            raise PayloadRejected(
+                f"refused {_where(binding)}: {exc}. A run recorded before sitq bound "
+                "workflow values to their run, step and item is refused the same way: "
+                f"to resume one, set ${ACCEPT_UNBOUND_ENV}=1 until it has finished"
+            ) from None
 
     # -- runs -------------------------------------------------------------------------
 
@@ -188,7 +233,7 @@ class StateStore:
         self, run_id: str, source: str, name: str | None, text: str, params: dict[str, Any]
     ) -> None:
         """Record a new run, owned by this process."""
-        blob = self._serializer.dumps(params)
+        blob = bound_dumps(self._serializer, params, value_binding("params", run_id))
         run = NewWorkflowRun(
             run_id, source, name, text, blob, preview(params), socket.gethostname(), os.getpid()
         )
@@ -208,7 +253,7 @@ class StateStore:
 
     def params_of(self, record: RunRecord) -> dict[str, Any]:
         """A run's params (deserialized)."""
-        return self._loads(record.params_blob) or {}
+        return self._loads(record.params_blob, value_binding("params", record.id)) or {}
 
     async def take_over(
         self,
@@ -258,7 +303,9 @@ class StateStore:
     async def step_result(self, run_id: str, name: str) -> Any:
         """A finished step's result (deserialized)."""
         record = await self.queue.get_workflow_step(run_id, name)
-        return self._loads(record.result) if record else None
+        if record is None:
+            return None
+        return self._loads(record.result, value_binding("step-result", run_id, name))
 
     async def step_items(self, run_id: str, name: str) -> list[Any] | None:
         """The items a started step runs over (fixed when it first started); None when
@@ -266,7 +313,7 @@ class StateStore:
         record = await self.queue.get_workflow_step(run_id, name)
         if record is None or record.items is None:
             return None
-        items = self._loads(record.items)
+        items = self._loads(record.items, value_binding("items", run_id, name))
         return list(items) if isinstance(items, list | tuple) else None
 
     async def begin_step(
@@ -278,7 +325,11 @@ class StateStore:
         previews = [preview(item) if has_items else None for item in items or []]
         # Items must load again on resume: one that cannot be stored fails the step.
         try:
-            blob = self._serializer.dumps(None if items is None else list(items))
+            blob = bound_dumps(
+                self._serializer,
+                None if items is None else list(items),
+                value_binding("items", run_id, name),
+            )
         except Exception as exc:
             raise WorkflowError(
                 f"step {name!r}: its items cannot be stored for a resume ({exc})"
@@ -298,7 +349,12 @@ class StateStore:
     ) -> None:
         """Record how a step ended and its result."""
         await self.queue.update_workflow_step(
-            run_id, name, status, self._dumps(result), preview(result), error
+            run_id,
+            name,
+            status,
+            self._dumps(result, value_binding("step-result", run_id, name)),
+            preview(result),
+            error,
         )
 
     # -- items ------------------------------------------------------------------------
@@ -310,7 +366,11 @@ class StateStore:
     async def item_values(self, run_id: str, step: str) -> dict[int, Any]:
         """The results of a step's succeeded items, by index."""
         records = await self.queue.list_workflow_items(run_id, step, with_results=True)
-        return {r.index: self._loads(r.result) for r in records if r.status == "succeeded"}
+        return {
+            r.index: self._loads(r.result, value_binding("item-result", run_id, step, r.index))
+            for r in records
+            if r.status == "succeeded"
+        }
 
     async def item_started(
         self, run_id: str, step: str, index: int, ran_on: str, attempt: int | None = None
@@ -335,7 +395,11 @@ class StateStore:
             index,
             "succeeded" if outcome.ok else "failed",
             attempts=outcome.attempts,
-            result=self._dumps(outcome.value) if outcome.ok else None,
+            result=(
+                self._dumps(outcome.value, value_binding("item-result", run_id, step, index))
+                if outcome.ok
+                else None
+            ),
             result_preview=preview(outcome.value) if outcome.ok else None,
             error=outcome.error,
             traceback=outcome.traceback,
