@@ -8,10 +8,11 @@ or late datagram costs only latency: every waiter also polls.
 The folder lives in the temp dir, ``sitq-<uid>/<hash of the db path>/``, because
 a socket's path is limited to about 100 bytes (beside a database in a deep
 directory it would not fit). The temp dir is shared with other users, so the
-folder is trusted only if it is a real directory (never a symlink), owned by
-this user and writable by no one else; each level is opened with
-``O_NOFOLLOW`` and checked with ``fstat`` before anything in it is used. A
-folder that is not ours disables the wake-ups (with one warning): everything
+folder is trusted only if it is a real directory (never a symlink) owned by
+this user; each level is opened with ``O_NOFOLLOW``, checked with ``fstat``
+and made 0700 (an older sitq made its folders with the umask's mode, 0775
+under umask 002) before anything in it is used. A folder that is not ours
+disables the wake-ups (with one warning): everything
 still works by polling. Only entries named like sitq's sockets and that are
 sockets owned by this user are ever removed.
 """
@@ -58,18 +59,19 @@ class UnsafeWakeDirectory(OSError):
 
 
 def _check_private(fd: int, path: str) -> None:
-    """Raise UnsafeWakeDirectory unless ``fd`` is a directory of ours that no one
-    else can write. Read/search bits for others (an older sitq made its top folder
-    0755) are taken away; write bits are refused: others may have planted files."""
+    """Raise UnsafeWakeDirectory unless ``fd`` is a directory of ours; make it
+    private (0700) if it is not yet.
+
+    An older sitq made its folders with ``mkdir(parents=True)``, so 0755 or, under
+    umask 002, 0775: being ours, they are tightened, not refused (refusing turned
+    wake-ups off for good after an upgrade). Tightening is safe since only the owner
+    can chmod; anything others planted meanwhile is still checked at its own level:
+    a folder of theirs or a symlink is refused, and only sockets of ours are removed."""
     info = os.fstat(fd)
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafeWakeDirectory(f"{path} is not a directory")
     if info.st_uid != os.geteuid():
         raise UnsafeWakeDirectory(f"{path} is owned by uid {info.st_uid}, not by this user")
-    if info.st_mode & 0o022:
-        raise UnsafeWakeDirectory(
-            f"{path} is writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
-        )
     if info.st_mode & 0o077:
         os.fchmod(fd, 0o700)
 
@@ -137,8 +139,8 @@ class WakeupChannel:
         if not (self._broken and self._cannot_listen):
             logger.warning(
                 "sitq wake-ups are off for this database: %s. Tasks and results are "
-                "still found by polling, only later. Remove that path (sitq did not "
-                "make it) or point TMPDIR at a private directory.",
+                "still found by polling, only later. It is not a folder of this "
+                "user's: remove that path, or point TMPDIR at a private directory.",
                 exc,
             )
         self._broken = self._cannot_listen = True

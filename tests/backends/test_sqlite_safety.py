@@ -92,12 +92,13 @@ async def test_a_symlinked_wake_folder_is_never_followed(
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o770])
-async def test_a_wake_folder_others_can_write_is_refused(
+async def test_what_was_planted_in_an_own_folder_others_could_write_is_refused(
     mode: int, temp_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A top folder made before sitq by someone else, writable by others: whatever
-    was planted in it (here a kind folder that is a symlink to the victim, and a
-    plain file with a socket's name) stays, and nothing is sent into it."""
+    """Our top folder, left writable by others: it is ours, so it is made private,
+    but whatever was planted in it meanwhile (here a kind folder that is a symlink
+    to the victim, and a plain file with a socket's name) stays, and nothing is
+    sent into it."""
     db = tmp_path / "tasks.db"
     victim = _victim(tmp_path / "victim")
     top = wake_directory(str(db)).parent
@@ -112,8 +113,42 @@ async def test_a_wake_folder_others_can_write_is_refused(
 
     assert _victim_files(victim) == ["1234-deadbeef", "precious.txt"]
     assert (wake_directory(str(db)) / "r" / "99-0badf00d").read_text() == "not a socket"
-    assert stat.S_IMODE(top.stat().st_mode) == mode  # refused, not "repaired"
-    assert "writable by other users" in caplog.text
+    assert stat.S_IMODE(top.stat().st_mode) == 0o700
+    assert "wake-ups are off" in caplog.text and "symlink" in caplog.text
+
+
+async def test_folders_an_older_sitq_made_under_umask_002_are_tightened_and_used(
+    temp_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Older sitq made ``sitq-<uid>/<digest>`` with ``mkdir(parents=True)``: 0775
+    under umask 002. They are ours: made 0700 and used, with wake-ups on (they
+    were refused as "writable by other users", turning wake-ups off for good)."""
+    db = tmp_path / "tasks.db"
+    digest_dir = wake_directory(str(db))
+    old_umask = os.umask(0o002)
+    try:
+        digest_dir.mkdir(parents=True)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(digest_dir.stat().st_mode) == 0o775
+    caplog.set_level(logging.WARNING, "sitq.sqlite")
+
+    async with TaskQueue(db) as queue:
+        worker = Worker(db)
+        await worker.start()
+        try:
+            sockets = digest_dir / "t"  # the idle worker listens there for tasks
+            deadline = time.monotonic() + 10
+            while not (sockets.is_dir() and os.listdir(sockets)):
+                assert time.monotonic() < deadline, "the worker bound no wake-up socket"
+                await asyncio.sleep(0.01)
+            for folder in (digest_dir.parent, digest_dir):
+                assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+            result = await queue.get_result(await queue.enqueue(jobs.add, 2, 3), timeout=20)
+        finally:
+            await worker.stop(timeout=5)
+    assert result is not None and result.value == 5
+    assert "wake-ups are off" not in caplog.text
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a folder of another user needs root")
