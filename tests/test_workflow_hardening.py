@@ -4,6 +4,7 @@ files, failed items as failed tasks, and the warnings validation gives."""
 from __future__ import annotations
 
 import resource
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -380,3 +381,46 @@ def test_a_failed_plain_step_is_reported_without_an_item(tmp_path: Path, work: P
     assert report.failures == [
         {"step": "only", "index": None, "item": None, "error": "ValueError: boom"}
     ]
+
+
+# -- stored text is shown escaped: it cannot drive the terminal ------------------------------
+
+ESCAPING_ITEM = """
+steps:
+  - name: each
+    for_each: [1, 2]
+    continue_on_error: true
+    type: python
+    code: |
+      if item == 2:
+          raise ValueError("\\x1b[2Jcleared")
+      return item
+"""
+
+
+def test_workflow_status_escapes_control_characters_of_stored_text(
+    tmp_path: Path, work: Path
+) -> None:
+    _write(work / "wf.yaml", ESCAPING_ITEM)
+    env = workflow_env(tmp_path)
+    proc = run_cli("run", "wf.yaml", cwd=work, env=env)
+    assert proc.returncode != 0
+    run_id = run_id_of(proc.stdout)
+    assert "\x1b" not in proc.stdout and "\\x1b[2Jcleared" in proc.stdout
+    with sqlite3.connect(tmp_path / "sitq.db") as conn:  # as anyone who can write it may
+        conn.execute(
+            "UPDATE sitq_workflow_items SET item_preview = ?, result_preview = ? WHERE idx = 0",
+            ("\x1b]0;title\x07", "\x1b[31mred"),
+        )
+        conn.execute("UPDATE sitq_workflow_runs SET error = ?", ("run\x1b[2J\nline 2",))
+    conn.close()
+
+    shown = run_cli("status", run_id, cwd=work, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert "\\x1b[2Jcleared" in shown.stdout  # the item's error
+    assert "[0] \\x1b]0;title\\x07: succeeded" in shown.stdout
+    assert "-> \\x1b[31mred" in shown.stdout
+    assert "error: run\\x1b[2J\nline 2" in shown.stdout  # newlines kept for run errors
+    listed = run_cli("status", cwd=work, env=env)
+    assert listed.returncode == 0 and run_id in listed.stdout

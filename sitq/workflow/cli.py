@@ -16,6 +16,7 @@ import yaml
 
 from sitq import TaskQueue
 from sitq.backends import open_backend
+from sitq.display import terminal_safe
 from sitq.errors import SitqError
 from sitq.workflow.errors import WorkflowValidationError
 from sitq.workflow.executors import EXECUTORS
@@ -170,9 +171,9 @@ def _print_summary(report: RunReport, file: str) -> None:
     for name, step in report.steps.items():
         label = f"{name} (outputs: {step.outputs})" if step.outputs else name
         if step.status != "failed":
-            click.echo(f"result of {label}: {preview(step.result)}")
+            click.echo(terminal_safe(f"result of {label}: {preview(step.result)}"))
     for failure in report.failures[:20]:
-        click.echo(f"failed {_failed_item(failure)}: {failure['error']}")
+        click.echo(terminal_safe(f"failed {_failed_item(failure)}: {failure['error']}"))
     if len(report.failures) > 20:
         click.echo(f"... and {len(report.failures) - 20} more failed items")
     if report.ok:
@@ -180,7 +181,7 @@ def _print_summary(report: RunReport, file: str) -> None:
         return
     what = report.error or f"{len(report.failures)} items failed (continue_on_error)"
     click.echo(
-        f"run {report.run_id} {report.status}: {what}\n"
+        f"run {report.run_id} {report.status}: {terminal_safe(what, keep_newlines=True)}\n"
         f"fix the cause, then redo what failed or did not run with: "
         f"sitq workflow run {file} --resume {report.run_id}"
     )
@@ -322,26 +323,33 @@ def _list_runs(where: str, now: float, runs: list[RunRecord], as_json: bool) -> 
     if not runs:
         click.echo(f"no workflow runs recorded in {where}")
     for r in runs:
-        click.echo(f"{r.id}  {_run_status(r, now):<12} {_when(r.created_at)}  {r.source}")
+        line = f"{r.id}  {_run_status(r, now):<12} {_when(r.created_at)}  {r.source}"
+        click.echo(terminal_safe(line))
+
+
+def _echo(line: str) -> None:
+    """Print one line of text read from the database, its control characters (in an
+    item's error, a preview) escaped so that they cannot drive the terminal."""
+    click.echo(terminal_safe(line))
 
 
 def _print_run(record: RunRecord, now: float, steps: list[dict[str, Any]]) -> None:
-    click.echo(f"run {record.id}: {_run_status(record, now)}")
-    click.echo(f"  file {record.source}, started {_when(record.created_at)}, "
-               f"finished {_when(record.finished_at)}")  # fmt: skip
-    click.echo(f"  params {record.params_preview}")
+    _echo(f"run {record.id}: {_run_status(record, now)}")
+    _echo(f"  file {record.source}, started {_when(record.created_at)}, "
+         f"finished {_when(record.finished_at)}")  # fmt: skip
+    _echo(f"  params {record.params_preview}")
     if record.error:
-        click.echo(f"  error: {record.error}")
+        click.echo(f"  error: {terminal_safe(record.error, keep_newlines=True)}")
     for step in steps:
         if step["total"] is None:
-            click.echo(f"step {step['name']}: pending")
+            _echo(f"step {step['name']}: pending")
             continue
-        click.echo(
+        _echo(
             f"step {step['name']}: {step['status']}, {step['processed']}/{step['total']} "
             f"processed, {step['failed']} failed ({step['percent']:.0f}%)"
         )
         if step.get("error"):
-            click.echo(f"  error: {step['error']}")
+            click.echo(f"  error: {terminal_safe(step['error'], keep_newlines=True)}")
         for item in step.get("items", []):
             label = f"[{item['index']}]" + (f" {item['item']}" if item["item"] is not None else "")
             line = f"  {label}: {item['status']}, {item['attempts']} attempt(s)"
@@ -349,4 +357,4 @@ def _print_run(record: RunRecord, now: float, steps: list[dict[str, Any]]) -> No
                 line += f" -> {item['result']}"
             elif item["error"]:
                 line += f": {item['error'].splitlines()[0]}"
-            click.echo(line)
+            _echo(line)

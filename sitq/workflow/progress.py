@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from sitq.display import terminal_safe
+
 
 @dataclass(frozen=True)
 class StepProgress:
@@ -115,7 +117,11 @@ class LineReporter(Reporter):
 
     def step_finished(self, step: str, status: str, error: str | None) -> None:
         """Say how the step ended."""
-        self._write(f"{step}: {status}" + (f": {error}" if error and status != "succeeded" else ""))
+        if error and status != "succeeded":
+            # An item's error may be anything its code raised: escape what could drive
+            # the terminal.
+            status += ": " + terminal_safe(error, keep_newlines=True)
+        self._write(f"{step}: {status}")
 
     def message(self, text: str) -> None:
         """Print a line of the run's output."""
