@@ -553,6 +553,29 @@ def test_cli_refuses_a_short_token_and_a_missing_database(tmp_path: Path) -> Non
     assert missing.exit_code == 1 and "nope.db" in missing.output
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:s3cretpw@127.0.0.1:1/test",  # nothing listens there
+        "postgresql://postgres:s3cretpw@127.0.0.1:5432/no_such_database",
+        # The server quotes a bad setting's value, here one holding the URL.
+        "postgresql://postgres:s3cretpw@127.0.0.1:5432/test"
+        "?lock_timeout=postgres://postgres:s3cretpw@db",
+    ],
+)
+def test_cli_never_shows_the_password_of_a_database_it_cannot_open(url: str) -> None:
+    proc = subprocess.run(
+        [SITQ, "dashboard", "--db", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
+    assert "s3cretpw" not in proc.stdout + proc.stderr
+
+
 def test_python_dash_m_serves_help() -> None:
     import subprocess
     import sys

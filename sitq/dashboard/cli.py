@@ -156,4 +156,5 @@ def _check_database(db: str) -> None:
     try:
         asyncio.run(probe())
     except SitqError as exc:
-        raise click.ClickException(str(exc)) from exc
+        # The server's own words are passed on, and they may quote the URL.
+        raise click.ClickException(redact(str(exc))) from exc
