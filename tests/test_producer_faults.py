@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import jobs
 import pytest
-from support import POSTGRES_URL, drop_postgres_schema, postgres_available
+from support import POSTGRES_URL, await_until, drop_postgres_schema, postgres_available
 
 from sitq import SyncTaskQueue, TaskQueue, TaskStatus, Worker
 from sitq.errors import DatabaseUnavailable, SitqError, StorageError
@@ -161,6 +161,20 @@ def via(port: int, schema: str) -> str:
     return parts._replace(netloc=netloc, query=f"sitq_schema={schema}").geturl()
 
 
+async def until_waiting(queue: TaskQueue, task_ids: list[str]) -> None:
+    """Until a ``get_result`` waits for each of ``task_ids`` in the queue's shared
+    poll loop (its future parked there, the loop running): acting before that
+    would test the first look-up instead of the loop."""
+
+    async def waiting() -> bool:
+        waiters = queue._waiters
+        poller = waiters._poller
+        parked = all(task_id in waiters._waiting for task_id in task_ids)
+        return parked and poller is not None and not poller.done()
+
+    await await_until(waiting, 10, "the waiters to wait in the shared poll loop")
+
+
 async def test_get_result_waits_out_a_postgres_outage_within_its_timeout(
     postgres_schema: str,
 ) -> None:
@@ -171,7 +185,7 @@ async def test_get_result_waits_out_a_postgres_outage_within_its_timeout(
     async with TaskQueue(via(proxy.port, postgres_schema)) as queue:
         task_id = await queue.enqueue(jobs.add, 2, 3)
         waiting = asyncio.ensure_future(queue.get_result(task_id, timeout=60))
-        await asyncio.sleep(0.2)  # it is waiting (nothing runs the task yet)
+        await until_waiting(queue, [task_id])  # nothing runs the task yet
         await proxy.stop()
         outage_ends = time.monotonic() + 3.0
         while time.monotonic() < outage_ends:  # the server is gone for 3 s
@@ -216,7 +230,7 @@ async def test_a_thousand_idle_waiters_share_one_poll_loop(backend: str, tmp_pat
         async with TaskQueue(db) as queue:
             ids = await queue.enqueue_many(jobs.noop, [() for _ in range(1000)])
             waiters = [asyncio.ensure_future(queue.get_result(i, timeout=60)) for i in ids]
-            await asyncio.sleep(0.5)  # every waiter is waiting
+            await until_waiting(queue, ids)
             cpu, wall = time.process_time(), time.monotonic()
             await asyncio.sleep(2.0)
             used = (time.process_time() - cpu) / (time.monotonic() - wall)
@@ -240,7 +254,7 @@ async def test_a_waiter_of_a_task_purged_meanwhile_is_told(db_path: Path) -> Non
     async with TaskQueue(db_path) as queue:
         task_id = await queue.enqueue(jobs.noop)
         waiting = asyncio.ensure_future(queue.get_result(task_id, timeout=30))
-        await asyncio.sleep(0.1)
+        await until_waiting(queue, [task_id])  # the shared loop must find it gone
         with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
             conn.execute("DELETE FROM sitq_tasks WHERE id = ?", (task_id,))
         with pytest.raises(SitqError, match=task_id):
