@@ -4,12 +4,16 @@ value copied into another run, step or item is refused unread."""
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from support import POSTGRES_URL
 from workflow_support import run_cli, run_id_of, workflow_env
 
 from sitq import TaskQueue
@@ -80,6 +84,24 @@ COPIES = [
 ]
 
 
+async def _copy(db: str, statement: str) -> None:
+    """Run one UPDATE on the database directly, as someone with write access would:
+    sqlite3 on the file, asyncpg on PostgreSQL; it must change one row."""
+    if "://" not in db:
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            assert conn.execute(statement).rowcount == 1
+        return
+    import asyncpg
+
+    schema = parse_qs(urlsplit(db).query)["sitq_schema"][0]
+    statement = re.sub(r"\bsitq_workflow_\w+", lambda m: f'"{schema}".{m.group()}', statement)
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        assert await conn.execute(statement) == "UPDATE 1"
+    finally:
+        await conn.close()
+
+
 async def _read(store: StateStore, what: str) -> Any:
     if what == "params":
         return store.params_of(await store.run("good"))
@@ -92,9 +114,9 @@ async def _read(store: StateStore, what: str) -> Any:
 
 @pytest.mark.parametrize(("what", "copy"), COPIES)
 async def test_a_signed_value_copied_to_another_run_step_or_item_is_refused_unread(
-    tmp_path: Path, what: str, copy: str
+    tmp_path: Path, db_url: str, what: str, copy: str
 ) -> None:
-    db = tmp_path / "sitq.db"
+    db = db_url
     marker = tmp_path / "unpickled"
     async with TaskQueue(db, serializer=SignedSerializer(KEY)) as queue:
         store = StateStore(queue)
@@ -109,9 +131,7 @@ async def test_a_signed_value_copied_to_another_run_step_or_item_is_refused_unre
             outcome = ItemOutcome(ok=True, value=TouchesAFile(marker), attempts=1)
             await store.item_finished("good", "a", 1, outcome)
 
-        with sqlite3.connect(db) as conn:
-            assert conn.execute(copy).rowcount == 1
-        conn.close()
+        await _copy(db, copy)
         with pytest.raises(SitqError, match=r"refused .* of run good: refused: the signature"):
             await _read(store, what)
     assert not marker.exists()
