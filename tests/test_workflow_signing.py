@@ -132,7 +132,9 @@ async def test_a_signed_value_copied_to_another_run_step_or_item_is_refused_unre
             await store.item_finished("good", "a", 1, outcome)
 
         await _copy(db, copy)
-        with pytest.raises(SitqError, match=r"refused .* of run good: refused: the signature"):
+        with pytest.raises(
+            SitqError, match=r"refused .* of run good: its signature does not match"
+        ):
             await _read(store, what)
     assert not marker.exists()
 

@@ -221,10 +221,15 @@ class StateStore:
                     return bound_loads(self._serializer, blob, ())
                 except PayloadRejected:
                     pass
+            if "signature does not match" not in str(exc):
+                raise PayloadRejected(f"refused {_where(binding)}: {exc}") from None
             raise PayloadRejected(
-                f"refused {_where(binding)}: {exc}. A run recorded before sitq bound "
-                "workflow values to their run, step and item is refused the same way: "
-                f"to resume one, set ${ACCEPT_UNBOUND_ENV}=1 until it has finished"
+                f"refused {_where(binding)}: its signature does not match it, so it was "
+                "copied from another run, step or item, or altered in the database; it was "
+                "not deserialized. Find out who else writes the database, and start a new "
+                "run. A run recorded before sitq bound workflow values to their run, step "
+                f"and item is refused the same way: to resume one, set ${ACCEPT_UNBOUND_ENV}=1 "
+                "until it has finished"
             ) from None
 
     # -- runs -------------------------------------------------------------------------
