@@ -268,6 +268,9 @@ def test_unknown_task_and_bad_filters(client: TestClient) -> None:
     assert missing.status_code == 404 and "no task with id" in missing.text
     bad = client.get("/tasks?status=done")
     assert bad.status_code == 400 and "unknown status" in bad.text
+    # A page's reader passes no Python None: they leave the filter out.
+    assert "or leave it out for every status" in bad.text and "None" not in bad.text
+    assert client.get("/live/tasks?status=bogus").status_code == 400
     cursor = client.get("/tasks?cursor=nonsense&status=failed")
     assert cursor.status_code == 400 and "invalid listing cursor" in cursor.text
 
@@ -774,6 +777,25 @@ def test_a_running_run_shows_its_progress_live(client: TestClient, db_path: Path
     live = client.get("/live/workflows/live-run").text
     assert "2 / 3" in step_cells(live, "fetch") and "OSError: disk full" in live
     assert "1 failed" in step_cells(client.get("/live/overview").text, "fetch")
+
+
+def test_workflows_lists_the_runs_with_or_without_a_slash(
+    client: TestClient, db_path: Path
+) -> None:
+    empty = client.get("/workflows", follow_redirects=False)
+    assert empty.status_code == 200 and 'id="no-runs"' in empty.text
+
+    async def start() -> None:
+        async with TaskQueue(db_path) as queue:
+            await record_run(queue, "listed-run", ["a", "b"], {}, finish=False)
+
+    run(start())
+    slash = client.get("/workflows/", follow_redirects=False)
+    assert slash.status_code == 308 and slash.headers["location"].endswith("/workflows")
+    listed = client.get("/workflows/")
+    assert listed.status_code == 200 and listed.url.path == "/workflows"
+    assert 'href="/workflows/listed-run"' in listed.text and "0 / 2" in listed.text
+    assert 'href="/workflows">more</a>' in client.get("/").text
 
 
 def test_a_run_whose_process_is_gone_shows_as_interrupted(

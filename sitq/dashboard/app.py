@@ -106,6 +106,8 @@ def create_app(config: DashboardConfig) -> Starlette:
             Route("/tasks/{task_id}/show", routes.show_task, methods=["POST"]),
             Route("/tasks/{task_id}/retry", routes.retry_task, methods=["POST"]),
             Route("/tasks/{task_id}/cancel", routes.cancel_task, methods=["POST"]),
+            Route("/workflows", routes.workflows_page),
+            Route("/workflows/", routes.workflows_page),
             Route("/workflows/{run_id:path}", routes.workflow_page),
             Route("/live/workflows/{run_id:path}", routes.workflow_live),
             # {queue:path}: a queue's name may hold a slash.

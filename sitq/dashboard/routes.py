@@ -19,6 +19,8 @@ from sitq.queue import TaskQueue
 
 #: Rows per page of a task listing.
 PAGE_SIZE = 50
+#: Workflow runs listed on /workflows (newest first; `sitq workflow status` lists all).
+LISTED_RUNS = 100
 #: The largest form body an action accepts (it holds one CSRF token).
 MAX_FORM_BYTES = 4096
 #: What an action did, by the code it redirects with (fixed texts: nothing from
@@ -170,6 +172,13 @@ def _filters(request: Request) -> dict[str, str | None]:
 
 async def _listing(request: Request) -> dict[str, Any]:
     filters = _filters(request)
+    if filters["status"] is not None and filters["status"] not in queries.STATUSES:
+        # Said here, not by list_tasks: its message speaks of Python's None.
+        known = ", ".join(queries.STATUSES)
+        raise HTTPException(
+            400, f"unknown status {filters['status']!r}; use one of {known}, or leave it out "
+            "for every status"
+        )
     cursor = request.query_params.get("cursor") or None
     queue = _queue(request)
     page = await queue.list_tasks(**filters, cursor=cursor, limit=PAGE_SIZE)
@@ -240,6 +249,15 @@ async def show_task(request: Request) -> Response:
 
 
 # -- workflow runs ----------------------------------------------------------------
+
+
+async def workflows_page(request: Request) -> Response:
+    """The newest workflow runs with their steps' progress (``/workflows/`` redirects here)."""
+    if request.url.path.endswith("/"):
+        return RedirectResponse("/workflows", status_code=308)
+    queue = _queue(request)
+    runs = await request.app.state.workflows.recent(queue, LISTED_RUNS)
+    return render(request, "workflows.html", runs=runs)
 
 
 async def _run(request: Request) -> dict[str, Any]:
