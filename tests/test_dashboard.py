@@ -1032,6 +1032,35 @@ def test_ctrl_c_and_sigterm_stop_it_cleanly(
     assert out.rstrip().endswith("sitq dashboard stopped")
 
 
+def test_a_busy_port_is_one_clear_line_before_anything_is_announced(db_path: Path) -> None:
+    run(create_db(db_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = subprocess.run(
+            [SITQ, "dashboard", "--db", str(db_path), "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=subprocess_env(),
+        )
+    assert done.returncode != 0
+    assert f"port {port} is in use" in done.stderr and "pass --port N" in done.stderr
+    assert "Ctrl-C to stop" not in done.stderr and "Errno" not in done.stderr
+
+
+def test_a_wildcard_host_is_announced_by_the_machines_name(
+    serve_dashboard: Any, db_path: Path
+) -> None:
+    run(create_db(db_path))
+    shown = serve_dashboard(db_path, "--host", "0.0.0.0", "--token", "generate")
+    [line] = [x for x in shown.output().splitlines() if "Ctrl-C to stop" in x]
+    names = [n for n in (socket.getfqdn(), socket.gethostname()) if n.split(".")[0] != "localhost"]
+    assert f"http://{(names or ['<this host>'])[0]}:{shown.port}/?token=" in line
+    assert "0.0.0.0" not in line
+
+
 APP_MODULE = """
 def greet(name):
     return f"hello {name}"

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import importlib
 import os
+import errno
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -83,18 +85,62 @@ def dashboard(
         )
     _import_modules(imports)
     _check_database(db)
+    # Bound here, before anything is announced, and handed to uvicorn: a busy
+    # port is then one clear line, not a URL followed by uvicorn's raw error.
+    listener = _bind(host, port)
+    port = int(listener.getsockname()[1])  # the real one when --port 0
     config = DashboardConfig(db=db, token=token, host=host, port=port, refresh_seconds=refresh)
     app = create_app(config)
     server = _server_class(uvicorn.Server)(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     )
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    url = f"http://{_shown_host(host)}:{port}/" + (f"?token={token}" if token else "")
     click.echo(f"sitq dashboard for {redact(db)} at {url}  (Ctrl-C to stop)", err=True)
-    asyncio.run(server.serve())
+    with listener:
+        asyncio.run(server.serve(sockets=[listener]))
     if not server.started:
         raise click.ClickException(f"the dashboard could not start on {host}:{port} (see above)")
     click.echo("sitq dashboard stopped", err=True)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or a CLI error that says what to change."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise click.ClickException(f"cannot listen on {host!r}: {exc.strerror}; check --host")
+    listener = socket.socket(family, kind, proto)
+    try:
+        # As uvicorn does: a restart may reuse the port of connections still closing.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise click.ClickException(
+                f"port {port} is in use on {host}: pass --port N (another port), "
+                "or stop what listens there"
+            ) from None
+        raise click.ClickException(
+            f"cannot listen on {host}:{port} ({exc.strerror}); check --host and --port"
+        ) from None
+    return listener
+
+
+def _shown_host(host: str) -> str:
+    """The host part of the URL to print: a wildcard address (0.0.0.0, ::) is no
+    address another machine can use, so the machine's own name stands for it (or a
+    placeholder, where the machine knows itself only as localhost)."""
+    if host in ("0.0.0.0", "::", ""):
+        names = (socket.getfqdn(), socket.gethostname())
+        host = next(
+            (n for n in names if n and not (is_loopback(n) or n.startswith("localhost."))),
+            "<this host>",
+        )
+    return f"[{host}]" if ":" in host else host
 
 
 #: The signals that stop the dashboard cleanly (exit status 0).
