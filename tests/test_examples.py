@@ -312,6 +312,16 @@ def test_every_workflow_example_is_in_its_readme() -> None:
     assert shipped and [name for name in shipped if name not in titles] == []
 
 
+def test_the_demo_api_keeps_off_the_dashboards_port() -> None:
+    """Both run at once in a tour of the examples: the demo may not take 8765."""
+    from sitq.dashboard.cli import dashboard
+
+    [port] = [p.default for p in dashboard.params if p.name == "port"]
+    shown = (WORKFLOWS / "README.md").read_text() + (WORKFLOWS / "demo_api.py").read_text()
+    assert f"127.0.0.1:{port}" not in shown and f"else {port}" not in shown
+    assert "127.0.0.1:8780" in shown
+
+
 def _start_background(command: str, cwd: Path, env: dict[str, str], log: Path) -> Any:
     """Start ``command &`` as the shell would, and wait for its first line of output."""
     with open(log, "wb") as out:

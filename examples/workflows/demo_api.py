@@ -6,7 +6,8 @@ call, so that they run without the internet: ``python demo_api.py [PORT]``.
 - ``GET /PATH`` (any other path) answers ``{"path": "/PATH"}`` after 0.2 s, as
   a slow page would.
 
-It listens on 127.0.0.1 (port 8765 unless given) until Ctrl-C or SIGTERM.
+It listens on 127.0.0.1 (port 8780 unless given: 8765 is the dashboard's) until
+Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def main() -> None:
     """Serve until Ctrl-C or SIGTERM."""
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8765
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8780
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
