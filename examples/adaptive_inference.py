@@ -1,4 +1,4 @@
-"""Adaptive in-process batching: the seed's numpy example, runnable as written.
+"""Adaptive in-process batching: a numpy batch function fed one row at a time.
 
 A batch function (here: double every element) is called once per batch of
 rows; callers submit single rows from threads or coroutines and each gets its
@@ -22,7 +22,7 @@ def process_batch(batch: np.ndarray) -> np.ndarray:
     return batch * 2  # Example: Double each element in the batch
 
 
-# Configure the processor (the seed's settings)
+# Configure the processor: batches of 50 to 200 rows, starting at 100
 config = AdaptiveBatchConfig(
     initial_batch_size=100,
     min_batch_size=50,

@@ -1,4 +1,4 @@
-"""Batch processing with sitq.batch: the "Batch Processing" tutorial, on the library.
+"""Batch processing with sitq.batch: validate, compute, enqueue in chunks, collect.
 
 Validates user records and processes the valid ones, computes metrics over
 batches of numbers, enqueues a 100-item batch in chunks under a name, watches

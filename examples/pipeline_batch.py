@@ -1,4 +1,4 @@
-"""Batch pipelines: the tutorial's full example, on a local pool and on sitq workers.
+"""Batch pipelines: one Pipeline template run per batch, on a local pool and on sitq workers.
 
 A ``Pipeline`` template declares its input fields; a ``BatchPipeline`` splits
 the inputs into batches (here with its own ``name_batch`` and ``book_batch``
@@ -20,7 +20,7 @@ from sitq.pipeline import BatchPipeline, InstanceFailed, Pipeline
 from sitq.pipeline.fields import FileInputDataField, InputDataField
 from sitq.pipeline.signal import SoftSignal
 
-# -- the tutorial's classes, as written ------------------------------------------
+# -- the pipeline template and its batch pipeline --------------------------------
 
 
 class Simple(Pipeline):
