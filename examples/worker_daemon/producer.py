@@ -16,6 +16,7 @@ DEADLINE_SECONDS = 60.0
 
 
 def main() -> int:
+    started = time.monotonic()
     with SyncTaskQueue() as queue:  # no argument: $SITQ_DB, else sitq.db
         print(f"enqueueing into {queue.backend.describe()}")
         task_ids = [queue.enqueue(tasks.slow_square, n) for n in range(10)]
@@ -35,19 +36,23 @@ def main() -> int:
     succeeded = [r for r in results.values() if r.ok]
     failed = [r for r in results.values() if not r.ok]
     unfinished = len(task_ids) - len(results)
+    elapsed = time.monotonic() - started
     for result in failed:
         print(f"  task {result.task_id} {result.status.value}: {result.error}")
     squares = [results[i].value for i in task_ids[:10] if i in results and results[i].ok]
     print(f"squares: {squares}")
     print(
         f"summary: {len(succeeded)} succeeded, {len(failed)} failed, "
-        f"{unfinished} unfinished after {DEADLINE_SECONDS:g}s"
+        f"{unfinished} unfinished, in {elapsed:.1f}s"
     )
     if len(succeeded) == len(task_ids):
         print("all tasks succeeded")
         return 0
     if unfinished:
-        print("some tasks did not finish: is `sitq worker --import tasks` running?")
+        print(
+            f"some tasks did not finish within {DEADLINE_SECONDS:g}s: "
+            "is `sitq worker --import tasks` running?"
+        )
     return 1
 
 
