@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib
 import os
-import errno
 import signal
 import socket
 import sys
@@ -110,7 +110,9 @@ def _bind(host: str, port: int) -> socket.socket:
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
-        raise click.ClickException(f"cannot listen on {host!r}: {exc.strerror}; check --host")
+        raise click.ClickException(
+            f"cannot listen on {host!r}: {exc.strerror}; check --host"
+        ) from None
     listener = socket.socket(family, kind, proto)
     try:
         # As uvicorn does: a restart may reuse the port of connections still closing.
