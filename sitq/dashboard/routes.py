@@ -176,8 +176,9 @@ async def _listing(request: Request) -> dict[str, Any]:
         # Said here, not by list_tasks: its message speaks of Python's None.
         known = ", ".join(queries.STATUSES)
         raise HTTPException(
-            400, f"unknown status {filters['status']!r}; use one of {known}, or leave it out "
-            "for every status"
+            400,
+            f"unknown status {filters['status']!r}; use one of {known}, or leave it out "
+            "for every status",
         )
     cursor = request.query_params.get("cursor") or None
     queue = _queue(request)
