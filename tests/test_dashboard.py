@@ -1191,6 +1191,51 @@ async def test_metrics_match_the_database_on_both_backends(db_url: str, tmp_path
     assert ("sitq_queue_oldest_wait_seconds", (("queue", 're"ports'),)) not in values
 
 
+async def test_finished_per_minute_is_a_real_count_of_the_last_minute_on_both_backends(
+    db_url: str,
+) -> None:
+    """Tasks finished before the dashboard started count, tasks finished over a
+    minute ago do not, and a few finished between two close samples are counted as
+    they are, not extrapolated to a rate."""
+    from sitq.dashboard import history
+
+    async with TaskQueue(db_url) as queue:
+        backend = queue.backend
+        mail = queue.with_options(queue="mail")
+        await mail.enqueue_many(jobs.add, [(1, 1)] * 7)
+        claimed = await backend.claim("w", ["mail"], 7, 60.0)
+        real_now = backend.now
+        backend.now = lambda: real_now() - 120.0  # type: ignore[method-assign]
+        assert await backend.finish([(t.lease, Outcome("succeeded")) for t in claimed[:2]])
+        backend.now = real_now  # type: ignore[method-assign]
+        outcomes = [Outcome("succeeded")] * 4 + [failed()]
+        await backend.finish([(t.lease, o) for t, o in zip(claimed[2:], outcomes, strict=True)])
+        await queue.with_options(queue="later").enqueue_many(jobs.add, [(1, 1)] * 5)
+    app = create_app(DashboardConfig(db=db_url))
+
+    def browse() -> tuple[dict[Any, float], dict[Any, float]]:
+        with TestClient(app, base_url=LOCAL) as client:
+            before = scrape(client)
+
+            async def finish_later() -> None:
+                async with TaskQueue(db_url) as queue:
+                    later = await queue.backend.claim("w", ["later"], 5, 60.0)
+                    await queue.backend.finish([(t.lease, Outcome("succeeded")) for t in later])
+
+            run(finish_later())
+            return before, scrape(client)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(history, "MIN_INTERVAL", 0.0)  # every scrape counts again
+        before, after = await asyncio.to_thread(browse)
+    per_minute = "sitq_queue_finished_per_minute"
+    assert before[(per_minute, (("queue", "mail"),))] == 5  # not the 2 from 2 minutes ago
+    assert before[("sitq_queue_failed_ratio", (("queue", "mail"),))] == 0.2
+    assert before[(per_minute, (("queue", "later"),))] == 0
+    assert after[(per_minute, (("queue", "later"),))] == 5
+    assert after[(per_minute, (("queue", "mail"),))] == 5
+
+
 def test_metrics_follow_the_token_rules(token_client: TestClient, client: TestClient) -> None:
     assert token_client.get("/metrics").status_code == 401
     assert (

@@ -342,6 +342,14 @@ class Backend(abc.ABC):
         """Number of tasks per (queue, status); a claimed task that has not started
         counts as queued."""
 
+    async def counts_and_finished_since(
+        self, since: float
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int] | None]:
+        """``counts()``, and per (queue, status) the tasks with ``finished_at >= since``
+        (the dashboard's "finished in the last minute"), read in the same pass where
+        the backend can. None when a backend cannot tell."""
+        return await self.counts(), None
+
     @abc.abstractmethod
     async def retrying_counts(self) -> dict[str, int]:
         """Per queue, the queued tasks that ran before (``attempts > 0``): waiting to

@@ -442,6 +442,17 @@ class PostgresBackend(Backend):
             rows = await conn.fetch(self._q(q.COUNTS))
         return {(row[0], row[1]): int(row[2]) for row in rows}
 
+    async def counts_and_finished_since(
+        self, since: float
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int] | None]:
+        """Tasks per (queue, status), and of those the ones finished since ``since``."""
+        async with self._acquire() as conn:
+            rows = await conn.fetch(self._q(q.COUNTS_AND_FINISHED), since)
+        return (
+            {(row[0], row[1]): int(row[2]) for row in rows},
+            {(row[0], row[1]): int(row[3]) for row in rows if row[3]},
+        )
+
     async def retrying_counts(self) -> dict[str, int]:
         """Queued tasks that ran before, per queue."""
         async with self._acquire() as conn:

@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from sitq.backends import open_backend
 from sitq.backends.base import Backend
 from sitq.dashboard import queries, routes, views
-from sitq.dashboard.history import CountHistory
+from sitq.dashboard.history import FINISHED_WINDOW, Counted, CountHistory
 from sitq.dashboard.security import Guard
 from sitq.dashboard.workflows import WorkflowItems
 from sitq.queue import TaskQueue
@@ -83,7 +83,12 @@ def create_app(config: DashboardConfig) -> Starlette:
         queue = TaskQueue(open_backend(config.db, create=False))
         await queue.connect()
         app.state.queue = queue
-        app.state.history = CountHistory(queue.backend.counts, queue.backend.retrying_counts)
+        backend = queue.backend
+
+        async def count() -> Counted:
+            return await backend.counts_and_finished_since(backend.now() - FINISHED_WINDOW)
+
+        app.state.history = CountHistory(count, backend.retrying_counts)
         app.state.workflows = WorkflowItems()
         try:
             yield

@@ -5,7 +5,8 @@ from data the dashboard already keeps need no registry, and the extra stays
 three packages. The task counts are the dashboard's sampled counts (see
 ``history``): a scrape reuses the latest sample while it is fresh, so scraping
 adds no table scan of its own, and counting never takes more than a tenth of the
-time however often it is scraped.
+time however often it is scraped. The finished-per-minute figures are a real
+count of finish times in that same scan, not a rate extrapolated from samples.
 """
 
 from __future__ import annotations
@@ -77,12 +78,13 @@ async def exposition(queue: TaskQueue, history: CountHistory, clock: float) -> s
         ),
         *_family(
             "sitq_queue_finished_per_minute",
-            "Tasks finished (succeeded, failed, cancelled) per minute, over the last minute.",
+            "Tasks finished (succeeded, failed, cancelled) in the 60 s before the counts "
+            "were taken, counted from their finish times (tasks already pruned excepted).",
             per_queue({n: rate[0] for n, rate in rates.items()}),
         ),
         *_family(
             "sitq_queue_failed_ratio",
-            "The failed share of the tasks finished over the last minute.",
+            "The failed share of the tasks finished in the 60 s before the counts were taken.",
             per_queue({n: rate[1] for n, rate in rates.items()}),
         ),
         *_family(
