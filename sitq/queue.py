@@ -227,20 +227,36 @@ def _announce_enqueued(tasks: Sequence[NewTask]) -> None:
 class _Enqueuer:
     """``enqueue`` and ``enqueue_many`` with a fixed set of options."""
 
-    def __init__(self, queue: TaskQueue, options: TaskOptions) -> None:
+    def __init__(
+        self, queue: TaskQueue, options: TaskOptions, overrides: dict[str, Any] | None = None
+    ) -> None:
         self._queue = queue
         self.options = options
+        # The options given to with_options, kept so a TaskHandle passed as the
+        # callable gets its registered options with just these applied on top.
+        self._overrides = overrides or {}
 
     def with_options(self, **options: Any) -> _Enqueuer:
         """The same queue with further options (see :class:`TaskOptions`)."""
-        return _Enqueuer(self._queue, self.options.merged(**options))
+        return _Enqueuer(
+            self._queue, self.options.merged(**options), {**self._overrides, **options}
+        )
+
+    def for_handle(self, handle: TaskHandle[Any, Any]) -> _Enqueuer:
+        """The enqueuer for a TaskHandle passed as the callable: the handle is sent
+        by name (never pickled: it holds the queue) with its registered options,
+        overridden by the ones given to with_options, as ``handle.enqueue`` would."""
+        return _Enqueuer(self._queue, handle.options.merged(**self._overrides))
 
     async def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
         """Store a call of ``fn(*args, **kwargs)``; return its task id once committed.
 
         Every keyword argument goes to ``fn``: set options with ``with_options``.
         With a ``unique_key``, the id is a :class:`TaskId` that says whether it is new.
+        A TaskHandle is sent by name with its registered options.
         """
+        if isinstance(fn, TaskHandle):
+            return await self.for_handle(fn).enqueue(fn.ref, *args, **kwargs)
         backend = self._queue._backend_checked()
         try:
             if self.options.unique_key is not None:
@@ -261,6 +277,8 @@ class _Enqueuer:
 
         Each item is a tuple of positional arguments, or a single argument.
         """
+        if isinstance(fn, TaskHandle):
+            return await self.for_handle(fn).enqueue_many(fn.ref, items)
         backend = self._queue._backend_checked()
         self._refuse_unique("enqueue_many")
         try:
@@ -330,6 +348,10 @@ class _Enqueuer:
     ) -> list[str]:
         """Like ``enqueue_many``, and append the tasks to the named batch (created if
         missing) in the same transaction: the batch outlives this process."""
+        if isinstance(fn, TaskHandle):
+            return await self.for_handle(fn).enqueue_in_batch(
+                batch_id, fn.ref, items, expected_size=expected_size
+            )
         check_batch_id(batch_id)
         _check_expected_size(expected_size)
         backend = self._queue._backend_checked()

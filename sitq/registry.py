@@ -100,6 +100,11 @@ class TaskHandle(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     @property
+    def ref(self) -> TaskRef:
+        """What is stored in place of the function: its registered name."""
+        return self._ref
+
+    @property
     def options(self) -> Any:
         """The TaskOptions this handle enqueues with."""
         return self._enqueuer.options

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from sitq.backends.base import Backend, BatchRecord, TaskPage
 from sitq.errors import ConfigurationError, NotConnected, SitqError
 from sitq.queue import TaskQueue, _as_calls, _Enqueuer, _observed, _raise_translated
+from sitq.registry import TaskHandle
 from sitq.serialization import Serializer
 from sitq.task import Result, TaskStatus
 
@@ -125,7 +126,10 @@ class SyncTaskQueue:
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
     ) -> list[str]:
         """Build the tasks on this thread and store them directly when the backend
-        allows it (no trip through the background loop), else through the loop."""
+        allows it (no trip through the background loop), else through the loop.
+        A TaskHandle is sent by name with its registered options."""
+        if isinstance(fn, TaskHandle):
+            enqueuer, fn = enqueuer.for_handle(fn), fn.ref
         self._ensure_connected()
         try:
             if enqueuer.options.unique_key is not None:

@@ -451,3 +451,41 @@ def test_sync_task_queue_works_in_a_jupyter_kernel(tmp_path: Path) -> None:
         client.stop_channels()
         kernel.shutdown_kernel(now=True)
     assert not errors and "enqueued queued" in output, (errors, output)
+
+
+def test_a_task_handle_given_to_enqueue_is_sent_by_name(db_path: Path, spawn_worker) -> None:
+    """queue.enqueue(handle, ...) stores the handle's name and registered options,
+    as handle.enqueue(...) does, on every enqueue path, async and blocking."""
+    import sqlite3
+
+    import registered_jobs  # greet: name "greet", max_retries=1; shout: its qualname
+
+    greet, shout = registered_jobs.greet, registered_jobs.shout
+
+    async def enqueue() -> list[str]:
+        async with TaskQueue(db_path) as q:
+            a = await q.enqueue(greet, "ada")
+            b = await q.with_options(priority=5).enqueue(greet, "bob", punctuation="?")
+            return [a, b, *await q.enqueue_many(shout, ["x", ("y",)])]
+
+    a, b, c, d = asyncio.run(enqueue())
+    with SyncTaskQueue(db_path) as sq:
+        e = sq.enqueue(greet, "eve")
+        (f,) = sq.with_options(priority=2).enqueue_many(shout, ["z"])
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT id, func_name || ' ' || max_retries || ' ' || priority FROM sitq_tasks"
+        )
+        stored = dict(rows.fetchall())
+    assert stored == {
+        a: "greet 1 0",
+        b: "greet 1 5",
+        c: "registered_jobs.shout 0 0",
+        d: "registered_jobs.shout 0 0",
+        e: "greet 1 0",
+        f: "registered_jobs.shout 0 2",
+    }
+    spawn_worker("--import", "registered_jobs").wait_started()
+    with SyncTaskQueue(db_path) as sq:
+        values = [sq.get_result(i, timeout=30).unwrap() for i in (a, b, c, d, e, f)]  # type: ignore[union-attr]
+    assert values == ["hello ada!", "hello bob?", "X", "Y", "hello eve!", "Z"]
