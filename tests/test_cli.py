@@ -155,15 +155,19 @@ def test_unknown_task_id(db_path: Path, filled_db: dict[str, str], command: str)
     assert "no task with id 'no-such-id'" in run.stderr
 
 
-def test_missing_database_is_one_clear_line(tmp_path: Path) -> None:
-    for command in (["status"], ["worker"], ["inspect", "x"]):
-        run = sitq(*command, "--db", str(tmp_path / "missing.db"))
+@pytest.mark.parametrize("where", ["missing.db", "no/such/dir/tasks.db"])
+def test_missing_database_is_one_clear_line(tmp_path: Path, where: str) -> None:
+    """A command that reads a database says it is not there, even when its
+    directory is missing too (nothing is to be created, so no "cannot create")."""
+    missing = tmp_path / where
+    for command in (["status"], ["worker"], ["inspect", "x"], ["workflow", "status"]):
+        run = sitq(*command, "--db", str(missing))
         assert run.returncode == 1
         assert run.stderr.strip().splitlines() == [
-            f"Error: no sitq database at {tmp_path / 'missing.db'}: check --db / $SITQ_DB, "
-            f"or create it with `sitq init --db {tmp_path / 'missing.db'}`"
+            f"Error: no sitq database at {missing}: check --db / $SITQ_DB, "
+            f"or create it with `sitq init --db {missing}`"
         ]
-    assert not (tmp_path / "missing.db").exists()
+    assert not missing.exists()
 
 
 def test_init_creates_an_owner_only_database(tmp_path: Path) -> None:

@@ -268,15 +268,17 @@ class SQLiteBackend(Backend):
             if path.is_dir():
                 raise DatabaseError(f"{self.path} is a directory, not a database file")
             return
-        if not path.parent.is_dir():
-            raise DatabaseError(
-                f"cannot create {self.describe()}: directory {path.parent} does not exist; "
-                "create it first or choose another path"
-            )
+        # Opening an existing database (read-only commands) says it is missing before
+        # anything about creating it: nothing is to be created here.
         if not self.create:
             raise DatabaseError(
                 f"no sitq database at {self.path}: check --db / $SITQ_DB, or create it "
                 f"with `sitq init --db {self.path}`"
+            )
+        if not path.parent.is_dir():
+            raise DatabaseError(
+                f"cannot create {self.describe()}: directory {path.parent} does not exist; "
+                "create it first or choose another path"
             )
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
