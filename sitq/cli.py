@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -15,10 +13,11 @@ from typing import Any, TypeVar
 
 import click
 
+from sitq.app_imports import import_modules
 from sitq.backends import open_backend
 from sitq.backends.base import WORKER_STALE_AFTER, Backend
 from sitq.dashboard.cli import dashboard as dashboard_command
-from sitq.display import redact, terminal_safe, terminal_safe_data
+from sitq.display import bounded_repr, call_text, redact, terminal_safe, terminal_safe_data
 from sitq.errors import SitqError
 from sitq.headers import unwrap as unwrap_headers
 from sitq.queue import record_to_result
@@ -77,7 +76,7 @@ def _run(coro_fn: Callable[[Backend], Awaitable[T]], db: str, *, create: bool = 
 @click.group()
 @click.version_option(package_name="sitq")
 def main() -> None:
-    """sitq: a crash-safe task queue on SQLite."""
+    """sitq: a crash-safe task queue on SQLite (embedded) or PostgreSQL."""
 
 
 @main.command()
@@ -147,6 +146,7 @@ def main() -> None:
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
+    help="Least severe log lines shown on stderr (info: start, stop, retries, failed tasks).",
 )
 @click.option(
     "--burst",
@@ -178,7 +178,7 @@ def worker(
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=log_level.upper(), handlers=[handler])
-    _import_modules(imports)
+    import_modules(imports, "worker")
     if check:
         _check_worker_setup(db, imports)
         return
@@ -276,19 +276,6 @@ def _check_worker_setup(db: str, imports: tuple[str, ...]) -> None:
     click.echo(
         f"ok: {where} (schema version current); imports: {', '.join(imports) or 'none'}; {signed}"
     )
-
-
-def _import_modules(modules: tuple[str, ...]) -> None:
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:
-            _fail(
-                f"cannot import module {name!r} ({type(exc).__name__}: {exc}); check "
-                "--import and that the worker runs where the module can be found"
-            )
 
 
 @main.command()
@@ -531,11 +518,6 @@ def _when(value: float | None) -> str:
     return datetime.fromtimestamp(value, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _bounded(value: Any, limit: int = 500) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
-
-
 @main.command()
 @db_option
 @click.argument("task_id")
@@ -560,7 +542,7 @@ def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) ->
     and verified with $SITQ_SECRET_KEY, or with --show-args. As for the worker,
     the current directory is on the import path, so run it where your app runs.
     """
-    _import_modules(imports)  # the arguments may be instances of the app's classes
+    import_modules(imports, "inspect")  # the arguments may be instances of the app's classes
 
     async def fetch(backend: Backend) -> Any:
         return (await backend.get_tasks([task_id], with_payload=True)).get(task_id)
@@ -580,9 +562,18 @@ def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) ->
             body = unwrap_headers(record.payload)[1]
             binding = payload_binding(record.id, record.func_name, record.queue)
             _, args, kwargs = bound_loads(serializer, body, binding)
-            call = f"{record.func_name}(*{_bounded(args)}, **{_bounded(kwargs)})"
+            call = call_text(record.func_name, args, kwargs)
         except Exception as exc:
-            call = f"{record.func_name} (arguments not readable here: {type(exc).__name__}: {exc})"
+            # A class or module of the app that this process cannot import: say how to fix it.
+            hint = (
+                "; run from the app's directory or pass --import MODULE"
+                if isinstance(exc, (ImportError, AttributeError))
+                else ""
+            )
+            call = (
+                f"{record.func_name} (arguments not readable here: "
+                f"{type(exc).__name__}: {exc}{hint})"
+            )
     lines = [
         ("id", record.id),
         ("call", call),
@@ -607,7 +598,7 @@ def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) ->
         else:
             try:
                 value = record_to_result(record, serializer).value
-                lines.append(("result", _bounded(value)))
+                lines.append(("result", bounded_repr(value)))
             except SitqError as exc:
                 lines.append(("result", f"(not readable here: {exc})"))
     for label, value in lines:

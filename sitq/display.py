@@ -9,6 +9,7 @@ cannot move the cursor, clear the screen or retitle the terminal.
 from __future__ import annotations
 
 import re
+import reprlib
 from typing import Any
 
 #: ``scheme://user:PASSWORD@``: everything up to the last ``@`` on the line is
@@ -61,3 +62,25 @@ def terminal_safe_data(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [terminal_safe_data(v) for v in value]
     return value
+
+
+#: The longest repr shown for one value (a task's argument or result).
+REPR_LIMIT = 2000
+
+
+def bounded_repr(value: Any, limit: int = REPR_LIMIT) -> str:
+    """A repr that stays readable for big values: containers are abbreviated, and
+    the text is cut at ``limit`` characters."""
+    shaper = reprlib.Repr()
+    shaper.maxlist = shaper.maxtuple = shaper.maxset = shaper.maxdict = 20
+    shaper.maxstring = shaper.maxother = 400
+    shaper.maxlevel = 4
+    text = shaper.repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def call_text(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A task's call as it would be written: ``name(1, 'x', key=2)``, bounded reprs."""
+    parts = [bounded_repr(arg) for arg in args]
+    parts += [f"{key}={bounded_repr(value)}" for key, value in kwargs.items()]
+    return f"{name}({', '.join(parts)})"

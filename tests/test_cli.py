@@ -209,13 +209,30 @@ def test_bad_worker_options(
 def test_module_that_will_not_import(
     db_path: Path, filled_db: dict[str, str], tmp_path: Path
 ) -> None:
+    """A module that is found but fails while importing is shown where it failed
+    (file:line and the error), not with the where-to-run hint, which is for a
+    module that is not found, and names the command that runs."""
     (tmp_path / "broken_tasks.py").write_text("raise RuntimeError('import-time failure')\n")
     run = sitq("worker", "--db", str(db_path), "--import", "broken_tasks", cwd=tmp_path)
     assert run.returncode == 1
-    assert "cannot import module 'broken_tasks'" in run.stderr
-    assert "import-time failure" in run.stderr
+    assert run.stderr.strip() == (
+        f"Error: cannot import module 'broken_tasks': {tmp_path / 'broken_tasks.py'}:1: "
+        "RuntimeError: import-time failure"
+    )
+    (tmp_path / "broken_syntax.py").write_text("X = 1\ndef f(:\n    pass\n")
+    for command in (["worker", "--db", str(db_path)], ["dashboard", "--db", str(db_path)]):
+        run = sitq(*command, "--import", "broken_syntax", cwd=tmp_path)
+        assert run.returncode == 1
+        assert run.stderr.startswith(
+            f"Error: cannot import module 'broken_syntax': {tmp_path / 'broken_syntax.py'}:2: "
+            "SyntaxError: "
+        ), run.stderr
+        assert "can be found" not in run.stderr
     run = sitq("worker", "--db", str(db_path), "--import", "nope_nope", cwd=tmp_path)
     assert run.returncode == 1 and "No module named 'nope_nope'" in run.stderr
+    assert "that `sitq worker` runs where the module can be found" in run.stderr
+    run = sitq("dashboard", "--db", str(db_path), "--import", "nope_nope", cwd=tmp_path)
+    assert "that `sitq dashboard` runs where the module can be found" in run.stderr
 
 
 def test_worker_imports_modules_from_the_current_directory(
@@ -343,6 +360,13 @@ def test_dashboard_help_states_the_token_minimum() -> None:
     assert "at least 16 characters" in text
 
 
+def test_help_names_both_backends_and_every_worker_option_has_help() -> None:
+    text = " ".join(sitq("--help").stdout.split())
+    assert "on SQLite (embedded) or PostgreSQL" in text
+    text = " ".join(sitq("worker", "--help").stdout.split())
+    assert "--log-level [debug|info|warning|error] Least severe log lines shown" in text
+
+
 def test_worker_help_describes_the_default_prefetch() -> None:
     text = " ".join(sitq("worker", "--help").stdout.split())
     assert "see Worker" not in text
@@ -372,20 +396,31 @@ def test_inspect_loads_arguments_from_the_apps_own_directory(db_path: Path, tmp_
 
         with SyncTaskQueue(db_path) as queue:
             task_id = queue.enqueue(myapp.area, myapp.Point(2, 3))
+            keyword_id = queue.enqueue(myapp.area, p=myapp.Point(1, 1))
     finally:
         sys.path.remove(str(app))
         sys.modules.pop("myapp", None)
     db = str(db_path)
     run = sitq("inspect", "--db", db, "--show-args", task_id, cwd=app)
     assert run.returncode == 0, run.stderr
-    assert "call: myapp.area(*(Point(2, 3),), **{})" in run.stdout, run.stdout
+    assert "call: myapp.area(Point(2, 3))" in run.stdout, run.stdout  # as the dashboard shows it
+    run = sitq("inspect", "--db", db, "--show-args", keyword_id, cwd=app)
+    assert "call: myapp.area(p=Point(1, 1))" in run.stdout, run.stdout
+    # From another directory the call cannot load: say how to make it load.
+    run = sitq("inspect", "--db", db, "--show-args", task_id, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert (
+        "arguments not readable here: ModuleNotFoundError: No module named 'myapp'; "
+        "run from the app's directory or pass --import MODULE)" in run.stdout
+    ), run.stdout
     run = sitq(
         "inspect", "--db", db, "--show-args", "--import", "myapp", "-i", "myapp_setup", task_id,
         cwd=app,
     )  # fmt: skip
-    assert run.returncode == 0 and "call: myapp.area(*(Point(2, 3),), **{})" in run.stdout
+    assert run.returncode == 0 and "call: myapp.area(Point(2, 3))" in run.stdout
     run = sitq("inspect", "--db", db, "--import", "not_here_at_all", task_id, cwd=app)
     assert run.returncode == 1 and "cannot import module 'not_here_at_all'" in run.stderr
+    assert "that `sitq inspect` runs where the module can be found" in run.stderr
 
 
 def _shape(line: str) -> list[str]:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import importlib
-import os
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import click
 
+from sitq.app_imports import import_modules
 from sitq.dashboard.access import is_loopback, new_token
 from sitq.display import redact
 
@@ -83,7 +81,7 @@ def dashboard(
             f"listening on {host} would let other machines in: give a token with --token "
             f"(or ${TOKEN_ENV}; '--token generate' makes one), or keep --host 127.0.0.1"
         )
-    _import_modules(imports)
+    import_modules(imports, "dashboard")
     _check_database(db)
     # Bound here, before anything is announced, and handed to uvicorn: a busy
     # port is then one clear line, not a URL followed by uvicorn's raw error.
@@ -172,22 +170,6 @@ def _server_class(base: Any) -> Any:
                     signal.signal(sig, handler)
 
     return Server
-
-
-def _import_modules(modules: tuple[str, ...]) -> None:
-    """Put the current directory on the import path (a console script's path starts
-    at its own folder) and import ``modules``, as `sitq worker` does: a task page
-    unpickles calls that name the app's modules."""
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:
-            raise click.ClickException(
-                f"cannot import module {name!r} ({type(exc).__name__}: {exc}); check "
-                "--import and that the dashboard runs where the module can be found"
-            ) from exc
 
 
 def _check_database(db: str) -> None:

@@ -3,21 +3,18 @@ and shaped into plain data for the templates."""
 
 from __future__ import annotations
 
-import reprlib
 from dataclasses import dataclass, field
-from typing import Any
 
 from sitq.backends.base import WORKER_STALE_AFTER, LimitRecord, ScheduleRecord, TaskRecord
 from sitq.dashboard.history import CountHistory, QueueTrend
 from sitq.dashboard.workflows import RunProgress, WorkflowItems
+from sitq.display import bounded_repr
 from sitq.headers import unwrap as unwrap_headers
 from sitq.queue import TaskQueue, record_to_result
 from sitq.serialization import SignedSerializer, bound_loads, payload_binding
 from sitq.task import TaskStatus
 
 STATUSES = [status.value for status in TaskStatus]
-#: The most characters of an argument or result repr a task page shows.
-REPR_LIMIT = 2000
 #: The largest payload or result (bytes) a page loads by itself; a bigger one is
 #: loaded only on request, and never by the live refresh.
 LOAD_LIMIT = 1_000_000
@@ -270,17 +267,6 @@ class TaskDetail:
     def call_too_big(self) -> bool:
         """Its payload is over what a page loads by itself."""
         return (self.record.payload_size or 0) > LOAD_LIMIT
-
-
-def bounded_repr(value: Any, limit: int = REPR_LIMIT) -> str:
-    """A repr that stays readable for big values: containers are abbreviated, and
-    the text is cut at ``limit`` characters."""
-    shaper = reprlib.Repr()
-    shaper.maxlist = shaper.maxtuple = shaper.maxset = shaper.maxdict = 20
-    shaper.maxstring = shaper.maxother = 400
-    shaper.maxlevel = 4
-    text = shaper.repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def describe_call(queue: TaskQueue, record: TaskRecord) -> tuple[str | None, str | None]:
