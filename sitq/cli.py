@@ -213,11 +213,30 @@ def worker(
 def pause(db: str, queue: str) -> None:
     """Stop workers taking tasks from QUEUE (running ones finish; enqueue still works)."""
 
-    async def act(backend: Backend) -> None:
+    async def act(backend: Backend) -> str | None:
         await backend.pause_queue(queue)
+        return await _unused_queue_note(backend, queue)
 
-    _run(act, db)
+    note = _run(act, db)
     click.echo(f"paused queue {queue!r}; `sitq resume {queue}` to undo")
+    if note:
+        click.echo(note, err=True)
+
+
+async def _unused_queue_note(backend: Backend, queue: str) -> str | None:
+    """A note when no task and no worker has used ``queue`` (likely a typo), naming
+    the queues that are known. Workers first (a small table); the tasks' queues
+    (the grouped count `sitq status` reads) only when no worker serves it."""
+    known = {name for worker in await backend.list_workers() for name in worker.queues}
+    if queue in known:
+        return None
+    known.update(name for name, _ in await backend.counts())
+    if queue in known:
+        return None
+    names = ", ".join(sorted(known)) or "none"
+    return terminal_safe(
+        f"note: no task or worker has used queue {queue!r} (known queues: {names})"
+    )
 
 
 @main.command()
@@ -620,18 +639,23 @@ def retry(db: str, task_id: str | None, all_failed: bool, queue: str | None) -> 
     if bool(task_id) == all_failed:
         raise click.UsageError("give either a TASK_ID or --failed")
 
-    async def requeue(backend: Backend) -> tuple[int, bool]:
+    async def requeue(backend: Backend) -> tuple[int, bool, str | None]:
         if all_failed:
-            return await backend.retry(None, queue=queue), True
+            count = await backend.retry(None, queue=queue)
+            # Nothing retried in a named queue: say so if the name is likely a typo.
+            note = await _unused_queue_note(backend, queue) if queue and not count else None
+            return count, True, note
         count = await backend.retry([task_id or ""])
-        return count, bool(count or await backend.get_tasks([task_id or ""]))
+        return count, bool(count or await backend.get_tasks([task_id or ""])), None
 
-    count, exists = _run(requeue, db)
+    count, exists, note = _run(requeue, db)
     if not exists:
         _fail(f"no task with id {task_id!r} in {db}")
     if task_id and not count:
         _fail(f"task {task_id} is not failed or cancelled; only those can be retried")
     click.echo(f"queued {count} task(s) again")
+    if note:
+        click.echo(note, err=True)
 
 
 @main.command()

@@ -444,3 +444,34 @@ def test_worker_daemon_readme_status_sample_matches_real_output(
         assert queue.get_result(task_id, timeout=20) is not None
     real = sitq("status", "--db", str(db_path)).stdout.strip("\n").splitlines()
     assert [_shape(line) for line in real] == [_shape(line) for line in sample]
+
+
+async def test_pause_and_retry_note_a_queue_no_task_or_worker_has_used(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A mistyped queue is still paused (a worker may come for it), but stderr says
+    no task or worker has used it and names the known queues; a known one is quiet."""
+    from sitq import TaskQueue
+
+    async with TaskQueue(db_url) as queue:
+        await queue.enqueue(jobs.add, 1, 2)
+        await queue.with_options(queue="mail").enqueue(jobs.add, 3, 4)
+    worker = WorkerProcess(db_url, tmp_path, "--queue", "reports").wait_started()
+    try:
+        note = (
+            "note: no task or worker has used queue 'emial' (known queues: default, mail, reports)"
+        )
+        run = sitq("pause", "--db", db_url, "emial")
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.startswith("paused queue 'emial'")
+        assert run.stderr.strip() == note
+        run = sitq("retry", "--db", db_url, "--failed", "--queue", "emial")
+        assert (run.returncode, run.stdout.strip()) == (0, "queued 0 task(s) again")
+        assert run.stderr.strip() == note
+        for known in ("mail", "reports"):  # used by a task; served by a worker
+            run = sitq("pause", "--db", db_url, known)
+            assert run.returncode == 0 and run.stderr == "", run.stderr
+            run = sitq("retry", "--db", db_url, "--failed", "--queue", known)
+            assert run.returncode == 0 and run.stderr == "", run.stderr
+    finally:
+        worker.stop()
