@@ -35,6 +35,7 @@ from sitq.backends.base import (
     WorkerRecord,
 )
 from sitq.calls import unpack_call
+from sitq.display import redact, terminal_safe
 from sitq.errors import ConfigurationError, SerializationError, WorkerCrashed
 from sitq.headers import unwrap as unwrap_headers
 from sitq.process_pool import ChildDied, ProcessPool
@@ -917,6 +918,8 @@ class Worker:
                 self.outcomes[_outcome_name(outcome)] += 1
                 if outcome.retry_at is not None:
                     self._retries_due = max(self._retries_due, outcome.retry_at)
+                if outcome.status != "succeeded":  # the only cost a success pays
+                    _log_failure(running.task, outcome, self.backend.now())
                 if running.observed:
                     self._announce_outcome(running)
         self._forget(running)
@@ -1185,6 +1188,30 @@ def _outcome_name(outcome: Outcome | None) -> str:
     if outcome is None:
         return "released"
     return _OUTCOME_NAMES.get(outcome.status, "retried")
+
+
+#: The most characters of a task's error a failure log line shows.
+_LOGGED_ERROR_LIMIT = 300
+
+
+def _log_failure(task: ClaimedTask, outcome: Outcome, now: float) -> None:
+    """One line per stored failure: WARNING when the task failed for good, INFO
+    when a retry is scheduled; a cancellation is not a failure and is not logged.
+    The error is stored text: its first line, bounded, without control characters
+    or database passwords (a worker embedded in an app may log to a terminal)."""
+    if outcome.status == "cancelled":
+        return
+    error = (outcome.error or "unknown error").strip().split("\n", 1)[0]
+    if len(error) > _LOGGED_ERROR_LIMIT:
+        error = error[:_LOGGED_ERROR_LIMIT] + "..."
+    line = (
+        f"task {task.id} ({terminal_safe(task.func_name)}) failed on attempt "
+        f"{task.attempts}/{task.max_retries + 1}: {terminal_safe(redact(error))}"
+    )
+    if outcome.retry_at is None:
+        logger.warning("%s", line)
+    else:
+        logger.info("%s; retry in %.1f s", line, max(outcome.retry_at - now, 0.0))
 
 
 def _end_run(running: _Running, outcome: Outcome | None, elapsed: float) -> None:

@@ -475,3 +475,32 @@ async def test_pause_and_retry_note_a_queue_no_task_or_worker_has_used(
             assert run.returncode == 0 and run.stderr == "", run.stderr
     finally:
         worker.stop()
+
+
+async def test_the_worker_logs_one_line_per_failed_attempt(db_url: str, tmp_path: Path) -> None:
+    """At the default level a `sitq worker` says which task failed, on which attempt,
+    and why: INFO when a retry is scheduled, WARNING when it failed for good; a
+    success adds nothing."""
+    from sitq import TaskQueue
+
+    async with TaskQueue(db_url) as queue:
+        failing = await queue.with_options(max_retries=1, retry_backoff=0).enqueue(
+            jobs.fail, "broken\x1b[2J" + "x" * 1000
+        )
+        ok = await queue.enqueue(jobs.add, 1, 2)
+    worker = WorkerProcess(db_url, tmp_path).wait_started()
+    try:
+        async with TaskQueue(db_url) as queue:
+            assert (await queue.get_result(failing, timeout=30)).status is TaskStatus.FAILED
+            assert (await queue.get_result(ok, timeout=30)).value == 3
+        wait_until(lambda: "attempt 2/2" in worker.output(), 10, "the failure log line")
+        lines = [line for line in worker.output().splitlines() if f"task {failing}" in line]
+        assert len(lines) == 2, worker.output()
+        prefix = f"task {failing} (jobs.fail) failed on attempt"
+        assert " INFO sitq.worker: " + prefix + " 1/2: ValueError: broken\\x1b[2Jxxx" in lines[0]
+        assert lines[0].endswith("...; retry in 0.0 s"), lines[0]
+        assert " WARNING sitq.worker: " + prefix + " 2/2: ValueError: broken\\x1b[2Jxxx" in lines[1]
+        assert "\x1b" not in worker.output() and len(lines[1]) < 450
+        assert ok not in worker.output()
+    finally:
+        worker.stop()
