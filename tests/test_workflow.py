@@ -191,7 +191,7 @@ def test_example_data_transformation(tmp_path: Path, work: Path) -> None:
     # Without the param, the run is refused before it starts, naming the name.
     proc = run_cli("run", str(EXAMPLE / "data_transformation.yaml"), cwd=work, env=env)
     assert proc.returncode == 1
-    assert "data_transformation.yaml:2: step 'transform_records'" in proc.stderr
+    assert "data_transformation.yaml:5: step 'transform_records': field 'items'" in proc.stderr
     assert "undefined template name 'input_records'" in proc.stderr
 
 
@@ -615,14 +615,14 @@ BAD_WORKFLOWS = [
     ("steps:\n  a:\n    type: echo\n    for_each: 5\n    message: hi\n",
      "wf.yaml:4: step 'a': for_each must be a list, or a template that gives one"),
     ("steps:\n  a:\n    type: echo\n    message: '{{ nme }}'\n",
-     "wf.yaml:3: step 'a': field 'message': undefined template name 'nme'"),
+     "wf.yaml:4: step 'a': field 'message': undefined template name 'nme'"),
     ("steps:\n  a:\n    type: echo\n    message: '{{ steps.b.result }}'\n  b:\n    type: echo\n"
      "    message: hi\n",
-     "wf.yaml:3: step 'a': field 'message': refers to steps.b, which runs later"),
+     "wf.yaml:4: step 'a': field 'message': refers to steps.b, which runs later"),
     ("steps:\n  a:\n    type: echo\n    message: '{{ steps.c.result }}'\n",
-     "wf.yaml:3: step 'a': field 'message': refers to steps.c, but there is no step 'c'"),
+     "wf.yaml:4: step 'a': field 'message': refers to steps.c, but there is no step 'c'"),
     ("steps:\n  a:\n    type: echo\n    message: '{{ item }}'\n",
-     "wf.yaml:3: step 'a': field 'message': uses 'item', which is only defined in for_each"),
+     "wf.yaml:4: step 'a': field 'message': uses 'item', which is only defined in for_each"),
     ("steps:\n  a:\n    type: python\n    code: |\n      x = 1\n      y = (\n",
      "wf.yaml:6: step 'a': python syntax error"),
     ("steps:\n  a:\n    type: echo\n    message: hi\n  a:\n    type: echo\n    message: again\n",
@@ -651,7 +651,7 @@ def test_nothing_runs_when_validation_fails(tmp_path: Path, work: Path) -> None:
     db = str(tmp_path / "s.db")
     result = CliRunner().invoke(workflow_group, ["run", str(file), "--db", db])
     assert result.exit_code == 1
-    assert "wf.yaml:6: step 'second'" in result.output
+    assert "wf.yaml:7: step 'second': field 'message'" in result.output
     assert not (work / "ran").exists() and not Path("ran").exists()
     assert not Path(db).exists()  # checked before the database is even opened
     listing = CliRunner().invoke(workflow_group, ["status", "--db", db])
@@ -1030,7 +1030,7 @@ steps:
     db = tmp_path / "state.db"
     with pytest.raises(WorkflowValidationError) as caught:
         workflow.run(db=db, executor="local")
-    assert "wf.yaml:6: step 'show': field 'command': uses params.cout, but there is no param " \
+    assert "wf.yaml:7: step 'show': field 'command': uses params.cout, but there is no param " \
         "'cout' (did you mean 'count'?" in str(caught.value)  # fmt: skip
     assert not db.exists()  # nothing was recorded
     report = workflow.run({"cout": "x"}, db=db, executor="local")

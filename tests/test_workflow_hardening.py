@@ -424,3 +424,86 @@ def test_workflow_status_escapes_control_characters_of_stored_text(
     assert "error: run\\x1b[2J\nline 2" in shown.stdout  # newlines kept for run errors
     listed = run_cli("status", cwd=work, env=env)
     assert listed.returncode == 0 and run_id in listed.stdout
+
+
+# -- every problem at once, on the line of the field it is in ------------------------------
+
+MANY_PROBLEMS = """\
+steps:
+  a:
+    type: echo
+    mesage: hi
+  b:
+    type: echo
+    description: uses a missing step
+    message: "{{ steps.nope.result }}"
+  c:
+    type: echo
+    message: "{{ oops( }}"
+  d:
+    type: shell
+    for_each:
+      - 1
+    command: "echo {{ steps.zz }} {{ params.n }}"
+  e:
+    type: echo
+    message: "{{ steps.a.result }}"
+"""
+
+
+def test_every_steps_problems_are_reported_at_once_on_their_fields_lines() -> None:
+    """A problem in one step does not hide the others': each is one line, on the
+    line of the field it is in (not the step's), worded for the step's kind."""
+    with pytest.raises(WorkflowValidationError) as caught:
+        Workflow.from_string(MANY_PROBLEMS, "p.yaml")
+    lines = str(caught.value).splitlines()[1:]
+    assert [line.strip().split(": ", 3)[:3] for line in lines] == [
+        [
+            "p.yaml:4",
+            "step 'a'",
+            "unknown key 'mesage' for an echo step; did you mean 'message'? allowed",
+        ],
+        ["p.yaml:3", "step 'a'", "an echo step needs `message`"],
+        ["p.yaml:8", "step 'b'", "field 'message'"],
+        ["p.yaml:11", "step 'c'", "field 'message'"],
+        ["p.yaml:16", "step 'd'", "field 'command'"],
+    ], lines
+    assert "refers to steps.nope, but there is no step 'nope'" in lines[2]
+    assert "template syntax error" in lines[3] and "steps.zz" in lines[4]
+    # Step a could not be read, yet e may refer to it: a is a step of the file.
+    assert not any("step 'e'" in line for line in lines)
+
+
+def test_a_params_problem_names_the_line_of_its_field() -> None:
+    text = MANY_PROBLEMS.split("  a:")[0] + "  d:" + MANY_PROBLEMS.split("  d:")[1]
+    text = text.replace("{{ steps.zz }} ", "").split("  e:")[0]
+    with pytest.raises(WorkflowValidationError) as caught:
+        Workflow.from_string(text, "p.yaml").validate({})
+    assert str(caught.value).startswith(
+        "p.yaml:6: step 'd': field 'command': uses params.n, but there is no param 'n'"
+    ), str(caught.value)
+    items = "steps:\n  b:\n    task: batch\n    inputs:\n      items: '{{ item }}'\n" \
+        "      task:\n        type: echo\n        message: hi\n"  # fmt: skip
+    with pytest.raises(WorkflowValidationError, match=r"p.yaml:5: step 'b': field 'items'"):
+        Workflow.from_string(items, "p.yaml")
+    each = "steps:\n  b:\n    type: echo\n    message: hi\n    for_each: '{{ item }}'\n"
+    with pytest.raises(WorkflowValidationError, match=r"p.yaml:5: step 'b': field 'for_each'"):
+        Workflow.from_string(each, "p.yaml")
+
+
+def test_a_step_that_cannot_be_read_is_still_a_step_others_may_use() -> None:
+    text = (
+        "steps:\n  a:\n    type: ech\n  e:\n    type: echo\n    message: '{{ steps.a.result }}'\n"
+    )
+    with pytest.raises(WorkflowValidationError) as caught:
+        Workflow.from_string(text, "p.yaml")
+    assert str(caught.value).startswith("p.yaml:3: step 'a': unknown step kind 'ech'")
+    assert "step 'e'" not in str(caught.value)
+
+
+def test_one_failed_item_of_one_is_worded_in_the_singular(tmp_path: Path, work: Path) -> None:
+    text = "steps:\n  each:\n    type: python\n    for_each: [7]\n    code: |\n" \
+        "      raise ValueError('bad')\n"  # fmt: skip
+    report = Workflow.from_string(text, "wf.yaml").run(db=tmp_path / "state.db", executor="local")
+    assert report.status == "failed"
+    assert "1 of 1 item failed; first, item 0: ValueError: bad" in str(report.error)

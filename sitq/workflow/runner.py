@@ -480,7 +480,8 @@ class Runner:
             error = (
                 first.error
                 if not step.has_items
-                else f"{len(failed)} of {count} items failed; first, item {first.index}: "
+                else f"{len(failed)} of {count} {'item' if count == 1 else 'items'} failed; "
+                f"first, item {first.index}: "
                 f"{first.error}"
             )
         report = await self._report(step, status, items=items)

@@ -65,6 +65,8 @@ class BatchSpec:
     max_parallel: int | None = None
     continue_on_error: bool = False
     on_item_error: TaskSpec | None = None
+    #: The line ``items`` is written on (for errors).
+    items_line: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class StepSpec:
     outputs: str | None = None
     continue_on_error: bool = False
     max_parallel: int | None = None
+    #: The line ``for_each`` is written on (for errors).
+    for_each_line: int = 0
 
     @property
     def item_task(self) -> TaskSpec:
@@ -135,6 +139,11 @@ def _suggest(key: str, allowed: tuple[str, ...] | list[str]) -> str:
     return f"did you mean {close[0]!r}? " if close else ""
 
 
+def _a(kind: str) -> str:
+    """``kind`` with its article: "an echo", "a shell"."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
+
+
 def _line(mapping: Any, key: Any = None) -> int:
     if isinstance(mapping, YamlMap):
         return mapping.line_of(key) if key is not None else mapping.line
@@ -168,7 +177,6 @@ def parse_workflow(text: str, source: str = "<string>") -> WorkflowSpec:
                 _line(params, name), None, f"param name {name!r} is reserved or not an identifier"
             )
     steps = _parse_steps(doc, problems)
-    problems.raise_any()
     spec = WorkflowSpec(
         source=source,
         text=text,
@@ -177,9 +185,23 @@ def parse_workflow(text: str, source: str = "<string>") -> WorkflowSpec:
         description=doc.get("description"),
         params=dict(params),
     )
-    _check_templates(spec, problems, names=None)
+    # The templates of every step that could be read are checked even when others
+    # have problems, so one attempt lists them all; steps that could not be read
+    # are still names other steps may refer to.
+    unread = frozenset(_step_names(doc)) - {step.name for step in steps}
+    _check_templates(spec, problems, names=None, unread=unread)
     problems.raise_any()
     return spec
+
+
+def _step_names(doc: dict[str, Any]) -> list[str]:
+    """Every step name the file gives, readable or not."""
+    raw = doc.get("steps")
+    if isinstance(raw, dict):
+        return [str(name) for name in raw]
+    if isinstance(raw, list):
+        return [b["name"] for b in raw if isinstance(b, dict) and isinstance(b.get("name"), str)]
+    return []
 
 
 def _parse_steps(doc: dict[str, Any], problems: _Problems) -> list[StepSpec]:
@@ -299,7 +321,7 @@ def _parse_step(
             problems.add(
                 _line(body, key),
                 name,
-                f"unknown key {key!r} for a {kind} step; {_suggest(key, allowed)}"
+                f"unknown key {key!r} for {_a(kind)} step; {_suggest(key, allowed)}"
                 f"allowed: {', '.join(allowed)}",
             )
     retry = _retry(body, name, problems)
@@ -328,6 +350,7 @@ def _parse_step(
         "position": position,
         "line": line,
         "for_each": for_each,
+        "for_each_line": _line(body, "for_each"),
         "retry": retry,
         "outputs": outputs,
         "continue_on_error": _flag(body, "continue_on_error", name, problems),
@@ -407,12 +430,12 @@ def _parse_task_fields(
                 problems.add(
                     _line(inputs, key),
                     step,
-                    f"unknown input {key!r} for a {kind} step; {_suggest(key, allowed)}"
+                    f"unknown input {key!r} for {_a(kind)} step; {_suggest(key, allowed)}"
                     f"allowed: {', '.join(allowed)}",
                 )
         required = REQUIRED_FIELDS.get(kind)
         if required and required not in fields:
-            problems.add(_line(body), step, f"a {kind} step needs `{required}`")
+            problems.add(_line(body), step, f"{_a(kind)} step needs `{required}`")
         _check_field_types(kind, fields, body, inputs, step, problems)
     field_lines = {k: _line(inputs if k in inputs else body, k) for k in fields}
     return TaskSpec(
@@ -532,6 +555,7 @@ def _parse_batch(
         max_parallel=_positive(holder, "max_parallel", step, problems),
         continue_on_error=_flag(holder, "continue_on_error", step, problems),
         on_item_error=handler,
+        items_line=where("items"),
     )
 
 
@@ -631,7 +655,7 @@ def _strings(value: Any, label: str) -> Iterator[tuple[str, str]]:
 def _task_fields(step: StepSpec, task: TaskSpec, prefix: str, item: bool, error: bool):
     for key, value in task.fields.items():
         for label, text in _strings(value, f"{prefix}{key}"):
-            yield _Field(step, label, text, task.line, item, error)
+            yield _Field(step, label, text, task.field_lines.get(key, task.line), item, error)
 
 
 def _tasks(step: StepSpec) -> list[TaskSpec]:
@@ -707,10 +731,10 @@ def template_fields(step: StepSpec) -> Iterator[_Field]:
     """Every templated value of ``step``, with whether ``item``/``error`` are defined there."""
     if step.for_each is not None:
         for label, text in _strings(step.for_each, "for_each"):
-            yield _Field(step, label, text, step.line, False, False)
+            yield _Field(step, label, text, step.for_each_line or step.line, False, False)
     if step.batch is not None:
         for label, text in _strings(step.batch.items, "items"):
-            yield _Field(step, label, text, step.line, False, False)
+            yield _Field(step, label, text, step.batch.items_line or step.line, False, False)
         yield from _task_fields(step, step.batch.task, "task.", True, False)
         if step.batch.on_item_error is not None:
             yield from _task_fields(step, step.batch.on_item_error, "on_item_error.", True, True)
@@ -730,6 +754,7 @@ def _check_templates(
     problems: _Problems,
     names: set[str] | None,
     environ: dict[str, str] | None = None,
+    unread: frozenset[str] = frozenset(),
 ) -> None:
     order = {s.name: s.position for s in spec.steps}
     outputs = {s.outputs: s for s in spec.steps if s.outputs}
@@ -746,7 +771,7 @@ def _check_templates(
                     f"({_suggest(key, sorted(names or ()))}pass it with --param {key}=VALUE "
                     "or declare it under `params:`)",
                 )
-            for ref in sorted(code_step_refs(task.code)):
+            for ref in sorted(code_step_refs(task.code) - unread):
                 if ref not in order or order[ref] >= step.position:
                     problems.add(
                         task.code_line,
@@ -762,7 +787,7 @@ def _check_templates(
             except TemplateError as exc:
                 add(str(exc))
                 continue
-            for ref in sorted(found.steps):
+            for ref in sorted(found.steps - unread):
                 if ref not in order:
                     add(f"refers to steps.{ref}, but there is no step {ref!r} "
                         f"({_suggest(ref, list(order))}steps: {', '.join(order)})")  # fmt: skip
