@@ -345,7 +345,7 @@ def _parse_step(
             f'(for_each: "{{{{ steps.NAME.result }}}}"), not {type(for_each).__name__} '
             f"{for_each!r:.60}",
         )
-    common = {
+    common: dict[str, Any] = {
         "name": name,
         "position": position,
         "line": line,
