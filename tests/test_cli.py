@@ -124,7 +124,7 @@ def test_db_from_environment(db_path: Path, filled_db: dict[str, str], tmp_path:
 def test_inspect_shows_call_error_and_traceback(db_path: Path, filled_db: dict[str, str]) -> None:
     run = sitq("inspect", "--db", str(db_path), "--show-args", filled_db["failed"])
     assert run.returncode == 0, run.stderr
-    assert "jobs.fail(*('broken',), **{})" in run.stdout
+    assert "call: jobs.fail('broken')" in run.stdout
     assert "status: failed" in run.stdout
     assert "ValueError: broken" in run.stdout and "Traceback" in run.stdout
 

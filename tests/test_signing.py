@@ -381,7 +381,7 @@ async def test_inspect_and_the_dashboard_load_signed_calls_only_in_their_own_row
             env=env,
             timeout=60,
         )
-        assert "jobs.add(*(20, 22)" in shown.stdout and "42" in shown.stdout, shown.stdout
+        assert "jobs.add(20, 22)" in shown.stdout and "42" in shown.stdout, shown.stdout
         refused = await asyncio.to_thread(
             subprocess.run,
             [SITQ, "inspect", "--db", str(db_path), copied],
