@@ -466,9 +466,10 @@ def test_a_task_handle_given_to_enqueue_is_sent_by_name(db_path: Path, spawn_wor
         async with TaskQueue(db_path) as q:
             a = await q.enqueue(greet, "ada")
             b = await q.with_options(priority=5).enqueue(greet, "bob", punctuation="?")
-            return [a, b, *await q.enqueue_many(shout, ["x", ("y",)])]
+            many = await q.enqueue_many(shout, ["x", ("y",)])
+            return [a, b, *many, *await q.enqueue_in_batch("b1", greet, ["bea"])]
 
-    a, b, c, d = asyncio.run(enqueue())
+    a, b, c, d, g = asyncio.run(enqueue())
     with SyncTaskQueue(db_path) as sq:
         e = sq.enqueue(greet, "eve")
         (f,) = sq.with_options(priority=2).enqueue_many(shout, ["z"])
@@ -484,8 +485,9 @@ def test_a_task_handle_given_to_enqueue_is_sent_by_name(db_path: Path, spawn_wor
         d: "registered_jobs.shout 0 0",
         e: "greet 1 0",
         f: "registered_jobs.shout 0 2",
+        g: "greet 1 0",
     }
     spawn_worker("--import", "registered_jobs").wait_started()
     with SyncTaskQueue(db_path) as sq:
-        values = [sq.get_result(i, timeout=30).unwrap() for i in (a, b, c, d, e, f)]  # type: ignore[union-attr]
-    assert values == ["hello ada!", "hello bob?", "X", "Y", "hello eve!", "Z"]
+        values = [sq.get_result(i, timeout=30).unwrap() for i in (a, b, c, d, e, f, g)]  # type: ignore[union-attr]
+    assert values == ["hello ada!", "hello bob?", "X", "Y", "hello eve!", "Z", "hello bea!"]
