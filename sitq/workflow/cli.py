@@ -179,7 +179,8 @@ def _print_summary(report: RunReport, file: str) -> None:
     if report.ok:
         click.echo(f"run {report.run_id} succeeded")
         return
-    what = report.error or f"{len(report.failures)} items failed (continue_on_error)"
+    count = len(report.failures)
+    what = report.error or f"{count} item{'' if count == 1 else 's'} failed (continue_on_error)"
     click.echo(
         f"run {report.run_id} {report.status}: {terminal_safe(what, keep_newlines=True)}\n"
         f"fix the cause, then redo what failed or did not run with: "
