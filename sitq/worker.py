@@ -20,12 +20,12 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FunctionType
 from typing import Any
 
 from sitq import checks, signals, telemetry
-from sitq.backends import open_backend
+from sitq.backends import open_backend, translate_error
 from sitq.backends.base import (
     Backend,
     ClaimedTask,
@@ -36,7 +36,12 @@ from sitq.backends.base import (
 )
 from sitq.calls import unpack_call
 from sitq.display import redact, terminal_safe
-from sitq.errors import ConfigurationError, SerializationError, WorkerCrashed
+from sitq.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    SerializationError,
+    WorkerCrashed,
+)
 from sitq.headers import unwrap as unwrap_headers
 from sitq.process_pool import ChildDied, ProcessPool
 from sitq.queue import TaskQueue
@@ -1040,10 +1045,14 @@ class _OutcomeWriter:
     flight go together in the next, so many finishing tasks cost one transaction.
     ``recorded(running, applied)`` is called for each once it is settled.
 
-    A write that fails (the database is down or refuses writes) is tried again
-    for as long as the task's lease holds (``lease_until(running)``, monotonic):
-    giving up earlier would run a finished task again. Once the lease has run
-    out another worker may run it, and the outcome is given up.
+    A write that fails because the database is unavailable (unreachable, or
+    locked past the backend's patience) is tried again for as long as the
+    task's lease holds (``lease_until(running)``, monotonic): giving up earlier
+    would run a finished task again. Once the lease has run out another worker
+    may run it, and the outcome is given up. Any other failure (the database
+    refuses a value) would fail forever, holding every later outcome behind it:
+    each outcome of that batch is then written on its own, and one still
+    refused is stored as a plain failure instead (see ``_write_each``).
 
     It also reports starts: an outcome carries its task's start time, and a task
     still running ``START_MARK_DELAY`` after its start has the start written with
@@ -1075,6 +1084,8 @@ class _OutcomeWriter:
     def submit(self, running: _Running, outcome: Outcome) -> None:
         """Queue ``outcome`` for the next write (with the task's start)."""
         self._unmarked.pop(running, None)
+        if outcome.error is not None:  # failures only: no cost to a success
+            outcome = _without_nul(outcome)
         self._pending.append((running, outcome))
         self._idle.clear()
         self._ready.set()
@@ -1144,6 +1155,12 @@ class _OutcomeWriter:
                         self._unmarked[running] = None
                 if self._mark_timer is None:
                     self._arm_marks()
+                if not self._unavailable(exc):
+                    # Refused, not unreachable: the same batch would fail forever.
+                    batch = await self._write_each(batch)
+                    if not batch:
+                        failures = 0
+                        continue
                 now = time.monotonic()
                 for running, _ in batch:
                     if self._lease_until(running) <= now:
@@ -1158,6 +1175,53 @@ class _OutcomeWriter:
             for (running, _), ok in zip(batch, applied, strict=True):
                 self._recorded(running, ok)
 
+    def _unavailable(self, exc: BaseException) -> bool:
+        """True when ``exc`` says the database cannot be reached or used for now
+        (worth retrying as is), rather than that it refused what was written.
+        A full disk refuses every write alike, as an outage does."""
+        error = translate_error(exc, self._backend)
+        return isinstance(error, DatabaseUnavailable) or "the disk is full" in str(error)
+
+    async def _write_each(
+        self, batch: list[tuple[_Running, Outcome]]
+    ) -> list[tuple[_Running, Outcome]]:
+        """Write each outcome of a refused batch on its own; one still refused is
+        replaced by a plain failure, and given up (its task runs again after its
+        lease) if even that is refused. Returns those that met an outage instead."""
+        left = []
+        for running, outcome in batch:
+            lease = running.task.lease
+            start = [] if running.started_at is None else [(lease, running.started_at)]
+            try:
+                [applied] = await self._backend.finish([(lease, outcome)], start)
+            except Exception as exc:
+                if self._unavailable(exc):
+                    left.append((running, outcome))
+                    continue
+                logger.warning(
+                    "the outcome of task %s was refused (%s: %s); storing it as failed",
+                    running.task.id,
+                    type(exc).__name__,
+                    exc,
+                )
+                error = f"the outcome could not be stored: {type(exc).__name__}: {exc}"
+                plain = Outcome("failed", error=_clean(error))
+                running.outcome = plain
+                try:
+                    [applied] = await self._backend.finish([(lease, plain)], start)
+                except Exception as again:
+                    if self._unavailable(again):
+                        left.append((running, plain))
+                        continue
+                    logger.exception(
+                        "task %s: not even a failure could be stored; it runs again "
+                        "once its lease expires",
+                        running.task.id,
+                    )
+                    applied = None
+            self._recorded(running, applied)
+        return left
+
     async def close(self) -> None:
         """Stop once every pending outcome is written (or given up on)."""
         await self._idle.wait()
@@ -1166,6 +1230,25 @@ class _OutcomeWriter:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+def _clean(text: str) -> str:
+    """``text`` as any database stores it: PostgreSQL text refuses NUL, and no
+    driver encodes a lone surrogate."""
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _without_nul(outcome: Outcome) -> Outcome:
+    """``outcome`` with NUL characters in its error and traceback escaped."""
+    error, tb = outcome.error or "", outcome.traceback or ""
+    if "\x00" not in error and "\x00" not in tb:
+        return outcome
+    return replace(
+        outcome,
+        error=error.replace("\x00", "\\x00"),
+        traceback=None if outcome.traceback is None else tb.replace("\x00", "\\x00"),
+    )
 
 
 def _cancelled_from_outside() -> bool:

@@ -43,3 +43,13 @@ def write_pid_and_sleep(pid_file: str, seconds: float) -> int:
     Path(pid_file).write_text(str(os.getpid()))
     time.sleep(seconds)
     return os.getpid()
+
+
+def raise_text(text: str) -> None:
+    """Fail with ``text`` as the error (NUL characters, lone surrogates...)."""
+    raise ValueError(text)
+
+
+def sized_result(size: int) -> bytes:
+    """Return ``size`` bytes."""
+    return b"x" * size

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cloudpickle
 import fault_jobs
@@ -20,7 +23,7 @@ import jobs
 import pytest
 from support import POSTGRES_URL, WorkerProcess, await_until, subprocess_env, wait_until
 
-from sitq import SyncTaskQueue, TaskQueue, TaskStatus, Worker, WorkerCrashed
+from sitq import Result, SyncTaskQueue, TaskQueue, TaskStatus, Worker, WorkerCrashed
 from sitq.backends.base import LOST_LEASE_LIMIT
 
 
@@ -235,65 +238,146 @@ def test_a_worker_runs_in_a_thread_and_stops_from_another(db_path: Path) -> None
             thread.join(10)
 
 
-# A real fault in the database itself: a trigger that refuses every write that
-# would finish a task (claims and lease renewals still pass), as a database that
-# fails writes for a while does. Dropping it ends the outage.
-_SQLITE_OUTAGE = """
-CREATE TRIGGER fault_outage BEFORE UPDATE ON sitq_tasks
-WHEN NEW.status <> 'running'
-BEGIN SELECT RAISE(ABORT, 'injected outage: writes refused'); END
-"""
-_POSTGRES_OUTAGE = """
-CREATE FUNCTION {schema}.fault_outage() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN RAISE EXCEPTION 'injected outage: writes refused'; END $$;
-CREATE TRIGGER fault_outage BEFORE UPDATE ON {schema}.sitq_tasks
-FOR EACH ROW WHEN (NEW.status <> 'running') EXECUTE FUNCTION {schema}.fault_outage();
-"""
+async def _results(queue: TaskQueue, task_ids: list[str], timeout: float) -> dict[str, Result]:
+    """The results of ``task_ids``, each waited for within ``timeout`` of the call."""
+    deadline = time.monotonic() + timeout
+    results = {}
+    for task_id in task_ids:
+        result = await queue.get_result(task_id, timeout=max(0.0, deadline - time.monotonic()))
+        assert result is not None, f"task {task_id} did not finish within {timeout} s"
+        results[task_id] = result
+    return results
 
 
-async def _outage(db_url: str, on: bool) -> None:
-    """Start (``on``) or end the write outage on ``db_url``'s database."""
-    if "://" not in db_url:
-        with contextlib.closing(sqlite3.connect(db_url)) as conn, conn:
-            conn.execute(_SQLITE_OUTAGE if on else "DROP TRIGGER fault_outage")
-        return
-    import asyncpg
+def _async(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    """``predicate`` for ``await_until`` (which awaits it)."""
 
-    schema = db_url.split("sitq_schema=", 1)[1]
-    conn = await asyncpg.connect(POSTGRES_URL)
-    try:
-        if on:
-            await conn.execute(_POSTGRES_OUTAGE.format(schema=schema))
-        else:
-            await conn.execute(f"DROP TRIGGER fault_outage ON {schema}.sitq_tasks")
-    finally:
-        await conn.close()
+    async def check() -> bool:
+        return predicate()
+
+    return check
+
+
+def _schema(db_url: str) -> str | None:
+    """The PostgreSQL schema of ``db_url``; None for an SQLite file."""
+    return db_url.split("sitq_schema=", 1)[1] if "://" in db_url else None
 
 
 async def test_an_outcome_is_written_after_an_outage_shorter_than_its_lease(
-    db_url: str, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The outcome writer keeps trying while the lease holds: a finished task is
-    recorded once the database takes writes again, and never runs twice (20.8)."""
+    recorded once the database is back, and never runs twice (20.8). The outage
+    is real: on SQLite another connection holds the write lock (the backend's
+    patience with locks cut to 0.3 s), on PostgreSQL every connection is cut."""
+    from test_producer_faults import TcpProxy, via
+
+    import sitq.backends.sqlite
+    from sitq.backends.sqlite import SQLiteBackend
+
+    caplog.set_level(logging.WARNING, logger="sitq")
     log = tmp_path / "runs.log"
+    schema = _schema(db_url)
+    proxy = None
+    if schema is None:
+        monkeypatch.setattr(sitq.backends.sqlite, "LOCKED_DEADLINE", 0.3)
+        backend: object = SQLiteBackend(db_url, busy_timeout=0.05)
+    else:
+        parts = urlsplit(POSTGRES_URL)
+        proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+        await proxy.start()
+        backend = via(proxy.port, schema)
+    worker = Worker(backend, lease_seconds=20)  # type: ignore[arg-type]
+    lock = sqlite3.connect(db_url, isolation_level=None) if schema is None else None
     async with TaskQueue(db_url) as queue:
-        worker = spawn_worker("--lease", "20", db=db_url).wait_started()
-        await _outage(db_url, on=True)
+        await worker.start()
         try:
-            task_id = await queue.enqueue(fault_jobs.note_and_sleep, str(log), "ran", 0)
-            # Past the point where the writer used to give up (5 tries, ~1.5 s).
-            wait_until(
-                lambda: "(try 6)" in worker.output() or "could not record" in worker.output(),
-                20,
-                "the outcome writer to fail 6 times",
-            )
+            task_id = await queue.enqueue(fault_jobs.note_and_sleep, str(log), "ran", 1.0)
+            await await_until(_async(log.exists), 20, "the task to start")
+            if lock is not None:
+                lock.execute("BEGIN IMMEDIATE")  # the write lock, held
+            else:
+                assert proxy is not None
+                await proxy.stop()
+            try:
+                # Past the point where the writer used to give up (5 tries, ~1.5 s).
+                await await_until(_async(lambda: "(try 6)" in caplog.text), 30, "6 failed writes")
+            finally:
+                if lock is not None:
+                    lock.execute("ROLLBACK")
+                elif proxy is not None:
+                    await proxy.start()
+            result = await queue.get_result(task_id, timeout=20)
         finally:
-            await _outage(db_url, on=False)
-        result = await queue.get_result(task_id, timeout=10)
-        assert worker.process.poll() is None, worker.output()
-    assert "could not record" not in worker.output()
-    assert result is not None and result.ok and result.attempts == 1, worker.output()
+            await worker.stop()
+            if lock is not None:
+                lock.close()
+            if proxy is not None:
+                await proxy.stop()
+    assert "could not record" not in caplog.text
+    assert "could not be stored" not in caplog.text
+    assert result is not None and result.ok and result.attempts == 1, caplog.text
     assert log.read_text().splitlines() == ["ran"]
+
+
+async def test_an_error_the_database_refuses_fails_only_its_task(
+    db_url: str, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A task's error text with NUL (which PostgreSQL text refuses) is stored
+    escaped, and one no driver can encode (a lone surrogate) ends the task
+    FAILED, saying so; the ordinary tasks around them get their results at once
+    rather than waiting forever behind them (20.8)."""
+    async with TaskQueue(db_url) as queue:
+        spawn_worker("--concurrency", "4", db=db_url).wait_started()
+        nul = await queue.enqueue(fault_jobs.raise_text, "a\x00b")
+        surrogate = await queue.enqueue(fault_jobs.raise_text, "c\ud800d")
+        ordinary = await queue.enqueue_many(jobs.add, [(i, 1) for i in range(10)])
+        results = await _results(queue, [nul, surrogate, *ordinary], 15)
+        later = await queue.get_result(await queue.enqueue(jobs.add, 2, 3), timeout=15)
+    assert [results[task_id].value for task_id in ordinary] == [i + 1 for i in range(10)]
+    assert later is not None and later.value == 5
+    assert results[nul].status is TaskStatus.FAILED
+    assert results[nul].error == "ValueError: a\\x00b"
+    assert results[nul].traceback and "\x00" not in results[nul].traceback
+    assert results[surrogate].status is TaskStatus.FAILED
+    error = results[surrogate].error or ""
+    assert error.startswith("the outcome could not be stored: ") and "surrogate" in error, error
+
+
+async def test_a_result_the_database_refuses_fails_only_its_task(
+    db_url: str, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """The database refuses one task's result (a size rule, as a server's limit
+    on values does): that task ends FAILED with the reason, and the tasks
+    finishing beside it keep their results (20.8)."""
+    schema = _schema(db_url)
+    async with TaskQueue(db_url) as queue:  # creates the tables
+        if schema is None:
+            with contextlib.closing(sqlite3.connect(db_url)) as conn, conn:
+                conn.execute(
+                    "CREATE TRIGGER fault_size BEFORE UPDATE ON sitq_tasks "
+                    "WHEN length(NEW.result) > 100000 "
+                    "BEGIN SELECT RAISE(ABORT, 'result too big for this database'); END"
+                )
+        else:
+            import asyncpg
+
+            conn = await asyncpg.connect(POSTGRES_URL)
+            try:
+                await conn.execute(
+                    f"ALTER TABLE {schema}.sitq_tasks ADD CONSTRAINT fault_size "
+                    "CHECK (octet_length(result) <= 100000)"
+                )
+            finally:
+                await conn.close()
+        spawn_worker("--concurrency", "4", db=db_url).wait_started()
+        ordinary = await queue.enqueue_many(fault_jobs.sized_result, [(10,)] * 5)
+        big = await queue.enqueue(fault_jobs.sized_result, 200_000)
+        ordinary += await queue.enqueue_many(fault_jobs.sized_result, [(10,)] * 5)
+        results = await _results(queue, [big, *ordinary], 15)
+    assert [results[task_id].value for task_id in ordinary] == [b"x" * 10] * 10
+    assert results[big].status is TaskStatus.FAILED
+    assert (results[big].error or "").startswith("the outcome could not be stored:")
 
 
 @pytest.mark.slow

@@ -52,6 +52,7 @@ from sitq.backends.sqlite_enqueue import (
 from sitq.backends.wakeup import WakeupChannel, wake_directory
 from sitq.errors import (
     DatabaseError,
+    DatabaseUnavailable,
     NotASitqDatabase,
     NotConnected,
     SchemaVersionError,
@@ -434,7 +435,7 @@ class SQLiteBackend(Backend):
                 if "locked" not in text and "busy" not in text:
                     raise self._write_error(exc) from exc
                 if time.monotonic() > deadline:
-                    raise DatabaseError(
+                    raise DatabaseUnavailable(
                         f"{self.describe()} stayed locked for {LOCKED_DEADLINE:.0f} s; another "
                         "process holds a long write transaction (a backup or a stuck client?)"
                     ) from exc
