@@ -253,7 +253,7 @@ class Worker:
         self.tasks_done = 0
         self._running: dict[str, _Running] = {}  # every task held: prefetched, run, writing
         self._ready: deque[_Running] = deque()  # prefetched, waiting for a slot
-        self._solo: _Running | None = None  # a task that runs alone (see _dispatch)
+        self._solo: _Running | None = None  # the suspect running now (see _dispatch)
         self._executing = 0
         self._threads: ThreadSlots | None = None
         self._processes: ProcessPool | None = None
@@ -634,22 +634,22 @@ class Worker:
     def _dispatch(self) -> None:
         """Start prefetched tasks, in claim order, while slots are free.
 
-        A task once lost with its worker (``recorded_start``) runs alone: once the
-        other runs have ended, and with nothing else started until it ends. If it
-        is what kills workers, it alone is running (and charged) when it does so
-        again, and the tasks around it are not.
+        A task once lost with its worker (``recorded_start``, a suspect) has its
+        start recorded before it runs, and at most one suspect runs at a time:
+        if it is what kills workers, it alone is charged when it does so again
+        (the ordinary tasks running beside it go back uncharged). Ordinary tasks
+        are started past a suspect that waits for the running one to end, so
+        one worker's crash does not serialize everything prefetched after it.
         """
         assert self._stop_requested is not None and self._idle is not None
         assert self._writer is not None
         now = None
-        while self._ready and self._executing < self.concurrency and self._solo is None:
+        while self._ready and self._executing < self.concurrency:
             if self._stop_requested.is_set():
                 return  # draining: what has not started is released instead
-            if self._ready[0].task.recorded_start:
-                if self._executing:
-                    return  # started once the running tasks have ended
-                self._solo = self._ready[0]
-            running = self._ready.popleft()
+            running = self._next_ready()
+            if running is None:
+                return  # only suspects wait, behind the one running
             running.started = time.monotonic()
             if now is None:
                 now = self.backend.now()
@@ -658,6 +658,20 @@ class Worker:
             self._executing += 1
             self._idle.clear()
             self._begin(running)
+
+    def _next_ready(self) -> _Running | None:
+        """The next prefetched task to start: the first, unless it is a suspect
+        while another suspect runs; then the first ordinary one (None if none)."""
+        if self._solo is None:
+            running = self._ready.popleft()
+            if running.task.recorded_start:
+                self._solo = running
+            return running
+        for index, running in enumerate(self._ready):
+            if not running.task.recorded_start:
+                del self._ready[index]
+                return running
+        return None
 
     def _begin(self, running: _Running) -> None:
         """``_start``, failing the task if starting it raises."""

@@ -53,3 +53,13 @@ def raise_text(text: str) -> None:
 def sized_result(size: int) -> bytes:
     """Return ``size`` bytes."""
     return b"x" * size
+
+
+def timed_sleep(log: str, marker: str, seconds: float) -> None:
+    """Sleep ``seconds``, noting in ``log`` when this run started and ended
+    ("start|end MARKER PID TIME" lines, PID the process running it)."""
+    with open(log, "a") as f:
+        f.write(f"start {marker} {os.getpid()} {time.time()}\n")
+    time.sleep(seconds)
+    with open(log, "a") as f:
+        f.write(f"end {marker} {os.getpid()} {time.time()}\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -415,3 +416,63 @@ async def test_a_task_that_kills_its_worker_fails_no_bystander(
     failed = [r.error for i, r in results.items() if i != killer and not r.ok]
     assert failed == [], failed
     assert deaths >= 1 + LOST_LEASE_LIMIT
+
+
+def _spans(log: Path, pid: int) -> dict[str, tuple[float, float]]:
+    """marker -> (start, end) of the runs in process ``pid`` that ended."""
+    starts: dict[str, float] = {}
+    spans = {}
+    for line in log.read_text().splitlines():
+        kind, marker, run_pid, when = line.split()
+        if int(run_pid) != pid:
+            continue
+        if kind == "start":
+            starts[marker] = float(when)
+        else:
+            spans[marker] = (starts[marker], float(when))
+    return spans
+
+
+async def test_tasks_prefetched_behind_a_suspect_run_beside_it(
+    db_url: str, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """Tasks a dead worker had claimed come back suspect (one of them may be what
+    killed it): each has its start recorded and runs with no other suspect, but
+    the ordinary tasks claimed after them run beside it, in the free slots,
+    instead of waiting for every suspect to end one by one (20.5)."""
+    log = tmp_path / "runs.log"
+    async with TaskQueue(db_url) as queue:
+        suspects = await queue.enqueue_many(
+            fault_jobs.timed_sleep, [(str(log), f"s{i}", 0.6) for i in range(3)]
+        )
+        first = spawn_worker("--concurrency", "1", "--prefetch", "5", "--lease", "1", db=db_url)
+
+        async def all_claimed() -> bool:
+            records = (await queue.backend.get_tasks(suspects, with_result=False)).values()
+            return all(record.worker_id is not None for record in records)
+
+        await await_until(all_claimed, 20, "the first worker to claim the tasks")
+        first.send(signal.SIGKILL)  # the dead predecessor: one started, two prefetched
+        first.wait()
+        second = spawn_worker("--concurrency", "4", "--lease", "5", db=db_url).wait_started()
+        await await_until(
+            _async(lambda: log.exists() and f" {second.pid} " in log.read_text()),
+            20,
+            "the second worker to take the suspects over",
+        )
+        ordinary = await queue.enqueue_many(
+            fault_jobs.timed_sleep, [(str(log), f"o{i}", 0.5) for i in range(12)]
+        )
+        results = await _results(queue, [*suspects, *ordinary], 30)
+    assert all(result.ok and result.attempts == 1 for result in results.values()), results
+    spans = _spans(log, second.pid)
+    ran_suspects = sorted(spans[f"s{i}"] for i in range(3))
+    for (_, end), (start, _) in itertools.pairwise(ran_suspects):
+        assert end <= start, "two suspects ran at once"
+    beside = [
+        marker
+        for marker, (start, end) in spans.items()
+        if marker.startswith("o") and any(s < end and start < e for s, e in ran_suspects)
+    ]
+    # Three free slots over three suspects of 0.6 s hold about 9 runs of 0.5 s.
+    assert len(beside) >= 3, spans
