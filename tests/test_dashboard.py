@@ -654,6 +654,16 @@ async def test_a_claimed_task_shows_as_queued_and_claimed(db_url: str) -> None:
             assert "claimed by worker w1, not started" in text
             assert listed(test_client, "/tasks?status=queued")[0] == [task_id]
             assert listed(test_client, "/tasks?status=running")[0] == []
+            # The queues table and /metrics count it queued, not running.
+            for url in ("/", "/queues"):
+                row = test_client.get(url).text.split('data-queue="held"', 1)[1]
+                counts = dict(re.findall(r'data-status="(\w+)"><a [^>]*>(\d+)</a>', row)[:5])
+                assert counts["queued"] == "1" and counts["running"] == "0", (url, counts)
+            values = scrape(test_client)
+            held = (("queue", "held"),)
+            assert values[("sitq_queue_tasks", (*held, ("status", "queued")))] == 1
+            assert values[("sitq_queue_tasks", (*held, ("status", "running")))] == 0
+            assert values[("sitq_running_tasks", held)] == 0
 
     await asyncio.to_thread(browse)
 

@@ -421,9 +421,10 @@ SELECT queue, {STATUS_SQL} AS state, count(*) FROM {{s}}.sitq_tasks GROUP BY que
 
 # The same scan, also counting the tasks finished since $1 (no index on
 # finished_at for every row: drain would pay for it on each finish).
-COUNTS_AND_FINISHED = """
-SELECT queue, status, count(*), count(*) FILTER (WHERE finished_at >= $1::float8)
-FROM {s}.sitq_tasks GROUP BY queue, status
+COUNTS_AND_FINISHED = f"""
+SELECT queue, {STATUS_SQL} AS state, count(*),
+    count(*) FILTER (WHERE finished_at >= $1::float8)
+FROM {{s}}.sitq_tasks GROUP BY queue, state
 """
 
 # Queued tasks that ran before, per queue: both halves of the queued tasks (with

@@ -412,9 +412,9 @@ SELECT queue, {STATUS_SQL} AS state, COUNT(*) FROM sitq_tasks GROUP BY queue, st
 
 # The same scan, also counting the tasks finished since a time (no index on
 # finished_at for every row: drain would pay for it on each finish).
-COUNTS_AND_FINISHED = """
-SELECT queue, status, COUNT(*), COUNT(CASE WHEN finished_at >= ? THEN 1 END)
-FROM sitq_tasks GROUP BY queue, status
+COUNTS_AND_FINISHED = f"""
+SELECT queue, {STATUS_SQL} AS state, COUNT(*), COUNT(CASE WHEN finished_at >= ? THEN 1 END)
+FROM sitq_tasks GROUP BY queue, state
 """
 
 # Queued tasks that ran before, per queue: both halves of the queued tasks (with
