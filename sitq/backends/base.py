@@ -307,8 +307,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def record_start(self, lease: Lease) -> bool:
-        """Record, while ``lease`` holds, that its task is starting now: if its
-        worker is lost from here on, the attempt counts toward the task's limit.
+        """Record, while ``lease`` holds, that its task is starting now (its
+        ``started_at`` is set): if its worker is lost from here on, the attempt
+        counts toward the task's limit.
         A task whose worker is lost before any recorded start (prefetched, or
         started unrecorded) goes back to the queue with its attempt not counted,
         and its next claim says (``ClaimedTask.recorded_start``) to record its

@@ -637,7 +637,11 @@ class PostgresBackend(Backend):
         """See Backend.record_start."""
         async with self._acquire() as conn:
             status = await conn.execute(
-                self._q(q.RECORD_TASK_START), lease.task_id, lease.worker_id, lease.attempt
+                self._q(q.RECORD_TASK_START),
+                lease.task_id,
+                lease.worker_id,
+                lease.attempt,
+                self.now(),
             )
         return status == "UPDATE 1"
 

@@ -297,33 +297,38 @@ CLAIM_ONE_QUEUE = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL").replace("@
 
 # Only a task its worker is known to have started is charged the attempt; any
 # other goes back as if released, marked -1 (see sqlite_schema.RECLAIM_EXPIRED).
-RECLAIM_EXPIRED = """
-UPDATE {s}.sitq_tasks
+# A start is known from its record or from a start mark (started_at).
+_LOST_STARTED = "(recorded_start = attempts OR started_at IS NOT NULL)"
+_LOST_ENDS = f"(cancel_requested OR ({_LOST_STARTED} AND attempts >= max_retries + 1 + $2))"
+
+RECLAIM_EXPIRED = f"""
+UPDATE {{s}}.sitq_tasks
 SET status = CASE
         WHEN cancel_requested THEN 'cancelled'
-        WHEN recorded_start = attempts AND attempts >= max_retries + 1 + $2 THEN 'failed'
+        WHEN {_LOST_ENDS} THEN 'failed'
         ELSE 'queued' END,
     error = CASE
         WHEN cancel_requested THEN 'cancelled while its worker was lost'
-        WHEN recorded_start = attempts AND attempts >= max_retries + 1 + $2
+        WHEN {_LOST_ENDS}
             THEN 'WorkerLost: the worker running this task died ' || attempts || ' times'
         ELSE error END,
-    finished_at = CASE WHEN cancel_requested
-            OR (recorded_start = attempts AND attempts >= max_retries + 1 + $2)
-        THEN $1::float8 ELSE NULL END,
-    expires_at = CASE WHEN cancel_requested
-            OR (recorded_start = attempts AND attempts >= max_retries + 1 + $2)
+    finished_at = CASE WHEN {_LOST_ENDS} THEN $1::float8 ELSE NULL END,
+    expires_at = CASE WHEN {_LOST_ENDS}
         THEN $1::float8 + COALESCE(result_ttl, $3::float8) ELSE NULL END,
-    attempts = CASE WHEN recorded_start = attempts THEN attempts ELSE attempts - 1 END,
+    attempts = CASE WHEN {_LOST_STARTED} THEN attempts ELSE attempts - 1 END,
+    -- back in the queue: no holder, no start of the lost run
+    started_at = CASE WHEN {_LOST_ENDS} THEN started_at END,
+    worker_id = CASE WHEN {_LOST_ENDS} THEN worker_id END,
     recorded_start = -1,
     lease_expires_at = NULL
 WHERE status = 'running' AND lease_expires_at < $1::float8
 """
 
 # The worker is about to run a held task that was once lost unstarted: if its
-# worker dies from here on, this attempt counts (see RECLAIM_EXPIRED).
+# worker dies from here on, this attempt counts (see RECLAIM_EXPIRED), from the
+# start time stored with it.
 RECORD_TASK_START = """
-UPDATE {s}.sitq_tasks SET recorded_start = attempts
+UPDATE {s}.sitq_tasks SET recorded_start = attempts, started_at = $4::float8
 WHERE id = $1 AND worker_id = $2 AND attempts = $3 AND status = 'running'
 """
 

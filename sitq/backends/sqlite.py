@@ -867,7 +867,8 @@ class SQLiteBackend(Backend):
     async def record_start(self, lease: Lease) -> bool:
         """See Backend.record_start."""
         conn = self._connection()
-        cursor = await self._write(lambda: conn.execute(q.RECORD_TASK_START, lease_key(lease)))
+        started = (self.now(), *lease_key(lease))
+        cursor = await self._write(lambda: conn.execute(q.RECORD_TASK_START, started))
         return cursor.rowcount == 1
 
     async def release(self, leases: Sequence[Lease]) -> int:

@@ -278,42 +278,44 @@ CLAIM = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL")
 # its worker every time must not loop forever).
 #
 # Only a task its worker is known to have started is charged the attempt
-# (recorded_start = attempts, see RECORD_TASK_START). Any other (prefetched, or
+# (recorded_start = attempts, see RECORD_TASK_START, or a start mark: started_at
+# set by MARK_STARTED or FINISH). Any other (prefetched, or
 # started without a record) goes back as if released, marked -1: whoever claims
 # it next records its start before running it, so a task that kills its worker
-# at once is charged from its second loss on, and bystanders never are.
-RECLAIM_EXPIRED = """
+# at once is charged from its second loss on, and bystanders never are. A task
+# going back to the queue keeps neither the lost run's start nor its holder.
+_LOST_STARTED = "(recorded_start = attempts OR started_at IS NOT NULL)"
+_LOST_ENDS = (
+    f"(cancel_requested = 1 OR ({_LOST_STARTED} AND attempts >= max_retries + 1 + :lost_limit))"
+)
+
+RECLAIM_EXPIRED = f"""
 UPDATE sitq_tasks
 SET status = CASE
         WHEN cancel_requested = 1 THEN 'cancelled'
-        WHEN recorded_start = attempts AND attempts >= max_retries + 1 + :lost_limit
-            THEN 'failed'
+        WHEN {_LOST_ENDS} THEN 'failed'
         ELSE 'queued' END,
     error = CASE
         WHEN cancel_requested = 1 THEN 'cancelled while its worker was lost'
-        WHEN recorded_start = attempts AND attempts >= max_retries + 1 + :lost_limit
+        WHEN {_LOST_ENDS}
             THEN 'WorkerLost: the worker running this task died ' || attempts || ' times'
         ELSE error END,
-    finished_at = CASE
-        WHEN cancel_requested = 1
-            OR (recorded_start = attempts AND attempts >= max_retries + 1 + :lost_limit)
-            THEN :now
-        ELSE NULL END,
-    expires_at = CASE
-        WHEN cancel_requested = 1
-            OR (recorded_start = attempts AND attempts >= max_retries + 1 + :lost_limit)
-            THEN :now + COALESCE(result_ttl, :ttl)
-        ELSE NULL END,
-    attempts = CASE WHEN recorded_start = attempts THEN attempts ELSE attempts - 1 END,
+    finished_at = CASE WHEN {_LOST_ENDS} THEN :now ELSE NULL END,
+    expires_at = CASE WHEN {_LOST_ENDS} THEN :now + COALESCE(result_ttl, :ttl) ELSE NULL END,
+    attempts = CASE WHEN {_LOST_STARTED} THEN attempts ELSE attempts - 1 END,
+    -- back in the queue: no holder, no start of the lost run
+    started_at = CASE WHEN {_LOST_ENDS} THEN started_at END,
+    worker_id = CASE WHEN {_LOST_ENDS} THEN worker_id END,
     recorded_start = -1,
     lease_expires_at = NULL
 WHERE status = 'running' AND lease_expires_at < :now
 """
 
 # The worker is about to run a held task that was once lost unstarted: if its
-# worker dies from here on, this attempt counts (see RECLAIM_EXPIRED).
+# worker dies from here on, this attempt counts (see RECLAIM_EXPIRED). The start
+# time is stored with it, so a task then failed as WorkerLost shows when it began.
 RECORD_TASK_START = """
-UPDATE sitq_tasks SET recorded_start = attempts
+UPDATE sitq_tasks SET recorded_start = attempts, started_at = ?
 WHERE id = ? AND worker_id = ? AND attempts = ? AND status = 'running'
 """
 

@@ -563,6 +563,50 @@ async def test_task_lost_too_often_ends_failed_with_worker_lost(backend, reclaim
     assert stored.finished_at is not None
 
 
+async def after_reclaim(backend: Backend, task: ClaimedTask) -> TaskRecord:
+    """The task's record once its expired lease was dealt with (claims elsewhere find it)."""
+
+    async def probe() -> TaskRecord | None:
+        await backend.claim("bystander", [f"elsewhere-{task.queue}"], 1, LONG_LEASE)
+        current = await record(backend, task.id)
+        return None if current.status == "running" else current
+
+    return await eventually(probe)
+
+
+async def test_task_failed_as_worker_lost_shows_its_recorded_start(backend, reclaim_immediately):
+    """Its start was recorded, never marked: the record alone gives started_at."""
+    max_retries = 0
+    limit = max_retries + 1 + LOST_LEASE_LIMIT
+    task_id = await enqueue(backend, queue="killer", max_retries=max_retries)
+    [claimed] = await backend.claim("w0", ["killer"], 1, SHORT_LEASE)  # lost unstarted
+    while True:
+        claimed = await take_over(backend, "killer", f"w{claimed.attempts}", SHORT_LEASE)
+        before = backend.now()
+        assert await backend.record_start(claimed.lease)
+        assert (await record(backend, task_id)).started_at >= before  # reads running
+        if claimed.attempts == limit:
+            break
+    stored = await after_reclaim(backend, claimed)
+    assert (stored.status, stored.attempts) == ("failed", limit)
+    assert stored.started_at is not None and before <= stored.started_at <= stored.finished_at
+
+
+async def test_lost_task_with_a_start_mark_is_charged_and_queued_without_it(
+    backend, reclaim_immediately
+):
+    """A start mark proves the task ran: the loss counts, even without a recorded
+    start; back in the queue it has neither the lost run's start nor its holder."""
+    task_id = await enqueue(backend, queue="marked")
+    [claimed] = await backend.claim("w1", ["marked"], 1, SHORT_LEASE)
+    await backend.mark_started([(claimed.lease, backend.now())])
+    stored = await after_reclaim(backend, claimed)
+    assert (stored.status, stored.attempts, stored.claimed) == ("queued", 1, False)
+    assert (stored.started_at, stored.worker_id) == (None, None)
+    again = await take_over(backend, "marked", "w2")
+    assert (again.id, again.attempts) == (task_id, 2)
+
+
 async def test_running_task_asked_to_cancel_whose_lease_expires_ends_cancelled(
     backend, reclaim_immediately
 ):
