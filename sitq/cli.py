@@ -662,29 +662,44 @@ def retry(db: str, task_id: str | None, all_failed: bool, queue: str | None) -> 
 @db_option
 @click.argument("task_id")
 def cancel(db: str, task_id: str) -> None:
-    """Cancel a queued task, or ask a running task's worker to stop it."""
+    """Cancel a queued task, or ask the worker holding a task to stop it.
+
+    A task a worker has claimed but not started (it reads queued) is cancelled by
+    that worker at once, unless it starts first: then it is stopped as it runs."""
 
     async def do_cancel(backend: Backend) -> tuple[str | None, str | None]:
         outcome = await backend.cancel(task_id)
-        if outcome not in ("cancelled", "requested", None):
+        if outcome == "requested":
+            # Held, started or not: say which, and by whom (its worker, woken,
+            # may have cancelled it already).
+            record = (await backend.get_tasks([task_id])).get(task_id)
+            if record is not None and record.status == TaskStatus.CANCELLED.value:
+                return "cancelled", None
+            return outcome, record.worker_id if record and record.claimed else None
+        if outcome not in ("cancelled", None):
             # Finished: say how, so "already cancelled" is not read as a failure.
             record = (await backend.get_tasks([task_id])).get(task_id)
             return outcome, record.status if record else None
         return outcome, None
 
-    outcome, finished_as = _run(do_cancel, db)
+    outcome, detail = _run(do_cancel, db)  # the holder, or how it finished
     if outcome is None:
         _fail(f"no task with id {task_id!r} in {db}")
     messages = {
         "cancelled": f"task {task_id} cancelled",
         "requested": f"task {task_id} is running: its worker was asked to stop it",
     }
-    if outcome in messages:
+    if outcome == "requested" and detail is not None:
+        click.echo(
+            f"task {task_id} is held by worker {terminal_safe(detail)}, not started: "
+            "cancelled unless it starts first (then its worker stops it)"
+        )
+    elif outcome in messages:
         click.echo(messages[str(outcome)])
-    elif finished_as == TaskStatus.CANCELLED.value:
+    elif detail == TaskStatus.CANCELLED.value:
         click.echo(f"task {task_id} was already cancelled")
     else:
-        how = f" as {finished_as}" if finished_as else ""
+        how = f" as {detail}" if detail else ""
         _fail(f"task {task_id} has already finished{how}; nothing to cancel")
 
 

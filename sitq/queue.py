@@ -595,8 +595,11 @@ class TaskQueue:
 
     async def cancel(self, task_id: str) -> bool:
         """Cancel a task. A queued task is cancelled at once; a running one is
-        stopped by its worker as soon as it can (best effort). Returns False if the
-        task had already finished."""
+        stopped by its worker as soon as it can (best effort). A task a worker
+        holds but has not started (it reads QUEUED, ``TaskRecord.claimed``) is
+        held by that worker: it is woken and ends the task cancelled, unless it
+        starts first (then it is stopped as a running one). True in these cases
+        (cancelled or cancel requested); False if the task had already finished."""
         _check_task_id(task_id)
         backend = self._backend_checked()
         outcome = await backend.cancel(task_id)

@@ -80,6 +80,9 @@ CANCEL_GRACE = 5.0
 START_MARK_DELAY = 0.05
 #: The longest pause between tries to write outcomes while the database fails.
 RETRY_WRITE_MAX = 1.0
+#: The shortest pause between two heartbeats brought forward by cancel requests
+#: (a burst of cancels costs each worker a heartbeat per this many seconds).
+CANCEL_WAKE_GAP = 0.05
 
 
 class _TimedOut(Exception):
@@ -1023,14 +1026,37 @@ class Worker:
             running.runner.cancel()
         elif running.in_thread:
             self._abandon_thread_run(running, reason)
-        # Not started yet: _start sees the interrupt.
+        elif reason == "cancel" and running.started_at is None and running in self._ready:
+            self._cancel_prefetched(running)
+        # Otherwise about to start: _start sees the interrupt.
+
+    def _cancel_prefetched(self, running: _Running) -> None:
+        """End cancelled a task still waiting for a slot: at once, not once a slot
+        frees (its caller's get_result would wait that long). What is executing is
+        left alone."""
+        assert self._writer is not None
+        self._ready.remove(running)  # rare (a cancel), so the deque's O(n) is fine
+        running.done = True
+        running.outcome = outcome = Outcome("cancelled", error="cancelled before it started")
+        running.observed = _observed()  # as when _start finds the interrupt
+        if running.observed:
+            _end_run(running, outcome, 0.0)
+        self._writer.submit(running, outcome)  # started_at None: it never ran
 
     # -- heartbeat ----------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
         next_prune = next_depth = 0.0
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            # Brought forward by a cancel asked of a held task (SQLite wake-up,
+            # PostgreSQL NOTIFY), so a prefetched one ends cancelled before it
+            # could start; otherwise every heartbeat_interval.
+            beat = time.monotonic()
+            with contextlib.suppress(Exception):  # a failed wait: the interval passes
+                await self.backend.wait_for_change("cancels", self.heartbeat_interval)
+            rest = min(CANCEL_WAKE_GAP, self.heartbeat_interval) - (time.monotonic() - beat)
+            if rest > 0:
+                await asyncio.sleep(rest)
             try:
                 leases = [r.task.lease for r in self._running.values()]
                 asked_at = time.monotonic()

@@ -270,3 +270,57 @@ async def test_contention_four_workers_two_producers_each_task_once(
     for worker in workers:
         assert worker.wait(30) == 0
     await asyncio.sleep(0)
+
+
+async def test_cancel_of_a_prefetched_task_ends_it_at_once_without_running(
+    db_url: str, tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """One slot, a long task A running and B prefetched behind it: cancelling B
+    ends it cancelled without running, its worker woken at once rather than at
+    its next heartbeat (10 s here), and B not left waiting for A's slot."""
+    marker = tmp_path / "b-ran"
+    async with TaskQueue(db_url) as queue:
+        a = await queue.enqueue(jobs.sync_sleep, 30.0)
+        b = await queue.enqueue(jobs.append_line, str(marker), "ran")
+        worker = spawn_worker("--concurrency", "1", "--prefetch", "1", "--lease", "60", db=db_url)
+        worker.wait_started()
+
+        async def b_held_behind_a() -> bool:
+            records = await queue.backend.get_tasks([a, b])
+            return records[a].status == "running" and records[b].claimed
+
+        await await_until(b_held_behind_a, 15, "A to run and B to be prefetched")
+        asked = time.monotonic()
+        assert await queue.cancel(b)
+        result = await queue.get_result(b, timeout=10)
+        waited = time.monotonic() - asked
+        assert result is not None, "B did not end within 10 s of the cancel"
+        assert result.status is TaskStatus.CANCELLED and result.started_at is None
+        assert result.error == "cancelled before it started"
+        assert waited < 5.0, f"B ended {waited:.1f} s after the cancel"  # heartbeat: 10 s
+        assert await queue.status(a) is TaskStatus.RUNNING  # A left alone
+    assert not marker.exists(), "B ran"
+
+
+async def test_cli_cancel_of_a_claimed_task_names_its_holder(db_url: str) -> None:
+    """A held, unstarted task reads queued: `sitq cancel` does not claim it was
+    cancelled, nor that it runs; it names the worker and what will happen."""
+    async with TaskQueue(db_url) as queue:
+        task_id = await queue.enqueue(jobs.noop)
+        [held] = await queue.backend.claim("w-holder", ["default"], 1, 60.0)
+        assert held.id == task_id
+        cancel = await asyncio.to_thread(
+            subprocess.run,
+            [SITQ, "cancel", "--db", db_url, task_id],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            timeout=30,
+        )
+        assert cancel.returncode == 0, cancel.stderr
+        assert cancel.stdout.strip() == (
+            f"task {task_id} is held by worker w-holder, not started: "
+            "cancelled unless it starts first (then its worker stops it)"
+        )
+        record = (await queue.backend.get_tasks([task_id]))[task_id]
+        assert (record.status, record.claimed) == ("queued", True)  # the row is its worker's

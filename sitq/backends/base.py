@@ -30,7 +30,8 @@ from typing import Any, Literal, NamedTuple
 
 from sitq.errors import SitqError
 
-WakeKind = Literal["tasks", "results"]
+#: "tasks" enqueued, "results" written, "cancels" asked of tasks a worker holds.
+WakeKind = Literal["tasks", "results", "cancels"]
 
 #: A task whose worker was lost this many times beyond its retries is failed,
 #: so a task that kills its worker every time cannot loop forever.
@@ -330,8 +331,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def cancel(self, task_id: str) -> str | None:
-        """Cancel a task. Returns 'cancelled' (was queued), 'requested' (was running:
-        its worker will stop it), 'finished' (too late), or None (no such task)."""
+        """Cancel a task. Returns 'cancelled' (was queued), 'requested' (held by a
+        worker, started or not: that worker is woken ("cancels") to stop it, or, if
+        it has not started it yet, to end it cancelled unless it starts first),
+        'finished' (too late), or None (no such task). A held row is never
+        cancelled here: its worker would still run it."""
 
     @abc.abstractmethod
     async def retry(self, task_ids: Sequence[str] | None = None, queue: str | None = None) -> int:
@@ -461,8 +465,9 @@ class Backend(abc.ABC):
         """The backend's clock, unix seconds."""
 
     async def wait_for_change(self, kind: WakeKind, timeout: float) -> None:
-        """Return when ``kind`` ("tasks" enqueued or "results" written) may have
-        changed, or after ``timeout`` seconds. A hint only: callers re-check."""
+        """Return when ``kind`` ("tasks" enqueued, "results" written, or "cancels"
+        asked of held tasks) may have changed, or after ``timeout`` seconds. A hint
+        only: callers re-check."""
         await asyncio.sleep(timeout)
 
     def describe(self) -> str:

@@ -410,6 +410,8 @@ class PostgresBackend(Backend):
                 return "cancelled"
             if status == "running":
                 await conn.execute(self._q(q.REQUEST_CANCEL), task_id)
+                # Its worker heartbeats at once (see SQLiteBackend.cancel).
+                await self._notify(conn, "cancels")
                 return "requested"
             return "finished"
 

@@ -592,6 +592,10 @@ class SQLiteBackend(Backend):
         outcome = await self._transaction(body)
         if outcome == "cancelled":
             self._wakeup.notify("results")
+        elif outcome == "requested":
+            # Its worker heartbeats at once, not up to 10 s later: a task it
+            # holds but has not started then ends cancelled without running.
+            self._wakeup.notify("cancels")
         return outcome
 
     async def retry(self, task_ids: Sequence[str] | None = None, queue: str | None = None) -> int:
