@@ -710,7 +710,8 @@ def cancel(db: str, task_id: str) -> None:
     "statuses",
     multiple=True,
     type=click.Choice(["succeeded", "failed", "cancelled", "queued"]),
-    help="Statuses to delete (repeatable; default: every finished status).",
+    help="Statuses to delete (repeatable; default: every finished status). 'queued' "
+    "leaves tasks a worker has claimed but not started (they read queued): cancel those.",
 )
 @click.option("--queue", default=None, help="Only this queue.")
 @click.option(
@@ -720,7 +721,10 @@ def cancel(db: str, task_id: str) -> None:
     help="Only tasks finished more than this many seconds ago.",
 )
 def purge(db: str, statuses: tuple[str, ...], queue: str | None, older_than: float | None) -> None:
-    """Delete tasks (by default: every finished task and its result)."""
+    """Delete tasks (by default: every finished task and its result).
+
+    A task a worker holds is never deleted: with --status queued, those claimed but
+    not started (listed as queued, "claimed") stay; `sitq cancel` them instead."""
     chosen = statuses or ("succeeded", "failed", "cancelled")
 
     async def do_purge(backend: Backend) -> int:

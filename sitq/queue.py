@@ -870,8 +870,10 @@ class TaskQueue:
         return await self._backend_checked().retry(ids) if ids else 0
 
     async def cancel_many(self, task_ids: Sequence[str]) -> list[str]:
-        """Cancel those of the tasks that have not started, in one statement (running
-        and finished ones are left alone); return the ids cancelled."""
+        """Cancel those of the tasks that are queued and not held, in one statement;
+        return the ids cancelled. Running and finished ones are left alone, and so
+        are claimed ones (a worker holds them, not started; they read QUEUED with
+        ``TaskRecord.claimed``): ``cancel`` each of those instead."""
         backend = self._backend_checked()
         cancelled = await backend.cancel_queued(list(task_ids))
         if cancelled and _observed():

@@ -324,3 +324,25 @@ async def test_cli_cancel_of_a_claimed_task_names_its_holder(db_url: str) -> Non
         )
         record = (await queue.backend.get_tasks([task_id]))[task_id]
         assert (record.status, record.claimed) == ("queued", True)  # the row is its worker's
+
+
+async def test_purge_of_queued_tasks_leaves_claimed_ones_and_says_so(db_url: str) -> None:
+    """A claimed task reads queued, but its worker holds it: `sitq purge --status
+    queued` and cancel_many leave it, and purge's help says so."""
+    async with TaskQueue(db_url) as queue:
+        [held_id, free_id, other_id] = await queue.enqueue_many(jobs.add, [(1, 2)] * 3)
+        [held] = await queue.backend.claim("w-holder", ["default"], 1, 60.0)
+        assert held.id == held_id
+        assert await queue.cancel_many([held_id, other_id]) == [other_id]
+
+        def sitq(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [SITQ, *args], capture_output=True, text=True, env=subprocess_env(), timeout=30
+            )
+
+        purge = await asyncio.to_thread(sitq, "purge", "--db", db_url, "--status", "queued")
+        assert purge.returncode == 0, purge.stderr
+        assert purge.stdout.startswith("deleted 1 task(s)")
+        assert set(await queue.backend.get_tasks([held_id, free_id])) == {held_id}
+        help_text = " ".join((await asyncio.to_thread(sitq, "purge", "--help")).stdout.split())
+        assert "claimed but not started" in help_text

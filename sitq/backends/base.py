@@ -405,7 +405,9 @@ class Backend(abc.ABC):
     async def purge(
         self, statuses: Sequence[str], queue: str | None = None, older_than: float | None = None
     ) -> int:
-        """Delete tasks in ``statuses`` (finished ``older_than`` seconds ago, if given)."""
+        """Delete tasks in ``statuses`` (finished ``older_than`` seconds ago, if given).
+        "queued" means the stored status: a task a worker has claimed but not
+        started (it reads queued) is held, and is not deleted."""
 
     # -- unique jobs, limits, pauses, schedules --------------------------------
 
@@ -535,7 +537,8 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def cancel_queued(self, task_ids: Sequence[str]) -> list[str]:
         """Cancel those of the tasks that are still queued (running and finished ones
-        are left alone), in one statement; return the ids cancelled."""
+        are left alone, and so are claimed ones that have not started: their
+        worker holds them), in one statement; return the ids cancelled."""
 
     # -- listings for dashboards ------------------------------------------------
 
