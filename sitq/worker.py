@@ -1052,9 +1052,12 @@ class Worker:
             # PostgreSQL NOTIFY), so a prefetched one ends cancelled before it
             # could start; otherwise every heartbeat_interval.
             beat = time.monotonic()
-            with contextlib.suppress(Exception):  # a failed wait: the interval passes
+            try:
                 await self.backend.wait_for_change("cancels", self.heartbeat_interval)
-            rest = min(CANCEL_WAKE_GAP, self.heartbeat_interval) - (time.monotonic() - beat)
+                gap = min(CANCEL_WAKE_GAP, self.heartbeat_interval)
+            except Exception:  # cannot wait for wake-ups: the whole interval passes
+                gap = self.heartbeat_interval
+            rest = gap - (time.monotonic() - beat)
             if rest > 0:
                 await asyncio.sleep(rest)
             try:
