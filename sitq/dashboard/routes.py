@@ -29,7 +29,7 @@ NOTICES = {
     "retried": "Queued again.",
     "not-retried": "Not retried: only failed or cancelled tasks can be.",
     "cancelled": "Cancelled.",
-    "cancel-requested": "Cancel requested: its worker will stop it.",
+    "cancel-requested": "Cancel requested: its worker stops it, or drops it if it has not started.",
     "not-cancelled": "Not cancelled: it had already finished.",
     "retried-queue": "Failed tasks of the queue queued again.",
     "paused": "Paused: workers take no new tasks from the queue (running ones finish).",
