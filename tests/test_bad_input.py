@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jobs
 import pytest
-from support import SITQ, ServingWorker, WorkerProcess
+from support import SITQ, ServingWorker, WorkerProcess, subprocess_env
 
 from sitq import TaskQueue, TaskStatus, Worker
 from sitq.errors import (
@@ -254,6 +254,22 @@ async def test_worker_command_refuses_a_nan_lease(queue: TaskQueue, db_path: Pat
 def test_postgres_url_with_an_unencoded_at_in_the_password() -> None:
     with pytest.raises(ConfigurationError, match="percent-encode an @ .* as %40"):
         TaskQueue("postgresql://app:p@ss@db.example:5432/app")
+
+
+async def test_postgres_url_with_a_setting_asyncpg_refuses(tmp_path: Path) -> None:
+    """A bad query-string setting (caught by asyncpg before any connection) is a
+    ConfigurationError naming it, never a raw asyncpg error or the password."""
+    pytest.importorskip("asyncpg")
+    url = "postgresql://app:s3cret-pw@127.0.0.1:5432/test?sslmode=bogus"
+    with pytest.raises(ConfigurationError, match="sslmode.*fix it in the URL") as caught:
+        async with TaskQueue(url):
+            pass
+    assert "s3cret-pw" not in str(caught.value)
+    result = subprocess.run(
+        [SITQ, "status", "--db", url], capture_output=True, text=True, env=subprocess_env()
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "sslmode" in result.stderr and "s3cret-pw" not in result.stdout + result.stderr
 
 
 async def test_task_ids_must_be_strings_on_every_backend(db_url: str) -> None:

@@ -300,6 +300,11 @@ class PostgresBackend(Backend):
                 f"cannot reach PostgreSQL at {where} ({reason}); check that the server "
                 "runs and that the URL's host and port are right"
             ) from exc
+        except asyncpg.exceptions.ClientConfigurationError as exc:
+            raise ConfigurationError(
+                f"the URL of {self.describe()} has a setting asyncpg does not accept ({exc}); "
+                "fix it in the URL's query string"
+            ) from exc
         except asyncpg.PostgresError as exc:
             raise DatabaseError(f"cannot use {self.describe()}: {exc}") from exc
 
