@@ -8,10 +8,27 @@ import importlib
 import os
 import sys
 import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from sitq.display import redact
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def import_option(purpose: str) -> Callable[[F], F]:
+    """The ``--import/-i MODULE`` option (repeatable, passed as ``imports``) of a
+    command that loads the app's code; ``purpose`` says what importing is for."""
+    return click.option(
+        "--import",
+        "-i",
+        "imports",
+        multiple=True,
+        metavar="MODULE",
+        help=f"Module to import first, {purpose} (repeatable).",
+    )
 
 
 def import_modules(modules: tuple[str, ...], command: str) -> None:

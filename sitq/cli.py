@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from sitq.app_imports import import_modules
+from sitq.app_imports import import_modules, import_option
 from sitq.backends import open_backend
 from sitq.backends.base import WORKER_STALE_AFTER, Backend
 from sitq.dashboard.cli import dashboard as dashboard_command
@@ -119,14 +119,7 @@ def main() -> None:
     f"{PREFETCH_HORIZON * 1000:.0f} ms of work per slot, at least 1 and at most "
     f"{MAX_PREFETCH} (short tasks are claimed in batches; long ones are not hoarded).",
 )
-@click.option(
-    "--import",
-    "-i",
-    "imports",
-    multiple=True,
-    metavar="MODULE",
-    help="Module to import first, so its tasks resolve (repeatable).",
-)
+@import_option("so its tasks resolve")
 @click.option(
     "--lease",
     type=click.FloatRange(min=0.5),
@@ -546,14 +539,7 @@ def _when(value: float | None) -> str:
     help="Load and show the call's arguments and result even though payloads are not "
     "signed here (loading a pickle runs code from the database).",
 )
-@click.option(
-    "--import",
-    "-i",
-    "imports",
-    multiple=True,
-    metavar="MODULE",
-    help="Module to import first, so the call's arguments and result load (repeatable).",
-)
+@import_option("so the call's arguments and result load")
 def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) -> None:
     """Show one task: its call, attempts, timings, result or error.
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from sitq.app_imports import import_modules
+from sitq.app_imports import import_modules, import_option
 from sitq.dashboard.access import is_loopback, new_token
 from sitq.display import redact
 
@@ -51,14 +51,9 @@ TOKEN_ENV = "SITQ_DASHBOARD_TOKEN"
     show_default=True,
     help="Seconds between live updates of an open page.",
 )
-@click.option(
-    "--import",
-    "-i",
-    "imports",
-    multiple=True,
-    metavar="MODULE",
-    help="Module to import first, so task pages can load the tasks' arguments and "
-    "results (repeatable); the current directory is importable, as for `sitq worker`.",
+@import_option(
+    "so task pages can load the tasks' arguments and results; the current directory "
+    "is importable, as for `sitq worker`"
 )
 def dashboard(
     db: str, host: str, port: int, token: str | None, refresh: float, imports: tuple[str, ...]
