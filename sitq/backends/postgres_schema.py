@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sitq.backends.base import CLAIMED_SQL, STATUS_SQL
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -223,6 +223,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # Which tasks a dead worker had started (20.5): only those are charged an
     # attempt when their lease expires. See RECLAIM_EXPIRED.
     6: ("ALTER TABLE {s}.sitq_tasks ADD COLUMN recorded_start integer NOT NULL DEFAULT 0",),
+    # The newest batches a page at a time (the dashboard), without sorting them all.
+    7: ("CREATE INDEX sitq_batches_newest ON {s}.sitq_batches (created_at DESC, id)",),
 }
 
 TASK_COLUMNS = (

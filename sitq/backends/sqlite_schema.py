@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sitq.backends.base import CLAIMED_SQL, STATUS_SQL
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Each entry upgrades the schema from version (key - 1) to version key.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -229,6 +229,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # Which tasks a dead worker had started (20.5): only those are charged an
     # attempt when their lease expires. See RECLAIM_EXPIRED.
     6: ("ALTER TABLE sitq_tasks ADD COLUMN recorded_start INTEGER NOT NULL DEFAULT 0",),
+    # The newest batches a page at a time (the dashboard), without sorting them all.
+    7: ("CREATE INDEX sitq_batches_newest ON sitq_batches (created_at DESC, id)",),
 }
 
 TASK_COLUMNS = (

@@ -340,3 +340,18 @@ async def test_a_version_1_store_migrates_in_place(kind: str, tmp_path: Path) ->
         version = conn.execute("SELECT value FROM sitq_meta WHERE key = 'schema_version'")
         assert version.fetchone()[0] == str(sqlite_schema.SCHEMA_VERSION)
         conn.close()
+
+
+async def test_the_newest_batches_are_read_from_an_index_not_sorted(tmp_path: Path) -> None:
+    """A page of the newest batches (the dashboard's overview) walks an index in
+    order: its cost does not grow with the number of batches kept."""
+    backend = SQLiteBackend(tmp_path / "tasks.db")
+    await backend.connect()
+    await backend.close()
+    conn = sqlite3.connect(tmp_path / "tasks.db")
+    plan = " ".join(
+        str(row[-1])
+        for row in conn.execute("EXPLAIN QUERY PLAN " + sqlite_schema.LIST_BATCHES_PAGE, (11, 0))
+    )
+    conn.close()
+    assert "sitq_batches_newest" in plan and "TEMP B-TREE" not in plan, plan
