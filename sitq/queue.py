@@ -44,7 +44,16 @@ from sitq.serialization import (
     result_binding,
 )
 from sitq.signals import TaskEvent
-from sitq.task import Result, TaskId, TaskOptions, TaskStatus, _to_datetime, new_task_ids
+from sitq.task import (
+    OPTION_NAMES,
+    Result,
+    TaskId,
+    TaskOptions,
+    TaskStatus,
+    _to_datetime,
+    check_option_keywords,
+    new_task_ids,
+)
 from sitq.waiters import ResultWaiters
 
 T = TypeVar("T")
@@ -108,38 +117,6 @@ def _as_calls(items: Iterable[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any
         ) from None
     empty: dict[str, Any] = {}
     return [(item if isinstance(item, tuple) else (item,), empty) for item in iterator]
-
-
-#: The keywords that are enqueue options: passed to enqueue(), they go to the function.
-OPTION_NAMES = frozenset(TaskOptions.__dataclass_fields__)
-
-
-def _check_option_keywords(fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    """Refuse a keyword that names an enqueue option when ``fn`` cannot take it.
-
-    ``enqueue(fn, x, eta=...)`` passes ``eta`` to ``fn``, as every keyword is: if
-    ``fn`` has no such parameter (and no ``**kwargs``), the task could only fail
-    with a TypeError nobody sees, so it is refused here, pointing to with_options.
-    What binds is never changed."""
-    if isinstance(fn, TaskRef):
-        return  # the worker's own code decides; it is not known here
-    try:
-        parameters = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return  # no signature to read (some builtins): let it be
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return
-    takes = {
-        p.name
-        for p in parameters
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    }
-    for name in OPTION_NAMES.intersection(kwargs).difference(takes):
-        raise ConfigurationError(
-            f"{task_name(fn)}() has no parameter {name!r}, and every keyword given to "
-            f"enqueue() goes to the function: to set the {name} option, use "
-            f"queue.with_options({name}=...).enqueue(fn, ...)"
-        )
 
 
 def _check_task_id(task_id: Any) -> None:
@@ -256,6 +233,8 @@ class _Enqueuer:
         A TaskHandle is sent by name with its registered options.
         """
         if isinstance(fn, TaskHandle):
+            if kwargs and not OPTION_NAMES.isdisjoint(kwargs):
+                check_option_keywords(fn.fn, kwargs)
             return await self.for_handle(fn).enqueue(fn.ref, *args, **kwargs)
         backend = self._queue._backend_checked()
         try:
@@ -465,7 +444,7 @@ class TaskQueue:
         ``headers`` (trace context) are framed in front of each payload."""
         _check_callable(fn)
         if calls and calls[0][1] and not OPTION_NAMES.isdisjoint(calls[0][1]):
-            _check_option_keywords(fn, calls[0][1])  # only enqueue() passes keywords
+            check_option_keywords(fn, calls[0][1])  # only enqueue() passes keywords
         name = task_name(fn)
         available_at = options.available_at(now)
         retry_backoff = float(options.retry_backoff)

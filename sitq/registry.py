@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from sitq.errors import ConfigurationError, SitqError
+from sitq.task import OPTION_NAMES, check_option_keywords
 
 if TYPE_CHECKING:
     from sitq.queue import TaskQueue, _Enqueuer
@@ -114,7 +115,12 @@ class TaskHandle(Generic[P, R]):
         return TaskHandle(self.queue, self.fn, self.name, self._enqueuer.with_options(**options))
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Queue a run of the task by name; returns its id once committed."""
+        """Queue a run of the task by name; returns its id once committed.
+
+        A keyword named like an enqueue option that the function cannot take is
+        refused here, as for ``queue.enqueue`` (use ``with_options``)."""
+        if kwargs and not OPTION_NAMES.isdisjoint(kwargs):
+            check_option_keywords(self.fn, kwargs)
         return await self._enqueuer.enqueue(self._ref, *args, **kwargs)
 
     async def enqueue_many(self, items: Any) -> list[str]:

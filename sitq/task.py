@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+import inspect
 import itertools
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -202,3 +204,35 @@ class Result:
         if self.ok:
             return self.value
         raise TaskFailed(self.task_id, self.error, self.traceback, status=self.status.value)
+
+
+#: The keywords that are enqueue options: passed to enqueue(), they go to the function.
+OPTION_NAMES = frozenset(TaskOptions.__dataclass_fields__)
+
+
+def check_option_keywords(fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Refuse a keyword that names an enqueue option when ``fn`` cannot take it.
+
+    ``enqueue(fn, x, eta=...)`` passes ``eta`` to ``fn``, as every keyword is: if
+    ``fn`` has no such parameter (and no ``**kwargs``), the task could only fail
+    with a TypeError nobody sees, so it is refused here, pointing to with_options.
+    What binds is never changed. A task sent by name (a TaskRef) takes any keyword:
+    the worker's own code decides, so it passes here; its TaskHandle is checked."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return  # no signature to read (some builtins): let it be
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    takes = {
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    shown = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+    for name in OPTION_NAMES.intersection(kwargs).difference(takes):
+        raise ConfigurationError(
+            f"{shown}() has no parameter {name!r}, and every keyword given to "
+            f"enqueue() goes to the function: to set the {name} option, use "
+            f"queue.with_options({name}=...).enqueue(fn, ...)"
+        )

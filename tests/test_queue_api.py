@@ -491,3 +491,21 @@ def test_a_task_handle_given_to_enqueue_is_sent_by_name(db_path: Path, spawn_wor
     with SyncTaskQueue(db_path) as sq:
         values = [sq.get_result(i, timeout=30).unwrap() for i in (a, b, c, d, e, f, g)]  # type: ignore[union-attr]
     assert values == ["hello ada!", "hello bob?", "X", "Y", "hello eve!", "Z", "hello bea!"]
+
+
+async def test_a_registered_task_refuses_an_option_keyword_it_cannot_take(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``handle.enqueue(x, eta=...)`` and ``queue.enqueue(handle, x, eta=...)`` are
+    checked against the registered function, as a plain function is; nothing is stored."""
+    import registered_jobs
+
+    monkeypatch.chdir(db_path.parent)  # the module's own queue opens sitq.db here
+
+    when = datetime.now(timezone.utc) + timedelta(hours=1)
+    async with TaskQueue(db_path) as queue:
+        with pytest.raises(ConfigurationError, match=r"greet\(\) has no parameter 'eta'"):
+            await registered_jobs.greet.with_options().enqueue("ann", eta=when)
+        with pytest.raises(ConfigurationError, match=r"with_options\(delay="):
+            await queue.enqueue(registered_jobs.shout, "hi", delay=5)
+        assert sum((await queue.stats())["totals"].values()) == 0
