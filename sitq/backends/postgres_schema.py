@@ -299,8 +299,9 @@ CLAIM_ONE_QUEUE = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL").replace("@
 
 # Only a task its worker is known to have started is charged the attempt; any
 # other goes back as if released, marked -1 (see sqlite_schema.RECLAIM_EXPIRED).
-# A start is known from its record or from a start mark (started_at).
-_LOST_STARTED = "(recorded_start = attempts OR started_at IS NOT NULL)"
+# A start is known from its record (a start mark, written up to 50 ms late, is
+# only shown: a task beside a suspect that kills the worker must not be charged).
+_LOST_STARTED = "(recorded_start = attempts)"
 _LOST_ENDS = f"(cancel_requested OR ({_LOST_STARTED} AND attempts >= max_retries + 1 + $2))"
 
 RECLAIM_EXPIRED = f"""

@@ -279,14 +279,14 @@ CLAIM = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL")
 # was asked to cancel, or it has already been lost too often (a task that kills
 # its worker every time must not loop forever).
 #
-# Only a task its worker is known to have started is charged the attempt
-# (recorded_start = attempts, see RECORD_TASK_START, or a start mark: started_at
-# set by MARK_STARTED or FINISH). Any other (prefetched, or
-# started without a record) goes back as if released, marked -1: whoever claims
-# it next records its start before running it, so a task that kills its worker
-# at once is charged from its second loss on, and bystanders never are. A task
+# Only a task whose start was recorded (recorded_start = attempts, see
+# RECORD_TASK_START) is charged the attempt. Any other (prefetched, or started
+# with only a start mark, which is written up to 50 ms late and only shown) goes
+# back as if released, marked -1: whoever claims it next records its start
+# before running it, and runs no two such tasks at once, so a task that kills its
+# worker is charged from its second loss on, and bystanders never are. A task
 # going back to the queue keeps neither the lost run's start nor its holder.
-_LOST_STARTED = "(recorded_start = attempts OR started_at IS NOT NULL)"
+_LOST_STARTED = "(recorded_start = attempts)"
 _LOST_ENDS = (
     f"(cancel_requested = 1 OR ({_LOST_STARTED} AND attempts >= max_retries + 1 + :lost_limit))"
 )

@@ -592,19 +592,20 @@ async def test_task_failed_as_worker_lost_shows_its_recorded_start(backend, recl
     assert stored.started_at is not None and before <= stored.started_at <= stored.finished_at
 
 
-async def test_lost_task_with_a_start_mark_is_charged_and_queued_without_it(
+async def test_lost_task_with_only_a_start_mark_is_not_charged_and_queued_without_it(
     backend, reclaim_immediately
 ):
-    """A start mark proves the task ran: the loss counts, even without a recorded
-    start; back in the queue it has neither the lost run's start nor its holder."""
+    """A start mark is shown, not charged: a task that ran beside the one that
+    killed its worker goes back uncharged (only a recorded start is charged);
+    back in the queue it has neither the lost run's start nor its holder."""
     task_id = await enqueue(backend, queue="marked")
     [claimed] = await backend.claim("w1", ["marked"], 1, SHORT_LEASE)
     await backend.mark_started([(claimed.lease, backend.now())])
     stored = await after_reclaim(backend, claimed)
-    assert (stored.status, stored.attempts, stored.claimed) == ("queued", 1, False)
+    assert (stored.status, stored.attempts, stored.claimed) == ("queued", 0, False)
     assert (stored.started_at, stored.worker_id) == (None, None)
     again = await take_over(backend, "marked", "w2")
-    assert (again.id, again.attempts) == (task_id, 2)
+    assert (again.id, again.attempts) == (task_id, 1)
 
 
 async def test_running_task_asked_to_cancel_whose_lease_expires_ends_cancelled(
