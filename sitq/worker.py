@@ -25,7 +25,7 @@ from types import FunctionType
 from typing import Any
 
 from sitq import checks, signals, telemetry
-from sitq.backends import open_backend, translate_error
+from sitq.backends import open_backend
 from sitq.backends.base import (
     Backend,
     ClaimedTask,
@@ -38,8 +38,8 @@ from sitq.calls import unpack_call
 from sitq.display import redact, terminal_safe
 from sitq.errors import (
     ConfigurationError,
-    DatabaseUnavailable,
     SerializationError,
+    SitqError,
     WorkerCrashed,
 )
 from sitq.headers import unwrap as unwrap_headers
@@ -1128,7 +1128,7 @@ class _OutcomeWriter:
         """Queue ``outcome`` for the next write (with the task's start)."""
         self._unmarked.pop(running, None)
         if outcome.error is not None:  # failures only: no cost to a success
-            outcome = _without_nul(outcome)
+            outcome = _storable(outcome)
         self._pending.append((running, outcome))
         self._idle.clear()
         self._ready.set()
@@ -1219,11 +1219,11 @@ class _OutcomeWriter:
                 self._recorded(running, ok)
 
     def _unavailable(self, exc: BaseException) -> bool:
-        """True when ``exc`` says the database cannot be reached or used for now
-        (worth retrying as is), rather than that it refused what was written.
-        A full disk refuses every write alike, as an outage does."""
-        error = translate_error(exc, self._backend)
-        return isinstance(error, DatabaseUnavailable) or "the disk is full" in str(error)
+        """True unless ``exc`` is known to recur for the outcome written (the
+        database refused the value itself): a lost connection, a lock, a deadlock,
+        a failover, a full disk... may all pass, so the write is retried while the
+        task's lease holds."""
+        return not _recurs(exc)
 
     async def _write_each(
         self, batch: list[tuple[_Running, Outcome]]
@@ -1247,8 +1247,11 @@ class _OutcomeWriter:
                     type(exc).__name__,
                     exc,
                 )
-                error = f"the outcome could not be stored: {type(exc).__name__}: {exc}"
-                plain = Outcome("failed", error=_clean(error))
+                error = _clean(f"the outcome could not be stored: {type(exc).__name__}: {exc}")
+                if outcome.status == "queued":  # a retry stays a retry, at its time
+                    plain = replace(outcome, result=None, error=error, traceback=None)
+                else:
+                    plain = Outcome("failed", error=error)
                 running.outcome = plain
                 try:
                     [applied] = await self._backend.finish([(lease, plain)], start)
@@ -1282,16 +1285,46 @@ def _clean(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _without_nul(outcome: Outcome) -> Outcome:
-    """``outcome`` with NUL characters in its error and traceback escaped."""
-    error, tb = outcome.error or "", outcome.traceback or ""
-    if "\x00" not in error and "\x00" not in tb:
+def _storable(outcome: Outcome) -> Outcome:
+    """``outcome`` with its error and traceback as any database stores them
+    (NUL and lone surrogates escaped)."""
+    error = _clean(outcome.error or "")
+    tb = None if outcome.traceback is None else _clean(outcome.traceback)
+    if error == outcome.error and tb == outcome.traceback:
         return outcome
-    return replace(
-        outcome,
-        error=error.replace("\x00", "\\x00"),
-        traceback=None if outcome.traceback is None else tb.replace("\x00", "\\x00"),
-    )
+    return replace(outcome, error=error, traceback=tb)
+
+
+# SQLSTATEs that say the value written is at fault, so writing it again fails
+# again: 22 data exception (e.g. NUL in text), 23 integrity constraint
+# violation, 54000 program limit exceeded (e.g. a value too long).
+_RECURRING_SQLSTATES = ("22", "23", "54000")
+
+
+def _recurs(exc: BaseException) -> bool:
+    """True when the error of a write is known to recur for what was written
+    (refused data); False for everything else, which may pass (outages, locks,
+    deadlocks, serialization failures, timeouts, a failover, a full disk...).
+    Follows the causes of a wrapped error."""
+    import sqlite3  # the stdlib module; cheap once imported
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_RECURRING_SQLSTATES):
+            return True
+        if isinstance(current, (sqlite3.DataError, sqlite3.IntegrityError)):
+            return True  # a constraint or trigger's RAISE(ABORT), a value too big
+        if getattr(current, "sqlite_errorname", None) == "SQLITE_TOOBIG" or (
+            isinstance(current, sqlite3.Error) and "string or blob too big" in str(current)
+        ):
+            return True
+        if isinstance(current, (ValueError, OverflowError)) and not isinstance(current, SitqError):
+            return True  # the driver cannot encode the value (UnicodeEncodeError...)
+        current = current.__cause__
+    return False
 
 
 def _cancelled_from_outside() -> bool:

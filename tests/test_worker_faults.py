@@ -324,10 +324,10 @@ async def test_an_outcome_is_written_after_an_outage_shorter_than_its_lease(
 async def test_an_error_the_database_refuses_fails_only_its_task(
     db_url: str, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
-    """A task's error text with NUL (which PostgreSQL text refuses) is stored
-    escaped, and one no driver can encode (a lone surrogate) ends the task
-    FAILED, saying so; the ordinary tasks around them get their results at once
-    rather than waiting forever behind them (20.8)."""
+    """A task's error text with NUL (which PostgreSQL text refuses) or a lone
+    surrogate (which no driver encodes) is stored escaped; the ordinary tasks
+    around them get their results at once rather than waiting forever behind
+    them (20.8)."""
     async with TaskQueue(db_url) as queue:
         spawn_worker("--concurrency", "4", db=db_url).wait_started()
         nul = await queue.enqueue(fault_jobs.raise_text, "a\x00b")
@@ -341,8 +341,78 @@ async def test_an_error_the_database_refuses_fails_only_its_task(
     assert results[nul].error == "ValueError: a\\x00b"
     assert results[nul].traceback and "\x00" not in results[nul].traceback
     assert results[surrogate].status is TaskStatus.FAILED
-    error = results[surrogate].error or ""
-    assert error.startswith("the outcome could not be stored: ") and "surrogate" in error, error
+    assert results[surrogate].error == "ValueError: c\\ud800d"
+    assert results[surrogate].traceback and "c\\ud800d" in results[surrogate].traceback
+
+
+async def test_an_error_with_a_lone_surrogate_keeps_its_retries(
+    db_url: str, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """An error no driver can encode as it is (a lone surrogate, as an OSError on
+    an undecodable file name has) is stored escaped, and the task's retries are
+    kept rather than lost to a refused write (20.8)."""
+    async with TaskQueue(db_url) as queue:
+        spawn_worker("--concurrency", "2", db=db_url).wait_started()
+        task_id = await queue.with_options(max_retries=2, retry_backoff=0.01).enqueue(
+            fault_jobs.raise_text, "missing /tmp/\udcff"
+        )
+        result = await queue.get_result(task_id, timeout=20)
+    assert result is not None and result.status is TaskStatus.FAILED
+    assert result.attempts == 3, result
+    assert result.error == "ValueError: missing /tmp/\\udcff"
+
+
+def _transient_errors() -> list[tuple[str, Callable[[], BaseException]]]:
+    import asyncpg
+
+    errors = asyncpg.exceptions
+    return [
+        ("deadlock 40P01", lambda: errors.DeadlockDetectedError("deadlock detected")),
+        ("serialization 40001", lambda: errors.SerializationError("could not serialize")),
+        ("read-only 25006", lambda: errors.ReadOnlySQLTransactionError("read-only")),
+        ("lock timeout 55P03", lambda: errors.LockNotAvailableError("lock timeout")),
+        ("statement timeout 57014", lambda: errors.QueryCanceledError("statement timeout")),
+        ("disk full 53100", lambda: errors.DiskFullError("could not extend file")),
+        ("sqlite disk I/O", lambda: sqlite3.OperationalError("disk I/O error")),
+    ]
+
+
+@pytest.mark.parametrize(
+    "make_error", [make for _, make in _transient_errors()], ids=[n for n, _ in _transient_errors()]
+)
+async def test_an_outcome_survives_transient_write_errors(
+    db_url: str, make_error: Callable[[], BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Errors of a write that may pass (a deadlock, a serialization failure, a
+    failover's read-only transaction, a timeout, a full disk...) are retried
+    while the lease holds: twice in a row, they leave the task's real outcome
+    in place of "could not be stored" (20.8)."""
+    from sitq.backends import open_backend
+
+    caplog.set_level(logging.WARNING, logger="sitq")
+    backend = open_backend(db_url)
+    real_finish = backend.finish
+    left = [2]
+
+    async def flaky_finish(items, started=()):  # type: ignore[no-untyped-def]
+        if items and left[0] > 0:
+            left[0] -= 1
+            raise make_error()
+        return await real_finish(items, started)
+
+    backend.finish = flaky_finish  # type: ignore[method-assign]
+    async with TaskQueue(db_url) as queue:
+        worker = Worker(backend, lease_seconds=30)
+        await worker.start()
+        try:
+            task_id = await queue.enqueue(jobs.add, 20, 22)
+            result = await queue.get_result(task_id, timeout=20)
+        finally:
+            await worker.stop()
+    assert left == [0]
+    assert result is not None and result.status is TaskStatus.SUCCEEDED, result
+    assert result.value == 42 and result.attempts == 1
+    assert "could not be stored" not in caplog.text
 
 
 async def test_a_result_the_database_refuses_fails_only_its_task(
@@ -476,3 +546,57 @@ async def test_tasks_prefetched_behind_a_suspect_run_beside_it(
     ]
     # Three free slots over three suspects of 0.6 s hold about 9 runs of 0.5 s.
     assert len(beside) >= 3, spans
+
+
+async def test_a_refused_retry_still_retries(
+    db_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """The database refuses a failed attempt's error (a trigger, as a rule on
+    values would): the plain failure stored instead keeps the retry, so the task
+    still gets all its attempts (20.8)."""
+    async with TaskQueue(db_path) as queue:  # creates the tables
+        with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+            conn.execute(
+                "CREATE TRIGGER fault_error BEFORE UPDATE ON sitq_tasks "
+                "WHEN NEW.error LIKE 'ValueError: refuse-me%' "
+                "BEGIN SELECT RAISE(ABORT, 'error refused by this database'); END"
+            )
+        spawn_worker("--concurrency", "2").wait_started()
+        task_id = await queue.with_options(max_retries=2, retry_backoff=0.01).enqueue(
+            fault_jobs.raise_text, "refuse-me"
+        )
+        result = await queue.get_result(task_id, timeout=20)
+    assert result is not None and result.status is TaskStatus.FAILED
+    assert result.attempts == 3, result
+    assert (result.error or "").startswith("the outcome could not be stored: IntegrityError")
+
+
+@pytest.mark.parametrize(
+    ("error", "recurs"),
+    [
+        (sqlite3.IntegrityError("constraint failed"), True),
+        (sqlite3.DataError("string or blob too big"), True),
+        (sqlite3.OperationalError("database is locked"), False),
+        (sqlite3.OperationalError("disk I/O error"), False),
+        (UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed"), True),
+        (ConnectionResetError(), False),
+        (RuntimeError("anything else"), False),
+    ],
+)
+def test_which_write_errors_recur(error: BaseException, recurs: bool) -> None:
+    """Only errors that say the value is at fault give up an outcome at once."""
+    import asyncpg
+
+    from sitq.worker import _recurs
+
+    assert _recurs(error) is recurs
+    for cls, expected in [
+        (asyncpg.exceptions.CheckViolationError, True),  # 23514
+        (asyncpg.exceptions.CharacterNotInRepertoireError, True),  # 22021
+        (asyncpg.exceptions.ProgramLimitExceededError, True),  # 54000
+        (asyncpg.exceptions.DeadlockDetectedError, False),  # 40P01
+        (asyncpg.exceptions.ReadOnlySQLTransactionError, False),  # 25006
+        (asyncpg.exceptions.DiskFullError, False),  # 53100
+        (asyncpg.exceptions.AdminShutdownError, False),  # 57P01
+    ]:
+        assert _recurs(cls("x")) is expected, cls
