@@ -15,6 +15,7 @@ import pytest
 from support import SITQ, WorkerProcess, subprocess_env, wait_until
 
 from sitq import SyncTaskQueue, TaskStatus
+from sitq.backends import sqlite_schema
 
 
 def sitq(
@@ -186,7 +187,10 @@ def test_non_sitq_database(tmp_path: Path) -> None:
 
 def test_incompatible_schema_on_the_command_line(db_path: Path, filled_db: dict[str, str]) -> None:
     with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE sitq_meta SET value='7' WHERE key='schema_version'")
+        conn.execute(
+            "UPDATE sitq_meta SET value=? WHERE key='schema_version'",
+            (str(sqlite_schema.SCHEMA_VERSION + 1),),  # a version from a newer sitq
+        )
     run = sitq("status", "--db", str(db_path))
     assert run.returncode == 1 and "upgrade sitq" in run.stderr
 
