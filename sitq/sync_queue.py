@@ -19,7 +19,7 @@ from sitq.errors import ConfigurationError, NotConnected, SitqError
 from sitq.queue import TaskQueue, _as_calls, _Enqueuer, _observed, _raise_translated
 from sitq.registry import TaskHandle
 from sitq.serialization import Serializer
-from sitq.task import Result, TaskStatus
+from sitq.task import OPTION_NAMES, Result, TaskStatus, check_option_keywords
 
 T = TypeVar("T")
 
@@ -129,6 +129,8 @@ class SyncTaskQueue:
         allows it (no trip through the background loop), else through the loop.
         A TaskHandle is sent by name with its registered options."""
         if isinstance(fn, TaskHandle):
+            if calls and calls[0][1] and not OPTION_NAMES.isdisjoint(calls[0][1]):
+                check_option_keywords(fn.fn, calls[0][1])
             enqueuer, fn = enqueuer.for_handle(fn), fn.ref
         self._ensure_connected()
         try:

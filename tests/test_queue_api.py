@@ -509,3 +509,10 @@ async def test_a_registered_task_refuses_an_option_keyword_it_cannot_take(
         with pytest.raises(ConfigurationError, match=r"with_options\(delay="):
             await queue.enqueue(registered_jobs.shout, "hi", delay=5)
         assert sum((await queue.stats())["totals"].values()) == 0
+
+    def sync_enqueue() -> None:
+        with SyncTaskQueue(db_path) as sync_queue:
+            sync_queue.enqueue(registered_jobs.greet, "ann", eta=when)
+
+    with pytest.raises(ConfigurationError, match=r"greet\(\) has no parameter 'eta'"):
+        await asyncio.to_thread(sync_enqueue)
