@@ -606,6 +606,8 @@ class Worker:
                 continue
             try:
                 asked_at = time.monotonic()  # the leases run from no earlier than this
+                # Burst mode ends only on a claim that began once every retry was due.
+                asked_wall = time.time()
                 claimed = await self.backend.claim(self.id, self.queues, room, self.lease_seconds)
                 failures = 0
             except Exception:
@@ -619,7 +621,7 @@ class Worker:
                 self._ready.append(running)
             self._dispatch()
             if len(claimed) < room:
-                if self.burst and not self._running and time.time() >= self._retries_due:
+                if self.burst and not self._running and asked_wall >= self._retries_due:
                     logger.info("worker %s: nothing left to run (burst mode)", self.id)
                     self._stopping = asyncio.ensure_future(self._shutdown(self.grace_period))
                     return
