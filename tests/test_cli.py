@@ -15,7 +15,7 @@ import pytest
 from support import SITQ, WorkerProcess, subprocess_env, wait_until
 
 from sitq import SyncTaskQueue, TaskStatus
-from sitq.backends import sqlite_schema
+from sitq.backends.sqlite import schema as sqlite_schema
 
 
 def sitq(

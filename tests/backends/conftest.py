@@ -78,6 +78,6 @@ async def open_peer(
 def reclaim_immediately(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every claim look for expired leases (SQLite does so at most once a second)."""
     if _kind(request) == "sqlite":
-        monkeypatch.setattr("sitq.backends.sqlite.RECLAIM_INTERVAL", 0.0)
+        monkeypatch.setattr("sitq.backends.sqlite.backend.RECLAIM_INTERVAL", 0.0)
     if _kind(request) == "postgres":
-        monkeypatch.setattr("sitq.backends.postgres.RECLAIM_INTERVAL", 0.0)
+        monkeypatch.setattr("sitq.backends.postgres.backend.RECLAIM_INTERVAL", 0.0)

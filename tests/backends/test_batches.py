@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from support import drop_postgres_schema, postgres_available, postgres_url
 
-from sitq.backends import postgres_schema, sqlite_schema
 from sitq.backends.base import Backend, BatchSizeChanged, NewTask, Outcome
+from sitq.backends.postgres import schema as postgres_schema
 from sitq.backends.sqlite import SQLiteBackend
+from sitq.backends.sqlite import schema as sqlite_schema
 from sitq.task import new_task_id
 
 LEASE = 60.0

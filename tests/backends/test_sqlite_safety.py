@@ -24,7 +24,7 @@ from support import SITQ, WorkerProcess, subprocess_env
 from sitq import Result, SyncTaskQueue, TaskQueue, TaskStatus, Worker
 from sitq.backends import open_backend
 from sitq.backends.sqlite import SQLiteBackend
-from sitq.backends.wakeup import wake_directory
+from sitq.backends.sqlite.wakeup import wake_directory
 from sitq.errors import ConfigurationError
 
 # -- the wake-up folder (issue 20.1) ------------------------------------------
@@ -237,8 +237,8 @@ async def test_enqueues_held_back_by_a_checkpoint_are_all_stored(
 ) -> None:
     """With a checkpoint (and its pause) after every commit, enqueues that arrive
     while commits are held back, up to the moment the queue closes, are stored."""
-    monkeypatch.setattr("sitq.backends.sqlite_enqueue.CHECKPOINT_BYTES", 1)
-    monkeypatch.setattr("sitq.backends.sqlite_enqueue.WAL_RESTART_BYTES", 0)
+    monkeypatch.setattr("sitq.backends.sqlite.enqueue.CHECKPOINT_BYTES", 1)
+    monkeypatch.setattr("sitq.backends.sqlite.enqueue.WAL_RESTART_BYTES", 0)
     async with TaskQueue(db_path) as queue:
         wal = queue.backend._batcher._wal  # type: ignore[attr-defined]
         ids: list[str] = []

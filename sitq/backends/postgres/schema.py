@@ -298,7 +298,7 @@ CLAIM = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL").replace("@queues", _
 CLAIM_ONE_QUEUE = _CLAIM_SHAPE.replace("@which", "limit_key IS NULL").replace("@queues", _ONE_QUEUE)
 
 # Only a task its worker is known to have started is charged the attempt; any
-# other goes back as if released, marked -1 (see sqlite_schema.RECLAIM_EXPIRED).
+# other goes back as if released, marked -1 (see sitq.backends.sqlite.schema.RECLAIM_EXPIRED).
 # A start is known from its record (a start mark, written up to 50 ms late, is
 # only shown: a task beside a suspect that kills the worker must not be charged).
 _LOST_STARTED = "(recorded_start = attempts)"

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from sitq.backends import LoopBinding, base, check_database_path, translate_error
-from sitq.backends import sqlite_schema as q
 from sitq.backends.base import (
     LOST_LEASE_LIMIT,
     RECLAIM_INTERVAL,
@@ -42,14 +41,15 @@ from sitq.backends.base import (
     task_record,
     worker_record,
 )
-from sitq.backends.sqlite_enqueue import (
+from sitq.backends.sqlite import schema as q
+from sitq.backends.sqlite.enqueue import (
     FAST_PATH_MAX_ROWS,
     JOURNAL_SIZE_LIMIT,
     BlockingInserter,
     EnqueueBatcher,
     WalKeeper,
 )
-from sitq.backends.wakeup import WakeupChannel, wake_directory
+from sitq.backends.sqlite.wakeup import WakeupChannel, wake_directory
 from sitq.errors import (
     DatabaseError,
     DatabaseUnavailable,
@@ -484,7 +484,7 @@ class SQLiteBackend(Backend):
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:
         """Insert ``tasks`` in one transaction and wake the workers.
 
-        Concurrent calls are committed together (see ``sqlite_enqueue``).
+        Concurrent calls are committed together (see ``sitq.backends.sqlite.enqueue``).
         """
         if not tasks:
             return
@@ -1308,7 +1308,7 @@ class SQLiteBackend(Backend):
 class _WorkflowWrites:
     """Group commit of workflow item UPDATEs, on the loop thread when the lock is free.
 
-    The scheme of ``sqlite_enqueue.EnqueueBatcher``, for the same reason: a hop to
+    The scheme of ``enqueue.EnqueueBatcher``, for the same reason: a hop to
     aiosqlite's thread costs more than the UPDATE, and a workflow makes a few per
     item (5,000 in-process items took twice as long with one hop each). The writes
     of one loop iteration commit together; if another connection holds the lock,

@@ -29,7 +29,6 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from sitq.backends import LoopBinding, base
-from sitq.backends import postgres_schema as q
 from sitq.backends.base import (
     LOST_LEASE_LIMIT,
     RECLAIM_INTERVAL,
@@ -50,6 +49,7 @@ from sitq.backends.base import (
     task_record,
     worker_record,
 )
+from sitq.backends.postgres import schema as q
 from sitq.errors import ConfigurationError, DatabaseError, NotConnected, SchemaVersionError
 
 logger = logging.getLogger("sitq.postgres")

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from sitq.backends import sqlite_schema as q
+from sitq.backends.sqlite import schema as q
 from sitq.errors import NotConnected
 
 Row = tuple[Any, ...]
