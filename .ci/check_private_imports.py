@@ -41,7 +41,7 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def part_of(module: str) -> str:
-    """The top-level part of sitq a module belongs to (``sitq.backends.base`` -> ``sitq.backends``)."""
+    """The top-level part of sitq a module is in: ``sitq.backends.base`` -> ``sitq.backends``."""
     return ".".join(module.split(".")[:2])
 
 
@@ -65,12 +65,14 @@ def violations(root: Path) -> Iterator[str]:
         is_package = path.name == "__init__.py"
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for node in ast.walk(tree):
-            targets: list[tuple[str, str]] = []  # (module, name or "")
+            targets: list[tuple[str, str]]  # (module, name or "")
             if isinstance(node, ast.ImportFrom):
                 source = _resolve(importer, is_package, node)
                 targets = [(source, alias.name) for alias in node.names]
             elif isinstance(node, ast.Import):
                 targets = [(alias.name, "") for alias in node.names]
+            else:
+                continue
             for source, name in targets:
                 if source != package and not source.startswith(package + "."):
                     continue

@@ -10,14 +10,14 @@ error saying which module to import.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 from sitq.errors import ConfigurationError, SitqError
-from sitq.task import OPTION_NAMES, check_option_keywords
+from sitq.task import OPTION_NAMES, TaskOptions, check_option_keywords
 
 if TYPE_CHECKING:
-    from sitq.queue import TaskQueue, _Enqueuer
+    from sitq.queue import TaskQueue
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,6 +75,29 @@ def _identity(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
+class Enqueuer(Protocol):
+    """What a :class:`TaskHandle` needs from its queue: enqueue with a fixed set
+    of options. The queue's enqueuer is one; declared here so this module needs
+    none of the queue's private names."""
+
+    @property
+    def options(self) -> TaskOptions:
+        """The options every task is enqueued with."""
+        ...
+
+    def with_options(self, **options: Any) -> Enqueuer:
+        """The same enqueuer with some options overridden."""
+        ...
+
+    async def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Store one call of ``fn``; its task id once committed."""
+        ...
+
+    async def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
+        """Store one call of ``fn`` per item; their task ids once committed."""
+        ...
+
+
 class TaskHandle(Generic[P, R]):
     """A registered task. Calling it runs the function here and now;
     ``await handle.enqueue(...)`` queues a run with the registered options,
@@ -85,14 +108,14 @@ class TaskHandle(Generic[P, R]):
         queue: TaskQueue,
         fn: Callable[P, R],
         name: str,
-        enqueuer: _Enqueuer,
+        enqueuer: Enqueuer,
     ) -> None:
         self.fn = fn
         self.name = name
         self.queue = queue
         self._enqueuer = enqueuer
         self._ref = TaskRef(name)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.name} options={self._enqueuer.options}>"
@@ -106,7 +129,7 @@ class TaskHandle(Generic[P, R]):
         return self._ref
 
     @property
-    def options(self) -> Any:
+    def options(self) -> TaskOptions:
         """The TaskOptions this handle enqueues with."""
         return self._enqueuer.options
 

@@ -143,7 +143,8 @@ def retry_delay(base: float, attempt: int) -> float:
     """
     if base <= 0:
         return 0.0
-    ceiling = min(base * 2 ** (attempt - 1), MAX_RETRY_DELAY)
+    # `2 ** int` is typed Any (a negative exponent gives a float); attempt >= 1 here.
+    ceiling: float = min(base * 2 ** (attempt - 1), MAX_RETRY_DELAY)
     return ceiling * random.uniform(0.5, 1.0)
 
 
@@ -170,8 +171,13 @@ def new_task_ids(count: int) -> list[str]:
     ]
 
 
-def _to_datetime(value: float | None) -> datetime | None:
+def to_datetime(value: float | None) -> datetime | None:
+    """A stored timestamp (seconds since the epoch) as an aware UTC datetime."""
     return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+# The old private name, still imported by sitq.queue: remove once it imports to_datetime.
+_to_datetime = to_datetime
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 SYSTEM = "sitq"
 
@@ -97,7 +98,7 @@ def metrics_on() -> bool:
     return type(metrics.get_meter_provider()).__name__ not in _OFF_METER_PROVIDERS
 
 
-def _base_attributes(operation: str, queue: str, task_name: str) -> dict[str, Any]:
+def _base_attributes(operation: str, queue: str, task_name: str) -> dict[str, AttributeValue]:
     return {
         "messaging.system": SYSTEM,
         "messaging.operation.type": operation,
@@ -157,7 +158,10 @@ def start_run(
 ) -> trace.Span | None:
     """Count a started attempt; open its CONSUMER span if tracing is on."""
     if metrics_on():
-        attributes = {"messaging.destination.name": queue, "sitq.task.name": task_name}
+        attributes: dict[str, AttributeValue] = {
+            "messaging.destination.name": queue,
+            "sitq.task.name": task_name,
+        }
         _counters["started"].add(1, attributes)
         _queue_wait.record(max(0.0, queue_wait), attributes)
     if not tracing_on():

@@ -148,26 +148,37 @@ class AdaptiveBatchConfig:
                 f"memory_warning_threshold ({self.memory_warning_threshold}) must not exceed "
                 f"memory_critical_threshold ({self.memory_critical_threshold})"
             )
-        if self.queue_warning_threshold is None:
-            object.__setattr__(self, "queue_warning_threshold", max(1, self.max_queue_size // 2))
-        if self.queue_critical_threshold is None:
-            critical = max(self.queue_warning_threshold, self.max_queue_size * 4 // 5)
+        # Unset thresholds are derived from max_queue_size; locals keep the
+        # resolved values typed as ints.
+        warning = self.queue_warning_threshold
+        if warning is None:
+            warning = max(1, self.max_queue_size // 2)
+            object.__setattr__(self, "queue_warning_threshold", warning)
+        critical = self.queue_critical_threshold
+        if critical is None:
+            critical = max(warning, self.max_queue_size * 4 // 5)
             object.__setattr__(self, "queue_critical_threshold", critical)
         _positive_int(self, "queue_warning_threshold")
         _positive_int(self, "queue_critical_threshold")
-        if not (
-            self.queue_warning_threshold <= self.queue_critical_threshold <= self.max_queue_size
-        ):
+        if not (warning <= critical <= self.max_queue_size):
             raise ConfigurationError(
                 "queue thresholds must satisfy queue_warning_threshold <= "
-                f"queue_critical_threshold <= max_queue_size, got {self.queue_warning_threshold}"
-                f" <= {self.queue_critical_threshold} <= {self.max_queue_size}"
+                f"queue_critical_threshold <= max_queue_size, got {warning}"
+                f" <= {critical} <= {self.max_queue_size}"
             )
         if self.memory_usage_func is not None and not callable(self.memory_usage_func):
             raise TypeError(
                 "memory_usage_func must be a callable returning a percentage, not "
                 f"{self.memory_usage_func!r}"
             )
+
+    @property
+    def queue_thresholds(self) -> tuple[int, int]:
+        """The (warning, critical) queue lengths, as resolved at construction."""
+        warning, critical = self.queue_warning_threshold, self.queue_critical_threshold
+        # __post_init__ replaces None by the default derived from max_queue_size.
+        assert warning is not None and critical is not None
+        return warning, critical
 
 
 def _int(config: AdaptiveBatchConfig, name: str, minimum: int) -> None:

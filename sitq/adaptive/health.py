@@ -209,7 +209,8 @@ class HealthMonitor:
             growth = (length - self._last_queue[1]) / (now - self._last_queue[0])
         self._last_queue = (now, length)
         cfg = self.config
-        level = _level(length, cfg.queue_warning_threshold, cfg.queue_critical_threshold)
+        warning, critical = cfg.queue_thresholds
+        level = _level(length, warning, critical)
         with self._lock:
             previous = self._state["queue_state"]
             self._state["queue_state"] = level
@@ -222,8 +223,8 @@ class HealthMonitor:
                 length,
                 growth,
                 level,
-                cfg.queue_warning_threshold,
-                cfg.queue_critical_threshold,
+                warning,
+                critical,
                 cfg.max_queue_size,
             )
         self.hooks.on_queue_level(level == "critical")

@@ -126,7 +126,7 @@ class AdaptiveBatchProcessor:
                     f"this processor is already {self._state}: start() runs once; create a "
                     "new AdaptiveBatchProcessor to start again"
                 )
-            self._runner = BatchRunner(
+            self._runner = runner = BatchRunner(
                 self.config,
                 process_func,
                 self._stats,
@@ -137,7 +137,10 @@ class AdaptiveBatchProcessor:
             )
             self._state = _RUNNING
             self._thread = threading.Thread(
-                target=self._wrapped_worker_loop, name="sitq-adaptive-batch", daemon=True
+                target=self._wrapped_worker_loop,
+                args=(runner,),
+                name="sitq-adaptive-batch",
+                daemon=True,
             )
             self._thread.start()
         if self._health is not None:
@@ -465,9 +468,9 @@ class AdaptiveBatchProcessor:
 
     # -- the batch thread ---------------------------------------------------------------
 
-    def _wrapped_worker_loop(self) -> None:
+    def _wrapped_worker_loop(self, runner: BatchRunner) -> None:
         try:
-            self._worker_loop()
+            self._worker_loop(runner)
         except BaseException as exc:
             logger.critical("adaptive batch thread died", exc_info=True)
             reason = (
@@ -481,13 +484,13 @@ class AdaptiveBatchProcessor:
             for request in left:
                 fail_request(request, ProcessorStoppedError(reason), log=False)
 
-    def _worker_loop(self) -> None:
+    def _worker_loop(self, runner: BatchRunner) -> None:
         while True:
-            taken = self._next_batch()
+            taken = self._next_batch(runner)
             if taken is None:
                 return
             batch, queue_length = taken
-            self._runner.run(batch, queue_length)  # type: ignore[union-attr]
+            runner.run(batch, queue_length)
             with self._lock:
                 self._inflight = []
             if self.config.enable_memory_optimization:
@@ -497,7 +500,7 @@ class AdaptiveBatchProcessor:
                     gc.collect(1)
                     self.count_gc()
 
-    def _next_batch(self) -> tuple[list[Request], int] | None:
+    def _next_batch(self, runner: BatchRunner) -> tuple[list[Request], int] | None:
         """Wait for the next batch to be due and take it; None when done."""
         cfg = self.config
         queue = self._queue
@@ -516,14 +519,16 @@ class AdaptiveBatchProcessor:
                     self._work.wait()
                     continue
                 now = time.monotonic()
-                gap = self._runner.last_batch_start + cfg.min_batch_interval - now  # type: ignore[union-attr]
+                gap = runner.last_batch_start + cfg.min_batch_interval - now
                 if gap > 0:
                     self._work.wait(gap)
                     continue
                 target = self._sizer.target
                 full = n >= target
                 if not full and not draining:
-                    due = queue.oldest_enqueued_at() + cfg.batch_timeout  # type: ignore[operator]
+                    oldest = queue.oldest_enqueued_at()
+                    assert oldest is not None  # n > 0 requests wait: one is the oldest
+                    due = oldest + cfg.batch_timeout
                     if now < due:
                         self._work.wait(due - now)
                         continue

@@ -120,12 +120,14 @@ def _split_rows(group: list[Request], output: Any) -> list[Any]:
     except TypeError:
         length = None
     if length != rows:
+        key = group[0].key
+        assert key is not None  # a stacked group holds numpy items, keyed ("ndarray", row shape)
         got = f"shape {shape}" if shape is not None else type(output).__name__
         if shape is None and length is not None:
             got = f"{length} results"
         raise BatchOutputError(
             f"process_func returned {got} for a stacked batch of {rows} rows (from "
-            f"{len(group)} items of row shape {group[0].key[1]}); its output's first "
+            f"{len(group)} items of row shape {key[1]}); its output's first "
             "dimension must equal the number of input rows, in order"
         )
     results = []
