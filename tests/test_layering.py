@@ -79,6 +79,28 @@ def _found(package: Path) -> list[str]:
         ),
         # The root package's privates belong to the root package.
         ({"__init__.py": "_x = 1\n", "cli.py": "from pkg import _x\n"}, "pkg.cli imports private"),
+        # Reaching into another part's object: the sync face calling the queue's internals.
+        (
+            {
+                "queue.py": "class Queue:\n    def _new_tasks(self): ...\n",
+                "sync_queue.py": (
+                    "class Sync:\n"
+                    "    def __init__(self, queue):\n"
+                    "        self._queue = queue\n"
+                    "    def run(self):\n"
+                    "        return self._queue._new_tasks()\n"
+                ),
+            },
+            "pkg.sync_queue uses self._queue._new_tasks",
+        ),
+        # ... or into another part's module through its name.
+        (
+            {
+                "queue.py": "def _helper(): ...\n",
+                "cli.py": "from pkg import queue\nqueue._helper()\n",
+            },
+            "pkg.cli uses queue._helper",
+        ),
     ],
 )
 def test_a_private_name_across_parts_is_found(
@@ -103,9 +125,19 @@ def test_what_is_allowed_is_left_alone(tmp_path: Path) -> None:
                 "from pkg.backends.base import _SQL\n"
                 "from ..base import _SQL as again\n"
             ),
-            # Public names and dunders are fine anywhere; so are other packages' privates.
+            # Public names and dunders are fine anywhere; so are other packages' privates
+            # and the namedtuple API.
             "cli.py": "from pkg import __version__\nfrom pkg.backends.base import *\n"
-            "from os import _exit\n",
+            "from os import _exit\nimport os\nos._exit\n"
+            "from urllib.parse import urlsplit\nurlsplit('x')._replace(path='')\n",
+            # A part's own privates on any object: the attribute is defined in the part.
+            "queue.py": (
+                "class Queue:\n"
+                "    def __init__(self):\n"
+                "        self._tasks = []\n"
+                "    def merged(self, other):\n"
+                "        return self._tasks + other._tasks\n"
+            ),
         },
     )
     assert _found(package) == []
