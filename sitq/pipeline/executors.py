@@ -1,7 +1,7 @@
 """Where pipeline instances run: a local process pool, or sitq workers via a queue.
 
-A runner submits instances and reports finished ones; ``BatchPipeline``
-keeps at most ``runner.limit`` in flight, so a large input streams through
+An executor submits instances and reports finished ones; ``BatchPipeline``
+keeps at most ``executor.limit`` in flight, so a large input streams through
 in bounded memory. Either way an outcome is ``(True, value)`` or
 ``(False, InstanceFailed)``, with the same error text wherever it ran.
 """
@@ -27,7 +27,7 @@ from sitq import Result, SerializationError, SyncTaskQueue, TaskQueue
 from sitq.pipeline.errors import InstanceFailed
 from sitq.pipeline.template import Pipeline
 
-__all__ = ["PoolRunner", "QueueRunner", "run_instance", "run_instance_async", "run_pickled"]
+__all__ = ["PoolExecutor", "QueueExecutor", "run_instance", "run_instance_async", "run_pickled"]
 
 Outcome = tuple[bool, Any]
 
@@ -117,7 +117,7 @@ class _Job:
         self.suspect = False
 
 
-class PoolRunner:
+class PoolExecutor:
     """Runs instances in a local ``ProcessPoolExecutor``.
 
     ``max_tasks_per_child`` replaces a child after that many instances; Python's
@@ -201,7 +201,7 @@ class PoolRunner:
             self._retired.append(self._executor)
             self._executor = None
 
-    async def __aenter__(self) -> PoolRunner:
+    async def __aenter__(self) -> PoolExecutor:
         return self
 
     def abandon(self) -> None:
@@ -340,7 +340,7 @@ class PoolRunner:
         return False, InstanceFailed(index, text, tb, exception=original)
 
 
-class QueueRunner:
+class QueueExecutor:
     """Runs each instance as one sitq task, on whatever workers serve the queue.
 
     Instances are enqueued in groups (one transaction each) while fewer than
@@ -372,7 +372,7 @@ class QueueRunner:
             return await asyncio.to_thread(getattr(self.queue, method), *args)
         return await getattr(self.queue, method)(*args)
 
-    async def __aenter__(self) -> QueueRunner:
+    async def __aenter__(self) -> QueueExecutor:
         if isinstance(self.queue, TaskQueue):
             await self.queue.connect()  # a no-op when it is connected
         return self
