@@ -30,7 +30,7 @@ from sitq.worker import Worker
 
 
 @dataclass(frozen=True)
-class RunReport:
+class RunAllReport:
     """What ``run_all`` ran, by outcome (``retried`` counts failed attempts
     that were run again)."""
 
@@ -65,7 +65,9 @@ class TemporaryQueue(TaskQueue):
         if self._tempdir is not None:
             shutil.rmtree(self._tempdir, ignore_errors=True)
 
-    async def run_all(self, *, queues: tuple[str, ...] | None = None, **worker: Any) -> RunReport:
+    async def run_all(
+        self, *, queues: tuple[str, ...] | None = None, **worker: Any
+    ) -> RunAllReport:
         """Run every task that is due (and every retry that comes due meanwhile)
         with an in-process worker, one at a time, and report the outcomes.
 
@@ -80,6 +82,6 @@ class TemporaryQueue(TaskQueue):
         await runner.start()
         await runner.run()
         counts = runner.outcomes
-        return RunReport(
+        return RunAllReport(
             counts["succeeded"], counts["failed"], counts["cancelled"], counts["retried"]
         )

@@ -1,4 +1,4 @@
-"""sitq.pipeline: templates, fields, step-wise batching, runners, signals, telemetry."""
+"""sitq.pipeline: templates, fields, step-wise batching, executors, signals, telemetry."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from sitq.pipeline import (
     Pipeline,
     PipelineDefinitionError,
     PipelineTimeout,
-    runners,
+    executors,
     telemetry,
 )
 from sitq.pipeline.fields import FileInputDataField, InputDataField
@@ -350,7 +350,7 @@ def test_max_tasks_per_child() -> None:
 
 def test_max_tasks_per_child_without_native_support(monkeypatch: pytest.MonkeyPatch) -> None:
     # Python 3.10's pool has no max_tasks_per_child: the pool is replaced instead.
-    monkeypatch.setattr(runners, "NATIVE_MAX_TASKS_PER_CHILD", False)
+    monkeypatch.setattr(executors, "NATIVE_MAX_TASKS_PER_CHILD", False)
     pids = PidBatch(items=list(range(6))).execute(max_workers=2, max_tasks_per_child=1)
     generations = [set(pids[i : i + 2]) for i in range(0, 6, 2)]
     for i, generation in enumerate(generations):

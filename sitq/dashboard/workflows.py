@@ -60,8 +60,9 @@ class ItemSnapshot:
 
 
 @dataclass
-class StepProgress:
-    """A begun step of a run with its items' progress."""
+class RecordedStepProgress:
+    """A begun step of a run with its items' progress, as recorded in the database
+    (what a running workflow reports live is :class:`sitq.workflow.StepProgress`)."""
 
     record: WorkflowStepRecord
     counts: dict[str, int]
@@ -94,7 +95,7 @@ class RunProgress:
 
     record: WorkflowRunRecord
     status: str  # as stored, or "interrupted" when its process is gone
-    steps: list[StepProgress] = field(default_factory=list)
+    steps: list[RecordedStepProgress] = field(default_factory=list)
 
     @property
     def failures(self) -> list[FailedItem]:
@@ -167,7 +168,7 @@ class WorkflowItems:
 
     async def progress(
         self, queue: TaskQueue, run: WorkflowRunRecord, step: WorkflowStepRecord
-    ) -> StepProgress:
+    ) -> RecordedStepProgress:
         """The step's progress, read again only if it may have changed and is due."""
         key = (run.id, step.name)
         state = (run.status, run.updated_at, step.status, step.started_at, step.finished_at)
@@ -178,7 +179,7 @@ class WorkflowItems:
             due = self.clock() - snapshot.read_at >= snapshot.cost * COST_FACTOR
             if kept_state == state and (settled or not due):
                 self._kept.move_to_end(key)
-                return StepProgress(step, snapshot.counts, snapshot.failures)
+                return RecordedStepProgress(step, snapshot.counts, snapshot.failures)
         started = self.clock()
         counts, failures = _tally(step.name, await queue.list_workflow_items(run.id, step.name))
         read_at = self.clock()
@@ -187,7 +188,7 @@ class WorkflowItems:
         self._kept.move_to_end(key)
         while len(self._kept) > CACHED_STEPS:
             self._kept.popitem(last=False)
-        return StepProgress(step, snapshot.counts, snapshot.failures)
+        return RecordedStepProgress(step, snapshot.counts, snapshot.failures)
 
     async def run(self, queue: TaskQueue, run: WorkflowRunRecord) -> RunProgress:
         """A run with each begun step's progress."""

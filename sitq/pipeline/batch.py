@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 from sitq import SyncTaskQueue, TaskQueue
 from sitq.pipeline import batching, telemetry
 from sitq.pipeline.errors import InstanceFailed, PipelineDefinitionError, PipelineTimeout
+from sitq.pipeline.executors import PoolExecutor, QueueExecutor
 from sitq.pipeline.fields import InputDataField
-from sitq.pipeline.runners import PoolRunner, QueueRunner
 from sitq.pipeline.signal import BatchEvent, InstanceEvent, SoftSignal
 from sitq.pipeline.template import Pipeline, validate_inputs
 
@@ -226,7 +226,7 @@ class BatchPipeline:
             False,
         )
 
-    def _runner(
+    def _executor(
         self,
         queue: Any,
         max_workers: int | None,
@@ -235,7 +235,7 @@ class BatchPipeline:
         max_in_flight: int | None,
         task_options: dict[str, Any] | None,
         close: bool,
-    ) -> PoolRunner | QueueRunner:
+    ) -> PoolExecutor | QueueExecutor:
         _check_count("max_in_flight", max_in_flight, "instances submitted and unfinished")
         if queue is not None:
             if not isinstance(queue, (TaskQueue, SyncTaskQueue)):
@@ -248,17 +248,17 @@ class BatchPipeline:
                     f"task_options must be a dict of with_options(), got {task_options!r}"
                 )
             limit = _first(max_in_flight, DEFAULT_QUEUE_IN_FLIGHT)
-            return QueueRunner(queue, limit, task_options, close=close)
+            return QueueExecutor(queue, limit, task_options, close=close)
         if task_options:
             raise TypeError("task_options apply to tasks on a queue; pass a queue, or drop them")
         workers = _first(max_workers, self.max_workers, os.cpu_count() or 1)
         per_child = _first(max_tasks_per_child, self.max_tasks_per_child)
         _check_count("max_workers", workers, "processes in the local pool")
         _check_count("max_tasks_per_child", per_child, "instances a pool process runs")
-        runner = PoolRunner(workers, per_child, mp_context)
+        executor = PoolExecutor(workers, per_child, mp_context)
         if max_in_flight is not None:
-            runner.limit = max_in_flight
-        return runner
+            executor.limit = max_in_flight
+        return executor
 
     async def _run(self, queue: Any, timeout: float | None, *options: Any) -> list[Any]:
         try:
@@ -268,7 +268,7 @@ class BatchPipeline:
                 or not timeout > 0
             ):
                 raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-            runner = self._runner(queue, *options)
+            executor = self._executor(queue, *options)
         except BaseException:
             if options[-1] and isinstance(queue, TaskQueue):
                 await queue.close()
@@ -282,13 +282,14 @@ class BatchPipeline:
             name,
             **{
                 "sitq.pipeline.template": self.template.__qualname__,
-                "sitq.pipeline.runner": runner.kind,
+                # The attribute keeps its first name: dashboards may query it.
+                "sitq.pipeline.runner": executor.kind,
             },
         ) as span:
             await self._send("batch_started", BatchEvent("batch_started", self))
-            async with runner:
+            async with executor:
                 with contextlib.closing(self.instances()) as instances:
-                    await self._drive(runner, instances, outcomes, counts, span, timeout)
+                    await self._drive(executor, instances, outcomes, counts, span, timeout)
             span.set_attribute("sitq.pipeline.instances", len(outcomes))
             span.set_attribute("sitq.pipeline.completed", counts["completed"])
             span.set_attribute("sitq.pipeline.failed", counts["failed"])
@@ -307,14 +308,14 @@ class BatchPipeline:
 
     async def _drive(
         self,
-        runner: PoolRunner | QueueRunner,
+        executor: PoolExecutor | QueueExecutor,
         instances: Iterator[Pipeline],
         outcomes: list[Any],
         counts: dict[str, int],
         span: Any,
         timeout: float | None = None,
     ) -> None:
-        """Keep up to ``runner.limit`` instances in flight; settle each outcome once."""
+        """Keep up to ``executor.limit`` instances in flight; settle each outcome once."""
         name = self.template.__qualname__
         deadline = None if timeout is None else time.monotonic() + timeout
         pending: dict[Any, Pipeline] = {}
@@ -337,8 +338,8 @@ class BatchPipeline:
 
         try:
             while True:
-                while not exhausted and len(pending) < runner.limit:
-                    room = min(runner.group, runner.limit - len(pending))
+                while not exhausted and len(pending) < executor.limit:
+                    room = min(executor.group, executor.limit - len(pending))
                     group = list(itertools.islice(instances, room))
                     if len(group) < room:
                         exhausted = True
@@ -347,7 +348,7 @@ class BatchPipeline:
                     for instance in group:
                         outcomes.append(None)
                         traces[instance.batch_index or 0] = tel_start(name, instance, span)
-                    handles = await runner.submit(group)
+                    handles = await executor.submit(group)
                     for instance, handle in zip(group, handles, strict=True):
                         if isinstance(handle, InstanceFailed):
                             await settle(instance, False, handle)
@@ -356,9 +357,9 @@ class BatchPipeline:
                 if not pending:
                     return
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                finished = await runner.wait(pending, left)
+                finished = await executor.wait(pending, left)
                 if not finished and deadline is not None and time.monotonic() >= deadline:
-                    runner.abandon()
+                    executor.abandon()
                     unfinished = sorted(instance.batch_index or 0 for instance in pending.values())
                     waiting = set(unfinished)
                     done = {i: outcome for i, outcome in enumerate(outcomes) if i not in waiting}
@@ -368,8 +369,8 @@ class BatchPipeline:
         finally:
             for trace in traces.values():  # the run was interrupted
                 trace.abandoned()
-            if pending and isinstance(runner, QueueRunner):
-                await _cancel_quietly(runner, list(pending))
+            if pending and isinstance(executor, QueueExecutor):
+                await _cancel_quietly(executor, list(pending))
 
 
 def tel_start(name: str, instance: Pipeline, parent: Any) -> telemetry.InstanceTrace:
@@ -389,11 +390,11 @@ def _with_duration(event: InstanceEvent, duration: float) -> InstanceEvent:
     )
 
 
-async def _cancel_quietly(runner: QueueRunner, task_ids: list[str]) -> None:
+async def _cancel_quietly(executor: QueueExecutor, task_ids: list[str]) -> None:
     """Best effort: the run stopped, so its unfinished tasks need not run."""
     for task_id in task_ids:
         try:
-            await runner._call("cancel", task_id)
+            await executor._call("cancel", task_id)
         except Exception:
             logger.warning("could not cancel pipeline task %s", task_id, exc_info=True)
 

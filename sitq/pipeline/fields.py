@@ -181,8 +181,8 @@ class InputDataField(Field):
             return
         if isinstance(source, Mapping):
             items = iter(source.items())
-            while chunk := dict(itertools.islice(items, size)):
-                yield chunk
+            while part := dict(itertools.islice(items, size)):
+                yield part
         elif hasattr(source, "__getitem__") and hasattr(source, "__len__"):
             for start in range(0, len(source), size):
                 yield source[start : start + size]

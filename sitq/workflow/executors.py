@@ -4,6 +4,7 @@ Both executors run :func:`sitq.workflow.kinds.run_item`, which does an item's
 retries itself, so an item's attempts are the same wherever it runs. Workers run
 it through :func:`~sitq.workflow.kinds.run_item_task`, so that the task of an
 item that failed ends FAILED with the item's error.
+:mod:`sitq.pipeline.executors` is the same idea for a pipeline's instances.
 """
 
 from __future__ import annotations

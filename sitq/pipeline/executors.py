@@ -1,9 +1,10 @@
 """Where pipeline instances run: a local process pool, or sitq workers via a queue.
 
-A runner submits instances and reports finished ones; ``BatchPipeline``
-keeps at most ``runner.limit`` in flight, so a large input streams through
+An executor submits instances and reports finished ones; ``BatchPipeline``
+keeps at most ``executor.limit`` in flight, so a large input streams through
 in bounded memory. Either way an outcome is ``(True, value)`` or
 ``(False, InstanceFailed)``, with the same error text wherever it ran.
+:mod:`sitq.workflow.executors` is the same idea for a workflow's items.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sitq import Result, SerializationError, SyncTaskQueue, TaskQueue
 from sitq.pipeline.errors import InstanceFailed
 from sitq.pipeline.template import Pipeline
 
-__all__ = ["PoolRunner", "QueueRunner", "run_instance", "run_instance_async", "run_pickled"]
+__all__ = ["PoolExecutor", "QueueExecutor", "run_instance", "run_instance_async", "run_pickled"]
 
 Outcome = tuple[bool, Any]
 
@@ -60,6 +61,12 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+def _dumps(value: object) -> bytes:
+    # cloudpickle ships no type hints: say what it returns.
+    data: bytes = cloudpickle.dumps(value)
+    return data
+
+
 def run_pickled(payload: bytes) -> bytes:
     """In a pool child: load an instance, run it, and pickle a tagged reply.
 
@@ -70,7 +77,7 @@ def run_pickled(payload: bytes) -> bytes:
     try:
         instance = cloudpickle.loads(payload)
     except BaseException as exc:
-        return cloudpickle.dumps(
+        return _dumps(
             (
                 "error",
                 f"SerializationError: the instance could not be loaded in a pool process "
@@ -84,13 +91,13 @@ def run_pickled(payload: bytes) -> bytes:
     except BaseException as exc:
         text, tb = _error_text(exc), traceback.format_exc()
         try:
-            return cloudpickle.dumps(("error", text, tb, exc))
+            return _dumps(("error", text, tb, exc))
         except Exception:
-            return cloudpickle.dumps(("error", text, tb, None))
+            return _dumps(("error", text, tb, None))
     try:
-        return cloudpickle.dumps(("ok", value))
+        return _dumps(("ok", value))
     except Exception as exc:
-        return cloudpickle.dumps(
+        return _dumps(
             (
                 "error",
                 f"SerializationError: the result of {instance!r}, a {type(value).__name__}, "
@@ -117,7 +124,7 @@ class _Job:
         self.suspect = False
 
 
-class PoolRunner:
+class PoolExecutor:
     """Runs instances in a local ``ProcessPoolExecutor``.
 
     ``max_tasks_per_child`` replaces a child after that many instances; Python's
@@ -201,7 +208,7 @@ class PoolRunner:
             self._retired.append(self._executor)
             self._executor = None
 
-    async def __aenter__(self) -> PoolRunner:
+    async def __aenter__(self) -> PoolExecutor:
         return self
 
     def abandon(self) -> None:
@@ -340,7 +347,7 @@ class PoolRunner:
         return False, InstanceFailed(index, text, tb, exception=original)
 
 
-class QueueRunner:
+class QueueExecutor:
     """Runs each instance as one sitq task, on whatever workers serve the queue.
 
     Instances are enqueued in groups (one transaction each) while fewer than
@@ -372,7 +379,7 @@ class QueueRunner:
             return await asyncio.to_thread(getattr(self.queue, method), *args)
         return await getattr(self.queue, method)(*args)
 
-    async def __aenter__(self) -> QueueRunner:
+    async def __aenter__(self) -> QueueExecutor:
         if isinstance(self.queue, TaskQueue):
             await self.queue.connect()  # a no-op when it is connected
         return self
@@ -384,8 +391,10 @@ class QueueRunner:
     async def _enqueue(self, fn: Any, instances: Sequence[Pipeline]) -> list[str]:
         items = [(instance,) for instance in instances]
         if isinstance(self.queue, SyncTaskQueue):
-            return await asyncio.to_thread(self._enqueuer.enqueue_many, fn, items)
-        return await self._enqueuer.enqueue_many(fn, items)
+            ids: list[str] = await asyncio.to_thread(self._enqueuer.enqueue_many, fn, items)
+        else:
+            ids = await self._enqueuer.enqueue_many(fn, items)
+        return ids
 
     async def submit(self, group: Sequence[Pipeline]) -> list[Any]:
         """A task id per instance, or an InstanceFailed if it cannot be stored."""
