@@ -324,7 +324,7 @@ class TestMisbehavingTasks:
     async def test_stop_does_not_wait_forever_for_a_task_that_ignores_cancellation(
         self, db_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr("sitq.worker.CANCEL_GRACE", 0.5)
+        monkeypatch.setattr("sitq.worker.worker.CANCEL_GRACE", 0.5)
         async with TaskQueue(db_path) as queue:
             w = Worker(db_path, concurrency=1)
             await w.start()

@@ -587,7 +587,7 @@ def test_which_write_errors_recur(error: BaseException, recurs: bool) -> None:
     """Only errors that say the value is at fault give up an outcome at once."""
     import asyncpg
 
-    from sitq.worker import _recurs
+    from sitq.worker.worker import _recurs
 
     assert _recurs(error) is recurs
     for cls, expected in [

@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from sitq.calls import Reply, call_function
 from sitq.serialization import Binding, Serializer
+from sitq.worker.calls import Reply, call_function
 
 _numbers = itertools.count(1)
 
@@ -64,7 +64,7 @@ class ThreadSlots:
         binding: Binding | None = None,
     ) -> None:
         """Run ``fn(*args, **kwargs)`` on a free thread; ``on_done(token, reply)`` follows.
-        The result is signed for ``binding`` (see :func:`sitq.calls.call_function`)."""
+        The result is signed for ``binding`` (see :func:`sitq.worker.calls.call_function`)."""
         self._calls.put((token, fn, args, kwargs, binding))
 
     def abandon(self, token: Any) -> None:

@@ -34,7 +34,6 @@ from sitq.backends.base import (
     UnreadablePayload,
     WorkerRecord,
 )
-from sitq.calls import unpack_call
 from sitq.display import redact, terminal_safe
 from sitq.errors import (
     ConfigurationError,
@@ -43,7 +42,6 @@ from sitq.errors import (
     WorkerCrashed,
 )
 from sitq.headers import unwrap as unwrap_headers
-from sitq.process_pool import ChildDied, ProcessPool
 from sitq.queue import TaskQueue
 from sitq.registry import UnknownTask, resolve
 from sitq.schedules import Schedule, Scheduler
@@ -61,7 +59,9 @@ from sitq.serialization import (
 )
 from sitq.signals import TaskEvent, WorkerEvent
 from sitq.task import retry_delay
-from sitq.thread_slots import ThreadSlots
+from sitq.worker.calls import unpack_call
+from sitq.worker.process_pool import ChildDied, ProcessPool
+from sitq.worker.thread_slots import ThreadSlots
 
 logger = logging.getLogger("sitq.worker")
 
