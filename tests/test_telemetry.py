@@ -178,7 +178,7 @@ async def test_oversized_trace_context_never_fails_an_enqueue(
 async def test_metrics_count_every_outcome(
     observed: Telemetry, queue: TaskQueue, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("sitq.worker.worker.DEPTH_INTERVAL", 0.1)
+    monkeypatch.setattr("sitq.worker.claiming.DEPTH_INTERVAL", 0.1)
     before = {
         name: observed.counter(f"sitq.tasks.{name}")
         for name in ("enqueued", "started", "succeeded", "failed", "cancelled")

@@ -273,7 +273,7 @@ async def test_an_outcome_is_written_after_an_outage_shorter_than_its_lease(
     patience with locks cut to 0.3 s), on PostgreSQL every connection is cut."""
     from test_producer_faults import TcpProxy, via
 
-    import sitq.backends.sqlite
+    import sitq.backends.sqlite.backend
     from sitq.backends.sqlite import SQLiteBackend
 
     caplog.set_level(logging.WARNING, logger="sitq")
@@ -281,7 +281,7 @@ async def test_an_outcome_is_written_after_an_outage_shorter_than_its_lease(
     schema = _schema(db_url)
     proxy = None
     if schema is None:
-        monkeypatch.setattr(sitq.backends.sqlite, "LOCKED_DEADLINE", 0.3)
+        monkeypatch.setattr(sitq.backends.sqlite.backend, "LOCKED_DEADLINE", 0.3)
         backend: object = SQLiteBackend(db_url, busy_timeout=0.05)
     else:
         parts = urlsplit(POSTGRES_URL)
@@ -587,9 +587,9 @@ def test_which_write_errors_recur(error: BaseException, recurs: bool) -> None:
     """Only errors that say the value is at fault give up an outcome at once."""
     import asyncpg
 
-    from sitq.worker.worker import _recurs
+    from sitq.worker import outcomes
 
-    assert _recurs(error) is recurs
+    assert outcomes.recurs(error) is recurs
     for cls, expected in [
         (asyncpg.exceptions.CheckViolationError, True),  # 23514
         (asyncpg.exceptions.CharacterNotInRepertoireError, True),  # 22021
@@ -599,4 +599,4 @@ def test_which_write_errors_recur(error: BaseException, recurs: bool) -> None:
         (asyncpg.exceptions.DiskFullError, False),  # 53100
         (asyncpg.exceptions.AdminShutdownError, False),  # 57P01
     ]:
-        assert _recurs(cls("x")) is expected, cls
+        assert outcomes.recurs(cls("x")) is expected, cls

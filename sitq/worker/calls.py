@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sitq.errors import SerializationError
@@ -25,7 +25,7 @@ from sitq.serialization import Binding, Serializer, bound_dumps, bound_loads
 Reply = tuple[Any, ...]
 
 
-def unpack_call(call: Any, what: str) -> tuple[Any, tuple, dict]:
+def unpack_call(call: Any, what: str) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     """``(fn, args, kwargs)`` from a deserialized payload, or a SerializationError
     naming ``what`` when it is anything else (a row written outside sitq, a
     result copied into a payload): a bad payload fails its task, never the worker."""
@@ -50,8 +50,8 @@ def unpack_call(call: Any, what: str) -> tuple[Any, tuple, dict]:
 def call_function(
     serializer: Serializer,
     fn: Callable[..., Any],
-    args: tuple,
-    kwargs: dict,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
     binding: Binding | None = None,
 ) -> Reply:
     """Call ``fn`` (running it to completion if it returns an awaitable) and
@@ -90,5 +90,5 @@ def call_payload(
     return call_function(serializer, fn, args, kwargs, bindings[1])
 
 
-async def _await(awaitable: Any) -> Any:
+async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable

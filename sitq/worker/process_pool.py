@@ -21,10 +21,9 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from sitq.serialization import Binding, Serializer
-from sitq.worker.calls import call_payload
+from sitq.worker.calls import Reply, call_payload
 
 #: prctl(2) option: the signal this process gets when its parent dies (Linux).
 _PR_SET_PDEATHSIG = 1
@@ -154,7 +153,7 @@ class ProcessPool:
 
     async def run(
         self, payload: bytes, bindings: tuple[Binding | None, Binding | None] = (None, None)
-    ) -> tuple[Any, ...]:
+    ) -> Reply:
         """Run one payload in a child. Returns the child's tagged reply. ``bindings``:
         what the payload and its result are signed for (see :func:`call_payload`).
 
@@ -168,7 +167,7 @@ class ProcessPool:
         disposal = "kill"
         try:
             child.conn.send((payload, bindings))
-            reply: tuple[Any, ...] = await loop.run_in_executor(self._io, child.conn.recv)
+            reply: Reply = await loop.run_in_executor(self._io, child.conn.recv)
             child.tasks_run += 1
             limit = self.max_tasks_per_child
             disposal = "retire" if limit and child.tasks_run >= limit else "keep"

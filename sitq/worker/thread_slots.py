@@ -16,15 +16,18 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sitq.serialization import Binding, Serializer
 from sitq.worker.calls import Reply, call_function
 
 _numbers = itertools.count(1)
 
+#: What a caller hands in with a call, and gets back with its reply.
+Token = TypeVar("Token")
 
-class ThreadSlots:
+
+class ThreadSlots(Generic[Token]):
     """``size`` threads named ``sitq-task-N``; ``on_done(token, reply)`` runs on the loop."""
 
     def __init__(
@@ -32,15 +35,15 @@ class ThreadSlots:
         size: int,
         serializer: Serializer,
         loop: asyncio.AbstractEventLoop,
-        on_done: Callable[[Any, Reply], None],
+        on_done: Callable[[Token, Reply], None],
     ) -> None:
         self._serializer = serializer
         self._loop = loop
         self._on_done = on_done
         self._calls: queue.SimpleQueue[
-            tuple[Any, Callable[..., Any], tuple, dict, Binding | None] | None
+            tuple[Token, Callable[..., Any], tuple[Any, ...], dict[str, Any], Binding | None] | None
         ] = queue.SimpleQueue()
-        self._replies: deque[tuple[Any, Reply]] = deque()
+        self._replies: deque[tuple[Token, Reply]] = deque()
         self._signalled = False
         self._lock = threading.Lock()
         self._abandoned: set[int] = set()  # id() of tokens whose thread must retire
@@ -57,17 +60,17 @@ class ThreadSlots:
 
     def submit(
         self,
-        token: Any,
+        token: Token,
         fn: Callable[..., Any],
-        args: tuple,
-        kwargs: dict,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         binding: Binding | None = None,
     ) -> None:
         """Run ``fn(*args, **kwargs)`` on a free thread; ``on_done(token, reply)`` follows.
         The result is signed for ``binding`` (see :func:`sitq.worker.calls.call_function`)."""
         self._calls.put((token, fn, args, kwargs, binding))
 
-    def abandon(self, token: Any) -> None:
+    def abandon(self, token: Token) -> None:
         """The call for ``token`` is stuck: start a thread in its place now; the
         stuck thread exits when (if ever) that call returns, and its reply is dropped."""
         with self._lock:

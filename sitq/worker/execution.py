@@ -1,0 +1,496 @@
+"""Running what a Worker claimed: start prefetched tasks into free slots, run
+each on the event loop, a task thread or a child process, decide its outcome,
+and hand the outcome to the writer (or the task back to the queue).
+
+``Execution`` is the part of :class:`~sitq.worker.Worker` that does this; the
+claim loop (``claiming``) and the lifecycle (``worker``) build on it. It is a
+base class, not a component, so the per-task calls stay plain method calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from sitq import signals, telemetry
+from sitq.backends.base import Backend, ClaimedTask, Lease, Outcome, UnreadablePayload
+from sitq.errors import SerializationError
+from sitq.headers import unwrap as unwrap_headers
+from sitq.registry import UnknownTask, resolve
+from sitq.serialization import (
+    Binding,
+    Serializer,
+    bound_loads,
+    dumps_checked,
+    loads_checked,
+    payload_binding,
+    result_binding,
+)
+from sitq.signals import TaskEvent
+from sitq.task import retry_delay
+from sitq.worker.calls import Reply, unpack_call
+from sitq.worker.outcomes import OutcomeWriter
+from sitq.worker.process_pool import ChildDied, ProcessPool
+from sitq.worker.runs import (
+    OUTCOME_SIGNALS,
+    Running,
+    TimedOut,
+    cancelled_from_outside,
+    end_run,
+    format_tb,
+    is_async,
+    log_failure,
+    observed,
+    outcome_name,
+    with_timeout,
+)
+from sitq.worker.thread_slots import ThreadSlots
+
+# Every module of the worker logs as "sitq.worker": operators filter on that name.
+logger = logging.getLogger("sitq.worker")
+
+
+class Execution:
+    """The slots of a Worker and the runs in them (see the module docstring).
+
+    Its state is set by ``Worker.__init__`` and ``Worker._reset``; the
+    annotations here say what this part reads and writes.
+    """
+
+    id: str
+    backend: Backend
+    serializer: Serializer
+    pool: str
+    concurrency: int
+    lease_seconds: float
+    tasks_done: int
+    #: Recorded outcomes by kind: succeeded, failed, cancelled, retried.
+    outcomes: dict[str, int]
+    _binds: bool  # signs bound to the row: see _binding()
+    _run_time: float  # running mean of task run time, seconds
+    _retries_due: float  # burst: a retry this worker scheduled runs by then
+    _running: dict[str, Running]  # every task held: prefetched, run, writing
+    _ready: deque[Running]  # prefetched, waiting for a slot
+    _solo: Running | None  # the suspect running now (see _dispatch)
+    _executing: int
+    _threads: ThreadSlots[Running] | None
+    _processes: ProcessPool | None
+    _writer: OutcomeWriter | None
+    _stop_requested: asyncio.Event | None
+    _room: asyncio.Event | None  # set when a held task starts or leaves
+    _idle: asyncio.Event | None  # set while no task is executing
+    _to_release: list[Lease]
+    _background: set[asyncio.Future[None]]
+    _renewed_at: float  # time.monotonic() just before the last heartbeat that worked
+
+    async def _release_pending(self) -> None:
+        """Hand back, in one write, every task stopped before it could finish."""
+        leases, self._to_release = self._to_release, []
+        if not leases:
+            return
+        try:
+            await self.backend.release(leases)
+        except Exception:
+            # Their leases will expire and they will run again: nothing is lost.
+            logger.exception("worker %s: could not release %d tasks", self.id, len(leases))
+
+    def _dispatch(self) -> None:
+        """Start prefetched tasks, in claim order, while slots are free.
+
+        A task once lost with its worker (``recorded_start``, a suspect) has its
+        start recorded before it runs, and at most one suspect runs at a time:
+        if it is what kills workers, it alone is charged when it does so again
+        (the ordinary tasks running beside it go back uncharged). Ordinary tasks
+        are started past a suspect that waits for the running one to end, so
+        one worker's crash does not serialize everything prefetched after it.
+        """
+        assert self._stop_requested is not None and self._idle is not None
+        assert self._writer is not None
+        now = None
+        while self._ready and self._executing < self.concurrency:
+            if self._stop_requested.is_set():
+                return  # draining: what has not started is released instead
+            running = self._next_ready()
+            if running is None:
+                return  # only suspects wait, behind the one running
+            running.started = time.monotonic()
+            if now is None:
+                now = self.backend.now()
+            running.started_at = now
+            self._writer.started(running)  # before _start, which may end it at once
+            self._executing += 1
+            self._idle.clear()
+            self._begin(running)
+
+    def _next_ready(self) -> Running | None:
+        """The next prefetched task to start: the first, unless it is a suspect
+        while another suspect runs; then the first ordinary one (None if none)."""
+        if self._solo is None:
+            running = self._ready.popleft()
+            if running.task.recorded_start:
+                self._solo = running
+            return running
+        for index, running in enumerate(self._ready):
+            if not running.task.recorded_start:
+                del self._ready[index]
+                return running
+        return None
+
+    def _begin(self, running: Running) -> None:
+        """``_start``, failing the task if starting it raises."""
+        try:
+            self._start(running)
+        except Exception as exc:
+            # A defect in starting this one task must not end the claim loop
+            # (which would leave every held task heartbeated forever).
+            logger.exception("worker %s: could not start task %s", self.id, running.task.id)
+            if not running.done:
+                error = f"{type(exc).__name__} while the worker started the task: {exc}"
+                self._done(running, self._failure(running.task, error, format_tb(exc)))
+
+    def _forget(self, running: Running) -> None:
+        # Only this run: a task reclaimed by this same worker (its lease expired
+        # while the loop was blocked) may already be held again under a new attempt.
+        if self._running.get(running.task.id) is running:
+            del self._running[running.task.id]
+        assert self._room is not None
+        self._room.set()
+
+    # -- running ------------------------------------------------------------
+
+    def _start(self, running: Running) -> None:
+        """Begin one task: on a thread, on the loop, or in a child process."""
+        task = running.task
+        running.observed = observed()
+        if running.interrupt == "cancel":
+            running.started_at = None  # it never ran
+            self._done(running, self._cancelled())
+            return
+        if type(task.payload) is UnreadablePayload:
+            error = f"SerializationError: task {task.id} ({task.func_name}): {task.payload.problem}"
+            self._done(running, Outcome("failed", error=error))
+            return
+        if task.recorded_start and not running.start_recorded:
+            # Once lost by a worker before a known start (maybe it kills its
+            # worker at once): record the start first, so that a next loss counts.
+            step = asyncio.create_task(self._record_start(running), name=task.id)
+            running.runner = step
+            step.add_done_callback(lambda _: self._record_step_ended(running, step))
+            return
+        headers, body = unwrap_headers(task.payload)
+        if running.observed:
+            running.span = telemetry.start_run(
+                task.id,
+                task.queue,
+                task.func_name,
+                task.attempts,
+                headers,
+                (running.started_at or task.claimed_at) - task.enqueued_at,
+            )
+            if signals.task_started.has_receivers:
+                signals.task_started.send_nowait(
+                    TaskEvent(task.id, task.func_name, task.queue, task.attempts, self.id)
+                )
+        if self._processes is not None:
+            pool = self._processes
+            bindings = self._binding(task, "payload"), self._binding(task, "result")
+            self._start_runner(running, lambda: pool.run(body, bindings))
+            return
+        try:
+            what = f"task {task.id} ({task.func_name})"
+            call = loads_checked(self.serializer, body, what, self._binding(task, "payload"))
+            fn, args, kwargs = unpack_call(call, what)
+        except SerializationError as exc:
+            # Deterministic: running it again would fail the same way.
+            self._done(running, Outcome("failed", error=f"{type(exc).__name__}: {exc}"))
+            return
+        try:
+            fn = resolve(fn)
+        except UnknownTask as exc:
+            # Maybe only this worker lacks the module (a deploy in progress):
+            # retries, if the task has any, may reach a worker that has it.
+            self._done(running, self._failure(task, f"UnknownTask: {exc}", None))
+            return
+        if self.pool == "auto" and is_async(fn):
+            self._start_runner(running, lambda: fn(*args, **kwargs))
+            return
+        assert self._threads is not None
+        running.in_thread = True
+        self._threads.submit(
+            running,
+            telemetry.run_in_span(running.span, fn),
+            args,
+            kwargs,
+            self._binding(task, "result"),
+        )
+        if task.timeout is not None:
+            running.timer = asyncio.get_running_loop().call_later(
+                task.timeout, self._abandon_thread_run, running, "timeout"
+            )
+
+    def _binding(self, task: ClaimedTask, label: str) -> Binding | None:
+        """What the task's payload or result is signed for; None when not signing."""
+        if not self._binds:
+            return None
+        if label == "payload":
+            return payload_binding(task.id, task.func_name, task.queue)
+        return result_binding(task.id, task.func_name)
+
+    async def _record_start(self, running: Running) -> None:
+        try:
+            held = await self.backend.record_start(running.task.lease)
+        except Exception:
+            logger.exception(
+                "worker %s: could not record the start of task %s; handing it back",
+                self.id,
+                running.task.id,
+            )
+            held = False
+        if running.done:
+            return
+        if not held:
+            self._done(running, None)  # release: it runs once its start can be recorded
+            return
+        running.runner = None
+        running.start_recorded = True
+        self._begin(running)
+
+    def _record_step_ended(self, running: Running, step: asyncio.Task[None]) -> None:
+        # Interrupted (a cancel, a stop) before the task itself started.
+        if running.runner is step and not running.done:
+            self._done(running, None if running.interrupt != "cancel" else self._cancelled())
+
+    def _start_runner(self, running: Running, make: Callable[[], Awaitable[Any]]) -> None:
+        runner = asyncio.create_task(self._run_awaitable(running, make), name=running.task.id)
+        runner.add_done_callback(lambda _: self._runner_ended(running))
+        running.runner = runner
+
+    def _runner_ended(self, running: Running) -> None:
+        # A runner cancelled before its first step never runs its body: settle
+        # its task here, so a slot is never lost.
+        if not running.done:
+            self._done(running, None if running.interrupt != "cancel" else self._cancelled())
+
+    async def _run_awaitable(self, running: Running, make: Callable[[], Awaitable[Any]]) -> None:
+        """Run an async task on the loop, or a payload in a child process."""
+        task = running.task
+        started = time.monotonic()
+        if running.span is not None:  # this runner's own context: spans it opens nest
+            otel_context.attach(trace.set_span_in_context(running.span))
+        try:
+            value = await with_timeout(make(), task.timeout)
+            if self._processes is not None:
+                outcome: Outcome | None = self._outcome_from_reply(task, value)
+            else:
+                data = dumps_checked(
+                    self.serializer,
+                    value,
+                    f"the return value of task {task.id} ({task.func_name})",
+                    self._binding(task, "result"),
+                )
+                outcome = Outcome("succeeded", result=data)
+        except asyncio.CancelledError:
+            if running.interrupt is None and cancelled_from_outside():
+                running.interrupt = "shutdown"  # the event loop is ending: hand it back
+            if running.interrupt is None:  # the task's own code cancelled something
+                outcome = self._failure(task, "CancelledError: the task was cancelled", None)
+            else:
+                outcome = None if running.interrupt == "shutdown" else self._cancelled()
+        except TimedOut:
+            outcome = self._timed_out(task, time.monotonic() - started)
+        except SerializationError as exc:
+            outcome = Outcome("failed", error=f"SerializationError: {exc}")
+        except ChildDied as exc:
+            outcome = self._failure(task, f"ChildDied: {exc}", None)
+        except BaseException as exc:
+            outcome = self._failure(task, f"{type(exc).__name__}: {exc}", format_tb(exc))
+        if not running.done:  # a stop may have given up on it and released it already
+            self._done(running, outcome)
+
+    def _thread_done(self, running: Running, reply: Reply) -> None:
+        """A thread finished a call (on the loop, via ThreadSlots)."""
+        if running.done:
+            return  # timed out or interrupted earlier: this late reply is dropped
+        self._done(running, self._outcome_from_reply(running.task, reply))
+
+    def _abandon_thread_run(self, running: Running, reason: str) -> None:
+        """A thread run can't be stopped: decide its outcome now, and give the pool
+        a fresh thread while the stuck one runs on."""
+        if running.done:
+            return
+        assert self._threads is not None
+        self._threads.abandon(running)
+        task = running.task
+        if reason == "timeout":
+            assert task.timeout is not None
+            self._done(running, self._timed_out(task, task.timeout))
+        else:
+            self._done(running, None if reason == "shutdown" else self._cancelled())
+
+    def _done(self, running: Running, outcome: Outcome | None) -> None:
+        """A run ended: free its slot, then write the outcome (None: release it)."""
+        assert self._writer is not None and self._idle is not None
+        running.done = True
+        if running.timer is not None:
+            running.timer.cancel()
+        elapsed = time.monotonic() - running.started
+        self._run_time += (elapsed - self._run_time) * 0.05
+        running.outcome = outcome
+        if running.observed:
+            running.run_time = elapsed
+            end_run(running, outcome, elapsed)
+        self._executing -= 1
+        if not self._executing:
+            self._idle.set()
+        if running is self._solo:
+            self._solo = None
+        if outcome is None:
+            self._writer.unmark(running)
+            self._to_release.append(running.task.lease)
+            self._forget(running)
+            assert self._stop_requested is not None
+            if not self._stop_requested.is_set():  # not a shutdown: hand it back now
+                release = asyncio.ensure_future(self._release_pending())
+                self._background.add(release)
+                release.add_done_callback(self._background.discard)
+        else:
+            self._writer.submit(running, outcome)
+        self._dispatch()
+
+    def _lease_until(self, running: Running) -> float:
+        """When (time.monotonic()) the lease on ``running`` ends, as far as this
+        worker knows: its claim or the last heartbeat that renewed it, plus the
+        lease length."""
+        return max(running.claimed_at, self._renewed_at) + self.lease_seconds
+
+    def _recorded(self, running: Running, applied: bool | None) -> None:
+        """The writer stored (True), lost the lease of (False), or could not write
+        (None) one outcome."""
+        task = running.task
+        if applied is None:
+            # The lease will expire and the task runs again: nothing is lost.
+            logger.error("worker %s: could not record the outcome of task %s", self.id, task.id)
+        elif not applied:
+            logger.warning(
+                "worker %s: lost the lease of task %s (attempt %d); its outcome was "
+                "discarded because another worker took it over",
+                self.id,
+                task.id,
+                task.attempts,
+            )
+        else:
+            self.tasks_done += 1
+            outcome = running.outcome
+            if outcome is not None:
+                self.outcomes[outcome_name(outcome)] += 1
+                if outcome.retry_at is not None:
+                    self._retries_due = max(self._retries_due, outcome.retry_at)
+                if outcome.status != "succeeded":  # the only cost a success pays
+                    log_failure(running.task, outcome, self.backend.now())
+                if running.observed:
+                    self._announce_outcome(running)
+        self._forget(running)
+
+    def _announce_outcome(self, running: Running) -> None:
+        """Fire the signal for an outcome that is now stored."""
+        outcome = running.outcome
+        assert outcome is not None
+        signal = OUTCOME_SIGNALS[outcome_name(outcome)]
+        if not signal.has_receivers:
+            return
+        task = running.task
+        value = None
+        if outcome.status == "succeeded" and outcome.result is not None:
+            try:
+                value = bound_loads(self.serializer, outcome.result, self._binding(task, "result"))
+            except Exception:
+                logger.exception("task %s: could not load its result for task_completed", task.id)
+        signal.send_nowait(
+            TaskEvent(
+                task.id,
+                task.func_name,
+                task.queue,
+                task.attempts,
+                self.id,
+                value=value,
+                error=outcome.error,
+                traceback=outcome.traceback,
+                retry_at=outcome.retry_at,
+                duration=running.run_time,
+            )
+        )
+
+    def _outcome_from_reply(self, task: ClaimedTask, reply: Reply) -> Outcome:
+        kind = reply[0]
+        if kind == "ok":
+            return Outcome("succeeded", result=reply[1])
+        if kind == "load_error" and reply[1].startswith("UnknownTask"):
+            return self._failure(task, reply[1], None)
+        if kind == "bad_payload" or (
+            kind == "load_error" and reply[1].startswith("PayloadRejected")
+        ):
+            return Outcome("failed", error=f"{reply[1]} (task {task.id}, {task.func_name})")
+        if kind == "load_error":
+            return Outcome(
+                "failed",
+                error=f"SerializationError: task {task.id} ({task.func_name}) could not be "
+                f"loaded in the worker's child process ({reply[1]}); start the worker with "
+                "`--import MODULE` or from the directory holding the module",
+            )
+        if kind == "dump_error":
+            return Outcome(
+                "failed",
+                error=f"SerializationError: the return value of task {task.id} "
+                f"({task.func_name}), a {reply[2]}, could not be serialized ({reply[1]})",
+            )
+        return self._failure(task, reply[1], reply[2])
+
+    def _timed_out(self, task: ClaimedTask, elapsed: float) -> Outcome:
+        error = (
+            f"TimeoutError: task exceeded its timeout of {task.timeout:g} s "
+            f"(stopped after {elapsed:.2f} s)"
+        )
+        return self._failure(task, error, None)
+
+    def _failure(self, task: ClaimedTask, error: str, tb: str | None) -> Outcome:
+        if task.attempts <= task.max_retries:
+            delay = retry_delay(task.retry_backoff, task.attempts)
+            return Outcome("queued", error=error, traceback=tb, retry_at=self.backend.now() + delay)
+        return Outcome("failed", error=error, traceback=tb)
+
+    @staticmethod
+    def _cancelled() -> Outcome:
+        return Outcome("cancelled", error="cancelled while running")
+
+    def _interrupt(self, running: Running, reason: str) -> None:
+        """Stop a task: "cancel" (a user asked) or "shutdown" (release it)."""
+        if running.interrupt is not None or running.done:
+            return
+        running.interrupt = reason
+        if running.runner is not None:
+            running.runner.cancel()
+        elif running.in_thread:
+            self._abandon_thread_run(running, reason)
+        elif reason == "cancel" and running.started_at is None and running in self._ready:
+            self._cancel_prefetched(running)
+        # Otherwise about to start: _start sees the interrupt.
+
+    def _cancel_prefetched(self, running: Running) -> None:
+        """End a cancelled task still waiting for a slot: at once, not once a slot
+        frees (its caller's get_result would wait that long). What is executing is
+        left alone."""
+        assert self._writer is not None
+        self._ready.remove(running)  # rare (a cancel), so the deque's O(n) is fine
+        running.done = True
+        running.outcome = outcome = Outcome("cancelled", error="cancelled before it started")
+        running.observed = observed()  # as when _start finds the interrupt
+        if running.observed:
+            end_run(running, outcome, 0.0)
+        self._writer.submit(running, outcome)  # started_at None: it never ran
