@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from sitq.backends.sqlite import schema as q
+from sitq.backends.sqlite.schema import SQL
 from sitq.errors import NotConnected
 
 Row = tuple[Any, ...]
@@ -53,11 +53,11 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 def insert_rows(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
     """Insert ``rows`` in one transaction on ``conn`` (rolled back on any error)."""
     if len(rows) == 1:
-        conn.execute(q.INSERT_TASK, rows[0])  # a single statement is its own transaction
+        conn.execute(SQL.insert_task, rows[0])  # a single statement is its own transaction
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.executemany(q.INSERT_TASK, rows)
+        conn.executemany(SQL.insert_task, rows)
         conn.execute("COMMIT")
     except BaseException:
         # SQLite may have rolled back already (a full disk does): a second
