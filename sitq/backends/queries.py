@@ -39,6 +39,8 @@ class Queries(Mapping[str, str]):
     """
 
     __slots__ = ("_origin", "_queries")
+    _origin: str
+    _queries: dict[str, str]
 
     def __init__(self, queries: Mapping[str, str], origin: str) -> None:
         object.__setattr__(self, "_queries", dict(queries))

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 try:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     from sitq.errors import ConfigurationError
 
@@ -175,7 +175,7 @@ class PostgresBackend(Backend):
         """Remove a limit."""
         async with self._acquire() as conn:
             async with conn.transaction():
-                status = await conn.execute(self._q(SQL.delete_limit), key)
+                status: str = await conn.execute(self._q(SQL.delete_limit), key)
                 await conn.execute(self._q(SQL.unlimit_tasks), key)
                 await conn.execute(self._q(SQL.delete_limit_starts), key)
             await self._notify(conn, "tasks")
@@ -195,7 +195,7 @@ class PostgresBackend(Backend):
     async def resume_queue(self, queue: str) -> bool:
         """Let claims take from ``queue`` again, and wake the workers."""
         async with self._acquire() as conn:
-            status = await conn.execute(self._q(SQL.resume_queue), queue)
+            status: str = await conn.execute(self._q(SQL.resume_queue), queue)
             await self._notify(conn, "tasks")
         return status != "DELETE 0"
 
@@ -635,7 +635,7 @@ class PostgresBackend(Backend):
     async def record_start(self, lease: Lease) -> bool:
         """See Backend.record_start."""
         async with self._acquire() as conn:
-            status = await conn.execute(
+            status: str = await conn.execute(
                 self._q(SQL.record_task_start),
                 lease.task_id,
                 lease.worker_id,

@@ -14,7 +14,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -130,7 +130,7 @@ class SQLiteBackend(Backend):
             cursor = await conn.execute(SQL.insert_unique_task, task)
             if cursor.rowcount:
                 return task.id, True
-            rows = await conn.execute_fetchall(SQL.existing_unique, (task.unique_key,))
+            rows = list(await conn.execute_fetchall(SQL.existing_unique, (task.unique_key,)))
             return rows[0][0], False
 
         task_id, created = await self._transaction(body)
@@ -239,7 +239,8 @@ class SQLiteBackend(Backend):
             # aiosqlite >= 0.22 runs each connection on a non-daemon thread, so a
             # program that ends without closing its queue would hang at exit. A
             # daemon thread is safe: SQLite survives a process ending mid-commit.
-            getattr(pending, "_thread", pending).daemon = True
+            thread: Any = getattr(pending, "_thread", pending)
+            thread.daemon = True
             conn = await pending
         except sqlite3.Error as exc:
             self._users -= 1
@@ -460,7 +461,7 @@ class SQLiteBackend(Backend):
 
         return await asyncio.shield(self._locked(attempt))
 
-    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    async def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         conn = self._connection()
         async with self._lock:
             return list(await self._retry_locked(lambda: conn.execute_fetchall(sql, params)))
