@@ -49,6 +49,7 @@ from sitq.backends.base import (
     task_record,
     worker_record,
 )
+from sitq.backends.common import Every, listing_page, listing_window_size
 from sitq.backends.postgres import schema as q
 from sitq.backends.postgres.schema import SQL
 from sitq.errors import ConfigurationError, DatabaseError, NotConnected, SchemaVersionError
@@ -125,8 +126,8 @@ class PostgresBackend(Backend):
         self._users = 0
         self._open_lock = asyncio.Lock()
         self._loop_binding = LoopBinding()
-        self._next_reclaim = 0.0
-        self._limits_known_until = 0.0  # _has_limits is re-read after this time
+        self._reclaim = Every(RECLAIM_INTERVAL)
+        self._limits_check = Every(RECLAIM_INTERVAL)  # _has_limits is re-read then
         self._has_limits = False
         self._events: dict[WakeKind, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -169,7 +170,7 @@ class PostgresBackend(Backend):
                 limit.max_starts,
                 limit.per_seconds,
             )
-        self._limits_known_until = 0.0
+        self._limits_check.reset()
 
     async def delete_limit(self, key: str) -> bool:
         """Remove a limit."""
@@ -498,8 +499,7 @@ class PostgresBackend(Backend):
             return []
         now = self.now()
         async with self._acquire() as conn:
-            if now >= self._next_reclaim:
-                self._next_reclaim = now + RECLAIM_INTERVAL
+            if self._reclaim.due(now):
                 status = await conn.execute(
                     self._q(SQL.reclaim_expired), now, LOST_LEASE_LIMIT, self.default_result_ttl
                 )
@@ -526,8 +526,7 @@ class PostgresBackend(Backend):
     async def _limits_exist(self, conn: Any, now: float) -> bool:
         # Read at most once a second: a task enqueued under a new limit waits at
         # most that long for its first claim.
-        if now >= self._limits_known_until:
-            self._limits_known_until = now + RECLAIM_INTERVAL
+        if self._limits_check.due(now):
             self._has_limits = bool(await conn.fetchval(self._q(SQL.any_limit)))
         return self._has_limits
 
@@ -882,9 +881,7 @@ class PostgresBackend(Backend):
         the matching tasks in one query (see :meth:`Backend.list_tasks`)."""
         source = base.listing_source(status, batch_id)
         position = base.listing_position(source, cursor)
-        # Without filters left to apply, the page is the window's first rows.
-        prefiltered = queue is None and (status is None or source in ("failed", "running"))
-        size = limit if prefiltered else max(limit, scan_limit)
+        size = listing_window_size(source, queue, status, limit, scan_limit)
         async with self._acquire() as conn:
             if source == "failed":
                 rows = await conn.fetch(self._q(SQL.list_window_failed), size, *position)
@@ -903,9 +900,7 @@ class PostgresBackend(Backend):
                 window = [(str(r[0]), r[1], r[2], r[3]) for r in rows]
             ids, next_cursor = base.window_matches(window, queue, status, limit, len(rows) == size)
             found = await conn.fetch(self._q(SQL.list_tasks_by_id), ids) if ids else []
-        records = {row[0]: _record(row) for row in found}
-        tasks = [records[task_id] for task_id in ids if task_id in records]
-        return base.TaskPage(tasks, next_cursor)
+        return listing_page(ids, [_record(row) for row in found], next_cursor)
 
     # -- workflow runs (sitq.workflow) --------------------------------------------
 

@@ -41,6 +41,7 @@ from sitq.backends.base import (
     task_record,
     worker_record,
 )
+from sitq.backends.common import Every, listing_page, listing_window_size
 from sitq.backends.sqlite import schema as q
 from sitq.backends.sqlite.enqueue import (
     FAST_PATH_MAX_ROWS,
@@ -48,6 +49,7 @@ from sitq.backends.sqlite.enqueue import (
     BlockingInserter,
     EnqueueBatcher,
     WalKeeper,
+    is_busy,
 )
 from sitq.backends.sqlite.schema import SQL
 from sitq.backends.sqlite.wakeup import WakeupChannel, wake_directory
@@ -104,8 +106,8 @@ class SQLiteBackend(Backend):
         self._open_lock = asyncio.Lock()
         self._loop_binding = LoopBinding()
         self._wakeup = WakeupChannel(wake_directory(self.path))
-        self._next_reclaim = 0.0
-        self._limits_known_until = 0.0  # has_limits is re-read after this time
+        self._reclaim = Every(RECLAIM_INTERVAL)
+        self._limits_check = Every(RECLAIM_INTERVAL)  # _has_limits is re-read then
         self._has_limits = False
         self._users = 0
         self._batcher: EnqueueBatcher | None = None
@@ -143,7 +145,7 @@ class SQLiteBackend(Backend):
         conn = self._connection()
         params = (limit.key, limit.max_running, limit.max_starts, limit.per_seconds)
         await self._write(lambda: conn.execute(SQL.set_limit, params))
-        self._limits_known_until = 0.0
+        self._limits_check.reset()
 
     async def delete_limit(self, key: str) -> bool:
         """Remove a limit."""
@@ -418,8 +420,7 @@ class SQLiteBackend(Backend):
             try:
                 return await operation()
             except sqlite3.OperationalError as exc:
-                text = str(exc)
-                if "locked" not in text and "busy" not in text:
+                if not is_busy(exc):
                     raise self._write_error(exc) from exc
                 if time.monotonic() > deadline:
                     raise DatabaseUnavailable(
@@ -668,8 +669,7 @@ class SQLiteBackend(Backend):
             return []
         conn = self._connection()
         now = self.now()
-        if now >= self._next_reclaim:
-            self._next_reclaim = now + RECLAIM_INTERVAL
+        if self._reclaim.due(now):
             await self._reclaim_expired(now)
         rows: list[Any] = []
         if await self._limits_exist(now):
@@ -687,8 +687,7 @@ class SQLiteBackend(Backend):
     async def _limits_exist(self, now: float) -> bool:
         # Read at most once a second: a task enqueued under a new limit waits at
         # most that long for its first claim.
-        if now >= self._limits_known_until:
-            self._limits_known_until = now + RECLAIM_INTERVAL
+        if self._limits_check.due(now):
             self._has_limits = bool(await self._read(SQL.any_limit))
         return self._has_limits
 
@@ -1063,9 +1062,7 @@ class SQLiteBackend(Backend):
         the matching tasks in one query (see :meth:`Backend.list_tasks`)."""
         source = base.listing_source(status, batch_id)
         position = base.listing_position(source, cursor)
-        # Without filters left to apply, the page is the window's first rows.
-        prefiltered = queue is None and (status is None or source in ("failed", "running"))
-        size = limit if prefiltered else max(limit, scan_limit)
+        size = listing_window_size(source, queue, status, limit, scan_limit)
         window: list[tuple[str, str, str, str]]
         if source == "failed":
             params = {"finished_at": position[0], "id": position[1], "limit": size}
@@ -1082,9 +1079,7 @@ class SQLiteBackend(Backend):
             window = [(str(r[0]), r[1], r[2], r[3]) for r in rows]
         ids, next_cursor = base.window_matches(window, queue, status, limit, len(rows) == size)
         found = await self._read(SQL.list_tasks_by_id, (json.dumps(ids),)) if ids else []
-        records = {row[0]: task_record(row) for row in found}
-        tasks = [records[task_id] for task_id in ids if task_id in records]
-        return base.TaskPage(tasks, next_cursor)
+        return listing_page(ids, [task_record(row) for row in found], next_cursor)
 
     # -- workflow runs (sitq.workflow) --------------------------------------------
 
