@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from importlib import resources
 
 _HEADER = re.compile(r"^--\s*name:")
-_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$")
+_NAME = re.compile(r"^--\s*name:\s*([a-z][a-z0-9_]*)\s*$")
 
 
 class QueryFileError(ValueError):
@@ -38,20 +38,22 @@ class Queries(Mapping[str, str]):
     where the queries were read from.
     """
 
-    __slots__ = ("_origin", "_queries")
     _origin: str
     _queries: dict[str, str]
 
     def __init__(self, queries: Mapping[str, str], origin: str) -> None:
+        taken = [name for name in queries if hasattr(type(self), name)]
+        if taken:
+            raise QueryFileError(f"query names {taken} in {origin} are taken by Queries itself")
         object.__setattr__(self, "_queries", dict(queries))
         object.__setattr__(self, "_origin", origin)
+        # Each query also as an instance attribute: `SQL.finish` on the hot path is
+        # a plain attribute read, not a call of __getattr__.
+        self.__dict__.update(queries)
 
     def __getattr__(self, name: str) -> str:
-        # Only called for names that are not slots: a query's name.
-        try:
-            return self._queries[name]
-        except KeyError:
-            raise AttributeError(f"no query named {name!r} in {self._origin}") from None
+        # Only called for a name that is no attribute: no such query.
+        raise AttributeError(f"no query named {name!r} in {self._origin}")
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("named queries are read-only")
@@ -97,8 +99,8 @@ def parse_queries(text: str, source: str) -> dict[str, str]:
             match = _NAME.match(line)
             if match is None:
                 raise QueryFileError(
-                    f"{source}:{number}: a query name is lowercase letters, digits and _ "
-                    f"(got {line.strip()!r})"
+                    f"{source}:{number}: a query name is a lowercase letter, then lowercase "
+                    f"letters, digits and _ (got {line.strip()!r})"
                 )
             name, body = match.group(1), []
             if name in queries:

@@ -37,7 +37,7 @@ SELECT 2
     [
         ("SELECT 1\n-- name: a\nSELECT 2\n", "SQL before the first"),
         ("-- name: a\nSELECT 1\n-- name: a\nSELECT 2\n", "named twice"),
-        ("-- name: Bad-Name\nSELECT 1\n", "lowercase letters"),
+        ("-- name: Bad-Name\nSELECT 1\n", "lowercase letter"),
         ("-- name: a\n-- only a comment\n\n-- name: b\nSELECT 1\n", "'a' has no SQL"),
     ],
 )
