@@ -1,5 +1,6 @@
--- Concurrency and rate limits, and paused queues. PostgreSQL dialect, loaded by sitq.backends.queries. {s} is the schema
--- name (a quoted identifier), filled in by PostgresBackend._q.
+-- Concurrency and rate limits, and paused queues. PostgreSQL dialect, loaded by
+-- sitq.backends.queries. {s} is the schema name (a quoted identifier), filled
+-- in by PostgresBackend._q.
 
 -- name: list_limits
 SELECT key, max_running, max_starts, per_seconds FROM {s}.sitq_limits ORDER BY key

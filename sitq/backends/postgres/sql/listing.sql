@@ -1,6 +1,7 @@
--- Task listings for dashboards. PostgreSQL dialect, loaded by sitq.backends.queries. {s} is the schema
--- name (a quoted identifier), filled in by PostgresBackend._q.
--- --
+-- Task listings for dashboards. PostgreSQL dialect, loaded by
+-- sitq.backends.queries. {s} is the schema name (a quoted identifier), filled
+-- in by PostgresBackend._q.
+--
 -- A listing scans a bounded window of rows in keyset order from an index, then
 -- loads the matching tasks: no index is added for it (each would slow the
 -- enqueue and drain paths), and no page reads more than the window. The first

@@ -1,5 +1,6 @@
--- Workers: registration, liveness, listing, pruning. PostgreSQL dialect, loaded by sitq.backends.queries. {s} is the schema
--- name (a quoted identifier), filled in by PostgresBackend._q.
+-- Workers: registration, liveness, listing, pruning. PostgreSQL dialect, loaded
+-- by sitq.backends.queries. {s} is the schema name (a quoted identifier),
+-- filled in by PostgresBackend._q.
 
 -- name: upsert_worker
 INSERT INTO {s}.sitq_workers
