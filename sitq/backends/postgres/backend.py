@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 try:
-    import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type hints
+    import asyncpg
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     from sitq.errors import ConfigurationError
 
