@@ -49,7 +49,9 @@ from sitq.backends.base import (
     task_record,
     worker_record,
 )
+from sitq.backends.common import Every, listing_page, listing_window_size
 from sitq.backends.postgres import schema as q
+from sitq.backends.postgres.schema import SQL
 from sitq.errors import ConfigurationError, DatabaseError, NotConnected, SchemaVersionError
 
 logger = logging.getLogger("sitq.postgres")
@@ -124,8 +126,8 @@ class PostgresBackend(Backend):
         self._users = 0
         self._open_lock = asyncio.Lock()
         self._loop_binding = LoopBinding()
-        self._next_reclaim = 0.0
-        self._limits_known_until = 0.0  # _has_limits is re-read after this time
+        self._reclaim = Every(RECLAIM_INTERVAL)
+        self._limits_check = Every(RECLAIM_INTERVAL)  # _has_limits is re-read then
         self._has_limits = False
         self._events: dict[WakeKind, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -149,11 +151,11 @@ class PostgresBackend(Backend):
         async with self._acquire() as conn:
             while True:
                 async with conn.transaction():
-                    inserted = await conn.fetchval(self._q(q.INSERT_UNIQUE_TASK), *task)
+                    inserted = await conn.fetchval(self._q(SQL.insert_unique_task), *task)
                     if inserted is not None:
                         await self._notify(conn, "tasks")
                         return inserted, True
-                    existing = await conn.fetchval(self._q(q.EXISTING_UNIQUE), task.unique_key)
+                    existing = await conn.fetchval(self._q(SQL.existing_unique), task.unique_key)
                 if existing is not None:
                     return existing, False
                 # The holder finished between the two statements: try again.
@@ -162,46 +164,46 @@ class PostgresBackend(Backend):
         """Create or replace a limit."""
         async with self._acquire() as conn:
             await conn.execute(
-                self._q(q.SET_LIMIT),
+                self._q(SQL.set_limit),
                 limit.key,
                 limit.max_running,
                 limit.max_starts,
                 limit.per_seconds,
             )
-        self._limits_known_until = 0.0
+        self._limits_check.reset()
 
     async def delete_limit(self, key: str) -> bool:
         """Remove a limit."""
         async with self._acquire() as conn:
             async with conn.transaction():
-                status = await conn.execute(self._q(q.DELETE_LIMIT), key)
-                await conn.execute(self._q(q.UNLIMIT_TASKS), key)
-                await conn.execute(self._q(q.DELETE_LIMIT_STARTS), key)
+                status: str = await conn.execute(self._q(SQL.delete_limit), key)
+                await conn.execute(self._q(SQL.unlimit_tasks), key)
+                await conn.execute(self._q(SQL.delete_limit_starts), key)
             await self._notify(conn, "tasks")
         return status != "DELETE 0"
 
     async def list_limits(self) -> list[LimitRecord]:
         """Every limit, by key."""
         async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.LIST_LIMITS))
+            rows = await conn.fetch(self._q(SQL.list_limits))
         return [LimitRecord(*row) for row in rows]
 
     async def pause_queue(self, queue: str) -> None:
         """Stop claims from ``queue``."""
         async with self._acquire() as conn:
-            await conn.execute(self._q(q.PAUSE_QUEUE), queue, self.now())
+            await conn.execute(self._q(SQL.pause_queue), queue, self.now())
 
     async def resume_queue(self, queue: str) -> bool:
         """Let claims take from ``queue`` again, and wake the workers."""
         async with self._acquire() as conn:
-            status = await conn.execute(self._q(q.RESUME_QUEUE), queue)
+            status: str = await conn.execute(self._q(SQL.resume_queue), queue)
             await self._notify(conn, "tasks")
         return status != "DELETE 0"
 
     async def paused_queues(self) -> list[str]:
         """The paused queues."""
         async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.PAUSED_QUEUES))
+            rows = await conn.fetch(self._q(SQL.paused_queues))
         return [row[0] for row in rows]
 
     async def advance_schedule(
@@ -215,20 +217,20 @@ class PostgresBackend(Backend):
         first: bool = False,
     ) -> bool:
         """Record the run due at ``due`` and enqueue ``task``, once across workers."""
-        sql = self._q(q.ADD_SCHEDULE if first else q.ADVANCE_SCHEDULE)
+        sql = self._q(SQL.add_schedule if first else SQL.advance_schedule)
         async with self._acquire() as conn, conn.transaction():
             advanced = await conn.fetchval(sql, name, spec, due, next_run_at, self.now())
             if advanced is None:
                 return False
             if task is not None:
                 columns = [[value] for value in task]
-                await conn.execute(self._q(q.INSERT_TASKS), *columns, self._channel)
+                await conn.execute(self._q(SQL.insert_tasks), *columns, self._channel)
         return True
 
     async def list_schedules(self) -> list[ScheduleRecord]:
         """Every schedule, by name."""
         async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.LIST_SCHEDULES))
+            rows = await conn.fetch(self._q(SQL.list_schedules))
         return [ScheduleRecord(*row) for row in rows]
 
     def _q(self, template: str) -> str:
@@ -310,15 +312,11 @@ class PostgresBackend(Backend):
 
     async def _migrate(self) -> None:
         async with self._acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            has_meta = await conn.fetchval(
-                "SELECT to_regclass($1) IS NOT NULL", f'"{self.schema}".sitq_meta'
-            )
+            await conn.execute(SQL.lock_migrations, _MIGRATION_LOCK)
+            has_meta = await conn.fetchval(SQL.has_meta_table, f'"{self.schema}".sitq_meta')
             version = 0
             if has_meta:
-                value = await conn.fetchval(
-                    self._q("SELECT value FROM {s}.sitq_meta WHERE key = 'schema_version'")
-                )
+                value = await conn.fetchval(self._q(SQL.read_schema_version))
                 version = int(value) if value else 0
             elif not self.create:
                 raise DatabaseError(
@@ -331,17 +329,11 @@ class PostgresBackend(Backend):
                     f"understands up to {q.SCHEMA_VERSION}: upgrade sitq to use it"
                 )
             if version < q.SCHEMA_VERSION:
-                await conn.execute(self._q("CREATE SCHEMA IF NOT EXISTS {s}"))
+                await conn.execute(self._q(SQL.create_schema))
             for target in range(version + 1, q.SCHEMA_VERSION + 1):
                 for statement in q.MIGRATIONS[target]:
                     await conn.execute(self._q(statement))
-                await conn.execute(
-                    self._q(
-                        "INSERT INTO {s}.sitq_meta (key, value) VALUES ('schema_version', $1) "
-                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
-                    ),
-                    str(target),
-                )
+                await conn.execute(self._q(SQL.write_schema_version), str(target))
 
     async def close(self) -> None:
         """Close the pool and the listener once the last user has closed."""
@@ -370,7 +362,7 @@ class PostgresBackend(Backend):
         return self._pool.acquire()
 
     async def _notify(self, conn: Any, kind: WakeKind) -> None:
-        await conn.execute("SELECT pg_notify($1, $2)", self._channel, kind)
+        await conn.execute(SQL.notify, self._channel, kind)
 
     # -- producer side ----------------------------------------------------
 
@@ -380,7 +372,7 @@ class PostgresBackend(Backend):
             return
         columns = [list(column) for column in zip(*tasks, strict=True)]
         async with self._acquire() as conn:
-            await conn.execute(self._q(q.INSERT_TASKS), *columns, self._channel)
+            await conn.execute(self._q(SQL.insert_tasks), *columns, self._channel)
 
     async def get_tasks(
         self, task_ids: Sequence[str], *, with_payload: bool = False, with_result: bool = True
@@ -393,7 +385,7 @@ class PostgresBackend(Backend):
             with_result=with_result,
             length="octet_length",
         )
-        sql = self._q(f"SELECT {columns} FROM {{s}}.sitq_tasks WHERE id = ANY($1::text[])")
+        sql = self._q(SQL.get_tasks.replace("{columns}", columns))
         async with self._acquire() as conn:
             rows = await conn.fetch(sql, list(dict.fromkeys(task_ids)))
         return {row[0]: _record(row) for row in rows}
@@ -404,17 +396,17 @@ class PostgresBackend(Backend):
         async with self._acquire() as conn, conn.transaction():
             # Lock the row first: a worker's finish or retry cannot slip in between
             # reading the status and acting on it.
-            status = await conn.fetchval(
-                self._q("SELECT status FROM {s}.sitq_tasks WHERE id = $1 FOR UPDATE"), task_id
-            )
+            status = await conn.fetchval(self._q(SQL.lock_task_status), task_id)
             if status is None:
                 return None
             if status == "queued":
-                await conn.execute(self._q(q.CANCEL_QUEUED), task_id, now, self.default_result_ttl)
+                await conn.execute(
+                    self._q(SQL.cancel_queued), task_id, now, self.default_result_ttl
+                )
                 await self._notify(conn, "results")
                 return "cancelled"
             if status == "running":
-                await conn.execute(self._q(q.REQUEST_CANCEL), task_id)
+                await conn.execute(self._q(SQL.request_cancel), task_id)
                 # Its worker heartbeats at once (see SQLiteBackend.cancel).
                 await self._notify(conn, "cancels")
                 return "requested"
@@ -422,6 +414,7 @@ class PostgresBackend(Backend):
 
     async def retry(self, task_ids: Sequence[str] | None = None, queue: str | None = None) -> int:
         """Queue failed or cancelled tasks again, with a fresh attempt count."""
+        # SQL.retry's {where}: the ids or every failure, and the queue if given.
         params: list[Any] = [self.now()]
         if task_ids is not None:
             where = "id = ANY($2::text[])"
@@ -431,7 +424,7 @@ class PostgresBackend(Backend):
         if queue is not None:
             where += f" AND queue = ${len(params) + 1}"
             params.append(queue)
-        sql = self._q(q.RETRY.replace("{where}", where))
+        sql = self._q(SQL.retry.replace("{where}", where))
         async with self._acquire() as conn:
             try:
                 status = await conn.execute(sql, *params)
@@ -506,10 +499,9 @@ class PostgresBackend(Backend):
             return []
         now = self.now()
         async with self._acquire() as conn:
-            if now >= self._next_reclaim:
-                self._next_reclaim = now + RECLAIM_INTERVAL
+            if self._reclaim.due(now):
                 status = await conn.execute(
-                    self._q(q.RECLAIM_EXPIRED), now, LOST_LEASE_LIMIT, self.default_result_ttl
+                    self._q(SQL.reclaim_expired), now, LOST_LEASE_LIMIT, self.default_result_ttl
                 )
                 if status != "UPDATE 0":
                     await self._notify(conn, "results")
@@ -522,7 +514,7 @@ class PostgresBackend(Backend):
                 )
             if len(rows) < limit:
                 rows += await conn.fetch(
-                    self._q(q.CLAIM_ONE_QUEUE if len(queues) == 1 else q.CLAIM),
+                    self._q(SQL.claim_ready_one_queue if len(queues) == 1 else SQL.claim_ready),
                     worker_id,
                     now,
                     now + lease_seconds,
@@ -534,9 +526,8 @@ class PostgresBackend(Backend):
     async def _limits_exist(self, conn: Any, now: float) -> bool:
         # Read at most once a second: a task enqueued under a new limit waits at
         # most that long for its first claim.
-        if now >= self._limits_known_until:
-            self._limits_known_until = now + RECLAIM_INTERVAL
-            self._has_limits = bool(await conn.fetchval(self._q(q.LIST_LIMITS) + " LIMIT 1"))
+        if self._limits_check.due(now):
+            self._has_limits = bool(await conn.fetchval(self._q(SQL.any_limit)))
         return self._has_limits
 
     async def _claim_limited(
@@ -551,23 +542,23 @@ class PostgresBackend(Backend):
         """Claim tasks under limits. The limit rows stay locked until commit, so
         claimers on every host take turns and each counts what the last committed.
         A read first keeps that lock away while no limited task can start."""
-        rooms = await conn.fetch(self._q(q.LIMIT_ROOM), now)
+        rooms = await conn.fetch(self._q(SQL.limit_room), now)
         if not any(base.limit_room_allowed(row, room) > 0 for row in rooms):
             return []
         taken: list[Any] = []
         async with conn.transaction():
-            await conn.execute(self._q(q.LOCK_LIMITS))
-            for row in await conn.fetch(self._q(q.LIMIT_ROOM), now):
+            await conn.execute(self._q(SQL.lock_limits))
+            for row in await conn.fetch(self._q(SQL.limit_room), now):
                 key, per_seconds = row[0], row[3]
                 allowed = min(room - len(taken), base.limit_room_allowed(row, room))
                 if allowed <= 0:
                     continue
                 claimed = await conn.fetch(
-                    self._q(q.CLAIM_LIMITED), worker_id, now, expires, queues, allowed, key
+                    self._q(SQL.claim_limited), worker_id, now, expires, queues, allowed, key
                 )
                 if claimed and per_seconds is not None:
-                    await conn.execute(self._q(q.RECORD_STARTS), key, len(claimed))
-                    await conn.execute(self._q(q.FORGET_STARTS), key, per_seconds)
+                    await conn.execute(self._q(SQL.record_starts), key, len(claimed))
+                    await conn.execute(self._q(SQL.forget_starts), key, per_seconds)
                 taken += claimed
         return taken
 
@@ -577,11 +568,11 @@ class PostgresBackend(Backend):
         """Renew the worker's liveness and its leases; return ids asked to cancel."""
         now = self.now()
         async with self._acquire() as conn, conn.transaction():
-            await conn.execute(self._q(q.TOUCH_WORKER), now, worker_id)
+            await conn.execute(self._q(SQL.touch_worker), now, worker_id)
             if not leases:
                 return set()
             rows = await conn.fetch(
-                self._q(q.RENEW_LEASES),
+                self._q(SQL.renew_leases),
                 now + lease_seconds,
                 worker_id,
                 [lease.task_id for lease in leases],
@@ -613,7 +604,7 @@ class PostgresBackend(Backend):
             if running:
                 await stack.enter_async_context(conn.transaction())
                 await conn.execute(
-                    self._q(q.MARK_STARTED),
+                    self._q(SQL.mark_started),
                     [lease.task_id for lease, _ in running],
                     [lease.worker_id for lease, _ in running],
                     [lease.attempt for lease, _ in running],
@@ -622,7 +613,7 @@ class PostgresBackend(Backend):
             if not items:
                 return []
             rows = await conn.fetch(
-                self._q(q.FINISH),
+                self._q(SQL.finish),
                 now,
                 self.default_result_ttl,
                 [lease.task_id for lease in leases],
@@ -643,8 +634,8 @@ class PostgresBackend(Backend):
     async def record_start(self, lease: Lease) -> bool:
         """See Backend.record_start."""
         async with self._acquire() as conn:
-            status = await conn.execute(
-                self._q(q.RECORD_TASK_START),
+            status: str = await conn.execute(
+                self._q(SQL.record_task_start),
                 lease.task_id,
                 lease.worker_id,
                 lease.attempt,
@@ -658,7 +649,7 @@ class PostgresBackend(Backend):
             return 0
         async with self._acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                self._q(q.RELEASE),
+                self._q(SQL.release),
                 self.now(),
                 self.default_result_ttl,
                 [lease.task_id for lease in leases],
@@ -673,7 +664,7 @@ class PostgresBackend(Backend):
         """Record a started worker."""
         async with self._acquire() as conn:
             await conn.execute(
-                self._q(q.UPSERT_WORKER),
+                self._q(SQL.upsert_worker),
                 worker.id,
                 worker.hostname,
                 worker.pid,
@@ -686,20 +677,20 @@ class PostgresBackend(Backend):
     async def unregister_worker(self, worker_id: str) -> None:
         """Mark a worker stopped."""
         async with self._acquire() as conn:
-            await conn.execute(self._q(q.STOP_WORKER), self.now(), worker_id)
+            await conn.execute(self._q(SQL.stop_worker), self.now(), worker_id)
 
     async def list_workers(self) -> list[WorkerRecord]:
         """Every known worker, newest first."""
         async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.LIST_WORKERS))
+            rows = await conn.fetch(self._q(SQL.list_workers))
         return [worker_record(r, r[3]) for r in rows]
 
     async def prune(self) -> int:
         """Delete finished tasks past their retention, and workers gone for a day."""
         now = self.now()
         async with self._acquire() as conn, conn.transaction():
-            status = await conn.execute(self._q(q.PRUNE_TASKS), now)
-            await conn.execute(self._q(q.PRUNE_WORKERS), now - 86400.0)
+            status = await conn.execute(self._q(SQL.prune_tasks), now)
+            await conn.execute(self._q(SQL.prune_workers), now - 86400.0)
         return int(status.split()[-1])
 
     async def purge(
@@ -708,6 +699,7 @@ class PostgresBackend(Backend):
         """Delete tasks in ``statuses``, optionally of one queue and finished long ago."""
         if not statuses:
             return 0
+        # Only the filters given become clauses (SQL.purge's {where}), numbered in order.
         clauses = ["status = ANY($1::text[])"]
         params: list[Any] = [list(statuses)]
         if queue is not None:
@@ -716,7 +708,7 @@ class PostgresBackend(Backend):
         if older_than is not None:
             params.append(self.now() - older_than)
             clauses.append(f"COALESCE(finished_at, enqueued_at) < ${len(params)}")
-        sql = self._q("DELETE FROM {s}.sitq_tasks WHERE " + " AND ".join(clauses))
+        sql = self._q(SQL.purge.replace("{where}", " AND ".join(clauses)))
         async with self._acquire() as conn:
             status = await conn.execute(sql, *params)
         return int(status.split()[-1])
@@ -852,13 +844,13 @@ class PostgresBackend(Backend):
     async def count_statuses(self, task_ids: Sequence[str]) -> dict[str, int]:
         """The given tasks per status."""
         async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.COUNT_STATUSES), list(dict.fromkeys(task_ids)))
+            rows = await conn.fetch(self._q(SQL.count_statuses), list(dict.fromkeys(task_ids)))
         return {row[0]: int(row[1]) for row in rows}
 
     async def task_statuses(self, task_ids: Sequence[str]) -> dict[str, str]:
         """Each given task's status."""
         async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.TASK_STATUSES), list(task_ids))
+            rows = await conn.fetch(self._q(SQL.task_statuses), list(task_ids))
         return {row[0]: row[1] for row in rows}
 
     async def cancel_queued(self, task_ids: Sequence[str]) -> list[str]:
@@ -867,7 +859,7 @@ class PostgresBackend(Backend):
             return []
         async with self._acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                self._q(q.CANCEL_QUEUED_MANY), list(task_ids), self.now(), self.default_result_ttl
+                self._q(SQL.cancel_queued_many), list(task_ids), self.now(), self.default_result_ttl
             )
             if rows:
                 await self._notify(conn, "results")
@@ -889,28 +881,26 @@ class PostgresBackend(Backend):
         the matching tasks in one query (see :meth:`Backend.list_tasks`)."""
         source = base.listing_source(status, batch_id)
         position = base.listing_position(source, cursor)
-        # Without filters left to apply, the page is the window's first rows.
-        prefiltered = queue is None and (status is None or source in ("failed", "running"))
-        size = limit if prefiltered else max(limit, scan_limit)
+        size = listing_window_size(source, queue, status, limit, scan_limit)
         async with self._acquire() as conn:
             if source == "failed":
-                rows = await conn.fetch(self._q(q.LIST_WINDOW_FAILED), size, *position)
+                rows = await conn.fetch(self._q(SQL.list_window_failed), size, *position)
                 window = [(base.listing_cursor(source, r[0], r[1]), r[2], r[3], r[4]) for r in rows]
             else:
                 if source == "batch":
                     sql, args = q.LIST_WINDOW_BATCH, [batch_id, *position]
                 else:
-                    template = q.LIST_WINDOW_TASKS if source == "tasks" else q.LIST_WINDOW_RUNNING
+                    template = (
+                        SQL.list_window_tasks if source == "tasks" else SQL.list_window_running
+                    )
                     first = position[0] == "~"
                     sql = template.format(after="" if first else "AND id < $2")
                     args = [] if first else [position[0]]
                 rows = await conn.fetch(self._q(sql), size, *args)
                 window = [(str(r[0]), r[1], r[2], r[3]) for r in rows]
             ids, next_cursor = base.window_matches(window, queue, status, limit, len(rows) == size)
-            found = await conn.fetch(self._q(q.LIST_TASKS_BY_ID), ids) if ids else []
-        records = {row[0]: _record(row) for row in found}
-        tasks = [records[task_id] for task_id in ids if task_id in records]
-        return base.TaskPage(tasks, next_cursor)
+            found = await conn.fetch(self._q(SQL.list_tasks_by_id), ids) if ids else []
+        return listing_page(ids, [_record(row) for row in found], next_cursor)
 
     # -- workflow runs (sitq.workflow) --------------------------------------------
 

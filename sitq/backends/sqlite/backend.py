@@ -14,7 +14,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,6 +41,7 @@ from sitq.backends.base import (
     task_record,
     worker_record,
 )
+from sitq.backends.common import Every, listing_page, listing_window_size
 from sitq.backends.sqlite import schema as q
 from sitq.backends.sqlite.enqueue import (
     FAST_PATH_MAX_ROWS,
@@ -48,7 +49,9 @@ from sitq.backends.sqlite.enqueue import (
     BlockingInserter,
     EnqueueBatcher,
     WalKeeper,
+    is_busy,
 )
+from sitq.backends.sqlite.schema import SQL
 from sitq.backends.sqlite.wakeup import WakeupChannel, wake_directory
 from sitq.errors import (
     DatabaseError,
@@ -103,8 +106,8 @@ class SQLiteBackend(Backend):
         self._open_lock = asyncio.Lock()
         self._loop_binding = LoopBinding()
         self._wakeup = WakeupChannel(wake_directory(self.path))
-        self._next_reclaim = 0.0
-        self._limits_known_until = 0.0  # has_limits is re-read after this time
+        self._reclaim = Every(RECLAIM_INTERVAL)
+        self._limits_check = Every(RECLAIM_INTERVAL)  # _has_limits is re-read then
         self._has_limits = False
         self._users = 0
         self._batcher: EnqueueBatcher | None = None
@@ -126,10 +129,10 @@ class SQLiteBackend(Backend):
         conn = self._connection()
 
         async def body() -> tuple[str, bool]:
-            cursor = await conn.execute(q.INSERT_UNIQUE_TASK, task)
+            cursor = await conn.execute(SQL.insert_unique_task, task)
             if cursor.rowcount:
                 return task.id, True
-            rows = await conn.execute_fetchall(q.EXISTING_UNIQUE, (task.unique_key,))
+            rows = list(await conn.execute_fetchall(SQL.existing_unique, (task.unique_key,)))
             return rows[0][0], False
 
         task_id, created = await self._transaction(body)
@@ -141,17 +144,17 @@ class SQLiteBackend(Backend):
         """Create or replace a limit."""
         conn = self._connection()
         params = (limit.key, limit.max_running, limit.max_starts, limit.per_seconds)
-        await self._write(lambda: conn.execute(q.SET_LIMIT, params))
-        self._limits_known_until = 0.0
+        await self._write(lambda: conn.execute(SQL.set_limit, params))
+        self._limits_check.reset()
 
     async def delete_limit(self, key: str) -> bool:
         """Remove a limit."""
         conn = self._connection()
 
         async def body() -> bool:
-            cursor = await conn.execute(q.DELETE_LIMIT, (key,))
-            await conn.execute(q.UNLIMIT_TASKS, (key,))
-            await conn.execute(q.DELETE_LIMIT_STARTS, (key,))
+            cursor = await conn.execute(SQL.delete_limit, (key,))
+            await conn.execute(SQL.unlimit_tasks, (key,))
+            await conn.execute(SQL.delete_limit_starts, (key,))
             return bool(cursor.rowcount)
 
         deleted = await self._transaction(body)
@@ -160,23 +163,23 @@ class SQLiteBackend(Backend):
 
     async def list_limits(self) -> list[LimitRecord]:
         """Every limit, by key."""
-        return [LimitRecord(*row) for row in await self._read(q.LIST_LIMITS)]
+        return [LimitRecord(*row) for row in await self._read(SQL.list_limits)]
 
     async def pause_queue(self, queue: str) -> None:
         """Stop claims from ``queue``."""
         conn = self._connection()
-        await self._write(lambda: conn.execute(q.PAUSE_QUEUE, (queue, self.now())))
+        await self._write(lambda: conn.execute(SQL.pause_queue, (queue, self.now())))
 
     async def resume_queue(self, queue: str) -> bool:
         """Let claims take from ``queue`` again, and wake the workers."""
         conn = self._connection()
-        cursor = await self._write(lambda: conn.execute(q.RESUME_QUEUE, (queue,)))
+        cursor = await self._write(lambda: conn.execute(SQL.resume_queue, (queue,)))
         self._wakeup.notify("tasks")
         return bool(cursor.rowcount)
 
     async def paused_queues(self) -> list[str]:
         """The paused queues."""
-        return [row[0] for row in await self._read(q.PAUSED_QUEUES)]
+        return [row[0] for row in await self._read(SQL.paused_queues)]
 
     async def advance_schedule(
         self,
@@ -191,14 +194,14 @@ class SQLiteBackend(Backend):
         """Record the run due at ``due`` and enqueue ``task``, once across workers."""
         conn = self._connection()
         params = {"name": name, "spec": spec, "due": due, "next": next_run_at, "now": self.now()}
-        sql = q.ADD_SCHEDULE if first else q.ADVANCE_SCHEDULE
+        sql = SQL.add_schedule if first else SQL.advance_schedule
 
         async def body() -> bool:
             cursor = await conn.execute(sql, params)
             if not cursor.rowcount:
                 return False
             if task is not None:
-                await conn.execute(q.INSERT_TASK, task)
+                await conn.execute(SQL.insert_task, task)
             return True
 
         advanced = await self._transaction(body)
@@ -208,7 +211,7 @@ class SQLiteBackend(Backend):
 
     async def list_schedules(self) -> list[ScheduleRecord]:
         """Every schedule, by name."""
-        return [ScheduleRecord(*row) for row in await self._read(q.LIST_SCHEDULES)]
+        return [ScheduleRecord(*row) for row in await self._read(SQL.list_schedules)]
 
     # -- connection -------------------------------------------------------
 
@@ -238,7 +241,8 @@ class SQLiteBackend(Backend):
             # aiosqlite >= 0.22 runs each connection on a non-daemon thread, so a
             # program that ends without closing its queue would hang at exit. A
             # daemon thread is safe: SQLite survives a process ending mid-commit.
-            getattr(pending, "_thread", pending).daemon = True
+            thread: Any = getattr(pending, "_thread", pending)
+            thread.daemon = True
             conn = await pending
         except sqlite3.Error as exc:
             self._users -= 1
@@ -335,28 +339,16 @@ class SQLiteBackend(Backend):
         conn = self._connection()
 
         async def read_version() -> int | None:
-            rows = list(
-                await conn.execute_fetchall(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'sitq_meta'"
-                )
-            )
+            rows = list(await conn.execute_fetchall(SQL.has_meta_table))
             if not rows:
-                others = list(
-                    await conn.execute_fetchall(
-                        "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
-                    )
-                )
+                others = list(await conn.execute_fetchall(SQL.count_tables))
                 if others[0][0]:
                     raise NotASitqDatabase(
                         f"{self.path} holds tables that are not sitq's; point --db / $SITQ_DB "
                         "at a sitq database or at a new file"
                     )
                 return None
-            rows = list(
-                await conn.execute_fetchall(
-                    "SELECT value FROM sitq_meta WHERE key = 'schema_version'"
-                )
-            )
+            rows = list(await conn.execute_fetchall(SQL.read_schema_version))
             return int(rows[0][0]) if rows else None
 
         async def upgrade() -> None:
@@ -369,10 +361,7 @@ class SQLiteBackend(Backend):
             for target in range(version + 1, q.SCHEMA_VERSION + 1):
                 for statement in q.MIGRATIONS[target]:
                     await conn.execute(statement)
-                await conn.execute(
-                    "INSERT OR REPLACE INTO sitq_meta (key, value) VALUES ('schema_version', ?)",
-                    (str(target),),
-                )
+                await conn.execute(SQL.write_schema_version, (str(target),))
 
         try:
             version = await read_version()
@@ -431,8 +420,7 @@ class SQLiteBackend(Backend):
             try:
                 return await operation()
             except sqlite3.OperationalError as exc:
-                text = str(exc)
-                if "locked" not in text and "busy" not in text:
+                if not is_busy(exc):
                     raise self._write_error(exc) from exc
                 if time.monotonic() > deadline:
                     raise DatabaseUnavailable(
@@ -474,7 +462,7 @@ class SQLiteBackend(Backend):
 
         return await asyncio.shield(self._locked(attempt))
 
-    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    async def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         conn = self._connection()
         async with self._lock:
             return list(await self._retry_locked(lambda: conn.execute_fetchall(sql, params)))
@@ -519,11 +507,11 @@ class SQLiteBackend(Backend):
     async def _enqueue_in_thread(self, rows: list[tuple[Any, ...]]) -> None:
         conn = self._connection()
         if len(rows) == 1:
-            await self._write(lambda: conn.execute(q.INSERT_TASK, rows[0]))
+            await self._write(lambda: conn.execute(SQL.insert_task, rows[0]))
             return
 
         async def insert_all() -> None:
-            await conn.executemany(q.INSERT_TASK, rows)
+            await conn.executemany(SQL.insert_task, rows)
 
         await self._transaction(insert_all)
 
@@ -562,10 +550,9 @@ class SQLiteBackend(Backend):
         unique = list(dict.fromkeys(task_ids))
         for start in range(0, len(unique), _ID_CHUNK):
             chunk = unique[start : start + _ID_CHUNK]
+            # One placeholder per id: IN (...) over the primary key, chunked.
             marks = ",".join("?" * len(chunk))
-            rows = await self._read(
-                f"SELECT {columns} FROM sitq_tasks WHERE id IN ({marks})", chunk
-            )
+            rows = await self._read(SQL.get_tasks.format(columns=columns, marks=marks), chunk)
             for row in rows:
                 found[row[0]] = task_record(row)
         return found
@@ -577,16 +564,14 @@ class SQLiteBackend(Backend):
 
         async def body() -> str | None:
             cursor = await conn.execute(
-                q.CANCEL_QUEUED, {"id": task_id, "now": now, "ttl": self.default_result_ttl}
+                SQL.cancel_queued, {"id": task_id, "now": now, "ttl": self.default_result_ttl}
             )
             if cursor.rowcount:
                 return "cancelled"
-            cursor = await conn.execute(q.REQUEST_CANCEL, (task_id,))
+            cursor = await conn.execute(SQL.request_cancel, (task_id,))
             if cursor.rowcount:
                 return "requested"
-            rows = list(
-                await conn.execute_fetchall("SELECT 1 FROM sitq_tasks WHERE id = ?", (task_id,))
-            )
+            rows = list(await conn.execute_fetchall(SQL.task_exists, (task_id,)))
             return "finished" if rows else None
 
         outcome = await self._transaction(body)
@@ -616,7 +601,7 @@ class SQLiteBackend(Backend):
                     if queue is not None:
                         where += " AND queue = ?"
                         params.append(queue)
-                    cursor = await conn.execute(q.RETRY.format(where=where), params)
+                    cursor = await conn.execute(SQL.retry.format(where=where), params)
                     total += cursor.rowcount
                 return total
 
@@ -625,7 +610,7 @@ class SQLiteBackend(Backend):
             params = [now] + ([queue] if queue is not None else [])
 
             async def body() -> int:
-                cursor = await conn.execute(q.RETRY.format(where=where), params)
+                cursor = await conn.execute(SQL.retry.format(where=where), params)
                 return cursor.rowcount
 
         count = await self._transaction(body)
@@ -684,8 +669,7 @@ class SQLiteBackend(Backend):
             return []
         conn = self._connection()
         now = self.now()
-        if now >= self._next_reclaim:
-            self._next_reclaim = now + RECLAIM_INTERVAL
+        if self._reclaim.due(now):
             await self._reclaim_expired(now)
         rows: list[Any] = []
         if await self._limits_exist(now):
@@ -693,7 +677,7 @@ class SQLiteBackend(Backend):
             # otherwise wait for a lull in the unlimited ones.
             rows += await self._claim_limited(worker_id, queues, limit, now, now + lease_seconds)
         if len(rows) < limit:
-            sql = q.CLAIM.format(queues=",".join("?" * len(queues)))
+            sql = SQL.claim_ready.format(queues=",".join("?" * len(queues)))
             params = [worker_id, now + lease_seconds, *queues, now, limit - len(rows)]
             rows += await self._write(lambda: conn.execute_fetchall(sql, params))
         if not rows:
@@ -703,9 +687,8 @@ class SQLiteBackend(Backend):
     async def _limits_exist(self, now: float) -> bool:
         # Read at most once a second: a task enqueued under a new limit waits at
         # most that long for its first claim.
-        if now >= self._limits_known_until:
-            self._limits_known_until = now + RECLAIM_INTERVAL
-            self._has_limits = bool(await self._read("SELECT 1 FROM sitq_limits LIMIT 1"))
+        if self._limits_check.due(now):
+            self._has_limits = bool(await self._read(SQL.any_limit))
         return self._has_limits
 
     async def _claim_limited(
@@ -714,15 +697,15 @@ class SQLiteBackend(Backend):
         """Claim tasks under limits, in one write transaction, so the room each
         limit has left cannot change between counting it and claiming. A read
         first keeps that transaction away while no limited task can start."""
-        rooms = await self._read(q.LIMIT_ROOM, {"now": now})
+        rooms = await self._read(SQL.limit_room, {"now": now})
         if not any(base.limit_room_allowed(row, room) > 0 for row in rooms):
             return []
         conn = self._connection()
-        sql = q.CLAIM_LIMITED.format(queues=",".join("?" * len(queues)))
+        sql = SQL.claim_limited.format(queues=",".join("?" * len(queues)))
 
         async def body() -> list[Any]:
             taken: list[Any] = []
-            for row in await conn.execute_fetchall(q.LIMIT_ROOM, {"now": now}):
+            for row in await conn.execute_fetchall(SQL.limit_room, {"now": now}):
                 key, per_seconds = row[0], row[3]
                 allowed = min(room - len(taken), base.limit_room_allowed(row, room))
                 if allowed <= 0:
@@ -730,8 +713,8 @@ class SQLiteBackend(Backend):
                 params = (worker_id, expires, *queues, now, key, allowed)
                 claimed = list(await conn.execute_fetchall(sql, params))
                 if claimed and per_seconds is not None:
-                    await conn.executemany(q.RECORD_START, [(key, now)] * len(claimed))
-                    await conn.execute(q.FORGET_STARTS, (key, now - per_seconds))
+                    await conn.executemany(SQL.record_start, [(key, now)] * len(claimed))
+                    await conn.execute(SQL.forget_starts, (key, now - per_seconds))
                 taken += claimed
             return taken
 
@@ -740,7 +723,7 @@ class SQLiteBackend(Backend):
     async def _reclaim_expired(self, now: float) -> None:
         conn = self._connection()
         params = {"now": now, "lost_limit": LOST_LEASE_LIMIT, "ttl": self.default_result_ttl}
-        cursor = await self._write(lambda: conn.execute(q.RECLAIM_EXPIRED, params))
+        cursor = await self._write(lambda: conn.execute(SQL.reclaim_expired, params))
         if cursor.rowcount:
             self._wakeup.notify("results")
 
@@ -752,12 +735,12 @@ class SQLiteBackend(Backend):
         now = self.now()
 
         async def body() -> list[Any]:
-            await conn.execute(q.TOUCH_WORKER, (now, worker_id))
+            await conn.execute(SQL.touch_worker, (now, worker_id))
             if not leases:
                 return []
             ids = json.dumps([lease.task_id for lease in leases])
             return list(
-                await conn.execute_fetchall(q.RENEW_LEASES, (now + lease_seconds, worker_id, ids))
+                await conn.execute_fetchall(SQL.renew_leases, (now + lease_seconds, worker_id, ids))
             )
 
         rows = await self._transaction(body)
@@ -812,7 +795,7 @@ class SQLiteBackend(Backend):
         ]
         running = _marks_json([m for m in started if m[0].task_id in starts]) if starts else None
         if len(items) == 1 and running is None:
-            sql, row = (q.FINISH, final[0]) if final else (q.FINISH_OR_RETRY, retries[0])
+            sql, row = (SQL.finish, final[0]) if final else (SQL.finish_or_retry, retries[0])
             cursor = await self._write(lambda: conn.execute(sql, row))
             applied = [cursor.rowcount == 1]
         else:
@@ -820,11 +803,11 @@ class SQLiteBackend(Backend):
             async def body() -> int:
                 count = 0
                 if running is not None:
-                    await conn.execute(q.MARK_STARTED, (running,))
+                    await conn.execute(SQL.mark_started, (running,))
                 if final:
-                    count += (await conn.executemany(q.FINISH, final)).rowcount
+                    count += (await conn.executemany(SQL.finish, final)).rowcount
                 if retries:
-                    count += (await conn.executemany(q.FINISH_OR_RETRY, retries)).rowcount
+                    count += (await conn.executemany(SQL.finish_or_retry, retries)).rowcount
                 return count
 
             if await self._transaction(body) == len(items):
@@ -840,7 +823,7 @@ class SQLiteBackend(Backend):
     async def _mark_started(self, marks: Sequence[tuple[Lease, float]]) -> None:
         conn = self._connection()
         running = _marks_json(marks)
-        await self._write(lambda: conn.execute(q.MARK_STARTED, (running,)))
+        await self._write(lambda: conn.execute(SQL.mark_started, (running,)))
 
     async def _finished_by(self, items: Sequence[tuple[Lease, Outcome]], now: float) -> list[bool]:
         """After a batch in which some writes were refused: which were applied.
@@ -872,7 +855,7 @@ class SQLiteBackend(Backend):
         """See Backend.record_start."""
         conn = self._connection()
         started = (self.now(), *lease_key(lease))
-        cursor = await self._write(lambda: conn.execute(q.RECORD_TASK_START, started))
+        cursor = await self._write(lambda: conn.execute(SQL.record_task_start, started))
         return cursor.rowcount == 1
 
     async def release(self, leases: Sequence[Lease]) -> int:
@@ -893,7 +876,7 @@ class SQLiteBackend(Backend):
         ]
 
         async def body() -> Any:
-            return await conn.executemany(q.RELEASE, params)
+            return await conn.executemany(SQL.release, params)
 
         cursor = await self._transaction(body)
         self._wakeup.notify("tasks")
@@ -912,17 +895,17 @@ class SQLiteBackend(Backend):
             worker.started_at,
             worker.heartbeat_at,
         )
-        await self._write(lambda: conn.execute(q.UPSERT_WORKER, row))
+        await self._write(lambda: conn.execute(SQL.upsert_worker, row))
 
     async def unregister_worker(self, worker_id: str) -> None:
         """Mark a worker stopped."""
         conn = self._connection()
         now = self.now()
-        await self._write(lambda: conn.execute(q.STOP_WORKER, (now, worker_id)))
+        await self._write(lambda: conn.execute(SQL.stop_worker, (now, worker_id)))
 
     async def list_workers(self) -> list[WorkerRecord]:
         """Every known worker, newest first."""
-        rows = await self._read(q.LIST_WORKERS)
+        rows = await self._read(SQL.list_workers)
         return [worker_record(r, json.loads(r[3])) for r in rows]
 
     async def prune(self) -> int:
@@ -931,8 +914,8 @@ class SQLiteBackend(Backend):
         now = self.now()
 
         async def body() -> int:
-            cursor = await conn.execute(q.PRUNE_TASKS, (now,))
-            await conn.execute(q.PRUNE_WORKERS, (now - 86400.0,))
+            cursor = await conn.execute(SQL.prune_tasks, (now,))
+            await conn.execute(SQL.prune_workers, (now - 86400.0,))
             return int(cursor.rowcount)
 
         return await self._transaction(body)
@@ -944,6 +927,8 @@ class SQLiteBackend(Backend):
         if not statuses:
             return 0
         conn = self._connection()
+        # Only the filters given become clauses (SQL.purge's {where}): one shape per
+        # combination, and one placeholder per status.
         clauses = [f"status IN ({','.join('?' * len(statuses))})"]
         params: list[Any] = list(statuses)
         if queue is not None:
@@ -952,7 +937,7 @@ class SQLiteBackend(Backend):
         if older_than is not None:
             clauses.append("COALESCE(finished_at, enqueued_at) < ?")
             params.append(self.now() - older_than)
-        sql = f"DELETE FROM sitq_tasks WHERE {' AND '.join(clauses)}"
+        sql = SQL.purge.format(where=" AND ".join(clauses))
         cursor = await self._write(lambda: conn.execute(sql, params))
         return int(cursor.rowcount)
 
@@ -1038,12 +1023,12 @@ class SQLiteBackend(Backend):
 
     async def count_statuses(self, task_ids: Sequence[str]) -> dict[str, int]:
         """The given tasks per status (ids passed as one JSON array)."""
-        rows = await self._read(q.COUNT_STATUSES, (json.dumps(list(task_ids)),))
+        rows = await self._read(SQL.count_statuses, (json.dumps(list(task_ids)),))
         return {row[0]: int(row[1]) for row in rows}
 
     async def task_statuses(self, task_ids: Sequence[str]) -> dict[str, str]:
         """Each given task's status (ids passed as one JSON array)."""
-        rows = await self._read(q.TASK_STATUSES, (json.dumps(list(task_ids)),))
+        rows = await self._read(SQL.task_statuses, (json.dumps(list(task_ids)),))
         return {row[0]: row[1] for row in rows}
 
     async def cancel_queued(self, task_ids: Sequence[str]) -> list[str]:
@@ -1056,7 +1041,7 @@ class SQLiteBackend(Backend):
             "now": self.now(),
             "ttl": self.default_result_ttl,
         }
-        rows = await self._write(lambda: conn.execute_fetchall(q.CANCEL_QUEUED_MANY, params))
+        rows = await self._write(lambda: conn.execute_fetchall(SQL.cancel_queued_many, params))
         if rows:
             self._wakeup.notify("results")
         return [row[0] for row in rows]
@@ -1077,28 +1062,24 @@ class SQLiteBackend(Backend):
         the matching tasks in one query (see :meth:`Backend.list_tasks`)."""
         source = base.listing_source(status, batch_id)
         position = base.listing_position(source, cursor)
-        # Without filters left to apply, the page is the window's first rows.
-        prefiltered = queue is None and (status is None or source in ("failed", "running"))
-        size = limit if prefiltered else max(limit, scan_limit)
+        size = listing_window_size(source, queue, status, limit, scan_limit)
         window: list[tuple[str, str, str, str]]
         if source == "failed":
             params = {"finished_at": position[0], "id": position[1], "limit": size}
-            rows = await self._read(q.LIST_WINDOW_FAILED, params)
+            rows = await self._read(SQL.list_window_failed, params)
             window = [(base.listing_cursor(source, r[0], r[1]), r[2], r[3], r[4]) for r in rows]
         else:
             sql = {
                 "batch": q.LIST_WINDOW_BATCH,
-                "running": q.LIST_WINDOW_RUNNING,
-                "tasks": q.LIST_WINDOW_TASKS,
+                "running": SQL.list_window_running,
+                "tasks": SQL.list_window_tasks,
             }[source]
             params_list = [batch_id, *position, size] if source == "batch" else [*position, size]
             rows = await self._read(sql, params_list)
             window = [(str(r[0]), r[1], r[2], r[3]) for r in rows]
         ids, next_cursor = base.window_matches(window, queue, status, limit, len(rows) == size)
-        found = await self._read(q.LIST_TASKS_BY_ID, (json.dumps(ids),)) if ids else []
-        records = {row[0]: task_record(row) for row in found}
-        tasks = [records[task_id] for task_id in ids if task_id in records]
-        return base.TaskPage(tasks, next_cursor)
+        found = await self._read(SQL.list_tasks_by_id, (json.dumps(ids),)) if ids else []
+        return listing_page(ids, [task_record(row) for row in found], next_cursor)
 
     # -- workflow runs (sitq.workflow) --------------------------------------------
 

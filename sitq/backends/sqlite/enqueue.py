@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from sitq.backends.sqlite import schema as q
+from sitq.backends.sqlite.schema import SQL
 from sitq.errors import NotConnected
 
 Row = tuple[Any, ...]
@@ -45,7 +45,8 @@ WAL_RESTART_BYTES = 32 << 20
 JOURNAL_SIZE_LIMIT = 64 << 20
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` says another connection holds the lock (worth a retry)."""
     text = str(exc)
     return "locked" in text or "busy" in text
 
@@ -53,11 +54,11 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 def insert_rows(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
     """Insert ``rows`` in one transaction on ``conn`` (rolled back on any error)."""
     if len(rows) == 1:
-        conn.execute(q.INSERT_TASK, rows[0])  # a single statement is its own transaction
+        conn.execute(SQL.insert_task, rows[0])  # a single statement is its own transaction
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.executemany(q.INSERT_TASK, rows)
+        conn.executemany(SQL.insert_task, rows)
         conn.execute("COMMIT")
     except BaseException:
         # SQLite may have rolled back already (a full disk does): a second
@@ -180,7 +181,7 @@ class EnqueueBatcher:
         try:
             insert_rows(self._conn, rows)
         except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 self._spawn(self._flush_slowly(rows, waiters))
                 return
             _fail(waiters, exc)
@@ -269,7 +270,7 @@ class BlockingInserter:
                 insert_rows(conn, rows)
                 return
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() > deadline:
+                if not is_busy(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)

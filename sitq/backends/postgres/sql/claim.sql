@@ -1,0 +1,150 @@
+-- The worker's side of a task: claim, lease, start, finish, release.
+-- PostgreSQL dialect, loaded by sitq.backends.queries. {s} is the schema
+-- name (a quoted identifier), filled in by PostgresBackend._q.
+--
+-- SKIP LOCKED: concurrent claimers each take different rows, never waiting. A
+-- claimed task has not started: its worker records the start later (finish's
+-- started_at, or mark_started).
+
+-- name: claim_ready
+-- The ready tasks without a limit key of the queues in $4.
+WITH picked AS (
+    SELECT id FROM {s}.sitq_tasks
+    WHERE status = 'queued' AND queue = ANY($4::text[]) AND available_at <= $2
+      AND queue NOT IN (SELECT queue FROM {s}.sitq_paused)
+      AND limit_key IS NULL
+    ORDER BY priority DESC, available_at, seq
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.sitq_tasks t
+SET status = 'running', worker_id = $1, attempts = t.attempts + 1,
+    started_at = NULL, lease_expires_at = $3
+FROM picked WHERE t.id = picked.id
+RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.retry_backoff,
+    t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq, t.recorded_start
+
+-- name: claim_ready_one_queue
+-- claim_ready for one queue (the usual case): the ready index hands rows over
+-- in claim order, so the claim stops after LIMIT rows; `queue = ANY(...)` would
+-- make PostgreSQL (before 17) read and sort every ready task of the queues instead.
+WITH picked AS (
+    SELECT id FROM {s}.sitq_tasks
+    WHERE status = 'queued' AND queue = ($4::text[])[1] AND available_at <= $2
+      AND queue NOT IN (SELECT queue FROM {s}.sitq_paused)
+      AND limit_key IS NULL
+    ORDER BY priority DESC, available_at, seq
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.sitq_tasks t
+SET status = 'running', worker_id = $1, attempts = t.attempts + 1,
+    started_at = NULL, lease_expires_at = $3
+FROM picked WHERE t.id = picked.id
+RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.retry_backoff,
+    t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq, t.recorded_start
+
+-- name: claim_limited
+-- claim_ready for the tasks of one limit key ($6).
+WITH picked AS (
+    SELECT id FROM {s}.sitq_tasks
+    WHERE status = 'queued' AND queue = ANY($4::text[]) AND available_at <= $2
+      AND queue NOT IN (SELECT queue FROM {s}.sitq_paused)
+      AND limit_key = $6
+    ORDER BY priority DESC, available_at, seq
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.sitq_tasks t
+SET status = 'running', worker_id = $1, attempts = t.attempts + 1,
+    started_at = NULL, lease_expires_at = $3
+FROM picked WHERE t.id = picked.id
+RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.retry_backoff,
+    t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq, t.recorded_start
+
+-- name: reclaim_expired
+-- A running task whose lease ran out lost its worker (see reclaim_expired in
+-- sitq/backends/sqlite/sql/claim.sql). It ends when
+--     cancel_requested OR (its start was recorded AND attempts >= max_retries + 1 + $2)
+-- Only a task its worker is known to have started is charged the attempt; any
+-- other goes back as if released, marked -1. A start is known from its record
+-- (a start mark, written up to 50 ms late, is only shown: a task beside a
+-- suspect that kills the worker must not be charged).
+UPDATE {s}.sitq_tasks
+SET status = CASE
+        WHEN cancel_requested THEN 'cancelled'
+        WHEN (cancel_requested OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + $2)) THEN 'failed'
+        ELSE 'queued' END,
+    error = CASE
+        WHEN cancel_requested THEN 'cancelled while its worker was lost'
+        WHEN (cancel_requested OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + $2))
+            THEN 'WorkerLost: the worker running this task died ' || attempts || ' times'
+        ELSE error END,
+    finished_at = CASE WHEN (cancel_requested OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + $2)) THEN $1::float8 ELSE NULL END,
+    expires_at = CASE WHEN (cancel_requested OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + $2))
+        THEN $1::float8 + COALESCE(result_ttl, $3::float8) ELSE NULL END,
+    attempts = CASE WHEN (recorded_start = attempts) THEN attempts ELSE attempts - 1 END,
+    -- back in the queue: no holder, no start of the lost run
+    started_at = CASE WHEN (cancel_requested OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + $2)) THEN started_at END,
+    worker_id = CASE WHEN (cancel_requested OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + $2)) THEN worker_id END,
+    recorded_start = -1,
+    lease_expires_at = NULL
+WHERE status = 'running' AND lease_expires_at < $1::float8
+
+-- name: record_task_start
+-- The worker is about to run a held task that was once lost unstarted: if its
+-- worker dies from here on, this attempt counts (see reclaim_expired), from the
+-- start time stored with it.
+UPDATE {s}.sitq_tasks SET recorded_start = attempts, started_at = $4::float8
+WHERE id = $1 AND worker_id = $2 AND attempts = $3 AND status = 'running'
+
+-- name: renew_leases
+UPDATE {s}.sitq_tasks SET lease_expires_at = $1
+WHERE status = 'running' AND worker_id = $2 AND id = ANY($3::text[])
+RETURNING id, cancel_requested
+
+-- name: finish
+-- One statement (one round trip): the update, and a NOTIFY of each kind in $11
+-- once anything was applied (delivered at commit). $13 holds each run's start
+-- (NULL: keep the stored one).
+WITH done AS (
+UPDATE {s}.sitq_tasks t
+SET status = CASE WHEN v.status = 'queued' AND t.cancel_requested THEN 'cancelled'
+                  ELSE v.status END,
+    result = v.result, error = v.error, traceback = v.traceback,
+    available_at = COALESCE(v.retry_at, t.available_at),
+    finished_at = CASE WHEN v.status = 'queued' AND NOT t.cancel_requested THEN NULL
+                       ELSE $1::float8 END,
+    expires_at = CASE WHEN v.status = 'queued' AND NOT t.cancel_requested THEN NULL
+                      ELSE $1::float8 + COALESCE(t.result_ttl, $2::float8) END,
+    lease_expires_at = NULL, started_at = COALESCE(v.started_at, t.started_at)
+FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::bytea[], $8::text[],
+    $9::text[], $10::float8[], $13::float8[])
+    AS v(id, worker_id, attempt, status, result, error, traceback, retry_at, started_at)
+WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
+    AND t.status = 'running'
+RETURNING t.id, t.worker_id, t.attempts
+),
+woken AS (SELECT pg_notify($12, kind) FROM unnest($11::text[]) AS k(kind))
+SELECT id, worker_id, attempts, (SELECT count(*) FROM woken) FROM done
+
+-- name: mark_started
+-- Start marks of tasks still running; each applies only while its lease holds.
+UPDATE {s}.sitq_tasks t SET started_at = v.started_at
+FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[])
+    AS v(id, worker_id, attempt, started_at)
+WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
+    AND t.status = 'running'
+
+-- name: release
+UPDATE {s}.sitq_tasks t
+SET status = CASE WHEN t.cancel_requested THEN 'cancelled' ELSE 'queued' END,
+    attempts = t.attempts - 1, worker_id = NULL, lease_expires_at = NULL, started_at = NULL,
+    finished_at = CASE WHEN t.cancel_requested THEN $1::float8 END,
+    expires_at = CASE WHEN t.cancel_requested
+        THEN $1::float8 + COALESCE(t.result_ttl, $2::float8) END,
+    error = CASE WHEN t.cancel_requested THEN 'cancelled before it started' ELSE t.error END
+FROM unnest($3::text[], $4::text[], $5::int[]) AS v(id, worker_id, attempt)
+WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
+    AND t.status = 'running'
+RETURNING t.id

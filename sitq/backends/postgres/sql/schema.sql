@@ -1,0 +1,254 @@
+-- The schema: its versions (DDL and data migrations) and the sitq_meta
+-- queries that track them. PostgreSQL dialect, loaded by
+-- sitq.backends.queries; {s} is the schema name (a quoted identifier),
+-- filled in by PostgresBackend._q.
+--
+-- A query named vN_MM_label is statement MM of the migration to version N:
+-- schema.MIGRATIONS runs them in that order. A released migration never
+-- changes: add a version instead (and raise schema.SCHEMA_VERSION).
+
+-- name: lock_migrations
+-- One migrator at a time (a transaction-scoped advisory lock).
+SELECT pg_advisory_xact_lock($1)
+
+-- name: has_meta_table
+-- $1: the sitq_meta table's qualified name.
+SELECT to_regclass($1) IS NOT NULL
+
+-- name: read_schema_version
+SELECT value FROM {s}.sitq_meta WHERE key = 'schema_version'
+
+-- name: create_schema
+CREATE SCHEMA IF NOT EXISTS {s}
+
+-- name: write_schema_version
+INSERT INTO {s}.sitq_meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+
+-- Version 1: tasks and workers.
+
+-- name: v1_01_create_sitq_meta
+CREATE TABLE IF NOT EXISTS {s}.sitq_meta (key text PRIMARY KEY, value text NOT NULL)
+
+-- name: v1_02_create_sitq_tasks
+CREATE TABLE {s}.sitq_tasks (
+    id text PRIMARY KEY,
+    queue text NOT NULL,
+    func_name text NOT NULL,
+    payload bytea NOT NULL,
+    status text NOT NULL,
+    priority integer NOT NULL DEFAULT 0,
+    enqueued_at double precision NOT NULL,
+    available_at double precision NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    max_retries integer NOT NULL DEFAULT 0,
+    retry_backoff double precision NOT NULL DEFAULT 1.0,
+    timeout double precision,
+    unique_key text,
+    result_ttl double precision,
+    worker_id text,
+    lease_expires_at double precision,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    started_at double precision,
+    finished_at double precision,
+    expires_at double precision,
+    result bytea,
+    error text,
+    traceback text,
+    seq bigserial NOT NULL
+)
+
+-- name: v1_03_create_sitq_tasks_ready
+-- Serves the claim: ready tasks of a queue in priority, time, enqueue order.
+CREATE INDEX sitq_tasks_ready ON {s}.sitq_tasks (queue, priority DESC, available_at, seq)
+WHERE status = 'queued'
+
+-- name: v1_04_create_sitq_tasks_running
+CREATE INDEX sitq_tasks_running ON {s}.sitq_tasks (lease_expires_at)
+WHERE status = 'running'
+
+-- name: v1_05_create_sitq_tasks_expiry
+CREATE INDEX sitq_tasks_expiry ON {s}.sitq_tasks (expires_at)
+WHERE expires_at IS NOT NULL
+
+-- name: v1_06_create_sitq_workers
+CREATE TABLE {s}.sitq_workers (
+    id text PRIMARY KEY,
+    hostname text NOT NULL,
+    pid integer NOT NULL,
+    queues text[] NOT NULL,
+    concurrency integer NOT NULL,
+    started_at double precision NOT NULL,
+    heartbeat_at double precision NOT NULL,
+    stopped_at double precision
+)
+
+-- Version 2: named batches: which tasks belong to a batch, in input order. ``size``
+-- counts every task ever added, so tasks pruned since show up as missing.
+-- A pruned or purged task leaves its batches (cascade); deleting a batch
+-- deletes its membership, never its tasks.
+
+-- name: v2_01_create_sitq_batches
+CREATE TABLE {s}.sitq_batches (
+    id text PRIMARY KEY,
+    created_at double precision NOT NULL,
+    size integer NOT NULL DEFAULT 0
+)
+
+-- name: v2_02_create_sitq_batch_tasks
+CREATE TABLE {s}.sitq_batch_tasks (
+    batch_id text NOT NULL REFERENCES {s}.sitq_batches (id) ON DELETE CASCADE,
+    position integer NOT NULL,
+    task_id text NOT NULL REFERENCES {s}.sitq_tasks (id) ON DELETE CASCADE,
+    PRIMARY KEY (batch_id, position)
+)
+
+-- name: v2_03_create_sitq_batch_tasks_task
+CREATE INDEX sitq_batch_tasks_task ON {s}.sitq_batch_tasks (task_id)
+
+-- Version 3: the latest failures for `sitq status`, from a partial index only failed
+-- rows enter (so the drain path pays nothing for it).
+
+-- name: v3_01_create_sitq_tasks_failed
+CREATE INDEX sitq_tasks_failed ON {s}.sitq_tasks (finished_at)
+WHERE status = 'failed'
+
+-- Version 4: unique jobs, limits, paused queues and schedules.
+
+-- name: v4_01_add_limit_key
+ALTER TABLE {s}.sitq_tasks ADD COLUMN limit_key text
+
+-- name: v4_02_dedupe_unique_keys
+-- unique_key was stored but not enforced before: keep the oldest holder
+-- of a key among live tasks, so the unique index can be built.
+UPDATE {s}.sitq_tasks SET unique_key = NULL
+WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
+  AND seq NOT IN (
+    SELECT min(seq) FROM {s}.sitq_tasks
+    WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
+    GROUP BY unique_key)
+
+-- name: v4_03_create_sitq_tasks_unique
+-- At most one queued or running task per unique key.
+CREATE UNIQUE INDEX sitq_tasks_unique ON {s}.sitq_tasks (unique_key)
+WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
+
+-- name: v4_04_drop_sitq_tasks_ready
+-- Tasks under a limit are claimed apart, by key: the main claim's index
+-- leaves them out, so a backlog held back by its limit costs it nothing.
+DROP INDEX {s}.sitq_tasks_ready
+
+-- name: v4_05_create_sitq_tasks_ready
+CREATE INDEX sitq_tasks_ready ON {s}.sitq_tasks (queue, priority DESC, available_at, seq)
+WHERE status = 'queued' AND limit_key IS NULL
+
+-- name: v4_06_create_sitq_tasks_limited_ready
+CREATE INDEX sitq_tasks_limited_ready
+ON {s}.sitq_tasks (limit_key, queue, priority DESC, available_at, seq)
+WHERE status = 'queued' AND limit_key IS NOT NULL
+
+-- name: v4_07_create_sitq_tasks_limited_running
+CREATE INDEX sitq_tasks_limited_running ON {s}.sitq_tasks (limit_key)
+WHERE status = 'running' AND limit_key IS NOT NULL
+
+-- name: v4_08_create_sitq_paused
+CREATE TABLE {s}.sitq_paused (
+    queue text PRIMARY KEY, paused_at double precision NOT NULL
+)
+
+-- name: v4_09_create_sitq_limits
+CREATE TABLE {s}.sitq_limits (
+    key text PRIMARY KEY,
+    max_running integer,
+    max_starts integer,
+    per_seconds double precision
+)
+
+-- name: v4_10_create_sitq_limit_starts
+-- Every start of a rate-limited task, in the database's clock (hosts'
+-- clocks differ), kept for its limit's window.
+CREATE TABLE {s}.sitq_limit_starts (
+    key text NOT NULL, started_at double precision NOT NULL
+)
+
+-- name: v4_11_create_sitq_limit_starts_key
+CREATE INDEX sitq_limit_starts_key ON {s}.sitq_limit_starts (key, started_at)
+
+-- name: v4_12_create_sitq_schedules
+CREATE TABLE {s}.sitq_schedules (
+    name text PRIMARY KEY,
+    spec text NOT NULL,
+    last_run_at double precision NOT NULL,
+    next_run_at double precision,
+    updated_at double precision NOT NULL
+)
+
+-- Version 5: workflow runs (sitq.workflow): a run, its steps and each step's items,
+-- with status, result, error and attempts, so a killed run resumes from the
+-- same database its tasks live in. Results are serialized by the layer above.
+
+-- name: v5_01_create_sitq_workflow_runs
+CREATE TABLE {s}.sitq_workflow_runs (
+    id text PRIMARY KEY,
+    source text NOT NULL,
+    name text,
+    text text NOT NULL,
+    params bytea NOT NULL,
+    params_preview text NOT NULL,
+    status text NOT NULL,
+    error text,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    finished_at double precision
+)
+
+-- name: v5_02_create_sitq_workflow_runs_created
+CREATE INDEX sitq_workflow_runs_created ON {s}.sitq_workflow_runs (created_at)
+
+-- name: v5_03_create_sitq_workflow_steps
+CREATE TABLE {s}.sitq_workflow_steps (
+    run_id text NOT NULL,
+    name text NOT NULL,
+    position integer NOT NULL,
+    status text NOT NULL,
+    total integer NOT NULL,
+    has_items boolean NOT NULL,
+    items bytea,
+    result bytea,
+    result_preview text,
+    error text,
+    started_at double precision NOT NULL,
+    finished_at double precision,
+    PRIMARY KEY (run_id, name)
+)
+
+-- name: v5_04_create_sitq_workflow_items
+CREATE TABLE {s}.sitq_workflow_items (
+    run_id text NOT NULL,
+    step text NOT NULL,
+    idx integer NOT NULL,
+    item_preview text,
+    status text NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    result bytea,
+    result_preview text,
+    error text,
+    traceback text,
+    task_id text,
+    ran_on text,
+    started_at double precision,
+    finished_at double precision,
+    PRIMARY KEY (run_id, step, idx)
+)
+
+-- Version 6: which tasks a dead worker had started (20.5): only those are charged an
+-- attempt when their lease expires. See reclaim_expired in claim.sql.
+
+-- name: v6_01_add_recorded_start
+ALTER TABLE {s}.sitq_tasks ADD COLUMN recorded_start integer NOT NULL DEFAULT 0
+
+-- Version 7: the newest batches a page at a time (the dashboard), without sorting them all.
+
+-- name: v7_01_create_sitq_batches_newest
+CREATE INDEX sitq_batches_newest ON {s}.sitq_batches (created_at DESC, id)

@@ -1,0 +1,131 @@
+-- The worker's side of a task: claim, lease, start, finish, release.
+-- SQLite dialect, loaded by sitq.backends.queries.
+--
+-- A claimed task has not started: its worker records the start later
+-- (finish's started_at, or mark_started).
+
+-- name: claim_ready
+-- {queues} is one ? per queue name. The ready tasks without a limit key,
+-- from their partial index (sitq_tasks_ready).
+UPDATE sitq_tasks
+SET status = 'running', worker_id = ?, attempts = attempts + 1,
+    started_at = NULL, lease_expires_at = ?
+WHERE rowid IN (
+    SELECT rowid FROM sitq_tasks
+    WHERE status = 'queued' AND queue IN ({queues}) AND available_at <= ?
+      AND queue NOT IN (SELECT queue FROM sitq_paused)
+      AND limit_key IS NULL
+    ORDER BY priority DESC, available_at, rowid
+    LIMIT ?
+)
+RETURNING id, queue, func_name, payload, attempts, max_retries, retry_backoff, timeout,
+    enqueued_at, priority, available_at, rowid, recorded_start
+
+-- name: claim_limited
+-- claim_ready for the tasks of one limit key (one more parameter after the time).
+UPDATE sitq_tasks
+SET status = 'running', worker_id = ?, attempts = attempts + 1,
+    started_at = NULL, lease_expires_at = ?
+WHERE rowid IN (
+    SELECT rowid FROM sitq_tasks
+    WHERE status = 'queued' AND queue IN ({queues}) AND available_at <= ?
+      AND queue NOT IN (SELECT queue FROM sitq_paused)
+      AND limit_key = ?
+    ORDER BY priority DESC, available_at, rowid
+    LIMIT ?
+)
+RETURNING id, queue, func_name, payload, attempts, max_retries, retry_backoff, timeout,
+    enqueued_at, priority, available_at, rowid, recorded_start
+
+-- name: reclaim_expired
+-- A running task whose lease ran out lost its worker. It runs again, unless it
+-- was asked to cancel, or it has already been lost too often (a task that kills
+-- its worker every time must not loop forever): it ends when
+--     cancel_requested = 1 OR (its start was recorded AND attempts >= max_retries + 1 + :lost_limit)
+--
+-- Only a task whose start was recorded (recorded_start = attempts, see
+-- record_task_start) is charged the attempt. Any other (prefetched, or started
+-- with only a start mark, which is written up to 50 ms late and only shown) goes
+-- back as if released, marked -1: whoever claims it next records its start
+-- before running it, and runs no two such tasks at once, so a task that kills its
+-- worker is charged from its second loss on, and bystanders never are. A task
+-- going back to the queue keeps neither the lost run's start nor its holder.
+UPDATE sitq_tasks
+SET status = CASE
+        WHEN cancel_requested = 1 THEN 'cancelled'
+        WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + :lost_limit)) THEN 'failed'
+        ELSE 'queued' END,
+    error = CASE
+        WHEN cancel_requested = 1 THEN 'cancelled while its worker was lost'
+        WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + :lost_limit))
+            THEN 'WorkerLost: the worker running this task died ' || attempts || ' times'
+        ELSE error END,
+    finished_at = CASE WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + :lost_limit)) THEN :now ELSE NULL END,
+    expires_at = CASE WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + :lost_limit)) THEN :now + COALESCE(result_ttl, :ttl) ELSE NULL END,
+    attempts = CASE WHEN (recorded_start = attempts) THEN attempts ELSE attempts - 1 END,
+    -- back in the queue: no holder, no start of the lost run
+    started_at = CASE WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + :lost_limit)) THEN started_at END,
+    worker_id = CASE WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + :lost_limit)) THEN worker_id END,
+    recorded_start = -1,
+    lease_expires_at = NULL
+WHERE status = 'running' AND lease_expires_at < :now
+
+-- name: record_task_start
+-- The worker is about to run a held task that was once lost unstarted: if its
+-- worker dies from here on, this attempt counts (see reclaim_expired). The start
+-- time is stored with it, so a task then failed as WorkerLost shows when it began.
+UPDATE sitq_tasks SET recorded_start = attempts, started_at = ?
+WHERE id = ? AND worker_id = ? AND attempts = ? AND status = 'running'
+
+-- name: renew_leases
+-- Only the tasks the worker still runs: one whose outcome it failed to store
+-- must be left to expire and run again.
+UPDATE sitq_tasks SET lease_expires_at = ?
+WHERE status = 'running' AND worker_id = ? AND id IN (SELECT value FROM json_each(?))
+RETURNING id, cancel_requested
+
+-- name: finish
+-- A final outcome (succeeded, failed, cancelled): the hot path, kept lean. The
+-- start time comes with it (NULL: keep the stored one).
+UPDATE sitq_tasks
+SET status = ?, result = ?, error = ?, traceback = ?, finished_at = ?,
+    expires_at = ? + COALESCE(result_ttl, ?), lease_expires_at = NULL,
+    started_at = COALESCE(?, started_at)
+WHERE id = ? AND worker_id = ? AND attempts = ? AND status = 'running'
+
+-- name: finish_or_retry
+-- :status 'queued' with :retry_at means "run again later", unless a cancel was
+-- asked for meanwhile.
+UPDATE sitq_tasks
+SET status = CASE WHEN :status = 'queued' AND cancel_requested = 1 THEN 'cancelled'
+                  ELSE :status END,
+    result = :result, error = :error, traceback = :traceback,
+    available_at = COALESCE(:retry_at, available_at),
+    started_at = COALESCE(:started_at, started_at),
+    finished_at = CASE WHEN :status = 'queued' AND cancel_requested = 0 THEN NULL
+                       ELSE :now END,
+    expires_at = CASE WHEN :status = 'queued' AND cancel_requested = 0 THEN NULL
+                      ELSE :now + COALESCE(result_ttl, :ttl) END,
+    lease_expires_at = NULL
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'running'
+
+-- name: mark_started
+-- Start marks of tasks still running, as a JSON array of
+-- [id, worker_id, attempt, started_at]; each applies only while its lease holds.
+UPDATE sitq_tasks SET started_at = m.started_at
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS worker_id,
+             json_extract(value, '$[2]') AS attempt, json_extract(value, '$[3]') AS started_at
+      FROM json_each(?)) AS m
+WHERE sitq_tasks.id = m.id AND sitq_tasks.worker_id = m.worker_id
+    AND sitq_tasks.attempts = m.attempt AND sitq_tasks.status = 'running'
+
+-- name: release
+-- Back to the queue, the attempt not counted; but a task asked to cancel meanwhile
+-- is cancelled rather than run again.
+UPDATE sitq_tasks
+SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END,
+    attempts = attempts - 1, worker_id = NULL, lease_expires_at = NULL, started_at = NULL,
+    finished_at = CASE WHEN cancel_requested = 1 THEN :now END,
+    expires_at = CASE WHEN cancel_requested = 1 THEN :now + COALESCE(result_ttl, :ttl) END,
+    error = CASE WHEN cancel_requested = 1 THEN 'cancelled before it started' ELSE error END
+WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'running'

@@ -1,0 +1,28 @@
+-- Task listings for dashboards. SQLite dialect.
+--
+-- A listing scans a bounded window of rows in keyset order from an index, then
+-- loads the matching tasks: no index is added for it (each would slow the
+-- enqueue and drain paths), and no page reads more than the window. A claimed
+-- task that has not started reads as queued (base.STATUS_SQL).
+
+-- name: list_window_tasks
+-- Every task, newest id first (the primary key's index).
+SELECT id, id, queue, CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELSE status END FROM sitq_tasks WHERE id < ? ORDER BY id DESC LIMIT ?
+
+-- name: list_window_failed
+-- Failures, newest first, from their partial index; keyset (finished_at, id).
+SELECT id, finished_at, id, queue, status FROM sitq_tasks
+WHERE status = 'failed' AND finished_at >= 0 AND finished_at <= :finished_at
+    AND (finished_at < :finished_at OR id < :id)
+ORDER BY finished_at DESC, id DESC LIMIT :limit
+
+-- name: list_window_running
+-- Running tasks from their partial index (few rows); '+id' keeps SQLite from
+-- walking the primary key instead.
+SELECT id, id, queue, status FROM sitq_tasks
+WHERE status = 'running' AND lease_expires_at >= 0 AND started_at IS NOT NULL AND +id < ?
+ORDER BY +id DESC LIMIT ?
+
+-- name: list_tasks_by_id
+-- The listed columns: no result or traceback, the error cut to 1,000 characters.
+SELECT id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, available_at, started_at, finished_at, worker_id, NULL, substr(error, 1, 1000), NULL FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))

@@ -1,0 +1,255 @@
+-- The schema: its versions (DDL and data migrations) and the sitq_meta
+-- queries that track them. SQLite dialect, loaded by sitq.backends.queries.
+--
+-- A query named vN_MM_label is statement MM of the migration to version N:
+-- schema.MIGRATIONS runs them in that order. A released migration never
+-- changes: add a version instead (and raise schema.SCHEMA_VERSION).
+
+-- name: has_meta_table
+SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'sitq_meta'
+
+-- name: count_tables
+-- Without sitq_meta, any table but SQLite's own means the file is not sitq's.
+SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'
+
+-- name: read_schema_version
+SELECT value FROM sitq_meta WHERE key = 'schema_version'
+
+-- name: write_schema_version
+INSERT OR REPLACE INTO sitq_meta (key, value) VALUES ('schema_version', ?)
+
+-- Version 1: tasks and workers.
+
+-- name: v1_01_create_sitq_meta
+CREATE TABLE IF NOT EXISTS sitq_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+)
+
+-- name: v1_02_create_sitq_tasks
+CREATE TABLE sitq_tasks (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    func_name TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL NOT NULL,
+    available_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_retries INTEGER NOT NULL DEFAULT 0,
+    retry_backoff REAL NOT NULL DEFAULT 1.0,
+    timeout REAL,
+    unique_key TEXT,
+    result_ttl REAL,
+    worker_id TEXT,
+    lease_expires_at REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    started_at REAL,
+    finished_at REAL,
+    expires_at REAL,
+    result BLOB,
+    error TEXT,
+    traceback TEXT
+)
+
+-- name: v1_03_create_sitq_tasks_ready
+-- Serves the claim: ready tasks of a queue in priority, time, enqueue order.
+CREATE INDEX sitq_tasks_ready ON sitq_tasks (queue, priority DESC, available_at)
+WHERE status = 'queued'
+
+-- name: v1_04_create_sitq_tasks_running
+-- Serves lease renewal and the reclaim of expired leases (few rows).
+CREATE INDEX sitq_tasks_running ON sitq_tasks (lease_expires_at)
+WHERE status = 'running'
+
+-- name: v1_05_create_sitq_tasks_expiry
+CREATE INDEX sitq_tasks_expiry ON sitq_tasks (expires_at)
+WHERE expires_at IS NOT NULL
+
+-- name: v1_06_create_sitq_workers
+CREATE TABLE sitq_workers (
+    id TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    queues TEXT NOT NULL,
+    concurrency INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    stopped_at REAL
+)
+
+-- Version 2: named batches: which tasks belong to a batch, in input order. ``size``
+-- counts every task ever added, so tasks pruned since show up as missing.
+
+-- name: v2_01_create_sitq_batches
+CREATE TABLE sitq_batches (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0
+)
+
+-- name: v2_02_create_sitq_batch_tasks
+CREATE TABLE sitq_batch_tasks (
+    batch_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    task_id TEXT NOT NULL,
+    PRIMARY KEY (batch_id, position)
+) WITHOUT ROWID
+
+-- name: v2_03_create_sitq_batch_tasks_task
+CREATE INDEX sitq_batch_tasks_task ON sitq_batch_tasks (task_id)
+
+-- name: v2_04_create_sitq_tasks_leave_batches
+-- A task that is pruned or purged leaves its batches too (SQLite's foreign
+-- keys are off unless every connection turns them on, so a trigger).
+CREATE TRIGGER sitq_tasks_leave_batches AFTER DELETE ON sitq_tasks
+BEGIN
+    DELETE FROM sitq_batch_tasks WHERE task_id = OLD.id;
+END
+
+-- Version 3: the latest failures for `sitq status`, from a partial index only failed
+-- rows enter (so the drain path pays nothing for it). Counts per status stay
+-- a table scan (about 0.5 s per million rows here): a (queue, status) index
+-- made them 7x faster but cost 10% of enqueue and 6% of drain throughput.
+
+-- name: v3_01_create_sitq_tasks_failed
+CREATE INDEX sitq_tasks_failed ON sitq_tasks (finished_at)
+WHERE status = 'failed'
+
+-- Version 4: unique jobs, limits, paused queues and schedules.
+
+-- name: v4_01_add_limit_key
+ALTER TABLE sitq_tasks ADD COLUMN limit_key TEXT
+
+-- name: v4_02_dedupe_unique_keys
+-- unique_key was stored but not enforced before: keep the oldest holder
+-- of a key among live tasks, so the unique index can be built.
+UPDATE sitq_tasks SET unique_key = NULL
+WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
+  AND rowid NOT IN (
+    SELECT MIN(rowid) FROM sitq_tasks
+    WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
+    GROUP BY unique_key)
+
+-- name: v4_03_create_sitq_tasks_unique
+-- At most one queued or running task per unique key.
+CREATE UNIQUE INDEX sitq_tasks_unique ON sitq_tasks (unique_key)
+WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')
+
+-- name: v4_04_drop_sitq_tasks_ready
+-- Tasks under a limit are claimed apart, by key: the main claim's index
+-- leaves them out, so a backlog held back by its limit costs it nothing.
+DROP INDEX sitq_tasks_ready
+
+-- name: v4_05_create_sitq_tasks_ready
+CREATE INDEX sitq_tasks_ready ON sitq_tasks (queue, priority DESC, available_at)
+WHERE status = 'queued' AND limit_key IS NULL
+
+-- name: v4_06_create_sitq_tasks_limited_ready
+CREATE INDEX sitq_tasks_limited_ready
+ON sitq_tasks (limit_key, queue, priority DESC, available_at)
+WHERE status = 'queued' AND limit_key IS NOT NULL
+
+-- name: v4_07_create_sitq_tasks_limited_running
+CREATE INDEX sitq_tasks_limited_running ON sitq_tasks (limit_key)
+WHERE status = 'running' AND limit_key IS NOT NULL
+
+-- name: v4_08_create_sitq_paused
+CREATE TABLE sitq_paused (queue TEXT PRIMARY KEY, paused_at REAL NOT NULL)
+
+-- name: v4_09_create_sitq_limits
+CREATE TABLE sitq_limits (
+    key TEXT PRIMARY KEY,
+    max_running INTEGER,
+    max_starts INTEGER,
+    per_seconds REAL
+)
+
+-- name: v4_10_create_sitq_limit_starts
+-- Every start of a rate-limited task, kept for its limit's window: a
+-- retry's start counts too (a task row only keeps its latest start).
+CREATE TABLE sitq_limit_starts (key TEXT NOT NULL, started_at REAL NOT NULL)
+
+-- name: v4_11_create_sitq_limit_starts_key
+CREATE INDEX sitq_limit_starts_key ON sitq_limit_starts (key, started_at)
+
+-- name: v4_12_create_sitq_schedules
+CREATE TABLE sitq_schedules (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    last_run_at REAL NOT NULL,
+    next_run_at REAL,
+    updated_at REAL NOT NULL
+)
+
+-- Version 5: workflow runs (sitq.workflow): a run, its steps and each step's items,
+-- with status, result, error and attempts, so a killed run resumes from the
+-- same database its tasks live in. Results are serialized by the layer above.
+
+-- name: v5_01_create_sitq_workflow_runs
+CREATE TABLE sitq_workflow_runs (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    name TEXT,
+    text TEXT NOT NULL,
+    params BLOB NOT NULL,
+    params_preview TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+)
+
+-- name: v5_02_create_sitq_workflow_runs_created
+CREATE INDEX sitq_workflow_runs_created ON sitq_workflow_runs (created_at)
+
+-- name: v5_03_create_sitq_workflow_steps
+CREATE TABLE sitq_workflow_steps (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    has_items INTEGER NOT NULL,
+    items BLOB,
+    result BLOB,
+    result_preview TEXT,
+    error TEXT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    PRIMARY KEY (run_id, name)
+)
+
+-- name: v5_04_create_sitq_workflow_items
+CREATE TABLE sitq_workflow_items (
+    run_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    item_preview TEXT,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result BLOB,
+    result_preview TEXT,
+    error TEXT,
+    traceback TEXT,
+    task_id TEXT,
+    ran_on TEXT,
+    started_at REAL,
+    finished_at REAL,
+    PRIMARY KEY (run_id, step, idx)
+)
+
+-- Version 6: which tasks a dead worker had started (20.5): only those are charged an
+-- attempt when their lease expires. See reclaim_expired in claim.sql.
+
+-- name: v6_01_add_recorded_start
+ALTER TABLE sitq_tasks ADD COLUMN recorded_start INTEGER NOT NULL DEFAULT 0
+
+-- Version 7: the newest batches a page at a time (the dashboard), without sorting them all.
+
+-- name: v7_01_create_sitq_batches_newest
+CREATE INDEX sitq_batches_newest ON sitq_batches (created_at DESC, id)

@@ -1,0 +1,75 @@
+-- Tasks on the producer's and the operator's side: insert, read, cancel,
+-- retry, purge and prune. SQLite dialect, loaded by sitq.backends.queries.
+
+-- name: insert_task
+-- Column order is NewTask's field order, so a NewTask binds as the row.
+INSERT INTO sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
+    available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key)
+VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, (SELECT key FROM sitq_limits WHERE key = ?))
+
+-- name: insert_unique_task
+-- A task with a unique key: nothing is inserted while another queued or running
+-- task holds the key (the unique index), and existing_unique finds that one.
+INSERT INTO sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
+    available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key)
+VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, (SELECT key FROM sitq_limits WHERE key = ?)) ON CONFLICT DO NOTHING
+
+-- name: existing_unique
+SELECT id FROM sitq_tasks WHERE unique_key = ? AND status IN ('queued', 'running')
+
+-- name: get_tasks
+-- {columns}: the task columns asked for (base.task_columns); {marks}: one ?
+-- per id (a chunk of at most _ID_CHUNK ids).
+SELECT {columns} FROM sitq_tasks WHERE id IN ({marks})
+
+-- name: task_exists
+SELECT 1 FROM sitq_tasks WHERE id = ?
+
+-- name: cancel_queued
+UPDATE sitq_tasks
+SET status = 'cancelled', finished_at = :now, error = 'cancelled before it started',
+    expires_at = :now + COALESCE(result_ttl, :ttl)
+WHERE id = :id AND status = 'queued'
+
+-- name: request_cancel
+UPDATE sitq_tasks SET cancel_requested = 1 WHERE id = ? AND status = 'running'
+
+-- name: cancel_queued_many
+UPDATE sitq_tasks
+SET status = 'cancelled', finished_at = :now, error = 'cancelled before it started',
+    expires_at = :now + COALESCE(result_ttl, :ttl)
+WHERE status = 'queued' AND id IN (SELECT value FROM json_each(:ids))
+RETURNING id
+
+-- name: retry
+-- {where} selects the tasks to queue again (ids, a queue, or every failure).
+UPDATE sitq_tasks
+SET status = 'queued', attempts = 0, available_at = ?, result = NULL, error = NULL,
+    traceback = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,
+    worker_id = NULL, lease_expires_at = NULL, cancel_requested = 0
+WHERE status IN ('failed', 'cancelled') AND {where}
+  AND (unique_key IS NULL OR (
+    NOT EXISTS (
+      SELECT 1 FROM sitq_tasks live WHERE live.unique_key = sitq_tasks.unique_key
+        AND live.status IN ('queued', 'running'))
+    -- of several finished tasks with one key, only one comes back
+    AND id = (
+      SELECT min(id) FROM sitq_tasks done WHERE done.unique_key = sitq_tasks.unique_key
+        AND done.status IN ('failed', 'cancelled'))))
+
+-- name: count_statuses
+-- Any number of ids in one query: a JSON array parameter. A claimed task that
+-- has not started counts as queued (base.STATUS_SQL).
+SELECT CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELSE status END AS state, COUNT(*) FROM sitq_tasks
+WHERE id IN (SELECT value FROM json_each(?))
+GROUP BY state
+
+-- name: task_statuses
+SELECT id, CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELSE status END FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
+
+-- name: purge
+-- {where}: the statuses, and optionally the queue and age, to delete.
+DELETE FROM sitq_tasks WHERE {where}
+
+-- name: prune_tasks
+DELETE FROM sitq_tasks WHERE expires_at < ?
