@@ -1,4 +1,6 @@
-"""The producer API: TaskQueue (async) and SyncTaskQueue."""
+"""The producer API: TaskQueue (async). Its sync face, SyncTaskQueue, is in
+``sync_queue``; the overview it builds in ``overview``, its record helpers in
+``records``."""
 
 from __future__ import annotations
 
@@ -25,24 +27,30 @@ from sitq.backends.base import (
 )
 from sitq.errors import (
     ConfigurationError,
-    CorruptRow,
     DatabaseUnavailable,
-    InvalidTask,
     NotConnected,
     SerializationError,
     SitqError,
     TaskNotFound,
 )
 from sitq.headers import encode as encode_headers
+from sitq.overview import Overview, build_overview
+from sitq.records import (
+    MAX_PAGE_SIZE,
+    CancelOutcome,
+    check_callable,
+    check_listing,
+    check_task_id,
+    check_task_ids,
+    is_finished,
+    record_to_result,
+    stored_status,
+    task_name,
+    task_status,
+)
 from sitq.registry import TaskHandle, TaskRef, register
 from sitq.schedules import CatchUp, Schedule
-from sitq.serialization import (
-    Serializer,
-    default_serializer,
-    loads_checked,
-    payload_binding,
-    result_binding,
-)
+from sitq.serialization import Serializer, default_serializer, payload_binding
 from sitq.signals import TaskEvent
 from sitq.task import (
     OPTION_NAMES,
@@ -50,7 +58,6 @@ from sitq.task import (
     TaskId,
     TaskOptions,
     TaskStatus,
-    _to_datetime,
     check_option_keywords,
     new_task_ids,
 )
@@ -66,22 +73,8 @@ logger = logging.getLogger("sitq.queue")
 #: The longest a waiter sleeps between checks when no wake-up arrives.
 POLL_INTERVAL = 0.05
 
-
-def task_name(fn: Callable[..., Any]) -> str:
-    """``module.qualname`` of a callable, for display (a registered task's name)."""
-    if isinstance(fn, TaskRef):
-        return fn.name
-    module = getattr(fn, "__module__", None) or "?"
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    return f"{module}.{name}" if name else repr(fn)
-
-
-def _check_callable(fn: Any) -> None:
-    if not callable(fn):
-        raise InvalidTask(
-            f"a task must be a callable (a function or coroutine function), got "
-            f"{type(fn).__name__} {fn!r:.80}; pass the function itself, not its result"
-        )
+#: What ``TaskQueue`` opens: a Backend, a database URL or path, or None for the default.
+StorageTarget = Backend | str | os.PathLike[str] | None
 
 
 def _explain_unpicklable(serializer: Serializer, fn: Any, args: tuple, kwargs: dict) -> str:
@@ -119,39 +112,6 @@ def _as_calls(items: Iterable[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any
     return [(item if isinstance(item, tuple) else (item,), empty) for item in iterator]
 
 
-def _check_task_id(task_id: Any) -> None:
-    if not isinstance(task_id, str):
-        raise ConfigurationError(
-            f"a task id is a str (as enqueue returns it), got {type(task_id).__name__} "
-            f"{task_id!r:.80}"
-        )
-
-
-def _check_task_ids(task_ids: Sequence[Any]) -> None:
-    for task_id in task_ids:
-        _check_task_id(task_id)
-
-
-def task_status(record: TaskRecord) -> TaskStatus:
-    """The record's status; a value sitq never writes raises CorruptRow."""
-    return _stored_status(record.id, record.status)
-
-
-def _stored_status(task_id: str, status: str) -> TaskStatus:
-    try:
-        return TaskStatus(status)
-    except ValueError:
-        known = ", ".join(s.value for s in TaskStatus)
-        raise CorruptRow(
-            f"task {task_id} has status {status!r}, which sitq never writes (was the row "
-            f"edited by hand?): set it to one of {known}, or delete the task"
-        ) from None
-
-
-def _finished(task_id: str, status: str) -> bool:
-    return _stored_status(task_id, status).finished
-
-
 def _raise_translated(exc: Exception, backend: Backend) -> None:
     """Raise the SitqError for a raw database error (``exc`` chained as its cause);
     return if ``exc`` is not one, for the caller to re-raise it unchanged."""
@@ -160,36 +120,12 @@ def _raise_translated(exc: Exception, backend: Backend) -> None:
         raise error from exc
 
 
-def record_to_result(record: TaskRecord, serializer: Serializer) -> Result:
-    """A Result from a finished task's stored record."""
-    value = None
-    if record.result is not None:
-        value = loads_checked(
-            serializer,
-            record.result,
-            f"the result of task {record.id}",
-            result_binding(record.id, record.func_name),
-        )
-    return Result(
-        task_id=record.id,
-        status=task_status(record),
-        value=value,
-        error=record.error,
-        traceback=record.traceback,
-        attempts=record.attempts,
-        enqueued_at=_to_datetime(record.enqueued_at),
-        started_at=_to_datetime(record.started_at),
-        finished_at=_to_datetime(record.finished_at),
-        worker_id=record.worker_id,
-        func_name=record.func_name,
-    )
-
-
 def _observed() -> bool:
     """True when anyone listens: a tracer or meter provider, or a signal receiver."""
     return (
         signals.task_enqueued.has_receivers
         or signals.task_cancelled.has_receivers
+        or signals.task_requeued.has_receivers
         or telemetry.tracing_on()
         or telemetry.metrics_on()
     )
@@ -199,6 +135,35 @@ def _announce_enqueued(tasks: Sequence[NewTask]) -> None:
     if signals.task_enqueued.has_receivers:
         for task in tasks:
             signals.task_enqueued.send_nowait(TaskEvent(task.id, task.func_name, task.queue))
+
+
+#: The statuses a retry queues again.
+_RETRIABLE = frozenset({TaskStatus.FAILED.value, TaskStatus.CANCELLED.value})
+#: What purge deletes by default: every finished task.
+FINISHED_VALUES = (TaskStatus.SUCCEEDED.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
+
+
+async def _announce_cancelled(backend: Backend, task_ids: Sequence[str]) -> None:
+    """Count and signal tasks cancelled before they ran (a running one is
+    reported by its worker)."""
+    for record in (await backend.get_tasks(task_ids, with_result=False)).values():
+        telemetry.cancelled(record.queue, record.func_name)
+        signals.task_cancelled.send_nowait(
+            TaskEvent(record.id, record.func_name, record.queue, record.attempts)
+        )
+
+
+async def _announce_requeued(backend: Backend, task_ids: Sequence[str]) -> None:
+    """Count and signal the tasks of ``task_ids`` that a retry queued again."""
+    if not task_ids:
+        return
+    for record in (await backend.get_tasks(task_ids, with_result=False)).values():
+        if record.status != TaskStatus.QUEUED.value:
+            continue  # not retried (it ran again meanwhile, or was not retriable)
+        telemetry.requeued(record.queue, record.func_name)
+        signals.task_requeued.send_nowait(
+            TaskEvent(record.id, record.func_name, record.queue, record.attempts)
+        )
 
 
 class _Enqueuer:
@@ -283,7 +248,7 @@ class _Enqueuer:
         self, backend: Backend, fn: Callable[..., Any], args: tuple, kwargs: dict
     ) -> TaskId:
         """Enqueue unless a queued or running task holds the unique key."""
-        _check_callable(fn)
+        check_callable(fn)
         key = self.options.unique_key
         with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
             (task,) = self._queue._new_tasks(
@@ -307,7 +272,7 @@ class _Enqueuer:
     ) -> list[str]:
         """The enqueue path with a span, metrics and the task_enqueued signal;
         ``store`` writes the tasks (default: ``backend.enqueue``)."""
-        _check_callable(fn)
+        check_callable(fn)
         with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
             tasks = self._queue._new_tasks(self.options, fn, calls, backend.now(), scope.headers)
             await (store or backend.enqueue)(tasks)
@@ -364,7 +329,7 @@ def _translating(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable
         except SitqError:
             raise
         except Exception as exc:
-            _raise_translated(exc, self.backend)
+            _raise_translated(exc, self._backend)
             raise
 
     return call
@@ -389,32 +354,44 @@ class TaskQueue:
     :param backend: a Backend, a database URL or path (``"tasks.db"``,
         ``"sqlite:///tasks.db"``), or None for ``$SITQ_DB`` else ``sitq.db``.
     :param serializer: how calls and results become bytes (cloudpickle by default).
+    :param create: False to open only an existing database: a mistyped path or a
+        database without sitq's tables is an error, not a new empty database
+        (what ``sitq status`` and the dashboard do). Ignored for a Backend given.
 
     Use ``await queue.connect()`` / ``await queue.close()``, or ``async with``.
     """
 
     def __init__(
         self,
-        backend: Backend | str | os.PathLike[str] | None = None,
+        backend: StorageTarget = None,
         serializer: Serializer | None = None,
+        *,
+        create: bool = True,
     ) -> None:
-        self.backend = open_backend(backend)
+        # Each backend has its own default for create: pass it only when refused.
+        self._backend = open_backend(backend) if create else open_backend(backend, create=False)
         self.serializer: Serializer = serializer or default_serializer()
         self._default = _Enqueuer(self, TaskOptions())
         self._connected = False
-        self._waiters = ResultWaiters(self.backend, _finished, POLL_INTERVAL)
+        self._waiters = ResultWaiters(self._backend, is_finished, POLL_INTERVAL)
+
+    @property
+    def backend(self) -> Backend:
+        """The storage backend. Private: kept for the layers that still reach it
+        while they move onto the public API; it goes away once none does."""
+        return self._backend
 
     async def connect(self) -> None:
-        """Open the backend (creating the database if needed)."""
+        """Open the backend (creating the database if needed, unless ``create=False``)."""
         if not self._connected:
-            await self.backend.connect()
+            await self._backend.connect()
             self._connected = True
 
     async def close(self) -> None:
         """Close the backend connection this queue opened."""
         if self._connected:
             self._connected = False
-            await self.backend.close()
+            await self._backend.close()
 
     async def __aenter__(self) -> TaskQueue:
         await self.connect()
@@ -429,7 +406,7 @@ class TaskQueue:
                 "the queue is not connected: call `await queue.connect()` first, "
                 "or use `async with TaskQueue(...) as queue:`"
             )
-        return self.backend
+        return self._backend
 
     def _new_tasks(
         self,
@@ -442,7 +419,7 @@ class TaskQueue:
         """Serialize each call of ``fn``; what is the same for every call is done once.
 
         ``headers`` (trace context) are framed in front of each payload."""
-        _check_callable(fn)
+        check_callable(fn)
         if calls and calls[0][1] and not OPTION_NAMES.isdisjoint(calls[0][1]):
             check_option_keywords(fn, calls[0][1])  # only enqueue() passes keywords
         name = task_name(fn)
@@ -527,7 +504,7 @@ class TaskQueue:
         Returns None if it has not finished within ``timeout`` seconds; with
         ``timeout=None`` waits as long as it takes. Unknown ids raise TaskNotFound.
         """
-        _check_task_id(task_id)
+        check_task_id(task_id)
         if timeout is not None:
             if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
                 if math.isinf(timeout) and timeout > 0:
@@ -556,7 +533,7 @@ class TaskQueue:
 
     async def get_results(self, task_ids: Sequence[str]) -> dict[str, Result]:
         """Results of those of ``task_ids`` that have finished, checked in bulk (no waiting)."""
-        _check_task_ids(task_ids)
+        check_task_ids(task_ids)
         records = await self._backend_checked().get_tasks(task_ids)
         return {
             task_id: record_to_result(record, self.serializer)
@@ -566,7 +543,7 @@ class TaskQueue:
 
     async def status(self, task_id: str) -> TaskStatus:
         """Where the task is now; unknown ids raise TaskNotFound."""
-        _check_task_id(task_id)
+        check_task_id(task_id)
         record = (await self._backend_checked().get_tasks([task_id])).get(task_id)
         if record is None:
             raise TaskNotFound(task_id)
@@ -578,45 +555,149 @@ class TaskQueue:
         holds but has not started (it reads QUEUED, ``TaskRecord.claimed``) is
         held by that worker: it is woken and ends the task cancelled, unless it
         starts first (then it is stopped as a running one). True in these cases
-        (cancelled or cancel requested); False if the task had already finished."""
-        _check_task_id(task_id)
+        (cancelled or cancel requested); False if the task had already finished.
+        :meth:`request_cancel` says which of the three happened."""
+        return bool(await self.request_cancel(task_id))
+
+    async def request_cancel(self, task_id: str) -> CancelOutcome:
+        """Cancel a task as :meth:`cancel` does, and say what happened:
+        ``CANCELLED`` (it was queued), ``REQUESTED`` (a worker holds it and was
+        asked to stop it) or ``FINISHED`` (too late). Unknown ids raise TaskNotFound.
+
+        A task cancelled here sends ``task_cancelled`` and counts in the
+        ``sitq.tasks.cancelled`` metric; one stopped by its worker is reported by it."""
+        check_task_id(task_id)
         backend = self._backend_checked()
         outcome = await backend.cancel(task_id)
         if outcome is None:
             raise TaskNotFound(task_id)
         if outcome == "cancelled" and _observed():
-            # Cancelled before it ran (a running one is reported by its worker).
-            record = (await backend.get_tasks([task_id])).get(task_id)
-            if record is not None:
-                telemetry.cancelled(record.queue, record.func_name)
-                signals.task_cancelled.send_nowait(
-                    TaskEvent(record.id, record.func_name, record.queue, record.attempts)
-                )
-        return outcome in ("cancelled", "requested")
+            await _announce_cancelled(backend, [task_id])
+        return CancelOutcome(outcome)
 
     async def retry(self, task_id: str) -> bool:
-        """Queue a failed or cancelled task again; False if it is not in such a state."""
-        _check_task_id(task_id)
-        backend = self._backend_checked()
-        if await backend.retry([task_id]):
+        """Queue a failed or cancelled task again; False if it is not in such a state.
+        A task queued again sends ``task_requeued`` and counts in ``sitq.tasks.requeued``."""
+        check_task_id(task_id)
+        if await self.retry_many([task_id]):
             return True
-        if not await backend.get_tasks([task_id]):
+        if not await self._backend_checked().get_tasks([task_id]):
             raise TaskNotFound(task_id)
         return False
 
+    async def retry_many(self, task_ids: Sequence[str]) -> int:
+        """Queue those of the tasks that failed or were cancelled again, in one
+        transaction; return how many (each sends ``task_requeued``)."""
+        ids = list(task_ids)
+        if not ids:
+            return 0
+        backend = self._backend_checked()
+        if not _observed():
+            return await backend.retry(ids)
+        # Which ones are retried is read first, to announce those (the count is
+        # the database's own answer).
+        before = await backend.get_tasks(ids, with_result=False)
+        retriable = [t for t, r in before.items() if r.status in _RETRIABLE]
+        count = await backend.retry(retriable) if retriable else 0
+        await _announce_requeued(backend, retriable)
+        return count
+
+    async def retry_failed(self, queue: str | None = None) -> int:
+        """Queue every failed task again (of ``queue`` only, if given), in one
+        statement; return how many (each sends ``task_requeued``)."""
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ConfigurationError(f"queue must be a non-empty string or None, got {queue!r}")
+        backend = self._backend_checked()
+        if not _observed():
+            return await backend.retry(None, queue=queue)
+        failed: list[str] = []
+        cursor: str | None = None
+        while True:  # the failed tasks' ids, to announce them
+            page = await backend.list_tasks(
+                queue=queue, status="failed", batch_id=None, cursor=cursor, limit=MAX_PAGE_SIZE
+            )
+            failed += [record.id for record in page.tasks]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        count = await backend.retry(failed) if failed else 0
+        await _announce_requeued(backend, failed)
+        return count
+
+    async def purge(
+        self,
+        statuses: Sequence[TaskStatus | str] = FINISHED_VALUES,
+        *,
+        queue: str | None = None,
+        older_than: float | None = None,
+    ) -> int:
+        """Delete tasks in ``statuses`` (default: every finished one) with their
+        results; only of ``queue``, and only finished more than ``older_than``
+        seconds ago, if given. Return how many. A task a worker holds is never
+        deleted (with "queued": those claimed but not started stay)."""
+        values = [TaskStatus(status).value for status in statuses]
+        if older_than is not None:
+            older_than = checks.seconds("older_than", older_than)
+        return await self._backend_checked().purge(values, queue=queue, older_than=older_than)
+
+    async def task_record(
+        self, task_id: str, *, payload: bool = False, result: bool = True
+    ) -> TaskRecord | None:
+        """Everything stored about a task, or None for an unknown id. Its call's
+        payload is loaded only with ``payload=True`` (it may be big), its result
+        unless ``result=False``; their sizes always (``payload_size``, ``result_size``)."""
+        check_task_id(task_id)
+        found = await self._backend_checked().get_tasks(
+            [task_id], with_payload=payload, with_result=result
+        )
+        return found.get(task_id)
+
+    async def overview(self, *, failures: int = 5, counts: bool = True) -> Overview:
+        """A snapshot of the queue: per queue the tasks in each status, how many are
+        ready, delayed or claimed, the oldest wait and whether it is paused; the
+        workers with their heartbeat age and what each runs; the ``failures`` most
+        recent failures; schedules and limits. ``counts=False`` skips counting
+        every task (a table scan) for a caller that samples counts itself."""
+        if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
+            raise ConfigurationError(f"failures must be an int >= 0, got {failures!r}")
+        return await build_overview(self._backend_checked(), failures=failures, counts=counts)
+
+    async def task_counts(
+        self, *, finished_since: float | None = None
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int] | None]:
+        """Tasks per (queue, status); with ``finished_since`` (a database time, see
+        :meth:`now`), also per (queue, status) those finished since then, read in
+        the same pass (None where the backend cannot tell)."""
+        backend = self._backend_checked()
+        if finished_since is None:
+            return await backend.counts(), None
+        return await backend.counts_and_finished_since(finished_since)
+
+    async def retrying_counts(self) -> dict[str, int]:
+        """Per queue, the queued tasks that ran before (waiting for a retry)."""
+        return await self._backend_checked().retrying_counts()
+
+    def now(self) -> float:
+        """The database's clock (unix seconds), which every stored time is read against."""
+        return self._backend.now()
+
+    def describe(self) -> str:
+        """Where this queue's database is, for messages (never with a password)."""
+        return self._backend.describe()
+
     async def stats(self) -> dict[str, Any]:
         """Counts of tasks by status, overall and per queue, and of live workers."""
-        backend = self._backend_checked()
-        counts = await backend.counts()
-        totals = {status.value: 0 for status in TaskStatus}
-        queues: dict[str, dict[str, int]] = {}
-        for (queue, status), count in counts.items():
-            queues.setdefault(queue, {s.value: 0 for s in TaskStatus})[status] = count
-            totals[status] = totals.get(status, 0) + count
-        workers = await backend.list_workers()
-        now = backend.now()
-        alive = sum(1 for w in workers if w.alive(now, WORKER_STALE_AFTER))
-        return {"totals": totals, "queues": queues, "workers_alive": alive}
+        view = await self.overview(failures=0)
+        return {
+            "totals": dict(view.totals),
+            # Only queues holding tasks (the overview lists paused empty ones too).
+            "queues": {
+                name: dict(summary.counts)
+                for name, summary in view.queues.items()
+                if any(summary.counts.values())
+            },
+            "workers_alive": view.workers_alive,
+        }
 
     # -- registered and periodic tasks -------------------------------------
 
@@ -642,7 +723,7 @@ class TaskQueue:
         enqueuer = self._default.with_options(**options)
 
         def decorate(function: Callable[P, R]) -> TaskHandle[P, R]:
-            _check_callable(function)
+            check_callable(function)
             task = name or task_name(function)
             register(task, function)
             return TaskHandle(self, function, task, enqueuer)
@@ -700,7 +781,7 @@ class TaskQueue:
         target: Callable[..., Any] = fn
         if isinstance(fn, TaskHandle):
             options, target = fn.options, TaskRef(fn.name)
-        _check_callable(target)
+        check_callable(target)
         return schedules.add(
             Schedule(
                 name=name or task_name(target),
@@ -838,15 +919,9 @@ class TaskQueue:
 
     async def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         """Each task's status, in one query; unknown ids are absent."""
-        _check_task_ids(task_ids)
+        check_task_ids(task_ids)
         found = await self._backend_checked().task_statuses(task_ids)
-        return {task_id: _stored_status(task_id, status) for task_id, status in found.items()}
-
-    async def retry_many(self, task_ids: Sequence[str]) -> int:
-        """Queue those of the tasks that failed or were cancelled again, in one
-        transaction; return how many."""
-        ids = list(task_ids)
-        return await self._backend_checked().retry(ids) if ids else 0
+        return {task_id: stored_status(task_id, status) for task_id, status in found.items()}
 
     async def cancel_many(self, task_ids: Sequence[str]) -> list[str]:
         """Cancel those of the tasks that are queued and not held, in one statement;
@@ -856,11 +931,7 @@ class TaskQueue:
         backend = self._backend_checked()
         cancelled = await backend.cancel_queued(list(task_ids))
         if cancelled and _observed():
-            for record in (await backend.get_tasks(cancelled)).values():
-                telemetry.cancelled(record.queue, record.func_name)
-                signals.task_cancelled.send_nowait(
-                    TaskEvent(record.id, record.func_name, record.queue, record.attempts)
-                )
+            await _announce_cancelled(backend, cancelled)
         return cancelled
 
     async def wait_for_results(self, timeout: float) -> None:
@@ -1078,24 +1149,3 @@ def check_batch_id(batch_id: Any) -> None:
             f"batch id {batch_id[:40]!r}... is {len(batch_id)} characters long; use at most "
             f"{MAX_BATCH_ID_LENGTH}"
         )
-
-
-#: The most tasks one listing page may hold.
-MAX_PAGE_SIZE = 1000
-
-
-def check_listing(queue: Any, status: Any, batch_id: Any, cursor: Any, limit: Any) -> None:
-    """Refuse listing filters that cannot match anything, with what to pass instead."""
-    for name, value in (("queue", queue), ("batch_id", batch_id), ("cursor", cursor)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ConfigurationError(f"{name} must be a non-empty string or None, got {value!r}")
-    if status is not None:
-        try:
-            TaskStatus(status)
-        except ValueError:
-            known = ", ".join(s.value for s in TaskStatus)
-            raise ConfigurationError(
-                f"unknown status {status!r}; use one of {known}, or None for every status"
-            ) from None
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ConfigurationError(f"limit must be an int from 1 to {MAX_PAGE_SIZE}, got {limit!r}")
