@@ -635,7 +635,13 @@ class TaskQueue:
         results; only of ``queue``, and only finished more than ``older_than``
         seconds ago, if given. Return how many. A task a worker holds is never
         deleted (with "queued": those claimed but not started stay)."""
-        values = [TaskStatus(status).value for status in statuses]
+        try:
+            values = [TaskStatus(status).value for status in statuses]
+        except ValueError:
+            known = ", ".join(s.value for s in TaskStatus)
+            raise ConfigurationError(
+                f"purge takes statuses among {known}, got {statuses!r}"
+            ) from None
         if older_than is not None:
             older_than = checks.seconds("older_than", older_than)
         return await self._backend_checked().purge(values, queue=queue, older_than=older_than)
@@ -800,6 +806,30 @@ class TaskQueue:
     async def schedules(self) -> list[ScheduleRecord]:
         """The schedules workers have run, with their last and next run times."""
         return await self._backend_checked().list_schedules()
+
+    async def advance_schedule(
+        self,
+        schedule: Schedule,
+        due: float,
+        next_run: float | None,
+        *,
+        run_with: TaskOptions | None = None,
+        first: bool = False,
+    ) -> str | None:
+        """Move ``schedule`` past its run due at ``due`` (next one at ``next_run``),
+        at most once across every worker. With ``run_with``, the run's task is
+        enqueued with those options in the same transaction: its id is returned
+        if this call enqueued it, None if another worker did (or it was not due).
+        ``first``: record a schedule seen for the first time. For the scheduler."""
+        backend = self._backend_checked()
+        task = None
+        if run_with is not None:
+            call = [(schedule.args, schedule.kwargs)]
+            (task,) = self._new_tasks(run_with, schedule.fn, call, backend.now())
+        advanced = await backend.advance_schedule(
+            schedule.name, schedule.spec, due, next_run, task, first=first
+        )
+        return task.id if advanced and task is not None else None
 
     # -- limits and pausing ------------------------------------------------
 
@@ -1110,6 +1140,10 @@ class TaskQueue:
         )
 
     # -- workers -----------------------------------------------------------
+
+    async def workers(self) -> list[base.WorkerRecord]:
+        """Every worker this database knows, stopped ones included, newest first."""
+        return await self._backend_checked().list_workers()
 
     async def live_workers(self, queue: str | None = None) -> list[base.WorkerRecord]:
         """The workers alive now (running, heard from within WORKER_STALE_AFTER
