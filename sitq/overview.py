@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sitq.backends.base import WORKER_STALE_AFTER as WORKER_STALE_AFTER
 from sitq.backends.base import (
-    WORKER_STALE_AFTER,
     Backend,
     LimitRecord,
     ScheduleRecord,
@@ -109,11 +109,10 @@ async def build_overview(backend: Backend, *, failures: int = 5, counts: bool = 
     skips counting every task (a scan of the task table), for a caller that keeps
     sampled counts of its own (the dashboard)."""
     counted = await backend.counts() if counts else {}
-    ready = await backend.ready_summary()
-    claimed = await backend.claimed_counts()
-    running = tuple(await backend.running_tasks())
+    activity = await backend.activity(failures)
+    ready, claimed = activity.ready, activity.claimed
+    running, failed = tuple(activity.running), tuple(activity.failures)
     workers = await backend.list_workers()
-    failed = tuple(await backend.recent_failures(failures)) if failures else ()
     schedules = tuple(await backend.list_schedules())
     limits = tuple(await backend.list_limits())
     paused = tuple(await backend.paused_queues())

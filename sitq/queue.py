@@ -13,7 +13,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from sitq import checks, schedules, signals, telemetry
+from sitq import checks, schedules, telemetry
+from sitq.announce import (
+    RETRIABLE,
+    announce_cancelled,
+    announce_enqueued,
+    announce_requeued,
+)
+from sitq.announce import observed as _observed
 from sitq.backends import base, open_backend, translate_error
 from sitq.backends.base import (
     WORKER_STALE_AFTER,
@@ -29,11 +36,11 @@ from sitq.errors import (
     ConfigurationError,
     DatabaseUnavailable,
     NotConnected,
-    SerializationError,
     SitqError,
     TaskNotFound,
 )
-from sitq.headers import encode as encode_headers
+from sitq.new_tasks import as_calls as _as_calls
+from sitq.new_tasks import new_tasks
 from sitq.overview import Overview, build_overview
 from sitq.records import (
     MAX_PAGE_SIZE,
@@ -50,8 +57,7 @@ from sitq.records import (
 )
 from sitq.registry import TaskHandle, TaskRef, register
 from sitq.schedules import CatchUp, Schedule
-from sitq.serialization import Serializer, default_serializer, payload_binding
-from sitq.signals import TaskEvent
+from sitq.serialization import Serializer, default_serializer
 from sitq.task import (
     OPTION_NAMES,
     Result,
@@ -59,7 +65,6 @@ from sitq.task import (
     TaskOptions,
     TaskStatus,
     check_option_keywords,
-    new_task_ids,
 )
 from sitq.waiters import ResultWaiters
 
@@ -77,41 +82,6 @@ POLL_INTERVAL = 0.05
 StorageTarget = Backend | str | os.PathLike[str] | None
 
 
-def _explain_unpicklable(serializer: Serializer, fn: Any, args: tuple, kwargs: dict) -> str:
-    """Name the first part of a call that will not serialize."""
-    parts: list[tuple[str, Any]] = [(f"the callable {task_name(fn)}", fn)]
-    parts += [(f"argument {i + 1}", arg) for i, arg in enumerate(args)]
-    parts += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
-    for label, value in parts:
-        try:
-            serializer.dumps(value)
-        except Exception as exc:
-            return f"{label} ({type(value).__name__}) cannot be serialized: {exc}"
-    return "the call cannot be serialized"
-
-
-def _serializes(serializer: Serializer, value: Any) -> bool:
-    try:
-        serializer.dumps(value)
-    except Exception:
-        return False
-    return True
-
-
-def _as_calls(items: Iterable[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-    """enqueue_many's items as calls: a tuple is the arguments, anything else one argument."""
-    try:
-        iterator = iter(items)
-    except TypeError:
-        raise ConfigurationError(
-            f"enqueue_many needs an iterable of items (each a tuple of arguments, or one "
-            f"argument), got {type(items).__name__} {items!r:.80}; for a single call use "
-            "enqueue(fn, ...)"
-        ) from None
-    empty: dict[str, Any] = {}
-    return [(item if isinstance(item, tuple) else (item,), empty) for item in iterator]
-
-
 def _raise_translated(exc: Exception, backend: Backend) -> None:
     """Raise the SitqError for a raw database error (``exc`` chained as its cause);
     return if ``exc`` is not one, for the caller to re-raise it unchanged."""
@@ -120,50 +90,8 @@ def _raise_translated(exc: Exception, backend: Backend) -> None:
         raise error from exc
 
 
-def _observed() -> bool:
-    """True when anyone listens: a tracer or meter provider, or a signal receiver."""
-    return (
-        signals.task_enqueued.has_receivers
-        or signals.task_cancelled.has_receivers
-        or signals.task_requeued.has_receivers
-        or telemetry.tracing_on()
-        or telemetry.metrics_on()
-    )
-
-
-def _announce_enqueued(tasks: Sequence[NewTask]) -> None:
-    if signals.task_enqueued.has_receivers:
-        for task in tasks:
-            signals.task_enqueued.send_nowait(TaskEvent(task.id, task.func_name, task.queue))
-
-
-#: The statuses a retry queues again.
-_RETRIABLE = frozenset({TaskStatus.FAILED.value, TaskStatus.CANCELLED.value})
 #: What purge deletes by default: every finished task.
 FINISHED_VALUES = (TaskStatus.SUCCEEDED.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
-
-
-async def _announce_cancelled(backend: Backend, task_ids: Sequence[str]) -> None:
-    """Count and signal tasks cancelled before they ran (a running one is
-    reported by its worker)."""
-    for record in (await backend.get_tasks(task_ids, with_result=False)).values():
-        telemetry.cancelled(record.queue, record.func_name)
-        signals.task_cancelled.send_nowait(
-            TaskEvent(record.id, record.func_name, record.queue, record.attempts)
-        )
-
-
-async def _announce_requeued(backend: Backend, task_ids: Sequence[str]) -> None:
-    """Count and signal the tasks of ``task_ids`` that a retry queued again."""
-    if not task_ids:
-        return
-    for record in (await backend.get_tasks(task_ids, with_result=False)).values():
-        if record.status != TaskStatus.QUEUED.value:
-            continue  # not retried (it ran again meanwhile, or was not retriable)
-        telemetry.requeued(record.queue, record.func_name)
-        signals.task_requeued.send_nowait(
-            TaskEvent(record.id, record.func_name, record.queue, record.attempts)
-        )
 
 
 class _Enqueuer:
@@ -245,7 +173,11 @@ class _Enqueuer:
             )
 
     async def _enqueue_unique(
-        self, backend: Backend, fn: Callable[..., Any], args: tuple, kwargs: dict
+        self,
+        backend: Backend,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> TaskId:
         """Enqueue unless a queued or running task holds the unique key."""
         check_callable(fn)
@@ -258,7 +190,7 @@ class _Enqueuer:
             if created:
                 scope.committed([task_id])
         if created:
-            _announce_enqueued([task])
+            announce_enqueued([task])
             return TaskId(task_id)
         logger.info("unique key %r is held by task %s: not enqueued again", key, task_id)
         return TaskId.existing(task_id)
@@ -278,7 +210,7 @@ class _Enqueuer:
             await (store or backend.enqueue)(tasks)
             ids = [task.id for task in tasks]
             scope.committed(ids)
-        _announce_enqueued(tasks)
+        announce_enqueued(tasks)
         return ids
 
     async def enqueue_in_batch(
@@ -416,63 +348,8 @@ class TaskQueue:
         now: float,
         headers: dict[str, str] | None = None,
     ) -> list[NewTask]:
-        """Serialize each call of ``fn``; what is the same for every call is done once.
-
-        ``headers`` (trace context) are framed in front of each payload."""
-        check_callable(fn)
-        if calls and calls[0][1] and not OPTION_NAMES.isdisjoint(calls[0][1]):
-            check_option_keywords(fn, calls[0][1])  # only enqueue() passes keywords
-        name = task_name(fn)
-        available_at = options.available_at(now)
-        retry_backoff = float(options.retry_backoff)
-        timeout = None if options.timeout is None else float(options.timeout)
-        result_ttl = None if options.result_ttl is None else float(options.result_ttl)
-        # Ids are made here, before signing: a signed payload is bound to its row.
-        ids = new_task_ids(len(calls))
-        bound = getattr(self.serializer, "dumps_bound", None)
-        try:
-            if bound is None:  # not signing: nothing more per task than the pickling
-                dumps = self.serializer.dumps
-                payloads = [dumps((fn, args, kwargs)) for args, kwargs in calls]
-            else:
-                payloads = [
-                    bound((fn, args, kwargs), payload_binding(task_id, name, options.queue))
-                    for task_id, (args, kwargs) in zip(ids, calls, strict=True)
-                ]
-        except Exception as exc:
-            bad = next((c for c in calls if not _serializes(self.serializer, (fn, *c))), None)
-            if bad is None:  # it failed once but not again: report what it said
-                raise SerializationError(
-                    f"cannot enqueue {name}: {type(exc).__name__}: {exc}"
-                ) from exc
-            raise SerializationError(
-                f"cannot enqueue {name}: "
-                f"{_explain_unpicklable(self.serializer, fn, bad[0], bad[1])}; pass only "
-                "picklable values (no open files, sockets, locks or connections)"
-            ) from exc
-        prefix = encode_headers(headers) if headers else None
-        if prefix is not None:
-            payloads = [prefix + payload for payload in payloads]
-        queue, priority, unique_key = options.queue, options.priority, options.unique_key
-        max_retries, limit_key = options.max_retries, options.limit_key
-        return [
-            NewTask(
-                task_id,
-                queue,
-                name,
-                payload,
-                priority,
-                now,
-                available_at,
-                max_retries,
-                retry_backoff,
-                timeout,
-                unique_key,
-                result_ttl,
-                limit_key,
-            )
-            for task_id, payload in zip(ids, payloads, strict=True)
-        ]
+        """The task rows of calls of ``fn`` (see :func:`sitq.new_tasks.new_tasks`)."""
+        return new_tasks(self.serializer, options, fn, calls, now, headers)
 
     # -- enqueueing -------------------------------------------------------
 
@@ -572,7 +449,7 @@ class TaskQueue:
         if outcome is None:
             raise TaskNotFound(task_id)
         if outcome == "cancelled" and _observed():
-            await _announce_cancelled(backend, [task_id])
+            await announce_cancelled(backend, [task_id])
         return CancelOutcome(outcome)
 
     async def retry(self, task_id: str) -> bool:
@@ -597,9 +474,9 @@ class TaskQueue:
         # Which ones are retried is read first, to announce those (the count is
         # the database's own answer).
         before = await backend.get_tasks(ids, with_result=False)
-        retriable = [t for t, r in before.items() if r.status in _RETRIABLE]
+        retriable = [t for t, r in before.items() if r.status in RETRIABLE]
         count = await backend.retry(retriable) if retriable else 0
-        await _announce_requeued(backend, retriable)
+        await announce_requeued(backend, retriable)
         return count
 
     async def retry_failed(self, queue: str | None = None) -> int:
@@ -621,7 +498,7 @@ class TaskQueue:
             if cursor is None:
                 break
         count = await backend.retry(failed) if failed else 0
-        await _announce_requeued(backend, failed)
+        await announce_requeued(backend, failed)
         return count
 
     async def purge(
@@ -755,7 +632,7 @@ class TaskQueue:
         :mod:`sitq.schedules`)."""
 
         def decorate(function: Callable[P, R]) -> TaskHandle[P, R]:
-            handle = self.task(function, name=name, **options)
+            handle: TaskHandle[P, R] = self.task(name=name, **options)(function)
             self.schedule(
                 handle,
                 cron=cron,
@@ -961,7 +838,7 @@ class TaskQueue:
         backend = self._backend_checked()
         cancelled = await backend.cancel_queued(list(task_ids))
         if cancelled and _observed():
-            await _announce_cancelled(backend, cancelled)
+            await announce_cancelled(backend, cancelled)
         return cancelled
 
     async def wait_for_results(self, timeout: float) -> None:

@@ -75,8 +75,8 @@ class TemporaryQueue(TaskQueue):
         to :class:`Worker` (for example ``pool="process"``).
         """
         if queues is None:
-            counts, _ = await self.task_counts()
-            queues = tuple(sorted({queue for queue, _ in counts})) or ("default",)
+            stored, _ = await self.task_counts()
+            queues = tuple(sorted({queue for queue, _ in stored})) or ("default",)
         options = {"concurrency": 1, "schedules": (), **worker}
         runner = Worker(self._backend, self.serializer, queues=queues, burst=True, **options)
         await runner.start()

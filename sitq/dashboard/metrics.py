@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from sitq.dashboard.history import CountHistory
-from sitq.queue import WORKER_STALE_AFTER, TaskQueue
+from sitq.overview import WORKER_STALE_AFTER
+from sitq.queue import TaskQueue
 from sitq.task import TaskStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
