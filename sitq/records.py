@@ -13,7 +13,7 @@ from sitq.backends.base import TaskRecord
 from sitq.errors import ConfigurationError, CorruptRow, InvalidTask
 from sitq.registry import TaskRef
 from sitq.serialization import Serializer, loads_checked, result_binding
-from sitq.task import Result, TaskStatus, _to_datetime
+from sitq.task import Result, TaskStatus, to_datetime
 
 #: The most tasks one listing page may hold.
 MAX_PAGE_SIZE = 1000
@@ -107,9 +107,9 @@ def record_to_result(record: TaskRecord, serializer: Serializer) -> Result:
         error=record.error,
         traceback=record.traceback,
         attempts=record.attempts,
-        enqueued_at=_to_datetime(record.enqueued_at),
-        started_at=_to_datetime(record.started_at),
-        finished_at=_to_datetime(record.finished_at),
+        enqueued_at=to_datetime(record.enqueued_at),
+        started_at=to_datetime(record.started_at),
+        finished_at=to_datetime(record.finished_at),
         worker_id=record.worker_id,
         func_name=record.func_name,
     )

@@ -42,7 +42,7 @@ FAILURES_PAGE_SIZE = 50
 
 
 def _queue(request: Request) -> TaskQueue:
-    return request.app.state.queue  # type: ignore[no-any-return]
+    return request.app.state.queue
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
