@@ -6,6 +6,7 @@ The producer API is :class:`TaskQueue` (async) and :class:`SyncTaskQueue`;
 
 from typing import TYPE_CHECKING, Any
 
+from sitq.backends.base import LimitRecord, ScheduleRecord, TaskPage, TaskRecord, WorkerRecord
 from sitq.errors import (
     ConfigurationError,
     CorruptRow,
@@ -22,7 +23,9 @@ from sitq.errors import (
     TaskNotFound,
     WorkerCrashed,
 )
+from sitq.overview import Overview, QueueSummary, WorkerSummary
 from sitq.queue import TaskQueue
+from sitq.records import CancelOutcome
 from sitq.serialization import CloudpickleSerializer
 from sitq.sync_queue import SyncTaskQueue
 from sitq.task import Result, TaskOptions, TaskStatus
@@ -32,16 +35,21 @@ if TYPE_CHECKING:
     from sitq.backends.sqlite import SQLiteBackend
 
 __all__ = [
+    "CancelOutcome",
     "CloudpickleSerializer",
     "ConfigurationError",
     "CorruptRow",
     "DatabaseError",
     "DatabaseUnavailable",
     "InvalidTask",
+    "LimitRecord",
     "NotASitqDatabase",
     "NotConnected",
+    "Overview",
+    "QueueSummary",
     "Result",
     "SQLiteBackend",
+    "ScheduleRecord",
     "SchemaVersionError",
     "SerializationError",
     "SitqError",
@@ -50,10 +58,14 @@ __all__ = [
     "TaskFailed",
     "TaskNotFound",
     "TaskOptions",
+    "TaskPage",
     "TaskQueue",
+    "TaskRecord",
     "TaskStatus",
     "Worker",
     "WorkerCrashed",
+    "WorkerRecord",
+    "WorkerSummary",
 ]
 
 __version__ = "0.1.0"

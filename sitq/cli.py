@@ -14,15 +14,16 @@ from typing import Any, TypeVar
 import click
 
 from sitq.app_imports import import_modules, import_option
-from sitq.backends import open_backend
-from sitq.backends.base import WORKER_STALE_AFTER, Backend
 from sitq.dashboard.cli import dashboard as dashboard_command
 from sitq.display import bounded_repr, call_text, redact, terminal_safe, terminal_safe_data
-from sitq.errors import SitqError
+from sitq.errors import SitqError, TaskNotFound
 from sitq.headers import unwrap as unwrap_headers
-from sitq.queue import record_to_result
+from sitq.overview import Overview
+from sitq.queue import TaskQueue
+from sitq.records import CancelOutcome, record_to_result
 from sitq.schedules import has_run
 from sitq.serialization import (
+    CloudpickleSerializer,
     SignedSerializer,
     bound_loads,
     default_serializer,
@@ -55,16 +56,18 @@ class _SafeFormatter(logging.Formatter):
         return terminal_safe(redact(super().format(record)), keep_newlines=True)
 
 
-def _run(coro_fn: Callable[[Backend], Awaitable[T]], db: str, *, create: bool = False) -> T:
+def _run(coro_fn: Callable[[TaskQueue], Awaitable[T]], db: str, *, create: bool = False) -> T:
     """Open the database, run ``coro_fn`` against it, close it; SitqErrors become one line."""
 
     async def main() -> T:
-        backend = open_backend(db, create=create)
-        await backend.connect()
+        # The commands load no payload through this queue (`inspect` uses its own
+        # serializer): a malformed $SITQ_SECRET_KEY must not stop `sitq status`.
+        queue = TaskQueue(db, CloudpickleSerializer(), create=create)
+        await queue.connect()
         try:
-            return await coro_fn(backend)
+            return await coro_fn(queue)
         finally:
-            await backend.close()
+            await queue.close()
 
     try:
         return asyncio.run(main())
@@ -176,9 +179,11 @@ def worker(
         _check_worker_setup(db, imports)
         return
     try:
-        backend = open_backend(db, create=False)
+        # Opened once without creating it: a mistyped path is an error, not a new
+        # empty database that the worker would then serve.
+        _run(_noop, db)
         the_worker = Worker(
-            backend,
+            db,
             concurrency=concurrency,
             queues=queues,
             pool=pool,
@@ -206,9 +211,9 @@ def worker(
 def pause(db: str, queue: str) -> None:
     """Stop workers taking tasks from QUEUE (running ones finish; enqueue still works)."""
 
-    async def act(backend: Backend) -> str | None:
-        await backend.pause_queue(queue)
-        return await _unused_queue_note(backend, queue)
+    async def act(tasks: TaskQueue) -> str | None:
+        await tasks.pause(queue)
+        return await _unused_queue_note(tasks, queue)
 
     note = _run(act, db)
     click.echo(f"paused queue {queue!r}; `sitq resume {queue}` to undo")
@@ -216,14 +221,15 @@ def pause(db: str, queue: str) -> None:
         click.echo(note, err=True)
 
 
-async def _unused_queue_note(backend: Backend, queue: str) -> str | None:
+async def _unused_queue_note(tasks: TaskQueue, queue: str) -> str | None:
     """A note when no task and no worker has used ``queue`` (likely a typo), naming
     the queues that are known. Workers first (a small table); the tasks' queues
     (the grouped count `sitq status` reads) only when no worker serves it."""
-    known = {name for worker in await backend.list_workers() for name in worker.queues}
+    known = {name for worker in await tasks.workers() for name in worker.queues}
     if queue in known:
         return None
-    known.update(name for name, _ in await backend.counts())
+    counts, _ = await tasks.task_counts()
+    known.update(name for name, _ in counts)
     if queue in known:
         return None
     names = ", ".join(sorted(known)) or "none"
@@ -238,8 +244,8 @@ async def _unused_queue_note(backend: Backend, queue: str) -> str | None:
 def resume(db: str, queue: str) -> None:
     """Let workers take tasks from QUEUE again."""
 
-    async def act(backend: Backend) -> bool:
-        return await backend.resume_queue(queue)
+    async def act(tasks: TaskQueue) -> bool:
+        return await tasks.resume(queue)
 
     was_paused = _run(act, db)
     click.echo(f"resumed queue {queue!r}" if was_paused else f"queue {queue!r} was not paused")
@@ -280,8 +286,8 @@ def _check_worker_setup(db: str, imports: tuple[str, ...]) -> None:
     except SitqError as exc:
         _fail(str(exc))
 
-    async def probe(backend: Backend) -> str:
-        return backend.describe()
+    async def probe(tasks: TaskQueue) -> str:
+        return tasks.describe()
 
     where = _run(probe, db)  # opens it: missing database, wrong schema version, no server
     signed = "signed payloads" if isinstance(serializer, SignedSerializer) else "unsigned payloads"
@@ -290,15 +296,16 @@ def _check_worker_setup(db: str, imports: tuple[str, ...]) -> None:
     )
 
 
+async def _noop(tasks: TaskQueue) -> None:
+    return None
+
+
 @main.command()
 @db_option
 def init(db: str) -> None:
     """Create the database (owner-only) if it does not exist."""
 
-    async def noop(backend: Backend) -> None:
-        return None
-
-    _run(noop, db, create=True)
+    _run(_noop, db, create=True)
     click.echo(f"sitq database ready at {redact(db)}")
 
 
@@ -324,12 +331,12 @@ def status(db: str, as_json: bool, watch: bool, interval: float, failures: int) 
     """Tasks per queue and status, live workers and what they run, the oldest
     waiting task, and recent failures."""
     if not watch:
-        report = _run(lambda backend: _status_report(backend, failures), db)
+        report = _run(lambda tasks: _status_report(tasks, failures), db)
         click.echo(json.dumps(report, indent=2) if as_json else _render_status(report))
         return
     try:
         while True:
-            report = _run(lambda backend: _status_report(backend, failures), db)
+            report = _run(lambda tasks: _status_report(tasks, failures), db)
             text = json.dumps(report) if as_json else _render_status(report)
             if as_json:
                 click.echo(text)
@@ -342,61 +349,49 @@ def status(db: str, as_json: bool, watch: bool, interval: float, failures: int) 
         return
 
 
-async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
+async def _status_report(tasks: TaskQueue, failures: int) -> dict[str, Any]:
     """Everything `sitq status` shows, as plain data (the --json output)."""
-    counts = await backend.counts()
-    workers = await backend.list_workers()
-    running = await backend.running_tasks()
-    ready = await backend.ready_summary()
-    claimed = await backend.claimed_counts()
-    failed = await backend.recent_failures(failures) if failures else []
-    schedule_records = await backend.list_schedules()
-    paused = await backend.paused_queues()
-    limits = await backend.list_limits()
-    now = backend.now()
-    statuses = [s.value for s in TaskStatus]
+    return _status_data(await tasks.overview(failures=failures))
+
+
+def _status_data(view: Overview) -> dict[str, Any]:
+    """The overview as `sitq status --json` prints it."""
     queues: dict[str, dict[str, Any]] = {}
-    for (queue, state), count in counts.items():
-        queues.setdefault(queue, dict.fromkeys(statuses, 0))[state] = count
-    # Of the queued tasks, those a worker holds (prefetched) and has not started.
-    claimed_by: dict[str, int] = {}
-    for (queue, worker_id), count in claimed.items():
-        row = queues.setdefault(queue, dict.fromkeys(statuses, 0))
-        row["claimed"] = row.get("claimed", 0) + count
-        claimed_by[worker_id] = claimed_by.get(worker_id, 0) + count
-    for queue, row in queues.items():
-        available_at, row["ready"] = ready.get(queue, (None, 0))
-        # Queued but not yet due (a delay, an eta or a retry's backoff), nor held.
-        row["delayed"] = max(0, row["queued"] - row["ready"] - row.get("claimed", 0))
-        row["oldest_waiting_seconds"] = (
-            None if available_at is None else round(max(0.0, now - available_at), 1)
-        )
-    by_worker: dict[str, list[dict[str, Any]]] = {}
-    for task in running:
-        by_worker.setdefault(task.worker_id or "?", []).append(
-            {
-                "id": task.id,
-                "task": task.func_name,
-                "queue": task.queue,
-                "attempt": task.attempts,
-                "running_seconds": round(now - (task.started_at or now), 1),
-            }
-        )
+    for name, summary in view.queues.items():
+        queues[name] = {
+            **summary.counts,
+            "ready": summary.ready,
+            # Queued but not yet due (a delay, an eta or a retry's backoff), nor held.
+            "delayed": summary.delayed,
+            "oldest_waiting_seconds": None
+            if summary.oldest_wait is None
+            else round(summary.oldest_wait, 1),
+            "paused": summary.paused,
+            # Of the queued tasks, those a worker holds (prefetched) and has not started.
+            "claimed": summary.claimed,
+        }
     worker_rows = [
         {
-            "id": w.id,
-            "host": w.hostname,
-            "pid": w.pid,
-            "queues": list(w.queues),
-            "concurrency": w.concurrency,
-            "heartbeat_age": round(now - w.heartbeat_at, 1),
-            "state": "stopped"
-            if w.stopped_at
-            else ("alive" if w.alive(now, WORKER_STALE_AFTER) else "dead"),
-            "running": by_worker.get(w.id, []),
-            "claimed": claimed_by.get(w.id, 0),
+            "id": w.record.id,
+            "host": w.record.hostname,
+            "pid": w.record.pid,
+            "queues": list(w.record.queues),
+            "concurrency": w.record.concurrency,
+            "heartbeat_age": round(w.heartbeat_age, 1),
+            "state": w.state,
+            "running": [
+                {
+                    "id": task.id,
+                    "task": task.func_name,
+                    "queue": task.queue,
+                    "attempt": task.attempts,
+                    "running_seconds": round(view.now - (task.started_at or view.now), 1),
+                }
+                for task in w.running
+            ],
+            "claimed": w.claimed,
         }
-        for w in workers
+        for w in view.workers
     ]
     failure_rows = [
         {
@@ -407,16 +402,8 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
             "attempts": task.attempts,
             "error": _first_line(task.error),
         }
-        for task in failed
+        for task in view.recent_failures
     ]
-    for queue in paused:
-        row = queues.setdefault(queue, dict.fromkeys(statuses, 0))
-        row.setdefault("oldest_waiting_seconds", None)
-        row.setdefault("ready", 0)
-        row.setdefault("delayed", 0)
-    for queue, row in queues.items():
-        row["paused"] = queue in paused
-        row.setdefault("claimed", 0)
     schedule_rows = [
         {
             "name": record.name,
@@ -424,7 +411,7 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
             "last_run": _when(record.last_run_at if has_run(record) else None),
             "next_run": _when(record.next_run_at),
         }
-        for record in schedule_records
+        for record in view.schedules
     ]
     limit_rows = [
         {
@@ -433,7 +420,7 @@ async def _status_report(backend: Backend, failures: int) -> dict[str, Any]:
             "max_starts": limit.max_starts,
             "per_seconds": limit.per_seconds,
         }
-        for limit in limits
+        for limit in view.limits
     ]
     return {
         "queues": queues,
@@ -549,8 +536,8 @@ def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) ->
     """
     import_modules(imports, "inspect")  # the arguments may be instances of the app's classes
 
-    async def fetch(backend: Backend) -> Any:
-        return (await backend.get_tasks([task_id], with_payload=True)).get(task_id)
+    async def fetch(tasks: TaskQueue) -> Any:
+        return await tasks.task_record(task_id, payload=True)
 
     record = _run(fetch, db)
     if record is None:
@@ -625,14 +612,14 @@ def retry(db: str, task_id: str | None, all_failed: bool, queue: str | None) -> 
     if bool(task_id) == all_failed:
         raise click.UsageError("give either a TASK_ID or --failed")
 
-    async def requeue(backend: Backend) -> tuple[int, bool, str | None]:
+    async def requeue(tasks: TaskQueue) -> tuple[int, bool, str | None]:
         if all_failed:
-            count = await backend.retry(None, queue=queue)
+            count = await tasks.retry_failed(queue)
             # Nothing retried in a named queue: say so if the name is likely a typo.
-            note = await _unused_queue_note(backend, queue) if queue and not count else None
+            note = await _unused_queue_note(tasks, queue) if queue and not count else None
             return count, True, note
-        count = await backend.retry([task_id or ""])
-        return count, bool(count or await backend.get_tasks([task_id or ""])), None
+        count = await tasks.retry_many([task_id or ""])
+        return count, bool(count or await tasks.task_record(task_id or "", result=False)), None
 
     count, exists, note = _run(requeue, db)
     if not exists:
@@ -653,20 +640,23 @@ def cancel(db: str, task_id: str) -> None:
     A task a worker has claimed but not started (it reads queued) is cancelled by
     that worker at once, unless it starts first: then it is stopped as it runs."""
 
-    async def do_cancel(backend: Backend) -> tuple[str | None, str | None]:
-        outcome = await backend.cancel(task_id)
-        if outcome == "requested":
+    async def do_cancel(tasks: TaskQueue) -> tuple[str | None, str | None]:
+        try:
+            outcome = await tasks.request_cancel(task_id)
+        except TaskNotFound:
+            return None, None
+        if outcome is CancelOutcome.REQUESTED:
             # Held, started or not: say which, and by whom (its worker, woken,
             # may have cancelled it already).
-            record = (await backend.get_tasks([task_id])).get(task_id)
+            record = await tasks.task_record(task_id, result=False)
             if record is not None and record.status == TaskStatus.CANCELLED.value:
                 return "cancelled", None
-            return outcome, record.worker_id if record and record.claimed else None
-        if outcome not in ("cancelled", None):
+            return outcome.value, record.worker_id if record and record.claimed else None
+        if outcome is CancelOutcome.FINISHED:
             # Finished: say how, so "already cancelled" is not read as a failure.
-            record = (await backend.get_tasks([task_id])).get(task_id)
-            return outcome, record.status if record else None
-        return outcome, None
+            record = await tasks.task_record(task_id, result=False)
+            return outcome.value, record.status if record else None
+        return outcome.value, None
 
     outcome, detail = _run(do_cancel, db)  # the holder, or how it finished
     if outcome is None:
@@ -713,8 +703,8 @@ def purge(db: str, statuses: tuple[str, ...], queue: str | None, older_than: flo
     not started (listed as queued, "claimed") stay; `sitq cancel` them instead."""
     chosen = statuses or ("succeeded", "failed", "cancelled")
 
-    async def do_purge(backend: Backend) -> int:
-        return await backend.purge(chosen, queue=queue, older_than=older_than)
+    async def do_purge(tasks: TaskQueue) -> int:
+        return await tasks.purge(chosen, queue=queue, older_than=older_than)
 
     started = time.monotonic()
     count = _run(do_purge, db)

@@ -1,4 +1,6 @@
-"""The producer API: TaskQueue (async) and SyncTaskQueue."""
+"""The producer API: TaskQueue (async). Its sync face, SyncTaskQueue, is in
+``sync_queue``; the overview it builds in ``overview``, its record helpers in
+``records``."""
 
 from __future__ import annotations
 
@@ -11,7 +13,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from sitq import checks, schedules, signals, telemetry
+from sitq import checks, schedules, telemetry
+from sitq.announce import (
+    RETRIABLE,
+    announce_cancelled,
+    announce_enqueued,
+    announce_requeued,
+)
+from sitq.announce import observed as _observed
 from sitq.backends import base, open_backend, translate_error
 from sitq.backends.base import (
     WORKER_STALE_AFTER,
@@ -25,34 +34,37 @@ from sitq.backends.base import (
 )
 from sitq.errors import (
     ConfigurationError,
-    CorruptRow,
     DatabaseUnavailable,
-    InvalidTask,
     NotConnected,
-    SerializationError,
     SitqError,
     TaskNotFound,
 )
-from sitq.headers import encode as encode_headers
+from sitq.new_tasks import as_calls as _as_calls
+from sitq.new_tasks import new_tasks
+from sitq.overview import Overview, build_overview
+from sitq.records import (
+    MAX_PAGE_SIZE,
+    CancelOutcome,
+    check_callable,
+    check_listing,
+    check_task_id,
+    check_task_ids,
+    is_finished,
+    record_to_result,
+    stored_status,
+    task_name,
+    task_status,
+)
 from sitq.registry import TaskHandle, TaskRef, register
 from sitq.schedules import CatchUp, Schedule
-from sitq.serialization import (
-    Serializer,
-    default_serializer,
-    loads_checked,
-    payload_binding,
-    result_binding,
-)
-from sitq.signals import TaskEvent
+from sitq.serialization import Serializer, default_serializer
 from sitq.task import (
     OPTION_NAMES,
     Result,
     TaskId,
     TaskOptions,
     TaskStatus,
-    _to_datetime,
     check_option_keywords,
-    new_task_ids,
 )
 from sitq.waiters import ResultWaiters
 
@@ -66,90 +78,8 @@ logger = logging.getLogger("sitq.queue")
 #: The longest a waiter sleeps between checks when no wake-up arrives.
 POLL_INTERVAL = 0.05
 
-
-def task_name(fn: Callable[..., Any]) -> str:
-    """``module.qualname`` of a callable, for display (a registered task's name)."""
-    if isinstance(fn, TaskRef):
-        return fn.name
-    module = getattr(fn, "__module__", None) or "?"
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    return f"{module}.{name}" if name else repr(fn)
-
-
-def _check_callable(fn: Any) -> None:
-    if not callable(fn):
-        raise InvalidTask(
-            f"a task must be a callable (a function or coroutine function), got "
-            f"{type(fn).__name__} {fn!r:.80}; pass the function itself, not its result"
-        )
-
-
-def _explain_unpicklable(serializer: Serializer, fn: Any, args: tuple, kwargs: dict) -> str:
-    """Name the first part of a call that will not serialize."""
-    parts: list[tuple[str, Any]] = [(f"the callable {task_name(fn)}", fn)]
-    parts += [(f"argument {i + 1}", arg) for i, arg in enumerate(args)]
-    parts += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
-    for label, value in parts:
-        try:
-            serializer.dumps(value)
-        except Exception as exc:
-            return f"{label} ({type(value).__name__}) cannot be serialized: {exc}"
-    return "the call cannot be serialized"
-
-
-def _serializes(serializer: Serializer, value: Any) -> bool:
-    try:
-        serializer.dumps(value)
-    except Exception:
-        return False
-    return True
-
-
-def _as_calls(items: Iterable[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-    """enqueue_many's items as calls: a tuple is the arguments, anything else one argument."""
-    try:
-        iterator = iter(items)
-    except TypeError:
-        raise ConfigurationError(
-            f"enqueue_many needs an iterable of items (each a tuple of arguments, or one "
-            f"argument), got {type(items).__name__} {items!r:.80}; for a single call use "
-            "enqueue(fn, ...)"
-        ) from None
-    empty: dict[str, Any] = {}
-    return [(item if isinstance(item, tuple) else (item,), empty) for item in iterator]
-
-
-def _check_task_id(task_id: Any) -> None:
-    if not isinstance(task_id, str):
-        raise ConfigurationError(
-            f"a task id is a str (as enqueue returns it), got {type(task_id).__name__} "
-            f"{task_id!r:.80}"
-        )
-
-
-def _check_task_ids(task_ids: Sequence[Any]) -> None:
-    for task_id in task_ids:
-        _check_task_id(task_id)
-
-
-def task_status(record: TaskRecord) -> TaskStatus:
-    """The record's status; a value sitq never writes raises CorruptRow."""
-    return _stored_status(record.id, record.status)
-
-
-def _stored_status(task_id: str, status: str) -> TaskStatus:
-    try:
-        return TaskStatus(status)
-    except ValueError:
-        known = ", ".join(s.value for s in TaskStatus)
-        raise CorruptRow(
-            f"task {task_id} has status {status!r}, which sitq never writes (was the row "
-            f"edited by hand?): set it to one of {known}, or delete the task"
-        ) from None
-
-
-def _finished(task_id: str, status: str) -> bool:
-    return _stored_status(task_id, status).finished
+#: What ``TaskQueue`` opens: a Backend, a database URL or path, or None for the default.
+StorageTarget = Backend | str | os.PathLike[str] | None
 
 
 def _raise_translated(exc: Exception, backend: Backend) -> None:
@@ -160,45 +90,8 @@ def _raise_translated(exc: Exception, backend: Backend) -> None:
         raise error from exc
 
 
-def record_to_result(record: TaskRecord, serializer: Serializer) -> Result:
-    """A Result from a finished task's stored record."""
-    value = None
-    if record.result is not None:
-        value = loads_checked(
-            serializer,
-            record.result,
-            f"the result of task {record.id}",
-            result_binding(record.id, record.func_name),
-        )
-    return Result(
-        task_id=record.id,
-        status=task_status(record),
-        value=value,
-        error=record.error,
-        traceback=record.traceback,
-        attempts=record.attempts,
-        enqueued_at=_to_datetime(record.enqueued_at),
-        started_at=_to_datetime(record.started_at),
-        finished_at=_to_datetime(record.finished_at),
-        worker_id=record.worker_id,
-        func_name=record.func_name,
-    )
-
-
-def _observed() -> bool:
-    """True when anyone listens: a tracer or meter provider, or a signal receiver."""
-    return (
-        signals.task_enqueued.has_receivers
-        or signals.task_cancelled.has_receivers
-        or telemetry.tracing_on()
-        or telemetry.metrics_on()
-    )
-
-
-def _announce_enqueued(tasks: Sequence[NewTask]) -> None:
-    if signals.task_enqueued.has_receivers:
-        for task in tasks:
-            signals.task_enqueued.send_nowait(TaskEvent(task.id, task.func_name, task.queue))
+#: What purge deletes by default: every finished task.
+FINISHED_VALUES = (TaskStatus.SUCCEEDED.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
 
 
 class _Enqueuer:
@@ -280,10 +173,14 @@ class _Enqueuer:
             )
 
     async def _enqueue_unique(
-        self, backend: Backend, fn: Callable[..., Any], args: tuple, kwargs: dict
+        self,
+        backend: Backend,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> TaskId:
         """Enqueue unless a queued or running task holds the unique key."""
-        _check_callable(fn)
+        check_callable(fn)
         key = self.options.unique_key
         with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
             (task,) = self._queue._new_tasks(
@@ -293,7 +190,7 @@ class _Enqueuer:
             if created:
                 scope.committed([task_id])
         if created:
-            _announce_enqueued([task])
+            announce_enqueued([task])
             return TaskId(task_id)
         logger.info("unique key %r is held by task %s: not enqueued again", key, task_id)
         return TaskId.existing(task_id)
@@ -307,13 +204,13 @@ class _Enqueuer:
     ) -> list[str]:
         """The enqueue path with a span, metrics and the task_enqueued signal;
         ``store`` writes the tasks (default: ``backend.enqueue``)."""
-        _check_callable(fn)
+        check_callable(fn)
         with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
             tasks = self._queue._new_tasks(self.options, fn, calls, backend.now(), scope.headers)
             await (store or backend.enqueue)(tasks)
             ids = [task.id for task in tasks]
             scope.committed(ids)
-        _announce_enqueued(tasks)
+        announce_enqueued(tasks)
         return ids
 
     async def enqueue_in_batch(
@@ -364,7 +261,7 @@ def _translating(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable
         except SitqError:
             raise
         except Exception as exc:
-            _raise_translated(exc, self.backend)
+            _raise_translated(exc, self._backend)
             raise
 
     return call
@@ -389,32 +286,44 @@ class TaskQueue:
     :param backend: a Backend, a database URL or path (``"tasks.db"``,
         ``"sqlite:///tasks.db"``), or None for ``$SITQ_DB`` else ``sitq.db``.
     :param serializer: how calls and results become bytes (cloudpickle by default).
+    :param create: False to open only an existing database: a mistyped path or a
+        database without sitq's tables is an error, not a new empty database
+        (what ``sitq status`` and the dashboard do). Ignored for a Backend given.
 
     Use ``await queue.connect()`` / ``await queue.close()``, or ``async with``.
     """
 
     def __init__(
         self,
-        backend: Backend | str | os.PathLike[str] | None = None,
+        backend: StorageTarget = None,
         serializer: Serializer | None = None,
+        *,
+        create: bool = True,
     ) -> None:
-        self.backend = open_backend(backend)
+        # Each backend has its own default for create: pass it only when refused.
+        self._backend = open_backend(backend) if create else open_backend(backend, create=False)
         self.serializer: Serializer = serializer or default_serializer()
         self._default = _Enqueuer(self, TaskOptions())
         self._connected = False
-        self._waiters = ResultWaiters(self.backend, _finished, POLL_INTERVAL)
+        self._waiters = ResultWaiters(self._backend, is_finished, POLL_INTERVAL)
+
+    @property
+    def backend(self) -> Backend:
+        """The storage backend. Private: kept for the layers that still reach it
+        while they move onto the public API; it goes away once none does."""
+        return self._backend
 
     async def connect(self) -> None:
-        """Open the backend (creating the database if needed)."""
+        """Open the backend (creating the database if needed, unless ``create=False``)."""
         if not self._connected:
-            await self.backend.connect()
+            await self._backend.connect()
             self._connected = True
 
     async def close(self) -> None:
         """Close the backend connection this queue opened."""
         if self._connected:
             self._connected = False
-            await self.backend.close()
+            await self._backend.close()
 
     async def __aenter__(self) -> TaskQueue:
         await self.connect()
@@ -429,7 +338,7 @@ class TaskQueue:
                 "the queue is not connected: call `await queue.connect()` first, "
                 "or use `async with TaskQueue(...) as queue:`"
             )
-        return self.backend
+        return self._backend
 
     def _new_tasks(
         self,
@@ -439,63 +348,8 @@ class TaskQueue:
         now: float,
         headers: dict[str, str] | None = None,
     ) -> list[NewTask]:
-        """Serialize each call of ``fn``; what is the same for every call is done once.
-
-        ``headers`` (trace context) are framed in front of each payload."""
-        _check_callable(fn)
-        if calls and calls[0][1] and not OPTION_NAMES.isdisjoint(calls[0][1]):
-            check_option_keywords(fn, calls[0][1])  # only enqueue() passes keywords
-        name = task_name(fn)
-        available_at = options.available_at(now)
-        retry_backoff = float(options.retry_backoff)
-        timeout = None if options.timeout is None else float(options.timeout)
-        result_ttl = None if options.result_ttl is None else float(options.result_ttl)
-        # Ids are made here, before signing: a signed payload is bound to its row.
-        ids = new_task_ids(len(calls))
-        bound = getattr(self.serializer, "dumps_bound", None)
-        try:
-            if bound is None:  # not signing: nothing more per task than the pickling
-                dumps = self.serializer.dumps
-                payloads = [dumps((fn, args, kwargs)) for args, kwargs in calls]
-            else:
-                payloads = [
-                    bound((fn, args, kwargs), payload_binding(task_id, name, options.queue))
-                    for task_id, (args, kwargs) in zip(ids, calls, strict=True)
-                ]
-        except Exception as exc:
-            bad = next((c for c in calls if not _serializes(self.serializer, (fn, *c))), None)
-            if bad is None:  # it failed once but not again: report what it said
-                raise SerializationError(
-                    f"cannot enqueue {name}: {type(exc).__name__}: {exc}"
-                ) from exc
-            raise SerializationError(
-                f"cannot enqueue {name}: "
-                f"{_explain_unpicklable(self.serializer, fn, bad[0], bad[1])}; pass only "
-                "picklable values (no open files, sockets, locks or connections)"
-            ) from exc
-        prefix = encode_headers(headers) if headers else None
-        if prefix is not None:
-            payloads = [prefix + payload for payload in payloads]
-        queue, priority, unique_key = options.queue, options.priority, options.unique_key
-        max_retries, limit_key = options.max_retries, options.limit_key
-        return [
-            NewTask(
-                task_id,
-                queue,
-                name,
-                payload,
-                priority,
-                now,
-                available_at,
-                max_retries,
-                retry_backoff,
-                timeout,
-                unique_key,
-                result_ttl,
-                limit_key,
-            )
-            for task_id, payload in zip(ids, payloads, strict=True)
-        ]
+        """The task rows of calls of ``fn`` (see :func:`sitq.new_tasks.new_tasks`)."""
+        return new_tasks(self.serializer, options, fn, calls, now, headers)
 
     # -- enqueueing -------------------------------------------------------
 
@@ -527,7 +381,7 @@ class TaskQueue:
         Returns None if it has not finished within ``timeout`` seconds; with
         ``timeout=None`` waits as long as it takes. Unknown ids raise TaskNotFound.
         """
-        _check_task_id(task_id)
+        check_task_id(task_id)
         if timeout is not None:
             if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
                 if math.isinf(timeout) and timeout > 0:
@@ -556,7 +410,7 @@ class TaskQueue:
 
     async def get_results(self, task_ids: Sequence[str]) -> dict[str, Result]:
         """Results of those of ``task_ids`` that have finished, checked in bulk (no waiting)."""
-        _check_task_ids(task_ids)
+        check_task_ids(task_ids)
         records = await self._backend_checked().get_tasks(task_ids)
         return {
             task_id: record_to_result(record, self.serializer)
@@ -566,7 +420,7 @@ class TaskQueue:
 
     async def status(self, task_id: str) -> TaskStatus:
         """Where the task is now; unknown ids raise TaskNotFound."""
-        _check_task_id(task_id)
+        check_task_id(task_id)
         record = (await self._backend_checked().get_tasks([task_id])).get(task_id)
         if record is None:
             raise TaskNotFound(task_id)
@@ -578,45 +432,155 @@ class TaskQueue:
         holds but has not started (it reads QUEUED, ``TaskRecord.claimed``) is
         held by that worker: it is woken and ends the task cancelled, unless it
         starts first (then it is stopped as a running one). True in these cases
-        (cancelled or cancel requested); False if the task had already finished."""
-        _check_task_id(task_id)
+        (cancelled or cancel requested); False if the task had already finished.
+        :meth:`request_cancel` says which of the three happened."""
+        return bool(await self.request_cancel(task_id))
+
+    async def request_cancel(self, task_id: str) -> CancelOutcome:
+        """Cancel a task as :meth:`cancel` does, and say what happened:
+        ``CANCELLED`` (it was queued), ``REQUESTED`` (a worker holds it and was
+        asked to stop it) or ``FINISHED`` (too late). Unknown ids raise TaskNotFound.
+
+        A task cancelled here sends ``task_cancelled`` and counts in the
+        ``sitq.tasks.cancelled`` metric; one stopped by its worker is reported by it."""
+        check_task_id(task_id)
         backend = self._backend_checked()
         outcome = await backend.cancel(task_id)
         if outcome is None:
             raise TaskNotFound(task_id)
         if outcome == "cancelled" and _observed():
-            # Cancelled before it ran (a running one is reported by its worker).
-            record = (await backend.get_tasks([task_id])).get(task_id)
-            if record is not None:
-                telemetry.cancelled(record.queue, record.func_name)
-                signals.task_cancelled.send_nowait(
-                    TaskEvent(record.id, record.func_name, record.queue, record.attempts)
-                )
-        return outcome in ("cancelled", "requested")
+            await announce_cancelled(backend, [task_id])
+        return CancelOutcome(outcome)
 
     async def retry(self, task_id: str) -> bool:
-        """Queue a failed or cancelled task again; False if it is not in such a state."""
-        _check_task_id(task_id)
-        backend = self._backend_checked()
-        if await backend.retry([task_id]):
+        """Queue a failed or cancelled task again; False if it is not in such a state.
+        A task queued again sends ``task_requeued`` and counts in ``sitq.tasks.requeued``."""
+        check_task_id(task_id)
+        if await self.retry_many([task_id]):
             return True
-        if not await backend.get_tasks([task_id]):
+        if not await self._backend_checked().get_tasks([task_id]):
             raise TaskNotFound(task_id)
         return False
 
+    async def retry_many(self, task_ids: Sequence[str]) -> int:
+        """Queue those of the tasks that failed or were cancelled again, in one
+        transaction; return how many (each sends ``task_requeued``)."""
+        ids = list(task_ids)
+        if not ids:
+            return 0
+        backend = self._backend_checked()
+        if not _observed():
+            return await backend.retry(ids)
+        # Which ones are retried is read first, to announce those (the count is
+        # the database's own answer).
+        before = await backend.get_tasks(ids, with_result=False)
+        retriable = [t for t, r in before.items() if r.status in RETRIABLE]
+        count = await backend.retry(retriable) if retriable else 0
+        await announce_requeued(backend, retriable)
+        return count
+
+    async def retry_failed(self, queue: str | None = None) -> int:
+        """Queue every failed task again (of ``queue`` only, if given), in one
+        statement; return how many (each sends ``task_requeued``)."""
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ConfigurationError(f"queue must be a non-empty string or None, got {queue!r}")
+        backend = self._backend_checked()
+        if not _observed():
+            return await backend.retry(None, queue=queue)
+        failed: list[str] = []
+        cursor: str | None = None
+        while True:  # the failed tasks' ids, to announce them
+            page = await backend.list_tasks(
+                queue=queue, status="failed", batch_id=None, cursor=cursor, limit=MAX_PAGE_SIZE
+            )
+            failed += [record.id for record in page.tasks]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        count = await backend.retry(failed) if failed else 0
+        await announce_requeued(backend, failed)
+        return count
+
+    async def purge(
+        self,
+        statuses: Sequence[TaskStatus | str] = FINISHED_VALUES,
+        *,
+        queue: str | None = None,
+        older_than: float | None = None,
+    ) -> int:
+        """Delete tasks in ``statuses`` (default: every finished one) with their
+        results; only of ``queue``, and only finished more than ``older_than``
+        seconds ago, if given. Return how many. A task a worker holds is never
+        deleted (with "queued": those claimed but not started stay)."""
+        try:
+            values = [TaskStatus(status).value for status in statuses]
+        except ValueError:
+            known = ", ".join(s.value for s in TaskStatus)
+            raise ConfigurationError(
+                f"purge takes statuses among {known}, got {statuses!r}"
+            ) from None
+        if older_than is not None:
+            older_than = checks.seconds("older_than", older_than)
+        return await self._backend_checked().purge(values, queue=queue, older_than=older_than)
+
+    async def task_record(
+        self, task_id: str, *, payload: bool = False, result: bool = True
+    ) -> TaskRecord | None:
+        """Everything stored about a task, or None for an unknown id. Its call's
+        payload is loaded only with ``payload=True`` (it may be big), its result
+        unless ``result=False``; their sizes always (``payload_size``, ``result_size``)."""
+        check_task_id(task_id)
+        found = await self._backend_checked().get_tasks(
+            [task_id], with_payload=payload, with_result=result
+        )
+        return found.get(task_id)
+
+    async def overview(self, *, failures: int = 5, counts: bool = True) -> Overview:
+        """A snapshot of the queue: per queue the tasks in each status, how many are
+        ready, delayed or claimed, the oldest wait and whether it is paused; the
+        workers with their heartbeat age and what each runs; the ``failures`` most
+        recent failures; schedules and limits. ``counts=False`` skips counting
+        every task (a table scan) for a caller that samples counts itself."""
+        if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
+            raise ConfigurationError(f"failures must be an int >= 0, got {failures!r}")
+        return await build_overview(self._backend_checked(), failures=failures, counts=counts)
+
+    async def task_counts(
+        self, *, finished_since: float | None = None
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int] | None]:
+        """Tasks per (queue, status); with ``finished_since`` (a database time, see
+        :meth:`now`), also per (queue, status) those finished since then, read in
+        the same pass (None where the backend cannot tell)."""
+        backend = self._backend_checked()
+        if finished_since is None:
+            return await backend.counts(), None
+        return await backend.counts_and_finished_since(finished_since)
+
+    async def retrying_counts(self) -> dict[str, int]:
+        """Per queue, the queued tasks that ran before (waiting for a retry)."""
+        return await self._backend_checked().retrying_counts()
+
+    def now(self) -> float:
+        """The database's clock (unix seconds), which every stored time is read against."""
+        return self._backend.now()
+
+    def describe(self) -> str:
+        """Where this queue's database is, for messages (never with a password)."""
+        return self._backend.describe()
+
     async def stats(self) -> dict[str, Any]:
         """Counts of tasks by status, overall and per queue, and of live workers."""
-        backend = self._backend_checked()
-        counts = await backend.counts()
-        totals = {status.value: 0 for status in TaskStatus}
-        queues: dict[str, dict[str, int]] = {}
-        for (queue, status), count in counts.items():
-            queues.setdefault(queue, {s.value: 0 for s in TaskStatus})[status] = count
-            totals[status] = totals.get(status, 0) + count
-        workers = await backend.list_workers()
-        now = backend.now()
-        alive = sum(1 for w in workers if w.alive(now, WORKER_STALE_AFTER))
-        return {"totals": totals, "queues": queues, "workers_alive": alive}
+        view = await self.overview(failures=0)
+        return {
+            "totals": dict(view.totals),
+            # Only queues holding tasks (the overview lists paused empty ones too).
+            "queues": {
+                name: dict(summary.counts)
+                for name, summary in view.queues.items()
+                if any(summary.counts.values())
+            },
+            "workers_alive": view.workers_alive,
+        }
 
     # -- registered and periodic tasks -------------------------------------
 
@@ -642,7 +606,7 @@ class TaskQueue:
         enqueuer = self._default.with_options(**options)
 
         def decorate(function: Callable[P, R]) -> TaskHandle[P, R]:
-            _check_callable(function)
+            check_callable(function)
             task = name or task_name(function)
             register(task, function)
             return TaskHandle(self, function, task, enqueuer)
@@ -668,7 +632,7 @@ class TaskQueue:
         :mod:`sitq.schedules`)."""
 
         def decorate(function: Callable[P, R]) -> TaskHandle[P, R]:
-            handle = self.task(function, name=name, **options)
+            handle: TaskHandle[P, R] = self.task(name=name, **options)(function)
             self.schedule(
                 handle,
                 cron=cron,
@@ -700,7 +664,7 @@ class TaskQueue:
         target: Callable[..., Any] = fn
         if isinstance(fn, TaskHandle):
             options, target = fn.options, TaskRef(fn.name)
-        _check_callable(target)
+        check_callable(target)
         return schedules.add(
             Schedule(
                 name=name or task_name(target),
@@ -719,6 +683,30 @@ class TaskQueue:
     async def schedules(self) -> list[ScheduleRecord]:
         """The schedules workers have run, with their last and next run times."""
         return await self._backend_checked().list_schedules()
+
+    async def advance_schedule(
+        self,
+        schedule: Schedule,
+        due: float,
+        next_run: float | None,
+        *,
+        run_with: TaskOptions | None = None,
+        first: bool = False,
+    ) -> str | None:
+        """Move ``schedule`` past its run due at ``due`` (next one at ``next_run``),
+        at most once across every worker. With ``run_with``, the run's task is
+        enqueued with those options in the same transaction: its id is returned
+        if this call enqueued it, None if another worker did (or it was not due).
+        ``first``: record a schedule seen for the first time. For the scheduler."""
+        backend = self._backend_checked()
+        task = None
+        if run_with is not None:
+            call = [(schedule.args, schedule.kwargs)]
+            (task,) = self._new_tasks(run_with, schedule.fn, call, backend.now())
+        advanced = await backend.advance_schedule(
+            schedule.name, schedule.spec, due, next_run, task, first=first
+        )
+        return task.id if advanced and task is not None else None
 
     # -- limits and pausing ------------------------------------------------
 
@@ -838,15 +826,9 @@ class TaskQueue:
 
     async def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         """Each task's status, in one query; unknown ids are absent."""
-        _check_task_ids(task_ids)
+        check_task_ids(task_ids)
         found = await self._backend_checked().task_statuses(task_ids)
-        return {task_id: _stored_status(task_id, status) for task_id, status in found.items()}
-
-    async def retry_many(self, task_ids: Sequence[str]) -> int:
-        """Queue those of the tasks that failed or were cancelled again, in one
-        transaction; return how many."""
-        ids = list(task_ids)
-        return await self._backend_checked().retry(ids) if ids else 0
+        return {task_id: stored_status(task_id, status) for task_id, status in found.items()}
 
     async def cancel_many(self, task_ids: Sequence[str]) -> list[str]:
         """Cancel those of the tasks that are queued and not held, in one statement;
@@ -856,11 +838,7 @@ class TaskQueue:
         backend = self._backend_checked()
         cancelled = await backend.cancel_queued(list(task_ids))
         if cancelled and _observed():
-            for record in (await backend.get_tasks(cancelled)).values():
-                telemetry.cancelled(record.queue, record.func_name)
-                signals.task_cancelled.send_nowait(
-                    TaskEvent(record.id, record.func_name, record.queue, record.attempts)
-                )
+            await announce_cancelled(backend, cancelled)
         return cancelled
 
     async def wait_for_results(self, timeout: float) -> None:
@@ -1040,6 +1018,10 @@ class TaskQueue:
 
     # -- workers -----------------------------------------------------------
 
+    async def workers(self) -> list[base.WorkerRecord]:
+        """Every worker this database knows, stopped ones included, newest first."""
+        return await self._backend_checked().list_workers()
+
     async def live_workers(self, queue: str | None = None) -> list[base.WorkerRecord]:
         """The workers alive now (running, heard from within WORKER_STALE_AFTER
         seconds), as ``stats()`` counts them; with ``queue``, only those serving it."""
@@ -1078,24 +1060,3 @@ def check_batch_id(batch_id: Any) -> None:
             f"batch id {batch_id[:40]!r}... is {len(batch_id)} characters long; use at most "
             f"{MAX_BATCH_ID_LENGTH}"
         )
-
-
-#: The most tasks one listing page may hold.
-MAX_PAGE_SIZE = 1000
-
-
-def check_listing(queue: Any, status: Any, batch_id: Any, cursor: Any, limit: Any) -> None:
-    """Refuse listing filters that cannot match anything, with what to pass instead."""
-    for name, value in (("queue", queue), ("batch_id", batch_id), ("cursor", cursor)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ConfigurationError(f"{name} must be a non-empty string or None, got {value!r}")
-    if status is not None:
-        try:
-            TaskStatus(status)
-        except ValueError:
-            known = ", ".join(s.value for s in TaskStatus)
-            raise ConfigurationError(
-                f"unknown status {status!r}; use one of {known}, or None for every status"
-            ) from None
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ConfigurationError(f"limit must be an int from 1 to {MAX_PAGE_SIZE}, got {limit!r}")

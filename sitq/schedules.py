@@ -216,22 +216,17 @@ class Scheduler:
 
     async def tick(self) -> float:
         """Enqueue what is due now; return the seconds until the next due time."""
-        backend = self.queue.backend
-        known = {record.name: record for record in await backend.list_schedules()}
-        now = backend.now()
+        queue = self.queue
+        known = {record.name: record for record in await queue.schedules()}
+        now = queue.now()
         wait = MAX_TICK
         for schedule in self.schedules:
             record = known.get(schedule.name)
             try:
                 if record is None:
                     # First sighting: runs start from now, nothing is backfilled.
-                    await backend.advance_schedule(
-                        schedule.name,
-                        schedule.spec,
-                        now,
-                        schedule.next_after(now),
-                        None,
-                        first=True,
+                    await queue.advance_schedule(
+                        schedule, now, schedule.next_after(now), first=True
                     )
                     last = now
                 else:
@@ -239,7 +234,7 @@ class Scheduler:
             except Exception:
                 logger.exception("schedule %s: could not enqueue its due runs", schedule.name)
                 continue
-            wait = min(wait, max(0.0, schedule.next_after(last) - backend.now()))
+            wait = min(wait, max(0.0, schedule.next_after(last) - queue.now()))
         return wait
 
     async def _run_due(self, schedule: Schedule, last: float, now: float) -> float:
@@ -248,25 +243,18 @@ class Scheduler:
         if not due_times:
             return last
         if schedule.catch_up == "skip" and now - due_times[-1] > schedule.misfire_grace:
-            await self.queue.backend.advance_schedule(
-                schedule.name, schedule.spec, due_times[-1], schedule.next_after(now), None
-            )
+            await self.queue.advance_schedule(schedule, due_times[-1], schedule.next_after(now))
             logger.info("schedule %s: skipped missed runs up to %s", schedule.name, due_times[-1])
             return due_times[-1]
         for due in due_times:
             # The unique key names the run, so `sitq inspect` shows which one it is.
             options = schedule.options.merged(unique_key=f"schedule:{schedule.name}@{due:.3f}")
-            (task,) = self.queue._new_tasks(
-                options,
-                schedule.fn,
-                [(schedule.args, schedule.kwargs)],
-                self.queue.backend.now(),
+            task_id = await self.queue.advance_schedule(
+                schedule, due, schedule.next_after(due), run_with=options
             )
-            if await self.queue.backend.advance_schedule(
-                schedule.name, schedule.spec, due, schedule.next_after(due), task
-            ):
+            if task_id is not None:
                 self.enqueued += 1
-                logger.info("schedule %s: enqueued task %s for %s", schedule.name, task.id, due)
+                logger.info("schedule %s: enqueued task %s for %s", schedule.name, task_id, due)
         return due_times[-1]
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -12,7 +12,9 @@ Signals fire in the process where the thing happens: ``task_enqueued`` in the
 producer, the ``task_*`` execution signals and ``worker_*`` signals in the
 worker process (so connect receivers in a module the worker imports with
 ``sitq worker --import``). ``task_cancelled`` fires in the producer whose
-``cancel()`` took effect and in the worker that stopped a running task.
+``cancel()`` took effect and in the worker that stopped a running task;
+``task_requeued`` in the process whose retry queued a task again (``sitq retry``
+and the dashboard's Retry included: they go through ``TaskQueue``).
 
 Receivers may be plain functions or coroutine functions. A receiver that
 raises is logged and skipped: it never breaks the worker, the enqueue or the
@@ -38,6 +40,7 @@ __all__ = [
     "task_completed",
     "task_enqueued",
     "task_failed",
+    "task_requeued",
     "task_retrying",
     "task_started",
     "worker_started",
@@ -180,6 +183,9 @@ task_retrying: Signal[TaskEvent] = Signal(
     "task_retrying", "An attempt failed and the task will run again at event.retry_at."
 )
 task_cancelled: Signal[TaskEvent] = Signal("task_cancelled", "A task was cancelled.")
+task_requeued: Signal[TaskEvent] = Signal(
+    "task_requeued", "A failed or cancelled task was queued again by a retry."
+)
 worker_started: Signal[WorkerEvent] = Signal("worker_started", "A worker is serving its queues.")
 worker_stopping: Signal[WorkerEvent] = Signal(
     "worker_stopping", "A worker began its shutdown (draining what runs)."

@@ -45,6 +45,7 @@ _counters = {
         ("failed", "Tasks that ended FAILED"),
         ("retried", "Failed attempts scheduled to run again"),
         ("cancelled", "Tasks cancelled"),
+        ("requeued", "Failed or cancelled tasks queued again by a retry"),
     )
 }
 _run_time = _meter.create_histogram(
@@ -225,6 +226,14 @@ def cancelled(queue: str, task_name: str) -> None:
     """Count a task cancelled before it ran."""
     if metrics_on():
         _counters["cancelled"].add(
+            1, {"messaging.destination.name": queue, "sitq.task.name": task_name}
+        )
+
+
+def requeued(queue: str, task_name: str) -> None:
+    """Count a failed or cancelled task queued again by a retry."""
+    if metrics_on():
+        _counters["requeued"].add(
             1, {"messaging.destination.name": queue, "sitq.task.name": task_name}
         )
 

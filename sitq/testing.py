@@ -75,10 +75,10 @@ class TemporaryQueue(TaskQueue):
         to :class:`Worker` (for example ``pool="process"``).
         """
         if queues is None:
-            counts = await self._backend_checked().counts()
-            queues = tuple(sorted({queue for queue, _ in counts})) or ("default",)
+            stored, _ = await self.task_counts()
+            queues = tuple(sorted({queue for queue, _ in stored})) or ("default",)
         options = {"concurrency": 1, "schedules": (), **worker}
-        runner = Worker(self.backend, self.serializer, queues=queues, burst=True, **options)
+        runner = Worker(self._backend, self.serializer, queues=queues, burst=True, **options)
         await runner.start()
         await runner.run()
         counts = runner.outcomes

@@ -27,6 +27,7 @@ from sitq import (
 from sitq.backends.sqlite import SQLiteBackend
 from sitq.errors import ConfigurationError, NotConnected
 from sitq.serialization import CloudpickleSerializer
+from sitq.testing import TemporaryQueue
 
 
 async def test_seed_tutorial_flow_runs_as_written(db_path: Path) -> None:
@@ -516,3 +517,95 @@ async def test_a_registered_task_refuses_an_option_keyword_it_cannot_take(
 
     with pytest.raises(ConfigurationError, match=r"greet\(\) has no parameter 'eta'"):
         await asyncio.to_thread(sync_enqueue)
+
+
+# -- the operator API: what `sitq` commands and the dashboard are built on ----------
+
+
+async def _claim_one(db_path: Path, queue: str = "default") -> str:
+    """Claim one task as a worker would (held, not started); its id."""
+    backend = SQLiteBackend(str(db_path))
+    await backend.connect()
+    try:
+        [claimed] = await backend.claim("w1", [queue], 1, 60.0)
+    finally:
+        await backend.close()
+    return claimed.id
+
+
+async def test_request_cancel_says_which_of_three_things_happened(
+    queue: TaskQueue, db_path: Path
+) -> None:
+    from sitq import CancelOutcome
+
+    queued = await queue.with_options(delay=60).enqueue(jobs.noop)
+    held = await queue.enqueue(jobs.noop)
+    assert await _claim_one(db_path) == held
+    assert await queue.request_cancel(queued) is CancelOutcome.CANCELLED
+    assert await queue.request_cancel(queued) is CancelOutcome.FINISHED
+    assert await queue.request_cancel(held) is CancelOutcome.REQUESTED
+    # Its truth value is cancel()'s answer.
+    assert [bool(o) for o in CancelOutcome] == [True, True, False]
+    with pytest.raises(TaskNotFound):
+        await queue.request_cancel("nope")
+
+
+async def test_retry_failed_purge_and_task_record(queue: TaskQueue, db_path: Path) -> None:
+    mail = await queue.with_options(queue="mail").enqueue_many(jobs.fail, ["x", "y"])
+    other = await queue.with_options(queue="other").enqueue(jobs.fail, "z")
+    async with TemporaryQueue(db_path) as runner:
+        assert (await runner.run_all()).failed == 3
+    assert await queue.retry_failed("mail") == 2
+    assert await queue.statuses([*mail, other]) == {
+        mail[0]: TaskStatus.QUEUED,
+        mail[1]: TaskStatus.QUEUED,
+        other: TaskStatus.FAILED,
+    }
+    record = await queue.task_record(other)
+    assert record is not None and record.payload is None and "z" in (record.error or "")
+    with_payload = await queue.task_record(other, payload=True)
+    assert with_payload is not None and with_payload.payload
+    assert await queue.task_record("nope") is None
+    assert await queue.purge(["queued"], queue="mail") == 2
+    assert await queue.purge() == 1  # every finished task: the failed one
+    assert await queue.retry_failed() == 0
+    with pytest.raises(ConfigurationError, match="statuses"):
+        await queue.purge(["done"])
+
+
+async def test_overview_counts_queues_workers_and_failures(queue: TaskQueue, db_path: Path) -> None:
+    from sitq import Overview
+
+    await queue.with_options(queue="mail", delay=3600).enqueue(jobs.noop)
+    ready = await queue.enqueue_many(jobs.noop, [(), ()])
+    await queue.pause("idle")
+    view = await queue.overview()
+    assert isinstance(view, Overview)
+    assert set(view.queues) == {"default", "idle", "mail"}
+    default, mail, idle = view.queues["default"], view.queues["mail"], view.queues["idle"]
+    assert (default.counts["queued"], default.ready, default.delayed) == (2, 2, 0)
+    assert default.oldest_wait is not None and default.oldest_wait >= 0
+    assert (mail.ready, mail.delayed, mail.oldest_wait) == (0, 1, None)
+    assert idle.paused and not any(idle.counts.values())
+    assert view.totals["queued"] == 3 and view.workers == () and view.recent_failures == ()
+    # stats() keeps its shape, and leaves out queues holding no task.
+    stats = await queue.stats()
+    assert set(stats["queues"]) == {"default", "mail"} and stats["workers_alive"] == 0
+    assert await _claim_one(db_path) == ready[0]
+    assert (await queue.overview(counts=False)).queues["default"].claimed == 1
+    with pytest.raises(ConfigurationError):
+        await queue.overview(failures=-1)
+
+
+async def test_create_false_opens_only_an_existing_database(tmp_path: Path) -> None:
+    from sitq.errors import SitqError
+
+    missing = tmp_path / "missing.db"
+    with pytest.raises(SitqError):
+        async with TaskQueue(missing, create=False):
+            pass
+    assert not missing.exists()
+    async with TaskQueue(missing):
+        pass
+    async with TaskQueue(missing, create=False) as queue:
+        assert await queue.overview() is not None

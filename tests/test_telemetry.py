@@ -3,14 +3,17 @@ process), retries in the same trace, exceptions recorded, and the metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jobs
 import pytest
+from click.testing import CliRunner
 from opentelemetry import baggage, context, metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -18,9 +21,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from starlette.testclient import TestClient
 from support import await_until, subprocess_env, wait_until
 
-from sitq import TaskQueue, TaskStatus, Worker, telemetry
+from sitq import TaskQueue, TaskStatus, Worker, cli, signals, telemetry
+from sitq.dashboard import DashboardConfig, create_app
+from sitq.signals import TaskEvent
+from sitq.testing import TemporaryQueue
+
+LOCAL = "http://127.0.0.1:8765"
 
 
 class Telemetry:
@@ -247,3 +256,130 @@ asyncio.run(main())
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "42"
+
+
+# -- every surface cancels and retries through TaskQueue: same signals, same counters --
+
+
+class Heard:
+    """Records ``task_cancelled`` and ``task_requeued`` (sync receivers: a surface
+    may send them from another thread, as the dashboard's test client does)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self._receivers = [
+            (signal, signal.connect(self._receiver(signal.name)))
+            for signal in (signals.task_cancelled, signals.task_requeued)
+        ]
+
+    def _receiver(self, name: str) -> Callable[[TaskEvent], None]:
+        def receive(event: TaskEvent) -> None:
+            self.events.append((name, event.task_id))
+
+        return receive
+
+    def disconnect(self) -> None:
+        for signal, receiver in self._receivers:
+            signal.disconnect(receiver)
+
+
+@pytest.fixture
+def heard() -> Iterator[Heard]:
+    heard = Heard()
+    yield heard
+    heard.disconnect()
+
+
+def _delayed_task(db_path: Path) -> str:
+    async def enqueue() -> str:
+        async with TaskQueue(db_path) as queue:
+            return await queue.with_options(delay=3600).enqueue(jobs.noop)
+
+    return asyncio.run(enqueue())
+
+
+def _failed_tasks(db_path: Path, n: int, queue: str = "default") -> list[str]:
+    async def fail() -> list[str]:
+        async with TemporaryQueue(db_path) as tasks:
+            ids = await tasks.with_options(queue=queue).enqueue_many(jobs.fail, ["no"] * n)
+            assert (await tasks.run_all(queues=(queue,))).failed == n
+            return ids
+
+    return asyncio.run(fail())
+
+
+def _sitq(*args: str) -> str:
+    result = CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _csrf(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, "no CSRF field on the page"
+    return found.group(1)
+
+
+def test_sitq_cancel_sends_the_signal_and_counts(
+    observed: Telemetry, heard: Heard, db_path: Path
+) -> None:
+    task_id = _delayed_task(db_path)
+    before = observed.counter("sitq.tasks.cancelled")
+    assert "cancelled" in _sitq("cancel", "--db", str(db_path), task_id)
+    assert heard.events == [("task_cancelled", task_id)]
+    assert observed.counter("sitq.tasks.cancelled") - before == 1
+
+
+def test_sitq_retry_sends_the_signal_and_counts(
+    observed: Telemetry, heard: Heard, db_path: Path
+) -> None:
+    one, *others = _failed_tasks(db_path, 3, queue="mail")
+    before = observed.counter("sitq.tasks.requeued")
+    assert "queued 1 task(s) again" in _sitq("retry", "--db", str(db_path), one)
+    assert "queued 2 task(s) again" in _sitq(
+        "retry", "--db", str(db_path), "--failed", "--queue", "mail"
+    )
+    assert sorted(heard.events) == sorted(("task_requeued", t) for t in [one, *others])
+    assert observed.counter("sitq.tasks.requeued") - before == 3
+
+
+def test_dashboard_cancel_sends_the_signal_and_counts(
+    observed: Telemetry, heard: Heard, db_path: Path
+) -> None:
+    task_id = _delayed_task(db_path)
+    before = observed.counter("sitq.tasks.cancelled")
+    with TestClient(create_app(DashboardConfig(db=str(db_path))), base_url=LOCAL) as client:
+        page = client.get(f"/tasks/{task_id}").text
+        done = client.post(f"/tasks/{task_id}/cancel", data={"csrf": _csrf(page)})
+    assert "Cancelled." in done.text
+    assert heard.events == [("task_cancelled", task_id)]
+    assert observed.counter("sitq.tasks.cancelled") - before == 1
+
+
+def test_dashboard_retry_sends_the_signal_and_counts(
+    observed: Telemetry, heard: Heard, db_path: Path
+) -> None:
+    one, *others = _failed_tasks(db_path, 3, queue="mail")
+    before = observed.counter("sitq.tasks.requeued")
+    with TestClient(create_app(DashboardConfig(db=str(db_path))), base_url=LOCAL) as client:
+        page = client.get(f"/tasks/{one}").text
+        done = client.post(f"/tasks/{one}/retry", data={"csrf": _csrf(page)})
+        assert "Queued again." in done.text
+        page = client.get("/").text
+        done = client.post("/queues/mail/retry-failed", data={"csrf": _csrf(page)})
+        assert "Failed tasks of the queue queued again." in done.text
+    assert sorted(heard.events) == sorted(("task_requeued", t) for t in [one, *others])
+    assert observed.counter("sitq.tasks.requeued") - before == 3
+
+
+async def test_queue_retry_paths_send_the_signal_and_count(
+    observed: Telemetry, heard: Heard, queue: TaskQueue
+) -> None:
+    ids = await queue.with_options(queue="q").enqueue_many(jobs.noop, [(), (), ()])
+    assert await queue.cancel_many(ids) == ids
+    before = observed.counter("sitq.tasks.requeued")
+    assert await queue.retry(ids[0]) is True
+    assert await queue.retry_many(ids[1:]) == 2
+    assert await queue.retry_many(ids) == 0  # queued already: nothing to announce
+    assert [name for name, _ in heard.events] == ["task_cancelled"] * 3 + ["task_requeued"] * 3
+    assert observed.counter("sitq.tasks.requeued") - before == 3

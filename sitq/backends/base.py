@@ -16,7 +16,7 @@ checks them on every backend):
 - Claimed is not started. A claim stores the task as 'running' under its worker's
   lease with no ``started_at``; the worker reports the start later (``finish``'s
   ``started``). Until then every read reports the task as 'queued' with
-  ``TaskRecord.claimed`` set, and ``running_tasks`` leaves it out; leases,
+  ``TaskRecord.claimed`` set, and ``activity().running`` leaves it out; leases,
   expiry and reclaim treat it as any held task.
 """
 
@@ -144,6 +144,26 @@ def task_record(row: Sequence[Any]) -> TaskRecord:
     if record.status == "running" and record.started_at is None:
         return replace(record, status="queued", claimed=True)
     return record
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What waits and runs now, as status displays show it (``Backend.activity``).
+
+    - ``ready``: per queue, the ``available_at`` of the ready task that has waited
+      longest and how many are ready (queued and due; the other queued tasks wait
+      for their time). Queues with nothing due are absent.
+    - ``claimed``: per (queue, worker id), the tasks a worker holds but has not
+      started (prefetched); ``counts`` counts them as queued.
+    - ``running``: every task now running (started, not merely claimed),
+      longest-running first.
+    - ``failures``: the tasks that most recently ended FAILED, newest first.
+    """
+
+    ready: dict[str, tuple[float, int]]
+    claimed: dict[tuple[str, str], int]
+    running: list[TaskRecord]
+    failures: list[TaskRecord]
 
 
 @dataclass(frozen=True)
@@ -361,29 +381,9 @@ class Backend(abc.ABC):
         be retried after a failure or a lost worker. Queues with none are absent."""
 
     @abc.abstractmethod
-    async def running_tasks(self) -> list[TaskRecord]:
-        """Every task now running (started, not merely claimed), longest-running
-        first (for status displays)."""
-
-    @abc.abstractmethod
-    async def claimed_counts(self) -> dict[tuple[str, str], int]:
-        """Per (queue, worker id), how many tasks a worker holds but has not
-        started (prefetched); ``counts`` counts them as queued."""
-
-    @abc.abstractmethod
-    async def recent_failures(self, limit: int) -> list[TaskRecord]:
-        """The ``limit`` tasks that most recently ended FAILED, newest first."""
-
-    @abc.abstractmethod
-    async def oldest_waiting(self) -> dict[str, float]:
-        """Per queue, the ``available_at`` of the ready task that has waited longest
-        (queues with nothing due are absent)."""
-
-    @abc.abstractmethod
-    async def ready_summary(self) -> dict[str, tuple[float, int]]:
-        """Per queue, the ``available_at`` of the ready task that has waited longest
-        and the number of ready tasks (queued and due; the other queued tasks wait
-        for their time). One query: what `sitq status` shows."""
+    async def activity(self, failures: int) -> Activity:
+        """What waits and runs now, read together (see :class:`Activity`), with the
+        ``failures`` tasks that most recently ended FAILED (none when 0)."""
 
     @abc.abstractmethod
     async def register_worker(self, worker: WorkerRecord) -> None:

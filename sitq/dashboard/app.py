@@ -15,13 +15,11 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from sitq.backends import open_backend
-from sitq.backends.base import Backend
 from sitq.dashboard import queries, routes, views
 from sitq.dashboard.history import FINISHED_WINDOW, Counted, CountHistory
 from sitq.dashboard.security import Guard
 from sitq.dashboard.workflows import WorkflowItems
-from sitq.queue import TaskQueue
+from sitq.queue import StorageTarget, TaskQueue
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,7 +35,7 @@ class DashboardConfig:
     - ``refresh_seconds``: how often open pages fetch fresh data.
     """
 
-    db: str | Backend | None = None
+    db: StorageTarget = None
     token: str | None = None
     host: str = "127.0.0.1"
     port: int = 8765
@@ -80,15 +78,14 @@ def create_app(config: DashboardConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # create=False: a mistyped path is an error, not a new empty database.
-        queue = TaskQueue(open_backend(config.db, create=False))
+        queue = TaskQueue(config.db, create=False)
         await queue.connect()
         app.state.queue = queue
-        backend = queue.backend
 
         async def count() -> Counted:
-            return await backend.counts_and_finished_since(backend.now() - FINISHED_WINDOW)
+            return await queue.task_counts(finished_since=queue.now() - FINISHED_WINDOW)
 
-        app.state.history = CountHistory(count, backend.retrying_counts)
+        app.state.history = CountHistory(count, queue.retrying_counts)
         app.state.workflows = WorkflowItems()
         try:
             yield

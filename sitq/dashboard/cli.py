@@ -170,13 +170,15 @@ def _server_class(base: Any) -> Any:
 def _check_database(db: str) -> None:
     """Open the database once before serving, so a wrong path or URL is one clear
     line rather than a failed startup."""
-    from sitq.backends import open_backend
     from sitq.errors import SitqError
+    from sitq.queue import TaskQueue
+    from sitq.serialization import CloudpickleSerializer
 
     async def probe() -> None:
-        backend = open_backend(db, create=False)
-        await backend.connect()
-        await backend.close()
+        # Nothing is loaded here: the plain serializer leaves $SITQ_SECRET_KEY to the app.
+        queue = TaskQueue(db, CloudpickleSerializer(), create=False)
+        await queue.connect()
+        await queue.close()
 
     try:
         asyncio.run(probe())

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from sitq.backends.base import WORKER_STALE_AFTER
 from sitq.dashboard.history import CountHistory
+from sitq.overview import WORKER_STALE_AFTER
 from sitq.queue import TaskQueue
 from sitq.task import TaskStatus
 
@@ -44,16 +44,16 @@ def _family(name: str, help_text: str, series: Series) -> Iterable[str]:
 async def exposition(queue: TaskQueue, history: CountHistory, clock: float) -> str:
     """The metrics page: per queue its tasks by status, depth, oldest wait,
     throughput, failed share and retries; workers alive and dead; running tasks."""
-    backend = queue.backend
     sample = await history.latest()
-    oldest = await backend.oldest_waiting()
-    now = backend.now()
+    # Not counted again: the task counts are the sampled ones.
+    view = await queue.overview(failures=0, counts=False)
+    oldest = {n: q.oldest_wait for n, q in view.queues.items() if q.oldest_wait is not None}
     names = sorted(set(sample.by_queue) | set(oldest))
     rates = history.rates()
-    workers = [w for w in await backend.list_workers() if w.stopped_at is None]
-    alive = sum(1 for w in workers if w.alive(now, WORKER_STALE_AFTER))
+    workers = [w for w in view.workers if w.state != "stopped"]
+    alive = sum(1 for w in workers if w.state == "alive")
     running = dict.fromkeys(names, 0)
-    for task in await backend.running_tasks():
+    for task in view.running:
         running[task.queue] = running.get(task.queue, 0) + 1
 
     def per_queue(values: Mapping[str, float | None]) -> Series:
@@ -74,7 +74,7 @@ async def exposition(queue: TaskQueue, history: CountHistory, clock: float) -> s
         *_family(
             "sitq_queue_oldest_wait_seconds",
             "How long the queue's longest-waiting due task has waited.",
-            per_queue({n: max(0.0, now - at) for n, at in oldest.items()}),
+            per_queue(dict(oldest)),
         ),
         *_family(
             "sitq_queue_finished_per_minute",

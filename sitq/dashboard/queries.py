@@ -1,18 +1,24 @@
-"""What the pages show, gathered through the public API (TaskQueue and its backend)
-and shaped into plain data for the templates."""
+"""What the pages show, gathered through the public API (``TaskQueue``: its
+``overview()``, ``task_record()`` and listings) and shaped into plain data for
+the templates."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from sitq.backends.base import WORKER_STALE_AFTER, LimitRecord, ScheduleRecord, TaskRecord
 from sitq.dashboard.history import CountHistory, QueueTrend
 from sitq.dashboard.workflows import RunProgress, WorkflowItems
 from sitq.display import bounded_repr
 from sitq.headers import unwrap as unwrap_headers
-from sitq.queue import TaskQueue, record_to_result
+from sitq.overview import Overview
+from sitq.queue import TaskQueue
+from sitq.records import record_to_result
 from sitq.serialization import SignedSerializer, bound_loads, payload_binding
 from sitq.task import TaskStatus
+
+if TYPE_CHECKING:
+    from sitq import LimitRecord, ScheduleRecord, TaskRecord
 
 STATUSES = [status.value for status in TaskStatus]
 #: The largest payload or result (bytes) a page loads by itself; a bigger one is
@@ -77,7 +83,7 @@ class BatchRow:
 
 
 @dataclass
-class Overview:
+class OverviewPage:
     """Everything on the overview page."""
 
     queues: list[QueueRow]
@@ -106,23 +112,26 @@ class QueueTable:
 
 
 async def queue_table(
-    queue: TaskQueue, history: CountHistory, *, shown: int | None = None, page: int = 1
+    queue: TaskQueue,
+    history: CountHistory,
+    *,
+    shown: int | None = None,
+    page: int = 1,
+    view: Overview | None = None,
 ) -> tuple[QueueTable, int]:
-    """Queue rows from the sampled counts, the oldest waits and the paused queues,
-    with totals over every queue; and how many queues exist.
+    """Queue rows from the sampled counts and the overview's oldest waits, paused
+    queues and claimed tasks, with totals over every queue; and how many queues exist.
 
     ``shown``: only the ``shown`` busiest (paused first, then most waiting, then
     most failed), in name order; else page ``page`` of all queues by name.
-    Trends are computed for the returned rows only.
+    Trends are computed for the returned rows only. ``view``: an overview read
+    already (else one is read, without counting: the counts are the samples).
     """
-    backend = queue.backend
     sample = await history.latest()
-    oldest = await backend.oldest_waiting()
-    paused = set(await queue.paused())
-    now = backend.now()
-    claimed_in: dict[str, int] = {}
-    for (name, _), n in (await backend.claimed_counts()).items():
-        claimed_in[name] = claimed_in.get(name, 0) + n
+    if view is None:
+        view = await queue.overview(failures=0, counts=False)
+    oldest = {n: q.oldest_wait for n, q in view.queues.items() if q.oldest_wait is not None}
+    paused = set(view.paused)
     names = sorted(set(sample.by_queue) | set(oldest) | paused)
     totals = dict.fromkeys(STATUSES, 0)
     counts_of: dict[str, dict[str, int]] = {}
@@ -144,15 +153,15 @@ async def queue_table(
         picked = names[start : start + QUEUES_PAGE_SIZE]
     rows = []
     for name in picked:
-        waited = oldest.get(name)
+        summary = view.queues.get(name)
         rows.append(
             QueueRow(
                 name,
                 counts_of[name],
-                None if waited is None else max(0.0, now - waited),
+                oldest.get(name),
                 history.trend(name),
                 name in paused,
-                claimed_in.get(name, 0),
+                summary.claimed if summary is not None else 0,
             )
         )
     return QueueTable(rows, totals, sample.at), len(names)
@@ -168,58 +177,44 @@ async def batch_rows(queue: TaskQueue, limit: int, offset: int = 0) -> list[Batc
 
 async def overview(
     queue: TaskQueue, history: CountHistory, workflows: WorkflowItems, clock: float
-) -> Overview:
+) -> OverviewPage:
     """The overview's data: counts (from the sampled history) of the busiest queues,
     workers and what they run, the latest failures, the newest batches' and
     workflow runs' progress, limits and schedules. What it costs barely grows with
     what it does not show: a queue beyond ``QUEUES_SHOWN`` costs a few dictionary
     operations, and batches beyond the newest are not read."""
-    backend = queue.backend
-    table, queue_count = await queue_table(queue, history, shown=QUEUES_SHOWN)
-    now = backend.now()
-    running = await backend.running_tasks()
-    by_worker: dict[str, list[TaskRecord]] = {}
-    for task in running:
-        by_worker.setdefault(task.worker_id or "?", []).append(task)
-    claimed_by: dict[str, int] = {}  # tasks each worker holds and has not started
-    for (_, worker_id), n in (await backend.claimed_counts()).items():
-        claimed_by[worker_id] = claimed_by.get(worker_id, 0) + n
-    workers: list[WorkerRow] = []
-    stopped = 0
-    for w in await backend.list_workers():
-        if w.stopped_at is not None:
-            stopped += 1
-            continue
-        state = "alive" if w.alive(now, WORKER_STALE_AFTER) else "dead"
-        workers.append(
-            WorkerRow(
-                w.id,
-                w.hostname,
-                w.pid,
-                w.queues,
-                w.concurrency,
-                max(0.0, now - w.heartbeat_at),
-                state,
-                by_worker.get(w.id, []),
-                claimed_by.get(w.id, 0),
-            )
+    view = await queue.overview(failures=RECENT_FAILURES, counts=False)
+    table, queue_count = await queue_table(queue, history, shown=QUEUES_SHOWN, view=view)
+    workers = [
+        WorkerRow(
+            w.record.id,
+            w.record.hostname,
+            w.record.pid,
+            w.record.queues,
+            w.record.concurrency,
+            max(0.0, w.heartbeat_age),
+            w.state,
+            list(w.running),
+            w.claimed,
         )
-    failures = await backend.recent_failures(RECENT_FAILURES)
+        for w in view.workers
+        if w.state != "stopped"
+    ]
     # One more than shown, to know whether to link to the full list.
     batches = await batch_rows(queue, RECENT_BATCHES + 1)
-    return Overview(
+    return OverviewPage(
         table.rows,
         table.totals,
         workers,
-        stopped,
-        failures,
+        len(view.workers) - len(workers),
+        list(view.recent_failures),
         batches[:RECENT_BATCHES],
         max(0.0, clock - table.counted_at),
         history.interval,
-        now,
+        view.now,
         await workflows.recent(queue, RECENT_RUNS),
-        await queue.limits(),
-        await queue.schedules(),
+        list(view.limits),
+        list(view.schedules),
         hidden_queues=queue_count - len(table.rows),
         more_batches=len(batches) > RECENT_BATCHES,
     )
@@ -296,9 +291,8 @@ async def task_detail(
     """A task's record, with its call (``with_call``) and its result (succeeded
     tasks) as bounded reprs where they may be loaded (see :class:`TaskDetail`;
     ``reveal``: on explicit request); None for an unknown id."""
-    backend = queue.backend
     # First the record with the sizes only: nothing big is read until allowed.
-    record = (await backend.get_tasks([task_id], with_result=False)).get(task_id)
+    record = await queue.task_record(task_id, result=False)
     if record is None:
         return None
     signed = is_signed(queue)
@@ -310,8 +304,8 @@ async def task_detail(
     load_call = with_call and allowed(record.payload_size)
     load_result = record.status == "succeeded" and allowed(record.result_size)
     if load_call or load_result:
-        found = await backend.get_tasks([task_id], with_payload=load_call, with_result=load_result)
-        record = found.get(task_id, record)
+        found = await queue.task_record(task_id, payload=load_call, result=load_result)
+        record = found or record
     call, call_error = describe_call(queue, record) if load_call else (None, None)
     result = result_error = None
     if load_result and record.result is not None:

@@ -16,6 +16,7 @@ from sitq.dashboard.security import CSRF_FIELD, csrf_ok
 from sitq.dashboard.workflows import MAX_FAILURES_KEPT
 from sitq.errors import ConfigurationError, TaskNotFound
 from sitq.queue import TaskQueue
+from sitq.records import CancelOutcome
 
 #: Rows per page of a task listing.
 PAGE_SIZE = 50
@@ -41,7 +42,7 @@ FAILURES_PAGE_SIZE = 50
 
 
 def _queue(request: Request) -> TaskQueue:
-    return request.app.state.queue  # type: ignore[no-any-return]
+    return request.app.state.queue
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
@@ -64,7 +65,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
 # -- overview -------------------------------------------------------------------
 
 
-async def _overview(request: Request) -> queries.Overview:
+async def _overview(request: Request) -> queries.OverviewPage:
     state = request.app.state
     return await queries.overview(_queue(request), state.history, state.workflows, time.monotonic())
 
@@ -201,7 +202,7 @@ async def _listing(request: Request) -> dict[str, Any]:
         "first_url": "/tasks?" + urlencode(kept),
         "paged": cursor is not None,
         "live_url": "/live/tasks?" + request.url.query,
-        "now": queue.backend.now(),
+        "now": queue.now(),
     }
 
 
@@ -230,14 +231,14 @@ async def task_page(request: Request) -> Response:
     """One task: its call, attempts, timings, result or error and traceback. The
     call and result show when signed and small; else on request (``show_task``)."""
     detail = await _detail(request, with_call=True)
-    return render(request, "task.html", task=detail, now=_queue(request).backend.now())
+    return render(request, "task.html", task=detail, now=_queue(request).now())
 
 
 async def task_live(request: Request) -> Response:
     """The task page's live part (everything but its call; a result only when it
     may be loaded without asking)."""
     detail = await _detail(request, with_call=False)
-    return render(request, "_task.html", task=detail, now=_queue(request).backend.now())
+    return render(request, "_task.html", task=detail, now=_queue(request).now())
 
 
 async def show_task(request: Request) -> Response:
@@ -246,7 +247,7 @@ async def show_task(request: Request) -> Response:
     database and a big one costs its size (a snapshot: it does not refresh)."""
     await _check_csrf(request)
     detail = await _detail(request, with_call=True, reveal=True)
-    return render(request, "task.html", task=detail, now=_queue(request).backend.now())
+    return render(request, "task.html", task=detail, now=_queue(request).now())
 
 
 # -- workflow runs ----------------------------------------------------------------
@@ -291,7 +292,7 @@ async def _run(request: Request) -> dict[str, Any]:
         "next_url": page_url(number + 1) if number < pages else None,
         "live_url": "/live" + page_url(number),
         "max_failures": MAX_FAILURES_KEPT,
-        "now": queue.backend.now(),
+        "now": queue.now(),
     }
 
 
@@ -335,17 +336,22 @@ async def cancel_task(request: Request) -> Response:
     """Cancel a queued task, or ask a running task's worker to stop it."""
     await _check_csrf(request)
     task_id = request.path_params["task_id"]
-    outcome = await _queue(request).backend.cancel(task_id)
-    if outcome is None:
-        raise HTTPException(404, f"no task with id {task_id!r}")
-    code = {"cancelled": "cancelled", "requested": "cancel-requested"}.get(outcome)
-    return _back_to_task(task_id, code or "not-cancelled")
+    try:
+        outcome = await _queue(request).request_cancel(task_id)
+    except TaskNotFound as exc:
+        raise HTTPException(404, f"no task with id {task_id!r}") from exc
+    codes = {
+        CancelOutcome.CANCELLED: "cancelled",
+        CancelOutcome.REQUESTED: "cancel-requested",
+        CancelOutcome.FINISHED: "not-cancelled",
+    }
+    return _back_to_task(task_id, codes[outcome])
 
 
 async def retry_queue(request: Request) -> Response:
     """Queue every failed task of a queue again."""
     await _check_csrf(request)
-    await _queue(request).backend.retry(None, queue=request.path_params["queue"])
+    await _queue(request).retry_failed(request.path_params["queue"])
     return RedirectResponse("/?done=retried-queue", status_code=303)
 
 

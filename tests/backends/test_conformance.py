@@ -303,8 +303,8 @@ async def test_start_mark_makes_a_claimed_task_running_with_its_start_time(backe
     stored = await record(backend, task_id)
     assert (stored.status, stored.claimed, stored.started_at) == ("running", False, started_at)
     assert await backend.task_statuses([task_id]) == {task_id: "running"}
-    assert [r.id for r in await backend.running_tasks()] == [task_id]
-    assert await backend.claimed_counts() == {}
+    assert [r.id for r in (await backend.activity(0)).running] == [task_id]
+    assert (await backend.activity(0)).claimed == {}
 
 
 @wrong_lease
@@ -347,7 +347,7 @@ async def test_finish_writes_start_marks_of_tasks_still_running_with_the_outcome
         started_at + 0.25,
     )
     assert (records[waiting.id].status, records[waiting.id].claimed) == ("queued", True)
-    assert await backend.claimed_counts() == {(DEFAULT, "w1"): 1}
+    assert (await backend.activity(0)).claimed == {(DEFAULT, "w1"): 1}
 
 
 async def test_finish_without_a_start_keeps_the_stored_one(backend):
@@ -789,8 +789,8 @@ async def test_counts_a_claimed_task_as_queued_and_claimed_counts_it_per_worker(
     second = await backend.claim("w2", ["a"], 1, LONG_LEASE)
     await backend.mark_started([(first[0].lease, backend.now())])
     assert await backend.counts() == {("a", "queued"): 3, ("a", "running"): 1}
-    assert await backend.claimed_counts() == {("a", "w1"): 1, ("a", "w2"): 1}
-    assert [r.id for r in await backend.running_tasks()] == [first[0].id]
+    assert (await backend.activity(0)).claimed == {("a", "w1"): 1, ("a", "w2"): 1}
+    assert [r.id for r in (await backend.activity(0)).running] == [first[0].id]
     page = await backend.list_tasks(status="running")
     assert [t.id for t in page.tasks] == [first[0].id]
     queued = await backend.list_tasks(status="queued")
@@ -810,7 +810,7 @@ async def test_running_tasks_lists_what_runs_longest_first(backend):
     third = await backend.claim("w2", [DEFAULT], 1, LONG_LEASE)
     now = backend.now()
     await backend.mark_started([(third[0].lease, now), (first[0].lease, now - 1)])
-    running = await backend.running_tasks()
+    running = (await backend.activity(0)).running
     assert [(r.id, r.worker_id, r.status) for r in running] == [
         (first[0].id, "w1", "running"),
         (third[0].id, "w2", "running"),
@@ -824,10 +824,10 @@ async def test_recent_failures_newest_first_up_to_the_limit(backend):
         outcome = FAILED if index != 2 else SUCCEEDED
         assert await backend.finish([(claimed.lease, outcome)]) == [True]
         await asyncio.sleep(0.002)  # distinct finish times, in order
-    failures = await backend.recent_failures(2)
+    failures = (await backend.activity(2)).failures
     assert [r.id for r in failures] == [ids[3], ids[1]]
     assert failures[0].error == FAILED.error and failures[0].traceback == FAILED.traceback
-    assert [r.id for r in await backend.recent_failures(10)] == [ids[3], ids[1], ids[0]]
+    assert [r.id for r in (await backend.activity(10)).failures] == [ids[3], ids[1], ids[0]]
 
 
 async def test_oldest_waiting_per_queue_counts_only_due_tasks(backend):
@@ -839,9 +839,11 @@ async def test_oldest_waiting_per_queue_counts_only_due_tasks(backend):
             new_task(backend, queue="b", delay=3600),  # not due: not waiting yet
         ]
     )
-    waiting = await backend.oldest_waiting()
+    waiting = (await backend.activity(0)).ready
     assert set(waiting) == {"a"}
-    assert waiting["a"] == pytest.approx(now - 30.0, abs=1.0)
+    assert waiting["a"][0] == pytest.approx(now - 30.0, abs=1.0)
+    assert waiting["a"][1] == 2
+    assert (await backend.activity(0)).failures == []
 
 
 async def test_registered_workers_are_listed_newest_first(backend):

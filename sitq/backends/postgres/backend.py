@@ -459,35 +459,24 @@ class PostgresBackend(Backend):
             rows = await conn.fetch(self._q(q.RETRYING_COUNTS))
         return {row[0]: int(row[1]) for row in rows}
 
-    async def running_tasks(self) -> list[TaskRecord]:
-        """Every running task, longest-running first."""
-        async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.RUNNING_TASKS))
-        return [_record(row) for row in rows]
-
-    async def claimed_counts(self) -> dict[tuple[str, str], int]:
-        """Tasks held but not started, per (queue, worker id)."""
-        async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.CLAIMED_COUNTS))
-        return {(row[0], row[1]): int(row[2]) for row in rows}
-
-    async def recent_failures(self, limit: int) -> list[TaskRecord]:
-        """The latest ``limit`` failed tasks, newest first."""
-        async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.RECENT_FAILURES), limit)
-        return [_record(row) for row in rows]
-
-    async def oldest_waiting(self) -> dict[str, float]:
-        """Per queue, the ``available_at`` of the longest-waiting ready task."""
-        async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.OLDEST_WAITING), self.now())
-        return {row[0]: float(row[1]) for row in rows}
-
-    async def ready_summary(self) -> dict[str, tuple[float, int]]:
-        """Per queue, (the oldest ready task's ``available_at``, how many are ready)."""
-        async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.OLDEST_WAITING), self.now())
-        return {row[0]: (float(row[1]), int(row[2])) for row in rows}
+    async def activity(self, failures: int) -> base.Activity:
+        """Ready, claimed and running tasks and the latest failures, read from one
+        snapshot (a read-only repeatable-read transaction)."""
+        now = self.now()
+        async with (
+            self._acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            ready = await conn.fetch(self._q(q.OLDEST_WAITING), now)
+            claimed = await conn.fetch(self._q(q.CLAIMED_COUNTS))
+            running = await conn.fetch(self._q(q.RUNNING_TASKS))
+            failed = await conn.fetch(self._q(q.RECENT_FAILURES), failures) if failures else []
+        return base.Activity(
+            {row[0]: (float(row[1]), int(row[2])) for row in ready},
+            {(row[0], row[1]): int(row[2]) for row in claimed},
+            [_record(row) for row in running],
+            [_record(row) for row in failed],
+        )
 
     # -- worker side ------------------------------------------------------
 

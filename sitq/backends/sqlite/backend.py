@@ -637,27 +637,27 @@ class SQLiteBackend(Backend):
         """Queued tasks that ran before, per queue."""
         return {row[0]: int(row[1]) for row in await self._read(q.RETRYING_COUNTS)}
 
-    async def running_tasks(self) -> list[TaskRecord]:
-        """Every running task, longest-running first."""
-        return [TaskRecord(*row) for row in await self._read(q.RUNNING_TASKS)]
+    async def activity(self, failures: int) -> base.Activity:
+        """Ready, claimed and running tasks and the latest failures, in one hold
+        of the connection (no write lands between the reads)."""
+        conn = self._connection()
+        now = self.now()
 
-    async def claimed_counts(self) -> dict[tuple[str, str], int]:
-        """Tasks held but not started, per (queue, worker id)."""
-        return {(row[0], row[1]): int(row[2]) for row in await self._read(q.CLAIMED_COUNTS)}
+        async def read() -> tuple[list[Any], ...]:
+            ready = await conn.execute_fetchall(q.OLDEST_WAITING, {"now": now})
+            claimed = await conn.execute_fetchall(q.CLAIMED_COUNTS)
+            running = await conn.execute_fetchall(q.RUNNING_TASKS)
+            failed = await conn.execute_fetchall(q.RECENT_FAILURES, (failures,)) if failures else []
+            return list(ready), list(claimed), list(running), list(failed)
 
-    async def recent_failures(self, limit: int) -> list[TaskRecord]:
-        """The latest ``limit`` failed tasks, newest first."""
-        return [TaskRecord(*row) for row in await self._read(q.RECENT_FAILURES, (limit,))]
-
-    async def oldest_waiting(self) -> dict[str, float]:
-        """Per queue, the ``available_at`` of the longest-waiting ready task."""
-        rows = await self._read(q.OLDEST_WAITING, {"now": self.now()})
-        return {row[0]: float(row[1]) for row in rows}
-
-    async def ready_summary(self) -> dict[str, tuple[float, int]]:
-        """Per queue, (the oldest ready task's ``available_at``, how many are ready)."""
-        rows = await self._read(q.OLDEST_WAITING, {"now": self.now()})
-        return {row[0]: (float(row[1]), int(row[2])) for row in rows}
+        async with self._lock:
+            ready, claimed, running, failed = await self._retry_locked(read)
+        return base.Activity(
+            {row[0]: (float(row[1]), int(row[2])) for row in ready},
+            {(row[0], row[1]): int(row[2]) for row in claimed},
+            [TaskRecord(*row) for row in running],
+            [TaskRecord(*row) for row in failed],
+        )
 
     # -- worker side ------------------------------------------------------
 
