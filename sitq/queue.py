@@ -21,7 +21,7 @@ from sitq.announce import (
     announce_requeued,
 )
 from sitq.announce import observed as _observed
-from sitq.backends import base, open_backend, translate_error
+from sitq.backends import base, open_backend
 from sitq.backends.base import (
     WORKER_STALE_AFTER,
     Backend,
@@ -32,6 +32,7 @@ from sitq.backends.base import (
     TaskPage,
     TaskRecord,
 )
+from sitq.backends.common import translate_error
 from sitq.errors import (
     ConfigurationError,
     DatabaseUnavailable,

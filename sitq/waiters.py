@@ -16,8 +16,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from sitq.backends import translate_error
 from sitq.backends.base import Backend, TaskRecord
+from sitq.backends.common import translate_error
 from sitq.errors import DatabaseUnavailable, SitqError, TaskNotFound
 
 logger = logging.getLogger("sitq.queue")

@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "the PostgreSQL backend needs asyncpg: pip install 'sitq[postgres]'"
     ) from exc
 
-from sitq.backends import LoopBinding, base
+from sitq.backends import base
 from sitq.backends.base import (
     LOST_LEASE_LIMIT,
     RECLAIM_INTERVAL,
@@ -49,7 +49,7 @@ from sitq.backends.base import (
     task_record,
     worker_record,
 )
-from sitq.backends.common import Every, listing_page, listing_window_size
+from sitq.backends.common import Every, LoopBinding, listing_page, listing_window_size
 from sitq.backends.postgres import schema as q
 from sitq.backends.postgres.schema import SQL
 from sitq.errors import ConfigurationError, DatabaseError, NotConnected, SchemaVersionError

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from sitq.backends import LoopBinding, base, check_database_path, translate_error
+from sitq.backends import base
 from sitq.backends.base import (
     LOST_LEASE_LIMIT,
     RECLAIM_INTERVAL,
@@ -41,7 +41,14 @@ from sitq.backends.base import (
     task_record,
     worker_record,
 )
-from sitq.backends.common import Every, listing_page, listing_window_size
+from sitq.backends.common import (
+    Every,
+    LoopBinding,
+    check_database_path,
+    listing_page,
+    listing_window_size,
+    translate_error,
+)
 from sitq.backends.sqlite import schema as q
 from sitq.backends.sqlite.enqueue import (
     FAST_PATH_MAX_ROWS,
