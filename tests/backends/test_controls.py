@@ -180,3 +180,21 @@ async def test_retry_brings_back_one_of_several_finished_tasks_sharing_a_key(
     assert await backend.retry(None, queue=DEFAULT) == 0
     statuses = sorted(r.status for r in (await backend.get_tasks(ids)).values())
     assert statuses == ["failed", "queued"]
+
+
+async def test_deleting_a_limit_leaves_the_others_and_forgets_its_starts(backend: Backend) -> None:
+    assert await backend.delete_limit("never-set") is False
+    await backend.set_limit(LimitRecord("api", None, 1, 3600.0))
+    await backend.set_limit(LimitRecord("render", 1, None, None))
+    await backend.enqueue([replace(new_task(backend), limit_key="api")])
+    assert len(await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)) == 1  # the hour's start
+    assert await backend.delete_limit("api") is True
+    assert await backend.list_limits() == [LimitRecord("render", 1, None, None)]
+    # Set again, the limit counts from nothing: the deleted limit's starts are gone.
+    await backend.set_limit(LimitRecord("api", None, 1, 3600.0))
+    fresh = replace(new_task(backend), limit_key="api")
+    await backend.enqueue([fresh])
+    assert [t.id for t in await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)] == [fresh.id]
+    # The other limit still holds.
+    await backend.enqueue([replace(new_task(backend), limit_key="render") for _ in range(2)])
+    assert len(await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)) == 1

@@ -407,3 +407,38 @@ async def test_a_running_run_is_taken_over_only_once_its_lease_expired(backend: 
     run = await backend.get_workflow_run("run-1")
     assert (run.status, run.error, run.host, run.pid) == ("running", None, "host-e", 6)
     assert await take("nope", "host-e", 6, stale_after=None) is False
+
+
+async def test_a_refused_take_over_changes_nothing(backend: Backend) -> None:
+    await backend.create_workflow_run(new_run())
+    await backend.heartbeat_workflow_run("run-1", "host-a", 123)
+    before = await backend.get_workflow_run("run-1")
+    take = backend.take_over_workflow_run
+    assert await take("run-1", "host-b", 9, stale_after=3600) is False
+    # A dead owner refuses unless both its host and its pid match.
+    assert await take("run-1", "host-b", 9, stale_after=3600, dead_owner=("host-b", 123)) is False
+    assert await take("run-1", "host-b", 9, stale_after=3600, dead_owner=("host-a", 124)) is False
+    assert await backend.get_workflow_run("run-1") == before
+    assert await backend.heartbeat_workflow_run("run-1", "host-a", 123) is True  # still its
+
+
+async def test_a_forced_take_over_reopens_a_finished_run(backend: Backend) -> None:
+    await backend.create_workflow_run(new_run())
+    await backend.update_workflow_run("run-1", "failed", "step 'a' failed")
+    ended = await backend.get_workflow_run("run-1")
+    assert ended is not None and ended.finished_at is not None
+    assert await backend.take_over_workflow_run("run-1", "host-b", 9, stale_after=None)
+    run = await backend.get_workflow_run("run-1")
+    assert run is not None
+    assert (run.status, run.error, run.finished_at, run.host, run.pid) == (
+        "running",
+        None,
+        None,
+        "host-b",
+        9,
+    )
+    assert run.updated_at >= ended.updated_at and run.created_at == ended.created_at
+    # A forced take-over of a run another process holds succeeds too.
+    assert await backend.take_over_workflow_run("run-1", "host-c", 8, stale_after=None)
+    assert await backend.heartbeat_workflow_run("run-1", "host-b", 9) is False
+    assert await backend.heartbeat_workflow_run("run-1", "host-c", 8) is True
