@@ -25,7 +25,6 @@ from sitq.backends import base, open_backend
 from sitq.backends.base import (
     WORKER_STALE_AFTER,
     Backend,
-    BatchRecord,
     LimitRecord,
     NewTask,
     ScheduleRecord,
@@ -59,6 +58,7 @@ from sitq.records import (
 from sitq.registry import TaskHandle, TaskRef, register
 from sitq.schedules import CatchUp, Schedule
 from sitq.serialization import Serializer, default_serializer
+from sitq.store import StoreSession, StoreTransaction
 from sitq.task import (
     OPTION_NAMES,
     Result,
@@ -93,6 +93,26 @@ def _raise_translated(exc: Exception, backend: Backend) -> None:
 
 #: What purge deletes by default: every finished task.
 FINISHED_VALUES = (TaskStatus.SUCCEEDED.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
+
+
+#: A layer's statements run in the transaction that stores an enqueue_many's tasks:
+#: called with the transaction and the new tasks' ids.
+Alongside = Callable[[StoreTransaction, Sequence[str]], Awaitable[Any]]
+
+
+def _storing_alongside(
+    backend: Backend, alongside: Alongside
+) -> Callable[[list[NewTask]], Awaitable[None]]:
+    """What stores tasks and runs ``alongside`` in one transaction."""
+
+    async def store(tasks: list[NewTask]) -> None:
+        async def body(tx: StoreTransaction) -> None:
+            await tx.insert_tasks(tasks)
+            await alongside(tx, [task.id for task in tasks])
+
+        await backend.store_session().transaction(body)
+
+    return store
 
 
 class _Enqueuer:
@@ -145,20 +165,31 @@ class _Enqueuer:
             raise
         return tasks[0].id
 
-    async def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
+    async def enqueue_many(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        /,
+        *,
+        alongside: Alongside | None = None,
+    ) -> list[str]:
         """Store one call of ``fn`` per item in one transaction; return their ids in order.
 
         Each item is a tuple of positional arguments, or a single argument.
+        ``alongside(tx, task_ids)``, if given, runs inside that transaction (a
+        layer's own rows that must commit with the tasks, or not at all).
         """
         if isinstance(fn, TaskHandle):
-            return await self.for_handle(fn).enqueue_many(fn.ref, items)
+            return await self.for_handle(fn).enqueue_many(fn.ref, items, alongside=alongside)
         backend = self._queue._backend_checked()
         self._refuse_unique("enqueue_many")
+        calls = _as_calls(items)
+        store = None if alongside is None else _storing_alongside(backend, alongside)
         try:
             if _observed():
-                return await self._enqueue_observed(backend, fn, _as_calls(items))
-            tasks = self._queue._new_tasks(self.options, fn, _as_calls(items), backend.now())
-            await backend.enqueue(tasks)
+                return await self._enqueue_observed(backend, fn, calls, store)
+            tasks = self._queue._new_tasks(self.options, fn, calls, backend.now())
+            await (store or backend.enqueue)(tasks)
         except SitqError:
             raise
         except Exception as exc:
@@ -214,42 +245,6 @@ class _Enqueuer:
         announce_enqueued(tasks)
         return ids
 
-    async def enqueue_in_batch(
-        self,
-        batch_id: str,
-        fn: Callable[..., Any],
-        items: Iterable[Any],
-        /,
-        *,
-        expected_size: int | None = None,
-    ) -> list[str]:
-        """Like ``enqueue_many``, and append the tasks to the named batch (created if
-        missing) in the same transaction: the batch outlives this process."""
-        if isinstance(fn, TaskHandle):
-            return await self.for_handle(fn).enqueue_in_batch(
-                batch_id, fn.ref, items, expected_size=expected_size
-            )
-        check_batch_id(batch_id)
-        _check_expected_size(expected_size)
-        backend = self._queue._backend_checked()
-        self._refuse_unique("enqueue_in_batch")
-        calls = _as_calls(items)
-
-        async def store(tasks: list[NewTask]) -> None:
-            await backend.enqueue_in_batch(batch_id, tasks, expected_size)
-
-        try:
-            if _observed():
-                return await self._enqueue_observed(backend, fn, calls, store)
-            tasks = self._queue._new_tasks(self.options, fn, calls, backend.now())
-            await store(tasks)
-        except SitqError:
-            raise
-        except Exception as exc:
-            _raise_translated(exc, backend)
-            raise
-        return [task.id for task in tasks]
-
 
 def _translating(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """``method`` raising the SitqError of a raw database error (the original as
@@ -269,7 +264,7 @@ def _translating(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable
 
 
 #: Methods that translate database errors inline (the enqueue path: no extra coroutine).
-_TRANSLATED_INLINE = frozenset({"enqueue", "enqueue_many", "enqueue_in_batch"})
+_TRANSLATED_INLINE = frozenset({"enqueue", "enqueue_many"})
 
 
 def _storage_errors(cls: type[Q]) -> type[Q]:
@@ -367,12 +362,21 @@ class TaskQueue:
         """
         return await self._default.enqueue(fn, *args, **kwargs)
 
-    async def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
+    async def enqueue_many(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        /,
+        *,
+        alongside: Alongside | None = None,
+    ) -> list[str]:
         """One call of ``fn`` per item, in one transaction; ids in item order.
 
         Each item is a tuple of positional arguments, or a single argument.
+        ``alongside(tx, task_ids)``, for sitq's layers and extensions, runs inside
+        that transaction (see :meth:`store_session`).
         """
-        return await self._default.enqueue_many(fn, items)
+        return await self._default.enqueue_many(fn, items, alongside=alongside)
 
     # -- results and control ----------------------------------------------
 
@@ -759,65 +763,7 @@ class TaskQueue:
         """The paused queues."""
         return await self._backend_checked().paused_queues()
 
-    # -- named batches and bulk status -------------------------------------
-    #
-    # A named batch is an ordered list of task ids stored in the database, so
-    # another process (or this one after a restart) can find its tasks again.
-    # A task pruned after its result_ttl, or purged, leaves its batch; the
-    # batch's size still counts it. Deleting a batch never deletes its tasks.
-
-    async def enqueue_in_batch(
-        self,
-        batch_id: str,
-        fn: Callable[..., Any],
-        items: Iterable[Any],
-        /,
-        *,
-        expected_size: int | None = None,
-    ) -> list[str]:
-        """Like :meth:`enqueue_many`, and append the tasks to batch ``batch_id``
-        (created if missing) in the same transaction; ids in item order.
-
-        ``expected_size`` makes the append a compare-and-set: unless the batch
-        then has exactly that many tasks (0 if it does not exist), nothing is
-        stored and :class:`~sitq.backends.base.BatchSizeChanged` is raised, so
-        producers resuming one batch at once never enqueue an item twice.
-        """
-        return await self._default.enqueue_in_batch(
-            batch_id, fn, items, expected_size=expected_size
-        )
-
-    async def create_batch(self, batch_id: str) -> bool:
-        """Record a new, empty batch; False (nothing changed) if it exists already."""
-        check_batch_id(batch_id)
-        return await self._backend_checked().create_batch(batch_id)
-
-    async def get_batch(self, batch_id: str) -> BatchRecord | None:
-        """The batch's id, creation time (unix seconds) and size, or None if unknown."""
-        return await self._backend_checked().get_batch(batch_id)
-
-    async def list_batches(self) -> list[BatchRecord]:
-        """Every named batch, newest first."""
-        return await self._backend_checked().list_batches()
-
-    async def batch_task_ids(self, batch_id: str) -> list[str]:
-        """The ids of the batch's stored tasks, in the order they were added."""
-        return await self._backend_checked().batch_task_ids(batch_id)
-
-    async def batch_members(self, batch_id: str) -> list[tuple[int, str]]:
-        """``(position, task_id)`` of the batch's stored tasks in order: a task
-        pruned after its ``result_ttl`` leaves a gap in the positions."""
-        return await self._backend_checked().batch_members(batch_id)
-
-    async def batch_status_counts(self, batch_id: str) -> dict[str, int]:
-        """How many of the batch's stored tasks are in each status (every
-        :class:`TaskStatus` value is a key), in one query."""
-        counts = await self._backend_checked().count_batch_statuses(batch_id)
-        return {status.value: counts.get(status.value, 0) for status in TaskStatus}
-
-    async def delete_batch(self, batch_id: str) -> bool:
-        """Forget the batch (its tasks and results stay); False if it was unknown."""
-        return await self._backend_checked().delete_batch(batch_id)
+    # -- bulk status ---------------------------------------------------------
 
     async def status_counts(self, task_ids: Sequence[str]) -> dict[str, int]:
         """How many of the (distinct) tasks are in each status (every
@@ -872,150 +818,15 @@ class TaskQueue:
             queue=queue, status=status_value, batch_id=batch_id, cursor=cursor, limit=limit
         )
 
-    # -- workflow runs (sitq.workflow; see Backend for the contract) ----------
-    #
-    # The state of YAML workflow runs, kept in this database so a killed run
-    # resumes wherever the database is reachable. Values are bytes the caller
-    # serializes; every call is committed when it returns.
+    # -- for sitq's layers and extensions ---------------------------------------
 
-    async def create_workflow_run(self, run: base.NewWorkflowRun) -> bool:
-        """Record a new workflow run (status running); False if the id is taken."""
-        return await self._backend_checked().create_workflow_run(run)
+    def store_session(self) -> StoreSession:
+        """For sitq's layers and extensions: SQL on the queue's own database.
 
-    async def get_workflow_run(self, run_id: str) -> base.WorkflowRunRecord | None:
-        """A workflow run, or None if there is no such run."""
-        return await self._backend_checked().get_workflow_run(run_id)
-
-    async def list_workflow_runs(self, limit: int = 50) -> list[base.WorkflowRunRecord]:
-        """The ``limit`` most recent workflow runs, newest first."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError(f"limit must be an int >= 1, got {limit!r}")
-        return await self._backend_checked().list_workflow_runs(limit)
-
-    async def update_workflow_run(
-        self,
-        run_id: str,
-        status: str,
-        error: str | None = None,
-        *,
-        host: str | None = None,
-        pid: int | None = None,
-    ) -> bool:
-        """Set a run's status and error (and its owner, if given); False if no such run."""
-        return await self._backend_checked().update_workflow_run(
-            run_id, status, error, host=host, pid=pid
-        )
-
-    async def begin_workflow_step(
-        self,
-        run_id: str,
-        name: str,
-        position: int,
-        items: bytes,
-        item_previews: Sequence[str | None],
-        has_items: bool,
-    ) -> bool:
-        """Record a step starting with one pending item per preview, atomically;
-        False if it was begun before."""
-        return await self._backend_checked().begin_workflow_step(
-            run_id, name, position, items, item_previews, has_items
-        )
-
-    async def update_workflow_step(
-        self,
-        run_id: str,
-        name: str,
-        status: str,
-        result: bytes | None = None,
-        result_preview: str | None = None,
-        error: str | None = None,
-    ) -> bool:
-        """Set a step's status, result and error; False if it has not begun."""
-        return await self._backend_checked().update_workflow_step(
-            run_id, name, status, result, result_preview, error
-        )
-
-    async def list_workflow_steps(self, run_id: str) -> list[base.WorkflowStepRecord]:
-        """A run's begun steps in order (without their items and result bytes)."""
-        return await self._backend_checked().list_workflow_steps(run_id)
-
-    async def get_workflow_step(self, run_id: str, name: str) -> base.WorkflowStepRecord | None:
-        """One begun step with its items and result bytes, or None."""
-        return await self._backend_checked().get_workflow_step(run_id, name)
-
-    async def list_workflow_items(
-        self, run_id: str, step: str, *, with_results: bool = False
-    ) -> list[base.WorkflowItemRecord]:
-        """A step's items by index (result bytes only ``with_results``)."""
-        return await self._backend_checked().list_workflow_items(
-            run_id, step, with_results=with_results
-        )
-
-    async def workflow_item_started(
-        self, run_id: str, step: str, index: int, ran_on: str, attempt: int | None = None
-    ) -> None:
-        """A workflow item starts on ``ran_on`` (as attempt ``attempt``, if given)."""
-        await self._backend_checked().workflow_item_started(run_id, step, index, ran_on, attempt)
-
-    async def workflow_item_attempt(self, run_id: str, step: str, index: int, attempt: int) -> None:
-        """Attempt number ``attempt`` of a workflow item begins."""
-        await self._backend_checked().workflow_item_attempt(run_id, step, index, attempt)
-
-    async def workflow_item_submitted(
-        self, run_id: str, step: str, index: int, task_id: str
-    ) -> None:
-        """A workflow item became sitq task ``task_id``."""
-        await self._backend_checked().workflow_item_submitted(run_id, step, index, task_id)
-
-    async def workflow_item_finished(
-        self,
-        run_id: str,
-        step: str,
-        index: int,
-        status: str,
-        *,
-        attempts: int,
-        result: bytes | None = None,
-        result_preview: str | None = None,
-        error: str | None = None,
-        traceback: str | None = None,
-    ) -> None:
-        """A workflow item ended (succeeded or failed) after ``attempts`` attempts."""
-        await self._backend_checked().workflow_item_finished(
-            run_id,
-            step,
-            index,
-            status,
-            attempts=attempts,
-            result=result,
-            result_preview=result_preview,
-            error=error,
-            traceback=traceback,
-        )
-
-    async def reset_workflow_step(self, run_id: str, name: str) -> bool:
-        """Forget a begun workflow step and its items, to begin it again; False if it
-        had not begun."""
-        return await self._backend_checked().reset_workflow_step(run_id, name)
-
-    async def heartbeat_workflow_run(self, run_id: str, host: str, pid: int) -> bool:
-        """Renew the lease of a workflow run this owner runs; False if it lost it."""
-        return await self._backend_checked().heartbeat_workflow_run(run_id, host, pid)
-
-    async def take_over_workflow_run(
-        self,
-        run_id: str,
-        host: str,
-        pid: int,
-        *,
-        stale_after: float | None,
-        dead_owner: tuple[str, int] | None = None,
-    ) -> bool:
-        """Own a workflow run if it is not running, its lease is older than
-        ``stale_after`` seconds, or its owner is ``dead_owner`` (None: in any case)."""
-        return await self._backend_checked().take_over_workflow_run(
-            run_id, host, pid, stale_after=stale_after, dead_owner=dead_owner
-        )
+        Named batches (:class:`sitq.batch.BatchStore`) and workflow runs keep their
+        tables there and reach them through this; see :class:`sitq.store.StoreSession`.
+        """
+        return self._backend_checked().store_session()
 
     # -- workers -----------------------------------------------------------
 
@@ -1034,30 +845,3 @@ class TaskQueue:
             for w in workers
             if w.alive(now, WORKER_STALE_AFTER) and (queue is None or queue in w.queues)
         ]
-
-
-#: The longest batch id accepted.
-MAX_BATCH_ID_LENGTH = 200
-
-
-def _check_expected_size(expected_size: Any) -> None:
-    if expected_size is not None and (
-        isinstance(expected_size, bool) or not isinstance(expected_size, int) or expected_size < 0
-    ):
-        raise ConfigurationError(
-            f"expected_size must be an int >= 0 (the batch's size), got {expected_size!r}"
-        )
-
-
-def check_batch_id(batch_id: Any) -> None:
-    """Refuse a batch id that is not a non-empty string of at most 200 characters."""
-    if not isinstance(batch_id, str) or not batch_id.strip():
-        raise ConfigurationError(
-            f"a batch id must be a non-empty string, got {batch_id!r}; name it, e.g. "
-            'batch_id="nightly-2024-05-01"'
-        )
-    if len(batch_id) > MAX_BATCH_ID_LENGTH:
-        raise ConfigurationError(
-            f"batch id {batch_id[:40]!r}... is {len(batch_id)} characters long; use at most "
-            f"{MAX_BATCH_ID_LENGTH}"
-        )

@@ -10,15 +10,24 @@ import asyncio
 import os
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from sitq.backends.base import Backend, BatchRecord, TaskPage
+from sitq.backends.base import Backend, TaskPage
 from sitq.errors import ConfigurationError, NotConnected, SitqError
-from sitq.queue import TaskQueue, _as_calls, _Enqueuer, _observed, _raise_translated
+from sitq.queue import (
+    Alongside,
+    TaskQueue,
+    _as_calls,
+    _Enqueuer,
+    _observed,
+    _raise_translated,
+)
 from sitq.registry import TaskHandle
 from sitq.serialization import Serializer
+from sitq.sqlfiles import Dialect
+from sitq.store import StoreSession, StoreTransaction
 from sitq.task import OPTION_NAMES, Result, TaskStatus, check_option_keywords
 
 T = TypeVar("T")
@@ -115,9 +124,28 @@ class SyncTaskQueue:
         """Like :meth:`TaskQueue.enqueue`."""
         return self._enqueue(self._queue._default, fn, [(args, kwargs)])[0]
 
-    def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
+    def enqueue_many(
+        self, fn: Callable[..., Any], items: Iterable[Any], /, *, alongside: Alongside | None = None
+    ) -> list[str]:
         """Like :meth:`TaskQueue.enqueue_many`."""
+        if alongside is not None:  # a layer's rows in the same transaction: on the loop
+            return self._run(self._queue._default.enqueue_many(fn, items, alongside=alongside))
         return self._enqueue(self._queue._default, fn, _as_calls(items))
+
+    def store_session(self) -> StoreSession:
+        """Like :meth:`TaskQueue.store_session`; it may be awaited from any event
+        loop (each call runs on this queue's own loop)."""
+        if asyncio._get_running_loop() is None:
+            self._ensure_connected()
+        elif not self._queue._connected:
+            # Asked from another loop (a layer's sync face): connecting runs on this
+            # queue's own loop thread, so waiting for it here cannot deadlock.
+            if self._closed:
+                raise NotConnected("this SyncTaskQueue is closed")
+            with self._connect_lock:
+                if not self._queue._connected:
+                    self._submit(self._queue.connect()).result()
+        return _LoopSession(self, self._queue.store_session())
 
     def _enqueue(
         self,
@@ -175,49 +203,7 @@ class SyncTaskQueue:
         """Like :meth:`TaskQueue.stats`."""
         return self._run(self._queue.stats())
 
-    # -- named batches and bulk status (see TaskQueue) ---------------------
-
-    def enqueue_in_batch(
-        self,
-        batch_id: str,
-        fn: Callable[..., Any],
-        items: Iterable[Any],
-        /,
-        *,
-        expected_size: int | None = None,
-    ) -> list[str]:
-        """Like :meth:`TaskQueue.enqueue_in_batch`."""
-        return self._run(
-            self._queue.enqueue_in_batch(batch_id, fn, items, expected_size=expected_size)
-        )
-
-    def create_batch(self, batch_id: str) -> bool:
-        """Like :meth:`TaskQueue.create_batch`."""
-        return self._run(self._queue.create_batch(batch_id))
-
-    def get_batch(self, batch_id: str) -> BatchRecord | None:
-        """Like :meth:`TaskQueue.get_batch`."""
-        return self._run(self._queue.get_batch(batch_id))
-
-    def list_batches(self) -> list[BatchRecord]:
-        """Like :meth:`TaskQueue.list_batches`."""
-        return self._run(self._queue.list_batches())
-
-    def batch_task_ids(self, batch_id: str) -> list[str]:
-        """Like :meth:`TaskQueue.batch_task_ids`."""
-        return self._run(self._queue.batch_task_ids(batch_id))
-
-    def batch_members(self, batch_id: str) -> list[tuple[int, str]]:
-        """Like :meth:`TaskQueue.batch_members`."""
-        return self._run(self._queue.batch_members(batch_id))
-
-    def batch_status_counts(self, batch_id: str) -> dict[str, int]:
-        """Like :meth:`TaskQueue.batch_status_counts`."""
-        return self._run(self._queue.batch_status_counts(batch_id))
-
-    def delete_batch(self, batch_id: str) -> bool:
-        """Like :meth:`TaskQueue.delete_batch`."""
-        return self._run(self._queue.delete_batch(batch_id))
+    # -- bulk status (see TaskQueue) ---------------------------------------
 
     def status_counts(self, task_ids: Sequence[str]) -> dict[str, int]:
         """Like :meth:`TaskQueue.status_counts`."""
@@ -271,20 +257,56 @@ class _SyncEnqueuer:
         """Like :meth:`TaskQueue.enqueue`, with these options."""
         return self._owner._enqueue(self._enqueuer, fn, [(args, kwargs)])[0]
 
-    def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
+    def enqueue_many(
+        self, fn: Callable[..., Any], items: Iterable[Any], /, *, alongside: Alongside | None = None
+    ) -> list[str]:
         """Like :meth:`TaskQueue.enqueue_many`, with these options."""
+        if alongside is not None:
+            return self._owner._run(self._enqueuer.enqueue_many(fn, items, alongside=alongside))
         return self._owner._enqueue(self._enqueuer, fn, _as_calls(items))
 
-    def enqueue_in_batch(
-        self,
-        batch_id: str,
-        fn: Callable[..., Any],
-        items: Iterable[Any],
-        /,
-        *,
-        expected_size: int | None = None,
-    ) -> list[str]:
-        """Like :meth:`TaskQueue.enqueue_in_batch`, with these options."""
-        return self._owner._run(
-            self._enqueuer.enqueue_in_batch(batch_id, fn, items, expected_size=expected_size)
-        )
+
+class _LoopSession:
+    """A SyncTaskQueue's StoreSession, usable from any event loop: each call runs on
+    the queue's loop (where its backend lives) and is awaited from the caller's."""
+
+    def __init__(self, owner: SyncTaskQueue, session: StoreSession) -> None:
+        self._owner = owner
+        self._session = session
+
+    @property
+    def dialect(self) -> Dialect:
+        """As the queue's session."""
+        return self._session.dialect
+
+    def now(self) -> float:
+        """As the queue's session."""
+        return self._session.now()
+
+    def describe(self) -> str:
+        """As the queue's session."""
+        return self._session.describe()
+
+    def array(self, values: Sequence[Any]) -> Any:
+        """As the queue's session."""
+        return self._session.array(values)
+
+    async def _on_queue_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        # Connected when the session was made (store_session); never blocks here.
+        return await asyncio.wrap_future(self._owner._submit(coro))
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        """As the queue's session, on its loop."""
+        return await self._on_queue_loop(self._session.fetch(sql, params))
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """As the queue's session, on its loop."""
+        return await self._on_queue_loop(self._session.execute(sql, params))
+
+    async def transaction(self, body: Callable[[StoreTransaction], Awaitable[T]]) -> T:
+        """As the queue's session, on its loop (``body`` runs there)."""
+        return await self._on_queue_loop(self._session.transaction(body))
+
+    async def write_soon(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """As the queue's session, on its loop."""
+        await self._on_queue_loop(self._session.write_soon(sql, params))

@@ -41,6 +41,7 @@ from sitq.batch import (
     BatchProcessor,
     BatchProgress,
     BatchSizeChanged,
+    BatchStore,
     BatchTimeout,
     SyncBatchProcessor,
     TaskExpired,
@@ -454,24 +455,31 @@ async def test_resume_enqueues_only_the_items_a_batch_lacks(queue: TaskQueue) ->
 
 async def test_enqueue_in_batch_with_expected_size(db_path: Path) -> None:
     async with TaskQueue(db_path) as queue:
-        first = await queue.enqueue_in_batch("b", jobs.add, [(1, 2)], expected_size=0)
-        with pytest.raises(BatchSizeChanged, match="'b' no longer has 0 tasks"):
-            await queue.enqueue_in_batch("b", jobs.add, [(3, 4)], expected_size=0)
-        with pytest.raises(ConfigurationError, match="expected_size must be an int >= 0"):
-            await queue.enqueue_in_batch("b", jobs.add, [(3, 4)], expected_size=-1)
-        more = await queue.with_options(priority=1).enqueue_in_batch(
-            "b", jobs.add, [(3, 4)], expected_size=1
+        first = await BatchStore.of(queue).enqueue_in_batch(
+            queue, "b", jobs.add, [(1, 2)], expected_size=0
         )
-        assert await queue.batch_task_ids("b") == first + more
+        with pytest.raises(BatchSizeChanged, match="'b' no longer has 0 tasks"):
+            await BatchStore.of(queue).enqueue_in_batch(
+                queue, "b", jobs.add, [(3, 4)], expected_size=0
+            )
+        with pytest.raises(ConfigurationError, match="expected_size must be an int >= 0"):
+            await BatchStore.of(queue).enqueue_in_batch(
+                queue, "b", jobs.add, [(3, 4)], expected_size=-1
+            )
+        more = await BatchStore.of(queue).enqueue_in_batch(
+            queue.with_options(priority=1), "b", jobs.add, [(3, 4)], expected_size=1
+        )
+        assert await BatchStore.of(queue).batch_task_ids("b") == first + more
 
     def in_plain_code() -> None:  # a SyncTaskQueue refuses to block a running loop
         with SyncTaskQueue(db_path) as sync:
+            batches = BatchStore(sync.store_session())
             with pytest.raises(BatchSizeChanged):
-                sync.enqueue_in_batch("b", jobs.add, [(5, 6)], expected_size=1)
-            last = sync.with_options(priority=2).enqueue_in_batch(
-                "b", jobs.add, [(5, 6)], expected_size=2
+                sync.enqueue_many(jobs.add, [(5, 6)], alongside=batches.appender("b", 1))
+            last = sync.with_options(priority=2).enqueue_many(
+                jobs.add, [(5, 6)], alongside=batches.appender("b", 2)
             )
-            assert sync.batch_task_ids("b") == first + more + last
+            assert asyncio.run(batches.batch_task_ids("b")) == first + more + last
 
     await asyncio.to_thread(in_plain_code)
 
@@ -480,12 +488,12 @@ RESUMER = """
 import asyncio, sys
 import jobs
 from sitq import TaskQueue
-from sitq.batch import BatchProcessor
+from sitq.batch import BatchProcessor, BatchStore
 
 async def main(db, count):
     async with TaskQueue(db) as queue:
         bp = BatchProcessor(queue, batch_size=7)
-        await queue.get_batch("shared")  # connected: now line up with the other producer
+        await BatchStore.of(queue).get_batch("shared")  # connected: now line up with the other
         print("ready", flush=True)
         sys.stdin.readline()
         ids = await bp.enqueue_batch(
@@ -502,7 +510,9 @@ async def test_two_producers_resuming_one_batch_enqueue_each_item_once(
 ) -> None:
     count = 1500
     async with TaskQueue(db_url) as queue:
-        await queue.enqueue_in_batch("shared", jobs.add, [(i, 0) for i in range(40)])
+        await BatchStore.of(queue).enqueue_in_batch(
+            queue, "shared", jobs.add, [(i, 0) for i in range(40)]
+        )
     script = tmp_path / "resumer.py"
     script.write_text(RESUMER)
     producers = [
@@ -532,9 +542,9 @@ async def test_two_producers_resuming_one_batch_enqueue_each_item_once(
         assert out.split() == [str(count)]  # each returns the whole batch
 
     async with TaskQueue(db_url) as queue:
-        record = await queue.get_batch("shared")
+        record = await BatchStore.of(queue).get_batch("shared")
         assert record is not None and record.size == count
-        ids = await queue.batch_task_ids("shared")
+        ids = await BatchStore.of(queue).batch_task_ids("shared")
         tasks = await queue.backend.get_tasks(ids, with_payload=True)
         assert len(ids) == len(tasks) == count
         assert sum((await queue.stats())["totals"].values()) == count

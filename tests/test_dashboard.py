@@ -27,11 +27,13 @@ from starlette.testclient import TestClient
 from support import SITQ, WorkerProcess, subprocess_env, wait_until
 
 from sitq import TaskQueue
-from sitq.backends.base import NewWorkflowRun, Outcome, WorkerRecord
+from sitq.backends.base import Outcome, WorkerRecord
+from sitq.batch import BatchStore
 from sitq.dashboard import DashboardConfig, create_app
 from sitq.dashboard.cli import dashboard
 from sitq.dashboard.security import COOKIE
 from sitq.serialization import bound_dumps, result_binding
+from sitq.workflow.store import NewWorkflowRun, WorkflowStore
 
 LOCAL = "http://127.0.0.1:8765"
 TOKEN = "s3cret-token-for-tests"
@@ -328,18 +330,17 @@ def test_the_overview_reads_only_the_newest_batches(
     async def fill() -> None:
         async with TaskQueue(db_path) as q:
             for i in range(5):
-                await q.enqueue_in_batch(f"batch-{i}", jobs.add, [(i, i)])
+                await BatchStore.of(q).enqueue_in_batch(q, f"batch-{i}", jobs.add, [(i, i)])
 
     run(fill())
-    backend = client.app.state.queue.backend  # type: ignore[attr-defined]
     asked: list[int | None] = []
-    real = backend.list_batches
+    real = BatchStore.list_batches
 
-    async def recording(limit: int | None = None, offset: int = 0) -> Any:
+    async def recording(self: BatchStore, limit: int | None = None, offset: int = 0) -> Any:
         asked.append(limit)
-        return await real(limit=limit, offset=offset)
+        return await real(self, limit=limit, offset=offset)
 
-    monkeypatch.setattr(backend, "list_batches", recording)
+    monkeypatch.setattr(BatchStore, "list_batches", recording)
     for url in ("/", "/live/overview"):
         text = client.get(url).text.split('id="batches"', 1)[1]
         assert re.findall(r">(batch-\d)</a>", text) == ["batch-4", "batch-3", "batch-2"]
@@ -428,8 +429,8 @@ def test_listing_filters(client: TestClient, db_path: Path) -> None:
 def test_batch_listing_shows_progress_and_failed_items(client: TestClient, db_path: Path) -> None:
     async def fill() -> list[str]:
         async with TaskQueue(db_path) as q:
-            return await q.with_options(queue="b").enqueue_in_batch(
-                "nightly", jobs.add, [(i, i) for i in range(4)]
+            return await BatchStore.of(q).enqueue_in_batch(
+                q.with_options(queue="b"), "nightly", jobs.add, [(i, i) for i in range(4)]
             )
 
     ids = run(fill())
@@ -696,21 +697,23 @@ async def record_run(
         socket.gethostname(),
         pid or os.getpid(),
     )
-    assert await queue.create_workflow_run(run)
+    assert await WorkflowStore.of(queue).create_workflow_run(run)
     previews = [repr(item) for item in items]
     blob = queue.serializer.dumps(items)
-    assert await queue.begin_workflow_step(run_id, step, 0, blob, previews, True)
+    assert await WorkflowStore.of(queue).begin_workflow_step(run_id, step, 0, blob, previews, True)
     for index in range(len(items)):
         if index in failures:
-            await queue.workflow_item_finished(
+            await WorkflowStore.of(queue).workflow_item_finished(
                 run_id, step, index, "failed", attempts=2, error=failures[index]
             )
         elif finish:
-            await queue.workflow_item_finished(run_id, step, index, "succeeded", attempts=1)
+            await WorkflowStore.of(queue).workflow_item_finished(
+                run_id, step, index, "succeeded", attempts=1
+            )
     if finish:
         status = "partial" if failures else "succeeded"
-        await queue.update_workflow_step(run_id, step, status)
-        await queue.update_workflow_run(run_id, status)
+        await WorkflowStore.of(queue).update_workflow_step(run_id, step, status)
+        await WorkflowStore.of(queue).update_workflow_run(run_id, status)
 
 
 def step_cells(text: str, step: str) -> str:
@@ -773,7 +776,7 @@ def test_a_running_run_shows_its_progress_live(client: TestClient, db_path: Path
     async def finish(index: int, status: str) -> None:
         async with TaskQueue(db_path) as queue:
             error = "OSError: disk full" if status == "failed" else None
-            await queue.workflow_item_finished(
+            await WorkflowStore.of(queue).workflow_item_finished(
                 "live-run", "fetch", index, status, attempts=1, error=error
             )
 
@@ -869,18 +872,22 @@ def test_workflow_names_and_errors_are_escaped(client: TestClient, db_path: Path
     assert 'href="/workflows/%3Cscript%3Ealert%281%29%3C%2Fscript%3E"' in client.get("/").text
 
 
-def test_step_counts_are_read_again_only_when_they_may_have_changed() -> None:
+def test_step_counts_are_read_again_only_when_they_may_have_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A settled step's items are read once; a running one's again once due (ten
     times what its last read took), never more often."""
     from sitq.dashboard.workflows import WorkflowItems
 
     reads: list[str] = []
 
-    class Queue:
+    class Queue:  # stands for a queue's WorkflowStore: the reads are counted
         async def list_workflow_items(self, run_id: str, step: str) -> list[Any]:
             reads.append(step)
             clock.now += 0.5  # each read "takes" half a second
             return []
+
+    monkeypatch.setattr(WorkflowStore, "of", staticmethod(lambda queue: queue))
 
     class Clock:
         now = 100.0
@@ -910,7 +917,7 @@ def test_step_counts_are_read_again_only_when_they_may_have_changed() -> None:
 
 
 def run_record(run_id: str, status: str) -> Any:
-    from sitq.backends.base import WorkflowRunRecord
+    from sitq.workflow.store import WorkflowRunRecord
 
     return WorkflowRunRecord(
         run_id, "w.yaml", None, "", b"", "{}", status, None, "elsewhere", 1, 1.0, 1.0, None
@@ -918,7 +925,7 @@ def run_record(run_id: str, status: str) -> Any:
 
 
 def step_record(name: str, status: str) -> Any:
-    from sitq.backends.base import WorkflowStepRecord
+    from sitq.workflow.store import WorkflowStepRecord
 
     return WorkflowStepRecord(name, 0, status, 3, True, None, None, 1.0, None)
 
@@ -1263,12 +1270,13 @@ async def test_what_the_dashboard_asks_of_both_backends(db_url: str) -> None:
     PostgreSQL alike."""
     async with TaskQueue(db_url) as queue:
         for i in range(5):
-            await queue.enqueue_in_batch(f"b{i}", jobs.add, [(i, i)])
+            await BatchStore.of(queue).enqueue_in_batch(queue, f"b{i}", jobs.add, [(i, i)])
         backend = queue.backend
-        assert [b.id for b in await backend.list_batches()] == ["b4", "b3", "b2", "b1", "b0"]
-        page = await backend.list_batches(limit=2, offset=1)
+        batches = BatchStore.of(queue)
+        assert [b.id for b in await batches.list_batches()] == ["b4", "b3", "b2", "b1", "b0"]
+        page = await batches.list_batches(limit=2, offset=1)
         assert [b.id for b in page] == ["b3", "b2"]
-        assert [b.id for b in await backend.list_batches(limit=9, offset=4)] == ["b0"]
+        assert [b.id for b in await batches.list_batches(limit=9, offset=4)] == ["b0"]
         [claimed] = await backend.claim("w", ["default"], 1, 60.0)
         result = queue.serializer.dumps(b"r" * 5000)
         await backend.finish([(claimed.lease, Outcome("succeeded", result=result))])

@@ -29,6 +29,7 @@ import pytest
 from support import TESTS_DIR, WorkerProcess, subprocess_env, wait_until
 
 from sitq import SyncTaskQueue, TaskQueue
+from sitq.batch import BatchStore
 from sitq.workflow import Workflow
 
 CHROMIUM = os.environ.get("SITQ_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -253,8 +254,10 @@ def test_counts_change_as_a_worker_drains(
             # enough for the trend chart to show it.
             queue.enqueue_many(jobs.sync_sleep, [0.03] * 300)
             mail = queue.with_options(queue="mail")
-            mail.enqueue_in_batch("newsletter", jobs.add, [(i, 1) for i in range(40)])
-            mail.enqueue_in_batch("newsletter", jobs.fail, ["mailbox full", "no such user"])
+            newsletter = BatchStore(queue.store_session()).appender("newsletter")
+            mail.enqueue_many(jobs.add, [(i, 1) for i in range(40)], alongside=newsletter)
+            failing = ["mailbox full", "no such user"]
+            mail.enqueue_many(jobs.fail, failing, alongside=newsletter)
 
     in_thread(enqueue)
     with_queue(db_path, lambda q: q.set_limit("smtp", max_running=2, max_starts=100, per=60))
@@ -401,16 +404,18 @@ def test_a_run_without_a_name_fits_a_1400_pixel_window(
     """The runs table shows a nameless run by its file, cut to fit: nothing overflows."""
     from playwright.sync_api import expect
 
-    from sitq.backends.base import NewWorkflowRun
+    from sitq.workflow.store import NewWorkflowRun, WorkflowStore
 
     async def record(queue: TaskQueue) -> None:
         blob = queue.serializer.dumps({})
         run = NewWorkflowRun(
             "20250601-120000-abcdef", LONG_SOURCE, None, "steps: []", blob, "{}", "h", 1
         )
-        assert await queue.create_workflow_run(run)
+        assert await WorkflowStore.of(queue).create_workflow_run(run)
         items = queue.serializer.dumps(list(range(3)))
-        await queue.begin_workflow_step(run.id, "load", 0, items, ["0", "1", "2"], True)
+        await WorkflowStore.of(queue).begin_workflow_step(
+            run.id, "load", 0, items, ["0", "1", "2"], True
+        )
 
     with_queue(db_path, record)
     url = serve()

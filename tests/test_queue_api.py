@@ -25,6 +25,7 @@ from sitq import (
     schedules,
 )
 from sitq.backends.sqlite import SQLiteBackend
+from sitq.batch import BatchStore
 from sitq.errors import ConfigurationError, NotConnected
 from sitq.serialization import CloudpickleSerializer
 from sitq.testing import TemporaryQueue
@@ -468,7 +469,7 @@ def test_a_task_handle_given_to_enqueue_is_sent_by_name(db_path: Path, spawn_wor
             a = await q.enqueue(greet, "ada")
             b = await q.with_options(priority=5).enqueue(greet, "bob", punctuation="?")
             many = await q.enqueue_many(shout, ["x", ("y",)])
-            return [a, b, *many, *await q.enqueue_in_batch("b1", greet, ["bea"])]
+            return [a, b, *many, *await BatchStore.of(q).enqueue_in_batch(q, "b1", greet, ["bea"])]
 
     a, b, c, d, g = asyncio.run(enqueue())
     with SyncTaskQueue(db_path) as sq:

@@ -20,6 +20,7 @@ import pytest
 from support import POSTGRES_URL, SITQ, await_until, subprocess_env, wait_until
 
 from sitq import SyncTaskQueue, TaskQueue, TaskStatus
+from sitq.batch import BatchStore
 from sitq.errors import ConfigurationError, PayloadRejected, SitqError
 from sitq.registry import TaskRef
 from sitq.serialization import (
@@ -331,7 +332,7 @@ async def test_every_way_of_creating_a_task_signs_it_for_its_row(
     async with TaskQueue(db_path, SignedSerializer(NEW_KEY)) as queue:
         spawn_worker("--import", "registered_jobs", "-c", "4", env=env).wait_started()
         ids = await queue.enqueue_many(jobs.add, [(1, 2), (3, 4)])
-        ids += await queue.enqueue_in_batch("b1", jobs.async_add, [(5, 6)])
+        ids += await BatchStore.of(queue).enqueue_in_batch(queue, "b1", jobs.async_add, [(5, 6)])
         ids.append(await queue.with_options(unique_key="once").enqueue(jobs.add, 7, 8))
         ids.append(await queue.enqueue(TaskRef("greet"), "ada"))
         retried = queue.with_options(max_retries=1, retry_backoff=0)

@@ -34,6 +34,7 @@ from sitq import TaskQueue, TaskStatus
 from sitq.workflow import Workflow, WorkflowValidationError
 from sitq.workflow.cli import workflow as workflow_group
 from sitq.workflow.loader import quote_bare_templates
+from sitq.workflow.store import WorkflowStore
 
 EXAMPLE = WORKFLOW_EXAMPLES
 
@@ -324,9 +325,11 @@ async def _create_db(path: Path | str) -> None:
 async def _recorded(db: str, run_id: str) -> tuple[Any, list[Any], list[Any]]:
     """The run, its steps and its first step's items, read back through TaskQueue."""
     async with TaskQueue(db) as queue:
-        run = await queue.get_workflow_run(run_id)
-        steps = await queue.list_workflow_steps(run_id)
-        items = await queue.list_workflow_items(run_id, steps[0].name, with_results=True)
+        run = await WorkflowStore.of(queue).get_workflow_run(run_id)
+        steps = await WorkflowStore.of(queue).list_workflow_steps(run_id)
+        items = await WorkflowStore.of(queue).list_workflow_items(
+            run_id, steps[0].name, with_results=True
+        )
     return run, steps, items
 
 
@@ -881,13 +884,15 @@ async def test_a_run_another_host_still_runs_is_resumed_only_with_force(
         await StateStore(queue).create_run("elsewhere", "lease.yaml", None, workflow.spec.text, {})
         # Its process runs on another host (its liveness cannot be checked here),
         # and its lease is fresh.
-        await queue.update_workflow_run("elsewhere", "running", host="other-host", pid=1)
+        await WorkflowStore.of(queue).update_workflow_run(
+            "elsewhere", "running", host="other-host", pid=1
+        )
         with pytest.raises(WorkflowError, match="still running .*other-host.*--force"):
             await workflow.run_async(resume="elsewhere", db=db, executor="local")
-        assert (await queue.get_workflow_run("elsewhere")).host == "other-host"
+        assert (await WorkflowStore.of(queue).get_workflow_run("elsewhere")).host == "other-host"
         report = await workflow.run_async(resume="elsewhere", db=db, executor="local", force=True)
         assert report.ok
-        assert (await queue.get_workflow_run("elsewhere")).status == "succeeded"
+        assert (await WorkflowStore.of(queue).get_workflow_run("elsewhere")).status == "succeeded"
 
 
 HEARTBEAT_WORKFLOW = """
@@ -1100,7 +1105,7 @@ async def test_items_whose_workers_all_died_fail_after_the_grace_period_and_a_re
         assert f"--resume {report.run_id}" in error
     assert "no live sitq worker serves queue 'wq'" in caplog.text
     async with TaskQueue(db_path) as queue:
-        items = await queue.list_workflow_items(report.run_id, "wait")
+        items = await WorkflowStore.of(queue).list_workflow_items(report.run_id, "wait")
         task_ids = [r.task_id for r in items]
         assert all(task_ids), items
         statuses = await queue.statuses(task_ids)
@@ -1113,7 +1118,7 @@ async def test_items_whose_workers_all_died_fail_after_the_grace_period_and_a_re
         resumed = await asyncio.wait_for(workflow.run_async(resume=report.run_id, **options), 60)
         assert resumed.ok, resumed.error
         assert resumed.steps["wait"].result == [0, 10]
-        after = await queue.list_workflow_items(report.run_id, "wait")
+        after = await WorkflowStore.of(queue).list_workflow_items(report.run_id, "wait")
         assert [r.task_id for r in after] == task_ids  # the same tasks, adopted
         assert sum((await queue.stats())["totals"].values()) == 2  # no task enqueued again
     # Only item 0, in flight at the kill, ran twice.
@@ -1172,13 +1177,17 @@ def test_status_calls_a_run_on_another_host_interrupted_once_its_lease_expired(
     async def heartbeat(age: float) -> None:
         """Record the run as running on another host, last heard of ``age`` s ago."""
         async with TaskQueue(db) as queue:
-            if await queue.get_workflow_run("elsewhere") is None:
+            if await WorkflowStore.of(queue).get_workflow_run("elsewhere") is None:
                 await StateStore(queue).create_run("elsewhere", "lease.yaml", None, text, {})
-                await queue.update_workflow_run("elsewhere", "running", host="other-host", pid=1)
+                await WorkflowStore.of(queue).update_workflow_run(
+                    "elsewhere", "running", host="other-host", pid=1
+                )
             real_now = queue.backend.now
             with monkeypatch.context() as patch:
                 patch.setattr(queue.backend, "now", lambda: real_now() - age)
-                assert await queue.heartbeat_workflow_run("elsewhere", "other-host", 1)
+                assert await WorkflowStore.of(queue).heartbeat_workflow_run(
+                    "elsewhere", "other-host", 1
+                )
 
     def status(*args: str) -> str:
         result = CliRunner().invoke(workflow_group, ["status", *args, "--db", db])

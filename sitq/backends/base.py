@@ -28,7 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
-from sitq.errors import SitqError
+# Declared with the layers' stores, implemented by every backend (store_session).
+from sitq.store import StoreSession as StoreSession
+from sitq.store import StoreTransaction as StoreTransaction
 
 #: "tasks" enqueued, "results" written, "cancels" asked of tasks a worker holds.
 WakeKind = Literal["tasks", "results", "cancels"]
@@ -476,54 +478,7 @@ class Backend(abc.ABC):
         """Where this backend stores data, for messages (never includes secrets)."""
         return type(self).__name__
 
-    # -- named batches and bulk status ---------------------------------------
-    #
-    # A named batch is an ordered list of task ids that outlives the producer.
-    # Membership is stored in the same transaction as the tasks. A task that is
-    # pruned or purged leaves its batches (the batch's ``size`` still counts it,
-    # so it shows as missing); deleting a batch never deletes its tasks.
-
-    @abc.abstractmethod
-    async def create_batch(self, batch_id: str) -> bool:
-        """Record a new, empty batch; False (and no change) if it exists already."""
-
-    @abc.abstractmethod
-    async def enqueue_in_batch(
-        self, batch_id: str, tasks: Sequence[NewTask], expected_size: int | None = None
-    ) -> int:
-        """Store ``tasks`` as ``enqueue`` does and append them to the batch (created
-        if missing), all in one transaction; return the position of the first one.
-
-        With ``expected_size``, a compare-and-set: if the batch's size is not
-        that (0 for a missing batch) at the moment of the append, nothing is
-        stored and :class:`BatchSizeChanged` is raised.
-        """
-
-    @abc.abstractmethod
-    async def get_batch(self, batch_id: str) -> BatchRecord | None:
-        """The batch's record, or None if there is no such batch."""
-
-    @abc.abstractmethod
-    async def list_batches(self, limit: int | None = None, offset: int = 0) -> list[BatchRecord]:
-        """Every batch, newest first; or, with ``limit``, that many after skipping
-        ``offset`` (a page, for a dashboard)."""
-
-    @abc.abstractmethod
-    async def batch_task_ids(self, batch_id: str) -> list[str]:
-        """The ids of the batch's tasks still stored, in position order."""
-
-    @abc.abstractmethod
-    async def batch_members(self, batch_id: str) -> list[tuple[int, str]]:
-        """``(position, task_id)`` of the batch's tasks still stored, in position
-        order; positions start at 0, and those of pruned tasks are absent."""
-
-    @abc.abstractmethod
-    async def count_batch_statuses(self, batch_id: str) -> dict[str, int]:
-        """Number of the batch's stored tasks per status, in one query."""
-
-    @abc.abstractmethod
-    async def delete_batch(self, batch_id: str) -> bool:
-        """Forget the batch (its tasks stay); False if there was no such batch."""
+    # -- bulk status ------------------------------------------------------------
 
     @abc.abstractmethod
     async def count_statuses(self, task_ids: Sequence[str]) -> dict[str, int]:
@@ -562,169 +517,12 @@ class Backend(abc.ABC):
         fast however rare the matches: it may hold fewer than ``limit`` tasks (even
         none) and still have a ``next_cursor``. ``next_cursor`` is None at the end."""
 
-    # -- workflow runs (sitq.workflow) -------------------------------------------
-    #
-    # A run, its steps, and each step's items with status, result, error and
-    # attempts. Values (params, a step's items, results) are bytes serialized by
-    # the layer above; previews are short texts to show without loading them.
-    # Every call is committed when it returns; each item change is one statement.
+    # -- for the layers' own stores -------------------------------------------
 
     @abc.abstractmethod
-    async def create_workflow_run(self, run: NewWorkflowRun) -> bool:
-        """Record a new run, status 'running', created now; False (and no change) if
-        a run with this id exists."""
-
-    @abc.abstractmethod
-    async def get_workflow_run(self, run_id: str) -> WorkflowRunRecord | None:
-        """The run, or None if there is no such run."""
-
-    @abc.abstractmethod
-    async def list_workflow_runs(self, limit: int = 50) -> list[WorkflowRunRecord]:
-        """The ``limit`` most recently created runs, newest first."""
-
-    @abc.abstractmethod
-    async def update_workflow_run(
-        self,
-        run_id: str,
-        status: str,
-        error: str | None = None,
-        *,
-        host: str | None = None,
-        pid: int | None = None,
-    ) -> bool:
-        """Set the run's status and error (its ``finished_at`` is now, or None when
-        ``status`` is 'running'); ``host`` and ``pid``, if given, name its new owner.
-        False if there is no such run."""
-
-    @abc.abstractmethod
-    async def begin_workflow_step(
-        self,
-        run_id: str,
-        name: str,
-        position: int,
-        items: bytes,
-        item_previews: Sequence[str | None],
-        has_items: bool,
-    ) -> bool:
-        """Record that a step starts (status 'running') over ``items``, with one
-        pending item per preview (indexes from 0), in one transaction. False (and no
-        change) if the step was begun before."""
-
-    @abc.abstractmethod
-    async def update_workflow_step(
-        self,
-        run_id: str,
-        name: str,
-        status: str,
-        result: bytes | None = None,
-        result_preview: str | None = None,
-        error: str | None = None,
-    ) -> bool:
-        """Set the step's status, result and error (its ``finished_at`` is now, or
-        None when ``status`` is 'running'); False if there is no such step."""
-
-    @abc.abstractmethod
-    async def list_workflow_steps(self, run_id: str) -> list[WorkflowStepRecord]:
-        """The run's begun steps by position, without their items and result bytes."""
-
-    @abc.abstractmethod
-    async def get_workflow_step(self, run_id: str, name: str) -> WorkflowStepRecord | None:
-        """One step with its items and result bytes, or None if it has not begun."""
-
-    @abc.abstractmethod
-    async def list_workflow_items(
-        self, run_id: str, step: str, *, with_results: bool = False
-    ) -> list[WorkflowItemRecord]:
-        """The step's items by index; their result bytes only ``with_results``."""
-
-    @abc.abstractmethod
-    async def workflow_item_started(
-        self, run_id: str, step: str, index: int, ran_on: str, attempt: int | None = None
-    ) -> None:
-        """The item starts on ``ran_on``: status 'running', started now, its previous
-        error and finish cleared; ``attempt``, if given, is its attempt number now
-        (else attempts stay until an attempt or the finish is recorded)."""
-
-    @abc.abstractmethod
-    async def workflow_item_attempt(self, run_id: str, step: str, index: int, attempt: int) -> None:
-        """Attempt number ``attempt`` of the item begins."""
-
-    @abc.abstractmethod
-    async def workflow_item_submitted(
-        self, run_id: str, step: str, index: int, task_id: str
-    ) -> None:
-        """The item became sitq task ``task_id``."""
-
-    @abc.abstractmethod
-    async def workflow_item_finished(
-        self,
-        run_id: str,
-        step: str,
-        index: int,
-        status: str,
-        *,
-        attempts: int,
-        result: bytes | None = None,
-        result_preview: str | None = None,
-        error: str | None = None,
-        traceback: str | None = None,
-    ) -> None:
-        """The item ended (``status`` succeeded or failed) after ``attempts``
-        attempts, finished now."""
-
-    @abc.abstractmethod
-    async def reset_workflow_step(self, run_id: str, name: str) -> bool:
-        """Forget a begun step and its items (one transaction), so that it can be
-        begun again over new items; False if it had not begun."""
-
-    @abc.abstractmethod
-    async def heartbeat_workflow_run(self, run_id: str, host: str, pid: int) -> bool:
-        """Renew the lease of a running run owned by ``host`` and ``pid`` (its
-        ``updated_at`` becomes now); False if it is not running or has another owner."""
-
-    @abc.abstractmethod
-    async def take_over_workflow_run(
-        self,
-        run_id: str,
-        host: str,
-        pid: int,
-        *,
-        stale_after: float | None,
-        dead_owner: tuple[str, int] | None = None,
-    ) -> bool:
-        """Make ``host``/``pid`` the owner of the run, status 'running' (error and
-        finish cleared), in one compare-and-set: only if it is not running, or its
-        lease is older than ``stale_after`` seconds, or its owner is ``dead_owner``
-        (known gone); ``stale_after`` None takes it whatever its state. False (and
-        no change) otherwise, or if there is no such run."""
-
-
-class BatchSizeChanged(SitqError):
-    """An append to a named batch expected a size the batch no longer has
-    (another producer appended first); nothing was stored."""
-
-    def __init__(self, batch_id: str, expected_size: int) -> None:
-        super().__init__(batch_id, expected_size)
-        self.batch_id = batch_id
-        self.expected_size = expected_size
-
-    def __str__(self) -> str:
-        return (
-            f"batch {self.batch_id!r} no longer has {self.expected_size} tasks: another "
-            "producer appended to it first; nothing was stored"
-        )
-
-
-@dataclass(frozen=True)
-class BatchRecord:
-    """A named batch as the backend knows it.
-
-    ``size`` counts every task ever added, including any pruned since.
-    """
-
-    id: str
-    created_at: float
-    size: int
+    def store_session(self) -> StoreSession:
+        """SQL on this backend's own database, for the layers that keep their own
+        tables there (named batches, workflow runs): see :class:`StoreSession`."""
 
 
 @dataclass(frozen=True)
@@ -764,8 +562,10 @@ def listing_source(status: str | None, batch_id: str | None) -> ListingSource:
     """The indexed row source that serves a listing with these filters."""
     if batch_id is not None:
         return "batch"
-    if status in ("failed", "running"):
-        return status
+    if status == "failed":
+        return "failed"
+    if status == "running":
+        return "running"
     return "tasks"
 
 
@@ -800,77 +600,6 @@ def listing_cursor(source: ListingSource, row_key: Any, finished_at: float | Non
     if source == "failed":
         return f"{finished_at!r}:{row_key}"
     return str(row_key)
-
-
-class NewWorkflowRun(NamedTuple):
-    """A workflow run to record: its id, the file it came from (path, ``name:``,
-    text), its params (bytes and a preview), and the host and pid that run it."""
-
-    id: str
-    source: str
-    name: str | None
-    text: str
-    params: bytes
-    params_preview: str
-    host: str
-    pid: int
-
-
-@dataclass(frozen=True)
-class WorkflowRunRecord:
-    """A workflow run as stored. ``status``: running, succeeded, partial, failed or
-    interrupted (the layer above names them); ``finished_at`` None while running."""
-
-    id: str
-    source: str
-    name: str | None
-    text: str
-    params: bytes
-    params_preview: str
-    status: str
-    error: str | None
-    host: str
-    pid: int
-    created_at: float
-    updated_at: float
-    finished_at: float | None
-
-
-@dataclass(frozen=True)
-class WorkflowStepRecord:
-    """A begun step of a workflow run. ``items`` and ``result`` (bytes) are loaded
-    only by ``get_workflow_step``."""
-
-    name: str
-    position: int
-    status: str
-    total: int
-    has_items: bool
-    result_preview: str | None
-    error: str | None
-    started_at: float
-    finished_at: float | None
-    items: bytes | None = None
-    result: bytes | None = None
-
-
-@dataclass(frozen=True)
-class WorkflowItemRecord:
-    """One item of a step: pending, running, succeeded or failed. ``result`` (bytes)
-    is loaded only when asked for."""
-
-    index: int
-    item_preview: str | None
-    status: str
-    attempts: int
-    result_preview: str | None
-    error: str | None
-    traceback: str | None
-    task_id: str | None
-    ran_on: str | None
-    started_at: float | None
-    finished_at: float | None
-    result: bytes | None = None
 
 
 def task_columns(columns: str, *, with_payload: bool, with_result: bool, length: str) -> str:

@@ -9,9 +9,10 @@ that predate this module live in ``sitq.backends.base``.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from sitq.backends.base import Backend, ListingSource, TaskPage, TaskRecord
 from sitq.errors import ConfigurationError, DatabaseUnavailable, SitqError, StorageError
@@ -146,3 +147,18 @@ def translate_error(exc: BaseException, backend: Backend) -> SitqError | None:
     if isinstance(sqlstate, str) or type(exc).__module__.startswith("asyncpg"):
         return StorageError(f"{where} refused the operation: {type(exc).__name__}: {exc}")
     return None
+
+
+@contextlib.contextmanager
+def translated(backend: Backend) -> Iterator[None]:
+    """Raise the SitqError of a raw database error raised in the block (the original
+    as its ``__cause__``); a SitqError or any other error goes through unchanged."""
+    try:
+        yield
+    except SitqError:
+        raise
+    except Exception as exc:
+        error = translate_error(exc, backend)
+        if error is None:
+            raise
+        raise error from exc

@@ -16,11 +16,17 @@ one batch at once (``if_exists="resume"``) append with a compare-and-set on
 the batch's size, so each item is enqueued once whoever gets there first.
 """
 
-from sitq.backends.base import BatchSizeChanged
-from sitq.batch.errors import BatchExists, BatchNotFound, BatchTimeout, TaskExpired
+from sitq.batch.errors import (
+    BatchExists,
+    BatchNotFound,
+    BatchSizeChanged,
+    BatchTimeout,
+    TaskExpired,
+)
 from sitq.batch.processor import Batch, BatchProcessor
 from sitq.batch.progress import BatchProgress
 from sitq.batch.report import BatchReport
+from sitq.batch.store import BatchStore, StoredBatch
 from sitq.batch.sync import SyncBatchProcessor
 
 __all__ = [
@@ -31,7 +37,9 @@ __all__ = [
     "BatchProgress",
     "BatchReport",
     "BatchSizeChanged",
+    "BatchStore",
     "BatchTimeout",
+    "StoredBatch",
     "SyncBatchProcessor",
     "TaskExpired",
 ]

@@ -7,6 +7,22 @@ from typing import Any
 from sitq.errors import SitqError, TaskNotFound
 
 
+class BatchSizeChanged(SitqError):
+    """An append to a named batch expected a size the batch no longer has
+    (another producer appended first); nothing was stored."""
+
+    def __init__(self, batch_id: str, expected_size: int) -> None:
+        super().__init__(batch_id, expected_size)
+        self.batch_id = batch_id
+        self.expected_size = expected_size
+
+    def __str__(self) -> str:
+        return (
+            f"batch {self.batch_id!r} no longer has {self.expected_size} tasks: another "
+            "producer appended to it first; nothing was stored"
+        )
+
+
 class BatchExists(SitqError, ValueError):
     """A new batch was asked for under a name that is already taken."""
 

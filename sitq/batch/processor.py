@@ -10,10 +10,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from sitq.backends.base import BatchSizeChanged
-from sitq.batch.errors import BatchExists, BatchNotFound, BatchTimeout, TaskExpired
+from sitq.batch.errors import (
+    BatchExists,
+    BatchNotFound,
+    BatchSizeChanged,
+    BatchTimeout,
+    TaskExpired,
+)
 from sitq.batch.progress import BatchProgress, ProgressBar
 from sitq.batch.report import DEFAULT_TRACKED_TASKS, BatchReport, Monitor
+from sitq.batch.store import BatchStore
 from sitq.errors import ConfigurationError, TaskNotFound
 from sitq.queue import TaskQueue
 from sitq.sync_queue import SyncTaskQueue
@@ -131,6 +137,10 @@ class BatchProcessor:
         self.last: Batch | None = None
         self._monitor = Monitor(_check_positive_int("max_tracked_tasks", max_tracked_tasks))
 
+    def _batches(self) -> BatchStore:
+        """The named batches of the queue's database (the queue must be connected)."""
+        return BatchStore.of(self.queue)
+
     # -- enqueueing ---------------------------------------------------------
 
     async def enqueue_batch(
@@ -210,12 +220,12 @@ class BatchProcessor:
                 if batch_id is None:
                     new = await enqueuer.enqueue_many(func, chunk)
                 elif expected is None:
-                    new = await enqueuer.enqueue_in_batch(batch_id, func, chunk)
+                    new = await self._batches().enqueue_in_batch(enqueuer, batch_id, func, chunk)
                 else:
                     while True:
                         try:
-                            new = await enqueuer.enqueue_in_batch(
-                                batch_id, func, chunk, expected_size=expected
+                            new = await self._batches().enqueue_in_batch(
+                                enqueuer, batch_id, func, chunk, expected_size=expected
                             )
                         except BatchSizeChanged:
                             # Another producer resumed the same batch: skip what it stored.
@@ -245,11 +255,11 @@ class BatchProcessor:
         if expected is not None and batch_id is not None:  # resumed: as stored
             if raced:
                 mine = set(ids)
-                members = await self.queue.batch_members(batch_id)
+                members = await self._batches().batch_members(batch_id)
                 ids = [task_id for _, task_id in members]
                 positions = [position for position, _ in members]
                 self._monitor.enqueued(run, [i for i in ids if i not in mine], 0.0)
-                record = await self.queue.get_batch(batch_id)
+                record = await self._batches().get_batch(batch_id)
                 expected = max(expected, record.size if record is not None else 0)
             self.last = Batch(ids, batch_id, _utc(started), expected, positions)
             return self.last
@@ -263,16 +273,16 @@ class BatchProcessor:
         the items still to enqueue and, when resuming, the batch's size they go
         after."""
         if if_exists == "error":
-            if not await self.queue.create_batch(batch_id):
-                record = await self.queue.get_batch(batch_id)
+            if not await self._batches().create_batch(batch_id):
+                record = await self._batches().get_batch(batch_id)
                 raise BatchExists(batch_id, record.size if record else 0)
             return [], source, None
         if if_exists == "append":
             return [], source, None
-        record = await self.queue.get_batch(batch_id)
+        record = await self._batches().get_batch(batch_id)
         if record is None:
             return [], source, 0
-        existing = await self.queue.batch_members(batch_id)
+        existing = await self._batches().batch_members(batch_id)
         return existing, itertools.islice(source, record.size, None), record.size
 
     async def _skip_stored(
@@ -280,7 +290,7 @@ class BatchProcessor:
     ) -> tuple[list[Any], int]:
         """After a lost compare-and-set: the part of ``chunk`` the batch does not
         have yet (items of ``source`` it has are skipped too), and its size now."""
-        record = await self.queue.get_batch(batch_id)
+        record = await self._batches().get_batch(batch_id)
         size = record.size if record is not None else 0
         if size < expected:
             raise BatchSizeChanged(batch_id, expected)  # deleted or recreated meanwhile
@@ -301,11 +311,11 @@ class BatchProcessor:
         :meth:`gather` over it keeps each value at its item's position.
         Raises :class:`BatchNotFound` for an unknown name.
         """
-        record = await self.queue.get_batch(batch_id)
+        record = await self._batches().get_batch(batch_id)
         if record is None:
-            known = [b.id for b in (await self.queue.list_batches())[:5]]
+            known = [b.id for b in (await self._batches().list_batches())[:5]]
             raise BatchNotFound(batch_id, known)
-        members = await self.queue.batch_members(batch_id)
+        members = await self._batches().batch_members(batch_id)
         ids = [task_id for _, task_id in members]
         positions = [position for position, _ in members]
         size = max(record.size, positions[-1] + 1 if positions else 0)
@@ -318,7 +328,7 @@ class BatchProcessor:
         """Every named batch, newest first (ids not loaded: use :meth:`open`)."""
         return [
             Batch([], record.id, _utc(record.created_at), record.size)
-            for record in await self.queue.list_batches()
+            for record in await self._batches().list_batches()
         ]
 
     async def delete(self, batch_id: str) -> bool:
@@ -326,7 +336,7 @@ class BatchProcessor:
 
         The name can then be used for a new batch.
         """
-        return await self.queue.delete_batch(batch_id)
+        return await self._batches().delete_batch(batch_id)
 
     async def _ids(self, target: Target | None) -> list[str]:
         if target is None:
@@ -352,10 +362,10 @@ class BatchProcessor:
         tasks, in one query (two for a named batch)."""
         name = target.name if isinstance(target, Batch) else target
         if isinstance(name, str):
-            record = await self.queue.get_batch(name)
+            record = await self._batches().get_batch(name)
             if record is None:
                 raise BatchNotFound(name)
-            counts = await self.queue.batch_status_counts(name)
+            counts = await self._batches().batch_status_counts(name)
             return BatchProgress.from_counts(record.size, counts)
         ids = list(dict.fromkeys(await self._ids(target)))
         return BatchProgress.from_counts(len(ids), await self.queue.status_counts(ids))

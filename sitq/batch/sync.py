@@ -12,6 +12,7 @@ from sitq.batch.processor import Batch, BatchProcessor, IfExists, Target
 from sitq.batch.progress import BatchProgress
 from sitq.batch.report import DEFAULT_TRACKED_TASKS, BatchReport
 from sitq.queue import TaskQueue
+from sitq.store import StoreSession
 from sitq.sync_queue import SyncTaskQueue
 from sitq.task import Result
 
@@ -27,6 +28,9 @@ class _AsyncFace:
 
     def with_options(self, **options: Any) -> _AsyncFace:
         return _AsyncFace(self._queue.with_options(**options))
+
+    def store_session(self) -> StoreSession:
+        return self._queue.store_session()  # awaitable from this loop as it is
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._queue, name)

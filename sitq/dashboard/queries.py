@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sitq.batch.store import BatchStore
 from sitq.dashboard.history import CountHistory, QueueTrend
 from sitq.dashboard.workflows import RunProgress, WorkflowItems
 from sitq.display import bounded_repr
@@ -169,9 +170,10 @@ async def queue_table(
 
 async def batch_rows(queue: TaskQueue, limit: int, offset: int = 0) -> list[BatchRow]:
     """Up to ``limit`` named batches, newest first after ``offset``, with progress."""
+    batches = BatchStore.of(queue)
     return [
-        BatchRow(b.id, b.created_at, b.size, await queue.batch_status_counts(b.id))
-        for b in await queue.backend.list_batches(limit=limit, offset=offset)
+        BatchRow(b.id, b.created_at, b.size, await batches.batch_status_counts(b.id))
+        for b in await batches.list_batches(limit=limit, offset=offset)
     ]
 
 

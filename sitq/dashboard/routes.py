@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from sitq.batch.store import BatchStore
 from sitq.dashboard import metrics, queries
 from sitq.dashboard.access import is_loopback
 from sitq.dashboard.security import CSRF_FIELD, csrf_ok
@@ -17,6 +18,7 @@ from sitq.dashboard.workflows import MAX_FAILURES_KEPT
 from sitq.errors import ConfigurationError, TaskNotFound
 from sitq.queue import TaskQueue
 from sitq.records import CancelOutcome
+from sitq.workflow.store import WorkflowStore
 
 #: Rows per page of a task listing.
 PAGE_SIZE = 50
@@ -186,9 +188,10 @@ async def _listing(request: Request) -> dict[str, Any]:
     page = await queue.list_tasks(**filters, cursor=cursor, limit=PAGE_SIZE)
     batch = None
     if filters["batch_id"]:
-        record = await queue.get_batch(filters["batch_id"])
+        batches = BatchStore.of(queue)
+        record = await batches.get_batch(filters["batch_id"])
         if record is not None:
-            counts = await queue.batch_status_counts(record.id)
+            counts = await batches.batch_status_counts(record.id)
             batch = queries.BatchRow(record.id, record.created_at, record.size, counts)
     kept = [(k, v) for k, v in parse_qsl(request.url.query) if k in ("queue", "status", "batch")]
     next_url = None
@@ -265,7 +268,7 @@ async def workflows_page(request: Request) -> Response:
 async def _run(request: Request) -> dict[str, Any]:
     run_id = request.path_params["run_id"]
     queue = _queue(request)
-    record = await queue.get_workflow_run(run_id)
+    record = await WorkflowStore.of(queue).get_workflow_run(run_id)
     if record is None:
         raise HTTPException(404, f"no workflow run with id {run_id!r}")
     run = await request.app.state.workflows.run(queue, record)

@@ -19,8 +19,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sitq.backends.base import WorkflowItemRecord, WorkflowRunRecord, WorkflowStepRecord
 from sitq.queue import TaskQueue
+from sitq.workflow.store import (
+    WorkflowItemRecord,
+    WorkflowRunRecord,
+    WorkflowStepRecord,
+    WorkflowStore,
+)
 
 #: Item statuses in the order a progress bar draws them.
 ITEM_STATUSES = ("succeeded", "failed", "running", "pending")
@@ -181,7 +186,8 @@ class WorkflowItems:
                 self._kept.move_to_end(key)
                 return RecordedStepProgress(step, snapshot.counts, snapshot.failures)
         started = self.clock()
-        counts, failures = _tally(step.name, await queue.list_workflow_items(run.id, step.name))
+        items = await WorkflowStore.of(queue).list_workflow_items(run.id, step.name)
+        counts, failures = _tally(step.name, items)
         read_at = self.clock()
         snapshot = ItemSnapshot(counts, failures, read_at, read_at - started)
         self._kept[key] = (state, snapshot)
@@ -192,10 +198,11 @@ class WorkflowItems:
 
     async def run(self, queue: TaskQueue, run: WorkflowRunRecord) -> RunProgress:
         """A run with each begun step's progress."""
-        records = await queue.list_workflow_steps(run.id)
+        records = await WorkflowStore.of(queue).list_workflow_steps(run.id)
         steps = [await self.progress(queue, run, step) for step in records]
         return RunProgress(run, shown_status(run), steps)
 
     async def recent(self, queue: TaskQueue, limit: int) -> list[RunProgress]:
         """The ``limit`` newest runs, newest first, with their steps' progress."""
-        return [await self.run(queue, run) for run in await queue.list_workflow_runs(limit)]
+        runs = await WorkflowStore.of(queue).list_workflow_runs(limit)
+        return [await self.run(queue, run) for run in runs]

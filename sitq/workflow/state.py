@@ -1,7 +1,7 @@
 """Where a workflow run's state lives: in the sitq database, next to the tasks.
 
 The run, each step and each item (status, result, error, attempts) are stored
-through :class:`sitq.TaskQueue`'s workflow methods, so ``--resume`` and
+through :class:`sitq.workflow.store.WorkflowStore` (on the queue's database), so ``--resume`` and
 ``sitq workflow status`` work wherever the database is reachable (an SQLite
 file or PostgreSQL), and a dashboard can list runs. Every change (an item
 started, an attempt, a task id, an item finished, a step or run ending) is
@@ -25,16 +25,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from sitq import TaskQueue
-from sitq.backends.base import (
-    NewWorkflowRun,
-    WorkflowItemRecord,
-    WorkflowRunRecord,
-    WorkflowStepRecord,
-)
 from sitq.errors import PayloadRejected
 from sitq.serialization import ACCEPT_UNBOUND_ENV, Binding, bound_dumps, bound_loads
 from sitq.workflow.errors import RunNotFound, WorkflowError
 from sitq.workflow.kinds import ItemOutcome
+from sitq.workflow.store import (
+    NewWorkflowRun,
+    WorkflowItemRecord,
+    WorkflowRunRecord,
+    WorkflowStepRecord,
+    WorkflowStore,
+)
 
 PREVIEW_CHARS = 300
 #: Seconds a running run's lease lasts without a heartbeat: another process may
@@ -193,6 +194,15 @@ class StateStore:
     def __init__(self, queue: TaskQueue) -> None:
         self.queue = queue
         self._serializer = queue.serializer
+        self._store: WorkflowStore | None = None
+
+    @property
+    def store(self) -> WorkflowStore:
+        """The workflow tables of the queue's database (made at first use: the
+        queue may connect after this is built)."""
+        if self._store is None:
+            self._store = WorkflowStore.of(self.queue)
+        return self._store
 
     @property
     def where(self) -> str:
@@ -242,19 +252,19 @@ class StateStore:
         run = NewWorkflowRun(
             run_id, source, name, text, blob, preview(params), socket.gethostname(), os.getpid()
         )
-        if not await self.queue.create_workflow_run(run):
+        if not await self.store.create_workflow_run(run):
             raise WorkflowError(f"a workflow run {run_id!r} exists already in {self.where}")
 
     async def run(self, run_id: str) -> RunRecord:
         """The run ``run_id``; RunNotFound if there is none."""
-        record = await self.queue.get_workflow_run(run_id)
+        record = await self.store.get_workflow_run(run_id)
         if record is None:
             raise RunNotFound(run_id, self.where)
         return RunRecord.of(record)
 
     async def runs(self, limit: int = 50) -> list[RunRecord]:
         """The most recent runs, newest first."""
-        return [RunRecord.of(r) for r in await self.queue.list_workflow_runs(limit)]
+        return [RunRecord.of(r) for r in await self.store.list_workflow_runs(limit)]
 
     def params_of(self, record: RunRecord) -> dict[str, Any]:
         """A run's params (deserialized)."""
@@ -271,7 +281,7 @@ class StateStore:
         """Own a run in this process (for a resume): only if it is not running, its
         owner is ``dead_owner`` (known gone), or its lease expired, unless ``force``;
         WorkflowError if another process holds it."""
-        if await self.queue.take_over_workflow_run(
+        if await self.store.take_over_workflow_run(
             run_id,
             socket.gethostname(),
             os.getpid(),
@@ -280,7 +290,7 @@ class StateStore:
         ):
             return
         record = await self.run(run_id)  # RunNotFound if there is none
-        age = self.queue.backend.now() - record.updated_at
+        age = self.store.session.now() - record.updated_at
         raise WorkflowError(
             f"run {run_id} is still running (process {record.pid} on {record.host}, last "
             f"heard of {age:.0f}s ago; its lease lasts {lease:.0f}s): wait for it to end, "
@@ -289,17 +299,17 @@ class StateStore:
 
     async def heartbeat(self, run_id: str) -> bool:
         """Renew this process's lease on a run; False if another process took it."""
-        return await self.queue.heartbeat_workflow_run(run_id, socket.gethostname(), os.getpid())
+        return await self.store.heartbeat_workflow_run(run_id, socket.gethostname(), os.getpid())
 
     async def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
         """Record how the run ended."""
-        await self.queue.update_workflow_run(run_id, status, error)
+        await self.store.update_workflow_run(run_id, status, error)
 
     # -- steps ------------------------------------------------------------------------
 
     async def steps(self, run_id: str) -> list[StepRecord]:
         """The run's steps that have started, in order."""
-        return await self.queue.list_workflow_steps(run_id)
+        return await self.store.list_workflow_steps(run_id)
 
     async def step(self, run_id: str, name: str) -> StepRecord | None:
         """One step of the run, or None if it has not started."""
@@ -307,7 +317,7 @@ class StateStore:
 
     async def step_result(self, run_id: str, name: str) -> Any:
         """A finished step's result (deserialized)."""
-        record = await self.queue.get_workflow_step(run_id, name)
+        record = await self.store.get_workflow_step(run_id, name)
         if record is None:
             return None
         return self._loads(record.result, value_binding("step-result", run_id, name))
@@ -315,7 +325,7 @@ class StateStore:
     async def step_items(self, run_id: str, name: str) -> list[Any] | None:
         """The items a started step runs over (fixed when it first started); None when
         they never rendered (the step failed before it had items)."""
-        record = await self.queue.get_workflow_step(run_id, name)
+        record = await self.store.get_workflow_step(run_id, name)
         if record is None or record.items is None:
             return None
         items = self._loads(record.items, value_binding("items", run_id, name))
@@ -339,21 +349,21 @@ class StateStore:
             raise WorkflowError(
                 f"step {name!r}: its items cannot be stored for a resume ({exc})"
             ) from exc
-        await self.queue.begin_workflow_step(run_id, name, position, blob, previews, has_items)
+        await self.store.begin_workflow_step(run_id, name, position, blob, previews, has_items)
 
     async def reset_step(self, run_id: str, name: str) -> None:
         """Forget a begun step and its items, so that it begins again from scratch."""
-        await self.queue.reset_workflow_step(run_id, name)
+        await self.store.reset_workflow_step(run_id, name)
 
     async def restart_step(self, run_id: str, name: str) -> None:
         """Mark a step that had started before as running again."""
-        await self.queue.update_workflow_step(run_id, name, "running")
+        await self.store.update_workflow_step(run_id, name, "running")
 
     async def finish_step(
         self, run_id: str, name: str, status: str, result: Any, error: str | None = None
     ) -> None:
         """Record how a step ended and its result."""
-        await self.queue.update_workflow_step(
+        await self.store.update_workflow_step(
             run_id,
             name,
             status,
@@ -366,11 +376,11 @@ class StateStore:
 
     async def items(self, run_id: str, step: str) -> list[ItemRecord]:
         """A step's items, in order."""
-        return await self.queue.list_workflow_items(run_id, step)
+        return await self.store.list_workflow_items(run_id, step)
 
     async def item_values(self, run_id: str, step: str) -> dict[int, Any]:
         """The results of a step's succeeded items, by index."""
-        records = await self.queue.list_workflow_items(run_id, step, with_results=True)
+        records = await self.store.list_workflow_items(run_id, step, with_results=True)
         return {
             r.index: self._loads(r.result, value_binding("item-result", run_id, step, r.index))
             for r in records
@@ -382,19 +392,19 @@ class StateStore:
     ) -> None:
         """An item starts (as attempt ``attempt`` when it runs here; attempts are
         counted as they begin)."""
-        await self.queue.workflow_item_started(run_id, step, index, ran_on, attempt)
+        await self.store.workflow_item_started(run_id, step, index, ran_on, attempt)
 
     async def item_attempt(self, run_id: str, step: str, index: int, attempt: int) -> None:
         """Attempt number ``attempt`` of an item begins."""
-        await self.queue.workflow_item_attempt(run_id, step, index, attempt)
+        await self.store.workflow_item_attempt(run_id, step, index, attempt)
 
     async def item_submitted(self, run_id: str, step: str, index: int, task_id: str) -> None:
         """An item became sitq task ``task_id`` (a resume waits for it rather than rerun it)."""
-        await self.queue.workflow_item_submitted(run_id, step, index, task_id)
+        await self.store.workflow_item_submitted(run_id, step, index, task_id)
 
     async def item_finished(self, run_id: str, step: str, index: int, outcome: ItemOutcome) -> None:
         """Record an item's outcome."""
-        await self.queue.workflow_item_finished(
+        await self.store.workflow_item_finished(
             run_id,
             step,
             index,

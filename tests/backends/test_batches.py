@@ -13,13 +13,34 @@ from pathlib import Path
 import pytest
 from support import drop_postgres_schema, postgres_available, postgres_url
 
-from sitq.backends.base import Backend, BatchSizeChanged, NewTask, Outcome
+from sitq import sqlfiles
+from sitq.backends.base import Backend, NewTask, Outcome, StoreTransaction
 from sitq.backends.postgres import schema as postgres_schema
 from sitq.backends.sqlite import SQLiteBackend
 from sitq.backends.sqlite import schema as sqlite_schema
+from sitq.batch import BatchSizeChanged, BatchStore
 from sitq.task import new_task_id
 
 LEASE = 60.0
+
+
+def batches(backend: Backend) -> BatchStore:
+    """The named batches of ``backend``'s database."""
+    return BatchStore(backend.store_session())
+
+
+async def enqueue_in_batch(
+    backend: Backend, batch_id: str, tasks: list[NewTask], expected_size: int | None = None
+) -> int:
+    """Store ``tasks`` and append them to the batch in one transaction, as the
+    enqueue path does; the position of the first one."""
+    append = batches(backend).appender(batch_id, expected_size)
+
+    async def body(tx: StoreTransaction) -> int:
+        await tx.insert_tasks(tasks)
+        return await append(tx, [task.id for task in tasks])
+
+    return await backend.store_session().transaction(body)
 
 
 def new_task(backend: Backend, queue: str = "default", task_id: str | None = None) -> NewTask:
@@ -42,7 +63,7 @@ def new_task(backend: Backend, queue: str = "default", task_id: str | None = Non
 
 async def into_batch(backend: Backend, batch_id: str, count: int, queue: str = "default") -> list:
     tasks = [new_task(backend, queue) for _ in range(count)]
-    await backend.enqueue_in_batch(batch_id, tasks)
+    await enqueue_in_batch(backend, batch_id, tasks)
     return [task.id for task in tasks]
 
 
@@ -60,7 +81,7 @@ async def run_one(backend: Backend, queue: str, outcome: Outcome | None) -> str:
 
 async def test_enqueue_in_batch_stores_claimable_tasks_and_their_order(backend):
     first = await into_batch(backend, "nightly", 3, queue="q")
-    assert await backend.batch_task_ids("nightly") == first
+    assert await batches(backend).batch_task_ids("nightly") == first
     claimed = await backend.claim("w1", ["q"], 10, LEASE)
     assert [task.id for task in claimed] == first
 
@@ -68,17 +89,17 @@ async def test_enqueue_in_batch_stores_claimable_tasks_and_their_order(backend):
 async def test_enqueue_in_batch_appends_after_the_existing_members(backend):
     first = await into_batch(backend, "nightly", 3)
     more = [new_task(backend) for _ in range(2)]
-    assert await backend.enqueue_in_batch("nightly", more) == 3
-    assert await backend.batch_task_ids("nightly") == first + [t.id for t in more]
-    record = await backend.get_batch("nightly")
+    assert await enqueue_in_batch(backend, "nightly", more) == 3
+    assert await batches(backend).batch_task_ids("nightly") == first + [t.id for t in more]
+    record = await batches(backend).get_batch("nightly")
     assert record is not None and (record.id, record.size) == ("nightly", 5)
 
 
 async def test_batches_are_kept_apart(backend):
     a = await into_batch(backend, "a", 2)
     b = await into_batch(backend, "b", 3)
-    assert await backend.batch_task_ids("a") == a
-    assert await backend.batch_task_ids("b") == b
+    assert await batches(backend).batch_task_ids("a") == a
+    assert await batches(backend).batch_task_ids("b") == b
 
 
 async def test_enqueue_in_batch_is_one_transaction(backend):
@@ -86,10 +107,10 @@ async def test_enqueue_in_batch_is_one_transaction(backend):
     clash = new_task(backend, task_id=existing[0])
     fresh = new_task(backend)
     with pytest.raises(Exception):  # noqa: B017 - each backend raises its driver's error
-        await backend.enqueue_in_batch("nightly", [fresh, clash])
+        await enqueue_in_batch(backend, "nightly", [fresh, clash])
     assert await backend.get_tasks([fresh.id]) == {}
-    assert await backend.batch_task_ids("nightly") == existing
-    record = await backend.get_batch("nightly")
+    assert await batches(backend).batch_task_ids("nightly") == existing
+    record = await batches(backend).get_batch("nightly")
     assert record is not None and record.size == 1
 
 
@@ -98,45 +119,45 @@ async def test_concurrent_appends_to_one_batch_get_distinct_positions(backend, o
     chunks = [[new_task(backend) for _ in range(20)] for _ in range(6)]
     starts = await asyncio.gather(
         *(
-            (backend if i % 2 else peer).enqueue_in_batch("shared", chunk)
+            enqueue_in_batch(backend if i % 2 else peer, "shared", chunk)
             for i, chunk in enumerate(chunks)
         )
     )
     assert sorted(starts) == [0, 20, 40, 60, 80, 100]
-    stored = await backend.batch_task_ids("shared")
+    stored = await batches(backend).batch_task_ids("shared")
     by_start = dict(zip(starts, chunks, strict=True))
     assert stored == [task.id for start in sorted(by_start) for task in by_start[start]]
 
 
 async def test_enqueue_in_batch_with_expected_size_is_a_compare_and_set(backend):
     first = [new_task(backend) for _ in range(3)]
-    assert await backend.enqueue_in_batch("nightly", first, expected_size=0) == 0
+    assert await enqueue_in_batch(backend, "nightly", first, expected_size=0) == 0
     stale = [new_task(backend) for _ in range(2)]
     for expected in (0, 2, 5):  # not the size the batch has
         with pytest.raises(BatchSizeChanged) as caught:
-            await backend.enqueue_in_batch("nightly", stale, expected_size=expected)
+            await enqueue_in_batch(backend, "nightly", stale, expected_size=expected)
         assert caught.value.expected_size == expected
-    record = await backend.get_batch("nightly")
+    record = await batches(backend).get_batch("nightly")
     assert record is not None and record.size == 3
-    assert await backend.batch_task_ids("nightly") == [task.id for task in first]
+    assert await batches(backend).batch_task_ids("nightly") == [task.id for task in first]
     # The refused tasks were not stored either.
     assert await backend.get_tasks([task.id for task in stale]) == {}
-    assert await backend.enqueue_in_batch("nightly", stale, expected_size=3) == 3
-    stored = await backend.batch_task_ids("nightly")
+    assert await enqueue_in_batch(backend, "nightly", stale, expected_size=3) == 3
+    stored = await batches(backend).batch_task_ids("nightly")
     assert stored == [task.id for task in first + stale]
     # A missing batch has size 0 only.
     with pytest.raises(BatchSizeChanged):
-        await backend.enqueue_in_batch("gone", [new_task(backend)], expected_size=1)
-    assert await backend.get_batch("gone") is None
+        await enqueue_in_batch(backend, "gone", [new_task(backend)], expected_size=1)
+    assert await batches(backend).get_batch("gone") is None
 
 
 async def test_concurrent_compare_and_set_appends_one_wins(backend, open_peer):
     peer = await open_peer()
-    await backend.enqueue_in_batch("shared", [new_task(backend) for _ in range(4)])
+    await enqueue_in_batch(backend, "shared", [new_task(backend) for _ in range(4)])
     chunks = [[new_task(backend) for _ in range(10)] for _ in range(6)]
     outcomes = await asyncio.gather(
         *(
-            (backend if i % 2 else peer).enqueue_in_batch("shared", chunk, expected_size=4)
+            enqueue_in_batch(backend if i % 2 else peer, "shared", chunk, expected_size=4)
             for i, chunk in enumerate(chunks)
         ),
         return_exceptions=True,
@@ -146,80 +167,80 @@ async def test_concurrent_compare_and_set_appends_one_wins(backend, open_peer):
     assert all(
         isinstance(outcome, BatchSizeChanged) for i, outcome in enumerate(outcomes) if i != won[0]
     )
-    record = await backend.get_batch("shared")
+    record = await batches(backend).get_batch("shared")
     assert record is not None and record.size == 14
-    stored = await backend.batch_task_ids("shared")
+    stored = await batches(backend).batch_task_ids("shared")
     assert stored[4:] == [task.id for task in chunks[won[0]]]
 
 
 async def test_create_batch_only_once(backend):
-    assert await backend.create_batch("nightly") is True
-    assert await backend.create_batch("nightly") is False
-    record = await backend.get_batch("nightly")
+    assert await batches(backend).create_batch("nightly") is True
+    assert await batches(backend).create_batch("nightly") is False
+    record = await batches(backend).get_batch("nightly")
     assert record is not None and record.size == 0
     assert abs(record.created_at - backend.now()) < 60
-    assert await backend.batch_task_ids("nightly") == []
+    assert await batches(backend).batch_task_ids("nightly") == []
 
 
 async def test_unknown_batch(backend):
-    assert await backend.get_batch("nope") is None
-    assert await backend.batch_task_ids("nope") == []
-    assert await backend.count_batch_statuses("nope") == {}
-    assert await backend.delete_batch("nope") is False
+    assert await batches(backend).get_batch("nope") is None
+    assert await batches(backend).batch_task_ids("nope") == []
+    assert await batches(backend).count_batch_statuses("nope") == {}
+    assert await batches(backend).delete_batch("nope") is False
 
 
 async def test_list_batches_newest_first(backend):
-    await backend.create_batch("old")
+    await batches(backend).create_batch("old")
     await asyncio.sleep(0.01)
     await into_batch(backend, "new", 2)
-    listed = await backend.list_batches()
+    listed = await batches(backend).list_batches()
     assert [(b.id, b.size) for b in listed] == [("new", 2), ("old", 0)]
 
 
 async def test_delete_batch_forgets_membership_but_keeps_the_tasks(backend):
     ids = await into_batch(backend, "nightly", 3)
-    assert await backend.delete_batch("nightly") is True
-    assert await backend.get_batch("nightly") is None
-    assert await backend.batch_task_ids("nightly") == []
+    assert await batches(backend).delete_batch("nightly") is True
+    assert await batches(backend).get_batch("nightly") is None
+    assert await batches(backend).batch_task_ids("nightly") == []
     assert set(await backend.get_tasks(ids)) == set(ids)
     # The id can be used again, from position 0.
     again = await into_batch(backend, "nightly", 1)
-    assert await backend.batch_task_ids("nightly") == again
+    assert await batches(backend).batch_task_ids("nightly") == again
 
 
 async def test_purged_tasks_leave_their_batch_but_still_count_in_its_size(backend):
     ids = await into_batch(backend, "nightly", 3, queue="p")
     done = await run_one(backend, "p", Outcome("failed", error="boom"))
     assert await backend.purge(["failed"]) == 1
-    assert await backend.batch_task_ids("nightly") == [i for i in ids if i != done]
-    record = await backend.get_batch("nightly")
+    assert await batches(backend).batch_task_ids("nightly") == [i for i in ids if i != done]
+    record = await batches(backend).get_batch("nightly")
     assert record is not None and record.size == 3
-    assert sum((await backend.count_batch_statuses("nightly")).values()) == 2
+    assert sum((await batches(backend).count_batch_statuses("nightly")).values()) == 2
 
 
 async def test_batch_members_keep_their_positions_when_tasks_leave(backend):
     ids = await into_batch(backend, "nightly", 3, queue="p")
     more = await into_batch(backend, "nightly", 2, queue="q")
-    assert await backend.batch_members("nightly") == list(enumerate(ids + more))
+    assert await batches(backend).batch_members("nightly") == list(enumerate(ids + more))
     done = await run_one(backend, "p", Outcome("failed", error="boom"))
     assert done == ids[0]  # the oldest is claimed first
     assert await backend.purge(["failed"]) == 1
-    assert await backend.batch_members("nightly") == [
+    assert await batches(backend).batch_members("nightly") == [
         (1, ids[1]),
         (2, ids[2]),
         (3, more[0]),
         (4, more[1]),
     ]
-    assert await backend.batch_members("nope") == []
+    assert await batches(backend).batch_members("nope") == []
 
 
 async def test_pruned_tasks_leave_their_batch(backend):
     tasks = [new_task(backend, "p")._replace(result_ttl=0.0) for _ in range(2)]
-    await backend.enqueue_in_batch("nightly", tasks)
+    await enqueue_in_batch(backend, "nightly", tasks)
     done = await run_one(backend, "p", Outcome("succeeded", result=b"r"))
     await asyncio.sleep(0.01)  # past its zero retention
     assert await backend.prune() == 1
-    assert await backend.batch_task_ids("nightly") == [t.id for t in tasks if t.id != done]
+    assert await batches(backend).batch_task_ids("nightly") == [t.id for t in tasks if t.id != done]
 
 
 # -- bulk status ---------------------------------------------------------------------
@@ -228,14 +249,14 @@ async def test_pruned_tasks_leave_their_batch(backend):
 async def test_status_counts_follow_the_tasks(backend):
     ids = await into_batch(backend, "nightly", 5, queue="c")
     expected = {"queued": 5}
-    assert await backend.count_batch_statuses("nightly") == expected
+    assert await batches(backend).count_batch_statuses("nightly") == expected
     assert await backend.count_statuses(ids) == expected
     await run_one(backend, "c", None)
     await run_one(backend, "c", Outcome("succeeded", result=b"r"))
     await run_one(backend, "c", Outcome("failed", error="boom"))
     await backend.cancel_queued(ids[3:4])
     expected = {"queued": 1, "running": 1, "succeeded": 1, "failed": 1, "cancelled": 1}
-    assert await backend.count_batch_statuses("nightly") == expected
+    assert await batches(backend).count_batch_statuses("nightly") == expected
     assert await backend.count_statuses(ids) == expected
     statuses = await backend.task_statuses(ids)
     outcomes = ["running", "succeeded", "failed", "cancelled", "queued"]
@@ -327,11 +348,11 @@ async def test_a_version_1_store_migrates_in_place(kind: str, tmp_path: Path) ->
         await backend.connect()
         assert set(await backend.get_tasks([task_id])) == {task_id}
         ids = await into_batch(backend, "after-upgrade", 2)
-        assert await backend.batch_task_ids("after-upgrade") == ids
+        assert await batches(backend).batch_task_ids("after-upgrade") == ids
         await backend.close()
         # Opening again finds the latest version and changes nothing.
         await backend.connect()
-        assert await backend.batch_task_ids("after-upgrade") == ids
+        assert await batches(backend).batch_task_ids("after-upgrade") == ids
     finally:
         await backend.close()
         if schema is not None:
@@ -352,7 +373,10 @@ async def test_the_newest_batches_are_read_from_an_index_not_sorted(tmp_path: Pa
     conn = sqlite3.connect(tmp_path / "tasks.db")
     plan = " ".join(
         str(row[-1])
-        for row in conn.execute("EXPLAIN QUERY PLAN " + sqlite_schema.LIST_BATCHES_PAGE, (11, 0))
+        for row in conn.execute(
+            "EXPLAIN QUERY PLAN " + sqlfiles.load_dialects("sitq.batch")["sqlite"]["list_batches"],
+            (11, 0),
+        )
     )
     conn.close()
     assert "sitq_batches_newest" in plan and "TEMP B-TREE" not in plan, plan

@@ -6,6 +6,7 @@ The `backend` fixture (tests/backends/conftest.py) runs each test once per backe
 from __future__ import annotations
 
 import pytest
+from test_batches import enqueue_in_batch
 
 from sitq import TaskQueue
 from sitq.backends.base import Backend, NewTask, Outcome, TaskPage
@@ -161,9 +162,9 @@ async def test_running_tasks(backend: Backend) -> None:
 async def test_batch_members_in_batch_order(backend: Backend) -> None:
     await enqueue(backend, 3, "q")  # not in the batch
     first = new_tasks(backend, 3, "q")
-    await backend.enqueue_in_batch("nightly", first)
+    await enqueue_in_batch(backend, "nightly", first)
     second = new_tasks(backend, 2, "q")
-    await backend.enqueue_in_batch("nightly", second)
+    await enqueue_in_batch(backend, "nightly", second)
     members = [t.id for t in first + second]
     listed, _ = await every_page(backend, batch_id="nightly", limit=2)
     assert listed == members

@@ -33,8 +33,6 @@ from sitq.backends.base import (
     LOST_LEASE_LIMIT,
     RECLAIM_INTERVAL,
     Backend,
-    BatchRecord,
-    BatchSizeChanged,
     ClaimedTask,
     Lease,
     LimitRecord,
@@ -52,6 +50,7 @@ from sitq.backends.base import (
 from sitq.backends.common import Every, LoopBinding, listing_page, listing_window_size
 from sitq.backends.postgres import schema as q
 from sitq.backends.postgres.schema import SQL
+from sitq.backends.postgres.session import PostgresSession
 from sitq.errors import ConfigurationError, DatabaseError, NotConnected, SchemaVersionError
 
 logger = logging.getLogger("sitq.postgres")
@@ -760,75 +759,7 @@ class PostgresBackend(Backend):
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
 
-    # -- named batches and bulk status ----------------------------------------
-
-    async def create_batch(self, batch_id: str) -> bool:
-        """Record a new, empty batch; False if it exists already."""
-        async with self._acquire() as conn:
-            created = await conn.fetchval(self._q(q.CREATE_BATCH), batch_id, self.now())
-        return created is not None
-
-    async def enqueue_in_batch(
-        self, batch_id: str, tasks: Sequence[NewTask], expected_size: int | None = None
-    ) -> int:
-        """Insert ``tasks`` and their membership of the batch in one transaction."""
-        rows = list(tasks)
-        async with self._acquire() as conn, conn.transaction():
-            if expected_size is None:
-                start = await conn.fetchval(
-                    self._q(q.RESERVE_BATCH_POSITIONS), batch_id, self.now(), len(rows)
-                )
-            elif expected_size == 0:
-                start = await conn.fetchval(
-                    self._q(q.RESERVE_BATCH_POSITIONS_IF_EMPTY), batch_id, self.now(), len(rows)
-                )
-            else:
-                start = await conn.fetchval(
-                    self._q(q.RESERVE_BATCH_POSITIONS_IF_SIZE), batch_id, len(rows), expected_size
-                )
-            if start is None:
-                raise BatchSizeChanged(batch_id, expected_size or 0)
-            if rows:
-                columns = [list(column) for column in zip(*rows, strict=True)]
-                await conn.execute(self._q(q.INSERT_TASKS), *columns, self._channel)
-                await conn.execute(self._q(q.INSERT_BATCH_TASKS), batch_id, start, columns[0])
-        return int(start)
-
-    async def get_batch(self, batch_id: str) -> BatchRecord | None:
-        """The batch's record, or None."""
-        async with self._acquire() as conn:
-            row = await conn.fetchrow(self._q(q.GET_BATCH), batch_id)
-        return None if row is None else BatchRecord(row[0], row[1], int(row[2]))
-
-    async def list_batches(self, limit: int | None = None, offset: int = 0) -> list[BatchRecord]:
-        """Every batch, newest first (or a page of them)."""
-        async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.LIST_BATCHES_PAGE), limit, offset)
-        return [BatchRecord(row[0], row[1], int(row[2])) for row in rows]
-
-    async def batch_task_ids(self, batch_id: str) -> list[str]:
-        """The batch's stored task ids in order."""
-        async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.BATCH_TASK_IDS), batch_id)
-        return [row[0] for row in rows]
-
-    async def batch_members(self, batch_id: str) -> list[tuple[int, str]]:
-        """The batch's stored (position, task id) pairs in order."""
-        async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.BATCH_MEMBERS), batch_id)
-        return [(int(row[0]), row[1]) for row in rows]
-
-    async def count_batch_statuses(self, batch_id: str) -> dict[str, int]:
-        """The batch's stored tasks per status."""
-        async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.COUNT_BATCH_STATUSES), batch_id)
-        return {row[0]: int(row[1]) for row in rows}
-
-    async def delete_batch(self, batch_id: str) -> bool:
-        """Forget the batch (its membership goes by cascade); its tasks stay."""
-        async with self._acquire() as conn:
-            status = await conn.execute(self._q(q.DELETE_BATCH), batch_id)
-        return status != "DELETE 0"
+    # -- bulk status ------------------------------------------------------------
 
     async def count_statuses(self, task_ids: Sequence[str]) -> dict[str, int]:
         """The given tasks per status."""
@@ -891,212 +822,11 @@ class PostgresBackend(Backend):
             found = await conn.fetch(self._q(SQL.list_tasks_by_id), ids) if ids else []
         return listing_page(ids, [_record(row) for row in found], next_cursor)
 
-    # -- workflow runs (sitq.workflow) --------------------------------------------
+    # -- the layers' own stores ------------------------------------------------
 
-    async def create_workflow_run(self, run: base.NewWorkflowRun) -> bool:
-        """Record a new run; False if the id exists."""
-        async with self._acquire() as conn:
-            created = await conn.fetchval(self._q(q.CREATE_WORKFLOW_RUN), *run, self.now())
-        return created is not None
-
-    async def get_workflow_run(self, run_id: str) -> base.WorkflowRunRecord | None:
-        """The run, or None."""
-        async with self._acquire() as conn:
-            row = await conn.fetchrow(self._q(q.GET_WORKFLOW_RUN), run_id)
-        return None if row is None else base.WorkflowRunRecord(*row)
-
-    async def list_workflow_runs(self, limit: int = 50) -> list[base.WorkflowRunRecord]:
-        """The newest runs first."""
-        async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.LIST_WORKFLOW_RUNS), limit)
-        return [base.WorkflowRunRecord(*row) for row in rows]
-
-    async def update_workflow_run(
-        self,
-        run_id: str,
-        status: str,
-        error: str | None = None,
-        *,
-        host: str | None = None,
-        pid: int | None = None,
-    ) -> bool:
-        """Set the run's status, error and (if given) owner."""
-        async with self._acquire() as conn:
-            done = await conn.execute(
-                self._q(q.UPDATE_WORKFLOW_RUN), run_id, status, error, host, pid, self.now()
-            )
-        return done != "UPDATE 0"
-
-    async def begin_workflow_step(
-        self,
-        run_id: str,
-        name: str,
-        position: int,
-        items: bytes,
-        item_previews: Sequence[str | None],
-        has_items: bool,
-    ) -> bool:
-        """The step and its pending items in one transaction."""
-        previews = list(item_previews)
-        async with self._acquire() as conn, conn.transaction():
-            begun = await conn.fetchval(
-                self._q(q.BEGIN_WORKFLOW_STEP),
-                run_id,
-                name,
-                position,
-                len(previews),
-                has_items,
-                items,
-                self.now(),
-            )
-            if begun is None:
-                return False
-            await conn.execute(self._q(q.INSERT_WORKFLOW_ITEMS), run_id, name, previews)
-        return True
-
-    async def update_workflow_step(
-        self,
-        run_id: str,
-        name: str,
-        status: str,
-        result: bytes | None = None,
-        result_preview: str | None = None,
-        error: str | None = None,
-    ) -> bool:
-        """Set the step's status, result and error."""
-        async with self._acquire() as conn:
-            done = await conn.execute(
-                self._q(q.UPDATE_WORKFLOW_STEP),
-                run_id,
-                name,
-                status,
-                result,
-                result_preview,
-                error,
-                self.now(),
-            )
-        return done != "UPDATE 0"
-
-    async def list_workflow_steps(self, run_id: str) -> list[base.WorkflowStepRecord]:
-        """The run's begun steps, without bytes."""
-        async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(q.LIST_WORKFLOW_STEPS), run_id)
-        return [base.WorkflowStepRecord(*row) for row in rows]
-
-    async def get_workflow_step(self, run_id: str, name: str) -> base.WorkflowStepRecord | None:
-        """One step with its bytes."""
-        async with self._acquire() as conn:
-            row = await conn.fetchrow(self._q(q.GET_WORKFLOW_STEP), run_id, name)
-        return None if row is None else base.WorkflowStepRecord(*row)
-
-    async def list_workflow_items(
-        self, run_id: str, step: str, *, with_results: bool = False
-    ) -> list[base.WorkflowItemRecord]:
-        """The step's items by index."""
-        sql = q.LIST_WORKFLOW_ITEMS_WITH_RESULTS if with_results else q.LIST_WORKFLOW_ITEMS
-        async with self._acquire() as conn:
-            rows = await conn.fetch(self._q(sql), run_id, step)
-        return [base.WorkflowItemRecord(*row) for row in rows]
-
-    async def workflow_item_started(
-        self, run_id: str, step: str, index: int, ran_on: str, attempt: int | None = None
-    ) -> None:
-        """The item starts."""
-        async with self._acquire() as conn:
-            await conn.execute(
-                self._q(q.WORKFLOW_ITEM_STARTED), run_id, step, index, ran_on, self.now(), attempt
-            )
-
-    async def workflow_item_attempt(self, run_id: str, step: str, index: int, attempt: int) -> None:
-        """An attempt of the item begins."""
-        async with self._acquire() as conn:
-            await conn.execute(self._q(q.WORKFLOW_ITEM_ATTEMPT), run_id, step, index, attempt)
-
-    async def workflow_item_submitted(
-        self, run_id: str, step: str, index: int, task_id: str
-    ) -> None:
-        """The item became a task."""
-        async with self._acquire() as conn:
-            await conn.execute(self._q(q.WORKFLOW_ITEM_SUBMITTED), run_id, step, index, task_id)
-
-    async def workflow_item_finished(
-        self,
-        run_id: str,
-        step: str,
-        index: int,
-        status: str,
-        *,
-        attempts: int,
-        result: bytes | None = None,
-        result_preview: str | None = None,
-        error: str | None = None,
-        traceback: str | None = None,
-    ) -> None:
-        """The item ended."""
-        async with self._acquire() as conn:
-            await conn.execute(
-                self._q(q.WORKFLOW_ITEM_FINISHED),
-                run_id,
-                step,
-                index,
-                status,
-                attempts,
-                result,
-                result_preview,
-                error,
-                traceback,
-                self.now(),
-            )
-
-    async def reset_workflow_step(self, run_id: str, name: str) -> bool:
-        """Delete the step and its items in one transaction."""
-        async with self._acquire() as conn, conn.transaction():
-            await conn.execute(
-                self._q("DELETE FROM {s}.sitq_workflow_items WHERE run_id = $1 AND step = $2"),
-                run_id,
-                name,
-            )
-            done = await conn.execute(
-                self._q("DELETE FROM {s}.sitq_workflow_steps WHERE run_id = $1 AND name = $2"),
-                run_id,
-                name,
-            )
-        return done != "DELETE 0"
-
-    async def heartbeat_workflow_run(self, run_id: str, host: str, pid: int) -> bool:
-        """Renew the run's lease if this owner still holds it."""
-        sql = (
-            "UPDATE {s}.sitq_workflow_runs SET updated_at = $4::float8 "
-            "WHERE id = $1 AND status = 'running' AND host = $2 AND pid = $3"
-        )
-        async with self._acquire() as conn:
-            done = await conn.execute(self._q(sql), run_id, host, pid, self.now())
-        return done != "UPDATE 0"
-
-    async def take_over_workflow_run(
-        self,
-        run_id: str,
-        host: str,
-        pid: int,
-        *,
-        stale_after: float | None,
-        dead_owner: tuple[str, int] | None = None,
-    ) -> bool:
-        """Take the run over if it is free (compare-and-set)."""
-        now = self.now()
-        dead_host, dead_pid = dead_owner or (None, None)
-        sql = """
-            UPDATE {s}.sitq_workflow_runs
-            SET status = 'running', error = NULL, finished_at = NULL, host = $2, pid = $3,
-                updated_at = $4::float8
-            WHERE id = $1 AND ($5::bool OR status <> 'running' OR updated_at < $6::float8
-                OR (host = $7::text AND pid = $8::int))
-        """
-        args = (run_id, host, pid, now, stale_after is None, now - (stale_after or 0.0),
-                dead_host, dead_pid)  # fmt: skip
-        async with self._acquire() as conn:
-            done = await conn.execute(self._q(sql), *args)
-        return done != "UPDATE 0"
+    def store_session(self) -> PostgresSession:
+        """SQL on this database for the layers' stores (see ``StoreSession``)."""
+        return PostgresSession(self)
 
 
 def _record(row: Any) -> TaskRecord:

@@ -25,8 +25,6 @@ from sitq.backends.base import (
     LOST_LEASE_LIMIT,
     RECLAIM_INTERVAL,
     Backend,
-    BatchRecord,
-    BatchSizeChanged,
     ClaimedTask,
     Lease,
     LimitRecord,
@@ -51,14 +49,13 @@ from sitq.backends.common import (
 )
 from sitq.backends.sqlite import schema as q
 from sitq.backends.sqlite.enqueue import (
-    FAST_PATH_MAX_ROWS,
     JOURNAL_SIZE_LIMIT,
     BlockingInserter,
     EnqueueBatcher,
-    WalKeeper,
     is_busy,
 )
 from sitq.backends.sqlite.schema import SQL
+from sitq.backends.sqlite.session import SQLiteSession
 from sitq.backends.sqlite.wakeup import WakeupChannel, wake_directory
 from sitq.errors import (
     DatabaseError,
@@ -120,6 +117,7 @@ class SQLiteBackend(Backend):
         self._batcher: EnqueueBatcher | None = None
         self._page_size = 4096
         self._blocking: BlockingInserter | None = None
+        self._session: SQLiteSession | None = None
 
     def describe(self) -> str:
         """The database file's path."""
@@ -402,9 +400,8 @@ class SQLiteBackend(Backend):
         if self._blocking is not None:
             self._blocking.close()
             self._blocking = None
-        workflow_writes = self.__dict__.pop("_workflow_writes", None)
-        if workflow_writes is not None:
-            await workflow_writes.close()
+        if self._session is not None:
+            await self._session.close()  # commits its group writes in flight
         conn, self._conn = self._conn, None
         self._wakeup.close()
         await conn.close()
@@ -956,77 +953,7 @@ class SQLiteBackend(Backend):
             return
         await asyncio.sleep(timeout)
 
-    # -- named batches and bulk status ----------------------------------------
-
-    async def create_batch(self, batch_id: str) -> bool:
-        """Record a new, empty batch; False if it exists already."""
-        conn = self._connection()
-        now = self.now()
-        cursor = await self._write(lambda: conn.execute(q.CREATE_BATCH, (batch_id, now)))
-        return cursor.rowcount == 1
-
-    async def enqueue_in_batch(
-        self, batch_id: str, tasks: Sequence[NewTask], expected_size: int | None = None
-    ) -> int:
-        """Insert ``tasks`` and their membership of the batch in one transaction."""
-        conn = self._connection()
-        rows = list(tasks)
-        ids = json.dumps([task.id for task in rows])
-        reserve: dict[str, Any] = {"id": batch_id, "now": self.now(), "count": len(rows)}
-        sql = q.RESERVE_BATCH_POSITIONS
-        if expected_size is not None:
-            sql = q.RESERVE_BATCH_POSITIONS_IF_SIZE
-            if expected_size == 0:
-                sql = q.RESERVE_BATCH_POSITIONS_IF_EMPTY
-            reserve["expected"] = expected_size
-
-        async def body() -> int:
-            reserved = list(await conn.execute_fetchall(sql, reserve))
-            if not reserved:
-                raise BatchSizeChanged(batch_id, expected_size or 0)
-            start = int(reserved[0][0])
-            if rows:
-                await conn.executemany(q.INSERT_TASK, rows)
-                await conn.execute(q.INSERT_BATCH_TASKS, (batch_id, start, ids))
-            return start
-
-        start = await self._transaction(body)
-        if rows:
-            self._wakeup.notify("tasks")
-        return start
-
-    async def get_batch(self, batch_id: str) -> BatchRecord | None:
-        """The batch's record, or None."""
-        rows = await self._read(q.GET_BATCH, (batch_id,))
-        return BatchRecord(rows[0][0], rows[0][1], int(rows[0][2])) if rows else None
-
-    async def list_batches(self, limit: int | None = None, offset: int = 0) -> list[BatchRecord]:
-        """Every batch, newest first (or a page of them)."""
-        rows = await self._read(q.LIST_BATCHES_PAGE, (-1 if limit is None else limit, offset))
-        return [BatchRecord(row[0], row[1], int(row[2])) for row in rows]
-
-    async def batch_task_ids(self, batch_id: str) -> list[str]:
-        """The batch's stored task ids in order."""
-        return [row[0] for row in await self._read(q.BATCH_TASK_IDS, (batch_id,))]
-
-    async def batch_members(self, batch_id: str) -> list[tuple[int, str]]:
-        """The batch's stored (position, task id) pairs in order."""
-        return [(int(row[0]), row[1]) for row in await self._read(q.BATCH_MEMBERS, (batch_id,))]
-
-    async def count_batch_statuses(self, batch_id: str) -> dict[str, int]:
-        """The batch's stored tasks per status."""
-        rows = await self._read(q.COUNT_BATCH_STATUSES, (batch_id,))
-        return {row[0]: int(row[1]) for row in rows}
-
-    async def delete_batch(self, batch_id: str) -> bool:
-        """Forget the batch; its tasks stay."""
-        conn = self._connection()
-
-        async def body() -> int:
-            await conn.execute(q.DELETE_BATCH_TASKS, (batch_id,))
-            return int((await conn.execute(q.DELETE_BATCH, (batch_id,))).rowcount)
-
-        return await self._transaction(body) == 1
+    # -- bulk status ------------------------------------------------------------
 
     async def count_statuses(self, task_ids: Sequence[str]) -> dict[str, int]:
         """The given tasks per status (ids passed as one JSON array)."""
@@ -1088,342 +1015,15 @@ class SQLiteBackend(Backend):
         found = await self._read(SQL.list_tasks_by_id, (json.dumps(ids),)) if ids else []
         return listing_page(ids, [task_record(row) for row in found], next_cursor)
 
-    # -- workflow runs (sitq.workflow) --------------------------------------------
+    # -- the layers' own stores ------------------------------------------------
 
-    async def create_workflow_run(self, run: base.NewWorkflowRun) -> bool:
-        """Record a new run; False if the id exists."""
-        conn = self._connection()
-        now = self.now()
-        params = (*run[:6], run.host, run.pid, now, now)
-        cursor = await self._write(lambda: conn.execute(q.CREATE_WORKFLOW_RUN, params))
-        return bool(cursor.rowcount)
-
-    async def get_workflow_run(self, run_id: str) -> base.WorkflowRunRecord | None:
-        """The run, or None."""
-        rows = await self._read(q.GET_WORKFLOW_RUN, (run_id,))
-        return _workflow_run(rows[0]) if rows else None
-
-    async def list_workflow_runs(self, limit: int = 50) -> list[base.WorkflowRunRecord]:
-        """The newest runs first."""
-        return [_workflow_run(row) for row in await self._read(q.LIST_WORKFLOW_RUNS, (limit,))]
-
-    async def update_workflow_run(
-        self,
-        run_id: str,
-        status: str,
-        error: str | None = None,
-        *,
-        host: str | None = None,
-        pid: int | None = None,
-    ) -> bool:
-        """Set the run's status, error and (if given) owner."""
-        conn = self._connection()
-        params = {
-            "id": run_id,
-            "status": status,
-            "error": error,
-            "host": host,
-            "pid": pid,
-            "now": self.now(),
-        }
-        cursor = await self._write(lambda: conn.execute(q.UPDATE_WORKFLOW_RUN, params))
-        return bool(cursor.rowcount)
-
-    async def begin_workflow_step(
-        self,
-        run_id: str,
-        name: str,
-        position: int,
-        items: bytes,
-        item_previews: Sequence[str | None],
-        has_items: bool,
-    ) -> bool:
-        """The step and its pending items in one transaction."""
-        conn = self._connection()
-        step = (run_id, name, position, len(item_previews), int(has_items), items, self.now())
-        previews = json.dumps(list(item_previews))
-
-        async def body() -> bool:
-            cursor = await conn.execute(q.BEGIN_WORKFLOW_STEP, step)
-            if not cursor.rowcount:
-                return False
-            await conn.execute(q.INSERT_WORKFLOW_ITEMS, (run_id, name, previews))
-            return True
-
-        return await self._transaction(body)
-
-    async def update_workflow_step(
-        self,
-        run_id: str,
-        name: str,
-        status: str,
-        result: bytes | None = None,
-        result_preview: str | None = None,
-        error: str | None = None,
-    ) -> bool:
-        """Set the step's status, result and error."""
-        conn = self._connection()
-        params = {
-            "run_id": run_id,
-            "name": name,
-            "status": status,
-            "result": result,
-            "preview": result_preview,
-            "error": error,
-            "now": self.now(),
-        }
-        cursor = await self._write(lambda: conn.execute(q.UPDATE_WORKFLOW_STEP, params))
-        return bool(cursor.rowcount)
-
-    async def list_workflow_steps(self, run_id: str) -> list[base.WorkflowStepRecord]:
-        """The run's begun steps, without bytes."""
-        rows = await self._read(q.LIST_WORKFLOW_STEPS, (run_id,))
-        return [_workflow_step(row) for row in rows]
-
-    async def get_workflow_step(self, run_id: str, name: str) -> base.WorkflowStepRecord | None:
-        """One step with its bytes."""
-        rows = await self._read(q.GET_WORKFLOW_STEP, (run_id, name))
-        return _workflow_step(rows[0]) if rows else None
-
-    async def list_workflow_items(
-        self, run_id: str, step: str, *, with_results: bool = False
-    ) -> list[base.WorkflowItemRecord]:
-        """The step's items by index."""
-        sql = q.LIST_WORKFLOW_ITEMS_WITH_RESULTS if with_results else q.LIST_WORKFLOW_ITEMS
-        return [base.WorkflowItemRecord(*row) for row in await self._read(sql, (run_id, step))]
-
-    async def workflow_item_started(
-        self, run_id: str, step: str, index: int, ran_on: str, attempt: int | None = None
-    ) -> None:
-        """The item starts."""
-        params = (ran_on, attempt, self.now(), run_id, step, index)
-        await self._item_write(q.WORKFLOW_ITEM_STARTED, params)
-
-    async def workflow_item_attempt(self, run_id: str, step: str, index: int, attempt: int) -> None:
-        """An attempt of the item begins."""
-        await self._item_write(q.WORKFLOW_ITEM_ATTEMPT, (attempt, run_id, step, index))
-
-    async def workflow_item_submitted(
-        self, run_id: str, step: str, index: int, task_id: str
-    ) -> None:
-        """The item became a task."""
-        await self._item_write(q.WORKFLOW_ITEM_SUBMITTED, (task_id, run_id, step, index))
-
-    async def workflow_item_finished(
-        self,
-        run_id: str,
-        step: str,
-        index: int,
-        status: str,
-        *,
-        attempts: int,
-        result: bytes | None = None,
-        result_preview: str | None = None,
-        error: str | None = None,
-        traceback: str | None = None,
-    ) -> None:
-        """The item ended."""
-        params = (status, attempts, result, result_preview, error, traceback, self.now(),
-                  run_id, step, index)  # fmt: skip
-        await self._item_write(q.WORKFLOW_ITEM_FINISHED, params)
-
-    async def _item_write(self, sql: str, params: Sequence[Any]) -> None:
-        """One workflow item UPDATE, group-committed (see _WorkflowWrites)."""
-        self._connection()
-        writes = self.__dict__.get("_workflow_writes")
-        if writes is None:
-            writes = self.__dict__["_workflow_writes"] = _WorkflowWrites(self)
-        try:
-            await writes.write(sql, params)
-        except sqlite3.OperationalError as exc:
-            raise self._write_error(exc) from exc
-
-    async def reset_workflow_step(self, run_id: str, name: str) -> bool:
-        """Delete the step and its items in one transaction."""
-        conn = self._connection()
-
-        async def body() -> bool:
-            await conn.execute(
-                "DELETE FROM sitq_workflow_items WHERE run_id = ? AND step = ?", (run_id, name)
-            )
-            cursor = await conn.execute(
-                "DELETE FROM sitq_workflow_steps WHERE run_id = ? AND name = ?", (run_id, name)
-            )
-            return bool(cursor.rowcount)
-
-        return await self._transaction(body)
-
-    async def heartbeat_workflow_run(self, run_id: str, host: str, pid: int) -> bool:
-        """Renew the run's lease if this owner still holds it."""
-        conn = self._connection()
-        params = (self.now(), run_id, host, pid)
-        sql = (
-            "UPDATE sitq_workflow_runs SET updated_at = ? "
-            "WHERE id = ? AND status = 'running' AND host = ? AND pid = ?"
-        )
-        cursor = await self._write(lambda: conn.execute(sql, params))
-        return bool(cursor.rowcount)
-
-    async def take_over_workflow_run(
-        self,
-        run_id: str,
-        host: str,
-        pid: int,
-        *,
-        stale_after: float | None,
-        dead_owner: tuple[str, int] | None = None,
-    ) -> bool:
-        """Take the run over if it is free (compare-and-set)."""
-        conn = self._connection()
-        now = self.now()
-        force = stale_after is None
-        dead_host, dead_pid = dead_owner or (None, None)
-        params = {
-            "id": run_id, "host": host, "pid": pid, "now": now, "force": int(force),
-            "stale": now - (stale_after or 0.0), "dead_host": dead_host, "dead_pid": dead_pid,
-        }  # fmt: skip
-        sql = """
-            UPDATE sitq_workflow_runs
-            SET status = 'running', error = NULL, finished_at = NULL, host = :host,
-                pid = :pid, updated_at = :now
-            WHERE id = :id AND (:force OR status <> 'running' OR updated_at < :stale
-                OR (host = :dead_host AND pid = :dead_pid))
-        """
-        cursor = await self._write(lambda: conn.execute(sql, params))
-        return bool(cursor.rowcount)
-
-
-class _WorkflowWrites:
-    """Group commit of workflow item UPDATEs, on the loop thread when the lock is free.
-
-    The scheme of ``enqueue.EnqueueBatcher``, for the same reason: a hop to
-    aiosqlite's thread costs more than the UPDATE, and a workflow makes a few per
-    item (5,000 in-process items took twice as long with one hop each). The writes
-    of one loop iteration commit together; if another connection holds the lock,
-    or every commit must fsync (``durable``), they go to the database thread in
-    one transaction. Either way a write returns only once committed.
-    """
-
-    def __init__(self, backend: SQLiteBackend) -> None:
-        self._backend = backend
-        self._conn: sqlite3.Connection | None = None
-        if not backend.durable:
-            self._conn = sqlite3.connect(backend.path, isolation_level=None, timeout=0)
-            self._conn.execute("PRAGMA busy_timeout = 0")
-            self._conn.execute("PRAGMA wal_autocheckpoint = 0")
-            self._conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._pending: list[tuple[str, Sequence[Any]]] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._scheduled = False
-        self._wal = WalKeeper(backend._checkpoint, self._resume)
-        self._background: set[asyncio.Task[None]] = set()
-
-    async def write(self, sql: str, params: Sequence[Any]) -> None:
-        """Return once the statement is committed (with whatever else is pending)."""
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        self._pending.append((sql, params))
-        self._waiters.append(waiter)
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        await waiter
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        if self._wal.paused:
-            return  # kept in self._pending until the checkpoint is done (_resume)
-        statements, self._pending = self._pending, []
-        waiters, self._waiters = self._waiters, []
-        if not statements:
-            return
-        if self._conn is None or len(statements) > FAST_PATH_MAX_ROWS:
-            self._spawn(self._flush_slowly(statements, waiters))
-            return
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, params in statements:
-                    self._conn.execute(sql, params)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:  # not if SQLite rolled back itself
-                    self._conn.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                self._spawn(self._flush_slowly(statements, waiters))
-            else:
-                _settle(waiters, exc)
-            return
-        except Exception as exc:
-            _settle(waiters, exc)
-            return
-        _settle(waiters, None)
-        blobs = sum(len(p) for _, params in statements for p in params if isinstance(p, bytes))
-        self._wal.committed(len(statements), blobs)
-
-    def _resume(self) -> None:
-        if self._pending and not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    async def _flush_slowly(
-        self, statements: list[tuple[str, Sequence[Any]]], waiters: list[asyncio.Future[None]]
-    ) -> None:
-        conn = self._backend._connection()
-
-        async def body() -> None:
-            for sql, params in statements:
-                await conn.execute(sql, params)
-
-        try:
-            await self._backend._transaction(body)
-        except Exception as exc:
-            _settle(waiters, exc)
-            return
-        _settle(waiters, None)
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def close(self) -> None:
-        """Finish what is in flight and close the loop-thread connection."""
-        await self._wal.close()  # it may hold writes back until it ends
-        if self._pending:
-            self._flush()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def store_session(self) -> SQLiteSession:
+        """SQL on this database for the layers' stores (see ``StoreSession``)."""
+        if self._session is None:
+            self._session = SQLiteSession(self)
+        return self._session
 
 
 def _marks_json(marks: Sequence[tuple[Lease, float]]) -> str:
     """Start marks as MARK_STARTED's JSON array of [id, worker_id, attempt, started_at]."""
     return json.dumps([[*lease_key(lease), when] for lease, when in marks])
-
-
-def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None) -> None:
-    for waiter in waiters:
-        if waiter.done():
-            continue
-        if exc is None:
-            waiter.set_result(None)
-        else:
-            waiter.set_exception(exc)
-
-
-def _workflow_run(row: Sequence[Any]) -> base.WorkflowRunRecord:
-    values = list(row)
-    values[4] = bytes(values[4])
-    return base.WorkflowRunRecord(*values)
-
-
-def _workflow_step(row: Sequence[Any]) -> base.WorkflowStepRecord:
-    values = list(row)
-    values[4] = bool(values[4])
-    return base.WorkflowStepRecord(*values)
