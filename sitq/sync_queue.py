@@ -129,7 +129,7 @@ class SyncTaskQueue:
     ) -> list[str]:
         """Like :meth:`TaskQueue.enqueue_many`."""
         if alongside is not None:  # a layer's rows in the same transaction: on the loop
-            return self._run(self._queue._default.enqueue_many(fn, items, alongside=alongside))
+            return self._run(self._queue.enqueue_many(fn, items, alongside=alongside))
         return self._enqueue(self._queue._default, fn, _as_calls(items))
 
     def store_session(self) -> StoreSession:
@@ -137,15 +137,17 @@ class SyncTaskQueue:
         loop (each call runs on this queue's own loop)."""
         if asyncio._get_running_loop() is None:
             self._ensure_connected()
-        elif not self._queue._connected:
+        try:
+            session = self._queue.store_session()
+        except NotConnected:
             # Asked from another loop (a layer's sync face): connecting runs on this
             # queue's own loop thread, so waiting for it here cannot deadlock.
             if self._closed:
-                raise NotConnected("this SyncTaskQueue is closed")
+                raise
             with self._connect_lock:
-                if not self._queue._connected:
-                    self._submit(self._queue.connect()).result()
-        return _LoopSession(self, self._queue.store_session())
+                self._submit(self._queue.connect()).result()
+            session = self._queue.store_session()
+        return _LoopSession(self, session)
 
     def _enqueue(
         self,
