@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sitq.backends.sqlite.schema import SQL
 from sitq.errors import NotConnected
@@ -122,21 +122,53 @@ class WalKeeper:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
-class EnqueueBatcher:
-    """Group commit of enqueues, on the loop thread when the lock is free."""
+Item = TypeVar("Item")
+
+
+class GroupCommit(Generic[Item]):
+    """Group commit on the loop thread when the lock is free: the one writer behind
+    enqueues (``EnqueueBatcher``) and the layers' frequent small writes
+    (``session.GroupWriter``).
+
+    The items submitted in one loop iteration are committed together by
+    ``commit_fast`` on a connection of the loop thread with no busy wait. If
+    another process holds the lock, or every commit must fsync (``fast`` False),
+    they go to ``slow_path``, on the database thread, which waits for the lock as
+    usual. Either way ``submit`` returns only once its items are committed.
+
+    :param direct_max: a submit of more items than this goes to ``slow_path`` at
+        once (the loop must not stall on a large write).
+    :param flush_max: more items than this gathered by one flush go to
+        ``slow_path`` together (None: no bound).
+    :param group_slow: without ``fast``, still gather one loop iteration's items
+        into one ``slow_path`` call (else each submit is its own).
+    :param weigh: (items, payload bytes) a commit adds to the WAL, for ``WalKeeper``.
+    :param committed: called after each commit (a wake-up, say).
+    """
 
     def __init__(
         self,
         path: str,
-        slow_path: Callable[[list[Row]], Awaitable[None]],
-        checkpoint: Callable[[bool], Awaitable[int]],
-        committed: Callable[[], None],
         *,
         fast: bool,
+        commit_fast: Callable[[sqlite3.Connection, list[Item]], None],
+        slow_path: Callable[[list[Item]], Awaitable[None]],
+        checkpoint: Callable[[bool], Awaitable[int]],
+        weigh: Callable[[list[Item]], tuple[int, int]],
+        committed: Callable[[], None] = lambda: None,
+        direct_max: int = FAST_PATH_MAX_ROWS,
+        flush_max: int | None = None,
+        group_slow: bool = False,
     ) -> None:
+        self._commit_fast = commit_fast
         self._slow_path = slow_path
-        self._wal = WalKeeper(checkpoint, self._resume)
+        self._weigh = weigh
         self._committed = committed
+        self._direct_max = direct_max
+        self._flush_max = flush_max
+        self._group_slow = group_slow
+        self._fast = fast
+        self._wal = WalKeeper(checkpoint, self._resume)
         self._conn: sqlite3.Connection | None = None
         if fast:
             self._conn = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -145,22 +177,22 @@ class EnqueueBatcher:
             self._conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             self._conn.execute("PRAGMA synchronous = NORMAL")
         self._closed = False
-        self._rows: list[Row] = []
+        self._items: list[Item] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
         self._background: set[asyncio.Task[None]] = set()
 
-    async def enqueue(self, rows: list[Row]) -> None:
-        """Return once ``rows`` are committed (with whatever else is pending)."""
+    async def submit(self, items: list[Item]) -> None:
+        """Return once ``items`` are committed (with whatever else is pending)."""
         if self._closed:
             raise NotConnected("the queue is closed: connect it again to enqueue")
-        if self._conn is None or len(rows) > FAST_PATH_MAX_ROWS:
-            await self._slow_path(rows)
+        if len(items) > self._direct_max or (not self._fast and not self._group_slow):
+            await self._slow_path(items)
             self._committed()
             return
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self._rows.extend(rows)
+        self._items.extend(items)
         self._waiters.append(waiter)
         if not self._scheduled:
             self._scheduled = True
@@ -170,19 +202,22 @@ class EnqueueBatcher:
     def _flush(self) -> None:
         self._scheduled = False
         if self._wal.paused:
-            return  # kept in self._rows until the checkpoint is done (_resume)
-        rows, self._rows = self._rows, []
+            return  # kept in self._items until the checkpoint is done (_resume)
+        items, self._items = self._items, []
         waiters, self._waiters = self._waiters, []
-        if not rows:
+        if not items:
             return
-        if self._conn is None:  # closed meanwhile
+        if self._conn is None and self._fast:  # closed meanwhile
             _fail(waiters, NotConnected("the queue was closed before this enqueue was stored"))
             return
+        if self._conn is None or (self._flush_max is not None and len(items) > self._flush_max):
+            self._spawn(self._flush_slowly(items, waiters))
+            return
         try:
-            insert_rows(self._conn, rows)
+            self._commit_fast(self._conn, items)
         except sqlite3.OperationalError as exc:
             if is_busy(exc):
-                self._spawn(self._flush_slowly(rows, waiters))
+                self._spawn(self._flush_slowly(items, waiters))
                 return
             _fail(waiters, exc)
             return
@@ -191,16 +226,16 @@ class EnqueueBatcher:
             return
         self._committed()
         _succeed(waiters)
-        self._wal.committed(len(rows), sum(len(row[3]) for row in rows))  # NewTask.payload
+        self._wal.committed(*self._weigh(items))
 
     def _resume(self) -> None:
-        if self._rows and not self._scheduled and not self._closed:
+        if self._items and not self._scheduled and not self._closed:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _flush_slowly(self, rows: list[Row], waiters: list[asyncio.Future[None]]) -> None:
+    async def _flush_slowly(self, items: list[Item], waiters: list[asyncio.Future[None]]) -> None:
         try:
-            await self._slow_path(rows)
+            await self._slow_path(items)
         except Exception as exc:
             _fail(waiters, exc)
             return
@@ -215,14 +250,41 @@ class EnqueueBatcher:
     async def close(self) -> None:
         """Finish what is in flight and close the loop-thread connection."""
         self._closed = True
-        await self._wal.close()  # it may hold rows back until it ends
-        if self._rows:
+        await self._wal.close()  # it may hold items back until it ends
+        if self._items:
             self._flush()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class EnqueueBatcher(GroupCommit[Row]):
+    """Group commit of enqueues: task rows, inserted with ``insert_rows``."""
+
+    def __init__(
+        self,
+        path: str,
+        slow_path: Callable[[list[Row]], Awaitable[None]],
+        checkpoint: Callable[[bool], Awaitable[int]],
+        committed: Callable[[], None],
+        *,
+        fast: bool,
+    ) -> None:
+        super().__init__(
+            path,
+            fast=fast,
+            commit_fast=insert_rows,
+            slow_path=slow_path,
+            checkpoint=checkpoint,
+            weigh=lambda rows: (len(rows), sum(len(row[3]) for row in rows)),  # payloads
+            committed=committed,
+        )
+
+    async def enqueue(self, rows: list[Row]) -> None:
+        """Return once ``rows`` are committed (with whatever else is pending)."""
+        await self.submit(rows)
 
 
 def _succeed(waiters: list[asyncio.Future[None]]) -> None:

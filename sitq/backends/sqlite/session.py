@@ -5,7 +5,6 @@ lock, busy retries and wake-ups, and the group-committed writer behind
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from sitq.backends.base import NewTask
 from sitq.backends.common import translated
 from sitq.backends.sqlite import schema as q
-from sitq.backends.sqlite.enqueue import FAST_PATH_MAX_ROWS, JOURNAL_SIZE_LIMIT, WalKeeper
+from sitq.backends.sqlite.enqueue import FAST_PATH_MAX_ROWS, GroupCommit
 
 if TYPE_CHECKING:
     from sitq.backends.sqlite.backend import SQLiteBackend
@@ -114,120 +113,60 @@ class _Transaction:
             self._inserted.append(True)
 
 
-class GroupWriter:
-    """Group commit of single write statements, on the loop thread when the lock is free.
+#: A write statement and its parameters.
+Statement = tuple[str, Sequence[Any]]
 
-    The scheme of ``enqueue.EnqueueBatcher``, for the same reason: a hop to
-    aiosqlite's thread costs more than a small UPDATE, and a workflow makes a few
-    per item (5,000 in-process items took twice as long with one hop each). The
-    writes of one loop iteration commit together; if another connection holds the
-    lock, or every commit must fsync (``durable``), they go to the database thread
-    in one transaction. Either way a write returns only once committed.
+
+class GroupWriter(GroupCommit[Statement]):
+    """Group commit of single write statements (``write_soon``): the scheme of
+    enqueues (``enqueue.GroupCommit``), for the same reason: a hop to aiosqlite's
+    thread costs more than a small UPDATE, and a workflow makes a few per item
+    (5,000 in-process items took twice as long with one hop each). The writes of
+    one loop iteration commit together, also when they go to the database thread
+    (another connection holds the lock, or every commit must fsync: ``durable``).
     """
 
     def __init__(self, backend: SQLiteBackend) -> None:
         self._backend = backend
-        self._conn: sqlite3.Connection | None = None
-        if not backend.durable:
-            self._conn = sqlite3.connect(backend.path, isolation_level=None, timeout=0)
-            self._conn.execute("PRAGMA busy_timeout = 0")
-            self._conn.execute("PRAGMA wal_autocheckpoint = 0")
-            self._conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._pending: list[tuple[str, Sequence[Any]]] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._scheduled = False
-        self._wal = WalKeeper(backend._checkpoint, self._resume)
-        self._background: set[asyncio.Task[None]] = set()
+        super().__init__(
+            backend.path,
+            fast=not backend.durable,
+            commit_fast=_commit_statements,
+            slow_path=self._commit_slowly,
+            checkpoint=backend._checkpoint,
+            weigh=_weigh,
+            flush_max=FAST_PATH_MAX_ROWS,
+            group_slow=True,
+        )
 
     async def write(self, sql: str, params: Sequence[Any]) -> None:
         """Return once the statement is committed (with whatever else is pending)."""
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        self._pending.append((sql, params))
-        self._waiters.append(waiter)
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        await waiter
+        await self.submit([(sql, params)])
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        if self._wal.paused:
-            return  # kept in self._pending until the checkpoint is done (_resume)
-        statements, self._pending = self._pending, []
-        waiters, self._waiters = self._waiters, []
-        if not statements:
-            return
-        if self._conn is None or len(statements) > FAST_PATH_MAX_ROWS:
-            self._spawn(self._flush_slowly(statements, waiters))
-            return
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, params in statements:
-                    self._conn.execute(sql, params)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:  # not if SQLite rolled back itself
-                    self._conn.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                self._spawn(self._flush_slowly(statements, waiters))
-            else:
-                _settle(waiters, exc)
-            return
-        except Exception as exc:
-            _settle(waiters, exc)
-            return
-        _settle(waiters, None)
-        blobs = sum(len(p) for _, params in statements for p in params if isinstance(p, bytes))
-        self._wal.committed(len(statements), blobs)
-
-    def _resume(self) -> None:
-        if self._pending and not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    async def _flush_slowly(
-        self, statements: list[tuple[str, Sequence[Any]]], waiters: list[asyncio.Future[None]]
-    ) -> None:
+    async def _commit_slowly(self, statements: list[Statement]) -> None:
         conn = self._backend._connection()
 
         async def body() -> None:
             for sql, params in statements:
                 await conn.execute(sql, params)
 
-        try:
-            await self._backend._transaction(body)
-        except Exception as exc:
-            _settle(waiters, exc)
-            return
-        _settle(waiters, None)
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def close(self) -> None:
-        """Finish what is in flight and close the loop-thread connection."""
-        await self._wal.close()  # it may hold writes back until it ends
-        if self._pending:
-            self._flush()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        await self._backend._transaction(body)
 
 
-def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None) -> None:
-    for waiter in waiters:
-        if waiter.done():
-            continue
-        if exc is None:
-            waiter.set_result(None)
-        else:
-            waiter.set_exception(exc)
+def _commit_statements(conn: sqlite3.Connection, statements: list[Statement]) -> None:
+    """Run ``statements`` in one transaction on ``conn`` (rolled back on any error)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, params in statements:
+            conn.execute(sql, params)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # not if SQLite rolled back itself (a full disk)
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _weigh(statements: list[Statement]) -> tuple[int, int]:
+    """Statements and their bytes parameters, as the WAL grows by them."""
+    blobs = sum(len(p) for _, params in statements for p in params if isinstance(p, bytes))
+    return len(statements), blobs
