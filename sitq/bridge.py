@@ -15,6 +15,7 @@ a round trip through the portal costs about 80 µs more than
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import sys
 import threading
@@ -77,9 +78,12 @@ class LoopThread:
         # loop runs callbacks in order, so a cancel sent later finds it started.
         outcome: Future[T] = Future()
         started: list[asyncio.Task[T]] = []
+        # The coroutine sees the caller's context variables (a current trace span),
+        # as under asyncio.run: the task is created in a copy of the caller's context.
+        context = contextvars.copy_context()
 
         def start() -> None:
-            task = self._loop.create_task(coro)
+            task = context.run(self._loop.create_task, coro)
             started.append(task)
             task.add_done_callback(functools.partial(_settle, outcome))
 
