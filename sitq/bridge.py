@@ -15,6 +15,7 @@ a round trip through the portal costs about 80 µs more than
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import sys
@@ -74,8 +75,7 @@ class LoopThread:
         if self._closed:
             coro.close()  # never awaited: close it so Python does not warn
             raise RuntimeError(f"the {self._thread.name} event loop is closed")
-        # Like asyncio.run_coroutine_threadsafe, keeping the task to cancel it: the
-        # loop runs callbacks in order, so a cancel sent later finds it started.
+        # Like asyncio.run_coroutine_threadsafe, keeping the task to cancel it.
         outcome: Future[T] = Future()
         started: list[asyncio.Task[T]] = []
         # The coroutine sees the caller's context variables (a current trace span),
@@ -87,13 +87,24 @@ class LoopThread:
             started.append(task)
             task.add_done_callback(functools.partial(_settle, outcome))
 
-        self._loop.call_soon_threadsafe(start)
+        def abort() -> None:
+            # The loop runs callbacks in order: if start() was queued, it has run.
+            if started:
+                started[0].cancel()
+            else:  # interrupted before start() was queued: it never will be
+                coro.close()
+                outcome.cancel()
+
         try:
+            self._loop.call_soon_threadsafe(start)
             return outcome.result()
         except BaseException:
             if not outcome.done():  # interrupted while waiting: stop the coroutine
-                self._loop.call_soon_threadsafe(lambda: started[0].cancel())
-                futures.wait([outcome])
+                self._loop.call_soon_threadsafe(abort)
+                # Wait for it to unwind (what it ends with is dropped: the
+                # interruption propagates). futures.wait() would miss a cancel.
+                with contextlib.suppress(futures.CancelledError):
+                    outcome.exception()
             raise
 
     def close(self) -> None:

@@ -68,6 +68,13 @@ class SyncTaskQueue:
         self._closed = False
 
     @property
+    def backend(self) -> Backend:
+        """The backend this queue stores tasks in (``TaskQueue.backend``)."""
+        # Kept while TaskQueue.backend is public: examples/worker_daemon/producer.py
+        # prints ``queue.backend.describe()``.
+        return self._queue.backend
+
+    @property
     def async_queue(self) -> TaskQueue:
         """The TaskQueue this face drives. Await its methods only through :meth:`run`:
         its backend belongs to this queue's event loop."""
