@@ -8,15 +8,16 @@ skip that thread and insert on the caller's (``enqueue_blocking``, in queue.py).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from sitq.backends.base import Backend, BatchRecord, TaskPage
+from sitq.backends.base import Backend, BatchRecord, TaskPage, TaskRecord
 from sitq.bridge import LoopThread, RunOnLoop, runs_event_loop
 from sitq.errors import ConfigurationError, NotConnected
-from sitq.queue import TaskQueue
+from sitq.overview import Overview
+from sitq.queue import FINISHED_VALUES, StorageTarget, TaskQueue
+from sitq.records import CancelOutcome
 from sitq.serialization import Serializer
 from sitq.task import Result, TaskStatus
 
@@ -52,15 +53,17 @@ class SyncTaskQueue:
 
     Runs a :class:`TaskQueue` on an event loop in a background thread; every
     method blocks until done. Accepts the same arguments as :class:`TaskQueue`
-    and connects on first use.
+    (``create=False`` opens an existing database only) and connects on first use.
     """
 
     def __init__(
         self,
-        backend: Backend | str | os.PathLike[str] | None = None,
+        backend: StorageTarget = None,
         serializer: Serializer | None = None,
+        *,
+        create: bool = True,
     ) -> None:
-        self._queue = TaskQueue(backend, serializer)
+        self._queue = TaskQueue(backend, serializer, create=create)
         self._default = SyncEnqueuer(self, self._queue.with_options())
         self._loop = LoopThread("sitq-sync-queue")
         self._connect_lock = threading.Lock()
@@ -166,9 +169,41 @@ class SyncTaskQueue:
         """Like :meth:`TaskQueue.retry`."""
         return self.run(self._queue.retry(task_id))
 
+    def request_cancel(self, task_id: str) -> CancelOutcome:
+        """Like :meth:`TaskQueue.request_cancel`."""
+        return self.run(self._queue.request_cancel(task_id))
+
+    def retry_failed(self, queue: str | None = None) -> int:
+        """Like :meth:`TaskQueue.retry_failed`."""
+        return self.run(self._queue.retry_failed(queue))
+
+    def purge(
+        self,
+        statuses: Sequence[TaskStatus | str] = FINISHED_VALUES,
+        *,
+        queue: str | None = None,
+        older_than: float | None = None,
+    ) -> int:
+        """Like :meth:`TaskQueue.purge`."""
+        return self.run(self._queue.purge(statuses, queue=queue, older_than=older_than))
+
+    def task_record(
+        self, task_id: str, *, payload: bool = False, result: bool = True
+    ) -> TaskRecord | None:
+        """Like :meth:`TaskQueue.task_record`."""
+        return self.run(self._queue.task_record(task_id, payload=payload, result=result))
+
+    def overview(self, *, failures: int = 5, counts: bool = True) -> Overview:
+        """Like :meth:`TaskQueue.overview`."""
+        return self.run(self._queue.overview(failures=failures, counts=counts))
+
     def stats(self) -> dict[str, Any]:
         """Like :meth:`TaskQueue.stats`."""
         return self.run(self._queue.stats())
+
+    def describe(self) -> str:
+        """Like :meth:`TaskQueue.describe` (no database call)."""
+        return self._queue.describe()
 
     def status_counts(self, task_ids: Sequence[str]) -> dict[str, int]:
         """Like :meth:`TaskQueue.status_counts`."""

@@ -13,9 +13,10 @@ from pathlib import Path
 import jobs
 import pytest
 
-from sitq import NotConnected, SyncTaskQueue
+from sitq import CancelOutcome, NotConnected, SyncTaskQueue
 from sitq.batch import SyncBatchProcessor
 from sitq.bridge import LoopThread
+from sitq.errors import SitqError
 
 
 class Boom(Exception):
@@ -109,3 +110,21 @@ def test_sync_batch_processor_runs_on_the_queue_loop(db_path: Path) -> None:
         assert queue.status_counts(ids)["queued"] == 25  # the queue still serves
         with pytest.raises(RuntimeError, match="closed"):
             processor.batches()
+
+
+def test_the_sync_face_offers_the_operator_calls(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    with pytest.raises(SitqError), SyncTaskQueue(missing, create=False) as queue:
+        queue.connect()
+    assert not missing.exists()
+    with SyncTaskQueue(missing) as queue:
+        task_id = queue.with_options(queue="mail").enqueue(jobs.noop)
+        record = queue.task_record(task_id)
+        assert record is not None and record.queue == "mail"
+        assert queue.overview().queues["mail"].counts["queued"] == 1
+        assert queue.request_cancel(task_id) is CancelOutcome.CANCELLED
+        assert queue.request_cancel(task_id) is CancelOutcome.FINISHED
+        assert queue.retry_failed() == 0
+        assert queue.purge() == 1
+        assert queue.task_record(task_id) is None
+        assert "missing.db" in queue.describe()
