@@ -1,75 +1,99 @@
 """SyncTaskQueue: the producer API for code that is not async.
 
-It runs a TaskQueue on a private event loop in a background thread; enqueues
-on SQLite skip that loop and insert on the caller's thread.
+A thin blocking face over :class:`~sitq.TaskQueue`: each method runs the
+TaskQueue method of the same name on the queue's event-loop thread (a
+:class:`~sitq.bridge.LoopThread`) and returns its result. Enqueues on SQLite
+skip that thread and insert on the caller's (``enqueue_blocking``, in queue.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from sitq.backends.base import Backend, TaskPage
-from sitq.errors import ConfigurationError, NotConnected, SitqError
-from sitq.queue import (
-    Alongside,
-    TaskQueue,
-    _as_calls,
-    _Enqueuer,
-    _observed,
-    _raise_translated,
-)
-from sitq.registry import TaskHandle
+from sitq.backends.base import Backend, TaskPage, TaskRecord
+from sitq.bridge import LoopThread, RunOnLoop, runs_event_loop
+from sitq.errors import ConfigurationError, NotConnected
+from sitq.overview import Overview
+from sitq.queue import FINISHED_VALUES, Alongside, StorageTarget, TaskQueue
+from sitq.records import CancelOutcome
 from sitq.serialization import Serializer
 from sitq.sqlfiles import Dialect
 from sitq.store import StoreSession, StoreTransaction
-from sitq.task import OPTION_NAMES, Result, TaskStatus, check_option_keywords
+from sitq.task import Result, TaskStatus
 
 T = TypeVar("T")
 
 
-def _in_notebook() -> bool:
-    """True in a Jupyter/IPython kernel: its cells run on the kernel's event loop,
-    and a plain call in a cell blocks that loop whatever it does."""
-    ipython = sys.modules.get("IPython")
-    get_ipython = getattr(ipython, "get_ipython", None)
-    shell = get_ipython() if get_ipython is not None else None
-    return shell is not None and "ZMQ" in type(shell).__name__
+class _Enqueuer(Protocol):
+    """What SyncTaskQueue uses of ``TaskQueue.with_options(...)``."""
+
+    def with_options(self, **options: Any) -> _Enqueuer: ...
+
+    def enqueue_blocking(
+        self, run: RunOnLoop, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> str: ...
+
+    def enqueue_many_blocking(
+        self, run: RunOnLoop, fn: Callable[..., Any], items: Iterable[Any], /
+    ) -> list[str]: ...
+
+    def enqueue_many(
+        self, fn: Callable[..., Any], items: Iterable[Any], /, *, alongside: Alongside | None = None
+    ) -> Coroutine[Any, Any, list[str]]: ...
 
 
 class SyncTaskQueue:
     """The producer API for code that is not async.
 
-    Runs a private event loop on a background thread; every method blocks until
-    done. Accepts the same arguments as :class:`TaskQueue` and connects on first use.
+    Runs a :class:`TaskQueue` on an event loop in a background thread; every
+    method blocks until done. Accepts the same arguments as :class:`TaskQueue`
+    (``create=False`` opens an existing database only) and connects on first use.
     """
 
     def __init__(
         self,
-        backend: Backend | str | os.PathLike[str] | None = None,
+        backend: StorageTarget = None,
         serializer: Serializer | None = None,
+        *,
+        create: bool = True,
     ) -> None:
-        self._queue = TaskQueue(backend, serializer)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="sitq-sync-queue", daemon=True
-        )
-        self._thread.start()
+        self._queue = TaskQueue(backend, serializer, create=create)
+        self._default = SyncEnqueuer(self, self._queue.with_options())
+        self._loop = LoopThread("sitq-sync-queue")
         self._connect_lock = threading.Lock()
+        self._connected = False
         self._closed = False
 
     @property
     def backend(self) -> Backend:
-        """The backend this queue stores tasks in."""
+        """The backend this queue stores tasks in (``TaskQueue.backend``)."""
+        # Kept while TaskQueue.backend is public: examples/worker_daemon/producer.py
+        # prints ``queue.backend.describe()``.
         return self._queue.backend
 
-    def _ensure_connected(self) -> None:
-        if asyncio._get_running_loop() is not None and not _in_notebook():
+    @property
+    def async_queue(self) -> TaskQueue:
+        """The TaskQueue this face drives. Await its methods only through :meth:`run`:
+        its backend belongs to this queue's event loop."""
+        return self._queue
+
+    def run(self, coro: Coroutine[Any, Any, T], /) -> T:
+        """Run ``coro`` on this queue's event loop (connected first) and return its
+        result: the one bridge for blocking faces built on the async layers
+        (``SyncBatchProcessor``, a pipeline executed on this queue)."""
+        try:
+            self._ready()
+        except BaseException:
+            coro.close()  # never awaited: close it so Python does not warn
+            raise
+        return self._loop.run(coro)
+
+    def _ready(self) -> None:
+        """Refuse to block an event loop; connect on first use."""
+        if runs_event_loop():
             # Blocking here would stall that loop (and deadlock it if a result
             # could only come from a task on it).
             raise ConfigurationError(
@@ -80,35 +104,25 @@ class SyncTaskQueue:
             )
         if self._closed:
             raise NotConnected("this SyncTaskQueue is closed")
-        if not self._queue._connected:
+        if not self._connected:
             with self._connect_lock:
-                if not self._queue._connected:
-                    self._submit(self._queue.connect()).result()
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        try:
-            self._ensure_connected()
-        except BaseException:
-            coro.close()
-            raise
-        return self._submit(coro).result()
-
-    def _submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+                if not self._connected:
+                    self._loop.run(self._queue.connect())
+                    self._connected = True
 
     def connect(self) -> None:
         """Open the backend now (otherwise the first call does)."""
-        self._run(asyncio.sleep(0))
+        self._ready()
 
     def close(self) -> None:
         """Close the backend and stop the background loop."""
         if self._closed:
             return
         self._closed = True
-        self._submit(self._queue.close()).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        try:
+            self._loop.run(self._queue.close())
+        finally:
+            self._loop.close()
 
     def __enter__(self) -> SyncTaskQueue:
         return self
@@ -116,116 +130,105 @@ class SyncTaskQueue:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def with_options(self, **options: Any) -> _SyncEnqueuer:
+    # -- enqueueing ---------------------------------------------------------
+
+    def with_options(self, **options: Any) -> SyncEnqueuer:
         """Like :meth:`TaskQueue.with_options`."""
-        return _SyncEnqueuer(self, self._queue.with_options(**options))
+        return self._default.with_options(**options)
 
     def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
         """Like :meth:`TaskQueue.enqueue`."""
-        return self._enqueue(self._queue._default, fn, [(args, kwargs)])[0]
+        return self._default.enqueue(fn, *args, **kwargs)
 
     def enqueue_many(
         self, fn: Callable[..., Any], items: Iterable[Any], /, *, alongside: Alongside | None = None
     ) -> list[str]:
         """Like :meth:`TaskQueue.enqueue_many`."""
-        if alongside is not None:  # a layer's rows in the same transaction: on the loop
-            return self._run(self._queue.enqueue_many(fn, items, alongside=alongside))
-        return self._enqueue(self._queue._default, fn, _as_calls(items))
+        return self._default.enqueue_many(fn, items, alongside=alongside)
 
     def store_session(self) -> StoreSession:
         """Like :meth:`TaskQueue.store_session`; it may be awaited from any event
-        loop (each call runs on this queue's own loop)."""
-        if asyncio._get_running_loop() is None:
-            self._ensure_connected()
-        try:
-            session = self._queue.store_session()
-        except NotConnected:
-            # Asked from another loop (a layer's sync face): connecting runs on this
-            # queue's own loop thread, so waiting for it here cannot deadlock.
-            if self._closed:
-                raise
-            with self._connect_lock:
-                self._submit(self._queue.connect()).result()
-            session = self._queue.store_session()
-        return _LoopSession(self, session)
+        loop (each call runs on this queue's own loop, where its backend lives)."""
+        self._ready()
+        return _LoopSession(self._loop, self._queue.store_session())
 
-    def _enqueue(
-        self,
-        enqueuer: _Enqueuer,
-        fn: Callable[..., Any],
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-    ) -> list[str]:
-        """Build the tasks on this thread and store them directly when the backend
-        allows it (no trip through the background loop), else through the loop.
-        A TaskHandle is sent by name with its registered options."""
-        if isinstance(fn, TaskHandle):
-            if calls and calls[0][1] and not OPTION_NAMES.isdisjoint(calls[0][1]):
-                check_option_keywords(fn.fn, calls[0][1])
-            enqueuer, fn = enqueuer.for_handle(fn), fn.ref
-        self._ensure_connected()
-        try:
-            if enqueuer.options.unique_key is not None:
-                if len(calls) != 1:
-                    enqueuer._refuse_unique("enqueue_many")
-                args, kwargs = calls[0]
-                return [self._run(enqueuer._enqueue_unique(self.backend, fn, args, kwargs))]
-            if _observed():
-                return self._run(enqueuer._enqueue_observed(self.backend, fn, calls))
-            tasks = self._queue._new_tasks(enqueuer.options, fn, calls, self.backend.now())
-            if not self.backend.enqueue_blocking(tasks):
-                self._run(self.backend.enqueue(tasks))
-        except SitqError:
-            raise
-        except Exception as exc:
-            _raise_translated(exc, self.backend)
-            raise
-        return [task.id for task in tasks]
+    # -- results and control (each: the TaskQueue method, run on the loop) ---
 
     def get_result(self, task_id: str, timeout: float | None = None) -> Result | None:
         """Like :meth:`TaskQueue.get_result`."""
-        return self._run(self._queue.get_result(task_id, timeout))
+        return self.run(self._queue.get_result(task_id, timeout))
 
     def get_results(self, task_ids: Sequence[str]) -> dict[str, Result]:
         """Like :meth:`TaskQueue.get_results`."""
-        return self._run(self._queue.get_results(task_ids))
+        return self.run(self._queue.get_results(task_ids))
 
     def status(self, task_id: str) -> TaskStatus:
         """Like :meth:`TaskQueue.status`."""
-        return self._run(self._queue.status(task_id))
+        return self.run(self._queue.status(task_id))
 
     def cancel(self, task_id: str) -> bool:
         """Like :meth:`TaskQueue.cancel`."""
-        return self._run(self._queue.cancel(task_id))
+        return self.run(self._queue.cancel(task_id))
 
     def retry(self, task_id: str) -> bool:
         """Like :meth:`TaskQueue.retry`."""
-        return self._run(self._queue.retry(task_id))
+        return self.run(self._queue.retry(task_id))
+
+    def request_cancel(self, task_id: str) -> CancelOutcome:
+        """Like :meth:`TaskQueue.request_cancel`."""
+        return self.run(self._queue.request_cancel(task_id))
+
+    def retry_failed(self, queue: str | None = None) -> int:
+        """Like :meth:`TaskQueue.retry_failed`."""
+        return self.run(self._queue.retry_failed(queue))
+
+    def purge(
+        self,
+        statuses: Sequence[TaskStatus | str] = FINISHED_VALUES,
+        *,
+        queue: str | None = None,
+        older_than: float | None = None,
+    ) -> int:
+        """Like :meth:`TaskQueue.purge`."""
+        return self.run(self._queue.purge(statuses, queue=queue, older_than=older_than))
+
+    def task_record(
+        self, task_id: str, *, payload: bool = False, result: bool = True
+    ) -> TaskRecord | None:
+        """Like :meth:`TaskQueue.task_record`."""
+        return self.run(self._queue.task_record(task_id, payload=payload, result=result))
+
+    def overview(self, *, failures: int = 5, counts: bool = True) -> Overview:
+        """Like :meth:`TaskQueue.overview`."""
+        return self.run(self._queue.overview(failures=failures, counts=counts))
 
     def stats(self) -> dict[str, Any]:
         """Like :meth:`TaskQueue.stats`."""
-        return self._run(self._queue.stats())
+        return self.run(self._queue.stats())
 
-    # -- bulk status (see TaskQueue) ---------------------------------------
+    def describe(self) -> str:
+        """Like :meth:`TaskQueue.describe` (no database call)."""
+        return self._queue.describe()
 
     def status_counts(self, task_ids: Sequence[str]) -> dict[str, int]:
         """Like :meth:`TaskQueue.status_counts`."""
-        return self._run(self._queue.status_counts(task_ids))
+        return self.run(self._queue.status_counts(task_ids))
 
     def statuses(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         """Like :meth:`TaskQueue.statuses`."""
-        return self._run(self._queue.statuses(task_ids))
+        return self.run(self._queue.statuses(task_ids))
 
     def retry_many(self, task_ids: Sequence[str]) -> int:
         """Like :meth:`TaskQueue.retry_many`."""
-        return self._run(self._queue.retry_many(task_ids))
+        return self.run(self._queue.retry_many(task_ids))
 
     def cancel_many(self, task_ids: Sequence[str]) -> list[str]:
         """Like :meth:`TaskQueue.cancel_many`."""
-        return self._run(self._queue.cancel_many(task_ids))
+        return self.run(self._queue.cancel_many(task_ids))
 
     def wait_for_results(self, timeout: float) -> None:
         """Like :meth:`TaskQueue.wait_for_results` (blocks the calling thread)."""
-        self._run(self._queue.wait_for_results(timeout))
+        self.run(self._queue.wait_for_results(timeout))
 
     def list_tasks(
         self,
@@ -237,43 +240,46 @@ class SyncTaskQueue:
         limit: int = 50,
     ) -> TaskPage:
         """Like :meth:`TaskQueue.list_tasks`."""
-        return self._run(
+        return self.run(
             self._queue.list_tasks(
                 queue=queue, status=status, batch_id=batch_id, cursor=cursor, limit=limit
             )
         )
 
 
-class _SyncEnqueuer:
-    """The blocking face of a queue with options."""
+class SyncEnqueuer:
+    """What :meth:`SyncTaskQueue.with_options` returns: its enqueue methods, with
+    those options (the blocking face of ``TaskQueue.with_options(...)``)."""
 
     def __init__(self, owner: SyncTaskQueue, enqueuer: _Enqueuer) -> None:
         self._owner = owner
         self._enqueuer = enqueuer
 
-    def with_options(self, **options: Any) -> _SyncEnqueuer:
+    def with_options(self, **options: Any) -> SyncEnqueuer:
         """Further options."""
-        return _SyncEnqueuer(self._owner, self._enqueuer.with_options(**options))
+        return SyncEnqueuer(self._owner, self._enqueuer.with_options(**options))
 
     def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
         """Like :meth:`TaskQueue.enqueue`, with these options."""
-        return self._owner._enqueue(self._enqueuer, fn, [(args, kwargs)])[0]
+        self._owner.connect()  # the checks of run(); the loop is used only if needed
+        return self._enqueuer.enqueue_blocking(self._owner._loop.run, fn, *args, **kwargs)
 
     def enqueue_many(
         self, fn: Callable[..., Any], items: Iterable[Any], /, *, alongside: Alongside | None = None
     ) -> list[str]:
         """Like :meth:`TaskQueue.enqueue_many`, with these options."""
-        if alongside is not None:
-            return self._owner._run(self._enqueuer.enqueue_many(fn, items, alongside=alongside))
-        return self._owner._enqueue(self._enqueuer, fn, _as_calls(items))
+        if alongside is not None:  # a layer's rows in the same transaction: on the loop
+            return self._owner.run(self._enqueuer.enqueue_many(fn, items, alongside=alongside))
+        self._owner.connect()
+        return self._enqueuer.enqueue_many_blocking(self._owner._loop.run, fn, items)
 
 
 class _LoopSession:
-    """A SyncTaskQueue's StoreSession, usable from any event loop: each call runs on
-    the queue's loop (where its backend lives) and is awaited from the caller's."""
+    """A SyncTaskQueue's StoreSession, usable from any event loop: each call runs
+    on the queue's loop (where its backend lives) and is awaited from the caller's."""
 
-    def __init__(self, owner: SyncTaskQueue, session: StoreSession) -> None:
-        self._owner = owner
+    def __init__(self, loop: LoopThread, session: StoreSession) -> None:
+        self._loop = loop
         self._session = session
 
     @property
@@ -294,8 +300,7 @@ class _LoopSession:
         return self._session.array(values)
 
     async def _on_queue_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        # Connected when the session was made (store_session); never blocks here.
-        return await asyncio.wrap_future(self._owner._submit(coro))
+        return await asyncio.wrap_future(self._loop.submit(coro))
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         """As the queue's session, on its loop."""

@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import threading
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from sitq.batch.processor import Batch, BatchProcessor, IfExists, Target
 from sitq.batch.progress import BatchProgress
 from sitq.batch.report import DEFAULT_TRACKED_TASKS, BatchReport
 from sitq.queue import TaskQueue
-from sitq.store import StoreSession
 from sitq.sync_queue import SyncTaskQueue
 from sitq.task import Result
 
 T = TypeVar("T")
-
-
-class _AsyncFace:
-    """The async queue methods BatchProcessor uses, over a SyncTaskQueue's blocking
-    ones (each runs in a worker thread, so the processor's loop stays free)."""
-
-    def __init__(self, queue: Any) -> None:
-        self._queue = queue
-
-    def with_options(self, **options: Any) -> _AsyncFace:
-        return _AsyncFace(self._queue.with_options(**options))
-
-    def store_session(self) -> StoreSession:
-        return self._queue.store_session()  # awaitable from this loop as it is
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._queue, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            return await asyncio.to_thread(functools.partial(method, *args, **kwargs))
-
-        return call
 
 
 class SyncBatchProcessor:
@@ -48,8 +22,9 @@ class SyncBatchProcessor:
     :param batch_size: items per enqueue transaction unless a call says otherwise.
     :param max_tracked_tasks: as for :class:`BatchProcessor`.
 
-    Runs the processor on a private event loop thread; call :meth:`close` (or use
-    ``with``) when done. The queue is not closed: it belongs to the caller.
+    Runs a BatchProcessor over the queue's TaskQueue, on the queue's own event
+    loop (``SyncTaskQueue.run``). :meth:`close` (or ``with``) only stops this
+    processor: the queue is not closed, it belongs to the caller.
     """
 
     def __init__(
@@ -66,15 +41,9 @@ class SyncBatchProcessor:
             )
         self.queue = queue
         self._processor = BatchProcessor(
-            _AsyncFace(queue),  # type: ignore[arg-type]
-            batch_size,
-            max_tracked_tasks=max_tracked_tasks,
+            queue.async_queue, batch_size, max_tracked_tasks=max_tracked_tasks
         )
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="sitq-sync-batch", daemon=True
-        )
-        self._thread.start()
+        self._closed = False
 
     @property
     def last(self) -> Batch | None:
@@ -82,18 +51,14 @@ class SyncBatchProcessor:
         return self._processor.last
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop.is_closed():
-            coro.close()
+        if self._closed:
+            coro.close()  # never awaited: close it so Python does not warn
             raise RuntimeError("this SyncBatchProcessor is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return self.queue.run(coro)
 
     def close(self) -> None:
-        """Stop the private loop (the queue stays open)."""
-        if self._loop.is_closed():
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        """Refuse further calls (the queue stays open)."""
+        self._closed = True
 
     def __enter__(self) -> SyncBatchProcessor:
         return self
@@ -178,12 +143,12 @@ class SyncBatchProcessor:
         try:
             while True:
                 try:
-                    yield self._run(results.__anext__())
+                    yield self._run(_next(results))
                 except StopAsyncIteration:
                     return
         finally:
-            if not self._loop.is_closed():
-                self._run(results.aclose())
+            if not self._closed:
+                self._run(_aclose(results))
 
     def gather(
         self,
@@ -242,3 +207,14 @@ class SyncBatchProcessor:
     def report(self) -> BatchReport:
         """Like :meth:`BatchProcessor.report`."""
         return self._processor.report()
+
+
+async def _next(results: AsyncIterator[Result]) -> Result:
+    return await results.__anext__()
+
+
+async def _aclose(results: AsyncIterator[Result]) -> None:
+    # as_completed is an async generator: closing it runs its cleanup on the loop.
+    aclose = getattr(results, "aclose", None)
+    if aclose is not None:
+        await aclose()

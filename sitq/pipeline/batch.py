@@ -9,7 +9,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -185,22 +185,25 @@ class BatchPipeline:
         close = isinstance(queue, (str, os.PathLike, TaskQueue))
         if isinstance(queue, (str, os.PathLike)):
             queue = TaskQueue(queue)
-        run = self._run(
-            queue,
-            timeout,
-            max_workers,
-            max_tasks_per_child,
-            mp_context,
-            max_in_flight,
-            task_options,
-            close,
-        )
+        options = (max_workers, max_tasks_per_child, mp_context, max_in_flight, task_options)
+        run_on: Callable[[Coroutine[Any, Any, list[Any]]], list[Any]]
+        if isinstance(queue, SyncTaskQueue):
+            # The run goes to the queue's own event loop (the one sync bridge), on
+            # the TaskQueue that loop serves.
+            run = self._run(queue.async_queue, timeout, *options, close)
+            run_on = queue.run
+        else:
+            # No loop to share: a local pool, or a TaskQueue this run connects and
+            # closes itself. A fresh loop on this thread, which Ctrl-C cancels.
+            run = self._run(queue, timeout, *options, close)
+            run_on = asyncio.run
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(run)
+            return run_on(run)
+        # A loop runs here (a notebook) and must not be blocked from its own thread.
         with ThreadPoolExecutor(1, thread_name_prefix="sitq-pipeline") as helper:
-            return helper.submit(asyncio.run, run).result()
+            return helper.submit(run_on, run).result()
 
     async def execute_async(
         self,

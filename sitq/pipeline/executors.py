@@ -45,6 +45,8 @@ def run_instance(instance: Pipeline) -> Any:
     """Run one instance's ``process`` to its result: the task a sitq worker runs."""
     value = instance.process()
     if inspect.isawaitable(value):
+        # The task body on a worker's thread (no loop runs there, and no queue
+        # is in hand): a fresh loop for the awaitable ``process`` returned.
         value = asyncio.run(_await(value))
     return value
 

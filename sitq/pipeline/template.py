@@ -93,6 +93,7 @@ class Pipeline:
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
+                # One instance, no queue: no loop to share, so a fresh one here.
                 return asyncio.run(self.execute_async())
             raise RuntimeError(
                 f"{type(self).__name__}.process is a coroutine function and an event loop "

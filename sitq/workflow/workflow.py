@@ -103,6 +103,9 @@ class Workflow:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
+            # No queue to share: the run opens its own TaskQueue on ``db`` and
+            # closes it. asyncio.run on this thread makes Ctrl-C cancel the run,
+            # which then records itself interrupted, with no extra thread.
             return asyncio.run(self.run_async(params, **options))
         raise WorkflowError(
             "Workflow.run() was called inside a running event loop; use "

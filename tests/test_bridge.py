@@ -1,0 +1,130 @@
+"""sitq.bridge: the one event-loop thread behind the blocking faces."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import signal
+import threading
+import traceback
+import warnings
+from pathlib import Path
+
+import jobs
+import pytest
+
+from sitq import CancelOutcome, NotConnected, SyncTaskQueue
+from sitq.batch import SyncBatchProcessor
+from sitq.bridge import LoopThread
+from sitq.errors import SitqError
+
+
+class Boom(Exception):
+    pass
+
+
+async def _raises() -> None:
+    await asyncio.sleep(0)
+    raise Boom("from the loop")
+
+
+def test_an_error_keeps_its_type_and_its_traceback() -> None:
+    loop = LoopThread("test-bridge")
+    try:
+        with pytest.raises(Boom, match="from the loop") as caught:
+            loop.run(_raises())
+        frames = [frame.name for frame in traceback.extract_tb(caught.value.__traceback__)]
+        assert "_raises" in frames  # where it was raised, on the loop thread
+    finally:
+        loop.close()
+
+
+def test_the_coroutine_sees_the_callers_context() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    async def read() -> str:
+        return var.get()
+
+    loop = LoopThread("test-bridge")
+    try:
+        token = var.set("the caller's")
+        try:
+            assert loop.run(read()) == "the caller's"
+        finally:
+            var.reset(token)
+    finally:
+        loop.close()
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="SIGINT")
+def test_ctrl_c_while_waiting_cancels_the_coroutine_and_lets_it_unwind() -> None:
+    loop = LoopThread("test-bridge")
+    started = threading.Event()
+    unwound: list[str] = []
+
+    async def waits_forever() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            unwound.append("cancelled")
+            raise
+
+    def press_ctrl_c() -> None:
+        # The main thread holds the GIL until it blocks in run(): once the
+        # coroutine has started, the main thread is waiting.
+        assert started.wait(10)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run(waits_forever())
+        assert unwound == ["cancelled"]  # it unwound before run() gave up
+    finally:
+        presser.join()
+        loop.close()
+
+
+def test_a_closed_queue_refuses_and_closes_the_coroutine(db_path: Path) -> None:
+    queue = SyncTaskQueue(db_path)
+    queue.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine ... was never awaited" would fail
+        with pytest.raises(NotConnected, match="closed"):
+            queue.status("0" * 32)
+        with pytest.raises(NotConnected, match="closed"):
+            queue.enqueue(jobs.noop)
+
+
+def test_sync_batch_processor_runs_on_the_queue_loop(db_path: Path) -> None:
+    with SyncTaskQueue(db_path) as queue:
+        queue.connect()
+        before = {thread.ident for thread in threading.enumerate()}
+        with SyncBatchProcessor(queue, batch_size=10) as processor:
+            ids = processor.enqueue_batch(jobs.add, [(i, i) for i in range(25)])
+            assert len(ids) == 25
+            assert processor.progress(ids).total == 25
+        assert {thread.ident for thread in threading.enumerate()} == before  # no new loop
+        assert queue.status_counts(ids)["queued"] == 25  # the queue still serves
+        with pytest.raises(RuntimeError, match="closed"):
+            processor.batches()
+
+
+def test_the_sync_face_offers_the_operator_calls(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    with pytest.raises(SitqError), SyncTaskQueue(missing, create=False) as queue:
+        queue.connect()
+    assert not missing.exists()
+    with SyncTaskQueue(missing) as queue:
+        task_id = queue.with_options(queue="mail").enqueue(jobs.noop)
+        record = queue.task_record(task_id)
+        assert record is not None and record.queue == "mail"
+        assert queue.overview().queues["mail"].counts["queued"] == 1
+        assert queue.request_cancel(task_id) is CancelOutcome.CANCELLED
+        assert queue.request_cancel(task_id) is CancelOutcome.FINISHED
+        assert queue.retry_failed() == 0
+        assert queue.purge() == 1
+        assert queue.task_record(task_id) is None
+        assert "missing.db" in queue.describe()
