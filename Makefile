@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-fast bench lint lint-arch lint-imports lint-private typecheck example screenshots clean
+.PHONY: install test test-fast bench lint lint-style lint-arch lint-imports lint-private typecheck example screenshots clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +24,15 @@ bench:
 	$(BIN)/python benchmarks/adaptive_bench.py
 	$(BIN)/python benchmarks/telemetry_overhead.py
 
-lint:
+# ruff, then the house's layering and types (configured in pyproject.toml): the
+# import-linter contracts, the private-name check import-linter cannot do, and mypy
+# (strict on the core). `make -k lint` reports every failing check, not just the first.
+lint: lint-style lint-arch
+
+lint-style:
 	$(BIN)/ruff check sitq tests examples benchmarks
 	$(BIN)/ruff format --check sitq tests examples benchmarks
 
-# The house's layering and types, configured in pyproject.toml: the import-linter
-# contracts, the private-name check import-linter cannot do, and mypy (strict on the
-# core). Not yet part of `lint`: each joins it once the code keeps it
-# (`make -k lint-arch` runs all three even when one fails).
 lint-arch: lint-imports lint-private typecheck
 
 lint-imports:

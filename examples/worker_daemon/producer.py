@@ -18,7 +18,7 @@ DEADLINE_SECONDS = 60.0
 def main() -> int:
     started = time.monotonic()
     with SyncTaskQueue() as queue:  # no argument: $SITQ_DB, else sitq.db
-        print(f"enqueueing into {queue.backend.describe()}")
+        print(f"enqueueing into {queue.describe()}")
         task_ids = [queue.enqueue(tasks.slow_square, n) for n in range(10)]
         task_ids += queue.enqueue_many(
             tasks.fingerprint, [f"document number {n} " * (n + 1) for n in range(10)]

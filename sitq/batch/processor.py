@@ -243,10 +243,11 @@ class BatchProcessor:
             except Exception as exc:
                 if stored:
                     where = f" of batch {batch_id!r}" if batch_id else ""
-                    exc.add_note(
+                    _add_note(
+                        exc,
                         f"{stored} items{where} were enqueued before this chunk failed; "
                         "they will run"
-                        + (" (if_exists='resume' continues after them)" if batch_id else "")
+                        + (" (if_exists='resume' continues after them)" if batch_id else ""),
                     )
                 raise
             self._monitor.enqueued(run, new, time.perf_counter() - began)
@@ -516,16 +517,16 @@ class BatchProcessor:
         await self._raise_if_unfinished(ids, seen, timeout)
         values: list[Any] = []
         for task_id in ids:
-            result = seen.get(task_id)
-            if result is None:
+            found = seen.get(task_id)
+            if found is None:
                 if not return_exceptions:
                     raise TaskNotFound(task_id)
                 values.append(TaskNotFound(task_id))
-            elif result.ok:
-                values.append(result.value)
+            elif found.ok:
+                values.append(found.value)
             else:
                 try:
-                    result.unwrap()
+                    found.unwrap()
                 except Exception as exc:
                     values.append(exc)
         if layout is None or layout.positions is None:
@@ -585,3 +586,11 @@ class BatchProcessor:
         """Measured figures of this processor's batches: batches, tasks, wall time,
         tasks/s, mean batch time, error rate (see :class:`BatchReport`)."""
         return self._monitor.report()
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` where Python has it (3.11+); on 3.10 the note is
+    dropped rather than hiding ``exc`` behind an AttributeError."""
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(note)

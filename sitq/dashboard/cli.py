@@ -151,7 +151,7 @@ def _server_class(base: Any) -> Any:
     and says so, with exit status 0 (a second Ctrl-C still forces the exit).
     """
 
-    class Server(base):  # type: ignore[misc, valid-type]
+    class Server(base):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             if threading.current_thread() is not threading.main_thread():

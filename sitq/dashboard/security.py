@@ -14,6 +14,7 @@ every POST, and the headers that keep pages from being framed or scripted.
 from __future__ import annotations
 
 import hmac
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.requests import Request
@@ -66,7 +67,7 @@ class Guard:
             await self._set_cookie_and_strip(request)(scope, receive, send)
             return
 
-        async def send_with_headers(message: dict) -> None:  # type: ignore[type-arg]
+        async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers += [(k.encode(), v.encode()) for k, v in HEADERS.items()]

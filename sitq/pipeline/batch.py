@@ -9,7 +9,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -138,7 +138,7 @@ class BatchPipeline:
 
     # -- running ----------------------------------------------------------------
 
-    def instances(self) -> Iterator[Pipeline]:
+    def instances(self) -> Generator[Pipeline, None, None]:
         """The template instances ``execute()`` runs, made lazily as they are needed.
 
         Close the generator (or exhaust it) to close the files it opened.

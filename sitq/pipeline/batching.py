@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from sitq.pipeline.errors import PipelineDefinitionError
@@ -29,7 +29,7 @@ def instances(
     template: type[Pipeline],
     inputs: dict[str, Any],
     batchers: dict[str, Batcher],
-) -> Iterator[Pipeline]:
+) -> Generator[Pipeline, None, None]:
     """Yield the template instances, reading the inputs only as they are needed.
 
     ``owner`` is the batch pipeline (``self`` for the batchers). Files a field

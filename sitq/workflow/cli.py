@@ -15,7 +15,6 @@ import click
 import yaml
 
 from sitq import TaskQueue
-from sitq.backends import open_backend
 from sitq.display import terminal_safe
 from sitq.errors import SitqError
 from sitq.workflow.errors import WorkflowValidationError
@@ -257,11 +256,11 @@ async def _read_status(
     """(where, now, runs, steps): the recent runs without ``run_id``, else that run and
     its steps as JSON-ready dicts; ``now`` by the database's clock (that of the
     leases). The database must exist already."""
-    queue = TaskQueue(open_backend(db, create=False))
+    queue = TaskQueue(db, create=False)
     await queue.connect()
     try:
         store = StateStore(queue)
-        now = queue.backend.now()
+        now = queue.now()
         if run_id is None:
             return store.where, now, await store.runs(), []
         record = await store.run(run_id)

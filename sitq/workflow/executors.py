@@ -16,12 +16,11 @@ import math
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from sitq import TaskNotFound, TaskQueue
-from sitq.backends.base import WorkerRecord
+from sitq import TaskNotFound, TaskQueue, WorkerRecord
 from sitq.task import TaskStatus
 from sitq.workflow.errors import WorkflowError
 from sitq.workflow.kinds import (
@@ -113,7 +112,7 @@ class WorkerWatch:
                 self._none_since[queue_name] = now
                 self._say(
                     f"warning: no live sitq worker serves queue {queue_name!r} on "
-                    f"{self.queue.backend.describe()}: workflow items wait for their tasks "
+                    f"{self.queue.describe()}: workflow items wait for their tasks "
                     f"there, and fail in {self.grace:.0f}s unless a worker starts "
                     f"(`sitq worker --queue {queue_name}`)"
                 )
@@ -124,7 +123,7 @@ class WorkerWatch:
         """The error of an item whose task no worker will run."""
         return (
             f"no live sitq worker served queue {queue_name!r} on "
-            f"{self.queue.backend.describe()} for {self.grace:.0f}s, so task {task_id} of "
+            f"{self.queue.describe()} for {self.grace:.0f}s, so task {task_id} of "
             f"this item did not finish; the task stays in the queue: start "
             f"`sitq worker --queue {queue_name}` on that database, then continue with "
             f"{self.resume_command} (it waits for the task rather than run the item again)"
@@ -137,7 +136,7 @@ class WorkerWatch:
 
 async def _task_queue(queue: TaskQueue, task_id: str) -> str | None:
     """The queue task ``task_id`` is on; None if it is gone."""
-    record = (await queue.backend.get_tasks([task_id])).get(task_id)
+    record = await queue.task_record(task_id, result=False)
     return None if record is None else record.queue
 
 
@@ -145,14 +144,16 @@ class Executor(Protocol):
     """Runs ItemCalls somewhere and returns their outcomes."""
 
     name: str
-    #: Watches for live workers while items wait for tasks (None: never waits).
-    watch: WorkerWatch | None
+
+    @property
+    def watch(self) -> WorkerWatch | None:
+        """Watches for live workers while items wait for tasks (None: never waits)."""
 
     async def run(
         self,
         call: ItemCall,
         on_submitted: Callable[[str], Awaitable[None]],
-        on_attempt: Callable[[int], Awaitable[None]],
+        on_attempt: Callable[[int], Coroutine[Any, Any, None]],
     ) -> ItemOutcome:
         """Run one item to its outcome. ``on_submitted(task_id)`` and ``on_attempt(n)``
         (for attempts after the first, which is recorded with the item's start) are
@@ -230,7 +231,7 @@ class LocalExecutor:
         self,
         call: ItemCall,
         on_submitted: Callable[[str], Awaitable[None]],
-        on_attempt: Callable[[int], Awaitable[None]],
+        on_attempt: Callable[[int], Coroutine[Any, Any, None]],
     ) -> ItemOutcome:
         """Run ``call`` in a thread; each attempt starts once the loop has recorded it."""
         loop = asyncio.get_running_loop()
@@ -286,7 +287,7 @@ class WorkerExecutor:
         self,
         call: ItemCall,
         on_submitted: Callable[[str], Awaitable[None]],
-        on_attempt: Callable[[int], Awaitable[None]],
+        on_attempt: Callable[[int], Coroutine[Any, Any, None]],
     ) -> ItemOutcome:
         """Enqueue ``call`` and wait for its task's result."""
         loop = asyncio.get_running_loop()
@@ -436,7 +437,7 @@ async def open_executor(
     if await live_workers(queue, queue_name):
         return WorkerExecutor(queue, queue_name, grace, warn)
     if mode == "workers":
-        where = queue.backend.describe()
+        where = queue.describe()
         raise WorkflowError(
             f"no live sitq worker serves queue {queue_name!r} on {where}: start one with "
             "`sitq worker --db ...` on that database, or run the items here with "

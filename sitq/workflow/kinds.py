@@ -293,9 +293,9 @@ def _run_operation(call: ItemCall, variables: dict[str, Any]) -> Any:
         amount = variables.get("value", 0)
         return each(lambda v: v + amount)
     if operation == "sum":
-        return sum(value)
+        return sum(value or ())
     if operation == "count":
-        return len(value)
+        return len(value or ())
     if operation == "identity":
         return value
     raise ItemFailure(

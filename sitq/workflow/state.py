@@ -207,7 +207,7 @@ class StateStore:
     @property
     def where(self) -> str:
         """The database, for messages (never includes secrets)."""
-        return self.queue.backend.describe()
+        return self.queue.describe()
 
     def _dumps(self, value: Any, binding: Binding) -> bytes | None:
         try:

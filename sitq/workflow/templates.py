@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeGuard
 
 import jinja2
 from jinja2 import meta, nodes
@@ -35,7 +35,7 @@ _ENV.filters["json"] = json.dumps
 JINJA_GLOBALS = frozenset(_ENV.globals)
 
 
-def is_template(value: Any) -> bool:
+def is_template(value: Any) -> TypeGuard[str]:
     """True if ``value`` is a string holding template syntax."""
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
@@ -114,6 +114,8 @@ def analyse(text: str) -> TemplateNames:
     guarded = {id(f.node) for f in tree.find_all(nodes.Filter) if f.name in ("default", "d")}
     guarded |= {id(t.node) for t in tree.find_all(nodes.Test) if t.name in ("defined", "undefined")}
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if not isinstance(node, (nodes.Getattr, nodes.Getitem)):  # for the type checker
+            continue
         target = node.node
         if not isinstance(target, nodes.Name) or target.name not in keyed:
             continue

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sitq import TaskQueue
-from sitq.backends.base import Backend
+from sitq.queue import StorageTarget
 from sitq.workflow.errors import WorkflowError, WorkflowValidationError
 from sitq.workflow.executors import EXECUTORS, open_executor
 from sitq.workflow.lint import workflow_warnings
@@ -117,7 +117,7 @@ class Workflow:
         params: Mapping[str, Any] | None = None,
         *,
         resume: str | None = None,
-        db: str | os.PathLike[str] | Backend | None = None,
+        db: StorageTarget = None,
         executor: str = "auto",
         queue: str = "default",
         max_parallel: int = DEFAULT_MAX_PARALLEL,
