@@ -64,7 +64,7 @@ async def enqueue_run(directory: Path, items: int, chunk: int, mode: str, repeti
 
 async def finish_all(queue: TaskQueue, count: int) -> None:
     """Claim and finish every queued task, with small results."""
-    backend = queue.backend
+    backend = queue._backend
     done = 0
     while done < count:
         claimed = await backend.claim("bench", ["default"], 1000, 600.0)

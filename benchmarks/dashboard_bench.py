@@ -61,9 +61,9 @@ async def build(db: Path, scenario: str) -> str | None:
                 await queue.with_options(queue=f"queue-{i:04d}").enqueue(noop)
         elif scenario == "result":
             task_id = await queue.enqueue(noop)
-            [claimed] = await queue.backend.claim("bench", ["default"], 1, 600.0)
+            [claimed] = await queue._backend.claim("bench", ["default"], 1, 600.0)
             result = queue.serializer.dumps(b"x" * 200_000_000)
-            await queue.backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
+            await queue._backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
             return task_id
     if scenario == "batches":
         with sqlite3.connect(db) as conn:

@@ -124,7 +124,7 @@ async def sitq_enqueue_rates(db: Path, n: int, many: int) -> dict[str, float]:
         await queue.enqueue_many(bench_tasks.noop, items)
         bulk = many / (time.perf_counter() - started)
 
-        backend = queue.backend
+        backend = queue._backend
         conn = backend._connection()  # type: ignore[attr-defined]
         started = time.perf_counter()
         for _ in range(n):

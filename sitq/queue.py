@@ -349,12 +349,6 @@ class TaskQueue:
         self._connected = False
         self._waiters = ResultWaiters(self._backend, is_finished, POLL_INTERVAL)
 
-    @property
-    def backend(self) -> Backend:
-        """The storage backend. Private: kept for the layers that still reach it
-        while they move onto the public API; it goes away once none does."""
-        return self._backend
-
     async def connect(self) -> None:
         """Open the backend (creating the database if needed, unless ``create=False``)."""
         if not self._connected:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from sitq.backends.base import Backend, TaskPage, TaskRecord
+from sitq.backends.base import TaskPage, TaskRecord
 from sitq.bridge import LoopThread, RunOnLoop, runs_event_loop
 from sitq.errors import ConfigurationError, NotConnected
 from sitq.overview import Overview
@@ -66,13 +66,6 @@ class SyncTaskQueue:
         self._connect_lock = threading.Lock()
         self._connected = False
         self._closed = False
-
-    @property
-    def backend(self) -> Backend:
-        """The backend this queue stores tasks in (``TaskQueue.backend``)."""
-        # Kept while TaskQueue.backend is public: examples/worker_daemon/producer.py
-        # prints ``queue.backend.describe()``.
-        return self._queue.backend
 
     @property
     def async_queue(self) -> TaskQueue:

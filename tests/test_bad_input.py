@@ -298,7 +298,7 @@ async def set_status(queue: TaskQueue, db_url: str, task_id: str, status: str) -
         import asyncpg
         from support import POSTGRES_URL
 
-        schema = queue.backend.schema  # type: ignore[attr-defined]
+        schema = queue._backend.schema  # type: ignore[attr-defined]
         conn = await asyncpg.connect(POSTGRES_URL)
         try:
             await conn.execute(

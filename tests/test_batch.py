@@ -242,7 +242,7 @@ async def test_enqueue_batch_takes_tuples_and_single_args_in_chunks(
 async def test_enqueue_batch_passes_task_options(queue: TaskQueue) -> None:
     bp = BatchProcessor(queue)
     ids = await bp.enqueue_batch(flaky_square, range(3), queue="elsewhere", max_retries=2)
-    records = await queue.backend.get_tasks(ids)
+    records = await queue._backend.get_tasks(ids)
     assert {(r.queue, r.max_retries) for r in records.values()} == {("elsewhere", 2)}
 
 
@@ -449,7 +449,7 @@ async def test_resume_enqueues_only_the_items_a_batch_lacks(queue: TaskQueue) ->
     assert ids[:120] == stopped_early and len(ids) == 250
     assert (await bp.open("big")).ids == ids
     assert await bp.enqueue_batch(flaky_square, items, batch_id="big", if_exists="resume") == ids
-    payloads = await queue.backend.get_tasks(ids)
+    payloads = await queue._backend.get_tasks(ids)
     assert len(payloads) == 250
 
 
@@ -545,7 +545,7 @@ async def test_two_producers_resuming_one_batch_enqueue_each_item_once(
         record = await BatchStore.of(queue).get_batch("shared")
         assert record is not None and record.size == count
         ids = await BatchStore.of(queue).batch_task_ids("shared")
-        tasks = await queue.backend.get_tasks(ids, with_payload=True)
+        tasks = await queue._backend.get_tasks(ids, with_payload=True)
         assert len(ids) == len(tasks) == count
         assert sum((await queue.stats())["totals"].values()) == count
         items = []
@@ -611,7 +611,7 @@ async def test_pruned_tasks_show_as_missing(queue: TaskQueue, worker: Worker) ->
     bp = BatchProcessor(queue)
     ids = await bp.enqueue_batch(flaky_square, [1, 2], batch_id="short", result_ttl=0)
     await bp.collect_results(ids, timeout=30)
-    await await_until(queue.backend.prune, what="the results to expire")
+    await await_until(queue._backend.prune, what="the results to expire")
     progress = await bp.progress("short")
     assert (progress.total, progress.missing, progress.finished) == (2, 2, 0)
     batch = await bp.open("short")
@@ -629,7 +629,7 @@ async def test_gather_over_a_named_batch_keeps_positions_after_pruning(
     await bp.enqueue_batch(flaky_square, [1, 2], batch_id="gaps", if_exists="append", result_ttl=0)
     await bp.enqueue_batch(flaky_square, [3], batch_id="gaps", if_exists="append")
     await bp.collect_results("gaps", timeout=30)
-    await await_until(queue.backend.prune, what="the results to expire")
+    await await_until(queue._backend.prune, what="the results to expire")
 
     batch = await bp.open("gaps")
     assert (len(batch.ids), batch.size, batch.positions) == (2, 4, [0, 3])
@@ -690,7 +690,7 @@ async def test_bad_input_is_refused_with_a_clear_error(queue: TaskQueue) -> None
         BatchProcessor(queue, batch_size=0)
     bp = BatchProcessor(queue)
     with pytest.raises(TypeError, match="SyncBatchProcessor"):
-        BatchProcessor(SyncTaskQueue(queue.backend))  # type: ignore[arg-type]
+        BatchProcessor(SyncTaskQueue(queue._backend))  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="if_exists must be"):
         await bp.enqueue_batch(flaky_square, [1], batch_id="x", if_exists="replace")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="batch id must be a non-empty string"):

@@ -52,8 +52,8 @@ async def enqueue(db: Path, fn, *args, queue: str = "default", **kwargs) -> str:
 async def finish_next(db: Path, queue: str, outcome: Outcome) -> str:
     """Claim the next task of ``queue`` and end it with ``outcome`` (as a worker would)."""
     async with TaskQueue(db) as q:
-        [claimed] = await q.backend.claim("test-worker", [queue], 1, 60.0)
-        assert await q.backend.finish([(claimed.lease, outcome)]) == [True]
+        [claimed] = await q._backend.claim("test-worker", [queue], 1, 60.0)
+        assert await q._backend.finish([(claimed.lease, outcome)]) == [True]
         return claimed.id
 
 
@@ -178,9 +178,9 @@ def test_task_page_shows_a_result(client: TestClient, db_path: Path) -> None:
 
     async def succeed() -> None:
         async with TaskQueue(db_path) as q:
-            [claimed] = await q.backend.claim("w", ["default"], 1, 60.0)
+            [claimed] = await q._backend.claim("w", ["default"], 1, 60.0)
             result = q.serializer.dumps(3)
-            await q.backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
+            await q._backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
 
     run(succeed())
     text = client.get(f"/live/tasks/{task_id}").text
@@ -203,9 +203,9 @@ async def marked_task(db: Path, call_marker: Path, result_marker: Path) -> str:
     """A succeeded task whose payload and result each create a marker when unpickled."""
     async with TaskQueue(db) as q:
         task_id = await q.enqueue(jobs.echo_kwargs, Marker(call_marker))
-        [claimed] = await q.backend.claim("w", ["default"], 1, 60.0)
+        [claimed] = await q._backend.claim("w", ["default"], 1, 60.0)
         result = q.serializer.dumps(Marker(result_marker))
-        await q.backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
+        await q._backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
     return task_id
 
 
@@ -253,9 +253,9 @@ def test_signed_tasks_show_their_call_and_result_at_once(
 
     async def succeed() -> None:
         async with TaskQueue(db_path) as q:
-            [claimed] = await q.backend.claim("w", ["default"], 1, 60.0)
+            [claimed] = await q._backend.claim("w", ["default"], 1, 60.0)
             result = bound_dumps(q.serializer, 3, result_binding(task_id, claimed.func_name))
-            await q.backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
+            await q._backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
 
     run(succeed())
     with TestClient(create_app(DashboardConfig(db=str(db_path))), base_url=LOCAL) as client:
@@ -371,9 +371,9 @@ def test_a_result_over_the_limit_is_loaded_only_on_request(
 
     async def succeed() -> None:
         async with TaskQueue(db_path) as q:
-            [claimed] = await q.backend.claim("w", ["default"], 1, 60.0)
+            [claimed] = await q._backend.claim("w", ["default"], 1, 60.0)
             result = bound_dumps(q.serializer, big, result_binding(task_id, claimed.func_name))
-            await q.backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
+            await q._backend.finish([(claimed.lease, Outcome("succeeded", result=result))])
 
     run(succeed())
     with TestClient(create_app(DashboardConfig(db=str(db_path))), base_url=LOCAL) as client:
@@ -620,8 +620,8 @@ async def test_every_page_on_both_backends(db_url: str) -> None:
     """The pages read through the public API only, so PostgreSQL serves them too."""
     async with TaskQueue(db_url) as queue:
         ids = await queue.with_options(queue="pg").enqueue_many(jobs.add, [(1, 2), (3, 4)])
-        [claimed] = await queue.backend.claim("w", ["pg"], 1, 60.0)
-        await queue.backend.finish([(claimed.lease, failed("ValueError: on pg"))])
+        [claimed] = await queue._backend.claim("w", ["pg"], 1, 60.0)
+        await queue._backend.finish([(claimed.lease, failed("ValueError: on pg"))])
     app = create_app(DashboardConfig(db=db_url))
 
     def browse() -> None:
@@ -640,11 +640,11 @@ async def test_a_claimed_task_shows_as_queued_and_claimed(db_url: str) -> None:
     shown beside the count, on its worker's row and on its page."""
     async with TaskQueue(db_url) as queue:
         [task_id] = await queue.with_options(queue="held").enqueue_many(jobs.add, [(1, 2)])
-        now = queue.backend.now()
-        await queue.backend.register_worker(
+        now = queue._backend.now()
+        await queue._backend.register_worker(
             WorkerRecord("w1", "host", 1, ("held",), 1, now, now, None)
         )
-        await queue.backend.claim("w1", ["held"], 1, 60.0)
+        await queue._backend.claim("w1", ["held"], 1, 60.0)
     app = create_app(DashboardConfig(db=db_url))
 
     def browse() -> None:
@@ -734,8 +734,8 @@ async def test_workflow_runs_paused_queues_limits_and_schedules_on_both_backends
         await queue.pause("mail")
         await queue.pause("idle")  # paused, with no task at all
         await queue.set_limit("api", max_running=2, max_starts=10, per=60)
-        now = queue.backend.now()
-        await queue.backend.advance_schedule("nightly-report", "0 3 * * *", now, now + 3600, None)
+        now = queue._backend.now()
+        await queue._backend.advance_schedule("nightly-report", "0 3 * * *", now, now + 3600, None)
     app = create_app(DashboardConfig(db=db_url))
 
     def browse() -> None:
@@ -1160,13 +1160,13 @@ async def test_metrics_match_the_database_on_both_backends(db_url: str, tmp_path
     async with TaskQueue(db_url) as queue:
         await queue.with_options(queue="mail").enqueue_many(jobs.add, [(1, 1)] * 3)
         await queue.with_options(queue='re"ports').enqueue(jobs.add, 1, 2)
-        [first] = await queue.backend.claim("w", ["mail"], 1, 60.0)
-        await queue.backend.finish([(first.lease, failed("ValueError: boom"))])
-        [second] = await queue.backend.claim("w", ["mail"], 1, 60.0)
-        retry = Outcome("queued", error="ValueError: again", retry_at=queue.backend.now() + 3600)
-        await queue.backend.finish([(second.lease, retry)])
-        [third] = await queue.backend.claim("w", ['re"ports'], 1, 60.0)
-        await queue.backend.mark_started([(third.lease, queue.backend.now())])  # running
+        [first] = await queue._backend.claim("w", ["mail"], 1, 60.0)
+        await queue._backend.finish([(first.lease, failed("ValueError: boom"))])
+        [second] = await queue._backend.claim("w", ["mail"], 1, 60.0)
+        retry = Outcome("queued", error="ValueError: again", retry_at=queue._backend.now() + 3600)
+        await queue._backend.finish([(second.lease, retry)])
+        [third] = await queue._backend.claim("w", ['re"ports'], 1, 60.0)
+        await queue._backend.mark_started([(third.lease, queue._backend.now())])  # running
     worker = WorkerProcess(db_url, tmp_path, "--queue", "idle").wait_started()
     app = create_app(DashboardConfig(db=db_url))
     counted: list[int] = []
@@ -1217,7 +1217,7 @@ async def test_finished_per_minute_is_a_real_count_of_the_last_minute_on_both_ba
     from sitq.dashboard import history
 
     async with TaskQueue(db_url) as queue:
-        backend = queue.backend
+        backend = queue._backend
         mail = queue.with_options(queue="mail")
         await mail.enqueue_many(jobs.add, [(1, 1)] * 7)
         claimed = await backend.claim("w", ["mail"], 7, 60.0)
@@ -1236,8 +1236,8 @@ async def test_finished_per_minute_is_a_real_count_of_the_last_minute_on_both_ba
 
             async def finish_later() -> None:
                 async with TaskQueue(db_url) as queue:
-                    later = await queue.backend.claim("w", ["later"], 5, 60.0)
-                    await queue.backend.finish([(t.lease, Outcome("succeeded")) for t in later])
+                    later = await queue._backend.claim("w", ["later"], 5, 60.0)
+                    await queue._backend.finish([(t.lease, Outcome("succeeded")) for t in later])
 
             run(finish_later())
             return before, scrape(client)
@@ -1271,7 +1271,7 @@ async def test_what_the_dashboard_asks_of_both_backends(db_url: str) -> None:
     async with TaskQueue(db_url) as queue:
         for i in range(5):
             await BatchStore.of(queue).enqueue_in_batch(queue, f"b{i}", jobs.add, [(i, i)])
-        backend = queue.backend
+        backend = queue._backend
         batches = BatchStore.of(queue)
         assert [b.id for b in await batches.list_batches()] == ["b4", "b3", "b2", "b1", "b0"]
         page = await batches.list_batches(limit=2, offset=1)

@@ -117,7 +117,7 @@ async def test_a_prefetched_task_reads_queued_shows_as_claimed_and_sigterm_gives
         second = await queue.enqueue(jobs.record, str(log), "second")
 
         async def first_runs_and_second_is_held() -> bool:
-            held = (await queue.backend.get_tasks([second]))[second].worker_id is not None
+            held = (await queue._backend.get_tasks([second]))[second].worker_id is not None
             return started.exists() and held
 
         await await_until(first_runs_and_second_is_held, 15, "a run and a prefetched task")
@@ -141,13 +141,13 @@ async def test_a_prefetched_task_reads_queued_shows_as_claimed_and_sigterm_gives
         assert worker.wait(20) == 0, worker.output()
         result = await queue.get_result(first, timeout=0)
         assert result is not None and result.ok and result.attempts == 1
-        record = (await queue.backend.get_tasks([second]))[second]
+        record = (await queue._backend.get_tasks([second]))[second]
         assert (record.status, record.claimed, record.attempts) == ("queued", False, 0)
         assert not log.exists()  # it never ran
 
 
 async def _released(queue: TaskQueue, task_id: str) -> bool:
-    record = (await queue.backend.get_tasks([task_id]))[task_id]
+    record = (await queue._backend.get_tasks([task_id]))[task_id]
     return record.worker_id is None and not record.claimed
 
 
@@ -286,7 +286,7 @@ async def test_cancel_of_a_prefetched_task_ends_it_at_once_without_running(
         worker.wait_started()
 
         async def b_held_behind_a() -> bool:
-            records = await queue.backend.get_tasks([a, b])
+            records = await queue._backend.get_tasks([a, b])
             return records[a].status == "running" and records[b].claimed
 
         await await_until(b_held_behind_a, 15, "A to run and B to be prefetched")
@@ -307,7 +307,7 @@ async def test_cli_cancel_of_a_claimed_task_names_its_holder(db_url: str) -> Non
     cancelled, nor that it runs; it names the worker and what will happen."""
     async with TaskQueue(db_url) as queue:
         task_id = await queue.enqueue(jobs.noop)
-        [held] = await queue.backend.claim("w-holder", ["default"], 1, 60.0)
+        [held] = await queue._backend.claim("w-holder", ["default"], 1, 60.0)
         assert held.id == task_id
         cancel = await asyncio.to_thread(
             subprocess.run,
@@ -322,7 +322,7 @@ async def test_cli_cancel_of_a_claimed_task_names_its_holder(db_url: str) -> Non
             f"task {task_id} is held by worker w-holder, not started: "
             "cancelled unless it starts first (then its worker stops it)"
         )
-        record = (await queue.backend.get_tasks([task_id]))[task_id]
+        record = (await queue._backend.get_tasks([task_id]))[task_id]
         assert (record.status, record.claimed) == ("queued", True)  # the row is its worker's
 
 
@@ -331,7 +331,7 @@ async def test_purge_of_queued_tasks_leaves_claimed_ones_and_says_so(db_url: str
     queued` and cancel_many leave it, and purge's help says so."""
     async with TaskQueue(db_url) as queue:
         [held_id, free_id, other_id] = await queue.enqueue_many(jobs.add, [(1, 2)] * 3)
-        [held] = await queue.backend.claim("w-holder", ["default"], 1, 60.0)
+        [held] = await queue._backend.claim("w-holder", ["default"], 1, 60.0)
         assert held.id == held_id
         assert await queue.cancel_many([held_id, other_id]) == [other_id]
 
@@ -343,6 +343,6 @@ async def test_purge_of_queued_tasks_leaves_claimed_ones_and_says_so(db_url: str
         purge = await asyncio.to_thread(sitq, "purge", "--db", db_url, "--status", "queued")
         assert purge.returncode == 0, purge.stderr
         assert purge.stdout.startswith("deleted 1 task(s)")
-        assert set(await queue.backend.get_tasks([held_id, free_id])) == {held_id}
+        assert set(await queue._backend.get_tasks([held_id, free_id])) == {held_id}
         help_text = " ".join((await asyncio.to_thread(sitq, "purge", "--help")).stdout.split())
         assert "claimed but not started" in help_text

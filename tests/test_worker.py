@@ -71,7 +71,7 @@ async def test_retry_waits_for_its_backoff(
     )
 
     async def waiting_for_retry() -> bool:
-        record = (await queue.backend.get_tasks([task_id]))[task_id]
+        record = (await queue._backend.get_tasks([task_id]))[task_id]
         return record.status == "queued" and record.error is not None
 
     await await_until(waiting_for_retry, 10, "the first attempt to fail")
@@ -181,7 +181,7 @@ async def test_stop_releases_what_cannot_finish_without_counting_it(
     await w.stop(timeout=0.2)
     assert time.monotonic() - started < 3
     assert await queue.status(task_id) is TaskStatus.QUEUED
-    record = (await queue.backend.get_tasks([task_id]))[task_id]
+    record = (await queue._backend.get_tasks([task_id]))[task_id]
     assert record.attempts == 0
 
 
@@ -191,7 +191,7 @@ async def test_results_are_pruned_after_their_ttl(queue: TaskQueue, worker: Serv
     assert await queue.get_result(short, timeout=10) is not None
     assert await queue.get_result(kept, timeout=10) is not None
     await asyncio.sleep(0.01)
-    assert await queue.backend.prune() == 1
+    assert await queue._backend.prune() == 1
     assert await queue.get_results([short, kept]) == {kept: await queue.get_result(kept)}
 
 
@@ -303,7 +303,7 @@ class TestMisbehavingTasks:
             waiting = await queue.enqueue_many(jobs.noop, [(), ()])
 
             async def all_held() -> bool:
-                records = await queue.backend.get_tasks([long, *waiting])
+                records = await queue._backend.get_tasks([long, *waiting])
                 return records[long].status == "running" and all(
                     records[i].claimed for i in waiting
                 )
@@ -312,7 +312,7 @@ class TestMisbehavingTasks:
             stopping = asyncio.create_task(w.stop(timeout=10))
 
             async def released() -> bool:
-                records = await queue.backend.get_tasks(waiting)
+                records = await queue._backend.get_tasks(waiting)
                 return all(r.status == "queued" and not r.claimed for r in records.values())
 
             await await_until(released, 1.5, "the prefetched tasks to be released")

@@ -476,7 +476,7 @@ async def test_a_task_that_kills_its_worker_fails_no_bystander(
             if worker.process.poll() is not None:  # restarted, as systemd would
                 deaths += 1
                 worker = spawn_worker("--concurrency", "8", "--lease", "1", db=db_url)
-            statuses = await queue.backend.task_statuses([killer, *ordinary])
+            statuses = await queue._backend.task_statuses([killer, *ordinary])
             return all(status in ("succeeded", "failed") for status in statuses.values())
 
         await await_until(all_done, 120, "every task to finish")
@@ -518,7 +518,7 @@ async def test_tasks_prefetched_behind_a_suspect_run_beside_it(
         first = spawn_worker("--concurrency", "1", "--prefetch", "5", "--lease", "1", db=db_url)
 
         async def all_claimed() -> bool:
-            records = (await queue.backend.get_tasks(suspects, with_result=False)).values()
+            records = (await queue._backend.get_tasks(suspects, with_result=False)).values()
             return all(record.worker_id is not None for record in records)
 
         await await_until(all_claimed, 20, "the first worker to claim the tasks")

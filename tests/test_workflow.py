@@ -1146,7 +1146,7 @@ async def test_a_resume_here_waiting_for_a_dead_workers_task_fails_after_the_gra
         await store.begin_step("killed", "append", 0, [0, 1, 2], True)
         task_id = await queue.with_options(queue="wq").enqueue(run_item, call)
         # Claimed by a worker that never registered (as if killed long ago).
-        assert len(await queue.backend.claim("gone-worker", ["wq"], 1, 3600)) == 1
+        assert len(await queue._backend.claim("gone-worker", ["wq"], 1, 3600)) == 1
         await store.item_started("killed", "append", 0, "workers")
         await store.item_submitted("killed", "append", 0, task_id)
         await store.finish_run("killed", "interrupted", "killed")
@@ -1160,7 +1160,7 @@ async def test_a_resume_here_waiting_for_a_dead_workers_task_fails_after_the_gra
         assert "sitq worker --queue wq" in failure["error"]
         assert "--resume killed" in failure["error"]
         # Left for a worker: still held by the gone one (claimed, never started).
-        record = (await queue.backend.get_tasks([task_id]))[task_id]
+        record = (await queue._backend.get_tasks([task_id]))[task_id]
         assert (record.status, record.claimed) == ("queued", True)
 
 
@@ -1182,9 +1182,9 @@ def test_status_calls_a_run_on_another_host_interrupted_once_its_lease_expired(
                 await WorkflowStore.of(queue).update_workflow_run(
                     "elsewhere", "running", host="other-host", pid=1
                 )
-            real_now = queue.backend.now
+            real_now = queue._backend.now
             with monkeypatch.context() as patch:
-                patch.setattr(queue.backend, "now", lambda: real_now() - age)
+                patch.setattr(queue._backend, "now", lambda: real_now() - age)
                 assert await WorkflowStore.of(queue).heartbeat_workflow_run(
                     "elsewhere", "other-host", 1
                 )

@@ -240,7 +240,7 @@ async def test_enqueues_held_back_by_a_checkpoint_are_all_stored(
     monkeypatch.setattr("sitq.backends.sqlite.enqueue.CHECKPOINT_BYTES", 1)
     monkeypatch.setattr("sitq.backends.sqlite.enqueue.WAL_RESTART_BYTES", 0)
     async with TaskQueue(db_path) as queue:
-        wal = queue.backend._batcher._wal  # type: ignore[attr-defined]
+        wal = queue._backend._batcher._wal  # type: ignore[attr-defined]
         ids: list[str] = []
         deadline = time.monotonic() + 15
         while not wal.paused:  # each commit starts a checkpoint; wait for its pause
@@ -256,7 +256,7 @@ async def test_enqueues_held_back_by_a_checkpoint_are_all_stored(
         ids += await asyncio.gather(*pending)
         await closing
     async with TaskQueue(db_path) as queue:
-        stored = await queue.backend.get_tasks(ids)
+        stored = await queue._backend.get_tasks(ids)
     assert len(stored) == len(ids) and len(ids) > 300
 
 
