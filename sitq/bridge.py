@@ -25,6 +25,8 @@ from concurrent import futures
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
+from sitq.errors import NotConnected
+
 T = TypeVar("T")
 
 
@@ -110,6 +112,9 @@ class LoopThread:
     def submit(self, coro: Coroutine[Any, Any, T], /) -> Future[T]:
         """Schedule ``coro`` on the loop thread without waiting: for a caller on
         another event loop, which awaits the future (``asyncio.wrap_future``)."""
+        if self._closed:
+            coro.close()  # never awaited: close it so Python does not warn
+            raise NotConnected(f"the {self._thread.name} event loop is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def close(self) -> None:

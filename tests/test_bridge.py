@@ -128,3 +128,11 @@ def test_the_sync_face_offers_the_operator_calls(tmp_path: Path) -> None:
         assert queue.purge() == 1
         assert queue.task_record(task_id) is None
         assert "missing.db" in queue.describe()
+
+
+def test_a_session_call_after_close_says_the_queue_is_closed(db_path: Path) -> None:
+    queue = SyncTaskQueue(db_path)
+    session = queue.store_session()
+    queue.close()
+    with pytest.raises(NotConnected, match="closed"):
+        asyncio.run(session.fetch("SELECT 1"))

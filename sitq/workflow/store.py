@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sitq import sqlfiles
+from sitq.errors import ConfigurationError
 from sitq.store import StoreSession, StoreTransaction
 
 if TYPE_CHECKING:
@@ -129,6 +130,8 @@ class WorkflowStore:
 
     async def list_workflow_runs(self, limit: int = 50) -> list[WorkflowRunRecord]:
         """The ``limit`` most recently created runs, newest first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"limit must be an int >= 1, got {limit!r}")
         return [_run(row) for row in await self.session.fetch(self._sql["list_runs"], (limit,))]
 
     async def update_workflow_run(

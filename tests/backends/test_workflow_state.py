@@ -18,6 +18,7 @@ from sitq.backends.base import Backend, NewTask
 from sitq.backends.postgres import schema as postgres_schema
 from sitq.backends.sqlite import SQLiteBackend
 from sitq.backends.sqlite import schema as sqlite_schema
+from sitq.errors import ConfigurationError
 from sitq.task import new_task_id
 from sitq.workflow.store import NewWorkflowRun, WorkflowStore
 
@@ -78,6 +79,14 @@ async def test_runs_are_listed_newest_first(backend: Backend) -> None:
         "run-2",
         "run-1",
     ]
+
+
+@pytest.mark.parametrize("limit", [0, -1, True, "2"])
+async def test_a_listing_limit_that_is_not_a_positive_int_is_refused(
+    backend: Backend, limit: object
+) -> None:
+    with pytest.raises(ConfigurationError, match="limit must be an int >= 1"):
+        await workflows(backend).list_workflow_runs(limit)  # type: ignore[arg-type]
 
 
 async def test_a_run_finishes_and_is_taken_over(backend: Backend) -> None:
