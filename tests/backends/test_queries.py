@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sitq.backends.base import STATUS_SQL
-from sitq.backends.queries import QueryFileError, load_queries, migrations, parse_queries
+from sitq.sqlfiles import QueryFileError, load_queries, migrations, parse_queries
 
 BACKENDS = Path(__file__).resolve().parents[2] / "sitq" / "backends"
 

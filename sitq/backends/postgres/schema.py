@@ -11,7 +11,7 @@ status summary, named batches and workflow runs, still to move.
 from __future__ import annotations
 
 from sitq.backends.base import CLAIMED_SQL, STATUS_SQL
-from sitq.backends.queries import Queries, load_queries, migrations
+from sitq.sqlfiles import Queries, load_queries, migrations
 
 #: Every named query of ``sql/*.sql``.
 SQL: Queries = load_queries(__package__ or "sitq.backends.postgres")

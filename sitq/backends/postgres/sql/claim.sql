@@ -1,5 +1,5 @@
 -- The worker's side of a task: claim, lease, start, finish, release.
--- PostgreSQL dialect, loaded by sitq.backends.queries. {s} is the schema
+-- PostgreSQL dialect, loaded by sitq.sqlfiles. {s} is the schema
 -- name (a quoted identifier), filled in by PostgresBackend._q.
 --
 -- SKIP LOCKED: concurrent claimers each take different rows, never waiting. A

@@ -1,5 +1,5 @@
 -- Concurrency and rate limits, and paused queues. PostgreSQL dialect, loaded by
--- sitq.backends.queries. {s} is the schema name (a quoted identifier), filled
+-- sitq.sqlfiles. {s} is the schema name (a quoted identifier), filled
 -- in by PostgresBackend._q.
 
 -- name: list_limits

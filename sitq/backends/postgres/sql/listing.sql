@@ -1,5 +1,5 @@
 -- Task listings for dashboards. PostgreSQL dialect, loaded by
--- sitq.backends.queries. {s} is the schema name (a quoted identifier), filled
+-- sitq.sqlfiles. {s} is the schema name (a quoted identifier), filled
 -- in by PostgresBackend._q.
 --
 -- A listing scans a bounded window of rows in keyset order from an index, then

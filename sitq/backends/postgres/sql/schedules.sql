@@ -1,5 +1,5 @@
 -- Periodic schedules: which run of each was last enqueued. PostgreSQL dialect,
--- loaded by sitq.backends.queries. {s} is the schema name (a quoted
+-- loaded by sitq.sqlfiles. {s} is the schema name (a quoted
 -- identifier), filled in by PostgresBackend._q.
 
 -- name: advance_schedule

@@ -1,6 +1,6 @@
 -- The schema: its versions (DDL and data migrations) and the sitq_meta
 -- queries that track them. PostgreSQL dialect, loaded by
--- sitq.backends.queries; {s} is the schema name (a quoted identifier),
+-- sitq.sqlfiles; {s} is the schema name (a quoted identifier),
 -- filled in by PostgresBackend._q.
 --
 -- A query named vN_MM_label is statement MM of the migration to version N:

@@ -1,5 +1,5 @@
 -- Tasks on the producer's and the operator's side: insert, read, cancel, retry,
--- purge and prune. PostgreSQL dialect, loaded by sitq.backends.queries. {s} is
+-- purge and prune. PostgreSQL dialect, loaded by sitq.sqlfiles. {s} is
 -- the schema name (a quoted identifier), filled in by PostgresBackend._q.
 
 -- name: insert_tasks

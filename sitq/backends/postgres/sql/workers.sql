@@ -1,5 +1,5 @@
 -- Workers: registration, liveness, listing, pruning. PostgreSQL dialect, loaded
--- by sitq.backends.queries. {s} is the schema name (a quoted identifier),
+-- by sitq.sqlfiles. {s} is the schema name (a quoted identifier),
 -- filled in by PostgresBackend._q.
 
 -- name: upsert_worker

@@ -1,5 +1,5 @@
 -- The worker's side of a task: claim, lease, start, finish, release.
--- SQLite dialect, loaded by sitq.backends.queries.
+-- SQLite dialect, loaded by sitq.sqlfiles.
 --
 -- A claimed task has not started: its worker records the start later
 -- (finish's started_at, or mark_started).

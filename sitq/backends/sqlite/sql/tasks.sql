@@ -1,5 +1,5 @@
 -- Tasks on the producer's and the operator's side: insert, read, cancel,
--- retry, purge and prune. SQLite dialect, loaded by sitq.backends.queries.
+-- retry, purge and prune. SQLite dialect, loaded by sitq.sqlfiles.
 
 -- name: insert_task
 -- Column order is NewTask's field order, so a NewTask binds as the row.
