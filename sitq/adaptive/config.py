@@ -9,7 +9,7 @@ from enum import IntEnum
 
 from sitq.errors import ConfigurationError
 
-__all__ = ["AdaptiveBatchConfig", "BatchPriority"]
+__all__ = ["AdaptiveBatchConfig", "BatchPriority", "check_seconds"]
 
 
 class BatchPriority(IntEnum):
@@ -109,15 +109,20 @@ class AdaptiveBatchConfig:
     memory_usage_func: Callable[[], float | None] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("initial_batch_size", "min_batch_size", "max_batch_size", "max_queue_size"):
-            _positive_int(self, name)
-        _positive_int(self, "monitoring_window")
-        _positive_int(self, "gc_batch_threshold")
+        for name in (
+            "initial_batch_size",
+            "min_batch_size",
+            "max_batch_size",
+            "max_queue_size",
+            "monitoring_window",
+            "gc_batch_threshold",
+        ):
+            _int(self, name, minimum=1)
         _int(self, "max_retries", minimum=0)
         for name in ("batch_timeout", "min_batch_interval", "retry_delay"):
-            _seconds(self, name, allow_zero=True)
+            check_seconds(name, getattr(self, name))
         for name in ("health_check_interval", "stuck_batch_timeout"):
-            _seconds(self, name, allow_zero=False)
+            check_seconds(name, getattr(self, name), allow_zero=False)
         for name in (
             "enable_priority_queue",
             "enable_monitoring",
@@ -158,8 +163,8 @@ class AdaptiveBatchConfig:
         if critical is None:
             critical = max(warning, self.max_queue_size * 4 // 5)
             object.__setattr__(self, "queue_critical_threshold", critical)
-        _positive_int(self, "queue_warning_threshold")
-        _positive_int(self, "queue_critical_threshold")
+        _int(self, "queue_warning_threshold", minimum=1)
+        _int(self, "queue_critical_threshold", minimum=1)
         if not (warning <= critical <= self.max_queue_size):
             raise ConfigurationError(
                 "queue thresholds must satisfy queue_warning_threshold <= "
@@ -189,14 +194,18 @@ def _int(config: AdaptiveBatchConfig, name: str, minimum: int) -> None:
         raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
 
 
-def _positive_int(config: AdaptiveBatchConfig, name: str) -> None:
-    _int(config, name, minimum=1)
+def check_seconds(name: str, value: object, *, allow_zero: bool = True, call: bool = False) -> None:
+    """A TypeError or ConfigurationError unless ``value`` is a usable number of seconds.
 
-
-def _seconds(config: AdaptiveBatchConfig, name: str, allow_zero: bool) -> None:
-    value = getattr(config, name)
+    ``call``: a per-call timeout, which may also be None (wait for as long as it takes).
+    """
+    if call and value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise TypeError(
+            f"{name} must be a number of seconds{' or None' if call else ''}, not {value!r}"
+        )
+    if not (value >= 0 if allow_zero else value > 0) or (not call and math.isinf(value)):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{name} must be a finite number of seconds {bound}, got {value}")
+        hint = " (or None to wait)" if call else ", finite"
+        raise ConfigurationError(f"{name} must be {bound} seconds{hint}, got {value}")

@@ -12,37 +12,27 @@ import heapq
 import itertools
 from collections import deque
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["PendingQueue", "Request"]
 
 
+@dataclass(slots=True, eq=False)
 class Request:
     """One queued item and the future its caller waits on (None: fire and forget)."""
 
-    __slots__ = ("enqueued_at", "future", "item", "key", "loop", "priority", "rows", "taken")
-
-    def __init__(
-        self,
-        item: Any,
-        future: Future[Any] | asyncio.Future[Any] | None,
-        priority: int,
-        enqueued_at: float,
-        key: tuple[Any, ...] | None,
-        rows: int,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        self.item = item
-        #: A concurrent future (threads), an asyncio future of ``loop`` (``submit``), or None.
-        self.future = future
-        self.loop = loop
-        self.priority = priority
-        self.enqueued_at = enqueued_at
-        #: None for a generic item; ("ndarray", row shape) for a numpy one.
-        self.key = key
-        #: The rows the item adds to a stacked numpy batch (1 for generic items).
-        self.rows = rows
-        self.taken = False
+    item: Any
+    #: A concurrent future (threads), an asyncio future of ``loop`` (``submit``), or None.
+    future: Future[Any] | asyncio.Future[Any] | None
+    priority: int
+    enqueued_at: float
+    #: None for a generic item; ("ndarray", row shape) for a numpy one.
+    key: tuple[Any, ...] | None
+    #: The rows the item adds to a stacked numpy batch (1 for generic items).
+    rows: int
+    loop: asyncio.AbstractEventLoop | None = None
+    taken: bool = False
 
 
 class PendingQueue:

@@ -16,14 +16,13 @@ import contextlib
 import gc
 import inspect
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from sitq.adaptive.config import AdaptiveBatchConfig, BatchPriority
+from sitq.adaptive.config import AdaptiveBatchConfig, BatchPriority, check_seconds
 from sitq.adaptive.errors import ProcessorStoppedError, QueueFullError
 from sitq.adaptive.health import HealthMonitor
 from sitq.adaptive.pending import PendingQueue, Request
@@ -39,15 +38,6 @@ logger = logging.getLogger("sitq.adaptive")
 ProcessFunc = Callable[[Any], Any]
 
 _NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
-
-
-def _check_timeout(name: str, value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, not {value!r}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0 seconds (or None to wait), got {value}")
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -155,7 +145,7 @@ class AdaptiveBatchProcessor:
         the call itself cannot be interrupted). ``timeout=None`` waits for the
         queue to drain however long it takes. Calling it again does nothing.
         """
-        _check_timeout("timeout", timeout)
+        check_seconds("timeout", timeout, call=True)
         if self._thread is not None and threading.current_thread() is self._thread:
             raise ProcessorStoppedError(
                 "stop() was called from process_func, which would wait for itself: call it "
@@ -249,7 +239,7 @@ class AdaptiveBatchProcessor:
         ``priority`` orders items when ``enable_priority_queue`` is on (it is
         checked, and otherwise ignored). Items may be queued before ``start``.
         """
-        _check_timeout("timeout", timeout)
+        check_seconds("timeout", timeout, call=True)
         self._put(self._request(item, None, priority), timeout)
 
     def enqueue_predict(
@@ -263,7 +253,7 @@ class AdaptiveBatchProcessor:
         ``timeout`` bounds only the wait for room in the queue, as in :meth:`enqueue`.
         Cancelling the future before its batch is taken skips the item.
         """
-        _check_timeout("timeout", timeout)
+        check_seconds("timeout", timeout, call=True)
         future: Future[Any] = Future()
         self._put(self._request(item, future, priority), timeout)
         return future
@@ -281,7 +271,7 @@ class AdaptiveBatchProcessor:
         (then :class:`QueueFullError`). Cancelling the awaiting task before the
         item's batch is taken skips the item.
         """
-        _check_timeout("timeout", timeout)
+        check_seconds("timeout", timeout, call=True)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         request = self._request(item, future, priority, loop)
