@@ -120,10 +120,10 @@ class AdaptiveBatchProcessor:
                 self.config,
                 process_func,
                 self._stats,
-                self._observe,
-                self._count,
+                self._lock,
+                self._sizer,
+                self._counts,
                 self._abandoned,
-                self._size_failed,
             )
             self._state = _RUNNING
             self._thread = threading.Thread(
@@ -442,19 +442,8 @@ class AdaptiveBatchProcessor:
 
     def count_gc(self) -> None:
         """Count one garbage collection."""
-        self._count("gc_collections", 1)
-
-    def _count(self, name: str, n: int) -> None:
         with self._lock:
-            self._counts[name] += n
-
-    def _size_failed(self, items: int) -> None:
-        with self._lock:
-            self._sizer.size_failed(items)
-
-    def _observe(self, items: int, seconds: float) -> None:
-        with self._lock:
-            self._sizer.observe(items, seconds)
+            self._counts["gc_collections"] += 1
 
     # -- the batch thread ---------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from typing import Any, cast
 from sitq.adaptive.config import AdaptiveBatchConfig
 from sitq.adaptive.errors import BatchOutputError
 from sitq.adaptive.pending import Request
+from sitq.adaptive.sizing import BatchSizer
 from sitq.adaptive.stacking import Stacker, group_requests
 from sitq.adaptive.stats import BatchRecord, BatchStats
 
@@ -36,19 +37,9 @@ logger = logging.getLogger("sitq.adaptive")
 
 def fail_request(request: Request, error: BaseException, log: bool = True) -> None:
     """Give ``request`` its exception (log it when nobody waits for a result)."""
-    future = request.future
-    if future is None:
-        if log:
-            logger.warning("an enqueued item (no future to report to) failed: %r", error)
-        return
-    if request.loop is not None:
-        _deliver_to_loop(request.loop, [(future, error, True)])
-        return
-    try:
-        if not future.done():
-            future.set_exception(error)
-    except InvalidStateError:  # settled meanwhile by another thread
-        pass
+    if request.future is None and log:
+        logger.warning("an enqueued item (no future to report to) failed: %r", error)
+    _settle([request], [error], is_error=True)
 
 
 def _claim(request: Request) -> bool:
@@ -86,14 +77,41 @@ def _deliver_to_loop(loop: asyncio.AbstractEventLoop, items: list[Delivery]) -> 
         loop.call_soon_threadsafe(_deliver, items)
 
 
+def _settle(
+    group: list[Request],
+    values: list[Any],
+    is_error: bool = False,
+    latencies: list[float] | None = None,
+) -> None:
+    """Give each request its result (or exception); futures already done are skipped."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Delivery]] = {}
+    for request, value in zip(group, values, strict=True):
+        future = request.future
+        if future is None:
+            continue
+        if request.loop is not None:
+            by_loop.setdefault(request.loop, []).append((future, value, is_error))
+            continue
+        try:  # noqa: SIM105 - cheaper than suppress() on this per-item path
+            if is_error:
+                future.set_exception(value)
+            else:
+                future.set_result(value)
+        except InvalidStateError:  # settled meanwhile: stop(timeout) failed it, or cancelled
+            pass
+    for loop, items in by_loop.items():
+        _deliver_to_loop(loop, items)
+    if latencies is not None:
+        now = time.monotonic()
+        latencies.extend([now - r.enqueued_at for r in group])
+
+
 class BatchRunner:
     """Runs batches on the batch thread; the processor owns the queue and the lifecycle.
 
-    ``observe(items, seconds)`` feeds successful first-try calls to the batch
-    sizer; ``size_failed(items)`` reports a batch that failed whole but whose
-    parts all succeeded; ``count(name, n)`` bumps a processor counter;
-    ``abandoned`` is set when ``stop(timeout)`` gave up waiting, which ends
-    retries and bisection.
+    Under the processor's ``lock`` it feeds the ``sizer`` and bumps the
+    processor's ``counts``; ``abandoned`` is set when ``stop(timeout)`` gave up
+    waiting, which ends retries and bisection.
     """
 
     def __init__(
@@ -101,24 +119,29 @@ class BatchRunner:
         config: AdaptiveBatchConfig,
         func: Callable[[Any], Any],
         stats: BatchStats,
-        observe: Callable[[int, float], None],
-        count: Callable[[str, int], None],
+        lock: threading.Lock,
+        sizer: BatchSizer,
+        counts: dict[str, int],
         abandoned: threading.Event,
-        size_failed: Callable[[int], None],
     ) -> None:
         self.config = config
         self.func = func
         self.stats = stats
-        self.observe = observe
-        self.count = count
+        self.lock = lock
+        self.sizer = sizer
+        self.counts = counts
         self.abandoned = abandoned
-        self.size_failed = size_failed
         self.stacker = Stacker(config.enable_memory_optimization)
         self.batch_ids = itertools.count(1)
         #: (batch id, monotonic start, items) while inside ``func``, for stuck detection.
         self.current_call: tuple[int, float, int] | None = None
         #: When the last batch started (``min_batch_interval`` counts from it).
         self.last_batch_start = -math.inf
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the processor's counter ``name``."""
+        with self.lock:
+            self.counts[name] += n
 
     def run(self, batch: list[Request], queue_length: int) -> None:
         """Process one batch taken from the queue (``queue_length`` items were waiting)."""
@@ -168,8 +191,9 @@ class BatchRunner:
                 error = exc
             else:
                 if attempt == 0:
-                    self.observe(len(group), time.monotonic() - begun)
-                self._settle(group, results, latencies)
+                    with self.lock:
+                        self.sizer.observe(len(group), time.monotonic() - begun)
+                _settle(group, results, latencies=latencies)
                 return 0
             # A wrong output shape is a contract error: retrying the same batch cannot help.
             if isinstance(error, BatchOutputError) or attempt >= cfg.max_retries:
@@ -177,7 +201,7 @@ class BatchRunner:
             if self.abandoned.is_set():
                 return 0
             attempt += 1
-            self.count("retries", 1)
+            self.count("retries")
             logger.warning(
                 "batch %d (%d items) failed with %r; retry %d of %d in %gs",
                 batch_id,
@@ -200,7 +224,7 @@ class BatchRunner:
             error,
             attempt,
         )
-        self.count("bisections", 1)
+        self.count("bisections")
         failed = self._bisect(group, batch_id, latencies)
         if failed == 0 and not self.abandoned.is_set():
             # Every part succeeded on its own: the size itself failed (out of memory, a
@@ -211,18 +235,17 @@ class BatchRunner:
                 batch_id,
                 len(group),
             )
-            self.size_failed(len(group))
+            with self.lock:
+                self.sizer.size_failed(len(group))
         return failed
 
     def _bisect(self, group: list[Request], batch_id: int, latencies: list[float] | None) -> int:
-        """Split a failing group until each failing item is alone; the rest succeed."""
+        """Call each half of a failing group once, bisecting the failing ones; count failures."""
         failed = 0
         mid = len(group) // 2
-        stack = [group[mid:], group[:mid]]
-        while stack:
+        for part in (group[:mid], group[mid:]):
             if self.abandoned.is_set():
-                return failed
-            part = stack.pop()
+                break
             try:
                 results = self._call(part, batch_id)
             except Exception as exc:
@@ -230,30 +253,7 @@ class BatchRunner:
                     fail_request(part[0], exc)
                     failed += 1
                 else:
-                    mid = len(part) // 2
-                    stack.append(part[mid:])
-                    stack.append(part[:mid])
+                    failed += self._bisect(part, batch_id, latencies)
             else:
-                self._settle(part, results, latencies)
+                _settle(part, results, latencies=latencies)
         return failed
-
-    @staticmethod
-    def _settle(group: list[Request], results: list[Any], latencies: list[float] | None) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[Delivery]] = {}
-        for request, value in zip(group, results, strict=True):
-            future = request.future
-            if future is None:
-                continue
-            if request.loop is not None:
-                deliveries = by_loop.setdefault(request.loop, [])
-                deliveries.append((future, value, False))
-                continue
-            try:  # noqa: SIM105 - cheaper than suppress() on this per-item path
-                future.set_result(value)
-            except InvalidStateError:  # stop(timeout) already failed it
-                pass
-        for loop, items in by_loop.items():
-            _deliver_to_loop(loop, items)
-        if latencies is not None:
-            now = time.monotonic()
-            latencies.extend([now - r.enqueued_at for r in group])
