@@ -172,31 +172,22 @@ class AdaptiveBatchProcessor:
                 self._abandoned.set()
                 self._work.notify_all()
             left = self._queue.pop_all()
-            inflight = (
-                []
-                if drained
-                else [r for r in self._inflight if r.future is None or not r.future.done()]
-            )
+            running = [] if drained else self._inflight
+            inflight = [r for r in running if r.future is None or not r.future.done()]
+            self._counts["total_unprocessed"] += len(left) + len(inflight)
             self._state = _STOPPED
         if left or inflight:
             why = "stop() was called before start()"
             if started:
                 why = f"stop(timeout={timeout}) expired"
             for request in left:
-                fail_request(
-                    request, ProcessorStoppedError(f"{why}: this item was never processed")
-                )
+                error = ProcessorStoppedError(f"{why}: this item was never processed")
+                fail_request(request, error)
+            dropped = (
+                f"{why} while this item's batch was still in process_func; its result is dropped"
+            )
             for request in inflight:
-                fail_request(
-                    request,
-                    ProcessorStoppedError(
-                        f"{why} while this item's batch was still in process_func; its result "
-                        "is dropped"
-                    ),
-                    log=False,
-                )
-            with self._lock:
-                self._counts["total_unprocessed"] += len(left) + len(inflight)
+                fail_request(request, ProcessorStoppedError(dropped), log=False)
             logger.warning(
                 "adaptive batch processor stopped: %s with %d items queued and %d in a running "
                 "batch; they failed with ProcessorStoppedError",
@@ -239,8 +230,7 @@ class AdaptiveBatchProcessor:
         ``priority`` orders items when ``enable_priority_queue`` is on (it is
         checked, and otherwise ignored). Items may be queued before ``start``.
         """
-        check_seconds("timeout", timeout, call=True)
-        self._put(self._request(item, None, priority), timeout)
+        self._put(self._request(item, None, priority, timeout), timeout)
 
     def enqueue_predict(
         self,
@@ -253,9 +243,8 @@ class AdaptiveBatchProcessor:
         ``timeout`` bounds only the wait for room in the queue, as in :meth:`enqueue`.
         Cancelling the future before its batch is taken skips the item.
         """
-        check_seconds("timeout", timeout, call=True)
         future: Future[Any] = Future()
-        self._put(self._request(item, future, priority), timeout)
+        self._put(self._request(item, future, priority, timeout), timeout)
         return future
 
     async def submit(
@@ -271,25 +260,20 @@ class AdaptiveBatchProcessor:
         (then :class:`QueueFullError`). Cancelling the awaiting task before the
         item's batch is taken skips the item.
         """
-        check_seconds("timeout", timeout, call=True)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        request = self._request(item, future, priority, loop)
+        request = self._request(item, future, priority, timeout, loop)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            waiter = self._push_or_wait(request, loop)
-            if waiter is None:
-                break
-            remaining = None if deadline is None else deadline - time.monotonic()
+        while (waiter := self._push_or_wait(request, loop)) is not None:
             try:
+                remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise asyncio.TimeoutError
                 await asyncio.wait_for(waiter, remaining)
-            except asyncio.TimeoutError:
+            except BaseException as exc:
                 self._forget_waiter(waiter)
-                raise self._full_error(timeout) from None
-            except BaseException:
-                self._forget_waiter(waiter)
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise self._full_error(timeout) from None
                 raise
         return await future
 
@@ -298,8 +282,10 @@ class AdaptiveBatchProcessor:
         item: Any,
         future: Future[Any] | asyncio.Future[Any] | None,
         priority: object,
+        timeout: float | None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> Request:
+        check_seconds("timeout", timeout, call=True)
         level = priority if type(priority) is BatchPriority else BatchPriority.coerce(priority)
         key, rows = describe_item(item)
         return Request(item, future, int(level), 0.0, key, rows, loop)
@@ -311,45 +297,44 @@ class AdaptiveBatchProcessor:
             "producers; raise max_queue_size, pass a longer timeout, or slow the producers"
         )
 
-    def _push_locked(self, request: Request) -> None:
+    def _push_locked(self, request: Request) -> bool:
+        """Queue ``request`` if there is room (else False); raise if closed."""
+        if self._closed_reason is not None:
+            raise ProcessorStoppedError(self._closed_reason)
+        if len(self._queue) >= self.config.max_queue_size:
+            return False
         request.enqueued_at = time.monotonic()
         n = self._queue.push(request)
         self._counts["total_enqueued"] += 1
         # Wake the batch thread only when it has something new to decide.
         if n == 1 or n >= self._sizer.target:
             self._work.notify()
+        return True
 
     def _put(self, request: Request, timeout: float | None) -> None:
-        limit = self.config.max_queue_size
         with self._lock:
-            if self._closed_reason is not None:
-                raise ProcessorStoppedError(self._closed_reason)
-            if len(self._queue) >= limit:
-                if threading.current_thread() is self._thread:
-                    # Only this thread frees room: waiting for it would never end.
-                    raise QueueFullError(
-                        f"the adaptive batch queue is full ({limit} items) and process_func "
-                        "itself is enqueueing: it cannot wait for room that only it frees"
-                    )
-                deadline = None if timeout is None else time.monotonic() + timeout
-                while len(self._queue) >= limit:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise self._full_error(timeout)
-                    self._space.wait(remaining)
-                    if self._closed_reason is not None:
-                        raise ProcessorStoppedError(self._closed_reason)
-            self._push_locked(request)
+            if self._push_locked(request):
+                return
+            if threading.current_thread() is self._thread:
+                # Only this thread frees room: waiting for it would never end.
+                raise QueueFullError(
+                    f"the adaptive batch queue is full ({self.config.max_queue_size} items) "
+                    "and process_func itself is enqueueing: it cannot wait for room that only "
+                    "it frees"
+                )
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self._push_locked(request):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise self._full_error(timeout)
+                self._space.wait(remaining)
 
     def _push_or_wait(
         self, request: Request, loop: asyncio.AbstractEventLoop
     ) -> asyncio.Future[None] | None:
         """Push and return None, or register (under the lock: no lost wake-up) a waiter."""
         with self._lock:
-            if self._closed_reason is not None:
-                raise ProcessorStoppedError(self._closed_reason)
-            if len(self._queue) < self.config.max_queue_size:
-                self._push_locked(request)
+            if self._push_locked(request):
                 return None
             waiter: asyncio.Future[None] = loop.create_future()
             self._async_waiters.append((loop, waiter))

@@ -92,7 +92,7 @@ def _settle(
         if request.loop is not None:
             by_loop.setdefault(request.loop, []).append((future, value, is_error))
             continue
-        try:  # noqa: SIM105 - cheaper than suppress() on this per-item path
+        try:
             if is_error:
                 future.set_exception(value)
             else:
