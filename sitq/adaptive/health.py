@@ -2,7 +2,7 @@
 
 A daemon thread runs :meth:`HealthMonitor.check` every
 ``health_check_interval`` seconds. Findings are logged (on ``sitq.adaptive``)
-when a state changes, acted on through the processor's hooks, and visible in
+when a state changes, acted on through the processor's health hooks, and visible in
 ``get_stats()``.
 
 Memory use comes from ``config.memory_usage_func`` if given, else the system's
@@ -19,34 +19,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from sitq.adaptive.config import AdaptiveBatchConfig
 
-__all__ = ["HealthHooks", "HealthMonitor", "default_memory_probe"]
+if TYPE_CHECKING:
+    from sitq.adaptive.processor import AdaptiveBatchProcessor
+
+__all__ = ["HealthMonitor"]
 
 logger = logging.getLogger("sitq.adaptive")
 
 MemoryProbe = Callable[[], "float | None"]
-
-
-class HealthHooks(Protocol):
-    """What the monitor needs from the processor."""
-
-    def current_call(self) -> tuple[int, float, int] | None:
-        """(batch id, monotonic start, items) of the running call, if any."""
-
-    def queue_length(self) -> int:
-        """Items waiting now."""
-
-    def on_memory_level(self, level: str, entering: bool) -> None:
-        """React to the memory level (``ok``, ``warning``, ``critical``)."""
-
-    def on_queue_level(self, critical: bool) -> None:
-        """React to the queue level."""
-
-    def count_gc(self) -> None:
-        """Count one garbage collection."""
 
 
 def _proc_meminfo() -> float | None:
@@ -61,8 +45,10 @@ def _proc_meminfo() -> float | None:
     return 100.0 * (1.0 - available / total)
 
 
-def default_memory_probe() -> tuple[MemoryProbe | None, str]:
-    """The best available source of system memory use, and its name."""
+def _memory_probe(config: AdaptiveBatchConfig) -> tuple[MemoryProbe | None, str]:
+    """The best available source of memory use, and its name."""
+    if config.memory_usage_func is not None:
+        return config.memory_usage_func, "memory_usage_func"
     try:
         import psutil
     except ImportError:
@@ -85,14 +71,10 @@ def _level(value: float, warning: float, critical: float) -> str:
 class HealthMonitor:
     """Runs the health checks on a daemon thread and keeps what they found."""
 
-    def __init__(self, config: AdaptiveBatchConfig, hooks: HealthHooks) -> None:
+    def __init__(self, config: AdaptiveBatchConfig, processor: AdaptiveBatchProcessor) -> None:
         self.config = config
-        self.hooks = hooks
-        if config.memory_usage_func is not None:
-            self.memory_probe: MemoryProbe | None = config.memory_usage_func
-            self.memory_source = "memory_usage_func"
-        else:
-            self.memory_probe, self.memory_source = default_memory_probe()
+        self.processor = processor
+        self.memory_probe, self.memory_source = _memory_probe(config)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -146,7 +128,7 @@ class HealthMonitor:
             self._state["health_checks"] += 1
 
     def _check_stuck_batches(self) -> None:
-        call = self.hooks.current_call()
+        call = self.processor.current_call()
         stuck = 0
         if call is not None:
             batch_id, started, items = call
@@ -196,13 +178,13 @@ class HealthMonitor:
                 cfg.memory_warning_threshold,
                 cfg.memory_critical_threshold,
             )
-        self.hooks.on_memory_level(level, entering=level != previous)
+        self.processor.on_memory_level(level, entering=level != previous)
         if level != "ok":
             gc.collect(2 if level == "critical" else 1)
-            self.hooks.count_gc()
+            self.processor.count_gc()
 
     def _check_queue_growth(self) -> None:
-        length = self.hooks.queue_length()
+        length = self.processor.queue_length()
         now = time.monotonic()
         growth = 0.0
         if self._last_queue is not None and now > self._last_queue[0]:
@@ -227,4 +209,4 @@ class HealthMonitor:
                 critical,
                 cfg.max_queue_size,
             )
-        self.hooks.on_queue_level(level == "critical")
+        self.processor.on_queue_level(level == "critical")

@@ -371,7 +371,7 @@ class AdaptiveBatchProcessor:
                 f"max_batch_size={cfg.max_batch_size}]: pick a size in that range"
             )
         with self._lock:
-            self._sizer.set(new_size)
+            self._sizer.target = new_size  # clamped to the cap at the next measurement
             self._work.notify()
 
     def get_stats(self) -> dict[str, Any]:

@@ -108,10 +108,6 @@ class BatchSizer:
         """A batch of ``items`` failed whole while its parts succeeded: halve below it."""
         self.target = max(self.min, min(self.target, items) // 2)
 
-    def set(self, size: int) -> None:
-        """Set the size by hand (clamped to the cap only at the next measurement)."""
-        self.target = size
-
     def memory_pressure(self, level: str, entering: bool) -> None:
         """React to a memory check: ``ok``; ``warning``: shrink by a quarter on entering,
         then no growth; ``critical``: halve at every check."""
