@@ -449,10 +449,7 @@ class AdaptiveBatchProcessor:
                 fail_request(request, ProcessorStoppedError(reason), log=False)
 
     def _worker_loop(self, runner: BatchRunner) -> None:
-        while True:
-            taken = self._next_batch(runner)
-            if taken is None:
-                return
+        while (taken := self._next_batch(runner)) is not None:
             batch, queue_length = taken
             runner.run(batch, queue_length)
             with self._lock:
@@ -474,12 +471,9 @@ class AdaptiveBatchProcessor:
                     return None
                 n = len(queue)
                 draining = self._state == _STOPPING
-                if n == 0:
-                    if draining:
-                        return None
-                    self._work.wait()
-                    continue
-                if self._paused and not draining:
+                if n == 0 and draining:
+                    return None
+                if n == 0 or (self._paused and not draining):
                     self._work.wait()
                     continue
                 now = time.monotonic()

@@ -71,12 +71,6 @@ def _deliver(items: list[Delivery]) -> None:
                 future.set_result(value)
 
 
-def _deliver_to_loop(loop: asyncio.AbstractEventLoop, items: list[Delivery]) -> None:
-    # One wake-up of the loop per batch, not one per item.
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits these
-        loop.call_soon_threadsafe(_deliver, items)
-
-
 def _settle(
     group: list[Request],
     values: list[Any],
@@ -100,7 +94,9 @@ def _settle(
         except InvalidStateError:  # settled meanwhile: stop(timeout) failed it, or cancelled
             pass
     for loop, items in by_loop.items():
-        _deliver_to_loop(loop, items)
+        # One wake-up of the loop per batch, not one per item.
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits these
+            loop.call_soon_threadsafe(_deliver, items)
     if latencies is not None:
         now = time.monotonic()
         latencies.extend([now - r.enqueued_at for r in group])

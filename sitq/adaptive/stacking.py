@@ -122,9 +122,9 @@ def _split_rows(group: list[Request], output: Any) -> list[Any]:
     if length != rows:
         key = group[0].key
         assert key is not None  # a stacked group holds numpy items, keyed ("ndarray", row shape)
-        got = f"shape {shape}" if shape is not None else type(output).__name__
-        if shape is None and length is not None:
-            got = f"{length} results"
+        got = type(output).__name__ if length is None else f"{length} results"
+        if shape is not None:
+            got = f"shape {shape}"
         raise BatchOutputError(
             f"process_func returned {got} for a stacked batch of {rows} rows (from "
             f"{len(group)} items of row shape {key[1]}); its output's first "
@@ -133,11 +133,7 @@ def _split_rows(group: list[Request], output: Any) -> list[Any]:
     results = []
     offset = 0
     for request in group:
-        if request.item.ndim == 1:
-            value = output[offset]
-            offset += 1
-        else:
-            value = output[offset : offset + request.rows]
-            offset += request.rows
-        results.append(value)
+        end = offset + request.rows
+        results.append(output[offset] if request.item.ndim == 1 else output[offset:end])
+        offset = end
     return results
