@@ -28,7 +28,7 @@ from sitq.adaptive.errors import BatchOutputError
 from sitq.adaptive.pending import Request
 from sitq.adaptive.sizing import BatchSizer
 from sitq.adaptive.stacking import Stacker, group_requests
-from sitq.adaptive.stats import BatchRecord, BatchStats
+from sitq.adaptive.stats import BatchStats
 
 __all__ = ["BatchRunner", "fail_request"]
 
@@ -155,16 +155,15 @@ class BatchRunner:
             errors += self._group(group, batch_id, latencies)
         finished = time.monotonic()
         queue_times = [started - r.enqueued_at for r in live] if monitoring else []
-        record = BatchRecord(
-            size=len(live),
-            started=started,
+        self.stats.update(
+            finished - started,
+            len(live),
+            queue_times,
+            latencies or [],
+            queue_length,
             finished=finished,
-            processing_time=finished - started,
-            queue_length=queue_length,
-            queue_times=queue_times,
-            latencies=latencies or [],
+            errors=errors,
         )
-        self.stats.add(record, errors)
 
     def _call(self, group: list[Request], batch_id: int) -> list[Any]:
         payload = self.stacker.combine(group)

@@ -83,13 +83,9 @@ class BatchStats:
             queue_times=[queue_time] if isinstance(queue_time, (int, float)) else list(queue_time),
             latencies=[latency] if isinstance(latency, (int, float)) else list(latency),
         )
-        self.add(record, errors)
-
-    def add(self, record: BatchRecord, errors: int = 0) -> None:
-        """Record one processed batch as a :class:`BatchRecord`."""
         with self._lock:
             self.batch_count += 1
-            self.total_processed += record.size
+            self.total_processed += batch_size
             self.total_errors += errors
             if self._keep_window:
                 self._window.append(record)
