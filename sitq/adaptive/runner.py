@@ -55,20 +55,21 @@ def _claim(request: Request) -> bool:
     return not future.cancelled()
 
 
-#: (future, value or exception, is_error) for a request with a loop. The future is
-#: that loop's asyncio future (see Request), typed as Request.future is: both kinds
-#: have what _deliver calls, and no cast is paid per item.
-Delivery = tuple["Future[Any] | asyncio.Future[Any]", Any, bool]
+#: (future, value or exception): a concurrent future, or an asyncio one of the
+#: request's loop (see Request); both have what _deliver calls.
+Delivery = tuple["Future[Any] | asyncio.Future[Any]", Any]
 
 
-def _deliver(items: list[Delivery]) -> None:
-    """On the event loop: settle each future that is still waiting."""
-    for future, value, is_error in items:
-        if not future.done():
+def _deliver(items: list[Delivery], is_error: bool) -> None:
+    """Settle each future; one already done (cancelled, or failed by stop) is skipped."""
+    for future, value in items:
+        try:
             if is_error:
                 future.set_exception(value)
             else:
                 future.set_result(value)
+        except (InvalidStateError, asyncio.InvalidStateError):
+            pass
 
 
 def _settle(
@@ -77,29 +78,21 @@ def _settle(
     is_error: bool = False,
     latencies: list[float] | None = None,
 ) -> None:
-    """Give each request its result (or exception); futures already done are skipped."""
+    """Give each request its result (or exception): at once, or on its event loop."""
+    now: list[Delivery] = []
     by_loop: dict[asyncio.AbstractEventLoop, list[Delivery]] = {}
     for request, value in zip(group, values, strict=True):
-        future = request.future
-        if future is None:
-            continue
-        if request.loop is not None:
-            by_loop.setdefault(request.loop, []).append((future, value, is_error))
-            continue
-        try:
-            if is_error:
-                future.set_exception(value)
-            else:
-                future.set_result(value)
-        except InvalidStateError:  # settled meanwhile: stop(timeout) failed it, or cancelled
-            pass
+        if request.future is not None:
+            items = now if request.loop is None else by_loop.setdefault(request.loop, [])
+            items.append((request.future, value))
+    _deliver(now, is_error)
     for loop, items in by_loop.items():
         # One wake-up of the loop per batch, not one per item.
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits these
-            loop.call_soon_threadsafe(_deliver, items)
+            loop.call_soon_threadsafe(_deliver, items, is_error)
     if latencies is not None:
-        now = time.monotonic()
-        latencies.extend([now - r.enqueued_at for r in group])
+        end = time.monotonic()
+        latencies.extend([end - r.enqueued_at for r in group])
 
 
 class BatchRunner:
