@@ -35,8 +35,6 @@ __all__ = ["AdaptiveBatchProcessor"]
 
 logger = logging.getLogger("sitq.adaptive")
 
-ProcessFunc = Callable[[Any], Any]
-
 _NEW, _RUNNING, _STOPPING, _STOPPED = "new", "running", "stopping", "stopped"
 
 
@@ -101,7 +99,7 @@ class AdaptiveBatchProcessor:
 
     # -- lifecycle ------------------------------------------------------------
 
-    def start(self, process_func: ProcessFunc) -> None:
+    def start(self, process_func: Callable[[Any], Any]) -> None:
         """Start the batch thread (and the health thread) with ``process_func``."""
         if not callable(process_func):
             raise TypeError(f"process_func must be callable, not {process_func!r}")

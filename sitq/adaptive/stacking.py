@@ -75,9 +75,7 @@ class Stacker:
         if buffer is None or buffer.shape[0] < rows:
             capacity = max(rows, 0 if buffer is None else 2 * buffer.shape[0])
             buffer = self._buffers[slot] = np.empty((capacity, *row_shape), dtype=dtype)
-        out = buffer[:rows]
-        np.concatenate(arrays, axis=0, out=out)
-        return out
+        return np.concatenate(arrays, axis=0, out=buffer[:rows])
 
     def split(self, group: list[Request], output: Any, payload: Any) -> list[Any]:
         """One result per request, or a BatchOutputError saying what did not fit."""
