@@ -85,7 +85,3 @@ class PendingQueue:
             while arrivals and arrivals[0].taken:
                 arrivals.popleft()
         return arrivals[0].enqueued_at if arrivals else None
-
-    def pop_all(self) -> list[Request]:
-        """Remove and return every waiting request."""
-        return self.pop_many(self._count)

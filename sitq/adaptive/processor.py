@@ -169,7 +169,7 @@ class AdaptiveBatchProcessor:
             if not drained:
                 self._abandoned.set()
                 self._work.notify_all()
-            left = self._queue.pop_all()
+            left = self._queue.pop_many(len(self._queue))
             running = [] if drained else self._inflight
             inflight = [r for r in running if r.future is None or not r.future.done()]
             self._counts["total_unprocessed"] += len(left) + len(inflight)
@@ -440,7 +440,7 @@ class AdaptiveBatchProcessor:
             )
             with self._lock:
                 self._closed_reason = reason
-                left = self._queue.pop_all() + self._inflight
+                left = self._queue.pop_many(len(self._queue)) + self._inflight
                 self._counts["total_unprocessed"] += len(left)
                 self._wake_all_producers()
             for request in left:
