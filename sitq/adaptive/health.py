@@ -2,12 +2,9 @@
 
 A daemon thread runs :meth:`HealthMonitor.check` every
 ``health_check_interval`` seconds. Findings are logged (on ``sitq.adaptive``)
-when a state changes, acted on through the processor's health hooks, and visible in
-``get_stats()``.
-
-Memory use comes from ``config.memory_usage_func`` if given, else the system's
-memory use from psutil, else from ``/proc/meminfo`` (Linux, no dependency);
-with none of them the memory checks are off, which is logged once and shown as
+when a state changes, acted on through the processor's health hooks, and
+visible in ``get_stats()``. Without a memory source (see ``memory_usage_func``)
+the memory checks are off, which is logged once and shown as
 ``memory_source: "unavailable"``.
 """
 
