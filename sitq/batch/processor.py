@@ -78,13 +78,6 @@ Target = Batch | str | Sequence[str]
 _EPOCH = datetime.fromtimestamp(0, tz=timezone.utc)
 
 
-def _name_of(target: Target | None) -> str | None:
-    """The batch's name, for a progress bar."""
-    if isinstance(target, Batch):
-        return target.name
-    return target if isinstance(target, str) else None
-
-
 def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc)
 
@@ -321,22 +314,23 @@ class BatchProcessor:
         """
         return await self._batches().delete_batch(batch_id)
 
-    async def _ids(self, target: Target | None) -> list[str]:
-        if target is None:
-            if self.last is None:
-                raise ConfigurationError(
-                    "no batch given and this processor has not enqueued one yet: pass a "
-                    "Batch, a batch name or a list of task ids"
-                )
-            return self.last.ids
+    async def _batch(self, target: Target | None) -> Batch:
+        """The batch a method's ``target`` means (see the class docstring)."""
         if isinstance(target, Batch):
-            return target.ids
+            return target
         if isinstance(target, str):
-            return (await self.open(target)).ids
-        ids = list(target)
-        if not all(isinstance(task_id, str) for task_id in ids):
-            raise TypeError("task ids must be strings (as enqueue_batch returned them)")
-        return ids
+            return await self.open(target)
+        if target is not None:
+            ids = list(target)
+            if not all(isinstance(task_id, str) for task_id in ids):
+                raise TypeError("task ids must be strings (as enqueue_batch returned them)")
+            return Batch(ids)
+        if self.last is None:
+            raise ConfigurationError(
+                "no batch given and this processor has not enqueued one yet: pass a "
+                "Batch, a batch name or a list of task ids"
+            )
+        return Batch(self.last.ids)  # its ids only, as a list of them would be
 
     # -- progress -------------------------------------------------------------
 
@@ -350,14 +344,14 @@ class BatchProcessor:
                 raise BatchNotFound(name)
             counts = await self._batches().batch_status_counts(name)
             return BatchProgress.from_counts(record.size, counts)
-        ids = list(dict.fromkeys(await self._ids(target)))
+        ids = list(dict.fromkeys((await self._batch(target)).ids))
         return BatchProgress.from_counts(len(ids), await self.queue.status_counts(ids))
 
     # -- collecting -------------------------------------------------------------
 
     async def _watch(
         self,
-        target: Target | None,
+        batch: Batch,
         timeout: float | None,
         poll_interval: float,
         progress: bool,
@@ -365,7 +359,7 @@ class BatchProcessor:
         *,
         strict: bool = True,
     ) -> AsyncGenerator[Result, None]:
-        """Yield the target's Results as they finish (in finishing order), each also
+        """Yield the batch's Results as they finish (in finishing order), each also
         put in ``seen``, until all have finished or are gone, or ``timeout`` runs
         out; then, if ``strict``, raise :class:`BatchTimeout` if some are unfinished.
 
@@ -374,9 +368,9 @@ class BatchProcessor:
         """
         timeout = _check_seconds("timeout", timeout, allow_none=True)
         interval = _check_seconds("poll_interval", poll_interval, allow_none=False) or MIN_POLL_GAP
-        pending = list(dict.fromkeys(await self._ids(target)))
+        pending = list(dict.fromkeys(batch.ids))
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = ProgressBar(progress, len(pending), _name_of(target))
+        bar = ProgressBar(progress, len(pending), batch.name)
         try:
             while pending:
                 began = time.monotonic()
@@ -423,7 +417,8 @@ class BatchProcessor:
         every ``poll_interval`` seconds, sooner when results are written.
         """
         seen: dict[str, Result] = {}
-        async for _ in self._watch(task_ids, timeout, poll_interval, progress, seen, strict=False):
+        batch = await self._batch(task_ids)
+        async for _ in self._watch(batch, timeout, poll_interval, progress, seen, strict=False):
             pass
         return seen
 
@@ -440,7 +435,8 @@ class BatchProcessor:
         Raises :class:`BatchTimeout` if some have not finished within ``timeout``.
         Ids no longer stored are skipped.
         """
-        async for result in self._watch(task_ids, timeout, poll_interval, progress, {}):
+        batch = await self._batch(task_ids)
+        async for result in self._watch(batch, timeout, poll_interval, progress, {}):
             yield result
 
     async def gather(
@@ -466,10 +462,7 @@ class BatchProcessor:
         :class:`~sitq.batch.TaskExpired` (a ``TaskNotFound``) with
         ``return_exceptions``, and raises it at once without.
         """
-        if isinstance(task_ids, str):
-            batch = await self.open(task_ids)
-        else:
-            batch = task_ids if isinstance(task_ids, Batch) else Batch(await self._ids(task_ids))
+        batch = await self._batch(task_ids)
         expired = batch.missing_positions
         if expired and not return_exceptions:
             raise TaskExpired(batch.name or "", expired[0])
@@ -526,7 +519,7 @@ class BatchProcessor:
         """Queue the failed tasks of the batch again (succeeded, cancelled and
         unfinished ones are left alone); return their ids. Their ids stay the
         same, so collecting the batch again picks up their new results."""
-        ids = await self._ids(task_ids)
+        ids = (await self._batch(task_ids)).ids
         statuses = await self.queue.statuses(ids)
         failed = [i for i in dict.fromkeys(ids) if statuses.get(i) == "failed"]
         if failed:
@@ -537,7 +530,7 @@ class BatchProcessor:
     async def cancel(self, task_ids: Target | None = None) -> list[str]:
         """Cancel the tasks of the batch that have not started (running ones finish);
         return the ids cancelled."""
-        return await self.queue.cancel_many(await self._ids(task_ids))
+        return await self.queue.cancel_many((await self._batch(task_ids)).ids)
 
     # -- report -------------------------------------------------------------
 
