@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from sitq import checks
 from sitq.batch.errors import (
     BatchExists,
     BatchNotFound,
@@ -82,12 +84,6 @@ def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc)
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
 def _check_seconds(name: str, value: Any, *, allow_none: bool) -> float | None:
     if value is None and allow_none:
         return None
@@ -126,9 +122,9 @@ class BatchProcessor:
                 "sitq.batch.SyncBatchProcessor(queue)"
             )
         self.queue = queue
-        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.batch_size = checks.integer("batch_size", batch_size, minimum=1)
         self.last: Batch | None = None
-        self._monitor = Monitor(_check_positive_int("max_tracked_tasks", max_tracked_tasks))
+        self._monitor = Monitor(checks.integer("max_tracked_tasks", max_tracked_tasks, minimum=1))
 
     def _batches(self) -> BatchStore:
         """The named batches of the queue's database (the queue must be connected)."""
@@ -162,16 +158,10 @@ class BatchProcessor:
         batch at once each enqueue only what it lacks (every append is a
         compare-and-set on the batch's size), and each returns the whole batch.
         """
-        return (
-            await self.submit(
-                func,
-                items,
-                batch_size,
-                batch_id=batch_id,
-                if_exists=if_exists,
-                **options,
-            )
-        ).ids
+        batch = await self.submit(
+            func, items, batch_size, batch_id=batch_id, if_exists=if_exists, **options
+        )
+        return batch.ids
 
     async def submit(
         self,
@@ -184,7 +174,7 @@ class BatchProcessor:
         **options: Any,
     ) -> Batch:
         """Like :meth:`enqueue_batch`, returning the :class:`Batch`."""
-        size = _check_positive_int("batch_size", batch_size or self.batch_size)
+        size = checks.integer("batch_size", batch_size or self.batch_size, minimum=1)
         if if_exists not in ("error", "append", "resume"):
             raise ConfigurationError(
                 f"if_exists must be 'error', 'append' or 'resume', got {if_exists!r}"
@@ -219,13 +209,13 @@ class BatchProcessor:
                             lost.batch_id, lost.expected_size, chunk, source
                         )
             except Exception as exc:
-                if stored:
+                add_note = getattr(exc, "add_note", None)  # Python 3.11+
+                if stored and add_note is not None:
                     where = f" of batch {batch_id!r}" if batch_id else ""
-                    _add_note(
-                        exc,
+                    resume = " (if_exists='resume' continues after them)" if batch_id else ""
+                    add_note(
                         f"{stored} items{where} were enqueued before this chunk failed; "
-                        "they will run"
-                        + (" (if_exists='resume' continues after them)" if batch_id else ""),
+                        f"they will run{resume}"
                     )
                 raise
             if expected is not None:
@@ -264,10 +254,7 @@ class BatchProcessor:
         if size < expected:
             raise BatchSizeChanged(batch_id, expected)  # deleted or recreated meanwhile
         ahead = size - expected
-        if ahead >= len(chunk):
-            for _ in itertools.islice(source, ahead - len(chunk)):
-                pass
-            return [], size
+        deque(itertools.islice(source, max(0, ahead - len(chunk))), maxlen=0)  # consumed
         return chunk[ahead:], size
 
     # -- finding batches ------------------------------------------------------
@@ -538,11 +525,3 @@ class BatchProcessor:
         """Measured figures of this processor's batches: batches, tasks, wall time,
         tasks/s, mean batch time, error rate (see :class:`BatchReport`)."""
         return self._monitor.report()
-
-
-def _add_note(exc: BaseException, note: str) -> None:
-    """``exc.add_note(note)`` where Python has it (3.11+); on 3.10 the note is
-    dropped rather than hiding ``exc`` behind an AttributeError."""
-    add_note = getattr(exc, "add_note", None)
-    if add_note is not None:
-        add_note(note)

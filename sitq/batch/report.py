@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from sitq.task import Result
@@ -32,14 +31,11 @@ class _Run:
     last_finished_at: float | None = None
     settled: int = 0  # its tasks whose latest run has been collected
 
-    @property
-    def complete(self) -> bool:
-        return self.last_finished_at is not None and self.settled >= self.tasks
-
 
 @dataclass
 class _Folded:
-    """The figures of batches no longer kept one by one."""
+    """Figures summed over batches: those no longer kept one by one, or (for a
+    report) every batch."""
 
     batches: int = 0
     chunks: int = 0
@@ -66,7 +62,7 @@ class _Folded:
         end = run.last_finished_at
         if end is not None and (self.last_finish is None or end > self.last_finish):
             self.last_finish = end
-        if run.complete and end is not None:
+        if end is not None and run.settled >= run.tasks:  # every task collected
             self.complete_times += end - run.started_at
             self.complete += 1
 
@@ -102,19 +98,20 @@ class BatchReport:
         return asdict(self)
 
     def __str__(self) -> str:
-        rows = [
-            ("batches", f"{self.batches}"),
-            ("chunks", f"{self.chunks}"),
-            ("tasks", f"{self.tasks}"),
-            ("finished", f"{self.finished}"),
-            ("failed", f"{self.failed}"),
-            ("wall_time", f"{self.wall_time:.2f} s"),
-            ("tasks_per_second", f"{self.tasks_per_second:.1f}"),
-            ("mean_batch_time", f"{self.mean_batch_time:.2f} s"),
-            ("error_rate", f"{self.error_rate:.1f} %"),
-            ("enqueue_rate", f"{self.enqueue_rate:.0f} tasks/s"),
-        ]
-        return "\n".join(f"{name:>16}: {value}" for name, value in rows)
+        return "\n".join(
+            f"{name:>16}: {_FORMATS.get(name, '{}').format(value)}"
+            for name, value in self.as_dict().items()
+        )
+
+
+#: How :class:`BatchReport` shows its float figures.
+_FORMATS = {
+    "wall_time": "{:.2f} s",
+    "tasks_per_second": "{:.1f}",
+    "mean_batch_time": "{:.2f} s",
+    "error_rate": "{:.1f} %",
+    "enqueue_rate": "{:.0f} tasks/s",
+}
 
 
 class Monitor:
@@ -198,34 +195,22 @@ class Monitor:
 
     def report(self) -> BatchReport:
         """The figures so far."""
-        runs, folded = self._runs, self._folded
-        finished = folded.finished + sum(run.finished for run in runs)
-        failed = folded.failed + sum(run.failed for run in runs)
-        ends = [run.last_finished_at for run in runs if run.last_finished_at is not None]
-        if folded.last_finish is not None:
-            ends.append(folded.last_finish)
-        starts = [run.started_at for run in runs]
-        if folded.first_start is not None:
-            starts.append(folded.first_start)
-        wall = max(ends) - min(starts) if ends else 0.0
-        complete = [
-            run.last_finished_at - run.started_at
-            for run in runs
-            if run.complete and run.last_finished_at is not None
-        ]
-        complete_count = len(complete) + folded.complete
-        complete_total = math.fsum(complete) + folded.complete_times
-        enqueue_seconds = folded.enqueue_seconds + sum(run.enqueue_seconds for run in runs)
-        enqueued = folded.enqueued + sum(run.tasks for run in runs if run.enqueue_seconds)
+        total = replace(self._folded)
+        for run in self._runs:
+            total.add(run)
+        finished, failed, seconds = total.finished, total.failed, total.enqueue_seconds
+        wall = 0.0
+        if total.last_finish is not None and total.first_start is not None:
+            wall = max(total.last_finish - total.first_start, 0.0)
         return BatchReport(
-            batches=folded.batches + len(runs),
-            chunks=folded.chunks + sum(run.chunks for run in runs),
-            tasks=folded.tasks + sum(run.tasks for run in runs),
+            batches=total.batches,
+            chunks=total.chunks,
+            tasks=total.tasks,
             finished=finished,
             failed=failed,
-            wall_time=max(wall, 0.0),
+            wall_time=wall,
             tasks_per_second=finished / wall if wall > 0 else 0.0,
-            mean_batch_time=complete_total / complete_count if complete_count else 0.0,
+            mean_batch_time=total.complete_times / total.complete if total.complete else 0.0,
             error_rate=100.0 * failed / finished if finished else 0.0,
-            enqueue_rate=enqueued / enqueue_seconds if enqueue_seconds else 0.0,
+            enqueue_rate=total.enqueued / seconds if seconds else 0.0,
         )

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sitq import sqlfiles
+from sitq import checks, sqlfiles
 from sitq.batch.errors import BatchSizeChanged
 from sitq.errors import ConfigurationError
 from sitq.store import StoreSession, StoreTransaction
@@ -61,16 +61,6 @@ def check_batch_id(batch_id: Any) -> None:
         raise ConfigurationError(
             f"batch id {batch_id[:40]!r}... is {len(batch_id)} characters long; use at most "
             f"{MAX_BATCH_ID_LENGTH}"
-        )
-
-
-def check_expected_size(expected_size: Any) -> None:
-    """Refuse an ``expected_size`` that is not a size (an int >= 0) or None."""
-    if expected_size is not None and (
-        isinstance(expected_size, bool) or not isinstance(expected_size, int) or expected_size < 0
-    ):
-        raise ConfigurationError(
-            f"expected_size must be an int >= 0 (the batch's size), got {expected_size!r}"
         )
 
 
@@ -136,7 +126,8 @@ class BatchStore:
         (0 for a missing batch) at the moment of the append, nothing is stored and
         :class:`BatchSizeChanged` is raised."""
         check_batch_id(batch_id)
-        check_expected_size(expected_size)
+        if expected_size is not None:
+            checks.integer("expected_size", expected_size, minimum=0, hint=" (the batch's size)")
         sql = self._sql
         session = self.session
 
@@ -171,8 +162,7 @@ class BatchStore:
 
     async def batch_task_ids(self, batch_id: str) -> list[str]:
         """The ids of the batch's tasks still stored, in position order."""
-        rows = await self.session.fetch(self._sql["batch_task_ids"], (batch_id,))
-        return [row[0] for row in rows]
+        return [task_id for _, task_id in await self.batch_members(batch_id)]
 
     async def batch_members(self, batch_id: str) -> list[tuple[int, str]]:
         """``(position, task_id)`` of the batch's tasks still stored, in position

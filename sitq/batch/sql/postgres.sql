@@ -38,9 +38,6 @@ SELECT id, created_at, size FROM {s}.sitq_batches WHERE id = $1
 SELECT id, created_at, size FROM {s}.sitq_batches ORDER BY created_at DESC, id
 LIMIT $1::bigint OFFSET $2::bigint
 
--- name: batch_task_ids
-SELECT task_id FROM {s}.sitq_batch_tasks WHERE batch_id = $1 ORDER BY position
-
 -- name: batch_members
 SELECT position, task_id FROM {s}.sitq_batch_tasks WHERE batch_id = $1 ORDER BY position
 

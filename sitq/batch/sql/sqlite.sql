@@ -38,9 +38,6 @@ SELECT id, created_at, size FROM sitq_batches WHERE id = ?1
 SELECT id, created_at, size FROM sitq_batches ORDER BY created_at DESC, id
 LIMIT coalesce(?1, -1) OFFSET ?2
 
--- name: batch_task_ids
-SELECT task_id FROM sitq_batch_tasks WHERE batch_id = ?1 ORDER BY position
-
 -- name: batch_members
 SELECT position, task_id FROM sitq_batch_tasks WHERE batch_id = ?1 ORDER BY position
 
