@@ -338,7 +338,7 @@ class BatchProcessor:
 
     async def _watch(
         self,
-        batch: Batch,
+        target: Target | None,
         timeout: float | None,
         poll_interval: float,
         progress: bool,
@@ -346,7 +346,7 @@ class BatchProcessor:
         *,
         strict: bool = True,
     ) -> AsyncGenerator[Result, None]:
-        """Yield the batch's Results as they finish (in finishing order), each also
+        """Yield the target's Results as they finish (in finishing order), each also
         put in ``seen``, until all have finished or are gone, or ``timeout`` runs
         out; then, if ``strict``, raise :class:`BatchTimeout` if some are unfinished.
 
@@ -355,6 +355,7 @@ class BatchProcessor:
         """
         timeout = _check_seconds("timeout", timeout, allow_none=True)
         interval = _check_seconds("poll_interval", poll_interval, allow_none=False) or MIN_POLL_GAP
+        batch = await self._batch(target)
         pending = list(dict.fromkeys(batch.ids))
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = ProgressBar(progress, len(pending), batch.name)
@@ -404,8 +405,7 @@ class BatchProcessor:
         every ``poll_interval`` seconds, sooner when results are written.
         """
         seen: dict[str, Result] = {}
-        batch = await self._batch(task_ids)
-        async for _ in self._watch(batch, timeout, poll_interval, progress, seen, strict=False):
+        async for _ in self._watch(task_ids, timeout, poll_interval, progress, seen, strict=False):
             pass
         return seen
 
@@ -422,8 +422,7 @@ class BatchProcessor:
         Raises :class:`BatchTimeout` if some have not finished within ``timeout``.
         Ids no longer stored are skipped.
         """
-        batch = await self._batch(task_ids)
-        async for result in self._watch(batch, timeout, poll_interval, progress, {}):
+        async for result in self._watch(task_ids, timeout, poll_interval, progress, {}):
             yield result
 
     async def gather(

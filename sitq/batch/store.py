@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from sitq import checks, sqlfiles
 from sitq.batch.errors import BatchSizeChanged
@@ -33,21 +33,6 @@ MAX_BATCH_ID_LENGTH = 200
 
 #: What appends tasks to a batch in the transaction that stores them.
 Appender = Callable[[StoreTransaction, Sequence[str]], Awaitable[int]]
-
-
-class Enqueuing(Protocol):
-    """A TaskQueue, or one with options (``queue.with_options(...)``)."""
-
-    async def enqueue_many(
-        self,
-        fn: Callable[..., Any],
-        items: Iterable[Any],
-        /,
-        *,
-        alongside: Callable[[StoreTransaction, Sequence[str]], Awaitable[Any]] | None = None,
-    ) -> list[str]:
-        """Store one call of ``fn`` per item in one transaction."""
-        ...
 
 
 def check_batch_id(batch_id: Any) -> None:
@@ -91,7 +76,7 @@ class BatchStore:
 
     async def enqueue_in_batch(
         self,
-        enqueuer: Enqueuing,
+        queue: TaskQueue,
         batch_id: str,
         fn: Callable[..., Any],
         items: Iterable[Any],
@@ -99,7 +84,7 @@ class BatchStore:
         *,
         expected_size: int | None = None,
     ) -> list[str]:
-        """Like ``enqueuer.enqueue_many`` (a TaskQueue, or one with options), and
+        """Like ``queue.enqueue_many`` (``queue`` may be a ``with_options`` one too), and
         append the tasks to batch ``batch_id`` (created if missing) in the same
         transaction; ids in item order.
 
@@ -109,7 +94,7 @@ class BatchStore:
         never enqueue an item twice.
         """
         append = self.appender(batch_id, expected_size)
-        return await enqueuer.enqueue_many(fn, items, alongside=append)
+        return await queue.enqueue_many(fn, items, alongside=append)
 
     async def create_batch(self, batch_id: str) -> bool:
         """Record a new, empty batch; False (and no change) if it exists already."""
@@ -133,10 +118,9 @@ class BatchStore:
 
         async def append(tx: StoreTransaction, task_ids: Sequence[str]) -> int:
             count, now = len(task_ids), session.now()
-            if expected_size is None:
-                rows = await tx.fetch(sql["reserve_positions"], (batch_id, now, count))
-            elif expected_size == 0:
-                rows = await tx.fetch(sql["reserve_positions_if_empty"], (batch_id, now, count))
+            if not expected_size:  # None or 0: the batch may be created
+                params = (batch_id, now, count, expected_size == 0)
+                rows = await tx.fetch(sql["reserve_positions"], params)
             else:
                 params = (batch_id, count, expected_size)
                 rows = await tx.fetch(sql["reserve_positions_if_size"], params)
