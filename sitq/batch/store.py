@@ -84,15 +84,9 @@ class BatchStore:
         *,
         expected_size: int | None = None,
     ) -> list[str]:
-        """Like ``queue.enqueue_many`` (``queue`` may be a ``with_options`` one too), and
-        append the tasks to batch ``batch_id`` (created if missing) in the same
-        transaction; ids in item order.
-
-        ``expected_size`` makes the append a compare-and-set: unless the batch then
-        has exactly that many tasks (0 if it does not exist), nothing is stored and
-        :class:`BatchSizeChanged` is raised, so producers resuming one batch at once
-        never enqueue an item twice.
-        """
+        """Like ``queue.enqueue_many`` (``queue`` may be a ``with_options`` one), and
+        append the tasks to batch ``batch_id`` in the same transaction: see
+        :meth:`appender`, which ``expected_size`` goes to. Ids in item order."""
         append = self.appender(batch_id, expected_size)
         return await queue.enqueue_many(fn, items, alongside=append)
 
