@@ -295,10 +295,8 @@ class BatchProcessor:
         ]
 
     async def delete(self, batch_id: str) -> bool:
-        """Forget a named batch (its tasks and results stay); False if unknown.
-
-        The name can then be used for a new batch.
-        """
+        """Forget a named batch, so its name can be used again (its tasks and results
+        stay); False if unknown."""
         return await self._batches().delete_batch(batch_id)
 
     async def _batch(self, target: Target | None) -> Batch:

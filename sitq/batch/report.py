@@ -8,12 +8,8 @@ from typing import Any
 
 from sitq.task import Result
 
-#: Task ids a processor follows at most (about 200 bytes each): the most
-#: recently enqueued or opened ones. A result of a task no longer followed
-#: is not counted in the report.
+#: The bounds of a :class:`Monitor`: task ids followed, batches kept one by one.
 DEFAULT_TRACKED_TASKS = 100_000
-#: Batches a processor keeps figures of one by one; older ones are folded
-#: into totals (their figures still count, as a whole).
 DEFAULT_TRACKED_BATCHES = 1_000
 
 
