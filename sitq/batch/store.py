@@ -112,12 +112,11 @@ class BatchStore:
 
         async def append(tx: StoreTransaction, task_ids: Sequence[str]) -> int:
             count, now = len(task_ids), session.now()
-            if not expected_size:  # None or 0: the batch may be created
-                params = (batch_id, now, count, expected_size == 0)
-                rows = await tx.fetch(sql["reserve_positions"], params)
-            else:
-                params = (batch_id, count, expected_size)
-                rows = await tx.fetch(sql["reserve_positions_if_size"], params)
+            params: tuple[Any, ...] = (batch_id, count, expected_size)
+            query = "reserve_positions_if_size"
+            if not expected_size:  # None or 0: the batch may be created (if 0, must be empty)
+                query, params = "reserve_positions", (batch_id, now, count, expected_size == 0)
+            rows = await tx.fetch(sql[query], params)
             if not rows:
                 raise BatchSizeChanged(batch_id, expected_size or 0)
             start = int(rows[0][0])
