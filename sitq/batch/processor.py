@@ -257,7 +257,7 @@ class BatchProcessor:
         deque(itertools.islice(source, max(0, ahead - len(chunk))), maxlen=0)  # consumed
         return chunk[ahead:], size
 
-    # -- finding batches ------------------------------------------------------
+    # -- finding batches, and how far they are --------------------------------
 
     async def open(self, batch_id: str) -> Batch:
         """The named batch as stored, from any process: its ids in input order.
@@ -269,7 +269,7 @@ class BatchProcessor:
         """
         record = await self._batches().get_batch(batch_id)
         if record is None:
-            known = [b.id for b in (await self._batches().list_batches())[:5]]
+            known = [b.id for b in await self._batches().list_batches(limit=5)]
             raise BatchNotFound(batch_id, known)
         batch = await self._as_stored(batch_id, record)
         self._monitor.adopt(batch_id, record.created_at, batch.ids)
@@ -316,8 +316,6 @@ class BatchProcessor:
                 "Batch, a batch name or a list of task ids"
             )
         return Batch(self.last.ids)  # its ids only, as a list of them would be
-
-    # -- progress -------------------------------------------------------------
 
     async def progress(self, target: Target | None = None) -> BatchProgress:
         """Counts of total, queued, running, succeeded, failed, cancelled and missing
@@ -497,7 +495,7 @@ class BatchProcessor:
             batch, timeout=timeout, progress=progress, return_exceptions=return_exceptions
         )
 
-    # -- retry and cancel ---------------------------------------------------
+    # -- retry, cancel, report ----------------------------------------------
 
     async def retry_failed(self, task_ids: Target | None = None) -> list[str]:
         """Queue the failed tasks of the batch again (succeeded, cancelled and
@@ -515,8 +513,6 @@ class BatchProcessor:
         """Cancel the tasks of the batch that have not started (running ones finish);
         return the ids cancelled."""
         return await self.queue.cancel_many((await self._batch(task_ids)).ids)
-
-    # -- report -------------------------------------------------------------
 
     def report(self) -> BatchReport:
         """Measured figures of this processor's batches: batches, tasks, wall time,

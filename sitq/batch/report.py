@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -40,8 +41,8 @@ class _Folded:
     failed: int = 0
     enqueue_seconds: float = 0.0
     enqueued: int = 0
-    first_start: float | None = None
-    last_finish: float | None = None
+    first_start: float = math.inf
+    last_finish: float = -math.inf  # finite once a result was collected
     complete_times: float = 0.0
     complete: int = 0
 
@@ -53,14 +54,13 @@ class _Folded:
         self.failed += run.failed
         self.enqueue_seconds += run.enqueue_seconds
         self.enqueued += run.tasks if run.enqueue_seconds else 0
-        if self.first_start is None or run.started_at < self.first_start:
-            self.first_start = run.started_at
+        self.first_start = min(self.first_start, run.started_at)
         end = run.last_finished_at
-        if end is not None and (self.last_finish is None or end > self.last_finish):
-            self.last_finish = end
-        if end is not None and run.settled >= run.tasks:  # every task collected
-            self.complete_times += end - run.started_at
-            self.complete += 1
+        if end is not None:
+            self.last_finish = max(self.last_finish, end)
+            if run.settled >= run.tasks:  # every task collected
+                self.complete_times += end - run.started_at
+                self.complete += 1
 
 
 @dataclass(frozen=True)
@@ -195,9 +195,8 @@ class Monitor:
         for run in self._runs:
             total.add(run)
         finished, failed, seconds = total.finished, total.failed, total.enqueue_seconds
-        wall = 0.0
-        if total.last_finish is not None and total.first_start is not None:
-            wall = max(total.last_finish - total.first_start, 0.0)
+        finite = math.isfinite(total.last_finish)
+        wall = max(total.last_finish - total.first_start, 0.0) if finite else 0.0
         return BatchReport(
             batches=total.batches,
             chunks=total.chunks,

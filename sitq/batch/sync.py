@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sitq.batch.processor import Batch, BatchProcessor, Target
+from sitq.batch.processor import Batch, BatchProcessor
 from sitq.batch.report import DEFAULT_TRACKED_TASKS, BatchReport
 from sitq.queue import TaskQueue
 from sitq.sync_queue import SyncTaskQueue
-from sitq.task import Result
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -25,6 +24,24 @@ def _blocking(
     @functools.wraps(method)
     def call(self: SyncBatchProcessor, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return self._run(method(self._processor, *args, **kwargs))
+
+    return call
+
+
+def _iterating(
+    method: Callable[Concatenate[BatchProcessor, P], AsyncGenerator[T, None]],
+) -> Callable[Concatenate[SyncBatchProcessor, P], Iterator[T]]:
+    """The plain-iterator face of a :class:`BatchProcessor` async generator."""
+
+    @functools.wraps(method)
+    def call(self: SyncBatchProcessor, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        steps = method(self._processor, *args, **kwargs)
+        try:
+            while (item := self._run(_await(anext(steps, None)))) is not None:
+                yield item
+        finally:
+            if not self._closed:
+                self._run(_await(steps.aclose()))  # runs its cleanup on the loop
 
     return call
 
@@ -92,27 +109,7 @@ class SyncBatchProcessor:
     retry_failed = _blocking(BatchProcessor.retry_failed)
     cancel = _blocking(BatchProcessor.cancel)
 
-    def as_completed(
-        self,
-        task_ids: Target | None = None,
-        timeout: float | None = None,
-        *,
-        poll_interval: float = 0.5,
-        progress: bool = False,
-    ) -> Iterator[Result]:
-        """Like :meth:`BatchProcessor.as_completed`, as a plain iterator."""
-        results = self._processor.as_completed(
-            task_ids, timeout, poll_interval=poll_interval, progress=progress
-        )
-        try:
-            while True:
-                try:
-                    yield self._run(_await(anext(results)))
-                except StopAsyncIteration:
-                    return
-        finally:
-            if not self._closed:
-                self._run(_await(results.aclose()))  # runs its cleanup on the loop
+    as_completed = _iterating(BatchProcessor.as_completed)
 
     def report(self) -> BatchReport:
         """Like :meth:`BatchProcessor.report`."""
@@ -120,6 +117,5 @@ class SyncBatchProcessor:
 
 
 async def _await(step: Awaitable[T]) -> T:
-    # A step of an async generator is awaitable but not a coroutine, which the loop
-    # thread needs.
+    # A step of an async generator is no coroutine: the loop thread runs coroutines.
     return await step
