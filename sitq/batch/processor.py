@@ -1,4 +1,10 @@
-"""BatchProcessor: fan a function out over many items, and collect what comes back."""
+"""BatchProcessor: fan a function out over many items, and collect what comes back.
+
+One file because one class: enqueueing, finding, collecting and retrying share the
+processor's queue, its last batch and the monitor behind its report, and
+collecting is one poll loop (``_watch``) under collect_results, as_completed and
+gather. Splitting it would mean mixins passing that state around.
+"""
 
 from __future__ import annotations
 

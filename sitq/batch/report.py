@@ -186,8 +186,7 @@ class Monitor:
             run.failed += 0 if result.ok else 1
             if result.finished_at is not None:
                 at = result.finished_at.timestamp()
-                if run.last_finished_at is None or at > run.last_finished_at:
-                    run.last_finished_at = at
+                run.last_finished_at = max(at, run.last_finished_at or at)
 
     def report(self) -> BatchReport:
         """The figures so far."""

@@ -129,13 +129,13 @@ class BatchStore:
     async def get_batch(self, batch_id: str) -> StoredBatch | None:
         """The batch's record, or None if there is no such batch."""
         rows = await self.session.fetch(self._sql["get_batch"], (batch_id,))
-        return _batch(rows[0]) if rows else None
+        return StoredBatch(*rows[0]) if rows else None
 
     async def list_batches(self, limit: int | None = None, offset: int = 0) -> list[StoredBatch]:
         """Every batch, newest first; or, with ``limit``, that many after skipping
         ``offset`` (a page, for a dashboard)."""
         rows = await self.session.fetch(self._sql["list_batches"], (limit, offset))
-        return [_batch(row) for row in rows]
+        return [StoredBatch(*row) for row in rows]
 
     async def batch_task_ids(self, batch_id: str) -> list[str]:
         """The ids of the batch's tasks still stored, in position order."""
@@ -167,7 +167,3 @@ class BatchStore:
             return await tx.execute(sql["delete_batch"], (batch_id,))
 
         return await self.session.transaction(body) == 1
-
-
-def _batch(row: Sequence[Any]) -> StoredBatch:
-    return StoredBatch(row[0], row[1], int(row[2]))
