@@ -7,13 +7,9 @@ a name so another process, or a restarted notebook kernel, picks it up with
 :meth:`BatchProcessor.open`. :class:`SyncBatchProcessor` is the same for
 plain code, over a :class:`~sitq.SyncTaskQueue`.
 
-Named batches live in the database. A task pruned after its ``result_ttl``
-(or purged) leaves its batch; :class:`BatchProgress` counts it as missing.
-Enqueueing under a name that exists raises :class:`BatchExists` unless
-``if_exists="append"`` or ``"resume"``; :meth:`BatchProcessor.delete` forgets
-a batch (never its tasks) so the name can be used again. Producers resuming
-one batch at once (``if_exists="resume"``) append with a compare-and-set on
-the batch's size, so each item is enqueued once whoever gets there first.
+Named batches live in the database (:mod:`sitq.batch.store`);
+:meth:`BatchProcessor.enqueue_batch` says what ``if_exists`` does with a name
+already taken, and :meth:`BatchProcessor.delete` frees one.
 """
 
 from sitq.batch.errors import (

@@ -1,15 +1,23 @@
-"""BatchProcessor: fan a function out over many items, and collect what comes back."""
+"""BatchProcessor: fan a function out over many items, and collect what comes back.
+
+One file because one class: enqueueing, finding, collecting and retrying share the
+processor's queue, its last batch and the monitor behind its report, and
+collecting is one poll loop (``_watch``) under collect_results, as_completed and
+gather. Splitting it would mean mixins passing that state around.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from sitq import checks
 from sitq.batch.errors import (
     BatchExists,
     BatchNotFound,
@@ -19,7 +27,7 @@ from sitq.batch.errors import (
 )
 from sitq.batch.progress import BatchProgress, ProgressBar
 from sitq.batch.report import DEFAULT_TRACKED_TASKS, BatchReport, Monitor
-from sitq.batch.store import BatchStore
+from sitq.batch.store import BatchStore, StoredBatch
 from sitq.errors import ConfigurationError, TaskNotFound
 from sitq.queue import TaskQueue
 from sitq.sync_queue import SyncTaskQueue
@@ -78,21 +86,8 @@ Target = Batch | str | Sequence[str]
 _EPOCH = datetime.fromtimestamp(0, tz=timezone.utc)
 
 
-def _name_of(target: Target | None) -> str | None:
-    """The batch's name, for a progress bar."""
-    if isinstance(target, Batch):
-        return target.name
-    return target if isinstance(target, str) else None
-
-
 def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc)
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 def _check_seconds(name: str, value: Any, *, allow_none: bool) -> float | None:
@@ -133,9 +128,9 @@ class BatchProcessor:
                 "sitq.batch.SyncBatchProcessor(queue)"
             )
         self.queue = queue
-        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.batch_size = checks.integer("batch_size", batch_size, minimum=1)
         self.last: Batch | None = None
-        self._monitor = Monitor(_check_positive_int("max_tracked_tasks", max_tracked_tasks))
+        self._monitor = Monitor(checks.integer("max_tracked_tasks", max_tracked_tasks, minimum=1))
 
     def _batches(self) -> BatchStore:
         """The named batches of the queue's database (the queue must be connected)."""
@@ -169,16 +164,10 @@ class BatchProcessor:
         batch at once each enqueue only what it lacks (every append is a
         compare-and-set on the batch's size), and each returns the whole batch.
         """
-        return (
-            await self.submit(
-                func,
-                items,
-                batch_size,
-                batch_id=batch_id,
-                if_exists=if_exists,
-                **options,
-            )
-        ).ids
+        batch = await self.submit(
+            func, items, batch_size, batch_id=batch_id, if_exists=if_exists, **options
+        )
+        return batch.ids
 
     async def submit(
         self,
@@ -191,7 +180,7 @@ class BatchProcessor:
         **options: Any,
     ) -> Batch:
         """Like :meth:`enqueue_batch`, returning the :class:`Batch`."""
-        size = _check_positive_int("batch_size", batch_size or self.batch_size)
+        size = checks.integer("batch_size", batch_size or self.batch_size, minimum=1)
         if if_exists not in ("error", "append", "resume"):
             raise ConfigurationError(
                 f"if_exists must be 'error', 'append' or 'resume', got {if_exists!r}"
@@ -199,92 +188,67 @@ class BatchProcessor:
         if not callable(func):
             raise TypeError(f"func must be callable, got {type(func).__name__} {func!r:.60}")
         enqueuer = self.queue.with_options(**options) if options else self.queue
-        ids: list[str] = []
-        source = iter(items)
         started = time.time()
-        # Resuming: the size the batch has, so that each append is a compare-and-set.
-        expected: int | None = None
-        positions: list[int] | None = None  # resuming: where each id is in the batch
-        raced = False  # another producer appended meanwhile
-        if batch_id is not None:
-            members, source, expected = await self._prepare_named(batch_id, if_exists, source)
-            ids = [task_id for _, task_id in members]
-            if expected is not None:
-                positions = [position for position, _ in members]
+        # Resuming: the batch so far, whose size each append expects (a compare-and-set).
+        resumed = None if batch_id is None else await self._claim(batch_id, if_exists)
+        ids, positions = (resumed.ids, resumed.positions or []) if resumed else ([], [])
+        expected = resumed.size if resumed else None
+        source = itertools.islice(items, expected or 0, None)
         run = self._monitor.start(batch_id, started)
         self._monitor.enqueued(run, ids, 0.0)
         stored = 0
+        raced = False  # another producer resumed the same batch meanwhile
         while chunk := list(itertools.islice(source, size)):
             began = time.perf_counter()
+            new: list[str] = []
             try:
-                if batch_id is None:
-                    new = await enqueuer.enqueue_many(func, chunk)
-                elif expected is None:
-                    new = await self._batches().enqueue_in_batch(enqueuer, batch_id, func, chunk)
-                else:
-                    while True:
-                        try:
-                            new = await self._batches().enqueue_in_batch(
-                                enqueuer, batch_id, func, chunk, expected_size=expected
-                            )
-                        except BatchSizeChanged:
-                            # Another producer resumed the same batch: skip what it stored.
-                            raced = True
-                            chunk, expected = await self._skip_stored(
-                                batch_id, expected, chunk, source
-                            )
-                            if chunk:
-                                continue
-                            new = []
+                while chunk:  # after a lost compare-and-set: again, with what is left
+                    append = (
+                        None if batch_id is None else self._batches().appender(batch_id, expected)
+                    )
+                    try:
+                        new = await enqueuer.enqueue_many(func, chunk, alongside=append)
                         break
-                    if positions is not None:
-                        positions.extend(range(expected, expected + len(new)))
-                    expected += len(new)
+                    except BatchSizeChanged as lost:  # skip what the other producer stored
+                        raced = True
+                        chunk, expected = await self._skip_stored(
+                            lost.batch_id, lost.expected_size, chunk, source
+                        )
             except Exception as exc:
-                if stored:
+                add_note = getattr(exc, "add_note", None)  # Python 3.11+
+                if stored and add_note is not None:
                     where = f" of batch {batch_id!r}" if batch_id else ""
-                    _add_note(
-                        exc,
+                    resume = " (if_exists='resume' continues after them)" if batch_id else ""
+                    add_note(
                         f"{stored} items{where} were enqueued before this chunk failed; "
-                        "they will run"
-                        + (" (if_exists='resume' continues after them)" if batch_id else ""),
+                        f"they will run{resume}"
                     )
                 raise
+            if expected is not None:
+                positions.extend(range(expected, expected + len(new)))
+                expected += len(new)
             self._monitor.enqueued(run, new, time.perf_counter() - began)
             ids.extend(new)
             stored += len(new)
-        if expected is not None and batch_id is not None:  # resumed: as stored
-            if raced:
-                mine = set(ids)
-                members = await self._batches().batch_members(batch_id)
-                ids = [task_id for _, task_id in members]
-                positions = [position for position, _ in members]
-                self._monitor.enqueued(run, [i for i in ids if i not in mine], 0.0)
-                record = await self._batches().get_batch(batch_id)
-                expected = max(expected, record.size if record is not None else 0)
-            self.last = Batch(ids, batch_id, _utc(started), expected, positions)
+        if expected is None or batch_id is None:  # not resumed: the ids in item order
+            self.last = Batch(ids, batch_id, _utc(started))
             return self.last
-        self.last = Batch(ids, batch_id, _utc(started))
+        if raced:  # the batch as stored, with what the others added
+            mine = set(ids)
+            batch = await self._as_stored(batch_id, await self._batches().get_batch(batch_id))
+            ids, positions, expected = batch.ids, batch.positions or [], max(expected, batch.size)
+            self._monitor.enqueued(run, [i for i in ids if i not in mine], 0.0)
+        self.last = Batch(ids, batch_id, _utc(started), expected, positions)
         return self.last
 
-    async def _prepare_named(
-        self, batch_id: str, if_exists: IfExists, source: Iterator[Any]
-    ) -> tuple[list[tuple[int, str]], Iterator[Any], int | None]:
-        """Claim the name, or find the existing batch: its (position, id) so far,
-        the items still to enqueue and, when resuming, the batch's size they go
-        after."""
-        if if_exists == "error":
-            if not await self._batches().create_batch(batch_id):
-                record = await self._batches().get_batch(batch_id)
-                raise BatchExists(batch_id, record.size if record else 0)
-            return [], source, None
-        if if_exists == "append":
-            return [], source, None
-        record = await self._batches().get_batch(batch_id)
-        if record is None:
-            return [], source, 0
-        existing = await self._batches().batch_members(batch_id)
-        return existing, itertools.islice(source, record.size, None), record.size
+    async def _claim(self, batch_id: str, if_exists: IfExists) -> Batch | None:
+        """Claim the name (``"error"``), or find the batch to resume (empty if new)."""
+        if if_exists == "error" and not await self._batches().create_batch(batch_id):
+            record = await self._batches().get_batch(batch_id)
+            raise BatchExists(batch_id, record.size if record else 0)
+        if if_exists != "resume":
+            return None
+        return await self._as_stored(batch_id, await self._batches().get_batch(batch_id))
 
     async def _skip_stored(
         self, batch_id: str, expected: int, chunk: list[Any], source: Iterator[Any]
@@ -296,13 +260,10 @@ class BatchProcessor:
         if size < expected:
             raise BatchSizeChanged(batch_id, expected)  # deleted or recreated meanwhile
         ahead = size - expected
-        if ahead >= len(chunk):
-            for _ in itertools.islice(source, ahead - len(chunk)):
-                pass
-            return [], size
+        deque(itertools.islice(source, max(0, ahead - len(chunk))), maxlen=0)  # consumed
         return chunk[ahead:], size
 
-    # -- finding batches ------------------------------------------------------
+    # -- finding batches, and how far they are --------------------------------
 
     async def open(self, batch_id: str) -> Batch:
         """The named batch as stored, from any process: its ids in input order.
@@ -314,16 +275,23 @@ class BatchProcessor:
         """
         record = await self._batches().get_batch(batch_id)
         if record is None:
-            known = [b.id for b in (await self._batches().list_batches())[:5]]
+            known = [b.id for b in await self._batches().list_batches(limit=5)]
             raise BatchNotFound(batch_id, known)
-        members = await self._batches().batch_members(batch_id)
-        ids = [task_id for _, task_id in members]
-        positions = [position for position, _ in members]
-        size = max(record.size, positions[-1] + 1 if positions else 0)
-        batch = Batch(ids, batch_id, _utc(record.created_at), size, positions)
-        self._monitor.adopt(batch_id, record.created_at, ids)
+        batch = await self._as_stored(batch_id, record)
+        self._monitor.adopt(batch_id, record.created_at, batch.ids)
         self.last = batch
         return batch
+
+    async def _as_stored(self, batch_id: str, record: StoredBatch | None) -> Batch:
+        """The batch of ``record`` (just read) as stored now; empty if there is none."""
+        if record is None:
+            return Batch([], batch_id, None, 0, [])
+        members = await self._batches().batch_members(batch_id)
+        positions = [position for position, _ in members]
+        # Members appended since the record was read lie past its size.
+        size = max(record.size, positions[-1] + 1 if positions else 0)
+        ids = [task_id for _, task_id in members]
+        return Batch(ids, batch_id, _utc(record.created_at), size, positions)
 
     async def batches(self) -> list[Batch]:
         """Every named batch, newest first (ids not loaded: use :meth:`open`)."""
@@ -333,30 +301,27 @@ class BatchProcessor:
         ]
 
     async def delete(self, batch_id: str) -> bool:
-        """Forget a named batch (its tasks and results stay); False if unknown.
-
-        The name can then be used for a new batch.
-        """
+        """Forget a named batch, so its name can be used again (its tasks and results
+        stay); False if unknown."""
         return await self._batches().delete_batch(batch_id)
 
-    async def _ids(self, target: Target | None) -> list[str]:
-        if target is None:
-            if self.last is None:
-                raise ConfigurationError(
-                    "no batch given and this processor has not enqueued one yet: pass a "
-                    "Batch, a batch name or a list of task ids"
-                )
-            return self.last.ids
+    async def _batch(self, target: Target | None) -> Batch:
+        """The batch a method's ``target`` means (see the class docstring)."""
         if isinstance(target, Batch):
-            return target.ids
+            return target
         if isinstance(target, str):
-            return (await self.open(target)).ids
-        ids = list(target)
-        if not all(isinstance(task_id, str) for task_id in ids):
-            raise TypeError("task ids must be strings (as enqueue_batch returned them)")
-        return ids
-
-    # -- progress -------------------------------------------------------------
+            return await self.open(target)
+        if target is not None:
+            ids = list(target)
+            if not all(isinstance(task_id, str) for task_id in ids):
+                raise TypeError("task ids must be strings (as enqueue_batch returned them)")
+            return Batch(ids)
+        if self.last is None:
+            raise ConfigurationError(
+                "no batch given and this processor has not enqueued one yet: pass a "
+                "Batch, a batch name or a list of task ids"
+            )
+        return Batch(self.last.ids)  # its ids only, as a list of them would be
 
     async def progress(self, target: Target | None = None) -> BatchProgress:
         """Counts of total, queued, running, succeeded, failed, cancelled and missing
@@ -368,55 +333,65 @@ class BatchProcessor:
                 raise BatchNotFound(name)
             counts = await self._batches().batch_status_counts(name)
             return BatchProgress.from_counts(record.size, counts)
-        ids = list(dict.fromkeys(await self._ids(target)))
+        ids = list(dict.fromkeys((await self._batch(target)).ids))
         return BatchProgress.from_counts(len(ids), await self.queue.status_counts(ids))
 
     # -- collecting -------------------------------------------------------------
 
     async def _watch(
         self,
-        ids: Sequence[str],
+        target: Target | None,
         timeout: float | None,
         poll_interval: float,
         progress: bool,
-        desc: str | None,
-    ) -> AsyncIterator[list[Result]]:
-        """Yield the Results of ``ids`` as they finish, a list per poll (in finishing
-        order), until all have finished or are gone, or ``timeout`` runs out.
+        seen: dict[str, Result],
+        *,
+        strict: bool = True,
+    ) -> AsyncGenerator[Result, None]:
+        """Yield the target's Results as they finish (in finishing order), each also
+        put in ``seen``, until all have finished or are gone, or ``timeout`` runs
+        out; then, if ``strict``, raise :class:`BatchTimeout` if some are unfinished.
 
         Each poll is one status query for every pending id plus bulk reads of the
         newly finished ones: never a query per id.
         """
-        pending = list(dict.fromkeys(ids))
+        timeout = _check_seconds("timeout", timeout, allow_none=True)
+        interval = _check_seconds("poll_interval", poll_interval, allow_none=False) or MIN_POLL_GAP
+        batch = await self._batch(target)
+        pending = list(dict.fromkeys(batch.ids))
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = ProgressBar(progress, len(pending), desc)
+        bar = ProgressBar(progress, len(pending), batch.name)
         try:
             while pending:
                 began = time.monotonic()
                 statuses = await self.queue.statuses(pending)
                 done = [i for i in pending if i in statuses and statuses[i].finished]
-                gone = {i for i in pending if i not in statuses}
                 results = list((await self.queue.get_results(done)).values()) if done else []
                 results.sort(key=lambda r: r.finished_at or _EPOCH)
                 finished = {result.task_id for result in results}
-                pending = [i for i in pending if i not in finished and i not in gone]
+                # Ids no longer stored are gone: never waited for again.
+                pending = [i for i in pending if i in statuses and i not in finished]
                 self._monitor.observe(results)
                 bar.advance(results)
-                if results:
-                    yield results
-                if not pending:
-                    return
+                for result in results:
+                    seen[result.task_id] = result
+                    yield result
                 now = time.monotonic()
                 remaining = float("inf") if deadline is None else deadline - now
-                if remaining <= 0:
-                    return
-                gap = min(poll_interval, max(MIN_POLL_GAP, POLL_COST_FACTOR * (now - began)))
+                if not pending or remaining <= 0:
+                    break
+                gap = min(interval, max(MIN_POLL_GAP, POLL_COST_FACTOR * (now - began)))
                 await asyncio.sleep(min(gap, remaining))
-                rest = min(poll_interval - gap, remaining - gap)
+                rest = min(interval - gap, remaining - gap)
                 if rest > 0:
                     await self.queue.wait_for_results(rest)
         finally:
             bar.close()
+        if strict and pending:  # those that finished since the last poll are not late
+            statuses = await self.queue.statuses(pending)
+            late = [i for i in pending if i in statuses and not statuses[i].finished]
+            if late:
+                raise BatchTimeout(late, dict(seen), timeout or 0.0)
 
     async def collect_results(
         self,
@@ -431,13 +406,10 @@ class BatchProcessor:
         finished by then are absent, as are ids no longer stored. Polls at most
         every ``poll_interval`` seconds, sooner when results are written.
         """
-        timeout = _check_seconds("timeout", timeout, allow_none=True)
-        interval = _check_seconds("poll_interval", poll_interval, allow_none=False)
-        ids, desc = await self._ids(task_ids), _name_of(task_ids)
-        collected: dict[str, Result] = {}
-        async for results in self._watch(ids, timeout, interval or MIN_POLL_GAP, progress, desc):
-            collected.update((result.task_id, result) for result in results)
-        return collected
+        seen: dict[str, Result] = {}
+        async for _ in self._watch(task_ids, timeout, poll_interval, progress, seen, strict=False):
+            pass
+        return seen
 
     async def as_completed(
         self,
@@ -446,32 +418,14 @@ class BatchProcessor:
         *,
         poll_interval: float = 0.5,
         progress: bool = False,
-    ) -> AsyncIterator[Result]:
+    ) -> AsyncGenerator[Result, None]:
         """Yield each task's Result as it finishes (in finishing order).
 
         Raises :class:`BatchTimeout` if some have not finished within ``timeout``.
         Ids no longer stored are skipped.
         """
-        timeout = _check_seconds("timeout", timeout, allow_none=True)
-        interval = _check_seconds("poll_interval", poll_interval, allow_none=False)
-        ids, desc = await self._ids(task_ids), _name_of(task_ids)
-        seen: dict[str, Result] = {}
-        async for results in self._watch(ids, timeout, interval or MIN_POLL_GAP, progress, desc):
-            for result in results:
-                seen[result.task_id] = result
-                yield result
-        await self._raise_if_unfinished(ids, seen, timeout)
-
-    async def _raise_if_unfinished(
-        self, ids: Sequence[str], seen: Mapping[str, Result], timeout: float | None
-    ) -> None:
-        unseen = [i for i in dict.fromkeys(ids) if i not in seen]
-        if not unseen:
-            return
-        statuses = await self.queue.statuses(unseen)
-        pending = [i for i in unseen if i in statuses and not statuses[i].finished]
-        if pending:
-            raise BatchTimeout(pending, dict(seen), timeout or 0.0)
+        async for result in self._watch(task_ids, timeout, poll_interval, progress, {}):
+            yield result
 
     async def gather(
         self,
@@ -496,43 +450,29 @@ class BatchProcessor:
         :class:`~sitq.batch.TaskExpired` (a ``TaskNotFound``) with
         ``return_exceptions``, and raises it at once without.
         """
-        timeout = _check_seconds("timeout", timeout, allow_none=True)
-        interval = _check_seconds("poll_interval", poll_interval, allow_none=False)
-        desc = _name_of(task_ids)
-        layout: Batch | None = None
-        if isinstance(task_ids, str):
-            layout = await self.open(task_ids)
-        elif isinstance(task_ids, Batch) and task_ids.positions is not None:
-            layout = task_ids
-        ids = layout.ids if layout is not None else await self._ids(task_ids)
-        expired = layout.missing_positions if layout is not None else []
+        batch = await self._batch(task_ids)
+        expired = batch.missing_positions
         if expired and not return_exceptions:
-            raise TaskExpired(layout.name or "", expired[0])  # type: ignore[union-attr]
+            raise TaskExpired(batch.name or "", expired[0])
         seen: dict[str, Result] = {}
-        async for results in self._watch(ids, timeout, interval or MIN_POLL_GAP, progress, desc):
-            for result in results:
-                seen[result.task_id] = result
-                if not return_exceptions and not result.ok:
-                    result.unwrap()  # raises TaskFailed with the remote traceback
-        await self._raise_if_unfinished(ids, seen, timeout)
+        async for result in self._watch(batch, timeout, poll_interval, progress, seen):
+            if not return_exceptions:
+                result.unwrap()  # a failure raises its TaskFailed, with the remote traceback
         values: list[Any] = []
-        for task_id in ids:
-            found = seen.get(task_id)
-            if found is None:
-                if not return_exceptions:
+        for task_id in batch.ids:
+            try:
+                found = seen.get(task_id)
+                if found is None:
                     raise TaskNotFound(task_id)
-                values.append(TaskNotFound(task_id))
-            elif found.ok:
-                values.append(found.value)
-            else:
-                try:
-                    found.unwrap()
-                except Exception as exc:
-                    values.append(exc)
-        if layout is None or layout.positions is None:
+                values.append(found.unwrap())
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                values.append(exc)
+        if batch.positions is None:
             return values
-        placed: list[Any] = [TaskExpired(layout.name or "", p) for p in range(layout.size)]
-        for position, value in zip(layout.positions, values, strict=True):
+        placed: list[Any] = [TaskExpired(batch.name or "", p) for p in range(batch.size)]
+        for position, value in zip(batch.positions, values, strict=True):
             placed[position] = value
         return placed
 
@@ -561,13 +501,13 @@ class BatchProcessor:
             batch, timeout=timeout, progress=progress, return_exceptions=return_exceptions
         )
 
-    # -- retry and cancel ---------------------------------------------------
+    # -- retry, cancel, report ----------------------------------------------
 
     async def retry_failed(self, task_ids: Target | None = None) -> list[str]:
         """Queue the failed tasks of the batch again (succeeded, cancelled and
         unfinished ones are left alone); return their ids. Their ids stay the
         same, so collecting the batch again picks up their new results."""
-        ids = await self._ids(task_ids)
+        ids = (await self._batch(task_ids)).ids
         statuses = await self.queue.statuses(ids)
         failed = [i for i in dict.fromkeys(ids) if statuses.get(i) == "failed"]
         if failed:
@@ -578,19 +518,9 @@ class BatchProcessor:
     async def cancel(self, task_ids: Target | None = None) -> list[str]:
         """Cancel the tasks of the batch that have not started (running ones finish);
         return the ids cancelled."""
-        return await self.queue.cancel_many(await self._ids(task_ids))
-
-    # -- report -------------------------------------------------------------
+        return await self.queue.cancel_many((await self._batch(task_ids)).ids)
 
     def report(self) -> BatchReport:
         """Measured figures of this processor's batches: batches, tasks, wall time,
         tasks/s, mean batch time, error rate (see :class:`BatchReport`)."""
         return self._monitor.report()
-
-
-def _add_note(exc: BaseException, note: str) -> None:
-    """``exc.add_note(note)`` where Python has it (3.11+); on 3.10 the note is
-    dropped rather than hiding ``exc`` behind an AttributeError."""
-    add_note = getattr(exc, "add_note", None)
-    if add_note is not None:
-        add_note(note)

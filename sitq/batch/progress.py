@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from sitq.task import Result, TaskStatus
 
@@ -59,28 +58,24 @@ class BatchProgress:
 
 class ProgressBar:
     """A ``tqdm.auto`` bar (a widget in Jupyter, a bar in a terminal): done/total,
-    rate and ETA from tqdm, failures in the postfix. Disabled: does nothing."""
+    rate and ETA from tqdm, failures in the postfix. Disabled: shows nothing."""
 
     def __init__(self, enabled: bool, total: int, desc: str | None) -> None:
-        self._bar: Any = None
-        self._failed = 0
-        if enabled:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # on first use: importing sitq.batch stays light
 
-            self._bar = tqdm(total=total, desc=desc or "batch", unit="task", dynamic_ncols=True)
+        self._bar = tqdm(
+            total=total, desc=desc or "batch", unit="task", dynamic_ncols=True, disable=not enabled
+        )
+        self._failed = 0
 
     def advance(self, results: list[Result]) -> None:
         """Count newly finished tasks."""
-        if self._bar is None or not results:
-            return
-        failed = sum(1 for result in results if not result.ok)
-        if failed:
+        if failed := sum(1 for result in results if not result.ok):
             self._failed += failed
             self._bar.set_postfix(failed=self._failed, refresh=False)
-        self._bar.update(len(results))
+        if results:
+            self._bar.update(len(results))
 
     def close(self) -> None:
         """Finish the bar (it stays on screen)."""
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._bar.close()

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from sitq.task import Result
 
-#: Task ids a processor follows at most (about 200 bytes each): the most
-#: recently enqueued or opened ones. A result of a task no longer followed
-#: is not counted in the report.
+#: The bounds of a :class:`Monitor`: task ids followed, batches kept one by one.
 DEFAULT_TRACKED_TASKS = 100_000
-#: Batches a processor keeps figures of one by one; older ones are folded
-#: into totals (their figures still count, as a whole).
 DEFAULT_TRACKED_BATCHES = 1_000
 
 
@@ -32,14 +28,11 @@ class _Run:
     last_finished_at: float | None = None
     settled: int = 0  # its tasks whose latest run has been collected
 
-    @property
-    def complete(self) -> bool:
-        return self.last_finished_at is not None and self.settled >= self.tasks
-
 
 @dataclass
 class _Folded:
-    """The figures of batches no longer kept one by one."""
+    """Figures summed over batches: those no longer kept one by one, or (for a
+    report) every batch."""
 
     batches: int = 0
     chunks: int = 0
@@ -48,8 +41,8 @@ class _Folded:
     failed: int = 0
     enqueue_seconds: float = 0.0
     enqueued: int = 0
-    first_start: float | None = None
-    last_finish: float | None = None
+    first_start: float = math.inf
+    last_finish: float = -math.inf  # finite once a result was collected
     complete_times: float = 0.0
     complete: int = 0
 
@@ -61,14 +54,13 @@ class _Folded:
         self.failed += run.failed
         self.enqueue_seconds += run.enqueue_seconds
         self.enqueued += run.tasks if run.enqueue_seconds else 0
-        if self.first_start is None or run.started_at < self.first_start:
-            self.first_start = run.started_at
+        self.first_start = min(self.first_start, run.started_at)
         end = run.last_finished_at
-        if end is not None and (self.last_finish is None or end > self.last_finish):
-            self.last_finish = end
-        if run.complete and end is not None:
-            self.complete_times += end - run.started_at
-            self.complete += 1
+        if end is not None:
+            self.last_finish = max(self.last_finish, end)
+            if run.settled >= run.tasks:  # every task collected
+                self.complete_times += end - run.started_at
+                self.complete += 1
 
 
 @dataclass(frozen=True)
@@ -102,19 +94,20 @@ class BatchReport:
         return asdict(self)
 
     def __str__(self) -> str:
-        rows = [
-            ("batches", f"{self.batches}"),
-            ("chunks", f"{self.chunks}"),
-            ("tasks", f"{self.tasks}"),
-            ("finished", f"{self.finished}"),
-            ("failed", f"{self.failed}"),
-            ("wall_time", f"{self.wall_time:.2f} s"),
-            ("tasks_per_second", f"{self.tasks_per_second:.1f}"),
-            ("mean_batch_time", f"{self.mean_batch_time:.2f} s"),
-            ("error_rate", f"{self.error_rate:.1f} %"),
-            ("enqueue_rate", f"{self.enqueue_rate:.0f} tasks/s"),
-        ]
-        return "\n".join(f"{name:>16}: {value}" for name, value in rows)
+        return "\n".join(
+            f"{name:>16}: {_FORMATS.get(name, '{}').format(value)}"
+            for name, value in self.as_dict().items()
+        )
+
+
+#: How :class:`BatchReport` shows its float figures.
+_FORMATS = {
+    "wall_time": "{:.2f} s",
+    "tasks_per_second": "{:.1f}",
+    "mean_batch_time": "{:.2f} s",
+    "error_rate": "{:.1f} %",
+    "enqueue_rate": "{:.0f} tasks/s",
+}
 
 
 class Monitor:
@@ -193,39 +186,25 @@ class Monitor:
             run.failed += 0 if result.ok else 1
             if result.finished_at is not None:
                 at = result.finished_at.timestamp()
-                if run.last_finished_at is None or at > run.last_finished_at:
-                    run.last_finished_at = at
+                run.last_finished_at = max(at, run.last_finished_at or at)
 
     def report(self) -> BatchReport:
         """The figures so far."""
-        runs, folded = self._runs, self._folded
-        finished = folded.finished + sum(run.finished for run in runs)
-        failed = folded.failed + sum(run.failed for run in runs)
-        ends = [run.last_finished_at for run in runs if run.last_finished_at is not None]
-        if folded.last_finish is not None:
-            ends.append(folded.last_finish)
-        starts = [run.started_at for run in runs]
-        if folded.first_start is not None:
-            starts.append(folded.first_start)
-        wall = max(ends) - min(starts) if ends else 0.0
-        complete = [
-            run.last_finished_at - run.started_at
-            for run in runs
-            if run.complete and run.last_finished_at is not None
-        ]
-        complete_count = len(complete) + folded.complete
-        complete_total = math.fsum(complete) + folded.complete_times
-        enqueue_seconds = folded.enqueue_seconds + sum(run.enqueue_seconds for run in runs)
-        enqueued = folded.enqueued + sum(run.tasks for run in runs if run.enqueue_seconds)
+        total = replace(self._folded)
+        for run in self._runs:
+            total.add(run)
+        finished, failed, seconds = total.finished, total.failed, total.enqueue_seconds
+        finite = math.isfinite(total.last_finish)
+        wall = max(total.last_finish - total.first_start, 0.0) if finite else 0.0
         return BatchReport(
-            batches=folded.batches + len(runs),
-            chunks=folded.chunks + sum(run.chunks for run in runs),
-            tasks=folded.tasks + sum(run.tasks for run in runs),
+            batches=total.batches,
+            chunks=total.chunks,
+            tasks=total.tasks,
             finished=finished,
             failed=failed,
-            wall_time=max(wall, 0.0),
+            wall_time=wall,
             tasks_per_second=finished / wall if wall > 0 else 0.0,
-            mean_batch_time=complete_total / complete_count if complete_count else 0.0,
+            mean_batch_time=total.complete_times / total.complete if total.complete else 0.0,
             error_rate=100.0 * failed / finished if finished else 0.0,
-            enqueue_rate=enqueued / enqueue_seconds if enqueue_seconds else 0.0,
+            enqueue_rate=total.enqueued / seconds if seconds else 0.0,
         )

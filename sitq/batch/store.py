@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from sitq import sqlfiles
+from sitq import checks, sqlfiles
 from sitq.batch.errors import BatchSizeChanged
 from sitq.errors import ConfigurationError
 from sitq.store import StoreSession, StoreTransaction
@@ -35,21 +35,6 @@ MAX_BATCH_ID_LENGTH = 200
 Appender = Callable[[StoreTransaction, Sequence[str]], Awaitable[int]]
 
 
-class Enqueuing(Protocol):
-    """A TaskQueue, or one with options (``queue.with_options(...)``)."""
-
-    async def enqueue_many(
-        self,
-        fn: Callable[..., Any],
-        items: Iterable[Any],
-        /,
-        *,
-        alongside: Callable[[StoreTransaction, Sequence[str]], Awaitable[Any]] | None = None,
-    ) -> list[str]:
-        """Store one call of ``fn`` per item in one transaction."""
-        ...
-
-
 def check_batch_id(batch_id: Any) -> None:
     """Refuse a batch id that is not a non-empty string of at most 200 characters."""
     if not isinstance(batch_id, str) or not batch_id.strip():
@@ -61,16 +46,6 @@ def check_batch_id(batch_id: Any) -> None:
         raise ConfigurationError(
             f"batch id {batch_id[:40]!r}... is {len(batch_id)} characters long; use at most "
             f"{MAX_BATCH_ID_LENGTH}"
-        )
-
-
-def check_expected_size(expected_size: Any) -> None:
-    """Refuse an ``expected_size`` that is not a size (an int >= 0) or None."""
-    if expected_size is not None and (
-        isinstance(expected_size, bool) or not isinstance(expected_size, int) or expected_size < 0
-    ):
-        raise ConfigurationError(
-            f"expected_size must be an int >= 0 (the batch's size), got {expected_size!r}"
         )
 
 
@@ -101,7 +76,7 @@ class BatchStore:
 
     async def enqueue_in_batch(
         self,
-        enqueuer: Enqueuing,
+        queue: TaskQueue,
         batch_id: str,
         fn: Callable[..., Any],
         items: Iterable[Any],
@@ -109,17 +84,11 @@ class BatchStore:
         *,
         expected_size: int | None = None,
     ) -> list[str]:
-        """Like ``enqueuer.enqueue_many`` (a TaskQueue, or one with options), and
-        append the tasks to batch ``batch_id`` (created if missing) in the same
-        transaction; ids in item order.
-
-        ``expected_size`` makes the append a compare-and-set: unless the batch then
-        has exactly that many tasks (0 if it does not exist), nothing is stored and
-        :class:`BatchSizeChanged` is raised, so producers resuming one batch at once
-        never enqueue an item twice.
-        """
+        """Like ``queue.enqueue_many`` (``queue`` may be a ``with_options`` one), and
+        append the tasks to batch ``batch_id`` in the same transaction: see
+        :meth:`appender`, which ``expected_size`` goes to. Ids in item order."""
         append = self.appender(batch_id, expected_size)
-        return await enqueuer.enqueue_many(fn, items, alongside=append)
+        return await queue.enqueue_many(fn, items, alongside=append)
 
     async def create_batch(self, batch_id: str) -> bool:
         """Record a new, empty batch; False (and no change) if it exists already."""
@@ -136,19 +105,18 @@ class BatchStore:
         (0 for a missing batch) at the moment of the append, nothing is stored and
         :class:`BatchSizeChanged` is raised."""
         check_batch_id(batch_id)
-        check_expected_size(expected_size)
+        if expected_size is not None:
+            checks.integer("expected_size", expected_size, minimum=0, hint=" (the batch's size)")
         sql = self._sql
         session = self.session
 
         async def append(tx: StoreTransaction, task_ids: Sequence[str]) -> int:
             count, now = len(task_ids), session.now()
-            if expected_size is None:
-                rows = await tx.fetch(sql["reserve_positions"], (batch_id, now, count))
-            elif expected_size == 0:
-                rows = await tx.fetch(sql["reserve_positions_if_empty"], (batch_id, now, count))
-            else:
-                params = (batch_id, count, expected_size)
-                rows = await tx.fetch(sql["reserve_positions_if_size"], params)
+            params: tuple[Any, ...] = (batch_id, count, expected_size)
+            query = "reserve_positions_if_size"
+            if not expected_size:  # None or 0: the batch may be created (if 0, must be empty)
+                query, params = "reserve_positions", (batch_id, now, count, expected_size == 0)
+            rows = await tx.fetch(sql[query], params)
             if not rows:
                 raise BatchSizeChanged(batch_id, expected_size or 0)
             start = int(rows[0][0])
@@ -161,18 +129,17 @@ class BatchStore:
     async def get_batch(self, batch_id: str) -> StoredBatch | None:
         """The batch's record, or None if there is no such batch."""
         rows = await self.session.fetch(self._sql["get_batch"], (batch_id,))
-        return _batch(rows[0]) if rows else None
+        return StoredBatch(*rows[0]) if rows else None
 
     async def list_batches(self, limit: int | None = None, offset: int = 0) -> list[StoredBatch]:
         """Every batch, newest first; or, with ``limit``, that many after skipping
         ``offset`` (a page, for a dashboard)."""
         rows = await self.session.fetch(self._sql["list_batches"], (limit, offset))
-        return [_batch(row) for row in rows]
+        return [StoredBatch(*row) for row in rows]
 
     async def batch_task_ids(self, batch_id: str) -> list[str]:
         """The ids of the batch's tasks still stored, in position order."""
-        rows = await self.session.fetch(self._sql["batch_task_ids"], (batch_id,))
-        return [row[0] for row in rows]
+        return [task_id for _, task_id in await self.batch_members(batch_id)]
 
     async def batch_members(self, batch_id: str) -> list[tuple[int, str]]:
         """``(position, task_id)`` of the batch's tasks still stored, in position
@@ -200,7 +167,3 @@ class BatchStore:
             return await tx.execute(sql["delete_batch"], (batch_id,))
 
         return await self.session.transaction(body) == 1
-
-
-def _batch(row: Sequence[Any]) -> StoredBatch:
-    return StoredBatch(row[0], row[1], int(row[2]))

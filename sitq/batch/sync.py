@@ -2,17 +2,48 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+import functools
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sitq.batch.processor import Batch, BatchProcessor, IfExists, Target
-from sitq.batch.progress import BatchProgress
+from sitq.batch.processor import Batch, BatchProcessor
 from sitq.batch.report import DEFAULT_TRACKED_TASKS, BatchReport
 from sitq.queue import TaskQueue
 from sitq.sync_queue import SyncTaskQueue
-from sitq.task import Result
 
+P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def _blocking(
+    method: Callable[Concatenate[BatchProcessor, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[SyncBatchProcessor, P], T]:
+    """The blocking face of a :class:`BatchProcessor` method (same arguments and
+    docstring): it runs on the queue's loop thread (:mod:`sitq.bridge`)."""
+
+    @functools.wraps(method)
+    def call(self: SyncBatchProcessor, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(method(self._processor, *args, **kwargs))
+
+    return call
+
+
+def _iterating(
+    method: Callable[Concatenate[BatchProcessor, P], AsyncGenerator[T, None]],
+) -> Callable[Concatenate[SyncBatchProcessor, P], Iterator[T]]:
+    """The plain-iterator face of a :class:`BatchProcessor` async generator."""
+
+    @functools.wraps(method)
+    def call(self: SyncBatchProcessor, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        steps = method(self._processor, *args, **kwargs)
+        try:
+            while (item := self._run(_await(anext(steps, None)))) is not None:
+                yield item
+        finally:
+            if not self._closed:
+                self._run(_await(steps.aclose()))  # runs its cleanup on the loop
+
+    return call
 
 
 class SyncBatchProcessor:
@@ -66,155 +97,25 @@ class SyncBatchProcessor:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def enqueue_batch(
-        self,
-        func: Callable[..., Any],
-        items: Iterable[Any],
-        batch_size: int | None = None,
-        *,
-        batch_id: str | None = None,
-        if_exists: IfExists = "error",
-        **options: Any,
-    ) -> list[str]:
-        """Like :meth:`BatchProcessor.enqueue_batch`."""
-        return self._run(
-            self._processor.enqueue_batch(
-                func, items, batch_size, batch_id=batch_id, if_exists=if_exists, **options
-            )
-        )
+    enqueue_batch = _blocking(BatchProcessor.enqueue_batch)
+    submit = _blocking(BatchProcessor.submit)
+    open = _blocking(BatchProcessor.open)
+    batches = _blocking(BatchProcessor.batches)
+    delete = _blocking(BatchProcessor.delete)
+    progress = _blocking(BatchProcessor.progress)
+    collect_results = _blocking(BatchProcessor.collect_results)
+    gather = _blocking(BatchProcessor.gather)
+    map = _blocking(BatchProcessor.map)
+    retry_failed = _blocking(BatchProcessor.retry_failed)
+    cancel = _blocking(BatchProcessor.cancel)
 
-    def submit(
-        self,
-        func: Callable[..., Any],
-        items: Iterable[Any],
-        batch_size: int | None = None,
-        *,
-        batch_id: str | None = None,
-        if_exists: IfExists = "error",
-        **options: Any,
-    ) -> Batch:
-        """Like :meth:`BatchProcessor.submit`."""
-        return self._run(
-            self._processor.submit(
-                func, items, batch_size, batch_id=batch_id, if_exists=if_exists, **options
-            )
-        )
-
-    def open(self, batch_id: str) -> Batch:
-        """Like :meth:`BatchProcessor.open`."""
-        return self._run(self._processor.open(batch_id))
-
-    def batches(self) -> list[Batch]:
-        """Like :meth:`BatchProcessor.batches`."""
-        return self._run(self._processor.batches())
-
-    def delete(self, batch_id: str) -> bool:
-        """Like :meth:`BatchProcessor.delete`."""
-        return self._run(self._processor.delete(batch_id))
-
-    def progress(self, target: Target | None = None) -> BatchProgress:
-        """Like :meth:`BatchProcessor.progress`."""
-        return self._run(self._processor.progress(target))
-
-    def collect_results(
-        self,
-        task_ids: Target | None = None,
-        timeout: float | None = 30.0,
-        poll_interval: float = 0.5,
-        progress: bool = False,
-    ) -> dict[str, Result]:
-        """Like :meth:`BatchProcessor.collect_results`."""
-        return self._run(
-            self._processor.collect_results(task_ids, timeout, poll_interval, progress)
-        )
-
-    def as_completed(
-        self,
-        task_ids: Target | None = None,
-        timeout: float | None = None,
-        *,
-        poll_interval: float = 0.5,
-        progress: bool = False,
-    ) -> Iterator[Result]:
-        """Like :meth:`BatchProcessor.as_completed`, as a plain iterator."""
-        results = self._processor.as_completed(
-            task_ids, timeout, poll_interval=poll_interval, progress=progress
-        )
-        try:
-            while True:
-                try:
-                    yield self._run(_next(results))
-                except StopAsyncIteration:
-                    return
-        finally:
-            if not self._closed:
-                self._run(_aclose(results))
-
-    def gather(
-        self,
-        task_ids: Target | None = None,
-        *,
-        timeout: float | None = None,
-        progress: bool = True,
-        return_exceptions: bool = False,
-        poll_interval: float = 0.5,
-    ) -> list[Any]:
-        """Like :meth:`BatchProcessor.gather`."""
-        return self._run(
-            self._processor.gather(
-                task_ids,
-                timeout=timeout,
-                progress=progress,
-                return_exceptions=return_exceptions,
-                poll_interval=poll_interval,
-            )
-        )
-
-    def map(
-        self,
-        func: Callable[..., Any],
-        items: Iterable[Any],
-        *,
-        batch_size: int | None = None,
-        timeout: float | None = None,
-        progress: bool = True,
-        return_exceptions: bool = False,
-        batch_id: str | None = None,
-        options: Mapping[str, Any] | None = None,
-    ) -> list[Any]:
-        """Like :meth:`BatchProcessor.map`."""
-        return self._run(
-            self._processor.map(
-                func,
-                items,
-                batch_size=batch_size,
-                timeout=timeout,
-                progress=progress,
-                return_exceptions=return_exceptions,
-                batch_id=batch_id,
-                options=options,
-            )
-        )
-
-    def retry_failed(self, task_ids: Target | None = None) -> list[str]:
-        """Like :meth:`BatchProcessor.retry_failed`."""
-        return self._run(self._processor.retry_failed(task_ids))
-
-    def cancel(self, task_ids: Target | None = None) -> list[str]:
-        """Like :meth:`BatchProcessor.cancel`."""
-        return self._run(self._processor.cancel(task_ids))
+    as_completed = _iterating(BatchProcessor.as_completed)
 
     def report(self) -> BatchReport:
         """Like :meth:`BatchProcessor.report`."""
         return self._processor.report()
 
 
-async def _next(results: AsyncIterator[Result]) -> Result:
-    return await results.__anext__()
-
-
-async def _aclose(results: AsyncIterator[Result]) -> None:
-    # as_completed is an async generator: closing it runs its cleanup on the loop.
-    aclose = getattr(results, "aclose", None)
-    if aclose is not None:
-        await aclose()
+async def _await(step: Awaitable[T]) -> T:
+    # A step of an async generator is no coroutine: the loop thread runs coroutines.
+    return await step

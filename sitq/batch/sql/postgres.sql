@@ -9,20 +9,15 @@ ON CONFLICT (id) DO NOTHING
 
 -- name: reserve_positions
 -- Reserve positions for $3 new members (creating the batch if missing); the row
--- lock serializes producers appending to one batch. Returns the first one.
+-- lock serializes producers appending to one batch. Returns the first one. If $4,
+-- a compare-and-set: no row (so nothing reserved) unless the batch is empty (a
+-- batch that does not exist is).
 INSERT INTO {s}.sitq_batches AS b (id, created_at, size) VALUES ($1, $2, $3)
-ON CONFLICT (id) DO UPDATE SET size = b.size + EXCLUDED.size
-RETURNING b.size - $3
-
--- name: reserve_positions_if_empty
--- reserve_positions as a compare-and-set: no row (so nothing reserved) unless the
--- batch is empty (a batch that does not exist is).
-INSERT INTO {s}.sitq_batches AS b (id, created_at, size) VALUES ($1, $2, $3)
-ON CONFLICT (id) DO UPDATE SET size = b.size + EXCLUDED.size WHERE b.size = 0
+ON CONFLICT (id) DO UPDATE SET size = b.size + EXCLUDED.size WHERE NOT $4::boolean OR b.size = 0
 RETURNING b.size - $3
 
 -- name: reserve_positions_if_size
--- The same, unless the batch has $3 members.
+-- The compare-and-set when the batch should have $3 members.
 UPDATE {s}.sitq_batches SET size = size + $2 WHERE id = $1 AND size = $3
 RETURNING size - $2
 
@@ -37,9 +32,6 @@ SELECT id, created_at, size FROM {s}.sitq_batches WHERE id = $1
 -- A page of them (LIMIT NULL: all); a top-N sort keeps only the page.
 SELECT id, created_at, size FROM {s}.sitq_batches ORDER BY created_at DESC, id
 LIMIT $1::bigint OFFSET $2::bigint
-
--- name: batch_task_ids
-SELECT task_id FROM {s}.sitq_batch_tasks WHERE batch_id = $1 ORDER BY position
 
 -- name: batch_members
 SELECT position, task_id FROM {s}.sitq_batch_tasks WHERE batch_id = $1 ORDER BY position

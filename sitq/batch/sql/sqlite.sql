@@ -8,20 +8,15 @@ ON CONFLICT (id) DO NOTHING
 
 -- name: reserve_positions
 -- Reserve positions for ?3 new members (creating the batch if missing); returns
--- the first reserved position. Run inside the enqueue's transaction.
+-- the first reserved position. Run inside the enqueue's transaction. If ?4, a
+-- compare-and-set: no row (so nothing reserved) unless the batch is empty (a
+-- batch that does not exist is).
 INSERT INTO sitq_batches (id, created_at, size) VALUES (?1, ?2, ?3)
-ON CONFLICT (id) DO UPDATE SET size = size + excluded.size
-RETURNING size - ?3
-
--- name: reserve_positions_if_empty
--- reserve_positions as a compare-and-set: no row (so nothing reserved) unless the
--- batch is empty (a batch that does not exist is).
-INSERT INTO sitq_batches (id, created_at, size) VALUES (?1, ?2, ?3)
-ON CONFLICT (id) DO UPDATE SET size = size + excluded.size WHERE size = 0
+ON CONFLICT (id) DO UPDATE SET size = size + excluded.size WHERE NOT ?4 OR size = 0
 RETURNING size - ?3
 
 -- name: reserve_positions_if_size
--- The same, unless the batch has ?3 members.
+-- The compare-and-set when the batch should have ?3 members.
 UPDATE sitq_batches SET size = size + ?2 WHERE id = ?1 AND size = ?3
 RETURNING size - ?2
 
@@ -37,9 +32,6 @@ SELECT id, created_at, size FROM sitq_batches WHERE id = ?1
 -- A page of them (a NULL limit: all); the sort keeps only the page, not every row.
 SELECT id, created_at, size FROM sitq_batches ORDER BY created_at DESC, id
 LIMIT coalesce(?1, -1) OFFSET ?2
-
--- name: batch_task_ids
-SELECT task_id FROM sitq_batch_tasks WHERE batch_id = ?1 ORDER BY position
 
 -- name: batch_members
 SELECT position, task_id FROM sitq_batch_tasks WHERE batch_id = ?1 ORDER BY position
