@@ -356,9 +356,11 @@ class TaskQueue:
             self._connected = True
 
     async def close(self) -> None:
-        """Close the backend connection this queue opened."""
+        """Close the backend connection this queue opened, and stop waiting for
+        results (a ``get_result`` still waiting raises NotConnected)."""
         if self._connected:
             self._connected = False
+            await self._waiters.close()
             await self._backend.close()
 
     async def __aenter__(self) -> TaskQueue:

@@ -108,14 +108,10 @@ class SyncTaskQueue:
         self._ready()
 
     def close(self) -> None:
-        """Close the backend and stop the background loop."""
-        if self._closed:
-            return
+        """Close the backend and stop the background loop; never hangs (see
+        :meth:`sitq.bridge.LoopThread.close`)."""
         self._closed = True
-        try:
-            self._loop.run(self._queue.close())
-        finally:
-            self._loop.close()
+        self._loop.close(self._queue.close())
 
     def __enter__(self) -> SyncTaskQueue:
         return self

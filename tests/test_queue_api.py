@@ -262,6 +262,28 @@ async def test_using_a_closed_queue_says_what_to_do(db_path: Path) -> None:
         await q.enqueue(jobs.noop)
 
 
+async def test_close_stops_the_result_poller_and_answers_its_waiters(db_path: Path) -> None:
+    def pollers() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() if t.get_name() == "sitq-result-waiters"]
+
+    async def polling() -> bool:
+        return bool(pollers())
+
+    q = TaskQueue(db_path)
+    await q.connect()
+    task_id = await q.enqueue(jobs.noop)  # no worker: it never finishes
+    waiters = [asyncio.ensure_future(q.get_result(task_id, timeout=None)) for _ in range(2)]
+    await await_until(polling, what="the result poller")
+    (poller,) = pollers()
+    await asyncio.wait_for(q.close(), 10)
+    assert poller.done() and not pollers()
+    done, _ = await asyncio.wait(waiters, timeout=10)
+    assert len(done) == 2
+    for waiter in done:
+        with pytest.raises(NotConnected, match="closed"):
+            waiter.result()
+
+
 def test_sync_task_queue(db_path: Path) -> None:
     async def serve_one() -> None:
         w = Worker(db_path, concurrency=2)
