@@ -14,12 +14,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from sitq import checks, schedules, telemetry
-from sitq.announce import (
-    RETRIABLE,
-    announce_cancelled,
-    announce_enqueued,
-    announce_requeued,
-)
+from sitq.announce import announce, announce_enqueued
 from sitq.announce import observed as _observed
 from sitq.backends import base, open_backend
 from sitq.backends.base import (
@@ -44,7 +39,6 @@ from sitq.new_tasks import as_calls as _as_calls
 from sitq.new_tasks import new_tasks
 from sitq.overview import Overview, build_overview
 from sitq.records import (
-    MAX_PAGE_SIZE,
     CancelOutcome,
     check_callable,
     check_listing,
@@ -495,8 +489,8 @@ class TaskQueue:
         outcome = await backend.cancel(task_id)
         if outcome is None:
             raise TaskNotFound(task_id)
-        if outcome == "cancelled" and _observed():
-            await announce_cancelled(backend, [task_id])
+        if outcome == "cancelled":
+            await announce(backend, "cancelled", [task_id])
         return CancelOutcome(outcome)
 
     async def retry(self, task_id: str) -> bool:
@@ -512,19 +506,10 @@ class TaskQueue:
     async def retry_many(self, task_ids: Sequence[str]) -> int:
         """Queue those of the tasks that failed or were cancelled again, in one
         transaction; return how many (each sends ``task_requeued``)."""
-        ids = list(task_ids)
-        if not ids:
-            return 0
         backend = self._backend_checked()
-        if not _observed():
-            return await backend.retry(ids)
-        # Which ones are retried is read first, to announce those (the count is
-        # the database's own answer).
-        before = await backend.get_tasks(ids, with_result=False)
-        retriable = [t for t, r in before.items() if r.status in RETRIABLE]
-        count = await backend.retry(retriable) if retriable else 0
-        await announce_requeued(backend, retriable)
-        return count
+        requeued = await backend.retry(list(task_ids))
+        await announce(backend, "requeued", requeued)
+        return len(requeued)
 
     async def retry_failed(self, queue: str | None = None) -> int:
         """Queue every failed task again (of ``queue`` only, if given), in one
@@ -532,21 +517,9 @@ class TaskQueue:
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise ConfigurationError(f"queue must be a non-empty string or None, got {queue!r}")
         backend = self._backend_checked()
-        if not _observed():
-            return await backend.retry(None, queue=queue)
-        failed: list[str] = []
-        cursor: str | None = None
-        while True:  # the failed tasks' ids, to announce them
-            page = await backend.list_tasks(
-                queue=queue, status="failed", batch_id=None, cursor=cursor, limit=MAX_PAGE_SIZE
-            )
-            failed += [record.id for record in page.tasks]
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-        count = await backend.retry(failed) if failed else 0
-        await announce_requeued(backend, failed)
-        return count
+        requeued = await backend.retry(None, queue=queue)
+        await announce(backend, "requeued", requeued)
+        return len(requeued)
 
     async def purge(
         self,
@@ -826,8 +799,7 @@ class TaskQueue:
         ``TaskRecord.claimed``): ``cancel`` each of those instead."""
         backend = self._backend_checked()
         cancelled = await backend.cancel_queued(list(task_ids))
-        if cancelled and _observed():
-            await announce_cancelled(backend, cancelled)
+        await announce(backend, "cancelled", cancelled)
         return cancelled
 
     async def wait_for_results(self, timeout: float) -> None:
