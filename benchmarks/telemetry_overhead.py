@@ -38,10 +38,10 @@ if mode == "on":
     from opentelemetry.sdk.trace import TracerProvider
     trace.set_tracer_provider(TracerProvider())  # no exporter: measure sitq's side
     metrics.set_meter_provider(MeterProvider())
-import sitq.queue, sitq.worker.execution
+import sitq.enqueuer, sitq.worker.execution
 from sitq import TaskQueue, Worker
 if mode == "bypassed":
-    sitq.queue._observed = sitq.worker.execution.observed = lambda: False
+    sitq.enqueuer.observed = sitq.worker.execution.observed = lambda: False
 import bench_tasks
 
 UNFINISHED = (

@@ -6,11 +6,11 @@ these, so a cancel or a retry is announced the same way wherever it comes from."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from sitq import signals, telemetry
 from sitq.backends.base import Backend, NewTask
 from sitq.signals import TaskEvent
-from sitq.task import TaskStatus
 
 
 def observed() -> bool:
@@ -31,28 +31,20 @@ def announce_enqueued(tasks: Sequence[NewTask]) -> None:
             signals.task_enqueued.send_nowait(TaskEvent(task.id, task.func_name, task.queue))
 
 
-#: The statuses a retry queues again.
-RETRIABLE = frozenset({TaskStatus.FAILED.value, TaskStatus.CANCELLED.value})
+_CHANGES = {
+    "cancelled": (signals.task_cancelled, telemetry.cancelled),
+    "requeued": (signals.task_requeued, telemetry.requeued),
+}
 
 
-async def announce_cancelled(backend: Backend, task_ids: Sequence[str]) -> None:
-    """Count and signal tasks cancelled before they ran (a running one is
-    reported by its worker)."""
-    for record in (await backend.get_tasks(task_ids, with_result=False)).values():
-        telemetry.cancelled(record.queue, record.func_name)
-        signals.task_cancelled.send_nowait(
-            TaskEvent(record.id, record.func_name, record.queue, record.attempts)
-        )
-
-
-async def announce_requeued(backend: Backend, task_ids: Sequence[str]) -> None:
-    """Count and signal the tasks of ``task_ids`` that a retry queued again."""
-    if not task_ids:
+async def announce(
+    backend: Backend, change: Literal["cancelled", "requeued"], task_ids: Sequence[str]
+) -> None:
+    """Count and signal the tasks of ``task_ids`` that this call cancelled before
+    they ran (a running one is reported by its worker) or queued again."""
+    if not task_ids or not observed():
         return
+    signal, count = _CHANGES[change]
     for record in (await backend.get_tasks(task_ids, with_result=False)).values():
-        if record.status != TaskStatus.QUEUED.value:
-            continue  # not retried (it ran again meanwhile, or was not retriable)
-        telemetry.requeued(record.queue, record.func_name)
-        signals.task_requeued.send_nowait(
-            TaskEvent(record.id, record.func_name, record.queue, record.attempts)
-        )
+        count(record.queue, record.func_name)
+        signal.send_nowait(TaskEvent(record.id, record.func_name, record.queue, record.attempts))

@@ -18,9 +18,10 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import logging
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent import futures
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
@@ -28,6 +29,8 @@ from typing import Any, Protocol, TypeVar
 from sitq.errors import NotConnected
 
 T = TypeVar("T")
+
+logger = logging.getLogger("sitq.bridge")
 
 
 class RunOnLoop(Protocol):
@@ -51,6 +54,11 @@ def runs_event_loop() -> bool:
     return asyncio._get_running_loop() is not None and not in_notebook()
 
 
+#: How long :meth:`LoopThread.close` gives its clean-up, then what still runs once
+#: cancelled, before it leaves the loop to its daemon thread.
+CLOSE_GRACE = 5.0
+
+
 class LoopThread:
     """An event loop running on a dedicated daemon thread, until :meth:`close`.
 
@@ -66,43 +74,17 @@ class LoopThread:
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self._thread.start()
         self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._closed
+        # The outcomes callers wait for: close() answers those the loop leaves.
+        self._pending: set[Future[Any]] = set()
 
     def run(self, coro: Coroutine[Any, Any, T], /) -> T:
         """Run ``coro`` on the loop thread; return its result or raise its exception."""
-        if self._closed:
-            coro.close()  # never awaited: close it so Python does not warn
-            raise RuntimeError(f"the {self._thread.name} event loop is closed")
-        # Like asyncio.run_coroutine_threadsafe, keeping the task to cancel it.
-        outcome: Future[T] = Future()
-        started: list[asyncio.Task[T]] = []
-        # The coroutine sees the caller's context variables (a current trace span),
-        # as under asyncio.run: the task is created in a copy of the caller's context.
-        context = contextvars.copy_context()
-
-        def start() -> None:
-            task = context.run(self._loop.create_task, coro)
-            started.append(task)
-            task.add_done_callback(functools.partial(_settle, outcome))
-
-        def abort() -> None:
-            # The loop runs callbacks in order: if start() was queued, it has run.
-            if started:
-                started[0].cancel()
-            else:  # interrupted before start() was queued: it never will be
-                coro.close()
-                outcome.cancel()
-
+        outcome, stop = self._start(coro)
         try:
-            self._loop.call_soon_threadsafe(start)
             return outcome.result()
         except BaseException:
             if not outcome.done():  # interrupted while waiting: stop the coroutine
-                self._loop.call_soon_threadsafe(abort)
+                stop()
                 # Wait for it to unwind (what it ends with is dropped: the
                 # interruption propagates). futures.wait() would miss a cancel.
                 with contextlib.suppress(futures.CancelledError):
@@ -111,27 +93,92 @@ class LoopThread:
 
     def submit(self, coro: Coroutine[Any, Any, T], /) -> Future[T]:
         """Schedule ``coro`` on the loop thread without waiting: for a caller on
-        another event loop, which awaits the future (``asyncio.wrap_future``)."""
+        another event loop, which awaits the future (``asyncio.wrap_future``).
+        Cancelling the future cancels the coroutine."""
+        return self._start(coro)[0]
+
+    def _start(self, coro: Coroutine[Any, Any, T]) -> tuple[Future[T], Callable[[], None]]:
+        """Start ``coro`` on the loop: its outcome, and what stops it."""
         if self._closed:
             coro.close()  # never awaited: close it so Python does not warn
             raise NotConnected(f"the {self._thread.name} event loop is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+        outcome: Future[T] = Future()
+        # The coroutine sees the caller's context variables (a current trace span),
+        # as under asyncio.run: the task is created in a copy of the caller's context.
+        context = contextvars.copy_context()
+        started: list[asyncio.Task[T]] = []
 
-    def close(self) -> None:
-        """Stop the loop and join its thread (after what is running on it)."""
+        def start() -> None:
+            if outcome.done():  # given up on (or closed) before it started
+                coro.close()
+                return
+            task = context.run(self._loop.create_task, coro)
+            started.append(task)
+            task.add_done_callback(functools.partial(_settle, outcome))
+
+        def abort() -> None:
+            # The loop runs callbacks in order: start() has run.
+            if started:
+                started[0].cancel()
+
+        def stop() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs
+                self._loop.call_soon_threadsafe(abort)
+
+        self._pending.add(outcome)
+        outcome.add_done_callback(lambda done: stop() if done.cancelled() else None)
+        outcome.add_done_callback(self._pending.discard)
+        self._loop.call_soon_threadsafe(start)
+        return outcome, stop
+
+    def close(self, last: Coroutine[Any, Any, Any] | None = None, /) -> None:
+        """Run ``last`` (a clean-up: closing a backend) if given, then cancel what
+        still runs, stop the loop and join its thread. Never hangs: each step has
+        ``CLOSE_GRACE`` seconds; a loop still busy after that is left to its daemon
+        thread, and every caller still waiting on it gets NotConnected."""
         if self._closed:
+            if last is not None:
+                last.close()
             return
-        self._closed = True
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        try:
+            if last is not None:
+                with contextlib.suppress(futures.TimeoutError):  # then cancelled below
+                    self.submit(last).result(CLOSE_GRACE)
+        finally:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.create_task, self._shut_down())
+            self._thread.join(2 * CLOSE_GRACE)
+            self._abandon()
+            if self._thread.is_alive():
+                logger.warning("the %s event loop is stuck: left running", self._thread.name)
+            else:
+                self._loop.close()
+
+    async def _shut_down(self) -> None:
+        """Answer the waiting callers, cancel every task and stop the loop."""
+        self._abandon()
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_GRACE)
+        self._loop.stop()
+
+    def _abandon(self) -> None:
+        """Every caller still waiting gets NotConnected (its call is being cancelled)."""
+        for outcome in list(self._pending):
+            error = NotConnected(f"the {self._thread.name} event loop closed during this call")
+            with contextlib.suppress(futures.InvalidStateError):
+                outcome.set_exception(error)
 
 
 def _settle(outcome: Future[T], task: asyncio.Task[T]) -> None:
-    """Hand a finished task's outcome (the very exception object) to the waiting thread."""
-    if task.cancelled():
-        outcome.cancel()
-    elif (error := task.exception()) is not None:
-        outcome.set_exception(error)
-    else:
-        outcome.set_result(task.result())
+    """Hand a finished task's outcome (the very exception object) to the waiting
+    thread, unless it was answered already (by close)."""
+    with contextlib.suppress(futures.InvalidStateError):
+        if task.cancelled():
+            outcome.cancel()
+        elif (error := task.exception()) is not None:
+            outcome.set_exception(error)
+        else:
+            outcome.set_result(task.result())

@@ -1,38 +1,33 @@
-"""The producer API: TaskQueue (async). Its sync face, SyncTaskQueue, is in
-``sync_queue``; the overview it builds in ``overview``, its record helpers in
-``records``."""
+"""The producer API: TaskQueue (async), an :class:`~sitq.enqueuer.Enqueuer` with
+the default options, and its calls on results, tasks, schedules and limits.
+
+What it is made of lives beside it: the enqueue path in ``enqueuer``, records
+and checks in ``records``, signals in ``announce``, the shared result poll loop
+in ``waiters``, the overview in ``overview``; its sync face is ``sync_queue``."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import math
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from sitq import checks, schedules, telemetry
-from sitq.announce import (
-    RETRIABLE,
-    announce_cancelled,
-    announce_enqueued,
-    announce_requeued,
-)
-from sitq.announce import observed as _observed
+from sitq import checks, schedules
+from sitq.announce import announce
 from sitq.backends import base, open_backend
 from sitq.backends.base import (
     WORKER_STALE_AFTER,
     Backend,
     LimitRecord,
-    NewTask,
     ScheduleRecord,
     TaskPage,
     TaskRecord,
 )
 from sitq.backends.common import translate_error
-from sitq.bridge import RunOnLoop
+from sitq.enqueuer import Enqueuer, new_tasks, raise_translated
 from sitq.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -40,11 +35,8 @@ from sitq.errors import (
     SitqError,
     TaskNotFound,
 )
-from sitq.new_tasks import as_calls as _as_calls
-from sitq.new_tasks import new_tasks
 from sitq.overview import Overview, build_overview
 from sitq.records import (
-    MAX_PAGE_SIZE,
     CancelOutcome,
     check_callable,
     check_listing,
@@ -59,23 +51,14 @@ from sitq.records import (
 from sitq.registry import TaskHandle, TaskRef, register
 from sitq.schedules import CatchUp, Schedule
 from sitq.serialization import Serializer, default_serializer
-from sitq.store import StoreSession, StoreTransaction
-from sitq.task import (
-    OPTION_NAMES,
-    Result,
-    TaskId,
-    TaskOptions,
-    TaskStatus,
-    check_option_keywords,
-)
+from sitq.store import StoreSession
+from sitq.task import Result, TaskOptions, TaskStatus
 from sitq.waiters import ResultWaiters
 
 T = TypeVar("T")
 Q = TypeVar("Q")
 P = ParamSpec("P")
 R = TypeVar("R")
-
-logger = logging.getLogger("sitq.queue")
 
 #: The longest a waiter sleeps between checks when no wake-up arrives.
 POLL_INTERVAL = 0.05
@@ -84,212 +67,8 @@ POLL_INTERVAL = 0.05
 StorageTarget = Backend | str | os.PathLike[str] | None
 
 
-def _raise_translated(exc: Exception, backend: Backend) -> None:
-    """Raise the SitqError for a raw database error (``exc`` chained as its cause);
-    return if ``exc`` is not one, for the caller to re-raise it unchanged."""
-    error = translate_error(exc, backend)
-    if error is not None and error is not exc:
-        raise error from exc
-
-
 #: What purge deletes by default: every finished task.
 FINISHED_VALUES = (TaskStatus.SUCCEEDED.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
-
-
-#: A layer's statements run in the transaction that stores an enqueue_many's tasks:
-#: called with the transaction and the new tasks' ids.
-Alongside = Callable[[StoreTransaction, Sequence[str]], Awaitable[Any]]
-
-
-def _storing_alongside(
-    backend: Backend, alongside: Alongside
-) -> Callable[[list[NewTask]], Awaitable[None]]:
-    """What stores tasks and runs ``alongside`` in one transaction."""
-
-    async def store(tasks: list[NewTask]) -> None:
-        async def body(tx: StoreTransaction) -> None:
-            await tx.insert_tasks(tasks)
-            await alongside(tx, [task.id for task in tasks])
-
-        await backend.store_session().transaction(body)
-
-    return store
-
-
-class _Enqueuer:
-    """``enqueue`` and ``enqueue_many`` with a fixed set of options."""
-
-    def __init__(
-        self, queue: TaskQueue, options: TaskOptions, overrides: dict[str, Any] | None = None
-    ) -> None:
-        self._queue = queue
-        self.options = options
-        # The options given to with_options, kept so a TaskHandle passed as the
-        # callable gets its registered options with just these applied on top.
-        self._overrides = overrides or {}
-
-    def with_options(self, **options: Any) -> _Enqueuer:
-        """The same queue with further options (see :class:`TaskOptions`)."""
-        return _Enqueuer(
-            self._queue, self.options.merged(**options), {**self._overrides, **options}
-        )
-
-    def for_handle(self, handle: TaskHandle[Any, Any]) -> _Enqueuer:
-        """The enqueuer for a TaskHandle passed as the callable: the handle is sent
-        by name (never pickled: it holds the queue) with its registered options,
-        overridden by the ones given to with_options, as ``handle.enqueue`` would."""
-        return _Enqueuer(self._queue, handle.options.merged(**self._overrides))
-
-    async def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
-        """Store a call of ``fn(*args, **kwargs)``; return its task id once committed.
-
-        Every keyword argument goes to ``fn``: set options with ``with_options``.
-        With a ``unique_key``, the id is a :class:`TaskId` that says whether it is new.
-        A TaskHandle is sent by name with its registered options.
-        """
-        if isinstance(fn, TaskHandle):
-            if kwargs and not OPTION_NAMES.isdisjoint(kwargs):
-                check_option_keywords(fn.fn, kwargs)
-            return await self.for_handle(fn).enqueue(fn.ref, *args, **kwargs)
-        backend = self._queue._backend_checked()
-        try:
-            if self.options.unique_key is not None:
-                return await self._enqueue_unique(backend, fn, args, kwargs)
-            if _observed():
-                return (await self._enqueue_observed(backend, fn, [(args, kwargs)]))[0]
-            tasks = self._queue._new_tasks(self.options, fn, [(args, kwargs)], backend.now())
-            await backend.enqueue(tasks)
-        except SitqError:
-            raise
-        except Exception as exc:
-            _raise_translated(exc, backend)
-            raise
-        return tasks[0].id
-
-    async def enqueue_many(
-        self,
-        fn: Callable[..., Any],
-        items: Iterable[Any],
-        /,
-        *,
-        alongside: Alongside | None = None,
-    ) -> list[str]:
-        """Store one call of ``fn`` per item in one transaction; return their ids in order.
-
-        Each item is a tuple of positional arguments, or a single argument.
-        ``alongside(tx, task_ids)``, if given, runs inside that transaction (a
-        layer's own rows that must commit with the tasks, or not at all).
-        """
-        if isinstance(fn, TaskHandle):
-            return await self.for_handle(fn).enqueue_many(fn.ref, items, alongside=alongside)
-        backend = self._queue._backend_checked()
-        self._refuse_unique("enqueue_many")
-        calls = _as_calls(items)
-        store = None if alongside is None else _storing_alongside(backend, alongside)
-        try:
-            if _observed():
-                return await self._enqueue_observed(backend, fn, calls, store)
-            tasks = self._queue._new_tasks(self.options, fn, calls, backend.now())
-            await (store or backend.enqueue)(tasks)
-        except SitqError:
-            raise
-        except Exception as exc:
-            _raise_translated(exc, backend)
-            raise
-        return [task.id for task in tasks]
-
-    # The blocking face's enqueue (SyncTaskQueue): the same enqueue, built on the
-    # caller's thread and stored there when the backend can (SQLite), since a trip
-    # through the event-loop thread costs more than the INSERT (benchmarks/run.py).
-
-    def enqueue_blocking(
-        self, run: RunOnLoop, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> str:
-        """:meth:`enqueue` for plain code; ``run`` runs a coroutine on the queue's loop."""
-        return self._enqueue_blocking(run, fn, [(args, kwargs)])[0]
-
-    def enqueue_many_blocking(
-        self, run: RunOnLoop, fn: Callable[..., Any], items: Iterable[Any], /
-    ) -> list[str]:
-        """:meth:`enqueue_many` for plain code; ``run`` as for :meth:`enqueue_blocking`."""
-        return self._enqueue_blocking(run, fn, _as_calls(items))
-
-    def _enqueue_blocking(
-        self,
-        run: RunOnLoop,
-        fn: Callable[..., Any],
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-    ) -> list[str]:
-        if isinstance(fn, TaskHandle):
-            if calls and calls[0][1] and not OPTION_NAMES.isdisjoint(calls[0][1]):
-                check_option_keywords(fn.fn, calls[0][1])
-            return self.for_handle(fn)._enqueue_blocking(run, fn.ref, calls)
-        backend = self._queue._backend_checked()
-        try:
-            if self.options.unique_key is not None:
-                if len(calls) != 1:
-                    self._refuse_unique("enqueue_many")
-                args, kwargs = calls[0]
-                return [run(self._enqueue_unique(backend, fn, args, kwargs))]
-            if _observed():
-                return run(self._enqueue_observed(backend, fn, calls))
-            tasks = self._queue._new_tasks(self.options, fn, calls, backend.now())
-            if not backend.enqueue_blocking(tasks):
-                run(backend.enqueue(tasks))
-        except SitqError:
-            raise
-        except Exception as exc:
-            _raise_translated(exc, backend)
-            raise
-        return [task.id for task in tasks]
-
-    def _refuse_unique(self, method: str) -> None:
-        if self.options.unique_key is not None:
-            raise ConfigurationError(
-                f"unique_key applies to one task at a time: use enqueue(), not {method}() "
-                "(every task of the call would share the key, so only one could exist)"
-            )
-
-    async def _enqueue_unique(
-        self,
-        backend: Backend,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> TaskId:
-        """Enqueue unless a queued or running task holds the unique key."""
-        check_callable(fn)
-        key = self.options.unique_key
-        with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
-            (task,) = self._queue._new_tasks(
-                self.options, fn, [(args, kwargs)], backend.now(), scope.headers
-            )
-            task_id, created = await backend.enqueue_unique(task)
-            if created:
-                scope.committed([task_id])
-        if created:
-            announce_enqueued([task])
-            return TaskId(task_id)
-        logger.info("unique key %r is held by task %s: not enqueued again", key, task_id)
-        return TaskId.existing(task_id)
-
-    async def _enqueue_observed(
-        self,
-        backend: Backend,
-        fn: Callable[..., Any],
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-        store: Callable[[list[NewTask]], Awaitable[Any]] | None = None,
-    ) -> list[str]:
-        """The enqueue path with a span, metrics and the task_enqueued signal;
-        ``store`` writes the tasks (default: ``backend.enqueue``)."""
-        check_callable(fn)
-        with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
-            tasks = self._queue._new_tasks(self.options, fn, calls, backend.now(), scope.headers)
-            await (store or backend.enqueue)(tasks)
-            ids = [task.id for task in tasks]
-            scope.committed(ids)
-        announce_enqueued(tasks)
-        return ids
 
 
 def _translating(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -303,27 +82,24 @@ def _translating(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable
         except SitqError:
             raise
         except Exception as exc:
-            _raise_translated(exc, self._backend)
+            raise_translated(exc, self._backend)
             raise
 
     return call
 
 
-#: Methods that translate database errors inline (the enqueue path: no extra coroutine).
-_TRANSLATED_INLINE = frozenset({"enqueue", "enqueue_many"})
-
-
 def _storage_errors(cls: type[Q]) -> type[Q]:
     """Class decorator: every async method of ``cls`` translates database errors."""
     for name, method in list(vars(cls).items()):
-        if inspect.iscoroutinefunction(method) and name not in _TRANSLATED_INLINE:
+        if inspect.iscoroutinefunction(method):
             setattr(cls, name, _translating(method))
     return cls
 
 
 @_storage_errors
-class TaskQueue:
-    """The async producer API.
+class TaskQueue(Enqueuer):
+    """The async producer API: ``enqueue`` and ``enqueue_many`` (see
+    :class:`~sitq.enqueuer.Enqueuer`), results, and the operator calls.
 
     :param backend: a Backend, a database URL or path (``"tasks.db"``,
         ``"sqlite:///tasks.db"``), or None for ``$SITQ_DB`` else ``sitq.db``.
@@ -344,8 +120,8 @@ class TaskQueue:
     ) -> None:
         # Each backend has its own default for create: pass it only when refused.
         self._backend = open_backend(backend) if create else open_backend(backend, create=False)
-        self.serializer: Serializer = serializer or default_serializer()
-        self._default = _Enqueuer(self, TaskOptions())
+        self.serializer = serializer or default_serializer()
+        super().__init__()
         self._connected = False
         self._waiters = ResultWaiters(self._backend, is_finished, POLL_INTERVAL)
 
@@ -356,9 +132,11 @@ class TaskQueue:
             self._connected = True
 
     async def close(self) -> None:
-        """Close the backend connection this queue opened."""
+        """Close the backend connection this queue opened, and stop waiting for
+        results (a ``get_result`` still waiting raises NotConnected)."""
         if self._connected:
             self._connected = False
+            await self._waiters.close()
             await self._backend.close()
 
     async def __aenter__(self) -> TaskQueue:
@@ -375,48 +153,6 @@ class TaskQueue:
                 "or use `async with TaskQueue(...) as queue:`"
             )
         return self._backend
-
-    def _new_tasks(
-        self,
-        options: TaskOptions,
-        fn: Callable[..., Any],
-        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-        now: float,
-        headers: dict[str, str] | None = None,
-    ) -> list[NewTask]:
-        """The task rows of calls of ``fn`` (see :func:`sitq.new_tasks.new_tasks`)."""
-        return new_tasks(self.serializer, options, fn, calls, now, headers)
-
-    # -- enqueueing -------------------------------------------------------
-
-    def with_options(self, **options: Any) -> _Enqueuer:
-        """An object with ``enqueue``/``enqueue_many`` that apply these options:
-        ``queue, priority, delay, eta, max_retries, retry_backoff, timeout,
-        unique_key, result_ttl`` (see :class:`TaskOptions`)."""
-        return self._default.with_options(**options)
-
-    async def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
-        """Store a call of ``fn(*args, **kwargs)`` and return its task id once committed.
-
-        Every keyword argument goes to ``fn``; set options with ``with_options``.
-        """
-        return await self._default.enqueue(fn, *args, **kwargs)
-
-    async def enqueue_many(
-        self,
-        fn: Callable[..., Any],
-        items: Iterable[Any],
-        /,
-        *,
-        alongside: Alongside | None = None,
-    ) -> list[str]:
-        """One call of ``fn`` per item, in one transaction; ids in item order.
-
-        Each item is a tuple of positional arguments, or a single argument.
-        ``alongside(tx, task_ids)``, for sitq's layers and extensions, runs inside
-        that transaction (see :meth:`store_session`).
-        """
-        return await self._default.enqueue_many(fn, items, alongside=alongside)
 
     # -- results and control ----------------------------------------------
 
@@ -493,8 +229,8 @@ class TaskQueue:
         outcome = await backend.cancel(task_id)
         if outcome is None:
             raise TaskNotFound(task_id)
-        if outcome == "cancelled" and _observed():
-            await announce_cancelled(backend, [task_id])
+        if outcome == "cancelled":
+            await announce(backend, "cancelled", [task_id])
         return CancelOutcome(outcome)
 
     async def retry(self, task_id: str) -> bool:
@@ -510,19 +246,10 @@ class TaskQueue:
     async def retry_many(self, task_ids: Sequence[str]) -> int:
         """Queue those of the tasks that failed or were cancelled again, in one
         transaction; return how many (each sends ``task_requeued``)."""
-        ids = list(task_ids)
-        if not ids:
-            return 0
         backend = self._backend_checked()
-        if not _observed():
-            return await backend.retry(ids)
-        # Which ones are retried is read first, to announce those (the count is
-        # the database's own answer).
-        before = await backend.get_tasks(ids, with_result=False)
-        retriable = [t for t, r in before.items() if r.status in RETRIABLE]
-        count = await backend.retry(retriable) if retriable else 0
-        await announce_requeued(backend, retriable)
-        return count
+        requeued = await backend.retry(list(task_ids))
+        await announce(backend, "requeued", requeued)
+        return len(requeued)
 
     async def retry_failed(self, queue: str | None = None) -> int:
         """Queue every failed task again (of ``queue`` only, if given), in one
@@ -530,21 +257,9 @@ class TaskQueue:
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise ConfigurationError(f"queue must be a non-empty string or None, got {queue!r}")
         backend = self._backend_checked()
-        if not _observed():
-            return await backend.retry(None, queue=queue)
-        failed: list[str] = []
-        cursor: str | None = None
-        while True:  # the failed tasks' ids, to announce them
-            page = await backend.list_tasks(
-                queue=queue, status="failed", batch_id=None, cursor=cursor, limit=MAX_PAGE_SIZE
-            )
-            failed += [record.id for record in page.tasks]
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-        count = await backend.retry(failed) if failed else 0
-        await announce_requeued(backend, failed)
-        return count
+        requeued = await backend.retry(None, queue=queue)
+        await announce(backend, "requeued", requeued)
+        return len(requeued)
 
     async def purge(
         self,
@@ -648,7 +363,7 @@ class TaskQueue:
         against the function's signature); ``handle.with_options(...)`` overrides
         them. Workers run their own imported code for it, found by name.
         """
-        enqueuer = self._default.with_options(**options)
+        enqueuer = self.with_options(**options)
 
         def decorate(function: Callable[P, R]) -> TaskHandle[P, R]:
             check_callable(function)
@@ -705,7 +420,7 @@ class TaskQueue:
         """Run ``fn(*args, **kwargs)`` on a schedule (cron or every seconds) from
         every worker that registered it in the same way (e.g. at import). A
         TaskHandle is sent by name with its options."""
-        options = self._default.options
+        options = self.options
         target: Callable[..., Any] = fn
         if isinstance(fn, TaskHandle):
             options, target = fn.options, TaskRef(fn.name)
@@ -747,7 +462,7 @@ class TaskQueue:
         task = None
         if run_with is not None:
             call = [(schedule.args, schedule.kwargs)]
-            (task,) = self._new_tasks(run_with, schedule.fn, call, backend.now())
+            (task,) = new_tasks(self.serializer, run_with, schedule.fn, call, backend.now())
         advanced = await backend.advance_schedule(
             schedule.name, schedule.spec, due, next_run, task, first=first
         )
@@ -824,8 +539,7 @@ class TaskQueue:
         ``TaskRecord.claimed``): ``cancel`` each of those instead."""
         backend = self._backend_checked()
         cancelled = await backend.cancel_queued(list(task_ids))
-        if cancelled and _observed():
-            await announce_cancelled(backend, cancelled)
+        await announce(backend, "cancelled", cancelled)
         return cancelled
 
     async def wait_for_results(self, timeout: float) -> None:

@@ -10,13 +10,14 @@ error saying which module to import.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from sitq.errors import ConfigurationError, SitqError
 from sitq.task import OPTION_NAMES, TaskOptions, check_option_keywords
 
 if TYPE_CHECKING:
+    from sitq.enqueuer import Enqueuer
     from sitq.queue import TaskQueue
 
 P = ParamSpec("P")
@@ -73,29 +74,6 @@ def resolve(fn: Any) -> Any:
 
 def _identity(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
-class Enqueuer(Protocol):
-    """What a :class:`TaskHandle` needs from its queue: enqueue with a fixed set
-    of options. The queue's enqueuer is one; declared here so this module needs
-    none of the queue's private names."""
-
-    @property
-    def options(self) -> TaskOptions:
-        """The options every task is enqueued with."""
-        ...
-
-    def with_options(self, **options: Any) -> Enqueuer:
-        """The same enqueuer with some options overridden."""
-        ...
-
-    async def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
-        """Store one call of ``fn``; its task id once committed."""
-        ...
-
-    async def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
-        """Store one call of ``fn`` per item; their task ids once committed."""
-        ...
 
 
 class TaskHandle(Generic[P, R]):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from sitq.backends.base import Backend, TaskRecord
 from sitq.backends.common import translate_error
-from sitq.errors import DatabaseUnavailable, SitqError, TaskNotFound
+from sitq.errors import DatabaseUnavailable, NotConnected, SitqError, TaskNotFound
 
 logger = logging.getLogger("sitq.queue")
 
@@ -72,6 +72,15 @@ class ResultWaiters:
             return None
         finally:
             self._forget(task_id, future)
+
+    async def close(self) -> None:
+        """Stop the poll loop; whoever still waits gets NotConnected."""
+        self._fail_all(NotConnected("the queue was closed while waiting for this result"))
+        poller, self._poller = self._poller, None
+        if poller is not None and not poller.done():
+            poller.cancel()
+            if poller.get_loop() is asyncio.get_running_loop():
+                await asyncio.wait([poller])
 
     def _forget(self, task_id: str, future: asyncio.Future[TaskRecord]) -> None:
         futures = self._waiting.get(task_id)

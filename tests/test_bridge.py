@@ -6,14 +6,17 @@ import asyncio
 import contextvars
 import signal
 import threading
+import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import jobs
 import pytest
+from support import wait_until
 
-from sitq import CancelOutcome, NotConnected, SyncTaskQueue
+from sitq import CancelOutcome, NotConnected, SyncTaskQueue, TaskQueue, bridge
 from sitq.batch import SyncBatchProcessor
 from sitq.bridge import LoopThread
 from sitq.errors import SitqError
@@ -136,3 +139,84 @@ def test_a_session_call_after_close_says_the_queue_is_closed(db_path: Path) -> N
     queue.close()
     with pytest.raises(NotConnected, match="closed"):
         asyncio.run(session.fetch("SELECT 1"))
+
+
+def _closes_within(queue: SyncTaskQueue, seconds: float) -> None:
+    """Close ``queue`` on another thread; fail if that takes longer than ``seconds``."""
+    closer = threading.Thread(target=queue.close, daemon=True)
+    started = time.monotonic()
+    closer.start()
+    closer.join(seconds)
+    assert not closer.is_alive(), f"close() still running after {seconds}s"
+    assert time.monotonic() - started < seconds
+
+
+def _call_in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    """Run ``call`` on a thread; what it returned or raised lands in the list."""
+    ended: list[object] = []
+
+    def target() -> None:
+        try:
+            ended.append(call())
+        except BaseException as exc:
+            ended.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, ended
+
+
+def test_close_stops_a_loop_held_by_blocking_code_within_its_grace(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bridge, "CLOSE_GRACE", 0.2)
+    queue = SyncTaskQueue(db_path)
+    queue.connect()
+    blocking, release = threading.Event(), threading.Event()
+
+    async def blocks_the_loop() -> None:
+        blocking.set()
+        release.wait(60)  # a sync call on the loop thread: nothing else runs there
+
+    caller, ended = _call_in_thread(lambda: queue.run(blocks_the_loop()))
+    try:
+        assert blocking.wait(10)
+        _closes_within(queue, 5.0)  # 2 x 0.2 s of grace, then it leaves the loop
+        caller.join(5)
+        assert len(ended) == 1 and isinstance(ended[0], NotConnected)  # answered, not hung
+    finally:
+        release.set()
+
+
+def test_close_answers_a_caller_waiting_for_a_result(db_path: Path) -> None:
+    queue = SyncTaskQueue(db_path)
+    task_id = queue.enqueue(jobs.noop)  # no worker: it never finishes
+    waiter, ended = _call_in_thread(lambda: queue.get_result(task_id, timeout=None))
+    wait_until(lambda: queue.run(_waiting(queue.async_queue)), what="the waiter to park")
+    _closes_within(queue, bridge.CLOSE_GRACE)  # no grace used: the queue answers it
+    waiter.join(5)
+    assert len(ended) == 1 and isinstance(ended[0], NotConnected), ended
+
+
+async def _waiting(queue: TaskQueue) -> bool:
+    return any(t.get_name() == "sitq-result-waiters" for t in asyncio.all_tasks())
+
+
+def test_close_cancels_what_still_runs_and_answers_its_caller(db_path: Path) -> None:
+    queue = SyncTaskQueue(db_path)
+    queue.connect()
+    started, unwound = threading.Event(), threading.Event()
+
+    async def waits_forever() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            unwound.set()
+
+    caller, ended = _call_in_thread(lambda: queue.run(waits_forever()))
+    assert started.wait(10)
+    _closes_within(queue, bridge.CLOSE_GRACE)
+    caller.join(5)
+    assert unwound.is_set()
+    assert len(ended) == 1 and isinstance(ended[0], NotConnected), ended

@@ -23,6 +23,7 @@ from sitq import (
     TaskStatus,
     Worker,
     schedules,
+    signals,
 )
 from sitq.backends.sqlite import SQLiteBackend
 from sitq.batch import BatchStore
@@ -260,6 +261,28 @@ async def test_using_a_closed_queue_says_what_to_do(db_path: Path) -> None:
     q = TaskQueue(db_path)
     with pytest.raises(NotConnected, match="connect"):
         await q.enqueue(jobs.noop)
+
+
+async def test_close_stops_the_result_poller_and_answers_its_waiters(db_path: Path) -> None:
+    def pollers() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() if t.get_name() == "sitq-result-waiters"]
+
+    async def polling() -> bool:
+        return bool(pollers())
+
+    q = TaskQueue(db_path)
+    await q.connect()
+    task_id = await q.enqueue(jobs.noop)  # no worker: it never finishes
+    waiters = [asyncio.ensure_future(q.get_result(task_id, timeout=None)) for _ in range(2)]
+    await await_until(polling, what="the result poller")
+    (poller,) = pollers()
+    await asyncio.wait_for(q.close(), 10)
+    assert poller.done() and not pollers()
+    done, _ = await asyncio.wait(waiters, timeout=10)
+    assert len(done) == 2
+    for waiter in done:
+        with pytest.raises(NotConnected, match="closed"):
+            waiter.result()
 
 
 def test_sync_task_queue(db_path: Path) -> None:
@@ -610,3 +633,38 @@ async def test_create_false_opens_only_an_existing_database(tmp_path: Path) -> N
         pass
     async with TaskQueue(missing, create=False) as queue:
         assert await queue.overview() is not None
+
+
+async def test_a_retry_announces_only_what_it_queued_again(db_path: Path) -> None:
+    """Another client retries the same tasks first: this call queues none again,
+    so it announces none (the other client announced them)."""
+    heard: list[str] = []
+
+    def receive(event: signals.TaskEvent) -> None:
+        heard.append(event.task_id)
+
+    async with TemporaryQueue(db_path) as mine, TaskQueue(db_path) as other:
+        cancelled = await mine.enqueue_many(jobs.noop, [(), ()])
+        assert await mine.cancel_many(cancelled) == cancelled
+        failed = await mine.with_options(queue="f").enqueue_many(jobs.fail, ["no"] * 2)
+        assert (await mine.run_all(queues=("f",))).failed == 2
+        backend = mine._backend
+        retry = backend.retry
+
+        async def the_other_client_first(
+            task_ids: list[str] | None = None, queue: str | None = None
+        ) -> list[str]:
+            if task_ids is None:
+                await other.retry_failed(queue)
+            else:
+                await other.retry_many(task_ids)
+            return await retry(task_ids, queue)
+
+        backend.retry = the_other_client_first  # type: ignore[method-assign]
+        signals.task_requeued.connect(receive)
+        try:
+            assert await mine.retry_failed("f") == 0
+            assert await mine.retry_many(cancelled) == 0
+        finally:
+            signals.task_requeued.disconnect(receive)
+    assert sorted(heard) == sorted(cancelled + failed)  # each once: by the other client

@@ -360,9 +360,12 @@ class Backend(abc.ABC):
         cancelled here: its worker would still run it."""
 
     @abc.abstractmethod
-    async def retry(self, task_ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+    async def retry(
+        self, task_ids: Sequence[str] | None = None, queue: str | None = None
+    ) -> list[str]:
         """Queue failed or cancelled tasks again: those of ``task_ids``, or every
-        failed one when it is None; only of ``queue`` if given."""
+        failed one when it is None; only of ``queue`` if given. Return the ids
+        this call queued again."""
 
     @abc.abstractmethod
     async def counts(self) -> dict[tuple[str, str], int]:

@@ -48,7 +48,7 @@ async def test_retry_leaves_a_failed_task_whose_key_is_taken(backend: Backend) -
     await backend.finish([(claimed.lease, FAILED)])
     holder = replace(new_task(backend), unique_key="k")
     await backend.enqueue_unique(holder)
-    assert await backend.retry([failed.id]) == 0
+    assert len(await backend.retry([failed.id])) == 0
     assert (await backend.get_tasks([failed.id]))[failed.id].status == "failed"
 
 
@@ -176,8 +176,8 @@ async def test_retry_brings_back_one_of_several_finished_tasks_sharing_a_key(
         (claimed,) = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
         await backend.finish([(claimed.lease, FAILED)])
         ids.append(task.id)
-    assert await backend.retry(ids) == 1
-    assert await backend.retry(None, queue=DEFAULT) == 0
+    assert len(await backend.retry(ids)) == 1
+    assert len(await backend.retry(None, queue=DEFAULT)) == 0
     statuses = sorted(r.status for r in (await backend.get_tasks(ids)).values())
     assert statuses == ["failed", "queued"]
 

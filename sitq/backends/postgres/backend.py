@@ -411,7 +411,9 @@ class PostgresBackend(Backend):
                 return "requested"
             return "finished"
 
-    async def retry(self, task_ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+    async def retry(
+        self, task_ids: Sequence[str] | None = None, queue: str | None = None
+    ) -> list[str]:
         """Queue failed or cancelled tasks again, with a fresh attempt count."""
         # SQL.retry's {where}: the ids or every failure, and the queue if given.
         params: list[Any] = [self.now()]
@@ -426,14 +428,13 @@ class PostgresBackend(Backend):
         sql = self._q(SQL.retry.replace("{where}", where))
         async with self._acquire() as conn:
             try:
-                status = await conn.execute(sql, *params)
+                rows = await conn.fetch(sql, *params)
             except asyncpg.UniqueViolationError:
                 # A unique enqueue committed while this ran: a fresh snapshot sees it.
-                status = await conn.execute(sql, *params)
-            count = int(status.split()[-1])
-            if count:
+                rows = await conn.fetch(sql, *params)
+            if rows:
                 await self._notify(conn, "tasks")
-        return count
+        return [row[0] for row in rows]
 
     async def counts(self) -> dict[tuple[str, str], int]:
         """Tasks per (queue, status)."""

@@ -587,40 +587,40 @@ class SQLiteBackend(Backend):
             self._wakeup.notify("cancels")
         return outcome
 
-    async def retry(self, task_ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+    async def retry(
+        self, task_ids: Sequence[str] | None = None, queue: str | None = None
+    ) -> list[str]:
         """Queue failed or cancelled tasks again, with a fresh attempt count."""
         conn = self._connection()
         now = self.now()
-        if task_ids is not None:
-            ids = list(task_ids)
-            if not ids:
-                return 0
-
-            async def body() -> int:
-                total = 0
-                for start in range(0, len(ids), _ID_CHUNK):
-                    chunk = ids[start : start + _ID_CHUNK]
-                    where = f"id IN ({','.join('?' * len(chunk))})"
-                    params: list[Any] = [now, *chunk]
-                    if queue is not None:
-                        where += " AND queue = ?"
-                        params.append(queue)
-                    cursor = await conn.execute(SQL.retry.format(where=where), params)
-                    total += cursor.rowcount
-                return total
-
-        else:
+        if task_ids is None:
             where = "status = 'failed'" + (" AND queue = ?" if queue is not None else "")
-            params = [now] + ([queue] if queue is not None else [])
+            statements = [(where, [now] + ([queue] if queue is not None else []))]
+        else:
+            ids = list(task_ids)
+            statements = []
+            for start in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[start : start + _ID_CHUNK]
+                where = f"id IN ({','.join('?' * len(chunk))})"
+                params: list[Any] = [now, *chunk]
+                if queue is not None:
+                    where += " AND queue = ?"
+                    params.append(queue)
+                statements.append((where, params))
+        if not statements:
+            return []
 
-            async def body() -> int:
-                cursor = await conn.execute(SQL.retry.format(where=where), params)
-                return cursor.rowcount
+        async def body() -> list[str]:
+            retried: list[str] = []
+            for where, params in statements:
+                rows = await conn.execute_fetchall(SQL.retry.format(where=where), params)
+                retried += [row[0] for row in rows]
+            return retried
 
-        count = await self._transaction(body)
-        if count:
+        retried = await self._transaction(body)
+        if retried:
             self._wakeup.notify("tasks")
-        return count
+        return retried
 
     async def counts(self) -> dict[tuple[str, str], int]:
         """Tasks per (queue, status)."""

@@ -18,6 +18,7 @@ with ``synchronous=NORMAL``: a write to the page cache, no fsync). So:
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -28,6 +29,8 @@ from sitq.backends.sqlite.schema import SQL
 from sitq.errors import NotConnected
 
 Row = tuple[Any, ...]
+
+logger = logging.getLogger("sitq.backends.sqlite")
 
 #: Batches larger than this go to the database thread (the loop must not stall).
 FAST_PATH_MAX_ROWS = 256
@@ -188,7 +191,7 @@ class GroupCommit(Generic[Item]):
             raise NotConnected("the queue is closed: connect it again to enqueue")
         if len(items) > self._direct_max or (not self._fast and not self._group_slow):
             await self._slow_path(items)
-            self._committed()
+            self._answer([])
             return
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
@@ -224,8 +227,7 @@ class GroupCommit(Generic[Item]):
         except Exception as exc:
             _fail(waiters, exc)
             return
-        self._committed()
-        _succeed(waiters)
+        self._answer(waiters)
         self._wal.committed(*self._weigh(items))
 
     def _resume(self) -> None:
@@ -239,7 +241,18 @@ class GroupCommit(Generic[Item]):
         except Exception as exc:
             _fail(waiters, exc)
             return
-        self._committed()
+        except BaseException:  # cancelled (the loop is shutting down): still answer
+            _fail(waiters, NotConnected("the write was interrupted: it may not be stored"))
+            raise
+        self._answer(waiters)
+
+    def _answer(self, waiters: list[asyncio.Future[None]]) -> None:
+        """The items are committed: run the hook, then release their waiters. A
+        hook that fails is logged, not theirs to see (their items are stored)."""
+        try:
+            self._committed()
+        except Exception:
+            logger.exception("the hook after a commit failed (what was committed stays)")
         _succeed(waiters)
 
     def _spawn(self, coro: Awaitable[None]) -> None:

@@ -76,6 +76,7 @@ WHERE status IN ('failed', 'cancelled') AND {where}
     AND id = (
       SELECT min(id) FROM {s}.sitq_tasks done WHERE done.unique_key = {s}.sitq_tasks.unique_key
         AND done.status IN ('failed', 'cancelled'))))
+RETURNING id
 
 -- name: count_statuses
 -- A claimed task that has not started counts as queued (base.STATUS_SQL).

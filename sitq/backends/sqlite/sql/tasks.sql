@@ -56,6 +56,7 @@ WHERE status IN ('failed', 'cancelled') AND {where}
     AND id = (
       SELECT min(id) FROM sitq_tasks done WHERE done.unique_key = sitq_tasks.unique_key
         AND done.status IN ('failed', 'cancelled'))))
+RETURNING id
 
 -- name: count_statuses
 -- Any number of ids in one query: a JSON array parameter. A claimed task that

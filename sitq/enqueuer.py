@@ -1,0 +1,327 @@
+"""The enqueue path: :class:`Enqueuer`, what ``TaskQueue`` is (with the default
+options) and what ``TaskQueue.with_options`` returns, and the task rows it
+makes of calls (serialized, signed and bound to their rows when the serializer
+signs)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from sitq import telemetry
+from sitq.announce import announce_enqueued, observed
+from sitq.backends.base import Backend, NewTask
+from sitq.backends.common import translate_error
+from sitq.bridge import RunOnLoop
+from sitq.errors import ConfigurationError, SerializationError
+from sitq.headers import encode as encode_headers
+from sitq.records import check_callable, task_name
+from sitq.registry import TaskHandle
+from sitq.serialization import Serializer, payload_binding
+from sitq.store import StoreTransaction
+from sitq.task import OPTION_NAMES, TaskId, TaskOptions, check_option_keywords, new_task_ids
+
+logger = logging.getLogger("sitq.queue")
+
+#: One call of a function: its positional and keyword arguments.
+Call = tuple[tuple[Any, ...], dict[str, Any]]
+
+#: A layer's statements run in the transaction that stores an enqueue_many's tasks:
+#: called with the transaction and the new tasks' ids.
+Alongside = Callable[[StoreTransaction, Sequence[str]], Awaitable[Any]]
+
+
+def raise_translated(exc: Exception, backend: Backend) -> None:
+    """Raise the SitqError for a raw database error (``exc`` chained as its cause);
+    return if ``exc`` is not one (or is one already), for the caller to re-raise it."""
+    error = translate_error(exc, backend)
+    if error is not None and error is not exc:
+        raise error from exc
+
+
+class Enqueuer:
+    """``enqueue`` and ``enqueue_many`` with a fixed set of options (``options``).
+
+    A :class:`~sitq.TaskQueue` is one, with the default options;
+    ``with_options(...)`` returns another on the same queue. Not made directly.
+    """
+
+    #: How calls become bytes (the queue's; set by TaskQueue).
+    serializer: Serializer
+
+    def __init__(
+        self,
+        root: Enqueuer | None = None,
+        options: TaskOptions | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self._root = root or self  # the queue, which owns the backend and serializer
+        self.options = options or TaskOptions()
+        # The options given to with_options, kept so a TaskHandle passed as the
+        # callable gets its registered options with just these applied on top.
+        self._overrides = overrides or {}
+
+    def _backend_checked(self) -> Backend:
+        """The queue's backend, refusing a queue not connected (TaskQueue's own)."""
+        return self._root._backend_checked()
+
+    def with_options(self, **options: Any) -> Enqueuer:
+        """The same queue with these options: ``queue, priority, delay, eta,
+        max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key``
+        (see :class:`~sitq.TaskOptions`)."""
+        merged = self.options.merged(**options)
+        return Enqueuer(self._root, merged, {**self._overrides, **options})
+
+    async def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Store a call of ``fn(*args, **kwargs)``; return its task id once committed.
+
+        Every keyword argument goes to ``fn``: set options with ``with_options``.
+        With a ``unique_key``, the id is a :class:`~sitq.task.TaskId` that says
+        whether it is new. A TaskHandle is sent by name with its registered options.
+        """
+        if isinstance(fn, TaskHandle):
+            return await self._for_handle(fn, kwargs).enqueue(fn.ref, *args, **kwargs)
+        if self.options.unique_key is not None:
+            return await self._enqueue_unique(fn, args, kwargs)
+        return (await self._enqueue(fn, [(args, kwargs)]))[0]
+
+    async def enqueue_many(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        /,
+        *,
+        alongside: Alongside | None = None,
+    ) -> list[str]:
+        """Store one call of ``fn`` per item in one transaction; return their ids in order.
+
+        Each item is a tuple of positional arguments, or a single argument.
+        ``alongside(tx, task_ids)``, for sitq's layers and extensions, runs inside
+        that transaction (their own rows, which commit with the tasks or not at all).
+        """
+        if isinstance(fn, TaskHandle):
+            return await self._for_handle(fn).enqueue_many(fn.ref, items, alongside=alongside)
+        self._refuse_unique()
+        return await self._enqueue(fn, as_calls(items), alongside)
+
+    def enqueue_blocking(
+        self, run: RunOnLoop, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> str:
+        """:meth:`enqueue` for plain code (SyncTaskQueue); ``run`` runs a coroutine
+        on the queue's loop. Stored on the caller's thread when the backend can
+        (SQLite: a trip through the loop's thread costs more than the INSERT)."""
+        if isinstance(fn, TaskHandle):
+            return self._for_handle(fn, kwargs).enqueue_blocking(run, fn.ref, *args, **kwargs)
+        if self.options.unique_key is not None:
+            return run(self._enqueue_unique(fn, args, kwargs))
+        return self._blocking(run, fn, [(args, kwargs)])[0]
+
+    def enqueue_many_blocking(
+        self,
+        run: RunOnLoop,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        /,
+        *,
+        alongside: Alongside | None = None,
+    ) -> list[str]:
+        """:meth:`enqueue_many` for plain code; ``run`` as for :meth:`enqueue_blocking`."""
+        if isinstance(fn, TaskHandle):
+            handle = self._for_handle(fn)
+            return handle.enqueue_many_blocking(run, fn.ref, items, alongside=alongside)
+        self._refuse_unique()
+        if alongside is not None:  # a layer's rows in the same transaction: on the loop
+            return run(self._enqueue(fn, as_calls(items), alongside))
+        return self._blocking(run, fn, as_calls(items))
+
+    def _blocking(self, run: RunOnLoop, fn: Callable[..., Any], calls: list[Call]) -> list[str]:
+        if observed():
+            return run(self._enqueue(fn, calls))
+        backend = self._backend_checked()
+        try:
+            tasks = new_tasks(self._root.serializer, self.options, fn, calls, backend.now())
+            if not backend.enqueue_blocking(tasks):
+                run(backend.enqueue(tasks))
+        except Exception as exc:
+            raise_translated(exc, backend)
+            raise
+        return [task.id for task in tasks]
+
+    def _for_handle(
+        self, handle: TaskHandle[Any, Any], kwargs: dict[str, Any] | None = None
+    ) -> Enqueuer:
+        """The enqueuer for a TaskHandle passed as the callable: the handle is sent
+        by name (never pickled: it holds the queue) with its registered options,
+        overridden by the ones given to with_options, as ``handle.enqueue`` would."""
+        if kwargs and not OPTION_NAMES.isdisjoint(kwargs):
+            check_option_keywords(handle.fn, kwargs)
+        return Enqueuer(self._root, handle.options.merged(**self._overrides))
+
+    def _refuse_unique(self) -> None:
+        if self.options.unique_key is not None:
+            raise ConfigurationError(
+                "unique_key applies to one task at a time: use enqueue(), not enqueue_many() "
+                "(every task of the call would share the key, so only one could exist)"
+            )
+
+    async def _enqueue(
+        self, fn: Callable[..., Any], calls: Sequence[Call], alongside: Alongside | None = None
+    ) -> list[str]:
+        """Store the calls (with ``alongside`` in their transaction); their ids."""
+        backend = self._backend_checked()
+        store = backend.enqueue if alongside is None else _storing_alongside(backend, alongside)
+        serializer = self._root.serializer
+        try:
+            if not observed():
+                tasks = new_tasks(serializer, self.options, fn, calls, backend.now())
+                await store(tasks)
+                return [task.id for task in tasks]
+            # With a span, metrics and the task_enqueued signal.
+            check_callable(fn)
+            with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
+                tasks = new_tasks(serializer, self.options, fn, calls, backend.now(), scope.headers)
+                await store(tasks)
+                scope.committed([task.id for task in tasks])
+        except Exception as exc:
+            raise_translated(exc, backend)
+            raise
+        announce_enqueued(tasks)
+        return [task.id for task in tasks]
+
+    async def _enqueue_unique(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> TaskId:
+        """Enqueue unless a queued or running task holds the unique key."""
+        backend = self._backend_checked()
+        check_callable(fn)
+        try:
+            with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
+                (task,) = new_tasks(
+                    self._root.serializer,
+                    self.options,
+                    fn,
+                    [(args, kwargs)],
+                    backend.now(),
+                    scope.headers,
+                )
+                task_id, created = await backend.enqueue_unique(task)
+                if created:
+                    scope.committed([task_id])
+        except Exception as exc:
+            raise_translated(exc, backend)
+            raise
+        if created:
+            announce_enqueued([task])
+            return TaskId(task_id)
+        key = self.options.unique_key
+        logger.info("unique key %r is held by task %s: not enqueued again", key, task_id)
+        return TaskId.existing(task_id)
+
+
+def _storing_alongside(
+    backend: Backend, alongside: Alongside
+) -> Callable[[list[NewTask]], Awaitable[None]]:
+    """What stores tasks and runs ``alongside`` in one transaction."""
+
+    async def store(tasks: list[NewTask]) -> None:
+        async def body(tx: StoreTransaction) -> None:
+            await tx.insert_tasks(tasks)
+            await alongside(tx, [task.id for task in tasks])
+
+        await backend.store_session().transaction(body)
+
+    return store
+
+
+def as_calls(items: Iterable[Any]) -> list[Call]:
+    """enqueue_many's items as calls: a tuple is the arguments, anything else one argument."""
+    try:
+        iterator = iter(items)
+    except TypeError:
+        raise ConfigurationError(
+            f"enqueue_many needs an iterable of items (each a tuple of arguments, or one "
+            f"argument), got {type(items).__name__} {items!r:.80}; for a single call use "
+            "enqueue(fn, ...)"
+        ) from None
+    empty: dict[str, Any] = {}
+    return [(item if isinstance(item, tuple) else (item,), empty) for item in iterator]
+
+
+def new_tasks(
+    serializer: Serializer,
+    options: TaskOptions,
+    fn: Callable[..., Any],
+    calls: Sequence[Call],
+    now: float,
+    headers: dict[str, str] | None = None,
+) -> list[NewTask]:
+    """The task rows of calls of ``fn``: each call serialized (signed and bound to
+    its row when ``serializer`` signs); what is the same for every call is done once.
+
+    ``headers`` (trace context) are framed in front of each payload."""
+    check_callable(fn)
+    if calls and calls[0][1] and not OPTION_NAMES.isdisjoint(calls[0][1]):
+        check_option_keywords(fn, calls[0][1])  # only enqueue() passes keywords
+    name = task_name(fn)
+    available_at = options.available_at(now)
+    retry_backoff = float(options.retry_backoff)
+    timeout = None if options.timeout is None else float(options.timeout)
+    result_ttl = None if options.result_ttl is None else float(options.result_ttl)
+    # Ids are made here, before signing: a signed payload is bound to its row.
+    ids = new_task_ids(len(calls))
+    bound = getattr(serializer, "dumps_bound", None)
+    try:
+        if bound is None:  # not signing: nothing more per task than the pickling
+            dumps = serializer.dumps
+            payloads = [dumps((fn, args, kwargs)) for args, kwargs in calls]
+        else:
+            payloads = [
+                bound((fn, args, kwargs), payload_binding(task_id, name, options.queue))
+                for task_id, (args, kwargs) in zip(ids, calls, strict=True)
+            ]
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot enqueue {name}: {_unserializable(serializer, fn, calls, exc)}"
+        ) from exc
+    prefix = encode_headers(headers) if headers else None
+    if prefix is not None:
+        payloads = [prefix + payload for payload in payloads]
+    queue, priority, unique_key = options.queue, options.priority, options.unique_key
+    max_retries, limit_key = options.max_retries, options.limit_key
+    return [
+        NewTask(
+            task_id,
+            queue,
+            name,
+            payload,
+            priority,
+            now,
+            available_at,
+            max_retries,
+            retry_backoff,
+            timeout,
+            unique_key,
+            result_ttl,
+            limit_key,
+        )
+        for task_id, payload in zip(ids, payloads, strict=True)
+    ]
+
+
+def _unserializable(serializer: Serializer, fn: Any, calls: Sequence[Call], exc: Exception) -> str:
+    """Name the first part of the calls that will not serialize."""
+    for args, kwargs in calls:
+        parts: list[tuple[str, Any]] = [(f"the callable {task_name(fn)}", fn)]
+        parts += [(f"argument {i + 1}", arg) for i, arg in enumerate(args)]
+        parts += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
+        for label, value in parts:
+            try:
+                serializer.dumps(value)
+            except Exception as error:
+                return (
+                    f"{label} ({type(value).__name__}) cannot be serialized: {error}; pass "
+                    "only picklable values (no open files, sockets, locks or connections)"
+                )
+    # It failed once but not again: report what it said.
+    return f"{type(exc).__name__}: {exc}"
