@@ -11,22 +11,36 @@ import os
 import time
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from sitq import SyncTaskQueue, TaskQueue
 from sitq.pipeline import batching, telemetry
 from sitq.pipeline.errors import InstanceFailed, PipelineDefinitionError, PipelineTimeout
-from sitq.pipeline.executors import PoolExecutor, QueueExecutor
+from sitq.pipeline.executors import Executor, PoolExecutor, QueueExecutor
 from sitq.pipeline.fields import InputDataField
 from sitq.pipeline.signal import BatchEvent, InstanceEvent, SoftSignal
 from sitq.pipeline.template import Pipeline, validate_inputs
 
-__all__ = ["BatchPipeline"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["BatchPipeline", "RunOptions"]
 
 logger = logging.getLogger("sitq.pipeline")
 
 #: Instances in flight on a queue unless ``max_in_flight`` says otherwise.
 DEFAULT_QUEUE_IN_FLIGHT = 64
+
+
+class RunOptions(TypedDict, total=False):
+    """The keyword options of :meth:`BatchPipeline.execute` (see there)."""
+
+    max_workers: int | None
+    max_tasks_per_child: int | None
+    mp_context: Any
+    max_in_flight: int | None
+    task_options: dict[str, Any] | None
+    timeout: float | None
 
 
 class BatchPipeline:
@@ -148,13 +162,7 @@ class BatchPipeline:
     def execute(
         self,
         queue: TaskQueue | SyncTaskQueue | str | os.PathLike[str] | None = None,
-        *,
-        max_workers: int | None = None,
-        max_tasks_per_child: int | None = None,
-        mp_context: Any = None,
-        max_in_flight: int | None = None,
-        task_options: dict[str, Any] | None = None,
-        timeout: float | None = None,
+        **options: Unpack[RunOptions],
     ) -> list[Any]:
         """Run every instance and return their outcomes in batch order: the value
         each returned, or an :class:`InstanceFailed` for each that failed.
@@ -185,18 +193,15 @@ class BatchPipeline:
         close = isinstance(queue, (str, os.PathLike, TaskQueue))
         if isinstance(queue, (str, os.PathLike)):
             queue = TaskQueue(queue)
-        options = (max_workers, max_tasks_per_child, mp_context, max_in_flight, task_options)
         run_on: Callable[[Coroutine[Any, Any, list[Any]]], list[Any]]
         if isinstance(queue, SyncTaskQueue):
             # The run goes to the queue's own event loop (the one sync bridge), on
             # the TaskQueue that loop serves.
-            run = self._run(queue.async_queue, timeout, *options, close)
-            run_on = queue.run
+            run, run_on = self._run(queue.async_queue, options, close), queue.run
         else:
             # No loop to share: a local pool, or a TaskQueue this run connects and
             # closes itself. A fresh loop on this thread, which Ctrl-C cancels.
-            run = self._run(queue, timeout, *options, close)
-            run_on = asyncio.run
+            run, run_on = self._run(queue, options, close), asyncio.run
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -206,40 +211,23 @@ class BatchPipeline:
             return helper.submit(run_on, run).result()
 
     async def execute_async(
-        self,
-        queue: TaskQueue | SyncTaskQueue | None = None,
-        *,
-        max_workers: int | None = None,
-        max_tasks_per_child: int | None = None,
-        mp_context: Any = None,
-        max_in_flight: int | None = None,
-        task_options: dict[str, Any] | None = None,
-        timeout: float | None = None,
+        self, queue: TaskQueue | SyncTaskQueue | None = None, **options: Unpack[RunOptions]
     ) -> list[Any]:
         """:meth:`execute` for async code (``timeout`` included). A ``TaskQueue`` is
         connected if it is not, and left open."""
-        return await self._run(
-            queue,
-            timeout,
-            max_workers,
-            max_tasks_per_child,
-            mp_context,
-            max_in_flight,
-            task_options,
-            False,
-        )
+        return await self._run(queue, options, False)
 
-    def _executor(
-        self,
-        queue: Any,
-        max_workers: int | None,
-        max_tasks_per_child: int | None,
-        mp_context: Any,
-        max_in_flight: int | None,
-        task_options: dict[str, Any] | None,
-        close: bool,
-    ) -> PoolExecutor | QueueExecutor:
-        _check_count("max_in_flight", max_in_flight, "instances submitted and unfinished")
+    def _executor(self, queue: Any, options: RunOptions, close: bool) -> Executor:
+        unknown = sorted(set(options) - set(RunOptions.__annotations__))
+        if unknown:
+            raise TypeError(f"execute() got an unexpected keyword argument {unknown[0]!r}")
+        timeout, in_flight = options.get("timeout"), options.get("max_in_flight")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+        ):
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        _check_count("max_in_flight", in_flight, "instances submitted and unfinished")
+        task_options = options.get("task_options")
         if queue is not None:
             if not isinstance(queue, (TaskQueue, SyncTaskQueue)):
                 raise TypeError(
@@ -250,39 +238,31 @@ class BatchPipeline:
                 raise TypeError(
                     f"task_options must be a dict of with_options(), got {task_options!r}"
                 )
-            limit = _first(max_in_flight, DEFAULT_QUEUE_IN_FLIGHT)
+            limit = _first(in_flight, DEFAULT_QUEUE_IN_FLIGHT)
             return QueueExecutor(queue, limit, task_options, close=close)
         if task_options:
             raise TypeError("task_options apply to tasks on a queue; pass a queue, or drop them")
-        workers = _first(max_workers, self.max_workers, os.cpu_count() or 1)
-        per_child = _first(max_tasks_per_child, self.max_tasks_per_child)
+        workers = _first(options.get("max_workers"), self.max_workers, os.cpu_count() or 1)
+        per_child = _first(options.get("max_tasks_per_child"), self.max_tasks_per_child)
         _check_count("max_workers", workers, "processes in the local pool")
         _check_count("max_tasks_per_child", per_child, "instances a pool process runs")
-        executor = PoolExecutor(workers, per_child, mp_context)
-        if max_in_flight is not None:
-            executor.limit = max_in_flight
+        executor = PoolExecutor(workers, per_child, options.get("mp_context"))
+        if in_flight is not None:
+            executor.limit = in_flight
         return executor
 
-    async def _run(self, queue: Any, timeout: float | None, *options: Any) -> list[Any]:
+    async def _run(self, queue: Any, options: RunOptions, close: bool) -> list[Any]:
         try:
-            if timeout is not None and (
-                isinstance(timeout, bool)
-                or not isinstance(timeout, (int, float))
-                or not timeout > 0
-            ):
-                raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-            executor = self._executor(queue, *options)
+            executor = self._executor(queue, options, close)
         except BaseException:
-            if options[-1] and isinstance(queue, TaskQueue):
+            if close and isinstance(queue, TaskQueue):
                 await queue.close()
             raise
-        name = type(self).__qualname__
         outcomes: list[Any] = []
         counts = {"completed": 0, "failed": 0}
         start = time.monotonic()
-        tel = telemetry.current
-        with tel.run_span(
-            name,
+        with telemetry.current.run_span(
+            type(self).__qualname__,
             **{
                 "sitq.pipeline.template": self.template.__qualname__,
                 # The attribute keeps its first name: dashboards may query it.
@@ -292,26 +272,27 @@ class BatchPipeline:
             await self._send("batch_started", BatchEvent("batch_started", self))
             async with executor:
                 with contextlib.closing(self.instances()) as instances:
-                    await self._drive(executor, instances, outcomes, counts, span, timeout)
-            span.set_attribute("sitq.pipeline.instances", len(outcomes))
-            span.set_attribute("sitq.pipeline.completed", counts["completed"])
-            span.set_attribute("sitq.pipeline.failed", counts["failed"])
+                    await self._drive(
+                        executor, instances, outcomes, counts, span, options.get("timeout")
+                    )
+            total, completed, failed = len(outcomes), counts["completed"], counts["failed"]
+            span.set_attributes(
+                {
+                    "sitq.pipeline.instances": total,
+                    "sitq.pipeline.completed": completed,
+                    "sitq.pipeline.failed": failed,
+                }
+            )
+            elapsed = time.monotonic() - start
             await self._send(
                 "batch_finished",
-                BatchEvent(
-                    "batch_finished",
-                    self,
-                    len(outcomes),
-                    counts["completed"],
-                    counts["failed"],
-                    time.monotonic() - start,
-                ),
+                BatchEvent("batch_finished", self, total, completed, failed, elapsed),
             )
         return outcomes
 
     async def _drive(
         self,
-        executor: PoolExecutor | QueueExecutor,
+        executor: Executor,
         instances: Iterator[Pipeline],
         outcomes: list[Any],
         counts: dict[str, int],
@@ -332,12 +313,13 @@ class BatchPipeline:
             if ok:
                 counts["completed"] += 1
                 trace.completed()
-                event = InstanceEvent("task_completed", self, instance, index, result=value)
             else:
                 counts["failed"] += 1
                 trace.failed(value, getattr(value, "error", None))
-                event = InstanceEvent("task_failed", self, instance, index, exception=value)
-            await self._send(event.signal, _with_duration(event, trace.elapsed))
+            signal = "task_completed" if ok else "task_failed"
+            result, exception = (value, None) if ok else (None, value)
+            event = InstanceEvent(signal, self, instance, index, result, exception, trace.elapsed)
+            await self._send(signal, event)
 
         try:
             while True:
@@ -350,7 +332,9 @@ class BatchPipeline:
                         break
                     for instance in group:
                         outcomes.append(None)
-                        traces[instance.batch_index or 0] = tel_start(name, instance, span)
+                        traces[instance.batch_index or 0] = telemetry.current.start_instance(
+                            name, instance.batch_index, span
+                        )
                     handles = await executor.submit(group)
                     for instance, handle in zip(group, handles, strict=True):
                         if isinstance(handle, InstanceFailed):
@@ -372,34 +356,8 @@ class BatchPipeline:
         finally:
             for trace in traces.values():  # the run was interrupted
                 trace.abandoned()
-            if pending and isinstance(executor, QueueExecutor):
-                await _cancel_quietly(executor, list(pending))
-
-
-def tel_start(name: str, instance: Pipeline, parent: Any) -> telemetry.InstanceTrace:
-    """Start an instance's span under the run's span."""
-    return telemetry.current.start_instance(name, instance.batch_index, parent)
-
-
-def _with_duration(event: InstanceEvent, duration: float) -> InstanceEvent:
-    return InstanceEvent(
-        event.signal,
-        event.batch,
-        event.instance,
-        event.index,
-        event.result,
-        event.exception,
-        duration,
-    )
-
-
-async def _cancel_quietly(executor: QueueExecutor, task_ids: list[str]) -> None:
-    """Best effort: the run stopped, so its unfinished tasks need not run."""
-    for task_id in task_ids:
-        try:
-            await executor._call("cancel", task_id)
-        except Exception:
-            logger.warning("could not cancel pipeline task %s", task_id, exc_info=True)
+            if pending:
+                await executor.cancel(list(pending))
 
 
 def _first(*values: Any) -> Any:

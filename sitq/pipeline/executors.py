@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import multiprocessing
 import sys
 import time
@@ -28,7 +29,16 @@ from sitq import Result, SerializationError, SyncTaskQueue, TaskQueue
 from sitq.pipeline.errors import InstanceFailed
 from sitq.pipeline.template import Pipeline
 
-__all__ = ["PoolExecutor", "QueueExecutor", "run_instance", "run_instance_async", "run_pickled"]
+__all__ = [
+    "Executor",
+    "PoolExecutor",
+    "QueueExecutor",
+    "run_instance",
+    "run_instance_async",
+    "run_pickled",
+]
+
+logger = logging.getLogger("sitq.pipeline")
 
 Outcome = tuple[bool, Any]
 
@@ -69,6 +79,13 @@ def _dumps(value: object) -> bytes:
     return data
 
 
+def _error_reply(text: str, tb: str | None = None, exc: BaseException | None = None) -> bytes:
+    try:
+        return _dumps(("error", text, tb, exc))
+    except Exception:
+        return _dumps(("error", text, tb, None))
+
+
 def run_pickled(payload: bytes) -> bytes:
     """In a pool child: load an instance, run it, and pickle a tagged reply.
 
@@ -79,54 +96,99 @@ def run_pickled(payload: bytes) -> bytes:
     try:
         instance = cloudpickle.loads(payload)
     except BaseException as exc:
-        return _dumps(
-            (
-                "error",
-                f"SerializationError: the instance could not be loaded in a pool process "
-                f"({_error_text(exc)})",
-                traceback.format_exc(),
-                None,
-            )
+        return _error_reply(
+            "SerializationError: the instance could not be loaded in a pool process "
+            f"({_error_text(exc)})",
+            traceback.format_exc(),
         )
     try:
         value = run_instance(instance)
     except BaseException as exc:
-        text, tb = _error_text(exc), traceback.format_exc()
-        try:
-            return _dumps(("error", text, tb, exc))
-        except Exception:
-            return _dumps(("error", text, tb, None))
+        return _error_reply(_error_text(exc), traceback.format_exc(), exc)
     try:
         return _dumps(("ok", value))
     except Exception as exc:
-        return _dumps(
-            (
-                "error",
-                f"SerializationError: the result of {instance!r}, a {type(value).__name__}, "
-                f"could not be pickled ({_error_text(exc)})",
-                None,
-                None,
-            )
+        return _error_reply(
+            f"SerializationError: the result of {instance!r}, a {type(value).__name__}, "
+            f"could not be pickled ({_error_text(exc)})"
         )
 
 
-class _Job:
-    """One instance in the local pool: a stable handle whose future may be replaced.
+class _Unsendable(Exception):
+    """An instance (or one of a group) would not serialize; ``args[0]`` says why."""
 
-    A job the broken pool took down is a *suspect*: it waits its turn to run
-    again alone, in a pool of its own.
+
+class Executor:
+    """What both executors share: submitting groups and waiting with a deadline.
+
+    A subclass sends a group with ``_send`` (raising :class:`_Unsendable` when
+    an instance will not serialize) and waits once with ``_wait_once``.
     """
 
-    __slots__ = ("future", "instance", "payload", "suspect")
+    kind: str
+    limit: int  # most instances in flight
+    group = 1  # most instances submitted together
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
+
+    def abandon(self) -> None:
+        """The run timed out and gives up on its unfinished instances."""
+
+    async def cancel(self, handles: list[Any]) -> None:
+        """The run stopped with these unfinished: best effort, they need not run."""
+
+    async def _send(self, group: Sequence[Pipeline]) -> list[Any]:
+        raise NotImplementedError
+
+    async def _wait_once(
+        self, pending: Mapping[Any, Pipeline], timeout: float | None
+    ) -> list[tuple[Any, Outcome]]:
+        raise NotImplementedError
+
+    async def submit(self, group: Sequence[Pipeline]) -> list[Any]:
+        """A handle per instance, or an InstanceFailed for one that cannot be sent."""
+        try:
+            return await self._send(group)
+        except _Unsendable:
+            pass
+        # Somebody's values would not pickle: find out whose, and send the others.
+        handles: list[Any] = []
+        for instance in group:
+            try:
+                handles.extend(await self._send([instance]))
+            except _Unsendable as exc:
+                handles.append(_unpicklable(instance, exc.args[0]))
+        return handles
+
+    async def wait(
+        self, pending: Mapping[Any, Pipeline], timeout: float | None = None
+    ) -> list[tuple[Any, Outcome]]:
+        """Wait until at least one instance finished; ``(handle, outcome)`` for each that did
+        (none if ``timeout`` seconds passed first)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            finished = await self._wait_once(pending, left)
+            if finished or (deadline is not None and time.monotonic() >= deadline):
+                return finished
+
+
+class _Job:
+    """One instance in the local pool: a stable handle whose future may be replaced."""
+
+    __slots__ = ("future", "instance", "payload")
 
     def __init__(self, instance: Pipeline, payload: bytes) -> None:
         self.instance = instance
         self.payload = payload
         self.future: asyncio.Future[bytes] | None = None
-        self.suspect = False
 
 
-class PoolExecutor:
+class PoolExecutor(Executor):
     """Runs instances in a local ``ProcessPoolExecutor``.
 
     ``max_tasks_per_child`` replaces a child after that many instances; Python's
@@ -138,10 +200,10 @@ class PoolExecutor:
 
     When a child dies abruptly (a crash, ``os._exit``, the OOM killer) the pool
     fails every instance it held, running or only waiting, and nothing tells
-    which one killed it. Those instances are rerun, one at a time, each alone in
-    a one-process pool of its own (the run goes on in a fresh main pool
-    meanwhile); an instance that kills its process again while alone is the one
-    that fails, with ``BrokenProcessPool``.
+    which one killed it. Those instances are *suspects*: they are rerun, one at
+    a time, each alone in a one-process pool of its own (the run goes on in a
+    fresh main pool meanwhile); an instance that kills its process again while
+    alone is the one that fails, with ``BrokenProcessPool``.
     """
 
     kind = "pool"
@@ -156,9 +218,10 @@ class PoolExecutor:
         self.max_tasks_per_child = max_tasks_per_child
         if isinstance(mp_context, str):
             mp_context = multiprocessing.get_context(mp_context)
+        self.native_max_tasks = NATIVE_MAX_TASKS_PER_CHILD
         if (
             max_tasks_per_child is not None
-            and NATIVE_MAX_TASKS_PER_CHILD
+            and self.native_max_tasks
             and mp_context is not None
             and mp_context.get_start_method() == "fork"
         ):
@@ -168,8 +231,6 @@ class PoolExecutor:
             )
         self.mp_context = mp_context
         self.limit = 2 * max_workers  # one running and one queued per child
-        self.group = 1
-        self.native_max_tasks = NATIVE_MAX_TASKS_PER_CHILD
         self._executor: ProcessPoolExecutor | None = None
         self._generation = 0  # instances given to the current executor
         self._retired: list[ProcessPoolExecutor] = []
@@ -180,16 +241,18 @@ class PoolExecutor:
         self._isolation: ProcessPoolExecutor | None = None
         self._abandoned = False
 
-    def _new_executor(self, max_workers: int | None = None) -> ProcessPoolExecutor:
-        kwargs: dict[str, Any] = {
-            "max_workers": max_workers or self.max_workers,
-            "mp_context": self.mp_context,
-        }
+    def _new_executor(self, max_workers: int) -> ProcessPoolExecutor:
+        kwargs: dict[str, Any] = {"max_workers": max_workers, "mp_context": self.mp_context}
         if self.max_tasks_per_child is not None and self.native_max_tasks:
             kwargs["max_tasks_per_child"] = self.max_tasks_per_child
         return ProcessPoolExecutor(**kwargs)
 
-    def _executor_for_next(self) -> ProcessPoolExecutor:
+    def _pool(self, alone: bool) -> ProcessPoolExecutor:
+        """The pool for the next instance: the isolation pool, or the main one."""
+        if alone:
+            if self._isolation is None:
+                self._isolation = self._new_executor(1)
+            return self._isolation
         if (
             self._executor is not None
             and self.max_tasks_per_child is not None
@@ -198,23 +261,24 @@ class PoolExecutor:
         ):
             self._retire()
         if self._executor is None:
-            self._executor = self._new_executor()
+            self._executor = self._new_executor(self.max_workers)
             self._generation = 0
         self._generation += 1
         return self._executor
 
-    def _retire(self) -> None:
+    def _retire(self, alone: bool = False) -> None:
         # The old pool finishes what it was given, then its children exit.
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._retired.append(self._executor)
+        executor = self._isolation if alone else self._executor
+        if executor is not None:
+            executor.shutdown(wait=False)
+            self._retired.append(executor)
+        if alone:
+            self._isolation = None
+        else:
             self._executor = None
 
-    async def __aenter__(self) -> PoolExecutor:
-        return self
-
     def abandon(self) -> None:
-        """The run gave up on its unfinished instances: stop the pool's processes on exit."""
+        """Stop the pool's processes on exit: a hung instance must not hold the run up."""
         self._abandoned = True
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -231,7 +295,7 @@ class PoolExecutor:
                 future.cancel()
             self._owner.clear()
         for executor in executors:
-            if self._abandoned:  # a hung instance must not hold the run up
+            if self._abandoned:
                 processes = dict(getattr(executor, "_processes", None) or {})
                 for process in processes.values():
                     with contextlib.suppress(Exception):
@@ -239,82 +303,45 @@ class PoolExecutor:
             # cancel_futures: after an error, queued instances are not run for nothing.
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
-    async def submit(self, group: Sequence[Pipeline]) -> list[Any]:
-        """A handle per instance, or an InstanceFailed if it cannot be sent."""
-        handles: list[Any] = []
-        for instance in group:
-            try:
-                payload = cloudpickle.dumps(instance)
-            except Exception as exc:
-                handles.append(_unpicklable(instance, exc))
-                continue
-            job = _Job(instance, payload)
+    async def _send(self, group: Sequence[Pipeline]) -> list[Any]:
+        try:
+            jobs = [_Job(instance, cloudpickle.dumps(instance)) for instance in group]
+        except Exception as exc:
+            raise _Unsendable(exc) from exc
+        for job in jobs:
             self._start(job)
-            handles.append(job)
-        return handles
+        return jobs
 
-    def _start(self, job: _Job) -> None:
+    def _start(self, job: _Job, alone: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        executor = self._executor_for_next()
+        executor = self._pool(alone)
         try:
             future = loop.run_in_executor(executor, run_pickled, job.payload)
         except BrokenProcessPool:
-            self._retire()  # a child died earlier: go on in a fresh pool
-            executor = self._executor_for_next()
+            self._retire(alone)  # a child died earlier: go on in a fresh pool
+            executor = self._pool(alone)
             future = loop.run_in_executor(executor, run_pickled, job.payload)
         self._owner[future] = executor
         job.future = future
 
-    def _run_next_suspect(self) -> None:
-        """Start the next suspect alone in the isolation pool, if none runs there."""
-        if self._alone is not None or not self._suspects:
-            return
-        job = self._suspects.popleft()
-        if self._isolation is None:
-            self._isolation = self._new_executor(max_workers=1)
-        try:
-            future = asyncio.get_running_loop().run_in_executor(
-                self._isolation, run_pickled, job.payload
-            )
-        except BrokenProcessPool:
-            self._isolation.shutdown(wait=False)
-            self._isolation = self._new_executor(max_workers=1)
-            future = asyncio.get_running_loop().run_in_executor(
-                self._isolation, run_pickled, job.payload
-            )
-        self._owner[future] = self._isolation
-        job.future = future
-        self._alone = job
-
-    async def wait(
-        self, pending: Mapping[Any, Pipeline], timeout: float | None = None
+    async def _wait_once(
+        self, pending: Mapping[Any, Pipeline], timeout: float | None
     ) -> list[tuple[Any, Outcome]]:
-        """Wait until at least one instance finished; ``(handle, outcome)`` for each that did
-        (none if ``timeout`` seconds passed first).
+        # Suspects are only reported once they have an outcome of their own.
+        if self._alone is None and self._suspects:
+            self._alone = self._suspects.popleft()
+            self._start(self._alone, alone=True)
+        running = {job.future: job for job in pending if job.future is not None}
+        if not running:
+            raise RuntimeError("the local pool has nothing running for the pending instances")
+        done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finished = [(running[f], self._outcome(running[f], f, pending)) for f in done]
+        return [(job, outcome) for job, outcome in finished if outcome is not None]
 
-        Instances a dying process took down are rerun (see the class) and only
-        reported once they have an outcome of their own.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            self._run_next_suspect()
-            running = {job.future: job for job in pending if job.future is not None}
-            if not running:
-                raise RuntimeError("the local pool has nothing running for the pending instances")
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, _ = await asyncio.wait(running, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                return []
-            finished: list[tuple[Any, Outcome]] = []
-            for future in done:
-                job = running[future]
-                outcome = self._outcome(job, future, _index(pending[job]))
-                if outcome is not None:
-                    finished.append((job, outcome))
-            if finished:
-                return finished
-
-    def _outcome(self, job: _Job, future: asyncio.Future[bytes], index: int) -> Outcome | None:
+    def _outcome(
+        self, job: _Job, future: asyncio.Future[bytes], pending: Mapping[Any, Pipeline]
+    ) -> Outcome | None:
+        index = _index(pending[job])
         exc = future.exception()
         owner = self._owner.pop(future, None)
         job.future = None
@@ -324,10 +351,7 @@ class PoolExecutor:
         if isinstance(exc, BrokenProcessPool):
             if alone:
                 # It killed its process with nothing else in the pool: the culprit.
-                if self._isolation is not None:
-                    self._isolation.shutdown(wait=False)
-                    self._retired.append(self._isolation)
-                    self._isolation = None
+                self._retire(alone=True)
                 return False, InstanceFailed(
                     index,
                     "BrokenProcessPool: a process of the local pool died abruptly while "
@@ -337,7 +361,6 @@ class PoolExecutor:
                 )
             if owner is self._executor:  # not a pool already replaced for the same death
                 self._retire()
-            job.suspect = True
             self._suspects.append(job)
             return None
         if exc is not None:
@@ -349,7 +372,7 @@ class PoolExecutor:
         return False, InstanceFailed(index, text, tb, exception=original)
 
 
-class QueueExecutor:
+class QueueExecutor(Executor):
     """Runs each instance as one sitq task, on whatever workers serve the queue.
 
     Instances are enqueued in groups (one transaction each) while fewer than
@@ -371,15 +394,14 @@ class QueueExecutor:
         self.queue = queue
         self.limit = limit
         self.group = min(32, limit)
-        self.task_options = dict(task_options or {})
         self._close = close
         # Fail fast on a bad option, before anything is enqueued.
-        self._enqueuer: Any = queue.with_options(**self.task_options) if task_options else queue
+        self._enqueuer: Any = queue.with_options(**task_options) if task_options else queue
 
-    async def _call(self, method: str, *args: Any) -> Any:
+    async def _call(self, target: Any, method: str, *args: Any) -> Any:
         if isinstance(self.queue, SyncTaskQueue):
-            return await asyncio.to_thread(getattr(self.queue, method), *args)
-        return await getattr(self.queue, method)(*args)
+            return await asyncio.to_thread(getattr(target, method), *args)
+        return await getattr(target, method)(*args)
 
     async def __aenter__(self) -> QueueExecutor:
         if isinstance(self.queue, TaskQueue):
@@ -390,60 +412,40 @@ class QueueExecutor:
         if self._close and isinstance(self.queue, TaskQueue):
             await self.queue.close()
 
-    async def _enqueue(self, fn: Any, instances: Sequence[Pipeline]) -> list[str]:
-        items = [(instance,) for instance in instances]
-        if isinstance(self.queue, SyncTaskQueue):
-            ids: list[str] = await asyncio.to_thread(self._enqueuer.enqueue_many, fn, items)
-        else:
-            ids = await self._enqueuer.enqueue_many(fn, items)
-        return ids
-
-    async def submit(self, group: Sequence[Pipeline]) -> list[Any]:
-        """A task id per instance, or an InstanceFailed if it cannot be stored."""
+    async def _send(self, group: Sequence[Pipeline]) -> list[Any]:
         if not group:
             return []
-        fn = (
-            run_instance_async
-            if inspect.iscoroutinefunction(type(group[0]).process)
-            else run_instance
-        )
+        process = type(group[0]).process
+        fn = run_instance_async if inspect.iscoroutinefunction(process) else run_instance
         try:
-            return list(await self._enqueue(fn, group))
-        except SerializationError:
-            pass
-        # Somebody's values would not pickle: find out whose, and send the others.
-        handles: list[Any] = []
-        for instance in group:
+            ids = await self._call(self._enqueuer, "enqueue_many", fn, [(i,) for i in group])
+        except SerializationError as exc:
+            raise _Unsendable(exc) from exc
+        return list(ids)
+
+    async def cancel(self, handles: list[Any]) -> None:
+        """Cancel the unfinished tasks, one by one; a failure is logged."""
+        for task_id in handles:
             try:
-                handles.extend(await self._enqueue(fn, [instance]))
-            except SerializationError as exc:
-                handles.append(_unpicklable(instance, exc))
-        return handles
+                await self._call(self.queue, "cancel", task_id)
+            except Exception:
+                logger.warning("could not cancel pipeline task %s", task_id, exc_info=True)
 
-    def abandon(self) -> None:
-        """The run gave up on its unfinished tasks (the caller cancels them)."""
-
-    async def wait(
-        self, pending: Mapping[str, Pipeline], timeout: float | None = None
+    async def _wait_once(
+        self, pending: Mapping[Any, Pipeline], timeout: float | None
     ) -> list[tuple[Any, Outcome]]:
-        """Wait until at least one task finished; ``(task_id, outcome)`` for each that did
-        (none if ``timeout`` seconds passed first)."""
         task_ids = list(pending)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            results: dict[str, Result] = await self._call("get_results", task_ids)
-            if results:
-                return [
-                    (task_id, _result_outcome(result, _index(pending[task_id])))
-                    for task_id, result in results.items()
-                ]
-            wait = self.POLL
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    return []
+        results: dict[str, Result] = await self._call(self.queue, "get_results", task_ids)
+        if results:
+            return [
+                (task_id, _result_outcome(result, _index(pending[task_id])))
+                for task_id, result in results.items()
+            ]
+        wait = self.POLL if timeout is None else min(self.POLL, timeout)
+        if wait > 0:
             # Returns as soon as the oldest finishes, or after POLL to look at the rest.
-            await self._call("get_result", task_ids[0], wait)
+            await self._call(self.queue, "get_result", task_ids[0], wait)
+        return []
 
 
 def _result_outcome(result: Result, index: int) -> Outcome:
