@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -38,22 +39,21 @@ class InstanceTrace:
         """Seconds since the instance was submitted."""
         return time.monotonic() - self._start
 
+    def _end(self, outcome: str, status: Status) -> None:
+        attrs = {NAME_ATTR: self._name}
+        self._telemetry.counters[outcome].add(1, attrs)
+        self._telemetry.duration.record(self.elapsed, {**attrs, "outcome": outcome})
+        self.span.set_status(status)
+        self.span.end()
+
     def completed(self) -> None:
         """Record a success and end the span."""
-        attrs = {NAME_ATTR: self._name}
-        self._telemetry.completed.add(1, attrs)
-        self._telemetry.duration.record(self.elapsed, {**attrs, "outcome": "completed"})
-        self.span.set_status(Status(StatusCode.OK))
-        self.span.end()
+        self._end("completed", Status(StatusCode.OK))
 
     def failed(self, exc: BaseException, error: str | None = None) -> None:
         """Record a failure (``error`` is its text, if not ``str(exc)``) and end the span."""
-        attrs = {NAME_ATTR: self._name}
-        self._telemetry.failed.add(1, attrs)
-        self._telemetry.duration.record(self.elapsed, {**attrs, "outcome": "failed"})
         self.span.record_exception(exc)
-        self.span.set_status(Status(StatusCode.ERROR, error or f"{type(exc).__name__}: {exc}"))
-        self.span.end()
+        self._end("failed", Status(StatusCode.ERROR, error or f"{type(exc).__name__}: {exc}"))
 
     def abandoned(self) -> None:
         """End the span of an instance whose outcome the run never saw (it stopped)."""
@@ -69,37 +69,28 @@ class Telemetry:
     """
 
     def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
-        if tracer_provider is None:
-            self.tracer = trace.get_tracer("sitq.pipeline")
-        else:
-            self.tracer = tracer_provider.get_tracer("sitq.pipeline")
-        if meter_provider is None:
-            meter = metrics.get_meter("sitq.pipeline")
-        else:
-            meter = meter_provider.get_meter("sitq.pipeline")
-        self.completed = meter.create_counter(
-            "sitq.pipeline.instances.completed",
-            unit="{instance}",
-            description="Pipeline instances that returned a result",
-        )
-        self.failed = meter.create_counter(
-            "sitq.pipeline.instances.failed",
-            unit="{instance}",
-            description="Pipeline instances that raised or could not run",
-        )
+        self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("sitq.pipeline")
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter("sitq.pipeline")
+        self.counters = {
+            outcome: meter.create_counter(
+                f"sitq.pipeline.instances.{outcome}", unit="{instance}", description=description
+            )
+            for outcome, description in (
+                ("completed", "Pipeline instances that returned a result"),
+                ("failed", "Pipeline instances that raised or could not run"),
+            )
+        }
         self.duration = meter.create_histogram(
             "sitq.pipeline.instance.duration",
             unit="s",
             description="Time from an instance's submission to its outcome",
         )
 
-    @contextlib.contextmanager
-    def run_span(self, name: str, **attributes: Any) -> Iterator[Span]:
+    def run_span(self, name: str, **attributes: Any) -> AbstractContextManager[Span]:
         """The span of one batch-pipeline run (current while the run lasts)."""
-        with self.tracer.start_as_current_span(
+        return self.tracer.start_as_current_span(
             "sitq.pipeline.batch", attributes={NAME_ATTR: name, **attributes}
-        ) as span:
-            yield span
+        )
 
     def start_instance(self, name: str, index: int | None, parent: Span | None) -> InstanceTrace:
         """Start an instance's span, a child of ``parent`` (the current span if None)."""
