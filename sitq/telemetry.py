@@ -99,13 +99,21 @@ def metrics_on() -> bool:
     return type(metrics.get_meter_provider()).__name__ not in _OFF_METER_PROVIDERS
 
 
+def _task_attributes(queue: str, task_name: str) -> dict[str, AttributeValue]:
+    return {"messaging.destination.name": queue, "sitq.task.name": task_name}
+
+
+def _count(name: str, queue: str, task_name: str, amount: int = 1) -> None:
+    if metrics_on():
+        _counters[name].add(amount, _task_attributes(queue, task_name))
+
+
 def _base_attributes(operation: str, queue: str, task_name: str) -> dict[str, AttributeValue]:
     return {
         "messaging.system": SYSTEM,
         "messaging.operation.type": operation,
         "messaging.operation.name": "enqueue" if operation == "send" else "process",
-        "messaging.destination.name": queue,
-        "sitq.task.name": task_name,
+        **_task_attributes(queue, task_name),
     }
 
 
@@ -128,11 +136,7 @@ class EnqueueScope:
                 self.span.set_attribute("messaging.message.id", task_ids[0])
             else:
                 self.span.set_attribute("messaging.batch.message_count", len(task_ids))
-        if metrics_on():
-            _counters["enqueued"].add(
-                len(task_ids),
-                {"messaging.destination.name": self.queue, "sitq.task.name": self.task_name},
-            )
+        _count("enqueued", self.queue, self.task_name, len(task_ids))
 
 
 @contextlib.contextmanager
@@ -159,10 +163,7 @@ def start_run(
 ) -> trace.Span | None:
     """Count a started attempt; open its CONSUMER span if tracing is on."""
     if metrics_on():
-        attributes: dict[str, AttributeValue] = {
-            "messaging.destination.name": queue,
-            "sitq.task.name": task_name,
-        }
+        attributes = _task_attributes(queue, task_name)
         _counters["started"].add(1, attributes)
         _queue_wait.record(max(0.0, queue_wait), attributes)
     if not tracing_on():
@@ -190,7 +191,7 @@ def end_run(
     """Close an attempt: ``outcome`` is succeeded, failed, retried, cancelled or
     released (a shutdown handed it back)."""
     if metrics_on() and outcome != "released":
-        attributes = {"messaging.destination.name": queue, "sitq.task.name": task_name}
+        attributes = _task_attributes(queue, task_name)
         _counters[outcome].add(1, attributes)
         _run_time.record(run_time, {**attributes, "sitq.task.outcome": outcome})
     if span is None:
@@ -224,18 +225,12 @@ def run_in_span(span: trace.Span | None, fn: Callable[..., Any]) -> Callable[...
 
 def cancelled(queue: str, task_name: str) -> None:
     """Count a task cancelled before it ran."""
-    if metrics_on():
-        _counters["cancelled"].add(
-            1, {"messaging.destination.name": queue, "sitq.task.name": task_name}
-        )
+    _count("cancelled", queue, task_name)
 
 
 def requeued(queue: str, task_name: str) -> None:
     """Count a failed or cancelled task queued again by a retry."""
-    if metrics_on():
-        _counters["requeued"].add(
-            1, {"messaging.destination.name": queue, "sitq.task.name": task_name}
-        )
+    _count("requeued", queue, task_name)
 
 
 def set_queue_depth(counts: dict[tuple[str, str], int]) -> None:
