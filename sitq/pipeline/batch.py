@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from sitq import SyncTaskQueue, TaskQueue
-from sitq.pipeline import batching, telemetry
+from sitq.pipeline import telemetry
 from sitq.pipeline.errors import InstanceFailed, PipelineDefinitionError, PipelineTimeout
 from sitq.pipeline.executors import Executor, PoolExecutor, QueueExecutor
 from sitq.pipeline.fields import InputDataField
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["BatchPipeline", "RunOptions"]
 
 logger = logging.getLogger("sitq.pipeline")
+
+#: A ``{field}_batch`` method, unbound: (batch pipeline, data, size) -> batches.
+Batcher = Callable[[Any, Any, "int | None"], Iterator[Any]]
 
 #: Instances in flight on a queue unless ``max_in_flight`` says otherwise.
 DEFAULT_QUEUE_IN_FLIGHT = 64
@@ -60,9 +63,8 @@ class BatchPipeline:
         outcomes = SimpleBatch(name=names, book="book.txt").execute()
 
     ``{field}_batch(self, data, size)`` methods must be generators; a file
-    field's method gets the open stream. See :mod:`sitq.pipeline.batching`
-    for how batches become instances, and :mod:`sitq.pipeline.signal` for the
-    signals.
+    field's method gets the open stream. See :meth:`instances` for how
+    batches become instances, and :mod:`sitq.pipeline.signal` for the signals.
 
     Class attributes ``max_workers`` and ``max_tasks_per_child`` set defaults
     for the local process pool.
@@ -77,7 +79,7 @@ class BatchPipeline:
     #: Replace a local pool process after this many instances (default: never).
     max_tasks_per_child: ClassVar[int | None] = None
 
-    _batchers: ClassVar[dict[str, batching.Batcher]] = {}
+    _batchers: ClassVar[dict[str, Batcher]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -155,9 +157,41 @@ class BatchPipeline:
     def instances(self) -> Generator[Pipeline, None, None]:
         """The template instances ``execute()`` runs, made lazily as they are needed.
 
-        Close the generator (or exhaust it) to close the files it opened.
+        Each batched field gets a generator of batches: the class's
+        ``{field}_batch`` method if it defines one, else the field's default
+        batching. They advance in step: instance ``i`` gets batch ``i`` of every
+        batched field (None for one whose batches ran out) and the other fields
+        whole. With no batched field there is one instance; when every batched
+        field is empty, none. Close the generator (or exhaust it) to close the
+        files it opened.
         """
-        return batching.instances(self, self.template, self.inputs, self._batchers)
+        with contextlib.ExitStack() as files:
+            whole: dict[str, Any] = {}
+            streams: dict[str, Iterator[Any]] = {}
+            for name, field in self.template.fields.items():
+                value, batcher = self.inputs[name], self._batchers.get(name)
+                if batcher is None and field.size is None:
+                    whole[name] = field.whole(value)
+                elif value is None:
+                    streams[name] = iter(())
+                elif batcher is None:
+                    streams[name] = field.batches(files.enter_context(field.source(value)))
+                else:
+                    source = files.enter_context(field.source(value))
+                    streams[name] = batches = batcher(self, source, field.size)
+                    if not isinstance(batches, Iterator):
+                        raise PipelineDefinitionError(
+                            f"{type(self).__name__}.{name}_batch returned a "
+                            f"{type(batches).__name__}, not a generator: write it with "
+                            "`yield`, one batch per yield"
+                        )
+            if not streams:
+                yield self.template.for_batch(0, whole)
+                return
+            steps = itertools.zip_longest(*streams.values(), fillvalue=None)
+            for index, step in enumerate(steps):
+                batch = dict(zip(streams, step, strict=True))
+                yield self.template.for_batch(index, {**whole, **batch})
 
     def execute(
         self,
@@ -391,9 +425,9 @@ def _signals(owner: str, declared: Any) -> list[SoftSignal]:
     return signals
 
 
-def _batchers(cls: type[BatchPipeline], template: type[Pipeline]) -> dict[str, batching.Batcher]:
+def _batchers(cls: type[BatchPipeline], template: type[Pipeline]) -> dict[str, Batcher]:
     """The class's ``{field}_batch`` methods, checked: a generator per known field."""
-    found: dict[str, batching.Batcher] = {}
+    found: dict[str, Batcher] = {}
     for attr in dir(cls):
         if not attr.endswith("_batch") or attr.startswith("_") or hasattr(BatchPipeline, attr):
             continue
