@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
@@ -292,8 +293,6 @@ class BatchPipeline:
             if close and isinstance(queue, TaskQueue):
                 await queue.close()
             raise
-        outcomes: list[Any] = []
-        counts = {"completed": 0, "failed": 0}
         start = time.monotonic()
         with telemetry.current.run_span(
             type(self).__qualname__,
@@ -306,36 +305,36 @@ class BatchPipeline:
             await self._send("batch_started", BatchEvent("batch_started", self))
             async with executor:
                 with contextlib.closing(self.instances()) as instances:
-                    await self._drive(
-                        executor, instances, outcomes, counts, span, options.get("timeout")
+                    outcomes, counts = await self._drive(
+                        executor, instances, span, options.get("timeout")
                     )
-            total, completed, failed = len(outcomes), counts["completed"], counts["failed"]
+            completed, failed = counts["task_completed"], counts["task_failed"]
             span.set_attributes(
                 {
-                    "sitq.pipeline.instances": total,
+                    "sitq.pipeline.instances": len(outcomes),
                     "sitq.pipeline.completed": completed,
                     "sitq.pipeline.failed": failed,
                 }
             )
             elapsed = time.monotonic() - start
-            await self._send(
-                "batch_finished",
-                BatchEvent("batch_finished", self, total, completed, failed, elapsed),
-            )
+            event = BatchEvent("batch_finished", self, len(outcomes), completed, failed, elapsed)
+            await self._send("batch_finished", event)
         return outcomes
 
     async def _drive(
         self,
         executor: Executor,
         instances: Iterator[Pipeline],
-        outcomes: list[Any],
-        counts: dict[str, int],
         span: Any,
-        timeout: float | None = None,
-    ) -> None:
-        """Keep up to ``executor.limit`` instances in flight; settle each outcome once."""
+        timeout: float | None,
+    ) -> tuple[list[Any], Counter[str]]:
+        """Keep up to ``executor.limit`` instances in flight; settle each outcome once.
+
+        Returns the outcomes, and how many instances sent each signal."""
         name = self.template.__qualname__
         deadline = None if timeout is None else time.monotonic() + timeout
+        outcomes: list[Any] = []
+        counts: Counter[str] = Counter()
         pending: dict[Any, Pipeline] = {}
         traces: dict[int, telemetry.InstanceTrace] = {}
         exhausted = False
@@ -345,12 +344,11 @@ class BatchPipeline:
             outcomes[index] = value
             trace = traces.pop(index)
             if ok:
-                counts["completed"] += 1
                 trace.completed()
             else:
-                counts["failed"] += 1
                 trace.failed(value, getattr(value, "error", None))
             signal = "task_completed" if ok else "task_failed"
+            counts[signal] += 1
             result, exception = (value, None) if ok else (None, value)
             event = InstanceEvent(signal, self, instance, index, result, exception, trace.elapsed)
             await self._send(signal, event)
@@ -376,15 +374,14 @@ class BatchPipeline:
                         else:
                             pending[handle] = instance
                 if not pending:
-                    return
+                    return outcomes, counts
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 finished = await executor.wait(pending, left)
                 if not finished and deadline is not None and time.monotonic() >= deadline:
                     executor.abandon()
-                    unfinished = sorted(instance.batch_index or 0 for instance in pending.values())
-                    waiting = set(unfinished)
+                    waiting = {instance.batch_index or 0 for instance in pending.values()}
                     done = {i: outcome for i, outcome in enumerate(outcomes) if i not in waiting}
-                    raise PipelineTimeout(float(timeout or 0), done, unfinished)
+                    raise PipelineTimeout(float(timeout or 0), done, sorted(waiting))
                 for handle, (ok, value) in finished:
                     await settle(pending.pop(handle), ok, value)
         finally:
