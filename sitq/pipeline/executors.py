@@ -180,10 +180,9 @@ class Executor:
 class _Job:
     """One instance in the local pool: a stable handle whose future may be replaced."""
 
-    __slots__ = ("future", "instance", "payload")
+    __slots__ = ("future", "payload")
 
-    def __init__(self, instance: Pipeline, payload: bytes) -> None:
-        self.instance = instance
+    def __init__(self, payload: bytes) -> None:
         self.payload = payload
         self.future: asyncio.Future[bytes] | None = None
 
@@ -305,7 +304,7 @@ class PoolExecutor(Executor):
 
     async def _send(self, group: Sequence[Pipeline]) -> list[Any]:
         try:
-            jobs = [_Job(instance, cloudpickle.dumps(instance)) for instance in group]
+            jobs = [_Job(cloudpickle.dumps(instance)) for instance in group]
         except Exception as exc:
             raise _Unsendable(exc) from exc
         for job in jobs:

@@ -144,23 +144,15 @@ class InputDataField(Field):
             size=_check_size("InputDataField", "batch_size", batch_size),
         )
         self.data_type = data_type
-
-    @property
-    def batch_size(self) -> int | None:
-        """Items per batch, or None."""
-        return self.size
+        self.batch_size = self.size  #: items per batch, or None
+        self._expected = " or ".join(t.__name__ for t in types if t is not None)
 
     def check(self, value: Any) -> None:
         """Check the type, and that a batched value can be split."""
         if self.data_type is not None and not isinstance(value, self.data_type):
-            expected = (
-                " or ".join(t.__name__ for t in self.data_type)
-                if isinstance(self.data_type, tuple)
-                else self.data_type.__name__
-            )
             raise FieldTypeError(
                 self.name,
-                f"{self.label} must be a {expected}, got {type(value).__name__} "
+                f"{self.label} must be a {self._expected}, got {type(value).__name__} "
                 f"{_short(value)}; convert it before passing it",
             )
 
@@ -177,8 +169,6 @@ class InputDataField(Field):
     def batches(self, source: Any) -> Iterator[Any]:
         """Slices of ``size`` items (dicts for mappings, lists for other iterables)."""
         size = self.size or 1
-        if source is None:
-            return
         if isinstance(source, Mapping):
             items = iter(source.items())
             while part := dict(itertools.islice(items, size)):
@@ -232,11 +222,7 @@ class FileInputDataField(Field):
         )
         self.mode = mode
         self.encoding = None if "b" in mode else (encoding or "utf-8")
-
-    @property
-    def chunk_size(self) -> int | None:
-        """Characters (or bytes) per chunk, or None."""
-        return self.size
+        self.chunk_size = self.size  #: characters (or bytes) per chunk, or None
 
     def check(self, value: Any) -> None:
         """A readable path, or an open readable stream."""
@@ -279,8 +265,6 @@ class FileInputDataField(Field):
 
     def batches(self, source: Any) -> Iterator[Any]:
         """Successive ``read(chunk_size)`` results until the end of the stream."""
-        if source is None:
-            return
         while chunk := source.read(self.size or -1):
             yield chunk
 
