@@ -464,6 +464,27 @@ def test_200_mb_file_streams_in_bounded_memory(tmp_path: Path) -> None:
     assert (report["control_kb"] - report["after_kb"]) / 1024 > 150, report
 
 
+async def test_a_task_enqueued_under_the_old_module_name_still_runs(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sitq.pipeline.executors was sitq.pipeline.runners: tasks enqueued then name
+    # sitq.pipeline.runners.run_instance in their payloads.
+    instance = Words.for_batch(0, {"names": ["a"], "tags": ["t"], "label": "old"})
+    async with TaskQueue(db_path) as queue:
+        with monkeypatch.context() as patch:
+            patch.setattr(executors.run_instance, "__module__", "sitq.pipeline.runners")
+            assert b"sitq.pipeline.runners" in pickle.dumps(executors.run_instance)
+            task_id = await queue.enqueue(executors.run_instance, instance)
+        worker = Worker(db_path, concurrency=1)
+        await worker.start()
+        try:
+            result = await queue.get_result(task_id, timeout=30)
+        finally:
+            await worker.stop(timeout=10)
+    assert result is not None and result.ok, result
+    assert result.value == {"batch": 0, "names": ["a"], "tags": ["t"], "label": "old"}
+
+
 # -- a plain Pipeline -----------------------------------------------------------
 
 
