@@ -15,7 +15,6 @@ import inspect
 import logging
 import multiprocessing
 import sys
-import time
 import traceback
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -119,10 +118,10 @@ class _Unsendable(Exception):
 
 
 class Executor:
-    """What both executors share: submitting groups and waiting with a deadline.
+    """Where instances run: ``submit`` them, ``wait`` for outcomes.
 
-    A subclass sends a group with ``_send`` (raising :class:`_Unsendable` when
-    an instance will not serialize) and waits once with ``_wait_once``.
+    A subclass sends a group with ``_send``, raising :class:`_Unsendable` when
+    an instance will not serialize.
     """
 
     kind: str
@@ -144,9 +143,11 @@ class Executor:
     async def _send(self, group: Sequence[Pipeline]) -> list[Any]:
         raise NotImplementedError
 
-    async def _wait_once(
+    async def wait(
         self, pending: Mapping[Any, Pipeline], timeout: float | None
     ) -> list[tuple[Any, Outcome]]:
+        """``(handle, outcome)`` for each instance that finished, waiting at most
+        ``timeout`` seconds for one (none if nothing did)."""
         raise NotImplementedError
 
     async def submit(self, group: Sequence[Pipeline]) -> list[Any]:
@@ -163,18 +164,6 @@ class Executor:
             except _Unsendable as exc:
                 handles.append(_unpicklable(instance, exc.args[0]))
         return handles
-
-    async def wait(
-        self, pending: Mapping[Any, Pipeline], timeout: float | None = None
-    ) -> list[tuple[Any, Outcome]]:
-        """Wait until at least one instance finished; ``(handle, outcome)`` for each that did
-        (none if ``timeout`` seconds passed first)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            finished = await self._wait_once(pending, left)
-            if finished or (deadline is not None and time.monotonic() >= deadline):
-                return finished
 
 
 class _Job:
@@ -323,7 +312,7 @@ class PoolExecutor(Executor):
         self._owner[future] = executor
         job.future = future
 
-    async def _wait_once(
+    async def wait(
         self, pending: Mapping[Any, Pipeline], timeout: float | None
     ) -> list[tuple[Any, Outcome]]:
         # Suspects are only reported once they have an outcome of their own.
@@ -430,7 +419,7 @@ class QueueExecutor(Executor):
             except Exception:
                 logger.warning("could not cancel pipeline task %s", task_id, exc_info=True)
 
-    async def _wait_once(
+    async def wait(
         self, pending: Mapping[Any, Pipeline], timeout: float | None
     ) -> list[tuple[Any, Outcome]]:
         task_ids = list(pending)
