@@ -270,22 +270,15 @@ class PoolExecutor(Executor):
         self._abandoned = True
 
     async def __aexit__(self, *exc_info: object) -> None:
-        executors = [
-            *self._retired,
-            *([self._executor] if self._executor else []),
-            *([self._isolation] if self._isolation else []),
-        ]
-        self._executor, self._retired, self._isolation = None, [], None
-        self._suspects.clear()
-        self._alone = None
+        # The executor serves one run: nothing is started after this.
+        executors = [*self._retired, *(e for e in (self._executor, self._isolation) if e)]
         if self._abandoned:
             for future in self._owner:  # nobody waits on these any more
                 future.cancel()
             self._owner.clear()
         for executor in executors:
             if self._abandoned:
-                processes = dict(getattr(executor, "_processes", None) or {})
-                for process in processes.values():
+                for process in list((getattr(executor, "_processes", None) or {}).values()):
                     with contextlib.suppress(Exception):
                         process.terminate()
             # cancel_futures: after an error, queued instances are not run for nothing.

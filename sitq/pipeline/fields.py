@@ -83,16 +83,14 @@ class Field:
     def validate(self, value: Any) -> Any:
         """The value to use for this field, given what the caller passed
         (``MISSING`` if nothing); raises :class:`FieldError` naming the field."""
-        if value is MISSING or (value is None and self.required):
+        if value is MISSING or value is None:
             if self.required:
                 raise FieldError(
                     self.name,
                     f"{self.label} is required: pass {self.owner}({self.name}=...) "
                     "with a value that is not None",
                 )
-            return self.default
-        if value is None:
-            return None
+            return self.default if value is MISSING else None
         self.check(value)
         return value
 
