@@ -40,6 +40,8 @@ __all__ = [
 logger = logging.getLogger("sitq.pipeline")
 
 Outcome = tuple[bool, Any]
+#: ``(handle, outcome)`` for each instance that finished.
+Finished = list[tuple[Any, Outcome]]
 
 #: ProcessPoolExecutor(max_tasks_per_child=) exists from Python 3.11.
 NATIVE_MAX_TASKS_PER_CHILD = sys.version_info >= (3, 11)
@@ -72,17 +74,11 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _dumps(value: object) -> bytes:
-    # cloudpickle ships no type hints: say what it returns.
-    data: bytes = cloudpickle.dumps(value)
-    return data
-
-
 def _error_reply(text: str, tb: str | None = None, exc: BaseException | None = None) -> bytes:
     try:
-        return _dumps(("error", text, tb, exc))
+        return cloudpickle.dumps(("error", text, tb, exc))
     except Exception:
-        return _dumps(("error", text, tb, None))
+        return cloudpickle.dumps(("error", text, tb, None))
 
 
 def run_pickled(payload: bytes) -> bytes:
@@ -105,7 +101,7 @@ def run_pickled(payload: bytes) -> bytes:
     except BaseException as exc:
         return _error_reply(_error_text(exc), traceback.format_exc(), exc)
     try:
-        return _dumps(("ok", value))
+        return cloudpickle.dumps(("ok", value))
     except Exception as exc:
         return _error_reply(
             f"SerializationError: the result of {instance!r}, a {type(value).__name__}, "
@@ -143,9 +139,7 @@ class Executor:
     async def _send(self, group: Sequence[Pipeline]) -> list[Any]:
         raise NotImplementedError
 
-    async def wait(
-        self, pending: Mapping[Any, Pipeline], timeout: float | None
-    ) -> list[tuple[Any, Outcome]]:
+    async def wait(self, pending: Mapping[Any, Pipeline], timeout: float | None) -> Finished:
         """``(handle, outcome)`` for each instance that finished, waiting at most
         ``timeout`` seconds for one (none if nothing did)."""
         raise NotImplementedError
@@ -305,9 +299,7 @@ class PoolExecutor(Executor):
         self._owner[future] = executor
         job.future = future
 
-    async def wait(
-        self, pending: Mapping[Any, Pipeline], timeout: float | None
-    ) -> list[tuple[Any, Outcome]]:
+    async def wait(self, pending: Mapping[Any, Pipeline], timeout: float | None) -> Finished:
         # Suspects are only reported once they have an outcome of their own.
         if self._alone is None and self._suspects:
             self._alone = self._suspects.popleft()
@@ -394,8 +386,6 @@ class QueueExecutor(Executor):
             await self.queue.close()
 
     async def _send(self, group: Sequence[Pipeline]) -> list[Any]:
-        if not group:
-            return []
         process = type(group[0]).process
         fn = run_instance_async if inspect.iscoroutinefunction(process) else run_instance
         try:
@@ -412,9 +402,7 @@ class QueueExecutor(Executor):
             except Exception:
                 logger.warning("could not cancel pipeline task %s", task_id, exc_info=True)
 
-    async def wait(
-        self, pending: Mapping[Any, Pipeline], timeout: float | None
-    ) -> list[tuple[Any, Outcome]]:
+    async def wait(self, pending: Mapping[Any, Pipeline], timeout: float | None) -> Finished:
         task_ids = list(pending)
         results: dict[str, Result] = await self._call(self.queue, "get_results", task_ids)
         if results:
