@@ -200,10 +200,9 @@ class PoolExecutor(Executor):
         self.max_tasks_per_child = max_tasks_per_child
         if isinstance(mp_context, str):
             mp_context = multiprocessing.get_context(mp_context)
-        self.native_max_tasks = NATIVE_MAX_TASKS_PER_CHILD
         if (
             max_tasks_per_child is not None
-            and self.native_max_tasks
+            and NATIVE_MAX_TASKS_PER_CHILD
             and mp_context is not None
             and mp_context.get_start_method() == "fork"
         ):
@@ -225,7 +224,7 @@ class PoolExecutor(Executor):
 
     def _new_executor(self, max_workers: int) -> ProcessPoolExecutor:
         kwargs: dict[str, Any] = {"max_workers": max_workers, "mp_context": self.mp_context}
-        if self.max_tasks_per_child is not None and self.native_max_tasks:
+        if self.max_tasks_per_child is not None and NATIVE_MAX_TASKS_PER_CHILD:
             kwargs["max_tasks_per_child"] = self.max_tasks_per_child
         return ProcessPoolExecutor(**kwargs)
 
@@ -238,7 +237,7 @@ class PoolExecutor(Executor):
         if (
             self._executor is not None
             and self.max_tasks_per_child is not None
-            and not self.native_max_tasks
+            and not NATIVE_MAX_TASKS_PER_CHILD
             and self._generation >= self.max_workers * self.max_tasks_per_child
         ):
             self._retire()
