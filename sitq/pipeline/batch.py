@@ -144,8 +144,7 @@ class BatchPipeline:
         if signal is None:
             return
         await signal.send(event)
-        reaction = getattr(self, f"on_{name}", None)
-        if reaction is not None:
+        if (reaction := getattr(self, f"on_{name}", None)) is not None:
             try:
                 outcome = reaction(event)
                 if inspect.isawaitable(outcome):
