@@ -658,6 +658,8 @@ def test_execute_options_are_checked(tmp_path: Path) -> None:
         batch.execute(max_tasks_per_child=2, mp_context="fork")
     with pytest.raises(ValueError, match="max_in_flight must be an int >= 1"):
         batch.execute(max_in_flight=0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_worker'"):
+        batch.execute(max_worker=2)  # type: ignore[call-arg]
 
 
 def test_a_batcher_that_raises_stops_the_run(

@@ -254,7 +254,10 @@ class BatchPipeline:
     def _executor(self, queue: Any, options: RunOptions, close: bool) -> Executor:
         unknown = sorted(set(options) - set(RunOptions.__annotations__))
         if unknown:
-            raise TypeError(f"execute() got an unexpected keyword argument {unknown[0]!r}")
+            raise TypeError(
+                f"unexpected keyword argument {unknown[0]!r}; the run options are "
+                f"{', '.join(RunOptions.__annotations__)}"
+            )
         timeout, in_flight = options.get("timeout"), options.get("max_in_flight")
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
