@@ -1,12 +1,7 @@
 """Input fields of a pipeline template: what each instance is given.
 
-A field is declared on a :class:`~sitq.pipeline.Pipeline` subclass::
-
-    class Simple(Pipeline):
-        name = InputDataField(data_type=list, batch_size=5)
-        book = FileInputDataField(required=True, chunk_size=1024)
-
-Inside an instance, ``self.name`` is that instance's value: under a
+Fields are declared on a :class:`~sitq.pipeline.Pipeline` subclass (see its
+example). Inside an instance, ``self.<field>`` is that instance's value: under a
 ``BatchPipeline`` one batch of the input (or the whole input for a field
 without batching), in a plain ``Pipeline`` run the whole input. A file field's
 value inside an instance is file content (``str`` in text mode, ``bytes`` in
