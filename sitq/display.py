@@ -79,8 +79,8 @@ def bounded_repr(value: Any, limit: int = REPR_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
-def call_text(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """A task's call as it would be written: ``name(1, 'x', key=2)``, bounded reprs."""
-    parts = [bounded_repr(arg) for arg in args]
-    parts += [f"{key}={bounded_repr(value)}" for key, value in kwargs.items()]
-    return f"{name}({', '.join(parts)})"
+def first_line(text: str | None, limit: int = 160) -> str:
+    """The first line of ``text`` (an error message), cut to ``limit`` characters."""
+    lines = (text or "").strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -19,6 +19,7 @@ from sitq.dashboard import queries, routes, views
 from sitq.dashboard.history import FINISHED_WINDOW, Counted, CountHistory
 from sitq.dashboard.security import Guard
 from sitq.dashboard.workflows import WorkflowItems
+from sitq.display import first_line
 from sitq.queue import StorageTarget, TaskQueue
 
 HERE = Path(__file__).resolve().parent
@@ -49,19 +50,8 @@ def _templates() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    filters = (
-        "age",
-        "when",
-        "polyline",
-        "segments",
-        "percent",
-        "first_line",
-        "path",
-        "file_name",
-        "size",
-    )
-    for name in filters:
-        env.filters[name] = getattr(views, name)
+    filters = ("age", "when", "polyline", "segments", "percent", "path", "file_name", "size")
+    env.filters.update({name: getattr(views, name) for name in filters}, first_line=first_line)
     env.globals.update(
         chart_width=views.CHART_WIDTH,
         chart_height=views.CHART_HEIGHT,
@@ -94,24 +84,14 @@ def create_app(config: DashboardConfig) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/", routes.overview_page),
-            Route("/live/overview", routes.overview_live),
             Route("/metrics", routes.metrics_page),
-            Route("/queues", routes.queues_page),
-            Route("/live/queues", routes.queues_live),
-            Route("/batches", routes.batches_page),
-            Route("/live/batches", routes.batches_live),
-            Route("/tasks", routes.tasks_page),
-            Route("/live/tasks", routes.tasks_live),
-            Route("/tasks/{task_id}", routes.task_page),
-            Route("/live/tasks/{task_id}", routes.task_live),
             Route("/tasks/{task_id}/show", routes.show_task, methods=["POST"]),
             Route("/tasks/{task_id}/retry", routes.retry_task, methods=["POST"]),
             Route("/tasks/{task_id}/cancel", routes.cancel_task, methods=["POST"]),
+            # Before the run pages, whose {run_id:path} would take "/workflows/".
             Route("/workflows", routes.workflows_page),
             Route("/workflows/", routes.workflows_page),
-            Route("/workflows/{run_id:path}", routes.workflow_page),
-            Route("/live/workflows/{run_id:path}", routes.workflow_live),
+            *routes.PAGE_ROUTES,
             # {queue:path}: a queue's name may hold a slash.
             Route("/queues/{queue:path}/retry-failed", routes.retry_queue, methods=["POST"]),
             Route("/queues/{queue:path}/pause", routes.pause_queue, methods=["POST"]),

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from sitq.app_imports import import_modules, import_option
+from sitq.commands import db_option, fail, import_modules, import_option, open_database
 from sitq.dashboard.access import is_loopback, new_token
 from sitq.display import redact
 
@@ -21,13 +21,7 @@ TOKEN_ENV = "SITQ_DASHBOARD_TOKEN"
 
 
 @click.command()
-@click.option(
-    "--db",
-    envvar="SITQ_DB",
-    default="sitq.db",
-    show_default=True,
-    help="Database path or URL (defaults to $SITQ_DB, else sitq.db).",
-)
+@db_option
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -64,9 +58,9 @@ def dashboard(
 
         from sitq.dashboard.app import DashboardConfig, create_app
     except ImportError as exc:
-        raise click.ClickException(
+        fail(
             f"the dashboard needs its extra ({exc.name} is missing): pip install 'sitq[dashboard]'"
-        ) from exc
+        )
     if token == "generate":
         token = new_token()
     if token is not None and len(token) < 16:
@@ -77,7 +71,7 @@ def dashboard(
             f"(or ${TOKEN_ENV}; '--token generate' makes one), or keep --host 127.0.0.1"
         )
     import_modules(imports, "dashboard")
-    _check_database(db)
+    open_database(db)  # a wrong path or URL is one clear line, not a failed startup
     # Bound here, before anything is announced, and handed to uvicorn: a busy
     # port is then one clear line, not a URL followed by uvicorn's raw error.
     listener = _bind(host, port)
@@ -92,7 +86,7 @@ def dashboard(
     with listener:
         asyncio.run(server.serve(sockets=[listener]))
     if not server.started:
-        raise click.ClickException(f"the dashboard could not start on {host}:{port} (see above)")
+        fail(f"the dashboard could not start on {host}:{port} (see above)")
     click.echo("sitq dashboard stopped", err=True)
 
 
@@ -103,9 +97,7 @@ def _bind(host: str, port: int) -> socket.socket:
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
-        raise click.ClickException(
-            f"cannot listen on {host!r}: {exc.strerror}; check --host"
-        ) from None
+        fail(f"cannot listen on {host!r}: {exc.strerror}; check --host")
     listener = socket.socket(family, kind, proto)
     try:
         # As uvicorn does: a restart may reuse the port of connections still closing.
@@ -115,13 +107,11 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         listener.close()
         if exc.errno == errno.EADDRINUSE:
-            raise click.ClickException(
+            fail(
                 f"port {port} is in use on {host}: pass --port N (another port), "
                 "or stop what listens there"
-            ) from None
-        raise click.ClickException(
-            f"cannot listen on {host}:{port} ({exc.strerror}); check --host and --port"
-        ) from None
+            )
+        fail(f"cannot listen on {host}:{port} ({exc.strerror}); check --host and --port")
     return listener
 
 
@@ -165,23 +155,3 @@ def _server_class(base: Any) -> Any:
                     signal.signal(sig, handler)
 
     return Server
-
-
-def _check_database(db: str) -> None:
-    """Open the database once before serving, so a wrong path or URL is one clear
-    line rather than a failed startup."""
-    from sitq.errors import SitqError
-    from sitq.queue import TaskQueue
-    from sitq.serialization import CloudpickleSerializer
-
-    async def probe() -> None:
-        # Nothing is loaded here: the plain serializer leaves $SITQ_SECRET_KEY to the app.
-        queue = TaskQueue(db, CloudpickleSerializer(), create=False)
-        await queue.connect()
-        await queue.close()
-
-    try:
-        asyncio.run(probe())
-    except SitqError as exc:
-        # The server's own words are passed on, and they may quote the URL.
-        raise click.ClickException(redact(str(exc))) from exc

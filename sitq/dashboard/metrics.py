@@ -14,12 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from sitq.dashboard.history import CountHistory
-from sitq.overview import WORKER_STALE_AFTER
+from sitq.overview import STATUSES, WORKER_STALE_AFTER
 from sitq.queue import TaskQueue
-from sitq.task import TaskStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-STATUSES = [status.value for status in TaskStatus]
 
 Series = list[tuple[dict[str, str], float]]
 

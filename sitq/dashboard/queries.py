@@ -4,24 +4,23 @@ the templates."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sitq.batch.store import BatchStore
+from sitq.commands import call_of
 from sitq.dashboard.history import CountHistory, QueueTrend
 from sitq.dashboard.workflows import RunProgress, WorkflowItems
 from sitq.display import bounded_repr
-from sitq.headers import unwrap as unwrap_headers
-from sitq.overview import Overview
+from sitq.overview import STATUSES, Overview, WorkerSummary
 from sitq.queue import TaskQueue
 from sitq.records import record_to_result
-from sitq.serialization import SignedSerializer, bound_loads, payload_binding
-from sitq.task import TaskStatus
+from sitq.serialization import SignedSerializer
 
 if TYPE_CHECKING:
     from sitq import LimitRecord, ScheduleRecord, TaskRecord
 
-STATUSES = [status.value for status in TaskStatus]
 #: The largest payload or result (bytes) a page loads by itself; a bigger one is
 #: loaded only on request, and never by the live refresh.
 LOAD_LIMIT = 1_000_000
@@ -46,21 +45,6 @@ class QueueRow:
     trend: QueueTrend
     paused: bool = False
     claimed: int = 0  # of the queued, held by a worker that has not started them
-
-
-@dataclass
-class WorkerRow:
-    """One worker on the overview, with what it runs now."""
-
-    id: str
-    host: str
-    pid: int
-    queues: tuple[str, ...]
-    concurrency: int
-    heartbeat_age: float
-    state: str  # alive, dead or stopped
-    running: list[TaskRecord] = field(default_factory=list)
-    claimed: int = 0  # tasks it holds and has not started (prefetched)
 
 
 @dataclass
@@ -89,7 +73,7 @@ class OverviewPage:
 
     queues: list[QueueRow]
     totals: dict[str, int]
-    workers: list[WorkerRow]
+    workers: list[WorkerSummary]  # not stopped
     stopped_workers: int
     failures: list[TaskRecord]
     batches: list[BatchRow]
@@ -134,14 +118,9 @@ async def queue_table(
     oldest = {n: q.oldest_wait for n, q in view.queues.items() if q.oldest_wait is not None}
     paused = set(view.paused)
     names = sorted(set(sample.by_queue) | set(oldest) | paused)
-    totals = dict.fromkeys(STATUSES, 0)
-    counts_of: dict[str, dict[str, int]] = {}
-    for name in names:
-        counts = dict.fromkeys(STATUSES, 0)
-        counts.update(sample.by_queue.get(name, {}))
-        for status, n in counts.items():
-            totals[status] = totals.get(status, 0) + n
-        counts_of[name] = counts
+    zeros = dict.fromkeys(STATUSES, 0)
+    counts_of = {name: {**zeros, **sample.by_queue.get(name, {})} for name in names}
+    totals = {status: sum(c[status] for c in counts_of.values()) for status in STATUSES}
     if shown is not None:
 
         def busy(name: str) -> tuple[bool, int, int, str]:
@@ -152,19 +131,17 @@ async def queue_table(
     else:
         start = (page - 1) * QUEUES_PAGE_SIZE
         picked = names[start : start + QUEUES_PAGE_SIZE]
-    rows = []
-    for name in picked:
-        summary = view.queues.get(name)
-        rows.append(
-            QueueRow(
-                name,
-                counts_of[name],
-                oldest.get(name),
-                history.trend(name),
-                name in paused,
-                summary.claimed if summary is not None else 0,
-            )
+    rows = [
+        QueueRow(
+            name,
+            counts_of[name],
+            oldest.get(name),
+            history.trend(name),
+            name in paused,
+            view.queues[name].claimed if name in view.queues else 0,
         )
+        for name in picked
+    ]
     return QueueTable(rows, totals, sample.at), len(names)
 
 
@@ -187,21 +164,7 @@ async def overview(
     operations, and batches beyond the newest are not read."""
     view = await queue.overview(failures=RECENT_FAILURES, counts=False)
     table, queue_count = await queue_table(queue, history, shown=QUEUES_SHOWN, view=view)
-    workers = [
-        WorkerRow(
-            w.record.id,
-            w.record.hostname,
-            w.record.pid,
-            w.record.queues,
-            w.record.concurrency,
-            max(0.0, w.heartbeat_age),
-            w.state,
-            list(w.running),
-            w.claimed,
-        )
-        for w in view.workers
-        if w.state != "stopped"
-    ]
+    workers = [w for w in view.workers if w.state != "stopped"]
     # One more than shown, to know whether to link to the full list.
     batches = await batch_rows(queue, RECENT_BATCHES + 1)
     return OverviewPage(
@@ -266,25 +229,12 @@ class TaskDetail:
         return (self.record.payload_size or 0) > LOAD_LIMIT
 
 
-def describe_call(queue: TaskQueue, record: TaskRecord) -> tuple[str | None, str | None]:
-    """The task's call as text, loaded with the queue's serializer (after any trace
-    headers); or why it cannot be shown here (e.g. its module is not importable)."""
-    if record.payload is None:
-        return None, "the payload is not stored"
+def _shown(load: Callable[[], str]) -> tuple[str | None, str | None]:
+    """What ``load`` returns, or why it failed (e.g. a module not importable here)."""
     try:
-        body = unwrap_headers(record.payload)[1]
-        binding = payload_binding(record.id, record.func_name, record.queue)
-        _, args, kwargs = bound_loads(queue.serializer, body, binding)
+        return load(), None
     except Exception as exc:
         return None, f"{type(exc).__name__}: {exc}"
-    parts = [bounded_repr(arg) for arg in args]
-    parts += [f"{key}={bounded_repr(value)}" for key, value in kwargs.items()]
-    return f"{record.func_name}({', '.join(parts)})", None
-
-
-def is_signed(queue: TaskQueue) -> bool:
-    """Whether this dashboard verifies payloads before unpickling them."""
-    return isinstance(queue.serializer, SignedSerializer)
 
 
 async def task_detail(
@@ -297,7 +247,7 @@ async def task_detail(
     record = await queue.task_record(task_id, result=False)
     if record is None:
         return None
-    signed = is_signed(queue)
+    signed = isinstance(queue.serializer, SignedSerializer)
     loadable = reveal or signed
 
     def allowed(size: int | None) -> bool:
@@ -308,11 +258,12 @@ async def task_detail(
     if load_call or load_result:
         found = await queue.task_record(task_id, payload=load_call, result=load_result)
         record = found or record
-    call, call_error = describe_call(queue, record) if load_call else (None, None)
+    call, call_error = (
+        _shown(lambda: call_of(record, queue.serializer)) if load_call else (None, None)
+    )
     result = result_error = None
     if load_result and record.result is not None:
-        try:
-            result = bounded_repr(record_to_result(record, queue.serializer).value)
-        except Exception as exc:
-            result_error = f"{type(exc).__name__}: {exc}"
+        result, result_error = _shown(
+            lambda: bounded_repr(record_to_result(record, queue.serializer).value)
+        )
     return TaskDetail(record, call, call_error, result, result_error, signed, reveal)

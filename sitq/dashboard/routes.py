@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
 
 from sitq.batch.store import BatchStore
 from sitq.dashboard import metrics, queries
@@ -67,19 +69,11 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
 # -- overview -------------------------------------------------------------------
 
 
-async def _overview(request: Request) -> queries.OverviewPage:
-    state = request.app.state
-    return await queries.overview(_queue(request), state.history, state.workflows, time.monotonic())
-
-
-async def overview_page(request: Request) -> Response:
+async def _overview(request: Request) -> dict[str, Any]:
     """Queues, workers, recent failures and batches."""
-    return render(request, "overview.html", data=await _overview(request))
-
-
-async def overview_live(request: Request) -> Response:
-    """The overview's live part, fetched again every few seconds."""
-    return render(request, "_overview.html", data=await _overview(request))
+    state = request.app.state
+    queue = _queue(request)
+    return {"data": await queries.overview(queue, state.history, state.workflows, time.monotonic())}
 
 
 # -- Prometheus -------------------------------------------------------------------------
@@ -116,16 +110,13 @@ def _pager(path: str, number: int, has_next: bool) -> dict[str, Any]:
 
 
 async def _queues(request: Request) -> dict[str, Any]:
+    queue, history = _queue(request), request.app.state.history
     number = _page_number(request)
-    table, count = await queries.queue_table(
-        _queue(request), request.app.state.history, page=number
-    )
+    table, count = await queries.queue_table(queue, history, page=number)
     pages = max(1, -(-count // queries.QUEUES_PAGE_SIZE))
     if number > pages:
-        table, count = await queries.queue_table(
-            _queue(request), request.app.state.history, page=pages
-        )
         number = pages
+        table, count = await queries.queue_table(queue, history, page=number)
     return {
         "table": table,
         "queue_count": count,
@@ -134,31 +125,11 @@ async def _queues(request: Request) -> dict[str, Any]:
     }
 
 
-async def queues_page(request: Request) -> Response:
-    """Every queue by name, a page at a time (the overview shows the busiest)."""
-    return render(request, "queues.html", **await _queues(request))
-
-
-async def queues_live(request: Request) -> Response:
-    """A page of the queue list, fetched again every few seconds."""
-    return render(request, "_queues.html", **await _queues(request))
-
-
 async def _batches(request: Request) -> dict[str, Any]:
     number = _page_number(request)
     size = queries.BATCHES_PAGE_SIZE
     rows = await queries.batch_rows(_queue(request), size + 1, (number - 1) * size)
     return {"batches": rows[:size], **_pager("/batches", number, len(rows) > size)}
-
-
-async def batches_page(request: Request) -> Response:
-    """Every named batch, newest first, a page at a time."""
-    return render(request, "batches.html", **await _batches(request))
-
-
-async def batches_live(request: Request) -> Response:
-    """A page of the batch list, fetched again every few seconds."""
-    return render(request, "_batches.html", **await _batches(request))
 
 
 # -- task listings ----------------------------------------------------------------
@@ -209,39 +180,20 @@ async def _listing(request: Request) -> dict[str, Any]:
     }
 
 
-async def tasks_page(request: Request) -> Response:
-    """Tasks filtered by queue, status and batch, newest first, a page at a time."""
-    return render(request, "tasks.html", **await _listing(request))
-
-
-async def tasks_live(request: Request) -> Response:
-    """The listing's rows, fetched again every few seconds."""
-    return render(request, "_tasks.html", **await _listing(request))
-
-
 # -- one task ---------------------------------------------------------------------
 
 
-async def _detail(request: Request, with_call: bool, reveal: bool = False) -> queries.TaskDetail:
+async def _task(request: Request, reveal: bool = False) -> dict[str, Any]:
+    """One task: its call, attempts, timings, result or error and traceback. The
+    call and result show when signed and small, else on request (``show_task``);
+    the live part leaves the call out (and shows a result only if it may load)."""
     task_id = request.path_params["task_id"]
-    detail = await queries.task_detail(_queue(request), task_id, with_call=with_call, reveal=reveal)
+    queue = _queue(request)
+    with_call = not request.url.path.startswith("/live/")
+    detail = await queries.task_detail(queue, task_id, with_call=with_call, reveal=reveal)
     if detail is None:
         raise HTTPException(404, f"no task with id {task_id!r} (it may have been pruned)")
-    return detail
-
-
-async def task_page(request: Request) -> Response:
-    """One task: its call, attempts, timings, result or error and traceback. The
-    call and result show when signed and small; else on request (``show_task``)."""
-    detail = await _detail(request, with_call=True)
-    return render(request, "task.html", task=detail, now=_queue(request).now())
-
-
-async def task_live(request: Request) -> Response:
-    """The task page's live part (everything but its call; a result only when it
-    may be loaded without asking)."""
-    detail = await _detail(request, with_call=False)
-    return render(request, "_task.html", task=detail, now=_queue(request).now())
+    return {"task": detail, "now": queue.now()}
 
 
 async def show_task(request: Request) -> Response:
@@ -249,8 +201,7 @@ async def show_task(request: Request) -> Response:
     with the page's CSRF token, since loading an unsigned pickle runs code from the
     database and a big one costs its size (a snapshot: it does not refresh)."""
     await _check_csrf(request)
-    detail = await _detail(request, with_call=True, reveal=True)
-    return render(request, "task.html", task=detail, now=_queue(request).now())
+    return render(request, "task.html", **await _task(request, reveal=True))
 
 
 # -- workflow runs ----------------------------------------------------------------
@@ -266,47 +217,25 @@ async def workflows_page(request: Request) -> Response:
 
 
 async def _run(request: Request) -> dict[str, Any]:
+    """One workflow run: its steps' progress and its failed items, a page at a time."""
     run_id = request.path_params["run_id"]
     queue = _queue(request)
     record = await WorkflowStore.of(queue).get_workflow_run(run_id)
     if record is None:
         raise HTTPException(404, f"no workflow run with id {run_id!r}")
     run = await request.app.state.workflows.run(queue, record)
-    failures = run.failures
-    pages = max(1, -(-len(failures) // FAILURES_PAGE_SIZE))
-    try:
-        number = int(request.query_params.get("page") or 1)
-    except ValueError:
-        raise HTTPException(400, "page must be a whole number") from None
-    number = min(max(1, number), pages)
+    pages = max(1, -(-len(run.failures) // FAILURES_PAGE_SIZE))
+    number = min(_page_number(request), pages)
     start = (number - 1) * FAILURES_PAGE_SIZE
-    base = "/workflows/" + quote(run_id, safe="")
-
-    def page_url(n: int) -> str:
-        return base + ("" if n == 1 else f"?page={n}")
-
     return {
         "run": run,
-        "failures": failures[start : start + FAILURES_PAGE_SIZE],
+        "failures": run.failures[start : start + FAILURES_PAGE_SIZE],
         "failures_start": start,
-        "failures_page": number,
         "failures_pages": pages,
-        "previous_url": page_url(number - 1) if number > 1 else None,
-        "next_url": page_url(number + 1) if number < pages else None,
-        "live_url": "/live" + page_url(number),
         "max_failures": MAX_FAILURES_KEPT,
         "now": queue.now(),
+        **_pager("/workflows/" + quote(run_id, safe=""), number, number < pages),
     }
-
-
-async def workflow_page(request: Request) -> Response:
-    """One workflow run: its steps' progress and its failed items, a page at a time."""
-    return render(request, "workflow.html", **await _run(request))
-
-
-async def workflow_live(request: Request) -> Response:
-    """The run page's live part, fetched again every few seconds."""
-    return render(request, "_workflow.html", **await _run(request))
 
 
 # -- actions ----------------------------------------------------------------------
@@ -374,6 +303,40 @@ async def resume_queue(request: Request) -> Response:
 
 def _back_to_task(task_id: str, code: str) -> Response:
     return RedirectResponse(f"/tasks/{task_id}?" + urlencode({"done": code}), status_code=303)
+
+
+# -- pages and their live parts -------------------------------------------------------
+
+Data = Callable[[Request], Awaitable[dict[str, Any]]]
+
+
+def _page(template: str, data: Data) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint that renders ``template`` with what ``data`` reads for the request."""
+
+    async def endpoint(request: Request) -> Response:
+        return render(request, template, **await data(request))
+
+    return endpoint
+
+
+#: Each page (path, template, what it shows) and its live part: the same data in
+#: the ``_`` template, under ``/live``, fetched again every few seconds.
+PAGES: list[tuple[str, str, Data]] = [
+    ("/", "overview", _overview),
+    ("/queues", "queues", _queues),
+    ("/batches", "batches", _batches),
+    ("/tasks", "tasks", _listing),
+    ("/tasks/{task_id}", "task", _task),
+    ("/workflows/{run_id:path}", "workflow", _run),
+]
+PAGE_ROUTES = [
+    route
+    for path, name, data in PAGES
+    for route in (
+        Route(path, _page(f"{name}.html", data)),
+        Route("/live" + (path if path != "/" else "/overview"), _page(f"_{name}.html", data)),
+    )
+]
 
 
 # -- errors -----------------------------------------------------------------------

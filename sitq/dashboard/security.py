@@ -25,7 +25,6 @@ from sitq.dashboard.access import is_loopback
 
 COOKIE = "sitq_dashboard_token"
 CSRF_FIELD = "csrf"
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 #: Security headers on every response. Scripts and styles come only from /static.
 HEADERS = {
     "content-security-policy": (

@@ -73,13 +73,6 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
-def first_line(text: str | None, limit: int = 160) -> str:
-    """The first line of an error message, cut to ``limit`` characters."""
-    lines = (text or "").strip().splitlines()
-    line = lines[0] if lines else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def path(value: str) -> str:
     """A name (a queue's, a run's) as one URL path segment: every reserved character,
     the slash too, percent-encoded."""
