@@ -312,11 +312,6 @@ async def _unused_queue_note(tasks: TaskQueue, queue: str) -> str | None:
     )
 
 
-def _echo_note(note: str | None) -> None:
-    if note:
-        click.echo(note, err=True)
-
-
 @click.command()
 @db_option
 @click.argument("task_id", required=False)
@@ -342,7 +337,8 @@ def retry(db: str, task_id: str | None, all_failed: bool, queue: str | None) -> 
     if task_id and not count:
         fail(f"task {task_id} is not failed or cancelled; only those can be retried")
     click.echo(f"queued {count} task(s) again")
-    _echo_note(note)
+    if note:
+        click.echo(note, err=True)
 
 
 @click.command()
@@ -430,7 +426,8 @@ def pause(db: str, queue: str) -> None:
 
     note = run_on_queue(db, act)
     click.echo(f"paused queue {queue!r}; `sitq resume {queue}` to undo")
-    _echo_note(note)
+    if note:
+        click.echo(note, err=True)
 
 
 @click.command()

@@ -68,34 +68,30 @@ def create_app(config: DashboardConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # create=False: a mistyped path is an error, not a new empty database.
-        queue = TaskQueue(config.db, create=False)
-        await queue.connect()
-        app.state.queue = queue
+        async with TaskQueue(config.db, create=False) as queue:
+            app.state.queue = queue
 
-        async def count() -> Counted:
-            return await queue.task_counts(finished_since=queue.now() - FINISHED_WINDOW)
+            async def count() -> Counted:
+                return await queue.task_counts(finished_since=queue.now() - FINISHED_WINDOW)
 
-        app.state.history = CountHistory(count, queue.retrying_counts)
-        app.state.workflows = WorkflowItems()
-        try:
+            app.state.history = CountHistory(count, queue.retrying_counts)
+            app.state.workflows = WorkflowItems()
             yield
-        finally:
-            await queue.close()
 
     app = Starlette(
         routes=[
             Route("/metrics", routes.metrics_page),
             Route("/tasks/{task_id}/show", routes.show_task, methods=["POST"]),
-            Route("/tasks/{task_id}/retry", routes.retry_task, methods=["POST"]),
-            Route("/tasks/{task_id}/cancel", routes.cancel_task, methods=["POST"]),
+            Route("/tasks/{task_id}/retry", routes.task_action, methods=["POST"]),
+            Route("/tasks/{task_id}/cancel", routes.task_action, methods=["POST"]),
             # Before the run pages, whose {run_id:path} would take "/workflows/".
             Route("/workflows", routes.workflows_page),
             Route("/workflows/", routes.workflows_page),
             *routes.PAGE_ROUTES,
             # {queue:path}: a queue's name may hold a slash.
-            Route("/queues/{queue:path}/retry-failed", routes.retry_queue, methods=["POST"]),
-            Route("/queues/{queue:path}/pause", routes.pause_queue, methods=["POST"]),
-            Route("/queues/{queue:path}/resume", routes.resume_queue, methods=["POST"]),
+            Route("/queues/{queue:path}/retry-failed", routes.queue_action, methods=["POST"]),
+            Route("/queues/{queue:path}/pause", routes.queue_action, methods=["POST"]),
+            Route("/queues/{queue:path}/resume", routes.queue_action, methods=["POST"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[Middleware(Guard, token=config.token, csrf_token=csrf_token)],

@@ -60,10 +60,6 @@ class Sample:
             grouped.setdefault(queue, {})[status] = n
         object.__setattr__(self, "by_queue", grouped)
 
-    def queue(self, name: str) -> dict[str, int]:
-        """This sample's counts of one queue, by status."""
-        return dict(self.by_queue.get(name, {}))
-
 
 @dataclass(frozen=True)
 class QueueTrend:
@@ -81,14 +77,13 @@ class CountHistory:
     def __init__(
         self,
         count: Callable[[], Awaitable[Counted]],
-        retrying: Callable[[], Awaitable[dict[str, int]]] | None = None,
+        retrying: Callable[[], Awaitable[dict[str, int]]],
     ) -> None:
         self._count = count
         self._retrying = retrying
         self._samples: deque[Sample] = deque()
         self._lock = asyncio.Lock()
         self._interval = MIN_INTERVAL
-        self.last_duration = 0.0
 
     @property
     def interval(self) -> float:
@@ -102,10 +97,9 @@ class CountHistory:
             if self._samples and now - self._samples[-1].at < self._interval:
                 return self._samples[-1]
             counts, recent = await self._count()
-            retrying = await self._retrying() if self._retrying else {}
+            retrying = await self._retrying()
             done = time.monotonic()
-            self.last_duration = done - now
-            self._interval = min(MAX_INTERVAL, max(MIN_INTERVAL, self.last_duration / COUNT_SHARE))
+            self._interval = min(MAX_INTERVAL, max(MIN_INTERVAL, (done - now) / COUNT_SHARE))
             self._samples.append(Sample(done, counts, retrying, recent))
             while self._samples and done - self._samples[0].at > HISTORY_SECONDS:
                 self._samples.popleft()
@@ -117,7 +111,7 @@ class CountHistory:
         if not samples:
             return QueueTrend([], [], None, None)
         now = samples[-1].at
-        per_queue = [(s.at, s.queue(queue)) for s in samples]
+        per_queue = [(s.at, s.by_queue.get(queue, {})) for s in samples]
         waiting = [
             (now - at, counts.get("queued", 0) + counts.get("running", 0))
             for at, counts in per_queue

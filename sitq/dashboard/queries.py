@@ -5,7 +5,7 @@ the templates."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sitq.batch.store import BatchStore
@@ -19,7 +19,7 @@ from sitq.records import record_to_result
 from sitq.serialization import SignedSerializer
 
 if TYPE_CHECKING:
-    from sitq import LimitRecord, ScheduleRecord, TaskRecord
+    from sitq import TaskRecord
 
 #: The largest payload or result (bytes) a page loads by itself; a bigger one is
 #: loaded only on request, and never by the live refresh.
@@ -69,22 +69,20 @@ class BatchRow:
 
 @dataclass
 class OverviewPage:
-    """Everything on the overview page."""
+    """Everything on the overview page: the public API's overview (``view``: its
+    failures, schedules, limits and clock) and what the dashboard adds to it."""
 
+    view: Overview
     queues: list[QueueRow]
     totals: dict[str, int]
     workers: list[WorkerSummary]  # not stopped
     stopped_workers: int
-    failures: list[TaskRecord]
     batches: list[BatchRow]
     counted_ago: float
     count_interval: float
-    now: float
-    runs: list[RunProgress] = field(default_factory=list)
-    limits: list[LimitRecord] = field(default_factory=list)
-    schedules: list[ScheduleRecord] = field(default_factory=list)
-    hidden_queues: int = 0  # queues not among those shown
-    more_batches: bool = False  # batches beyond the newest shown
+    runs: list[RunProgress]
+    hidden_queues: int  # queues not among those shown
+    more_batches: bool  # batches beyond the newest shown
 
 
 @dataclass
@@ -168,18 +166,15 @@ async def overview(
     # One more than shown, to know whether to link to the full list.
     batches = await batch_rows(queue, RECENT_BATCHES + 1)
     return OverviewPage(
+        view,
         table.rows,
         table.totals,
         workers,
         len(view.workers) - len(workers),
-        list(view.recent_failures),
         batches[:RECENT_BATCHES],
         max(0.0, clock - table.counted_at),
         history.interval,
-        view.now,
         await workflows.recent(queue, RECENT_RUNS),
-        list(view.limits),
-        list(view.schedules),
         hidden_queues=queue_count - len(table.rows),
         more_batches=len(batches) > RECENT_BATCHES,
     )

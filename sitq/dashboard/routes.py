@@ -253,56 +253,44 @@ async def _check_csrf(request: Request) -> None:
         )
 
 
-async def retry_task(request: Request) -> Response:
-    """Queue a failed or cancelled task again."""
+#: Where a cancel redirects, by what it did.
+CANCEL_CODES = {
+    CancelOutcome.CANCELLED: "cancelled",
+    CancelOutcome.REQUESTED: "cancel-requested",
+    CancelOutcome.FINISHED: "not-cancelled",
+}
+
+
+async def task_action(request: Request) -> Response:
+    """``/retry``: queue a failed or cancelled task again; ``/cancel``: cancel a
+    queued task, or ask a running task's worker to stop it."""
     await _check_csrf(request)
-    task_id = request.path_params["task_id"]
+    task_id, queue = request.path_params["task_id"], _queue(request)
     try:
-        done = await _queue(request).retry(task_id)
+        if request.url.path.endswith("/retry"):
+            code = "retried" if await queue.retry(task_id) else "not-retried"
+        else:
+            code = CANCEL_CODES[await queue.request_cancel(task_id)]
     except TaskNotFound as exc:
         raise HTTPException(404, f"no task with id {task_id!r}") from exc
-    return _back_to_task(task_id, "retried" if done else "not-retried")
-
-
-async def cancel_task(request: Request) -> Response:
-    """Cancel a queued task, or ask a running task's worker to stop it."""
-    await _check_csrf(request)
-    task_id = request.path_params["task_id"]
-    try:
-        outcome = await _queue(request).request_cancel(task_id)
-    except TaskNotFound as exc:
-        raise HTTPException(404, f"no task with id {task_id!r}") from exc
-    codes = {
-        CancelOutcome.CANCELLED: "cancelled",
-        CancelOutcome.REQUESTED: "cancel-requested",
-        CancelOutcome.FINISHED: "not-cancelled",
-    }
-    return _back_to_task(task_id, codes[outcome])
-
-
-async def retry_queue(request: Request) -> Response:
-    """Queue every failed task of a queue again."""
-    await _check_csrf(request)
-    await _queue(request).retry_failed(request.path_params["queue"])
-    return RedirectResponse("/?done=retried-queue", status_code=303)
-
-
-async def pause_queue(request: Request) -> Response:
-    """Stop workers taking new tasks from a queue."""
-    await _check_csrf(request)
-    await _queue(request).pause(request.path_params["queue"])
-    return RedirectResponse("/?done=paused", status_code=303)
-
-
-async def resume_queue(request: Request) -> Response:
-    """Let workers take tasks from a paused queue again."""
-    await _check_csrf(request)
-    resumed = await _queue(request).resume(request.path_params["queue"])
-    return RedirectResponse("/?done=" + ("resumed" if resumed else "not-paused"), status_code=303)
-
-
-def _back_to_task(task_id: str, code: str) -> Response:
     return RedirectResponse(f"/tasks/{task_id}?" + urlencode({"done": code}), status_code=303)
+
+
+async def queue_action(request: Request) -> Response:
+    """``/retry-failed``: queue every failed task of a queue again; ``/pause``: stop
+    workers taking new tasks from it; ``/resume``: let them take its tasks again."""
+    await _check_csrf(request)
+    queue, name = _queue(request), request.path_params["queue"]
+    action = request.url.path.rsplit("/", 1)[1]
+    if action == "retry-failed":
+        await queue.retry_failed(name)
+        code = "retried-queue"
+    elif action == "pause":
+        await queue.pause(name)
+        code = "paused"
+    else:
+        code = "resumed" if await queue.resume(name) else "not-paused"
+    return RedirectResponse(f"/?done={code}", status_code=303)
 
 
 # -- pages and their live parts -------------------------------------------------------
