@@ -63,7 +63,6 @@ def _templates() -> Environment:
 
 def create_app(config: DashboardConfig) -> Starlette:
     """The dashboard as an ASGI app; serve it with uvicorn (``sitq dashboard`` does)."""
-    csrf_token = secrets.token_urlsafe(32)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -94,11 +93,11 @@ def create_app(config: DashboardConfig) -> Starlette:
             Route("/queues/{queue:path}/resume", routes.queue_action, methods=["POST"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
-        middleware=[Middleware(Guard, token=config.token, csrf_token=csrf_token)],
+        middleware=[Middleware(Guard, token=config.token)],
         exception_handlers=routes.EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.config = config
-    app.state.csrf_token = csrf_token
+    app.state.csrf_token = secrets.token_urlsafe(32)
     app.state.templates = _templates()
     return app

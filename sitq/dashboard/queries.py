@@ -68,30 +68,29 @@ class BatchRow:
 
 
 @dataclass
-class OverviewPage:
-    """Everything on the overview page: the public API's overview (``view``: its
-    failures, schedules, limits and clock) and what the dashboard adds to it."""
-
-    view: Overview
-    queues: list[QueueRow]
-    totals: dict[str, int]
-    workers: list[WorkerSummary]  # not stopped
-    stopped_workers: int
-    batches: list[BatchRow]
-    counted_ago: float
-    count_interval: float
-    runs: list[RunProgress]
-    hidden_queues: int  # queues not among those shown
-    more_batches: bool  # batches beyond the newest shown
-
-
-@dataclass
 class QueueTable:
     """Some queues' rows (with their trends), and the totals over every queue."""
 
     rows: list[QueueRow]
     totals: dict[str, int]
     counted_at: float  # monotonic time of the count sample
+    count: int  # how many queues there are
+
+
+@dataclass
+class OverviewPage:
+    """Everything on the overview page: the public API's overview (``view``: its
+    failures, schedules, limits and clock) and what the dashboard adds to it."""
+
+    view: Overview
+    table: QueueTable  # the busiest queues
+    workers: list[WorkerSummary]  # not stopped
+    stopped_workers: int
+    batches: list[BatchRow]
+    counted_ago: float
+    count_interval: float
+    runs: list[RunProgress]
+    more_batches: bool  # batches beyond the newest shown
 
 
 async def queue_table(
@@ -101,9 +100,9 @@ async def queue_table(
     shown: int | None = None,
     page: int = 1,
     view: Overview | None = None,
-) -> tuple[QueueTable, int]:
+) -> QueueTable:
     """Queue rows from the sampled counts and the overview's oldest waits, paused
-    queues and claimed tasks, with totals over every queue; and how many queues exist.
+    queues and claimed tasks, with totals over every queue.
 
     ``shown``: only the ``shown`` busiest (paused first, then most waiting, then
     most failed), in name order; else page ``page`` of all queues by name.
@@ -140,7 +139,7 @@ async def queue_table(
         )
         for name in picked
     ]
-    return QueueTable(rows, totals, sample.at), len(names)
+    return QueueTable(rows, totals, sample.at, len(names))
 
 
 async def batch_rows(queue: TaskQueue, limit: int, offset: int = 0) -> list[BatchRow]:
@@ -161,21 +160,19 @@ async def overview(
     what it does not show: a queue beyond ``QUEUES_SHOWN`` costs a few dictionary
     operations, and batches beyond the newest are not read."""
     view = await queue.overview(failures=RECENT_FAILURES, counts=False)
-    table, queue_count = await queue_table(queue, history, shown=QUEUES_SHOWN, view=view)
+    table = await queue_table(queue, history, shown=QUEUES_SHOWN, view=view)
     workers = [w for w in view.workers if w.state != "stopped"]
     # One more than shown, to know whether to link to the full list.
     batches = await batch_rows(queue, RECENT_BATCHES + 1)
     return OverviewPage(
         view,
-        table.rows,
-        table.totals,
+        table,
         workers,
         len(view.workers) - len(workers),
         batches[:RECENT_BATCHES],
         max(0.0, clock - table.counted_at),
         history.interval,
         await workflows.recent(queue, RECENT_RUNS),
-        hidden_queues=queue_count - len(table.rows),
         more_batches=len(batches) > RECENT_BATCHES,
     )
 

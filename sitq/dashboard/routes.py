@@ -112,14 +112,13 @@ def _pager(path: str, number: int, has_next: bool) -> dict[str, Any]:
 async def _queues(request: Request) -> dict[str, Any]:
     queue, history = _queue(request), request.app.state.history
     number = _page_number(request)
-    table, count = await queries.queue_table(queue, history, page=number)
-    pages = max(1, -(-count // queries.QUEUES_PAGE_SIZE))
+    table = await queries.queue_table(queue, history, page=number)
+    pages = max(1, -(-table.count // queries.QUEUES_PAGE_SIZE))
     if number > pages:
         number = pages
-        table, count = await queries.queue_table(queue, history, page=number)
+        table = await queries.queue_table(queue, history, page=number)
     return {
         "table": table,
-        "queue_count": count,
         "pages": pages,
         **_pager("/queues", number, number < pages),
     }
@@ -135,17 +134,11 @@ async def _batches(request: Request) -> dict[str, Any]:
 # -- task listings ----------------------------------------------------------------
 
 
-def _filters(request: Request) -> dict[str, str | None]:
-    """The listing's filters from the query string (empty means any)."""
-    params = request.query_params
-    return {
-        name: (params.get(key) or None)
-        for name, key in (("queue", "queue"), ("status", "status"), ("batch_id", "batch"))
-    }
-
-
 async def _listing(request: Request) -> dict[str, Any]:
-    filters = _filters(request)
+    """Tasks filtered by queue, status and batch (empty means any), newest first."""
+    params = request.query_params
+    keys = (("queue", "queue"), ("status", "status"), ("batch_id", "batch"))
+    filters = {name: params.get(key) or None for name, key in keys}
     if filters["status"] is not None and filters["status"] not in queries.STATUSES:
         # Said here, not by list_tasks: its message speaks of Python's None.
         known = ", ".join(queries.STATUSES)
@@ -154,7 +147,7 @@ async def _listing(request: Request) -> dict[str, Any]:
             f"unknown status {filters['status']!r}; use one of {known}, or leave it out "
             "for every status",
         )
-    cursor = request.query_params.get("cursor") or None
+    cursor = params.get("cursor") or None
     queue = _queue(request)
     page = await queue.list_tasks(**filters, cursor=cursor, limit=PAGE_SIZE)
     batch = None

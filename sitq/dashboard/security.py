@@ -48,10 +48,9 @@ def _host_name(host_header: str) -> str:
 class Guard:
     """ASGI middleware that enforces the rules above before any route runs."""
 
-    def __init__(self, app: ASGIApp, *, token: str | None, csrf_token: str) -> None:
+    def __init__(self, app: ASGIApp, *, token: str | None) -> None:
         self.app = app
         self.token = token
-        self.csrf_token = csrf_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
