@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -82,6 +83,7 @@ def main() -> None:
 @import_option("so its tasks resolve")
 @click.option(
     "--lease",
+    "lease_seconds",
     type=click.FloatRange(min=0.5),
     default=30.0,
     show_default=True,
@@ -89,6 +91,7 @@ def main() -> None:
 )
 @click.option(
     "--grace",
+    "grace_period",
     type=click.FloatRange(min=0),
     default=30.0,
     show_default=True,
@@ -114,20 +117,10 @@ def main() -> None:
     "exit 0 if all is well (a pre-start check for service managers).",
 )
 def worker(
-    db: str,
-    concurrency: int,
-    queues: tuple[str, ...],
-    pool: str,
-    max_tasks_per_child: int | None,
-    prefetch: int | None,
-    imports: tuple[str, ...],
-    lease: float,
-    grace: float,
-    log_level: str,
-    burst: bool,
-    check: bool,
+    db: str, imports: tuple[str, ...], log_level: str, burst: bool, check: bool, **options: Any
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once)."""
+    # ``options``: the Worker's own (--concurrency, --queue, --pool, --lease, ...).
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=log_level.upper(), handlers=[handler])
@@ -145,19 +138,7 @@ def worker(
         )
         return
     try:
-        the_worker = Worker(
-            db,
-            serializer,
-            concurrency=concurrency,
-            queues=queues,
-            pool=pool,
-            max_tasks_per_child=max_tasks_per_child,
-            prefetch=prefetch,
-            lease_seconds=lease,
-            grace_period=grace,
-            imports=imports,
-            burst=burst,
-        )
+        the_worker = Worker(db, serializer, imports=imports, burst=burst, **options)
         asyncio.run(the_worker.run())
     except SitqError as exc:
         fail(str(exc))

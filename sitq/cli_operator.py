@@ -55,14 +55,13 @@ def status(db: str, as_json: bool, watch: bool, interval: float, failures: int) 
         while True:
             report = _status_data(run_on_queue(db, lambda q: q.overview(failures=failures)))
             if as_json:
-                click.echo(json.dumps(report, indent=None if watch else 2))
-            elif watch:
-                # Home the cursor and clear the screen, then draw: refresh in place.
-                stamp = datetime.now().strftime("%H:%M:%S")
-                text = _render_status(report)
-                click.echo(f"\x1b[H\x1b[2J{text}\n\nrefreshed {stamp}, every {interval:g} s")
+                text = json.dumps(report, indent=None if watch else 2)
             else:
-                click.echo(_render_status(report))
+                text = _render_status(report)
+                if watch:  # home the cursor and clear the screen, then draw: refresh in place
+                    stamp = datetime.now().strftime("%H:%M:%S")
+                    text = f"\x1b[H\x1b[2J{text}\n\nrefreshed {stamp}, every {interval:g} s"
+            click.echo(text)
             if not watch:
                 return
             time.sleep(interval)
@@ -73,69 +72,65 @@ def status(db: str, as_json: bool, watch: bool, interval: float, failures: int) 
 
 def _status_data(view: Overview) -> dict[str, Any]:
     """The overview as `sitq status --json` prints it."""
-    queues = {
-        name: {
-            **summary.counts,
-            "ready": summary.ready,
-            # Queued but not yet due (a delay, an eta or a retry's backoff), nor held.
-            "delayed": summary.delayed,
-            "oldest_waiting_seconds": None
-            if summary.oldest_wait is None
-            else round(summary.oldest_wait, 1),
-            "paused": summary.paused,
-            # Of the queued tasks, those a worker holds (prefetched) and has not started.
-            "claimed": summary.claimed,
-        }
-        for name, summary in view.queues.items()
-    }
-    worker_rows = [
-        {
-            "id": w.record.id,
-            "host": w.record.hostname,
-            "pid": w.record.pid,
-            "queues": list(w.record.queues),
-            "concurrency": w.record.concurrency,
-            "heartbeat_age": round(w.heartbeat_age, 1),
-            "state": w.state,
-            "running": [
-                {
-                    "id": task.id,
-                    "task": task.func_name,
-                    "queue": task.queue,
-                    "attempt": task.attempts,
-                    "running_seconds": round(view.now - (task.started_at or view.now), 1),
-                }
-                for task in w.running
-            ],
-            "claimed": w.claimed,
-        }
-        for w in view.workers
-    ]
-    failure_rows = [
-        {
-            "id": task.id,
-            "task": task.func_name,
-            "queue": task.queue,
-            "finished_at": _when(task.finished_at),
-            "attempts": task.attempts,
-            "error": first_line(task.error),
-        }
-        for task in view.recent_failures
-    ]
-    schedule_rows = [
-        {
-            "name": record.name,
-            "spec": record.spec,
-            "last_run": _when(record.last_run_at if has_run(record) else None),
-            "next_run": _when(record.next_run_at),
-        }
-        for record in view.schedules
-    ]
     return {
-        "queues": queues,
-        "workers": worker_rows,
-        "recent_failures": failure_rows,
-        "schedules": schedule_rows,
+        "queues": {
+            name: {
+                **summary.counts,
+                "ready": summary.ready,
+                # Queued but not yet due (a delay, an eta or a retry's backoff), nor held.
+                "delayed": summary.delayed,
+                "oldest_waiting_seconds": None
+                if summary.oldest_wait is None
+                else round(summary.oldest_wait, 1),
+                "paused": summary.paused,
+                # Of the queued tasks, those a worker holds (prefetched) and has not started.
+                "claimed": summary.claimed,
+            }
+            for name, summary in view.queues.items()
+        },
+        "workers": [
+            {
+                "id": w.record.id,
+                "host": w.record.hostname,
+                "pid": w.record.pid,
+                "queues": list(w.record.queues),
+                "concurrency": w.record.concurrency,
+                "heartbeat_age": round(w.heartbeat_age, 1),
+                "state": w.state,
+                "running": [
+                    {
+                        "id": task.id,
+                        "task": task.func_name,
+                        "queue": task.queue,
+                        "attempt": task.attempts,
+                        "running_seconds": round(view.now - (task.started_at or view.now), 1),
+                    }
+                    for task in w.running
+                ],
+                "claimed": w.claimed,
+            }
+            for w in view.workers
+        ],
+        "recent_failures": [
+            {
+                "id": task.id,
+                "task": task.func_name,
+                "queue": task.queue,
+                "finished_at": _when(task.finished_at),
+                "attempts": task.attempts,
+                "error": first_line(task.error),
+            }
+            for task in view.recent_failures
+        ],
+        "schedules": [
+            {
+                "name": record.name,
+                "spec": record.spec,
+                "last_run": _when(record.last_run_at if has_run(record) else None),
+                "next_run": _when(record.next_run_at),
+            }
+            for record in view.schedules
+        ],
         "limits": [dataclasses.asdict(limit) for limit in view.limits],
     }
 

@@ -83,23 +83,19 @@ class CountHistory:
         self._retrying = retrying
         self._samples: deque[Sample] = deque()
         self._lock = asyncio.Lock()
-        self._interval = MIN_INTERVAL
-
-    @property
-    def interval(self) -> float:
-        """Seconds between samples, given what the last count cost."""
-        return self._interval
+        #: Seconds between samples, given what the last count cost.
+        self.interval = MIN_INTERVAL
 
     async def latest(self) -> Sample:
         """The newest sample, taking a new one if it is older than the interval."""
         async with self._lock:
             now = time.monotonic()
-            if self._samples and now - self._samples[-1].at < self._interval:
+            if self._samples and now - self._samples[-1].at < self.interval:
                 return self._samples[-1]
             counts, recent = await self._count()
             retrying = await self._retrying()
             done = time.monotonic()
-            self._interval = min(MAX_INTERVAL, max(MIN_INTERVAL, (done - now) / COUNT_SHARE))
+            self.interval = min(MAX_INTERVAL, max(MIN_INTERVAL, (done - now) / COUNT_SHARE))
             self._samples.append(Sample(done, counts, retrying, recent))
             while self._samples and done - self._samples[0].at > HISTORY_SECONDS:
                 self._samples.popleft()
