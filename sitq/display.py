@@ -33,23 +33,13 @@ def redact(text: str) -> str:
     return _QUERY_PASSWORD.sub(r"\1***", text)
 
 
-_NAMED = {"\n": "\\n", "\r": "\\r"}
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    if char in _NAMED:
-        return _NAMED[char]
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
 def terminal_safe(text: str, *, keep_newlines: bool = False) -> str:
-    """``text`` with control characters shown as ``\\xNN`` escapes, so stored text
-    cannot drive the terminal. Tabs stay; newlines stay with ``keep_newlines``
-    (tracebacks), else they are escaped too (one value, one line)."""
+    """``text`` with control characters shown as Python escapes (``\\x1b``,
+    ``\\u202e``), so stored text cannot drive the terminal. Tabs stay; newlines
+    stay with ``keep_newlines`` (tracebacks), else they are escaped too (one value,
+    one line)."""
     pattern = _CONTROL if keep_newlines else _CONTROL_OR_NEWLINE
-    return pattern.sub(_escape, text)
+    return pattern.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
 
 
 def terminal_safe_data(value: Any) -> Any:

@@ -4,7 +4,6 @@ anything is imported from the dashboard's extra)."""
 from __future__ import annotations
 
 import ipaddress
-import secrets
 
 
 def is_loopback(host: str) -> bool:
@@ -15,8 +14,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def new_token() -> str:
-    """A fresh random token (what ``sitq dashboard --token generate`` uses)."""
-    return secrets.token_urlsafe(24)

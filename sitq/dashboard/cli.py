@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import secrets
 import signal
 import socket
 import threading
@@ -14,7 +15,7 @@ from typing import Any
 import click
 
 from sitq.commands import db_option, fail, import_modules, import_option, open_database
-from sitq.dashboard.access import is_loopback, new_token
+from sitq.dashboard.access import is_loopback
 from sitq.display import redact
 
 TOKEN_ENV = "SITQ_DASHBOARD_TOKEN"
@@ -62,7 +63,7 @@ def dashboard(
             f"the dashboard needs its extra ({exc.name} is missing): pip install 'sitq[dashboard]'"
         )
     if token == "generate":
-        token = new_token()
+        token = secrets.token_urlsafe(24)
     if token is not None and len(token) < 16:
         raise click.BadParameter("use at least 16 characters (or 'generate')", param_hint="--token")
     if token is None and not is_loopback(host):
