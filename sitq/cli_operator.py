@@ -290,21 +290,19 @@ def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) ->
         click.echo("\n" + terminal_safe(record.traceback.rstrip(), keep_newlines=True))
 
 
-async def _unused_queue_note(tasks: TaskQueue, queue: str) -> str | None:
-    """A note when no task and no worker has used ``queue`` (likely a typo), naming
-    the queues that are known. Workers first (a small table); the tasks' queues
-    (the grouped count `sitq status` reads) only when no worker serves it."""
+async def _note_unused_queue(tasks: TaskQueue, queue: str) -> None:
+    """A note on stderr when no task and no worker has used ``queue`` (likely a
+    typo), naming the queues that are known. Workers first (a small table); the
+    tasks' queues (the grouped count `sitq status` reads) only when no worker
+    serves it."""
     known = {name for worker in await tasks.workers() for name in worker.queues}
-    if queue in known:
-        return None
-    counts, _ = await tasks.task_counts()
-    known.update(name for name, _ in counts)
-    if queue in known:
-        return None
-    names = ", ".join(sorted(known)) or "none"
-    return terminal_safe(
-        f"note: no task or worker has used queue {queue!r} (known queues: {names})"
-    )
+    if queue not in known:
+        counts, _ = await tasks.task_counts()
+        known.update(name for name, _ in counts)
+    if queue not in known:
+        names = ", ".join(sorted(known)) or "none"
+        note = f"note: no task or worker has used queue {queue!r} (known queues: {names})"
+        click.echo(terminal_safe(note), err=True)
 
 
 @click.command()
@@ -317,23 +315,20 @@ def retry(db: str, task_id: str | None, all_failed: bool, queue: str | None) -> 
     if bool(task_id) == all_failed:
         raise click.UsageError("give either a TASK_ID or --failed")
 
-    async def requeue(tasks: TaskQueue) -> tuple[int, bool, str | None]:
+    async def requeue(tasks: TaskQueue) -> None:
         if all_failed:
             count = await tasks.retry_failed(queue)
-            # Nothing retried in a named queue: say so if the name is likely a typo.
-            note = await _unused_queue_note(tasks, queue) if queue and not count else None
-            return count, True, note
-        count = await tasks.retry_many([task_id or ""])
-        return count, bool(count or await tasks.task_record(task_id or "", result=False)), None
+            click.echo(f"queued {count} task(s) again")
+            if queue and not count:  # nothing retried: say so if the name is likely a typo
+                await _note_unused_queue(tasks, queue)
+        elif await tasks.retry_many([task_id or ""]):
+            click.echo("queued 1 task(s) again")
+        elif await tasks.task_record(task_id or "", result=False) is None:
+            fail(f"no task with id {task_id!r} in {db}")
+        else:
+            fail(f"task {task_id} is not failed or cancelled; only those can be retried")
 
-    count, exists, note = run_on_queue(db, requeue)
-    if not exists:
-        fail(f"no task with id {task_id!r} in {db}")
-    if task_id and not count:
-        fail(f"task {task_id} is not failed or cancelled; only those can be retried")
-    click.echo(f"queued {count} task(s) again")
-    if note:
-        click.echo(note, err=True)
+    run_on_queue(db, requeue)
 
 
 @click.command()
@@ -345,40 +340,33 @@ def cancel(db: str, task_id: str) -> None:
     A task a worker has claimed but not started (it reads queued) is cancelled by
     that worker at once, unless it starts first: then it is stopped as it runs."""
 
-    async def do_cancel(tasks: TaskQueue) -> tuple[str | None, str | None]:
+    async def do_cancel(tasks: TaskQueue) -> None:
         try:
             outcome = await tasks.request_cancel(task_id)
         except TaskNotFound:
-            return None, None
-        if outcome is CancelOutcome.CANCELLED:
-            return outcome.value, None
+            fail(f"no task with id {task_id!r} in {db}")
+        # Held, started or not: its worker, woken, may have cancelled it already;
+        # finished: say how, so "already cancelled" is not read as a failure.
         record = await tasks.task_record(task_id, result=False)
-        if outcome is CancelOutcome.FINISHED:
-            # Finished: say how, so "already cancelled" is not read as a failure.
-            return outcome.value, record.status if record else None
-        # Held, started or not: say which, and by whom (its worker, woken, may
-        # have cancelled it already).
-        if record is not None and record.status == TaskStatus.CANCELLED.value:
-            return "cancelled", None
-        return outcome.value, record.worker_id if record and record.claimed else None
+        status = record.status if record else None
+        if outcome is CancelOutcome.CANCELLED or (
+            outcome is CancelOutcome.REQUESTED and status == TaskStatus.CANCELLED.value
+        ):
+            click.echo(f"task {task_id} cancelled")
+        elif outcome is CancelOutcome.REQUESTED and record and record.claimed and record.worker_id:
+            click.echo(
+                f"task {task_id} is held by worker {terminal_safe(record.worker_id)}, not "
+                "started: cancelled unless it starts first (then its worker stops it)"
+            )
+        elif outcome is CancelOutcome.REQUESTED:
+            click.echo(f"task {task_id} is running: its worker was asked to stop it")
+        elif status == TaskStatus.CANCELLED.value:
+            click.echo(f"task {task_id} was already cancelled")
+        else:
+            how = f" as {status}" if status else ""
+            fail(f"task {task_id} has already finished{how}; nothing to cancel")
 
-    outcome, detail = run_on_queue(db, do_cancel)  # the holder, or how it finished
-    if outcome is None:
-        fail(f"no task with id {task_id!r} in {db}")
-    if outcome == "cancelled":
-        click.echo(f"task {task_id} cancelled")
-    elif outcome == "requested" and detail is not None:
-        click.echo(
-            f"task {task_id} is held by worker {terminal_safe(detail)}, not started: "
-            "cancelled unless it starts first (then its worker stops it)"
-        )
-    elif outcome == "requested":
-        click.echo(f"task {task_id} is running: its worker was asked to stop it")
-    elif detail == TaskStatus.CANCELLED.value:
-        click.echo(f"task {task_id} was already cancelled")
-    else:
-        how = f" as {detail}" if detail else ""
-        fail(f"task {task_id} has already finished{how}; nothing to cancel")
+    run_on_queue(db, do_cancel)
 
 
 @click.command()
@@ -415,14 +403,12 @@ def purge(db: str, statuses: tuple[str, ...], queue: str | None, older_than: flo
 def pause(db: str, queue: str) -> None:
     """Stop workers taking tasks from QUEUE (running ones finish; enqueue still works)."""
 
-    async def act(tasks: TaskQueue) -> str | None:
+    async def act(tasks: TaskQueue) -> None:
         await tasks.pause(queue)
-        return await _unused_queue_note(tasks, queue)
+        click.echo(f"paused queue {queue!r}; `sitq resume {queue}` to undo")
+        await _note_unused_queue(tasks, queue)
 
-    note = run_on_queue(db, act)
-    click.echo(f"paused queue {queue!r}; `sitq resume {queue}` to undo")
-    if note:
-        click.echo(note, err=True)
+    run_on_queue(db, act)
 
 
 @click.command()

@@ -48,8 +48,7 @@ async def exposition(queue: TaskQueue, history: CountHistory, clock: float) -> s
     oldest = {n: q.oldest_wait for n, q in view.queues.items() if q.oldest_wait is not None}
     names = sorted(set(sample.by_queue) | set(oldest))
     rates = history.rates()
-    workers = [w for w in view.workers if w.state != "stopped"]
-    alive = sum(1 for w in workers if w.state == "alive")
+    dead = sum(1 for w in view.workers if w.state == "dead")
     running = dict.fromkeys(names, 0)
     for task in view.running:
         running[task.queue] = running.get(task.queue, 0) + 1
@@ -103,7 +102,7 @@ async def exposition(queue: TaskQueue, history: CountHistory, clock: float) -> s
         *_family(
             "sitq_workers",
             f"Workers by state: alive, or dead (no heartbeat for {WORKER_STALE_AFTER:.0f} s).",
-            [({"state": "alive"}, alive), ({"state": "dead"}, len(workers) - alive)],
+            [({"state": "alive"}, view.workers_alive), ({"state": "dead"}, dead)],
         ),
         *_family(
             "sitq_counts_age_seconds",

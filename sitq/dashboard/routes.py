@@ -72,8 +72,8 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
 async def _overview(request: Request) -> dict[str, Any]:
     """Queues, workers, recent failures and batches."""
     state = request.app.state
-    queue = _queue(request)
-    return {"data": await queries.overview(queue, state.history, state.workflows, time.monotonic())}
+    data = await queries.overview(state.queue, state.history, state.workflows, time.monotonic())
+    return {"data": data}
 
 
 # -- Prometheus -------------------------------------------------------------------------
