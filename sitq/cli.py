@@ -158,28 +158,23 @@ def init(db: str) -> None:
     click.echo(f"sitq database ready at {redact(db)}")
 
 
-def _add_workflow_command() -> None:
-    """`sitq workflow` from its extra: present when installed, else a clear message."""
-    try:
-        from sitq.workflow.cli import workflow
-    except ImportError as exc:
-        missing = exc.name or "a dependency"
+# `sitq workflow` comes with its extra; without it, a command that says what to install.
+try:
+    from sitq.workflow.cli import workflow
+except ImportError as exc:
+    _missing = exc.name or "a dependency"
 
-        @main.command(
-            name="workflow",
-            context_settings={"ignore_unknown_options": True},
-            add_help_option=False,
-        )
-        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-        def workflow(args: tuple[str, ...]) -> None:
-            """Run YAML workflows (needs: pip install 'sitq[workflow]')."""
-            fail(f"`sitq workflow` needs {missing}: pip install 'sitq[workflow]'")
+    @main.command(
+        name="workflow", context_settings={"ignore_unknown_options": True}, add_help_option=False
+    )
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def _workflow_missing(args: tuple[str, ...]) -> None:
+        """Run YAML workflows (needs: pip install 'sitq[workflow]')."""
+        fail(f"`sitq workflow` needs {_missing}: pip install 'sitq[workflow]'")
 
-        return
+else:
     main.add_command(workflow)
 
-
-_add_workflow_command()
 # Importing it loads no web framework: without the extra it says what to install.
 main.add_command(dashboard)
 for _command in cli_operator.COMMANDS:

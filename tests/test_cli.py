@@ -327,6 +327,18 @@ def test_inspect_never_unpickles_an_unsigned_payload_unless_asked(
     assert "PayloadRejected" in signed.stdout and not marker.exists()
 
 
+def test_inspect_with_a_malformed_secret_key_is_one_clear_line(db_path: Path) -> None:
+    """A short $SITQ_SECRET_KEY stops `sitq inspect` with the key's error, as it
+    stops `sitq worker --check`, not with a traceback."""
+    with SyncTaskQueue(db_path) as queue:
+        task_id = queue.enqueue(jobs.noop)
+    run = sitq(
+        "inspect", "--db", str(db_path), task_id, env=subprocess_env(SITQ_SECRET_KEY="short")
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith("Error: a secret key must be at least 16 bytes")
+
+
 def test_cancel_says_how_a_task_already_finished(db_path: Path) -> None:
     with SyncTaskQueue(db_path) as queue:
         task_id = queue.enqueue(jobs.add, 1, 2)

@@ -129,10 +129,6 @@ def _shown_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-#: The signals that stop the dashboard cleanly (exit status 0).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
 def _server_class(base: Any) -> Any:
     """uvicorn's Server, except that SIGINT and SIGTERM only stop it.
 
@@ -148,7 +144,8 @@ def _server_class(base: Any) -> Any:
             if threading.current_thread() is not threading.main_thread():
                 yield  # signals reach only the main thread
                 return
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+            stops = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
             try:
                 yield
             finally:

@@ -66,7 +66,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     return HTMLResponse(page, status_code=status_code)
 
 
-# -- overview -------------------------------------------------------------------
+# -- what the pages show -------------------------------------------------------
 
 
 async def _overview(request: Request) -> dict[str, Any]:
@@ -76,16 +76,10 @@ async def _overview(request: Request) -> dict[str, Any]:
     return {"data": data}
 
 
-# -- Prometheus -------------------------------------------------------------------------
-
-
 async def metrics_page(request: Request) -> Response:
     """The overview's figures in the Prometheus text format (see ``metrics``)."""
     text = await metrics.exposition(_queue(request), request.app.state.history, time.monotonic())
     return Response(text, media_type=metrics.CONTENT_TYPE)
-
-
-# -- every queue, every batch ---------------------------------------------------------
 
 
 def _page_number(request: Request) -> int:
@@ -131,9 +125,6 @@ async def _batches(request: Request) -> dict[str, Any]:
     return {"batches": rows[:size], **_pager("/batches", number, len(rows) > size)}
 
 
-# -- task listings ----------------------------------------------------------------
-
-
 async def _listing(request: Request) -> dict[str, Any]:
     """Tasks filtered by queue, status and batch (empty means any), newest first."""
     params = request.query_params
@@ -173,9 +164,6 @@ async def _listing(request: Request) -> dict[str, Any]:
     }
 
 
-# -- one task ---------------------------------------------------------------------
-
-
 async def _task(request: Request, reveal: bool = False) -> dict[str, Any]:
     """One task: its call, attempts, timings, result or error and traceback. The
     call and result show when signed and small, else on request (``show_task``);
@@ -195,9 +183,6 @@ async def show_task(request: Request) -> Response:
     database and a big one costs its size (a snapshot: it does not refresh)."""
     await _check_csrf(request)
     return render(request, "task.html", **await _task(request, reveal=True))
-
-
-# -- workflow runs ----------------------------------------------------------------
 
 
 async def workflows_page(request: Request) -> Response:
