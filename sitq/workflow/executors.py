@@ -13,14 +13,12 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
-import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from sitq import TaskNotFound, TaskQueue, WorkerRecord
+from sitq import TaskNotFound, TaskQueue
 from sitq.task import TaskStatus
 from sitq.workflow.errors import WorkflowError
 from sitq.workflow.kinds import (
@@ -30,6 +28,8 @@ from sitq.workflow.kinds import (
     run_item,
     run_item_task,
 )
+from sitq.workflow.names import env_number
+from sitq.workflow.store import process_alive
 
 EXECUTORS = ("auto", "local", "workers")
 #: Threads of the in-process executor (each step's own limit applies below it).
@@ -52,18 +52,7 @@ logger = logging.getLogger("sitq.workflow")
 
 def no_worker_grace() -> float:
     """The grace period: ``$SITQ_WORKFLOW_NO_WORKER_GRACE`` seconds, else NO_WORKER_GRACE."""
-    raw = os.environ.get("SITQ_WORKFLOW_NO_WORKER_GRACE", "").strip()
-    if not raw:
-        return NO_WORKER_GRACE
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not math.isfinite(value) or value < 0:
-        raise WorkflowError(
-            f"$SITQ_WORKFLOW_NO_WORKER_GRACE must be a number of seconds >= 0, not {raw!r}"
-        )
-    return value
+    return float(env_number("SITQ_WORKFLOW_NO_WORKER_GRACE", NO_WORKER_GRACE, 0, "seconds"))
 
 
 class WorkerWatch:
@@ -119,19 +108,16 @@ class WorkerWatch:
         since = self._none_since.get(queue_name)
         return since is not None and now - since >= self.grace
 
-    def error(self, queue_name: str, task_id: str) -> str:
-        """The error of an item whose task no worker will run."""
-        return (
+    def outcome(self, queue_name: str, task_id: str) -> ItemOutcome:
+        """The failed outcome of an item whose task no worker will run (it never ran here)."""
+        error = (
             f"no live sitq worker served queue {queue_name!r} on "
             f"{self.queue.describe()} for {self.grace:.0f}s, so task {task_id} of "
             f"this item did not finish; the task stays in the queue: start "
             f"`sitq worker --queue {queue_name}` on that database, then continue with "
             f"{self.resume_command} (it waits for the task rather than run the item again)"
         )
-
-    def outcome(self, queue_name: str, task_id: str) -> ItemOutcome:
-        """The failed outcome of such an item (it never ran here)."""
-        return ItemOutcome(ok=False, error=self.error(queue_name, task_id), attempts=0)
+        return ItemOutcome(ok=False, error=error, attempts=0)
 
 
 async def _task_queue(queue: TaskQueue, task_id: str) -> str | None:
@@ -399,24 +385,12 @@ def _outcome(result: Any, call: ItemCall | None = None) -> ItemOutcome:
     )
 
 
-def _known_dead(worker: WorkerRecord) -> bool:
-    """A worker of this host whose process is gone (killed before its heartbeat aged)."""
-    if worker.hostname != socket.gethostname():
-        return False
-    try:
-        os.kill(worker.pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        return False
-    return False
-
-
 async def live_workers(queue: TaskQueue, queue_name: str) -> int:
     """How many live workers serve ``queue_name``: those ``TaskQueue.live_workers``
     gives (heard from within WORKER_STALE_AFTER seconds), less the ones on this host
-    whose process is gone."""
-    return sum(1 for w in await queue.live_workers(queue_name) if not _known_dead(w))
+    whose process is gone (killed before their heartbeat aged)."""
+    workers = await queue.live_workers(queue_name)
+    return sum(process_alive(w.hostname, w.pid) is not False for w in workers)
 
 
 async def open_executor(
@@ -429,9 +403,8 @@ async def open_executor(
     """The executor for ``mode``: ``workers`` (fails without live workers on the
     queue's database), ``local``, or ``auto`` (workers when some serve
     ``queue_name``, else local). ``queue`` is connected and stays the caller's.
-    ``grace`` (default: no_worker_grace()) and ``warn`` go to its WorkerWatch."""
-    if mode not in EXECUTORS:
-        raise WorkflowError(f"unknown executor {mode!r}; use one of {', '.join(EXECUTORS)}")
+    ``grace`` (default: no_worker_grace()) and ``warn`` go to its WorkerWatch;
+    ``mode`` is one of EXECUTORS (``Workflow.run_async`` checks it)."""
     if mode == "local":
         return LocalExecutor(queue, grace, warn)
     if await live_workers(queue, queue_name):

@@ -24,12 +24,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: The step kinds that run per item ("batch" is a step shape, not an item kind).
-ITEM_KINDS = ("python", "shell", "http_request", "echo")
-
-#: Names every python step's code sees, besides its own inputs.
-CODE_NAMES = ("params", "steps", "env", "inputs", "item", "index", "error")
-
 #: Longest stderr or response body quoted in an item's error.
 ERROR_EXCERPT = 2000
 
@@ -224,15 +218,10 @@ def failed_item_outcome(error: str, attempts: int) -> ItemOutcome | None:
 
 
 def _run_once(call: ItemCall) -> Any:
-    if call.kind == "python":
-        return _run_python(call)
-    if call.kind == "shell":
-        return _run_shell(call)
-    if call.kind == "http_request":
-        return _run_http(call)
+    # The kind was checked with the workflow file (sitq.workflow.parse).
     if call.kind == "echo":
         return call.fields.get("message")
-    raise ItemFailure(f"unknown step kind {call.kind!r}; use one of {', '.join(ITEM_KINDS)}")
+    return {"python": _run_python, "shell": _run_shell, "http_request": _run_http}[call.kind](call)
 
 
 # -- python ---------------------------------------------------------------------------

@@ -14,13 +14,13 @@ Three things differ from plain ``yaml.safe_load``:
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
 import yaml
 
 from sitq.workflow.errors import WorkflowValidationError
+from sitq.workflow.names import env_number
 
 #: The largest workflow file read by default, in bytes (``$SITQ_WORKFLOW_MAX_BYTES``).
 MAX_BYTES = 1024 * 1024
@@ -32,18 +32,7 @@ MAX_DEPTH = 200
 
 def max_bytes() -> int:
     """The workflow file size limit: ``$SITQ_WORKFLOW_MAX_BYTES``, else MAX_BYTES."""
-    raw = os.environ.get("SITQ_WORKFLOW_MAX_BYTES", "").strip()
-    if not raw:
-        return MAX_BYTES
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise WorkflowValidationError(
-            [f"$SITQ_WORKFLOW_MAX_BYTES must be a whole number of bytes >= 1, not {raw!r}"]
-        )
-    return value
+    return int(env_number("SITQ_WORKFLOW_MAX_BYTES", MAX_BYTES, 1, "bytes", whole=True))
 
 
 def check_size(size: int, source: str, limit: int | None = None) -> None:
@@ -60,14 +49,11 @@ def check_size(size: int, source: str, limit: int | None = None) -> None:
 
 
 class YamlMap(dict):
-    """A mapping read from YAML, with the line it starts on and each key's line."""
+    """A mapping read from YAML, with the line it starts on and each key's line
+    (see :func:`sitq.workflow.names.line_of`)."""
 
     line: int = 0
     key_lines: dict[Any, int]
-
-    def line_of(self, key: Any) -> int:
-        """The line of ``key`` (or of the mapping when the key is absent)."""
-        return getattr(self, "key_lines", {}).get(key, self.line)
 
 
 class YamlList(list):

@@ -17,9 +17,11 @@ from sitq.workflow.errors import WorkflowError, WorkflowValidationError
 from sitq.workflow.executors import EXECUTORS, open_executor
 from sitq.workflow.lint import workflow_warnings
 from sitq.workflow.loader import check_size
+from sitq.workflow.names import is_whole, pairs
+from sitq.workflow.parse import parse_workflow
 from sitq.workflow.progress import CallbackReporter, Reporter, StepProgress
 from sitq.workflow.runner import DEFAULT_MAX_PARALLEL, Runner, RunReport, RunSettings
-from sitq.workflow.spec import WorkflowSpec, check_names, parse_workflow
+from sitq.workflow.spec import WorkflowSpec, check_names
 from sitq.workflow.state import StateStore
 
 
@@ -32,17 +34,13 @@ def _rewrites(value: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> tu
     """URL rewrites from a mapping or pairs, else from ``$SITQ_WORKFLOW_HTTP_REWRITE``
     (``FROM=TO`` entries separated by whitespace)."""
     if value is None:
-        entries = os.environ.get("SITQ_WORKFLOW_HTTP_REWRITE", "").split()
-        pairs = []
-        for entry in entries:
-            source, sep, target = entry.partition("=")
-            if not sep:
-                raise WorkflowError(
-                    f"$SITQ_WORKFLOW_HTTP_REWRITE entry {entry!r} is not FROM=TO; separate "
-                    "entries with spaces"
-                )
-            pairs.append((source, target))
-        return tuple(pairs)
+        return pairs(
+            os.environ.get("SITQ_WORKFLOW_HTTP_REWRITE", "").split(),
+            lambda entry: WorkflowError(
+                f"$SITQ_WORKFLOW_HTTP_REWRITE entry {entry!r} is not FROM=TO; separate "
+                "entries with spaces"
+            ),
+        )
     items = value.items() if isinstance(value, Mapping) else value
     return tuple((str(a), str(b)) for a, b in items)
 
@@ -145,7 +143,7 @@ class Workflow:
         :param force: resume run ``resume`` even if another process seems to run it
             (its lease, renewed every HEARTBEAT_INTERVAL seconds, has not expired).
         """
-        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+        if not is_whole(max_parallel):
             raise WorkflowError(f"max_parallel must be a whole number >= 1, not {max_parallel!r}")
         reporter = reporter or (CallbackReporter(on_progress) if on_progress else Reporter())
         settings = RunSettings(
@@ -158,15 +156,13 @@ class Workflow:
         for warning in self.warnings:
             reporter.warning(warning)
         # A new run's params are checked before the database is even opened.
-        checked = self.validate(params) if resume is None else None
+        run_params = self.validate(params) if resume is None else {}
+        dead_owner: tuple[str, int] | None = None
         task_queue = TaskQueue(db)
         await task_queue.connect()
-        store = StateStore(task_queue)
         try:
-            if resume is None:
-                assert checked is not None
-                run_params = checked
-            else:
+            store = StateStore(task_queue)
+            if resume is not None:
                 run_params, dead_owner = await self._resumed_params(
                     store, params, resume, reporter, force
                 )

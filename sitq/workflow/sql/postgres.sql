@@ -75,14 +75,9 @@ DELETE FROM {s}.sitq_workflow_items WHERE run_id = $1 AND step = $2
 DELETE FROM {s}.sitq_workflow_steps WHERE run_id = $1 AND name = $2
 
 -- name: list_items
--- Results are loaded only when asked for (list_items_with_results).
+-- Results are loaded only when asked for ($3).
 SELECT idx, item_preview, status, attempts, result_preview, error, traceback, task_id,
-    ran_on, started_at, finished_at, NULL::bytea
-FROM {s}.sitq_workflow_items WHERE run_id = $1 AND step = $2 ORDER BY idx
-
--- name: list_items_with_results
-SELECT idx, item_preview, status, attempts, result_preview, error, traceback, task_id,
-    ran_on, started_at, finished_at, result
+    ran_on, started_at, finished_at, CASE WHEN $3::bool THEN result END
 FROM {s}.sitq_workflow_items WHERE run_id = $1 AND step = $2 ORDER BY idx
 
 -- name: item_started
