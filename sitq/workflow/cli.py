@@ -249,9 +249,7 @@ async def _read_status(
     """(where, now, runs, steps): the recent runs without ``run_id``, else that run and
     its steps as JSON-ready dicts; ``now`` by the database's clock (that of the
     leases). The database must exist already."""
-    queue = TaskQueue(db, create=False)
-    await queue.connect()
-    try:
+    async with TaskQueue(db, create=False) as queue:
         store = StateStore(queue)
         now = queue.now()
         if run_id is None:
@@ -271,8 +269,6 @@ async def _read_status(
                 data["items"] = [_item_json(r) for r in records]
             steps.append(data)
         return store.where, now, [record], steps
-    finally:
-        await queue.close()
 
 
 @workflow.command()

@@ -42,10 +42,6 @@ DEFAULT_MAX_PARALLEL = 4
 _NO_ITEM = object()
 
 
-async def _ignore(_: Any) -> None:
-    """An executor callback for runs that record nothing (on_item_error handlers)."""
-
-
 @dataclass(frozen=True)
 class RunSettings:
     """How a run executes, beyond the workflow file itself."""
@@ -154,7 +150,6 @@ class Runner:
         self.steps_view: dict[str, AttrDict] = AttrDict()
         self.outputs: dict[str, Any] = {}
         self.reports: dict[str, StepReport] = {}
-        self._handler_executor: LocalExecutor | None = None
         self._stop = False
         self._error: str | None = None  # of the step that failed
         self._counts = [0, 0, 0]  # processed, failed, total of the running step
@@ -167,18 +162,14 @@ class Runner:
     async def run(self) -> RunReport:
         """Run every step not finished yet; record and return how the run ended."""
         status, error = "succeeded", None
-        try:
-            for step in self.spec.steps:
-                report = await self._step(step)
-                if report.status == "failed":
-                    status = "failed"
-                    error = f"step {step.name!r} failed: {self._error}"
-                    break
-                if report.status == "partial":
-                    status = "partial"
-        finally:
-            if self._handler_executor is not None:
-                await self._handler_executor.close()
+        for step in self.spec.steps:
+            report = await self._step(step)
+            if report.status == "failed":
+                status = "failed"
+                error = f"step {step.name!r} failed: {self._error}"
+                break
+            if report.status == "partial":
+                status = "partial"
         await self.store.finish_run(self.run_id, status, error)
         return RunReport(
             run_id=self.run_id,
@@ -424,12 +415,9 @@ class Runner:
         except TemplateError as exc:
             self.reporter.message(f"{step.name}: on_item_error could not run: {exc}")
             return
-        if handler.kind == "echo":
-            outcome = run_item(call)
-        else:
-            if self._handler_executor is None:
-                self._handler_executor = LocalExecutor()
-            outcome = await self._handler_executor.run(call, _ignore, _ignore)
+        outcome = (
+            run_item(call) if handler.kind == "echo" else await asyncio.to_thread(run_item, call)
+        )
         if not outcome.ok:
             self.reporter.message(f"{step.name}: on_item_error failed: {outcome.error}")
         elif handler.kind == "echo":

@@ -14,12 +14,12 @@ from typing import Any
 from sitq import TaskQueue
 from sitq.queue import StorageTarget
 from sitq.workflow.errors import WorkflowError, WorkflowValidationError
-from sitq.workflow.executors import EXECUTORS, open_executor
+from sitq.workflow.executors import EXECUTORS, WorkerWatch, open_executor
 from sitq.workflow.lint import workflow_warnings
 from sitq.workflow.loader import check_size
 from sitq.workflow.names import is_whole, pairs
 from sitq.workflow.parse import parse_workflow
-from sitq.workflow.progress import CallbackReporter, Reporter, StepProgress
+from sitq.workflow.progress import Reporter, StepProgress
 from sitq.workflow.runner import DEFAULT_MAX_PARALLEL, Runner, RunReport, RunSettings
 from sitq.workflow.spec import WorkflowSpec, check_names
 from sitq.workflow.state import StateStore
@@ -145,7 +145,7 @@ class Workflow:
         """
         if not is_whole(max_parallel):
             raise WorkflowError(f"max_parallel must be a whole number >= 1, not {max_parallel!r}")
-        reporter = reporter or (CallbackReporter(on_progress) if on_progress else Reporter())
+        reporter = reporter or Reporter(on_progress)
         settings = RunSettings(
             max_parallel=max_parallel,
             http_base=http_base or os.environ.get("SITQ_WORKFLOW_HTTP_BASE") or None,
@@ -158,21 +158,17 @@ class Workflow:
         # A new run's params are checked before the database is even opened.
         run_params = self.validate(params) if resume is None else {}
         dead_owner: tuple[str, int] | None = None
-        task_queue = TaskQueue(db)
-        await task_queue.connect()
-        try:
+        async with TaskQueue(db) as task_queue:
             store = StateStore(task_queue)
             if resume is not None:
                 run_params, dead_owner = await self._resumed_params(
                     store, params, resume, reporter, force
                 )
-            the_executor = await open_executor(executor, task_queue, queue, warn=reporter.message)
+            run_id = resume or new_run_id()
+            resume_command = f"`sitq workflow run {self.spec.source} --resume {run_id}`"
+            watch = WorkerWatch(task_queue, reporter.message, resume_command)
+            the_executor = await open_executor(executor, task_queue, queue, watch)
             try:
-                run_id = resume or new_run_id()
-                if the_executor.watch is not None:
-                    the_executor.watch.resume_command = (
-                        f"`sitq workflow run {self.spec.source} --resume {run_id}`"
-                    )
                 if resume:
                     await store.take_over(run_id, force=force, dead_owner=dead_owner)
                 else:
@@ -184,33 +180,9 @@ class Workflow:
                 runner = Runner(
                     self.spec, run_id, run_params, store, the_executor, reporter, settings
                 )
-                lost: list[bool] = []
-                running = asyncio.ensure_future(runner.run())
-                beating = asyncio.ensure_future(_heartbeat(store, run_id, running, lost))
-                try:
-                    return await running
-                except BaseException as exc:
-                    if lost:
-                        raise WorkflowError(
-                            f"run {run_id} was taken over by another process (--force): "
-                            "this one stopped"
-                        ) from None
-                    # Best effort: a run whose database went away stays 'running',
-                    # which status shows as interrupted once this process is gone.
-                    with contextlib.suppress(Exception):
-                        await store.finish_run(
-                            run_id, "interrupted", f"{type(exc).__name__}: {exc}"
-                        )
-                    raise
-                finally:
-                    running.cancel()
-                    beating.cancel()
-                    with contextlib.suppress(BaseException):
-                        await beating
+                return await _run_leased(store, run_id, runner)
             finally:
                 await the_executor.close()
-        finally:
-            await task_queue.close()
 
     async def _resumed_params(
         self,
@@ -243,20 +215,42 @@ class Workflow:
         return self.validate(store.params_of(record)), dead_owner
 
 
-async def _heartbeat(
-    store: StateStore, run_id: str, running: asyncio.Future[Any], lost: list[bool]
-) -> None:
-    """Renew the run's lease while it runs; if another process took it over
-    (``--force``), stop the run here."""
+async def _run_leased(store: StateStore, run_id: str, runner: Runner) -> RunReport:
+    """Run ``runner``, renewing the run's lease meanwhile; if another process takes
+    the run over (``--force``), the run stops here."""
     from sitq.workflow import state
 
-    while not running.done():
-        await asyncio.sleep(state.HEARTBEAT_INTERVAL)
-        try:
-            held = await store.heartbeat(run_id)
-        except Exception:
-            continue  # the database is away for a moment: the lease lasts a while
-        if not held and not running.done():
-            lost.append(True)
-            running.cancel()
-            return
+    running = asyncio.ensure_future(runner.run())
+    lost = False
+
+    async def beat() -> None:
+        nonlocal lost
+        while not running.done():
+            await asyncio.sleep(state.HEARTBEAT_INTERVAL)
+            try:
+                held = await store.heartbeat(run_id)
+            except Exception:
+                continue  # the database is away for a moment: the lease lasts a while
+            if not held and not running.done():
+                lost = True
+                running.cancel()
+                return
+
+    beating = asyncio.ensure_future(beat())
+    try:
+        return await running
+    except BaseException as exc:
+        if lost:
+            raise WorkflowError(
+                f"run {run_id} was taken over by another process (--force): this one stopped"
+            ) from None
+        # Best effort: a run whose database went away stays 'running', which status
+        # shows as interrupted once this process is gone.
+        with contextlib.suppress(Exception):
+            await store.finish_run(run_id, "interrupted", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        running.cancel()
+        beating.cancel()
+        with contextlib.suppress(BaseException):
+            await beating
