@@ -50,11 +50,6 @@ WORKER_CHECK_INTERVAL = 5.0
 logger = logging.getLogger("sitq.workflow")
 
 
-def no_worker_grace() -> float:
-    """The grace period: ``$SITQ_WORKFLOW_NO_WORKER_GRACE`` seconds, else NO_WORKER_GRACE."""
-    return float(env_number("SITQ_WORKFLOW_NO_WORKER_GRACE", NO_WORKER_GRACE, 0, "seconds"))
-
-
 class WorkerWatch:
     """Notices that no live worker serves a queue whose tasks items wait for.
 
@@ -68,7 +63,9 @@ class WorkerWatch:
         self, queue: TaskQueue, warn: Callable[[str], None] | None, resume_command: str
     ) -> None:
         self.queue = queue
-        self.grace = no_worker_grace()
+        self.grace = float(
+            env_number("SITQ_WORKFLOW_NO_WORKER_GRACE", NO_WORKER_GRACE, 0, "seconds")
+        )
         self.interval = min(WORKER_CHECK_INTERVAL, max(self.grace / 4, 0.05))
         self.warn = warn
         #: How the run is continued, for errors.
@@ -341,10 +338,7 @@ def _outcome(result: Any, call: ItemCall | None = None) -> ItemOutcome:
     if result.ok and isinstance(result.value, ItemOutcome):
         return result.value
     attempts = result.attempts if call is None else max(1, call.retry.max_attempts)
-    item = failed_item_outcome(result.error or "", attempts)
-    if item is not None:
-        return item
-    return ItemOutcome(
+    return failed_item_outcome(result.error or "", attempts) or ItemOutcome(
         ok=False,
         error=result.error or f"the task ended {result.status.value}",
         traceback=result.traceback,

@@ -30,14 +30,10 @@ MAX_ALIAS_NODES = 100_000
 MAX_DEPTH = 200
 
 
-def max_bytes() -> int:
-    """The workflow file size limit: ``$SITQ_WORKFLOW_MAX_BYTES``, else MAX_BYTES."""
-    return int(env_number("SITQ_WORKFLOW_MAX_BYTES", MAX_BYTES, 1, "bytes", whole=True))
-
-
-def check_size(size: int, source: str, limit: int | None = None) -> None:
-    """Refuse a workflow of ``size`` bytes over the limit, saying how to go on."""
-    limit = max_bytes() if limit is None else limit
+def check_size(size: int, source: str) -> None:
+    """Refuse a workflow of ``size`` bytes over the limit (``$SITQ_WORKFLOW_MAX_BYTES``,
+    else MAX_BYTES), saying how to go on."""
+    limit = env_number("SITQ_WORKFLOW_MAX_BYTES", MAX_BYTES, 1, "bytes", whole=True)
     if size > limit:
         raise WorkflowValidationError(
             [
@@ -115,27 +111,20 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> YamlMap:
     result.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
         try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                "found a mapping or list where a key was expected; if this is a template, "
-                'quote it: key: "{{ ... }}"',
-                key_node.start_mark,
-            ) from None
-        if key in result:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
+            problem = key in result and (
                 f"key {key!r} is given twice in this mapping (first on line "
-                f"{result.key_lines[key]}); keep one",
-                key_node.start_mark,
+                f"{result.key_lines[key]}); keep one"
             )
+        except TypeError:  # not hashable
+            problem = (
+                "found a mapping or list where a key was expected; if this is a template, "
+                'quote it: key: "{{ ... }}"'
+            )
+        if problem:
+            raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
         result[key] = loader.construct_object(value_node, deep=True)
-        result.key_lines[key] = line
+        result.key_lines[key] = key_node.start_mark.line + 1
     return result
 
 

@@ -87,10 +87,11 @@ def parse_workflow(text: str, source: str = "<string>") -> WorkflowSpec:
         if step is None:
             continue
         if step.outputs is not None:
-            where = line_of(body, "outputs")
-            if step.outputs in outputs:
-                problems.add(where, name, f"outputs name {step.outputs!r} is already used by "
-                             f"step {outputs[step.outputs]!r}")  # fmt: skip
+            where, other = line_of(body, "outputs"), outputs.get(step.outputs)
+            if other is not None:
+                problems.add(
+                    where, name, f"outputs name {step.outputs!r} is already used by step {other!r}"
+                )
             elif step.outputs in params:
                 problems.add(where, name, f"outputs {step.outputs!r} is also a param name")
             outputs[step.outputs] = name

@@ -193,14 +193,8 @@ class Runner:
 
     def _remember(self, step: StepSpec, report: StepReport) -> None:
         self.reports[step.name] = report
-        self.steps_view[step.name] = AttrDict(
-            result=report.result,
-            status=report.status,
-            errors=report.errors,
-            total=report.total,
-            succeeded=report.succeeded,
-            failed=report.failed,
-        )
+        seen = ("result", "status", "errors", "total", "succeeded", "failed")
+        self.steps_view[step.name] = AttrDict({k: getattr(report, k) for k in seen})
         if step.outputs:
             self.outputs[step.outputs] = report.result
 
@@ -437,16 +431,10 @@ class Runner:
             status = "partial"
         else:
             status = "failed"
-        error = None
-        if failed:
-            first = failed[0]
-            error = (
-                first.error
-                if not step.has_items
-                else f"{len(failed)} of {count} {'item' if count == 1 else 'items'} failed; "
-                f"first, item {first.index}: "
-                f"{first.error}"
-            )
+        error = failed[0].error if failed else None
+        if failed and step.has_items:
+            items_failed = f"{len(failed)} of {count} {'item' if count == 1 else 'items'} failed"
+            error = f"{items_failed}; first, item {failed[0].index}: {error}"
         self._error = error
         report = self._report(step, status, records, items=items)
         await self.store.finish_step(self.run_id, step.name, status, report.result, error)

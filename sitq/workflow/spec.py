@@ -130,25 +130,22 @@ def template_strings(value: Any, label: str) -> Iterator[tuple[str, str]]:
             yield from template_strings(v, f"{label}.{k}")
 
 
-def _task_fields(step: StepSpec, task: TaskSpec, prefix: str, item: bool, error: bool):
-    for key, value in task.fields.items():
-        for label, text in template_strings(value, f"{prefix}{key}"):
-            yield _Field(step, label, text, task.field_lines.get(key, task.line), item, error)
-
-
 def template_fields(step: StepSpec) -> Iterator[_Field]:
     """Every templated value of ``step``, with whether ``item``/``error`` are defined there."""
-    if step.for_each is not None:
-        for label, text in template_strings(step.for_each, "for_each"):
-            yield _Field(step, label, text, step.for_each_line or step.line, False, False)
+    values = [(step.for_each, "for_each", step.for_each_line or step.line, False, False)]
+    tasks = [(step.task, "", step.for_each is not None, False)]
     if step.batch is not None:
-        for label, text in template_strings(step.batch.items, "items"):
-            yield _Field(step, label, text, step.batch.items_line or step.line, False, False)
-        yield from _task_fields(step, step.batch.task, "task.", True, False)
-        if step.batch.on_item_error is not None:
-            yield from _task_fields(step, step.batch.on_item_error, "on_item_error.", True, True)
-    if step.task is not None:
-        yield from _task_fields(step, step.task, "", step.for_each is not None, False)
+        values.append((step.batch.items, "items", step.batch.items_line or step.line, False, False))
+        tasks = [(step.batch.task, "task.", True, False)]
+        tasks.append((step.batch.on_item_error, "on_item_error.", True, True))
+    for task, prefix, item, error in tasks:
+        if task is not None:
+            for key, value in task.fields.items():
+                line = task.field_lines.get(key, task.line)
+                values.append((value, prefix + key, line, item, error))
+    for value, label, line, item, error in values:
+        for where, text in template_strings(value, label):
+            yield _Field(step, where, text, line, item, error)
 
 
 def code_refs(code: str, root: str) -> set[str] | None:
@@ -224,8 +221,10 @@ def check_templates(
     outputs = {s.outputs: s for s in spec.steps if s.outputs}
 
     def no_param(key: str) -> str:
-        return (f"there is no param {key!r} ({suggest(key, sorted(names or ()))}pass it with "
-                f"--param {key}=VALUE or declare it under `params:`)")  # fmt: skip
+        return (
+            f"there is no param {key!r} ({suggest(key, sorted(names or ()))}pass it with "
+            f"--param {key}=VALUE or declare it under `params:`)"
+        )
 
     for step in spec.steps:
         for task in step.tasks:

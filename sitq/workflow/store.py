@@ -7,10 +7,8 @@ without loading them. Every call is committed when it returns; each item change
 is one statement (group-committed with the others of the moment where the
 backend can: ``StoreSession.write_soon``).
 
-The logic is written once here; the SQL is in ``sql/sqlite.sql`` and
-``sql/postgres.sql`` (loaded once at import), run through the queue's
-:class:`~sitq.store.StoreSession`. The tables are created by each backend's
-schema migration.
+The SQL is in ``sql/sqlite.sql`` and ``sql/postgres.sql``, run through the queue's
+:class:`~sitq.store.StoreSession`; each backend's schema migration makes the tables.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
--- Workflow runs, steps and items (sitq.workflow.store), PostgreSQL. {s} is the
--- backend's schema. Tables: sitq_workflow_runs, sitq_workflow_steps,
--- sitq_workflow_items (created by the backend's schema migration). Each item
--- change is one single-row UPDATE by primary key.
+-- Workflow runs, steps and items (sitq.workflow.store), PostgreSQL; {s} is the
+-- backend's schema. Each item change is one single-row UPDATE by primary key.
 
 -- name: create_run
 INSERT INTO {s}.sitq_workflow_runs (id, source, name, text, params, params_preview, status,

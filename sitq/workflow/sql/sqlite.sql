@@ -1,8 +1,6 @@
--- Workflow runs, steps and items (sitq.workflow.store), SQLite. Parameters are
--- numbered (?1, ?2 ...) in the same order as in postgres.sql. Tables:
--- sitq_workflow_runs, sitq_workflow_steps, sitq_workflow_items (created by the
--- backend's schema migration). Each item change is one single-row UPDATE by
--- primary key: a workflow of thousands of items pays one cheap write per change.
+-- Workflow runs, steps and items (sitq.workflow.store), SQLite; parameters in the
+-- order of postgres.sql. Each item change is one single-row UPDATE by primary key:
+-- a workflow of thousands of items pays one cheap write per change.
 
 -- name: create_run
 INSERT INTO sitq_workflow_runs (id, source, name, text, params, params_preview, status,
