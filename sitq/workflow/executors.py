@@ -229,8 +229,8 @@ class WorkerExecutor(Executor):
         self.queue_name = queue_name
         self._enqueuer = queue.with_options(queue=queue_name)
         self._to_submit: list[tuple[ItemCall, asyncio.Future[str]]] = []
-        self._waiting: dict[str, asyncio.Future[Any]] = {}
-        self._queue_of: dict[str, str] = {}  # a waiting task's queue
+        #: Each waiting task's future result, and its queue.
+        self._waiting: dict[str, tuple[asyncio.Future[Any], str]] = {}
         self._poller: asyncio.Task[None] | None = None
 
     async def run(
@@ -266,11 +266,9 @@ class WorkerExecutor(Executor):
 
     async def _wait(self, task_id: str, queue_name: str) -> Any:
         """The task's Result, or an ItemOutcome if no worker serves its queue."""
-        future = self._waiting.get(task_id)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._waiting[task_id] = future
-            self._queue_of[task_id] = queue_name
+        if task_id not in self._waiting:
+            self._waiting[task_id] = (asyncio.get_running_loop().create_future(), queue_name)
+        future = self._waiting[task_id][0]
         if self._poller is None or self._poller.done():
             self._poller = asyncio.ensure_future(self._poll())
         return await future
@@ -280,7 +278,7 @@ class WorkerExecutor(Executor):
             try:
                 results = await self.queue.get_results(list(self._waiting))
             except Exception as exc:
-                for future in self._waiting.values():
+                for future, _ in self._waiting.values():
                     if not future.done():
                         future.set_exception(exc)
                 self._waiting.clear()
@@ -296,16 +294,15 @@ class WorkerExecutor(Executor):
                     await self.queue.get_result(next(iter(self._waiting)), timeout=RESULT_POLL)
 
     def _resolve(self, task_id: str, value: Any) -> None:
-        future = self._waiting.pop(task_id)
-        self._queue_of.pop(task_id, None)
+        future, _ = self._waiting.pop(task_id)
         if not future.done():
             future.set_result(value)
 
     async def _fail_stranded(self) -> None:
         """Fail the items waiting on a queue no live worker served for the grace period."""
-        for queue_name in set(self._queue_of.values()):
+        for queue_name in {name for _, name in self._waiting.values()}:
             if await self.watch.stranded(queue_name):
-                for task_id, name in list(self._queue_of.items()):
+                for task_id, (_, name) in list(self._waiting.items()):
                     if name == queue_name:
                         self._resolve(task_id, self.watch.outcome(queue_name, task_id))
 
