@@ -3,6 +3,7 @@ files, failed items as failed tasks, and the warnings validation gives."""
 
 from __future__ import annotations
 
+import asyncio
 import resource
 import sqlite3
 import subprocess
@@ -507,3 +508,41 @@ def test_one_failed_item_of_one_is_worded_in_the_singular(tmp_path: Path, work: 
     report = Workflow.from_string(text, "wf.yaml").run(db=tmp_path / "state.db", executor="local")
     assert report.status == "failed"
     assert "1 of 1 item failed; first, item 0: ValueError: bad" in str(report.error)
+
+
+async def test_a_failed_look_for_results_does_not_trip_the_items_waiting_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The items waiting when a look for their results failed fail with it; an item
+    that waits afterwards is failed by the grace period as usual, not by them."""
+    from sitq.workflow.executors import WorkerExecutor, WorkerWatch
+
+    monkeypatch.setenv("SITQ_WORKFLOW_NO_WORKER_GRACE", "0")
+
+    class Queue:  # what the worker executor asks of its queue
+        looks = 0
+
+        def describe(self) -> str:
+            return "a fake database"
+
+        def with_options(self, **options: Any) -> Queue:
+            return self
+
+        async def get_results(self, task_ids: list[str]) -> dict[str, Any]:
+            self.looks += 1
+            if self.looks == 1:
+                raise ConnectionError("the database is away")
+            return {}
+
+        async def get_result(self, task_id: str, timeout: float) -> None:
+            return None
+
+        async def live_workers(self, queue: str) -> list[Any]:
+            return []
+
+    queue: Any = Queue()
+    executor = WorkerExecutor(queue, WorkerWatch(queue, None, "a resume"), "q")
+    with pytest.raises(ConnectionError):
+        await executor._wait("first", "q")
+    outcome = await asyncio.wait_for(executor._wait("second", "q"), 10)
+    assert not outcome.ok and "task second of this item did not finish" in outcome.error

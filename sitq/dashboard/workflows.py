@@ -12,8 +12,6 @@ at most a tenth of its time counting items.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -121,15 +119,8 @@ class RunProgress:
 def shown_status(run: WorkflowRunRecord) -> str:
     """The run's status; "interrupted" for a run still marked running whose process,
     on this host, is gone (as `sitq workflow status` says)."""
-    if run.status != "running" or run.host != socket.gethostname():
-        return run.status
-    try:
-        os.kill(run.pid, 0)
-    except ProcessLookupError:
-        return "interrupted"
-    except (PermissionError, OverflowError, ValueError):
-        pass
-    return run.status
+    gone = run.status == "running" and run.process_alive() is False
+    return "interrupted" if gone else run.status
 
 
 def _cut(text: str | None, limit: int) -> str | None:

@@ -20,10 +20,12 @@ from sitq.errors import SitqError
 from sitq.workflow.errors import WorkflowValidationError
 from sitq.workflow.executors import EXECUTORS
 from sitq.workflow.loader import load_yaml
+from sitq.workflow.names import pairs
+from sitq.workflow.parse import parse_workflow
 from sitq.workflow.progress import LineReporter
 from sitq.workflow.runner import DEFAULT_MAX_PARALLEL, RunReport
-from sitq.workflow.spec import parse_workflow
-from sitq.workflow.state import ItemRecord, RunRecord, StateStore, StepRecord, preview
+from sitq.workflow.state import StateStore, preview
+from sitq.workflow.store import WorkflowItemRecord, WorkflowRunRecord, WorkflowStepRecord
 from sitq.workflow.workflow import Workflow
 
 
@@ -73,16 +75,6 @@ def parse_param(text: str) -> tuple[str, Any]:
         return key.strip(), json.loads(value)
     except ValueError:
         return key.strip(), value
-
-
-def _rewrite_pairs(entries: tuple[str, ...]) -> list[tuple[str, str]] | None:
-    pairs = []
-    for entry in entries:
-        source, sep, target = entry.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{entry!r} is not FROM=TO", param_hint="--http-rewrite")
-        pairs.append((source, target))
-    return pairs or None
 
 
 @workflow.command()
@@ -156,7 +148,11 @@ def run(
             queue=queue,
             max_parallel=max_parallel,
             http_base=http_base,
-            http_rewrite=_rewrite_pairs(http_rewrite),
+            http_rewrite=pairs(
+                http_rewrite,
+                lambda e: click.BadParameter(f"{e!r} is not FROM=TO", param_hint="--http-rewrite"),
+            )
+            or None,
             reporter=LineReporter(sys.stdout),
         )
     except SitqError as exc:
@@ -202,7 +198,7 @@ def _when(value: float | None) -> str:
     return "-" if value is None else datetime.fromtimestamp(value).isoformat(timespec="seconds")
 
 
-def _run_status(record: RunRecord, now: float) -> str:
+def _run_status(record: WorkflowRunRecord, now: float) -> str:
     """The run's status, "interrupted" for a run recorded as running whose process is
     gone (on this host) or whose lease expired (on another host)."""
     why = record.interrupted(now)
@@ -211,22 +207,20 @@ def _run_status(record: RunRecord, now: float) -> str:
     return record.status
 
 
-def _planned_steps(record: RunRecord) -> list[str]:
+def _planned_steps(record: WorkflowRunRecord) -> list[str]:
     try:
         return [s.name for s in parse_workflow(record.text, record.source).steps]
     except SitqError:
         return []
 
 
-def _step_json(step: StepRecord, records: list[ItemRecord] | None) -> dict[str, Any]:
-    records = records or []
-    failed = sum(r.status == "failed" for r in records)
+def _step_json(step: WorkflowStepRecord, records: list[WorkflowItemRecord]) -> dict[str, Any]:
     processed = sum(r.status in ("succeeded", "failed") for r in records)
-    data: dict[str, Any] = {
+    return {
         "name": step.name,
         "status": step.status,
         "processed": processed,
-        "failed": failed,
+        "failed": sum(r.status == "failed" for r in records),
         "total": step.total,
         "percent": round(100.0 * processed / step.total, 1) if step.total else 100.0,
         "result": step.result_preview,
@@ -234,10 +228,9 @@ def _step_json(step: StepRecord, records: list[ItemRecord] | None) -> dict[str, 
         "started_at": step.started_at,
         "finished_at": step.finished_at,
     }
-    return data
 
 
-def _item_json(record: ItemRecord) -> dict[str, Any]:
+def _item_json(record: WorkflowItemRecord) -> dict[str, Any]:
     return {
         "index": record.index,
         "item": record.item_preview,
@@ -252,19 +245,17 @@ def _item_json(record: ItemRecord) -> dict[str, Any]:
 
 async def _read_status(
     db: str, run_id: str | None, items: bool
-) -> tuple[str, float, list[RunRecord], list[dict[str, Any]]]:
+) -> tuple[str, float, list[WorkflowRunRecord], list[dict[str, Any]]]:
     """(where, now, runs, steps): the recent runs without ``run_id``, else that run and
     its steps as JSON-ready dicts; ``now`` by the database's clock (that of the
     leases). The database must exist already."""
-    queue = TaskQueue(db, create=False)
-    await queue.connect()
-    try:
+    async with TaskQueue(db, create=False) as queue:
         store = StateStore(queue)
         now = queue.now()
         if run_id is None:
-            return store.where, now, await store.runs(), []
+            return store.where, now, await store.list_workflow_runs(), []
         record = await store.run(run_id)
-        started = {s.name: s for s in await store.steps(run_id)}
+        started = {s.name: s for s in await store.list_workflow_steps(run_id)}
         steps = []
         for name in _planned_steps(record) or list(started):
             if name not in started:
@@ -278,8 +269,6 @@ async def _read_status(
                 data["items"] = [_item_json(r) for r in records]
             steps.append(data)
         return store.where, now, [record], steps
-    finally:
-        await queue.close()
 
 
 @workflow.command()
@@ -315,7 +304,7 @@ def status(run_id: str | None, db: str, as_json: bool, items: bool) -> None:
     _print_run(record, now, steps)
 
 
-def _list_runs(where: str, now: float, runs: list[RunRecord], as_json: bool) -> None:
+def _list_runs(where: str, now: float, runs: list[WorkflowRunRecord], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{"id": r.id, "file": r.source, "status": r.status,
                                 "created_at": r.created_at} for r in runs], indent=2))  # fmt: skip
@@ -333,7 +322,7 @@ def _echo(line: str) -> None:
     click.echo(terminal_safe(line))
 
 
-def _print_run(record: RunRecord, now: float, steps: list[dict[str, Any]]) -> None:
+def _print_run(record: WorkflowRunRecord, now: float, steps: list[dict[str, Any]]) -> None:
     _echo(f"run {record.id}: {_run_status(record, now)}")
     _echo(f"  file {record.source}, started {_when(record.created_at)}, "
          f"finished {_when(record.finished_at)}")  # fmt: skip

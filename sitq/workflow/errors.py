@@ -17,13 +17,9 @@ class WorkflowValidationError(WorkflowError, ValueError):
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
-        super().__init__(self._message())
-
-    def _message(self) -> str:
-        if len(self.problems) == 1:
-            return self.problems[0]
-        lines = "\n".join(f"  {problem}" for problem in self.problems)
-        return f"{len(self.problems)} problems in the workflow:\n{lines}"
+        lines = "".join(f"\n  {problem}" for problem in self.problems)
+        many = f"{len(self.problems)} problems in the workflow:{lines}"
+        super().__init__(self.problems[0] if len(self.problems) == 1 else many)
 
 
 class TemplateError(WorkflowError):

@@ -13,14 +13,12 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
-import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
-from sitq import TaskNotFound, TaskQueue, WorkerRecord
+from sitq import TaskNotFound, TaskQueue
 from sitq.task import TaskStatus
 from sitq.workflow.errors import WorkflowError
 from sitq.workflow.kinds import (
@@ -30,6 +28,8 @@ from sitq.workflow.kinds import (
     run_item,
     run_item_task,
 )
+from sitq.workflow.names import env_number
+from sitq.workflow.store import process_alive
 
 EXECUTORS = ("auto", "local", "workers")
 #: Threads of the in-process executor (each step's own limit applies below it).
@@ -50,43 +50,26 @@ WORKER_CHECK_INTERVAL = 5.0
 logger = logging.getLogger("sitq.workflow")
 
 
-def no_worker_grace() -> float:
-    """The grace period: ``$SITQ_WORKFLOW_NO_WORKER_GRACE`` seconds, else NO_WORKER_GRACE."""
-    raw = os.environ.get("SITQ_WORKFLOW_NO_WORKER_GRACE", "").strip()
-    if not raw:
-        return NO_WORKER_GRACE
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not math.isfinite(value) or value < 0:
-        raise WorkflowError(
-            f"$SITQ_WORKFLOW_NO_WORKER_GRACE must be a number of seconds >= 0, not {raw!r}"
-        )
-    return value
-
-
 class WorkerWatch:
     """Notices that no live worker serves a queue whose tasks items wait for.
 
     :meth:`stranded` looks for live workers (at most every ``interval`` seconds),
     warns once when there are none (``warn``, and the ``sitq.workflow`` logger), and
     says True once there have been none for ``grace`` seconds: the waiting items
-    then fail with :meth:`error`, which tells how to continue.
+    then fail with :meth:`outcome`, which tells how to continue.
     """
 
     def __init__(
-        self,
-        queue: TaskQueue,
-        grace: float | None = None,
-        warn: Callable[[str], None] | None = None,
+        self, queue: TaskQueue, warn: Callable[[str], None] | None, resume_command: str
     ) -> None:
         self.queue = queue
-        self.grace = no_worker_grace() if grace is None else grace
+        self.grace = float(
+            env_number("SITQ_WORKFLOW_NO_WORKER_GRACE", NO_WORKER_GRACE, 0, "seconds")
+        )
         self.interval = min(WORKER_CHECK_INTERVAL, max(self.grace / 4, 0.05))
         self.warn = warn
-        #: How the run is continued, for errors (set once the run id is known).
-        self.resume_command = "a resume of the run (--resume RUN_ID)"
+        #: How the run is continued, for errors.
+        self.resume_command = resume_command
         self._checked: dict[str, float] = {}
         self._none_since: dict[str, float] = {}
 
@@ -119,19 +102,16 @@ class WorkerWatch:
         since = self._none_since.get(queue_name)
         return since is not None and now - since >= self.grace
 
-    def error(self, queue_name: str, task_id: str) -> str:
-        """The error of an item whose task no worker will run."""
-        return (
+    def outcome(self, queue_name: str, task_id: str) -> ItemOutcome:
+        """The failed outcome of an item whose task no worker will run (it never ran here)."""
+        error = (
             f"no live sitq worker served queue {queue_name!r} on "
             f"{self.queue.describe()} for {self.grace:.0f}s, so task {task_id} of "
             f"this item did not finish; the task stays in the queue: start "
             f"`sitq worker --queue {queue_name}` on that database, then continue with "
             f"{self.resume_command} (it waits for the task rather than run the item again)"
         )
-
-    def outcome(self, queue_name: str, task_id: str) -> ItemOutcome:
-        """The failed outcome of such an item (it never ran here)."""
-        return ItemOutcome(ok=False, error=self.error(queue_name, task_id), attempts=0)
+        return ItemOutcome(ok=False, error=error, attempts=0)
 
 
 async def _task_queue(queue: TaskQueue, task_id: str) -> str | None:
@@ -140,14 +120,15 @@ async def _task_queue(queue: TaskQueue, task_id: str) -> str | None:
     return None if record is None else record.queue
 
 
-class Executor(Protocol):
-    """Runs ItemCalls somewhere and returns their outcomes."""
+class Executor:
+    """Runs ItemCalls somewhere and returns their outcomes. Its ``watch`` notices
+    when no live worker serves a queue whose tasks items wait for."""
 
-    name: str
+    name = ""
 
-    @property
-    def watch(self) -> WorkerWatch | None:
-        """Watches for live workers while items wait for tasks (None: never waits)."""
+    def __init__(self, queue: TaskQueue, watch: WorkerWatch) -> None:
+        self.queue = queue
+        self.watch = watch
 
     async def run(
         self,
@@ -158,73 +139,25 @@ class Executor(Protocol):
         """Run one item to its outcome. ``on_submitted(task_id)`` and ``on_attempt(n)``
         (for attempts after the first, which is recorded with the item's start) are
         awaited, since they record state, before the item goes on."""
-        ...
+        raise NotImplementedError
 
     async def adopt(self, task_id: str) -> ItemOutcome | None:
-        """The outcome of an item a killed run had already handed over, or None if it
-        must run again."""
-        ...
+        """The outcome of an item a killed run had already handed over as task
+        ``task_id``, or None if it must run again."""
+        raise NotImplementedError
 
     async def close(self) -> None:
-        """Release what the executor holds."""
-        ...
+        """Release what the executor holds (the queue stays the caller's)."""
 
 
-async def adopt_task(
-    queue: TaskQueue,
-    task_id: str,
-    recheck: float = ADOPT_RECHECK,
-    watch: WorkerWatch | None = None,
-) -> ItemOutcome | None:
-    """The outcome of an item a killed run had enqueued as task ``task_id``, for a
-    resume that runs items here; None when the item must run again.
-
-    A task that succeeded gives its outcome (an item that failed all its attempts,
-    or a task that failed, is redone with its retry policy); one still queued is
-    cancelled and redone here, unless a worker claims it first, which is then
-    waited for, as is a running one. With ``watch``, a running task that no live
-    worker serves for its grace period gives a failed outcome (its task stays).
-    """
-    if watch is not None:
-        recheck = min(recheck, watch.interval)
-    queue_name: str | None = None
-    while True:
-        try:
-            status = await queue.status(task_id)
-            if status is TaskStatus.QUEUED and await queue.cancel_many([task_id]):
-                return None  # it will not run: the item runs here
-            if status.finished:
-                result = await queue.get_result(task_id, timeout=0)
-            else:
-                # Running, or held by a worker (a claimed task reads queued until it
-                # starts): wait for it (looking again now and then, since a task
-                # whose worker died goes back to the queue).
-                result = await queue.get_result(task_id, timeout=recheck)
-                if result is None and watch is not None:
-                    queue_name = queue_name or await _task_queue(queue, task_id)
-                    if queue_name is not None and await watch.stranded(queue_name):
-                        return watch.outcome(queue_name, task_id)
-        except TaskNotFound:
-            return None  # pruned or never committed
-        if result is not None:
-            outcome = _outcome(result)
-            return outcome if outcome.ok else None
-
-
-class LocalExecutor:
-    """Runs items in threads of this process. With ``queue`` (the run's database),
-    a resume adopts the tasks a killed run had enqueued (see :func:`adopt_task`)."""
+class LocalExecutor(Executor):
+    """Runs items in threads of this process; a resume adopts the tasks a killed run
+    had enqueued (see :meth:`adopt`)."""
 
     name = "local"
 
-    def __init__(
-        self,
-        queue: TaskQueue | None = None,
-        grace: float | None = None,
-        warn: Callable[[str], None] | None = None,
-    ) -> None:
-        self._queue = queue
-        self.watch = None if queue is None else WorkerWatch(queue, grace, warn)
+    def __init__(self, queue: TaskQueue, watch: WorkerWatch) -> None:
+        super().__init__(queue, watch)
         self._pool = ThreadPoolExecutor(LOCAL_THREADS, thread_name_prefix="sitq-workflow")
 
     async def run(
@@ -245,17 +178,41 @@ class LocalExecutor:
         return await loop.run_in_executor(self._pool, run_item, call, attempt)
 
     async def adopt(self, task_id: str) -> ItemOutcome | None:
-        """A succeeded task's outcome; a queued one is cancelled and runs here again."""
-        if self._queue is None:
-            return None
-        return await adopt_task(self._queue, task_id, watch=self.watch)
+        """A task that succeeded gives its outcome (an item that failed all its
+        attempts, or a task that failed, is redone with its retry policy); one still
+        queued is cancelled and redone here, unless a worker claims it first, which is
+        then waited for, as is a running one. A running task that no live worker
+        serves for the grace period gives a failed outcome (its task stays)."""
+        queue, recheck = self.queue, min(ADOPT_RECHECK, self.watch.interval)
+        queue_name: str | None = None
+        while True:
+            try:
+                status = await queue.status(task_id)
+                if status is TaskStatus.QUEUED and await queue.cancel_many([task_id]):
+                    return None  # it will not run: the item runs here
+                if status.finished:
+                    result = await queue.get_result(task_id, timeout=0)
+                else:
+                    # Running, or held by a worker (a claimed task reads queued until it
+                    # starts): wait for it (looking again now and then, since a task
+                    # whose worker died goes back to the queue).
+                    result = await queue.get_result(task_id, timeout=recheck)
+                    if result is None:
+                        queue_name = queue_name or await _task_queue(queue, task_id)
+                        if queue_name is not None and await self.watch.stranded(queue_name):
+                            return self.watch.outcome(queue_name, task_id)
+            except TaskNotFound:
+                return None  # pruned or never committed
+            if result is not None:
+                outcome = _outcome(result)
+                return outcome if outcome.ok else None
 
     async def close(self) -> None:
-        """Wait for the threads (a killed item's thread cannot be stopped)."""
+        """Let the threads go (a killed item's thread cannot be stopped)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class WorkerExecutor:
+class WorkerExecutor(Executor):
     """Enqueues items as sitq tasks and collects their results.
 
     Items submitted in the same turn of the event loop go in one
@@ -267,20 +224,13 @@ class WorkerExecutor:
 
     name = "workers"
 
-    def __init__(
-        self,
-        queue: TaskQueue,
-        queue_name: str = "default",
-        grace: float | None = None,
-        warn: Callable[[str], None] | None = None,
-    ) -> None:
-        self.queue = queue
+    def __init__(self, queue: TaskQueue, watch: WorkerWatch, queue_name: str) -> None:
+        super().__init__(queue, watch)
         self.queue_name = queue_name
-        self.watch = WorkerWatch(queue, grace, warn)
         self._enqueuer = queue.with_options(queue=queue_name)
         self._to_submit: list[tuple[ItemCall, asyncio.Future[str]]] = []
-        self._waiting: dict[str, asyncio.Future[Any]] = {}
-        self._queue_of: dict[str, str] = {}  # a waiting task's queue
+        #: Each waiting task's future result, and its queue.
+        self._waiting: dict[str, tuple[asyncio.Future[Any], str]] = {}
         self._poller: asyncio.Task[None] | None = None
 
     async def run(
@@ -316,11 +266,9 @@ class WorkerExecutor:
 
     async def _wait(self, task_id: str, queue_name: str) -> Any:
         """The task's Result, or an ItemOutcome if no worker serves its queue."""
-        future = self._waiting.get(task_id)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._waiting[task_id] = future
-            self._queue_of[task_id] = queue_name
+        if task_id not in self._waiting:
+            self._waiting[task_id] = (asyncio.get_running_loop().create_future(), queue_name)
+        future = self._waiting[task_id][0]
         if self._poller is None or self._poller.done():
             self._poller = asyncio.ensure_future(self._poll())
         return await future
@@ -330,7 +278,7 @@ class WorkerExecutor:
             try:
                 results = await self.queue.get_results(list(self._waiting))
             except Exception as exc:
-                for future in self._waiting.values():
+                for future, _ in self._waiting.values():
                     if not future.done():
                         future.set_exception(exc)
                 self._waiting.clear()
@@ -346,16 +294,15 @@ class WorkerExecutor:
                     await self.queue.get_result(next(iter(self._waiting)), timeout=RESULT_POLL)
 
     def _resolve(self, task_id: str, value: Any) -> None:
-        future = self._waiting.pop(task_id)
-        self._queue_of.pop(task_id, None)
+        future, _ = self._waiting.pop(task_id)
         if not future.done():
             future.set_result(value)
 
     async def _fail_stranded(self) -> None:
         """Fail the items waiting on a queue no live worker served for the grace period."""
-        for queue_name in set(self._queue_of.values()):
+        for queue_name in {name for _, name in self._waiting.values()}:
             if await self.watch.stranded(queue_name):
-                for task_id, name in list(self._queue_of.items()):
+                for task_id, (_, name) in list(self._waiting.items()):
                     if name == queue_name:
                         self._resolve(task_id, self.watch.outcome(queue_name, task_id))
 
@@ -372,7 +319,7 @@ class WorkerExecutor:
         return outcome if outcome.ok else None
 
     async def close(self) -> None:
-        """Stop polling (the queue belongs to the caller)."""
+        """Stop polling."""
         if self._poller is not None:
             self._poller.cancel()
 
@@ -388,10 +335,7 @@ def _outcome(result: Any, call: ItemCall | None = None) -> ItemOutcome:
     if result.ok and isinstance(result.value, ItemOutcome):
         return result.value
     attempts = result.attempts if call is None else max(1, call.retry.max_attempts)
-    item = failed_item_outcome(result.error or "", attempts)
-    if item is not None:
-        return item
-    return ItemOutcome(
+    return failed_item_outcome(result.error or "", attempts) or ItemOutcome(
         ok=False,
         error=result.error or f"the task ended {result.status.value}",
         traceback=result.traceback,
@@ -399,48 +343,26 @@ def _outcome(result: Any, call: ItemCall | None = None) -> ItemOutcome:
     )
 
 
-def _known_dead(worker: WorkerRecord) -> bool:
-    """A worker of this host whose process is gone (killed before its heartbeat aged)."""
-    if worker.hostname != socket.gethostname():
-        return False
-    try:
-        os.kill(worker.pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        return False
-    return False
-
-
 async def live_workers(queue: TaskQueue, queue_name: str) -> int:
     """How many live workers serve ``queue_name``: those ``TaskQueue.live_workers``
     gives (heard from within WORKER_STALE_AFTER seconds), less the ones on this host
-    whose process is gone."""
-    return sum(1 for w in await queue.live_workers(queue_name) if not _known_dead(w))
+    whose process is gone (killed before their heartbeat aged)."""
+    workers = await queue.live_workers(queue_name)
+    return sum(process_alive(w.hostname, w.pid) is not False for w in workers)
 
 
 async def open_executor(
-    mode: str,
-    queue: TaskQueue,
-    queue_name: str = "default",
-    grace: float | None = None,
-    warn: Callable[[str], None] | None = None,
+    mode: str, queue: TaskQueue, queue_name: str, watch: WorkerWatch
 ) -> Executor:
-    """The executor for ``mode``: ``workers`` (fails without live workers on the
-    queue's database), ``local``, or ``auto`` (workers when some serve
-    ``queue_name``, else local). ``queue`` is connected and stays the caller's.
-    ``grace`` (default: no_worker_grace()) and ``warn`` go to its WorkerWatch."""
-    if mode not in EXECUTORS:
-        raise WorkflowError(f"unknown executor {mode!r}; use one of {', '.join(EXECUTORS)}")
-    if mode == "local":
-        return LocalExecutor(queue, grace, warn)
-    if await live_workers(queue, queue_name):
-        return WorkerExecutor(queue, queue_name, grace, warn)
+    """The executor for ``mode`` (one of EXECUTORS): ``workers`` (fails without live
+    workers on the queue's database), ``local``, or ``auto`` (workers when some serve
+    ``queue_name``, else local). ``queue`` is connected and stays the caller's."""
+    if mode != "local" and await live_workers(queue, queue_name):
+        return WorkerExecutor(queue, watch, queue_name)
     if mode == "workers":
-        where = queue.describe()
         raise WorkflowError(
-            f"no live sitq worker serves queue {queue_name!r} on {where}: start one with "
-            "`sitq worker --db ...` on that database, or run the items here with "
+            f"no live sitq worker serves queue {queue_name!r} on {queue.describe()}: start "
+            "one with `sitq worker --db ...` on that database, or run the items here with "
             "--executor local"
         )
-    return LocalExecutor(queue, grace, warn)
+    return LocalExecutor(queue, watch)

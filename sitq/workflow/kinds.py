@@ -20,15 +20,9 @@ import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-#: The step kinds that run per item ("batch" is a step shape, not an item kind).
-ITEM_KINDS = ("python", "shell", "http_request", "echo")
-
-#: Names every python step's code sees, besides its own inputs.
-CODE_NAMES = ("params", "steps", "env", "inputs", "item", "index", "error")
 
 #: Longest stderr or response body quoted in an item's error.
 ERROR_EXCERPT = 2000
@@ -51,20 +45,16 @@ class EnvView:
     """Environment variables as attributes (``env.API_TOKEN``) or keys; a missing one
     raises an error that names it."""
 
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
-        self._environ = environ
-
-    @property
-    def _vars(self) -> Any:
-        return os.environ if self._environ is None else self._environ
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._vars = os.environ if environ is None else environ
 
     def __getattr__(self, name: str) -> str:
         if name.startswith("_"):
             raise AttributeError(name)
         try:
-            return self._vars[name]
-        except KeyError:
-            raise AttributeError(f"environment variable {name} is not set") from None
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(*exc.args) from None
 
     def __getitem__(self, name: str) -> str:
         try:
@@ -129,11 +119,6 @@ class ItemCall:
     def quoted(self, key: str) -> str:
         """A field for an error: as written when it was a template, else its value."""
         return self.shown.get(key, str(self.fields.get(key)))
-
-    @property
-    def label(self) -> str:
-        """``step`` or ``step[index]``, for messages."""
-        return self.step if self.index is None else f"{self.step}[{self.index}]"
 
 
 @dataclass(frozen=True)
@@ -224,15 +209,10 @@ def failed_item_outcome(error: str, attempts: int) -> ItemOutcome | None:
 
 
 def _run_once(call: ItemCall) -> Any:
-    if call.kind == "python":
-        return _run_python(call)
-    if call.kind == "shell":
-        return _run_shell(call)
-    if call.kind == "http_request":
-        return _run_http(call)
+    # The kind was checked with the workflow file (sitq.workflow.parse).
     if call.kind == "echo":
         return call.fields.get("message")
-    raise ItemFailure(f"unknown step kind {call.kind!r}; use one of {', '.join(ITEM_KINDS)}")
+    return {"python": _run_python, "shell": _run_shell, "http_request": _run_http}[call.kind](call)
 
 
 # -- python ---------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from __future__ import annotations
 import ast
 import re
 
-from sitq.workflow.spec import StepSpec, WorkflowSpec, _tasks, is_command
+from sitq.workflow.names import Problems
+from sitq.workflow.spec import WorkflowSpec, is_command
 from sitq.workflow.templates import unquoted_outputs
 
 _TEMPLATE_TEXT = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
@@ -24,31 +25,21 @@ _TEMPLATE_TEXT = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
 
 def workflow_warnings(spec: WorkflowSpec) -> list[str]:
     """Every warning about ``spec``, one line each, in step order."""
-    found: list[str] = []
-
-    def add(line: int, step: StepSpec, text: str) -> None:
-        where = f"{spec.source}:{line}: " if line else f"{spec.source}: "
-        found.append(f"{where}step {step.name!r}: {text}")
-
+    found = Problems(spec.source)
     for step in spec.steps:
         if step.batch is not None and is_command(step.batch.items):
             exprs = unquoted_outputs(str(step.batch.items))
             if exprs:
-                add(step.line, step, _unquoted("items", exprs))
-        for task in _tasks(step):
+                found.add(step.line, step.name, _unquoted("items", exprs))
+        for task in step.tasks:
             command = task.fields.get("command") if task.kind == "shell" else None
-            if isinstance(command, str):
-                exprs = unquoted_outputs(command)
-                if exprs:
-                    add(
-                        task.field_lines.get("command", task.line),
-                        step,
-                        _unquoted("command", exprs),
-                    )
-            if task.code is not None:
-                for line in _templated_strings(task.code):
-                    add(task.code_line + line - 1, step, _CODE_TEMPLATE)
-    return found
+            exprs = unquoted_outputs(command) if isinstance(command, str) else []
+            if exprs:
+                line = task.field_lines.get("command", task.line)
+                found.add(line, step.name, _unquoted("command", exprs))
+            for line in _templated_strings(task.code) if task.code is not None else ():
+                found.add(task.code_line + line - 1, step.name, _CODE_TEMPLATE)
+    return found.lines
 
 
 def _unquoted(field: str, exprs: list[str]) -> str:

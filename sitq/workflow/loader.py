@@ -14,13 +14,13 @@ Three things differ from plain ``yaml.safe_load``:
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
 import yaml
 
 from sitq.workflow.errors import WorkflowValidationError
+from sitq.workflow.names import env_number
 
 #: The largest workflow file read by default, in bytes (``$SITQ_WORKFLOW_MAX_BYTES``).
 MAX_BYTES = 1024 * 1024
@@ -30,25 +30,10 @@ MAX_ALIAS_NODES = 100_000
 MAX_DEPTH = 200
 
 
-def max_bytes() -> int:
-    """The workflow file size limit: ``$SITQ_WORKFLOW_MAX_BYTES``, else MAX_BYTES."""
-    raw = os.environ.get("SITQ_WORKFLOW_MAX_BYTES", "").strip()
-    if not raw:
-        return MAX_BYTES
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise WorkflowValidationError(
-            [f"$SITQ_WORKFLOW_MAX_BYTES must be a whole number of bytes >= 1, not {raw!r}"]
-        )
-    return value
-
-
-def check_size(size: int, source: str, limit: int | None = None) -> None:
-    """Refuse a workflow of ``size`` bytes over the limit, saying how to go on."""
-    limit = max_bytes() if limit is None else limit
+def check_size(size: int, source: str) -> None:
+    """Refuse a workflow of ``size`` bytes over the limit (``$SITQ_WORKFLOW_MAX_BYTES``,
+    else MAX_BYTES), saying how to go on."""
+    limit = env_number("SITQ_WORKFLOW_MAX_BYTES", MAX_BYTES, 1, "bytes", whole=True)
     if size > limit:
         raise WorkflowValidationError(
             [
@@ -60,14 +45,11 @@ def check_size(size: int, source: str, limit: int | None = None) -> None:
 
 
 class YamlMap(dict):
-    """A mapping read from YAML, with the line it starts on and each key's line."""
+    """A mapping read from YAML, with the line it starts on and each key's line
+    (see :func:`sitq.workflow.names.line_of`)."""
 
     line: int = 0
     key_lines: dict[Any, int]
-
-    def line_of(self, key: Any) -> int:
-        """The line of ``key`` (or of the mapping when the key is absent)."""
-        return getattr(self, "key_lines", {}).get(key, self.line)
 
 
 class YamlList(list):
@@ -129,27 +111,20 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> YamlMap:
     result.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
         try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                "found a mapping or list where a key was expected; if this is a template, "
-                'quote it: key: "{{ ... }}"',
-                key_node.start_mark,
-            ) from None
-        if key in result:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
+            problem = key in result and (
                 f"key {key!r} is given twice in this mapping (first on line "
-                f"{result.key_lines[key]}); keep one",
-                key_node.start_mark,
+                f"{result.key_lines[key]}); keep one"
             )
+        except TypeError:  # not hashable
+            problem = (
+                "found a mapping or list where a key was expected; if this is a template, "
+                'quote it: key: "{{ ... }}"'
+            )
+        if problem:
+            raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
         result[key] = loader.construct_object(value_node, deep=True)
-        result.key_lines[key] = line
+        result.key_lines[key] = key_node.start_mark.line + 1
     return result
 
 

@@ -35,13 +35,19 @@ class StepProgress:
 
 
 class Reporter:
-    """Receives a run's events; this base class ignores them all."""
+    """Receives a run's events; this base class passes progress updates to
+    ``on_progress`` (if given) and ignores the rest."""
+
+    def __init__(self, on_progress: Callable[[StepProgress], None] | None = None) -> None:
+        self._on_progress = on_progress
 
     def run_started(self, run_id: str, where: str, resumed: bool) -> None:
         """The run begins (or resumes); ``where`` says where items run."""
 
     def progress(self, progress: StepProgress, final: bool = False) -> None:
         """A step's progress changed (``final`` once the step is over)."""
+        if self._on_progress is not None:
+            self._on_progress(progress)
 
     def step_skipped(self, step: str) -> None:
         """A step finished in an earlier attempt of the run is not run again."""
@@ -56,17 +62,6 @@ class Reporter:
         """A warning about the workflow (see sitq.workflow.lint), before it runs; this
         base class logs it on the ``sitq.workflow`` logger."""
         logging.getLogger("sitq.workflow").warning("%s", text)
-
-
-class CallbackReporter(Reporter):
-    """Passes every progress update to ``callback``."""
-
-    def __init__(self, callback: Callable[[StepProgress], None]) -> None:
-        self._callback = callback
-
-    def progress(self, progress: StepProgress, final: bool = False) -> None:
-        """Forward the update."""
-        self._callback(progress)
 
 
 class LineReporter(Reporter):

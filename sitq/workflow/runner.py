@@ -6,14 +6,13 @@ of ``batch_size`` consecutive items (default 1); with ``parallel: true`` up to
 ``max_parallel`` batches run at once, otherwise one; a batch's items run one
 after another. A ``for_each`` step runs ``max_parallel`` items at once
 (default 1). Each item's start, attempts and outcome are committed to the state
-store (in the sitq database), so a resumed run skips what succeeded and redoes what failed or never
-finished.
+store (in the sitq database), so a resumed run skips what succeeded and redoes what
+failed or never finished.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 from collections.abc import Sequence
@@ -31,18 +30,16 @@ from sitq.workflow.spec import (
     code_refs,
     is_command,
     step_dependencies,
+    template_strings,
 )
 from sitq.workflow.state import StateStore
-from sitq.workflow.templates import analyse, is_template, render
+from sitq.workflow.store import WorkflowItemRecord
+from sitq.workflow.templates import analyse, render
 
 #: Batches a step runs at once when ``parallel: true`` names no ``max_parallel``.
 DEFAULT_MAX_PARALLEL = 4
 
 _NO_ITEM = object()
-
-
-async def _ignore(_: Any) -> None:
-    """An executor callback for runs that record nothing (on_item_error handlers)."""
 
 
 @dataclass(frozen=True)
@@ -96,16 +93,10 @@ class RunReport:
 
 
 @functools.lru_cache(maxsize=256)
-def _code_uses(code: str | None) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+def _code_uses(code: str) -> tuple[set[str] | None, set[str] | None]:
     """The params and steps ``code`` reads by name; None for one it uses otherwise
-    (then all of it is passed). Code-less python steps (operations) read neither."""
-    if code is None:
-        return frozenset(), frozenset()
-    params, steps = code_refs(code, "params"), code_refs(code, "steps")
-    return (
-        None if params is None else frozenset(params),
-        None if steps is None else frozenset(steps),
-    )
+    (then all of it is passed). Cached: callers must not change what it returns."""
+    return code_refs(code, "params"), code_refs(code, "steps")
 
 
 #: Shorter values of env variables are not masked in errors (they would mangle them).
@@ -116,35 +107,22 @@ def _templates_of(task: TaskSpec) -> tuple[dict[str, str], tuple[str, ...]]:
     """The command/url of ``task`` as written when its template reads ``env`` (errors
     quote that, not the rendered value), and the env variables its fields use (their
     values are masked in errors)."""
-    shown = {
-        k: v for k in ("command", "url") if is_template(v := task.fields.get(k)) and _reads_env(v)
-    }
+    shown: dict[str, str] = {}
     env: set[str] = set()
-    pending: list[Any] = list(task.fields.values())
-    while pending:
-        value = pending.pop()
-        if isinstance(value, dict):
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-        elif is_template(value):
-            with contextlib.suppress(TemplateError):
-                found = analyse(value)
-                env |= found.env
-                if "env" in found.dynamic:
-                    env |= set(os.environ)
+    for label, text in template_strings(task.fields, ""):
+        try:
+            found = analyse(text)
+        except TemplateError:
+            reads_env = True
+        else:
+            reads_env = bool(found.env) or "env" in found.dynamic
+            env |= set(os.environ) if "env" in found.dynamic else found.env
+        if reads_env and label in (".command", ".url"):
+            shown[label[1:]] = text
     return shown, tuple(sorted(env))
 
 
-def _reads_env(text: str) -> bool:
-    try:
-        found = analyse(text)
-    except TemplateError:
-        return True
-    return bool(found.env) or "env" in found.dynamic
-
-
-def _only(values: dict[str, Any], keys: frozenset[str] | None) -> dict[str, Any]:
+def _only(values: dict[str, Any], keys: set[str] | None) -> dict[str, Any]:
     return dict(values) if keys is None else {k: values[k] for k in keys if k in values}
 
 
@@ -172,8 +150,8 @@ class Runner:
         self.steps_view: dict[str, AttrDict] = AttrDict()
         self.outputs: dict[str, Any] = {}
         self.reports: dict[str, StepReport] = {}
-        self._handler_executor: LocalExecutor | None = None
         self._stop = False
+        self._error: str | None = None  # of the step that failed
         self._counts = [0, 0, 0]  # processed, failed, total of the running step
         self._deps = step_dependencies(spec)
         # Steps that ran items in this process: a later step that had finished
@@ -184,18 +162,14 @@ class Runner:
     async def run(self) -> RunReport:
         """Run every step not finished yet; record and return how the run ended."""
         status, error = "succeeded", None
-        try:
-            for step in self.spec.steps:
-                report = await self._step(step)
-                if report.status == "failed":
-                    status = "failed"
-                    error = f"step {step.name!r} failed: {await self._step_error(step.name)}"
-                    break
-                if report.status == "partial":
-                    status = "partial"
-        finally:
-            if self._handler_executor is not None:
-                await self._handler_executor.close()
+        for step in self.spec.steps:
+            report = await self._step(step)
+            if report.status == "failed":
+                status = "failed"
+                error = f"step {step.name!r} failed: {self._error}"
+                break
+            if report.status == "partial":
+                status = "partial"
         await self.store.finish_run(self.run_id, status, error)
         return RunReport(
             run_id=self.run_id,
@@ -205,10 +179,6 @@ class Runner:
             executor=self.executor.name,
             error=error,
         )
-
-    async def _step_error(self, name: str) -> str | None:
-        record = await self.store.step(self.run_id, name)
-        return record.error if record else None
 
     # -- context ------------------------------------------------------------------------
 
@@ -223,21 +193,16 @@ class Runner:
 
     def _remember(self, step: StepSpec, report: StepReport) -> None:
         self.reports[step.name] = report
-        self.steps_view[step.name] = AttrDict(
-            result=report.result,
-            status=report.status,
-            errors=report.errors,
-            total=report.total,
-            succeeded=report.succeeded,
-            failed=report.failed,
-        )
+        seen = ("result", "status", "errors", "total", "succeeded", "failed")
+        self.steps_view[step.name] = AttrDict({k: getattr(report, k) for k in seen})
         if step.outputs:
             self.outputs[step.outputs] = report.result
 
     # -- steps --------------------------------------------------------------------------
 
     async def _step(self, step: StepSpec) -> StepReport:
-        record = await self.store.step(self.run_id, step.name)
+        steps = await self.store.list_workflow_steps(self.run_id)
+        record = next((s for s in steps if s.name == step.name), None)
         changed = self._deps[step.name] & self._ran
         if record is not None and changed:
             self.reporter.message(
@@ -247,34 +212,32 @@ class Runner:
             await self.store.reset_step(self.run_id, step.name)
             record = None
         if record is not None and record.status == "succeeded":
-            report = await self._report(step, "succeeded", skipped=True)
+            records = await self.store.items(self.run_id, step.name, with_results=True)
+            report = self._report(step, "succeeded", records, skipped=True)
             self._remember(step, report)
             self.reporter.step_skipped(step.name)
             return report
         try:
-            stored = None
-            if record is not None:
-                stored = await self.store.step_items(self.run_id, step.name)
-                if stored is None:
-                    # Its items never rendered (the step failed first): begin it afresh.
-                    await self.store.reset_step(self.run_id, step.name)
-                    record = None
-            if record is None:
+            items = None if record is None else await self.store.step_items(self.run_id, step.name)
+            if record is not None and items is None:
+                # Its items never rendered (the step failed first): begin it afresh.
+                await self.store.reset_step(self.run_id, step.name)
+                record = None
+            if items is None:
                 items = await self._items_of(step)
                 await self.store.begin_step(
                     self.run_id, step.name, step.position, items, step.has_items
                 )
             else:
-                assert stored is not None
-                items = stored
-                await self.store.restart_step(self.run_id, step.name)
+                await self.store.update_workflow_step(self.run_id, step.name, "running")
         except (TemplateError, WorkflowError) as exc:
             if record is None:
                 await self.store.begin_step(
                     self.run_id, step.name, step.position, None, step.has_items
                 )
-            await self.store.finish_step(self.run_id, step.name, "failed", None, str(exc))
-            self.reporter.step_finished(step.name, "failed", str(exc))
+            self._error = str(exc)
+            await self.store.finish_step(self.run_id, step.name, "failed", None, self._error)
+            self.reporter.step_finished(step.name, "failed", self._error)
             report = StepReport(step.name, "failed")
             self._remember(step, report)
             return report
@@ -344,7 +307,7 @@ class Runner:
         # redone count as unprocessed until they finish again.
         done = sum(r.status == "succeeded" for r in records)
         self._counts = [done, 0, len(records)]
-        self._report_progress(step, final=False, force=True)
+        self._report_progress(step, final=True)
         slots = asyncio.Semaphore(at_once)
 
         async def run_batch(batch: list[Any]) -> None:
@@ -406,7 +369,7 @@ class Runner:
         namespace: dict[str, Any] = {}
         if task.kind == "python":
             # Only what the code reads travels with the item (a task holds it).
-            params_used, steps_used = _code_uses(task.code)
+            params_used, steps_used = _code_uses(task.code) if task.code else (set(), set())
             namespace = {
                 "params": AttrDict(_only(self.params, params_used)),
                 "steps": AttrDict(_only(self.steps_view, steps_used)),
@@ -446,26 +409,20 @@ class Runner:
         except TemplateError as exc:
             self.reporter.message(f"{step.name}: on_item_error could not run: {exc}")
             return
-        if handler.kind == "echo":
-            outcome = run_item(call)
-        else:
-            if self._handler_executor is None:
-                self._handler_executor = LocalExecutor()
-            outcome = await self._handler_executor.run(call, _ignore, _ignore)
+        outcome = (
+            run_item(call) if handler.kind == "echo" else await asyncio.to_thread(run_item, call)
+        )
         if not outcome.ok:
             self.reporter.message(f"{step.name}: on_item_error failed: {outcome.error}")
         elif handler.kind == "echo":
             self.reporter.message(f"{step.name}: {outcome.value}")
 
-    def _report_progress(self, step: StepSpec, final: bool = False, force: bool = False) -> None:
-        processed, failed, total = self._counts
-        self.reporter.progress(
-            StepProgress(step.name, processed, failed, total), final=final or force
-        )
+    def _report_progress(self, step: StepSpec, final: bool = False) -> None:
+        self.reporter.progress(StepProgress(step.name, *self._counts), final=final)
 
     async def _finish_step(self, step: StepSpec, items: Sequence[Any]) -> StepReport:
         count = len(items)
-        records = await self.store.items(self.run_id, step.name)
+        records = await self.store.items(self.run_id, step.name, with_results=True)
         failed = [r for r in records if r.status == "failed"]
         unfinished = [r for r in records if r.status in ("pending", "running")]
         if not failed and not unfinished:
@@ -474,43 +431,40 @@ class Runner:
             status = "partial"
         else:
             status = "failed"
-        error = None
-        if failed:
-            first = failed[0]
-            error = (
-                first.error
-                if not step.has_items
-                else f"{len(failed)} of {count} {'item' if count == 1 else 'items'} failed; "
-                f"first, item {first.index}: "
-                f"{first.error}"
-            )
-        report = await self._report(step, status, items=items)
+        error = failed[0].error if failed else None
+        if failed and step.has_items:
+            items_failed = f"{len(failed)} of {count} {'item' if count == 1 else 'items'} failed"
+            error = f"{items_failed}; first, item {failed[0].index}: {error}"
+        self._error = error
+        report = self._report(step, status, records, items=items)
         await self.store.finish_step(self.run_id, step.name, status, report.result, error)
         self._report_progress(step, final=True)
         self.reporter.step_finished(step.name, status, error)
         self._remember(step, report)
         return report
 
-    async def _report(
+    def _report(
         self,
         step: StepSpec,
         status: str,
+        records: list[WorkflowItemRecord],
         skipped: bool = False,
         items: Sequence[Any] | None = None,
     ) -> StepReport:
-        records = await self.store.items(self.run_id, step.name)
-        values = await self.store.item_values(self.run_id, step.name)
-        if step.has_items:
-            result: Any = [values.get(r.index) for r in records]
-        else:
-            result = values.get(0)
+        """How ``step`` ended, from its item ``records`` (listed with their results)."""
+        values = {
+            r.index: self.store.item_value(self.run_id, step.name, r)
+            for r in records
+            if r.status == "succeeded"
+        }
+        failed = [r for r in records if r.status == "failed"]
         return StepReport(
             name=step.name,
             status=status,
-            result=result,
+            result=[values.get(r.index) for r in records] if step.has_items else values.get(0),
             total=len(records),
-            succeeded=sum(r.status == "succeeded" for r in records),
-            failed=sum(r.status == "failed" for r in records),
+            succeeded=len(values),
+            failed=len(failed),
             errors=[
                 {
                     # A plain step has one run and no item: neither index nor item.
@@ -520,8 +474,7 @@ class Runner:
                     else None,
                     "error": r.error,
                 }
-                for r in records
-                if r.status == "failed"
+                for r in failed
             ],
             skipped=skipped,
             outputs=step.outputs,

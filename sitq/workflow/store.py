@@ -7,14 +7,14 @@ without loading them. Every call is committed when it returns; each item change
 is one statement (group-committed with the others of the moment where the
 backend can: ``StoreSession.write_soon``).
 
-The logic is written once here; the SQL is in ``sql/sqlite.sql`` and
-``sql/postgres.sql`` (loaded once at import), run through the queue's
-:class:`~sitq.store.StoreSession`. The tables are created by each backend's
-schema migration.
+The SQL is in ``sql/sqlite.sql`` and ``sql/postgres.sql``, run through the queue's
+:class:`~sitq.store.StoreSession`; each backend's schema migration makes the tables.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -22,11 +22,29 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from sitq import sqlfiles
 from sitq.errors import ConfigurationError
 from sitq.store import StoreSession, StoreTransaction
+from sitq.workflow.names import is_whole
 
 if TYPE_CHECKING:
     from sitq.queue import TaskQueue
 
 _SQL = sqlfiles.load_dialects("sitq.workflow")
+#: Seconds a running run's lease lasts without a heartbeat: another process may
+#: resume it only once its lease is this old (or with ``--force``).
+RUN_LEASE = 60.0
+
+
+def process_alive(host: str, pid: int) -> bool | None:
+    """Whether process ``pid`` of ``host`` is alive; None when it is on another host
+    (whose processes cannot be looked at)."""
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        pass  # it exists but is not ours, or the pid is not one: not known to be gone
+    return True
 
 
 class NewWorkflowRun(NamedTuple):
@@ -61,6 +79,26 @@ class WorkflowRunRecord:
     created_at: float
     updated_at: float
     finished_at: float | None
+
+    def process_alive(self) -> bool | None:
+        """Whether the process that runs it is alive (None when it ran on another host)."""
+        return process_alive(self.host, self.pid)
+
+    def interrupted(self, now: float, lease: float = RUN_LEASE) -> str | None:
+        """Why a run recorded as running is not running any more, or None if it may
+        be: on this host, its process is gone; on another host, its lease expired:
+        no heartbeat for ``lease`` seconds by the database clock ``now``."""
+        if self.status != "running":
+            return None
+        alive = self.process_alive()
+        if alive is False:
+            return "its process is gone"
+        if alive is None and now - self.updated_at > lease:
+            return (
+                f"no heartbeat from process {self.pid} on {self.host} for "
+                f"{now - self.updated_at:.0f}s; its lease lasts {lease:.0f}s"
+            )
+        return None
 
 
 @dataclass(frozen=True)
@@ -130,7 +168,7 @@ class WorkflowStore:
 
     async def list_workflow_runs(self, limit: int = 50) -> list[WorkflowRunRecord]:
         """The ``limit`` most recently created runs, newest first."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        if not is_whole(limit):
             raise ConfigurationError(f"limit must be an int >= 1, got {limit!r}")
         return [_run(row) for row in await self.session.fetch(self._sql["list_runs"], (limit,))]
 
@@ -242,9 +280,8 @@ class WorkflowStore:
         self, run_id: str, step: str, *, with_results: bool = False
     ) -> list[WorkflowItemRecord]:
         """The step's items by index; their result bytes only ``with_results``."""
-        sql = self._sql["list_items_with_results" if with_results else "list_items"]
-        rows = await self.session.fetch(sql, (run_id, step))
-        return [_item(row) for row in rows]
+        rows = await self.session.fetch(self._sql["list_items"], (run_id, step, with_results))
+        return [WorkflowItemRecord(*row) for row in rows]
 
     async def workflow_item_started(
         self, run_id: str, step: str, index: int, ran_on: str, attempt: int | None = None
@@ -297,7 +334,3 @@ def _step(row: Sequence[Any]) -> WorkflowStepRecord:
     values = list(row)
     values[4] = bool(values[4])  # SQLite stores it as 0 or 1
     return WorkflowStepRecord(*values)
-
-
-def _item(row: Sequence[Any]) -> WorkflowItemRecord:
-    return WorkflowItemRecord(*row)

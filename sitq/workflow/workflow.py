@@ -14,12 +14,14 @@ from typing import Any
 from sitq import TaskQueue
 from sitq.queue import StorageTarget
 from sitq.workflow.errors import WorkflowError, WorkflowValidationError
-from sitq.workflow.executors import EXECUTORS, open_executor
+from sitq.workflow.executors import EXECUTORS, WorkerWatch, open_executor
 from sitq.workflow.lint import workflow_warnings
 from sitq.workflow.loader import check_size
-from sitq.workflow.progress import CallbackReporter, Reporter, StepProgress
+from sitq.workflow.names import is_whole, pairs
+from sitq.workflow.parse import parse_workflow
+from sitq.workflow.progress import Reporter, StepProgress
 from sitq.workflow.runner import DEFAULT_MAX_PARALLEL, Runner, RunReport, RunSettings
-from sitq.workflow.spec import WorkflowSpec, check_names, parse_workflow
+from sitq.workflow.spec import WorkflowSpec, check_names
 from sitq.workflow.state import StateStore
 
 
@@ -32,17 +34,13 @@ def _rewrites(value: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> tu
     """URL rewrites from a mapping or pairs, else from ``$SITQ_WORKFLOW_HTTP_REWRITE``
     (``FROM=TO`` entries separated by whitespace)."""
     if value is None:
-        entries = os.environ.get("SITQ_WORKFLOW_HTTP_REWRITE", "").split()
-        pairs = []
-        for entry in entries:
-            source, sep, target = entry.partition("=")
-            if not sep:
-                raise WorkflowError(
-                    f"$SITQ_WORKFLOW_HTTP_REWRITE entry {entry!r} is not FROM=TO; separate "
-                    "entries with spaces"
-                )
-            pairs.append((source, target))
-        return tuple(pairs)
+        return pairs(
+            os.environ.get("SITQ_WORKFLOW_HTTP_REWRITE", "").split(),
+            lambda entry: WorkflowError(
+                f"$SITQ_WORKFLOW_HTTP_REWRITE entry {entry!r} is not FROM=TO; separate "
+                "entries with spaces"
+            ),
+        )
     items = value.items() if isinstance(value, Mapping) else value
     return tuple((str(a), str(b)) for a, b in items)
 
@@ -145,9 +143,9 @@ class Workflow:
         :param force: resume run ``resume`` even if another process seems to run it
             (its lease, renewed every HEARTBEAT_INTERVAL seconds, has not expired).
         """
-        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+        if not is_whole(max_parallel):
             raise WorkflowError(f"max_parallel must be a whole number >= 1, not {max_parallel!r}")
-        reporter = reporter or (CallbackReporter(on_progress) if on_progress else Reporter())
+        reporter = reporter or Reporter(on_progress)
         settings = RunSettings(
             max_parallel=max_parallel,
             http_base=http_base or os.environ.get("SITQ_WORKFLOW_HTTP_BASE") or None,
@@ -158,25 +156,19 @@ class Workflow:
         for warning in self.warnings:
             reporter.warning(warning)
         # A new run's params are checked before the database is even opened.
-        checked = self.validate(params) if resume is None else None
-        task_queue = TaskQueue(db)
-        await task_queue.connect()
-        store = StateStore(task_queue)
-        try:
-            if resume is None:
-                assert checked is not None
-                run_params = checked
-            else:
+        run_params = self.validate(params) if resume is None else {}
+        dead_owner: tuple[str, int] | None = None
+        async with TaskQueue(db) as task_queue:
+            store = StateStore(task_queue)
+            if resume is not None:
                 run_params, dead_owner = await self._resumed_params(
                     store, params, resume, reporter, force
                 )
-            the_executor = await open_executor(executor, task_queue, queue, warn=reporter.message)
+            run_id = resume or new_run_id()
+            resume_command = f"`sitq workflow run {self.spec.source} --resume {run_id}`"
+            watch = WorkerWatch(task_queue, reporter.message, resume_command)
+            the_executor = await open_executor(executor, task_queue, queue, watch)
             try:
-                run_id = resume or new_run_id()
-                if the_executor.watch is not None:
-                    the_executor.watch.resume_command = (
-                        f"`sitq workflow run {self.spec.source} --resume {run_id}`"
-                    )
                 if resume:
                     await store.take_over(run_id, force=force, dead_owner=dead_owner)
                 else:
@@ -188,33 +180,9 @@ class Workflow:
                 runner = Runner(
                     self.spec, run_id, run_params, store, the_executor, reporter, settings
                 )
-                lost: list[bool] = []
-                running = asyncio.ensure_future(runner.run())
-                beating = asyncio.ensure_future(_heartbeat(store, run_id, running, lost))
-                try:
-                    return await running
-                except BaseException as exc:
-                    if lost:
-                        raise WorkflowError(
-                            f"run {run_id} was taken over by another process (--force): "
-                            "this one stopped"
-                        ) from None
-                    # Best effort: a run whose database went away stays 'running',
-                    # which status shows as interrupted once this process is gone.
-                    with contextlib.suppress(Exception):
-                        await store.finish_run(
-                            run_id, "interrupted", f"{type(exc).__name__}: {exc}"
-                        )
-                    raise
-                finally:
-                    running.cancel()
-                    beating.cancel()
-                    with contextlib.suppress(BaseException):
-                        await beating
+                return await _run_leased(store, run_id, runner)
             finally:
                 await the_executor.close()
-        finally:
-            await task_queue.close()
 
     async def _resumed_params(
         self,
@@ -247,20 +215,42 @@ class Workflow:
         return self.validate(store.params_of(record)), dead_owner
 
 
-async def _heartbeat(
-    store: StateStore, run_id: str, running: asyncio.Future[Any], lost: list[bool]
-) -> None:
-    """Renew the run's lease while it runs; if another process took it over
-    (``--force``), stop the run here."""
+async def _run_leased(store: StateStore, run_id: str, runner: Runner) -> RunReport:
+    """Run ``runner``, renewing the run's lease meanwhile; if another process takes
+    the run over (``--force``), the run stops here."""
     from sitq.workflow import state
 
-    while not running.done():
-        await asyncio.sleep(state.HEARTBEAT_INTERVAL)
-        try:
-            held = await store.heartbeat(run_id)
-        except Exception:
-            continue  # the database is away for a moment: the lease lasts a while
-        if not held and not running.done():
-            lost.append(True)
-            running.cancel()
-            return
+    running = asyncio.ensure_future(runner.run())
+    lost = False
+
+    async def beat() -> None:
+        nonlocal lost
+        while not running.done():
+            await asyncio.sleep(state.HEARTBEAT_INTERVAL)
+            try:
+                held = await store.heartbeat(run_id)
+            except Exception:
+                continue  # the database is away for a moment: the lease lasts a while
+            if not held and not running.done():
+                lost = True
+                running.cancel()
+                return
+
+    beating = asyncio.ensure_future(beat())
+    try:
+        return await running
+    except BaseException as exc:
+        if lost:
+            raise WorkflowError(
+                f"run {run_id} was taken over by another process (--force): this one stopped"
+            ) from None
+        # Best effort: a run whose database went away stays 'running', which status
+        # shows as interrupted once this process is gone.
+        with contextlib.suppress(Exception):
+            await store.finish_run(run_id, "interrupted", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        running.cancel()
+        beating.cancel()
+        with contextlib.suppress(BaseException):
+            await beating

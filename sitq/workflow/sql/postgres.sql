@@ -1,7 +1,5 @@
--- Workflow runs, steps and items (sitq.workflow.store), PostgreSQL. {s} is the
--- backend's schema. Tables: sitq_workflow_runs, sitq_workflow_steps,
--- sitq_workflow_items (created by the backend's schema migration). Each item
--- change is one single-row UPDATE by primary key.
+-- Workflow runs, steps and items (sitq.workflow.store), PostgreSQL; {s} is the
+-- backend's schema. Each item change is one single-row UPDATE by primary key.
 
 -- name: create_run
 INSERT INTO {s}.sitq_workflow_runs (id, source, name, text, params, params_preview, status,
@@ -75,14 +73,9 @@ DELETE FROM {s}.sitq_workflow_items WHERE run_id = $1 AND step = $2
 DELETE FROM {s}.sitq_workflow_steps WHERE run_id = $1 AND name = $2
 
 -- name: list_items
--- Results are loaded only when asked for (list_items_with_results).
+-- Results are loaded only when asked for ($3).
 SELECT idx, item_preview, status, attempts, result_preview, error, traceback, task_id,
-    ran_on, started_at, finished_at, NULL::bytea
-FROM {s}.sitq_workflow_items WHERE run_id = $1 AND step = $2 ORDER BY idx
-
--- name: list_items_with_results
-SELECT idx, item_preview, status, attempts, result_preview, error, traceback, task_id,
-    ran_on, started_at, finished_at, result
+    ran_on, started_at, finished_at, CASE WHEN $3::bool THEN result END
 FROM {s}.sitq_workflow_items WHERE run_id = $1 AND step = $2 ORDER BY idx
 
 -- name: item_started

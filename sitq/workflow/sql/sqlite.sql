@@ -1,8 +1,6 @@
--- Workflow runs, steps and items (sitq.workflow.store), SQLite. Parameters are
--- numbered (?1, ?2 ...) in the same order as in postgres.sql. Tables:
--- sitq_workflow_runs, sitq_workflow_steps, sitq_workflow_items (created by the
--- backend's schema migration). Each item change is one single-row UPDATE by
--- primary key: a workflow of thousands of items pays one cheap write per change.
+-- Workflow runs, steps and items (sitq.workflow.store), SQLite; parameters in the
+-- order of postgres.sql. Each item change is one single-row UPDATE by primary key:
+-- a workflow of thousands of items pays one cheap write per change.
 
 -- name: create_run
 INSERT INTO sitq_workflow_runs (id, source, name, text, params, params_preview, status,
@@ -74,14 +72,9 @@ DELETE FROM sitq_workflow_items WHERE run_id = ?1 AND step = ?2
 DELETE FROM sitq_workflow_steps WHERE run_id = ?1 AND name = ?2
 
 -- name: list_items
--- Results are loaded only when asked for (list_items_with_results).
+-- Results are loaded only when asked for (?3).
 SELECT idx, item_preview, status, attempts, result_preview, error, traceback, task_id,
-    ran_on, started_at, finished_at, NULL
-FROM sitq_workflow_items WHERE run_id = ?1 AND step = ?2 ORDER BY idx
-
--- name: list_items_with_results
-SELECT idx, item_preview, status, attempts, result_preview, error, traceback, task_id,
-    ran_on, started_at, finished_at, result
+    ran_on, started_at, finished_at, CASE WHEN ?3 THEN result END
 FROM sitq_workflow_items WHERE run_id = ?1 AND step = ?2 ORDER BY idx
 
 -- name: item_started
