@@ -10,7 +10,6 @@ base class, not a component, so the per-task calls stay plain method calls.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -47,14 +46,12 @@ from sitq.worker.runs import (
     format_tb,
     is_async,
     log_failure,
+    logger,
     observed,
     outcome_name,
     with_timeout,
 )
 from sitq.worker.thread_slots import ThreadSlots
-
-# Every module of the worker logs as "sitq.worker": operators filter on that name.
-logger = logging.getLogger("sitq.worker")
 
 
 class Execution:

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
 from sitq.backends.base import Backend, Outcome
 from sitq.errors import SitqError
-from sitq.worker.runs import Running
-
-# Every module of the worker logs as "sitq.worker": operators filter on that name.
-logger = logging.getLogger("sitq.worker")
+from sitq.worker.runs import Running, logger
 
 #: A task still running this many seconds after its start has the start written
 #: (it reads as running from then on); a task that ends sooner has its start

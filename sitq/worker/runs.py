@@ -22,7 +22,7 @@ from sitq import signals, telemetry
 from sitq.backends.base import ClaimedTask, Outcome
 from sitq.display import redact, terminal_safe
 
-# Every module of the worker logs as "sitq.worker": operators filter on that name.
+# The whole worker logs as "sitq.worker" (operators filter on that name).
 logger = logging.getLogger("sitq.worker")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import socket
@@ -30,11 +29,8 @@ from sitq.signals import WorkerEvent
 from sitq.worker.claiming import PREFETCH_HORIZON, Claiming
 from sitq.worker.outcomes import OutcomeWriter
 from sitq.worker.process_pool import ProcessPool
+from sitq.worker.runs import logger
 from sitq.worker.thread_slots import ThreadSlots
-
-# Every module of the worker logs as "sitq.worker": operators filter on that name.
-logger = logging.getLogger("sitq.worker")
-
 
 POOLS = ("auto", "thread", "process")
 #: Seconds an interrupted async task may take to honour its cancellation.
@@ -79,6 +75,14 @@ class Worker(Claiming):
     its end (task threads are daemons, so they never hold the process open).
     """
 
+    _main: asyncio.Task[None] | None  # the claim loop
+    _heartbeat: asyncio.Task[None] | None
+    _scheduler: asyncio.Task[None] | None
+    _stopping: asyncio.Task[None] | None
+    _stopped: asyncio.Event | None
+    _force: asyncio.Event | None  # set to stop waiting for running tasks
+    _crash: BaseException | None  # what ended the claim loop, if not a stop
+
     def __init__(
         self,
         backend: Backend | str | os.PathLike[str] | None = None,
@@ -121,13 +125,13 @@ class Worker(Claiming):
         poll_interval = checks.seconds("poll_interval", poll_interval, positive=True)
         self.backend = open_backend(backend)
         self.serializer = serializer or default_serializer()
-        self._binds = binds(self.serializer)  # signs bound to the row: see _binding()
+        self._binds = binds(self.serializer)
         self.concurrency = concurrency
         self.queues = tuple(dict.fromkeys(queues))
         self.pool = pool
         self.max_tasks_per_child = max_tasks_per_child
-        self.prefetch = prefetch  # None: adaptive, see _prefetch_now()
-        self._run_time = PREFETCH_HORIZON  # running mean of task run time, seconds
+        self.prefetch = prefetch
+        self._run_time = PREFETCH_HORIZON
         self.lease_seconds = float(lease_seconds)
         self.heartbeat_interval = min(self.lease_seconds / 3, 10.0)
         self.grace_period = float(grace_period)
@@ -135,32 +139,14 @@ class Worker(Claiming):
         self.imports = tuple(imports)
         self.schedules = None if schedules is None else list(schedules)
         self.burst = burst
-        #: Recorded outcomes by kind: succeeded, failed, cancelled, retried.
         self.outcomes = dict.fromkeys(("succeeded", "failed", "cancelled", "retried"), 0)
-        self._retries_due = 0.0  # burst: a retry this worker scheduled runs by then
-        self._scheduler: asyncio.Task[None] | None = None
+        self._retries_due = 0.0
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.tasks_done = 0
-        self._running = {}  # every task held: prefetched, run, writing
-        self._ready = deque()  # prefetched, waiting for a slot
-        self._solo = None  # the suspect running now (see _dispatch)
-        self._executing = 0
-        self._threads = None
-        self._processes = None
-        self._writer = None
-        self._main: asyncio.Task[None] | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
-        self._stop_requested = None
-        self._force: asyncio.Event | None = None
-        self._room = None  # set when a held task starts or leaves
-        self._idle = None  # set while no task is executing
-        self._to_release = []
-        self._background = set()
-        self._stopping: asyncio.Task[None] | None = None
-        self._stopped: asyncio.Event | None = None
-        self._crash: BaseException | None = None  # what ended the claim loop, if not a stop
+        self._stop_requested = self._force = self._room = self._idle = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on
-        self._renewed_at = 0.0  # time.monotonic() just before the last heartbeat that worked
+        self._renewed_at = 0.0
+        self._reset()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -245,20 +231,15 @@ class Worker(Claiming):
         )
 
     def _reset(self) -> None:
-        """Forget a finished run's state, so ``start()`` can run the worker again."""
-        self._main = self._heartbeat = self._scheduler = None
-        self._writer = None
-        self._threads = None
-        self._processes = None
+        """Set the state of one run (again, so ``start()`` can run the worker again)."""
+        self._main = self._heartbeat = self._scheduler = self._stopping = None
+        self._writer = self._threads = self._processes = self._solo = None
+        self._stopped = self._crash = None
         self._running = {}
         self._ready = deque()
-        self._solo = None
         self._executing = 0
         self._to_release = []
         self._background = set()
-        self._stopping = None
-        self._stopped = None
-        self._crash = None
 
     def _claim_loop_ended(self, main: asyncio.Task[None]) -> None:
         """The claim loop must only end on a stop: if a defect ended it, stop the
@@ -274,8 +255,7 @@ class Worker(Claiming):
             exc,
             exc_info=exc,
         )
-        if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._shutdown(self.grace_period))
+        self._begin_stop(None)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: claim nothing more, let running tasks finish within
@@ -283,9 +263,8 @@ class Worker(Claiming):
         to the queue without counting the attempt. Safe to call more than once."""
         if self._main is None or self._stopped is None:
             return
-        if self._stopping is None:
-            grace = self.grace_period if timeout is None else max(0.0, timeout)
-            self._stopping = asyncio.create_task(self._shutdown(grace))
+        self._begin_stop(timeout)
+        assert self._stopping is not None
         await asyncio.shield(self._stopping)
 
     def request_stop(self, timeout: float | None = None) -> None:
@@ -299,6 +278,7 @@ class Worker(Claiming):
             loop.call_soon_threadsafe(self._begin_stop, timeout)
 
     def _begin_stop(self, timeout: float | None) -> None:
+        """Start the stop ``stop(timeout)`` waits for, unless one is under way."""
         if self._main is not None and self._stopping is None:
             grace = self.grace_period if timeout is None else max(0.0, timeout)
             self._stopping = asyncio.ensure_future(self._shutdown(grace))
@@ -307,8 +287,7 @@ class Worker(Claiming):
         """Ask a stop in progress to stop waiting for running tasks (releasing them)."""
         if self._force is not None:
             self._force.set()
-        if self._stopping is None and self._main is not None:
-            self._stopping = asyncio.ensure_future(self._shutdown(0.0))
+        self._begin_stop(0.0)
 
     async def run(self) -> None:
         """Start if needed, and run until stopped or signalled.
@@ -348,7 +327,7 @@ class Worker(Claiming):
                 name,
                 len(self._running),
             )
-            self._stopping = asyncio.ensure_future(self._shutdown(self.grace_period))
+            self._begin_stop(None)
         else:
             logger.warning("worker %s: %s received again, stopping at once", self.id, name)
             self.stop_now()
@@ -402,6 +381,10 @@ class Worker(Claiming):
                 await self._heartbeat
         if self._writer is not None:
             await self._writer.close()
+        await self._unregister_and_close()
+        logger.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
+
+    async def _unregister_and_close(self) -> None:
         try:
             await self.backend.unregister_worker(self.id)
         except Exception:
@@ -411,7 +394,6 @@ class Worker(Claiming):
         if self._threads is not None:
             self._threads.close()
         await self.backend.close()
-        logger.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
 
     async def _run_scheduler(self, producer: TaskQueue, plan: list[Schedule]) -> None:
         assert self._stop_requested is not None
@@ -428,7 +410,7 @@ class Worker(Claiming):
     async def _claim_loop(self) -> None:
         try:
             if await self._claim_until_stopped():  # burst mode: nothing left to run
-                self._stopping = asyncio.ensure_future(self._shutdown(self.grace_period))
+                self._begin_stop(None)
         except asyncio.CancelledError:
             assert self._stop_requested is not None
             if not self._stop_requested.is_set():
@@ -457,14 +439,7 @@ class Worker(Claiming):
         )
         try:
             await self._release_pending()
-            await self.backend.unregister_worker(self.id)
-        except Exception:
-            logger.exception("worker %s: could not record its stop", self.id)
+            with contextlib.suppress(Exception):  # the loop is ending: nothing to raise to
+                await self._unregister_and_close()
         finally:
-            if self._processes is not None:
-                await self._processes.close()
-            if self._threads is not None:
-                self._threads.close()
-            with contextlib.suppress(Exception):
-                await self.backend.close()
             self._stopped.set()
