@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -168,7 +168,7 @@ class Execution:
         running.observed = observed()
         if running.interrupt == "cancel":
             running.started_at = None  # it never ran
-            self._done(running, self._cancelled())
+            self._done(running, self._interrupted(running))
             return
         if type(task.payload) is UnreadablePayload:
             error = f"SerializationError: task {task.id} ({task.func_name}): {task.payload.problem}"
@@ -177,9 +177,7 @@ class Execution:
         if task.recorded_start and not running.start_recorded:
             # Once lost by a worker before a known start (maybe it kills its
             # worker at once): record the start first, so that a next loss counts.
-            step = asyncio.create_task(self._record_start(running), name=task.id)
-            running.runner = step
-            step.add_done_callback(lambda _: self._record_step_ended(running, step))
+            self._start_runner(running, self._record_start(running))
             return
         headers, body = unwrap_headers(task.payload)
         if running.observed:
@@ -198,7 +196,7 @@ class Execution:
         if self._processes is not None:
             pool = self._processes
             bindings = self._binding(task, "payload"), self._binding(task, "result")
-            self._start_runner(running, lambda: pool.run(body, bindings))
+            self._start_runner(running, self._run(running, lambda: pool.run(body, bindings)))
             return
         try:
             what = f"task {task.id} ({task.func_name})"
@@ -216,7 +214,7 @@ class Execution:
             self._done(running, self._failure(task, f"UnknownTask: {exc}", None))
             return
         if self.pool == "auto" and is_async(fn):
-            self._start_runner(running, lambda: fn(*args, **kwargs))
+            self._start_runner(running, self._run(running, lambda: fn(*args, **kwargs)))
             return
         assert self._threads is not None
         running.in_thread = True
@@ -229,7 +227,7 @@ class Execution:
         )
         if task.timeout is not None:
             running.timer = asyncio.get_running_loop().call_later(
-                task.timeout, self._abandon_thread_run, running, "timeout"
+                task.timeout, self._abandon_thread_run, running
             )
 
     def _binding(self, task: ClaimedTask, label: str) -> Binding | None:
@@ -259,23 +257,19 @@ class Execution:
         running.start_recorded = True
         self._begin(running)
 
-    def _record_step_ended(self, running: Running, step: asyncio.Task[None]) -> None:
-        # Interrupted (a cancel, a stop) before the task itself started.
-        if running.runner is step and not running.done:
-            self._done(running, None if running.interrupt != "cancel" else self._cancelled())
-
-    def _start_runner(self, running: Running, make: Callable[[], Awaitable[Any]]) -> None:
-        runner = asyncio.create_task(self._run_awaitable(running, make), name=running.task.id)
-        runner.add_done_callback(lambda _: self._runner_ended(running))
+    def _start_runner(self, running: Running, step: Coroutine[Any, Any, None]) -> None:
+        """Run ``step`` (the run, or the record of its start) as the task's runner."""
+        runner = asyncio.create_task(step, name=running.task.id)
+        runner.add_done_callback(lambda _: self._runner_ended(running, runner))
         running.runner = runner
 
-    def _runner_ended(self, running: Running) -> None:
-        # A runner cancelled before its first step never runs its body: settle
-        # its task here, so a slot is never lost.
-        if not running.done:
-            self._done(running, None if running.interrupt != "cancel" else self._cancelled())
+    def _runner_ended(self, running: Running, runner: asyncio.Task[None]) -> None:
+        # Cancelled before its first step (or while recording the start), a runner
+        # never runs the task: settle it here, so a slot is never lost.
+        if running.runner is runner and not running.done:
+            self._done(running, self._interrupted(running))
 
-    async def _run_awaitable(self, running: Running, make: Callable[[], Awaitable[Any]]) -> None:
+    async def _run(self, running: Running, make: Callable[[], Awaitable[Any]]) -> None:
         """Run an async task on the loop, or a payload in a child process."""
         task = running.task
         started = time.monotonic()
@@ -299,7 +293,7 @@ class Execution:
             if running.interrupt is None:  # the task's own code cancelled something
                 outcome = self._failure(task, "CancelledError: the task was cancelled", None)
             else:
-                outcome = None if running.interrupt == "shutdown" else self._cancelled()
+                outcome = self._interrupted(running)
         except TimedOut:
             outcome = self._timed_out(task, time.monotonic() - started)
         except SerializationError as exc:
@@ -317,19 +311,18 @@ class Execution:
             return  # timed out or interrupted earlier: this late reply is dropped
         self._done(running, self._outcome_from_reply(running.task, reply))
 
-    def _abandon_thread_run(self, running: Running, reason: str) -> None:
-        """A thread run can't be stopped: decide its outcome now, and give the pool
-        a fresh thread while the stuck one runs on."""
+    def _abandon_thread_run(self, running: Running) -> None:
+        """A thread run timed out or was interrupted, and can't be stopped: decide its
+        outcome now, and give the pool a fresh thread while the stuck one runs on."""
         if running.done:
             return
         assert self._threads is not None
         self._threads.abandon(running)
-        task = running.task
-        if reason == "timeout":
-            assert task.timeout is not None
-            self._done(running, self._timed_out(task, task.timeout))
+        if running.interrupt is None:  # its timeout
+            assert running.task.timeout is not None
+            self._done(running, self._timed_out(running.task, running.task.timeout))
         else:
-            self._done(running, None if reason == "shutdown" else self._cancelled())
+            self._done(running, self._interrupted(running))
 
     def _done(self, running: Running, outcome: Outcome | None) -> None:
         """A run ended: free its slot, then write the outcome (None: release it)."""
@@ -463,8 +456,11 @@ class Execution:
         return Outcome("failed", error=error, traceback=tb)
 
     @staticmethod
-    def _cancelled() -> Outcome:
-        return Outcome("cancelled", error="cancelled while running")
+    def _interrupted(running: Running) -> Outcome | None:
+        """A stopped run's outcome: cancelled if a user asked, else None (released)."""
+        if running.interrupt == "cancel":
+            return Outcome("cancelled", error="cancelled while running")
+        return None
 
     def _interrupt(self, running: Running, reason: str) -> None:
         """Stop a task: "cancel" (a user asked) or "shutdown" (release it)."""
@@ -474,7 +470,7 @@ class Execution:
         if running.runner is not None:
             running.runner.cancel()
         elif running.in_thread:
-            self._abandon_thread_run(running, reason)
+            self._abandon_thread_run(running)
         elif reason == "cancel" and running.started_at is None and running in self._ready:
             self._cancel_prefetched(running)
         # Otherwise about to start: _start sees the interrupt.
