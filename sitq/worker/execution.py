@@ -1,11 +1,9 @@
 """Running what a Worker claimed: start prefetched tasks into free slots, run
-each on the event loop, a task thread or a child process, decide its outcome,
-and hand the outcome to the writer (or the task back to the queue).
+each on the event loop, a task thread or a child process, and hand its outcome
+to the writer (or the task back to the queue).
 
-``Execution`` is the part of :class:`~sitq.worker.Worker` that does this; the
-claim loop (``claiming``) and the lifecycle (``worker``) build on it. It is a
-base class, not a component, so the per-task calls stay plain method calls.
-"""
+``Execution`` is that part of :class:`~sitq.worker.Worker`: a base class, not a
+component, so the per-task calls stay plain method calls."""
 
 from __future__ import annotations
 

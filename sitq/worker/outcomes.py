@@ -35,10 +35,8 @@ class OutcomeWriter:
     each outcome of that batch is then written on its own, and one still
     refused is stored as a plain failure instead (see ``_write_each``).
 
-    It also reports starts: an outcome carries its task's start time, and a task
-    still running ``START_MARK_DELAY`` after its start has the start written with
-    the next write (one is made for it if none is due), so a task reads as running
-    once it has run that long, at no cost to short tasks."""
+    It also writes starts: with the outcome, or (see ``START_MARK_DELAY``) with
+    the next write, one made for it if none is due."""
 
     def __init__(
         self,
@@ -138,10 +136,8 @@ class OutcomeWriter:
                     )
                 for running in marks:  # written with a later write
                     if not running.done:
-                        self._unmarked[running] = None
-                if self._mark_timer is None:
-                    self._arm_marks()
-                if not self._unavailable(exc):
+                        self.started(running)
+                if recurs(exc):
                     # Refused, not unreachable: the same batch would fail forever.
                     batch = await self._write_each(batch)
                     if not batch:
@@ -161,13 +157,6 @@ class OutcomeWriter:
             for (running, _), ok in zip(batch, applied, strict=True):
                 self._recorded(running, ok)
 
-    def _unavailable(self, exc: BaseException) -> bool:
-        """True unless ``exc`` is known to recur for the outcome written (the
-        database refused the value itself): a lost connection, a lock, a deadlock,
-        a failover, a full disk... may all pass, so the write is retried while the
-        task's lease holds."""
-        return not recurs(exc)
-
     async def _write_each(
         self, batch: list[tuple[Running, Outcome]]
     ) -> list[tuple[Running, Outcome]]:
@@ -181,7 +170,7 @@ class OutcomeWriter:
             try:
                 [applied] = await self._backend.finish([(lease, outcome)], start)
             except Exception as exc:
-                if self._unavailable(exc):
+                if not recurs(exc):
                     left.append((running, outcome))
                     continue
                 logger.warning(
@@ -199,7 +188,7 @@ class OutcomeWriter:
                 try:
                     [applied] = await self._backend.finish([(lease, plain)], start)
                 except Exception as again:
-                    if self._unavailable(again):
+                    if not recurs(again):
                         left.append((running, plain))
                         continue
                     logger.exception(

@@ -1,9 +1,6 @@
-"""One run of a task in a Worker: what the worker holds for it, how an
-awaitable run is timed out, and how its end is logged and announced.
-
-Shared by the parts of the worker (``claiming``, ``execution``, ``outcomes``), so
-the state of one held task is defined once.
-"""
+"""One run of a task in a Worker: what the worker holds for it (``Running``,
+shared by every part of the worker), how an awaitable run is timed out, and how
+its end is logged and announced."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""The Worker's lifecycle: configure, start (connect, register, start the pools,
-the writer, the claim loop, the heartbeat and the scheduler), run until
-signalled, stop (drain, release, unregister), and start again.
-
-The rest of the Worker is built in layers it inherits: ``Claiming`` (the claim
-loop and the heartbeat, in ``claiming``) on ``Execution`` (running what is
-claimed, in ``execution``).
-"""
+"""The Worker's lifecycle: configure, start, run until signalled, stop (drain,
+release, unregister), start again. The rest it inherits: ``Claiming`` (the claim
+loop and the heartbeat) on ``Execution`` (running what is claimed)."""
 
 from __future__ import annotations
 
@@ -107,7 +102,7 @@ class Worker(Claiming):
                 f"Worker has no max_concurrency option (got {max_concurrency!r}): pass "
                 "concurrency=N, how many tasks the worker runs at once"
             )
-        checks.integer(
+        self.concurrency = checks.integer(
             "concurrency", concurrency, minimum=1, hint=": how many tasks the worker runs at once"
         )
         if isinstance(queues, str):
@@ -120,22 +115,20 @@ class Worker(Claiming):
             checks.integer("max_tasks_per_child", max_tasks_per_child, minimum=1)
         if prefetch is not None:
             checks.integer("prefetch", prefetch, minimum=0, hint="; None adapts it")
-        lease_seconds = checks.seconds("lease_seconds", lease_seconds, positive=True)
-        grace_period = checks.seconds("grace_period", grace_period)
-        poll_interval = checks.seconds("poll_interval", poll_interval, positive=True)
+        self.lease_seconds = checks.seconds("lease_seconds", lease_seconds, positive=True)
+        self.heartbeat_interval = min(self.lease_seconds / 3, 10.0)
+        self.grace_period = checks.seconds("grace_period", grace_period)
+        self.poll_interval = min(
+            checks.seconds("poll_interval", poll_interval, positive=True), 0.05
+        )
         self.backend = open_backend(backend)
         self.serializer = serializer or default_serializer()
         self._binds = binds(self.serializer)
-        self.concurrency = concurrency
         self.queues = tuple(dict.fromkeys(queues))
         self.pool = pool
         self.max_tasks_per_child = max_tasks_per_child
         self.prefetch = prefetch
         self._run_time = PREFETCH_HORIZON
-        self.lease_seconds = float(lease_seconds)
-        self.heartbeat_interval = min(self.lease_seconds / 3, 10.0)
-        self.grace_period = float(grace_period)
-        self.poll_interval = min(float(poll_interval), 0.05)
         self.imports = tuple(imports)
         self.schedules = None if schedules is None else list(schedules)
         self.burst = burst
@@ -186,10 +179,7 @@ class Worker(Claiming):
                 await self._processes.start()
             else:
                 self._threads = ThreadSlots(
-                    self.concurrency,
-                    self.serializer,
-                    asyncio.get_running_loop(),
-                    self._thread_done,
+                    self.concurrency, self.serializer, self._loop, self._thread_done
                 )
             now = self.backend.now()
             await self.backend.register_worker(
