@@ -419,8 +419,6 @@ class Execution:
         kind = reply[0]
         if kind == "ok":
             return Outcome("succeeded", result=reply[1])
-        if kind == "load_error" and reply[1].startswith("UnknownTask"):
-            return self._failure(task, reply[1], None)
         if kind == "bad_payload" or (
             kind == "load_error" and reply[1].startswith("PayloadRejected")
         ):

@@ -103,15 +103,12 @@ def observed() -> bool:
     return signals.any_connected() or telemetry.tracing_on() or telemetry.metrics_on()
 
 
-_OUTCOME_NAMES = {"succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
-
-
 def outcome_name(outcome: Outcome | None) -> str:
     """How an outcome is counted: succeeded, failed, cancelled, retried, or
     released (None: the task went back to the queue)."""
     if outcome is None:
         return "released"
-    return _OUTCOME_NAMES.get(outcome.status, "retried")
+    return "retried" if outcome.status == "queued" else outcome.status
 
 
 #: The most characters of a task's error a failure log line shows.

@@ -323,56 +323,52 @@ class Worker(Claiming):
             self.stop_now()
 
     async def _shutdown(self, grace: float) -> None:
-        assert self._stopped is not None
+        assert self._stop_requested and self._force and self._main and self._idle and self._stopped
         try:
-            await self._drain_and_close(grace)
+            self._stop_requested.set()
+            if self._scheduler is not None:
+                with contextlib.suppress(Exception):
+                    await self._scheduler
+            if signals.worker_stopping.has_receivers:
+                await signals.worker_stopping.send(self._event())
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._main  # a defect that ended it is logged by _claim_loop_ended
+            # What has not started goes back at once; what runs gets the grace period.
+            for running in self._ready:
+                self._to_release.append(running.task.lease)
+                self._forget(running)
+            self._ready.clear()
+            await self._release_pending()
+            if self._executing and grace > 0 and not self._force.is_set():
+                await self._wait_any(self._idle.wait(), grace, also=self._force)
+            for running in list(self._running.values()):
+                if not running.done:
+                    self._interrupt(running, "shutdown")
+            runners = [r.runner for r in self._running.values() if r.runner and not r.runner.done()]
+            if runners:
+                # A task that ignores cancellation gets a few seconds, then its lease
+                # is released anyway (it may run on, detached, until the process exits).
+                limit = 0.5 if self._force.is_set() else CANCEL_GRACE
+                _, stubborn = await asyncio.wait(runners, timeout=limit)
+                for running in list(self._running.values()):
+                    if running.runner in stubborn and not running.done:
+                        logger.warning(
+                            "worker %s: task %s ignores cancellation; releasing it",
+                            self.id,
+                            running.task.id,
+                        )
+                        self._done(running, None)
+            await self._release_pending()
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._heartbeat
+            if self._writer is not None:
+                await self._writer.close()
+            await self._unregister_and_close()
+            logger.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
         finally:
             self._stopped.set()
-
-    async def _drain_and_close(self, grace: float) -> None:
-        assert self._stop_requested and self._force and self._main and self._idle
-        self._stop_requested.set()
-        if self._scheduler is not None:
-            with contextlib.suppress(Exception):
-                await self._scheduler
-        if signals.worker_stopping.has_receivers:
-            await signals.worker_stopping.send(self._event())
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await self._main  # a defect that ended it is logged by _claim_loop_ended
-        # What has not started goes back at once; what runs gets the grace period.
-        for running in self._ready:
-            self._to_release.append(running.task.lease)
-            self._forget(running)
-        self._ready.clear()
-        await self._release_pending()
-        if self._executing and grace > 0 and not self._force.is_set():
-            await self._wait_any(self._idle.wait(), grace, also=self._force)
-        for running in list(self._running.values()):
-            if not running.done:
-                self._interrupt(running, "shutdown")
-        runners = [r.runner for r in self._running.values() if r.runner and not r.runner.done()]
-        if runners:
-            # A task that ignores cancellation gets a few seconds, then its lease
-            # is released anyway (it may run on, detached, until the process exits).
-            limit = 0.5 if self._force.is_set() else CANCEL_GRACE
-            _, stubborn = await asyncio.wait(runners, timeout=limit)
-            for running in list(self._running.values()):
-                if running.runner in stubborn and not running.done:
-                    logger.warning(
-                        "worker %s: task %s ignores cancellation; releasing it",
-                        self.id,
-                        running.task.id,
-                    )
-                    self._done(running, None)
-        await self._release_pending()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-        if self._writer is not None:
-            await self._writer.close()
-        await self._unregister_and_close()
-        logger.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
 
     async def _unregister_and_close(self) -> None:
         try:
