@@ -6,7 +6,7 @@ the same wherever it runs. A reply is one of:
 - ``("ok", result_bytes)``
 - ``("error", "ExcType: message", traceback_text)`` (None: the task is not registered)
 - ``("load_error", "ExcType: message")``: the payload would not deserialize
-- ``("bad_payload", "SerializationError: message")``: it did, but is not a call
+- ``("bad_payload", "ExcType: message")``: it was refused (PayloadRejected), or is not a call
 - ``("dump_error", "ExcType: message", type_name)``: the return value would not serialize
 """
 
@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sitq.errors import SerializationError
+from sitq.errors import PayloadRejected, SerializationError
 from sitq.registry import TaskRef, resolve
 from sitq.serialization import Binding, Serializer, bound_dumps, bound_loads
 
@@ -74,6 +74,8 @@ def call_payload(serializer: Serializer, payload: bytes, bindings: Bindings) -> 
     """Deserialize a stored ``(fn, args, kwargs)`` payload and call it."""
     try:
         call = bound_loads(serializer, payload, bindings[0])
+    except PayloadRejected as exc:
+        return ("bad_payload", f"PayloadRejected: {exc}")
     except BaseException as exc:
         return ("load_error", f"{type(exc).__name__}: {exc}")
     try:

@@ -53,11 +53,8 @@ from sitq.worker.thread_slots import ThreadSlots
 
 
 class Execution:
-    """The slots of a Worker and the runs in them (see the module docstring).
-
-    Its state is set by ``Worker.__init__`` and ``Worker._reset``; the
-    annotations here say what this part reads and writes.
-    """
+    """The slots of a Worker and the runs in them. Its state is set by ``Worker``
+    (``__init__``, ``_reset``): the annotations say what this part uses."""
 
     id: str
     backend: Backend
@@ -200,12 +197,11 @@ class Execution:
             what = f"task {task.id} ({task.func_name})"
             call = loads_checked(self.serializer, body, what, self._binding(task, "payload"))
             fn, args, kwargs = unpack_call(call, what)
+            fn = resolve(fn)
         except SerializationError as exc:
             # Deterministic: running it again would fail the same way.
             self._done(running, Outcome("failed", error=f"{type(exc).__name__}: {exc}"))
             return
-        try:
-            fn = resolve(fn)
         except UnknownTask as exc:
             # Maybe only this worker lacks the module (a deploy in progress):
             # retries, if the task has any, may reach a worker that has it.
@@ -216,13 +212,8 @@ class Execution:
             return
         assert self._threads is not None
         running.in_thread = True
-        self._threads.submit(
-            running,
-            telemetry.run_in_span(running.span, fn),
-            args,
-            kwargs,
-            self._binding(task, "result"),
-        )
+        fn = telemetry.run_in_span(running.span, fn)
+        self._threads.submit(running, fn, args, kwargs, self._binding(task, "result"))
         if task.timeout is not None:
             running.timer = asyncio.get_running_loop().call_later(
                 task.timeout, self._abandon_thread_run, running
@@ -416,27 +407,25 @@ class Execution:
         )
 
     def _outcome_from_reply(self, task: ClaimedTask, reply: Reply) -> Outcome:
-        kind = reply[0]
+        kind, text = reply[0], reply[1]
         if kind == "ok":
-            return Outcome("succeeded", result=reply[1])
-        if kind == "bad_payload" or (
-            kind == "load_error" and reply[1].startswith("PayloadRejected")
-        ):
-            return Outcome("failed", error=f"{reply[1]} (task {task.id}, {task.func_name})")
+            return Outcome("succeeded", result=text)
+        if kind == "error":
+            return self._failure(task, text, reply[2])
         if kind == "load_error":
-            return Outcome(
-                "failed",
-                error=f"SerializationError: task {task.id} ({task.func_name}) could not be "
-                f"loaded in the worker's child process ({reply[1]}); start the worker with "
-                "`--import MODULE` or from the directory holding the module",
+            error = (
+                f"SerializationError: task {task.id} ({task.func_name}) could not be loaded in "
+                f"the worker's child process ({text}); start the worker with `--import MODULE` "
+                "or from the directory holding the module"
             )
-        if kind == "dump_error":
-            return Outcome(
-                "failed",
-                error=f"SerializationError: the return value of task {task.id} "
-                f"({task.func_name}), a {reply[2]}, could not be serialized ({reply[1]})",
+        elif kind == "dump_error":
+            error = (
+                f"SerializationError: the return value of task {task.id} ({task.func_name}), "
+                f"a {reply[2]}, could not be serialized ({text})"
             )
-        return self._failure(task, reply[1], reply[2])
+        else:  # bad_payload
+            error = f"{text} (task {task.id}, {task.func_name})"
+        return Outcome("failed", error=error)
 
     def _timed_out(self, task: ClaimedTask, elapsed: float) -> Outcome:
         error = (

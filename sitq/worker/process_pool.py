@@ -124,16 +124,14 @@ class ProcessPool:
         self._serializer_bytes = pickle.dumps(serializer)
         self._imports = list(imports)
         self._context = multiprocessing.get_context("spawn")
-        self._idle: asyncio.Queue[_Child] | None = None
+        self._idle: asyncio.Queue[_Child] = asyncio.Queue()
         self._children: set[_Child] = set()
         self._io = ThreadPoolExecutor(max_workers=size + 1, thread_name_prefix="sitq-pool-io")
         self._closed = False
 
     async def start(self) -> None:
         """Start every child (in parallel, off the event loop)."""
-        self._idle = asyncio.Queue()
-        children = await asyncio.gather(*(self._spawn() for _ in range(self.size)))
-        for child in children:
+        for child in await asyncio.gather(*(self._spawn() for _ in range(self.size))):
             self._idle.put_nowait(child)
 
     async def _spawn(self) -> _Child:
@@ -157,7 +155,6 @@ class ProcessPool:
         Cancelling the call kills the child (and starts a replacement); a child
         that dies while running it raises ``ChildDied``.
         """
-        assert self._idle is not None, "ProcessPool.start() was not awaited"
         loop = asyncio.get_running_loop()
         child = await self._idle.get()
         # "kill" unless the child answered: it may still be running the task.
