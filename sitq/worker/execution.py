@@ -39,7 +39,6 @@ from sitq.worker.runs import (
     OUTCOME_SIGNALS,
     Running,
     TimedOut,
-    cancelled_from_outside,
     end_run,
     format_tb,
     is_async,
@@ -53,8 +52,8 @@ from sitq.worker.thread_slots import ThreadSlots
 
 
 class Execution:
-    """The slots of a Worker and the runs in them. Its state is set by ``Worker``
-    (``__init__``, ``_reset``): the annotations say what this part uses."""
+    """The slots of a Worker and the runs in them. ``Worker.__init__`` sets the
+    options annotated here; ``_reset`` the state of one run."""
 
     id: str
     backend: Backend
@@ -68,19 +67,22 @@ class Execution:
     _binds: bool  # signs bound to the row: see _binding()
     _run_time: float  # running mean of task run time, seconds
     _retries_due: float  # burst: a retry this worker scheduled runs by then
-    _running: dict[str, Running]  # every task held: prefetched, run, writing
-    _ready: deque[Running]  # prefetched, waiting for a slot
-    _solo: Running | None  # the suspect running now (see _dispatch)
-    _executing: int
-    _threads: ThreadSlots[Running] | None
-    _processes: ProcessPool | None
-    _writer: OutcomeWriter | None
     _stop_requested: asyncio.Event | None
     _room: asyncio.Event | None  # set when a held task starts or leaves
     _idle: asyncio.Event | None  # set while no task is executing
-    _to_release: list[Lease]
-    _background: set[asyncio.Future[None]]
     _renewed_at: float  # time.monotonic() just before the last heartbeat that worked
+
+    def _reset(self) -> None:
+        """Set the state of one run of the worker (again, for a restart)."""
+        self._running: dict[str, Running] = {}  # every task held: prefetched, run, writing
+        self._ready: deque[Running] = deque()  # prefetched, waiting for a slot
+        self._solo: Running | None = None  # the suspect running now (see _dispatch)
+        self._executing = 0
+        self._threads: ThreadSlots[Running] | None = None
+        self._processes: ProcessPool | None = None
+        self._writer: OutcomeWriter | None = None
+        self._to_release: list[Lease] = []
+        self._background: set[asyncio.Future[None]] = set()
 
     async def _release_pending(self) -> None:
         """Hand back, in one write, every task stopped before it could finish."""
@@ -277,8 +279,11 @@ class Execution:
                 )
                 outcome = Outcome("succeeded", result=data)
         except asyncio.CancelledError:
-            if running.interrupt is None and cancelled_from_outside():
-                running.interrupt = "shutdown"  # the event loop is ending: hand it back
+            # Cancelled by someone's cancel() unasked: the event loop is ending, so hand
+            # it back (Python 3.10 cannot tell such a cancel from the task's own).
+            cancelling = getattr(asyncio.current_task(), "cancelling", None)
+            if running.interrupt is None and cancelling and cancelling():
+                running.interrupt = "shutdown"
             if running.interrupt is None:  # the task's own code cancelled something
                 outcome = self._failure(task, "CancelledError: the task was cancelled", None)
             else:
@@ -344,9 +349,7 @@ class Execution:
         self._dispatch()
 
     def _lease_until(self, running: Running) -> float:
-        """When (time.monotonic()) the lease on ``running`` ends, as far as this
-        worker knows: its claim or the last heartbeat that renewed it, plus the
-        lease length."""
+        """When (monotonic) the lease on ``running`` ends, as far as this worker knows."""
         return max(running.claimed_at, self._renewed_at) + self.lease_seconds
 
     def _recorded(self, running: Running, applied: bool | None) -> None:

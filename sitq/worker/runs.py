@@ -90,14 +90,6 @@ class Running:
     start_recorded: bool = False  # its start is stored (see Backend.record_start)
 
 
-def cancelled_from_outside() -> bool:
-    """True when the current task was cancelled by someone's ``cancel()`` (on
-    Python 3.11+; 3.10 cannot tell, and says False)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return bool(cancelling and cancelling())
-
-
 def observed() -> bool:
     """True when anyone listens to runs: tracing, metrics or a signal receiver."""
     return signals.any_connected() or telemetry.tracing_on() or telemetry.metrics_on()

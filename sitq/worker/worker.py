@@ -9,7 +9,6 @@ import contextlib
 import os
 import signal
 import socket
-from collections import deque
 from collections.abc import Sequence
 
 from sitq import checks, signals
@@ -70,14 +69,6 @@ class Worker(Claiming):
     its end (task threads are daemons, so they never hold the process open).
     """
 
-    _main: asyncio.Task[None] | None  # the claim loop
-    _heartbeat: asyncio.Task[None] | None
-    _scheduler: asyncio.Task[None] | None
-    _stopping: asyncio.Task[None] | None
-    _stopped: asyncio.Event | None
-    _force: asyncio.Event | None  # set to stop waiting for running tasks
-    _crash: BaseException | None  # what ended the claim loop, if not a stop
-
     def __init__(
         self,
         backend: Backend | str | os.PathLike[str] | None = None,
@@ -136,10 +127,20 @@ class Worker(Claiming):
         self._retries_due = 0.0
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.tasks_done = 0
-        self._stop_requested = self._force = self._room = self._idle = None
+        self._stop_requested = self._room = self._idle = None
+        self._force: asyncio.Event | None = None  # set: stop waiting for running tasks
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on
         self._renewed_at = 0.0
         self._reset()
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._main: asyncio.Task[None] | None = None  # the claim loop
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._scheduler: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._stopped: asyncio.Event | None = None
+        self._crash: BaseException | None = None  # what ended the claim loop, if not a stop
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -219,17 +220,6 @@ class Worker(Claiming):
             self.concurrency,
             self.pool,
         )
-
-    def _reset(self) -> None:
-        """Set the state of one run (again, so ``start()`` can run the worker again)."""
-        self._main = self._heartbeat = self._scheduler = self._stopping = None
-        self._writer = self._threads = self._processes = self._solo = None
-        self._stopped = self._crash = None
-        self._running = {}
-        self._ready = deque()
-        self._executing = 0
-        self._to_release = []
-        self._background = set()
 
     def _claim_loop_ended(self, main: asyncio.Task[None]) -> None:
         """The claim loop must only end on a stop: if a defect ended it, stop the
