@@ -105,8 +105,7 @@ class Execution:
         are started past a suspect that waits for the running one to end, so
         one worker's crash does not serialize everything prefetched after it.
         """
-        assert self._stop_requested is not None and self._idle is not None
-        assert self._writer is not None
+        assert self._stop_requested and self._idle and self._writer
         now = None
         while self._ready and self._executing < self.concurrency:
             if self._stop_requested.is_set():
@@ -271,12 +270,8 @@ class Execution:
             if self._processes is not None:
                 outcome: Outcome | None = self._outcome_from_reply(task, value)
             else:
-                data = dumps_checked(
-                    self.serializer,
-                    value,
-                    f"the return value of task {task.id} ({task.func_name})",
-                    self._binding(task, "result"),
-                )
+                what = f"the return value of task {task.id} ({task.func_name})"
+                data = dumps_checked(self.serializer, value, what, self._binding(task, "result"))
                 outcome = Outcome("succeeded", result=data)
         except asyncio.CancelledError:
             # Cancelled by someone's cancel() unasked: the event loop is ending, so hand
@@ -377,13 +372,11 @@ class Execution:
                 if outcome.status != "succeeded":  # the only cost a success pays
                     log_failure(running.task, outcome, self.backend.now())
                 if running.observed:
-                    self._announce_outcome(running)
+                    self._announce_outcome(running, outcome)
         self._forget(running)
 
-    def _announce_outcome(self, running: Running) -> None:
-        """Fire the signal for an outcome that is now stored."""
-        outcome = running.outcome
-        assert outcome is not None
+    def _announce_outcome(self, running: Running, outcome: Outcome) -> None:
+        """Fire the signal for ``running``'s outcome, now stored."""
         signal = OUTCOME_SIGNALS[outcome_name(outcome)]
         if not signal.has_receivers:
             return

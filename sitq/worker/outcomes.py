@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -92,11 +93,8 @@ class OutcomeWriter:
         if not self._unmarked:
             return []
         due_before = time.monotonic() - START_MARK_DELAY
-        due = []
-        for running in self._unmarked:
-            if running.started > due_before:
-                break  # in start order: the rest are younger
-            due.append(running)
+        # In start order: the first that is too young ends the due ones.
+        due = list(itertools.takewhile(lambda r: r.started <= due_before, self._unmarked))
         for running in due:
             del self._unmarked[running]
         if self._mark_timer is None:
@@ -121,16 +119,13 @@ class OutcomeWriter:
                 applied = await self._backend.finish([(r.task.lease, o) for r, o in batch], started)
             except Exception as exc:
                 failures += 1
+                tried = (len(batch), len(marks), failures)
                 if failures == 1:
-                    logger.exception(
-                        "could not write %d outcomes, %d starts (try 1)", len(batch), len(marks)
-                    )
+                    logger.exception("could not write %d outcomes, %d starts (try %d)", *tried)
                 else:
                     logger.warning(
                         "could not write %d outcomes, %d starts (try %d): %s: %s",
-                        len(batch),
-                        len(marks),
-                        failures,
+                        *tried,
                         type(exc).__name__,
                         exc,
                     )

@@ -104,8 +104,7 @@ def _child_main(
             return
         if message is None:
             return
-        payload, bindings = message
-        conn.send(call_payload(serializer, payload, bindings))
+        conn.send(call_payload(serializer, *message))  # (payload, bindings)
 
 
 class ProcessPool:

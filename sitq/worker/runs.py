@@ -49,9 +49,7 @@ async def _contained(awaitable: Awaitable[Any]) -> Any:
 
 async def with_timeout(awaitable: Awaitable[Any], timeout: float | None) -> Any:
     """Await ``awaitable``; after ``timeout`` seconds cancel it and raise TimedOut.
-
-    A BaseException the task raises comes back as itself, never through the loop.
-    """
+    A BaseException the task raises comes back as itself, never through the loop."""
     if timeout is None:
         return await awaitable
     future = asyncio.ensure_future(_contained(awaitable))

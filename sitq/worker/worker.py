@@ -150,11 +150,8 @@ class Worker(Claiming):
         return self._main is not None and self._stopped is not None and not self._stopped.is_set()
 
     async def start(self) -> None:
-        """Connect, register, and start claiming. Returns once the worker runs.
-
-        Calling it while the worker runs does nothing; after ``stop()`` it starts
-        the worker again (waiting for a stop in progress to end first).
-        """
+        """Connect, register, and start claiming. Returns once the worker runs. Does
+        nothing while it runs; after ``stop()`` (once it ends) it starts it again."""
         if self._main is not None:
             if self._stopping is not None:
                 await asyncio.shield(self._stopping)
@@ -224,9 +221,8 @@ class Worker(Claiming):
     def _claim_loop_ended(self, main: asyncio.Task[None]) -> None:
         """The claim loop must only end on a stop: if a defect ended it, stop the
         worker (releasing what it holds) rather than heartbeat its tasks forever."""
-        if main.cancelled() or main.exception() is None:
+        if main.cancelled() or (exc := main.exception()) is None:
             return
-        exc = main.exception()
         self._crash = exc
         logger.critical(
             "worker %s: its claim loop died (%s: %s); stopping the worker",
@@ -251,11 +247,9 @@ class Worker(Claiming):
         """Ask the worker to stop as ``stop(timeout)`` does, from any thread, without
         waiting: ``run()`` returns (or ``running`` turns False) once it has stopped.
         Does nothing if the worker is not running."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(self._begin_stop, timeout)
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._begin_stop, timeout)
 
     def _begin_stop(self, timeout: float | None) -> None:
         """Start the stop ``stop(timeout)`` waits for, unless one is under way."""
@@ -270,11 +264,8 @@ class Worker(Claiming):
         self._begin_stop(0.0)
 
     async def run(self) -> None:
-        """Start if needed, and run until stopped or signalled.
-
-        The first SIGTERM or SIGINT stops gracefully; a second one stops at once,
-        still releasing what runs back to the queue.
-        """
+        """Start if needed, and run until stopped or signalled: the first SIGTERM or
+        SIGINT stops gracefully, a second at once (still releasing what runs)."""
         await self.start()
         assert self._stopped is not None
         loop = asyncio.get_running_loop()
@@ -332,8 +323,7 @@ class Worker(Claiming):
             if self._executing and grace > 0 and not self._force.is_set():
                 await self._wait_any(self._idle.wait(), grace, also=self._force)
             for running in list(self._running.values()):
-                if not running.done:
-                    self._interrupt(running, "shutdown")
+                self._interrupt(running, "shutdown")  # what has not ended
             runners = [r.runner for r in self._running.values() if r.runner and not r.runner.done()]
             if runners:
                 # A task that ignores cancellation gets a few seconds, then its lease
