@@ -4,9 +4,9 @@ Shared by the task threads and the process-pool children, so a task behaves
 the same wherever it runs. A reply is one of:
 
 - ``("ok", result_bytes)``
-- ``("error", "ExcType: message", traceback_text)``
+- ``("error", "ExcType: message", traceback_text)`` (None: the task is not registered)
 - ``("load_error", "ExcType: message")``: the payload would not deserialize
-- ``("bad_payload", "SerializationError: message")``: it did, but is not a call
+- ``("bad_payload", "ExcType: message")``: it was refused (PayloadRejected), or is not a call
 - ``("dump_error", "ExcType: message", type_name)``: the return value would not serialize
 """
 
@@ -18,11 +18,13 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sitq.errors import SerializationError
+from sitq.errors import PayloadRejected, SerializationError
 from sitq.registry import TaskRef, resolve
 from sitq.serialization import Binding, Serializer, bound_dumps, bound_loads
 
 Reply = tuple[Any, ...]
+#: What a task's payload and its result are signed for (None: not signing).
+Bindings = tuple[Binding | None, Binding | None]
 
 
 def unpack_call(call: Any, what: str) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
@@ -68,15 +70,12 @@ def call_function(
         return ("dump_error", f"{type(exc).__name__}: {exc}", type(value).__name__)
 
 
-def call_payload(
-    serializer: Serializer,
-    payload: bytes,
-    bindings: tuple[Binding | None, Binding | None] = (None, None),
-) -> Reply:
-    """Deserialize a stored ``(fn, args, kwargs)`` payload and call it; ``bindings``
-    are what the payload and the result are signed for (None: not signing)."""
+def call_payload(serializer: Serializer, payload: bytes, bindings: Bindings) -> Reply:
+    """Deserialize a stored ``(fn, args, kwargs)`` payload and call it."""
     try:
         call = bound_loads(serializer, payload, bindings[0])
+    except PayloadRejected as exc:
+        return ("bad_payload", f"PayloadRejected: {exc}")
     except BaseException as exc:
         return ("load_error", f"{type(exc).__name__}: {exc}")
     try:
@@ -85,8 +84,8 @@ def call_payload(
         return ("bad_payload", f"SerializationError: {exc}")
     try:
         fn = resolve(fn)
-    except BaseException as exc:
-        return ("load_error", f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:  # UnknownTask: another worker may have it
+        return ("error", f"{type(exc).__name__}: {exc}", None)
     return call_function(serializer, fn, args, kwargs, bindings[1])
 
 

@@ -9,17 +9,13 @@ cancel requests.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable
 from typing import Any
 
 from sitq import telemetry
 from sitq.worker.execution import Execution
-from sitq.worker.runs import Running
-
-# Every module of the worker logs as "sitq.worker": operators filter on that name.
-logger = logging.getLogger("sitq.worker")
+from sitq.worker.runs import Running, logger
 
 #: Adaptive prefetch holds about this many seconds of work per slot...
 PREFETCH_HORIZON = 0.05

@@ -1,19 +1,16 @@
 """Running what a Worker claimed: start prefetched tasks into free slots, run
-each on the event loop, a task thread or a child process, decide its outcome,
-and hand the outcome to the writer (or the task back to the queue).
+each on the event loop, a task thread or a child process, and hand its outcome
+to the writer (or the task back to the queue).
 
-``Execution`` is the part of :class:`~sitq.worker.Worker` that does this; the
-claim loop (``claiming``) and the lifecycle (``worker``) build on it. It is a
-base class, not a component, so the per-task calls stay plain method calls.
-"""
+``Execution`` is that part of :class:`~sitq.worker.Worker`: a base class, not a
+component, so the per-task calls stay plain method calls."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -42,27 +39,21 @@ from sitq.worker.runs import (
     OUTCOME_SIGNALS,
     Running,
     TimedOut,
-    cancelled_from_outside,
     end_run,
     format_tb,
     is_async,
     log_failure,
+    logger,
     observed,
     outcome_name,
     with_timeout,
 )
 from sitq.worker.thread_slots import ThreadSlots
 
-# Every module of the worker logs as "sitq.worker": operators filter on that name.
-logger = logging.getLogger("sitq.worker")
-
 
 class Execution:
-    """The slots of a Worker and the runs in them (see the module docstring).
-
-    Its state is set by ``Worker.__init__`` and ``Worker._reset``; the
-    annotations here say what this part reads and writes.
-    """
+    """The slots of a Worker and the runs in them. ``Worker.__init__`` sets the
+    options annotated here; ``_reset`` the state of one run."""
 
     id: str
     backend: Backend
@@ -76,19 +67,22 @@ class Execution:
     _binds: bool  # signs bound to the row: see _binding()
     _run_time: float  # running mean of task run time, seconds
     _retries_due: float  # burst: a retry this worker scheduled runs by then
-    _running: dict[str, Running]  # every task held: prefetched, run, writing
-    _ready: deque[Running]  # prefetched, waiting for a slot
-    _solo: Running | None  # the suspect running now (see _dispatch)
-    _executing: int
-    _threads: ThreadSlots[Running] | None
-    _processes: ProcessPool | None
-    _writer: OutcomeWriter | None
     _stop_requested: asyncio.Event | None
     _room: asyncio.Event | None  # set when a held task starts or leaves
     _idle: asyncio.Event | None  # set while no task is executing
-    _to_release: list[Lease]
-    _background: set[asyncio.Future[None]]
     _renewed_at: float  # time.monotonic() just before the last heartbeat that worked
+
+    def _reset(self) -> None:
+        """Set the state of one run of the worker (again, for a restart)."""
+        self._running: dict[str, Running] = {}  # every task held: prefetched, run, writing
+        self._ready: deque[Running] = deque()  # prefetched, waiting for a slot
+        self._solo: Running | None = None  # the suspect running now (see _dispatch)
+        self._executing = 0
+        self._threads: ThreadSlots[Running] | None = None
+        self._processes: ProcessPool | None = None
+        self._writer: OutcomeWriter | None = None
+        self._to_release: list[Lease] = []
+        self._background: set[asyncio.Future[None]] = set()
 
     async def _release_pending(self) -> None:
         """Hand back, in one write, every task stopped before it could finish."""
@@ -111,8 +105,7 @@ class Execution:
         are started past a suspect that waits for the running one to end, so
         one worker's crash does not serialize everything prefetched after it.
         """
-        assert self._stop_requested is not None and self._idle is not None
-        assert self._writer is not None
+        assert self._stop_requested and self._idle and self._writer
         now = None
         while self._ready and self._executing < self.concurrency:
             if self._stop_requested.is_set():
@@ -171,7 +164,7 @@ class Execution:
         running.observed = observed()
         if running.interrupt == "cancel":
             running.started_at = None  # it never ran
-            self._done(running, self._cancelled())
+            self._done(running, self._interrupted(running))
             return
         if type(task.payload) is UnreadablePayload:
             error = f"SerializationError: task {task.id} ({task.func_name}): {task.payload.problem}"
@@ -180,9 +173,7 @@ class Execution:
         if task.recorded_start and not running.start_recorded:
             # Once lost by a worker before a known start (maybe it kills its
             # worker at once): record the start first, so that a next loss counts.
-            step = asyncio.create_task(self._record_start(running), name=task.id)
-            running.runner = step
-            step.add_done_callback(lambda _: self._record_step_ended(running, step))
+            self._start_runner(running, self._record_start(running))
             return
         headers, body = unwrap_headers(task.payload)
         if running.observed:
@@ -201,38 +192,32 @@ class Execution:
         if self._processes is not None:
             pool = self._processes
             bindings = self._binding(task, "payload"), self._binding(task, "result")
-            self._start_runner(running, lambda: pool.run(body, bindings))
+            self._start_runner(running, self._run(running, lambda: pool.run(body, bindings)))
             return
         try:
             what = f"task {task.id} ({task.func_name})"
             call = loads_checked(self.serializer, body, what, self._binding(task, "payload"))
             fn, args, kwargs = unpack_call(call, what)
+            fn = resolve(fn)
         except SerializationError as exc:
             # Deterministic: running it again would fail the same way.
             self._done(running, Outcome("failed", error=f"{type(exc).__name__}: {exc}"))
             return
-        try:
-            fn = resolve(fn)
         except UnknownTask as exc:
             # Maybe only this worker lacks the module (a deploy in progress):
             # retries, if the task has any, may reach a worker that has it.
             self._done(running, self._failure(task, f"UnknownTask: {exc}", None))
             return
         if self.pool == "auto" and is_async(fn):
-            self._start_runner(running, lambda: fn(*args, **kwargs))
+            self._start_runner(running, self._run(running, lambda: fn(*args, **kwargs)))
             return
         assert self._threads is not None
         running.in_thread = True
-        self._threads.submit(
-            running,
-            telemetry.run_in_span(running.span, fn),
-            args,
-            kwargs,
-            self._binding(task, "result"),
-        )
+        fn = telemetry.run_in_span(running.span, fn)
+        self._threads.submit(running, fn, args, kwargs, self._binding(task, "result"))
         if task.timeout is not None:
             running.timer = asyncio.get_running_loop().call_later(
-                task.timeout, self._abandon_thread_run, running, "timeout"
+                task.timeout, self._abandon_thread_run, running
             )
 
     def _binding(self, task: ClaimedTask, label: str) -> Binding | None:
@@ -262,23 +247,19 @@ class Execution:
         running.start_recorded = True
         self._begin(running)
 
-    def _record_step_ended(self, running: Running, step: asyncio.Task[None]) -> None:
-        # Interrupted (a cancel, a stop) before the task itself started.
-        if running.runner is step and not running.done:
-            self._done(running, None if running.interrupt != "cancel" else self._cancelled())
-
-    def _start_runner(self, running: Running, make: Callable[[], Awaitable[Any]]) -> None:
-        runner = asyncio.create_task(self._run_awaitable(running, make), name=running.task.id)
-        runner.add_done_callback(lambda _: self._runner_ended(running))
+    def _start_runner(self, running: Running, step: Coroutine[Any, Any, None]) -> None:
+        """Run ``step`` (the run, or the record of its start) as the task's runner."""
+        runner = asyncio.create_task(step, name=running.task.id)
+        runner.add_done_callback(lambda _: self._runner_ended(running, runner))
         running.runner = runner
 
-    def _runner_ended(self, running: Running) -> None:
-        # A runner cancelled before its first step never runs its body: settle
-        # its task here, so a slot is never lost.
-        if not running.done:
-            self._done(running, None if running.interrupt != "cancel" else self._cancelled())
+    def _runner_ended(self, running: Running, runner: asyncio.Task[None]) -> None:
+        # Cancelled before its first step (or while recording the start), a runner
+        # never runs the task: settle it here, so a slot is never lost.
+        if running.runner is runner and not running.done:
+            self._done(running, self._interrupted(running))
 
-    async def _run_awaitable(self, running: Running, make: Callable[[], Awaitable[Any]]) -> None:
+    async def _run(self, running: Running, make: Callable[[], Awaitable[Any]]) -> None:
         """Run an async task on the loop, or a payload in a child process."""
         task = running.task
         started = time.monotonic()
@@ -289,20 +270,19 @@ class Execution:
             if self._processes is not None:
                 outcome: Outcome | None = self._outcome_from_reply(task, value)
             else:
-                data = dumps_checked(
-                    self.serializer,
-                    value,
-                    f"the return value of task {task.id} ({task.func_name})",
-                    self._binding(task, "result"),
-                )
+                what = f"the return value of task {task.id} ({task.func_name})"
+                data = dumps_checked(self.serializer, value, what, self._binding(task, "result"))
                 outcome = Outcome("succeeded", result=data)
         except asyncio.CancelledError:
-            if running.interrupt is None and cancelled_from_outside():
-                running.interrupt = "shutdown"  # the event loop is ending: hand it back
+            # Cancelled by someone's cancel() unasked: the event loop is ending, so hand
+            # it back (Python 3.10 cannot tell such a cancel from the task's own).
+            cancelling = getattr(asyncio.current_task(), "cancelling", None)
+            if running.interrupt is None and cancelling and cancelling():
+                running.interrupt = "shutdown"
             if running.interrupt is None:  # the task's own code cancelled something
                 outcome = self._failure(task, "CancelledError: the task was cancelled", None)
             else:
-                outcome = None if running.interrupt == "shutdown" else self._cancelled()
+                outcome = self._interrupted(running)
         except TimedOut:
             outcome = self._timed_out(task, time.monotonic() - started)
         except SerializationError as exc:
@@ -320,19 +300,18 @@ class Execution:
             return  # timed out or interrupted earlier: this late reply is dropped
         self._done(running, self._outcome_from_reply(running.task, reply))
 
-    def _abandon_thread_run(self, running: Running, reason: str) -> None:
-        """A thread run can't be stopped: decide its outcome now, and give the pool
-        a fresh thread while the stuck one runs on."""
+    def _abandon_thread_run(self, running: Running) -> None:
+        """A thread run timed out or was interrupted, and can't be stopped: decide its
+        outcome now, and give the pool a fresh thread while the stuck one runs on."""
         if running.done:
             return
         assert self._threads is not None
         self._threads.abandon(running)
-        task = running.task
-        if reason == "timeout":
-            assert task.timeout is not None
-            self._done(running, self._timed_out(task, task.timeout))
+        if running.interrupt is None:  # its timeout
+            assert running.task.timeout is not None
+            self._done(running, self._timed_out(running.task, running.task.timeout))
         else:
-            self._done(running, None if reason == "shutdown" else self._cancelled())
+            self._done(running, self._interrupted(running))
 
     def _done(self, running: Running, outcome: Outcome | None) -> None:
         """A run ended: free its slot, then write the outcome (None: release it)."""
@@ -365,9 +344,7 @@ class Execution:
         self._dispatch()
 
     def _lease_until(self, running: Running) -> float:
-        """When (time.monotonic()) the lease on ``running`` ends, as far as this
-        worker knows: its claim or the last heartbeat that renewed it, plus the
-        lease length."""
+        """When (monotonic) the lease on ``running`` ends, as far as this worker knows."""
         return max(running.claimed_at, self._renewed_at) + self.lease_seconds
 
     def _recorded(self, running: Running, applied: bool | None) -> None:
@@ -395,13 +372,11 @@ class Execution:
                 if outcome.status != "succeeded":  # the only cost a success pays
                     log_failure(running.task, outcome, self.backend.now())
                 if running.observed:
-                    self._announce_outcome(running)
+                    self._announce_outcome(running, outcome)
         self._forget(running)
 
-    def _announce_outcome(self, running: Running) -> None:
-        """Fire the signal for an outcome that is now stored."""
-        outcome = running.outcome
-        assert outcome is not None
+    def _announce_outcome(self, running: Running, outcome: Outcome) -> None:
+        """Fire the signal for ``running``'s outcome, now stored."""
         signal = OUTCOME_SIGNALS[outcome_name(outcome)]
         if not signal.has_receivers:
             return
@@ -428,29 +403,25 @@ class Execution:
         )
 
     def _outcome_from_reply(self, task: ClaimedTask, reply: Reply) -> Outcome:
-        kind = reply[0]
+        kind, text = reply[0], reply[1]
         if kind == "ok":
-            return Outcome("succeeded", result=reply[1])
-        if kind == "load_error" and reply[1].startswith("UnknownTask"):
-            return self._failure(task, reply[1], None)
-        if kind == "bad_payload" or (
-            kind == "load_error" and reply[1].startswith("PayloadRejected")
-        ):
-            return Outcome("failed", error=f"{reply[1]} (task {task.id}, {task.func_name})")
+            return Outcome("succeeded", result=text)
+        if kind == "error":
+            return self._failure(task, text, reply[2])
         if kind == "load_error":
-            return Outcome(
-                "failed",
-                error=f"SerializationError: task {task.id} ({task.func_name}) could not be "
-                f"loaded in the worker's child process ({reply[1]}); start the worker with "
-                "`--import MODULE` or from the directory holding the module",
+            error = (
+                f"SerializationError: task {task.id} ({task.func_name}) could not be loaded in "
+                f"the worker's child process ({text}); start the worker with `--import MODULE` "
+                "or from the directory holding the module"
             )
-        if kind == "dump_error":
-            return Outcome(
-                "failed",
-                error=f"SerializationError: the return value of task {task.id} "
-                f"({task.func_name}), a {reply[2]}, could not be serialized ({reply[1]})",
+        elif kind == "dump_error":
+            error = (
+                f"SerializationError: the return value of task {task.id} ({task.func_name}), "
+                f"a {reply[2]}, could not be serialized ({text})"
             )
-        return self._failure(task, reply[1], reply[2])
+        else:  # bad_payload
+            error = f"{text} (task {task.id}, {task.func_name})"
+        return Outcome("failed", error=error)
 
     def _timed_out(self, task: ClaimedTask, elapsed: float) -> Outcome:
         error = (
@@ -466,8 +437,11 @@ class Execution:
         return Outcome("failed", error=error, traceback=tb)
 
     @staticmethod
-    def _cancelled() -> Outcome:
-        return Outcome("cancelled", error="cancelled while running")
+    def _interrupted(running: Running) -> Outcome | None:
+        """A stopped run's outcome: cancelled if a user asked, else None (released)."""
+        if running.interrupt == "cancel":
+            return Outcome("cancelled", error="cancelled while running")
+        return None
 
     def _interrupt(self, running: Running, reason: str) -> None:
         """Stop a task: "cancel" (a user asked) or "shutdown" (release it)."""
@@ -477,7 +451,7 @@ class Execution:
         if running.runner is not None:
             running.runner.cancel()
         elif running.in_thread:
-            self._abandon_thread_run(running, reason)
+            self._abandon_thread_run(running)
         elif reason == "cancel" and running.started_at is None and running in self._ready:
             self._cancel_prefetched(running)
         # Otherwise about to start: _start sees the interrupt.

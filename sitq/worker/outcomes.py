@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
 from sitq.backends.base import Backend, Outcome
 from sitq.errors import SitqError
-from sitq.worker.runs import Running
-
-# Every module of the worker logs as "sitq.worker": operators filter on that name.
-logger = logging.getLogger("sitq.worker")
+from sitq.worker.runs import Running, logger
 
 #: A task still running this many seconds after its start has the start written
 #: (it reads as running from then on); a task that ends sooner has its start
@@ -39,10 +36,8 @@ class OutcomeWriter:
     each outcome of that batch is then written on its own, and one still
     refused is stored as a plain failure instead (see ``_write_each``).
 
-    It also reports starts: an outcome carries its task's start time, and a task
-    still running ``START_MARK_DELAY`` after its start has the start written with
-    the next write (one is made for it if none is due), so a task reads as running
-    once it has run that long, at no cost to short tasks."""
+    It also writes starts: with the outcome, or (see ``START_MARK_DELAY``) with
+    the next write, one made for it if none is due."""
 
     def __init__(
         self,
@@ -98,11 +93,8 @@ class OutcomeWriter:
         if not self._unmarked:
             return []
         due_before = time.monotonic() - START_MARK_DELAY
-        due = []
-        for running in self._unmarked:
-            if running.started > due_before:
-                break  # in start order: the rest are younger
-            due.append(running)
+        # In start order: the first that is too young ends the due ones.
+        due = list(itertools.takewhile(lambda r: r.started <= due_before, self._unmarked))
         for running in due:
             del self._unmarked[running]
         if self._mark_timer is None:
@@ -127,25 +119,20 @@ class OutcomeWriter:
                 applied = await self._backend.finish([(r.task.lease, o) for r, o in batch], started)
             except Exception as exc:
                 failures += 1
+                tried = (len(batch), len(marks), failures)
                 if failures == 1:
-                    logger.exception(
-                        "could not write %d outcomes, %d starts (try 1)", len(batch), len(marks)
-                    )
+                    logger.exception("could not write %d outcomes, %d starts (try %d)", *tried)
                 else:
                     logger.warning(
                         "could not write %d outcomes, %d starts (try %d): %s: %s",
-                        len(batch),
-                        len(marks),
-                        failures,
+                        *tried,
                         type(exc).__name__,
                         exc,
                     )
                 for running in marks:  # written with a later write
                     if not running.done:
-                        self._unmarked[running] = None
-                if self._mark_timer is None:
-                    self._arm_marks()
-                if not self._unavailable(exc):
+                        self.started(running)
+                if recurs(exc):
                     # Refused, not unreachable: the same batch would fail forever.
                     batch = await self._write_each(batch)
                     if not batch:
@@ -165,13 +152,6 @@ class OutcomeWriter:
             for (running, _), ok in zip(batch, applied, strict=True):
                 self._recorded(running, ok)
 
-    def _unavailable(self, exc: BaseException) -> bool:
-        """True unless ``exc`` is known to recur for the outcome written (the
-        database refused the value itself): a lost connection, a lock, a deadlock,
-        a failover, a full disk... may all pass, so the write is retried while the
-        task's lease holds."""
-        return not recurs(exc)
-
     async def _write_each(
         self, batch: list[tuple[Running, Outcome]]
     ) -> list[tuple[Running, Outcome]]:
@@ -185,7 +165,7 @@ class OutcomeWriter:
             try:
                 [applied] = await self._backend.finish([(lease, outcome)], start)
             except Exception as exc:
-                if self._unavailable(exc):
+                if not recurs(exc):
                     left.append((running, outcome))
                     continue
                 logger.warning(
@@ -203,7 +183,7 @@ class OutcomeWriter:
                 try:
                     [applied] = await self._backend.finish([(lease, plain)], start)
                 except Exception as again:
-                    if self._unavailable(again):
+                    if not recurs(again):
                         left.append((running, plain))
                         continue
                     logger.exception(

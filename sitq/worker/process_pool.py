@@ -22,8 +22,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sitq.serialization import Binding, Serializer
-from sitq.worker.calls import Reply, call_payload
+from sitq.serialization import Serializer
+from sitq.worker.calls import Bindings, Reply, call_payload
 
 #: prctl(2) option: the signal this process gets when its parent dies (Linux).
 _PR_SET_PDEATHSIG = 1
@@ -104,8 +104,7 @@ def _child_main(
             return
         if message is None:
             return
-        payload, bindings = message
-        conn.send(call_payload(serializer, payload, bindings))
+        conn.send(call_payload(serializer, *message))  # (payload, bindings)
 
 
 class ProcessPool:
@@ -124,16 +123,14 @@ class ProcessPool:
         self._serializer_bytes = pickle.dumps(serializer)
         self._imports = list(imports)
         self._context = multiprocessing.get_context("spawn")
-        self._idle: asyncio.Queue[_Child] | None = None
+        self._idle: asyncio.Queue[_Child] = asyncio.Queue()
         self._children: set[_Child] = set()
         self._io = ThreadPoolExecutor(max_workers=size + 1, thread_name_prefix="sitq-pool-io")
         self._closed = False
 
     async def start(self) -> None:
         """Start every child (in parallel, off the event loop)."""
-        self._idle = asyncio.Queue()
-        children = await asyncio.gather(*(self._spawn() for _ in range(self.size)))
-        for child in children:
+        for child in await asyncio.gather(*(self._spawn() for _ in range(self.size))):
             self._idle.put_nowait(child)
 
     async def _spawn(self) -> _Child:
@@ -151,16 +148,12 @@ class ProcessPool:
         self._children.add(child)
         return child
 
-    async def run(
-        self, payload: bytes, bindings: tuple[Binding | None, Binding | None] = (None, None)
-    ) -> Reply:
-        """Run one payload in a child. Returns the child's tagged reply. ``bindings``:
-        what the payload and its result are signed for (see :func:`call_payload`).
+    async def run(self, payload: bytes, bindings: Bindings) -> Reply:
+        """Run one payload in a child. Returns the child's tagged reply.
 
         Cancelling the call kills the child (and starts a replacement); a child
         that dies while running it raises ``ChildDied``.
         """
-        assert self._idle is not None, "ProcessPool.start() was not awaited"
         loop = asyncio.get_running_loop()
         child = await self._idle.get()
         # "kill" unless the child answered: it may still be running the task.
@@ -179,14 +172,11 @@ class ProcessPool:
             if disposal == "keep":
                 self._idle.put_nowait(child)
             else:
-                await self._replace(child, kill=disposal == "kill")
+                await self._retire(child, kill=disposal == "kill")
+                if not self._closed:
+                    self._idle.put_nowait(await self._spawn())
 
-    async def _replace(self, child: _Child, *, kill: bool) -> None:
-        await self._retire(child, kill=kill)
-        if not self._closed and self._idle is not None:
-            self._idle.put_nowait(await self._spawn())
-
-    async def _retire(self, child: _Child, *, kill: bool = False) -> None:
+    async def _retire(self, child: _Child, *, kill: bool) -> None:
         self._children.discard(child)
         loop = asyncio.get_running_loop()
         if not kill and child.process.is_alive():

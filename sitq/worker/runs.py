@@ -1,9 +1,6 @@
-"""One run of a task in a Worker: what the worker holds for it, how an
-awaitable run is timed out, and how its end is logged and announced.
-
-Shared by the parts of the worker (``claiming``, ``execution``, ``outcomes``), so
-the state of one held task is defined once.
-"""
+"""One run of a task in a Worker: what the worker holds for it (``Running``,
+shared by every part of the worker), how an awaitable run is timed out, and how
+its end is logged and announced."""
 
 from __future__ import annotations
 
@@ -22,7 +19,7 @@ from sitq import signals, telemetry
 from sitq.backends.base import ClaimedTask, Outcome
 from sitq.display import redact, terminal_safe
 
-# Every module of the worker logs as "sitq.worker": operators filter on that name.
+# The whole worker logs as "sitq.worker" (operators filter on that name).
 logger = logging.getLogger("sitq.worker")
 
 
@@ -52,9 +49,7 @@ async def _contained(awaitable: Awaitable[Any]) -> Any:
 
 async def with_timeout(awaitable: Awaitable[Any], timeout: float | None) -> Any:
     """Await ``awaitable``; after ``timeout`` seconds cancel it and raise TimedOut.
-
-    A BaseException the task raises comes back as itself, never through the loop.
-    """
+    A BaseException the task raises comes back as itself, never through the loop."""
     if timeout is None:
         return await awaitable
     future = asyncio.ensure_future(_contained(awaitable))
@@ -93,20 +88,9 @@ class Running:
     start_recorded: bool = False  # its start is stored (see Backend.record_start)
 
 
-def cancelled_from_outside() -> bool:
-    """True when the current task was cancelled by someone's ``cancel()`` (on
-    Python 3.11+; 3.10 cannot tell, and says False)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return bool(cancelling and cancelling())
-
-
 def observed() -> bool:
     """True when anyone listens to runs: tracing, metrics or a signal receiver."""
     return signals.any_connected() or telemetry.tracing_on() or telemetry.metrics_on()
-
-
-_OUTCOME_NAMES = {"succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
 
 
 def outcome_name(outcome: Outcome | None) -> str:
@@ -114,7 +98,7 @@ def outcome_name(outcome: Outcome | None) -> str:
     released (None: the task went back to the queue)."""
     if outcome is None:
         return "released"
-    return _OUTCOME_NAMES.get(outcome.status, "retried")
+    return "retried" if outcome.status == "queued" else outcome.status
 
 
 #: The most characters of a task's error a failure log line shows.

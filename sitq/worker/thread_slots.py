@@ -3,9 +3,7 @@
 Each thread takes calls from one shared queue, runs them, serializes the return
 value itself (keeping that work off the event loop), and hands the outcome back
 to the loop in batches: one wake-up of the loop per burst of completions, not
-one future per task. A thread stuck in a task that timed out cannot be stopped;
-``abandon`` starts a fresh thread so the pool keeps its size, and the stuck one
-exits when its call returns.
+one future per task. A stuck thread is replaced (see ``abandon``).
 """
 
 from __future__ import annotations

@@ -1,21 +1,14 @@
-"""The Worker's lifecycle: configure, start (connect, register, start the pools,
-the writer, the claim loop, the heartbeat and the scheduler), run until
-signalled, stop (drain, release, unregister), and start again.
-
-The rest of the Worker is built in layers it inherits: ``Claiming`` (the claim
-loop and the heartbeat, in ``claiming``) on ``Execution`` (running what is
-claimed, in ``execution``).
-"""
+"""The Worker's lifecycle: configure, start, run until signalled, stop (drain,
+release, unregister), start again. The rest it inherits: ``Claiming`` (the claim
+loop and the heartbeat) on ``Execution`` (running what is claimed)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import socket
-from collections import deque
 from collections.abc import Sequence
 
 from sitq import checks, signals
@@ -30,11 +23,8 @@ from sitq.signals import WorkerEvent
 from sitq.worker.claiming import PREFETCH_HORIZON, Claiming
 from sitq.worker.outcomes import OutcomeWriter
 from sitq.worker.process_pool import ProcessPool
+from sitq.worker.runs import logger
 from sitq.worker.thread_slots import ThreadSlots
-
-# Every module of the worker logs as "sitq.worker": operators filter on that name.
-logger = logging.getLogger("sitq.worker")
-
 
 POOLS = ("auto", "thread", "process")
 #: Seconds an interrupted async task may take to honour its cancellation.
@@ -103,7 +93,7 @@ class Worker(Claiming):
                 f"Worker has no max_concurrency option (got {max_concurrency!r}): pass "
                 "concurrency=N, how many tasks the worker runs at once"
             )
-        checks.integer(
+        self.concurrency = checks.integer(
             "concurrency", concurrency, minimum=1, hint=": how many tasks the worker runs at once"
         )
         if isinstance(queues, str):
@@ -116,51 +106,41 @@ class Worker(Claiming):
             checks.integer("max_tasks_per_child", max_tasks_per_child, minimum=1)
         if prefetch is not None:
             checks.integer("prefetch", prefetch, minimum=0, hint="; None adapts it")
-        lease_seconds = checks.seconds("lease_seconds", lease_seconds, positive=True)
-        grace_period = checks.seconds("grace_period", grace_period)
-        poll_interval = checks.seconds("poll_interval", poll_interval, positive=True)
+        self.lease_seconds = checks.seconds("lease_seconds", lease_seconds, positive=True)
+        self.heartbeat_interval = min(self.lease_seconds / 3, 10.0)
+        self.grace_period = checks.seconds("grace_period", grace_period)
+        self.poll_interval = min(
+            checks.seconds("poll_interval", poll_interval, positive=True), 0.05
+        )
         self.backend = open_backend(backend)
         self.serializer = serializer or default_serializer()
-        self._binds = binds(self.serializer)  # signs bound to the row: see _binding()
-        self.concurrency = concurrency
+        self._binds = binds(self.serializer)
         self.queues = tuple(dict.fromkeys(queues))
         self.pool = pool
         self.max_tasks_per_child = max_tasks_per_child
-        self.prefetch = prefetch  # None: adaptive, see _prefetch_now()
-        self._run_time = PREFETCH_HORIZON  # running mean of task run time, seconds
-        self.lease_seconds = float(lease_seconds)
-        self.heartbeat_interval = min(self.lease_seconds / 3, 10.0)
-        self.grace_period = float(grace_period)
-        self.poll_interval = min(float(poll_interval), 0.05)
+        self.prefetch = prefetch
+        self._run_time = PREFETCH_HORIZON
         self.imports = tuple(imports)
         self.schedules = None if schedules is None else list(schedules)
         self.burst = burst
-        #: Recorded outcomes by kind: succeeded, failed, cancelled, retried.
         self.outcomes = dict.fromkeys(("succeeded", "failed", "cancelled", "retried"), 0)
-        self._retries_due = 0.0  # burst: a retry this worker scheduled runs by then
-        self._scheduler: asyncio.Task[None] | None = None
+        self._retries_due = 0.0
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.tasks_done = 0
-        self._running = {}  # every task held: prefetched, run, writing
-        self._ready = deque()  # prefetched, waiting for a slot
-        self._solo = None  # the suspect running now (see _dispatch)
-        self._executing = 0
-        self._threads = None
-        self._processes = None
-        self._writer = None
-        self._main: asyncio.Task[None] | None = None
+        self._stop_requested = self._room = self._idle = None
+        self._force: asyncio.Event | None = None  # set: stop waiting for running tasks
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on
+        self._renewed_at = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._main: asyncio.Task[None] | None = None  # the claim loop
         self._heartbeat: asyncio.Task[None] | None = None
-        self._stop_requested = None
-        self._force: asyncio.Event | None = None
-        self._room = None  # set when a held task starts or leaves
-        self._idle = None  # set while no task is executing
-        self._to_release = []
-        self._background = set()
+        self._scheduler: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
         self._crash: BaseException | None = None  # what ended the claim loop, if not a stop
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on
-        self._renewed_at = 0.0  # time.monotonic() just before the last heartbeat that worked
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -170,11 +150,8 @@ class Worker(Claiming):
         return self._main is not None and self._stopped is not None and not self._stopped.is_set()
 
     async def start(self) -> None:
-        """Connect, register, and start claiming. Returns once the worker runs.
-
-        Calling it while the worker runs does nothing; after ``stop()`` it starts
-        the worker again (waiting for a stop in progress to end first).
-        """
+        """Connect, register, and start claiming. Returns once the worker runs. Does
+        nothing while it runs; after ``stop()`` (once it ends) it starts it again."""
         if self._main is not None:
             if self._stopping is not None:
                 await asyncio.shield(self._stopping)
@@ -200,10 +177,7 @@ class Worker(Claiming):
                 await self._processes.start()
             else:
                 self._threads = ThreadSlots(
-                    self.concurrency,
-                    self.serializer,
-                    asyncio.get_running_loop(),
-                    self._thread_done,
+                    self.concurrency, self.serializer, self._loop, self._thread_done
                 )
             now = self.backend.now()
             await self.backend.register_worker(
@@ -244,28 +218,11 @@ class Worker(Claiming):
             self.pool,
         )
 
-    def _reset(self) -> None:
-        """Forget a finished run's state, so ``start()`` can run the worker again."""
-        self._main = self._heartbeat = self._scheduler = None
-        self._writer = None
-        self._threads = None
-        self._processes = None
-        self._running = {}
-        self._ready = deque()
-        self._solo = None
-        self._executing = 0
-        self._to_release = []
-        self._background = set()
-        self._stopping = None
-        self._stopped = None
-        self._crash = None
-
     def _claim_loop_ended(self, main: asyncio.Task[None]) -> None:
         """The claim loop must only end on a stop: if a defect ended it, stop the
         worker (releasing what it holds) rather than heartbeat its tasks forever."""
-        if main.cancelled() or main.exception() is None:
+        if main.cancelled() or (exc := main.exception()) is None:
             return
-        exc = main.exception()
         self._crash = exc
         logger.critical(
             "worker %s: its claim loop died (%s: %s); stopping the worker",
@@ -274,8 +231,7 @@ class Worker(Claiming):
             exc,
             exc_info=exc,
         )
-        if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._shutdown(self.grace_period))
+        self._begin_stop(None)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: claim nothing more, let running tasks finish within
@@ -283,22 +239,20 @@ class Worker(Claiming):
         to the queue without counting the attempt. Safe to call more than once."""
         if self._main is None or self._stopped is None:
             return
-        if self._stopping is None:
-            grace = self.grace_period if timeout is None else max(0.0, timeout)
-            self._stopping = asyncio.create_task(self._shutdown(grace))
+        self._begin_stop(timeout)
+        assert self._stopping is not None
         await asyncio.shield(self._stopping)
 
     def request_stop(self, timeout: float | None = None) -> None:
         """Ask the worker to stop as ``stop(timeout)`` does, from any thread, without
         waiting: ``run()`` returns (or ``running`` turns False) once it has stopped.
         Does nothing if the worker is not running."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(self._begin_stop, timeout)
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._begin_stop, timeout)
 
     def _begin_stop(self, timeout: float | None) -> None:
+        """Start the stop ``stop(timeout)`` waits for, unless one is under way."""
         if self._main is not None and self._stopping is None:
             grace = self.grace_period if timeout is None else max(0.0, timeout)
             self._stopping = asyncio.ensure_future(self._shutdown(grace))
@@ -307,15 +261,11 @@ class Worker(Claiming):
         """Ask a stop in progress to stop waiting for running tasks (releasing them)."""
         if self._force is not None:
             self._force.set()
-        if self._stopping is None and self._main is not None:
-            self._stopping = asyncio.ensure_future(self._shutdown(0.0))
+        self._begin_stop(0.0)
 
     async def run(self) -> None:
-        """Start if needed, and run until stopped or signalled.
-
-        The first SIGTERM or SIGINT stops gracefully; a second one stops at once,
-        still releasing what runs back to the queue.
-        """
+        """Start if needed, and run until stopped or signalled: the first SIGTERM or
+        SIGINT stops gracefully, a second at once (still releasing what runs)."""
         await self.start()
         assert self._stopped is not None
         loop = asyncio.get_running_loop()
@@ -348,60 +298,59 @@ class Worker(Claiming):
                 name,
                 len(self._running),
             )
-            self._stopping = asyncio.ensure_future(self._shutdown(self.grace_period))
+            self._begin_stop(None)
         else:
             logger.warning("worker %s: %s received again, stopping at once", self.id, name)
             self.stop_now()
 
     async def _shutdown(self, grace: float) -> None:
-        assert self._stopped is not None
+        assert self._stop_requested and self._force and self._main and self._idle and self._stopped
         try:
-            await self._drain_and_close(grace)
+            self._stop_requested.set()
+            if self._scheduler is not None:
+                with contextlib.suppress(Exception):
+                    await self._scheduler
+            if signals.worker_stopping.has_receivers:
+                await signals.worker_stopping.send(self._event())
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._main  # a defect that ended it is logged by _claim_loop_ended
+            # What has not started goes back at once; what runs gets the grace period.
+            for running in self._ready:
+                self._to_release.append(running.task.lease)
+                self._forget(running)
+            self._ready.clear()
+            await self._release_pending()
+            if self._executing and grace > 0 and not self._force.is_set():
+                await self._wait_any(self._idle.wait(), grace, also=self._force)
+            for running in list(self._running.values()):
+                self._interrupt(running, "shutdown")  # what has not ended
+            runners = [r.runner for r in self._running.values() if r.runner and not r.runner.done()]
+            if runners:
+                # A task that ignores cancellation gets a few seconds, then its lease
+                # is released anyway (it may run on, detached, until the process exits).
+                limit = 0.5 if self._force.is_set() else CANCEL_GRACE
+                _, stubborn = await asyncio.wait(runners, timeout=limit)
+                for running in list(self._running.values()):
+                    if running.runner in stubborn and not running.done:
+                        logger.warning(
+                            "worker %s: task %s ignores cancellation; releasing it",
+                            self.id,
+                            running.task.id,
+                        )
+                        self._done(running, None)
+            await self._release_pending()
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._heartbeat
+            if self._writer is not None:
+                await self._writer.close()
+            await self._unregister_and_close()
+            logger.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
         finally:
             self._stopped.set()
 
-    async def _drain_and_close(self, grace: float) -> None:
-        assert self._stop_requested and self._force and self._main and self._idle
-        self._stop_requested.set()
-        if self._scheduler is not None:
-            with contextlib.suppress(Exception):
-                await self._scheduler
-        if signals.worker_stopping.has_receivers:
-            await signals.worker_stopping.send(self._event())
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await self._main  # a defect that ended it is logged by _claim_loop_ended
-        # What has not started goes back at once; what runs gets the grace period.
-        for running in self._ready:
-            self._to_release.append(running.task.lease)
-            self._forget(running)
-        self._ready.clear()
-        await self._release_pending()
-        if self._executing and grace > 0 and not self._force.is_set():
-            await self._wait_any(self._idle.wait(), grace, also=self._force)
-        for running in list(self._running.values()):
-            if not running.done:
-                self._interrupt(running, "shutdown")
-        runners = [r.runner for r in self._running.values() if r.runner and not r.runner.done()]
-        if runners:
-            # A task that ignores cancellation gets a few seconds, then its lease
-            # is released anyway (it may run on, detached, until the process exits).
-            limit = 0.5 if self._force.is_set() else CANCEL_GRACE
-            _, stubborn = await asyncio.wait(runners, timeout=limit)
-            for running in list(self._running.values()):
-                if running.runner in stubborn and not running.done:
-                    logger.warning(
-                        "worker %s: task %s ignores cancellation; releasing it",
-                        self.id,
-                        running.task.id,
-                    )
-                    self._done(running, None)
-        await self._release_pending()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-        if self._writer is not None:
-            await self._writer.close()
+    async def _unregister_and_close(self) -> None:
         try:
             await self.backend.unregister_worker(self.id)
         except Exception:
@@ -411,7 +360,6 @@ class Worker(Claiming):
         if self._threads is not None:
             self._threads.close()
         await self.backend.close()
-        logger.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
 
     async def _run_scheduler(self, producer: TaskQueue, plan: list[Schedule]) -> None:
         assert self._stop_requested is not None
@@ -428,7 +376,7 @@ class Worker(Claiming):
     async def _claim_loop(self) -> None:
         try:
             if await self._claim_until_stopped():  # burst mode: nothing left to run
-                self._stopping = asyncio.ensure_future(self._shutdown(self.grace_period))
+                self._begin_stop(None)
         except asyncio.CancelledError:
             assert self._stop_requested is not None
             if not self._stop_requested.is_set():
@@ -457,14 +405,7 @@ class Worker(Claiming):
         )
         try:
             await self._release_pending()
-            await self.backend.unregister_worker(self.id)
-        except Exception:
-            logger.exception("worker %s: could not record its stop", self.id)
+            with contextlib.suppress(Exception):  # the loop is ending: nothing to raise to
+                await self._unregister_and_close()
         finally:
-            if self._processes is not None:
-                await self._processes.close()
-            if self._threads is not None:
-                self._threads.close()
-            with contextlib.suppress(Exception):
-                await self.backend.close()
             self._stopped.set()
