@@ -108,7 +108,7 @@ async def build_overview(backend: Backend, *, failures: int = 5, counts: bool = 
     ``failures``: how many recent failures to read (0: none). ``counts=False``
     skips counting every task (a scan of the task table), for a caller that keeps
     sampled counts of its own (the dashboard)."""
-    counted = await backend.counts() if counts else {}
+    counted = (await backend.counts()).statuses if counts else {}
     activity = await backend.activity(failures)
     ready, claimed = activity.ready, activity.claimed
     running, failed = tuple(activity.running), tuple(activity.failures)

@@ -311,14 +311,12 @@ class TaskQueue(Enqueuer):
         """Tasks per (queue, status); with ``finished_since`` (a database time, see
         :meth:`now`), also per (queue, status) those finished since then, read in
         the same pass (None where the backend cannot tell)."""
-        backend = self._backend_checked()
-        if finished_since is None:
-            return await backend.counts(), None
-        return await backend.counts_and_finished_since(finished_since)
+        counted = await self._backend_checked().counts(finished_since=finished_since)
+        return counted.statuses, counted.finished
 
     async def retrying_counts(self) -> dict[str, int]:
         """Per queue, the queued tasks that ran before (waiting for a retry)."""
-        return await self._backend_checked().retrying_counts()
+        return (await self._backend_checked().counts(statuses=False, retrying=True)).retrying
 
     def now(self) -> float:
         """The database's clock (unix seconds), which every stored time is read against."""
@@ -500,7 +498,7 @@ class TaskQueue(Enqueuer):
 
     async def remove_limit(self, key: str) -> bool:
         """Lift the limit on ``key``; returns whether there was one."""
-        return await self._backend_checked().delete_limit(key)
+        return await self._backend_checked().set_limit(LimitRecord(key, None, None, None))
 
     async def limits(self) -> list[LimitRecord]:
         """Every limit, by key."""
@@ -508,11 +506,11 @@ class TaskQueue(Enqueuer):
 
     async def pause(self, queue: str) -> None:
         """Workers stop taking tasks from ``queue`` (running ones finish)."""
-        await self._backend_checked().pause_queue(queue)
+        await self._backend_checked().set_paused(queue, True)
 
     async def resume(self, queue: str) -> bool:
         """Workers take from ``queue`` again; returns whether it was paused."""
-        return await self._backend_checked().resume_queue(queue)
+        return await self._backend_checked().set_paused(queue, False)
 
     async def paused(self) -> list[str]:
         """The paused queues."""

@@ -1166,7 +1166,7 @@ async def test_metrics_match_the_database_on_both_backends(db_url: str, tmp_path
         retry = Outcome("queued", error="ValueError: again", retry_at=queue._backend.now() + 3600)
         await queue._backend.finish([(second.lease, retry)])
         [third] = await queue._backend.claim("w", ['re"ports'], 1, 60.0)
-        await queue._backend.mark_started([(third.lease, queue._backend.now())])  # running
+        await queue._backend.finish((), [(third.lease, queue._backend.now())])  # running
     worker = WorkerProcess(db_url, tmp_path, "--queue", "idle").wait_started()
     app = create_app(DashboardConfig(db=db_url))
     counted: list[int] = []

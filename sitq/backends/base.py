@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
@@ -169,10 +170,28 @@ class Activity:
 
 
 @dataclass(frozen=True)
+class TaskCounts:
+    """What ``Backend.counts`` counted; what was not asked for is empty (None).
+
+    - ``statuses``: tasks per (queue, status); a claimed task that has not
+      started counts as queued.
+    - ``finished``: per (queue, status), those with ``finished_at`` at or after
+      ``finished_since`` (the dashboard's "finished in the last minute").
+    - ``retrying``: per queue, the queued tasks that ran before (``attempts >
+      0``): waiting to be retried after a failure or a lost worker.
+    """
+
+    statuses: dict[tuple[str, str], int]
+    finished: dict[tuple[str, str], int] | None
+    retrying: dict[str, int]
+
+
+@dataclass(frozen=True)
 class LimitRecord:
     """A limit on the tasks whose ``limit_key`` is ``key``, across all workers:
     at most ``max_running`` at once, and at most ``max_starts`` started in any
-    ``per_seconds`` window (None: that part is not limited)."""
+    ``per_seconds`` window (None: that part is not limited). With neither part
+    limited, ``Backend.set_limit`` lifts the limit."""
 
     key: str
     max_running: int | None
@@ -260,21 +279,6 @@ def claimed_tasks(rows: Sequence[Sequence[Any]], worker_id: str, now: float) -> 
     ]
 
 
-def worker_record(row: Sequence[Any], queues: Sequence[str]) -> WorkerRecord:
-    """A WorkerRecord from a row (id, hostname, pid, -, concurrency, started_at,
-    heartbeat_at, stopped_at) and its decoded queue names."""
-    return WorkerRecord(
-        id=row[0],
-        hostname=row[1],
-        pid=int(row[2]),
-        queues=tuple(queues),
-        concurrency=int(row[4]),
-        started_at=row[5],
-        heartbeat_at=row[6],
-        stopped_at=row[7],
-    )
-
-
 class Backend(abc.ABC):
     """Where tasks and results live. Subclasses implement every abstract method."""
 
@@ -324,10 +328,6 @@ class Backend(abc.ABC):
         transaction, each only while its lease holds, and make them read as
         running. Returns, per item, whether its outcome applied."""
 
-    async def mark_started(self, marks: Sequence[tuple[Lease, float]]) -> None:
-        """Record that held tasks started (``finish`` with start marks only)."""
-        await self.finish((), marks)
-
     @abc.abstractmethod
     async def record_start(self, lease: Lease) -> bool:
         """Record, while ``lease`` holds, that its task is starting now (its
@@ -368,22 +368,12 @@ class Backend(abc.ABC):
         this call queued again."""
 
     @abc.abstractmethod
-    async def counts(self) -> dict[tuple[str, str], int]:
-        """Number of tasks per (queue, status); a claimed task that has not started
-        counts as queued."""
-
-    async def counts_and_finished_since(
-        self, since: float
-    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int] | None]:
-        """``counts()``, and per (queue, status) the tasks with ``finished_at >= since``
-        (the dashboard's "finished in the last minute"), read in the same pass where
-        the backend can. None when a backend cannot tell."""
-        return await self.counts(), None
-
-    @abc.abstractmethod
-    async def retrying_counts(self) -> dict[str, int]:
-        """Per queue, the queued tasks that ran before (``attempts > 0``): waiting to
-        be retried after a failure or a lost worker. Queues with none are absent."""
+    async def counts(
+        self, *, statuses: bool = True, finished_since: float | None = None, retrying: bool = False
+    ) -> TaskCounts:
+        """Count the tasks (see :class:`TaskCounts`): per (queue, status) unless
+        ``statuses=False``; with ``finished_since``, also those finished since then,
+        in the same pass; with ``retrying``, the queued tasks waiting for a retry."""
 
     @abc.abstractmethod
     async def activity(self, failures: int) -> Activity:
@@ -423,24 +413,19 @@ class Backend(abc.ABC):
         False)."""
 
     @abc.abstractmethod
-    async def set_limit(self, limit: LimitRecord) -> None:
-        """Create or replace the limit for ``limit.key``; claims honour it at once."""
-
-    @abc.abstractmethod
-    async def delete_limit(self, key: str) -> bool:
-        """Remove a limit; returns whether there was one."""
+    async def set_limit(self, limit: LimitRecord) -> bool:
+        """Create or replace the limit for ``limit.key``, or lift it if ``limit``
+        limits nothing; claims honour it at once. Returns whether the key had a
+        limit before."""
 
     @abc.abstractmethod
     async def list_limits(self) -> list[LimitRecord]:
         """Every limit, by key."""
 
     @abc.abstractmethod
-    async def pause_queue(self, queue: str) -> None:
-        """Stop claims from ``queue`` (tasks can still be enqueued)."""
-
-    @abc.abstractmethod
-    async def resume_queue(self, queue: str) -> bool:
-        """Let claims take from ``queue`` again; returns whether it was paused."""
+    async def set_paused(self, queue: str, paused: bool) -> bool:
+        """Stop claims from ``queue`` (tasks can still be enqueued), or let them
+        take from it again; returns whether that changed anything."""
 
     @abc.abstractmethod
     async def paused_queues(self) -> list[str]:
@@ -467,9 +452,9 @@ class Backend(abc.ABC):
     async def list_schedules(self) -> list[ScheduleRecord]:
         """Every schedule seen by a worker, by name."""
 
-    @abc.abstractmethod
     def now(self) -> float:
         """The backend's clock, unix seconds."""
+        return time.time()
 
     async def wait_for_change(self, kind: WakeKind, timeout: float) -> None:
         """Return when ``kind`` ("tasks" enqueued, "results" written, or "cancels"
@@ -535,91 +520,3 @@ class TaskPage:
 
     tasks: list[TaskRecord]
     next_cursor: str | None
-
-
-def window_matches(
-    window: Sequence[tuple[str, str, str, str]],
-    queue: str | None,
-    status: str | None,
-    limit: int,
-    full: bool,
-) -> tuple[list[str], str | None]:
-    """Pick a listing page out of a scanned window of (cursor, id, queue, status) rows,
-    in listing order. ``full`` says the scan stopped at its bound (more rows may
-    follow). Returns the matching ids (at most ``limit``) and the next cursor."""
-    ids: list[str] = []
-    for key, task_id, task_queue, task_status in window:
-        if (queue is None or task_queue == queue) and (status is None or task_status == status):
-            ids.append(task_id)
-            if len(ids) == limit:
-                return ids, key
-    return ids, (window[-1][0] if full and window else None)
-
-
-#: Where a listing reads its rows from, by its filters: the batch's members, the
-#: failures index, the running index, or every task by id.
-ListingSource = Literal["batch", "failed", "running", "tasks"]
-
-
-def listing_source(status: str | None, batch_id: str | None) -> ListingSource:
-    """The indexed row source that serves a listing with these filters."""
-    if batch_id is not None:
-        return "batch"
-    if status == "failed":
-        return "failed"
-    if status == "running":
-        return "running"
-    return "tasks"
-
-
-def listing_position(source: ListingSource, cursor: str | None) -> tuple[Any, ...]:
-    """The keyset position a listing cursor names (the start when None): a task id,
-    (finished_at, id) for failures, or a batch position. A malformed cursor is an
-    error that says what to pass."""
-    try:
-        if source == "batch":
-            return (-1 if cursor is None else int(cursor),)
-        if source == "failed":
-            if cursor is None:
-                return (1e300, "~")
-            finished_at, task_id = cursor.split(":", 1)
-            return (float(finished_at), task_id)
-        if cursor is None:
-            return ("~",)  # sorts after every id (ids are lowercase hex)
-        if not cursor or len(cursor) > 64:
-            raise ValueError(cursor)
-        return (cursor,)
-    except ValueError as exc:
-        from sitq.errors import ConfigurationError
-
-        raise ConfigurationError(
-            f"invalid listing cursor {cursor!r}: pass the next_cursor of a previous page "
-            "of the same listing, or none for the first page"
-        ) from exc
-
-
-def listing_cursor(source: ListingSource, row_key: Any, finished_at: float | None = None) -> str:
-    """The cursor string for a row's keyset position (see ``listing_position``)."""
-    if source == "failed":
-        return f"{finished_at!r}:{row_key}"
-    return str(row_key)
-
-
-def task_columns(columns: str, *, with_payload: bool, with_result: bool, length: str) -> str:
-    """``get_tasks``'s select list: ``columns`` (TASK_COLUMNS) with the result or NULL,
-    then the payload or NULL, then both sizes, read with the SQL function ``length``."""
-    if not with_result:
-        columns = columns.replace(" result,", " NULL,", 1)
-    payload = "payload" if with_payload else "NULL"
-    return f"{columns}, {payload}, {length}(payload), {length}(result)"
-
-
-def limit_room_allowed(room_row: Sequence[Any], room: int) -> int:
-    """How many tasks of one limit key may start now, from a row of
-    (key, running room or None, starts room or None, ...), at most ``room``."""
-    running_room, start_room = room_row[1], room_row[2]
-    return min(
-        room,
-        room if running_room is None else running_room,
-        room if start_room is None else start_room,
-    )

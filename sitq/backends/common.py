@@ -1,49 +1,587 @@
-"""Logic both SQL backends run alike, written once.
+"""What both SQL backends share, written once.
 
-Pure Python over what a query returned (each backend keeps its own SQL and
-driver calls, and hands the rows here), the event-loop binding both enforce,
-and the translation of either driver's errors into sitq's. (The listing's cursor and window helpers
-that predate this module live in ``sitq.backends.base``.)
+:class:`SQLBackend` holds every method of the storage contract whose code is
+the same in SQLite and PostgreSQL but for its SQL: each backend names its
+queries alike in its ``sql/*.sql`` files and runs them through a few primitives
+(``_fetch``, ``_execute``, ``_transaction``, ``_snapshot``, ``_array``). The
+claim, finish and enqueue paths, tuned to each database, stay in each backend.
+Also here: the store session both give the layers, the event-loop binding both
+enforce, and the translation of either driver's errors into sitq's.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
+import json
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, ClassVar, Protocol, TypeVar
 
-from sitq.backends.base import Backend, ListingSource, TaskPage, TaskRecord
+from sitq.backends.base import (
+    RECLAIM_INTERVAL,
+    Activity,
+    Backend,
+    Lease,
+    LimitRecord,
+    NewTask,
+    ScheduleRecord,
+    TaskCounts,
+    TaskPage,
+    TaskRecord,
+    WakeKind,
+    WorkerRecord,
+    task_record,
+)
 from sitq.errors import ConfigurationError, DatabaseUnavailable, SitqError, StorageError
+from sitq.sqlfiles import Dialect, Queries
+from sitq.store import StoreTransaction
+
+T = TypeVar("T")
 
 _MEMORY_DATABASE = (
     "sitq needs a database file shared with its workers: give a path such as 'tasks.db'"
 )
+#: A TaskRecord's columns, in its order.
+TASK_COLUMNS = (
+    "id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, "
+    "available_at, started_at, finished_at, worker_id, result, error, traceback"
+)
 
 
-def listing_window_size(
-    source: ListingSource, queue: str | None, status: str | None, limit: int, scan_limit: int
-) -> int:
-    """How many rows a listing scans from its source's index.
+def lease_key(lease: Lease) -> tuple[str, str, int]:
+    """The values that prove a lease: task, worker, attempt."""
+    return (lease.task_id, lease.worker_id, lease.attempt)
 
-    Without filters left to apply (the source already is the filter), the page
-    is the window's first ``limit`` rows; otherwise up to ``scan_limit`` rows are
-    read and filtered, so a page reads no more than that however rare its rows.
+
+def limit_room_allowed(room_row: Sequence[Any], room: int) -> int:
+    """How many tasks of one limit key may start now, from a row of
+    (key, running room or None, starts room or None, ...), at most ``room``."""
+    return min(room, *(room if left is None else left for left in room_row[1:3]))
+
+
+def listing_position(source: str, cursor: str | None) -> tuple[Any, ...]:
+    """The keyset position a listing cursor names (the start when None): a task id,
+    (finished_at, id) for failures, or a batch position. A malformed cursor is an
+    error that says what to pass."""
+    try:
+        if source == "batch":
+            return (-1 if cursor is None else int(cursor),)
+        if source == "failed":
+            if cursor is None:
+                return (1e300, "~")
+            finished_at, task_id = cursor.split(":", 1)
+            return (float(finished_at), task_id)
+        if cursor is None:
+            return ("~",)  # sorts after every id (ids are lowercase hex)
+        if not cursor or len(cursor) > 64:
+            raise ValueError(cursor)
+        return (cursor,)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"invalid listing cursor {cursor!r}: pass the next_cursor of a previous page "
+            "of the same listing, or none for the first page"
+        ) from exc
+
+
+class Transaction(StoreTransaction, Protocol):
+    """Statements in one transaction of an :class:`SQLBackend`."""
+
+    async def wake(self, kind: WakeKind) -> None:
+        """Wake the waiters on ``kind`` once the transaction commits."""
+
+
+class SQLBackend(Backend):
+    """A backend on an SQL database: the contract's methods both dialects share.
+
+    A subclass opens and shuts its store (``_open``, ``_shut``) and runs SQL
+    through the primitives below. Parameters are positional, bound from one
+    sequence (``?`` or ``?1`` in SQLite, ``$1`` in PostgreSQL).
     """
-    prefiltered = queue is None and (status is None or source in ("failed", "running"))
-    return limit if prefiltered else max(limit, scan_limit)
+
+    #: The dialect's named queries (its ``sql/*.sql`` files).
+    SQL: ClassVar[Queries]
+    dialect: ClassVar[Dialect]
+    #: SQL for "column {0} is in array parameter {1}", and for parameter {0}.
+    _IN_ARRAY: ClassVar[str]
+    _PARAM: ClassVar[str]
+    #: The SQL function giving a blob's size without loading it.
+    _LENGTH: ClassVar[str]
+    #: Errors on which ``retry`` runs again once: a unique enqueue committed
+    #: meanwhile, which a fresh snapshot sees.
+    _RETRY_AGAIN_ON: ClassVar[tuple[type[Exception], ...]] = ()
+
+    def __init__(self) -> None:
+        self._users = 0
+        self._open_lock = asyncio.Lock()
+        self._loop_binding = LoopBinding()
+        self._reclaim = Every(RECLAIM_INTERVAL)
+        self._limits_check = Every(RECLAIM_INTERVAL)  # _has_limits is re-read then
+        self._has_limits = False
+        self._session: BackendSession | None = None
+
+    # -- what each backend provides -------------------------------------------
+
+    def _bind_loop(self) -> None:
+        """Make the loop-bound parts afresh: another event loop connects."""
+        self._open_lock = asyncio.Lock()
+
+    @abc.abstractmethod
+    async def _open(self) -> None:
+        """Open the store unless it is open, creating or migrating its schema."""
+
+    @abc.abstractmethod
+    async def _shut(self) -> None:
+        """Close the store: its last user closed."""
+
+    @abc.abstractmethod
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        """The rows of one statement."""
+
+    @abc.abstractmethod
+    async def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One statement, atomic on its own; the rows it changed."""
+
+    @abc.abstractmethod
+    async def _transaction(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
+        """``body`` in one transaction, whose wake-ups are sent once it commits."""
+
+    @abc.abstractmethod
+    async def _snapshot(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
+        """``body``'s reads, all from one snapshot of the database."""
+
+    @abc.abstractmethod
+    def _array(self, values: Sequence[Any]) -> Any:
+        """A list as one query parameter (see ``_IN_ARRAY``)."""
+
+    def _window_query(
+        self, source: str, position: tuple[Any, ...], size: int, batch_id: str | None
+    ) -> tuple[str, Sequence[Any]]:
+        """The query and parameters that read ``size`` rows of a listing's window."""
+        if source == "batch":
+            return self.SQL.list_window_batch, (size, batch_id, *position)
+        return self.SQL[f"list_window_{source}"], (size, *position)
+
+    # -- connection -----------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the store and bring its schema up to date. Reference-counted: a
+        backend shared by a queue and workers in one process is opened once and
+        closed by the last ``close()``. One event loop at a time: its connections,
+        locks and wake-ups belong to the loop that connected (see ``LoopBinding``)."""
+        if self._loop_binding.bind(self.describe()):
+            self._bind_loop()
+        async with self._open_lock:  # a queue and a worker may connect at once
+            self._users += 1
+            try:
+                await self._open()
+            except BaseException:
+                self._users -= 1
+                if not self._users:
+                    self._loop_binding.release()
+                raise
+
+    async def close(self) -> None:
+        """Close the store once the last user has closed."""
+        async with self._open_lock:
+            self._users = max(0, self._users - 1)
+            if self._users:
+                return
+            try:
+                await self._shut()
+            finally:
+                self._loop_binding.release()  # only once closed: another loop may open it
+
+    def store_session(self) -> BackendSession:
+        """SQL on this database for the layers' stores (see ``StoreSession``)."""
+        if self._session is None:
+            self._session = BackendSession(self)
+        return self._session
+
+    # -- tasks ------------------------------------------------------------------
+
+    async def enqueue_unique(self, task: NewTask) -> tuple[str, bool]:
+        """Insert ``task`` unless a queued or running task holds its unique key."""
+
+        async def body(tx: Transaction) -> tuple[str | None, bool]:
+            if await tx.fetch(self.SQL.insert_unique_task, task):
+                await tx.wake("tasks")
+                return task.id, True
+            holder = await tx.fetch(self.SQL.existing_unique, (task.unique_key,))
+            return (holder[0][0] if holder else None), False
+
+        while True:
+            task_id, created = await self._transaction(body)
+            if task_id is not None:
+                return task_id, created
+            # The holder finished between the two statements: try again.
+
+    async def get_tasks(
+        self, task_ids: Sequence[str], *, with_payload: bool = False, with_result: bool = True
+    ) -> dict[str, TaskRecord]:
+        """Stored records of ``task_ids``, in one query."""
+        columns = TASK_COLUMNS if with_result else TASK_COLUMNS.replace(" result,", " NULL,")
+        payload = "payload" if with_payload else "NULL"
+        sizes = f"{self._LENGTH}(payload), {self._LENGTH}(result)"
+        sql = self.SQL.get_tasks.replace("{columns}", f"{columns}, {payload}, {sizes}")
+        rows = await self._fetch(sql, (self._array(task_ids),))
+        return {row[0]: task_record(row) for row in rows}
+
+    async def cancel(self, task_id: str) -> str | None:
+        """Cancel a queued task now, or ask a running task's worker to stop it."""
+        now = self.now()
+
+        async def body(tx: Transaction) -> str | None:
+            # Read with the row locked: a worker's finish or retry cannot slip in
+            # between reading the status and acting on it.
+            found = await tx.fetch(self.SQL.lock_task_status, (task_id,))
+            if not found:
+                return None
+            if found[0][0] == "queued":
+                await tx.execute(self.SQL.cancel_queued, (task_id, now, self.default_result_ttl))
+                await tx.wake("results")
+                return "cancelled"
+            if found[0][0] == "running":
+                await tx.execute(self.SQL.request_cancel, (task_id,))
+                # Its worker heartbeats at once, not up to 10 s later: a task it
+                # holds but has not started then ends cancelled without running.
+                await tx.wake("cancels")
+                return "requested"
+            return "finished"
+
+        return await self._transaction(body)
+
+    async def cancel_queued(self, task_ids: Sequence[str]) -> list[str]:
+        """Cancel the still-queued ones of ``task_ids`` in one statement."""
+        if not task_ids:
+            return []
+        params = (self._array(task_ids), self.now(), self.default_result_ttl)
+
+        async def body(tx: Transaction) -> list[Sequence[Any]]:
+            rows = await tx.fetch(self.SQL.cancel_queued_many, params)
+            if rows:
+                await tx.wake("results")
+            return rows
+
+        return [row[0] for row in await self._transaction(body)]
+
+    async def retry(
+        self, task_ids: Sequence[str] | None = None, queue: str | None = None
+    ) -> list[str]:
+        """Queue failed or cancelled tasks again, with a fresh attempt count."""
+        # SQL.retry's {where}: the ids or every failure, and the queue if given.
+        params: list[Any] = [self.now()]
+        where = "status = 'failed'"
+        if task_ids is not None:
+            if not task_ids:
+                return []
+            params.append(self._array(task_ids))
+            where = self._IN_ARRAY.format("id", 2)
+        if queue is not None:
+            params.append(queue)
+            where += " AND queue = " + self._PARAM.format(len(params))
+        sql = self.SQL.retry.replace("{where}", where)
+
+        async def body(tx: Transaction) -> list[str]:
+            rows = await tx.fetch(sql, params)
+            if rows:
+                await tx.wake("tasks")
+            return [row[0] for row in rows]
+
+        try:
+            return await self._transaction(body)
+        except self._RETRY_AGAIN_ON:
+            return await self._transaction(body)
+
+    async def purge(
+        self, statuses: Sequence[str], queue: str | None = None, older_than: float | None = None
+    ) -> int:
+        """Delete tasks in ``statuses``, optionally of one queue and finished long ago."""
+        if not statuses:
+            return 0
+        # Only the filters given become clauses (SQL.purge's {where}), numbered in order.
+        clauses = [self._IN_ARRAY.format("status", 1)]
+        params: list[Any] = [self._array(statuses)]
+        if queue is not None:
+            params.append(queue)
+            clauses.append("queue = " + self._PARAM.format(len(params)))
+        if older_than is not None:
+            params.append(self.now() - older_than)
+            clauses.append(
+                "COALESCE(finished_at, enqueued_at) < " + self._PARAM.format(len(params))
+            )
+        return await self._execute(self.SQL.purge.replace("{where}", " AND ".join(clauses)), params)
+
+    async def prune(self) -> int:
+        """Delete finished tasks past their retention, and workers gone for a day."""
+        now = self.now()
+
+        async def body(tx: Transaction) -> int:
+            await tx.execute(self.SQL.prune_workers, (now - 86400.0,))
+            return await tx.execute(self.SQL.prune_tasks, (now,))
+
+        return await self._transaction(body)
+
+    # -- statuses, counts, listings ----------------------------------------------
+
+    async def count_statuses(self, task_ids: Sequence[str]) -> dict[str, int]:
+        """The given tasks per status."""
+        rows = await self._fetch(self.SQL.count_statuses, (self._array(list(set(task_ids))),))
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def task_statuses(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """Each given task's status."""
+        rows = await self._fetch(self.SQL.task_statuses, (self._array(task_ids),))
+        return {row[0]: row[1] for row in rows}
+
+    async def counts(
+        self, *, statuses: bool = True, finished_since: float | None = None, retrying: bool = False
+    ) -> TaskCounts:
+        """Tasks per (queue, status), and those finished since ``finished_since``,
+        in one scan of the tasks; the retrying ones from the queued tasks' indexes."""
+        rows: list[Sequence[Any]] = []
+        if statuses or finished_since is not None:
+            since = float("inf") if finished_since is None else finished_since
+            rows = await self._fetch(self.SQL.counts, (since,))
+        waiting = await self._fetch(self.SQL.retrying_counts) if retrying else []
+        return TaskCounts(
+            {(row[0], row[1]): int(row[2]) for row in rows},
+            None if finished_since is None else {(r[0], r[1]): int(r[3]) for r in rows if r[3]},
+            {row[0]: int(row[1]) for row in waiting},
+        )
+
+    async def activity(self, failures: int) -> Activity:
+        """Ready, claimed and running tasks and the latest failures, read from one
+        snapshot of the database."""
+        now = self.now()
+
+        async def read(tx: Transaction) -> tuple[list[Sequence[Any]], ...]:
+            return (
+                await tx.fetch(self.SQL.oldest_waiting, (now,)),
+                await tx.fetch(self.SQL.claimed_counts),
+                await tx.fetch(self.SQL.running_tasks),
+                await tx.fetch(self.SQL.recent_failures, (failures,)) if failures else [],
+            )
+
+        ready, claimed, running, failed = await self._snapshot(read)
+        return Activity(
+            {row[0]: (float(row[1]), int(row[2])) for row in ready},
+            {(row[0], row[1]): int(row[2]) for row in claimed},
+            [task_record(row) for row in running],
+            [task_record(row) for row in failed],
+        )
+
+    async def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        status: str | None = None,
+        batch_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        scan_limit: int = 5000,
+    ) -> TaskPage:
+        """A bounded window of rows from the index that serves these filters (a
+        batch's members, the failures, the running tasks, or every task by id),
+        then the matching tasks in one query (see :meth:`Backend.list_tasks`)."""
+        source = "tasks" if status not in ("failed", "running") else status
+        if batch_id is not None:
+            source = "batch"
+        position = listing_position(source, cursor)
+        # With no filter left to apply (the source is the filter), the page is the
+        # window's first ``limit`` rows; else up to ``scan_limit`` rows are read and
+        # filtered, so a page reads no more than that however rare its matches.
+        filtered = queue is not None or (status is not None and source not in ("failed", "running"))
+        size = max(limit, scan_limit) if filtered else limit
+        rows = await self._fetch(*self._window_query(source, position, size, batch_id))
+        # Rows of (position, id, queue, status); a failure's position is (finished_at, id).
+        window = [
+            (f"{r[1]!r}:{r[0]}", *r[2:]) if source == "failed" else (str(r[0]), *r[1:])
+            for r in rows
+        ]
+        ids: list[str] = []
+        next_cursor = window[-1][0] if window and len(rows) == size else None
+        for key, task_id, task_queue, task_status in window:
+            if (queue is None or task_queue == queue) and (status is None or task_status == status):
+                ids.append(task_id)
+                if len(ids) == limit:
+                    next_cursor = key
+                    break
+        found = await self._fetch(self.SQL.list_tasks_by_id, (self._array(ids),)) if ids else []
+        # A task deleted between the window's scan and this read is left out.
+        records = {row[0]: task_record(row) for row in found}
+        return TaskPage([records[i] for i in ids if i in records], next_cursor)
+
+    # -- workers ------------------------------------------------------------------
+
+    async def heartbeat(
+        self, worker_id: str, leases: Sequence[Lease], lease_seconds: float
+    ) -> set[str]:
+        """Renew the worker's liveness and its leases in one transaction; return
+        the ids asked to cancel."""
+        now = self.now()
+        ids = self._array([lease.task_id for lease in leases])
+
+        async def body(tx: Transaction) -> list[Sequence[Any]]:
+            await tx.execute(self.SQL.touch_worker, (now, worker_id))
+            if not leases:
+                return []
+            return await tx.fetch(self.SQL.renew_leases, (now + lease_seconds, worker_id, ids))
+
+        return {row[0] for row in await self._transaction(body) if row[1]}
+
+    async def record_start(self, lease: Lease) -> bool:
+        """See Backend.record_start."""
+        return await self._execute(self.SQL.record_task_start, (*lease_key(lease), self.now())) == 1
+
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        """Record a started worker."""
+        await self._execute(
+            self.SQL.upsert_worker,
+            (
+                worker.id,
+                worker.hostname,
+                worker.pid,
+                self._array(worker.queues),
+                worker.concurrency,
+                worker.started_at,
+                worker.heartbeat_at,
+            ),
+        )
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Mark a worker stopped."""
+        await self._execute(self.SQL.stop_worker, (self.now(), worker_id))
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Every known worker, newest first."""
+        return [
+            WorkerRecord(
+                r[0],
+                r[1],
+                int(r[2]),
+                tuple(json.loads(r[3]) if isinstance(r[3], str) else r[3]),  # an array in SQLite
+                int(r[4]),
+                *r[5:8],
+            )
+            for r in await self._fetch(self.SQL.list_workers)
+        ]
+
+    # -- limits, pauses, schedules -----------------------------------------------
+
+    async def set_limit(self, limit: LimitRecord) -> bool:
+        """Create, replace or lift a limit."""
+        lift = limit.max_running is None and limit.max_starts is None
+        params = (limit.key, limit.max_running, limit.max_starts, limit.per_seconds)
+
+        async def body(tx: Transaction) -> int:
+            existed = await tx.execute(self.SQL.delete_limit, (limit.key,))
+            if not lift:
+                await tx.execute(self.SQL.set_limit, params)
+                return existed
+            await tx.execute(self.SQL.unlimit_tasks, (limit.key,))
+            await tx.execute(self.SQL.delete_limit_starts, (limit.key,))
+            await tx.wake("tasks")  # its tasks are claimable by the main claim now
+            return existed
+
+        existed = await self._transaction(body)
+        self._limits_check.reset()
+        return bool(existed)
+
+    async def list_limits(self) -> list[LimitRecord]:
+        """Every limit, by key."""
+        return [LimitRecord(*row) for row in await self._fetch(self.SQL.list_limits)]
+
+    async def set_paused(self, queue: str, paused: bool) -> bool:
+        """Pause or resume ``queue``; resuming wakes the workers."""
+
+        async def body(tx: Transaction) -> int:
+            if paused:
+                return await tx.execute(self.SQL.pause_queue, (queue, self.now()))
+            await tx.wake("tasks")
+            return await tx.execute(self.SQL.resume_queue, (queue,))
+
+        return bool(await self._transaction(body))
+
+    async def paused_queues(self) -> list[str]:
+        """The paused queues."""
+        return [row[0] for row in await self._fetch(self.SQL.paused_queues)]
+
+    async def advance_schedule(
+        self,
+        name: str,
+        spec: str,
+        due: float,
+        next_run_at: float | None,
+        task: NewTask | None,
+        *,
+        first: bool = False,
+    ) -> bool:
+        """Record the run due at ``due`` and enqueue ``task``, once across workers."""
+        sql = self.SQL.add_schedule if first else self.SQL.advance_schedule
+
+        async def body(tx: Transaction) -> bool:
+            if not await tx.execute(sql, (name, spec, due, next_run_at, self.now())):
+                return False
+            if task is not None:
+                await tx.insert_tasks([task])
+            return True
+
+        return await self._transaction(body)
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name."""
+        return [ScheduleRecord(*row) for row in await self._fetch(self.SQL.list_schedules)]
 
 
-def listing_page(
-    ids: Sequence[str], found: Iterable[TaskRecord], next_cursor: str | None
-) -> TaskPage:
-    """The page of ``ids`` in listing order, from the records loaded for them.
+class BackendSession:
+    """An :class:`SQLBackend`'s :class:`~sitq.store.StoreSession`: the layers' SQL
+    run by the backend's own primitives, a database error raised as sitq's."""
 
-    A task deleted between the window's scan and the load is left out.
-    """
-    records = {record.id: record for record in found}
-    return TaskPage([records[task_id] for task_id in ids if task_id in records], next_cursor)
+    def __init__(self, backend: SQLBackend) -> None:
+        self._backend = backend
+
+    @property
+    def dialect(self) -> Dialect:
+        """Which SQL the database speaks."""
+        return self._backend.dialect
+
+    def now(self) -> float:
+        """The backend's clock."""
+        return self._backend.now()
+
+    def describe(self) -> str:
+        """Where the database is (no password)."""
+        return self._backend.describe()
+
+    def array(self, values: Sequence[Any]) -> Any:
+        """A list as one query parameter."""
+        return self._backend._array(values)
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        """The rows of a SELECT."""
+        with translated(self._backend):
+            return await self._backend._fetch(sql, params)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One statement, atomic on its own; the rows it changed."""
+        with translated(self._backend):
+            return await self._backend._execute(sql, params)
+
+    async def transaction(self, body: Callable[[StoreTransaction], Awaitable[T]]) -> T:
+        """``body`` in one transaction."""
+        with translated(self._backend):  # a layer's own SitqError (BatchSizeChanged) goes as it is
+            return await self._backend._transaction(body)
+
+    async def write_soon(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """One write, committed on its own: PostgreSQL commits concurrent statements
+        from the pool's connections in parallel, so there is nothing to gather."""
+        await self.execute(sql, params)
+
+    async def close(self) -> None:
+        """Finish the writes in flight (none here)."""
 
 
 class Every:

@@ -131,7 +131,7 @@ class Claiming(Execution):
                 if telemetry.metrics_on() and time.monotonic() >= next_depth:
                     # Counting reads every row: at most twice a minute per worker.
                     next_depth = time.monotonic() + DEPTH_INTERVAL
-                    telemetry.set_queue_depth(await self.backend.counts())
+                    telemetry.set_queue_depth((await self.backend.counts()).statuses)
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + 60.0
                     pruned = await self.backend.prune()

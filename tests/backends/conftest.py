@@ -13,8 +13,7 @@ from sitq.backends.base import Backend
 from sitq.backends.sqlite import SQLiteBackend
 
 # The backends the conformance suite runs on. To add one, add its name here and a
-# branch in `_new_backend` that opens a fresh, empty store for it, and one in
-# `reclaim_immediately` if it throttles its search for expired leases.
+# branch in `_new_backend` that opens a fresh, empty store for it.
 BACKENDS = ["sqlite", "postgres"]
 
 OpenPeer = Callable[[], Awaitable[Backend]]
@@ -76,8 +75,5 @@ async def open_peer(
 
 @pytest.fixture
 def reclaim_immediately(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every claim look for expired leases (SQLite does so at most once a second)."""
-    if _kind(request) == "sqlite":
-        monkeypatch.setattr("sitq.backends.sqlite.backend.RECLAIM_INTERVAL", 0.0)
-    if _kind(request) == "postgres":
-        monkeypatch.setattr("sitq.backends.postgres.backend.RECLAIM_INTERVAL", 0.0)
+    """Make every claim look for expired leases (backends do so at most once a second)."""
+    monkeypatch.setattr("sitq.backends.common.RECLAIM_INTERVAL", 0.0)

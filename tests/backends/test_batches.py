@@ -70,7 +70,7 @@ async def into_batch(backend: Backend, batch_id: str, count: int, queue: str = "
 async def run_one(backend: Backend, queue: str, outcome: Outcome | None) -> str:
     """Claim the next task of ``queue`` and start it; finish it with ``outcome`` unless None."""
     [claimed] = await backend.claim("w1", [queue], 1, LEASE)
-    await backend.mark_started([(claimed.lease, backend.now())])
+    await backend.finish((), [(claimed.lease, backend.now())])
     if outcome is not None:
         assert await backend.finish([(claimed.lease, outcome)]) == [True]
     return claimed.id

@@ -95,7 +95,7 @@ async def start(
     [claimed] = await backend.claim(worker, [options["queue"]], 1, lease)
     assert claimed.id == task_id
     assert await backend.record_start(claimed.lease)
-    await backend.mark_started([(claimed.lease, backend.now())])
+    await backend.finish((), [(claimed.lease, backend.now())])
     return claimed
 
 
@@ -299,7 +299,7 @@ async def test_start_mark_makes_a_claimed_task_running_with_its_start_time(backe
     task_id = await enqueue(backend)
     [claimed] = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
     started_at = backend.now() + 0.5  # the worker's own reading of its clock
-    await backend.mark_started([(claimed.lease, started_at)])
+    await backend.finish((), [(claimed.lease, started_at)])
     stored = await record(backend, task_id)
     assert (stored.status, stored.claimed, stored.started_at) == ("running", False, started_at)
     assert await backend.task_statuses([task_id]) == {task_id: "running"}
@@ -311,7 +311,7 @@ async def test_start_mark_makes_a_claimed_task_running_with_its_start_time(backe
 async def test_start_mark_with_a_wrong_lease_changes_nothing(backend, spoil):
     task_id = await enqueue(backend)
     [claimed] = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
-    await backend.mark_started([(spoil(claimed.lease), backend.now())])
+    await backend.finish((), [(spoil(claimed.lease), backend.now())])
     stored = await record(backend, task_id)
     assert (stored.status, stored.claimed, stored.started_at) == ("queued", True, None)
 
@@ -364,7 +364,7 @@ async def test_claimed_task_of_a_lost_worker_goes_back_to_the_queue(backend, rec
     again = await take_over(backend, "lost", "w2")
     assert (again.id, again.attempts) == (task_id, 1)  # lost unstarted: not charged
     assert await backend.finish([(lost.lease, SUCCEEDED)], [(lost.lease, 1.0)]) == [False]
-    await backend.mark_started([(lost.lease, 1.0)])  # the lost worker's late mark
+    await backend.finish((), [(lost.lease, 1.0)])  # the lost worker's late mark
     stored = await record(backend, task_id)
     assert (stored.status, stored.claimed, stored.worker_id) == ("queued", True, "w2")
     assert stored.started_at is None
@@ -600,7 +600,7 @@ async def test_lost_task_with_only_a_start_mark_is_not_charged_and_queued_withou
     back in the queue it has neither the lost run's start nor its holder."""
     task_id = await enqueue(backend, queue="marked")
     [claimed] = await backend.claim("w1", ["marked"], 1, SHORT_LEASE)
-    await backend.mark_started([(claimed.lease, backend.now())])
+    await backend.finish((), [(claimed.lease, backend.now())])
     stored = await after_reclaim(backend, claimed)
     assert (stored.status, stored.attempts, stored.claimed) == ("queued", 0, False)
     assert (stored.started_at, stored.worker_id) == (None, None)
@@ -773,9 +773,9 @@ async def test_counts_tasks_per_queue_and_status(backend):
     await enqueue_many(backend, 3, queue="a")
     await enqueue(backend, queue="b")
     running = await backend.claim("w1", ["a"], 2, LONG_LEASE)
-    await backend.mark_started([(running[1].lease, backend.now())])
+    await backend.finish((), [(running[1].lease, backend.now())])
     assert await backend.finish([(running[0].lease, SUCCEEDED)]) == [True]
-    assert await backend.counts() == {
+    assert (await backend.counts()).statuses == {
         ("a", "queued"): 1,
         ("a", "running"): 1,
         ("a", "succeeded"): 1,
@@ -787,8 +787,8 @@ async def test_counts_a_claimed_task_as_queued_and_claimed_counts_it_per_worker(
     await enqueue_many(backend, 4, queue="a")
     first = await backend.claim("w1", ["a"], 2, LONG_LEASE)
     second = await backend.claim("w2", ["a"], 1, LONG_LEASE)
-    await backend.mark_started([(first[0].lease, backend.now())])
-    assert await backend.counts() == {("a", "queued"): 3, ("a", "running"): 1}
+    await backend.finish((), [(first[0].lease, backend.now())])
+    assert (await backend.counts()).statuses == {("a", "queued"): 3, ("a", "running"): 1}
     assert (await backend.activity(0)).claimed == {("a", "w1"): 1, ("a", "w2"): 1}
     assert [r.id for r in (await backend.activity(0)).running] == [first[0].id]
     page = await backend.list_tasks(status="running")
@@ -799,7 +799,7 @@ async def test_counts_a_claimed_task_as_queued_and_claimed_counts_it_per_worker(
 
 
 async def test_counts_of_an_empty_store_is_empty(backend):
-    assert await backend.counts() == {}
+    assert (await backend.counts()).statuses == {}
 
 
 async def test_running_tasks_lists_what_runs_longest_first(backend):
@@ -809,7 +809,7 @@ async def test_running_tasks_lists_what_runs_longest_first(backend):
     assert await backend.finish([(second[0].lease, SUCCEEDED)]) == [True]
     third = await backend.claim("w2", [DEFAULT], 1, LONG_LEASE)
     now = backend.now()
-    await backend.mark_started([(third[0].lease, now), (first[0].lease, now - 1)])
+    await backend.finish((), [(third[0].lease, now), (first[0].lease, now - 1)])
     running = (await backend.activity(0)).running
     assert [(r.id, r.worker_id, r.status) for r in running] == [
         (first[0].id, "w1", "running"),

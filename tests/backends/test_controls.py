@@ -10,6 +10,11 @@ from test_conformance import DEFAULT, FAILED, LONG_LEASE, SUCCEEDED, new_task
 from sitq.backends.base import Backend, LimitRecord, Outcome
 
 
+def lifted(key: str) -> LimitRecord:
+    """A limit that limits nothing: set, it lifts the key's limit."""
+    return LimitRecord(key, None, None, None)
+
+
 async def test_unique_key_returns_the_live_holder(backend: Backend) -> None:
     first = replace(new_task(backend), unique_key="report:7")
     assert await backend.enqueue_unique(first) == (first.id, True)
@@ -54,13 +59,13 @@ async def test_retry_leaves_a_failed_task_whose_key_is_taken(backend: Backend) -
 
 async def test_paused_queue_is_not_claimed_until_resumed(backend: Backend) -> None:
     await backend.enqueue([new_task(backend), new_task(backend, queue="other")])
-    await backend.pause_queue(DEFAULT)
-    await backend.pause_queue(DEFAULT)  # pausing twice is fine
+    assert await backend.set_paused(DEFAULT, True)
+    assert not await backend.set_paused(DEFAULT, True)  # pausing twice is fine
     assert await backend.paused_queues() == [DEFAULT]
     claimed = await backend.claim("w1", [DEFAULT, "other"], 10, LONG_LEASE)
     assert [task.queue for task in claimed] == ["other"]
-    assert await backend.resume_queue(DEFAULT)
-    assert not await backend.resume_queue(DEFAULT)
+    assert await backend.set_paused(DEFAULT, False)
+    assert not await backend.set_paused(DEFAULT, False)
     assert await backend.paused_queues() == []
     assert [t.queue for t in await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)] == [DEFAULT]
 
@@ -98,7 +103,7 @@ async def test_limits_are_listed_replaced_and_deleted(backend: Backend) -> None:
         LimitRecord("a", None, 10, 1.0),
         LimitRecord("b", 4, None, None),
     ]
-    assert await backend.delete_limit("a") and not await backend.delete_limit("a")
+    assert await backend.set_limit(lifted("a")) and not await backend.set_limit(lifted("a"))
     # A key with no limit is an ordinary task.
     task = replace(new_task(backend), limit_key="a")
     await backend.enqueue([task])
@@ -162,7 +167,7 @@ async def test_lifting_a_limit_frees_its_waiting_tasks(backend: Backend) -> None
     tasks = [replace(new_task(backend), limit_key="render") for _ in range(3)]
     await backend.enqueue(tasks)
     assert len(await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)) == 1
-    assert await backend.delete_limit("render")
+    assert await backend.set_limit(lifted("render"))
     assert len(await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)) == 2
 
 
@@ -183,12 +188,12 @@ async def test_retry_brings_back_one_of_several_finished_tasks_sharing_a_key(
 
 
 async def test_deleting_a_limit_leaves_the_others_and_forgets_its_starts(backend: Backend) -> None:
-    assert await backend.delete_limit("never-set") is False
+    assert await backend.set_limit(lifted("never-set")) is False
     await backend.set_limit(LimitRecord("api", None, 1, 3600.0))
     await backend.set_limit(LimitRecord("render", 1, None, None))
     await backend.enqueue([replace(new_task(backend), limit_key="api")])
     assert len(await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)) == 1  # the hour's start
-    assert await backend.delete_limit("api") is True
+    assert await backend.set_limit(lifted("api")) is True
     assert await backend.list_limits() == [LimitRecord("render", 1, None, None)]
     # Set again, the limit counts from nothing: the deleted limit's starts are gone.
     await backend.set_limit(LimitRecord("api", None, 1, 3600.0))

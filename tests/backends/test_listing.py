@@ -152,7 +152,7 @@ async def test_running_tasks(backend: Backend) -> None:
     ids = await enqueue(backend, 4, "q")
     claimed = await backend.claim("w1", ["q"], 3, LEASE)
     assert [c.id for c in claimed] == ids[:3]
-    await backend.mark_started([(c.lease, backend.now()) for c in claimed])
+    await backend.finish((), [(c.lease, backend.now()) for c in claimed])
     listed, _ = await every_page(backend, status="running", limit=2)
     assert listed == ids[2::-1]
     listed, _ = await every_page(backend, status="running", queue="other")

@@ -307,7 +307,7 @@ async def test_a_version_4_store_migrates_in_place(kind: str, tmp_path: Path) ->
             for statement in sqlite_schema.MIGRATIONS[version]:
                 conn.execute(statement)
         conn.execute("INSERT INTO sitq_meta VALUES ('schema_version', '4')")
-        conn.execute(sqlite_schema.INSERT_TASK, _task(task_id))
+        conn.execute(sqlite_schema.SQL.insert_task, _task(task_id))
         conn.close()
         backend: Backend = SQLiteBackend(path)
     else:

@@ -20,31 +20,21 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from sitq.backends import base
 from sitq.backends.base import (
     LOST_LEASE_LIMIT,
-    RECLAIM_INTERVAL,
-    Backend,
     ClaimedTask,
     Lease,
-    LimitRecord,
     NewTask,
     Outcome,
-    ScheduleRecord,
-    TaskRecord,
     WakeKind,
-    WorkerRecord,
     claimed_tasks,
-    task_columns,
-    task_record,
-    worker_record,
 )
 from sitq.backends.common import (
-    Every,
-    LoopBinding,
+    SQLBackend,
+    Transaction,
     check_database_path,
-    listing_page,
-    listing_window_size,
+    lease_key,
+    limit_room_allowed,
     translate_error,
 )
 from sitq.backends.sqlite import schema as q
@@ -72,15 +62,9 @@ LOCKED_DEADLINE = 120.0
 #: How long a checkpoint that lets the WAL start over waits for its readers
 #: (holding other writers back meanwhile; it happens once per WAL_RESTART_BYTES).
 RESTART_WAIT = 0.1
-_ID_CHUNK = 500  # stays below SQLite's limit on bound parameters
 
 
-def lease_key(lease: Lease) -> tuple[str, str, int]:
-    """The WHERE values that prove a lease: task, worker, attempt."""
-    return (lease.task_id, lease.worker_id, lease.attempt)
-
-
-class SQLiteBackend(Backend):
+class SQLiteBackend(SQLBackend):
     """Tasks in a single SQLite file (WAL mode).
 
     :param path: the database file; created owner-only (0600) if missing.
@@ -92,6 +76,13 @@ class SQLiteBackend(Backend):
     :param busy_timeout: seconds SQLite itself waits on a lock before sitq retries.
     """
 
+    SQL = SQL
+    dialect = "sqlite"
+    _IN_ARRAY = "{0} IN (SELECT value FROM json_each(?{1}))"
+    _PARAM = "?{0}"
+    # length() of a blob is read from its record header: a big result is not loaded.
+    _LENGTH = "length"
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -100,144 +91,31 @@ class SQLiteBackend(Backend):
         durable: bool = False,
         busy_timeout: float = 5.0,
     ) -> None:
+        super().__init__()
         self.path = os.fspath(path)
         check_database_path(self.path)
         self.create = create
         self.durable = durable
         self.busy_timeout = busy_timeout
         self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
-        self._open_lock = asyncio.Lock()
-        self._loop_binding = LoopBinding()
+        self._lock = asyncio.Lock()  # the connection's: one statement or transaction at a time
         self._wakeup = WakeupChannel(wake_directory(self.path))
-        self._reclaim = Every(RECLAIM_INTERVAL)
-        self._limits_check = Every(RECLAIM_INTERVAL)  # _has_limits is re-read then
-        self._has_limits = False
-        self._users = 0
         self._batcher: EnqueueBatcher | None = None
         self._page_size = 4096
         self._blocking: BlockingInserter | None = None
-        self._session: SQLiteSession | None = None
+        self._sqlite_session: SQLiteSession | None = None
 
     def describe(self) -> str:
         """The database file's path."""
         return f"sqlite database {self.path}"
 
-    def now(self) -> float:
-        """Unix seconds."""
-        return time.time()
-
-    # -- unique jobs, limits, pauses, schedules --------------------------------
-
-    async def enqueue_unique(self, task: NewTask) -> tuple[str, bool]:
-        """Insert ``task`` unless a queued or running task holds its unique key."""
-        conn = self._connection()
-
-        async def body() -> tuple[str, bool]:
-            cursor = await conn.execute(SQL.insert_unique_task, task)
-            if cursor.rowcount:
-                return task.id, True
-            rows = list(await conn.execute_fetchall(SQL.existing_unique, (task.unique_key,)))
-            return rows[0][0], False
-
-        task_id, created = await self._transaction(body)
-        if created:
-            self._wakeup.notify("tasks")
-        return task_id, created
-
-    async def set_limit(self, limit: LimitRecord) -> None:
-        """Create or replace a limit."""
-        conn = self._connection()
-        params = (limit.key, limit.max_running, limit.max_starts, limit.per_seconds)
-        await self._write(lambda: conn.execute(SQL.set_limit, params))
-        self._limits_check.reset()
-
-    async def delete_limit(self, key: str) -> bool:
-        """Remove a limit."""
-        conn = self._connection()
-
-        async def body() -> bool:
-            cursor = await conn.execute(SQL.delete_limit, (key,))
-            await conn.execute(SQL.unlimit_tasks, (key,))
-            await conn.execute(SQL.delete_limit_starts, (key,))
-            return bool(cursor.rowcount)
-
-        deleted = await self._transaction(body)
-        self._wakeup.notify("tasks")  # its tasks are claimable by the main claim now
-        return deleted
-
-    async def list_limits(self) -> list[LimitRecord]:
-        """Every limit, by key."""
-        return [LimitRecord(*row) for row in await self._read(SQL.list_limits)]
-
-    async def pause_queue(self, queue: str) -> None:
-        """Stop claims from ``queue``."""
-        conn = self._connection()
-        await self._write(lambda: conn.execute(SQL.pause_queue, (queue, self.now())))
-
-    async def resume_queue(self, queue: str) -> bool:
-        """Let claims take from ``queue`` again, and wake the workers."""
-        conn = self._connection()
-        cursor = await self._write(lambda: conn.execute(SQL.resume_queue, (queue,)))
-        self._wakeup.notify("tasks")
-        return bool(cursor.rowcount)
-
-    async def paused_queues(self) -> list[str]:
-        """The paused queues."""
-        return [row[0] for row in await self._read(SQL.paused_queues)]
-
-    async def advance_schedule(
-        self,
-        name: str,
-        spec: str,
-        due: float,
-        next_run_at: float | None,
-        task: NewTask | None,
-        *,
-        first: bool = False,
-    ) -> bool:
-        """Record the run due at ``due`` and enqueue ``task``, once across workers."""
-        conn = self._connection()
-        params = {"name": name, "spec": spec, "due": due, "next": next_run_at, "now": self.now()}
-        sql = SQL.add_schedule if first else SQL.advance_schedule
-
-        async def body() -> bool:
-            cursor = await conn.execute(sql, params)
-            if not cursor.rowcount:
-                return False
-            if task is not None:
-                await conn.execute(SQL.insert_task, task)
-            return True
-
-        advanced = await self._transaction(body)
-        if advanced and task is not None:
-            self._wakeup.notify("tasks")
-        return advanced
-
-    async def list_schedules(self) -> list[ScheduleRecord]:
-        """Every schedule, by name."""
-        return [ScheduleRecord(*row) for row in await self._read(SQL.list_schedules)]
-
     # -- connection -------------------------------------------------------
 
-    async def connect(self) -> None:
-        """Open (and if allowed create) the database and bring its schema up to date.
-
-        Reference-counted: a backend shared by a queue and workers in one process
-        is opened once and closed by the last ``close()``.
-        """
-        if self._loop_binding.bind(self.describe()):
-            self._lock = asyncio.Lock()  # asyncio locks belong to one loop
-            self._open_lock = asyncio.Lock()
-        async with self._open_lock:  # a queue and a worker may connect at once
-            try:
-                await self._open()
-            finally:
-                if not self._users:
-                    self._loop_binding.release()
+    def _bind_loop(self) -> None:
+        super()._bind_loop()
+        self._lock = asyncio.Lock()  # asyncio locks belong to one loop
 
     async def _open(self) -> None:
-        self._users += 1
         if self._conn is not None:
             return
         try:
@@ -250,11 +128,7 @@ class SQLiteBackend(Backend):
             thread.daemon = True
             conn = await pending
         except sqlite3.Error as exc:
-            self._users -= 1
             raise DatabaseError(f"cannot open {self.describe()}: {exc}") from exc
-        except BaseException:
-            self._users -= 1
-            raise
         self._conn = conn
         try:
             await self._configure()
@@ -268,7 +142,6 @@ class SQLiteBackend(Backend):
             )
         except BaseException:
             self._conn = None
-            self._users -= 1
             await conn.close()
             raise
 
@@ -373,25 +246,11 @@ class SQLiteBackend(Backend):
             if version is not None and version > q.SCHEMA_VERSION:
                 await upgrade()  # raises the clear error, without taking a write lock
             if version != q.SCHEMA_VERSION:
-                await self._transaction(upgrade)
+                await self._immediate(upgrade)
         except sqlite3.Error as exc:
             raise self._open_error(exc) from exc
 
-    async def close(self) -> None:
-        """Close the connection once the last user has closed."""
-        async with self._open_lock:
-            await self._shut()
-
     async def _shut(self) -> None:
-        self._users = max(0, self._users - 1)
-        if self._users:
-            return
-        try:
-            await self._close_connections()
-        finally:
-            self._loop_binding.release()  # only once closed: another loop may open it again
-
-    async def _close_connections(self) -> None:
         if self._conn is None:
             return
         if self._batcher is not None:
@@ -400,11 +259,12 @@ class SQLiteBackend(Backend):
         if self._blocking is not None:
             self._blocking.close()
             self._blocking = None
-        if self._session is not None:
-            await self._session.close()  # commits its group writes in flight
-        conn, self._conn = self._conn, None
+        if self._sqlite_session is not None:
+            await self._sqlite_session.close()  # commits its group writes in flight
         self._wakeup.close()
-        await conn.close()
+        async with self._lock:  # not under a statement or transaction in flight
+            conn, self._conn = self._conn, None
+            await conn.close()
 
     def _connection(self) -> aiosqlite.Connection:
         if self._conn is None:
@@ -445,7 +305,7 @@ class SQLiteBackend(Backend):
         async with self._lock:
             return await self._retry_locked(operation)
 
-    async def _transaction(self, body: Callable[[], Awaitable[T]]) -> T:
+    async def _immediate(self, body: Callable[[], Awaitable[T]]) -> T:
         """``body`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, retried while locked.
 
         Shielded: a caller cancelled mid-way does not leave the connection inside
@@ -466,10 +326,45 @@ class SQLiteBackend(Backend):
 
         return await asyncio.shield(self._locked(attempt))
 
-    async def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+    async def _fetch(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         conn = self._connection()
         async with self._lock:
             return list(await self._retry_locked(lambda: conn.execute_fetchall(sql, params)))
+
+    async def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        conn = self._connection()
+        return int((await self._write(lambda: conn.execute(sql, params))).rowcount)
+
+    async def _transaction(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
+        conn = self._connection()
+        woken: set[WakeKind] = set()
+
+        async def attempt() -> T:
+            woken.clear()
+            return await body(_Transaction(conn, woken))
+
+        value = await self._immediate(attempt)
+        for kind in woken:
+            self._wakeup.notify(kind)
+        return value
+
+    async def _snapshot(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
+        # A deferred transaction reads one snapshot of the WAL, and takes no lock.
+        conn = self._connection()
+
+        async def attempt() -> T:
+            await conn.execute("BEGIN")
+            try:
+                return await body(_Transaction(conn, set()))
+            finally:
+                if conn.in_transaction:
+                    await conn.execute("COMMIT")
+
+        return await asyncio.shield(self._locked(attempt))
+
+    def _array(self, values: Sequence[Any]) -> str:
+        """A list as one JSON text parameter (read with ``json_each``)."""
+        return json.dumps(list(values))
 
     # -- producer side ----------------------------------------------------
 
@@ -517,7 +412,7 @@ class SQLiteBackend(Backend):
         async def insert_all() -> None:
             await conn.executemany(SQL.insert_task, rows)
 
-        await self._transaction(insert_all)
+        await self._immediate(insert_all)
 
     async def _checkpoint(self, restart: bool = False) -> int:
         """One checkpoint; returns the WAL's size in bytes, 0 if unknown.
@@ -541,127 +436,6 @@ class SQLiteBackend(Backend):
             for _busy, frames, _copied in rows:
                 return max(0, int(frames)) * self._page_size
         return 0
-
-    async def get_tasks(
-        self, task_ids: Sequence[str], *, with_payload: bool = False, with_result: bool = True
-    ) -> dict[str, TaskRecord]:
-        """Stored records of ``task_ids``, many per query."""
-        # length() of a blob is read from its record header: a big result is not loaded.
-        columns = task_columns(
-            q.TASK_COLUMNS, with_payload=with_payload, with_result=with_result, length="length"
-        )
-        found: dict[str, TaskRecord] = {}
-        unique = list(dict.fromkeys(task_ids))
-        for start in range(0, len(unique), _ID_CHUNK):
-            chunk = unique[start : start + _ID_CHUNK]
-            # One placeholder per id: IN (...) over the primary key, chunked.
-            marks = ",".join("?" * len(chunk))
-            rows = await self._read(SQL.get_tasks.format(columns=columns, marks=marks), chunk)
-            for row in rows:
-                found[row[0]] = task_record(row)
-        return found
-
-    async def cancel(self, task_id: str) -> str | None:
-        """Cancel a queued task now, or ask a running task's worker to stop it."""
-        conn = self._connection()
-        now = self.now()
-
-        async def body() -> str | None:
-            cursor = await conn.execute(
-                SQL.cancel_queued, {"id": task_id, "now": now, "ttl": self.default_result_ttl}
-            )
-            if cursor.rowcount:
-                return "cancelled"
-            cursor = await conn.execute(SQL.request_cancel, (task_id,))
-            if cursor.rowcount:
-                return "requested"
-            rows = list(await conn.execute_fetchall(SQL.task_exists, (task_id,)))
-            return "finished" if rows else None
-
-        outcome = await self._transaction(body)
-        if outcome == "cancelled":
-            self._wakeup.notify("results")
-        elif outcome == "requested":
-            # Its worker heartbeats at once, not up to 10 s later: a task it
-            # holds but has not started then ends cancelled without running.
-            self._wakeup.notify("cancels")
-        return outcome
-
-    async def retry(
-        self, task_ids: Sequence[str] | None = None, queue: str | None = None
-    ) -> list[str]:
-        """Queue failed or cancelled tasks again, with a fresh attempt count."""
-        conn = self._connection()
-        now = self.now()
-        if task_ids is None:
-            where = "status = 'failed'" + (" AND queue = ?" if queue is not None else "")
-            statements = [(where, [now] + ([queue] if queue is not None else []))]
-        else:
-            ids = list(task_ids)
-            statements = []
-            for start in range(0, len(ids), _ID_CHUNK):
-                chunk = ids[start : start + _ID_CHUNK]
-                where = f"id IN ({','.join('?' * len(chunk))})"
-                params: list[Any] = [now, *chunk]
-                if queue is not None:
-                    where += " AND queue = ?"
-                    params.append(queue)
-                statements.append((where, params))
-        if not statements:
-            return []
-
-        async def body() -> list[str]:
-            retried: list[str] = []
-            for where, params in statements:
-                rows = await conn.execute_fetchall(SQL.retry.format(where=where), params)
-                retried += [row[0] for row in rows]
-            return retried
-
-        retried = await self._transaction(body)
-        if retried:
-            self._wakeup.notify("tasks")
-        return retried
-
-    async def counts(self) -> dict[tuple[str, str], int]:
-        """Tasks per (queue, status)."""
-        rows = await self._read(q.COUNTS)
-        return {(row[0], row[1]): int(row[2]) for row in rows}
-
-    async def counts_and_finished_since(
-        self, since: float
-    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int] | None]:
-        """Tasks per (queue, status), and of those the ones finished since ``since``."""
-        rows = await self._read(q.COUNTS_AND_FINISHED, (since,))
-        return (
-            {(row[0], row[1]): int(row[2]) for row in rows},
-            {(row[0], row[1]): int(row[3]) for row in rows if row[3]},
-        )
-
-    async def retrying_counts(self) -> dict[str, int]:
-        """Queued tasks that ran before, per queue."""
-        return {row[0]: int(row[1]) for row in await self._read(q.RETRYING_COUNTS)}
-
-    async def activity(self, failures: int) -> base.Activity:
-        """Ready, claimed and running tasks and the latest failures, in one hold
-        of the connection (no write lands between the reads)."""
-        conn = self._connection()
-        now = self.now()
-
-        async def read() -> tuple[list[Any], ...]:
-            ready = await conn.execute_fetchall(q.OLDEST_WAITING, {"now": now})
-            claimed = await conn.execute_fetchall(q.CLAIMED_COUNTS)
-            running = await conn.execute_fetchall(q.RUNNING_TASKS)
-            failed = await conn.execute_fetchall(q.RECENT_FAILURES, (failures,)) if failures else []
-            return list(ready), list(claimed), list(running), list(failed)
-
-        async with self._lock:
-            ready, claimed, running, failed = await self._retry_locked(read)
-        return base.Activity(
-            {row[0]: (float(row[1]), int(row[2])) for row in ready},
-            {(row[0], row[1]): int(row[2]) for row in claimed},
-            [TaskRecord(*row) for row in running],
-            [TaskRecord(*row) for row in failed],
-        )
 
     # -- worker side ------------------------------------------------------
 
@@ -692,7 +466,7 @@ class SQLiteBackend(Backend):
         # Read at most once a second: a task enqueued under a new limit waits at
         # most that long for its first claim.
         if self._limits_check.due(now):
-            self._has_limits = bool(await self._read(SQL.any_limit))
+            self._has_limits = bool(await self._fetch(SQL.any_limit))
         return self._has_limits
 
     async def _claim_limited(
@@ -701,8 +475,8 @@ class SQLiteBackend(Backend):
         """Claim tasks under limits, in one write transaction, so the room each
         limit has left cannot change between counting it and claiming. A read
         first keeps that transaction away while no limited task can start."""
-        rooms = await self._read(SQL.limit_room, {"now": now})
-        if not any(base.limit_room_allowed(row, room) > 0 for row in rooms):
+        rooms = await self._fetch(SQL.limit_room, {"now": now})
+        if not any(limit_room_allowed(row, room) > 0 for row in rooms):
             return []
         conn = self._connection()
         sql = SQL.claim_limited.format(queues=",".join("?" * len(queues)))
@@ -711,7 +485,7 @@ class SQLiteBackend(Backend):
             taken: list[Any] = []
             for row in await conn.execute_fetchall(SQL.limit_room, {"now": now}):
                 key, per_seconds = row[0], row[3]
-                allowed = min(room - len(taken), base.limit_room_allowed(row, room))
+                allowed = min(room - len(taken), limit_room_allowed(row, room))
                 if allowed <= 0:
                     continue
                 params = (worker_id, expires, *queues, now, key, allowed)
@@ -722,7 +496,7 @@ class SQLiteBackend(Backend):
                 taken += claimed
             return taken
 
-        return await self._transaction(body)
+        return await self._immediate(body)
 
     async def _reclaim_expired(self, now: float) -> None:
         conn = self._connection()
@@ -730,25 +504,6 @@ class SQLiteBackend(Backend):
         cursor = await self._write(lambda: conn.execute(SQL.reclaim_expired, params))
         if cursor.rowcount:
             self._wakeup.notify("results")
-
-    async def heartbeat(
-        self, worker_id: str, leases: Sequence[Lease], lease_seconds: float
-    ) -> set[str]:
-        """Renew every lease the worker holds and its own liveness, in one transaction."""
-        conn = self._connection()
-        now = self.now()
-
-        async def body() -> list[Any]:
-            await conn.execute(SQL.touch_worker, (now, worker_id))
-            if not leases:
-                return []
-            ids = json.dumps([lease.task_id for lease in leases])
-            return list(
-                await conn.execute_fetchall(SQL.renew_leases, (now + lease_seconds, worker_id, ids))
-            )
-
-        rows = await self._transaction(body)
-        return {row[0] for row in rows if row[1]}
 
     async def finish(
         self,
@@ -814,7 +569,7 @@ class SQLiteBackend(Backend):
                     count += (await conn.executemany(SQL.finish_or_retry, retries)).rowcount
                 return count
 
-            if await self._transaction(body) == len(items):
+            if await self._immediate(body) == len(items):
                 applied = [True] * len(items)
             else:
                 applied = await self._finished_by(items, now)
@@ -855,13 +610,6 @@ class SQLiteBackend(Backend):
                 applied.append(record.status == outcome.status and record.finished_at == now)
         return applied
 
-    async def record_start(self, lease: Lease) -> bool:
-        """See Backend.record_start."""
-        conn = self._connection()
-        started = (self.now(), *lease_key(lease))
-        cursor = await self._write(lambda: conn.execute(SQL.record_task_start, started))
-        return cursor.rowcount == 1
-
     async def release(self, leases: Sequence[Lease]) -> int:
         """Give the tasks back without counting the attempt."""
         if not leases:
@@ -882,67 +630,9 @@ class SQLiteBackend(Backend):
         async def body() -> Any:
             return await conn.executemany(SQL.release, params)
 
-        cursor = await self._transaction(body)
+        cursor = await self._immediate(body)
         self._wakeup.notify("tasks")
         self._wakeup.notify("results")
-        return int(cursor.rowcount)
-
-    async def register_worker(self, worker: WorkerRecord) -> None:
-        """Record a started worker."""
-        conn = self._connection()
-        row = (
-            worker.id,
-            worker.hostname,
-            worker.pid,
-            json.dumps(list(worker.queues)),
-            worker.concurrency,
-            worker.started_at,
-            worker.heartbeat_at,
-        )
-        await self._write(lambda: conn.execute(SQL.upsert_worker, row))
-
-    async def unregister_worker(self, worker_id: str) -> None:
-        """Mark a worker stopped."""
-        conn = self._connection()
-        now = self.now()
-        await self._write(lambda: conn.execute(SQL.stop_worker, (now, worker_id)))
-
-    async def list_workers(self) -> list[WorkerRecord]:
-        """Every known worker, newest first."""
-        rows = await self._read(SQL.list_workers)
-        return [worker_record(r, json.loads(r[3])) for r in rows]
-
-    async def prune(self) -> int:
-        """Delete finished tasks past their retention, and workers gone for a day."""
-        conn = self._connection()
-        now = self.now()
-
-        async def body() -> int:
-            cursor = await conn.execute(SQL.prune_tasks, (now,))
-            await conn.execute(SQL.prune_workers, (now - 86400.0,))
-            return int(cursor.rowcount)
-
-        return await self._transaction(body)
-
-    async def purge(
-        self, statuses: Sequence[str], queue: str | None = None, older_than: float | None = None
-    ) -> int:
-        """Delete tasks in ``statuses``, optionally of one queue and finished long ago."""
-        if not statuses:
-            return 0
-        conn = self._connection()
-        # Only the filters given become clauses (SQL.purge's {where}): one shape per
-        # combination, and one placeholder per status.
-        clauses = [f"status IN ({','.join('?' * len(statuses))})"]
-        params: list[Any] = list(statuses)
-        if queue is not None:
-            clauses.append("queue = ?")
-            params.append(queue)
-        if older_than is not None:
-            clauses.append("COALESCE(finished_at, enqueued_at) < ?")
-            params.append(self.now() - older_than)
-        sql = SQL.purge.format(where=" AND ".join(clauses))
-        cursor = await self._write(lambda: conn.execute(sql, params))
         return int(cursor.rowcount)
 
     async def wait_for_change(self, kind: WakeKind, timeout: float) -> None:
@@ -953,75 +643,37 @@ class SQLiteBackend(Backend):
             return
         await asyncio.sleep(timeout)
 
-    # -- bulk status ------------------------------------------------------------
-
-    async def count_statuses(self, task_ids: Sequence[str]) -> dict[str, int]:
-        """The given tasks per status (ids passed as one JSON array)."""
-        rows = await self._read(SQL.count_statuses, (json.dumps(list(task_ids)),))
-        return {row[0]: int(row[1]) for row in rows}
-
-    async def task_statuses(self, task_ids: Sequence[str]) -> dict[str, str]:
-        """Each given task's status (ids passed as one JSON array)."""
-        rows = await self._read(SQL.task_statuses, (json.dumps(list(task_ids)),))
-        return {row[0]: row[1] for row in rows}
-
-    async def cancel_queued(self, task_ids: Sequence[str]) -> list[str]:
-        """Cancel the still-queued ones of ``task_ids`` in one statement."""
-        if not task_ids:
-            return []
-        conn = self._connection()
-        params = {
-            "ids": json.dumps(list(task_ids)),
-            "now": self.now(),
-            "ttl": self.default_result_ttl,
-        }
-        rows = await self._write(lambda: conn.execute_fetchall(SQL.cancel_queued_many, params))
-        if rows:
-            self._wakeup.notify("results")
-        return [row[0] for row in rows]
-
-    # -- listings for dashboards --------------------------------------------------
-
-    async def list_tasks(
-        self,
-        *,
-        queue: str | None = None,
-        status: str | None = None,
-        batch_id: str | None = None,
-        cursor: str | None = None,
-        limit: int = 50,
-        scan_limit: int = 5000,
-    ) -> base.TaskPage:
-        """A bounded window of rows from the index that serves these filters, then
-        the matching tasks in one query (see :meth:`Backend.list_tasks`)."""
-        source = base.listing_source(status, batch_id)
-        position = base.listing_position(source, cursor)
-        size = listing_window_size(source, queue, status, limit, scan_limit)
-        window: list[tuple[str, str, str, str]]
-        if source == "failed":
-            params = {"finished_at": position[0], "id": position[1], "limit": size}
-            rows = await self._read(SQL.list_window_failed, params)
-            window = [(base.listing_cursor(source, r[0], r[1]), r[2], r[3], r[4]) for r in rows]
-        else:
-            sql = {
-                "batch": q.LIST_WINDOW_BATCH,
-                "running": SQL.list_window_running,
-                "tasks": SQL.list_window_tasks,
-            }[source]
-            params_list = [batch_id, *position, size] if source == "batch" else [*position, size]
-            rows = await self._read(sql, params_list)
-            window = [(str(r[0]), r[1], r[2], r[3]) for r in rows]
-        ids, next_cursor = base.window_matches(window, queue, status, limit, len(rows) == size)
-        found = await self._read(SQL.list_tasks_by_id, (json.dumps(ids),)) if ids else []
-        return listing_page(ids, [task_record(row) for row in found], next_cursor)
-
-    # -- the layers' own stores ------------------------------------------------
-
     def store_session(self) -> SQLiteSession:
         """SQL on this database for the layers' stores (see ``StoreSession``)."""
-        if self._session is None:
-            self._session = SQLiteSession(self)
-        return self._session
+        if self._sqlite_session is None:
+            self._sqlite_session = SQLiteSession(self)
+        return self._sqlite_session
+
+
+class _Transaction:
+    """Statements in one of :meth:`SQLiteBackend._transaction`'s transactions."""
+
+    def __init__(self, conn: aiosqlite.Connection, woken: set[WakeKind]) -> None:
+        self._conn = conn
+        self._woken = woken
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        """The rows of ``sql``."""
+        return list(await self._conn.execute_fetchall(sql, params))
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run ``sql``; the rows it changed."""
+        return int((await self._conn.execute(sql, params)).rowcount)
+
+    async def insert_tasks(self, tasks: Sequence[NewTask]) -> None:
+        """Insert ``tasks`` (the workers are woken after the commit)."""
+        if tasks:
+            await self._conn.executemany(SQL.insert_task, tasks)  # NewTask rows bind as they are
+            self._woken.add("tasks")
+
+    async def wake(self, kind: WakeKind) -> None:
+        """Wake the waiters on ``kind`` after the commit."""
+        self._woken.add(kind)
 
 
 def _marks_json(marks: Sequence[tuple[Lease, float]]) -> str:

@@ -1,14 +1,10 @@
-"""The SQLite schema, its versions, and the named queries the backend runs.
-
-The queries live in ``sql/*.sql`` (one file per concern), read once at import
-into :data:`SQL` (``SQL.claim_ready``); the migrations are the ``vN_MM_*``
-queries of ``sql/schema.sql``. The string constants below are the queries of
-the status summary, named batches and workflow runs, still to move.
+"""The SQLite schema's version, and the named queries of ``sql/*.sql`` (one file
+per concern), read once at import into :data:`SQL`; the migrations are the
+``vN_MM_*`` queries of ``sql/schema.sql``.
 """
 
 from __future__ import annotations
 
-from sitq.backends.base import CLAIMED_SQL, STATUS_SQL
 from sitq.sqlfiles import Queries, load_queries, migrations
 
 #: Every named query of ``sql/*.sql``.
@@ -18,86 +14,3 @@ SCHEMA_VERSION = 7
 
 #: Each entry upgrades the schema from version (key - 1) to version key.
 MIGRATIONS: dict[int, tuple[str, ...]] = migrations(SQL, SCHEMA_VERSION)
-
-TASK_COLUMNS = (
-    "id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, "
-    "available_at, started_at, finished_at, worker_id, result, error, traceback"
-)
-
-#: The task insert, by its old name (the store session's insert_tasks and tests).
-INSERT_TASK = SQL.insert_task
-
-# -- status summary ----------------------------------------------------------
-
-# Claimed tasks that have not started count as queued.
-COUNTS = f"""
-SELECT queue, {STATUS_SQL} AS state, COUNT(*) FROM sitq_tasks GROUP BY queue, state
-"""
-
-# The same scan, also counting the tasks finished since a time (no index on
-# finished_at for every row: drain would pay for it on each finish).
-COUNTS_AND_FINISHED = f"""
-SELECT queue, {STATUS_SQL} AS state, COUNT(*), COUNT(CASE WHEN finished_at >= ? THEN 1 END)
-FROM sitq_tasks GROUP BY queue, state
-"""
-
-# Queued tasks that ran before, per queue: both halves of the queued tasks (with
-# and without a limit key) are read from their partial indexes, not the table.
-RETRYING_COUNTS = """
-SELECT queue, COUNT(*) FROM (
-    SELECT queue, attempts FROM sitq_tasks WHERE status = 'queued' AND limit_key IS NULL
-    UNION ALL
-    SELECT queue, attempts FROM sitq_tasks WHERE status = 'queued' AND limit_key IS NOT NULL
-) queued
-WHERE attempts > 0
-GROUP BY queue
-"""
-
-# The range condition on lease_expires_at lets SQLite read running tasks from
-# their partial index instead of scanning the table.
-RUNNING_TASKS = f"""
-SELECT {TASK_COLUMNS} FROM sitq_tasks
-WHERE status = 'running' AND lease_expires_at >= 0 AND started_at IS NOT NULL
-ORDER BY started_at
-"""
-
-CLAIMED_COUNTS = f"""
-SELECT queue, worker_id, COUNT(*) FROM sitq_tasks
-WHERE {CLAIMED_SQL} AND lease_expires_at >= 0
-GROUP BY queue, worker_id
-"""
-
-RECENT_FAILURES = f"""
-SELECT {TASK_COLUMNS} FROM sitq_tasks
-WHERE status = 'failed' AND finished_at >= 0
-ORDER BY finished_at DESC
-LIMIT ?
-"""
-
-# Two halves, one per index (ready tasks without and with a limit key).
-OLDEST_WAITING = """
-SELECT queue, MIN(available_at), COUNT(*) FROM (
-    SELECT queue, available_at FROM sitq_tasks
-    WHERE status = 'queued' AND limit_key IS NULL AND available_at <= :now
-    UNION ALL
-    SELECT queue, available_at FROM sitq_tasks
-    WHERE status = 'queued' AND limit_key IS NOT NULL AND available_at <= :now
-)
-GROUP BY queue
-"""
-
-# Named batches' queries are in sitq/batch/sql/ (this backend's migrations,
-# sql/schema.sql, create their tables).
-
-# -- listings for dashboards -------------------------------------------------
-
-# A batch's stored members in batch order.
-LIST_WINDOW_BATCH = f"""
-SELECT b.position, t.id, t.queue, {STATUS_SQL}
-FROM sitq_batch_tasks b JOIN sitq_tasks t ON t.id = b.task_id
-WHERE b.batch_id = ? AND b.position > ?
-ORDER BY b.position LIMIT ?
-"""
-
-# Workflow runs' queries are in sitq/workflow/sql/ (this backend's migrations,
-# sql/schema.sql, create their tables).

@@ -1,116 +1,43 @@
-"""The SQLite backend's :class:`~sitq.store.StoreSession`: SQL of the layers'
-own stores (named batches, workflow runs) on the backend's connection, with its
-lock, busy retries and wake-ups, and the group-committed writer behind
-``write_soon``."""
+"""The SQLite backend's store session: the shared one (``BackendSession``), with
+``write_soon`` group-committed."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from sitq.backends.base import NewTask
-from sitq.backends.common import translated
-from sitq.backends.sqlite import schema as q
+from sitq.backends.common import BackendSession, translated
 from sitq.backends.sqlite.enqueue import FAST_PATH_MAX_ROWS, GroupCommit
 
 if TYPE_CHECKING:
     from sitq.backends.sqlite.backend import SQLiteBackend
 
-T = TypeVar("T")
 
-
-class SQLiteSession:
+class SQLiteSession(BackendSession):
     """SQL on a :class:`SQLiteBackend`'s database (see ``StoreSession``)."""
 
     def __init__(self, backend: SQLiteBackend) -> None:
-        self._backend = backend
+        super().__init__(backend)
+        self._sqlite = backend
         self._writer: GroupWriter | None = None
-
-    @property
-    def dialect(self) -> Literal["sqlite"]:
-        """Always "sqlite"."""
-        return "sqlite"
-
-    def now(self) -> float:
-        """The backend's clock."""
-        return self._backend.now()
-
-    def describe(self) -> str:
-        """The database file's path."""
-        return self._backend.describe()
-
-    def array(self, values: Sequence[Any]) -> str:
-        """A list as one JSON text parameter (queries read it with ``json_each``)."""
-        return json.dumps(list(values))
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        """The rows of a SELECT."""
-        with translated(self._backend):
-            return await self._backend._read(sql, params)
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """One statement, atomic on its own, retried while locked."""
-        conn = self._backend._connection()
-        with translated(self._backend):
-            cursor = await self._backend._write(lambda: conn.execute(sql, params))
-        return int(cursor.rowcount)
-
-    async def transaction(self, body: Callable[[_Transaction], Awaitable[T]]) -> T:
-        """``body`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, retried while locked."""
-        backend = self._backend
-        conn = backend._connection()
-        inserted: list[bool] = []
-
-        async def attempt() -> T:
-            inserted.clear()
-            return await body(_Transaction(conn, inserted))
-
-        with translated(backend):  # a layer's own SitqError (BatchSizeChanged) goes as it is
-            value = await backend._transaction(attempt)
-        if inserted:
-            backend._wakeup.notify("tasks")
-        return value
 
     async def write_soon(self, sql: str, params: Sequence[Any] = ()) -> None:
         """One write, group-committed with the others of this loop iteration."""
-        self._backend._connection()
+        self._sqlite._connection()
         if self._writer is None:
-            self._writer = GroupWriter(self._backend)
-        with translated(self._backend):
+            self._writer = GroupWriter(self._sqlite)
+        with translated(self._sqlite):
             try:
                 await self._writer.write(sql, params)
             except sqlite3.OperationalError as exc:
-                raise self._backend._write_error(exc) from exc
+                raise self._sqlite._write_error(exc) from exc
 
     async def close(self) -> None:
         """Commit the writes in flight and close the writer's connection."""
         writer, self._writer = self._writer, None
         if writer is not None:
             await writer.close()
-
-
-class _Transaction:
-    """Statements inside one of :meth:`SQLiteSession.transaction`'s transactions."""
-
-    def __init__(self, conn: Any, inserted: list[bool]) -> None:
-        self._conn = conn
-        self._inserted = inserted
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        """The rows of ``sql``."""
-        return list(await self._conn.execute_fetchall(sql, params))
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run ``sql``; the rows it changed."""
-        return int((await self._conn.execute(sql, params)).rowcount)
-
-    async def insert_tasks(self, tasks: Sequence[NewTask]) -> None:
-        """Insert ``tasks`` (the workers are woken after the commit)."""
-        if tasks:
-            await self._conn.executemany(q.INSERT_TASK, list(tasks))  # rows bind as they are
-            self._inserted.append(True)
 
 
 #: A write statement and its parameters.
@@ -150,7 +77,7 @@ class GroupWriter(GroupCommit[Statement]):
             for sql, params in statements:
                 await conn.execute(sql, params)
 
-        await self._backend._transaction(body)
+        await self._backend._immediate(body)
 
 
 def _commit_statements(conn: sqlite3.Connection, statements: list[Statement]) -> None:

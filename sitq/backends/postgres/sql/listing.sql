@@ -11,9 +11,8 @@
 
 -- name: list_window_tasks
 -- Every task, newest id first (the primary key's index). {after} is empty on
--- the first page, else "AND id < $2"; it is filled in first, so {s} is written
--- {{s}} here.
-SELECT id, id, queue, CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELSE status END FROM {{s}}.sitq_tasks WHERE true {after}
+-- the first page, else "AND id < $2".
+SELECT id, id, queue, CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELSE status END FROM {s}.sitq_tasks WHERE true {after}
 ORDER BY id DESC LIMIT $1
 
 -- name: list_window_failed
@@ -26,9 +25,16 @@ ORDER BY finished_at DESC, id DESC LIMIT $1
 -- name: list_window_running
 -- Running tasks from their partial index (few rows); {after} as in
 -- list_window_tasks.
-SELECT id, id, queue, status FROM {{s}}.sitq_tasks
+SELECT id, id, queue, status FROM {s}.sitq_tasks
 WHERE status = 'running' AND lease_expires_at IS NOT NULL AND started_at IS NOT NULL {after}
 ORDER BY id DESC LIMIT $1
+
+-- name: list_window_batch
+-- A batch's stored members in batch order.
+SELECT b.position, t.id, t.queue, CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELSE status END
+FROM {s}.sitq_batch_tasks b JOIN {s}.sitq_tasks t ON t.id = b.task_id
+WHERE b.batch_id = $2 AND b.position > $3
+ORDER BY b.position LIMIT $1
 
 -- name: list_tasks_by_id
 -- The listed columns: no result or traceback, the error cut to 1,000 characters.

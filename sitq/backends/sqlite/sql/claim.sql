@@ -74,8 +74,8 @@ WHERE status = 'running' AND lease_expires_at < :now
 -- The worker is about to run a held task that was once lost unstarted: if its
 -- worker dies from here on, this attempt counts (see reclaim_expired). The start
 -- time is stored with it, so a task then failed as WorkerLost shows when it began.
-UPDATE sitq_tasks SET recorded_start = attempts, started_at = ?
-WHERE id = ? AND worker_id = ? AND attempts = ? AND status = 'running'
+UPDATE sitq_tasks SET recorded_start = attempts, started_at = ?4
+WHERE id = ?1 AND worker_id = ?2 AND attempts = ?3 AND status = 'running'
 
 -- name: renew_leases
 -- Only the tasks the worker still runs: one whose outcome it failed to store

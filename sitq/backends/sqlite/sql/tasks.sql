@@ -13,38 +13,40 @@ VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, (SELECT key FROM sitq_limi
 INSERT INTO sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
     available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key)
 VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, (SELECT key FROM sitq_limits WHERE key = ?)) ON CONFLICT DO NOTHING
+RETURNING id
 
 -- name: existing_unique
 SELECT id FROM sitq_tasks WHERE unique_key = ? AND status IN ('queued', 'running')
 
 -- name: get_tasks
--- {columns}: the task columns asked for (base.task_columns); {marks}: one ?
--- per id (a chunk of at most _ID_CHUNK ids).
-SELECT {columns} FROM sitq_tasks WHERE id IN ({marks})
+-- {columns}: the task columns asked for (SQLBackend.get_tasks).
+SELECT {columns} FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
 
--- name: task_exists
-SELECT 1 FROM sitq_tasks WHERE id = ?
+-- name: lock_task_status
+-- The stored status (a claimed task's is 'running'), read inside the write lock.
+SELECT status FROM sitq_tasks WHERE id = ?
 
 -- name: cancel_queued
 UPDATE sitq_tasks
-SET status = 'cancelled', finished_at = :now, error = 'cancelled before it started',
-    expires_at = :now + COALESCE(result_ttl, :ttl)
-WHERE id = :id AND status = 'queued'
+SET status = 'cancelled', finished_at = ?2, error = 'cancelled before it started',
+    expires_at = ?2 + COALESCE(result_ttl, ?3)
+WHERE id = ?1 AND status = 'queued'
 
 -- name: request_cancel
 UPDATE sitq_tasks SET cancel_requested = 1 WHERE id = ? AND status = 'running'
 
 -- name: cancel_queued_many
 UPDATE sitq_tasks
-SET status = 'cancelled', finished_at = :now, error = 'cancelled before it started',
-    expires_at = :now + COALESCE(result_ttl, :ttl)
-WHERE status = 'queued' AND id IN (SELECT value FROM json_each(:ids))
+SET status = 'cancelled', finished_at = ?2, error = 'cancelled before it started',
+    expires_at = ?2 + COALESCE(result_ttl, ?3)
+WHERE status = 'queued' AND id IN (SELECT value FROM json_each(?1))
 RETURNING id
 
 -- name: retry
--- {where} selects the tasks to queue again (ids, a queue, or every failure).
+-- {where} selects the tasks to queue again (ids, a queue, or every failure);
+-- ?1 is now.
 UPDATE sitq_tasks
-SET status = 'queued', attempts = 0, available_at = ?, result = NULL, error = NULL,
+SET status = 'queued', attempts = 0, available_at = ?1, result = NULL, error = NULL,
     traceback = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,
     worker_id = NULL, lease_expires_at = NULL, cancel_requested = 0
 WHERE status IN ('failed', 'cancelled') AND {where}
