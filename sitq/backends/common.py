@@ -21,9 +21,11 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from sitq.backends.base import (
+    LOST_LEASE_LIMIT,
     RECLAIM_INTERVAL,
     Activity,
     Backend,
+    ClaimedTask,
     Lease,
     LimitRecord,
     NewTask,
@@ -33,6 +35,7 @@ from sitq.backends.base import (
     TaskRecord,
     WakeKind,
     WorkerRecord,
+    claimed_tasks,
     task_record,
 )
 from sitq.errors import ConfigurationError, DatabaseUnavailable, SitqError, StorageError
@@ -155,6 +158,24 @@ class SQLBackend(Backend):
     @abc.abstractmethod
     def _array(self, values: Sequence[Any]) -> Any:
         """A list as one query parameter (see ``_IN_ARRAY``)."""
+
+    @abc.abstractmethod
+    def _rows(self, rows: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
+        """Rows of values as query parameters: one JSON array of them in SQLite,
+        an array per column in PostgreSQL."""
+
+    @abc.abstractmethod
+    async def _claim_ready(
+        self, worker_id: str, queues: Sequence[str], room: int, now: float, expires: float
+    ) -> list[Any]:
+        """Claim up to ``room`` ready tasks that have no limit key: rows for
+        ``claimed_tasks``."""
+
+    @abc.abstractmethod
+    async def _claim_limited(
+        self, worker_id: str, queues: Sequence[str], room: int, now: float, expires: float
+    ) -> list[Any]:
+        """Claim up to ``room`` ready tasks under limits, as many as each allows."""
 
     def _window_query(
         self, source: str, position: tuple[Any, ...], size: int, batch_id: str | None
@@ -415,6 +436,54 @@ class SQLBackend(Backend):
         return TaskPage([records[i] for i in ids if i in records], next_cursor)
 
     # -- workers ------------------------------------------------------------------
+
+    async def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[ClaimedTask]:
+        """Take up to ``limit`` ready tasks; reclaim expired leases first (at most
+        once a second)."""
+        if limit <= 0:
+            return []
+        now = self.now()
+        expires = now + lease_seconds
+        if self._reclaim.due(now):
+            await self._reclaim_expired(now)
+        if self._limits_check.due(now):
+            # Read at most once a second: a task enqueued under a new limit waits
+            # at most that long for its first claim.
+            self._has_limits = bool(await self._fetch(self.SQL.any_limit))
+        rows: list[Any] = []
+        if self._has_limits:
+            # Limited tasks first: they are few at a time by nature, and would
+            # otherwise wait for a lull in the unlimited ones.
+            rows = await self._claim_limited(worker_id, queues, limit, now, expires)
+        if len(rows) < limit:
+            rows += await self._claim_ready(worker_id, queues, limit - len(rows), now, expires)
+        return claimed_tasks(rows, worker_id, now)
+
+    async def _reclaim_expired(self, now: float) -> None:
+        params = (now, LOST_LEASE_LIMIT, self.default_result_ttl)
+
+        async def body(tx: Transaction) -> None:
+            if await tx.execute(self.SQL.reclaim_expired, params):
+                await tx.wake("results")
+
+        await self._transaction(body)
+
+    async def release(self, leases: Sequence[Lease]) -> int:
+        """Give tasks back without counting the attempt (cancel-requested ones end
+        cancelled), in one statement."""
+        if not leases:
+            return 0
+        leased = self._rows([lease_key(lease) for lease in leases])
+
+        async def body(tx: Transaction) -> int:
+            rows = await tx.fetch(self.SQL.release, (self.now(), self.default_result_ttl, *leased))
+            await tx.wake("tasks")
+            await tx.wake("results")
+            return len(rows)
+
+        return await self._transaction(body)
 
     async def heartbeat(
         self, worker_id: str, leases: Sequence[Lease], lease_seconds: float

@@ -28,15 +28,12 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from sitq.backends.base import (
-    LOST_LEASE_LIMIT,
-    ClaimedTask,
     Lease,
     NewTask,
     Outcome,
     WakeKind,
-    claimed_tasks,
 )
-from sitq.backends.common import SQLBackend, Transaction, limit_room_allowed
+from sitq.backends.common import SQLBackend, Transaction, lease_key, limit_room_allowed
 from sitq.backends.postgres import schema as q
 from sitq.backends.postgres.schema import SQL
 from sitq.errors import ConfigurationError, DatabaseError, NotConnected, SchemaVersionError
@@ -267,6 +264,9 @@ class PostgresBackend(SQLBackend):
     def _array(self, values: Sequence[Any]) -> list[Any]:
         return list(values)
 
+    def _rows(self, rows: Sequence[Sequence[Any]]) -> tuple[list[Any], ...]:
+        return tuple(list(column) for column in zip(*rows, strict=True))
+
     def _window_query(
         self, source: str, position: tuple[Any, ...], size: int, batch_id: str | None
     ) -> tuple[str, Sequence[Any]]:
@@ -288,62 +288,24 @@ class PostgresBackend(SQLBackend):
 
     # -- worker side ------------------------------------------------------
 
-    async def claim(
-        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
-    ) -> list[ClaimedTask]:
-        """Take up to ``limit`` ready tasks; reclaim expired leases first (at most 1/s)."""
-        if limit <= 0:
-            return []
-        now = self.now()
+    async def _claim_ready(
+        self, worker_id: str, queues: Sequence[str], room: int, now: float, expires: float
+    ) -> list[Any]:
+        sql = self._q(SQL.claim_ready_one_queue if len(queues) == 1 else SQL.claim_ready)
         async with self._acquire() as conn:
-            if self._reclaim.due(now):
-                status = await conn.execute(
-                    self._q(SQL.reclaim_expired), now, LOST_LEASE_LIMIT, self.default_result_ttl
-                )
-                if status != "UPDATE 0":
-                    await self._notify(conn, "results")
-            rows: list[Any] = []
-            if await self._limits_exist(conn, now):
-                # Limited tasks first: they are few at a time by nature, and would
-                # otherwise wait for a lull in the unlimited ones.
-                rows += await self._claim_limited(
-                    conn, worker_id, list(queues), limit, now, now + lease_seconds
-                )
-            if len(rows) < limit:
-                rows += await conn.fetch(
-                    self._q(SQL.claim_ready_one_queue if len(queues) == 1 else SQL.claim_ready),
-                    worker_id,
-                    now,
-                    now + lease_seconds,
-                    list(queues),
-                    limit - len(rows),
-                )
-        return claimed_tasks(rows, worker_id, now)
-
-    async def _limits_exist(self, conn: Any, now: float) -> bool:
-        # Read at most once a second: a task enqueued under a new limit waits at
-        # most that long for its first claim.
-        if self._limits_check.due(now):
-            self._has_limits = bool(await conn.fetchval(self._q(SQL.any_limit)))
-        return self._has_limits
+            return list(await conn.fetch(sql, worker_id, now, expires, list(queues), room))
 
     async def _claim_limited(
-        self,
-        conn: Any,
-        worker_id: str,
-        queues: list[str],
-        room: int,
-        now: float,
-        expires: float,
+        self, worker_id: str, queues: Sequence[str], room: int, now: float, expires: float
     ) -> list[Any]:
         """Claim tasks under limits. The limit rows stay locked until commit, so
         claimers on every host take turns and each counts what the last committed.
         A read first keeps that lock away while no limited task can start."""
-        rooms = await conn.fetch(self._q(SQL.limit_room), now)
+        rooms = await self._fetch(SQL.limit_room, (now,))
         if not any(limit_room_allowed(row, room) > 0 for row in rooms):
             return []
         taken: list[Any] = []
-        async with conn.transaction():
+        async with self._acquire() as conn, conn.transaction():
             await conn.execute(self._q(SQL.lock_limits))
             for row in await conn.fetch(self._q(SQL.limit_room), now):
                 key, per_seconds = row[0], row[3]
@@ -351,7 +313,7 @@ class PostgresBackend(SQLBackend):
                 if allowed <= 0:
                     continue
                 claimed = await conn.fetch(
-                    self._q(SQL.claim_limited), worker_id, now, expires, queues, allowed, key
+                    self._q(SQL.claim_limited), worker_id, now, expires, list(queues), allowed, key
                 )
                 if claimed and per_seconds is not None:
                     await conn.execute(self._q(SQL.record_starts), key, len(claimed))
@@ -383,13 +345,8 @@ class PostgresBackend(SQLBackend):
         async with self._acquire() as conn, contextlib.AsyncExitStack() as stack:
             if running:
                 await stack.enter_async_context(conn.transaction())
-                await conn.execute(
-                    self._q(SQL.mark_started),
-                    [lease.task_id for lease, _ in running],
-                    [lease.worker_id for lease, _ in running],
-                    [lease.attempt for lease, _ in running],
-                    [when for _, when in running],
-                )
+                marks = [(*lease_key(lease), when) for lease, when in running]
+                await conn.execute(self._q(SQL.mark_started), *self._rows(marks))
             if not items:
                 return []
             rows = await conn.fetch(
@@ -410,23 +367,6 @@ class PostgresBackend(SQLBackend):
             )
         applied = {(row[0], row[1], row[2]) for row in rows}
         return [(lease.task_id, lease.worker_id, lease.attempt) in applied for lease in leases]
-
-    async def release(self, leases: Sequence[Lease]) -> int:
-        """Give tasks back without counting the attempt (cancel-requested ones end cancelled)."""
-        if not leases:
-            return 0
-        async with self._acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                self._q(SQL.release),
-                self.now(),
-                self.default_result_ttl,
-                [lease.task_id for lease in leases],
-                [lease.worker_id for lease in leases],
-                [lease.attempt for lease in leases],
-            )
-            await self._notify(conn, "tasks")
-            await self._notify(conn, "results")
-        return len(rows)
 
     # -- wake-ups -----------------------------------------------------------
 

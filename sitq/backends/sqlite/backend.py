@@ -21,13 +21,10 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from sitq.backends.base import (
-    LOST_LEASE_LIMIT,
-    ClaimedTask,
     Lease,
     NewTask,
     Outcome,
     WakeKind,
-    claimed_tasks,
 )
 from sitq.backends.common import (
     SQLBackend,
@@ -366,6 +363,13 @@ class SQLiteBackend(SQLBackend):
         """A list as one JSON text parameter (read with ``json_each``)."""
         return json.dumps(list(values))
 
+    def _rows(self, rows: Sequence[Sequence[Any]]) -> tuple[str]:
+        return (json.dumps([list(row) for row in rows]),)
+
+    def _marks(self, marks: Sequence[tuple[Lease, float]]) -> tuple[str]:
+        """Start marks as mark_started's parameter: [id, worker_id, attempt, started_at] each."""
+        return self._rows([(*lease_key(lease), when) for lease, when in marks])
+
     # -- producer side ----------------------------------------------------
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:
@@ -439,35 +443,13 @@ class SQLiteBackend(SQLBackend):
 
     # -- worker side ------------------------------------------------------
 
-    async def claim(
-        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
-    ) -> list[ClaimedTask]:
-        """Take up to ``limit`` ready tasks in one statement; reclaim expired leases first."""
-        if limit <= 0:
-            return []
+    async def _claim_ready(
+        self, worker_id: str, queues: Sequence[str], room: int, now: float, expires: float
+    ) -> list[Any]:
         conn = self._connection()
-        now = self.now()
-        if self._reclaim.due(now):
-            await self._reclaim_expired(now)
-        rows: list[Any] = []
-        if await self._limits_exist(now):
-            # Limited tasks first: they are few at a time by nature, and would
-            # otherwise wait for a lull in the unlimited ones.
-            rows += await self._claim_limited(worker_id, queues, limit, now, now + lease_seconds)
-        if len(rows) < limit:
-            sql = SQL.claim_ready.format(queues=",".join("?" * len(queues)))
-            params = [worker_id, now + lease_seconds, *queues, now, limit - len(rows)]
-            rows += await self._write(lambda: conn.execute_fetchall(sql, params))
-        if not rows:
-            return []
-        return claimed_tasks(rows, worker_id, now)
-
-    async def _limits_exist(self, now: float) -> bool:
-        # Read at most once a second: a task enqueued under a new limit waits at
-        # most that long for its first claim.
-        if self._limits_check.due(now):
-            self._has_limits = bool(await self._fetch(SQL.any_limit))
-        return self._has_limits
+        sql = SQL.claim_ready.format(queues=",".join("?" * len(queues)))
+        params = [worker_id, expires, *queues, now, room]
+        return list(await self._write(lambda: conn.execute_fetchall(sql, params)))
 
     async def _claim_limited(
         self, worker_id: str, queues: Sequence[str], room: int, now: float, expires: float
@@ -498,13 +480,6 @@ class SQLiteBackend(SQLBackend):
 
         return await self._immediate(body)
 
-    async def _reclaim_expired(self, now: float) -> None:
-        conn = self._connection()
-        params = {"now": now, "lost_limit": LOST_LEASE_LIMIT, "ttl": self.default_result_ttl}
-        cursor = await self._write(lambda: conn.execute(SQL.reclaim_expired, params))
-        if cursor.rowcount:
-            self._wakeup.notify("results")
-
     async def finish(
         self,
         items: Sequence[tuple[Lease, Outcome]],
@@ -513,7 +488,9 @@ class SQLiteBackend(SQLBackend):
         """Record outcomes and start marks; each applies only if its lease is still held."""
         if not items:
             if started:
-                await self._mark_started(started)
+                conn = self._connection()
+                marks = self._marks(started)
+                await self._write(lambda: conn.execute(SQL.mark_started, marks))
             return []
         conn = self._connection()
         now = self.now()
@@ -552,7 +529,7 @@ class SQLiteBackend(SQLBackend):
             for lease, o in items
             if o.status == "queued"
         ]
-        running = _marks_json([m for m in started if m[0].task_id in starts]) if starts else None
+        running = self._marks([m for m in started if m[0].task_id in starts]) if starts else None
         if len(items) == 1 and running is None:
             sql, row = (SQL.finish, final[0]) if final else (SQL.finish_or_retry, retries[0])
             cursor = await self._write(lambda: conn.execute(sql, row))
@@ -562,7 +539,7 @@ class SQLiteBackend(SQLBackend):
             async def body() -> int:
                 count = 0
                 if running is not None:
-                    await conn.execute(SQL.mark_started, (running,))
+                    await conn.execute(SQL.mark_started, running)
                 if final:
                     count += (await conn.executemany(SQL.finish, final)).rowcount
                 if retries:
@@ -578,11 +555,6 @@ class SQLiteBackend(SQLBackend):
         if any(outcome.status == "queued" for _, outcome in items):
             self._wakeup.notify("tasks")
         return applied
-
-    async def _mark_started(self, marks: Sequence[tuple[Lease, float]]) -> None:
-        conn = self._connection()
-        running = _marks_json(marks)
-        await self._write(lambda: conn.execute(SQL.mark_started, (running,)))
 
     async def _finished_by(self, items: Sequence[tuple[Lease, Outcome]], now: float) -> list[bool]:
         """After a batch in which some writes were refused: which were applied.
@@ -609,31 +581,6 @@ class SQLiteBackend(SQLBackend):
             else:
                 applied.append(record.status == outcome.status and record.finished_at == now)
         return applied
-
-    async def release(self, leases: Sequence[Lease]) -> int:
-        """Give the tasks back without counting the attempt."""
-        if not leases:
-            return 0
-        conn = self._connection()
-        now = self.now()
-        params = [
-            {
-                "id": lease.task_id,
-                "worker_id": lease.worker_id,
-                "attempt": lease.attempt,
-                "now": now,
-                "ttl": self.default_result_ttl,
-            }
-            for lease in leases
-        ]
-
-        async def body() -> Any:
-            return await conn.executemany(SQL.release, params)
-
-        cursor = await self._immediate(body)
-        self._wakeup.notify("tasks")
-        self._wakeup.notify("results")
-        return int(cursor.rowcount)
 
     async def wait_for_change(self, kind: WakeKind, timeout: float) -> None:
         """Wait for a wake-up from any process on this database, or ``timeout``."""
@@ -674,8 +621,3 @@ class _Transaction:
     async def wake(self, kind: WakeKind) -> None:
         """Wake the waiters on ``kind`` after the commit."""
         self._woken.add(kind)
-
-
-def _marks_json(marks: Sequence[tuple[Lease, float]]) -> str:
-    """Start marks as MARK_STARTED's JSON array of [id, worker_id, attempt, started_at]."""
-    return json.dumps([[*lease_key(lease), when] for lease, when in marks])

@@ -41,7 +41,7 @@ RETURNING id, queue, func_name, payload, attempts, max_retries, retry_backoff, t
 -- A running task whose lease ran out lost its worker. It runs again, unless it
 -- was asked to cancel, or it has already been lost too often (a task that kills
 -- its worker every time must not loop forever): it ends when
---     cancel_requested = 1 OR (its start was recorded AND attempts >= max_retries + 1 + :lost_limit)
+--     cancel_requested = 1 OR (its start was recorded AND attempts >= max_retries + 1 + ?2)
 --
 -- Only a task whose start was recorded (recorded_start = attempts, see
 -- record_task_start) is charged the attempt. Any other (prefetched, or started
@@ -53,22 +53,22 @@ RETURNING id, queue, func_name, payload, attempts, max_retries, retry_backoff, t
 UPDATE sitq_tasks
 SET status = CASE
         WHEN cancel_requested = 1 THEN 'cancelled'
-        WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + :lost_limit)) THEN 'failed'
+        WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + ?2)) THEN 'failed'
         ELSE 'queued' END,
     error = CASE
         WHEN cancel_requested = 1 THEN 'cancelled while its worker was lost'
-        WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + :lost_limit))
+        WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + ?2))
             THEN 'WorkerLost: the worker running this task died ' || attempts || ' times'
         ELSE error END,
-    finished_at = CASE WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + :lost_limit)) THEN :now ELSE NULL END,
-    expires_at = CASE WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + :lost_limit)) THEN :now + COALESCE(result_ttl, :ttl) ELSE NULL END,
+    finished_at = CASE WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + ?2)) THEN ?1 ELSE NULL END,
+    expires_at = CASE WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + ?2)) THEN ?1 + COALESCE(result_ttl, ?3) ELSE NULL END,
     attempts = CASE WHEN (recorded_start = attempts) THEN attempts ELSE attempts - 1 END,
     -- back in the queue: no holder, no start of the lost run
-    started_at = CASE WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + :lost_limit)) THEN started_at END,
-    worker_id = CASE WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + :lost_limit)) THEN worker_id END,
+    started_at = CASE WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + ?2)) THEN started_at END,
+    worker_id = CASE WHEN (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + ?2)) THEN worker_id END,
     recorded_start = -1,
     lease_expires_at = NULL
-WHERE status = 'running' AND lease_expires_at < :now
+WHERE status = 'running' AND lease_expires_at < ?1
 
 -- name: record_task_start
 -- The worker is about to run a held task that was once lost unstarted: if its
@@ -121,11 +121,16 @@ WHERE sitq_tasks.id = m.id AND sitq_tasks.worker_id = m.worker_id
 
 -- name: release
 -- Back to the queue, the attempt not counted; but a task asked to cancel meanwhile
--- is cancelled rather than run again.
+-- is cancelled rather than run again. ?3 is a JSON array of [id, worker_id, attempt].
 UPDATE sitq_tasks
 SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END,
     attempts = attempts - 1, worker_id = NULL, lease_expires_at = NULL, started_at = NULL,
-    finished_at = CASE WHEN cancel_requested = 1 THEN :now END,
-    expires_at = CASE WHEN cancel_requested = 1 THEN :now + COALESCE(result_ttl, :ttl) END,
+    finished_at = CASE WHEN cancel_requested = 1 THEN ?1 END,
+    expires_at = CASE WHEN cancel_requested = 1 THEN ?1 + COALESCE(result_ttl, ?2) END,
     error = CASE WHEN cancel_requested = 1 THEN 'cancelled before it started' ELSE error END
-WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'running'
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS worker_id,
+             json_extract(value, '$[2]') AS attempt
+      FROM json_each(?3)) AS v
+WHERE sitq_tasks.id = v.id AND sitq_tasks.worker_id = v.worker_id
+    AND sitq_tasks.attempts = v.attempt AND sitq_tasks.status = 'running'
+RETURNING id
