@@ -133,10 +133,8 @@ class TaskRecord:
     claimed: bool = False
 
 
-#: Where the status column and started_at column say "claimed, not started".
-CLAIMED_SQL = "status = 'running' AND started_at IS NULL"
 #: The status a task reports, as SQL: a claimed task that has not started is queued.
-STATUS_SQL = f"CASE WHEN {CLAIMED_SQL} THEN 'queued' ELSE status END"
+STATUS_SQL = "CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELSE status END"
 
 
 def task_record(row: Sequence[Any]) -> TaskRecord:

@@ -18,6 +18,7 @@ import json
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import astuple
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from sitq.backends.base import (
@@ -73,15 +74,11 @@ def listing_position(source: str, cursor: str | None) -> tuple[Any, ...]:
         if source == "batch":
             return (-1 if cursor is None else int(cursor),)
         if source == "failed":
-            if cursor is None:
-                return (1e300, "~")
-            finished_at, task_id = cursor.split(":", 1)
+            finished_at, task_id = ("1e300", "~") if cursor is None else cursor.split(":", 1)
             return (float(finished_at), task_id)
-        if cursor is None:
-            return ("~",)  # sorts after every id (ids are lowercase hex)
-        if not cursor or len(cursor) > 64:
+        if cursor is not None and not 0 < len(cursor) <= 64:
             raise ValueError(cursor)
-        return (cursor,)
+        return ("~" if cursor is None else cursor,)  # "~" sorts after every (hex) id
     except ValueError as exc:
         raise ConfigurationError(
             f"invalid listing cursor {cursor!r}: pass the next_cursor of a previous page "
@@ -507,18 +504,10 @@ class SQLBackend(Backend):
 
     async def register_worker(self, worker: WorkerRecord) -> None:
         """Record a started worker."""
-        await self._execute(
-            self.SQL.upsert_worker,
-            (
-                worker.id,
-                worker.hostname,
-                worker.pid,
-                self._array(worker.queues),
-                worker.concurrency,
-                worker.started_at,
-                worker.heartbeat_at,
-            ),
-        )
+        row = astuple(worker)[
+            :7
+        ]  # id, hostname, pid, queues, concurrency, started_at, heartbeat_at
+        await self._execute(self.SQL.upsert_worker, (*row[:3], self._array(row[3]), *row[4:]))
 
     async def unregister_worker(self, worker_id: str) -> None:
         """Mark a worker stopped."""
@@ -526,16 +515,11 @@ class SQLBackend(Backend):
 
     async def list_workers(self) -> list[WorkerRecord]:
         """Every known worker, newest first."""
+        rows = await self._fetch(self.SQL.list_workers)
+        # The queues are a JSON array in SQLite, an array in PostgreSQL.
+        decoded = [(r, json.loads(r[3]) if isinstance(r[3], str) else r[3]) for r in rows]
         return [
-            WorkerRecord(
-                r[0],
-                r[1],
-                int(r[2]),
-                tuple(json.loads(r[3]) if isinstance(r[3], str) else r[3]),  # an array in SQLite
-                int(r[4]),
-                *r[5:8],
-            )
-            for r in await self._fetch(self.SQL.list_workers)
+            WorkerRecord(r[0], r[1], int(r[2]), tuple(q), int(r[4]), *r[5:8]) for r, q in decoded
         ]
 
     # -- limits, pauses, schedules -----------------------------------------------

@@ -302,16 +302,17 @@ class SQLiteBackend(SQLBackend):
         async with self._lock:
             return await self._retry_locked(operation)
 
-    async def _immediate(self, body: Callable[[], Awaitable[T]]) -> T:
-        """``body`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, retried while locked.
-
-        Shielded: a caller cancelled mid-way does not leave the connection inside
-        an open transaction.
+    async def _immediate(
+        self, body: Callable[[], Awaitable[T]], begin: str = "BEGIN IMMEDIATE"
+    ) -> T:
+        """``body`` inside ``BEGIN IMMEDIATE`` (or ``begin``) ... ``COMMIT``, retried
+        while locked. Shielded: a caller cancelled mid-way does not leave the
+        connection inside an open transaction.
         """
         conn = self._connection()
 
         async def attempt() -> T:
-            await conn.execute("BEGIN IMMEDIATE")
+            await conn.execute(begin)
             try:
                 value = await body()
             except BaseException:
@@ -325,8 +326,7 @@ class SQLiteBackend(SQLBackend):
 
     async def _fetch(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         conn = self._connection()
-        async with self._lock:
-            return list(await self._retry_locked(lambda: conn.execute_fetchall(sql, params)))
+        return list(await self._locked(lambda: conn.execute_fetchall(sql, params)))
 
     async def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         conn = self._connection()
@@ -348,16 +348,7 @@ class SQLiteBackend(SQLBackend):
     async def _snapshot(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
         # A deferred transaction reads one snapshot of the WAL, and takes no lock.
         conn = self._connection()
-
-        async def attempt() -> T:
-            await conn.execute("BEGIN")
-            try:
-                return await body(_Transaction(conn, set()))
-            finally:
-                if conn.in_transaction:
-                    await conn.execute("COMMIT")
-
-        return await asyncio.shield(self._locked(attempt))
+        return await self._immediate(lambda: body(_Transaction(conn, set())), begin="BEGIN")
 
     def _array(self, values: Sequence[Any]) -> str:
         """A list as one JSON text parameter (read with ``json_each``)."""
@@ -497,38 +488,24 @@ class SQLiteBackend(SQLBackend):
         ttl = self.default_result_ttl
         # Each outcome takes its task's start mark; what is left marks tasks still running.
         starts = {lease.task_id: when for lease, when in started}
-        final = [
-            (
+        final: list[tuple[Any, ...]] = []
+        retries: list[tuple[Any, ...]] = []
+        for lease, o in items:
+            started_at = starts.pop(lease.task_id, None)
+            row = (
                 o.status,
                 o.result,
                 o.error,
                 o.traceback,
                 now,
-                now,
                 ttl,
-                starts.pop(lease.task_id, None),
+                started_at,
                 *lease_key(lease),
             )
-            for lease, o in items
-            if o.status != "queued"
-        ]
-        retries = [
-            {
-                "id": lease.task_id,
-                "worker_id": lease.worker_id,
-                "attempt": lease.attempt,
-                "status": o.status,
-                "result": o.result,
-                "error": o.error,
-                "traceback": o.traceback,
-                "retry_at": o.retry_at,
-                "now": now,
-                "ttl": ttl,
-                "started_at": starts.pop(lease.task_id, None),
-            }
-            for lease, o in items
-            if o.status == "queued"
-        ]
+            if o.status == "queued":
+                retries.append((*row, o.retry_at))
+            else:
+                final.append(row)
         running = self._marks([m for m in started if m[0].task_id in starts]) if starts else None
         if len(items) == 1 and running is None:
             sql, row = (SQL.finish, final[0]) if final else (SQL.finish_or_retry, retries[0])

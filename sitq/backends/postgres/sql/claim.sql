@@ -1,6 +1,4 @@
 -- The worker's side of a task: claim, lease, start, finish, release.
--- PostgreSQL dialect, loaded by sitq.sqlfiles. {s} is the schema
--- name (a quoted identifier), filled in by PostgresBackend._q.
 --
 -- SKIP LOCKED: concurrent claimers each take different rows, never waiting. A
 -- claimed task has not started: its worker records the start later (finish's

@@ -1,6 +1,4 @@
--- Concurrency and rate limits, and paused queues. PostgreSQL dialect, loaded by
--- sitq.sqlfiles. {s} is the schema name (a quoted identifier), filled
--- in by PostgresBackend._q.
+-- Concurrency and rate limits, and paused queues.
 
 -- name: list_limits
 SELECT key, max_running, max_starts, per_seconds FROM {s}.sitq_limits ORDER BY key

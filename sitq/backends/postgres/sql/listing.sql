@@ -1,13 +1,9 @@
--- Task listings for dashboards. PostgreSQL dialect, loaded by
--- sitq.sqlfiles. {s} is the schema name (a quoted identifier), filled
--- in by PostgresBackend._q.
---
--- A listing scans a bounded window of rows in keyset order from an index, then
--- loads the matching tasks: no index is added for it (each would slow the
--- enqueue and drain paths), and no page reads more than the window. The first
--- page of an id-ordered window has no bound: no string sorts after every id in
--- every collation. A claimed task that has not started reads as queued
--- (base.STATUS_SQL).
+-- Task listings for dashboards. A listing scans a bounded window of rows in
+-- keyset order from an index, then loads the matching tasks: no index is added
+-- for it (each would slow the enqueue and drain paths), and no page reads more
+-- than the window. The first page of an id-ordered window has no bound: no
+-- string sorts after every id in every collation. A claimed task that has not
+-- started reads as queued (base.STATUS_SQL).
 
 -- name: list_window_tasks
 -- Every task, newest id first (the primary key's index). {after} is empty on

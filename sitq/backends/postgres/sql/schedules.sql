@@ -1,6 +1,4 @@
--- Periodic schedules: which run of each was last enqueued. PostgreSQL dialect,
--- loaded by sitq.sqlfiles. {s} is the schema name (a quoted
--- identifier), filled in by PostgresBackend._q.
+-- Periodic schedules: which run of each was last enqueued.
 
 -- name: advance_schedule
 -- Records the run of a schedule due at $3 unless one at or after it is recorded.

@@ -1,7 +1,5 @@
 -- The schema: its versions (DDL and data migrations) and the sitq_meta
--- queries that track them. PostgreSQL dialect, loaded by
--- sitq.sqlfiles; {s} is the schema name (a quoted identifier),
--- filled in by PostgresBackend._q.
+-- queries that track them.
 --
 -- A query named vN_MM_label is statement MM of the migration to version N:
 -- schema.MIGRATIONS runs them in that order. A released migration never

@@ -1,6 +1,5 @@
--- The status summary: counts, and what waits and runs now. PostgreSQL
--- dialect, loaded by sitq.sqlfiles. A claimed task that has not started counts
--- as queued (base.STATUS_SQL).
+-- The status summary: counts, and what waits and runs now. A claimed task
+-- that has not started counts as queued (base.STATUS_SQL).
 
 -- name: counts
 -- Tasks per (queue, status), and of those the ones finished since $1, in one

@@ -1,6 +1,5 @@
 -- Tasks on the producer's and the operator's side: insert, read, cancel, retry,
--- purge and prune. PostgreSQL dialect, loaded by sitq.sqlfiles. {s} is
--- the schema name (a quoted identifier), filled in by PostgresBackend._q.
+-- purge and prune.
 
 -- name: insert_tasks
 -- One statement (one round trip, its own transaction) for a whole batch: arrays

@@ -1,6 +1,4 @@
--- Workers: registration, liveness, listing, pruning. PostgreSQL dialect, loaded
--- by sitq.sqlfiles. {s} is the schema name (a quoted identifier),
--- filled in by PostgresBackend._q.
+-- Workers: registration, liveness, listing, pruning.
 
 -- name: upsert_worker
 INSERT INTO {s}.sitq_workers

@@ -1,5 +1,4 @@
 -- The worker's side of a task: claim, lease, start, finish, release.
--- SQLite dialect, loaded by sitq.sqlfiles.
 --
 -- A claimed task has not started: its worker records the start later
 -- (finish's started_at, or mark_started).
@@ -86,28 +85,27 @@ RETURNING id, cancel_requested
 
 -- name: finish
 -- A final outcome (succeeded, failed, cancelled): the hot path, kept lean. The
--- start time comes with it (NULL: keep the stored one).
+-- row: status, result, error, traceback, now, ttl, started_at (NULL: keep the
+-- stored one), then the lease (id, worker_id, attempt).
 UPDATE sitq_tasks
-SET status = ?, result = ?, error = ?, traceback = ?, finished_at = ?,
-    expires_at = ? + COALESCE(result_ttl, ?), lease_expires_at = NULL,
-    started_at = COALESCE(?, started_at)
-WHERE id = ? AND worker_id = ? AND attempts = ? AND status = 'running'
+SET status = ?1, result = ?2, error = ?3, traceback = ?4, finished_at = ?5,
+    expires_at = ?5 + COALESCE(result_ttl, ?6), lease_expires_at = NULL,
+    started_at = COALESCE(?7, started_at)
+WHERE id = ?8 AND worker_id = ?9 AND attempts = ?10 AND status = 'running'
 
 -- name: finish_or_retry
--- :status 'queued' with :retry_at means "run again later", unless a cancel was
--- asked for meanwhile.
+-- finish's row and ?11, the retry time: status 'queued' means "run again
+-- then", unless a cancel was asked for meanwhile.
 UPDATE sitq_tasks
-SET status = CASE WHEN :status = 'queued' AND cancel_requested = 1 THEN 'cancelled'
-                  ELSE :status END,
-    result = :result, error = :error, traceback = :traceback,
-    available_at = COALESCE(:retry_at, available_at),
-    started_at = COALESCE(:started_at, started_at),
-    finished_at = CASE WHEN :status = 'queued' AND cancel_requested = 0 THEN NULL
-                       ELSE :now END,
-    expires_at = CASE WHEN :status = 'queued' AND cancel_requested = 0 THEN NULL
-                      ELSE :now + COALESCE(result_ttl, :ttl) END,
+SET status = CASE WHEN ?1 = 'queued' AND cancel_requested = 1 THEN 'cancelled' ELSE ?1 END,
+    result = ?2, error = ?3, traceback = ?4,
+    available_at = COALESCE(?11, available_at),
+    started_at = COALESCE(?7, started_at),
+    finished_at = CASE WHEN ?1 = 'queued' AND cancel_requested = 0 THEN NULL ELSE ?5 END,
+    expires_at = CASE WHEN ?1 = 'queued' AND cancel_requested = 0 THEN NULL
+                      ELSE ?5 + COALESCE(result_ttl, ?6) END,
     lease_expires_at = NULL
-WHERE id = :id AND worker_id = :worker_id AND attempts = :attempt AND status = 'running'
+WHERE id = ?8 AND worker_id = ?9 AND attempts = ?10 AND status = 'running'
 
 -- name: mark_started
 -- Start marks of tasks still running, as a JSON array of

@@ -1,4 +1,4 @@
--- Concurrency and rate limits, and paused queues. SQLite dialect.
+-- Concurrency and rate limits, and paused queues.
 
 -- name: list_limits
 SELECT key, max_running, max_starts, per_seconds FROM sitq_limits ORDER BY key

@@ -1,9 +1,8 @@
--- Task listings for dashboards. SQLite dialect.
---
--- A listing scans a bounded window of rows in keyset order from an index, then
--- loads the matching tasks: no index is added for it (each would slow the
--- enqueue and drain paths), and no page reads more than the window. A claimed
--- task that has not started reads as queued (base.STATUS_SQL).
+-- Task listings for dashboards. A listing scans a bounded window of rows in
+-- keyset order from an index, then loads the matching tasks: no index is added
+-- for it (each would slow the enqueue and drain paths), and no page reads more
+-- than the window. A claimed task that has not started reads as queued
+-- (base.STATUS_SQL).
 
 -- name: list_window_tasks
 -- Every task, newest id first (the primary key's index).

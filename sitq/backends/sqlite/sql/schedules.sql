@@ -1,4 +1,4 @@
--- Periodic schedules: which run of each was last enqueued. SQLite dialect.
+-- Periodic schedules: which run of each was last enqueued.
 
 -- name: advance_schedule
 -- Records the run of a schedule due at ?3 unless one at or after it is recorded.

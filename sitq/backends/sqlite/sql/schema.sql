@@ -1,5 +1,5 @@
 -- The schema: its versions (DDL and data migrations) and the sitq_meta
--- queries that track them. SQLite dialect, loaded by sitq.sqlfiles.
+-- queries that track them.
 --
 -- A query named vN_MM_label is statement MM of the migration to version N:
 -- schema.MIGRATIONS runs them in that order. A released migration never

@@ -1,5 +1,5 @@
 -- Tasks on the producer's and the operator's side: insert, read, cancel,
--- retry, purge and prune. SQLite dialect, loaded by sitq.sqlfiles.
+-- retry, purge and prune.
 
 -- name: insert_task
 -- Column order is NewTask's field order, so a NewTask binds as the row.

@@ -1,4 +1,4 @@
--- Workers: registration, liveness, listing, pruning. SQLite dialect.
+-- Workers: registration, liveness, listing, pruning.
 
 -- name: upsert_worker
 INSERT OR REPLACE INTO sitq_workers
