@@ -6,6 +6,7 @@ The `backend` fixture (tests/backends/conftest.py) runs each test once per backe
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -20,6 +21,7 @@ from sitq.backends.base import (
     Lease,
     NewTask,
     Outcome,
+    TaskCounts,
     TaskRecord,
     WorkerRecord,
 )
@@ -799,7 +801,34 @@ async def test_counts_a_claimed_task_as_queued_and_claimed_counts_it_per_worker(
 
 
 async def test_counts_of_an_empty_store_is_empty(backend):
-    assert (await backend.counts()).statuses == {}
+    counted = await backend.counts(finished_since=0.0, retrying=True)
+    assert counted == TaskCounts({}, {}, {})
+    assert await backend.counts() == TaskCounts({}, None, {})
+
+
+async def test_counts_finished_since_in_the_same_pass(backend):
+    early = await finished(backend, SUCCEEDED, queue="a")
+    since = math.nextafter((await record(backend, early)).finished_at, math.inf)
+    await finished(backend, SUCCEEDED, queue="a")
+    await finished(backend, FAILED, queue="b")
+    await enqueue(backend, queue="a")
+    counted = await backend.counts(finished_since=since)
+    assert counted.statuses == {("a", "queued"): 1, ("a", "succeeded"): 2, ("b", "failed"): 1}
+    assert counted.finished == {("a", "succeeded"): 1, ("b", "failed"): 1}
+    assert counted.retrying == {}
+
+
+async def test_counts_the_tasks_waiting_for_a_retry_per_queue(backend):
+    claimed = await start(backend, queue="a")
+    retry = Outcome("queued", error="boom", retry_at=backend.now() + 3600)
+    assert await backend.finish([(claimed.lease, retry)]) == [True]
+    await enqueue(backend, queue="a")  # queued, never ran: not retrying
+    await finished(backend, FAILED, queue="b")
+    only = await backend.counts(statuses=False, retrying=True)
+    assert only == TaskCounts({}, None, {"a": 1})
+    both = await backend.counts(retrying=True)
+    assert both.statuses == {("a", "queued"): 2, ("b", "failed"): 1}
+    assert both.retrying == {"a": 1}
 
 
 async def test_running_tasks_lists_what_runs_longest_first(backend):

@@ -162,6 +162,21 @@ async def test_limited_tasks_are_not_starved_by_a_backlog_of_others(backend: Bac
     assert urgent.id in [task.id for task in claimed]
 
 
+async def test_set_limit_says_whether_one_was_set_and_a_replaced_limit_keeps_its_starts(
+    backend: Backend,
+) -> None:
+    assert await backend.set_limit(LimitRecord("api", None, 1, 3600.0)) is False
+    await backend.enqueue([replace(new_task(backend), limit_key="api") for _ in range(2)])
+    assert len(await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)) == 1  # the hour's start
+    assert await backend.set_limit(LimitRecord("api", 5, 1, 3600.0)) is True
+    assert await backend.list_limits() == [LimitRecord("api", 5, 1, 3600.0)]
+    assert await backend.claim("w1", [DEFAULT], 10, LONG_LEASE) == []  # that start counts
+    assert await backend.set_limit(lifted("api")) is True
+    assert await backend.list_limits() == []
+    assert len(await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)) == 1  # an ordinary task
+    assert await backend.set_limit(lifted("api")) is False
+
+
 async def test_lifting_a_limit_frees_its_waiting_tasks(backend: Backend) -> None:
     await backend.set_limit(LimitRecord("render", 1, None, None))
     tasks = [replace(new_task(backend), limit_key="render") for _ in range(3)]

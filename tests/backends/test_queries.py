@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sitq.backends.base import STATUS_SQL
+from sitq.backends.base import STATUS_SQL, Backend, StoreTransaction
 from sitq.sqlfiles import QueryFileError, load_queries, migrations, parse_queries
 
 BACKENDS = Path(__file__).resolve().parents[2] / "sitq" / "backends"
@@ -78,9 +80,10 @@ def test_migrations_must_cover_every_version() -> None:
 def test_every_query_a_backend_names_exists(dialect: str) -> None:
     """A misspelled query name fails here, not on the first call in production."""
     module = pytest.importorskip(f"sitq.backends.{dialect}.schema")
+    sources = [*(BACKENDS / dialect).glob("*.py"), BACKENDS / "common.py"]  # SQLBackend's too
     used = {
         name
-        for source in (BACKENDS / dialect).glob("*.py")
+        for source in sources
         for name in re.findall(r"\bSQL\.([a-z_][a-z0-9_]*)", source.read_text())
     }
     assert used, "the backend names no query"
@@ -91,5 +94,24 @@ def test_every_query_a_backend_names_exists(dialect: str) -> None:
 def test_spelled_out_status_matches_the_contract(dialect: str) -> None:
     """The .sql files write base.STATUS_SQL out in full: they must not drift from it."""
     module = pytest.importorskip(f"sitq.backends.{dialect}.schema")
-    for name in ("count_statuses", "task_statuses", "list_window_tasks"):
+    for name in ("count_statuses", "task_statuses", "list_window_tasks", "counts"):
         assert STATUS_SQL in module.SQL[name], name
+
+
+async def test_only_the_schema_placeholder_is_filled_in(backend: Backend) -> None:
+    """A JSON literal or a regex quantifier in a layer's SQL stays as written: only
+    ``{s}`` (PostgreSQL's schema) is replaced, in statements and in transactions."""
+    session = backend.store_session()
+    if session.dialect == "postgres":
+        sql = (
+            """SELECT '{"a": {"b": 2}}'::jsonb #>> '{a,b}', 'aa' ~ '^a{2}$', """
+            "(SELECT count(*) FROM {s}.sitq_tasks)"
+        )
+    else:
+        sql = """SELECT json_extract('{"a": {"b": 2}}', '$.a.b'), 'aa' GLOB 'a*', 0"""
+
+    async def read(tx: StoreTransaction) -> list[Sequence[Any]]:
+        return await tx.fetch(sql)
+
+    for rows in (await session.fetch(sql), await session.transaction(read)):
+        assert [(str(a), bool(b), c) for a, b, c in rows] == [("2", True, 0)]

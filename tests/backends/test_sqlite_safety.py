@@ -23,6 +23,7 @@ from support import SITQ, WorkerProcess, subprocess_env
 
 from sitq import Result, SyncTaskQueue, TaskQueue, TaskStatus, Worker
 from sitq.backends import open_backend
+from sitq.backends.base import StoreTransaction
 from sitq.backends.sqlite import SQLiteBackend
 from sitq.backends.sqlite.wakeup import wake_directory
 from sitq.errors import ConfigurationError
@@ -261,6 +262,31 @@ async def test_enqueues_held_back_by_a_checkpoint_are_all_stored(
 
 
 # -- one event loop per backend object (issue 19.9), on both backends ---------------
+
+
+async def test_close_waits_for_a_transaction_in_flight(tmp_path: Path) -> None:
+    """The connection closes under its lock: a transaction under way when close()
+    is called commits, rather than losing the connection between its statements."""
+    path = tmp_path / "tasks.db"
+    backend = SQLiteBackend(path)
+    await backend.connect()
+    inside = asyncio.Event()
+
+    async def body(tx: StoreTransaction) -> None:
+        inside.set()
+        for _ in range(20):  # statements after close() was called
+            await tx.fetch("SELECT 1")
+        await tx.execute("INSERT INTO sitq_paused (queue, paused_at) VALUES ('mail', 0)")
+
+    write = asyncio.create_task(backend.store_session().transaction(body))
+    await inside.wait()
+    await asyncio.gather(write, backend.close())
+    reopened = SQLiteBackend(path)
+    await reopened.connect()
+    try:
+        assert await reopened.paused_queues() == ["mail"]
+    finally:
+        await reopened.close()
 
 
 def test_a_worker_on_another_loop_is_refused_at_once(db_url: str) -> None:

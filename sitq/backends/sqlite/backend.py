@@ -300,6 +300,7 @@ class SQLiteBackend(SQLBackend):
         # The lock is taken inside the shield, so a cancelled caller never lets
         # another coroutine in while this connection is mid-transaction.
         async with self._lock:
+            self._connection()  # closed meanwhile: say so
             return await self._retry_locked(operation)
 
     async def _immediate(
