@@ -375,8 +375,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def activity(self, failures: int) -> Activity:
-        """What waits and runs now, read together (see :class:`Activity`), with the
-        ``failures`` tasks that most recently ended FAILED (none when 0)."""
+        """What waits and runs now, all read from one snapshot of the store (see
+        :class:`Activity`), with the ``failures`` tasks that most recently ended
+        FAILED (none when 0)."""
 
     @abc.abstractmethod
     async def register_worker(self, worker: WorkerRecord) -> None:

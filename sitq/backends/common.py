@@ -39,7 +39,14 @@ from sitq.backends.base import (
     claimed_tasks,
     task_record,
 )
-from sitq.errors import ConfigurationError, DatabaseUnavailable, SitqError, StorageError
+from sitq.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    NotConnected,
+    SchemaVersionError,
+    SitqError,
+    StorageError,
+)
 from sitq.sqlfiles import Dialect, Queries
 from sitq.store import StoreTransaction
 
@@ -101,8 +108,11 @@ class SQLBackend(Backend):
     sequence (``?`` or ``?1`` in SQLite, ``$1`` in PostgreSQL).
     """
 
-    #: The dialect's named queries (its ``sql/*.sql`` files).
+    #: The dialect's named queries (its ``sql/*.sql`` files), the schema version
+    #: this sitq writes, and the migrations up to it.
     SQL: ClassVar[Queries]
+    SCHEMA_VERSION: ClassVar[int]
+    MIGRATIONS: ClassVar[dict[int, tuple[str, ...]]]
     dialect: ClassVar[Dialect]
     #: SQL for "column {0} is in array parameter {1}", and for parameter {0}.
     _IN_ARRAY: ClassVar[str]
@@ -211,6 +221,24 @@ class SQLBackend(Backend):
                 await self._shut()
             finally:
                 self._loop_binding.release()  # only once closed: another loop may open it
+
+    def _not_connected(self) -> NotConnected:
+        return NotConnected(
+            f"{self.describe()} is not connected: call `await connect()` first "
+            "(or use `async with`)"
+        )
+
+    async def _upgrade(self, tx: Transaction, version: int, where: str) -> None:
+        """Migrate the schema from ``version`` in ``tx``; refuse a newer one."""
+        if version > self.SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{where} has sitq schema version {version}, but this sitq "
+                f"understands up to {self.SCHEMA_VERSION}: upgrade sitq to use it"
+            )
+        for target in range(version + 1, self.SCHEMA_VERSION + 1):
+            for statement in self.MIGRATIONS[target]:
+                await tx.execute(statement)
+            await tx.execute(self.SQL.write_schema_version, (str(target),))
 
     def store_session(self) -> BackendSession:
         """SQL on this database for the layers' stores (see ``StoreSession``)."""

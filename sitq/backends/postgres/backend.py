@@ -36,7 +36,7 @@ from sitq.backends.base import (
 from sitq.backends.common import SQLBackend, Transaction, lease_key, limit_room_allowed
 from sitq.backends.postgres import schema as q
 from sitq.backends.postgres.schema import SQL
-from sitq.errors import ConfigurationError, DatabaseError, NotConnected, SchemaVersionError
+from sitq.errors import ConfigurationError, DatabaseError
 
 T = TypeVar("T")
 
@@ -58,7 +58,7 @@ class PostgresBackend(SQLBackend):
     :param min_size, max_size: the connection pool's bounds.
     """
 
-    SQL = SQL
+    SQL, SCHEMA_VERSION, MIGRATIONS = SQL, q.SCHEMA_VERSION, q.MIGRATIONS
     dialect = "postgres"
     _IN_ARRAY = "{0} = ANY(${1}::text[])"
     _PARAM = "${0}"
@@ -209,17 +209,9 @@ class PostgresBackend(SQLBackend):
                     f"no sitq schema in {self.describe()}: check --db / $SITQ_DB, or create "
                     "it with `sitq init --db URL`"
                 )
-            if version > q.SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"{self.describe()} has sitq schema version {version}, but this sitq "
-                    f"understands up to {q.SCHEMA_VERSION}: upgrade sitq to use it"
-                )
             if version < q.SCHEMA_VERSION:
                 await conn.execute(self._q(SQL.create_schema))
-            for target in range(version + 1, q.SCHEMA_VERSION + 1):
-                for statement in q.MIGRATIONS[target]:
-                    await conn.execute(self._q(statement))
-                await conn.execute(self._q(SQL.write_schema_version), str(target))
+            await self._upgrade(_Transaction(self, conn), version, self.describe())
 
     async def _shut(self) -> None:
         if self._listener is not None:
@@ -233,10 +225,7 @@ class PostgresBackend(SQLBackend):
 
     def _acquire(self) -> Any:
         if self._pool is None:
-            raise NotConnected(
-                f"{self.describe()} is not connected: call `await connect()` first "
-                "(or use `async with`)"
-            )
+            raise self._not_connected()
         return self._pool.acquire()
 
     async def _notify(self, conn: Any, kind: WakeKind) -> None:
@@ -330,18 +319,13 @@ class PostgresBackend(SQLBackend):
         in the same transaction); each applies only if its lease holds."""
         if not items and not started:
             return []
-        now = self.now()
         leases = [lease for lease, _ in items]
-        outcomes = [outcome for _, outcome in items]
         # Each outcome takes its task's start mark; what is left marks tasks still running.
         starts = {lease.task_id: when for lease, when in started}
         started_at = [starts.pop(lease.task_id, None) for lease in leases]
         running = [mark for mark in started if mark[0].task_id in starts] if starts else []
-        kinds = []
-        if any(o.status != "queued" for o in outcomes):
-            kinds.append("results")
-        if any(o.status == "queued" for o in outcomes):
-            kinds.append("tasks")
+        queued = [outcome.status == "queued" for _, outcome in items]
+        kinds = (["results"] if not all(queued) else []) + (["tasks"] if any(queued) else [])
         async with self._acquire() as conn, contextlib.AsyncExitStack() as stack:
             if running:
                 await stack.enter_async_context(conn.transaction())
@@ -349,31 +333,28 @@ class PostgresBackend(SQLBackend):
                 await conn.execute(self._q(SQL.mark_started), *self._rows(marks))
             if not items:
                 return []
+            outcomes = [
+                (*lease_key(lease), o.status, o.result, o.error, o.traceback, o.retry_at)
+                for lease, o in items
+            ]
             rows = await conn.fetch(
                 self._q(SQL.finish),
-                now,
+                self.now(),
                 self.default_result_ttl,
-                [lease.task_id for lease in leases],
-                [lease.worker_id for lease in leases],
-                [lease.attempt for lease in leases],
-                [o.status for o in outcomes],
-                [o.result for o in outcomes],
-                [o.error for o in outcomes],
-                [o.traceback for o in outcomes],
-                [o.retry_at for o in outcomes],
+                *self._rows(outcomes),
                 kinds,
                 self._channel,
                 started_at,
             )
-        applied = {(row[0], row[1], row[2]) for row in rows}
-        return [(lease.task_id, lease.worker_id, lease.attempt) in applied for lease in leases]
+        applied = {tuple(row[:3]) for row in rows}
+        return [lease_key(lease) in applied for lease in leases]
 
     # -- wake-ups -----------------------------------------------------------
 
     async def wait_for_change(self, kind: WakeKind, timeout: float) -> None:
         """Wait for a NOTIFY about ``kind`` from any process, or ``timeout``."""
         if self._pool is None:
-            raise NotConnected(f"{self.describe()} is not connected")
+            raise self._not_connected()
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen_forever())
         event = self._events.setdefault(kind, asyncio.Event())

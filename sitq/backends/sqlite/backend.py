@@ -48,8 +48,6 @@ from sitq.errors import (
     DatabaseError,
     DatabaseUnavailable,
     NotASitqDatabase,
-    NotConnected,
-    SchemaVersionError,
 )
 
 T = TypeVar("T")
@@ -73,7 +71,7 @@ class SQLiteBackend(SQLBackend):
     :param busy_timeout: seconds SQLite itself waits on a lock before sitq retries.
     """
 
-    SQL = SQL
+    SQL, SCHEMA_VERSION, MIGRATIONS = SQL, q.SCHEMA_VERSION, q.MIGRATIONS
     dialect = "sqlite"
     _IN_ARRAY = "{0} IN (SELECT value FROM json_each(?{1}))"
     _PARAM = "?{0}"
@@ -227,16 +225,7 @@ class SQLiteBackend(SQLBackend):
             return int(rows[0][0]) if rows else None
 
         async def upgrade() -> None:
-            version = await read_version() or 0
-            if version > q.SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"{self.path} has sitq schema version {version}, but this sitq "
-                    f"understands up to {q.SCHEMA_VERSION}: upgrade sitq to use it"
-                )
-            for target in range(version + 1, q.SCHEMA_VERSION + 1):
-                for statement in q.MIGRATIONS[target]:
-                    await conn.execute(statement)
-                await conn.execute(SQL.write_schema_version, (str(target),))
+            await self._upgrade(_Transaction(conn, set()), await read_version() or 0, self.path)
 
         try:
             version = await read_version()
@@ -265,10 +254,7 @@ class SQLiteBackend(SQLBackend):
 
     def _connection(self) -> aiosqlite.Connection:
         if self._conn is None:
-            raise NotConnected(
-                f"{self.describe()} is not connected: call `await connect()` first "
-                "(or use `async with`)"
-            )
+            raise self._not_connected()
         return self._conn
 
     # -- plumbing ---------------------------------------------------------
