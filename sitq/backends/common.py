@@ -127,8 +127,8 @@ class SQLBackend(Backend):
         self._users = 0
         self._open_lock = asyncio.Lock()
         self._loop_binding = LoopBinding()
-        self._reclaim = Every(RECLAIM_INTERVAL)
-        self._limits_check = Every(RECLAIM_INTERVAL)  # _has_limits is re-read then
+        # Work a claim does at most once per RECLAIM_INTERVAL: when it is next due.
+        self._reclaim_at = self._limits_read_at = 0.0
         self._has_limits = False
         self._session: BackendSession | None = None
 
@@ -471,11 +471,13 @@ class SQLBackend(Backend):
             return []
         now = self.now()
         expires = now + lease_seconds
-        if self._reclaim.due(now):
+        if now >= self._reclaim_at:
+            self._reclaim_at = now + RECLAIM_INTERVAL
             await self._reclaim_expired(now)
-        if self._limits_check.due(now):
+        if now >= self._limits_read_at:
             # Read at most once a second: a task enqueued under a new limit waits
             # at most that long for its first claim.
+            self._limits_read_at = now + RECLAIM_INTERVAL
             self._has_limits = bool(await self._fetch(self.SQL.any_limit))
         rows: list[Any] = []
         if self._has_limits:
@@ -568,7 +570,7 @@ class SQLBackend(Backend):
             return existed
 
         existed = await self._transaction(body)
-        self._limits_check.reset()
+        self._limits_read_at = 0.0  # read again at the next claim
         return bool(existed)
 
     async def list_limits(self) -> list[LimitRecord]:
@@ -663,30 +665,6 @@ class BackendSession:
 
     async def close(self) -> None:
         """Finish the writes in flight (none here)."""
-
-
-class Every:
-    """A deadline that comes round every ``interval`` seconds: work the backends
-    do at most that often (reclaiming expired leases, re-reading whether any
-    limit exists), on the claim path.
-    """
-
-    __slots__ = ("_interval", "_next")
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._next = 0.0
-
-    def due(self, now: float) -> bool:
-        """True at most once per interval; the next time is set from ``now``."""
-        if now < self._next:
-            return False
-        self._next = now + self._interval
-        return True
-
-    def reset(self) -> None:
-        """Be due at the next check (what it guards has changed)."""
-        self._next = 0.0
 
 
 def check_database_path(text: str) -> None:
