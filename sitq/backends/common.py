@@ -286,7 +286,8 @@ class SQLBackend(Backend):
             if not found:
                 return None
             if found[0][0] == "queued":
-                await tx.execute(self.SQL.cancel_queued, (task_id, now, self.default_result_ttl))
+                ids = self._array([task_id])
+                await tx.fetch(self.SQL.cancel_queued, (ids, now, self.default_result_ttl))
                 await tx.wake("results")
                 return "cancelled"
             if found[0][0] == "running":
@@ -306,7 +307,7 @@ class SQLBackend(Backend):
         params = (self._array(task_ids), self.now(), self.default_result_ttl)
 
         async def body(tx: Transaction) -> list[Sequence[Any]]:
-            rows = await tx.fetch(self.SQL.cancel_queued_many, params)
+            rows = await tx.fetch(self.SQL.cancel_queued, params)
             if rows:
                 await tx.wake("results")
             return rows

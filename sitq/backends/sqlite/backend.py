@@ -386,15 +386,11 @@ class SQLiteBackend(SQLBackend):
         return True
 
     async def _enqueue_in_thread(self, rows: list[tuple[Any, ...]]) -> None:
-        conn = self._connection()
         if len(rows) == 1:
-            await self._write(lambda: conn.execute(SQL.insert_task, rows[0]))
-            return
-
-        async def insert_all() -> None:
-            await conn.executemany(SQL.insert_task, rows)
-
-        await self._immediate(insert_all)
+            await self._execute(SQL.insert_task, rows[0])
+        else:
+            conn = self._connection()
+            await self._immediate(lambda: conn.executemany(SQL.insert_task, rows))
 
     async def _checkpoint(self, restart: bool = False) -> int:
         """One checkpoint; returns the WAL's size in bytes, 0 if unknown.
@@ -466,9 +462,7 @@ class SQLiteBackend(SQLBackend):
         """Record outcomes and start marks; each applies only if its lease is still held."""
         if not items:
             if started:
-                conn = self._connection()
-                marks = self._marks(started)
-                await self._write(lambda: conn.execute(SQL.mark_started, marks))
+                await self._execute(SQL.mark_started, self._marks(started))
             return []
         conn = self._connection()
         now = self.now()
@@ -496,8 +490,7 @@ class SQLiteBackend(SQLBackend):
         running = self._marks([m for m in started if m[0].task_id in starts]) if starts else None
         if len(items) == 1 and running is None:
             sql, row = (SQL.finish, final[0]) if final else (SQL.finish_or_retry, retries[0])
-            cursor = await self._write(lambda: conn.execute(sql, row))
-            applied = [cursor.rowcount == 1]
+            applied = [await self._execute(sql, row) == 1]
         else:
 
             async def body() -> int:

@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sitq.backends.common import BackendSession, translated
+from sitq.backends.common import BackendSession, Transaction, translated
 from sitq.backends.sqlite.enqueue import FAST_PATH_MAX_ROWS, GroupCommit
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ class SQLiteSession(BackendSession):
             self._writer = GroupWriter(self._sqlite)
         with translated(self._sqlite):
             try:
-                await self._writer.write(sql, params)
+                await self._writer.submit([(sql, params)])
             except sqlite3.OperationalError as exc:
                 raise self._sqlite._write_error(exc) from exc
 
@@ -66,18 +66,12 @@ class GroupWriter(GroupCommit[Statement]):
             group_slow=True,
         )
 
-    async def write(self, sql: str, params: Sequence[Any]) -> None:
-        """Return once the statement is committed (with whatever else is pending)."""
-        await self.submit([(sql, params)])
-
     async def _commit_slowly(self, statements: list[Statement]) -> None:
-        conn = self._backend._connection()
-
-        async def body() -> None:
+        async def body(tx: Transaction) -> None:
             for sql, params in statements:
-                await conn.execute(sql, params)
+                await tx.execute(sql, params)
 
-        await self._backend._immediate(body)
+        await self._backend._transaction(body)
 
 
 def _commit_statements(conn: sqlite3.Connection, statements: list[Statement]) -> None:

@@ -41,18 +41,11 @@ SELECT {columns} FROM {s}.sitq_tasks WHERE id = ANY($1::text[])
 -- the status and acting on it.
 SELECT status FROM {s}.sitq_tasks WHERE id = $1 FOR UPDATE
 
--- name: cancel_queued
-UPDATE {s}.sitq_tasks
-SET status = 'cancelled', finished_at = $2::float8, error = 'cancelled before it started',
-    expires_at = $2::float8 + COALESCE(result_ttl, $3::float8)
-WHERE id = $1 AND status = 'queued'
-RETURNING id
-
 -- name: request_cancel
 UPDATE {s}.sitq_tasks SET cancel_requested = true WHERE id = $1 AND status = 'running'
 RETURNING id
 
--- name: cancel_queued_many
+-- name: cancel_queued
 UPDATE {s}.sitq_tasks
 SET status = 'cancelled', finished_at = $2::float8, error = 'cancelled before it started',
     expires_at = $2::float8 + COALESCE(result_ttl, $3::float8)

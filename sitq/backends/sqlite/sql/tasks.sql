@@ -26,16 +26,10 @@ SELECT {columns} FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
 -- The stored status (a claimed task's is 'running'), read inside the write lock.
 SELECT status FROM sitq_tasks WHERE id = ?
 
--- name: cancel_queued
-UPDATE sitq_tasks
-SET status = 'cancelled', finished_at = ?2, error = 'cancelled before it started',
-    expires_at = ?2 + COALESCE(result_ttl, ?3)
-WHERE id = ?1 AND status = 'queued'
-
 -- name: request_cancel
 UPDATE sitq_tasks SET cancel_requested = 1 WHERE id = ? AND status = 'running'
 
--- name: cancel_queued_many
+-- name: cancel_queued
 UPDATE sitq_tasks
 SET status = 'cancelled', finished_at = ?2, error = 'cancelled before it started',
     expires_at = ?2 + COALESCE(result_ttl, ?3)
