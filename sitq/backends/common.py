@@ -52,9 +52,6 @@ from sitq.store import StoreTransaction
 
 T = TypeVar("T")
 
-_MEMORY_DATABASE = (
-    "sitq needs a database file shared with its workers: give a path such as 'tasks.db'"
-)
 #: A TaskRecord's columns, in its order.
 TASK_COLUMNS = (
     "id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, "
@@ -671,7 +668,9 @@ class BackendSession:
 def check_database_path(text: str) -> None:
     """Refuse an SQLite path no worker could share (empty, or ``:memory:``)."""
     if not text or text == ":memory:":
-        raise ConfigurationError(_MEMORY_DATABASE)
+        raise ConfigurationError(
+            "sitq needs a database file shared with its workers: give a path such as 'tasks.db'"
+        )
 
 
 class LoopBinding:
@@ -753,10 +752,8 @@ def translated(backend: Backend) -> Iterator[None]:
     as its ``__cause__``); a SitqError or any other error goes through unchanged."""
     try:
         yield
-    except SitqError:
-        raise
     except Exception as exc:
         error = translate_error(exc, backend)
-        if error is None:
+        if error is None or error is exc:
             raise
         raise error from exc

@@ -27,12 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "the PostgreSQL backend needs asyncpg: pip install 'sitq[postgres]'"
     ) from exc
 
-from sitq.backends.base import (
-    Lease,
-    NewTask,
-    Outcome,
-    WakeKind,
-)
+from sitq.backends.base import Lease, NewTask, Outcome, WakeKind
 from sitq.backends.common import SQLBackend, Transaction, lease_key, limit_room_allowed
 from sitq.backends.postgres import schema as q
 from sitq.backends.postgres.schema import SQL

@@ -20,12 +20,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from sitq.backends.base import (
-    Lease,
-    NewTask,
-    Outcome,
-    WakeKind,
-)
+from sitq.backends.base import Lease, NewTask, Outcome, WakeKind
 from sitq.backends.common import (
     SQLBackend,
     Transaction,
@@ -44,11 +39,7 @@ from sitq.backends.sqlite.enqueue import (
 from sitq.backends.sqlite.schema import SQL
 from sitq.backends.sqlite.session import SQLiteSession
 from sitq.backends.sqlite.wakeup import WakeupChannel, wake_directory
-from sitq.errors import (
-    DatabaseError,
-    DatabaseUnavailable,
-    NotASitqDatabase,
-)
+from sitq.errors import DatabaseError, DatabaseUnavailable, NotASitqDatabase
 
 T = TypeVar("T")
 
