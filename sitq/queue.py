@@ -3,7 +3,9 @@ the default options, and its calls on results, tasks, schedules and limits.
 
 What it is made of lives beside it: the enqueue path in ``enqueuer``, records
 and checks in ``records``, signals in ``announce``, the shared result poll loop
-in ``waiters``, the overview in ``overview``; its sync face is ``sync_queue``."""
+in ``waiters``, the overview in ``overview``; its sync face is ``sync_queue``.
+TaskQueue itself stays one class in one module (about 600 lines): it is the
+public API, and a reader should find every call a user makes in one place."""
 
 from __future__ import annotations
 

@@ -18,6 +18,9 @@ checks them on every backend):
   ``started``). Until then every read reports the task as 'queued' with
   ``TaskRecord.claimed`` set, and ``activity().running`` leaves it out; leases,
   expiry and reclaim treat it as any held task.
+
+The contract and the records it speaks in stay in one module (about 520 lines,
+most of it docstrings): a backend author reads the whole promise in one place.
 """
 
 from __future__ import annotations

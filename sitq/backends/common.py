@@ -7,6 +7,10 @@ queries alike in its ``sql/*.sql`` files and runs them through a few primitives
 claim, finish and enqueue paths, tuned to each database, stay in each backend.
 Also here: the store session both give the layers, the event-loop binding both
 enforce, and the translation of either driver's errors into sitq's.
+
+It is one module, over 500 lines, because :class:`SQLBackend` is one class:
+splitting its methods by concern would mean mixins that each reach for the
+same primitives and connection state, harder to follow than one file.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Writes take the database lock up front (single statements, or ``BEGIN
 IMMEDIATE`` for multi-statement transactions), so a writer never has to
 upgrade a read snapshot and fail with "database is locked"; a busy database is
 waited for and retried, never reported to the user.
+
+One module of one class (about 570 lines): the claim, finish and enqueue paths
+share the connection, its lock and the group-commit writer.
 """
 
 from __future__ import annotations
