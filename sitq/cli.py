@@ -138,7 +138,7 @@ def worker(
         )
         return
     try:
-        the_worker = Worker(db, serializer, imports=imports, burst=burst, **options)
+        the_worker = Worker(db, serializer, imports=imports, burst=burst, create=False, **options)
         asyncio.run(the_worker.run())
     except SitqError as exc:
         fail(str(exc))

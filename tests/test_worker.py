@@ -390,3 +390,19 @@ async def test_a_start_is_written_with_the_outcome_or_once_the_task_has_run_a_wh
             assert result is not None and result.ok and sum(marks) == 1
         finally:
             await worker.stop(timeout=5)
+
+
+async def test_worker_with_create_false_serves_only_an_existing_database(tmp_path: Path) -> None:
+    """What `sitq worker` uses: a missing file is an error naming it, and stays missing."""
+    from sitq.errors import SitqError
+
+    missing = tmp_path / "missing.db"
+    worker = Worker(missing, create=False)
+    with pytest.raises(SitqError, match="missing.db"):
+        await worker.start()
+    assert not missing.exists()
+    async with TaskQueue(missing):
+        pass
+    worker = Worker(missing, create=False)
+    await worker.start()
+    await worker.stop()

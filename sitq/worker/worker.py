@@ -61,6 +61,8 @@ class Worker(Claiming):
         (``@queue.periodic`` in the imported modules) when the worker starts.
     :param burst: run until no task is ready and none runs, then stop (waiting
         for retries this worker scheduled). ``outcomes`` then counts what ran.
+    :param create: False to serve only an existing database (what ``sitq worker``
+        does): a missing file is an error, not a new empty database.
     :param max_concurrency: not an option: refused with a pointer to ``concurrency``
         (the name other task queues use).
 
@@ -86,6 +88,7 @@ class Worker(Claiming):
         name: str | None = None,
         schedules: Sequence[Schedule] | None = None,
         burst: bool = False,
+        create: bool = True,
         max_concurrency: int | None = None,
     ) -> None:
         if max_concurrency is not None:
@@ -112,7 +115,8 @@ class Worker(Claiming):
         self.poll_interval = min(
             checks.seconds("poll_interval", poll_interval, positive=True), 0.05
         )
-        self.backend = open_backend(backend)
+        # Each backend has its own default for create: pass it only when refused.
+        self.backend = open_backend(backend) if create else open_backend(backend, create=False)
         self.serializer = serializer or default_serializer()
         self._binds = binds(self.serializer)
         self.queues = tuple(dict.fromkeys(queues))
