@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 from sitq import SyncTaskQueue, TaskQueue
 from sitq.pipeline import telemetry
 from sitq.pipeline.errors import InstanceFailed, PipelineDefinitionError, PipelineTimeout
-from sitq.pipeline.executors import Executor, PoolExecutor, QueueExecutor
+from sitq.pipeline.executors import InstanceExecutor, PoolExecutor, QueueExecutor
 from sitq.pipeline.fields import InputDataField
 from sitq.pipeline.signal import BatchEvent, InstanceEvent, SoftSignal
 from sitq.pipeline.template import Pipeline, validate_inputs
@@ -251,7 +251,7 @@ class BatchPipeline:
         connected if it is not, and left open."""
         return await self._run(queue, options, False)
 
-    def _executor(self, queue: Any, options: RunOptions, close: bool) -> Executor:
+    def _executor(self, queue: Any, options: RunOptions, close: bool) -> InstanceExecutor:
         unknown = sorted(set(options) - set(RunOptions.__annotations__))
         if unknown:
             raise TypeError(
@@ -325,7 +325,7 @@ class BatchPipeline:
 
     async def _drive(
         self,
-        executor: Executor,
+        executor: InstanceExecutor,
         instances: Iterator[Pipeline],
         span: Any,
         timeout: float | None,

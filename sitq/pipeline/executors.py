@@ -29,7 +29,7 @@ from sitq.pipeline.errors import InstanceFailed
 from sitq.pipeline.template import Pipeline
 
 __all__ = [
-    "Executor",
+    "InstanceExecutor",
     "PoolExecutor",
     "QueueExecutor",
     "run_instance",
@@ -113,7 +113,7 @@ class _Unsendable(Exception):
     """An instance (or one of a group) would not serialize; ``args[0]`` says why."""
 
 
-class Executor:
+class InstanceExecutor:
     """Where instances run: ``submit`` them, ``wait`` for outcomes.
 
     A subclass sends a group with ``_send``, raising :class:`_Unsendable` when
@@ -170,7 +170,7 @@ class _Job:
         self.future: asyncio.Future[bytes] | None = None
 
 
-class PoolExecutor(Executor):
+class PoolExecutor(InstanceExecutor):
     """Runs instances in a local ``ProcessPoolExecutor``.
 
     ``max_tasks_per_child`` replaces a child after that many instances; Python's
@@ -344,7 +344,7 @@ class PoolExecutor(Executor):
         return False, InstanceFailed(index, text, tb, exception=original)
 
 
-class QueueExecutor(Executor):
+class QueueExecutor(InstanceExecutor):
     """Runs each instance as one sitq task, on whatever workers serve the queue.
 
     Instances are enqueued in groups (one transaction each) while fewer than

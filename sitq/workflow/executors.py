@@ -120,7 +120,7 @@ async def _task_queue(queue: TaskQueue, task_id: str) -> str | None:
     return None if record is None else record.queue
 
 
-class Executor:
+class ItemExecutor:
     """Runs ItemCalls somewhere and returns their outcomes. Its ``watch`` notices
     when no live worker serves a queue whose tasks items wait for."""
 
@@ -150,7 +150,7 @@ class Executor:
         """Release what the executor holds (the queue stays the caller's)."""
 
 
-class LocalExecutor(Executor):
+class LocalExecutor(ItemExecutor):
     """Runs items in threads of this process; a resume adopts the tasks a killed run
     had enqueued (see :meth:`adopt`)."""
 
@@ -212,7 +212,7 @@ class LocalExecutor(Executor):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class WorkerExecutor(Executor):
+class WorkerExecutor(ItemExecutor):
     """Enqueues items as sitq tasks and collects their results.
 
     Items submitted in the same turn of the event loop go in one
@@ -353,7 +353,7 @@ async def live_workers(queue: TaskQueue, queue_name: str) -> int:
 
 async def open_executor(
     mode: str, queue: TaskQueue, queue_name: str, watch: WorkerWatch
-) -> Executor:
+) -> ItemExecutor:
     """The executor for ``mode`` (one of EXECUTORS): ``workers`` (fails without live
     workers on the queue's database), ``local``, or ``auto`` (workers when some serve
     ``queue_name``, else local). ``queue`` is connected and stays the caller's."""

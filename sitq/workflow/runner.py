@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sitq.workflow.errors import TemplateError, WorkflowError
-from sitq.workflow.executors import Executor, LocalExecutor
+from sitq.workflow.executors import ItemExecutor, LocalExecutor
 from sitq.workflow.kinds import AttrDict, EnvView, ItemCall, ItemOutcome, RetryPolicy, run_item
 from sitq.workflow.progress import Reporter, StepProgress
 from sitq.workflow.spec import (
@@ -135,7 +135,7 @@ class Runner:
         run_id: str,
         params: dict[str, Any],
         store: StateStore,
-        executor: Executor,
+        executor: ItemExecutor,
         reporter: Reporter,
         settings: RunSettings,
     ) -> None:

@@ -206,7 +206,7 @@ class PostgresBackend(SQLBackend):
                 )
             if version < q.SCHEMA_VERSION:
                 await conn.execute(self._q(SQL.create_schema))
-            await self._upgrade(_Transaction(self, conn), version, self.describe())
+            await self._upgrade(_PostgresTransaction(self, conn), version, self.describe())
 
     async def _shut(self) -> None:
         if self._listener is not None:
@@ -236,14 +236,14 @@ class PostgresBackend(SQLBackend):
 
     async def _transaction(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
         async with self._acquire() as conn, conn.transaction():
-            return await body(_Transaction(self, conn))
+            return await body(_PostgresTransaction(self, conn))
 
     async def _snapshot(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
         async with (
             self._acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            return await body(_Transaction(self, conn))
+            return await body(_PostgresTransaction(self, conn))
 
     def _array(self, values: Sequence[Any]) -> list[Any]:
         return list(values)
@@ -403,7 +403,7 @@ class PostgresBackend(SQLBackend):
             pause = min(pause * 2, 5.0)
 
 
-class _Transaction:
+class _PostgresTransaction:
     """Statements in one of :meth:`PostgresBackend._transaction`'s transactions."""
 
     def __init__(self, backend: PostgresBackend, conn: Any) -> None:

@@ -219,7 +219,9 @@ class SQLiteBackend(SQLBackend):
             return int(rows[0][0]) if rows else None
 
         async def upgrade() -> None:
-            await self._upgrade(_Transaction(conn, set()), await read_version() or 0, self.path)
+            await self._upgrade(
+                _SQLiteTransaction(conn, set()), await read_version() or 0, self.path
+            )
 
         try:
             version = await read_version()
@@ -319,7 +321,7 @@ class SQLiteBackend(SQLBackend):
 
         async def attempt() -> T:
             woken.clear()
-            return await body(_Transaction(conn, woken))
+            return await body(_SQLiteTransaction(conn, woken))
 
         value = await self._immediate(attempt)
         for kind in woken:
@@ -329,7 +331,7 @@ class SQLiteBackend(SQLBackend):
     async def _snapshot(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
         # A deferred transaction reads one snapshot of the WAL, and takes no lock.
         conn = self._connection()
-        return await self._immediate(lambda: body(_Transaction(conn, set())), begin="BEGIN")
+        return await self._immediate(lambda: body(_SQLiteTransaction(conn, set())), begin="BEGIN")
 
     def _array(self, values: Sequence[Any]) -> str:
         """A list as one JSON text parameter (read with ``json_each``)."""
@@ -548,7 +550,7 @@ class SQLiteBackend(SQLBackend):
         return self._sqlite_session
 
 
-class _Transaction:
+class _SQLiteTransaction:
     """Statements in one of :meth:`SQLiteBackend._transaction`'s transactions."""
 
     def __init__(self, conn: aiosqlite.Connection, woken: set[WakeKind]) -> None:
