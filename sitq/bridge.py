@@ -79,8 +79,11 @@ class LoopThread:
 
     def run(self, coro: Coroutine[Any, Any, T], /) -> T:
         """Run ``coro`` on the loop thread; return its result or raise its exception."""
-        outcome, stop = self._start(coro)
+        outcome, launch, stop = self._prepare(coro)
         try:
+            # Launched inside the try: an interruption that lands just after the
+            # coroutine started still stops it.
+            launch()
             return outcome.result()
         except BaseException:
             if not outcome.done():  # interrupted while waiting: stop the coroutine
@@ -95,10 +98,14 @@ class LoopThread:
         """Schedule ``coro`` on the loop thread without waiting: for a caller on
         another event loop, which awaits the future (``asyncio.wrap_future``).
         Cancelling the future cancels the coroutine."""
-        return self._start(coro)[0]
+        outcome, launch, _ = self._prepare(coro)
+        launch()
+        return outcome
 
-    def _start(self, coro: Coroutine[Any, Any, T]) -> tuple[Future[T], Callable[[], None]]:
-        """Start ``coro`` on the loop: its outcome, and what stops it."""
+    def _prepare(
+        self, coro: Coroutine[Any, Any, T]
+    ) -> tuple[Future[T], Callable[[], None], Callable[[], None]]:
+        """Ready ``coro`` for the loop: its outcome, what starts it, what stops it."""
         if self._closed:
             coro.close()  # never awaited: close it so Python does not warn
             raise NotConnected(f"the {self._thread.name} event loop is closed")
@@ -117,9 +124,12 @@ class LoopThread:
             task.add_done_callback(functools.partial(_settle, outcome))
 
         def abort() -> None:
-            # The loop runs callbacks in order: start() has run.
+            # The loop runs callbacks in order: start() has run if it was launched.
             if started:
                 started[0].cancel()
+            else:  # never launched: it never will be
+                coro.close()
+                outcome.cancel()
 
         def stop() -> None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs
@@ -128,8 +138,18 @@ class LoopThread:
         self._pending.add(outcome)
         outcome.add_done_callback(lambda done: stop() if done.cancelled() else None)
         outcome.add_done_callback(self._pending.discard)
-        self._loop.call_soon_threadsafe(start)
-        return outcome, stop
+
+        def launch() -> None:
+            try:
+                self._loop.call_soon_threadsafe(start)
+            except RuntimeError:  # another thread closed the loop meanwhile
+                coro.close()
+                with contextlib.suppress(futures.InvalidStateError):
+                    outcome.set_exception(
+                        NotConnected(f"the {self._thread.name} event loop is closed")
+                    )
+
+        return outcome, launch, stop
 
     def close(self, last: Coroutine[Any, Any, Any] | None = None, /) -> None:
         """Run ``last`` (a clean-up: closing a backend) if given, then cancel what

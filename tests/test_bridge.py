@@ -74,8 +74,8 @@ def test_ctrl_c_while_waiting_cancels_the_coroutine_and_lets_it_unwind() -> None
             raise
 
     def press_ctrl_c() -> None:
-        # The main thread holds the GIL until it blocks in run(): once the
-        # coroutine has started, the main thread is waiting.
+        # Once the coroutine has started, run() has launched it inside its try
+        # (whether or not the main thread is already waiting on the outcome).
         assert started.wait(10)
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
