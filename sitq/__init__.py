@@ -6,7 +6,15 @@ The producer API is :class:`TaskQueue` (async) and :class:`SyncTaskQueue`;
 
 from typing import TYPE_CHECKING, Any
 
-from sitq.backends.base import LimitRecord, ScheduleRecord, TaskPage, TaskRecord, WorkerRecord
+from sitq.backends.base import (
+    LimitRecord,
+    Progress,
+    ScheduleRecord,
+    TaskPage,
+    TaskRecord,
+    WorkerRecord,
+)
+from sitq.current import CurrentTask, current_task
 from sitq.errors import (
     ConfigurationError,
     CorruptRow,
@@ -29,6 +37,7 @@ from sitq.records import CancelOutcome
 from sitq.serialization import CloudpickleSerializer
 from sitq.sync_queue import SyncTaskQueue
 from sitq.task import Result, TaskOptions, TaskStatus
+from sitq.watch import WatchEvent
 from sitq.worker import Worker
 
 if TYPE_CHECKING:
@@ -39,6 +48,7 @@ __all__ = [
     "CloudpickleSerializer",
     "ConfigurationError",
     "CorruptRow",
+    "CurrentTask",
     "DatabaseError",
     "DatabaseUnavailable",
     "InvalidTask",
@@ -46,6 +56,7 @@ __all__ = [
     "NotASitqDatabase",
     "NotConnected",
     "Overview",
+    "Progress",
     "QueueSummary",
     "Result",
     "SQLiteBackend",
@@ -62,10 +73,12 @@ __all__ = [
     "TaskQueue",
     "TaskRecord",
     "TaskStatus",
+    "WatchEvent",
     "Worker",
     "WorkerCrashed",
     "WorkerRecord",
     "WorkerSummary",
+    "current_task",
 ]
 
 __version__ = "0.1.0"

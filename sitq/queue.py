@@ -13,7 +13,7 @@ import functools
 import inspect
 import math
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -24,6 +24,7 @@ from sitq.backends.base import (
     WORKER_STALE_AFTER,
     Backend,
     LimitRecord,
+    Progress,
     ScheduleRecord,
     TaskPage,
     TaskRecord,
@@ -56,6 +57,7 @@ from sitq.serialization import Serializer, default_serializer
 from sitq.store import StoreSession
 from sitq.task import Result, TaskOptions, TaskStatus
 from sitq.waiters import ResultWaiters
+from sitq.watch import WatchEvent, watch_events
 
 T = TypeVar("T")
 Q = TypeVar("Q")
@@ -190,6 +192,54 @@ class TaskQueue(Enqueuer):
                 return None
             record = found
         return record_to_result(record, self.serializer)
+
+    async def progress(self, task_id: str) -> Progress | None:
+        """The latest progress the task reported from inside its run
+        (``sitq.current_task().report_progress``): done, total, message and
+        updated_at; None before any report. It stays after the task finishes (a
+        retry's run reports afresh). Unknown ids raise TaskNotFound."""
+        check_task_id(task_id)
+        found = (await self._backend_checked().task_progress([task_id])).get(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        return found[1]
+
+    def watch(
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 0.5,
+        skip_missing: bool = False,
+    ) -> AsyncIterator[WatchEvent]:
+        """Live events of these tasks, as they happen: ``async for event in
+        queue.watch(ids)``. Yields a :class:`WatchEvent` of kind "progress" when a
+        task reports progress (at most about every half second per task), and one
+        of kind "finished" (with its status and Result) when it ends; the
+        iteration ends once every watched task has finished, or after ``timeout``
+        seconds (None: no limit).
+
+        Driven by the database's wake-ups (any process, any host), with one query
+        per look over every watched task; ``poll_interval`` bounds the wait when a
+        wake-up is lost. An id unknown at the start raises TaskNotFound (with
+        ``skip_missing``, it is left out, as is a task deleted while watched).
+        """
+        if isinstance(task_ids, str):
+            raise ConfigurationError(
+                "watch takes a list of task ids, not one id: pass [task_id]"
+            )
+        check_task_ids(task_ids)
+        if timeout is not None:
+            timeout = checks.seconds("timeout", timeout, hint="; None watches until all finish")
+        interval = checks.seconds("poll_interval", poll_interval, positive=True)
+        return watch_events(
+            self._backend_checked(),
+            self.serializer,
+            list(task_ids),
+            timeout=timeout,
+            poll_interval=interval,
+            skip_missing=skip_missing,
+        )
 
     async def get_results(self, task_ids: Sequence[str]) -> dict[str, Result]:
         """Results of those of ``task_ids`` that have finished, checked in bulk (no waiting)."""

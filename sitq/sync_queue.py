@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sitq.bridge import LoopThread, runs_event_loop
@@ -20,6 +20,7 @@ from sitq.queue import StorageTarget, TaskQueue
 from sitq.serialization import Serializer
 from sitq.sqlfiles import Dialect
 from sitq.store import StoreSession, StoreTransaction
+from sitq.watch import WatchEvent
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -144,7 +145,34 @@ class SyncTaskQueue(SyncEnqueuer):
         self.connect()
         return _LoopSession(self._loop, self._queue.store_session())
 
+    def watch(
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 0.5,
+        skip_missing: bool = False,
+    ) -> Iterator[WatchEvent]:
+        """Like :meth:`TaskQueue.watch`, as a plain iterator (each step runs on the
+        queue's loop)."""
+        self.connect()
+        events = self._queue.watch(
+            task_ids, timeout=timeout, poll_interval=poll_interval, skip_missing=skip_missing
+        )
+        return self._iterate(events)
+
+    def _iterate(self, events: AsyncIterator[WatchEvent]) -> Iterator[WatchEvent]:
+        try:
+            while (event := self.run(_next(events))) is not None:
+                yield event
+        finally:
+            if not self._closed:
+                aclose = getattr(events, "aclose", None)
+                if aclose is not None:
+                    self.run(_await(aclose()))  # its cleanup runs on the loop
+
     get_result = _blocking(TaskQueue.get_result)
+    progress = _blocking(TaskQueue.progress)
     get_results = _blocking(TaskQueue.get_results)
     status = _blocking(TaskQueue.status)
     statuses = _blocking(TaskQueue.statuses)
@@ -161,6 +189,14 @@ class SyncTaskQueue(SyncEnqueuer):
     stats = _blocking(TaskQueue.stats)
     wait_for_results = _blocking(TaskQueue.wait_for_results)
     list_tasks = _blocking(TaskQueue.list_tasks)
+
+
+async def _next(events: AsyncIterator[WatchEvent]) -> WatchEvent | None:
+    return await anext(events, None)
+
+
+async def _await(step: Awaitable[T]) -> T:
+    return await step
 
 
 class _LoopSession:

@@ -36,8 +36,9 @@ from typing import Any, Literal, NamedTuple
 from sitq.store import StoreSession as StoreSession
 from sitq.store import StoreTransaction as StoreTransaction
 
-#: "tasks" enqueued, "results" written, "cancels" asked of tasks a worker holds.
-WakeKind = Literal["tasks", "results", "cancels"]
+#: "tasks" enqueued, "results" written, "cancels" asked of tasks a worker holds,
+#: "progress" reported by running tasks.
+WakeKind = Literal["tasks", "results", "cancels", "progress"]
 
 #: A task whose worker was lost this many times beyond its retries is failed,
 #: so a task that kills its worker every time cannot loop forever.
@@ -109,6 +110,49 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """The latest progress a running task reported (``sitq.current_task()``):
+    ``done`` of ``total`` (None: unknown) with an optional ``message``, stored at
+    ``updated_at`` (backend clock; within about half a second of the report)."""
+
+    done: float
+    total: float | None
+    message: str | None
+    updated_at: float
+
+    @property
+    def fraction(self) -> float | None:
+        """``done / total`` clamped to [0, 1]; None without a (positive) total."""
+        if not self.total:
+            return None
+        return min(1.0, max(0.0, self.done / self.total))
+
+
+def _number(value: Any) -> Any:
+    """A stored progress number: an int when it is whole (``done`` is usually a count)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def stored_progress(row: Sequence[Any]) -> Progress | None:
+    """A Progress from stored (done, total, message, updated_at), None if never reported."""
+    if row[3] is None:
+        return None
+    done = _number(row[0])
+    return Progress(done, None if row[1] is None else _number(row[1]), row[2], float(row[3]))
+
+
+class ProgressReport(NamedTuple):
+    """The latest progress of a task a worker holds, for ``Backend.report_progress``."""
+
+    lease: Lease
+    done: float
+    total: float | None
+    message: str | None
+
+
+@dataclass(frozen=True)
 class TaskRecord:
     """Everything stored about one task. ``payload_size`` and ``result_size`` (bytes)
     are filled by ``get_tasks`` only, which can tell them without loading either."""
@@ -134,6 +178,8 @@ class TaskRecord:
     #: Held by worker ``worker_id`` (prefetched), which has not started it yet:
     #: ``status`` then reads 'queued'.
     claimed: bool = False
+    #: The latest progress its run reported (None before any report).
+    progress: Progress | None = None
 
 
 #: The status a task reports, as SQL: a claimed task that has not started is queued.
@@ -142,9 +188,10 @@ STATUS_SQL = "CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' 
 
 def task_record(row: Sequence[Any]) -> TaskRecord:
     """A TaskRecord from a row of the task columns (id, queue, func_name, status,
-    ..., started_at at index 9, ..., traceback), optionally followed by the
-    payload and the sizes. A claimed task that has not started reads as queued, ``claimed``."""
-    record = TaskRecord(*row)
+    ..., started_at at index 9, ..., traceback, then the four progress columns),
+    optionally followed by the payload and the sizes. A claimed task that has not
+    started reads as queued, ``claimed``."""
+    record = TaskRecord(*row[:15], *row[19:], progress=stored_progress(row[15:19]))
     if record.status == "running" and record.started_at is None:
         return replace(record, status="queued", claimed=True)
     return record
@@ -484,6 +531,20 @@ class Backend(abc.ABC):
         """Cancel those of the tasks that are still queued (running and finished ones
         are left alone, and so are claimed ones that have not started: their
         worker holds them), in one statement; return the ids cancelled."""
+
+    # -- progress -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def report_progress(self, reports: Sequence[ProgressReport]) -> int:
+        """Store the latest progress of running tasks, in one write, and wake the
+        watchers ("progress"). A report applies only while its lease holds (same
+        worker, same attempt, still running): one for a finished task, or one whose
+        lease was lost, is ignored. Returns how many applied."""
+
+    @abc.abstractmethod
+    async def task_progress(self, task_ids: Sequence[str]) -> dict[str, tuple[str, Progress | None]]:
+        """Each given task's status (as ``task_statuses``) and latest progress, in
+        one query; unknown ids are absent."""
 
     # -- listings for dashboards ------------------------------------------------
 

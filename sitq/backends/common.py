@@ -34,6 +34,8 @@ from sitq.backends.base import (
     Lease,
     LimitRecord,
     NewTask,
+    Progress,
+    ProgressReport,
     ScheduleRecord,
     TaskCounts,
     TaskPage,
@@ -41,6 +43,7 @@ from sitq.backends.base import (
     WakeKind,
     WorkerRecord,
     claimed_tasks,
+    stored_progress,
     task_record,
 )
 from sitq.errors import (
@@ -59,8 +62,11 @@ T = TypeVar("T")
 #: A TaskRecord's columns, in its order.
 TASK_COLUMNS = (
     "id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, "
-    "available_at, started_at, finished_at, worker_id, result, error, traceback"
+    "available_at, started_at, finished_at, worker_id, result, error, traceback, "
+    "progress_done, progress_total, progress_message, progress_at"
 )
+#: The longest progress message stored (a longer one is cut).
+PROGRESS_MESSAGE_LIMIT = 1000
 
 
 def lease_key(lease: Lease) -> tuple[str, str, int]:
@@ -384,6 +390,30 @@ class SQLBackend(Backend):
         rows = await self._fetch(self.SQL.task_statuses, (self._array(task_ids),))
         return {row[0]: row[1] for row in rows}
 
+    async def task_progress(self, task_ids: Sequence[str]) -> dict[str, tuple[str, Progress | None]]:
+        """Each given task's status and latest progress, in one query."""
+        rows = await self._fetch(self.SQL.task_progress, (self._array(task_ids),))
+        return {row[0]: (row[1], stored_progress(row[2:6])) for row in rows}
+
+    async def report_progress(self, reports: Sequence[ProgressReport]) -> int:
+        """Store the reports whose lease holds, in one statement, and wake the watchers."""
+        if not reports:
+            return 0
+        rows = self._rows(
+            [
+                (*lease_key(r.lease), r.done, r.total, _storable_message(r.message))
+                for r in reports
+            ]
+        )
+
+        async def body(tx: Transaction) -> int:
+            applied = await tx.execute(self.SQL.report_progress, (self.now(), *rows))
+            if applied:
+                await tx.wake("progress")
+            return applied
+
+        return await self._transaction(body)
+
     async def counts(
         self, *, statuses: bool = True, finished_since: float | None = None, retrying: bool = False
     ) -> TaskCounts:
@@ -619,6 +649,15 @@ class SQLBackend(Backend):
     async def list_schedules(self) -> list[ScheduleRecord]:
         """Every schedule, by name."""
         return [ScheduleRecord(*row) for row in await self._fetch(self.SQL.list_schedules)]
+
+
+def _storable_message(message: str | None) -> str | None:
+    """A progress message as any database stores it: bounded, no NUL (PostgreSQL
+    text refuses it), no lone surrogate (no driver encodes one)."""
+    if message is None:
+        return None
+    message = message[:PROGRESS_MESSAGE_LIMIT].replace("\x00", "\\x00")
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class BackendSession:

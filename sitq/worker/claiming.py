@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from sitq import telemetry
+from sitq.current import FLUSH_INTERVAL
 from sitq.worker.execution import Execution
 from sitq.worker.runs import Running, logger
 
@@ -100,6 +101,18 @@ class Claiming(Execution):
             for future in (first, stop):
                 if not future.done():
                     future.cancel()
+
+    # -- progress -----------------------------------------------------------
+
+    async def _progress_loop(self) -> None:
+        """Every FLUSH_INTERVAL, hand the new progress reports of every task this
+        worker runs to the writer, which stores them in one write (none if none
+        changed). A task's last report goes with its outcome (``OutcomeWriter.submit``)."""
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            reports = [r for r in map(Running.unflushed, self._running.values()) if r is not None]
+            if reports and self._writer is not None:
+                self._writer.progress(reports)
 
     # -- heartbeat ----------------------------------------------------------
 

@@ -18,6 +18,7 @@ from opentelemetry import trace
 
 from sitq import signals, telemetry
 from sitq.backends.base import Backend, ClaimedTask, Lease, Outcome, UnreadablePayload
+from sitq.current import CurrentTask, set_current
 from sitq.errors import SerializationError
 from sitq.headers import unwrap as unwrap_headers
 from sitq.registry import UnknownTask, resolve
@@ -49,6 +50,11 @@ from sitq.worker.runs import (
     with_timeout,
 )
 from sitq.worker.thread_slots import ThreadSlots
+
+
+#: Seconds a process-pool task asked to cancel has to stop on its own (it sees
+#: ``current_task().cancel_requested``) before its child process is killed.
+PROCESS_CANCEL_GRACE = 1.0
 
 
 class Execution:
@@ -176,6 +182,8 @@ class Execution:
             self._start_runner(running, self._record_start(running))
             return
         headers, body = unwrap_headers(task.payload)
+        # What sitq.current_task() returns in the run (a small object per task).
+        running.current = current = CurrentTask(task.id, task.attempts, task.queue)
         if running.observed:
             running.span = telemetry.start_run(
                 task.id,
@@ -192,7 +200,9 @@ class Execution:
         if self._processes is not None:
             pool = self._processes
             bindings = self._binding(task, "payload"), self._binding(task, "result")
-            self._start_runner(running, self._run(running, lambda: pool.run(body, bindings)))
+            self._start_runner(
+                running, self._run(running, lambda: pool.run(body, bindings, current))
+            )
             return
         try:
             what = f"task {task.id} ({task.func_name})"
@@ -214,7 +224,7 @@ class Execution:
         assert self._threads is not None
         running.in_thread = True
         fn = telemetry.run_in_span(running.span, fn)
-        self._threads.submit(running, fn, args, kwargs, self._binding(task, "result"))
+        self._threads.submit(running, fn, args, kwargs, self._binding(task, "result"), current)
         if task.timeout is not None:
             running.timer = asyncio.get_running_loop().call_later(
                 task.timeout, self._abandon_thread_run, running
@@ -263,12 +273,16 @@ class Execution:
         """Run an async task on the loop, or a payload in a child process."""
         task = running.task
         started = time.monotonic()
+        if running.current is not None:  # this runner's own context, as for the span
+            set_current(running.current)
         if running.span is not None:  # this runner's own context: spans it opens nest
             otel_context.attach(trace.set_span_in_context(running.span))
         try:
             value = await with_timeout(make(), task.timeout)
-            if self._processes is not None:
-                outcome: Outcome | None = self._outcome_from_reply(task, value)
+            if running.interrupt == "cancel":  # a process-pool task that stopped when asked
+                outcome: Outcome | None = self._interrupted(running)
+            elif self._processes is not None:
+                outcome = self._outcome_from_reply(task, value)
             else:
                 what = f"the return value of task {task.id} ({task.func_name})"
                 data = dumps_checked(self.serializer, value, what, self._binding(task, "result"))
@@ -448,13 +462,27 @@ class Execution:
         if running.interrupt is not None or running.done:
             return
         running.interrupt = reason
+        if reason == "cancel" and running.current is not None:
+            running.current.request_cancel()  # current_task().cancel_requested
         if running.runner is not None:
-            running.runner.cancel()
+            if reason == "cancel" and self._processes is not None and running.current is not None:
+                # A child process cannot be interrupted, only killed: let the task
+                # stop on its own first, if it watches cancel_requested.
+                loop = asyncio.get_running_loop()
+                loop.call_later(PROCESS_CANCEL_GRACE, self._stop_runner, running)
+            else:
+                running.runner.cancel()
         elif running.in_thread:
             self._abandon_thread_run(running)
         elif reason == "cancel" and running.started_at is None and running in self._ready:
             self._cancel_prefetched(running)
         # Otherwise about to start: _start sees the interrupt.
+
+    @staticmethod
+    def _stop_runner(running: Running) -> None:
+        """Cancel the run of ``running`` unless it has ended."""
+        if not running.done and running.runner is not None:
+            running.runner.cancel()
 
     def _cancel_prefetched(self, running: Running) -> None:
         """End a cancelled task still waiting for a slot: at once, not once a slot

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from sitq.backends.base import Backend, Outcome
+from sitq.backends.base import Backend, Outcome, ProgressReport
 from sitq.errors import SitqError
 from sitq.worker.runs import Running, logger
 
@@ -37,7 +37,9 @@ class OutcomeWriter:
     refused is stored as a plain failure instead (see ``_write_each``).
 
     It also writes starts: with the outcome, or (see ``START_MARK_DELAY``) with
-    the next write, one made for it if none is due."""
+    the next write, one made for it if none is due; and progress reports (see
+    ``progress``), each write's before its outcomes, so a task's last report is
+    stored while it still runs (a report for a finished task is ignored)."""
 
     def __init__(
         self,
@@ -51,6 +53,8 @@ class OutcomeWriter:
         self._pending: list[tuple[Running, Outcome]] = []
         self._unmarked: dict[Running, None] = {}  # started, start not written; in start order
         self._mark_timer: asyncio.TimerHandle | None = None
+        # The latest progress report per task, for the next write (best effort).
+        self._reports: dict[str, ProgressReport] = {}
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -66,9 +70,18 @@ class OutcomeWriter:
         """``running`` ends without an outcome (released): no start to write."""
         self._unmarked.pop(running, None)
 
+    def progress(self, reports: list[ProgressReport]) -> None:
+        """Store these progress reports with the next write (one made for them)."""
+        for report in reports:
+            self._reports[report.lease.task_id] = report
+        self._ready.set()
+
     def submit(self, running: Running, outcome: Outcome) -> None:
-        """Queue ``outcome`` for the next write (with the task's start)."""
+        """Queue ``outcome`` for the next write (with the task's start, and its
+        last progress report if that is not stored yet)."""
         self._unmarked.pop(running, None)
+        if (report := running.unflushed()) is not None:
+            self._reports[report.lease.task_id] = report
         if outcome.error is not None:  # failures only: no cost to a success
             outcome = _storable(outcome)
         self._pending.append((running, outcome))
@@ -110,6 +123,8 @@ class OutcomeWriter:
             self._ready.clear()
             batch, self._pending = self._pending, []
             marks = self._take_due_marks()
+            if self._reports:
+                await self._write_progress()
             if not batch and not marks:
                 continue
             started = [
@@ -151,6 +166,20 @@ class OutcomeWriter:
             failures = 0
             for (running, _), ok in zip(batch, applied, strict=True):
                 self._recorded(running, ok)
+
+    async def _write_progress(self) -> None:
+        """Store the pending progress reports in one write; on failure they are
+        dropped (progress is a hint: the next report, or the outcome, follows)."""
+        reports, self._reports = list(self._reports.values()), {}
+        try:
+            await self._backend.report_progress(reports)
+        except Exception as exc:
+            logger.warning(
+                "could not store the progress of %d tasks: %s: %s",
+                len(reports),
+                type(exc).__name__,
+                exc,
+            )
 
     async def _write_each(
         self, batch: list[tuple[Running, Outcome]]

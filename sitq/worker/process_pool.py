@@ -4,6 +4,14 @@ Unlike ``concurrent.futures.ProcessPoolExecutor`` it can kill and replace a
 single child (on a task timeout or cancel) without disturbing the others,
 replaces a child after ``max_tasks_per_child`` tasks, and reports a child that
 died (a segfault, ``os._exit``) as that task's failure only.
+
+``sitq.current_task()`` works in a child: its progress reports travel back on
+the child's pipe, interleaved before the reply (a thread in the child sends the
+latest one at most every ``PROGRESS_SEND_INTERVAL`` seconds, and the last one
+goes just before the reply), and ``cancel_requested`` reads a byte of shared
+memory the worker sets (a cooperative loop may read it on every item: no
+system call, and the child's main thread is busy running the task, so it could
+not read a message).
 """
 
 from __future__ import annotations
@@ -19,11 +27,19 @@ import pickle
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
+from sitq.current import CancelFlag, CurrentTask, reset_current, set_current
 from sitq.serialization import Serializer
 from sitq.worker.calls import Bindings, Reply, call_payload
+
+#: The longest a child keeps a new progress report before sending it to its worker.
+PROGRESS_SEND_INTERVAL = 0.2
+#: The tag of a progress message from a child (a reply's tag is never this).
+_PROGRESS = "progress"
 
 #: prctl(2) option: the signal this process gets when its parent dies (Linux).
 _PR_SET_PDEATHSIG = 1
@@ -37,6 +53,7 @@ class ChildDied(Exception):
 class _Child:
     process: multiprocessing.process.BaseProcess
     conn: multiprocessing.connection.Connection
+    flag: CancelFlag  # shared with the child: its task's cancel_requested
     tasks_run: int = 0
 
 
@@ -80,14 +97,70 @@ def _exit_when_ready(sentinel: int) -> None:
     os._exit(1)
 
 
+class _ProgressSender:
+    """In a child: sends the running task's latest progress report to the worker,
+    at most every PROGRESS_SEND_INTERVAL seconds, from a thread of its own."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()  # one sender on the pipe at a time
+        self.current: CurrentTask | None = None
+        self.sent: Any = None
+        self._busy = threading.Event()
+        threading.Thread(target=self._loop, name="sitq-progress", daemon=True).start()
+
+    def begin(self, current: CurrentTask) -> None:
+        """``current`` starts running."""
+        self.current = current
+        self._busy.set()
+
+    def send_reply(self, reply: Reply) -> None:
+        """Send the last unsent report, then the reply: none follows it."""
+        with self.lock:
+            current, self.current = self.current, None
+            self._busy.clear()
+            if current is not None and current.latest is not None:
+                if current.latest is not self.sent:
+                    self.conn.send((_PROGRESS, current.latest))
+            self.conn.send(reply)
+
+    def _loop(self) -> None:
+        while True:
+            self._busy.wait()
+            time.sleep(PROGRESS_SEND_INTERVAL)
+            with self.lock:
+                current = self.current
+                if current is None or current.latest is None or current.latest is self.sent:
+                    continue
+                self.sent = current.latest
+                try:
+                    self.conn.send((_PROGRESS, current.latest))
+                except OSError:
+                    return  # the worker is gone
+
+
+def _receive(conn: multiprocessing.connection.Connection, current: CurrentTask | None) -> Reply:
+    """The child's reply to the task it runs; its progress reports meanwhile go
+    to ``current`` (the worker's side of the run)."""
+    while True:
+        message = conn.recv()
+        if message[0] == _PROGRESS:
+            if current is not None:
+                current.latest = message[1]
+            continue
+        reply: Reply = message
+        return reply
+
+
 def _child_main(
     conn: multiprocessing.connection.Connection,
     serializer_bytes: bytes,
     sys_path: list[str],
     imports: list[str],
+    flag: CancelFlag,
 ) -> None:
-    """Loop in the child: receive a payload (and its signature bindings), run it,
-    send back a tagged reply."""
+    """Loop in the child: receive a payload (and its signature bindings, and who
+    runs as ``current_task()``), run it, send back a tagged reply."""
     # The parent worker decides on shutdown (drain, then release or kill): a
     # SIGINT or SIGTERM sent to the whole process group must not kill a task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -97,6 +170,7 @@ def _child_main(
     for module in imports:
         importlib.import_module(module)
     serializer: Serializer = pickle.loads(serializer_bytes)
+    sender = _ProgressSender(conn)
     while True:
         try:
             message = conn.recv()
@@ -104,7 +178,18 @@ def _child_main(
             return
         if message is None:
             return
-        conn.send(call_payload(serializer, *message))  # (payload, bindings)
+        payload, bindings, meta = message
+        current = None
+        if meta is not None:
+            current = CurrentTask(*meta)
+            current.share_cancel(flag)
+            sender.begin(current)
+        mark = set_current(current)
+        try:
+            reply = call_payload(serializer, payload, bindings)
+        finally:
+            reset_current(mark)
+        sender.send_reply(reply)
 
 
 class ProcessPool:
@@ -136,20 +221,27 @@ class ProcessPool:
     async def _spawn(self) -> _Child:
         loop = asyncio.get_running_loop()
         parent_conn, child_conn = self._context.Pipe(duplex=True)
+        flag: CancelFlag = self._context.RawValue("b", 0)
         process = self._context.Process(
             target=_child_main,
-            args=(child_conn, self._serializer_bytes, list(sys.path), self._imports),
+            args=(child_conn, self._serializer_bytes, list(sys.path), self._imports, flag),
             name="sitq-pool-child",
             daemon=True,
         )
         await loop.run_in_executor(self._io, process.start)
         child_conn.close()
-        child = _Child(process, parent_conn)
+        child = _Child(process, parent_conn, flag)
         self._children.add(child)
         return child
 
-    async def run(self, payload: bytes, bindings: Bindings) -> Reply:
+    async def run(
+        self, payload: bytes, bindings: Bindings, current: CurrentTask | None = None
+    ) -> Reply:
         """Run one payload in a child. Returns the child's tagged reply.
+
+        ``current``: the run as ``sitq.current_task()`` shows it in the child; its
+        progress reports land in ``current.latest``, and its ``request_cancel()``
+        reaches the child's ``cancel_requested``.
 
         Cancelling the call kills the child (and starts a replacement); a child
         that dies while running it raises ``ChildDied``.
@@ -158,9 +250,14 @@ class ProcessPool:
         child = await self._idle.get()
         # "kill" unless the child answered: it may still be running the task.
         disposal = "kill"
+        child.flag.value = 0
+        meta = None
+        if current is not None:
+            meta = (current.task_id, current.attempt, current.queue)
+            current.share_cancel(child.flag)
         try:
-            child.conn.send((payload, bindings))
-            reply: Reply = await loop.run_in_executor(self._io, child.conn.recv)
+            child.conn.send((payload, bindings, meta))
+            reply = await loop.run_in_executor(self._io, _receive, child.conn, current)
             child.tasks_run += 1
             limit = self.max_tasks_per_child
             disposal = "retire" if limit and child.tasks_run >= limit else "keep"
@@ -169,6 +266,8 @@ class ProcessPool:
             await loop.run_in_executor(self._io, child.process.join, 5)
             raise ChildDied(_describe_exit(child.process.exitcode)) from exc
         finally:
+            if current is not None:
+                current.share_cancel(None)
             if disposal == "keep":
                 self._idle.put_nowait(child)
             else:

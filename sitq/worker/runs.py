@@ -16,7 +16,8 @@ from typing import Any
 from opentelemetry import trace
 
 from sitq import signals, telemetry
-from sitq.backends.base import ClaimedTask, Outcome
+from sitq.backends.base import ClaimedTask, Outcome, ProgressReport
+from sitq.current import CurrentTask, Report
 from sitq.display import redact, terminal_safe
 
 # The whole worker logs as "sitq.worker" (operators filter on that name).
@@ -86,6 +87,19 @@ class Running:
     observed: bool = False  # someone listens: spans, metrics, signals
     claimed_at: float = 0.0  # time.monotonic() just before the claim that took it
     start_recorded: bool = False  # its start is stored (see Backend.record_start)
+    current: CurrentTask | None = None  # what sitq.current_task() returns in its run
+    flushed: Report | None = None  # the latest report handed to the writer
+
+    def unflushed(self) -> ProgressReport | None:
+        """Its latest progress report if not yet handed to the writer (marked handed)."""
+        current = self.current
+        if current is None:
+            return None
+        latest = current.latest
+        if latest is None or latest is self.flushed:
+            return None
+        self.flushed = latest
+        return ProgressReport(self.task.lease, *latest)
 
 
 def observed() -> bool:

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from sitq.current import CurrentTask, reset_current, set_current
 from sitq.serialization import Binding, Serializer
 from sitq.worker.calls import Reply, call_function
 
@@ -39,7 +40,15 @@ class ThreadSlots(Generic[Token]):
         self._loop = loop
         self._on_done = on_done
         self._calls: queue.SimpleQueue[
-            tuple[Token, Callable[..., Any], tuple[Any, ...], dict[str, Any], Binding | None] | None
+            tuple[
+                Token,
+                Callable[..., Any],
+                tuple[Any, ...],
+                dict[str, Any],
+                Binding | None,
+                CurrentTask | None,
+            ]
+            | None
         ] = queue.SimpleQueue()
         self._replies: deque[tuple[Token, Reply]] = deque()
         self._signalled = False
@@ -63,10 +72,12 @@ class ThreadSlots(Generic[Token]):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         binding: Binding | None = None,
+        current: CurrentTask | None = None,
     ) -> None:
         """Run ``fn(*args, **kwargs)`` on a free thread; ``on_done(token, reply)`` follows.
-        The result is signed for ``binding`` (see :func:`sitq.worker.calls.call_function`)."""
-        self._calls.put((token, fn, args, kwargs, binding))
+        The result is signed for ``binding`` (see :func:`sitq.worker.calls.call_function`);
+        ``current`` is what ``sitq.current_task()`` returns in the call."""
+        self._calls.put((token, fn, args, kwargs, binding, current))
 
     def abandon(self, token: Token) -> None:
         """The call for ``token`` is stuck: start a thread in its place now; the
@@ -85,8 +96,12 @@ class ThreadSlots(Generic[Token]):
             item = self._calls.get()
             if item is None:
                 break
-            token, fn, args, kwargs, binding = item
-            reply = call_function(self._serializer, fn, args, kwargs, binding)
+            token, fn, args, kwargs, binding, current = item
+            mark = set_current(current)
+            try:
+                reply = call_function(self._serializer, fn, args, kwargs, binding)
+            finally:
+                reset_current(mark)
             with self._lock:
                 if id(token) in self._abandoned:
                     self._abandoned.discard(id(token))

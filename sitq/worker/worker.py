@@ -141,6 +141,7 @@ class Worker(Claiming):
         super()._reset()
         self._main: asyncio.Task[None] | None = None  # the claim loop
         self._heartbeat: asyncio.Task[None] | None = None
+        self._progress: asyncio.Task[None] | None = None
         self._scheduler: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
@@ -203,6 +204,7 @@ class Worker(Claiming):
             raise
         self._writer = OutcomeWriter(self.backend, self._recorded, self._lease_until)
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.id}-heartbeat")
+        self._progress = asyncio.create_task(self._progress_loop(), name=f"{self.id}-progress")
         self._main = asyncio.create_task(self._claim_loop(), name=f"{self.id}-claim")
         self._main.add_done_callback(self._claim_loop_ended)
         plan = registered_schedules() if self.schedules is None else self.schedules
@@ -343,10 +345,11 @@ class Worker(Claiming):
                         )
                         self._done(running, None)
             await self._release_pending()
-            if self._heartbeat is not None:
-                self._heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._heartbeat
+            for loop_task in (self._heartbeat, self._progress):
+                if loop_task is not None:
+                    loop_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await loop_task
             if self._writer is not None:
                 await self._writer.close()
             await self._unregister_and_close()

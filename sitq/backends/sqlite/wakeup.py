@@ -38,7 +38,7 @@ from sitq.backends.base import WakeKind
 
 logger = logging.getLogger("sitq.sqlite")
 
-_KINDS: tuple[WakeKind, ...] = ("tasks", "results", "cancels")
+_KINDS: tuple[WakeKind, ...] = ("tasks", "results", "cancels", "progress")
 #: Seconds between looks at who is listening (a new listener's first wake-up
 #: may wait for its own poll, at most 50 ms, meanwhile).
 PEER_REFRESH = 0.05

@@ -34,4 +34,4 @@ ORDER BY b.position LIMIT $1
 
 -- name: list_tasks_by_id
 -- The listed columns: no result or traceback, the error cut to 1,000 characters.
-SELECT id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, available_at, started_at, finished_at, worker_id, NULL::bytea, left(error, 1000), NULL FROM {s}.sitq_tasks WHERE id = ANY($1::text[])
+SELECT id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, available_at, started_at, finished_at, worker_id, NULL::bytea, left(error, 1000), NULL, progress_done, progress_total, progress_message, progress_at FROM {s}.sitq_tasks WHERE id = ANY($1::text[])

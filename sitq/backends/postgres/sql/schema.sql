@@ -250,3 +250,18 @@ ALTER TABLE {s}.sitq_tasks ADD COLUMN recorded_start integer NOT NULL DEFAULT 0
 
 -- name: v7_01_create_sitq_batches_newest
 CREATE INDEX sitq_batches_newest ON {s}.sitq_batches (created_at DESC, id)
+
+-- Version 8: progress reported from inside a running task (sitq.current_task()):
+-- the latest value, written by its worker at most every half second.
+
+-- name: v8_01_add_progress_done
+ALTER TABLE {s}.sitq_tasks ADD COLUMN progress_done double precision
+
+-- name: v8_02_add_progress_total
+ALTER TABLE {s}.sitq_tasks ADD COLUMN progress_total double precision
+
+-- name: v8_03_add_progress_message
+ALTER TABLE {s}.sitq_tasks ADD COLUMN progress_message text
+
+-- name: v8_04_add_progress_at
+ALTER TABLE {s}.sitq_tasks ADD COLUMN progress_at double precision

@@ -39,14 +39,16 @@ GROUP BY queue, worker_id
 
 -- name: running_tasks
 SELECT id, queue, func_name, status, priority, attempts, max_retries, enqueued_at,
-    available_at, started_at, finished_at, worker_id, result, error, traceback
+    available_at, started_at, finished_at, worker_id, result, error, traceback,
+    progress_done, progress_total, progress_message, progress_at
 FROM {s}.sitq_tasks
 WHERE status = 'running' AND started_at IS NOT NULL
 ORDER BY started_at
 
 -- name: recent_failures
 SELECT id, queue, func_name, status, priority, attempts, max_retries, enqueued_at,
-    available_at, started_at, finished_at, worker_id, result, error, traceback
+    available_at, started_at, finished_at, worker_id, result, error, traceback,
+    progress_done, progress_total, progress_message, progress_at
 FROM {s}.sitq_tasks
 WHERE status = 'failed'
 ORDER BY finished_at DESC

@@ -31,4 +31,4 @@ ORDER BY b.position LIMIT ?1
 
 -- name: list_tasks_by_id
 -- The listed columns: no result or traceback, the error cut to 1,000 characters.
-SELECT id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, available_at, started_at, finished_at, worker_id, NULL, substr(error, 1, 1000), NULL FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
+SELECT id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, available_at, started_at, finished_at, worker_id, NULL, substr(error, 1, 1000), NULL, progress_done, progress_total, progress_message, progress_at FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))

@@ -253,3 +253,18 @@ ALTER TABLE sitq_tasks ADD COLUMN recorded_start INTEGER NOT NULL DEFAULT 0
 
 -- name: v7_01_create_sitq_batches_newest
 CREATE INDEX sitq_batches_newest ON sitq_batches (created_at DESC, id)
+
+-- Version 8: progress reported from inside a running task (sitq.current_task()):
+-- the latest value, written by its worker at most every half second.
+
+-- name: v8_01_add_progress_done
+ALTER TABLE sitq_tasks ADD COLUMN progress_done REAL
+
+-- name: v8_02_add_progress_total
+ALTER TABLE sitq_tasks ADD COLUMN progress_total REAL
+
+-- name: v8_03_add_progress_message
+ALTER TABLE sitq_tasks ADD COLUMN progress_message TEXT
+
+-- name: v8_04_add_progress_at
+ALTER TABLE sitq_tasks ADD COLUMN progress_at REAL
