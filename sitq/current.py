@@ -37,7 +37,7 @@ class CurrentTask:
     Get it with :func:`sitq.current_task` inside a task; a worker makes it.
     """
 
-    __slots__ = ("task_id", "attempt", "queue", "latest", "_cancelled", "_flag")
+    __slots__ = ("_cancelled", "_flag", "attempt", "latest", "queue", "task_id")
 
     def __init__(self, task_id: str, attempt: int, queue: str) -> None:
         self.task_id = task_id

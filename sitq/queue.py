@@ -225,9 +225,7 @@ class TaskQueue(Enqueuer):
         ``skip_missing``, it is left out, as is a task deleted while watched).
         """
         if isinstance(task_ids, str):
-            raise ConfigurationError(
-                "watch takes a list of task ids, not one id: pass [task_id]"
-            )
+            raise ConfigurationError("watch takes a list of task ids, not one id: pass [task_id]")
         check_task_ids(task_ids)
         if timeout is not None:
             timeout = checks.seconds("timeout", timeout, hint="; None watches until all finish")

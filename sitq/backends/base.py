@@ -191,7 +191,29 @@ def task_record(row: Sequence[Any]) -> TaskRecord:
     ..., started_at at index 9, ..., traceback, then the four progress columns),
     optionally followed by the payload and the sizes. A claimed task that has not
     started reads as queued, ``claimed``."""
-    record = TaskRecord(*row[:15], *row[19:], progress=stored_progress(row[15:19]))
+    payload, payload_size, result_size = row[19:22] if len(row) > 19 else (None, None, None)
+    r = row
+    record = TaskRecord(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        r[10],
+        r[11],
+        r[12],
+        r[13],
+        r[14],
+        payload=payload,
+        payload_size=payload_size,
+        result_size=result_size,
+        progress=stored_progress(row[15:19]),
+    )
     if record.status == "running" and record.started_at is None:
         return replace(record, status="queued", claimed=True)
     return record
@@ -542,7 +564,9 @@ class Backend(abc.ABC):
         lease was lost, is ignored. Returns how many applied."""
 
     @abc.abstractmethod
-    async def task_progress(self, task_ids: Sequence[str]) -> dict[str, tuple[str, Progress | None]]:
+    async def task_progress(
+        self, task_ids: Sequence[str]
+    ) -> dict[str, tuple[str, Progress | None]]:
         """Each given task's status (as ``task_statuses``) and latest progress, in
         one query; unknown ids are absent."""
 

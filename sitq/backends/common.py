@@ -390,7 +390,9 @@ class SQLBackend(Backend):
         rows = await self._fetch(self.SQL.task_statuses, (self._array(task_ids),))
         return {row[0]: row[1] for row in rows}
 
-    async def task_progress(self, task_ids: Sequence[str]) -> dict[str, tuple[str, Progress | None]]:
+    async def task_progress(
+        self, task_ids: Sequence[str]
+    ) -> dict[str, tuple[str, Progress | None]]:
         """Each given task's status and latest progress, in one query."""
         rows = await self._fetch(self.SQL.task_progress, (self._array(task_ids),))
         return {row[0]: (row[1], stored_progress(row[2:6])) for row in rows}
@@ -400,10 +402,7 @@ class SQLBackend(Backend):
         if not reports:
             return 0
         rows = self._rows(
-            [
-                (*lease_key(r.lease), r.done, r.total, _storable_message(r.message))
-                for r in reports
-            ]
+            [(*lease_key(r.lease), r.done, r.total, _storable_message(r.message)) for r in reports]
         )
 
         async def body(tx: Transaction) -> int:

@@ -51,7 +51,6 @@ from sitq.worker.runs import (
 )
 from sitq.worker.thread_slots import ThreadSlots
 
-
 #: Seconds a process-pool task asked to cancel has to stop on its own (it sees
 #: ``current_task().cancel_requested``) before its child process is killed.
 PROCESS_CANCEL_GRACE = 1.0

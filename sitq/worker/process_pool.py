@@ -119,9 +119,9 @@ class _ProgressSender:
         with self.lock:
             current, self.current = self.current, None
             self._busy.clear()
-            if current is not None and current.latest is not None:
-                if current.latest is not self.sent:
-                    self.conn.send((_PROGRESS, current.latest))
+            latest = None if current is None else current.latest
+            if latest is not None and latest is not self.sent:
+                self.conn.send((_PROGRESS, latest))
             self.conn.send(reply)
 
     def _loop(self) -> None:
