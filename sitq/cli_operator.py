@@ -7,7 +7,7 @@ import dataclasses
 import json
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,7 +20,13 @@ from sitq.commands import (
     import_option,
     run_on_queue,
 )
-from sitq.display import bounded_repr, first_line, terminal_safe, terminal_safe_data
+from sitq.display import (
+    bounded_repr,
+    first_line,
+    progress_text,
+    terminal_safe,
+    terminal_safe_data,
+)
 from sitq.errors import SitqError, TaskNotFound
 from sitq.overview import Overview
 from sitq.queue import TaskQueue
@@ -28,6 +34,9 @@ from sitq.records import CancelOutcome, record_to_result
 from sitq.schedules import has_run
 from sitq.serialization import SignedSerializer
 from sitq.task import FINISHED_STATUSES, TaskStatus
+
+if TYPE_CHECKING:
+    from sitq import Progress
 
 
 @click.command()
@@ -104,6 +113,7 @@ def _status_data(view: Overview) -> dict[str, Any]:
                         "queue": task.queue,
                         "attempt": task.attempts,
                         "running_seconds": round(view.now - (task.started_at or view.now), 1),
+                        "progress": _progress_dict(task.progress),
                     }
                     for task in w.running
                 ],
@@ -170,9 +180,11 @@ def _render_status(report: dict[str, Any]) -> str:
             f"{_age(w['heartbeat_age'])} ago"
         )
         for task in w["running"]:
+            done = task["progress"]
+            shown = "" if done is None else ", " + progress_text(*list(done.values())[:3])
             lines.append(
                 f"      running {task['id']} {task['task']} (attempt {task['attempt']}, "
-                f"for {_age(task['running_seconds'])})"
+                f"for {_age(task['running_seconds'])}{shown})"
             )
         if w["claimed"]:
             lines.append(f"      holds {w['claimed']} claimed, not started yet")
@@ -272,6 +284,15 @@ def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) ->
         ("finished", _when(record.finished_at)),
         ("worker", record.worker_id or "-"),
     ]
+    if record.progress is not None:
+        done = record.progress
+        lines.append(
+            (
+                "progress",
+                f"{progress_text(done.done, done.total, done.message)} "
+                f"(reported {_when(done.updated_at)})",
+            )
+        )
     if TaskStatus(record.status) in FINISHED_STATUSES and record.result is not None:
         if not loadable:
             lines.append(("result", "(not loaded: see the call line)"))
@@ -288,6 +309,18 @@ def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) ->
         click.echo(f"{'error':>10}: {terminal_safe(record.error, keep_newlines=True)}")
     if record.traceback:
         click.echo("\n" + terminal_safe(record.traceback.rstrip(), keep_newlines=True))
+
+
+def _progress_dict(progress: Progress | None) -> dict[str, Any] | None:
+    """A task's latest progress for `sitq status --json` (None before any report)."""
+    if progress is None:
+        return None
+    return {
+        "done": progress.done,
+        "total": progress.total,
+        "message": progress.message,
+        "updated_at": progress.updated_at,
+    }
 
 
 async def _note_unused_queue(tasks: TaskQueue, queue: str) -> None:

@@ -74,3 +74,14 @@ def first_line(text: str | None, limit: int = 160) -> str:
     lines = (text or "").strip().splitlines()
     line = lines[0] if lines else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def progress_text(done: float, total: float | None, message: str | None) -> str:
+    """A progress report as one line: ``30/100 (30%) resizing``; ``30`` without a
+    total. The message is stored text: shown without control characters."""
+    text = f"{done:g}" if total is None else f"{done:g}/{total:g}"
+    if total:
+        text += f" ({min(100.0, 100.0 * done / total):.0f}%)"
+    if message:
+        text += " " + terminal_safe(message)
+    return text
