@@ -13,7 +13,7 @@ import functools
 import inspect
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -211,7 +211,7 @@ class TaskQueue(Enqueuer):
         timeout: float | None = None,
         poll_interval: float = 0.5,
         skip_missing: bool = False,
-    ) -> AsyncIterator[WatchEvent]:
+    ) -> AsyncGenerator[WatchEvent, None]:
         """Live events of these tasks, as they happen: ``async for event in
         queue.watch(ids)``. Yields a :class:`WatchEvent` of kind "progress" when a
         task reports progress (at most about every half second per task), and one

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import (
-    AsyncIterator,
+    AsyncGenerator,
     Awaitable,
     Callable,
     Coroutine,
@@ -169,15 +169,13 @@ class SyncTaskQueue(SyncEnqueuer):
         )
         return self._iterate(events)
 
-    def _iterate(self, events: AsyncIterator[WatchEvent]) -> Iterator[WatchEvent]:
+    def _iterate(self, events: AsyncGenerator[WatchEvent, None]) -> Iterator[WatchEvent]:
         try:
             while (event := self.run(_next(events))) is not None:
                 yield event
         finally:
             if not self._closed:
-                aclose = getattr(events, "aclose", None)
-                if aclose is not None:
-                    self.run(_await(aclose()))  # its cleanup runs on the loop
+                self.run(_await(events.aclose()))  # its cleanup runs on the loop
 
     get_result = _blocking(TaskQueue.get_result)
     progress = _blocking(TaskQueue.progress)
@@ -199,7 +197,7 @@ class SyncTaskQueue(SyncEnqueuer):
     list_tasks = _blocking(TaskQueue.list_tasks)
 
 
-async def _next(events: AsyncIterator[WatchEvent]) -> WatchEvent | None:
+async def _next(events: AsyncGenerator[WatchEvent, None]) -> WatchEvent | None:
     return await anext(events, None)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -83,7 +83,7 @@ async def watch_events(
     timeout: float | None,
     poll_interval: float,
     skip_missing: bool,
-) -> AsyncIterator[WatchEvent]:
+) -> AsyncGenerator[WatchEvent, None]:
     """The events of ``task_ids`` as they happen, until all have finished (or
     ``timeout`` seconds have passed). See :meth:`sitq.TaskQueue.watch`."""
     pending = list(dict.fromkeys(task_ids))

@@ -8,7 +8,6 @@ gather. Splitting it would mean mixins passing that state around.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections import deque
@@ -352,44 +351,37 @@ class BatchProcessor:
         put in ``seen``, until all have finished or are gone, or ``timeout`` runs
         out; then, if ``strict``, raise :class:`BatchTimeout` if some are unfinished.
 
-        Each poll is one status query for every pending id plus bulk reads of the
-        newly finished ones: never a query per id.
+        Driven by :meth:`TaskQueue.watch`: each look is one query for every pending
+        id plus a bulk read of the newly finished ones, never a query per id; the
+        sub-tasks' own progress reports move the bar between finishes.
         """
         timeout = _check_seconds("timeout", timeout, allow_none=True)
         interval = _check_seconds("poll_interval", poll_interval, allow_none=False) or MIN_POLL_GAP
         batch = await self._batch(target)
-        pending = list(dict.fromkeys(batch.ids))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        bar = ProgressBar(progress, len(pending), batch.name)
+        ids = list(dict.fromkeys(batch.ids))
+        pending = set(ids)
+        bar = ProgressBar(progress, len(ids), batch.name)
+        events = self.queue.watch(ids, timeout=timeout, poll_interval=interval, skip_missing=True)
         try:
-            while pending:
-                began = time.monotonic()
-                statuses = await self.queue.statuses(pending)
-                done = [i for i in pending if i in statuses and statuses[i].finished]
-                results = list((await self.queue.get_results(done)).values()) if done else []
-                results.sort(key=lambda r: r.finished_at or _EPOCH)
-                finished = {result.task_id for result in results}
-                # Ids no longer stored are gone: never waited for again.
-                pending = [i for i in pending if i in statuses and i not in finished]
-                self._monitor.observe(results)
-                bar.advance(results)
-                for result in results:
-                    seen[result.task_id] = result
-                    yield result
-                now = time.monotonic()
-                remaining = float("inf") if deadline is None else deadline - now
-                if not pending or remaining <= 0:
-                    break
-                gap = min(interval, max(MIN_POLL_GAP, POLL_COST_FACTOR * (now - began)))
-                await asyncio.sleep(min(gap, remaining))
-                rest = min(interval - gap, remaining - gap)
-                if rest > 0:
-                    await self.queue.wait_for_results(rest)
+            async for event in events:
+                if event.kind == "progress":
+                    if event.progress is not None:
+                        bar.report(event.task_id, event.progress)
+                    continue
+                pending.discard(event.task_id)
+                result = event.result
+                if result is None:  # no longer stored: never waited for again
+                    continue
+                self._monitor.observe([result])
+                bar.advance([result])
+                seen[result.task_id] = result
+                yield result
         finally:
             bar.close()
+            await events.aclose()
         if strict and pending:  # those that finished since the last poll are not late
-            statuses = await self.queue.statuses(pending)
-            late = [i for i in pending if i in statuses and not statuses[i].finished]
+            statuses = await self.queue.statuses(list(pending))
+            late = [i for i in ids if i in pending and i in statuses and not statuses[i].finished]
             if late:
                 raise BatchTimeout(late, dict(seen), timeout or 0.0)
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from sitq.task import Result, TaskStatus
+
+if TYPE_CHECKING:
+    from sitq import Progress
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,10 @@ class BatchProgress:
 
 class ProgressBar:
     """A ``tqdm.auto`` bar (a widget in Jupyter, a bar in a terminal): done/total,
-    rate and ETA from tqdm, failures in the postfix. Disabled: shows nothing."""
+    rate and ETA from tqdm, failures in the postfix. Running tasks that report
+    progress (``sitq.current_task().report_progress`` with a total) count as the
+    fraction they reported, so the bar moves between finishes. Disabled: shows
+    nothing."""
 
     def __init__(self, enabled: bool, total: int, desc: str | None) -> None:
         from tqdm.auto import tqdm  # on first use: importing sitq.batch stays light
@@ -67,14 +74,28 @@ class ProgressBar:
             total=total, desc=desc or "batch", unit="task", dynamic_ncols=True, disable=not enabled
         )
         self._failed = 0
+        self._enabled = enabled
+        self._partial: dict[str, float] = {}  # running tasks' reported fractions
+
+    def report(self, task_id: str, progress: Progress) -> None:
+        """A running task reported progress: count the fraction it has done."""
+        fraction = progress.fraction
+        if fraction is None or not self._enabled:
+            return
+        before = self._partial.get(task_id, 0.0)
+        self._partial[task_id] = fraction
+        if fraction != before:
+            self._bar.update(fraction - before)
 
     def advance(self, results: list[Result]) -> None:
-        """Count newly finished tasks."""
+        """Count newly finished tasks (the rest of what they had reported)."""
         if failed := sum(1 for result in results if not result.ok):
             self._failed += failed
             self._bar.set_postfix(failed=self._failed, refresh=False)
         if results:
-            self._bar.update(len(results))
+            partial = self._partial
+            done = sum(partial.pop(r.task_id, 0.0) for r in results) if partial else 0.0
+            self._bar.update(len(results) - done)
 
     def close(self) -> None:
         """Finish the bar (it stays on screen)."""
