@@ -655,8 +655,8 @@ def _storable_message(message: str | None) -> str | None:
     text refuses it), no lone surrogate (no driver encodes one)."""
     if message is None:
         return None
-    message = message[:PROGRESS_MESSAGE_LIMIT].replace("\x00", "\\x00")
-    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+    message = message.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
+    return message[:PROGRESS_MESSAGE_LIMIT]
 
 
 class BackendSession:
