@@ -1,0 +1,87 @@
+"""Tasks that report progress and watch for cancellation (sitq.current_task()),
+run by real `sitq worker` processes in tests/test_progress.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from sitq import current_task
+
+
+def _wait_for(path: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def who_am_i(items: int) -> tuple[str, int, str, str]:
+    """Report every item (a tight loop); return what current_task() says."""
+    task = current_task()
+    assert task is not None
+    for done in range(1, items + 1):
+        task.report_progress(done, items, f"item {done}")
+    return task.task_id, task.attempt, task.queue, type(task).__name__
+
+
+async def async_who_am_i(items: int) -> tuple[str, int, str, str]:
+    """As who_am_i, on the worker's event loop."""
+    task = current_task()
+    assert task is not None
+    for done in range(1, items + 1):
+        task.report_progress(done, items, f"item {done}")
+        if done % 100 == 0:
+            await asyncio.sleep(0)
+    return task.task_id, task.attempt, task.queue, type(task).__name__
+
+
+def report_then_wait(done: int, total: int, message: str, gate: str) -> int:
+    """Report once, then wait for ``gate`` to exist (so tests can look meanwhile)."""
+    task = current_task()
+    assert task is not None
+    task.report_progress(done, total, message)
+    _wait_for(gate)
+    task.report_progress(total, total, "finished")
+    return done
+
+
+def steps(count: int, pause: float, gate: str) -> int:
+    """``count`` steps of ``pause`` seconds each, reporting each; waits for
+    ``gate`` before the last one (so a watcher sees progress before the end)."""
+    task = current_task()
+    assert task is not None
+    for done in range(1, count + 1):
+        if done == count:
+            _wait_for(gate)
+        time.sleep(pause)
+        task.report_progress(done, count, f"step {done}")
+    return count
+
+
+def until_cancelled(marker: str, seconds: float = 60.0) -> str:
+    """Work until asked to cancel, then write ``marker`` and stop (a cooperative
+    task); report progress meanwhile."""
+    task = current_task()
+    assert task is not None
+    deadline = time.monotonic() + seconds
+    done = 0
+    while not task.cancel_requested:
+        if time.monotonic() > deadline:
+            return "never cancelled"
+        done += 1
+        task.report_progress(done, None, "working")
+        time.sleep(0.005)
+    with open(marker, "w") as out:
+        out.write(f"stopped after {done} steps")
+    return "stopped"
+
+
+def bad_report(kind: str) -> None:
+    """Report progress wrongly (a ConfigurationError fails the task)."""
+    task = current_task()
+    assert task is not None
+    if kind == "negative":
+        task.report_progress(-1)
+    else:
+        task.report_progress(1, message=42)  # type: ignore[arg-type]
