@@ -281,9 +281,13 @@ async def test_collection_ending_at_its_timeout_returns_exactly_the_finished(
     assert sum(db_counts(db_path, list(results)).values()) == 3
 
 
-async def test_collection_checks_many_ids_per_query(queue: TaskQueue) -> None:
-    """Each poll is one status query for all pending ids, never one per id."""
+async def test_collection_checks_many_ids_per_query(
+    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each poll is one status query for all pending ids, never one per id: the
+    collection runs on one queue.watch, which reads every pending id at once."""
     calls: Counter[str] = Counter()
+    sizes: list[int] = []
 
     class Counting:
         def __init__(self, inner: TaskQueue) -> None:
@@ -300,13 +304,21 @@ async def test_collection_checks_many_ids_per_query(queue: TaskQueue) -> None:
 
             return counted
 
+    backend = queue._backend
+    read = backend.task_progress
+
+    async def counted_read(task_ids: Any) -> Any:
+        sizes.append(len(task_ids))
+        return await read(task_ids)
+
     ids = await BatchProcessor(queue).enqueue_batch(flaky_square, range(2000))
+    monkeypatch.setattr(backend, "task_progress", counted_read)
     bp = BatchProcessor(Counting(queue))  # type: ignore[arg-type]
     assert await bp.collect_results(ids, timeout=0.3, poll_interval=0.05) == {}
-    polls = calls["statuses"]
-    assert 1 <= polls <= 0.3 / 0.01 + 1
-    assert calls["get_results"] == 0
-    assert set(calls) <= {"statuses", "wait_for_results"}
+    assert 1 <= len(sizes) <= 0.3 / 0.01 + 1
+    assert set(sizes) == {2000}  # every look reads all pending ids in one query
+    assert set(calls) <= {"watch", "statuses"}
+    assert calls["watch"] == 1
 
 
 async def test_as_completed_yields_in_completion_order(queue: TaskQueue, worker: Worker) -> None:

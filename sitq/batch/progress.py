@@ -92,10 +92,15 @@ class ProgressBar:
         if failed := sum(1 for result in results if not result.ok):
             self._failed += failed
             self._bar.set_postfix(failed=self._failed, refresh=False)
-        if results:
-            partial = self._partial
-            done = sum(partial.pop(r.task_id, 0.0) for r in results) if partial else 0.0
-            self._bar.update(len(results) - done)
+        if not results:
+            return
+        if not self._partial:
+            self._bar.update(len(results))
+            return
+        done = sum(self._partial.pop(r.task_id, 0.0) for r in results)
+        self._bar.update(len(results) - done)
+        if not self._partial:  # whole tasks only again: show a whole count
+            self._bar.n = round(self._bar.n)
 
     def close(self) -> None:
         """Finish the bar (it stays on screen)."""
