@@ -11,7 +11,7 @@ from typing import Any
 
 from sitq import telemetry
 from sitq.announce import announce_enqueued, observed
-from sitq.backends.base import Backend, NewTask
+from sitq.backends.base import Backend, Dependency, NewTask
 from sitq.backends.common import translate_error
 from sitq.bridge import RunOnLoop
 from sitq.errors import ConfigurationError, SerializationError
@@ -83,6 +83,7 @@ class Enqueuer:
         if isinstance(fn, TaskHandle):
             return await self._for_handle(fn, kwargs).enqueue(fn.ref, *args, **kwargs)
         if self.options.unique_key is not None:
+            self._refuse_unique_dependent()
             return await self._enqueue_unique(fn, args, kwargs)
         return (await self._enqueue(fn, [(args, kwargs)]))[0]
 
@@ -114,6 +115,7 @@ class Enqueuer:
         if isinstance(fn, TaskHandle):
             return self._for_handle(fn, kwargs).enqueue_blocking(run, fn.ref, *args, **kwargs)
         if self.options.unique_key is not None:
+            self._refuse_unique_dependent()
             return run(self._enqueue_unique(fn, args, kwargs))
         return self._blocking(run, fn, [(args, kwargs)])[0]
 
@@ -136,7 +138,7 @@ class Enqueuer:
         return self._blocking(run, fn, as_calls(items))
 
     def _blocking(self, run: RunOnLoop, fn: Callable[..., Any], calls: list[Call]) -> list[str]:
-        if observed():
+        if observed() or self.options.depends_on:
             return run(self._enqueue(fn, calls))
         backend = self._backend_checked()
         try:
@@ -158,6 +160,13 @@ class Enqueuer:
             check_option_keywords(handle.fn, kwargs)
         return Enqueuer(self._root, handle.options.merged(**self._overrides))
 
+    def _refuse_unique_dependent(self) -> None:
+        if self.options.depends_on:
+            raise ConfigurationError(
+                "unique_key and depends_on cannot be combined: a unique task is one at a "
+                "time, a dependent waits; enqueue the dependent without a unique_key"
+            )
+
     def _refuse_unique(self) -> None:
         if self.options.unique_key is not None:
             raise ConfigurationError(
@@ -171,6 +180,10 @@ class Enqueuer:
         """Store the calls (with ``alongside`` in their transaction); their ids."""
         backend = self._backend_checked()
         store = backend.enqueue if alongside is None else _storing_alongside(backend, alongside)
+        if self.options.depends_on:
+            if alongside is not None:
+                raise ConfigurationError("depends_on cannot be combined with a layer's rows")
+            store = _storing_dependent(backend, self.options)
         serializer = self._root.serializer
         try:
             if not observed():
@@ -230,6 +243,20 @@ def _storing_alongside(
             await alongside(tx, [task.id for task in tasks])
 
         await backend.store_session().transaction(body)
+
+    return store
+
+
+def _storing_dependent(
+    backend: Backend, options: TaskOptions
+) -> Callable[[list[NewTask]], Awaitable[None]]:
+    """What stores tasks that each wait for ``options.depends_on``."""
+
+    async def store(tasks: list[NewTask]) -> None:
+        parents, mode = options.depends_on, options.on_parent_failure
+        await backend.enqueue_dependent(
+            tasks, [Dependency(task.id, parents, mode) for task in tasks]
+        )
 
     return store
 

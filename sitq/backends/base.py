@@ -67,6 +67,35 @@ class NewTask(NamedTuple):
     limit_key: str | None = None
 
 
+#: Seconds a waiting task's ``available_at`` is pushed past its own time: it is
+#: queued but never due until its last parent settles it (the SQL files say 1e11).
+WAITING_OFFSET = 1e11
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A new task that waits for others: its ``parents`` in order (the order their
+    results are passed in) and ``on_parent_failure``: "cancel" (it ends cancelled
+    when a parent fails or is cancelled) or "run" (it runs once all have finished)."""
+
+    task_id: str
+    parents: tuple[str, ...]
+    on_parent_failure: str = "cancel"
+
+
+@dataclass(frozen=True)
+class TaskLinks:
+    """A task's place among dependencies: its parents in order, the tasks that wait
+    for it, how many parents it still waits for, what it does when one fails
+    (None: it has no parents), and the parent whose failure cancelled it."""
+
+    parents: list[str]
+    children: list[str]
+    waiting: int
+    on_parent_failure: str | None
+    cancelled_by: str | None
+
+
 @dataclass(frozen=True)
 class Lease:
     """Proof that a worker holds a task: who claimed it, and for which attempt."""
@@ -484,6 +513,24 @@ class Backend(abc.ABC):
         """Cancel those of the tasks that are still queued (running and finished ones
         are left alone, and so are claimed ones that have not started: their
         worker holds them), in one statement; return the ids cancelled."""
+
+    # -- dependencies ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue_dependent(
+        self, tasks: Sequence[NewTask], dependencies: Sequence[Dependency]
+    ) -> None:
+        """Store ``tasks`` in one transaction, some waiting for others (parents
+        among ``tasks`` or already stored). A dependent stays queued, not due, until
+        the transaction that ends its last parent makes it due; a parent that
+        fails or is cancelled cancels its "cancel" dependents, transitively, in that
+        same transaction. One whose parent has already failed is stored cancelled.
+        An unknown parent raises :class:`~sitq.errors.InvalidDependency`, and then
+        nothing is stored. The caller has refused self-dependencies and cycles."""
+
+    @abc.abstractmethod
+    async def task_links(self, task_id: str) -> TaskLinks | None:
+        """``task_id``'s parents and dependents (None for an unknown id)."""
 
     # -- listings for dashboards ------------------------------------------------
 

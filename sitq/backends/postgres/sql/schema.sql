@@ -250,3 +250,104 @@ ALTER TABLE {s}.sitq_tasks ADD COLUMN recorded_start integer NOT NULL DEFAULT 0
 
 -- name: v7_01_create_sitq_batches_newest
 CREATE INDEX sitq_batches_newest ON {s}.sitq_batches (created_at DESC, id)
+
+-- Version 8: dependencies (a task that waits for others); see the SQLite schema for
+-- the columns. A waiting task is 'queued' with available_at pushed 1e11 s
+-- (base.WAITING_OFFSET) past its own time, so the claim is unchanged.
+
+-- name: v8_01_add_waiting
+ALTER TABLE {s}.sitq_tasks ADD COLUMN waiting integer NOT NULL DEFAULT 0
+
+-- name: v8_02_add_has_children
+ALTER TABLE {s}.sitq_tasks ADD COLUMN has_children boolean NOT NULL DEFAULT false
+
+-- name: v8_03_add_parent_mode
+ALTER TABLE {s}.sitq_tasks ADD COLUMN parent_mode text
+
+-- name: v8_04_add_cancelled_by
+ALTER TABLE {s}.sitq_tasks ADD COLUMN cancelled_by text
+
+-- name: v8_05_create_sitq_dependencies
+CREATE TABLE {s}.sitq_dependencies (
+    child_id text NOT NULL,
+    position integer NOT NULL,
+    parent_id text NOT NULL,
+    PRIMARY KEY (child_id, position)
+)
+
+-- name: v8_06_create_sitq_dependencies_parent
+CREATE INDEX sitq_dependencies_parent ON {s}.sitq_dependencies (parent_id)
+
+-- name: v8_07_create_sitq_tasks_cancelled_by
+CREATE INDEX sitq_tasks_cancelled_by ON {s}.sitq_tasks (cancelled_by)
+WHERE cancelled_by IS NOT NULL
+
+-- name: v8_08_create_leave_dependencies
+CREATE FUNCTION {s}.sitq_leave_dependencies() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM {s}.sitq_dependencies WHERE child_id = OLD.id;
+    RETURN NULL;
+END
+$$
+
+-- name: v8_09_create_sitq_tasks_leave_dependencies
+CREATE TRIGGER sitq_tasks_leave_dependencies AFTER DELETE ON {s}.sitq_tasks
+FOR EACH ROW WHEN (OLD.parent_mode IS NOT NULL)
+EXECUTE FUNCTION {s}.sitq_leave_dependencies()
+
+-- name: v8_10_create_settle_children
+-- What the SQLite trigger does (see there), plus: the direct dependents are locked
+-- in id order first, so two parents finishing at once never deadlock on them, and
+-- workers are woken (NOTIFY 'tasks', at commit) when one becomes due.
+CREATE FUNCTION {s}.sitq_settle_children() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    due integer;
+BEGIN
+    PERFORM 1 FROM {s}.sitq_tasks
+    WHERE id IN (SELECT d.child_id FROM {s}.sitq_dependencies d WHERE d.parent_id = NEW.id)
+    ORDER BY id FOR UPDATE;
+    IF NEW.status <> 'succeeded' THEN
+        UPDATE {s}.sitq_tasks
+        SET status = 'cancelled', cancelled_by = NEW.id, finished_at = NEW.finished_at,
+            expires_at = NEW.finished_at
+                + COALESCE(result_ttl, NEW.expires_at - NEW.finished_at, 604800.0),
+            error = 'ParentFailed: parent task ' || NEW.id || ' (' || NEW.func_name || ') ended '
+                || NEW.status || ', and this task waited for it (on_parent_failure="cancel")'
+        WHERE id IN (
+            WITH RECURSIVE doomed(id) AS (
+                SELECT NEW.id
+                UNION
+                SELECT d.child_id FROM doomed
+                JOIN {s}.sitq_dependencies d ON d.parent_id = doomed.id
+                JOIN {s}.sitq_tasks c ON c.id = d.child_id
+                WHERE c.status = 'queued' AND c.waiting > 0 AND c.parent_mode = 'cancel')
+            SELECT doomed.id FROM doomed WHERE doomed.id <> NEW.id);
+    END IF;
+    UPDATE {s}.sitq_tasks t
+    SET waiting = t.waiting - (
+            SELECT count(*) FROM {s}.sitq_dependencies d WHERE d.child_id = t.id
+              AND (d.parent_id = NEW.id OR d.parent_id IN (
+                  SELECT x.id FROM {s}.sitq_tasks x WHERE x.cancelled_by = NEW.id)))
+    WHERE t.status = 'queued' AND t.waiting > 0 AND t.id IN (
+        SELECT d.child_id FROM {s}.sitq_dependencies d WHERE d.parent_id = NEW.id
+           OR d.parent_id IN (SELECT x.id FROM {s}.sitq_tasks x WHERE x.cancelled_by = NEW.id));
+    UPDATE {s}.sitq_tasks t
+    SET available_at = GREATEST(t.available_at - 1e11, NEW.finished_at)
+    WHERE t.status = 'queued' AND t.waiting = 0 AND t.available_at >= 1e11 AND t.id IN (
+        SELECT d.child_id FROM {s}.sitq_dependencies d WHERE d.parent_id = NEW.id
+           OR d.parent_id IN (SELECT x.id FROM {s}.sitq_tasks x WHERE x.cancelled_by = NEW.id));
+    GET DIAGNOSTICS due = ROW_COUNT;
+    IF due > 0 THEN
+        PERFORM pg_notify('sitq_' || TG_TABLE_SCHEMA, 'tasks');
+    END IF;
+    RETURN NULL;
+END
+$$
+
+-- name: v8_11_create_sitq_tasks_settle_children
+-- Fired for the statement's own rows only (depth 0): the function's cascade is
+-- one recursive query, however deep, never a trigger within a trigger.
+CREATE TRIGGER sitq_tasks_settle_children AFTER UPDATE OF status ON {s}.sitq_tasks
+FOR EACH ROW WHEN (NEW.has_children AND NEW.status IN ('succeeded', 'failed', 'cancelled')
+    AND OLD.status IN ('queued', 'running') AND pg_trigger_depth() < 1)
+EXECUTE FUNCTION {s}.sitq_settle_children()
