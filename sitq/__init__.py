@@ -7,11 +7,14 @@ The producer API is :class:`TaskQueue` (async) and :class:`SyncTaskQueue`;
 from typing import TYPE_CHECKING, Any
 
 from sitq.backends.base import LimitRecord, ScheduleRecord, TaskPage, TaskRecord, WorkerRecord
+from sitq.canvas import Signature, chain, chord, group
 from sitq.errors import (
     ConfigurationError,
     CorruptRow,
     DatabaseError,
     DatabaseUnavailable,
+    InvalidComposition,
+    InvalidDependency,
     InvalidTask,
     NotASitqDatabase,
     NotConnected,
@@ -41,6 +44,8 @@ __all__ = [
     "CorruptRow",
     "DatabaseError",
     "DatabaseUnavailable",
+    "InvalidComposition",
+    "InvalidDependency",
     "InvalidTask",
     "LimitRecord",
     "NotASitqDatabase",
@@ -52,6 +57,7 @@ __all__ = [
     "ScheduleRecord",
     "SchemaVersionError",
     "SerializationError",
+    "Signature",
     "SitqError",
     "StorageError",
     "SyncTaskQueue",
@@ -66,6 +72,9 @@ __all__ = [
     "WorkerCrashed",
     "WorkerRecord",
     "WorkerSummary",
+    "chain",
+    "chord",
+    "group",
 ]
 
 __version__ = "0.1.0"

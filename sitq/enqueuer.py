@@ -6,6 +6,7 @@ signs)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -14,7 +15,8 @@ from sitq.announce import announce_enqueued, observed
 from sitq.backends.base import Backend, Dependency, NewTask
 from sitq.backends.common import translate_error
 from sitq.bridge import RunOnLoop
-from sitq.errors import ConfigurationError, SerializationError
+from sitq.canvas import PARENT_RESULTS_HEADER, Composable, Signature, plan
+from sitq.errors import ConfigurationError, InvalidComposition, SerializationError
 from sitq.headers import encode as encode_headers
 from sitq.records import check_callable, task_name
 from sitq.registry import TaskHandle
@@ -86,6 +88,65 @@ class Enqueuer:
             self._refuse_unique_dependent()
             return await self._enqueue_unique(fn, args, kwargs)
         return (await self._enqueue(fn, [(args, kwargs)]))[0]
+
+    def signature(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Signature:
+        """A call of ``fn(*args, **kwargs)`` to compose (chain, group, chord) and
+        ``submit`` later, with this queue's ``with_options`` (more with ``.set``)."""
+        if isinstance(fn, TaskHandle):
+            return Signature(fn.ref, args, kwargs, dict(self._overrides), fn.options)
+        check_callable(fn)
+        return Signature(fn, args, kwargs, dict(self._overrides))
+
+    async def submit(self, composition: Composable) -> str:
+        """Store a signature, chain, group or chord (nested as you like) in one
+        transaction; return the id of the task whose result is the composition's:
+        a chain's last call, a chord's callback, a group's collector (its value is
+        the members' results in order). With ``depends_on``, its first tasks wait
+        for those. A bad composition is refused and nothing is stored."""
+        return await self._store_plan(*self._planned(composition))
+
+    def _planned(self, composition: Composable) -> tuple[list[NewTask], list[Dependency], str]:
+        backend = self._backend_checked()
+        steps = plan(composition, self.options.depends_on)
+        default = replace(self.options, depends_on=())
+        now = backend.now()
+        tasks: list[NewTask] = []
+        deps: list[Dependency] = []
+        for step in steps.steps:
+            options = step.sig.options(default)
+            if options.unique_key is not None:
+                raise InvalidComposition(
+                    f"{step.sig!r} has a unique_key: a task in a composition cannot be unique "
+                    "(it waits for its parents); set the key on a task enqueued alone"
+                )
+            headers = {PARENT_RESULTS_HEADER: step.pass_results} if step.pass_results else None
+            (task,) = new_tasks(
+                self._root.serializer,
+                options,
+                step.sig.fn,
+                [(step.sig.args, step.sig.kwargs)],
+                now,
+                headers,
+            )
+            tasks.append(task)
+            parents = tuple(tasks[p].id if isinstance(p, int) else p for p in step.parents)
+            parents += tuple(p for p in options.depends_on if p not in parents)
+            if parents:
+                deps.append(Dependency(task.id, parents, options.on_parent_failure))
+        return tasks, deps, tasks[steps.result].id
+
+    async def _store_plan(
+        self, tasks: list[NewTask], deps: list[Dependency], result_id: str
+    ) -> str:
+        backend = self._backend_checked()
+        try:
+            await backend.enqueue_dependent(tasks, deps)
+        except Exception as exc:
+            raise_translated(exc, backend)
+            raise
+        if observed():
+            announce_enqueued(tasks)
+        return result_id
 
     async def enqueue_many(
         self,

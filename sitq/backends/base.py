@@ -83,6 +83,47 @@ class Dependency:
     on_parent_failure: str = "cancel"
 
 
+def dependency_order(
+    tasks: Sequence[NewTask], dependencies: Sequence[Dependency]
+) -> list[NewTask]:
+    """``tasks`` with every parent among them before its dependents; a task that
+    waits for itself, or a cycle among them, raises InvalidDependency."""
+    from sitq.errors import InvalidDependency
+
+    waits = {dep.task_id: dep.parents for dep in dependencies}
+    by_id = {task.id: task for task in tasks}
+    ordered: list[NewTask] = []
+    state: dict[str, int] = {}  # 1: being visited, 2: placed
+    for start in by_id:
+        if state.get(start):
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        state[start] = 1
+        while stack:
+            node, index = stack[-1]
+            parents = [p for p in waits.get(node, ()) if p in by_id]
+            if index < len(parents):
+                stack[-1] = (node, index + 1)
+                parent = parents[index]
+                if parent == node:
+                    raise InvalidDependency(
+                        f"task {node} depends on itself: a task cannot wait for its own end"
+                    )
+                if state.get(parent) == 1:
+                    raise InvalidDependency(
+                        f"a dependency cycle through tasks {parent} and {node}: each would "
+                        "wait for the other forever; nothing was enqueued"
+                    )
+                if not state.get(parent):
+                    state[parent] = 1
+                    stack.append((parent, 0))
+                continue
+            stack.pop()
+            state[node] = 2
+            ordered.append(by_id[node])
+    return ordered
+
+
 @dataclass(frozen=True)
 class TaskLinks:
     """A task's place among dependencies: its parents in order, the tasks that wait

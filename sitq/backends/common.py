@@ -44,6 +44,7 @@ from sitq.backends.base import (
     WakeKind,
     WorkerRecord,
     claimed_tasks,
+    dependency_order,
     task_record,
 )
 from sitq.errors import (
@@ -361,6 +362,7 @@ class SQLBackend(Backend):
         :meth:`Backend.enqueue_dependent`)."""
         if not tasks:
             return
+        tasks = dependency_order(tasks, dependencies)  # refuses self-dependency and cycles
         new = {task.id: task for task in tasks}
         waits = {dep.task_id: dep for dep in dependencies}
         stored_parents = sorted({p for dep in dependencies for p in dep.parents if p not in new})

@@ -188,3 +188,16 @@ async def test_purging_a_dependent_removes_its_links(backend: Backend) -> None:
     assert await backend.purge(["cancelled"]) == 2
     assert await backend.task_links(ids[1]) is None
 
+
+
+async def test_self_dependency_and_cycles_are_refused_and_nothing_stored(
+    backend: Backend,
+) -> None:
+    a, b = task(backend), task(backend)
+    with pytest.raises(InvalidDependency, match="itself"):
+        await backend.enqueue_dependent([a], [Dependency(a.id, (a.id,))])
+    with pytest.raises(InvalidDependency, match="cycle"):
+        await backend.enqueue_dependent(
+            [a, b], [Dependency(a.id, (b.id,)), Dependency(b.id, (a.id,))]
+        )
+    assert await backend.get_tasks([a.id, b.id]) == {}
