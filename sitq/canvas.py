@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from sitq.errors import InvalidComposition
 from sitq.task import TaskOptions
@@ -70,7 +70,7 @@ class Signature:
         return f"Signature({name}, args={self.args!r:.60}, kwargs={self.kwargs!r:.60})"
 
 
-class chain:  # noqa: N801 - named like Celery's and Huey's, as users will type it
+class chain:
     """Steps run one after another; each step's result is the first argument of
     the next call. A step may be a signature or any composition."""
 
@@ -79,7 +79,9 @@ class chain:  # noqa: N801 - named like Celery's and Huey's, as users will type 
             steps = tuple(steps[0])
         if not steps:
             raise InvalidComposition("an empty chain: give chain() at least one signature")
-        self.steps: tuple[Composable, ...] = tuple(_checked(s, "chain", i) for i, s in enumerate(steps))
+        self.steps: tuple[Composable, ...] = tuple(
+            _checked(s, "chain", i) for i, s in enumerate(steps)
+        )
 
     def __or__(self, other: Composable) -> chain:
         return chain(*self.steps, other)
@@ -88,7 +90,7 @@ class chain:  # noqa: N801 - named like Celery's and Huey's, as users will type 
         return f"chain({', '.join(map(repr, self.steps))})"
 
 
-class group:  # noqa: N801
+class group:
     """Members run in parallel; the group's result is the list of their results,
     in member order (through a small collector task, see ``queue.submit``)."""
 
@@ -112,7 +114,7 @@ class group:  # noqa: N801
         return f"group({len(self.members)} members)"
 
 
-class chord:  # noqa: N801
+class chord:
     """A group and a callback that runs once, after every member has finished,
     with the list of the members' results (member order) as its first argument."""
 
@@ -132,7 +134,7 @@ class chord:  # noqa: N801
         return f"chord({self.header!r}, {self.callback!r})"
 
 
-Composable = Union[Signature, chain, group, chord]
+Composable = Signature | chain | group | chord
 _COMPOSABLE = (Signature, chain, group, chord)
 
 

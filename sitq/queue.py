@@ -25,8 +25,8 @@ from sitq.backends.base import (
     Backend,
     LimitRecord,
     ScheduleRecord,
-    TaskPage,
     TaskLinks,
+    TaskPage,
     TaskRecord,
 )
 from sitq.backends.common import translate_error

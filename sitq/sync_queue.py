@@ -63,7 +63,6 @@ class SyncEnqueuer:
         self._owner.connect()
         return self._enqueuer.enqueue_many_blocking(self._owner.run, fn, items, alongside=alongside)
 
-
     def signature(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Signature:
         """Like :meth:`TaskQueue.signature`."""
         return self._enqueuer.signature(fn, *args, **kwargs)

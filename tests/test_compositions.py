@@ -85,8 +85,7 @@ async def test_a_registered_task_signature(db_path: Path) -> None:
 
 async def chain_of_five(queue: TaskQueue, log: str, flag: str, mode: str) -> list[str]:
     sigs = [queue.signature(jobs.start, log, "s1")] + [
-        queue.signature(jobs.step, log, f"s{i}", flag if i == 3 else None)
-        for i in range(2, 6)
+        queue.signature(jobs.step, log, f"s{i}", flag if i == 3 else None) for i in range(2, 6)
     ]
     await queue.with_options(on_parent_failure=mode).submit(chain(*sigs))
     page = await queue.list_tasks(limit=10)
@@ -104,9 +103,10 @@ async def test_a_chain_of_five_whose_third_step_fails(
         results = await queue.get_results(ids)
         statuses = [results[i].status for i in ids]
         if mode == "cancel":
-            assert statuses == [TaskStatus.SUCCEEDED] * 2 + [TaskStatus.FAILED] + [
-                TaskStatus.CANCELLED
-            ] * 2
+            assert (
+                statuses
+                == [TaskStatus.SUCCEEDED] * 2 + [TaskStatus.FAILED] + [TaskStatus.CANCELLED] * 2
+            )
             for i in ids[3:]:
                 assert ids[2] in (results[i].error or "")
             assert "ran s4" not in Path(log).read_text()
@@ -118,15 +118,14 @@ async def test_a_chain_of_five_whose_third_step_fails(
             last = await queue.get_result(ids[4], timeout=1)
             assert last is not None and last.ok and last.value == 4
         else:
-            assert statuses == [TaskStatus.SUCCEEDED] * 2 + [TaskStatus.FAILED] + [
-                TaskStatus.SUCCEEDED
-            ] * 2
+            assert (
+                statuses
+                == [TaskStatus.SUCCEEDED] * 2 + [TaskStatus.FAILED] + [TaskStatus.SUCCEEDED] * 2
+            )
             assert results[ids[3]].value == 1  # None from the failed parent, + 1
 
 
-async def test_dependencies_across_producer_processes(
-    db_url: str, tmp_path: Path
-) -> None:
+async def test_dependencies_across_producer_processes(db_url: str, tmp_path: Path) -> None:
     """A parent enqueued by one process, its child by another (a SyncTaskQueue in a
     subprocess), served by two real `sitq worker` processes."""
     import subprocess
@@ -141,7 +140,8 @@ async def test_dependencies_across_producer_processes(
             "import sys, compose_jobs as j\n"
             "from sitq import SyncTaskQueue\n"
             "q = SyncTaskQueue(sys.argv[1])\n"
-            "print(q.with_options(depends_on=[sys.argv[2]]).enqueue(j.start, sys.argv[3], 'child'))\n"
+            "child = q.with_options(depends_on=[sys.argv[2]])\n"
+            "print(child.enqueue(j.start, sys.argv[3], 'child'))\n"
             "q.close()\n"
         )
         out = subprocess.run(
@@ -156,8 +156,7 @@ async def test_dependencies_across_producer_processes(
         record = await queue.task_links(child)
         assert record is not None and record.parents == [parent] and record.waiting == 1
         workers = [
-            WorkerProcess(db_url, tmp_path, "--concurrency", "2").wait_started()
-            for _ in range(2)
+            WorkerProcess(db_url, tmp_path, "--concurrency", "2").wait_started() for _ in range(2)
         ]
         try:
             result = await queue.get_result(child, timeout=30)
@@ -177,7 +176,11 @@ async def test_bad_inputs_are_refused_and_nothing_is_enqueued(db_path: Path) -> 
             (lambda: group([]), InvalidComposition, "empty group"),
             (lambda: chord([sig]), InvalidComposition, "needs a callback"),
             (lambda: chain(), InvalidComposition, "empty chain"),
-            (lambda: queue.with_options(depends_on=["a", "a"]), InvalidDependency, "more than once"),
+            (
+                lambda: queue.with_options(depends_on=["a", "a"]),
+                InvalidDependency,
+                "more than once",
+            ),
             (lambda: queue.with_options(on_parent_failure="maybe"), Exception, "cancel"),
         ]
         for make, error, words in bad:
@@ -196,5 +199,7 @@ async def test_bad_inputs_are_refused_and_nothing_is_enqueued(db_path: Path) -> 
 
 def test_the_sync_queue_submits(db_path: Path) -> None:
     with SyncTaskQueue(db_path) as queue:
-        last = queue.submit(chord([queue.signature(jobs.square, i) for i in range(3)], queue.signature(jobs.total)))
+        last = queue.submit(
+            chord([queue.signature(jobs.square, i) for i in range(3)], queue.signature(jobs.total))
+        )
         assert isinstance(last, str) and queue.status(last) == TaskStatus.QUEUED

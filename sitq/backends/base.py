@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
+from sitq.errors import InvalidDependency
+
 # Declared with the layers' stores, implemented by every backend (store_session).
 from sitq.store import StoreSession as StoreSession
 from sitq.store import StoreTransaction as StoreTransaction
@@ -83,13 +85,9 @@ class Dependency:
     on_parent_failure: str = "cancel"
 
 
-def dependency_order(
-    tasks: Sequence[NewTask], dependencies: Sequence[Dependency]
-) -> list[NewTask]:
+def dependency_order(tasks: Sequence[NewTask], dependencies: Sequence[Dependency]) -> list[NewTask]:
     """``tasks`` with every parent among them before its dependents; a task that
     waits for itself, or a cycle among them, raises InvalidDependency."""
-    from sitq.errors import InvalidDependency
-
     waits = {dep.task_id: dep.parents for dep in dependencies}
     by_id = {task.id: task for task in tasks}
     ordered: list[NewTask] = []

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import replace
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -19,8 +19,8 @@ from opentelemetry import trace
 
 from sitq import signals, telemetry
 from sitq.backends.base import Backend, ClaimedTask, Lease, Outcome, UnreadablePayload
-from sitq.errors import SerializationError
 from sitq.canvas import PARENT_RESULTS_HEADER
+from sitq.errors import SerializationError
 from sitq.headers import encode as encode_headers
 from sitq.headers import unwrap as unwrap_headers
 from sitq.registry import UnknownTask, resolve
@@ -267,7 +267,7 @@ class Execution:
             links = await self.backend.task_links(task.id)
             parents = links.parents if links is not None else []
             records = await self.backend.get_tasks(parents)
-            values = []
+            values: list[Any] = []
             for parent in parents:
                 record = records.get(parent)
                 if record is None or record.status != "succeeded" or record.result is None:
@@ -281,7 +281,9 @@ class Execution:
                 loads_checked(self.serializer, body, what, self._binding(task, "payload")), what
             )
             first = values if headers[PARENT_RESULTS_HEADER] == "list" else (values or [None])[0]
-            call = bound_dumps(self.serializer, (fn, (first, *args), kwargs), self._binding(task, "payload"))
+            call = bound_dumps(
+                self.serializer, (fn, (first, *args), kwargs), self._binding(task, "payload")
+            )
         except Exception as exc:
             if not running.done:
                 error = f"{type(exc).__name__} while passing the parents' results: {exc}"

@@ -18,8 +18,18 @@ from sitq.task import new_task_id
 def task(backend: Backend, task_id: str | None = None, delay: float = 0.0) -> NewTask:
     now = backend.now()
     return NewTask(
-        task_id or new_task_id(), "default", "tests.job", b"p", 0, now, now + delay,
-        0, 1.0, None, None, None,
+        task_id or new_task_id(),
+        "default",
+        "tests.job",
+        b"p",
+        0,
+        now,
+        now + delay,
+        0,
+        1.0,
+        None,
+        None,
+        None,
     )
 
 
@@ -81,9 +91,7 @@ async def test_a_failed_parent_cancels_dependents_transitively_naming_it(
     await run_one(backend)
     failed = await run_one(backend, "failed")
     assert failed == ids[2]
-    assert await statuses(backend, ids) == ["succeeded", "succeeded", "failed"] + [
-        "cancelled"
-    ] * 2
+    assert await statuses(backend, ids) == ["succeeded", "succeeded", "failed"] + ["cancelled"] * 2
     records = await backend.get_tasks(ids[3:])
     for i in ids[3:]:
         assert ids[2] in (records[i].error or "") and "ParentFailed" in (records[i].error or "")
@@ -187,7 +195,6 @@ async def test_purging_a_dependent_removes_its_links(backend: Backend) -> None:
     await backend.cancel(ids[0])
     assert await backend.purge(["cancelled"]) == 2
     assert await backend.task_links(ids[1]) is None
-
 
 
 async def test_self_dependency_and_cycles_are_refused_and_nothing_stored(
