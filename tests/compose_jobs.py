@@ -43,8 +43,9 @@ def total(values: list[int]) -> int:
     return sum(values)
 
 
-def member(i: int, path: str) -> int:
-    """A chord member: logs when it finished (after its work)."""
+def member(i: int, path: str, work: float = 0.0) -> int:
+    """A chord member: works ``work`` seconds, then logs when it finished."""
+    time.sleep(work)
     log(path, f"member {i} {time.time():.6f}")
     return i * 2
 

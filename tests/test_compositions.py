@@ -3,6 +3,8 @@ dependency bookkeeping in the database, results passed by the worker."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -203,3 +205,51 @@ def test_the_sync_queue_submits(db_path: Path) -> None:
             chord([queue.signature(jobs.square, i) for i in range(3)], queue.signature(jobs.total))
         )
         assert isinstance(last, str) and queue.status(last) == TaskStatus.QUEUED
+
+
+async def test_a_chord_of_1000_while_workers_are_sigkilled_every_second(
+    db_url: str, tmp_path: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """1,000 members over 3 `sitq worker` processes, one SIGKILLed (and replaced)
+    every second while members finish. The log proves the callback ran exactly
+    once, got every result in member order, and started after the last member
+    finished. The callback runs on its own queue, served by a worker never killed:
+    what is under test is the fan-in (made due once, by the database), not the
+    at-least-once rerun of a callback whose own worker dies."""
+    log = tmp_path / "chord.log"
+    count = 1000
+    async with TaskQueue(db_url) as queue:
+        members = [queue.signature(jobs.member, i, str(log), 0.02) for i in range(count)]
+        callback = queue.signature(jobs.callback, str(log)).set(queue="callbacks")
+        callback_id = await queue.submit(chord(members, callback))
+        links = await queue.task_links(callback_id)
+        assert links is not None and links.waiting == count
+        args = ("--concurrency", "4", "--lease", "2")
+        workers = [spawn_worker(*args, db=db_url).wait_started() for _ in range(3)]
+        spawn_worker("--queue", "callbacks", db=db_url).wait_started()
+        kills = 0
+        while True:
+            links = await queue.task_links(callback_id)
+            assert links is not None
+            if links.waiting == 0:
+                break
+            await asyncio.sleep(1.0)  # the chaos' own pace, not a synchronization
+            victim = workers.pop(kills % len(workers))
+            victim.send(signal.SIGKILL)
+            assert victim.wait(10) == -signal.SIGKILL
+            kills += 1
+            workers.append(spawn_worker(*args, db=db_url))
+            assert kills < 120, "the members never finished"
+        result = await queue.get_result(callback_id, timeout=60)
+    assert result is not None and result.ok, result
+    assert result.value == count
+    assert kills >= 2, "the members finished before any worker was killed"
+    lines = log.read_text().splitlines()
+    starts = [line.split() for line in lines if line.startswith("callback-start")]
+    assert len(starts) == 1, starts
+    _, started, received, values = starts[0]
+    assert int(received) == count
+    assert [int(v) for v in values.split(",")] == [i * 2 for i in range(count)]
+    finished = [line.split() for line in lines if line.startswith("member")]
+    assert {int(f[1]) for f in finished} == set(range(count))
+    assert float(started) > max(float(f[2]) for f in finished)
