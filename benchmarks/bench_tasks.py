@@ -9,3 +9,8 @@ def noop() -> None:
 async def async_noop() -> None:
     """Does nothing, on the worker's event loop (as the PostgreSQL baselines' jobs do)."""
     return None
+
+
+def count_results(values: list[None]) -> int:
+    """A chord callback: how many results it received."""
+    return len(values)

@@ -95,30 +95,31 @@ def dependency_order(tasks: Sequence[NewTask], dependencies: Sequence[Dependency
     for start in by_id:
         if state.get(start):
             continue
-        stack: list[tuple[str, int]] = [(start, 0)]
+        # Depth-first, without recursion (a chain may be thousands of steps long).
+        stack = [(start, iter(waits.get(start, ())))]
         state[start] = 1
         while stack:
-            node, index = stack[-1]
-            parents = [p for p in waits.get(node, ()) if p in by_id]
-            if index < len(parents):
-                stack[-1] = (node, index + 1)
-                parent = parents[index]
-                if parent == node:
-                    raise InvalidDependency(
-                        f"task {node} depends on itself: a task cannot wait for its own end"
-                    )
-                if state.get(parent) == 1:
-                    raise InvalidDependency(
-                        f"a dependency cycle through tasks {parent} and {node}: each would "
-                        "wait for the other forever; nothing was enqueued"
-                    )
-                if not state.get(parent):
-                    state[parent] = 1
-                    stack.append((parent, 0))
+            node, parents = stack[-1]
+            parent = next(parents, None)
+            if parent is None:
+                stack.pop()
+                state[node] = 2
+                ordered.append(by_id[node])
                 continue
-            stack.pop()
-            state[node] = 2
-            ordered.append(by_id[node])
+            if parent not in by_id:
+                continue  # a stored parent
+            if parent == node:
+                raise InvalidDependency(
+                    f"task {node} depends on itself: a task cannot wait for its own end"
+                )
+            if state.get(parent) == 1:
+                raise InvalidDependency(
+                    f"a dependency cycle through tasks {parent} and {node}: each would "
+                    "wait for the other forever; nothing was enqueued"
+                )
+            if not state.get(parent):
+                state[parent] = 1
+                stack.append((parent, iter(waits.get(parent, ()))))
     return ordered
 
 

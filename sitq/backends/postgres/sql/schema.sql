@@ -300,8 +300,6 @@ EXECUTE FUNCTION {s}.sitq_leave_dependencies()
 -- in id order first, so two parents finishing at once never deadlock on them, and
 -- workers are woken (NOTIFY 'tasks', at commit) when one becomes due.
 CREATE FUNCTION {s}.sitq_settle_children() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    due integer;
 BEGIN
     PERFORM 1 FROM {s}.sitq_tasks
     WHERE id IN (SELECT d.child_id FROM {s}.sitq_dependencies d WHERE d.parent_id = NEW.id)
@@ -324,20 +322,24 @@ BEGIN
             SELECT doomed.id FROM doomed WHERE doomed.id <> NEW.id);
     END IF;
     UPDATE {s}.sitq_tasks t
-    SET waiting = t.waiting - (
-            SELECT count(*) FROM {s}.sitq_dependencies d WHERE d.child_id = t.id
-              AND (d.parent_id = NEW.id OR d.parent_id IN (
-                  SELECT x.id FROM {s}.sitq_tasks x WHERE x.cancelled_by = NEW.id)))
-    WHERE t.status = 'queued' AND t.waiting > 0 AND t.id IN (
-        SELECT d.child_id FROM {s}.sitq_dependencies d WHERE d.parent_id = NEW.id
-           OR d.parent_id IN (SELECT x.id FROM {s}.sitq_tasks x WHERE x.cancelled_by = NEW.id));
-    UPDATE {s}.sitq_tasks t
-    SET available_at = GREATEST(t.available_at - 1e11, NEW.finished_at)
-    WHERE t.status = 'queued' AND t.waiting = 0 AND t.available_at >= 1e11 AND t.id IN (
-        SELECT d.child_id FROM {s}.sitq_dependencies d WHERE d.parent_id = NEW.id
-           OR d.parent_id IN (SELECT x.id FROM {s}.sitq_tasks x WHERE x.cancelled_by = NEW.id));
-    GET DIAGNOSTICS due = ROW_COUNT;
-    IF due > 0 THEN
+    SET waiting = t.waiting - 1,
+        available_at = CASE WHEN t.waiting = 1 THEN GREATEST(t.available_at - 1e11, NEW.finished_at)
+                            ELSE t.available_at END
+    WHERE t.status = 'queued' AND t.waiting > 0
+      AND t.id IN (SELECT d.child_id FROM {s}.sitq_dependencies d WHERE d.parent_id = NEW.id);
+    IF NEW.status <> 'succeeded' THEN
+        UPDATE {s}.sitq_tasks t
+        SET waiting = t.waiting - n.parents,
+            available_at = CASE WHEN t.waiting = n.parents
+                THEN GREATEST(t.available_at - 1e11, NEW.finished_at) ELSE t.available_at END
+        FROM (SELECT d.child_id, count(*) AS parents FROM {s}.sitq_dependencies d
+              JOIN {s}.sitq_tasks x ON x.id = d.parent_id
+              WHERE x.cancelled_by = NEW.id GROUP BY d.child_id) AS n
+        WHERE t.id = n.child_id AND t.status = 'queued' AND t.waiting > 0;
+    END IF;
+    IF EXISTS (SELECT 1 FROM {s}.sitq_dependencies d JOIN {s}.sitq_tasks c ON c.id = d.child_id
+               WHERE d.parent_id = NEW.id AND c.status = 'queued' AND c.waiting = 0
+                 AND c.available_at < 1e11) THEN
         PERFORM pg_notify('sitq_' || TG_TABLE_SCHEMA, 'tasks');
     END IF;
     RETURN NULL;

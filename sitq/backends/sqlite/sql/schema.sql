@@ -306,8 +306,8 @@ END
 --   1. a parent that did not succeed cancels its waiting 'cancel' dependents, and
 --      theirs, transitively (one recursive query, marked cancelled_by the parent);
 --   2. every waiting dependent of the parent or of those cancelled counts them as
---      done (a 'run' dependent, or any dependent of a parent that succeeded);
---   3. one with no parent left becomes due (at its own time if that is later).
+--      done (a 'run' dependent, or any dependent of a parent that succeeded), and
+--      one with no parent left becomes due (at its own time if that is later).
 -- SQLite runs no trigger from within itself (recursive_triggers stays off, as
 -- sitq never turns it on), so the cascade is the query's, however deep.
 -- A finish is refused once the task is final, so a parent counts exactly once.
@@ -329,17 +329,24 @@ BEGIN
             JOIN sitq_tasks c ON c.id = d.child_id
             WHERE c.status = 'queued' AND c.waiting > 0 AND c.parent_mode = 'cancel')
         SELECT id FROM doomed WHERE id <> NEW.id);
+    -- Each parent counts once per dependent: O(1) per dependent, so a chord's
+    -- members each pay one row update however many they are.
+    UPDATE sitq_tasks
+    SET waiting = waiting - 1,
+        available_at = CASE WHEN waiting = 1 THEN max(available_at - 1e11, NEW.finished_at)
+                            ELSE available_at END
+    WHERE status = 'queued' AND waiting > 0
+      AND id IN (SELECT d.child_id FROM sitq_dependencies d WHERE d.parent_id = NEW.id);
+    -- Only after a failure: the "run" dependents of the tasks just cancelled.
     UPDATE sitq_tasks
     SET waiting = waiting - (
-            SELECT count(*) FROM sitq_dependencies d WHERE d.child_id = sitq_tasks.id
-              AND (d.parent_id = NEW.id OR d.parent_id IN (
-                  SELECT x.id FROM sitq_tasks x WHERE x.cancelled_by = NEW.id)))
-    WHERE status = 'queued' AND waiting > 0 AND id IN (
-        SELECT d.child_id FROM sitq_dependencies d WHERE d.parent_id = NEW.id
-           OR d.parent_id IN (SELECT x.id FROM sitq_tasks x WHERE x.cancelled_by = NEW.id));
-    UPDATE sitq_tasks
-    SET available_at = max(available_at - 1e11, NEW.finished_at)
-    WHERE status = 'queued' AND waiting = 0 AND available_at >= 1e11 AND id IN (
-        SELECT d.child_id FROM sitq_dependencies d WHERE d.parent_id = NEW.id
-           OR d.parent_id IN (SELECT x.id FROM sitq_tasks x WHERE x.cancelled_by = NEW.id));
+            SELECT count(*) FROM sitq_dependencies d JOIN sitq_tasks x ON x.id = d.parent_id
+            WHERE d.child_id = sitq_tasks.id AND x.cancelled_by = NEW.id),
+        available_at = CASE WHEN waiting = (
+            SELECT count(*) FROM sitq_dependencies d JOIN sitq_tasks x ON x.id = d.parent_id
+            WHERE d.child_id = sitq_tasks.id AND x.cancelled_by = NEW.id)
+            THEN max(available_at - 1e11, NEW.finished_at) ELSE available_at END
+    WHERE NEW.status <> 'succeeded' AND status = 'queued' AND waiting > 0 AND id IN (
+        SELECT d.child_id FROM sitq_dependencies d
+        WHERE d.parent_id IN (SELECT x.id FROM sitq_tasks x WHERE x.cancelled_by = NEW.id));
 END
