@@ -100,8 +100,14 @@ def main() -> None:
             stored, ran = run_once(Path(tmp), args.db, args.tasks, True)
             chord_store.append(stored)
             chord_run.append(ran)
-    table.add(f"drain {args.tasks:,} plain no-op tasks (one `sitq worker --concurrency 8`)", plain_run, "s")
-    table.add(f"run a {args.tasks:,}-member chord to its callback's end (same worker)", chord_run, "s")
+    table.add(
+        f"drain {args.tasks:,} plain no-op tasks (one `sitq worker --concurrency 8`)",
+        plain_run,
+        "s",
+    )
+    table.add(
+        f"run a {args.tasks:,}-member chord to its callback's end (same worker)", chord_run, "s"
+    )
     table.add("store the plain tasks (`enqueue_many`)", plain_store, "s")
     table.add("store the chord (`submit`, one transaction)", chord_store, "s")
     ratio = statistics.median(chord_run) / statistics.median(plain_run)

@@ -349,7 +349,7 @@ $$
 -- name: v8_11_create_sitq_tasks_settle_children
 -- Fired for the statement's own rows only (depth 0): the function's cascade is
 -- one recursive query, however deep, never a trigger within a trigger.
-CREATE TRIGGER sitq_tasks_settle_children AFTER UPDATE OF status ON {s}.sitq_tasks
+CREATE TRIGGER sitq_tasks_settle_children AFTER UPDATE OF finished_at ON {s}.sitq_tasks
 FOR EACH ROW WHEN (NEW.has_children AND NEW.status IN ('succeeded', 'failed', 'cancelled')
     AND OLD.status IN ('queued', 'running') AND pg_trigger_depth() < 1)
 EXECUTE FUNCTION {s}.sitq_settle_children()

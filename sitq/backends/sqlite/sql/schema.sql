@@ -311,7 +311,9 @@ END
 -- SQLite runs no trigger from within itself (recursive_triggers stays off, as
 -- sitq never turns it on), so the cascade is the query's, however deep.
 -- A finish is refused once the task is final, so a parent counts exactly once.
-CREATE TRIGGER sitq_tasks_settle_children AFTER UPDATE OF status ON sitq_tasks
+-- It fires on finished_at, which every statement that ends a task writes and the
+-- claim does not: the claim, the busiest update, never runs it.
+CREATE TRIGGER sitq_tasks_settle_children AFTER UPDATE OF finished_at ON sitq_tasks
 WHEN NEW.has_children = 1 AND NEW.status IN ('succeeded', 'failed', 'cancelled')
     AND OLD.status IN ('queued', 'running')
 BEGIN
