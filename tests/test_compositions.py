@@ -253,3 +253,37 @@ async def test_a_chord_of_1000_while_workers_are_sigkilled_every_second(
     finished = [line.split() for line in lines if line.startswith("member")]
     assert {int(f[1]) for f in finished} == set(range(count))
     assert float(started) > max(float(f[2]) for f in finished)
+
+
+async def test_sitq_inspect_shows_the_wait_and_sitq_retry_brings_dependents_back(
+    db_path: Path, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from support import SITQ, subprocess_env
+
+    def sitq(*args: str) -> str:
+        out = subprocess.run(
+            [SITQ, *args, "--db", str(db_path)],
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    log, flag = str(tmp_path / "log"), str(tmp_path / "fixed")
+    async with TaskQueue(db_path) as queue:
+        first = await queue.enqueue(jobs.step, 0, log, "p", flag)
+        child = await queue.with_options(depends_on=[first]).enqueue(jobs.start, log, "c")
+        shown = sitq("inspect", child)
+        assert "waiting for 1 of 1 parents" in shown and first in shown
+        await run_all(str(db_path), queue, [child])
+        assert await queue.status(child) == TaskStatus.CANCELLED
+        Path(flag).touch()
+        sitq("retry", first)
+        assert await queue.status(child) == TaskStatus.QUEUED
+        await run_all(str(db_path), queue, [child])
+        result = await queue.get_result(child, timeout=1)
+        assert result is not None and result.ok
