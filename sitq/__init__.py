@@ -6,7 +6,14 @@ The producer API is :class:`TaskQueue` (async) and :class:`SyncTaskQueue`;
 
 from typing import TYPE_CHECKING, Any
 
-from sitq.backends.base import LimitRecord, ScheduleRecord, TaskPage, TaskRecord, WorkerRecord
+from sitq.backends.base import (
+    LimitRecord,
+    ScheduleRecord,
+    TaskLinks,
+    TaskPage,
+    TaskRecord,
+    WorkerRecord,
+)
 from sitq.canvas import Signature, chain, chord, group
 from sitq.errors import (
     ConfigurationError,
@@ -62,6 +69,7 @@ __all__ = [
     "StorageError",
     "SyncTaskQueue",
     "TaskFailed",
+    "TaskLinks",
     "TaskNotFound",
     "TaskOptions",
     "TaskPage",

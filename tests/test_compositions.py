@@ -219,7 +219,7 @@ async def test_a_chord_of_1000_while_workers_are_sigkilled_every_second(
     log = tmp_path / "chord.log"
     count = 1000
     async with TaskQueue(db_url) as queue:
-        members = [queue.signature(jobs.member, i, str(log), 0.02) for i in range(count)]
+        members = [queue.signature(jobs.member, i, str(log), 0.05) for i in range(count)]
         callback = queue.signature(jobs.callback, str(log)).set(queue="callbacks")
         callback_id = await queue.submit(chord(members, callback))
         links = await queue.task_links(callback_id)
