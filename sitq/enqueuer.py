@@ -112,8 +112,15 @@ class Enqueuer:
         now = backend.now()
         tasks: list[NewTask] = []
         deps: list[Dependency] = []
+        # A registered task's signature keeps its own options, with the submitter's
+        # with_options on top (as enqueueing the handle through it would).
+        over = {k: v for k, v in self._overrides.items() if k != "depends_on"}
         for step in steps.steps:
-            options = step.sig.options(default)
+            sig = step.sig
+            if sig.base is None:
+                options = sig.options(default)
+            else:
+                options = sig.base.merged(**{**over, **sig.overrides})
             if options.unique_key is not None:
                 raise InvalidComposition(
                     f"{step.sig!r} has a unique_key: a task in a composition cannot be unique "
