@@ -52,6 +52,7 @@ async def _finished(db: str, ids: list[str]) -> bool:
 def run_once(tmp: Path, db_url: str | None, n: int, as_chord: bool) -> tuple[float, float]:
     """(seconds to store, seconds from worker start to the last task finished)."""
     db = db_url or str(fresh(tmp, "chord" if as_chord else "plain"))
+    schema = ""
     if db_url:
         schema = f"bench_chord_{time.monotonic_ns()}"
         db = f"{db_url}{'&' if '?' in db_url else '?'}sitq_schema={schema}"
@@ -69,7 +70,19 @@ def run_once(tmp: Path, db_url: str | None, n: int, as_chord: bool) -> tuple[flo
         result = asyncio.run(_result(db, last))
         if result != n:
             raise RuntimeError(f"the callback received {result} results, not {n}")
+    if db_url:
+        asyncio.run(_drop_schema(db_url, schema))
     return stored, done - started
+
+
+async def _drop_schema(url: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
 
 
 async def _result(db: str, task_id: str) -> object:
