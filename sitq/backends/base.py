@@ -123,6 +123,16 @@ def dependency_order(tasks: Sequence[NewTask], dependencies: Sequence[Dependency
     return ordered
 
 
+class ParentResult(NamedTuple):
+    """A parent's outcome as its dependent's worker reads it (``task_links``
+    ``with_results``): the stored result is None unless it succeeded with one."""
+
+    id: str
+    func_name: str
+    status: str
+    result: bytes | None
+
+
 @dataclass(frozen=True)
 class TaskLinks:
     """A task's place among dependencies: its parents in order, the tasks that wait
@@ -134,6 +144,9 @@ class TaskLinks:
     waiting: int
     on_parent_failure: str | None
     cancelled_by: str | None
+    #: The parents' outcomes, in order, when asked for (``with_results``); a
+    #: parent deleted since is left out.
+    results: list[ParentResult] | None = None
 
 
 @dataclass(frozen=True)
@@ -569,8 +582,10 @@ class Backend(abc.ABC):
         nothing is stored. The caller has refused self-dependencies and cycles."""
 
     @abc.abstractmethod
-    async def task_links(self, task_id: str) -> TaskLinks | None:
-        """``task_id``'s parents and dependents (None for an unknown id)."""
+    async def task_links(self, task_id: str, *, with_results: bool = False) -> TaskLinks | None:
+        """``task_id``'s parents and dependents (None for an unknown id); with
+        ``with_results``, also the parents' outcomes in one read (the worker's, for
+        a step that takes its parents' results)."""
 
     # -- listings for dashboards ------------------------------------------------
 

@@ -36,6 +36,7 @@ from sitq.backends.base import (
     Lease,
     LimitRecord,
     NewTask,
+    ParentResult,
     ScheduleRecord,
     TaskCounts,
     TaskLinks,
@@ -399,7 +400,7 @@ class SQLBackend(Backend):
 
         await self._transaction(body)
 
-    async def task_links(self, task_id: str) -> TaskLinks | None:
+    async def task_links(self, task_id: str, *, with_results: bool = False) -> TaskLinks | None:
         """A task's parents, dependents and wait, read from one snapshot."""
 
         async def body(tx: Transaction) -> TaskLinks | None:
@@ -408,6 +409,10 @@ class SQLBackend(Backend):
                 return None
             parents = await tx.fetch(self.SQL.task_parents, (task_id,))
             children = await tx.fetch(self.SQL.task_children, (task_id,))
+            results = None
+            if with_results:
+                rows = await tx.fetch(self.SQL.task_parent_results, (task_id,))
+                results = [ParentResult(*row) for row in rows]
             waiting, mode, cancelled_by = found[0]
             return TaskLinks(
                 [row[0] for row in parents],
@@ -415,6 +420,7 @@ class SQLBackend(Backend):
                 int(waiting),
                 mode,
                 cancelled_by,
+                results,
             )
 
         return await self._snapshot(body)

@@ -264,14 +264,13 @@ class Execution:
         A parent that did not succeed (``on_parent_failure="run"``) passes None."""
         task = running.task
         try:
-            links = await self.backend.task_links(task.id)
-            parents = links.parents if links is not None else []
-            records = await self.backend.get_tasks(parents)
+            links = await self.backend.task_links(task.id, with_results=True)
+            found = {r.id: r for r in (links.results or [])} if links is not None else {}
             values: list[Any] = []
-            for parent in parents:
-                record = records.get(parent)
-                if record is None or record.status != "succeeded" or record.result is None:
-                    values.append(None)
+            for parent in links.parents if links is not None else []:
+                record = found.get(parent)
+                if record is None or record.result is None:
+                    values.append(None)  # did not succeed (on_parent_failure="run"), or pruned
                     continue
                 binding = result_binding(parent, record.func_name) if self._binds else None
                 what = f"the result of task {parent}, a parent of task {task.id}"

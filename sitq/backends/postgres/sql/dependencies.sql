@@ -32,6 +32,12 @@ SELECT * FROM unnest($1::text[], $2::int[], $3::text[])
 -- name: task_parents
 SELECT parent_id FROM {s}.sitq_dependencies WHERE child_id = $1 ORDER BY position
 
+-- name: task_parent_results
+-- A dependent's parents' outcomes, in its order (the result only if it succeeded).
+SELECT t.id, t.func_name, t.status, CASE WHEN t.status = 'succeeded' THEN t.result END
+FROM {s}.sitq_dependencies d JOIN {s}.sitq_tasks t ON t.id = d.parent_id
+WHERE d.child_id = $1 ORDER BY d.position
+
 -- name: task_children
 SELECT child_id FROM {s}.sitq_dependencies WHERE parent_id = $1 ORDER BY child_id
 

@@ -302,19 +302,34 @@ END
 
 -- name: v8_09_create_sitq_tasks_settle_children
 -- A parent's final status settles its dependents in the same transaction, whichever
--- statement wrote it (finish, a lost worker's reclaim, release, cancel):
---   1. a parent that did not succeed cancels its waiting 'cancel' dependents, and
---      theirs, transitively (one recursive query, marked cancelled_by the parent);
---   2. every waiting dependent of the parent or of those cancelled counts them as
---      done (a 'run' dependent, or any dependent of a parent that succeeded), and
---      one with no parent left becomes due (at its own time if that is later).
--- SQLite runs no trigger from within itself (recursive_triggers stays off, as
--- sitq never turns it on), so the cascade is the query's, however deep.
--- A finish is refused once the task is final, so a parent counts exactly once.
--- It fires on finished_at, which every statement that ends a task writes and the
--- claim does not: the claim, the busiest update, never runs it.
+-- statement wrote it (finish, a lost worker's reclaim, release, cancel). This one,
+-- for a parent that succeeded, is the chord's path, run once per member: one
+-- statement, each dependent counts the parent as done, and one with no parent left
+-- becomes due (at its own time if that is later). A finish is refused once the
+-- task is final, so a parent counts exactly once. It fires on finished_at, which
+-- every statement that ends a task writes and the claim does not: the claim, the
+-- busiest update, never runs it (and plain tasks pay only the WHEN's column test).
 CREATE TRIGGER sitq_tasks_settle_children AFTER UPDATE OF finished_at ON sitq_tasks
-WHEN NEW.has_children = 1 AND NEW.status IN ('succeeded', 'failed', 'cancelled')
+WHEN NEW.has_children = 1 AND NEW.status = 'succeeded' AND OLD.status IN ('queued', 'running')
+BEGIN
+    UPDATE sitq_tasks
+    SET waiting = waiting - 1,
+        available_at = CASE WHEN waiting = 1 THEN max(available_at - 1e11, NEW.finished_at)
+                            ELSE available_at END
+    WHERE status = 'queued' AND waiting > 0
+      AND id IN (SELECT d.child_id FROM sitq_dependencies d WHERE d.parent_id = NEW.id);
+END
+
+-- name: v8_10_create_sitq_tasks_cancel_children
+-- A parent that failed or was cancelled:
+--   1. cancels its waiting 'cancel' dependents, and theirs, transitively (one
+--      recursive query, each marked cancelled_by the parent);
+--   2. its 'run' dependents, and those of the tasks just cancelled, count them as
+--      done, and one with no parent left becomes due.
+-- SQLite runs no trigger from within itself (recursive_triggers stays off, as sitq
+-- never turns it on), so the cascade is the query's, however deep.
+CREATE TRIGGER sitq_tasks_cancel_children AFTER UPDATE OF finished_at ON sitq_tasks
+WHEN NEW.has_children = 1 AND NEW.status IN ('failed', 'cancelled')
     AND OLD.status IN ('queued', 'running')
 BEGIN
     UPDATE sitq_tasks
@@ -322,7 +337,7 @@ BEGIN
         expires_at = NEW.finished_at + COALESCE(result_ttl, NEW.expires_at - NEW.finished_at, 604800.0),
         error = 'ParentFailed: parent task ' || NEW.id || ' (' || NEW.func_name || ') ended '
             || NEW.status || ', and this task waited for it (on_parent_failure="cancel")'
-    WHERE NEW.status <> 'succeeded' AND id IN (
+    WHERE id IN (
         WITH RECURSIVE doomed(id) AS (
             SELECT NEW.id
             UNION
@@ -331,15 +346,12 @@ BEGIN
             JOIN sitq_tasks c ON c.id = d.child_id
             WHERE c.status = 'queued' AND c.waiting > 0 AND c.parent_mode = 'cancel')
         SELECT id FROM doomed WHERE id <> NEW.id);
-    -- Each parent counts once per dependent: O(1) per dependent, so a chord's
-    -- members each pay one row update however many they are.
     UPDATE sitq_tasks
     SET waiting = waiting - 1,
         available_at = CASE WHEN waiting = 1 THEN max(available_at - 1e11, NEW.finished_at)
                             ELSE available_at END
     WHERE status = 'queued' AND waiting > 0
       AND id IN (SELECT d.child_id FROM sitq_dependencies d WHERE d.parent_id = NEW.id);
-    -- Only after a failure: the "run" dependents of the tasks just cancelled.
     UPDATE sitq_tasks
     SET waiting = waiting - (
             SELECT count(*) FROM sitq_dependencies d JOIN sitq_tasks x ON x.id = d.parent_id
@@ -348,7 +360,7 @@ BEGIN
             SELECT count(*) FROM sitq_dependencies d JOIN sitq_tasks x ON x.id = d.parent_id
             WHERE d.child_id = sitq_tasks.id AND x.cancelled_by = NEW.id)
             THEN max(available_at - 1e11, NEW.finished_at) ELSE available_at END
-    WHERE NEW.status <> 'succeeded' AND status = 'queued' AND waiting > 0 AND id IN (
+    WHERE status = 'queued' AND waiting > 0 AND id IN (
         SELECT d.child_id FROM sitq_dependencies d
         WHERE d.parent_id IN (SELECT x.id FROM sitq_tasks x WHERE x.cancelled_by = NEW.id));
 END
