@@ -296,15 +296,18 @@ FOR EACH ROW WHEN (OLD.parent_mode IS NOT NULL)
 EXECUTE FUNCTION {s}.sitq_leave_dependencies()
 
 -- name: v8_10_create_settle_children
--- What the SQLite trigger does (see there), plus: the direct dependents are locked
--- in id order first, so two parents finishing at once never deadlock on them, and
--- workers are woken (NOTIFY 'tasks', at commit) when one becomes due.
+-- What the SQLite triggers do (see there). A parent that succeeded (a chord's
+-- member) costs one statement: its direct dependents locked in id order (two
+-- parents finishing at once never deadlock on them), counted down, and the workers
+-- woken (NOTIFY 'tasks', at commit) when one becomes due.
 CREATE FUNCTION {s}.sitq_settle_children() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    due bigint;
 BEGIN
-    PERFORM 1 FROM {s}.sitq_tasks
-    WHERE id IN (SELECT d.child_id FROM {s}.sitq_dependencies d WHERE d.parent_id = NEW.id)
-    ORDER BY id FOR UPDATE;
     IF NEW.status <> 'succeeded' THEN
+        PERFORM 1 FROM {s}.sitq_tasks
+        WHERE id IN (SELECT d.child_id FROM {s}.sitq_dependencies d WHERE d.parent_id = NEW.id)
+        ORDER BY id FOR UPDATE;
         UPDATE {s}.sitq_tasks
         SET status = 'cancelled', cancelled_by = NEW.id, finished_at = NEW.finished_at,
             expires_at = NEW.finished_at
@@ -321,12 +324,20 @@ BEGIN
                 WHERE c.status = 'queued' AND c.waiting > 0 AND c.parent_mode = 'cancel')
             SELECT doomed.id FROM doomed WHERE doomed.id <> NEW.id);
     END IF;
-    UPDATE {s}.sitq_tasks t
-    SET waiting = t.waiting - 1,
-        available_at = CASE WHEN t.waiting = 1 THEN GREATEST(t.available_at - 1e11, NEW.finished_at)
-                            ELSE t.available_at END
-    WHERE t.status = 'queued' AND t.waiting > 0
-      AND t.id IN (SELECT d.child_id FROM {s}.sitq_dependencies d WHERE d.parent_id = NEW.id);
+    WITH locked AS (
+        SELECT id FROM {s}.sitq_tasks
+        WHERE id IN (SELECT d.child_id FROM {s}.sitq_dependencies d WHERE d.parent_id = NEW.id)
+        ORDER BY id FOR UPDATE
+    ), settled AS (
+        UPDATE {s}.sitq_tasks t
+        SET waiting = t.waiting - 1,
+            available_at = CASE WHEN t.waiting = 1
+                THEN GREATEST(t.available_at - 1e11, NEW.finished_at) ELSE t.available_at END
+        FROM locked
+        WHERE t.id = locked.id AND t.status = 'queued' AND t.waiting > 0
+        RETURNING t.waiting
+    )
+    SELECT count(*) INTO due FROM settled WHERE settled.waiting = 0;
     IF NEW.status <> 'succeeded' THEN
         UPDATE {s}.sitq_tasks t
         SET waiting = t.waiting - n.parents,
@@ -336,10 +347,9 @@ BEGIN
               JOIN {s}.sitq_tasks x ON x.id = d.parent_id
               WHERE x.cancelled_by = NEW.id GROUP BY d.child_id) AS n
         WHERE t.id = n.child_id AND t.status = 'queued' AND t.waiting > 0;
+        due := due + 1;  -- a hint: the "run" dependents of those cancelled may be due
     END IF;
-    IF EXISTS (SELECT 1 FROM {s}.sitq_dependencies d JOIN {s}.sitq_tasks c ON c.id = d.child_id
-               WHERE d.parent_id = NEW.id AND c.status = 'queued' AND c.waiting = 0
-                 AND c.available_at < 1e11) THEN
+    IF due > 0 THEN
         PERFORM pg_notify('sitq_' || TG_TABLE_SCHEMA, 'tasks');
     END IF;
     RETURN NULL;
