@@ -10,16 +10,20 @@ from sitq.backends.base import (
     LimitRecord,
     Progress,
     ScheduleRecord,
+    TaskLinks,
     TaskPage,
     TaskRecord,
     WorkerRecord,
 )
+from sitq.canvas import Signature, chain, chord, group
 from sitq.current import CurrentTask, current_task
 from sitq.errors import (
     ConfigurationError,
     CorruptRow,
     DatabaseError,
     DatabaseUnavailable,
+    InvalidComposition,
+    InvalidDependency,
     InvalidTask,
     NotASitqDatabase,
     NotConnected,
@@ -51,6 +55,8 @@ __all__ = [
     "CurrentTask",
     "DatabaseError",
     "DatabaseUnavailable",
+    "InvalidComposition",
+    "InvalidDependency",
     "InvalidTask",
     "LimitRecord",
     "NotASitqDatabase",
@@ -63,10 +69,12 @@ __all__ = [
     "ScheduleRecord",
     "SchemaVersionError",
     "SerializationError",
+    "Signature",
     "SitqError",
     "StorageError",
     "SyncTaskQueue",
     "TaskFailed",
+    "TaskLinks",
     "TaskNotFound",
     "TaskOptions",
     "TaskPage",
@@ -78,7 +86,10 @@ __all__ = [
     "WorkerCrashed",
     "WorkerRecord",
     "WorkerSummary",
+    "chain",
+    "chord",
     "current_task",
+    "group",
 ]
 
 __version__ = "0.1.0"

@@ -270,7 +270,12 @@ def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) ->
                 f"{record.func_name} (arguments not readable here: "
                 f"{type(exc).__name__}: {exc}{hint})"
             )
+    links = run_on_queue(db, lambda tasks: tasks.task_links(task_id))
     claimed = f" (claimed by worker {record.worker_id}, not started)" if record.claimed else ""
+    available = _when(record.available_at)
+    if links is not None and links.waiting and record.status == "queued":
+        claimed += f" (waiting for {links.waiting} of {len(links.parents)} parents)"
+        available = "once its parents have finished"
     lines = [
         ("id", record.id),
         ("call", call),
@@ -279,7 +284,7 @@ def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) ->
         ("priority", record.priority),
         ("attempts", f"{record.attempts} (max retries {record.max_retries})"),
         ("enqueued", _when(record.enqueued_at)),
-        ("available", _when(record.available_at)),
+        ("available", available),
         ("started", _when(record.started_at)),
         ("finished", _when(record.finished_at)),
         ("worker", record.worker_id or "-"),
@@ -293,6 +298,10 @@ def inspect(db: str, task_id: str, show_args: bool, imports: tuple[str, ...]) ->
                 f"(reported {_when(done.updated_at)})",
             )
         )
+    if links is not None and (links.parents or links.children):
+        mode = f" (on_parent_failure={links.on_parent_failure})" if links.parents else ""
+        lines.append(("parents", (" ".join(links.parents) or "-") + mode))
+        lines.append(("children", " ".join(links.children) or "-"))
     if TaskStatus(record.status) in FINISHED_STATUSES and record.result is not None:
         if not loadable:
             lines.append(("result", "(not loaded: see the call line)"))

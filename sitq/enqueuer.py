@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sitq import telemetry
 from sitq.announce import announce_enqueued, observed
-from sitq.backends.base import Backend, NewTask
+from sitq.backends.base import Backend, Dependency, NewTask
 from sitq.backends.common import translate_error
 from sitq.bridge import RunOnLoop
-from sitq.errors import ConfigurationError, SerializationError
+from sitq.canvas import PARENT_RESULTS_HEADER, Composable, Signature, plan
+from sitq.errors import ConfigurationError, InvalidComposition, SerializationError
 from sitq.headers import encode as encode_headers
 from sitq.records import check_callable, task_name
 from sitq.registry import TaskHandle
@@ -83,8 +85,75 @@ class Enqueuer:
         if isinstance(fn, TaskHandle):
             return await self._for_handle(fn, kwargs).enqueue(fn.ref, *args, **kwargs)
         if self.options.unique_key is not None:
+            self._refuse_unique_dependent()
             return await self._enqueue_unique(fn, args, kwargs)
         return (await self._enqueue(fn, [(args, kwargs)]))[0]
+
+    def signature(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Signature:
+        """A call of ``fn(*args, **kwargs)`` to compose (chain, group, chord) and
+        ``submit`` later, with this queue's ``with_options`` (more with ``.set``)."""
+        if isinstance(fn, TaskHandle):
+            return Signature(fn.ref, args, kwargs, dict(self._overrides), fn.options)
+        check_callable(fn)
+        return Signature(fn, args, kwargs, dict(self._overrides))
+
+    async def submit(self, composition: Composable) -> str:
+        """Store a signature, chain, group or chord (nested as you like) in one
+        transaction; return the id of the task whose result is the composition's:
+        a chain's last call, a chord's callback, a group's collector (its value is
+        the members' results in order). With ``depends_on``, its first tasks wait
+        for those. A bad composition is refused and nothing is stored."""
+        return await self._store_plan(*self._planned(composition))
+
+    def _planned(self, composition: Composable) -> tuple[list[NewTask], list[Dependency], str]:
+        backend = self._backend_checked()
+        steps = plan(composition, self.options.depends_on)
+        default = replace(self.options, depends_on=())
+        now = backend.now()
+        tasks: list[NewTask] = []
+        deps: list[Dependency] = []
+        # A registered task's signature keeps its own options, with the submitter's
+        # with_options on top (as enqueueing the handle through it would).
+        over = {k: v for k, v in self._overrides.items() if k != "depends_on"}
+        for step in steps.steps:
+            sig = step.sig
+            if sig.base is None:
+                options = sig.options(default)
+            else:
+                options = sig.base.merged(**{**over, **sig.overrides})
+            if options.unique_key is not None:
+                raise InvalidComposition(
+                    f"{step.sig!r} has a unique_key: a task in a composition cannot be unique "
+                    "(it waits for its parents); set the key on a task enqueued alone"
+                )
+            headers = {PARENT_RESULTS_HEADER: step.pass_results} if step.pass_results else None
+            (task,) = new_tasks(
+                self._root.serializer,
+                options,
+                step.sig.fn,
+                [(step.sig.args, step.sig.kwargs)],
+                now,
+                headers,
+            )
+            tasks.append(task)
+            parents = tuple(tasks[p].id if isinstance(p, int) else p for p in step.parents)
+            parents += tuple(p for p in options.depends_on if p not in parents)
+            if parents:
+                deps.append(Dependency(task.id, parents, options.on_parent_failure))
+        return tasks, deps, tasks[steps.result].id
+
+    async def _store_plan(
+        self, tasks: list[NewTask], deps: list[Dependency], result_id: str
+    ) -> str:
+        backend = self._backend_checked()
+        try:
+            await backend.enqueue_dependent(tasks, deps)
+        except Exception as exc:
+            raise_translated(exc, backend)
+            raise
+        if observed():
+            announce_enqueued(tasks)
+        return result_id
 
     async def enqueue_many(
         self,
@@ -114,6 +183,7 @@ class Enqueuer:
         if isinstance(fn, TaskHandle):
             return self._for_handle(fn, kwargs).enqueue_blocking(run, fn.ref, *args, **kwargs)
         if self.options.unique_key is not None:
+            self._refuse_unique_dependent()
             return run(self._enqueue_unique(fn, args, kwargs))
         return self._blocking(run, fn, [(args, kwargs)])[0]
 
@@ -136,7 +206,7 @@ class Enqueuer:
         return self._blocking(run, fn, as_calls(items))
 
     def _blocking(self, run: RunOnLoop, fn: Callable[..., Any], calls: list[Call]) -> list[str]:
-        if observed():
+        if observed() or self.options.depends_on:
             return run(self._enqueue(fn, calls))
         backend = self._backend_checked()
         try:
@@ -158,6 +228,13 @@ class Enqueuer:
             check_option_keywords(handle.fn, kwargs)
         return Enqueuer(self._root, handle.options.merged(**self._overrides))
 
+    def _refuse_unique_dependent(self) -> None:
+        if self.options.depends_on:
+            raise ConfigurationError(
+                "unique_key and depends_on cannot be combined: a unique task is one at a "
+                "time, a dependent waits; enqueue the dependent without a unique_key"
+            )
+
     def _refuse_unique(self) -> None:
         if self.options.unique_key is not None:
             raise ConfigurationError(
@@ -171,6 +248,10 @@ class Enqueuer:
         """Store the calls (with ``alongside`` in their transaction); their ids."""
         backend = self._backend_checked()
         store = backend.enqueue if alongside is None else _storing_alongside(backend, alongside)
+        if self.options.depends_on:
+            if alongside is not None:
+                raise ConfigurationError("depends_on cannot be combined with a layer's rows")
+            store = _storing_dependent(backend, self.options)
         serializer = self._root.serializer
         try:
             if not observed():
@@ -230,6 +311,20 @@ def _storing_alongside(
             await alongside(tx, [task.id for task in tasks])
 
         await backend.store_session().transaction(body)
+
+    return store
+
+
+def _storing_dependent(
+    backend: Backend, options: TaskOptions
+) -> Callable[[list[NewTask]], Awaitable[None]]:
+    """What stores tasks that each wait for ``options.depends_on``."""
+
+    async def store(tasks: list[NewTask]) -> None:
+        parents, mode = options.depends_on, options.on_parent_failure
+        await backend.enqueue_dependent(
+            tasks, [Dependency(task.id, parents, mode) for task in tasks]
+        )
 
     return store
 

@@ -99,3 +99,14 @@ class InvalidTask(SitqError, TypeError):
 class WorkerCrashed(SitqError):
     """A worker stopped by itself because an internal part of it failed (its
     claimed tasks were released); the log says which part and why."""
+
+
+class InvalidDependency(ConfigurationError):
+    """A task cannot wait for the tasks it names: an unknown parent id (one from
+    another database is unknown here too), itself, the same parent twice, or a
+    cycle. Nothing of the call was enqueued."""
+
+
+class InvalidComposition(ConfigurationError):
+    """A chain, group or chord that cannot be submitted (an empty group, a member
+    that is not a signature, a chord without a callback). Nothing was enqueued."""

@@ -26,6 +26,7 @@ from sitq.backends.base import (
     LimitRecord,
     Progress,
     ScheduleRecord,
+    TaskLinks,
     TaskPage,
     TaskRecord,
 )
@@ -344,6 +345,15 @@ class TaskQueue(Enqueuer):
             [task_id], with_payload=payload, with_result=result
         )
         return found.get(task_id)
+
+    async def task_links(self, task_id: str) -> TaskLinks | None:
+        """A task's place among dependencies, or None for an unknown id: its
+        ``parents`` (in the order their results are passed), its ``children`` (the
+        tasks waiting for it), ``waiting`` (how many parents it still waits for:
+        a waiting task is QUEUED), ``on_parent_failure``, and ``cancelled_by`` (the
+        parent whose failure cancelled it; retrying that parent brings it back)."""
+        check_task_id(task_id)
+        return await self._backend_checked().task_links(task_id)
 
     async def overview(self, *, failures: int = 5, counts: bool = True) -> Overview:
         """A snapshot of the queue: per queue the tasks in each status, how many are

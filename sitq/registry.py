@@ -13,6 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from sitq.canvas import Signature
 from sitq.errors import ConfigurationError, SitqError
 from sitq.task import OPTION_NAMES, TaskOptions, check_option_keywords
 
@@ -123,6 +124,11 @@ class TaskHandle(Generic[P, R]):
         if kwargs and not OPTION_NAMES.isdisjoint(kwargs):
             check_option_keywords(self.fn, kwargs)
         return await self._enqueuer.enqueue(self._ref, *args, **kwargs)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A call of this task to compose (chain, group, chord) and submit later,
+        with this handle's options (more with ``.set(...)``)."""
+        return Signature(self._ref, args, kwargs, {}, self.options)
 
     async def enqueue_many(self, items: Any) -> list[str]:
         """One run per item (a tuple of positional arguments, or one argument)."""

@@ -22,6 +22,7 @@ from collections.abc import (
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sitq.bridge import LoopThread, runs_event_loop
+from sitq.canvas import Composable, Signature
 from sitq.enqueuer import Alongside, Enqueuer
 from sitq.errors import ConfigurationError, NotConnected
 from sitq.queue import StorageTarget, TaskQueue
@@ -70,6 +71,14 @@ class SyncEnqueuer:
         """Like :meth:`TaskQueue.enqueue_many` (blocking)."""
         self._owner.connect()
         return self._enqueuer.enqueue_many_blocking(self._owner.run, fn, items, alongside=alongside)
+
+    def signature(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Signature:
+        """Like :meth:`TaskQueue.signature`."""
+        return self._enqueuer.signature(fn, *args, **kwargs)
+
+    def submit(self, composition: Composable) -> str:
+        """Like :meth:`TaskQueue.submit` (blocking)."""
+        return self._owner.run(self._enqueuer.submit(composition))
 
 
 class SyncTaskQueue(SyncEnqueuer):
@@ -181,6 +190,7 @@ class SyncTaskQueue(SyncEnqueuer):
     progress = _blocking(TaskQueue.progress)
     get_results = _blocking(TaskQueue.get_results)
     status = _blocking(TaskQueue.status)
+    task_links = _blocking(TaskQueue.task_links)
     statuses = _blocking(TaskQueue.statuses)
     status_counts = _blocking(TaskQueue.status_counts)
     cancel = _blocking(TaskQueue.cancel)

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sitq import checks
-from sitq.errors import ConfigurationError, TaskFailed
+from sitq.errors import ConfigurationError, InvalidDependency, TaskFailed
 
 
 class TaskStatus(str, enum.Enum):
@@ -60,6 +60,11 @@ class TaskOptions:
     - ``result_ttl``: seconds the finished task's Result is kept (None: backend default).
     - ``limit_key``: the key of a limit set with ``TaskQueue.set_limit`` (at most N
       running at once, or N starts per period, across every worker); None: unlimited.
+    - ``depends_on``: ids of tasks this one waits for: it stays queued until they
+      have all finished, and becomes due in the transaction that finishes the last.
+    - ``on_parent_failure``: when a parent fails or is cancelled, "cancel" (the
+      default: this task ends cancelled, naming that parent, and so do the tasks
+      waiting for it) or "run" (it runs anyway once every parent has finished).
     """
 
     queue: str = "default"
@@ -72,8 +77,15 @@ class TaskOptions:
     unique_key: str | None = None
     result_ttl: float | None = None
     limit_key: str | None = None
+    depends_on: tuple[str, ...] = ()
+    on_parent_failure: str = "cancel"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "depends_on", parent_ids(self.depends_on))
+        if self.on_parent_failure not in ("cancel", "run"):
+            raise ConfigurationError(
+                f'on_parent_failure must be "cancel" or "run", got {self.on_parent_failure!r}'
+            )
         if not isinstance(self.queue, str) or not self.queue:
             raise ConfigurationError(f"queue must be a non-empty string, got {self.queue!r}")
         checks.integer("priority", self.priority)
@@ -119,6 +131,30 @@ class TaskOptions:
         if self.eta is not None:
             return self.eta.timestamp()
         return now + (self.delay or 0.0)
+
+
+def parent_ids(value: Any) -> tuple[str, ...]:
+    """``depends_on`` as a tuple of distinct ids: one id or an iterable of ids."""
+    ids = (value,) if isinstance(value, str) else value
+    try:
+        ids = tuple(ids)
+    except TypeError:
+        raise InvalidDependency(
+            f"depends_on takes task ids (as enqueue returns them), got {type(value).__name__} "
+            f"{value!r:.80}"
+        ) from None
+    for task_id in ids:
+        if not isinstance(task_id, str) or not task_id:
+            raise InvalidDependency(
+                f"depends_on takes task ids (non-empty str, as enqueue returns them), got "
+                f"{type(task_id).__name__} {task_id!r:.80}"
+            )
+    if len(set(ids)) != len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise InvalidDependency(
+            f"depends_on names task {', '.join(twice)} more than once: name each parent once"
+        )
+    return ids
 
 
 class TaskId(str):

@@ -1285,3 +1285,17 @@ async def test_what_the_dashboard_asks_of_both_backends(db_url: str) -> None:
         assert light.result_size == len(result) and light.payload_size
         full = (await backend.get_tasks([claimed.id], with_payload=True))[claimed.id]
         assert full.result == result and full.payload_size == len(full.payload or b"")
+
+
+def test_task_page_links_parents_and_dependents(client: TestClient, db_path: Path) -> None:
+    async def make() -> tuple[str, str]:
+        async with TaskQueue(db_path) as q:
+            parent = await q.enqueue(jobs.add, 1, 2)
+            child = await q.with_options(depends_on=[parent]).enqueue(jobs.add, 3, 4)
+            return parent, child
+
+    parent, child = run(make())
+    text = client.get(f"/tasks/{child}").text
+    assert f'<a href="/tasks/{parent}">{parent}</a>' in text
+    assert "waiting for 1 of 1" in text and "once its parents have finished" in text
+    assert f'<a href="/tasks/{child}">{child}</a>' in client.get(f"/tasks/{parent}").text

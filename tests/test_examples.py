@@ -107,6 +107,18 @@ def test_quickstart_example(tmp_path: Path) -> None:
     assert _database_files(tmp_path) == []
 
 
+def test_compositions_example(tmp_path: Path) -> None:
+    proc = _run_example(EXAMPLES / "compositions.py", tmp_path)
+    out = proc.stdout
+    assert "chain  fetch(1) | count        -> 3" in out
+    assert "group  double(0..4)            -> [0, 2, 4, 6, 8]" in out
+    assert "chord  total(double(0..9))     -> 90" in out
+    assert "nested fetch | [count, total] | total -> 24" in out
+    assert "depends_on: b waits for a      -> 2" in out
+    assert "cancelled - ParentFailed: parent task" in out and "(__main__.flaky) ended failed" in out
+    assert _database_files(tmp_path) == []
+
+
 def _wait_for_worker(db: Path, env: dict[str, str], worker: subprocess.Popen[bytes]) -> None:
     """Poll ``sitq status --json`` until the worker has registered (or died)."""
     deadline = time.monotonic() + WORKER_START_TIMEOUT

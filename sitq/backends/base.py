@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
+from sitq.errors import InvalidDependency
+
 # Declared with the layers' stores, implemented by every backend (store_session).
 from sitq.store import StoreSession as StoreSession
 from sitq.store import StoreTransaction as StoreTransaction
@@ -66,6 +68,86 @@ class NewTask(NamedTuple):
     unique_key: str | None
     result_ttl: float | None
     limit_key: str | None = None
+
+
+#: Seconds a waiting task's ``available_at`` is pushed past its own time: it is
+#: queued but never due until its last parent settles it (the SQL files say 1e11).
+WAITING_OFFSET = 1e11
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A new task that waits for others: its ``parents`` in order (the order their
+    results are passed in) and ``on_parent_failure``: "cancel" (it ends cancelled
+    when a parent fails or is cancelled) or "run" (it runs once all have finished)."""
+
+    task_id: str
+    parents: tuple[str, ...]
+    on_parent_failure: str = "cancel"
+
+
+def dependency_order(tasks: Sequence[NewTask], dependencies: Sequence[Dependency]) -> list[NewTask]:
+    """``tasks`` with every parent among them before its dependents; a task that
+    waits for itself, or a cycle among them, raises InvalidDependency."""
+    waits = {dep.task_id: dep.parents for dep in dependencies}
+    by_id = {task.id: task for task in tasks}
+    ordered: list[NewTask] = []
+    state: dict[str, int] = {}  # 1: being visited, 2: placed
+    for start in by_id:
+        if state.get(start):
+            continue
+        # Depth-first, without recursion (a chain may be thousands of steps long).
+        stack = [(start, iter(waits.get(start, ())))]
+        state[start] = 1
+        while stack:
+            node, parents = stack[-1]
+            parent = next(parents, None)
+            if parent is None:
+                stack.pop()
+                state[node] = 2
+                ordered.append(by_id[node])
+                continue
+            if parent not in by_id:
+                continue  # a stored parent
+            if parent == node:
+                raise InvalidDependency(
+                    f"task {node} depends on itself: a task cannot wait for its own end"
+                )
+            if state.get(parent) == 1:
+                raise InvalidDependency(
+                    f"a dependency cycle through tasks {parent} and {node}: each would "
+                    "wait for the other forever; nothing was enqueued"
+                )
+            if not state.get(parent):
+                state[parent] = 1
+                stack.append((parent, iter(waits.get(parent, ()))))
+    return ordered
+
+
+class ParentResult(NamedTuple):
+    """A parent's outcome as its dependent's worker reads it (``task_links``
+    ``with_results``): the stored result is None unless it succeeded with one."""
+
+    id: str
+    func_name: str
+    status: str
+    result: bytes | None
+
+
+@dataclass(frozen=True)
+class TaskLinks:
+    """A task's place among dependencies: its parents in order, the tasks that wait
+    for it, how many parents it still waits for, what it does when one fails
+    (None: it has no parents), and the parent whose failure cancelled it."""
+
+    parents: list[str]
+    children: list[str]
+    waiting: int
+    on_parent_failure: str | None
+    cancelled_by: str | None
+    #: The parents' outcomes, in order, when asked for (``with_results``); a
+    #: parent deleted since is left out.
+    results: list[ParentResult] | None = None
 
 
 @dataclass(frozen=True)
@@ -569,6 +651,26 @@ class Backend(abc.ABC):
     ) -> dict[str, tuple[str, Progress | None]]:
         """Each given task's status (as ``task_statuses``) and latest progress, in
         one query; unknown ids are absent."""
+
+    # -- dependencies ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue_dependent(
+        self, tasks: Sequence[NewTask], dependencies: Sequence[Dependency]
+    ) -> None:
+        """Store ``tasks`` in one transaction, some waiting for others (parents
+        among ``tasks`` or already stored). A dependent stays queued, not due, until
+        the transaction that ends its last parent makes it due; a parent that
+        fails or is cancelled cancels its "cancel" dependents, transitively, in that
+        same transaction. One whose parent has already failed is stored cancelled.
+        An unknown parent raises :class:`~sitq.errors.InvalidDependency`, and then
+        nothing is stored. The caller has refused self-dependencies and cycles."""
+
+    @abc.abstractmethod
+    async def task_links(self, task_id: str, *, with_results: bool = False) -> TaskLinks | None:
+        """``task_id``'s parents and dependents (None for an unknown id); with
+        ``with_results``, also the parents' outcomes in one read (the worker's, for
+        a step that takes its parents' results)."""
 
     # -- listings for dashboards ------------------------------------------------
 

@@ -28,27 +28,33 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from sitq.backends.base import (
     LOST_LEASE_LIMIT,
     RECLAIM_INTERVAL,
+    WAITING_OFFSET,
     Activity,
     Backend,
     ClaimedTask,
+    Dependency,
     Lease,
     LimitRecord,
     NewTask,
+    ParentResult,
     Progress,
     ProgressReport,
     ScheduleRecord,
     TaskCounts,
+    TaskLinks,
     TaskPage,
     TaskRecord,
     WakeKind,
     WorkerRecord,
     claimed_tasks,
+    dependency_order,
     stored_progress,
     task_record,
 )
 from sitq.errors import (
     ConfigurationError,
     DatabaseUnavailable,
+    InvalidDependency,
     NotConnected,
     SchemaVersionError,
     SitqError,
@@ -296,6 +302,7 @@ class SQLBackend(Backend):
                 ids = self._array([task_id])
                 await tx.fetch(self.SQL.cancel_queued, (ids, now, self.default_result_ttl))
                 await tx.wake("results")
+                await tx.wake("tasks")  # its "run" dependents may be due now
                 return "cancelled"
             if found[0][0] == "running":
                 await tx.execute(self.SQL.request_cancel, (task_id,))
@@ -317,6 +324,7 @@ class SQLBackend(Backend):
             rows = await tx.fetch(self.SQL.cancel_queued, params)
             if rows:
                 await tx.wake("results")
+                await tx.wake("tasks")
             return rows
 
         return [row[0] for row in await self._transaction(body)]
@@ -342,12 +350,86 @@ class SQLBackend(Backend):
             rows = await tx.fetch(sql, params)
             if rows:
                 await tx.wake("tasks")
+                # Dependents: a retried one waits for its unfinished parents; those
+                # a retried parent's failure cancelled wait for it again.
+                ids, now = self._array([row[0] for row in rows]), params[0]
+                await tx.execute(self.SQL.rewait_retried, (ids, now))
+                await tx.fetch(self.SQL.reawaken_dependents, (ids, now))
             return [row[0] for row in rows]
 
         try:
             return await self._transaction(body)
         except self._RETRY_AGAIN_ON:
             return await self._transaction(body)
+
+    async def enqueue_dependent(
+        self, tasks: Sequence[NewTask], dependencies: Sequence[Dependency]
+    ) -> None:
+        """Store ``tasks`` and their dependencies in one transaction (see
+        :meth:`Backend.enqueue_dependent`)."""
+        if not tasks:
+            return
+        tasks = dependency_order(tasks, dependencies)  # refuses self-dependency and cycles
+        new = {task.id: task for task in tasks}
+        waits = {dep.task_id: dep for dep in dependencies}
+        stored_parents = sorted({p for dep in dependencies for p in dep.parents if p not in new})
+        now, ttl = self.now(), self.default_result_ttl
+
+        async def body(tx: Transaction) -> None:
+            # parent id -> (stored status, the root of its parent-failure cancel)
+            state: dict[str, tuple[str, str | None]] = {}
+            if stored_parents:
+                rows = await tx.fetch(self.SQL.lock_parents, (self._array(stored_parents),))
+                state = {row[0]: (row[1], row[2]) for row in rows}
+                missing = [p for p in stored_parents if p not in state]
+                if missing:
+                    raise InvalidDependency(
+                        f"unknown parent task id(s) {', '.join(missing[:5])} in {self.describe()}: "
+                        "depend only on ids this database's enqueue returned (an id of another "
+                        "database, or a task pruned or purged since, is unknown here); "
+                        "nothing was enqueued"
+                    )
+            marks, links, rows_out = dependency_rows(tasks, waits, state)
+            stored = [
+                task._replace(available_at=task.available_at + WAITING_OFFSET)
+                if marks.get(task.id, (0,))[0] > 0
+                else task
+                for task in tasks
+            ]
+            await tx.insert_tasks(stored)
+            if rows_out:
+                await tx.execute(self.SQL.mark_dependents, (*self._rows(rows_out), now, ttl))
+            if links:
+                await tx.execute(self.SQL.insert_dependencies, self._rows(links))
+            if any(row[4] is not None for row in rows_out):
+                await tx.wake("results")
+
+        await self._transaction(body)
+
+    async def task_links(self, task_id: str, *, with_results: bool = False) -> TaskLinks | None:
+        """A task's parents, dependents and wait, read from one snapshot."""
+
+        async def body(tx: Transaction) -> TaskLinks | None:
+            found = await tx.fetch(self.SQL.task_wait_state, (task_id,))
+            if not found:
+                return None
+            parents = await tx.fetch(self.SQL.task_parents, (task_id,))
+            children = await tx.fetch(self.SQL.task_children, (task_id,))
+            results = None
+            if with_results:
+                rows = await tx.fetch(self.SQL.task_parent_results, (task_id,))
+                results = [ParentResult(*row) for row in rows]
+            waiting, mode, cancelled_by = found[0]
+            return TaskLinks(
+                [row[0] for row in parents],
+                [row[0] for row in children],
+                int(waiting),
+                mode,
+                cancelled_by,
+                results,
+            )
+
+        return await self._snapshot(body)
 
     async def purge(
         self, statuses: Sequence[str], queue: str | None = None, older_than: float | None = None
@@ -525,6 +607,7 @@ class SQLBackend(Backend):
         async def body(tx: Transaction) -> None:
             if await tx.execute(self.SQL.reclaim_expired, params):
                 await tx.wake("results")
+                await tx.wake("tasks")
 
         await self._transaction(body)
 
@@ -657,6 +740,58 @@ def _storable_message(message: str | None) -> str | None:
         return None
     message = message.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
     return message[:PROGRESS_MESSAGE_LIMIT]
+
+
+def dependency_rows(
+    tasks: Sequence[NewTask],
+    waits: dict[str, Dependency],
+    stored: dict[str, tuple[str, str | None]],
+) -> tuple[dict[str, tuple[int, ...]], list[tuple[str, int, str]], list[tuple[Any, ...]]]:
+    """What ``enqueue_dependent`` writes for new ``tasks``, given the ``stored``
+    parents' (status, cancelled_by): per task its (waiting,) count, the dependency
+    rows (child, position, parent), and the ``mark_dependents`` rows (id, waiting,
+    mode, has_children, cancelled_by, error). The caller ordered ``tasks`` so that
+    parents come before their dependents (no cycle reaches here)."""
+    parents_of_new = {p for dep in waits.values() for p in dep.parents}
+    state = dict(stored)  # grows with each new task, in order
+    marks: dict[str, tuple[int, ...]] = {}
+    links: list[tuple[str, int, str]] = []
+    rows: list[tuple[Any, ...]] = []
+    for task in tasks:
+        dep = waits.get(task.id)
+        cancelled_by: str | None = None
+        error: str | None = None
+        waiting = 0
+        if dep is not None:
+            links += [(task.id, i, parent) for i, parent in enumerate(dep.parents)]
+            for parent in dep.parents:
+                status, root = state[parent]
+                if status in ("queued", "running"):
+                    waiting += 1
+                elif status != "succeeded" and dep.on_parent_failure == "cancel":
+                    cancelled_by = root or parent
+                    error = (
+                        f"ParentFailed: parent task {parent} had already ended {status} when "
+                        'this task was enqueued to wait for it (on_parent_failure="cancel")'
+                    )
+                    break
+            if cancelled_by is not None:
+                waiting = 0
+        state[task.id] = ("cancelled", cancelled_by) if cancelled_by else ("queued", None)
+        if dep is None and task.id not in parents_of_new:
+            continue
+        marks[task.id] = (waiting,)
+        rows.append(
+            (
+                task.id,
+                waiting,
+                None if dep is None else dep.on_parent_failure,
+                int(task.id in parents_of_new),
+                cancelled_by,
+                error,
+            )
+        )
+    return marks, links, rows
 
 
 class BackendSession:

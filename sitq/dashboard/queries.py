@@ -19,7 +19,7 @@ from sitq.records import record_to_result
 from sitq.serialization import SignedSerializer
 
 if TYPE_CHECKING:
-    from sitq import TaskRecord
+    from sitq import TaskLinks, TaskRecord
 
 #: The largest payload or result (bytes) a page loads by itself; a bigger one is
 #: loaded only on request, and never by the live refresh.
@@ -194,6 +194,7 @@ class TaskDetail:
     result_error: str | None
     signed: bool = False  # payloads are signed with this dashboard's key
     revealed: bool = False  # loaded on request
+    links: TaskLinks | None = None  # its parents and dependents (dependencies)
 
     @property
     def can_retry(self) -> bool:
@@ -258,4 +259,5 @@ async def task_detail(
         result, result_error = _shown(
             lambda: bounded_repr(record_to_result(record, queue.serializer).value)
         )
-    return TaskDetail(record, call, call_error, result, result_error, signed, reveal)
+    links = await queue.task_links(task_id)
+    return TaskDetail(record, call, call_error, result, result_error, signed, reveal, links)

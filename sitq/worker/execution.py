@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -18,13 +19,16 @@ from opentelemetry import trace
 
 from sitq import signals, telemetry
 from sitq.backends.base import Backend, ClaimedTask, Lease, Outcome, UnreadablePayload
+from sitq.canvas import PARENT_RESULTS_HEADER
 from sitq.current import CurrentTask, set_current
 from sitq.errors import SerializationError
+from sitq.headers import encode as encode_headers
 from sitq.headers import unwrap as unwrap_headers
 from sitq.registry import UnknownTask, resolve
 from sitq.serialization import (
     Binding,
     Serializer,
+    bound_dumps,
     bound_loads,
     dumps_checked,
     loads_checked,
@@ -183,6 +187,11 @@ class Execution:
         headers, body = unwrap_headers(task.payload)
         # What sitq.current_task() returns in the run (a small object per task).
         running.current = current = CurrentTask(task.id, task.attempts, task.queue)
+        if PARENT_RESULTS_HEADER in headers:
+            # A step of a composition: its parents' results are read first (a
+            # storage read only such a task pays), then it starts as any other.
+            self._start_runner(running, self._pass_parent_results(running, headers, body))
+            return
         if running.observed:
             running.span = telemetry.start_run(
                 task.id,
@@ -254,6 +263,45 @@ class Execution:
             return
         running.runner = None
         running.start_recorded = True
+        self._begin(running)
+
+    async def _pass_parent_results(
+        self, running: Running, headers: dict[str, str], body: bytes
+    ) -> None:
+        """Read the parents' results, in their declared order, and put them first
+        among the call's arguments: the list ("list"), or the one parent's ("one").
+        A parent that did not succeed (``on_parent_failure="run"``) passes None."""
+        task = running.task
+        try:
+            links = await self.backend.task_links(task.id, with_results=True)
+            found = {r.id: r for r in (links.results or [])} if links is not None else {}
+            values: list[Any] = []
+            for parent in links.parents if links is not None else []:
+                record = found.get(parent)
+                if record is None or record.result is None:
+                    values.append(None)  # did not succeed (on_parent_failure="run"), or pruned
+                    continue
+                binding = result_binding(parent, record.func_name) if self._binds else None
+                what = f"the result of task {parent}, a parent of task {task.id}"
+                values.append(loads_checked(self.serializer, record.result, what, binding))
+            what = f"task {task.id} ({task.func_name})"
+            fn, args, kwargs = unpack_call(
+                loads_checked(self.serializer, body, what, self._binding(task, "payload")), what
+            )
+            first = values if headers[PARENT_RESULTS_HEADER] == "list" else (values or [None])[0]
+            call = bound_dumps(
+                self.serializer, (fn, (first, *args), kwargs), self._binding(task, "payload")
+            )
+        except Exception as exc:
+            if not running.done:
+                error = f"{type(exc).__name__} while passing the parents' results: {exc}"
+                self._done(running, self._failure(task, error, format_tb(exc)))
+            return
+        if running.done:
+            return
+        rest = {key: value for key, value in headers.items() if key != PARENT_RESULTS_HEADER}
+        running.task = replace(task, payload=(encode_headers(rest) or b"") + call)
+        running.runner = None
         self._begin(running)
 
     def _start_runner(self, running: Running, step: Coroutine[Any, Any, None]) -> None:

@@ -484,6 +484,8 @@ class SQLiteBackend(SQLBackend):
             else:
                 final.append(row)
         running = self._marks([m for m in started if m[0].task_id in starts]) if starts else None
+        # More changes than these rows' own: the dependency trigger made dependents due.
+        changes = conn.total_changes + len(items) + len(started)
         if len(items) == 1 and running is None:
             sql, row = (SQL.finish, final[0]) if final else (SQL.finish_or_retry, retries[0])
             applied = [await self._execute(sql, row) == 1]
@@ -505,7 +507,7 @@ class SQLiteBackend(SQLBackend):
                 applied = await self._finished_by(items, now)
         if any(outcome.status != "queued" for _, outcome in items):
             self._wakeup.notify("results")
-        if any(outcome.status == "queued" for _, outcome in items):
+        if conn.total_changes > changes or any(o.status == "queued" for _, o in items):
             self._wakeup.notify("tasks")
         return applied
 

@@ -265,3 +265,116 @@ ALTER TABLE {s}.sitq_tasks ADD COLUMN progress_message text
 
 -- name: v8_04_add_progress_at
 ALTER TABLE {s}.sitq_tasks ADD COLUMN progress_at double precision
+
+-- Version 9: dependencies (a task that waits for others); see the SQLite schema for
+-- the columns. A waiting task is 'queued' with available_at pushed 1e11 s
+-- (base.WAITING_OFFSET) past its own time, so the claim is unchanged.
+
+-- name: v9_01_add_waiting
+ALTER TABLE {s}.sitq_tasks ADD COLUMN waiting integer NOT NULL DEFAULT 0
+
+-- name: v9_02_add_has_children
+ALTER TABLE {s}.sitq_tasks ADD COLUMN has_children boolean NOT NULL DEFAULT false
+
+-- name: v9_03_add_parent_mode
+ALTER TABLE {s}.sitq_tasks ADD COLUMN parent_mode text
+
+-- name: v9_04_add_cancelled_by
+ALTER TABLE {s}.sitq_tasks ADD COLUMN cancelled_by text
+
+-- name: v9_05_create_sitq_dependencies
+CREATE TABLE {s}.sitq_dependencies (
+    child_id text NOT NULL,
+    position integer NOT NULL,
+    parent_id text NOT NULL,
+    PRIMARY KEY (child_id, position)
+)
+
+-- name: v9_06_create_sitq_dependencies_parent
+CREATE INDEX sitq_dependencies_parent ON {s}.sitq_dependencies (parent_id)
+
+-- name: v9_07_create_sitq_tasks_cancelled_by
+CREATE INDEX sitq_tasks_cancelled_by ON {s}.sitq_tasks (cancelled_by)
+WHERE cancelled_by IS NOT NULL
+
+-- name: v9_08_create_leave_dependencies
+CREATE FUNCTION {s}.sitq_leave_dependencies() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM {s}.sitq_dependencies WHERE child_id = OLD.id;
+    RETURN NULL;
+END
+$$
+
+-- name: v9_09_create_sitq_tasks_leave_dependencies
+CREATE TRIGGER sitq_tasks_leave_dependencies AFTER DELETE ON {s}.sitq_tasks
+FOR EACH ROW WHEN (OLD.parent_mode IS NOT NULL)
+EXECUTE FUNCTION {s}.sitq_leave_dependencies()
+
+-- name: v9_10_create_settle_children
+-- What the SQLite triggers do (see there). A parent that succeeded (a chord's
+-- member) costs one statement: its direct dependents locked in id order (two
+-- parents finishing at once never deadlock on them), counted down, and the workers
+-- woken (NOTIFY 'tasks', at commit) when one becomes due.
+CREATE FUNCTION {s}.sitq_settle_children() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    due bigint;
+BEGIN
+    IF NEW.status <> 'succeeded' THEN
+        PERFORM 1 FROM {s}.sitq_tasks
+        WHERE id IN (SELECT d.child_id FROM {s}.sitq_dependencies d WHERE d.parent_id = NEW.id)
+        ORDER BY id FOR UPDATE;
+        UPDATE {s}.sitq_tasks
+        SET status = 'cancelled', cancelled_by = NEW.id, finished_at = NEW.finished_at,
+            expires_at = NEW.finished_at
+                + COALESCE(result_ttl, NEW.expires_at - NEW.finished_at, 604800.0),
+            error = 'ParentFailed: parent task ' || NEW.id || ' (' || NEW.func_name || ') ended '
+                || NEW.status || ', and this task waited for it (on_parent_failure="cancel")'
+        WHERE id IN (
+            WITH RECURSIVE doomed(id) AS (
+                SELECT NEW.id
+                UNION
+                SELECT d.child_id FROM doomed
+                JOIN {s}.sitq_dependencies d ON d.parent_id = doomed.id
+                JOIN {s}.sitq_tasks c ON c.id = d.child_id
+                WHERE c.status = 'queued' AND c.waiting > 0 AND c.parent_mode = 'cancel')
+            SELECT doomed.id FROM doomed WHERE doomed.id <> NEW.id);
+    END IF;
+    WITH locked AS (
+        SELECT id FROM {s}.sitq_tasks
+        WHERE id IN (SELECT d.child_id FROM {s}.sitq_dependencies d WHERE d.parent_id = NEW.id)
+        ORDER BY id FOR UPDATE
+    ), settled AS (
+        UPDATE {s}.sitq_tasks t
+        SET waiting = t.waiting - 1,
+            available_at = CASE WHEN t.waiting = 1
+                THEN GREATEST(t.available_at - 1e11, NEW.finished_at) ELSE t.available_at END
+        FROM locked
+        WHERE t.id = locked.id AND t.status = 'queued' AND t.waiting > 0
+        RETURNING t.waiting
+    )
+    SELECT count(*) INTO due FROM settled WHERE settled.waiting = 0;
+    IF NEW.status <> 'succeeded' THEN
+        UPDATE {s}.sitq_tasks t
+        SET waiting = t.waiting - n.parents,
+            available_at = CASE WHEN t.waiting = n.parents
+                THEN GREATEST(t.available_at - 1e11, NEW.finished_at) ELSE t.available_at END
+        FROM (SELECT d.child_id, count(*) AS parents FROM {s}.sitq_dependencies d
+              JOIN {s}.sitq_tasks x ON x.id = d.parent_id
+              WHERE x.cancelled_by = NEW.id GROUP BY d.child_id) AS n
+        WHERE t.id = n.child_id AND t.status = 'queued' AND t.waiting > 0;
+        due := due + 1;  -- a hint: the "run" dependents of those cancelled may be due
+    END IF;
+    IF due > 0 THEN
+        PERFORM pg_notify('sitq_' || TG_TABLE_SCHEMA, 'tasks');
+    END IF;
+    RETURN NULL;
+END
+$$
+
+-- name: v9_11_create_sitq_tasks_settle_children
+-- Fired for the statement's own rows only (depth 0): the function's cascade is
+-- one recursive query, however deep, never a trigger within a trigger.
+CREATE TRIGGER sitq_tasks_settle_children AFTER UPDATE OF finished_at ON {s}.sitq_tasks
+FOR EACH ROW WHEN (NEW.has_children AND NEW.status IN ('succeeded', 'failed', 'cancelled')
+    AND OLD.status IN ('queued', 'running') AND pg_trigger_depth() < 1)
+EXECUTE FUNCTION {s}.sitq_settle_children()

@@ -268,3 +268,114 @@ ALTER TABLE sitq_tasks ADD COLUMN progress_message TEXT
 
 -- name: v8_04_add_progress_at
 ALTER TABLE sitq_tasks ADD COLUMN progress_at REAL
+
+-- Version 9: dependencies (a task that waits for others). A waiting task is 'queued'
+-- with ``waiting`` parents left and ``available_at`` pushed WAITING_OFFSET (1e11 s,
+-- base.WAITING_OFFSET) past its own time, so the claim, its query and its index
+-- are unchanged: it is simply not due. ``has_children`` marks a task others wait
+-- for: only such a task's final status runs the trigger below (plain tasks pay a
+-- column test). ``parent_mode`` ('cancel' or 'run', NULL: no parents) is what a
+-- dependent does when a parent fails; ``cancelled_by`` names the parent whose
+-- failure cancelled it (directly or through others), so retrying that parent
+-- brings it back, and a task its user cancelled stays cancelled.
+
+-- name: v9_01_add_waiting
+ALTER TABLE sitq_tasks ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0
+
+-- name: v9_02_add_has_children
+ALTER TABLE sitq_tasks ADD COLUMN has_children INTEGER NOT NULL DEFAULT 0
+
+-- name: v9_03_add_parent_mode
+ALTER TABLE sitq_tasks ADD COLUMN parent_mode TEXT
+
+-- name: v9_04_add_cancelled_by
+ALTER TABLE sitq_tasks ADD COLUMN cancelled_by TEXT
+
+-- name: v9_05_create_sitq_dependencies
+-- A child's parents in the order given (the order their results are passed in).
+CREATE TABLE sitq_dependencies (
+    child_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    parent_id TEXT NOT NULL,
+    PRIMARY KEY (child_id, position)
+) WITHOUT ROWID
+
+-- name: v9_06_create_sitq_dependencies_parent
+CREATE INDEX sitq_dependencies_parent ON sitq_dependencies (parent_id)
+
+-- name: v9_07_create_sitq_tasks_cancelled_by
+CREATE INDEX sitq_tasks_cancelled_by ON sitq_tasks (cancelled_by)
+WHERE cancelled_by IS NOT NULL
+
+-- name: v9_08_create_sitq_tasks_leave_dependencies
+-- A dependent that is pruned or purged takes its dependency rows with it.
+CREATE TRIGGER sitq_tasks_leave_dependencies AFTER DELETE ON sitq_tasks
+WHEN OLD.parent_mode IS NOT NULL
+BEGIN
+    DELETE FROM sitq_dependencies WHERE child_id = OLD.id;
+END
+
+-- name: v9_09_create_sitq_tasks_settle_children
+-- A parent's final status settles its dependents in the same transaction, whichever
+-- statement wrote it (finish, a lost worker's reclaim, release, cancel). This one,
+-- for a parent that succeeded, is the chord's path, run once per member: one
+-- statement, each dependent counts the parent as done, and one with no parent left
+-- becomes due (at its own time if that is later). A finish is refused once the
+-- task is final, so a parent counts exactly once. It fires on finished_at, which
+-- every statement that ends a task writes and the claim does not: the claim, the
+-- busiest update, never runs it (and plain tasks pay only the WHEN's column test).
+CREATE TRIGGER sitq_tasks_settle_children AFTER UPDATE OF finished_at ON sitq_tasks
+WHEN NEW.has_children = 1 AND NEW.status = 'succeeded' AND OLD.status IN ('queued', 'running')
+BEGIN
+    UPDATE sitq_tasks
+    SET waiting = waiting - 1,
+        available_at = CASE WHEN waiting = 1 THEN max(available_at - 1e11, NEW.finished_at)
+                            ELSE available_at END
+    WHERE status = 'queued' AND waiting > 0
+      AND id IN (SELECT d.child_id FROM sitq_dependencies d WHERE d.parent_id = NEW.id);
+END
+
+-- name: v9_10_create_sitq_tasks_cancel_children
+-- A parent that failed or was cancelled:
+--   1. cancels its waiting 'cancel' dependents, and theirs, transitively (one
+--      recursive query, each marked cancelled_by the parent);
+--   2. its 'run' dependents, and those of the tasks just cancelled, count them as
+--      done, and one with no parent left becomes due.
+-- SQLite runs no trigger from within itself (recursive_triggers stays off, as sitq
+-- never turns it on), so the cascade is the query's, however deep.
+CREATE TRIGGER sitq_tasks_cancel_children AFTER UPDATE OF finished_at ON sitq_tasks
+WHEN NEW.has_children = 1 AND NEW.status IN ('failed', 'cancelled')
+    AND OLD.status IN ('queued', 'running')
+BEGIN
+    UPDATE sitq_tasks
+    SET status = 'cancelled', cancelled_by = NEW.id, finished_at = NEW.finished_at,
+        expires_at = NEW.finished_at + COALESCE(result_ttl, NEW.expires_at - NEW.finished_at, 604800.0),
+        error = 'ParentFailed: parent task ' || NEW.id || ' (' || NEW.func_name || ') ended '
+            || NEW.status || ', and this task waited for it (on_parent_failure="cancel")'
+    WHERE id IN (
+        WITH RECURSIVE doomed(id) AS (
+            SELECT NEW.id
+            UNION
+            SELECT d.child_id FROM doomed
+            JOIN sitq_dependencies d ON d.parent_id = doomed.id
+            JOIN sitq_tasks c ON c.id = d.child_id
+            WHERE c.status = 'queued' AND c.waiting > 0 AND c.parent_mode = 'cancel')
+        SELECT id FROM doomed WHERE id <> NEW.id);
+    UPDATE sitq_tasks
+    SET waiting = waiting - 1,
+        available_at = CASE WHEN waiting = 1 THEN max(available_at - 1e11, NEW.finished_at)
+                            ELSE available_at END
+    WHERE status = 'queued' AND waiting > 0
+      AND id IN (SELECT d.child_id FROM sitq_dependencies d WHERE d.parent_id = NEW.id);
+    UPDATE sitq_tasks
+    SET waiting = waiting - (
+            SELECT count(*) FROM sitq_dependencies d JOIN sitq_tasks x ON x.id = d.parent_id
+            WHERE d.child_id = sitq_tasks.id AND x.cancelled_by = NEW.id),
+        available_at = CASE WHEN waiting = (
+            SELECT count(*) FROM sitq_dependencies d JOIN sitq_tasks x ON x.id = d.parent_id
+            WHERE d.child_id = sitq_tasks.id AND x.cancelled_by = NEW.id)
+            THEN max(available_at - 1e11, NEW.finished_at) ELSE available_at END
+    WHERE status = 'queued' AND waiting > 0 AND id IN (
+        SELECT d.child_id FROM sitq_dependencies d
+        WHERE d.parent_id IN (SELECT x.id FROM sitq_tasks x WHERE x.cancelled_by = NEW.id));
+END
