@@ -244,11 +244,12 @@ class TaskQueue(Enqueuer):
         """Results of those of ``task_ids`` that have finished, checked in bulk (no waiting)."""
         check_task_ids(task_ids)
         records = await self._backend_checked().get_tasks(task_ids)
-        return {
-            task_id: record_to_result(record, self.serializer)
-            for task_id, record in records.items()
-            if task_status(record).finished
-        }
+        results: dict[str, Result] = {}
+        for task_id, record in records.items():
+            status = task_status(record)  # read once: this runs per task of a batch
+            if status.finished:
+                results[task_id] = record_to_result(record, self.serializer, status)
+        return results
 
     async def status(self, task_id: str) -> TaskStatus:
         """Where the task is now; unknown ids raise TaskNotFound."""

@@ -90,8 +90,11 @@ def is_finished(task_id: str, status: str) -> bool:
     return stored_status(task_id, status).finished
 
 
-def record_to_result(record: TaskRecord, serializer: Serializer) -> Result:
-    """A Result from a finished task's stored record."""
+def record_to_result(
+    record: TaskRecord, serializer: Serializer, status: TaskStatus | None = None
+) -> Result:
+    """A Result from a finished task's stored record (``status``: its
+    ``task_status``, when the caller has read it already)."""
     value = None
     if record.result is not None:
         value = loads_checked(
@@ -102,7 +105,7 @@ def record_to_result(record: TaskRecord, serializer: Serializer) -> Result:
         )
     return Result(
         task_id=record.id,
-        status=task_status(record),
+        status=task_status(record) if status is None else status,
         value=value,
         error=record.error,
         traceback=record.traceback,

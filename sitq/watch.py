@@ -115,13 +115,9 @@ async def watch_events(
             records = await _translated(backend, backend.get_tasks(finished))
             ended = sorted(records.values(), key=lambda r: (r.finished_at or 0.0, r.id))
             for record in ended:
-                yield WatchEvent(
-                    record.id,
-                    "finished",
-                    record.progress,
-                    task_status(record),
-                    record_to_result(record, serializer),
-                )
+                status = task_status(record)
+                result = record_to_result(record, serializer, status)
+                yield WatchEvent(record.id, "finished", record.progress, status, result)
             for task_id in finished:
                 if task_id not in records and not skip_missing:
                     yield WatchEvent(task_id, "finished")  # deleted between the reads

@@ -29,7 +29,7 @@ import abc
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from sitq.errors import InvalidDependency
@@ -268,18 +268,27 @@ class TaskRecord:
 STATUS_SQL = "CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELSE status END"
 
 
+#: A row without the payload and sizes (those are read by ``get_tasks`` only).
+_NO_EXTRAS = (None, None, None)
+
+
 def task_record(row: Sequence[Any]) -> TaskRecord:
     """A TaskRecord from a row of the task columns (id, queue, func_name, status,
     ..., started_at at index 9, ..., traceback, then the four progress columns),
     optionally followed by the payload and the sizes. A claimed task that has not
-    started reads as queued, ``claimed``."""
-    payload, payload_size, result_size = row[19:22] if len(row) > 19 else (None, None, None)
+    started reads as queued, ``claimed``.
+
+    Built positionally, in one call: collecting a large batch builds one per task,
+    so this is on the hot path of every bulk read."""
     r = row
-    record = TaskRecord(
+    payload, payload_size, result_size = r[19:22] if len(r) > 19 else _NO_EXTRAS
+    progress = None if r[18] is None else stored_progress(r[15:19])
+    claimed = r[3] == "running" and r[9] is None
+    return TaskRecord(
         r[0],
         r[1],
         r[2],
-        r[3],
+        "queued" if claimed else r[3],
         r[4],
         r[5],
         r[6],
@@ -291,14 +300,12 @@ def task_record(row: Sequence[Any]) -> TaskRecord:
         r[12],
         r[13],
         r[14],
-        payload=payload,
-        payload_size=payload_size,
-        result_size=result_size,
-        progress=stored_progress(row[15:19]),
+        payload,
+        payload_size,
+        result_size,
+        claimed,
+        progress,
     )
-    if record.status == "running" and record.started_at is None:
-        return replace(record, status="queued", claimed=True)
-    return record
 
 
 @dataclass(frozen=True)
