@@ -483,9 +483,12 @@ class SQLiteBackend(SQLBackend):
                 retries.append((*row, o.retry_at))
             else:
                 final.append(row)
-        running = self._marks([m for m in started if m[0].task_id in starts]) if starts else None
-        # More changes than these rows' own: the dependency trigger made dependents due.
-        changes = conn.total_changes + len(items) + len(started)
+        marked = [m for m in started if m[0].task_id in starts] if starts else []
+        running = self._marks(marked) if marked else None
+        # More changes than these statements' own rows (one per finish, one per start
+        # marked apart; other starts ride in their finish row): the dependency
+        # trigger made dependents due.
+        changes = conn.total_changes + len(items) + len(marked)
         if len(items) == 1 and running is None:
             sql, row = (SQL.finish, final[0]) if final else (SQL.finish_or_retry, retries[0])
             applied = [await self._execute(sql, row) == 1]
