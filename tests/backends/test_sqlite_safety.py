@@ -236,29 +236,41 @@ async def test_the_wal_stays_bounded_while_a_producer_enqueues(
 async def test_enqueues_held_back_by_a_checkpoint_are_all_stored(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With a checkpoint (and its pause) after every commit, enqueues that arrive
-    while commits are held back, up to the moment the queue closes, are stored."""
+    """Enqueues that arrive while a checkpoint holds commits back, up to the
+    moment the queue closes, are all stored once it lets them go.
+
+    The restarting checkpoint is held open by the test (a real one is over in a
+    millisecond, too short to enqueue into reliably), so the pause is certain."""
     monkeypatch.setattr("sitq.backends.sqlite.enqueue.CHECKPOINT_BYTES", 1)
     monkeypatch.setattr("sitq.backends.sqlite.enqueue.WAL_RESTART_BYTES", 0)
+    release = asyncio.Event()
+    real_checkpoint = SQLiteBackend._checkpoint
+
+    async def held_checkpoint(self: SQLiteBackend, restart: bool = False) -> int:
+        size = await real_checkpoint(self, restart)
+        if restart:
+            await release.wait()
+        return max(size, 1)  # every passive round goes on to the (held) restart
+
+    monkeypatch.setattr(SQLiteBackend, "_checkpoint", held_checkpoint)
     async with TaskQueue(db_path) as queue:
         wal = queue._backend._batcher._wal  # type: ignore[attr-defined]
-        ids: list[str] = []
-        deadline = time.monotonic() + 15
-        while not wal.paused:  # each commit starts a checkpoint; wait for its pause
-            assert time.monotonic() < deadline, "no checkpoint ever held commits back"
-            ids.append(await queue.enqueue(jobs.add, len(ids), 0))
-            for _ in range(20):
-                if wal.paused:
-                    break
-                await asyncio.sleep(0.001)
+        ids = [await queue.enqueue(jobs.add, 0, 0)]  # its commit starts the checkpoint
+        deadline = time.monotonic() + 10
+        while not wal.paused:
+            assert time.monotonic() < deadline, "the checkpoint never held commits back"
+            await asyncio.sleep(0.001)
         pending = [asyncio.ensure_future(queue.enqueue(jobs.add, i, 0)) for i in range(300)]
-        await asyncio.sleep(0)  # they join the rows held back (if the pause lasts)
+        await asyncio.sleep(0)  # they join the rows held back
+        assert wal.paused and not any(p.done() for p in pending)
         closing = asyncio.ensure_future(queue.close())
+        await asyncio.sleep(0)
+        release.set()
         ids += await asyncio.gather(*pending)
         await closing
     async with TaskQueue(db_path) as queue:
         stored = await queue._backend.get_tasks(ids)
-    assert len(stored) == len(ids) and len(ids) > 300
+    assert len(stored) == len(ids) == 301
 
 
 # -- one event loop per backend object (issue 19.9), on both backends ---------------
