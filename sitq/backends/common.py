@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import astuple
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from sitq.backends import rewait
 from sitq.backends.base import (
     LOST_LEASE_LIMIT,
     RECLAIM_INTERVAL,
@@ -350,17 +351,29 @@ class SQLBackend(Backend):
             rows = await tx.fetch(sql, params)
             if rows:
                 await tx.wake("tasks")
-                # Dependents: a retried one waits for its unfinished parents; those
-                # a retried parent's failure cancelled wait for it again.
-                ids, now = self._array([row[0] for row in rows]), params[0]
-                await tx.execute(self.SQL.rewait_retried, (ids, now))
-                await tx.fetch(self.SQL.reawaken_dependents, (ids, now))
+            linked = [row[0] for row in rows if row[1]]
+            if linked:
+                await self._rewait(tx, linked, params[0])
             return [row[0] for row in rows]
 
         try:
             return await self._transaction(body)
         except self._RETRY_AGAIN_ON:
             return await self._transaction(body)
+
+    async def _rewait(self, tx: Transaction, retried: list[str], now: float) -> None:
+        """The dependency graph around ``retried`` (just queued again) waits for
+        them again (see :mod:`sitq.backends.rewait`)."""
+        family = [row[0] for row in await tx.fetch(self.SQL.retry_family, (self._array(retried),))]
+        # With their parents, locked before the read (PostgreSQL): a parent's
+        # finish in flight is waited for, so the read counts it.
+        await tx.fetch(self.SQL.lock_tasks, (self._array(family),))
+        nodes = rewait.nodes_from_rows(
+            await tx.fetch(self.SQL.family_state, (self._array(family),))
+        )
+        rows = rewait.rewait_rows(retried, nodes, now)
+        if rows:
+            await tx.execute(self.SQL.set_wait_state, self._rows(rows))
 
     async def enqueue_dependent(
         self, tasks: Sequence[NewTask], dependencies: Sequence[Dependency]

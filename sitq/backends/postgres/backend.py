@@ -59,7 +59,8 @@ class PostgresBackend(SQLBackend):
     _PARAM = "${0}"
     # octet_length() of a TOASTed value reads its pointer only, not the value.
     _LENGTH = "octet_length"
-    _RETRY_AGAIN_ON = (asyncpg.UniqueViolationError,)
+    # A unique key taken meanwhile; a deadlock with a parent's finish (see lock_tasks).
+    _RETRY_AGAIN_ON = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError)
 
     def __init__(
         self,

@@ -44,24 +44,57 @@ SELECT child_id FROM {s}.sitq_dependencies WHERE parent_id = $1 ORDER BY child_i
 -- name: task_wait_state
 SELECT waiting, parent_mode, cancelled_by FROM {s}.sitq_tasks WHERE id = $1
 
--- name: rewait_retried
--- See the SQLite query. $1 the ids, $2 now.
-UPDATE {s}.sitq_tasks t
-SET cancelled_by = NULL,
-    waiting = (SELECT count(*) FROM {s}.sitq_dependencies d JOIN {s}.sitq_tasks p ON p.id = d.parent_id
-               WHERE d.child_id = t.id AND p.status IN ('queued', 'running')),
-    available_at = $2::float8 + CASE WHEN EXISTS (
-        SELECT 1 FROM {s}.sitq_dependencies d JOIN {s}.sitq_tasks p ON p.id = d.parent_id
-        WHERE d.child_id = t.id AND p.status IN ('queued', 'running')) THEN 1e11 ELSE 0 END
-WHERE t.parent_mode IS NOT NULL AND t.id = ANY($1::text[])
+-- name: retry_family
+-- See the SQLite query. $1 the retried ids.
+WITH RECURSIVE family(id, expand) AS (
+    SELECT * FROM (
+        SELECT unnest($1::text[]), true
+        UNION
+        SELECT id, true FROM {s}.sitq_tasks
+        WHERE cancelled_by = ANY($1::text[]) AND status = 'cancelled'
+    ) seeds
+    UNION
+    SELECT c.id, c.status = 'cancelled'
+    FROM family f
+    JOIN {s}.sitq_dependencies d ON d.parent_id = f.id
+    JOIN {s}.sitq_tasks c ON c.id = d.child_id
+    WHERE f.expand AND (c.status = 'queued' OR (
+        c.status = 'cancelled' AND c.cancelled_by = ANY($1::text[])))
+)
+SELECT DISTINCT id FROM family ORDER BY id
 
--- name: reawaken_dependents
--- See the SQLite query. $1 the retried ids, $2 now.
+-- name: lock_tasks
+-- The tasks $1 and their parents, in id order (the order in which a parent's
+-- finish locks its dependents: ids grow with time, a parent's before its
+-- dependents'). A parent's finish in flight holds its row: waiting for it here
+-- means the statements after this one see that finish (READ COMMITTED), and one
+-- that comes later waits for the retry and then sees what it wrote.
+SELECT id FROM {s}.sitq_tasks
+WHERE id = ANY($1::text[])
+   OR id IN (SELECT parent_id FROM {s}.sitq_dependencies WHERE child_id = ANY($1::text[]))
+ORDER BY id FOR UPDATE
+
+-- name: family_state
+-- See the SQLite query.
+SELECT c.id, c.status, c.waiting, c.parent_mode, c.available_at, c.cancelled_by,
+       p.id, p.status, p.cancelled_by, p.func_name
+FROM {s}.sitq_tasks c
+JOIN {s}.sitq_dependencies d ON d.child_id = c.id
+JOIN {s}.sitq_tasks p ON p.id = d.parent_id
+WHERE c.id = ANY($1::text[])
+ORDER BY c.id, d.position
+
+-- name: set_wait_state
+-- See the SQLite query; one array per column.
 UPDATE {s}.sitq_tasks t
-SET status = 'queued', cancelled_by = NULL, error = NULL, finished_at = NULL,
-    expires_at = NULL, attempts = 0, worker_id = NULL,
-    waiting = (SELECT count(*) FROM {s}.sitq_dependencies d JOIN {s}.sitq_tasks p ON p.id = d.parent_id
-               WHERE d.child_id = t.id AND p.status <> 'succeeded'),
-    available_at = $2::float8 + 1e11
-WHERE t.status = 'cancelled' AND t.cancelled_by = ANY($1::text[])
-RETURNING t.id
+SET status = m.status, waiting = m.waiting, available_at = m.available_at,
+    cancelled_by = m.cancelled_by,
+    error = CASE WHEN m.status = 'cancelled' THEN m.error WHEN m.reset <> 0 THEN NULL
+                 ELSE t.error END,
+    finished_at = CASE WHEN m.reset <> 0 THEN NULL ELSE t.finished_at END,
+    expires_at = CASE WHEN m.reset <> 0 THEN NULL ELSE t.expires_at END,
+    attempts = CASE WHEN m.reset <> 0 THEN 0 ELSE t.attempts END,
+    worker_id = CASE WHEN m.reset <> 0 THEN NULL ELSE t.worker_id END
+FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::text[], $6::text[], $7::int[])
+    AS m(id, status, waiting, available_at, cancelled_by, error, reset)
+WHERE t.id = m.id

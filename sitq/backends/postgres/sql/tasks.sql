@@ -54,7 +54,7 @@ RETURNING id
 
 -- name: retry
 -- {where} selects the tasks to queue again (filled in with str.replace, before
--- {s}); $1 is now.
+-- {s}); $1 is now. Each row: the id, and whether it has dependency links.
 UPDATE {s}.sitq_tasks
 SET status = 'queued', attempts = 0, available_at = $1::float8, result = NULL, error = NULL,
     traceback = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,
@@ -68,7 +68,7 @@ WHERE status IN ('failed', 'cancelled') AND {where}
     AND id = (
       SELECT min(id) FROM {s}.sitq_tasks done WHERE done.unique_key = {s}.sitq_tasks.unique_key
         AND done.status IN ('failed', 'cancelled'))))
-RETURNING id
+RETURNING id, (parent_mode IS NOT NULL OR has_children)
 
 -- name: count_statuses
 -- A claimed task that has not started counts as queued (base.STATUS_SQL).

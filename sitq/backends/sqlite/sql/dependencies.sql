@@ -46,27 +46,57 @@ SELECT child_id FROM sitq_dependencies WHERE parent_id = ?1 ORDER BY child_id
 -- name: task_wait_state
 SELECT waiting, parent_mode, cancelled_by FROM sitq_tasks WHERE id = ?1
 
--- name: rewait_retried
--- Dependents queued again by a retry of their own (?1, a JSON array of ids) wait
--- for those of their parents still queued or running; finished ones (whatever
--- their end) no longer hold them back: the retry asked for the task to run. ?2 now.
-UPDATE sitq_tasks
-SET cancelled_by = NULL,
-    waiting = (SELECT count(*) FROM sitq_dependencies d JOIN sitq_tasks p ON p.id = d.parent_id
-               WHERE d.child_id = sitq_tasks.id AND p.status IN ('queued', 'running')),
-    available_at = ?2 + CASE WHEN EXISTS (
-        SELECT 1 FROM sitq_dependencies d JOIN sitq_tasks p ON p.id = d.parent_id
-        WHERE d.child_id = sitq_tasks.id AND p.status IN ('queued', 'running')) THEN 1e11 ELSE 0 END
-WHERE parent_mode IS NOT NULL AND id IN (SELECT value FROM json_each(?1))
+-- name: retry_family
+-- The tasks a retry of ?1 (a JSON array of ids) may change (see backends.rewait):
+-- those ids, the dependents their failure cancelled (transitively; each names the
+-- root of its cancel), and the queued dependents of all of these.
+WITH RECURSIVE family(id, expand) AS (
+    SELECT value, 1 FROM json_each(?1)
+    UNION
+    SELECT id, 1 FROM sitq_tasks
+    WHERE cancelled_by IN (SELECT value FROM json_each(?1)) AND status = 'cancelled'
+    UNION
+    SELECT c.id, c.status = 'cancelled'
+    FROM family f
+    JOIN sitq_dependencies d ON d.parent_id = f.id
+    JOIN sitq_tasks c ON c.id = d.child_id
+    WHERE f.expand AND (c.status = 'queued' OR (
+        c.status = 'cancelled' AND c.cancelled_by IN (SELECT value FROM json_each(?1))))
+)
+SELECT DISTINCT id FROM family ORDER BY id
 
--- name: reawaken_dependents
--- The dependents that a retried parent's failure cancelled (?1: the retried ids)
--- wait again, for every parent that has not succeeded. ?2 now.
+-- name: lock_tasks
+-- PostgreSQL locks the tasks and their parents here; with SQLite's one writer at a
+-- time nothing else is in flight.
+SELECT ?1 IS NULL
+
+-- name: family_state
+-- Per task of ?1 that waits for others, its state and each stored parent's, one row
+-- per parent in its order.
+SELECT c.id, c.status, c.waiting, c.parent_mode, c.available_at, c.cancelled_by,
+       p.id, p.status, p.cancelled_by, p.func_name
+FROM sitq_tasks c
+JOIN sitq_dependencies d ON d.child_id = c.id
+JOIN sitq_tasks p ON p.id = d.parent_id
+WHERE c.id IN (SELECT value FROM json_each(?1))
+ORDER BY c.id, d.position
+
+-- name: set_wait_state
+-- backends.rewait's rows, a JSON array of
+-- [id, status, waiting, available_at, cancelled_by, error, reset]; reset clears the
+-- end of a cancelled task that waits again. The status never goes from unfinished
+-- to final here, so the settling triggers stay still.
 UPDATE sitq_tasks
-SET status = 'queued', cancelled_by = NULL, error = NULL, finished_at = NULL,
-    expires_at = NULL, attempts = 0, worker_id = NULL,
-    waiting = (SELECT count(*) FROM sitq_dependencies d JOIN sitq_tasks p ON p.id = d.parent_id
-               WHERE d.child_id = sitq_tasks.id AND p.status <> 'succeeded'),
-    available_at = ?2 + 1e11
-WHERE status = 'cancelled' AND cancelled_by IN (SELECT value FROM json_each(?1))
-RETURNING id
+SET status = m.status, waiting = m.waiting, available_at = m.available_at,
+    cancelled_by = m.cancelled_by,
+    error = CASE WHEN m.status = 'cancelled' THEN m.error WHEN m.reset THEN NULL ELSE sitq_tasks.error END,
+    finished_at = CASE WHEN m.reset THEN NULL ELSE sitq_tasks.finished_at END,
+    expires_at = CASE WHEN m.reset THEN NULL ELSE sitq_tasks.expires_at END,
+    attempts = CASE WHEN m.reset THEN 0 ELSE sitq_tasks.attempts END,
+    worker_id = CASE WHEN m.reset THEN NULL ELSE sitq_tasks.worker_id END
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS status,
+             json_extract(value, '$[2]') AS waiting, json_extract(value, '$[3]') AS available_at,
+             json_extract(value, '$[4]') AS cancelled_by, json_extract(value, '$[5]') AS error,
+             json_extract(value, '$[6]') AS reset
+      FROM json_each(?1)) AS m
+WHERE sitq_tasks.id = m.id

@@ -38,7 +38,7 @@ RETURNING id
 
 -- name: retry
 -- {where} selects the tasks to queue again (ids, a queue, or every failure);
--- ?1 is now.
+-- ?1 is now. Each row: the id, and whether it is linked to others by dependencies.
 UPDATE sitq_tasks
 SET status = 'queued', attempts = 0, available_at = ?1, result = NULL, error = NULL,
     traceback = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,
@@ -52,7 +52,7 @@ WHERE status IN ('failed', 'cancelled') AND {where}
     AND id = (
       SELECT min(id) FROM sitq_tasks done WHERE done.unique_key = sitq_tasks.unique_key
         AND done.status IN ('failed', 'cancelled'))))
-RETURNING id
+RETURNING id, (parent_mode IS NOT NULL OR has_children = 1)
 
 -- name: count_statuses
 -- Any number of ids in one query: a JSON array parameter. A claimed task that
