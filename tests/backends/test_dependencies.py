@@ -8,6 +8,8 @@ them back. Real backends, real transactions; the worker is played by claim/finis
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from sitq.backends.base import Backend, Dependency, NewTask, Outcome
@@ -208,3 +210,23 @@ async def test_self_dependency_and_cycles_are_refused_and_nothing_stored(
             [a, b], [Dependency(a.id, (b.id,)), Dependency(b.id, (a.id,))]
         )
     assert await backend.get_tasks([a.id, b.id]) == {}
+
+
+@pytest.mark.parametrize("start_rides", [True, False])
+async def test_the_finish_that_makes_a_dependent_due_wakes_the_workers(
+    backend: Backend, start_rides: bool
+) -> None:
+    """The next step of a chain is found at once, not at an idle worker's next
+    poll: the finish of its parent wakes the "tasks" waiters, whether the parent's
+    start mark rides in its finish row or was written before."""
+    ids = await chain(backend, 2)
+    (claimed,) = await backend.claim("w", ["default"], 1, 30.0)
+    if not start_rides:
+        await backend.finish([], [(claimed.lease, backend.now())])
+    await backend.wait_for_change("tasks", 0.01)  # listening; earlier wake-ups drained
+    started = [(claimed.lease, backend.now())] if start_rides else []
+    assert await backend.finish([(claimed.lease, Outcome("succeeded", result=b"r"))], started)
+    woken = time.monotonic()
+    await backend.wait_for_change("tasks", 10.0)
+    assert time.monotonic() - woken < 5.0, "no wake-up: the dependent waits for a poll"
+    assert [c.id for c in await backend.claim("w", ["default"], 5, 30.0)] == [ids[1]]
