@@ -103,9 +103,20 @@ class Enqueuer:
         a chain's last call, a chord's callback, a group's collector (its value is
         the members' results in order). With ``depends_on``, its first tasks wait
         for those. A bad composition is refused and nothing is stored."""
-        return await self._store_plan(*self._planned(composition))
+        if not observed():
+            return await self._store_plan(*self._planned(composition))
+        # One PRODUCER span for the whole composition; each step carries its
+        # context, so every run joins the submitter's trace.
+        what = composition_name(composition)
+        with telemetry.enqueue_scope(self.options.queue, what) as scope:
+            tasks, deps, result_id = self._planned(composition, scope.headers)
+            await self._store_plan(tasks, deps, result_id)
+            scope.committed_tasks([(task.id, task.queue, task.func_name) for task in tasks])
+        return result_id
 
-    def _planned(self, composition: Composable) -> tuple[list[NewTask], list[Dependency], str]:
+    def _planned(
+        self, composition: Composable, trace_headers: dict[str, str] | None = None
+    ) -> tuple[list[NewTask], list[Dependency], str]:
         backend = self._backend_checked()
         steps = plan(composition, self.options.depends_on)
         default = replace(self.options, depends_on=())
@@ -126,14 +137,16 @@ class Enqueuer:
                     f"{step.sig!r} has a unique_key: a task in a composition cannot be unique "
                     "(it waits for its parents); set the key on a task enqueued alone"
                 )
-            headers = {PARENT_RESULTS_HEADER: step.pass_results} if step.pass_results else None
+            headers = dict(trace_headers or {})
+            if step.pass_results:
+                headers[PARENT_RESULTS_HEADER] = step.pass_results
             (task,) = new_tasks(
                 self._root.serializer,
                 options,
                 step.sig.fn,
                 [(step.sig.args, step.sig.kwargs)],
                 now,
-                headers,
+                headers or None,
             )
             tasks.append(task)
             parents = tuple(tasks[p].id if isinstance(p, int) else p for p in step.parents)
@@ -327,6 +340,14 @@ def _storing_dependent(
         )
 
     return store
+
+
+def composition_name(composition: Any) -> str:
+    """What a submit's span names: the task of a lone signature, else the kind
+    of composition ("chain", "group", "chord")."""
+    if isinstance(composition, Signature):
+        return task_name(composition.fn)
+    return type(composition).__name__
 
 
 def as_calls(items: Iterable[Any]) -> list[Call]:

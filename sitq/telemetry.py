@@ -23,7 +23,7 @@ failed|retried|cancelled``, histograms ``sitq.task.run_time`` and
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -137,6 +137,14 @@ class EnqueueScope:
             else:
                 self.span.set_attribute("messaging.batch.message_count", len(task_ids))
         _count("enqueued", self.queue, self.task_name, len(task_ids))
+
+    def committed_tasks(self, tasks: Sequence[tuple[str, str, str]]) -> None:
+        """Record a composition's tasks, (id, queue, task name) each, on the span
+        (their number) and count each under its own queue and name."""
+        if self.span is not None:
+            self.span.set_attribute("messaging.batch.message_count", len(tasks))
+        for _id, queue, task_name in tasks:
+            _count("enqueued", queue, task_name)
 
 
 @contextlib.contextmanager

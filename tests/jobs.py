@@ -16,6 +16,11 @@ def noop() -> None:
     return None
 
 
+def total(values: list[int]) -> int:
+    """A chord's callback: the sum of its members' results."""
+    return sum(values)
+
+
 def add(a: int, b: int) -> int:
     return a + b
 

@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from starlette.testclient import TestClient
 from support import await_until, subprocess_env, wait_until
 
-from sitq import TaskQueue, TaskStatus, Worker, cli, signals, telemetry
+from sitq import TaskQueue, TaskStatus, Worker, chord, cli, signals, telemetry
 from sitq.dashboard import DashboardConfig, create_app
 from sitq.signals import TaskEvent
 from sitq.testing import TemporaryQueue
@@ -162,6 +162,32 @@ async def test_retries_share_the_trace_and_record_the_exception(
     (inner,) = [s for s in observed.finished() if s.name == "inside the task"]
     (run,) = [s for s in runs if _attributes(s)["messaging.message.id"] == nested]
     assert inner.parent.span_id == run.context.span_id
+
+
+async def test_a_submitted_chord_is_one_span_and_every_step_joins_its_trace(
+    observed: Telemetry, queue: TaskQueue, db_path: Path
+) -> None:
+    before = observed.counter("sitq.tasks.enqueued")
+    members = [queue.signature(jobs.add, i, i) for i in range(3)]
+    with trace.get_tracer("app").start_as_current_span("request") as request:
+        callback = await queue.submit(chord(members, queue.signature(jobs.total)))
+    worker = Worker(db_path, concurrency=2)
+    await worker.start()
+    try:
+        assert (await queue.get_result(callback, timeout=30)).value == 6
+    finally:
+        await worker.stop()
+
+    (send,) = observed.finished(SpanKind.PRODUCER)
+    assert send.name == "send default" and send.parent.span_id == request.get_span_context().span_id
+    assert _attributes(send)["sitq.task.name"] == "chord"
+    assert _attributes(send)["messaging.batch.message_count"] == 4
+    runs = observed.finished(SpanKind.CONSUMER)
+    assert len(runs) == 4
+    for run in runs:  # the members and the callback, each a child of the submit
+        assert run.parent.span_id == send.context.span_id
+        assert run.context.trace_id == request.get_span_context().trace_id
+    assert observed.counter("sitq.tasks.enqueued") - before == 4
 
 
 async def test_oversized_trace_context_never_fails_an_enqueue(
