@@ -99,6 +99,12 @@ class Schedule:
                     f"schedule {self.name!r}: {self.cron!r} is not a cron expression "
                     f"({exc}); use five fields: minute hour day-of-month month day-of-week"
                 ) from None
+        if self.options.depends_on:
+            raise ConfigurationError(
+                f"schedule {self.name!r}: depends_on cannot be set on a schedule (each run "
+                "would wait for the same tasks, finished after the first run); to run "
+                "work after a scheduled task, submit a chain from inside it"
+            )
         if self.catch_up not in CATCH_UP_POLICIES:
             raise ConfigurationError(
                 f"schedule {self.name!r}: catch_up must be one of "

@@ -135,6 +135,11 @@ def test_schedule_definitions_are_checked() -> None:
         queue.schedule(jobs.noop)
     with pytest.raises(ConfigurationError, match="unknown time zone"):
         queue.schedule(jobs.noop, cron="0 3 * * *", tz="Mars/Olympus")
+    parent = "01a2479783c90000008183de699fc5d5"
+    with pytest.raises(ConfigurationError, match="depends_on cannot be set on a schedule"):
+        queue.schedule(queue.task(depends_on=[parent])(jobs.noop), every=60)
+    with pytest.raises(ConfigurationError, match="depends_on cannot be set on a schedule"):
+        queue.periodic(every=60, depends_on=[parent])(jobs.noop)
 
 
 # -- unique jobs -------------------------------------------------------------------
