@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
+from pathlib import Path
 from typing import Any
 
+import pytest
 from test_conformance import DEFAULT, FAILED, LONG_LEASE, SUCCEEDED, new_task
 
 from sitq.backends.base import Backend, LimitRecord, Outcome
@@ -93,6 +97,30 @@ async def test_rate_limit_caps_starts_per_window(backend: Backend) -> None:
     assert await backend.claim("w1", [DEFAULT], 10, LONG_LEASE) == []  # finished still count
     await asyncio.sleep(0.6)
     assert len(await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)) == 2
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # PostgreSQL: the server's clock
+async def test_a_limited_claim_that_waited_for_the_lock_counts_its_starts_when_it_took_them(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """A claimer that waits for another writer must not stamp its starts with the
+    time it began waiting: they would leave the window early and let a second
+    claimer start too many (seen as 20 starts in one second, limit 10)."""
+    await backend.set_limit(LimitRecord("api", None, 3, 1.0))
+    await backend.enqueue([replace(new_task(backend), limit_key="api") for _ in range(6)])
+    holder = sqlite3.connect(tmp_path / "tasks.db", check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    held = threading.Event()
+    release = threading.Timer(1.3, lambda: (holder.rollback(), held.set()))
+    release.start()
+    try:
+        first = await backend.claim("w1", [DEFAULT], 10, LONG_LEASE)  # waits about 1.3 s
+        assert held.is_set() and len(first) == 3
+        # At once: those 3 starts are a moment old, so the window is full.
+        assert await backend.claim("w2", [DEFAULT], 10, LONG_LEASE) == []
+    finally:
+        release.join()
+        holder.close()
 
 
 async def test_limits_are_listed_replaced_and_deleted(backend: Backend) -> None:

@@ -434,17 +434,21 @@ class SQLiteBackend(SQLBackend):
         sql = SQL.claim_limited.format(queues=",".join("?" * len(queues)))
 
         async def body() -> list[Any]:
+            # The clock read once the write lock is held: ``now`` may be from before
+            # a wait for it, and starts stamped that early would leave their window
+            # early and let the next claimer start too many.
+            at = self.now()
             taken: list[Any] = []
-            for row in await conn.execute_fetchall(SQL.limit_room, {"now": now}):
+            for row in await conn.execute_fetchall(SQL.limit_room, {"now": at}):
                 key, per_seconds = row[0], row[3]
                 allowed = min(room - len(taken), limit_room_allowed(row, room))
                 if allowed <= 0:
                     continue
-                params = (worker_id, expires, *queues, now, key, allowed)
+                params = (worker_id, expires, *queues, at, key, allowed)
                 claimed = list(await conn.execute_fetchall(sql, params))
                 if claimed and per_seconds is not None:
-                    await conn.executemany(SQL.record_start, [(key, now)] * len(claimed))
-                    await conn.execute(SQL.forget_starts, (key, now - per_seconds))
+                    await conn.executemany(SQL.record_start, [(key, at)] * len(claimed))
+                    await conn.execute(SQL.forget_starts, (key, at - per_seconds))
                 taken += claimed
             return taken
 
