@@ -15,6 +15,7 @@ import pytest
 from test_dependencies import chain, statuses, task
 
 from sitq.backends.base import Backend, Dependency, Outcome
+from sitq.task import new_task_id
 
 
 async def due(backend: Backend) -> set[str]:
@@ -176,3 +177,45 @@ async def test_a_retry_waits_for_a_parent_finish_in_flight(backend: Backend) -> 
     assert await waiting(backend, child.id) == 1
     await finish(backend, p1.id)
     assert await due(backend) == {child.id}
+
+
+async def test_a_retried_dependent_whose_parents_were_all_purged_runs_at_once(
+    backend: Backend,
+) -> None:
+    """Nothing is left to wait for: its count must not stay at the old one."""
+    parent = task(backend)
+    await backend.enqueue([parent])
+    child = task(backend)
+    await backend.enqueue_dependent([child], [Dependency(child.id, (parent.id,), "cancel")])
+    assert await backend.cancel(child.id) == "cancelled"
+    assert await backend.purge(["queued"]) == 1  # the parent, never run
+    assert await backend.retry([child.id]) == [child.id]
+    assert await waiting(backend, child.id) == 0
+    assert await due(backend) == {child.id}
+
+
+async def test_a_diamond_whose_ids_sort_children_first_comes_back_whole(
+    backend: Backend,
+) -> None:
+    """H fails and cancels B, C (waits for B) and A (waits for B and C). A retry of
+    H recounts B before C and C before A, whatever their ids' order: counted the
+    other way, C saw B still cancelled and stayed cancelled, and A with it."""
+    base = new_task_id()[:-1]
+    head = task(backend)
+    await backend.enqueue([head])
+    a, c, b = (task(backend, base + suffix) for suffix in "ace")  # ids: A < C < B
+    await backend.enqueue_dependent(
+        [b, c, a],
+        [
+            Dependency(b.id, (head.id,), "cancel"),
+            Dependency(c.id, (b.id,), "cancel"),
+            Dependency(a.id, (b.id, c.id), "cancel"),
+        ],
+    )
+    await finish(backend, head.id, "failed")
+    assert await statuses(backend, [b.id, c.id, a.id]) == ["cancelled"] * 3
+    assert await backend.retry([head.id]) == [head.id]
+    assert await statuses(backend, [b.id, c.id, a.id]) == ["queued"] * 3
+    assert [await waiting(backend, t.id) for t in (b, c, a)] == [1, 1, 2]
+    await finish(backend, head.id)
+    assert await due(backend) == {b.id}
