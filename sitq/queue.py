@@ -58,7 +58,7 @@ from sitq.serialization import Serializer, default_serializer
 from sitq.store import StoreSession
 from sitq.task import Result, TaskOptions, TaskStatus
 from sitq.waiters import ResultWaiters
-from sitq.watch import WatchEvent, watch_events
+from sitq.watch import WatchEvent, flatten, watch_looks
 
 T = TypeVar("T")
 Q = TypeVar("Q")
@@ -225,13 +225,31 @@ class TaskQueue(Enqueuer):
         wake-up is lost. An id unknown at the start raises TaskNotFound (with
         ``skip_missing``, it is left out, as is a task deleted while watched).
         """
+        return flatten(
+            self.watch_looks(
+                task_ids, timeout=timeout, poll_interval=poll_interval, skip_missing=skip_missing
+            )
+        )
+
+    def watch_looks(
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 0.5,
+        skip_missing: bool = False,
+    ) -> AsyncGenerator[list[WatchEvent], None]:
+        """:meth:`watch`'s events, one list per look at the database that saw
+        any (progress first, then the finished in finishing order). For a
+        consumer of thousands of tasks, such as a progress bar over a batch:
+        it handles each look's events at once instead of one by one."""
         if isinstance(task_ids, str):
             raise ConfigurationError("watch takes a list of task ids, not one id: pass [task_id]")
         check_task_ids(task_ids)
         if timeout is not None:
             timeout = checks.seconds("timeout", timeout, hint="; None watches until all finish")
         interval = checks.seconds("poll_interval", poll_interval, positive=True)
-        return watch_events(
+        return watch_looks(
             self._backend_checked(),
             self.serializer,
             list(task_ids),

@@ -73,21 +73,27 @@ def task_status(record: TaskRecord) -> TaskStatus:
     return stored_status(record.id, record.status)
 
 
+#: Stored status -> TaskStatus: a dict lookup, several times cheaper than the
+#: enum's call (collecting 50,000 results reads 100,000 statuses).
+_STATUSES = {status.value: status for status in TaskStatus}
+_FINISHED = frozenset(status.value for status in TaskStatus if status.finished)
+
+
 def stored_status(task_id: str, status: str) -> TaskStatus:
     """``status`` as a TaskStatus; a value sitq never writes raises CorruptRow."""
-    try:
-        return TaskStatus(status)
-    except ValueError:
+    found = _STATUSES.get(status)
+    if found is None:
         known = ", ".join(s.value for s in TaskStatus)
         raise CorruptRow(
             f"task {task_id} has status {status!r}, which sitq never writes (was the row "
             f"edited by hand?): set it to one of {known}, or delete the task"
-        ) from None
+        )
+    return found
 
 
 def is_finished(task_id: str, status: str) -> bool:
     """Whether a stored status is a final one."""
-    return stored_status(task_id, status).finished
+    return status in _FINISHED or stored_status(task_id, status).finished
 
 
 def record_to_result(

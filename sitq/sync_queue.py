@@ -178,7 +178,23 @@ class SyncTaskQueue(SyncEnqueuer):
         )
         return self._iterate(events)
 
-    def _iterate(self, events: AsyncGenerator[WatchEvent, None]) -> Iterator[WatchEvent]:
+    def watch_looks(
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 0.5,
+        skip_missing: bool = False,
+    ) -> Iterator[list[WatchEvent]]:
+        """Like :meth:`TaskQueue.watch_looks`, as a plain iterator (each look runs
+        on the queue's loop)."""
+        self.connect()
+        looks = self._queue.watch_looks(
+            task_ids, timeout=timeout, poll_interval=poll_interval, skip_missing=skip_missing
+        )
+        return self._iterate(looks)
+
+    def _iterate(self, events: AsyncGenerator[T, None]) -> Iterator[T]:
         try:
             while (event := self.run(_next(events))) is not None:
                 yield event
@@ -207,7 +223,7 @@ class SyncTaskQueue(SyncEnqueuer):
     list_tasks = _blocking(TaskQueue.list_tasks)
 
 
-async def _next(events: AsyncGenerator[WatchEvent, None]) -> WatchEvent | None:
+async def _next(events: AsyncGenerator[T, None]) -> T | None:
     return await anext(events, None)
 
 

@@ -75,7 +75,7 @@ async def _wait_for_change(backend: Backend, timeout: float) -> None:
         await asyncio.wait(waits)  # let the cancelled one unwind
 
 
-async def watch_events(
+async def watch_looks(
     backend: Backend,
     serializer: Serializer,
     task_ids: Sequence[str],
@@ -83,9 +83,9 @@ async def watch_events(
     timeout: float | None,
     poll_interval: float,
     skip_missing: bool,
-) -> AsyncGenerator[WatchEvent, None]:
-    """The events of ``task_ids`` as they happen, until all have finished (or
-    ``timeout`` seconds have passed). See :meth:`sitq.TaskQueue.watch`."""
+) -> AsyncGenerator[list[WatchEvent], None]:
+    """The events of ``task_ids``, one list per look that saw any, until all have
+    finished (or ``timeout`` seconds have passed). See :meth:`sitq.TaskQueue.watch_looks`."""
     pending = list(dict.fromkeys(task_ids))
     shown: dict[str, Progress | None] = {}
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -98,18 +98,19 @@ async def watch_events(
             missing = [task_id for task_id in pending if task_id not in states]
             if missing and not skip_missing:
                 raise TaskNotFound(missing[0])
+        look: list[WatchEvent] = []
         finished: list[str] = []
         left: list[str] = []
         for task_id in pending:
             state = states.get(task_id)
             if state is None:
                 if not skip_missing:  # deleted while watched
-                    yield WatchEvent(task_id, "finished")
+                    look.append(WatchEvent(task_id, "finished"))
                 continue
             status, progress = state
             if progress is not None and progress != shown.get(task_id):
                 shown[task_id] = progress
-                yield WatchEvent(task_id, "progress", progress)
+                look.append(WatchEvent(task_id, "progress", progress))
             (finished if is_finished(task_id, status) else left).append(task_id)
         if finished:
             records = await _translated(backend, backend.get_tasks(finished))
@@ -117,10 +118,12 @@ async def watch_events(
             for record in ended:
                 status = task_status(record)
                 result = record_to_result(record, serializer, status)
-                yield WatchEvent(record.id, "finished", record.progress, status, result)
-            for task_id in finished:
-                if task_id not in records and not skip_missing:
-                    yield WatchEvent(task_id, "finished")  # deleted between the reads
+                look.append(WatchEvent(record.id, "finished", record.progress, status, result))
+            if not skip_missing:
+                gone = [task_id for task_id in finished if task_id not in records]
+                look.extend(WatchEvent(task_id, "finished") for task_id in gone)
+        if look:
+            yield look
         pending = left
         if not pending:
             return
@@ -133,3 +136,15 @@ async def watch_events(
         rest = min(poll_interval - gap, remaining - gap)
         if rest > 0:
             await _wait_for_change(backend, rest)
+
+
+async def flatten(
+    looks: AsyncGenerator[list[WatchEvent], None],
+) -> AsyncGenerator[WatchEvent, None]:
+    """The events of ``looks`` one at a time (``TaskQueue.watch``)."""
+    try:
+        async for look in looks:
+            for event in look:
+                yield event
+    finally:
+        await looks.aclose()

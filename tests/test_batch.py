@@ -285,7 +285,7 @@ async def test_collection_checks_many_ids_per_query(
     queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each poll is one status query for all pending ids, never one per id: the
-    collection runs on one queue.watch, which reads every pending id at once."""
+    collection runs on one queue.watch_looks, which reads every pending id at once."""
     calls: Counter[str] = Counter()
     sizes: list[int] = []
 
@@ -317,8 +317,8 @@ async def test_collection_checks_many_ids_per_query(
     assert await bp.collect_results(ids, timeout=0.3, poll_interval=0.05) == {}
     assert 1 <= len(sizes) <= 0.3 / 0.01 + 1
     assert set(sizes) == {2000}  # every look reads all pending ids in one query
-    assert set(calls) <= {"watch", "statuses"}
-    assert calls["watch"] == 1
+    assert set(calls) <= {"watch_looks", "statuses"}
+    assert calls["watch_looks"] == 1
 
 
 async def test_as_completed_yields_in_completion_order(queue: TaskQueue, worker: Worker) -> None:

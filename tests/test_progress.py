@@ -189,6 +189,28 @@ async def test_watch_of_finished_tasks_ends_at_once(queue: TaskQueue) -> None:
     ]
 
 
+async def test_watch_looks_hands_over_what_one_look_saw_as_one_list(queue: TaskQueue) -> None:
+    """Three tasks that ended before the watch: one look, one list, in finishing
+    order; ``watch`` yields the same events one by one."""
+    ids = [await queue.enqueue(progress_jobs.who_am_i, 1) for _ in range(3)]
+    for task_id in ids:
+        assert await queue.cancel(task_id)
+    looks = [look async for look in queue.watch_looks(ids)]
+    assert [[(e.task_id, e.kind) for e in look] for look in looks] == [
+        [(task_id, "finished") for task_id in ids]
+    ]
+    flat = [event async for event in queue.watch(ids)]
+    assert flat == looks[0]
+
+
+def test_the_sync_face_watches_looks(db_path: Path) -> None:
+    with SyncTaskQueue(db_path) as queue:
+        task_id = queue.enqueue(progress_jobs.who_am_i, 1)
+        assert queue.cancel(task_id)
+        looks = list(queue.watch_looks([task_id]))
+        assert [[e.status for e in look] for look in looks] == [[TaskStatus.CANCELLED]]
+
+
 def test_the_sync_face_watches_and_reads_progress(db_path: Path, spawn_worker: Spawn) -> None:
     with SyncTaskQueue(db_path) as queue:
         queue.connect()  # the database exists before the worker starts

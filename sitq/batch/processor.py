@@ -361,24 +361,32 @@ class BatchProcessor:
         ids = list(dict.fromkeys(batch.ids))
         pending = set(ids)
         bar = ProgressBar(progress, len(ids), batch.name)
-        events = self.queue.watch(ids, timeout=timeout, poll_interval=interval, skip_missing=True)
+        looks = self.queue.watch_looks(
+            ids, timeout=timeout, poll_interval=interval, skip_missing=True
+        )
         try:
-            async for event in events:
-                if event.kind == "progress":
-                    if event.progress is not None:
-                        bar.report(event.task_id, event.progress)
+            async for look in looks:
+                # A look's events at once: observing and drawing per result cost
+                # more than reading them (50,000 results).
+                results: list[Result] = []
+                for event in look:
+                    if event.kind == "progress":
+                        if event.progress is not None:
+                            bar.report(event.task_id, event.progress)
+                        continue
+                    pending.discard(event.task_id)
+                    if event.result is not None:  # None: no longer stored, not waited for
+                        results.append(event.result)
+                if not results:
                     continue
-                pending.discard(event.task_id)
-                result = event.result
-                if result is None:  # no longer stored: never waited for again
-                    continue
-                self._monitor.observe([result])
-                bar.advance([result])
-                seen[result.task_id] = result
-                yield result
+                self._monitor.observe(results)
+                bar.advance(results)
+                for result in results:
+                    seen[result.task_id] = result
+                    yield result
         finally:
             bar.close()
-            await events.aclose()
+            await looks.aclose()
         if strict and pending:  # those that finished since the last poll are not late
             statuses = await self.queue.statuses(list(pending))
             late = [i for i in ids if i in pending and i in statuses and not statuses[i].finished]
