@@ -111,3 +111,20 @@ def mark_ran(marker: str) -> str:
     with open(marker, "w") as out:
         out.write("ran")
     return "ran"
+
+
+def in_parts(total: int, gates: str) -> int:
+    """Report part 1 of ``total``, wait for the file ``gates``/1, report part 2,
+    wait for ``gates``/2, ... (a test sees each report while the task waits)."""
+    task = current_task()
+    assert task is not None
+    for done in range(1, total + 1):
+        task.report_progress(done, total, f"part {done} of {total}")
+        _wait_for(os.path.join(gates, str(done)))
+    return total
+
+
+def report_nothing_until(gate: str) -> str:
+    """Report no progress; wait for ``gate`` to exist."""
+    _wait_for(gate)
+    return "done"
