@@ -93,6 +93,37 @@ def test_compositions_example(tmp_path: Path) -> None:
     assert _database_files(tmp_path) == []
 
 
+def test_progress_example(tmp_path: Path) -> None:
+    proc = run_readme_example("examples/progress.py", tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "Resizing 20 photos in the background:"
+    bars = [
+        (i, re.fullmatch(r"  \[([#.]{20})\] (\d+)/20  resized photo-(\d\d)\.jpg", line))
+        for i, line in enumerate(lines)
+    ]
+    seen = [(i, m.group(1), int(m.group(2)), int(m.group(3))) for i, m in bars if m]
+    dones = [done for _, _, done, _ in seen]
+    assert dones and dones == sorted(set(dones)), lines  # each report once, never back
+    assert dones[-1] == 20
+    assert dones[0] < 20, "no progress seen before the task finished"
+    for _, drawn, done, photo in seen:  # the bar and the message match the count
+        assert drawn == "#" * done + "." * (20 - done) and photo == done
+    finished = lines.index("  finished: succeeded, 20 photos resized")
+    assert finished == seen[-1][0] + 1
+    assert lines[finished + 1] == "Stored with the task: 20/20 (resized photo-20.jpg)"
+    # The crawl: progress with no total, a cancel once 5 pages are done, its end.
+    crawl = lines[finished + 2 :]
+    assert crawl[0] == "Crawling until 5 pages are done, then cancelling:"
+    asked = crawl.index("  cancel: requested (its worker tells the task)")
+    pages = [
+        re.fullmatch(r"  (\d+) pages crawled, the last example\.org/page/(\d+)", x) for x in crawl
+    ]
+    before = [int(m.group(1)) for m in pages[:asked] if m]
+    assert before and before[-1] >= 5 > max([0, *before[:-1]]), crawl
+    assert crawl[-2:] == ["  finished: cancelled", "Progress example completed!"]
+    assert _database_files(tmp_path) == []
+
+
 def _wait_for_worker(db: Path, env: dict[str, str], worker: subprocess.Popen[bytes]) -> None:
     """Poll ``sitq status --json`` until the worker has registered (or died)."""
     deadline = time.monotonic() + WORKER_START_TIMEOUT
