@@ -85,3 +85,46 @@ def bad_report(kind: str) -> None:
         task.report_progress(-1)
     else:
         task.report_progress(1, message=42)  # type: ignore[arg-type]
+
+
+def slow_to_stop(marker: str, cleanup: float, seconds: float = 60.0) -> str:
+    """A cooperative task whose stop takes ``cleanup`` seconds of work once it
+    sees cancel_requested (closing files, say); writes ``marker`` when done."""
+    task = current_task()
+    assert task is not None
+    deadline = time.monotonic() + seconds
+    done = 0
+    while not task.cancel_requested:
+        if time.monotonic() > deadline:
+            return "never cancelled"
+        done += 1
+        task.report_progress(done, None, "working")
+        time.sleep(0.005)
+    time.sleep(cleanup)  # the cleanup's own work, not a wait for anything
+    with open(marker, "w") as out:
+        out.write(f"cleaned up after {done} steps")
+    return "stopped"
+
+
+def mark_ran(marker: str) -> str:
+    """Write ``marker`` (so a test sees whether the task's code ever ran)."""
+    with open(marker, "w") as out:
+        out.write("ran")
+    return "ran"
+
+
+def in_parts(total: int, gates: str) -> int:
+    """Report part 1 of ``total``, wait for the file ``gates``/1, report part 2,
+    wait for ``gates``/2, ... (a test sees each report while the task waits)."""
+    task = current_task()
+    assert task is not None
+    for done in range(1, total + 1):
+        task.report_progress(done, total, f"part {done} of {total}")
+        _wait_for(os.path.join(gates, str(done)))
+    return total
+
+
+def report_nothing_until(gate: str) -> str:
+    """Report no progress; wait for ``gate`` to exist."""
+    _wait_for(gate)
+    return "done"

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from readme_examples import run_readme_example
 from support import wait_until
 
 from sitq import SitqError
@@ -1003,14 +1004,7 @@ def test_get_stats_has_the_documented_keys(make: Callable[..., AdaptiveBatchProc
 
 
 def test_adaptive_inference_example_runs(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "adaptive_inference.py")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    proc = run_readme_example("examples/adaptive_inference.py", tmp_path)
     out = proc.stdout
     assert re.search(r"Processed 1021 items in \d+ batches \(0 failed, 0 left unprocessed\)", out)
     assert "enqueue_predict([4 5 6]) -> [ 8 10 12]" in out

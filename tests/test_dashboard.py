@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import jobs
+import progress_jobs
 import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
@@ -424,6 +425,66 @@ def test_listing_filters(client: TestClient, db_path: Path) -> None:
     assert listed(client, "/tasks?status=failed")[0] == [failed_id]
     assert listed(client, "/tasks?queue=other&status=")[0] == [other]
     assert listed(client, "/tasks?queue=nowhere")[0] == []
+
+
+def progress_span(html: str) -> str:
+    """The task_progress markup (a bar, done/total, message) in ``html``."""
+    found = re.search(r'<span class="task-progress".*?</span></span>', html, re.S)
+    assert found, "no progress shown"
+    return found.group(0)
+
+
+def row_of(html: str, task_id: str) -> str:
+    """The listing row of ``task_id``."""
+    return html.split(f'<tr data-task="{task_id}">', 1)[1].split("</tr>", 1)[0]
+
+
+def test_the_running_listing_shows_each_tasks_progress_as_its_page_does(
+    client: TestClient, db_path: Path, tmp_path: Path
+) -> None:
+    """A real worker runs a task that reports progress and waits, and one that
+    reports none: /tasks?status=running (and its live part) shows the first's bar,
+    count and message, the same markup as its task page, and says the other
+    reported nothing."""
+    gates, quiet_gate = tmp_path / "gates", tmp_path / "quiet-gate"
+    gates.mkdir()
+    reporting = run(enqueue(db_path, progress_jobs.in_parts, 4, str(gates)))
+    quiet = run(enqueue(db_path, progress_jobs.report_nothing_until, str(quiet_gate)))
+    worker = WorkerProcess(db_path, tmp_path, "--concurrency", "2").wait_started()
+    try:
+
+        def shown(url: str, wanted: str) -> Any:
+            def look() -> bool:
+                return wanted in client.get(url).text
+
+            wait_until(look, 30, f"{wanted!r} on {url}")
+            return client.get(url).text
+
+        for url in ("/tasks?status=running", "/live/tasks?status=running"):
+            text = shown(url, "1/4 (25%)")
+            row = row_of(text, reporting)
+            assert 'aria-label="25% done"' in row and 'class="bar-running"' in row
+            assert "part 1 of 4" in row
+            assert "none reported" in row_of(text, quiet)
+            assert "<th>progress</th>" in text and "<th>error</th>" not in text
+            # The same partial as the task page: one place draws a task's progress.
+            page = client.get(f"/tasks/{reporting}").text
+            assert progress_span(row) == progress_span(page)
+        (gates / "1").touch()
+        row = row_of(shown("/live/tasks?status=running", "2/4 (50%)"), reporting)
+        assert 'aria-label="50% done"' in row and "part 2 of 4" in row
+        # Other listings keep their finish and error columns.
+        assert "<th>error</th>" in client.get("/tasks").text
+        for name in ("2", "3", "4"):
+            (gates / name).touch()
+        quiet_gate.touch()
+        running = "/tasks?status=running"
+        wait_until(lambda: listed(client, running)[0] == [], 30, "both tasks to finish")
+    finally:
+        for name in ("1", "2", "3", "4"):
+            (gates / name).touch()
+        quiet_gate.touch()
+        worker.stop()
 
 
 def test_batch_listing_shows_progress_and_failed_items(client: TestClient, db_path: Path) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import jobs
+import progress_jobs
 import pytest
 from support import TESTS_DIR, WorkerProcess, subprocess_env, wait_until
 
@@ -389,6 +390,45 @@ def test_a_workflow_runs_progress_shows_and_pause_marks_the_queue(
     expect(mail.get_by_role("button", name="Resume")).to_have_count(1)
     assert questions and questions[0].startswith("Pause queue mail?")
     assert with_queue(db_path, lambda q: q.paused()) == ["mail"]
+
+
+def test_the_running_tasks_view_shows_their_progress_live(
+    page: Any,
+    db_path: Path,
+    tmp_path: Path,
+    serve: Callable[[], str],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """/tasks?status=running draws each running task's reported progress (the bar,
+    done/total, its message) and follows it without a reload; a task that ends
+    leaves the view."""
+    from playwright.sync_api import expect
+
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    task_id = sync_queue(db_path, lambda q: q.enqueue(progress_jobs.in_parts, 3, str(gates)))
+    start_worker()
+    url = serve()
+    page.goto(url + "/tasks?status=running")
+    progress = page.locator(f'tr[data-task="{task_id}"] .task-progress')
+    expect(progress).to_contain_text("1/3 (33%)")
+    expect(progress).to_contain_text("part 1 of 3")
+    expect(progress.locator('svg[aria-label="33% done"] rect.bar-running')).to_have_count(1)
+    width = float(progress.locator("rect.bar-running").get_attribute("width") or "0")
+    assert 26 < width < 27, width  # a third of the 80-pixel bar
+    page.evaluate("window.sitqSamePage = true")
+    try:
+        (gates / "1").touch()
+        expect(progress).to_contain_text("2/3 (67%)")
+        expect(progress).to_contain_text("part 2 of 3")
+        (gates / "2").touch()
+        expect(progress).to_contain_text("3/3 (100%)")
+        (gates / "3").touch()
+        expect(page.locator("#task-list")).to_contain_text("No tasks match.")
+        assert page.evaluate("window.sitqSamePage") is True, "the page was reloaded"
+    finally:
+        for name in ("1", "2", "3"):
+            (gates / name).touch()
 
 
 #: A workflow file's full path, as a run without ``name:`` records it.

@@ -1,13 +1,13 @@
 """The examples run as written, as real processes, and leave nothing behind.
 
-Each example runs with this interpreter in a temporary working directory, so a
-stray database would land there (and be caught) rather than in the repository.
+Each example runs by the command README.md gives for it (``readme_examples``),
+with this environment's `python` and `sitq`, in a temporary working directory,
+so a stray database would land there (and be caught) rather than in the repository.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from readme_examples import example_commands, readme_env, run_readme_example
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -27,33 +28,6 @@ WORKERS = ROOT / "workers"
 EXAMPLE_TIMEOUT = 120.0
 WORKER_START_TIMEOUT = 30.0
 WORKER_STOP_TIMEOUT = 30.0
-
-
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("SITQ_DB", None)
-    # The examples' temporary directories go under tmp_path, so a leftover is seen.
-    temp = tmp_path / "tmp"
-    temp.mkdir(exist_ok=True)
-    env["TMPDIR"] = str(temp)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def _run_example(script: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    work = tmp_path / "cwd"
-    work.mkdir()
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=work,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=EXAMPLE_TIMEOUT,
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def _database_files(*roots: Path) -> list[Path]:
@@ -66,7 +40,7 @@ def _sitq(*args: str) -> list[str]:
 
 def test_batch_processing_example(tmp_path: Path) -> None:
     before = set(_database_files(EXAMPLES))
-    proc = _run_example(EXAMPLES / "batch_processing.py", tmp_path)
+    proc = run_readme_example("examples/batch_processing.py", tmp_path)
     out = proc.stdout
     assert "=== Batch Processing Example ===" in out
     assert "Enqueued 20 validation tasks" in out
@@ -95,7 +69,7 @@ def test_batch_processing_example(tmp_path: Path) -> None:
 
 
 def test_quickstart_example(tmp_path: Path) -> None:
-    proc = _run_example(EXAMPLES / "quickstart.py", tmp_path)
+    proc = run_readme_example("examples/quickstart.py", tmp_path)
     out = proc.stdout
     assert "add(2, 3) -> 5 (succeeded)" in out
     assert "word_count(...) -> 4" in out
@@ -108,7 +82,7 @@ def test_quickstart_example(tmp_path: Path) -> None:
 
 
 def test_compositions_example(tmp_path: Path) -> None:
-    proc = _run_example(EXAMPLES / "compositions.py", tmp_path)
+    proc = run_readme_example("examples/compositions.py", tmp_path)
     out = proc.stdout
     assert "chain  fetch(1) | count        -> 3" in out
     assert "group  double(0..4)            -> [0, 2, 4, 6, 8]" in out
@@ -116,6 +90,37 @@ def test_compositions_example(tmp_path: Path) -> None:
     assert "nested fetch | [count, total] | total -> 24" in out
     assert "depends_on: b waits for a      -> 2" in out
     assert "cancelled - ParentFailed: parent task" in out and "(__main__.flaky) ended failed" in out
+    assert _database_files(tmp_path) == []
+
+
+def test_progress_example(tmp_path: Path) -> None:
+    proc = run_readme_example("examples/progress.py", tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "Resizing 20 photos in the background:"
+    bars = [
+        (i, re.fullmatch(r"  \[([#.]{20})\] (\d+)/20  resized photo-(\d\d)\.jpg", line))
+        for i, line in enumerate(lines)
+    ]
+    seen = [(i, m.group(1), int(m.group(2)), int(m.group(3))) for i, m in bars if m]
+    dones = [done for _, _, done, _ in seen]
+    assert dones and dones == sorted(set(dones)), lines  # each report once, never back
+    assert dones[-1] == 20
+    assert dones[0] < 20, "no progress seen before the task finished"
+    for _, drawn, done, photo in seen:  # the bar and the message match the count
+        assert drawn == "#" * done + "." * (20 - done) and photo == done
+    finished = lines.index("  finished: succeeded, 20 photos resized")
+    assert finished == seen[-1][0] + 1
+    assert lines[finished + 1] == "Stored with the task: 20/20 (resized photo-20.jpg)"
+    # The crawl: progress with no total, a cancel once 5 pages are done, its end.
+    crawl = lines[finished + 2 :]
+    assert crawl[0] == "Crawling until 5 pages are done, then cancelling:"
+    asked = crawl.index("  cancel: requested (its worker tells the task)")
+    pages = [
+        re.fullmatch(r"  (\d+) pages crawled, the last example\.org/page/(\d+)", x) for x in crawl
+    ]
+    before = [int(m.group(1)) for m in pages[:asked] if m]
+    assert before and before[-1] >= 5 > max([0, *before[:-1]]), crawl
+    assert crawl[-2:] == ["  finished: cancelled", "Progress example completed!"]
     assert _database_files(tmp_path) == []
 
 
@@ -145,17 +150,31 @@ def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
         return None
 
 
+def _shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["/bin/sh", "-c", command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=EXAMPLE_TIMEOUT,
+    )
+
+
 def test_worker_daemon_example(tmp_path: Path) -> None:
+    """The README's commands for examples/worker_daemon, as written, in a copy of
+    the folder (its `cd`), with $SITQ_DB pointing elsewhere (the folder's README
+    says both sides use it)."""
+    init, start_worker, produce, stop = example_commands()["examples/worker_daemon"]
+    assert start_worker.endswith("&") and stop == "kill %1", "a worker in the background, stopped"
     app = tmp_path / "app"
     shutil.copytree(EXAMPLES / "worker_daemon", app, ignore=shutil.ignore_patterns("__pycache__"))
     db = tmp_path / "data" / "queue.db"
     db.parent.mkdir()
-    env = _env(tmp_path, SITQ_DB=str(db))
+    env = readme_env(tmp_path, SITQ_DB=str(db))
 
-    init = subprocess.run(
-        _sitq("init"), cwd=app, env=env, capture_output=True, text=True, timeout=EXAMPLE_TIMEOUT
-    )
-    assert init.returncode == 0, init.stderr
+    created = _shell(init, app, env)
+    assert created.returncode == 0, created.stderr
     assert db.exists()
     assert db.stat().st_mode & 0o077 == 0, "the database must be owner-only"
 
@@ -164,7 +183,7 @@ def test_worker_daemon_example(tmp_path: Path) -> None:
     try:
         with open(log_path, "wb") as log:
             worker = subprocess.Popen(
-                _sitq("worker", "--import", "tasks", "--concurrency", "3"),
+                ["/bin/sh", "-c", "exec " + start_worker.removesuffix("&").strip()],
                 cwd=app,
                 env=env,
                 stdout=log,
@@ -173,14 +192,7 @@ def test_worker_daemon_example(tmp_path: Path) -> None:
         _wait_for_worker(db, env, worker)
 
         began = time.monotonic()
-        producer = subprocess.run(
-            [sys.executable, "producer.py"],
-            cwd=app,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=EXAMPLE_TIMEOUT,
-        )
+        producer = _shell(produce, app, env)
         assert producer.returncode == 0, f"{producer.stdout}\n{producer.stderr}"
         assert "enqueued 20 tasks" in producer.stdout
         assert "squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in producer.stdout
@@ -193,7 +205,7 @@ def test_worker_daemon_example(tmp_path: Path) -> None:
         assert float(summary.group(1)) <= took + 0.05
         assert "all tasks succeeded" in producer.stdout
 
-        # SIGTERM drains and exits 0.
+        # `kill %1`: SIGTERM drains and exits 0.
         worker.send_signal(signal.SIGTERM)
         code = _wait_exit(worker, WORKER_STOP_TIMEOUT)
         log_text = log_path.read_text(errors="replace")
@@ -291,7 +303,7 @@ def test_worker_unit_verifies(tmp_path: Path) -> None:
 
 
 def test_scheduled_tasks_example(tmp_path: Path) -> None:
-    proc = _run_example(EXAMPLES / "scheduled_tasks.py", tmp_path)
+    proc = run_readme_example("examples/scheduled_tasks.py", tmp_path)
     out = proc.stdout
     assert "unique key: same task True, second one created: False" in out
     assert "report for monday sent" in out
@@ -331,6 +343,19 @@ def test_every_workflow_example_is_in_its_readme() -> None:
     assert shipped and [name for name in shipped if name not in titles] == []
 
 
+def test_the_readmes_workflow_commands_are_ones_its_test_runs() -> None:
+    """README.md's `cd examples/workflows` block gives commands that the folder's
+    README gives too, so test_workflow_example_runs_as_its_readme_shows runs them
+    (in a copy of the folder, as after that `cd`)."""
+    commands = example_commands()["examples/workflows"]
+    tested = {
+        command.partition("  #")[0].strip()
+        for lines, _ in _readme_sections().values()
+        for command in lines
+    }
+    assert commands and [c for c in commands if c not in tested] == []
+
+
 def test_the_demo_api_keeps_off_the_dashboards_port() -> None:
     """Both run at once in a tour of the examples: the demo may not take 8765."""
     from sitq.dashboard.cli import dashboard
@@ -362,8 +387,7 @@ def test_workflow_example_runs_as_its_readme_shows(section: str, tmp_path: Path)
     work = tmp_path / "workflows"
     shutil.copytree(WORKFLOWS, work, ignore=shutil.ignore_patterns("__pycache__"))
     # `sitq` and `python` are this environment's, as after `pip install`.
-    bin_dir = str(Path(sys.executable).parent)
-    env = _env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env = readme_env(tmp_path)
     background: list[subprocess.Popen[bytes]] = []
     output = ""
     try:

@@ -22,6 +22,7 @@ from pipeline_jobs import (
     Words,
     WordsBatch,
 )
+from readme_examples import run_readme_example
 from support import TESTS_DIR, WorkerProcess, subprocess_env
 
 from sitq import SyncTaskQueue, TaskQueue, Worker
@@ -109,15 +110,7 @@ def test_seed_full_example(tmp_path: Path, record: Callable[..., dict[str, list[
 
 
 def test_pipeline_batch_example_runs(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "pipeline_batch.py")],
-        cwd=tmp_path,
-        env=subprocess_env(TMPDIR=str(tmp_path)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    proc = run_readme_example("examples/pipeline_batch.py", tmp_path)
     out = proc.stdout
     assert "local pool: 12 instances, 12 completed, 0 failed" in out
     assert "sitq workers: 12 instances, 12 completed, 0 failed" in out

@@ -7,15 +7,18 @@ import asyncio
 import json
 import math
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jobs
 import progress_jobs
 import pytest
 from starlette.testclient import TestClient
 from support import SITQ, WorkerProcess, await_until, subprocess_env
 
 from sitq import (
+    CancelOutcome,
     ConfigurationError,
     CurrentTask,
     Progress,
@@ -27,6 +30,7 @@ from sitq import (
     current_task,
 )
 from sitq.dashboard import DashboardConfig, create_app
+from sitq.worker.execution import PROCESS_CANCEL_GRACE
 
 Spawn = Callable[..., WorkerProcess]
 
@@ -110,6 +114,66 @@ async def test_a_cooperative_task_sees_cancel_requested_and_stops(
 
 async def _exists(path: Path) -> bool:
     return path.exists()
+
+
+async def _status_is(queue: TaskQueue, task_id: str, status: TaskStatus) -> bool:
+    return await queue.status(task_id) is status
+
+
+async def test_a_cancel_before_a_pool_child_began_the_task_ends_it_at_once(
+    db_path: Path, spawn_worker: Spawn, tmp_path: Path
+) -> None:
+    """The task was sent to a child that has not begun it (held at its start by
+    child_start_gate): no grace to wait for, so the cancel ends it at once, and
+    the task's code never runs."""
+    gate, ran = tmp_path / "children-may-start", tmp_path / "ran"
+    async with TaskQueue(db_path) as queue:
+        worker = spawn_worker(
+            "--pool", "process", "--import", "child_start_gate",
+            env={"SITQ_TEST_CHILD_GATE": str(gate)},
+        ).wait_started()  # fmt: skip
+        try:
+            task_id = await queue.enqueue(progress_jobs.mark_ran, str(ran))
+            # Started by the worker (its start written after 50 ms), held by a child.
+            await await_until(
+                lambda: _status_is(queue, task_id, TaskStatus.RUNNING), 30.0, "the dispatch"
+            )
+            began = time.monotonic()
+            assert await queue.request_cancel(task_id) is CancelOutcome.REQUESTED
+            result = await queue.get_result(task_id, timeout=30)
+            took = time.monotonic() - began
+            assert result is not None and result.status is TaskStatus.CANCELLED
+            assert not gate.exists()  # still held: the child never began it
+            # Ended well within the grace a begun task gets (it took the whole
+            # grace, and more, before the child's start was looked at).
+            assert took < PROCESS_CANCEL_GRACE / 2, f"cancel took {took:.2f}s"
+        finally:
+            gate.touch()
+        # The worker serves on (a fresh child), and the cancelled call never ran.
+        after = await queue.enqueue(jobs.add, 2, 3)
+        result_after = await queue.get_result(after, timeout=30)
+        assert result_after is not None and result_after.value == 5, worker.output()
+        assert not ran.exists()
+
+
+async def test_a_pool_child_that_began_the_task_gets_its_grace_to_stop(
+    db_path: Path, spawn_worker: Spawn, tmp_path: Path
+) -> None:
+    """A cooperative task whose stop takes a while (well under the grace) is not
+    killed midway: it cleans up and ends CANCELLED."""
+    marker = tmp_path / "cleaned-up"
+    cleanup = PROCESS_CANCEL_GRACE / 4
+    async with TaskQueue(db_path) as queue:
+        spawn_worker("--pool", "process").wait_started()
+        task_id = await queue.enqueue(progress_jobs.slow_to_stop, str(marker), cleanup)
+        await running_with_progress(queue, task_id)  # it runs in its child
+        began = time.monotonic()
+        assert await queue.request_cancel(task_id) is CancelOutcome.REQUESTED
+        result = await queue.get_result(task_id, timeout=30)
+        took = time.monotonic() - began
+        assert result is not None and result.status is TaskStatus.CANCELLED
+        assert marker.read_text().startswith("cleaned up after "), "killed before it cleaned up"
+        assert took >= cleanup
 
 
 # -- bad reports ---------------------------------------------------------------

@@ -56,7 +56,8 @@ from sitq.worker.runs import (
 from sitq.worker.thread_slots import ThreadSlots
 
 #: Seconds a process-pool task asked to cancel has to stop on its own (it sees
-#: ``current_task().cancel_requested``) before its child process is killed.
+#: ``current_task().cancel_requested``) before its child process is killed. Only a
+#: run a child has begun gets it: one not begun yet is cancelled at once.
 PROCESS_CANCEL_GRACE = 1.0
 
 
@@ -512,9 +513,11 @@ class Execution:
         if reason == "cancel" and running.current is not None:
             running.current.request_cancel()  # current_task().cancel_requested
         if running.runner is not None:
-            if reason == "cancel" and self._processes is not None and running.current is not None:
+            pool = self._processes
+            if reason == "cancel" and pool is not None and pool.running(running.current):
                 # A child process cannot be interrupted, only killed: let the task
-                # stop on its own first, if it watches cancel_requested.
+                # stop on its own first, if it watches cancel_requested. (Not begun
+                # yet, it has nothing to stop: the child is killed, or never sent it.)
                 loop = asyncio.get_running_loop()
                 loop.call_later(PROCESS_CANCEL_GRACE, self._stop_runner, running)
             else:

@@ -11,7 +11,10 @@ latest one at most every ``PROGRESS_SEND_INTERVAL`` seconds, and the last one
 goes just before the reply), and ``cancel_requested`` reads a byte of shared
 memory the worker sets (a cooperative loop may read it on every item: no
 system call, and the child's main thread is busy running the task, so it could
-not read a message).
+not read a message). A second byte is the child's: it sets it when it begins
+the task it was sent (``ProcessPool.running``), so the worker knows whether a
+cancel has a run to let stop cooperatively, or only a child still starting up
+(importing modules) that may be killed at once.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class _Child:
     process: multiprocessing.process.BaseProcess
     conn: multiprocessing.connection.Connection
     flag: CancelFlag  # shared with the child: its task's cancel_requested
+    begun: CancelFlag  # set by the child when it begins the task it was sent
     tasks_run: int = 0
 
 
@@ -158,9 +162,11 @@ def _child_main(
     sys_path: list[str],
     imports: list[str],
     flag: CancelFlag,
+    begun: CancelFlag,
 ) -> None:
     """Loop in the child: receive a payload (and its signature bindings, and who
-    runs as ``current_task()``), run it, send back a tagged reply."""
+    runs as ``current_task()``), mark it begun, run it, send back a tagged reply.
+    A task cancelled before the child began it is not run at all."""
     # The parent worker decides on shutdown (drain, then release or kill): a
     # SIGINT or SIGTERM sent to the whole process group must not kill a task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -184,11 +190,17 @@ def _child_main(
             current = CurrentTask(*meta)
             current.share_cancel(flag)
             sender.begin(current)
-        mark = set_current(current)
-        try:
-            reply = call_payload(serializer, payload, bindings)
-        finally:
-            reset_current(mark)
+        # Begun, then the cancel flag read: a worker that saw "not begun" (and
+        # kills this child at once) had set the flag already, so the call is skipped.
+        begun.value = 1
+        if flag.value:
+            reply: Reply = ("error", "CancelledError: cancelled before it began", None)
+        else:
+            mark = set_current(current)
+            try:
+                reply = call_payload(serializer, payload, bindings)
+            finally:
+                reset_current(mark)
         sender.send_reply(reply)
 
 
@@ -210,6 +222,7 @@ class ProcessPool:
         self._context = multiprocessing.get_context("spawn")
         self._idle: asyncio.Queue[_Child] = asyncio.Queue()
         self._children: set[_Child] = set()
+        self._serving: dict[CurrentTask, _Child] = {}  # the child each run was sent to
         self._io = ThreadPoolExecutor(max_workers=size + 1, thread_name_prefix="sitq-pool-io")
         self._closed = False
 
@@ -222,15 +235,16 @@ class ProcessPool:
         loop = asyncio.get_running_loop()
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         flag: CancelFlag = self._context.RawValue("b", 0)
+        begun: CancelFlag = self._context.RawValue("b", 0)
         process = self._context.Process(
             target=_child_main,
-            args=(child_conn, self._serializer_bytes, list(sys.path), self._imports, flag),
+            args=(child_conn, self._serializer_bytes, list(sys.path), self._imports, flag, begun),
             name="sitq-pool-child",
             daemon=True,
         )
         await loop.run_in_executor(self._io, process.start)
         child_conn.close()
-        child = _Child(process, parent_conn, flag)
+        child = _Child(process, parent_conn, flag, begun)
         self._children.add(child)
         return child
 
@@ -251,9 +265,11 @@ class ProcessPool:
         # "kill" unless the child answered: it may still be running the task.
         disposal = "kill"
         child.flag.value = 0
+        child.begun.value = 0
         meta = None
         if current is not None:
             meta = (current.task_id, current.attempt, current.queue)
+            self._serving[current] = child
             current.share_cancel(child.flag)
         try:
             child.conn.send((payload, bindings, meta))
@@ -267,6 +283,7 @@ class ProcessPool:
             raise ChildDied(_describe_exit(child.process.exitcode)) from exc
         finally:
             if current is not None:
+                self._serving.pop(current, None)
                 current.share_cancel(None)
             if disposal == "keep":
                 self._idle.put_nowait(child)
@@ -274,6 +291,13 @@ class ProcessPool:
                 await self._retire(child, kill=disposal == "kill")
                 if not self._closed:
                     self._idle.put_nowait(await self._spawn())
+
+    def running(self, current: CurrentTask | None) -> bool:
+        """True once a child has begun the run of ``current`` (passed to ``run``);
+        False while it waits for an idle child, or was sent to one that has not
+        begun it yet (still starting up, importing modules)."""
+        child = None if current is None else self._serving.get(current)
+        return child is not None and bool(child.begun.value)
 
     async def _retire(self, child: _Child, *, kill: bool) -> None:
         self._children.discard(child)
