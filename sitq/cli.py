@@ -37,6 +37,27 @@ class _SafeFormatter(logging.Formatter):
         return terminal_safe(redact(super().format(record)), keep_newlines=True)
 
 
+class _ProcessCount(click.ParamType):
+    """``--processes``: a whole number, at least 1, refused with what it means."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            count = 0
+            self.fail(
+                f"{value!r} is not a whole number: how many worker processes to run "
+                "(1, the default, runs one worker without a supervisor)",
+                param,
+                ctx,
+            )
+        if count < 1:
+            self.fail(f"{count} processes would run no worker: give 1 or more", param, ctx)
+        return count
+
+
 @click.group()
 @click.version_option(package_name="sitq")
 def main() -> None:
@@ -116,7 +137,7 @@ def main() -> None:
 @click.option(
     "--processes",
     "-p",
-    type=click.IntRange(min=1),
+    type=_ProcessCount(),
     default=1,
     show_default=True,
     help="Worker processes, each with its own event loop, connection and --concurrency "
