@@ -46,7 +46,6 @@ class _ProcessCount(click.ParamType):
         try:
             count = int(value)
         except (TypeError, ValueError):
-            count = 0
             self.fail(
                 f"{value!r} is not a whole number: how many worker processes to run "
                 "(1, the default, runs one worker without a supervisor)",
