@@ -4,6 +4,7 @@ as users start them, with real signals."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import psutil
 import pytest
 from support import SITQ, WorkerProcess, await_until, subprocess_env, wait_until
 
-from sitq import Result, SyncTaskQueue, TaskQueue
+from sitq import Result, SyncTaskQueue, TaskQueue, TaskStatus
 
 STARTED = re.compile(r"worker (\S+/(\d+)) started: ")
 
@@ -166,6 +167,71 @@ def test_sigterm_drains_every_child_then_exits_zero(
     assert {r.worker_id for r in results.values()} == set(started_workers(supervisor).values())
     assert stats["workers_alive"] == 0
     assert all(gone(pid) for pid in pids)
+
+
+def test_a_second_signal_stops_every_child_at_once_releasing_its_task(
+    database: Path, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    supervisor = spawn_worker("-p", "2", "--prefetch", "0", "--grace", "60", "--import", "jobs")
+    pids = wait_children_started(supervisor, 2)
+    with SyncTaskQueue(database) as queue:
+        ids = [queue.enqueue(jobs.async_sleep, 60) for _ in range(2)]
+        wait_until(
+            lambda: all(queue.status(i) is TaskStatus.RUNNING for i in ids), 30, "both to run"
+        )
+        supervisor.send(signal.SIGINT)
+        wait_until(
+            lambda: supervisor.output().count("received, draining") == 3,
+            30,
+            "the supervisor and both children to begin draining",
+        )
+        supervisor.send(signal.SIGINT)
+        assert supervisor.wait(20) == 0, supervisor.output()
+        # Stopped at once, not after the tasks' 60 s: given back, attempt not counted.
+        assert all(queue.status(i) is TaskStatus.QUEUED for i in ids)
+    assert "SIGINT received again, stopping the workers at once" in supervisor.output()
+    assert supervisor.output().count("SIGTERM received again, stopping at once") == 2
+    assert all(gone(pid) for pid in pids)
+
+
+def test_ctrl_c_at_a_terminal_reaches_each_child_once(
+    database: Path, tmp_path: Path, sigkill_on_teardown: list[subprocess.Popen[bytes]]
+) -> None:
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground process group: the
+    children, in a session of their own, get only the supervisor's one SIGTERM
+    (two signals would stop them at once), so a running task still finishes."""
+    release = tmp_path / "release"
+    log_path = tmp_path / "supervisor.log"
+    with log_path.open("wb") as log:
+        supervisor = subprocess.Popen(
+            [SITQ, "worker", "--db", str(database), "-p", "2", "--grace", "60", "-i", "jobs"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(),
+            cwd=tmp_path,
+            start_new_session=True,  # a process group of its own, as a shell's job
+        )
+    sigkill_on_teardown.append(supervisor)
+
+    def output() -> str:
+        return log_path.read_text()
+
+    wait_until(lambda: len(STARTED.findall(output())) == 2, 30, "both children to start")
+    with SyncTaskQueue(database) as queue:
+        task_id = queue.enqueue(jobs.wait_for_file, str(tmp_path / "started"), str(release), 60)
+        wait_until((tmp_path / "started").exists, 30, "the task to start")
+        os.killpg(supervisor.pid, signal.SIGINT)  # what Ctrl-C does
+        wait_until(
+            lambda: output().count("SIGTERM received, draining") == 2,
+            30,
+            "both children to begin draining",
+        )
+        release.touch()
+        assert supervisor.wait(30) == 0, output()
+        result = queue.get_result(task_id, timeout=0)
+    assert result is not None and result.ok and result.attempts == 1, output()
+    assert "SIGINT received, draining 2 worker processes" in output()
+    assert "received again" not in output()
 
 
 def test_children_drain_and_exit_when_the_supervisor_is_killed(
