@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from typing import Any
 
@@ -22,7 +23,9 @@ from sitq.commands import (
 from sitq.dashboard.cli import dashboard
 from sitq.display import redact, terminal_safe
 from sitq.errors import SitqError
+from sitq.overview import supervised_name
 from sitq.serialization import SignedSerializer
+from sitq.supervisor import Supervisor, follow_supervisor, supervisor_pid
 from sitq.worker import MAX_PREFETCH, POOLS, PREFETCH_HORIZON, Worker
 
 
@@ -32,6 +35,26 @@ class _SafeFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return terminal_safe(redact(super().format(record)), keep_newlines=True)
+
+
+class _ProcessCount(click.ParamType):
+    """``--processes``: a whole number, at least 1, refused with what it means."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            self.fail(
+                f"{value!r} is not a whole number: how many worker processes to run "
+                "(1, the default, runs one worker without a supervisor)",
+                param,
+                ctx,
+            )
+        if count < 1:
+            self.fail(f"{count} processes would run no worker: give 1 or more", param, ctx)
+        return count
 
 
 @click.group()
@@ -111,19 +134,53 @@ def main() -> None:
     "1 otherwise (with a summary).",
 )
 @click.option(
+    "--processes",
+    "-p",
+    type=_ProcessCount(),
+    default=1,
+    show_default=True,
+    help="Worker processes, each with its own event loop, connection and --concurrency "
+    "slots. Above 1 this process supervises them: it restarts one that dies and "
+    "forwards SIGTERM/SIGINT so all drain.",
+)
+@click.option(
     "--check",
     is_flag=True,
     help="Check the database, its schema, the --import modules and the secret key; "
     "exit 0 if all is well (a pre-start check for service managers).",
 )
+# Set by a `--processes N` supervisor for its children, never by hand.
+@click.option("--supervisor", "supervisor", default=None, hidden=True)
+@click.pass_context
 def worker(
-    db: str, imports: tuple[str, ...], log_level: str, burst: bool, check: bool, **options: Any
+    ctx: click.Context,
+    db: str,
+    imports: tuple[str, ...],
+    log_level: str,
+    burst: bool,
+    processes: int,
+    check: bool,
+    supervisor: str | None,
+    **options: Any,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal stops at once)."""
     # ``options``: the Worker's own (--concurrency, --queue, --pool, --lease, ...).
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=log_level.upper(), handlers=[handler])
+    if supervisor is not None:
+        try:  # first: if the supervisor is gone, or goes, this child must not serve on
+            follow_supervisor(supervisor_pid(supervisor))
+        except SitqError as exc:
+            fail(str(exc))
+        options["name"] = supervised_name(supervisor, os.getpid())
+    if processes > 1 and not check:
+        # The supervisor checks the key and the database once, for a clear error
+        # before any child starts; it imports nothing (each child does).
+        app_serializer()
+        open_database(db)
+        _supervise(ctx, db, processes, burst)
+        return
     import_modules(imports, "worker")
     # Checked in the order a start would fail: the secret key, then the database,
     # opened without creating it (a mistyped path is an error, not a new empty
@@ -148,6 +205,37 @@ def worker(
         click.echo(f"burst done: {summary} ({counts['retried']} retried attempts)")
         if counts["failed"]:
             raise SystemExit(1)
+
+
+def _supervise(ctx: click.Context, db: str, processes: int, burst: bool) -> None:
+    """Run ``processes`` children of this same `sitq worker` command line (every
+    option but --processes), the database passed in $SITQ_DB, never on their
+    command line (a URL may hold a password, and `ps` shows command lines)."""
+    command = [sys.executable, "-m", "sitq.cli", "worker"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if (
+            not isinstance(param, click.Option)
+            or param.name in ("db", "processes", "check", "supervisor")
+            or value is None
+            or value is False
+        ):
+            continue
+        flag = param.opts[0]
+        if param.is_flag:
+            command.append(flag)
+        elif param.multiple:
+            command += [item for v in value for item in (flag, str(v))]
+        else:
+            command += [flag, str(value)]
+    try:
+        status = Supervisor(
+            command, processes, env={**os.environ, "SITQ_DB": db}, burst=burst
+        ).run()
+    except SitqError as exc:
+        fail(str(exc))
+    if status:
+        raise SystemExit(status)
 
 
 @main.command()
@@ -182,4 +270,4 @@ for _command in cli_operator.COMMANDS:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    main(prog_name="sitq")

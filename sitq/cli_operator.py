@@ -100,6 +100,8 @@ def _status_data(view: Overview) -> dict[str, Any]:
         "workers": [
             {
                 "id": w.record.id,
+                # The `sitq worker --processes N` that started it (None: on its own).
+                "supervisor": w.supervisor,
                 "host": w.record.hostname,
                 "pid": w.record.pid,
                 "queues": list(w.record.queues),
@@ -145,6 +147,25 @@ def _status_data(view: Overview) -> dict[str, Any]:
     }
 
 
+def _worker_lines(w: dict[str, Any], indent: str) -> list[str]:
+    """A worker of `sitq status`: its line, then what it runs and holds."""
+    lines = [
+        f"{indent}{w['id']:<32} {w['state']:<6} {w['host']} pid {w['pid']:<8} concurrency "
+        f"{w['concurrency']:<3} queues {','.join(w['queues'])}  heartbeat "
+        f"{_age(w['heartbeat_age'])} ago"
+    ]
+    for task in w["running"]:
+        done = task["progress"]
+        shown = "" if done is None else ", " + progress_text(*list(done.values())[:3])
+        lines.append(
+            f"{indent}    running {task['id']} {task['task']} (attempt {task['attempt']}, "
+            f"for {_age(task['running_seconds'])}{shown})"
+        )
+    if w["claimed"]:
+        lines.append(f"{indent}    holds {w['claimed']} claimed, not started yet")
+    return lines
+
+
 def _render_status(report: dict[str, Any]) -> str:
     # Stored names and errors could hold escape sequences: none reaches the terminal.
     report = terminal_safe_data(report)
@@ -173,21 +194,20 @@ def _render_status(report: dict[str, Any]) -> str:
         f"\nworkers: {sum(w['state'] == 'alive' for w in live)} alive, "
         f"{sum(w['state'] == 'dead' for w in live)} dead"
     )
+    # The children of one `sitq worker --processes N` are listed under it, where
+    # the first of them would be; a worker on its own is one line at the margin.
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for w in live:
-        lines.append(
-            f"  {w['id']:<32} {w['state']:<6} {w['host']} pid {w['pid']:<8} concurrency "
-            f"{w['concurrency']:<3} queues {','.join(w['queues'])}  heartbeat "
-            f"{_age(w['heartbeat_age'])} ago"
-        )
-        for task in w["running"]:
-            done = task["progress"]
-            shown = "" if done is None else ", " + progress_text(*list(done.values())[:3])
-            lines.append(
-                f"      running {task['id']} {task['task']} (attempt {task['attempt']}, "
-                f"for {_age(task['running_seconds'])}{shown})"
-            )
-        if w["claimed"]:
-            lines.append(f"      holds {w['claimed']} claimed, not started yet")
+        key = ("supervisor", w["supervisor"]) if w["supervisor"] else ("worker", w["id"])
+        groups.setdefault(key, []).append(w)
+    for (kind, name), members in groups.items():
+        indent = "  "
+        if kind == "supervisor":
+            alive = sum(m["state"] == "alive" for m in members)
+            lines.append(f"  supervisor {name}: {len(members)} worker processes ({alive} alive)")
+            indent = "    "
+        for w in members:
+            lines += _worker_lines(w, indent)
     if report["schedules"]:
         lines.append("\nschedules:")
         for schedule in report["schedules"]:

@@ -23,6 +23,15 @@ from sitq.task import TaskStatus
 
 STATUSES = tuple(status.value for status in TaskStatus)
 
+#: Between a supervisor's id and its child's process id in the child's worker id.
+SUPERVISED = "/"
+
+
+def supervised_name(supervisor: str, pid: int) -> str:
+    """The worker id of a child of `sitq worker --processes N`: ``SUPERVISOR/PID``
+    (read back by :attr:`WorkerSummary.supervisor`)."""
+    return f"{supervisor}{SUPERVISED}{pid}"
+
 
 @dataclass(frozen=True)
 class QueueSummary:
@@ -66,6 +75,13 @@ class WorkerSummary:
     def id(self) -> str:
         """The worker's id."""
         return self.record.id
+
+    @property
+    def supervisor(self) -> str | None:
+        """The id of the `sitq worker --processes N` supervisor that started this
+        worker (its id is ``SUPERVISOR/PID``), or None for a worker on its own."""
+        supervisor, separator, _ = self.record.id.rpartition(SUPERVISED)
+        return supervisor if separator and supervisor else None
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ def _as_test_command(command: str, db: Path) -> list[str]:
     values = {
         "${SITQ_DB}": str(db),
         "${SITQ_CONCURRENCY}": "2",
+        "${SITQ_PROCESSES}": "2",
         "${SITQ_IMPORTS}": "jobs",
         "${SITQ_GRACE}": "30",
         "$SITQ_WORKER_ARGS": "",
@@ -85,6 +86,15 @@ def test_service_commands_pass_the_worker_check(manager: str, db_path: Path) -> 
 def test_systemd_unit_checks_before_it_starts() -> None:
     pre, start = _systemd_commands()
     assert pre.rstrip().endswith("--check") and "--check" not in start
+
+
+def test_systemd_unit_runs_the_configured_processes_and_signals_only_the_supervisor() -> None:
+    unit = (WORKERS / "sitq-worker@.service").read_text()
+    _, start = _systemd_commands()
+    assert "--processes ${SITQ_PROCESSES}" in start
+    assert "Environment=SITQ_PROCESSES=1" in unit
+    assert re.search(r"^SITQ_PROCESSES=1$", (WORKERS / "sitq-worker.env").read_text(), re.M)
+    assert re.search(r"^KillMode=mixed$", unit, re.M)
 
 
 def test_supervisord_program_drains_on_stop() -> None:
