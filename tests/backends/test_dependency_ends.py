@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,15 @@ async def test_a_version_9_store_with_a_waiting_chain_migrates_and_settles_it(
         await backend.close()
         if schema is not None:
             await drop_postgres_schema(schema)
+
+
+async def test_the_purge_that_makes_a_dependent_due_wakes_the_workers(backend: Backend) -> None:
+    parent = in_queue(backend, "parents")
+    child = task(backend)
+    await backend.enqueue_dependent([parent, child], [Dependency(child.id, (parent.id,), "run")])
+    await backend.wait_for_change("tasks", 0.01)  # listening; earlier wake-ups drained
+    assert await backend.purge(["queued"], queue="parents") == 1
+    woken = time.monotonic()
+    await backend.wait_for_change("tasks", 10.0)
+    assert time.monotonic() - woken < 5.0, "no wake-up: the dependent waits for a poll"
+    assert await claim_ids(backend) == {child.id}
