@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from conftest import OpenPeer
 from test_dependencies import task
 
@@ -79,12 +80,18 @@ async def claim_in_order(backend: Backend, *ids_by_queue: list[str]) -> dict[str
     return claimed
 
 
+def ended(claimed: dict[str, ClaimedTask], status: str, *ids: str) -> list[tuple[Any, Outcome]]:
+    result = b"r" if status == "succeeded" else None
+    return [(claimed[i].lease, Outcome(status, result=result, error="boom")) for i in ids]
+
+
 def succeeded(claimed: dict[str, ClaimedTask], *ids: str) -> list[tuple[Any, Outcome]]:
-    return [(claimed[i].lease, Outcome("succeeded", result=b"r")) for i in ids]
+    return ended(claimed, "succeeded", *ids)
 
 
+@pytest.mark.parametrize("status", ["succeeded", "failed"])
 async def test_batched_finishes_of_two_chords_members_in_any_order_never_deadlock(
-    backend: Backend, open_peer: OpenPeer
+    backend: Backend, open_peer: OpenPeer, status: str
 ) -> None:
     """Two workers each finish a member of both chords in one batch, in opposite
     orders. Locking each chord's callback as each member's row comes (a row
@@ -100,12 +107,16 @@ async def test_batched_finishes_of_two_chords_members_in_any_order_never_deadloc
     claimed = await claim_in_order(backend, [m1.id, n2.id], [n1.id, m2.id])
     peer = await open_peer()
     async with row_held(backend, c1.id) as conn:
-        first = asyncio.ensure_future(backend.finish(succeeded(claimed, m1.id, n1.id)))
+        first = asyncio.ensure_future(backend.finish(ended(claimed, status, m1.id, n1.id)))
         await queued_behind(conn, 1, first)
-        second = asyncio.ensure_future(peer.finish(succeeded(claimed, n2.id, m2.id)))
+        second = asyncio.ensure_future(peer.finish(ended(claimed, status, n2.id, m2.id)))
         await queued_behind(conn, 2, first, second)
     assert await asyncio.wait_for(first, 20) == [True, True]
     assert await asyncio.wait_for(second, 20) == [True, True]
+    if status == "failed":
+        found = await backend.task_statuses([c1.id, c2.id])
+        assert found == {c1.id: "cancelled", c2.id: "cancelled"}
+        return
     due = await backend.claim("w", ["default"], 5, 30.0)
     assert {c.id for c in due} == {c1.id, c2.id}
 

@@ -406,10 +406,11 @@ DROP FUNCTION {s}.sitq_settle_children()
 -- name, how it ended for the error text, when, its result ttl, whether it
 -- succeeded), in a few statements however many they are:
 --   1. those that did not succeed cancel their waiting "cancel" dependents,
---      transitively (each marked cancelled_by its root; locked in id order first);
+--      transitively (each marked cancelled_by its root), having locked every task
+--      this step and the next change, in id order;
 --   2. the waiting dependents of them all, and of the tasks just cancelled, locked
 --      in id order, count them as done; one with none left becomes due (at its own
---      time if that is later);
+--      time if that is later).
 -- Returns whether one may be due now (the trigger then wakes the workers).
 CREATE FUNCTION {s}.sitq_settle_parents(
     ids text[], funcs text[], ends text[], ats float8[], ttls float8[], ok boolean[]
@@ -423,7 +424,10 @@ BEGIN
     INTO failed, latest
     FROM unnest(ids, ats, ok) AS r(id, at, ok);
     IF failed IS NOT NULL THEN
-        PERFORM 1 FROM {s}.sitq_tasks WHERE id IN (
+        -- Everything the two statements below change, in one lock in id order: the
+        -- waiting dependents of the parents and of the tasks the cancel reaches.
+        PERFORM 1 FROM {s}.sitq_tasks
+        WHERE status = 'queued' AND waiting > 0 AND id IN (
             WITH RECURSIVE doomed(id) AS (
                 SELECT unnest(failed)
                 UNION
@@ -431,7 +435,8 @@ BEGIN
                 JOIN {s}.sitq_dependencies d ON d.parent_id = doomed.id
                 JOIN {s}.sitq_tasks c ON c.id = d.child_id
                 WHERE c.status = 'queued' AND c.waiting > 0 AND c.parent_mode = 'cancel')
-            SELECT doomed.id FROM doomed WHERE doomed.id <> ALL(failed))
+            SELECT d.child_id FROM {s}.sitq_dependencies d
+            WHERE d.parent_id IN (SELECT doomed.id FROM doomed UNION SELECT unnest(ids)))
         ORDER BY id FOR UPDATE;
         WITH RECURSIVE roots AS (
             SELECT * FROM unnest(ids, funcs, ends, ats, ttls, ok)
