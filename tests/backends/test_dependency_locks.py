@@ -145,3 +145,31 @@ async def test_a_batched_finish_never_deadlocks_with_a_retry_locking_the_parents
     assert await asyncio.wait_for(finish, 20) == [True, True]
     due = await backend.claim("w", ["default"], 5, 30.0)
     assert [c.id for c in due] == [child.id]
+
+
+async def test_a_batched_release_never_deadlocks_with_a_retry_locking_the_parents(
+    backend: Backend, open_peer: OpenPeer
+) -> None:
+    """The same for a worker giving tasks back (at its stop): release takes its rows
+    in id order too."""
+    p1, p2, child = task(backend)._replace(queue="q1"), task(backend), task(backend)
+    p2 = p2._replace(queue="q0")
+    await backend.enqueue_dependent([p2, p1, child], [Dependency(child.id, (p1.id, p2.id))])
+    assert await backend.cancel(child.id) == "cancelled"
+    claimed = await claim_in_order(backend, [p2.id], [p1.id])
+    peer = await open_peer()
+    peer._RETRY_AGAIN_ON = ()  # type: ignore[attr-defined]
+    async with row_held(backend, p1.id) as conn:
+        retry = asyncio.ensure_future(peer.retry([child.id]))
+        await queued_behind(conn, 1, retry)
+        release = asyncio.ensure_future(
+            backend.release([claimed[p2.id].lease, claimed[p1.id].lease])
+        )
+        await queued_behind(conn, 2, retry, release)
+    assert await asyncio.wait_for(retry, 20) == [child.id]
+    assert await asyncio.wait_for(release, 20) == 2
+    assert await backend.task_statuses([p1.id, p2.id, child.id]) == {
+        p1.id: "queued",
+        p2.id: "queued",
+        child.id: "queued",
+    }

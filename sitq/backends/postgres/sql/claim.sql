@@ -143,6 +143,11 @@ WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
     AND t.status = 'running'
 
 -- name: release
+-- Its rows locked in id order first, as finish's.
+WITH locked AS (
+    SELECT id FROM {s}.sitq_tasks WHERE id = ANY($3::text[]) AND status = 'running'
+    ORDER BY id FOR UPDATE
+)
 UPDATE {s}.sitq_tasks t
 SET status = CASE WHEN t.cancel_requested THEN 'cancelled' ELSE 'queued' END,
     attempts = t.attempts - 1, worker_id = NULL, lease_expires_at = NULL, started_at = NULL,
@@ -150,7 +155,7 @@ SET status = CASE WHEN t.cancel_requested THEN 'cancelled' ELSE 'queued' END,
     expires_at = CASE WHEN t.cancel_requested
         THEN $1::float8 + COALESCE(t.result_ttl, $2::float8) END,
     error = CASE WHEN t.cancel_requested THEN 'cancelled before it started' ELSE t.error END
-FROM unnest($3::text[], $4::text[], $5::int[]) AS v(id, worker_id, attempt)
-WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
-    AND t.status = 'running'
+FROM unnest($3::text[], $4::text[], $5::int[]) AS v(id, worker_id, attempt), locked
+WHERE t.id = v.id AND locked.id = v.id AND t.worker_id = v.worker_id
+    AND t.attempts = v.attempt AND t.status = 'running'
 RETURNING t.id
