@@ -411,50 +411,66 @@ DROP FUNCTION {s}.sitq_settle_children()
 --   2. the waiting dependents of them all, and of the tasks just cancelled, locked
 --      in id order, count them as done; one with none left becomes due (at its own
 --      time if that is later).
--- Returns whether one may be due now (the trigger then wakes the workers).
+-- Returns whether one may be due now (the trigger then wakes the workers). Each
+-- statement looks its rows up by key, one parent at a time (a LATERAL join per
+-- array element, OFFSET 0 keeping it apart): planned for any number of parents,
+-- and on a table without statistics yet, `parent_id = ANY(array)` or a plain join
+-- was planned as a scan of every dependency row.
 CREATE FUNCTION {s}.sitq_settle_parents(
     ids text[], funcs text[], ends text[], ats float8[], ttls float8[], ok boolean[]
 ) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     failed text[];
+    doomed text[];
+    settled text[];
+    children text[];
+    counts bigint[];
     latest float8;
     due bigint;
 BEGIN
     SELECT array_agg(r.id ORDER BY r.id) FILTER (WHERE NOT r.ok), max(r.at)
     INTO failed, latest
     FROM unnest(ids, ats, ok) AS r(id, at, ok);
+    settled := ids;
     IF failed IS NOT NULL THEN
-        -- Everything the two statements below change, in one lock in id order: the
-        -- waiting dependents of the parents and of the tasks the cancel reaches.
+        -- What the cancel reaches, transitively (one recursive query).
+        WITH RECURSIVE reached(id) AS (
+            SELECT unnest(failed)
+            UNION
+            SELECT c.id FROM reached
+            CROSS JOIN LATERAL (SELECT x.child_id FROM {s}.sitq_dependencies x
+                                WHERE x.parent_id = reached.id OFFSET 0) AS d
+            CROSS JOIN LATERAL (SELECT y.id FROM {s}.sitq_tasks y
+                                WHERE y.id = d.child_id AND y.status = 'queued'
+                                  AND y.waiting > 0 AND y.parent_mode = 'cancel'
+                                OFFSET 0) AS c
+        )
+        SELECT COALESCE(array_agg(reached.id), '{}') INTO doomed
+        FROM reached WHERE reached.id <> ALL(failed);
+        -- Everything the two steps change, locked at once in id order.
         PERFORM 1 FROM {s}.sitq_tasks
-        WHERE status = 'queued' AND waiting > 0 AND id IN (
-            WITH RECURSIVE doomed(id) AS (
-                SELECT unnest(failed)
-                UNION
-                SELECT d.child_id FROM doomed
-                JOIN {s}.sitq_dependencies d ON d.parent_id = doomed.id
-                JOIN {s}.sitq_tasks c ON c.id = d.child_id
-                WHERE c.status = 'queued' AND c.waiting > 0 AND c.parent_mode = 'cancel')
-            SELECT d.child_id FROM {s}.sitq_dependencies d
-            WHERE d.parent_id IN (SELECT doomed.id FROM doomed UNION SELECT unnest(ids)))
+        WHERE id IN (SELECT d.child_id FROM unnest(ids || doomed) AS p(id)
+                     CROSS JOIN LATERAL (SELECT x.child_id FROM {s}.sitq_dependencies x
+                                         WHERE x.parent_id = p.id OFFSET 0) AS d)
+          AND status = 'queued' AND waiting > 0
         ORDER BY id FOR UPDATE;
         WITH RECURSIVE roots AS (
             SELECT * FROM unnest(ids, funcs, ends, ats, ttls, ok)
                 AS r(id, func_name, how, at, ttl, ok)
             WHERE NOT r.ok
-        ), doomed(id, root) AS (
+        ), reached(id, root) AS (
             SELECT roots.id, roots.id FROM roots
             UNION
-            SELECT d.child_id, doomed.root FROM doomed
-            JOIN {s}.sitq_dependencies d ON d.parent_id = doomed.id
-            JOIN {s}.sitq_tasks c ON c.id = d.child_id
-            WHERE c.status = 'queued' AND c.waiting > 0 AND c.parent_mode = 'cancel'
+            SELECT d.child_id, reached.root FROM reached
+            CROSS JOIN LATERAL (SELECT x.child_id FROM {s}.sitq_dependencies x
+                                WHERE x.parent_id = reached.id OFFSET 0) AS d
+            WHERE d.child_id = ANY(doomed)
         ), chosen AS (  -- reached from several roots: the first by id names it
-            SELECT DISTINCT ON (doomed.id) doomed.id AS task_id, roots.id AS root_id,
+            SELECT DISTINCT ON (reached.id) reached.id AS task_id, roots.id AS root_id,
                 roots.func_name, roots.how, roots.at, roots.ttl
-            FROM doomed JOIN roots ON roots.id = doomed.root
-            WHERE doomed.id <> ALL(failed)
-            ORDER BY doomed.id, roots.id
+            FROM reached JOIN roots ON roots.id = reached.root
+            WHERE reached.id <> ALL(failed)
+            ORDER BY reached.id, roots.id
         )
         UPDATE {s}.sitq_tasks t
         SET status = 'cancelled', cancelled_by = chosen.root_id, finished_at = chosen.at,
@@ -463,32 +479,36 @@ BEGIN
                 || ') ' || chosen.how
                 || ', and this task waited for it (on_parent_failure="cancel")'
         FROM chosen
-        WHERE t.id = chosen.task_id AND t.status = 'queued';
+        WHERE t.id = chosen.task_id AND t.id = ANY(doomed) AND t.status = 'queued';
+        -- Their "run" dependents count them as done too (and those cancelled by the
+        -- same roots before, as the trigger always did).
+        SELECT settled || array_agg(x.id) INTO settled FROM {s}.sitq_tasks x
+        WHERE x.cancelled_by = ANY(failed) AND x.status = 'cancelled' AND x.id <> ALL(ids);
     END IF;
-    WITH ended AS (
-        SELECT unnest(ids) AS id
-        UNION
-        SELECT x.id FROM {s}.sitq_tasks x
-        WHERE x.cancelled_by = ANY(failed) AND x.status = 'cancelled'
-    ), counted AS (
-        SELECT d.child_id, count(*) AS parents
-        FROM {s}.sitq_dependencies d JOIN ended ON ended.id = d.parent_id
-        GROUP BY d.child_id
-    ), locked AS (
-        SELECT t.id, counted.parents FROM {s}.sitq_tasks t
-        JOIN counted ON counted.child_id = t.id
-        WHERE t.status = 'queued' AND t.waiting > 0
-        ORDER BY t.id FOR UPDATE OF t
-    ), settled AS (
+    SELECT array_agg(n.child_id ORDER BY n.child_id), array_agg(n.parents ORDER BY n.child_id)
+    INTO children, counts
+    FROM (SELECT d.child_id, count(*) AS parents FROM unnest(settled) AS p(id)
+          CROSS JOIN LATERAL (SELECT x.child_id FROM {s}.sitq_dependencies x
+                              WHERE x.parent_id = p.id OFFSET 0) AS d
+          GROUP BY d.child_id) AS n;
+    IF children IS NULL THEN
+        RETURN false;
+    END IF;
+    WITH locked AS (
+        SELECT t.id FROM {s}.sitq_tasks t
+        WHERE t.id = ANY(children) AND t.status = 'queued' AND t.waiting > 0
+        ORDER BY t.id FOR UPDATE
+    ), changed AS (
         UPDATE {s}.sitq_tasks t
-        SET waiting = t.waiting - locked.parents,
-            available_at = CASE WHEN t.waiting <= locked.parents
+        SET waiting = t.waiting - n.parents,
+            available_at = CASE WHEN t.waiting <= n.parents
                 THEN GREATEST(t.available_at - 1e11, latest) ELSE t.available_at END
-        FROM locked
-        WHERE t.id = locked.id AND t.status = 'queued' AND t.waiting > 0
+        FROM locked JOIN unnest(children, counts) AS n(id, parents) ON n.id = locked.id
+        WHERE t.id = locked.id AND t.id = ANY(children)
+            AND t.status = 'queued' AND t.waiting > 0
         RETURNING t.waiting
     )
-    SELECT count(*) INTO due FROM settled WHERE settled.waiting <= 0;
+    SELECT count(*) INTO due FROM changed WHERE changed.waiting <= 0;
     RETURN due > 0;
 END
 $$
