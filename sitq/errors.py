@@ -110,3 +110,12 @@ class InvalidDependency(ConfigurationError):
 class InvalidComposition(ConfigurationError):
     """A chain, group or chord that cannot be submitted (an empty group, a member
     that is not a signature, a chord without a callback). Nothing was enqueued."""
+
+
+class ParentMissing(SitqError):
+    """A step that takes its parents' results (a chain's next step, a chord's
+    callback) found a parent's row gone: it was deleted after it finished (purged,
+    or pruned by an older sitq) before this step ran, so its result cannot be
+    passed. The step ends failed with this error, naming the parent, rather than
+    run with a shorter or shifted list of results. Submit the composition again;
+    purge finished tasks only once their dependents have finished."""

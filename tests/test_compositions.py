@@ -7,6 +7,7 @@ import asyncio
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import compose_jobs as jobs
 import pytest
@@ -287,3 +288,67 @@ async def test_sitq_inspect_shows_the_wait_and_sitq_retry_brings_dependents_back
         await run_all(str(db_path), queue, [child])
         result = await queue.get_result(child, timeout=1)
         assert result is not None and result.ok
+
+
+async def serve(url: str, queues: tuple[str, ...], ids: list[str], timeout: float = 30) -> None:
+    """Serve ``queues`` until every one of ``ids`` has finished."""
+    worker = Worker(url, concurrency=2, queues=queues)
+    await worker.start()
+    try:
+        for task_id in ids:
+            assert await asyncio.wait_for(_finished(url, task_id), timeout)
+    finally:
+        await worker.stop(timeout=5)
+
+
+async def _finished(url: str, task_id: str) -> bool:
+    async with TaskQueue(url) as queue:
+        return await queue.get_result(task_id, timeout=None) is not None
+
+
+def members_in(queue: TaskQueue, name: str, n: int = 2) -> list[Any]:
+    return [queue.signature(jobs.square, i + 2).set(queue=name) for i in range(n)]
+
+
+async def test_a_callback_whose_finished_parent_was_purged_fails_with_parent_missing(
+    db_url: str,
+) -> None:
+    """Its results would be a shorter or shifted list: it fails, naming the parent."""
+    async with TaskQueue(db_url) as queue:
+        callback = await queue.submit(
+            chord(members_in(queue, "members"), queue.signature(jobs.total))
+        )
+        links = await queue.task_links(callback)
+        assert links is not None
+        await serve(db_url, ("members",), links.parents)
+        assert await queue.purge(["succeeded"], queue="members") == 2
+        await serve(db_url, ("default",), [callback])
+        result = await queue.get_result(callback, timeout=1)
+        assert result is not None and result.status == TaskStatus.FAILED
+        assert (result.error or "").startswith("ParentMissing: ")
+        assert links.parents[0] in (result.error or "") and "again" in (result.error or "")
+
+
+@pytest.mark.parametrize("mode", ["cancel", "run"])
+async def test_purging_unfinished_members_settles_the_callback(db_url: str, mode: str) -> None:
+    """No worker serves the members' queue; they are purged: the callback ends
+    cancelled naming one ("cancel"), or runs with None for each ("run")."""
+    async with TaskQueue(db_url) as queue:
+        callback = await queue.submit(
+            chord(
+                members_in(queue, "nobody"),
+                queue.signature(jobs.noop_callback).set(on_parent_failure=mode),
+            )
+        )
+        links = await queue.task_links(callback)
+        assert links is not None
+        assert await queue.purge(["queued"], queue="nobody") == 2
+        if mode == "cancel":
+            result = await queue.get_result(callback, timeout=1)
+            assert result is not None and result.status == TaskStatus.CANCELLED
+            assert "purged" in (result.error or "")
+            assert any(parent in (result.error or "") for parent in links.parents)
+            return
+        await serve(db_url, ("default",), [callback], timeout=10)
+        result = await queue.get_result(callback, timeout=1)
+        assert result is not None and result.ok and result.value == 2

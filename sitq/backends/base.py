@@ -126,7 +126,10 @@ def dependency_order(tasks: Sequence[NewTask], dependencies: Sequence[Dependency
 
 class ParentResult(NamedTuple):
     """A parent's outcome as its dependent's worker reads it (``task_links``
-    ``with_results``): the stored result is None unless it succeeded with one."""
+    ``with_results``): the stored result is None unless it succeeded with one. A
+    parent whose row is gone has the status "purged" (deleted before it finished:
+    it ended without a result) or "missing" (deleted after it finished), and an
+    empty ``func_name``."""
 
     id: str
     func_name: str
@@ -145,8 +148,8 @@ class TaskLinks:
     waiting: int
     on_parent_failure: str | None
     cancelled_by: str | None
-    #: The parents' outcomes, in order, when asked for (``with_results``); a
-    #: parent deleted since is left out.
+    #: The parents' outcomes, one per parent in order, when asked for
+    #: (``with_results``); a parent deleted since is "purged" or "missing" there.
     results: list[ParentResult] | None = None
 
 

@@ -461,7 +461,18 @@ class SQLBackend(Backend):
             clauses.append(
                 "COALESCE(finished_at, enqueued_at) < " + self._PARAM.format(len(params))
             )
-        return await self._execute(self.SQL.purge.replace("{where}", " AND ".join(clauses)), params)
+        sql = self.SQL.purge.replace("{where}", " AND ".join(clauses))
+
+        async def body(tx: Transaction) -> int:
+            deleted = await tx.execute(sql, params)
+            if deleted and not set(statuses) <= {"succeeded", "failed", "cancelled"}:
+                # An unfinished parent's purge settles its dependents (a trigger):
+                # some may be due now, or cancelled.
+                await tx.wake("tasks")
+                await tx.wake("results")
+            return deleted
+
+        return await self._transaction(body)
 
     async def prune(self) -> int:
         """Delete finished tasks past their retention, and workers gone for a day."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -18,10 +18,17 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from sitq import signals, telemetry
-from sitq.backends.base import Backend, ClaimedTask, Lease, Outcome, UnreadablePayload
+from sitq.backends.base import (
+    Backend,
+    ClaimedTask,
+    Lease,
+    Outcome,
+    ParentResult,
+    UnreadablePayload,
+)
 from sitq.canvas import PARENT_RESULTS_HEADER
 from sitq.current import CurrentTask, set_current
-from sitq.errors import SerializationError
+from sitq.errors import ParentMissing, SerializationError
 from sitq.headers import encode as encode_headers
 from sitq.headers import unwrap as unwrap_headers
 from sitq.registry import UnknownTask, resolve
@@ -59,6 +66,21 @@ from sitq.worker.thread_slots import ThreadSlots
 #: ``current_task().cancel_requested``) before its child process is killed. Only a
 #: run a child has begun gets it: one not begun yet is cancelled at once.
 PROCESS_CANCEL_GRACE = 1.0
+
+
+def parent_missing(task_id: str, results: Sequence[ParentResult] | None) -> ParentMissing | None:
+    """The error for a step whose parents' results include one whose row is gone
+    after it finished (a parent purged before it finished passes None instead)."""
+    gone = [r.id for r in results or [] if r.status == "missing"]
+    if not gone:
+        return None
+    return ParentMissing(
+        f"parent task {gone[0]} of task {task_id} is gone from the database "
+        f"({len(gone)} of its {len(results or [])} parents are): it was deleted after it "
+        "finished (purged) before this task ran, so its result cannot be passed. Submit "
+        "the chain or chord again, and purge finished tasks only once their dependents "
+        "have finished"
+    )
 
 
 class Execution:
@@ -275,15 +297,20 @@ class Execution:
         task = running.task
         try:
             links = await self.backend.task_links(task.id, with_results=True)
-            found = {r.id: r for r in (links.results or [])} if links is not None else {}
+            missing = parent_missing(task.id, links.results if links is not None else [])
+            if missing is not None:
+                # Deterministic: its retries would find the parent gone as well.
+                if not running.done:
+                    error = f"{type(missing).__name__}: {missing}"
+                    self._done(running, Outcome("failed", error=error))
+                return
             values: list[Any] = []
-            for parent in links.parents if links is not None else []:
-                record = found.get(parent)
-                if record is None or record.result is None:
-                    values.append(None)  # did not succeed (on_parent_failure="run"), or pruned
+            for record in links.results or [] if links is not None else []:
+                if record.result is None:
+                    values.append(None)  # did not succeed (on_parent_failure="run"), or purged
                     continue
-                binding = result_binding(parent, record.func_name) if self._binds else None
-                what = f"the result of task {parent}, a parent of task {task.id}"
+                binding = result_binding(record.id, record.func_name) if self._binds else None
+                what = f"the result of task {record.id}, a parent of task {task.id}"
                 values.append(loads_checked(self.serializer, record.result, what, binding))
             what = f"task {task.id} ({task.func_name})"
             fn, args, kwargs = unpack_call(

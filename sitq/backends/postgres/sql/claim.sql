@@ -104,8 +104,15 @@ RETURNING id, cancel_requested
 -- name: finish
 -- One statement (one round trip): the update, and a NOTIFY of each kind in $11
 -- once anything was applied (delivered at commit). $13 holds each run's start
--- (NULL: keep the stored one).
-WITH done AS (
+-- (NULL: keep the stored one). The rows are locked in id order first, the order
+-- every other locker of several tasks takes them in (the settling of dependents,
+-- a retry's lock_tasks): updated in the batch's order, as the join happens to
+-- visit them, two such statements could each hold a row the other waits for.
+WITH locked AS (
+    SELECT id FROM {s}.sitq_tasks WHERE id = ANY($3::text[]) AND status = 'running'
+    ORDER BY id FOR UPDATE
+),
+done AS (
 UPDATE {s}.sitq_tasks t
 SET status = CASE WHEN v.status = 'queued' AND t.cancel_requested THEN 'cancelled'
                   ELSE v.status END,
@@ -118,9 +125,10 @@ SET status = CASE WHEN v.status = 'queued' AND t.cancel_requested THEN 'cancelle
     lease_expires_at = NULL, started_at = COALESCE(v.started_at, t.started_at)
 FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::bytea[], $8::text[],
     $9::text[], $10::float8[], $13::float8[])
-    AS v(id, worker_id, attempt, status, result, error, traceback, retry_at, started_at)
-WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
-    AND t.status = 'running'
+    AS v(id, worker_id, attempt, status, result, error, traceback, retry_at, started_at),
+    locked
+WHERE t.id = v.id AND locked.id = v.id AND t.worker_id = v.worker_id
+    AND t.attempts = v.attempt AND t.status = 'running'
 RETURNING t.id, t.worker_id, t.attempts
 ),
 woken AS (SELECT pg_notify($12, kind) FROM unnest($11::text[]) AS k(kind))
@@ -135,6 +143,11 @@ WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
     AND t.status = 'running'
 
 -- name: release
+-- Its rows locked in id order first, as finish's.
+WITH locked AS (
+    SELECT id FROM {s}.sitq_tasks WHERE id = ANY($3::text[]) AND status = 'running'
+    ORDER BY id FOR UPDATE
+)
 UPDATE {s}.sitq_tasks t
 SET status = CASE WHEN t.cancel_requested THEN 'cancelled' ELSE 'queued' END,
     attempts = t.attempts - 1, worker_id = NULL, lease_expires_at = NULL, started_at = NULL,
@@ -142,7 +155,7 @@ SET status = CASE WHEN t.cancel_requested THEN 'cancelled' ELSE 'queued' END,
     expires_at = CASE WHEN t.cancel_requested
         THEN $1::float8 + COALESCE(t.result_ttl, $2::float8) END,
     error = CASE WHEN t.cancel_requested THEN 'cancelled before it started' ELSE t.error END
-FROM unnest($3::text[], $4::text[], $5::int[]) AS v(id, worker_id, attempt)
-WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
-    AND t.status = 'running'
+FROM unnest($3::text[], $4::text[], $5::int[]) AS v(id, worker_id, attempt), locked
+WHERE t.id = v.id AND locked.id = v.id AND t.worker_id = v.worker_id
+    AND t.attempts = v.attempt AND t.status = 'running'
 RETURNING t.id

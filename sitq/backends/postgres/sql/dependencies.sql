@@ -1,5 +1,5 @@
--- Dependencies: tasks that wait for others (schema version 8; the settling of a
--- parent's dependents is the trigger sitq_tasks_settle_children).
+-- Dependencies: tasks that wait for others (schema version 9, 10; the settling of a
+-- parent's dependents is the trigger sitq_tasks_settle_ended, in schema.sql).
 
 -- name: lock_parents
 -- The stored parents of a new dependent, locked in id order (a finish of one waits
@@ -33,9 +33,14 @@ SELECT * FROM unnest($1::text[], $2::int[], $3::text[])
 SELECT parent_id FROM {s}.sitq_dependencies WHERE child_id = $1 ORDER BY position
 
 -- name: task_parent_results
--- A dependent's parents' outcomes, in its order (the result only if it succeeded).
-SELECT t.id, t.func_name, t.status, CASE WHEN t.status = 'succeeded' THEN t.result END
-FROM {s}.sitq_dependencies d JOIN {s}.sitq_tasks t ON t.id = d.parent_id
+-- A dependent's parents' outcomes, one row per parent in its order (the result only
+-- if it succeeded); a parent whose row is gone has the status 'purged' (deleted
+-- before it finished, so it ended without a result) or 'missing' (deleted since).
+SELECT d.parent_id, COALESCE(t.func_name, ''),
+       CASE WHEN t.id IS NOT NULL THEN t.status
+            WHEN d.parent_purged THEN 'purged' ELSE 'missing' END,
+       CASE WHEN t.status = 'succeeded' THEN t.result END
+FROM {s}.sitq_dependencies d LEFT JOIN {s}.sitq_tasks t ON t.id = d.parent_id
 WHERE d.child_id = $1 ORDER BY d.position
 
 -- name: task_children

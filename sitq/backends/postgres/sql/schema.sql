@@ -378,3 +378,202 @@ CREATE TRIGGER sitq_tasks_settle_children AFTER UPDATE OF finished_at ON {s}.sit
 FOR EACH ROW WHEN (NEW.has_children AND NEW.status IN ('succeeded', 'failed', 'cancelled')
     AND OLD.status IN ('queued', 'running') AND pg_trigger_depth() < 1)
 EXECUTE FUNCTION {s}.sitq_settle_children()
+
+-- Version 10: the settling of dependents, once per statement; purged parents.
+--
+-- A parent's end settled its dependents from a row trigger, which locked each
+-- parent's dependents as the ending statement came to its row: two workers' batched
+-- finishes of members of the same chords took the callbacks in opposite orders and
+-- deadlocked. Now a statement-level trigger settles every dependent of the
+-- statement's ended parents at once, locking them in id order (and the finish locks
+-- its own rows in id order first, see finish in claim.sql). A parent purged
+-- (deleted) before it finished settles its dependents the same way, as a parent
+-- that ended without a result, and ``parent_purged`` marks its dependency rows: a
+-- dependent that runs passes None for it, where a parent gone any other way (its
+-- row deleted after it finished) is an error, ParentMissing.
+
+-- name: v10_01_add_parent_purged
+ALTER TABLE {s}.sitq_dependencies ADD COLUMN parent_purged boolean NOT NULL DEFAULT false
+
+-- name: v10_02_drop_sitq_tasks_settle_children
+DROP TRIGGER sitq_tasks_settle_children ON {s}.sitq_tasks
+
+-- name: v10_03_drop_settle_children
+DROP FUNCTION {s}.sitq_settle_children()
+
+-- name: v10_04_create_settle_parents
+-- Settle the dependents of the ended parents given (one array per column: id, task
+-- name, how it ended for the error text, when, its result ttl, whether it
+-- succeeded), in a few statements however many they are:
+--   1. those that did not succeed cancel their waiting "cancel" dependents,
+--      transitively (each marked cancelled_by its root), having locked every task
+--      this step and the next change, in id order;
+--   2. the waiting dependents of them all, and of the tasks just cancelled, locked
+--      in id order, count them as done; one with none left becomes due (at its own
+--      time if that is later).
+-- Returns whether one may be due now (the trigger then wakes the workers). Each
+-- statement looks its rows up by key, one parent at a time (a LATERAL join per
+-- array element, OFFSET 0 keeping it apart): planned for any number of parents,
+-- and on a table without statistics yet, `parent_id = ANY(array)` or a plain join
+-- was planned as a scan of every dependency row.
+CREATE FUNCTION {s}.sitq_settle_parents(
+    ids text[], funcs text[], ends text[], ats float8[], ttls float8[], ok boolean[]
+) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    failed text[];
+    doomed text[];
+    settled text[];
+    children text[];
+    counts bigint[];
+    latest float8;
+    due bigint;
+BEGIN
+    SELECT array_agg(r.id ORDER BY r.id) FILTER (WHERE NOT r.ok), max(r.at)
+    INTO failed, latest
+    FROM unnest(ids, ats, ok) AS r(id, at, ok);
+    settled := ids;
+    IF failed IS NOT NULL THEN
+        -- What the cancel reaches, transitively (one recursive query).
+        WITH RECURSIVE reached(id) AS (
+            SELECT unnest(failed)
+            UNION
+            SELECT c.id FROM reached
+            CROSS JOIN LATERAL (SELECT x.child_id FROM {s}.sitq_dependencies x
+                                WHERE x.parent_id = reached.id OFFSET 0) AS d
+            CROSS JOIN LATERAL (SELECT y.id FROM {s}.sitq_tasks y
+                                WHERE y.id = d.child_id AND y.status = 'queued'
+                                  AND y.waiting > 0 AND y.parent_mode = 'cancel'
+                                OFFSET 0) AS c
+        )
+        SELECT COALESCE(array_agg(reached.id), '{}') INTO doomed
+        FROM reached WHERE reached.id <> ALL(failed);
+        -- Everything the two steps change, locked at once in id order.
+        PERFORM 1 FROM {s}.sitq_tasks
+        WHERE id IN (SELECT d.child_id FROM unnest(ids || doomed) AS p(id)
+                     CROSS JOIN LATERAL (SELECT x.child_id FROM {s}.sitq_dependencies x
+                                         WHERE x.parent_id = p.id OFFSET 0) AS d)
+          AND status = 'queued' AND waiting > 0
+        ORDER BY id FOR UPDATE;
+        WITH RECURSIVE roots AS (
+            SELECT * FROM unnest(ids, funcs, ends, ats, ttls, ok)
+                AS r(id, func_name, how, at, ttl, ok)
+            WHERE NOT r.ok
+        ), reached(id, root) AS (
+            SELECT roots.id, roots.id FROM roots
+            UNION
+            SELECT d.child_id, reached.root FROM reached
+            CROSS JOIN LATERAL (SELECT x.child_id FROM {s}.sitq_dependencies x
+                                WHERE x.parent_id = reached.id OFFSET 0) AS d
+            WHERE d.child_id = ANY(doomed)
+        ), chosen AS (  -- reached from several roots: the first by id names it
+            SELECT DISTINCT ON (reached.id) reached.id AS task_id, roots.id AS root_id,
+                roots.func_name, roots.how, roots.at, roots.ttl
+            FROM reached JOIN roots ON roots.id = reached.root
+            WHERE reached.id <> ALL(failed)
+            ORDER BY reached.id, roots.id
+        )
+        UPDATE {s}.sitq_tasks t
+        SET status = 'cancelled', cancelled_by = chosen.root_id, finished_at = chosen.at,
+            expires_at = chosen.at + COALESCE(t.result_ttl, chosen.ttl, 604800.0),
+            error = 'ParentFailed: parent task ' || chosen.root_id || ' (' || chosen.func_name
+                || ') ' || chosen.how
+                || ', and this task waited for it (on_parent_failure="cancel")'
+        FROM chosen
+        WHERE t.id = chosen.task_id AND t.id = ANY(doomed) AND t.status = 'queued';
+        -- Their "run" dependents count them as done too (and those cancelled by the
+        -- same roots before, as the trigger always did).
+        SELECT settled || array_agg(x.id) INTO settled FROM {s}.sitq_tasks x
+        WHERE x.cancelled_by = ANY(failed) AND x.status = 'cancelled' AND x.id <> ALL(ids);
+    END IF;
+    SELECT array_agg(n.child_id ORDER BY n.child_id), array_agg(n.parents ORDER BY n.child_id)
+    INTO children, counts
+    FROM (SELECT d.child_id, count(*) AS parents FROM unnest(settled) AS p(id)
+          CROSS JOIN LATERAL (SELECT x.child_id FROM {s}.sitq_dependencies x
+                              WHERE x.parent_id = p.id OFFSET 0) AS d
+          GROUP BY d.child_id) AS n;
+    IF children IS NULL THEN
+        RETURN false;
+    END IF;
+    WITH locked AS (
+        SELECT t.id FROM {s}.sitq_tasks t
+        WHERE t.id = ANY(children) AND t.status = 'queued' AND t.waiting > 0
+        ORDER BY t.id FOR UPDATE
+    ), changed AS (
+        UPDATE {s}.sitq_tasks t
+        SET waiting = t.waiting - n.parents,
+            available_at = CASE WHEN t.waiting <= n.parents
+                THEN GREATEST(t.available_at - 1e11, latest) ELSE t.available_at END
+        FROM locked JOIN unnest(children, counts) AS n(id, parents) ON n.id = locked.id
+        WHERE t.id = locked.id AND t.id = ANY(children)
+            AND t.status = 'queued' AND t.waiting > 0
+        RETURNING t.waiting
+    )
+    SELECT count(*) INTO due FROM changed WHERE changed.waiting <= 0;
+    RETURN due > 0;
+END
+$$
+
+-- name: v10_05_create_settle_ended
+-- The statement's rows that ended (final now, unfinished before) and that others
+-- wait for: their dependents settled (sitq_settle_parents). Fired for every update
+-- (a trigger with transition tables cannot name columns), so a statement with no
+-- such row costs one scan of its new rows. Only the statement's own rows (depth
+-- 1): the cascade is sitq_settle_parents', never a trigger within a trigger.
+CREATE FUNCTION {s}.sitq_settle_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    ids text[]; funcs text[]; ends text[]; ats float8[]; ttls float8[]; ok boolean[];
+BEGIN
+    IF pg_trigger_depth() > 1 THEN
+        RETURN NULL;
+    END IF;
+    SELECT array_agg(n.id), array_agg(n.func_name), array_agg('ended ' || n.status),
+           array_agg(n.finished_at), array_agg(n.expires_at - n.finished_at),
+           array_agg(n.status = 'succeeded')
+    INTO ids, funcs, ends, ats, ttls, ok
+    FROM new_rows n
+    WHERE n.has_children AND n.status IN ('succeeded', 'failed', 'cancelled')
+      AND EXISTS (SELECT 1 FROM old_rows o WHERE o.id = n.id AND o.status IN ('queued', 'running'));
+    IF ids IS NOT NULL AND {s}.sitq_settle_parents(ids, funcs, ends, ats, ttls, ok) THEN
+        PERFORM pg_notify('sitq_' || TG_TABLE_SCHEMA, 'tasks');  -- delivered at commit
+    END IF;
+    RETURN NULL;
+END
+$$
+
+-- name: v10_06_create_sitq_tasks_settle_ended
+CREATE TRIGGER sitq_tasks_settle_ended AFTER UPDATE ON {s}.sitq_tasks
+REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION {s}.sitq_settle_ended()
+
+-- name: v10_07_create_settle_purged
+-- The statement deleted parents that had not finished (a purge of queued or
+-- running tasks): their dependency rows are marked, and their dependents settled
+-- as for a parent that ended without a result, now (the database's clock).
+CREATE FUNCTION {s}.sitq_settle_purged() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    ids text[]; funcs text[]; ends text[]; ats float8[]; ttls float8[]; ok boolean[];
+BEGIN
+    IF pg_trigger_depth() > 1 THEN
+        RETURN NULL;
+    END IF;
+    SELECT array_agg(o.id), array_agg(o.func_name),
+           array_agg('was purged before it finished (' || o.status || ')'),
+           array_agg(extract(epoch FROM clock_timestamp())::float8),
+           array_agg(NULL::float8), array_agg(false)
+    INTO ids, funcs, ends, ats, ttls, ok
+    FROM old_rows o
+    WHERE o.has_children AND o.status IN ('queued', 'running');
+    IF ids IS NOT NULL THEN
+        UPDATE {s}.sitq_dependencies SET parent_purged = true WHERE parent_id = ANY(ids);
+        IF {s}.sitq_settle_parents(ids, funcs, ends, ats, ttls, ok) THEN
+            PERFORM pg_notify('sitq_' || TG_TABLE_SCHEMA, 'tasks');
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$
+
+-- name: v10_08_create_sitq_tasks_settle_purged
+CREATE TRIGGER sitq_tasks_settle_purged AFTER DELETE ON {s}.sitq_tasks
+REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION {s}.sitq_settle_purged()

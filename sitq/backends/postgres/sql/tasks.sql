@@ -84,7 +84,13 @@ SELECT id, CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELS
 DELETE FROM {s}.sitq_tasks WHERE {where}
 
 -- name: prune_tasks
+-- Finished tasks past their retention, but a parent whose dependents have not all
+-- finished stays (past its time) until they have: a dependent that runs later
+-- still receives its result.
 DELETE FROM {s}.sitq_tasks WHERE expires_at < $1
+  AND NOT (has_children AND EXISTS (
+    SELECT 1 FROM {s}.sitq_dependencies d JOIN {s}.sitq_tasks c ON c.id = d.child_id
+    WHERE d.parent_id = {s}.sitq_tasks.id AND c.status IN ('queued', 'running')))
 
 -- name: notify
 -- A wake-up ($2: a WakeKind) on the backend's channel ($1), sent at commit.

@@ -1,4 +1,4 @@
--- Dependencies: tasks that wait for others (schema version 8; the settling of a
+-- Dependencies: tasks that wait for others (schema version 9, 10; the settling of a
 -- parent's dependents is the trigger sitq_tasks_settle_children).
 
 -- name: lock_parents
@@ -35,9 +35,14 @@ FROM json_each(?1)
 SELECT parent_id FROM sitq_dependencies WHERE child_id = ?1 ORDER BY position
 
 -- name: task_parent_results
--- A dependent's parents' outcomes, in its order (the result only if it succeeded).
-SELECT t.id, t.func_name, t.status, CASE WHEN t.status = 'succeeded' THEN t.result END
-FROM sitq_dependencies d JOIN sitq_tasks t ON t.id = d.parent_id
+-- A dependent's parents' outcomes, one row per parent in its order (the result only
+-- if it succeeded); a parent whose row is gone has the status 'purged' (deleted
+-- before it finished, so it ended without a result) or 'missing' (deleted since).
+SELECT d.parent_id, COALESCE(t.func_name, ''),
+       CASE WHEN t.id IS NOT NULL THEN t.status
+            WHEN d.parent_purged <> 0 THEN 'purged' ELSE 'missing' END,
+       CASE WHEN t.status = 'succeeded' THEN t.result END
+FROM sitq_dependencies d LEFT JOIN sitq_tasks t ON t.id = d.parent_id
 WHERE d.child_id = ?1 ORDER BY d.position
 
 -- name: task_children

@@ -379,3 +379,57 @@ BEGIN
         SELECT d.child_id FROM sitq_dependencies d
         WHERE d.parent_id IN (SELECT x.id FROM sitq_tasks x WHERE x.cancelled_by = NEW.id));
 END
+
+-- Version 10: purged parents. A parent deleted before it finished (`sitq purge
+-- --status queued`) settles its dependents in the purge's transaction, as a parent
+-- that ended without a result, and ``parent_purged`` marks its dependency rows: a
+-- dependent that runs passes None for it, where a parent gone any other way (its
+-- row deleted after it finished) is an error, ParentMissing. (PostgreSQL's version
+-- 10 also moves its settling to a statement-level trigger; SQLite, one writer at a
+-- time, keeps its row triggers.)
+
+-- name: v10_01_add_parent_purged
+ALTER TABLE sitq_dependencies ADD COLUMN parent_purged INTEGER NOT NULL DEFAULT 0
+
+-- name: v10_02_create_sitq_tasks_settle_purged
+-- sitq_tasks_cancel_children for a parent deleted while queued or running, at the
+-- database's clock: its "cancel" dependents end cancelled (transitively) naming it,
+-- its "run" ones (and those of the cancelled) count it as done. A dependent deleted
+-- by the same statement is past help and needs none.
+CREATE TRIGGER sitq_tasks_settle_purged AFTER DELETE ON sitq_tasks
+WHEN OLD.has_children = 1 AND OLD.status IN ('queued', 'running')
+BEGIN
+    UPDATE sitq_dependencies SET parent_purged = 1 WHERE parent_id = OLD.id;
+    UPDATE sitq_tasks
+    SET status = 'cancelled', cancelled_by = OLD.id, finished_at = ((julianday('now') - 2440587.5) * 86400.0),
+        expires_at = ((julianday('now') - 2440587.5) * 86400.0) + COALESCE(result_ttl, 604800.0),
+        error = 'ParentFailed: parent task ' || OLD.id || ' (' || OLD.func_name
+            || ') was purged before it finished (' || OLD.status
+            || '), and this task waited for it (on_parent_failure="cancel")'
+    WHERE id IN (
+        WITH RECURSIVE doomed(id) AS (
+            SELECT OLD.id
+            UNION
+            SELECT d.child_id FROM doomed
+            JOIN sitq_dependencies d ON d.parent_id = doomed.id
+            JOIN sitq_tasks c ON c.id = d.child_id
+            WHERE c.status = 'queued' AND c.waiting > 0 AND c.parent_mode = 'cancel')
+        SELECT id FROM doomed WHERE id <> OLD.id);
+    UPDATE sitq_tasks
+    SET waiting = waiting - 1,
+        available_at = CASE WHEN waiting = 1 THEN max(available_at - 1e11, ((julianday('now') - 2440587.5) * 86400.0))
+                            ELSE available_at END
+    WHERE status = 'queued' AND waiting > 0
+      AND id IN (SELECT d.child_id FROM sitq_dependencies d WHERE d.parent_id = OLD.id);
+    UPDATE sitq_tasks
+    SET waiting = waiting - (
+            SELECT count(*) FROM sitq_dependencies d JOIN sitq_tasks x ON x.id = d.parent_id
+            WHERE d.child_id = sitq_tasks.id AND x.cancelled_by = OLD.id),
+        available_at = CASE WHEN waiting = (
+            SELECT count(*) FROM sitq_dependencies d JOIN sitq_tasks x ON x.id = d.parent_id
+            WHERE d.child_id = sitq_tasks.id AND x.cancelled_by = OLD.id)
+            THEN max(available_at - 1e11, ((julianday('now') - 2440587.5) * 86400.0)) ELSE available_at END
+    WHERE status = 'queued' AND waiting > 0 AND id IN (
+        SELECT d.child_id FROM sitq_dependencies d
+        WHERE d.parent_id IN (SELECT x.id FROM sitq_tasks x WHERE x.cancelled_by = OLD.id));
+END

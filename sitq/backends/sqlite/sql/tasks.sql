@@ -69,4 +69,10 @@ SELECT id, CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELS
 DELETE FROM sitq_tasks WHERE {where}
 
 -- name: prune_tasks
+-- Finished tasks past their retention, but a parent whose dependents have not all
+-- finished stays (past its time) until they have: a dependent that runs later
+-- still receives its result.
 DELETE FROM sitq_tasks WHERE expires_at < ?
+  AND NOT (has_children = 1 AND EXISTS (
+    SELECT 1 FROM sitq_dependencies d JOIN sitq_tasks c ON c.id = d.child_id
+    WHERE d.parent_id = sitq_tasks.id AND c.status IN ('queued', 'running')))
