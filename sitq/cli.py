@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from sitq import cli_operator
+from sitq.cli_migrate import migrate_command
 from sitq.commands import (
     app_serializer,
     db_option,
@@ -265,6 +266,7 @@ else:
 
 # Importing it loads no web framework: without the extra it says what to install.
 main.add_command(dashboard)
+main.add_command(migrate_command)
 for _command in cli_operator.COMMANDS:
     main.add_command(_command)
 
