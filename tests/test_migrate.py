@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import jobs
 import pytest
 from support import (
     POSTGRES_URL,
@@ -26,7 +27,6 @@ from support import (
 )
 from workflow_support import items_of, run_cli, run_id_of, status_json, workflow_cmd, workflow_env
 
-import jobs
 from sitq import TaskQueue, TaskStatus, sqlfiles
 from sitq.batch.store import BatchStore
 from sitq.migrate import TABLES
@@ -283,7 +283,7 @@ async def check_finished_on(target: str, made: dict[str, Any], before: dict[str,
         held = await queue.get_result(made["held"], timeout=60)
         assert held is not None and held.value == 42
         results = await queue.get_results(made["chain"])
-        assert [results[i].value for i in made["chain"]] == [3, 33, 333]
+        assert [results[i].value for i in made["chain"]] == [3, 30, 300]
         values = await queue.get_results(made["ready"])
         assert all(values[i].value >= 1000 for i in made["ready"])
     assert await results_of(target, list(before)) == before
@@ -304,7 +304,7 @@ async def migrate_everything(tmp_path: Path, pg_url: str, n: int, spawn_worker: 
         running = await queue.with_options(queue="slow").enqueue(
             jobs.wait_for_file, str(started), str(release), 120
         )
-    worker = spawn_worker("-q", "slow", "-q", "default", db=src).wait_started()
+    worker = spawn_worker("-q", "slow", db=src).wait_started()
     wait_until(started.exists, 60, "the slow task to start")
     source_before = await dump(src)
     out = tmp_path / "migrate.out"
@@ -548,9 +548,9 @@ async def test_differing_schema_versions_are_refused(tmp_path: Path) -> None:
     assert "version" in proc.stderr and "99" in proc.stderr, proc.stderr
     with sqlite3.connect(dst) as conn:
         assert conn.execute("SELECT count(*) FROM sitq_tasks").fetchone() == (0,)
-        assert conn.execute("SELECT value FROM sitq_meta WHERE key='schema_version'").fetchone() == (
-            "99",
-        )
+        assert conn.execute(
+            "SELECT value FROM sitq_meta WHERE key='schema_version'"
+        ).fetchone() == ("99",)
     conn.close()
     assert await dump(src) == before
 
