@@ -82,10 +82,10 @@ def main() -> None:
         )
         asyncio.run(drop_schema())
         try:
+            chunk = str(args.chunk_size)
             began = time.perf_counter()
             proc = subprocess.run(
-                [SITQ, "migrate", str(db), destination, "--no-progress"]
-                + ["--chunk-size", str(args.chunk_size)],
+                [SITQ, "migrate", str(db), destination, "--no-progress", "--chunk-size", chunk],
                 capture_output=True,
                 text=True,
             )

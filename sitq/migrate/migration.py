@@ -230,10 +230,12 @@ class _Migration:
         bar.update(len(rows))
 
     async def _copy_chunks(self, table: Table, start: tuple[Any, ...], bar: tqdm[Any]) -> None:
+        """Chunk after chunk from ``start``; the next chunk is read while this one is
+        written (the two databases work at once)."""
         read = _q(self.src, f"read_{table.name}")
         cursor = start
+        rows = await self.src.fetch(read, (*cursor, self.chunk_size))
         while True:
-            rows = await self.src.fetch(read, (*cursor, self.chunk_size))
             last = len(rows) < self.chunk_size
             if table.key == ORDER:
                 values = [row[1:] for row in rows]
@@ -244,15 +246,27 @@ class _Migration:
                 if rows:
                     cursor = tuple(rows[-1][: table.key])
             mark = _DONE if last else json.dumps(list(cursor))
+            ahead = (
+                None
+                if last
+                else asyncio.ensure_future(self.src.fetch(read, (*cursor, self.chunk_size)))
+            )
 
             async def body(tx: StoreTransaction, values: Any = values, mark: str = mark) -> None:
                 await _write(tx, self.dst, table, values)
                 await _set_mark(tx, self.dst, _CURSOR + table.name, mark)
 
-            await self.dst.transaction(body)
+            try:
+                await self.dst.transaction(body)
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                    await asyncio.gather(ahead, return_exceptions=True)
+                raise
             bar.update(len(rows))
-            if last:
+            if ahead is None:
                 return
+            rows = await ahead
 
     async def collisions(self) -> list[str]:
         """Keys of the source's identified rows that the destination holds too."""
