@@ -482,6 +482,42 @@ async def test_sigkill_halfway_then_rerun_gives_the_clean_result(
     assert await results_of(killed, finished) == await results_of(clean, finished)
 
 
+def dead_id(pid: int, worker_id: str) -> str:
+    """``worker_id`` if it names the worker of process ``pid``."""
+    assert f"-{pid}-" in worker_id, worker_id
+    return worker_id
+
+
+async def test_a_task_a_dead_worker_held_is_copied_running_and_runs_again_there(
+    tmp_path: Path, pg_schemas: Callable[[str], str], spawn_worker: Any
+) -> None:
+    """A worker SIGKILLed mid-task leaves the task running under its lease: it is
+    copied so, and a worker on the destination runs it again once the lease ends."""
+    src, pg = tmp_path / "src.db", pg_schemas("dst")
+    started, release = tmp_path / "started", tmp_path / "release"
+    async with TaskQueue(str(src)) as queue:
+        task_id = await queue.enqueue(jobs.wait_for_file, str(started), str(release), 60)
+    dead = spawn_worker("--lease", "1", db=src).wait_started()
+    wait_until(started.exists, 60, "the task to start")
+    dead.send(signal.SIGKILL)
+    dead.wait()
+    # Until its heartbeat is WORKER_STALE_AFTER (30 s) old the worker counts as alive
+    # and the migration is refused: move its last heartbeat back instead of waiting.
+    with sqlite3.connect(src) as conn:
+        conn.execute("UPDATE sitq_workers SET heartbeat_at = heartbeat_at - 3600")
+    conn.close()
+    ok(migrate_cli(str(src), pg))
+    held = [row for row in (await dump(pg))["tasks"] if row[0] == task_id]
+    assert held == [row for row in (await dump(src))["tasks"] if row[0] == task_id]
+    assert held[0][4] == "running" and held[0][14] == dead_id(dead.pid, held[0][14])
+    async with TaskQueue(pg, create=False) as queue:
+        release.touch()
+        again = spawn_worker(db=pg).wait_started()
+        result = await queue.get_result(task_id, timeout=60)
+        assert result is not None and result.value == "released"
+        assert f"-{again.pid}-" in (result.worker_id or "")  # ran again, there
+
+
 # -- bad inputs: each a clear error, nothing changed -------------------------------
 
 
