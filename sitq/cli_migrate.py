@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import click
 
@@ -14,6 +15,14 @@ from sitq.migrate import MigrationReport, migrate
 from sitq.migrate.migration import DEFAULT_CHUNK
 from sitq.queue import TaskQueue
 from sitq.serialization import CloudpickleSerializer
+
+
+def _absolute(target: str) -> str:
+    """An SQLite path made absolute (a URL as it is): the destination remembers its
+    source by it, so a rerun from another directory continues the same migration."""
+    if not target or target == ":memory:" or "://" in target:
+        return target
+    return os.path.abspath(target)
 
 
 def _say(line: str) -> None:
@@ -68,10 +77,10 @@ def migrate_command(
 
     async def run() -> MigrationReport:
         # The payloads and results are copied as bytes, never loaded.
-        async with TaskQueue(source, CloudpickleSerializer(), create=False) as src:
+        async with TaskQueue(_absolute(source), CloudpickleSerializer(), create=False) as src:
             return await migrate(
                 src,
-                destination,
+                _absolute(destination),
                 wait=wait,
                 into_existing=into_existing,
                 delete_source=delete_source,
