@@ -295,19 +295,23 @@ class _Migration:
                 break
         return found
 
-    async def wait_for_running(self, say: Callable[[str], None]) -> list[str]:
-        """Pause every queue the source's workers serve or that has work, then wait
-        until no live worker holds a running task. Returns the queues paused here."""
+    async def to_pause(self) -> set[str]:
+        """The queues ``--wait`` pauses: every one the source's live workers serve or
+        that has work, unless paused already (by its user)."""
         src = self.src_queue
         live = await src.live_workers()
         queues = {str(row[0]) for row in await self.src.fetch(_q(self.src, "live_queues"))}
         queues |= {q for w in live for q in w.queues}
-        already = set(await src.paused())
-        ours = sorted(queues - already)
-        for queue in ours:
+        return queues - set(await src.paused())
+
+    async def pause_and_wait(self, queues: set[str], say: Callable[[str], None]) -> None:
+        """Pause ``queues`` on the source (so no new claims), then wait until no live
+        worker holds a running task."""
+        src = self.src_queue
+        for queue in sorted(queues):
             await src.pause(queue)
-        if ours:
-            say(f"paused {len(ours)} queue(s) on the source: {', '.join(ours)}")
+        if queues:
+            say(f"paused {len(queues)} queue(s) on the source: {', '.join(sorted(queues))}")
         said = False
         while True:
             live_ids = {w.id for w in await src.live_workers()}
@@ -317,7 +321,7 @@ class _Migration:
                 if worker_id in live_ids
             )
             if not held:
-                return ours
+                return
             if not said:
                 say(f"waiting for {held} running task(s) to finish on the source")
                 said = True
@@ -426,8 +430,10 @@ async def migrate(
                         f"{', '.join(clashes)} (the same ids as in {report.source}); "
                         "nothing was copied"
                     )
-        if live:  # and wait
-            ours_paused |= set(await work.wait_for_running(say))
+        # The queues --wait pauses are recorded in the destination before they are
+        # paused, so a run killed in between still knows they are not the user's.
+        planned = await work.to_pause() if live else set()
+        ours_paused |= planned
         report.paused_by_wait = sorted(ours_paused)
         if not report.resumed:
 
@@ -446,6 +452,8 @@ async def migrate(
             )
             baseline = json.loads((await _marks(dst))[_BASELINE])
             say(f"continuing the migration from {report.source}")
+        if live:  # and wait
+            await work.pause_and_wait(planned, say)
 
         source_counts = await _counts(src_session)
         report.rows = {t.name: source_counts[t.name] for t in TABLES}
