@@ -545,6 +545,16 @@ async def test_a_non_empty_destination_is_refused_unless_into_existing_without_c
     assert f"sitq_tasks {source['order'][0]!r}" in proc.stderr or "sitq_tasks '" in proc.stderr
     assert await dump(twin) == twin_before and await dump(src) == source
 
+    # So is one where a live task holds a unique key a live source task holds.
+    uniq = tmp_path / "uniq.db"
+    async with TaskQueue(str(uniq)) as queue:
+        await queue.with_options(unique_key="the-one").enqueue(jobs.add, 2, 2)
+    uniq_before = await dump(uniq)
+    proc = migrate_cli(str(src), str(uniq), "--into-existing")
+    assert proc.returncode == 1
+    assert "--into-existing refused" in proc.stderr and "unique_key 'the-one'" in proc.stderr
+    assert await dump(uniq) == uniq_before
+
     # Without collisions it adds the source's rows to the destination's.
     ok(migrate_cli(str(src), str(dst), "--into-existing"))
     merged = await dump(dst)

@@ -269,31 +269,29 @@ class _Migration:
             rows = await ahead
 
     async def collisions(self) -> list[str]:
-        """Keys of the source's identified rows that the destination holds too."""
+        """Keys of the source's identified rows that the destination holds too, and
+        unique keys that live tasks hold on both sides (at most a few of them)."""
         found: list[str] = []
-        for table in TABLES:
-            if not table.identified:
-                continue
+        checks = [(t.name, t.table) for t in TABLES if t.identified]
+        for name, label in [*checks, ("unique", "unique_key")]:
             after = ""
-            while True:
+            while len(found) < 5:
                 keys = [
                     str(row[0])
                     for row in await self.src.fetch(
-                        _q(self.src, f"keys_{table.name}"), (after, self.chunk_size)
+                        _q(self.src, f"keys_{name}"), (after, self.chunk_size)
                     )
                 ]
                 if not keys:
                     break
                 after = keys[-1]
                 hits = await self.dst.fetch(
-                    _q(self.dst, f"existing_{table.name}"), (self.dst.array(keys),)
+                    _q(self.dst, f"existing_{name}"), (self.dst.array(keys),)
                 )
-                found += [f"{table.table} {row[0]!r}" for row in hits]
-                if len(found) >= 5 or len(keys) < self.chunk_size:
+                found += [f"{label} {row[0]!r}" for row in hits]
+                if len(keys) < self.chunk_size:
                     break
-            if len(found) >= 5:
-                break
-        return found
+        return found[:5]
 
     async def to_pause(self) -> set[str]:
         """The queues ``--wait`` pauses: every one the source's live workers serve or
@@ -427,8 +425,8 @@ async def migrate(
                 if clashes:
                     raise MigrationError(
                         f"--into-existing refused: {dst.describe()} already holds "
-                        f"{', '.join(clashes)} (the same ids as in {report.source}); "
-                        "nothing was copied"
+                        f"{', '.join(clashes)}, as {report.source} does (two rows cannot share an "
+                        "id, nor two live tasks a unique key); nothing was copied"
                     )
         # The queues --wait pauses are recorded in the destination before they are
         # paused, so a run killed in between still knows they are not the user's.

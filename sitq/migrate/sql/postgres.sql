@@ -301,3 +301,12 @@ DELETE FROM {s}.sitq_paused
 
 -- name: delete_tasks
 DELETE FROM {s}.sitq_tasks
+-- name: keys_unique
+-- The unique keys held by queued or running tasks, after the one given, in order
+-- (--into-existing: one held on both sides could not be copied).
+SELECT unique_key FROM {s}.sitq_tasks
+WHERE unique_key > $1 AND status IN ('queued', 'running') ORDER BY unique_key LIMIT $2
+
+-- name: existing_unique
+SELECT unique_key FROM {s}.sitq_tasks
+WHERE unique_key = ANY($1::text[]) AND status IN ('queued', 'running')

@@ -267,3 +267,12 @@ DELETE FROM sitq_paused
 
 -- name: delete_tasks
 DELETE FROM sitq_tasks
+-- name: keys_unique
+-- The unique keys held by queued or running tasks, after the one given, in order
+-- (--into-existing: one held on both sides could not be copied).
+SELECT unique_key FROM sitq_tasks
+WHERE unique_key > ?1 AND status IN ('queued', 'running') ORDER BY unique_key LIMIT ?2
+
+-- name: existing_unique
+SELECT unique_key FROM sitq_tasks
+WHERE unique_key IN (SELECT value FROM json_each(?1)) AND status IN ('queued', 'running')
