@@ -361,7 +361,8 @@ async def migrate(
     queues stay paused on the source), while a worker on the destination is alive,
     when the destination's schema version differs, or when it holds data (unless
     ``into_existing`` and no task, batch, workflow run, schedule, limit or paused
-    queue of the source is there already). Run again after an interruption, it
+    queue of the source is there already, nor a unique key held by live tasks on
+    both sides). Run again after an interruption, it
     continues; after a verified migration it does nothing. ``delete_source``
     deletes the source's rows once the copy is verified.
     """
