@@ -80,6 +80,11 @@ async def driver_connection(connection: Any) -> Any:
     ``Connection``); any other object as it is."""
     if type(connection).__module__.split(".")[0] != "sqlalchemy":
         return connection
+    if getattr(connection, "closed", False):
+        raise ConfigurationError(
+            f"the SQLAlchemy {type(connection).__name__} given to queue.using() is closed: "
+            "nothing was enqueued; pass an open connection, inside its transaction"
+        )
     get_raw = getattr(connection, "get_raw_connection", None)
     if get_raw is not None:  # an AsyncConnection
         raw = await get_raw()
