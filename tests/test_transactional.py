@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import sqlite3
+import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -420,3 +422,70 @@ async def _async_sqlite(db: str) -> Any:
     conn = await aiosqlite.connect(db)
     await conn.close()
     return conn
+
+
+def _readme_blocks() -> list[str]:
+    """The code blocks of README.md's section on the application's transaction."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Enqueueing in your application's transaction\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    return [
+        "\n".join(line[2:] if line.startswith("  ") else line for line in block.splitlines())
+        for block in re.findall(r"```python\n(.*?)```", section, re.S)
+    ]
+
+
+async def test_the_readme_sqlalchemy_example_commits_the_order_and_its_task(
+    tmp_path: Path,
+) -> None:
+    reason = postgres_available()
+    if reason:
+        pytest.skip(reason)
+    schema = "t_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
+    await drop_postgres_schema(schema)
+    base = POSTGRES_URL.split("?", 1)[0]
+    code = _readme_blocks()[0]
+    code = code.replace(
+        "postgresql+psycopg://app@db.internal/app",
+        base.replace("postgresql://", "postgresql+psycopg://", 1)
+        + f"?options=-csearch_path%3D{schema}",
+    ).replace("postgresql://app@db.internal/app", postgres_url(schema))
+    try:
+        async with TaskQueue(postgres_url(schema)):
+            pass
+        conn = await asyncpg.connect(POSTGRES_URL)
+        await conn.execute(f'CREATE TABLE "{schema}".orders (id integer)')
+        await conn.close()
+        namespace: dict[str, Any] = {"TaskQueue": TaskQueue, "send_receipt": jobs.echo_kwargs}
+        exec(
+            f"async def example():\n{textwrap.indent(code, '    ')}\n    return task_id", namespace
+        )
+        task_id = await namespace["example"]()
+        async with TaskQueue(postgres_url(schema)) as queue:
+            assert (await queue.status(task_id)).value == "queued"
+        conn = await asyncpg.connect(POSTGRES_URL)
+        assert await conn.fetchval(f'SELECT id FROM "{schema}".orders') == 42
+        await conn.close()
+    finally:
+        await drop_postgres_schema(schema)
+
+
+def test_the_readme_sqlite_example_commits_the_order_and_its_task(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with SyncTaskQueue("tasks.db") as sync_queue:
+        sync_queue.connect()
+        with sqlite3.connect("tasks.db") as setup:
+            setup.execute("CREATE TABLE orders (id integer)")
+        setup.close()
+        namespace: dict[str, Any] = {
+            "sqlite3": sqlite3,
+            "sync_queue": sync_queue,
+            "send_receipt": jobs.echo_kwargs,
+        }
+        exec(_readme_blocks()[1], namespace)
+        assert sync_queue.list_tasks().tasks[0].func_name.endswith("echo_kwargs")
+        with sqlite3.connect("tasks.db") as check:
+            assert check.execute("SELECT id FROM orders").fetchall() == [(42,)]
+        check.close()
