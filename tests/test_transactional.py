@@ -38,7 +38,7 @@ from support import (
 
 from sitq import SyncTaskQueue, TaskQueue
 from sitq.backends.sqlite.wakeup import wake_directory
-from sitq.errors import ConfigurationError, InvalidDependency, TaskNotFound
+from sitq.errors import ConfigurationError, InvalidDependency, StorageError, TaskNotFound
 from sitq.serialization import SignedSerializer
 
 KINDS = ["sqlite3", "aiosqlite", "asyncpg", "psycopg", "sqlalchemy"]
@@ -489,3 +489,20 @@ def test_the_readme_sqlite_example_commits_the_order_and_its_task(
         with sqlite3.connect("tasks.db") as check:
             assert check.execute("SELECT id FROM orders").fetchall() == [(42,)]
         check.close()
+
+
+@pytest.mark.parametrize("app", ["asyncpg", "psycopg", "sqlalchemy"], indirect=True)
+async def test_a_failed_statement_leaves_the_application_transaction_usable(app: App) -> None:
+    """An enqueue whose statement PostgreSQL refuses (a NUL in a queue name) runs in
+    a savepoint: the error is raised, and the application's transaction goes on."""
+    async with TaskQueue(app.db) as queue:
+        await app.begin_order(5)
+        enqueuer = queue.using(app.conn)
+        with pytest.raises(StorageError):
+            await enqueuer.with_options(queue="bad\x00name").enqueue(jobs.add, 1, 1)
+        task_id = await enqueuer.enqueue(jobs.add, 1, 1)
+        await app.begin_order(6)
+        await app.commit()
+        assert await app.orders() == [5, 6]
+        assert (await queue.status(task_id)).value == "queued"
+        assert await _task_count(queue) == 1

@@ -965,7 +965,7 @@ def translate_error(exc: BaseException, backend: TaskWriter) -> SitqError | None
     ``exc`` is not a database error (it is then raised as it is).
 
     Known without importing any driver: sqlite3 errors, errors carrying a
-    PostgreSQL ``sqlstate``, lost connections, and the asyncpg driver's own.
+    PostgreSQL ``sqlstate``, lost connections, and the asyncpg and psycopg drivers' own.
     """
     if isinstance(exc, SitqError):
         return exc
@@ -986,7 +986,8 @@ def translate_error(exc: BaseException, backend: TaskWriter) -> SitqError | None
             f"{where} is unreachable ({type(exc).__name__}: {exc}); it may be restarting: "
             "try again once it is back"
         )
-    if isinstance(sqlstate, str) or type(exc).__module__.startswith("asyncpg"):
+    # asyncpg's own errors, and psycopg's (an application's connection, queue.using).
+    if isinstance(sqlstate, str) or type(exc).__module__.split(".")[0] in ("asyncpg", "psycopg"):
         return StorageError(f"{where} refused the operation: {type(exc).__name__}: {exc}")
     return None
 
