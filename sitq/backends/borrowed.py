@@ -18,6 +18,7 @@ idle poll.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -161,9 +162,12 @@ class SQLBorrowed(BorrowedConnection):
         try:
             value = await body(adapter)
         except BaseException:
-            if not adapter.closed():
-                await adapter.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-                await adapter.execute(f"RELEASE SAVEPOINT {SAVEPOINT}")
+            # Undo this write only; the error raised is the write's own, not one of
+            # the undo (a connection lost meanwhile fails both).
+            with contextlib.suppress(Exception):
+                if not adapter.closed():
+                    await adapter.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+                    await adapter.execute(f"RELEASE SAVEPOINT {SAVEPOINT}")
             raise
         await adapter.execute(f"RELEASE SAVEPOINT {SAVEPOINT}")
         return value
