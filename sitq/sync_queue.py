@@ -98,7 +98,9 @@ class SyncConnectionEnqueuer:
     def _ready(self) -> None:
         # The queue's side of the check (its database) is read on the queue's loop;
         # everything on the connection itself runs here.
-        self._owner.run(self._root.prepare())
+        self._owner.connect()
+        if not self._root.prepared:
+            self._owner.run(self._root.prepare())
 
     def with_options(self, **options: Any) -> SyncConnectionEnqueuer:
         """Like :meth:`TaskQueue.with_options`, on the same connection."""

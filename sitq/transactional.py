@@ -43,6 +43,8 @@ class ConnectionEnqueuer(Enqueuer):
         self.serializer = serializer
         self._queue_backend = backend  # the queue's backend, refusing it unconnected
         self._borrowed = borrowed
+        #: ``prepare`` has run (a SyncTaskQueue's face then skips the trip to the loop).
+        self.prepared = False
 
     @property
     def blocking(self) -> bool:
@@ -64,6 +66,7 @@ class ConnectionEnqueuer(Enqueuer):
         the queue's own connections; the first write does it if not done."""
         self._queue_backend()
         await self._borrowed.prepare()
+        self.prepared = True
 
     async def enqueue_many(
         self,
