@@ -202,3 +202,19 @@ def _settle(outcome: Future[T], task: asyncio.Task[T]) -> None:
             outcome.set_exception(error)
         else:
             outcome.set_result(task.result())
+
+
+def run_inline(coro: Coroutine[Any, Any, T], /) -> T:
+    """Run ``coro`` to its end on the calling thread, without an event loop: for
+    coroutines that never suspend (sitq's writes on a blocking driver's connection,
+    ``SyncTaskQueue.using``), so plain code keeps its connection on its own thread.
+    One that does suspend is closed, and a RuntimeError says so."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError(
+        "a blocking call waited for an event loop: this connection's driver is not a "
+        "blocking one (use TaskQueue.using from async code)"
+    )

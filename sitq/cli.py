@@ -122,6 +122,16 @@ def main() -> None:
     help="Seconds SIGTERM waits for running tasks before releasing them.",
 )
 @click.option(
+    "--poll-interval",
+    "poll_interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.05,
+    show_default=True,
+    help="Longest idle wait for a wake-up before looking at the queue again. A new task "
+    "wakes the worker at once; a delayed task, a retry or a dead worker's task may wait "
+    "up to this long past its time.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",

@@ -12,7 +12,7 @@ from typing import Any
 
 from sitq import telemetry
 from sitq.announce import announce_enqueued, observed
-from sitq.backends.base import Backend, Dependency, NewTask
+from sitq.backends.base import Backend, Dependency, NewTask, TaskWriter
 from sitq.backends.common import translate_error
 from sitq.bridge import RunOnLoop
 from sitq.canvas import PARENT_RESULTS_HEADER, Composable, Signature, plan
@@ -34,7 +34,7 @@ Call = tuple[tuple[Any, ...], dict[str, Any]]
 Alongside = Callable[[StoreTransaction, Sequence[str]], Awaitable[Any]]
 
 
-def raise_translated(exc: Exception, backend: Backend) -> None:
+def raise_translated(exc: Exception, backend: TaskWriter) -> None:
     """Raise the SitqError for a raw database error (``exc`` chained as its cause);
     return if ``exc`` is not one (or is one already), for the caller to re-raise it."""
     error = translate_error(exc, backend)
@@ -67,6 +67,14 @@ class Enqueuer:
     def _backend_checked(self) -> Backend:
         """The queue's backend, refusing a queue not connected (TaskQueue's own)."""
         return self._root._backend_checked()
+
+    def _writer(self) -> TaskWriter:
+        """Where this enqueuer stores tasks: the root's (``_root_writer``)."""
+        return self._root._root_writer()
+
+    def _root_writer(self) -> TaskWriter:
+        """The queue's backend; an application's connection for ``queue.using``."""
+        return self._backend_checked()
 
     def with_options(self, **options: Any) -> Enqueuer:
         """The same queue with these options: ``queue, priority, delay, eta,
@@ -117,7 +125,7 @@ class Enqueuer:
     def _planned(
         self, composition: Composable, trace_headers: dict[str, str] | None = None
     ) -> tuple[list[NewTask], list[Dependency], str]:
-        backend = self._backend_checked()
+        backend = self._writer()
         steps = plan(composition, self.options.depends_on)
         default = replace(self.options, depends_on=())
         now = backend.now()
@@ -158,7 +166,7 @@ class Enqueuer:
     async def _store_plan(
         self, tasks: list[NewTask], deps: list[Dependency], result_id: str
     ) -> str:
-        backend = self._backend_checked()
+        backend = self._writer()
         try:
             await backend.enqueue_dependent(tasks, deps)
         except Exception as exc:
@@ -259,8 +267,10 @@ class Enqueuer:
         self, fn: Callable[..., Any], calls: Sequence[Call], alongside: Alongside | None = None
     ) -> list[str]:
         """Store the calls (with ``alongside`` in their transaction); their ids."""
-        backend = self._backend_checked()
-        store = backend.enqueue if alongside is None else _storing_alongside(backend, alongside)
+        backend = self._writer()
+        store: Callable[[list[NewTask]], Awaitable[None]] = backend.enqueue
+        if alongside is not None:
+            store = _storing_alongside(self._backend_checked(), alongside)
         if self.options.depends_on:
             if alongside is not None:
                 raise ConfigurationError("depends_on cannot be combined with a layer's rows")
@@ -287,7 +297,7 @@ class Enqueuer:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> TaskId:
         """Enqueue unless a queued or running task holds the unique key."""
-        backend = self._backend_checked()
+        backend = self._writer()
         check_callable(fn)
         try:
             with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
@@ -329,7 +339,7 @@ def _storing_alongside(
 
 
 def _storing_dependent(
-    backend: Backend, options: TaskOptions
+    backend: TaskWriter, options: TaskOptions
 ) -> Callable[[list[NewTask]], Awaitable[None]]:
     """What stores tasks that each wait for ``options.depends_on``."""
 

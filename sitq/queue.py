@@ -57,6 +57,7 @@ from sitq.schedules import CatchUp, Schedule
 from sitq.serialization import Serializer, default_serializer
 from sitq.store import StoreSession
 from sitq.task import Result, TaskOptions, TaskStatus
+from sitq.transactional import ConnectionEnqueuer
 from sitq.waiters import ResultWaiters
 from sitq.watch import WatchEvent, flatten, watch_looks
 
@@ -158,6 +159,30 @@ class TaskQueue(Enqueuer):
                 "or use `async with TaskQueue(...) as queue:`"
             )
         return self._backend
+
+    # -- the application's own transaction ------------------------------------
+
+    def using(self, connection: Any) -> ConnectionEnqueuer:
+        """An enqueuer that writes on ``connection``, a connection your application
+        holds to this queue's database, inside the transaction open on it: the
+        tasks exist for workers once you commit, and never if you roll back.
+
+        SQLite: a ``sqlite3`` or ``aiosqlite`` connection to the queue's file.
+        PostgreSQL: an ``asyncpg`` connection, or a ``psycopg`` 3 one (so a
+        SQLAlchemy ``AsyncConnection`` over psycopg too). A connection to another
+        database, a closed one or an unsupported object is refused, and nothing
+        is enqueued. On SQLite call :meth:`wake_workers` after your commit (or use
+        the enqueuer as a context manager, which commits and wakes).
+        """
+        return ConnectionEnqueuer(
+            self._backend_checked, self.serializer, self._backend.borrow(connection)
+        )
+
+    def wake_workers(self) -> None:
+        """Wake this database's idle workers now, for tasks you committed on your
+        own connection (``using``) on SQLite, whose commit cannot carry the
+        wake-up. On PostgreSQL the commit has woken them: this does nothing."""
+        self._backend.wake_workers()
 
     # -- results and control ----------------------------------------------
 

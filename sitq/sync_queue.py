@@ -21,7 +21,7 @@ from collections.abc import (
 )
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sitq.bridge import LoopThread, runs_event_loop
+from sitq.bridge import LoopThread, run_inline, runs_event_loop
 from sitq.canvas import Composable, Signature
 from sitq.enqueuer import Alongside, Enqueuer
 from sitq.errors import ConfigurationError, NotConnected
@@ -29,6 +29,7 @@ from sitq.queue import StorageTarget, TaskQueue
 from sitq.serialization import Serializer
 from sitq.sqlfiles import Dialect
 from sitq.store import StoreSession, StoreTransaction
+from sitq.transactional import ConnectionEnqueuer
 from sitq.watch import WatchEvent
 
 T = TypeVar("T")
@@ -79,6 +80,64 @@ class SyncEnqueuer:
     def submit(self, composition: Composable) -> str:
         """Like :meth:`TaskQueue.submit` (blocking)."""
         return self._owner.run(self._enqueuer.submit(composition))
+
+
+class SyncConnectionEnqueuer:
+    """What :meth:`SyncTaskQueue.using` returns: a blocking connection's enqueuer
+    (:class:`~sitq.transactional.ConnectionEnqueuer`) driven on the caller's own
+    thread, where the connection lives; ``with`` commits, then wakes the workers
+    (or rolls back if the block raises)."""
+
+    def __init__(
+        self, owner: SyncTaskQueue, root: ConnectionEnqueuer, enqueuer: Enqueuer | None = None
+    ) -> None:
+        self._owner = owner
+        self._root = root
+        self._enqueuer = enqueuer or root
+
+    def _ready(self) -> None:
+        # The queue's side of the check (its database) is read on the queue's loop;
+        # everything on the connection itself runs here.
+        self._owner.connect()
+        if not self._root.prepared:
+            self._owner.run(self._root.prepare())
+
+    def with_options(self, **options: Any) -> SyncConnectionEnqueuer:
+        """Like :meth:`TaskQueue.with_options`, on the same connection."""
+        return SyncConnectionEnqueuer(
+            self._owner, self._root, self._enqueuer.with_options(**options)
+        )
+
+    def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Like :meth:`TaskQueue.enqueue`, in the connection's transaction."""
+        self._ready()
+        return run_inline(self._enqueuer.enqueue(fn, *args, **kwargs))
+
+    def enqueue_many(self, fn: Callable[..., Any], items: Iterable[Any], /) -> list[str]:
+        """Like :meth:`TaskQueue.enqueue_many`, in the connection's transaction."""
+        self._ready()
+        return run_inline(self._enqueuer.enqueue_many(fn, items))
+
+    def signature(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Signature:
+        """Like :meth:`TaskQueue.signature`."""
+        return self._enqueuer.signature(fn, *args, **kwargs)
+
+    def submit(self, composition: Composable) -> str:
+        """Like :meth:`TaskQueue.submit`, in the connection's transaction."""
+        self._ready()
+        return run_inline(self._enqueuer.submit(composition))
+
+    def wake_workers(self) -> None:
+        """Like :meth:`ConnectionEnqueuer.wake_workers`: after your commit, on SQLite."""
+        self._root.wake_workers()
+
+    def __enter__(self) -> SyncConnectionEnqueuer:
+        self._ready()
+        run_inline(self._root.begin())
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        run_inline(self._root.commit() if exc_type is None else self._root.rollback())
 
 
 class SyncTaskQueue(SyncEnqueuer):
@@ -151,6 +210,22 @@ class SyncTaskQueue(SyncEnqueuer):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def using(self, connection: Any) -> SyncConnectionEnqueuer:
+        """Like :meth:`TaskQueue.using`, for a blocking driver's connection (a
+        ``sqlite3`` one, or psycopg's ``Connection``), used on the calling thread."""
+        root = self._queue.using(connection)
+        if not root.blocking:
+            raise ConfigurationError(
+                f"SyncTaskQueue.using() takes a blocking connection (sqlite3, psycopg's "
+                f"Connection); a {type(connection).__module__}.{type(connection).__qualname__} "
+                "needs an event loop: use TaskQueue.using in async code"
+            )
+        return SyncConnectionEnqueuer(self, root)
+
+    def wake_workers(self) -> None:
+        """Like :meth:`TaskQueue.wake_workers`."""
+        self._queue.wake_workers()
 
     def describe(self) -> str:
         """Like :meth:`TaskQueue.describe` (no database call)."""

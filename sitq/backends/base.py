@@ -30,9 +30,9 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
-from sitq.errors import InvalidDependency
+from sitq.errors import ConfigurationError, InvalidDependency
 
 # Declared with the layers' stores, implemented by every backend (store_session).
 from sitq.store import StoreSession as StoreSession
@@ -441,6 +441,85 @@ def claimed_tasks(rows: Sequence[Sequence[Any]], worker_id: str, now: float) -> 
     ]
 
 
+class TaskWriter(Protocol):
+    """What the enqueue path stores tasks through: a :class:`Backend`, or a
+    :class:`BorrowedConnection` (an application's connection, in its transaction)."""
+
+    def now(self) -> float:
+        """The backend's clock, unix seconds."""
+
+    def describe(self) -> str:
+        """Where the tasks go, for messages (never includes secrets)."""
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        """Store ``tasks`` together (see :meth:`Backend.enqueue`)."""
+
+    async def enqueue_unique(self, task: NewTask) -> tuple[str, bool]:
+        """See :meth:`Backend.enqueue_unique`."""
+
+    async def enqueue_dependent(
+        self, tasks: Sequence[NewTask], dependencies: Sequence[Dependency]
+    ) -> None:
+        """See :meth:`Backend.enqueue_dependent`."""
+
+
+class BorrowedConnection(abc.ABC):
+    """A :class:`TaskWriter` on a connection the application holds
+    (:meth:`Backend.borrow`): the tasks are written inside the application's open
+    transaction, with the backend's own statements, so they commit or roll back
+    with the application's own rows; nothing here commits, unless ``commit``.
+
+    Each write first checks, once, that the connection reaches this backend's
+    database (else a ConfigurationError names both), and refuses a closed one.
+    A write that fails leaves nothing of itself in the transaction (a savepoint
+    around it), which stays usable.
+    """
+
+    #: True for a blocking driver (sqlite3, psycopg's Connection): its writes never
+    #: suspend, and can be driven from plain code (``sitq.bridge.run_inline``).
+    blocking: bool = False
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """The backend's clock, unix seconds."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """The backend's database (never includes secrets)."""
+
+    @abc.abstractmethod
+    async def prepare(self) -> None:
+        """Read what the connection is checked against, on the backend's own
+        connections (on the backend's event loop): before the first write."""
+
+    @abc.abstractmethod
+    async def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        """Write ``tasks`` in the application's transaction."""
+
+    @abc.abstractmethod
+    async def enqueue_unique(self, task: NewTask) -> tuple[str, bool]:
+        """:meth:`Backend.enqueue_unique` in the application's transaction."""
+
+    @abc.abstractmethod
+    async def enqueue_dependent(
+        self, tasks: Sequence[NewTask], dependencies: Sequence[Dependency]
+    ) -> None:
+        """:meth:`Backend.enqueue_dependent` in the application's transaction."""
+
+    @abc.abstractmethod
+    async def begin(self) -> None:
+        """Open a transaction on the connection unless one is open (for a block
+        that ends with :meth:`commit` or :meth:`rollback`)."""
+
+    @abc.abstractmethod
+    async def commit(self) -> None:
+        """Commit the application's transaction."""
+
+    @abc.abstractmethod
+    async def rollback(self) -> None:
+        """Roll the application's transaction back."""
+
+
 class Backend(abc.ABC):
     """Where tasks and results live. Subclasses implement every abstract method."""
 
@@ -628,6 +707,21 @@ class Backend(abc.ABC):
     def describe(self) -> str:
         """Where this backend stores data, for messages (never includes secrets)."""
         return type(self).__name__
+
+    # -- the application's own transaction ----------------------------------
+
+    def borrow(self, connection: Any) -> BorrowedConnection:
+        """A writer on ``connection``, a database connection the application
+        holds, writing inside its open transaction (``TaskQueue.using``)."""
+        raise ConfigurationError(
+            f"{self.describe()} cannot enqueue on an application's connection: use queue.enqueue"
+        )
+
+    def wake_workers(self) -> None:
+        """Wake the idle workers of this database now, for tasks committed outside
+        sitq's own transactions (``TaskQueue.wake_workers``). Nothing by default:
+        a backend whose wake-ups are transactional has sent them at the commit."""
+        return None
 
     # -- bulk status ------------------------------------------------------------
 

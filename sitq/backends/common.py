@@ -32,6 +32,7 @@ from sitq.backends.base import (
     WAITING_OFFSET,
     Activity,
     Backend,
+    BorrowedConnection,
     ClaimedTask,
     Dependency,
     Lease,
@@ -45,6 +46,7 @@ from sitq.backends.base import (
     TaskLinks,
     TaskPage,
     TaskRecord,
+    TaskWriter,
     WakeKind,
     WorkerRecord,
     claimed_tasks,
@@ -52,6 +54,7 @@ from sitq.backends.base import (
     stored_progress,
     task_record,
 )
+from sitq.backends.borrowed import DriverConnection, SQLBorrowed
 from sitq.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -254,6 +257,34 @@ class SQLBackend(Backend):
                 await tx.execute(statement)
             await tx.execute(self.SQL.write_schema_version, (str(target),))
 
+    # -- the application's own transaction ----------------------------------
+
+    def borrow(self, connection: Any) -> BorrowedConnection:
+        """A writer on the application's ``connection``, inside its transaction
+        (see :mod:`sitq.backends.borrowed`). An object of a driver this backend
+        does not take is refused here, with the ones it takes."""
+        if type(connection).__module__.split(".")[0] != "sqlalchemy":
+            self._adapt(connection)  # refuses an unsupported object now
+        return SQLBorrowed(self, connection, blocking=self._blocking_driver(connection))
+
+    @abc.abstractmethod
+    def _adapt(self, connection: Any) -> DriverConnection:
+        """The adapter over a driver's connection; ConfigurationError naming the
+        supported drivers for anything else."""
+
+    def _blocking_driver(self, connection: Any) -> bool:
+        """Whether ``connection`` belongs to a blocking driver."""
+        return False
+
+    @abc.abstractmethod
+    async def _borrow_reference(self) -> object:
+        """What identifies this backend's database, read on its own connections."""
+
+    @abc.abstractmethod
+    async def _borrow_check(self, adapter: DriverConnection, reference: object) -> None:
+        """Refuse ``adapter`` unless it reaches the database ``reference`` names
+        (the error names both, never a password) and sitq's tables are there."""
+
     def store_session(self) -> BackendSession:
         """SQL on this database for the layers' stores (see ``StoreSession``)."""
         if self._session is None:
@@ -264,6 +295,17 @@ class SQLBackend(Backend):
 
     async def enqueue_unique(self, task: NewTask) -> tuple[str, bool]:
         """Insert ``task`` unless a queued or running task holds its unique key."""
+        while True:
+            task_id, created = await self._transaction(self.unique_body(task))
+            if task_id is not None:
+                return task_id, created
+            # The holder finished between the two statements: try again.
+
+    def unique_body(
+        self, task: NewTask
+    ) -> Callable[[Transaction], Awaitable[tuple[str | None, bool]]]:
+        """The transaction body of ``enqueue_unique``: (id, True) if ``task`` was
+        inserted, else the holder's id (None if it finished meanwhile) and False."""
 
         async def body(tx: Transaction) -> tuple[str | None, bool]:
             if await tx.fetch(self.SQL.insert_unique_task, task):
@@ -272,11 +314,7 @@ class SQLBackend(Backend):
             holder = await tx.fetch(self.SQL.existing_unique, (task.unique_key,))
             return (holder[0][0] if holder else None), False
 
-        while True:
-            task_id, created = await self._transaction(body)
-            if task_id is not None:
-                return task_id, created
-            # The holder finished between the two statements: try again.
+        return body
 
     async def get_tasks(
         self, task_ids: Sequence[str], *, with_payload: bool = False, with_result: bool = True
@@ -380,8 +418,14 @@ class SQLBackend(Backend):
     ) -> None:
         """Store ``tasks`` and their dependencies in one transaction (see
         :meth:`Backend.enqueue_dependent`)."""
-        if not tasks:
-            return
+        if tasks:
+            await self._transaction(self.dependent_body(tasks, dependencies))
+
+    def dependent_body(
+        self, tasks: Sequence[NewTask], dependencies: Sequence[Dependency]
+    ) -> Callable[[Transaction], Awaitable[None]]:
+        """The transaction body of ``enqueue_dependent`` (``tasks`` not empty);
+        a self-dependency or a cycle is refused here, before any statement."""
         tasks = dependency_order(tasks, dependencies)  # refuses self-dependency and cycles
         new = {task.id: task for task in tasks}
         waits = {dep.task_id: dep for dep in dependencies}
@@ -417,7 +461,7 @@ class SQLBackend(Backend):
             if any(row[4] is not None for row in rows_out):
                 await tx.wake("results")
 
-        await self._transaction(body)
+        return body
 
     async def task_links(self, task_id: str, *, with_results: bool = False) -> TaskLinks | None:
         """A task's parents, dependents and wait, read from one snapshot."""
@@ -916,12 +960,12 @@ class LoopBinding:
 _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
 
 
-def translate_error(exc: BaseException, backend: Backend) -> SitqError | None:
+def translate_error(exc: BaseException, backend: TaskWriter) -> SitqError | None:
     """The SitqError a caller should see for a raw database error, or None if
     ``exc`` is not a database error (it is then raised as it is).
 
     Known without importing any driver: sqlite3 errors, errors carrying a
-    PostgreSQL ``sqlstate``, lost connections, and the asyncpg driver's own.
+    PostgreSQL ``sqlstate``, lost connections, and the asyncpg and psycopg drivers' own.
     """
     if isinstance(exc, SitqError):
         return exc
@@ -942,13 +986,14 @@ def translate_error(exc: BaseException, backend: Backend) -> SitqError | None:
             f"{where} is unreachable ({type(exc).__name__}: {exc}); it may be restarting: "
             "try again once it is back"
         )
-    if isinstance(sqlstate, str) or type(exc).__module__.startswith("asyncpg"):
+    # asyncpg's own errors, and psycopg's (an application's connection, queue.using).
+    if isinstance(sqlstate, str) or type(exc).__module__.split(".")[0] in ("asyncpg", "psycopg"):
         return StorageError(f"{where} refused the operation: {type(exc).__name__}: {exc}")
     return None
 
 
 @contextlib.contextmanager
-def translated(backend: Backend) -> Iterator[None]:
+def translated(backend: TaskWriter) -> Iterator[None]:
     """Raise the SitqError of a raw database error raised in the block (the original
     as its ``__cause__``); a SitqError or any other error goes through unchanged."""
     try:

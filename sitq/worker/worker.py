@@ -54,7 +54,9 @@ class Worker(Claiming):
         worker died runs again after at most this long.
     :param grace_period: seconds ``stop()`` waits for running tasks by default.
     :param poll_interval: the longest an idle worker waits between looks at the
-        queue when no wake-up arrives (at most 0.05 s).
+        queue when no wake-up arrives (0.05 s). A new task wakes it at once; a
+        delayed task, a retry or a dead worker's task may wait up to this long
+        past its time.
     :param imports: modules to import in process-pool children.
     :param schedules: the periodic tasks this worker enqueues when due (each run
         once across all workers); None: every schedule registered in this process
@@ -112,9 +114,7 @@ class Worker(Claiming):
         self.lease_seconds = checks.seconds("lease_seconds", lease_seconds, positive=True)
         self.heartbeat_interval = min(self.lease_seconds / 3, 10.0)
         self.grace_period = checks.seconds("grace_period", grace_period)
-        self.poll_interval = min(
-            checks.seconds("poll_interval", poll_interval, positive=True), 0.05
-        )
+        self.poll_interval = checks.seconds("poll_interval", poll_interval, positive=True)
         # Each backend has its own default for create: pass it only when refused.
         self.backend = open_backend(backend) if create else open_backend(backend, create=False)
         self.serializer = serializer or default_serializer()

@@ -28,7 +28,9 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from sitq.backends.base import Lease, NewTask, Outcome, WakeKind
+from sitq.backends.borrowed import DriverConnection
 from sitq.backends.common import SQLBackend, Transaction, lease_key, limit_room_allowed
+from sitq.backends.postgres import borrowed
 from sitq.backends.postgres import schema as q
 from sitq.backends.postgres.schema import SQL
 from sitq.errors import ConfigurationError, DatabaseError
@@ -344,6 +346,23 @@ class PostgresBackend(SQLBackend):
             )
         applied = {tuple(row[:3]) for row in rows}
         return [lease_key(lease) in applied for lease in leases]
+
+    # -- the application's own transaction ---------------------------------
+
+    def _adapt(self, connection: Any) -> DriverConnection:
+        return borrowed.adapt(self, connection)
+
+    def _blocking_driver(self, connection: Any) -> bool:
+        return borrowed.is_blocking(connection)
+
+    async def _borrow_reference(self) -> object:
+        meta = f'"{self.schema}".sitq_meta'
+        rows = await self._fetch(SQL.connection_identity, (meta,))
+        database, port, started, _ = rows[0]
+        return (database, str(port), str(started))
+
+    async def _borrow_check(self, adapter: DriverConnection, reference: object) -> None:
+        await borrowed.check_same_database(self, adapter, reference)
 
     # -- wake-ups -----------------------------------------------------------
 

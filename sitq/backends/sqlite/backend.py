@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from sitq.backends.base import Lease, NewTask, Outcome, WakeKind
+from sitq.backends.borrowed import DriverConnection
 from sitq.backends.common import (
     SQLBackend,
     Transaction,
@@ -32,6 +33,7 @@ from sitq.backends.common import (
     limit_room_allowed,
     translate_error,
 )
+from sitq.backends.sqlite import borrowed
 from sitq.backends.sqlite import schema as q
 from sitq.backends.sqlite.enqueue import (
     JOURNAL_SIZE_LIMIT,
@@ -551,6 +553,26 @@ class SQLiteBackend(SQLBackend):
             await self._wakeup.wait(kind, timeout)
             return
         await asyncio.sleep(timeout)
+
+    # -- the application's own transaction ---------------------------------
+
+    def _adapt(self, connection: Any) -> DriverConnection:
+        return borrowed.adapt(connection)
+
+    def _blocking_driver(self, connection: Any) -> bool:
+        return isinstance(connection, sqlite3.Connection)
+
+    async def _borrow_reference(self) -> object:
+        return self.path
+
+    async def _borrow_check(self, adapter: DriverConnection, reference: object) -> None:
+        await borrowed.check_same_database(adapter, str(reference), self.describe())
+
+    def wake_workers(self) -> None:
+        """Wake this database's idle workers (in every process) now: after a commit
+        of tasks enqueued on the application's connection, whose wake-up SQLite
+        cannot carry. Safe from any thread; never raises."""
+        self._wakeup.notify_threadsafe("tasks")
 
     def store_session(self) -> SQLiteSession:
         """SQL on this database for the layers' stores (see ``StoreSession``)."""
