@@ -131,7 +131,13 @@ class ChunkLengthBatch(BatchPipeline):
 
 
 def peak_rss_kb() -> int:
-    """This process's peak resident set size so far, in KiB (Linux units)."""
+    """This process's peak resident set size so far, in KiB: VmHWM, not
+    ru_maxrss, which Linux carries over an exec from the forking parent (a
+    pytest process grown past 500 MB hid the whole measurement)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
