@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -205,6 +206,10 @@ def worker(
             f"{signed} payloads"
         )
         return
+    # What is loaded by now (sitq, the app's modules) lives as long as the
+    # process: the collector need not walk it again on every collection, which
+    # the allocations of each task trigger (about a tenth of a no-op's cost).
+    gc.freeze()
     try:
         the_worker = Worker(db, serializer, imports=imports, burst=burst, create=False, **options)
         asyncio.run(the_worker.run())
