@@ -187,8 +187,9 @@ class ClaimedTask:
 
 @dataclass(slots=True)  # one per task on the hot path: see ClaimedTask
 class Outcome:
-    """How a run ended (read-only by convention). ``status`` is succeeded, failed or cancelled; or queued
-    with ``retry_at`` set, to run again after a failure."""
+    """How a run ended (read-only by convention). ``status`` is succeeded,
+    failed or cancelled; or queued with ``retry_at`` set, to run again after a
+    failure."""
 
     status: str
     result: bytes | None = None
