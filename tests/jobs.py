@@ -16,6 +16,10 @@ def noop() -> None:
     return None
 
 
+def discard(value: object) -> None:
+    """Takes an argument (say a large one) and returns nothing."""
+
+
 def total(values: list[int]) -> int:
     """A chord's callback: the sum of its members' results."""
     return sum(values)

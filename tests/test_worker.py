@@ -293,6 +293,29 @@ class TestMisbehavingTasks:
         assert r_bad.error and "CancelledError" in r_bad.error
         assert r_after is not None and r_after.value == 6
 
+    async def test_the_adaptive_prefetch_holds_a_bounded_size_of_payloads(
+        self, db_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Quick tasks with large payloads: the prefetch follows their run time up
+        to MAX_PREFETCH tasks, and their payloads' size down to PREFETCH_BYTES."""
+        monkeypatch.setattr("sitq.worker.claiming.PREFETCH_BYTES", 1024 * 1024)
+        payload = b"x" * 64 * 1024  # 16 of them fill the budget
+        async with TaskQueue(db_path) as queue:
+            ids = await queue.enqueue_many(jobs.discard, [(payload,) for _ in range(300)])
+            w = Worker(db_path, concurrency=2)
+            peak = 0
+            await w.start()
+            try:
+                while await queue.status(ids[-1]) is not TaskStatus.SUCCEEDED:
+                    for _ in range(50):  # every loop iteration between two looks
+                        peak = max(peak, len(w._running))
+                        await asyncio.sleep(0)
+            finally:
+                await w.stop(timeout=5)
+        # Held: the 2 slots and at most 16 prefetched (without the byte bound the
+        # quick tasks' prefetch climbs to hundreds).
+        assert 2 < peak <= 2 + 16
+
     async def test_stop_releases_prefetched_tasks_before_the_grace_period_ends(
         self, db_path: Path
     ) -> None:

@@ -20,8 +20,13 @@ from sitq.worker.runs import Running, logger
 
 #: Adaptive prefetch holds about this many seconds of work per slot...
 PREFETCH_HORIZON = 0.05
-#: ...and never more than this many tasks beyond the free slots.
-MAX_PREFETCH = 128
+#: ...and never more than this many tasks beyond the free slots (claims of a few
+#: hundred short tasks cost the database about a third less per task than claims
+#: of a few dozen)...
+MAX_PREFETCH = 512
+#: ...nor more than about this many bytes of payloads (a few large payloads
+#: must not fill the worker's memory).
+PREFETCH_BYTES = 8 * 1024 * 1024
 #: Seconds between refreshes of the sitq.queue.depth gauge (when metrics are on).
 DEPTH_INTERVAL = 30.0
 #: The shortest pause between two heartbeats brought forward by cancel requests
@@ -66,6 +71,11 @@ class Claiming(Execution):
                 logger.exception("worker %s: claim failed (attempt %d)", self.id, failures)
                 await self._wait_any(asyncio.sleep(min(0.05 * 2**failures, 5.0)), None)
                 continue
+            if claimed:
+                # A running mean, but never below this claim's largest payload.
+                sizes = [len(task.payload) for task in claimed]
+                mean = self._payload_size + (sum(sizes) / len(sizes) - self._payload_size) * 0.2
+                self._payload_size = max(mean, max(sizes))
             for task in claimed:
                 running = Running(task, claimed_at=asked_at)
                 self._running[task.id] = running
@@ -85,7 +95,8 @@ class Claiming(Execution):
         if self.prefetch is not None:
             return self.prefetch
         per_slot = PREFETCH_HORIZON / max(self._run_time, 1e-5)
-        return max(1, min(MAX_PREFETCH, int(per_slot * self.concurrency)))
+        by_size = PREFETCH_BYTES // max(int(self._payload_size), 1)
+        return max(1, min(MAX_PREFETCH, by_size, int(per_slot * self.concurrency)))
 
     async def _wait_any(
         self, awaitable: Awaitable[Any], timeout: float | None, also: asyncio.Event | None = None

@@ -98,6 +98,7 @@ class Execution:
     outcomes: dict[str, int]
     _binds: bool  # signs bound to the row: see _binding()
     _run_time: float  # running mean of task run time, seconds
+    _payload_size: float  # running mean of claimed payloads' size, bytes
     _retries_due: float  # burst: a retry this worker scheduled runs by then
     _stop_requested: asyncio.Event | None
     _room: asyncio.Event | None  # set when a held task starts or leaves

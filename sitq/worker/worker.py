@@ -46,7 +46,8 @@ class Worker(Claiming):
     :param prefetch: how many tasks to claim beyond the free slots, so a slot
         never waits for the database. ``None`` (the default) adapts it to the
         tasks' run time, holding about ``PREFETCH_HORIZON`` seconds of work
-        (at most ``MAX_PREFETCH`` tasks): many short tasks are claimed in large
+        (at most ``MAX_PREFETCH`` tasks, and about ``PREFETCH_BYTES`` of
+        payloads): many short tasks are claimed in large
         batches, while long tasks are not hoarded away from other workers.
         Prefetched tasks hold leases (they read as queued, claimed, until they
         start); a stop releases them at once.
@@ -124,6 +125,7 @@ class Worker(Claiming):
         self.max_tasks_per_child = max_tasks_per_child
         self.prefetch = prefetch
         self._run_time = PREFETCH_HORIZON
+        self._payload_size = 0.0
         self.imports = tuple(imports)
         self.schedules = None if schedules is None else list(schedules)
         self.burst = burst
