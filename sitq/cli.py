@@ -28,7 +28,7 @@ from sitq.errors import SitqError
 from sitq.overview import supervised_name
 from sitq.serialization import SignedSerializer
 from sitq.supervisor import Supervisor, follow_supervisor, supervisor_pid
-from sitq.worker import MAX_PREFETCH, POOLS, PREFETCH_HORIZON, Worker
+from sitq.worker import MAX_PREFETCH, POOLS, PREFETCH_BYTES, PREFETCH_HORIZON, Worker
 
 
 class _SafeFormatter(logging.Formatter):
@@ -103,7 +103,8 @@ def main() -> None:
     default=None,
     help="Tasks claimed beyond the free slots. Default: adaptive, about "
     f"{PREFETCH_HORIZON * 1000:.0f} ms of work per slot, at least 1 and at most "
-    f"{MAX_PREFETCH} (short tasks are claimed in batches; long ones are not hoarded).",
+    f"{MAX_PREFETCH} tasks and about {PREFETCH_BYTES // 2**20} MB of payloads (short tasks "
+    "are claimed in batches; long ones are not hoarded).",
 )
 @import_option("so its tasks resolve")
 @click.option(

@@ -386,7 +386,10 @@ def test_help_names_both_backends_and_every_worker_option_has_help() -> None:
 def test_worker_help_describes_the_default_prefetch() -> None:
     text = " ".join(sitq("worker", "--help").stdout.split())
     assert "see Worker" not in text
-    assert "Default: adaptive, about 50 ms of work per slot, at least 1 and at most 128" in text
+    assert (
+        "Default: adaptive, about 50 ms of work per slot, at least 1 and at most 512 tasks "
+        "and about 8 MB of payloads"
+    ) in text
 
 
 def test_inspect_loads_arguments_from_the_apps_own_directory(db_path: Path, tmp_path: Path) -> None:
