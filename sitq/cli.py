@@ -127,11 +127,11 @@ def main() -> None:
     "--poll-interval",
     "poll_interval",
     type=click.FloatRange(min=0, min_open=True),
-    default=0.05,
+    default=1.0,
     show_default=True,
     help="Longest idle wait for a wake-up before looking at the queue again. A new task "
-    "wakes the worker at once; a delayed task, a retry or a dead worker's task may wait "
-    "up to this long past its time.",
+    "wakes the worker at once, and it looks again when the next delayed task, retry or "
+    "expiring lease falls due; only a task written with no wake-up waits this long.",
 )
 @click.option(
     "--log-level",

@@ -47,6 +47,10 @@ WakeKind = Literal["tasks", "results", "cancels", "progress"]
 LOST_LEASE_LIMIT = 3
 #: Expired leases are looked for at most this often per backend instance.
 RECLAIM_INTERVAL = 1.0
+#: The longest wait for a wake-up while a backend cannot hear them (SQLite's
+#: wake-up folder refused, PostgreSQL's LISTEN connection down): polling at this
+#: pace stands in for them.
+DEAF_POLL = 0.05
 #: A worker not heard from for this long is shown as dead (workers beat every
 #: 10 s at most).
 WORKER_STALE_AFTER = 30.0
@@ -553,6 +557,14 @@ class Backend(abc.ABC):
     ) -> list[ClaimedTask]:
         """Atomically take up to ``limit`` ready tasks (or expired leases)."""
 
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        """When (on :meth:`now`'s clock) work in ``queues`` may next become
+        claimable with no wake-up to say so: the earliest time of a queued task
+        (a delayed one, a retry) or of a lease's expiry (its task is reclaimed
+        then). None: nothing waits. A worker that found nothing to claim looks
+        again then. This default knows nothing, so it answers "now"."""
+        return self.now()
+
     @abc.abstractmethod
     async def heartbeat(
         self, worker_id: str, leases: Sequence[Lease], lease_seconds: float
@@ -705,7 +717,8 @@ class Backend(abc.ABC):
     async def wait_for_change(self, kind: WakeKind, timeout: float) -> None:
         """Return when ``kind`` ("tasks" enqueued, "results" written, or "cancels"
         asked of held tasks) may have changed, or after ``timeout`` seconds. A hint
-        only: callers re-check."""
+        only: callers re-check. A backend that cannot hear wake-ups at the moment
+        returns within ``DEAF_POLL`` seconds instead."""
         await asyncio.sleep(timeout)
 
     def describe(self) -> str:

@@ -669,6 +669,18 @@ class SQLBackend(Backend):
             rows += await self._claim_ready(worker_id, queues, limit - len(rows), now, expires)
         return claimed_tasks(rows, worker_id, now)
 
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        """When a queued task of ``queues`` or a lease falls due (see Backend):
+        a few index seeks, no scan. Under limits it answers "now": a limit's
+        window frees room with no wake-up, so the worker keeps polling."""
+        if self._has_limits:
+            return self.now()
+        times = [row[0] for row in await self._fetch(self.SQL.next_lease_expiry)]
+        for queue in queues:
+            times += [row[0] for row in await self._fetch(self.SQL.next_due_in_queue, (queue,))]
+        known = [t for t in times if t is not None]
+        return min(known) if known else None
+
     async def _reclaim_expired(self, now: float) -> None:
         params = (now, LOST_LEASE_LIMIT, self.default_result_ttl)
 

@@ -27,6 +27,9 @@ MAX_PREFETCH = 512
 #: ...nor more than about this many bytes of payloads (a few large payloads
 #: must not fill the worker's memory).
 PREFETCH_BYTES = 8 * 1024 * 1024
+#: The wait between looks while work is due but was not claimed (and after a
+#: claim that took some tasks but not all it had room for).
+UNSETTLED_POLL = 0.05
 #: Seconds between refreshes of the sitq.queue.depth gauge (when metrics are on).
 DEPTH_INTERVAL = 30.0
 #: The shortest pause between two heartbeats brought forward by cancel requests
@@ -85,11 +88,28 @@ class Claiming(Execution):
                 if self.burst and not self._running and asked_wall >= self._retries_due:
                     logger.info("worker %s: nothing left to run (burst mode)", self.id)
                     return True
-                # The queue had no more ready work: wait for a wake-up or the poll.
-                await self._wait_any(
-                    self.backend.wait_for_change("tasks", self.poll_interval), None
-                )
+                # The queue had no more ready work: wait for a wake-up, or until
+                # something falls due.
+                wait = await self._idle_wait() if not claimed else UNSETTLED_POLL
+                await self._wait_any(self.backend.wait_for_change("tasks", wait), None)
         return False
+
+    async def _idle_wait(self) -> float:
+        """How long a worker that found nothing to claim waits for a wake-up: until
+        the next delayed task, retry or lease falls due, at most ``poll_interval``;
+        ``UNSETTLED_POLL`` when something is due but was not claimable (a paused
+        queue, a limit, or a task that fell due since the claim)."""
+        try:
+            due = await self.backend.next_due(self.queues)
+        except Exception:
+            logger.exception("worker %s: could not read when work falls due", self.id)
+            return min(UNSETTLED_POLL, self.poll_interval)
+        if due is None:
+            return self.poll_interval
+        rest = due - self.backend.now()
+        if rest <= 0:
+            return min(UNSETTLED_POLL, self.poll_interval)
+        return min(rest, self.poll_interval)
 
     def _prefetch_now(self) -> int:
         if self.prefetch is not None:

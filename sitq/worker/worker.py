@@ -54,10 +54,12 @@ class Worker(Claiming):
     :param lease_seconds: how long a claim holds without renewal; a task whose
         worker died runs again after at most this long.
     :param grace_period: seconds ``stop()`` waits for running tasks by default.
-    :param poll_interval: the longest an idle worker waits between looks at the
-        queue when no wake-up arrives (0.05 s). A new task wakes it at once; a
-        delayed task, a retry or a dead worker's task may wait up to this long
-        past its time.
+    :param poll_interval: the longest an idle worker waits for a wake-up before
+        looking at the queue again (1 s). A new task wakes it at once, and it
+        looks again on its own when the next delayed task, retry or expiring
+        lease falls due; only a task written with no wake-up at all (a borrowed
+        connection's enqueue without ``wake_workers()``, another tool) waits
+        up to this long. While wake-ups cannot be heard it polls every 50 ms.
     :param imports: modules to import in process-pool children.
     :param schedules: the periodic tasks this worker enqueues when due (each run
         once across all workers); None: every schedule registered in this process
@@ -86,7 +88,7 @@ class Worker(Claiming):
         prefetch: int | None = None,
         lease_seconds: float = 30.0,
         grace_period: float = 30.0,
-        poll_interval: float = 0.05,
+        poll_interval: float = 1.0,
         imports: Sequence[str] = (),
         name: str | None = None,
         schedules: Sequence[Schedule] | None = None,

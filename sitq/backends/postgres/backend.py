@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "the PostgreSQL backend needs asyncpg: pip install 'sitq[postgres]'"
     ) from exc
 
-from sitq.backends.base import Lease, NewTask, Outcome, WakeKind
+from sitq.backends.base import DEAF_POLL, Lease, NewTask, Outcome, WakeKind
 from sitq.backends.borrowed import DriverConnection
 from sitq.backends.common import SQLBackend, Transaction, lease_key, limit_room_allowed
 from sitq.backends.postgres import borrowed
@@ -372,6 +372,8 @@ class PostgresBackend(SQLBackend):
             raise self._not_connected()
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen_forever())
+        if not self.listener_connected.is_set():  # deaf meanwhile: poll instead
+            timeout = min(timeout, DEAF_POLL)
         event = self._events.setdefault(kind, asyncio.Event())
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from sitq.backends.base import Lease, NewTask, Outcome, WakeKind
+from sitq.backends.base import DEAF_POLL, Lease, NewTask, Outcome, WakeKind
 from sitq.backends.borrowed import DriverConnection
 from sitq.backends.common import (
     SQLBackend,
@@ -549,6 +549,8 @@ class SQLiteBackend(SQLBackend):
     async def wait_for_change(self, kind: WakeKind, timeout: float) -> None:
         """Wait for a wake-up from any process on this database, or ``timeout``."""
         self._connection()
+        if not self._wakeup.hears(kind):  # deaf (or not listening yet): poll instead
+            timeout = min(timeout, DEAF_POLL)
         with contextlib.suppress(RuntimeError):
             await self._wakeup.wait(kind, timeout)
             return

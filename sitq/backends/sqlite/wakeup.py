@@ -218,6 +218,11 @@ class WakeupChannel:
             if stat.S_ISSOCK(info.st_mode) and info.st_uid == os.geteuid():
                 os.unlink(name, dir_fd=fd)
 
+    def hears(self, kind: WakeKind) -> bool:
+        """True once this process listens for ``kind`` (its first ``wait`` binds
+        the socket; a refused folder or no Unix sockets leave it deaf)."""
+        return kind in self._listeners and not self._broken
+
     async def wait(self, kind: WakeKind, timeout: float) -> None:
         """Return on a wake-up for ``kind`` or after ``timeout`` seconds.
 

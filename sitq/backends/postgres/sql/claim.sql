@@ -159,3 +159,25 @@ FROM unnest($3::text[], $4::text[], $5::int[]) AS v(id, worker_id, attempt), loc
 WHERE t.id = v.id AND locked.id = v.id AND t.worker_id = v.worker_id
     AND t.attempts = v.attempt AND t.status = 'running'
 RETURNING t.id
+
+-- name: next_due_in_queue
+-- The earliest available_at among the queued tasks of queue $1 without a limit
+-- key, read from the ready index with one seek per distinct priority (a loose
+-- index scan), never a scan of every queued task.
+WITH RECURSIVE levels(priority) AS (
+    SELECT MAX(priority) FROM {s}.sitq_tasks
+    WHERE status = 'queued' AND limit_key IS NULL AND queue = $1
+    UNION ALL
+    SELECT (SELECT MAX(t.priority) FROM {s}.sitq_tasks t
+            WHERE t.status = 'queued' AND t.limit_key IS NULL AND t.queue = $1
+              AND t.priority < levels.priority)
+    FROM levels WHERE levels.priority IS NOT NULL
+)
+SELECT MIN((SELECT MIN(t.available_at) FROM {s}.sitq_tasks t
+            WHERE t.status = 'queued' AND t.limit_key IS NULL AND t.queue = $1
+              AND t.priority = levels.priority))
+FROM levels WHERE levels.priority IS NOT NULL
+
+-- name: next_lease_expiry
+-- The first lease to run out, from the running tasks' index.
+SELECT MIN(lease_expires_at) FROM {s}.sitq_tasks WHERE status = 'running'
