@@ -293,6 +293,48 @@ class TestMisbehavingTasks:
         assert r_bad.error and "CancelledError" in r_bad.error
         assert r_after is not None and r_after.value == 6
 
+    async def test_an_idle_worker_starts_a_delayed_task_at_its_time_not_a_poll_later(
+        self, db_path: Path
+    ) -> None:
+        """The worker polls once a second, yet a task delayed by 0.4 s starts at
+        its time: after the wake-up of its enqueue the worker sleeps until it."""
+        async with TaskQueue(db_path) as queue:
+            w = Worker(db_path, poll_interval=1.0)
+            await w.start()
+            try:
+                task_id = await queue.with_options(delay=0.4).enqueue(jobs.add, 1, 2)
+                record = await queue.task_record(task_id)
+                result = await queue.get_result(task_id, timeout=10)
+            finally:
+                await w.stop(timeout=5)
+        assert result is not None and result.ok and result.started_at is not None
+        late = result.started_at.timestamp() - record.available_at
+        assert 0 <= late < 0.2, late
+
+    async def test_a_retry_starts_at_its_time_not_a_poll_later(
+        self, db_path: Path, tmp_path: Path
+    ) -> None:
+        async with TaskQueue(db_path) as queue:
+            w = Worker(db_path, poll_interval=1.0)
+            await w.start()
+            try:
+                task_id = await queue.with_options(max_retries=1, retry_backoff=0.4).enqueue(
+                    jobs.fail_first_attempt, str(tmp_path / "marker")
+                )
+
+                async def retry_scheduled() -> bool:
+                    record = await queue.task_record(task_id)
+                    return record.attempts == 1 and record.status == "queued"
+
+                await await_until(retry_scheduled, 10, "the retry to be scheduled")
+                retry_at = (await queue.task_record(task_id)).available_at
+                result = await queue.get_result(task_id, timeout=10)
+            finally:
+                await w.stop(timeout=5)
+        assert result is not None and result.ok and result.started_at is not None
+        late = result.started_at.timestamp() - retry_at
+        assert 0 <= late < 0.2, late
+
     async def test_the_adaptive_prefetch_holds_a_bounded_size_of_payloads(
         self, db_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -549,10 +549,8 @@ class SQLiteBackend(SQLBackend):
     async def wait_for_change(self, kind: WakeKind, timeout: float) -> None:
         """Wait for a wake-up from any process on this database, or ``timeout``."""
         self._connection()
-        if not self._wakeup.hears(kind):  # deaf (or not listening yet): poll instead
-            timeout = min(timeout, DEAF_POLL)
         with contextlib.suppress(RuntimeError):
-            await self._wakeup.wait(kind, timeout)
+            await self._wakeup.wait(kind, timeout, deaf_timeout=DEAF_POLL)
             return
         await asyncio.sleep(timeout)
 

@@ -223,8 +223,9 @@ class WakeupChannel:
         the socket; a refused folder or no Unix sockets leave it deaf)."""
         return kind in self._listeners and not self._broken
 
-    async def wait(self, kind: WakeKind, timeout: float) -> None:
-        """Return on a wake-up for ``kind`` or after ``timeout`` seconds.
+    async def wait(self, kind: WakeKind, timeout: float, deaf_timeout: float | None = None) -> None:
+        """Return on a wake-up for ``kind`` or after ``timeout`` seconds (after
+        ``deaf_timeout``, if given, when this process cannot listen for ``kind``).
 
         A wake-up that arrives while no one waits is kept for the next waiter,
         so one that lands between a caller's check and its wait is not lost.
@@ -233,6 +234,8 @@ class WakeupChannel:
         if event is None:
             event = self._events[kind] = asyncio.Event()
             self._listen(kind)
+        if deaf_timeout is not None and not self.hears(kind):
+            timeout = min(timeout, deaf_timeout)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
         # Every coroutine waiting now has been woken; later waiters start afresh.
