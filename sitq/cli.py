@@ -127,7 +127,7 @@ def main() -> None:
     "--poll-interval",
     "poll_interval",
     type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
+    default=0.2,
     show_default=True,
     help="Longest idle wait for a wake-up before looking at the queue again. A new task "
     "wakes the worker at once, and it looks again when the next delayed task, retry or "

@@ -55,7 +55,7 @@ class Worker(Claiming):
         worker died runs again after at most this long.
     :param grace_period: seconds ``stop()`` waits for running tasks by default.
     :param poll_interval: the longest an idle worker waits for a wake-up before
-        looking at the queue again (1 s). A new task wakes it at once, and it
+        looking at the queue again (0.2 s). A new task wakes it at once, and it
         looks again on its own when the next delayed task, retry or expiring
         lease falls due; only a task written with no wake-up at all (a borrowed
         connection's enqueue without ``wake_workers()``, another tool) waits
@@ -88,7 +88,7 @@ class Worker(Claiming):
         prefetch: int | None = None,
         lease_seconds: float = 30.0,
         grace_period: float = 30.0,
-        poll_interval: float = 1.0,
+        poll_interval: float = 0.2,
         imports: Sequence[str] = (),
         name: str | None = None,
         schedules: Sequence[Schedule] | None = None,

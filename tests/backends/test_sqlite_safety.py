@@ -466,14 +466,14 @@ async def test_a_worker_that_cannot_hear_wake_ups_polls_every_50_ms(
 ) -> None:
     """With its wake-up folder refused, a `sitq worker` (in its own process, so
     nothing in-process wakes it) looks at the queue every DEAF_POLL, not every
-    poll_interval (1 s): four waits of a 1 s poll would all come in under half a
-    second once in 16 runs."""
+    poll_interval (1 s here): four waits of a 1 s poll would all come in under
+    half a second once in 16 runs."""
     db = tmp_path / "tasks.db"
     kind_dir = wake_directory(str(db)) / "t"
     kind_dir.parent.mkdir(parents=True, mode=0o700)
     kind_dir.symlink_to(_victim(tmp_path / "victim"), target_is_directory=True)
     async with TaskQueue(db) as queue:
-        worker = spawn_worker("--import", "jobs", db=db).wait_started()
+        worker = spawn_worker("--import", "jobs", "--poll-interval", "1", db=db).wait_started()
         waits = []
         for _ in range(4):
             task_id = await queue.enqueue(jobs.add, 2, 3)
