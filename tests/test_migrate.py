@@ -823,6 +823,33 @@ async def test_a_newer_source_is_refused_naming_both_and_nothing_is_created(
     assert files_in(tmp_path) == before
 
 
+async def test_a_file_of_other_tables_or_none_is_refused_byte_for_byte(tmp_path: Path) -> None:
+    """An application's own SQLite file as the destination (or the source), and a
+    missing source: refused in migrate's words, nothing created or changed (the
+    destination was switched to WAL mode before it was found not to be sitq's)."""
+    src, app = tmp_path / "src.db", tmp_path / "app.db"
+    async with TaskQueue(str(src)) as queue:
+        await queue.enqueue(jobs.add, 1, 1)
+    with sqlite3.connect(app) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER)")
+    conn.close()
+    before = files_in(tmp_path)
+    proc = migrate_cli(str(src), str(app))
+    assert proc.returncode == 1
+    err = " ".join(proc.stderr.split())
+    assert f"the destination sqlite database {app} holds tables that are not sitq's" in err
+    assert "migrate into a new file" in err and "--db" not in err
+    proc = migrate_cli(str(app), str(tmp_path / "new.db"))
+    assert proc.returncode == 1
+    assert f"the source sqlite database {app} holds tables that are not sitq's" in " ".join(
+        proc.stderr.split()
+    )
+    proc = migrate_cli(str(tmp_path / "missing.db"), str(tmp_path / "new.db"))
+    assert proc.returncode == 1
+    assert "no sitq database at the source" in proc.stderr and "nothing was created" in proc.stderr
+    assert files_in(tmp_path) == before
+
+
 async def test_peek_schema_reads_without_creating_or_upgrading(
     tmp_path: Path, pg_schemas: Callable[[str], str]
 ) -> None:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from sitq import sqlfiles
-from sitq.errors import SitqError
+from sitq.errors import NotASitqDatabase, SitqError
 from sitq.queue import TaskQueue
 from sitq.serialization import CloudpickleSerializer
 from sitq.store import StoreSession, StoreTransaction
@@ -391,6 +391,22 @@ def _version_refusal(
     )
 
 
+async def _peek(queue: TaskQueue, label: str) -> SchemaState:
+    """``queue``'s schema version, unopened; a file of other tables is refused."""
+    try:
+        return await queue.peek_schema()
+    except NotASitqDatabase as exc:
+        raise MigrationError(
+            f"the {label} {queue.describe()} holds tables that are not sitq's: "
+            + (
+                "check the source's path or URL"
+                if label == "source"
+                else "migrate into a new file or database, or into a sitq one"
+            )
+            + "; nothing was changed"
+        ) from exc
+
+
 async def migrate(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -428,13 +444,13 @@ async def migrate(
     if source_queue.describe() == dst_queue.describe():
         raise MigrationError(f"the source and the destination are both {dst_queue.describe()}")
     # Read before either is opened: opening a database upgrades an older schema.
-    src_state = await source_queue.peek_schema()
+    src_state = await _peek(source_queue, "source")
     if src_state.stored is None:
         raise MigrationError(
-            f"there is no sitq database at the source {src_state.database}: check the "
-            "source's path or URL (nothing was created)"
+            f"no sitq database at the source ({src_state.database}): check the source's "
+            "path or URL; nothing was created"
         )
-    dst_state = await dst_queue.peek_schema()
+    dst_state = await _peek(dst_queue, "destination")
     refusal = _version_refusal(src_state, dst_state, os.fspath(source), os.fspath(destination))
     if refusal:
         raise MigrationError(refusal)
