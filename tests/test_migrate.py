@@ -677,7 +677,7 @@ def files_in(folder: Path) -> dict[str, str]:
 
 async def postgres_contents(schema: str) -> dict[str, Any]:
     """Everything in ``schema``: its tables' columns, indexes and rows (the stored
-    schema version among them)."""
+    schema version among them), its functions and triggers."""
     import asyncpg
 
     conn = await asyncpg.connect(POSTGRES_URL)
@@ -703,6 +703,23 @@ async def postgres_contents(schema: str) -> dict[str, Any]:
                 tuple(r)
                 for r in await conn.fetch(
                     "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1 ORDER BY 1",
+                    schema,
+                )
+            ],
+            "functions": [
+                tuple(r)
+                for r in await conn.fetch(
+                    "SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p "
+                    "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 "
+                    "ORDER BY 1, 2",
+                    schema,
+                )
+            ],
+            "triggers": [
+                tuple(r)
+                for r in await conn.fetch(
+                    "SELECT event_object_table, trigger_name, action_statement "
+                    "FROM information_schema.triggers WHERE trigger_schema = $1 ORDER BY 1, 2, 3",
                     schema,
                 )
             ],
@@ -873,7 +890,7 @@ async def test_peek_schema_reads_without_creating_or_upgrading(
     url = pg_schemas("peek")
     schema = url.rsplit("sitq_schema=", 1)[1]
     assert (await TaskQueue(url).peek_schema()).stored is None
-    assert await postgres_contents(schema) == {"columns": [], "indexes": []}
+    assert not any((await postgres_contents(schema)).values())
     pg_version = await older_postgres(schema, with_task=False)
     assert (await TaskQueue(url).peek_schema()).stored == pg_version
 
