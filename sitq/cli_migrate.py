@@ -11,10 +11,8 @@ import click
 from sitq.commands import fail
 from sitq.display import redact, terminal_safe
 from sitq.errors import SitqError
-from sitq.migrate import MigrationReport, migrate
+from sitq.migrate import migrate
 from sitq.migrate.migration import DEFAULT_CHUNK
-from sitq.queue import TaskQueue
-from sitq.serialization import CloudpickleSerializer
 
 
 def _absolute(target: str) -> str:
@@ -71,15 +69,15 @@ def migrate_command(
     SRC and DST are SQLite paths or postgresql:// URLs (as --db takes). Tasks in
     every state with their results, dependencies, schedules, limits, paused
     queues, named batches and workflow runs are copied; worker rows are not. DST
-    is created if new. Safe to run again after an interruption: it continues,
-    and nothing is copied twice. SRC is left as it was unless --delete-source.
+    is created if new. Both must be at this sitq's schema version: an older or
+    newer one is refused (open an older one once with this sitq to upgrade it).
+    Safe to run again after an interruption: it continues, and nothing is copied
+    twice. SRC is left as it was unless --delete-source.
     """
-
-    async def run() -> MigrationReport:
-        # The payloads and results are copied as bytes, never loaded.
-        async with TaskQueue(_absolute(source), CloudpickleSerializer(), create=False) as src:
-            return await migrate(
-                src,
+    try:
+        report = asyncio.run(
+            migrate(
+                _absolute(source),
                 _absolute(destination),
                 wait=wait,
                 into_existing=into_existing,
@@ -88,9 +86,7 @@ def migrate_command(
                 progress=not no_progress,
                 say=_say,
             )
-
-    try:
-        report = asyncio.run(run())
+        )
     except SitqError as exc:
         fail(str(exc))
     if report.already_done:

@@ -26,6 +26,7 @@ from sitq.backends.base import (
     LimitRecord,
     Progress,
     ScheduleRecord,
+    SchemaState,
     TaskLinks,
     TaskPage,
     TaskRecord,
@@ -144,6 +145,14 @@ class TaskQueue(Enqueuer):
             self._connected = False
             await self._waiters.close()
             await self._backend.close()
+
+    async def peek_schema(self) -> SchemaState:
+        """The sitq schema version stored in this queue's database and the one this
+        sitq writes, read without connecting the queue (connected or not): nothing
+        is created, a missing database reads as ``stored=None``, and an older schema
+        is left as it is, where :meth:`connect` would upgrade it in place. For tools
+        that must refuse such a database rather than change it (``sitq migrate``)."""
+        return await self._backend.peek_schema()
 
     async def __aenter__(self) -> TaskQueue:
         await self.connect()

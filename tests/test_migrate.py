@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import jobs
 import pytest
@@ -27,7 +28,9 @@ from support import (
 )
 from workflow_support import items_of, run_cli, run_id_of, status_json, workflow_cmd, workflow_env
 
-from sitq import TaskQueue, TaskStatus, sqlfiles
+from sitq import NotASitqDatabase, TaskQueue, TaskStatus, sqlfiles
+from sitq.backends.postgres import schema as postgres_schema
+from sitq.backends.sqlite import schema as sqlite_schema
 from sitq.batch.store import BatchStore
 from sitq.migrate import TABLES
 
@@ -599,6 +602,297 @@ async def test_differing_schema_versions_are_refused(tmp_path: Path) -> None:
         ).fetchone() == ("99",)
     conn.close()
     assert await dump(src) == before
+
+
+# -- schema versions: read before anything opens either database -----------------
+
+#: This sitq's schema versions, and one older (what a previous release left).
+SQLITE_NOW = sqlite_schema.SCHEMA_VERSION
+POSTGRES_NOW = postgres_schema.SCHEMA_VERSION
+
+
+def older_sqlite(path: Path, *, with_task: bool) -> int:
+    """An SQLite database as the previous sitq release left it: only its
+    migrations run (as sitq runs them), optionally one task queued. Returns its
+    version."""
+    version = SQLITE_NOW - 1
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        for target in range(1, version + 1):
+            for statement in sqlite_schema.MIGRATIONS[target]:
+                conn.execute(statement)
+            conn.execute(sqlite_schema.SQL.write_schema_version, (str(target),))
+        if with_task:
+            conn.execute(
+                "INSERT INTO sitq_tasks (id, queue, func_name, payload, status, enqueued_at, "
+                "available_at) VALUES ('old-task', 'default', 'x', x'00', 'queued', 1, 1)"
+            )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return version
+
+
+async def older_postgres(schema: str, *, with_task: bool) -> int:
+    """``schema`` as the previous sitq release left it (see :func:`older_sqlite`)."""
+    import asyncpg
+
+    version = POSTGRES_NOW - 1
+
+    def q(sql: str) -> str:
+        return sql.replace("{s}", f'"{schema}"')
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        async with conn.transaction():
+            await conn.execute(q(postgres_schema.SQL.create_schema))
+            for target in range(1, version + 1):
+                for statement in postgres_schema.MIGRATIONS[target]:
+                    await conn.execute(q(statement))
+                await conn.execute(q(postgres_schema.SQL.write_schema_version), str(target))
+            if with_task:
+                await conn.execute(
+                    q(
+                        "INSERT INTO {s}.sitq_tasks (id, queue, func_name, payload, status, "
+                        "enqueued_at, available_at) "
+                        "VALUES ('old-task', 'default', 'x', '\\x00', 'queued', 1, 1)"
+                    )
+                )
+    finally:
+        await conn.close()
+    return version
+
+
+def files_in(folder: Path) -> dict[str, str]:
+    """Every file in ``folder`` with its SHA-256: a database byte for byte, and no
+    file created (a destination, a -wal or -shm left behind)."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
+
+
+async def postgres_contents(schema: str) -> dict[str, Any]:
+    """Everything in ``schema``: its tables' columns, indexes and rows (the stored
+    schema version among them), its functions and triggers."""
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        tables = [
+            r[0]
+            for r in await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 "
+                "ORDER BY 1",
+                schema,
+            )
+        ]
+        out: dict[str, Any] = {
+            "columns": [
+                tuple(r)
+                for r in await conn.fetch(
+                    "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = $1 ORDER BY 1, 2",
+                    schema,
+                )
+            ],
+            "indexes": [
+                tuple(r)
+                for r in await conn.fetch(
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1 ORDER BY 1",
+                    schema,
+                )
+            ],
+            "functions": [
+                tuple(r)
+                for r in await conn.fetch(
+                    "SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p "
+                    "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 "
+                    "ORDER BY 1, 2",
+                    schema,
+                )
+            ],
+            "triggers": [
+                tuple(r)
+                for r in await conn.fetch(
+                    "SELECT event_object_table, trigger_name, action_statement "
+                    "FROM information_schema.triggers WHERE trigger_schema = $1 ORDER BY 1, 2, 3",
+                    schema,
+                )
+            ],
+        }
+        for table in tables:
+            rows = await conn.fetch(f'SELECT * FROM "{schema}"."{table}"')
+            out[table] = sorted(repr(tuple(r)) for r in rows)
+        return out
+    finally:
+        await conn.close()
+
+
+def with_password(url: str) -> tuple[str, str]:
+    """``url`` with a password in it (the test server trusts any), and the password."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url, parts.password
+    secret = "hunter2-s3cret"
+    user, host = parts.netloc.rsplit("@", 1) if "@" in parts.netloc else ("postgres", parts.netloc)
+    return urlunsplit(parts._replace(netloc=f"{user}:{secret}@{host}")), secret
+
+
+def sitq_status(db: str) -> None:
+    """What the refusal says to do for an older database: open it once with this sitq."""
+    proc = subprocess.run(
+        [SITQ, "status", "--db", db], capture_output=True, text=True, env=subprocess_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("side", ["source", "destination"])
+async def test_an_older_sqlite_schema_is_refused_not_upgraded(tmp_path: Path, side: str) -> None:
+    """An SQLite source or destination at the previous schema version is refused
+    before it is opened: not upgraded in place, byte for byte as it was, and no
+    destination created; the message names both, both versions and what to do."""
+    src, dst = tmp_path / "src.db", tmp_path / "dst.db"
+    if side == "source":
+        old, version = src, older_sqlite(src, with_task=True)  # dst: new
+    else:
+        async with TaskQueue(str(src)) as queue:
+            await queue.enqueue(jobs.add, 1, 1)
+        old, version = dst, older_sqlite(dst, with_task=False)
+    before = files_in(tmp_path)
+
+    proc = migrate_cli(str(src), str(dst))
+    assert proc.returncode == 1, proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert "schema versions differ" in err
+    assert f"source sqlite database {src} is at version " in err
+    assert f"destination sqlite database {dst} " in err
+    assert f"version {version}" in err and f"version {SQLITE_NOW}" in err
+    assert f"Upgrade the {side} first" in err and f"`sitq status --db {old}`" in err
+    assert "Nothing was changed" in err
+    assert files_in(tmp_path) == before
+
+    # Doing what it says works: open it once with this sitq, then migrate.
+    sitq_status(str(old))
+    ok(migrate_cli(str(src), str(dst)))
+    if side == "source":
+        assert (await dump(dst))["order"] == ["old-task"]
+    else:
+        assert (await dump(dst))["order"] == (await dump(src))["order"]
+
+
+@pytest.mark.parametrize("side", ["source", "destination"])
+async def test_an_older_postgres_schema_is_refused_not_upgraded(
+    tmp_path: Path, pg_schemas: Callable[[str], str], side: str
+) -> None:
+    """The same on PostgreSQL: its tables, indexes and rows (the stored version
+    among them) unchanged, and the password never printed."""
+    url, password = with_password(pg_schemas("old"))
+    schema = url.rsplit("sitq_schema=", 1)[1]
+    version = await older_postgres(schema, with_task=side == "source")
+    local = tmp_path / "local.db"
+    if side == "destination":
+        async with TaskQueue(str(local)) as queue:
+            await queue.enqueue(jobs.add, 1, 1)
+    src, dst = (url, str(local)) if side == "source" else (str(local), url)
+    before, files_before = await postgres_contents(schema), files_in(tmp_path)
+
+    proc = migrate_cli(src, dst)
+    assert proc.returncode == 1, proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert password not in proc.stdout + proc.stderr
+    assert "schema versions differ" in err
+    assert f"(schema {schema}) is at version {version}" in err
+    assert f"sqlite database {local}" in err and f"version {POSTGRES_NOW}" in err
+    assert f"Upgrade the {side} first" in err
+    assert f"`sitq status --db` with the {side}'s URL" in err
+    assert await postgres_contents(schema) == before
+    assert files_in(tmp_path) == files_before
+
+    sitq_status(url)
+    ok(migrate_cli(src, dst))
+    if side == "source":
+        assert (await dump(dst))["order"] == ["old-task"]
+    else:
+        assert (await dump(dst))["order"] == (await dump(src))["order"]
+
+
+async def test_a_newer_source_is_refused_naming_both_and_nothing_is_created(
+    tmp_path: Path,
+) -> None:
+    src, dst = tmp_path / "src.db", tmp_path / "dst.db"
+    async with TaskQueue(str(src)) as queue:
+        await queue.enqueue(jobs.add, 1, 1)
+    newer = SQLITE_NOW + 1
+    with sqlite3.connect(src) as conn:  # as a newer sitq would leave it
+        conn.execute("UPDATE sitq_meta SET value = ? WHERE key = 'schema_version'", (str(newer),))
+    conn.close()
+    before = files_in(tmp_path)
+    proc = migrate_cli(str(src), str(dst))
+    assert proc.returncode == 1
+    err = " ".join(proc.stderr.split())
+    assert f"source sqlite database {src} is at version {newer}" in err
+    assert f"destination sqlite database {dst} is new" in err
+    assert "written by a newer sitq: upgrade sitq" in err
+    assert files_in(tmp_path) == before
+
+
+async def test_a_file_of_other_tables_or_none_is_refused_byte_for_byte(tmp_path: Path) -> None:
+    """An application's own SQLite file as the destination (or the source), and a
+    missing source: refused in migrate's words, nothing created or changed (the
+    destination was switched to WAL mode before it was found not to be sitq's)."""
+    src, app = tmp_path / "src.db", tmp_path / "app.db"
+    async with TaskQueue(str(src)) as queue:
+        await queue.enqueue(jobs.add, 1, 1)
+    with sqlite3.connect(app) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER)")
+    conn.close()
+    before = files_in(tmp_path)
+    proc = migrate_cli(str(src), str(app))
+    assert proc.returncode == 1
+    err = " ".join(proc.stderr.split())
+    assert f"the destination sqlite database {app} holds tables that are not sitq's" in err
+    assert "migrate into a new file" in err and "--db" not in err
+    proc = migrate_cli(str(app), str(tmp_path / "new.db"))
+    assert proc.returncode == 1
+    assert f"the source sqlite database {app} holds tables that are not sitq's" in " ".join(
+        proc.stderr.split()
+    )
+    proc = migrate_cli(str(tmp_path / "missing.db"), str(tmp_path / "new.db"))
+    assert proc.returncode == 1
+    assert "no sitq database at the source" in proc.stderr and "nothing was created" in proc.stderr
+    assert files_in(tmp_path) == before
+
+
+async def test_peek_schema_reads_without_creating_or_upgrading(
+    tmp_path: Path, pg_schemas: Callable[[str], str]
+) -> None:
+    """What the migration's check stands on: ``TaskQueue.peek_schema``."""
+    missing, old, foreign = tmp_path / "missing.db", tmp_path / "old.db", tmp_path / "app.db"
+    version = older_sqlite(old, with_task=True)
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER)")
+    conn.close()
+    before = files_in(tmp_path)
+    state = await TaskQueue(str(missing)).peek_schema()
+    assert (state.stored, state.current, state.up_to_date) == (None, SQLITE_NOW, False)
+    state = await TaskQueue(str(old)).peek_schema()
+    assert (state.stored, state.database) == (version, f"sqlite database {old}")
+    with pytest.raises(NotASitqDatabase, match="tables that are not sitq's"):
+        await TaskQueue(str(foreign)).peek_schema()
+    assert files_in(tmp_path) == before
+    async with TaskQueue(str(old)) as queue:  # connecting upgrades; peeking still works
+        assert (await queue.peek_schema()).up_to_date
+
+    url = pg_schemas("peek")
+    schema = url.rsplit("sitq_schema=", 1)[1]
+    assert (await TaskQueue(url).peek_schema()).stored is None
+    assert not any((await postgres_contents(schema)).values())
+    pg_version = await older_postgres(schema, with_task=False)
+    assert (await TaskQueue(url).peek_schema()).stored == pg_version
 
 
 async def test_an_unreachable_destination_never_shows_its_password(tmp_path: Path) -> None:

@@ -399,6 +399,27 @@ class WorkerRecord:
         return self.stopped_at is None and now - self.heartbeat_at <= stale_after
 
 
+@dataclass(frozen=True)
+class SchemaState:
+    """A database's sitq schema version as stored, read without creating or
+    upgrading anything (:meth:`Backend.peek_schema`)."""
+
+    #: Where the database is, for messages (never with a password).
+    database: str
+    #: The version stored there; None when nothing of sitq's is there yet (a
+    #: missing or empty file, a schema without sitq's tables), which connecting
+    #: creates at ``current``.
+    stored: int | None
+    #: The version this sitq reads and writes: connecting upgrades an older
+    #: ``stored`` to it, in place, and refuses a newer one.
+    current: int
+
+    @property
+    def up_to_date(self) -> bool:
+        """The database is at this sitq's version, so connecting changes nothing."""
+        return self.stored == self.current
+
+
 class UnreadablePayload(bytes):
     """Stands for a stored payload that is not bytes (a row written outside sitq,
     say a TEXT value in SQLite): the claim keeps going, and the worker fails just
@@ -541,6 +562,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def peek_schema(self) -> SchemaState:
+        """The schema version stored in the database, read without connecting:
+        nothing is created (a missing database reads as ``stored=None``) and an
+        older schema is not upgraded, as :meth:`connect` would. A database that
+        holds other tables than sitq's raises NotASitqDatabase."""
 
     @abc.abstractmethod
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:

@@ -42,6 +42,7 @@ from sitq.backends.base import (
     Progress,
     ProgressReport,
     ScheduleRecord,
+    SchemaState,
     TaskCounts,
     TaskLinks,
     TaskPage,
@@ -164,6 +165,11 @@ class SQLBackend(Backend):
         """Close the store: its last user closed."""
 
     @abc.abstractmethod
+    async def _stored_version(self) -> int | None:
+        """The schema version stored (0 if sitq_meta holds none), or None with no
+        sitq tables, read on a connection of its own that writes nothing."""
+
+    @abc.abstractmethod
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         """The rows of one statement."""
 
@@ -238,6 +244,10 @@ class SQLBackend(Backend):
                 await self._shut()
             finally:
                 self._loop_binding.release()  # only once closed: another loop may open it
+
+    async def peek_schema(self) -> SchemaState:
+        """See :meth:`Backend.peek_schema`."""
+        return SchemaState(self.describe(), await self._stored_version(), self.SCHEMA_VERSION)
 
     def _not_connected(self) -> NotConnected:
         return NotConnected(

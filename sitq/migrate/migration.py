@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,12 +37,13 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from sitq import sqlfiles
-from sitq.errors import SitqError
+from sitq.errors import NotASitqDatabase, SitqError
 from sitq.queue import TaskQueue
+from sitq.serialization import CloudpickleSerializer
 from sitq.store import StoreSession, StoreTransaction
 
 if TYPE_CHECKING:
-    from sitq import WorkerRecord
+    from sitq import SchemaState, WorkerRecord
 
 _SQL = sqlfiles.load_dialects("sitq.migrate")
 
@@ -146,11 +149,6 @@ async def _counts(session: StoreSession) -> dict[str, Any]:
 
 async def _marks(session: StoreSession) -> dict[str, str]:
     return {str(k): str(v) for k, v in await session.fetch(_q(session, "read_marks"))}
-
-
-async def _schema_version(session: StoreSession) -> str:
-    rows = await session.fetch(_q(session, "schema_version"))
-    return str(rows[0][0]) if rows else "none"
 
 
 def _name_workers(workers: Sequence[WorkerRecord]) -> str:
@@ -342,9 +340,76 @@ def _differences(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _what_to_do(label: str, state: SchemaState, target: str) -> str:
+    """What to do about one side whose schema is not this sitq's. A path is shown
+    in the command to run; a URL is not (it may hold a password)."""
+    if state.stored is not None and state.stored > state.current:
+        return (
+            f"The {label} was written by a newer sitq: upgrade sitq to a release that "
+            f"knows schema version {state.stored}, then run the migration with it."
+        )
+    how = (
+        f"`sitq status --db` with the {label}'s URL"
+        if "://" in target
+        else f"`sitq status --db {shlex.quote(target)}`"
+    )
+    return (
+        f"Upgrade the {label} first: open it once with this sitq, which upgrades its "
+        f"schema in place ({how}, or start a worker on it), then run the migration again."
+    )
+
+
+def _version_refusal(
+    src: SchemaState, dst: SchemaState, source: str, destination: str
+) -> str | None:
+    """Why the schema versions refuse the migration, and what to do; None if they
+    do not (both at this sitq's version, or a new destination)."""
+    if src.up_to_date and dst.stored in (None, dst.current):
+        return None
+    dst_at = (
+        f"is new (it would be created at version {dst.current})"
+        if dst.stored is None
+        else f"is at version {dst.stored}"
+    )
+    ours = (
+        f"version {src.current}"
+        if src.current == dst.current
+        else f"version {src.current} on the source's backend, {dst.current} on the destination's"
+    )
+    todo = [
+        _what_to_do(label, state, target)
+        for label, state, target in (("source", src, source), ("destination", dst, destination))
+        if state.stored is not None and not state.up_to_date
+    ]
+    return " ".join(
+        [
+            f"schema versions differ: the source {src.database} is at version {src.stored} "
+            f"and the destination {dst.database} {dst_at}, while this sitq reads and "
+            f"writes {ours}. Nothing was changed in either.",
+            *todo,
+        ]
+    )
+
+
+async def _peek(queue: TaskQueue, label: str) -> SchemaState:
+    """``queue``'s schema version, unopened; a file of other tables is refused."""
+    try:
+        return await queue.peek_schema()
+    except NotASitqDatabase as exc:
+        raise MigrationError(
+            f"the {label} {queue.describe()} holds tables that are not sitq's: "
+            + (
+                "check the source's path or URL"
+                if label == "source"
+                else "migrate into a new file or database, or into a sitq one"
+            )
+            + "; nothing was changed"
+        ) from exc
+
+
 async def migrate(
-    source: TaskQueue,
-    destination: str,
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
     *,
     wait: bool = False,
     into_existing: bool = False,
@@ -353,22 +418,69 @@ async def migrate(
     progress: bool = True,
     say: Callable[[str], None] = lambda line: None,
 ) -> MigrationReport:
-    """Copy everything ``source`` (a connected queue) holds to ``destination`` (a
-    database path or URL, created and brought to the current schema if new).
+    """Copy everything the sitq database ``source`` holds to ``destination`` (each
+    a database path or URL, as ``TaskQueue`` takes; the destination is created at
+    the current schema if new).
 
-    Refused, with nothing changed, while a worker on the source is alive (unless
+    Refused, with nothing changed in either database: when the source holds no sitq
+    database; when either one's schema version is not this sitq's (both are read
+    before either is opened, since opening one upgrades an older schema in place;
+    a new destination is fine); while a worker on the source is alive (unless
     ``wait``: pause the source's queues, let running tasks finish, then copy; the
-    queues stay paused on the source), while a worker on the destination is alive,
-    when the destination's schema version differs, or when it holds data (unless
-    ``into_existing`` and no task, batch, workflow run, schedule, limit or paused
-    queue of the source is there already, nor a unique key held by live tasks on
-    both sides). Run again after an interruption, it
-    continues; after a verified migration it does nothing. ``delete_source``
-    deletes the source's rows once the copy is verified.
+    queues stay paused on the source); while a worker on the destination is alive;
+    or when the destination holds data (unless ``into_existing`` and no task,
+    batch, workflow run, schedule, limit or paused queue of the source is there
+    already, nor a unique key held by live tasks on both sides). Run again after an
+    interruption, it continues; after a verified migration it does nothing.
+    ``delete_source`` deletes the source's rows once the copy is verified.
+    Payloads and results are copied as bytes, never unpickled.
     """
     began = time.monotonic()
     if chunk_size < 1:
         raise MigrationError(f"chunk_size must be at least 1, got {chunk_size}")
+    # The payloads and results are copied as bytes, never loaded: any serializer does.
+    source_queue = TaskQueue(source, CloudpickleSerializer(), create=False)
+    dst_queue = TaskQueue(destination, CloudpickleSerializer())
+    if source_queue.describe() == dst_queue.describe():
+        raise MigrationError(f"the source and the destination are both {dst_queue.describe()}")
+    # Read before either is opened: opening a database upgrades an older schema.
+    src_state = await _peek(source_queue, "source")
+    if src_state.stored is None:
+        raise MigrationError(
+            f"no sitq database at the source ({src_state.database}): check the source's "
+            "path or URL; nothing was created"
+        )
+    dst_state = await _peek(dst_queue, "destination")
+    refusal = _version_refusal(src_state, dst_state, os.fspath(source), os.fspath(destination))
+    if refusal:
+        raise MigrationError(refusal)
+    async with source_queue:
+        return await _migrate_from(
+            source_queue,
+            dst_queue,
+            began,
+            wait=wait,
+            into_existing=into_existing,
+            delete_source=delete_source,
+            chunk_size=chunk_size,
+            progress=progress,
+            say=say,
+        )
+
+
+async def _migrate_from(
+    source: TaskQueue,
+    dst_queue: TaskQueue,
+    began: float,
+    *,
+    wait: bool,
+    into_existing: bool,
+    delete_source: bool,
+    chunk_size: int,
+    progress: bool,
+    say: Callable[[str], None],
+) -> MigrationReport:
+    """:func:`migrate` once the source is open and both versions are checked."""
     src_session = source.store_session()
     live = await source.live_workers()
     if live and not wait:
@@ -378,18 +490,9 @@ async def migrate(
             "them finish what they run) and migrate again, or pass --wait to pause the "
             "source's queues and let running tasks finish first"
         )
-    async with TaskQueue(destination, source.serializer) as dst_queue:
+    async with dst_queue:
         dst = dst_queue.store_session()
         report = MigrationReport(source=source.describe(), destination=dst_queue.describe())
-        if src_session.describe() == dst.describe():
-            raise MigrationError(f"the source and the destination are both {dst.describe()}")
-        src_version, dst_version = await _schema_version(src_session), await _schema_version(dst)
-        if src_version != dst_version:
-            raise MigrationError(
-                f"schema versions differ: {source.describe()} is at version {src_version}, "
-                f"{dst.describe()} at {dst_version}; upgrade the older one with the same "
-                "sitq release first (any sitq command on it does), then migrate"
-            )
         dst_live = await dst_queue.live_workers()
         if dst_live:
             raise MigrationError(

@@ -154,13 +154,14 @@ class PostgresBackend(SQLBackend):
                 raise DatabaseError(f"cannot set up {self.describe()}: {exc}") from exc
             raise
 
-    async def _create_pool(self) -> asyncpg.Pool:
+    async def _create_pool(self, size: int | None = None) -> asyncpg.Pool:
+        """A pool of ``min_size`` to ``max_size`` connections (of exactly ``size``)."""
         where = f"{self._host}:{self._port}"
         try:
             return await asyncpg.create_pool(
                 self._dsn,
-                min_size=self._min_size,
-                max_size=self._max_size,
+                min_size=size or self._min_size,
+                max_size=size or self._max_size,
                 timeout=10,
                 # sitq's statements are short; JIT compiling one (which the planner
                 # may choose for the small, never-analyzed control tables) costs
@@ -210,6 +211,20 @@ class PostgresBackend(SQLBackend):
             if version < q.SCHEMA_VERSION:
                 await conn.execute(self._q(SQL.create_schema))
             await self._upgrade(_PostgresTransaction(self, conn), version, self.describe())
+
+    async def _stored_version(self) -> int | None:
+        """In a read-only transaction on a connection of its own."""
+        pool = await self._create_pool(size=1)
+        try:
+            async with pool.acquire() as conn, conn.transaction(readonly=True):
+                if not await conn.fetchval(SQL.has_meta_table, f'"{self.schema}".sitq_meta'):
+                    return None
+                value = await conn.fetchval(self._q(SQL.read_schema_version))
+                return int(value) if value else 0
+        except asyncpg.PostgresError as exc:
+            raise DatabaseError(f"cannot read {self.describe()}: {exc}") from exc
+        finally:
+            await pool.close()
 
     async def _shut(self) -> None:
         if self._listener is not None:

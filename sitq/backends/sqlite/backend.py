@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -212,10 +213,7 @@ class SQLiteBackend(SQLBackend):
             if not rows:
                 others = list(await conn.execute_fetchall(SQL.count_tables))
                 if others[0][0]:
-                    raise NotASitqDatabase(
-                        f"{self.path} holds tables that are not sitq's; point --db / $SITQ_DB "
-                        "at a sitq database or at a new file"
-                    )
+                    raise self._foreign_tables()
                 return None
             rows = list(await conn.execute_fetchall(SQL.read_schema_version))
             return int(rows[0][0]) if rows else None
@@ -233,6 +231,42 @@ class SQLiteBackend(SQLBackend):
                 await self._immediate(upgrade)
         except sqlite3.Error as exc:
             raise self._open_error(exc) from exc
+
+    def _foreign_tables(self) -> NotASitqDatabase:
+        return NotASitqDatabase(
+            f"{self.path} holds tables that are not sitq's; point --db / $SITQ_DB "
+            "at a sitq database or at a new file"
+        )
+
+    async def _stored_version(self) -> int | None:
+        return await asyncio.to_thread(self._read_stored_version)
+
+    def _read_stored_version(self) -> int | None:
+        """On a connection of its own that cannot create the file nor write (the
+        main file is left byte for byte; the -wal and -shm files an open makes are
+        removed again when it closes, unless another connection is open)."""
+        path = Path(self.path)
+        if not path.exists():
+            return None
+        if path.is_dir():
+            raise DatabaseError(f"{self.path} is a directory, not a database file")
+        uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=rw"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout)
+        except sqlite3.Error as exc:
+            raise self._open_error(exc) from exc
+        try:
+            conn.execute("PRAGMA query_only = ON")
+            if not conn.execute(SQL.has_meta_table).fetchall():
+                if conn.execute(SQL.count_tables).fetchone()[0]:
+                    raise self._foreign_tables()
+                return None
+            rows = conn.execute(SQL.read_schema_version).fetchall()
+            return int(rows[0][0]) if rows else 0
+        except sqlite3.Error as exc:
+            raise self._open_error(exc) from exc
+        finally:
+            conn.close()
 
     async def _shut(self) -> None:
         if self._conn is None:

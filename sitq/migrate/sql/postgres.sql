@@ -258,9 +258,6 @@ SELECT worker_id, count(*) FROM {s}.sitq_tasks WHERE status = 'running' GROUP BY
 -- The queues with tasks yet to run or running (what --wait pauses).
 SELECT DISTINCT queue FROM {s}.sitq_tasks WHERE status IN ('queued', 'running')
 
--- name: schema_version
-SELECT value FROM {s}.sitq_meta WHERE key = 'schema_version'
-
 -- name: read_marks
 -- The migration's marks in the destination (keys migrate:...).
 SELECT key, value FROM {s}.sitq_meta WHERE key LIKE 'migrate:%'

@@ -225,9 +225,6 @@ SELECT worker_id, count(*) FROM sitq_tasks WHERE status = 'running' GROUP BY wor
 -- The queues with tasks yet to run or running (what --wait pauses).
 SELECT DISTINCT queue FROM sitq_tasks WHERE status IN ('queued', 'running')
 
--- name: schema_version
-SELECT value FROM sitq_meta WHERE key = 'schema_version'
-
 -- name: read_marks
 -- The migration's marks in the destination (keys migrate:...).
 SELECT key, value FROM sitq_meta WHERE key LIKE 'migrate:%'
