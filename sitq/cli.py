@@ -257,9 +257,15 @@ def _supervise(ctx: click.Context, db: str, processes: int, burst: bool) -> None
 
 @main.command()
 @db_option
-def init(db: str) -> None:
+@click.option(
+    "--alongside",
+    is_flag=True,
+    help="Add sitq's tables to a SQLite file that already holds other tables (your "
+    "application's database), to enqueue in its transactions (queue.using).",
+)
+def init(db: str, alongside: bool) -> None:
     """Create the database (owner-only) if it does not exist."""
-    run_on_queue(db, lambda queue: asyncio.sleep(0), create=True)
+    run_on_queue(db, lambda queue: asyncio.sleep(0), create=True, alongside=alongside)
     click.echo(f"sitq database ready at {redact(db)}")
 
 

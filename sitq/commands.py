@@ -47,15 +47,21 @@ def fail(message: str) -> NoReturn:
 
 
 def run_on_queue(
-    db: str, action: Callable[[TaskQueue], Awaitable[T]], *, create: bool = False
+    db: str,
+    action: Callable[[TaskQueue], Awaitable[T]],
+    *,
+    create: bool = False,
+    alongside: bool = False,
 ) -> T:
-    """Open the database (an existing one unless ``create``), run ``action`` on it
-    and close it; a SitqError ends the command with its one line."""
+    """Open the database (an existing one unless ``create``; ``alongside``: see
+    TaskQueue), run ``action`` on it and close it; a SitqError ends the command
+    with its one line."""
 
     async def main() -> T:
         # The commands load no payload through this queue (`inspect` uses its own
         # serializer): a malformed $SITQ_SECRET_KEY must not stop `sitq status`.
-        async with TaskQueue(db, CloudpickleSerializer(), create=create) as queue:
+        serializer = CloudpickleSerializer()
+        async with TaskQueue(db, serializer, create=create, alongside=alongside) as queue:
             return await action(queue)
 
     try:

@@ -114,6 +114,10 @@ class TaskQueue(Enqueuer):
     :param create: False to open only an existing database: a mistyped path or a
         database without sitq's tables is an error, not a new empty database
         (what ``sitq status`` and the dashboard do). Ignored for a Backend given.
+    :param alongside: on SQLite, create sitq's tables in a file that already
+        holds the application's own tables (to enqueue in its transactions with
+        :meth:`using`); without it such a file is refused. Needed once, when
+        sitq's tables are created.
 
     Use ``await queue.connect()`` / ``await queue.close()``, or ``async with``.
     """
@@ -124,9 +128,15 @@ class TaskQueue(Enqueuer):
         serializer: Serializer | None = None,
         *,
         create: bool = True,
+        alongside: bool = False,
     ) -> None:
-        # Each backend has its own default for create: pass it only when refused.
-        self._backend = open_backend(backend) if create else open_backend(backend, create=False)
+        # Each backend has its own defaults: pass an option only when it differs.
+        options: dict[str, bool] = {}
+        if not create:
+            options["create"] = False
+        if alongside:
+            options["alongside"] = True
+        self._backend = open_backend(backend, **options)
         self.serializer = serializer or default_serializer()
         super().__init__()
         self._connected = False

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import re
 import sqlite3
+import subprocess
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from support import (
     POSTGRES_URL,
+    SITQ,
     WorkerProcess,
     await_until,
     drop_postgres_schema,
@@ -38,7 +40,13 @@ from support import (
 
 from sitq import SyncTaskQueue, TaskQueue
 from sitq.backends.sqlite.wakeup import wake_directory
-from sitq.errors import ConfigurationError, InvalidDependency, StorageError, TaskNotFound
+from sitq.errors import (
+    ConfigurationError,
+    InvalidDependency,
+    NotASitqDatabase,
+    StorageError,
+    TaskNotFound,
+)
 from sitq.serialization import SignedSerializer
 
 KINDS = ["sqlite3", "aiosqlite", "asyncpg", "psycopg", "sqlalchemy"]
@@ -506,3 +514,39 @@ async def test_a_failed_statement_leaves_the_application_transaction_usable(app:
         assert await app.orders() == [5, 6]
         assert (await queue.status(task_id)).value == "queued"
         assert await _task_count(queue) == 1
+
+
+def test_an_application_database_gets_sitqs_tables_alongside_its_own(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The outbox on SQLite, in the app's existing database: refused (with what
+    to do) until `sitq init --alongside` adds sitq's tables; then an order and
+    its task commit together, and the app's own rows are untouched throughout."""
+    monkeypatch.chdir(tmp_path)
+    with sqlite3.connect("app.db") as setup:
+        setup.execute("CREATE TABLE orders (id integer)")
+        setup.execute("INSERT INTO orders VALUES (1)")
+    setup.close()
+    before = Path("app.db").read_bytes()
+
+    refused = subprocess.run([SITQ, "init", "--db", "app.db"], capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert "holds tables that are not sitq's" in refused.stderr
+    assert "sitq init --db app.db --alongside" in refused.stderr
+    with pytest.raises(NotASitqDatabase, match="--alongside"):
+        SyncTaskQueue("app.db").connect()
+    assert Path("app.db").read_bytes() == before
+
+    added = subprocess.run(
+        [SITQ, "init", "--db", "app.db", "--alongside"], capture_output=True, text=True
+    )
+    assert added.returncode == 0, added.stderr
+    with SyncTaskQueue("app.db") as queue:
+        with sqlite3.connect("app.db") as conn, queue.using(conn) as enqueuer:
+            conn.execute("INSERT INTO orders VALUES (2)")
+            task_id = enqueuer.enqueue(jobs.add, 2, 3)
+        conn.close()
+        assert queue.status(task_id).value == "queued"
+    with sqlite3.connect("app.db") as check:
+        assert check.execute("SELECT id FROM orders ORDER BY id").fetchall() == [(1,), (2,)]
+    check.close()

@@ -38,6 +38,9 @@ def open_backend(target: Backend | str | os.PathLike[str] | None, **options: Any
         # Imported only here: the embedded default never needs asyncpg.
         from sitq.backends.postgres import PostgresBackend
 
+        # sitq's tables live in a schema of their own there: nothing to allow.
+        options.pop("alongside", None)
+
         try:
             return PostgresBackend(text, **options)
         except ValueError as exc:

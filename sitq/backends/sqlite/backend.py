@@ -66,6 +66,9 @@ class SQLiteBackend(SQLBackend):
         the cost of an fsync per commit. The default (NORMAL) survives any
         process crash.
     :param busy_timeout: seconds SQLite itself waits on a lock before sitq retries.
+    :param alongside: create sitq's tables in a file that already holds other
+        tables (the application's own database, so it can enqueue in its own
+        transactions with ``queue.using``); without it such a file is refused.
     """
 
     SQL, SCHEMA_VERSION, MIGRATIONS = SQL, q.SCHEMA_VERSION, q.MIGRATIONS
@@ -82,9 +85,11 @@ class SQLiteBackend(SQLBackend):
         create: bool = True,
         durable: bool = False,
         busy_timeout: float = 5.0,
+        alongside: bool = False,
     ) -> None:
         super().__init__()
         self.path = os.fspath(path)
+        self.alongside = alongside
         check_database_path(self.path)
         self.create = create
         self.durable = durable
@@ -123,6 +128,7 @@ class SQLiteBackend(SQLBackend):
             raise DatabaseError(f"cannot open {self.describe()}: {exc}") from exc
         self._conn = conn
         try:
+            await self._refuse_a_foreign_file()
             await self._configure()
             await self._migrate()
             self._batcher = EnqueueBatcher(
@@ -165,6 +171,20 @@ class SQLiteBackend(SQLBackend):
                 "directory or fix its permissions"
             ) from exc
         os.close(fd)
+
+    async def _refuse_a_foreign_file(self) -> None:
+        """Refuse another application's database before anything writes to it:
+        switching it to WAL would rewrite its header (``_migrate`` checks again,
+        inside its write transaction)."""
+        if self.alongside:
+            return
+        conn = self._connection()
+        try:
+            ours = bool(list(await conn.execute_fetchall(SQL.has_meta_table)))
+            if not ours and next(iter(await conn.execute_fetchall(SQL.count_tables)))[0]:
+                raise self._foreign_tables()
+        except sqlite3.DatabaseError as exc:
+            raise self._open_error(exc) from exc
 
     async def _configure(self) -> None:
         conn = self._connection()
@@ -212,7 +232,7 @@ class SQLiteBackend(SQLBackend):
             rows = list(await conn.execute_fetchall(SQL.has_meta_table))
             if not rows:
                 others = list(await conn.execute_fetchall(SQL.count_tables))
-                if others[0][0]:
+                if others[0][0] and not self.alongside:
                     raise self._foreign_tables()
                 return None
             rows = list(await conn.execute_fetchall(SQL.read_schema_version))
@@ -235,7 +255,9 @@ class SQLiteBackend(SQLBackend):
     def _foreign_tables(self) -> NotASitqDatabase:
         return NotASitqDatabase(
             f"{self.path} holds tables that are not sitq's; point --db / $SITQ_DB "
-            "at a sitq database or at a new file"
+            "at a sitq database or at a new file, or, to keep sitq's tables in your "
+            "application's own database (to enqueue in its transactions), add them "
+            f"once with `sitq init --db {self.path} --alongside`"
         )
 
     async def _stored_version(self) -> int | None:
