@@ -47,9 +47,9 @@ WakeKind = Literal["tasks", "results", "cancels", "progress"]
 LOST_LEASE_LIMIT = 3
 #: Expired leases are looked for at most this often per backend instance.
 RECLAIM_INTERVAL = 1.0
-#: The longest wait for a wake-up while a backend cannot hear them (SQLite's
-#: wake-up folder refused, PostgreSQL's LISTEN connection down): polling at this
-#: pace stands in for them.
+#: The longest wait for a "tasks" wake-up while a backend cannot hear them
+#: (SQLite's wake-up folder refused, PostgreSQL's LISTEN connection down): idle
+#: workers polling at this pace stand in for them.
 DEAF_POLL = 0.05
 #: A worker not heard from for this long is shown as dead (workers beat every
 #: 10 s at most).
@@ -745,8 +745,9 @@ class Backend(abc.ABC):
     async def wait_for_change(self, kind: WakeKind, timeout: float) -> None:
         """Return when ``kind`` ("tasks" enqueued, "results" written, or "cancels"
         asked of held tasks) may have changed, or after ``timeout`` seconds. A hint
-        only: callers re-check. A backend that cannot hear wake-ups at the moment
-        returns within ``DEAF_POLL`` seconds instead."""
+        only: callers re-check. A wait for "tasks" returns within ``DEAF_POLL``
+        seconds while the backend cannot hear wake-ups (idle workers poll then);
+        the others keep their timeout (their callers poll on their own terms)."""
         await asyncio.sleep(timeout)
 
     def describe(self) -> str:

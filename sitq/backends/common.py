@@ -687,7 +687,11 @@ class SQLBackend(Backend):
             return self.now()
         times = [row[0] for row in await self._fetch(self.SQL.next_lease_expiry)]
         for queue in queues:
-            times += [row[0] for row in await self._fetch(self.SQL.next_due_in_queue, (queue,))]
+            # A queue of more than 32 priorities is not read to the end: its time is
+            # unknown, and the poll interval bounds the wait as when nothing waits.
+            times += [
+                t for t, more in await self._fetch(self.SQL.next_due_in_queue, (queue,)) if not more
+            ]
         known = [t for t in times if t is not None]
         return min(known) if known else None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 from test_conformance import DEFAULT, LONG_LEASE, enqueue, new_task, record
 
 from sitq.backends.base import LimitRecord
@@ -30,6 +31,17 @@ async def test_the_earliest_delayed_task_of_the_queues_across_priorities(backend
     assert (await record(backend, late_high)).available_at > (
         await record(backend, soon_low)
     ).available_at
+
+
+async def test_a_queue_of_many_priorities_is_read_only_so_far(backend):
+    """At most 32 priorities are read (one index seek each): past that the time
+    is unknown, as if nothing waited, and the poll interval bounds the wait."""
+    await backend.enqueue([new_task(backend, priority=p, delay=100 + p) for p in range(32)])
+    assert await backend.next_due([DEFAULT]) == pytest.approx(backend.now() + 100, abs=5)
+    await enqueue(backend, priority=-1, delay=50)  # a 33rd priority, the earliest
+    assert await backend.next_due([DEFAULT]) is None
+    await enqueue(backend, queue="other", delay=10)
+    assert await backend.next_due([DEFAULT, "other"]) == pytest.approx(backend.now() + 10, abs=5)
 
 
 async def test_a_ready_task_is_due_now(backend):

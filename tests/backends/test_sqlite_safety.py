@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -469,9 +470,9 @@ async def test_a_worker_that_cannot_hear_wake_ups_polls_every_50_ms(
     poll_interval (1 s here): four waits of a 1 s poll would all come in under
     half a second once in 16 runs."""
     db = tmp_path / "tasks.db"
-    kind_dir = wake_directory(str(db)) / "t"
-    kind_dir.parent.mkdir(parents=True, mode=0o700)
-    kind_dir.symlink_to(_victim(tmp_path / "victim"), target_is_directory=True)
+    database_dir = wake_directory(str(db))  # refused: deaf to every kind of wake-up
+    database_dir.parent.mkdir(parents=True, mode=0o700)
+    database_dir.symlink_to(_victim(tmp_path / "victim"), target_is_directory=True)
     async with TaskQueue(db) as queue:
         worker = spawn_worker("--import", "jobs", "--poll-interval", "1", db=db).wait_started()
         waits = []
@@ -480,5 +481,15 @@ async def test_a_worker_that_cannot_hear_wake_ups_polls_every_50_ms(
             result = await queue.get_result(task_id, timeout=20)
             assert result is not None and result.started_at is not None
             waits.append((result.started_at - result.enqueued_at).total_seconds())
+        # Only its look for tasks polls: its heartbeat keeps its own pace (one
+        # every few seconds; deaf waits for cancels once made it beat every 50 ms).
+        beats = set()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            with sqlite3.connect(db) as conn:
+                beats.add(conn.execute("SELECT heartbeat_at FROM sitq_workers").fetchone())
+            conn.close()
+            await asyncio.sleep(0.05)
     assert "wake-ups are off" in worker.output()
     assert max(waits) < 0.5, waits
+    assert len(beats) <= 2, beats

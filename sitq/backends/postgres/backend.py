@@ -387,8 +387,8 @@ class PostgresBackend(SQLBackend):
             raise self._not_connected()
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen_forever())
-        if not self.listener_connected.is_set():  # deaf meanwhile: poll instead
-            timeout = min(timeout, DEAF_POLL)
+        if kind == "tasks" and not self.listener_connected.is_set():
+            timeout = min(timeout, DEAF_POLL)  # deaf meanwhile: poll instead (see Backend)
         event = self._events.setdefault(kind, asyncio.Event())
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)

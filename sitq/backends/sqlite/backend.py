@@ -606,7 +606,9 @@ class SQLiteBackend(SQLBackend):
         """Wait for a wake-up from any process on this database, or ``timeout``."""
         self._connection()
         with contextlib.suppress(RuntimeError):
-            await self._wakeup.wait(kind, timeout, deaf_timeout=DEAF_POLL)
+            # Deaf, a worker looking for tasks polls instead (see Backend).
+            deaf = DEAF_POLL if kind == "tasks" else None
+            await self._wakeup.wait(kind, timeout, deaf_timeout=deaf)
             return
         await asyncio.sleep(timeout)
 

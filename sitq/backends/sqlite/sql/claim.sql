@@ -136,19 +136,21 @@ RETURNING id
 -- name: next_due_in_queue
 -- The earliest available_at among the queued tasks of queue ?1 without a limit
 -- key, read from the ready index with one seek per distinct priority (a loose
--- index scan), never a scan of every queued task.
-WITH RECURSIVE levels(priority) AS (
-    SELECT MAX(priority) FROM sitq_tasks
+-- index scan), for at most 32 priorities: the second column is 1 when there are
+-- more (the time is then unknown, and the worker waits its poll interval).
+WITH RECURSIVE levels(priority, depth) AS (
+    SELECT MAX(priority), 1 FROM sitq_tasks
     WHERE status = 'queued' AND limit_key IS NULL AND queue = ?1
     UNION ALL
     SELECT (SELECT MAX(t.priority) FROM sitq_tasks t
             WHERE t.status = 'queued' AND t.limit_key IS NULL AND t.queue = ?1
-              AND t.priority < levels.priority)
-    FROM levels WHERE levels.priority IS NOT NULL
+              AND t.priority < levels.priority), levels.depth + 1
+    FROM levels WHERE levels.priority IS NOT NULL AND levels.depth <= 32
 )
-SELECT MIN((SELECT MIN(t.available_at) FROM sitq_tasks t
+SELECT MIN(CASE WHEN depth <= 32 THEN (SELECT MIN(t.available_at) FROM sitq_tasks t
             WHERE t.status = 'queued' AND t.limit_key IS NULL AND t.queue = ?1
-              AND t.priority = levels.priority))
+              AND t.priority = levels.priority) END),
+    MAX(CASE WHEN depth > 32 THEN 1 ELSE 0 END)
 FROM levels WHERE levels.priority IS NOT NULL
 
 -- name: next_lease_expiry
