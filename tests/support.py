@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 TESTS_DIR = Path(__file__).resolve().parent
 SITQ = str(Path(sys.executable).with_name("sitq"))
@@ -21,6 +22,20 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+async def until_listening(backend: Any, kind: str = "tasks", timeout: float = 15.0) -> None:
+    """Return once ``backend`` hears wake-ups of ``kind``: once a wait runs its
+    whole timeout (while deaf, or just after it starts to listen, a wait for
+    tasks returns within DEAF_POLL). Earlier wake-ups are drained too."""
+    deadline = time.monotonic() + timeout
+    while True:
+        started = time.monotonic()
+        await backend.wait_for_change(kind, 0.2)
+        if time.monotonic() - started >= 0.15:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{backend.describe()} never heard {kind} wake-ups")
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:

@@ -36,6 +36,7 @@ from support import (
     drop_postgres_schema,
     postgres_available,
     postgres_url,
+    until_listening,
 )
 
 from sitq import SyncTaskQueue, TaskQueue
@@ -227,9 +228,7 @@ async def test_a_committed_task_runs_on_a_worker_woken_by_the_commit(
 async def test_rollback_leaves_no_task_and_wakes_no_one(app: App) -> None:
     async with TaskQueue(app.db) as queue, TaskQueue(app.db) as watcher:
         backend: Any = watcher._backend  # a second process-like listener for "tasks"
-        await backend.wait_for_change("tasks", 0.01)  # starts listening
-        if app.postgres:
-            await asyncio.wait_for(backend.listener_connected.wait(), 10)
+        await until_listening(backend)
 
         await app.begin_order(1)
         enqueuer = queue.using(app.conn)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from support import until_listening
 
 from sitq.backends.base import Backend, Dependency, NewTask, Outcome
 from sitq.errors import InvalidDependency
@@ -223,7 +224,7 @@ async def test_the_finish_that_makes_a_dependent_due_wakes_the_workers(
     (claimed,) = await backend.claim("w", ["default"], 1, 30.0)
     if not start_rides:
         await backend.finish([], [(claimed.lease, backend.now())])
-    await backend.wait_for_change("tasks", 0.01)  # listening; earlier wake-ups drained
+    await until_listening(backend)
     started = [(claimed.lease, backend.now())] if start_rides else []
     assert await backend.finish([(claimed.lease, Outcome("succeeded", result=b"r"))], started)
     woken = time.monotonic()

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import drop_postgres_schema, postgres_available, postgres_url
+from support import drop_postgres_schema, postgres_available, postgres_url, until_listening
 from test_dependencies import run_one, statuses, task
 
 from sitq.backends.base import Backend, Dependency, NewTask, Outcome
@@ -222,7 +222,7 @@ async def test_the_purge_that_makes_a_dependent_due_wakes_the_workers(backend: B
     parent = in_queue(backend, "parents")
     child = task(backend)
     await backend.enqueue_dependent([parent, child], [Dependency(child.id, (parent.id,), "run")])
-    await backend.wait_for_change("tasks", 0.01)  # listening; earlier wake-ups drained
+    await until_listening(backend)
     assert await backend.purge(["queued"], queue="parents") == 1
     woken = time.monotonic()
     await backend.wait_for_change("tasks", 10.0)

@@ -417,9 +417,12 @@ class PostgresBackend(SQLBackend):
                 await conn.add_listener(self._channel, self._on_notify)
                 self.listener_connected.set()
                 pause, failures = 0.1, 0
+                # Anything may have happened while we were deaf: before the first
+                # LISTEN too (a waiter started then), and between two connections.
+                for event in self._events.values():
+                    event.set()
                 if reconnecting:
-                    for event in self._events.values():
-                        event.set()  # anything may have happened while we were deaf
+                    logger.info("LISTEN connection to %s back", self.describe())
                 reconnecting = True
                 while not lost.is_set():
                     with contextlib.suppress(asyncio.TimeoutError):

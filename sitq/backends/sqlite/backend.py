@@ -180,8 +180,8 @@ class SQLiteBackend(SQLBackend):
             return
         conn = self._connection()
         try:
-            ours = bool(list(await conn.execute_fetchall(SQL.has_meta_table)))
-            if not ours and next(iter(await conn.execute_fetchall(SQL.count_tables)))[0]:
+            ours, tables = next(iter(await conn.execute_fetchall(SQL.file_tables)))
+            if not ours and tables:
                 raise self._foreign_tables()
         except sqlite3.DatabaseError as exc:
             raise self._open_error(exc) from exc
@@ -229,10 +229,9 @@ class SQLiteBackend(SQLBackend):
         conn = self._connection()
 
         async def read_version() -> int | None:
-            rows = list(await conn.execute_fetchall(SQL.has_meta_table))
-            if not rows:
-                others = list(await conn.execute_fetchall(SQL.count_tables))
-                if others[0][0] and not self.alongside:
+            ours, tables = next(iter(await conn.execute_fetchall(SQL.file_tables)))
+            if not ours:
+                if tables and not self.alongside:
                     raise self._foreign_tables()
                 return None
             rows = list(await conn.execute_fetchall(SQL.read_schema_version))
@@ -279,8 +278,9 @@ class SQLiteBackend(SQLBackend):
             raise self._open_error(exc) from exc
         try:
             conn.execute("PRAGMA query_only = ON")
-            if not conn.execute(SQL.has_meta_table).fetchall():
-                if conn.execute(SQL.count_tables).fetchone()[0]:
+            ours, tables = conn.execute(SQL.file_tables).fetchone()
+            if not ours:
+                if tables:
                     raise self._foreign_tables()
                 return None
             rows = conn.execute(SQL.read_schema_version).fetchall()

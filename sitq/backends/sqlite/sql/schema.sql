@@ -8,9 +8,12 @@
 -- name: has_meta_table
 SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'sitq_meta'
 
--- name: count_tables
--- Without sitq_meta, any table but SQLite's own means the file is not sitq's.
-SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'
+-- name: file_tables
+-- In one snapshot: whether the file holds sitq's tables, and how many tables it
+-- holds (two statements could see another process create sitq's tables between
+-- them, and count them as foreign).
+SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sitq_meta'),
+    (SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%')
 
 -- name: read_schema_version
 SELECT value FROM sitq_meta WHERE key = 'schema_version'
