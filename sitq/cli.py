@@ -103,8 +103,8 @@ def main() -> None:
     default=None,
     help="Tasks claimed beyond the free slots. Default: adaptive, about "
     f"{PREFETCH_HORIZON * 1000:.0f} ms of work per slot, at least 1 and at most "
-    f"{MAX_PREFETCH} tasks and about {PREFETCH_BYTES // 2**20} MB of payloads (short tasks "
-    "are claimed in batches; long ones are not hoarded).",
+    f"{MAX_PREFETCH} tasks waiting, holding about {PREFETCH_BYTES // 2**20} MB of payloads "
+    "at most (short tasks are claimed in batches; long ones are not hoarded).",
 )
 @import_option("so its tasks resolve")
 @click.option(
@@ -210,6 +210,7 @@ def worker(
     # What is loaded by now (sitq, the app's modules) lives as long as the
     # process: the collector need not walk it again on every collection, which
     # the allocations of each task trigger (about a tenth of a no-op's cost).
+    gc.collect()  # what start-up left as garbage is freed, not frozen
     gc.freeze()
     try:
         the_worker = Worker(db, serializer, imports=imports, burst=burst, create=False, **options)

@@ -388,7 +388,7 @@ def test_worker_help_describes_the_default_prefetch() -> None:
     assert "see Worker" not in text
     assert (
         "Default: adaptive, about 50 ms of work per slot, at least 1 and at most 512 tasks "
-        "and about 8 MB of payloads"
+        "waiting, holding about 8 MB of payloads at most"
     ) in text
 
 

@@ -24,8 +24,8 @@ PREFETCH_HORIZON = 0.05
 #: hundred short tasks cost the database about a third less per task than claims
 #: of a few dozen)...
 MAX_PREFETCH = 512
-#: ...nor more than about this many bytes of payloads (a few large payloads
-#: must not fill the worker's memory).
+#: ...nor more tasks than hold about this many bytes of payloads while they wait
+#: for a slot (a few large payloads must not fill the worker's memory).
 PREFETCH_BYTES = 8 * 1024 * 1024
 #: The wait between looks while work is due but was not claimed (and after a
 #: claim that took some tasks but not all it had room for).
@@ -43,6 +43,7 @@ class Claiming(Execution):
     queues: tuple[str, ...]
     prefetch: int | None  # None: adaptive, see _prefetch_now()
     poll_interval: float
+    _due_unreadable: bool = False  # the last next_due() failed (logged once)
     heartbeat_interval: float
     burst: bool
 
@@ -90,7 +91,11 @@ class Claiming(Execution):
                     return True
                 # The queue had no more ready work: wait for a wake-up, or until
                 # something falls due.
-                wait = await self._idle_wait() if not claimed else UNSETTLED_POLL
+                wait = (
+                    await self._idle_wait()
+                    if not claimed
+                    else min(UNSETTLED_POLL, self.poll_interval)
+                )
                 await self._wait_any(self.backend.wait_for_change("tasks", wait), None)
         return False
 
@@ -101,9 +106,15 @@ class Claiming(Execution):
         queue, a limit, or a task that fell due since the claim)."""
         try:
             due = await self.backend.next_due(self.queues)
-        except Exception:
-            logger.exception("worker %s: could not read when work falls due", self.id)
+        except Exception as exc:
+            # Once with its traceback; then briefly (an outage would repeat it per look).
+            if not self._due_unreadable:
+                logger.exception("worker %s: could not read when work falls due", self.id)
+            else:
+                logger.debug("worker %s: next_due failed again: %s", self.id, exc)
+            self._due_unreadable = True
             return min(UNSETTLED_POLL, self.poll_interval)
+        self._due_unreadable = False
         if due is None:
             return self.poll_interval
         rest = due - self.backend.now()

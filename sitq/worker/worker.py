@@ -46,8 +46,8 @@ class Worker(Claiming):
     :param prefetch: how many tasks to claim beyond the free slots, so a slot
         never waits for the database. ``None`` (the default) adapts it to the
         tasks' run time, holding about ``PREFETCH_HORIZON`` seconds of work
-        (at most ``MAX_PREFETCH`` tasks, and about ``PREFETCH_BYTES`` of
-        payloads): many short tasks are claimed in large
+        (at most ``MAX_PREFETCH`` tasks waiting for a slot, holding about
+        ``PREFETCH_BYTES`` of payloads at most): many short tasks are claimed in large
         batches, while long tasks are not hoarded away from other workers.
         Prefetched tasks hold leases (they read as queued, claimed, until they
         start); a stop releases them at once.
