@@ -128,3 +128,30 @@ async def test_a_finish_reads_only_its_batch_after_a_drain(schema: str) -> None:
         assert applied == [True] * len(leases)
     finally:
         await backend.close()
+
+
+async def test_a_pool_connection_goes_back_without_a_reset_round_trip(
+    schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # asyncpg's default reset sends a query (unlock, CLOSE ALL, UNLISTEN, RESET ALL)
+    # each time a connection returns to the pool: one more round trip per claim and
+    # per finish, for session state sitq never leaves behind.
+    sent: list[str] = []
+    execute = asyncpg.connection.Connection.execute
+
+    async def spy(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query)
+        return await execute(self, query, *args, **kwargs)
+
+    async with TaskQueue(postgres_url(schema)) as queue:
+        await queue.enqueue_many(jobs.add, [(1, 2)] * 3)
+    backend = PostgresBackend(postgres_url(schema))
+    await backend.connect()
+    try:
+        monkeypatch.setattr(asyncpg.connection.Connection, "execute", spy)
+        claimed = await backend.claim("w", ["default"], 3, 30)
+        await backend.finish([(task.lease, Outcome("succeeded", result=b"N.")) for task in claimed])
+        assert len(claimed) == 3
+        assert not [query for query in sent if "RESET ALL" in query or "UNLISTEN" in query]
+    finally:
+        await backend.close()

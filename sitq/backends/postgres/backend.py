@@ -166,6 +166,7 @@ class PostgresBackend(SQLBackend):
                 # may choose for the small, never-analyzed control tables) costs
                 # far more than running it.
                 server_settings={"jit": "off"},
+                reset=_keep_session,
             )
         except (
             asyncpg.InvalidPasswordError,
@@ -449,6 +450,15 @@ class _PostgresTransaction:
     async def wake(self, kind: WakeKind) -> None:
         """NOTIFY ``kind``, delivered at the commit."""
         await self._backend._notify(self._conn, kind)
+
+
+async def _keep_session(_conn: Any) -> None:
+    """What a pool connection needs on its way back to the pool: nothing more than
+    asyncpg's own rollback of an open transaction. Its default also sends a reset
+    query (unlock advisory locks, close cursors, UNLISTEN, RESET ALL), one more
+    round trip for every claim and finish; sitq's statements leave none of those
+    behind (its advisory locks are transaction-scoped, its LISTEN has a connection
+    of its own, and it sets nothing for the session after connecting)."""
 
 
 def _row_count(status: str) -> int:
