@@ -340,10 +340,10 @@ class PostgresBackend(SQLBackend):
                 self._q(SQL.finish),
                 self.now(),
                 self.default_result_ttl,
-                *self._rows(outcomes),
+                *_nulls_as_null(self._rows(outcomes)),
                 kinds,
                 self._channel,
-                started_at,
+                *_nulls_as_null((started_at,)),
             )
         applied = {tuple(row[:3]) for row in rows}
         return [lease_key(lease) in applied for lease in leases]
@@ -450,6 +450,14 @@ class _PostgresTransaction:
     async def wake(self, kind: WakeKind) -> None:
         """NOTIFY ``kind``, delivered at the commit."""
         await self._backend._notify(self._conn, kind)
+
+
+def _nulls_as_null(columns: Sequence[list[Any]]) -> list[list[Any] | None]:
+    """Columns for a statement that unnests arrays side by side: one that holds
+    only NULLs goes as a NULL array (unnest pads a shorter array with NULLs), so
+    a batch of plain successes does not encode its empty error, traceback, retry
+    and start columns element by element (asyncpg checks each element's type)."""
+    return [None if all(value is None for value in column) else column for column in columns]
 
 
 async def _keep_session(_conn: Any) -> None:
