@@ -85,9 +85,10 @@ async def test_a_claim_over_several_queues_reads_only_their_heads(schema: str) -
         await backend.close()
 
 
-async def test_a_finish_reads_only_its_batch_after_a_drain(schema: str) -> None:
+async def test_a_finish_and_a_start_mark_read_only_their_batch_after_a_drain(schema: str) -> None:
     # Every task a drain finished leaves a dead entry in the running index until
-    # vacuum: a finish that let the planner find its rows through that index read
+    # vacuum: a finish (or start mark) that let the planner find its rows through
+    # that index read
     # all of them (600 here), and one that joined its outcomes to the locked rows
     # rescanned the outcome arrays once per row (batch squared).
     async with TaskQueue(postgres_url(schema)) as queue:
@@ -120,6 +121,15 @@ async def test_a_finish_reads_only_its_batch_after_a_drain(schema: str) -> None:
             ["results"],
             "sitq_plans",
             none,
+        )
+        assert work <= 3 * len(leases), plan
+        work, plan = await _work(
+            schema,
+            SQL.mark_started,
+            [lease.task_id for lease in leases],
+            [lease.worker_id for lease in leases],
+            [lease.attempt for lease in leases],
+            [backend.now()] * len(leases),
         )
         assert work <= 3 * len(leases), plan
         applied = await backend.finish(

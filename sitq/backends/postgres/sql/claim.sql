@@ -163,11 +163,21 @@ SELECT id, worker_id, attempts, (SELECT count(*) FROM woken) FROM done
 
 -- name: mark_started
 -- Start marks of tasks still running; each applies only while its lease holds.
+-- The rows are read by key and locked in id order, the lease checked on what was
+-- locked, as in finish (a status test on the table let the planner scan the
+-- running index and every dead entry a drain left in it).
+WITH locked AS (
+    SELECT t.id, t.status AS held_status, t.worker_id AS held_by, t.attempts AS held_attempt,
+        v.worker_id, v.attempt, v.started_at
+    FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[])
+        AS v(id, worker_id, attempt, started_at)
+    JOIN {s}.sitq_tasks t ON t.id = v.id
+    ORDER BY t.id FOR UPDATE OF t
+)
 UPDATE {s}.sitq_tasks t SET started_at = v.started_at
-FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[])
-    AS v(id, worker_id, attempt, started_at)
-WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
-    AND t.status = 'running'
+FROM locked v
+WHERE t.id = v.id AND v.held_status = 'running' AND v.held_by = v.worker_id
+    AND v.held_attempt = v.attempt
 
 -- name: release
 -- Its rows locked in id order first, as finish's.
