@@ -85,9 +85,11 @@ async def test_a_claim_over_several_queues_reads_only_their_heads(schema: str) -
         await backend.close()
 
 
-async def test_a_finish_and_a_start_mark_read_only_their_batch_after_a_drain(schema: str) -> None:
+async def test_finish_start_marks_and_renewals_read_only_their_batch_after_a_drain(
+    schema: str,
+) -> None:
     # Every task a drain finished leaves a dead entry in the running index until
-    # vacuum: a finish (or start mark) that let the planner find its rows through
+    # vacuum: a finish (a start mark, a lease renewal) that let the planner find its rows through
     # that index read
     # all of them (600 here), and one that joined its outcomes to the locked rows
     # rescanned the outcome arrays once per row (batch squared).
@@ -130,6 +132,14 @@ async def test_a_finish_and_a_start_mark_read_only_their_batch_after_a_drain(sch
             [lease.worker_id for lease in leases],
             [lease.attempt for lease in leases],
             [backend.now()] * len(leases),
+        )
+        assert work <= 3 * len(leases), plan
+        work, plan = await _work(
+            schema,
+            SQL.renew_leases,
+            backend.now() + 30,
+            "w",
+            [lease.task_id for lease in leases],
         )
         assert work <= 3 * len(leases), plan
         applied = await backend.finish(

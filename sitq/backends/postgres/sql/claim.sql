@@ -116,9 +116,16 @@ UPDATE {s}.sitq_tasks SET recorded_start = attempts, started_at = $4::float8
 WHERE id = $1 AND worker_id = $2 AND attempts = $3 AND status = 'running'
 
 -- name: renew_leases
-UPDATE {s}.sitq_tasks SET lease_expires_at = $1
-WHERE status = 'running' AND worker_id = $2 AND id = ANY($3::text[])
-RETURNING id, cancel_requested
+-- The rows read by key and locked in id order, as finish's (a status test on the
+-- table let the planner scan the running index and its dead entries).
+WITH locked AS (
+    SELECT id, status, worker_id FROM {s}.sitq_tasks WHERE id = ANY($3::text[])
+    ORDER BY id FOR UPDATE
+)
+UPDATE {s}.sitq_tasks t SET lease_expires_at = $1
+FROM locked
+WHERE t.id = locked.id AND locked.status = 'running' AND locked.worker_id = $2
+RETURNING t.id, t.cancel_requested
 
 -- name: finish
 -- One statement (one round trip): the update, and a NOTIFY of each kind in $11
