@@ -42,12 +42,14 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
-async def _work(schema: str, sql: str, *params: Any) -> tuple[int, str]:
-    """The most rows any node of ``sql``'s generic plan handled (rows times loops),
-    run and rolled back; and the plan, for the failure message."""
+async def _work(schema: str, sql: str, *params: Any, plan: str = "generic") -> tuple[int, str]:
+    """The most rows any node of ``sql``'s plan handled (rows times loops), run and
+    rolled back; and the plan, for the failure message. ``plan``: "generic" (what
+    a prepared statement settles on) or "custom" (its first runs, planned for the
+    values given)."""
     conn = await asyncpg.connect(POSTGRES_URL)
     try:
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"SET plan_cache_mode = force_{plan}_plan")
         async with conn.transaction():
             text = sql.replace("{s}", f'"{schema}"')
             (raw,) = await conn.fetchrow(f"EXPLAIN (ANALYZE, FORMAT JSON) {text}", *params)
@@ -89,10 +91,11 @@ async def test_finish_start_marks_and_renewals_read_only_their_batch_after_a_dra
     schema: str,
 ) -> None:
     # Every task a drain finished leaves a dead entry in the running index until
-    # vacuum: a finish (a start mark, a lease renewal) that let the planner find its rows through
-    # that index read
-    # all of them (600 here), and one that joined its outcomes to the locked rows
-    # rescanned the outcome arrays once per row (batch squared).
+    # vacuum: a finish (a start mark, a lease renewal) that let the planner find its
+    # rows through that index read all of them (600 here); one that joined its
+    # outcomes to the locked rows afterwards rescanned the outcome arrays once per
+    # row (batch squared); and one planned as a join read and hashed the whole
+    # table (5,000 rows here) for a large batch.
     async with TaskQueue(postgres_url(schema)) as queue:
         await queue.enqueue_many(jobs.add, [(1, 2)] * 5000)
     backend = PostgresBackend(postgres_url(schema))
@@ -103,49 +106,39 @@ async def test_finish_start_marks_and_renewals_read_only_their_batch_after_a_dra
             await backend.finish(
                 [(task.lease, Outcome("succeeded", result=b"N.")) for task in claimed]
             )
-        claimed = await backend.claim("w", ["default"], 20, 30)
-        assert len(claimed) == 20
-        leases = [task.lease for task in claimed]
-        none: list[Any] = [None] * len(leases)
-        work, plan = await _work(
-            schema,
-            SQL.finish,
-            backend.now(),
-            86400.0,
-            [lease.task_id for lease in leases],
-            [lease.worker_id for lease in leases],
-            [lease.attempt for lease in leases],
-            ["succeeded"] * len(leases),
-            [b"N."] * len(leases),
-            none,
-            none,
-            none,
-            ["results"],
-            "sitq_plans",
-            none,
-        )
-        assert work <= 3 * len(leases), plan
-        work, plan = await _work(
-            schema,
-            SQL.mark_started,
-            [lease.task_id for lease in leases],
-            [lease.worker_id for lease in leases],
-            [lease.attempt for lease in leases],
-            [backend.now()] * len(leases),
-        )
-        assert work <= 3 * len(leases), plan
-        work, plan = await _work(
-            schema,
-            SQL.renew_leases,
-            backend.now() + 30,
-            "w",
-            [lease.task_id for lease in leases],
-        )
-        assert work <= 3 * len(leases), plan
-        applied = await backend.finish(
-            [(lease, Outcome("succeeded", result=b"N.")) for lease in leases]
-        )
-        assert applied == [True] * len(leases)
+        for size, plan in ((20, "generic"), (300, "custom")):
+            claimed = await backend.claim("w", ["default"], size, 30)
+            assert len(claimed) == size
+            leases = [task.lease for task in claimed]
+            ids = [lease.task_id for lease in leases]
+            holders = [lease.worker_id for lease in leases]
+            attempts = [lease.attempt for lease in leases]
+            none: list[Any] = [None] * size
+            outcome = (["succeeded"] * size, [b"N."] * size, none, none, none)
+            for sql, params in (
+                (
+                    SQL.finish,
+                    (
+                        backend.now(),
+                        86400.0,
+                        ids,
+                        holders,
+                        attempts,
+                        *outcome,
+                        ["results"],
+                        "sitq_plans",
+                        none,
+                    ),
+                ),
+                (SQL.mark_started, (ids, holders, attempts, [backend.now()] * size)),
+                (SQL.renew_leases, (backend.now() + 30, "w", ids)),
+            ):
+                work, shown = await _work(schema, sql, *params, plan=plan)
+                assert work <= 3 * size, shown
+            applied = await backend.finish(
+                [(lease, Outcome("succeeded", result=b"N.")) for lease in leases]
+            )
+            assert applied == [True] * size
     finally:
         await backend.close()
 

@@ -116,11 +116,13 @@ UPDATE {s}.sitq_tasks SET recorded_start = attempts, started_at = $4::float8
 WHERE id = $1 AND worker_id = $2 AND attempts = $3 AND status = 'running'
 
 -- name: renew_leases
--- The rows read by key and locked in id order, as finish's (a status test on the
--- table let the planner scan the running index and its dead entries).
+-- The rows read by key and locked in id order, as finish's.
 WITH locked AS (
-    SELECT id, status, worker_id FROM {s}.sitq_tasks WHERE id = ANY($3::text[])
-    ORDER BY id FOR UPDATE
+    SELECT t.id, t.status, t.worker_id
+    FROM (SELECT id FROM unnest($3::text[]) AS o(id) ORDER BY id) AS v
+    CROSS JOIN LATERAL (
+        SELECT x.id, x.status, x.worker_id FROM {s}.sitq_tasks x WHERE x.id = v.id FOR UPDATE
+    ) AS t
 )
 UPDATE {s}.sitq_tasks t SET lease_expires_at = $1
 FROM locked
@@ -134,20 +136,27 @@ RETURNING t.id, t.cancel_requested
 -- every other locker of several tasks takes them in (the settling of dependents,
 -- a retry's lock_tasks): updated in the batch's order, as the join happens to
 -- visit them, two such statements could each hold a row the other waits for.
--- The lock reads each row by its key, beside its outcome, and the lease is
--- checked on what it read (the row cannot change once locked): a status test on
--- the table itself would let the planner scan the running index instead, every
--- dead entry the drain left in it, and joining the outcomes to the locked rows
--- afterwards was planned as a rescan of the arrays per row.
+-- Each row is read by its key (a LATERAL lookup per outcome, the outcomes sorted
+-- by id, so the locks are taken in that order) and the lease checked on what was
+-- locked (the row cannot change after that). Planned as a join instead, a large
+-- batch made the planner read the whole table and hash it; a status test on the
+-- table let it scan the running index and every dead entry a drain left there;
+-- and joining the outcomes to the locked rows afterwards rescanned the arrays
+-- once per row.
 WITH locked AS (
     SELECT t.id, t.status AS held_status, t.worker_id AS held_by, t.attempts AS held_attempt,
         v.worker_id, v.attempt, v.status, v.result, v.error, v.traceback, v.retry_at,
         v.started_at
-    FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::bytea[], $8::text[],
-        $9::text[], $10::float8[], $13::float8[])
-        AS v(id, worker_id, attempt, status, result, error, traceback, retry_at, started_at)
-    JOIN {s}.sitq_tasks t ON t.id = v.id
-    ORDER BY t.id FOR UPDATE OF t
+    FROM (
+        SELECT * FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::bytea[],
+            $8::text[], $9::text[], $10::float8[], $13::float8[])
+            AS o(id, worker_id, attempt, status, result, error, traceback, retry_at, started_at)
+        ORDER BY id
+    ) AS v
+    CROSS JOIN LATERAL (
+        SELECT x.id, x.status, x.worker_id, x.attempts FROM {s}.sitq_tasks x
+        WHERE x.id = v.id FOR UPDATE
+    ) AS t
 ),
 done AS (
 UPDATE {s}.sitq_tasks t
@@ -171,15 +180,19 @@ SELECT id, worker_id, attempts, (SELECT count(*) FROM woken) FROM done
 -- name: mark_started
 -- Start marks of tasks still running; each applies only while its lease holds.
 -- The rows are read by key and locked in id order, the lease checked on what was
--- locked, as in finish (a status test on the table let the planner scan the
--- running index and every dead entry a drain left in it).
+-- locked, as in finish.
 WITH locked AS (
     SELECT t.id, t.status AS held_status, t.worker_id AS held_by, t.attempts AS held_attempt,
         v.worker_id, v.attempt, v.started_at
-    FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[])
-        AS v(id, worker_id, attempt, started_at)
-    JOIN {s}.sitq_tasks t ON t.id = v.id
-    ORDER BY t.id FOR UPDATE OF t
+    FROM (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[])
+            AS o(id, worker_id, attempt, started_at)
+        ORDER BY id
+    ) AS v
+    CROSS JOIN LATERAL (
+        SELECT x.id, x.status, x.worker_id, x.attempts FROM {s}.sitq_tasks x
+        WHERE x.id = v.id FOR UPDATE
+    ) AS t
 )
 UPDATE {s}.sitq_tasks t SET started_at = v.started_at
 FROM locked v
