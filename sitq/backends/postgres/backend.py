@@ -167,6 +167,7 @@ class PostgresBackend(SQLBackend):
                 # may choose for the small, never-analyzed control tables) costs
                 # far more than running it.
                 server_settings={"jit": "off"},
+                reset=_keep_session,
             )
         except (
             asyncpg.InvalidPasswordError,
@@ -354,10 +355,10 @@ class PostgresBackend(SQLBackend):
                 self._q(SQL.finish),
                 self.now(),
                 self.default_result_ttl,
-                *self._rows(outcomes),
+                *_nulls_as_null(self._rows(outcomes)),
                 kinds,
                 self._channel,
-                started_at,
+                *_nulls_as_null((started_at,)),
             )
         applied = {tuple(row[:3]) for row in rows}
         return [lease_key(lease) in applied for lease in leases]
@@ -469,6 +470,23 @@ class _PostgresTransaction:
     async def wake(self, kind: WakeKind) -> None:
         """NOTIFY ``kind``, delivered at the commit."""
         await self._backend._notify(self._conn, kind)
+
+
+def _nulls_as_null(columns: Sequence[list[Any]]) -> list[list[Any] | None]:
+    """Columns for a statement that unnests arrays side by side: one that holds
+    only NULLs goes as a NULL array (unnest pads a shorter array with NULLs), so
+    a batch of plain successes does not encode its empty error, traceback, retry
+    and start columns element by element (asyncpg checks each element's type)."""
+    return [None if all(value is None for value in column) else column for column in columns]
+
+
+async def _keep_session(_conn: Any) -> None:
+    """What a pool connection needs on its way back to the pool: nothing more than
+    asyncpg's own rollback of an open transaction. Its default also sends a reset
+    query (unlock advisory locks, close cursors, UNLISTEN, RESET ALL), one more
+    round trip for every claim and finish; sitq's statements leave none of those
+    behind (its advisory locks are transaction-scoped, its LISTEN has a connection
+    of its own, and it sets nothing for the session after connecting)."""
 
 
 def _row_count(status: str) -> int:

@@ -5,15 +5,27 @@
 -- started_at, or mark_started).
 
 -- name: claim_ready
--- The ready tasks without a limit key of the queues in $4.
-WITH picked AS (
-    SELECT id FROM {s}.sitq_tasks
-    WHERE status = 'queued' AND queue = ANY($4::text[]) AND available_at <= $2
-      AND queue NOT IN (SELECT queue FROM {s}.sitq_paused)
-      AND limit_key IS NULL
-    ORDER BY priority DESC, available_at, seq
-    LIMIT $5
-    FOR UPDATE SKIP LOCKED
+-- The ready tasks without a limit key of the queues in $4. `queue = ANY($4)`
+-- would make PostgreSQL (before 17) read and sort every ready task of the queues
+-- on each claim: instead each queue's head is read from the ready index in claim
+-- order (at most $5 rows each, locked as they are read, skipping those other
+-- claimers hold), and the heads are merged. The rows a queue gave beyond the $5
+-- taken stay locked until this statement's transaction ends, a moment later.
+WITH heads AS (
+    SELECT h.id, h.priority, h.available_at, h.seq
+    FROM (SELECT DISTINCT name FROM unnest($4::text[]) AS n(name)) AS q
+    CROSS JOIN LATERAL (
+        SELECT id, priority, available_at, seq FROM {s}.sitq_tasks
+        WHERE status = 'queued' AND queue = q.name AND available_at <= $2
+          AND limit_key IS NULL
+        ORDER BY priority DESC, available_at, seq
+        LIMIT $5
+        FOR UPDATE SKIP LOCKED
+    ) AS h
+    WHERE q.name NOT IN (SELECT queue FROM {s}.sitq_paused)
+),
+picked AS (
+    SELECT id FROM heads ORDER BY priority DESC, available_at, seq LIMIT $5
 )
 UPDATE {s}.sitq_tasks t
 SET status = 'running', worker_id = $1, attempts = t.attempts + 1,
@@ -43,15 +55,22 @@ RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.re
     t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq, t.recorded_start
 
 -- name: claim_limited
--- claim_ready for the tasks of one limit key ($6).
-WITH picked AS (
-    SELECT id FROM {s}.sitq_tasks
-    WHERE status = 'queued' AND queue = ANY($4::text[]) AND available_at <= $2
-      AND queue NOT IN (SELECT queue FROM {s}.sitq_paused)
-      AND limit_key = $6
-    ORDER BY priority DESC, available_at, seq
-    LIMIT $5
-    FOR UPDATE SKIP LOCKED
+-- claim_ready for the tasks of one limit key ($6), each queue's head read in
+-- claim order from the limited ready index (see claim_ready).
+WITH heads AS (
+    SELECT h.id, h.priority, h.available_at, h.seq
+    FROM (SELECT DISTINCT name FROM unnest($4::text[]) AS n(name)) AS q
+    CROSS JOIN LATERAL (
+        SELECT id, priority, available_at, seq FROM {s}.sitq_tasks
+        WHERE status = 'queued' AND limit_key = $6 AND queue = q.name AND available_at <= $2
+        ORDER BY priority DESC, available_at, seq
+        LIMIT $5
+        FOR UPDATE SKIP LOCKED
+    ) AS h
+    WHERE q.name NOT IN (SELECT queue FROM {s}.sitq_paused)
+),
+picked AS (
+    SELECT id FROM heads ORDER BY priority DESC, available_at, seq LIMIT $5
 )
 UPDATE {s}.sitq_tasks t
 SET status = 'running', worker_id = $1, attempts = t.attempts + 1,
@@ -97,9 +116,18 @@ UPDATE {s}.sitq_tasks SET recorded_start = attempts, started_at = $4::float8
 WHERE id = $1 AND worker_id = $2 AND attempts = $3 AND status = 'running'
 
 -- name: renew_leases
-UPDATE {s}.sitq_tasks SET lease_expires_at = $1
-WHERE status = 'running' AND worker_id = $2 AND id = ANY($3::text[])
-RETURNING id, cancel_requested
+-- The rows read by key and locked in id order, as finish's.
+WITH locked AS (
+    SELECT t.id, t.status, t.worker_id
+    FROM (SELECT id FROM unnest($3::text[]) AS o(id) ORDER BY id) AS v
+    CROSS JOIN LATERAL (
+        SELECT x.id, x.status, x.worker_id FROM {s}.sitq_tasks x WHERE x.id = v.id FOR UPDATE
+    ) AS t
+)
+UPDATE {s}.sitq_tasks t SET lease_expires_at = $1
+FROM locked
+WHERE t.id = locked.id AND locked.status = 'running' AND locked.worker_id = $2
+RETURNING t.id, t.cancel_requested
 
 -- name: finish
 -- One statement (one round trip): the update, and a NOTIFY of each kind in $11
@@ -108,9 +136,27 @@ RETURNING id, cancel_requested
 -- every other locker of several tasks takes them in (the settling of dependents,
 -- a retry's lock_tasks): updated in the batch's order, as the join happens to
 -- visit them, two such statements could each hold a row the other waits for.
+-- Each row is read by its key (a LATERAL lookup per outcome, the outcomes sorted
+-- by id, so the locks are taken in that order) and the lease checked on what was
+-- locked (the row cannot change after that). Planned as a join instead, a large
+-- batch made the planner read the whole table and hash it; a status test on the
+-- table let it scan the running index and every dead entry a drain left there;
+-- and joining the outcomes to the locked rows afterwards rescanned the arrays
+-- once per row.
 WITH locked AS (
-    SELECT id FROM {s}.sitq_tasks WHERE id = ANY($3::text[]) AND status = 'running'
-    ORDER BY id FOR UPDATE
+    SELECT t.id, t.status AS held_status, t.worker_id AS held_by, t.attempts AS held_attempt,
+        v.worker_id, v.attempt, v.status, v.result, v.error, v.traceback, v.retry_at,
+        v.started_at
+    FROM (
+        SELECT * FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::bytea[],
+            $8::text[], $9::text[], $10::float8[], $13::float8[])
+            AS o(id, worker_id, attempt, status, result, error, traceback, retry_at, started_at)
+        ORDER BY id
+    ) AS v
+    CROSS JOIN LATERAL (
+        SELECT x.id, x.status, x.worker_id, x.attempts FROM {s}.sitq_tasks x
+        WHERE x.id = v.id FOR UPDATE
+    ) AS t
 ),
 done AS (
 UPDATE {s}.sitq_tasks t
@@ -123,12 +169,9 @@ SET status = CASE WHEN v.status = 'queued' AND t.cancel_requested THEN 'cancelle
     expires_at = CASE WHEN v.status = 'queued' AND NOT t.cancel_requested THEN NULL
                       ELSE $1::float8 + COALESCE(t.result_ttl, $2::float8) END,
     lease_expires_at = NULL, started_at = COALESCE(v.started_at, t.started_at)
-FROM unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::bytea[], $8::text[],
-    $9::text[], $10::float8[], $13::float8[])
-    AS v(id, worker_id, attempt, status, result, error, traceback, retry_at, started_at),
-    locked
-WHERE t.id = v.id AND locked.id = v.id AND t.worker_id = v.worker_id
-    AND t.attempts = v.attempt AND t.status = 'running'
+FROM locked v
+WHERE t.id = v.id AND v.held_status = 'running' AND v.held_by = v.worker_id
+    AND v.held_attempt = v.attempt
 RETURNING t.id, t.worker_id, t.attempts
 ),
 woken AS (SELECT pg_notify($12, kind) FROM unnest($11::text[]) AS k(kind))
@@ -136,16 +179,30 @@ SELECT id, worker_id, attempts, (SELECT count(*) FROM woken) FROM done
 
 -- name: mark_started
 -- Start marks of tasks still running; each applies only while its lease holds.
+-- The rows are read by key and locked in id order, the lease checked on what was
+-- locked, as in finish.
+WITH locked AS (
+    SELECT t.id, t.status AS held_status, t.worker_id AS held_by, t.attempts AS held_attempt,
+        v.worker_id, v.attempt, v.started_at
+    FROM (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[])
+            AS o(id, worker_id, attempt, started_at)
+        ORDER BY id
+    ) AS v
+    CROSS JOIN LATERAL (
+        SELECT x.id, x.status, x.worker_id, x.attempts FROM {s}.sitq_tasks x
+        WHERE x.id = v.id FOR UPDATE
+    ) AS t
+)
 UPDATE {s}.sitq_tasks t SET started_at = v.started_at
-FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[])
-    AS v(id, worker_id, attempt, started_at)
-WHERE t.id = v.id AND t.worker_id = v.worker_id AND t.attempts = v.attempt
-    AND t.status = 'running'
+FROM locked v
+WHERE t.id = v.id AND v.held_status = 'running' AND v.held_by = v.worker_id
+    AND v.held_attempt = v.attempt
 
 -- name: release
 -- Its rows locked in id order first, as finish's.
 WITH locked AS (
-    SELECT id FROM {s}.sitq_tasks WHERE id = ANY($3::text[]) AND status = 'running'
+    SELECT id, status, worker_id, attempts FROM {s}.sitq_tasks WHERE id = ANY($3::text[])
     ORDER BY id FOR UPDATE
 )
 UPDATE {s}.sitq_tasks t
@@ -156,8 +213,8 @@ SET status = CASE WHEN t.cancel_requested THEN 'cancelled' ELSE 'queued' END,
         THEN $1::float8 + COALESCE(t.result_ttl, $2::float8) END,
     error = CASE WHEN t.cancel_requested THEN 'cancelled before it started' ELSE t.error END
 FROM unnest($3::text[], $4::text[], $5::int[]) AS v(id, worker_id, attempt), locked
-WHERE t.id = v.id AND locked.id = v.id AND t.worker_id = v.worker_id
-    AND t.attempts = v.attempt AND t.status = 'running'
+WHERE t.id = locked.id AND locked.id = v.id AND locked.worker_id = v.worker_id
+    AND locked.attempts = v.attempt AND locked.status = 'running'
 RETURNING t.id
 
 -- name: next_due_in_queue
