@@ -9,14 +9,20 @@ backend's own, moved by hand (no sleeps): leases expire and results age at once.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import sqlite3
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
+from support import drop_postgres_schema, postgres_available, postgres_url
 
 from sitq.backends.base import STATUS_SQL, Backend, Dependency, NewTask, Outcome, StoreTransaction
+from sitq.backends.sqlite import SQLiteBackend
+from sitq.backends.sqlite import schema as sqlite_schema
 from sitq.task import new_task_id
 
 SUCCEEDED = Outcome("succeeded", result=b"r")
@@ -253,3 +259,81 @@ async def test_counting_reads_no_finished_task(backend: Backend, name: str) -> N
     else:
         scans = [line for line in text.splitlines() if line.startswith("SCAN sitq_tasks")]
         assert all("USING" in line for line in scans), text
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_version_10_store_migrates_with_its_finished_tasks_counted(
+    kind: str, tmp_path: Path
+) -> None:
+    """Version 11 fills the kept counts from the tasks already stored: those
+    finished in the last hour by their second, older ones all together."""
+    now = time.time()
+    rows = [  # (id, queue, status, started_at, finished_at)
+        *((new_task_id(), "a", "succeeded", now - 9, now - 5) for _ in range(3)),
+        *((new_task_id(), "a", "failed", now - 9, now - 7200) for _ in range(2)),
+        (new_task_id(), "b", "cancelled", None, now - 1),
+        (new_task_id(), "b", "running", now - 2, None),
+        (new_task_id(), "b", "running", None, None),  # claimed: counts as queued
+        (new_task_id(), "b", "queued", None, None),
+    ]
+    insert = (
+        "INSERT INTO {t}sitq_tasks (id, queue, func_name, payload, status, priority, "
+        "enqueued_at, available_at, started_at, finished_at, lease_expires_at) "
+        "VALUES ({p1}, {p2}, 'f', {blob}, {p3}, 0, 1.0, 1.0, {p4}, {p5}, "
+        "CASE WHEN {p3} = 'running' THEN 1e12 END)"
+    )
+    if kind == "sqlite":
+        path = tmp_path / "v10.db"
+        conn = sqlite3.connect(path, isolation_level=None)
+        for version in range(1, 11):
+            for statement in sqlite_schema.MIGRATIONS[version]:
+                conn.execute(statement)
+        conn.execute("INSERT INTO sitq_meta VALUES ('schema_version', '10')")
+        sql = insert.format(t="", p1="?1", p2="?2", p3="?3", p4="?4", p5="?5", blob="x'00'")
+        for row in rows:
+            conn.execute(sql, row)
+        conn.close()
+        backend: Backend = SQLiteBackend(path)
+        schema = None
+    else:
+        reason = postgres_available()
+        if reason:
+            pytest.skip(reason)
+        import asyncpg
+
+        from sitq.backends.postgres import PostgresBackend
+        from sitq.backends.postgres import schema as postgres_schema
+
+        schema = "t_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
+        await drop_postgres_schema(schema)
+        pg = await asyncpg.connect(postgres_url(schema).split("?")[0])
+        try:
+            await pg.execute(f'CREATE SCHEMA "{schema}"')
+            for version in range(1, 11):
+                for statement in postgres_schema.MIGRATIONS[version]:
+                    await pg.execute(statement.replace("{s}", f'"{schema}"'))
+            t = f'"{schema}".'
+            await pg.execute(f"INSERT INTO {t}sitq_meta VALUES ('schema_version', '10')")
+            sql = insert.format(t=t, p1="$1", p2="$2", p3="$3::text", p4="$4", p5="$5", blob="'x'")
+            for row in rows:
+                await pg.execute(sql, *row)
+        finally:
+            await pg.close()
+        backend = PostgresBackend(postgres_url(schema))
+    await backend.connect()
+    try:
+        since = math.floor(now - 60)
+        counted = await backend.counts(finished_since=since)
+        assert counted.statuses == {
+            ("a", "succeeded"): 3,
+            ("a", "failed"): 2,
+            ("b", "cancelled"): 1,
+            ("b", "running"): 1,
+            ("b", "queued"): 2,
+        }
+        assert (counted.statuses, counted.finished) == await brute_force(backend, since)
+        assert counted.finished == {("a", "succeeded"): 3, ("b", "cancelled"): 1}
+    finally:
+        await backend.close()
+        if schema:
+            await drop_postgres_schema(schema)
