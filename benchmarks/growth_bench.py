@@ -2,7 +2,8 @@
 million finished tasks retained, for two checkouts of sitq side by side.
 
     python benchmarks/growth_bench.py --before DIR --after DIR [--reps 3]
-        [--retained 1000000] [--drain 20000] [--postgres URL] [--only PART ...]
+        [--retained 1000000] [--drain 20000] [--postgres URL] [--hot-reps 5]
+        [--only PART ...]
 
 DIR is a checkout whose ``sitq/`` is measured: it goes first on the PYTHONPATH of
 every process that runs sitq (the benchmark itself imports none). The parts:
@@ -17,6 +18,13 @@ every process that runs sitq (the benchmark itself imports none). The parts:
   connection (connect timed apart).
 - ``postgres``: the overview call cold (OS cache dropped; the server's own buffers
   cannot be emptied without restarting a shared server) at ``--retained`` tasks.
+- ``hot``: what the counting costs SQLite's hot path, on fresh files: a drain of
+  ``--drain`` no-ops by one `sitq worker --concurrency 8`, 5,000 ``await
+  enqueue`` one at a time, 5,000 ``SyncTaskQueue.enqueue`` and one
+  ``enqueue_many`` of 100,000 (as ``benchmarks/run.py --only drain enqueue``, with
+  no baselines: just the two versions, alternating, ``--hot-reps`` times).
+- ``pghot``: what the counting costs PostgreSQL's hot path, on fresh schemas:
+  ``await enqueue`` one at a time, ``enqueue_many`` and a `sitq worker` drain.
 
 Both versions build their stores with ``--before``'s code; ``--after`` then opens
 its copy, migrating it (its migration time is printed). Repetitions alternate
@@ -281,6 +289,158 @@ def bench_postgres(versions: dict[str, Path], args) -> None:
         python(before, DROP_PG, args.postgres, f"growth_{name}")
 
 
+SQLITE_ENQUEUE = """
+import asyncio, sys, time, bench_tasks
+from sitq import SyncTaskQueue, TaskQueue
+async def main():
+    async with TaskQueue(sys.argv[1]) as queue:
+        await queue.enqueue(bench_tasks.noop)
+        began = time.perf_counter()
+        for _ in range(5000):
+            await queue.enqueue(bench_tasks.noop)
+        one = 5000 / (time.perf_counter() - began)
+        began = time.perf_counter()
+        await queue.enqueue_many(bench_tasks.noop, [() for _ in range(100_000)])
+        many = 100_000 / (time.perf_counter() - began)
+    return one, many
+one, many = asyncio.run(main())
+with SyncTaskQueue(sys.argv[2]) as queue:
+    queue.enqueue(bench_tasks.noop)
+    began = time.perf_counter()
+    for _ in range(5000):
+        queue.enqueue(bench_tasks.noop)
+    sync = 5000 / (time.perf_counter() - began)
+print(one, sync, many)
+"""
+
+
+def bench_hot(versions: dict[str, Path], args, tmp: Path) -> None:
+    keys = ("drain", "one", "sync", "many")
+    rates: dict[tuple[str, str], list[float]] = {}
+    for rep in range(args.hot_reps):
+        for name, code in versions.items():
+            db = tmp / f"hot-{name}-{rep}.db"
+            drain = drain_once(code, db, args.drain, tmp)
+            a, b = tmp / f"enq-{name}-{rep}.db", tmp / f"sync-{name}-{rep}.db"
+            one, sync, many = (
+                float(x) for x in python(code, SQLITE_ENQUEUE, str(a), str(b)).split()
+            )
+            for key, value in zip(keys, (drain, one, sync, many), strict=True):
+                rates.setdefault((name, key), []).append(value)
+            print(
+                f"  hot {name} rep {rep}: drain {drain:,.0f}/s, enqueue {one:,.0f}/s, "
+                f"sync {sync:,.0f}/s, enqueue_many {many:,.0f}/s ({load()})",
+                flush=True,
+            )
+            for path in (db, a, b):
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+    print(f"\n### SQLite hot path, fresh files (tasks/s, medians of {args.hot_reps})\n")
+    print(
+        f"| version | drain of {args.drain:,}, one `sitq worker -c 8` | `await enqueue` "
+        "one at a time | `SyncTaskQueue.enqueue` | `enqueue_many` of 100,000 |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name in versions:
+        cells = " | ".join(f"{statistics.median(rates[name, key]):,.0f}" for key in keys)
+        print(f"| {name} | {cells} |")
+    ratios = " | ".join(
+        f"{statistics.median(rates['after', k]) / statistics.median(rates['before', k]):.3f}"
+        for k in keys
+    )
+    print(f"| after / before | {ratios} |")
+    print()
+
+
+ENQUEUE_RATES = """
+import asyncio, sys, time, bench_tasks
+from sitq import TaskQueue
+async def main():
+    async with TaskQueue(sys.argv[1]) as queue:
+        began = time.perf_counter()
+        for _ in range(2000):
+            await queue.enqueue(bench_tasks.noop)
+        one = 2000 / (time.perf_counter() - began)
+        began = time.perf_counter()
+        await queue.enqueue_many(bench_tasks.noop, [() for _ in range(50_000)])
+        print(one, 50_000 / (time.perf_counter() - began))
+asyncio.run(main())
+"""
+
+PG_UNFINISHED = """
+import asyncio, sys, asyncpg
+async def main():
+    conn = await asyncpg.connect(sys.argv[1])
+    while await conn.fetchval(
+        f'SELECT count(*) FROM "{sys.argv[2]}".sitq_tasks WHERE status IN (\'queued\', \'running\')'
+    ):
+        await asyncio.sleep(0.02)
+    await conn.close()
+asyncio.run(main())
+"""
+
+
+def pg_drain_once(code: Path, url: str, base: str, schema: str, n: int, tmp: Path) -> float:
+    python(code, FILL, url, str(n))
+    log = tmp / f"pgworker-{time.monotonic_ns()}.log"
+    worker = subprocess.Popen(
+        [str(BIN / "sitq"), "worker", "--db", url, "--import", "bench_tasks", "-c", "8"],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env(code),
+        cwd=HERE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while " started: " not in log.read_text():
+            if time.monotonic() > deadline:
+                raise TimeoutError(log.read_text())
+            time.sleep(0.002)
+        started = time.perf_counter()
+        python(code, PG_UNFINISHED, base, schema)
+        return n / (time.perf_counter() - started)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def bench_postgres_hot(versions: dict[str, Path], args, tmp: Path) -> None:
+    rates: dict[tuple[str, str], list[float]] = {}
+    for rep in range(args.reps):
+        for name, code in versions.items():
+            schema = f"growth_hot_{name}"
+            url = f"{args.postgres}?sitq_schema={schema}"
+            python(code, DROP_PG, args.postgres, schema)
+            one, many = (float(x) for x in python(code, ENQUEUE_RATES, url).split())
+            python(code, DROP_PG, args.postgres, schema)
+            drain = pg_drain_once(code, url, args.postgres, schema, args.drain, tmp)
+            python(code, DROP_PG, args.postgres, schema)
+            for key, value in (("one", one), ("many", many), ("drain", drain)):
+                rates.setdefault((name, key), []).append(value)
+            print(
+                f"  pghot {name} rep {rep}: enqueue {one:,.0f}/s, enqueue_many {many:,.0f}/s, "
+                f"drain {drain:,.0f}/s ({load()})",
+                flush=True,
+            )
+    print("\n### PostgreSQL hot path, fresh schema (tasks/s, medians)\n")
+    print(
+        "| version | `await enqueue` one at a time | `enqueue_many` of 50,000 | "
+        f"drain of {args.drain:,}, one `sitq worker -c 8` |"
+    )
+    print("| --- | ---: | ---: | ---: |")
+    for name in versions:
+        cells = " | ".join(
+            f"{statistics.median(rates[name, key]):,.0f}" for key in ("one", "many", "drain")
+        )
+        print(f"| {name} | {cells} |")
+    ratios = " | ".join(
+        f"{statistics.median(rates['after', k]) / statistics.median(rates['before', k]):.3f}"
+        for k in ("one", "many", "drain")
+    )
+    print(f"| after / before | {ratios} |")
+    print()
+
+
 DROP_PG = """
 import asyncio, sys, asyncpg
 async def main():
@@ -314,9 +474,12 @@ def main() -> None:
     parser.add_argument("--retained", type=int, default=1_000_000)
     parser.add_argument("--drain", type=int, default=20_000)
     parser.add_argument("--postgres", default=PG_URL)
-    parser.add_argument("--only", nargs="*", choices=["drain", "status", "postgres"])
+    parser.add_argument(
+        "--only", nargs="*", choices=["drain", "status", "postgres", "hot", "pghot"]
+    )
     args = parser.parse_args()
-    parts = args.only or ["drain", "status", "postgres"]
+    parser.add_argument("--hot-reps", type=int, default=5)
+    parts = args.only or ["drain", "status", "postgres", "hot", "pghot"]
     versions = {"before": args.before.resolve(), "after": args.after.resolve()}
     print(f"{os.cpu_count()} cores, SQLite {sqlite3.sqlite_version}; {load()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sitq-growth-") as folder:
@@ -337,6 +500,10 @@ def main() -> None:
             bench_status(versions, templates, args)
         if "postgres" in parts:
             bench_postgres(versions, args)
+        if "hot" in parts:
+            bench_hot(versions, args, tmp)
+        if "pghot" in parts:
+            bench_postgres_hot(versions, args, tmp)
     print(f"done; {load()}")
 
 

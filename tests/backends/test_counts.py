@@ -337,3 +337,62 @@ async def test_a_version_10_store_migrates_with_its_finished_tasks_counted(
         await backend.close()
         if schema:
             await drop_postgres_schema(schema)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_migrated_store_counts_the_finished_tasks_it_received(
+    kind: str, tmp_path: Path
+) -> None:
+    """`sitq migrate` inserts finished tasks, which no enqueue does (SQLite counts
+    none on insert): the destination's counts are its table's."""
+    from sitq import TaskQueue
+    from sitq.migrate import migrate
+
+    source = SQLiteBackend(tmp_path / "source.db")
+    await source.connect()
+    try:
+        await enqueue(source, 5)
+        await enqueue(source, 2, "b")
+        held = await claim(source, 4)
+        assert (
+            await source.finish(
+                [(held[0].lease, SUCCEEDED), (held[1].lease, FAILED), (held[2].lease, CANCELLED)]
+            )
+            == [True] * 3
+        )
+    finally:
+        await source.close()
+    if kind == "sqlite":
+        destination, schema = str(tmp_path / "destination.db"), None
+    else:
+        reason = postgres_available()
+        if reason:
+            pytest.skip(reason)
+        schema = "t_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
+        await drop_postgres_schema(schema)
+        destination = postgres_url(schema)
+    try:
+        async with TaskQueue(tmp_path / "source.db") as queue:
+            await migrate(queue, destination, progress=False)
+        from sitq.backends.postgres import PostgresBackend
+
+        target: Backend = (
+            SQLiteBackend(destination) if schema is None else PostgresBackend(destination)
+        )
+        await target.connect()
+        try:
+            since = math.floor(target.now() - 60)
+            counted = await target.counts(finished_since=since)
+            assert (counted.statuses, counted.finished) == await brute_force(target, since)
+            assert counted.statuses == {
+                ("a", "succeeded"): 1,
+                ("a", "failed"): 1,
+                ("a", "cancelled"): 1,
+                ("a", "queued"): 2,  # one claimed and one not: both queued
+                ("b", "queued"): 2,
+            }
+        finally:
+            await target.close()
+    finally:
+        if schema:
+            await drop_postgres_schema(schema)

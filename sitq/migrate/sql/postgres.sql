@@ -250,6 +250,14 @@ SELECT queue FROM {s}.sitq_paused WHERE queue > $1 ORDER BY queue LIMIT $2
 -- name: count_tasks_by_status
 SELECT status, count(*) FROM {s}.sitq_tasks GROUP BY status
 
+-- name: clear_finished_counts
+-- Nothing to do: PostgreSQL's statement triggers counted the finished tasks the
+-- copy inserted (schema version 11); SQLite recounts them.
+SELECT 1
+
+-- name: recount_finished
+SELECT 1
+
 -- name: running_by_worker
 -- Running tasks, per worker holding them.
 SELECT worker_id, count(*) FROM {s}.sitq_tasks WHERE status = 'running' GROUP BY worker_id

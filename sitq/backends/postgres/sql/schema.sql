@@ -586,7 +586,9 @@ FOR EACH STATEMENT EXECUTE FUNCTION {s}.sitq_settle_purged()
 -- queue and status it changed, from its transition tables. Rows are only ever
 -- inserted by the writers, so concurrent workers never wait on a shared counter
 -- row; a read sums them, and prune folds them (one row per second, queue and
--- status; the seconds older than the horizon into second 0).
+-- status; the seconds older than the horizon into second 0). Unlike SQLite, a
+-- trigger here runs once per statement, so inserts count too (an enqueue_many is
+-- one statement).
 
 -- name: v11_01_create_sitq_finished
 CREATE TABLE {s}.sitq_finished (
