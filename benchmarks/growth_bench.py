@@ -369,11 +369,10 @@ asyncio.run(main())
 
 PG_UNFINISHED = """
 import asyncio, sys, asyncpg
+SQL = 'SELECT count(*) FROM "' + sys.argv[2] + '".sitq_tasks WHERE status IN ($1, $2)'
 async def main():
     conn = await asyncpg.connect(sys.argv[1])
-    while await conn.fetchval(
-        f'SELECT count(*) FROM "{sys.argv[2]}".sitq_tasks WHERE status IN (\'queued\', \'running\')'
-    ):
+    while await conn.fetchval(SQL, 'queued', 'running'):
         await asyncio.sleep(0.02)
     await conn.close()
 asyncio.run(main())
@@ -477,8 +476,8 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", choices=["drain", "status", "postgres", "hot", "pghot"]
     )
-    args = parser.parse_args()
     parser.add_argument("--hot-reps", type=int, default=5)
+    args = parser.parse_args()
     parts = args.only or ["drain", "status", "postgres", "hot", "pghot"]
     versions = {"before": args.before.resolve(), "after": args.after.resolve()}
     print(f"{os.cpu_count()} cores, SQLite {sqlite3.sqlite_version}; {load()}", flush=True)

@@ -219,8 +219,8 @@ SELECT status, count(*) FROM sitq_tasks GROUP BY status
 
 -- name: clear_finished_counts
 -- After the copy: the finished tasks it inserted are counted afresh with the rest
--- (schema version 11 counts a task as it finishes, by triggers SQLite does not
--- run on insert). In the recount's transaction.
+-- (schema version 11 counts a task as it finishes, by triggers that do not run
+-- on insert). In the recount's transaction, which holds the write lock.
 DELETE FROM sitq_finished
 
 -- name: recount_finished
