@@ -23,6 +23,9 @@ every process that runs sitq (the benchmark itself imports none). The parts:
   enqueue`` one at a time, 5,000 ``SyncTaskQueue.enqueue`` and one
   ``enqueue_many`` of 100,000 (as ``benchmarks/run.py --only drain enqueue``, with
   no baselines: just the two versions, alternating, ``--hot-reps`` times).
+- ``triggers``: the counting triggers alone, on SQLite: ``--after``'s drain of
+  ``--drain`` no-ops on a fresh file as it is and with the counting triggers
+  dropped, alternating ``--hot-reps`` times (the rest of the code the same).
 - ``pghot``: what the counting costs PostgreSQL's hot path, on fresh schemas:
   ``await enqueue`` one at a time, ``enqueue_many`` and a `sitq worker` drain.
 
@@ -149,6 +152,17 @@ def copy(db: Path, to: Path) -> Path:
     return to
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: CPU µs per task of each drain_once's worker, which a shared machine's load
+#: disturbs far less than the wall-clock rate.
+LAST_CPU: list[float] = []
+
+
 def drain_once(code: Path, db: Path, n: int, tmp: Path) -> float:
     python(code, FILL, str(db), str(n))
     log = tmp / f"worker-{time.monotonic_ns()}.log"
@@ -166,6 +180,7 @@ def drain_once(code: Path, db: Path, n: int, tmp: Path) -> float:
                 raise TimeoutError(log.read_text())
             time.sleep(0.002)
         started = time.perf_counter()
+        cpu = cpu_seconds(worker.pid)
         deadline = time.monotonic() + 600
         while True:
             with sqlite3.connect(db, timeout=30) as conn:
@@ -174,7 +189,9 @@ def drain_once(code: Path, db: Path, n: int, tmp: Path) -> float:
             if time.monotonic() > deadline:
                 raise TimeoutError("drain did not finish")
             time.sleep(0.02)
-        return n / (time.perf_counter() - started)
+        rate = n / (time.perf_counter() - started)
+        LAST_CPU.append((cpu_seconds(worker.pid) - cpu) / n * 1e6)
+        return rate
     finally:
         worker.terminate()
         worker.wait(30)
@@ -315,20 +332,22 @@ print(one, sync, many)
 
 
 def bench_hot(versions: dict[str, Path], args, tmp: Path) -> None:
-    keys = ("drain", "one", "sync", "many")
+    keys = ("drain", "cpu", "one", "sync", "many")
     rates: dict[tuple[str, str], list[float]] = {}
     for rep in range(args.hot_reps):
         for name, code in versions.items():
             db = tmp / f"hot-{name}-{rep}.db"
             drain = drain_once(code, db, args.drain, tmp)
+            cpu = LAST_CPU[-1]
             a, b = tmp / f"enq-{name}-{rep}.db", tmp / f"sync-{name}-{rep}.db"
             one, sync, many = (
                 float(x) for x in python(code, SQLITE_ENQUEUE, str(a), str(b)).split()
             )
-            for key, value in zip(keys, (drain, one, sync, many), strict=True):
+            for key, value in zip(keys, (drain, cpu, one, sync, many), strict=True):
                 rates.setdefault((name, key), []).append(value)
             print(
-                f"  hot {name} rep {rep}: drain {drain:,.0f}/s, enqueue {one:,.0f}/s, "
+                f"  hot {name} rep {rep}: drain {drain:,.0f}/s ({cpu:.1f} µs CPU a task), "
+                f"enqueue {one:,.0f}/s, "
                 f"sync {sync:,.0f}/s, enqueue_many {many:,.0f}/s ({load()})",
                 flush=True,
             )
@@ -337,12 +356,15 @@ def bench_hot(versions: dict[str, Path], args, tmp: Path) -> None:
                     Path(f"{path}{suffix}").unlink(missing_ok=True)
     print(f"\n### SQLite hot path, fresh files (tasks/s, medians of {args.hot_reps})\n")
     print(
-        f"| version | drain of {args.drain:,}, one `sitq worker -c 8` | `await enqueue` "
-        "one at a time | `SyncTaskQueue.enqueue` | `enqueue_many` of 100,000 |"
+        f"| version | drain of {args.drain:,}, one `sitq worker -c 8` | its worker's CPU "
+        "µs a task | `await enqueue` one at a time | `SyncTaskQueue.enqueue` "
+        "| `enqueue_many` of 100,000 |"
     )
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in versions:
-        cells = " | ".join(f"{statistics.median(rates[name, key]):,.0f}" for key in keys)
+        cells = " | ".join(
+            f"{statistics.median(rates[name, key]):,.{1 if key == 'cpu' else 0}f}" for key in keys
+        )
         print(f"| {name} | {cells} |")
     ratios = " | ".join(
         f"{statistics.median(rates['after', k]) / statistics.median(rates['before', k]):.3f}"
@@ -350,6 +372,43 @@ def bench_hot(versions: dict[str, Path], args, tmp: Path) -> None:
     )
     print(f"| after / before | {ratios} |")
     print()
+
+
+COUNTING_TRIGGERS = ("sitq_tasks_count_end", "sitq_tasks_count_unend", "sitq_tasks_count_delete")
+
+
+def bench_triggers(code: Path, args, tmp: Path) -> None:
+    rates: dict[str, list[float]] = {"kept": [], "dropped": []}
+    cpus: dict[str, list[float]] = {"kept": [], "dropped": []}
+    for rep in range(args.hot_reps):
+        for kind in rates:
+            db = tmp / f"triggers-{kind}-{rep}.db"
+            python(code, OPEN + "asyncio.run(main())\n", str(db))
+            if kind == "dropped":
+                with sqlite3.connect(db) as conn:
+                    for name in COUNTING_TRIGGERS:
+                        conn.execute(f"DROP TRIGGER {name}")
+            rates[kind].append(drain_once(code, db, args.drain, tmp))
+            cpus[kind].append(LAST_CPU[-1])
+            print(
+                f"  triggers {kind} rep {rep}: {rates[kind][-1]:,.0f} tasks/s, "
+                f"{cpus[kind][-1]:.1f} µs CPU a task ({load()})",
+                flush=True,
+            )
+    print(
+        f"\n### Drain of {args.drain:,} no-ops, counting triggers kept or dropped "
+        f"(medians of {args.hot_reps})\n"
+    )
+    print("| triggers | tasks/s | min | max | worker CPU a task |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for kind, samples in rates.items():
+        print(
+            f"| {kind} | {statistics.median(samples):,.0f} | {min(samples):,.0f} "
+            f"| {max(samples):,.0f} | {statistics.median(cpus[kind]):.1f} µs |"
+        )
+    rate = statistics.median(rates["kept"]) / statistics.median(rates["dropped"])
+    cpu = statistics.median(cpus["kept"]) / statistics.median(cpus["dropped"])
+    print(f"\nkept / dropped: {rate:.3f} by rate, {cpu:.3f} by worker CPU a task\n")
 
 
 ENQUEUE_RATES = """
@@ -474,11 +533,11 @@ def main() -> None:
     parser.add_argument("--drain", type=int, default=20_000)
     parser.add_argument("--postgres", default=PG_URL)
     parser.add_argument(
-        "--only", nargs="*", choices=["drain", "status", "postgres", "hot", "pghot"]
+        "--only", nargs="*", choices=["drain", "status", "postgres", "hot", "triggers", "pghot"]
     )
     parser.add_argument("--hot-reps", type=int, default=5)
     args = parser.parse_args()
-    parts = args.only or ["drain", "status", "postgres", "hot", "pghot"]
+    parts = args.only or ["drain", "status", "postgres", "hot", "triggers", "pghot"]
     versions = {"before": args.before.resolve(), "after": args.after.resolve()}
     print(f"{os.cpu_count()} cores, SQLite {sqlite3.sqlite_version}; {load()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sitq-growth-") as folder:
@@ -501,6 +560,8 @@ def main() -> None:
             bench_postgres(versions, args)
         if "hot" in parts:
             bench_hot(versions, args, tmp)
+        if "triggers" in parts:
+            bench_triggers(versions["after"], args, tmp)
         if "pghot" in parts:
             bench_postgres_hot(versions, args, tmp)
     print(f"done; {load()}")
