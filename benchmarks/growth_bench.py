@@ -26,6 +26,9 @@ every process that runs sitq (the benchmark itself imports none). The parts:
 - ``triggers``: the counting triggers alone, on SQLite: ``--after``'s drain of
   ``--drain`` no-ops on a fresh file as it is and with the counting triggers
   dropped, alternating ``--hot-reps`` times (the rest of the code the same).
+- ``sql``: the counting triggers' cost in the bare SQL (stdlib sqlite3 running
+  ``--after``'s own ``insert_task``, ``claim_ready`` 8 and ``finish`` 8 per
+  transaction over 30,000 tasks), kept or dropped, alternating ``--hot-reps`` times.
 - ``pghot``: what the counting costs PostgreSQL's hot path, on fresh schemas:
   ``await enqueue`` one at a time, ``enqueue_many`` and a `sitq worker` drain.
 
@@ -411,6 +414,66 @@ def bench_triggers(code: Path, args, tmp: Path) -> None:
     print(f"\nkept / dropped: {rate:.3f} by rate, {cpu:.3f} by worker CPU a task\n")
 
 
+SQL_PROBE = """
+import asyncio, os, sqlite3, statistics, sys, time
+from sitq.backends.sqlite import SQLiteBackend
+from sitq.backends.sqlite.schema import SQL
+TRIGGERS = ("sitq_tasks_count_end", "sitq_tasks_count_unend", "sitq_tasks_count_delete")
+N, BATCH = 30_000, 8
+def fresh(path, kept):
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    async def create():
+        backend = SQLiteBackend(path)
+        await backend.connect()
+        await backend.close()
+    asyncio.run(create())
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("PRAGMA synchronous=normal")
+    if not kept:
+        for name in TRIGGERS:
+            conn.execute("DROP TRIGGER " + name)
+    return conn
+def run(path, kept):
+    conn = fresh(path, kept)
+    rows = [("id%d" % i, "default", "f", b"x" * 50, 0, 1.0, 1.0, 0, 1.0, None, None, None, None)
+            for i in range(N)]
+    conn.execute("BEGIN")
+    conn.executemany(SQL.insert_task, rows)
+    conn.execute("COMMIT")
+    claim = SQL.claim_ready.replace("{queues}", "?")
+    began = time.perf_counter()
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        got = conn.execute(claim, ("w", 1e12, "default", 1e12, BATCH)).fetchall()
+        if not got:
+            conn.execute("COMMIT")
+            break
+        conn.executemany(SQL.finish, [
+            ("succeeded", b"r", None, None, 5.0 + i * 1e-4, 3600.0, 4.0, r[0], "w", r[4])
+            for i, r in enumerate(got)])
+        conn.execute("COMMIT")
+    conn.close()
+    return (time.perf_counter() - began) / N * 1e6
+samples = {True: [], False: []}
+for _ in range(int(sys.argv[2])):
+    for kept in (True, False):
+        samples[kept].append(run(sys.argv[1], kept))
+kept, dropped = statistics.median(samples[True]), statistics.median(samples[False])
+print("### Bare SQL per task: claim %d + finish %d per transaction (medians of %s)" % (
+    BATCH, BATCH, sys.argv[2]))
+print()
+print("| counting triggers | µs a task |")
+print("| --- | ---: |")
+print("| kept | %.2f |" % kept)
+print("| dropped | %.2f |" % dropped)
+print()
+print("kept - dropped: %+.2f µs a task (%+.1f%%)" % (kept - dropped, (kept / dropped - 1) * 100))
+"""
+
+
 ENQUEUE_RATES = """
 import asyncio, sys, time, bench_tasks
 from sitq import TaskQueue
@@ -533,11 +596,13 @@ def main() -> None:
     parser.add_argument("--drain", type=int, default=20_000)
     parser.add_argument("--postgres", default=PG_URL)
     parser.add_argument(
-        "--only", nargs="*", choices=["drain", "status", "postgres", "hot", "triggers", "pghot"]
+        "--only",
+        nargs="*",
+        choices=["drain", "status", "postgres", "hot", "triggers", "sql", "pghot"],
     )
     parser.add_argument("--hot-reps", type=int, default=5)
     args = parser.parse_args()
-    parts = args.only or ["drain", "status", "postgres", "hot", "triggers", "pghot"]
+    parts = args.only or ["drain", "status", "postgres", "hot", "triggers", "sql", "pghot"]
     versions = {"before": args.before.resolve(), "after": args.after.resolve()}
     print(f"{os.cpu_count()} cores, SQLite {sqlite3.sqlite_version}; {load()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sitq-growth-") as folder:
@@ -562,6 +627,8 @@ def main() -> None:
             bench_hot(versions, args, tmp)
         if "triggers" in parts:
             bench_triggers(versions["after"], args, tmp)
+        if "sql" in parts:
+            print(python(versions["after"], SQL_PROBE, str(tmp / "probe.db"), str(args.hot_reps)))
         if "pghot" in parts:
             bench_postgres_hot(versions, args, tmp)
     print(f"done; {load()}")
