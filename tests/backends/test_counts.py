@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -343,11 +345,9 @@ async def test_a_version_10_store_migrates_with_its_finished_tasks_counted(
 async def test_a_migrated_store_counts_the_finished_tasks_it_received(
     kind: str, tmp_path: Path
 ) -> None:
-    """`sitq migrate` inserts finished tasks, which no enqueue does (SQLite counts
-    none on insert): the destination's counts are its table's."""
-    from sitq import TaskQueue
-    from sitq.migrate import migrate
-
+    """`sitq migrate` inserts finished tasks, which no enqueue does (no trigger
+    counts an insert): the destination's counts are its table's. Through the
+    command, as an operator runs it."""
     source = SQLiteBackend(tmp_path / "source.db")
     await source.connect()
     try:
@@ -372,8 +372,14 @@ async def test_a_migrated_store_counts_the_finished_tasks_it_received(
         await drop_postgres_schema(schema)
         destination = postgres_url(schema)
     try:
-        async with TaskQueue(tmp_path / "source.db") as queue:
-            await migrate(queue, destination, progress=False)
+        command = "from sitq.cli import main; main()"
+        done = subprocess.run(
+            [sys.executable, "-c", command, "migrate", str(tmp_path / "source.db"), destination],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
         from sitq.backends.postgres import PostgresBackend
 
         target: Backend = (
