@@ -30,7 +30,13 @@ import bench_tasks  # noqa: E402
 
 from sitq import SyncTaskQueue, TaskQueue  # noqa: E402
 
-ENV = dict(os.environ, PYTHONPATH=str(HERE), PYTHONUNBUFFERED="1")
+# An inherited PYTHONPATH stays (after this folder): PYTHONPATH=CHECKOUT measures
+# that checkout's sitq, in this process and in the workers it starts.
+ENV = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+    PYTHONUNBUFFERED="1",
+)
 
 
 class Table:

@@ -122,8 +122,9 @@ async def build_overview(backend: Backend, *, failures: int = 5, counts: bool = 
     """Read the summary queries once and shape them into an :class:`Overview`.
 
     ``failures``: how many recent failures to read (0: none). ``counts=False``
-    skips counting every task (a scan of the task table), for a caller that keeps
-    sampled counts of its own (the dashboard)."""
+    skips the counts (cheap since schema version 11: kept counts and the live
+    tasks' indexes, not a scan of the task table), for a caller that keeps sampled
+    counts of its own (the dashboard)."""
     counted = (await backend.counts()).statuses if counts else {}
     activity = await backend.activity(failures)
     ready, claimed = activity.ready, activity.claimed

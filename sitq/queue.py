@@ -423,7 +423,8 @@ class TaskQueue(Enqueuer):
         ready, delayed or claimed, the oldest wait and whether it is paused; the
         workers with their heartbeat age and what each runs; the ``failures`` most
         recent failures; schedules and limits. ``counts=False`` skips counting
-        every task (a table scan) for a caller that samples counts itself."""
+        every task (kept counts since schema version 11, no longer a table scan) for a
+        caller that samples counts itself."""
         if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
             raise ConfigurationError(f"failures must be an int >= 0, got {failures!r}")
         return await build_overview(self._backend_checked(), failures=failures, counts=counts)
@@ -432,8 +433,9 @@ class TaskQueue(Enqueuer):
         self, *, finished_since: float | None = None
     ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int] | None]:
         """Tasks per (queue, status); with ``finished_since`` (a database time, see
-        :meth:`now`), also per (queue, status) those finished since then, read in
-        the same pass (None where the backend cannot tell)."""
+        :meth:`now`), also per (queue, status) those finished since then, by whole
+        seconds (``finished_since`` is rounded down), read from the same snapshot
+        (None where the backend cannot tell)."""
         counted = await self._backend_checked().counts(finished_since=finished_since)
         return counted.statuses, counted.finished
 

@@ -346,7 +346,8 @@ class TaskCounts:
     - ``statuses``: tasks per (queue, status); a claimed task that has not
       started counts as queued.
     - ``finished``: per (queue, status), those with ``finished_at`` at or after
-      ``finished_since`` (the dashboard's "finished in the last minute").
+      ``finished_since`` rounded down to a whole second (the dashboard's
+      "finished in the last minute"; counted by the second since schema 11).
     - ``retrying``: per queue, the queued tasks that ran before (``attempts >
       0``): waiting to be retried after a failure or a lost worker.
     """
@@ -657,8 +658,9 @@ class Backend(abc.ABC):
         self, *, statuses: bool = True, finished_since: float | None = None, retrying: bool = False
     ) -> TaskCounts:
         """Count the tasks (see :class:`TaskCounts`): per (queue, status) unless
-        ``statuses=False``; with ``finished_since``, also those finished since then,
-        in the same pass; with ``retrying``, the queued tasks waiting for a retry."""
+        ``statuses=False``; with ``finished_since``, also those finished since then
+        (by whole seconds), from the same snapshot; with ``retrying``, the queued
+        tasks waiting for a retry. None of it scans the finished tasks."""
 
     @abc.abstractmethod
     async def activity(self, failures: int) -> Activity:

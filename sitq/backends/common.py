@@ -19,6 +19,7 @@ import abc
 import asyncio
 import contextlib
 import json
+import math
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -78,6 +79,12 @@ TASK_COLUMNS = (
 )
 #: The longest progress message stored (a longer one is cut).
 PROGRESS_MESSAGE_LIMIT = 1000
+
+#: How far back (seconds) counts() reads "finished since" from the per-second
+#: finish counts; further back it scans. prune folds the seconds older than this
+#: and FINISHED_FOLD_MARGIN (room for clocks that differ between hosts).
+FINISHED_HORIZON = 3600.0
+FINISHED_FOLD_MARGIN = 600.0
 
 
 def lease_key(lease: Lease) -> tuple[str, str, int]:
@@ -529,12 +536,19 @@ class SQLBackend(Backend):
         return await self._transaction(body)
 
     async def prune(self) -> int:
-        """Delete finished tasks past their retention, and workers gone for a day."""
+        """Delete finished tasks past their retention, and workers gone for a day;
+        fold the finish counts' seconds older than the horizon into one."""
         now = self.now()
 
         async def body(tx: Transaction) -> int:
             await tx.execute(self.SQL.prune_workers, (now - 86400.0,))
-            return await tx.execute(self.SQL.prune_tasks, (now,))
+            pruned = await tx.execute(self.SQL.prune_tasks, (now,))
+            # The finish counts' old seconds folded into one (schema version 11),
+            # well past what counts() reads by the second.
+            folded = math.floor(now - FINISHED_HORIZON - FINISHED_FOLD_MARGIN)
+            await tx.execute(self.SQL.fold_finished, (folded,))
+            await tx.execute(self.SQL.drop_folded, (folded,))
+            return pruned
 
         return await self._transaction(body)
 
@@ -576,16 +590,33 @@ class SQLBackend(Backend):
     async def counts(
         self, *, statuses: bool = True, finished_since: float | None = None, retrying: bool = False
     ) -> TaskCounts:
-        """Tasks per (queue, status), and those finished since ``finished_since``,
-        in one scan of the tasks; the retrying ones from the queued tasks' indexes."""
-        rows: list[Sequence[Any]] = []
-        if statuses or finished_since is not None:
-            since = float("inf") if finished_since is None else finished_since
-            rows = await self._fetch(self.SQL.counts, (since,))
-        waiting = await self._fetch(self.SQL.retrying_counts) if retrying else []
+        """Tasks per (queue, status), and those finished since ``finished_since``
+        (by whole seconds: rounded down), all from one snapshot and none by a scan
+        of the finished tasks: the queued and running ones from their indexes, the
+        finished ones from the counts the schema's triggers keep (version 11).
+        Finishes further back than ``FINISHED_HORIZON`` are counted by a scan."""
+        since = None if finished_since is None else math.floor(finished_since)
+        recent = since is not None and since >= self.now() - FINISHED_HORIZON
+
+        async def read(tx: Transaction) -> tuple[list[Sequence[Any]], ...]:
+            live = await tx.fetch(self.SQL.live_counts) if statuses else []
+            ended = await tx.fetch(self.SQL.finished_counts) if statuses else []
+            if since is None:
+                window: list[Sequence[Any]] = []
+            elif recent:
+                window = await tx.fetch(self.SQL.finished_since, (since,))
+            else:
+                window = await tx.fetch(self.SQL.scan_finished_since, (float(since),))
+            waiting = await tx.fetch(self.SQL.retrying_counts) if retrying else []
+            return live, ended, window, waiting
+
+        live, ended, window, waiting = await self._snapshot(read)
+        counted: dict[tuple[str, str], int] = {}
+        for queue, state, n in (*live, *ended):
+            counted[queue, state] = counted.get((queue, state), 0) + int(n)
         return TaskCounts(
-            {(row[0], row[1]): int(row[2]) for row in rows},
-            None if finished_since is None else {(r[0], r[1]): int(r[3]) for r in rows if r[3]},
+            {key: n for key, n in counted.items() if n},
+            None if since is None else {(r[0], r[1]): int(r[2]) for r in window if r[2]},
             {row[0]: int(row[1]) for row in waiting},
         )
 

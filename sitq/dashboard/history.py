@@ -4,13 +4,14 @@ failure rate, kept in memory by the dashboard process.
 Throughput and failure rate are not extrapolated from the change between two
 samples (a few seconds of samples once gave "17 per minute" for 5 tasks, and
 tasks finished before the dashboard started gave 0): each sample also counts,
-in the same scan, the tasks whose ``finished_at`` is within the last minute.
+from the same snapshot, the tasks whose ``finished_at`` is within the last minute
+(by whole seconds).
 
-Counting scans the task table (about half a second per million tasks on
-SQLite), so a sample is taken only when a page asks for one and the latest is
-older than the refresh interval, which grows with what a count costs: an idle
-dashboard costs nothing, and a watched one spends at most a tenth of its time
-counting.
+Since schema version 11 a count reads kept counts, not the task table (a
+millisecond or two at a million tasks, where a scan took half a second), but a
+sample is still taken only when a page asks for one and the latest is older than
+the refresh interval, which grows with what a count costs: an idle dashboard
+costs nothing, and a watched one spends at most a tenth of its time counting.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Written by hand rather than with ``prometheus_client``: a few gauges rendered
 from data the dashboard already keeps need no registry, and the extra stays
 three packages. The task counts are the dashboard's sampled counts (see
 ``history``): a scrape reuses the latest sample while it is fresh, so scraping
-adds no table scan of its own, and counting never takes more than a tenth of the
+adds no count of its own, and counting never takes more than a tenth of the
 time however often it is scraped. The finished-per-minute figures are a real
-count of finish times in that same scan, not a rate extrapolated from samples.
+count of finish times (by whole seconds) read with those counts, not a rate
+extrapolated from samples.
 """
 
 from __future__ import annotations

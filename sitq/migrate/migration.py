@@ -562,6 +562,13 @@ async def _migrate_from(
         report.statuses = dict(source_counts["statuses"])
         await work.copy(marks if report.resumed else {}, ours_paused, sum(report.rows.values()))
 
+        async def recount(tx: StoreTransaction) -> None:
+            # The finished tasks the copy inserted, counted (schema version 11).
+            await tx.execute(_q(dst, "clear_finished_counts"))
+            await tx.execute(_q(dst, "recount_finished"))
+
+        await dst.transaction(recount)
+
         # Verify: what the destination held before, plus the source, is what it holds.
         source_counts = await _counts(src_session)
         paused_skipped = len(ours_paused & set(await source.paused()))

@@ -807,9 +807,13 @@ async def test_counts_of_an_empty_store_is_empty(backend):
     assert await backend.counts() == TaskCounts({}, None, {})
 
 
-async def test_counts_finished_since_in_the_same_pass(backend):
-    early = await finished(backend, SUCCEEDED, queue="a")
-    since = math.nextafter((await record(backend, early)).finished_at, math.inf)
+async def test_counts_finished_since_in_the_same_pass(backend, monkeypatch):
+    """Counted by whole seconds (schema version 11 keeps the finishes per second)."""
+    clock = [math.floor(time.time()) + 0.5]
+    monkeypatch.setattr(backend, "now", lambda: clock[0])
+    await finished(backend, SUCCEEDED, queue="a")
+    clock[0] += 1.0
+    since = clock[0] - 0.25  # inside the second of the finishes below: counted from it
     await finished(backend, SUCCEEDED, queue="a")
     await finished(backend, FAILED, queue="b")
     await enqueue(backend, queue="a")

@@ -94,7 +94,7 @@ def test_every_query_a_backend_names_exists(dialect: str) -> None:
 def test_spelled_out_status_matches_the_contract(dialect: str) -> None:
     """The .sql files write base.STATUS_SQL out in full: they must not drift from it."""
     module = pytest.importorskip(f"sitq.backends.{dialect}.schema")
-    for name in ("count_statuses", "task_statuses", "list_window_tasks", "counts"):
+    for name in ("count_statuses", "task_statuses", "list_window_tasks"):
         assert STATUS_SQL in module.SQL[name], name
 
 

@@ -548,9 +548,10 @@ class SQLiteBackend(SQLBackend):
         marked = [m for m in started if m[0].task_id in starts] if starts else []
         running = self._marks(marked) if marked else None
         # More changes than these statements' own rows (one per finish, one per start
-        # marked apart; other starts ride in their finish row): the dependency
+        # marked apart; other starts ride in their finish row) and the count each
+        # final outcome adds to (sitq_finished, schema version 11): the dependency
         # trigger made dependents due.
-        changes = conn.total_changes + len(items) + len(marked)
+        changes = conn.total_changes + len(items) + len(marked) + len(final)
         if len(items) == 1 and running is None:
             sql, row = (SQL.finish, final[0]) if final else (SQL.finish_or_retry, retries[0])
             applied = [await self._execute(sql, row) == 1]

@@ -250,6 +250,23 @@ SELECT queue FROM {s}.sitq_paused WHERE queue > $1 ORDER BY queue LIMIT $2
 -- name: count_tasks_by_status
 SELECT status, count(*) FROM {s}.sitq_tasks GROUP BY status
 
+-- name: clear_finished_counts
+-- After the copy: the finished tasks it inserted are counted afresh with the rest
+-- (schema version 11 counts a task as it finishes, by triggers that do not run on
+-- insert). First the lock prune's fold takes (it skips while this holds it)...
+SELECT pg_advisory_xact_lock(hashtext('sitq_finished'), hashtext('{s}'))
+
+-- name: recount_finished
+-- ...then, in one statement (one snapshot: a change committed meanwhile is either
+-- in the count or left as its own row), the recorded changes replaced by a count.
+WITH cleared AS (DELETE FROM {s}.sitq_finished)
+INSERT INTO {s}.sitq_finished (second, queue, state, n)
+SELECT CASE WHEN finished_at >= extract(epoch FROM clock_timestamp()) - 3600.0
+            THEN floor(finished_at)::bigint ELSE 0 END, queue, status, count(*)
+FROM {s}.sitq_tasks
+WHERE status IN ('succeeded', 'failed', 'cancelled')
+GROUP BY 1, 2, 3
+
 -- name: running_by_worker
 -- Running tasks, per worker holding them.
 SELECT worker_id, count(*) FROM {s}.sitq_tasks WHERE status = 'running' GROUP BY worker_id

@@ -217,6 +217,22 @@ SELECT queue FROM sitq_paused WHERE queue > ?1 ORDER BY queue LIMIT ?2
 -- name: count_tasks_by_status
 SELECT status, count(*) FROM sitq_tasks GROUP BY status
 
+-- name: clear_finished_counts
+-- After the copy: the finished tasks it inserted are counted afresh with the rest
+-- (schema version 11 counts a task as it finishes, by triggers that do not run
+-- on insert). In the recount's transaction, which holds the write lock.
+DELETE FROM sitq_finished
+
+-- name: recount_finished
+-- As schema.sql's v11_02_fill_sitq_finished: the last hour by second.
+INSERT INTO sitq_finished (second, queue, state, n)
+SELECT CASE WHEN finished_at >= (julianday('now') - 2440587.5) * 86400.0 - 3600.0
+            THEN CAST(finished_at AS INTEGER) ELSE 0 END AS second,
+    queue, status, count(*)
+FROM sitq_tasks
+WHERE status IN ('succeeded', 'failed', 'cancelled')
+GROUP BY second, queue, status
+
 -- name: running_by_worker
 -- Running tasks, per worker holding them.
 SELECT worker_id, count(*) FROM sitq_tasks WHERE status = 'running' GROUP BY worker_id

@@ -577,3 +577,75 @@ $$
 CREATE TRIGGER sitq_tasks_settle_purged AFTER DELETE ON {s}.sitq_tasks
 REFERENCING OLD TABLE AS old_rows
 FOR EACH STATEMENT EXECUTE FUNCTION {s}.sitq_settle_purged()
+
+-- Version 11: finished tasks counted as they finish, not by a scan (issue 18, item
+-- 4; SQLite's version 11 says why). Here sitq_finished holds changes, not totals:
+-- each statement that moves tasks into or out of a final status (finish, cancel,
+-- retry, release, reclaim, a dependency's cancel, purge, prune, a borrowed
+-- connection's or `sitq migrate`'s writes) adds one row per second of finished_at,
+-- queue and status it changed, from its transition tables. Rows are only ever
+-- inserted by the writers, so concurrent workers never wait on a shared counter
+-- row; a read sums them, and prune folds them (one row per second, queue and
+-- status; the seconds older than the horizon into second 0). As on SQLite, no
+-- trigger on INSERT: capturing an enqueue_many's rows for one cost it a fifth of
+-- its rate, and an enqueue only inserts queued tasks; `sitq migrate` recounts
+-- after its copy.
+
+-- name: v11_01_create_sitq_finished
+CREATE TABLE {s}.sitq_finished (
+    second bigint NOT NULL,
+    queue text NOT NULL,
+    state text NOT NULL,
+    n bigint NOT NULL
+)
+
+-- name: v11_02_create_sitq_finished_second
+CREATE INDEX sitq_finished_second ON {s}.sitq_finished (second)
+
+-- name: v11_03_fill_sitq_finished
+-- The tasks already finished; those of the last hour by their second.
+INSERT INTO {s}.sitq_finished (second, queue, state, n)
+SELECT CASE WHEN finished_at >= extract(epoch FROM clock_timestamp()) - 3600.0
+            THEN floor(finished_at)::bigint ELSE 0 END, queue, status, count(*)
+FROM {s}.sitq_tasks
+WHERE status IN ('succeeded', 'failed', 'cancelled')
+GROUP BY 1, 2, 3
+
+-- name: v11_04_create_count_finished
+-- The statement's changes to the finished tasks, summed: one row each per second,
+-- queue and status whose count changed. Counts at every trigger depth (the
+-- settling's cancels of dependents too). A statement that touches no finished
+-- task (a claim, a start, a heartbeat) inserts nothing, after one look at its rows.
+CREATE FUNCTION {s}.sitq_count_finished() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO {s}.sitq_finished (second, queue, state, n)
+        SELECT floor(COALESCE(r.finished_at, 0))::bigint, r.queue, r.status, -count(*)
+        FROM old_rows r WHERE r.status IN ('succeeded', 'failed', 'cancelled')
+        GROUP BY 1, 2, 3;
+    ELSIF EXISTS (SELECT 1 FROM new_rows r WHERE r.status IN ('succeeded', 'failed', 'cancelled'))
+       OR EXISTS (SELECT 1 FROM old_rows r WHERE r.status IN ('succeeded', 'failed', 'cancelled'))
+    THEN
+        INSERT INTO {s}.sitq_finished (second, queue, state, n)
+        SELECT c.second, c.queue, c.state, sum(c.n)
+        FROM (SELECT floor(COALESCE(r.finished_at, 0))::bigint AS second, r.queue,
+                     r.status AS state, 1 AS n
+              FROM new_rows r WHERE r.status IN ('succeeded', 'failed', 'cancelled')
+              UNION ALL
+              SELECT floor(COALESCE(r.finished_at, 0))::bigint, r.queue, r.status, -1
+              FROM old_rows r WHERE r.status IN ('succeeded', 'failed', 'cancelled')) AS c
+        GROUP BY 1, 2, 3 HAVING sum(c.n) <> 0;
+    END IF;
+    RETURN NULL;
+END
+$$
+
+-- name: v11_05_create_sitq_tasks_count_update
+CREATE TRIGGER sitq_tasks_count_update AFTER UPDATE ON {s}.sitq_tasks
+REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION {s}.sitq_count_finished()
+
+-- name: v11_06_create_sitq_tasks_count_delete
+CREATE TRIGGER sitq_tasks_count_delete AFTER DELETE ON {s}.sitq_tasks
+REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION {s}.sitq_count_finished()

@@ -1,13 +1,46 @@
 -- The status summary: counts, and what waits and runs now. A claimed task
--- that has not started counts as queued (base.STATUS_SQL).
+-- that has not started counts as queued (base.STATUS_SQL). Nothing here reads
+-- every finished task: those are counted by sitq_finished (schema version 11).
 
--- name: counts
--- Tasks per (queue, status), and of those the ones finished since ?1, in one
--- scan (no index on finished_at for every row: drain would pay for it on each
--- finish).
-SELECT queue, CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELSE status END AS state, COUNT(*),
-    COUNT(CASE WHEN finished_at >= ?1 THEN 1 END)
-FROM sitq_tasks GROUP BY queue, state
+-- name: live_counts
+-- Queued and running tasks per queue, from their partial indexes (as many entries
+-- as live tasks, however many finished ones the table keeps): the queued tasks in
+-- two halves (without and with a limit key), then the held ones, a claimed one
+-- that has not started counting as queued.
+SELECT queue, 'queued', COUNT(*) FROM sitq_tasks
+WHERE status = 'queued' AND limit_key IS NULL GROUP BY queue
+UNION ALL
+SELECT queue, 'queued', COUNT(*) FROM sitq_tasks
+WHERE status = 'queued' AND limit_key IS NOT NULL GROUP BY queue
+UNION ALL
+SELECT queue, CASE WHEN started_at IS NULL THEN 'queued' ELSE 'running' END AS state, COUNT(*)
+FROM sitq_tasks WHERE status = 'running' AND lease_expires_at >= 0 GROUP BY queue, state
+
+-- name: finished_counts
+-- The finished tasks per queue and status, kept by triggers (schema version 11).
+SELECT queue, state, SUM(n) FROM sitq_finished GROUP BY queue, state HAVING SUM(n) <> 0
+
+-- name: finished_since
+-- Those finished in second ?1 or later.
+SELECT queue, state, SUM(n) FROM sitq_finished WHERE second >= ?1
+GROUP BY queue, state HAVING SUM(n) <> 0
+
+-- name: scan_finished_since
+-- Those finished since ?1 further back than the seconds sitq_finished keeps: a scan.
+SELECT queue, status, COUNT(*) FROM sitq_tasks
+WHERE finished_at >= ?1 AND status IN ('succeeded', 'failed', 'cancelled')
+GROUP BY queue, status
+
+-- name: fold_finished
+-- prune: the seconds before ?1 into second 0, in two statements (this, then
+-- drop_folded) in one transaction.
+INSERT INTO sitq_finished (second, queue, state, n)
+SELECT 0, queue, state, SUM(n) FROM sitq_finished WHERE second < ?1 AND second <> 0
+GROUP BY queue, state
+ON CONFLICT (second, queue, state) DO UPDATE SET n = n + excluded.n
+
+-- name: drop_folded
+DELETE FROM sitq_finished WHERE (second < ?1 AND second <> 0) OR n = 0
 
 -- name: retrying_counts
 -- Queued tasks that ran before, per queue: both halves of the queued tasks (with
