@@ -39,13 +39,19 @@ def drain(checkout: Path, db: Path, kind: str, tasks: int, extra: list[str]) -> 
     bench = str(checkout / "benchmarks")
     python = checkout / ".venv" / "bin" / "python"
     code = FILL.format(bench=bench, kind=kind, db=str(db), tasks=tasks)
-    subprocess.run([str(python), "-c", code], check=True)
+    # Run from the database's folder: `python -c` puts the current directory first
+    # on sys.path, where another checkout's sitq/ would win over this one's.
+    subprocess.run([str(python), "-c", code], check=True, cwd=db.parent)
     command = [str(checkout / ".venv" / "bin" / "sitq"), "worker", "--db", str(db)]
     command += ["--import", "bench_tasks", "--concurrency", "8", "--burst", *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
-        command, env=dict(os.environ, PYTHONPATH=bench), capture_output=True, text=True
+        command,
+        env=dict(os.environ, PYTHONPATH=bench),
+        capture_output=True,
+        text=True,
+        cwd=db.parent,
     )
     elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
