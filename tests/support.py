@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -157,3 +158,39 @@ async def drop_postgres_schema(schema: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+def sqlite_store_at(path: Path, version: int) -> sqlite3.Connection:
+    """An SQLite file as sitq's schema ``version`` left it (its migrations only,
+    as sitq runs them): the open autocommit connection, for the caller to add
+    rows through and close."""
+    from sitq.backends.sqlite import schema
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for target in range(1, version + 1):
+        for statement in schema.MIGRATIONS[target]:
+            conn.execute(statement)
+    conn.execute(schema.SQL.write_schema_version, (str(version),))
+    return conn
+
+
+async def postgres_store_at(schema: str, version: int) -> Any:
+    """``schema`` (dropped first) as sitq's schema ``version`` left it: an open
+    asyncpg connection to the test server, for the caller to add rows through
+    and close."""
+    import asyncpg
+
+    from sitq.backends.postgres import schema as postgres_schema
+
+    def named(sql: str) -> str:
+        return sql.replace("{s}", f'"{schema}"')
+
+    await drop_postgres_schema(schema)
+    conn = await asyncpg.connect(POSTGRES_URL)
+    await conn.execute(named(postgres_schema.SQL.create_schema))
+    for target in range(1, version + 1):
+        for statement in postgres_schema.MIGRATIONS[target]:
+            await conn.execute(named(statement))
+    await conn.execute(named(postgres_schema.SQL.write_schema_version), str(version))
+    return conn

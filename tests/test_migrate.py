@@ -22,7 +22,9 @@ from support import (
     await_until,
     drop_postgres_schema,
     postgres_available,
+    postgres_store_at,
     postgres_url,
+    sqlite_store_at,
     subprocess_env,
     wait_until,
 )
@@ -616,20 +618,13 @@ def older_sqlite(path: Path, *, with_task: bool) -> int:
     migrations run (as sitq runs them), optionally one task queued. Returns its
     version."""
     version = SQLITE_NOW - 1
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = sqlite_store_at(path, version)
     try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("BEGIN IMMEDIATE")
-        for target in range(1, version + 1):
-            for statement in sqlite_schema.MIGRATIONS[target]:
-                conn.execute(statement)
-            conn.execute(sqlite_schema.SQL.write_schema_version, (str(target),))
         if with_task:
             conn.execute(
                 "INSERT INTO sitq_tasks (id, queue, func_name, payload, status, enqueued_at, "
                 "available_at) VALUES ('old-task', 'default', 'x', x'00', 'queued', 1, 1)"
             )
-        conn.execute("COMMIT")
     finally:
         conn.close()
     return version
@@ -637,29 +632,15 @@ def older_sqlite(path: Path, *, with_task: bool) -> int:
 
 async def older_postgres(schema: str, *, with_task: bool) -> int:
     """``schema`` as the previous sitq release left it (see :func:`older_sqlite`)."""
-    import asyncpg
-
     version = POSTGRES_NOW - 1
-
-    def q(sql: str) -> str:
-        return sql.replace("{s}", f'"{schema}"')
-
-    conn = await asyncpg.connect(POSTGRES_URL)
+    conn = await postgres_store_at(schema, version)
     try:
-        async with conn.transaction():
-            await conn.execute(q(postgres_schema.SQL.create_schema))
-            for target in range(1, version + 1):
-                for statement in postgres_schema.MIGRATIONS[target]:
-                    await conn.execute(q(statement))
-                await conn.execute(q(postgres_schema.SQL.write_schema_version), str(target))
-            if with_task:
-                await conn.execute(
-                    q(
-                        "INSERT INTO {s}.sitq_tasks (id, queue, func_name, payload, status, "
-                        "enqueued_at, available_at) "
-                        "VALUES ('old-task', 'default', 'x', '\\x00', 'queued', 1, 1)"
-                    )
-                )
+        if with_task:
+            await conn.execute(
+                f'INSERT INTO "{schema}".sitq_tasks (id, queue, func_name, payload, status, '
+                "enqueued_at, available_at) "
+                "VALUES ('old-task', 'default', 'x', '\\x00', 'queued', 1, 1)"
+            )
     finally:
         await conn.close()
     return version

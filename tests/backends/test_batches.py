@@ -11,11 +11,16 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from support import drop_postgres_schema, postgres_available, postgres_url
+from support import (
+    drop_postgres_schema,
+    postgres_available,
+    postgres_store_at,
+    postgres_url,
+    sqlite_store_at,
+)
 
 from sitq import sqlfiles
 from sitq.backends.base import Backend, NewTask, Outcome, StoreTransaction
-from sitq.backends.postgres import schema as postgres_schema
 from sitq.backends.sqlite import SQLiteBackend
 from sitq.backends.sqlite import schema as sqlite_schema
 from sitq.batch import BatchSizeChanged, BatchStore
@@ -306,10 +311,7 @@ async def test_a_version_1_store_migrates_in_place(kind: str, tmp_path: Path) ->
     task_id = new_task_id()
     if kind == "sqlite":
         path = tmp_path / "v1.db"
-        conn = sqlite3.connect(path, isolation_level=None)
-        for statement in sqlite_schema.MIGRATIONS[1]:
-            conn.execute(statement)
-        conn.execute("INSERT INTO sitq_meta VALUES ('schema_version', '1')")
+        conn = sqlite_store_at(path, 1)
         conn.execute(
             "INSERT INTO sitq_tasks (id, queue, func_name, payload, status, priority, "
             "enqueued_at, available_at, max_retries, retry_backoff, timeout, unique_key, "
@@ -323,18 +325,11 @@ async def test_a_version_1_store_migrates_in_place(kind: str, tmp_path: Path) ->
         reason = postgres_available()
         if reason:
             pytest.skip(reason)
-        import asyncpg
-
         from sitq.backends.postgres import PostgresBackend
 
         schema = "t_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
-        await drop_postgres_schema(schema)
-        pg = await asyncpg.connect(postgres_url(schema).split("?")[0])
+        pg = await postgres_store_at(schema, 1)
         try:
-            await pg.execute(f'CREATE SCHEMA "{schema}"')
-            for statement in postgres_schema.MIGRATIONS[1]:
-                await pg.execute(statement.format(s=f'"{schema}"'))
-            await pg.execute(f"INSERT INTO \"{schema}\".sitq_meta VALUES ('schema_version', '1')")
             await pg.execute(
                 f'INSERT INTO "{schema}".sitq_tasks (id, queue, func_name, payload, status, '
                 "priority, enqueued_at, available_at) "

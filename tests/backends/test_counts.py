@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,11 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import drop_postgres_schema, postgres_available, postgres_url
+from support import (
+    drop_postgres_schema,
+    postgres_available,
+    postgres_store_at,
+    postgres_url,
+    sqlite_store_at,
+)
 
 from sitq.backends.base import STATUS_SQL, Backend, Dependency, NewTask, Outcome, StoreTransaction
 from sitq.backends.sqlite import SQLiteBackend
-from sitq.backends.sqlite import schema as sqlite_schema
 from sitq.task import new_task_id
 
 SUCCEEDED = Outcome("succeeded", result=b"r")
@@ -286,11 +290,7 @@ async def test_a_version_10_store_migrates_with_its_finished_tasks_counted(
     )
     if kind == "sqlite":
         path = tmp_path / "v10.db"
-        conn = sqlite3.connect(path, isolation_level=None)
-        for version in range(1, 11):
-            for statement in sqlite_schema.MIGRATIONS[version]:
-                conn.execute(statement)
-        conn.execute("INSERT INTO sitq_meta VALUES ('schema_version', '10')")
+        conn = sqlite_store_at(path, 10)
         sql = insert.format(t="", p1="?1", p2="?2", p3="?3", p4="?4", p5="?5", blob="x'00'")
         for row in rows:
             conn.execute(sql, row)
@@ -301,21 +301,12 @@ async def test_a_version_10_store_migrates_with_its_finished_tasks_counted(
         reason = postgres_available()
         if reason:
             pytest.skip(reason)
-        import asyncpg
-
         from sitq.backends.postgres import PostgresBackend
-        from sitq.backends.postgres import schema as postgres_schema
 
         schema = "t_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
-        await drop_postgres_schema(schema)
-        pg = await asyncpg.connect(postgres_url(schema).split("?")[0])
+        pg = await postgres_store_at(schema, 10)
         try:
-            await pg.execute(f'CREATE SCHEMA "{schema}"')
-            for version in range(1, 11):
-                for statement in postgres_schema.MIGRATIONS[version]:
-                    await pg.execute(statement.replace("{s}", f'"{schema}"'))
             t = f'"{schema}".'
-            await pg.execute(f"INSERT INTO {t}sitq_meta VALUES ('schema_version', '10')")
             sql = insert.format(t=t, p1="$1", p2="$2", p3="$3::text", p4="$4", p5="$5", blob="'x'")
             for row in rows:
                 await pg.execute(sql, *row)

@@ -10,18 +10,22 @@ and a parent whose row is gone anyway shows up, in its place, as missing.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
-from support import drop_postgres_schema, postgres_available, postgres_url, until_listening
+from support import (
+    drop_postgres_schema,
+    postgres_available,
+    postgres_store_at,
+    postgres_url,
+    sqlite_store_at,
+    until_listening,
+)
 from test_dependencies import run_one, statuses, task
 
 from sitq.backends.base import Backend, Dependency, NewTask, Outcome
-from sitq.backends.postgres import schema as postgres_schema
 from sitq.backends.sqlite import SQLiteBackend
-from sitq.backends.sqlite import schema as sqlite_schema
 from sitq.task import new_task_id
 
 
@@ -157,11 +161,7 @@ async def test_a_version_9_store_with_a_waiting_chain_migrates_and_settles_it(
     links = "INSERT INTO {t}sitq_dependencies VALUES ({p1}, {p2}, {p3})"
     if kind == "sqlite":
         path = tmp_path / "v9.db"
-        conn = sqlite3.connect(path, isolation_level=None)
-        for version in range(1, 10):
-            for statement in sqlite_schema.MIGRATIONS[version]:
-                conn.execute(statement)
-        conn.execute("INSERT INTO sitq_meta VALUES ('schema_version', '9')")
+        conn = sqlite_store_at(path, 9)
         sql = insert.format(
             t="", p1="?1", p2="?2", p3="?3", p4="?4", p5="?5", p6="?6", blob="x'00'"
         )
@@ -176,20 +176,12 @@ async def test_a_version_9_store_with_a_waiting_chain_migrates_and_settles_it(
         reason = postgres_available()
         if reason:
             pytest.skip(reason)
-        import asyncpg
-
         from sitq.backends.postgres import PostgresBackend
 
         schema = "t_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
-        await drop_postgres_schema(schema)
-        pg = await asyncpg.connect(postgres_url(schema).split("?")[0])
+        pg = await postgres_store_at(schema, 9)
         try:
-            await pg.execute(f'CREATE SCHEMA "{schema}"')
-            for version in range(1, 10):
-                for statement in postgres_schema.MIGRATIONS[version]:
-                    await pg.execute(statement.format(s=f'"{schema}"'))
             t = f'"{schema}".'
-            await pg.execute(f"INSERT INTO {t}sitq_meta VALUES ('schema_version', '9')")
             sql = insert.format(
                 t=t, p1="$1", p2="$2", p3="$3", p4="$4", p5="$5", p6="$6", blob="'x'"
             )

@@ -12,10 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-from support import drop_postgres_schema, postgres_available, postgres_url
+from support import (
+    drop_postgres_schema,
+    postgres_available,
+    postgres_store_at,
+    postgres_url,
+    sqlite_store_at,
+)
 
 from sitq.backends.base import Backend, NewTask
-from sitq.backends.postgres import schema as postgres_schema
 from sitq.backends.sqlite import SQLiteBackend
 from sitq.backends.sqlite import schema as sqlite_schema
 from sitq.errors import ConfigurationError
@@ -302,11 +307,7 @@ async def test_a_version_4_store_migrates_in_place(kind: str, tmp_path: Path) ->
     schema = None
     if kind == "sqlite":
         path = tmp_path / "v4.db"
-        conn = sqlite3.connect(path, isolation_level=None)
-        for version in range(1, 5):
-            for statement in sqlite_schema.MIGRATIONS[version]:
-                conn.execute(statement)
-        conn.execute("INSERT INTO sitq_meta VALUES ('schema_version', '4')")
+        conn = sqlite_store_at(path, 4)
         conn.execute(sqlite_schema.SQL.insert_task, _task(task_id))
         conn.close()
         backend: Backend = SQLiteBackend(path)
@@ -314,19 +315,11 @@ async def test_a_version_4_store_migrates_in_place(kind: str, tmp_path: Path) ->
         reason = postgres_available()
         if reason:
             pytest.skip(reason)
-        import asyncpg
-
         from sitq.backends.postgres import PostgresBackend
 
         schema = "t_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
-        await drop_postgres_schema(schema)
-        pg = await asyncpg.connect(postgres_url(schema).split("?")[0])
+        pg = await postgres_store_at(schema, 4)
         try:
-            await pg.execute(f'CREATE SCHEMA "{schema}"')
-            for version in range(1, 5):
-                for statement in postgres_schema.MIGRATIONS[version]:
-                    await pg.execute(statement.format(s=f'"{schema}"'))
-            await pg.execute(f"INSERT INTO \"{schema}\".sitq_meta VALUES ('schema_version', '4')")
             await pg.execute(
                 f'INSERT INTO "{schema}".sitq_tasks (id, queue, func_name, payload, status, '
                 "priority, enqueued_at, available_at) "
