@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -55,7 +56,9 @@ def drain(checkout: Path, db: Path, kind: str, tasks: int, extra: list[str]) -> 
     )
     elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if f"{tasks} succeeded" not in done.stdout:
+    # One "burst done" line per worker process (--processes N prints N).
+    succeeded = sum(int(n) for n in re.findall(r"burst done: (\d+) succeeded", done.stdout))
+    if succeeded != tasks:
         raise RuntimeError(f"{checkout}: the drain did not finish:\n{done.stdout}{done.stderr}")
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     return elapsed, cpu

@@ -36,6 +36,7 @@ from sitq.backends.common import (
 )
 from sitq.backends.sqlite import borrowed
 from sitq.backends.sqlite import schema as q
+from sitq.backends.sqlite.direct import DirectWriter
 from sitq.backends.sqlite.enqueue import (
     JOURNAL_SIZE_LIMIT,
     BlockingInserter,
@@ -45,6 +46,7 @@ from sitq.backends.sqlite.enqueue import (
 from sitq.backends.sqlite.schema import SQL
 from sitq.backends.sqlite.session import SQLiteSession
 from sitq.backends.sqlite.wakeup import WakeupChannel, wake_directory
+from sitq.backends.sqlite.writelock import WRITE_PATIENCE, WriteLock
 from sitq.errors import DatabaseError, DatabaseUnavailable, NotASitqDatabase
 
 T = TypeVar("T")
@@ -97,10 +99,12 @@ class SQLiteBackend(SQLBackend):
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()  # the connection's: one statement or transaction at a time
         self._wakeup = WakeupChannel(wake_directory(self.path))
+        self._write_lock = WriteLock(wake_directory(self.path))
         self._batcher: EnqueueBatcher | None = None
         self._page_size = 4096
         self._blocking: BlockingInserter | None = None
         self._sqlite_session: SQLiteSession | None = None
+        self._direct: DirectWriter | None = None  # the worker's claims and finishes
 
     def describe(self) -> str:
         """The database file's path."""
@@ -128,6 +132,8 @@ class SQLiteBackend(SQLBackend):
             raise DatabaseError(f"cannot open {self.describe()}: {exc}") from exc
         self._conn = conn
         try:
+            await conn.create_function("sitq_wait_write_lock", 1, self._write_lock.wait)
+            await conn.create_function("sitq_release_write_lock", 0, self._write_lock.release)
             await self._refuse_a_foreign_file()
             await self._configure()
             await self._migrate()
@@ -141,6 +147,7 @@ class SQLiteBackend(SQLBackend):
         except BaseException:
             self._conn = None
             await conn.close()
+            self._write_lock.close()
             raise
 
     def _prepare_file(self) -> None:
@@ -301,10 +308,14 @@ class SQLiteBackend(SQLBackend):
             self._blocking = None
         if self._sqlite_session is not None:
             await self._sqlite_session.close()  # commits its group writes in flight
+        if self._direct is not None:
+            await self._direct.close()  # after the transaction in flight
+            self._direct = None
         self._wakeup.close()
         async with self._lock:  # not under a statement or transaction in flight
             conn, self._conn = self._conn, None
             await conn.close()
+        self._write_lock.close()
 
     def _connection(self) -> aiosqlite.Connection:
         if self._conn is None:
@@ -334,14 +345,55 @@ class SQLiteBackend(SQLBackend):
     async def _write(self, operation: Callable[[], Awaitable[T]]) -> T:
         """One single-statement write: atomic on its own, retried while locked."""
         self._connection()
-        return await asyncio.shield(self._locked(operation))
+        return await asyncio.shield(
+            self._locked(lambda: self._then_next_writer(operation()), writes=True)
+        )
 
-    async def _locked(self, operation: Callable[[], Awaitable[T]]) -> T:
+    async def _in_one_hop(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """A worker's write transaction (claim, finish), run whole on the hot-path
+        connection (``direct.py``), retried while locked. Shielded like ``_write``."""
+        self._connection()  # closed: say so
+        if self._direct is None:
+            self._direct = DirectWriter(
+                self.path,
+                self.busy_timeout,
+                "FULL" if self.durable else "NORMAL",
+                wake_directory(self.path),
+            )
+        direct = self._direct
+        return await asyncio.shield(self._retry_locked(lambda: direct.transaction(body)))
+
+    async def _then_next_writer(self, last: Awaitable[T]) -> T:
+        """Await ``last``, a write transaction's last statement, and let the next
+        writer in line in on the database thread right after it: queued behind it
+        there, so the event loop need not hear of the commit first."""
+        if not self._write_lock.held:
+            return await last
+        release = self._connection().execute("SELECT sitq_release_write_lock()")
+        # Both run to the end (an early return could leave the release to run after
+        # this connection's next transaction had taken the lock again).
+        value, released = await asyncio.gather(last, release, return_exceptions=True)
+        if isinstance(value, BaseException):
+            raise value
+        if isinstance(released, BaseException):
+            self._write_lock.release()
+        return value
+
+    async def _locked(self, operation: Callable[[], Awaitable[T]], *, writes: bool = False) -> T:
         # The lock is taken inside the shield, so a cancelled caller never lets
         # another coroutine in while this connection is mid-transaction.
         async with self._lock:
-            self._connection()  # closed meanwhile: say so
-            return await self._retry_locked(operation)
+            conn = self._connection()  # closed meanwhile: say so
+            if not writes:
+                return await self._retry_locked(operation)
+            # In line for the write lock (see writelock.py): waited for on the
+            # database thread, and only when another process of sitq's writes.
+            if not self._write_lock.try_acquire():
+                await conn.execute_fetchall("SELECT sitq_wait_write_lock(?)", (WRITE_PATIENCE,))
+            try:
+                return await self._retry_locked(operation)
+            finally:
+                self._write_lock.release()
 
     async def _immediate(
         self, body: Callable[[], Awaitable[T]], begin: str = "BEGIN IMMEDIATE"
@@ -360,10 +412,10 @@ class SQLiteBackend(SQLBackend):
                 if conn.in_transaction:  # not if SQLite rolled back itself (disk full)
                     await conn.execute("ROLLBACK")
                 raise
-            await conn.execute("COMMIT")
+            await self._then_next_writer(conn.execute("COMMIT"))
             return value
 
-        return await asyncio.shield(self._locked(attempt))
+        return await asyncio.shield(self._locked(attempt, writes="IMMEDIATE" in begin))
 
     async def _fetch(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         conn = self._connection()
@@ -474,10 +526,9 @@ class SQLiteBackend(SQLBackend):
     async def _claim_ready(
         self, worker_id: str, queues: Sequence[str], room: int, now: float, expires: float
     ) -> list[Any]:
-        conn = self._connection()
         sql = SQL.claim_ready.format(queues=",".join("?" * len(queues)))
         params = [worker_id, expires, *queues, now, room]
-        return list(await self._write(lambda: conn.execute_fetchall(sql, params)))
+        return await self._in_one_hop(lambda conn: conn.execute(sql, params).fetchall())
 
     async def _claim_limited(
         self, worker_id: str, queues: Sequence[str], room: int, now: float, expires: float
@@ -488,29 +539,28 @@ class SQLiteBackend(SQLBackend):
         rooms = await self._fetch(SQL.limit_room, {"now": now})
         if not any(limit_room_allowed(row, room) > 0 for row in rooms):
             return []
-        conn = self._connection()
         sql = SQL.claim_limited.format(queues=",".join("?" * len(queues)))
 
-        async def body() -> list[Any]:
+        def body(conn: sqlite3.Connection) -> list[Any]:
             # The clock read once the write lock is held: ``now`` may be from before
             # a wait for it, and starts stamped that early would leave their window
             # early and let the next claimer start too many.
             at = self.now()
             taken: list[Any] = []
-            for row in await conn.execute_fetchall(SQL.limit_room, {"now": at}):
+            for row in conn.execute(SQL.limit_room, {"now": at}).fetchall():
                 key, per_seconds = row[0], row[3]
                 allowed = min(room - len(taken), limit_room_allowed(row, room))
                 if allowed <= 0:
                     continue
                 params = (worker_id, expires, *queues, at, key, allowed)
-                claimed = list(await conn.execute_fetchall(sql, params))
+                claimed = conn.execute(sql, params).fetchall()
                 if claimed and per_seconds is not None:
-                    await conn.executemany(SQL.record_start, [(key, at)] * len(claimed))
-                    await conn.execute(SQL.forget_starts, (key, at - per_seconds))
+                    conn.executemany(SQL.record_start, [(key, at)] * len(claimed))
+                    conn.execute(SQL.forget_starts, (key, at - per_seconds))
                 taken += claimed
             return taken
 
-        return await self._immediate(body)
+        return await self._in_one_hop(body)
 
     async def finish(
         self,
@@ -522,7 +572,6 @@ class SQLiteBackend(SQLBackend):
             if started:
                 await self._execute(SQL.mark_started, self._marks(started))
             return []
-        conn = self._connection()
         now = self.now()
         ttl = self.default_result_ttl
         # Each outcome takes its task's start mark; what is left marks tasks still running.
@@ -551,29 +600,27 @@ class SQLiteBackend(SQLBackend):
         # marked apart; other starts ride in their finish row) and the count each
         # final outcome adds to (sitq_finished, schema version 11): the dependency
         # trigger made dependents due.
-        changes = conn.total_changes + len(items) + len(marked) + len(final)
-        if len(items) == 1 and running is None:
-            sql, row = (SQL.finish, final[0]) if final else (SQL.finish_or_retry, retries[0])
-            applied = [await self._execute(sql, row) == 1]
+        expected = len(items) + len(marked) + len(final)
+
+        def body(conn: sqlite3.Connection) -> tuple[int, bool]:
+            before = conn.total_changes
+            count = 0
+            if running is not None:
+                conn.execute(SQL.mark_started, running)
+            if final:
+                count += conn.executemany(SQL.finish, final).rowcount
+            if retries:
+                count += conn.executemany(SQL.finish_or_retry, retries).rowcount
+            return count, conn.total_changes - before > expected
+
+        count, released_dependents = await self._in_one_hop(body)
+        if count == len(items):
+            applied = [True] * len(items)
         else:
-
-            async def body() -> int:
-                count = 0
-                if running is not None:
-                    await conn.execute(SQL.mark_started, running)
-                if final:
-                    count += (await conn.executemany(SQL.finish, final)).rowcount
-                if retries:
-                    count += (await conn.executemany(SQL.finish_or_retry, retries)).rowcount
-                return count
-
-            if await self._immediate(body) == len(items):
-                applied = [True] * len(items)
-            else:
-                applied = await self._finished_by(items, now)
+            applied = await self._finished_by(items, now)
         if any(outcome.status != "queued" for _, outcome in items):
             self._wakeup.notify("results")
-        if conn.total_changes > changes or any(o.status == "queued" for _, o in items):
+        if released_dependents or any(o.status == "queued" for _, o in items):
             self._wakeup.notify("tasks")
         return applied
 

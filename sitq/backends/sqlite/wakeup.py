@@ -77,7 +77,7 @@ def _check_private(fd: int, path: str) -> None:
 
 
 @contextlib.contextmanager
-def _private_dir(path: Path, levels: int, *, create: bool = False) -> Iterator[int]:
+def private_dir(path: Path, levels: int, *, create: bool = False) -> Iterator[int]:
     """An fd of ``path`` whose last ``levels`` components were each opened without
     following a symlink (and made, 0700, if ``create``) and checked as ours.
 
@@ -132,7 +132,7 @@ class WakeupChannel:
 
     def _kind_fd(self, kind: WakeKind, *, create: bool = False) -> AbstractContextManager[int]:
         # sitq-<uid>, <digest> and the kind's folder are each checked.
-        return _private_dir(self._kind_dir(kind), 3, create=create)
+        return private_dir(self._kind_dir(kind), 3, create=create)
 
     def _refuse(self, exc: UnsafeWakeDirectory) -> None:
         """Stop using the folder for good: waiters poll instead."""
@@ -300,11 +300,11 @@ class WakeupChannel:
         for kind in self._listeners:
             self._tidy(kind)
         if self._listeners:  # the database's folder, once its last listener has gone
-            with contextlib.suppress(OSError), _private_dir(self._directory, 2) as fd:
+            with contextlib.suppress(OSError), private_dir(self._directory, 2) as fd:
                 for kind in _KINDS:
                     with contextlib.suppress(OSError):
                         os.rmdir(kind[0], dir_fd=fd)
-            with contextlib.suppress(OSError), _private_dir(self._directory.parent, 1) as fd:
+            with contextlib.suppress(OSError), private_dir(self._directory.parent, 1) as fd:
                 os.rmdir(self._directory.name, dir_fd=fd)
         if self._sender is not None:
             self._sender.close()

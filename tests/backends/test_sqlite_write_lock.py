@@ -1,0 +1,146 @@
+"""The SQLite write hand-over (``writelock.py``) and the worker's one-hop
+transactions (``direct.py``): writers take turns through a lock file in the
+database's wake-up folder, a stuck or dead holder never stops the others, and a
+failed transaction rolls back and lets the next writer in."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import jobs
+import pytest
+from support import subprocess_env
+
+from sitq import TaskQueue, TaskStatus, Worker
+from sitq.backends.sqlite.direct import DirectWriter
+from sitq.backends.sqlite.wakeup import wake_directory
+from sitq.backends.sqlite.writelock import LOCK_NAME, WriteLock
+
+HOLDER = """
+import sys
+from sitq.backends.sqlite.writelock import WriteLock
+lock = WriteLock(__import__("pathlib").Path(sys.argv[1]))
+assert lock.try_acquire()
+print("held", flush=True)
+sys.stdin.read()  # until the test closes our stdin (or kills us)
+"""
+
+
+def _holder(folder: Path) -> subprocess.Popen[str]:
+    """Another process that takes the write lock and keeps it."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_writers_take_turns_and_the_last_one_out_removes_the_file(tmp_path: Path) -> None:
+    folder = wake_directory(str(tmp_path / "tasks.db"))
+    first, second = WriteLock(folder), WriteLock(folder)
+    try:
+        assert first.try_acquire()
+        assert not second.try_acquire()  # two open files: apart even in one process
+        assert second.wait(0.02) == 0  # its patience ran out: it writes anyway
+        first.release()
+        assert second.try_acquire()
+        assert not first.try_acquire()
+        second.release()
+    finally:
+        first.close()
+        second.close()
+    assert not folder.exists()  # the wake-up folder is tidied away as before
+
+
+def test_a_lock_file_removed_by_a_closing_process_is_opened_again(tmp_path: Path) -> None:
+    """A process that closes the database while no one writes removes the file; a
+    writer still holding the old one must queue on the new one, or it and a newcomer
+    would both think they hold the lock."""
+    folder = wake_directory(str(tmp_path / "tasks.db"))
+    staying, leaving = WriteLock(folder), WriteLock(folder)
+    assert staying.try_acquire()
+    staying.release()
+    assert leaving.try_acquire()
+    leaving.release()
+    leaving.close()
+    assert not (folder / LOCK_NAME).exists()
+    newcomer = WriteLock(folder)
+    try:
+        assert staying.try_acquire()
+        assert (folder / LOCK_NAME).exists()
+        assert not newcomer.try_acquire()
+    finally:
+        staying.close()
+        newcomer.close()
+
+
+async def test_a_holder_that_never_lets_go_delays_writers_only_by_their_patience(
+    tmp_path: Path,
+) -> None:
+    """Another process keeps the lock (its loop is blocked, say): this process's
+    writes each wait WRITE_PATIENCE (0.1 s), then go to SQLite, and the work gets
+    done (a writer that waited for the lock without end would time out here). Once
+    the holder is SIGKILLed, the lock is free at once."""
+    db = tmp_path / "tasks.db"
+    async with TaskQueue(db) as queue:
+        child = _holder(wake_directory(str(db)))
+        try:
+            worker = Worker(db, concurrency=2)
+            await worker.start()
+            try:
+                ids = [await queue.enqueue(jobs.add, i, 1) for i in range(5)]
+                results = [await queue.get_result(task_id, timeout=30) for task_id in ids]
+            finally:
+                await worker.stop(timeout=10)
+            assert [r.value if r else None for r in results] == [1, 2, 3, 4, 5]
+            assert all(r is not None and r.status is TaskStatus.SUCCEEDED for r in results)
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(10)
+        lock = WriteLock(wake_directory(str(db)))
+        try:
+            assert lock.try_acquire()  # the dead holder's lock went with its process
+        finally:
+            lock.close()
+
+
+async def test_a_failed_hot_path_transaction_rolls_back_and_lets_the_next_writer_in(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "tasks.db"
+    async with TaskQueue(db):
+        pass  # creates the schema
+    folder = wake_directory(str(db))
+    writer = DirectWriter(str(db), 5.0, "NORMAL", folder)
+
+    def body(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO sitq_meta (key, value) VALUES ('probe', 'x')")
+        raise ValueError("the body failed")
+
+    try:
+        with pytest.raises(ValueError, match="the body failed"):
+            await writer.transaction(body)
+        other = WriteLock(folder)
+        try:
+            assert other.try_acquire()  # released although the body raised
+        finally:
+            other.close()
+        assert await writer.transaction(lambda conn: conn.execute("SELECT 1").fetchall()) == [
+            (1,)
+        ]
+    finally:
+        await writer.close()
+    with sqlite3.connect(db) as check:
+        assert check.execute("SELECT count(*) FROM sitq_meta WHERE key = 'probe'").fetchone() == (
+            0,
+        )
