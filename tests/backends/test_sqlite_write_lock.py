@@ -12,12 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiosqlite
 import jobs
 import pytest
 from support import subprocess_env
 
 from sitq import TaskQueue, TaskStatus, Worker
-from sitq.backends.sqlite.direct import DirectWriter
+from sitq.backends.sqlite import SQLiteBackend, direct
 from sitq.backends.sqlite.wakeup import wake_directory
 from sitq.backends.sqlite.writelock import LOCK_NAME, WriteLock
 
@@ -121,26 +122,50 @@ async def test_a_failed_hot_path_transaction_rolls_back_and_lets_the_next_writer
     async with TaskQueue(db):
         pass  # creates the schema
     folder = wake_directory(str(db))
-    writer = DirectWriter(str(db), 5.0, "NORMAL", folder)
+    lock = WriteLock(folder)
 
     def body(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO sitq_meta (key, value) VALUES ('probe', 'x')")
         raise ValueError("the body failed")
 
-    try:
-        with pytest.raises(ValueError, match="the body failed"):
-            await writer.transaction(body)
-        other = WriteLock(folder)
+    async with aiosqlite.connect(db, isolation_level=None) as conn:
+        assert direct.supported(conn)  # else every worker would refuse to start
         try:
-            assert other.try_acquire()  # released although the body raised
+            with pytest.raises(ValueError, match="the body failed"):
+                await direct.transaction(conn, lock, body)
+            other = WriteLock(folder)
+            try:
+                assert other.try_acquire()  # released although the body raised
+            finally:
+                other.close()
+            assert not conn.in_transaction
+            selected = await direct.transaction(
+                conn, lock, lambda c: c.execute("SELECT 1").fetchall()
+            )
+            assert selected == [(1,)]
+        finally:
+            lock.close()
+    with sqlite3.connect(db) as check:
+        probes = check.execute("SELECT count(*) FROM sitq_meta WHERE key = 'probe'").fetchone()
+    assert probes == (0,)
+
+
+async def test_a_refused_statement_lets_the_next_writer_in(tmp_path: Path) -> None:
+    """The aiosqlite path releases on the database thread right after the statement,
+    also when SQLite refuses it."""
+    db = tmp_path / "tasks.db"
+    backend = SQLiteBackend(db)
+    await backend.connect()
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            await backend._execute(
+                "INSERT INTO sitq_meta (key, value) VALUES ('schema_version', 0)"
+            )
+        other = WriteLock(wake_directory(str(db)))
+        try:
+            assert other.try_acquire()
         finally:
             other.close()
-        assert await writer.transaction(lambda conn: conn.execute("SELECT 1").fetchall()) == [
-            (1,)
-        ]
+        assert await backend._execute("UPDATE sitq_meta SET value = value WHERE 0") == 0
     finally:
-        await writer.close()
-    with sqlite3.connect(db) as check:
-        assert check.execute("SELECT count(*) FROM sitq_meta WHERE key = 'probe'").fetchone() == (
-            0,
-        )
+        await backend.close()

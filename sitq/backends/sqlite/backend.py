@@ -34,9 +34,8 @@ from sitq.backends.common import (
     limit_room_allowed,
     translate_error,
 )
-from sitq.backends.sqlite import borrowed
+from sitq.backends.sqlite import borrowed, direct
 from sitq.backends.sqlite import schema as q
-from sitq.backends.sqlite.direct import DirectWriter
 from sitq.backends.sqlite.enqueue import (
     JOURNAL_SIZE_LIMIT,
     BlockingInserter,
@@ -104,7 +103,6 @@ class SQLiteBackend(SQLBackend):
         self._page_size = 4096
         self._blocking: BlockingInserter | None = None
         self._sqlite_session: SQLiteSession | None = None
-        self._direct: DirectWriter | None = None  # the worker's claims and finishes
 
     def describe(self) -> str:
         """The database file's path."""
@@ -132,8 +130,14 @@ class SQLiteBackend(SQLBackend):
             raise DatabaseError(f"cannot open {self.describe()}: {exc}") from exc
         self._conn = conn
         try:
+            if not direct.supported(conn):
+                raise DatabaseError(
+                    f"aiosqlite {getattr(aiosqlite, '__version__', '?')} cannot run a "
+                    "transaction whole on its thread, as sitq's worker needs: install "
+                    "the aiosqlite version sitq's requirements name"
+                )
             await conn.create_function("sitq_wait_write_lock", 1, self._write_lock.wait)
-            await conn.create_function("sitq_release_write_lock", 0, self._write_lock.release)
+            await conn.create_function("sitq_release_write_lock", 1, self._write_lock.release)
             await self._refuse_a_foreign_file()
             await self._configure()
             await self._migrate()
@@ -308,9 +312,6 @@ class SQLiteBackend(SQLBackend):
             self._blocking = None
         if self._sqlite_session is not None:
             await self._sqlite_session.close()  # commits its group writes in flight
-        if self._direct is not None:
-            await self._direct.close()  # after the transaction in flight
-            self._direct = None
         self._wakeup.close()
         async with self._lock:  # not under a statement or transaction in flight
             conn, self._conn = self._conn, None
@@ -350,18 +351,12 @@ class SQLiteBackend(SQLBackend):
         )
 
     async def _in_one_hop(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """A worker's write transaction (claim, finish), run whole on the hot-path
-        connection (``direct.py``), retried while locked. Shielded like ``_write``."""
-        self._connection()  # closed: say so
-        if self._direct is None:
-            self._direct = DirectWriter(
-                self.path,
-                self.busy_timeout,
-                "FULL" if self.durable else "NORMAL",
-                wake_directory(self.path),
-            )
-        direct = self._direct
-        return await asyncio.shield(self._retry_locked(lambda: direct.transaction(body)))
+        """A worker's write transaction (claim, finish), run whole on the database
+        thread (``direct.py``), retried while locked. Shielded like ``_write``."""
+        conn = self._connection()
+        return await asyncio.shield(
+            self._locked(lambda: direct.transaction(conn, self._write_lock, body))
+        )
 
     async def _then_next_writer(self, last: Awaitable[T]) -> T:
         """Await ``last``, a write transaction's last statement, and let the next
@@ -369,9 +364,11 @@ class SQLiteBackend(SQLBackend):
         there, so the event loop need not hear of the commit first."""
         if not self._write_lock.held:
             return await last
-        release = self._connection().execute("SELECT sitq_release_write_lock()")
-        # Both run to the end (an early return could leave the release to run after
-        # this connection's next transaction had taken the lock again).
+        hold = self._write_lock.hold
+        release = self._connection().execute("SELECT sitq_release_write_lock(?)", (hold,))
+        # gather starts both at once, in order, so aiosqlite's thread runs the release
+        # right after ``last``. Both run to the end, and the release names its hold:
+        # a stale one cannot end this connection's next transaction's hold.
         value, released = await asyncio.gather(last, release, return_exceptions=True)
         if isinstance(value, BaseException):
             raise value
@@ -388,9 +385,9 @@ class SQLiteBackend(SQLBackend):
                 return await self._retry_locked(operation)
             # In line for the write lock (see writelock.py): waited for on the
             # database thread, and only when another process of sitq's writes.
-            if not self._write_lock.try_acquire():
-                await conn.execute_fetchall("SELECT sitq_wait_write_lock(?)", (WRITE_PATIENCE,))
             try:
+                if not self._write_lock.try_acquire():
+                    await conn.execute_fetchall("SELECT sitq_wait_write_lock(?)", (WRITE_PATIENCE,))
                 return await self._retry_locked(operation)
             finally:
                 self._write_lock.release()

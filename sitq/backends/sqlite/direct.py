@@ -1,94 +1,64 @@
-"""The worker's hot path on SQLite: write transactions that run whole, in one hop,
-on a database thread and connection of their own.
+"""The worker's hot path on SQLite: write transactions that run whole, in one hop
+to the connection's database thread.
 
 Through aiosqlite each statement of a transaction is a round trip to its thread,
 and the next statement waits for the event loop to hear of the last one. A busy
 worker's loop answers in milliseconds, and all that time the transaction holds
 the file's one write lock: with two worker processes on one file the lock was
 held about 90% of the drain, mostly by transactions waiting for their own loop,
-and the second process added 1.1-1.2x. A claim or a finish here is one call:
-it queues for the write lock (``writelock.py``), begins, runs its statements,
-commits and lets the next writer in, all on this thread.
+and the second process added 1.1-1.2x. A claim or a finish here is one call: it
+queues for the write lock (``writelock.py``), begins, runs its statements,
+commits and lets the next writer in, all on the database thread.
+
+It runs on the backend's own aiosqlite connection and thread. A second
+connection of its own was tried: the two connections then invalidated each
+other's page cache on every write, which cost an idle worker 0.3 ms of latency
+per task. aiosqlite has no public call that runs a function on its thread, so
+this uses the one it runs every statement through (``Connection._execute``);
+where that is missing (a future aiosqlite), ``supported`` says so and the
+backend falls back to a round trip per statement.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from sitq.backends.sqlite.enqueue import JOURNAL_SIZE_LIMIT
+import aiosqlite
+
 from sitq.backends.sqlite.writelock import WRITE_PATIENCE, WriteLock
 
 T = TypeVar("T")
 
 
-class DirectWriter:
-    """Write transactions given as plain functions of a ``sqlite3.Connection``,
-    each run whole on this writer's thread (see the module docstring)."""
+def supported(conn: aiosqlite.Connection) -> bool:
+    """Whether this aiosqlite can run a whole transaction on its thread."""
+    return callable(getattr(conn, "_execute", None)) and hasattr(type(conn), "_conn")
 
-    def __init__(
-        self, path: str, busy_timeout: float, synchronous: str, lock_directory: Path
-    ) -> None:
-        self._path = path
-        self._busy_timeout = busy_timeout
-        self._synchronous = synchronous
-        # Its own place in line: a lock shared with the backend's other connection
-        # would not keep the two apart (flock excludes open files, not threads).
-        self._lock = WriteLock(lock_directory)
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
 
-    async def transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``body`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back if it
-        raises) on this writer's thread; the caller retries a busy database."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="sitq-sqlite-hot")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, body)
+def transaction(
+    conn: aiosqlite.Connection, lock: WriteLock, body: Callable[[sqlite3.Connection], T]
+) -> Awaitable[T]:
+    """Run ``body`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back if it
+    raises) on ``conn``'s thread, in line for the write lock; the caller holds the
+    connection (no other statement in flight) and retries a busy database."""
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = sqlite3.connect(
-                self._path,
-                isolation_level=None,
-                timeout=self._busy_timeout,
-                check_same_thread=False,
-            )
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-            self._conn = conn
-        return self._conn
-
-    def _run(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._connect()
-        if not self._lock.try_acquire():
-            self._lock.wait(WRITE_PATIENCE)
+    def whole() -> T:
+        raw: sqlite3.Connection = conn._conn  # raises ValueError once closed
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            lock.wait(WRITE_PATIENCE)
+            raw.execute("BEGIN IMMEDIATE")
             try:
-                value = body(conn)
-                conn.execute("COMMIT")
+                value = body(raw)
+                raw.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:  # not if SQLite rolled back itself (disk full)
-                    conn.execute("ROLLBACK")
+                if raw.in_transaction:  # not if SQLite rolled back itself (disk full)
+                    raw.execute("ROLLBACK")
                 raise
             return value
         finally:
-            self._lock.release()
+            lock.release()
 
-    async def close(self) -> None:
-        """Wait for the transaction in flight, then close the connection and thread."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, self._close)
-            executor.shutdown(wait=False)
-        self._lock.close()
-
-    def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+    run: Callable[[Callable[[], T]], Awaitable[Any]] = conn._execute
+    return run(whole)

@@ -14,7 +14,10 @@ The lock only orders sitq's writers: SQLite's own lock still decides, so a
 writer that does not take it (another program, the sqlite3 shell) is waited for
 as before, and a waiter that could not get it within its patience writes anyway
 (SQLite's busy handler then waits, as it would without this lock). A process
-that dies holding it loses it with its file descriptor.
+that dies holding it loses it with its file descriptor (a child it forked
+without exec shares that file, and keeps the lock while it lives; sitq itself
+only spawns). The folder is per user and per temp dir, so only processes that
+share both take turns; any others wait in SQLite's busy handler, as before.
 
 The file is removed when a process closes the database while no one writes (the
 wake-up folder is tidied away with the last listener): whoever then takes the
@@ -43,18 +46,22 @@ SHORT_NAP = 50e-6
 LONG_NAP = 1e-3
 SHORT_NAPS_FOR = 0.005
 #: Seconds a writer waits in line before it writes anyway (SQLite's busy handler
-#: then waits for the lock as usual). Short, because a holder releases from its
-#: event loop: a loop blocked by a task must not stall the other processes.
+#: then waits for the lock as usual). Short, because a transaction whose body
+#: runs on the event loop (the layers' stores) holds the lock across its loop's
+#: turns: a loop blocked by a task must not stall the other processes for long.
 WRITE_PATIENCE = 0.1
 
 
 class WriteLock:
     """One connection's place in the queue for the database's write lock.
 
-    ``try_acquire`` and ``release`` never block (the event loop calls them);
-    ``wait`` naps until the lock is free or its patience runs out (the database
-    thread calls it). Each instance has its own open file, so two connections of
-    one process exclude each other too.
+    ``try_acquire`` and ``release`` never block; ``wait`` naps until the lock is
+    free or its patience runs out. The event loop and the database thread both
+    call them, never at once: the backend runs one statement or transaction at a
+    time on its connection. Each instance has its own open file, so two
+    connections of one process exclude each other too. Each hold has a number, so
+    a release meant for an earlier hold (queued on the database thread by a
+    transaction cancelled at shutdown) cannot end a later one.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -62,6 +69,7 @@ class WriteLock:
         self._fd: int | None = None
         self._disabled = False  # no usable folder: every write goes straight to SQLite
         self._held = False
+        self._hold = 0  # numbers the holds: see release()
         self._guard = threading.Lock()  # the fd is opened and closed from two threads
 
     def _file(self) -> int | None:
@@ -94,7 +102,9 @@ class WriteLock:
             except OSError:
                 return True  # a file system without flock: SQLite alone orders writers
             if self._is_the_folders(fd):
-                self._held = True
+                with self._guard:
+                    self._held = True
+                    self._hold += 1
                 return True
             self._reopen(fd)  # removed by a closing process: queue on the new file
 
@@ -127,12 +137,18 @@ class WriteLock:
         """Whether this connection holds the lock."""
         return self._held
 
-    def release(self) -> int:
-        """Let the next writer in (a no-op unless held). The database thread calls
-        it right after a commit (the event loop may be busy for milliseconds before
-        it hears of the commit), the event loop after a failed transaction."""
+    @property
+    def hold(self) -> int:
+        """The number of the current (or last) hold, for ``release``."""
+        return self._hold
+
+    def release(self, hold: int | None = None) -> int:
+        """Let the next writer in (a no-op unless held, or if ``hold`` names an
+        earlier hold). The database thread calls it right after a commit (the event
+        loop may be busy for milliseconds before it hears of the commit), the event
+        loop after a failed transaction."""
         with self._guard:
-            if self._held:
+            if self._held and (hold is None or hold == self._hold):
                 self._held = False
                 if self._fd is not None:
                     with contextlib.suppress(OSError):
