@@ -613,6 +613,8 @@ class SQLiteBackend(SQLBackend):
         count, released_dependents = await self._in_one_hop(body)
         if count == len(items):
             applied = [True] * len(items)
+        elif len(items) == 1:
+            applied = [False]  # refused: its lease was lost
         else:
             applied = await self._finished_by(items, now)
         if any(outcome.status != "queued" for _, outcome in items):
