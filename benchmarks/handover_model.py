@@ -86,16 +86,12 @@ def work(path: str, turns: bool, batch: int, python_us: float, go: Any, done: An
     go.wait()
     count = 0
     while True:
-        got = transaction(
-            lambda: conn.execute(claim, (worker, 1e12, "default", 1e12, batch)).fetchall()
-        )
+        got = transaction(claim_rows)
         if not got:
             break
         spin(python_us * len(got))
-        finished = [
-            ("succeeded", b"r", None, None, 5.0, 3600.0, 4.0, r[0], worker, r[4]) for r in got
-        ]
-        transaction(lambda: conn.executemany(SQL.finish, finished))
+        ok = ("succeeded", b"r", None, None, 5.0, 3600.0, 4.0)
+        transaction(conn.executemany, SQL.finish, [(*ok, r[0], worker, r[4]) for r in got])
         count += len(got)
     if lock is not None:
         lock.close()
