@@ -130,20 +130,22 @@ async def test_a_failed_hot_path_transaction_rolls_back_and_lets_the_next_writer
 
     async with aiosqlite.connect(db, isolation_level=None) as conn:
         assert direct.supported(conn)  # else every worker would refuse to start
+        other = WriteLock(folder)
         try:
+            assert other.try_acquire()
+            assert not lock.try_acquire()  # another process wants it: contended
+            other.release()
             with pytest.raises(ValueError, match="the body failed"):
                 await direct.transaction(conn, lock, body)
-            other = WriteLock(folder)
-            try:
-                assert other.try_acquire()  # released although the body raised
-            finally:
-                other.close()
+            assert other.try_acquire()  # let go on the database thread, despite the error
+            other.release()
             assert not conn.in_transaction
             selected = await direct.transaction(
                 conn, lock, lambda c: c.execute("SELECT 1").fetchall()
             )
             assert selected == [(1,)]
         finally:
+            other.close()
             lock.close()
     with sqlite3.connect(db) as check:
         probes = check.execute("SELECT count(*) FROM sitq_meta WHERE key = 'probe'").fetchone()

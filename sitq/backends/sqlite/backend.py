@@ -354,16 +354,28 @@ class SQLiteBackend(SQLBackend):
         """A worker's write transaction (claim, finish), run whole on the database
         thread (``direct.py``), retried while locked. Shielded like ``_write``."""
         conn = self._connection()
-        return await asyncio.shield(
-            self._locked(lambda: direct.transaction(conn, self._write_lock, body))
-        )
+        lock = self._write_lock
+
+        async def attempt() -> T:
+            try:
+                if not lock.contended:
+                    # Alone: taken here, so the database thread makes no system
+                    # call for it (see CONTENDED_FOR). Else the database thread
+                    # takes it once it runs: taken here, it would be held while that
+                    # thread waits for the GIL.
+                    lock.try_acquire()
+                return await direct.transaction(conn, lock, body)
+            finally:
+                lock.release()  # unless let go on the database thread already
+
+        return await asyncio.shield(self._locked(attempt))
 
     async def _then_next_writer(self, last: Awaitable[T]) -> T:
         """Await ``last``, a write transaction's last statement, and let the next
         writer in line in on the database thread right after it: queued behind it
         there, so the event loop need not hear of the commit first."""
-        if not self._write_lock.held:
-            return await last
+        if not (self._write_lock.held and self._write_lock.contended):
+            return await last  # alone: let go on the event loop (see CONTENDED_FOR)
         hold = self._write_lock.hold
         release = self._connection().execute("SELECT sitq_release_write_lock(?)", (hold,))
         # gather starts both at once, in order, so aiosqlite's thread runs the release

@@ -41,13 +41,21 @@ def transaction(
     conn: aiosqlite.Connection, lock: WriteLock, body: Callable[[sqlite3.Connection], T]
 ) -> Awaitable[T]:
     """Run ``body`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back if it
-    raises) on ``conn``'s thread, in line for the write lock; the caller holds the
-    connection (no other statement in flight) and retries a busy database."""
+    raises) on ``conn``'s thread; the caller holds the connection (no other
+    statement in flight), lets go of the write lock if this did not, and retries a
+    busy database.
+
+    Unless the caller took the lock, it is taken here, on the database thread
+    (waiting for it if need be). While other processes want it (``lock.contended``)
+    it is let go here too, right after the commit; else the caller lets go on the
+    event loop.
+    """
 
     def whole() -> T:
         raw: sqlite3.Connection = conn._conn  # raises ValueError once closed
         try:
-            lock.wait(WRITE_PATIENCE)
+            if not lock.held:
+                lock.wait(WRITE_PATIENCE)
             raw.execute("BEGIN IMMEDIATE")
             try:
                 value = body(raw)
@@ -58,7 +66,8 @@ def transaction(
                 raise
             return value
         finally:
-            lock.release()
+            if lock.contended:
+                lock.release()
 
     run: Callable[[Callable[[], T]], Awaitable[Any]] = conn._execute
     return run(whole)

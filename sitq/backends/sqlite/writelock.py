@@ -50,6 +50,12 @@ SHORT_NAPS_FOR = 0.005
 #: runs on the event loop (the layers' stores) holds the lock across its loop's
 #: turns: a loop blocked by a task must not stall the other processes for long.
 WRITE_PATIENCE = 0.1
+#: Seconds after the last time another process held the lock during which this
+#: one hands it over on the database thread, right after its commit. Alone, it
+#: lets go on the event loop: every system call on the database thread gives the
+#: GIL away, and a busy loop may keep it for its whole switch interval (5 ms),
+#: which made a lone worker's transactions hold the thread twice as long.
+CONTENDED_FOR = 1.0
 
 
 class WriteLock:
@@ -70,6 +76,8 @@ class WriteLock:
         self._disabled = False  # no usable folder: every write goes straight to SQLite
         self._held = False
         self._hold = 0  # numbers the holds: see release()
+        self._refused_at = -CONTENDED_FOR  # monotonic time another process last held it
+        self._lock_path = str(directory / LOCK_NAME)
         self._guard = threading.Lock()  # the fd is opened and closed from two threads
 
     def _file(self) -> int | None:
@@ -98,6 +106,7 @@ class WriteLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                self._refused_at = time.monotonic()
                 return False
             except OSError:
                 return True  # a file system without flock: SQLite alone orders writers
@@ -110,7 +119,7 @@ class WriteLock:
 
     def _is_the_folders(self, fd: int) -> bool:
         try:
-            mine, named = os.fstat(fd), os.stat(self._directory / LOCK_NAME, follow_symlinks=False)
+            mine, named = os.fstat(fd), os.stat(self._lock_path, follow_symlinks=False)
         except OSError:
             return False
         return (mine.st_dev, mine.st_ino) == (named.st_dev, named.st_ino)
@@ -136,6 +145,12 @@ class WriteLock:
     def held(self) -> bool:
         """Whether this connection holds the lock."""
         return self._held
+
+    @property
+    def contended(self) -> bool:
+        """Whether another process held the lock lately (see CONTENDED_FOR): the
+        holder should then let go on the database thread, right after its commit."""
+        return time.monotonic() - self._refused_at < CONTENDED_FOR
 
     @property
     def hold(self) -> int:
