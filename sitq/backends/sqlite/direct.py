@@ -14,9 +14,9 @@ It runs on the backend's own aiosqlite connection and thread. A second
 connection of its own was tried: the two connections then invalidated each
 other's page cache on every write, which cost an idle worker 0.3 ms of latency
 per task. aiosqlite has no public call that runs a function on its thread, so
-this uses the one it runs every statement through (``Connection._execute``);
-where that is missing (a future aiosqlite), ``supported`` says so and the
-backend falls back to a round trip per statement.
+this uses the one it runs every statement through (``Connection._execute``).
+aiosqlite is pinned below 0.23 for it, and where it is missing ``supported``
+says so and the backend refuses to open, naming the version to install.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ that idle time ate nearly all the second process's gain (two processes drained
 
 sitq's connections therefore queue for an advisory ``flock`` on a file in the
 database's wake-up folder before each write transaction, and wait for it in
-short naps: the next writer starts within about 0.1 ms of the last one's commit.
+short naps: while processes contend, the next writer starts within about 0.1 ms
+of the last one's commit (see CONTENDED_FOR).
 The lock only orders sitq's writers: SQLite's own lock still decides, so a
 writer that does not take it (another program, the sqlite3 shell) is waited for
 as before, and a waiter that could not get it within its patience writes anyway
