@@ -97,8 +97,9 @@ class SQLiteBackend(SQLBackend):
         self.busy_timeout = busy_timeout
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()  # the connection's: one statement or transaction at a time
-        self._wakeup = WakeupChannel(wake_directory(self.path))
-        self._write_lock = WriteLock(wake_directory(self.path))
+        folder = wake_directory(self.path)
+        self._wakeup = WakeupChannel(folder)
+        self._write_lock = WriteLock(folder)
         self._batcher: EnqueueBatcher | None = None
         self._page_size = 4096
         self._blocking: BlockingInserter | None = None

@@ -54,6 +54,12 @@ def wake_directory(database_path: str) -> Path:
     return Path(tempfile.gettempdir()) / f"sitq-{os.getuid()}" / digest
 
 
+def remove_database_folder(directory: Path) -> None:
+    """Remove a database's folder (``wake_directory``) if it is empty; else leave it."""
+    with contextlib.suppress(OSError), private_dir(directory.parent, 1) as fd:
+        os.rmdir(directory.name, dir_fd=fd)
+
+
 class UnsafeWakeDirectory(OSError):
     """A folder on the wake-up path is not a private directory of this user."""
 
@@ -304,8 +310,7 @@ class WakeupChannel:
                 for kind in _KINDS:
                     with contextlib.suppress(OSError):
                         os.rmdir(kind[0], dir_fd=fd)
-            with contextlib.suppress(OSError), private_dir(self._directory.parent, 1) as fd:
-                os.rmdir(self._directory.name, dir_fd=fd)
+            remove_database_folder(self._directory)
         if self._sender is not None:
             self._sender.close()
         self._listeners.clear()

@@ -22,7 +22,8 @@ share both take turns; any others wait in SQLite's busy handler, as before.
 
 The file is removed when a process closes the database while no one writes (the
 wake-up folder is tidied away with the last listener): whoever then takes the
-lock through a file no longer in the folder opens the folder's file again.
+lock through a file no longer in the folder (it has no name left) opens the
+folder's file again.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from sitq.backends.sqlite.wakeup import UnsafeWakeDirectory, private_dir
+from sitq.backends.sqlite.wakeup import UnsafeWakeDirectory, private_dir, remove_database_folder
 
 logger = logging.getLogger("sitq.sqlite")
 
@@ -78,7 +79,6 @@ class WriteLock:
         self._held = False
         self._hold = 0  # numbers the holds: see release()
         self._refused_at = -CONTENDED_FOR  # monotonic time another process last held it
-        self._lock_path = str(directory / LOCK_NAME)
         self._guard = threading.Lock()  # the fd is opened and closed from two threads
 
     def _file(self) -> int | None:
@@ -119,11 +119,12 @@ class WriteLock:
             self._reopen(fd)  # removed by a closing process: queue on the new file
 
     def _is_the_folders(self, fd: int) -> bool:
+        # Only a holder of this very file unlinks it, and nothing else links it: it
+        # is still the folder's exactly while it has a name (one fstat, no path).
         try:
-            mine, named = os.fstat(fd), os.stat(self._lock_path, follow_symlinks=False)
+            return os.fstat(fd).st_nlink > 0
         except OSError:
             return False
-        return (mine.st_dev, mine.st_ino) == (named.st_dev, named.st_ino)
 
     def _reopen(self, fd: int) -> None:
         with self._guard:
@@ -184,8 +185,7 @@ class WriteLock:
             if self._is_the_folders(fd):
                 with private_dir(self._directory, 2) as folder:
                     os.unlink(LOCK_NAME, dir_fd=folder)
-                with private_dir(self._directory.parent, 1) as parent:
-                    os.rmdir(self._directory.name, dir_fd=parent)
+                remove_database_folder(self._directory)
         except (OSError, UnsafeWakeDirectory):
             pass  # in use, or the folder holds others' sockets: left as it is
         finally:
