@@ -787,7 +787,7 @@ async def test_an_older_postgres_schema_is_refused_not_upgraded(
     assert password not in proc.stdout + proc.stderr
     assert "schema versions differ" in err
     assert f"(schema {schema}) is at version {version}" in err
-    assert f"sqlite database {local}" in err and f"version {POSTGRES_NOW}" in err
+    assert f"sqlite database {local}" in err and f"version {SQLITE_NOW}" in err
     assert f"Upgrade the {side} first" in err
     assert f"`sitq status --db` with the {side}'s URL" in err
     assert await postgres_contents(schema) == before

@@ -214,6 +214,14 @@ class SQLBackend(Backend):
     ) -> list[Any]:
         """Claim up to ``room`` ready tasks under limits, as many as each allows."""
 
+    async def _count_released(self, tx: Transaction, params: Sequence[Any]) -> None:
+        """Run just before ``release`` with its parameters: count the tasks it ends
+        where the finished-task counts are not kept by triggers on every move (SQLite
+        counts a move out of 'running' in the statement that makes it)."""
+
+    async def _count_reclaimed(self, tx: Transaction, now: float) -> None:
+        """Run just before ``reclaim_expired`` at ``now``: see ``_count_released``."""
+
     def _window_query(
         self, source: str, position: tuple[Any, ...], size: int, batch_id: str | None
     ) -> tuple[str, Sequence[Any]]:
@@ -730,6 +738,7 @@ class SQLBackend(Backend):
         params = (now, LOST_LEASE_LIMIT, self.default_result_ttl)
 
         async def body(tx: Transaction) -> None:
+            await self._count_reclaimed(tx, now)
             if await tx.execute(self.SQL.reclaim_expired, params):
                 await tx.wake("results")
                 await tx.wake("tasks")
@@ -744,7 +753,9 @@ class SQLBackend(Backend):
         leased = self._rows([lease_key(lease) for lease in leases])
 
         async def body(tx: Transaction) -> int:
-            rows = await tx.fetch(self.SQL.release, (self.now(), self.default_result_ttl, *leased))
+            params = (self.now(), self.default_result_ttl, *leased)
+            await self._count_released(tx, params)
+            rows = await tx.fetch(self.SQL.release, params)
             await tx.wake("tasks")
             await tx.wake("results")
             return len(rows)

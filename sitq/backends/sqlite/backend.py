@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from sitq.backends.base import DEAF_POLL, Lease, NewTask, Outcome, WakeKind
+from sitq.backends.base import DEAF_POLL, LOST_LEASE_LIMIT, Lease, NewTask, Outcome, WakeKind
 from sitq.backends.borrowed import DriverConnection
 from sitq.backends.common import (
     SQLBackend,
@@ -533,6 +533,14 @@ class SQLiteBackend(SQLBackend):
 
     # -- worker side ------------------------------------------------------
 
+    async def _count_released(self, tx: Transaction, params: Sequence[Any]) -> None:
+        """The tasks release ends, counted (schema version 12; see ``count_finished``)."""
+        await tx.execute(SQL.count_released, params)
+
+    async def _count_reclaimed(self, tx: Transaction, now: float) -> None:
+        """The tasks reclaim_expired ends, counted (see ``_count_released``)."""
+        await tx.execute(SQL.count_reclaimed, (now, LOST_LEASE_LIMIT))
+
     async def _claim_ready(
         self, worker_id: str, queues: Sequence[str], room: int, now: float, expires: float
     ) -> list[Any]:
@@ -607,10 +615,11 @@ class SQLiteBackend(SQLBackend):
         marked = [m for m in started if m[0].task_id in starts] if starts else []
         running = self._marks(marked) if marked else None
         # More changes than these statements' own rows (one per finish, one per start
-        # marked apart; other starts ride in their finish row) and the count each
-        # final outcome adds to (sitq_finished, schema version 11): the dependency
+        # marked apart; other starts ride in their finish row): the dependency
         # trigger made dependents due.
-        expected = len(items) + len(marked) + len(final)
+        expected = len(items) + len(marked)
+        # The statements count what they end (schema version 12).
+        leases = self._rows([lease_key(lease) for lease, _ in items])[0]
 
         def body(conn: sqlite3.Connection) -> tuple[int, bool]:
             before = conn.total_changes
@@ -621,7 +630,10 @@ class SQLiteBackend(SQLBackend):
                 count += conn.executemany(SQL.finish, final).rowcount
             if retries:
                 count += conn.executemany(SQL.finish_or_retry, retries).rowcount
-            return count, conn.total_changes - before > expected
+            released = conn.total_changes - before > expected
+            if count:
+                conn.execute(SQL.count_finished, (now, leases))
+            return count, released
 
         count, released_dependents = await self._in_one_hop(body)
         if count == len(items):

@@ -107,6 +107,47 @@ SET status = CASE WHEN ?1 = 'queued' AND cancel_requested = 1 THEN 'cancelled' E
     lease_expires_at = NULL
 WHERE id = ?8 AND worker_id = ?9 AND attempts = ?10 AND status = 'running'
 
+-- name: count_finished
+-- The tasks a finish just ended, counted (schema version 12: a move out of
+-- 'running' is counted by the statement that makes it, the trigger
+-- sitq_tasks_ended counts the others). ?1 the finish's time, ?2 its leases as a
+-- JSON array of [id, worker_id, attempt]: a task whose lease held has that
+-- finished_at now, and a final status (a retry has none, or ended cancelled).
+INSERT INTO sitq_finished (second, queue, state, n)
+SELECT CAST(?1 AS INTEGER), t.queue, t.status, count(*)
+FROM json_each(?2) AS v
+JOIN sitq_tasks AS t ON t.id = json_extract(v.value, '$[0]')
+WHERE t.worker_id = json_extract(v.value, '$[1]') AND t.attempts = json_extract(v.value, '$[2]')
+  AND t.finished_at = ?1
+  AND (t.status = 'succeeded' OR t.status = 'failed' OR t.status = 'cancelled')
+GROUP BY t.queue, t.status
+ON CONFLICT (second, queue, state) DO UPDATE SET n = n + excluded.n
+
+-- name: count_released
+-- Run just before release, with its parameters: the tasks it ends (cancelled, as
+-- they were asked to), counted (see count_finished).
+INSERT INTO sitq_finished (second, queue, state, n)
+SELECT CAST(?1 AS INTEGER), t.queue, 'cancelled', count(*)
+FROM json_each(?3) AS v
+JOIN sitq_tasks AS t ON t.id = json_extract(v.value, '$[0]')
+WHERE t.worker_id = json_extract(v.value, '$[1]') AND t.attempts = json_extract(v.value, '$[2]')
+  AND t.status = 'running' AND t.cancel_requested = 1
+GROUP BY t.queue
+ON CONFLICT (second, queue, state) DO UPDATE SET n = n + excluded.n
+
+-- name: count_reclaimed
+-- Run just before reclaim_expired, with its first two parameters: the tasks it
+-- ends (cancelled, or failed as lost too often; its conditions), counted (see
+-- count_finished).
+INSERT INTO sitq_finished (second, queue, state, n)
+SELECT CAST(?1 AS INTEGER), queue,
+    CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'failed' END AS ended, count(*)
+FROM sitq_tasks
+WHERE status = 'running' AND lease_expires_at < ?1
+  AND (cancel_requested = 1 OR ((recorded_start = attempts) AND attempts >= max_retries + 1 + ?2))
+GROUP BY queue, ended
+ON CONFLICT (second, queue, state) DO UPDATE SET n = n + excluded.n
+
 -- name: mark_started
 -- Start marks of tasks still running, as a JSON array of
 -- [id, worker_id, attempt, started_at]; each applies only while its lease holds.

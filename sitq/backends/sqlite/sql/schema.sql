@@ -507,3 +507,115 @@ BEGIN
     VALUES (CAST(COALESCE(OLD.finished_at, 0) AS INTEGER), OLD.queue, OLD.status, -1)
     ON CONFLICT (second, queue, state) DO UPDATE SET n = n - 1;
 END
+
+-- Version 12: no trigger work on a worker's finish (issue 18, item 1). SQLite runs
+-- every row trigger on a table's UPDATE OF a column as a sub-program per row, even
+-- when its WHEN is false: the four triggers on finished_at cost a finish about a
+-- microsecond each per task, a fifth of the SQL of a claim and finish together.
+-- One trigger now does their work, and it fires on a finish only for a parent
+-- (has_children). A task's move out of 'running' is counted by the statement that
+-- makes it (finish, finish_or_retry, release, reclaim_expired: the count_* queries
+-- of claim.sql, in the same transaction); every other move by this trigger, as before.
+
+-- name: v12_01_drop_sitq_tasks_settle_children
+DROP TRIGGER sitq_tasks_settle_children
+
+-- name: v12_02_drop_sitq_tasks_cancel_children
+DROP TRIGGER sitq_tasks_cancel_children
+
+-- name: v12_03_drop_sitq_tasks_count_end
+DROP TRIGGER sitq_tasks_count_end
+
+-- name: v12_04_drop_sitq_tasks_count_unend
+DROP TRIGGER sitq_tasks_count_unend
+
+-- name: v12_05_create_sitq_tasks_ended
+-- What version 9's sitq_tasks_settle_children and sitq_tasks_cancel_children and
+-- version 11's count triggers did, each statement guarded by its old WHEN:
+--   1. a task that ends, changes its end or is brought back counts in sitq_finished
+--      (only for moves from a status other than 'running');
+--   2. a parent that succeeded settles its dependents (the chord's path);
+--   3. a parent that failed or was cancelled cancels its waiting 'cancel'
+--      dependents, and theirs, transitively (each marked cancelled_by the parent),
+--      and its 'run' dependents, and those of the tasks just cancelled, count it as
+--      done; one with no parent left becomes due.
+-- It fires on finished_at, which every statement that moves a task into or out of
+-- a final status writes and the claim and the start do not. The WHENs compare one
+-- status at a time: an IN list there builds a lookup table on every row. SQLite
+-- runs no trigger from within itself (recursive_triggers stays off): the cascade
+-- is the query's, however deep, and so is the count of the tasks it cancels (the
+-- old count triggers fired for them; this one, running, does not).
+CREATE TRIGGER sitq_tasks_ended AFTER UPDATE OF finished_at ON sitq_tasks
+WHEN OLD.status <> 'running' OR NEW.has_children = 1
+BEGIN
+    INSERT INTO sitq_finished (second, queue, state, n)
+    SELECT CAST(COALESCE(NEW.finished_at, 0) AS INTEGER), NEW.queue, NEW.status, 1
+    WHERE OLD.status <> 'running'
+      AND (NEW.status = 'succeeded' OR NEW.status = 'failed' OR NEW.status = 'cancelled')
+    ON CONFLICT (second, queue, state) DO UPDATE SET n = n + 1;
+    INSERT INTO sitq_finished (second, queue, state, n)
+    SELECT CAST(COALESCE(OLD.finished_at, 0) AS INTEGER), OLD.queue, OLD.status, -1
+    WHERE OLD.status = 'succeeded' OR OLD.status = 'failed' OR OLD.status = 'cancelled'
+    ON CONFLICT (second, queue, state) DO UPDATE SET n = n - 1;
+    UPDATE sitq_tasks
+    SET waiting = waiting - 1,
+        available_at = CASE WHEN waiting = 1 THEN max(available_at - 1e11, NEW.finished_at)
+                            ELSE available_at END
+    WHERE NEW.has_children = 1 AND NEW.status = 'succeeded'
+      AND (OLD.status = 'queued' OR OLD.status = 'running')
+      AND status = 'queued' AND waiting > 0
+      AND id IN (SELECT d.child_id FROM sitq_dependencies d WHERE d.parent_id = NEW.id);
+    INSERT INTO sitq_finished (second, queue, state, n)
+    SELECT CAST(COALESCE(NEW.finished_at, 0) AS INTEGER), c.queue, 'cancelled', count(*)
+    FROM sitq_tasks c
+    WHERE NEW.has_children = 1 AND (NEW.status = 'failed' OR NEW.status = 'cancelled')
+      AND (OLD.status = 'queued' OR OLD.status = 'running')
+      AND c.id IN (
+        WITH RECURSIVE doomed(id) AS (
+            SELECT NEW.id
+            UNION
+            SELECT d.child_id FROM doomed
+            JOIN sitq_dependencies d ON d.parent_id = doomed.id
+            JOIN sitq_tasks c ON c.id = d.child_id
+            WHERE c.status = 'queued' AND c.waiting > 0 AND c.parent_mode = 'cancel')
+        SELECT id FROM doomed WHERE id <> NEW.id)
+    GROUP BY c.queue
+    ON CONFLICT (second, queue, state) DO UPDATE SET n = n + excluded.n;
+    UPDATE sitq_tasks
+    SET status = 'cancelled', cancelled_by = NEW.id, finished_at = NEW.finished_at,
+        expires_at = NEW.finished_at + COALESCE(result_ttl, NEW.expires_at - NEW.finished_at, 604800.0),
+        error = 'ParentFailed: parent task ' || NEW.id || ' (' || NEW.func_name || ') ended '
+            || NEW.status || ', and this task waited for it (on_parent_failure="cancel")'
+    WHERE NEW.has_children = 1 AND (NEW.status = 'failed' OR NEW.status = 'cancelled')
+      AND (OLD.status = 'queued' OR OLD.status = 'running')
+      AND id IN (
+        WITH RECURSIVE doomed(id) AS (
+            SELECT NEW.id
+            UNION
+            SELECT d.child_id FROM doomed
+            JOIN sitq_dependencies d ON d.parent_id = doomed.id
+            JOIN sitq_tasks c ON c.id = d.child_id
+            WHERE c.status = 'queued' AND c.waiting > 0 AND c.parent_mode = 'cancel')
+        SELECT id FROM doomed WHERE id <> NEW.id);
+    UPDATE sitq_tasks
+    SET waiting = waiting - 1,
+        available_at = CASE WHEN waiting = 1 THEN max(available_at - 1e11, NEW.finished_at)
+                            ELSE available_at END
+    WHERE NEW.has_children = 1 AND (NEW.status = 'failed' OR NEW.status = 'cancelled')
+      AND (OLD.status = 'queued' OR OLD.status = 'running')
+      AND status = 'queued' AND waiting > 0
+      AND id IN (SELECT d.child_id FROM sitq_dependencies d WHERE d.parent_id = NEW.id);
+    UPDATE sitq_tasks
+    SET waiting = waiting - (
+            SELECT count(*) FROM sitq_dependencies d JOIN sitq_tasks x ON x.id = d.parent_id
+            WHERE d.child_id = sitq_tasks.id AND x.cancelled_by = NEW.id),
+        available_at = CASE WHEN waiting = (
+            SELECT count(*) FROM sitq_dependencies d JOIN sitq_tasks x ON x.id = d.parent_id
+            WHERE d.child_id = sitq_tasks.id AND x.cancelled_by = NEW.id)
+            THEN max(available_at - 1e11, NEW.finished_at) ELSE available_at END
+    WHERE NEW.has_children = 1 AND (NEW.status = 'failed' OR NEW.status = 'cancelled')
+      AND (OLD.status = 'queued' OR OLD.status = 'running')
+      AND status = 'queued' AND waiting > 0 AND id IN (
+        SELECT d.child_id FROM sitq_dependencies d
+        WHERE d.parent_id IN (SELECT x.id FROM sitq_tasks x WHERE x.cancelled_by = NEW.id));
+END
