@@ -29,7 +29,7 @@ import abc
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
 from sitq.errors import ConfigurationError, InvalidDependency
@@ -164,6 +164,9 @@ class Lease:
     task_id: str
     worker_id: str
     attempt: int
+    #: The task's queue, as claimed (None where unknown): a backend may count a
+    #: finish by it without reading the row back. Not part of the proof.
+    queue: str | None = field(default=None, compare=False)
 
 
 # Built once per task on the worker's hot path: slots and no frozen guard (a
@@ -464,7 +467,7 @@ def claimed_tasks(rows: Sequence[Sequence[Any]], worker_id: str, now: float) -> 
             timeout=r[7],
             enqueued_at=r[8],
             claimed_at=now,
-            lease=Lease(r[0], worker_id, r[4]),
+            lease=Lease(r[0], worker_id, r[4], r[1]),
             recorded_start=r[12],
         )
         for r in ordered

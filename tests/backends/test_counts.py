@@ -223,6 +223,18 @@ async def test_counts_stay_exact_where_a_running_task_ends_otherwise(
     await claim(backend, 1, "elsewhere")  # reclaims: asked to cancel, it ends cancelled
     await agree(backend, clock)
 
+    # One finish of two tasks, one of whose leases was lost meanwhile.
+    await enqueue(backend, 2, "s")
+    (kept,) = await claim(backend, 1, "s")
+    (gone,) = await claim(backend, 1, "s", lease=1.0)
+    clock.tick(5)
+    await claim(backend, 1, "elsewhere")  # reclaims the lost one: queued again
+    assert await backend.finish([(kept.lease, SUCCEEDED), (gone.lease, SUCCEEDED)]) == [
+        True,
+        False,
+    ]
+    await agree(backend, clock)
+
     # A failed parent, a 'cancel' child that is a parent, and its own child.
     top, middle, bottom = (task(backend, "d") for _ in range(3))
     await backend.enqueue_dependent(

@@ -618,21 +618,20 @@ class SQLiteBackend(SQLBackend):
         # marked apart; other starts ride in their finish row): the dependency
         # trigger made dependents due.
         expected = len(items) + len(marked)
-        # The statements count what they end (schema version 12).
-        leases = self._rows([lease_key(lease) for lease, _ in items])[0]
 
         def body(conn: sqlite3.Connection) -> tuple[int, bool]:
             before = conn.total_changes
-            count = 0
+            count = ended = 0
             if running is not None:
                 conn.execute(SQL.mark_started, running)
             if final:
-                count += conn.executemany(SQL.finish, final).rowcount
+                count = ended = conn.executemany(SQL.finish, final).rowcount
             if retries:
                 count += conn.executemany(SQL.finish_or_retry, retries).rowcount
             released = conn.total_changes - before > expected
+            # What this finish ended is counted here (schema version 12).
             if count:
-                conn.execute(SQL.count_finished, (now, leases))
+                self._count_finish(conn, items, now, every_final_applied=ended == len(final))
             return count, released
 
         count, released_dependents = await self._in_one_hop(body)
@@ -647,6 +646,34 @@ class SQLiteBackend(SQLBackend):
         if released_dependents or any(o.status == "queued" for _, o in items):
             self._wakeup.notify("tasks")
         return applied
+
+    def _count_finish(
+        self,
+        conn: sqlite3.Connection,
+        items: Sequence[tuple[Lease, Outcome]],
+        now: float,
+        *,
+        every_final_applied: bool,
+    ) -> None:
+        """Count in sitq_finished the tasks a finish at ``now`` just ended, inside
+        its transaction. When every outcome was final and applied, and the leases
+        name their queues (a worker's do), by those: one upsert per queue and status.
+        Else (a lease was lost, a retry may have ended cancelled) by reading back the
+        rows that hold this finish's time under their lease."""
+        groups: dict[tuple[str, str], int] = {}
+        if every_final_applied:
+            for lease, outcome in items:
+                if lease.queue is None or outcome.status == "queued":
+                    break
+                key = (lease.queue, outcome.status)
+                groups[key] = groups.get(key, 0) + 1
+            else:
+                conn.executemany(
+                    SQL.count_ended, [(now, queue, state, n) for (queue, state), n in groups.items()]
+                )
+                return
+        leases = self._rows([lease_key(lease) for lease, _ in items])[0]
+        conn.execute(SQL.count_finished, (now, leases))
 
     async def _finished_by(self, items: Sequence[tuple[Lease, Outcome]], now: float) -> list[bool]:
         """After a batch in which some writes were refused: which were applied.

@@ -123,6 +123,12 @@ WHERE t.worker_id = json_extract(v.value, '$[1]') AND t.attempts = json_extract(
 GROUP BY t.queue, t.status
 ON CONFLICT (second, queue, state) DO UPDATE SET n = n + excluded.n
 
+-- name: count_ended
+-- ?4 tasks of queue ?2 that a finish at ?1 ended with status ?3, counted (a finish
+-- whose every outcome was final and applied knows them without count_finished).
+INSERT INTO sitq_finished (second, queue, state, n) VALUES (CAST(?1 AS INTEGER), ?2, ?3, ?4)
+ON CONFLICT (second, queue, state) DO UPDATE SET n = n + excluded.n
+
 -- name: count_released
 -- Run just before release, with its parameters: the tasks it ends (cancelled, as
 -- they were asked to), counted (see count_finished).
