@@ -668,9 +668,8 @@ class SQLiteBackend(SQLBackend):
                 key = (lease.queue, outcome.status)
                 groups[key] = groups.get(key, 0) + 1
             else:
-                conn.executemany(
-                    SQL.count_ended, [(now, queue, state, n) for (queue, state), n in groups.items()]
-                )
+                ended = [(now, queue, state, n) for (queue, state), n in groups.items()]
+                conn.executemany(SQL.count_ended, ended)
                 return
         leases = self._rows([lease_key(lease) for lease, _ in items])[0]
         conn.execute(SQL.count_finished, (now, leases))
