@@ -10,6 +10,7 @@ every plan node handles by the batch's size rather than by the table's.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,24 @@ async def test_a_pool_connection_goes_back_without_a_reset_round_trip(
         assert not [query for query in sent if "RESET ALL" in query or "UNLISTEN" in query]
     finally:
         await backend.close()
+
+
+@pytest.mark.parametrize("name", ["claim_ready", "claim_ready_one_queue"])
+async def test_a_claim_commits_without_waiting_for_its_flush(schema: str, name: str) -> None:
+    """The claim turns synchronous_commit off for its own transaction only: its
+    WAL flush took most of its time, and a claim lost in a server crash only runs
+    its tasks again (the finish, which flushes, stays durable)."""
+    async with TaskQueue(postgres_url(schema)) as queue:
+        await queue.enqueue_many(jobs.add, [(1, 2)] * 3)
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        now = time.time()
+        sql = getattr(SQL, name).replace("{s}", f'"{schema}"')
+        async with conn.transaction():
+            rows = await conn.fetch(sql, "w", now, now + 30, ["default"], 2)
+            assert len(rows) == 2
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"  # the session's own
+    finally:
+        await conn.close()

@@ -11,6 +11,8 @@
 -- order (at most $5 rows each, locked as they are read, skipping those other
 -- claimers hold), and the heads are merged. The rows a queue gave beyond the $5
 -- taken stay locked until this statement's transaction ends, a moment later.
+-- The claim commits without waiting for its WAL flush (async_commit, as in
+-- claim_ready_one_queue; the finish waits for its own, and so flushes the claim's).
 WITH heads AS (
     SELECT h.id, h.priority, h.available_at, h.seq
     FROM (SELECT DISTINCT name FROM unnest($4::text[]) AS n(name)) AS q
@@ -30,7 +32,8 @@ picked AS (
 UPDATE {s}.sitq_tasks t
 SET status = 'running', worker_id = $1, attempts = t.attempts + 1,
     started_at = NULL, lease_expires_at = $3
-FROM picked WHERE t.id = picked.id
+FROM picked, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
+WHERE t.id = picked.id
 RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.retry_backoff,
     t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq, t.recorded_start
 
@@ -38,6 +41,11 @@ RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.re
 -- claim_ready for one queue (the usual case): the ready index hands rows over
 -- in claim order, so the claim stops after LIMIT rows; `queue = ANY(...)` would
 -- make PostgreSQL (before 17) read and sort every ready task of the queues instead.
+-- It commits without waiting for its WAL flush (async_commit: a flush took most
+-- of a claim's time). A claim lost in a server crash leaves its tasks queued as if
+-- never claimed: their worker's finishes are then refused, and they run again, as
+-- after a lost lease; no task and no result is lost (a finish commits durably).
+-- Never run it in a transaction that writes anything else: that too would commit so.
 WITH picked AS (
     SELECT id FROM {s}.sitq_tasks
     WHERE status = 'queued' AND queue = ($4::text[])[1] AND available_at <= $2
@@ -50,7 +58,8 @@ WITH picked AS (
 UPDATE {s}.sitq_tasks t
 SET status = 'running', worker_id = $1, attempts = t.attempts + 1,
     started_at = NULL, lease_expires_at = $3
-FROM picked WHERE t.id = picked.id
+FROM picked, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
+WHERE t.id = picked.id
 RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.retry_backoff,
     t.timeout, t.enqueued_at, t.priority, t.available_at, t.seq, t.recorded_start
 
