@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import jobs
@@ -493,3 +494,71 @@ async def test_a_worker_that_cannot_hear_wake_ups_polls_every_50_ms(
     assert "wake-ups are off" in worker.output()
     assert max(waits) < 0.5, waits
     assert len(beats) <= 2, beats
+
+
+# -- who is listening: the wake-up folder's listing -----------------------------
+
+
+async def test_a_listener_bound_in_the_tick_of_a_listing_is_still_woken(
+    temp_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender re-reads a kind's folder only when its mtime moves (one stat), but
+    a folder's mtime moves in clock ticks: a listing made within a tick of the
+    folder's change is not trusted, so a listener that binds in that same tick
+    (its mtime unchanged, here set back by hand) is found at the next look."""
+    from sitq.backends.sqlite import wakeup
+
+    monkeypatch.setattr(wakeup, "PEER_REFRESH", 0.0)  # every notify looks
+    monkeypatch.setattr(wakeup, "MTIME_TICK_NS", 3_600 * 10**9)  # every listing is "recent"
+    directory = wake_directory(str(temp_root / "t.db"))
+    sender, first, second = (wakeup.WakeupChannel(directory) for _ in range(3))
+    try:
+        heard = asyncio.create_task(first.wait("tasks", 30))
+        await asyncio.sleep(0)  # it binds its socket
+        sender.notify("tasks")
+        await asyncio.wait_for(heard, 10)
+        folder = directory / "t"
+        tick = os.stat(folder).st_mtime_ns
+        late = asyncio.create_task(second.wait("tasks", 30))
+        await asyncio.sleep(0)
+        os.utime(folder, ns=(tick, tick))  # bound in the listing's tick
+        sender.notify("tasks")
+        await asyncio.wait_for(late, 10)
+    finally:
+        for channel in (sender, first, second):
+            channel.close()
+
+
+async def test_an_unchanged_wake_folder_costs_one_stat_per_look(
+    temp_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a listing is older than a tick, looking again while the folder stays
+    unchanged (or stays missing) walks no folder: one stat each time."""
+    from sitq.backends.sqlite import wakeup
+
+    monkeypatch.setattr(wakeup, "PEER_REFRESH", 0.0)
+    monkeypatch.setattr(wakeup, "MTIME_TICK_NS", 0)
+    walks: list[Path] = []
+    checked_walk = wakeup.private_dir
+
+    def counted(path: Path, levels: int, *, create: bool = False) -> AbstractContextManager[int]:
+        walks.append(path)
+        return checked_walk(path, levels, create=create)
+
+    monkeypatch.setattr(wakeup, "private_dir", counted)
+    directory = wake_directory(str(temp_root / "t.db"))
+    sender, listener = wakeup.WakeupChannel(directory), wakeup.WakeupChannel(directory)
+    try:
+        for _ in range(5):
+            sender.notify("results")  # nobody listens for results: the folder is missing
+        assert len(walks) == 1
+        heard = asyncio.create_task(listener.wait("tasks", 30))
+        await asyncio.sleep(0)
+        walks.clear()
+        for _ in range(5):
+            sender.notify("tasks")
+        assert len([p for p in walks if p.name == "t"]) == 1
+        await asyncio.wait_for(heard, 10)
+    finally:
+        sender.close()
+        listener.close()

@@ -42,6 +42,11 @@ _KINDS: tuple[WakeKind, ...] = ("tasks", "results", "cancels", "progress")
 #: Seconds between looks at who is listening (a new listener's first wake-up
 #: may wait for its own poll, at most 50 ms, meanwhile).
 PEER_REFRESH = 0.05
+#: A folder's mtime may lag a change by up to a clock tick (a few ms); a listing
+#: made within this many ns of the mtime may miss a change of that same tick.
+MTIME_TICK_NS = 50_000_000
+#: What _peer_paths remembers of a kind's folder that was not there.
+MISSING = -1
 #: The names sitq gives its sockets: ``<pid>-<8 hex digits>``.
 _SOCKET_NAME = re.compile(r"\A[0-9]+-[0-9a-f]{8}\Z")
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
@@ -117,7 +122,9 @@ class WakeupChannel:
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self._sender: socket.socket | None = None
-        self._peers: dict[WakeKind, tuple[float, int, list[str]]] = {}
+        # kind: (when looked, (inode, mtime) of the folder listed, MISSING, or 0 if
+        # unknown; its sockets)
+        self._peers: dict[WakeKind, tuple[float, tuple[int, int] | int, list[str]]] = {}
         self._listeners: dict[WakeKind, socket.socket] = {}
         self._own_paths: set[str] = set()
         self._events: dict[WakeKind, asyncio.Event] = {}
@@ -193,25 +200,44 @@ class WakeupChannel:
         if cached is not None and now - cached[0] < PEER_REFRESH:
             return cached[2]
         directory = self._kind_dir_str(kind)
+        if cached is not None and cached[1]:
+            # One stat: the very folder listed last time, unchanged since (same
+            # inode and mtime), keeps its checked list, and one still missing its
+            # empty one. The checked walk below is a dozen system calls, each a
+            # chance for another thread to take the GIL.
+            try:
+                info = os.stat(directory, follow_symlinks=False)
+                now_seen: tuple[int, int] | int = (info.st_ino, info.st_mtime_ns)
+            except FileNotFoundError:
+                now_seen = MISSING
+            except OSError:
+                now_seen = 0
+            if now_seen == cached[1]:
+                self._peers[kind] = (now, cached[1], cached[2])
+                return cached[2]
+        seen: tuple[int, int] | int = 0
         paths: list[str] = []
-        mtime = 0
         try:
             with self._kind_fd(kind) as fd:
-                mtime = os.fstat(fd).st_mtime_ns
-                if cached is not None and cached[1] == mtime:
-                    paths = cached[2]
-                else:
-                    paths = [
-                        os.path.join(directory, name)
-                        for name in os.listdir(fd)
-                        if _SOCKET_NAME.match(name)
-                    ]
+                info = os.fstat(fd)
+                paths = [
+                    os.path.join(directory, name)
+                    for name in os.listdir(fd)
+                    if _SOCKET_NAME.match(name)
+                ]
+                # A folder's mtime moves in coarse ticks: a socket bound in the tick
+                # of this listing would leave it unchanged. Such a listing is not
+                # kept as the folder's (the next look lists again).
+                if time.time_ns() - info.st_mtime_ns > MTIME_TICK_NS:
+                    seen = (info.st_ino, info.st_mtime_ns)
         except UnsafeWakeDirectory as exc:
             self._refuse(exc)
             return []
-        except OSError:  # not there (yet, or any more): no one to wake
+        except FileNotFoundError:  # not there (yet, or any more): no one to wake
+            seen = MISSING
+        except OSError:
             pass
-        self._peers[kind] = (now, mtime, paths)
+        self._peers[kind] = (now, seen, paths)
         return paths
 
     def _remove_stale(self, kind: WakeKind, name: str) -> None:
