@@ -1,5 +1,5 @@
 -- Dependencies: tasks that wait for others (schema version 9, 10; the settling of a
--- parent's dependents is the trigger sitq_tasks_settle_children).
+-- parent's dependents is the trigger sitq_tasks_ended, since version 12).
 
 -- name: lock_parents
 -- The stored parents of a new dependent, marked as having children (so their final
@@ -90,7 +90,7 @@ ORDER BY c.id, d.position
 -- backends.rewait's rows, a JSON array of
 -- [id, status, waiting, available_at, cancelled_by, error, reset]; reset clears the
 -- end of a cancelled task that waits again. The status never goes from unfinished
--- to final here, so the settling triggers stay still.
+-- to final here, so sitq_tasks_ended settles no dependent.
 UPDATE sitq_tasks
 SET status = m.status, waiting = m.waiting, available_at = m.available_at,
     cancelled_by = m.cancelled_by,
