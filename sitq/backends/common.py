@@ -750,7 +750,8 @@ class SQLBackend(Backend):
         cancelled), in one statement."""
         if not leases:
             return 0
-        leased = self._rows([lease_key(lease) for lease in leases])
+        # Each lease once (a count of what it ends reads them: see _count_released).
+        leased = self._rows(list(dict.fromkeys(lease_key(lease) for lease in leases)))
 
         async def body(tx: Transaction) -> int:
             params = (self.now(), self.default_result_ttl, *leased)

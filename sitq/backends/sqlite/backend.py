@@ -57,6 +57,10 @@ LOCKED_DEADLINE = 120.0
 RESTART_WAIT = 0.1
 
 
+#: The final statuses, which sitq_finished counts.
+_FINAL = frozenset(("succeeded", "failed", "cancelled"))
+
+
 class SQLiteBackend(SQLBackend):
     """Tasks in a single SQLite file (WAL mode).
 
@@ -657,13 +661,14 @@ class SQLiteBackend(SQLBackend):
     ) -> None:
         """Count in sitq_finished the tasks a finish at ``now`` just ended, inside
         its transaction. When every outcome was final and applied, and the leases
-        name their queues (a worker's do), by those: one upsert per queue and status.
-        Else (a lease was lost, a retry may have ended cancelled) by reading back the
-        rows that hold this finish's time under their lease."""
+        name their queues (a worker's do; a lease's queue must be its task's), by
+        those: one upsert per queue and status. Else (a lease was lost, a retry may
+        have ended cancelled) by reading back the rows that hold this finish's time
+        under their lease."""
         groups: dict[tuple[str, str], int] = {}
         if every_final_applied:
             for lease, outcome in items:
-                if lease.queue is None or outcome.status == "queued":
+                if lease.queue is None or outcome.status not in _FINAL:
                     break
                 key = (lease.queue, outcome.status)
                 groups[key] = groups.get(key, 0) + 1
@@ -671,7 +676,8 @@ class SQLiteBackend(SQLBackend):
                 ended = [(now, queue, state, n) for (queue, state), n in groups.items()]
                 conn.executemany(SQL.count_ended, ended)
                 return
-        leases = self._rows([lease_key(lease) for lease, _ in items])[0]
+        # Each lease once: a lease given twice is still one task ended.
+        leases = self._rows(list(dict.fromkeys(lease_key(lease) for lease, _ in items)))[0]
         conn.execute(SQL.count_finished, (now, leases))
 
     async def _finished_by(self, items: Sequence[tuple[Lease, Outcome]], now: float) -> list[bool]:

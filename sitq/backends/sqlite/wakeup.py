@@ -42,9 +42,10 @@ _KINDS: tuple[WakeKind, ...] = ("tasks", "results", "cancels", "progress")
 #: Seconds between looks at who is listening (a new listener's first wake-up
 #: may wait for its own poll, at most 50 ms, meanwhile).
 PEER_REFRESH = 0.05
-#: A folder's mtime may lag a change by up to a clock tick (a few ms); a listing
-#: made within this many ns of the mtime may miss a change of that same tick.
-MTIME_TICK_NS = 50_000_000
+#: A folder's mtime may lag a change by up to a timestamp tick (a few ms on tmpfs
+#: and ext4; whole seconds on some file systems): a listing made within this many
+#: ns of the mtime may miss a change of that same tick, and is not trusted.
+MTIME_TICK_NS = 2_500_000_000
 #: What _peer_paths remembers of a kind's folder that was not there.
 MISSING = -1
 #: The names sitq gives its sockets: ``<pid>-<8 hex digits>``.
@@ -225,9 +226,9 @@ class WakeupChannel:
                     for name in os.listdir(fd)
                     if _SOCKET_NAME.match(name)
                 ]
-                # A folder's mtime moves in coarse ticks: a socket bound in the tick
-                # of this listing would leave it unchanged. Such a listing is not
-                # kept as the folder's (the next look lists again).
+                # A folder's mtime moves in ticks: a socket bound in the tick of this
+                # listing would leave it unchanged. Such a listing is not kept as
+                # the folder's (the next look lists again; see MTIME_TICK_NS).
                 if time.time_ns() - info.st_mtime_ns > MTIME_TICK_NS:
                     seen = (info.st_ino, info.st_mtime_ns)
         except UnsafeWakeDirectory as exc:

@@ -43,8 +43,8 @@ RETURNING t.id, t.queue, t.func_name, t.payload, t.attempts, t.max_retries, t.re
 -- make PostgreSQL (before 17) read and sort every ready task of the queues instead.
 -- It commits without waiting for its WAL flush (async_commit: a flush took most
 -- of a claim's time). A claim lost in a server crash leaves its tasks queued as if
--- never claimed: their worker's finishes are then refused, and they run again, as
--- after a lost lease; no task and no result is lost (a finish commits durably).
+-- never claimed, so they may run again (at least once, as after a lost lease); no
+-- task and no result is lost (enqueues and finishes commit durably).
 -- Never run it in a transaction that writes anything else: that too would commit so.
 WITH picked AS (
     SELECT id FROM {s}.sitq_tasks

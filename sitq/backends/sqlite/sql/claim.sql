@@ -111,8 +111,11 @@ WHERE id = ?8 AND worker_id = ?9 AND attempts = ?10 AND status = 'running'
 -- The tasks a finish just ended, counted (schema version 12: a move out of
 -- 'running' is counted by the statement that makes it, the trigger
 -- sitq_tasks_ended counts the others). ?1 the finish's time, ?2 its leases as a
--- JSON array of [id, worker_id, attempt]: a task whose lease held has that
--- finished_at now, and a final status (a retry has none, or ended cancelled).
+-- JSON array of [id, worker_id, attempt], each once: a task whose lease held has
+-- that finished_at now, and a final status (a retry has none, or ended cancelled).
+-- (A lease refused here because an earlier finish applied it, at the very same
+-- clock reading, would count twice: a real clock never reads the same twice
+-- across two finishes.)
 INSERT INTO sitq_finished (second, queue, state, n)
 SELECT CAST(?1 AS INTEGER), t.queue, t.status, count(*)
 FROM json_each(?2) AS v
@@ -130,8 +133,8 @@ INSERT INTO sitq_finished (second, queue, state, n) VALUES (CAST(?1 AS INTEGER),
 ON CONFLICT (second, queue, state) DO UPDATE SET n = n + excluded.n
 
 -- name: count_released
--- Run just before release, with its parameters: the tasks it ends (cancelled, as
--- they were asked to), counted (see count_finished).
+-- Run just before release, with its parameters (each lease once): the tasks it
+-- ends (cancelled, as they were asked to), counted (see count_finished).
 INSERT INTO sitq_finished (second, queue, state, n)
 SELECT CAST(?1 AS INTEGER), t.queue, 'cancelled', count(*)
 FROM json_each(?3) AS v

@@ -17,7 +17,8 @@ SELECT queue, CASE WHEN started_at IS NULL THEN 'queued' ELSE 'running' END AS s
 FROM sitq_tasks WHERE status = 'running' AND lease_expires_at >= 0 GROUP BY queue, state
 
 -- name: finished_counts
--- The finished tasks per queue and status, kept by triggers (schema version 11).
+-- The finished tasks per queue and status, kept as they finish (schema version 11;
+-- since 12 by the statements that end running tasks and one trigger for the rest).
 SELECT queue, state, SUM(n) FROM sitq_finished GROUP BY queue, state HAVING SUM(n) <> 0
 
 -- name: finished_since
