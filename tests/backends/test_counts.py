@@ -4,8 +4,9 @@ equal a count of the task table after every kind of change, on every backend.
 Since schema version 11 the finished tasks are counted as they end (by triggers;
 on SQLite since version 12 by the statements that end running tasks, and one
 trigger for the other moves), not by a scan: these tests compare the kept counts
-with a brute-force COUNT over the table after each statement that moves tasks between statuses. The clock is the
-backend's own, moved by hand (no sleeps): leases expire and results age at once.
+with a brute-force COUNT over the table after each statement that moves tasks
+between statuses. The clock is the backend's own, moved by hand (no sleeps):
+leases expire and results age at once.
 """
 
 from __future__ import annotations
