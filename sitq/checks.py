@@ -1,4 +1,4 @@
-"""Validation of numeric options, shared by task options, the Worker and the CLI.
+"""Validation of options, shared by task options, the Worker and the CLI.
 
 Each option is checked once, where it enters sitq, for type and range: a NaN
 lease or an infinite delay would otherwise be stored and silently never fire,
@@ -45,4 +45,18 @@ def integer(
         raise ConfigurationError(f"{name} must be an int {bound}, got {value!r}{hint}")
     if value > maximum:
         raise ConfigurationError(f"{name} must be at most {maximum}, got {value!r}{hint}")
+    return value
+
+
+def name(what: str, value: Any) -> str:
+    """``value`` as a name stored in the database (a queue, a unique or limit key):
+    a non-empty string without NUL, which PostgreSQL text cannot hold (SQLite would
+    store it, and a later move to PostgreSQL would fail on it)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
+    if "\x00" in value:
+        raise ConfigurationError(
+            f"{what} {value!r} contains a NUL character, which no database stores as "
+            "text: remove it"
+        )
     return value

@@ -86,8 +86,7 @@ class TaskOptions:
             raise ConfigurationError(
                 f'on_parent_failure must be "cancel" or "run", got {self.on_parent_failure!r}'
             )
-        if not isinstance(self.queue, str) or not self.queue:
-            raise ConfigurationError(f"queue must be a non-empty string, got {self.queue!r}")
+        checks.name("queue", self.queue)
         checks.integer("priority", self.priority)
         if self.delay is not None and self.eta is not None:
             raise ConfigurationError("give either delay or eta, not both")
@@ -109,8 +108,8 @@ class TaskOptions:
             checks.seconds("timeout", self.timeout, positive=True, hint="; use None for no limit")
         for name in ("unique_key", "limit_key"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ConfigurationError(f"{name} must be a non-empty string, got {value!r}")
+            if value is not None:
+                checks.name(name, value)
         if self.result_ttl is not None:
             checks.seconds(
                 "result_ttl", self.result_ttl, hint="; use None for the backend's default"

@@ -213,6 +213,19 @@ async def test_numeric_task_options_are_checked_for_type_and_range(
         queue.with_options(**options)
 
 
+@pytest.mark.parametrize("option", ["queue", "unique_key", "limit_key"])
+async def test_a_nul_character_in_a_name_is_refused(
+    queue: TaskQueue, db_path: Path, option: str
+) -> None:
+    """A queue name or key with NUL would be stored by SQLite and refused by
+    PostgreSQL later (`sitq migrate`, a worker's query): refused at once instead."""
+    with pytest.raises(ConfigurationError, match=f"{option} 'a\\\\x00b' contains a NUL"):
+        queue.with_options(**{option: "a\x00b"})
+    with pytest.raises(ConfigurationError, match="queue 'a\\\\x00' contains a NUL"):
+        Worker(db_path, queues=["ok", "a\x00"])
+    assert (await queue.stats())["totals"]["queued"] == 0
+
+
 async def test_enqueue_many_without_an_iterable_says_what_to_pass(queue: TaskQueue) -> None:
     with pytest.raises(ConfigurationError, match=r"iterable of items.*got int 5.*enqueue\(fn"):
         await queue.enqueue_many(jobs.add, 5)  # type: ignore[arg-type]

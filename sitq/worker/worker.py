@@ -108,6 +108,8 @@ class Worker(Claiming):
             queues = (queues,)
         if not queues or not all(isinstance(q, str) and q for q in queues):
             raise ConfigurationError(f"queues must be non-empty queue names, got {queues!r}")
+        for queue in queues:
+            checks.name("queue", queue)
         if pool not in POOLS:
             raise ConfigurationError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         if max_tasks_per_child is not None:
