@@ -64,6 +64,7 @@ class App:
     def __init__(self, kind: str, db: str, schema: str | None) -> None:
         self.kind = kind
         self.db = db
+        self.schema = schema
         self.table = "orders" if schema is None else f'"{schema}".orders'
         self.conn: Any = None
         self._engine: Any = None
@@ -498,15 +499,35 @@ def test_the_readme_sqlite_example_commits_the_order_and_its_task(
         check.close()
 
 
+async def _refuse_queue(schema: str, queue: str) -> None:
+    """Make PostgreSQL refuse every new task of ``queue`` (a trigger of the test's
+    own): a statement the database refuses, whatever sitq checked before sending it."""
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(
+            f'CREATE FUNCTION "{schema}".refuse_task() RETURNS trigger LANGUAGE plpgsql '
+            "AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
+        )
+        await conn.execute(
+            f'CREATE TRIGGER refuse_task BEFORE INSERT ON "{schema}".sitq_tasks '
+            f"FOR EACH ROW WHEN (NEW.queue = '{queue}') "
+            f'EXECUTE FUNCTION "{schema}".refuse_task()'
+        )
+    finally:
+        await conn.close()
+
+
 @pytest.mark.parametrize("app", ["asyncpg", "psycopg", "sqlalchemy"], indirect=True)
 async def test_a_failed_statement_leaves_the_application_transaction_usable(app: App) -> None:
-    """An enqueue whose statement PostgreSQL refuses (a NUL in a queue name) runs in
-    a savepoint: the error is raised, and the application's transaction goes on."""
+    """An enqueue whose statement PostgreSQL refuses runs in a savepoint: the error
+    is raised, and the application's transaction goes on."""
+    assert app.schema is not None
+    await _refuse_queue(app.schema, "refused")
     async with TaskQueue(app.db) as queue:
         await app.begin_order(5)
         enqueuer = queue.using(app.conn)
-        with pytest.raises(StorageError):
-            await enqueuer.with_options(queue="bad\x00name").enqueue(jobs.add, 1, 1)
+        with pytest.raises(StorageError, match="refused by the test"):
+            await enqueuer.with_options(queue="refused").enqueue(jobs.add, 1, 1)
         task_id = await enqueuer.enqueue(jobs.add, 1, 1)
         await app.begin_order(6)
         await app.commit()

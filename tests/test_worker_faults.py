@@ -289,14 +289,20 @@ async def test_an_outcome_is_written_after_an_outage_shorter_than_its_lease(
         await proxy.start()
         backend = via(proxy.port, schema)
     worker = Worker(backend, lease_seconds=20)  # type: ignore[arg-type]
-    lock = sqlite3.connect(db_url, isolation_level=None) if schema is None else None
+    # Taken and let go off the event loop: a blocking wait for the lock there would
+    # stall the worker in this process, midway through a transaction of its own.
+    lock = (
+        sqlite3.connect(db_url, isolation_level=None, check_same_thread=False)
+        if schema is None
+        else None
+    )
     async with TaskQueue(db_url) as queue:
         await worker.start()
         try:
             task_id = await queue.enqueue(fault_jobs.note_and_sleep, str(log), "ran", 1.0)
             await await_until(_async(log.exists), 20, "the task to start")
             if lock is not None:
-                lock.execute("BEGIN IMMEDIATE")  # the write lock, held
+                await asyncio.to_thread(lock.execute, "BEGIN IMMEDIATE")  # the write lock, held
             else:
                 assert proxy is not None
                 await proxy.stop()
@@ -305,7 +311,7 @@ async def test_an_outcome_is_written_after_an_outage_shorter_than_its_lease(
                 await await_until(_async(lambda: "(try 6)" in caplog.text), 30, "6 failed writes")
             finally:
                 if lock is not None:
-                    lock.execute("ROLLBACK")
+                    await asyncio.to_thread(lock.execute, "ROLLBACK")
                 elif proxy is not None:
                     await proxy.start()
             result = await queue.get_result(task_id, timeout=20)
