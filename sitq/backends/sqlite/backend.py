@@ -440,6 +440,22 @@ class SQLiteBackend(SQLBackend):
         return int((await self._write(lambda: conn.execute(sql, params))).rowcount)
 
     async def _transaction(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
+        """The backend's own transactions (``common.py``'s bodies): run whole in one
+        hop (``direct.py``), so no loop turn falls inside the write lock."""
+        woken: set[WakeKind] = set()
+
+        def whole(conn: sqlite3.Connection) -> T:
+            woken.clear()  # a retry starts over
+            return direct.run_to_end(body(direct.InlineTransaction(conn, woken)))
+
+        value = await self._in_one_hop(whole)
+        for kind in woken:
+            self._wakeup.notify(kind)
+        return value
+
+    async def _stepwise_transaction(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
+        """A layer's transaction (``StoreSession.transaction``): its body may await
+        more than its statements, so each statement is a hop of its own."""
         conn = self._connection()
         woken: set[WakeKind] = set()
 
@@ -455,7 +471,11 @@ class SQLiteBackend(SQLBackend):
     async def _snapshot(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
         # A deferred transaction reads one snapshot of the WAL, and takes no lock.
         conn = self._connection()
-        return await self._immediate(lambda: body(_SQLiteTransaction(conn, set())), begin="BEGIN")
+
+        def whole(raw: sqlite3.Connection) -> T:
+            return direct.run_to_end(body(direct.InlineTransaction(raw, set())))
+
+        return await asyncio.shield(self._locked(lambda: direct.snapshot(conn, whole)))
 
     def _array(self, values: Sequence[Any]) -> str:
         """A list as one JSON text parameter (read with ``json_each``)."""

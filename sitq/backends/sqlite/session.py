@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sitq.backends.common import BackendSession, Transaction, translated
 from sitq.backends.sqlite.enqueue import FAST_PATH_MAX_ROWS, GroupCommit
+from sitq.store import StoreTransaction
 
 if TYPE_CHECKING:
     from sitq.backends.sqlite.backend import SQLiteBackend
+
+T = TypeVar("T")
 
 
 class SQLiteSession(BackendSession):
@@ -21,6 +24,12 @@ class SQLiteSession(BackendSession):
         super().__init__(backend)
         self._sqlite = backend
         self._writer: GroupWriter | None = None
+
+    async def transaction(self, body: Callable[[StoreTransaction], Awaitable[T]]) -> T:
+        """``body`` in one transaction, each statement a hop to the database thread
+        (a layer's body may await more than its statements)."""
+        with translated(self._sqlite):
+            return await self._sqlite._stepwise_transaction(body)
 
     async def write_soon(self, sql: str, params: Sequence[Any] = ()) -> None:
         """One write, group-committed with the others of this loop iteration."""
