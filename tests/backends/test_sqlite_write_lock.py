@@ -5,17 +5,19 @@ failed transaction rolls back and lets the next writer in."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import aiosqlite
 import jobs
 import pytest
-from support import subprocess_env
+from support import subprocess_env, wait_until
 
 from sitq import TaskQueue, TaskStatus, Worker
 from sitq.backends.sqlite import SQLiteBackend, direct
@@ -171,3 +173,40 @@ async def test_a_refused_statement_lets_the_next_writer_in(tmp_path: Path) -> No
         assert await backend._execute("UPDATE sitq_meta SET value = value WHERE 0") == 0
     finally:
         await backend.close()
+
+
+def _status_on_disk(db: Path, task_id: str) -> str:
+    with sqlite3.connect(db) as conn:
+        (status,) = conn.execute(
+            "SELECT status FROM sitq_tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+    return str(status)
+
+
+async def test_the_backend_s_own_transactions_commit_while_the_event_loop_is_stalled(
+    tmp_path: Path,
+) -> None:
+    """A cancel (one of the backend's own multi-statement transactions, like a
+    heartbeat or a reclaim) that waited for SQLite's lock runs to its commit on the
+    database thread once the lock frees, with the event loop stalled: it does not
+    hold the file's write lock until its loop gets round to the next statement."""
+    db = tmp_path / "tasks.db"
+    async with TaskQueue(db) as queue:
+        task_id = await queue.enqueue(jobs.add, 1, 2)
+        other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process's writer holds the file
+            cancel = asyncio.ensure_future(queue.cancel(task_id))
+            for _ in range(20):  # loop turns, no waiting: the cancel reaches its thread
+                await asyncio.sleep(0)
+            assert not cancel.done()  # it waits for the lock
+            threading.Timer(0.1, other.execute, ("COMMIT",)).start()
+            # The loop stalls here (a blocking poll on the loop's own thread).
+            wait_until(
+                lambda: _status_on_disk(db, task_id) == "cancelled",
+                timeout=5.0,
+                what="the cancel to commit while the event loop is stalled",
+            )
+            assert await cancel is True
+        finally:
+            other.close()
