@@ -615,7 +615,9 @@ class Backend(abc.ABC):
         mark of a task among ``items`` is stored as its ``started_at`` with the
         outcome; the others (tasks still running) are written in the same
         transaction, each only while its lease holds, and make them read as
-        running. Returns, per item, whether its outcome applied."""
+        running. Returns, per item, whether its outcome applied. A lease given
+        twice in one call ends its task once, with one of its outcomes (which one,
+        and what is returned for each, is not defined: a worker gives each once)."""
 
     @abc.abstractmethod
     async def record_start(self, lease: Lease) -> bool:

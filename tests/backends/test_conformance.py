@@ -456,6 +456,39 @@ async def test_finish_of_a_batch_refuses_an_already_finished_lease(backend):
     assert results == [True, False]
 
 
+async def test_finish_of_hundreds_applies_each_on_its_own_lease_and_a_repeat_ends_once(
+    backend,
+):
+    """More outcomes than one statement takes (SQLite: 256), not a power of two."""
+    await enqueue_many(backend, 300, queue="many")
+    claimed = await backend.claim("w1", ["many"], 300, LONG_LEASE)
+    assert len(claimed) == 300
+    await backend.finish((), [(task.lease, backend.now()) for task in claimed])  # running
+    outcomes = [SUCCEEDED if i % 3 else FAILED for i in range(300)]
+    items = [(task.lease, outcome) for task, outcome in zip(claimed, outcomes, strict=True)]
+    items[7] = (replace(claimed[7].lease, attempt=9), SUCCEEDED)  # not its lease
+    items[299] = (replace(claimed[299].lease, worker_id="intruder"), SUCCEEDED)
+    items.append((claimed[10].lease, CANCELLED))  # given twice: it ends once, either way
+    results = await backend.finish(items)
+    assert [results[i] for i in range(300) if i != 10] == [
+        i not in (7, 299) for i in range(300) if i != 10
+    ]
+    records = await backend.get_tasks([task.id for task in claimed])
+    for i, task in enumerate(claimed):
+        if i == 10:
+            twice = records[task.id]
+            assert (twice.status, twice.result) in {
+                ("succeeded", SUCCEEDED.result),
+                ("cancelled", None),
+            }
+            continue
+        expected = "running" if i in (7, 299) else outcomes[i].status
+        assert records[task.id].status == expected, i
+    # The counts kept by the finish (schema 11 on) see the repeated lease once.
+    since = (await backend.counts(finished_since=0.0)).finished
+    assert since is not None and sum(since.values()) == 298
+
+
 async def test_retry_outcome_requeues_the_task_for_retry_at(backend):
     claimed = await start(backend, max_retries=1)
     retry_at = backend.now() + 0.3

@@ -649,7 +649,7 @@ class SQLiteBackend(SQLBackend):
             if running is not None:
                 conn.execute(SQL.mark_started, running)
             if final:
-                count = ended = conn.executemany(SQL.finish, final).rowcount
+                count = ended = _finish_rows(conn, final)
             if retries:
                 count += conn.executemany(SQL.finish_or_retry, retries).rowcount
             released = conn.total_changes - before > expected
@@ -761,6 +761,29 @@ class SQLiteBackend(SQLBackend):
         if self._sqlite_session is None:
             self._sqlite_session = SQLiteSession(self)
         return self._sqlite_session
+
+
+#: The most outcomes one ``finish_rows`` statement takes (ten parameters each).
+FINISH_ROWS_MAX = 256
+_NO_OUTCOME = (None,) * 10  # a row of finish_rows that matches no task
+_finish_statements: dict[int, str] = {}
+
+
+def _finish_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Apply finish ``rows`` (finish's parameters each) in as few statements as
+    can be (``finish_rows``); return how many applied. Each statement is padded to
+    a power of two rows, so that a handful of texts stay in the statement cache."""
+    applied = 0
+    for start in range(0, len(rows), FINISH_ROWS_MAX):
+        chunk = list(rows[start : start + FINISH_ROWS_MAX])
+        size = 1 << (len(chunk) - 1).bit_length()
+        sql = _finish_statements.get(size)
+        if sql is None:
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * size)
+            sql = _finish_statements[size] = SQL.finish_rows.replace("{values}", values)
+        chunk += [_NO_OUTCOME] * (size - len(chunk))
+        applied += conn.execute(sql, [value for row in chunk for value in row]).rowcount
+    return applied
 
 
 class _SQLiteTransaction:

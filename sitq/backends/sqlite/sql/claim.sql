@@ -93,6 +93,25 @@ SET status = ?1, result = ?2, error = ?3, traceback = ?4, finished_at = ?5,
     started_at = COALESCE(?7, started_at)
 WHERE id = ?8 AND worker_id = ?9 AND attempts = ?10 AND status = 'running'
 
+-- name: finish_rows
+-- finish for many outcomes in one statement: {values} is one "(?, ...)" of
+-- finish's ten parameters per outcome (a row of NULLs matches no task). One
+-- statement is one step for SQLite, where executemany is one step per row, and
+-- Python's sqlite3 lets go of the GIL around each step: each row then waited for
+-- the event loop to hand the GIL back (up to its 5 ms switch interval).
+UPDATE sitq_tasks
+SET status = v.status, result = v.result, error = v.error, traceback = v.traceback,
+    finished_at = v.now, expires_at = v.now + COALESCE(result_ttl, v.ttl),
+    lease_expires_at = NULL, started_at = COALESCE(v.started_at, sitq_tasks.started_at)
+FROM (
+    SELECT column1 AS status, column2 AS result, column3 AS error, column4 AS traceback,
+        column5 AS now, column6 AS ttl, column7 AS started_at, column8 AS id,
+        column9 AS worker_id, column10 AS attempts
+    FROM (VALUES {values})
+) AS v
+WHERE sitq_tasks.id = v.id AND sitq_tasks.worker_id = v.worker_id
+    AND sitq_tasks.attempts = v.attempts AND sitq_tasks.status = 'running'
+
 -- name: finish_or_retry
 -- finish's row and ?11, the retry time: status 'queued' means "run again
 -- then", unless a cancel was asked for meanwhile.
