@@ -6,6 +6,7 @@ failed transaction rolls back and lets the next writer in."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import jobs
@@ -176,7 +178,7 @@ async def test_a_refused_statement_lets_the_next_writer_in(tmp_path: Path) -> No
 
 
 def _status_on_disk(db: Path, task_id: str) -> str:
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         (status,) = conn.execute(
             "SELECT status FROM sitq_tasks WHERE id = ?", (task_id,)
         ).fetchone()
@@ -194,13 +196,14 @@ async def test_the_backend_s_own_transactions_commit_while_the_event_loop_is_sta
     async with TaskQueue(db) as queue:
         task_id = await queue.enqueue(jobs.add, 1, 2)
         other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        let_go = threading.Timer(0.1, other.execute, ("COMMIT",))
         try:
             other.execute("BEGIN IMMEDIATE")  # another process's writer holds the file
             cancel = asyncio.ensure_future(queue.cancel(task_id))
             for _ in range(20):  # loop turns, no waiting: the cancel reaches its thread
                 await asyncio.sleep(0)
             assert not cancel.done()  # it waits for the lock
-            threading.Timer(0.1, other.execute, ("COMMIT",)).start()
+            let_go.start()
             # The loop stalls here (a blocking poll on the loop's own thread).
             wait_until(
                 lambda: _status_on_disk(db, task_id) == "cancelled",
@@ -209,4 +212,29 @@ async def test_the_backend_s_own_transactions_commit_while_the_event_loop_is_sta
             )
             assert await cancel is True
         finally:
+            let_go.cancel()
+            if let_go.is_alive():
+                let_go.join()
             other.close()
+
+
+async def test_a_backend_transaction_that_waits_for_the_loop_is_refused_and_rolled_back(
+    tmp_path: Path,
+) -> None:
+    """The one-hop bodies must await only their statements: one that waits for
+    anything else is a bug, named as such, and leaves nothing behind."""
+    db = tmp_path / "tasks.db"
+    backend = SQLiteBackend(db)
+    await backend.connect()
+    try:
+
+        async def body(tx: Any) -> None:
+            await tx.execute("INSERT INTO sitq_meta (key, value) VALUES ('probe', 'x')")
+            await asyncio.sleep(0)
+
+        with pytest.raises(RuntimeError, match="waited for the event loop"):
+            await backend._transaction(body)
+        assert await backend._fetch("SELECT value FROM sitq_meta WHERE key = 'probe'") == []
+        assert await backend._execute("UPDATE sitq_meta SET value = value WHERE 0") == 0
+    finally:
+        await backend.close()

@@ -356,8 +356,9 @@ class SQLiteBackend(SQLBackend):
         )
 
     async def _in_one_hop(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """A worker's write transaction (claim, finish), run whole on the database
-        thread (``direct.py``), retried while locked. Shielded like ``_write``."""
+        """A write transaction (a worker's claim and finish, the backend's own
+        ``_transaction``), run whole on the database thread (``direct.py``),
+        retried while locked. Shielded like ``_write``."""
         conn = self._connection()
         lock = self._write_lock
 
@@ -448,10 +449,14 @@ class SQLiteBackend(SQLBackend):
             woken.clear()  # a retry starts over
             return direct.run_to_end(body(direct.InlineTransaction(conn, woken)))
 
-        value = await self._in_one_hop(whole)
-        for kind in woken:
-            self._wakeup.notify(kind)
-        return value
+        async def committed() -> T:
+            value = await self._in_one_hop(whole)
+            for kind in woken:
+                self._wakeup.notify(kind)
+            return value
+
+        # Shielded with its wake-ups: a caller cancelled meanwhile still has them sent.
+        return await asyncio.shield(committed())
 
     async def _stepwise_transaction(self, body: Callable[[Transaction], Awaitable[T]]) -> T:
         """A layer's transaction (``StoreSession.transaction``): its body may await
@@ -763,8 +768,9 @@ class SQLiteBackend(SQLBackend):
         return self._sqlite_session
 
 
-#: The most outcomes one ``finish_rows`` statement takes (ten parameters each).
-FINISH_ROWS_MAX = 256
+#: The most outcomes one ``finish_rows`` statement takes: ten parameters each,
+#: under 999, the fewest a statement may have in any SQLite build's default.
+FINISH_ROWS_MAX = 64
 _NO_OUTCOME = (None,) * 10  # a row of finish_rows that matches no task
 _finish_statements: dict[int, str] = {}
 
@@ -787,7 +793,8 @@ def _finish_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> i
 
 
 class _SQLiteTransaction:
-    """Statements in one of :meth:`SQLiteBackend._transaction`'s transactions."""
+    """Statements in one of :meth:`SQLiteBackend._stepwise_transaction`'s
+    transactions, each a hop to the database thread."""
 
     def __init__(self, conn: aiosqlite.Connection, woken: set[WakeKind]) -> None:
         self._conn = conn

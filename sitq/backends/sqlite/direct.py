@@ -90,10 +90,13 @@ def snapshot(conn: aiosqlite.Connection, body: Callable[[sqlite3.Connection], T]
         raw: sqlite3.Connection = conn._conn
         raw.execute("BEGIN")
         try:
-            return body(raw)
-        finally:
+            value = body(raw)
+        except BaseException:
             if raw.in_transaction:
-                raw.execute("COMMIT")  # a read: commit and rollback alike end it
+                raw.execute("ROLLBACK")
+            raise
+        raw.execute("COMMIT")  # a read: this only ends the snapshot
+        return value
 
     run: Callable[[Callable[[], T]], Awaitable[Any]] = conn._execute
     return run(whole)
