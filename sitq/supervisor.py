@@ -172,11 +172,17 @@ class Supervisor:
             raise SupervisorGaveUp(self._gave_up)
         failed = [c for c in self.children if c.finished != 0]
         if failed:
+            statuses = sorted({c.finished or 0 for c in failed})
+            why = ", ".join(_describe(status) for status in statuses)
+            if self.burst and statuses == [1]:
+                # Not a crash: a burst worker exits 1 when a task of its run failed.
+                why = "with --burst, status 1: some of their tasks failed (see 'burst done')"
             logger.error(
-                "supervisor %s: %d of %d worker processes exited with an error",
+                "supervisor %s: %d of %d worker processes exited with an error (%s)",
                 self.id,
                 len(failed),
                 len(self.children),
+                why,
             )
             return 1
         logger.info("supervisor %s: every worker process exited cleanly", self.id)

@@ -332,6 +332,7 @@ def test_burst_exits_once_every_child_has_exited(database: Path, tmp_path: Path)
     run = sitq("worker", "-p", "2", "--burst", "--import", "jobs", SITQ_DB=str(database))
     assert run.returncode == 1, run.stderr
     assert "1 of 2 worker processes exited with an error" in run.stderr
+    assert "with --burst, status 1: some of their tasks failed" in run.stderr
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite: the tests above
