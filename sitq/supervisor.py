@@ -172,9 +172,11 @@ class Supervisor:
             raise SupervisorGaveUp(self._gave_up)
         failed = [c for c in self.children if c.finished != 0]
         if failed:
-            statuses = sorted({c.finished or 0 for c in failed})
-            why = ", ".join(_describe(status) for status in statuses)
-            if self.burst and statuses == [1]:
+            statuses = {c.finished for c in failed}
+            why = ", ".join(
+                sorted(_describe(s) if s is not None else "no exit status" for s in statuses)
+            )
+            if self.burst and statuses == {1}:
                 # Not a crash: a burst worker exits 1 when a task of its run failed.
                 why = "with --burst, status 1: some of their tasks failed (see 'burst done')"
             logger.error(
