@@ -13,13 +13,14 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import jobs
 import pytest
-from support import subprocess_env, wait_until
+from support import subprocess_env, until_listening, wait_until
 
 from sitq import TaskQueue, TaskStatus, Worker
 from sitq.backends.sqlite import SQLiteBackend, direct
@@ -236,5 +237,53 @@ async def test_a_backend_transaction_that_waits_for_the_loop_is_refused_and_roll
             await backend._transaction(body)
         assert await backend._fetch("SELECT value FROM sitq_meta WHERE key = 'probe'") == []
         assert await backend._execute("UPDATE sitq_meta SET value = value WHERE 0") == 0
+    finally:
+        await backend.close()
+
+
+async def test_a_transaction_whose_caller_is_cancelled_still_commits_and_wakes(
+    tmp_path: Path,
+) -> None:
+    """A cancel whose caller gives up while it waits for the lock still commits
+    on the database thread, and its wake-up still reaches a listener."""
+    db = tmp_path / "tasks.db"
+    listener = SQLiteBackend(db)
+    async with TaskQueue(db) as queue:
+        await listener.connect()
+        other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        try:
+            task_id = await queue.enqueue(jobs.add, 1, 2)
+            await until_listening(listener, "results")
+            heard = asyncio.ensure_future(listener.wait_for_change("results", 30.0))
+            other.execute("BEGIN IMMEDIATE")  # the cancel waits for this writer
+            cancel = asyncio.ensure_future(queue.cancel(task_id))
+            for _ in range(20):  # loop turns, no waiting: the cancel reaches its thread
+                await asyncio.sleep(0)
+            cancel.cancel()  # its caller gives up
+            other.execute("COMMIT")
+            started = time.monotonic()
+            await asyncio.wait_for(heard, 15.0)
+            assert time.monotonic() - started < 10.0  # woken, not timed out
+            assert await queue.status(task_id) == TaskStatus.CANCELLED
+        finally:
+            other.close()
+            await listener.close()
+
+
+async def test_a_read_snapshot_whose_body_raises_ends_and_raises_that_error(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "tasks.db"
+    backend = SQLiteBackend(db)
+    await backend.connect()
+    try:
+
+        async def body(tx: Any) -> None:
+            await tx.fetch("SELECT 1")
+            raise LookupError("the body's own error")
+
+        with pytest.raises(LookupError, match="the body's own error"):
+            await backend._snapshot(body)
+        assert not backend._connection().in_transaction  # the snapshot ended
     finally:
         await backend.close()
