@@ -26,6 +26,7 @@ from concurrent import futures
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
+from sitq.backends.base import run_to_end
 from sitq.errors import NotConnected
 
 T = TypeVar("T")
@@ -209,12 +210,8 @@ def run_inline(coro: Coroutine[Any, Any, T], /) -> T:
     coroutines that never suspend (sitq's writes on a blocking driver's connection,
     ``SyncTaskQueue.using``), so plain code keeps its connection on its own thread.
     One that does suspend is closed, and a RuntimeError says so."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise RuntimeError(
+    return run_to_end(
+        coro,
         "a blocking call waited for an event loop: this connection's driver is not a "
-        "blocking one (use TaskQueue.using from async code)"
+        "blocking one (use TaskQueue.using from async code)",
     )

@@ -28,9 +28,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from sitq.errors import ConfigurationError, InvalidDependency
 
@@ -472,6 +472,23 @@ def claimed_tasks(rows: Sequence[Sequence[Any]], worker_id: str, now: float) -> 
         )
         for r in ordered
     ]
+
+
+_T = TypeVar("_T")
+
+
+def run_to_end(awaitable: Awaitable[_T], suspended: str) -> _T:
+    """Drive ``awaitable`` to its end on the calling thread, without an event loop:
+    for coroutines that never suspend (a blocking driver's writes, a backend
+    transaction run whole on its database thread). One that does suspend is
+    closed, and a RuntimeError says ``suspended``."""
+    steps = awaitable.__await__()
+    try:
+        steps.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    steps.close()
+    raise RuntimeError(suspended)
 
 
 class TaskWriter(Protocol):

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from sitq.backends import base
 from sitq.backends.base import NewTask, WakeKind
 from sitq.backends.sqlite.schema import SQL
 from sitq.backends.sqlite.writelock import WRITE_PATIENCE, WriteLock
@@ -106,15 +107,10 @@ def run_to_end(body: Awaitable[T]) -> T:
     """Drive ``body``, a transaction body over an ``InlineTransaction``, to its end
     on the calling (database) thread. It awaits only its statements, which never
     suspend; one that does is a bug in sitq, closed here with a RuntimeError."""
-    steps = body.__await__()
-    try:
-        steps.send(None)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    steps.close()
-    raise RuntimeError(
+    return base.run_to_end(
+        body,
         "a backend transaction waited for the event loop on the database thread: "
-        "its body must await only its transaction's statements"
+        "its body must await only its transaction's statements",
     )
 
 
