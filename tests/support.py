@@ -151,11 +151,20 @@ def postgres_url(schema: str) -> str:
 
 
 async def drop_postgres_schema(schema: str) -> None:
+    """Drop ``schema`` and everything in it. A test stops the workers on it
+    first; a deadlock with a connection still closing is retried, as
+    PostgreSQL advises for a deadlock's victim."""
     import asyncpg
 
     conn = await asyncpg.connect(POSTGRES_URL)
     try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        for attempt in range(5):
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                return
+            except asyncpg.DeadlockDetectedError:
+                if attempt == 4:
+                    raise
     finally:
         await conn.close()
 

@@ -398,6 +398,7 @@ def test_sync_queue_using_a_blocking_connection(
         schema = "t_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
         asyncio.run(drop_postgres_schema(schema))
         db = postgres_url(schema)
+    worker: WorkerProcess | None = None
     try:
         with SyncTaskQueue(db) as queue:
             queue.connect()
@@ -422,6 +423,9 @@ def test_sync_queue_using_a_blocking_connection(
                     queue.using(asyncio.run(_async_sqlite(db)))
             conn.close()
     finally:
+        # The worker first: a drop beside its transactions can deadlock with them.
+        if worker is not None:
+            worker.stop()
         if schema is not None:
             asyncio.run(drop_postgres_schema(schema))
 
