@@ -7,6 +7,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -381,6 +382,43 @@ def test_help_names_both_backends_and_every_worker_option_has_help() -> None:
     assert "on SQLite (embedded) or PostgreSQL" in text
     text = " ".join(sitq("worker", "--help").stdout.split())
     assert "--log-level [debug|info|warning|error] Least severe log lines shown" in text
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+        timeout=60,
+    )  # fmt: skip
+
+
+def test_a_worker_command_loads_neither_workflows_nor_the_migration() -> None:
+    run = _python(
+        "import sys\n"
+        "from sitq.cli import main\n"
+        "try:\n"
+        "    main(['worker', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
+        "(['sitq', 'workflow'], ['sitq', 'migrate'], ['sitq', 'cli_migrate']) or m == 'yaml'))\n"
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "[]"
+    listed = sitq("--help").stdout
+    assert re.search(r"^\s+migrate\s+Copy everything", listed, re.M), listed
+    assert re.search(r"^\s+workflow\s+Run YAML workflows", listed, re.M), listed
+    assert "Usage: sitq migrate" in sitq("migrate", "--help").stdout
+
+
+def test_workflow_without_its_extra_says_what_to_install() -> None:
+    run = _python(
+        "import sys\n"
+        "sys.modules['yaml'] = None  # as if PyYAML were not installed\n"
+        "from sitq.cli import main\n"
+        "main(['workflow', 'run', 'flow.yaml'])\n"
+    )
+    assert run.returncode == 1, run.stderr
+    assert "`sitq workflow` needs yaml: pip install 'sitq[workflow]'" in run.stderr
 
 
 def test_worker_help_describes_the_default_prefetch() -> None:
