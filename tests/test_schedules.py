@@ -246,8 +246,10 @@ async def test_a_rate_limit_of_10_per_second_holds_over_5_seconds(
 
 
 def test_pause_and_resume_from_the_command_line(db_path: Path, spawn_worker) -> None:
+    """The resume wakes the worker: it polls its paused queue no more than an
+    empty one (every 30 s here), so the held task runs well before that."""
     _create(db_path)
-    spawn_worker().wait_started()
+    spawn_worker("--poll-interval", "30").wait_started()
     assert subprocess.run([SITQ, "pause", "default", "--db", str(db_path)]).returncode == 0
     with SyncTaskQueue(db_path) as queue:
         held = queue.enqueue(jobs.add, 1, 1)
@@ -263,7 +265,7 @@ def test_pause_and_resume_from_the_command_line(db_path: Path, spawn_worker) -> 
             [SITQ, "resume", "default", "--db", str(db_path)], capture_output=True, text=True
         )
         assert "resumed queue 'default'" in resumed.stdout
-        assert queue.get_result(held, timeout=30).value == 2
+        assert queue.get_result(held, timeout=10).value == 2
         assert queue.status(other) is TaskStatus.QUEUED  # not served by this worker
 
 

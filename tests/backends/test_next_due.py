@@ -63,12 +63,28 @@ async def test_a_held_lease_is_due_when_it_expires_in_any_queue(backend):
     assert due is not None and before + LONG_LEASE <= due <= after + LONG_LEASE
 
 
-async def test_under_limits_the_answer_is_now(backend):
-    """A limit's window frees room with no wake-up: keep looking."""
+async def test_while_a_limited_task_waits_the_answer_is_now(backend):
+    """A limit's window frees room with no wake-up: keep looking while a task
+    under a limit waits, and only then (an idle worker polled 20 times a second
+    wherever a limit was merely defined)."""
     await backend.set_limit(LimitRecord("api", None, 1, 60.0))
-    await backend.enqueue([new_task(backend, delay=300)._replace(limit_key="api")])
     await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)  # reads the limits
+    assert await backend.next_due([DEFAULT]) is None
+    await backend.enqueue([new_task(backend, delay=300)._replace(limit_key="api")])
     due = await backend.next_due([DEFAULT])
+    assert due is not None and due <= backend.now()
+
+
+async def test_a_paused_queue_is_left_out_until_resumed(backend):
+    """Resuming a queue wakes the workers, so its tasks need no polling meanwhile
+    (an idle worker polled 20 times a second while a paused queue held any)."""
+    await enqueue(backend)
+    other = await enqueue(backend, queue="other", delay=60)
+    await backend.set_paused(DEFAULT, True)
+    assert await backend.next_due([DEFAULT]) is None
+    assert await backend.next_due([DEFAULT, "other"]) == (await record(backend, other)).available_at
+    await backend.set_paused(DEFAULT, False)
+    due = await backend.next_due([DEFAULT, "other"])
     assert due is not None and due <= backend.now()
 
 
@@ -81,10 +97,15 @@ async def test_sqlite_reads_next_due_from_indexes_without_a_scan(tmp_path: Path)
         name: " ".join(
             str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + SQL[name], params)
         )
-        for name, params in (("next_due_in_queue", ("default",)), ("next_lease_expiry", ()))
+        for name, params in (
+            ("next_due_in_queue", ("default",)),
+            ("next_lease_expiry", ()),
+            ("limited_task_queued", ()),
+        )
     }
     conn.close()
     assert "sitq_tasks_ready" in plans["next_due_in_queue"], plans
     assert "sitq_tasks_running" in plans["next_lease_expiry"], plans
+    assert "sitq_tasks_limited_ready" in plans["limited_task_queued"], plans
     for plan in plans.values():
         assert "SCAN sitq_tasks" not in plan.replace("SCAN sitq_tasks USING", ""), plan

@@ -246,6 +246,11 @@ SELECT MIN(CASE WHEN depth <= 32 THEN (SELECT MIN(t.available_at) FROM {s}.sitq_
     MAX(CASE WHEN depth > 32 THEN 1 ELSE 0 END)
 FROM levels WHERE levels.priority IS NOT NULL
 
+-- name: limited_task_queued
+-- Whether a task under a limit waits (its index's first entry): only then may
+-- room under a limit free up with no wake-up to say so.
+SELECT 1 FROM {s}.sitq_tasks WHERE status = 'queued' AND limit_key IS NOT NULL LIMIT 1
+
 -- name: next_lease_expiry
 -- The first lease to run out, from the running tasks' index.
 SELECT MIN(lease_expires_at) FROM {s}.sitq_tasks WHERE status = 'running'
