@@ -357,6 +357,32 @@ def dumps_checked(
         ) from exc
 
 
+def import_failure(exc: BaseException) -> str | None:
+    """When loading a payload raised ``exc`` inside a module's own code (the task
+    function's module, or one its arguments need, failed to import): which module,
+    what it raised and where. None when no module's code ran."""
+    innermost = None
+    frame = exc.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_name == "<module>":
+            innermost = frame
+        frame = frame.tb_next
+    if innermost is None:
+        return None
+    module = innermost.tb_frame.f_globals.get("__name__", "?")
+    return (
+        f"importing module {module!r} raised {type(exc).__name__}: {exc} "
+        f"({innermost.tb_frame.f_code.co_filename}, line {innermost.tb_lineno})"
+    )
+
+
+#: What to do about an import_failure.
+IMPORT_FAILURE_HINT = (
+    "fix what that module needs when it is imported (its settings, environment "
+    "variables, files) in the process that loads it; its traceback shows where"
+)
+
+
 def loads_checked(
     serializer: Serializer, data: bytes, what: str, binding: Binding | None = None
 ) -> Any:
@@ -366,13 +392,19 @@ def loads_checked(
         return bound_loads(serializer, data, binding)
     except PayloadRejected as exc:
         raise PayloadRejected(f"{what}: {exc}") from None
-    except (ModuleNotFoundError, AttributeError) as exc:
-        raise SerializationError(
-            f"{what} refers to code this process cannot import ({type(exc).__name__}: {exc}); "
-            "start the worker with `--import MODULE` or from the directory holding the module"
-        ) from exc
     except Exception as exc:
-        raise SerializationError(
-            f"{what} could not be deserialized ({type(exc).__name__}: {exc}); "
-            "the stored payload may be corrupt or written by an incompatible serializer"
-        ) from exc
+        failed = import_failure(exc)
+        if failed is not None:
+            message = f"{what} could not be loaded: {failed}; {IMPORT_FAILURE_HINT}"
+        elif isinstance(exc, (ModuleNotFoundError, AttributeError)):
+            message = (
+                f"{what} refers to code this process cannot import ({type(exc).__name__}: "
+                f"{exc}); start the worker with `--import MODULE` or from the directory "
+                "holding the module"
+            )
+        else:
+            message = (
+                f"{what} could not be deserialized ({type(exc).__name__}: {exc}); "
+                "the stored payload may be corrupt or written by an incompatible serializer"
+            )
+        raise SerializationError(message) from exc

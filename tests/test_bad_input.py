@@ -103,6 +103,46 @@ async def test_function_the_worker_cannot_import(
         sys.modules.pop("hidden_tasks", None)
 
 
+@pytest.mark.parametrize("pool", ["thread", "process"])
+async def test_a_module_that_fails_to_import_in_the_worker_is_named_with_its_line(
+    db_path: Path, tmp_path: Path, spawn_worker: Callable[..., WorkerProcess], pool: str
+) -> None:
+    """Not "the payload may be corrupt": the module raised as the worker imported
+    it (a setting missing where the worker runs), and the error says which, where
+    and what, with the import's traceback."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "fragile_tasks.py").write_text(
+        "import os\n"
+        "if os.environ.get('FRAGILE_BREAK'):\n"
+        "    raise RuntimeError('FRAGILE_CONFIG is not set')\n"
+        "def work():\n"
+        "    return 'ok'\n"
+    )
+    sys.path.insert(0, str(app))
+    try:
+        import fragile_tasks  # type: ignore[import-not-found]
+
+        async with TaskQueue(db_path) as queue:
+            task_id = await queue.enqueue(fragile_tasks.work)
+            spawn_worker("--pool", pool, cwd=app, env={"FRAGILE_BREAK": "1"}).wait_started()
+            result = await queue.get_result(task_id, timeout=20)
+            assert result is not None and result.status is TaskStatus.FAILED
+            assert result.error and (
+                "importing module 'fragile_tasks' raised RuntimeError: FRAGILE_CONFIG is not "
+                f"set ({app / 'fragile_tasks.py'}, line 3)"
+            ) in result.error, result.error
+            assert "corrupt" not in result.error and "--import" not in result.error
+            assert result.traceback and "raise RuntimeError('FRAGILE_CONFIG is not set')" in (
+                result.traceback
+            )
+            assert result.attempts == 1
+            await assert_worker_still_serves(queue)
+    finally:
+        sys.path.remove(str(app))
+        sys.modules.pop("fragile_tasks", None)
+
+
 async def test_negative_delay_and_naive_eta(queue: TaskQueue) -> None:
     with pytest.raises(ConfigurationError, match="delay must be >= 0"):
         queue.with_options(delay=-1)

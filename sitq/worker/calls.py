@@ -5,7 +5,8 @@ the same wherever it runs. A reply is one of:
 
 - ``("ok", result_bytes)``
 - ``("error", "ExcType: message", traceback_text)`` (None: the task is not registered)
-- ``("load_error", "ExcType: message")``: the payload would not deserialize
+- ``("load_error", "ExcType: message", traceback_text)``: the payload would not
+  deserialize (a traceback when a module's own code raised as it was imported)
 - ``("bad_payload", "ExcType: message")``: it was refused (PayloadRejected), or is not a call
 - ``("dump_error", "ExcType: message", type_name)``: the return value would not serialize
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 from sitq.errors import PayloadRejected, SerializationError
 from sitq.registry import TaskRef, resolve
-from sitq.serialization import Binding, Serializer, bound_dumps, bound_loads
+from sitq.serialization import Binding, Serializer, bound_dumps, bound_loads, import_failure
 
 Reply = tuple[Any, ...]
 #: What a task's payload and its result are signed for (None: not signing).
@@ -77,7 +78,10 @@ def call_payload(serializer: Serializer, payload: bytes, bindings: Bindings) -> 
     except PayloadRejected as exc:
         return ("bad_payload", f"PayloadRejected: {exc}")
     except BaseException as exc:
-        return ("load_error", f"{type(exc).__name__}: {exc}")
+        failed = import_failure(exc)
+        if failed is not None:  # a module's own code raised: say which, and keep its trace
+            return ("load_error", failed, traceback.format_exc())
+        return ("load_error", f"{type(exc).__name__}: {exc}", None)
     try:
         fn, args, kwargs = unpack_call(call, "this task")
     except SerializationError as exc:

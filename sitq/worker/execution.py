@@ -33,6 +33,7 @@ from sitq.headers import encode as encode_headers
 from sitq.headers import unwrap as unwrap_headers
 from sitq.registry import UnknownTask, resolve
 from sitq.serialization import (
+    IMPORT_FAILURE_HINT,
     Binding,
     Serializer,
     bound_dumps,
@@ -66,6 +67,17 @@ from sitq.worker.thread_slots import ThreadSlots
 #: ``current_task().cancel_requested``) before its child process is killed. Only a
 #: run a child has begun gets it: one not begun yet is cancelled at once.
 PROCESS_CANCEL_GRACE = 1.0
+
+
+def _unloadable(exc: SerializationError) -> Outcome:
+    """The outcome of a task whose payload or parents' results would not load:
+    with the traceback of why, which shows a failed import's own line."""
+    cause = exc.__cause__
+    return Outcome(
+        "failed",
+        error=f"SerializationError: {exc}",
+        traceback=None if cause is None else format_tb(cause),
+    )
 
 
 def parent_missing(task_id: str, results: Sequence[ParentResult] | None) -> ParentMissing | None:
@@ -243,7 +255,7 @@ class Execution:
             fn = resolve(fn)
         except SerializationError as exc:
             # Deterministic: running it again would fail the same way.
-            self._done(running, Outcome("failed", error=f"{type(exc).__name__}: {exc}"))
+            self._done(running, _unloadable(exc))
             return
         except UnknownTask as exc:
             # Maybe only this worker lacks the module (a deploy in progress):
@@ -376,7 +388,7 @@ class Execution:
         except TimedOut:
             outcome = self._timed_out(task, time.monotonic() - started)
         except SerializationError as exc:
-            outcome = Outcome("failed", error=f"SerializationError: {exc}")
+            outcome = _unloadable(exc)
         except ChildDied as exc:
             outcome = self._failure(task, f"ChildDied: {exc}", None)
         except BaseException as exc:
@@ -499,10 +511,13 @@ class Execution:
         if kind == "error":
             return self._failure(task, text, reply[2])
         if kind == "load_error":
+            where = f"task {task.id} ({task.func_name}) could not be loaded in the worker's child"
+            if reply[2] is not None:  # its module's code raised: the reply says what and where
+                error = f"SerializationError: {where}: {text}; {IMPORT_FAILURE_HINT}"
+                return Outcome("failed", error=error, traceback=reply[2])
             error = (
-                f"SerializationError: task {task.id} ({task.func_name}) could not be loaded in "
-                f"the worker's child process ({text}); start the worker with `--import MODULE` "
-                "or from the directory holding the module"
+                f"SerializationError: {where} process ({text}); start the worker with "
+                "`--import MODULE` or from the directory holding the module"
             )
         elif kind == "dump_error":
             error = (
