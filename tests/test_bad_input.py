@@ -128,10 +128,14 @@ async def test_a_module_that_fails_to_import_in_the_worker_is_named_with_its_lin
             spawn_worker("--pool", pool, cwd=app, env={"FRAGILE_BREAK": "1"}).wait_started()
             result = await queue.get_result(task_id, timeout=20)
             assert result is not None and result.status is TaskStatus.FAILED
-            assert result.error and (
-                "importing module 'fragile_tasks' raised RuntimeError: FRAGILE_CONFIG is not "
-                f"set ({app / 'fragile_tasks.py'}, line 3)"
-            ) in result.error, result.error
+            assert (
+                result.error
+                and (
+                    "importing module 'fragile_tasks' raised RuntimeError: FRAGILE_CONFIG is not "
+                    f"set ({app / 'fragile_tasks.py'}, line 3)"
+                )
+                in result.error
+            ), result.error
             assert "corrupt" not in result.error and "--import" not in result.error
             assert result.traceback and "raise RuntimeError('FRAGILE_CONFIG is not set')" in (
                 result.traceback
