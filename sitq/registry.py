@@ -67,6 +67,16 @@ def resolve(fn: Any) -> Any:
     try:
         return _registry[fn.name]
     except KeyError:
+        if fn.name.startswith("__main__."):
+            # Registered by a script run as `python script.py`: no worker can import
+            # that module, so --import would not help.
+            raise UnknownTask(
+                f"no task named {fn.name!r} is registered in this worker: it was "
+                "registered in a script run as __main__, which a worker cannot import; "
+                "define it with @queue.task in a module that the script imports and "
+                "start the worker with `--import MODULE` for it (or give it a name= that "
+                "such a module registers)"
+            ) from None
         raise UnknownTask(
             f"no task named {fn.name!r} is registered in this worker: start it with "
             "`--import MODULE` for the module that defines it with @queue.task"

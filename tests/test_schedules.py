@@ -92,6 +92,36 @@ async def test_a_worker_without_the_module_fails_the_task_and_says_what_to_impor
     assert "--import MODULE" in result.error
 
 
+async def test_a_task_registered_in_a_script_run_as_main_is_named_as_such(
+    db_path: Path, spawn_worker
+) -> None:
+    """`python script.py` registers `__main__.fn`, which no worker can import:
+    the failure says so, instead of suggesting the --import that cannot help."""
+    _create(db_path)
+    proc = _python(
+        "import asyncio\n"
+        "from sitq import TaskQueue\n"
+        "queue = TaskQueue()\n"
+        "@queue.task()\n"
+        "async def send_welcome(user_id: int) -> str:\n"
+        "    return f'hi {user_id}'\n"
+        "async def main() -> None:\n"
+        "    async with queue:\n"
+        "        print(await send_welcome.enqueue(42))\n"
+        "asyncio.run(main())\n",
+        db_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    spawn_worker().wait_started()
+    async with TaskQueue(db_path) as queue:
+        result = await queue.get_result(proc.stdout.strip(), timeout=30)
+    assert result.status is TaskStatus.FAILED
+    assert result.error.startswith(
+        "UnknownTask: no task named '__main__.send_welcome' is registered in this worker: it "
+        "was registered in a script run as __main__, which a worker cannot import"
+    ), result.error
+
+
 # -- periodic tasks ------------------------------------------------------------------
 
 
