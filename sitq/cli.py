@@ -26,6 +26,7 @@ from sitq.dashboard.cli import dashboard
 from sitq.display import redact, terminal_safe
 from sitq.errors import SitqError
 from sitq.overview import supervised_name
+from sitq.queue import TaskQueue
 from sitq.serialization import SignedSerializer
 from sitq.supervisor import Supervisor, follow_supervisor, supervisor_pid
 from sitq.worker import MAX_PREFETCH, POOLS, PREFETCH_BYTES, PREFETCH_HORIZON, Worker
@@ -267,8 +268,27 @@ def worker(
         counts = the_worker.outcomes
         summary = ", ".join(f"{counts[k]} {k}" for k in ("succeeded", "failed", "cancelled"))
         click.echo(f"burst done: {summary} ({counts['retried']} retried attempts)")
+        held = run_on_queue(db, lambda queue: _held_by_pauses(queue, options["queues"]))
+        if held:
+            click.echo(f"not run: {held}")
         if counts["failed"]:
             raise SystemExit(1)
+
+
+async def _held_by_pauses(queue: TaskQueue, queues: tuple[str, ...]) -> str:
+    """The tasks of ``queues`` that a burst left because their queue is paused
+    ("" if none): a burst ends once nothing is ready, and a paused queue's tasks
+    never are."""
+    paused = set(await queue.paused()) & set(queues)
+    if not paused:
+        return ""
+    view = await queue.overview(failures=0)
+    waiting = {name: view.queues[name].ready for name in sorted(paused) if name in view.queues}
+    return "; ".join(
+        f"{ready} ready task(s) in paused queue {name!r} (`sitq resume {name}`)"
+        for name, ready in waiting.items()
+        if ready
+    )
 
 
 def _supervise(ctx: click.Context, db: str, processes: int, burst: bool) -> None:

@@ -299,6 +299,36 @@ def test_pause_and_resume_from_the_command_line(db_path: Path, spawn_worker) -> 
         assert queue.status(other) is TaskStatus.QUEUED  # not served by this worker
 
 
+def test_burst_mode_names_the_tasks_it_left_in_a_paused_queue(db_path: Path) -> None:
+    """A burst ends once nothing is ready, and a paused queue's tasks never are:
+    the summary says they wait, and how to let them run."""
+    _create(db_path)
+    with SyncTaskQueue(db_path) as queue:
+        queue.enqueue_many(jobs.add, [(1, 1), (2, 2)])
+        queue.with_options(queue="other").enqueue(jobs.add, 3, 3)
+    assert subprocess.run([SITQ, "pause", "default", "--db", str(db_path)]).returncode == 0
+    run = subprocess.run(
+        [SITQ, "worker", "--burst", "-q", "default", "-q", "other", "--db", str(db_path)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "burst done: 1 succeeded" in run.stdout
+    assert (
+        "not run: 2 ready task(s) in paused queue 'default' (`sitq resume default`)" in run.stdout
+    )
+    quiet = subprocess.run(
+        [SITQ, "worker", "--burst", "-q", "other", "--db", str(db_path)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+    assert quiet.returncode == 0 and "not run" not in quiet.stdout  # not this worker's queue
+
+
 def test_burst_mode_runs_everything_then_exits_with_a_summary(db_path: Path) -> None:
     _create(db_path)
     with SyncTaskQueue(db_path) as queue:
