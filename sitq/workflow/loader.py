@@ -50,6 +50,8 @@ class YamlMap(dict):
 
     line: int = 0
     key_lines: dict[Any, int]
+    #: The line each key's text starts on: a block scalar's (`key: |`) on the next.
+    text_lines: dict[Any, int]
 
 
 class YamlList(list):
@@ -109,6 +111,7 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> YamlMap:
     result = YamlMap()
     result.line = node.start_mark.line + 1
     result.key_lines = {}
+    result.text_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         try:
@@ -125,6 +128,8 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> YamlMap:
             raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = key_node.start_mark.line + 1
+        block = isinstance(value_node, yaml.ScalarNode) and value_node.style in ("|", ">")
+        result.text_lines[key] = value_node.start_mark.line + (2 if block else 1)
     return result
 
 

@@ -151,10 +151,13 @@ def _kind_of(body: dict[str, Any], step: str, problems: Problems) -> str | None:
         return None
     allowed = (*ITEM_KINDS, "batch")
     if kind is None:
+        # A misspelt `type:` or `task:` (`taks: python`) is the likely cause: name it.
+        near = [key for key in body if suggest(key, ("type", "task"))]
+        hint = f" (key {near[0]!r}: {suggest(near[0], ('type', 'task')).strip()})" if near else ""
         problems.add(
-            line_of(body),
+            line_of(body, near[0]) if near else line_of(body),
             step,
-            f"no step kind: add `type:` (one of {', '.join(ITEM_KINDS)}) or `task: batch`",
+            f"no step kind: add `type:` (one of {', '.join(ITEM_KINDS)}) or `task: batch`{hint}",
         )
         return None
     if kind not in allowed:
@@ -268,9 +271,10 @@ def _parse_task(
                 )
         code = fields.pop("code", None)
         if code is not None:
-            code_line = line_of(holder, "code") + 1
+            source = inputs if "code" in inputs else body
+            code_line = getattr(source, "text_lines", {}).get("code", line_of(holder, "code") + 1)
             if not isinstance(code, str):
-                problems.add(code_line - 1, step, "code must be text (use `code: |`)")
+                problems.add(line_of(holder, "code"), step, "code must be text (use `code: |`)")
                 code = None
         operation = fields.get("operation")
         if code is None and operation is None:
