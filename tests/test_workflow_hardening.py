@@ -372,6 +372,18 @@ def test_a_param_python_code_reads_is_checked_before_the_run(tmp_path: Path, wor
     assert Workflow.from_string(loose, "wf.yaml").validate({"numbers": [1]})
 
 
+def test_a_failed_commands_stderr_is_shown_on_its_own_indented_lines(
+    tmp_path: Path, work: Path
+) -> None:
+    text = "steps:\n  a:\n    type: shell\n    command: 'echo oops >&2; exit 3'\n"
+    proc = _run(work, tmp_path, str(_write(work / "wf.yaml", text)))
+    assert proc.returncode == 1
+    assert "failed a: command exited with status 3: echo oops >&2; exit 3\n    oops\n" in (
+        proc.stdout
+    ), proc.stdout
+    assert "\\n" not in proc.stdout  # no escaped newline shown
+
+
 def test_a_failed_plain_step_is_reported_without_an_item(tmp_path: Path, work: Path) -> None:
     text = "steps:\n  only:\n    type: python\n    code: |\n      raise ValueError('boom')\n"
     proc = _run(work, tmp_path, str(_write(work / "wf.yaml", text)))

@@ -168,7 +168,11 @@ def _print_summary(report: RunReport, file: str) -> None:
         if step.status != "failed":
             click.echo(terminal_safe(f"result of {label}: {preview(step.result)}"))
     for failure in report.failures[:20]:
-        click.echo(terminal_safe(f"failed {_failed_item(failure)}: {failure['error']}"))
+        # An error may span lines (a command's stderr): indent its later ones.
+        text = terminal_safe(
+            f"failed {_failed_item(failure)}: {failure['error']}", keep_newlines=True
+        )
+        click.echo(text.replace("\n", "\n    "))
     if len(report.failures) > 20:
         click.echo(f"... and {len(report.failures) - 20} more failed items")
     if report.ok:
