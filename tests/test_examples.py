@@ -212,7 +212,9 @@ def test_worker_daemon_example(tmp_path: Path) -> None:
         assert code is not None, f"worker still running {WORKER_STOP_TIMEOUT}s after SIGTERM"
         assert code == 0, f"worker exited {code}\n{log_text}"
         assert "SIGTERM received, draining" in log_text, log_text
-        assert "stopped after 20 tasks" in log_text, log_text
+        assert (
+            "stopped after 20 runs (20 succeeded, 0 failed, 0 cancelled, 0 retried)" in log_text
+        ), log_text
 
         status = subprocess.run(
             _sitq("status", "--json"),

@@ -359,7 +359,15 @@ class Worker(Claiming):
             if self._writer is not None:
                 await self._writer.close()
             await self._unregister_and_close()
-            logger.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
+            # Runs, not tasks: a task retried twice ran three times.
+            runs = self.tasks_done
+            logger.info(
+                "worker %s stopped after %d run%s (%s)",
+                self.id,
+                runs,
+                "" if runs == 1 else "s",
+                ", ".join(f"{n} {kind}" for kind, n in self.outcomes.items()),
+            )
         finally:
             self._stopped.set()
 
