@@ -462,7 +462,8 @@ def bench_postgres(tmp: Path, reps: int, quick: bool) -> Table:
     import postgres_drain
 
     n = 5000 if quick else 20_000
-    return asyncio.run(postgres_drain.bench(postgres_drain.DEFAULT_DB, reps, n))
+    # Every system, sitq with --processes 2 too, as postgres_drain.py runs them.
+    return asyncio.run(postgres_drain.bench(postgres_drain.DEFAULT_DB, reps, n, 2, set()))
 
 
 SCENARIOS = {
