@@ -27,7 +27,7 @@ from sitq.display import redact, terminal_safe
 from sitq.errors import SitqError
 from sitq.overview import supervised_name
 from sitq.queue import TaskQueue
-from sitq.serialization import SignedSerializer
+from sitq.serialization import CloudpickleSerializer, SignedSerializer
 from sitq.supervisor import Supervisor, follow_supervisor, supervisor_pid
 from sitq.worker import MAX_PREFETCH, POOLS, PREFETCH_BYTES, PREFETCH_HORIZON, Worker
 
@@ -60,6 +60,10 @@ class _ProcessCount(click.ParamType):
         return count
 
 
+#: The packages `sitq workflow` needs from its extra (sitq[workflow]).
+WORKFLOW_EXTRA = ("yaml", "jinja2", "markupsafe")
+
+
 class _LazyGroup(click.Group):
     """A group whose heavier commands are imported only when asked for.
 
@@ -84,10 +88,11 @@ class _LazyGroup(click.Group):
         try:
             command: click.Command = getattr(importlib.import_module(module), attribute)
         except ImportError as exc:
-            if cmd_name != "workflow":
+            missing = (exc.name or "").partition(".")[0]
+            if cmd_name != "workflow" or missing not in WORKFLOW_EXTRA:
                 raise
             # `sitq workflow` comes with its extra: without it, say what to install.
-            command = _workflow_missing(exc.name or "a dependency")
+            command = _workflow_missing(missing)
         self.add_command(command, cmd_name)
         return command
 
@@ -268,21 +273,25 @@ def worker(
         counts = the_worker.outcomes
         summary = ", ".join(f"{counts[k]} {k}" for k in ("succeeded", "failed", "cancelled"))
         click.echo(f"burst done: {summary} ({counts['retried']} retried attempts)")
-        held = run_on_queue(db, lambda queue: _held_by_pauses(queue, options["queues"]))
+        try:
+            held = asyncio.run(_held_by_pauses(db, options["queues"]))
+        except SitqError as exc:  # only a note: the summary and exit status stand
+            held = f"(could not read the paused queues: {exc})"
         if held:
             click.echo(f"not run: {held}")
         if counts["failed"]:
             raise SystemExit(1)
 
 
-async def _held_by_pauses(queue: TaskQueue, queues: tuple[str, ...]) -> str:
+async def _held_by_pauses(db: str, queues: tuple[str, ...]) -> str:
     """The tasks of ``queues`` that a burst left because their queue is paused
     ("" if none): a burst ends once nothing is ready, and a paused queue's tasks
     never are."""
-    paused = set(await queue.paused()) & set(queues)
-    if not paused:
-        return ""
-    view = await queue.overview(failures=0)
+    async with TaskQueue(db, CloudpickleSerializer(), create=False) as queue:
+        paused = set(await queue.paused()) & set(queues)
+        if not paused:
+            return ""
+        view = await queue.overview(failures=0, counts=False)
     waiting = {name: view.queues[name].ready for name in sorted(paused) if name in view.queues}
     return "; ".join(
         f"{ready} ready task(s) in paused queue {name!r} (`sitq resume {name}`)"

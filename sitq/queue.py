@@ -384,8 +384,9 @@ class TaskQueue(Enqueuer):
     ) -> int:
         """Delete tasks in ``statuses`` (default: every finished one) with their
         results; only of ``queue``, and only finished more than ``older_than``
-        seconds ago, if given. Return how many. A task a worker holds is never
-        deleted (with "queued": those claimed but not started stay)."""
+        seconds ago, if given. Return how many. With "queued", the tasks a worker
+        holds (claimed, not started) stay; with "running", running tasks are
+        deleted too, and their workers' outcomes are discarded."""
         try:
             values = [TaskStatus(status).value for status in statuses]
         except ValueError:

@@ -72,7 +72,7 @@ def resolve(fn: Any) -> Any:
             # that module, so --import would not help.
             raise UnknownTask(
                 f"no task named {fn.name!r} is registered in this worker: it was "
-                "registered in a script run as __main__, which a worker cannot import; "
+                "registered in a script run as __main__, which `sitq worker` cannot import; "
                 "define it with @queue.task in a module that the script imports and "
                 "start the worker with `--import MODULE` for it (or give it a name= that "
                 "such a module registers)"

@@ -358,29 +358,31 @@ def dumps_checked(
 
 
 def import_failure(exc: BaseException) -> str | None:
-    """When loading a payload raised ``exc`` inside a module's own code (the task
-    function's module, or one its arguments need, failed to import): which module,
-    what it raised and where. None when no module's code ran."""
+    """When loading a payload raised ``exc`` inside a module's own top-level code
+    (the task function's module, or one its arguments need, failed to import):
+    which module, what it raised and where, and what to do. None when no module's
+    code ran."""
     innermost = None
     frame = exc.__traceback__
     while frame is not None:
-        if frame.tb_frame.f_code.co_name == "<module>":
+        code, module_globals = frame.tb_frame.f_code, frame.tb_frame.f_globals
+        # A module's body runs as "<module>" from its own file (not code exec'd by a reducer).
+        if code.co_name == "<module>" and code.co_filename == module_globals.get("__file__"):
             innermost = frame
         frame = frame.tb_next
     if innermost is None:
         return None
     module = innermost.tb_frame.f_globals.get("__name__", "?")
-    return (
+    what = (
         f"importing module {module!r} raised {type(exc).__name__}: {exc} "
         f"({innermost.tb_frame.f_code.co_filename}, line {innermost.tb_lineno})"
     )
-
-
-#: What to do about an import_failure.
-IMPORT_FAILURE_HINT = (
-    "fix what that module needs when it is imported (its settings, environment "
-    "variables, files) in the process that loads it; its traceback shows where"
-)
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return f"{what}; install {exc.name.partition('.')[0]!r} where this runs"
+    return (
+        f"{what}; fix what that module needs when it is imported (its settings, "
+        "environment variables, files) where this runs; its traceback shows where"
+    )
 
 
 def loads_checked(
@@ -392,10 +394,10 @@ def loads_checked(
         return bound_loads(serializer, data, binding)
     except PayloadRejected as exc:
         raise PayloadRejected(f"{what}: {exc}") from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module may sys.exit() as it is imported
         failed = import_failure(exc)
         if failed is not None:
-            message = f"{what} could not be loaded: {failed}; {IMPORT_FAILURE_HINT}"
+            message = f"{what} could not be loaded: {failed}"
         elif isinstance(exc, (ModuleNotFoundError, AttributeError)):
             message = (
                 f"{what} refers to code this process cannot import ({type(exc).__name__}: "

@@ -165,6 +165,7 @@ async def drop_postgres_schema(schema: str) -> None:
             except asyncpg.DeadlockDetectedError:
                 if attempt == 4:
                     raise
+                await asyncio.sleep(0.1 * (attempt + 1))
     finally:
         await conn.close()
 

@@ -103,19 +103,35 @@ async def test_function_the_worker_cannot_import(
         sys.modules.pop("hidden_tasks", None)
 
 
-@pytest.mark.parametrize("pool", ["thread", "process"])
+FRAGILE_IMPORTS = {
+    "raise": ("raise RuntimeError('FRAGILE_CONFIG is not set')", "RuntimeError: FRAGILE_CONFIG"),
+    # SystemExit is no Exception: it once ended the worker itself.
+    "exit": ("sys.exit('FRAGILE_CONFIG is not set')", "SystemExit: FRAGILE_CONFIG"),
+    "dependency": ("import fragile_missing_dependency", "ModuleNotFoundError: No module"),
+}
+
+
+@pytest.mark.parametrize(
+    ("pool", "failure"),
+    [("thread", "raise"), ("thread", "exit"), ("thread", "dependency"), ("process", "raise")],
+)
 async def test_a_module_that_fails_to_import_in_the_worker_is_named_with_its_line(
-    db_path: Path, tmp_path: Path, spawn_worker: Callable[..., WorkerProcess], pool: str
+    db_path: Path,
+    tmp_path: Path,
+    spawn_worker: Callable[..., WorkerProcess],
+    pool: str,
+    failure: str,
 ) -> None:
     """Not "the payload may be corrupt": the module raised as the worker imported
     it (a setting missing where the worker runs), and the error says which, where
     and what, with the import's traceback."""
+    statement, raised = FRAGILE_IMPORTS[failure]
     app = tmp_path / "app"
     app.mkdir()
     (app / "fragile_tasks.py").write_text(
-        "import os\n"
+        "import os, sys\n"
         "if os.environ.get('FRAGILE_BREAK'):\n"
-        "    raise RuntimeError('FRAGILE_CONFIG is not set')\n"
+        f"    {statement}\n"
         "def work():\n"
         "    return 'ok'\n"
     )
@@ -128,18 +144,13 @@ async def test_a_module_that_fails_to_import_in_the_worker_is_named_with_its_lin
             spawn_worker("--pool", pool, cwd=app, env={"FRAGILE_BREAK": "1"}).wait_started()
             result = await queue.get_result(task_id, timeout=20)
             assert result is not None and result.status is TaskStatus.FAILED
-            assert (
-                result.error
-                and (
-                    "importing module 'fragile_tasks' raised RuntimeError: FRAGILE_CONFIG is not "
-                    f"set ({app / 'fragile_tasks.py'}, line 3)"
-                )
-                in result.error
-            ), result.error
+            assert result.error, result
+            assert f"importing module 'fragile_tasks' raised {raised}" in result.error, result.error
+            assert f"({app / 'fragile_tasks.py'}, line 3)" in result.error
             assert "corrupt" not in result.error and "--import" not in result.error
-            assert result.traceback and "raise RuntimeError('FRAGILE_CONFIG is not set')" in (
-                result.traceback
-            )
+            if failure == "dependency":
+                assert "install 'fragile_missing_dependency' where this runs" in result.error
+            assert result.traceback and statement in result.traceback
             assert result.attempts == 1
             await assert_worker_still_serves(queue)
     finally:

@@ -421,6 +421,17 @@ def test_workflow_without_its_extra_says_what_to_install() -> None:
     assert "`sitq workflow` needs yaml: pip install 'sitq[workflow]'" in run.stderr
 
 
+def test_a_broken_workflow_module_is_not_passed_off_as_a_missing_extra() -> None:
+    run = _python(
+        "import sys\n"
+        "sys.modules['sitq.workflow.cli'] = None  # as if sitq's own module failed\n"
+        "from sitq.cli import main\n"
+        "main(['workflow', 'run', 'flow.yaml'])\n"
+    )
+    assert run.returncode == 1
+    assert "import of sitq.workflow.cli halted" in run.stderr and "pip install" not in run.stderr
+
+
 def test_worker_help_describes_the_default_prefetch() -> None:
     text = " ".join(sitq("worker", "--help").stdout.split())
     assert "see Worker" not in text

@@ -118,7 +118,7 @@ async def test_a_task_registered_in_a_script_run_as_main_is_named_as_such(
     assert result.status is TaskStatus.FAILED
     assert result.error.startswith(
         "UnknownTask: no task named '__main__.send_welcome' is registered in this worker: it "
-        "was registered in a script run as __main__, which a worker cannot import"
+        "was registered in a script run as __main__, which `sitq worker` cannot import"
     ), result.error
 
 

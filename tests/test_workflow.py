@@ -634,6 +634,8 @@ BAD_WORKFLOWS = [
      "wf.yaml:4: step 'a': no step kind: add `type:` (one of "),
     ("steps:\n  a:\n    taks: python\n",
      "or `task: batch` (key 'taks': did you mean 'task'?)"),
+    ("steps:\n  a:\n    type:\n    taks: python\n",
+     "or `task: batch` (key 'taks': did you mean 'task'?)"),
     ("steps:\n  a:\n    type: echo\n    message: hi\n  a:\n    type: echo\n    message: again\n",
      "wf.yaml:5: invalid YAML: key 'a' is given twice in this mapping (first on line 2)"),
     ("steps:\n  a:\n    type: echo\n    message: hi\n    retry: {max_attempts: 0}\n",
@@ -649,6 +651,12 @@ def test_validation_names_file_line_and_step(text: str, expected: str) -> None:
     with pytest.raises(WorkflowValidationError) as caught:
         Workflow.from_string(text, "wf.yaml").validate({})
     assert expected in str(caught.value)
+
+
+def test_a_step_kind_left_empty_is_not_offered_as_its_own_spelling() -> None:
+    with pytest.raises(WorkflowValidationError) as caught:
+        Workflow.from_string("steps:\n  a:\n    type:\n", "wf.yaml").validate({})
+    assert "no step kind" in str(caught.value) and "did you mean" not in str(caught.value)
 
 
 def test_nothing_runs_when_validation_fails(tmp_path: Path, work: Path) -> None:

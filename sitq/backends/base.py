@@ -610,8 +610,9 @@ class Backend(abc.ABC):
         """When (on :meth:`now`'s clock) work in ``queues`` may next become
         claimable with no wake-up to say so: the earliest time of a queued task
         (a delayed one, a retry) or of a lease's expiry (its task is reclaimed
-        then). None: nothing waits. A worker that found nothing to claim looks
-        again then. This default knows nothing, so it answers "now"."""
+        then). None: nothing waits. A paused queue's tasks do not count (resuming
+        wakes the workers). A worker that found nothing to claim looks again then.
+        This default knows nothing, so it answers "now"."""
         return self.now()
 
     @abc.abstractmethod

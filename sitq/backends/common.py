@@ -720,10 +720,11 @@ class SQLBackend(Backend):
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
         """When a queued task of ``queues`` or a lease falls due (see Backend):
-        a few index seeks, no scan. While a task under a limit waits it answers
-        "now": a limit's window frees room with no wake-up, so the worker keeps
-        polling. A paused queue's tasks are left out: resuming it wakes the workers
-        (before, an idle worker polled 20 times a second while one waited)."""
+        a few index seeks, no scan. While a task under a limit is queued (in any
+        queue, at any time: one seek finds it) it answers "now": a limit's window
+        frees room with no wake-up, so the worker keeps polling. A paused queue's
+        other tasks are left out: resuming it wakes the workers (before, an idle
+        worker polled 20 times a second while one waited)."""
         if self._has_limits and await self._fetch(self.SQL.limited_task_queued):
             return self.now()
         paused = {row[0] for row in await self._fetch(self.SQL.paused_queues)}

@@ -102,8 +102,9 @@ class Claiming(Execution):
     async def _idle_wait(self) -> float:
         """How long a worker that found nothing to claim waits for a wake-up: until
         the next delayed task, retry or lease falls due, at most ``poll_interval``;
-        ``UNSETTLED_POLL`` when something is due but was not claimable (a paused
-        queue, a limit, or a task that fell due since the claim)."""
+        ``UNSETTLED_POLL`` when something is due but was not claimable (a task
+        under a limit, or one that fell due since the claim). A paused queue's
+        tasks are not due: resuming it wakes the workers."""
         try:
             due = await self.backend.next_due(self.queues)
         except Exception as exc:

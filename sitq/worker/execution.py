@@ -33,7 +33,6 @@ from sitq.headers import encode as encode_headers
 from sitq.headers import unwrap as unwrap_headers
 from sitq.registry import UnknownTask, resolve
 from sitq.serialization import (
-    IMPORT_FAILURE_HINT,
     Binding,
     Serializer,
     bound_dumps,
@@ -70,14 +69,10 @@ PROCESS_CANCEL_GRACE = 1.0
 
 
 def _unloadable(exc: SerializationError) -> Outcome:
-    """The outcome of a task whose payload or parents' results would not load:
-    with the traceback of why, which shows a failed import's own line."""
-    cause = exc.__cause__
-    return Outcome(
-        "failed",
-        error=f"SerializationError: {exc}",
-        traceback=None if cause is None else format_tb(cause),
-    )
+    """The outcome of a task that ended in a SerializationError (its payload or
+    its parents' results would not load, or a value would not serialize), with
+    its traceback and its cause's: a failed import shows its own line there."""
+    return Outcome("failed", error=f"SerializationError: {exc}", traceback=format_tb(exc))
 
 
 def parent_missing(task_id: str, results: Sequence[ParentResult] | None) -> ParentMissing | None:
@@ -513,7 +508,7 @@ class Execution:
         if kind == "load_error":
             where = f"task {task.id} ({task.func_name}) could not be loaded in the worker's child"
             if reply[2] is not None:  # its module's code raised: the reply says what and where
-                error = f"SerializationError: {where}: {text}; {IMPORT_FAILURE_HINT}"
+                error = f"SerializationError: {where}: {text}"
                 return Outcome("failed", error=error, traceback=reply[2])
             error = (
                 f"SerializationError: {where} process ({text}); start the worker with "

@@ -152,7 +152,7 @@ def _kind_of(body: dict[str, Any], step: str, problems: Problems) -> str | None:
     allowed = (*ITEM_KINDS, "batch")
     if kind is None:
         # A misspelt `type:` or `task:` (`taks: python`) is the likely cause: name it.
-        near = [key for key in body if suggest(key, ("type", "task"))]
+        near = [k for k in body if k not in ("type", "task") and suggest(k, ("type", "task"))]
         hint = f" (key {near[0]!r}: {suggest(near[0], ('type', 'task')).strip()})" if near else ""
         problems.add(
             line_of(body, near[0]) if near else line_of(body),
