@@ -68,11 +68,12 @@ from sitq.worker.thread_slots import ThreadSlots
 PROCESS_CANCEL_GRACE = 1.0
 
 
-def _unloadable(exc: SerializationError) -> Outcome:
-    """The outcome of a task that ended in a SerializationError (its payload or
-    its parents' results would not load, or a value would not serialize), with
-    its traceback and its cause's: a failed import shows its own line there."""
-    return Outcome("failed", error=f"SerializationError: {exc}", traceback=format_tb(exc))
+def _unloadable(exc: SerializationError, label: str) -> Outcome:
+    """The outcome of a task that ended in ``exc`` (its payload or its parents'
+    results would not load, a payload was refused, or a value would not
+    serialize), its error led by ``label``, with its traceback and its cause's: a
+    failed import shows its own line there."""
+    return Outcome("failed", error=f"{label}: {exc}", traceback=format_tb(exc))
 
 
 def parent_missing(task_id: str, results: Sequence[ParentResult] | None) -> ParentMissing | None:
@@ -250,7 +251,7 @@ class Execution:
             fn = resolve(fn)
         except SerializationError as exc:
             # Deterministic: running it again would fail the same way.
-            self._done(running, _unloadable(exc))
+            self._done(running, _unloadable(exc, type(exc).__name__))
             return
         except UnknownTask as exc:
             # Maybe only this worker lacks the module (a deploy in progress):
@@ -383,7 +384,7 @@ class Execution:
         except TimedOut:
             outcome = self._timed_out(task, time.monotonic() - started)
         except SerializationError as exc:
-            outcome = _unloadable(exc)
+            outcome = _unloadable(exc, "SerializationError")
         except ChildDied as exc:
             outcome = self._failure(task, f"ChildDied: {exc}", None)
         except BaseException as exc:
