@@ -299,6 +299,17 @@ def test_pause_and_resume_from_the_command_line(db_path: Path, spawn_worker) -> 
         assert queue.status(other) is TaskStatus.QUEUED  # not served by this worker
 
 
+def _burst(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`sitq worker --burst ARGS` on ``db``, run to its end."""
+    return subprocess.run(
+        [SITQ, "worker", "--burst", *args, "--db", str(db)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+
+
 def test_burst_mode_names_the_tasks_it_left_in_a_paused_queue(db_path: Path) -> None:
     """A burst ends once nothing is ready, and a paused queue's tasks never are:
     the summary says they wait, and how to let them run."""
@@ -307,25 +318,13 @@ def test_burst_mode_names_the_tasks_it_left_in_a_paused_queue(db_path: Path) -> 
         queue.enqueue_many(jobs.add, [(1, 1), (2, 2)])
         queue.with_options(queue="other").enqueue(jobs.add, 3, 3)
     assert subprocess.run([SITQ, "pause", "default", "--db", str(db_path)]).returncode == 0
-    run = subprocess.run(
-        [SITQ, "worker", "--burst", "-q", "default", "-q", "other", "--db", str(db_path)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
-    )
+    run = _burst(db_path, "-q", "default", "-q", "other")
     assert run.returncode == 0, run.stderr
     assert "burst done: 1 succeeded" in run.stdout
     assert (
         "not run: 2 ready task(s) in paused queue 'default' (`sitq resume default`)" in run.stdout
     )
-    quiet = subprocess.run(
-        [SITQ, "worker", "--burst", "-q", "other", "--db", str(db_path)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
-    )
+    quiet = _burst(db_path, "-q", "other")
     assert quiet.returncode == 0 and "not run" not in quiet.stdout  # not this worker's queue
 
 
@@ -336,25 +335,13 @@ def test_burst_mode_runs_everything_then_exits_with_a_summary(db_path: Path) -> 
         retried = queue.with_options(max_retries=1, retry_backoff=0.2).enqueue(
             jobs.flaky, str(db_path.parent / "count"), 1
         )
-    ok = subprocess.run(
-        [SITQ, "worker", "--burst", "--concurrency", "4", "--db", str(db_path)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
-    )
+    ok = _burst(db_path, "--concurrency", "4")
     assert ok.returncode == 0, ok.stderr
     assert "burst done: 21 succeeded, 0 failed, 0 cancelled (1 retried attempts)" in ok.stdout
     with SyncTaskQueue(db_path) as queue:
         assert all(queue.status(task_id) is TaskStatus.SUCCEEDED for task_id in [*ids, retried])
         queue.enqueue(jobs.fail, "broken")
-    failed = subprocess.run(
-        [SITQ, "worker", "--burst", "--db", str(db_path)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
-    )
+    failed = _burst(db_path)
     assert failed.returncode == 1
     assert "burst done: 0 succeeded, 1 failed" in failed.stdout
 
