@@ -273,14 +273,20 @@ def worker(
         counts = the_worker.outcomes
         summary = ", ".join(f"{counts[k]} {k}" for k in ("succeeded", "failed", "cancelled"))
         click.echo(f"burst done: {summary} ({counts['retried']} retried attempts)")
-        try:
-            held = asyncio.run(_held_by_pauses(db, options["queues"]))
-        except SitqError as exc:  # only a note: the summary and exit status stand
-            held = f"(could not read the paused queues: {exc})"
-        if held:
-            click.echo(f"not run: {held}")
+        if supervisor is None:  # a supervisor's children leave it to say once
+            _note_held_by_pauses(db, options["queues"])
         if counts["failed"]:
             raise SystemExit(1)
+
+
+def _note_held_by_pauses(db: str, queues: tuple[str, ...]) -> None:
+    """After a burst, name the ready tasks it left in paused queues, if any."""
+    try:
+        held = asyncio.run(_held_by_pauses(db, queues))
+    except SitqError as exc:  # only a note: the summary and exit status stand
+        held = f"(could not read the paused queues: {exc})"
+    if held:
+        click.echo(f"not run: {held}")
 
 
 async def _held_by_pauses(db: str, queues: tuple[str, ...]) -> str:
@@ -327,6 +333,8 @@ def _supervise(ctx: click.Context, db: str, processes: int, burst: bool) -> None
         ).run()
     except SitqError as exc:
         fail(str(exc))
+    if burst:
+        _note_held_by_pauses(db, ctx.params["queues"])
     if status:
         raise SystemExit(status)
 

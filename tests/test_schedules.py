@@ -326,6 +326,9 @@ def test_burst_mode_names_the_tasks_it_left_in_a_paused_queue(db_path: Path) -> 
     )
     quiet = _burst(db_path, "-q", "other")
     assert quiet.returncode == 0 and "not run" not in quiet.stdout  # not this worker's queue
+    supervised = _burst(db_path, "--processes", "2")
+    assert supervised.returncode == 0, supervised.stderr
+    assert supervised.stdout.count("not run: 2 ready task(s) in paused queue") == 1  # not per child
 
 
 def test_burst_mode_runs_everything_then_exits_with_a_summary(db_path: Path) -> None:
