@@ -38,6 +38,7 @@ from sitq.serialization import (
     bound_dumps,
     bound_loads,
     dumps_checked,
+    import_failure,
     loads_checked,
     payload_binding,
     result_binding,
@@ -250,6 +251,13 @@ class Execution:
             fn, args, kwargs = unpack_call(call, what)
             fn = resolve(fn)
         except SerializationError as exc:
+            if exc.__cause__ is not None and import_failure(exc.__cause__) is not None:
+                # Its module failed to import here (a setting this host lacks?), as
+                # with UnknownTask: retries, if the task has any, may go elsewhere.
+                self._done(
+                    running, self._failure(task, f"SerializationError: {exc}", format_tb(exc))
+                )
+                return
             # Deterministic: running it again would fail the same way.
             self._done(running, _unloadable(exc, type(exc).__name__))
             return
@@ -509,8 +517,8 @@ class Execution:
         if kind == "load_error":
             where = f"task {task.id} ({task.func_name}) could not be loaded in the worker's child"
             if reply[2] is not None:  # its module's code raised: the reply says what and where
-                error = f"SerializationError: {where}: {text}"
-                return Outcome("failed", error=error, traceback=reply[2])
+                # Retried if the task has retries, as an import failure is in the thread path.
+                return self._failure(task, f"SerializationError: {where}: {text}", reply[2])
             error = (
                 f"SerializationError: {where} process ({text}); start the worker with "
                 "`--import MODULE` or from the directory holding the module"
