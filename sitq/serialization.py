@@ -357,6 +357,12 @@ def dumps_checked(
         ) from exc
 
 
+class ModuleImportFailed(SerializationError):
+    """A payload would not load because a module's own code raised as it was
+    imported (see :func:`import_failure`): a matter of where it loads, not of the
+    payload, so a worker retries the task as it would an unknown one."""
+
+
 def import_failure(exc: BaseException) -> str | None:
     """When loading a payload raised ``exc`` inside a module's own top-level code
     (the task function's module, or one its arguments need, failed to import):
@@ -397,8 +403,8 @@ def loads_checked(
     except (Exception, SystemExit) as exc:  # a module may sys.exit() as it is imported
         failed = import_failure(exc)
         if failed is not None:
-            message = f"{what} could not be loaded: {failed}"
-        elif isinstance(exc, (ModuleNotFoundError, AttributeError)):
+            raise ModuleImportFailed(f"{what} could not be loaded: {failed}") from exc
+        if isinstance(exc, (ModuleNotFoundError, AttributeError)):
             message = (
                 f"{what} refers to code this process cannot import ({type(exc).__name__}: "
                 f"{exc}); start the worker with `--import MODULE` or from the directory "

@@ -34,11 +34,11 @@ from sitq.headers import unwrap as unwrap_headers
 from sitq.registry import UnknownTask, resolve
 from sitq.serialization import (
     Binding,
+    ModuleImportFailed,
     Serializer,
     bound_dumps,
     bound_loads,
     dumps_checked,
-    import_failure,
     loads_checked,
     payload_binding,
     result_binding,
@@ -250,14 +250,12 @@ class Execution:
             call = loads_checked(self.serializer, body, what, self._binding(task, "payload"))
             fn, args, kwargs = unpack_call(call, what)
             fn = resolve(fn)
+        except ModuleImportFailed as exc:
+            # Its module failed to import here (a setting this host lacks?), as
+            # with UnknownTask: retries, if the task has any, may go elsewhere.
+            self._done(running, self._failure(task, f"SerializationError: {exc}", format_tb(exc)))
+            return
         except SerializationError as exc:
-            if exc.__cause__ is not None and import_failure(exc.__cause__) is not None:
-                # Its module failed to import here (a setting this host lacks?), as
-                # with UnknownTask: retries, if the task has any, may go elsewhere.
-                self._done(
-                    running, self._failure(task, f"SerializationError: {exc}", format_tb(exc))
-                )
-                return
             # Deterministic: running it again would fail the same way.
             self._done(running, _unloadable(exc, type(exc).__name__))
             return
