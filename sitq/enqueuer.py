@@ -22,12 +22,17 @@ from sitq.records import check_callable, task_name
 from sitq.registry import TaskHandle
 from sitq.serialization import Serializer, payload_binding
 from sitq.store import StoreTransaction
-from sitq.task import OPTION_NAMES, TaskId, TaskOptions, check_option_keywords, new_task_ids
+from sitq.task import (
+    OPTION_NAMES,
+    Call,
+    TaskId,
+    TaskOptions,
+    check_arguments,
+    check_option_keywords,
+    new_task_ids,
+)
 
 logger = logging.getLogger("sitq.queue")
-
-#: One call of a function: its positional and keyword arguments.
-Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 #: A layer's statements run in the transaction that stores an enqueue_many's tasks:
 #: called with the transaction and the new tasks' ids.
@@ -389,6 +394,7 @@ def new_tasks(
     check_callable(fn)
     if calls and calls[0][1] and not OPTION_NAMES.isdisjoint(calls[0][1]):
         check_option_keywords(fn, calls[0][1])  # only enqueue() passes keywords
+    check_arguments(fn, calls, 1 if headers and PARENT_RESULTS_HEADER in headers else 0)
     name = task_name(fn)
     available_at = options.available_at(now)
     retry_backoff = float(options.retry_backoff)

@@ -57,7 +57,7 @@ from sitq.registry import TaskHandle, TaskRef, register
 from sitq.schedules import CatchUp, Schedule
 from sitq.serialization import Serializer, default_serializer
 from sitq.store import StoreSession
-from sitq.task import Result, TaskOptions, TaskStatus
+from sitq.task import Result, TaskOptions, TaskStatus, check_arguments
 from sitq.transactional import ConnectionEnqueuer
 from sitq.waiters import ResultWaiters
 from sitq.watch import WatchEvent, flatten, watch_looks
@@ -549,6 +549,7 @@ class TaskQueue(Enqueuer):
         if isinstance(fn, TaskHandle):
             options, target = fn.options, TaskRef(fn.name)
         check_callable(target)
+        check_arguments(fn.fn if isinstance(fn, TaskHandle) else fn, [(args, kwargs)])
         return schedules.add(
             Schedule(
                 name=name or task_name(target),

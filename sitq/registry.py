@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from sitq.canvas import Signature
 from sitq.errors import ConfigurationError, SitqError
-from sitq.task import OPTION_NAMES, TaskOptions, check_option_keywords
+from sitq.task import OPTION_NAMES, TaskOptions, check_arguments, check_option_keywords
 
 if TYPE_CHECKING:
     from sitq.enqueuer import Enqueuer
@@ -133,6 +133,7 @@ class TaskHandle(Generic[P, R]):
         refused here, as for ``queue.enqueue`` (use ``with_options``)."""
         if kwargs and not OPTION_NAMES.isdisjoint(kwargs):
             check_option_keywords(self.fn, kwargs)
+        check_arguments(self.fn, [(args, kwargs)])
         return await self._enqueuer.enqueue(self._ref, *args, **kwargs)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:

@@ -8,13 +8,15 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Callable
+import types
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from sitq import checks
-from sitq.errors import ConfigurationError, InvalidDependency, TaskFailed
+from sitq.errors import ConfigurationError, InvalidDependency, InvalidTask, TaskFailed
 
 
 class TaskStatus(str, enum.Enum):
@@ -36,6 +38,9 @@ class TaskStatus(str, enum.Enum):
 
 
 FINISHED_STATUSES = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+#: One call of a function: its positional and keyword arguments.
+Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 DEFAULT_RETRY_BACKOFF = 1.0
 """Seconds before the first retry; each further retry doubles it (with jitter)."""
@@ -249,6 +254,86 @@ class Result:
 
 #: The keywords that are enqueue options: passed to enqueue(), they go to the function.
 OPTION_NAMES = frozenset(TaskOptions.__dataclass_fields__)
+
+
+def check_arguments(fn: Callable[..., Any], calls: Sequence[Call], leading: int = 0) -> None:
+    """Refuse a call that ``fn`` could never accept, as Python would refuse it.
+
+    A missing required argument, one too many, or an unknown keyword would only
+    fail in the worker, after a round trip through the queue: refused here, with
+    Python's own reason. ``leading`` counts the arguments the worker puts first (a
+    chain step's parent result). Checked for plain functions and bound methods,
+    from their code in a few comparisons (an enqueue_many item costs a length and
+    two compares; keywords cost a cached signature's bind). Other callables
+    (builtins, partials, objects with ``__call__``, tasks sent by name) and
+    functions that declare their own ``__signature__`` are left to the worker."""
+    target: Any = fn
+    bound = 0
+    if type(fn) is types.MethodType:
+        target, bound = fn.__func__, 1
+    if type(target) is not types.FunctionType or "__signature__" in target.__dict__:
+        return
+    code = target.__code__
+    most = None if code.co_flags & inspect.CO_VARARGS else code.co_argcount - bound
+    defaults = target.__defaults__
+    least = code.co_argcount - bound - (len(defaults) if defaults else 0)
+    keyword_only = code.co_kwonlyargcount > len(target.__kwdefaults__ or ())
+    for index, (args, kwargs) in enumerate(calls):
+        given = len(args) + leading
+        if not (kwargs or keyword_only or given < least or (most is not None and given > most)):
+            continue
+        problem = _bind_problem(target, leading + bound, args, kwargs)
+        if problem is not None:
+            _refuse_call(fn, index, len(calls), leading, problem)
+
+
+#: Signatures read for keyword checks, by code object (a def's every closure shares it).
+_signatures: weakref.WeakKeyDictionary[Any, inspect.Signature] = weakref.WeakKeyDictionary()
+
+
+def _bind_problem(
+    function: types.FunctionType, leading: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> str | None:
+    """Python's reason ``function(*leading, *args, **kwargs)`` cannot bind, or None
+    (``leading`` placeholders stand for a method's self and a parent's result)."""
+    code = function.__code__
+    signature = _signatures.get(code)
+    if signature is None:
+        signature = _signatures[code] = inspect.signature(function, follow_wrapped=False)
+    try:
+        signature.bind(*((None,) * leading), *args, **kwargs)
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+def _refuse_call(
+    fn: Callable[..., Any],
+    index: int,
+    count: int,
+    leading: int,
+    problem: str,
+) -> None:
+    """Raise InvalidTask naming the function, its signature, the item and ``problem``."""
+    shown = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+    where = f" (item {index} of enqueue_many)" if count > 1 else ""
+    hint = "pass the arguments it takes"
+    if leading:
+        hint += ", not counting the parent's result, which the worker passes first"
+    elif count > 1 and problem.startswith("too many positional"):
+        hint += (
+            "; an item that is a tuple is the positional arguments: wrap a tuple "
+            "meant as one argument as ((a, b),)"
+        )
+    signature = inspect.signature(fn, follow_wrapped=False)
+    bare = signature.replace(
+        parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+        return_annotation=signature.empty,
+    )
+    raise InvalidTask(
+        f"cannot enqueue {shown}{bare}{where}: "
+        f"{problem}; the task could only fail in the worker: {hint}"
+    )
 
 
 def check_option_keywords(fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:

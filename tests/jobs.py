@@ -34,6 +34,21 @@ async def async_add(a: int, b: int) -> int:
     return a + b
 
 
+def keyword_only(a: int, *, key: int) -> int:
+    return a + key
+
+
+class Counter:
+    """A bound method as a task (pickled with its instance)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def bump(self, by: int) -> int:
+        self.count += by
+        return self.count
+
+
 def echo_kwargs(*args: object, **kwargs: object) -> dict[str, object]:
     return {"args": list(args), "kwargs": kwargs}
 

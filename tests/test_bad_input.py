@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import subprocess
@@ -10,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import jobs
 import pytest
@@ -38,6 +40,44 @@ async def test_non_callable_is_rejected(queue: TaskQueue) -> None:
         await queue.enqueue(5)  # type: ignore[arg-type]
     with pytest.raises(TypeError):  # InvalidTask is a TypeError too
         await queue.enqueue_many("not a function", [1])  # type: ignore[arg-type]
+
+
+async def test_a_call_the_function_cannot_take_is_refused_at_enqueue(queue: TaskQueue) -> None:
+    """Python's own reason, the function's signature, and nothing stored: the task
+    could only have failed in the worker."""
+    refusals: list[tuple[Callable[[], Any], str]] = [
+        (lambda: queue.enqueue(jobs.add, 1), r"jobs\.add\(a, b\): missing .* 'b'"),
+        (lambda: queue.enqueue(jobs.add, 1, 2, 3), "too many positional arguments"),
+        (lambda: queue.enqueue(jobs.add, 1, c=3), "missing a required argument: 'b'"),
+        (lambda: queue.enqueue(jobs.add, 1, 2, c=3), "unexpected keyword argument 'c'"),
+        (lambda: queue.enqueue(jobs.keyword_only, 1), "missing a required argument: 'key'"),
+        (lambda: queue.enqueue(jobs.Counter().bump), "missing a required argument: 'by'"),
+        (
+            lambda: queue.enqueue_many(jobs.add, [(1, 2), (1, 2, 3)]),
+            r"\(item 1 of enqueue_many\): too many .* wrap a tuple meant as one argument",
+        ),
+        (lambda: queue.with_options(queue="other").enqueue_many(jobs.add, [1, 2]), "item 0"),
+    ]
+    for attempt, message in refusals:
+        with pytest.raises(InvalidTask, match=message):
+            await attempt()
+    with pytest.raises(InvalidTask, match="missing"):
+        queue.schedule(jobs.add, 1, every=60, name="bad-args")
+    handle = queue.task(jobs.add, name="test_bad_input.add")
+    with pytest.raises(InvalidTask, match="too many positional"):
+        await handle.enqueue(1, 2, 3)
+    assert (await queue.stats())["totals"]["queued"] == 0
+    # What binds is accepted, and callables without a readable code are left alone.
+    accepted = [
+        await queue.enqueue(jobs.add, 1, b=2),
+        await queue.enqueue(jobs.keyword_only, 1, key=2),
+        await queue.enqueue(jobs.echo_kwargs, 1, 2, 3, x=4),
+        await queue.enqueue(jobs.Counter().bump, 3),
+        await queue.enqueue(functools.partial(jobs.add, 1), 2, 3),
+        await queue.enqueue(max, 1, 2),
+        *await queue.enqueue_many(jobs.add, [(1, 2), (3, 4)]),
+    ]
+    assert (await queue.stats())["totals"]["queued"] == len(accepted)
 
 
 async def test_unpicklable_argument_is_named(queue: TaskQueue) -> None:
@@ -243,7 +283,7 @@ async def test_an_open_file_as_an_argument_is_refused(queue: TaskQueue, tmp_path
     notes.write_text("secret contents\n")
     with notes.open() as handle:
         with pytest.raises(SerializationError, match=r"argument 1 \(TextIOWrapper\).*open file"):
-            await queue.enqueue(jobs.noop, handle)
+            await queue.enqueue(jobs.discard, handle)
         with pytest.raises(SerializationError, match="pass its path"):
             await queue.enqueue(lambda: handle.read())
     assert (await queue.stats())["totals"]["queued"] == 0

@@ -16,6 +16,7 @@ from support import WorkerProcess
 from sitq import (
     InvalidComposition,
     InvalidDependency,
+    InvalidTask,
     SyncTaskQueue,
     TaskQueue,
     TaskStatus,
@@ -194,7 +195,9 @@ async def test_bad_inputs_are_refused_and_nothing_is_enqueued(db_path: Path) -> 
         with pytest.raises(InvalidDependency, match="unknown parent"):
             await queue.with_options(depends_on=["0" * 32]).enqueue(jobs.square, 1)
         with pytest.raises(InvalidDependency, match="unknown parent"):
-            await queue.with_options(depends_on=["0" * 32]).submit(chain(sig, sig))
+            await queue.with_options(depends_on=["0" * 32]).submit(
+                chain(sig, queue.signature(jobs.square))
+            )
         with pytest.raises(InvalidDependency, match="unknown parent"):
             await queue.submit(sig.set(depends_on=["nope"]))
         assert (await queue.list_tasks()).tasks == []
@@ -352,3 +355,18 @@ async def test_purging_unfinished_members_settles_the_callback(db_url: str, mode
         await serve(db_url, ("default",), [callback], timeout=10)
         result = await queue.get_result(callback, timeout=1)
         assert result is not None and result.ok and result.value == 2
+
+
+async def test_a_step_is_checked_counting_the_parent_result_the_worker_passes(
+    db_url: str,
+) -> None:
+    async with TaskQueue(db_url) as queue:
+        with pytest.raises(InvalidTask, match="too many positional .* parent's result"):
+            await queue.submit(
+                chain(queue.signature(jobs.add, 1, 1), queue.signature(jobs.add, 1, 2))
+            )
+        # add(parent_result, 10) binds: accepted.
+        assert await queue.submit(
+            chain(queue.signature(jobs.add, 1, 1), queue.signature(jobs.add, 10))
+        )
+        assert (await queue.stats())["totals"]["queued"] == 2
