@@ -29,7 +29,6 @@ from sitq.task import (
     TaskOptions,
     check_arguments,
     check_option_keywords,
-    new_task_ids,
 )
 
 logger = logging.getLogger("sitq.queue")
@@ -117,21 +116,22 @@ class Enqueuer:
         the members' results in order). With ``depends_on``, its first tasks wait
         for those. A bad composition is refused and nothing is stored."""
         if not observed():
-            return await self._store_plan(*self._planned(composition))
+            return await self._store_plan(*await self._planned(composition))
         # One PRODUCER span for the whole composition; each step carries its
         # context, so every run joins the submitter's trace.
         what = composition_name(composition)
         with telemetry.enqueue_scope(self.options.queue, what) as scope:
-            tasks, deps, result_id = self._planned(composition, scope.headers)
+            tasks, deps, result_id = await self._planned(composition, scope.headers)
             await self._store_plan(tasks, deps, result_id)
             scope.committed_tasks([(task.id, task.queue, task.func_name) for task in tasks])
         return result_id
 
-    def _planned(
+    async def _planned(
         self, composition: Composable, trace_headers: dict[str, str] | None = None
     ) -> tuple[list[NewTask], list[Dependency], str]:
         backend = self._writer()
         steps = plan(composition, self.options.depends_on)
+        ids = await reserved_ids(backend, len(steps.steps))
         default = replace(self.options, depends_on=())
         now = backend.now()
         tasks: list[NewTask] = []
@@ -139,7 +139,7 @@ class Enqueuer:
         # A registered task's signature keeps its own options, with the submitter's
         # with_options on top (as enqueueing the handle through it would).
         over = {k: v for k, v in self._overrides.items() if k != "depends_on"}
-        for step in steps.steps:
+        for step, task_id in zip(steps.steps, ids, strict=True):
             sig = step.sig
             if sig.base is None:
                 options = sig.options(default)
@@ -159,6 +159,7 @@ class Enqueuer:
                 step.sig.fn,
                 [(step.sig.args, step.sig.kwargs)],
                 now,
+                [task_id],
                 headers or None,
             )
             tasks.append(task)
@@ -236,7 +237,10 @@ class Enqueuer:
             return run(self._enqueue(fn, calls))
         backend = self._backend_checked()
         try:
-            tasks = new_tasks(self._root.serializer, self.options, fn, calls, backend.now())
+            ids = backend.task_ids(len(calls))
+            if ids is None:
+                ids = run(backend.reserve_task_ids(len(calls)))
+            tasks = new_tasks(self._root.serializer, self.options, fn, calls, backend.now(), ids)
             if not backend.enqueue_blocking(tasks):
                 run(backend.enqueue(tasks))
         except Exception as exc:
@@ -282,14 +286,18 @@ class Enqueuer:
             store = _storing_dependent(backend, self.options)
         serializer = self._root.serializer
         try:
+            ids = backend.task_ids(len(calls))
+            if ids is None:
+                ids = await backend.reserve_task_ids(len(calls))
             if not observed():
-                tasks = new_tasks(serializer, self.options, fn, calls, backend.now())
+                tasks = new_tasks(serializer, self.options, fn, calls, backend.now(), ids)
                 await store(tasks)
                 return [task.id for task in tasks]
             # With a span, metrics and the task_enqueued signal.
             check_callable(fn)
             with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
-                tasks = new_tasks(serializer, self.options, fn, calls, backend.now(), scope.headers)
+                now = backend.now()
+                tasks = new_tasks(serializer, self.options, fn, calls, now, ids, scope.headers)
                 await store(tasks)
                 scope.committed([task.id for task in tasks])
         except Exception as exc:
@@ -305,6 +313,7 @@ class Enqueuer:
         backend = self._writer()
         check_callable(fn)
         try:
+            ids = await reserved_ids(backend, 1)
             with telemetry.enqueue_scope(self.options.queue, task_name(fn)) as scope:
                 (task,) = new_tasks(
                     self._root.serializer,
@@ -312,6 +321,7 @@ class Enqueuer:
                     fn,
                     [(args, kwargs)],
                     backend.now(),
+                    ids,
                     scope.headers,
                 )
                 task_id, created = await backend.enqueue_unique(task)
@@ -379,15 +389,25 @@ def as_calls(items: Iterable[Any]) -> list[Call]:
     return [(item if isinstance(item, tuple) else (item,), empty) for item in iterator]
 
 
+async def reserved_ids(writer: TaskWriter, count: int) -> list[str]:
+    """Ids for ``count`` new tasks from ``writer``: from what it holds, else reserved
+    now. Made before the rows: a signed payload is bound to its row's id, and a
+    composition's tasks name each other."""
+    ids = writer.task_ids(count)
+    return await writer.reserve_task_ids(count) if ids is None else ids
+
+
 def new_tasks(
     serializer: Serializer,
     options: TaskOptions,
     fn: Callable[..., Any],
     calls: Sequence[Call],
     now: float,
+    ids: Sequence[str],
     headers: dict[str, str] | None = None,
 ) -> list[NewTask]:
-    """The task rows of calls of ``fn``: each call serialized (signed and bound to
+    """The task rows of calls of ``fn``, with the ``ids`` given (one a call, from
+    the backend: :func:`reserved_ids`): each call serialized (signed and bound to
     its row when ``serializer`` signs); what is the same for every call is done once.
 
     ``headers`` (trace context) are framed in front of each payload."""
@@ -400,8 +420,6 @@ def new_tasks(
     retry_backoff = float(options.retry_backoff)
     timeout = None if options.timeout is None else float(options.timeout)
     result_ttl = None if options.result_ttl is None else float(options.result_ttl)
-    # Ids are made here, before signing: a signed payload is bound to its row.
-    ids = new_task_ids(len(calls))
     bound = getattr(serializer, "dumps_bound", None)
     try:
         if bound is None:  # not signing: nothing more per task than the pickling

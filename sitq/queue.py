@@ -32,7 +32,7 @@ from sitq.backends.base import (
     TaskRecord,
 )
 from sitq.backends.common import translate_error
-from sitq.enqueuer import Enqueuer, new_tasks, raise_translated
+from sitq.enqueuer import Enqueuer, new_tasks, raise_translated, reserved_ids
 from sitq.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -587,7 +587,8 @@ class TaskQueue(Enqueuer):
         task = None
         if run_with is not None:
             call = [(schedule.args, schedule.kwargs)]
-            (task,) = new_tasks(self.serializer, run_with, schedule.fn, call, backend.now())
+            ids = await reserved_ids(backend, 1)
+            (task,) = new_tasks(self.serializer, run_with, schedule.fn, call, backend.now(), ids)
         advanced = await backend.advance_schedule(
             schedule.name, schedule.spec, due, next_run, task, first=first
         )

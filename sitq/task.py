@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import enum
 import inspect
-import itertools
-import os
 import random
 import time
 import types
@@ -16,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sitq import checks
+from sitq.backends.base import text_task_ids
 from sitq.errors import ConfigurationError, InvalidDependency, InvalidTask, TaskFailed
 
 
@@ -189,26 +188,14 @@ def retry_delay(base: float, attempt: int) -> float:
 
 
 def new_task_id() -> str:
-    """A 32-hex-digit id whose leading digits grow with time (cheap, index-friendly)."""
+    """A text task id (see :func:`new_task_ids`)."""
     return new_task_ids(1)[0]
 
 
-_sequence = itertools.count()
-
-
-def new_task_ids(count: int) -> list[str]:
-    """``count`` ids at once: one clock read and one read of random bytes.
-
-    12 hex digits of milliseconds, 6 of a per-process sequence, 14 random: ids
-    of one process sort in the order they were made, so a batch appends to the
-    end of the primary-key index instead of splitting pages all over it.
-    """
-    prefix = f"{time.time_ns() // 1_000_000:012x}"
-    randomness = os.urandom(7 * count).hex()
-    return [
-        f"{prefix}{next(_sequence) & 0xFFFFFF:06x}{randomness[i : i + 14]}"
-        for i in range(0, 14 * count, 14)
-    ]
+#: ``count`` random text ids that sort by time. Which ids a task gets is its
+#: backend's choice (``Backend.task_ids``); these are the default, and what a
+#: backend that stores ids as text accepts.
+new_task_ids = text_task_ids
 
 
 def to_datetime(value: float | None) -> datetime | None:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import itertools
+import os
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -491,6 +493,25 @@ def run_to_end(awaitable: Awaitable[_T], suspended: str) -> _T:
     raise RuntimeError(suspended)
 
 
+_sequence = itertools.count()
+
+
+def text_task_ids(count: int) -> list[str]:
+    """``count`` text ids, for a backend that stores ids as text: one clock read
+    and one read of random bytes.
+
+    12 hex digits of milliseconds, 6 of a per-process sequence, 14 random: ids
+    of one process sort in the order they were made, so a batch appends to the
+    end of the primary-key index instead of splitting pages all over it.
+    """
+    prefix = f"{time.time_ns() // 1_000_000:012x}"
+    randomness = os.urandom(7 * count).hex()
+    return [
+        f"{prefix}{next(_sequence) & 0xFFFFFF:06x}{randomness[i : i + 14]}"
+        for i in range(0, 14 * count, 14)
+    ]
+
+
 class TaskWriter(Protocol):
     """What the enqueue path stores tasks through: a :class:`Backend`, or a
     :class:`BorrowedConnection` (an application's connection, in its transaction)."""
@@ -500,6 +521,12 @@ class TaskWriter(Protocol):
 
     def describe(self) -> str:
         """Where the tasks go, for messages (never includes secrets)."""
+
+    def task_ids(self, count: int) -> list[str] | None:
+        """See :meth:`Backend.task_ids`."""
+
+    async def reserve_task_ids(self, count: int) -> list[str]:
+        """See :meth:`Backend.reserve_task_ids`."""
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:
         """Store ``tasks`` together (see :meth:`Backend.enqueue`)."""
@@ -541,6 +568,16 @@ class BorrowedConnection(abc.ABC):
     async def prepare(self) -> None:
         """Read what the connection is checked against, on the backend's own
         connections (on the backend's event loop): before the first write."""
+
+    def task_ids(self, count: int) -> list[str] | None:
+        """Ids for new tasks without a round trip, or None: then
+        :meth:`reserve_task_ids` takes them inside the application's transaction
+        (they roll back with it, so they are never handed out twice)."""
+        return text_task_ids(count)
+
+    async def reserve_task_ids(self, count: int) -> list[str]:
+        """``count`` ids for new tasks, reserved in the application's transaction."""
+        return text_task_ids(count)
 
     @abc.abstractmethod
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:
@@ -590,6 +627,21 @@ class Backend(abc.ABC):
         nothing is created (a missing database reads as ``stored=None``) and an
         older schema is not upgraded, as :meth:`connect` would. A database that
         holds other tables than sitq's raises NotASitqDatabase."""
+
+    def task_ids(self, count: int) -> list[str] | None:
+        """Ids for ``count`` new tasks, in enqueue order, made without a round
+        trip; None when more must be reserved first (:meth:`reserve_task_ids`).
+
+        A producer makes a task's id before storing it (a signed payload is bound
+        to it; a composition's tasks name each other). The default: random text
+        ids that sort by time. A backend whose ids are its rows' integer keys
+        hands out blocks it reserved in the database (SQLite)."""
+        return text_task_ids(count)
+
+    async def reserve_task_ids(self, count: int) -> list[str]:
+        """``count`` ids for new tasks, in enqueue order, reserving more in the
+        database if the backend must; each is handed out once, ever."""
+        return text_task_ids(count)
 
     @abc.abstractmethod
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:
