@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import inspect
 import random
-import time
 import types
 import weakref
 from collections.abc import Callable, Sequence
