@@ -22,7 +22,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from sitq.backends.base import BorrowedConnection, Dependency, NewTask
+from sitq.backends.base import BorrowedConnection, Dependency, NewTask, text_task_ids
 from sitq.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -171,6 +171,18 @@ class SQLBorrowed(BorrowedConnection):
             raise
         await adapter.execute(f"RELEASE SAVEPOINT {SAVEPOINT}")
         return value
+
+    def task_ids(self, count: int) -> list[str] | None:
+        """Text ids, or None where the backend reserves ids (then in the
+        application's transaction: they roll back with it)."""
+        return None if self._backend.reserves_ids() else text_task_ids(count)
+
+    async def reserve_task_ids(self, count: int) -> list[str]:
+        """``count`` ids reserved in the application's transaction (text ids where
+        the backend makes them)."""
+        if not self._backend.reserves_ids():
+            return text_task_ids(count)
+        return await self._write(self._backend.reserve_body(count))
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:
         """Write ``tasks`` in the application's transaction."""

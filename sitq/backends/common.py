@@ -71,9 +71,10 @@ from sitq.store import StoreTransaction
 
 T = TypeVar("T")
 
-#: A TaskRecord's columns, in its order.
+#: A TaskRecord's columns after its id, in its order (each dialect's get_tasks
+#: reads the id as text before them).
 TASK_COLUMNS = (
-    "id, queue, func_name, status, priority, attempts, max_retries, enqueued_at, "
+    "queue, func_name, status, priority, attempts, max_retries, enqueued_at, "
     "available_at, started_at, finished_at, worker_id, result, error, traceback, "
     "progress_done, progress_total, progress_message, progress_at"
 )
@@ -280,7 +281,21 @@ class SQLBackend(Backend):
         for target in range(version + 1, self.SCHEMA_VERSION + 1):
             for statement in self.MIGRATIONS[target]:
                 await tx.execute(statement)
+            await self._upgraded(tx, target)
             await tx.execute(self.SQL.write_schema_version, (str(target),))
+
+    def reserves_ids(self) -> bool:
+        """Task ids come from blocks reserved in the database (``reserve_body``)."""
+        return False
+
+    def reserve_body(self, count: int) -> Callable[[Transaction], Awaitable[list[str]]]:
+        """A transaction body that reserves exactly ``count`` ids and returns them
+        (for a borrowed connection; see ``reserves_ids``)."""
+        raise NotImplementedError
+
+    async def _upgraded(self, tx: Transaction, version: int) -> None:
+        """Run after the statements of the upgrade to ``version``, in ``tx``: what
+        a migration does that SQL alone cannot (a step that depends on the data)."""
 
     # -- the application's own transaction ----------------------------------
 

@@ -24,7 +24,15 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from sitq.backends.base import DEAF_POLL, LOST_LEASE_LIMIT, Lease, NewTask, Outcome, WakeKind
+from sitq.backends.base import (
+    DEAF_POLL,
+    LOST_LEASE_LIMIT,
+    Lease,
+    NewTask,
+    Outcome,
+    WakeKind,
+    text_task_ids,
+)
 from sitq.backends.borrowed import DriverConnection
 from sitq.backends.common import (
     SQLBackend,
@@ -34,7 +42,7 @@ from sitq.backends.common import (
     limit_room_allowed,
     translate_error,
 )
-from sitq.backends.sqlite import borrowed, direct
+from sitq.backends.sqlite import borrowed, direct, layout
 from sitq.backends.sqlite import schema as q
 from sitq.backends.sqlite.enqueue import (
     JOURNAL_SIZE_LIMIT,
@@ -108,6 +116,9 @@ class SQLiteBackend(SQLBackend):
         self._page_size = 4096
         self._blocking: BlockingInserter | None = None
         self._sqlite_session: SQLiteSession | None = None
+        #: The file keeps tasks under integer row ids (read at connect).
+        self.integer_ids = False
+        self._ids = layout.IdBlock()
 
     def describe(self) -> str:
         """The database file's path."""
@@ -146,6 +157,7 @@ class SQLiteBackend(SQLBackend):
             await self._refuse_a_foreign_file()
             await self._configure()
             await self._migrate()
+            self.integer_ids = await layout.has_integer_ids(_SQLiteTransaction(conn, set()))
             self._batcher = EnqueueBatcher(
                 self.path,
                 self._enqueue_in_thread,
@@ -494,6 +506,42 @@ class SQLiteBackend(SQLBackend):
         return self._rows([(*lease_key(lease), when) for lease, when in marks])
 
     # -- producer side ----------------------------------------------------
+
+    def task_ids(self, count: int) -> list[str] | None:
+        """Ids from the block this instance reserved (None when it runs short), or
+        text ids in a file that keeps them (see :mod:`sitq.backends.sqlite.layout`)."""
+        if not self.integer_ids:
+            return text_task_ids(count)
+        return self._ids.take(count)
+
+    async def reserve_task_ids(self, count: int) -> list[str]:
+        """Reserve a block of ids (at least ``count``) in one short write; the
+        first ``count`` of it."""
+        if not self.integer_ids:
+            return text_task_ids(count)
+        size = max(count, layout.ID_BLOCK)
+
+        async def reserve(tx: Transaction) -> int:
+            return int((await tx.fetch(SQL.reserve_task_ids, (size,)))[0][0])
+
+        return self._ids.refill(await self._transaction(reserve), size, count)
+
+    def reserves_ids(self) -> bool:
+        """See :meth:`SQLBackend.reserves_ids`: in a file with integer ids."""
+        return self.integer_ids
+
+    def reserve_body(self, count: int) -> Callable[[Transaction], Awaitable[list[str]]]:
+        """See :meth:`SQLBackend.reserve_body`."""
+
+        async def reserve(tx: Transaction) -> list[str]:
+            start = int((await tx.fetch(SQL.reserve_task_ids, (count,)))[0][0])
+            return [str(n) for n in range(start, start + count)]
+
+        return reserve
+
+    async def _upgraded(self, tx: Transaction, version: int) -> None:
+        if version == 13:  # a file with no task yet takes integer ids
+            await layout.rebuild(tx, integer=True)
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:
         """Insert ``tasks`` in one transaction and wake the workers.

@@ -10,7 +10,7 @@ from sitq.sqlfiles import Queries, load_queries, migrations
 #: Every named query of ``sql/*.sql``.
 SQL: Queries = load_queries(__package__ or "sitq.backends.sqlite")
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 #: Each entry upgrades the schema from version (key - 1) to version key.
 MIGRATIONS: dict[int, tuple[str, ...]] = migrations(SQL, SCHEMA_VERSION)

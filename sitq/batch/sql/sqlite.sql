@@ -34,7 +34,7 @@ SELECT id, created_at, size FROM sitq_batches ORDER BY created_at DESC, id
 LIMIT coalesce(?1, -1) OFFSET ?2
 
 -- name: batch_members
-SELECT position, task_id FROM sitq_batch_tasks WHERE batch_id = ?1 ORDER BY position
+SELECT position, CAST(task_id AS TEXT) FROM sitq_batch_tasks WHERE batch_id = ?1 ORDER BY position
 
 -- name: count_batch_statuses
 -- A task claimed but not started reads as queued (as everywhere).

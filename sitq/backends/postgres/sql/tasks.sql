@@ -34,7 +34,7 @@ SELECT id FROM {s}.sitq_tasks WHERE unique_key = $1 AND status IN ('queued', 'ru
 -- name: get_tasks
 -- {columns}: the task columns asked for (base.task_columns), filled in first;
 -- then {s} as everywhere.
-SELECT {columns} FROM {s}.sitq_tasks WHERE id = ANY($1::text[])
+SELECT id, {columns} FROM {s}.sitq_tasks WHERE id = ANY($1::text[])
 
 -- name: lock_task_status
 -- Locks the row: a worker's finish or retry cannot slip in between reading

@@ -17,7 +17,7 @@ WHERE rowid IN (
     ORDER BY priority DESC, available_at, rowid
     LIMIT ?
 )
-RETURNING id, queue, func_name, payload, attempts, max_retries, retry_backoff, timeout,
+RETURNING CAST(id AS TEXT), queue, func_name, payload, attempts, max_retries, retry_backoff, timeout,
     enqueued_at, priority, available_at, rowid, recorded_start
 
 -- name: claim_limited
@@ -33,7 +33,7 @@ WHERE rowid IN (
     ORDER BY priority DESC, available_at, rowid
     LIMIT ?
 )
-RETURNING id, queue, func_name, payload, attempts, max_retries, retry_backoff, timeout,
+RETURNING CAST(id AS TEXT), queue, func_name, payload, attempts, max_retries, retry_backoff, timeout,
     enqueued_at, priority, available_at, rowid, recorded_start
 
 -- name: reclaim_expired
@@ -81,7 +81,7 @@ WHERE id = ?1 AND worker_id = ?2 AND attempts = ?3 AND status = 'running'
 -- must be left to expire and run again.
 UPDATE sitq_tasks SET lease_expires_at = ?
 WHERE status = 'running' AND worker_id = ? AND id IN (SELECT value FROM json_each(?))
-RETURNING id, cancel_requested
+RETURNING CAST(id AS TEXT), cancel_requested
 
 -- name: finish
 -- A final outcome (succeeded, failed, cancelled): the hot path, kept lean. The
@@ -200,7 +200,7 @@ FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS w
       FROM json_each(?3)) AS v
 WHERE sitq_tasks.id = v.id AND sitq_tasks.worker_id = v.worker_id
     AND sitq_tasks.attempts = v.attempt AND sitq_tasks.status = 'running'
-RETURNING id
+RETURNING CAST(id AS TEXT)
 
 -- name: next_due_in_queue
 -- The earliest available_at among the queued tasks of queue ?1 without a limit

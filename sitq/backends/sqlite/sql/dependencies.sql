@@ -6,7 +6,7 @@
 -- status settles it); inside the write lock, so no finish slips in between.
 UPDATE sitq_tasks SET has_children = 1
 WHERE id IN (SELECT value FROM json_each(?1))
-RETURNING id, status, cancelled_by, func_name
+RETURNING CAST(id AS TEXT), status, CAST(cancelled_by AS TEXT), func_name
 
 -- name: mark_dependents
 -- New tasks' dependency state, a JSON array of
@@ -32,13 +32,13 @@ SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(va
 FROM json_each(?1)
 
 -- name: task_parents
-SELECT parent_id FROM sitq_dependencies WHERE child_id = ?1 ORDER BY position
+SELECT CAST(parent_id AS TEXT) FROM sitq_dependencies WHERE child_id = ?1 ORDER BY position
 
 -- name: task_parent_results
 -- A dependent's parents' outcomes, one row per parent in its order (the result only
 -- if it succeeded); a parent whose row is gone has the status 'purged' (deleted
 -- before it finished, so it ended without a result) or 'missing' (deleted since).
-SELECT d.parent_id, COALESCE(t.func_name, ''),
+SELECT CAST(d.parent_id AS TEXT), COALESCE(t.func_name, ''),
        CASE WHEN t.id IS NOT NULL THEN t.status
             WHEN d.parent_purged <> 0 THEN 'purged' ELSE 'missing' END,
        CASE WHEN t.status = 'succeeded' THEN t.result END
@@ -46,17 +46,18 @@ FROM sitq_dependencies d LEFT JOIN sitq_tasks t ON t.id = d.parent_id
 WHERE d.child_id = ?1 ORDER BY d.position
 
 -- name: task_children
-SELECT child_id FROM sitq_dependencies WHERE parent_id = ?1 ORDER BY child_id
+SELECT CAST(child_id AS TEXT) FROM sitq_dependencies WHERE parent_id = ?1 ORDER BY child_id
 
 -- name: task_wait_state
-SELECT waiting, parent_mode, cancelled_by FROM sitq_tasks WHERE id = ?1
+SELECT waiting, parent_mode, CAST(cancelled_by AS TEXT) FROM sitq_tasks WHERE id = ?1
 
 -- name: retry_family
 -- The tasks a retry of ?1 (a JSON array of ids) may change (see backends.rewait):
 -- those ids, the dependents their failure cancelled (transitively; each names the
 -- root of its cancel), and the queued dependents of all of these.
 WITH RECURSIVE family(id, expand) AS (
-    SELECT value, 1 FROM json_each(?1)
+    -- the stored ids, as the column holds them (an integer, or text)
+    SELECT id, 1 FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?1))
     UNION
     SELECT id, 1 FROM sitq_tasks
     WHERE cancelled_by IN (SELECT value FROM json_each(?1)) AND status = 'cancelled'
@@ -68,7 +69,7 @@ WITH RECURSIVE family(id, expand) AS (
     WHERE f.expand AND (c.status = 'queued' OR (
         c.status = 'cancelled' AND c.cancelled_by IN (SELECT value FROM json_each(?1))))
 )
-SELECT DISTINCT id FROM family ORDER BY id
+SELECT DISTINCT CAST(id AS TEXT) FROM family ORDER BY id
 
 -- name: lock_tasks
 -- PostgreSQL locks the tasks and their parents here; with SQLite's one writer at a
@@ -78,8 +79,9 @@ SELECT ?1 IS NULL
 -- name: family_state
 -- Per task of ?1 that waits for others, its state and each stored parent's, one row
 -- per parent in its order.
-SELECT c.id, c.status, c.waiting, c.parent_mode, c.available_at, c.cancelled_by,
-       p.id, p.status, p.cancelled_by, p.func_name
+SELECT CAST(c.id AS TEXT), c.status, c.waiting, c.parent_mode, c.available_at,
+       CAST(c.cancelled_by AS TEXT), CAST(p.id AS TEXT), p.status, CAST(p.cancelled_by AS TEXT),
+       p.func_name
 FROM sitq_tasks c
 JOIN sitq_dependencies d ON d.child_id = c.id
 JOIN sitq_tasks p ON p.id = d.parent_id

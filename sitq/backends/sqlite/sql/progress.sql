@@ -17,6 +17,6 @@ WHERE sitq_tasks.id = v.id AND sitq_tasks.worker_id = v.worker_id
 
 -- name: task_progress
 -- The status as task_statuses reads it, and the progress columns.
-SELECT id, CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELSE status END,
+SELECT CAST(id AS TEXT), CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELSE status END,
     progress_done, progress_total, progress_message, progress_at
 FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))

@@ -619,3 +619,32 @@ BEGIN
         SELECT d.child_id FROM sitq_dependencies d
         WHERE d.parent_id IN (SELECT x.id FROM sitq_tasks x WHERE x.cancelled_by = NEW.id));
 END
+
+-- Version 13: integer task ids. A file whose tasks are kept by their integer row
+-- id (the public id is its decimal string) has no separate index on a text id:
+-- an insert changes two B-trees, not three. The counter below hands each producer
+-- a block of ids (reserve_task_ids in tasks.sql); it starts at a random point
+-- above 2**32 so that two files' ids do not meet (sitq migrate merges files).
+-- The tables are rebuilt with integer ids (sitq.backends.sqlite.layout) only
+-- while they hold no task: a file with tasks keeps the text ids it has.
+
+-- name: v13_01_start_task_ids
+INSERT OR IGNORE INTO sitq_meta (key, value)
+VALUES ('next_task_id', CAST(4294967296 + (random() & 4503599627370495) AS TEXT))
+
+-- Not a migration: the statements sitq.backends.sqlite.layout runs.
+
+-- name: tasks_tables
+-- The tables whose columns name a task, with what goes with them: the order to
+-- drop and create them in, then their indexes and triggers.
+SELECT type, name, tbl_name, sql FROM sqlite_master
+WHERE tbl_name IN ('sitq_tasks', 'sitq_dependencies', 'sitq_batch_tasks') AND sql IS NOT NULL
+ORDER BY type <> 'table', rowid
+
+-- name: tasks_tables_empty
+SELECT NOT EXISTS (SELECT 1 FROM sitq_tasks)
+    AND NOT EXISTS (SELECT 1 FROM sitq_dependencies)
+    AND NOT EXISTS (SELECT 1 FROM sitq_batch_tasks)
+
+-- name: task_id_column_type
+SELECT type FROM pragma_table_info('sitq_tasks') WHERE name = 'id'

@@ -74,7 +74,7 @@ WHERE status = 'running' AND started_at IS NULL AND lease_expires_at >= 0
 GROUP BY queue, worker_id
 
 -- name: running_tasks
-SELECT id, queue, func_name, status, priority, attempts, max_retries, enqueued_at,
+SELECT CAST(id AS TEXT), queue, func_name, status, priority, attempts, max_retries, enqueued_at,
     available_at, started_at, finished_at, worker_id, result, error, traceback,
     progress_done, progress_total, progress_message, progress_at
 FROM sitq_tasks
@@ -82,7 +82,7 @@ WHERE status = 'running' AND lease_expires_at >= 0 AND started_at IS NOT NULL
 ORDER BY started_at
 
 -- name: recent_failures
-SELECT id, queue, func_name, status, priority, attempts, max_retries, enqueued_at,
+SELECT CAST(id AS TEXT), queue, func_name, status, priority, attempts, max_retries, enqueued_at,
     available_at, started_at, finished_at, worker_id, result, error, traceback,
     progress_done, progress_total, progress_message, progress_at
 FROM sitq_tasks

@@ -7,20 +7,32 @@ INSERT INTO sitq_tasks (id, queue, func_name, payload, status, priority, enqueue
     available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key)
 VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, (SELECT key FROM sitq_limits WHERE key = ?))
 
+-- name: reserve_task_ids
+-- A block of ?1 ids for one producer: the first of them (see schema version 13).
+UPDATE sitq_meta SET value = CAST(CAST(value AS INTEGER) + ?1 AS TEXT)
+WHERE key = 'next_task_id'
+RETURNING CAST(value AS INTEGER) - ?1
+
+-- name: task_ids_above
+-- After rows with integer ids were copied in (sitq migrate): the counter moves
+-- past the largest, so that no id is handed out twice.
+UPDATE sitq_meta SET value = CAST((SELECT max(id) + 1 FROM sitq_tasks) AS TEXT)
+WHERE key = 'next_task_id' AND CAST(value AS INTEGER) <= (SELECT max(id) FROM sitq_tasks)
+
 -- name: insert_unique_task
 -- A task with a unique key: nothing is inserted while another queued or running
 -- task holds the key (the unique index), and existing_unique finds that one.
 INSERT INTO sitq_tasks (id, queue, func_name, payload, status, priority, enqueued_at,
     available_at, max_retries, retry_backoff, timeout, unique_key, result_ttl, limit_key)
 VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, (SELECT key FROM sitq_limits WHERE key = ?)) ON CONFLICT DO NOTHING
-RETURNING id
+RETURNING CAST(id AS TEXT)
 
 -- name: existing_unique
-SELECT id FROM sitq_tasks WHERE unique_key = ? AND status IN ('queued', 'running')
+SELECT CAST(id AS TEXT) FROM sitq_tasks WHERE unique_key = ? AND status IN ('queued', 'running')
 
 -- name: get_tasks
 -- {columns}: the task columns asked for (SQLBackend.get_tasks).
-SELECT {columns} FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
+SELECT CAST(id AS TEXT), {columns} FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
 
 -- name: lock_task_status
 -- The stored status (a claimed task's is 'running'), read inside the write lock.
@@ -34,7 +46,7 @@ UPDATE sitq_tasks
 SET status = 'cancelled', finished_at = ?2, error = 'cancelled before it started',
     expires_at = ?2 + COALESCE(result_ttl, ?3)
 WHERE status = 'queued' AND id IN (SELECT value FROM json_each(?1))
-RETURNING id
+RETURNING CAST(id AS TEXT)
 
 -- name: retry
 -- {where} selects the tasks to queue again (ids, a queue, or every failure);
@@ -52,7 +64,7 @@ WHERE status IN ('failed', 'cancelled') AND {where}
     AND id = (
       SELECT min(id) FROM sitq_tasks done WHERE done.unique_key = sitq_tasks.unique_key
         AND done.status IN ('failed', 'cancelled'))))
-RETURNING id, (parent_mode IS NOT NULL OR has_children = 1)
+RETURNING CAST(id AS TEXT), (parent_mode IS NOT NULL OR has_children = 1)
 
 -- name: count_statuses
 -- Any number of ids in one query: a JSON array parameter. A claimed task that
@@ -62,7 +74,7 @@ WHERE id IN (SELECT value FROM json_each(?))
 GROUP BY state
 
 -- name: task_statuses
-SELECT id, CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELSE status END FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
+SELECT CAST(id AS TEXT), CASE WHEN status = 'running' AND started_at IS NULL THEN 'queued' ELSE status END FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?))
 
 -- name: purge
 -- {where}: the statuses, and optionally the queue and age, to delete.
