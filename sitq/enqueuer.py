@@ -239,6 +239,8 @@ class Enqueuer:
         try:
             ids = backend.task_ids(len(calls))
             if ids is None:
+                ids = backend.reserve_task_ids_blocking(len(calls))
+            if ids is None:
                 ids = run(backend.reserve_task_ids(len(calls)))
             tasks = new_tasks(self._root.serializer, self.options, fn, calls, backend.now(), ids)
             if not backend.enqueue_blocking(tasks):

@@ -82,3 +82,8 @@ class StoreSession(Protocol):
         """Run one write statement, committed together with the other writes made
         at about the same time (group commit: for frequent small writes such as a
         workflow's item progress). Returns once it is committed."""
+
+    async def keep_text_ids(self) -> bool:
+        """Make the store keep tasks under text ids (as another database made them:
+        ``sitq migrate``); False if it cannot (a SQLite file that keeps integer
+        row ids and already holds tasks)."""

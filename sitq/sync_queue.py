@@ -336,3 +336,7 @@ class _LoopSession:
     async def write_soon(self, sql: str, params: Sequence[Any] = ()) -> None:
         """As the queue's session, on its loop."""
         await self._on_queue_loop(self._session.write_soon(sql, params))
+
+    async def keep_text_ids(self) -> bool:
+        """As the queue's session, on its loop."""
+        return await self._on_queue_loop(self._session.keep_text_ids())

@@ -16,6 +16,16 @@ TESTS_DIR = Path(__file__).resolve().parent
 SITQ = str(Path(sys.executable).with_name("sitq"))
 
 
+def task_ids_for(backend: Any, count: int = 1) -> list[str]:
+    """Ids for new tasks in the form ``backend`` keeps (integer row ids in a new
+    SQLite file, text elsewhere), made as a producer makes them."""
+    ids = backend.task_ids(count)
+    if ids is None:
+        ids = backend.reserve_task_ids_blocking(count)
+    assert ids is not None
+    return list(ids)
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for child processes: `jobs` importable, unbuffered output."""
     env = dict(os.environ)

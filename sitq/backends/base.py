@@ -643,6 +643,11 @@ class Backend(abc.ABC):
         database if the backend must; each is handed out once, ever."""
         return text_task_ids(count)
 
+    def reserve_task_ids_blocking(self, count: int) -> list[str] | None:
+        """:meth:`reserve_task_ids` from plain code on the calling thread, or None
+        if this backend has no such path (then the caller runs the coroutine)."""
+        return text_task_ids(count)
+
     @abc.abstractmethod
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:
         """Store ``tasks`` in one transaction and wake waiting workers."""

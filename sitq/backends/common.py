@@ -288,6 +288,11 @@ class SQLBackend(Backend):
         """Task ids come from blocks reserved in the database (``reserve_body``)."""
         return False
 
+    async def use_text_ids(self) -> bool:
+        """Keep tasks under text ids from now on if the backend can (see
+        :meth:`sitq.store.StoreSession.keep_text_ids`)."""
+        return not self.reserves_ids()
+
     def reserve_body(self, count: int) -> Callable[[Transaction], Awaitable[list[str]]]:
         """A transaction body that reserves exactly ``count`` ids and returns them
         (for a borrowed connection; see ``reserves_ids``)."""
@@ -995,6 +1000,11 @@ class BackendSession:
         """One write, committed on its own: PostgreSQL commits concurrent statements
         from the pool's connections in parallel, so there is nothing to gather."""
         await self.execute(sql, params)
+
+    async def keep_text_ids(self) -> bool:
+        """See :meth:`sitq.store.StoreSession.keep_text_ids`: a backend whose ids
+        are text already."""
+        return not self._backend.reserves_ids() or await self._backend.use_text_ids()
 
     async def close(self) -> None:
         """Finish the writes in flight (none here)."""

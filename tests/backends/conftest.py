@@ -14,14 +14,16 @@ from sitq.backends.sqlite import SQLiteBackend
 
 # The backends the conformance suite runs on. To add one, add its name here and a
 # branch in `_new_backend` that opens a fresh, empty store for it.
-BACKENDS = ["sqlite", "postgres"]
+# "sqlite-text" is a SQLite file that keeps text task ids, as files made before
+# schema version 13 do (a new file keeps integer row ids).
+BACKENDS = ["sqlite", "sqlite-text", "postgres"]
 
 OpenPeer = Callable[[], Awaitable[Backend]]
 
 
 def _new_backend(kind: str, tmp_path: Path) -> Backend:
     """An unconnected backend on this test's store; every call opens the same store."""
-    if kind == "sqlite":
+    if kind in ("sqlite", "sqlite-text"):
         return SQLiteBackend(tmp_path / "tasks.db")
     if kind == "postgres":
         from sitq.backends.postgres import PostgresBackend
@@ -49,6 +51,8 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         await drop_postgres_schema(_schema_for(tmp_path))
     store = _new_backend(request.param, tmp_path)
     await store.connect()
+    if request.param == "sqlite-text":
+        assert isinstance(store, SQLiteBackend) and await store.use_text_ids()
     yield store
     await store.close()
     if request.param == "postgres":

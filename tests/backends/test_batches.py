@@ -17,6 +17,7 @@ from support import (
     postgres_store_at,
     postgres_url,
     sqlite_store_at,
+    task_ids_for,
 )
 
 from sitq import sqlfiles
@@ -51,7 +52,7 @@ async def enqueue_in_batch(
 def new_task(backend: Backend, queue: str = "default", task_id: str | None = None) -> NewTask:
     now = backend.now()
     return NewTask(
-        id=task_id or new_task_id(),
+        id=task_id or task_ids_for(backend)[0],
         queue=queue,
         func_name="tests.backends.job",
         payload=b"payload",

@@ -27,6 +27,7 @@ from support import (
     postgres_store_at,
     postgres_url,
     sqlite_store_at,
+    task_ids_for,
 )
 
 from sitq.backends.base import STATUS_SQL, Backend, Dependency, NewTask, Outcome, StoreTransaction
@@ -64,7 +65,18 @@ def task(
 ) -> NewTask:
     now = backend.now()
     return NewTask(
-        new_task_id(), queue, "tests.job", b"p", 0, now, now, retries, 1.0, None, None, result_ttl
+        task_ids_for(backend)[0],
+        queue,
+        "tests.job",
+        b"p",
+        0,
+        now,
+        now,
+        retries,
+        1.0,
+        None,
+        None,
+        result_ttl,
     )
 
 

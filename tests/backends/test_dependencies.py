@@ -11,17 +11,16 @@ from __future__ import annotations
 import time
 
 import pytest
-from support import until_listening
+from support import task_ids_for, until_listening
 
 from sitq.backends.base import Backend, Dependency, NewTask, Outcome
 from sitq.errors import InvalidDependency
-from sitq.task import new_task_id
 
 
 def task(backend: Backend, task_id: str | None = None, delay: float = 0.0) -> NewTask:
     now = backend.now()
     return NewTask(
-        task_id or new_task_id(),
+        task_id or task_ids_for(backend)[0],
         "default",
         "tests.job",
         b"p",

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from support import task_ids_for
 from test_dependencies import chain, statuses, task
 
 from sitq.backends.base import Backend, Dependency, Outcome
-from sitq.task import new_task_id
 
 
 async def due(backend: Backend) -> set[str]:
@@ -200,10 +200,9 @@ async def test_a_diamond_whose_ids_sort_children_first_comes_back_whole(
     """H fails and cancels B, C (waits for B) and A (waits for B and C). A retry of
     H recounts B before C and C before A, whatever their ids' order: counted the
     other way, C saw B still cancelled and stayed cancelled, and A with it."""
-    base = new_task_id()[:-1]
     head = task(backend)
     await backend.enqueue([head])
-    a, c, b = (task(backend, base + suffix) for suffix in "ace")  # ids: A < C < B
+    a, c, b = (task(backend, task_id) for task_id in task_ids_for(backend, 3))  # ids: A < C < B
     await backend.enqueue_dependent(
         [b, c, a],
         [

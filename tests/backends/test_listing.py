@@ -6,12 +6,12 @@ The `backend` fixture (tests/backends/conftest.py) runs each test once per backe
 from __future__ import annotations
 
 import pytest
+from support import task_ids_for
 from test_batches import enqueue_in_batch
 
 from sitq import TaskQueue
 from sitq.backends.base import Backend, NewTask, Outcome, TaskPage
 from sitq.errors import ConfigurationError
-from sitq.task import new_task_ids
 
 LEASE = 60.0
 
@@ -21,7 +21,7 @@ def new_tasks(backend: Backend, count: int, queue: str = "default") -> list[NewT
     now = backend.now()
     return [
         NewTask(task_id, queue, "tests.job", b"payload", 0, now, now, 0, 1.0, None, None, None)
-        for task_id in new_task_ids(count)
+        for task_id in task_ids_for(backend, count)
     ]
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+from support import task_ids_for
+
 from sitq.backends.base import LOST_LEASE_LIMIT, Backend, ClaimedTask, Lease, NewTask, Outcome
-from sitq.task import new_task_id
 
 SHORT_LEASE = 0.05
 LONG_LEASE = 60.0
@@ -17,7 +18,7 @@ LONG_LEASE = 60.0
 async def enqueue(backend: Backend, queue: str, max_retries: int = 0) -> str:
     now = backend.now()
     task = NewTask(
-        id=new_task_id(),
+        id=task_ids_for(backend)[0],
         queue=queue,
         func_name="tests.backends.job",
         payload=b"payload",

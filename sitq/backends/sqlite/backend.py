@@ -526,6 +526,31 @@ class SQLiteBackend(SQLBackend):
 
         return self._ids.refill(await self._transaction(reserve), size, count)
 
+    def reserve_task_ids_blocking(self, count: int) -> list[str]:
+        """:meth:`reserve_task_ids` from plain code, on the calling thread."""
+        if not self.integer_ids:
+            return text_task_ids(count)
+        size = max(count, layout.ID_BLOCK)
+        deadline = time.monotonic() + LOCKED_DEADLINE
+        try:
+            start = self._blocking_inserter().fetch_one(SQL.reserve_task_ids, (size,), deadline)
+        except sqlite3.Error as exc:
+            raise self._blocking_write_error(exc) from exc
+        return self._ids.refill(int(start), size, count)
+
+    async def use_text_ids(self) -> bool:
+        """Keep tasks under text ids from now on, as files before schema version
+        13 do, if no task is stored yet (for ``sitq migrate``, which copies text
+        ids from another database); True if the file now keeps text ids."""
+
+        async def rebuild(tx: Transaction) -> bool:
+            return await layout.rebuild(tx, integer=False)
+
+        if await self._transaction(rebuild):
+            self.integer_ids = False
+            self._ids.drop()
+        return not self.integer_ids
+
     def reserves_ids(self) -> bool:
         """See :meth:`SQLBackend.reserves_ids`: in a file with integer ids."""
         return self.integer_ids
@@ -561,22 +586,29 @@ class SQLiteBackend(SQLBackend):
         """Insert ``tasks`` from plain code, on the calling thread; True when done."""
         if not tasks:
             return True
+        try:
+            self._blocking_inserter().insert(tasks, time.monotonic() + LOCKED_DEADLINE)
+        except sqlite3.Error as exc:
+            raise self._blocking_write_error(exc) from exc
+        self._wakeup.notify_threadsafe("tasks")
+        return True
+
+    def _blocking_write_error(self, exc: sqlite3.Error) -> Exception:
+        """The SitqError for a failed write from plain code."""
+        error = self._write_error(exc)  # a read-only database, named as such
+        if error is exc:  # else a StorageError that names e.g. a full disk
+            error = translate_error(exc, self) or DatabaseError(
+                f"cannot enqueue into {self.describe()}: {exc}"
+            )
+        return error
+
+    def _blocking_inserter(self) -> BlockingInserter:
         self._connection()
         if self._blocking is None:
             self._blocking = BlockingInserter(
                 self.path, self.busy_timeout, "FULL" if self.durable else "NORMAL"
             )
-        try:
-            self._blocking.insert(tasks, time.monotonic() + LOCKED_DEADLINE)
-        except sqlite3.Error as exc:
-            error = self._write_error(exc)  # a read-only database, named as such
-            if error is exc:  # else a StorageError that names e.g. a full disk
-                error = translate_error(exc, self) or DatabaseError(
-                    f"cannot enqueue into {self.describe()}: {exc}"
-                )
-            raise error from exc
-        self._wakeup.notify_threadsafe("tasks")
-        return True
+        return self._blocking
 
     async def _enqueue_in_thread(self, rows: list[tuple[Any, ...]]) -> None:
         if len(rows) == 1:

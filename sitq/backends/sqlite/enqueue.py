@@ -126,6 +126,7 @@ class WalKeeper:
 
 
 Item = TypeVar("Item")
+T = TypeVar("T")
 
 
 class GroupCommit(Generic[Item]):
@@ -326,6 +327,14 @@ class BlockingInserter:
     def insert(self, rows: Sequence[Row], deadline: float) -> None:
         """Insert ``rows`` in one transaction, waiting for the lock until ``deadline``
         (a ``time.monotonic()`` value), then raising the last busy error."""
+        self._patiently(lambda conn: insert_rows(conn, rows), deadline)
+
+    def fetch_one(self, sql: str, params: Sequence[Any], deadline: float) -> Any:
+        """The first value of the one statement ``sql`` (a write), waiting for the
+        lock as :meth:`insert` does."""
+        return self._patiently(lambda conn: conn.execute(sql, params).fetchone()[0], deadline)
+
+    def _patiently(self, write: Callable[[sqlite3.Connection], T], deadline: float) -> T:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(
@@ -342,8 +351,7 @@ class BlockingInserter:
         pause = 0.001
         while True:
             try:
-                insert_rows(conn, rows)
-                return
+                return write(conn)
             except sqlite3.OperationalError as exc:
                 if not is_busy(exc) or time.monotonic() > deadline:
                     raise

@@ -25,6 +25,14 @@ SELECT count(*) FROM {s}.sitq_tasks
 -- Which of the keys given (an array) are in the table.
 SELECT id FROM {s}.sitq_tasks WHERE id = ANY($1::text[])
 
+-- name: text_task_ids
+-- Whether any task id is not the decimal form of an integer (see sqlite.sql).
+SELECT EXISTS (SELECT 1 FROM {s}.sitq_tasks WHERE id !~ '^[1-9][0-9]{0,17}$')
+
+-- name: advance_task_ids
+-- PostgreSQL makes text ids: nothing to advance.
+SELECT 1
+
 -- name: keys_tasks
 -- Keys after the one given, in order (for the collision check).
 SELECT id FROM {s}.sitq_tasks WHERE id > $1 ORDER BY id LIMIT $2

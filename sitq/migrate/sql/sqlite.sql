@@ -7,7 +7,7 @@
 
 -- name: read_tasks
 -- Rows after ?1 in enqueue order (rowid); the order key first.
-SELECT rowid, id, queue, func_name, payload, status, priority, enqueued_at, available_at, attempts, max_retries, retry_backoff, timeout, unique_key, result_ttl, worker_id, lease_expires_at, cancel_requested, started_at, finished_at, expires_at, result, error, traceback, limit_key, recorded_start, progress_done, progress_total, progress_message, progress_at, waiting, has_children, parent_mode, cancelled_by FROM sitq_tasks
+SELECT rowid, CAST(id AS TEXT), queue, func_name, payload, status, priority, enqueued_at, available_at, attempts, max_retries, retry_backoff, timeout, unique_key, result_ttl, worker_id, lease_expires_at, cancel_requested, started_at, finished_at, expires_at, result, error, traceback, limit_key, recorded_start, progress_done, progress_total, progress_message, progress_at, waiting, has_children, parent_mode, CAST(cancelled_by AS TEXT) FROM sitq_tasks
 WHERE rowid > ?1 ORDER BY rowid LIMIT ?2
 
 -- name: write_tasks
@@ -20,18 +20,36 @@ SELECT count(*) FROM sitq_tasks
 
 -- name: existing_tasks
 -- Which of the keys given (JSON) are in the table.
-SELECT id FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?1))
+SELECT CAST(id AS TEXT) FROM sitq_tasks WHERE id IN (SELECT value FROM json_each(?1))
 
 -- name: keys_tasks
--- Keys after the one given, in order (for the collision check).
-SELECT id FROM sitq_tasks WHERE id > ?1 ORDER BY id LIMIT ?2
+-- Keys after the one given, in order (for the collision check); '' is before the
+-- first, integer or text (SQLite sorts every integer before any text).
+SELECT CAST(id AS TEXT) FROM sitq_tasks
+WHERE id > (CASE WHEN ?1 = '' THEN -9223372036854775808 ELSE ?1 END) ORDER BY id LIMIT ?2
+
+-- name: text_task_ids
+-- Whether any task id is not the decimal form of an integer row id (a text id
+-- from PostgreSQL or a file before schema version 13): a file with integer ids
+-- cannot take it.
+SELECT EXISTS (SELECT 1 FROM sitq_tasks WHERE typeof(id) <> 'integer'
+    AND NOT (id GLOB '[1-9]*' AND id NOT GLOB '*[^0-9]*' AND length(id) <= 18))
+
+-- name: advance_task_ids
+-- After the copy: the counter that hands out integer ids moves past the largest
+-- copied (see the backend's reserve_task_ids), so that none is handed out twice.
+UPDATE sitq_meta SET value = CAST((SELECT max(id) + 1 FROM sitq_tasks) AS TEXT)
+WHERE key = 'next_task_id' AND typeof((SELECT max(id) FROM sitq_tasks)) = 'integer'
+    AND CAST(value AS INTEGER) <= (SELECT max(id) FROM sitq_tasks)
 
 -- sitq_dependencies -----------------------------------------------------
 
 -- name: read_dependencies
 -- Rows after the key given, in key order.
-SELECT child_id, position, parent_id, parent_purged FROM sitq_dependencies
-WHERE (child_id, position) > (?1, ?2) ORDER BY child_id, position LIMIT ?3
+SELECT CAST(child_id AS TEXT), position, CAST(parent_id AS TEXT), parent_purged
+FROM sitq_dependencies
+WHERE (child_id, position) > (CASE WHEN ?1 = '' THEN -9223372036854775808 ELSE ?1 END, ?2)
+ORDER BY child_id, position LIMIT ?3
 
 -- name: write_dependencies
 -- One row; a row whose key is there already is skipped.
@@ -68,7 +86,7 @@ SELECT id FROM sitq_batches WHERE id > ?1 ORDER BY id LIMIT ?2
 
 -- name: read_batch_tasks
 -- Rows after the key given, in key order.
-SELECT batch_id, position, task_id FROM sitq_batch_tasks
+SELECT batch_id, position, CAST(task_id AS TEXT) FROM sitq_batch_tasks
 WHERE (batch_id, position) > (?1, ?2) ORDER BY batch_id, position LIMIT ?3
 
 -- name: write_batch_tasks

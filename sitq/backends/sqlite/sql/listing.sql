@@ -16,10 +16,12 @@ WHERE status = 'failed' AND finished_at >= 0 AND finished_at <= ?2
 ORDER BY finished_at DESC, id DESC LIMIT ?1
 
 -- name: list_window_running
--- Running tasks from their partial index (few rows); '+id' keeps SQLite from
--- walking the primary key instead.
+-- Running tasks from their partial index (few rows); the comparison inside
+-- coalesce() and '+id' keep SQLite from walking the primary key instead (the
+-- comparison still converts ?2 to an integer id where ids are integers).
 SELECT CAST(id AS TEXT), CAST(id AS TEXT), queue, status FROM sitq_tasks
-WHERE status = 'running' AND lease_expires_at >= 0 AND started_at IS NOT NULL AND +id < ?2
+WHERE status = 'running' AND lease_expires_at >= 0 AND started_at IS NOT NULL
+    AND coalesce(id < ?2, 0)
 ORDER BY +id DESC LIMIT ?1
 
 -- name: list_window_batch
