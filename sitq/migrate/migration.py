@@ -532,14 +532,14 @@ async def _migrate_from(
                         f"{', '.join(clashes)}, as {report.source} does (two rows cannot share an "
                         "id, nor two live tasks a unique key); nothing was copied"
                     )
-        if (await src_session.fetch(_q(src_session, "text_task_ids")))[0][0]:
-            if not await dst.keep_text_ids():
-                raise MigrationError(
-                    f"{dst.describe()} keeps integer task ids and already holds tasks, but "
-                    f"{report.source} has text ids (made by PostgreSQL or a sitq before "
-                    "schema version 13), which it cannot take; migrate into a new file, "
-                    "which then keeps text ids; nothing was copied"
-                )
+        text_ids = (await src_session.fetch(_q(src_session, "text_task_ids")))[0][0]
+        if text_ids and not await dst.keep_text_ids():
+            raise MigrationError(
+                f"{dst.describe()} keeps integer task ids and already holds tasks, but "
+                f"{report.source} has text ids (made by PostgreSQL or a sitq before "
+                "schema version 13), which it cannot take; migrate into a new file, "
+                "which then keeps text ids; nothing was copied"
+            )
         # The queues --wait pauses are recorded in the destination before they are
         # paused, so a run killed in between still knows they are not the user's.
         planned = await work.to_pause() if live else set()
