@@ -1,0 +1,270 @@
+"""Task ids on SQLite: a new file keeps tasks under integer row ids, handed out in
+blocks each producer reserves; a file that already held tasks keeps its text ids.
+Real files, real processes, a real fork."""
+
+from __future__ import annotations
+
+import multiprocessing
+import operator
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import sqlite_store_at, subprocess_env
+
+from sitq import SyncTaskQueue, TaskQueue, Worker
+from sitq.backends.sqlite import SQLiteBackend
+from sitq.backends.sqlite import schema as sqlite_schema
+from sitq.backends.sqlite.layout import ID_BLOCK
+
+
+def _layout(path: Path) -> tuple[str, list[str]]:
+    """The id column's type, and the tasks table's indexes."""
+    with sqlite3.connect(path) as conn:
+        (kind,) = conn.execute(sqlite_schema.SQL.task_id_column_type).fetchone()
+        names = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'sitq_tasks'"
+            )
+        ]
+    return kind, names
+
+
+def test_a_new_file_keeps_tasks_under_integer_row_ids(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    with SyncTaskQueue(path) as queue:
+        one = queue.enqueue(operator.add, 1, 2)
+        many = queue.enqueue_many(operator.add, [(i, i) for i in range(5)])
+        assert queue.get_results([one]) == {}  # found, not finished
+    ids = [one, *many]
+    assert all(isinstance(task_id, str) and task_id.isdigit() for task_id in ids)
+    assert [int(task_id) for task_id in ids] == list(range(int(one), int(one) + 6))
+    assert int(one) > 2**32  # a random start, so two files' ids do not meet
+    kind, indexes = _layout(path)
+    assert kind == "INTEGER"
+    assert not [name for name in indexes if name.startswith("sqlite_autoindex")]  # no text id index
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT rowid FROM sitq_tasks WHERE id = ?", (one,)).fetchone() == (
+            int(one),
+        )
+
+
+async def test_two_producers_hand_out_distinct_blocks_and_a_worker_runs_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tasks.db"
+    async with TaskQueue(path) as first, TaskQueue(path) as second:
+        a = await first.enqueue(operator.add, 1, 1)
+        b = await second.enqueue(operator.add, 2, 2)
+        a_more = await first.enqueue_many(operator.add, [(i, 1) for i in range(ID_BLOCK + 10)])
+        assert abs(int(a) - int(b)) >= ID_BLOCK  # each from its own block
+        ids = [a, b, *a_more]
+        assert len(set(ids)) == len(ids)
+        worker = Worker(path, concurrency=4)
+        await worker.start()
+        try:
+            results = [await first.get_result(task_id, timeout=30) for task_id in (a, b)]
+        finally:
+            await worker.stop()
+        assert [r.value for r in results if r is not None] == [2, 4]
+
+
+def _enqueue_in_child(path: str, pipe: multiprocessing.connection.Connection) -> None:
+    queue = _forked_queue
+    assert queue is not None
+    pipe.send([queue.enqueue(operator.add, i, i) for i in range(3)])
+
+
+_forked_queue: SyncTaskQueue | None = None
+
+
+def test_a_forked_child_does_not_reuse_the_parents_ids(tmp_path: Path) -> None:
+    """The parent holds a block when it forks: the child reserves its own."""
+    global _forked_queue
+    path = tmp_path / "tasks.db"
+    with SyncTaskQueue(path) as queue:
+        _forked_queue = queue
+        first = queue.enqueue(operator.add, 0, 0)  # the parent now holds a block
+        context = multiprocessing.get_context("fork")
+        receiving, sending = context.Pipe(duplex=False)
+        child = context.Process(target=_enqueue_in_child, args=(str(path), sending))
+        child.start()
+        child_ids = receiving.recv()
+        child.join(timeout=30)
+        assert child.exitcode == 0
+        parent_ids = [queue.enqueue(operator.add, i, i) for i in range(3)]
+        _forked_queue = None
+    assert int(parent_ids[0]) == int(first) + 1  # the parent goes on with its block
+    assert not set(child_ids) & {first, *parent_ids}
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM sitq_tasks").fetchone() == (7,)
+
+
+async def test_a_file_with_tasks_keeps_its_text_ids_after_the_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite_store_at(path, 12)
+    conn.execute(
+        sqlite_schema.SQL.insert_task,
+        ("0" * 31 + "1", "default", "f", b"p", 0, 1.0, 1.0, 0, 1.0, None, None, None, None),
+    )
+    conn.close()
+    async with TaskQueue(path) as queue:
+        task_id = await queue.enqueue(operator.add, 20, 22)
+        assert len(task_id) == 32 and not task_id.isdigit()  # a text id, as before
+        assert (await queue.stats())["totals"]["queued"] == 2
+        worker = Worker(path)
+        await worker.start()
+        try:
+            result = await queue.get_result(task_id, timeout=30)
+        finally:
+            await worker.stop()
+        assert result is not None and result.value == 42
+    assert _layout(path)[0] == "TEXT"
+
+
+async def test_an_empty_file_takes_integer_ids_at_the_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    sqlite_store_at(path, 12).close()
+    async with TaskQueue(path) as queue:
+        task_id = await queue.enqueue(operator.add, 1, 2)
+        assert task_id.isdigit()
+    kind, indexes = _layout(path)
+    assert kind == "INTEGER"
+    # The indexes and triggers the older versions made are all there again.
+    assert {"sitq_tasks_ready", "sitq_tasks_running", "sitq_tasks_cancelled_by"} <= set(indexes)
+    with sqlite3.connect(path) as conn:
+        triggers = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
+    assert {"sitq_tasks_ended", "sitq_tasks_leave_batches", "sitq_tasks_count_delete"} <= triggers
+
+
+async def test_ids_reserved_in_a_rolled_back_transaction_are_never_used(tmp_path: Path) -> None:
+    """A connection the application holds reserves ids in its own transaction (it
+    holds the write lock once it wrote its own rows, so another connection could
+    not reserve until it commits): a rollback takes them back with the tasks, and
+    nothing collides afterwards."""
+    path = tmp_path / "app.db"
+    async with TaskQueue(SQLiteBackend(path, busy_timeout=1.0)) as queue:
+        conn = sqlite3.connect(path, timeout=1.0)
+        try:
+            conn.execute("CREATE TABLE orders (n INTEGER)")
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO orders VALUES (1)")
+            dropped = await queue.using(conn).enqueue(operator.add, 1, 1)
+            conn.rollback()
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO orders VALUES (2)")
+            kept = await queue.using(conn).enqueue(operator.add, 2, 2)
+            conn.commit()
+        finally:
+            conn.close()
+        assert dropped.isdigit() and kept.isdigit()
+        assert await queue.status(kept)
+        ours = await queue.enqueue_many(operator.add, [(3, 3)] * 3)
+        assert kept not in ours
+        assert (await queue.stats())["totals"]["queued"] == 4
+
+
+def test_sqlite_to_new_sqlite_file_keeps_integer_ids_and_the_counter_moves_past_them(
+    tmp_path: Path,
+) -> None:
+    source, destination = tmp_path / "source.db", tmp_path / "destination.db"
+    with SyncTaskQueue(source) as queue:
+        ids = queue.enqueue_many(operator.add, [(i, i) for i in range(10)])
+    with SyncTaskQueue(destination) as empty:  # made empty, its counter set below the source's
+        empty.connect()
+    with sqlite3.connect(destination) as conn:
+        conn.execute("UPDATE sitq_meta SET value = '4294967296' WHERE key = 'next_task_id'")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from sitq.cli import main; main()",
+            "migrate",
+            str(source),
+            str(destination),
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _layout(destination)[0] == "INTEGER"
+    with SyncTaskQueue(destination) as queue:
+        assert {queue.status(task_id).value for task_id in ids} == {"queued"}
+        new = queue.enqueue(operator.add, 0, 0)
+        assert new not in ids
+    with sqlite3.connect(destination) as conn:
+        (counter,) = conn.execute(
+            "SELECT value FROM sitq_meta WHERE key = 'next_task_id'"
+        ).fetchone()
+    assert int(counter) > max(int(task_id) for task_id in ids)
+
+
+async def test_text_ids_go_into_a_new_file_as_text_and_are_refused_by_one_with_tasks(
+    tmp_path: Path,
+) -> None:
+    """A source with text ids (a file from before version 13 here; PostgreSQL makes
+    them too) migrates into a new file, which then keeps text ids; a file that
+    keeps integer ids and holds tasks refuses them, naming why."""
+    source = tmp_path / "old.db"
+    conn = sqlite_store_at(source, 12)
+    conn.execute(
+        sqlite_schema.SQL.insert_task,
+        ("0" * 31 + "1", "default", "f", b"p", 0, 1.0, 1.0, 0, 1.0, None, None, None, None),
+    )
+    conn.close()
+    async with TaskQueue(source):  # upgraded in place, keeping its text ids
+        pass
+
+    def migrate(destination: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+        command = "from sitq.cli import main; main()"
+        return subprocess.run(
+            [sys.executable, "-c", command, "migrate", str(source), str(destination), *flags],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            check=False,
+        )
+
+    fresh = tmp_path / "fresh.db"
+    done = migrate(fresh)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _layout(fresh)[0] == "TEXT"
+    async with TaskQueue(fresh) as queue:
+        assert await queue.status("0" * 31 + "1")
+        assert not (await queue.enqueue(operator.add, 1, 1)).isdigit()
+
+    busy = tmp_path / "busy.db"
+    async with TaskQueue(busy) as queue:
+        await queue.enqueue(operator.add, 1, 1)
+    refused = migrate(busy, "--into-existing")
+    assert refused.returncode != 0
+    assert "keeps integer task ids and already holds tasks" in refused.stdout + refused.stderr
+    assert "migrate into a new file" in refused.stdout + refused.stderr
+    with sqlite3.connect(busy) as conn:
+        assert conn.execute("SELECT count(*) FROM sitq_tasks").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("layout", ["integer", "text"])
+async def test_a_listing_pages_through_every_task(tmp_path: Path, layout: str) -> None:
+    """Cursors compare as the ids do: integers in order, not as text."""
+    backend = SQLiteBackend(tmp_path / "tasks.db")
+    async with TaskQueue(backend) as queue:
+        if layout == "text":
+            assert await backend.use_text_ids()
+        ids = await queue.enqueue_many(operator.add, [(i, i) for i in range(25)])
+        seen: list[str] = []
+        cursor = None
+        for _ in range(5):  # 3 pages; a cursor compared wrongly repeats or skips them
+            page = await queue.list_tasks(limit=10, cursor=cursor)
+            seen += [task.id for task in page.tasks]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == ids[::-1]  # newest first
