@@ -38,7 +38,7 @@ from sitq.workflow.store import NewWorkflowRun, WorkflowStore
 
 LOCAL = "http://127.0.0.1:8765"
 TOKEN = "s3cret-token-for-tests"
-TASK_LINK = re.compile(r'href="/tasks/([0-9a-f]{32})"')
+TASK_LINK = re.compile(r'href="/tasks/([0-9a-f]{32}|[0-9]+)"')
 
 
 def run(coro):  # type: ignore[no-untyped-def]

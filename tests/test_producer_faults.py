@@ -47,7 +47,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def stored_ids(db: Path) -> set[str]:
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        return {row[0] for row in conn.execute("SELECT id FROM sitq_tasks")}
+        return {row[0] for row in conn.execute("SELECT CAST(id AS TEXT) FROM sitq_tasks")}
 
 
 async def test_a_full_disk_is_named_on_every_enqueue_path(small_disk: Path) -> None:

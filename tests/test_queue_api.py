@@ -500,7 +500,8 @@ def test_a_task_handle_given_to_enqueue_is_sent_by_name(db_path: Path, spawn_wor
         (f,) = sq.with_options(priority=2).enqueue_many(shout, ["z"])
     with sqlite3.connect(db_path) as conn:
         rows = conn.execute(
-            "SELECT id, func_name || ' ' || max_retries || ' ' || priority FROM sitq_tasks"
+            "SELECT CAST(id AS TEXT), func_name || ' ' || max_retries || ' ' || priority "
+            "FROM sitq_tasks"
         )
         stored = dict(rows.fetchall())
     assert stored == {

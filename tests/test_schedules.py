@@ -68,7 +68,9 @@ async def test_registered_tasks_run_by_name_in_a_worker_process(
     greet_id, shout_id = proc.stdout.split()
     stored = dict(
         _rows(
-            db_path, "SELECT id, func_name || ' ' || max_retries || ' ' || priority FROM sitq_tasks"
+            db_path,
+            "SELECT CAST(id AS TEXT), func_name || ' ' || max_retries || ' ' || priority "
+            "FROM sitq_tasks",
         )
     )
     assert stored == {greet_id: "greet 1 0", shout_id: "registered_jobs.shout 0 5"}

@@ -111,7 +111,8 @@ def listing_position(source: str, cursor: str | None) -> tuple[Any, ...]:
             return (float(finished_at), task_id)
         if cursor is not None and not 0 < len(cursor) <= 64:
             raise ValueError(cursor)
-        return ("~" if cursor is None else cursor,)  # "~" sorts after every (hex) id
+        # "~" sorts after every text id, and SQLite sorts any text after every integer id.
+        return ("~" if cursor is None else cursor,)
     except ValueError as exc:
         raise ConfigurationError(
             f"invalid listing cursor {cursor!r}: pass the next_cursor of a previous page "
