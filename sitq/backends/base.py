@@ -571,8 +571,7 @@ class BorrowedConnection(abc.ABC):
 
     def task_ids(self, count: int) -> list[str] | None:
         """Ids for new tasks without a round trip, or None: then
-        :meth:`reserve_task_ids` takes them inside the application's transaction
-        (they roll back with it, so they are never handed out twice)."""
+        :meth:`reserve_task_ids` takes them inside the application's transaction."""
         return text_task_ids(count)
 
     async def reserve_task_ids(self, count: int) -> list[str]:
@@ -646,7 +645,7 @@ class Backend(abc.ABC):
     def reserve_task_ids_blocking(self, count: int) -> list[str] | None:
         """:meth:`reserve_task_ids` from plain code on the calling thread, or None
         if this backend has no such path (then the caller runs the coroutine)."""
-        return text_task_ids(count)
+        return None
 
     @abc.abstractmethod
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:

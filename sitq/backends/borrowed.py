@@ -173,13 +173,18 @@ class SQLBorrowed(BorrowedConnection):
         return value
 
     def task_ids(self, count: int) -> list[str] | None:
-        """Text ids, or None where the backend reserves ids (then in the
-        application's transaction: they roll back with it)."""
-        return None if self._backend.reserves_ids() else text_task_ids(count)
+        """Text ids; where the backend reserves ids, ones from the block the queue
+        reserved and committed before, or None when it runs short."""
+        if not self._backend.reserves_ids():
+            return text_task_ids(count)
+        return self._backend.task_ids(count)
 
     async def reserve_task_ids(self, count: int) -> list[str]:
         """``count`` ids reserved in the application's transaction (text ids where
-        the backend makes them)."""
+        the backend makes them): the queue's own connection could not write while
+        the application holds the write lock. They roll back with it, and may then
+        be handed out again: an id from an enqueue that was rolled back names no
+        task, and later may name another one."""
         if not self._backend.reserves_ids():
             return text_task_ids(count)
         return await self._write(self._backend.reserve_body(count))

@@ -282,7 +282,7 @@ class SQLBackend(Backend):
         for target in range(version + 1, self.SCHEMA_VERSION + 1):
             for statement in self.MIGRATIONS[target]:
                 await tx.execute(statement)
-            await self._upgraded(tx, target)
+            await self._upgraded(tx, target, version)
             await tx.execute(self.SQL.write_schema_version, (str(target),))
 
     def reserves_ids(self) -> bool:
@@ -299,9 +299,10 @@ class SQLBackend(Backend):
         (for a borrowed connection; see ``reserves_ids``)."""
         raise NotImplementedError
 
-    async def _upgraded(self, tx: Transaction, version: int) -> None:
-        """Run after the statements of the upgrade to ``version``, in ``tx``: what
-        a migration does that SQL alone cannot (a step that depends on the data)."""
+    async def _upgraded(self, tx: Transaction, version: int, start: int) -> None:
+        """Run after the statements of the upgrade to ``version`` (of an upgrade
+        from ``start``, 0 for a new database), in ``tx``: what a migration does
+        that SQL alone cannot."""
 
     # -- the application's own transaction ----------------------------------
 

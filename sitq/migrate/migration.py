@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shlex
 import sys
 import time
@@ -570,11 +571,14 @@ async def _migrate_from(
         report.statuses = dict(source_counts["statuses"])
         await work.copy(marks if report.resumed else {}, ours_paused, sum(report.rows.values()))
 
+        counter = (await src_session.fetch(_q(src_session, "task_counter")) or [(None,)])[0][0]
+        gap = (1 << 32) + secrets.randbelow(1 << 32)
+
         async def recount(tx: StoreTransaction) -> None:
             # The finished tasks the copy inserted, counted (schema version 11).
             await tx.execute(_q(dst, "clear_finished_counts"))
             await tx.execute(_q(dst, "recount_finished"))
-            await tx.execute(_q(dst, "advance_task_ids"))
+            await tx.execute(_q(dst, "advance_task_ids"), (counter, gap))
 
         await dst.transaction(recount)
 

@@ -125,21 +125,29 @@ async def test_a_file_with_tasks_keeps_its_text_ids_after_the_upgrade(tmp_path: 
     assert _layout(path)[0] == "TEXT"
 
 
-async def test_an_empty_file_takes_integer_ids_at_the_upgrade(tmp_path: Path) -> None:
+async def test_an_empty_file_of_an_older_sitq_keeps_text_ids(tmp_path: Path) -> None:
+    """A process of the older sitq may still write to it: its text ids must fit."""
     path = tmp_path / "old.db"
     sqlite_store_at(path, 12).close()
     async with TaskQueue(path) as queue:
-        task_id = await queue.enqueue(operator.add, 1, 2)
-        assert task_id.isdigit()
-    kind, indexes = _layout(path)
-    assert kind == "INTEGER"
-    # The indexes and triggers the older versions made are all there again.
-    assert {"sitq_tasks_ready", "sitq_tasks_running", "sitq_tasks_cancelled_by"} <= set(indexes)
-    with sqlite3.connect(path) as conn:
-        triggers = {
-            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        }
-    assert {"sitq_tasks_ended", "sitq_tasks_leave_batches", "sitq_tasks_count_delete"} <= triggers
+        assert not (await queue.enqueue(operator.add, 1, 2)).isdigit()
+    assert _layout(path)[0] == "TEXT"
+
+
+def test_the_rebuilt_tables_keep_every_index_and_trigger(tmp_path: Path) -> None:
+    """A new file's tables are made at version 1 and rebuilt at 13: what versions
+    2 to 12 added to them is all there, as in a file that kept text ids."""
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    with SyncTaskQueue(new) as made:
+        made.connect()
+    sqlite_store_at(old, 13).close()  # the statements only: text ids
+
+    def schema(path: Path) -> set[tuple[str, str]]:
+        with sqlite3.connect(path) as conn:
+            return set(conn.execute("SELECT type, name FROM sqlite_master WHERE sql IS NOT NULL"))
+
+    assert schema(new) == schema(old)
+    assert _layout(new)[0] == "INTEGER" and _layout(old)[0] == "TEXT"
 
 
 async def test_ids_reserved_in_a_rolled_back_transaction_are_never_used(tmp_path: Path) -> None:

@@ -522,9 +522,19 @@ class SQLiteBackend(SQLBackend):
         size = max(count, layout.ID_BLOCK)
 
         async def reserve(tx: Transaction) -> int:
-            return int((await tx.fetch(SQL.reserve_task_ids, (size,)))[0][0])
+            return self._reserved(await tx.fetch(SQL.reserve_task_ids, (size,)))
 
         return self._ids.refill(await self._transaction(reserve), size, count)
+
+    def _reserved(self, rows: Sequence[Sequence[Any]]) -> int:
+        """The first id of a block reserved (reserve_task_ids' rows)."""
+        if not rows or rows[0][0] is None:
+            raise DatabaseError(
+                f"{self.describe()} keeps integer task ids but its id counter (sitq_meta "
+                "'next_task_id') is missing: restore it from a backup, or move the tasks "
+                "to a new file with `sitq migrate`"
+            )
+        return int(rows[0][0])
 
     def reserve_task_ids_blocking(self, count: int) -> list[str]:
         """:meth:`reserve_task_ids` from plain code, on the calling thread."""
@@ -533,10 +543,10 @@ class SQLiteBackend(SQLBackend):
         size = max(count, layout.ID_BLOCK)
         deadline = time.monotonic() + LOCKED_DEADLINE
         try:
-            start = self._blocking_inserter().fetch_one(SQL.reserve_task_ids, (size,), deadline)
+            row = self._blocking_inserter().fetch_one(SQL.reserve_task_ids, (size,), deadline)
         except sqlite3.Error as exc:
             raise self._blocking_write_error(exc) from exc
-        return self._ids.refill(int(start), size, count)
+        return self._ids.refill(self._reserved([] if row is None else [row]), size, count)
 
     async def use_text_ids(self) -> bool:
         """Keep tasks under text ids from now on, as files before schema version
@@ -559,13 +569,15 @@ class SQLiteBackend(SQLBackend):
         """See :meth:`SQLBackend.reserve_body`."""
 
         async def reserve(tx: Transaction) -> list[str]:
-            start = int((await tx.fetch(SQL.reserve_task_ids, (count,)))[0][0])
+            start = self._reserved(await tx.fetch(SQL.reserve_task_ids, (count,)))
             return [str(n) for n in range(start, start + count)]
 
         return reserve
 
-    async def _upgraded(self, tx: Transaction, version: int) -> None:
-        if version == 13:  # a file with no task yet takes integer ids
+    async def _upgraded(self, tx: Transaction, version: int, start: int) -> None:
+        # A new file takes integer ids. One made by an older sitq keeps text ids,
+        # even empty: a process of that sitq may still be writing to it.
+        if version == 13 and start == 0:
             await layout.rebuild(tx, integer=True)
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:

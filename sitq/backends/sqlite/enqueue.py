@@ -329,10 +329,13 @@ class BlockingInserter:
         (a ``time.monotonic()`` value), then raising the last busy error."""
         self._patiently(lambda conn: insert_rows(conn, rows), deadline)
 
-    def fetch_one(self, sql: str, params: Sequence[Any], deadline: float) -> Any:
-        """The first value of the one statement ``sql`` (a write), waiting for the
+    def fetch_one(self, sql: str, params: Sequence[Any], deadline: float) -> Row | None:
+        """The first row of the one statement ``sql`` (a write), waiting for the
         lock as :meth:`insert` does."""
-        return self._patiently(lambda conn: conn.execute(sql, params).fetchone()[0], deadline)
+        row: Row | None = self._patiently(
+            lambda conn: conn.execute(sql, params).fetchone(), deadline
+        )
+        return row
 
     def _patiently(self, write: Callable[[sqlite3.Connection], T], deadline: float) -> T:
         conn = getattr(self._local, "conn", None)

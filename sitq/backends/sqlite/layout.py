@@ -15,12 +15,15 @@ new file (``integer=False``).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
 
 from sitq.backends.common import Transaction
 from sitq.backends.sqlite.schema import SQL
+
+logger = logging.getLogger("sitq.backends.sqlite")
 
 #: Per table: each column declaration as text ids have it, and as integer ids do.
 _COLUMNS = {
@@ -51,14 +54,18 @@ async def rebuild(tx: Transaction, *, integer: bool) -> bool:
         return False
     rows = await tx.fetch(SQL.tasks_tables)
     tables = [(name, sql) for kind, name, _table, sql in rows if kind == "table"]
-    for name, _sql in reversed(tables):
-        await tx.execute(f"DROP TABLE {name}")  # its indexes and triggers go with it
+    rebuilt = []
     for name, sql in tables:
         for text, whole in _COLUMNS[name]:
             old, new = (text, whole) if integer else (whole, text)
-            if sql.count(old) != 1:
-                raise RuntimeError(f"cannot find {old!r} in the schema of {name}: {sql}")
+            if sql.count(old) != 1:  # not the tables sitq made: leave them as they are
+                logger.warning("%s: not rebuilt, its schema lacks %r: %s", name, old, sql)
+                return False
             sql = sql.replace(old, new)
+        rebuilt.append((name, sql))
+    for name, _sql in reversed(tables):
+        await tx.execute(f"DROP TABLE {name}")  # its indexes and triggers go with it
+    for _name, sql in rebuilt:
         await tx.execute(sql)
     for kind, _name, _table, sql in rows:
         if kind != "table":

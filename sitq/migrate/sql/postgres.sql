@@ -30,8 +30,12 @@ SELECT id FROM {s}.sitq_tasks WHERE id = ANY($1::text[])
 SELECT EXISTS (SELECT 1 FROM {s}.sitq_tasks WHERE id !~ '^[1-9][0-9]{0,17}$')
 
 -- name: advance_task_ids
--- PostgreSQL makes text ids: nothing to advance.
-SELECT 1
+-- PostgreSQL makes text ids: nothing to advance (the parameters are sqlite.sql's).
+SELECT CAST($1 AS bigint), CAST($2 AS bigint)
+
+-- name: task_counter
+-- PostgreSQL makes text ids: no counter.
+SELECT CAST(NULL AS bigint)
 
 -- name: keys_tasks
 -- Keys after the one given, in order (for the collision check).

@@ -32,15 +32,36 @@ WHERE id > (CASE WHEN ?1 = '' THEN -9223372036854775808 ELSE ?1 END) ORDER BY id
 -- Whether any task id is not the decimal form of an integer row id (a text id
 -- from PostgreSQL or a file before schema version 13): a file with integer ids
 -- cannot take it.
-SELECT EXISTS (SELECT 1 FROM sitq_tasks WHERE typeof(id) <> 'integer'
-    AND NOT (id GLOB '[1-9]*' AND id NOT GLOB '*[^0-9]*' AND length(id) <= 18))
+SELECT CASE WHEN (SELECT type FROM pragma_table_info('sitq_tasks') WHERE name = 'id') = 'INTEGER'
+    THEN 0  -- every id is one: no scan
+    ELSE EXISTS (SELECT 1 FROM sitq_tasks WHERE typeof(id) <> 'integer'
+        AND NOT (id GLOB '[1-9]*' AND id NOT GLOB '*[^0-9]*' AND length(id) <= 18)) END
+
+-- name: task_counter
+-- Where the source's counter of integer ids stands (ids below it may have been
+-- handed out, even to tasks since deleted).
+SELECT CAST(value AS INTEGER) FROM sitq_meta WHERE key = 'next_task_id'
 
 -- name: advance_task_ids
--- After the copy: the counter that hands out integer ids moves past the largest
--- copied (see the backend's reserve_task_ids), so that none is handed out twice.
-UPDATE sitq_meta SET value = CAST((SELECT max(id) + 1 FROM sitq_tasks) AS TEXT)
-WHERE key = 'next_task_id' AND typeof((SELECT max(id) FROM sitq_tasks)) = 'integer'
-    AND CAST(value AS INTEGER) <= (SELECT max(id) FROM sitq_tasks)
+-- After the copy: the counter that hands out integer ids (the backend's
+-- reserve_task_ids) moves past every id it could meet again: its own, the
+-- source's counter ?1 (NULL for a source without one), and every id the tables
+-- name, a task's or one only referred to; then a random gap ?2, so that the two
+-- files do not go on handing out the same ids.
+UPDATE sitq_meta SET value = CAST(?2 + max(
+    CAST(value AS INTEGER),
+    coalesce(?1, 0),
+    (SELECT coalesce(max(id), 0) + 1 FROM sitq_tasks WHERE typeof(id) = 'integer'),
+    (SELECT coalesce(max(cancelled_by), 0) + 1 FROM sitq_tasks
+     WHERE typeof(cancelled_by) = 'integer'),
+    (SELECT coalesce(max(max(child_id, parent_id)), 0) + 1 FROM sitq_dependencies
+     WHERE typeof(child_id) = 'integer' AND typeof(parent_id) = 'integer'),
+    (SELECT coalesce(max(task_id), 0) + 1 FROM sitq_batch_tasks
+     WHERE typeof(task_id) = 'integer'),
+    (SELECT coalesce(max(CAST(task_id AS INTEGER)), 0) + 1 FROM sitq_workflow_items
+     WHERE task_id GLOB '[1-9]*' AND task_id NOT GLOB '*[^0-9]*' AND length(task_id) <= 18)
+) AS TEXT)
+WHERE key = 'next_task_id'
 
 -- sitq_dependencies -----------------------------------------------------
 

@@ -13,12 +13,6 @@ UPDATE sitq_meta SET value = CAST(CAST(value AS INTEGER) + ?1 AS TEXT)
 WHERE key = 'next_task_id'
 RETURNING CAST(value AS INTEGER) - ?1
 
--- name: task_ids_above
--- After rows with integer ids were copied in (sitq migrate): the counter moves
--- past the largest, so that no id is handed out twice.
-UPDATE sitq_meta SET value = CAST((SELECT max(id) + 1 FROM sitq_tasks) AS TEXT)
-WHERE key = 'next_task_id' AND CAST(value AS INTEGER) <= (SELECT max(id) FROM sitq_tasks)
-
 -- name: insert_unique_task
 -- A task with a unique key: nothing is inserted while another queued or running
 -- task holds the key (the unique index), and existing_unique finds that one.
