@@ -103,14 +103,23 @@ def test_a_forked_child_does_not_reuse_the_parents_ids(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM sitq_tasks").fetchone() == (7,)
 
 
-async def test_a_file_with_tasks_keeps_its_text_ids_after_the_upgrade(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
+def _version_12_file_with_a_task(path: Path) -> None:
+    """A file as sitq's schema 12 left it, holding one task under a text id."""
     conn = sqlite_store_at(path, 12)
     conn.execute(
         sqlite_schema.SQL.insert_task,
-        ("0" * 31 + "1", "default", "f", b"p", 0, 1.0, 1.0, 0, 1.0, None, None, None, None),
+        (OLD_ID, "default", "f", b"p", 0, 1.0, 1.0, 0, 1.0, None, None, None, None),
     )
     conn.close()
+
+
+#: A text id as sitq made them before schema version 13.
+OLD_ID = "0" * 31 + "1"
+
+
+async def test_a_file_with_tasks_keeps_its_text_ids_after_the_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _version_12_file_with_a_task(path)
     async with TaskQueue(path) as queue:
         task_id = await queue.enqueue(operator.add, 20, 22)
         assert len(task_id) == 32 and not task_id.isdigit()  # a text id, as before
@@ -221,12 +230,7 @@ async def test_text_ids_go_into_a_new_file_as_text_and_are_refused_by_one_with_t
     them too) migrates into a new file, which then keeps text ids; a file that
     keeps integer ids and holds tasks refuses them, naming why."""
     source = tmp_path / "old.db"
-    conn = sqlite_store_at(source, 12)
-    conn.execute(
-        sqlite_schema.SQL.insert_task,
-        ("0" * 31 + "1", "default", "f", b"p", 0, 1.0, 1.0, 0, 1.0, None, None, None, None),
-    )
-    conn.close()
+    _version_12_file_with_a_task(source)
     async with TaskQueue(source):  # upgraded in place, keeping its text ids
         pass
 
@@ -245,7 +249,7 @@ async def test_text_ids_go_into_a_new_file_as_text_and_are_refused_by_one_with_t
     assert done.returncode == 0, done.stdout + done.stderr
     assert _layout(fresh)[0] == "TEXT"
     async with TaskQueue(fresh) as queue:
-        assert await queue.status("0" * 31 + "1")
+        assert await queue.status(OLD_ID)
         assert not (await queue.enqueue(operator.add, 1, 1)).isdigit()
 
     busy = tmp_path / "busy.db"
