@@ -4,13 +4,14 @@ Files made since schema version 13 keep each task under its integer row id
 (``id INTEGER PRIMARY KEY``; the public id is its decimal string), with the
 columns that name a task (a dependency's child and parent, a batch member, a
 cancelled task's ``cancelled_by``) integers too, so that every join compares
-integers and finds its index. Files that already held tasks keep text ids: a
-row id cannot take them. The same SQL serves both forms (SQLite converts a
-decimal string parameter to the integer an integer column holds).
+integers and finds its index. Files made by an older sitq keep text ids (a
+process of that sitq may still write its text ids to them). The same SQL serves
+both forms (SQLite converts a decimal string parameter to the integer an
+integer column holds).
 
 The tables are rebuilt only while they hold no task, dependency or batch member:
-at the upgrade to version 13, and when ``sitq migrate`` copies text ids into a
-new file (``integer=False``).
+when a new file is made, and when ``sitq migrate`` copies text ids into a new
+file (``integer=False``).
 """
 
 from __future__ import annotations

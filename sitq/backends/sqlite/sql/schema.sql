@@ -625,8 +625,8 @@ END
 -- an insert changes two B-trees, not three. The counter below hands each producer
 -- a block of ids (reserve_task_ids in tasks.sql); it starts at a random point
 -- above 2**32 so that two files' ids do not meet (sitq migrate merges files).
--- The tables are rebuilt with integer ids (sitq.backends.sqlite.layout) only
--- while they hold no task: a file with tasks keeps the text ids it has.
+-- Only a new file's tables are rebuilt with integer ids (sitq.backends.sqlite.layout):
+-- a file an older sitq made keeps text ids, which its processes may still write.
 
 -- name: v13_01_start_task_ids
 INSERT OR IGNORE INTO sitq_meta (key, value)
