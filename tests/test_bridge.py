@@ -79,6 +79,9 @@ def test_ctrl_c_while_waiting_cancels_the_coroutine_and_lets_it_unwind() -> None
         assert started.wait(10)
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
+    # Python's own Ctrl-C handler, even in a suite started with SIGINT ignored
+    # (in the background, or under nohup), where Python does not install it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     presser = threading.Thread(target=press_ctrl_c)
     presser.start()
     try:
@@ -88,6 +91,7 @@ def test_ctrl_c_while_waiting_cancels_the_coroutine_and_lets_it_unwind() -> None
     finally:
         presser.join()
         loop.close()
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_closed_queue_refuses_and_closes_the_coroutine(db_path: Path) -> None:

@@ -93,8 +93,13 @@ def test_status_shows_what_each_worker_runs(
 
 
 def test_status_watch_refreshes_until_interrupted(db_path: Path, filled_db: dict[str, str]) -> None:
+    # SIGINT's default restored first: a suite started in the background (or
+    # under nohup) ignores it, and a child inherits that.
+    restore = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    restore += "os.execv(sys.argv[1], sys.argv[1:])"
+    command = [SITQ, "status", "--db", str(db_path), "--watch", "--interval", "0.2"]
     proc = subprocess.Popen(
-        [SITQ, "status", "--db", str(db_path), "--watch", "--interval", "0.2"],
+        [sys.executable, "-c", restore, *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=subprocess_env(),
