@@ -173,10 +173,8 @@ class SQLBorrowed(BorrowedConnection):
         return value
 
     def task_ids(self, count: int) -> list[str] | None:
-        """Text ids; where the backend reserves ids, ones from the block the queue
-        reserved and committed before, or None when it runs short."""
-        if not self._backend.reserves_ids():
-            return text_task_ids(count)
+        """The backend's own: text ids, or where it reserves ids, ones from the
+        block the queue reserved and committed before (None when it runs short)."""
         return self._backend.task_ids(count)
 
     async def reserve_task_ids(self, count: int) -> list[str]:

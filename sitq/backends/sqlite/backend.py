@@ -570,7 +570,7 @@ class SQLiteBackend(SQLBackend):
 
         async def reserve(tx: Transaction) -> list[str]:
             start = self._reserved(await tx.fetch(SQL.reserve_task_ids, (count,)))
-            return [str(n) for n in range(start, start + count)]
+            return layout.id_range(start, count)
 
         return reserve
 

@@ -78,6 +78,11 @@ async def rebuild(tx: Transaction, *, integer: bool) -> bool:
 ID_BLOCK = 1024
 
 
+def id_range(start: int, count: int) -> list[str]:
+    """``count`` consecutive ids from ``start``, as the public ids they are."""
+    return [str(n) for n in range(start, start + count)]
+
+
 class IdBlock:
     """The ids a backend instance has reserved and not handed out yet.
 
@@ -96,19 +101,25 @@ class IdBlock:
             if self._end - start < count:
                 return None
             self._next = start + count
-        return [str(n) for n in range(start, start + count)]
+        return id_range(start, count)
 
     def refill(self, start: int, size: int, count: int) -> list[str]:
         """Keep the block of ``size`` ids from ``start`` just reserved, less the
         ``count`` first, which are returned (what was left before is dropped)."""
         with self._lock:
             self._next, self._end = start + count, start + size
-        return [str(n) for n in range(start, start + count)]
+        return id_range(start, count)
 
     def drop(self) -> None:
         """Forget the ids held."""
         with self._lock:
             self._next = self._end = 0
+
+    def forget_after_fork(self) -> None:
+        """Forget the ids held, in a forked child (where a lock held at the fork
+        stays held, so it is made afresh)."""
+        self._lock = threading.Lock()
+        self._next = self._end = 0
 
 
 _blocks: weakref.WeakSet[IdBlock] = weakref.WeakSet()
@@ -116,8 +127,7 @@ _blocks: weakref.WeakSet[IdBlock] = weakref.WeakSet()
 
 def _forget_after_fork() -> None:
     for block in list(_blocks):
-        block._next = block._end = 0
-        block._lock = threading.Lock()  # a lock held at the fork stays held in the child
+        block.forget_after_fork()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
