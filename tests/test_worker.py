@@ -323,8 +323,10 @@ class TestMisbehavingTasks:
                 )
 
                 async def retry_scheduled() -> bool:
+                    # A claimed task reads "queued" too, until it starts: not claimed
+                    # means the first attempt's retry is stored.
                     record = await queue.task_record(task_id)
-                    return record.attempts == 1 and record.status == "queued"
+                    return record.attempts == 1 and record.status == "queued" and not record.claimed
 
                 await await_until(retry_scheduled, 10, "the retry to be scheduled")
                 retry_at = (await queue.task_record(task_id)).available_at
