@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support import sqlite_store_at, subprocess_env
 
-from sitq import SyncTaskQueue, TaskQueue, Worker
+from sitq import SyncTaskQueue, TaskNotFound, TaskQueue, TaskStatus, Worker
 from sitq.backends.sqlite import SQLiteBackend
 from sitq.backends.sqlite import schema as sqlite_schema
 from sitq.backends.sqlite.layout import ID_BLOCK
@@ -280,3 +280,33 @@ async def test_a_listing_pages_through_every_task(tmp_path: Path, layout: str) -
             if cursor is None:
                 break
         assert seen == ids[::-1]  # newest first
+
+
+@pytest.mark.parametrize("spelling", ["0{}", " {}", "{} ", "+{}", "{}.0"])
+async def test_an_id_spelled_otherwise_names_no_task(tmp_path: Path, spelling: str) -> None:
+    """SQLite converts ``'0123'`` to 123 when it compares it with an integer id:
+    every lookup by id must still treat it as the unknown id it is."""
+    async with TaskQueue(tmp_path / "tasks.db") as queue:
+        task_id = await queue.enqueue(operator.add, 1, 2)
+        cancelled = await queue.enqueue(operator.add, 3, 4)
+        assert await queue.cancel(cancelled)
+        other, cancelled_other = spelling.format(task_id), spelling.format(cancelled)
+        with pytest.raises(TaskNotFound):
+            await queue.cancel(other)
+        with pytest.raises(TaskNotFound):
+            await queue.status(other)
+        with pytest.raises(TaskNotFound):
+            await queue.get_result(other, timeout=0)
+        with pytest.raises(TaskNotFound):
+            await queue.progress(other)
+        with pytest.raises(TaskNotFound):
+            await queue.retry(cancelled_other)
+        assert await queue.retry_many([cancelled_other]) == 0
+        assert await queue.task_record(other) is None
+        assert await queue.task_links(other) is None
+        assert await queue.statuses([other]) == {}
+        assert (await queue.status_counts([other]))["queued"] == 0
+        assert await queue.cancel_many([other]) == []
+        # The tasks themselves were never touched.
+        assert await queue.status(task_id) is TaskStatus.QUEUED
+        assert await queue.status(cancelled) is TaskStatus.CANCELLED

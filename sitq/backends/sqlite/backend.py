@@ -498,6 +498,11 @@ class SQLiteBackend(SQLBackend):
         """A list as one JSON text parameter (read with ``json_each``)."""
         return json.dumps(list(values))
 
+    def _lookup(self, task_ids: Sequence[str]) -> Sequence[str]:
+        if not self.integer_ids:
+            return task_ids
+        return [task_id for task_id in task_ids if layout.is_row_id(task_id)]
+
     def _rows(self, rows: Sequence[Sequence[Any]]) -> tuple[str]:
         return (json.dumps([list(row) for row in rows]),)
 

@@ -83,6 +83,23 @@ def id_range(start: int, count: int) -> list[str]:
     return [str(n) for n in range(start, start + count)]
 
 
+#: The largest row id SQLite can store.
+_MAX_ROW_ID = 2**63 - 1
+
+
+def is_row_id(task_id: str) -> bool:
+    """True if ``task_id`` is a row id as sitq writes it: plain ASCII decimal
+    digits, no leading zero, sign or space. SQLite converts ``'0123'`` or
+    ``' 123'`` to 123 when it compares them with an integer column; such an id
+    must not reach a task it does not name."""
+    return (
+        task_id.isascii()
+        and task_id.isdigit()
+        and task_id[0] != "0"
+        and (len(task_id) < 19 or int(task_id) <= _MAX_ROW_ID)
+    )
+
+
 class IdBlock:
     """The ids a backend instance has reserved and not handed out yet.
 
