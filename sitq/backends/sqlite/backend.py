@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -119,6 +120,10 @@ class SQLiteBackend(SQLBackend):
         #: The file keeps tasks under integer row ids (read at connect).
         self.integer_ids = False
         self._ids = layout.IdBlock()
+        # One reservation at a time (per loop, per thread): producers that run
+        # short together share it instead of each writing a block of its own.
+        self._reserving = asyncio.Lock()
+        self._reserving_blocking = threading.Lock()
 
     def describe(self) -> str:
         """The database file's path."""
@@ -129,6 +134,7 @@ class SQLiteBackend(SQLBackend):
     def _bind_loop(self) -> None:
         super()._bind_loop()
         self._lock = asyncio.Lock()  # asyncio locks belong to one loop
+        self._reserving = asyncio.Lock()
 
     async def _open(self) -> None:
         if self._conn is not None:
@@ -529,7 +535,11 @@ class SQLiteBackend(SQLBackend):
         async def reserve(tx: Transaction) -> int:
             return self._reserved(await tx.fetch(SQL.reserve_task_ids, (size,)))
 
-        return self._ids.refill(await self._transaction(reserve), size, count)
+        async with self._reserving:
+            ids = self._ids.take(count)  # another producer may have just reserved
+            if ids is not None:
+                return ids
+            return self._ids.refill(await self._transaction(reserve), size, count)
 
     def _reserved(self, rows: Sequence[Sequence[Any]]) -> int:
         """The first id of a block reserved (reserve_task_ids' rows)."""
@@ -546,12 +556,16 @@ class SQLiteBackend(SQLBackend):
         if not self.integer_ids:
             return text_task_ids(count)
         size = max(count, layout.ID_BLOCK)
-        deadline = time.monotonic() + LOCKED_DEADLINE
-        try:
-            row = self._blocking_inserter().fetch_one(SQL.reserve_task_ids, (size,), deadline)
-        except sqlite3.Error as exc:
-            raise self._blocking_write_error(exc) from exc
-        return self._ids.refill(self._reserved([] if row is None else [row]), size, count)
+        with self._reserving_blocking:
+            ids = self._ids.take(count)  # another thread may have just reserved
+            if ids is not None:
+                return ids
+            deadline = time.monotonic() + LOCKED_DEADLINE
+            try:
+                row = self._blocking_inserter().fetch_one(SQL.reserve_task_ids, (size,), deadline)
+            except sqlite3.Error as exc:
+                raise self._blocking_write_error(exc) from exc
+            return self._ids.refill(self._reserved([] if row is None else [row]), size, count)
 
     async def use_text_ids(self) -> bool:
         """Keep tasks under text ids from now on, as files before schema version
