@@ -90,17 +90,13 @@ class Claiming(Execution):
                     logger.info("worker %s: nothing left to run (burst mode)", self.id)
                     return True
                 # The queue had no more ready work: wait for a wake-up, or until
-                # something falls due; a retry this worker stores meanwhile may
-                # fall due sooner than that (nothing else wakes it).
-                assert self._retry_stored is not None
-                self._retry_stored.clear()
+                # something falls due.
                 wait = (
                     await self._idle_wait()
                     if not claimed
                     else min(UNSETTLED_POLL, self.poll_interval)
                 )
-                change = self.backend.wait_for_change("tasks", wait)
-                await self._wait_any(change, None, wake=self._retry_stored)
+                await self._wait_any(self.backend.wait_for_change("tasks", wait), None)
         return False
 
     async def _idle_wait(self) -> float:
@@ -135,25 +131,17 @@ class Claiming(Execution):
         return max(1, min(MAX_PREFETCH, by_size, int(per_slot * self.concurrency)))
 
     async def _wait_any(
-        self,
-        awaitable: Awaitable[Any],
-        timeout: float | None,
-        also: asyncio.Event | None = None,
-        *,
-        wake: asyncio.Event | None = None,
+        self, awaitable: Awaitable[Any], timeout: float | None, also: asyncio.Event | None = None
     ) -> None:
         """Wait for ``awaitable`` or for the event ``also`` (default: a stop request),
-        or ``wake`` if given, whichever comes first, for at most ``timeout`` seconds."""
+        whichever comes first, for at most ``timeout`` seconds."""
         assert self._stop_requested
         first = asyncio.ensure_future(awaitable)
         stop = asyncio.ensure_future((also or self._stop_requested).wait())
-        futures = [first, stop]
-        if wake is not None:
-            futures.append(asyncio.ensure_future(wake.wait()))
         try:
-            await asyncio.wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
+            await asyncio.wait([first, stop], timeout=timeout, return_when="FIRST_COMPLETED")
         finally:
-            for future in futures:
+            for future in (first, stop):
                 if not future.done():
                     future.cancel()
 

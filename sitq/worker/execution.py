@@ -111,7 +111,6 @@ class Execution:
     _retries_due: float  # burst: a retry this worker scheduled runs by then
     _stop_requested: asyncio.Event | None
     _room: asyncio.Event | None  # set when a held task starts or leaves
-    _retry_stored: asyncio.Event | None  # set when this worker stores a retry
     _idle: asyncio.Event | None  # set while no task is executing
     _renewed_at: float  # time.monotonic() just before the last heartbeat that worked
 
@@ -474,8 +473,6 @@ class Execution:
                 self.outcomes[outcome_name(outcome)] += 1
                 if outcome.retry_at is not None:
                     self._retries_due = max(self._retries_due, outcome.retry_at)
-                    assert self._retry_stored is not None
-                    self._retry_stored.set()  # the claim loop's wait may end later than it
                 if outcome.status != "succeeded":  # the only cost a success pays
                     log_failure(running.task, outcome, self.backend.now())
                 if running.observed:

@@ -137,7 +137,7 @@ class Worker(Claiming):
         self._retries_due = 0.0
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.tasks_done = 0
-        self._stop_requested = self._room = self._idle = self._retry_stored = None
+        self._stop_requested = self._room = self._idle = None
         self._force: asyncio.Event | None = None  # set: stop waiting for running tasks
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on
         self._renewed_at = 0.0
@@ -172,7 +172,6 @@ class Worker(Claiming):
         self._stop_requested = asyncio.Event()
         self._force = asyncio.Event()
         self._room = asyncio.Event()
-        self._retry_stored = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopped = asyncio.Event()
