@@ -188,12 +188,16 @@ async def _worker_idle(app: App, worker: WorkerProcess) -> None:
 
         await await_until(listening, 20, "the worker's LISTEN connection")
     else:
+        # Its own socket (named by its pid), bound by its first idle wait, once
+        # its first claim and look for due work are done; not one a process
+        # of an earlier run on the same path left behind.
         sockets = wake_directory(app.db) / "t"
-        await await_until(
-            lambda: asyncio.sleep(0, sockets.is_dir() and any(sockets.iterdir())),
-            20,
-            "the worker's wake-up socket",
-        )
+        own = f"{worker.process.pid}-"
+
+        def bound() -> bool:
+            return sockets.is_dir() and any(p.name.startswith(own) for p in sockets.iterdir())
+
+        await await_until(lambda: asyncio.sleep(0, bound()), 20, "the worker's wake-up socket")
     assert worker.process.poll() is None, worker.output()
 
 
