@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import threading
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -120,10 +119,9 @@ class SQLiteBackend(SQLBackend):
         #: The file keeps tasks under integer row ids (read at connect).
         self.integer_ids = False
         self._ids = layout.IdBlock()
-        # One reservation at a time (per loop, per thread): producers that run
-        # short together share it instead of each writing a block of its own.
+        # One reservation at a time (per loop; for threads, ``IdBlock.reserving``):
+        # producers that run short together share it, not each write a block.
         self._reserving = asyncio.Lock()
-        self._reserving_blocking = threading.Lock()
 
     def describe(self) -> str:
         """The database file's path."""
@@ -556,7 +554,7 @@ class SQLiteBackend(SQLBackend):
         if not self.integer_ids:
             return text_task_ids(count)
         size = max(count, layout.ID_BLOCK)
-        with self._reserving_blocking:
+        with self._ids.reserving:
             ids = self._ids.take(count)  # another thread may have just reserved
             if ids is not None:
                 return ids

@@ -83,8 +83,8 @@ def id_range(start: int, count: int) -> list[str]:
     return [str(n) for n in range(start, start + count)]
 
 
-#: The largest row id SQLite can store.
-_MAX_ROW_ID = 2**63 - 1
+#: The largest row id SQLite can store, as text.
+_MAX_ROW_ID = str(2**63 - 1)
 
 
 def is_row_id(task_id: str) -> bool:
@@ -96,7 +96,7 @@ def is_row_id(task_id: str) -> bool:
         task_id.isascii()
         and task_id.isdigit()
         and task_id[0] != "0"
-        and (len(task_id) < 19 or int(task_id) <= _MAX_ROW_ID)
+        and (len(task_id) < 19 or (len(task_id) == 19 and task_id <= _MAX_ROW_ID))
     )
 
 
@@ -109,6 +109,9 @@ class IdBlock:
     def __init__(self) -> None:
         self._next = self._end = 0
         self._lock = threading.Lock()
+        #: Held by the one thread reserving the next block, so that threads that
+        #: run short together share it (see SQLiteBackend.reserve_task_ids_blocking).
+        self.reserving = threading.Lock()
         _blocks.add(self)
 
     def take(self, count: int) -> list[str] | None:
@@ -136,6 +139,7 @@ class IdBlock:
         """Forget the ids held, in a forked child (where a lock held at the fork
         stays held, so it is made afresh)."""
         self._lock = threading.Lock()
+        self.reserving = threading.Lock()
         self._next = self._end = 0
 
 
