@@ -99,9 +99,12 @@ async def dump(target: str | Path) -> dict[str, Any]:
 
 async def results_of(target: str | Path, ids: list[str]) -> dict[str, tuple[Any, ...]]:
     async with TaskQueue(str(target), create=False) as queue:
+        found = {}
+        for start in range(0, len(ids), 5000):  # in bulk: one at a time took 25 s of 100k
+            found.update(await queue.get_results(ids[start : start + 5000]))
         out = {}
         for task_id in ids:
-            r = await queue.get_result(task_id, timeout=0)
+            r = found.get(task_id)
             assert r is not None, task_id
             out[task_id] = (
                 r.status,
