@@ -198,7 +198,7 @@ class SQLBackend(Backend):
     def _array(self, values: Sequence[Any]) -> Any:
         """A list as one query parameter (see ``_IN_ARRAY``)."""
 
-    def _lookup(self, task_ids: Sequence[str]) -> Sequence[str]:
+    async def _lookup(self, task_ids: Sequence[str]) -> Sequence[str]:
         """Those of ``task_ids``, given by a caller, that could name a task here:
         all of them, unless the store's ids have one exact form (SQLite's
         integer row ids), which an id of another form must not reach."""
@@ -377,12 +377,12 @@ class SQLBackend(Backend):
         payload = "payload" if with_payload else "NULL"
         sizes = f"{self._LENGTH}(payload), {self._LENGTH}(result)"
         sql = self.SQL.get_tasks.replace("{columns}", f"{columns}, {payload}, {sizes}")
-        rows = await self._fetch(sql, (self._array(self._lookup(task_ids)),))
+        rows = await self._fetch(sql, (self._array(await self._lookup(task_ids)),))
         return {row[0]: task_record(row) for row in rows}
 
     async def cancel(self, task_id: str) -> str | None:
         """Cancel a queued task now, or ask a running task's worker to stop it."""
-        if not self._lookup([task_id]):
+        if not await self._lookup([task_id]):
             return None
         now = self.now()
 
@@ -410,7 +410,7 @@ class SQLBackend(Backend):
 
     async def cancel_queued(self, task_ids: Sequence[str]) -> list[str]:
         """Cancel the still-queued ones of ``task_ids`` in one statement."""
-        task_ids = self._lookup(task_ids)
+        task_ids = await self._lookup(task_ids)
         if not task_ids:
             return []
         params = (self._array(task_ids), self.now(), self.default_result_ttl)
@@ -432,7 +432,7 @@ class SQLBackend(Backend):
         params: list[Any] = [self.now()]
         where = "status = 'failed'"
         if task_ids is not None:
-            task_ids = self._lookup(task_ids)
+            task_ids = await self._lookup(task_ids)
             if not task_ids:
                 return []
             params.append(self._array(task_ids))
@@ -522,7 +522,7 @@ class SQLBackend(Backend):
 
     async def task_links(self, task_id: str, *, with_results: bool = False) -> TaskLinks | None:
         """A task's parents, dependents and wait, read from one snapshot."""
-        if not self._lookup([task_id]):
+        if not await self._lookup([task_id]):
             return None
 
         async def body(tx: Transaction) -> TaskLinks | None:
@@ -599,20 +599,24 @@ class SQLBackend(Backend):
     async def count_statuses(self, task_ids: Sequence[str]) -> dict[str, int]:
         """The given tasks per status."""
         rows = await self._fetch(
-            self.SQL.count_statuses, (self._array(list(set(self._lookup(task_ids)))),)
+            self.SQL.count_statuses, (self._array(list(set(await self._lookup(task_ids)))),)
         )
         return {row[0]: int(row[1]) for row in rows}
 
     async def task_statuses(self, task_ids: Sequence[str]) -> dict[str, str]:
         """Each given task's status."""
-        rows = await self._fetch(self.SQL.task_statuses, (self._array(self._lookup(task_ids)),))
+        rows = await self._fetch(
+            self.SQL.task_statuses, (self._array(await self._lookup(task_ids)),)
+        )
         return {row[0]: row[1] for row in rows}
 
     async def task_progress(
         self, task_ids: Sequence[str]
     ) -> dict[str, tuple[str, Progress | None]]:
         """Each given task's status and latest progress, in one query."""
-        rows = await self._fetch(self.SQL.task_progress, (self._array(self._lookup(task_ids)),))
+        rows = await self._fetch(
+            self.SQL.task_progress, (self._array(await self._lookup(task_ids)),)
+        )
         return {row[0]: (row[1], stored_progress(row[2:6])) for row in rows}
 
     async def report_progress(self, reports: Sequence[ProgressReport]) -> int:

@@ -299,6 +299,17 @@ async def test_text_ids_go_into_a_new_file_as_text_and_are_refused_by_one_with_t
         assert await queue.status(OLD_ID)
         assert not (await queue.enqueue(operator.add, 1, 1)).isdigit()
 
+    # A queue connected to an empty new file before the migration switched it
+    # to text ids still finds the tasks by their text ids.
+    watched = tmp_path / "watched.db"
+    async with TaskQueue(watched) as early:
+        done = migrate(watched, "--into-existing")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert _layout(watched)[0] == "TEXT"
+        assert await early.status(OLD_ID) is TaskStatus.QUEUED
+        assert await early.task_links(OLD_ID) is not None
+        assert not (await early.enqueue(operator.add, 1, 1)).isdigit()
+
     busy = tmp_path / "busy.db"
     async with TaskQueue(busy) as queue:
         await queue.enqueue(operator.add, 1, 1)

@@ -502,10 +502,19 @@ class SQLiteBackend(SQLBackend):
         """A list as one JSON text parameter (read with ``json_each``)."""
         return json.dumps(list(values))
 
-    def _lookup(self, task_ids: Sequence[str]) -> Sequence[str]:
+    async def _lookup(self, task_ids: Sequence[str]) -> Sequence[str]:
         if not self.integer_ids:
             return task_ids
-        return [task_id for task_id in task_ids if layout.is_row_id(task_id)]
+        kept = [task_id for task_id in task_ids if layout.is_row_id(task_id)]
+        if len(kept) < len(task_ids):
+            # An id of another form: the file may keep text ids since this
+            # connected (``sitq migrate`` of text ids into an empty new file).
+            rows = await self._fetch(SQL.task_id_column_type)
+            if not (rows and str(rows[0][0]).upper() == "INTEGER"):
+                self.integer_ids = False
+                self._ids.drop()
+                return task_ids
+        return kept
 
     def _rows(self, rows: Sequence[Sequence[Any]]) -> tuple[str]:
         return (json.dumps([list(row) for row in rows]),)
