@@ -72,8 +72,10 @@ def until_cancelled(marker: str, seconds: float = 60.0) -> str:
         done += 1
         task.report_progress(done, None, "working")
         time.sleep(0.005)
-    with open(marker, "w") as out:
+    # Written aside, then renamed: the test reads it as soon as it exists.
+    with open(marker + ".tmp", "w") as out:
         out.write(f"stopped after {done} steps")
+    os.replace(marker + ".tmp", marker)
     return "stopped"
 
 
