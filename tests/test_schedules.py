@@ -254,6 +254,28 @@ async def test_a_global_limit_of_2_holds_across_3_worker_processes(
     assert _most_at_once(spans) > 2  # unlimited tasks were not held back
 
 
+async def test_the_next_task_under_a_full_limit_starts_when_the_running_one_ends(
+    db_path: Path,
+) -> None:
+    """An idle worker does not poll for room under a full concurrency limit: the
+    finish that frees it wakes the worker (a poll interval of 10 s would show)."""
+    async with TaskQueue(db_path) as queue:
+        await queue.set_limit("one", max_running=1)
+        limited = queue.with_options(limit_key="one")
+        first = await limited.enqueue(jobs.sync_sleep, 0.3)
+        second = await limited.enqueue(jobs.sync_sleep, 0.0)
+        worker = Worker(db_path, concurrency=2, poll_interval=10.0)
+        await worker.start()
+        try:
+            done = await queue.get_result(first, timeout=10)
+            after = await queue.get_result(second, timeout=10)
+        finally:
+            await worker.stop()
+    assert done is not None and done.ok and after is not None and after.ok
+    assert after.started_at is not None and done.finished_at is not None
+    assert (after.started_at - done.finished_at).total_seconds() < 2.0
+
+
 @pytest.mark.slow
 async def test_a_rate_limit_of_10_per_second_holds_over_5_seconds(
     db_path: Path, spawn_worker

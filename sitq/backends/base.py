@@ -169,6 +169,9 @@ class Lease:
     #: The task's queue, as claimed (None where unknown): a backend may count a
     #: finish by it without reading the row back. Not part of the proof.
     queue: str | None = field(default=None, compare=False)
+    #: Claimed under a limit: its end frees room, so the finish wakes the workers
+    #: (their idle wait does not poll for it). Not part of the proof.
+    limited: bool = field(default=False, compare=False)
 
 
 # Built once per task on the worker's hot path: slots and no frozen guard (a

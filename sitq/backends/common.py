@@ -23,7 +23,7 @@ import math
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import astuple
+from dataclasses import astuple, replace
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from sitq.backends import rewait
@@ -86,6 +86,11 @@ PROGRESS_MESSAGE_LIMIT = 1000
 #: and FINISHED_FOLD_MARGIN (room for clocks that differ between hosts).
 FINISHED_HORIZON = 3600.0
 FINISHED_FOLD_MARGIN = 600.0
+#: Seconds past the moment a rate limit's window frees room that an idle worker
+#: claims again: a claim stamps its starts, and its tasks start a few ms later,
+#: so a claim at the very edge could put two windows' starts within one window
+#: of each other as the tasks themselves saw them.
+RATE_WINDOW_SLACK = 0.05
 
 
 def lease_key(lease: Lease) -> tuple[str, str, int]:
@@ -754,21 +759,41 @@ class SQLBackend(Backend):
             # Limited tasks first: they are few at a time by nature, and would
             # otherwise wait for a lull in the unlimited ones.
             rows = await self._claim_limited(worker_id, queues, limit, now, expires)
+        limited = {row[0] for row in rows}
         if len(rows) < limit:
             rows += await self._claim_ready(worker_id, queues, limit - len(rows), now, expires)
-        return claimed_tasks(rows, worker_id, now)
+        claimed = claimed_tasks(rows, worker_id, now)
+        if limited:
+            for task in claimed:
+                if task.id in limited:
+                    task.lease = replace(task.lease, limited=True)
+        return claimed
 
     async def next_due(self, queues: Sequence[str]) -> float | None:
         """When a queued task of ``queues`` or a lease falls due (see Backend):
-        a few index seeks, no scan. While a task under a limit is queued (in any
-        queue, at any time: one seek finds it) it answers "now": a limit's window
-        frees room with no wake-up, so the worker keeps polling. A paused queue's
-        other tasks are left out: resuming it wakes the workers (before, an idle
-        worker polled 20 times a second while one waited)."""
-        if self._has_limits and await self._fetch(self.SQL.limited_task_queued):
-            return self.now()
+        a few index seeks, no scan. A paused queue's tasks are left out: resuming
+        it wakes the workers (before, an idle worker polled 20 times a second
+        while one waited).
+
+        A task under a limit is due when its limit has room: at once or at its
+        own time while there is room; when the oldest start leaves the window of
+        a rate limit that has none. Under a full concurrency limit it has no
+        time: a limited task's end wakes the workers (``finish``), and a lost
+        lease falls due with the leases (an idle worker polled 20 times a second
+        while any limited task waited)."""
+        now = self.now()
         paused = {row[0] for row in await self._fetch(self.SQL.paused_queues)}
         times = [row[0] for row in await self._fetch(self.SQL.next_lease_expiry)]
+        if self._has_limits:
+            rows = await self._fetch(self.SQL.limited_due, (now, self._array(queues)))
+            for running_room, starts_left, window_frees_at, first_at in rows:
+                if running_room is not None and running_room <= 0:
+                    continue
+                if starts_left is not None and starts_left <= 0:
+                    # No starts left: none can be recorded until the window moves.
+                    times.append(max(first_at, (window_frees_at or now) + RATE_WINDOW_SLACK))
+                else:
+                    times.append(first_at)
         for queue in queues:
             if queue in paused:
                 continue
@@ -858,12 +883,15 @@ class SQLBackend(Backend):
 
         async def body(tx: Transaction) -> int:
             existed = await tx.execute(self.SQL.delete_limit, (limit.key,))
+            # A new limit may have more room than the old: idle workers do not
+            # poll for that (see next_due). A lifted one's tasks are claimable by
+            # the main claim now.
+            await tx.wake("tasks")
             if not lift:
                 await tx.execute(self.SQL.set_limit, params)
                 return existed
             await tx.execute(self.SQL.unlimit_tasks, (limit.key,))
             await tx.execute(self.SQL.delete_limit_starts, (limit.key,))
-            await tx.wake("tasks")  # its tasks are claimable by the main claim now
             return existed
 
         existed = await self._transaction(body)

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
-from test_conformance import DEFAULT, LONG_LEASE, enqueue, new_task, record
+from support import until_listening
+from test_conformance import DEFAULT, LONG_LEASE, SUCCEEDED, enqueue, new_task, record
 
-from sitq.backends.base import LimitRecord
+from sitq.backends.base import Lease, LimitRecord, NewTask
 from sitq.backends.sqlite import SQLiteBackend
 from sitq.backends.sqlite.schema import SQL
 
@@ -63,16 +66,71 @@ async def test_a_held_lease_is_due_when_it_expires_in_any_queue(backend):
     assert due is not None and before + LONG_LEASE <= due <= after + LONG_LEASE
 
 
-async def test_while_a_limited_task_waits_the_answer_is_now(backend):
-    """A limit's window frees room with no wake-up: keep looking while a task
-    under a limit waits, and only then (an idle worker polled 20 times a second
-    wherever a limit was merely defined)."""
-    await backend.set_limit(LimitRecord("api", None, 1, 60.0))
+def limited(backend, key: str = "api", **options) -> NewTask:
+    return new_task(backend, **options)._replace(limit_key=key)
+
+
+async def test_a_limited_task_with_room_is_due_at_its_time(backend):
+    """Room under its limit: the task's own time, in the worker's queues only (an
+    idle worker polled 20 times a second while any limited task waited)."""
+    await backend.set_limit(LimitRecord("api", 2, 5, 60.0))
     await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)  # reads the limits
     assert await backend.next_due([DEFAULT]) is None
-    await backend.enqueue([new_task(backend, delay=300)._replace(limit_key="api")])
+    task = limited(backend, delay=300)
+    await backend.enqueue([task, limited(backend, queue="other", delay=100)])
+    assert await backend.next_due([DEFAULT]) == (await record(backend, task.id)).available_at
+    await backend.enqueue([limited(backend)])
     due = await backend.next_due([DEFAULT])
     assert due is not None and due <= backend.now()
+
+
+async def test_a_full_concurrency_limit_waits_for_an_end_not_a_time(backend):
+    """Room frees when a running task under the limit ends (its finish wakes the
+    workers) or its lease runs out (a time next_due already gives)."""
+    await backend.set_limit(LimitRecord("api", 1, None, None))
+    await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)  # reads the limits
+    await backend.enqueue([limited(backend)])
+    [held] = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
+    await backend.enqueue([limited(backend)])
+    assert held.lease.limited
+    due = await backend.next_due([DEFAULT])
+    assert due is not None and due >= backend.now() + LONG_LEASE - 5  # the lease, not now
+
+
+async def test_a_used_up_rate_limit_is_due_when_its_window_moves(backend):
+    await backend.set_limit(LimitRecord("api", None, 1, 60.0))
+    await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)  # reads the limits
+    await backend.enqueue([limited(backend)])
+    before = backend.now()
+    [held] = await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)
+    after = backend.now()
+    await backend.finish([(held.lease, SUCCEEDED)])
+    await backend.enqueue([limited(backend)])
+    due = await backend.next_due([DEFAULT])
+    assert due is not None and before + 60.0 <= due <= after + 60.0 + 1
+
+
+async def test_the_end_of_a_limited_task_wakes_the_workers(backend):
+    """Idle workers do not poll for a limit's room: the finish that frees it wakes
+    them, as a retry does; an unlimited task's finish does not."""
+    await backend.set_limit(LimitRecord("api", 1, None, None))
+    await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)  # reads the limits
+    await backend.enqueue([limited(backend), new_task(backend)])
+    claimed = await backend.claim("w1", [DEFAULT], 2, LONG_LEASE)
+    [plain] = [task for task in claimed if not task.lease.limited]
+    [held] = [task for task in claimed if task.lease.limited]
+    await until_listening(backend)
+
+    async def finish_woke(lease: Lease) -> bool:
+        waiter = asyncio.ensure_future(backend.wait_for_change("tasks", 3.0))
+        await asyncio.sleep(0.1)  # let it listen before the finish
+        started = time.monotonic()
+        await backend.finish([(lease, SUCCEEDED)])
+        await waiter
+        return time.monotonic() - started < 1.5
+
+    assert not await finish_woke(plain.lease)
+    assert await finish_woke(held.lease)
 
 
 async def test_a_paused_queue_is_left_out_until_resumed(backend):
@@ -100,12 +158,13 @@ async def test_sqlite_reads_next_due_from_indexes_without_a_scan(tmp_path: Path)
         for name, params in (
             ("next_due_in_queue", ("default",)),
             ("next_lease_expiry", ()),
-            ("limited_task_queued", ()),
+            ("limited_due", (1.0, '["default"]')),
         )
     }
     conn.close()
     assert "sitq_tasks_ready" in plans["next_due_in_queue"], plans
     assert "sitq_tasks_running" in plans["next_lease_expiry"], plans
-    assert "sitq_tasks_limited_ready" in plans["limited_task_queued"], plans
+    assert "sitq_tasks_limited_ready" in plans["limited_due"], plans
+    assert "sitq_tasks_limited_running" in plans["limited_due"], plans
     for plan in plans.values():
         assert "SCAN sitq_tasks" not in plan.replace("SCAN sitq_tasks USING", ""), plan

@@ -339,7 +339,9 @@ class PostgresBackend(SQLBackend):
         started_at = [starts.pop(lease.task_id, None) for lease in leases]
         running = [mark for mark in started if mark[0].task_id in starts] if starts else []
         queued = [outcome.status == "queued" for _, outcome in items]
-        kinds = (["results"] if not all(queued) else []) + (["tasks"] if any(queued) else [])
+        # "tasks": a retry is queued, or a limit has room again.
+        wake = any(queued) or any(lease.limited for lease in leases)
+        kinds = (["results"] if not all(queued) else []) + (["tasks"] if wake else [])
         async with self._acquire() as conn, contextlib.AsyncExitStack() as stack:
             if running:
                 await stack.enter_async_context(conn.transaction())

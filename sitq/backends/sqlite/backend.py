@@ -790,8 +790,8 @@ class SQLiteBackend(SQLBackend):
             applied = await self._finished_by(items, now)
         if any(outcome.status != "queued" for _, outcome in items):
             self._wakeup.notify("results")
-        if released_dependents or any(o.status == "queued" for _, o in items):
-            self._wakeup.notify("tasks")
+        if released_dependents or any(o.status == "queued" or lease.limited for lease, o in items):
+            self._wakeup.notify("tasks")  # due now: a retry, a dependent, a limit's room
         return applied
 
     def _count_finish(

@@ -246,11 +246,38 @@ SELECT MIN(CASE WHEN depth <= 32 THEN (SELECT MIN(t.available_at) FROM {s}.sitq_
     MAX(CASE WHEN depth > 32 THEN 1 ELSE 0 END)
 FROM levels WHERE levels.priority IS NOT NULL
 
--- name: limited_task_queued
--- Whether a task under a limit waits (its index's first entry): only then may
--- room under a limit free up with no wake-up to say so.
-SELECT 1 FROM {s}.sitq_tasks WHERE status = 'queued' AND limit_key IS NOT NULL LIMIT 1
-
 -- name: next_lease_expiry
 -- The first lease to run out, from the running tasks' index.
 SELECT MIN(lease_expires_at) FROM {s}.sitq_tasks WHERE status = 'running'
+
+-- name: limited_due
+-- What an idle worker of the queues in $2 waits for under limits, per limit key
+-- with a queued task in them (paused queues left out): the concurrency room and
+-- the starts left in the window (NULL: not limited that way), when the oldest
+-- start in the window leaves it (by $1, this host's clock: a skew from the
+-- database's, in which starts are recorded, moves the wait by as much), and,
+-- only where the concurrency room is not full, the earliest available_at of
+-- those tasks. A full concurrency room frees when a running task ends, which
+-- wakes the workers (or when its lease runs out, which next_due counts already).
+SELECT running_room, starts_left, window_frees_at,
+    CASE WHEN running_room IS NULL OR running_room > 0 THEN
+        (SELECT min(t.available_at) FROM {s}.sitq_tasks t
+         WHERE t.status = 'queued' AND t.limit_key = k.key AND t.queue = ANY($2)
+           AND t.queue NOT IN (SELECT queue FROM {s}.sitq_paused))
+    END
+FROM (
+    SELECT l.key AS key,
+        l.max_running - (SELECT count(*) FROM {s}.sitq_tasks r
+                         WHERE r.limit_key = l.key AND r.status = 'running') AS running_room,
+        l.max_starts - (SELECT count(*) FROM {s}.sitq_limit_starts st
+                        WHERE st.key = l.key
+                          AND st.started_at > $1 - l.per_seconds) AS starts_left,
+        (SELECT min(st.started_at) FROM {s}.sitq_limit_starts st
+         WHERE st.key = l.key AND st.started_at > $1 - l.per_seconds)
+            + l.per_seconds AS window_frees_at
+    FROM {s}.sitq_limits l
+    WHERE (SELECT true FROM {s}.sitq_tasks t
+           WHERE t.status = 'queued' AND t.limit_key = l.key AND t.queue = ANY($2)
+             AND t.queue NOT IN (SELECT queue FROM {s}.sitq_paused)
+           LIMIT 1)
+) AS k

@@ -222,11 +222,37 @@ SELECT MIN(CASE WHEN depth <= 32 THEN (SELECT MIN(t.available_at) FROM sitq_task
     MAX(CASE WHEN depth > 32 THEN 1 ELSE 0 END)
 FROM levels WHERE levels.priority IS NOT NULL
 
--- name: limited_task_queued
--- Whether a task under a limit waits (its index's first entry): only then may
--- room under a limit free up with no wake-up to say so.
-SELECT 1 FROM sitq_tasks WHERE status = 'queued' AND limit_key IS NOT NULL LIMIT 1
-
 -- name: next_lease_expiry
 -- The first lease to run out, from the running tasks' index.
 SELECT MIN(lease_expires_at) FROM sitq_tasks WHERE status = 'running'
+
+-- name: limited_due
+-- What an idle worker of the queues in the JSON array ?2 waits for under
+-- limits, per limit key with a queued task in them (paused queues left out):
+-- the concurrency room and the starts left in the window (NULL: not limited
+-- that way), when the oldest start in the window leaves it, and, only where
+-- the concurrency room is not full, the earliest available_at of those tasks.
+-- A full concurrency room frees when a running task ends, which wakes the
+-- workers (or when its lease runs out, which next_due counts already).
+SELECT running_room, starts_left, window_frees_at,
+    CASE WHEN running_room IS NULL OR running_room > 0 THEN
+        (SELECT MIN(t.available_at) FROM sitq_tasks t
+         WHERE t.status = 'queued' AND t.limit_key = k.key
+           AND t.queue IN (SELECT value FROM json_each(?2))
+           AND t.queue NOT IN (SELECT queue FROM sitq_paused))
+    END
+FROM (
+    SELECT l.key AS key,
+        l.max_running - (SELECT COUNT(*) FROM sitq_tasks r
+                         WHERE r.limit_key = l.key AND r.status = 'running') AS running_room,
+        l.max_starts - (SELECT COUNT(*) FROM sitq_limit_starts s
+                        WHERE s.key = l.key AND s.started_at > ?1 - l.per_seconds) AS starts_left,
+        (SELECT MIN(s.started_at) FROM sitq_limit_starts s
+         WHERE s.key = l.key AND s.started_at > ?1 - l.per_seconds) + l.per_seconds
+            AS window_frees_at
+    FROM sitq_limits l
+    WHERE EXISTS (SELECT 1 FROM sitq_tasks t
+                  WHERE t.status = 'queued' AND t.limit_key = l.key
+                    AND t.queue IN (SELECT value FROM json_each(?2))
+                    AND t.queue NOT IN (SELECT queue FROM sitq_paused))
+) AS k
