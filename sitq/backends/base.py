@@ -670,7 +670,10 @@ class Backend(abc.ABC):
         claimable with no wake-up to say so: the earliest time of a queued task
         (a delayed one, a retry) or of a lease's expiry (its task is reclaimed
         then). None: nothing waits. A paused queue's tasks do not count (resuming
-        wakes the workers). A worker that found nothing to claim looks again then.
+        wakes the workers); nor does a task under a full concurrency limit, if the
+        finish of a task claimed under a limit (``Lease.limited``) wakes the
+        workers. A rate limit with no starts left is due when its window moves.
+        A worker that found nothing to claim looks again then.
         This default knows nothing, so it answers "now"."""
         return self.now()
 
