@@ -102,10 +102,10 @@ class Claiming(Execution):
     async def _idle_wait(self) -> float:
         """How long a worker that found nothing to claim waits for a wake-up: until
         the next delayed task, retry or lease falls due, at most ``poll_interval``;
-        ``UNSETTLED_POLL`` when something is due but was not claimable (one that
-        fell due since the claim, one in a queue served elsewhere under a limit
-        with room). A paused queue's tasks are not due: resuming it wakes the
-        workers; nor are those under a full limit: a limited task's end does."""
+        ``UNSETTLED_POLL`` when something is due but was not claimable (it fell
+        due since the claim). A paused queue's tasks are not due: resuming it
+        wakes the workers; nor are those under a full limit: a limited task's
+        end does."""
         try:
             due = await self.backend.next_due(self.queues)
         except Exception as exc:
