@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -110,27 +109,26 @@ async def test_a_used_up_rate_limit_is_due_when_its_window_moves(backend):
     assert due is not None and before + 60.0 <= due <= after + 60.0 + 1
 
 
-async def test_the_end_of_a_limited_task_wakes_the_workers(backend):
+async def test_the_end_of_a_limited_task_wakes_the_workers(backend, open_peer):
     """Idle workers do not poll for a limit's room: the finish that frees it wakes
-    them, as a retry does; an unlimited task's finish does not."""
+    them, as a retry does; an ordinary task's finish does not."""
     await backend.set_limit(LimitRecord("api", 1, None, None))
     await backend.claim("w1", [DEFAULT], 1, LONG_LEASE)  # reads the limits
     await backend.enqueue([limited(backend), new_task(backend)])
     claimed = await backend.claim("w1", [DEFAULT], 2, LONG_LEASE)
     [plain] = [task for task in claimed if not task.lease.limited]
     [held] = [task for task in claimed if task.lease.limited]
-    await until_listening(backend)
+    idle = await open_peer()  # an idle worker's backend, listening from here on
 
-    async def finish_woke(lease: Lease) -> bool:
-        waiter = asyncio.ensure_future(backend.wait_for_change("tasks", 3.0))
-        await asyncio.sleep(0.1)  # let it listen before the finish
-        started = time.monotonic()
+    async def finish_wakes(lease: Lease) -> bool:
+        await until_listening(idle)  # it hears wake-ups, and any earlier are drained
         await backend.finish([(lease, SUCCEEDED)])
-        await waiter
-        return time.monotonic() - started < 1.5
+        started = time.monotonic()
+        await idle.wait_for_change("tasks", 1.0)
+        return time.monotonic() - started < 0.5
 
-    assert not await finish_woke(plain.lease)
-    assert await finish_woke(held.lease)
+    assert not await finish_wakes(plain.lease)
+    assert await finish_wakes(held.lease)
 
 
 async def test_a_paused_queue_is_left_out_until_resumed(backend):
